@@ -1,0 +1,229 @@
+"""C backend: renders templates/c/ from the packed, arena-planned IR.
+
+The backend only formats what the passes computed (packed words, comparison tables, float32
+chain constants, arena offsets) into C99; it derives no arithmetic of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .. import ir
+from ..errors import BnncError
+from ..passes.pack_bits import storage_dtype, words
+from ..resources import resource_dir
+
+C_TYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": "int16_t", "int32": "int32_t",
+           "float32": "float"}
+
+
+def sanitize_identifier(name: str) -> str:
+    """A C identifier made from user text, or an error when nothing usable remains."""
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if not s or not re.match(r"[A-Za-z_]", s[0]):
+        s = "m_" + s
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", s):
+        raise BnncError(f"--name '{name}' does not make a C identifier")
+    return s
+
+
+def comment_text(text: str) -> str:
+    """Model-provided text made safe inside a C comment."""
+    return re.sub(r"[^A-Za-z0-9_.,:;=+\-#()\[\] ]", "_", str(text))[:120]
+
+
+def c_float(x: float) -> str:
+    x = float(np.float32(x))
+    if not np.isfinite(x):
+        raise BnncError(f"a model constant is {x}; bnnc cannot emit non-finite constants")
+    if x == 0.0:
+        return "-0.0f" if np.signbit(x) else "0.0f"
+    return x.hex() + "f"
+
+
+def c_array(values, kind: str, per_line: int = 12) -> str:
+    """Comma-separated initializer text for a flat array."""
+    v = np.asarray(values).ravel()
+    if kind == "word64":
+        items = [f"0x{int(x):016x}u" for x in v]
+        per_line = 6
+    elif kind == "word32":
+        items = [f"0x{int(x):08x}u" for x in v]
+        per_line = 8
+    elif kind == "float":
+        items = [c_float(x) for x in v]
+        per_line = 6
+    else:
+        items = [str(int(x)) for x in v]
+        per_line = 20
+    lines = [", ".join(items[i: i + per_line]) for i in range(0, len(items), per_line)]
+    return ",\n  ".join(lines) if lines else "0"
+
+
+def _chain_ctx(ops, index: str, prefix: str, consts: list) -> list:
+    """C statements of a float32 chain on `v`; per-channel constants become arrays."""
+    stmts = []
+    for i, op in enumerate(ops):
+        if op.op == "relu":
+            stmts.append("v = v > 0.0f ? v : 0.0f;")
+            continue
+        sym = {"mul": "*", "add": "+", "sub": "-", "div": "/"}[op.op]
+        c = np.asarray(op.const, dtype=np.float32)
+        if c.ndim == 0 or np.all(c == c.ravel()[0]) and not np.any(np.signbit(c) != np.signbit(c.ravel()[0])):
+            stmts.append(f"v = v {sym} {c_float(c.ravel()[0])};")
+        else:
+            name = f"{prefix}_c{i}"
+            consts.append({"name": name, "ctype": "float", "n": c.size, "init": c_array(c, "float")})
+            stmts.append(f"v = v {sym} {name}[{index}];")
+    return stmts
+
+
+def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
+    prefix = sanitize_identifier(name)
+    wb = graph.word_bits
+    word_kind = "word64" if wb == 64 else "word32"
+    arena = graph.arena
+    in_info, out_info = graph.input_info, graph.output_info
+    layers, consts = [], []
+
+    def buf(t: str) -> str:
+        if t == graph.output:
+            return "output"
+        if t == graph.input:
+            return "input"
+        return f"(arena + {arena['buffers'][t]})"
+
+    for op in graph.ops():
+        src_t = graph.tensors[op.inputs[0]] if op.inputs[0] in graph.tensors else None
+        oty = graph.tensors[op.outputs[0]]
+        L = {"name": op.name, "kind": type(op).__name__, "src": buf(op.inputs[0]), "dst": buf(op.outputs[0]),
+             "out_type": type(oty).__name__, "comment": comment_text(
+                 ", ".join(getattr(op, "source_ops", []) or [op.name]))}
+        if isinstance(oty, ir.Ints):
+            L["out_ctype"] = C_TYPES[storage_dtype(oty)]
+        if isinstance(src_t, ir.Ints):
+            L["in_ctype"] = C_TYPES[storage_dtype(src_t)]
+        if isinstance(op, ir.InputQuantize):
+            p = op.packed
+            c, h, w = op.in_shape
+            flat = getattr(op, "flat", False)
+            L.update(mode=p.mode, c=c, h=h, w=w, flat=flat, n=c * h * w, cw=words(oty.shape[2], wb),
+                     out_c=oty.shape[2])
+            if p.mode == "thresholds":
+                L["uniform"] = p.thr.size == 1
+                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
+                               "init": c_array(p.thr, "int")})
+                consts.append({"name": f"{op.name}_neg", "ctype": "uint8_t", "n": p.neg.size,
+                               "init": c_array(p.neg, "int")})
+            elif p.mode == "float":
+                L["chain"] = _chain_ctx(op.chain.ops, "e", op.name, consts)
+                term = op.chain.terminal
+                L["term"] = type(term).__name__
+                if isinstance(term, ir.SignTerminal):
+                    if term.zero_maps_to == 0:
+                        raise BnncError(f"'{term.source}': ONNX Sign on the float model input can produce 0, "
+                                        "which a bit cannot hold; declare the input grid with --input-scale")
+                elif isinstance(term, ir.ThresholdTerminal):
+                    L["t"] = c_float(term.thresholds.ravel()[0])
+                    if term.thresholds.size != 1:
+                        raise BnncError(f"'{term.source}': per-element input thresholds on a float input "
+                                        "are not supported")
+                else:
+                    L.update(qmin=term.qmin, qmax=term.qmax, zp=term.zero_point,
+                             add_after=getattr(term, "add_after_round", 0), mode_round=term.mode,
+                             lo_clamp=c_float(term.qmin - getattr(term, "add_after_round", 0) - 1),
+                             hi_clamp=c_float(term.qmax - getattr(term, "add_after_round", 0) + 1))
+        elif isinstance(op, ir.Conv):
+            p = op.packed
+            ih, iw = src_t.shape[:2]
+            oh, ow = oty.shape[:2]
+            L.update(ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
+                     sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, cw=p.cw_in, taps=p.taps,
+                     o=p.o, opad=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, cwo=p.cw_out,
+                     scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
+                     win_bytes=-(-p.taps * (wb // 8 if p.in_kind == "bits" else 4) // 64) * 64)
+            consts.append({"name": f"{op.name}_w", "ctype": "bnnc_word_t" if p.in_kind == "bits" else "int8_t",
+                           "n": p.weights.size,
+                           "init": c_array(p.weights, word_kind if p.in_kind == "bits" else "int")})
+            if p.ny > 1:
+                consts.append({"name": f"{op.name}_ycls", "ctype": "uint8_t" if p.ny < 256 else "uint16_t",
+                               "n": p.ycls.size, "init": c_array(p.ycls, "int")})
+            if p.nx > 1:
+                consts.append({"name": f"{op.name}_xcls", "ctype": "uint8_t" if p.nx < 256 else "uint16_t",
+                               "n": p.xcls.size, "init": c_array(p.xcls, "int")})
+            if p.thr is not None:
+                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
+                               "init": c_array(p.thr, "int")})
+                consts.append({"name": f"{op.name}_neg", "ctype": "uint8_t", "n": p.neg.size,
+                               "init": c_array(p.neg, "int")})
+                L["epilogue"] = "bits"
+            else:
+                L["epilogue"] = "reals"
+                L["has_corr"] = bool(np.any(p.corr != 0))
+                if L["has_corr"]:
+                    consts.append({"name": f"{op.name}_corr", "ctype": "int32_t", "n": p.corr.size,
+                                   "init": c_array(p.corr, "int")})
+                L["has_kmul"] = bool(np.any(p.kmul == 0))
+                if L["has_kmul"]:
+                    consts.append({"name": f"{op.name}_kmul", "ctype": "int8_t", "n": p.kmul.size,
+                                   "init": c_array(p.kmul, "int")})
+                L["chain"] = _chain_ctx(op.epilogue.ops, "o", op.name, consts)
+        elif isinstance(op, ir.MaxPool):
+            h, w, c = src_t.shape
+            oh, ow = oty.shape[:2]
+            L.update(ih=h, iw=w, c=c, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
+                     sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], bits=isinstance(src_t, ir.Bits),
+                     cw=words(c, wb))
+        elif isinstance(op, ir.GlobalSumPool):
+            h, w, c = src_t.shape
+            L.update(hw=h * w, c=c, bits=isinstance(src_t, ir.Bits), cw=words(c, wb))
+        elif isinstance(op, ir.ArgMax):
+            L.update(n=src_t.shape[2], k=op.k)
+        layers.append(L)
+    in_dtype = in_info["dtype"]
+    return {
+        "prefix": prefix,
+        "PREFIX": prefix.upper(),
+        "word_bits": wb,
+        "input_ctype": C_TYPES[in_dtype],
+        "input_size": int(np.prod(in_info["shape"])),
+        "input_shape": in_info["shape"],
+        "output_ctype": "float" if out_info["dtype"] == "float32" else "int32_t",
+        "output_size": out_info["elements"],
+        "output_shape": out_info["shape"],
+        "arena_bytes": max(arena["size"], 64),
+        "layers": layers,
+        "consts": consts,
+        "grid": in_info.get("grid", {}),
+        "model_name": comment_text(in_info.get("onnx_name", "")),
+    }
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates") / "c")),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def render(graph: ir.Graph, name: str = "bnnc") -> dict:
+    """{file name: text} of the generated C project (model, runtime header, harness, Makefile)."""
+    ctx = build_context(graph, name)
+    env = _env()
+    files = {
+        "model.h": env.get_template("model.h.j2").render(**ctx),
+        "model.c": env.get_template("model.c.j2").render(**ctx),
+        "harness.c": env.get_template("harness.c.j2").render(**ctx),
+        "Makefile": env.get_template("Makefile.j2").render(**ctx),
+        "bnnc_kernels.h": (resource_dir("runtime") / "bnnc_kernels.h").read_text(),
+    }
+    return files
+
+
+def write(files: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n, text in sorted(files.items()):
+        (out_dir / n).write_text(text)

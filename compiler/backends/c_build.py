@@ -1,0 +1,83 @@
+"""Build a generated C project with the host compiler and run it on inputs (for run/verify/tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BnncError
+
+DEFAULT_FLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BNNC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME")
+                                                        or os.path.expanduser("~/.cache"), "bnnc")
+    return Path(root)
+
+
+def find_cc(cc: str | None = None) -> str:
+    cc = cc or os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise BnncError(f"C compiler '{cc}' not found (set CC)")
+    return cc
+
+
+def build(files: dict, flags=DEFAULT_FLAGS, cc: str | None = None) -> Path:
+    """Compile model.c + harness.c; returns the harness executable (cached by content and flags)."""
+    cc = find_cc(cc)
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    h.update(" ".join((cc,) + tuple(flags)).encode())
+    d = cache_dir() / h.hexdigest()[:24]
+    exe = d / "harness"
+    if exe.exists():
+        return exe
+    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=_mk(cache_dir())))
+    for name, text in files.items():
+        (tmp / name).write_text(text)
+    cmd = [cc, *flags, "model.c", "harness.c", "-o", "harness"]
+    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"generated C failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
+    try:
+        tmp.rename(d)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return exe
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def run(exe: Path, x: np.ndarray, input_dtype: str, output_dtype: str, output_elems: int,
+        env: dict | None = None) -> np.ndarray:
+    """Run the harness on x (N, ...) already on the input grid; returns (N, output_elems)."""
+    n = x.shape[0]
+    with tempfile.TemporaryDirectory() as td:
+        fi, fo = Path(td) / "in.bin", Path(td) / "out.bin"
+        np.ascontiguousarray(x.reshape(n, -1).astype(input_dtype)).tofile(fi)
+        r = subprocess.run([str(exe), str(fi), str(fo)], capture_output=True, text=True,
+                           env={**os.environ, **(env or {})})
+        if r.returncode != 0:
+            raise RuntimeError(f"generated program failed (status {r.returncode}): {r.stderr[-4000:]}")
+        y = np.fromfile(fo, dtype=output_dtype)
+    return y.reshape(n, output_elems)
+
+
+def bench(exe: Path, x: np.ndarray, input_dtype: str, iters: int) -> float:
+    """Nanoseconds per inference (best of 5 runs of `iters`) on the first sample."""
+    with tempfile.TemporaryDirectory() as td:
+        fi = Path(td) / "in.bin"
+        np.ascontiguousarray(x[:1].reshape(1, -1).astype(input_dtype)).tofile(fi)
+        r = subprocess.run([str(exe), "--bench", str(iters), str(fi)], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip())

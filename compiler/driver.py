@@ -1,0 +1,124 @@
+"""What the CLI does, as functions: compile for a target, prepare inputs, run, verify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ir, reference
+from .backends import c as c_backend
+from .backends import c_build
+from .errors import BnncError
+from .passes.pack_bits import pack_bits
+from .passes.plan_arena import plan_arena
+
+TARGETS = ("ref", "c")
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise BnncError(f"unknown target '{target}' (supported: {', '.join(TARGETS)})")
+
+
+def backend_graph(graph: ir.Graph, word_bits: int = 64) -> ir.Graph:
+    """The lowered IR with the backend passes applied (packing, arena)."""
+    return plan_arena(pack_bits(graph, word_bits))
+
+
+def render_c(graph: ir.Graph, name: str = "bnnc") -> dict:
+    return c_backend.render(backend_graph(graph), name)
+
+
+@dataclass
+class Inputs:
+    grid: np.ndarray  # (N, elems) what the compiled code takes (input dtype)
+    model: np.ndarray  # (N, *input_shape) float32 what the original ONNX model takes
+
+
+def prepare_inputs(graph: ir.Graph, x: np.ndarray) -> Inputs:
+    """Check and convert user inputs (N, ...) for the compiled model and for the original."""
+    info = graph.input_info
+    shape = tuple(info["shape"])
+    n_el = int(np.prod(shape))
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise BnncError(f"input array has dtype {x.dtype}; expected numbers")
+    if x.ndim == 0 or x.size == 0 or x.size % n_el != 0 or x.size // x.shape[0] != n_el:
+        raise BnncError(f"input array of shape {x.shape} does not hold samples of {n_el} elements "
+                        f"(model input {(1,) + shape})")
+    n = x.shape[0]
+    xf = x.reshape(n, n_el).astype(np.float64)
+    if not np.all(np.isfinite(xf)):
+        raise BnncError("input array contains NaN or infinite values")
+    grid = info["grid"]
+    if grid["range"] is None:
+        g = xf.astype(np.float32)
+        return Inputs(g, g.reshape((n,) + shape))
+    lo, hi = grid["range"]
+    if grid["scale"] != 1.0:  # declared --input-scale: quantize, feed the original the grid values
+        q = np.clip(np.rint(xf / grid["scale"]), lo, hi)
+        return Inputs(q.astype(grid["dtype"]), (q * grid["scale"]).astype(np.float32).reshape((n,) + shape))
+    if np.any(xf != np.rint(xf)) or xf.min() < lo or xf.max() > hi:
+        bad = xf[(xf != np.rint(xf)) | (xf < lo) | (xf > hi)][0]
+        raise BnncError(f"input value {bad} is not on the model's integer input grid [{lo}, {hi}] "
+                        f"({grid['why']})")
+    return Inputs(xf.astype(grid["dtype"]), xf.astype(np.float32).reshape((n,) + shape))
+
+
+def run_target(graph: ir.Graph, target: str, inputs: Inputs, name: str = "bnnc", flags=None) -> np.ndarray:
+    """Outputs (N, ...) of the compiled model on `target`."""
+    check_target(target)
+    out_shape = tuple(graph.output_info["shape"][1:])
+    n = inputs.grid.shape[0]
+    if target == "ref":
+        y = reference.run(graph, inputs.grid)
+    else:
+        files = render_c(graph, name)
+        exe = c_build.build(files, flags or c_build.DEFAULT_FLAGS)
+        odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
+        y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
+    return y.reshape((n,) + out_shape)
+
+
+def random_samples(graph: ir.Graph, n: int, seed: int) -> np.ndarray:
+    """Inputs spread over the input grid (or over the float input quantizer's decision range)."""
+    rng = np.random.default_rng(seed)
+    info = graph.input_info
+    shape = (n,) + tuple(info["shape"])
+    grid = info["grid"]
+    if grid["range"] is not None:
+        lo, hi = grid["range"]
+        q = rng.integers(lo, hi + 1, size=shape)
+        return (q * grid["scale"]).astype(np.float32) if grid["scale"] != 1.0 else q.astype(np.float32)
+    op = next(o for o in graph.ops() if isinstance(o, ir.InputQuantize))
+    a, b = _affine(op.chain.ops)
+    term = op.chain.terminal
+    if isinstance(term, ir.RoundClampTerminal):
+        # grid values q (plus jitter inside a step) mapped back through v = a*x + b
+        q = rng.integers(term.qmin, term.qmax + 1, size=shape) - getattr(term, "add_after_round", 0)
+        v = q + rng.uniform(-0.3, 0.3, size=shape)
+    else:
+        t = float(term.thresholds.ravel()[0]) if isinstance(term, ir.ThresholdTerminal) else 0.0
+        v = t + rng.uniform(-1, 1, size=shape) * max(1.0, abs(t))
+    return ((v - b) / a).astype(np.float32)
+
+
+def _affine(ops) -> tuple:
+    """(a, b) with chain(x) = a*x + b, for a chain of scalar affine ops."""
+    a, b = 1.0, 0.0
+    for op in ops:
+        if op.op == "relu" or op.const is None or np.asarray(op.const).size != 1:
+            raise BnncError("cannot sample inputs for this input quantizer; pass --input X.npy")
+        c = float(op.const)
+        if op.op == "mul":
+            a, b = a * c, b * c
+        elif op.op == "div":
+            a, b = a / c, b / c
+        elif op.op == "add":
+            b += c
+        else:
+            b -= c
+    if a == 0:
+        raise BnncError("the input quantizer ignores its input; pass --input X.npy")
+    return a, b

@@ -1,0 +1,298 @@
+"""Read an ONNX file into plain Python: validated nodes, constants as numpy arrays, folded.
+
+Real files come from PyTorch, Brevitas (QONNX) and FINN: old IR versions, initializers listed as
+graph inputs, Constant nodes, flatten subgraphs built from Shape/Gather/Concat, weights stored as
+latent floats behind BipolarQuant/Quant/Transpose. Everything that depends only on constants (and
+on the static input shape) is evaluated here with numpy, so the lowering sees only the dynamic
+dataflow with constant operands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import BnncError
+
+CUSTOM_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "finn")
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    domain: str
+    inputs: list
+    outputs: list
+    attrs: dict
+
+
+@dataclass
+class LoadedModel:
+    input_name: str
+    input_shape: tuple  # with batch, as declared
+    input_dtype: str  # numpy dtype name
+    input_datatype: str  # FINN annotation (e.g. "UINT8") or ""
+    output_name: str
+    nodes: list  # dynamic nodes in topological order
+    consts: dict = field(default_factory=dict)  # tensor name -> np.ndarray
+    opset: int = 0
+
+
+def _attrs(node) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [x.decode("utf-8", "replace") for x in v]
+        out[a.name] = v
+    return out
+
+
+def read_model(path) -> onnx.ModelProto:
+    """Parse `path`, turning every way a file can be broken into a BnncError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BnncError(f"cannot read model '{path}': {e.strerror}") from None
+    if not data:
+        raise BnncError(f"model '{path}' is empty")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf raises several types for garbage
+        raise BnncError(f"'{path}' is not an ONNX model (protobuf parse failed: {type(e).__name__})") from None
+    if not model.graph.node:
+        raise BnncError(f"'{path}' holds no ONNX graph nodes")
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise BnncError(f"initializer '{init.name}' uses external data, which bnnc does not load")
+    return model
+
+
+def _np_dtype(elem_type: int) -> str:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:
+        return "unknown"
+
+
+def load(model: onnx.ModelProto) -> LoadedModel:
+    """Validate the graph's interface, fold constants, and compute static shapes."""
+    g = model.graph
+    opset = 0
+    for imp in model.opset_import:
+        if imp.domain in STANDARD_DOMAINS:
+            opset = imp.version
+    if opset and not 7 <= opset <= 22:
+        raise BnncError(f"opset {opset} is outside what bnnc reads (9-22)")
+    consts = {}
+    for init in g.initializer:
+        try:
+            consts[init.name] = numpy_helper.to_array(init)
+        except Exception as e:
+            raise BnncError(f"initializer '{init.name}' cannot be decoded: {e}") from None
+    inputs = [i for i in g.input if i.name not in consts]
+    if len(inputs) != 1:
+        raise BnncError(f"bnnc compiles models with exactly one input; this one has {len(inputs)}: "
+                        + ", ".join(i.name for i in inputs))
+    if len(g.output) != 1:
+        raise BnncError(f"bnnc compiles models with exactly one output; this one has {len(g.output)}")
+    inp = inputs[0]
+    tt = inp.type.tensor_type
+    shape = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            shape.append(d.dim_value)
+        elif i == 0:
+            shape.append(1)  # symbolic batch: compile for one sample
+        else:
+            raise BnncError(f"input '{inp.name}' has a dynamic dimension {i} ('{d.dim_param}'); "
+                            "bnnc needs static shapes")
+    if not shape or shape[0] != 1:
+        raise BnncError(f"input '{inp.name}' has shape {shape}; bnnc compiles for a batch of 1")
+    annotations = {}
+    for qa in g.quantization_annotation:
+        for kv in qa.quant_parameter_tensor_names:
+            if kv.key == "finn_datatype":
+                annotations[qa.tensor_name] = kv.value
+    lm = LoadedModel(
+        input_name=inp.name,
+        input_shape=tuple(shape),
+        input_dtype=_np_dtype(tt.elem_type),
+        input_datatype=annotations.get(inp.name, ""),
+        output_name=g.output[0].name,
+        nodes=[],
+        consts=consts,
+        opset=opset,
+    )
+    known = set(consts) | {inp.name, ""}
+    for i, n in enumerate(_topological(g.node, known)):
+        node = Node(n.name or f"{n.op_type}_{i}", n.op_type, n.domain, list(n.input), list(n.output), _attrs(n))
+        if node.op == "Constant":
+            consts[node.outputs[0]] = _constant_value(node)
+        else:
+            lm.nodes.append(node)
+    return lm
+
+
+def foldable(node: Node, consts: dict) -> bool:
+    """True when every input of `node` is a known constant, so it can be evaluated now."""
+    return node.op not in NOT_FOLDABLE and all((x == "" or x in consts) for x in node.inputs)
+
+
+NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+
+
+def _topological(nodes, known: set) -> list:
+    nodes = list(nodes)
+    avail = set(known)
+    order, pending = [], nodes
+    while pending:
+        rest = []
+        for n in pending:
+            if all(x in avail for x in n.input):
+                order.append(n)
+                avail.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            missing = sorted({x for n in rest for x in n.input if x not in avail})
+            raise BnncError(f"node '{rest[0].name or rest[0].op_type}' ({rest[0].op_type}) reads tensors "
+                            f"nothing produces: {', '.join(missing[:5])}")
+        pending = rest
+    return order
+
+
+def _constant_value(node: Node) -> np.ndarray:
+    a = node.attrs
+    for key in ("value", "value_float", "value_int", "value_floats", "value_ints"):
+        if key in a:
+            return np.asarray(a[key])
+    raise BnncError(f"Constant node '{node.name}' has no supported value attribute")
+
+
+# ----------------------------------------------------------------------------- constant folding
+
+
+def _bipolar(x, scale):
+    return np.where(x >= 0, 1.0, -1.0).astype(np.float32) * np.asarray(scale, dtype=np.float32)
+
+
+def quant_levels(bitwidth: float, signed: int, narrow: int) -> tuple:
+    """Integer range of a QONNX Quant."""
+    b = int(round(float(bitwidth)))
+    if signed:
+        lo, hi = -(2 ** (b - 1)) + (1 if narrow else 0), 2 ** (b - 1) - 1
+    else:
+        lo, hi = 0, 2**b - 1 - (1 if narrow else 0)
+    return lo, hi
+
+
+def round_mode(mode: str) -> str:
+    table = {"ROUND": "half_even", "HALF_EVEN": "half_even", "ROUND_TO_ZERO": "to_zero", "CEIL": "ceil",
+             "FLOOR": "floor", "HALF_UP": "half_away"}
+    if mode.upper() not in table:
+        raise BnncError(f"Quant rounding_mode '{mode}' is not supported (supported: {', '.join(table)})")
+    return table[mode.upper()]
+
+
+def apply_round(v: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "half_even":
+        return np.rint(v)
+    if mode == "half_away":
+        return np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+    if mode == "floor":
+        return np.floor(v)
+    if mode == "ceil":
+        return np.ceil(v)
+    return np.trunc(v)
+
+
+def _quant(node, x, scale, zp, bw):
+    lo, hi = quant_levels(bw, node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
+    mode = round_mode(node.attrs.get("rounding_mode", "ROUND"))
+    v = (x.astype(np.float32) / np.float32(scale) + np.float32(zp)).astype(np.float32)
+    q = np.clip(apply_round(v, mode), lo, hi)
+    return ((q - zp) * scale).astype(np.float32)
+
+
+def fold(node: Node, consts: dict) -> None:
+    """Evaluate `node` on its constant inputs and store its outputs in `consts`."""
+    x = [consts[i] if i else None for i in node.inputs]
+    a = node.attrs
+    op = node.op
+    try:
+        if op in ("Identity", "Dropout"):
+            r = [x[0]]
+        elif op in ("Add", "Sub", "Mul", "Div", "Pow"):
+            f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power}[op]
+            r = [f(x[0], x[1]).astype(np.result_type(x[0], x[1]))]
+            if op == "Div" and np.issubdtype(r[0].dtype, np.integer):
+                r = [np.floor_divide(x[0], x[1])]
+        elif op == "Sqrt":
+            r = [np.sqrt(x[0])]
+        elif op == "Neg":
+            r = [-x[0]]
+        elif op == "Abs":
+            r = [np.abs(x[0])]
+        elif op == "Sign":
+            r = [np.sign(x[0])]
+        elif op == "Transpose":
+            r = [np.transpose(x[0], a.get("perm"))]
+        elif op == "Reshape":
+            shape = [int(s) for s in x[1]]
+            shape = [x[0].shape[i] if (s == 0 and not a.get("allowzero", 0)) else s for i, s in enumerate(shape)]
+            r = [x[0].reshape(shape)]
+        elif op == "Flatten":
+            ax = a.get("axis", 1)
+            r = [x[0].reshape(int(np.prod(x[0].shape[:ax])), -1)]
+        elif op == "Squeeze":
+            axes = a.get("axes", None if len(x) < 2 or x[1] is None else list(x[1]))
+            r = [np.squeeze(x[0], axis=tuple(axes) if axes is not None else None)]
+        elif op == "Unsqueeze":
+            axes = a.get("axes", None if len(x) < 2 else list(x[1]))
+            v = x[0]
+            for ax in sorted(int(i) % (v.ndim + len(axes)) for i in axes):
+                v = np.expand_dims(v, ax)
+            r = [v]
+        elif op == "Concat":
+            r = [np.concatenate([np.atleast_1d(v) for v in x], axis=a.get("axis", 0))]
+        elif op == "Gather":
+            r = [np.take(x[0], x[1], axis=a.get("axis", 0))]
+        elif op == "Cast":
+            r = [x[0].astype(onnx.helper.tensor_dtype_to_np_dtype(a["to"]))]
+        elif op == "Shape":
+            r = [np.array(x[0].shape, dtype=np.int64)]
+        elif op == "BipolarQuant":
+            r = [_bipolar(x[0], x[1])]
+        elif op == "Quant":
+            r = [_quant(node, x[0], x[1], x[2], x[3])]
+        elif op == "Slice":
+            starts, ends = x[1], x[2]
+            axes = x[3] if len(x) > 3 and x[3] is not None else range(len(starts))
+            steps = x[4] if len(x) > 4 and x[4] is not None else [1] * len(starts)
+            sl = [slice(None)] * x[0].ndim
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                sl[int(ax)] = slice(int(s), int(e), int(st))
+            r = [x[0][tuple(sl)]]
+        elif op == "ConstantOfShape":
+            v = a.get("value", np.zeros(1, np.float32))
+            r = [np.full([int(s) for s in x[0]], v.ravel()[0], dtype=v.dtype)]
+        else:
+            raise BnncError(f"node '{node.name}' ({op}) has only constant inputs but bnnc cannot evaluate "
+                            f"{op} at compile time")
+    except BnncError:
+        raise
+    except Exception as e:
+        raise BnncError(f"node '{node.name}' ({op}): cannot evaluate on its constant inputs ({e})") from None
+    for o, v in zip(node.outputs, r):
+        consts[o] = np.asarray(v)

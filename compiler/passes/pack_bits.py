@@ -1,0 +1,203 @@
+"""Pack bits and derive the integer tables the generated kernels use.
+
+Layout (the one documented in IR.md, LCE's convention): a bit tensor (H, W, C) is stored pixel by
+pixel, each pixel's C channels in CW = ceil(C / WB) words of WB bits, channel c in word c // WB at
+bit c % WB, bit 1 = -1, fill bits 0. Weights of a binary Conv are packed the same way per tap and
+stored tap-word-major, output-channel-minor ([L][O_pad], L = kh * kw * CW) so that kernels vectorize
+over output channels. Fill bits are 0 in both weights and activations, so XOR leaves them 0 and
+they never count.
+
+Zero padding: a kernel reads a padded tap as a 0 word, i.e. as +1 values, then corrects exactly.
+For output position (y, x) with valid-tap set V(y, x), and pc = popcount over the whole window,
+    acc = sum over V of w * a + bias  =  K - 2 * pc - sum over padded taps of sum_c w  +  bias(V)
+with K = kh * kw * C. V depends on y and x only through row and column *classes* (rows whose
+valid ky-set is equal share a class), so the correction is a small table corr[class][o].
+
+Epilogues become one comparison per output: bit = (s > thr[class][o]) XOR neg[o], where s is the
+popcount (binary inputs) or the integer accumulator (integer inputs); constants are unconditional.
+Real outputs keep acc = kmul[o] * (K - 2 * pc) + corr[class][o] (kmul 0 for all-zero filters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import ir
+from ..errors import BnncError
+from .quantize_input import int_dtype_for
+
+OBLOCK = 32  # output channels per kernel block; weights are padded to a multiple of it
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass
+class PackedConv:
+    in_kind: str  # "bits" | "ints"
+    word_bits: int
+    cw_in: int  # words per input pixel (bits) or channels (ints)
+    taps: int  # L: words (bits) or values (ints) per window
+    o: int
+    o_pad: int
+    k_full: int  # kh * kw * C
+    weights: np.ndarray  # uint64 / int8, shape (L, o_pad)
+    ycls: np.ndarray  # (OH,) class of each output row
+    xcls: np.ndarray  # (OW,)
+    ny: int
+    nx: int
+    corr: np.ndarray  # int64 (ny * nx, O): see module docstring
+    thr: Optional[np.ndarray]  # int64 (ny * nx, O) for bit outputs
+    neg: Optional[np.ndarray]  # uint8 (O,)
+    kmul: Optional[np.ndarray]  # int8 (O,) for real outputs
+    cw_out: int = 0  # words per output pixel (bit outputs)
+
+
+def words(c: int, word_bits: int) -> int:
+    return max(1, -(-c // word_bits))
+
+
+def pack_bit_rows(signs: np.ndarray, word_bits: int) -> np.ndarray:
+    """(..., C) in {-1, +1, 0} -> (..., CW) words; bit 1 where the value is -1."""
+    c = signs.shape[-1]
+    cw = words(c, word_bits)
+    bits = np.zeros(signs.shape[:-1] + (cw * word_bits,), dtype=np.uint64)
+    bits[..., :c] = (signs < 0).astype(np.uint64)
+    bits = bits.reshape(signs.shape[:-1] + (cw, word_bits))
+    shifts = np.arange(word_bits, dtype=np.uint64)
+    return np.bitwise_or.reduce(bits << shifts, axis=-1)
+
+
+def unpack_bit_rows(packed: np.ndarray, c: int, word_bits: int) -> np.ndarray:
+    """Inverse of pack_bit_rows for +-1 values."""
+    shifts = np.arange(word_bits, dtype=np.uint64)
+    bits = (packed[..., None] >> shifts) & np.uint64(1)
+    bits = bits.reshape(packed.shape[:-1] + (-1,))[..., :c]
+    return np.where(bits == 1, -1, 1).astype(np.int8)
+
+
+def classes(n_out: int, n_in: int, k: int, stride: int, pad: int):
+    """Class id per output row/col, and each class's valid-tap mask (n_cls, k)."""
+    masks, ids = [], []
+    for y in range(n_out):
+        pos = y * stride - pad + np.arange(k)
+        m = tuple(bool(v) for v in (pos >= 0) & (pos < n_in))
+        if m not in masks:
+            masks.append(m)
+        ids.append(masks.index(m))
+    return np.array(ids, dtype=np.int64), np.array(masks, dtype=bool)
+
+
+def pack_conv(op: ir.Conv, src, word_bits: int) -> PackedConv:
+    o, kh, kw, c = op.w.shape
+    ih, iw = src.shape[:2]
+    oh, ow = ir.out_shape((ih, iw), op.kernel, op.stride, op.pads)
+    ycls, ymask = classes(oh, ih, kh, op.stride[0], op.pads[0])
+    xcls, xmask = classes(ow, iw, kw, op.stride[1], op.pads[1])
+    ny, nx = len(ymask), len(xmask)
+    valid = ymask[:, None, :, None] & xmask[None, :, None, :]  # ny, nx, kh, kw
+    wsum = op.w.astype(np.int64).sum(axis=3)  # o, kh, kw: sum over channels per tap
+    bias = np.zeros((ny, nx, o), np.int64)
+    if op.bias_kernel is not None:
+        bias = np.einsum("yxhw,ohw->yxo", valid.astype(np.int64), op.bias_kernel)
+    o_pad = -(-o // OBLOCK) * OBLOCK
+    bits_in = isinstance(src, ir.Bits)
+    if bits_in:
+        cw = words(c, word_bits)
+        # padded taps read as +1: subtract their contribution
+        corr = bias - np.einsum("yxhw,ohw->yxo", (~valid).astype(np.int64), wsum)
+        wp = pack_bit_rows(op.w, word_bits)  # o, kh, kw, cw
+        zero_rows = ~np.any(op.w.reshape(o, -1) != 0, axis=1)
+        weights = np.zeros((kh * kw * cw, o_pad), np.uint64)
+        weights[:, :o] = wp.reshape(o, -1).T
+        taps = kh * kw * cw
+    else:
+        cw = c
+        corr = bias
+        weights = np.zeros((kh * kw * c, o_pad), np.int8)
+        weights[:, :o] = op.w.reshape(o, -1).T
+        zero_rows = np.zeros(o, bool)
+        taps = kh * kw * c
+    corr = corr.reshape(ny * nx, o)
+    k_full = kh * kw * c
+    p = PackedConv("bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full, weights,
+                   ycls, xcls, ny, nx, corr, None, None, None)
+    ep = op.epilogue
+    if isinstance(ep, ir.Thresholds):
+        thr, neg = bit_comparisons(ep, corr, k_full if bits_in else None)
+        p.thr, p.neg = thr, neg
+        p.cw_out = words(o, word_bits)
+    else:
+        p.kmul = np.where(zero_rows, 0, 1).astype(np.int8)
+    for name, arr in (("corr", p.corr), ("thr", p.thr)):
+        if arr is not None and arr.size and np.abs(arr).max() > INT32_MAX // 2:
+            raise BnncError(f"layer '{op.source_ops[0]}': {name} table exceeds 32-bit range")
+    return p
+
+
+def bit_comparisons(th: ir.Thresholds, corr: np.ndarray, k_full: Optional[int]):
+    """(thr (classes, O), neg (O,)) with bit(-1) = (s > thr) ^ neg, s = popcount or accumulator.
+
+    +1 iff d * acc >= T. Integer input: acc = s + corr. Binary input: acc = K - 2 s + corr."""
+    d = th.direction.astype(np.int64)[None, :]
+    t = th.threshold[None, :]
+    if k_full is None:
+        # d=+1: bit = s + corr < T  = !(s > T - corr - 1);  d=-1: bit = s + corr > -T
+        thr = np.where(d > 0, t - corr - 1, -t - corr)
+        neg = (th.direction > 0).astype(np.uint8)
+    else:
+        # d=+1: +1 iff s <= floor((K + corr - T) / 2): bit = s > that
+        # d=-1: +1 iff s >= ceil((T + K + corr) / 2) =: Q: bit = s < Q = !(s > Q - 1)
+        up = np.floor_divide(k_full + corr - t, 2)
+        q = -np.floor_divide(-(t + k_full + corr), 2)
+        thr = np.where(d > 0, up, q - 1)
+        neg = (th.direction < 0).astype(np.uint8)
+    const = th.constant != ir.Thresholds.NOT_CONSTANT
+    big = INT32_MAX // 2
+    # constant +1: bit 0 always (s > big is false, neg 0); constant -1: bit 1 always (s > -big-ish)
+    thr = np.where(const[None, :] & (th.constant[None, :] > 0), big, thr)
+    thr = np.where(const[None, :] & (th.constant[None, :] < 0), -big, thr)
+    neg = np.where(const, 0, neg).astype(np.uint8)
+    return thr.astype(np.int64), neg
+
+
+@dataclass
+class PackedInput:
+    mode: str  # "thresholds" | "copy" | "float"
+    thr: Optional[np.ndarray] = None  # (n,) or () for integer thresholds
+    neg: Optional[np.ndarray] = None
+    cw_out: int = 0
+
+
+def pack_input(op: ir.InputQuantize, oty) -> PackedInput:
+    if op.int_thresholds is not None:
+        th = op.int_thresholds
+        thr, neg = bit_comparisons(th, np.zeros((1, th.direction.size), np.int64), None)
+        thr, neg = thr[0], neg
+        if np.all(thr == thr[0]) and np.all(neg == neg[0]):
+            thr, neg = thr[:1], neg[:1]
+        return PackedInput("thresholds", thr, neg, words(oty.shape[2], 64))
+    if op.chain.terminal is None:
+        return PackedInput("copy")
+    return PackedInput("float", cw_out=words(oty.shape[2], 64) if isinstance(oty, ir.Bits) else 0)
+
+
+def storage_dtype(ty) -> str:
+    """C storage of an integer tensor."""
+    return int_dtype_for(ty.lo, ty.hi)
+
+
+def pack_bits(graph: ir.Graph, word_bits: int = 64) -> ir.Graph:
+    """Attach `packed` tables to every op (see module docstring); the math is unchanged."""
+    out = graph.copy()
+    out.word_bits = word_bits
+    for op in out.ops():
+        if isinstance(op, ir.Conv):
+            op.packed = pack_conv(op, out.tensors[op.inputs[0]], word_bits)
+        elif isinstance(op, ir.InputQuantize):
+            op.packed = pack_input(op, out.tensors[op.outputs[0]])
+            if op.packed.cw_out:
+                op.packed.cw_out = words(out.tensors[op.outputs[0]].shape[2], word_bits)
+    return out

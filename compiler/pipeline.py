@@ -1,0 +1,41 @@
+"""From an ONNX file to the lowered IR: the frontend, then the passes in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from . import ir
+from .lower import lower
+from .onnx_loader import load, read_model
+from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
+from .passes.quantize_input import quantize_input
+from .passes.strip_pruned_channels import strip_pruned_channels
+
+
+@dataclass
+class Options:
+    input_scale: Optional[float] = None
+    input_range: Optional[tuple] = None
+
+
+PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels)
+
+
+def frontend(model, options: Options = Options()) -> ir.Graph:
+    """ONNX ModelProto -> IR with float32 epilogue chains (nothing folded yet)."""
+    return lower(load(model), options.input_scale, options.input_range)
+
+
+def compile_graph(model, options: Options = Options()) -> ir.Graph:
+    """ONNX ModelProto -> IR after every pass: what the reference and the backends run."""
+    g = frontend(model, options)
+    for p in PASSES:
+        g = p(g)
+    return g
+
+
+def compile_file(path, options: Options = Options()):
+    """(ModelProto, lowered IR) for an ONNX file."""
+    model = read_model(path)
+    return model, compile_graph(model, options)

@@ -1,0 +1,132 @@
+"""The reference executor: the single definition of the numbers every backend must reproduce.
+
+It runs an IR graph at any stage of lowering (float32 chains before folding, integer thresholds
+after) with numpy, integer-exact: bit tensors are int8 arrays of -1/+1, integer tensors int64,
+convolutions are exact integer sums (float64 matmuls of small integers are exact below 2**53),
+and real values follow the float32 chains of arith.py operation by operation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ir
+from .arith import acc_to_float, apply_terminal, eval_chain
+from .errors import BnncError
+
+BATCH = 32  # samples per chunk, to bound im2col memory
+
+
+def _windows(x: np.ndarray, kernel, stride, pads, fill) -> np.ndarray:
+    """(N, OH, OW, kh, kw, C) windows of (N, H, W, C) padded with `fill`."""
+    t, l, b, r = pads
+    xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=fill)
+    win = np.lib.stride_tricks.sliding_window_view(xp, kernel, axis=(1, 2))  # N, H', W', C, kh, kw
+    win = win[:, :: stride[0], :: stride[1]]
+    return win.transpose(0, 1, 2, 4, 5, 3)
+
+
+def conv_accumulator(op: ir.Conv, x: np.ndarray) -> np.ndarray:
+    """Integer accumulator (N, OH, OW, O) of a Conv on int input values (N, H, W, C)."""
+    win = _windows(x, op.kernel, op.stride, op.pads, 0)
+    n, oh, ow = win.shape[:3]
+    cols = win.reshape(n * oh * ow, -1).astype(np.float64)
+    w = op.w.reshape(op.w.shape[0], -1).astype(np.float64)
+    acc = np.rint(cols @ w.T).astype(np.int64).reshape(n, oh, ow, -1)
+    if op.bias_kernel is not None:
+        acc = acc + bias_map(op, x.shape[1:3])[None]
+    return acc
+
+
+def bias_map(op: ir.Conv, in_hw: tuple) -> np.ndarray:
+    """(OH, OW, O): sum of bias_kernel over the valid (non-padding) taps of each output position."""
+    valid = _windows(np.ones((1, in_hw[0], in_hw[1], 1), np.int64), op.kernel, op.stride, op.pads, 0)
+    valid = valid[0, ..., 0]  # OH, OW, kh, kw
+    oh, ow = valid.shape[:2]
+    bk = op.bias_kernel.reshape(op.bias_kernel.shape[0], -1)
+    return (valid.reshape(oh * ow, -1) @ bk.T).reshape(oh, ow, -1)
+
+
+def apply_thresholds(th: ir.Thresholds, acc: np.ndarray) -> np.ndarray:
+    bits = np.where(th.direction.astype(np.int64) * acc >= th.threshold, 1, -1).astype(np.int8)
+    const = th.constant != ir.Thresholds.NOT_CONSTANT
+    if np.any(const):
+        bits[..., const] = th.constant[const]
+    return bits
+
+
+def _input(op: ir.InputQuantize, x: np.ndarray, out_type) -> np.ndarray:
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    if not getattr(op, "flat", False) and len(op.in_shape) == 3:
+        c, h, w = op.in_shape
+        flat = flat.reshape(n, c, h, w).transpose(0, 2, 3, 1).reshape(n, -1)
+    if op.int_thresholds is not None:
+        return apply_thresholds(op.int_thresholds, flat.astype(np.int64)).reshape((n,) + out_type.shape)
+    if op.chain.terminal is None:  # integers straight into the first layer
+        return flat.astype(np.int64).reshape((n,) + out_type.shape)
+    v = eval_chain(op.chain.ops, flat.astype(np.float32))
+    out = apply_terminal(op.chain.terminal, v)
+    if isinstance(out_type, ir.Bits) and np.any(out == 0):
+        raise BnncError("an input value binarizes to exactly 0 (ONNX Sign of 0), which a bit cannot hold")
+    return out.reshape((n,) + out_type.shape)
+
+
+def _epilogue(op: ir.Conv, acc: np.ndarray) -> np.ndarray:
+    ep = op.epilogue
+    if isinstance(ep, ir.Thresholds):
+        return apply_thresholds(ep, acc)
+    v = eval_chain(ep.ops, acc_to_float(acc))
+    if ep.terminal is None:
+        return v
+    return apply_terminal(ep.terminal, v)
+
+
+def _maxpool(op: ir.MaxPool, x: np.ndarray) -> np.ndarray:
+    low = np.iinfo(np.int64).min if x.dtype.kind == "i" else -np.inf
+    win = _windows(x.astype(np.int64), op.kernel, op.stride, op.pads, low)
+    return win.max(axis=(3, 4)).astype(x.dtype)
+
+
+def _argmax(op: ir.ArgMax, x: np.ndarray) -> np.ndarray:
+    v = x.reshape(x.shape[0], -1)
+    order = np.argsort(-v, axis=1, kind="stable")
+    return order[:, : op.k].astype(np.int32)
+
+
+def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
+    env = {graph.input: x}
+    for op in graph.ops():
+        a = env[op.inputs[0]]
+        oty = graph.tensors[op.outputs[0]]
+        if isinstance(op, ir.InputQuantize):
+            r = _input(op, a, oty)
+        elif isinstance(op, ir.Conv):
+            r = _epilogue(op, conv_accumulator(op, a.astype(np.int64)))
+        elif isinstance(op, ir.MaxPool):
+            r = _maxpool(op, a)
+        elif isinstance(op, ir.GlobalSumPool):
+            r = a.astype(np.int64).sum(axis=(1, 2), keepdims=True)
+        elif isinstance(op, ir.ArgMax):
+            r = _argmax(op, a)
+        else:  # pragma: no cover
+            raise TypeError(op)
+        env[op.outputs[0]] = r
+    return env
+
+
+def run(graph: ir.Graph, x: np.ndarray) -> np.ndarray:
+    """Outputs (N, ...) for inputs (N, ...) in the model's input layout (each x[i] one sample)."""
+    n = x.shape[0]
+    outs = []
+    for i in range(0, n, BATCH):
+        env = run_chunk(graph, x[i: i + BATCH])
+        y = env[graph.output]
+        outs.append(y.reshape(y.shape[0], -1))
+    y = np.concatenate(outs) if outs else np.zeros((0, graph.output_info["elements"]))
+    return y.reshape((n,) + tuple(graph.output_info["shape"][1:]))
+
+
+def intermediates(graph: ir.Graph, x: np.ndarray) -> dict:
+    """Every tensor's value for inputs x (one chunk): for debugging and backend tests."""
+    return run_chunk(graph, x, keep=True)
