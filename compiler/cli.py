@@ -1,0 +1,258 @@
+"""The `bnnc` command: demo, compile, run, verify, report.
+
+Every problem with the user's input ends as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, driver
+from .errors import BnncError
+from .pipeline import Options, compile_file
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own exit status is 2 already; keep it to one line
+        self.exit(2, f"bnnc: error: {message}\n")
+
+
+def _options(a) -> Options:
+    rng = None
+    if getattr(a, "input_range", None):
+        try:
+            lo, hi = (int(v) for v in a.input_range.split(":"))
+        except ValueError:
+            raise BnncError(f"--input-range '{a.input_range}' is not LO:HI") from None
+        rng = (lo, hi)
+    return Options(input_scale=a.input_scale, input_range=rng)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise BnncError(f"input file '{path}' does not exist") from None
+    except (ValueError, OSError) as e:
+        raise BnncError(f"'{path}' is not a readable .npy array ({e})") from None
+
+
+def cmd_compile(a) -> int:
+    _, graph = compile_file(a.model, _options(a))
+    driver.check_target(a.target)
+    if a.target != "c":
+        raise BnncError(f"`bnnc compile` writes sources for --target c (got '{a.target}')")
+    files = driver.render_c(graph, a.name)
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise BnncError(f"output '{out}' exists and is not a directory")
+    # write into a temporary sibling, then move into place: no partial output on failure
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bnnc-", dir=out.parent))
+    try:
+        for n, text in sorted(files.items()):
+            (tmp / n).write_text(text)
+        if out.exists():
+            for n in files:
+                (out / n).unlink(missing_ok=True)
+            for n in files:
+                os.replace(tmp / n, out / n)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {', '.join(sorted(files))} to {out}/")
+    return 0
+
+
+def cmd_run(a) -> int:
+    driver.check_target(a.target)
+    _, graph = compile_file(a.model, _options(a))
+    inputs = driver.prepare_inputs(graph, _load_npy(a.input))
+    y = driver.run_target(graph, a.target, inputs, a.name)
+    if a.output:
+        np.save(a.output, y)
+        print(f"wrote {a.output}: shape {y.shape}, dtype {y.dtype}")
+    else:
+        np.set_printoptions(threshold=200)
+        print(y)
+    return 0
+
+
+def _top1(y: np.ndarray) -> np.ndarray:
+    return y.reshape(y.shape[0], -1).argmax(axis=1) if y.dtype.kind == "f" else y.reshape(y.shape[0], -1)[:, 0]
+
+
+def cmd_verify(a) -> int:
+    from .original import OriginalModel
+
+    driver.check_target(a.target)
+    model, graph = compile_file(a.model, _options(a))
+    if a.input:
+        x = _load_npy(a.input)
+    else:
+        x = driver.random_samples(graph, a.samples, a.seed)
+    inputs = driver.prepare_inputs(graph, x)
+    t0 = time.time()
+    print(f"verifying {inputs.grid.shape[0]} samples of {a.model} on target '{a.target}'", file=sys.stderr)
+    try:
+        orig = OriginalModel(model).run(inputs.model)
+    except BnncError:
+        raise
+    except Exception as e:
+        raise BnncError(f"onnxruntime cannot run the original model: {str(e).splitlines()[0][:200]}") from None
+    ref = driver.run_target(graph, "ref", inputs)
+    tgt = driver.run_target(graph, a.target, inputs, a.name)
+    orig = orig.reshape(ref.shape)
+    n = ref.shape[0]
+    same = np.array([np.array_equal(tgt[i], ref[i]) for i in range(n)])
+    top_ref, top_orig = _top1(ref), _top1(orig.astype(ref.dtype) if ref.dtype.kind != "f" else orig)
+    top_ok = top_ref == top_orig
+    if ref.dtype.kind == "f":
+        diff = np.abs(ref.astype(np.float64) - orig.astype(np.float64)).reshape(n, -1).max(axis=1)
+        scale = max(1.0, float(np.abs(orig).max()))
+        tol = a.rtol * scale
+        close = diff <= tol
+        diff_text = f"{diff.max():.3g} (tolerance {tol:.3g} = {a.rtol:g} x max(1, max|original|))"
+    else:
+        diff = (ref.reshape(n, -1) != orig.reshape(n, -1)).sum(axis=1).astype(float)
+        close = diff == 0
+        diff_text = f"{int(diff.max())} differing indices"
+    rows = [("samples", str(n)),
+            (f"{a.target} == reference (bit-exact)", f"{int(same.sum())}/{n}"),
+            ("reference top-1 == original", f"{int(top_ok.sum())}/{n}"),
+            ("reference vs original max abs diff", diff_text),
+            ("time", f"{time.time() - t0:.2f} s")]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k.ljust(w)}  {v}")
+    bad = np.flatnonzero(~(same & top_ok & close))
+    for i in bad[:5]:
+        print(f"  sample {i}: target==ref {bool(same[i])}, top-1 ref {top_ref[i]} original {top_orig[i]}, "
+              f"diff {diff[i]:.3g}")
+    ok = bad.size == 0
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def cmd_report(a) -> int:
+    from .report import format_table, report
+
+    _, graph = compile_file(a.model, _options(a))
+    rep = report(driver.backend_graph(graph))
+    print(format_table(rep))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rep, indent=2, default=_json_default) + "\n")
+        print(f"wrote {a.json}")
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (tuple, np.ndarray)):
+        return list(o)
+    return str(o)
+
+
+def cmd_demo(a) -> int:
+    from .testing.random_models import random_inputs, save, tfc_model
+
+    work = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="bnnc-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_path = work / "tfc.onnx"
+    model = tfc_model(seed=a.seed)
+    save(model, model_path)
+    print(f"bnnc demo: built a binarized MLP (784-64-64-64-10) at {model_path}")
+    x = random_inputs(model, 100, seed=a.seed)
+    np.save(work / "x.npy", x)
+    ns = argparse.Namespace(model=str(model_path), target="c", output=str(work / "c"), name="bnnc",
+                            input_scale=None, input_range=None)
+    cmd_compile(ns)
+    ns = argparse.Namespace(model=str(model_path), target="c", input=str(work / "x.npy"), samples=0, seed=0,
+                            name="bnnc", rtol=1e-4, input_scale=None, input_range=None)
+    return cmd_verify(ns)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bnnc", description="Compile binarized / compressed ONNX networks to bit-exact code.")
+    p.add_argument("--version", action="version", version=f"bnnc {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def model_args(sp, target=True):
+        sp.add_argument("model", help="ONNX file")
+        if target:
+            sp.add_argument("--target", default="c", help="ref | c (default c)")
+        sp.add_argument("--name", default="bnnc", help="prefix of the generated C API (default bnnc)")
+        sp.add_argument("--input-scale", type=float, default=None,
+                        help="declare the input grid: real input = S * integer")
+        sp.add_argument("--input-range", default=None, help="LO:HI integer range of the declared input grid")
+
+    sp = sub.add_parser("demo", help="compile a bundled example model, run it and check it")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--dir", default=None, help="where to write the example (default: a temporary folder)")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("compile", help="write model.c, model.h, the runtime and a Makefile")
+    model_args(sp)
+    sp.add_argument("-o", "--output", required=True, help="output folder")
+    sp.set_defaults(func=cmd_compile)
+
+    sp = sub.add_parser("run", help="run the compiled model on inputs")
+    model_args(sp)
+    sp.add_argument("--input", required=True, help=".npy of shape (N, ...), one model input per sample")
+    sp.add_argument("--output", default=None, help=".npy to write (N, ...) outputs to")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("verify", help="original model vs reference vs target")
+    model_args(sp)
+    sp.add_argument("--input", default=None, help=".npy of inputs (default: random samples)")
+    sp.add_argument("--samples", type=int, default=100, help="random samples when no --input (default 100)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--rtol", type=float, default=1e-4,
+                    help="reference vs original tolerance, relative to max(1, max|original|) (default 1e-4)")
+    sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser("report", help="per-layer MACs, storage, pruning and arena figures")
+    model_args(sp, target=False)
+    sp.add_argument("--json", default=None, help="also write the report as JSON")
+    sp.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        if getattr(a, "samples", 1) is not None and getattr(a, "samples", 1) < 1 and a.cmd == "verify" \
+                and not a.input:
+            raise BnncError("--samples must be at least 1")
+        return a.func(a)
+    except BnncError as e:
+        print(f"bnnc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bnnc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in bnnc, not in the user's input
+        if os.environ.get("BNNC_DEBUG"):
+            raise
+        print(f"bnnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(set BNNC_DEBUG=1 for a traceback; please report it)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
