@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
+
+
+def sweep_scale() -> float:
+    """BNNC_SWEEP_SCALE multiplies the size of the randomized sweeps (CI runs 1)."""
+    return float(os.environ.get("BNNC_SWEEP_SCALE", "1"))
+
+
+@pytest.fixture
+def shared_models() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared/models is not present")
+    return SHARED
