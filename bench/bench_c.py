@@ -219,8 +219,9 @@ def build_layer_bench(files: dict, harness: str, flags=FLAGS) -> Path:
         return exe
     c_build.cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="build-", dir=c_build.cache_dir()))
-    for n in ("model.c", "model.h", "bnnc_kernels.h"):
-        (tmp / n).write_text(files[n])
+    for n, text in files.items():  # model.c and the headers it includes
+        if n != "harness.c":
+            (tmp / n).write_text(text)
     (tmp / "layer_bench.c").write_text(harness)
     cmd = [cc, *flags, "layer_bench.c", "-o", "layer_bench"]
     r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)

@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _options(a) -> Options:
     rng = None
-    if getattr(a, "input_range", None):
+    if getattr(a, "input_range", None) is not None:
         try:
             lo, hi = (int(v) for v in a.input_range.split(":"))
         except ValueError:
@@ -56,8 +56,11 @@ def cmd_compile(a) -> int:
     if out.exists() and not out.is_dir():
         raise BnncError(f"output '{out}' exists and is not a directory")
     # write into a temporary sibling, then move into place: no partial output on failure
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bnnc-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".bnnc-", dir=out.parent))
+    except OSError as e:
+        raise BnncError(f"cannot create output folder '{out}': {e.strerror}") from None
     try:
         for n, text in sorted(files.items()):
             (tmp / n).write_text(text)
@@ -81,7 +84,7 @@ def cmd_run(a) -> int:
     inputs = driver.prepare_inputs(graph, _load_npy(a.input))
     y = driver.run_target(graph, a.target, inputs, a.name)
     if a.output:
-        np.save(a.output, y)
+        _write(a.output, lambda f: np.save(f, y))
         print(f"wrote {a.output}: shape {y.shape}, dtype {y.dtype}")
     else:
         np.set_printoptions(threshold=200)
@@ -152,9 +155,18 @@ def cmd_report(a) -> int:
     rep = report(driver.backend_graph(graph))
     print(format_table(rep))
     if a.json:
-        Path(a.json).write_text(json.dumps(rep, indent=2, default=_json_default) + "\n")
+        text = json.dumps(rep, indent=2, default=_json_default) + "\n"
+        _write(a.json, lambda f: f.write(text.encode()))
         print(f"wrote {a.json}")
     return 0
+
+
+def _write(path: str, write) -> None:
+    try:
+        with open(path, "wb") as f:
+            write(f)
+    except OSError as e:
+        raise BnncError(f"cannot write '{path}': {e.strerror}") from None
 
 
 def _json_default(o):

@@ -93,7 +93,7 @@ def load(model: onnx.ModelProto) -> LoadedModel:
         if imp.domain in STANDARD_DOMAINS:
             opset = imp.version
     if opset and not 7 <= opset <= 22:
-        raise BnncError(f"opset {opset} is outside what bnnc reads (9-22)")
+        raise BnncError(f"opset {opset} is outside what bnnc reads (7-22)")
     consts = {}
     for init in g.initializer:
         try:
@@ -165,7 +165,9 @@ def _topological(nodes, known: set) -> list:
             else:
                 rest.append(n)
         if len(rest) == len(pending):
-            missing = sorted({x for n in rest for x in n.input if x not in avail})
+            produced = {o for n in rest for o in n.output}
+            missing = sorted({x for n in rest for x in n.input if x not in avail and x not in produced}) or \
+                sorted({x for n in rest for x in n.input if x not in avail})
             raise BnncError(f"node '{rest[0].name or rest[0].op_type}' ({rest[0].op_type}) reads tensors "
                             f"nothing produces: {', '.join(missing[:5])}")
         pending = rest

@@ -298,9 +298,6 @@ def test_compile_bad_model(kind, base, tmp_path, capsys):
     assert stdout == ""
 
 
-@pytest.mark.xfail(reason="bnnc bug: the 'reads tensors nothing produces' message lists the first 5 "
-                          "sorted tensors that are blocked downstream and leaves out the one that really "
-                          "has no producer", strict=True)
 def test_dangling_tensor_is_named(base, tmp_path, capsys):
     path, words = _dangling_tensor(base, tmp_path)
     rc, _, err = cli(capsys, "compile", path, "-o", tmp_path / "out")
@@ -457,8 +454,6 @@ def test_empty_input_range(base_file, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(reason="bnnc bug: an empty --input-range '' is silently ignored (exit 0) instead of "
-                          "being refused as not LO:HI", strict=True)
 def test_blank_input_range_text(base_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "compile", base_file, "--input-scale", "0.1", "--input-range=",
                      "-o", tmp_path / "out")
@@ -501,17 +496,12 @@ def test_name_too_long_for_a_c_identifier(base_file, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(reason="bnnc bug: --name '' is accepted and silently becomes the prefix 'm_' "
-                          "(sanitize_identifier's docstring promises an error when nothing usable remains)",
-                   strict=True)
 def test_empty_name_is_refused(base_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "compile", base_file, "--name=", "-o", tmp_path / "out")
     assert_error(rc, err, "--name")
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(reason="bnnc bug: --name=-- reaches sanitize_identifier as a list (argparse strips '--') "
-                          "and ends as 'internal error: TypeError', exit status 3", strict=True)
 def test_name_of_only_punctuation_is_refused(base_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "compile", base_file, "--name=--", "-o", tmp_path / "out")
     assert_error(rc, err, "--name")
@@ -527,8 +517,6 @@ def test_output_path_is_an_existing_file(base_file, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.onnx", "out"]  # no .bnnc-* temp dir
 
 
-@pytest.mark.xfail(reason="bnnc bug: -o below an existing regular file ends as 'internal error: "
-                          "FileExistsError', exit status 3", strict=True)
 def test_output_path_below_a_file(base_file, tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x\n")
@@ -536,8 +524,6 @@ def test_output_path_below_a_file(base_file, tmp_path, capsys):
     assert_error(rc, err, "afile")
 
 
-@pytest.mark.xfail(reason="bnnc bug: `run --output` into a missing folder ends as 'internal error: "
-                          "FileNotFoundError', exit status 3", strict=True)
 def test_run_output_into_missing_folder(base, base_file, tmp_path, capsys):
     np.save(tmp_path / "x.npy", random_inputs(base, 2, seed=0))
     y = tmp_path / "no_such_dir" / "y.npy"
@@ -545,8 +531,6 @@ def test_run_output_into_missing_folder(base, base_file, tmp_path, capsys):
     assert_error(rc, err, "no_such_dir")
 
 
-@pytest.mark.xfail(reason="bnnc bug: `report --json` into a missing folder ends as 'internal error: "
-                          "FileNotFoundError', exit status 3", strict=True)
 def test_report_json_into_missing_folder(base_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "report", base_file, "--json", tmp_path / "no_such_dir" / "r.json")
     assert_error(rc, err, "no_such_dir")

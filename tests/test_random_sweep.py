@@ -43,3 +43,21 @@ def test_shared_cnv_clean_under_sanitizers(shared_models):
     inputs = driver.prepare_inputs(graph, np.load(shared_models / "brevitas-cnv-1w1a" / "input.npy")[:2])
     assert np.array_equal(driver.run_target(graph, "c", inputs, flags=SANITIZE),
                           driver.run_target(graph, "ref", inputs))
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_generated_c_builds_warning_free_with_each_compiler(cc):
+    import shutil
+
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} is not installed")
+    model, spec, graph, inputs = random_case(5, 4)
+    flags = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off")
+    c = driver.run_target(graph, "c", inputs, flags=flags) if cc == "gcc" else None
+    if cc == "clang":
+        files = driver.render_c(graph)
+        exe = c_build.build(files, flags, cc="clang")
+        c = c_build.run(exe, inputs.grid, graph.input_info["dtype"],
+                        "float32" if graph.output_info["dtype"] == "float32" else "int32",
+                        graph.output_info["elements"]).reshape(driver.run_target(graph, "ref", inputs).shape)
+    assert np.array_equal(c, driver.run_target(graph, "ref", inputs))

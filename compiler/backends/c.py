@@ -23,6 +23,8 @@ C_TYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": 
 
 def sanitize_identifier(name: str) -> str:
     """A C identifier made from user text, or an error when nothing usable remains."""
+    if not isinstance(name, str) or not re.search(r"[A-Za-z0-9]", name):
+        raise BnncError(f"--name {name!r} does not make a C identifier (it needs a letter or digit)")
     s = re.sub(r"[^A-Za-z0-9_]", "_", name)
     if not s or not re.match(r"[A-Za-z_]", s[0]):
         s = "m_" + s
