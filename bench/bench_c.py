@@ -11,13 +11,18 @@ in ../shared/models/ when it is there) the script
   generated harness (`--bench`: best of 5 runs of `iters` inferences);
 * times onnxruntime on the same ONNX model (one intra-op and one inter-op thread, ORT_ENABLE_ALL,
   batch 1; the same statistic: best of 5 runs of `iters` calls to `session.run`, which includes
-  the Python call overhead of onnxruntime, plus the median of all calls);
+  the Python call overhead of onnxruntime, plus the median of all calls). The shared QONNX model
+  runs after bnnc.original rewrote its custom ops to standard ones (it is skipped if that fails);
 * times every layer of the generated C separately: a second harness includes model.c and calls
   the layer functions of `<name>_run`, in order and with the same arguments, each `iters` times
   (a layer run repeatedly on the same input gives the same output, so every layer sees the data
   it sees in a full inference);
 
-then prints a table and writes JSON (default bench/results/bench_c.json).
+C, per-layer C and onnxruntime are timed in interleaved rounds (3, or 1 with --quick) and the
+minimum over rounds is reported: virtual machines have slow phases. The script then prints a
+table and writes JSON (default bench/results/bench_c.json): {"machine": {...}, "quick": bool,
+"models": {name: {c_ns, ort_ns, speedup, binary_macs, layers: [{name, kind, binary_macs, ns,
+gmacs_per_s, ...}], ...}}}.
 
 MACs count what the compiled IR computes: O * kh * kw * C * OH * OW from each IR Conv's weight
 shape (O, kh, kw, C) and output shape (OH, OW, O), after bnnc removed pruned and constant
@@ -62,7 +67,7 @@ def log(msg: str) -> None:
 
 # -- models -------------------------------------------------------------------------------------
 
-def models(quick: bool) -> list:
+def models() -> list:
     """(label, ModelProto, float inputs (N, ...), ORT model or None, note)."""
     out = []
     m = cnv_model(0)
@@ -186,8 +191,8 @@ def layer_harness(calls: list, prefix: str) -> str:
         "  fclose(fi);",
         f"  const {prefix}_input_t *input = in_buf;",
         f"  {prefix}_output_t *output = out_buf;",
-        f"  double best[{len(calls)}];",
-        f"  for (int k = 0; k < {len(calls)}; k++) best[k] = 1e300;",
+        f"  double best[{len(calls) + 1}];",
+        f"  for (int k = 0; k <= {len(calls)}; k++) best[k] = 1e300;",
         f"  {prefix}_run(input, output); /* warm up */",
         "  for (int rep = 0; rep < 5; rep++) {",
         "    double t0, dt;",
@@ -199,9 +204,16 @@ def layer_harness(calls: list, prefix: str) -> str:
             "    dt = (now_ns() - t0) / (double)n;",
             f"    if (dt < best[{k}]) best[{k}] = dt;",
         ]
-    lines.append("  }")
+    lines += [  # the whole model in the same program, for comparison with the sum of the layers
+        "    t0 = now_ns();",
+        f"    for (long i = 0; i < n; i++) {{ {prefix}_run(input, output); BARRIER(); }}",
+        "    dt = (now_ns() - t0) / (double)n;",
+        f"    if (dt < best[{len(calls)}]) best[{len(calls)}] = dt;",
+        "  }",
+    ]
     for k, (fn, _) in enumerate(calls):
         lines.append(f'  printf("{fn} %.1f\\n", best[{k}]);')
+    lines.append(f'  printf("{prefix}_run %.1f\\n", best[{len(calls)}]);')
     lines += ["  return 0;", "}", ""]
     return "\n".join(lines)
 
@@ -294,42 +306,58 @@ def bench_model(label, model, x, ort_model, source, quick: bool) -> dict:
                  f"  C:   {y_c.ravel()[:10]}\n  ref: {y_ref.ravel()[:10]}")
 
     target_s = 0.01 if quick else 0.08  # per timed run; bench does 5 runs
-    iters, _ = calibrate(exe, inputs.grid, in_dtype, target_s)
-    log(f"[{label}] timing C ({iters} inferences x 5) ...")
-    c_ns = c_build.bench(exe, inputs.grid, in_dtype, iters)
-
-    log(f"[{label}] timing each layer ...")
+    iters, est_ns = calibrate(exe, inputs.grid, in_dtype, target_s)
     calls = run_calls(files["model.c"], NAME)
     lexe = build_layer_bench(files, layer_harness(calls, NAME))
-    per_layer = time_layers(lexe, inputs.grid, in_dtype, iters)
     layers = layer_info(bg)
     names = [c[0] for c in calls]
     if [d["name"] for d in layers] != names:
         raise RuntimeError(f"{NAME}_run calls {names}, the IR has {[d['name'] for d in layers]}")
-    for d in layers:
-        d["ns"] = per_layer[d["name"]]
-        d["gmacs_per_s"] = round(d["macs"] / d["ns"], 3) if d["macs"] else None
-        d["share"] = round(d["ns"] / sum(per_layer.values()), 4)
-
-    res = {"source": source, "c_ns": c_ns, "c_iters": iters, "layers_sum_ns": sum(per_layer.values()),
-           "macs": sum(d["macs"] for d in layers), "binary_macs": sum(d["binary_macs"] for d in layers)}
-    res["c_gmacs_per_s"] = round(res["macs"] / c_ns, 3)
 
     sess, in_name, in_shape, ort_dtype, note = ort_session(ort_model) if ort_model is not None else \
         (None, None, None, None, "no ONNX model for onnxruntime")
-    res["ort_note"] = note
+    res = {"source": source, "ort_note": note}
     if sess is not None:
         feed = np.asarray(inputs.model[:1], dtype=ort_dtype).reshape(in_shape)
         y_ort = np.asarray(sess.run(None, {in_name: feed})[0]).ravel()
         if y_ort.size == y_c[0].size:
             res["ort_max_abs_diff"] = float(np.max(np.abs(y_ort.astype(np.float64)
                                                           - y_c[0].ravel().astype(np.float64))))
-        ort_iters = max(20, min(iters, int((0.02 if quick else 0.1) * 1e9 / max(c_ns * 10, 1))))
-        log(f"[{label}] timing onnxruntime ({ort_iters} runs x 5) ...")
-        res.update(time_ort(sess, in_name, feed, ort_iters, 0.05 if quick else 0.5))
-        res["speedup"] = round(res["ort_ns"] / c_ns, 2)
+        ort_iters = max(20, min(iters, int(target_s * 1e9 / max(est_ns * 10, 1))))
     else:
         log(f"[{label}] onnxruntime skipped: {note}")
+
+    # Rounds that interleave C, per-layer C and onnxruntime, minimum over rounds: shared or
+    # virtual machines have slow phases that a single measurement can fall into.
+    rounds = 1 if quick else 3
+    c_runs, layer_runs, ort_runs = [], [], []
+    for r in range(rounds):
+        tag = f"round {r + 1}/{rounds}: " if rounds > 1 else ""
+        log(f"[{label}] {tag}timing C ({iters} inferences x 5), each layer, "
+            + (f"onnxruntime ({ort_iters} runs x 5)" if sess is not None else "no onnxruntime"))
+        c_runs.append(c_build.bench(exe, inputs.grid, in_dtype, iters))
+        layer_runs.append(time_layers(lexe, inputs.grid, in_dtype, iters))
+        if sess is not None:
+            ort_runs.append(time_ort(sess, in_name, feed, ort_iters, 0.05 if quick else 0.3))
+    c_ns = min(c_runs)
+    per_layer = {k: min(lr[k] for lr in layer_runs) for k in layer_runs[0]}
+    run_in_layer_harness = per_layer.pop(f"{NAME}_run")
+    for d in layers:
+        d["ns"] = per_layer[d["name"]]
+        d["gmacs_per_s"] = round(d["macs"] / d["ns"], 3) if d["macs"] else None
+        d["share"] = round(d["ns"] / sum(per_layer.values()), 4)
+
+    res.update({"c_ns": c_ns, "c_ns_rounds": c_runs, "c_iters": iters, "rounds": rounds,
+                "layers_sum_ns": sum(per_layer.values()), "run_ns_in_layer_harness": run_in_layer_harness,
+                "macs": sum(d["macs"] for d in layers), "binary_macs": sum(d["binary_macs"] for d in layers)})
+    res["c_gmacs_per_s"] = round(res["macs"] / c_ns, 3)
+    if ort_runs:
+        res.update({"ort_ns": min(o["ort_ns"] for o in ort_runs),
+                    "ort_median_ns": float(statistics.median(o["ort_median_ns"] for o in ort_runs)),
+                    "ort_min_ns": min(o["ort_min_ns"] for o in ort_runs),
+                    "ort_ns_rounds": [o["ort_ns"] for o in ort_runs], "ort_iters": ort_iters})
+        res["speedup"] = round(res["ort_ns"] / c_ns, 2)
+    else:
         res.update(ort_ns=None, ort_median_ns=None, speedup=None)
     res["layers"] = layers
     log(f"[{label}] done in {time.perf_counter() - t_start:.1f} s")
@@ -339,19 +367,19 @@ def bench_model(label, model, x, ort_model, source, quick: bool) -> dict:
 # -- report -------------------------------------------------------------------------------------
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    flags = set()
+    cpu, flags = None, set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and cpu in (platform.processor(), platform.machine()):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                if flags and cpu not in (platform.processor(), platform.machine()):
-                    break
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if cpu is None and key in ("model name", "Model", "cpu model"):
+                    cpu = val.strip()
+                elif not flags and key in ("flags", "Features"):
+                    flags = set(val.split())
     except OSError:
         pass
+    cpu = cpu or platform.processor() or platform.machine()
     cc = c_build.find_cc()
     try:
         ver = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -393,10 +421,11 @@ def report(results: dict, machine: dict) -> str:
                      f"{r['macs'] / 1e6:.2f}", f"{r['binary_macs'] / 1e6:.2f}", f"{r['c_gmacs_per_s']:.1f}"])
     out.append(fmt_table(["model", "C us", "ORT us", "ORT med us", "speedup", "MMACs", "bin MMACs",
                           "GMAC/s"], rows))
-    out.append("(C: best of 5 runs of N inferences; ORT: same statistic over session.run calls, and the "
-               "median call; speedup = ORT / C)")
+    out.append("C and ORT: best of 5 runs of N calls (minimum over rounds); ORT med: median single "
+               "session.run call; speedup = ORT / C. MACs: of the compiled IR (pruned/constant channels removed).")
     for label, r in results.items():
-        out += ["", f"{label}: per layer (sum {us(r['layers_sum_ns'])} us, whole model {us(r['c_ns'])} us)"]
+        out += ["", f"{label}: per layer (sum {us(r['layers_sum_ns'])} us; {NAME}_run in the same program "
+                    f"{us(r['run_ns_in_layer_harness'])} us, in the generated harness {us(r['c_ns'])} us)"]
         rows = []
         for d in r["layers"]:
             rows.append([d["name"], d["kind"], "x".join(map(str, d["out_shape"])),
@@ -414,7 +443,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     machine = machine_info()
     results = {}
-    for label, model, x, ort_model, source in models(args.quick):
+    for label, model, x, ort_model, source in models():
         results[label] = bench_model(label, model, x, ort_model, source, args.quick)
     print()
     print(report(results, machine))
