@@ -81,7 +81,6 @@ def strip_pruned_channels(graph: ir.Graph) -> ir.Graph:
                 if isinstance(p, ir.GlobalSumPool):
                     h, w, _ = out.tensors[p.inputs[0]].shape
                     v = v * h * w
-                    ty = out.tensors[p.outputs[0]]
             _fold_into_consumer(conv, keep, removed, v)
     return out
 
