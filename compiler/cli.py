@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, driver
+from . import __version__, driver, targets
 from .errors import BnncError
 from .pipeline import Options, compile_file
+from .targets import TargetOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,33 @@ def _options(a) -> Options:
     return Options(input_scale=a.input_scale, input_range=rng)
 
 
+def _target_options(a) -> TargetOptions:
+    folding = getattr(a, "folding", None)
+    if getattr(a, "target_cycles", None) is not None and a.target_cycles < 1:
+        raise BnncError("--target-cycles must be at least 1")
+    mcu = getattr(a, "mcu", None)
+    if mcu is not None:
+        targets.check_mcu(mcu)
+    return TargetOptions(name=a.name, folding=folding, target_cycles=getattr(a, "target_cycles", None),
+                         mcu=mcu, flash=_bytes(getattr(a, "flash", None), "--flash"),
+                         ram=_bytes(getattr(a, "ram", None), "--ram"), progress=sys.stderr.isatty())
+
+
+def _bytes(text, flag):
+    """'64k', '1M', '4096' -> bytes."""
+    if text is None:
+        return None
+    t = str(text).strip().lower().removesuffix("b")
+    mult = {"k": 1024, "m": 1024 * 1024}.get(t[-1:], 1)
+    try:
+        v = int(t[:-1] if mult != 1 else t) * mult
+    except ValueError:
+        raise BnncError(f"{flag} '{text}' is not a size in bytes (e.g. 65536, 64k, 1M)") from None
+    if v <= 0:
+        raise BnncError(f"{flag} must be positive")
+    return v
+
+
 def _load_npy(path: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
@@ -47,11 +75,10 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def cmd_compile(a) -> int:
+    targets.check_target(a.target, targets.COMPILE_TARGETS)
+    opts = _target_options(a)
     _, graph = compile_file(a.model, _options(a))
-    driver.check_target(a.target)
-    if a.target != "c":
-        raise BnncError(f"`bnnc compile` writes sources for --target c (got '{a.target}')")
-    files = driver.render_c(graph, a.name)
+    files = targets.compile_files(graph, a.target, opts)
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise BnncError(f"output '{out}' exists and is not a directory")
@@ -63,26 +90,37 @@ def cmd_compile(a) -> int:
         raise BnncError(f"cannot create output folder '{out}': {e.strerror}") from None
     try:
         for n, text in sorted(files.items()):
+            (tmp / n).parent.mkdir(parents=True, exist_ok=True)
             (tmp / n).write_text(text)
         if out.exists():
-            for n in files:
-                (out / n).unlink(missing_ok=True)
-            for n in files:
+            for n in sorted(files):
+                (out / n).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp / n, out / n)
-            tmp.rmdir()
         else:
             os.replace(tmp, out)
+    except OSError as e:
+        raise BnncError(f"cannot write to '{out}': {e.strerror}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"wrote {', '.join(sorted(files))} to {out}/")
+    top = sorted({n.split("/")[0] for n in files})
+    print(f"wrote {', '.join(top)} to {out}/")
     return 0
 
 
+def _write_stats(a, stats: dict) -> None:
+    if getattr(a, "stats", None):
+        text = json.dumps(stats, indent=2, sort_keys=True, default=_json_default) + "\n"
+        _write(a.stats, lambda f: f.write(text.encode()))
+        print(f"wrote {a.stats}")
+
+
 def cmd_run(a) -> int:
-    driver.check_target(a.target)
+    targets.check_target(a.target)
+    opts = _target_options(a)
     _, graph = compile_file(a.model, _options(a))
     inputs = driver.prepare_inputs(graph, _load_npy(a.input))
-    y = driver.run_target(graph, a.target, inputs, a.name)
+    y, stats = targets.run(graph, a.target, inputs.grid, opts)
+    _write_stats(a, stats)
     if a.output:
         _write(a.output, lambda f: np.save(f, y))
         print(f"wrote {a.output}: shape {y.shape}, dtype {y.dtype}")
@@ -99,7 +137,8 @@ def _top1(y: np.ndarray) -> np.ndarray:
 def cmd_verify(a) -> int:
     from .original import OriginalModel
 
-    driver.check_target(a.target)
+    targets.check_target(a.target)
+    opts = _target_options(a)
     model, graph = compile_file(a.model, _options(a))
     if a.input:
         x = _load_npy(a.input)
@@ -115,7 +154,8 @@ def cmd_verify(a) -> int:
     except Exception as e:
         raise BnncError(f"onnxruntime cannot run the original model: {str(e).splitlines()[0][:200]}") from None
     ref = driver.run_target(graph, "ref", inputs)
-    tgt = driver.run_target(graph, a.target, inputs, a.name)
+    tgt, stats = targets.run(graph, a.target, inputs.grid, opts)
+    _write_stats(a, stats)
     orig = orig.reshape(ref.shape)
     n = ref.shape[0]
     same = np.array([np.array_equal(tgt[i], ref[i]) for i in range(n)])
@@ -151,9 +191,18 @@ def cmd_verify(a) -> int:
 def cmd_report(a) -> int:
     from .report import format_table, report
 
+    opts = _target_options(a)
+    target = a.target or opts.mcu
+    if target is not None:
+        targets.check_target(target)
     _, graph = compile_file(a.model, _options(a))
     rep = report(driver.backend_graph(graph))
     print(format_table(rep))
+    extra = targets.report(graph, target, opts) if target is not None else None
+    if extra:
+        print()
+        print(extra["text"])
+        rep[target] = extra["json"]
     if a.json:
         text = json.dumps(rep, indent=2, default=_json_default) + "\n"
         _write(a.json, lambda f: f.write(text.encode()))
@@ -191,7 +240,7 @@ def cmd_demo(a) -> int:
     x = random_inputs(model, 100, seed=a.seed)
     np.save(work / "x.npy", x)
     ns = argparse.Namespace(model=str(model_path), target="c", output=str(work / "c"), name="bnnc",
-                            input_scale=None, input_range=None)
+                            input_scale=None, input_range=None, mcu=None)
     cmd_compile(ns)
     ns = argparse.Namespace(model=str(model_path), target="c", input=str(work / "x.npy"), samples=0, seed=0,
                             name="bnnc", rtol=1e-4, input_scale=None, input_range=None)
@@ -203,33 +252,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"bnnc {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
-    def model_args(sp, target=True):
+    def model_args(sp, target_help="c"):
         sp.add_argument("model", help="ONNX file")
-        if target:
-            sp.add_argument("--target", default="c", help="ref | c (default c)")
-        sp.add_argument("--name", default="bnnc", help="prefix of the generated C API (default bnnc)")
+        if target_help:
+            sp.add_argument("--target", default="c", help=f"{target_help} (default c)")
+        else:
+            sp.add_argument("--target", default=None,
+                            help="add the figures of this target (verilog, hls, cortex-m0/m4/m7)")
+        sp.add_argument("--name", default="bnnc", help="prefix of the generated identifiers (default bnnc)")
         sp.add_argument("--input-scale", type=float, default=None,
                         help="declare the input grid: real input = S * integer")
         sp.add_argument("--input-range", default=None, help="LO:HI integer range of the declared input grid")
+        sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
+        sp.add_argument("--target-cycles", type=int, default=None,
+                        help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")
+        sp.add_argument("--mcu", default=None, help="cortex-m0 | cortex-m4 | cortex-m7: firmware for this core")
+        sp.add_argument("--flash", default=None, help="MCU flash budget in bytes (e.g. 256k); exceeding it is an error")
+        sp.add_argument("--ram", default=None, help="MCU RAM budget in bytes (e.g. 64k); exceeding it is an error")
+
+    all_targets = " | ".join(targets.TARGETS)
 
     sp = sub.add_parser("demo", help="compile a bundled example model, run it and check it")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--dir", default=None, help="where to write the example (default: a temporary folder)")
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("compile", help="write model.c, model.h, the runtime and a Makefile")
-    model_args(sp)
+    sp = sub.add_parser("compile", help="write the generated sources (C, firmware, Verilog or HLS C++)")
+    model_args(sp, " | ".join(targets.COMPILE_TARGETS))
     sp.add_argument("-o", "--output", required=True, help="output folder")
     sp.set_defaults(func=cmd_compile)
 
     sp = sub.add_parser("run", help="run the compiled model on inputs")
-    model_args(sp)
+    model_args(sp, all_targets)
+    sp.add_argument("--stats", default=None, help="write the target's figures (cycles, instructions...) as JSON")
     sp.add_argument("--input", required=True, help=".npy of shape (N, ...), one model input per sample")
     sp.add_argument("--output", default=None, help=".npy to write (N, ...) outputs to")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("verify", help="original model vs reference vs target")
-    model_args(sp)
+    model_args(sp, all_targets)
+    sp.add_argument("--stats", default=None, help="write the target's figures as JSON")
     sp.add_argument("--input", default=None, help=".npy of inputs (default: random samples)")
     sp.add_argument("--samples", type=int, default=100, help="random samples when no --input (default 100)")
     sp.add_argument("--seed", type=int, default=0)
@@ -238,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("report", help="per-layer MACs, storage, pruning and arena figures")
-    model_args(sp, target=False)
+    model_args(sp, target_help=None)
     sp.add_argument("--json", default=None, help="also write the report as JSON")
     sp.set_defaults(func=cmd_report)
     return p

@@ -6,19 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ir, reference
-from .backends import c as c_backend
-from .backends import c_build
+from . import ir, targets
 from .errors import BnncError
 from .passes.pack_bits import pack_bits
 from .passes.plan_arena import plan_arena
-
-TARGETS = ("ref", "c")
-
-
-def check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise BnncError(f"unknown target '{target}' (supported: {', '.join(TARGETS)})")
+from .targets import TargetOptions, check_target  # noqa: F401  (re-exported for callers)
 
 
 def backend_graph(graph: ir.Graph, word_bits: int = 64) -> ir.Graph:
@@ -27,6 +19,8 @@ def backend_graph(graph: ir.Graph, word_bits: int = 64) -> ir.Graph:
 
 
 def render_c(graph: ir.Graph, name: str = "bnnc") -> dict:
+    from .backends import c as c_backend
+
     return c_backend.render(backend_graph(graph), name)
 
 
@@ -66,19 +60,11 @@ def prepare_inputs(graph: ir.Graph, x: np.ndarray) -> Inputs:
     return Inputs(xf.astype(grid["dtype"]), xf.astype(np.float32).reshape((n,) + shape))
 
 
-def run_target(graph: ir.Graph, target: str, inputs: Inputs, name: str = "bnnc", flags=None) -> np.ndarray:
-    """Outputs (N, ...) of the compiled model on `target`."""
-    check_target(target)
-    out_shape = tuple(graph.output_info["shape"][1:])
-    n = inputs.grid.shape[0]
-    if target == "ref":
-        y = reference.run(graph, inputs.grid)
-    else:
-        files = render_c(graph, name)
-        exe = c_build.build(files, flags or c_build.DEFAULT_FLAGS)
-        odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
-        y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
-    return y.reshape((n,) + out_shape)
+def run_target(graph: ir.Graph, target: str, inputs: Inputs, name: str = "bnnc", flags=None,
+               opts: TargetOptions | None = None) -> np.ndarray:
+    """Outputs (N, ...) of the compiled model on `target` (see `targets.run` for the stats too)."""
+    opts = opts or TargetOptions(name=name, flags=tuple(flags) if flags else None)
+    return targets.run(graph, target, inputs.grid, opts)[0]
 
 
 def random_samples(graph: ir.Graph, n: int, seed: int) -> np.ndarray:

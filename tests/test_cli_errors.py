@@ -428,14 +428,22 @@ def test_unknown_target(cmd, base_file, tmp_path, capsys):
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 512), np.float32))
     extra = {"compile": ["-o", tmp_path / "out"], "run": ["--input", x], "verify": ["--input", x]}[cmd]
-    rc, _, err = cli(capsys, cmd, base_file, "--target", "verilog", *extra)
-    assert_error(rc, err, "unknown target", "verilog", "ref", "c")
+    rc, _, err = cli(capsys, cmd, base_file, "--target", "vhdl", *extra)
+    assert_error(rc, err, "unknown target", "vhdl", "c", "verilog")
+    assert not (tmp_path / "out").exists()
+
+
+def test_mcu_options_are_checked(base_file, tmp_path, capsys):
+    rc, _, err = cli(capsys, "compile", base_file, "--mcu", "cortex-m9", "-o", tmp_path / "out")
+    assert_error(rc, err, "--mcu", "cortex-m9", "cortex-m4")
+    rc, _, err = cli(capsys, "compile", base_file, "--flash", "lots", "-o", tmp_path / "out")
+    assert_error(rc, err, "--flash", "lots")
     assert not (tmp_path / "out").exists()
 
 
 def test_compile_for_the_reference_target(base_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "compile", base_file, "--target", "ref", "-o", tmp_path / "out")
-    assert_error(rc, err, "--target c", "ref")
+    assert_error(rc, err, "unknown target", "ref", "c, verilog, hls")
     assert not (tmp_path / "out").exists()
 
 

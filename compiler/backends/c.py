@@ -229,3 +229,23 @@ def write(files: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for n, text in sorted(files.items()):
         (out_dir / n).write_text(text)
+
+
+# ----------------------------------------------------------------------------- target interface
+
+
+def files(graph: ir.Graph, opts) -> dict:
+    """`bnnc compile --target c`: the generated project for the host (64-bit words)."""
+    from ..driver import backend_graph
+
+    return render(backend_graph(graph), opts.name)
+
+
+def run(graph: ir.Graph, grid: np.ndarray, opts):
+    """Build with the host C compiler (cached) and run the harness on `grid`."""
+    from . import c_build
+
+    exe = c_build.build(files(graph, opts), opts.flags or c_build.DEFAULT_FLAGS)
+    odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
+    y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
+    return y, {}
