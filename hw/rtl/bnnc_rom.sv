@@ -1,0 +1,22 @@
+// Read-only memory with a registered output, initialised from a $readmemh file (one hexadecimal
+// word of W bits per line). The read is enabled by `en`, so the output holds during a stall.
+// Shaped so that synthesis maps it to block RAM or LUT RAM.
+module bnnc_rom #(
+    parameter int W = 8,
+    parameter int D = 2,
+    parameter FILE = "",
+    localparam int AW = D > 1 ? $clog2(D) : 1
+) (
+    input  logic          clk,
+    input  logic          en,
+    input  logic [AW-1:0] addr,
+    output logic [ W-1:0] q
+);
+  logic [W-1:0] mem[D];
+
+  initial $readmemh(FILE, mem);
+
+  always_ff @(posedge clk) begin
+    if (en) q <= mem[addr];
+  end
+endmodule
