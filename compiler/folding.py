@@ -134,7 +134,8 @@ def choose_folding(graph: ir.Graph, target_cycles: int | None = None) -> list:
     if not layers:
         return []
     if target_cycles is None:
-        target_cycles = max(1, max(L.macs for L in layers) // 256)
+        # never below a layer's output pixels: fully parallel still takes one cycle per pixel
+        target_cycles = max(max(L.pixels for L in layers), max(L.macs for L in layers) // 256)
     out = []
     for L in layers:
         best = None
