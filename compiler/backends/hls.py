@@ -1,0 +1,578 @@
+"""HLS C++ backend: a Vitis-HLS-style dataflow accelerator, C-simulated bit-exactly with g++ alone.
+
+`bnnc compile --target hls` writes model.h / model.cpp (one top function `<name>_top(in, out)` with
+`#pragma HLS DATAFLOW` between per-layer processes), bnnc_hls.h (bnnc's own arbitrary-width
+integers and streams; Vitis' ap_int.h / hls_stream.h are used instead where present), a
+self-checking testbench with embedded reference vectors, a Makefile for g++ C simulation,
+run_hls.tcl for Vitis HLS, and the folding used (folding.json).
+
+Every conv/dense layer becomes a window generator and a matrix-vector-threshold unit folded by
+the PE x SIMD folding of compiler/folding.py (shared with the Verilog backend). The arithmetic
+is the passes': pack_bits' comparison tables (per border class) and fold_weights' folded layout;
+this module only formats them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .. import folding, ir, reference
+from ..errors import BnncError
+from ..passes.fold_weights import fold_weights
+from ..passes.pack_bits import pack_bits
+from ..resources import resource_dir
+from .c import _chain_ctx, c_float, comment_text, sanitize_identifier
+
+CXX_FLAGS = ("-std=c++14", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
+DEFAULT_PART = "xc7z020clg400-1"  # a Zynq-7020 (PYNQ-Z1/Z2): run_hls.tcl's default, BNNC_HLS_PART overrides
+DEFAULT_CLOCK_NS = 10.0
+TB_SAMPLES = 4  # frames embedded in tb_data.h for the testbench's self-check
+TB_SEED = 0
+VENDOR_MAX_W = 32768  # the largest AP_INT_MAX_W Vitis accepts
+
+_IN_CTYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": "int16_t", "int32": "int32_t",
+              "float32": "float"}
+
+
+# ----------------------------------------------------------------------------- formatting helpers
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Width of the smallest two's complement integer holding [lo, hi]."""
+    b = 1
+    while not (-(1 << (b - 1)) <= lo and hi <= (1 << (b - 1)) - 1):
+        b += 1
+    return b
+
+
+def cxx_float(x) -> str:
+    """A C++14 float literal that reads back as exactly float32(x) (C++14 has no hex floats):
+    numpy's shortest digits that identify the float32, which a correctly rounding compiler maps back."""
+    f = np.float32(x)
+    if not np.isfinite(f):
+        raise BnncError(f"a model constant is {float(f)}; bnnc cannot emit non-finite constants")
+    if f == 0:
+        return "-0.0f" if np.signbit(f) else "0.0f"
+    s = np.format_float_scientific(f, unique=True, trim="0") if abs(f) < 1e-4 or abs(f) >= 1e7 else \
+        np.format_float_positional(f, unique=True, trim="0")
+    if np.float32(s) != f:  # pragma: no cover - numpy's shortest digits always round-trip
+        raise AssertionError(s)
+    return s + "f"
+
+
+_HEX_FLOAT = re.compile(r"-?0x[0-9a-f]+(?:\.[0-9a-f]*)?p[+-]?\d+f")
+
+
+def _cxx14(text: str) -> str:
+    """C99 text from the C backend's helpers with its hex float literals rewritten for C++14."""
+    return _HEX_FLOAT.sub(lambda m: cxx_float(float.fromhex(m.group(0)[:-1])), text)
+
+
+def _nested(arr: np.ndarray, item) -> str:
+    """Brace initializer of an n-d array, one innermost row per line."""
+    arr = np.asarray(arr)
+    if arr.ndim == 1:
+        parts = [item(v) for v in arr]
+        lines = [", ".join(parts[i: i + 16]) for i in range(0, len(parts), 16)]
+        return "{" + ",\n   ".join(lines) + "}"
+    return "{" + ",\n  ".join(_nested(a, item) for a in arr) + "}"
+
+
+def _hexword(bits: np.ndarray) -> str:
+    """Bits (LSB first, at most 64) -> an unsigned literal."""
+    v = 0
+    for i, b in enumerate(np.asarray(bits).ravel()):
+        if b:
+            v |= 1 << i
+    return f"0x{v:x}" if v else "0"
+
+
+def _rows_to_words(plane: np.ndarray) -> np.ndarray:
+    """(..., SIMD) bools -> (..., SIMD) unchanged if SIMD <= 64, else (..., ceil(SIMD / 64), 64) words of bits."""
+    simd = plane.shape[-1]
+    if simd <= 64:
+        return plane
+    sw = -(-simd // 64)
+    padded = np.zeros(plane.shape[:-1] + (sw * 64,), bool)
+    padded[..., :simd] = plane
+    return padded.reshape(plane.shape[:-1] + (sw, 64))
+
+
+def _counters(names: list, outer, indent: int) -> str:
+    """Nested counter update: names innermost first [(var, limit)], then `outer`++ (or nothing)."""
+    lines = []
+    pad = " " * indent
+    for depth, (v, n) in enumerate(names):
+        p = pad + "  " * depth
+        lines.append(f"{p}if ({v} == {n - 1}) {{")
+        lines.append(f"{p}  {v} = 0;")
+        if depth == len(names) - 1 and outer:
+            lines.append(f"{p}  {outer}++;")
+    for depth in reversed(range(len(names))):
+        p = pad + "  " * depth
+        lines.append(f"{p}}} else {{")
+        lines.append(f"{p}  {names[depth][0]}++;")
+        lines.append(f"{p}}}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the accelerator
+
+
+class _Builder:
+    """Turns the folded IR into the template's processes, constants, streams and calls."""
+
+    def __init__(self, graph: ir.Graph, prefix: str):
+        self.g = graph
+        self.prefix = prefix
+        self.procs, self.consts, self.typedefs, self.structs = [], [], [], []
+        self.streams, self.calls, self.folding_rows, self.layers = [], [], [], []
+        self.widest = 1
+
+    # -- types
+    def beat(self, t: str) -> str:
+        """Element type of the stream carrying tensor t (one pixel of bits, or one value per beat)."""
+        if t == self.g.input:
+            return f"{self.prefix}_in_t"
+        if t == self.g.output:
+            return f"{self.prefix}_out_t"
+        return self._typedef_name(t)
+
+    def _typedef_name(self, t: str) -> str:
+        return f"{self.g.producer(t).name}_out_t"
+
+    def _declare(self, t: str) -> None:
+        ty = self.g.tensors[t]
+        if isinstance(ty, ir.Bits):
+            self._width(ty.shape[2])
+            text = f"ap_uint<{ty.shape[2]}>"
+        elif isinstance(ty, ir.Ints):
+            text = f"ap_int<{signed_bits(ty.lo, ty.hi)}>"
+        else:
+            text = "float"
+        self.typedefs.append({"name": self._typedef_name(t), "type": text})
+
+    def _width(self, w: int) -> None:
+        self.widest = max(self.widest, w)
+
+    def stream(self, name: str, type_: str) -> str:
+        self.streams.append({"name": name, "type": type_})
+        return name
+
+    def const(self, name, ctype, dims, init, comment):
+        self.consts.append({"name": name, "ctype": ctype, "dims": dims, "init": init, "comment": comment})
+
+    # -- graph walk
+    def build(self) -> None:
+        g = self.g
+        ops = g.ops()
+        for t in g.tensors:
+            if len(g.consumers(t)) > 1:
+                raise BnncError(f"tensor '{t}' feeds several layers; the HLS backend builds linear pipelines only")
+        out_producer = g.producer(g.output)
+        if not (isinstance(out_producer, ir.ArgMax) or isinstance(g.tensors[g.output], ir.Reals)):
+            raise BnncError("the HLS backend needs a model whose output is real values (logits) or ArgMax/TopK "
+                            f"indices; this one ends in {type(g.tensors[g.output]).__name__}")
+        stream_of = {g.input: "in", g.output: "out"}
+        for op in ops:
+            for t in op.outputs:
+                if t != g.output:
+                    self._declare(t)
+                    stream_of[t] = self.stream(f"{op.name}_out", self.beat(t))
+        for op in ops:
+            src, dst = op.inputs[0], op.outputs[0]
+            sin, sout = stream_of[src], stream_of[dst]
+            if isinstance(op, ir.InputQuantize):
+                self._input(op, sin, sout)
+            elif isinstance(op, ir.Conv):
+                self._conv(op, sin, sout)
+            elif isinstance(op, ir.MaxPool):
+                self._maxpool(op, sin, sout)
+            elif isinstance(op, ir.GlobalSumPool):
+                self._gsp(op, sin, sout)
+            elif isinstance(op, ir.ArgMax):
+                self._argmax(op, sin, sout)
+            else:  # pragma: no cover - the IR has no other ops
+                raise BnncError(f"the HLS backend cannot build {type(op).__name__} '{op.name}'")
+
+    def _comment(self, op) -> str:
+        return comment_text(", ".join(getattr(op, "source_ops", []) or [op.name]))
+
+    def _input(self, op: ir.InputQuantize, sin: str, sout: str) -> None:
+        g = self.g
+        oty = g.tensors[op.outputs[0]]
+        p = op.packed
+        n = int(np.prod(op.in_shape))
+        P = {"kind": "input", "name": op.name, "layer": op.name, "out_t": self.beat(op.outputs[0]), "n": n, "mode": p.mode,
+             "bits": isinstance(oty, ir.Bits), "c": oty.shape[2], "comment": self._comment(op),
+             "steps": n}
+        if p.mode == "thresholds":
+            P["uniform"] = p.thr.size == 1
+            self.const(f"{op.name}_thr", "int32_t", f"[{p.thr.size}]", _nested(p.thr, str),
+                       "input thresholds: bit (-1) = (q > thr) XOR neg")
+            self.const(f"{op.name}_neg", "bool", f"[{p.neg.size}]", _nested(p.neg, lambda v: "true" if v else "false"),
+                       "input threshold polarity")
+        elif p.mode == "float":
+            consts = []
+            P["chain"] = [_cxx14(s) for s in _chain_ctx(op.chain.ops, "e", op.name, consts)]
+            for c in consts:
+                self.const(c["name"], "float", f"[{c['n']}]", "{" + _cxx14(c["init"]) + "}", "input chain constant")
+            term = op.chain.terminal
+            P["term"] = type(term).__name__
+            if isinstance(term, ir.SignTerminal):
+                if term.zero_maps_to == 0:
+                    raise BnncError(f"'{term.source}': ONNX Sign on the float model input can produce 0, "
+                                    "which a bit cannot hold; declare the input grid with --input-scale")
+            elif isinstance(term, ir.ThresholdTerminal):
+                if term.thresholds.size != 1:
+                    raise BnncError(f"'{term.source}': per-element input thresholds on a float input "
+                                    "are not supported")
+                P["t"] = cxx_float(term.thresholds.ravel()[0])
+            else:
+                add = getattr(term, "add_after_round", 0)
+                P.update(qmin=term.qmin, qmax=term.qmax, zp=term.zero_point, add_after=add, mode_round=term.mode,
+                         lo_clamp=cxx_float(term.qmin - add - 1), hi_clamp=cxx_float(term.qmax - add + 1))
+        self.procs.append(P)
+        self.calls.append(f"{op.name}({sin}, {sout});")
+
+    def _window_geometry(self, op, src_ty, oty) -> dict:
+        ih, iw, c = src_ty.shape
+        oh, ow = oty.shape[:2]
+        kh, kw = op.kernel
+        return {"ih": ih, "iw": iw, "c": c, "oh": oh, "ow": ow, "kh": kh, "kw": kw, "sh": op.stride[0],
+                "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1], "pads": "x".join(map(str, op.pads))}
+
+    def _class_tables(self, op) -> tuple:
+        """(class expression, needs oy, needs ox) of the layer's border classes (pack_bits)."""
+        p = op.packed
+        for axis, n, table in (("y", p.ny, p.ycls), ("x", p.nx, p.xcls)):
+            if n > 1:
+                self.const(f"{op.name}_{axis}cls", "uint8_t" if n < 256 else "uint16_t", f"[{table.size}]",
+                           _nested(table, str), f"border class of each output {'row' if axis == 'y' else 'column'}")
+        if p.ny > 1 and p.nx > 1:
+            return f"{op.name}_ycls[oy] * {p.nx} + {op.name}_xcls[ox]", True, True
+        if p.ny > 1:
+            return f"{op.name}_ycls[oy]", True, True
+        if p.nx > 1:
+            return f"{op.name}_xcls[ox]", False, True
+        return "0", False, False
+
+    def _conv(self, op: ir.Conv, sin: str, sout: str) -> None:
+        g = self.g
+        src_ty, oty = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+        f, p = op.folded, op.packed
+        bits = isinstance(src_ty, ir.Bits)
+        geo = self._window_geometry(op, src_ty, oty)
+        name = op.name
+        pixels = geo["oh"] * geo["ow"]
+        idle_lanes = f.sf * f.simd > f.mw
+        idle_rows = f.nf * f.pe > f.mh
+        in_t = self.beat(op.inputs[0])
+        self._width(f.simd)
+        if bits:
+            lanes_t = f"ap_uint<{f.simd}>"
+        else:
+            lanes_t = f"{name}_lanes_t"
+            self.structs.append({"name": lanes_t, "elem": in_t, "n": f.simd,
+                                 "comment": f"{name}: one chunk of {f.simd} window elements"})
+        lanes = self.stream(f"{name}_lanes", lanes_t)
+        W = {"kind": "window", "name": f"{name}_window", "layer": name, "bits": bits, "in_t": in_t,
+             "lanes_t": lanes_t, "simd": f.simd, "sf": f.sf, "mw": f.mw, "idle_lanes": idle_lanes,
+             "lane_in_pixel": geo["c"] % f.simd == 0,
+             "steps": geo["ih"] * geo["iw"] * (1 if bits else geo["c"]) + pixels * f.sf,
+             "advance": _counters([("sf", f.sf), ("ox", geo["ow"])], "oy", 6), **geo}
+        self.procs.append(W)
+        self.calls.append(f"{name}_window({sin}, {lanes});")
+
+        # weights: bit planes as SIMD-bit rows [PE][tiles] (or [PE][tiles][64-bit words] beyond 64 lanes)
+        wide = f.simd > 64
+        wrow_t = f"ap_uint<{f.simd}>"
+        planes = [("minus", f.minus)] + ([] if bits else [("plus", f.plus)])
+        for plane_name, plane in planes:
+            rows = _rows_to_words(plane)
+            dims = f"[{f.pe}][{f.nf * f.sf}]" + (f"[{rows.shape[2]}]" if wide else "")
+            self.const(f"{name}_{plane_name}", f"bnnc::rom_bits_t<{min(f.simd, 64)}>", dims, _nested_bits(rows),
+                       f"{name}: lanes whose weight is {'-1' if plane_name == 'minus' else '+1'}, "
+                       f"[PE][neuron fold * {f.sf} + synapse fold]{'[64-lane word]' if wide else ''}, bit l = lane l")
+        cls_expr, need_oy, need_ox = self._class_tables(op)
+        if bits:
+            acc_bits = signed_bits(0, f.sf * f.simd)
+        else:
+            bound = f.mw * max(abs(src_ty.lo), abs(src_ty.hi))
+            acc_bits = signed_bits(-bound, bound)
+        if acc_bits > 64:
+            raise BnncError(f"layer '{self._comment(op)}': its accumulator needs {acc_bits} bits (more than 64)")
+        acc_t = f"ap_int<{acc_bits}>"
+        thresholds = p.thr is not None
+        names = [("sf", f.sf), ("nf", f.nf)] + ([("ox", geo["ow"])] if need_ox else [])
+        outer = "oy" if need_oy else None
+        decl = "int sf = 0, nf = 0" + (", ox = 0" if need_ox else "") + (", oy = 0" if need_oy else "") + ";"
+        M = {"kind": "mvtu", "name": f"{name}_mvtu", "layer": name, "bits": bits, "lanes_t": lanes_t,
+             "wrow_t": wrow_t, "wide_words": -(-f.simd // 64) if wide else 0, "pe": f.pe, "simd": f.simd,
+             "nf": f.nf, "sf": f.sf, "mh": f.mh, "mw": f.mw, "pixels": pixels, "idle_rows": idle_rows,
+             "cycles": pixels * f.nf * f.sf, "steps": pixels * f.nf * f.sf, "acc_t": acc_t,
+             "thresholds": thresholds, "cls_expr": cls_expr, "counters": decl,
+             "advance": _counters(names, outer, 4), "ow": geo["ow"]}
+        if thresholds:
+            tw = signed_bits(int(f.thr.min()), int(f.thr.max()))
+            self.const(f"{name}_thr", f"ap_int<{tw}>", f"[{f.pe}][{f.nf}][{f.thr.shape[2]}]", _nested(f.thr, str),
+                       f"{name}: output o = nf * {f.pe} + p is -1 (bit 1) iff (acc > thr[p][nf][border class]) "
+                       "!= neg[p][nf]")
+            self.const(f"{name}_neg", "bool", f"[{f.pe}][{f.nf}]",
+                       _nested(f.neg, lambda v: "true" if v else "false"), f"{name}: comparison polarity")
+            M["out_t"] = self.beat(op.outputs[0])
+            self.procs.append(M)
+            self.calls.append(f"{name}_mvtu({lanes}, {sout});")
+        else:
+            acc_struct = f"{name}_acc_t"
+            self.structs.append({"name": acc_struct, "elem": acc_t, "n": f.pe,
+                                 "comment": f"{name}: the accumulators of one neuron fold"})
+            accs = self.stream(f"{name}_acc", acc_struct)
+            M["out_t"] = acc_struct
+            self.procs.append(M)
+            self.calls.append(f"{name}_mvtu({lanes}, {accs});")
+            has_corr = bool(np.any(p.corr != 0))
+            has_kmul = bits and bool(np.any(p.kmul == 0))
+            if has_corr:
+                self.const(f"{name}_corr", "int32_t", f"[{p.corr.shape[0]}][{p.corr.shape[1]}]", _nested(p.corr, str),
+                           f"{name}: accumulator correction per border class and output")
+            if has_kmul:
+                self.const(f"{name}_kmul", "int8_t", f"[{p.kmul.size}]", _nested(p.kmul, str),
+                           f"{name}: 0 for all-zero (pruned) filters")
+            consts = []
+            chain = [_cxx14(s) for s in _chain_ctx(op.epilogue.ops, "o", name, consts)]
+            for c in consts:
+                self.const(c["name"], "float", f"[{c['n']}]", "{" + _cxx14(c["init"]) + "}",
+                           f"{name}: epilogue constant")
+            e_names = [("p", f.pe), ("nf", f.nf)] + ([("ox", geo["ow"])] if (need_ox and has_corr) else [])
+            e_outer = "oy" if (need_oy and has_corr) else None
+            e_decl = "int p = 0, nf = 0" + (", ox = 0" if (need_ox and has_corr) else "") + \
+                (", oy = 0" if (need_oy and has_corr) else "") + ";"
+            self.procs.append({
+                "kind": "epilogue", "name": f"{name}_epilogue", "layer": name, "in_t": acc_struct,
+                "out_t": self.beat(op.outputs[0]), "bits": bits, "pe": f.pe, "nf": f.nf, "mh": f.mh,
+                "idle_rows": idle_rows, "k_full": p.k_full, "has_corr": has_corr, "has_kmul": has_kmul,
+                "cls_expr": cls_expr, "chain": chain, "counters": e_decl, "steps": pixels * f.nf * f.pe,
+                "uses_o": idle_rows or has_corr or has_kmul or any("[o]" in st for st in chain),
+                "advance": _counters(e_names, e_outer, 4)})
+            self.calls.append(f"{name}_epilogue({accs}, {sout});")
+        self.folding_rows.append(f"{name}: {f.mh} x {f.mw}, {pixels} pixel{'s' if pixels > 1 else ''}, "
+                                 f"PE={f.pe} SIMD={f.simd} -> {pixels * f.nf * f.sf} cycles")
+        self.layers.append({"name": name, "source": self._comment(op), "mh": f.mh, "mw": f.mw, "pixels": pixels,
+                            "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "cycles": pixels * f.nf * f.sf,
+                            "weight_bits": len(planes) * f.pe * f.nf * f.sf * f.simd,
+                            "binary_inputs": bits})
+
+    def _maxpool(self, op: ir.MaxPool, sin: str, sout: str) -> None:
+        src_ty, oty = self.g.tensors[op.inputs[0]], self.g.tensors[op.outputs[0]]
+        geo = self._window_geometry(op, src_ty, oty)
+        bits = isinstance(src_ty, ir.Bits)
+        names = [("ox", geo["ow"])] if bits else [("oc", geo["c"]), ("ox", geo["ow"])]
+        per_pixel = 1 if bits else geo["c"]
+        self.procs.append({"kind": "maxpool", "name": op.name, "bits": bits, "in_t": self.beat(op.inputs[0]),
+                           "out_t": self.beat(op.outputs[0]), "lo": getattr(oty, "lo", 0),
+                           "steps": (geo["ih"] * geo["iw"] + geo["oh"] * geo["ow"]) * per_pixel,
+                           "advance": _counters(names, "oy", 6), **geo})
+        self.calls.append(f"{op.name}({sin}, {sout});")
+
+    def _gsp(self, op: ir.GlobalSumPool, sin: str, sout: str) -> None:
+        src_ty = self.g.tensors[op.inputs[0]]
+        h, w, c = src_ty.shape
+        bits = isinstance(src_ty, ir.Bits)
+        sum_bits = signed_bits(0, h * w) if bits else signed_bits(h * w * src_ty.lo, h * w * src_ty.hi)
+        self.procs.append({"kind": "gsp", "name": op.name, "bits": bits, "hw": h * w, "c": c,
+                           "in_t": self.beat(op.inputs[0]), "out_t": self.beat(op.outputs[0]),
+                           "sum_t": f"ap_int<{sum_bits}>", "steps": h * w * (1 if bits else c) + c})
+        self.calls.append(f"{op.name}({sin}, {sout});")
+
+    def _argmax(self, op: ir.ArgMax, sin: str, sout: str) -> None:
+        src_ty = self.g.tensors[op.inputs[0]]
+        if not isinstance(src_ty, ir.Reals):
+            raise BnncError(f"ArgMax '{op.name}' on {type(src_ty).__name__} is not supported by the HLS backend")
+        n = src_ty.shape[2] * src_ty.shape[0] * src_ty.shape[1]
+        self.procs.append({"kind": "argmax", "name": op.name, "n": n, "k": op.k, "in_t": self.beat(op.inputs[0]),
+                           "out_t": self.beat(op.outputs[0]), "steps": n * (1 + op.k)})
+        self.calls.append(f"{op.name}({sin}, {sout});")
+
+
+def _nested_bits(rows: np.ndarray) -> str:
+    """Brace initializer of bit rows (..., bits) as unsigned words, one per innermost element."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    words = np.array([_hexword(r) for r in flat], dtype=object).reshape(rows.shape[:-1])
+    return _nested(words, str)
+
+
+def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
+    """The lowered IR with the HLS backend passes: pack_bits' comparison tables, then the folded layout."""
+    return fold_weights(pack_bits(graph, 64), foldings)
+
+
+def foldings_for(graph: ir.Graph, opts) -> list:
+    """The user's folding, the cheapest one meeting --target-cycles, or by default folding.py's
+    balanced choice (its budget raised to the largest layer's pixel count, the least any folding reaches)."""
+    spec, budget = getattr(opts, "folding", None), getattr(opts, "target_cycles", None)
+    if spec is None and budget is None:
+        layers = folding.foldable_layers(graph)
+        if layers:
+            budget = max(max(L.macs for L in layers) // 256, max(L.pixels for L in layers), 1)
+    return folding.resolve(graph, spec, budget)
+
+
+def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
+    """Input frames on the grid and the reference outputs for them, as C++ initializers."""
+    from .. import driver
+
+    try:
+        x = driver.random_samples(graph, TB_SAMPLES, TB_SEED)
+    except BnncError:
+        return {"tb_samples": 0}
+    grid = driver.prepare_inputs(graph, x).grid
+    y = np.asarray(reference.run(graph, grid)).reshape(TB_SAMPLES, -1)
+    fmt_in = cxx_float if graph.input_info["dtype"] == "float32" else (lambda v: str(int(v)))
+    fmt_out = cxx_float if graph.output_info["dtype"] == "float32" else (lambda v: str(int(v)))
+    return {"tb_samples": TB_SAMPLES, "tb_input": _nested(grid.reshape(TB_SAMPLES, -1), fmt_in),
+            "tb_expected": _nested(y, fmt_out)}
+
+
+def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
+    """(template context, per-layer figures) of the accelerator for the lowered `graph`."""
+    prefix = sanitize_identifier(name)
+    g = backend_graph(graph, foldings)
+    b = _Builder(g, prefix)
+    b.build()
+    if b.widest > VENDOR_MAX_W:
+        raise BnncError(f"the model needs {b.widest}-bit stream words; Vitis HLS supports at most {VENDOR_MAX_W}")
+    in_info, out_info = graph.input_info, graph.output_info
+    iq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    flat = bool(getattr(iq, "flat", False)) or len(iq.in_shape) != 3
+    c, h, w = (1, 1, 1) if flat else iq.in_shape
+    slowest = max(b.procs, key=lambda P: P["steps"])
+    ctx = {
+        "prefix": prefix, "PREFIX": prefix.upper(), "model_name": comment_text(in_info.get("onnx_name", "")),
+        "input_ctype": _IN_CTYPES[in_info["dtype"]], "output_ctype": "float" if out_info["dtype"] == "float32"
+        else "int32_t", "input_size": int(np.prod(in_info["shape"])), "input_shape": tuple(in_info["shape"]),
+        "output_size": out_info["elements"], "output_shape": tuple(out_info["shape"]),
+        "grid": in_info.get("grid", {}), "input_flat": flat,
+        "in_c": c, "in_hw": h * w, "procs": b.procs, "consts": b.consts, "typedefs": b.typedefs,
+        "structs": b.structs, "streams": b.streams, "calls": b.calls, "folding_rows": b.folding_rows,
+        "widest": b.widest, "ap_int_max_w": (-(-b.widest // 1024) * 1024) if b.widest > 1024 else 0,
+        "part": DEFAULT_PART, "clock_ns": f"{DEFAULT_CLOCK_NS:g}",
+    }
+    figures = {"layers": b.layers, "mvtu_ii_cycles": folding.analytic_ii(foldings),
+               "dataflow_ii_cycles": slowest["steps"], "slowest_process": slowest["name"],
+               "processes": {P["name"]: P["steps"] for P in b.procs},
+               "weight_bits": sum(L["weight_bits"] for L in b.layers)}
+    return ctx, figures
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates") / "hls")),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def render(graph: ir.Graph, foldings: list, name: str = "bnnc") -> dict:
+    """{file name: text} of the HLS project for the lowered `graph` folded by `foldings`."""
+    ctx, _ = build_context(graph, foldings, name)
+    ctx.update(_testbench_data(graph, ctx["prefix"]))
+    env = _env()
+    out = {n: env.get_template(n + ".j2").render(**ctx)
+           for n in ("model.h", "model.cpp", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile")}
+    out["bnnc_hls.h"] = (resource_dir("runtime") / "hls" / "bnnc_hls.h").read_text()
+    out["folding.json"] = json.dumps({"layers": [f.as_dict() for f in foldings]}, indent=2) + "\n"
+    return out
+
+
+# ----------------------------------------------------------------------------- target interface
+
+
+def files(graph: ir.Graph, opts) -> dict:
+    """`bnnc compile --target hls`: the HLS project."""
+    return render(graph, foldings_for(graph, opts), opts.name)
+
+
+def find_cxx() -> str:
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        raise BnncError(f"C++ compiler '{cxx}' not found (set CXX)")
+    return cxx
+
+
+def build(sources: dict, flags=CXX_FLAGS, include_dirs=(), progress: bool = False) -> Path:
+    """Compile model.cpp + testbench.cpp; returns the testbench executable (cached by content and flags)."""
+    from . import c_build
+
+    cxx = find_cxx()
+    cmd_flags = tuple(flags) + tuple(f"-I{d}" for d in include_dirs)
+    h = hashlib.sha256()
+    for n in sorted(sources):
+        h.update(n.encode() + b"\0" + sources[n].encode() + b"\0")
+    h.update(" ".join((cxx,) + cmd_flags).encode())
+    d = c_build.cache_dir() / ("hls-" + h.hexdigest()[:24])
+    exe = d / "testbench"
+    if exe.exists():
+        return exe
+    root = c_build.cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="hls-build-", dir=root))
+    for n, text in sources.items():
+        (tmp / n).write_text(text)
+    cmd = [cxx, *cmd_flags, "model.cpp", "testbench.cpp", "-o", "testbench"]
+    if progress:
+        print(f"bnnc: compiling the HLS C simulation ({' '.join(cmd)})", file=sys.stderr)
+    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+    if r.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"generated HLS C++ failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
+    try:
+        tmp.rename(d)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return exe
+
+
+def stats(graph: ir.Graph, foldings: list, name: str = "bnnc") -> dict:
+    _, fig = build_context(graph, foldings, name)
+    return {"target": "hls", "folding": [f.as_dict() for f in foldings], **fig}
+
+
+def run(graph: ir.Graph, grid: np.ndarray, opts):
+    """C simulation: build the testbench with g++ (cached) and stream `grid` through the top function."""
+    from . import c_build
+
+    foldings = foldings_for(graph, opts)
+    sources = render(graph, foldings, opts.name)
+    exe = build(sources, tuple(opts.flags) if opts.flags else CXX_FLAGS, progress=opts.progress)
+    odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
+    y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
+    return y, stats(graph, foldings, opts.name)
+
+
+def report(graph: ir.Graph, opts) -> dict:
+    """`bnnc report --target hls`: the folding, cycles per frame and weight storage."""
+    foldings = foldings_for(graph, opts)
+    st = stats(graph, foldings, opts.name)
+    rows = [("layer", "MH x MW", "pixels", "PE", "SIMD", "cycles/frame", "weight bits")]
+    for L in st["layers"]:
+        rows.append((f"{L['name']} ({L['source']})"[:40], f"{L['mh']} x {L['mw']}", str(L["pixels"]), str(L["pe"]),
+                     str(L["simd"]), str(L["cycles"]), str(L["weight_bits"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["HLS dataflow (PE x SIMD folding)"]
+    lines += ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+              for r in rows]
+    fps = 1e9 / (DEFAULT_CLOCK_NS * max(1, st["dataflow_ii_cycles"]))
+    lines.append(f"  MVTU initiation interval: {st['mvtu_ii_cycles']} cycles per frame (slowest layer)")
+    lines.append(f"  dataflow initiation interval: {st['dataflow_ii_cycles']} cycles per frame "
+                 f"(slowest process: {st['slowest_process']}); {fps:,.0f} frames/s at {DEFAULT_CLOCK_NS:g} ns")
+    return {"text": "\n".join(lines), "json": st}

@@ -1,0 +1,189 @@
+"""The generated HLS C++ is in synthesizable style, checked by scanning the sources of many models
+and foldings: no dynamic memory, no recursion (call graph of the generated functions), every loop
+with a constant trip count, every loop inside a pipelined loop fully unrolled, a DATAFLOW top with
+AXI-Stream ports, and weight/threshold tables partitioned by PE as the folding says."""
+
+import json
+import re
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from bnnc.backends import hls
+from bnnc.pipeline import compile_file
+from bnnc.targets import TargetOptions
+
+from .helpers import random_case
+from .test_hls import STYLES, folding_options
+
+LOOP = re.compile(r"for \(int (\w+) = 0; \1 < (\d+); \1\+\+\) \{")
+FUNC = re.compile(r"^(?:static )?(?:inline )?[\w:<>, ]+?\b(\w+)\((.*)\) \{$")
+DYNAMIC = re.compile(r"\b(new|delete|malloc|calloc|realloc|free|alloca)\b")
+
+
+def synthesized_header_part(header: str) -> str:
+    """bnnc_hls.h as Vitis HLS sees it: the vendor branch and the shared helpers, not bnnc's own classes."""
+    start = header.index("#include <hls_stream.h>")
+    a = header.index("#else", start)
+    b = header.index("#endif /* BNNC_VENDOR_HLS_TYPES */", a)
+    text = header[:a] + header[b:]
+    a = text.index("#else", text.index("inline int popcount"))
+    b = text.index("#endif", a)
+    return text[:a] + text[b:]
+
+
+def functions(text: str) -> dict:
+    """{name: body lines} of the functions defined at file scope (the generated style: one per line)."""
+    out, lines = {}, text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = FUNC.match(lines[i])
+        if m and not lines[i].startswith(" "):
+            depth, body = 0, []
+            for j in range(i, len(lines)):
+                depth += lines[j].count("{") - lines[j].count("}")
+                body.append(lines[j])
+                if depth == 0:
+                    break
+            out[m.group(1)] = body
+            i = j
+        i += 1
+    return out
+
+
+def check_loops(lines: list, where: str) -> int:
+    """Every loop has a constant trip count; a loop nested in a pipelined loop is unrolled. Returns #loops."""
+    stack, n = [], 0
+    for k, line in enumerate(lines):
+        s = line.strip()
+        assert not re.match(r"(while|do)\b", s) and "goto" not in s, f"{where}: {s}"
+        pending = None
+        if s.startswith("for ("):
+            n += 1
+            assert LOOP.fullmatch(s), f"{where}: loop without a constant trip count: {s}"
+            nxt = lines[k + 1].strip()
+            pending = ("pipeline" if nxt.startswith("BNNC_HLS(PIPELINE II=1)") else
+                       "unroll" if nxt == "BNNC_HLS(UNROLL)" else "plain")
+            if "pipeline" in stack:
+                assert pending == "unroll", f"{where}: loop inside a pipelined loop is not unrolled: {s}"
+        for ch in s:
+            if ch == "{":
+                stack.append(pending or "block")
+                pending = None
+            elif ch == "}":
+                stack.pop()
+    assert not stack
+    return n
+
+
+def check_sources(files: dict) -> None:
+    model = files["model.cpp"]
+    for name in ("model.cpp", "model.h"):
+        code = re.sub(r"/\*.*?\*/", "", files[name], flags=re.S)
+        assert not DYNAMIC.search(code), f"{name}: dynamic memory"
+    header = synthesized_header_part(files["bnnc_hls.h"])
+    assert not DYNAMIC.search(re.sub(r"/\*.*?\*/", "", header, flags=re.S))
+    assert "std::deque" not in header
+    funcs = functions(model)
+    assert funcs, "no functions found"
+    # the call graph of the generated functions has no cycle (no recursion, direct or mutual)
+    g = nx.DiGraph()
+    for name, body in funcs.items():
+        g.add_node(name)
+        for callee in re.findall(r"\b(\w+)\(", "\n".join(body[1:])):
+            if callee in funcs:
+                g.add_edge(name, callee)
+    assert nx.is_directed_acyclic_graph(g) and nx.number_of_selfloops(g) == 0, "recursion"
+    top = [n for n in funcs if n.endswith("_top")]
+    assert len(top) == 1
+    top_body = "\n".join(funcs[top[0]])
+    for pragma in ("INTERFACE axis port=in", "INTERFACE axis port=out", "DATAFLOW"):
+        assert f"BNNC_HLS({pragma})" in top_body
+    # every process is called exactly once, by the top, and only there
+    processes = [n for n in funcs if n != top[0]]
+    for p in processes:
+        assert len(re.findall(rf"\b{p}\(", top_body)) == 1, p
+        assert list(g.predecessors(p)) == [top[0]], p
+    for s in re.findall(r"hls::stream<[^>]+(?:<\d+>)?> (\w+)\(", top_body):
+        assert f"BNNC_HLS(STREAM variable={s} depth=2)" in top_body
+    loops = sum(check_loops(body, name) for name, body in funcs.items())
+    assert loops >= len(processes)
+    # helpers called inside pipelined loops: their loops are unrolled too
+    hfuncs = functions(header.replace("template <int N>\n", ""))
+    assert "popcount" in hfuncs
+    for name, body in hfuncs.items():
+        for k, line in enumerate(body):
+            if line.strip().startswith("for ("):
+                assert body[k + 1].strip() == "BNNC_HLS(UNROLL)", f"bnnc_hls.h {name}: {line}"
+    # weights and thresholds: constant tables, partitioned by PE rows as folded
+    fold = json.loads(files["folding.json"])["layers"]
+    for entry in fold:
+        layer = entry["name"]
+        m = re.search(rf"static const bnnc::rom_bits_t<(\d+)> {layer}_minus\[(\d+)\]", model)
+        assert m and int(m.group(2)) == entry["pe"] and int(m.group(1)) == min(64, entry["simd"])
+        body = "\n".join(funcs[f"{layer}_mvtu"])
+        assert f"BNNC_HLS(ARRAY_PARTITION variable={layer}_minus complete dim=1)" in body
+        assert f"acc[{entry['pe']}];" in body and "BNNC_HLS(ARRAY_PARTITION variable=acc complete)" in body
+        assert f"for (int p = 0; p < {entry['pe']}; p++) {{" in body
+        if f"{layer}_thr[" in model:
+            assert re.search(rf"static const ap_int<\d+> {layer}_thr\[{entry['pe']}\]", model)
+            assert f"BNNC_HLS(ARRAY_PARTITION variable={layer}_thr complete dim=1)" in body
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_models_are_in_synthesizable_style(seed):
+    graph = random_case(seed, 1)[2]
+    style = STYLES[seed % len(STYLES)]
+    check_sources(hls.files(graph, TargetOptions(**folding_options(graph, style, seed))))
+
+
+def test_shared_models_are_in_synthesizable_style(shared_models):
+    for path in ("finn-tfc-w1a1/model.onnx", "brevitas-cnv-1w1a/cnv_1w1a.onnx"):
+        _, graph = compile_file(shared_models / path)
+        check_sources(hls.files(graph, TargetOptions()))
+
+
+def test_scanner_rejects_what_it_must():
+    graph = random_case(2, 1)[2]
+    files = hls.files(graph, TargetOptions())
+    good = files["model.cpp"]
+    bad_cases = {
+        "dynamic memory": good.replace("static L", "static int *leak = new int[4];\nstatic L", 1),
+        "unbounded loop": re.sub(r"for \(int i = 0; i < (\d+); i\+\+\)", r"for (int i = 0; i < n; i++)", good, 1),
+        "loop in a pipeline": good.replace("        BNNC_HLS(UNROLL)\n", "", 1),
+        "recursion": good.replace("    const bnnc_in_t raw = in.read();",
+                                  "    const bnnc_in_t raw = in.read();\n    L01_input(in, out);", 1),
+    }
+    messages = {"dynamic memory": "dynamic memory", "unbounded loop": "constant trip count",
+                "loop in a pipeline": "not unrolled", "recursion": "recursion"}
+    for what, text in bad_cases.items():
+        assert text != good, what
+        with pytest.raises(AssertionError, match=messages[what]):
+            check_sources({**files, "model.cpp": text})
+    check_sources(files)
+
+
+def test_weight_rows_hold_the_folded_planes():
+    """The minus-plane words in model.cpp decode to the folded weights of fold_weights."""
+    from bnnc.backends.hls import backend_graph, foldings_for
+    from bnnc import ir
+
+    graph = random_case(9, 1)[2]
+    opts = TargetOptions(**folding_options(graph, "odd", 9))
+    fs = foldings_for(graph, opts)
+    model = hls.files(graph, opts)["model.cpp"]
+    g = backend_graph(graph, fs)
+    for op in g.ops():
+        if not isinstance(op, ir.Conv):
+            continue
+        f = op.folded
+        m = re.search(rf"{op.name}_minus\[[^=]*= (\{{.*?\}});", model, re.S)
+        words = [int(w, 16) if w.startswith("0x") else int(w) for w in re.findall(r"0x[0-9a-f]+|\b\d+\b", m.group(1))]
+        per_row = -(-f.simd // 64)
+        bits = np.zeros((f.pe * f.nf * f.sf, per_row * 64), bool)
+        for r in range(bits.shape[0]):
+            for k in range(per_row):
+                w = words[r * per_row + k]
+                bits[r, 64 * k: 64 * k + 64] = [(w >> i) & 1 for i in range(64)]
+        assert np.array_equal(bits[:, : f.simd].reshape(f.minus.shape), f.minus)
