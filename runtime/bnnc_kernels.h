@@ -2,10 +2,15 @@
  *
  * Bit layout (bnnc's one convention): a pixel's channels are packed into words, channel c in
  * word c / BNNC_WORD_BITS at bit c % BNNC_WORD_BITS; bit 1 = -1, bit 0 = +1; fill bits are 0.
- * Weights are stored [tap word][output channel] (output channels padded to a multiple of
- * BNNC_OBLOCK) so the loops below vectorize across output channels.
+ * Weights are stored in blocks of BNNC_OBLOCK output channels, [O_pad / 32][taps][32], output
+ * channels padded with zero filters, so the loops below stream one block and vectorize across
+ * its 32 outputs. A window is kh rows of kwcw consecutive words (or values), `rs` apart: a
+ * kernel reads the input in place when the window lies inside it and a gathered copy otherwise.
  *
  * C99, no libc calls, no allocation. Define BNNC_WORD_BITS (32 or 64) before including.
+ * Compiled for x86-64 with AVX-512 (e.g. -march=native on a machine that has it), the binary
+ * kernels use VPOPCNTQ and the byte-input kernels VNNI; BNNC_PORTABLE keeps the portable C.
+ * Both paths give identical results.
  */
 #ifndef BNNC_KERNELS_H
 #define BNNC_KERNELS_H
@@ -19,8 +24,11 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define BNNC_INLINE static inline __attribute__((always_inline))
+/* Weight tables start on a cache line, so vector loads of a block never straddle two. */
+#define BNNC_ALIGN64 __attribute__((aligned(64)))
 #else
 #define BNNC_INLINE static inline
+#define BNNC_ALIGN64
 #endif
 
 #define BNNC_OBLOCK 32
@@ -31,6 +39,17 @@ typedef uint64_t bnnc_word_t;
 typedef uint32_t bnnc_word_t;
 #else
 #error "BNNC_WORD_BITS must be 32 or 64"
+#endif
+
+#if !defined(BNNC_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__)
+#define BNNC_AVX512 1
+#include <immintrin.h>
+#if defined(__AVX512VPOPCNTDQ__) && BNNC_WORD_BITS == 64
+#define BNNC_AVX512_POPCNT 1
+#endif
+#if defined(__AVX512VNNI__)
+#define BNNC_AVX512_VNNI 1
+#endif
 #endif
 
 /* Number of 1 bits. Compilers turn the builtin into one instruction where the target has one;
@@ -51,12 +70,15 @@ BNNC_INLINE int32_t bnnc_popcount(bnnc_word_t x) {
 }
 
 /* The window of one output position of a binary input (ih, iw, cw words per pixel) starting at
- * input row y0, column x0. Returns a pointer into `in` when the window is contiguous there,
- * else gathers it into `win`, with 0 words (+1 values) for padded taps. */
+ * input row y0, column x0: a pointer to its first word, with *rs = words from one window row to
+ * the next. Points into `in` when the window lies inside the input, else gathers it into `win`
+ * (rs = kw * cw), with 0 words (+1 values) for padded taps. */
 BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, int iw, int cw, int kh,
-                                                int kw, int y0, int x0, bnnc_word_t *win) {
-  if (y0 >= 0 && x0 >= 0 && y0 + kh <= ih && x0 + kw <= iw && (kw == iw || kh == 1))
+                                                int kw, int y0, int x0, bnnc_word_t *win, int *rs) {
+  if (y0 >= 0 && x0 >= 0 && y0 + kh <= ih && x0 + kw <= iw) {
+    *rs = iw * cw;
     return in + ((size_t)y0 * iw + x0) * cw;
+  }
   for (int ky = 0; ky < kh; ky++) {
     const int y = y0 + ky;
     for (int kx = 0; kx < kw; kx++) {
@@ -70,53 +92,180 @@ BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, i
       }
     }
   }
+  *rs = kw * cw;
   return win;
 }
 
-/* acc[o] = sum over l < taps of popcount(win[l] XOR w[l * opad + o]), for o < opad. */
-BNNC_INLINE void bnnc_xnor_popcount(const bnnc_word_t *win, int taps, const bnnc_word_t *w, int opad,
-                                    int32_t *acc) {
-  for (int ob = 0; ob < opad; ob += BNNC_OBLOCK) {
+/* Output bits of one pixel: bit o = (s[o] > thr[o]) XOR (bit o % 32 of neg[o / 32]), for
+ * o < opad (thr and neg are padded so that padded outputs give 0 bits); cwo output words. */
+BNNC_INLINE void bnnc_threshold_pack(const int32_t *s, const int32_t *thr, const uint32_t *neg, int opad,
+                                     int cwo, bnnc_word_t *dst) {
+  for (int k = 0; k < cwo; k++) dst[k] = 0;
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int32_t *sb = s + b * BNNC_OBLOCK, *tb = thr + b * BNNC_OBLOCK;
+#ifdef BNNC_AVX512
+    const uint32_t m = (uint32_t)_mm512_cmpgt_epi32_mask(_mm512_loadu_si512(sb), _mm512_loadu_si512(tb)) |
+                       (uint32_t)_mm512_cmpgt_epi32_mask(_mm512_loadu_si512(sb + 16), _mm512_loadu_si512(tb + 16))
+                           << 16;
+#else
+    uint32_t m = 0;
+    for (int j = 0; j < BNNC_OBLOCK; j++) m |= (uint32_t)(sb[j] > tb[j]) << j;
+#endif
+    dst[b * BNNC_OBLOCK / BNNC_WORD_BITS] |= (bnnc_word_t)(m ^ neg[b]) << (b * BNNC_OBLOCK % BNNC_WORD_BITS);
+  }
+}
+
+#ifdef BNNC_AVX512_POPCNT
+/* Popcounts of one block of 32 outputs (blocked weights wb) as two vectors of 16 int32:
+ * 4 x 8 outputs, each window word broadcast, XORed with 8 weight words, VPOPCNTQ, added. */
+BNNC_INLINE void bnnc_popcount_block(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *wb,
+                                     __m512i *s01, __m512i *s23) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  for (int ky = 0; ky < kh; ky++) {
+    for (int j = 0; j < kwcw; j++, wb += BNNC_OBLOCK) {
+      const __m512i x = _mm512_set1_epi64((long long)src[ky * rs + j]);
+      a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb))));
+      a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 8))));
+      a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 16))));
+      a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 24))));
+    }
+  }
+  *s01 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a0)), _mm512_cvtepi64_epi32(a1), 1);
+  *s23 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a2)), _mm512_cvtepi64_epi32(a3), 1);
+}
+#endif
+
+/* acc[o] = sum over the window's words of popcount(word XOR w), for o < opad: the window is kh
+ * rows of kwcw words, rs apart; w is blocked [opad / 32][kh * kwcw][32]. */
+BNNC_INLINE void bnnc_xnor_popcount(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *w,
+                                    int opad, int32_t *acc) {
+  const int taps = kh * kwcw;
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const bnnc_word_t *wb = w + (size_t)b * taps * BNNC_OBLOCK;
+#ifdef BNNC_AVX512_POPCNT
+    __m512i s01, s23;
+    bnnc_popcount_block(src, rs, kh, kwcw, wb, &s01, &s23);
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK, s01);
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK + 16, s23);
+#else
     bnnc_word_t a[BNNC_OBLOCK];
     for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
-    for (int l = 0; l < taps; l++) {
-      const bnnc_word_t x = win[l];
-      const bnnc_word_t *wr = w + (size_t)l * opad + ob;
-      for (int j = 0; j < BNNC_OBLOCK; j++) a[j] += (bnnc_word_t)bnnc_popcount(x ^ wr[j]);
+    for (int ky = 0; ky < kh; ky++) {
+      for (int t = 0; t < kwcw; t++, wb += BNNC_OBLOCK) {
+        const bnnc_word_t x = src[ky * rs + t];
+        for (int j = 0; j < BNNC_OBLOCK; j++) a[j] += (bnnc_word_t)bnnc_popcount(x ^ wb[j]);
+      }
     }
-    for (int j = 0; j < BNNC_OBLOCK; j++) acc[ob + j] = (int32_t)a[j];
+    for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = (int32_t)a[j];
+#endif
   }
 }
 
-/* acc[o] = sum over l < taps of win[l] * w[l * opad + o] (integer inputs, +-1/0 weights). */
-BNNC_INLINE void bnnc_int_mac(const int32_t *win, int taps, const int8_t *w, int opad, int32_t *acc) {
-  for (int ob = 0; ob < opad; ob += BNNC_OBLOCK) {
+/* One output pixel of a binary layer with a bit output: popcounts, then thresholds and packing
+ * as bnnc_threshold_pack; `acc` is scratch for opad int32 (unused by the fused AVX-512 path). */
+BNNC_INLINE void bnnc_binary_pixel(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *w, int opad,
+                                   const int32_t *thr, const uint32_t *neg, int cwo, int32_t *acc,
+                                   bnnc_word_t *dst) {
+#ifdef BNNC_AVX512_POPCNT
+  /* fused: the accumulators stay in registers and are compared there */
+  const int taps = kh * kwcw;
+  (void)acc;
+  for (int k = 0; k < cwo; k++) dst[k] = 0;
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int32_t *tb = thr + b * BNNC_OBLOCK;
+    __m512i s01, s23;
+    bnnc_popcount_block(src, rs, kh, kwcw, w + (size_t)b * taps * BNNC_OBLOCK, &s01, &s23);
+    const uint32_t m = (uint32_t)_mm512_cmpgt_epi32_mask(s01, _mm512_loadu_si512(tb)) |
+                       (uint32_t)_mm512_cmpgt_epi32_mask(s23, _mm512_loadu_si512(tb + 16)) << 16;
+    dst[b * BNNC_OBLOCK / BNNC_WORD_BITS] |= (bnnc_word_t)(m ^ neg[b]) << (b * BNNC_OBLOCK % BNNC_WORD_BITS);
+  }
+#else
+  bnnc_xnor_popcount(src, rs, kh, kwcw, w, opad, acc);
+  bnnc_threshold_pack(acc, thr, neg, opad, cwo, dst);
+#endif
+}
+
+/* acc[o] = sum over the window's values x of x * w, for o < opad (integer inputs, weights in
+ * {-1, 0, +1}, 32-bit accumulators): the window is kh rows of kwc values, rs apart; w is blocked
+ * [opad / 32][kh * kwc][32]. */
+BNNC_INLINE void bnnc_int_mac(const int32_t *src, int rs, int kh, int kwc, const int8_t *w, int opad, int32_t *acc) {
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int8_t *wb = w + (size_t)b * kh * kwc * BNNC_OBLOCK;
     int32_t a[BNNC_OBLOCK];
     for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
-    for (int l = 0; l < taps; l++) {
-      const int32_t x = win[l];
-      const int8_t *wr = w + (size_t)l * opad + ob;
-      for (int j = 0; j < BNNC_OBLOCK; j++) a[j] += x * (int32_t)wr[j];
+    for (int ky = 0; ky < kh; ky++) {
+      for (int t = 0; t < kwc; t++, wb += BNNC_OBLOCK) {
+        const int32_t x = src[ky * rs + t];
+        for (int j = 0; j < BNNC_OBLOCK; j++) a[j] += x * (int32_t)wb[j];
+      }
     }
-    for (int j = 0; j < BNNC_OBLOCK; j++) acc[ob + j] = a[j];
+    for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = a[j];
   }
 }
 
-/* Output bits of one pixel: bit o = (s[o] > thr[o]) XOR neg[o]; fill bits stay 0. */
-BNNC_INLINE void bnnc_threshold_pack(const int32_t *s, const int32_t *thr, const uint8_t *neg, int n,
-                                     int cw, bnnc_word_t *dst) {
-  for (int c = 0; c < cw; c++) dst[c] = 0;
-  for (int o = 0; o < n; o++) {
-    const bnnc_word_t bit = (bnnc_word_t)((s[o] > thr[o]) ^ neg[o]);
-    dst[o / BNNC_WORD_BITS] |= bit << (o % BNNC_WORD_BITS);
+/* As bnnc_int_mac with 16-bit values and accumulators, for layers where bnnc proved
+ * kh * kwc * max|x| <= 32767 (twice as many lanes per vector). */
+BNNC_INLINE void bnnc_int_mac16(const int16_t *src, int rs, int kh, int kwc, const int8_t *w, int opad,
+                                int32_t *acc) {
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int8_t *wb = w + (size_t)b * kh * kwc * BNNC_OBLOCK;
+    int16_t a[BNNC_OBLOCK];
+    for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
+    for (int ky = 0; ky < kh; ky++) {
+      for (int t = 0; t < kwc; t++, wb += BNNC_OBLOCK) {
+        const int16_t x = src[ky * rs + t];
+        for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = (int16_t)(a[j] + x * wb[j]);
+      }
+    }
+    for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = a[j];
   }
 }
 
-/* Round half to even in float32 without libm (exact for every float; needs FLT_EVAL_METHOD 0). */
+#ifdef BNNC_AVX512_VNNI
+/* acc[o] = corr[o] + sum of u * w over the window with VPDPBUSD (unsigned bytes u times signed
+ * weights, exact int32 sums): kh rows of g groups of 4 bytes, rows rs bytes apart; w is
+ * [opad / 32][kh][g][32][4]. Two accumulator chains per 16 outputs hide VPDPBUSD's latency. */
+BNNC_INLINE void bnnc_int_mac_vnni(const uint8_t *u, int rs, int kh, int g, const int8_t *w, const int32_t *corr,
+                                   int opad, int32_t *acc) {
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int8_t *wb = w + (size_t)b * kh * g * 4 * BNNC_OBLOCK;
+    __m512i a0 = _mm512_loadu_si512(corr + b * BNNC_OBLOCK), a1 = _mm512_loadu_si512(corr + b * BNNC_OBLOCK + 16);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0;
+    for (int ky = 0; ky < kh; ky++) {
+      const uint8_t *row = u + (size_t)ky * rs;
+      int t = 0;
+      for (; t + 1 < g; t += 2, wb += 8 * BNNC_OBLOCK) {
+        const __m512i x0 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t));
+        const __m512i x1 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t + 4));
+        a0 = _mm512_dpbusd_epi32(a0, x0, _mm512_load_si512(wb));
+        a1 = _mm512_dpbusd_epi32(a1, x0, _mm512_load_si512(wb + 64));
+        c0 = _mm512_dpbusd_epi32(c0, x1, _mm512_load_si512(wb + 128));
+        c1 = _mm512_dpbusd_epi32(c1, x1, _mm512_load_si512(wb + 192));
+      }
+      if (t < g) {
+        const __m512i x0 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t));
+        a0 = _mm512_dpbusd_epi32(a0, x0, _mm512_load_si512(wb));
+        a1 = _mm512_dpbusd_epi32(a1, x0, _mm512_load_si512(wb + 64));
+        wb += 4 * BNNC_OBLOCK;
+      }
+    }
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK, _mm512_add_epi32(a0, c0));
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK + 16, _mm512_add_epi32(a1, c1));
+  }
+}
+#endif
+
+/* Round half to even in float32 without libm (exact for every float; needs FLT_EVAL_METHOD 0 and
+ * the default rounding mode). Where the target has a rounding instruction the builtin is one
+ * instruction (and never a libm call); elsewhere adding and subtracting 2^23 rounds. */
 BNNC_INLINE float bnnc_rint(float v) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__SSE4_1__) || defined(__aarch64__))
+  return __builtin_rintf(v);
+#else
   float a = v < 0.0f ? -v : v;
   if (a < 8388608.0f) a = (a + 8388608.0f) - 8388608.0f;
   return v < 0.0f ? -a : a;
+#endif
 }
 
 /* Truncation toward zero of a float known to lie well inside the int32 range. */

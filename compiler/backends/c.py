@@ -15,6 +15,7 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from ..passes.pack_bits import storage_dtype, words
+from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
 
 C_TYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": "int16_t", "int32": "int32_t",
@@ -114,7 +115,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             c, h, w = op.in_shape
             flat = getattr(op, "flat", False)
             L.update(mode=p.mode, c=c, h=h, w=w, flat=flat, n=c * h * w, cw=words(oty.shape[2], wb),
-                     out_c=oty.shape[2])
+                     out_c=oty.shape[2], pixels=c * h * w // oty.shape[2])
             if p.mode == "thresholds":
                 L["uniform"] = p.thr.size == 1
                 consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
@@ -147,10 +148,20 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, cw=p.cw_in, taps=p.taps,
                      o=p.o, opad=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, cwo=p.cw_out,
                      scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
-                     win_bytes=-(-p.taps * (wb // 8 if p.in_kind == "bits" else 4) // 64) * 64)
+                     buf_offset=conv_scratch(op, src_t, wb)["buf"], pb=op.pads[2], pr=op.pads[3],
+                     ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
+                     acc16=p.acc16, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
+                     groups=-(-op.kernel[1] * p.cw_in // 4))
             consts.append({"name": f"{op.name}_w", "ctype": "bnnc_word_t" if p.in_kind == "bits" else "int8_t",
-                           "n": p.weights.size,
+                           "n": p.weights.size, "align": True,
                            "init": c_array(p.weights, word_kind if p.in_kind == "bits" else "int")})
+            if p.vnni_offset is not None:  # VNNI builds use the second table instead of the first
+                consts[-1]["guard"] = "!defined(BNNC_AVX512_VNNI)"
+                consts.append({"name": f"{op.name}_w_vnni", "ctype": "int8_t", "n": p.weights_vnni.size,
+                               "align": True, "guard": "defined(BNNC_AVX512_VNNI)",
+                               "init": c_array(p.weights_vnni, "int")})
+                consts.append({"name": f"{op.name}_vnni_corr", "ctype": "int32_t", "n": p.vnni_corr.size,
+                               "guard": "defined(BNNC_AVX512_VNNI)", "init": c_array(p.vnni_corr, "int")})
             if p.ny > 1:
                 consts.append({"name": f"{op.name}_ycls", "ctype": "uint8_t" if p.ny < 256 else "uint16_t",
                                "n": p.ycls.size, "init": c_array(p.ycls, "int")})
@@ -158,10 +169,10 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 consts.append({"name": f"{op.name}_xcls", "ctype": "uint8_t" if p.nx < 256 else "uint16_t",
                                "n": p.xcls.size, "init": c_array(p.xcls, "int")})
             if p.thr is not None:
-                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
+                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": True,
                                "init": c_array(p.thr, "int")})
-                consts.append({"name": f"{op.name}_neg", "ctype": "uint8_t", "n": p.neg.size,
-                               "init": c_array(p.neg, "int")})
+                consts.append({"name": f"{op.name}_neg", "ctype": "uint32_t", "n": p.neg_words.size,
+                               "init": c_array(p.neg_words, "word32")})
                 L["epilogue"] = "bits"
             else:
                 L["epilogue"] = "reals"

@@ -2,10 +2,23 @@
 
 Layout (the one documented in IR.md, LCE's convention): a bit tensor (H, W, C) is stored pixel by
 pixel, each pixel's C channels in CW = ceil(C / WB) words of WB bits, channel c in word c // WB at
-bit c % WB, bit 1 = -1, fill bits 0. Weights of a binary Conv are packed the same way per tap and
-stored tap-word-major, output-channel-minor ([L][O_pad], L = kh * kw * CW) so that kernels vectorize
-over output channels. Fill bits are 0 in both weights and activations, so XOR leaves them 0 and
-they never count.
+bit c % WB, bit 1 = -1, fill bits 0. Fill bits are 0 in both weights and activations, so XOR leaves
+them 0 and they never count.
+
+Weights of a Conv are packed per tap like activations (L = kh * kw * CW words per output channel,
+or L = kh * kw * C integers when the input is integer) and stored in one of two layouts:
+- "blocked" (host C): [O_pad / 32][L][32], output channels padded with zero filters to O_pad, a
+  multiple of OBLOCK = 32, so that a kernel streams one contiguous block per 32 outputs and
+  vectorizes across them;
+- "rows" (MCU firmware): [O][L], one contiguous row per output channel, so that a scalar kernel
+  walks one filter at a time with post-incremented loads.
+Integer-input layers that AVX-512 VNNI can run (`vnni_offset` is not None) also get
+`weights_vnni` [O_pad / 32][kh][G][32][4]: each kernel row's kw * C weights padded with zeros to
+G = ceil(kw * C / 4) groups of 4 for `vpdpbusd`, which multiplies 4 unsigned bytes
+u = x - vnni_offset by 4 signed weights; then sum_l x_l * w_l = sum_l u_l * w_l + vnni_offset *
+sum_l w_l, the second term being `vnni_corr` (the zero weights make whatever bytes follow a
+window row irrelevant). `acc16` says the integer accumulator provably fits int16
+(L * max|x| <= 32767, |w| <= 1).
 
 Zero padding: a kernel reads a padded tap as a 0 word, i.e. as +1 values, then corrects exactly.
 For output position (y, x) with valid-tap set V(y, x), and pc = popcount over the whole window,
@@ -15,6 +28,8 @@ valid ky-set is equal share a class), so the correction is a small table corr[cl
 
 Epilogues become one comparison per output: bit = (s > thr[class][o]) XOR neg[o], where s is the
 popcount (binary inputs) or the integer accumulator (integer inputs); constants are unconditional.
+`thr` rows are padded to O_pad with a value s never exceeds and `neg_words` packs neg 32 outputs
+per uint32 (0 in the padding), so padded outputs always give fill bits 0.
 Real outputs keep acc = kmul[o] * (K - 2 * pc) + corr[class][o] (kmul 0 for all-zero filters).
 """
 
@@ -29,9 +44,12 @@ from .. import ir
 from ..errors import BnncError
 from .quantize_input import int_dtype_for
 
-OBLOCK = 32  # output channels per kernel block; weights are padded to a multiple of it
+OBLOCK = 32  # output channels per kernel block; blocked weights are padded to a multiple of it
+LAYOUTS = ("blocked", "rows")
 
 INT32_MAX = 2**31 - 1
+THR_NEVER = INT32_MAX // 2  # a threshold no popcount or accumulator exceeds (checked below)
+INT16_MAX = 2**15 - 1
 
 
 @dataclass
@@ -43,16 +61,22 @@ class PackedConv:
     o: int
     o_pad: int
     k_full: int  # kh * kw * C
-    weights: np.ndarray  # uint64 / int8, shape (L, o_pad)
+    weights: np.ndarray  # uint64 / uint32 / int8: (O_pad / 32, L, 32) "blocked" or (O, L) "rows"
     ycls: np.ndarray  # (OH,) class of each output row
     xcls: np.ndarray  # (OW,)
     ny: int
     nx: int
     corr: np.ndarray  # int64 (ny * nx, O): see module docstring
-    thr: Optional[np.ndarray]  # int64 (ny * nx, O) for bit outputs
+    thr: Optional[np.ndarray]  # int64 (ny * nx, O_pad) for bit outputs, padded with THR_NEVER
     neg: Optional[np.ndarray]  # uint8 (O,)
     kmul: Optional[np.ndarray]  # int8 (O,) for real outputs
     cw_out: int = 0  # words per output pixel (bit outputs)
+    layout: str = "blocked"
+    neg_words: Optional[np.ndarray] = None  # uint32 (O_pad / 32,): bit j of word b = neg[32 b + j]
+    acc16: bool = False  # integer input: the accumulator provably fits int16
+    vnni_offset: Optional[int] = None  # integer input: u = x - offset is a byte for every x (and 0)
+    weights_vnni: Optional[np.ndarray] = None  # int8 (O_pad / 32, kh, G, 32, 4)
+    vnni_corr: Optional[np.ndarray] = None  # int64 (O_pad,): offset * sum of the filter's weights
 
 
 def words(c: int, word_bits: int) -> int:
@@ -90,7 +114,7 @@ def classes(n_out: int, n_in: int, k: int, stride: int, pad: int):
     return np.array(ids, dtype=np.int64), np.array(masks, dtype=bool)
 
 
-def pack_conv(op: ir.Conv, src, word_bits: int) -> PackedConv:
+def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> PackedConv:
     o, kh, kw, c = op.w.shape
     ih, iw = src.shape[:2]
     oh, ow = ir.out_shape((ih, iw), op.kernel, op.stride, op.pads)
@@ -108,33 +132,68 @@ def pack_conv(op: ir.Conv, src, word_bits: int) -> PackedConv:
         cw = words(c, word_bits)
         # padded taps read as +1: subtract their contribution
         corr = bias - np.einsum("yxhw,ohw->yxo", (~valid).astype(np.int64), wsum)
-        wp = pack_bit_rows(op.w, word_bits)  # o, kh, kw, cw
+        rows = pack_bit_rows(op.w, word_bits).reshape(o, -1)  # o, kh * kw * cw
         zero_rows = ~np.any(op.w.reshape(o, -1) != 0, axis=1)
-        weights = np.zeros((kh * kw * cw, o_pad), np.uint64)
-        weights[:, :o] = wp.reshape(o, -1).T
-        taps = kh * kw * cw
+        wdtype = np.uint64 if word_bits == 64 else np.uint32
     else:
         cw = c
         corr = bias
-        weights = np.zeros((kh * kw * c, o_pad), np.int8)
-        weights[:, :o] = op.w.reshape(o, -1).T
+        rows = op.w.reshape(o, -1).astype(np.int8)
         zero_rows = np.zeros(o, bool)
-        taps = kh * kw * c
+        wdtype = np.int8
+    taps = rows.shape[1]
+    weights = rows.astype(wdtype) if layout == "rows" else _blocked(rows, o_pad).astype(wdtype)
     corr = corr.reshape(ny * nx, o)
     k_full = kh * kw * c
     p = PackedConv("bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full, weights,
-                   ycls, xcls, ny, nx, corr, None, None, None)
+                   ycls, xcls, ny, nx, corr, None, None, None, layout=layout)
+    if not bits_in:
+        xmax = max(abs(src.lo), abs(src.hi))
+        p.acc16 = taps * xmax <= INT16_MAX
+        off = min(src.lo, 0)  # padded taps read x = 0, which must map to a byte too
+        if max(src.hi, 0) - off <= 255 and layout == "blocked":
+            row = kw * c
+            g = -(-row // 4)
+            padded = np.zeros((o_pad, kh, g * 4), np.int8)
+            padded[:o, :, :row] = rows.reshape(o, kh, row)
+            p.vnni_offset = int(off)
+            p.weights_vnni = padded.reshape(o_pad // OBLOCK, OBLOCK, kh, g, 4).transpose(0, 2, 3, 1, 4).copy()
+            p.vnni_corr = off * padded.astype(np.int64).reshape(o_pad, -1).sum(axis=1)
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
         thr, neg = bit_comparisons(ep, corr, k_full if bits_in else None)
-        p.thr, p.neg = thr, neg
+        p.thr = np.full((ny * nx, o_pad), THR_NEVER, np.int64)
+        p.thr[:, :o] = thr
+        p.neg = neg
+        p.neg_words = neg_words(neg, o_pad)
         p.cw_out = words(o, word_bits)
+        # s > THR_NEVER must be impossible: s is at most K (popcount) or L * max|x| + max|corr|
+        s_max = k_full if bits_in else taps * max(abs(src.lo), abs(src.hi))
+        if s_max >= THR_NEVER:
+            raise BnncError(f"layer '{op.source_ops[0] if op.source_ops else op.name}': accumulator range "
+                            "exceeds the 32-bit threshold tables")
     else:
         p.kmul = np.where(zero_rows, 0, 1).astype(np.int8)
     for name, arr in (("corr", p.corr), ("thr", p.thr)):
-        if arr is not None and arr.size and np.abs(arr).max() > INT32_MAX // 2:
+        if arr is not None and arr.size and np.abs(arr).max() > THR_NEVER:
             raise BnncError(f"layer '{op.source_ops[0]}': {name} table exceeds 32-bit range")
     return p
+
+
+def _blocked(rows: np.ndarray, o_pad: int) -> np.ndarray:
+    """(O, L) -> (O_pad / 32, L, 32), zero filters in the padding."""
+    o, taps = rows.shape
+    padded = np.zeros((o_pad, taps), rows.dtype)
+    padded[:o] = rows
+    return padded.reshape(o_pad // OBLOCK, OBLOCK, taps).transpose(0, 2, 1).copy()
+
+
+def neg_words(neg: np.ndarray, o_pad: int) -> np.ndarray:
+    """neg (O,) in {0, 1} -> uint32 (O_pad / 32,), bit j of word b = neg[32 b + j], 0 in the padding."""
+    bits = np.zeros(o_pad, np.uint64)
+    bits[: neg.size] = neg
+    shifted = bits.reshape(-1, OBLOCK) << np.arange(OBLOCK, dtype=np.uint64)
+    return np.bitwise_or.reduce(shifted, axis=1).astype(np.uint32)
 
 
 def bit_comparisons(th: ir.Thresholds, corr: np.ndarray, k_full: Optional[int]):
@@ -155,10 +214,9 @@ def bit_comparisons(th: ir.Thresholds, corr: np.ndarray, k_full: Optional[int]):
         thr = np.where(d > 0, up, q - 1)
         neg = (th.direction < 0).astype(np.uint8)
     const = th.constant != ir.Thresholds.NOT_CONSTANT
-    big = INT32_MAX // 2
-    # constant +1: bit 0 always (s > big is false, neg 0); constant -1: bit 1 always (s > -big-ish)
-    thr = np.where(const[None, :] & (th.constant[None, :] > 0), big, thr)
-    thr = np.where(const[None, :] & (th.constant[None, :] < 0), -big, thr)
+    # constant +1: bit 0 always (s > THR_NEVER is false, neg 0); constant -1: bit 1 always
+    thr = np.where(const[None, :] & (th.constant[None, :] > 0), THR_NEVER, thr)
+    thr = np.where(const[None, :] & (th.constant[None, :] < 0), -THR_NEVER, thr)
     neg = np.where(const, 0, neg).astype(np.uint8)
     return thr.astype(np.int64), neg
 
@@ -189,13 +247,16 @@ def storage_dtype(ty) -> str:
     return int_dtype_for(ty.lo, ty.hi)
 
 
-def pack_bits(graph: ir.Graph, word_bits: int = 64) -> ir.Graph:
+def pack_bits(graph: ir.Graph, word_bits: int = 64, layout: str = "blocked") -> ir.Graph:
     """Attach `packed` tables to every op (see module docstring); the math is unchanged."""
+    if word_bits not in (32, 64) or layout not in LAYOUTS:
+        raise ValueError(f"pack_bits: word_bits {word_bits}, layout {layout!r}")
     out = graph.copy()
     out.word_bits = word_bits
+    out.weight_layout = layout
     for op in out.ops():
         if isinstance(op, ir.Conv):
-            op.packed = pack_conv(op, out.tensors[op.inputs[0]], word_bits)
+            op.packed = pack_conv(op, out.tensors[op.inputs[0]], word_bits, layout)
         elif isinstance(op, ir.InputQuantize):
             op.packed = pack_input(op, out.tensors[op.outputs[0]])
             if op.packed.cw_out:

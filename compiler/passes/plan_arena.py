@@ -38,12 +38,29 @@ def tensor_bytes(ty, word_bits: int) -> int:
     return h * w * c * 4
 
 
-def scratch_bytes(op, word_bits: int) -> int:
-    p = getattr(op, "packed", None)
-    if not isinstance(op, ir.Conv) or p is None:
+def conv_scratch(op, src, word_bits: int) -> dict:
+    """Byte layout of a Conv's scratch buffer: {"acc", "buf", "size"}.
+
+    acc: o_pad int32 accumulators at offset 0. buf: for a binary input, one gathered window
+    (taps words, used at zero-padded borders); for an integer input, the input with its zero
+    padding materialized, (ih + pt + pb) x (iw + pl + pr) x C elements of the kernel's type
+    (int16 when the accumulator fits int16, else int32; bytes for VNNI, which also reads up to
+    3 bytes past a row, hence 4 spare bytes)."""
+    p = op.packed
+    acc = _align(p.o_pad * 4)
+    if p.in_kind == "bits":
+        buf = p.taps * word_bits // 8
+    else:
+        ih, iw, c = src.shape
+        t, l, b, r = op.pads
+        buf = (ih + t + b) * (iw + l + r) * c * (2 if p.acc16 else 4) + 4
+    return {"acc": 0, "buf": acc, "size": acc + _align(buf)}
+
+
+def scratch_bytes(op, src, word_bits: int) -> int:
+    if not isinstance(op, ir.Conv) or getattr(op, "packed", None) is None:
         return 0
-    win = p.taps * (word_bits // 8 if p.in_kind == "bits" else 4)
-    return _align(win) + p.o_pad * 4
+    return conv_scratch(op, src, word_bits)["size"]
 
 
 def _align(n: int) -> int:
@@ -63,7 +80,7 @@ def plan_arena(graph: ir.Graph) -> ir.Graph:
         for t in op.inputs:
             if t in bufs:
                 bufs[t].last = max(bufs[t].last, i)
-        s = scratch_bytes(op, wb)
+        s = scratch_bytes(op, out.tensors.get(op.inputs[0]), wb)
         if s:
             bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s), i, i)
     placed = []

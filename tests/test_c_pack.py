@@ -1,0 +1,76 @@
+"""pack_bits on random graphs: both weight layouts hold the same filters, the VNNI tables satisfy
+their identity, and padded outputs can never produce a bit (the math the kernels rely on)."""
+
+import numpy as np
+import pytest
+
+from bnnc import ir
+from bnnc.passes.pack_bits import OBLOCK, THR_NEVER, pack_bit_rows, pack_bits
+
+from .helpers import random_case
+
+SEEDS = range(30)
+
+
+def _convs(graph, **kw):
+    g = pack_bits(graph, **kw)
+    return [(op, g.tensors[op.inputs[0]]) for op in g.ops() if isinstance(op, ir.Conv)]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("word_bits", [32, 64])
+def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
+    graph = random_case(seed, 1)[2]
+    blocked = _convs(graph, word_bits=word_bits)
+    rows = _convs(graph, word_bits=word_bits, layout="rows")
+    for (op, src), (op_r, _) in zip(blocked, rows):
+        p, pr = op.packed, op_r.packed
+        o = op.w.shape[0]
+        expect = (pack_bit_rows(op.w, word_bits).reshape(o, -1) if isinstance(src, ir.Bits)
+                  else op.w.reshape(o, -1))
+        assert np.array_equal(pr.weights, expect)
+        unblocked = p.weights.transpose(0, 2, 1).reshape(p.o_pad, p.taps)
+        assert np.array_equal(unblocked[:o], expect) and not np.any(unblocked[o:])
+        assert p.o_pad % OBLOCK == 0 and p.o_pad - o < OBLOCK
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vnni_tables_reproduce_the_integer_accumulator(seed):
+    rng = np.random.default_rng(seed)
+    graph = random_case(seed, 1)[2]
+    for op, src in _convs(graph):
+        p = op.packed
+        if p.in_kind != "ints":
+            continue
+        kh, kw = op.kernel
+        c = src.shape[2]
+        assert p.acc16 == (p.taps * max(abs(src.lo), abs(src.hi)) <= 32767)
+        if p.vnni_offset is None:
+            assert max(src.hi, 0) - min(src.lo, 0) > 255
+            continue
+        x = rng.integers(src.lo, src.hi + 1, size=(5, kh, kw * c))
+        x[0] = 0  # a window of zero padding
+        u = x - p.vnni_offset
+        assert u.min() >= 0 and u.max() <= 255
+        nb, _, g, _, _ = p.weights_vnni.shape
+        wv = p.weights_vnni.transpose(0, 3, 1, 2, 4).reshape(nb * OBLOCK, kh, g * 4).astype(np.int64)
+        assert not np.any(wv[:, :, kw * c:]), "row padding must have zero weights"
+        up = np.zeros((5, kh, g * 4), np.int64)
+        up[:, :, : kw * c] = u
+        up[:, :, kw * c:] = rng.integers(0, 256, size=(5, kh, g * 4 - kw * c))  # whatever follows a row
+        got = np.einsum("nhk,ohk->no", up, wv) + p.vnni_corr[None, :]
+        want = x.reshape(5, -1) @ op.w.reshape(op.w.shape[0], -1).T.astype(np.int64)
+        assert np.array_equal(got[:, : op.w.shape[0]], want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_padded_outputs_never_set_a_bit(seed):
+    graph = random_case(seed, 1)[2]
+    for op, src in _convs(graph):
+        p = op.packed
+        if p.thr is None:
+            continue
+        s_max = p.k_full if p.in_kind == "bits" else p.taps * max(abs(src.lo), abs(src.hi))
+        assert s_max < THR_NEVER and np.all(p.thr[:, p.o:] == THR_NEVER)
+        bits = (p.neg_words[:, None] >> np.arange(OBLOCK, dtype=np.uint32)) & 1
+        assert np.array_equal(bits.ravel()[: p.o], p.neg) and not np.any(bits.ravel()[p.o:])
