@@ -8,7 +8,9 @@ in ../shared/models/ when it is there) the script
 
 * compiles the model to C and builds it with FLAGS (batch 1, one thread), checks once that the
   C output equals bnnc's reference executor bit for bit (it aborts if not), and times it with the
-  generated harness (`--bench`: best of 5 runs of `iters` inferences);
+  generated harness (`--bench`: best of 5 runs of `iters` inferences). With -march=native on a CPU
+  with AVX-512 the kernels use VPOPCNTQ / VNNI intrinsics; the same build with -DBNNC_PORTABLE
+  (the portable C kernels, auto-vectorized) is checked and timed too, as "C portable";
 * times onnxruntime on the same ONNX model (one intra-op and one inter-op thread, ORT_ENABLE_ALL,
   batch 1; the same statistic: best of 5 runs of `iters` calls to `session.run`, which includes
   the Python call overhead of onnxruntime, plus the median of all calls). The shared QONNX model
@@ -54,6 +56,7 @@ from bnnc.pipeline import compile_graph
 from bnnc.testing.random_models import cnv_model, random_inputs, tfc_model
 
 FLAGS = ("-std=c99", "-O3", "-march=native", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
+PORTABLE_FLAGS = FLAGS + ("-DBNNC_PORTABLE",)
 NAME = "bnnc"  # C prefix of the generated code: bnnc_run, bnnc_input_t, BNNC_INPUT_SIZE
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CNV = REPO.parent / "shared" / "models" / "brevitas-cnv-1w1a" / "cnv_1w1a.onnx"
@@ -297,13 +300,16 @@ def bench_model(label, model, x, ort_model, source, quick: bool) -> dict:
     inputs = driver.prepare_inputs(graph, x)
     in_dtype = graph.input_info["dtype"]
 
-    log(f"[{label}] checking C == reference on {inputs.grid.shape[0]} inputs ...")
-    y_c = driver.run_target(graph, "c", inputs, NAME, FLAGS)
+    log(f"[{label}] checking C (and C portable) == reference on {inputs.grid.shape[0]} inputs ...")
     y_ref = driver.run_target(graph, "ref", inputs)
-    if y_c.shape != y_ref.shape or not np.array_equal(y_c, y_ref):
-        bad = np.argwhere(np.asarray(y_c != y_ref))[:5]
-        sys.exit(f"ERROR [{label}]: the C output differs from the reference executor at {bad.tolist()}\n"
-                 f"  C:   {y_c.ravel()[:10]}\n  ref: {y_ref.ravel()[:10]}")
+    for flags in (FLAGS, PORTABLE_FLAGS):
+        y_c = driver.run_target(graph, "c", inputs, NAME, flags)
+        if y_c.shape != y_ref.shape or not np.array_equal(y_c, y_ref):
+            bad = np.argwhere(np.asarray(y_c != y_ref))[:5]
+            sys.exit(f"ERROR [{label}]: the C output ({' '.join(flags)}) differs from the reference executor at "
+                     f"{bad.tolist()}\n  C:   {y_c.ravel()[:10]}\n  ref: {y_ref.ravel()[:10]}")
+    y_c = driver.run_target(graph, "c", inputs, NAME, FLAGS)
+    pexe = c_build.build(files, PORTABLE_FLAGS)
 
     target_s = 0.01 if quick else 0.08  # per timed run; bench does 5 runs
     iters, est_ns = calibrate(exe, inputs.grid, in_dtype, target_s)
@@ -330,12 +336,13 @@ def bench_model(label, model, x, ort_model, source, quick: bool) -> dict:
     # Rounds that interleave C, per-layer C and onnxruntime, minimum over rounds: shared or
     # virtual machines have slow phases that a single measurement can fall into.
     rounds = 1 if quick else 3
-    c_runs, layer_runs, ort_runs = [], [], []
+    c_runs, portable_runs, layer_runs, ort_runs = [], [], [], []
     for r in range(rounds):
         tag = f"round {r + 1}/{rounds}: " if rounds > 1 else ""
         log(f"[{label}] {tag}timing C ({iters} inferences x 5), each layer, "
             + (f"onnxruntime ({ort_iters} runs x 5)" if sess is not None else "no onnxruntime"))
         c_runs.append(c_build.bench(exe, inputs.grid, in_dtype, iters))
+        portable_runs.append(c_build.bench(pexe, inputs.grid, in_dtype, max(1, iters // 2)))
         layer_runs.append(time_layers(lexe, inputs.grid, in_dtype, iters))
         if sess is not None:
             ort_runs.append(time_ort(sess, in_name, feed, ort_iters, 0.05 if quick else 0.3))
@@ -351,14 +358,17 @@ def bench_model(label, model, x, ort_model, source, quick: bool) -> dict:
                 "layers_sum_ns": sum(per_layer.values()), "run_ns_in_layer_harness": run_in_layer_harness,
                 "macs": sum(d["macs"] for d in layers), "binary_macs": sum(d["binary_macs"] for d in layers)})
     res["c_gmacs_per_s"] = round(res["macs"] / c_ns, 3)
+    res["c_portable_ns"] = min(portable_runs)
+    res["c_portable_ns_rounds"] = portable_runs
     if ort_runs:
         res.update({"ort_ns": min(o["ort_ns"] for o in ort_runs),
                     "ort_median_ns": float(statistics.median(o["ort_median_ns"] for o in ort_runs)),
                     "ort_min_ns": min(o["ort_min_ns"] for o in ort_runs),
                     "ort_ns_rounds": [o["ort_ns"] for o in ort_runs], "ort_iters": ort_iters})
         res["speedup"] = round(res["ort_ns"] / c_ns, 2)
+        res["speedup_portable"] = round(res["ort_ns"] / res["c_portable_ns"], 2)
     else:
-        res.update(ort_ns=None, ort_median_ns=None, speedup=None)
+        res.update(ort_ns=None, ort_median_ns=None, speedup=None, speedup_portable=None)
     res["layers"] = layers
     log(f"[{label}] done in {time.perf_counter() - t_start:.1f} s")
     return res
@@ -391,11 +401,24 @@ def machine_info() -> dict:
         ort_ver = ort.__version__
     except ImportError:
         ort_ver = None
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "machine": platform.machine(),
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "machine": platform.machine(), "kernels": kernel_paths(cc),
             "simd": sorted(f for f in flags if f in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl",
                                                      "avx512_vpopcntdq", "avx512_bitalg", "neon", "asimd")),
             "cc": cc, "cc_version": ver, "cflags": " ".join(FLAGS), "onnxruntime": ort_ver,
             "numpy": np.__version__, "python": platform.python_version()}
+
+
+def kernel_paths(cc: str) -> str:
+    """Which kernels bnnc_kernels.h picks under FLAGS on this machine (from its macros)."""
+    from bnnc.resources import resource_dir
+
+    hdr = resource_dir("runtime") / "bnnc_kernels.h"
+    r = subprocess.run([cc, *[f for f in FLAGS if f.startswith("-m")], "-DBNNC_WORD_BITS=64", "-dM", "-E", "-x", "c",
+                        str(hdr)], capture_output=True, text=True)
+    macros = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("#define BNNC_AVX512")}
+    names = [n for m, n in (("BNNC_AVX512_POPCNT", "AVX-512 VPOPCNTQ"), ("BNNC_AVX512_VNNI", "AVX-512 VNNI"))
+             if m in macros]
+    return " + ".join(names) if names else "portable C"
 
 
 def fmt_table(header: list, rows: list) -> str:
@@ -416,13 +439,15 @@ def report(results: dict, machine: dict) -> str:
            f"ORT: onnxruntime {machine['onnxruntime']}, 1 thread, ORT_ENABLE_ALL, batch 1", ""]
     rows = []
     for label, r in results.items():
-        rows.append([label, us(r["c_ns"]), us(r["ort_ns"]), us(r["ort_median_ns"]),
+        rows.append([label, us(r["c_ns"]), us(r["c_portable_ns"]), us(r["ort_ns"]), us(r["ort_median_ns"]),
                      "-" if r["speedup"] is None else f"{r['speedup']:.1f}x",
+                     "-" if r["speedup_portable"] is None else f"{r['speedup_portable']:.1f}x",
                      f"{r['macs'] / 1e6:.2f}", f"{r['binary_macs'] / 1e6:.2f}", f"{r['c_gmacs_per_s']:.1f}"])
-    out.append(fmt_table(["model", "C us", "ORT us", "ORT med us", "speedup", "MMACs", "bin MMACs",
-                          "GMAC/s"], rows))
+    out.append(fmt_table(["model", "C us", "C port. us", "ORT us", "ORT med us", "speedup", "sp. port.", "MMACs",
+                          "bin MMACs", "GMAC/s"], rows))
     out.append("C and ORT: best of 5 runs of N calls (minimum over rounds); ORT med: median single "
                "session.run call; speedup = ORT / C. MACs: of the compiled IR (pruned/constant channels removed).")
+    out.append(f"C: kernels {machine['kernels']}; C port.: the same flags with -DBNNC_PORTABLE (portable C kernels).")
     for label, r in results.items():
         out += ["", f"{label}: per layer (sum {us(r['layers_sum_ns'])} us; {NAME}_run in the same program "
                     f"{us(r['run_ns_in_layer_harness'])} us, in the generated harness {us(r['c_ns'])} us)"]
