@@ -11,8 +11,9 @@
 // slot is free; the reader waits until the last input row its window needs is complete, reads the
 // KH*KW taps one per cycle (synchronous memory read), and after the window is taken releases the
 // rows no later window of the frame needs (all of them at the end of a frame, including rows no
-// window uses). A window costs KH*KW + 3 cycles; R = KH + SH lets the writer fill the next rows
-// meanwhile. Requires PT < KH and PL < KW (every window has a valid tap) and R >= KH.
+// window uses). A window costs KH*KW + 3 cycles. R >= KH + SH lets the writer fill the next rows
+// meanwhile; more rows let a producer run ahead across frame boundaries. Requires PT < KH and
+// PL < KW (every window has a valid tap) and R >= KH.
 module bnnc_swg #(
     parameter int IH = 4,
     parameter int IW = 4,

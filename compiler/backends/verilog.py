@@ -1,0 +1,456 @@
+"""Verilog backend: a streaming dataflow accelerator of hw/ building blocks, simulated with Verilator.
+
+The accelerator holds the integer part of the network: every Conv (a sliding window generator
+when the kernel is not 1x1/stride 1/unpadded, then a PE x SIMD matrix-vector-threshold unit),
+MaxPool and GlobalSumPool between the quantized input and the output, in pipeline order, with a
+FIFO after each stage. What it cannot hold exactly stays on the host, computed by the reference
+executor's own functions:
+- the input quantizer (`InputQuantize`: float32 chains, integer thresholds): the input stream
+  carries its output, the quantized input tensor;
+- the last layer's float32 epilogue (`Chain`): the unit outputs that layer's integer
+  accumulators, and the host applies the chain exactly as the reference does; then `ArgMax`.
+A network with a float32 epilogue anywhere else, a branch, or ternary weights is refused.
+
+Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
+this module only plans the stages, formats parameters and memory images, renders
+templates/verilog/ and runs the simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .. import folding as folding_mod
+from .. import ir, reference
+from ..errors import BnncError
+from ..passes.layout_folded_layers import element_bits, layout_folded_layers
+from ..resources import resource_dir
+from . import verilog_sim
+from .c import comment_text, sanitize_identifier
+
+# building blocks in compile order (each only instantiates blocks listed before it)
+RTL_BLOCKS = ("bnnc_fifo", "bnnc_rom", "bnnc_axis_in", "bnnc_axis_out", "bnnc_swg", "bnnc_mvtu", "bnnc_maxpool",
+              "bnnc_gsum")
+AXIS_MAX_BITS = 64  # widest AXI-Stream tdata the generated design uses
+FIFO_DEPTH = 2
+WINDOW_OVERHEAD = 3  # bnnc_swg: cycles per window beyond its KH*KW tap reads
+CLOCK_HZ = 200e6  # the clock frames/s figures assume
+
+
+def _clog2(n: int) -> int:
+    return max(1, (int(n) - 1).bit_length())
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Plan:
+    input_op: ir.InputQuantize
+    hw_ops: list  # Conv / MaxPool / GlobalSumPool in pipeline order
+    tail_ops: list  # ops after the accelerator (ArgMax)
+    acc_out: bool  # the last hw op is a Conv whose accumulators go to the host
+
+
+def plan(graph: ir.Graph) -> Plan:
+    ops = graph.ops()
+    if not ops or not isinstance(ops[0], ir.InputQuantize):
+        raise BnncError("the verilog target needs a model that starts with its input quantizer")
+    for prev, op in zip(ops, ops[1:]):
+        if op.inputs != [prev.outputs[0]] or len(graph.consumers(prev.outputs[0])) != 1:
+            raise BnncError(f"'{op.name}' is not a plain chain of layers (branches are not supported by the "
+                            "verilog target's dataflow pipeline)")
+    hw, tail, acc_out = [], [], False
+    for op in ops[1:]:
+        if acc_out or isinstance(op, ir.ArgMax):
+            if not isinstance(op, ir.ArgMax):
+                raise BnncError(f"'{op.name}' ({type(op).__name__}) follows a float32 epilogue; the verilog target "
+                                "holds float32 only as the last layer's output, computed on the host")
+            tail.append(op)
+            continue
+        if isinstance(op, ir.Conv):
+            if isinstance(op.epilogue, ir.Chain):
+                acc_out = True
+            hw.append(op)
+        elif isinstance(op, (ir.MaxPool, ir.GlobalSumPool)):
+            hw.append(op)
+        else:
+            raise BnncError(f"the verilog target cannot hold '{op.name}' ({type(op).__name__})")
+    if not hw:
+        raise BnncError("the model has no layer for the verilog target to build")
+    for op in hw:
+        for t in (op.inputs[0], op.outputs[0]):
+            ty = graph.tensors[t]
+            if isinstance(ty, ir.Reals) and not (op is hw[-1] and acc_out and t == op.outputs[0]):
+                raise BnncError(f"layer '{op.name}' has a float32 tensor in the middle of the network, which the "
+                                "verilog target cannot hold")
+    return Plan(ops[0], hw, tail, acc_out)
+
+
+# ----------------------------------------------------------------------------- design
+
+
+@dataclass
+class Design:
+    prefix: str
+    top: str
+    foldings: list
+    graph: ir.Graph  # laid out (Convs carry `folded`)
+    plan: Plan
+    context: dict
+    sources: dict  # {rtl/file.sv: text} in compile order
+    mems: dict  # {mem/file.mem: text}
+    files: dict = field(default_factory=dict)
+
+    @property
+    def perf(self) -> dict:
+        return self.context["perf"]
+
+
+def _stream(ty, name: str) -> dict:
+    h, w, c = ty.shape
+    eb = element_bits(ty)
+    what = "bits" if eb == 1 else f"{eb}-bit integers"
+    return {"width": c * eb, "eb": eb, "c": c, "pixels": h * w, "desc": f"{name}: {h}x{w} pixels of {c} {what}"}
+
+
+def _axis(ty, name: str, eb: int | None = None) -> dict:
+    h, w, c = ty.shape
+    eb = eb or element_bits(ty)
+    be = max(1, min(c, AXIS_MAX_BITS // eb))
+    tw = -(-be * eb // 8) * 8
+    bpp = -(-c // be)
+    what = "bits (1 = -1)" if eb == 1 else f"{eb}-bit signed integers"
+    return {"eb": eb, "c": c, "be": be, "tw": tw, "pixels": h * w, "beats": h * w * bpp, "beats_per_pixel": bpp,
+            "shape": [h, w, c],
+            "desc": f"{h}x{w}x{c} {what}, {be} per {tw}-bit beat, {h * w * bpp} beats per frame"}
+
+
+def _bits_literal(values, width: int) -> str:
+    v = 0
+    for i, x in enumerate(values):
+        v |= int(x) << (i * width)
+    return f"{len(values) * width}'h{v:x}"
+
+
+def buffer_rows(kh: int, sh: int) -> int:
+    """Input rows a sliding window generator holds: 2*KH + SH. Its reader holds at most KH rows;
+    the rest let the producer run ahead. A consumer needs KH rows at once at the start of every
+    frame while its producer writes evenly, so with only KH + SH rows balanced layers stall each
+    other (CNV at a balanced folding ran 6% above its analytic II; with 2*KH + SH, at it)."""
+    return 2 * kh + sh
+
+
+def _conv_stage(op: ir.Conv, src, dst, name: str) -> dict:
+    f = op.folded
+    oh, ow = dst.shape[:2]
+    swg = not (tuple(op.kernel) == (1, 1) and tuple(op.stride) == (1, 1) and not any(op.pads))
+    s = {"kind": "conv", "name": name, "title": f"{'Dense' if op.is_dense else 'Conv'} "
+         f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {f.mh} channels, {oh}x{ow} outputs",
+         "swg": swg, "ih": src.shape[0], "iw": src.shape[1], "c": src.shape[2], "kh": op.kernel[0],
+         "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1],
+         "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": f.mh, "mw": f.mw,
+         "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf,
+         "ib": f.in_bits, "sb": f.s_bits, "nt": 1 if f.mode == "thresholds" else 0, "tb": f.table_bits,
+         "ab": f.acc_bits if f.mode == "acc" else 1, "gain": f.gain, "ncls": f.ncls, "nx": f.nx,
+         "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.mode}
+    if swg:
+        s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
+                 ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
+    else:
+        s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
+    s["ob"] = 1 if f.mode == "thresholds" else f.acc_bits
+    s["out_width"] = f.mh * s["ob"]
+    pixels = oh * ow
+    s["mvtu_cycles"] = f.nf * f.sf * pixels
+    s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
+    s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
+    return s
+
+
+def _pool_stage(op, src, dst, name: str) -> dict:
+    if isinstance(op, ir.MaxPool):
+        oh, ow = dst.shape[:2]
+        eb = element_bits(src)
+        t = op.kernel[0] * op.kernel[1]
+        return {"kind": "maxpool", "name": name, "title": f"MaxPool {op.kernel[0]}x{op.kernel[1]}/{op.stride[0]}",
+                "ih": src.shape[0], "iw": src.shape[1], "c": src.shape[2], "eb": eb, "kh": op.kernel[0],
+                "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1],
+                "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]),
+                "out_width": src.shape[2] * eb, "cycles": (t + WINDOW_OVERHEAD) * oh * ow}
+    h, w, c = src.shape
+    ob = element_bits(dst)
+    return {"kind": "gsum", "name": name, "title": f"GlobalSumPool over {h}x{w}", "npix": h * w, "c": c,
+            "eb": element_bits(src), "ob": ob, "out_width": c * ob, "cycles": h * w}
+
+
+def _check_pads(op) -> None:
+    kh, kw = op.kernel
+    if op.pads[0] >= kh or op.pads[2] >= kh or op.pads[1] >= kw or op.pads[3] >= kw:
+        raise BnncError(f"'{op.name}': padding {tuple(op.pads)} is not smaller than its {kh}x{kw} kernel")
+
+
+def folding_spec(foldings: list) -> dict:
+    """The folding as a --folding JSON document."""
+    return {"layers": [f.as_dict() for f in foldings]}
+
+
+def unit_floor(graph: ir.Graph, pl: Plan) -> tuple:
+    """(unit, cycles per frame) of the slowest unit whose speed no folding changes: sliding window
+    generators and pools (KH*KW + WINDOW_OVERHEAD cycles per output pixel), global sums (one cycle
+    per pixel) and the AXI streams (one cycle per beat)."""
+    units = [("input stream", _axis(graph.tensors[pl.input_op.outputs[0]], "in")["beats"])]
+    for op in pl.hw_ops:
+        src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+        pixels = dst.shape[0] * dst.shape[1]
+        taps = op.kernel[0] * op.kernel[1] if isinstance(op, (ir.Conv, ir.MaxPool)) else 0
+        if isinstance(op, ir.Conv) and not (taps == 1 and tuple(op.stride) == (1, 1) and not any(op.pads)):
+            units.append((op.name, (taps + WINDOW_OVERHEAD) * pixels))
+        elif isinstance(op, ir.MaxPool):
+            units.append((op.name, (taps + WINDOW_OVERHEAD) * pixels))
+        elif isinstance(op, ir.GlobalSumPool):
+            units.append((op.name, src.shape[0] * src.shape[1]))
+    return max(units, key=lambda u: u[1])
+
+
+def choose_foldings(graph: ir.Graph, pl: Plan, opts) -> list:
+    """The user's folding, or the cheapest one meeting --target-cycles. Without either, the folding
+    module's balanced default, relaxed to the slowest fixed-speed unit: MVTUs faster than the
+    pipeline's II would only cost area."""
+    if opts.folding is not None or opts.target_cycles is not None:
+        return folding_mod.resolve(graph, opts.folding, opts.target_cycles)
+    balanced = folding_mod.choose_folding(graph)
+    target = max(folding_mod.analytic_ii(balanced), unit_floor(graph, pl)[1])
+    return folding_mod.choose_folding(graph, target)
+
+
+def build_design(graph: ir.Graph, opts) -> Design:
+    prefix = sanitize_identifier(opts.name)
+    pl = plan(graph)
+    foldings = choose_foldings(graph, pl, opts)
+    g = layout_folded_layers(graph, foldings)
+    pl = plan(g)
+    in_ty = g.tensors[pl.input_op.outputs[0]]
+    streams = [_stream(in_ty, "quantized input")]
+    stages, mems, names = [], {}, set()
+    for op in pl.hw_ops:
+        src, dst = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+        name = sanitize_identifier(op.name)
+        if name in names:
+            raise BnncError(f"two layers are both named '{name}' in Verilog")
+        names.add(name)
+        if isinstance(op, (ir.Conv, ir.MaxPool)):
+            _check_pads(op)
+        if isinstance(op, ir.Conv):
+            s = _conv_stage(op, src, dst, name)
+            mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["pe"] * s["simd"])
+            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * op.folded.entry_bits)
+        else:
+            s = _pool_stage(op, src, dst, name)
+        s["comment"] = comment_text(", ".join(getattr(op, "source_ops", []) or [op.name]))
+        stages.append(s)
+        out_desc = "layer accumulators" if s.get("mode") == "acc" else f"{name} output"
+        streams.append({"width": s["out_width"], "desc": out_desc})
+    last = pl.hw_ops[-1]
+    out_ty = g.tensors[last.outputs[0]]
+    if pl.acc_out:
+        out_axis = _axis(ir.Ints(out_ty.shape, last.folded.acc_lo, last.folded.acc_hi), "out", last.folded.acc_bits)
+    else:
+        out_axis = _axis(out_ty, "out")
+    in_axis = _axis(in_ty, "in")
+    mvtu = [s for s in stages if s["kind"] == "conv"]
+    units = [("input stream", in_axis["beats"]), ("output stream", out_axis["beats"])] + \
+        [(s["name"], s["cycles"]) for s in stages]
+    bottleneck = max(units, key=lambda u: u[1])
+    perf = {"analytic_ii": int(folding_mod.analytic_ii(foldings)), "estimated_ii": int(bottleneck[1]),
+            "bottleneck": bottleneck[0],
+            "layers": [{"name": s["name"], "kind": s["kind"], "cycles": int(s["cycles"]),
+                        **({"pe": s["pe"], "simd": s["simd"], "nf": s["nf"], "sf": s["sf"],
+                            "pixels": s["oh"] * s["ow"], "mvtu_cycles": int(s["mvtu_cycles"]),
+                            "window_cycles": int(s["window_cycles"])} if s["kind"] == "conv" else {})}
+                       for s in stages],
+            "input_beats": in_axis["beats"], "output_beats": out_axis["beats"]}
+    if opts.target_cycles is not None and perf["estimated_ii"] > opts.target_cycles:
+        raise BnncError(f"--target-cycles {opts.target_cycles} cannot be met: {bottleneck[0]} needs "
+                        f"{bottleneck[1]} cycles per frame (sliding windows and pools take KH*KW + "
+                        f"{WINDOW_OVERHEAD} cycles per output pixel, streams one cycle per beat)")
+    top = f"{prefix}_top"
+    sources = {f"rtl/{b}.sv": (resource_dir("hw") / "rtl" / f"{b}.sv").read_text() for b in RTL_BLOCKS}
+    ctx = {"top": top, "prefix": prefix, "stages": stages, "streams": streams, "input": in_axis,
+           "output": out_axis, "fifo_depth": FIFO_DEPTH, "perf": perf, "n_conv": len(mvtu),
+           "model_comment": comment_text(graph.input_info.get("onnx_name", "") and
+                                         f"model input '{graph.input_info.get('onnx_name')}'") or "bnnc model"}
+    env = _env()
+    sources[f"rtl/{top}.sv"] = env.get_template("top.sv.j2").render(**ctx)
+    d = Design(prefix, top, foldings, g, pl, ctx, sources, mems)
+    d.files = {**sources, **mems,
+               "filelist.f": env.get_template("filelist.f.j2").render(sources=list(sources)),
+               "sim/tb.cpp": env.get_template("tb.cpp.j2").render(**ctx),
+               "folding.json": json.dumps(folding_spec(foldings), indent=2) + "\n",
+               "README.md": env.get_template("README.md.j2").render(**ctx, clock_mhz=CLOCK_HZ / 1e6)}
+    return d
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates") / "verilog")),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                              lstrip_blocks=True)
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+def encode_frames(values: np.ndarray, axis: dict) -> np.ndarray:
+    """(N, H, W, C) element values -> uint64 beats (N * beats per frame). Bits: values are +-1."""
+    n = values.shape[0]
+    c, eb, be, bpp = axis["c"], axis["eb"], axis["be"], axis["beats_per_pixel"]
+    v = values.reshape(n * axis["pixels"], c).astype(np.int64)
+    raw = (v < 0).astype(np.uint64) if eb == 1 else (v & ((1 << eb) - 1)).astype(np.uint64)
+    padded = np.zeros((raw.shape[0], bpp * be), np.uint64)
+    padded[:, :c] = raw
+    lanes = padded.reshape(-1, bpp, be)
+    shifts = (np.arange(be, dtype=np.uint64) * np.uint64(eb))
+    return np.bitwise_or.reduce(lanes << shifts, axis=2).reshape(-1)
+
+
+def decode_frames(beats: np.ndarray, axis: dict, n: int, signed: bool) -> np.ndarray:
+    """uint64 beats -> (N, H, W, C) int64 elements (bits -> +-1)."""
+    c, eb, be, bpp = axis["c"], axis["eb"], axis["be"], axis["beats_per_pixel"]
+    shifts = np.arange(be, dtype=np.uint64) * np.uint64(eb)
+    lanes = (beats.reshape(-1, 1) >> shifts) & np.uint64((1 << eb) - 1)
+    v = lanes.astype(np.int64).reshape(n * axis["pixels"], bpp * be)[:, :c]
+    if eb == 1:
+        v = np.where(v == 1, -1, 1)
+    elif signed:
+        v = np.where(v >> (eb - 1) == 1, v - (1 << eb), v)
+    h, w, _ = axis["shape"]
+    return v.reshape(n, h, w, c)
+
+
+def host_input(graph: ir.Graph, pl: Plan, grid: np.ndarray) -> np.ndarray:
+    """The quantized input tensor (N, H, W, C): the reference's own input quantizer."""
+    op = pl.input_op
+    return reference._input(op, grid, graph.tensors[op.outputs[0]])
+
+
+def host_tail(graph: ir.Graph, pl: Plan, hw_out: np.ndarray) -> np.ndarray:
+    """The model output from the accelerator's output: the last float32 epilogue, then ArgMax."""
+    v = hw_out
+    if pl.acc_out:
+        v = reference._epilogue(pl.hw_ops[-1], hw_out)
+    elif isinstance(graph.tensors[pl.hw_ops[-1].outputs[0]], ir.Bits):
+        v = hw_out.astype(np.int8)
+    for op in pl.tail_ops:
+        v = reference._argmax(op, v)
+    return v
+
+
+# ----------------------------------------------------------------------------- target interface
+
+
+def files(graph: ir.Graph, opts) -> dict:
+    """`bnnc compile --target verilog`: RTL, memory images, filelist, testbench, folding."""
+    return build_design(graph, opts).files
+
+
+def _frame_stats(lines: str) -> dict:
+    st = {"frame_end": []}
+    for line in lines.splitlines():
+        k, v = line.split()
+        if k == "frame_end":
+            st["frame_end"].append(int(v))
+        else:
+            st[k] = float(v) if "." in v else int(v)
+    return st
+
+
+def simulate(d: Design, frames_in: np.ndarray, n: int, progress: bool = False, stalls: tuple | None = None):
+    """(output beats, raw stats, build seconds) of `n` frames streamed back to back."""
+    exe, build_s = verilog_sim.build(d.sources, d.top, {"tb.cpp": d.files["sim/tb.cpp"]})
+    perf = d.perf
+    depth = sum(lay["cycles"] for lay in perf["layers"]) + perf["input_beats"] + perf["output_beats"]
+    max_cycles = 8 * (depth + n * perf["estimated_ii"]) + 100_000
+    if stalls:
+        max_cycles *= 20
+    with tempfile.TemporaryDirectory(prefix="bnnc-sim-") as td:
+        td = Path(td)
+        for name, text in d.mems.items():
+            (td / name).parent.mkdir(parents=True, exist_ok=True)
+            (td / name).write_text(text)
+        frames_in.astype("<u8").tofile(td / "in.bin")
+        cmd = [str(exe), "in.bin", "out.bin", "stats.txt", str(n), str(max_cycles), str(int(progress))]
+        if stalls:
+            cmd += [str(x) for x in stalls]
+        r = subprocess.run(cmd, cwd=td, stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE,
+                           text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"Verilator simulation of {d.top} failed: {(r.stderr or '').strip()[-2000:]}")
+        beats = np.fromfile(td / "out.bin", dtype="<u8")
+        st = _frame_stats((td / "stats.txt").read_text())
+    if st.get("frame_error") or st.get("tlast_error"):
+        raise RuntimeError(f"{d.top}: AXI-Stream framing error in simulation ({st})")
+    return beats, st, build_s
+
+
+def steady_state(frame_end: list) -> float | None:
+    """Cycles per frame once the pipeline is full: mean interval over the second half of the frames."""
+    if len(frame_end) < 2:
+        return None
+    k = max(1, (len(frame_end) - 1) // 2)
+    return (frame_end[-1] - frame_end[-1 - k]) / k
+
+
+def run(graph: ir.Graph, grid: np.ndarray, opts):
+    """Simulate the accelerator on `grid` (N inputs back to back); returns (y, stats)."""
+    t0 = time.time()
+    d = build_design(graph, opts)
+    n = grid.shape[0]
+    x = host_input(d.graph, d.plan, grid)
+    if opts.progress:
+        print(f"bnnc: simulating {d.top} (estimated II {d.perf['estimated_ii']} cycles) on {n} frames",
+              file=sys.stderr)
+    beats, st, build_s = simulate(d, encode_frames(x, d.context["input"]), n, opts.progress,
+                                  (opts.extra or {}).get("stalls"))
+    out_ty = d.graph.tensors[d.plan.hw_ops[-1].outputs[0]]
+    hw_out = decode_frames(beats, d.context["output"], n, signed=d.plan.acc_out or isinstance(out_ty, ir.Ints))
+    y = host_tail(d.graph, d.plan, hw_out)
+    odt = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
+    y = np.asarray(y).reshape(n, -1).astype(odt)
+    ends = st["frame_end"]
+    cpf = steady_state(ends)
+    latency = ends[0] - st["first_input_cycle"] + 1
+    stats = {"cycles_per_frame": cpf if cpf is not None else latency, "steady_state": cpf is not None,
+             "latency_cycles": latency, "frames": n, "sim_seconds": st["sim_seconds"],
+             "sim_cycles": st["cycles"], "build_seconds": round(build_s, 3), "build_cached": build_s == 0.0,
+             "frame_intervals": [b - a for a, b in zip(ends, ends[1:])],
+             "analytic_ii": d.perf["analytic_ii"], "estimated_ii": d.perf["estimated_ii"],
+             "frames_per_second_at_200MHz": CLOCK_HZ / (cpf if cpf else latency),
+             "folding": folding_spec(d.foldings)["layers"], "layers": d.perf["layers"],
+             "total_seconds": round(time.time() - t0, 3)}
+    return y, stats
+
+
+def report(graph: ir.Graph, opts) -> dict:
+    """`bnnc report --target verilog`: folding, cycles per layer, pipeline II."""
+    d = build_design(graph, opts)
+    perf = d.perf
+    rows = [("layer", "kind", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")]
+    for lay in perf["layers"]:
+        rows.append((lay["name"], lay["kind"], *(str(lay.get(k, "")) for k in ("pe", "simd", "nf", "sf", "pixels",
+                                                                                   "mvtu_cycles", "window_cycles")),
+                     str(lay["cycles"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["verilog: " + d.top] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.append(f"pipeline II: analytic (MVTUs) {perf['analytic_ii']} cycles/frame; estimated with window, pool and "
+                 f"stream units {perf['estimated_ii']} (bottleneck {perf['bottleneck']}); "
+                 f"{CLOCK_HZ / perf['estimated_ii']:.0f} frames/s at {CLOCK_HZ / 1e6:.0f} MHz")
+    return {"text": "\n".join(lines), "json": {"top": d.top, "folding": folding_spec(d.foldings), **perf}}

@@ -1,0 +1,119 @@
+"""layout_folded_layers: the folded weight words and per-class tables, emulated exactly as the MVTU
+uses them, give the reference executor's accumulators and bits on random graphs and foldings."""
+
+import numpy as np
+import pytest
+
+from bnnc import folding, ir, reference
+from bnnc.errors import BnncError
+from bnnc.passes.layout_folded_layers import layout_folded_layers, signed_bits
+from bnnc.pipeline import compile_graph
+from bnnc.testing.random_models import random_inputs, random_model
+from bnnc import driver
+
+
+def _decode(word: int, n: int, width: int) -> list:
+    return [(word >> (i * width)) & ((1 << width) - 1) for i in range(n)]
+
+
+def _signed(v: int, width: int) -> int:
+    return v - (1 << width) if v >> (width - 1) else v
+
+
+def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
+    """Bits (1 = -1) or accumulators (N, OH, OW, MH) of the folded unit on input values a."""
+    kh, kw = op.kernel
+    bits_in = f.in_bits == 1
+    x = (a < 0).astype(np.int64) if bits_in else a.astype(np.int64)
+    t, l, b, r = op.pads
+    xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))  # padded taps read as 0
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, :: op.stride[0], :: op.stride[1]]
+    win = win.transpose(0, 1, 2, 4, 5, 3)
+    n, oh, ow = win.shape[:3]
+    cols = np.zeros((n, oh, ow, f.sf * f.simd), np.int64)  # idle lanes hold 0
+    cols[..., : f.mw] = win.reshape(n, oh, ow, -1)
+    s = np.zeros((n, oh, ow, f.nf * f.pe), np.int64)
+    for nf in range(f.nf):
+        for sf in range(f.sf):
+            word = f.weight_words[nf * f.sf + sf]
+            wb = np.array(_decode(word, f.pe * f.simd, 1)).reshape(f.pe, f.simd)
+            lanes = cols[..., sf * f.simd:(sf + 1) * f.simd]
+            for p in range(f.pe):
+                if bits_in:
+                    part = (lanes ^ wb[p]).sum(axis=-1)
+                else:
+                    part = np.where(wb[p] == 1, -lanes, lanes).sum(axis=-1)
+                s[..., nf * f.pe + p] += part
+    s = s[..., : f.mh]
+    assert s.min() >= f.s_min and s.max() <= f.s_max
+    ew = f.entry_bits
+    out = np.zeros_like(s)
+    for oy in range(oh):
+        for ox in range(ow):
+            cls = f.ycls[oy] * f.nx + f.xcls[ox]
+            for o in range(f.mh):
+                nf, p = divmod(o, f.pe)
+                entry = _decode(f.table_words[cls * f.nf + nf], f.pe, ew)[p]
+                value, flag = _signed(entry & ((1 << f.table_bits) - 1), f.table_bits), entry >> f.table_bits
+                sv = s[:, oy, ox, o]
+                if f.mode == "thresholds":
+                    out[:, oy, ox, o] = (sv > value).astype(np.int64) ^ flag
+                else:
+                    out[:, oy, ox, o] = value + (f.gain * sv if flag else 0)
+    return out
+
+
+def _foldings(graph, kind: str, rng):
+    layers = folding.foldable_layers(graph)
+    if kind == "serial":
+        return [folding.LayerFolding(L, 1, 1) for L in layers]
+    if kind == "parallel":
+        return [folding.LayerFolding(L, L.mh, L.mw) for L in layers]
+    return [folding.LayerFolding(L, int(rng.integers(1, L.mh + 1)), int(rng.integers(1, L.mw + 1))) for L in layers]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_folded_tables_reproduce_the_reference(seed):
+    model, _ = random_model(seed)
+    graph = compile_graph(model)
+    x = driver.prepare_inputs(graph, random_inputs(model, 6, seed)).grid
+    env = reference.intermediates(graph, x)
+    rng = np.random.default_rng(seed)
+    for kind in ("serial", "parallel", "random"):
+        g = layout_folded_layers(graph, _foldings(graph, kind, rng))
+        for op in g.ops():
+            if not isinstance(op, ir.Conv):
+                continue
+            a = env[op.inputs[0]]
+            got = emulate(op.folded, op, a)
+            if op.folded.mode == "thresholds":
+                assert np.array_equal(got, (env[op.outputs[0]] < 0).astype(np.int64)), f"{op.name} ({kind})"
+            else:
+                acc = reference.conv_accumulator(op, a.astype(np.int64))
+                assert np.array_equal(got, acc), f"{op.name} ({kind})"
+                assert op.folded.acc_lo <= acc.min() and acc.max() <= op.folded.acc_hi
+
+
+def test_layout_is_pure_and_deterministic():
+    model, _ = random_model(4)
+    graph = compile_graph(model)
+    fold = _foldings(graph, "random", np.random.default_rng(0))
+    g1, g2 = layout_folded_layers(graph, fold), layout_folded_layers(graph, fold)
+    assert not any(hasattr(op, "folded") for op in graph.ops())
+    for a, b in zip(g1.ops(), g2.ops()):
+        if isinstance(a, ir.Conv):
+            assert a.folded.weight_words == b.folded.weight_words and a.folded.table_words == b.folded.table_words
+
+
+def test_ternary_weights_are_refused():
+    model, _ = random_model(2)
+    graph = compile_graph(model)
+    conv = next(op for op in graph.ops() if isinstance(op, ir.Conv))
+    conv.w[0].flat[0] = 0
+    with pytest.raises(BnncError, match="ternary"):
+        layout_folded_layers(graph, _foldings(graph, "serial", None))
+
+
+def test_signed_bits():
+    assert [signed_bits(lo, hi) for lo, hi in [(0, 0), (-1, 0), (0, 1), (-128, 127), (-129, 0), (0, 128)]] == \
+        [1, 1, 2, 8, 9, 9]
