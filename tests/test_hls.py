@@ -231,12 +231,3 @@ def test_sources_are_byte_identical_run_to_run(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         outs.add(r.stdout)
     assert len(outs) == 1
-
-
-def test_default_folding_exists_for_every_model():
-    # a conv with more output pixels than folding.py's default budget (largest layer's MACs / 256)
-    # cannot meet it; the backend's default raises the budget to that pixel count
-    for seed in range(40):
-        graph = random_case(seed, 1)[2]
-        fs = hls.foldings_for(graph, TargetOptions())
-        assert [f.layer.name for f in fs] == [L.name for L in folding.foldable_layers(graph)]

@@ -419,14 +419,8 @@ def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
 
 
 def foldings_for(graph: ir.Graph, opts) -> list:
-    """The user's folding, the cheapest one meeting --target-cycles, or by default folding.py's
-    balanced choice (its budget raised to the largest layer's pixel count, the least any folding reaches)."""
-    spec, budget = getattr(opts, "folding", None), getattr(opts, "target_cycles", None)
-    if spec is None and budget is None:
-        layers = folding.foldable_layers(graph)
-        if layers:
-            budget = max(max(L.macs for L in layers) // 256, max(L.pixels for L in layers), 1)
-    return folding.resolve(graph, spec, budget)
+    """The user's folding (--folding), the cheapest meeting --target-cycles, or folding.py's default."""
+    return folding.resolve(graph, getattr(opts, "folding", None), getattr(opts, "target_cycles", None))
 
 
 def _testbench_data(graph: ir.Graph, prefix: str) -> dict:

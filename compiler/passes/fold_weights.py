@@ -87,7 +87,7 @@ def fold_conv(op: ir.Conv, src, f) -> FoldedConv:
     p = op.packed
     thr = neg = None
     if p.thr is not None:
-        thr = fold_rows(p.thr, pe)  # (pe, nf, classes)
+        thr = fold_rows(p.thr[:, : f.layer.mh], pe)  # (pe, nf, classes); pack_bits may pad thr's columns
         neg = fold_rows(p.neg.astype(bool), pe)  # (pe, nf)
     return FoldedConv(pe, simd, f.layer.mh, f.layer.mw, nf, sf, fold_matrix(w < 0, pe, simd),
                       None if bits_in else fold_matrix(w > 0, pe, simd), thr, neg)
