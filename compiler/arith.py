@@ -64,4 +64,26 @@ def apply_terminal(term, v: np.ndarray) -> np.ndarray:
     if isinstance(term, ir.RoundClampTerminal):
         r = round_values(v.astype(np.float32), term.mode).astype(np.int64) + getattr(term, "add_after_round", 0)
         return np.clip(r, term.qmin, term.qmax) - term.zero_point
+    if isinstance(term, ir.LevelTerminal):
+        t = np.asarray(term.thresholds, dtype=np.float32)  # (C or 1, B)
+        count = (v[..., None] >= t).sum(axis=-1).astype(np.int64)
+        return term.base + term.step * count
     raise ValueError(term)
+
+
+def requantize(rq, acc: np.ndarray) -> np.ndarray:
+    """Requantize epilogue (ir.Requantize): clamp(floor((clamp(acc) * mult + add) / 2**shift), lo, hi),
+    exact in int64 (the accumulator clamp keeps |acc * mult + add| < 2**62)."""
+    a = np.asarray(acc, np.int64)
+    if rq.acc_lo is not None:
+        a = np.clip(a, rq.acc_lo, rq.acc_hi)
+    v = a * rq.mult.astype(np.int64) + rq.add.astype(np.int64)
+    return np.clip(v >> np.int64(rq.shift), rq.lo, rq.hi)
+
+
+def level_count(lt, acc: np.ndarray) -> np.ndarray:
+    """LevelThresholds epilogue on accumulators (..., O): base + step * #levels passed."""
+    d = lt.direction.astype(np.int64)
+    t = lt.threshold.astype(np.int64)  # (O, B)
+    passed = ((d * acc)[..., None] >= t).sum(axis=-1)
+    return lt.base + lt.step * passed.astype(np.int64)

@@ -232,12 +232,22 @@ def cmd_demo(a) -> int:
     from .testing.random_models import random_inputs, save, tfc_model
 
     work = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="bnnc-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model_path = work / "tfc.onnx"
-    model = tfc_model(seed=a.seed)
-    save(model, model_path)
-    print(f"bnnc demo: built a binarized MLP (784-64-64-64-10) at {model_path}")
-    x = random_inputs(model, 100, seed=a.seed)
+    if getattr(a, "zoo", None):  # a model of bnnc.zoo
+        from . import zoo
+
+        model = zoo.build(a.zoo, seed=a.seed)
+        work.mkdir(parents=True, exist_ok=True)
+        model_path = work / f"{a.zoo}.onnx"
+        save(model, model_path)
+        print(f"bnnc demo: built zoo model '{a.zoo}' ({zoo.MODELS[a.zoo][1]}) at {model_path}")
+        x = zoo.inputs(model, 100, seed=a.seed)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        model_path = work / "tfc.onnx"
+        model = tfc_model(seed=a.seed)
+        save(model, model_path)
+        print(f"bnnc demo: built a binarized MLP (784-64-64-64-10) at {model_path}")
+        x = random_inputs(model, 100, seed=a.seed)
     np.save(work / "x.npy", x)
     ns = argparse.Namespace(model=str(model_path), target="c", output=str(work / "c"), name="bnnc",
                             input_scale=None, input_range=None, mcu=None)
@@ -245,6 +255,12 @@ def cmd_demo(a) -> int:
     ns = argparse.Namespace(model=str(model_path), target="c", input=str(work / "x.npy"), samples=0, seed=0,
                             name="bnnc", rtol=1e-4, input_scale=None, input_range=None)
     return cmd_verify(ns)
+
+
+def _zoo_names() -> list:
+    from . import zoo
+
+    return zoo.names()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="compile a bundled example model, run it and check it")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--dir", default=None, help="where to write the example (default: a temporary folder)")
+    sp.add_argument("--zoo", default=None, metavar="NAME",
+                    help="demo a bnnc.zoo model instead of TFC: " + ", ".join(_zoo_names()))
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("compile", help="write the generated sources (C, firmware, Verilog or HLS C++)")

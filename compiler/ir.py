@@ -10,7 +10,9 @@ Tensors (all activations are stored channel-last, shape (H, W, C); a dense vecto
 - `Reals`: IEEE float32 values, produced by a fixed sequence of float32 operations (`Chain`).
 
 Ops (fields documented on each class): `InputQuantize`, `Conv` (dense layers are convs whose
-kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `ArgMax`.
+kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `ArgMax`, and for the compressed
+families of issue 5: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
+sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale).
 
 Weights use the shared weight code of networks.md section 2: `w[o, ky, kx, c]` in {-1, 0, +1} with
 per-output-channel scales `scale_p` (for +1) and `scale_n` (for -1). Binary layers have no zeros
@@ -18,6 +20,13 @@ and scale_p == scale_n; pruned filters are all zero; ternary and two-scale layer
 arrays. A Conv's epilogue says what happens to its integer accumulator:
 - `Chain`: float32 ops then an optional terminal (sign or multi-threshold), as the model wrote it.
 - `Thresholds`: the integer form the fold pass derives from a `Chain` with a bit terminal.
+
+Issue 5 extends the weight code (fields with defaults; `code == "binary"` keeps the meaning above):
+`Conv.code` names it ("binary", "ternary", "two_scale", "multi_base", "int"); every other code
+carries exact integer weights `int_w` (acc = sum int_w * a) and, except "int", their decomposition
+into masked binary bases (`WeightBase`: masks P = (w == +1), N = (w == -1) and integer multipliers).
+New epilogues: `LevelThresholds` (multi-bit integer outputs), `Requantize` (fixed-point outputs),
+`Planes` (several activation bases of one accumulator, before folding).
 """
 
 from __future__ import annotations
@@ -103,9 +112,24 @@ class RoundClampTerminal:
     zero_point: int
     mode: str = "half_even"
     source: str = ""
+    add_after_round: int = 0  # QuantizeLinear adds its zero point after rounding, before the clamp
+    out_scale: float = 1.0  # the real value of one output step (inside the network)
 
 
-Terminal = Union[SignTerminal, ThresholdTerminal, RoundClampTerminal, None]
+@dataclass
+class LevelTerminal:
+    """Multi-level activation (MultiThreshold with several steps, or unipolar levels), in integer
+    units: base + step * #{b : v >= thresholds[c, b]}; the real value is that times out_scale.
+    `thresholds`: float32 (C or 1, B), as the model wrote them."""
+
+    thresholds: np.ndarray
+    base: int
+    step: int
+    out_scale: float
+    source: str = ""
+
+
+Terminal = Union[SignTerminal, ThresholdTerminal, RoundClampTerminal, LevelTerminal, None]
 
 
 @dataclass
@@ -130,7 +154,75 @@ class Thresholds:
     notes: list = field(default_factory=list)  # what the fold found (ties, unreachable steps)
 
     NOT_CONSTANT = 2
+    # Issue 5: `planes` activation bases of one accumulator. The output has planes * O channels;
+    # channel p * O + o compares accumulator o (arrays above have planes * O entries).
+    planes: int = 1
 
+
+@dataclass
+class LevelThresholds:
+    """Integer epilogue for a multi-level (`Ints`) output:
+        out[o] = base + step * #{b : direction[o] * acc >= threshold[o, b]}
+    (2-bit / thermometer activations, int8 QuantizeLinear, ternary Sign). Each row of `threshold`
+    is non-decreasing; a level passed at every reachable accumulator has its threshold at the
+    range's low end, a level never passed at high end + 1, so no sentinel values are needed."""
+
+    direction: np.ndarray  # int8 (O,), +1 or -1
+    threshold: np.ndarray  # int64 (O, B)
+    base: int
+    step: int
+    out_scale: float = 1.0  # the output integers times out_scale are the real values
+    notes: list = field(default_factory=list)
+    planes: int = 1  # as Thresholds.planes: output channel p * O + o reads accumulator o
+
+
+@dataclass
+class Requantize:
+    """Fixed-point epilogue (residual / real-valued streams): the real value of the output is
+    out * out_scale, with
+        a = clamp(acc, acc_lo[o], acc_hi[o])
+        out[o] = clamp(floor((a * mult[o] + add[o]) / 2**shift), lo, hi)
+    `add` holds the rounding offset 2**(shift-1): the affine map the model specifies, rounded half
+    up to the grid out_scale, saturating at [lo, hi] (the defined rounding of every backend).
+    The first clamp never changes `out` (beyond [acc_lo, acc_hi] the output saturates anyway); it
+    keeps |a * mult + add| < 2**62, so 64-bit integer arithmetic is exact."""
+
+    mult: np.ndarray  # int64 (O,)
+    add: np.ndarray  # int64 (O,)
+    shift: int
+    lo: int
+    hi: int
+    out_scale: float
+    notes: list = field(default_factory=list)
+    acc_lo: Optional[np.ndarray] = None  # int64 (O,); None: no clamp needed
+    acc_hi: Optional[np.ndarray] = None
+
+
+@dataclass
+class Planes:
+    """Before folding: several activations of the same accumulator (ABC-Net / PaBT activation
+    bases A_n = sign(x - v_n)). Output channel p * O + o is chains[p] applied to accumulator o.
+    `fold_batchnorm_into_thresholds` turns it into `Thresholds(planes=len(chains))`."""
+
+    chains: list  # [Chain] with bit terminals
+
+
+@dataclass
+class WeightBase:
+    """One binary (masked) base of a weight code. Its contribution to the accumulator is
+        mult_p[o] * (sum of a over P) - mult_n[o] * (sum of a over N),   P = (w == +1), N = (w == -1)
+    (sums over valid taps). Binary base: no zeros. Ternary: zeros allowed. Two-scale: no zeros,
+    mult_p != mult_n. Multi-bit weights (ABC-Net / PaBT) are a list of bases; pruned bases are
+    simply absent."""
+
+    w: np.ndarray  # int8 (O, kh, kw, C) in {-1, 0, +1}
+    mult_p: np.ndarray  # int64 (O,) >= 0
+    mult_n: np.ndarray  # int64 (O,) >= 0
+    scale_p: Optional[np.ndarray] = None  # float64 (O,): the real weight of a +1 (unit * mult_p)
+    scale_n: Optional[np.ndarray] = None  # float64 (O,): the real weight of a -1 (unit * mult_n)
+
+
+WEIGHT_CODES = ("binary", "ternary", "two_scale", "multi_base", "int")
 
 # ----------------------------------------------------------------------------- ops
 
@@ -177,6 +269,21 @@ class Conv:
     removed_out: int = 0  # output channels stripped
     removed_in: int = 0  # input channels stripped
     original_params: int = 0  # float parameters of the original layer (weights, bias, BN)
+    # --- issue 5 (defaults keep the binary meaning above) ---
+    # "binary": w as above (rows +-1, or all zero for a pruned filter). Any other code: `int_w`
+    # holds the exact integer weights and acc = sum over valid taps of int_w * a + bias_kernel
+    # terms; `w` is then sign(int_w) (its nonzero pattern), scale_p / scale_n the real weights of
+    # +1 / -1 for single-base codes. Backends that do not implement a code must refuse it.
+    code: str = "binary"
+    int_w: Optional[np.ndarray] = None  # int64 (O, kh, kw, C)
+    bases: list = field(default_factory=list)  # [WeightBase] summing to int_w (empty for "int")
+    unit: Optional[np.ndarray] = None  # float64 (O,): real weight = unit * int_w (times input scale)
+    # Expander / sparse connectivity: in_lists[o] = sorted input channels whose k x k kernel is not
+    # all zero (every other kernel of row o is zero). None: dense.
+    in_lists: Optional[list] = None
+    # The accumulator may exceed 2**24 in magnitude (fixed-point inputs, large multipliers): it is
+    # an exact int64, and enters a float chain by round-to-nearest-even conversion to float32.
+    wide_acc: bool = False
 
 
 @dataclass
@@ -210,7 +317,81 @@ class ArgMax:
     k: int = 1
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax]
+@dataclass
+class Activation:
+    """An epilogue applied elementwise to an integer tensor: the input value of channel c plays
+    the accumulator of channel c (Sign / MultiThreshold / Quant of a fixed-point stream).
+    `epilogue` is a Chain before folding, Thresholds / LevelThresholds after."""
+
+    name: str
+    inputs: list
+    outputs: list
+    epilogue: object
+
+
+@dataclass
+class Add:
+    """Residual sum of two integer tensors of the same shape:
+        out = clamp(a * 2**shifts[0] + b * 2**shifts[1], lo, hi)
+    (the shifts put both operands on the finer of their two power-of-two grids; the sum is exact,
+    the clamp saturates a fixed-point stream at its declared range)."""
+
+    name: str
+    inputs: list  # [a, b]
+    outputs: list
+    shifts: tuple = (0, 0)
+    lo: int = -(2**31)
+    hi: int = 2**31 - 1
+
+
+@dataclass
+class SumPool:
+    """Window sum of an integer tensor, no padding (AveragePool: 1/(kh*kw) moves into the scale)."""
+
+    name: str
+    inputs: list
+    outputs: list
+    kernel: tuple
+    stride: tuple
+
+
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool]
+
+
+def int_weights(conv: "Conv") -> np.ndarray:
+    """The integer weights the accumulator uses (int64 (O, kh, kw, C)), whatever the code."""
+    if conv.int_w is not None:
+        return conv.int_w
+    return conv.w.astype(np.int64)
+
+
+def bases_weights(bases: list) -> np.ndarray:
+    """sum over bases of mult_p * [w == +1] - mult_n * [w == -1] (int64)."""
+    total = None
+    for b in bases:
+        shape = (-1,) + (1,) * (b.w.ndim - 1)
+        part = np.where(b.w > 0, b.mult_p.reshape(shape), 0) - np.where(b.w < 0, b.mult_n.reshape(shape), 0)
+        total = part.astype(np.int64) if total is None else total + part
+    return total
+
+
+def is_classic(op) -> bool:
+    """True for a Conv the foundation's backends run unchanged: binary code, a single-plane
+    Thresholds or a Chain epilogue."""
+    if not isinstance(op, Conv):
+        return False
+    ep = op.epilogue
+    if op.code != "binary" or op.wide_acc:
+        return False
+    if isinstance(ep, Thresholds):
+        return ep.planes == 1
+    return isinstance(ep, Chain)
+
+
+def family_ops(graph: "Graph") -> list:
+    """Ops that need issue-5 support in a backend (non-classic convs and the new op kinds)."""
+    return [op for op in graph.ops() if isinstance(op, (Activation, Add, SumPool))
+            or (isinstance(op, Conv) and not is_classic(op))]
 
 
 # ----------------------------------------------------------------------------- graph

@@ -7,8 +7,20 @@ what it is in integer terms (`Val`):
 - "acc": the integer accumulator of an IR Conv, with the float32 ops the model applies to it
   (scales, BatchNorm, constant Mul/Add/...) collected into that Conv's epilogue chain, plus
   MaxPools that commute with the final sign.
-Weights are classified by value: +-alpha per output channel (within a relative tolerance) is
-binary; an all-zero filter is pruned; anything else is refused with the node named.
+Weights are decoded into bnnc's weight code by `weight_codes.decode` (binary, ternary, two-scale,
+multi-base, integer grid); anything else is refused with the node named.
+
+Issue 5 (compressed families) adds, besides those codes:
+- multi-level activations (MultiThreshold with several steps, Quant with more than 1 bit,
+  QuantizeLinear -> DequantizeLinear inside the network): `Ints` outputs;
+- activation bases: one accumulator binarized several ways (ABC-Net / PaBT's sign(x - v_n))
+  becomes one Conv whose output holds the bases as channel planes (`ir.Planes`);
+- sums of layers that read the same input (weight bases written as separate convolutions, PaBT
+  pairs): merged into one integer-weight Conv, exactly;
+- residual streams (Bi-Real): a real-valued tensor that an `Add` of two activations, an
+  `AveragePool`, or more than one kind of consumer reads is requantized into a fixed-point
+  `Ints` stream (`ir.Requantize`, 2**-frac_bits grid); `Add` / `SumPool` / `Activation` ops
+  run on it.
 """
 
 from __future__ import annotations
@@ -18,18 +30,26 @@ from typing import Optional
 
 import numpy as np
 
-from . import ir
-from .errors import BnncError
-from .onnx_loader import LoadedModel, apply_round, fold, foldable, quant_levels, round_mode  # noqa: F401
-from .passes.quantize_input import input_grid
+from fractions import Fraction
 
-WEIGHT_RTOL = 1e-3  # |w| within this relative distance of alpha_o counts as alpha_o
+from . import ir, weight_codes
+from .errors import BnncError
+from .onnx_loader import (LoadedModel, apply_round, fold, fold_with_origin, foldable, quant_levels,  # noqa: F401
+                          round_mode)
+from .passes.quantize_input import input_grid
+from .weight_codes import WEIGHT_RTOL  # noqa: F401  (re-exported)
+
+FRAC_BITS = 12  # default fixed-point grid 2**-12 of real-valued streams whose scales are not on a coarser one
+STREAM_LIMIT = 2**22 - 1  # streams saturate at +-STREAM_LIMIT grid steps (a global average pool of up to
+#                           256 pixels still fits 32 bits)
+ACTIVATION_OPS = ("Sign", "BipolarQuant", "MultiThreshold", "Quant", "QuantizeLinear")
 
 SUPPORTED_OPS = sorted([
     "Conv", "Gemm", "MatMul", "BatchNormalization", "Sign", "BipolarQuant", "MultiThreshold", "Quant",
     "QuantizeLinear", "DequantizeLinear", "MaxPool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze",
     "Unsqueeze", "Transpose (of constants)", "Mul", "Add", "Sub", "Div", "Relu", "Identity", "Dropout",
-    "TopK", "ArgMax", "Shape/Gather/Concat (on static shapes)",
+    "TopK", "ArgMax", "Shape/Gather/Concat (on static shapes)", "AveragePool",
+    "Add of two activations (residual streams, sums of convolutions)",
 ])
 
 
@@ -44,7 +64,8 @@ class Val:
     pools: list = field(default_factory=list)  # acc: [(MaxPool params, chain length at the pool)]
     flat_from: Optional[tuple] = None  # bits/ints flattened from (C, H, W) with physical (H, W, C)
     source_ops: list = field(default_factory=list)
-    quant: object = None  # input: pending QuantizeLinear (zero point, dtype, scale)
+    quant: object = None  # input / acc: pending QuantizeLinear (terminal, scale, node name)
+    block: Optional[tuple] = None  # bits: (first channel, channels) of one activation-base plane
 
 
 def _where(node) -> str:
@@ -52,11 +73,17 @@ def _where(node) -> str:
 
 
 class Lowering:
-    def __init__(self, lm: LoadedModel, input_scale: Optional[float] = None, input_range=None):
+    def __init__(self, lm: LoadedModel, input_scale: Optional[float] = None, input_range=None,
+                 frac_bits: int = FRAC_BITS):
         self.lm = lm
         self.consts = dict(lm.consts)
+        self.origins = dict(lm.quant_origin)
+        self.frac_bits = int(frac_bits)
         self.vals: dict = {}
         self.counter = 0
+        self.consumers = _consumers(lm)
+        self.finished: set = set()  # Convs whose epilogue is set
+        self.merged: set = set()  # Convs merged into another one (sums of convolutions)
         self.grid = input_grid(lm, input_scale, input_range)
         shape = lm.input_shape
         self.input_op_name = None
@@ -85,7 +112,19 @@ class Lowering:
         name = node.inputs[i]
         if name not in self.vals:
             raise BnncError(f"{_where(node)} reads '{name}', which bnnc cannot track")
-        return self.vals[name]
+        v = self.vals[name]
+        if v.kind == "acc" and self._needs_stream(name):
+            # a real-valued tensor with several kinds of consumers (a residual shortcut and a
+            # sign, ...) lives in the fixed-point stream, so all of them read the same values
+            v = self._to_stream(node, v)
+            self.vals[name] = v
+        return v
+
+    def _needs_stream(self, name: str) -> bool:
+        users = self.consumers.get(name, [])
+        if len(users) < 2:
+            return False
+        return not all(_activation_path(u, name, self.consumers, self.dynamic) for u in users)
 
     def _channel_const(self, node, v: Val, c: np.ndarray) -> np.ndarray:
         """A constant operand as float32 per channel (shape (C,)) or scalar (shape ())."""
@@ -119,9 +158,10 @@ class Lowering:
 
     # ------------------------------------------------------------------ walk
     def run(self) -> ir.Graph:
+        self.dynamic = _dynamic_tensors(self.lm)
         for node in self.lm.nodes:
             if foldable(node, self.consts):
-                fold(node, self.consts)
+                fold_with_origin(node, self.consts, self.origins)
                 continue
             if node.domain not in ("", "ai.onnx", "onnx.brevitas", "qonnx.custom_op.general",
                                    "finn.custom_op.general", "finn"):
@@ -232,9 +272,13 @@ class Lowering:
             if op == "div" and c.size == 1 and float(c.ravel()[0]) > 0:
                 self._set(node, Val(**{**v.__dict__, "scale": v.scale / float(c.ravel()[0])}))
                 return
-            raise BnncError(f"{_where(node)}: {node.op} of a {v.kind} tensor by {c.ravel()[:4]} would leave "
-                            "the +-1 / integer grid; only positive scalar scales are supported here")
-        if v.kind not in ("acc", "input"):
+            if v.kind == "ints":  # e.g. a shifted sign of a fixed-point stream: an activation follows
+                v = Val(**{**v.__dict__, "kind": "intchain",
+                           "chain": [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]})
+            else:
+                raise BnncError(f"{_where(node)}: {node.op} of a {v.kind} tensor by {c.ravel()[:4]} would leave "
+                                "the +-1 / integer grid; only positive scalar scales are supported here")
+        if v.kind not in ("acc", "input", "intchain"):
             raise BnncError(f"{_where(node)}: {node.op} on a {v.kind} tensor is not supported")
         conv = self._const_of(node, v, c)
         ops = []
@@ -256,6 +300,8 @@ class Lowering:
             return self._elementwise(node, op, 0)
         if b in self.consts and a in self.vals:
             return self._elementwise(node, op, 1)
+        if a in self.vals and b in self.vals:
+            return self._add_dynamic(node, op)
         raise BnncError(f"{_where(node)}: both operands are activations (e.g. a residual shortcut); "
                         "bnnc supports elementwise ops with a constant operand here")
 
@@ -273,13 +319,15 @@ class Lowering:
 
     def op_Relu(self, node):
         v = self._val(node)
-        if v.kind not in ("acc", "input"):
+        if v.kind not in ("acc", "input", "intchain"):
             raise BnncError(f"{_where(node)}: Relu on a {v.kind} tensor is not supported")
         self._set(node, Val(**{**v.__dict__, "chain": v.chain + [ir.ChainOp("relu")], "pools": list(v.pools)}))
 
     def op_BatchNormalization(self, node):
         v = self._val(node)
-        if v.kind not in ("acc", "input"):
+        if v.kind == "ints":
+            v = Val(**{**v.__dict__, "kind": "intchain", "chain": [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]})
+        if v.kind not in ("acc", "input", "intchain"):
             raise BnncError(f"{_where(node)}: BatchNormalization on a {v.kind} tensor is not supported")
         if len(node.outputs) > 1 and any(node.outputs[1:]):
             raise BnncError(f"{_where(node)}: training-mode BatchNormalization is not supported")
@@ -292,6 +340,158 @@ class Lowering:
                ir.ChainOp("add", c(beta))]
         self._set(node, Val(**{**v.__dict__, "chain": v.chain + ops, "pools": list(v.pools),
                                "source_ops": v.source_ops + [node.name]}))
+
+    # ------------------------------------------------------------------ sums of two activations
+    def _add_dynamic(self, node, op):
+        """Add / Sub of two activations: merged convolutions, or a residual fixed-point Add."""
+        if op not in ("add", "sub"):
+            raise BnncError(f"{_where(node)}: {node.op} of two activations is not supported (Add of "
+                            "residual streams and sums of convolutions are)")
+        a, b = self._val(node, 0), self._val(node, 1)
+        if "bits" in (a.kind, b.kind):
+            raise BnncError(f"{_where(node)}: both operands are activations and one is a binary (sign) "
+                            "output; a residual Add sums real-valued (fixed-point) streams")
+        sign = 1 if op == "add" else -1
+        if a.kind == "acc" and b.kind == "acc":
+            merged = self._merge_accs(node, a, b, sign)
+            if merged is not None:
+                self._set(node, merged)
+                return
+        if sign < 0:
+            raise BnncError(f"{_where(node)}: Sub of two residual streams is not supported (Add is)")
+        a, b = self._to_stream(node, a), self._to_stream(node, b)
+        for v in (a, b):
+            if v.kind != "ints":
+                raise BnncError(f"{_where(node)}: a residual Add needs fixed-point operands; one is a {v.kind} "
+                                "value (an elementwise op with a constant before the Add is not supported)")
+        ta, tb = self.graph.tensors[a.tensor], self.graph.tensors[b.tensor]
+        if ta.shape != tb.shape or a.shape != b.shape:
+            raise BnncError(f"{_where(node)}: residual Add of shapes {a.shape} and {b.shape} (broadcasting "
+                            "is not supported)")
+        ratio = Fraction(a.scale) / Fraction(b.scale)
+        shifts = [0, 0]
+        k = _log2_exact(ratio if ratio >= 1 else 1 / ratio)
+        if k is None:
+            raise BnncError(f"{_where(node)}: residual Add of streams with scales {a.scale:g} and {b.scale:g}, "
+                            "whose ratio is not a power of two")
+        shifts[0 if ratio >= 1 else 1] = k
+        scale = min(a.scale, b.scale)
+        lo = max((ta.lo << shifts[0]) + (tb.lo << shifts[1]), -STREAM_LIMIT)
+        hi = min((ta.hi << shifts[0]) + (tb.hi << shifts[1]), STREAM_LIMIT)
+        name = self._name("add")
+        tname = name + "_out"
+        self.graph.add(ir.Add(name, [a.tensor, b.tensor], [tname], tuple(shifts), -STREAM_LIMIT, STREAM_LIMIT),
+                       {tname: ir.Ints(ta.shape, lo, hi, scale)})
+        self._set(node, Val("ints", a.shape, tensor=tname, scale=scale, source_ops=[node.name]))
+
+    def _merge_accs(self, node, a: Val, b: Val, sign: int):
+        """conv_a * u_a + sign * conv_b * u_b as one Conv when both read the same tensor with the
+        same geometry and their pending chains are per-channel scales (weight bases written as
+        separate convolutions, PaBT base pairs). The integer weights are k_a * W_a + sign * k_b * W_b
+        with u_a = unit * k_a and u_b = unit * k_b exactly (dyadic scales); None when not mergeable."""
+        if a.conv == b.conv or a.pools or b.pools or a.shape != b.shape:
+            return None
+        ca, cb = self.graph.op(a.conv), self.graph.op(b.conv)
+        if ca.name in self.finished or cb.name in self.finished or ca.inputs != cb.inputs \
+                or (ca.kernel, ca.stride, ca.pads, ca.is_dense) != (cb.kernel, cb.stride, cb.pads, cb.is_dense):
+            return None
+        fa, fb = _pure_scale(a.chain, ca.w.shape[0]), _pure_scale(b.chain, cb.w.shape[0])
+        if fa is None or fb is None:
+            return None
+        channels = self.graph.tensors[ca.inputs[0]].shape[2]
+        for c in (ca, cb):
+            _widen(c, channels)
+        o = ca.w.shape[0]
+        ka, kb, unit = np.zeros(o, np.int64), np.zeros(o, np.int64), np.zeros(o)
+        for i in range(o):
+            u, (x, y) = _exact_multipliers([fa[i], sign * fb[i]])
+            if max(abs(x), abs(y)) > weight_codes.MAX_MULT:
+                raise BnncError(f"{_where(node)}: the scales of the summed layers ({float(fa[i]):g}, {float(fb[i]):g}) "
+                                "are too far apart for exact integer multipliers")
+            ka[i], kb[i], unit[i] = x, y, float(u)
+        shape = (-1, 1, 1, 1)
+        int_w = ka.reshape(shape) * ir.int_weights(ca) + kb.reshape(shape) * ir.int_weights(cb)
+        ba, bb = _bases_of(ca), _bases_of(cb)
+        if ba is None or bb is None:
+            code, bases = "int", []
+        else:
+            bases = [_scale_base(x, ka) for x in ba] + [_scale_base(x, kb) for x in bb]
+            bases = [x for x in bases if np.any(x.mult_p) or np.any(x.mult_n)]
+            code = "multi_base"
+        ca.code, ca.int_w, ca.bases, ca.unit = code, int_w, bases, unit
+        ca.w = np.sign(int_w).astype(np.int8)
+        ca.scale_p = ca.scale_n = unit.copy()
+        for x in ca.bases:
+            x.scale_p, x.scale_n = unit * x.mult_p, unit * x.mult_n
+        ca.source_ops = ca.source_ops + cb.source_ops + [node.name]
+        ca.original_params += cb.original_params
+        self.graph.remove(cb.name)
+        self.graph.tensors.pop(cb.outputs[0], None)
+        self.merged.add(cb.name)
+        chain = [ir.ChainOp("mul", unit.astype(np.float32))]
+        return Val("acc", a.shape, conv=ca.name, chain=chain, source_ops=a.source_ops + b.source_ops)
+
+    def _to_stream(self, node, v: Val) -> Val:
+        """A real-valued layer output as a fixed-point Ints stream (ir.Requantize): the affine map
+        relu?(a * acc + b) that the chain specifies, on the coarsest grid 2**-k (k <= frac_bits)
+        that holds it exactly, else on 2**-frac_bits rounded half up; saturating at
+        +-STREAM_LIMIT grid steps."""
+        if v.kind != "acc":
+            return v
+        conv = self.graph.op(v.conv)
+        if v.pools:
+            raise BnncError(f"{_where(node)}: a MaxPool on a real-valued residual stream is not supported")
+        if conv.name in self.finished:
+            raise BnncError(f"{_where(node)}: layer '{conv.source_ops[0]}' output is used both as a residual "
+                            "stream and as something else")
+        from .passes.fold_batchnorm_into_thresholds import acc_range
+
+        o = conv.w.shape[0]
+        affine = _affine_chain(node, v.chain, o)
+        frac = next((k for k in range(self.frac_bits + 1)
+                     if all((a * 2**k).denominator == 1 and (b * 2**k).denominator == 1 for a, b, _ in affine)), None)
+        exact = frac is not None
+        frac = self.frac_bits if frac is None else frac
+        shift = 1 if exact else 30
+        big = Fraction(2 ** (frac + shift))
+        mult = [_round_half_up(a * big) for a, _, _ in affine]
+        add = [_round_half_up(b * big) + 2 ** (shift - 1) for _, b, _ in affine]
+        relu = {r for _, _, r in affine}
+        if len(relu) > 1:
+            raise BnncError(f"{_where(node)}: Relu on some channels only is not supported")
+        limit = STREAM_LIMIT
+        lo_out, hi_out = (0 if True in relu else -limit), limit
+        lo_acc, hi_acc = acc_range(conv, self.graph.tensors[conv.inputs[0]])
+        acc_lo, acc_hi, ends = [], [], []
+        for i in range(o):
+            m, c = mult[i], add[i]
+            if m == 0:
+                acc_lo.append(0)
+                acc_hi.append(0)
+            else:  # beyond these accumulators the output saturates at -limit / +limit
+                t_neg = ((-limit + 1) * 2**shift - 1 - c)
+                t_pos = (limit * 2**shift - c)
+                a_neg = t_neg // m if m > 0 else _ceil_div(t_neg, m)
+                a_pos = _ceil_div(t_pos, m) if m > 0 else t_pos // m
+                acc_lo.append(min(a_neg, a_pos))
+                acc_hi.append(max(a_neg, a_pos))
+            for acc in (int(lo_acc[i]), int(hi_acc[i])):
+                a = min(max(acc, acc_lo[-1]), acc_hi[-1])
+                ends.append(min(max((a * m + c) >> shift, lo_out), hi_out))
+            if max(abs(acc_lo[-1]), abs(acc_hi[-1])) * abs(m) + abs(c) >= 2**62:
+                raise BnncError(f"{_where(node)}: the fixed-point requantization of layer '{conv.source_ops[0]}' "
+                                "needs more than 64 bits (its scale is too small or too large for the grid)")
+        lo, hi = min(ends), max(ends)
+        note = (f"fixed-point stream 2^-{frac}: out = floor((acc * mult + add) / 2^{shift}), the layer's affine map "
+                + ("exactly (the model's scales are on the grid)" if exact else
+                   f"rounded half up (error <= 2^-{frac + 1})") + f", saturating at +-{limit} steps")
+        conv.epilogue = ir.Requantize(np.array(mult, np.int64), np.array(add, np.int64), shift, lo_out, hi_out,
+                                      2.0**-frac, [note], np.array(acc_lo, np.int64), np.array(acc_hi, np.int64))
+        conv.source_ops = conv.source_ops + v.source_ops
+        self.finished.add(conv.name)
+        oshape = self.graph.tensors[conv.outputs[0]].shape
+        self.graph.tensors[conv.outputs[0]] = ir.Ints(oshape, lo, hi, 2.0**-frac)
+        return Val("ints", v.shape, tensor=conv.outputs[0], scale=2.0**-frac)
 
     # ------------------------------------------------------------------ quantizers / activations
     def op_Sign(self, node):
@@ -311,34 +511,71 @@ class Lowering:
         v = self._val(node)
         if layout != "NCHW" and len(v.shape) != 2:
             raise BnncError(f"{_where(node)}: data_layout {layout} is not supported")
-        term = ir.ThresholdTerminal(t, float(node.attrs.get("out_scale", 1.0)),
-                                    float(node.attrs.get("out_bias", 0.0)), source=node.name)
+        out_scale = float(node.attrs.get("out_scale", 1.0))
+        out_bias = float(node.attrs.get("out_bias", 0.0))
+        term = ir.ThresholdTerminal(t, out_scale, out_bias, source=node.name)
+        if v.kind != "input" and not _bipolar_1step(term):
+            term = _level_terminal(node, t, out_scale, out_bias)
         self._activation(node, term)
 
-    def _activation(self, node, term):
-        v = self._val(node)
+    def _activation(self, node, term, v: Optional[Val] = None):
+        v = self._val(node) if v is None else v
         if v.kind == "bits" and isinstance(term, ir.SignTerminal):
             self._set(node, Val(**{**v.__dict__, "scale": term.out_scale}))
             return
         if v.kind == "input":
             self._set(node, self._finish_input(node, v, term))
             return
+        if v.kind in ("ints", "intchain"):
+            self._set(node, self._activation_op(node, v, term))
+            return
         if v.kind != "acc":
             raise BnncError(f"{_where(node)}: activation of a {v.kind} tensor is not supported")
         self._set(node, self._finish_acc(v, term, node))
+
+    def _activation_op(self, node, v: Val, term) -> Val:
+        """Sign / MultiThreshold / Quant of an integer (fixed-point) tensor: an Activation op."""
+        if v.flat_from is not None or v.block is not None:
+            raise BnncError(f"{_where(node)}: activation of a flattened integer tensor is not supported")
+        chain = list(v.chain) if v.kind == "intchain" else [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]
+        src = self.graph.tensors[v.tensor]
+        name = self._name("act")
+        tname = name + "_out"
+        oty, kind, scale = _terminal_type(node, term, src.shape)
+        self.graph.add(ir.Activation(name, [v.tensor], [tname], ir.Chain(chain, term)), {tname: oty})
+        return Val(kind, v.shape, tensor=tname, scale=scale, source_ops=[node.name])
 
     def op_Quant(self, node):
         v = self._val(node)
         scale = np.asarray(self._const(node, 1, "scale"), dtype=np.float32)
         zp = np.asarray(self._const(node, 2, "zero point"), dtype=np.float32)
         bw = np.asarray(self._const(node, 3, "bit width"))
-        if v.kind != "input":
-            raise BnncError(f"{_where(node)}: multi-bit activation quantizers inside the network are not "
-                            "supported yet (only on the model input)")
         if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
-            raise BnncError(f"{_where(node)}: input Quant needs a positive scalar scale and zero point")
+            raise BnncError(f"{_where(node)}: Quant needs a positive scalar scale and zero point here")
         if float(zp) != round(float(zp)):
             raise BnncError(f"{_where(node)}: zero point {float(zp)} is not an integer")
+        if v.kind in ("acc", "ints", "intchain"):
+            if int(round(float(bw))) == 1 and node.attrs.get("signed", 1):
+                if float(zp) != 0:
+                    raise BnncError(f"{_where(node)}: a 1-bit Quant with a zero point is not bipolar")
+                ops = [ir.ChainOp("div", scale.reshape(()))]
+                term = ir.SignTerminal(zero_maps_to=1, out_scale=float(scale), source=node.name)
+            else:
+                lo, hi = quant_levels(float(bw), node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
+                ops = [ir.ChainOp("div", scale.reshape(()))]
+                if float(zp) != 0:
+                    ops.append(ir.ChainOp("add", zp.reshape(())))
+                term = ir.RoundClampTerminal(lo, hi, int(zp), round_mode(node.attrs.get("rounding_mode", "ROUND")),
+                                             source=node.name)
+                term.add_after_round = 0
+                term.out_scale = float(scale)
+            if v.kind == "ints":
+                v = Val(**{**v.__dict__, "kind": "intchain",
+                           "chain": [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]})
+            self._activation(node, term, Val(**{**v.__dict__, "chain": v.chain + ops, "pools": list(v.pools)}))
+            return
+        if v.kind != "input":
+            raise BnncError(f"{_where(node)}: Quant of a {v.kind} tensor is not supported")
         lo, hi = quant_levels(float(bw), node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
         ops = [ir.ChainOp("div", scale.reshape(()))]
         if float(zp) != 0:
@@ -352,31 +589,44 @@ class Lowering:
 
     def op_QuantizeLinear(self, node):
         v = self._val(node)
-        if v.kind != "input":
-            raise BnncError(f"{_where(node)}: QuantizeLinear inside the network (int8 layers) is not supported yet")
         scale = np.asarray(self._const(node, 1, "scale"), dtype=np.float32)
         zp = self.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.uint8(0)
         zp = np.asarray(zp)
         if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
-            raise BnncError(f"{_where(node)}: bnnc supports per-tensor QuantizeLinear on the input")
+            raise BnncError(f"{_where(node)}: bnnc supports per-tensor QuantizeLinear (positive scalar scale) here")
         info = np.iinfo(zp.dtype)
         ops = [ir.ChainOp("div", scale.reshape(()))]
         term = ir.RoundClampTerminal(int(info.min), int(info.max), int(zp), "half_even", source=node.name)
-        self._set(node, Val("input", v.shape, tensor=v.tensor, chain=v.chain + ops,
-                            quant=(term, float(scale), node.name)))
+        if v.kind == "ints":
+            v = Val(**{**v.__dict__, "kind": "intchain", "chain": [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]})
+        if v.kind not in ("input", "acc", "intchain"):
+            raise BnncError(f"{_where(node)}: QuantizeLinear of a {v.kind} tensor is not supported")
+        self._set(node, Val(**{**v.__dict__, "chain": v.chain + ops, "pools": list(v.pools),
+                               "quant": (term, float(scale), node.name)}))
 
     def op_DequantizeLinear(self, node):
         v = self._val(node)
-        if v.kind != "input" or v.quant is None:
-            raise BnncError(f"{_where(node)}: DequantizeLinear must follow the input's QuantizeLinear")
+        if v.quant is None:
+            raise BnncError(f"{_where(node)}: DequantizeLinear must follow a QuantizeLinear (an int8 layer "
+                            "boundary) or hold constant weights")
         term, qscale, qname = v.quant
         scale = np.asarray(self._const(node, 1, "scale"), dtype=np.float32)
         zp = self.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else 0
         if scale.size != 1 or float(scale) != qscale or int(np.asarray(zp).ravel()[0]) != term.zero_point:
             raise BnncError(f"{_where(node)}: its scale/zero point differ from QuantizeLinear '{qname}'")
-        out = self._finish_input(node, Val(**{**v.__dict__, "quant": None}), term, zp_after_round=term.zero_point)
-        out.scale = qscale
-        self._set(node, out)
+        if v.kind == "input":
+            out = self._finish_input(node, Val(**{**v.__dict__, "quant": None}), term, zp_after_round=term.zero_point)
+            out.scale = qscale
+            self._set(node, out)
+            return
+        term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source)
+        term.add_after_round = term.zero_point
+        term.out_scale = qscale
+        nv = Val(**{**v.__dict__, "quant": None})
+        if nv.kind == "intchain":
+            self._set(node, self._activation_op(node, nv, term))
+        else:
+            self._set(node, self._finish_acc(nv, term, node))
 
     def _finish_input(self, node, v: Val, term, zp_after_round=0) -> Val:
         """Create the InputQuantize op: raw input -> chain -> terminal, output Bits or Ints."""
@@ -406,7 +656,8 @@ class Lowering:
         return Val(kind, tuple(v.shape), tensor=tname, scale=getattr(ty, "scale", 1.0), source_ops=[node.name])
 
     def _finish_acc(self, v: Val, term, node=None) -> Val:
-        """Close a Conv's epilogue with `term` (None: real output)."""
+        """Close a Conv's epilogue with `term` (None: real output). A second bit activation of the
+        same accumulator adds an activation-base plane (ir.Planes)."""
         conv = self.graph.op(v.conv)
         if term is not None and v.pools:
             for _, at in v.pools:
@@ -414,6 +665,9 @@ class Lowering:
                     if op.op in ("mul", "div") and np.any(op.const < 0):
                         raise BnncError(f"{_where(node)}: a MaxPool sits before a negative scale; "
                                         "max and the activation would not commute")
+        if conv.name in self.finished:
+            return self._add_plane(conv, v, term, node)
+        self.finished.add(conv.name)
         conv.epilogue = ir.Chain(list(v.chain), term)
         conv.source_ops = conv.source_ops + v.source_ops + ([node.name] if node is not None else [])
         oshape = self.graph.tensors[conv.outputs[0]].shape
@@ -423,37 +677,60 @@ class Lowering:
             self.graph.tensors[conv.outputs[0]] = ir.Reals(oshape)
             kind, scale = "reals", 1.0
         else:
-            self.graph.tensors[conv.outputs[0]] = ir.Bits(oshape, _bit_scale(node, term))
-            kind, scale = "bits", _bit_scale(node, term)
+            oty, kind, scale = _terminal_type(node, term, oshape)
+            self.graph.tensors[conv.outputs[0]] = oty
         out = Val(kind, v.shape, tensor=conv.outputs[0], scale=scale, source_ops=[])
         for params, _ in v.pools:
             out = self._maxpool(params, out)
         return out
 
+    def _add_plane(self, conv: ir.Conv, v: Val, term, node) -> Val:
+        """Another sign of an accumulator that already has one: activation bases as planes."""
+        ep = conv.epilogue
+        first = ep.chains[0] if isinstance(ep, ir.Planes) else ep
+        if not (isinstance(first, ir.Chain) and isinstance(first.terminal, (ir.SignTerminal, ir.ThresholdTerminal))
+                and isinstance(term, (ir.SignTerminal, ir.ThresholdTerminal))):
+            raise BnncError(f"{_where(node)}: layer '{conv.source_ops[0]}' output is activated twice; bnnc supports "
+                            "several sign activations of one layer (activation bases), not other combinations")
+        if v.pools:
+            raise BnncError(f"{_where(node)}: activation bases after a MaxPool are not supported")
+        old = self.graph.tensors[conv.outputs[0]]
+        scale = _bit_scale(node, term)
+        if scale != old.scale:
+            raise BnncError(f"{_where(node)}: activation bases of layer '{conv.source_ops[0]}' have different "
+                            f"scales ({old.scale:g}, {scale:g})")
+        chains = list(ep.chains) if isinstance(ep, ir.Planes) else [ep]
+        o = conv.w.shape[0]
+        if len(chains) == 1:  # the first plane's readers now read a block of a wider tensor
+            for k, val in self.vals.items():
+                if val.kind == "bits" and val.tensor == conv.outputs[0] and val.block is None:
+                    self.vals[k] = Val(**{**val.__dict__, "block": (0, o)})
+        chains.append(ir.Chain(list(v.chain), term))
+        conv.epilogue = ir.Planes(chains)
+        conv.source_ops = conv.source_ops + v.source_ops + [node.name]
+        h, w, _ = old.shape
+        self.graph.tensors[conv.outputs[0]] = ir.Bits((h, w, o * len(chains)), old.scale)
+        return Val("bits", v.shape, tensor=conv.outputs[0], scale=scale, block=((len(chains) - 1) * o, o))
+
     # ------------------------------------------------------------------ layers
+    def _decode_weights(self, node, w: np.ndarray, origin_name: str):
+        """weight_codes.Decoded of a layer's weights (O, ...)."""
+        origin = None
+        if origin_name in self.origins:
+            k, s = self.origins[origin_name]
+            o = k.shape[0]
+            s2 = np.asarray(s, np.float64).reshape(o, -1)
+            if k.shape == np.shape(w) and np.all(s2 == s2[:, :1]):
+                origin = (k, s2[:, 0])
+        return weight_codes.decode(_where(node), w, origin)
+
     def _classify_weights(self, node, w: np.ndarray):
-        """(signs int8 (O, ...), alpha float64 (O,)); raises for non-binary weights."""
-        w = np.asarray(w, dtype=np.float64)
-        o = w.shape[0]
-        flat = w.reshape(o, -1)
-        mag = np.abs(flat)
-        alpha = np.zeros(o)
-        signs = np.zeros(flat.shape, dtype=np.int8)
-        for i in range(o):
-            nz = mag[i] > 0
-            if not nz.any():
-                continue  # pruned filter
-            a = mag[i][nz].mean()
-            if nz.sum() != flat.shape[1] or np.max(np.abs(mag[i] - a)) > WEIGHT_RTOL * a:
-                distinct = np.unique(np.round(flat[i] / a, 3)).size
-                zeros = int((~nz).sum())
-                raise BnncError(
-                    f"{_where(node)}: weights of output channel {i} are not binary (+-alpha): {distinct} "
-                    f"distinct values, {zeros} zeros among {flat.shape[1]}; supported now: binary weights "
-                    "per output channel and all-zero (pruned) filters")
-            alpha[i] = a
-            signs[i] = np.where(flat[i] > 0, 1, -1)
-        return signs.reshape(w.shape), alpha
+        """(signs int8 (O, ...), alpha float64 (O,)) for binary weights (kept for callers that
+        need the foundation's binary form); raises for other codes."""
+        d = weight_codes.decode(_where(node), np.asarray(w, dtype=np.float64))
+        if d.code != "binary":
+            raise BnncError(f"{_where(node)}: weights are {d.code}, binary needed here")
+        return d.signs, d.unit
 
     def _materialize(self, node, v: Val) -> Val:
         """The raw input read directly by a layer: integers on the declared grid, scales folded."""
@@ -473,9 +750,14 @@ class Lowering:
         out.scale = scale
         return out
 
-    def _conv_common(self, node, v: Val, w_ohwc, alpha, kernel, stride, pads, bias, dense):
+    def _conv_common(self, node, v: Val, dec, layout, kernel, stride, pads, bias, dense):
+        """The IR Conv of decoded weights `dec`; `layout` maps an (O, ...) array to (O, kh, kw, C)."""
+        if v.kind == "acc":  # real activations (EC2T, HBN real-input layers): the fixed-point stream
+            v = self._to_stream(node, v)
         if v.kind not in ("bits", "ints"):
             what = "real-valued activations" if v.kind in ("acc", "reals") else f"a {v.kind} tensor"
+            if v.kind == "intchain":
+                what = "a fixed-point tensor with pending elementwise ops"
             raise BnncError(f"{_where(node)} receives {what}; bnnc needs binary or integer inputs here "
                             "(a quantizer on the input, or a sign activation before this layer)")
         src = self.graph.tensors[v.tensor]
@@ -485,12 +767,24 @@ class Lowering:
         oh, ow = ir.out_shape((ih, iw), kernel, stride, pads)
         if oh < 1 or ow < 1:
             raise BnncError(f"{_where(node)}: output would be empty for input {ih}x{iw}")
-        op = ir.Conv(name, [v.tensor], [tname], tuple(kernel), tuple(stride), tuple(pads), w_ohwc,
-                     alpha.copy(), alpha.copy(), ir.Chain([], None), is_dense=dense,
-                     source_ops=[node.name], original_params=int(w_ohwc.size + (bias.size if bias is not None else 0)))
-        o = w_ohwc.shape[0]
+        signs = np.ascontiguousarray(layout(dec.signs))
+        unit = np.asarray(dec.unit, np.float64)
+        sp = dec.scale_p if dec.scale_p is not None else unit
+        sn = dec.scale_n if dec.scale_n is not None else unit
+        op = ir.Conv(name, [v.tensor], [tname], tuple(kernel), tuple(stride), tuple(pads), signs,
+                     np.array(sp, np.float64), np.array(sn, np.float64), ir.Chain([], None), is_dense=dense,
+                     source_ops=[node.name], original_params=int(dec.signs.size + (bias.size if bias is not None else 0)))
+        if dec.code != "binary":
+            op.code = dec.code
+            op.int_w = np.ascontiguousarray(layout(dec.int_w)).astype(np.int64)
+            op.bases = [ir.WeightBase(np.ascontiguousarray(layout(b.w)), b.mult_p, b.mult_n, b.scale_p, b.scale_n)
+                        for b in dec.bases]
+            op.unit = unit.copy()
+        if v.block is not None:
+            _place_block(op, v.block[0], src.shape[2])
+        o = signs.shape[0]
         self.graph.add(op, {tname: ir.Reals((oh, ow, o))})
-        scale = (alpha * v.scale).astype(np.float32)
+        scale = (unit * v.scale).astype(np.float32)
         chain = [ir.ChainOp("mul", scale)]
         if bias is not None:
             chain.append(ir.ChainOp("add", np.asarray(bias, dtype=np.float32).reshape(-1)))
@@ -512,38 +806,44 @@ class Lowering:
         kernel = tuple(int(k) for k in w.shape[2:])
         stride = tuple(a.get("strides", [1, 1]))
         pads = _conv_pads(node, a, v.shape[2:], kernel, stride)
-        signs, alpha = self._classify_weights(node, w)
+        dec = self._decode_weights(node, w, node.inputs[1])
         bias = self.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         if len(node.inputs) > 2 and node.inputs[2] and bias is None:
             raise BnncError(f"{_where(node)}: its bias must be a constant")
-        self.op_conv_out(node, self._conv_common(node, v, signs.transpose(0, 2, 3, 1).copy(), alpha, kernel,
-                                                 stride, pads, bias, False))
+        layout = lambda x: x.transpose(0, 2, 3, 1)  # noqa: E731  OIHW -> OHWC
+        self.op_conv_out(node, self._conv_common(node, v, dec, layout, kernel, stride, pads, bias, False))
 
     def op_conv_out(self, node, val):
         val.source_ops = []
         self._set(node, val)
 
-    def _dense(self, node, v: Val, w_oi: np.ndarray, bias, scale_mult=1.0):
+    def _dense(self, node, v: Val, w_oi: np.ndarray, bias, scale_mult=1.0, origin_name=""):
         v = self._materialize(node, v)
         if len(v.shape) != 2:
             raise BnncError(f"{_where(node)}: dense layer input must be 2-D (got {v.shape})")
         if w_oi.shape[1] != v.shape[1]:
             raise BnncError(f"{_where(node)}: weight shape {w_oi.shape} does not match input {v.shape}")
-        signs, alpha = self._classify_weights(node, w_oi)
-        alpha = alpha * scale_mult
+        dec = self._decode_weights(node, w_oi, origin_name)
+        dec.unit = dec.unit * scale_mult
+        if dec.scale_p is not None:
+            dec.scale_p, dec.scale_n = dec.scale_p * scale_mult, dec.scale_n * scale_mult
         src = self.graph.tensors.get(v.tensor) if v.kind in ("bits", "ints") else None
         o = w_oi.shape[0]
         if src is not None:
             h, w_, c = src.shape
-            if v.flat_from is not None:
+            if v.block is not None:
+                if h * w_ != 1:
+                    raise BnncError(f"{_where(node)}: flattened activation bases are not supported")
+                layout = lambda x: x.reshape(o, 1, 1, -1)  # noqa: E731
+            elif v.flat_from is not None:
                 cc, hh, ww = v.flat_from
-                w4 = signs.reshape(o, cc, hh, ww).transpose(0, 2, 3, 1)
+                layout = lambda x: x.reshape(o, cc, hh, ww).transpose(0, 2, 3, 1)  # noqa: E731
             else:
-                w4 = signs.reshape(o, h, w_, c)
+                layout = lambda x: x.reshape(o, h, w_, c)  # noqa: E731
             kernel = (h, w_)
         else:
-            w4, kernel = signs.reshape(o, 1, 1, -1), (1, 1)
-        val = self._conv_common(node, v, np.ascontiguousarray(w4), alpha, kernel, (1, 1), (0, 0, 0, 0), bias, True)
+            layout, kernel = (lambda x: x.reshape(o, 1, 1, -1)), (1, 1)
+        val = self._conv_common(node, v, dec, layout, kernel, (1, 1), (0, 0, 0, 0), bias, True)
         self._set(node, val)
 
     def op_Gemm(self, node):
@@ -552,19 +852,30 @@ class Lowering:
         if a.get("transA", 0):
             raise BnncError(f"{_where(node)}: transA=1 is not supported")
         w = np.asarray(self._const(node, 1, "weight"), dtype=np.float64)
-        w = w if a.get("transB", 0) else w.T
+        origin = node.inputs[1]
+        if not a.get("transB", 0):
+            w = w.T
+            if origin in self.origins:
+                k, s = self.origins[origin]
+                self.origins[origin + "\0T"] = (k.T, np.asarray(s).T)
+                origin = origin + "\0T"
         bias = None
         if len(node.inputs) > 2 and node.inputs[2]:
             bias = np.asarray(self._const(node, 2, "bias"), dtype=np.float32) * np.float32(a.get("beta", 1.0))
             bias = np.broadcast_to(bias, (1, w.shape[0])).reshape(-1)
-        self._dense(node, v, w, bias, float(a.get("alpha", 1.0)))
+        self._dense(node, v, w, bias, float(a.get("alpha", 1.0)), origin)
 
     def op_MatMul(self, node):
         v = self._val(node)
         w = np.asarray(self._const(node, 1, "weight"), dtype=np.float64)
         if w.ndim != 2:
             raise BnncError(f"{_where(node)}: weight must be 2-D (got {w.shape})")
-        self._dense(node, v, w.T, None)
+        origin = node.inputs[1]
+        if origin in self.origins:
+            k, s = self.origins[origin]
+            self.origins[origin + "\0T"] = (k.T, np.asarray(s).T)
+        self._dense(node, v, w.T, None, 1.0, origin + "\0T")
+
 
     # ------------------------------------------------------------------ pooling / heads
     def op_MaxPool(self, node):
@@ -604,8 +915,37 @@ class Lowering:
         self.graph.add(ir.MaxPool(name, [v.tensor], [tname], kernel, stride, pads), {tname: oty})
         return Val(v.kind, (1, v.shape[1], oh, ow), tensor=tname, scale=v.scale)
 
+    def op_AveragePool(self, node):
+        """AveragePool of a fixed-point stream (Bi-Real's downsample shortcut): a SumPool, with the
+        1/(kh*kw) in the scale (exact); only without padding, where every window has kh*kw taps."""
+        v = self._val(node)
+        a = node.attrs
+        if v.kind == "acc":
+            v = self._to_stream(node, v)
+        if v.kind != "ints" or len(v.shape) != 4:
+            raise BnncError(f"{_where(node)}: AveragePool of a {v.kind} tensor is not supported (of a fixed-point "
+                            "stream it is)")
+        kernel = tuple(a["kernel_shape"])
+        stride = tuple(a.get("strides", [1, 1]))
+        pads = _conv_pads(node, a, v.shape[2:], kernel, stride)
+        if any(pads) or a.get("ceil_mode", 0):
+            raise BnncError(f"{_where(node)}: AveragePool with padding or ceil_mode is not supported (the divisor "
+                            "would change near the border)")
+        ty = self.graph.tensors[v.tensor]
+        oh, ow = ir.out_shape(ty.shape[:2], kernel, stride, (0, 0, 0, 0))
+        n = kernel[0] * kernel[1]
+        name = self._name("sumpool")
+        tname = name + "_out"
+        _check_int32(node, ty.lo * n, ty.hi * n)
+        oty = ir.Ints((oh, ow, ty.shape[2]), ty.lo * n, ty.hi * n, ty.scale / n)
+        self.graph.add(ir.SumPool(name, [v.tensor], [tname], kernel, stride), {tname: oty})
+        self._set(node, Val("ints", (1, v.shape[1], oh, ow), tensor=tname, scale=v.scale / n,
+                            source_ops=[node.name]))
+
     def op_GlobalAveragePool(self, node):
         v = self._val(node)
+        if v.kind == "acc":  # a real-valued layer output: through the fixed-point stream
+            v = self._to_stream(node, v)
         if v.kind not in ("bits", "ints"):
             raise BnncError(f"{_where(node)}: GlobalAveragePool of real-valued layer outputs is not supported "
                             "yet; place it after the sign activation")
@@ -672,9 +1012,10 @@ class Lowering:
                                   "elements": int(np.prod(v.shape))}
         for n in list(self.graph.g.nodes):
             op = self.graph.op(n)
-            if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Chain) and not op.epilogue.ops \
-                    and op.epilogue.terminal is None and op.outputs[0] != v.tensor:
+            if isinstance(op, ir.Conv) and op.name not in self.finished:
                 raise BnncError(f"layer '{op.source_ops[0]}' output is consumed by nothing bnnc supports")
+            if isinstance(op, ir.Conv):  # activation-base planes added after this layer was built
+                _widen(op, self.graph.tensors[op.inputs[0]].shape[2])
 
 
 def _only_unit_dims_changed(a: tuple, b: tuple) -> bool:
@@ -705,8 +1046,9 @@ def _bit_scale(node, term) -> float:
         return term.out_scale
     t = term.thresholds
     if t.shape[1] != 1:
-        raise BnncError(f"{_where(node)}: {t.shape[1]}-step MultiThreshold (multi-bit activations) is not "
-                        "supported yet; bnnc supports bipolar (1-step) activations now")
+        raise BnncError(f"{_where(node)}: a {t.shape[1]}-step MultiThreshold (multi-bit activation) on the model "
+                        "input is not supported; quantize the input with Quant / QuantizeLinear (multi-bit "
+                        "activations inside the network are supported)")
     lo, hi = term.out_bias, term.out_bias + term.out_scale
     if not (lo == -hi and hi > 0):
         raise BnncError(f"{_where(node)}: MultiThreshold outputs {{{lo}, {hi}}} are not bipolar (+-s); "
@@ -736,6 +1078,203 @@ def _conv_pads(node, a, hw, kernel, stride) -> tuple:
     raise BnncError(f"{_where(node)}: auto_pad '{auto}' is not supported")
 
 
-def lower(lm: LoadedModel, input_scale=None, input_range=None) -> ir.Graph:
+def lower(lm: LoadedModel, input_scale=None, input_range=None, frac_bits: int = FRAC_BITS) -> ir.Graph:
     """ONNX (loaded) -> IR with float32 epilogue chains; see module docstring."""
-    return Lowering(lm, input_scale, input_range).run()
+    return Lowering(lm, input_scale, input_range, frac_bits).run()
+
+
+# ----------------------------------------------------------------------------- issue 5 helpers
+
+
+def _consumers(lm: LoadedModel) -> dict:
+    """{tensor: [nodes reading it]}."""
+    out: dict = {}
+    for n in lm.nodes:
+        for t in dict.fromkeys(n.inputs):
+            if t:
+                out.setdefault(t, []).append(n)
+    return out
+
+
+def _dynamic_tensors(lm: LoadedModel) -> set:
+    """Tensors that depend on the model input."""
+    dyn = {lm.input_name}
+    for n in lm.nodes:
+        if any(t in dyn for t in n.inputs):
+            dyn.update(t for t in n.outputs if t)
+    return dyn
+
+
+def _activation_path(node, tensor: str, consumers: dict, dynamic: set) -> bool:
+    """True when `node` (reading `tensor`) leads only to activations through elementwise ops with
+    constants: the accumulator may then be binarized several ways (activation bases)."""
+    if node.op in ACTIVATION_OPS:
+        return True
+    if node.op in ("Add", "Sub", "Mul", "Div"):
+        others = [t for t in node.inputs if t != tensor]
+        if any(t in dynamic for t in others):
+            return False
+    elif node.op not in ("BatchNormalization", "Identity", "Relu"):
+        return False
+    users = consumers.get(node.outputs[0], [])
+    return bool(users) and all(_activation_path(u, node.outputs[0], consumers, dynamic) for u in users)
+
+
+def _log2_exact(r: Fraction):
+    """k with r == 2**k (k >= 0), else None."""
+    if r.denominator != 1 or r.numerator < 1:
+        return None
+    n = r.numerator
+    return n.bit_length() - 1 if n & (n - 1) == 0 else None
+
+
+def _check_int32(node, lo: int, hi: int) -> None:
+    if lo < -(2**31) or hi > 2**31 - 1:
+        raise BnncError(f"{_where(node)}: the fixed-point values reach [{lo}, {hi}], beyond 32 bits; "
+                        "use fewer fractional bits")
+
+
+def _pure_scale(chain: list, o: int):
+    """Per-channel exact factors (Fractions) when the chain only multiplies/divides, else None."""
+    f = [Fraction(1)] * o
+    for op in chain:
+        if op.op not in ("mul", "div"):
+            return None
+        c = np.broadcast_to(np.asarray(op.const, np.float32), (o,))
+        f = [x * Fraction(float(ci)) if op.op == "mul" else x / Fraction(float(ci)) for x, ci in zip(f, c)]
+    return f
+
+
+def _exact_multipliers(fracs: list) -> tuple:
+    """(unit, [k]) with fracs[i] == unit * k[i] exactly, integers k as small as possible."""
+    den = 1
+    for f in fracs:
+        den = den * f.denominator // _gcd(den, f.denominator)
+    ks = [int(f * den) for f in fracs]
+    g = 0
+    for k in ks:
+        g = _gcd(g, abs(k))
+    g = g or 1
+    return Fraction(g, den), [k // g for k in ks]
+
+
+def _gcd(a: int, b: int) -> int:
+    import math
+
+    return math.gcd(a, b)
+
+
+def _bases_of(conv: ir.Conv):
+    """The conv's weight code as masked binary bases (None for the "int" code)."""
+    if conv.code == "binary":
+        o = conv.w.shape[0]
+        return [ir.WeightBase(conv.w.copy(), np.ones(o, np.int64), np.ones(o, np.int64))]
+    if conv.code == "int":
+        return None
+    return [ir.WeightBase(b.w.copy(), b.mult_p.copy(), b.mult_n.copy()) for b in conv.bases]
+
+
+def _scale_base(b: ir.WeightBase, k: np.ndarray) -> ir.WeightBase:
+    """A base times signed per-channel integers k (a negative k swaps the masks)."""
+    neg = k < 0
+    w = np.where(neg.reshape(-1, *([1] * (b.w.ndim - 1))), -b.w, b.w).astype(np.int8)
+    mp = np.where(neg, b.mult_n, b.mult_p) * np.abs(k)
+    mn = np.where(neg, b.mult_p, b.mult_n) * np.abs(k)
+    return ir.WeightBase(w, mp.astype(np.int64), mn.astype(np.int64))
+
+
+def _widen(conv: ir.Conv, channels: int, offset: int = 0) -> None:
+    """Pad the input-channel axis of every weight array to `channels` (new channels read nothing;
+    the conv's own channels start at `offset`). A binary code gains zeros: it becomes ternary."""
+    c = conv.w.shape[3]
+    if c == channels and offset == 0:
+        return
+    pad = ((0, 0), (0, 0), (0, 0), (offset, channels - c - offset))
+    if conv.code == "binary":
+        o = conv.w.shape[0]
+        conv.code = "ternary"
+        conv.int_w = conv.w.astype(np.int64)
+        conv.bases = [ir.WeightBase(conv.w.copy(), np.ones(o, np.int64), np.ones(o, np.int64),
+                                    conv.scale_p.copy(), conv.scale_n.copy())]
+        conv.unit = conv.scale_p.copy()
+    conv.w = np.pad(conv.w, pad)
+    conv.int_w = np.pad(conv.int_w, pad)
+    for b in conv.bases:
+        b.w = np.pad(b.w, pad)
+
+
+def _place_block(conv: ir.Conv, offset: int, channels: int) -> None:
+    """A conv built for one activation-base plane reads channels [offset, offset + C) of a wider tensor."""
+    _widen(conv, channels, offset)
+
+
+def _affine_chain(node, chain: list, o: int) -> list:
+    """[(a, b, relu)] per channel, exact rationals: the chain is relu?(a * acc + b)."""
+    a = [Fraction(1)] * o
+    b = [Fraction(0)] * o
+    relu = False
+    for op in chain:
+        if relu:
+            raise BnncError(f"{_where(node)}: a Relu followed by more arithmetic on a real-valued stream is not "
+                            "supported (no single fixed-point requantization)")
+        if op.op == "relu":
+            relu = True
+            continue
+        c = [Fraction(float(x)) for x in np.broadcast_to(np.asarray(op.const, np.float32), (o,))]
+        if op.op == "mul":
+            a = [x * y for x, y in zip(a, c)]
+            b = [x * y for x, y in zip(b, c)]
+        elif op.op == "div":
+            if any(y == 0 for y in c):
+                raise BnncError(f"{_where(node)}: division by zero in a real-valued stream (BatchNorm variance?)")
+            a = [x / y for x, y in zip(a, c)]
+            b = [x / y for x, y in zip(b, c)]
+        elif op.op == "add":
+            b = [x + y for x, y in zip(b, c)]
+        else:
+            b = [x - y for x, y in zip(b, c)]
+    return [(x, y, relu) for x, y in zip(a, b)]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def _round_half_up(x: Fraction) -> int:
+    return int((x + Fraction(1, 2)).__floor__())
+
+
+def _bipolar_1step(term: ir.ThresholdTerminal) -> bool:
+    return term.thresholds.shape[1] == 1 and term.out_bias == -(term.out_bias + term.out_scale) \
+        and term.out_bias + term.out_scale > 0
+
+
+def _level_terminal(node, t: np.ndarray, out_scale: float, out_bias: float) -> ir.LevelTerminal:
+    """MultiThreshold levels out_scale * count + out_bias as integers base + step * count times a
+    scale: the smallest power-of-two step that puts out_bias / out_scale on the grid."""
+    if not out_scale > 0:
+        raise BnncError(f"{_where(node)}: MultiThreshold out_scale {out_scale} must be positive")
+    r = Fraction(out_bias) / Fraction(out_scale)
+    for j in range(0, 9):
+        d = 2**j
+        if (r * d).denominator == 1:
+            if np.any(np.diff(t, axis=1) < 0):
+                raise BnncError(f"{_where(node)}: MultiThreshold thresholds must be non-decreasing per channel")
+            return ir.LevelTerminal(t, int(r * d), d, out_scale / d, source=node.name)
+    raise BnncError(f"{_where(node)}: MultiThreshold levels {out_scale:g} * n + {out_bias:g} are not on an "
+                    "integer grid with a power-of-two step (up to 256)")
+
+
+def _terminal_type(node, term, shape: tuple) -> tuple:
+    """(IR tensor type, Val kind, scale) of an activation's output."""
+    if isinstance(term, ir.LevelTerminal):
+        b = term.thresholds.shape[1]
+        return ir.Ints(shape, term.base, term.base + term.step * b, term.out_scale), "ints", term.out_scale
+    if isinstance(term, ir.RoundClampTerminal):
+        add = getattr(term, "add_after_round", 0)
+        lo, hi = term.qmin - term.zero_point, term.qmax - term.zero_point
+        del add
+        scale = getattr(term, "out_scale", 1.0)
+        return ir.Ints(shape, lo, hi, scale), "ints", scale
+    scale = _bit_scale(node, term)
+    return ir.Bits(shape, scale), "bits", scale

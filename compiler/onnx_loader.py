@@ -41,6 +41,10 @@ class LoadedModel:
     nodes: list  # dynamic nodes in topological order
     consts: dict = field(default_factory=dict)  # tensor name -> np.ndarray
     opset: int = 0
+    # tensor name -> (integers, scale) for constants a quantizer produced (DequantizeLinear,
+    # QONNX Quant): value == integers * scale, both arrays of the tensor's full shape. Weight
+    # decoding uses the integers, the model's own exact form of a quantized layer.
+    quant_origin: dict = field(default_factory=dict)
 
 
 def _attrs(node) -> dict:
@@ -227,6 +231,66 @@ def _quant(node, x, scale, zp, bw):
     return ((q - zp) * scale).astype(np.float32)
 
 
+def _quant_integers(node, x, scale, zp, bw):
+    """(integers q - zp, scale broadcast) of a QONNX Quant on constants."""
+    lo, hi = quant_levels(bw, node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
+    mode = round_mode(node.attrs.get("rounding_mode", "ROUND"))
+    v = (x.astype(np.float32) / np.float32(scale) + np.float32(zp)).astype(np.float32)
+    if int(round(float(bw))) == 1 and node.attrs.get("signed", 1):
+        q = np.where(v >= 0, 1.0, -1.0)  # qonnx: a 1-bit signed Quant is bipolar
+        k = q
+    else:
+        k = np.clip(apply_round(v, mode), lo, hi) - zp
+    k = np.asarray(k, np.float64)
+    if np.any(k != np.rint(k)):
+        return None
+    return np.rint(k).astype(np.int64), np.broadcast_to(np.asarray(scale, np.float32), k.shape)
+
+
+def _axis_param(p, x, axis):
+    """A QuantizeLinear/DequantizeLinear scale or zero point broadcast along `axis` of x."""
+    p = np.asarray(p)
+    if p.size == 1:
+        return p.reshape(())
+    shape = [1] * x.ndim
+    shape[axis % x.ndim] = p.size
+    return p.reshape(shape)
+
+
+def fold_with_origin(node: Node, consts: dict, origins: dict) -> None:
+    """`fold`, also recording which constants are quantizer integers times a scale (see
+    LoadedModel.quant_origin), through the layout ops that move weights around."""
+    fold(node, consts)
+    op, a = node.op, node.attrs
+    out = node.outputs[0] if node.outputs else ""
+    try:
+        if op == "DequantizeLinear":
+            q = np.asarray(consts[node.inputs[0]]).astype(np.int64)
+            axis = a.get("axis", 1)
+            s = _axis_param(consts[node.inputs[1]], q, axis).astype(np.float32)
+            zp = _axis_param(consts[node.inputs[2]], q, axis).astype(np.int64) \
+                if len(node.inputs) > 2 and node.inputs[2] else np.int64(0)
+            origins[out] = (q - zp, np.broadcast_to(s, q.shape))
+        elif op == "Quant":
+            x = [consts[i] for i in node.inputs[:4]]
+            r = _quant_integers(node, x[0], x[1], x[2], x[3])
+            if r is not None:
+                origins[out] = r
+        elif op in ("Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze") \
+                and node.inputs[0] in origins:
+            k, s = origins[node.inputs[0]]
+            sub = Node(node.name, op, node.domain, node.inputs, node.outputs, node.attrs)
+            ck = dict(consts)
+            ck[node.inputs[0]] = k
+            fold(sub, ck)
+            cs = dict(consts)
+            cs[node.inputs[0]] = np.ascontiguousarray(s)
+            fold(sub, cs)
+            origins[out] = (np.asarray(ck[out]), np.asarray(cs[out]))
+    except (BnncError, KeyError, ValueError):
+        origins.pop(out, None)
+
+
 def fold(node: Node, consts: dict) -> None:
     """Evaluate `node` on its constant inputs and store its outputs in `consts`."""
     x = [consts[i] if i else None for i in node.inputs]
@@ -278,6 +342,18 @@ def fold(node: Node, consts: dict) -> None:
             r = [_bipolar(x[0], x[1])]
         elif op == "Quant":
             r = [_quant(node, x[0], x[1], x[2], x[3])]
+        elif op == "QuantizeLinear":
+            axis = a.get("axis", 1)
+            zp = x[2] if len(x) > 2 and x[2] is not None else np.uint8(0)
+            info = np.iinfo(np.asarray(zp).dtype)
+            v = np.rint(x[0].astype(np.float32) / _axis_param(x[1], x[0], axis).astype(np.float32))
+            v = v + _axis_param(zp, x[0], axis).astype(np.float64)
+            r = [np.clip(v, info.min, info.max).astype(np.asarray(zp).dtype)]
+        elif op == "DequantizeLinear":
+            axis = a.get("axis", 1)
+            q = x[0].astype(np.int64)
+            zp = _axis_param(x[2], q, axis).astype(np.int64) if len(x) > 2 and x[2] is not None else 0
+            r = [((q - zp).astype(np.float32) * _axis_param(x[1], q, axis).astype(np.float32)).astype(np.float32)]
         elif op == "Slice":
             starts, ends = x[1], x[2]
             axes = x[3] if len(x) > 3 and x[3] is not None else range(len(starts))

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import ir
-from .lower import lower
+from .lower import FRAC_BITS, lower
 from .onnx_loader import load, read_model
+from .passes.find_sparse_connectivity import find_sparse_connectivity
 from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
 from .passes.quantize_input import quantize_input
 from .passes.strip_pruned_channels import strip_pruned_channels
@@ -17,14 +18,15 @@ from .passes.strip_pruned_channels import strip_pruned_channels
 class Options:
     input_scale: Optional[float] = None
     input_range: Optional[tuple] = None
+    frac_bits: int = FRAC_BITS  # fixed-point grid 2**-frac_bits of residual / real-valued streams
 
 
-PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels)
+PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels, find_sparse_connectivity)
 
 
 def frontend(model, options: Options = Options()) -> ir.Graph:
     """ONNX ModelProto -> IR with float32 epilogue chains (nothing folded yet)."""
-    return lower(load(model), options.input_scale, options.input_range)
+    return lower(load(model), options.input_scale, options.input_range, options.frac_bits)
 
 
 def compile_graph(model, options: Options = Options()) -> ir.Graph:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .arith import acc_to_float, apply_terminal, eval_chain
+from .arith import acc_to_float, apply_terminal, eval_chain, level_count, requantize
 from .errors import BnncError
 
 BATCH = 32  # samples per chunk, to bound im2col memory
@@ -30,12 +30,23 @@ def conv_accumulator(op: ir.Conv, x: np.ndarray) -> np.ndarray:
     """Integer accumulator (N, OH, OW, O) of a Conv on int input values (N, H, W, C)."""
     win = _windows(x, op.kernel, op.stride, op.pads, 0)
     n, oh, ow = win.shape[:3]
-    cols = win.reshape(n * oh * ow, -1).astype(np.float64)
-    w = op.w.reshape(op.w.shape[0], -1).astype(np.float64)
-    acc = np.rint(cols @ w.T).astype(np.int64).reshape(n, oh, ow, -1)
+    cols = win.reshape(n * oh * ow, -1)
+    w = ir.int_weights(op).reshape(op.w.shape[0], -1)
+    if _float_exact(cols, w):
+        acc = np.rint(cols.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64).reshape(n, oh, ow, -1)
+    else:  # wide integers (fixed-point streams, large multipliers): exact int64 products
+        acc = (cols.astype(np.int64) @ w.T.astype(np.int64)).reshape(n, oh, ow, -1)
     if op.bias_kernel is not None:
         acc = acc + bias_map(op, x.shape[1:3])[None]
     return acc
+
+
+def _float_exact(cols: np.ndarray, w: np.ndarray) -> bool:
+    """float64 matmul is exact when every partial sum stays below 2**53."""
+    if not cols.size or not w.size:
+        return True
+    bound = float(np.abs(cols).max()) * float(np.abs(w).sum(axis=1).max())
+    return bound < 2.0**52
 
 
 def bias_map(op: ir.Conv, in_hw: tuple) -> np.ndarray:
@@ -72,14 +83,35 @@ def _input(op: ir.InputQuantize, x: np.ndarray, out_type) -> np.ndarray:
     return out.reshape((n,) + out_type.shape)
 
 
-def _epilogue(op: ir.Conv, acc: np.ndarray) -> np.ndarray:
-    ep = op.epilogue
+def apply_planes(planes: int, acc: np.ndarray) -> np.ndarray:
+    """Accumulators (..., O) repeated for `planes` activation bases: (..., planes * O)."""
+    return acc if planes == 1 else np.concatenate([acc] * planes, axis=-1)
+
+
+def apply_epilogue(ep, acc: np.ndarray) -> np.ndarray:
+    """Any epilogue (Chain, Planes, Thresholds, LevelThresholds, Requantize) on accumulators
+    (..., O) whose last axis is the channel."""
     if isinstance(ep, ir.Thresholds):
-        return apply_thresholds(ep, acc)
+        return apply_thresholds(ep, apply_planes(ep.planes, acc))
+    if isinstance(ep, ir.LevelThresholds):
+        return level_count(ep, apply_planes(ep.planes, acc))
+    if isinstance(ep, ir.Requantize):
+        return requantize(ep, acc)
+    if isinstance(ep, ir.Planes):
+        return np.concatenate([apply_epilogue(c, acc) for c in ep.chains], axis=-1)
     v = eval_chain(ep.ops, acc_to_float(acc))
     if ep.terminal is None:
         return v
     return apply_terminal(ep.terminal, v)
+
+
+def _epilogue(op: ir.Conv, acc: np.ndarray) -> np.ndarray:
+    return apply_epilogue(op.epilogue, acc)
+
+
+def _sumpool(op: ir.SumPool, x: np.ndarray) -> np.ndarray:
+    win = _windows(x.astype(np.int64), op.kernel, op.stride, (0, 0, 0, 0), 0)
+    return win.sum(axis=(3, 4))
 
 
 def _maxpool(op: ir.MaxPool, x: np.ndarray) -> np.ndarray:
@@ -109,6 +141,13 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = a.astype(np.int64).sum(axis=(1, 2), keepdims=True)
         elif isinstance(op, ir.ArgMax):
             r = _argmax(op, a)
+        elif isinstance(op, ir.Activation):
+            r = apply_epilogue(op.epilogue, a.astype(np.int64))
+        elif isinstance(op, ir.Add):
+            b = env[op.inputs[1]]
+            r = np.clip((a.astype(np.int64) << op.shifts[0]) + (b.astype(np.int64) << op.shifts[1]), op.lo, op.hi)
+        elif isinstance(op, ir.SumPool):
+            r = _sumpool(op, a)
         else:  # pragma: no cover
             raise TypeError(op)
         env[op.outputs[0]] = r

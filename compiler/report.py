@@ -1,4 +1,19 @@
-"""Per-layer figures of a compiled model: shapes, MACs, storage before and after, pruning."""
+"""Per-layer figures of a compiled model: shapes, MACs, storage before and after, pruning.
+
+Storage of a layer's weight code (issue 5), in bits, exactly as the code holds it:
+- binary: 1 bit per kept weight (the scale folds into the thresholds);
+- ternary: two masks P, N (2 bits per weight position) + two scales per output channel;
+- two-scale: one mask (1 bit per position; N is its complement) + two scales per output channel;
+- multi-base: per base, 1 bit per position of its support (2 where the base itself has zeros)
+  + one scale per base and output channel; pruned bases (PaBT pairs) are absent;
+- int: the bits of its integer range per position + one scale per output channel;
+- expander lists: only the listed kernels' positions count, plus ceil(log2 C) bits per list entry.
+Scales are stored as 32-bit integer multipliers. `compression` = float32 bits / (weights + scales
++ lists). Ops: `binary_macs` are +-1 products done as bit operations (per base), `int_macs`
+integer multiply-accumulates with nonzero weights, `popcounts` the word popcounts the generated C
+executes, `multiplies` its integer multiplications (MACs on integer inputs, base multipliers,
+requantization).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +35,11 @@ def layer_rows(graph: ir.Graph) -> list:
                "output_shape": list(dst.shape), "output_type": type(dst).__name__,
                "binary_macs": 0, "int_macs": 0, "weight_bits_float32": 0, "weight_bits": 0,
                "stored_bytes": 0, "channels_removed": 0, "input_channels_removed": 0, "thresholds": 0}
+        row.update(code="", scale_bits=0, index_bits=0, popcounts=0, multiplies=0)
+        if isinstance(op, ir.Conv) and not ir.is_classic(op):
+            _family_conv_row(op, src, dst, row, wb)
+            rows.append(row)
+            continue
         if isinstance(op, ir.Conv):
             o, kh, kw, c = op.w.shape
             oh, ow = dst.shape[:2]
@@ -46,12 +66,106 @@ def layer_rows(graph: ir.Graph) -> list:
             row["compression"] = round(row["weight_bits_float32"] / max(row["weight_bits"], 1), 2)
         elif isinstance(op, ir.InputQuantize):
             row["op"] = "InputQuantize"
+        elif isinstance(op, ir.Activation):
+            ep = op.epilogue
+            row["thresholds"] = int(np.asarray(ep.threshold).size)
+            row["notes"] = list(getattr(ep, "notes", []))
+        if isinstance(op, ir.Conv):
+            row["code"] = "binary"
+            p = getattr(op, "packed", None)
+            if p is not None and isinstance(src, ir.Bits):
+                row["popcounts"] = int(p.taps * p.o * np.prod(dst.shape[:2]))
+            row["multiplies"] = row["int_macs"]
         rows.append(row)
     return rows
 
 
+def code_storage(op: ir.Conv) -> dict:
+    """{"weight_bits", "scale_bits", "index_bits", "text"} of a Conv's weight code (module docstring)."""
+    o, kh, kw, c = op.w.shape
+    k = kh * kw
+    iw = ir.int_weights(op)
+    kernels = np.any(iw != 0, axis=(1, 2)) if op.in_lists is not None else \
+        np.broadcast_to(np.any(iw.reshape(o, -1) != 0, axis=1)[:, None], (o, c))
+    positions = int(kernels.sum()) * k
+    index_bits = sum(len(x) for x in op.in_lists) * max(1, int(np.ceil(np.log2(max(c, 2))))) \
+        if op.in_lists is not None else 0
+    live = int(np.any(kernels, axis=1).sum())
+    if op.code == "binary":
+        return {"weight_bits": int(np.count_nonzero(op.w)), "scale_bits": 0, "index_bits": index_bits,
+                "text": "1 bit per weight"}
+    if op.code == "ternary":
+        text = f"ternary: 2 masks x {positions} bits + 2 scales x {live} channels"
+        return {"weight_bits": 2 * positions, "scale_bits": 64 * live, "index_bits": index_bits, "text": text}
+    if op.code == "two_scale":
+        text = f"two-scale: 1 mask x {positions} bits + 2 scales x {live} channels"
+        return {"weight_bits": positions, "scale_bits": 64 * live, "index_bits": index_bits, "text": text}
+    if op.code == "multi_base":
+        bits, parts = 0, []
+        for b in op.bases:
+            bk = np.any(b.w != 0, axis=(1, 2)) & kernels
+            n = int(bk.sum()) * k
+            holes = bool(np.any((b.w == 0) & bk[:, None, None, :]))
+            bits += n * (2 if holes else 1)
+            parts.append(n)
+        text = f"multi-base: {len(op.bases)} binary bases ({' + '.join(map(str, parts))} bits) + " \
+               f"{len(op.bases)} scales x {live} channels"
+        return {"weight_bits": bits, "scale_bits": 32 * len(op.bases) * live, "index_bits": index_bits,
+                "text": text}
+    nb = max(2, int(np.abs(iw).max(initial=1)).bit_length() + 1)
+    return {"weight_bits": positions * nb, "scale_bits": 32 * live, "index_bits": index_bits,
+            "text": f"int{nb}: {positions} weights + 1 scale x {live} channels"}
+
+
+def _family_conv_row(op: ir.Conv, src, dst, row: dict, wb: int) -> None:
+    o, kh, kw, c = op.w.shape
+    oh, ow = dst.shape[:2]
+    pix = oh * ow
+    st = code_storage(op)
+    row["op"] = "Dense" if op.is_dense else "Conv"
+    row["kernel"], row["stride"], row["pads"] = list(op.kernel), list(op.stride), list(op.pads)
+    row["code"] = op.code + (" (expander)" if op.in_lists is not None else "")
+    o0, c0 = o + op.removed_out, c + op.removed_in
+    row["weight_bits_float32"] = 32 * o0 * kh * kw * c0
+    row["weight_bits"], row["scale_bits"], row["index_bits"] = st["weight_bits"], st["scale_bits"], st["index_bits"]
+    row["storage"] = st["text"]
+    row["channels_removed"], row["input_channels_removed"] = op.removed_out, op.removed_in
+    iw = ir.int_weights(op)
+    nonzero = int(np.count_nonzero(iw))
+    p = getattr(op, "packed", None)
+    method = getattr(p, "method", "")
+    if isinstance(src, ir.Bits):
+        bases = [b for b in op.bases] if op.bases else []
+        per_base = sum(int(np.count_nonzero(b.w)) for b in bases) if bases else nonzero
+        row["binary_macs"] = per_base * pix
+        if p is not None:
+            n_tables = 1 if method == "xnor" else len(p.weights)
+            row["popcounts"] = p.taps * o * n_tables * pix
+            row["multiplies"] = (0 if method == "xnor" else n_tables * o * pix)
+    else:
+        row["int_macs"] = nonzero * pix
+        if p is not None:
+            row["multiplies"] = (nonzero if method == "sparse_int" else p.taps * o) * pix
+    if isinstance(op.epilogue, ir.Requantize):
+        row["multiplies"] += o * pix
+        row["notes"] = list(op.epilogue.notes)
+    elif isinstance(op.epilogue, (ir.Thresholds, ir.LevelThresholds)):
+        row["thresholds"] = int(np.asarray(op.epilogue.threshold).size)
+        row["notes"] = list(op.epilogue.notes)
+    if op.in_lists is not None:
+        kept = sum(len(x) for x in op.in_lists)
+        row["connectivity"] = {"kernels_kept": kept, "kernels": o * c, "inputs_per_output":
+                               round(kept / max(o, 1), 2)}
+        row.setdefault("notes", []).append(
+            f"expander connectivity: {kept} of {o * c} k x k kernels kept "
+            f"({100 * kept / max(o * c, 1):.1f}%, {kept / max(o, 1):.1f} of {c} inputs per output)")
+    row.setdefault("notes", []).append(f"storage: {st['text']}")
+    total = st["weight_bits"] + st["scale_bits"] + st["index_bits"]
+    row["compression"] = round(row["weight_bits_float32"] / max(total, 1), 2)
+
+
 def totals(graph: ir.Graph, rows: list) -> dict:
-    wbits = sum(r["weight_bits"] for r in rows)
+    wbits = sum(r["weight_bits"] + r.get("scale_bits", 0) + r.get("index_bits", 0) for r in rows)
     thr = sum(r["thresholds"] for r in rows)
     weight_bytes = -(-wbits // 8) + 4 * thr  # packed weights + one int32 threshold per channel
     float_bytes = sum(r["weight_bits_float32"] for r in rows) // 8
@@ -65,6 +179,8 @@ def totals(graph: ir.Graph, rows: list) -> dict:
         "binary_macs": int(sum(r["binary_macs"] for r in rows)),
         "int_macs": int(sum(r["int_macs"] for r in rows)),
         "channels_removed": int(sum(r["channels_removed"] for r in rows)),
+        "popcounts": int(sum(r.get("popcounts", 0) for r in rows)),
+        "multiplies": int(sum(r.get("multiplies", 0) for r in rows)),
     }
 
 
@@ -76,7 +192,7 @@ def report(graph: ir.Graph) -> dict:
 
 
 def format_table(rep: dict) -> str:
-    cols = [("layer", "name"), ("op", "op"), ("in", "input_shape"), ("out", "output_shape"),
+    cols = [("layer", "name"), ("op", "op"), ("code", "code"), ("in", "input_shape"), ("out", "output_shape"),
             ("bin MACs", "binary_macs"), ("int MACs", "int_macs"), ("w bits f32", "weight_bits_float32"),
             ("w bits", "weight_bits"), ("x", "compression"), ("removed", "channels_removed"),
             ("thr", "thresholds")]
@@ -92,6 +208,7 @@ def format_table(rep: dict) -> str:
                  f"{t['compression']}x smaller); stored in C: {t['stored_bytes']} B")
     lines.append(f"binary MACs: {t['binary_macs']}, integer MACs: {t['int_macs']}, channels removed: "
                  f"{t['channels_removed']}")
+    lines.append(f"word popcounts: {t['popcounts']}, integer multiplies: {t['multiplies']}")
     lines.append(f"arena: {t['arena_bytes']} B (lower bound {t['arena_lower_bound_bytes']} B)")
     for r in rep["layers"]:
         for n in r.get("notes", []):

@@ -218,21 +218,23 @@ def _no_input_quantizer(base, d):
 
 
 def _multithreshold_3_steps(base, d):
-    """Float input -> bipolar MultiThreshold -> MatMul(+-1) -> 3-step MultiThreshold -> MatMul."""
+    """Float input -> 3-step MultiThreshold -> MatMul(+-1) -> bipolar MultiThreshold -> MatMul.
+    (Multi-bit activations inside the network are supported since issue 5; on the float model
+    input a multi-step MultiThreshold is not.)"""
     finn = "finn.custom_op.general"
     rng = np.random.default_rng(0)
     w1 = rng.choice([-1.0, 1.0], (8, 6)).astype(np.float32)
     w2 = rng.choice([-1.0, 1.0], (6, 3)).astype(np.float32)
     inits = [numpy_helper.from_array(a, n) for a, n in (
-        (np.zeros((1, 1), np.float32), "t_in"), (w1, "w1"),
-        (np.array([[-2.0, 0.0, 2.0]] * 6, np.float32), "t_hidden"), (w2, "w2"))]
+        (np.array([[-2.0, 0.0, 2.0]] * 8, np.float32), "t_in"), (w1, "w1"),
+        (np.zeros((1, 1), np.float32), "t_hidden"), (w2, "w2"))]
     nodes = [
-        helper.make_node("MultiThreshold", ["x", "t_in"], ["xb"], domain=finn, name="mt.in",
-                         out_scale=2.0, out_bias=-1.0),
-        helper.make_node("MatMul", ["xb", "w1"], ["h"], name="fc.0"),
-        helper.make_node("MultiThreshold", ["h", "t_hidden"], ["hq"], domain=finn, name="act.2bit",
+        helper.make_node("MultiThreshold", ["x", "t_in"], ["xq"], domain=finn, name="act.2bit",
                          out_scale=1.0, out_bias=-1.5),
-        helper.make_node("MatMul", ["hq", "w2"], ["y"], name="fc.1"),
+        helper.make_node("MatMul", ["xq", "w1"], ["h"], name="fc.0"),
+        helper.make_node("MultiThreshold", ["h", "t_hidden"], ["hb"], domain=finn, name="mt.hidden",
+                         out_scale=2.0, out_bias=-1.0),
+        helper.make_node("MatMul", ["hb", "w2"], ["y"], name="fc.1"),
     ]
     g = helper.make_graph(nodes, "mt3", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], initializer=inits)

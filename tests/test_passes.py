@@ -112,3 +112,60 @@ def test_generated_c_is_deterministic():
     a = driver.render_c(_stages(model)[-1])
     b = driver.render_c(_stages(random_model(7)[0])[-1])
     assert a == b
+
+
+FAMILY_MODELS = {name: kw for name, kw in (
+    ("ternary-ttq", {}), ("dabn", {}), ("w1a2", {}), ("abc-fused", {}), ("pabt", {}), ("hbn", {}), ("xnet", {}),
+    ("bireal", {}), ("bireal", {"sign": "Sign"}), ("ternary-ec2t", {}),
+    ("resnet18-stq", {"widths": (8, 8, 16, 16), "size": 16}))}
+
+
+@pytest.mark.parametrize("name", list(dict.fromkeys(FAMILY_MODELS)) + ["bireal-sign"])
+def test_every_pass_preserves_the_reference_on_family_models(name):
+    """The issue-5 forms (weight codes, levels, planes, streams, ternary signs) through every pass."""
+    from bnnc import zoo
+    from bnnc.passes.find_sparse_connectivity import find_sparse_connectivity
+
+    kw = {"sign": "Sign"} if name == "bireal-sign" else FAMILY_MODELS[name]
+    model = zoo.build(name.replace("-sign", ""), 3, **kw)
+    g = _stages(model)
+    stages = list(g) + [find_sparse_connectivity(g[-1])]
+    x = driver.prepare_inputs(stages[-1], zoo.inputs(model, 12, seed=3)).grid
+    outs = [reference.run(s, x) for s in stages]
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0])
+
+
+def test_sparse_connectivity_lists_exactly_the_nonzero_kernels():
+    from bnnc import zoo
+    from bnnc.passes.find_sparse_connectivity import find_sparse_connectivity
+
+    g = find_sparse_connectivity(_stages(zoo.build("xnet", 1))[-1])
+    for op in g.ops():
+        if isinstance(op, ir.Conv) and op.in_lists is not None:
+            nz = np.any(ir.int_weights(op) != 0, axis=(1, 2))
+            assert [list(x) for x in op.in_lists] == [list(np.flatnonzero(r)) for r in nz]
+
+
+@pytest.mark.parametrize("code", ["ternary", "two_scale", "multi_base", "int"])
+def test_weight_decoding_is_exact(code):
+    from bnnc import weight_codes
+
+    rng = np.random.default_rng(7)
+    s = rng.choice([-1, 1], (6, 40))
+    if code == "ternary":
+        w = np.where(rng.random(s.shape) < 0.4, 0, np.where(s > 0, 0.75, -0.3))
+    elif code == "two_scale":
+        w = np.where(s > 0, rng.uniform(0.1, 1, (6, 1)), -rng.uniform(0.1, 1, (6, 1)))
+    elif code == "multi_base":
+        w = 0.6 * s + 0.25 * rng.choice([-1, 1], s.shape) + 0.05 * rng.choice([-1, 1], s.shape)
+    else:
+        w = rng.integers(-100, 101, s.shape) * np.float32(0.013)
+    w = w.astype(np.float32)
+    d = weight_codes.decode("node 'w'", w)
+    assert d.code == code
+    real = d.int_w * d.unit[:, None]
+    tol = 0 if code in ("ternary", "two_scale") else weight_codes.BASES_RTOL * np.abs(w).max() * 8
+    assert np.abs(real - w).max() <= tol
+    if d.bases:
+        assert np.array_equal(ir.bases_weights(d.bases), d.int_w)

@@ -100,6 +100,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             return "input"
         return f"(arena + {arena['buffers'][t]})"
 
+    family = {f.name for f in ir.family_ops(graph)}
     for op in graph.ops():
         src_t = graph.tensors[op.inputs[0]] if op.inputs[0] in graph.tensors else None
         oty = graph.tensors[op.outputs[0]]
@@ -110,6 +111,9 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             L["out_ctype"] = C_TYPES[storage_dtype(oty)]
         if isinstance(src_t, ir.Ints):
             L["in_ctype"] = C_TYPES[storage_dtype(src_t)]
+        if op.name in family:  # issue-5 layers: family_layer() below, templates/c/families/
+            layers.append(family_layer(graph, op, L, consts, buf))
+            continue
         if isinstance(op, ir.InputQuantize):
             p = op.packed
             c, h, w = op.in_shape
@@ -210,10 +214,98 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         "output_shape": out_info["shape"],
         "arena_bytes": max(arena["size"], 64),
         "layers": layers,
+        "families": bool(family),
         "consts": consts,
         "grid": in_info.get("grid", {}),
         "model_name": comment_text(in_info.get("onnx_name", "")),
     }
+
+
+def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
+    """Context of an issue-5 layer (ir.family_ops: compressed-family convolutions, Activation,
+    Add, SumPool) for templates/c/families/layer.j2; the tables come from passes/pack_families."""
+    wb = graph.word_bits
+    word_kind = "word64" if wb == 64 else "word32"
+    src, oty = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+
+    def table(suffix: str, ctype: str, values, kind: str = "int") -> None:
+        consts.append({"name": f"{op.name}_{suffix}", "ctype": ctype, "n": int(np.asarray(values).size),
+                       "init": c_array(values, kind)})
+
+    if isinstance(op, ir.Conv):
+        p = op.packed
+        ih, iw = src.shape[:2]
+        oh, ow = oty.shape[:2]
+        L.update(family="conv", ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
+                 sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
+                 taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
+                 buf_offset=16 * p.o_blk, bases=len(p.weights) // 2)  # scratch: acc + 2 popcount rows, window
+        L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']}))"
+        if p.ny > 1:
+            table("ycls", "uint8_t" if p.ny < 256 else "uint16_t", p.ycls)
+        if p.nx > 1:
+            table("xcls", "uint8_t" if p.nx < 256 else "uint16_t", p.xcls)
+        table("corr", "int64_t", p.corr)
+        if p.method == "xnor":
+            table("w0", "bnnc_word_t", p.weights[0], word_kind)
+            table("kmul", "int8_t", p.kmul)
+        elif p.method == "masks":
+            for m in range(len(p.weights) // 2):
+                table(f"p{m}", "bnnc_word_t", p.weights[2 * m], word_kind)
+                table(f"n{m}", "bnnc_word_t", p.weights[2 * m + 1], word_kind)
+            table("mult_p", "int64_t", p.mult_p)
+            table("mult_n", "int64_t", p.mult_n)
+        elif p.method == "int":
+            table("w0", "int32_t", p.weights[0])
+        else:
+            table("start", "int32_t", p.sparse["start"])
+            table("chan", "int32_t", p.sparse["chan"])
+            table("sw", "int32_t", p.sparse["w"])
+        ep = op.epilogue
+        if p.epilogue == "bits":
+            table("thr", "int64_t", p.thr)
+            table("neg", "uint8_t", p.neg)
+            L.update(planes=p.planes, cwo=p.cw_out)
+        elif p.epilogue == "levels":
+            table("dir", "int8_t", p.direction)
+            table("lthr", "int64_t", p.levels)
+            L.update(base=ep.base, step=ep.step, levels=p.levels.shape[1])
+        elif p.epilogue == "requant":
+            table("rq_mult", "int64_t", ep.mult)
+            table("rq_add", "int64_t", ep.add)
+            lo_acc = ep.acc_lo if ep.acc_lo is not None else np.full(p.o, -(2**62))
+            hi_acc = ep.acc_hi if ep.acc_hi is not None else np.full(p.o, 2**62)
+            table("rq_lo", "int64_t", lo_acc)
+            table("rq_hi", "int64_t", hi_acc)
+            L.update(shift=ep.shift, lo=ep.lo, hi=ep.hi)
+        else:
+            L["chain"] = _chain_ctx(ep.ops, "o", op.name, consts)
+    elif isinstance(op, ir.Activation):
+        p = op.packed
+        h, w, c = src.shape
+        L.update(family="activation", epilogue=p.epilogue, c=c, pixels=h * w, cwo=p.cw_out)
+        L["call"] = f"{op.name}({L['src']}, {L['dst']})"
+        if p.epilogue == "bits":
+            table("thr", "int64_t", p.thr)
+            table("neg", "uint8_t", p.neg)
+        else:
+            table("dir", "int8_t", p.direction)
+            table("lthr", "int64_t", p.levels)
+            L.update(base=op.epilogue.base, step=op.epilogue.step, levels=p.levels.shape[1])
+    elif isinstance(op, ir.Add):
+        b = graph.tensors[op.inputs[1]]
+        L.update(family="add", a_ctype=C_TYPES[storage_dtype(src)], b_ctype=C_TYPES[storage_dtype(b)],
+                 n=int(np.prod(oty.shape)), sa=op.shifts[0], sb=op.shifts[1], lo=op.lo, hi=op.hi)
+        L["call"] = f"{op.name}({buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']})"
+    elif isinstance(op, ir.SumPool):
+        h, w, c = src.shape
+        oh, ow = oty.shape[:2]
+        L.update(family="sumpool", iw=w, c=c, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
+                 sw=op.stride[1])
+        L["call"] = f"{op.name}({L['src']}, {L['dst']})"
+    else:  # pragma: no cover - ir.family_ops lists only the kinds above
+        raise BnncError(f"the C backend has no template for {type(op).__name__}")
+    return L
 
 
 def _env() -> jinja2.Environment:
@@ -233,6 +325,8 @@ def render(graph: ir.Graph, name: str = "bnnc") -> dict:
         "Makefile": env.get_template("Makefile.j2").render(**ctx),
         "bnnc_kernels.h": (resource_dir("runtime") / "bnnc_kernels.h").read_text(),
     }
+    if ctx["families"]:
+        files["bnnc_families.h"] = (resource_dir("runtime") / "bnnc_families.h").read_text()
     return files
 
 

@@ -11,6 +11,17 @@ which equals f_o at every reachable accumulator value. It handles gamma < 0 (dir
 gamma = 0 and steps outside the reachable range (constant channels), and ties: where ONNX Sign
 would output an exact 0 at a reachable value the model is refused, unless the channel is constant 0
 (then strip_pruned_channels folds it away like a pruned filter).
+
+Issue 5 extends the same evaluation:
+- multi-level terminals (MultiThreshold with several steps, Quant / QuantizeLinear inside the
+  network) give `LevelThresholds`: out = base + step * #{b : direction * acc >= threshold[b]},
+  level b's step found by bisection on the (monotone) count of the float32 chain;
+- an ONNX Sign that outputs an exact 0 at a reachable accumulator is executed as a ternary
+  activation (LevelThresholds with levels -1, 0, +1; the tensor becomes Ints) instead of refused;
+- `Planes` (activation bases) fold plane by plane into `Thresholds(planes=P)`;
+- `Activation` ops fold like Conv epilogues, their "accumulator" being the integer input value.
+The folded integer comparison equals the chain's output at every reachable accumulator; it is
+re-checked at the range ends, at every step and at random reachable values.
 """
 
 from __future__ import annotations
@@ -25,6 +36,10 @@ TABLE_LIMIT = 1 << 24  # (range x channels) evaluated as a full table below this
 FLOAT_EXACT = 1 << 24  # accumulators enter float32 exactly below this magnitude
 
 
+class SignTie(BnncError):
+    """An ONNX Sign outputs an exact 0 at a reachable accumulator value."""
+
+
 def tap_range(src_type) -> tuple:
     """Range of one input value, zero padding (0) included."""
     if isinstance(src_type, ir.Bits):
@@ -35,7 +50,7 @@ def tap_range(src_type) -> tuple:
 def acc_range(conv: ir.Conv, src_type) -> tuple:
     """Per-channel (lo, hi) int64 arrays bounding the accumulator."""
     alo, ahi = tap_range(src_type)
-    w = conv.w.reshape(conv.w.shape[0], -1).astype(np.int64)
+    w = ir.int_weights(conv).reshape(conv.w.shape[0], -1).astype(np.int64)
     pos, neg = np.clip(w, 0, None), np.clip(w, None, 0)
     lo = (pos * alo).sum(1) + (neg * ahi).sum(1)
     hi = (pos * ahi).sum(1) + (neg * alo).sum(1)
@@ -69,7 +84,7 @@ def steps_from_table(bits: np.ndarray, values: np.ndarray, source: str, out_scal
             raise BnncError(f"'{source}': channel {o} is not a monotone function of its accumulator")
         zeros = values[col == 0]
         if zeros.size:
-            raise BnncError(f"'{source}': channel {o} outputs an exact 0 (Sign of 0) at reachable accumulator "
+            raise SignTie(f"'{source}': channel {o} outputs an exact 0 (Sign of 0) at reachable accumulator "
                             f"value(s) {zeros.min()}..{zeros.max()}; a 1-bit tensor cannot hold it "
                             "(ternary activations are not supported)")
         if up:
@@ -122,7 +137,7 @@ def _bisect(chain: ir.Chain, lo: np.ndarray, hi: np.ndarray, source: str, out_sc
             continue
         zero = (up_nonneg[o] < up_pos[o]) if direction[o] > 0 else (dn_notpos[o] < dn_neg[o])
         if zero:
-            raise BnncError(f"'{source}': channel {o} outputs an exact 0 (Sign of 0) at a reachable accumulator "
+            raise SignTie(f"'{source}': channel {o} outputs an exact 0 (Sign of 0) at a reachable accumulator "
                             "value; a 1-bit tensor cannot hold it (ternary activations are not supported)")
     return ir.Thresholds(direction, threshold, constant, out_scale, [])
 
@@ -142,28 +157,136 @@ def fold_thresholds_for(chain: ir.Chain, lo: np.ndarray, hi: np.ndarray, source:
     return _bisect(chain, lo, hi, source, out_scale)
 
 
+def _level_params(term) -> tuple:
+    """(base, step, levels) of a multi-level terminal's integer output."""
+    if isinstance(term, ir.LevelTerminal):
+        return term.base, term.step, int(term.thresholds.shape[1])
+    if isinstance(term, ir.RoundClampTerminal):
+        return term.qmin - term.zero_point, 1, term.qmax - term.qmin
+    return -1, 1, 2  # a Sign that can output 0: levels -1, 0, +1
+
+
+def fold_levels(chain: ir.Chain, lo: np.ndarray, hi: np.ndarray, source: str,
+                out_scale: float) -> ir.LevelThresholds:
+    """LevelThresholds equal to `chain` (multi-level terminal) at every accumulator in [lo, hi]."""
+    base, step, levels = _level_params(chain.terminal)
+    n = lo.size
+
+    def count(acc):
+        v = _f(chain, acc)
+        return (v.astype(np.int64) - base) // step
+
+    clo = count(lo[None, :])[0]
+    chi = count(hi[None, :])[0]
+    direction = np.where(chi >= clo, 1, -1).astype(np.int8)
+    d = direction.astype(np.int64)
+    # x = d * acc runs over [xlo, xhi]; count is non-decreasing in x
+    xlo = np.where(d > 0, lo, -hi)
+    xhi = np.where(d > 0, hi, -lo)
+    b = np.arange(1, levels + 1, dtype=np.int64)[:, None]  # level b is passed when count >= b
+    a = np.broadcast_to(xlo, (levels, n)).copy()
+    z = np.broadcast_to(xhi + 1, (levels, n)).copy()
+    while np.any(a < z):
+        m = (a + z) // 2
+        mm = np.minimum(m, np.broadcast_to(xhi, (levels, n)))
+        passed = (count(d[None, :] * mm) >= b) & (m <= xhi[None, :])
+        z = np.where(passed & (a < z), m, z)
+        a = np.where(~passed & (a < z), m + 1, a)
+    th = ir.LevelThresholds(direction, a.T.copy(), base, step, out_scale, [])
+    _check_levels(chain, th, lo, hi, count, source)
+    return th
+
+
+def _check_levels(chain, th: ir.LevelThresholds, lo, hi, count, source: str) -> None:
+    """The folded form equals the chain at the range ends, around every step and at random points."""
+    from ..arith import level_count
+
+    n = lo.size
+    rng = np.random.default_rng(0)
+    pts = [lo, hi] + [np.clip(th.direction * (th.threshold[:, j] + k), lo, hi)
+                      for j in range(min(th.threshold.shape[1], 64)) for k in (-1, 0)]
+    span = (hi - lo).astype(np.float64)
+    pts += [lo + np.floor(rng.random(n) * (span + 1)).astype(np.int64) for _ in range(16)]
+    acc = np.stack(pts)
+    want = th.base + th.step * count(acc)
+    got = level_count(th, acc)
+    if not np.array_equal(want, got):
+        o = int(np.argwhere(want != got)[0][1])
+        raise BnncError(f"'{source}': channel {o} is not a monotone function of its accumulator")
+
+
+def _retype_to_ints(graph: ir.Graph, tensor: str, lo: int, hi: int) -> None:
+    """A bit tensor that became a small-integer tensor (ternary sign), with the MaxPools after it."""
+    ty = graph.tensors[tensor]
+    graph.tensors[tensor] = ir.Ints(ty.shape, lo, hi, ty.scale)
+    for c in graph.consumers(tensor):
+        if isinstance(c, ir.MaxPool):
+            _retype_to_ints(graph, c.outputs[0], lo, hi)
+
+
+def _epilogue_range(graph: ir.Graph, op) -> tuple:
+    src = graph.tensors[op.inputs[0]]
+    if isinstance(op, ir.Activation):
+        c = src.shape[2]
+        lo, hi = (-1, 1) if isinstance(src, ir.Bits) else (src.lo, src.hi)
+        return np.full(c, lo, np.int64), np.full(c, hi, np.int64)
+    return acc_range(op, src)
+
+
+def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
+    """The folded epilogue of one chain (None: a real output, kept)."""
+    term = chain.terminal
+    if term is None:
+        return None
+    source = getattr(term, "source", op.name)
+    if isinstance(term, (ir.LevelTerminal, ir.RoundClampTerminal)):
+        return fold_levels(chain, lo, hi, source, getattr(term, "out_scale", 1.0))
+    if isinstance(term, ir.ThresholdTerminal) and term.thresholds.shape[1] != 1:
+        raise BnncError(f"'{source}': a {term.thresholds.shape[1]}-step MultiThreshold with bit output")
+    try:
+        th = fold_thresholds_for(chain, lo, hi, source)
+    except SignTie:
+        if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Planes):
+            raise
+        lt = fold_levels(chain, lo, hi, source, term.out_scale)
+        lt.notes.append("ONNX Sign outputs an exact 0 at reachable values: executed as a ternary "
+                        "activation {-1, 0, +1}")
+        _retype_to_ints(graph, op.outputs[0], -1, 1)
+        return lt
+    consts = int(np.sum(th.constant != ir.Thresholds.NOT_CONSTANT))
+    if consts:
+        th.notes.append(f"{consts} constant output channel(s) (step outside the reachable range, "
+                        "gamma = 0 or pruned filter)")
+    th.notes.append(f"no reachable accumulator value ties (checked {lo.size} channels, "
+                    f"accumulators in [{lo.min()}, {hi.max()}])" if isinstance(term, ir.SignTerminal)
+                    and term.zero_maps_to == 0 else "ties: x = threshold maps to +1 by the op's definition")
+    return th
+
+
 def fold_batchnorm_into_thresholds(graph: ir.Graph) -> ir.Graph:
-    """Chain + bit terminal -> Thresholds on every Conv (see module docstring)."""
+    """Chain + bit / multi-level terminal -> Thresholds / LevelThresholds on every Conv and
+    Activation (see module docstring)."""
     out = graph.copy()
     for op in out.ops():
-        if not isinstance(op, ir.Conv) or not isinstance(op.epilogue, ir.Chain):
+        if not isinstance(op, (ir.Conv, ir.Activation)) or not isinstance(op.epilogue, (ir.Chain, ir.Planes)):
             continue
-        lo, hi = acc_range(op, out.tensors[op.inputs[0]])
-        if max(int(-lo.min()), int(hi.max())) >= FLOAT_EXACT and isinstance(op.epilogue, ir.Chain):
-            raise BnncError(f"layer '{op.source_ops[0]}': accumulator range [{lo.min()}, {hi.max()}] is too wide "
-                            "for exact float32 evaluation")
-        term = op.epilogue.terminal
-        if term is None:
+        lo, hi = _epilogue_range(out, op)
+        if isinstance(op, ir.Conv) and max(int(-lo.min()), int(hi.max())) >= FLOAT_EXACT:
+            # an exact int64 accumulator; backends with 32-bit accumulators must widen it
+            op.wide_acc = True
+        if isinstance(op.epilogue, ir.Planes):
+            parts = [_fold_chain(out, op, c, lo, hi) for c in op.epilogue.chains]
+            if not all(isinstance(p, ir.Thresholds) for p in parts):
+                raise BnncError(f"layer '{op.source_ops[0]}': activation bases must all be sign activations")
+            op.epilogue = ir.Thresholds(np.concatenate([p.direction for p in parts]),
+                                        np.concatenate([p.threshold for p in parts]),
+                                        np.concatenate([p.constant for p in parts]), parts[0].out_scale,
+                                        [f"{len(parts)} activation bases (planes) of one accumulator"]
+                                        + parts[0].notes, planes=len(parts))
+            out.replace(op)
             continue
-        source = getattr(term, "source", op.name)
-        th = fold_thresholds_for(op.epilogue, lo, hi, source)
-        consts = int(np.sum(th.constant != ir.Thresholds.NOT_CONSTANT))
-        if consts:
-            th.notes.append(f"{consts} constant output channel(s) (step outside the reachable range, "
-                            "gamma = 0 or pruned filter)")
-        th.notes.append(f"no reachable accumulator value ties (checked {lo.size} channels, "
-                        f"accumulators in [{lo.min()}, {hi.max()}])" if isinstance(term, ir.SignTerminal)
-                        and term.zero_maps_to == 0 else "ties: x = threshold maps to +1 by the op's definition")
-        op.epilogue = th
-        out.replace(op)
+        folded = _fold_chain(out, op, op.epilogue, lo, hi)
+        if folded is not None:
+            op.epilogue = folded
+            out.replace(op)
     return out

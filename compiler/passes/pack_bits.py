@@ -11,7 +11,10 @@ or L = kh * kw * C integers when the input is integer) and stored in one of two 
   multiple of OBLOCK = 32, so that a kernel streams one contiguous block per 32 outputs and
   vectorizes across them;
 - "rows" (MCU firmware): [O][L], one contiguous row per output channel, so that a scalar kernel
-  walks one filter at a time with post-incremented loads.
+  walks one filter at a time with post-incremented loads (O_pad = O: no padded filters, and
+  threshold rows of O entries). When C is not a multiple of WB, a binary layer's row is "dense":
+  the filter's kh * kw * C bits back to back in (ky, kx, c) order, L = ceil(K / WB) words instead
+  of kh * kw * CW, and the kernel builds each window the same way (fill bits only at the end).
 Integer-input layers that AVX-512 VNNI can run (`vnni_offset` is not None) also get
 `weights_vnni` [O_pad / 32][kh][G][32][4]: each kernel row's kw * C weights padded with zeros to
 G = ceil(kw * C / 4) groups of 4 for `vpdpbusd`, which multiplies 4 unsigned bytes
@@ -77,6 +80,7 @@ class PackedConv:
     vnni_offset: Optional[int] = None  # integer input: u = x - offset is a byte for every x (and 0)
     weights_vnni: Optional[np.ndarray] = None  # int8 (O_pad / 32, kh, G, 32, 4)
     vnni_corr: Optional[np.ndarray] = None  # int64 (O_pad,): offset * sum of the filter's weights
+    dense: bool = False  # "rows" binary layers: the window's kh * kw * C bits packed back to back
 
 
 def words(c: int, word_bits: int) -> int:
@@ -133,6 +137,10 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         # padded taps read as +1: subtract their contribution
         corr = bias - np.einsum("yxhw,ohw->yxo", (~valid).astype(np.int64), wsum)
         rows = pack_bit_rows(op.w, word_bits).reshape(o, -1)  # o, kh * kw * cw
+        dense_rows = pack_bit_rows(op.w.reshape(o, -1), word_bits)  # o, ceil(K / WB): no fill between taps
+        dense = layout == "rows" and dense_rows.shape[1] < rows.shape[1]
+        if dense:
+            rows = dense_rows
         zero_rows = ~np.any(op.w.reshape(o, -1) != 0, axis=1)
         wdtype = np.uint64 if word_bits == 64 else np.uint32
     else:
@@ -141,12 +149,15 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         rows = op.w.reshape(o, -1).astype(np.int8)
         zero_rows = np.zeros(o, bool)
         wdtype = np.int8
+        dense = False
+    if layout == "rows":
+        o_pad = o  # scalar kernels walk the real filters only
     taps = rows.shape[1]
     weights = rows.astype(wdtype) if layout == "rows" else _blocked(rows, o_pad).astype(wdtype)
     corr = corr.reshape(ny * nx, o)
     k_full = kh * kw * c
     p = PackedConv("bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full, weights,
-                   ycls, xcls, ny, nx, corr, None, None, None, layout=layout)
+                   ycls, xcls, ny, nx, corr, None, None, None, layout=layout, dense=dense)
     if not bits_in:
         xmax = max(abs(src.lo), abs(src.hi))
         p.acc16 = taps * xmax <= INT16_MAX
@@ -165,7 +176,7 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         p.thr = np.full((ny * nx, o_pad), THR_NEVER, np.int64)
         p.thr[:, :o] = thr
         p.neg = neg
-        p.neg_words = neg_words(neg, o_pad)
+        p.neg_words = neg_words(neg, -(-o_pad // OBLOCK) * OBLOCK)
         p.cw_out = words(o, word_bits)
         # s > THR_NEVER must be impossible: s is at most K (popcount) or L * max|x| + max|corr|
         s_max = k_full if bits_in else taps * max(abs(src.lo), abs(src.hi))
@@ -254,8 +265,13 @@ def pack_bits(graph: ir.Graph, word_bits: int = 64, layout: str = "blocked") -> 
     out = graph.copy()
     out.word_bits = word_bits
     out.weight_layout = layout
+    family = {f.name for f in ir.family_ops(out)}
     for op in out.ops():
-        if isinstance(op, ir.Conv):
+        if op.name in family:  # issue-5 layers: their tables come from pack_families
+            from .pack_families import pack_family
+
+            op.packed = pack_family(op, out, word_bits)
+        elif isinstance(op, ir.Conv):
             op.packed = pack_conv(op, out.tensors[op.inputs[0]], word_bits, layout)
         elif isinstance(op, ir.InputQuantize):
             op.packed = pack_input(op, out.tensors[op.outputs[0]])

@@ -8,7 +8,10 @@ Conv's `bias_kernel`:
     bias_kernel[o, ky, kx] += v_c * w[o, ky, kx, c]      for every removed input channel c,
 which the IR sums over the *valid* taps of each output position, so the fold stays exact at
 zero-padded borders, where the constant channel's contribution is smaller (networks.md section 5).
-The accumulator of every consumer, and so every output, is unchanged.
+The accumulator of every consumer, and so every output, is unchanged. For the weight codes of
+issue 5 the same holds with the integer weights (`ir.int_weights`): bias_kernel gains
+v_c * int_w[o, ky, kx, c], and every array of the code (int_w, each base's masks) loses the
+channel. Layers whose output holds activation-base planes are left as they are.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def strip_pruned_channels(graph: ir.Graph) -> ir.Graph:
     """Remove constant channels and fold their values forward (see module docstring)."""
     out = graph.copy()
     for prod in out.ops():
-        if not isinstance(prod, ir.Conv) or not isinstance(prod.epilogue, ir.Thresholds):
+        if not isinstance(prod, ir.Conv) or not isinstance(prod.epilogue, ir.Thresholds) \
+                or prod.epilogue.planes != 1:
             continue
         th = prod.epilogue
         const = th.constant != ir.Thresholds.NOT_CONSTANT
@@ -62,10 +66,7 @@ def strip_pruned_channels(graph: ir.Graph) -> ir.Graph:
         removed = np.flatnonzero(~keep)
         values = th.constant[removed].astype(np.int64)
         # producer
-        prod.w = prod.w[keep]
-        prod.scale_p, prod.scale_n = prod.scale_p[keep], prod.scale_n[keep]
-        if prod.bias_kernel is not None:
-            prod.bias_kernel = prod.bias_kernel[keep]
+        _keep_outputs(prod, keep)
         prod.epilogue = ir.Thresholds(th.direction[keep], th.threshold[keep], th.constant[keep], th.out_scale,
                                       th.notes + [f"stripped {removed.size} constant channel(s): "
                                                   f"{_ranges(removed)}"])
@@ -85,13 +86,35 @@ def strip_pruned_channels(graph: ir.Graph) -> ir.Graph:
     return out
 
 
+def _keep_outputs(conv: ir.Conv, keep: np.ndarray) -> None:
+    """Drop the output channels (rows) of every array of the conv's weight code."""
+    conv.w = conv.w[keep]
+    conv.scale_p, conv.scale_n = conv.scale_p[keep], conv.scale_n[keep]
+    if conv.bias_kernel is not None:
+        conv.bias_kernel = conv.bias_kernel[keep]
+    if conv.int_w is not None:
+        conv.int_w = conv.int_w[keep]
+    if conv.unit is not None:
+        conv.unit = conv.unit[keep]
+    for b in conv.bases:
+        b.w, b.mult_p, b.mult_n = b.w[keep], b.mult_p[keep], b.mult_n[keep]
+        b.scale_p = None if b.scale_p is None else b.scale_p[keep]
+        b.scale_n = None if b.scale_n is None else b.scale_n[keep]
+    if conv.in_lists is not None:
+        conv.in_lists = [x for x, k in zip(conv.in_lists, keep) if k]
+
+
 def _fold_into_consumer(conv: ir.Conv, keep: np.ndarray, removed: np.ndarray, values: np.ndarray) -> None:
     o, kh, kw, c = conv.w.shape
     if c != keep.size:
         raise AssertionError(f"{conv.name}: {c} input channels vs {keep.size}")
-    contrib = np.einsum("okhc,c->okh", conv.w[..., removed].astype(np.int64), values)
+    contrib = np.einsum("okhc,c->okh", ir.int_weights(conv)[..., removed].astype(np.int64), values)
     conv.bias_kernel = contrib if conv.bias_kernel is None else conv.bias_kernel + contrib
     conv.w = np.ascontiguousarray(conv.w[..., keep])
+    if conv.int_w is not None:
+        conv.int_w = np.ascontiguousarray(conv.int_w[..., keep])
+    for b in conv.bases:
+        b.w = np.ascontiguousarray(b.w[..., keep])
     conv.removed_in += int(removed.size)
 
 

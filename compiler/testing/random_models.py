@@ -534,12 +534,13 @@ def random_model(seed: int, *, max_convs: int = 3, max_dense: int = 2,
     return model, spec
 
 
-def cnv_model(seed: int = 0) -> onnx.ModelProto:
+def cnv_model(seed: int = 0, prune: float = 0.0) -> onnx.ModelProto:
     """FINN's CIFAR-10 CNV topology as a plain float ONNX model (59.5M MACs).
 
     Input (1, 3, 32, 32) on an int8 grid of scale 1/128 (values in [-1, 1)); six valid 3x3 convs
     64-64-128-128-256-256 (Conv -> BatchNormalization -> Sign), MaxPool 2x2 after convs 2 and 4
     (32 -> 30 -> 28 -> 14 -> 12 -> 10 -> 5 -> 3 -> 1), Flatten, dense 256 -> 512 -> 512 -> 10.
+    `prune`: the fraction of all-zero filters in every hidden layer (STQ-style structured pruning).
     """
     rng = np.random.default_rng(seed)
     b = _Builder(rng, "torch")
@@ -547,12 +548,13 @@ def cnv_model(seed: int = 0) -> onnx.ModelProto:
     b.quantized_input(input_shape, "int8", 1.0 / 128, 0)
     for i, channels in enumerate((64, 64, 128, 128, 256, 256)):
         pool = {"k": 2, "stride": 2, "pad": 0, "where": "after_sign"} if i in (1, 3) else None
-        b.conv_block(i, channels, 3, 1, 0, pool=pool)
+        b.conv_block(i, channels, 3, 1, 0, pool=pool, prune=prune)
     b.flatten("flatten")
     for j in range(2):
-        b.dense_block(j, 512)
+        b.dense_block(j, 512, prune=prune)
     b.final_dense(10)
-    return b.model(input_shape, "logits", "logits", "cnv", f"cnv_model(seed={seed})")
+    doc = f"cnv_model(seed={seed})" if not prune else f"cnv_model(seed={seed}, prune={prune})"
+    return b.model(input_shape, "logits", "logits", "cnv", doc)
 
 
 def tfc_model(seed: int = 0) -> onnx.ModelProto:

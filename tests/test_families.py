@@ -1,0 +1,326 @@
+"""Issue 5: every compressed-network family end to end (zoo model -> IR -> reference -> C).
+
+For each family of bnnc.zoo: C == reference bit for bit, reference == onnxruntime (identical
+top-1, logits within tolerance), the IR holds the family's weight code, and `bnnc report`
+accounts its storage and ops exactly. Unsupported forms are refused with the node named.
+"""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bnnc import driver, ir, reference, zoo
+from bnnc.backends import c as c_backend
+from bnnc.backends import c_build
+from bnnc.errors import BnncError
+from bnnc.original import OriginalModel
+from bnnc.pipeline import compile_graph
+from bnnc.report import report
+
+from .conftest import sweep_scale
+
+# Sizes that keep the whole file within a minute or two on a 2-core machine.
+SMALL = {
+    "resnet18-stq": {"widths": (8, 16, 16, 24), "size": 16},
+    "cnv-stq40": {"widths": (10, 10, 20, 20, 40, 40), "dense": (40, 40)},
+}
+N_SEEDS = max(1, int(3 * sweep_scale()))
+N_INPUTS = 20
+SANITIZE = c_build.DEFAULT_FLAGS[:1] + ("-O1", "-g", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
+                                         "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
+
+
+def build(name, seed=0, **kw):
+    model = zoo.build(name, seed, **{**SMALL.get(name, {}), **kw})
+    graph = compile_graph(model)
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, N_INPUTS, seed=seed + 100))
+    return model, graph, inputs
+
+
+def convs(graph):
+    return [op for op in graph.ops() if isinstance(op, ir.Conv)]
+
+
+def rows_by_op(graph):
+    return {r["name"]: r for r in report(driver.backend_graph(graph))["layers"]}
+
+
+def check_against_onnxruntime(model, inputs, ref):
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    agree = (ref.argmax(axis=1) == orig.argmax(axis=1)).mean()
+    assert agree >= 0.99, f"top-1 agrees on {agree:.0%} of the inputs"
+    tol = 1e-4 * max(1.0, float(np.abs(orig).max()))
+    assert np.abs(ref - orig).max() <= tol
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("seed", range(N_SEEDS))
+@pytest.mark.parametrize("name", zoo.FAMILIES)
+def test_family_c_equals_reference_equals_onnxruntime(name, seed):
+    model, graph, inputs = build(name, seed)
+    ref = driver.run_target(graph, "ref", inputs)
+    c = driver.run_target(graph, "c", inputs)
+    assert c.dtype == ref.dtype and np.array_equal(c, ref), f"{name} seed {seed}: C differs from the reference"
+    check_against_onnxruntime(model, inputs, ref)
+
+
+@pytest.mark.parametrize("name", ["ternary-ttq", "pabt", "bireal", "xnet", "w1a2", "hbn"])
+def test_family_kernels_are_word_size_generic(name):
+    """The same layers with 32-bit words (the Cortex-M layout) give the same numbers."""
+    model, graph, inputs = build(name, 1)
+    files = c_backend.render(driver.backend_graph(graph, 32), "bnnc")
+    assert "#define BNNC_WORD_BITS 32" in files["model.c"]
+    exe = c_build.build(files, c_build.DEFAULT_FLAGS)
+    y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], "float32", graph.output_info["elements"])
+    assert np.array_equal(y.reshape(-1), reference.run(graph, inputs.grid).reshape(-1))
+
+
+@pytest.mark.parametrize("name", ["abc-fused", "bireal", "xnet"])
+def test_family_c_clean_under_sanitizers(name):
+    model, graph, inputs = build(name, 2)
+    c = driver.run_target(graph, "c", driver.prepare_inputs(graph, zoo.inputs(model, 3, seed=0)), flags=SANITIZE)
+    assert np.array_equal(c, driver.run_target(graph, "ref", driver.prepare_inputs(graph, zoo.inputs(model, 3, 0))))
+
+
+def test_binary_models_generate_the_foundation_code():
+    """Binary models use no family layer and no family header: their C is what it was."""
+    model, graph, _ = build("cnv-stq40", 0)
+    assert not ir.family_ops(graph)
+    assert "bnnc_families.h" not in driver.render_c(graph)
+
+
+# ----------------------------------------------------------------------------------- weight codes in the IR
+
+
+def test_ternary_is_two_masks_and_two_scales():
+    model, graph, _ = build("ternary-ttq", 0)
+    rows = rows_by_op(graph)
+    for op in convs(graph)[:-1]:
+        assert op.code == "ternary" and len(op.bases) == 1
+        b = op.bases[0]
+        assert np.any(b.w == 0) and np.any(b.w > 0) and np.any(b.w < 0)
+        assert np.array_equal(ir.int_weights(op), np.where(b.w > 0, b.mult_p[:, None, None, None], 0)
+                              - np.where(b.w < 0, b.mult_n[:, None, None, None], 0))
+        assert np.all(b.mult_p != b.mult_n)  # TTQ: w_p != w_n
+        r = rows[op.name]
+        o, kh, kw, c = op.w.shape
+        assert r["weight_bits"] == 2 * o * kh * kw * c and r["scale_bits"] == 2 * 32 * o
+        assert "2 masks" in r["storage"] and "2 scales" in r["storage"]
+
+
+def test_ternary_from_qonnx_2bit_quant_uses_the_quantizer_integers():
+    model, graph, _ = build("ternary-qonnx", 0)
+    for op in convs(graph)[:-1]:
+        assert op.code == "ternary"
+        assert np.all(op.bases[0].mult_p == 1) and np.all(op.bases[0].mult_n == 1)
+        assert set(np.unique(op.int_w)) <= {-1, 0, 1}
+
+
+def test_dabn_is_two_scale():
+    model, graph, _ = build("dabn", 0)
+    for op in convs(graph)[:-1]:
+        assert op.code == "two_scale"
+        live = np.any(op.w.reshape(op.w.shape[0], -1) != 0, axis=1)
+        assert np.all(op.w[live] != 0)
+        assert np.any(op.bases[0].mult_p != op.bases[0].mult_n)
+        assert np.allclose(op.scale_p / op.scale_n, op.bases[0].mult_p / op.bases[0].mult_n)
+
+
+def test_multibit_activations_are_level_thresholds():
+    model, graph, _ = build("w1a2", 0)
+    levels = [op.epilogue for op in convs(graph) if isinstance(op.epilogue, ir.LevelThresholds)]
+    assert len(levels) == 3 and all(ep.threshold.shape[1] == 3 for ep in levels)
+    for op in convs(graph)[1:]:
+        src = graph.tensors[op.inputs[0]]
+        assert isinstance(src, ir.Ints) and src.hi - src.lo in (3, 6)  # 2-bit: 4 levels
+
+
+def test_fused_multilevel_weights_decode_into_their_bases():
+    model = zoo.build("abc-fused", 3)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    graph = compile_graph(model)
+    for op in convs(graph)[:-1]:
+        assert op.code == "multi_base" and len(op.bases) in (2, 3)
+        onnx_w = inits[next(n for n in model.graph.node if n.name == op.source_ops[0]).input[1]]
+        real = ir.int_weights(op) * op.unit[:, None, None, None]
+        o, kh, kw, c = real.shape
+        onnx_w = onnx_w.reshape(o, c, kh, kw).transpose(0, 2, 3, 1)  # OIHW (or a flattened CHW) -> OHWC
+        assert np.array_equal(real.astype(np.float32), onnx_w)
+        for b in op.bases:
+            assert set(np.unique(b.w)) == {-1, 1}
+
+
+def test_explicit_weight_bases_merge_into_one_layer():
+    model, graph, _ = build("abc-explicit", 0)
+    merged = [op for op in convs(graph) if op.code == "multi_base"]
+    assert len(merged) == 1 and len(merged[0].bases) == 3
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == 4 and len(convs(graph)) == 3
+
+
+def test_pabt_pruned_base_pairs_are_absent():
+    model, graph, _ = build("pabt", 5)
+    kept = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("conv1_m")]
+    planes = [op for op in convs(graph) if isinstance(op.epilogue, ir.Thresholds) and op.epilogue.planes > 1]
+    assert len(planes) == 1 and planes[0].epilogue.planes == 3
+    layer = next(op for op in convs(graph) if op.code == "multi_base")
+    assert len(layer.bases) == len(kept)  # one base per surviving (m, n) pair
+    o, kh, kw, c = layer.w.shape
+    row = rows_by_op(graph)[layer.name]
+    assert row["weight_bits"] == len(kept) * o * kh * kw * (c // 3)  # each pair covers one activation plane
+
+
+def test_hybrid_int8_layers():
+    model, graph, _ = build("hbn", 0)
+    cs = convs(graph)
+    assert cs[0].code == "int" and cs[-1].code == "int"
+    assert isinstance(graph.tensors[cs[1].inputs[0]], ir.Ints) and cs[1].code == "binary"  # binary w, int8 x
+    qdq = [op.epilogue for op in cs if isinstance(op.epilogue, ir.LevelThresholds)]
+    assert qdq and all(ep.threshold.shape[1] == 255 for ep in qdq)  # int8: 255 steps, exact
+
+
+def test_expander_connectivity_is_listed_and_reported():
+    model, graph, _ = build("xnet", 0, degree=4)
+    rows = rows_by_op(graph)
+    sparse = [op for op in convs(graph) if op.in_lists is not None]
+    assert len(sparse) == 3
+    for op in sparse:
+        expected = 2 if op is sparse[0] else 4
+        assert all(len(x) == expected for x in op.in_lists)
+        conn = rows[op.name]["connectivity"]
+        assert conn["kernels_kept"] == expected * op.w.shape[0]
+        assert rows[op.name]["index_bits"] > 0
+    assert driver.backend_graph(graph).op(sparse[0].name).packed.method == "sparse_int"
+
+
+def test_residual_streams_are_exact_fixed_point():
+    model, graph, _ = build("bireal", 0)
+    kinds = {type(op).__name__ for op in graph.ops()}
+    assert {"Add", "SumPool", "Activation"} <= kinds
+    rq = [op.epilogue for op in convs(graph) if isinstance(op.epilogue, ir.Requantize)]
+    assert rq and all("exactly" in ep.notes[0] for ep in rq)
+    assert all(ep.out_scale == 2.0**-8 for ep in rq)
+
+
+def test_onnx_sign_of_a_stream_that_can_be_zero_runs_as_ternary():
+    model, graph, inputs = build("bireal", 1, sign="Sign")
+    acts = [op for op in graph.ops() if isinstance(op, ir.Activation) and op.epilogue.threshold.shape[1] == 2]
+    assert len(acts) == 4 and all(any("ternary" in n for n in op.epilogue.notes) for op in acts)
+    for op in acts:
+        ty = graph.tensors[op.outputs[0]]
+        assert isinstance(ty, ir.Ints) and (ty.lo, ty.hi) == (-1, 1)
+    ref = driver.run_target(graph, "ref", inputs)
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+    check_against_onnxruntime(model, inputs, ref)
+
+
+def test_structured_pruning_of_40_percent_reports_89x():
+    model, graph, _ = build("cnv-stq40", 0)
+    rows = report(driver.backend_graph(graph))["layers"]
+    middle = [r for r in rows if r["op"] in ("Conv", "Dense")][1:-1]
+    assert middle and all(r["compression"] == 88.89 for r in middle)  # 32 / (0.6 * 0.6)
+    for r in middle:
+        assert r["weight_bits"] * 100 == r["weight_bits_float32"] // 32 * 36
+
+
+def test_resnet18_prunes_block_filters_and_matching_inputs():
+    model, graph, _ = build("resnet18-stq", 0)
+    firsts = [op for op in convs(graph) if ".conv1" in op.source_ops[0]]
+    seconds = [op for op in convs(graph) if ".conv2" in op.source_ops[0]]
+    assert len(firsts) == len(seconds) == 8
+    for a, b in zip(firsts, seconds):
+        assert a.removed_out >= round(0.4 * (a.w.shape[0] + a.removed_out))
+        assert b.removed_in == a.removed_out
+
+
+def test_report_counts_family_ops():
+    model, graph, _ = build("dabn", 0)
+    t = report(driver.backend_graph(graph))["totals"]
+    assert t["binary_macs"] > 0 and t["popcounts"] > 0 and t["multiplies"] > 0
+
+
+# ----------------------------------------------------------------------------------- refusals
+
+
+def _tiny(nodes, inits, in_shape=(1, 2, 4, 4), out="y", out_shape=(1, 3), qonnx=False):
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, list(out_shape))],
+                          initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    ops = [helper.make_opsetid("", 13)] + ([helper.make_opsetid("qonnx.custom_op.general", 1)] if qonnx else [])
+    m = helper.make_model(g, opset_imports=ops)
+    m.ir_version = 8
+    return m
+
+
+def _qdq_inits():
+    return {"s": np.array(1 / 64, np.float32), "z": np.array(0, np.int8)}
+
+
+def _qdq_nodes():
+    return [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq")]
+
+
+def test_weights_with_no_exact_integer_form_are_refused():
+    rng = np.random.default_rng(0)
+    inits = {**_qdq_inits(), "w": rng.normal(size=(3, 32)).astype(np.float32)}
+    nodes = _qdq_nodes() + [helper.make_node("Flatten", ["xd"], ["f"], name="flat"),
+                            helper.make_node("Gemm", ["f", "w"], ["y"], name="fc.real", transB=1)]
+    with pytest.raises(BnncError, match=r"fc\.real.*not binary.*ternary, two-scale, multi-base"):
+        compile_graph(_tiny(nodes, inits))
+
+
+def test_relu_inside_a_residual_stream_chain_is_refused():
+    rng = np.random.default_rng(0)
+    w = rng.choice([-1.0, 1.0], (2, 2, 1, 1)).astype(np.float32)
+    inits = {**_qdq_inits(), "w": w, "a": np.array(0.5, np.float32), "w2": np.ones((3, 32), np.float32)}
+    nodes = _qdq_nodes() + [
+        helper.make_node("Conv", ["xd", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "a"], ["m"], name="scale.after.relu"),
+        helper.make_node("Add", ["m", "xd"], ["s"], name="residual"),
+        helper.make_node("Flatten", ["s"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc", transB=1)]
+    with pytest.raises(BnncError, match="residual.*Relu followed by more arithmetic"):
+        compile_graph(_tiny(nodes, inits))
+
+
+def test_padded_average_pool_is_refused():
+    inits = {**_qdq_inits(), "w2": np.ones((3, 32), np.float32)}
+    nodes = _qdq_nodes() + [
+        helper.make_node("AveragePool", ["xd"], ["p"], name="avg.padded", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc", transB=1)]
+    with pytest.raises(BnncError, match="avg.padded.*padding"):
+        compile_graph(_tiny(nodes, inits))
+
+
+def test_multithreshold_levels_off_any_integer_grid_are_refused():
+    inits = {**_qdq_inits(), "w": np.ones((4, 32), np.float32), "t": np.array([[-1.0, 0.0, 1.0]] * 4, np.float32),
+             "w2": np.ones((3, 4), np.float32)}
+    nodes = _qdq_nodes() + [
+        helper.make_node("Flatten", ["xd"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w"], ["h"], name="fc0", transB=1),
+        helper.make_node("MultiThreshold", ["h", "t"], ["a"], name="act.third", domain="qonnx.custom_op.general",
+                         out_scale=1.0, out_bias=float(np.float32(1 / 3))),
+        helper.make_node("Gemm", ["a", "w2"], ["y"], name="fc1", transB=1)]
+    with pytest.raises(BnncError, match="act.third.*not on an integer grid"):
+        compile_graph(_tiny(nodes, inits, qonnx=True))
+
+
+def test_adding_a_sign_output_is_refused():
+    inits = {**_qdq_inits(), "w2": np.ones((3, 32), np.float32)}
+    nodes = _qdq_nodes() + [
+        helper.make_node("Sign", ["xd"], ["b"], name="sign"),
+        helper.make_node("Add", ["b", "xd"], ["s"], name="add.bits"),
+        helper.make_node("Flatten", ["s"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc", transB=1)]
+    with pytest.raises(BnncError, match="add.bits.*binary"):
+        compile_graph(_tiny(nodes, inits))
+
+
+def test_model_is_valid_onnx():
+    onnx.checker.check_model(zoo.build("pabt", 0), full_check=True)
