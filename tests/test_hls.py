@@ -69,6 +69,8 @@ def test_finn_tfc_w1a1_gives_7_2_1_0(shared_models):
     assert np.array_equal(y, driver.run_target(graph, "ref", inputs))
     assert np.array_equal(y.ravel(), np.load(d / "expected_output.npy").ravel())
     assert stats["mvtu_ii_cycles"] == folding.analytic_ii(hls.foldings_for(graph, TargetOptions()))
+    # the 784 input elements arrive several per beat, so the input side keeps up with the MVTUs
+    assert stats["input_elements_per_beat"] > 1 and stats["dataflow_ii_cycles"] == stats["mvtu_ii_cycles"]
 
 
 def test_brevitas_cnv_equals_reference(shared_models):
@@ -90,6 +92,18 @@ def test_qonnx_tfc_float_input_equals_reference(shared_models):
 @pytest.mark.parametrize("seed, style", [(s, STYLES[1 + s % 4]) for s in range(8)])
 def test_random_model_under_each_folding_style(seed, style):
     hls_equals_reference(seed, style, 8)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_wide_input_stream_into_a_conv_window(seed):
+    """A budget below the input's element count: the input stream carries several values per beat
+    (integers straight into the first conv's window generator, a beat never crossing an image row)."""
+    model, spec, graph, inputs = random_case(seed, 6)
+    budget = max(L.pixels for L in folding.foldable_layers(graph))
+    assert graph.input_info["shape"] and int(np.prod(graph.input_info["shape"])) > budget
+    y, stats = targets.run(graph, "hls", inputs.grid, TargetOptions(target_cycles=budget))
+    assert stats["input_elements_per_beat"] > 1
+    assert np.array_equal(y, driver.run_target(graph, "ref", inputs))
 
 
 @pytest.mark.sweep
@@ -166,8 +180,8 @@ def test_cli_compile_run_verify_report(tfc_path, tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"model.cpp", "model.h", "bnnc_hls.h", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile",
             "folding.json"} <= names
-    assert "void my_net_top(hls::stream<my_net_in_t> &in, hls::stream<my_net_out_t> &out)" in \
-        (out / "model.cpp").read_text()
+    assert re.search(r"void my_net_top\(hls::stream<my_net_in(_beat)?_t> &in, hls::stream<my_net_out_t> &out\)",
+                     (out / "model.cpp").read_text())
     r = subprocess.run(["make", "-s", "check"], cwd=out, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     x = tmp_path / "x.npy"

@@ -133,21 +133,48 @@ def _counters(names: list, outer, indent: int) -> str:
 class _Builder:
     """Turns the folded IR into the template's processes, constants, streams and calls."""
 
-    def __init__(self, graph: ir.Graph, prefix: str):
+    def __init__(self, graph: ir.Graph, prefix: str, target_ii: int):
         self.g = graph
         self.prefix = prefix
+        self.target_ii = max(1, target_ii)  # the MVTUs' cycles per frame: what the input side should keep up with
+        self.in_lanes = 1  # input elements per beat of the top-level input stream
+        self.beat_structs = {}  # tensor -> struct type of its stream beat, where a beat holds several values
         self.procs, self.consts, self.typedefs, self.structs = [], [], [], []
         self.streams, self.calls, self.folding_rows, self.layers = [], [], [], []
         self.widest = 1
 
     # -- types
     def beat(self, t: str) -> str:
-        """Element type of the stream carrying tensor t (one pixel of bits, or one value per beat)."""
+        """Type of one beat of the stream carrying tensor t (a pixel of bits, or one or several values)."""
+        if t == self.g.input:
+            return f"{self.prefix}_in_t" if self.in_lanes == 1 else f"{self.prefix}_in_beat_t"
+        if t == self.g.output:
+            return f"{self.prefix}_out_t"
+        return self.beat_structs.get(t) or self._typedef_name(t)
+
+    def elem(self, t: str) -> str:
+        """Type of one value of tensor t (for bits: one pixel)."""
         if t == self.g.input:
             return f"{self.prefix}_in_t"
         if t == self.g.output:
             return f"{self.prefix}_out_t"
         return self._typedef_name(t)
+
+    def _choose_in_lanes(self, iq) -> int:
+        """Input elements per beat: 1 when one per cycle keeps up with the MVTUs, else the fewest lanes
+        that do (at most 64) among those that keep a beat inside one pixel (bit outputs: the pixel
+        assembles its bits) or one image row (integer outputs, which take several lanes only into a
+        window generator)."""
+        oty = self.g.tensors[iq.outputs[0]]
+        n = int(np.prod(iq.in_shape))
+        h, w, c = oty.shape
+        bits = isinstance(oty, ir.Bits)
+        if n <= self.target_ii or not (bits or isinstance(self.g.consumers(iq.outputs[0])[0], ir.Conv)):
+            return 1
+        unit = c if bits else w * c
+        divisors = [d for d in range(1, min(unit, 64) + 1) if unit % d == 0]
+        fast = [d for d in divisors if -(-n // d) <= self.target_ii]
+        return fast[0] if fast else divisors[-1]
 
     def _typedef_name(self, t: str) -> str:
         return f"{self.g.producer(t).name}_out_t"
@@ -185,6 +212,15 @@ class _Builder:
             raise BnncError("the HLS backend needs a model whose output is real values (logits) or ArgMax/TopK "
                             f"indices; this one ends in {type(g.tensors[g.output]).__name__}")
         stream_of = {g.input: "in", g.output: "out"}
+        iq = ops[0]
+        if not isinstance(iq, ir.InputQuantize):
+            raise BnncError("the HLS backend needs the model input quantizer first")
+        self.in_lanes = self._choose_in_lanes(iq)
+        if self.in_lanes > 1 and isinstance(g.tensors[iq.outputs[0]], ir.Ints):
+            name = f"{iq.name}_out_beat_t"
+            self.beat_structs[iq.outputs[0]] = name
+            self.structs.append({"name": name, "elem": self._typedef_name(iq.outputs[0]), "n": self.in_lanes,
+                                 "comment": f"{iq.name}: {self.in_lanes} consecutive values per beat"})
         for op in ops:
             for t in op.outputs:
                 if t != g.output:
@@ -214,11 +250,14 @@ class _Builder:
         oty = g.tensors[op.outputs[0]]
         p = op.packed
         n = int(np.prod(op.in_shape))
-        P = {"kind": "input", "name": op.name, "layer": op.name, "out_t": self.beat(op.outputs[0]), "n": n, "mode": p.mode,
-             "bits": isinstance(oty, ir.Bits), "c": oty.shape[2], "comment": self._comment(op),
-             "steps": n}
+        k = self.in_lanes
+        P = {"kind": "input", "name": op.name, "layer": op.name, "out_t": self.beat(op.outputs[0]),
+             "elem_t": self.elem(op.outputs[0]), "n": n, "k": k, "mode": p.mode, "bits": isinstance(oty, ir.Bits),
+             "c": oty.shape[2], "comment": self._comment(op), "steps": n // k, "partition": []}
         if p.mode == "thresholds":
             P["uniform"] = p.thr.size == 1
+            if k > 1 and not P["uniform"]:
+                P["partition"] = [f"{op.name}_thr", f"{op.name}_neg"]
             self.const(f"{op.name}_thr", "int32_t", f"[{p.thr.size}]", _nested(p.thr, str),
                        "input thresholds: bit (-1) = (q > thr) XOR neg")
             self.const(f"{op.name}_neg", "bool", f"[{p.neg.size}]", _nested(p.neg, lambda v: "true" if v else "false"),
@@ -228,6 +267,8 @@ class _Builder:
             P["chain"] = [_cxx14(s) for s in _chain_ctx(op.chain.ops, "e", op.name, consts)]
             for c in consts:
                 self.const(c["name"], "float", f"[{c['n']}]", "{" + _cxx14(c["init"]) + "}", "input chain constant")
+                if k > 1:
+                    P["partition"].append(c["name"])
             term = op.chain.terminal
             P["term"] = type(term).__name__
             if isinstance(term, ir.SignTerminal):
@@ -243,6 +284,7 @@ class _Builder:
                 add = getattr(term, "add_after_round", 0)
                 P.update(qmin=term.qmin, qmax=term.qmax, zp=term.zero_point, add_after=add, mode_round=term.mode,
                          lo_clamp=cxx_float(term.qmin - add - 1), hi_clamp=cxx_float(term.qmax - add + 1))
+        P["uses_e"] = (p.mode == "thresholds" and not P["uniform"]) or any("[e]" in st for st in P.get("chain", []))
         self.procs.append(P)
         self.calls.append(f"{op.name}({sin}, {sout});")
 
@@ -278,7 +320,8 @@ class _Builder:
         pixels = geo["oh"] * geo["ow"]
         idle_lanes = f.sf * f.simd > f.mw
         idle_rows = f.nf * f.pe > f.mh
-        in_t = self.beat(op.inputs[0])
+        in_t = self.elem(op.inputs[0])
+        in_lanes = 1 if bits or op.inputs[0] not in self.beat_structs else self.in_lanes
         self._width(f.simd)
         if bits:
             lanes_t = f"ap_uint<{f.simd}>"
@@ -288,9 +331,10 @@ class _Builder:
                                  "comment": f"{name}: one chunk of {f.simd} window elements"})
         lanes = self.stream(f"{name}_lanes", lanes_t)
         W = {"kind": "window", "name": f"{name}_window", "layer": name, "bits": bits, "in_t": in_t,
+             "in_beat_t": self.beat(op.inputs[0]), "in_lanes": in_lanes,
              "lanes_t": lanes_t, "simd": f.simd, "sf": f.sf, "mw": f.mw, "idle_lanes": idle_lanes,
              "lane_in_pixel": geo["c"] % f.simd == 0,
-             "steps": geo["ih"] * geo["iw"] * (1 if bits else geo["c"]) + pixels * f.sf,
+             "steps": geo["ih"] * geo["iw"] * (1 if bits else geo["c"]) // in_lanes + pixels * f.sf,
              "advance": _counters([("sf", f.sf), ("ox", geo["ow"])], "oy", 6), **geo}
         self.procs.append(W)
         self.calls.append(f"{name}_window({sin}, {lanes});")
@@ -381,6 +425,7 @@ class _Builder:
         names = [("ox", geo["ow"])] if bits else [("oc", geo["c"]), ("ox", geo["ow"])]
         per_pixel = 1 if bits else geo["c"]
         self.procs.append({"kind": "maxpool", "name": op.name, "bits": bits, "in_t": self.beat(op.inputs[0]),
+                           "in_beat_t": self.beat(op.inputs[0]), "in_lanes": 1,
                            "out_t": self.beat(op.outputs[0]), "lo": getattr(oty, "lo", 0),
                            "steps": (geo["ih"] * geo["iw"] + geo["oh"] * geo["ow"]) * per_pixel,
                            "advance": _counters(names, "oy", 6), **geo})
@@ -443,7 +488,7 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
     """(template context, per-layer figures) of the accelerator for the lowered `graph`."""
     prefix = sanitize_identifier(name)
     g = backend_graph(graph, foldings)
-    b = _Builder(g, prefix)
+    b = _Builder(g, prefix, folding.analytic_ii(foldings))
     b.build()
     if b.widest > VENDOR_MAX_W:
         raise BnncError(f"the model needs {b.widest}-bit stream words; Vitis HLS supports at most {VENDOR_MAX_W}")
@@ -458,7 +503,8 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
         else "int32_t", "input_size": int(np.prod(in_info["shape"])), "input_shape": tuple(in_info["shape"]),
         "output_size": out_info["elements"], "output_shape": tuple(out_info["shape"]),
         "grid": in_info.get("grid", {}), "input_flat": flat,
-        "in_c": c, "in_hw": h * w, "procs": b.procs, "consts": b.consts, "typedefs": b.typedefs,
+        "in_c": c, "in_hw": h * w, "in_lanes": b.in_lanes,
+        "in_stream_t": f"{prefix}_in_t" if b.in_lanes == 1 else f"{prefix}_in_beat_t", "procs": b.procs, "consts": b.consts, "typedefs": b.typedefs,
         "structs": b.structs, "streams": b.streams, "calls": b.calls, "folding_rows": b.folding_rows,
         "widest": b.widest, "ap_int_max_w": (-(-b.widest // 1024) * 1024) if b.widest > 1024 else 0,
         "part": DEFAULT_PART, "clock_ns": f"{DEFAULT_CLOCK_NS:g}",
@@ -466,7 +512,7 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
     figures = {"layers": b.layers, "mvtu_ii_cycles": folding.analytic_ii(foldings),
                "dataflow_ii_cycles": slowest["steps"], "slowest_process": slowest["name"],
                "processes": {P["name"]: P["steps"] for P in b.procs},
-               "weight_bits": sum(L["weight_bits"] for L in b.layers)}
+               "weight_bits": sum(L["weight_bits"] for L in b.layers), "input_elements_per_beat": b.in_lanes}
     return ctx, figures
 
 
