@@ -39,9 +39,9 @@ from .onnx_loader import (LoadedModel, apply_round, fold, fold_with_origin, fold
 from .passes.quantize_input import input_grid
 from .weight_codes import WEIGHT_RTOL  # noqa: F401  (re-exported)
 
-FRAC_BITS = 12  # default fixed-point grid 2**-12 of real-valued streams whose scales are not on a coarser one
-STREAM_LIMIT = 2**22 - 1  # streams saturate at +-STREAM_LIMIT grid steps (a global average pool of up to
-#                           256 pixels still fits 32 bits)
+FRAC_BITS = 16  # default fixed-point grid 2**-16 of real-valued streams whose scales are not on a coarser one
+STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128 at 2**-16; a global average
+#                           pool of up to 256 pixels still fits 32 bits)
 ACTIVATION_OPS = ("Sign", "BipolarQuant", "MultiThreshold", "Quant", "QuantizeLinear")
 
 SUPPORTED_OPS = sorted([

@@ -324,3 +324,26 @@ def test_adding_a_sign_output_is_refused():
 
 def test_model_is_valid_onnx():
     onnx.checker.check_model(zoo.build("pabt", 0), full_check=True)
+
+
+def test_backends_without_family_support_can_refuse_clearly():
+    model, graph, _ = build("dabn", 0)
+    with pytest.raises(BnncError, match=r"layer 'conv0' needs two_scale weights.*verilog target"):
+        ir.refuse_families(graph, "verilog")
+    ir.refuse_families(compile_graph(zoo.build("cnv-stq40", 0, **SMALL["cnv-stq40"])), "verilog")  # binary: fine
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_residual_stream_with_float_batchnorm_agrees_on_top1(seed):
+    """A Bi-Real model with trained-looking float BatchNorms in its branches is on no grid: its
+    stream runs in fixed point 2^-16 (rounded half up), C == reference exactly, and the top-1 of
+    onnxruntime's float32 execution is the same on >= 99% of the inputs."""
+    model = zoo.build("bireal", seed, branch="batchnorm")
+    graph = compile_graph(model)
+    rq = [op.epilogue for op in convs(graph) if isinstance(op.epilogue, ir.Requantize)]
+    assert rq and all("rounded half up" in ep.notes[0] and ep.out_scale == 2.0**-16 for ep in rq)
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 100, seed=seed))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert (ref.argmax(axis=1) == orig.argmax(axis=1)).mean() >= 0.99

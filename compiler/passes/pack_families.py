@@ -42,10 +42,9 @@ class PackedFamilyConv:
     method: str  # "xnor" | "masks" | "int" | "sparse_int"
     word_bits: int
     cw_in: int  # words per input pixel (bits) or channels (ints)
-    taps: int  # words (bits) or values (ints) per window; plan_arena sizes the window buffer from it
+    taps: int  # words (bits) or values (ints) per window
     o: int
     o_blk: int  # output channels padded to OBLOCK
-    o_pad: int  # int32 scratch slots before the window (plan_arena.conv_scratch): int64 acc + 2 popcount rows
     k_full: int
     ycls: np.ndarray
     xcls: np.ndarray
@@ -64,7 +63,7 @@ class PackedFamilyConv:
     cw_out: int = 0
     direction: Optional[np.ndarray] = None  # levels: int8 (O,)
     levels: Optional[np.ndarray] = None  # levels: int64 (O, B)
-    acc16: bool = False  # plan_arena.conv_scratch: the integer window is int32
+    scratch_bytes: int = 0  # plan_arena: int64 acc + 2 int32 popcount rows (16 * o_blk bytes), then the window
 
 
 @dataclass
@@ -129,7 +128,7 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
     o_blk = -(-o // OBLOCK) * OBLOCK
     bits_in = isinstance(src, ir.Bits)
     wsum = int_w.sum(axis=3)  # o, kh, kw
-    p = PackedFamilyConv("bits" if bits_in else "ints", "", word_bits, 0, 0, o, o_blk, 4 * o_blk,
+    p = PackedFamilyConv("bits" if bits_in else "ints", "", word_bits, 0, 0, o, o_blk,
                          kh * kw * c, ycls, xcls, ny, nx, np.zeros(0))
     if bits_in:
         cw = words(c, word_bits)
@@ -173,6 +172,8 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
             wt[:, :o] = int_w.reshape(o, -1).T
             p.weights = [wt]
     p.corr = corr.reshape(ny * nx, o).astype(np.int64)
+    window = p.taps * (word_bits // 8 if bits_in else 4)
+    p.scratch_bytes = 16 * o_blk + -(-window // 64) * 64
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
         p.epilogue = "bits"

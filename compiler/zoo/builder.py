@@ -365,6 +365,29 @@ class Net:
         self.x = np.clip(np.rint(self.x / s), -128, 127) * s
         self.step = s
 
+    def bn_stream(self, scope: str = "bn") -> Stream:
+        """A BatchNormalization with trained-looking float parameters: a real-valued stream that is
+        on no grid (bnnc runs it in fixed point; agreement with a float runtime is then within the
+        fixed-point rounding, not exact)."""
+        A, u = self.pending.A, self.pending.unit
+        o = A.shape[1]
+        p = A * u.reshape((1, o) + (1,) * (A.ndim - 2))
+        flat = np.moveaxis(p, 1, 0).reshape(o, -1)
+        rng = self.rng
+        gamma = (rng.uniform(0.2, 1.0, o) * np.where(rng.random(o) < 0.2, -1, 1)).astype(F32)
+        beta = rng.normal(0, 0.3, o).astype(F32)
+        mean = (flat.mean(axis=1) + rng.normal(0, 0.1, o) * flat.std(axis=1)).astype(F32)
+        var = (flat.var(axis=1) * rng.uniform(0.7, 1.3, o) + 1e-3).astype(F32)
+        params = [self.const(f"{scope}_{r}", v) for r, v in
+                  (("weight", gamma), ("bias", beta), ("running_mean", mean), ("running_var", var))]
+        self.t = self.node("BatchNormalization", [self.t] + params, scope, epsilon=BN_EPSILON)
+        shape = (1, o) + (1,) * (A.ndim - 2)
+        g64, b64, m64, v64 = (x.astype(np.float64).reshape(shape) for x in (gamma, beta, mean, var))
+        self.x = g64 * (p - m64) / np.sqrt(v64 + BN_EPSILON) + b64
+        self.step = 0.0  # on no grid
+        self.pending = None
+        return self.stream()
+
     def stream(self) -> Stream:
         return Stream(self.t, self.x, self.step)
 
@@ -373,7 +396,7 @@ class Net:
 
     def residual_add(self, shortcut: Stream, scope: str = "residual") -> Stream:
         self.t = self.node("Add", [self.t, shortcut.tensor], scope)
-        self.step = min(self.step, shortcut.step)
+        self.step = min(self.step, shortcut.step) if self.step and shortcut.step else 0.0
         self.x = self.x + shortcut.x
         return self.stream()
 

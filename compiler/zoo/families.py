@@ -201,12 +201,17 @@ def xnet(seed: int = 0, size: int = 12, widths=(16, 32, 32), degree: int = 4):
     return _finish(net, 10, f"xnet seed={seed} degree={degree}")
 
 
-def bireal(seed: int = 0, size: int = 16, widths=(8, 16), frac: int = 8, sign: str = "BipolarQuant"):
+def bireal(seed: int = 0, size: int = 16, widths=(8, 16), frac: int = 8, sign: str = "BipolarQuant",
+           branch: str = "dyadic"):
     """Bi-Real Net: every binary convolution has a real-valued shortcut (a fixed-point stream);
-    downsampling shortcuts are AvgPool 2x2 + 1x1 convolution (int8 weights)."""
+    downsampling shortcuts are AvgPool 2x2 + 1x1 convolution (int8 weights).
+    branch "dyadic": folded BatchNorms (Mul, Add) on a 2**-frac grid, exact in float32;
+    "batchnorm": BatchNormalization with float parameters (bnnc's fixed point then rounds)."""
     net = Net(seed, "bireal")
     net.input_qdq((3, size, size), "int8")
     net.conv(widths[0], 3, 1, 1, code="int", range=3, scope="stem")
+    if branch == "batchnorm":
+        net.to_stream = lambda frac, scope: net.bn_stream(scope)  # noqa: E731
     s = net.to_stream(frac, scope="stem_bn")
     k = 0
     for stage, w in enumerate(widths):
