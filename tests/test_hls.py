@@ -106,6 +106,30 @@ def test_wide_input_stream_into_a_conv_window(seed):
     assert np.array_equal(y, driver.run_target(graph, "ref", inputs))
 
 
+def test_pruned_cnv_from_the_zoo_equals_reference():
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+
+    model = zoo.build("cnv-stq40", 1, widths=(20, 20, 30, 30, 40, 40), dense=(50, 50))
+    graph = compile_graph(model)
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 3, 0))
+    y, _ = targets.run(graph, "hls", inputs.grid, TargetOptions(**folding_options(graph, "odd", 1)))
+    assert np.array_equal(y, driver.run_target(graph, "ref", inputs))
+
+
+@pytest.mark.parametrize("name, words", [("ternary-ttq", ["ternary weights"]), ("w1a2", ["LevelThresholds"]),
+                                         ("bireal", ["Add op", "Requantize"])])
+def test_compressed_families_are_refused_in_one_line(name, words, tmp_path, capsys):
+    from bnnc import zoo
+    from bnnc.testing.random_models import save as save_model
+
+    path = tmp_path / f"{name}.onnx"
+    save_model(zoo.build(name, 0), path)
+    assert main(["compile", str(path), "--target", "hls", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "compressed-family" in err and all(w in err for w in words), err
+
+
 @pytest.mark.sweep
 @pytest.mark.parametrize("i", range(N_SWEEP))
 def test_sweep_hls_equals_reference(i):

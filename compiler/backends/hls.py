@@ -465,6 +465,7 @@ def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
 
 def foldings_for(graph: ir.Graph, opts) -> list:
     """The user's folding (--folding), the cheapest meeting --target-cycles, or folding.py's default."""
+    check_supported(graph)
     return folding.resolve(graph, getattr(opts, "folding", None), getattr(opts, "target_cycles", None))
 
 
@@ -484,9 +485,34 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
             "tb_expected": _nested(y, fmt_out)}
 
 
+def _family_kind(op) -> str:
+    """What makes an op of ir.family_ops a compressed-family layer, in words."""
+    if not isinstance(op, ir.Conv):
+        return f"{type(op).__name__} op"
+    if op.code != "binary":
+        return f"{op.code.replace('_', '-')} weights"
+    if op.wide_acc:
+        return "a wide accumulator"
+    ep = op.epilogue
+    return "activation planes" if isinstance(ep, ir.Thresholds) else f"a {type(ep).__name__} epilogue"
+
+
+def check_supported(graph: ir.Graph) -> None:
+    """The HLS backend builds binary-weight layers (the foundation's IR); it refuses issue-5 families."""
+    family = ir.family_ops(graph)
+    if family:
+        found = {}
+        for op in family:
+            found.setdefault(_family_kind(op), []).append(comment_text((getattr(op, "source_ops", None) or [op.name])[0]))
+        what = "; ".join(f"{k} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for k, v in sorted(found.items()))
+        raise BnncError(f"the HLS backend does not implement these compressed-family layers yet: {what}; "
+                        "use --target c")
+
+
 def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
     """(template context, per-layer figures) of the accelerator for the lowered `graph`."""
     prefix = sanitize_identifier(name)
+    check_supported(graph)
     g = backend_graph(graph, foldings)
     b = _Builder(g, prefix, folding.analytic_ii(foldings))
     b.build()
