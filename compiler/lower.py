@@ -34,10 +34,8 @@ from fractions import Fraction
 
 from . import ir, weight_codes
 from .errors import BnncError
-from .onnx_loader import (LoadedModel, apply_round, fold, fold_with_origin, foldable, quant_levels,  # noqa: F401
-                          round_mode)
+from .onnx_loader import LoadedModel, fold_with_origin, foldable, quant_levels, round_mode
 from .passes.quantize_input import input_grid
-from .weight_codes import WEIGHT_RTOL  # noqa: F401  (re-exported)
 
 FRAC_BITS = 16  # default fixed-point grid 2**-16 of real-valued streams whose scales are not on a coarser one
 STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128 at 2**-16; a global average
@@ -724,14 +722,6 @@ class Lowering:
                 origin = (k, s2[:, 0])
         return weight_codes.decode(_where(node), w, origin)
 
-    def _classify_weights(self, node, w: np.ndarray):
-        """(signs int8 (O, ...), alpha float64 (O,)) for binary weights (kept for callers that
-        need the foundation's binary form); raises for other codes."""
-        d = weight_codes.decode(_where(node), np.asarray(w, dtype=np.float64))
-        if d.code != "binary":
-            raise BnncError(f"{_where(node)}: weights are {d.code}, binary needed here")
-        return d.signs, d.unit
-
     def _materialize(self, node, v: Val) -> Val:
         """The raw input read directly by a layer: integers on the declared grid, scales folded."""
         if v.kind != "input":
@@ -1271,10 +1261,7 @@ def _terminal_type(node, term, shape: tuple) -> tuple:
         b = term.thresholds.shape[1]
         return ir.Ints(shape, term.base, term.base + term.step * b, term.out_scale), "ints", term.out_scale
     if isinstance(term, ir.RoundClampTerminal):
-        add = getattr(term, "add_after_round", 0)
         lo, hi = term.qmin - term.zero_point, term.qmax - term.zero_point
-        del add
-        scale = getattr(term, "out_scale", 1.0)
-        return ir.Ints(shape, lo, hi, scale), "ints", scale
+        return ir.Ints(shape, lo, hi, term.out_scale), "ints", term.out_scale
     scale = _bit_scale(node, term)
     return ir.Bits(shape, scale), "bits", scale

@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .passes.pack_bits import words
 
 
 def layer_rows(graph: ir.Graph) -> list:
@@ -70,6 +69,7 @@ def layer_rows(graph: ir.Graph) -> list:
             ep = op.epilogue
             row["thresholds"] = int(np.asarray(ep.threshold).size)
             row["notes"] = list(getattr(ep, "notes", []))
+            row["stored_bytes"] = family_stored_bytes(op, wb)
         if isinstance(op, ir.Conv):
             row["code"] = "binary"
             p = getattr(op, "packed", None)
@@ -117,6 +117,24 @@ def code_storage(op: ir.Conv) -> dict:
             "text": f"int{nb}: {positions} weights + 1 scale x {live} channels"}
 
 
+def family_stored_bytes(op, wb: int) -> int:
+    """Bytes of the constant tables the C backend stores for an issue-5 layer."""
+    p = getattr(op, "packed", None)
+    if p is None:
+        return 0
+    n = 0
+    for w in getattr(p, "weights", []):
+        n += w.size * (wb // 8 if w.dtype == np.uint64 else w.itemsize)
+    for name in ("corr", "mult_p", "mult_n", "kmul", "thr", "neg", "direction", "levels"):
+        arr = getattr(p, name, None)
+        n += 0 if arr is None else int(np.asarray(arr).nbytes)
+    for arr in (getattr(p, "sparse", None) or {}).values():
+        n += int(arr.nbytes)
+    if isinstance(getattr(op, "epilogue", None), ir.Requantize):
+        n += 4 * 8 * op.epilogue.mult.size  # mult, add and the accumulator clamp, int64
+    return int(n)
+
+
 def _family_conv_row(op: ir.Conv, src, dst, row: dict, wb: int) -> None:
     o, kh, kw, c = op.w.shape
     oh, ow = dst.shape[:2]
@@ -160,6 +178,7 @@ def _family_conv_row(op: ir.Conv, src, dst, row: dict, wb: int) -> None:
             f"expander connectivity: {kept} of {o * c} k x k kernels kept "
             f"({100 * kept / max(o * c, 1):.1f}%, {kept / max(o, 1):.1f} of {c} inputs per output)")
     row.setdefault("notes", []).append(f"storage: {st['text']}")
+    row["stored_bytes"] = family_stored_bytes(op, wb)
     total = st["weight_bits"] + st["scale_bits"] + st["index_bits"]
     row["compression"] = round(row["weight_bits_float32"] / max(total, 1), 2)
 

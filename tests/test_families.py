@@ -118,6 +118,10 @@ def test_ternary_from_qonnx_2bit_quant_uses_the_quantizer_integers():
         assert op.code == "ternary"
         assert np.all(op.bases[0].mult_p == 1) and np.all(op.bases[0].mult_n == 1)
         assert set(np.unique(op.int_w)) <= {-1, 0, 1}
+    first = convs(graph)[0]  # its 2-bit signed Quant activation: levels -2..1, exact thresholds
+    assert isinstance(first.epilogue, ir.LevelThresholds) and first.epilogue.threshold.shape[1] == 3
+    ty = graph.tensors[first.outputs[0]]
+    assert (ty.lo, ty.hi, ty.scale) == (-2, 1, 0.25)
 
 
 def test_dabn_is_two_scale():

@@ -329,6 +329,28 @@ class Net:
         self.step = s
         self.pending = None
 
+    def quant_act(self, bits: int = 2, scope: str = "quant_act"):
+        """Mul, Add -> QONNX Quant (signed, `bits` bits): a multi-bit activation with
+        x / scale = (A + 1/4) / m, never a rounding tie; values clamp to the signed range."""
+        A, u = self.pending.A, self.pending.unit
+        o = A.shape[1]
+        flat = np.moveaxis(A, 1, 0).reshape(o, -1)
+        lim = 2 ** (bits - 1)
+        m = np.exp2(np.ceil(np.log2(np.maximum(1.0, flat.std(axis=1) / lim))))
+        s = pow2(-2)
+        a, b = s / (m * u), s * 0.25 / m
+        shape = (-1,) + (1,) * (A.ndim - 2)
+        y = self.node("Mul", [self.t, self.const(scope + "_mul", a.reshape(shape).astype(F32))], scope + "_mul")
+        y = self.node("Add", [y, self.const(scope + "_add", b.reshape(shape).astype(F32))], scope + "_add")
+        sc = self.const(scope + "_scale", np.array(s, F32))
+        z = self.const(scope + "_zero_point", np.array(0.0, F32))
+        bw = self.const(scope + "_bits", np.array(float(bits), F32))
+        self.t = self.node("Quant", [y, sc, z, bw], scope, domain=QONNX, signed=1, narrow=0, rounding_mode="ROUND")
+        bs = (1, o) + (1,) * (A.ndim - 2)
+        self.x = np.clip(np.rint((A + 0.25) / m.reshape(bs)), -lim, lim - 1) * s
+        self.step = s
+        self.pending = None
+
     def to_stream(self, frac: int = 8, scope: str = "branch") -> Stream:
         """Mul, Add with dyadic constants: the branch value (c_o * A + n_o) * 2**-frac, exact."""
         A, u = self.pending.A, self.pending.unit

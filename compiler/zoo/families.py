@@ -29,13 +29,17 @@ def ternary_ttq(seed: int = 0, size: int = 12, widths=(16, 24), dense: int = 32)
 
 
 def ternary_qonnx(seed: int = 0, size: int = 10, widths=(12, 16)):
-    """TWN as QONNX writes it: 2-bit narrow Quant of latent weights ({-1, 0, +1} * alpha_o),
-    BipolarQuant activations, an 8-bit Quant on the input."""
+    """TWN as QONNX writes it: 2-bit narrow Quant of latent weights ({-1, 0, +1} * alpha_o), an
+    8-bit Quant on the input, a 2-bit Quant activation after the first layer, BipolarQuant after
+    the others."""
     net = Net(seed, "ternary_qonnx")
     net.input_quant((2, size, size), bits=8)
     for i, w in enumerate(widths):
         net.conv(w, 3, 1, 1, code="ternary_q", scope=f"conv{i}")
-        net.bn_sign("BipolarQuant", scope=f"bn{i}")
+        if i == 0:
+            net.quant_act(2, scope=f"act{i}")
+        else:
+            net.bn_sign("BipolarQuant", scope=f"bn{i}")
     net.dense(24, code="ternary_q", scope="fc0")
     net.bn_sign("BipolarQuant", scope="bn_fc0")
     return _finish(net, 10, f"ternary_qonnx seed={seed}")
