@@ -24,12 +24,16 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define BNNC_INLINE static inline __attribute__((always_inline))
+#define BNNC_NOINLINE __attribute__((noinline))
 /* Weight tables start on a cache line, so vector loads of a block never straddle two. */
 #define BNNC_ALIGN64 __attribute__((aligned(64)))
 #else
 #define BNNC_INLINE static inline
+#define BNNC_NOINLINE
 #define BNNC_ALIGN64
 #endif
+/* Layers stay separate functions: profilers (and bnnc's emulator) attribute time to them by symbol. */
+#define BNNC_LAYER static BNNC_NOINLINE
 
 #define BNNC_OBLOCK 32
 
@@ -254,6 +258,178 @@ BNNC_INLINE void bnnc_int_mac_vnni(const uint8_t *u, int rs, int kh, int g, cons
   }
 }
 #endif
+
+/* ---- Row-layout kernels (MCU firmware): weights [O][L], one filter after the other ---------- */
+
+/* The window of one output position, contiguous: a pointer into `in` when its kh rows of kw * cw
+ * words follow each other there (kw == iw or kh == 1, inside the input), else a copy in `win`
+ * with 0 words (+1 values) for padded taps. */
+BNNC_INLINE const bnnc_word_t *bnnc_window_words(const bnnc_word_t *in, int ih, int iw, int cw, int kh, int kw,
+                                                 int y0, int x0, bnnc_word_t *win) {
+  if (y0 >= 0 && x0 >= 0 && y0 + kh <= ih && x0 + kw <= iw && (kw == iw || kh == 1))
+    return in + ((size_t)y0 * iw + x0) * cw;
+  int rs;
+  const bnnc_word_t *src = bnnc_window_bits(in, ih, iw, cw, kh, kw, y0, x0, win, &rs);
+  if (src != win) { /* inside, but rows apart: copy them together */
+    for (int ky = 0; ky < kh; ky++)
+      for (int j = 0; j < kw * cw; j++) win[ky * kw * cw + j] = src[ky * rs + j];
+  }
+  return win;
+}
+
+/* The window of one output position, dense: the c channel bits of its kh x kw taps back to back
+ * (tap by tap, channel c of a tap at bit offset tap * c + c), 0 bits for padded taps and after
+ * the last tap. Filters of "dense" row layers are packed the same way, so the window needs
+ * ceil(kh * kw * c / WB) words instead of kh * kw * cw. */
+BNNC_INLINE void bnnc_window_dense(const bnnc_word_t *in, int ih, int iw, int cw, int c, int kh, int kw, int y0,
+                                   int x0, bnnc_word_t *win) {
+  bnnc_word_t acc = 0;
+  int nb = 0; /* bits pending in acc */
+  const int all_inside = y0 >= 0 && x0 >= 0 && y0 + kh <= ih && x0 + kw <= iw;
+  for (int ky = 0; ky < kh; ky++) {
+    const int y = y0 + ky;
+    for (int kx = 0; kx < kw; kx++) {
+      const int x = x0 + kx;
+      const int inside = all_inside || (y >= 0 && y < ih && x >= 0 && x < iw);
+      for (int j = 0; j < cw; j++) {
+        const bnnc_word_t v = inside ? in[((size_t)y * iw + x) * cw + j] : 0;
+        const int bits = j < cw - 1 ? BNNC_WORD_BITS : c - BNNC_WORD_BITS * (cw - 1);
+        acc |= v << nb;
+        if (nb + bits >= BNNC_WORD_BITS) {
+          *win++ = acc;
+          acc = nb ? v >> (BNNC_WORD_BITS - nb) : 0;
+          nb += bits - BNNC_WORD_BITS;
+        } else {
+          nb += bits;
+        }
+      }
+    }
+  }
+  if (nb) *win = acc;
+}
+
+/* Popcount over 3 (or 1) words of (*x XOR *w) into the accumulators (a, b); x and w advance past
+ * the words. Start with a = b = 0; bnnc_popcount_total(a, b) is the count. Three words go
+ * through a carry-save full adder (ones = u ^ c, twos = majority, u = a ^ b) and the two words
+ * are counted in 2-bit then 4-bit fields, n = ones + 2 twos (fields <= 12). On Cortex-M4/M7
+ * (Thumb-2 with the DSP extension) USADA8 then adds the bytes of n to a and the bytes of its
+ * high nibbles to b: a - b + b / 16 = the sum of all nibbles. 24 instructions per 3 words (LDM,
+ * shifted operands, modified immediates), against 13 per word for a plain popcount. Elsewhere
+ * the same full adder in C, with a multiply for the byte sum (b stays 0). Rows are unrolled by
+ * the generated code. */
+#if BNNC_WORD_BITS == 32 && defined(__thumb2__) && defined(__ARM_FEATURE_DSP)
+#define BNNC_XNOR_POPCOUNT3(x, w, a, b)                                                                  \
+  __asm__("ldmia %[xp]!, {r4, r5, r6}\n\t"                                                               \
+          "ldmia %[wp]!, {r8, r9, r10}\n\t"                                                              \
+          "eor r4, r4, r8\n\t"                                                                           \
+          "eor r5, r5, r9\n\t"                                                                           \
+          "eor r6, r6, r10\n\t"                                                                          \
+          "eor r8, r4, r5\n\t"                                                                           \
+          "and r4, r4, r5\n\t"                                                                           \
+          "eor r5, r8, r6\n\t"                                                                           \
+          "and r8, r8, r6\n\t"                                                                           \
+          "orr r4, r4, r8\n\t"                                                                           \
+          "and r8, r5, #0xAAAAAAAA\n\t"                                                                  \
+          "sub r5, r5, r8, lsr #1\n\t"                                                                   \
+          "and r8, r4, #0xAAAAAAAA\n\t"                                                                  \
+          "sub r4, r4, r8, lsr #1\n\t"                                                                   \
+          "and r8, r5, #0xCCCCCCCC\n\t"                                                                  \
+          "and r5, r5, #0x33333333\n\t"                                                                  \
+          "add r5, r5, r8, lsr #2\n\t"                                                                   \
+          "and r8, r4, #0xCCCCCCCC\n\t"                                                                  \
+          "and r4, r4, #0x33333333\n\t"                                                                  \
+          "add r4, r4, r8, lsr #2\n\t"                                                                   \
+          "add r5, r5, r4, lsl #1\n\t"                                                                   \
+          "usada8 %[sa], r5, %[zero], %[sa]\n\t"                                                         \
+          "and r5, r5, #0xF0F0F0F0\n\t"                                                                  \
+          "usada8 %[sb], r5, %[zero], %[sb]"                                                             \
+          : [xp] "+r"(x), [wp] "+r"(w), [sa] "+r"(a), [sb] "+r"(b)                                       \
+          : [zero] "r"(0u)                                                                              \
+          : "r4", "r5", "r6", "r8", "r9", "r10", "memory")
+/* as BNNC_XNOR_POPCOUNT3 for the first words of a row: sets a and b instead of adding */
+#define BNNC_XNOR_POPCOUNT3_START(x, w, a, b)                                                                  \
+  __asm__("ldmia %[xp]!, {r4, r5, r6}\n\t"                                                               \
+          "ldmia %[wp]!, {r8, r9, r10}\n\t"                                                              \
+          "eor r4, r4, r8\n\t"                                                                           \
+          "eor r5, r5, r9\n\t"                                                                           \
+          "eor r6, r6, r10\n\t"                                                                          \
+          "eor r8, r4, r5\n\t"                                                                           \
+          "and r4, r4, r5\n\t"                                                                           \
+          "eor r5, r8, r6\n\t"                                                                           \
+          "and r8, r8, r6\n\t"                                                                           \
+          "orr r4, r4, r8\n\t"                                                                           \
+          "and r8, r5, #0xAAAAAAAA\n\t"                                                                  \
+          "sub r5, r5, r8, lsr #1\n\t"                                                                   \
+          "and r8, r4, #0xAAAAAAAA\n\t"                                                                  \
+          "sub r4, r4, r8, lsr #1\n\t"                                                                   \
+          "and r8, r5, #0xCCCCCCCC\n\t"                                                                  \
+          "and r5, r5, #0x33333333\n\t"                                                                  \
+          "add r5, r5, r8, lsr #2\n\t"                                                                   \
+          "and r8, r4, #0xCCCCCCCC\n\t"                                                                  \
+          "and r4, r4, #0x33333333\n\t"                                                                  \
+          "add r4, r4, r8, lsr #2\n\t"                                                                   \
+          "add r5, r5, r4, lsl #1\n\t"                                                                   \
+          "usada8 %[sa], r5, %[zero], %[zero]\n\t"                                                         \
+          "and r5, r5, #0xF0F0F0F0\n\t"                                                                  \
+          "usada8 %[sb], r5, %[zero], %[zero]"                                                             \
+          : [xp] "+r"(x), [wp] "+r"(w), [sa] "=&r"(a), [sb] "=&r"(b)                                       \
+          : [zero] "r"(0u)                                                                              \
+          : "r4", "r5", "r6", "r8", "r9", "r10", "memory")
+#define BNNC_XNOR_POPCOUNT1(x, w, a, b)                                                                  \
+  __asm__("ldr r4, [%[xp]], #4\n\t"                                                                      \
+          "ldr r5, [%[wp]], #4\n\t"                                                                      \
+          "eor r4, r4, r5\n\t"                                                                           \
+          "and r5, r4, #0xAAAAAAAA\n\t"                                                                  \
+          "sub r4, r4, r5, lsr #1\n\t"                                                                   \
+          "and r5, r4, #0xCCCCCCCC\n\t"                                                                  \
+          "and r4, r4, #0x33333333\n\t"                                                                  \
+          "add r4, r4, r5, lsr #2\n\t"                                                                   \
+          "usada8 %[sa], r4, %[zero], %[sa]\n\t"                                                         \
+          "and r4, r4, #0xF0F0F0F0\n\t"                                                                  \
+          "usada8 %[sb], r4, %[zero], %[sb]"                                                             \
+          : [xp] "+r"(x), [wp] "+r"(w), [sa] "+r"(a), [sb] "+r"(b)                                       \
+          : [zero] "r"(0u)                                                                              \
+          : "r4", "r5", "memory")
+#else
+#define BNNC_M1 ((bnnc_word_t)0x5555555555555555ull)
+#define BNNC_M2 ((bnnc_word_t)0x3333333333333333ull)
+#define BNNC_M4 ((bnnc_word_t)0x0F0F0F0F0F0F0F0Full)
+#define BNNC_BYTES ((bnnc_word_t)0x0101010101010101ull)
+/* 4-bit field counts of a word */
+BNNC_INLINE bnnc_word_t bnnc_nibbles(bnnc_word_t v) {
+  v = v - ((v >> 1) & BNNC_M1);
+  return (v & BNNC_M2) + ((v >> 2) & BNNC_M2);
+}
+/* sum of the bytes of a word whose byte fields total at most 255 */
+BNNC_INLINE uint32_t bnnc_byte_sum(bnnc_word_t b) { return (uint32_t)((b * BNNC_BYTES) >> (BNNC_WORD_BITS - 8)); }
+BNNC_INLINE uint32_t bnnc_xnor_popcount3(const bnnc_word_t *x, const bnnc_word_t *w) {
+  const bnnc_word_t a = x[0] ^ w[0], b = x[1] ^ w[1], c = x[2] ^ w[2];
+  const bnnc_word_t u = a ^ b;
+  const bnnc_word_t n = bnnc_nibbles(u ^ c) + (bnnc_nibbles((a & b) | (u & c)) << 1); /* fields <= 12 */
+  return bnnc_byte_sum((n & BNNC_M4) + ((n >> 4) & BNNC_M4));                        /* bytes <= 24 */
+}
+BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t *w) {
+  const bnnc_word_t n = bnnc_nibbles(x[0] ^ w[0]);
+  return bnnc_byte_sum((n & BNNC_M4) + ((n >> 4) & BNNC_M4));
+}
+#define BNNC_XNOR_POPCOUNT3(x, w, a, b) ((a) += bnnc_xnor_popcount3((x), (w)), (x) += 3, (w) += 3)
+#define BNNC_XNOR_POPCOUNT3_START(x, w, a, b) ((a) = bnnc_xnor_popcount3((x), (w)), (b) = 0, (x) += 3, (w) += 3)
+#define BNNC_XNOR_POPCOUNT1(x, w, a, b) ((a) += bnnc_xnor_popcount1((x), (w)), (x) += 1, (w) += 1)
+#endif
+#define bnnc_popcount_total(a, b) ((a) - (b) + ((b) >> 4))
+
+/* sum over l < n of x[l] * w[l]: one filter row of an integer-input layer */
+BNNC_INLINE int32_t bnnc_int_dot16(const int16_t *x, const int8_t *w, int n) {
+  int32_t a = 0;
+  for (int l = 0; l < n; l++) a += (int32_t)x[l] * w[l];
+  return a;
+}
+
+BNNC_INLINE int32_t bnnc_int_dot(const int32_t *x, const int8_t *w, int n) {
+  int32_t a = 0;
+  for (int l = 0; l < n; l++) a += x[l] * w[l];
+  return a;
+}
 
 /* Round half to even in float32 without libm (exact for every float; needs FLT_EVAL_METHOD 0 and
  * the default rounding mode). Where the target has a rounding instruction the builtin is one

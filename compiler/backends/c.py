@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import BnncError
-from ..passes.pack_bits import storage_dtype, words
+from ..passes.pack_bits import pack_bit_rows, storage_dtype, words
 from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
 
@@ -83,6 +83,14 @@ def _chain_ctx(ops, index: str, prefix: str, consts: list) -> list:
             consts.append({"name": name, "ctype": "float", "n": c.size, "init": c_array(c, "float")})
             stmts.append(f"v = v {sym} {name}[{index}];")
     return stmts
+
+
+def _row_unrolling(taps: int) -> dict:
+    """How a row kernel covers `taps` words with 3-word steps: fully unrolled up to 16 steps,
+    else a loop of 8 steps per turn plus the rest unrolled (code size stays bounded)."""
+    groups = taps // 3
+    loop = groups // 8 if groups > 16 else 0
+    return {"loop_groups": loop, "unrolled_groups": groups - 8 * loop}
 
 
 def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
@@ -155,14 +163,15 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      buf_offset=conv_scratch(op, src_t, wb)["buf"], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
                      acc16=p.acc16, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
-                     groups=-(-op.kernel[1] * p.cw_in // 4))
+                     groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
+                     wb=wb, **_row_unrolling(p.taps))
             consts.append({"name": f"{op.name}_w", "ctype": "bnnc_word_t" if p.in_kind == "bits" else "int8_t",
-                           "n": p.weights.size, "align": True,
+                           "n": p.weights.size, "align": p.layout == "blocked",
                            "init": c_array(p.weights, word_kind if p.in_kind == "bits" else "int")})
             if p.vnni_offset is not None:  # VNNI builds use the second table instead of the first
                 consts[-1]["guard"] = "!defined(BNNC_AVX512_VNNI)"
                 consts.append({"name": f"{op.name}_w_vnni", "ctype": "int8_t", "n": p.weights_vnni.size,
-                               "align": True, "guard": "defined(BNNC_AVX512_VNNI)",
+                               "align": p.layout == "blocked", "guard": "defined(BNNC_AVX512_VNNI)",
                                "init": c_array(p.weights_vnni, "int")})
                 consts.append({"name": f"{op.name}_vnni_corr", "ctype": "int32_t", "n": p.vnni_corr.size,
                                "guard": "defined(BNNC_AVX512_VNNI)", "init": c_array(p.vnni_corr, "int")})
@@ -173,10 +182,15 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 consts.append({"name": f"{op.name}_xcls", "ctype": "uint8_t" if p.nx < 256 else "uint16_t",
                                "n": p.xcls.size, "init": c_array(p.xcls, "int")})
             if p.thr is not None:
-                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": True,
+                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
                                "init": c_array(p.thr, "int")})
-                consts.append({"name": f"{op.name}_neg", "ctype": "uint32_t", "n": p.neg_words.size,
-                               "init": c_array(p.neg_words, "word32")})
+                if p.layout == "rows":  # one word of WB output bits per output word
+                    negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0]
+                    consts.append({"name": f"{op.name}_neg", "ctype": "bnnc_word_t", "n": negw.size,
+                                   "init": c_array(negw, word_kind)})
+                else:
+                    consts.append({"name": f"{op.name}_neg", "ctype": "uint32_t", "n": p.neg_words.size,
+                                   "init": c_array(p.neg_words, "word32")})
                 L["epilogue"] = "bits"
             else:
                 L["epilogue"] = "reals"
@@ -271,13 +285,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
             table("lthr", "int64_t", p.levels)
             L.update(base=ep.base, step=ep.step, levels=p.levels.shape[1])
         elif p.epilogue == "requant":
-            table("rq_mult", "int64_t", ep.mult)
-            table("rq_add", "int64_t", ep.add)
-            lo_acc = ep.acc_lo if ep.acc_lo is not None else np.full(p.o, -(2**62))
-            hi_acc = ep.acc_hi if ep.acc_hi is not None else np.full(p.o, 2**62)
-            table("rq_lo", "int64_t", lo_acc)
-            table("rq_hi", "int64_t", hi_acc)
-            L.update(shift=ep.shift, lo=ep.lo, hi=ep.hi)
+            _requant_tables(ep, p.o, table, L)
         else:
             L["chain"] = _chain_ctx(ep.ops, "o", op.name, consts)
     elif isinstance(op, ir.Activation):
@@ -288,10 +296,12 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
             table("neg", "uint8_t", p.neg)
-        else:
+        elif p.epilogue == "levels":
             table("dir", "int8_t", p.direction)
             table("lthr", "int64_t", p.levels)
             L.update(base=op.epilogue.base, step=op.epilogue.step, levels=p.levels.shape[1])
+        else:
+            _requant_tables(op.epilogue, c, table, L)
     elif isinstance(op, ir.Add):
         b = graph.tensors[op.inputs[1]]
         L.update(family="add", a_ctype=C_TYPES[storage_dtype(src)], b_ctype=C_TYPES[storage_dtype(b)],
@@ -306,6 +316,15 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     else:  # pragma: no cover - ir.family_ops lists only the kinds above
         raise BnncError(f"the C backend has no template for {type(op).__name__}")
     return L
+
+
+def _requant_tables(ep, o: int, table, L: dict) -> None:
+    """ir.Requantize as per-channel tables (multiplier, offset, accumulator clamp)."""
+    table("rq_mult", "int64_t", ep.mult)
+    table("rq_add", "int64_t", ep.add)
+    table("rq_lo", "int64_t", ep.acc_lo if ep.acc_lo is not None else np.full(o, -(2**62)))
+    table("rq_hi", "int64_t", ep.acc_hi if ep.acc_hi is not None else np.full(o, 2**62))
+    L.update(shift=ep.shift, lo=ep.lo, hi=ep.hi)
 
 
 def _env() -> jinja2.Environment:

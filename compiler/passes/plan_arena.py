@@ -41,12 +41,19 @@ def tensor_bytes(ty, word_bits: int) -> int:
 def conv_scratch(op, src, word_bits: int) -> dict:
     """Byte layout of a Conv's scratch buffer: {"acc", "buf", "size"}.
 
-    acc: o_pad int32 accumulators at offset 0. buf: for a binary input, one gathered window
-    (taps words, used at zero-padded borders); for an integer input, the input with its zero
-    padding materialized, (ih + pt + pb) x (iw + pl + pr) x C elements of the kernel's type
-    (int16 when the accumulator fits int16, else int32; bytes for VNNI, which also reads up to
-    3 bytes past a row, hence 4 spare bytes)."""
+    Host ("blocked" weights): acc, o_pad int32 accumulators at offset 0; buf, for a binary input
+    one gathered window (taps words, used at zero-padded borders), for an integer input the input
+    with its zero padding materialized, (ih + pt + pb) x (iw + pl + pr) x C elements of the
+    kernel's type (int16 when the accumulator fits int16, else int32; bytes for VNNI, which also
+    reads up to 3 bytes past a row, hence 4 spare bytes).
+    MCU ("rows" weights, RAM is scarce): acc only for real outputs (O int32); buf, one window
+    gathered per output pixel (taps words, or taps int16 / int32 values)."""
     p = op.packed
+    if p.layout == "rows":
+        acc = 0 if p.thr is not None else p.o * 4
+        buf = p.taps * (word_bits // 8 if p.in_kind == "bits" else (2 if p.acc16 else 4))
+        align = _alignment("rows")
+        return {"acc": 0, "buf": _align(acc, align), "size": _align(acc, align) + _align(buf, align)}
     acc = _align(p.o_pad * 4)
     if p.in_kind == "bits":
         buf = p.taps * word_bits // 8
@@ -65,38 +72,66 @@ def scratch_bytes(op, src, word_bits: int) -> int:
     return conv_scratch(op, src, word_bits)["size"]
 
 
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def _align(n: int, align: int = ALIGN) -> int:
+    return -(-n // align) * align
+
+
+def _alignment(layout: str) -> int:
+    """Buffer alignment: a cache line for the host's vector kernels, a word for MCUs."""
+    return 4 if layout == "rows" else ALIGN
 
 
 def plan_arena(graph: ir.Graph) -> ir.Graph:
-    """Attach `arena` = {"buffers": {name: offset}, "size", "lower_bound"} to the graph."""
+    """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound"} to the graph.
+
+    The numbers computed are unchanged: only where buffers live is decided. Placement is first
+    fit in several orders (largest first, longest lifetime first, by first use); the smallest
+    arena wins (ties: the first order), so the result is deterministic."""
     out = graph.copy()
     wb = getattr(out, "word_bits", 64)
+    align = _alignment(getattr(out, "weight_layout", "blocked"))
     ops = out.ops()
     bufs = {}
     for i, op in enumerate(ops):
         for t in op.outputs:
             if t != out.output:
-                bufs[t] = Buffer(t, _align(tensor_bytes(out.tensors[t], wb)), i, i)
+                bufs[t] = Buffer(t, _align(tensor_bytes(out.tensors[t], wb), align), i, i)
         for t in op.inputs:
             if t in bufs:
                 bufs[t].last = max(bufs[t].last, i)
         s = scratch_bytes(op, out.tensors.get(op.inputs[0]), wb)
         if s:
-            bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s), i, i)
-    placed = []
-    for b in sorted(bufs.values(), key=lambda b: (-b.size, b.first, b.name)):
-        conflicts = sorted((p for p in placed if p.first <= b.last and b.first <= p.last), key=lambda p: p.offset)
+            bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i)
+    orders = (lambda b: (-b.size, b.first, b.name),
+              lambda b: (-(b.last - b.first), -b.size, b.first, b.name),
+              lambda b: (b.first, -b.size, b.name))
+    best = None
+    for key in orders:
+        offsets = _first_fit(sorted(bufs.values(), key=key))
+        size = max((offsets[b.name] + b.size for b in bufs.values()), default=0)
+        if best is None or size < best[0]:
+            best = (size, offsets)
+    size, offsets = best
+    for b in bufs.values():
+        b.offset = offsets[b.name]
+    bound = max((sum(b.size for b in bufs.values() if b.first <= i <= b.last) for i in range(len(ops))), default=0)
+    placed = sorted(bufs.values(), key=lambda b: (b.offset, b.name))
+    out.arena = {"buffers": {b.name: b.offset for b in placed}, "sizes": {b.name: b.size for b in placed},
+                 "size": size, "lower_bound": bound, "align": align}
+    return out
+
+
+def _first_fit(order: list) -> dict:
+    """{name: offset}: each buffer at the lowest offset that clears the buffers placed before it
+    whose lifetimes overlap its own."""
+    placed, offsets = [], {}
+    for b in order:
+        conflicts = sorted((p for p in placed if p.first <= b.last and b.first <= p.last), key=lambda p: offsets[p.name])
         off = 0
         for p in conflicts:
-            if off + b.size <= p.offset:
+            if off + b.size <= offsets[p.name]:
                 break
-            off = max(off, p.offset + p.size)
-        b.offset = off
+            off = max(off, offsets[p.name] + p.size)
+        offsets[b.name] = off
         placed.append(b)
-    size = max((b.offset + b.size for b in placed), default=0)
-    bound = max((sum(b.size for b in placed if b.first <= i <= b.last) for i in range(len(ops))), default=0)
-    out.arena = {"buffers": {b.name: b.offset for b in placed}, "sizes": {b.name: b.size for b in placed},
-                 "size": size, "lower_bound": bound}
-    return out
+    return offsets

@@ -1,0 +1,294 @@
+"""Cortex-M0 / M4 / M7 firmware (issue #4): the C backend's templates in their MCU flavour,
+cross-compiled with ziglang's clang and run bit-exact in unicorn.
+
+MCU flavour (pack_bits(graph, 32, "rows")): 32-bit words; one filter row after the other;
+binary layers whose channels do not fill whole words get dense windows; popcount is the
+carry-save / SWAR sequence of bnnc_kernels.h (Thumb-2 assembly on M4/M7, C on M0: never a
+libgcc call); no libc calls, no allocation; weights and thresholds `const` (flash); one static
+activation arena placed by plan_arena; float code only where the model itself has float
+operations (M0 then uses compiler-rt's soft float, M4/M7 their single-precision FPU).
+
+`bnnc compile --target c --mcu M` writes the library (model.c, model.h, bnnc_kernels.h), an
+example main.c, a minimal startup.c and linker script, a Makefile and a CMakeLists.txt for
+arm-none-eabi-gcc. `run` / `verify` / `report` build the same model with an emulator harness
+instead of main.c (cached like c_build) and run it in unicorn (mcu_emu), which counts
+instructions per inference and per layer; flash and RAM come from the ELF's sections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .. import ir
+from ..errors import BnncError
+from ..passes.pack_bits import pack_bits
+from ..passes.plan_arena import plan_arena
+from ..resources import resource_dir
+from . import c as c_backend
+from . import c_build
+
+WORD_BITS = 32
+OPT = "-O2"  # the figures bnnc reports are for this optimization level
+WARN = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-ffunction-sections", "-fdata-sections")
+EMU_FLASH = 32 << 20  # the emulated part: memories large enough for any model; budgets are checked apart
+EMU_RAM = 16 << 20
+
+
+@dataclass(frozen=True)
+class Core:
+    name: str
+    zig_target: str
+    zig_cpu: str
+    gcc_flags: str
+    uc_cpu: str
+    fpu: bool
+    flash: int  # a typical part's memories, for the example linker script
+    ram: int
+
+
+CORES = {
+    "cortex-m0": Core("cortex-m0", "thumb-freestanding-eabi", "cortex_m0", "-mcpu=cortex-m0 -mthumb -mfloat-abi=soft",
+                      "UC_CPU_ARM_CORTEX_M0", False, 256 << 10, 32 << 10),
+    "cortex-m4": Core("cortex-m4", "thumb-freestanding-eabihf", "cortex_m4+vfp4d16sp",
+                      "-mcpu=cortex-m4 -mthumb -mfpu=fpv4-sp-d16 -mfloat-abi=hard", "UC_CPU_ARM_CORTEX_M4", True,
+                      1 << 20, 128 << 10),
+    "cortex-m7": Core("cortex-m7", "thumb-freestanding-eabihf", "cortex_m7+fp_armv8d16sp",
+                      "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard", "UC_CPU_ARM_CORTEX_M7", True,
+                      2 << 20, 512 << 10),
+}
+
+
+def core_of(opts) -> Core:
+    if opts.mcu not in CORES:
+        raise BnncError(f"unknown --mcu '{opts.mcu}' (supported: {', '.join(CORES)})")
+    return CORES[opts.mcu]
+
+
+def backend_graph(graph: ir.Graph) -> ir.Graph:
+    """The lowered IR with the MCU backend passes: 32-bit words, row weights, arena."""
+    return plan_arena(pack_bits(graph, WORD_BITS, "rows"))
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates") / "mcu")),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def _memories(ctx: dict, core: Core, opts) -> tuple:
+    """(flash, RAM, note) of the example linker script: the budgets when given, else the core's
+    typical part, enlarged (to a power of two) when the model's tables or arena need more."""
+    tables = sum(int(c["n"]) * 4 for c in ctx["consts"])  # at most 4 bytes per element
+    flash = opts.flash or max(core.flash, _pow2_at_least(tables + (64 << 10)))
+    ram = opts.ram or max(core.ram, _pow2_at_least(ctx["arena_bytes"] + 16 * (ctx["input_size"]
+                                                                               + ctx["output_size"]) + (8 << 10)))
+    note = "the --flash / --ram budgets" if (opts.flash or opts.ram) else (
+        "a typical part" if (flash, ram) == (core.flash, core.ram) else "enlarged to fit this model")
+    return flash, ram, note
+
+
+def render(graph: ir.Graph, opts, emulation: bool = False) -> dict:
+    """{file name: text}: the firmware project, or (emulation) the model with bnnc's harness."""
+    core = core_of(opts)
+    bg = backend_graph(graph)
+    lib = c_backend.render(bg, opts.name)
+    ctx = c_backend.build_context(bg, opts.name)
+    ld = f"{ctx['prefix']}_{core.name.replace('-', '_')}.ld"
+    flash, ram, note = (EMU_FLASH, EMU_RAM, "bnnc's emulated part") if emulation else _memories(ctx, core, opts)
+    ctx.update(core=core, linker_script=ld, flash=flash, ram=ram, note=note)
+    env = _env()
+    files = {n: lib[n] for n in ("model.c", "model.h", "bnnc_kernels.h") if n in lib}
+    files.update({n: t for n, t in lib.items() if n.startswith("bnnc_") and n.endswith(".h")})
+    files["startup.c"] = env.get_template("startup.c.j2").render(**ctx)
+    files[ld] = env.get_template("link.ld.j2").render(**ctx)
+    if emulation:
+        files["emu.c"] = env.get_template("emu.c.j2").render(**ctx)
+    else:
+        files["main.c"] = env.get_template("main.c.j2").render(**ctx)
+        files["Makefile"] = env.get_template("Makefile.j2").render(**ctx)
+        files["CMakeLists.txt"] = env.get_template("CMakeLists.txt.j2").render(**ctx)
+    return files
+
+
+# ----------------------------------------------------------------------------- cross-compiling
+
+
+@lru_cache(maxsize=None)
+def zig_version() -> str:
+    try:
+        import ziglang  # noqa: F401
+    except ModuleNotFoundError:
+        raise BnncError("the Cortex-M targets need the 'ziglang' package: pip install 'bnnc[mcu]'") from None
+    r = subprocess.run([sys.executable, "-m", "ziglang", "version"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BnncError(f"python -m ziglang does not run: {r.stderr.strip()[:200]}")
+    return r.stdout.strip()
+
+
+def compile_command(core: Core, sources: list, linker_script: str, out: str) -> list:
+    # bnnc_emu_infer is called by the emulator only: a root for --gc-sections
+    return [sys.executable, "-m", "ziglang", "cc", "-target", core.zig_target, f"-mcpu={core.zig_cpu}", OPT,
+            "-ffreestanding", "-fomit-frame-pointer", *WARN, "-Wl,--gc-sections", "-Wl,-u,bnnc_emu_infer", "-T", linker_script,
+            *sources, "-o", out]
+
+
+def build(files: dict, core: Core) -> Path:
+    """Cross-compile an emulation build (model.c, emu.c, startup.c); cached by content."""
+    ld = next(n for n in files if n.endswith(".ld"))
+    sources = sorted(n for n in files if n.endswith(".c"))
+    cmd = compile_command(core, sources, ld, "firmware.elf")
+    h = hashlib.sha256()
+    for n in sorted(files):
+        h.update(n.encode() + b"\0" + files[n].encode() + b"\0")
+    h.update(" ".join(cmd[1:] + [zig_version()]).encode())
+    d = c_build.cache_dir() / ("mcu-" + h.hexdigest()[:24])
+    elf = d / "firmware.elf"
+    if elf.exists():
+        return elf
+    c_build.cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="mcu-build-", dir=c_build.cache_dir()))
+    for n, text in files.items():
+        (tmp / n).write_text(text)
+    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+    if r.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"firmware failed to compile ({' '.join(cmd[1:])}):\n{r.stderr[-4000:]}")
+    try:
+        tmp.rename(d)
+    except OSError:  # built by another process meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return elf
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _layer_names(graph: ir.Graph) -> list:
+    return [op.name for op in backend_graph(graph).ops()]
+
+
+def emulate(graph: ir.Graph, grid: np.ndarray, opts) -> tuple:
+    """(outputs (N, output elements), stats) of the firmware on inputs on the input grid."""
+    from .mcu_emu import Emulator, Firmware
+
+    core = core_of(opts)
+    files = render(graph, opts, emulation=True)
+    elf = build(files, core)
+    fw = Firmware.load(elf)
+    prefix = c_backend.sanitize_identifier(opts.name)
+    layers = _layer_names(graph)
+    emu = Emulator(fw, core.uc_cpu, layers, f"{prefix}_run", EMU_FLASH, EMU_RAM)
+    in_dtype = graph.input_info["dtype"]
+    out_dtype = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
+    n_out = graph.output_info["elements"]
+    grid = np.asarray(grid)
+    n = grid.shape[0]
+    ys, counts = [], []
+    for i in range(n):
+        if opts.progress and n > 1:
+            print(f"\r{core.name}: inference {i + 1}/{n}", end="", file=sys.stderr, flush=True)
+        x = np.ascontiguousarray(grid[i].reshape(-1).astype(in_dtype)).tobytes()
+        y, cnt = emu.infer(x, n_out * 4)
+        ys.append(np.frombuffer(y, out_dtype))
+        counts.append(cnt)
+    if opts.progress and n > 1:
+        print(file=sys.stderr)
+    counts = np.array(counts) if counts else np.zeros((0, len(layers) + 1), np.int64)
+    stack = emu.stack_bytes()
+    bg = backend_graph(graph)
+    stats = {
+        "target": core.name,
+        "instructions": int(round(counts.sum(axis=1).mean())) if n else 0,
+        "instructions_min": int(counts.sum(axis=1).min()) if n else 0,
+        "instructions_max": int(counts.sum(axis=1).max()) if n else 0,
+        "instructions_per_layer": {name: int(round(counts[:, i].mean())) if n else 0
+                                   for i, name in enumerate(layers + ["glue"])},
+        "flash_bytes": fw.flash_bytes,
+        "ram_bytes": fw.data_bytes + fw.bss_bytes + stack,
+        "ram_static_bytes": fw.data_bytes + fw.bss_bytes,
+        "stack_bytes": stack,
+        "arena_bytes": int(bg.arena["size"]),
+        "arena_lower_bound_bytes": int(bg.arena["lower_bound"]),
+        "sections": dict(fw.sections),
+        "compiler": f"zig cc {zig_version()} {OPT} -mcpu={core.zig_cpu}",
+    }
+    y = np.stack(ys) if ys else np.zeros((0, n_out), out_dtype)
+    return y, stats
+
+
+def check_budgets(stats: dict, opts) -> None:
+    """BnncError when the firmware exceeds a declared --flash / --ram budget."""
+    for key, budget, flag in (("flash_bytes", opts.flash, "--flash"), ("ram_bytes", opts.ram, "--ram")):
+        need = stats[key]
+        if budget is not None and need > budget:
+            what = key.split("_")[0].replace("ram", "RAM")
+            raise BnncError(f"{stats['target']}: the model needs {need} bytes of {what}, {need - budget} bytes "
+                            f"more than the {flag} budget of {budget} bytes")
+
+
+def _budget_sample(graph: ir.Graph) -> np.ndarray:
+    from ..driver import prepare_inputs, random_samples
+
+    try:
+        return prepare_inputs(graph, random_samples(graph, 1, 0)).grid
+    except BnncError:  # inputs bnnc cannot sample: a zero input still runs every layer
+        return np.zeros((1, int(np.prod(graph.input_info["shape"]))), graph.input_info["dtype"])
+
+
+# ----------------------------------------------------------------------------- target interface
+
+
+def files(graph: ir.Graph, opts) -> dict:
+    """`bnnc compile --target c --mcu M`: the firmware project. With --flash / --ram budgets the
+    model is built and run once in the emulator to check that it fits."""
+    out = render(graph, opts)
+    if opts.flash is not None or opts.ram is not None:
+        _, stats = emulate(graph, _budget_sample(graph), opts)
+        check_budgets(stats, opts)
+    return out
+
+
+def run(graph: ir.Graph, grid: np.ndarray, opts):
+    y, stats = emulate(graph, grid, opts)
+    check_budgets(stats, opts)
+    return y, stats
+
+
+def report(graph: ir.Graph, opts) -> dict:
+    """`bnnc report --mcu M`: flash, RAM, arena and instructions per layer (one emulated inference)."""
+    _, stats = emulate(graph, _budget_sample(graph), opts)
+    check_budgets(stats, opts)
+    bg = backend_graph(graph)
+    macs = {}
+    for op in bg.ops():
+        if isinstance(op, ir.Conv):
+            oh, ow = bg.tensors[op.outputs[0]].shape[:2]
+            macs[op.name] = (int(np.prod(op.w.shape)) * oh * ow, op.packed.in_kind)
+    total = stats["instructions"]
+    lines = [f"{stats['target']} firmware ({stats['compiler']}): {total} instructions per inference",
+             f"flash {stats['flash_bytes']} B, RAM {stats['ram_bytes']} B (static {stats['ram_static_bytes']} B "
+             f"+ stack {stats['stack_bytes']} B), arena {stats['arena_bytes']} B (lower bound "
+             f"{stats['arena_lower_bound_bytes']} B)", ""]
+    rows = [["layer", "instructions", "share", "MACs", "instr/MAC"]]
+    for name, n in stats["instructions_per_layer"].items():
+        m, kind = macs.get(name, (0, ""))
+        rows.append([name, str(n), f"{100 * n / max(total, 1):.1f}%", f"{m} {kind}".strip() if m else "-",
+                     f"{n / m:.3f}" if m else "-"])
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+    return {"text": "\n".join(lines), "json": stats}
+
