@@ -11,6 +11,7 @@ from .onnx_loader import load, read_model
 from .passes.find_sparse_connectivity import find_sparse_connectivity
 from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
 from .passes.quantize_input import quantize_input
+from .passes.requantize_level_steps import requantize_level_steps
 from .passes.strip_pruned_channels import strip_pruned_channels
 
 
@@ -21,7 +22,8 @@ class Options:
     frac_bits: int = FRAC_BITS  # fixed-point grid 2**-frac_bits of residual / real-valued streams
 
 
-PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels, find_sparse_connectivity)
+PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels, find_sparse_connectivity,
+          requantize_level_steps)
 
 
 def frontend(model, options: Options = Options()) -> ir.Graph:

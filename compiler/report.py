@@ -67,7 +67,7 @@ def layer_rows(graph: ir.Graph) -> list:
             row["op"] = "InputQuantize"
         elif isinstance(op, ir.Activation):
             ep = op.epilogue
-            row["thresholds"] = int(np.asarray(ep.threshold).size)
+            row["thresholds"] = int(np.asarray(ep.threshold).size) if hasattr(ep, "threshold") else 0
             row["notes"] = list(getattr(ep, "notes", []))
             row["stored_bytes"] = family_stored_bytes(op, wb)
         if isinstance(op, ir.Conv):

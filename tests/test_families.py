@@ -182,8 +182,10 @@ def test_hybrid_int8_layers():
     cs = convs(graph)
     assert cs[0].code == "int" and cs[-1].code == "int"
     assert isinstance(graph.tensors[cs[1].inputs[0]], ir.Ints) and cs[1].code == "binary"  # binary w, int8 x
-    qdq = [op.epilogue for op in cs if isinstance(op.epilogue, ir.LevelThresholds)]
-    assert qdq and all(ep.threshold.shape[1] == 255 for ep in qdq)  # int8: 255 steps, exact
+    # int8 boundaries: 255 exact steps, whose thresholds are those of an integer multiply-shift
+    qdq = [op.epilogue for op in cs if isinstance(op.epilogue, ir.Requantize)]
+    assert len(qdq) == 2 and all("255 thresholds per channel as an integer multiply-shift" in ep.notes[-1]
+                                 for ep in qdq)
 
 
 def test_expander_connectivity_is_listed_and_reported():

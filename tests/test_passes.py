@@ -129,7 +129,10 @@ def test_every_pass_preserves_the_reference_on_family_models(name):
     kw = {"sign": "Sign"} if name == "bireal-sign" else FAMILY_MODELS[name]
     model = zoo.build(name.replace("-sign", ""), 3, **kw)
     g = _stages(model)
+    from bnnc.passes.requantize_level_steps import requantize_level_steps
+
     stages = list(g) + [find_sparse_connectivity(g[-1])]
+    stages.append(requantize_level_steps(stages[-1]))
     x = driver.prepare_inputs(stages[-1], zoo.inputs(model, 12, seed=3)).grid
     outs = [reference.run(s, x) for s in stages]
     for o in outs[1:]:
@@ -169,3 +172,36 @@ def test_weight_decoding_is_exact(code):
     assert np.abs(real - w).max() <= tol
     if d.bases:
         assert np.array_equal(ir.bases_weights(d.bases), d.int_w)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_requantize_level_steps_is_exact_on_random_staircases(seed):
+    """Thresholds of a random affine staircase (floor or half-even rounding, clamped to int8)
+    become a multiply-shift only where it equals them at every reachable accumulator."""
+    from bnnc.passes.requantize_level_steps import requantize_level_steps
+
+    rng = np.random.default_rng(seed)
+    c = 6
+    g = ir.Graph("x", {"shape": (1, 1, c)}, "y", {"shape": (1, c)})
+    lo, hi = -5000, 5000
+    g.tensors["x"] = ir.Ints((1, 1, c), lo, hi)
+    acc = np.arange(lo, hi + 1)
+    thr = np.zeros((c, 255), np.int64)
+    direction = rng.choice([-1, 1], c).astype(np.int8)
+    for o in range(c):
+        slope = rng.uniform(0.01, 0.5) * direction[o]
+        v = acc * slope + rng.uniform(-20, 20)
+        q = np.rint(v) if seed % 2 else np.floor(v + 0.5)  # half-even rounding has uneven steps
+        count = np.clip(q, -128, 127) + 128
+        x = direction[o] * acc
+        order = np.argsort(x)
+        for b in range(1, 256):
+            hit = x[order][count[order] >= b]
+            thr[o, b - 1] = hit.min() if hit.size else hi + 1
+    ep = ir.LevelThresholds(direction, thr, -128, 1, 1.0)
+    g.add(ir.Activation("act", ["x"], ["y"], ep), {"y": ir.Ints((1, 1, c), -128, 127)})
+    out = requantize_level_steps(g)
+    xs = acc.reshape(-1, 1, 1, 1) * np.ones((1, 1, 1, c), np.int64)
+    assert np.array_equal(reference.apply_epilogue(ep, xs), reference.apply_epilogue(out.op("act").epilogue, xs))
+    if seed % 2 == 0:  # floor(v + 1/2) is a multiply-shift: converted
+        assert isinstance(out.op("act").epilogue, ir.Requantize)

@@ -68,7 +68,7 @@ class PackedFamilyConv:
 
 @dataclass
 class PackedActivation:
-    epilogue: str  # "bits" | "levels"
+    epilogue: str  # "bits" | "levels" | "requant"
     c: int
     thr: Optional[np.ndarray] = None
     neg: Optional[np.ndarray] = None
@@ -199,6 +199,8 @@ def pack_activation(op: ir.Activation, src, word_bits: int) -> PackedActivation:
     if isinstance(ep, ir.LevelThresholds):
         return PackedActivation("levels", c, direction=ep.direction.astype(np.int8),
                                 levels=ep.threshold.astype(np.int64))
+    if isinstance(ep, ir.Requantize):
+        return PackedActivation("requant", c)
     raise BnncError(f"activation '{op.name}' has an unfolded epilogue")
 
 
