@@ -109,6 +109,25 @@ def _rows_to_words(plane: np.ndarray) -> np.ndarray:
     return padded.reshape(plane.shape[:-1] + (sw, 64))
 
 
+def _affine(var: str, mul: int, add: int) -> str:
+    """C text of var * mul + add, without the trivial parts."""
+    s = var if mul == 1 else f"{var} * {mul}"
+    return s if add == 0 else f"{s} + {add}" if add > 0 else f"{s} - {-add}"
+
+
+def _window_reads(geo: dict, ky: str, kx: str) -> dict:
+    """Input row/column of a window tap, its buffer slot, and when it is a real (not padded) tap."""
+    ry = _affine("oy", geo["sh"], -geo["pt"]) + (f" + {ky}" if ky else "")
+    rx = _affine("ox", geo["sw"], -geo["pl"]) + (f" + {kx}" if kx else "")
+    t, l, b, r = geo["pads4"]
+    valid = [c for c, need in (("ry >= 0", t), (f"ry < {geo['ih']}", b), ("rx >= 0", l), (f"rx < {geo['iw']}", r))
+             if need]
+    slot = f"ry % {geo['kh']}" if geo["kh"] > 1 else "0"
+    uses_ry = geo["kh"] > 1 or t or b
+    return {"decl": f"const int {'ry = ' + ry + ', ' if uses_ry else ''}rx = {rx};", "valid": " && ".join(valid),
+            "row_slot": slot, "rows_needed": _affine("oy", geo["sh"], geo["kh"] - geo["pt"])}
+
+
 def _counters(names: list, outer, indent: int) -> str:
     """Nested counter update: names innermost first [(var, limit)], then `outer`++ (or nothing)."""
     lines = []
@@ -293,7 +312,37 @@ class _Builder:
         oh, ow = oty.shape[:2]
         kh, kw = op.kernel
         return {"ih": ih, "iw": iw, "c": c, "oh": oh, "ow": ow, "kh": kh, "kw": kw, "sh": op.stride[0],
-                "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1], "pads": "x".join(map(str, op.pads))}
+                "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1], "pads": "x".join(map(str, op.pads)),
+                "pads4": tuple(op.pads)}
+
+    @staticmethod
+    def _lane_decls(geo: dict, simd: int, sf: int, mw: int, bits: bool) -> tuple:
+        """Statements giving lane l of chunk sf its tap (ky, kx), channel ch, input row ry and column
+        rx, and the condition under which it reads the input (else 0: padding or an idle lane)."""
+        c, kh, kw = geo["c"], geo["kh"], geo["kw"]
+        taps = kh * kw
+        m = None
+        if c % simd == 0:  # a chunk lies inside one tap
+            cf = c // simd
+            tap = "sf" if cf == 1 else f"sf / {cf}"
+            ch = "l" if cf == 1 else f"(sf % {cf}) * {simd} + l"
+            idle = False
+        else:
+            m = f"sf * {simd} + l" if sf > 1 else "l"
+            tap, ch = f"m / {c}", (f"m % {c}" if taps > 1 else "m")
+            idle = sf * simd > mw
+        parts = ([f"tap = {tap}"] if taps > 1 else []) + ([f"ch = {ch}"] if bits or c > 1 else [])
+        decls = []
+        if m is not None and (parts or idle):
+            decls.append(f"const int m = {m};")
+        if parts:
+            decls.append(f"const int {', '.join(parts)};")
+        ky = None if kh == 1 else ("tap" if kw == 1 else f"tap / {kw}")
+        kx = None if kw == 1 else ("tap" if kh == 1 else f"tap % {kw}")
+        reads = _window_reads(geo, ky, kx)
+        decls.append(reads["decl"])
+        valid = " && ".join(([f"m < {mw}"] if idle else []) + ([reads["valid"]] if reads["valid"] else []))
+        return decls, valid, reads
 
     def _class_tables(self, op) -> tuple:
         """(class expression, needs oy, needs ox) of the layer's border classes (pack_bits)."""
@@ -330,10 +379,12 @@ class _Builder:
             self.structs.append({"name": lanes_t, "elem": in_t, "n": f.simd,
                                  "comment": f"{name}: one chunk of {f.simd} window elements"})
         lanes = self.stream(f"{name}_lanes", lanes_t)
+        lane_decls, lane_valid, reads = self._lane_decls(geo, f.simd, f.sf, f.mw, bits)
         W = {"kind": "window", "name": f"{name}_window", "layer": name, "bits": bits, "in_t": in_t,
              "in_beat_t": self.beat(op.inputs[0]), "in_lanes": in_lanes,
              "lanes_t": lanes_t, "simd": f.simd, "sf": f.sf, "mw": f.mw, "idle_lanes": idle_lanes,
-             "lane_in_pixel": geo["c"] % f.simd == 0,
+             "lane_decls": lane_decls, "valid": lane_valid, "row_slot": reads["row_slot"],
+             "rows_needed": reads["rows_needed"],
              "steps": geo["ih"] * geo["iw"] * (1 if bits else geo["c"]) // in_lanes + pixels * f.sf,
              "advance": _counters([("sf", f.sf), ("ox", geo["ow"])], "oy", 6), **geo}
         self.procs.append(W)
@@ -424,7 +475,8 @@ class _Builder:
         bits = isinstance(src_ty, ir.Bits)
         names = [("ox", geo["ow"])] if bits else [("oc", geo["c"]), ("ox", geo["ow"])]
         per_pixel = 1 if bits else geo["c"]
-        self.procs.append({"kind": "maxpool", "name": op.name, "bits": bits, "in_t": self.beat(op.inputs[0]),
+        reads = _window_reads(geo, "ky", "kx")
+        self.procs.append({"kind": "maxpool", "name": op.name, "bits": bits, "in_t": self.beat(op.inputs[0]), **reads,
                            "in_beat_t": self.beat(op.inputs[0]), "in_lanes": 1,
                            "out_t": self.beat(op.outputs[0]), "lo": getattr(oty, "lo", 0),
                            "steps": (geo["ih"] * geo["iw"] + geo["oh"] * geo["ow"]) * per_pixel,
