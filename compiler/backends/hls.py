@@ -683,7 +683,7 @@ def report(graph: ir.Graph, opts) -> dict:
     st = stats(graph, foldings, opts.name)
     rows = [("layer", "MH x MW", "pixels", "PE", "SIMD", "cycles/frame", "weight bits")]
     for L in st["layers"]:
-        rows.append((f"{L['name']} ({L['source']})"[:40], f"{L['mh']} x {L['mw']}", str(L["pixels"]), str(L["pe"]),
+        rows.append((L["name"], f"{L['mh']} x {L['mw']}", str(L["pixels"]), str(L["pe"]),
                      str(L["simd"]), str(L["cycles"]), str(L["weight_bits"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["HLS dataflow (PE x SIMD folding)"]
