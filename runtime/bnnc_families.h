@@ -10,6 +10,10 @@
 #error "include bnnc_kernels.h before bnnc_families.h"
 #endif
 
+#ifndef BNNC_LAYER /* layers stay separate functions (bnnc_kernels.h defines it) */
+#define BNNC_LAYER static
+#endif
+
 #define BNNC_FAM_OBLOCK 32 /* output channels per block; weight tables are padded to a multiple */
 
 /* The window of one output position of a binary input (ih, iw, cw words per pixel) starting at

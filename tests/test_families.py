@@ -353,3 +353,24 @@ def test_residual_stream_with_float_batchnorm_agrees_on_top1(seed):
     assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
     orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
     assert (ref.argmax(axis=1) == orig.argmax(axis=1)).mean() >= 0.99
+
+
+MCU_FAMILIES = ["ternary-ttq", "dabn", "pabt", "hbn", "xnet", "bireal"]
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("name", MCU_FAMILIES)
+def test_family_firmware_equals_reference(name):
+    """The family kernels are word-size generic and libc-free: the Cortex-M firmware built from
+    the same templates (32-bit words, software popcount) gives the reference's numbers."""
+    for mod in ("unicorn", "ziglang", "elftools"):
+        pytest.importorskip(mod, reason="the Cortex-M targets need the mcu extra")
+    from bnnc import targets
+    from bnnc.targets import TargetOptions
+
+    model, graph, inputs = build(name, 0)
+    ref = driver.run_target(graph, "ref", inputs)
+    for core in ("cortex-m4",) if name != "bireal" else ("cortex-m0", "cortex-m4"):
+        y, stats = targets.run(graph, core, inputs.grid, TargetOptions())
+        assert np.array_equal(y.reshape(ref.shape), ref), f"{name} on {core}"
+        assert stats["instructions"] > 0
