@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from bnnc import ir
-from bnnc.passes.pack_bits import OBLOCK, THR_NEVER, pack_bit_rows, pack_bits
+from bnnc.passes.pack_bits import OBLOCK, THR_NEVER, pack_bit_rows, pack_bits, unpack_bit_rows
+from bnnc.passes.plan_arena import plan_arena
 
 from .helpers import random_case
 
@@ -28,7 +29,13 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
         o = op.w.shape[0]
         expect = (pack_bit_rows(op.w, word_bits).reshape(o, -1) if isinstance(src, ir.Bits)
                   else op.w.reshape(o, -1))
-        assert np.array_equal(pr.weights, expect)
+        if pr.dense:  # the filter's kh * kw * C bits back to back, fewer words than tap by tap
+            dense = pack_bit_rows(op.w.reshape(o, -1), word_bits)
+            assert np.array_equal(pr.weights, dense) and dense.shape[1] < expect.shape[1]
+            assert np.array_equal(unpack_bit_rows(pr.weights, op.w[0].size, word_bits), op.w.reshape(o, -1))
+        else:
+            assert np.array_equal(pr.weights, expect)
+        assert pr.o_pad == o and (pr.thr is None or pr.thr.shape[1] == o)
         unblocked = p.weights.transpose(0, 2, 1).reshape(p.o_pad, p.taps)
         assert np.array_equal(unblocked[:o], expect) and not np.any(unblocked[o:])
         assert p.o_pad % OBLOCK == 0 and p.o_pad - o < OBLOCK
@@ -74,3 +81,25 @@ def test_padded_outputs_never_set_a_bit(seed):
         assert s_max < THR_NEVER and np.all(p.thr[:, p.o:] == THR_NEVER)
         bits = (p.neg_words[:, None] >> np.arange(OBLOCK, dtype=np.uint32)) & 1
         assert np.array_equal(bits.ravel()[: p.o], p.neg) and not np.any(bits.ravel()[p.o:])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("layout,word_bits", [("blocked", 64), ("rows", 32)])
+def test_arena_is_within_5_percent_of_its_lower_bound_and_never_overlaps_live_buffers(seed, layout, word_bits):
+    g = plan_arena(pack_bits(random_case(seed, 1)[2], word_bits, layout))
+    a = g.arena
+    assert a["lower_bound"] <= a["size"] <= 1.05 * a["lower_bound"]
+    assert all(off % a["align"] == 0 for off in a["buffers"].values())
+    ops = g.ops()
+    spans = {}
+    for i, op in enumerate(ops):
+        for t in list(op.outputs) + list(op.inputs) + [op.name + "_scratch"]:
+            if t in a["buffers"]:
+                lo, hi = spans.get(t, (i, i))
+                spans[t] = (min(lo, i), max(hi, i))
+    names = sorted(spans)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            if spans[x][0] <= spans[y][1] and spans[y][0] <= spans[x][1]:
+                ox, oy = a["buffers"][x], a["buffers"][y]
+                assert ox + a["sizes"][x] <= oy or oy + a["sizes"][y] <= ox, f"{x} and {y} overlap"

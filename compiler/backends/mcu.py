@@ -18,6 +18,7 @@ instructions per inference and per layer; flash and RAM come from the ELF's sect
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -139,22 +140,48 @@ def zig_version() -> str:
     return r.stdout.strip()
 
 
-def compile_command(core: Core, sources: list, linker_script: str, out: str) -> list:
+def toolchain() -> str:
+    """The cross-compiler of emulation builds: "zig" (ziglang's clang, the default) or "gcc"
+    (arm-none-eabi-gcc, chosen with BNNC_MCU_CC=arm-none-eabi-gcc)."""
+    cc = os.environ.get("BNNC_MCU_CC", "zig")
+    if cc not in ("zig", "arm-none-eabi-gcc"):
+        raise BnncError(f"BNNC_MCU_CC={cc!r}: expected 'zig' or 'arm-none-eabi-gcc'")
+    return "gcc" if cc == "arm-none-eabi-gcc" else "zig"
+
+
+@lru_cache(maxsize=None)
+def gcc_version() -> str:
+    if shutil.which("arm-none-eabi-gcc") is None:
+        raise BnncError("BNNC_MCU_CC=arm-none-eabi-gcc, but arm-none-eabi-gcc is not installed")
+    return subprocess.run(["arm-none-eabi-gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+
+def compile_command(core: Core, sources: list, linker_script: str, out: str, cc: str = "zig") -> list:
     # bnnc_emu_infer is called by the emulator only: a root for --gc-sections
+    link = ["-Wl,--gc-sections", "-Wl,-u,bnnc_emu_infer", "-T", linker_script, *sources, "-o", out]
+    if cc == "gcc":
+        return ["arm-none-eabi-gcc", *core.gcc_flags.split(), OPT, "-fomit-frame-pointer", *WARN, "-nostartfiles",
+                *link]
     return [sys.executable, "-m", "ziglang", "cc", "-target", core.zig_target, f"-mcpu={core.zig_cpu}", OPT,
-            "-ffreestanding", "-fomit-frame-pointer", *WARN, "-Wl,--gc-sections", "-Wl,-u,bnnc_emu_infer", "-T", linker_script,
-            *sources, "-o", out]
+            "-ffreestanding", "-fomit-frame-pointer", *WARN, *link]
+
+
+def compiler_name(core: Core) -> str:
+    if toolchain() == "gcc":
+        return f"{gcc_version()} {OPT} {core.gcc_flags}"
+    return f"zig cc {zig_version()} {OPT} -mcpu={core.zig_cpu}"
 
 
 def build(files: dict, core: Core) -> Path:
     """Cross-compile an emulation build (model.c, emu.c, startup.c); cached by content."""
     ld = next(n for n in files if n.endswith(".ld"))
     sources = sorted(n for n in files if n.endswith(".c"))
-    cmd = compile_command(core, sources, ld, "firmware.elf")
+    cc = toolchain()
+    cmd = compile_command(core, sources, ld, "firmware.elf", cc)
     h = hashlib.sha256()
     for n in sorted(files):
         h.update(n.encode() + b"\0" + files[n].encode() + b"\0")
-    h.update(" ".join(cmd[1:] + [zig_version()]).encode())
+    h.update(" ".join(cmd[1:] + [gcc_version() if cc == "gcc" else zig_version()]).encode())
     d = c_build.cache_dir() / ("mcu-" + h.hexdigest()[:24])
     elf = d / "firmware.elf"
     if elf.exists():
@@ -166,7 +193,7 @@ def build(files: dict, core: Core) -> Path:
     r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"firmware failed to compile ({' '.join(cmd[1:])}):\n{r.stderr[-4000:]}")
+        raise RuntimeError(f"firmware failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
     try:
         tmp.rename(d)
     except OSError:  # built by another process meanwhile
@@ -181,8 +208,9 @@ def _layer_names(graph: ir.Graph) -> list:
     return [op.name for op in backend_graph(graph).ops()]
 
 
-def emulate(graph: ir.Graph, grid: np.ndarray, opts) -> tuple:
-    """(outputs (N, output elements), stats) of the firmware on inputs on the input grid."""
+def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = False) -> tuple:
+    """(outputs (N, output elements), stats) of the firmware on inputs on the input grid
+    (per_instruction: count instructions one by one, to check the block counts)."""
     from .mcu_emu import Emulator, Firmware
 
     core = core_of(opts)
@@ -191,7 +219,7 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts) -> tuple:
     fw = Firmware.load(elf)
     prefix = c_backend.sanitize_identifier(opts.name)
     layers = _layer_names(graph)
-    emu = Emulator(fw, core.uc_cpu, layers, f"{prefix}_run", EMU_FLASH, EMU_RAM)
+    emu = Emulator(fw, core.uc_cpu, layers, f"{prefix}_run", EMU_FLASH, EMU_RAM, per_instruction)
     in_dtype = graph.input_info["dtype"]
     out_dtype = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
     n_out = graph.output_info["elements"]
@@ -217,6 +245,7 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts) -> tuple:
         "instructions_max": int(counts.sum(axis=1).max()) if n else 0,
         "instructions_per_layer": {name: int(round(counts[:, i].mean())) if n else 0
                                    for i, name in enumerate(layers + ["glue"])},
+        "helpers_per_layer": emu.helpers_per_layer(),
         "flash_bytes": fw.flash_bytes,
         "ram_bytes": fw.data_bytes + fw.bss_bytes + stack,
         "ram_static_bytes": fw.data_bytes + fw.bss_bytes,
@@ -224,7 +253,7 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts) -> tuple:
         "arena_bytes": int(bg.arena["size"]),
         "arena_lower_bound_bytes": int(bg.arena["lower_bound"]),
         "sections": dict(fw.sections),
-        "compiler": f"zig cc {zig_version()} {OPT} -mcpu={core.zig_cpu}",
+        "compiler": compiler_name(core),
     }
     y = np.stack(ys) if ys else np.zeros((0, n_out), out_dtype)
     return y, stats

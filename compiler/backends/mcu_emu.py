@@ -115,7 +115,10 @@ def _instructions_in(code: bytes) -> int:
 class Emulator:
     """One unicorn instance running a firmware; `infer` runs one inference."""
 
-    def __init__(self, fw: Firmware, uc_cpu: str, layers: list, run_function: str, flash_size: int, ram_size: int):
+    def __init__(self, fw: Firmware, uc_cpu: str, layers: list, run_function: str, flash_size: int, ram_size: int,
+                 per_instruction: bool = False):
+        """per_instruction: count with a hook on every instruction instead of every block (about
+        10x slower; tests use it to check the block counts)."""
         unicorn, _ = _imports()
         from unicorn import arm_const
 
@@ -138,11 +141,14 @@ class Emulator:
         owner_of = {name: i for i, name in enumerate(self.layers)}
         owner_of[run_function] = -1
         owner_of["bnnc_emu_infer"] = -1
-        missing = [n for n in self.layers + [run_function] if n not in fw.symbols]
+        # GCC names specialized copies of static functions "name.constprop.0", "name.isra.0"
+        present = {name.split(".")[0] for _, _, name in fw.functions}
+        missing = [n for n in self.layers + [run_function] if n not in present]
         if missing:
             raise RuntimeError(f"functions {missing} not found in the firmware (inlined?)")
         blocks = {}
         counts = np.zeros(len(self.layers) + 1, np.int64)  # last: glue
+        helpers = [set() for _ in range(len(self.layers) + 1)]  # functions outside the model each one ran
         state = {"owner": -1, "bkpt": None}
         n_layers = len(self.layers)
         functions = fw.functions
@@ -152,22 +158,26 @@ class Emulator:
             if b is None:
                 n = _instructions_in(bytes(uc_.mem_read(address, size)))
                 j = bisect.bisect_right(starts, address) - 1
-                owner = None
+                owner, fname = None, "?"
                 if j >= 0 and address < functions[j][1]:
-                    owner = owner_of.get(functions[j][2])
-                b = blocks[address] = (n, None if owner is None else (n_layers if owner < 0 else owner))
+                    fname = functions[j][2]
+                    owner = owner_of.get(fname.split(".")[0])
+                b = blocks[address] = (n, None if owner is None else (n_layers if owner < 0 else owner), fname)
             if b[1] is not None:
                 state["owner"] = b[1]
+            elif b[2] != "?":
+                helpers[state["owner"]].add(b[2])
             counts[state["owner"]] += b[0]
 
         def on_interrupt(uc_, number, _):
             state["bkpt"] = number
             uc_.emu_stop()
 
-        self.counts, self.state = counts, state
+        self.counts, self.state, self.helpers = counts, state, helpers
         uc.hook_add(unicorn.UC_HOOK_INTR, on_interrupt)
-        # hooks are compiled into translated blocks: add the block hook before anything runs
-        uc.hook_add(unicorn.UC_HOOK_BLOCK, on_block)
+        # hooks are compiled into translated blocks: add the block hook before anything runs. A code
+        # hook calls on_block once per instruction, with that instruction as the "block".
+        uc.hook_add(unicorn.UC_HOOK_CODE if per_instruction else unicorn.UC_HOOK_BLOCK, on_block)
         uc.reg_write(self.reg_sp, self.estack)  # what the core loads from the vector table at reset
         self._start(fw.entry, "start-up")
         # inferences start from a fresh stack pointer: the whole stack is filled, so that its
@@ -199,6 +209,12 @@ class Emulator:
         counts[-1] -= 1  # the harness's final breakpoint
         y = bytes(uc.mem_read(self.fw.address("bnnc_emu_output"), out_bytes))
         return y, counts
+
+    def helpers_per_layer(self) -> dict:
+        """{layer or "glue": sorted names of the functions outside the model it ran} (compiler-rt
+        division, soft float...), over every inference so far."""
+        names = self.layers + ["glue"]
+        return {names[i]: sorted(h) for i, h in enumerate(self.helpers) if h}
 
     def stack_bytes(self) -> int:
         """Deepest stack use so far (bytes below the initial stack pointer)."""
