@@ -32,7 +32,7 @@ from ..errors import BnncError
 from ..passes.fold_weights import fold_weights
 from ..passes.pack_bits import pack_bits
 from ..resources import resource_dir
-from .c import _chain_ctx, c_float, comment_text, sanitize_identifier
+from .c import _chain_ctx, comment_text, sanitize_identifier
 
 CXX_FLAGS = ("-std=c++14", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
 DEFAULT_PART = "xc7z020clg400-1"  # a Zynq-7020 (PYNQ-Z1/Z2): run_hls.tcl's default, BNNC_HLS_PART overrides
