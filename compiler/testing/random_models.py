@@ -111,9 +111,10 @@ _STYLES = ("plain", "torch", "odd")
 class _Builder:
     """Accumulates the nodes, initializers and layer descriptions of one model."""
 
-    def __init__(self, rng: np.random.Generator, style: str):
+    def __init__(self, rng: np.random.Generator, style: str, keep_all_channels: bool = False):
         self.rng = rng
         self.style = style
+        self.keep_all_channels = keep_all_channels  # no constant (prunable) BatchNorm channels
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.layers: list[dict] = []
@@ -226,7 +227,7 @@ class _Builder:
         mean_acc, sigma, lo, hi = self.accumulator_stats(signs)
         spread = alpha.astype(_F64) * s * sigma  # the pre-BN value's spread, as batch stats give
         gamma = rng.uniform(0.25, 2.0, n) * np.where(rng.random(n) < P_NEGATIVE_GAMMA, -1.0, 1.0)
-        zero = rng.random(n) < P_ZERO_GAMMA
+        zero = (rng.random(n) < P_ZERO_GAMMA) & (not self.keep_all_channels)
         gamma[zero] = 0.0
         var = spread**2 * rng.uniform(0.5, 2.0, n)
         beta = rng.normal(0.0, 0.5, n)
@@ -237,7 +238,7 @@ class _Builder:
 
         # Boundary at acc = t + 0.5: t near the accumulator's typical values, or out of reach.
         t = np.clip(np.rint(rng.normal(mean_acc, sigma)), lo, hi - 1)
-        constant = (rng.random(n) < P_CONSTANT) & ~pruned & ~zero
+        constant = (rng.random(n) < P_CONSTANT) & ~pruned & ~zero & (not self.keep_all_channels)
         offset = rng.integers(0, 4, n)
         t = np.where(constant, np.where(rng.random(n) < 0.5, hi + offset, lo - 1 - offset), t)
         mean = alpha.astype(_F64) * s * (t + 0.5) + beta * std / safe_gamma
@@ -534,16 +535,18 @@ def random_model(seed: int, *, max_convs: int = 3, max_dense: int = 2,
     return model, spec
 
 
-def cnv_model(seed: int = 0, prune: float = 0.0) -> onnx.ModelProto:
+def cnv_model(seed: int = 0, prune: float = 0.0, keep_all_channels: bool = False) -> onnx.ModelProto:
     """FINN's CIFAR-10 CNV topology as a plain float ONNX model (59.5M MACs).
 
     Input (1, 3, 32, 32) on an int8 grid of scale 1/128 (values in [-1, 1)); six valid 3x3 convs
     64-64-128-128-256-256 (Conv -> BatchNormalization -> Sign), MaxPool 2x2 after convs 2 and 4
     (32 -> 30 -> 28 -> 14 -> 12 -> 10 -> 5 -> 3 -> 1), Flatten, dense 256 -> 512 -> 512 -> 10.
     `prune`: the fraction of all-zero filters in every hidden layer (STQ-style structured pruning).
+    `keep_all_channels`: no BatchNorm channel is constant, so none is pruned by the compiler (the
+    dense topology, as FINN's folding of CNV assumes).
     """
     rng = np.random.default_rng(seed)
-    b = _Builder(rng, "torch")
+    b = _Builder(rng, "torch", keep_all_channels)
     input_shape = (1, 3, 32, 32)
     b.quantized_input(input_shape, "int8", 1.0 / 128, 0)
     for i, channels in enumerate((64, 64, 128, 128, 256, 256)):
