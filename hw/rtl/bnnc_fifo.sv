@@ -30,7 +30,7 @@ module bnnc_fifo #(
   assign out_data = mem[rptr];
 
   function automatic logic [AW-1:0] next_ptr(input logic [AW-1:0] p);
-    return p == AW'(DEPTH - 1) ? '0 : p + 1'b1;
+    next_ptr = p == AW'(DEPTH - 1) ? '0 : p + 1'b1;
   endfunction
 
   always_ff @(posedge clk) begin

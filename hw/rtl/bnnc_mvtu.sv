@@ -85,7 +85,7 @@ module bnnc_mvtu #(
   wire start = in_valid && in_ready;
 
   function automatic logic [KB-1:0] class_of(input logic [RB-1:0] row, input logic [CB-1:0] col);
-    return KB'(YCLS[row*YB+:YB]) * KB'(NX) + KB'(XCLS[col*XB+:XB]);
+    class_of = KB'(YCLS[row*YB+:YB]) * KB'(NX) + KB'(XCLS[col*XB+:XB]);
   endfunction
 
   always_ff @(posedge clk) begin

@@ -108,10 +108,10 @@ module bnnc_swg #(
   end
 
   function automatic logic [HW-1:0] first_row(input logic signed [YW-1:0] top);
-    return top < 0 ? '0 : HW'(top);
+    first_row = top < 0 ? '0 : HW'(top);
   endfunction
   function automatic logic [HW-1:0] bottom_row(input logic signed [YW-1:0] top);
-    return top + YW'(KH - 1) >= YW'(IH) ? HW'(IH - 1) : HW'(top + YW'(KH - 1));
+    bottom_row = top + YW'(KH - 1) >= YW'(IH) ? HW'(IH - 1) : HW'(top + YW'(KH - 1));
   endfunction
 
   // the window shifts down one tap per read: the oldest tap ends at the bottom
