@@ -59,6 +59,7 @@ class Plan:
     hw_ops: list  # Conv / MaxPool / GlobalSumPool in pipeline order
     tail_ops: list  # ops after the accelerator (ArgMax)
     acc_out: bool  # the last hw op is a Conv whose accumulators go to the host
+    flat_input: bool = False  # the first layer is dense over the whole input: stream it as one pixel
 
 
 def _check_conv(op: ir.Conv) -> None:
@@ -107,7 +108,21 @@ def plan(graph: ir.Graph) -> Plan:
             if isinstance(ty, ir.Reals) and not (op is hw[-1] and acc_out and t == op.outputs[0]):
                 raise BnncError(f"layer '{op.name}' has a float32 tensor in the middle of the network, which the "
                                 "verilog target cannot hold")
-    return Plan(ops[0], hw, tail, acc_out)
+    first = hw[0]
+    in_ty = graph.tensors[ops[0].outputs[0]]
+    flat = isinstance(first, ir.Conv) and tuple(first.kernel) == tuple(in_ty.shape[:2]) and not any(first.pads) \
+        and in_ty.shape[0] * in_ty.shape[1] > 1
+    return Plan(ops[0], hw, tail, acc_out, flat)
+
+
+def input_type(graph: ir.Graph, pl: Plan):
+    """The accelerator's input tensor type; (1, 1, H*W*C) when the first layer is dense over the
+    whole input (raster order is that layer's window order, so only the stream's shape changes)."""
+    ty = graph.tensors[pl.input_op.outputs[0]]
+    if not pl.flat_input:
+        return ty
+    h, w, c = ty.shape
+    return type(ty)(**{**ty.__dict__, "shape": (1, 1, h * w * c)})
 
 
 # ----------------------------------------------------------------------------- design
@@ -164,10 +179,11 @@ def buffer_rows(kh: int, sh: int) -> int:
     return 2 * kh + sh
 
 
-def _conv_stage(op: ir.Conv, src, dst, name: str) -> dict:
+def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
+    """Parameters of a conv stage; `flat`: src is the whole input as one pixel (see input_type)."""
     f = op.folded
     oh, ow = dst.shape[:2]
-    swg = not (tuple(op.kernel) == (1, 1) and tuple(op.stride) == (1, 1) and not any(op.pads))
+    swg = not flat and not (tuple(op.kernel) == (1, 1) and tuple(op.stride) == (1, 1) and not any(op.pads))
     s = {"kind": "conv", "name": name, "title": f"{'Dense' if op.is_dense else 'Conv'} "
          f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {f.mh} channels, {oh}x{ow} outputs",
          "swg": swg, "ih": src.shape[0], "iw": src.shape[1], "c": src.shape[2], "kh": op.kernel[0],
@@ -238,8 +254,8 @@ def unit_floor(graph: ir.Graph, pl: Plan) -> tuple:
     """(unit, cycles per frame) of the slowest unit whose speed no folding changes: sliding window
     generators and pools (KH*KW + WINDOW_OVERHEAD cycles per output pixel), global sums (one cycle
     per pixel) and the AXI streams (one cycle per beat)."""
-    units = [("input stream", _axis(graph.tensors[pl.input_op.outputs[0]], "in")["beats"])]
-    for op in pl.hw_ops:
+    units = [("input stream", _axis(input_type(graph, pl), "in")["beats"])]
+    for op in pl.hw_ops[1:] if pl.flat_input else pl.hw_ops:
         src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
         pixels = dst.shape[0] * dst.shape[1]
         taps = op.kernel[0] * op.kernel[1] if isinstance(op, (ir.Conv, ir.MaxPool)) else 0
@@ -269,7 +285,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
     foldings = choose_foldings(graph, pl, opts)
     g = layout_folded_layers(graph, foldings)
     pl = plan(g)
-    in_ty = g.tensors[pl.input_op.outputs[0]]
+    in_ty = input_type(g, pl)
     streams = [_stream(in_ty, "quantized input")]
     stages, mems, names = [], {}, set()
     for op in pl.hw_ops:
@@ -281,7 +297,8 @@ def build_design(graph: ir.Graph, opts) -> Design:
         if isinstance(op, (ir.Conv, ir.MaxPool)):
             _check_pads(op)
         if isinstance(op, ir.Conv):
-            s = _conv_stage(op, src, dst, name)
+            flat = pl.flat_input and op is pl.hw_ops[0]
+            s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
             mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["pe"] * s["simd"])
             mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * op.folded.entry_bits)
         else:
@@ -326,6 +343,8 @@ def build_design(graph: ir.Graph, opts) -> Design:
     if limits:
         from . import verilog_resources
 
+        verilog_resources.validate_limits(limits)
+        verilog_resources.yosys_command()  # a clear error when yosys is missing
         verilog_resources.check_limits(verilog_resources.estimate(d)["total"], limits)
     d.files = {**sources, **mems,
                "filelist.f": env.get_template("filelist.f.j2").render(sources=list(sources)),

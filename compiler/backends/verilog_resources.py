@@ -212,13 +212,18 @@ def full_synthesis(design) -> dict:
     return synth(design.sources, design.top, {}, design.mems)
 
 
-def check_limits(counts: dict, limits: dict) -> None:
-    """BnncError when an estimate exceeds a limit ({lut, ff, bram18, dsp})."""
+def validate_limits(limits: dict) -> None:
     for k, v in sorted(limits.items()):
         if k not in LIMIT_KEYS:
             raise BnncError(f"unknown resource limit '{k}' (known: {', '.join(LIMIT_KEYS)})")
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise BnncError(f"resource limit {k} must be a non-negative integer (got {v!r})")
+
+
+def check_limits(counts: dict, limits: dict) -> None:
+    """BnncError when an estimate exceeds a limit ({lut, ff, bram18, dsp})."""
+    validate_limits(limits)
+    for k, v in sorted(limits.items()):
         if counts[k] > v:
             raise BnncError(f"the design needs about {counts[k]} {k.upper()} (estimate), more than the limit of {v}; "
                             "fold it further (smaller PE/SIMD or a larger --target-cycles)")
