@@ -29,7 +29,12 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
         o = op.w.shape[0]
         expect = (pack_bit_rows(op.w, word_bits).reshape(o, -1) if isinstance(src, ir.Bits)
                   else op.w.reshape(o, -1))
-        if pr.dense:  # the filter's kh * kw * C bits back to back, fewer words than tap by tap
+        if pr.pairs:  # 4 int8 weights per uint32 word, zero weights after the last tap
+            by = ((pr.weights[:, :, None] >> (np.arange(4, dtype=np.uint32) * 8)) & 0xFF).astype(np.uint8)
+            unpacked = by.view(np.int8).reshape(o, -1)
+            assert np.array_equal(unpacked[:, : expect.shape[1]], expect) and not np.any(unpacked[:, expect.shape[1]:])
+            assert -(2**15) <= src.lo and src.hi < 2**15
+        elif pr.dense:  # the filter's kh * kw * C bits back to back, fewer words than tap by tap
             dense = pack_bit_rows(op.w.reshape(o, -1), word_bits)
             assert np.array_equal(pr.weights, dense) and dense.shape[1] < expect.shape[1]
             assert np.array_equal(unpack_bit_rows(pr.weights, op.w[0].size, word_bits), op.w.reshape(o, -1))

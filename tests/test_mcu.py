@@ -55,6 +55,8 @@ def check_random_model(seed, core):
     per_layer = stats["instructions_per_layer"]
     assert abs(sum(per_layer.values()) - stats["instructions"]) <= len(per_layer)  # means, rounded
     assert stats["arena_bytes"] <= 1.05 * stats["arena_lower_bound_bytes"]
+    helpers = [h for names in stats["helpers_per_layer"].values() for h in names]
+    assert not [h for h in helpers if "popcount" in h], "popcount must be the bit-trick sequence, never libgcc"
     if core == "cortex-m0":  # no FPU: soft float may run only where the model computes in float
         floats = float_layers(graph)
         for layer, helpers in stats["helpers_per_layer"].items():
@@ -113,6 +115,36 @@ def test_random_models_on_cortex_m4(seed):
 @pytest.mark.parametrize("seed", range(1000, 1000 + N_M0))
 def test_random_models_on_cortex_m0(seed):
     check_random_model(seed, "cortex-m0")
+
+
+@pytest.mark.parametrize("core", ["cortex-m0", "cortex-m4"])
+def test_wide_layers_take_the_looped_row_kernel(core):
+    """Rows of more than 48 words (a loop of 8 three-word steps, then the rest); rows that are all loop
+    are in the Brevitas CNV (72 words)."""
+    from bnnc.pipeline import compile_graph
+    from bnnc.testing.random_models import mlp_model, random_inputs
+
+    for sizes in ((64, 1600, 2048, 10),):
+        model = mlp_model(3, 0.0, sizes)
+        graph = compile_graph(model)
+        rows = [op.packed.taps for op in mcu.backend_graph(graph).ops()
+                if isinstance(op, ir.Conv) and op.packed.in_kind == "bits"]
+        assert max(rows) > 48
+        inputs = driver.prepare_inputs(graph, random_inputs(model, 3, 1))
+        ref = driver.run_target(graph, "ref", inputs)
+        y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu=core))
+        assert np.array_equal(y.reshape(ref.shape), ref), sizes
+
+
+def test_row_steps_cover_every_row_length_once():
+    from bnnc.backends.c import _row_unrolling
+
+    for taps in range(1, 200):
+        plan = _row_unrolling(taps)
+        steps = plan["row_steps"]
+        covered = sum(24 * plan["loop_groups"] if n == "loop" else n for n in steps)
+        assert covered == taps and steps.count("loop") == (1 if plan["loop_groups"] else 0)
+        assert all(n in (1, 2, 3, "loop") for n in steps) and steps.count(1) + steps.count(2) <= 1
 
 
 def test_random_models_on_cortex_m7():
@@ -229,3 +261,17 @@ def test_arm_none_eabi_gcc_firmware_equals_the_reference(monkeypatch, core):
     monkeypatch.setenv("BNNC_MCU_CC", "arm-none-eabi-gcc")
     for seed in (11, 12):
         check_random_model(seed, core)
+
+
+@pytest.mark.parametrize("name", ["ternary-ttq", "ternary-ec2t", "dabn", "w1a2", "hbn", "xnet"])
+def test_zoo_family_models_on_cortex_m4(name):
+    """The compressed-family layers (issue 5) go through the same MCU build and emulator."""
+    zoo = pytest.importorskip("bnnc.zoo")
+    from bnnc.pipeline import compile_graph
+
+    model = zoo.build(name)
+    graph = compile_graph(model)
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 2))
+    ref = driver.run_target(graph, "ref", inputs)
+    y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu="cortex-m4"))
+    assert np.array_equal(y.reshape(ref.shape), ref)

@@ -86,11 +86,14 @@ def _chain_ctx(ops, index: str, prefix: str, consts: list) -> list:
 
 
 def _row_unrolling(taps: int) -> dict:
-    """How a row kernel covers `taps` words with 3-word steps: fully unrolled up to 16 steps,
-    else a loop of 8 steps per turn plus the rest unrolled (code size stays bounded)."""
+    """How a row kernel covers `taps` words: 3-word steps (a 2- or 1-word step for the rest),
+    fully unrolled up to 16 steps, else a loop of 8 steps per turn (code size stays bounded).
+    row_steps lists them in order ("loop" for the loop); the first one starts the row."""
     groups = taps // 3
     loop = groups // 8 if groups > 16 else 0
-    return {"loop_groups": loop, "unrolled_groups": groups - 8 * loop}
+    rest = [3] * (groups - 8 * loop) + ([taps % 3] if taps % 3 else [])
+    steps = ([rest[0]] if rest else []) + (["loop"] if loop else []) + rest[1:]
+    return {"loop_groups": loop, "row_steps": steps}
 
 
 def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
@@ -164,10 +167,11 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
                      acc16=p.acc16, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
-                     wb=wb, **_row_unrolling(p.taps))
-            consts.append({"name": f"{op.name}_w", "ctype": "bnnc_word_t" if p.in_kind == "bits" else "int8_t",
-                           "n": p.weights.size, "align": p.layout == "blocked",
-                           "init": c_array(p.weights, word_kind if p.in_kind == "bits" else "int")})
+                     wb=wb, pairs=p.pairs, groups4=-(-p.taps // 4), **_row_unrolling(p.taps))
+            wtype, wkind = (("bnnc_word_t", word_kind) if p.in_kind == "bits" else
+                            ("uint32_t", "word32") if p.pairs else ("int8_t", "int"))
+            consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": p.weights.size,
+                           "align": p.layout == "blocked", "init": c_array(p.weights, wkind)})
             if p.vnni_offset is not None:  # VNNI builds use the second table instead of the first
                 consts[-1]["guard"] = "!defined(BNNC_AVX512_VNNI)"
                 consts.append({"name": f"{op.name}_w_vnni", "ctype": "int8_t", "n": p.weights_vnni.size,

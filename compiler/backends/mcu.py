@@ -102,10 +102,11 @@ def _memories(ctx: dict, core: Core, opts) -> tuple:
     return flash, ram, note
 
 
-def render(graph: ir.Graph, opts, emulation: bool = False) -> dict:
-    """{file name: text}: the firmware project, or (emulation) the model with bnnc's harness."""
+def render(graph: ir.Graph, opts, emulation: bool = False, bg: ir.Graph | None = None) -> dict:
+    """{file name: text}: the firmware project, or (emulation) the model with bnnc's harness.
+    `bg`: the backend graph when the caller has it already."""
     core = core_of(opts)
-    bg = backend_graph(graph)
+    bg = bg if bg is not None else backend_graph(graph)
     lib = c_backend.render(bg, opts.name)
     ctx = c_backend.build_context(bg, opts.name)
     ld = f"{ctx['prefix']}_{core.name.replace('-', '_')}.ld"
@@ -172,12 +173,13 @@ def compiler_name(core: Core) -> str:
     return f"zig cc {zig_version()} {OPT} -mcpu={core.zig_cpu}"
 
 
-def build(files: dict, core: Core) -> Path:
-    """Cross-compile an emulation build (model.c, emu.c, startup.c); cached by content."""
+def build(files: dict, core: Core, defines: tuple = ()) -> Path:
+    """Cross-compile an emulation build (model.c, emu.c, startup.c); cached by content.
+    `defines` (e.g. "BNNC_NAIVE_POPCOUNT") are passed as -D options."""
     ld = next(n for n in files if n.endswith(".ld"))
     sources = sorted(n for n in files if n.endswith(".c"))
     cc = toolchain()
-    cmd = compile_command(core, sources, ld, "firmware.elf", cc)
+    cmd = compile_command(core, [f"-D{d}" for d in defines] + sources, ld, "firmware.elf", cc)
     h = hashlib.sha256()
     for n in sorted(files):
         h.update(n.encode() + b"\0" + files[n].encode() + b"\0")
@@ -204,21 +206,19 @@ def build(files: dict, core: Core) -> Path:
 # ----------------------------------------------------------------------------- running
 
 
-def _layer_names(graph: ir.Graph) -> list:
-    return [op.name for op in backend_graph(graph).ops()]
-
-
-def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = False) -> tuple:
+def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = False, defines: tuple = ()) -> tuple:
     """(outputs (N, output elements), stats) of the firmware on inputs on the input grid
-    (per_instruction: count instructions one by one, to check the block counts)."""
+    (per_instruction: count instructions one by one, to check the block counts; defines: -D
+    options of the build, for benchmarks)."""
     from .mcu_emu import Emulator, Firmware
 
     core = core_of(opts)
-    files = render(graph, opts, emulation=True)
-    elf = build(files, core)
+    bg = backend_graph(graph)
+    files = render(graph, opts, emulation=True, bg=bg)
+    elf = build(files, core, tuple(defines))
     fw = Firmware.load(elf)
     prefix = c_backend.sanitize_identifier(opts.name)
-    layers = _layer_names(graph)
+    layers = [op.name for op in bg.ops()]
     emu = Emulator(fw, core.uc_cpu, layers, f"{prefix}_run", EMU_FLASH, EMU_RAM, per_instruction)
     in_dtype = graph.input_info["dtype"]
     out_dtype = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
@@ -237,7 +237,6 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
         print(file=sys.stderr)
     counts = np.array(counts) if counts else np.zeros((0, len(layers) + 1), np.int64)
     stack = emu.stack_bytes()
-    bg = backend_graph(graph)
     stats = {
         "target": core.name,
         "instructions": int(round(counts.sum(axis=1).mean())) if n else 0,

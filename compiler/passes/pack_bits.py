@@ -15,6 +15,8 @@ or L = kh * kw * C integers when the input is integer) and stored in one of two 
   threshold rows of O entries). When C is not a multiple of WB, a binary layer's row is "dense":
   the filter's kh * kw * C bits back to back in (ky, kx, c) order, L = ceil(K / WB) words instead
   of kh * kw * CW, and the kernel builds each window the same way (fill bits only at the end).
+  Integer-input rows whose inputs fit int16 are "pairs": 4 int8 weights per uint32 word, for the
+  dual 16-bit multiply-accumulate of Cortex-M4/M7 (bnnc_int_dot_pairs).
 Integer-input layers that AVX-512 VNNI can run (`vnni_offset` is not None) also get
 `weights_vnni` [O_pad / 32][kh][G][32][4]: each kernel row's kw * C weights padded with zeros to
 G = ceil(kw * C / 4) groups of 4 for `vpdpbusd`, which multiplies 4 unsigned bytes
@@ -81,6 +83,7 @@ class PackedConv:
     weights_vnni: Optional[np.ndarray] = None  # int8 (O_pad / 32, kh, G, 32, 4)
     vnni_corr: Optional[np.ndarray] = None  # int64 (O_pad,): offset * sum of the filter's weights
     dense: bool = False  # "rows" binary layers: the window's kh * kw * C bits packed back to back
+    pairs: bool = False  # "rows" integer layers with int16 inputs: weights (O, ceil(L / 4)) uint32, 4 int8 each
 
 
 def words(c: int, word_bits: int) -> int:
@@ -154,10 +157,17 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         o_pad = o  # scalar kernels walk the real filters only
     taps = rows.shape[1]
     weights = rows.astype(wdtype) if layout == "rows" else _blocked(rows, o_pad).astype(wdtype)
+    pairs = layout == "rows" and not bits_in and -2**15 <= src.lo and src.hi < 2**15
+    if pairs:  # 4 int8 weights per uint32 word (tap 4g + k in byte k), taps padded with 0 weights
+        g4 = -(-taps // 4)
+        padded = np.zeros((o, g4 * 4), np.int64)
+        padded[:, :taps] = rows
+        by = (padded & 0xFF).astype(np.uint64).reshape(o, g4, 4)
+        weights = np.bitwise_or.reduce(by << (np.arange(4, dtype=np.uint64) * 8), axis=2).astype(np.uint32)
     corr = corr.reshape(ny * nx, o)
     k_full = kh * kw * c
     p = PackedConv("bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full, weights,
-                   ycls, xcls, ny, nx, corr, None, None, None, layout=layout, dense=dense)
+                   ycls, xcls, ny, nx, corr, None, None, None, layout=layout, dense=dense, pairs=pairs)
     if not bits_in:
         xmax = max(abs(src.lo), abs(src.hi))
         p.acc16 = taps * xmax <= INT16_MAX

@@ -47,11 +47,16 @@ def conv_scratch(op, src, word_bits: int) -> dict:
     kernel's type (int16 when the accumulator fits int16, else int32; bytes for VNNI, which also
     reads up to 3 bytes past a row, hence 4 spare bytes).
     MCU ("rows" weights, RAM is scarce): acc only for real outputs (O int32); buf, one window
-    gathered per output pixel (taps words, or taps int16 / int32 values)."""
+    gathered per output pixel (taps words; or int16 pairs, 4 taps per 8 bytes; or int32 values)."""
     p = op.packed
     if p.layout == "rows":
         acc = 0 if p.thr is not None else p.o * 4
-        buf = p.taps * (word_bits // 8 if p.in_kind == "bits" else (2 if p.acc16 else 4))
+        if p.in_kind == "bits":
+            buf = p.taps * word_bits // 8
+        elif p.pairs:  # int16 values, taps rounded up to groups of 4
+            buf = -(-p.taps // 4) * 8
+        else:
+            buf = p.taps * (2 if p.acc16 else 4)
         align = _alignment("rows")
         return {"acc": 0, "buf": _align(acc, align), "size": _align(acc, align) + _align(buf, align)}
     acc = _align(p.o_pad * 4)
@@ -84,9 +89,8 @@ def _alignment(layout: str) -> int:
 def plan_arena(graph: ir.Graph) -> ir.Graph:
     """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound"} to the graph.
 
-    The numbers computed are unchanged: only where buffers live is decided. Placement is first
-    fit in several orders (largest first, longest lifetime first, by first use); the smallest
-    arena wins (ties: the first order), so the result is deterministic."""
+    The numbers computed are unchanged: only where buffers live is decided (see _place: first
+    fit in several orders, then a bounded local search while above the lower bound)."""
     out = graph.copy()
     wb = getattr(out, "word_bits", 64)
     align = _alignment(getattr(out, "weight_layout", "blocked"))
@@ -102,23 +106,52 @@ def plan_arena(graph: ir.Graph) -> ir.Graph:
         s = scratch_bytes(op, out.tensors.get(op.inputs[0]), wb)
         if s:
             bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i)
-    orders = (lambda b: (-b.size, b.first, b.name),
-              lambda b: (-(b.last - b.first), -b.size, b.first, b.name),
-              lambda b: (b.first, -b.size, b.name))
-    best = None
-    for key in orders:
-        offsets = _first_fit(sorted(bufs.values(), key=key))
-        size = max((offsets[b.name] + b.size for b in bufs.values()), default=0)
-        if best is None or size < best[0]:
-            best = (size, offsets)
-    size, offsets = best
+    bound = max((sum(b.size for b in bufs.values() if b.first <= i <= b.last) for i in range(len(ops))), default=0)
+    size, offsets = _place(list(bufs.values()), bound)
     for b in bufs.values():
         b.offset = offsets[b.name]
-    bound = max((sum(b.size for b in bufs.values() if b.first <= i <= b.last) for i in range(len(ops))), default=0)
     placed = sorted(bufs.values(), key=lambda b: (b.offset, b.name))
     out.arena = {"buffers": {b.name: b.offset for b in placed}, "sizes": {b.name: b.size for b in placed},
                  "size": size, "lower_bound": bound, "align": align}
     return out
+
+
+SEARCH_BUDGET = 3000  # first-fit evaluations of the local search, at most
+
+
+def _place(bufs: list, bound: int) -> tuple:
+    """(size, {name: offset}): first fit in several orders (largest first, longest lifetime
+    first, by first use), then, while the arena exceeds the lower bound, a local search that
+    moves one buffer to another place in the order and keeps strict improvements. Deterministic."""
+    def size_of(offsets):
+        return max((offsets[b.name] + b.size for b in bufs), default=0)
+
+    best = None
+    for key in ((lambda b: (-b.size, b.first, b.name)),
+                (lambda b: (-(b.last - b.first), -b.size, b.first, b.name)),
+                (lambda b: (b.first, -b.size, b.name))):
+        order = sorted(bufs, key=key)
+        offsets = _first_fit(order)
+        if best is None or size_of(offsets) < best[0]:
+            best = (size_of(offsets), offsets, order)
+    size, offsets, order = best
+    budget, improved = SEARCH_BUDGET, True
+    while size > bound and improved and budget > 0:
+        improved = False
+        for i in range(len(order)):
+            for j in range(len(order)):
+                if i == j or budget <= 0:
+                    continue
+                trial = order[:i] + order[i + 1:]
+                trial.insert(j, order[i])
+                budget -= 1
+                t_offsets = _first_fit(trial)
+                if size_of(t_offsets) < size:
+                    size, offsets, order, improved = size_of(t_offsets), t_offsets, trial, True
+                    break
+            if improved or size <= bound:
+                break
+    return size, offsets
 
 
 def _first_fit(order: list) -> dict:

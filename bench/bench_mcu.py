@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Cortex-M firmware figures: instructions per inference and per layer, instructions per binary
+MAC, arena against its lower bound, flash against packed weights + thresholds + code.
+
+    python bench/bench_mcu.py [--core cortex-m4] [--quick] [--json PATH]
+
+For each model (the random CNV and TFC of bnnc.testing.random_models and, when ../shared/models
+is there, the real Brevitas CNV and FINN TFC) the script builds the firmware for the core
+(bnnc's emulation build: model.c + startup + harness, zig cc -O2), runs one inference in unicorn,
+checks that the output equals bnnc's reference executor bit for bit (it aborts if not) and
+reports:
+
+* instructions per inference and per layer, and instructions per MAC of every Conv; "binary
+  convs" sums the Conv layers with a bit input that are convolutions in the model (not Gemm /
+  MatMul dense layers): on the CNV topology the five 3x3 convs after the first;
+* the same with BNNC_NAIVE_POPCOUNT (one bit-trick popcount per word instead of bnnc's
+  carry-save sequence), the baseline the carry-save kernel is measured against (--quick skips);
+* arena bytes against the liveness lower bound (largest total of buffers live together);
+* flash bytes against packed weights (one bit per binary weight, one byte per integer weight)
+  + thresholds (4 bytes per output channel and border class) + code (.text).
+
+MACs count what the compiled IR computes (O * kh * kw * C * OH * OW after bnnc stripped constant
+and pruned channels), as bench_c.py does. Writes a table and JSON (default
+bench/results/bench_mcu.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bnnc import driver, ir
+from bnnc.backends import mcu
+from bnnc.pipeline import compile_file, compile_graph
+from bnnc.targets import TargetOptions
+from bnnc.testing.random_models import cnv_model, random_inputs, tfc_model
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "models"
+DEFAULT_JSON = REPO / "bench" / "results" / "bench_mcu.json"
+TARGET = 0.30  # instructions per binary MAC on CNV's binary convs, Cortex-M4 (issue #4)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def models() -> list:
+    """(label, lowered graph, one input on the model's own scale, source)."""
+    out = []
+    m = cnv_model(0)
+    out.append(("cnv", compile_graph(m), random_inputs(m, 1, 1), "random_models.cnv_model(0)"))
+    m = tfc_model(0)
+    out.append(("tfc", compile_graph(m), random_inputs(m, 1, 1), "random_models.tfc_model(0)"))
+    cnv = SHARED / "brevitas-cnv-1w1a"
+    if (cnv / "cnv_1w1a.onnx").exists():
+        _, g = compile_file(cnv / "cnv_1w1a.onnx")
+        out.append(("brevitas-cnv-1w1a", g, np.load(cnv / "input.npy")[:1], "../shared/models/brevitas-cnv-1w1a"))
+    tfc = SHARED / "finn-tfc-w1a1"
+    if (tfc / "model.onnx").exists():
+        _, g = compile_file(tfc / "model.onnx")
+        out.append(("finn-tfc-w1a1", g, np.load(tfc / "input.npy")[:1], "../shared/models/finn-tfc-w1a1"))
+    if not cnv.exists():
+        log(f"(skipping the shared models: {SHARED} not found)")
+    return out
+
+
+def layer_table(graph: ir.Graph) -> list:
+    """Per op of the MCU backend graph: name, kind, MACs, packed weight / threshold bytes."""
+    bg = mcu.backend_graph(graph)
+    rows = []
+    for op in bg.ops():
+        d = {"name": op.name, "kind": type(op).__name__, "macs": 0, "binary_conv": False,
+             "weight_bytes": 0, "threshold_bytes": 0}
+        if isinstance(op, ir.Conv):
+            o, kh, kw, c = op.w.shape
+            oh, ow = bg.tensors[op.outputs[0]].shape[:2]
+            p = op.packed
+            d["macs"] = int(o * kh * kw * c * oh * ow)
+            d["kind"] = ("dense" if op.is_dense else "conv") + ("_bin" if p.in_kind == "bits" else "_int")
+            d["binary_conv"] = p.in_kind == "bits" and not op.is_dense
+            d["weight_bytes"] = -(-o * kh * kw * c // 8) if p.in_kind == "bits" else o * kh * kw * c
+            d["threshold_bytes"] = 0 if p.thr is None else int(p.thr.size) * 4
+            d["row_words"], d["dense_window"] = p.taps if p.in_kind == "bits" else None, bool(p.dense)
+        rows.append(d)
+    return rows
+
+
+def bench_model(label: str, graph: ir.Graph, x: np.ndarray, source: str, core: str, quick: bool) -> dict:
+    t0 = time.perf_counter()
+    inputs = driver.prepare_inputs(graph, x)
+    ref = driver.run_target(graph, "ref", inputs)
+    opts = TargetOptions(mcu=core)
+    log(f"[{label}] building and emulating on {core} ...")
+    y, st = mcu.emulate(graph, inputs.grid, opts)
+    if not np.array_equal(y.reshape(ref.shape), ref):
+        sys.exit(f"ERROR [{label}]: the {core} output differs from the reference executor")
+    naive = None
+    if not quick:
+        log(f"[{label}] baseline: BNNC_NAIVE_POPCOUNT ...")
+        yn, naive = mcu.emulate(graph, inputs.grid, opts, defines=("BNNC_NAIVE_POPCOUNT",))
+        if not np.array_equal(yn.reshape(ref.shape), ref):
+            sys.exit(f"ERROR [{label}]: the naive-popcount build differs from the reference executor")
+    layers = layer_table(graph)
+    for d in layers:
+        n = st["instructions_per_layer"][d["name"]]
+        d["instructions"] = n
+        d["instr_per_mac"] = round(n / d["macs"], 4) if d["macs"] else None
+        if naive:
+            d["naive_instructions"] = naive["instructions_per_layer"][d["name"]]
+            d["naive_instr_per_mac"] = round(d["naive_instructions"] / d["macs"], 4) if d["macs"] else None
+    bin_convs = [d for d in layers if d["binary_conv"]]
+    bin_macs = sum(d["macs"] for d in bin_convs)
+    res = {"source": source, "core": core, "compiler": st["compiler"], "instructions": st["instructions"],
+           "glue_instructions": st["instructions_per_layer"]["glue"], "layers": layers,
+           "binary_conv_macs": bin_macs,
+           "binary_conv_instructions": sum(d["instructions"] for d in bin_convs)}
+    res["binary_conv_instr_per_mac"] = round(res["binary_conv_instructions"] / bin_macs, 4) if bin_macs else None
+    if naive:
+        res["naive_instructions"] = naive["instructions"]
+        res["naive_binary_conv_instr_per_mac"] = (round(sum(d["naive_instructions"] for d in bin_convs) / bin_macs, 4)
+                                                 if bin_macs else None)
+    weights = sum(d["weight_bytes"] for d in layers)
+    thresholds = sum(d["threshold_bytes"] for d in layers)
+    code = st["sections"].get(".text", 0)
+    res.update({"flash_bytes": st["flash_bytes"], "ram_bytes": st["ram_bytes"], "stack_bytes": st["stack_bytes"],
+                "arena_bytes": st["arena_bytes"], "arena_lower_bound_bytes": st["arena_lower_bound_bytes"],
+                "arena_ratio": round(st["arena_bytes"] / max(st["arena_lower_bound_bytes"], 1), 4),
+                "packed_weight_bytes": weights, "threshold_bytes": thresholds, "code_bytes": code,
+                "flash_ratio": round(st["flash_bytes"] / (weights + thresholds + code), 4),
+                "sections": st["sections"], "seconds": round(time.perf_counter() - t0, 1)})
+    log(f"[{label}] done in {res['seconds']} s")
+    return res
+
+
+def fmt_table(header: list, rows: list) -> str:
+    w = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(v).ljust(w[i]) if i == 0 else str(v).rjust(w[i]) for i, v in enumerate(r))  # noqa: E731
+    return "\n".join([line(header), "  ".join("-" * x for x in w)] + [line(r) for r in rows])
+
+
+def report(results: dict, core: str) -> str:
+    out = [f"{core}: firmware built with {next(iter(results.values()))['compiler']}, one inference each", ""]
+    rows = []
+    for label, r in results.items():
+        ipm = r["binary_conv_instr_per_mac"]
+        rows.append([label, r["instructions"], "-" if ipm is None else f"{ipm:.3f}",
+                     "-" if r.get("naive_binary_conv_instr_per_mac") is None else f"{r['naive_binary_conv_instr_per_mac']:.3f}",
+                     f"{r['arena_bytes']} / {r['arena_lower_bound_bytes']} = {r['arena_ratio']:.3f}",
+                     f"{r['flash_bytes']} / {r['packed_weight_bytes'] + r['threshold_bytes'] + r['code_bytes']} = "
+                     f"{r['flash_ratio']:.3f}", r["ram_bytes"]])
+    out.append(fmt_table(["model", "instructions", "instr/MAC bin conv", "naive", "arena / bound",
+                          "flash / (weights+thr+code)", "RAM"], rows))
+    out.append(f"instr/MAC bin conv: instructions of the binary convolutions per binary MAC (issue #4 target on "
+               f"CNV, Cortex-M4: <= {TARGET}); naive: the same with one bit-trick popcount per word.")
+    for label, r in results.items():
+        out += ["", f"{label}: per layer ({r['instructions']} instructions, glue {r['glue_instructions']}; flash "
+                    f"{r['flash_bytes']} B = code {r['code_bytes']} + packed weights {r['packed_weight_bytes']} + "
+                    f"thresholds {r['threshold_bytes']} + other {r['flash_bytes'] - r['code_bytes'] - r['packed_weight_bytes'] - r['threshold_bytes']})"]
+        rows = []
+        for d in r["layers"]:
+            rows.append([d["name"], d["kind"], d["macs"] or "-", d["instructions"],
+                         f"{100 * d['instructions'] / r['instructions']:.1f}%",
+                         "-" if d["instr_per_mac"] is None else f"{d['instr_per_mac']:.3f}",
+                         "-" if d.get("naive_instr_per_mac") is None else f"{d['naive_instr_per_mac']:.3f}",
+                         "-" if d.get("row_words") is None else f"{d['row_words']}{' dense' if d['dense_window'] else ''}"])
+        out.append(fmt_table(["layer", "kind", "MACs", "instructions", "share", "instr/MAC", "naive", "row words"],
+                             rows))
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--core", default="cortex-m4", choices=sorted(mcu.CORES))
+    ap.add_argument("--quick", action="store_true", help="skip the naive-popcount baseline")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output JSON (default {DEFAULT_JSON})")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    results = {label: bench_model(label, g, x, src, args.core, args.quick) for label, g, x, src in models()}
+    print(report(results, args.core))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"core": args.core, "target_instr_per_binary_mac": TARGET, "models": results},
+                                    indent=2) + "\n")
+    print(f"\nwrote {args.json} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
