@@ -2,15 +2,17 @@
  *
  * Bit layout (bnnc's one convention): a pixel's channels are packed into words, channel c in
  * word c / BNNC_WORD_BITS at bit c % BNNC_WORD_BITS; bit 1 = -1, bit 0 = +1; fill bits are 0.
- * Weights are stored in blocks of BNNC_OBLOCK output channels, [O_pad / 32][taps][32], output
- * channels padded with zero filters, so the loops below stream one block and vectorize across
- * its 32 outputs. A window is kh rows of kwcw consecutive words (or values), `rs` apart: a
- * kernel reads the input in place when the window lies inside it and a gathered copy otherwise.
+ * Host kernels: weights in blocks of BNNC_OBLOCK output channels, [O_pad / 32][taps][32], output
+ * channels padded with zero filters, so the loops stream one block and vectorize across its 32
+ * outputs. A window is kh rows of kwcw consecutive words (or values), `rs` apart: a kernel reads
+ * the input in place when the window lies inside it and a gathered copy otherwise.
+ * Row kernels (MCU firmware, further down): weights [O][taps], one filter after the other.
  *
  * C99, no libc calls, no allocation. Define BNNC_WORD_BITS (32 or 64) before including.
  * Compiled for x86-64 with AVX-512 (e.g. -march=native on a machine that has it), the binary
- * kernels use VPOPCNTQ and the byte-input kernels VNNI; BNNC_PORTABLE keeps the portable C.
- * Both paths give identical results.
+ * kernels use VPOPCNTQ and the byte-input kernels VNNI; compiled for Cortex-M4/M7, the row
+ * kernels use Thumb-2 DSP assembly and SMLAD. BNNC_PORTABLE keeps the portable C everywhere.
+ * Every path gives identical results.
  */
 #ifndef BNNC_KERNELS_H
 #define BNNC_KERNELS_H
@@ -336,7 +338,7 @@ BNNC_INLINE uint32_t bnnc_popcount_bits(bnnc_word_t v) {
 #define BNNC_XNOR_POPCOUNT3_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT3(x, w, a, b))
 #define BNNC_XNOR_POPCOUNT2_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT2(x, w, a, b))
 #define BNNC_XNOR_POPCOUNT1_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT1(x, w, a, b))
-#elif BNNC_WORD_BITS == 32 && defined(__thumb2__) && defined(__ARM_FEATURE_DSP)
+#elif BNNC_WORD_BITS == 32 && defined(__thumb2__) && defined(__ARM_FEATURE_DSP) && !defined(BNNC_PORTABLE)
 /* register r: its 4-bit field counts (r8 scratch) */
 #define BNNC_T2_NIBBLES(r)                                                                                \
   "and r8, " r ", #0xAAAAAAAA\n\tsub " r ", " r ", r8, lsr #1\n\t"                                      \

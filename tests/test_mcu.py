@@ -275,3 +275,13 @@ def test_zoo_family_models_on_cortex_m4(name):
     ref = driver.run_target(graph, "ref", inputs)
     y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu="cortex-m4"))
     assert np.array_equal(y.reshape(ref.shape), ref)
+
+
+def test_portable_c_kernels_on_cortex_m4_equal_the_reference():
+    """-DBNNC_PORTABLE: the C forms of the row kernels (no Thumb-2 assembly, no SMLAD), compiled
+    for and run on the M4 itself."""
+    for seed in (21, 22, 23):
+        _, _, graph, inputs = random_case(seed, 3)
+        ref = driver.run_target(graph, "ref", inputs)
+        y, _ = mcu.emulate(graph, inputs.grid, TargetOptions(mcu="cortex-m4"), defines=("BNNC_PORTABLE",))
+        assert np.array_equal(y.reshape(ref.shape), ref), seed

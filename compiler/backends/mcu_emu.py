@@ -178,8 +178,10 @@ class Emulator:
         # hooks are compiled into translated blocks: add the block hook before anything runs. A code
         # hook calls on_block once per instruction, with that instruction as the "block".
         uc.hook_add(unicorn.UC_HOOK_CODE if per_instruction else unicorn.UC_HOOK_BLOCK, on_block)
-        uc.reg_write(self.reg_sp, self.estack)  # what the core loads from the vector table at reset
-        self._start(fw.entry, "start-up")
+        # reset as the core does it: SP and PC from the first two words of the vector table
+        sp, pc = (int.from_bytes(bytes(uc.mem_read(FLASH_BASE + 4 * i, 4)), "little") for i in (0, 1))
+        uc.reg_write(self.reg_sp, sp)
+        self._start(pc & ~1, "start-up")
         # inferences start from a fresh stack pointer: the whole stack is filled, so that its
         # deepest use shows afterwards
         self.stack_fill_end = self.estack
