@@ -193,7 +193,7 @@ def test_global_sum_pool(eb, p_valid, p_ready):
 # ----------------------------------------------------------------------------- MVTU
 
 
-def mvtu_case(rng, mh, mw, pe, simd, ib, nt, ncls=1, gain=-2):
+def mvtu_case(rng, mh, mw, pe, simd, ib, nt, ncls=1, gain=-2, lb=0, ls=1):
     """Random weights / tables, their memory images and a Python model of the unit."""
     nf, sf = -(-mh // pe), -(-mw // simd)
     wbits = rng.integers(0, 2, (mh, mw))
@@ -240,10 +240,12 @@ def mvtu_case(rng, mh, mw, pe, simd, ib, nt, ncls=1, gain=-2):
             s = np.where(wbits == 1, -x[None, :], x[None, :]).sum(axis=1)
         if nt == 0:
             return np.where(flag[cls] == 1, thr[cls, :, 0] + gain * s, thr[cls, :, 0])
-        return ((s[:, None] > thr[cls]) ^ flag[cls][:, None]).sum(axis=1)
+        return lb + ls * ((s[:, None] > thr[cls]) ^ flag[cls][:, None]).sum(axis=1)
 
     params = {"MH": mh, "MW": mw, "PE": pe, "SIMD": simd, "IB": ib, "SB": sb, "NT": nt, "TB": tb, "AB": ab,
               "GAIN": gain}
+    if (lb, ls) != (0, 1):
+        params.update(LB=lb, LS=ls, OB=max((lb + ls * nt).bit_length(), (-lb).bit_length(), lb.bit_length()) + 1)
     return params, mems, model, (nf, sf)
 
 
@@ -278,6 +280,17 @@ def test_mvtu_matches_model(case, p_valid, p_ready):
         assert unpack(v, mh, ob, signed=nt == 0) == model(x, 0).tolist(), f"vector {i}"
     if p_valid == 1.0 and p_ready == 1.0:
         assert np.all(np.diff(r.out_cycles) == nf * sf)  # back to back: no bubble between vectors
+
+
+def test_mvtu_levels_give_base_plus_step_times_count():
+    """Three thresholds per row and out = -3 + 2 * count: a 2-bit activation in {-3, -1, 1, 3}."""
+    rng = np.random.default_rng(8)
+    params, mems, model, _ = mvtu_case(rng, 5, 9, 2, 4, 1, 3, lb=-3, ls=2)
+    ob = params["OB"]
+    xs = rng.integers(0, 2, (10, 9))
+    r = run_block("tb_mvtu", params, [pack(x, 1) for x in xs], 2 + 9, 5 * ob, 10, mem_files=mems, p_ready=0.8)
+    for v, x in zip(r.outputs, xs):
+        assert unpack(v, 5, ob) == model(x, 0).tolist()
 
 
 def test_mvtu_border_classes_select_their_tables():

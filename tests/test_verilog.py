@@ -48,6 +48,19 @@ def test_shared_models_verify(shared_models, path, samples, capsys):
     assert f"verilog == reference (bit-exact)    {samples}/{samples}" in capsys.readouterr().out
 
 
+def test_multi_bit_activations_run_on_multi_threshold_units():
+    """zoo w1a2: binary weights, 2-bit MultiThreshold activations (LevelThresholds), max pool on
+    2-bit integers, integer-input layers after them."""
+    model = zoo.build("w1a2", seed=1)
+    graph = compile_graph(model)
+    x = driver.prepare_inputs(graph, zoo.inputs(model, 20, seed=1)).grid
+    design = verilog.build_design(graph, TargetOptions())
+    assert any(s.get("mode") == "levels" and s["nt"] == 3 for s in design.context["stages"])
+    verilog_sim.lint(design.sources, design.top)
+    y, _ = verilog.run(graph, x, TargetOptions())
+    assert np.array_equal(y, reference.run(graph, x).reshape(20, -1))
+
+
 def test_cnv_at_finn_folding_meets_the_analytic_ii():
     model = cnv_model(0, keep_all_channels=True)
     graph = compile_graph(model)
@@ -138,7 +151,7 @@ def test_unreachable_target_cycles_exits_2(small_model, tmp_path, capsys):
     assert "cannot be met" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name,message", [("ternary-ttq", "binary layers only"), ("w1a2", "epilogue"),
+@pytest.mark.parametrize("name,message", [("ternary-ttq", "binary layers only"), ("pabt", "activation planes"),
                                           ("bireal", "branches are not supported")])
 def test_layers_the_rtl_cannot_hold_exit_2(tmp_path, capsys, name, message):
     path = tmp_path / f"{name}.onnx"

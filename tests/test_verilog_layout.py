@@ -4,7 +4,7 @@ uses them, give the reference executor's accumulators and bits on random graphs 
 import numpy as np
 import pytest
 
-from bnnc import folding, ir, reference
+from bnnc import folding, ir, reference, zoo
 from bnnc.errors import BnncError
 from bnnc.passes.layout_folded_layers import layout_folded_layers, signed_bits
 from bnnc.pipeline import compile_graph
@@ -46,7 +46,7 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
                 s[..., nf * f.pe + p] += part
     s = s[..., : f.mh]
     assert s.min() >= f.s_min and s.max() <= f.s_max
-    ew = f.entry_bits
+    ew, k = f.entry_bits, max(f.nt, 1)
     out = np.zeros_like(s)
     for oy in range(oh):
         for ox in range(ow):
@@ -54,12 +54,16 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
             for o in range(f.mh):
                 nf, p = divmod(o, f.pe)
                 entry = _decode(f.table_words[cls * f.nf + nf], f.pe, ew)[p]
-                value, flag = _signed(entry & ((1 << f.table_bits) - 1), f.table_bits), entry >> f.table_bits
+                values = [_signed(v, f.table_bits) for v in _decode(entry, k, f.table_bits)]
+                flag = entry >> (k * f.table_bits)
                 sv = s[:, oy, ox, o]
                 if f.mode == "thresholds":
-                    out[:, oy, ox, o] = (sv > value).astype(np.int64) ^ flag
+                    out[:, oy, ox, o] = (sv > values[0]).astype(np.int64) ^ flag
+                elif f.mode == "levels":
+                    count = sum((sv > v).astype(np.int64) ^ flag for v in values)
+                    out[:, oy, ox, o] = f.level_base + f.level_step * count
                 else:
-                    out[:, oy, ox, o] = value + (f.gain * sv if flag else 0)
+                    out[:, oy, ox, o] = values[0] + (f.gain * sv if flag else 0)
     return out
 
 
@@ -72,13 +76,22 @@ def _foldings(graph, kind: str, rng):
     return [folding.LayerFolding(L, int(rng.integers(1, L.mh + 1)), int(rng.integers(1, L.mw + 1))) for L in layers]
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_folded_tables_reproduce_the_reference(seed):
-    model, _ = random_model(seed)
+def _case(seed):
+    """Random models, and (negative seeds) zoo models with multi-bit activations."""
+    if seed >= 0:
+        model, _ = random_model(seed)
+        graph = compile_graph(model)
+        return graph, driver.prepare_inputs(graph, random_inputs(model, 6, seed)).grid
+    model = zoo.build("w1a2", seed=-seed)
     graph = compile_graph(model)
-    x = driver.prepare_inputs(graph, random_inputs(model, 6, seed)).grid
+    return graph, driver.prepare_inputs(graph, zoo.inputs(model, 6, seed=-seed)).grid
+
+
+@pytest.mark.parametrize("seed", [-1, -2] + list(range(30)))
+def test_folded_tables_reproduce_the_reference(seed):
+    graph, x = _case(seed)
     env = reference.intermediates(graph, x)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(abs(seed))
     for kind in ("serial", "parallel", "random"):
         g = layout_folded_layers(graph, _foldings(graph, kind, rng))
         for op in g.ops():
@@ -88,6 +101,8 @@ def test_folded_tables_reproduce_the_reference(seed):
             got = emulate(op.folded, op, a)
             if op.folded.mode == "thresholds":
                 assert np.array_equal(got, (env[op.outputs[0]] < 0).astype(np.int64)), f"{op.name} ({kind})"
+            elif op.folded.mode == "levels":
+                assert np.array_equal(got, env[op.outputs[0]]), f"{op.name} ({kind})"
             else:
                 acc = reference.conv_accumulator(op, a.astype(np.int64))
                 assert np.array_equal(got, acc), f"{op.name} ({kind})"

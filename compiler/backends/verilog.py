@@ -69,10 +69,13 @@ def _check_conv(op: ir.Conv) -> None:
         what = "sparse (expander) connectivity" if code == "binary" else f"{code} weights"
         raise BnncError(f"layer '{op.name}' has {what}; the verilog target holds binary layers only")
     ep = op.epilogue
-    if isinstance(ep, ir.Thresholds) and getattr(ep, "planes", 1) == 1 or isinstance(ep, ir.Chain):
+    if isinstance(ep, (ir.Thresholds, ir.LevelThresholds)) and getattr(ep, "planes", 1) == 1 \
+            or isinstance(ep, ir.Chain):
         return
-    raise BnncError(f"layer '{op.name}': the verilog target does not implement its {type(ep).__name__} epilogue "
-                    "(it holds bit outputs, and a float32 epilogue on the last layer)")
+    planes = getattr(ep, "planes", 1)
+    what = f"{type(ep).__name__} epilogue" + (f" with {planes} activation planes" if planes != 1 else "")
+    raise BnncError(f"layer '{op.name}': the verilog target does not implement its {what} (it holds bit and "
+                    "multi-level threshold outputs, and a float32 epilogue on the last layer)")
 
 
 def plan(graph: ir.Graph) -> Plan:
@@ -190,7 +193,7 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
          "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1],
          "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": f.mh, "mw": f.mw,
          "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf,
-         "ib": f.in_bits, "sb": f.s_bits, "nt": 1 if f.mode == "thresholds" else 0, "tb": f.table_bits,
+         "ib": f.in_bits, "sb": f.s_bits, "nt": f.nt, "lb": f.level_base, "ls": f.level_step, "tb": f.table_bits,
          "ab": f.acc_bits if f.mode == "acc" else 1, "gain": f.gain, "ncls": f.ncls, "nx": f.nx,
          "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.mode}
     if swg:
@@ -198,7 +201,7 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
                  ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
-    s["ob"] = 1 if f.mode == "thresholds" else f.acc_bits
+    s["ob"] = element_bits(dst) if f.mode == "levels" else 1 if f.mode == "thresholds" else f.acc_bits
     s["out_width"] = f.mh * s["ob"]
     pixels = oh * ow
     s["mvtu_cycles"] = f.nf * f.sf * pixels

@@ -127,12 +127,14 @@ def _mask_words(text: str, bits: int) -> list:
 def _mvtu_jobs(design, s: dict) -> list:
     """(label, sources, top, params, mems) for the MVTU of conv stage s: PE rows as is when
     PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation)."""
-    ew = s["tb"] + 1
+    ew = max(s["nt"], 1) * s["tb"] + 1
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
     base = {k.upper(): s[k] for k in ("mw", "simd", "ib", "sb", "nt", "tb", "ab", "gain", "ncls", "nx",
                                       "ohr", "owc", "yb", "xb")}
     base.update(YCLS=s["ycls"], XCLS=s["xcls"], WFILE="w.mem", TFILE="t.mem")
+    if s["mode"] == "levels":
+        base.update(LB=s["lb"], LS=s["ls"], OB=s["ob"])
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
     jobs = []
     for p in rows:

@@ -25,6 +25,11 @@ Epilogues become per-(class, row) table entries (value, flag):
   thr = floor((d A - T) / -u), flag = 0; u = 0 and constant channels: thr = s_max (bit 0, +1) or
   s_min - 1 (bit 1, -1), flag 0. Every thr is clamped to [s_min - 1, s_max], which keeps
   `s > thr` unchanged for every reachable s and bounds the table width.
+- `LevelThresholds` (out = base + step * #{b : d * acc >= T[b]}, a multi-bit activation): one
+  threshold per level, from the same formulas with the flag inverted, since a level counts when it
+  is passed (u > 0: passed = s > thr, flag 0; u < 0: passed = !(s > thr), flag 1; u = 0:
+  thr = s_min - 1 when passed, else s_max); the unit outputs base + step * (number of levels with
+  (s > thr_b) XOR flag).
 - a `Chain` (the last layer's float32 epilogue, applied by the host): the unit outputs acc itself,
   entry value A, flag = (G != 0); acc = A + (flag ? G * s : 0).
 The numbers of the reference executor are unchanged: the tests emulate these tables on random
@@ -55,7 +60,10 @@ class FoldedConv:
     s_max: int
     s_bits: int  # signed width holding [s_min - 1, s_max]
     gain: int  # G of the rows with weights: -2 (bit inputs) or 1 (integer inputs)
-    mode: str  # "thresholds" (one output bit per row) | "acc" (the accumulator, for the host)
+    mode: str  # "thresholds" (one output bit per row) | "levels" (multi-bit) | "acc" (the accumulator)
+    nt: int  # thresholds per row: 1, the levels of LevelThresholds, 0 for "acc"
+    level_base: int  # "levels": out = level_base + level_step * count
+    level_step: int
     table_bits: int  # signed width of the table values (thresholds or A)
     acc_lo: int  # "acc": range of the output accumulator
     acc_hi: int
@@ -65,9 +73,9 @@ class FoldedConv:
     ny: int
     nx: int
     weight_words: list  # NF*SF ints of PE*SIMD bits, address nf*SF + sf, row p lane s at bit p*SIMD + s
-    table_value: np.ndarray  # int64 (ny*nx, MH): thr or A
+    table_value: np.ndarray  # int64 (ny*nx, MH, max(nt, 1)): thresholds or A
     table_flag: np.ndarray  # int64 (ny*nx, MH): XOR flag or (G != 0)
-    table_words: list  # ny*nx*NF ints of PE*(table_bits + 1) bits, address class*NF + nf
+    table_words: list  # ny*nx*NF ints of PE * entry_bits bits, address class*NF + nf
 
     @property
     def ncls(self) -> int:
@@ -75,7 +83,8 @@ class FoldedConv:
 
     @property
     def entry_bits(self) -> int:
-        return self.table_bits + 1
+        """Bits of one row's table entry: max(nt, 1) values of table_bits, then the flag."""
+        return max(self.nt, 1) * self.table_bits + 1
 
 
 def signed_bits(lo: int, hi: int) -> int:
@@ -137,32 +146,51 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     s_bits = signed_bits(s_min - 1, s_max)
 
     ep = op.epilogue
-    if isinstance(ep, ir.Thresholds):
-        mode = "thresholds"
-        if not isinstance(dst, ir.Bits):
-            raise BnncError(f"layer '{op.name}': thresholds on a non-bit output")
+    nt, level_base, level_step = 1, 0, 1
+    acc_lo = acc_hi = 0
+    acc_bits = 1
+    if isinstance(ep, (ir.Thresholds, ir.LevelThresholds)):
+        if getattr(ep, "planes", 1) != 1:
+            raise BnncError(f"layer '{op.name}': several activation planes are not supported by the verilog target")
         d = ep.direction.astype(np.int64)[None, :]
-        t = ep.threshold.astype(np.int64)[None, :]
         u = d * g[None, :]
         da = d * a
-        up = np.where(u > 0, -_floordiv(-(t - da), np.maximum(u, 1)) - 1, 0)  # ceil((T - dA) / u) - 1
-        down = np.where(u < 0, _floordiv(da - t, np.maximum(-u, 1)), 0)  # floor((dA - T) / -u)
-        const_bit = np.where(da >= t, s_max, s_min - 1)  # u == 0: +1 -> never s > thr
-        value = np.where(u > 0, up, np.where(u < 0, down, const_bit))
-        flag = np.where(u > 0, 1, 0)
-        const = ep.constant != ir.Thresholds.NOT_CONSTANT
-        if np.any(const & (ep.constant == 0)):
-            raise BnncError(f"layer '{op.name}' has a channel that is constantly 0 (ONNX Sign of 0), which a bit "
-                            "cannot hold")
-        value = np.where(const[None, :], np.where(ep.constant[None, :] > 0, s_max, s_min - 1), value)
-        flag = np.where(const[None, :], 0, flag)
+        levels = isinstance(ep, ir.LevelThresholds)
+        ts = ep.threshold.astype(np.int64).reshape(o, -1) if levels else ep.threshold.astype(np.int64)[:, None]
+        values = []
+        for b in range(ts.shape[1]):
+            t = ts[None, :, b]
+            up = -_floordiv(-(t - da), np.maximum(u, 1)) - 1  # ceil((T - dA) / u) - 1
+            down = _floordiv(da - t, np.maximum(-u, 1))  # floor((dA - T) / -u)
+            const_bit = np.where(da >= t, s_max, s_min - 1)  # u == 0: +1 -> never s > thr
+            values.append(np.where(u > 0, up, np.where(u < 0, down, const_bit)))
+        value = np.stack(values, axis=-1)  # (ncls, o, nt)
+        flag = np.broadcast_to(np.where(u > 0, 1, 0), a.shape)
+        if levels:
+            mode, nt, level_base, level_step = "levels", ts.shape[1], int(ep.base), int(ep.step)
+            if not isinstance(dst, ir.Ints):
+                raise BnncError(f"layer '{op.name}': multi-level thresholds on a non-integer output")
+            # a level counts when passed: u > 0: s > thr (flag 0); u < 0: !(s > thr) (flag 1);
+            # u == 0: thr = s_min - 1 (always counts) when passed, else s_max (never)
+            flag = np.broadcast_to(np.where(u < 0, 1, 0), a.shape)
+            passed = da[..., None] >= ts[None, :, :]
+            value = np.where((u == 0)[..., None], np.where(passed, s_min - 1, s_max), value)
+        else:
+            mode = "thresholds"
+            if not isinstance(dst, ir.Bits):
+                raise BnncError(f"layer '{op.name}': thresholds on a non-bit output")
+            const = ep.constant != ir.Thresholds.NOT_CONSTANT
+            if np.any(const & (ep.constant == 0)):
+                raise BnncError(f"layer '{op.name}' has a channel that is constantly 0 (ONNX Sign of 0), which a bit "
+                                "cannot hold")
+            cv = np.where(ep.constant[None, :] > 0, s_max, s_min - 1)[..., None]
+            value = np.where(const[None, :, None], cv, value)
+            flag = np.where(const[None, :], 0, flag)
         value = np.clip(value, s_min - 1, s_max)
         table_bits = s_bits
-        acc_lo = acc_hi = 0
-        acc_bits = 1
     else:
-        mode = "acc"
-        value = a
+        mode, nt = "acc", 0
+        value = a[..., None]
         flag = np.broadcast_to((g != 0).astype(np.int64)[None, :], a.shape)
         gs = np.stack([g * s_min, g * s_max])
         acc_lo = int((a + gs.min(axis=0)[None, :]).min())
@@ -178,14 +206,17 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     bpad[:o, :mw] = (wflat < 0)
     blocks = bpad.reshape(nf, pe, sf, simd).transpose(0, 2, 1, 3).reshape(nf * sf, pe * simd)
     weight_words = [_word(bits, 1) for bits in blocks]
-    # table words: entry of row p at bit p*EW: value (table_bits, two's complement) then the flag
-    ew = table_bits + 1
-    entries = (value & ((1 << table_bits) - 1)) | (flag << table_bits)  # (ncls, o)
-    epad = np.zeros((ny * nx, nf * pe), np.int64)
-    epad[:, :o] = entries
-    table_words = [_word(row, ew) for row in epad.reshape(ny * nx * nf, pe)]
-    return FoldedConv(pe, simd, o, mw, nf, sf, in_bits, s_min, s_max, s_bits, gain, mode, table_bits, acc_lo,
-                      acc_hi, acc_bits, ycls, xcls, ny, nx, weight_words, value, flag, table_words)
+    # table words: entry of row p at bit p*EW: values j at j*table_bits (two's complement), then the flag
+    k = max(nt, 1)
+    ew = k * table_bits + 1
+    entries = [[int(flag[c, r]) << (k * table_bits) | _word((value[c, r] & ((1 << table_bits) - 1)).tolist(),
+                                                            table_bits) for r in range(o)] for c in range(ny * nx)]
+    table_words = []
+    for c in range(ny * nx):
+        for f_ in range(nf):
+            table_words.append(_word([entries[c][r] if r < o else 0 for r in range(f_ * pe, (f_ + 1) * pe)], ew))
+    return FoldedConv(pe, simd, o, mw, nf, sf, in_bits, s_min, s_max, s_bits, gain, mode, nt, level_base, level_step,
+                      table_bits, acc_lo, acc_hi, acc_bits, ycls, xcls, ny, nx, weight_words, value, flag, table_words)
 
 
 def _word(fields, width: int) -> int:

@@ -11,7 +11,8 @@
 //   IB  > 1 (integer): s = sum of (w ? -x : x), x signed IB-bit, w bit 1 = -1
 // and then, with per-(class, row) tables from TFILE (class = border class of the output position,
 // YCLS[out_row] * NX + XCLS[out_col], see compiler/passes/layout_folded_layers.py):
-//   NT >= 1: out = number of thresholds j with (s > thr_j) XOR flag   (NT = 1: one output bit)
+//   NT >= 1: n = number of thresholds j with (s > thr_j) XOR flag, out = LB + LS * n
+//            (NT = 1, LB = 0, LS = 1: one output bit; NT > 1: a multi-bit activation)
 //   NT == 0: out = off + (flag ? GAIN * s : 0)                        (the integer accumulator)
 // Weights: WFILE, NF*SF words of PE*SIMD bits (row p lane s at bit p*SIMD + s), address
 // nf*SF + sf. Tables: TFILE, NCLS*NF words of PE*EW bits, EW = max(NT,1)*TB + 1 (row p at
@@ -42,7 +43,9 @@ module bnnc_mvtu #(
     parameter logic [OWC*XB-1:0] XCLS = '0,
     parameter WFILE = "",
     parameter TFILE = "",
-    localparam int OB = NT == 0 ? AB : $clog2(NT + 1),
+    parameter int LB = 0,
+    parameter int LS = 1,
+    parameter int OB = NT == 0 ? AB : $clog2(NT + 1),  // output element bits (signed when LB < 0)
     localparam int RB = OHR > 1 ? $clog2(OHR) : 1,
     localparam int CB = OWC > 1 ? $clog2(OWC) : 1
 ) (
@@ -69,6 +72,7 @@ module bnnc_mvtu #(
   localparam int EW = (NT > 0 ? NT : 1) * TB + 1;
   localparam int LW = SIMD * IB;  // bits of one fold's input chunk
   localparam int CMW = SB > TB ? SB : TB;  // width in which s meets its thresholds
+  localparam int NW = $clog2((NT > 0 ? NT : 1) + 1);  // width of a threshold count
 
   wire advance = !out_valid || out_ready;
 
@@ -198,27 +202,25 @@ module bnnc_mvtu #(
   end
 
   logic [PE*OB-1:0] fold_out;
-  always_comb begin
-    for (int p = 0; p < PE; p++) begin
-      logic flag;
-      flag = s2_t[p*EW+EW-1];
-      if (NT == 0) begin
-        logic signed [AB-1:0] s, off;
-        s = AB'(s2_sum[p]);
-        off = AB'($signed(s2_t[p*EW+:TB]));
-        if (!flag) fold_out[p*OB+:OB] = OB'(off);
-        else if (GAIN == 1) fold_out[p*OB+:OB] = OB'(off + s);
-        else fold_out[p*OB+:OB] = OB'(off - (s <<< 1));
-      end else begin
-        logic [OB-1:0] count;
-        count = '0;
-        for (int j = 0; j < (NT > 0 ? NT : 1); j++) begin
-          logic signed [CMW-1:0] thr;
-          thr = CMW'($signed(s2_t[p*EW+j*TB+:TB]));
-          count = count + OB'((CMW'(s2_sum[p]) > thr) ^ flag);
-        end
-        fold_out[p*OB+:OB] = count;
+  for (genvar p = 0; p < PE; p++) begin : g_out
+    wire flag = s2_t[p*EW+EW-1];
+    if (NT == 0) begin : g_acc
+      wire signed [AB-1:0] s = AB'(s2_sum[p]);
+      wire signed [AB-1:0] off = AB'($signed(s2_t[p*EW+:TB]));
+      if (GAIN == 1) begin : g_int
+        assign fold_out[p*OB+:OB] = OB'(flag ? off + s : off);
+      end else begin : g_bits
+        assign fold_out[p*OB+:OB] = OB'(flag ? off - (s <<< 1) : off);
       end
+    end else begin : g_thr
+      logic [NW-1:0] count;
+      always_comb begin
+        count = '0;
+        for (int j = 0; j < NT; j++) begin
+          count = count + NW'((CMW'(s2_sum[p]) > CMW'($signed(s2_t[p*EW+j*TB+:TB]))) ^ flag);
+        end
+      end
+      assign fold_out[p*OB+:OB] = OB'(LB + LS * $signed({1'b0, count}));
     end
   end
 

@@ -20,7 +20,9 @@ module tb_mvtu #(
     parameter logic [OWC*XB-1:0] XCLS = '0,
     parameter WFILE = "w.mem",
     parameter TFILE = "t.mem",
-    localparam int OB = NT == 0 ? AB : $clog2(NT + 1),
+    parameter int LB = 0,
+    parameter int LS = 1,
+    parameter int OB = NT == 0 ? AB : $clog2(NT + 1),
     localparam int RB = OHR > 1 ? $clog2(OHR) : 1,
     localparam int CB = OWC > 1 ? $clog2(OWC) : 1
 ) (
@@ -36,7 +38,7 @@ module tb_mvtu #(
   bnnc_mvtu #(
       .MH(MH), .MW(MW), .PE(PE), .SIMD(SIMD), .IB(IB), .SB(SB), .NT(NT), .TB(TB), .AB(AB),
       .GAIN(GAIN), .NCLS(NCLS), .NX(NX), .OHR(OHR), .OWC(OWC), .YB(YB), .XB(XB),
-      .YCLS(YCLS), .XCLS(XCLS), .WFILE(WFILE), .TFILE(TFILE)
+      .YCLS(YCLS), .XCLS(XCLS), .WFILE(WFILE), .TFILE(TFILE), .LB(LB), .LS(LS), .OB(OB)
   ) dut (
       .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
       .in_data(in_data[MW*IB-1:0]), .in_row(in_data[RB+CB+MW*IB-1-:RB]), .in_col(in_data[CB+MW*IB-1-:CB]),
