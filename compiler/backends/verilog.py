@@ -337,8 +337,8 @@ def build_design(graph: ir.Graph, opts) -> Design:
     sources = {f"rtl/{b}.sv": (resource_dir("hw") / "rtl" / f"{b}.sv").read_text() for b in RTL_BLOCKS}
     ctx = {"top": top, "prefix": prefix, "stages": stages, "streams": streams, "input": in_axis,
            "output": out_axis, "fifo_depth": FIFO_DEPTH, "perf": perf, "n_conv": len(mvtu),
-           "model_comment": comment_text(graph.input_info.get("onnx_name", "") and
-                                         f"model input '{graph.input_info.get('onnx_name')}'") or "bnnc model"}
+           "model_comment": "accelerator of the model with input tensor " + comment_text(graph.input_info.get("onnx_name")
+                                                                                  or "(unnamed)")}
     env = _env()
     sources[f"rtl/{top}.sv"] = env.get_template("top.sv.j2").render(**ctx)
     d = Design(prefix, top, foldings, g, pl, ctx, sources, mems)
