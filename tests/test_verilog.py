@@ -2,7 +2,6 @@
 back-pressure, folding choice, resource estimates and the errors users see (exit status 2)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -317,7 +317,6 @@ def build_design(graph: ir.Graph, opts) -> Design:
     else:
         out_axis = _axis(out_ty, "out")
     in_axis = _axis(in_ty, "in")
-    mvtu = [s for s in stages if s["kind"] == "conv"]
     units = [("input stream", in_axis["beats"]), ("output stream", out_axis["beats"])] + \
         [(s["name"], s["cycles"]) for s in stages]
     bottleneck = max(units, key=lambda u: u[1])
@@ -336,9 +335,9 @@ def build_design(graph: ir.Graph, opts) -> Design:
     top = f"{prefix}_top"
     sources = {f"rtl/{b}.sv": (resource_dir("hw") / "rtl" / f"{b}.sv").read_text() for b in RTL_BLOCKS}
     ctx = {"top": top, "prefix": prefix, "stages": stages, "streams": streams, "input": in_axis,
-           "output": out_axis, "fifo_depth": FIFO_DEPTH, "perf": perf, "n_conv": len(mvtu),
-           "model_comment": "accelerator of the model with input tensor " + comment_text(graph.input_info.get("onnx_name")
-                                                                                  or "(unnamed)")}
+           "output": out_axis, "fifo_depth": FIFO_DEPTH, "perf": perf,
+           "model_comment": "accelerator of the model with input tensor "
+                            + comment_text(graph.input_info.get("onnx_name") or "(unnamed)")}
     env = _env()
     sources[f"rtl/{top}.sv"] = env.get_template("top.sv.j2").render(**ctx)
     d = Design(prefix, top, foldings, g, pl, ctx, sources, mems)
