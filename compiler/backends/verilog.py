@@ -158,6 +158,9 @@ def _stream(ty, name: str) -> dict:
 def _axis(ty, name: str, eb: int | None = None) -> dict:
     h, w, c = ty.shape
     eb = eb or element_bits(ty)
+    if eb > AXIS_MAX_BITS:
+        raise BnncError(f"the {name}put stream would carry {eb}-bit integers; the verilog target streams at most "
+                        f"{AXIS_MAX_BITS}-bit elements")
     be = max(1, min(c, AXIS_MAX_BITS // eb))
     tw = -(-be * eb // 8) * 8
     bpp = -(-c // be)
@@ -466,7 +469,11 @@ def steady_state(frame_end: list) -> float | None:
 
 
 def run(graph: ir.Graph, grid: np.ndarray, opts):
-    """Simulate the accelerator on `grid` (N inputs back to back); returns (y, stats)."""
+    """Simulate the accelerator on `grid` (N inputs back to back); returns (y, stats).
+
+    opts.extra["stalls"] = (seed, p_valid, p_ready) makes the testbench's source and sink stall at
+    random (input valid with probability p_valid per cycle, output ready with p_ready): the
+    outputs must not change, only the cycles."""
     t0 = time.time()
     d = build_design(graph, opts)
     n = grid.shape[0]
