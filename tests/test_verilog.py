@@ -204,3 +204,19 @@ def test_design_over_its_resource_limits_exits_2(tmp_path, capsys):
     assert "more than the limit of 50" in capsys.readouterr().err
     f.write_text(json.dumps({**SMALL_MLP_FOLDING, "limits": {"lut": 10 ** 6, "bram18": 100}}))
     assert main(["compile", path, "--target", "verilog", "-o", str(tmp_path / "o"), "--folding", str(f)]) == 0
+
+
+@needs_yosys
+def test_report_shows_cycles_and_resources_per_layer(tmp_path, capsys):
+    seed, prune, sizes = SMALL_MLP
+    path = _model_file(tmp_path, mlp_model(seed=seed, prune=prune, sizes=sizes))
+    f = tmp_path / "f.json"
+    f.write_text(json.dumps(SMALL_MLP_FOLDING))
+    out = tmp_path / "r.json"
+    assert main(["report", path, "--target", "verilog", "--folding", str(f), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pipeline II: analytic (MVTUs)" in text and "LUT" in text
+    rep = json.loads(out.read_text())["verilog"]
+    assert [L["name"] for L in rep["layers"]] == ["L02_dense", "L03_dense"]
+    assert rep["resources"]["total"]["lut"] == sum(r["lut"] for r in rep["resources"]["layers"])
+    assert rep["analytic_ii"] == max(L["mvtu_cycles"] for L in rep["layers"])
