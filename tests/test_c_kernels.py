@@ -22,7 +22,7 @@ WARN = ("-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
 NATIVE = ("-std=c99", "-O3", "-march=native") + WARN  # the benchmark's flags: AVX-512 where the CPU has it
 NATIVE_PORTABLE = NATIVE + ("-DBNNC_PORTABLE",)  # the same compiler options, portable kernels
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g")
-N_MODELS = int(40 * sweep_scale())
+N_MODELS = int(24 * sweep_scale())  # x 3 builds each; BNNC_SWEEP_SCALE=5 for a deeper run
 
 
 @functools.lru_cache(maxsize=None)

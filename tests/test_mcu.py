@@ -30,11 +30,6 @@ STATS_KEYS = ("instructions", "instructions_per_layer", "flash_bytes", "ram_byte
 SOFT_FLOAT = ("__aeabi_f", "__aeabi_d", "__aeabi_i2f", "__aeabi_ui2f", "sf3", "df3", "sf2", "df2")
 
 
-def run_mcu(graph, inputs, core, **kw):
-    y, stats = mcu.run(graph, inputs.grid, TargetOptions(mcu=core, **kw))
-    return y, stats
-
-
 def float_layers(graph) -> set:
     """Layers whose arithmetic is float32 (a float input quantizer, a real-valued output or input)."""
     bg = mcu.backend_graph(graph)

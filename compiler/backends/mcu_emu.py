@@ -49,7 +49,6 @@ class Firmware:
 
     path: str
     segments: list  # (address, bytes) to load: PT_LOAD at their run addresses
-    entry: int
     functions: list  # (start, end, name), sorted, Thumb bit cleared
     symbols: dict  # name -> (address, size)
     flash_bytes: int
@@ -92,9 +91,8 @@ class Firmware:
                     symbols.setdefault(sym.name, (addr, sym["st_size"]))
                     if kind == "STT_FUNC" and sym["st_size"]:
                         functions.append((addr, addr + sym["st_size"], sym.name))
-            entry = elf.header["e_entry"]
         functions = sorted(set(functions))
-        return cls(str(path), segments, entry, functions, symbols, flash, data, bss, flash_end, ram_end, sections)
+        return cls(str(path), segments, functions, symbols, flash, data, bss, flash_end, ram_end, sections)
 
     def address(self, name: str) -> int:
         if name not in self.symbols:
