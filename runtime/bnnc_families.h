@@ -16,26 +16,6 @@
 
 #define BNNC_FAM_OBLOCK 32 /* output channels per block; weight tables are padded to a multiple */
 
-/* The window of one output position of a binary input (ih, iw, cw words per pixel) starting at
- * row y0, column x0, gathered into win ([ky][kx][cw]) with 0 words (+1 values) for padded taps. */
-BNNC_INLINE const bnnc_word_t *bnnc_fam_window(const bnnc_word_t *in, int ih, int iw, int cw, int kh, int kw,
-                                               int y0, int x0, bnnc_word_t *win) {
-  for (int ky = 0; ky < kh; ky++) {
-    const int y = y0 + ky;
-    for (int kx = 0; kx < kw; kx++) {
-      const int x = x0 + kx;
-      bnnc_word_t *dst = win + (ky * kw + kx) * cw;
-      if (y >= 0 && y < ih && x >= 0 && x < iw) {
-        const bnnc_word_t *src = in + ((size_t)y * iw + x) * cw;
-        for (int c = 0; c < cw; c++) dst[c] = src[c];
-      } else {
-        for (int c = 0; c < cw; c++) dst[c] = 0;
-      }
-    }
-  }
-  return win;
-}
-
 /* pc[o] = sum over l < taps of popcount(win[l] XOR w[l * opad + o]) (binary weights). */
 BNNC_INLINE void bnnc_fam_xnor_popcount(const bnnc_word_t *win, int taps, const bnnc_word_t *w, int opad,
                                         int32_t *pc) {

@@ -79,16 +79,11 @@ BNNC_INLINE int32_t bnnc_popcount(bnnc_word_t x) {
 #endif
 }
 
-/* The window of one output position of a binary input (ih, iw, cw words per pixel) starting at
- * input row y0, column x0: a pointer to its first word, with *rs = words from one window row to
- * the next. Points into `in` when the window lies inside the input, else gathers it into `win`
- * (rs = kw * cw), with 0 words (+1 values) for padded taps. */
-BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, int iw, int cw, int kh,
-                                                int kw, int y0, int x0, bnnc_word_t *win, int *rs) {
-  if (y0 >= 0 && x0 >= 0 && y0 + kh <= ih && x0 + kw <= iw) {
-    *rs = iw * cw;
-    return in + ((size_t)y0 * iw + x0) * cw;
-  }
+/* Gathers the window of one output position of a binary input (ih, iw, cw words per pixel)
+ * starting at input row y0, column x0 into win ([ky][kx][cw]), with 0 words (+1 values) for
+ * padded taps; returns win. */
+BNNC_INLINE const bnnc_word_t *bnnc_gather_window_bits(const bnnc_word_t *in, int ih, int iw, int cw, int kh,
+                                                       int kw, int y0, int x0, bnnc_word_t *win) {
   for (int ky = 0; ky < kh; ky++) {
     const int y = y0 + ky;
     for (int kx = 0; kx < kw; kx++) {
@@ -102,8 +97,20 @@ BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, i
       }
     }
   }
-  *rs = kw * cw;
   return win;
+}
+
+/* The same window as a pointer to its first word, with *rs = words from one window row to the
+ * next: points into `in` when the window lies inside the input, else gathers it into `win`
+ * (rs = kw * cw). */
+BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, int iw, int cw, int kh,
+                                                int kw, int y0, int x0, bnnc_word_t *win, int *rs) {
+  if (y0 >= 0 && x0 >= 0 && y0 + kh <= ih && x0 + kw <= iw) {
+    *rs = iw * cw;
+    return in + ((size_t)y0 * iw + x0) * cw;
+  }
+  *rs = kw * cw;
+  return bnnc_gather_window_bits(in, ih, iw, cw, kh, kw, y0, x0, win);
 }
 
 /* Output bits of one pixel: bit o = (s[o] > thr[o]) XOR (bit o % 32 of neg[o / 32]), for
