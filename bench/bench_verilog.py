@@ -16,8 +16,9 @@ the first run of a large design takes minutes). Designs:
   (analytic II 32,768 cycles);
 * tfc and brevitas-cnv: the shared FINN TFC and Brevitas CNV (../shared/models) at bnnc's default
   folding;
-* three small designs whose per-block estimate is compared with a full yosys synthesis
-  (skipped with --quick).
+* three small designs whose per-block estimate is compared with a full yosys synthesis of the
+  design, hierarchical (yosys's default, what the estimate adds up) and flattened (skipped with
+  --quick).
 
 It prints a table and writes JSON (default bench/results/bench_verilog.json).
 """
@@ -64,6 +65,7 @@ def designs(quick: bool):
 
 
 def bench_design(name, graph, folding, inputs, frames: int, estimate: bool) -> dict:
+    """Simulate, check against the reference, and estimate resources of one design."""
     from bnnc import driver, reference
     from bnnc.backends import verilog, verilog_resources
     from bnnc.targets import TargetOptions
@@ -108,9 +110,11 @@ def estimate_vs_full() -> list:
         log(f"resources: {label}")
         est = verilog_resources.estimate(d)["total"]
         full = verilog_resources.full_synthesis(d)
-        out.append({"design": label, "estimate": est, "full": full,
+        flat = verilog_resources.full_synthesis(d, flatten=True)
+        out.append({"design": label, "estimate": est, "full": full, "full_flat": flat,
                     "lut_error": (est["lut"] - full["lut"]) / full["lut"],
-                    "ff_error": (est["ff"] - full["ff"]) / full["ff"]})
+                    "ff_error": (est["ff"] - full["ff"]) / full["ff"],
+                    "lut_error_vs_flat": (est["lut"] - flat["lut"]) / flat["lut"]})
     return out
 
 
@@ -142,7 +146,8 @@ def main() -> int:
     for c in results.get("estimate_vs_full_synthesis", []):
         print(f"estimate vs full synthesis, {c['design']}: LUT {c['estimate']['lut']} vs {c['full']['lut']} "
               f"({c['lut_error']:+.1%}), FF {c['estimate']['ff']} vs {c['full']['ff']} ({c['ff_error']:+.1%}), "
-              f"BRAM18 {c['estimate']['bram18']} vs {c['full']['bram18']}")
+              f"BRAM18 {c['estimate']['bram18']} vs {c['full']['bram18']}; flattened synthesis: LUT "
+              f"{c['full_flat']['lut']} ({c['lut_error_vs_flat']:+.1%}), FF {c['full_flat']['ff']}")
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
