@@ -21,7 +21,8 @@ def _signed(v: int, width: int) -> int:
 
 
 def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
-    """Bits (1 = -1) or accumulators (N, OH, OW, MH) of the folded unit on input values a."""
+    """Bits (1 = -1) or accumulators (N, OH, OW, MH * act_planes) of the folded unit on input values a,
+    decoding the weight and table words exactly as bnnc_mvtu does."""
     kh, kw = op.kernel
     bits_in = f.in_bits == 1
     x = (a < 0).astype(np.int64) if bits_in else a.astype(np.int64)
@@ -32,22 +33,27 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
     n, oh, ow = win.shape[:3]
     cols = np.zeros((n, oh, ow, f.sf * f.simd), np.int64)  # idle lanes hold 0
     cols[..., : f.mw] = win.reshape(n, oh, ow, -1)
-    s = np.zeros((n, oh, ow, f.nf * f.pe), np.int64)
+    arrays = f.arrays
+    s = np.zeros((f.planes, n, oh, ow, f.nf * f.pe), np.int64)
     for nf in range(f.nf):
         for sf in range(f.sf):
             word = f.weight_words[nf * f.sf + sf]
-            wb = np.array(_decode(word, f.pe * f.simd, 1)).reshape(f.pe, f.simd)
+            wb = np.array(_decode(word, len(arrays) * f.pe * f.simd, 1)).reshape(len(arrays), f.pe, f.simd)
             lanes = cols[..., sf * f.simd:(sf + 1) * f.simd]
-            for p in range(f.pe):
-                if bits_in:
-                    part = (lanes ^ wb[p]).sum(axis=-1)
-                else:
-                    part = np.where(wb[p] == 1, -lanes, lanes).sum(axis=-1)
-                s[..., nf * f.pe + p] += part
+            for j in range(f.planes):
+                bj = next((wb[i] for i, (pj, w) in enumerate(arrays) if pj == j and w == "b"), np.zeros_like(wb[0]))
+                mj = next((wb[i] for i, (pj, w) in enumerate(arrays) if pj == j and w == "m"), np.ones_like(wb[0]))
+                for p in range(f.pe):
+                    if bits_in:
+                        part = ((lanes ^ bj[p]) & mj[p]).sum(axis=-1)
+                    else:
+                        part = (mj[p] * np.where(bj[p] == 1, -lanes, lanes)).sum(axis=-1)
+                    s[j, ..., nf * f.pe + p] += part
     s = s[..., : f.mh]
-    assert s.min() >= f.s_min and s.max() <= f.s_max
+    assert -(1 << (f.s_bits - 1)) <= s.min() and s.max() < (1 << (f.s_bits - 1))
     ew, k = f.entry_bits, max(f.nt, 1)
-    out = np.zeros_like(s)
+    gw = f.planes * f.gain_bits if f.gains_in_table else 0
+    out = np.zeros((n, oh, ow, f.mh * f.act_planes), np.int64)
     for oy in range(oh):
         for ox in range(ow):
             cls = f.ycls[oy] * f.nx + f.xcls[ox]
@@ -55,15 +61,24 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
                 nf, p = divmod(o, f.pe)
                 entry = _decode(f.table_words[cls * f.nf + nf], f.pe, ew)[p]
                 values = [_signed(v, f.table_bits) for v in _decode(entry, k, f.table_bits)]
-                flag = entry >> (k * f.table_bits)
-                sv = s[:, oy, ox, o]
-                if f.mode == "thresholds":
-                    out[:, oy, ox, o] = (sv > values[0]).astype(np.int64) ^ flag
-                elif f.mode == "levels":
-                    count = sum((sv > v).astype(np.int64) ^ flag for v in values)
-                    out[:, oy, ox, o] = f.level_base + f.level_step * count
+                flags = _decode(entry >> (k * f.table_bits + gw), f.flags, 1)
+                if f.gains_in_table:
+                    gains = [_signed(g, f.gain_bits) for g in _decode(entry >> (k * f.table_bits), f.planes,
+                                                                      f.gain_bits)]
+                    sv = sum(g * s[j, :, oy, ox, o] for j, g in enumerate(gains))
+                    assert f.s_min <= sv.min() and sv.max() <= f.s_max
                 else:
-                    out[:, oy, ox, o] = values[0] + (f.gain * sv if flag else 0)
+                    sv = s[0, :, oy, ox, o]
+                if f.mode == "thresholds":
+                    for j in range(f.act_planes):
+                        out[:, oy, ox, j * f.mh + o] = (sv > values[j]).astype(np.int64) ^ flags[j]
+                elif f.mode == "levels":
+                    count = sum((sv > v).astype(np.int64) ^ flags[0] for v in values)
+                    out[:, oy, ox, o] = f.level_base + f.level_step * count
+                elif f.gains_in_table:
+                    out[:, oy, ox, o] = values[0] + sv
+                else:
+                    out[:, oy, ox, o] = values[0] + (f.gain * sv if flags[0] else 0)
     return out
 
 
@@ -76,22 +91,26 @@ def _foldings(graph, kind: str, rng):
     return [folding.LayerFolding(L, int(rng.integers(1, L.mh + 1)), int(rng.integers(1, L.mw + 1))) for L in layers]
 
 
+VERILOG_FAMILIES = ("w1a2", "ternary-ttq", "ternary-qonnx", "xnet", "dabn", "abc-fused", "abc-explicit", "pabt")
+
+
 def _case(seed):
-    """Random models, and (negative seeds) zoo models with multi-bit activations."""
-    if seed >= 0:
+    """Random models, and (string seeds "name:seed") zoo models of the families the verilog target holds."""
+    if not isinstance(seed, str):
         model, _ = random_model(seed)
         graph = compile_graph(model)
         return graph, driver.prepare_inputs(graph, random_inputs(model, 6, seed)).grid
-    model = zoo.build("w1a2", seed=-seed)
+    name, zseed = seed.split(":")
+    model = zoo.build(name, seed=int(zseed))
     graph = compile_graph(model)
-    return graph, driver.prepare_inputs(graph, zoo.inputs(model, 6, seed=-seed)).grid
+    return graph, driver.prepare_inputs(graph, zoo.inputs(model, 6, seed=int(zseed))).grid
 
 
-@pytest.mark.parametrize("seed", [-1, -2] + list(range(20)))
+@pytest.mark.parametrize("seed", [f"{n}:{s}" for n in VERILOG_FAMILIES for s in (1, 2)] + list(range(20)))
 def test_folded_tables_reproduce_the_reference(seed):
     graph, x = _case(seed)
     env = reference.intermediates(graph, x)
-    rng = np.random.default_rng(abs(seed))
+    rng = np.random.default_rng(abs(hash(seed)) % 2**32 if isinstance(seed, str) else seed)
     for kind in ("serial", "parallel", "random"):
         g = layout_folded_layers(graph, _foldings(graph, kind, rng))
         for op in g.ops():
@@ -120,13 +139,19 @@ def test_layout_is_pure_and_deterministic():
             assert a.folded.weight_words == b.folded.weight_words and a.folded.table_words == b.folded.table_words
 
 
-def test_ternary_weights_are_refused():
+def test_a_zero_inside_a_binary_filter_becomes_a_masked_plane():
     model, _ = random_model(2)
     graph = compile_graph(model)
     conv = next(op for op in graph.ops() if isinstance(op, ir.Conv))
     conv.w[0].flat[0] = 0
-    with pytest.raises(BnncError, match="ternary"):
-        layout_folded_layers(graph, _foldings(graph, "serial", None))
+    x = driver.prepare_inputs(graph, random_inputs(model, 4, 2)).grid
+    env = reference.intermediates(graph, x)
+    g = layout_folded_layers(graph, _foldings(graph, "serial", None))
+    op = g.op(conv.name)
+    assert op.folded.plane_kinds == ("masked_xnor",)
+    want = env[op.outputs[0]]
+    got = emulate(op.folded, op, env[op.inputs[0]])
+    assert np.array_equal(got, (want < 0).astype(np.int64) if op.folded.mode == "thresholds" else want)
 
 
 def test_signed_bits():

@@ -3,23 +3,22 @@
 A Conv with MH output channels and MW = kh*kw*C inputs per output (index k = (ky*kw + kx)*C + c,
 the order of `w[o, ky, kx, c]` and of the sliding window) runs folded: fold (nf, sf) puts rows
 o = nf*PE + p on PE rows and columns k = sf*SIMD + s on SIMD lanes. Rows o >= MH and columns
-k >= MW of the last folds are idle: weight bit 0 and input 0.
+k >= MW of the last folds are idle: weight and mask bits 0, input 0.
 
-What the unit computes per output position, with x the window (padded taps read as 0: bit 0 for
-bit inputs, the integer 0 for integer inputs) and b[o, k] the weight bit (1 = -1):
-  bit inputs:      s = popcount over all lanes of (x XOR b)
-  integer inputs:  s = sum over all lanes of (b ? -x : x)
-Idle lanes add 0 to both. Let V be the valid (non-padded) taps of the position, which depend on
-it only through its border class (rows / columns with the same valid ky / kx set share a class;
-`pack_bits.classes`). The IR's accumulator is
-  acc = sum over V of w * a + sum over V of bias_kernel = A[class, o] + G[o] * s
-with, for a row with +-1 weights,
-  bit inputs:      G = -2, A = K + bias(V) - sum over padded taps of sum_c w[o, ky, kx, c],  K = MW
-                   (a valid lane gives 1 - 2 (x XOR b); a padded lane reads +1, and counts b)
-  integer inputs:  G = 1,  A = bias(V)
-and for an all-zero row (a pruned filter kept in the last layer) G = 0, A = bias(V).
+The weights are popcount planes (`weight_planes.popcount_planes`, one XNOR plane for binary
+layers; masked XNOR for ternary and expander layers; an all-ones and an AND plane for two-scale
+layers; two AND masks for two-scale ternary; one plane per base for multi-base; bit planes for
+integer weights). Per output position and plane j the unit computes, with x the window (padded
+taps read as 0: bit 0 for bit inputs, the integer 0 for integer inputs), b_j / m_j the plane's
+XOR bits and lane mask (all 0 / all 1 where the plane has none):
+  bit inputs:      s_j = popcount over all lanes of ((x XOR b_j) AND m_j)
+  integer inputs:  s_j = sum over all lanes of m_j ? (b_j ? -x : x) : 0
+Idle lanes add 0. With V the valid taps of the position, which depend on it only through its
+border class (`pack_bits.classes`), the IR's accumulator is
+  acc = A[class, o] + sum_j G_j[o] * s_j          (weight_planes.plane_offsets gives A)
 
-Epilogues become per-(class, row) table entries (value, flag):
+One plane ("s-space", no multiplier in hardware): epilogues become per-(class, row) table
+entries (value, flag), with s = s_0 and G = G_0[o]:
 - `Thresholds` (+1 iff d * acc >= T): with u = d * G, the output bit (1 = -1) is
   (s > thr) XOR flag, where u > 0: thr = ceil((T - d A) / u) - 1, flag = 1; u < 0:
   thr = floor((d A - T) / -u), flag = 0; u = 0 and constant channels: thr = s_max (bit 0, +1) or
@@ -31,7 +30,13 @@ Epilogues become per-(class, row) table entries (value, flag):
   thr = s_min - 1 when passed, else s_max); the unit outputs base + step * (number of levels with
   (s > thr_b) XOR flag).
 - a `Chain` (the last layer's float32 epilogue, applied by the host): the unit outputs acc itself,
-  entry value A, flag = (G != 0); acc = A + (flag ? G * s : 0).
+  entry value A, flag = (G != 0); acc = A + (flag ? GAIN * s : 0) (every live row has G = GAIN).
+Several planes, or an accumulator output whose rows have different gains ("v-space"): the table
+entry also holds the row's gains, the unit computes v = sum_j G_j[o] * s_j and uses the same
+forms with v for s, G = 1 (so u = d): thr = T - A - 1 (d = +1) or -A - T (d = -1), and the
+accumulator output is A + v.
+Activation planes (`Thresholds.planes` = P, ABC-Net / PaBT activation bases): row o has P
+thresholds, one per plane, each with its own flag, and output channel p * MH + o is plane p's bit.
 The numbers of the reference executor are unchanged: the tests emulate these tables on random
 graphs and compare with `reference.intermediates`.
 """
@@ -44,6 +49,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import BnncError
+from ..weight_planes import lane_valid, plane_offsets, plane_ranges, popcount_planes
 from .pack_bits import classes
 
 
@@ -56,12 +62,12 @@ class FoldedConv:
     nf: int
     sf: int
     in_bits: int  # 1 for bit inputs, else the signed width of the integer inputs
-    s_min: int
+    s_min: int  # range of the compared value: s (one plane) or v (gains in the table)
     s_max: int
-    s_bits: int  # signed width holding [s_min - 1, s_max]
-    gain: int  # G of the rows with weights: -2 (bit inputs) or 1 (integer inputs)
-    mode: str  # "thresholds" (one output bit per row) | "levels" (multi-bit) | "acc" (the accumulator)
-    nt: int  # thresholds per row: 1, the levels of LevelThresholds, 0 for "acc"
+    s_bits: int  # signed width holding every plane's popcount / sum
+    gain: int  # GAIN of the single-plane accumulator output (0 when unused)
+    mode: str  # "thresholds" (one output bit per row and plane) | "levels" (multi-bit) | "acc" (the accumulator)
+    nt: int  # thresholds per row: 1, the levels of LevelThresholds, the activation planes; 0 for "acc"
     level_base: int  # "levels": out = level_base + level_step * count
     level_step: int
     table_bits: int  # signed width of the table values (thresholds or A)
@@ -72,19 +78,45 @@ class FoldedConv:
     xcls: np.ndarray  # (OW,)
     ny: int
     nx: int
-    weight_words: list  # NF*SF ints of PE*SIMD bits, address nf*SF + sf, row p lane s at bit p*SIMD + s
+    weight_words: list  # NF*SF ints of arrays*PE*SIMD bits (see `arrays`), address nf*SF + sf
     table_value: np.ndarray  # int64 (ny*nx, MH, max(nt, 1)): thresholds or A
-    table_flag: np.ndarray  # int64 (ny*nx, MH): XOR flag or (G != 0)
+    table_flag: np.ndarray  # int64 (ny*nx, MH, flags): XOR flags or (G != 0)
     table_words: list  # ny*nx*NF ints of PE * entry_bits bits, address class*NF + nf
+    plane_kinds: tuple = ("xnor",)  # weight_planes kinds, in plane order
+    gains: np.ndarray = None  # int64 (planes, MH): G_j[o]
+    gains_in_table: bool = False  # v-space: the unit multiplies by the gains of the table entry
+    gain_bits: int = 1  # signed width of a gain in the table
+    v_bits: int = 1  # signed width of v (v-space)
+    act_planes: int = 1  # activation planes: output channel p * MH + o is row o's threshold p
+    flags: int = 1  # flags per table entry: 1, or nt for activation planes
+    weight_bits: np.ndarray = None  # bool (NF*SF, arrays, PE, SIMD): the bits of weight_words
 
     @property
     def ncls(self) -> int:
         return self.ny * self.nx
 
     @property
+    def planes(self) -> int:
+        return len(self.plane_kinds)
+
+    @property
+    def arrays(self) -> list:
+        """[(plane, "b" | "m")]: the bit arrays of a weight word, each PE*SIMD bits, in this order
+        (row p lane s of array i at bit (i*PE + p)*SIMD + s)."""
+        out = []
+        for j, k in enumerate(self.plane_kinds):
+            if k in ("xnor", "masked_xnor"):
+                out.append((j, "b"))
+            if k in ("masked_xnor", "and"):
+                out.append((j, "m"))
+        return out
+
+    @property
     def entry_bits(self) -> int:
-        """Bits of one row's table entry: max(nt, 1) values of table_bits, then the flag."""
-        return max(self.nt, 1) * self.table_bits + 1
+        """Bits of one row's table entry: max(nt, 1) values of table_bits, the gains (v-space),
+        then the flags."""
+        return max(self.nt, 1) * self.table_bits + (self.planes * self.gain_bits if self.gains_in_table else 0) \
+            + self.flags
 
 
 def signed_bits(lo: int, hi: int) -> int:
@@ -104,21 +136,9 @@ def element_bits(ty) -> int:
     raise BnncError(f"a {type(ty).__name__} tensor cannot travel on a hardware stream")
 
 
-def _floordiv(a: np.ndarray, b: int) -> np.ndarray:
-    return np.floor_divide(a, b)
-
-
 def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
-    if getattr(op, "code", "binary") != "binary" or getattr(op, "in_lists", None) is not None:
-        raise BnncError(f"layer '{op.name}' is not a binary layer ({getattr(op, 'code', 'binary')} weights); "
-                        "the verilog target holds binary layers only")
     o, kh, kw, c = op.w.shape
     mw = kh * kw * c
-    wflat = op.w.reshape(o, mw).astype(np.int64)
-    zero_row = ~np.any(wflat != 0, axis=1)
-    if np.any((wflat == 0) & ~zero_row[:, None]):
-        raise BnncError(f"layer '{op.name}' has zero weights inside a filter (ternary); the verilog target "
-                        "holds binary layers only")
     if op.pads[0] >= kh or op.pads[1] >= kw or op.pads[2] >= kh or op.pads[3] >= kw:
         raise BnncError(f"layer '{op.name}': padding {op.pads} is not smaller than its {kh}x{kw} kernel")
     ih, iw = src.shape[:2]
@@ -132,66 +152,80 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
         bias = np.einsum("chw,ohw->co", valid.astype(np.int64), op.bias_kernel.astype(np.int64))
     bits_in = isinstance(src, ir.Bits)
     if bits_in:
-        in_bits, gain = 1, -2
-        s_min, s_max = 0, mw
-        wsum = op.w.astype(np.int64).sum(axis=3)  # o, kh, kw
-        a = mw + bias - np.einsum("chw,ohw->co", (~valid).astype(np.int64), wsum)
+        in_bits, in_lo, in_hi = 1, 0, 1
     else:
-        in_bits, gain = element_bits(src), 1
-        m = max(abs(src.lo), abs(src.hi))
-        s_min, s_max = -mw * m, mw * m
-        a = bias
-    a = np.where(zero_row[None, :], bias, a)
-    g = np.where(zero_row, 0, gain).astype(np.int64)
-    s_bits = signed_bits(s_min - 1, s_max)
+        in_bits, in_lo, in_hi = element_bits(src), int(src.lo), int(src.hi)
+    planes = popcount_planes(op, bits_in)
+    a = plane_offsets(planes, bias, lane_valid(valid, c), bits_in)
+    ranges = plane_ranges(planes, mw, in_lo, in_hi, bits_in)
+    gains = np.stack([p.gain for p in planes]).astype(np.int64)  # (planes, o)
+    s_bits = max(signed_bits(lo - 1, hi) for lo, hi in ranges)
 
     ep = op.epilogue
+    is_acc = not isinstance(ep, (ir.Thresholds, ir.LevelThresholds))
+    if is_acc and not isinstance(ep, ir.Chain):
+        raise BnncError(f"layer '{op.name}': the verilog target does not implement a {type(ep).__name__} epilogue")
+    live_gains = set(gains[0][gains[0] != 0].tolist())
+    v_space = len(planes) > 1 or (is_acc and len(live_gains) > 1)
+    if v_space:  # the unit computes v = sum_j G_j s_j; thresholds and offsets apply to v
+        parts = [np.stack([g * lo, g * hi]) for g, (lo, hi) in zip(gains, ranges)]
+        s_min = int(sum(p.min(axis=0) for p in parts).min())
+        s_max = int(sum(p.max(axis=0) for p in parts).max())
+        g = np.ones(o, np.int64)
+    else:
+        s_min, s_max = ranges[0]
+        g = gains[0]
+
+    act_planes = getattr(ep, "planes", 1)
     nt, level_base, level_step = 1, 0, 1
     acc_lo = acc_hi = 0
     acc_bits = 1
-    if isinstance(ep, (ir.Thresholds, ir.LevelThresholds)):
-        if getattr(ep, "planes", 1) != 1:
-            raise BnncError(f"layer '{op.name}': several activation planes are not supported by the verilog target")
-        d = ep.direction.astype(np.int64)[None, :]
-        u = d * g[None, :]
-        da = d * a
+    gain = 0
+    if not is_acc:
         levels = isinstance(ep, ir.LevelThresholds)
-        ts = ep.threshold.astype(np.int64).reshape(o, -1) if levels else ep.threshold.astype(np.int64)[:, None]
-        values = []
-        for b in range(ts.shape[1]):
-            t = ts[None, :, b]
-            up = -_floordiv(-(t - da), np.maximum(u, 1)) - 1  # ceil((T - dA) / u) - 1
-            down = _floordiv(da - t, np.maximum(-u, 1))  # floor((dA - T) / -u)
-            const_bit = np.where(da >= t, s_max, s_min - 1)  # u == 0: +1 -> never s > thr
-            values.append(np.where(u > 0, up, np.where(u < 0, down, const_bit)))
-        value = np.stack(values, axis=-1)  # (ncls, o, nt)
-        flag = np.broadcast_to(np.where(u > 0, 1, 0), a.shape)
+        if levels and act_planes != 1:
+            raise BnncError(f"layer '{op.name}': multi-level activations with several activation planes are not "
+                            "supported by the verilog target")
+        d = ep.direction.astype(np.int64).reshape(act_planes, o)  # (planes, o)
+        ts = ep.threshold.astype(np.int64).reshape(o, -1) if levels else \
+            ep.threshold.astype(np.int64).reshape(act_planes, o).T  # (o, nt)
+        dd = d[0][:, None] if levels else d.T  # (o, nt): direction of each threshold
+        u = (dd * g[:, None])[None]  # (1, o, nt)
+        da = dd[None] * a[..., None]  # (ncls, o, nt)
+        t = ts[None]
+        up = -np.floor_divide(-(t - da), np.maximum(u, 1)) - 1  # ceil((T - dA) / u) - 1
+        down = np.floor_divide(da - t, np.maximum(-u, 1))  # floor((dA - T) / -u)
+        passed = da >= t
         if levels:
             mode, nt, level_base, level_step = "levels", ts.shape[1], int(ep.base), int(ep.step)
             if not isinstance(dst, ir.Ints):
                 raise BnncError(f"layer '{op.name}': multi-level thresholds on a non-integer output")
             # a level counts when passed: u > 0: s > thr (flag 0); u < 0: !(s > thr) (flag 1);
             # u == 0: thr = s_min - 1 (always counts) when passed, else s_max (never)
-            flag = np.broadcast_to(np.where(u < 0, 1, 0), a.shape)
-            passed = da[..., None] >= ts[None, :, :]
-            value = np.where((u == 0)[..., None], np.where(passed, s_min - 1, s_max), value)
+            value = np.where(u > 0, up, np.where(u < 0, down, np.where(passed, s_min - 1, s_max)))
+            flag = np.broadcast_to(np.where(u < 0, 1, 0), value.shape)[..., :1]
         else:
-            mode = "thresholds"
+            mode, nt = "thresholds", act_planes
             if not isinstance(dst, ir.Bits):
                 raise BnncError(f"layer '{op.name}': thresholds on a non-bit output")
-            const = ep.constant != ir.Thresholds.NOT_CONSTANT
-            if np.any(const & (ep.constant == 0)):
+            const_pl = ep.constant.reshape(act_planes, o).T  # (o, nt)
+            const = const_pl != ir.Thresholds.NOT_CONSTANT
+            if np.any(const & (const_pl == 0)):
                 raise BnncError(f"layer '{op.name}' has a channel that is constantly 0 (ONNX Sign of 0), which a bit "
                                 "cannot hold")
-            cv = np.where(ep.constant[None, :] > 0, s_max, s_min - 1)[..., None]
-            value = np.where(const[None, :, None], cv, value)
-            flag = np.where(const[None, :], 0, flag)
+            value = np.where(u > 0, up, np.where(u < 0, down, np.where(passed, s_max, s_min - 1)))
+            value = np.where(const[None], np.where(const_pl[None] > 0, s_max, s_min - 1), value)
+            flag = np.broadcast_to(np.where(const[None], 0, np.where(u > 0, 1, 0)), value.shape)
+            if act_planes == 1:
+                flag = flag[..., :1]
         value = np.clip(value, s_min - 1, s_max)
-        table_bits = s_bits
+        table_bits = signed_bits(s_min - 1, s_max)
     else:
         mode, nt = "acc", 0
         value = a[..., None]
-        flag = np.broadcast_to((g != 0).astype(np.int64)[None, :], a.shape)
+        flag = np.broadcast_to((g != 0).astype(np.int64)[None, :, None], value.shape)
+        if not v_space:
+            gain = live_gains.pop() if live_gains else 0
         gs = np.stack([g * s_min, g * s_max])
         acc_lo = int((a + gs.min(axis=0)[None, :]).min())
         acc_hi = int((a + gs.max(axis=0)[None, :]).max())
@@ -199,24 +233,38 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
         acc_bits = signed_bits(acc_lo, acc_hi)
     value = np.ascontiguousarray(value, dtype=np.int64)
     flag = np.ascontiguousarray(flag, dtype=np.int64)
+    gain_bits = signed_bits(int(gains.min()), int(gains.max())) if v_space else 1
+    v_bits = signed_bits(s_min - 1, s_max) if v_space else 1
 
     nf, sf = -(-o // pe), -(-mw // simd)
-    # weight words: bit p*SIMD + s of word nf*SF + sf holds b[nf*PE + p, sf*SIMD + s]
-    bpad = np.zeros((nf * pe, sf * simd), np.int64)
-    bpad[:o, :mw] = (wflat < 0)
-    blocks = bpad.reshape(nf, pe, sf, simd).transpose(0, 2, 1, 3).reshape(nf * sf, pe * simd)
-    weight_words = [_word(bits, 1) for bits in blocks]
-    # table words: entry of row p at bit p*EW: values j at j*table_bits (two's complement), then the flag
+    kinds = tuple(p.kind for p in planes)
+    f = FoldedConv(pe, simd, o, mw, nf, sf, in_bits, s_min, s_max, s_bits, gain, mode, nt, level_base, level_step,
+                   table_bits, acc_lo, acc_hi, acc_bits, ycls, xcls, ny, nx, [], value, flag, [], kinds, gains,
+                   v_space, gain_bits, v_bits, act_planes if mode == "thresholds" else 1, flag.shape[-1])
+    # weight words: array i, row p, lane s of word nf*SF + sf at bit (i*PE + p)*SIMD + s
+    blocks = []
+    for j, which in f.arrays:
+        arr = planes[j].b if which == "b" else planes[j].m
+        bpad = np.zeros((nf * pe, sf * simd), np.int64)
+        bpad[:o, :mw] = arr
+        blocks.append(bpad.reshape(nf, pe, sf, simd).transpose(0, 2, 1, 3).reshape(nf * sf, pe * simd))
+    words_bits = np.concatenate(blocks, axis=1)
+    f.weight_bits = words_bits.reshape(nf * sf, len(blocks), pe, simd).astype(bool)
+    f.weight_words = [_word(bits, 1) for bits in words_bits]
+    # table words: entry of row p at bit p*EW: values j at j*table_bits (two's complement), the gains
+    # (v-space) at k*table_bits + j*gain_bits, then the flags
     k = max(nt, 1)
-    ew = k * table_bits + 1
-    entries = [[int(flag[c, r]) << (k * table_bits) | _word((value[c, r] & ((1 << table_bits) - 1)).tolist(),
-                                                            table_bits) for r in range(o)] for c in range(ny * nx)]
-    table_words = []
-    for c in range(ny * nx):
+    ew = f.entry_bits
+    gfield = [_word((gains[:, r] & ((1 << gain_bits) - 1)).tolist(), gain_bits) for r in range(o)] if v_space \
+        else [0] * o
+    gwidth = f.planes * gain_bits if v_space else 0
+    entries = [[_word(flag[cl, r].tolist(), 1) << (k * table_bits + gwidth) | gfield[r] << (k * table_bits)
+                | _word((value[cl, r] & ((1 << table_bits) - 1)).tolist(), table_bits) for r in range(o)]
+               for cl in range(ny * nx)]
+    for cl in range(ny * nx):
         for f_ in range(nf):
-            table_words.append(_word([entries[c][r] if r < o else 0 for r in range(f_ * pe, (f_ + 1) * pe)], ew))
-    return FoldedConv(pe, simd, o, mw, nf, sf, in_bits, s_min, s_max, s_bits, gain, mode, nt, level_base, level_step,
-                      table_bits, acc_lo, acc_hi, acc_bits, ycls, xcls, ny, nx, weight_words, value, flag, table_words)
+            f.table_words.append(_word([entries[cl][r] if r < o else 0 for r in range(f_ * pe, (f_ + 1) * pe)], ew))
+    return f
 
 
 def _word(fields, width: int) -> int:
