@@ -1,4 +1,7 @@
-"""The zoo's model builders, one per compressed-network family (networks.md section 1)."""
+"""The zoo's model builders, one per compressed-network family (networks.md section 1).
+
+Builders with a `prune` argument make that fraction of every hidden layer's filters all-zero
+(structured pruning, as STQ does); the default 0 leaves the model exactly as without it."""
 
 from __future__ import annotations
 
@@ -13,17 +16,17 @@ def _finish(net: Net, classes: int, doc: str, code: str = "binary"):
     return net.model(doc)
 
 
-def ternary_ttq(seed: int = 0, size: int = 12, widths=(16, 24), dense: int = 32):
+def ternary_ttq(seed: int = 0, size: int = 12, widths=(16, 24), dense: int = 32, prune: float = 0.0):
     """EC2T / TTQ: ternary weights {-w_n, 0, +w_p} (two scales per layer, 40% zeros), binary
     activations (BatchNorm -> Sign), int8 input."""
     net = Net(seed, "ternary_ttq")
     net.input_qdq((3, size, size), "int8")
     for i, w in enumerate(widths):
-        net.conv(w, 3, 1, 1, code="ternary", scope=f"conv{i}")
+        net.conv(w, 3, 1, 1, code="ternary", prune=prune, scope=f"conv{i}")
         net.bn_sign("Sign", scope=f"bn{i}")
         if i == 0:
             net.maxpool(2, scope="pool0")
-    net.dense(dense, code="ternary", scope="fc0")
+    net.dense(dense, code="ternary", prune=prune, scope="fc0")
     net.bn_sign("Sign", scope="bn_fc0")
     return _finish(net, 10, f"ternary_ttq seed={seed}")
 
@@ -45,54 +48,54 @@ def ternary_qonnx(seed: int = 0, size: int = 10, widths=(12, 16)):
     return _finish(net, 10, f"ternary_qonnx seed={seed}")
 
 
-def ternary_ec2t(seed: int = 0, size: int = 8, widths=(12, 16)):
+def ternary_ec2t(seed: int = 0, size: int = 8, widths=(12, 16), prune: float = 0.0):
     """EC2T: ternary weights with real (int8, QDQ) activations between the layers."""
     net = Net(seed, "ternary_ec2t")
     net.input_qdq((3, size, size), "uint8", zero_point=0)
     for i, w in enumerate(widths):
-        net.conv(w, 3, 1, 1, code="ternary", scope=f"conv{i}")
+        net.conv(w, 3, 1, 1, code="ternary", prune=prune, scope=f"conv{i}")
         net.qdq(-4, scope=f"requant{i}", relu=bool(i % 2))
     net.gap()
     net.requant_stream()
     return _finish(net, 10, f"ternary_ec2t seed={seed}", code="int")
 
 
-def dabn(seed: int = 0, size: int = 12, widths=(16, 16)):
+def dabn(seed: int = 0, size: int = 12, widths=(16, 16), prune: float = 0.0):
     """DABN: two-scale binary weights +a_o / -b_o per filter, binary activations."""
     net = Net(seed, "dabn")
     net.input_qdq((3, size, size), "int8")
     for i, w in enumerate(widths):
-        net.conv(w, 3, 1 + (i == 1), 1, code="two_scale", scope=f"conv{i}")
+        net.conv(w, 3, 1 + (i == 1), 1, code="two_scale", prune=prune, scope=f"conv{i}")
         net.bn_sign("Sign", scope=f"bn{i}")
-    net.dense(32, code="two_scale", scope="fc0")
+    net.dense(32, code="two_scale", prune=prune, scope="fc0")
     net.bn_sign("Sign", scope="bn_fc0")
     return _finish(net, 10, f"dabn seed={seed}")
 
 
-def w1a2(seed: int = 0, size: int = 12, widths=(16, 24)):
+def w1a2(seed: int = 0, size: int = 12, widths=(16, 24), prune: float = 0.0):
     """Multi-bit activations: 2-bit MultiThreshold (3 steps, levels -1.5..1.5) after binary
     convolutions (FINN / QONNX W1A2)."""
     net = Net(seed, "w1a2")
     net.input_qdq((3, size, size), "int8")
     for i, w in enumerate(widths):
-        net.conv(w, 3, 1, 1, code="binary", scope=f"conv{i}")
+        net.conv(w, 3, 1, 1, code="binary", prune=prune, scope=f"conv{i}")
         net.multithreshold(3, 1.0, -1.5, scope=f"act{i}")
         if i == 0:
             net.maxpool(2, scope="pool0")
-    net.dense(32, code="binary", scope="fc0")
+    net.dense(32, code="binary", prune=prune, scope="fc0")
     net.multithreshold(3, 0.5, 0.0, scope="act_fc0")  # unsigned 2-bit: 0, 0.5, 1, 1.5
     return _finish(net, 10, f"w1a2 seed={seed}")
 
 
-def abc_fused(seed: int = 0, size: int = 10, widths=(12, 16)):
+def abc_fused(seed: int = 0, size: int = 10, widths=(12, 16), prune: float = 0.0):
     """ABC-Net with the weight bases fused by the exporter: each layer's weights are
     sum_m alpha_m B_m in one multi-level tensor; 2-bit (thermometer) activations."""
     net = Net(seed, "abc_fused")
     net.input_qdq((3, size, size), "int8")
     for i, w in enumerate(widths):
-        net.conv(w, 3, 1, 1, code="multi_base", scope=f"conv{i}")
+        net.conv(w, 3, 1, 1, code="multi_base", prune=prune, scope=f"conv{i}")
         net.multithreshold(3, 2.0, -3.0, scope=f"act{i}")  # the sum of 3 bipolar bases
-    net.dense(24, code="multi_base", scope="fc0")
+    net.dense(24, code="multi_base", prune=prune, scope="fc0")
     net.bn_sign("Sign", scope="bn_fc0")
     return _finish(net, 10, f"abc_fused seed={seed}")
 
@@ -132,14 +135,14 @@ def _explicit_bases(net: Net, out_ch: int, bases: int, scope: str):
 
 
 def pabt(seed: int = 0, size: int = 10, width: int = 12, out_ch: int = 16, act_bases: int = 3,
-         weight_bases: int = 2, keep=None):
+         weight_bases: int = 2, keep=None, prune: float = 0.0):
     """PaBT: activation bases A_n = sign(x - v_n) and weight bases B_m; the layer sums
     alpha_m beta_n Conv(A_n, B_m) over the (m, n) pairs that survived pruning."""
     from .builder import Pending, pow2
 
     net = Net(seed, "pabt")
     net.input_qdq((3, size, size), "int8")
-    net.conv(width, 3, 1, 1, code="binary", scope="conv0", pow2=True)
+    net.conv(width, 3, 1, 1, code="binary", prune=prune, scope="conv0", pow2=True)
     A, u = net.pending.A, net.pending.unit
     rng = net.rng
     pairs = [(m, n) for m in range(weight_bases) for n in range(act_bases)]
@@ -176,16 +179,16 @@ def pabt(seed: int = 0, size: int = 10, width: int = 12, out_ch: int = 16, act_b
     return _finish(net, 10, f"pabt seed={seed} pairs={keep}")
 
 
-def hbn(seed: int = 0, size: int = 16, widths=(12, 16, 16)):
+def hbn(seed: int = 0, size: int = 16, widths=(12, 16, 16), prune: float = 0.0):
     """Hybrid Binary Network: int8 first layer (QDQ, int8 weights), a binary-weight layer on int8
     inputs, binary layers, and an int8 last layer."""
     net = Net(seed, "hbn")
     net.input_qdq((3, size, size), "uint8", zero_point=0)
-    net.conv(widths[0], 3, 1, 1, code="int", scope="conv0_int8", range=127)
+    net.conv(widths[0], 3, 1, 1, code="int", prune=prune, scope="conv0_int8", range=127)
     net.qdq(-4, scope="requant0")
-    net.conv(widths[1], 3, 2, 1, code="binary", scope="conv1_binary_weights_int8_input")
+    net.conv(widths[1], 3, 2, 1, code="binary", prune=prune, scope="conv1_binary_weights_int8_input")
     net.bn_sign("Sign", scope="bn1")
-    net.conv(widths[2], 3, 1, 1, code="binary", scope="conv2")
+    net.conv(widths[2], 3, 1, 1, code="binary", prune=prune, scope="conv2")
     net.qdq(-3, scope="requant2")
     net.gap()
     net.requant_stream()
@@ -206,7 +209,7 @@ def xnet(seed: int = 0, size: int = 12, widths=(16, 32, 32), degree: int = 4):
 
 
 def bireal(seed: int = 0, size: int = 16, widths=(8, 16), frac: int = 8, sign: str = "BipolarQuant",
-           branch: str = "dyadic"):
+           branch: str = "dyadic", prune: float = 0.0):
     """Bi-Real Net: every binary convolution has a real-valued shortcut (a fixed-point stream);
     downsampling shortcuts are AvgPool 2x2 + 1x1 convolution (int8 weights).
     branch "dyadic": folded BatchNorms (Mul, Add) on a 2**-frac grid, exact in float32;
@@ -222,7 +225,7 @@ def bireal(seed: int = 0, size: int = 16, widths=(8, 16), frac: int = 8, sign: s
         for block in range(2):
             down = stage > 0 and block == 0
             net.sign_of(s, sign, scope=f"sign{k}")
-            net.conv(w, 3, 2 if down else 1, 1, code="binary", pow2=True, scope=f"conv{k}")
+            net.conv(w, 3, 2 if down else 1, 1, code="binary", prune=prune, pow2=True, scope=f"conv{k}")
             net.to_stream(frac, scope=f"bn{k}")
             branch = net.stream()
             if down:
