@@ -38,8 +38,10 @@ from .onnx_loader import LoadedModel, fold_with_origin, foldable, quant_levels, 
 from .passes.quantize_input import input_grid
 
 FRAC_BITS = 16  # default fixed-point grid 2**-16 of real-valued streams whose scales are not on a coarser one
-STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128 at 2**-16; a global average
-#                           pool of up to 256 pixels still fits 32 bits)
+STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128 at 2**-16). A global average
+#                           pool of more than 256 such pixels sums beyond 32 bits: its output range says so and
+#                           the backends store it (and accumulate it) in 64 bits, exactly (pack_bits.storage_dtype)
+SUM_LIMIT = 2**63 - 1  # the sums of pools are exact int64
 ACTIVATION_OPS = ("Sign", "BipolarQuant", "MultiThreshold", "Quant", "QuantizeLinear")
 
 SUPPORTED_OPS = sorted([
@@ -947,6 +949,9 @@ class Lowering:
             oty = ir.Ints((1, 1, c), -h * w, h * w, ty.scale / (h * w))
         else:
             oty = ir.Ints((1, 1, c), ty.lo * h * w, ty.hi * h * w, ty.scale / (h * w))
+            if max(-oty.lo, oty.hi) > SUM_LIMIT:
+                raise BnncError(f"{_where(node)}: the sum over {h}x{w} pixels of values in [{ty.lo}, {ty.hi}] "
+                                "needs more than 64 bits")
         self.graph.add(ir.GlobalSumPool(name, [v.tensor], [tname]), {tname: oty})
         self._set(node, Val("ints", (1, c, 1, 1), tensor=tname, scale=oty.scale))
 

@@ -205,3 +205,88 @@ def test_requantize_level_steps_is_exact_on_random_staircases(seed):
     assert np.array_equal(reference.apply_epilogue(ep, xs), reference.apply_epilogue(out.op("act").epilogue, xs))
     if seed % 2 == 0:  # floor(v + 1/2) is a multiply-shift: converted
         assert isinstance(out.op("act").epilogue, ir.Requantize)
+
+
+# ----------------------------------------------------------------------------------- large global pools
+
+def _large_pool_model(size):
+    """Bi-Real Net on a 2**-16 stream: the global average pool sums (size / 2)**2 pixels of
+    values proven only to lie within +-(2**23 - 1), more than 32 bits for more than 256 pixels."""
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+
+    model = zoo.build("bireal", 0, size=size, frac=16)
+    graph = compile_graph(model)
+    pool = next(op for op in graph.ops() if isinstance(op, ir.GlobalSumPool))
+    return model, graph, pool
+
+
+def _saturate_last_branch(graph, pool):
+    """The same graph with the last residual branch pinned at the top of the stream's range, so
+    the pool's sums really exceed 32 bits (the reference defines the numbers for any values)."""
+    g = graph.copy()
+    add = g.producer(pool.inputs[0])
+    conv = g.producer(add.inputs[0])
+    ep = conv.epilogue
+    ep.add = ep.add + (2 * ep.hi << ep.shift)  # far above: the branch saturates at ep.hi
+    if ep.acc_lo is not None:
+        ep.acc_lo, ep.acc_hi = ep.acc_lo * 0 - 1, ep.acc_hi * 0 + 1  # keep every product small
+    for t in (conv.outputs[0], add.outputs[0]):
+        ty = g.tensors[t]
+        g.tensors[t] = ir.Ints(ty.shape, add.lo, add.hi, ty.scale)
+    h, w, c = g.tensors[pool.inputs[0]].shape
+    ty = g.tensors[pool.outputs[0]]
+    g.tensors[pool.outputs[0]] = ir.Ints(ty.shape, add.lo * h * w, add.hi * h * w, ty.scale)
+    return g
+
+
+@pytest.mark.parametrize("size", [34, 64])
+def test_global_pool_beyond_256_stream_pixels_is_exact(size):
+    """17x17 and 32x32 pools of a saturating stream: int64 sums, reference == onnxruntime and
+    C == reference, also where the sums really exceed 32 bits."""
+    from bnnc import zoo
+    from bnnc.original import OriginalModel
+    from bnnc.passes.pack_bits import storage_dtype
+
+    model, graph, pool = _large_pool_model(size)
+    h, w, _ = graph.tensors[pool.inputs[0]].shape
+    assert h * w > 256 and storage_dtype(graph.tensors[pool.outputs[0]]) == "int64"
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 8, seed=5))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert np.array_equal(ref, OriginalModel(model).run(inputs.model).reshape(ref.shape))
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+    assert "int64_t s = 0;" in driver.render_c(graph)["model.c"]
+    big = _saturate_last_branch(graph, pool)
+    sums = reference.intermediates(big, inputs.grid)[pool.outputs[0]]
+    assert np.abs(sums).max() > 2**31
+    assert np.array_equal(driver.run_target(big, "c", inputs), driver.run_target(big, "ref", inputs))
+
+
+def test_global_pool_beyond_32_bits_on_the_cortex_m():
+    for mod in ("unicorn", "ziglang", "elftools"):
+        pytest.importorskip(mod, reason="the Cortex-M targets need the mcu extra")
+    from bnnc import targets, zoo
+    from bnnc.targets import TargetOptions
+
+    model, graph, pool = _large_pool_model(34)
+    big = _saturate_last_branch(graph, pool)
+    inputs = driver.prepare_inputs(big, zoo.inputs(model, 3, seed=5))
+    ref = driver.run_target(big, "ref", inputs)
+    for core in ("cortex-m0", "cortex-m4"):
+        y, _ = targets.run(big, core, inputs.grid, TargetOptions())
+        assert np.array_equal(y.reshape(ref.shape), ref), core
+
+
+def test_a_layer_reading_64_bit_sums_is_refused_by_c():
+    from bnnc.errors import BnncError
+
+    model, graph, pool = _large_pool_model(34)
+    g = graph.copy()
+    act = g.consumers(pool.outputs[0])[0]
+    dense = g.consumers(act.outputs[0])[0]
+    dense.inputs = [pool.outputs[0]]  # the dense layer straight on the pool (its weights fit the channels)
+    g.remove(act.name)
+    g.replace(dense)
+    g = fold_batchnorm_into_thresholds(g)  # marks the 64-bit accumulator
+    with pytest.raises(BnncError, match="beyond 32 bits"):
+        driver.render_c(g)

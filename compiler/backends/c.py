@@ -19,6 +19,7 @@ from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
 
 C_TYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": "int16_t", "int32": "int32_t",
+           "int64": "int64_t",
            "float32": "float"}
 
 
@@ -215,7 +216,9 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      cw=words(c, wb))
         elif isinstance(op, ir.GlobalSumPool):
             h, w, c = src_t.shape
-            L.update(hw=h * w, c=c, bits=isinstance(src_t, ir.Bits), cw=words(c, wb))
+            # the sum's accumulator: 64 bits where the proven range needs it (large pools of streams)
+            L.update(hw=h * w, c=c, bits=isinstance(src_t, ir.Bits), cw=words(c, wb),
+                     acc_ctype="int64_t" if storage_dtype(oty) == "int64" else "int32_t")
         elif isinstance(op, ir.ArgMax):
             L.update(n=src_t.shape[2], k=op.k)
         layers.append(L)
@@ -245,6 +248,10 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     wb = graph.word_bits
     word_kind = "word64" if wb == 64 else "word32"
     src, oty = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    if isinstance(op, ir.Conv) and isinstance(src, ir.Ints) and storage_dtype(src) == "int64":
+        # the convolution kernels gather 32-bit input windows
+        raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}' reads values beyond 32 bits (e.g. a large "
+                        "global average pool of a fixed-point stream); quantize them before the layer")
 
     def table(suffix: str, ctype: str, values, kind: str = "int") -> None:
         consts.append({"name": f"{op.name}_{suffix}", "ctype": ctype, "n": int(np.asarray(values).size),

@@ -264,7 +264,10 @@ def pack_input(op: ir.InputQuantize, oty) -> PackedInput:
 
 
 def storage_dtype(ty) -> str:
-    """C storage of an integer tensor."""
+    """C storage of an integer tensor: the smallest type holding its proven range (int64 only
+    beyond 32 bits, e.g. the global sum of a large fixed-point map)."""
+    if ty.lo < -(2**31) or ty.hi > 2**31 - 1:
+        return "int64"
     return int_dtype_for(ty.lo, ty.hi)
 
 
