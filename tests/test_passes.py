@@ -272,9 +272,8 @@ def test_global_pool_beyond_32_bits_on_the_cortex_m():
     big = _saturate_last_branch(graph, pool)
     inputs = driver.prepare_inputs(big, zoo.inputs(model, 3, seed=5))
     ref = driver.run_target(big, "ref", inputs)
-    for core in ("cortex-m0", "cortex-m4"):
-        y, _ = targets.run(big, core, inputs.grid, TargetOptions())
-        assert np.array_equal(y.reshape(ref.shape), ref), core
+    y, _ = targets.run(big, "cortex-m0", inputs.grid, TargetOptions())  # no 64-bit multiply-accumulate
+    assert np.array_equal(y.reshape(ref.shape), ref)
 
 
 def test_a_layer_reading_64_bit_sums_is_refused_by_c():
