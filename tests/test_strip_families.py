@@ -126,7 +126,8 @@ class _Builder:
             pad = int(rng.integers(0, 2)) if kp == 3 else 0
             oh, ow = ir.out_shape((h, w), (kp, kp), (2, 2), (pad,) * 4)
             g.add(ir.MaxPool(name, [self.t], [name + "_out"], (kp, kp), (2, 2), (pad,) * 4),
-                  {name + "_out": type(ty)((oh, ow, c)) if isinstance(ty, ir.Bits) else ir.Ints((oh, ow, c), ty.lo, ty.hi)})
+                  {name + "_out": ir.Bits((oh, ow, c)) if isinstance(ty, ir.Bits)
+                   else ir.Ints((oh, ow, c), ty.lo, ty.hi)})
         elif choice == 1 and isinstance(ty, ir.Ints) and min(h, w) >= 2:
             oh, ow = ir.out_shape((h, w), (2, 2), (1, 1), (0, 0, 0, 0))
             g.add(ir.SumPool(name, [self.t], [name + "_out"], (2, 2), (1, 1)),
@@ -135,7 +136,8 @@ class _Builder:
             lo, hi = (-h * w, h * w) if isinstance(ty, ir.Bits) else (ty.lo * h * w, ty.hi * h * w)
             g.add(ir.GlobalSumPool(name, [self.t], [name + "_out"]), {name + "_out": ir.Ints((1, 1, c), lo, hi)})
         elif choice == 3 and isinstance(ty, ir.Ints):
-            ep, make = _epilogue(rng, str(rng.choice(["bits", "levels", "stream"])), np.full(c, ty.lo), np.full(c, ty.hi))
+            kind = str(rng.choice(["bits", "levels", "stream"]))
+            ep, make = _epilogue(rng, kind, np.full(c, ty.lo), np.full(c, ty.hi))
             g.add(ir.Activation(name, [self.t], [name + "_out"], ep), {name + "_out": make((h, w, c))})
         elif choice == 4 and isinstance(ty, ir.Ints):  # a residual Add with a parallel 1x1 layer
             a = self.t
@@ -296,7 +298,8 @@ def test_report_storage_drops_with_the_stripped_channels():
     b2 = before[list(after)[1]]
     # positions of the second layer: 12 live rows x 3 x 3 x 20 inputs -> 12 x 3 x 3 x 12 inputs
     assert second["weight_bits"] == b2["weight_bits"] * 12 // 20
-    assert second["stored_bytes"] < b2["stored_bytes"] and first["stored_bytes"] < before[list(after)[0]]["stored_bytes"]
+    b1 = before[list(after)[0]]
+    assert second["stored_bytes"] < b2["stored_bytes"] and first["stored_bytes"] < b1["stored_bytes"]
     assert second["thresholds"] == 12 and b2["thresholds"] == 20
     t_after = report(driver.backend_graph(compile_graph(model)))["totals"]
     t_before = report(driver.backend_graph(_unstripped(model)))["totals"]
