@@ -1,7 +1,8 @@
 """The generated HLS C++ is in synthesizable style, checked by scanning the sources of many models
 and foldings: no dynamic memory, no recursion (call graph of the generated functions), every loop
 with a constant trip count, every loop inside a pipelined loop fully unrolled, a DATAFLOW top with
-AXI-Stream ports, and weight/threshold tables partitioned by PE as the folding says."""
+AXI-Stream ports, and weight planes, plane sums and per-row tables partitioned by PE as the folding
+says (binary models and the compressed families of issue 5)."""
 
 import json
 import re
@@ -116,19 +117,22 @@ def check_sources(files: dict) -> None:
         for k, line in enumerate(body):
             if line.strip().startswith("for ("):
                 assert body[k + 1].strip() == "BNNC_HLS(UNROLL)", f"bnnc_hls.h {name}: {line}"
-    # weights and thresholds: constant tables, partitioned by PE rows as folded
+    # weights, plane sums and tables: constant tables and registers partitioned by PE rows as folded
     fold = json.loads(files["folding.json"])["layers"]
     for entry in fold:
         layer = entry["name"]
-        m = re.search(rf"static const bnnc::rom_bits_t<(\d+)> {layer}_minus\[(\d+)\]", model)
-        assert m and int(m.group(2)) == entry["pe"] and int(m.group(1)) == min(64, entry["simd"])
         body = "\n".join(funcs[f"{layer}_mvtu"])
-        assert f"BNNC_HLS(ARRAY_PARTITION variable={layer}_minus complete dim=1)" in body
-        assert f"acc[{entry['pe']}];" in body and "BNNC_HLS(ARRAY_PARTITION variable=acc complete)" in body
+        arrays = re.findall(rf"static const bnnc::rom_bits_t<(\d+)> ({layer}_(?:flip|mask)\d+)\[(\d+)\]", model)
+        assert arrays, layer
+        for width, array, rows in arrays:
+            assert int(rows) == entry["pe"] and int(width) == min(64, entry["simd"])
+            assert f"BNNC_HLS(ARRAY_PARTITION variable={array} complete dim=1)" in body
+        sums = re.findall(rf"ap_int<\d+> (s\d+)\[{entry['pe']}\];", body)
+        assert sums and all(f"BNNC_HLS(ARRAY_PARTITION variable={s} complete)" in body for s in sums)
         assert f"for (int p = 0; p < {entry['pe']}; p++) {{" in body
-        if f"{layer}_thr[" in model:
-            assert re.search(rf"static const ap_int<\d+> {layer}_thr\[{entry['pe']}\]", model)
-            assert f"BNNC_HLS(ARRAY_PARTITION variable={layer}_thr complete dim=1)" in body
+        for table in re.findall(rf"static const \S+ ({layer}_(?:thr|flag|offset|live|gain))\[(\d+)\]", model):
+            assert int(table[1]) == entry["pe"], table
+            assert f"BNNC_HLS(ARRAY_PARTITION variable={table[0]} complete dim=1)" in body
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -136,6 +140,16 @@ def test_random_models_are_in_synthesizable_style(seed):
     graph = random_case(seed, 1)[2]
     style = STYLES[seed % len(STYLES)]
     check_sources(hls.files(graph, TargetOptions(**folding_options(graph, style, seed))))
+
+
+@pytest.mark.parametrize("name", ["w1a2", "dabn", "abc-fused", "pabt", "xnet"])
+def test_family_models_are_in_synthesizable_style(name):
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+
+    graph = compile_graph(zoo.build(name, seed=2))
+    for style in ("parallel", "odd"):
+        check_sources(hls.files(graph, TargetOptions(**folding_options(graph, style, 2))))
 
 
 def test_shared_models_are_in_synthesizable_style(shared_models):
@@ -163,12 +177,21 @@ def test_scanner_rejects_what_it_must():
     check_sources(files)
 
 
-def test_weight_rows_hold_the_folded_planes():
-    """The minus-plane words in model.cpp decode to the folded weights of fold_weights."""
-    from bnnc.backends.hls import backend_graph, foldings_for
-    from bnnc import ir
+def _table_words(model: str, name: str) -> list:
+    """The numbers of constant table `name` in model.cpp, in initializer order (true / false as 1 / 0)."""
+    m = re.search(rf" {name}\[[^=]*= (\{{.*?\}});", model, re.S)
+    return [int(w, 16) if w.startswith("0x") else int(w) if w[-1].isdigit() else int(w == "true")
+            for w in re.findall(r"0x[0-9a-f]+|-?\b\d+\b|true|false", m.group(1))]
 
-    graph = random_case(9, 1)[2]
+
+@pytest.mark.parametrize("case", ["random", "dabn", "abc-fused"])
+def test_weight_rows_hold_the_folded_planes(case):
+    """Every plane's flip / mask words in model.cpp decode to layout_folded_layers' weight bits."""
+    from bnnc import ir, zoo
+    from bnnc.backends.hls import backend_graph, foldings_for
+    from bnnc.pipeline import compile_graph
+
+    graph = random_case(9, 1)[2] if case == "random" else compile_graph(zoo.build(case, seed=1))
     opts = TargetOptions(**folding_options(graph, "odd", 9))
     fs = foldings_for(graph, opts)
     model = hls.files(graph, opts)["model.cpp"]
@@ -177,12 +200,23 @@ def test_weight_rows_hold_the_folded_planes():
         if not isinstance(op, ir.Conv):
             continue
         f = op.folded
-        m = re.search(rf"{op.name}_minus\[[^=]*= (\{{.*?\}});", model, re.S)
-        words = [int(w, 16) if w.startswith("0x") else int(w) for w in re.findall(r"0x[0-9a-f]+|\b\d+\b", m.group(1))]
-        per_row = -(-f.simd // 64)
-        bits = np.zeros((f.pe * f.nf * f.sf, per_row * 64), bool)
-        for r in range(bits.shape[0]):
-            for k in range(per_row):
-                w = words[r * per_row + k]
-                bits[r, 64 * k: 64 * k + 64] = [(w >> i) & 1 for i in range(64)]
-        assert np.array_equal(bits[:, : f.simd].reshape(f.minus.shape), f.minus)
+        for i, (j, which) in enumerate(f.arrays):
+            words = _table_words(model, f"{op.name}_{'flip' if which == 'b' else 'mask'}{j}")
+            per_row = -(-f.simd // 64)
+            bits = np.zeros((f.pe * f.nf * f.sf, per_row * 64), bool)
+            for r in range(bits.shape[0]):
+                for k in range(per_row):
+                    w = words[r * per_row + k]
+                    bits[r, 64 * k: 64 * k + 64] = [(w >> b) & 1 for b in range(64)]
+            want = f.weight_bits[:, i].transpose(1, 0, 2)  # [PE][NF * SF][SIMD]
+            assert np.array_equal(bits[:, : f.simd].reshape(want.shape), want), (op.name, j, which)
+        # per-row tables: entry [p][nf][class] of output o = nf * PE + p, zero for idle rows
+        tables = {"offset" if f.mode == "acc" else "thr": f.table_value}
+        if f.mode != "acc":
+            tables["flag"] = f.table_flag
+        for table, value in tables.items():
+            got = np.array(_table_words(model, f"{op.name}_{table}")).reshape(f.pe, f.nf, f.ncls, -1)
+            for o in range(f.nf * f.pe):
+                nf, p = divmod(o, f.pe)
+                want = value[:, o] if o < f.mh else np.zeros_like(value[:, 0])
+                assert np.array_equal(got[p, nf], want), (op.name, table, o)

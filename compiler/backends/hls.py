@@ -7,9 +7,13 @@ self-checking testbench with embedded reference vectors, a Makefile for g++ C si
 run_hls.tcl for Vitis HLS, and the folding used (folding.json).
 
 Every conv/dense layer becomes a window generator and a matrix-vector-threshold unit folded by
-the PE x SIMD folding of compiler/folding.py (shared with the Verilog backend). The arithmetic
-is the passes': pack_bits' comparison tables (per border class) and fold_weights' folded layout;
-this module only formats them.
+the PE x SIMD folding of compiler/folding.py, laid out by layout_folded_layers exactly as for the
+Verilog backend: every weight code (binary, ternary, two-scale, multi-base, integer, expander) is a
+few popcount planes, s_j = popcount((x ^ flip_j) & mask_j) on bit inputs or the masked signed sum
+on integer inputs, and the unit compares s (one plane) or v = sum_j gain_j * s_j (gains from the
+row's table entry, applied once per output) with per-(border class, row) thresholds: bit outputs
+(one per activation plane), multi-level outputs, or the accumulator A + v for a float32 epilogue.
+The arithmetic is the pass's; this module only formats its tables.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import numpy as np
 
 from .. import folding, ir, reference
 from ..errors import BnncError
-from ..passes.fold_weights import fold_weights
-from ..passes.pack_bits import pack_bits
+from ..passes.layout_folded_layers import layout_folded_layers
+from ..passes.pack_bits import pack_input
 from ..resources import resource_dir
 from .c import _chain_ctx, comment_text, sanitize_identifier
 
@@ -109,6 +113,20 @@ def _rows_to_words(plane: np.ndarray) -> np.ndarray:
     return padded.reshape(plane.shape[:-1] + (sw, 64))
 
 
+def _by_row(table: np.ndarray, pe: int) -> np.ndarray:
+    """A per-(border class, row) table (classes, MH, k) as [PE][NF][classes][k]: out[p, nf] =
+    table[:, nf * PE + p], 0 for the idle rows of the last neuron fold."""
+    ncls, mh, k = table.shape
+    nf = -(-mh // pe)
+    padded = np.zeros((ncls, nf * pe, k), table.dtype)
+    padded[:, :mh] = table
+    return padded.reshape(ncls, nf, pe, k).transpose(2, 1, 0, 3)
+
+
+def _cxx_bool(v) -> str:
+    return "true" if v else "false"
+
+
 def _affine(var: str, mul: int, add: int) -> str:
     """C text of var * mul + add, without the trivial parts."""
     s = var if mul == 1 else f"{var} * {mul}"
@@ -158,6 +176,8 @@ class _Builder:
         self.target_ii = max(1, target_ii)  # the MVTUs' cycles per frame: what the input side should keep up with
         self.in_lanes = 1  # input elements per beat of the top-level input stream
         self.beat_structs = {}  # tensor -> struct type of its stream beat, where a beat holds several values
+        self.beat_lanes = {}  # tensor -> integer values per beat of those structs
+        self.pixel_beats = set()  # integer tensors whose beat is one whole pixel (conv / pool outputs)
         self.procs, self.consts, self.typedefs, self.structs = [], [], [], []
         self.streams, self.calls, self.folding_rows, self.layers = [], [], [], []
         self.widest = 1
@@ -209,6 +229,11 @@ class _Builder:
             text = "float"
         self.typedefs.append({"name": self._typedef_name(t), "type": text})
 
+    def _beat_struct(self, t: str, name: str, n: int, comment: str) -> None:
+        self.beat_structs[t] = name
+        self.beat_lanes[t] = n
+        self.structs.append({"name": name, "elem": self._typedef_name(t), "n": n, "comment": comment})
+
     def _width(self, w: int) -> None:
         self.widest = max(self.widest, w)
 
@@ -236,14 +261,20 @@ class _Builder:
             raise BnncError("the HLS backend needs the model input quantizer first")
         self.in_lanes = self._choose_in_lanes(iq)
         if self.in_lanes > 1 and isinstance(g.tensors[iq.outputs[0]], ir.Ints):
-            name = f"{iq.name}_out_beat_t"
-            self.beat_structs[iq.outputs[0]] = name
-            self.structs.append({"name": name, "elem": self._typedef_name(iq.outputs[0]), "n": self.in_lanes,
-                                 "comment": f"{iq.name}: {self.in_lanes} consecutive values per beat"})
+            self._beat_struct(iq.outputs[0], f"{iq.name}_out_beat_t", self.in_lanes,
+                              f"{iq.name}: {self.in_lanes} consecutive values per beat")
         for op in ops:
             for t in op.outputs:
                 if t != g.output:
                     self._declare(t)
+                    ty = g.tensors[t]
+                    # integer conv outputs travel a pixel per beat (the unit completes a pixel at once),
+                    # and so do max pools of them
+                    if isinstance(ty, ir.Ints) and (isinstance(op, ir.Conv) or
+                                                    isinstance(op, ir.MaxPool) and op.inputs[0] in self.pixel_beats):
+                        self.pixel_beats.add(t)
+                        self._beat_struct(t, f"{op.name}_out_pixel_t", ty.shape[2],
+                                          f"{op.name}: the {ty.shape[2]} values of one output pixel")
                     stream_of[t] = self.stream(f"{op.name}_out", self.beat(t))
         for op in ops:
             src, dst = op.inputs[0], op.outputs[0]
@@ -279,7 +310,7 @@ class _Builder:
                 P["partition"] = [f"{op.name}_thr", f"{op.name}_neg"]
             self.const(f"{op.name}_thr", "int32_t", f"[{p.thr.size}]", _nested(p.thr, str),
                        "input thresholds: bit (-1) = (q > thr) XOR neg")
-            self.const(f"{op.name}_neg", "bool", f"[{p.neg.size}]", _nested(p.neg, lambda v: "true" if v else "false"),
+            self.const(f"{op.name}_neg", "bool", f"[{p.neg.size}]", _nested(p.neg, _cxx_bool),
                        "input threshold polarity")
         elif p.mode == "float":
             consts = []
@@ -345,24 +376,24 @@ class _Builder:
         return decls, valid, reads
 
     def _class_tables(self, op) -> tuple:
-        """(class expression, needs oy, needs ox) of the layer's border classes (pack_bits)."""
-        p = op.packed
-        for axis, n, table in (("y", p.ny, p.ycls), ("x", p.nx, p.xcls)):
+        """(class expression, needs oy, needs ox) of the layer's border classes (layout_folded_layers)."""
+        f = op.folded
+        for axis, n, table in (("y", f.ny, f.ycls), ("x", f.nx, f.xcls)):
             if n > 1:
                 self.const(f"{op.name}_{axis}cls", "uint8_t" if n < 256 else "uint16_t", f"[{table.size}]",
                            _nested(table, str), f"border class of each output {'row' if axis == 'y' else 'column'}")
-        if p.ny > 1 and p.nx > 1:
-            return f"{op.name}_ycls[oy] * {p.nx} + {op.name}_xcls[ox]", True, True
-        if p.ny > 1:
+        if f.ny > 1 and f.nx > 1:
+            return f"{op.name}_ycls[oy] * {f.nx} + {op.name}_xcls[ox]", True, True
+        if f.ny > 1:
             return f"{op.name}_ycls[oy]", True, True
-        if p.nx > 1:
+        if f.nx > 1:
             return f"{op.name}_xcls[ox]", False, True
         return "0", False, False
 
     def _conv(self, op: ir.Conv, sin: str, sout: str) -> None:
         g = self.g
         src_ty, oty = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
-        f, p = op.folded, op.packed
+        f = op.folded
         bits = isinstance(src_ty, ir.Bits)
         geo = self._window_geometry(op, src_ty, oty)
         name = op.name
@@ -370,7 +401,7 @@ class _Builder:
         idle_lanes = f.sf * f.simd > f.mw
         idle_rows = f.nf * f.pe > f.mh
         in_t = self.elem(op.inputs[0])
-        in_lanes = 1 if bits or op.inputs[0] not in self.beat_structs else self.in_lanes
+        in_lanes = 1 if bits else self.beat_lanes.get(op.inputs[0], 1)
         self._width(f.simd)
         if bits:
             lanes_t = f"ap_uint<{f.simd}>"
@@ -390,42 +421,74 @@ class _Builder:
         self.procs.append(W)
         self.calls.append(f"{name}_window({sin}, {lanes});")
 
-        # weights: bit planes as SIMD-bit rows [PE][tiles] (or [PE][tiles][64-bit words] beyond 64 lanes)
+        # weights: every bit array of the popcount planes as SIMD-bit rows [PE][NF * SF] (or
+        # [PE][NF * SF][64-lane word] beyond 64 lanes)
         wide = f.simd > 64
-        wrow_t = f"ap_uint<{f.simd}>"
-        planes = [("minus", f.minus)] + ([] if bits else [("plus", f.plus)])
-        for plane_name, plane in planes:
-            rows = _rows_to_words(plane)
+        stored = {}
+        for i, (j, which) in enumerate(f.arrays):
+            array = f"{name}_{'flip' if which == 'b' else 'mask'}{j}"
+            rows = _rows_to_words(f.weight_bits[:, i].transpose(1, 0, 2))  # (PE, NF * SF, SIMD)
             dims = f"[{f.pe}][{f.nf * f.sf}]" + (f"[{rows.shape[2]}]" if wide else "")
-            self.const(f"{name}_{plane_name}", f"bnnc::rom_bits_t<{min(f.simd, 64)}>", dims, _nested_bits(rows),
-                       f"{name}: lanes whose weight is {'-1' if plane_name == 'minus' else '+1'}, "
+            what = "XOR bits (the lane's input is negated)" if which == "b" else "lane mask (the lane counts)"
+            self.const(array, f"bnnc::rom_bits_t<{min(f.simd, 64)}>", dims, _nested_bits(rows),
+                       f"{name}: popcount plane {j} ({f.plane_kinds[j].replace('_', ' ')}), {what}, "
                        f"[PE][neuron fold * {f.sf} + synapse fold]{'[64-lane word]' if wide else ''}, bit l = lane l")
+            stored[(j, which)] = array
+        planes = [{"j": j, "kind": kind, "flip": stored.get((j, "b")), "mask": stored.get((j, "m")),
+                   "shared": kind == "ones"} for j, kind in enumerate(f.plane_kinds)]
         cls_expr, need_oy, need_ox = self._class_tables(op)
-        if bits:
-            acc_bits = signed_bits(0, f.sf * f.simd)
+        for what, width in (("plane sum", f.s_bits), ("weighted plane sum", f.v_bits), ("accumulator", f.acc_bits)):
+            if width > 64:
+                raise BnncError(f"layer '{self._comment(op)}': its {what} needs {width} bits (more than 64)")
+
+        # per-(row, border class) tables, rows folded as o = nf * PE + p (idle rows hold 0)
+        k = max(f.nt, 1)
+        tables = f"[{f.pe}][{f.nf}][{f.ncls}]"
+        value = _by_row(f.table_value, f.pe)  # (PE, NF, classes, k)
+        live = False
+        if f.mode == "acc":
+            self.const(f"{name}_offset", f"ap_int<{f.table_bits}>", tables, _nested(value[..., 0], str),
+                       f"{name}: accumulator offset A of output o = nf * {f.pe} + p, [p][nf][border class]")
+            live = not f.gains_in_table and not np.all(f.table_flag != 0)
+            if live:
+                self.const(f"{name}_live", "bool", tables, _nested(_by_row(f.table_flag, f.pe)[..., 0], _cxx_bool),
+                           f"{name}: false for rows without weights (their accumulator is the offset)")
         else:
-            bound = f.mw * max(abs(src_ty.lo), abs(src_ty.hi))
-            acc_bits = signed_bits(-bound, bound)
-        if acc_bits > 64:
-            raise BnncError(f"layer '{self._comment(op)}': its accumulator needs {acc_bits} bits (more than 64)")
-        acc_t = f"ap_int<{acc_bits}>"
-        thresholds = p.thr is not None
+            compared = "v = sum_j gain_j * s_j" if f.gains_in_table else "the plane sum s"
+            per_row = "[level]" if f.mode == "levels" else "[activation plane]" if k > 1 else ""
+            self.const(f"{name}_thr", f"ap_int<{f.table_bits}>", tables + (f"[{k}]" if k > 1 else ""),
+                       _nested(value if k > 1 else value[..., 0], str),
+                       f"{name}: thresholds on {compared} of output o = nf * {f.pe} + p, [p][nf][border class]"
+                       + per_row)
+            flag = _by_row(f.table_flag, f.pe)
+            self.const(f"{name}_flag", "bool", tables + (f"[{f.flags}]" if f.flags > 1 else ""),
+                       _nested(flag if f.flags > 1 else flag[..., 0], _cxx_bool),
+                       f"{name}: " + ("a level counts iff (compared > thr) != flag" if f.mode == "levels" else
+                                      "output bit (1 = -1) = (compared > thr) != flag"))
+        if f.gains_in_table:
+            gains = np.zeros((f.gains.shape[0], f.nf * f.pe), np.int64)
+            gains[:, : f.mh] = f.gains
+            self.const(f"{name}_gain", f"ap_int<{f.gain_bits}>", f"[{f.pe}][{f.nf}][{f.planes}]",
+                       _nested(gains.reshape(-1, f.nf, f.pe).transpose(2, 1, 0), str),
+                       f"{name}: gain of each popcount plane for output o = nf * {f.pe} + p, [p][nf][plane]")
+
         names = [("sf", f.sf), ("nf", f.nf)] + ([("ox", geo["ow"])] if need_ox else [])
         outer = "oy" if need_oy else None
         decl = "int sf = 0, nf = 0" + (", ox = 0" if need_ox else "") + (", oy = 0" if need_oy else "") + ";"
+        acc_t = f"ap_int<{f.acc_bits}>"
         M = {"kind": "mvtu", "name": f"{name}_mvtu", "layer": name, "bits": bits, "lanes_t": lanes_t,
-             "wrow_t": wrow_t, "wide_words": -(-f.simd // 64) if wide else 0, "pe": f.pe, "simd": f.simd,
-             "nf": f.nf, "sf": f.sf, "mh": f.mh, "mw": f.mw, "pixels": pixels, "idle_rows": idle_rows,
-             "cycles": pixels * f.nf * f.sf, "steps": pixels * f.nf * f.sf, "acc_t": acc_t,
-             "thresholds": thresholds, "cls_expr": cls_expr, "counters": decl,
-             "advance": _counters(names, outer, 4), "ow": geo["ow"]}
-        if thresholds:
-            tw = signed_bits(int(f.thr.min()), int(f.thr.max()))
-            self.const(f"{name}_thr", f"ap_int<{tw}>", f"[{f.pe}][{f.nf}][{f.thr.shape[2]}]", _nested(f.thr, str),
-                       f"{name}: output o = nf * {f.pe} + p is -1 (bit 1) iff (acc > thr[p][nf][border class]) "
-                       "!= neg[p][nf]")
-            self.const(f"{name}_neg", "bool", f"[{f.pe}][{f.nf}]",
-                       _nested(f.neg, lambda v: "true" if v else "false"), f"{name}: comparison polarity")
+             "wrow_t": f"ap_uint<{f.simd}>", "wide_words": -(-f.simd // 64) if wide else 0, "pe": f.pe,
+             "simd": f.simd, "nf": f.nf, "sf": f.sf, "mh": f.mh, "mw": f.mw, "pixels": pixels,
+             "idle_rows": idle_rows, "cycles": pixels * f.nf * f.sf, "steps": pixels * f.nf * f.sf,
+             "planes": planes, "row_planes": [pl for pl in planes if not pl["shared"]],
+             "weight_rows": [{"local": f"{'flip' if which == 'b' else 'mask'}{j}", "array": array}
+                             for (j, which), array in stored.items()],
+             "s_t": f"ap_int<{f.s_bits}>", "v_space": f.gains_in_table, "v_t": f"ap_int<{f.v_bits}>",
+             "mode": f.mode, "nt": f.nt, "k": k, "flags": f.flags, "act_planes": f.act_planes,
+             "level_base": f.level_base, "level_step": f.level_step, "gain": f.gain, "live": live,
+             "acc_t": acc_t, "cls_expr": cls_expr, "counters": decl, "advance": _counters(names, outer, 4),
+             "elem_t": self.elem(op.outputs[0])}
+        if f.mode != "acc":
             M["out_t"] = self.beat(op.outputs[0])
             self.procs.append(M)
             self.calls.append(f"{name}_mvtu({lanes}, {sout});")
@@ -437,47 +500,36 @@ class _Builder:
             M["out_t"] = acc_struct
             self.procs.append(M)
             self.calls.append(f"{name}_mvtu({lanes}, {accs});")
-            has_corr = bool(np.any(p.corr != 0))
-            has_kmul = bits and bool(np.any(p.kmul == 0))
-            if has_corr:
-                self.const(f"{name}_corr", "int32_t", f"[{p.corr.shape[0]}][{p.corr.shape[1]}]", _nested(p.corr, str),
-                           f"{name}: accumulator correction per border class and output")
-            if has_kmul:
-                self.const(f"{name}_kmul", "int8_t", f"[{p.kmul.size}]", _nested(p.kmul, str),
-                           f"{name}: 0 for all-zero (pruned) filters")
             consts = []
             chain = [_cxx14(s) for s in _chain_ctx(op.epilogue.ops, "o", name, consts)]
             for c in consts:
                 self.const(c["name"], "float", f"[{c['n']}]", "{" + _cxx14(c["init"]) + "}",
                            f"{name}: epilogue constant")
-            e_names = [("p", f.pe), ("nf", f.nf)] + ([("ox", geo["ow"])] if (need_ox and has_corr) else [])
-            e_outer = "oy" if (need_oy and has_corr) else None
-            e_decl = "int p = 0, nf = 0" + (", ox = 0" if (need_ox and has_corr) else "") + \
-                (", oy = 0" if (need_oy and has_corr) else "") + ";"
             self.procs.append({
                 "kind": "epilogue", "name": f"{name}_epilogue", "layer": name, "in_t": acc_struct,
-                "out_t": self.beat(op.outputs[0]), "bits": bits, "pe": f.pe, "nf": f.nf, "mh": f.mh,
-                "idle_rows": idle_rows, "k_full": p.k_full, "has_corr": has_corr, "has_kmul": has_kmul,
-                "cls_expr": cls_expr, "chain": chain, "counters": e_decl, "steps": pixels * f.nf * f.pe,
-                "uses_o": idle_rows or has_corr or has_kmul or any("[o]" in st for st in chain),
-                "advance": _counters(e_names, e_outer, 4)})
+                "out_t": self.beat(op.outputs[0]), "pe": f.pe, "nf": f.nf, "mh": f.mh, "idle_rows": idle_rows,
+                "wide_acc": f.acc_bits > 32, "chain": chain, "counters": "int p = 0, nf = 0;",
+                "steps": pixels * f.nf * f.pe, "uses_o": idle_rows or any("[o]" in st for st in chain),
+                "advance": _counters([("p", f.pe), ("nf", f.nf)], None, 4)})
             self.calls.append(f"{name}_epilogue({accs}, {sout});")
         self.folding_rows.append(f"{name}: {f.mh} x {f.mw}, {pixels} pixel{'s' if pixels > 1 else ''}, "
                                  f"PE={f.pe} SIMD={f.simd} -> {pixels * f.nf * f.sf} cycles")
         self.layers.append({"name": name, "source": self._comment(op), "mh": f.mh, "mw": f.mw, "pixels": pixels,
                             "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "cycles": pixels * f.nf * f.sf,
-                            "weight_bits": len(planes) * f.pe * f.nf * f.sf * f.simd,
-                            "binary_inputs": bits})
+                            "planes": list(f.plane_kinds), "mode": f.mode, "act_planes": f.act_planes,
+                            "weight_bits": len(f.arrays) * f.pe * f.nf * f.sf * f.simd,
+                            "table_bits": f.pe * f.nf * f.ncls * f.entry_bits, "binary_inputs": bits})
 
     def _maxpool(self, op: ir.MaxPool, sin: str, sout: str) -> None:
         src_ty, oty = self.g.tensors[op.inputs[0]], self.g.tensors[op.outputs[0]]
         geo = self._window_geometry(op, src_ty, oty)
         bits = isinstance(src_ty, ir.Bits)
-        names = [("ox", geo["ow"])] if bits else [("oc", geo["c"]), ("ox", geo["ow"])]
-        per_pixel = 1 if bits else geo["c"]
+        pixel = bits or op.inputs[0] in self.pixel_beats  # one beat per pixel, else one per value
+        names = [("ox", geo["ow"])] if pixel else [("oc", geo["c"]), ("ox", geo["ow"])]
+        per_pixel = 1 if pixel else geo["c"]
         reads = _window_reads(geo, "ky", "kx")
-        self.procs.append({"kind": "maxpool", "name": op.name, "bits": bits, "in_t": self.beat(op.inputs[0]), **reads,
-                           "in_beat_t": self.beat(op.inputs[0]), "in_lanes": 1,
+        self.procs.append({"kind": "maxpool", "name": op.name, "bits": bits, "pixel": pixel,
+                           "in_t": self.beat(op.inputs[0]), **reads, "in_beat_t": self.beat(op.inputs[0]),
                            "out_t": self.beat(op.outputs[0]), "lo": getattr(oty, "lo", 0),
                            "steps": (geo["ih"] * geo["iw"] + geo["oh"] * geo["ow"]) * per_pixel,
                            "advance": _counters(names, "oy", 6), **geo})
@@ -487,10 +539,11 @@ class _Builder:
         src_ty = self.g.tensors[op.inputs[0]]
         h, w, c = src_ty.shape
         bits = isinstance(src_ty, ir.Bits)
+        pixel = bits or op.inputs[0] in self.pixel_beats
         sum_bits = signed_bits(0, h * w) if bits else signed_bits(h * w * src_ty.lo, h * w * src_ty.hi)
-        self.procs.append({"kind": "gsp", "name": op.name, "bits": bits, "hw": h * w, "c": c,
+        self.procs.append({"kind": "gsp", "name": op.name, "bits": bits, "pixel": pixel, "hw": h * w, "c": c,
                            "in_t": self.beat(op.inputs[0]), "out_t": self.beat(op.outputs[0]),
-                           "sum_t": f"ap_int<{sum_bits}>", "steps": h * w * (1 if bits else c) + c})
+                           "sum_t": f"ap_int<{sum_bits}>", "steps": h * w * (1 if pixel else c) + c})
         self.calls.append(f"{op.name}({sin}, {sout});")
 
     def _argmax(self, op: ir.ArgMax, sin: str, sout: str) -> None:
@@ -511,8 +564,14 @@ def _nested_bits(rows: np.ndarray) -> str:
 
 
 def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
-    """The lowered IR with the HLS backend passes: pack_bits' comparison tables, then the folded layout."""
-    return fold_weights(pack_bits(graph, 64), foldings)
+    """The lowered IR with what the HLS processes read: every Conv laid out for its PE x SIMD unit
+    (layout_folded_layers, the layout the Verilog backend shares), and the input quantizer's
+    comparison tables (pack_bits.pack_input)."""
+    g = layout_folded_layers(graph, foldings)
+    for op in g.ops():
+        if isinstance(op, ir.InputQuantize):
+            op.packed = pack_input(op, g.tensors[op.outputs[0]])
+    return g
 
 
 def foldings_for(graph: ir.Graph, opts) -> list:
@@ -537,28 +596,23 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
             "tb_expected": _nested(y, fmt_out)}
 
 
-def _family_kind(op) -> str:
-    """What makes an op of ir.family_ops a compressed-family layer, in words."""
-    if not isinstance(op, ir.Conv):
-        return f"{type(op).__name__} op"
-    if op.code != "binary":
-        return f"{op.code.replace('_', '-')} weights"
-    if op.wide_acc:
-        return "a wide accumulator"
-    ep = op.epilogue
-    return "activation planes" if isinstance(ep, ir.Thresholds) else f"a {type(ep).__name__} epilogue"
-
-
 def check_supported(graph: ir.Graph) -> None:
-    """The HLS backend builds binary-weight layers (the foundation's IR); it refuses issue-5 families."""
-    family = ir.family_ops(graph)
-    if family:
-        found = {}
-        for op in family:
-            found.setdefault(_family_kind(op), []).append(comment_text((getattr(op, "source_ops", None) or [op.name])[0]))
-        what = "; ".join(f"{k} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for k, v in sorted(found.items()))
-        raise BnncError(f"the HLS backend does not implement these compressed-family layers yet: {what}; "
-                        "use --target c")
+    """Refuse, in one line naming the layer, what the HLS processes do not implement: the
+    elementwise Activation, residual Add and SumPool ops, and Requantize (fixed-point) epilogues
+    and multi-level activations with several activation planes. Every weight code is held."""
+    for op in graph.ops():
+        where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
+        if isinstance(op, (ir.Activation, ir.Add, ir.SumPool)):
+            raise BnncError(f"layer '{where}' is a {type(op).__name__} op, which the HLS backend does not implement "
+                            "(it builds chains of conv/dense, max pool and global sum pool layers); use --target c")
+        if isinstance(op, ir.Conv):
+            ep = op.epilogue
+            if not isinstance(ep, (ir.Thresholds, ir.LevelThresholds, ir.Chain)):
+                raise BnncError(f"layer '{where}' has a {type(ep).__name__} epilogue, which the HLS backend does not "
+                                "implement (it holds bit, multi-level and float32 outputs); use --target c")
+            if isinstance(ep, ir.LevelThresholds) and ep.planes != 1:
+                raise BnncError(f"layer '{where}' has multi-level activations with {ep.planes} activation planes, "
+                                "which the HLS backend does not implement; use --target c")
 
 
 def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
