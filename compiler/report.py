@@ -125,7 +125,9 @@ def family_stored_bytes(op, wb: int) -> int:
     n = 0
     for w in getattr(p, "weights", []):
         n += w.size * (wb // 8 if w.dtype == np.uint64 else w.itemsize)
-    for name in ("corr", "mult_p", "mult_n", "kmul", "thr", "neg", "direction", "levels"):
+    for plane in getattr(p, "bit_planes", []):
+        n += int(plane.gain.nbytes)
+    for name in ("corr", "window_gain", "thr", "neg", "direction", "levels"):
         arr = getattr(p, name, None)
         n += 0 if arr is None else int(np.asarray(arr).nbytes)
     for arr in (getattr(p, "sparse", None) or {}).values():
@@ -157,7 +159,7 @@ def _family_conv_row(op: ir.Conv, src, dst, row: dict, wb: int) -> None:
         per_base = sum(int(np.count_nonzero(b.w)) for b in bases) if bases else nonzero
         row["binary_macs"] = per_base * pix
         if p is not None:
-            n_tables = 1 if method == "xnor" else len(p.weights)
+            n_tables = len(p.bit_planes)  # one popcount per plane and output
             row["popcounts"] = p.taps * o * n_tables * pix
             row["multiplies"] = (0 if method == "xnor" else n_tables * o * pix)
     else:

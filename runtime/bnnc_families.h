@@ -14,47 +14,70 @@
 #define BNNC_LAYER static
 #endif
 
-#define BNNC_FAM_OBLOCK 32 /* output channels per block; weight tables are padded to a multiple */
+#define BNNC_FAM_OBLOCK 8 /* outputs per block of the plane tables (one 512-bit vector of 64-bit words) */
 
-/* pc[o] = sum over l < taps of popcount(win[l] XOR w[l * opad + o]) (binary weights). */
-BNNC_INLINE void bnnc_fam_xnor_popcount(const bnnc_word_t *win, int taps, const bnnc_word_t *w, int opad,
-                                        int32_t *pc) {
-  for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {
-    int32_t a[BNNC_FAM_OBLOCK];
-    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;
-    for (int l = 0; l < taps; l++) {
-      const bnnc_word_t x = win[l];
-      const bnnc_word_t *wr = w + (size_t)l * opad + ob;
-      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += bnnc_popcount(x ^ wr[j]);
-    }
-    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) pc[ob + j] = a[j];
-  }
-}
+/* Popcount planes (compiler/weight_planes.py): what one plane counts per window word x. */
+#define BNNC_PLANE_XNOR 0        /* popcount(x ^ b) */
+#define BNNC_PLANE_MASKED_XNOR 1 /* popcount((x ^ b) & m) */
+#define BNNC_PLANE_AND 2         /* popcount(x & m) */
 
-/* pcp[o] = sum over l < taps of popcount(win[l] & p[l * opad + o]); the same for n into pcn.
- * With bit 1 = -1 in win, popcount(x & P) counts the -1 inputs under the +1 weights. */
-BNNC_INLINE void bnnc_masked_popcount(const bnnc_word_t *win, int taps, const bnnc_word_t *p,
-                                      const bnnc_word_t *n, int opad, int32_t *pcp, int32_t *pcn) {
-  for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {
-    int32_t ap[BNNC_FAM_OBLOCK], an[BNNC_FAM_OBLOCK];
-    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) ap[j] = an[j] = 0;
-    for (int l = 0; l < taps; l++) {
-      const bnnc_word_t x = win[l];
-      const bnnc_word_t *pr = p + (size_t)l * opad + ob;
-      const bnnc_word_t *nr = n + (size_t)l * opad + ob;
-      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) {
-        ap[j] += bnnc_popcount(x & pr[j]);
-        an[j] += bnnc_popcount(x & nr[j]);
+/* s[o] = sum over the window's words x of the plane's count (kind, a compile-time constant once
+ * inlined), for o < opad: the window is kh rows of kwcw words, rs apart; b and m are blocked
+ * [opad / 8][kh * kwcw][8] (either may be NULL where the kind does not read it). With AVX-512
+ * VPOPCNTQ and 64-bit words one block is one vector: x broadcast, 8 table words, VPOPCNTQ. */
+BNNC_INLINE void bnnc_fam_plane_popcount(int kind, const bnnc_word_t *src, int rs, int kh, int kwcw,
+                                         const bnnc_word_t *b, const bnnc_word_t *m, int opad, int32_t *s) {
+  const size_t blk = (size_t)kh * kwcw * BNNC_FAM_OBLOCK; /* words per block of a table */
+  for (int ob = 0; ob < opad / BNNC_FAM_OBLOCK; ob++) {
+    const bnnc_word_t *bb = b ? b + ob * blk : b, *mb = m ? m + ob * blk : m;
+#ifdef BNNC_AVX512_POPCNT
+    __m512i a = _mm512_setzero_si512();
+    for (int ky = 0; ky < kh; ky++) {
+      for (int t = 0; t < kwcw; t++) {
+        const __m512i x = _mm512_set1_epi64((long long)src[ky * rs + t]);
+        __m512i v;
+        if (kind == BNNC_PLANE_AND) {
+          v = _mm512_and_si512(x, _mm512_loadu_si512(mb));
+        } else {
+          v = _mm512_xor_si512(x, _mm512_loadu_si512(bb));
+          if (kind == BNNC_PLANE_MASKED_XNOR) v = _mm512_and_si512(v, _mm512_loadu_si512(mb));
+        }
+        a = _mm512_add_epi64(a, _mm512_popcnt_epi64(v));
+        if (bb) bb += BNNC_FAM_OBLOCK;
+        if (mb) mb += BNNC_FAM_OBLOCK;
       }
     }
-    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) {
-      pcp[ob + j] = ap[j];
-      pcn[ob + j] = an[j];
+    _mm256_storeu_si256((__m256i *)(s + ob * BNNC_FAM_OBLOCK), _mm512_cvtepi64_epi32(a));
+#else
+    int32_t a[BNNC_FAM_OBLOCK];
+    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;
+    for (int ky = 0; ky < kh; ky++) {
+      for (int t = 0; t < kwcw; t++) {
+        const bnnc_word_t x = src[ky * rs + t];
+        for (int j = 0; j < BNNC_FAM_OBLOCK; j++) {
+          const bnnc_word_t v = kind == BNNC_PLANE_AND ? x & mb[j]
+                                : kind == BNNC_PLANE_MASKED_XNOR ? (x ^ bb[j]) & mb[j] : x ^ bb[j];
+          a[j] += bnnc_popcount(v);
+        }
+        if (bb) bb += BNNC_FAM_OBLOCK;
+        if (mb) mb += BNNC_FAM_OBLOCK;
+      }
     }
+    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) s[ob * BNNC_FAM_OBLOCK + j] = a[j];
+#endif
   }
 }
 
-/* acc[o] = sum over l < taps of win[l] * w[l * opad + o] in 64 bits (integer inputs and weights). */
+/* popcount of the whole window (the all-ones plane, shared by every output) */
+BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int kh, int kwcw) {
+  int32_t n = 0;
+  for (int ky = 0; ky < kh; ky++)
+    for (int t = 0; t < kwcw; t++) n += bnnc_popcount(src[ky * rs + t]);
+  return n;
+}
+
+/* acc[o] = sum over l < taps of win[l] * w[l * opad + o] in 64 bits (integer inputs and weights
+ * whose sums may leave int32). */
 BNNC_INLINE void bnnc_int_mac64(const int32_t *win, int taps, const int32_t *w, int opad, int64_t *acc) {
   for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {
     int64_t a[BNNC_FAM_OBLOCK];
@@ -79,6 +102,20 @@ BNNC_INLINE void bnnc_sparse_int_mac64(const int32_t *win, int ktaps, int cin, c
       const int32_t *kw = w + (size_t)e * ktaps;
       const int32_t *x = win + chan[e];
       for (int t = 0; t < ktaps; t++) a += (int64_t)x[(size_t)t * cin] * kw[t];
+    }
+    acc[i] = a;
+  }
+}
+
+/* The same in 32 bits, for layers whose sums bnnc proved to fit int32. */
+BNNC_INLINE void bnnc_sparse_int_mac32(const int32_t *win, int ktaps, int cin, const int32_t *start,
+                                       const int32_t *chan, const int32_t *w, int o, int32_t *acc) {
+  for (int i = 0; i < o; i++) {
+    int32_t a = 0;
+    for (int e = start[i]; e < start[i + 1]; e++) {
+      const int32_t *kw = w + (size_t)e * ktaps;
+      const int32_t *x = win + chan[e];
+      for (int t = 0; t < ktaps; t++) a += x[(size_t)t * cin] * kw[t];
     }
     acc[i] = a;
   }
@@ -110,13 +147,23 @@ BNNC_INLINE void bnnc_threshold_pack64(const int64_t *acc, const int64_t *thr, c
   }
 }
 
-/* Multi-level output: the number of levels b with dir * acc >= thr[b] (thr non-decreasing). */
-BNNC_INLINE int32_t bnnc_level_count(int64_t acc, int8_t dir, const int64_t *thr, int levels) {
+/* Multi-level output: the number of levels b < levels with dir * acc >= thr[b * stride] (level-major
+ * tables, stride = channels), counted without branches so that loops over channels vectorize. */
+BNNC_INLINE int32_t bnnc_level_count(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
   const int64_t x = dir > 0 ? acc : -acc;
-  int lo = 0, hi = levels; /* binary search: the first level not passed */
+  int32_t n = 0;
+  for (int b = 0; b < levels; b++) n += x >= thr[(size_t)b * stride];
+  return n;
+}
+
+/* The same count by binary search, for many levels (e.g. 255 of an int8 output): bnnc uses it
+ * only where every channel's thresholds are non-decreasing. */
+BNNC_INLINE int32_t bnnc_level_search(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
+  const int64_t x = dir > 0 ? acc : -acc;
+  int lo = 0, hi = levels; /* the first level not passed */
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
-    if (x >= thr[mid]) lo = mid + 1;
+    if (x >= thr[(size_t)mid * stride]) lo = mid + 1;
     else hi = mid;
   }
   return lo;

@@ -253,9 +253,15 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}' reads values beyond 32 bits (e.g. a large "
                         "global average pool of a fixed-point stream); quantize them before the layer")
 
-    def table(suffix: str, ctype: str, values, kind: str = "int") -> None:
+    def table(suffix: str, ctype: str, values, kind: str = "int", **extra) -> None:
         consts.append({"name": f"{op.name}_{suffix}", "ctype": ctype, "n": int(np.asarray(values).size),
-                       "init": c_array(values, kind)})
+                       "init": c_array(values, kind), **extra})
+
+    def gain(suffix: str, values) -> tuple:  # a per-channel multiplier as (" + " | " - ", factor)
+        if np.all(values == values[0]):  # uniform: a literal
+            return (" - " if values[0] < 0 else " + "), str(abs(int(values[0])))
+        table(suffix, "int64_t", values)
+        return " + ", f"{op.name}_{suffix}[o]"
 
     if isinstance(op, ir.Conv):
         p = op.packed
@@ -264,28 +270,38 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         L.update(family="conv", ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
                  sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
                  taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
-                 buf_offset=16 * p.o_blk, bases=len(p.weights) // 2)  # scratch: acc + 2 popcount rows, window
+                 sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset)
         L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']}))"
         if p.ny > 1:
             table("ycls", "uint8_t" if p.ny < 256 else "uint16_t", p.ycls)
         if p.nx > 1:
             table("xcls", "uint8_t" if p.nx < 256 else "uint16_t", p.xcls)
         table("corr", "int64_t", p.corr)
-        if p.method == "xnor":
-            table("w0", "bnnc_word_t", p.weights[0], word_kind)
-            table("kmul", "int8_t", p.kmul)
-        elif p.method == "masks":
-            for m in range(len(p.weights) // 2):
-                table(f"p{m}", "bnnc_word_t", p.weights[2 * m], word_kind)
-                table(f"n{m}", "bnnc_word_t", p.weights[2 * m + 1], word_kind)
-            table("mult_p", "int64_t", p.mult_p)
-            table("mult_n", "int64_t", p.mult_n)
-        elif p.method == "int":
-            table("w0", "int32_t", p.weights[0])
+        if p.in_kind == "bits":
+            for i, w in enumerate(p.weights):
+                table(f"w{i}", "bnnc_word_t", w, word_kind, align=True)
+            L["bit_planes"] = [{"kind": f"BNNC_PLANE_{pl.kind.upper()}",
+                                "b": f"{op.name}_w{pl.tables[0]}" if pl.kind != "and" else "NULL",
+                                "m": f"{op.name}_w{pl.tables[-1]}" if pl.kind != "xnor" else "NULL",
+                                "gain": gain(f"g{j}", pl.gain)} for j, pl in enumerate(p.bit_planes)]
+            L["window_gain"] = gain("gw", p.window_gain) if p.window_gain is not None else None
         else:
-            table("start", "int32_t", p.sparse["start"])
-            table("chan", "int32_t", p.sparse["chan"])
-            table("sw", "int32_t", p.sparse["w"])
+            vnni = p.w_vnni is not None
+            guard = {"guard": "!defined(BNNC_AVX512_VNNI)"} if vnni else {}
+            if p.method == "sparse_int":
+                L["int_kernel"] = "sparse32" if p.acc32 else "sparse64"
+                table("start", "int32_t", p.sparse["start"], **guard)
+                table("chan", "int32_t", p.sparse["chan"], **guard)
+                table("sw", "int32_t", p.sparse["w"], **guard)
+            else:
+                L["int_kernel"] = "int_mac" if p.acc32 and p.int8_weights else "int_mac64"
+                table("w0", "int8_t" if L["int_kernel"] == "int_mac" else "int32_t", p.weights[0], **guard)
+            L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
+                     ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
+            if vnni:  # VNNI builds use these tables instead (bnnc_int_mac_vnni)
+                L.update(vnni_off=p.vnni_off, groups=p.w_vnni.shape[2])
+                table("w_vnni", "int8_t", p.w_vnni, align=True, guard="defined(BNNC_AVX512_VNNI)")
+                table("vnni_corr", "int32_t", p.vnni_corr, guard="defined(BNNC_AVX512_VNNI)")
         ep = op.epilogue
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
@@ -294,7 +310,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         elif p.epilogue == "levels":
             table("dir", "int8_t", p.direction)
             table("lthr", "int64_t", p.levels)
-            L.update(base=ep.base, step=ep.step, levels=p.levels.shape[1])
+            L.update(base=ep.base, step=ep.step, levels=p.levels.shape[0], level_kernel=p.level_kernel)
         elif p.epilogue == "requant":
             _requant_tables(ep, p.o, table, L)
         else:
@@ -310,7 +326,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         elif p.epilogue == "levels":
             table("dir", "int8_t", p.direction)
             table("lthr", "int64_t", p.levels)
-            L.update(base=op.epilogue.base, step=op.epilogue.step, levels=p.levels.shape[1])
+            L.update(base=op.epilogue.base, step=op.epilogue.step, levels=p.levels.shape[0],
+                     level_kernel=p.level_kernel)
         else:
             _requant_tables(op.epilogue, c, table, L)
     elif isinstance(op, ir.Add):

@@ -3,21 +3,33 @@
 The math is unchanged; every table is derived from the IR exactly.
 
 Family convolutions compute a 64-bit integer accumulator per output channel, then apply their
-epilogue. Three ways to accumulate:
-- "xnor" (binary code on bits): pc = sum popcount(x XOR w); acc = kmul[o] * (K - 2 pc) + corr;
-- "masks" (ternary, two-scale, multi-base, int on bits): every base m has masks P_m, N_m
-  (bit 1 where the weight is +1 / -1) and multipliers; with bit 1 = -1 in x and padded taps read
-  as 0 words (+1 values),
-      acc = corr'[class][o] - 2 * sum_m (mult_p[m][o] * popcount(x & P_m) - mult_n[m][o] * popcount(x & N_m))
-  where corr' = sum of all int weights (the all-(+1) input) + bias(V) - the padded taps' weights
-  (networks.md section 2: sum over P of a = |P| - 2 popcount(P & a)). Integer codes on bits use
-  sign-magnitude bit planes as bases: k = sum_j 2**j ([bit j of |k|, k > 0] - [bit j of |k|, k < 0]);
-- "int" (any code on integer inputs): acc = sum int_w * x + corr (int32 weights, int64 sums),
-  or "sparse_int" when the layer has expander lists: only the listed (o, c) kernels are visited.
+epilogue. Ways to accumulate:
+- bit inputs ("xnor" for the binary code, "masks" for ternary, two-scale, multi-base and int
+  codes): the weights as popcount planes (compiler/weight_planes.py, shared with the hardware
+  backends), with x the window's words (bit 1 = -1, padded taps and fill bits 0):
+      acc[o] = A[class][o] + window_gain[o] * popcount(x) + sum_j gain_j[o] * s_j[o]
+      s_j = popcount(x XOR b_j)  ("xnor"),  popcount((x XOR b_j) AND m_j)  ("masked_xnor"),
+            popcount(x AND m_j)  ("and"),   all sums over the window's words,
+  where A (weight_planes.plane_offsets) holds the bias and what the padded taps and the planes'
+  constant parts contribute. One popcount per plane and output: a ternary base with one scale
+  is one masked XNOR plane (not two AND masks), a two-scale +-1 base one AND plane plus the
+  window's own popcount, shared by every output. Plane tables are blocked
+  [o_blk / BLOCK][taps][BLOCK] (BLOCK = 8 outputs, one 512-bit vector of 64-bit words);
+- integer inputs ("int"): acc = sum int_w * x + corr. When max|x| * max_o sum|w[o]| < 2**31 the
+  sum is exact in 32 bits ("acc32"); with int8 weights it then runs on bnnc_kernels.h's
+  bnnc_int_mac (weights blocked [o_blk / 32][taps][32]); host builds (64-bit words) read each
+  window in place from the input image with its zero padding materialized, and with AVX-512 VNNI
+  run bnnc_int_mac_vnni on bytes u = x - off (off = min(lo, 0), so 0 <= u <= 255 also for the
+  padding, where x = 0): sum w * x = sum w * u + off * sum w, the last term in vnni_corr (int32);
+  its table is [o_blk / 32][kh][g][32][4], each window row's kw * c bytes in g groups of 4, zero
+  weights after them. Otherwise int64 sums of int32 weights [taps][o_blk];
+- "sparse_int" (expander lists): only the listed (o, c) kernels are visited (int32 sums under the
+  same bound); the VNNI build multiplies the dense table with zero kernels instead, which is
+  cheaper there than walking lists.
 
 Epilogues on acc: "bits" (bit = (acc > thr[j]) ^ neg[j], j = p * O + o for activation-base
-planes), "levels" (base + step * #levels passed), "requant" (ir.Requantize) and "reals" (the
-float32 chain on (float)acc).
+planes), "levels" (base + step * #levels passed; thresholds stored level-major [B][O]),
+"requant" (ir.Requantize) and "reals" (the float32 chain on (float)acc).
 """
 
 from __future__ import annotations
@@ -29,11 +41,20 @@ import numpy as np
 
 from .. import ir
 from ..errors import BnncError
+from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .pack_bits import classes, pack_bit_rows, words
 
-OBLOCK = 32  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: output channels per weight-table block
+BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
+INT_BLOCK = 32  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
 
 BIG = 2**62  # a threshold no 64-bit accumulator of a real layer reaches
+
+
+@dataclass
+class BitPlane:
+    kind: str  # "xnor" | "masked_xnor" | "and"
+    tables: list  # indices into PackedFamilyConv.weights: [b] | [b, m] | [m]
+    gain: np.ndarray  # int64 (O,)
 
 
 @dataclass
@@ -44,17 +65,22 @@ class PackedFamilyConv:
     cw_in: int  # words per input pixel (bits) or channels (ints)
     taps: int  # words (bits) or values (ints) per window
     o: int
-    o_blk: int  # output channels padded to OBLOCK
+    o_blk: int  # output channels padded to BLOCK (bits) or INT_BLOCK (ints)
     k_full: int
     ycls: np.ndarray
     xcls: np.ndarray
     ny: int
     nx: int
-    corr: np.ndarray  # int64 (ny * nx, O), added to the accumulator
-    weights: list = field(default_factory=list)  # xnor: [uint64 (L, o_blk)]; masks: [P, N per base]; int: [int32]
-    mult_p: Optional[np.ndarray] = None  # int64 (bases, O)
-    mult_n: Optional[np.ndarray] = None
-    kmul: Optional[np.ndarray] = None  # xnor: int8 (O,)
+    corr: np.ndarray  # int64 (ny * nx, O), added to the accumulator (A of the module docstring)
+    weights: list = field(default_factory=list)  # bits: plane tables, uint64 (o_blk / 8, taps, 8); int: see above
+    bit_planes: list = field(default_factory=list)  # bits: [BitPlane]
+    window_gain: Optional[np.ndarray] = None  # bits: int64 (O,), the all-ones plane (None: absent)
+    acc32: bool = False  # ints: the sum is exact in int32
+    int8_weights: bool = False  # ints: weights fit int8 (bnnc_int_mac, VNNI)
+    w_vnni: Optional[np.ndarray] = None  # ints: int8 (o_blk / 32, kh, g, 32, 4), g = ceil(kw * c / 4)
+    vnni_corr: Optional[np.ndarray] = None  # ints: int32 (o_blk,), off * sum w
+    vnni_off: int = 0
+    image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
     sparse: Optional[dict] = None  # sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
     epilogue: str = ""  # "bits" | "levels" | "requant" | "reals"
     thr: Optional[np.ndarray] = None  # bits: int64 (planes * O,)
@@ -62,8 +88,11 @@ class PackedFamilyConv:
     planes: int = 1
     cw_out: int = 0
     direction: Optional[np.ndarray] = None  # levels: int8 (O,)
-    levels: Optional[np.ndarray] = None  # levels: int64 (O, B)
-    scratch_bytes: int = 0  # plan_arena: int64 acc + 2 int32 popcount rows (16 * o_blk bytes), then the window
+    levels: Optional[np.ndarray] = None  # levels: int64 (B, O), level-major
+    level_kernel: str = ""  # levels: "count" | "search" (bnnc_level_count / bnnc_level_search)
+    sums_offset: int = 0  # scratch: acc (int64 o_blk), int32 sums (o_blk per plane), then the window
+    window_offset: int = 0
+    scratch_bytes: int = 0
 
 
 @dataclass
@@ -74,30 +103,12 @@ class PackedActivation:
     neg: Optional[np.ndarray] = None
     cw_out: int = 0
     direction: Optional[np.ndarray] = None
-    levels: Optional[np.ndarray] = None
+    levels: Optional[np.ndarray] = None  # levels: int64 (B, C), level-major
+    level_kernel: str = ""
 
 
-def bit_planes(int_w: np.ndarray) -> list:
-    """Sign-magnitude bit planes of integer weights as masked bases (see module docstring)."""
-    mag = np.abs(int_w)
-    o = int_w.shape[0]
-    out = []
-    for j in range(max(1, int(mag.max()).bit_length())):
-        bit = (mag >> j) & 1
-        w = np.where(bit == 1, np.sign(int_w), 0).astype(np.int8)
-        if np.any(w):
-            m = np.full(o, 1 << j, np.int64)
-            out.append(ir.WeightBase(w, m, m.copy()))
-    return out
-
-
-def _bases(op: ir.Conv) -> list:
-    if op.code == "binary":
-        o = op.w.shape[0]
-        return [ir.WeightBase(op.w, np.ones(o, np.int64), np.ones(o, np.int64))]
-    if op.code == "int" or not op.bases:
-        return bit_planes(ir.int_weights(op))
-    return op.bases
+def _align64(n: int) -> int:
+    return -(-n // 64) * 64
 
 
 def _threshold_tables(th: ir.Thresholds):
@@ -113,6 +124,79 @@ def _threshold_tables(th: ir.Thresholds):
     return thr, neg
 
 
+SEARCH_LEVELS = 8  # above this many levels per channel, a binary search beats counting them all
+
+
+def _level_tables(ep: ir.LevelThresholds, name: str):
+    """direction, the thresholds level-major (B, O) and the kernel: "count" counts the levels
+    passed, #{b : d * acc >= thr[b]} (the reference's definition, for any thresholds); "search"
+    finds the first level not passed by binary search, the same number when every row is
+    non-decreasing (checked here)."""
+    if ep.planes != 1:
+        raise BnncError(f"layer '{name}': multi-level outputs of several activation planes are not supported "
+                        "by the C target")
+    thr = ep.threshold.astype(np.int64)
+    monotone = bool(np.all(np.diff(thr, axis=1) >= 0))
+    kernel = "search" if monotone and thr.shape[1] > SEARCH_LEVELS else "count"
+    return ep.direction.astype(np.int8), np.ascontiguousarray(thr.T), kernel
+
+
+def _blocked(rows: np.ndarray, o_blk: int, block: int) -> np.ndarray:
+    """(O, L) -> (o_blk / block, L, block): one block of outputs after the other, tap-major inside."""
+    o, n = rows.shape
+    padded = np.zeros((o_blk, n), rows.dtype)
+    padded[:o] = rows
+    return np.ascontiguousarray(padded.reshape(o_blk // block, block, n).transpose(0, 2, 1))
+
+
+def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: np.ndarray) -> None:
+    o, kh, kw, c = op.w.shape
+    planes = popcount_planes(op, True)
+    p.o_blk = -(-o // BLOCK) * BLOCK
+    ncls = valid.shape[0] * valid.shape[1]
+    p.corr = plane_offsets(planes, bias.reshape(ncls, o), lane_valid(valid.reshape(ncls, kh, kw), c), True)
+
+    def table(bits: np.ndarray) -> int:  # bool (O, kh * kw * c) -> blocked words; its index
+        signs = np.where(bits, -1, 1).reshape(o, kh * kw, c)
+        p.weights.append(_blocked(pack_bit_rows(signs, p.word_bits).reshape(o, -1), p.o_blk, BLOCK))
+        return len(p.weights) - 1
+
+    for pl in planes:
+        if pl.kind == "ones":
+            p.window_gain = pl.gain.astype(np.int64)
+            continue
+        idx = ([table(pl.b)] if pl.b is not None else []) + ([table(pl.m)] if pl.m is not None else [])
+        p.bit_planes.append(BitPlane(pl.kind, idx, pl.gain.astype(np.int64)))
+
+
+def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray) -> None:
+    o, kh, kw, c = int_w.shape
+    rows = int_w.reshape(o, -1).astype(np.int64)
+    mag = max(abs(src.lo), abs(src.hi))
+    p.acc32 = mag * int(np.abs(rows).sum(axis=1).max(initial=0)) < 2**31
+    p.int8_weights = bool(np.all((rows >= -128) & (rows <= 127)))
+    if p.acc32 and p.int8_weights:
+        p.o_blk = -(-o // INT_BLOCK) * INT_BLOCK
+        p.weights = [_blocked(rows.astype(np.int8), p.o_blk, INT_BLOCK)]
+        # host builds (64-bit words) read windows in place from the padded input image
+        p.image = p.word_bits == 64 and op.in_lists is None
+        off = min(src.lo, 0)
+        g = -(-kw * c // 4)  # groups of 4 bytes per window row
+        if p.word_bits == 64 and max(src.hi, 0) - off <= 255 and 255 * 128 * kh * 4 * g < 2**31:
+            w4 = np.zeros((p.o_blk, kh, 4 * g), np.int8)  # zero weights after each row's kw * c bytes
+            w4[:o, :, :kw * c] = int_w.reshape(o, kh, kw * c)
+            p.w_vnni = np.ascontiguousarray(w4.reshape(p.o_blk // INT_BLOCK, INT_BLOCK, kh, g, 4)
+                                            .transpose(0, 2, 3, 1, 4))
+            p.vnni_off = off
+            p.vnni_corr = np.zeros(p.o_blk, np.int32)
+            p.vnni_corr[:o] = off * rows.sum(axis=1)
+    else:
+        p.o_blk = -(-o // BLOCK) * BLOCK
+        wt = np.zeros((p.taps, p.o_blk), np.int32)
+        wt[:, :o] = rows.T
+        p.weights = [wt]
+
+
 def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
     o, kh, kw, c = op.w.shape
     ih, iw = src.shape[:2]
@@ -120,42 +204,27 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
     ycls, ymask = classes(oh, ih, kh, op.stride[0], op.pads[0])
     xcls, xmask = classes(ow, iw, kw, op.stride[1], op.pads[1])
     ny, nx = len(ymask), len(xmask)
-    valid = ymask[:, None, :, None] & xmask[None, :, None, :]
+    valid = ymask[:, None, :, None] & xmask[None, :, None, :]  # ny, nx, kh, kw
     int_w = ir.int_weights(op)
     bias = np.zeros((ny, nx, o), np.int64)
     if op.bias_kernel is not None:
         bias = np.einsum("yxhw,ohw->yxo", valid.astype(np.int64), op.bias_kernel)
-    o_blk = -(-o // OBLOCK) * OBLOCK
     bits_in = isinstance(src, ir.Bits)
-    wsum = int_w.sum(axis=3)  # o, kh, kw
-    p = PackedFamilyConv("bits" if bits_in else "ints", "", word_bits, 0, 0, o, o_blk,
+    p = PackedFamilyConv("bits" if bits_in else "ints", "", word_bits, 0, 0, o, 0,
                          kh * kw * c, ycls, xcls, ny, nx, np.zeros(0))
     if bits_in:
-        cw = words(c, word_bits)
-        p.cw_in, p.taps = cw, kh * kw * cw
-        corr = bias - np.einsum("yxhw,ohw->yxo", (~valid).astype(np.int64), wsum)
-        if op.code == "binary":
-            p.method = "xnor"
-            wt = np.zeros((p.taps, o_blk), np.uint64)
-            wt[:, :o] = pack_bit_rows(op.w, word_bits).reshape(o, -1).T
-            p.weights = [wt]
-            p.kmul = np.where(np.any(op.w.reshape(o, -1) != 0, axis=1), 1, 0).astype(np.int8)
-        else:
-            p.method = "masks"
-            bases = _bases(op)
-            p.mult_p = np.stack([b.mult_p for b in bases]).astype(np.int64)
-            p.mult_n = np.stack([b.mult_n for b in bases]).astype(np.int64)
-            for b in bases:
-                for mask in (b.w > 0, b.w < 0):
-                    wt = np.zeros((p.taps, o_blk), np.uint64)
-                    wt[:, :o] = pack_bit_rows(np.where(mask, -1, 1), word_bits).reshape(o, -1).T
-                    p.weights.append(wt)
-            corr = corr + int_w.reshape(o, -1).sum(axis=1)[None, None, :]
+        p.cw_in = words(c, word_bits)
+        p.taps = kh * kw * p.cw_in
+        p.method = "xnor" if op.code == "binary" else "masks"
+        _pack_bit_planes(p, op, valid, bias)
+        counts = 4 * p.o_blk * max(1, len(p.bit_planes))
+        window = p.taps * word_bits // 8
     else:
         p.cw_in, p.taps = c, kh * kw * c
-        corr = bias
+        p.corr = bias.reshape(ny * nx, o)
         if np.abs(int_w).max(initial=0) >= 2**31:
             raise BnncError(f"layer '{op.source_ops[0]}': integer weights beyond 32 bits on an integer input")
+        _pack_int(p, op, src, int_w)
         if op.in_lists is not None:
             p.method = "sparse_int"
             start, chan, wts = [0], [], []
@@ -168,12 +237,13 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
                         "w": np.concatenate(wts).astype(np.int32) if wts else np.zeros(1, np.int32)}
         else:
             p.method = "int"
-            wt = np.zeros((p.taps, o_blk), np.int32)
-            wt[:, :o] = int_w.reshape(o, -1).T
-            p.weights = [wt]
-    p.corr = corr.reshape(ny * nx, o).astype(np.int64)
-    window = p.taps * (word_bits // 8 if bits_in else 4)
-    p.scratch_bytes = 16 * o_blk + -(-window // 64) * 64
+        counts = 4 * p.o_blk  # int32 sums
+        pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
+        window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
+    p.corr = p.corr.astype(np.int64)
+    p.sums_offset = _align64(8 * p.o_blk)
+    p.window_offset = p.sums_offset + _align64(counts)
+    p.scratch_bytes = p.window_offset + _align64(window)
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
         p.epilogue = "bits"
@@ -182,7 +252,7 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
         p.cw_out = words(o * ep.planes, word_bits)
     elif isinstance(ep, ir.LevelThresholds):
         p.epilogue = "levels"
-        p.direction, p.levels = ep.direction.astype(np.int8), ep.threshold.astype(np.int64)
+        p.direction, p.levels, p.level_kernel = _level_tables(ep, op.source_ops[0])
     elif isinstance(ep, ir.Requantize):
         p.epilogue = "requant"
     else:
@@ -197,8 +267,8 @@ def pack_activation(op: ir.Activation, src, word_bits: int) -> PackedActivation:
         thr, neg = _threshold_tables(ep)
         return PackedActivation("bits", c, thr, neg, words(c, word_bits))
     if isinstance(ep, ir.LevelThresholds):
-        return PackedActivation("levels", c, direction=ep.direction.astype(np.int8),
-                                levels=ep.threshold.astype(np.int64))
+        direction, levels, kernel = _level_tables(ep, op.name)
+        return PackedActivation("levels", c, direction=direction, levels=levels, level_kernel=kernel)
     if isinstance(ep, ir.Requantize):
         return PackedActivation("requant", c)
     raise BnncError(f"activation '{op.name}' has an unfolded epilogue")
