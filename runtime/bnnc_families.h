@@ -133,22 +133,59 @@ BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int 
   return v < lo ? lo : (v > hi ? hi : (int32_t)v);
 }
 
+/* q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi) for o < n; with
+ * AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for any sign). */
+BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, const int64_t *add, int s,
+                                     const int64_t *acc_lo, const int64_t *acc_hi, int32_t lo, int32_t hi,
+                                     int n, int32_t *q) {
+  int o = 0;
+#if defined(BNNC_AVX512) && defined(__AVX512DQ__)
+  const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+  for (; o < n; o += 8) {
+    const __mmask8 k = (__mmask8)(n - o >= 8 ? 0xFF : (1u << (n - o)) - 1);
+    __m512i a = _mm512_maskz_loadu_epi64(k, acc + o);
+    a = _mm512_min_epi64(_mm512_max_epi64(a, _mm512_maskz_loadu_epi64(k, acc_lo + o)),
+                         _mm512_maskz_loadu_epi64(k, acc_hi + o));
+    __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_maskz_loadu_epi64(k, mult + o)),
+                                 _mm512_maskz_loadu_epi64(k, add + o));
+    v = _mm512_min_epi64(_mm512_max_epi64(_mm512_srai_epi64(v, (unsigned)s), vlo), vhi);
+    _mm512_mask_storeu_epi32(q + o, (__mmask16)k, _mm512_castsi256_si512(_mm512_cvtepi64_epi32(v)));
+  }
+#endif
+  for (; o < n; o++) q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi);
+}
+
 /* Output bits of one pixel from 64-bit accumulators: bit j = (acc[j % n] > thr[j]) XOR neg[j] for
- * j < planes * n (activation bases stored plane after plane); fill bits stay 0. */
+ * j < planes * n (activation bases stored plane after plane); fill bits stay 0. With AVX-512 eight
+ * channels at a time (neg is padded with 8 zero flags: the last group reads 8 of them). */
 BNNC_INLINE void bnnc_threshold_pack64(const int64_t *acc, const int64_t *thr, const uint8_t *neg, int n,
                                        int planes, int cw, bnnc_word_t *dst) {
   for (int c = 0; c < cw; c++) dst[c] = 0;
   for (int p = 0; p < planes; p++) {
+#ifdef BNNC_AVX512
+    for (int o = 0; o < n; o += 8) {
+      const int j = p * n + o, at = j % BNNC_WORD_BITS;
+      const __mmask8 k = (__mmask8)(n - o >= 8 ? 0xFF : (1u << (n - o)) - 1);
+      const __m512i ng = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(neg + j)));
+      const uint32_t m = (uint32_t)(__mmask8)(_mm512_mask_cmpgt_epi64_mask(k, _mm512_maskz_loadu_epi64(k, acc + o),
+                                                                           _mm512_maskz_loadu_epi64(k, thr + j)) ^
+                                              _mm512_mask_test_epi64_mask(k, ng, ng));
+      dst[j / BNNC_WORD_BITS] |= (bnnc_word_t)m << at;
+      if (at + 8 > BNNC_WORD_BITS && j / BNNC_WORD_BITS + 1 < cw)
+        dst[j / BNNC_WORD_BITS + 1] |= (bnnc_word_t)m >> (BNNC_WORD_BITS - at);
+    }
+#else
     for (int o = 0; o < n; o++) {
       const int j = p * n + o;
       const bnnc_word_t bit = (bnnc_word_t)((acc[o] > thr[j]) ^ neg[j]);
       dst[j / BNNC_WORD_BITS] |= bit << (j % BNNC_WORD_BITS);
     }
+#endif
   }
 }
 
 /* Multi-level output: the number of levels b < levels with dir * acc >= thr[b * stride] (level-major
- * tables, stride = channels), counted without branches so that loops over channels vectorize. */
+ * tables, stride = channels), counted without branches. */
 BNNC_INLINE int32_t bnnc_level_count(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
   const int64_t x = dir > 0 ? acc : -acc;
   int32_t n = 0;
@@ -156,17 +193,48 @@ BNNC_INLINE int32_t bnnc_level_count(int64_t acc, int8_t dir, const int64_t *thr
   return n;
 }
 
-/* The same count by binary search, for many levels (e.g. 255 of an int8 output): bnnc uses it
- * only where every channel's thresholds are non-decreasing. */
+/* The same count by a branch-free binary search, for many levels (e.g. 255 of an int8 output):
+ * bnnc uses it only where every channel's thresholds are non-decreasing. Levels below lo are
+ * passed and the count lies in [lo, lo + n]. */
 BNNC_INLINE int32_t bnnc_level_search(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
   const int64_t x = dir > 0 ? acc : -acc;
-  int lo = 0, hi = levels; /* the first level not passed */
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (x >= thr[(size_t)mid * stride]) lo = mid + 1;
-    else hi = mid;
+  if (levels == 0) return 0;
+  int lo = 0, n = levels;
+  while (n > 1) {
+    const int half = n / 2;
+    lo = x >= thr[(size_t)(lo + half) * stride] ? lo + half : lo;
+    n -= half;
   }
-  return lo;
+  return lo + (x >= thr[(size_t)lo * stride]);
+}
+
+/* q[o] = base + step * (the level count of acc[o]) for o < n, by bnnc_level_search when `search`
+ * (a constant once inlined), else by counting; with AVX-512 the count takes eight channels at a
+ * time (dir is padded with 8 flags: the last group reads 8 of them). */
+BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const int64_t *thr, int n, int levels,
+                                 int search, int32_t base, int32_t step, int32_t *q) {
+  int o = 0;
+#ifdef BNNC_AVX512
+  if (!search) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1);
+    for (; o < n; o += 8) {
+      const __mmask8 k = (__mmask8)(n - o >= 8 ? 0xFF : (1u << (n - o)) - 1);
+      const __m512i d = _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(dir + o)));
+      __m512i x = _mm512_maskz_loadu_epi64(k, acc + o);
+      x = _mm512_mask_sub_epi64(x, _mm512_cmple_epi64_mask(d, zero), zero, x);
+      __m512i c = zero;
+      for (int b = 0; b < levels; b++)
+        c = _mm512_mask_add_epi64(c, _mm512_mask_cmpge_epi64_mask(k, x, _mm512_maskz_loadu_epi64(k, thr + (size_t)b * n + o)),
+                                  c, one);
+      const __m256i v = _mm256_add_epi32(_mm256_set1_epi32(base),
+                                         _mm256_mullo_epi32(_mm512_cvtepi64_epi32(c), _mm256_set1_epi32(step)));
+      _mm512_mask_storeu_epi32(q + o, (__mmask16)k, _mm512_castsi256_si512(v));
+    }
+  }
+#endif
+  for (; o < n; o++)
+    q[o] = base + step * (search ? bnnc_level_search(acc[o], dir[o], thr + o, n, levels)
+                                 : bnnc_level_count(acc[o], dir[o], thr + o, n, levels));
 }
 
 #endif /* BNNC_FAMILIES_H */

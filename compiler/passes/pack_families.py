@@ -84,10 +84,10 @@ class PackedFamilyConv:
     sparse: Optional[dict] = None  # sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
     epilogue: str = ""  # "bits" | "levels" | "requant" | "reals"
     thr: Optional[np.ndarray] = None  # bits: int64 (planes * O,)
-    neg: Optional[np.ndarray] = None  # bits: uint8 (planes * O,)
+    neg: Optional[np.ndarray] = None  # bits: uint8 (planes * O + 8,)
     planes: int = 1
     cw_out: int = 0
-    direction: Optional[np.ndarray] = None  # levels: int8 (O,)
+    direction: Optional[np.ndarray] = None  # levels: int8 (O + 8,)
     levels: Optional[np.ndarray] = None  # levels: int64 (B, O), level-major
     level_kernel: str = ""  # levels: "count" | "search" (bnnc_level_count / bnnc_level_search)
     sums_offset: int = 0  # scratch: acc (int64 o_blk), int32 sums (o_blk per plane), then the window
@@ -112,7 +112,8 @@ def _align64(n: int) -> int:
 
 
 def _threshold_tables(th: ir.Thresholds):
-    """bit(-1) = (acc > thr) ^ neg on the accumulator itself: +1 iff d * acc >= T."""
+    """bit(-1) = (acc > thr) ^ neg on the accumulator itself: +1 iff d * acc >= T. neg ends with 8
+    zero flags that no channel uses (the vector epilogue reads 8 flags at a time)."""
     d = th.direction.astype(np.int64)
     t = th.threshold.astype(np.int64)
     thr = np.where(d > 0, t - 1, -t)
@@ -121,24 +122,25 @@ def _threshold_tables(th: ir.Thresholds):
     thr = np.where(const & (th.constant > 0), BIG, thr)  # always +1: bit 0
     thr = np.where(const & (th.constant < 0), -BIG, thr)  # always -1: bit 1
     neg = np.where(const, 0, neg).astype(np.uint8)
-    return thr, neg
+    return thr, np.concatenate([neg.ravel(), np.zeros(8, np.uint8)])
 
 
 SEARCH_LEVELS = 8  # above this many levels per channel, a binary search beats counting them all
 
 
 def _level_tables(ep: ir.LevelThresholds, name: str):
-    """direction, the thresholds level-major (B, O) and the kernel: "count" counts the levels
-    passed, #{b : d * acc >= thr[b]} (the reference's definition, for any thresholds); "search"
-    finds the first level not passed by binary search, the same number when every row is
-    non-decreasing (checked here)."""
+    """direction (8 unused zero flags at the end, as neg), the thresholds level-major (B, O) and
+    the kernel: "count" counts the levels passed, #{b : d * acc >= thr[b]} (the reference's
+    definition, for any thresholds); "search" finds the first level not passed by binary search,
+    the same number when every row is non-decreasing (checked here)."""
     if ep.planes != 1:
         raise BnncError(f"layer '{name}': multi-level outputs of several activation planes are not supported "
                         "by the C target")
     thr = ep.threshold.astype(np.int64)
     monotone = bool(np.all(np.diff(thr, axis=1) >= 0))
     kernel = "search" if monotone and thr.shape[1] > SEARCH_LEVELS else "count"
-    return ep.direction.astype(np.int8), np.ascontiguousarray(thr.T), kernel
+    direction = np.concatenate([ep.direction.astype(np.int8).ravel(), np.zeros(8, np.int8)])
+    return direction, np.ascontiguousarray(thr.T), kernel
 
 
 def _blocked(rows: np.ndarray, o_blk: int, block: int) -> np.ndarray:
