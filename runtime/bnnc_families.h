@@ -134,7 +134,8 @@ BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int 
 }
 
 /* q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi) for o < n; with
- * AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for any sign). */
+ * AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for any sign), writing
+ * q up to n rounded up to 8. */
 BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, const int64_t *add, int s,
                                      const int64_t *acc_lo, const int64_t *acc_hi, int32_t lo, int32_t hi,
                                      int n, int32_t *q) {
@@ -149,7 +150,7 @@ BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, co
     __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_maskz_loadu_epi64(k, mult + o)),
                                  _mm512_maskz_loadu_epi64(k, add + o));
     v = _mm512_min_epi64(_mm512_max_epi64(_mm512_srai_epi64(v, (unsigned)s), vlo), vhi);
-    _mm512_mask_storeu_epi32(q + o, (__mmask16)k, _mm512_castsi256_si512(_mm512_cvtepi64_epi32(v)));
+    _mm256_storeu_si256((__m256i *)(q + o), _mm512_cvtepi64_epi32(v)); /* whole: loads of it forward */
   }
 #endif
   for (; o < n; o++) q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi);
@@ -210,7 +211,7 @@ BNNC_INLINE int32_t bnnc_level_search(int64_t acc, int8_t dir, const int64_t *th
 
 /* q[o] = base + step * (the level count of acc[o]) for o < n, by bnnc_level_search when `search`
  * (a constant once inlined), else by counting; with AVX-512 the count takes eight channels at a
- * time (dir is padded with 8 flags: the last group reads 8 of them). */
+ * time, writing q up to n rounded up to 8 (dir is padded with 8 flags: the last group reads 8). */
 BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const int64_t *thr, int n, int levels,
                                  int search, int32_t base, int32_t step, int32_t *q) {
   int o = 0;
@@ -228,7 +229,7 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
                                   c, one);
       const __m256i v = _mm256_add_epi32(_mm256_set1_epi32(base),
                                          _mm256_mullo_epi32(_mm512_cvtepi64_epi32(c), _mm256_set1_epi32(step)));
-      _mm512_mask_storeu_epi32(q + o, (__mmask16)k, _mm512_castsi256_si512(v));
+      _mm256_storeu_si256((__m256i *)(q + o), v);
     }
   }
 #endif
