@@ -18,7 +18,10 @@ the first run of a large design takes minutes). Designs:
   folding;
 * three small designs whose per-block estimate is compared with a full yosys synthesis of the
   design, hierarchical (yosys's default, what the estimate adds up) and flattened (skipped with
-  --quick).
+  --quick);
+* with --families (or without --quick): the issue-5 zoo models the pipeline holds (ternary,
+  two-scale, multi-base, expander, multi-bit activations, activation planes), seed 0, at bnnc's
+  default folding.
 
 It prints a table and writes JSON (default bench/results/bench_verilog.json).
 """
@@ -44,7 +47,11 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def designs(quick: bool):
+FAMILIES = ("ternary-ttq", "ternary-qonnx", "xnet", "dabn", "w1a2", "abc-fused", "abc-explicit", "pabt")
+
+
+def designs(quick: bool, families: bool):
+    from bnnc import zoo
     from bnnc.pipeline import compile_file, compile_graph
     from bnnc.testing.random_models import cnv_model, random_inputs
 
@@ -62,6 +69,10 @@ def designs(quick: bool):
         _, g = compile_file(cnv / "cnv_1w1a.onnx")
         x = np.load(cnv / "input.npy")
         yield "brevitas-cnv", g, None, lambda n: np.concatenate([x] * (-(-n // len(x))))[:n]
+    if families or not quick:
+        for name in FAMILIES:
+            fam = zoo.build(name, 0)
+            yield name, compile_graph(fam), None, lambda n, fam=fam: zoo.inputs(fam, n, 0)
 
 
 def bench_design(name, graph, folding, inputs, frames: int, estimate: bool) -> dict:
@@ -121,6 +132,7 @@ def estimate_vs_full() -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CNV at FINN's folding and TFC only, no resource check")
+    ap.add_argument("--families", action="store_true", help="also the issue-5 zoo families (included without --quick)")
     ap.add_argument("--frames", type=int, default=5, help="frames streamed back to back (at least 3)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_verilog.json"))
     a = ap.parse_args()
@@ -131,7 +143,7 @@ def main() -> int:
     results = {"machine": {"python": platform.python_version(), "verilator": verilog_sim.version(),
                            "processor": platform.processor() or platform.machine()},
                "clock_hz": CLOCK_HZ, "quick": a.quick, "designs": {}}
-    for name, g, folding, inputs in designs(a.quick):
+    for name, g, folding, inputs in designs(a.quick, a.families):
         results["designs"][name] = bench_design(name, g, folding, inputs, a.frames, estimate=True)
     if not a.quick and verilog_resources.available():
         results["estimate_vs_full_synthesis"] = estimate_vs_full()

@@ -9,7 +9,9 @@ executor's own functions:
   carries its output, the quantized input tensor;
 - the last layer's float32 epilogue (`Chain`): the unit outputs that layer's integer
   accumulators, and the host applies the chain exactly as the reference does; then `ArgMax`.
-A network with a float32 epilogue anywhere else, a branch, or ternary weights is refused.
+Every weight code (binary, ternary, two-scale, multi-base, integer; expander kernels) runs on the
+unit's popcount planes (compiler/weight_planes.py). A network with a float32 epilogue anywhere
+else, a branch, or a fixed-point (Requantize) layer is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
 this module only plans the stages, formats parameters and memory images, renders
@@ -63,19 +65,17 @@ class Plan:
 
 
 def _check_conv(op: ir.Conv) -> None:
-    """Refuse what the MVTU does not implement (issue 5 weight codes and epilogues)."""
-    code = getattr(op, "code", "binary")
-    if code != "binary" or getattr(op, "in_lists", None) is not None:
-        what = "sparse (expander) connectivity" if code == "binary" else f"{code} weights"
-        raise BnncError(f"layer '{op.name}' has {what}; the verilog target holds binary layers only")
+    """Refuse what the MVTU does not implement: every weight code runs as popcount planes; the
+    epilogue must be bit or multi-level thresholds (several activation planes only for bits),
+    or the last layer's float32 chain."""
     ep = op.epilogue
-    if isinstance(ep, (ir.Thresholds, ir.LevelThresholds)) and getattr(ep, "planes", 1) == 1 \
+    planes = getattr(ep, "planes", 1)
+    if isinstance(ep, ir.Thresholds) or isinstance(ep, ir.LevelThresholds) and planes == 1 \
             or isinstance(ep, ir.Chain):
         return
-    planes = getattr(ep, "planes", 1)
     what = f"{type(ep).__name__} epilogue" + (f" with {planes} activation planes" if planes != 1 else "")
-    raise BnncError(f"layer '{op.name}': the verilog target does not implement its {what} (it holds bit and "
-                    "multi-level threshold outputs, and a float32 epilogue on the last layer)")
+    raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement its {what} "
+                    "(it holds bit and multi-level threshold outputs, and a float32 epilogue on the last layer)")
 
 
 def plan(graph: ir.Graph) -> Plan:
@@ -198,14 +198,18 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
          "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf,
          "ib": f.in_bits, "sb": f.s_bits, "nt": f.nt, "lb": f.level_base, "ls": f.level_step, "tb": f.table_bits,
          "ab": f.acc_bits if f.mode == "acc" else 1, "gain": f.gain, "ncls": f.ncls, "nx": f.nx,
-         "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.mode}
+         "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.mode,
+         "np": f.planes, "pb": _bits_literal([k in ("xnor", "masked_xnor") for k in f.plane_kinds], 1),
+         "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.plane_kinds], 1), "na": len(f.arrays),
+         "gm": int(f.gains_in_table), "gb": f.gain_bits, "vb": f.v_bits, "npl": f.act_planes,
+         "planes": ", ".join(f.plane_kinds)}
     if swg:
         s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
                  ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
     s["ob"] = element_bits(dst) if f.mode == "levels" else 1 if f.mode == "thresholds" else f.acc_bits
-    s["out_width"] = f.mh * s["ob"]
+    s["out_width"] = f.mh * f.act_planes * s["ob"]
     pixels = oh * ow
     s["mvtu_cycles"] = f.nf * f.sf * pixels
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
@@ -305,7 +309,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
         if isinstance(op, ir.Conv):
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
-            mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["pe"] * s["simd"])
+            mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
             mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * op.folded.entry_bits)
         else:
             s = _pool_stage(op, src, dst, name)
@@ -326,7 +330,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
     perf = {"analytic_ii": int(folding_mod.analytic_ii(foldings)), "estimated_ii": int(bottleneck[1]),
             "bottleneck": bottleneck[0],
             "layers": [{"name": s["name"], "kind": s["kind"], "cycles": int(s["cycles"]),
-                        **({"pe": s["pe"], "simd": s["simd"], "nf": s["nf"], "sf": s["sf"],
+                        **({"pe": s["pe"], "simd": s["simd"], "nf": s["nf"], "sf": s["sf"], "planes": s["planes"],
                             "pixels": s["oh"] * s["ow"], "mvtu_cycles": int(s["mvtu_cycles"]),
                             "window_cycles": int(s["window_cycles"])} if s["kind"] == "conv" else {})}
                        for s in stages],
@@ -515,8 +519,8 @@ def report(graph: ir.Graph, opts) -> dict:
             print("bnnc: estimating resources with yosys (cached per building block)", file=sys.stderr)
         est = verilog_resources.estimate(d)
     res = {r["name"]: r for r in est["layers"]} if est else {}
-    cols = ("pe", "simd", "nf", "sf", "pixels", "mvtu_cycles", "window_cycles")
-    rows = [("layer", "kind", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")
+    cols = ("planes", "pe", "simd", "nf", "sf", "pixels", "mvtu_cycles", "window_cycles")
+    rows = [("layer", "kind", "popcount planes", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")
             + (("LUT", "FF", "BRAM18") if est else ())]
     for lay in perf["layers"] + ([{"name": "streams", "kind": "axis", "cycles": max(perf["input_beats"],
                                                                                       perf["output_beats"])}]

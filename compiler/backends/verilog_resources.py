@@ -127,14 +127,11 @@ def _rtl(design, *blocks) -> dict:
     return {f"rtl/{b}.sv": design.sources[f"rtl/{b}.sv"] for b in blocks}
 
 
-def _mask_words(text: str, bits: int) -> list:
-    return [int(line, 16) & ((1 << bits) - 1) for line in text.split()]
-
-
 def _mvtu_jobs(design, s: dict) -> list:
     """(label, sources, top, params, mems) for the MVTU of conv stage s: PE rows as is when
     PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation)."""
-    ew = max(s["nt"], 1) * s["tb"] + 1
+    nfl = s["nt"] if s["npl"] > 1 else 1
+    ew = max(s["nt"], 1) * s["tb"] + s["gm"] * s["np"] * s["gb"] + nfl
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
     base = {k.upper(): s[k] for k in ("mw", "simd", "ib", "sb", "nt", "tb", "ab", "gain", "ncls", "nx",
@@ -142,13 +139,21 @@ def _mvtu_jobs(design, s: dict) -> list:
     base.update(YCLS=s["ycls"], XCLS=s["xcls"], WFILE="w.mem", TFILE="t.mem")
     if s["mode"] == "levels":
         base.update(LB=s["lb"], LS=s["ls"], OB=s["ob"])
+    if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
+        base.update(NP=s["np"], PB=s["pb"], PM=s["pm"], GM=s["gm"], GB=s["gb"], VB=s["vb"], NPL=s["npl"])
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
     jobs = []
     for p in rows:
         mh = s["mh"] if p == s["pe"] else p * s["nf"]
-        w = [int(x, 16) & ((1 << (p * s["simd"])) - 1) for x in wwords]
+        # weight word: array i row r at bits (i*PE + r)*SIMD; keep rows < p of every array
+        arr = s["pe"] * s["simd"]
+        keep = p * s["simd"]
+        w = []
+        for x in wwords:
+            v = int(x, 16)
+            w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
-        mems = {"w.mem": mem_image(w, p * s["simd"]), "t.mem": mem_image(t, p * ew)}
+        mems = {"w.mem": mem_image(w, s["na"] * keep), "t.mem": mem_image(t, p * ew)}
         jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MH": mh, "PE": p}, mems))
     return jobs
 

@@ -4,24 +4,30 @@
 // outputs on PE rows x SIMD lanes: each cycle ("fold" (nf, sf)) row p of the PE rows handles
 // matrix row o = nf*PE + p and lanes s handle columns k = sf*SIMD + s, so a vector takes
 // NF*SF = ceil(MH/PE) * ceil(MW/SIMD) cycles. Rows o >= MH and lanes k >= MW of the last folds
-// are idle: their weight bits and inputs are 0, so they add exactly 0.
+// are idle: their weight and mask bits and inputs are 0, so they add exactly 0.
 //
-// Per row it accumulates s over the SF folds:
-//   IB == 1 (binary):  s = popcount(x XOR w), bits 1 = -1 (the XNOR-popcount of a +-1 product)
-//   IB  > 1 (integer): s = sum of (w ? -x : x), x signed IB-bit, w bit 1 = -1
-// and then, with per-(class, row) tables from TFILE (class = border class of the output position,
-// YCLS[out_row] * NX + XCLS[out_col], see compiler/passes/layout_folded_layers.py):
-//   NT >= 1: n = number of thresholds j with (s > thr_j) XOR flag, out = LB + LS * n
-//            (NT = 1, LB = 0, LS = 1: one output bit; NT > 1: a multi-bit activation)
-//   NT == 0: out = off + (flag ? GAIN * s : 0)                        (the integer accumulator)
-// Weights: WFILE, NF*SF words of PE*SIMD bits (row p lane s at bit p*SIMD + s), address
-// nf*SF + sf. Tables: TFILE, NCLS*NF words of PE*EW bits, EW = max(NT,1)*TB + 1 (row p at
-// p*EW: thresholds/offset at j*TB, flag at EW-1), address class*NF + nf.
+// The weights are NP popcount planes (compiler/weight_planes.py): plane j has XOR bits b_j when
+// PB[j] and a lane mask m_j when PM[j] (else b_j = 0, m_j = all ones). Per row and plane it
+// accumulates s_j over the SF folds:
+//   IB == 1 (binary):  s_j = popcount((x XOR b_j) AND m_j), bits 1 = -1 (the XNOR-popcount of +-1 products)
+//   IB  > 1 (integer): s_j = sum over lanes with m_j of (b_j ? -x : x), x signed IB-bit
+// The compared value is c = s_0 (GM == 0), or with gains in the table (GM == 1) c = sum_j g_j * s_j,
+// computed in VB bits. Then, with per-(class, row) tables from TFILE (class = border class of the
+// output position, YCLS[out_row] * NX + XCLS[out_col], see compiler/passes/layout_folded_layers.py):
+//   NT >= 1: per threshold j, bit_j = (c > thr_j) XOR flag; NPL == 1: out = LB + LS * (number of
+//            bits set) (NT = 1, LB = 0, LS = 1: one output bit; NT > 1: a multi-bit activation);
+//            NPL == NT > 1 (activation planes): each threshold has its own flag, and output element
+//            j * MH + o is row o's bit_j
+//   NT == 0: out = off + c (GM == 1), or off + (flag ? GAIN * s_0 : 0) (GM == 0)   (the accumulator)
+// Weights: WFILE, NF*SF words of NA*PE*SIMD bits (NA = stored arrays: b_j then m_j for each plane in
+// order; array i row p lane s at bit (i*PE + p)*SIMD + s), address nf*SF + sf. Tables: TFILE,
+// NCLS*NF words of PE*EW bits, EW = max(NT,1)*TB + GM*NP*GB + NFL (row p at p*EW: thresholds /
+// offset at j*TB, gains at max(NT,1)*TB + j*GB, then NFL flags), address class*NF + nf.
 //
 // Pipeline: issue (fold counters, weight read) -> accumulate -> threshold/offset -> output pixel
-// of MH*OB bits. The whole unit stalls only while a finished output waits for out_ready; the next
-// input vector is latched during the last fold of the current one, so back-to-back vectors run
-// without bubbles.
+// of MH*NPL*OB bits. The whole unit stalls only while a finished output waits for out_ready; the
+// next input vector is latched during the last fold of the current one, so back-to-back vectors
+// run without bubbles.
 module bnnc_mvtu #(
     parameter int MH = 4,
     parameter int MW = 8,
@@ -45,9 +51,17 @@ module bnnc_mvtu #(
     parameter TFILE = "",
     parameter int LB = 0,
     parameter int LS = 1,
-    parameter int OB = NT == 0 ? AB : $clog2(NT + 1),  // output element bits (signed when LB < 0)
+    parameter int NP = 1,
+    parameter logic [NP-1:0] PB = '1,
+    parameter logic [NP-1:0] PM = '0,
+    parameter int GM = 0,
+    parameter int GB = 1,
+    parameter int VB = 1,
+    parameter int NPL = 1,
+    // output element bits (signed when LB < 0)
+    parameter int OB = NT == 0 ? AB : NPL > 1 ? 1 : $clog2(NT + 1),
     localparam int RB = OHR > 1 ? $clog2(OHR) : 1,
-    localparam int CB = OWC > 1 ? $clog2(OWC) : 1
+    localparam int COLB = OWC > 1 ? $clog2(OWC) : 1
 ) (
     input  logic             clk,
     input  logic             rst_n,
@@ -55,11 +69,21 @@ module bnnc_mvtu #(
     output logic             in_ready,
     input  logic [MW*IB-1:0] in_data,
     input  logic [   RB-1:0] in_row,
-    input  logic [   CB-1:0] in_col,
+    input  logic [ COLB-1:0] in_col,
     output logic             out_valid,
     input  logic             out_ready,
-    output logic [MH*OB-1:0] out_data
+    output logic [MH*NPL*OB-1:0] out_data
 );
+  // stored weight arrays before plane j: its b at array_b(j), its m at array_b(j) + PB[j]
+  function automatic int array_b(input int j);
+    array_b = 0;
+    for (int i = 0; i < j; i++) array_b += int'(PB[i]) + int'(PM[i]);
+  endfunction
+  localparam int NA = array_b(NP);
+  localparam int NFL = NPL > 1 ? NT : 1;  // flags per table entry
+  localparam int VT = (NT > 0 ? NT : 1) * TB;  // bits of the values of a table entry
+  localparam int CB = GM == 1 ? VB : SB;  // width of the compared value
+
   localparam int NF = (MH + PE - 1) / PE;
   localparam int SF = (MW + SIMD - 1) / SIMD;
   localparam int NFW = NF > 1 ? $clog2(NF) : 1;
@@ -69,9 +93,9 @@ module bnnc_mvtu #(
   localparam int TD = NCLS * NF;
   localparam int TAW = TD > 1 ? $clog2(TD) : 1;
   localparam int KB = NCLS > 1 ? $clog2(NCLS) : 1;
-  localparam int EW = (NT > 0 ? NT : 1) * TB + 1;
+  localparam int EW = VT + GM * NP * GB + NFL;
   localparam int LW = SIMD * IB;  // bits of one fold's input chunk
-  localparam int CMW = SB > TB ? SB : TB;  // width in which s meets its thresholds
+  localparam int CMW = CB > TB ? CB : TB;  // width in which the compared value meets its thresholds
   localparam int NW = $clog2((NT > 0 ? NT : 1) + 1);  // width of a threshold count
 
   wire advance = !out_valid || out_ready;
@@ -88,7 +112,7 @@ module bnnc_mvtu #(
   assign in_ready = advance && (!busy || at_last);
   wire start = in_valid && in_ready;
 
-  function automatic logic [KB-1:0] class_of(input logic [RB-1:0] row, input logic [CB-1:0] col);
+  function automatic logic [KB-1:0] class_of(input logic [RB-1:0] row, input logic [COLB-1:0] col);
     class_of = KB'(YCLS[row*YB+:YB]) * KB'(NX) + KB'(XCLS[col*XB+:XB]);
   endfunction
 
@@ -104,10 +128,10 @@ module bnnc_mvtu #(
   logic [NFW-1:0] s1_nf;
   logic [KB-1:0] s1_cls;
   logic [LW-1:0] s1_x;
-  logic [PE*SIMD-1:0] s1_w;
+  logic [NA*PE*SIMD-1:0] s1_w;
 
   bnnc_rom #(
-      .W(PE * SIMD),
+      .W(NA * PE * SIMD),
       .D(WD),
       .FILE(WFILE)
   ) weights (
@@ -147,35 +171,50 @@ module bnnc_mvtu #(
     end
   end
 
-  logic signed [SB-1:0] acc[PE];
-  logic signed [SB-1:0] partial[PE];
-  logic signed [SB-1:0] sum[PE];
+  logic signed [SB-1:0] acc[PE][NP];
+  logic signed [SB-1:0] partial[PE][NP];
+  logic signed [SB-1:0] sum[PE][NP];
 
   for (genvar p = 0; p < PE; p++) begin : g_row
-    if (IB == 1) begin : g_xnor
-      assign partial[p] = SB'($countones(s1_x ^ s1_w[p*SIMD+:SIMD]));
-    end else begin : g_int
-      always_comb begin
-        partial[p] = '0;
-        for (int s = 0; s < SIMD; s++) begin
-          if (s1_w[p*SIMD+s]) partial[p] = partial[p] - SB'($signed(s1_x[s*IB+:IB]));
-          else partial[p] = partial[p] + SB'($signed(s1_x[s*IB+:IB]));
+    for (genvar j = 0; j < NP; j++) begin : g_plane
+      logic [SIMD-1:0] wb, wm;
+      if (PB[j]) begin : g_b
+        assign wb = s1_w[(array_b(j)*PE+p)*SIMD+:SIMD];
+      end else begin : g_no_b
+        assign wb = '0;
+      end
+      if (PM[j]) begin : g_m
+        assign wm = s1_w[((array_b(j)+int'(PB[j]))*PE+p)*SIMD+:SIMD];
+      end else begin : g_no_m
+        assign wm = '1;
+      end
+      if (IB == 1) begin : g_xnor
+        assign partial[p][j] = SB'($countones((s1_x ^ wb) & wm));
+      end else begin : g_int
+        always_comb begin
+          partial[p][j] = '0;
+          for (int s = 0; s < SIMD; s++) begin
+            if (wm[s]) begin
+              if (wb[s]) partial[p][j] = partial[p][j] - SB'($signed(s1_x[s*IB+:IB]));
+              else partial[p][j] = partial[p][j] + SB'($signed(s1_x[s*IB+:IB]));
+            end
+          end
         end
       end
+      assign sum[p][j] = (s1_first ? '0 : acc[p][j]) + partial[p][j];
     end
-    assign sum[p] = (s1_first ? '0 : acc[p]) + partial[p];
   end
 
   always_ff @(posedge clk) begin
     if (advance && s1_valid) begin
-      for (int p = 0; p < PE; p++) acc[p] <= sum[p];
+      for (int p = 0; p < PE; p++) for (int j = 0; j < NP; j++) acc[p][j] <= sum[p][j];
     end
   end
 
   // ---------------------------------------------------------------- stage 2: thresholds
   logic s2_valid;
   logic [NFW-1:0] s2_nf;
-  logic signed [SB-1:0] s2_sum[PE];
+  logic signed [SB-1:0] s2_sum[PE][NP];
   logic [PE*EW-1:0] s2_t;
 
   bnnc_rom #(
@@ -197,46 +236,74 @@ module bnnc_mvtu #(
   always_ff @(posedge clk) begin
     if (advance && s1_valid && s1_last) begin
       s2_nf <= s1_nf;
-      for (int p = 0; p < PE; p++) s2_sum[p] <= sum[p];
+      for (int p = 0; p < PE; p++) for (int j = 0; j < NP; j++) s2_sum[p][j] <= sum[p][j];
     end
   end
 
-  logic [PE*OB-1:0] fold_out;
+  localparam int ROW = NPL * OB;  // output bits of one row
+  logic [PE*ROW-1:0] fold_out;
   for (genvar p = 0; p < PE; p++) begin : g_out
-    wire flag = s2_t[p*EW+EW-1];
+    logic signed [CB-1:0] c;  // the compared value
+    if (GM == 1) begin : g_gains
+      always_comb begin
+        c = '0;
+        for (int j = 0; j < NP; j++) begin
+          c = c + VB'($signed(s2_t[p*EW+VT+j*GB+:GB])) * VB'(s2_sum[p][j]);  // exact modulo 2**VB
+        end
+      end
+    end else begin : g_single
+      assign c = s2_sum[p][0];
+    end
     if (NT == 0) begin : g_acc
-      wire signed [AB-1:0] s = AB'(s2_sum[p]);
       wire signed [AB-1:0] off = AB'($signed(s2_t[p*EW+:TB]));
-      if (GAIN == 1) begin : g_int
-        assign fold_out[p*OB+:OB] = OB'(flag ? off + s : off);
+      if (GM == 1) begin : g_v
+        assign fold_out[p*ROW+:ROW] = ROW'(off + AB'(c));
+      end else if (GAIN == 1) begin : g_int
+        wire flag = s2_t[p*EW+EW-1];
+        assign fold_out[p*ROW+:ROW] = ROW'(flag ? off + AB'(c) : off);
       end else begin : g_bits
-        assign fold_out[p*OB+:OB] = OB'(flag ? off - (s <<< 1) : off);
+        wire flag = s2_t[p*EW+EW-1];
+        wire signed [AB-1:0] s = AB'(c);
+        assign fold_out[p*ROW+:ROW] = ROW'(flag ? off + AB'(GAIN) * s : off);
+      end
+    end else if (NPL > 1) begin : g_planes
+      for (genvar j = 0; j < NPL; j++) begin : g_bit
+        assign fold_out[p*ROW+j] = (CMW'(c) > CMW'($signed(s2_t[p*EW+j*TB+:TB]))) ^ s2_t[p*EW+EW-NFL+j];
       end
     end else begin : g_thr
+      wire flag = s2_t[p*EW+EW-1];
       logic [NW-1:0] count;
       always_comb begin
         count = '0;
         for (int j = 0; j < NT; j++) begin
-          count = count + NW'((CMW'(s2_sum[p]) > CMW'($signed(s2_t[p*EW+j*TB+:TB]))) ^ flag);
+          count = count + NW'((CMW'(c) > CMW'($signed(s2_t[p*EW+j*TB+:TB]))) ^ flag);
         end
       end
-      assign fold_out[p*OB+:OB] = OB'(LB + LS * $signed({1'b0, count}));
+      assign fold_out[p*ROW+:ROW] = ROW'(LB + LS * $signed({1'b0, count}));
     end
   end
 
   // ---------------------------------------------------------------- output pixel
   /* verilator lint_off UNUSEDSIGNAL */  // rows beyond MH of the last fold
-  logic [NF*PE*OB-1:0] pixel, pixel_next;
+  logic [NF*PE*ROW-1:0] pixel, pixel_next;
   /* verilator lint_on UNUSEDSIGNAL */
   always_comb begin
     pixel_next = pixel;
-    pixel_next[s2_nf*PE*OB+:PE*OB] = fold_out;
+    pixel_next[s2_nf*PE*ROW+:PE*ROW] = fold_out;
+  end
+
+  // output element j * MH + o is row o's element j (j > 0 only for activation planes)
+  logic [MH*NPL*OB-1:0] ordered;
+  for (genvar o = 0; o < MH; o++) begin : g_order
+    for (genvar j = 0; j < NPL; j++) begin : g_el
+      assign ordered[(j*MH+o)*OB+:OB] = pixel_next[(o*NPL+j)*OB+:OB];
+    end
   end
 
   always_ff @(posedge clk) begin
     if (advance && s2_valid) begin
       pixel <= pixel_next;
-      if (s2_nf == NFW'(NF - 1)) out_data <= pixel_next[MH*OB-1:0];
+      if (s2_nf == NFW'(NF - 1)) out_data <= ordered;
     end
   end
 

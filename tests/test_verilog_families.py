@@ -1,0 +1,69 @@
+"""Issue 5 on the verilog target: ternary, two-scale, multi-base, expander and multi-bit layers
+run on the MVTU's popcount planes, bit-exact with the reference on zoo models of every family
+that is a plain chain of layers, under several foldings, lint-clean with -Wall."""
+
+import numpy as np
+import onnx
+import pytest
+
+from bnnc import driver, folding, reference, zoo
+from bnnc.backends import verilog, verilog_sim
+from bnnc.cli import main
+from bnnc.pipeline import compile_graph
+from bnnc.targets import TargetOptions
+
+from .conftest import sweep_scale
+
+# the zoo families the dataflow pipeline holds (the residual ones need branches; EC2T / HBN
+# fixed-point Requantize layers)
+CHAIN_FAMILIES = ("ternary-ttq", "ternary-qonnx", "xnet", "dabn", "w1a2", "abc-fused", "abc-explicit", "pabt")
+SEEDS = (0, 1) if sweep_scale() <= 1 else tuple(range(int(2 * sweep_scale())))
+INPUTS = 20
+
+
+def _folding(graph, kind: str, seed: int):
+    if kind == "default":
+        return None
+    rng = np.random.default_rng(seed)
+    layers = folding.foldable_layers(graph)
+    if kind == "serial":
+        return {"layers": [{"pe": 1, "simd": 1} for _ in layers]}
+    # random PE / SIMD that need not divide MH / MW
+    return {"layers": [{"pe": int(rng.integers(1, min(L.mh, 8) + 1)), "simd": int(rng.integers(1, min(L.mw, 40) + 1))}
+                       for L in layers]}
+
+
+@pytest.mark.parametrize("name", CHAIN_FAMILIES)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_family_runs_bit_exact(name, seed):
+    model = zoo.build(name, seed)
+    graph = compile_graph(model)
+    x = driver.prepare_inputs(graph, zoo.inputs(model, INPUTS, seed)).grid
+    kind = ("default", "random", "serial")[seed % 3]
+    opts = TargetOptions(folding=_folding(graph, kind, seed))
+    design = verilog.build_design(graph, opts)
+    verilog_sim.lint(design.sources, design.top)
+    y, stats = verilog.run(graph, x, opts)
+    assert np.array_equal(y, reference.run(graph, x).reshape(INPUTS, -1)), f"{name} seed {seed} ({kind} folding)"
+    assert stats["cycles_per_frame"] <= 1.1 * stats["estimated_ii"] + 16
+
+
+def test_each_code_uses_its_planes():
+    """The plane structure the units get: masks for ternary, ones + AND for two-scale, one plane
+    per base for multi-base, three activation planes for PaBT."""
+    want = {"ternary-ttq": {"and, and"}, "ternary-qonnx": {"masked_xnor"}, "xnet": {"masked_xnor"},
+            "dabn": {"ones, and"}, "abc-fused": {"xnor, xnor"}}
+    for name, kinds in want.items():
+        graph = compile_graph(zoo.build(name, 0))
+        stages = verilog.build_design(graph, TargetOptions()).context["stages"]
+        assert kinds <= {s["planes"] for s in stages if s["kind"] == "conv"}, name
+    stages = verilog.build_design(compile_graph(zoo.build("pabt", 0)), TargetOptions()).context["stages"]
+    assert any(s["kind"] == "conv" and s["npl"] == 3 for s in stages)
+
+
+@pytest.mark.parametrize("name", ["ternary-ttq", "pabt"])
+def test_verify_passes_on_families(tmp_path, capsys, name):
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(zoo.build(name, seed=2), str(path))
+    assert main(["verify", str(path), "--target", "verilog", "--samples", "20"]) == 0
+    assert "verilog == reference (bit-exact)    20/20" in capsys.readouterr().out
