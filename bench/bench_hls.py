@@ -4,14 +4,16 @@ cost of its g++ C simulation.
 
     python bench/bench_hls.py [--quick] [--json PATH]
 
-For each model (bnnc's random TFC and CNV, and the real FINN TFC / Brevitas CNV from
-../shared/models/ when present) and each folding (folding.py's default; a tight and a loose
---target-cycles budget; and fully serial PE = SIMD = 1 for the MLPs) the script
+For each model (bnnc's random TFC and CNV, the compressed-family zoo models of issue 5 --
+ternary, two-scale, 2-bit activations, multi-base weights, activation planes, expander kernels --
+and the real FINN TFC / Brevitas CNV from ../shared/models/ when present) and each folding
+(folding.py's default; a tight and a loose --target-cycles budget; and fully serial PE = SIMD = 1
+for the MLPs) the script
 
 * renders the HLS project and reports the folding's analytic MVTU cycles per frame (slowest
   layer), the generated dataflow's initiation interval (its slowest process, input stream and
-  window generators included) and the frames per second that gives at 100 MHz, and the weight
-  bits the tables hold;
+  window generators included) and the frames per second that gives at 100 MHz, the most
+  popcount planes of a layer, and the bits the weight planes and the per-row tables hold;
 * builds the C simulation with g++ (`-std=c++14 -O2 -ffp-contract=off`, in a fresh cache: the
   build time is a cold build), runs it on a batch of frames, checks the outputs equal the
   reference bit for bit (it aborts if not) and reports the simulation speed.
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnnc import driver
+from bnnc import driver, zoo
 from bnnc.backends import c_build, hls
 from bnnc.pipeline import compile_file, compile_graph
 from bnnc.targets import TargetOptions
@@ -44,10 +46,17 @@ DEFAULT_JSON = REPO / "bench" / "results" / "bench_hls.json"
 CLOCK_HZ = 100e6
 
 
+FAMILIES = ("ternary-ttq", "dabn", "w1a2", "abc-fused", "pabt", "xnet")  # bnnc.zoo models of issue 5's codes
+
+
 def models(quick: bool) -> list:
     out = [("random TFC", *_random(tfc_model(0)))]
     if not quick:
         out.append(("random CNV", *_random(cnv_model(0))))
+    for name in FAMILIES[:1] if quick else FAMILIES:
+        model = zoo.build(name, seed=0)
+        g = compile_graph(model)
+        out.append((f"zoo {name}", g, driver.prepare_inputs(g, zoo.inputs(model, 64, seed=0)).grid))
     tfc = SHARED / "finn-tfc-w1a1" / "model.onnx"
     if tfc.exists():
         _, g = compile_file(tfc)
@@ -110,14 +119,16 @@ def main() -> int:
                      "mvtu_ii_cycles": st["mvtu_ii_cycles"], "dataflow_ii_cycles": st["dataflow_ii_cycles"],
                      "slowest_process": st["slowest_process"],
                      "frames_per_s_at_100mhz": CLOCK_HZ / st["dataflow_ii_cycles"], "weight_bits": st["weight_bits"],
+                     "table_bits": st["table_bits"], "max_planes": max(len(L["planes"]) for L in st["layers"]),
                      "model_cpp_bytes": len(files["model.cpp"]), "render_s": t_render, "build_s": t_build,
                      "csim_frames_per_s": grid.shape[0] / t_run, "frames": int(grid.shape[0]), "bit_exact": True}
                 results.append(r)
                 rows.append((name, fname, str(r["mvtu_ii_cycles"]), str(r["dataflow_ii_cycles"]),
-                             r["slowest_process"], f"{r['frames_per_s_at_100mhz']:,.0f}", f"{r['weight_bits']:,}",
-                             f"{t_build:.1f}", f"{r['csim_frames_per_s']:,.0f}"))
-    head = ("model", "folding", "MVTU II", "dataflow II", "slowest process", "fps@100MHz", "weight bits",
-            "g++ s", "csim fps")
+                             r["slowest_process"], f"{r['frames_per_s_at_100mhz']:,.0f}", str(r["max_planes"]),
+                             f"{r['weight_bits']:,}", f"{r['table_bits']:,}", f"{t_build:.1f}",
+                             f"{r['csim_frames_per_s']:,.0f}"))
+    head = ("model", "folding", "MVTU II", "dataflow II", "slowest process", "fps@100MHz", "planes", "weight bits",
+            "table bits", "g++ s", "csim fps")
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     for r in (head, *rows):
         print("  ".join(c.ljust(w) if i < 2 or i == 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

@@ -220,7 +220,7 @@ def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
         if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Requantize):
             op.epilogue = ir.Chain([])
     first = next(op for op in g.ops() if isinstance(op, (ir.Activation, ir.Add, ir.SumPool)))
-    with pytest.raises(BnncError, match=rf"'{first.name}' is a {type(first).__name__} op"):
+    with pytest.raises(BnncError, match=rf"'{first.name}': the HLS backend does not implement {type(first).__name__} ops"):
         hls.check_supported(g)
     g = compile_graph(zoo.build("pabt", 0))
     conv = next(op for op in g.ops() if isinstance(op, ir.Conv) and getattr(op.epilogue, "planes", 1) > 1)
@@ -279,12 +279,22 @@ def _vendor_include():
     return None
 
 
-@pytest.mark.parametrize("seed, style", [(21, "odd"), (22, "parallel")])
-def test_same_sources_with_vendor_ap_int_and_hls_stream(seed, style, tmp_path):
+@pytest.mark.parametrize("case, seed, style", [("random", 21, "odd"), ("random", 22, "parallel"), ("w1a2", 1, "odd"),
+                                              ("dabn", 2, "parallel"), ("pabt", 1, "odd"), ("int", 2, "odd")])
+def test_same_sources_with_vendor_ap_int_and_hls_stream(case, seed, style, tmp_path):
     inc = _vendor_include()
     if inc is None:
         pytest.skip("no vendor ap_int.h/hls_stream.h (set BNNC_HLS_VENDOR_INCLUDE or install hls4ml)")
-    model, spec, graph, inputs = random_case(seed, 6)
+    if case in ("random", "int"):
+        model, spec, graph, inputs = random_case(seed, 6)
+        graph = recoded(graph, "int", seed) if case == "int" else graph
+    else:
+        from bnnc import zoo
+        from bnnc.pipeline import compile_graph
+
+        model = zoo.build(case, seed=seed)
+        graph = compile_graph(model)
+        inputs = driver.prepare_inputs(graph, zoo.inputs(model, 6, seed=seed))
     files = hls.files(graph, TargetOptions(**folding_options(graph, style, seed)))
     # GCC 12 warns inside the vendor headers themselves: include them as system headers, drop
     # -Werror, and require that no warning points into bnnc's sources
@@ -344,8 +354,8 @@ def test_run_hls_tcl_defaults_and_overrides(tfc_path):
 
     _, graph = cf(tfc_path)
     tcl = hls.files(graph, TargetOptions(name="net"))["run_hls.tcl"]
-    for needle in ("open_project -reset net_hls", "set_top net_top", "add_files model.cpp", "add_files -tb testbench.cpp",
-                   "csim_design", "csynth_design", "cosim_design", "export_design -format ip_catalog",
+    for needle in ("open_project -reset net_hls", "set_top net_top", "add_files model.cpp",
+                   "add_files -tb testbench.cpp", "csim_design", "csynth_design", "cosim_design", "export_design -format ip_catalog",
                    f"BNNC_HLS_PART {hls.DEFAULT_PART}", "BNNC_HLS_CLOCK_NS", "create_clock -period $clock",
                    "set_part $part"):
         assert needle in tcl, needle
@@ -370,14 +380,17 @@ def test_bad_options_are_one_line_errors(tfc_path, tmp_path, capsys, args, words
     assert not (tmp_path / "o").exists()
 
 
-def test_sources_are_byte_identical_run_to_run(tmp_path):
+@pytest.mark.parametrize("graph_code", ["from tests.helpers import random_case; g = random_case(7, 1)[2]",
+                                        "from bnnc import zoo; from bnnc.pipeline import compile_graph; "
+                                        "g = compile_graph(zoo.build('abc-explicit', 2))"])
+def test_sources_are_byte_identical_run_to_run(graph_code):
     code = ("import sys, json; from bnnc.backends import hls; from bnnc.targets import TargetOptions; "
-            "from tests.helpers import random_case; g = random_case(int(sys.argv[1]), 1)[2]; "
-            "print(json.dumps(hls.files(g, TargetOptions(target_cycles=int(sys.argv[2]))), sort_keys=True))")
+            f"{graph_code}; "
+            "print(json.dumps(hls.files(g, TargetOptions(target_cycles=int(sys.argv[1]))), sort_keys=True))")
     root = Path(__file__).resolve().parents[1]
     outs = set()
     for hashseed in ("0", "1", "12345"):
-        r = subprocess.run([sys.executable, "-c", code, "7", "400"], cwd=root, capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", code, "400"], cwd=root, capture_output=True, text=True,
                            env={**os.environ, "PYTHONHASHSEED": hashseed})
         assert r.returncode == 0, r.stderr[-2000:]
         outs.add(r.stdout)

@@ -603,8 +603,8 @@ def check_supported(graph: ir.Graph) -> None:
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
         if isinstance(op, (ir.Activation, ir.Add, ir.SumPool)):
-            raise BnncError(f"layer '{where}' is a {type(op).__name__} op, which the HLS backend does not implement "
-                            "(it builds chains of conv/dense, max pool and global sum pool layers); use --target c")
+            raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
+                            "chains of conv/dense, max pool and global sum pool layers); use --target c")
         if isinstance(op, ir.Conv):
             ep = op.epilogue
             if not isinstance(ep, (ir.Thresholds, ir.LevelThresholds, ir.Chain)):
@@ -636,7 +636,8 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
         "output_size": out_info["elements"], "output_shape": tuple(out_info["shape"]),
         "grid": in_info.get("grid", {}), "input_flat": flat,
         "in_c": c, "in_hw": h * w, "in_lanes": b.in_lanes,
-        "in_stream_t": f"{prefix}_in_t" if b.in_lanes == 1 else f"{prefix}_in_beat_t", "procs": b.procs, "consts": b.consts, "typedefs": b.typedefs,
+        "in_stream_t": f"{prefix}_in_t" if b.in_lanes == 1 else f"{prefix}_in_beat_t", "procs": b.procs,
+        "consts": b.consts, "typedefs": b.typedefs,
         "structs": b.structs, "streams": b.streams, "calls": b.calls, "folding_rows": b.folding_rows,
         "widest": b.widest, "ap_int_max_w": (-(-b.widest // 1024) * 1024) if b.widest > 1024 else 0,
         "part": DEFAULT_PART, "clock_ns": f"{DEFAULT_CLOCK_NS:g}",
@@ -644,7 +645,8 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
     figures = {"layers": b.layers, "mvtu_ii_cycles": folding.analytic_ii(foldings),
                "dataflow_ii_cycles": slowest["steps"], "slowest_process": slowest["name"],
                "processes": {P["name"]: P["steps"] for P in b.procs},
-               "weight_bits": sum(L["weight_bits"] for L in b.layers), "input_elements_per_beat": b.in_lanes}
+               "weight_bits": sum(L["weight_bits"] for L in b.layers),
+               "table_bits": sum(L["table_bits"] for L in b.layers), "input_elements_per_beat": b.in_lanes}
     return ctx, figures
 
 
