@@ -16,6 +16,15 @@
 
 #define BNNC_FAM_OBLOCK 8 /* outputs per block of the plane tables (one 512-bit vector of 64-bit words) */
 
+#ifdef BNNC_AVX512
+/* Eight int64 just written by the caller (p has 8 readable values), as two 256-bit loads: those
+ * forward from the stores of a loop that a compiler vectorized with 256-bit or 512-bit vectors. */
+BNNC_INLINE __m512i bnnc_load8_i64(const int64_t *p) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p)),
+                            _mm256_loadu_si256((const __m256i *)(p + 4)), 1);
+}
+#endif
+
 /* Popcount planes (compiler/weight_planes.py): what one plane counts per window word x. */
 #define BNNC_PLANE_XNOR 0        /* popcount(x ^ b) */
 #define BNNC_PLANE_MASKED_XNOR 1 /* popcount((x ^ b) & m) */
@@ -134,8 +143,8 @@ BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int 
 }
 
 /* q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi) for o < n; with
- * AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for any sign), writing
- * q up to n rounded up to 8. */
+ * AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for any sign), reading
+ * acc and writing q up to n rounded up to 8. */
 BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, const int64_t *add, int s,
                                      const int64_t *acc_lo, const int64_t *acc_hi, int32_t lo, int32_t hi,
                                      int n, int32_t *q) {
@@ -144,7 +153,7 @@ BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, co
   const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
   for (; o < n; o += 8) {
     const __mmask8 k = (__mmask8)(n - o >= 8 ? 0xFF : (1u << (n - o)) - 1);
-    __m512i a = _mm512_maskz_loadu_epi64(k, acc + o);
+    __m512i a = bnnc_load8_i64(acc + o);
     a = _mm512_min_epi64(_mm512_max_epi64(a, _mm512_maskz_loadu_epi64(k, acc_lo + o)),
                          _mm512_maskz_loadu_epi64(k, acc_hi + o));
     __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_maskz_loadu_epi64(k, mult + o)),
@@ -156,32 +165,40 @@ BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, co
   for (; o < n; o++) q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi);
 }
 
+/* Bit l of the result = (x[l] > thr[l]) XOR neg[l] for l < k <= 8 (x and neg are read 8 at a time:
+ * bnnc pads neg with 8 zero flags). */
+BNNC_INLINE uint32_t bnnc_threshold_bits8(const int64_t *x, const int64_t *thr, const uint8_t *neg, int k) {
+#ifdef BNNC_AVX512
+  const __mmask8 km = (__mmask8)((1u << k) - 1);
+  const __m512i ng = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)neg));
+  return (uint32_t)(__mmask8)(_mm512_mask_cmpgt_epi64_mask(km, bnnc_load8_i64(x),
+                                                           _mm512_maskz_loadu_epi64(km, thr)) ^
+                              _mm512_mask_test_epi64_mask(km, ng, ng));
+#else
+  uint32_t m = 0;
+  for (int l = 0; l < k; l++) m |= (uint32_t)((x[l] > thr[l]) ^ neg[l]) << l;
+  return m;
+#endif
+}
+
+/* dst |= the bits m (at most 8) placed at bit j of the cw words at dst. */
+BNNC_INLINE void bnnc_deposit_bits8(bnnc_word_t *dst, int j, uint32_t m, int cw) {
+  const int at = j % BNNC_WORD_BITS;
+  dst[j / BNNC_WORD_BITS] |= (bnnc_word_t)m << at;
+  if (at + 8 > BNNC_WORD_BITS && j / BNNC_WORD_BITS + 1 < cw)
+    dst[j / BNNC_WORD_BITS + 1] |= (bnnc_word_t)m >> (BNNC_WORD_BITS - at);
+}
+
 /* Output bits of one pixel from 64-bit accumulators: bit j = (acc[j % n] > thr[j]) XOR neg[j] for
- * j < planes * n (activation bases stored plane after plane); fill bits stay 0. With AVX-512 eight
- * channels at a time (neg is padded with 8 zero flags: the last group reads 8 of them). */
+ * j < planes * n (activation bases stored plane after plane); fill bits stay 0. */
 BNNC_INLINE void bnnc_threshold_pack64(const int64_t *acc, const int64_t *thr, const uint8_t *neg, int n,
                                        int planes, int cw, bnnc_word_t *dst) {
   for (int c = 0; c < cw; c++) dst[c] = 0;
   for (int p = 0; p < planes; p++) {
-#ifdef BNNC_AVX512
     for (int o = 0; o < n; o += 8) {
-      const int j = p * n + o, at = j % BNNC_WORD_BITS;
-      const __mmask8 k = (__mmask8)(n - o >= 8 ? 0xFF : (1u << (n - o)) - 1);
-      const __m512i ng = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(neg + j)));
-      const uint32_t m = (uint32_t)(__mmask8)(_mm512_mask_cmpgt_epi64_mask(k, _mm512_maskz_loadu_epi64(k, acc + o),
-                                                                           _mm512_maskz_loadu_epi64(k, thr + j)) ^
-                                              _mm512_mask_test_epi64_mask(k, ng, ng));
-      dst[j / BNNC_WORD_BITS] |= (bnnc_word_t)m << at;
-      if (at + 8 > BNNC_WORD_BITS && j / BNNC_WORD_BITS + 1 < cw)
-        dst[j / BNNC_WORD_BITS + 1] |= (bnnc_word_t)m >> (BNNC_WORD_BITS - at);
+      const int j = p * n + o, k = n - o < 8 ? n - o : 8;
+      bnnc_deposit_bits8(dst, j, bnnc_threshold_bits8(acc + o, thr + j, neg + j, k), cw);
     }
-#else
-    for (int o = 0; o < n; o++) {
-      const int j = p * n + o;
-      const bnnc_word_t bit = (bnnc_word_t)((acc[o] > thr[j]) ^ neg[j]);
-      dst[j / BNNC_WORD_BITS] |= bit << (j % BNNC_WORD_BITS);
-    }
-#endif
   }
 }
 
@@ -209,33 +226,75 @@ BNNC_INLINE int32_t bnnc_level_search(int64_t acc, int8_t dir, const int64_t *th
   return lo + (x >= thr[(size_t)lo * stride]);
 }
 
-/* q[o] = base + step * (the level count of acc[o]) for o < n, by bnnc_level_search when `search`
- * (a constant once inlined), else by counting; with AVX-512 the count takes eight channels at a
- * time, writing q up to n rounded up to 8 (dir is padded with 8 flags: the last group reads 8). */
-BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const int64_t *thr, int n, int levels,
-                                 int search, int32_t base, int32_t step, int32_t *q) {
+#ifdef BNNC_AVX512
+/* bnnc_level_search of `chunks` (<= 4) groups of eight lanes at once, so that the gathers of one
+ * step overlap: lane l of group g holds x[g] (dir applied), channel ch[g] + l, valid where k[g]. */
+BNNC_INLINE void bnnc_level_search8(const __m512i *x, const __m512i *ch, const __mmask8 *k, int chunks,
+                                    const int64_t *thr, int stride, int levels, __m512i *c) {
+  const __m512i zero = _mm512_setzero_si512(), st = _mm512_set1_epi64(stride);
+  for (int g = 0; g < chunks; g++) c[g] = zero;
+  int m = levels;
+  while (m > 1) {
+    const int half = m / 2;
+    const __m512i h = _mm512_set1_epi64(half);
+    for (int g = 0; g < chunks; g++) {
+      const __m512i at = _mm512_add_epi64(c[g], h);
+      const __m512i t = _mm512_mask_i64gather_epi64(zero, k[g], _mm512_add_epi64(_mm512_mul_epu32(at, st), ch[g]), thr, 8);
+      c[g] = _mm512_mask_mov_epi64(c[g], _mm512_mask_cmpge_epi64_mask(k[g], x[g], t), at);
+    }
+    m -= half;
+  }
+  for (int g = 0; g < chunks; g++) {
+    const __m512i t = _mm512_mask_i64gather_epi64(zero, k[g], _mm512_add_epi64(_mm512_mul_epu32(c[g], st), ch[g]), thr, 8);
+    c[g] = _mm512_mask_add_epi64(c[g], _mm512_mask_cmpge_epi64_mask(k[g], x[g], t), c[g], _mm512_set1_epi64(1));
+  }
+}
+#endif
+
+/* q[o] = base + step * (the level count of acc[o]) for o < n, where value o belongs to channel
+ * (ch0 + o) % period (thresholds thr[b * stride + channel], direction dir[channel]; the channels
+ * of each group of 8 values are consecutive: period and ch0 multiples of 8, or ch0 + n <= period),
+ * by bnnc_level_search when `search` (a constant once inlined), else by counting. With AVX-512
+ * eight values at a time (the search gathers each step's thresholds, for up to 32 values at
+ * once), reading acc and writing q up to n rounded up to 8; dir is padded with 8 flags (a last
+ * group of channels reads 8 of them). */
+BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const int64_t *thr, int stride, int ch0,
+                                 int period, int n, int levels, int search, int32_t base, int32_t step, int32_t *q) {
   int o = 0;
 #ifdef BNNC_AVX512
-  if (!search) {
-    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1);
-    for (; o < n; o += 8) {
-      const __mmask8 k = (__mmask8)(n - o >= 8 ? 0xFF : (1u << (n - o)) - 1);
-      const __m512i d = _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(dir + o)));
-      __m512i x = _mm512_maskz_loadu_epi64(k, acc + o);
-      x = _mm512_mask_sub_epi64(x, _mm512_cmple_epi64_mask(d, zero), zero, x);
-      __m512i c = zero;
-      for (int b = 0; b < levels; b++)
-        c = _mm512_mask_add_epi64(c, _mm512_mask_cmpge_epi64_mask(k, x, _mm512_maskz_loadu_epi64(k, thr + (size_t)b * n + o)),
-                                  c, one);
-      const __m256i v = _mm256_add_epi32(_mm256_set1_epi32(base),
-                                         _mm256_mullo_epi32(_mm512_cvtepi64_epi32(c), _mm256_set1_epi32(step)));
-      _mm256_storeu_si256((__m256i *)(q + o), v);
+  const __m512i zero = _mm512_setzero_si512(), lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  while (o < n && levels > 0) {
+    __m512i x[4], ch[4], c[4];
+    __mmask8 k[4];
+    int chunks = 0;
+    for (; chunks < (search ? 4 : 1) && o + 8 * chunks < n; chunks++) {
+      const int at = o + 8 * chunks, first = (ch0 + at) % period;
+      k[chunks] = (__mmask8)(n - at >= 8 ? 0xFF : (1u << (n - at)) - 1);
+      const __m512i d = _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(dir + first)));
+      x[chunks] = bnnc_load8_i64(acc + at);
+      x[chunks] = _mm512_mask_sub_epi64(x[chunks], _mm512_cmple_epi64_mask(d, zero), zero, x[chunks]);
+      ch[chunks] = _mm512_add_epi64(lane, _mm512_set1_epi64(first));
     }
+    if (search) {
+      bnnc_level_search8(x, ch, k, chunks, thr, stride, levels, c);
+    } else {
+      c[0] = zero;
+      for (int b = 0; b < levels; b++)
+        c[0] = _mm512_mask_add_epi64(c[0], _mm512_mask_cmpge_epi64_mask(k[0], x[0], _mm512_maskz_loadu_epi64(
+                                               k[0], thr + (size_t)b * stride + (ch0 + o) % period)),
+                                     c[0], _mm512_set1_epi64(1));
+    }
+    for (int g = 0; g < chunks; g++, o += 8)
+      _mm256_storeu_si256((__m256i *)(q + o), _mm256_add_epi32(_mm256_set1_epi32(base),
+                                                               _mm256_mullo_epi32(_mm512_cvtepi64_epi32(c[g]),
+                                                                                  _mm256_set1_epi32(step))));
   }
 #endif
-  for (; o < n; o++)
-    q[o] = base + step * (search ? bnnc_level_search(acc[o], dir[o], thr + o, n, levels)
-                                 : bnnc_level_count(acc[o], dir[o], thr + o, n, levels));
+  for (; o < n; o++) {
+    const int ch = (ch0 + o) % period;
+    q[o] = base + step * (search ? bnnc_level_search(acc[o], dir[ch], thr + ch, stride, levels)
+                                 : bnnc_level_count(acc[o], dir[ch], thr + ch, stride, levels));
+  }
 }
 
 #endif /* BNNC_FAMILIES_H */
