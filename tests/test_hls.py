@@ -196,6 +196,40 @@ def test_random_models_with_every_weight_code(code, seed):
     assert any(len(L["planes"]) > 1 or L["planes"] != ["xnor"] for L in stats["layers"])
 
 
+def leveled(graph, seed: int):
+    """`graph` with every single-plane bit threshold replaced by 2-bit levels {-3, -1, 1, 3} around
+    it (LevelThresholds), the tensor types after it updated: integer pixels then flow into max
+    pools, global sum pools and integer-input convs of random shapes."""
+    from bnnc import ir
+
+    rng = np.random.default_rng(seed)
+    g = graph.copy()
+    for op in g.ops()[1:]:  # after the input quantizer
+        src = g.tensors[op.inputs[0]]
+        out = op.outputs[0]
+        if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Thresholds) and op.epilogue.planes == 1:
+            ep = op.epilogue
+            step = rng.integers(1, 4, (ep.threshold.size, 1))
+            op.epilogue = ir.LevelThresholds(ep.direction, ep.threshold[:, None] + step * np.array([-1, 0, 1]), -3, 2)
+            g.tensors[out] = ir.Ints(g.tensors[out].shape, -3, 3)
+        elif isinstance(op, ir.MaxPool) and isinstance(src, ir.Ints):
+            g.tensors[out] = ir.Ints(g.tensors[out].shape, src.lo, src.hi)
+        elif isinstance(op, ir.GlobalSumPool) and isinstance(src, ir.Ints):
+            hw = src.shape[0] * src.shape[1]
+            g.tensors[out] = ir.Ints(g.tensors[out].shape, hw * src.lo, hw * src.hi)
+    return g
+
+
+@pytest.mark.parametrize("seed", [5, 7, 15])  # integer pixels into max pools and global sum pools
+def test_random_models_with_multi_level_outputs(seed):
+    model, spec, graph, inputs = random_case(seed, 20)
+    g = leveled(graph, seed)
+    ref = driver.run_target(g, "ref", inputs)
+    y, stats = targets.run(g, "hls", inputs.grid, TargetOptions(**folding_options(g, STYLES[1 + seed % 4], seed)))
+    assert np.array_equal(y, ref), f"seed {seed}: HLS differs from reference"
+    assert any(L["mode"] == "levels" for L in stats["layers"])
+
+
 @pytest.mark.parametrize("name, words", [("bireal", ["'stem'", "Requantize epilogue"]),
                                          ("hbn", ["'conv0_int8'", "Requantize epilogue"]),
                                          ("ternary-ec2t", ["'conv0'", "Requantize epilogue"])])

@@ -413,7 +413,7 @@ class _Builder:
         lane_decls, lane_valid, reads = self._lane_decls(geo, f.simd, f.sf, f.mw, bits)
         W = {"kind": "window", "name": f"{name}_window", "layer": name, "bits": bits, "in_t": in_t,
              "in_beat_t": self.beat(op.inputs[0]), "in_lanes": in_lanes,
-             "lanes_t": lanes_t, "simd": f.simd, "sf": f.sf, "mw": f.mw, "idle_lanes": idle_lanes,
+             "in_struct": op.inputs[0] in self.beat_structs, "lanes_t": lanes_t, "simd": f.simd, "sf": f.sf, "mw": f.mw, "idle_lanes": idle_lanes,
              "lane_decls": lane_decls, "valid": lane_valid, "row_slot": reads["row_slot"],
              "rows_needed": reads["rows_needed"],
              "steps": geo["ih"] * geo["iw"] * (1 if bits else geo["c"]) // in_lanes + pixels * f.sf,
