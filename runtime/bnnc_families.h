@@ -226,6 +226,19 @@ BNNC_INLINE int32_t bnnc_level_search(int64_t acc, int8_t dir, const int64_t *th
   return lo + (x >= thr[(size_t)lo * stride]);
 }
 
+/* The same count from an affine guess checked against two thresholds (bnnc's "guess" kernel,
+ * passes/pack_families.py): guess holds the rows a, b, M, K (stride apart), thr the thresholds with
+ * a first row a and a last row b + 1; bnnc proved |g - count| <= 1 for every x' in [a, b]. */
+BNNC_INLINE int32_t bnnc_level_guess(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels,
+                                     const int64_t *guess, int shift) {
+  int64_t x = dir > 0 ? acc : -acc;
+  const int64_t a = guess[0], b = guess[stride];
+  x = x < a ? a : (x > b ? b : x); /* the count is constant outside [a, b] */
+  int64_t g = bnnc_shr_floor((x - a) * guess[2 * (size_t)stride] + guess[3 * (size_t)stride], shift);
+  g = g < 0 ? 0 : (g > levels ? levels : g);
+  return (int32_t)g - 1 + (x >= thr[(size_t)g * stride]) + (x >= thr[(size_t)(g + 1) * stride]);
+}
+
 #ifdef BNNC_AVX512
 /* bnnc_level_search of `chunks` (<= 4) groups of eight lanes at once, so that the gathers of one
  * step overlap: lane l of group g holds x[g] (dir applied), channel ch[g] + l, valid where k[g]. */
@@ -251,15 +264,20 @@ BNNC_INLINE void bnnc_level_search8(const __m512i *x, const __m512i *ch, const _
 }
 #endif
 
+/* How bnnc_levels_row counts levels (passes/pack_families.py chooses). */
+#define BNNC_LEVELS_COUNT 0  /* bnnc_level_count */
+#define BNNC_LEVELS_SEARCH 1 /* bnnc_level_search */
+#define BNNC_LEVELS_GUESS 2  /* bnnc_level_guess (guess, shift) */
+
 /* q[o] = base + step * (the level count of acc[o]) for o < n, where value o belongs to channel
  * (ch0 + o) % period (thresholds thr[b * stride + channel], direction dir[channel]; the channels
  * of each group of 8 values are consecutive: period and ch0 multiples of 8, or ch0 + n <= period),
- * by bnnc_level_search when `search` (a constant once inlined), else by counting. With AVX-512
- * eight values at a time (the search gathers each step's thresholds, for up to 32 values at
- * once), reading acc and writing q up to n rounded up to 8; dir is padded with 8 flags (a last
- * group of channels reads 8 of them). */
+ * counted as `kind` says (a constant once inlined). With AVX-512 eight values at a time (the
+ * search and the guess gather thresholds, for up to 32 values at once), reading acc and writing
+ * q up to n rounded up to 8; dir is padded with 8 flags (a last group of channels reads 8). */
 BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const int64_t *thr, int stride, int ch0,
-                                 int period, int n, int levels, int search, int32_t base, int32_t step, int32_t *q) {
+                                 int period, int n, int levels, int kind, const int64_t *guess, int shift,
+                                 int32_t base, int32_t step, int32_t *q) {
   int o = 0;
 #ifdef BNNC_AVX512
   const __m512i zero = _mm512_setzero_si512(), lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
@@ -267,7 +285,7 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
     __m512i x[4], ch[4], c[4];
     __mmask8 k[4];
     int chunks = 0;
-    for (; chunks < (search ? 4 : 1) && o + 8 * chunks < n; chunks++) {
+    for (; chunks < (kind != BNNC_LEVELS_COUNT ? 4 : 1) && o + 8 * chunks < n; chunks++) {
       const int at = o + 8 * chunks, first = (ch0 + at) % period;
       k[chunks] = (__mmask8)(n - at >= 8 ? 0xFF : (1u << (n - at)) - 1);
       const __m512i d = _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(dir + first)));
@@ -275,8 +293,24 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
       x[chunks] = _mm512_mask_sub_epi64(x[chunks], _mm512_cmple_epi64_mask(d, zero), zero, x[chunks]);
       ch[chunks] = _mm512_add_epi64(lane, _mm512_set1_epi64(first));
     }
-    if (search) {
+    if (kind == BNNC_LEVELS_SEARCH) {
       bnnc_level_search8(x, ch, k, chunks, thr, stride, levels, c);
+    } else if (kind == BNNC_LEVELS_GUESS) {
+      const __m512i st = _mm512_set1_epi64(stride), top = _mm512_set1_epi64(levels), one = _mm512_set1_epi64(1);
+      for (int g = 0; g < chunks; g++) { /* as bnnc_level_guess; the two gathers of every group overlap */
+        const int first = (ch0 + o + 8 * g) % period;
+        const __m512i a = _mm512_maskz_loadu_epi64(k[g], guess + first);
+        const __m512i xc = _mm512_min_epi64(_mm512_max_epi64(x[g], a), _mm512_maskz_loadu_epi64(k[g], guess + stride + first));
+        const __m512i v = _mm512_add_epi64(_mm512_mul_epu32(_mm512_sub_epi64(xc, a), _mm512_maskz_loadu_epi64(k[g], guess + 2 * (size_t)stride + first)),
+                                           _mm512_maskz_loadu_epi64(k[g], guess + 3 * (size_t)stride + first));
+        const __m512i gi = _mm512_min_epi64(_mm512_max_epi64(_mm512_srai_epi64(v, (unsigned)shift), zero), top);
+        const __m512i i0 = _mm512_add_epi64(_mm512_mul_epu32(gi, st), ch[g]);
+        const __m512i t0 = _mm512_mask_i64gather_epi64(zero, k[g], i0, thr, 8);
+        const __m512i t1 = _mm512_mask_i64gather_epi64(zero, k[g], _mm512_add_epi64(i0, st), thr, 8);
+        __m512i cg = _mm512_sub_epi64(gi, one);
+        cg = _mm512_mask_add_epi64(cg, _mm512_mask_cmpge_epi64_mask(k[g], xc, t0), cg, one);
+        c[g] = _mm512_mask_add_epi64(cg, _mm512_mask_cmpge_epi64_mask(k[g], xc, t1), cg, one);
+      }
     } else {
       c[0] = zero;
       for (int b = 0; b < levels; b++)
@@ -292,8 +326,9 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
 #endif
   for (; o < n; o++) {
     const int ch = (ch0 + o) % period;
-    q[o] = base + step * (search ? bnnc_level_search(acc[o], dir[ch], thr + ch, stride, levels)
-                                 : bnnc_level_count(acc[o], dir[ch], thr + ch, stride, levels));
+    q[o] = base + step * (kind == BNNC_LEVELS_GUESS    ? bnnc_level_guess(acc[o], dir[ch], thr + ch, stride, levels, guess + ch, shift)
+                          : kind == BNNC_LEVELS_SEARCH ? bnnc_level_search(acc[o], dir[ch], thr + ch, stride, levels)
+                                                       : bnnc_level_count(acc[o], dir[ch], thr + ch, stride, levels));
   }
 }
 

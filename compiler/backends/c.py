@@ -15,6 +15,7 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from ..passes.pack_bits import pack_bit_rows, storage_dtype, words
+from ..passes.pack_families import GUESS_SHIFT
 from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
 
@@ -310,7 +311,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         elif p.epilogue == "levels":
             table("dir", "int8_t", p.direction)
             table("lthr", "int64_t", p.levels)
-            L.update(base=ep.base, step=ep.step, levels=p.levels.shape[0], level_kernel=p.level_kernel)
+            L.update(base=ep.base, step=ep.step, levels=ep.threshold.shape[1], level_kernel=p.level_kernel)
+            _level_guess_table(p, table, L)
         elif p.epilogue == "requant":
             _requant_tables(ep, p.o, table, L)
         else:
@@ -326,8 +328,9 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         elif p.epilogue == "levels":
             table("dir", "int8_t", p.direction)
             table("lthr", "int64_t", p.levels)
-            L.update(base=op.epilogue.base, step=op.epilogue.step, levels=p.levels.shape[0],
+            L.update(base=op.epilogue.base, step=op.epilogue.step, levels=op.epilogue.threshold.shape[1],
                      level_kernel=p.level_kernel)
+            _level_guess_table(p, table, L)
         else:
             _requant_tables(op.epilogue, c, table, L)
     elif isinstance(op, ir.Add):
@@ -344,6 +347,14 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     else:  # pragma: no cover - ir.family_ops lists only the kinds above
         raise BnncError(f"the C backend has no template for {type(op).__name__}")
     return L
+
+
+def _level_guess_table(p, table, L: dict) -> None:
+    """The "guess" level kernel's rows a, b, M, K (passes/pack_families._level_guess)."""
+    L.update(guess="NULL", guess_shift=0)
+    if p.level_guess is not None:
+        table("lguess", "int64_t", p.level_guess)
+        L.update(guess=f"{L['name']}_lguess", guess_shift=GUESS_SHIFT)
 
 
 def _requant_tables(ep, o: int, table, L: dict) -> None:

@@ -42,6 +42,7 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
+from .fold_batchnorm_into_thresholds import _epilogue_range
 from .pack_bits import classes, pack_bit_rows, words
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
@@ -88,8 +89,9 @@ class PackedFamilyConv:
     planes: int = 1
     cw_out: int = 0
     direction: Optional[np.ndarray] = None  # levels: int8 (O + 8,)
-    levels: Optional[np.ndarray] = None  # levels: int64 (B, O), level-major
-    level_kernel: str = ""  # levels: "count" | "search" (bnnc_level_count / bnnc_level_search)
+    levels: Optional[np.ndarray] = None  # levels: int64 (B, O), level-major ((B + 2, O) for "guess")
+    level_kernel: str = ""  # levels: "count" | "search" | "guess" (see _level_tables)
+    level_guess: Optional[np.ndarray] = None  # "guess": int64 (4, O): a, b, M, K
     sums_offset: int = 0  # scratch: acc (int64 o_blk), int32 sums (o_blk per plane), then the window
     window_offset: int = 0
     scratch_bytes: int = 0
@@ -103,8 +105,9 @@ class PackedActivation:
     neg: Optional[np.ndarray] = None
     cw_out: int = 0
     direction: Optional[np.ndarray] = None
-    levels: Optional[np.ndarray] = None  # levels: int64 (B, C), level-major
+    levels: Optional[np.ndarray] = None  # levels: int64 (B, C), level-major ((B + 2, C) for "guess")
     level_kernel: str = ""
+    level_guess: Optional[np.ndarray] = None
 
 
 def _align64(n: int) -> int:
@@ -125,22 +128,58 @@ def _threshold_tables(th: ir.Thresholds):
     return thr, np.concatenate([neg.ravel(), np.zeros(8, np.uint8)])
 
 
-SEARCH_LEVELS = 8  # above this many levels per channel, a binary search beats counting them all
+SEARCH_LEVELS = 8  # above this many levels per channel, a search beats counting them all
+GUESS_SHIFT = 16  # fixed-point bits of the "guess" kernel's affine map
 
 
-def _level_tables(ep: ir.LevelThresholds, name: str):
-    """direction (8 unused zero flags at the end, as neg), the thresholds level-major (B, O) and
-    the kernel: "count" counts the levels passed, #{b : d * acc >= thr[b]} (the reference's
-    definition, for any thresholds); "search" finds the first level not passed by binary search,
-    the same number when every row is non-decreasing (checked here)."""
+def _level_guess(t: np.ndarray, xlo: int, xhi: int):
+    """(a, b, M, K) of the "guess" kernel for one channel's non-decreasing thresholds t and the
+    reachable x = direction * acc in [xlo, xhi], or None. With x' = clamp(x, a, b) (the count
+    #{t <= x} is constant outside [a, b]: a and b enclose the thresholds inside the range) and
+        g = clamp(floor(((x' - a) * M + K) / 2**GUESS_SHIFT), 0, B),
+    |g - count(x')| <= 1 for every x' in [a, b], so count = g - 1 + [x' >= t[g-1]] + [x' >= t[g]]
+    (t[-1] = -inf, t[B] = +inf). Checked, not assumed: on an interval where the count is constant
+    g - count is smallest at its first and largest at its last point (M >= 0), and those points
+    are a, b, every threshold inside and every threshold - 1 inside."""
+    inner = t[(t > xlo) & (t <= xhi)]
+    a, b = (max(xlo, int(inner[0]) - 1), min(xhi, int(inner[-1]))) if inner.size else (xlo, xlo)
+    one = 1 << GUESS_SHIFT
+    c_a, c_b = np.searchsorted(t, [a, b], side="right")
+    m = int(round(one * int(c_b - c_a) / max(b - a, 1)))
+    if b - a >= 2**32 or m >= 2**32 or (b - a) * m >= 2**60:
+        return None
+    pts = np.unique(np.clip(np.concatenate([t, t - 1, [a, b]]), a, b)).astype(np.int64)
+    count = np.searchsorted(t, pts, side="right").astype(np.int64)
+    v = (pts - a) * m
+    k_lo, k_hi = int(np.max((count - 1) * one - v)), int(np.min((count + 2) * one - v - 1))
+    if k_lo > k_hi:
+        return None
+    return a, b, m, (k_lo + k_hi) // 2
+
+
+def _level_tables(ep: ir.LevelThresholds, name: str, acc_lo: np.ndarray, acc_hi: np.ndarray):
+    """direction (8 unused zero flags at the end, as neg), the thresholds level-major (B, O), the
+    kernel and its guess table. "count" counts the levels passed, #{b : d * acc >= thr[b]} (the
+    reference's definition, for any thresholds); when every row is non-decreasing (checked here)
+    and there are many levels, "guess" (see _level_guess; its table has rows a, b, M, K and the
+    thresholds get a first row a, never above x', and a last row b + 1, always above) or else
+    "search" (a binary
+    search for the first level not passed) give the same number."""
     if ep.planes != 1:
         raise BnncError(f"layer '{name}': multi-level outputs of several activation planes are not supported "
                         "by the C target")
     thr = ep.threshold.astype(np.int64)
-    monotone = bool(np.all(np.diff(thr, axis=1) >= 0))
-    kernel = "search" if monotone and thr.shape[1] > SEARCH_LEVELS else "count"
     direction = np.concatenate([ep.direction.astype(np.int8).ravel(), np.zeros(8, np.int8)])
-    return direction, np.ascontiguousarray(thr.T), kernel
+    if not (np.all(np.diff(thr, axis=1) >= 0) and thr.shape[1] > SEARCH_LEVELS):
+        return direction, np.ascontiguousarray(thr.T), "count", None
+    d = ep.direction.astype(np.int64)
+    xlo, xhi = np.where(d > 0, acc_lo, -acc_hi), np.where(d > 0, acc_hi, -acc_lo)
+    guesses = [_level_guess(thr[o], int(xlo[o]), int(xhi[o])) for o in range(thr.shape[0])]
+    if any(g is None for g in guesses):
+        return direction, np.ascontiguousarray(thr.T), "search", None
+    guess = np.array(guesses, np.int64).T.copy()
+    padded = np.concatenate([guess[:1], thr.T, guess[1:2] + 1])
+    return direction, padded, "guess", guess
 
 
 def _blocked(rows: np.ndarray, o_blk: int, block: int) -> np.ndarray:
@@ -199,7 +238,7 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
         p.weights = [wt]
 
 
-def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
+def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> PackedFamilyConv:
     o, kh, kw, c = op.w.shape
     ih, iw = src.shape[:2]
     oh, ow = ir.out_shape((ih, iw), op.kernel, op.stride, op.pads)
@@ -254,7 +293,7 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
         p.cw_out = words(o * ep.planes, word_bits)
     elif isinstance(ep, ir.LevelThresholds):
         p.epilogue = "levels"
-        p.direction, p.levels, p.level_kernel = _level_tables(ep, op.source_ops[0])
+        p.direction, p.levels, p.level_kernel, p.level_guess = _level_tables(ep, op.source_ops[0], *acc_range)
     elif isinstance(ep, ir.Requantize):
         p.epilogue = "requant"
     else:
@@ -262,15 +301,16 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int) -> PackedFamilyConv:
     return p
 
 
-def pack_activation(op: ir.Activation, src, word_bits: int) -> PackedActivation:
+def pack_activation(op: ir.Activation, src, word_bits: int, acc_range=None) -> PackedActivation:
     c = src.shape[2]
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
         thr, neg = _threshold_tables(ep)
         return PackedActivation("bits", c, thr, neg, words(c, word_bits))
     if isinstance(ep, ir.LevelThresholds):
-        direction, levels, kernel = _level_tables(ep, op.name)
-        return PackedActivation("levels", c, direction=direction, levels=levels, level_kernel=kernel)
+        direction, levels, kernel, guess = _level_tables(ep, op.name, *acc_range)
+        return PackedActivation("levels", c, direction=direction, levels=levels, level_kernel=kernel,
+                                level_guess=guess)
     if isinstance(ep, ir.Requantize):
         return PackedActivation("requant", c)
     raise BnncError(f"activation '{op.name}' has an unfolded epilogue")
@@ -279,8 +319,9 @@ def pack_activation(op: ir.Activation, src, word_bits: int) -> PackedActivation:
 def pack_family(op, graph: ir.Graph, word_bits: int):
     """The `packed` tables of one family op (None for ops that need none)."""
     src = graph.tensors.get(op.inputs[0])
+    acc_range = _epilogue_range(graph, op) if isinstance(getattr(op, "epilogue", None), ir.LevelThresholds) else None
     if isinstance(op, ir.Conv):
-        return pack_family_conv(op, src, word_bits)
+        return pack_family_conv(op, src, word_bits, acc_range)
     if isinstance(op, ir.Activation):
-        return pack_activation(op, src, word_bits)
+        return pack_activation(op, src, word_bits, acc_range)
     return None
