@@ -203,16 +203,24 @@ class _Builder:
         """Input elements per beat: 1 when one per cycle keeps up with the MVTUs, else the fewest lanes
         that do (at most 64) among those that keep a beat inside one pixel (bit outputs: the pixel
         assembles its bits) or one image row (integer outputs, which take several lanes only into a
-        window generator)."""
+        window generator; its steps are the beats it reads plus the chunks it writes, so the reads
+        get what the writes leave of the budget)."""
         oty = self.g.tensors[iq.outputs[0]]
         n = int(np.prod(iq.in_shape))
         h, w, c = oty.shape
         bits = isinstance(oty, ir.Bits)
-        if n <= self.target_ii or not (bits or isinstance(self.g.consumers(iq.outputs[0])[0], ir.Conv)):
+        consumer = self.g.consumers(iq.outputs[0])[0]
+        if not (bits or isinstance(consumer, ir.Conv)):
+            return 1
+        budget = self.target_ii
+        if not bits:
+            out_h, out_w = self.g.tensors[consumer.outputs[0]].shape[:2]
+            budget -= out_h * out_w * consumer.folded.sf
+        if n <= budget:
             return 1
         unit = c if bits else w * c
         divisors = [d for d in range(1, min(unit, 64) + 1) if unit % d == 0]
-        fast = [d for d in divisors if -(-n // d) <= self.target_ii]
+        fast = [d for d in divisors if -(-n // d) <= budget]
         return fast[0] if fast else divisors[-1]
 
     def _typedef_name(self, t: str) -> str:
