@@ -133,6 +133,23 @@ BNNC_INLINE void bnnc_sparse_int_mac32(const int32_t *win, int ktaps, int cin, c
 /* floor(v / 2**s) for any sign, with shifts of non-negative values only (s < 63). */
 BNNC_INLINE int64_t bnnc_shr_floor(int64_t v, int s) { return v >= 0 ? (v >> s) : ~((~v) >> s); }
 
+/* Integer outputs of `bytes` bytes each (the C types of bnnc's Ints storage): out[o] = v, a value
+ * the type holds, stored as its low bytes (an int8_t and a uint8_t array alike). */
+BNNC_INLINE void bnnc_store_int(void *out, int bytes, int o, int64_t v) {
+  if (bytes == 1) ((uint8_t *)out)[o] = (uint8_t)v;
+  else if (bytes == 2) ((uint16_t *)out)[o] = (uint16_t)v;
+  else ((uint32_t *)out)[o] = (uint32_t)v;
+}
+
+#ifdef BNNC_AVX512
+/* the same for the lanes k of v, out[o ..] */
+BNNC_INLINE void bnnc_store8_int(void *out, int bytes, int o, __mmask8 k, __m512i v) {
+  if (bytes == 1) _mm512_mask_cvtepi64_storeu_epi8((uint8_t *)out + o, k, v);
+  else if (bytes == 2) _mm512_mask_cvtepi64_storeu_epi16((uint16_t *)out + o, k, v);
+  else _mm512_mask_cvtepi64_storeu_epi32((uint32_t *)out + o, k, v);
+}
+#endif
+
 /* Fixed-point requantization (ir.Requantize): clamp(floor((clamp(acc) * mult + add) / 2**s), lo, hi). */
 BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int s, int64_t acc_lo,
                                     int64_t acc_hi, int32_t lo, int32_t hi) {
@@ -142,12 +159,12 @@ BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int 
   return v < lo ? lo : (v > hi ? hi : (int32_t)v);
 }
 
-/* q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi) for o < n; with
- * AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for any sign), reading
- * acc and writing q up to n rounded up to 8. */
+/* out[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi) for o < n, as
+ * bnnc_store_int; with AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for
+ * any sign), reading acc up to n rounded up to 8. */
 BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, const int64_t *add, int s,
                                      const int64_t *acc_lo, const int64_t *acc_hi, int32_t lo, int32_t hi,
-                                     int n, int32_t *q) {
+                                     int n, void *out, int bytes) {
   int o = 0;
 #if defined(BNNC_AVX512) && defined(__AVX512DQ__)
   const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
@@ -159,10 +176,10 @@ BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, co
     __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_maskz_loadu_epi64(k, mult + o)),
                                  _mm512_maskz_loadu_epi64(k, add + o));
     v = _mm512_min_epi64(_mm512_max_epi64(_mm512_srai_epi64(v, (unsigned)s), vlo), vhi);
-    _mm256_storeu_si256((__m256i *)(q + o), _mm512_cvtepi64_epi32(v)); /* whole: loads of it forward */
+    bnnc_store8_int(out, bytes, o, k, v);
   }
 #endif
-  for (; o < n; o++) q[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi);
+  for (; o < n; o++) bnnc_store_int(out, bytes, o, bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi));
 }
 
 /* Bit l of the result = (x[l] > thr[l]) XOR neg[l] for l < k <= 8 (x and neg are read 8 at a time:
@@ -269,15 +286,15 @@ BNNC_INLINE void bnnc_level_search8(const __m512i *x, const __m512i *ch, const _
 #define BNNC_LEVELS_SEARCH 1 /* bnnc_level_search */
 #define BNNC_LEVELS_GUESS 2  /* bnnc_level_guess (guess, shift) */
 
-/* q[o] = base + step * (the level count of acc[o]) for o < n, where value o belongs to channel
+/* out[o] = base + step * (the level count of acc[o]) for o < n (bnnc_store_int), where value o belongs to channel
  * (ch0 + o) % period (thresholds thr[b * stride + channel], direction dir[channel]; the channels
  * of each group of 8 values are consecutive: period and ch0 multiples of 8, or ch0 + n <= period),
  * counted as `kind` says (a constant once inlined). With AVX-512 eight values at a time (the
- * search and the guess gather thresholds, for up to 32 values at once), reading acc and writing
- * q up to n rounded up to 8; dir is padded with 8 flags (a last group of channels reads 8). */
+ * search and the guess gather thresholds, for up to 32 values at once), reading acc up to n
+ * rounded up to 8; dir is padded with 8 flags (a last group of channels reads 8). */
 BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const int64_t *thr, int stride, int ch0,
                                  int period, int n, int levels, int kind, const int64_t *guess, int shift,
-                                 int32_t base, int32_t step, int32_t *q) {
+                                 int32_t base, int32_t step, void *out, int bytes) {
   int o = 0;
 #ifdef BNNC_AVX512
   const __m512i zero = _mm512_setzero_si512(), lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
@@ -319,16 +336,14 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
                                      c[0], _mm512_set1_epi64(1));
     }
     for (int g = 0; g < chunks; g++, o += 8)
-      _mm256_storeu_si256((__m256i *)(q + o), _mm256_add_epi32(_mm256_set1_epi32(base),
-                                                               _mm256_mullo_epi32(_mm512_cvtepi64_epi32(c[g]),
-                                                                                  _mm256_set1_epi32(step))));
+      bnnc_store8_int(out, bytes, o, k[g], _mm512_add_epi64(_mm512_set1_epi64(base), _mm512_mul_epi32(c[g], _mm512_set1_epi64(step))));
   }
 #endif
   for (; o < n; o++) {
     const int ch = (ch0 + o) % period;
-    q[o] = base + step * (kind == BNNC_LEVELS_GUESS    ? bnnc_level_guess(acc[o], dir[ch], thr + ch, stride, levels, guess + ch, shift)
+    bnnc_store_int(out, bytes, o, base + step * (kind == BNNC_LEVELS_GUESS    ? bnnc_level_guess(acc[o], dir[ch], thr + ch, stride, levels, guess + ch, shift)
                           : kind == BNNC_LEVELS_SEARCH ? bnnc_level_search(acc[o], dir[ch], thr + ch, stride, levels)
-                                                       : bnnc_level_count(acc[o], dir[ch], thr + ch, stride, levels));
+                                                       : bnnc_level_count(acc[o], dir[ch], thr + ch, stride, levels)));
   }
 }
 
