@@ -374,3 +374,84 @@ def test_family_firmware_equals_reference(name):
         y, stats = targets.run(graph, core, inputs.grid, TargetOptions())
         assert np.array_equal(y.reshape(ref.shape), ref), f"{name} on {core}"
         assert stats["instructions"] > 0
+
+
+# ----------------------------------------------------------------------------------- kernel paths
+
+NATIVE = ("-std=c99", "-O3", "-march=native", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
+PORTABLE = NATIVE + ("-DBNNC_PORTABLE",)
+
+# Between them, every path of runtime/bnnc_families.h and templates/c/families/layer.j2: AND planes
+# (TTQ), masked XNOR planes and 2-bit level counts (ternary-qonnx), an AND plane plus the window's
+# popcount (DABN), integer layers on 2-bit inputs (abc-fused), multi-base planes with several
+# activation planes (PaBT), int8 requantization and XNOR planes on odd widths (hbn), expander lists
+# (xnet), activations of 8k and of other channel counts with 255-level guesses (bireal).
+KERNEL_CASES = [("ternary-ttq", 3, {}), ("ternary-qonnx", 4, {}), ("dabn", 5, {}), ("abc-fused", 6, {}),
+                ("pabt", 7, {}), ("hbn", 8, {"widths": (12, 20, 13)}), ("xnet", 9, {"widths": (12, 20, 20)}),
+                ("bireal", 10, {"widths": (12, 20)}), ("bireal", 11, {})]
+
+
+def check_builds(graph, inputs, builds=((64, NATIVE), (64, PORTABLE), (32, NATIVE))):
+    ref = reference.run(graph, inputs.grid).reshape(-1)
+    odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
+    for wb, flags in builds:
+        exe = c_build.build(c_backend.render(driver.backend_graph(graph, wb), "bnnc"), flags)
+        y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
+        assert np.array_equal(y.reshape(-1), ref), f"{wb}-bit words, {' '.join(flags)}: C differs from the reference"
+
+
+@pytest.mark.parametrize("name,seed,kw", KERNEL_CASES)
+def test_family_kernel_paths_equal_the_reference(name, seed, kw):
+    """Native (-march=native: AVX-512 VPOPCNTQ, VNNI and DQ kernels where the host has them),
+    portable (-DBNNC_PORTABLE) and 32-bit-word builds of the same model give the reference's numbers."""
+    _, graph, inputs = build(name, seed, **kw)
+    check_builds(graph, inputs)
+
+
+def test_integer_sums_beyond_int32_take_the_64_bit_kernels():
+    """Integer layers whose sums may leave int32 (dense and expander lists) run in 64 bits."""
+    for name, kw in (("hbn", {}), ("xnet", {"degree": 2})):
+        _, graph, inputs = build(name, 12, **kw)
+        op = next(o for o in convs(graph) if isinstance(graph.tensors[o.inputs[0]], ir.Ints))
+        op.int_w = ir.int_weights(op) * 2**20  # the same IR for the reference and the C target
+        packed = driver.backend_graph(graph).op(op.name).packed
+        assert not packed.acc32 and packed.w_vnni is None
+        check_builds(graph, inputs, ((64, NATIVE), (64, PORTABLE)))
+
+
+def _guess_count(t, xlo, xhi, guess):
+    """bnnc_level_guess (runtime/bnnc_families.h) in numpy, for every x in [xlo, xhi]."""
+    from bnnc.passes.pack_families import GUESS_SHIFT
+
+    a, b, m, k = guess
+    x = np.clip(np.arange(xlo, xhi + 1, dtype=np.int64), a, b)
+    g = np.clip(((x - a) * m + k) >> GUESS_SHIFT, 0, t.size)
+    padded = np.concatenate([[a], t, [b + 1]])
+    return g - 1 + (x >= padded[g]) + (x >= padded[g + 1])
+
+
+def test_level_guess_is_exact_or_refused():
+    """The "guess" level kernel equals the threshold count at every reachable value whenever the
+    pass offers it (random non-decreasing thresholds, saturated ends, repeated levels, rounding
+    half to even), and the pass refuses maps that are not within one level."""
+    from bnnc.passes.pack_families import _level_guess
+
+    rng = np.random.default_rng(0)
+    offered = [0, 0, 0]  # per kind of thresholds, of 100 each
+    for trial in range(300):
+        levels = int(rng.integers(9, 256))
+        step = float(rng.uniform(0.3, 40))
+        kind = trial % 3
+        if kind == 0:  # an int8 quantizer: thresholds (b + 0.5) * step rounded half to even
+            t = np.rint((np.arange(levels) + 0.5 - levels / 2) * step).astype(np.int64)
+        elif kind == 1:  # irregular steps
+            t = np.cumsum(rng.integers(0, int(2 * step) + 2, levels)).astype(np.int64) - int(levels * step / 2)
+        else:  # saturated at both ends of the range
+            t = np.sort(rng.integers(-int(levels * step), int(levels * step) + 1, levels)).astype(np.int64)
+        xlo, xhi = sorted(int(v) for v in rng.integers(-int(levels * step) - 50, int(levels * step) + 50, 2))
+        guess = _level_guess(t, xlo, xhi)
+        want = np.searchsorted(t, np.arange(xlo, xhi + 1), side="right")
+        if guess is not None:
+            offered[kind] += 1
+            assert np.array_equal(_guess_count(t, xlo, xhi, guess), want), trial
+    assert offered[0] >= 90 and sum(offered) < 200  # quantizers are offered, most irregular steps refused
