@@ -150,7 +150,7 @@ def test_unreachable_target_cycles_exits_2(small_model, tmp_path, capsys):
     assert "cannot be met" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name,message", [("ternary-ec2t", "Requantize epilogue"), ("hbn", "Requantize epilogue"),
+@pytest.mark.parametrize("name,message", [("resnet18-stq", "branches are not supported"),
                                           ("bireal", "branches are not supported")])
 def test_layers_the_rtl_cannot_hold_exit_2(tmp_path, capsys, name, message):
     path = tmp_path / f"{name}.onnx"

@@ -1,6 +1,7 @@
-"""Issue 5 on the verilog target: ternary, two-scale, multi-base, expander and multi-bit layers
-run on the MVTU's popcount planes, bit-exact with the reference on zoo models of every family
-that is a plain chain of layers, under several foldings, lint-clean with -Wall."""
+"""Issue 5 on the verilog target: ternary, two-scale, multi-base, expander, integer and multi-bit
+layers run on the MVTU's popcount planes (fixed-point requantization and activations of integer
+streams too), bit-exact with the reference on zoo models of every family that is a plain chain of
+layers, under several foldings, lint-clean with -Wall."""
 
 import numpy as np
 import onnx
@@ -14,9 +15,9 @@ from bnnc.targets import TargetOptions
 
 from .conftest import sweep_scale
 
-# the zoo families the dataflow pipeline holds (the residual ones need branches; EC2T / HBN
-# fixed-point Requantize layers)
-CHAIN_FAMILIES = ("ternary-ttq", "ternary-qonnx", "xnet", "dabn", "w1a2", "abc-fused", "abc-explicit", "pabt")
+# the zoo families the dataflow pipeline holds (the residual ones, bireal and resnet18-stq, need branches)
+CHAIN_FAMILIES = ("ternary-ttq", "ternary-qonnx", "ternary-ec2t", "xnet", "dabn", "w1a2", "abc-fused", "abc-explicit",
+                  "pabt", "hbn")
 SEEDS = (0, 1) if sweep_scale() <= 1 else tuple(range(int(2 * sweep_scale())))
 INPUTS = 20
 
@@ -25,7 +26,7 @@ def _folding(graph, kind: str, seed: int):
     if kind == "default":
         return None
     rng = np.random.default_rng(seed)
-    layers = folding.foldable_layers(graph)
+    layers = folding.foldable_layers(verilog.activations_as_convs(graph))  # activations are 1x1 units
     if kind == "serial":
         return {"layers": [{"pe": 1, "simd": 1} for _ in layers]}
     # random PE / SIMD that need not divide MH / MW
@@ -59,6 +60,9 @@ def test_each_code_uses_its_planes():
         assert kinds <= {s["planes"] for s in stages if s["kind"] == "conv"}, name
     stages = verilog.build_design(compile_graph(zoo.build("pabt", 0)), TargetOptions()).context["stages"]
     assert any(s["kind"] == "conv" and s["npl"] == 3 for s in stages)
+    stages = verilog.build_design(compile_graph(zoo.build("hbn", 0)), TargetOptions()).context["stages"]
+    assert sum(s["kind"] == "conv" and s["rq"] == 1 for s in stages) == 2
+    assert any(s["kind"] == "conv" and s["planes"] == "and" and s["name"] == "L06_act" for s in stages)
 
 
 @pytest.mark.parametrize("name", ["ternary-ttq", "pabt"])

@@ -51,7 +51,7 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
                     s[j, ..., nf * f.pe + p] += part
     s = s[..., : f.mh]
     assert -(1 << (f.s_bits - 1)) <= s.min() and s.max() < (1 << (f.s_bits - 1))
-    ew, k = f.entry_bits, max(f.nt, 1)
+    ew, k = f.entry_bits, f.values
     gw = f.planes * f.gain_bits if f.gains_in_table else 0
     out = np.zeros((n, oh, ow, f.mh * f.act_planes), np.int64)
     for oy in range(oh):
@@ -75,10 +75,13 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
                 elif f.mode == "levels":
                     count = sum((sv > v).astype(np.int64) ^ flags[0] for v in values)
                     out[:, oy, ox, o] = f.level_base + f.level_step * count
-                elif f.gains_in_table:
-                    out[:, oy, ox, o] = values[0] + sv
                 else:
-                    out[:, oy, ox, o] = values[0] + (f.gain * sv if flags[0] else 0)
+                    acc = values[0] + (sv if f.gains_in_table else (f.gain * sv if flags[0] else 0))
+                    if f.mode == "requant":
+                        assert np.abs(acc * values[1]).max() + abs(values[2]) < 1 << (f.rq_bits - 1)
+                        acc = np.clip(acc, values[3], values[4])
+                        acc = np.clip((acc * values[1] + values[2]) >> f.rq_shift, f.rq_lo, f.rq_hi)
+                    out[:, oy, ox, o] = acc
     return out
 
 
@@ -91,7 +94,8 @@ def _foldings(graph, kind: str, rng):
     return [folding.LayerFolding(L, int(rng.integers(1, L.mh + 1)), int(rng.integers(1, L.mw + 1))) for L in layers]
 
 
-VERILOG_FAMILIES = ("w1a2", "ternary-ttq", "ternary-qonnx", "xnet", "dabn", "abc-fused", "abc-explicit", "pabt")
+VERILOG_FAMILIES = ("w1a2", "ternary-ttq", "ternary-qonnx", "xnet", "dabn", "abc-fused", "abc-explicit", "pabt",
+                    "ternary-ec2t", "hbn")
 
 
 def _case(seed):
@@ -120,7 +124,7 @@ def test_folded_tables_reproduce_the_reference(seed):
             got = emulate(op.folded, op, a)
             if op.folded.mode == "thresholds":
                 assert np.array_equal(got, (env[op.outputs[0]] < 0).astype(np.int64)), f"{op.name} ({kind})"
-            elif op.folded.mode == "levels":
+            elif op.folded.mode in ("levels", "requant"):
                 assert np.array_equal(got, env[op.outputs[0]]), f"{op.name} ({kind})"
             else:
                 acc = reference.conv_accumulator(op, a.astype(np.int64))

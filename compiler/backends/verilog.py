@@ -10,8 +10,10 @@ executor's own functions:
 - the last layer's float32 epilogue (`Chain`): the unit outputs that layer's integer
   accumulators, and the host applies the chain exactly as the reference does; then `ArgMax`.
 Every weight code (binary, ternary, two-scale, multi-base, integer; expander kernels) runs on the
-unit's popcount planes (compiler/weight_planes.py). A network with a float32 epilogue anywhere
-else, a branch, or a fixed-point (Requantize) layer is refused.
+unit's popcount planes (compiler/weight_planes.py), with bit, multi-level, activation-plane or
+fixed-point (Requantize) outputs; an Activation of an integer stream becomes a 1x1 unit with
+identity weights (`activations_as_convs`). A network with a float32 epilogue anywhere else or a
+branch (residual shortcuts) is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
 this module only plans the stages, formats parameters and memory images, renders
@@ -66,16 +68,40 @@ class Plan:
 
 def _check_conv(op: ir.Conv) -> None:
     """Refuse what the MVTU does not implement: every weight code runs as popcount planes; the
-    epilogue must be bit or multi-level thresholds (several activation planes only for bits),
-    or the last layer's float32 chain."""
+    epilogue must be bit or multi-level thresholds (several activation planes only for bits), a
+    fixed-point requantization, or the last layer's float32 chain."""
     ep = op.epilogue
     planes = getattr(ep, "planes", 1)
-    if isinstance(ep, ir.Thresholds) or isinstance(ep, ir.LevelThresholds) and planes == 1 \
-            or isinstance(ep, ir.Chain):
+    if isinstance(ep, (ir.Thresholds, ir.Requantize, ir.Chain)) or isinstance(ep, ir.LevelThresholds) and planes == 1:
         return
     what = f"{type(ep).__name__} epilogue" + (f" with {planes} activation planes" if planes != 1 else "")
     raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement its {what} "
-                    "(it holds bit and multi-level threshold outputs, and a float32 epilogue on the last layer)")
+                    "(it holds bit, multi-level threshold and fixed-point outputs, and a float32 epilogue on the last "
+                    "layer)")
+
+
+def activations_as_convs(graph: ir.Graph) -> ir.Graph:
+    """Each `Activation` (an epilogue applied elementwise to an integer tensor) as the 1x1 Conv
+    with identity integer weights and the same epilogue: acc[c] = x[c] exactly, so the MVTU's
+    threshold and requantization tables apply unchanged (one AND plane whose mask is the
+    identity)."""
+    if not any(isinstance(op, ir.Activation) for op in graph.ops()):
+        return graph
+    out = graph.copy()
+    for op in out.ops():
+        if not isinstance(op, ir.Activation):
+            continue
+        src = out.tensors[op.inputs[0]]
+        if not isinstance(src, ir.Ints):
+            raise BnncError(f"'{op.name}': an activation of a {type(src).__name__} tensor is not supported by the "
+                            "verilog target")
+        c = src.shape[2]
+        eye = np.eye(c, dtype=np.int64).reshape(c, 1, 1, c)
+        conv = ir.Conv(op.name, list(op.inputs), list(op.outputs), (1, 1), (1, 1), (0, 0, 0, 0), eye.astype(np.int8),
+                       np.ones(c), np.ones(c), op.epilogue, source_ops=[op.name], code="int", int_w=eye,
+                       unit=np.ones(c))
+        out.replace(conv)
+    return out
 
 
 def plan(graph: ir.Graph) -> Plan:
@@ -197,18 +223,19 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
          "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": f.mh, "mw": f.mw,
          "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf,
          "ib": f.in_bits, "sb": f.s_bits, "nt": f.nt, "lb": f.level_base, "ls": f.level_step, "tb": f.table_bits,
-         "ab": f.acc_bits if f.mode == "acc" else 1, "gain": f.gain, "ncls": f.ncls, "nx": f.nx,
+         "ab": f.acc_bits if f.mode in ("acc", "requant") else 1, "gain": f.gain, "ncls": f.ncls, "nx": f.nx,
          "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.mode,
          "np": f.planes, "pb": _bits_literal([k in ("xnor", "masked_xnor") for k in f.plane_kinds], 1),
          "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.plane_kinds], 1), "na": len(f.arrays),
          "gm": int(f.gains_in_table), "gb": f.gain_bits, "vb": f.v_bits, "npl": f.act_planes,
-         "planes": ", ".join(f.plane_kinds)}
+         "planes": ", ".join(f.plane_kinds), "rq": int(f.mode == "requant"), "shift": f.rq_shift, "qlo": f.rq_lo,
+         "qhi": f.rq_hi, "pw": f.rq_bits}
     if swg:
         s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
                  ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
-    s["ob"] = element_bits(dst) if f.mode == "levels" else 1 if f.mode == "thresholds" else f.acc_bits
+    s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
     s["out_width"] = f.mh * f.act_planes * s["ob"]
     pixels = oh * ow
     s["mvtu_cycles"] = f.nf * f.sf * pixels
@@ -291,6 +318,7 @@ def choose_foldings(graph: ir.Graph, pl: Plan, opts) -> list:
 
 def build_design(graph: ir.Graph, opts) -> Design:
     prefix = sanitize_identifier(opts.name)
+    graph = activations_as_convs(graph)
     pl = plan(graph)
     foldings = choose_foldings(graph, pl, opts)
     g = layout_folded_layers(graph, foldings)

@@ -131,7 +131,7 @@ def _mvtu_jobs(design, s: dict) -> list:
     """(label, sources, top, params, mems) for the MVTU of conv stage s: PE rows as is when
     PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation)."""
     nfl = s["nt"] if s["npl"] > 1 else 1
-    ew = max(s["nt"], 1) * s["tb"] + s["gm"] * s["np"] * s["gb"] + nfl
+    ew = (5 if s["rq"] else max(s["nt"], 1)) * s["tb"] + s["gm"] * s["np"] * s["gb"] + nfl
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
     base = {k.upper(): s[k] for k in ("mw", "simd", "ib", "sb", "nt", "tb", "ab", "gain", "ncls", "nx",
@@ -139,6 +139,8 @@ def _mvtu_jobs(design, s: dict) -> list:
     base.update(YCLS=s["ycls"], XCLS=s["xcls"], WFILE="w.mem", TFILE="t.mem")
     if s["mode"] == "levels":
         base.update(LB=s["lb"], LS=s["ls"], OB=s["ob"])
+    elif s["mode"] == "requant":
+        base.update(RQ=1, SHIFT=s["shift"], QLO=s["qlo"], QHI=s["qhi"], PW=s["pw"], OB=s["ob"])
     if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
         base.update(NP=s["np"], PB=s["pb"], PM=s["pm"], GM=s["gm"], GB=s["gb"], VB=s["vb"], NPL=s["npl"])
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]

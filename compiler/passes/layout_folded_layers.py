@@ -31,6 +31,10 @@ entries (value, flag), with s = s_0 and G = G_0[o]:
   (s > thr_b) XOR flag).
 - a `Chain` (the last layer's float32 epilogue, applied by the host): the unit outputs acc itself,
   entry value A, flag = (G != 0); acc = A + (flag ? GAIN * s : 0) (every live row has G = GAIN).
+- `Requantize` (fixed-point outputs): entry values A, mult[o], add[o], acc_lo[o], acc_hi[o]; the
+  unit outputs clamp((clamp(acc, acc_lo, acc_hi) * mult + add) >> shift, lo, hi) in
+  `rq_bits`-bit arithmetic (acc_lo / acc_hi within the reachable range: where the IR has no clamp,
+  the range itself).
 Several planes, or an accumulator output whose rows have different gains ("v-space"): the table
 entry also holds the row's gains, the unit computes v = sum_j G_j[o] * s_j and uses the same
 forms with v for s, G = 1 (so u = d): thr = T - A - 1 (d = +1) or -A - T (d = -1), and the
@@ -67,6 +71,7 @@ class FoldedConv:
     s_bits: int  # signed width holding every plane's popcount / sum
     gain: int  # GAIN of the single-plane accumulator output (0 when unused)
     mode: str  # "thresholds" (one output bit per row and plane) | "levels" (multi-bit) | "acc" (the accumulator)
+    #            | "requant" (ir.Requantize of the accumulator: table values A, mult, add, acc_lo, acc_hi)
     nt: int  # thresholds per row: 1, the levels of LevelThresholds, the activation planes; 0 for "acc"
     level_base: int  # "levels": out = level_base + level_step * count
     level_step: int
@@ -90,6 +95,10 @@ class FoldedConv:
     act_planes: int = 1  # activation planes: output channel p * MH + o is row o's threshold p
     flags: int = 1  # flags per table entry: 1, or nt for activation planes
     weight_bits: np.ndarray = None  # bool (NF*SF, arrays, PE, SIMD): the bits of weight_words
+    rq_shift: int = 0  # "requant": out = clamp((clamp(acc) * mult + add) >> rq_shift, rq_lo, rq_hi)
+    rq_lo: int = 0
+    rq_hi: int = 0
+    rq_bits: int = 1  # signed width holding acc * mult + add
 
     @property
     def ncls(self) -> int:
@@ -112,10 +121,15 @@ class FoldedConv:
         return out
 
     @property
+    def values(self) -> int:
+        """Table values per row: the thresholds, A, or A, mult, add, acc_lo, acc_hi ("requant")."""
+        return 5 if self.mode == "requant" else max(self.nt, 1)
+
+    @property
     def entry_bits(self) -> int:
-        """Bits of one row's table entry: max(nt, 1) values of table_bits, the gains (v-space),
-        then the flags."""
-        return max(self.nt, 1) * self.table_bits + (self.planes * self.gain_bits if self.gains_in_table else 0) \
+        """Bits of one row's table entry: `values` values of table_bits, the gains (v-space), then
+        the flags."""
+        return self.values * self.table_bits + (self.planes * self.gain_bits if self.gains_in_table else 0) \
             + self.flags
 
 
@@ -163,7 +177,7 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
 
     ep = op.epilogue
     is_acc = not isinstance(ep, (ir.Thresholds, ir.LevelThresholds))
-    if is_acc and not isinstance(ep, ir.Chain):
+    if is_acc and not isinstance(ep, (ir.Chain, ir.Requantize)):
         raise BnncError(f"layer '{op.name}': the verilog target does not implement a {type(ep).__name__} epilogue")
     live_gains = set(gains[0][gains[0] != 0].tolist())
     v_space = len(planes) > 1 or (is_acc and len(live_gains) > 1)
@@ -231,6 +245,17 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
         acc_hi = int((a + gs.max(axis=0)[None, :]).max())
         table_bits = signed_bits(int(a.min()), int(a.max()))
         acc_bits = signed_bits(acc_lo, acc_hi)
+        if isinstance(ep, ir.Requantize):
+            mode = "requant"
+            mult = np.broadcast_to(ep.mult.astype(np.int64), (o,))
+            add = np.broadcast_to(ep.add.astype(np.int64), (o,))
+            clo = np.full(o, acc_lo, np.int64) if ep.acc_lo is None else np.maximum(ep.acc_lo.astype(np.int64), acc_lo)
+            chi = np.full(o, acc_hi, np.int64) if ep.acc_hi is None else np.minimum(ep.acc_hi.astype(np.int64), acc_hi)
+            chi = np.maximum(chi, clo)  # an empty range: every reachable acc clamps to clo
+            value = np.stack([a] + [np.broadcast_to(v, a.shape) for v in (mult, add, clo, chi)], axis=-1)
+            table_bits = max(signed_bits(int(value.min()), int(value.max())), table_bits)
+            big = max(abs(acc_lo), abs(acc_hi)) * int(np.abs(mult).max()) + int(np.abs(add).max())
+            rq = (int(ep.shift), int(ep.lo), int(ep.hi), signed_bits(-big, big))
     value = np.ascontiguousarray(value, dtype=np.int64)
     flag = np.ascontiguousarray(flag, dtype=np.int64)
     gain_bits = signed_bits(int(gains.min()), int(gains.max())) if v_space else 1
@@ -238,9 +263,11 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
 
     nf, sf = -(-o // pe), -(-mw // simd)
     kinds = tuple(p.kind for p in planes)
+    if mode != "requant":
+        rq = (0, 0, 0, 1)
     f = FoldedConv(pe, simd, o, mw, nf, sf, in_bits, s_min, s_max, s_bits, gain, mode, nt, level_base, level_step,
                    table_bits, acc_lo, acc_hi, acc_bits, ycls, xcls, ny, nx, [], value, flag, [], kinds, gains,
-                   v_space, gain_bits, v_bits, act_planes if mode == "thresholds" else 1, flag.shape[-1])
+                   v_space, gain_bits, v_bits, act_planes if mode == "thresholds" else 1, flag.shape[-1], None, *rq)
     # weight words: array i, row p, lane s of word nf*SF + sf at bit (i*PE + p)*SIMD + s
     blocks = []
     for j, which in f.arrays:
@@ -253,7 +280,7 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     f.weight_words = [_word(bits, 1) for bits in words_bits]
     # table words: entry of row p at bit p*EW: values j at j*table_bits (two's complement), the gains
     # (v-space) at k*table_bits + j*gain_bits, then the flags
-    k = max(nt, 1)
+    k = f.values
     ew = f.entry_bits
     gfield = [_word((gains[:, r] & ((1 << gain_bits) - 1)).tolist(), gain_bits) for r in range(o)] if v_space \
         else [0] * o

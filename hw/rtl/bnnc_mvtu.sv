@@ -18,11 +18,14 @@
 //            bits set) (NT = 1, LB = 0, LS = 1: one output bit; NT > 1: a multi-bit activation);
 //            NPL == NT > 1 (activation planes): each threshold has its own flag, and output element
 //            j * MH + o is row o's bit_j
-//   NT == 0: out = off + c (GM == 1), or off + (flag ? GAIN * s_0 : 0) (GM == 0)   (the accumulator)
+//   NT == 0: acc = off + c (GM == 1), or off + (flag ? GAIN * s_0 : 0) (GM == 0); out = acc, or with
+//            RQ == 1 (a fixed-point requantization, ir.Requantize) clamp(floor((clamp(acc, lo, hi) *
+//            mult + add) / 2**SHIFT), QLO, QHI) with per-row mult, add, lo, hi in the table after off
 // Weights: WFILE, NF*SF words of NA*PE*SIMD bits (NA = stored arrays: b_j then m_j for each plane in
 // order; array i row p lane s at bit (i*PE + p)*SIMD + s), address nf*SF + sf. Tables: TFILE,
-// NCLS*NF words of PE*EW bits, EW = max(NT,1)*TB + GM*NP*GB + NFL (row p at p*EW: thresholds /
-// offset at j*TB, gains at max(NT,1)*TB + j*GB, then NFL flags), address class*NF + nf.
+// NCLS*NF words of PE*EW bits, EW = NV*TB + GM*NP*GB + NFL, NV = 5 (RQ) or max(NT,1) (row p at
+// p*EW: thresholds / offset, mult, add, lo, hi at j*TB, gains at NV*TB + j*GB, then NFL flags), address
+// class*NF + nf.
 //
 // Pipeline: issue (fold counters, weight read) -> accumulate -> threshold/offset -> output pixel
 // of MH*NPL*OB bits. The whole unit stalls only while a finished output waits for out_ready; the
@@ -58,6 +61,11 @@ module bnnc_mvtu #(
     parameter int GB = 1,
     parameter int VB = 1,
     parameter int NPL = 1,
+    parameter int RQ = 0,
+    parameter int SHIFT = 0,
+    parameter int QLO = 0,
+    parameter int QHI = 0,
+    parameter int PW = 1,
     // output element bits (signed when LB < 0)
     parameter int OB = NT == 0 ? AB : NPL > 1 ? 1 : $clog2(NT + 1),
     localparam int RB = OHR > 1 ? $clog2(OHR) : 1,
@@ -81,7 +89,7 @@ module bnnc_mvtu #(
   endfunction
   localparam int NA = array_b(NP);
   localparam int NFL = NPL > 1 ? NT : 1;  // flags per table entry
-  localparam int VT = (NT > 0 ? NT : 1) * TB;  // bits of the values of a table entry
+  localparam int VT = (RQ == 1 ? 5 : NT > 0 ? NT : 1) * TB;  // bits of the values of a table entry
   localparam int CB = GM == 1 ? VB : SB;  // width of the compared value
 
   localparam int NF = (MH + PE - 1) / PE;
@@ -256,15 +264,28 @@ module bnnc_mvtu #(
     end
     if (NT == 0) begin : g_acc
       wire signed [AB-1:0] off = AB'($signed(s2_t[p*EW+:TB]));
+      logic signed [AB-1:0] acc_v;  // the IR's accumulator
       if (GM == 1) begin : g_v
-        assign fold_out[p*ROW+:ROW] = ROW'(off + AB'(c));
+        assign acc_v = off + AB'(c);
       end else if (GAIN == 1) begin : g_int
         wire flag = s2_t[p*EW+EW-1];
-        assign fold_out[p*ROW+:ROW] = ROW'(flag ? off + AB'(c) : off);
+        assign acc_v = flag ? off + AB'(c) : off;
       end else begin : g_bits
         wire flag = s2_t[p*EW+EW-1];
         wire signed [AB-1:0] s = AB'(c);
-        assign fold_out[p*ROW+:ROW] = ROW'(flag ? off + AB'(GAIN) * s : off);
+        assign acc_v = flag ? off + AB'(GAIN) * s : off;
+      end
+      if (RQ == 1) begin : g_requantize
+        // out = clamp(floor((clamp(acc, lo, hi) * mult + add) / 2**SHIFT), QLO, QHI), exact in PW bits
+        wire signed [PW-1:0] mult = PW'($signed(s2_t[p*EW+TB+:TB]));
+        wire signed [PW-1:0] add = PW'($signed(s2_t[p*EW+2*TB+:TB]));
+        wire signed [PW-1:0] lo = PW'($signed(s2_t[p*EW+3*TB+:TB]));
+        wire signed [PW-1:0] hi = PW'($signed(s2_t[p*EW+4*TB+:TB]));
+        wire signed [PW-1:0] a = PW'(acc_v) < lo ? lo : PW'(acc_v) > hi ? hi : PW'(acc_v);
+        wire signed [PW-1:0] q = (a * mult + add) >>> SHIFT;
+        assign fold_out[p*ROW+:ROW] = ROW'(q < PW'(QLO) ? PW'(QLO) : q > PW'(QHI) ? PW'(QHI) : q);
+      end else begin : g_out_acc
+        assign fold_out[p*ROW+:ROW] = ROW'(acc_v);
       end
     end else if (NPL > 1) begin : g_planes
       for (genvar j = 0; j < NPL; j++) begin : g_bit
