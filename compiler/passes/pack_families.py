@@ -55,7 +55,7 @@ BIG = 2**62  # a threshold no 64-bit accumulator of a real layer reaches
 class BitPlane:
     kind: str  # "xnor" | "masked_xnor" | "and"
     tables: list  # indices into PackedFamilyConv.weights: [b] | [b, m] | [m]
-    gain: np.ndarray  # int64 (O,)
+    gain: np.ndarray  # int64 (O8,)
 
 
 @dataclass
@@ -72,10 +72,11 @@ class PackedFamilyConv:
     xcls: np.ndarray
     ny: int
     nx: int
-    corr: np.ndarray  # int64 (ny * nx, O), added to the accumulator (A of the module docstring)
+    corr: np.ndarray  # int64 (ny * nx, O8), added to the accumulator (A of the module docstring); O8 = O
+    #                  rounded up to 8, as the gains: accumulator rows are computed 8 channels at a time
     weights: list = field(default_factory=list)  # bits: plane tables, uint64 (o_blk / 8, taps, 8); int: see above
     bit_planes: list = field(default_factory=list)  # bits: [BitPlane]
-    window_gain: Optional[np.ndarray] = None  # bits: int64 (O,), the all-ones plane (None: absent)
+    window_gain: Optional[np.ndarray] = None  # bits: int64 (O8,), the all-ones plane (None: absent)
     acc32: bool = False  # ints: the sum is exact in int32
     int8_weights: bool = False  # ints: weights fit int8 (bnnc_int_mac, VNNI)
     w_vnni: Optional[np.ndarray] = None  # ints: int8 (o_blk / 32, kh, g, 32, 4), g = ceil(kw * c / 4)
@@ -182,6 +183,15 @@ def _level_tables(ep: ir.LevelThresholds, name: str, acc_lo: np.ndarray, acc_hi:
     return direction, padded, "guess", guess
 
 
+def _lanes8(v: np.ndarray, fill=None) -> np.ndarray:
+    """A per-channel int64 row padded to a multiple of 8 channels (with `fill`, else its first
+    value): the accumulator rows are computed in whole groups of 8, as the vector epilogues read
+    them."""
+    v = np.asarray(v, np.int64).ravel()
+    pad = -v.size % 8
+    return np.concatenate([v, np.full(pad, v[0] if fill is None else fill, np.int64)])
+
+
 def _blocked(rows: np.ndarray, o_blk: int, block: int) -> np.ndarray:
     """(O, L) -> (o_blk / block, L, block): one block of outputs after the other, tap-major inside."""
     o, n = rows.shape
@@ -204,10 +214,10 @@ def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: 
 
     for pl in planes:
         if pl.kind == "ones":
-            p.window_gain = pl.gain.astype(np.int64)
+            p.window_gain = _lanes8(pl.gain)
             continue
         idx = ([table(pl.b)] if pl.b is not None else []) + ([table(pl.m)] if pl.m is not None else [])
-        p.bit_planes.append(BitPlane(pl.kind, idx, pl.gain.astype(np.int64)))
+        p.bit_planes.append(BitPlane(pl.kind, idx, _lanes8(pl.gain)))
 
 
 def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray) -> None:
@@ -281,7 +291,7 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
         counts = 4 * p.o_blk  # int32 sums
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
-    p.corr = p.corr.astype(np.int64)
+    p.corr = np.stack([_lanes8(row, 0) for row in p.corr.astype(np.int64)])
     p.sums_offset = _align64(8 * p.o_blk)
     p.window_offset = p.sums_offset + _align64(counts)
     p.scratch_bytes = p.window_offset + _align64(window)
