@@ -179,7 +179,8 @@ BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, co
     bnnc_store8_int(out, bytes, o, k, v);
   }
 #endif
-  for (; o < n; o++) bnnc_store_int(out, bytes, o, bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi));
+  for (; o < n; o++)
+    bnnc_store_int(out, bytes, o, bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi));
 }
 
 /* Bit l of the result = (x[l] > thr[l]) XOR neg[l] for l < k <= 8 (x and neg are read 8 at a time:
@@ -269,13 +270,15 @@ BNNC_INLINE void bnnc_level_search8(const __m512i *x, const __m512i *ch, const _
     const __m512i h = _mm512_set1_epi64(half);
     for (int g = 0; g < chunks; g++) {
       const __m512i at = _mm512_add_epi64(c[g], h);
-      const __m512i t = _mm512_mask_i64gather_epi64(zero, k[g], _mm512_add_epi64(_mm512_mul_epu32(at, st), ch[g]), thr, 8);
+      const __m512i idx = _mm512_add_epi64(_mm512_mul_epu32(at, st), ch[g]);
+      const __m512i t = _mm512_mask_i64gather_epi64(zero, k[g], idx, thr, 8);
       c[g] = _mm512_mask_mov_epi64(c[g], _mm512_mask_cmpge_epi64_mask(k[g], x[g], t), at);
     }
     m -= half;
   }
   for (int g = 0; g < chunks; g++) {
-    const __m512i t = _mm512_mask_i64gather_epi64(zero, k[g], _mm512_add_epi64(_mm512_mul_epu32(c[g], st), ch[g]), thr, 8);
+    const __m512i idx = _mm512_add_epi64(_mm512_mul_epu32(c[g], st), ch[g]);
+    const __m512i t = _mm512_mask_i64gather_epi64(zero, k[g], idx, thr, 8);
     c[g] = _mm512_mask_add_epi64(c[g], _mm512_mask_cmpge_epi64_mask(k[g], x[g], t), c[g], _mm512_set1_epi64(1));
   }
 }
@@ -316,10 +319,13 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
       const __m512i st = _mm512_set1_epi64(stride), top = _mm512_set1_epi64(levels), one = _mm512_set1_epi64(1);
       for (int g = 0; g < chunks; g++) { /* as bnnc_level_guess; the two gathers of every group overlap */
         const int first = (ch0 + o + 8 * g) % period;
-        const __m512i a = _mm512_maskz_loadu_epi64(k[g], guess + first);
-        const __m512i xc = _mm512_min_epi64(_mm512_max_epi64(x[g], a), _mm512_maskz_loadu_epi64(k[g], guess + stride + first));
-        const __m512i v = _mm512_add_epi64(_mm512_mul_epu32(_mm512_sub_epi64(xc, a), _mm512_maskz_loadu_epi64(k[g], guess + 2 * (size_t)stride + first)),
-                                           _mm512_maskz_loadu_epi64(k[g], guess + 3 * (size_t)stride + first));
+        const int64_t *row = guess + first; /* rows a, b, M, K */
+        const __m512i a = _mm512_maskz_loadu_epi64(k[g], row);
+        const __m512i b = _mm512_maskz_loadu_epi64(k[g], row + stride);
+        const __m512i m = _mm512_maskz_loadu_epi64(k[g], row + 2 * (size_t)stride);
+        const __m512i xc = _mm512_min_epi64(_mm512_max_epi64(x[g], a), b);
+        const __m512i v = _mm512_add_epi64(_mm512_mul_epu32(_mm512_sub_epi64(xc, a), m),
+                                           _mm512_maskz_loadu_epi64(k[g], row + 3 * (size_t)stride));
         const __m512i gi = _mm512_min_epi64(_mm512_max_epi64(_mm512_srai_epi64(v, (unsigned)shift), zero), top);
         const __m512i i0 = _mm512_add_epi64(_mm512_mul_epu32(gi, st), ch[g]);
         const __m512i t0 = _mm512_mask_i64gather_epi64(zero, k[g], i0, thr, 8);
@@ -336,14 +342,17 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
                                      c[0], _mm512_set1_epi64(1));
     }
     for (int g = 0; g < chunks; g++, o += 8)
-      bnnc_store8_int(out, bytes, o, k[g], _mm512_add_epi64(_mm512_set1_epi64(base), _mm512_mul_epi32(c[g], _mm512_set1_epi64(step))));
+      bnnc_store8_int(out, bytes, o, k[g],
+                      _mm512_add_epi64(_mm512_set1_epi64(base), _mm512_mul_epi32(c[g], _mm512_set1_epi64(step))));
   }
 #endif
   for (; o < n; o++) {
     const int ch = (ch0 + o) % period;
-    bnnc_store_int(out, bytes, o, base + step * (kind == BNNC_LEVELS_GUESS    ? bnnc_level_guess(acc[o], dir[ch], thr + ch, stride, levels, guess + ch, shift)
+    const int32_t count = kind == BNNC_LEVELS_GUESS    ? bnnc_level_guess(acc[o], dir[ch], thr + ch, stride, levels,
+                                                                          guess + ch, shift)
                           : kind == BNNC_LEVELS_SEARCH ? bnnc_level_search(acc[o], dir[ch], thr + ch, stride, levels)
-                                                       : bnnc_level_count(acc[o], dir[ch], thr + ch, stride, levels)));
+                                                       : bnnc_level_count(acc[o], dir[ch], thr + ch, stride, levels);
+    bnnc_store_int(out, bytes, o, base + step * count);
   }
 }
 
