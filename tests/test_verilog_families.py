@@ -10,6 +10,7 @@ import pytest
 from bnnc import driver, folding, reference, zoo
 from bnnc.backends import verilog, verilog_sim
 from bnnc.cli import main
+from bnnc.passes.activations_as_convs import activations_as_convs
 from bnnc.pipeline import compile_graph
 from bnnc.targets import TargetOptions
 
@@ -26,7 +27,7 @@ def _folding(graph, kind: str, seed: int):
     if kind == "default":
         return None
     rng = np.random.default_rng(seed)
-    layers = folding.foldable_layers(verilog.activations_as_convs(graph))  # activations are 1x1 units
+    layers = folding.foldable_layers(activations_as_convs(graph))  # activations are 1x1 units
     if kind == "serial":
         return {"layers": [{"pe": 1, "simd": 1} for _ in layers]}
     # random PE / SIMD that need not divide MH / MW
@@ -71,3 +72,16 @@ def test_verify_passes_on_families(tmp_path, capsys, name):
     onnx.save(zoo.build(name, seed=2), str(path))
     assert main(["verify", str(path), "--target", "verilog", "--samples", "20"]) == 0
     assert "verilog == reference (bit-exact)    20/20" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["hbn", "ternary-ec2t", "bireal", "resnet18-stq"])
+def test_activations_as_convs_keeps_every_output(name):
+    """The pass on zoo models with Activations of integer streams (after pools, on residual
+    streams): the reference gives the same outputs before and after, bit for bit."""
+    model = zoo.build(name, 1)
+    graph = compile_graph(model)
+    x = driver.prepare_inputs(graph, zoo.inputs(model, 8, 1)).grid
+    after = activations_as_convs(graph)
+    assert not any(type(op).__name__ == "Activation" for op in after.ops())
+    assert any(type(op).__name__ == "Activation" for op in graph.ops())  # the input graph is unchanged
+    assert np.array_equal(reference.run(after, x), reference.run(graph, x))

@@ -12,8 +12,8 @@ executor's own functions:
 Every weight code (binary, ternary, two-scale, multi-base, integer; expander kernels) runs on the
 unit's popcount planes (compiler/weight_planes.py), with bit, multi-level, activation-plane or
 fixed-point (Requantize) outputs; an Activation of an integer stream becomes a 1x1 unit with
-identity weights (`activations_as_convs`). A network with a float32 epilogue anywhere else or a
-branch (residual shortcuts) is refused.
+identity weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere
+else or a branch (residual shortcuts) is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
 this module only plans the stages, formats parameters and memory images, renders
@@ -36,6 +36,7 @@ import numpy as np
 from .. import folding as folding_mod
 from .. import ir, reference
 from ..errors import BnncError
+from ..passes.activations_as_convs import activations_as_convs
 from ..passes.layout_folded_layers import element_bits, layout_folded_layers
 from ..resources import resource_dir
 from . import verilog_sim
@@ -78,30 +79,6 @@ def _check_conv(op: ir.Conv) -> None:
     raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement its {what} "
                     "(it holds bit, multi-level threshold and fixed-point outputs, and a float32 epilogue on the last "
                     "layer)")
-
-
-def activations_as_convs(graph: ir.Graph) -> ir.Graph:
-    """Each `Activation` (an epilogue applied elementwise to an integer tensor) as the 1x1 Conv
-    with identity integer weights and the same epilogue: acc[c] = x[c] exactly, so the MVTU's
-    threshold and requantization tables apply unchanged (one AND plane whose mask is the
-    identity)."""
-    if not any(isinstance(op, ir.Activation) for op in graph.ops()):
-        return graph
-    out = graph.copy()
-    for op in out.ops():
-        if not isinstance(op, ir.Activation):
-            continue
-        src = out.tensors[op.inputs[0]]
-        if not isinstance(src, ir.Ints):
-            raise BnncError(f"'{op.name}': an activation of a {type(src).__name__} tensor is not supported by the "
-                            "verilog target")
-        c = src.shape[2]
-        eye = np.eye(c, dtype=np.int64).reshape(c, 1, 1, c)
-        conv = ir.Conv(op.name, list(op.inputs), list(op.outputs), (1, 1), (1, 1), (0, 0, 0, 0), eye.astype(np.int8),
-                       np.ones(c), np.ones(c), op.epilogue, source_ops=[op.name], code="int", int_w=eye,
-                       unit=np.ones(c))
-        out.replace(conv)
-    return out
 
 
 def plan(graph: ir.Graph) -> Plan:
@@ -318,7 +295,7 @@ def choose_foldings(graph: ir.Graph, pl: Plan, opts) -> list:
 
 def build_design(graph: ir.Graph, opts) -> Design:
     prefix = sanitize_identifier(opts.name)
-    graph = activations_as_convs(graph)
+    graph = activations_as_convs(graph)  # matrix units run them
     pl = plan(graph)
     foldings = choose_foldings(graph, pl, opts)
     g = layout_folded_layers(graph, foldings)
