@@ -12,8 +12,11 @@ Verilog backend: every weight code (binary, ternary, two-scale, multi-base, inte
 few popcount planes, s_j = popcount((x ^ flip_j) & mask_j) on bit inputs or the masked signed sum
 on integer inputs, and the unit compares s (one plane) or v = sum_j gain_j * s_j (gains from the
 row's table entry, applied once per output) with per-(border class, row) thresholds: bit outputs
-(one per activation plane), multi-level outputs, or the accumulator A + v for a float32 epilogue.
-The arithmetic is the pass's; this module only formats its tables.
+(one per activation plane), multi-level outputs, the accumulator A + v for a float32 epilogue, or
+its fixed-point requantization clamp((clamp(acc, lo, hi) * mult + add) >> shift, qlo, qhi) in
+exact 64-bit-or-narrower integers. Activations of integer streams are identity 1x1 convs on the
+same unit (passes/activations_as_convs.py, as in the Verilog backend). The arithmetic is the
+passes'; this module only formats their tables.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 
 from .. import folding, ir, reference
 from ..errors import BnncError
+from ..passes.activations_as_convs import activations_as_convs
 from ..passes.layout_folded_layers import layout_folded_layers
 from ..passes.pack_bits import pack_input
 from ..resources import resource_dir
@@ -398,6 +402,34 @@ class _Builder:
             return f"{op.name}_xcls[ox]", False, True
         return "0", False, False
 
+    def _requant_tables(self, op) -> dict:
+        """The per-row constants of a Requantize epilogue (mult, add, acc_lo, acc_hi: the same for
+        every border class in the pass's table) and the widths of its exact integer arithmetic."""
+        f, name = op.folded, op.name
+        rows = f.table_value[..., 1:]  # (classes, MH, 4)
+        if not np.array_equal(rows, np.broadcast_to(rows[:1], rows.shape)):  # pragma: no cover - pass invariant
+            raise AssertionError(f"{name}: requantization constants differ between border classes")
+        mult, add, lo, hi = (rows[0, :, i] for i in range(4))
+        # a = clamp(acc, lo, hi) lies in [lo, hi], so |a * mult + add| <= big: the products need
+        # prod_bits (at least the pass's rq_bits, and holding the output bounds); a needs clamp_bits
+        big = int((np.maximum(np.abs(lo), np.abs(hi)) * np.abs(mult) + np.abs(add)).max())
+        prod_bits = max(f.rq_bits, signed_bits(-big, big), signed_bits(f.rq_lo, f.rq_hi))
+        clamp_bits = max(f.acc_bits, signed_bits(int(lo.min()), int(hi.max())))
+        if max(prod_bits, clamp_bits) > 64:
+            raise BnncError(f"layer '{self._comment(op)}': its fixed-point requantization needs "
+                            f"{max(prod_bits, clamp_bits)}-bit products (the HLS backend computes in at most 64)")
+        by_row = _by_row(rows[:1], f.pe)[:, :, 0]  # (PE, NF, 4)
+        what = {"mult": "multiplier", "add": "added offset (rounding included)",
+                "acc_lo": "lower accumulator clamp", "acc_hi": "upper accumulator clamp"}
+        for i, (key, text) in enumerate(what.items()):
+            column = by_row[..., i]
+            self.const(f"{name}_{key}", f"ap_int<{signed_bits(int(column.min()), int(column.max()))}>",
+                       f"[{f.pe}][{f.nf}]", _nested(column, str),
+                       f"{name}: requantization {text} of output o = nf * {f.pe} + p, [p][nf]")
+        # an arithmetic shift by prod_bits - 1 or more already gives the sign (0 or -1)
+        return {"rq_shift": min(f.rq_shift, prod_bits - 1), "rq_lo": f.rq_lo, "rq_hi": f.rq_hi,
+                "rq_t": f"ap_int<{prod_bits}>", "clamp_t": f"ap_int<{clamp_bits}>"}
+
     def _conv(self, op: ir.Conv, sin: str, sout: str) -> None:
         g = self.g
         src_ty, oty = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
@@ -454,13 +486,18 @@ class _Builder:
         tables = f"[{f.pe}][{f.nf}][{f.ncls}]"
         value = _by_row(f.table_value, f.pe)  # (PE, NF, classes, k)
         live = False
-        if f.mode == "acc":
-            self.const(f"{name}_offset", f"ap_int<{f.table_bits}>", tables, _nested(value[..., 0], str),
+        rq = {}
+        if f.mode in ("acc", "requant"):
+            offset = value[..., 0]
+            self.const(f"{name}_offset", f"ap_int<{signed_bits(int(offset.min()), int(offset.max()))}>", tables,
+                       _nested(offset, str),
                        f"{name}: accumulator offset A of output o = nf * {f.pe} + p, [p][nf][border class]")
             live = not f.gains_in_table and not np.all(f.table_flag != 0)
             if live:
                 self.const(f"{name}_live", "bool", tables, _nested(_by_row(f.table_flag, f.pe)[..., 0], _cxx_bool),
                            f"{name}: false for rows without weights (their accumulator is the offset)")
+        if f.mode == "requant":
+            rq = self._requant_tables(op)
         else:
             compared = "v = sum_j gain_j * s_j" if f.gains_in_table else "the plane sum s"
             per_row = "[level]" if f.mode == "levels" else "[activation plane]" if k > 1 else ""
@@ -495,7 +532,7 @@ class _Builder:
              "mode": f.mode, "nt": f.nt, "k": k, "flags": f.flags, "act_planes": f.act_planes,
              "level_base": f.level_base, "level_step": f.level_step, "gain": f.gain, "live": live,
              "acc_t": acc_t, "cls_expr": cls_expr, "counters": decl, "advance": _counters(names, outer, 4),
-             "elem_t": self.elem(op.outputs[0])}
+             "elem_t": self.elem(op.outputs[0]), **rq}
         if f.mode != "acc":
             M["out_t"] = self.beat(op.outputs[0])
             self.procs.append(M)
@@ -583,9 +620,12 @@ def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
 
 
 def foldings_for(graph: ir.Graph, opts) -> list:
-    """The user's folding (--folding), the cheapest meeting --target-cycles, or folding.py's default."""
+    """The user's folding (--folding), the cheapest meeting --target-cycles, or folding.py's default,
+    one per layer of `folding.foldable_layers(activations_as_convs(graph))`: every Activation is a
+    matrix unit too."""
     check_supported(graph)
-    return folding.resolve(graph, getattr(opts, "folding", None), getattr(opts, "target_cycles", None))
+    return folding.resolve(activations_as_convs(graph), getattr(opts, "folding", None),
+                           getattr(opts, "target_cycles", None))
 
 
 def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
@@ -605,19 +645,24 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 
 def check_supported(graph: ir.Graph) -> None:
-    """Refuse, in one line naming the layer, what the HLS processes do not implement: the
-    elementwise Activation, residual Add and SumPool ops, and Requantize (fixed-point) epilogues
-    and multi-level activations with several activation planes. Every weight code is held."""
+    """Refuse, in one line naming the layer, what the HLS processes do not implement: the residual
+    Add and SumPool ops (branches), Activations of non-integer tensors, and multi-level activations
+    with several activation planes. Every weight code and every other epilogue (bits, levels,
+    fixed-point Requantize, float32 chains) is held; Activations of integer streams run as identity
+    1x1 convs (passes/activations_as_convs.py)."""
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
-        if isinstance(op, (ir.Activation, ir.Add, ir.SumPool)):
+        if isinstance(op, (ir.Add, ir.SumPool)):
             raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
-                            "chains of conv/dense, max pool and global sum pool layers); use --target c")
+                            "chains of conv/dense, activation, max pool and global sum pool layers); use --target c")
+        if isinstance(op, ir.Activation) and not isinstance(graph.tensors[op.inputs[0]], ir.Ints):
+            raise BnncError(f"layer '{where}': the HLS backend runs activations of integer tensors only, not of "
+                            f"{type(graph.tensors[op.inputs[0]]).__name__}; use --target c")
         if isinstance(op, ir.Conv):
             ep = op.epilogue
-            if not isinstance(ep, (ir.Thresholds, ir.LevelThresholds, ir.Chain)):
+            if not isinstance(ep, (ir.Thresholds, ir.LevelThresholds, ir.Chain, ir.Requantize)):
                 raise BnncError(f"layer '{where}' has a {type(ep).__name__} epilogue, which the HLS backend does not "
-                                "implement (it holds bit, multi-level and float32 outputs); use --target c")
+                                "implement (it holds bit, multi-level, fixed-point and float32 outputs); use --target c")
             if isinstance(ep, ir.LevelThresholds) and ep.planes != 1:
                 raise BnncError(f"layer '{where}' has multi-level activations with {ep.planes} activation planes, "
                                 "which the HLS backend does not implement; use --target c")
@@ -627,7 +672,7 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
     """(template context, per-layer figures) of the accelerator for the lowered `graph`."""
     prefix = sanitize_identifier(name)
     check_supported(graph)
-    g = backend_graph(graph, foldings)
+    g = backend_graph(activations_as_convs(graph), foldings)
     b = _Builder(g, prefix, folding.analytic_ii(foldings))
     b.build()
     if b.widest > VENDOR_MAX_W:
