@@ -1,7 +1,8 @@
 """HLS C++ backend: its g++ C simulation equals the reference bit for bit (shared models, random
 models under serial / fully parallel / odd / budgeted foldings, the compressed zoo families of
-issue 5 and random models recoded to every weight code), the refusals, the CLI flows, the
-self-checking testbench, determinism, and the same sources under the vendor ap_int.h / hls_stream.h.
+issue 5, the fixed-point EC2T / HBN families with Activations, and random models recoded to every
+weight code), the refusals, the CLI flows, the self-checking testbench, determinism, and the same
+sources under the vendor ap_int.h / hls_stream.h.
 
 CI runs the sweeps at the size issues #5 / #6 ask for (50 random models x 20 inputs, several
 foldings; the 8 families x 2 seeds x 20 inputs x 3 foldings); BNNC_SWEEP_SCALE=N runs N times as
@@ -21,6 +22,7 @@ import pytest
 from bnnc import driver, folding, targets
 from bnnc.backends import c_build, hls
 from bnnc.cli import main
+from bnnc.passes.activations_as_convs import activations_as_convs
 from bnnc.pipeline import compile_file
 from bnnc.targets import TargetOptions
 from bnnc.testing.random_models import save, tfc_model
@@ -35,8 +37,9 @@ N_SWEEP = int(50 * sweep_scale())
 def folding_options(graph, style: str, seed: int) -> dict:
     """TargetOptions fields (folding / target_cycles) for a folding `style` on `graph`:
     serial (PE = SIMD = 1), parallel (PE = MH, SIMD = MW), odd (widths dividing neither MH nor MW
-    wherever one exists: idle rows and lanes in the last folds), budget (a random --target-cycles)."""
-    layers = folding.foldable_layers(graph)
+    wherever one exists: idle rows and lanes in the last folds), budget (a random --target-cycles).
+    Activations count as layers: the backend runs them as identity 1x1 convs."""
+    layers = folding.foldable_layers(activations_as_convs(graph))
     rng = np.random.default_rng(seed)
     if style == "default":
         return {}
@@ -146,6 +149,41 @@ def test_family_model_equals_reference(i, name):
     assert any(L["planes"] != ["xnor"] or L["mode"] == "levels" or L["act_planes"] > 1 for L in stats["layers"])
 
 
+# fixed-point families: Requantize epilogues on integer convs, then GlobalSumPool -> Activation
+# (LevelThresholds, an identity 1x1 MVTU) -> dense
+FIXED_POINT_FAMILIES = ("ternary-ec2t", "hbn")
+
+
+@pytest.mark.parametrize("seed", (1, 2))
+@pytest.mark.parametrize("name", FIXED_POINT_FAMILIES)
+def test_fixed_point_family_equals_reference(name, seed):
+    """2 seeds x 20 inputs, serial / default / odd (non-dividing) foldings."""
+    for style in ("serial", "default", "odd"):
+        stats = family_equals_reference(name, seed, style)
+        modes = [L["mode"] for L in stats["layers"]]
+        assert "requant" in modes and "levels" in modes, modes
+        # the Activation became a matrix unit with the folding the style gave it
+        assert len(stats["folding"]) == len(folding.foldable_layers(compile_zoo(name, seed))) + 1
+
+
+def compile_zoo(name: str, seed: int):
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+
+    return compile_graph(zoo.build(name, seed=seed))
+
+
+def test_requantization_beyond_64_bits_is_refused():
+    from bnnc import ir
+    from bnnc.errors import BnncError
+
+    g = compile_zoo("ternary-ec2t", 1)
+    conv = next(op for op in g.ops() if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Requantize))
+    conv.epilogue.mult = np.full_like(conv.epilogue.mult, 1 << 60)
+    with pytest.raises(BnncError, match=rf"layer '{conv.source_ops[0]}[^']*': its fixed-point requantization needs \d+-bit"):
+        hls.files(g, TargetOptions())
+
+
 @pytest.mark.sweep
 @pytest.mark.parametrize("style", FAMILY_STYLES)
 @pytest.mark.parametrize("seed", FAMILY_SEEDS)
@@ -230,9 +268,8 @@ def test_random_models_with_multi_level_outputs(seed):
     assert any(L["mode"] == "levels" for L in stats["layers"])
 
 
-@pytest.mark.parametrize("name, words", [("bireal", ["'stem'", "Requantize epilogue"]),
-                                         ("hbn", ["'conv0_int8'", "Requantize epilogue"]),
-                                         ("ternary-ec2t", ["'conv0'", "Requantize epilogue"])])
+@pytest.mark.parametrize("name, words", [("bireal", ["'L05_add'", "does not implement Add ops"]),
+                                         ("resnet18-stq", ["'L06_add'", "does not implement Add ops"])])
 def test_what_hls_does_not_hold_is_refused_in_one_line(name, words, tmp_path, capsys):
     from bnnc import zoo
 
@@ -249,13 +286,12 @@ def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
     from bnnc.errors import BnncError
     from bnnc.pipeline import compile_graph
 
-    g = compile_graph(zoo.build("bireal", 0))
-    for op in g.ops():  # past the Requantize epilogues: the residual ops come next
-        if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Requantize):
-            op.epilogue = ir.Chain([])
-    first = next(op for op in g.ops() if isinstance(op, (ir.Activation, ir.Add, ir.SumPool)))
-    with pytest.raises(BnncError, match=rf"'{first.name}': the HLS backend does not implement {type(first).__name__} ops"):
-        hls.check_supported(g)
+    for name in ("bireal", "resnet18-stq"):  # residual branches: Add, and SumPool shortcuts
+        g = compile_graph(zoo.build(name, 0))
+        first = next(op for op in g.ops() if isinstance(op, (ir.Add, ir.SumPool)))
+        with pytest.raises(BnncError, match=rf"'{first.name}': the HLS backend does not implement "
+                                            f"{type(first).__name__} ops"):
+            hls.check_supported(g)
     g = compile_graph(zoo.build("pabt", 0))
     conv = next(op for op in g.ops() if isinstance(op, ir.Conv) and getattr(op.epilogue, "planes", 1) > 1)
     ep = conv.epilogue
@@ -265,11 +301,12 @@ def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
         hls.check_supported(g)
 
 
-def test_cli_verify_passes_on_a_family_model(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["abc-fused", "ternary-ec2t", "hbn"])
+def test_cli_verify_passes_on_a_family_model(name, tmp_path, capsys):
     from bnnc import zoo
 
-    path = tmp_path / "abc.onnx"
-    save(zoo.build("abc-fused", 3), path)
+    path = tmp_path / f"{name}.onnx"
+    save(zoo.build(name, 3), path)
     assert main(["verify", str(path), "--target", "hls", "--samples", "25"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"hls == reference \(bit-exact\)\s+25/25", out) and "PASS" in out
@@ -314,7 +351,8 @@ def _vendor_include():
 
 
 @pytest.mark.parametrize("case, seed, style", [("random", 21, "odd"), ("random", 22, "parallel"), ("w1a2", 1, "odd"),
-                                              ("dabn", 2, "parallel"), ("pabt", 1, "odd"), ("int", 2, "odd")])
+                                              ("dabn", 2, "parallel"), ("pabt", 1, "odd"), ("int", 2, "odd"),
+                                              ("ternary-ec2t", 1, "odd"), ("hbn", 2, "serial")])
 def test_same_sources_with_vendor_ap_int_and_hls_stream(case, seed, style, tmp_path):
     inc = _vendor_include()
     if inc is None:

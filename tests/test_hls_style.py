@@ -130,7 +130,8 @@ def check_sources(files: dict) -> None:
         sums = re.findall(rf"ap_int<\d+> (s\d+)\[{entry['pe']}\];", body)
         assert sums and all(f"BNNC_HLS(ARRAY_PARTITION variable={s} complete)" in body for s in sums)
         assert f"for (int p = 0; p < {entry['pe']}; p++) {{" in body
-        for table in re.findall(rf"static const \S+ ({layer}_(?:thr|flag|offset|live|gain))\[(\d+)\]", model):
+        tables = "thr|flag|offset|live|gain|mult|add|acc_lo|acc_hi"
+        for table in re.findall(rf"static const \S+ ({layer}_(?:{tables}))\[(\d+)\]", model):
             assert int(table[1]) == entry["pe"], table
             assert f"BNNC_HLS(ARRAY_PARTITION variable={table[0]} complete dim=1)" in body
 
@@ -142,7 +143,7 @@ def test_random_models_are_in_synthesizable_style(seed):
     check_sources(hls.files(graph, TargetOptions(**folding_options(graph, style, seed))))
 
 
-@pytest.mark.parametrize("name", ["w1a2", "dabn", "abc-fused", "pabt", "xnet"])
+@pytest.mark.parametrize("name", ["w1a2", "dabn", "abc-fused", "pabt", "xnet", "ternary-ec2t", "hbn"])
 def test_family_models_are_in_synthesizable_style(name):
     from bnnc import zoo
     from bnnc.pipeline import compile_graph
