@@ -5,7 +5,8 @@ cost of its g++ C simulation.
     python bench/bench_hls.py [--quick] [--json PATH]
 
 For each model (bnnc's random TFC and CNV, the compressed-family zoo models of issue 5 --
-ternary, two-scale, 2-bit activations, multi-base weights, activation planes, expander kernels --
+ternary, two-scale, 2-bit activations, multi-base weights, activation planes, expander kernels,
+fixed-point requantization and integer activations (EC2T, HBN) --
 and the real FINN TFC / Brevitas CNV from ../shared/models/ when present) and each folding
 (folding.py's default; a tight and a loose --target-cycles budget; and fully serial PE = SIMD = 1
 for the MLPs) the script
@@ -46,7 +47,8 @@ DEFAULT_JSON = REPO / "bench" / "results" / "bench_hls.json"
 CLOCK_HZ = 100e6
 
 
-FAMILIES = ("ternary-ttq", "dabn", "w1a2", "abc-fused", "pabt", "xnet")  # bnnc.zoo models of issue 5's codes
+# bnnc.zoo models of issue 5's codes, and the fixed-point ones (Requantize layers, Activations)
+FAMILIES = ("ternary-ttq", "dabn", "w1a2", "abc-fused", "pabt", "xnet", "ternary-ec2t", "hbn")
 
 
 def models(quick: bool) -> list:
@@ -75,9 +77,10 @@ def _random(model):
 
 def foldings(graph, quick: bool) -> list:
     from bnnc import folding
+    from bnnc.passes.activations_as_convs import activations_as_convs
 
-    layers = folding.foldable_layers(graph)
-    default = folding.analytic_ii(folding.choose_folding(graph))
+    layers = folding.foldable_layers(activations_as_convs(graph))  # the backend's units: Activations too
+    default = folding.analytic_ii(folding.choose_folding(activations_as_convs(graph)))
     out = [("default", {})]
     if not quick:
         out.append((f"budget {default // 8}", {"target_cycles": max(default // 8, max(L.pixels for L in layers))}))
