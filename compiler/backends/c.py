@@ -289,11 +289,11 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         else:
             vnni = p.w_vnni is not None
             guard = {"guard": "!defined(BNNC_AVX512_VNNI)"} if vnni else {}
-            if p.method == "sparse_int":
+            if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
                 L["int_kernel"] = "sparse32" if p.acc32 else "sparse64"
-                table("start", "int32_t", p.sparse["start"], **guard)
-                table("chan", "int32_t", p.sparse["chan"], **guard)
-                table("sw", "int32_t", p.sparse["w"], **guard)
+                table("start", "int32_t", p.sparse["start"])
+                table("chan", "int32_t", p.sparse["chan"])
+                table("sw", "int32_t", p.sparse["w"])
             else:
                 L["int_kernel"] = "int_mac" if p.acc32 and p.int8_weights else "int_mac64"
                 table("w0", "int8_t" if L["int_kernel"] == "int_mac" else "int32_t", p.weights[0], **guard)

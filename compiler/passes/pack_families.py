@@ -23,13 +23,16 @@ epilogue. Ways to accumulate:
   padding, where x = 0): sum w * x = sum w * u + off * sum w, the last term in vnni_corr (int32);
   its table is [o_blk / 32][kh][g][32][4], each window row's kw * c bytes in g groups of 4, zero
   weights after them. Otherwise int64 sums of int32 weights [taps][o_blk];
-- "sparse_int" (expander lists): only the listed (o, c) kernels are visited (int32 sums under the
-  same bound); the VNNI build multiplies the dense table with zero kernels instead, which is
-  cheaper there than walking lists.
+- "sparse_int" (expander lists): with 32-bit words (MCU firmware) only the listed (o, c) kernels
+  are visited (int32 sums under the same bound); host builds multiply the dense table, zero
+  kernels included, on the padded image as above, which with 8 to 64 lanes per vector is cheaper
+  than walking lists (the same sums: the kernels not listed are zero).
 
 Epilogues on acc: "bits" (bit = (acc > thr[j]) ^ neg[j], j = p * O + o for activation-base
-planes), "levels" (base + step * #levels passed; thresholds stored level-major [B][O]),
-"requant" (ir.Requantize) and "reals" (the float32 chain on (float)acc).
+planes), "levels" (base + step * #levels passed, thresholds level-major [B][O]: counted, or for
+many levels searched, or guessed by an affine map proved within one level and settled by two
+thresholds; see _level_tables), "requant" (ir.Requantize) and "reals" (the float32 chain on
+(float)acc). Per-channel rows read by the vector epilogues are padded to whole groups of 8.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class PackedFamilyConv:
     vnni_corr: Optional[np.ndarray] = None  # ints: int32 (o_blk,), off * sum w
     vnni_off: int = 0
     image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
-    sparse: Optional[dict] = None  # sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
+    sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
     epilogue: str = ""  # "bits" | "levels" | "requant" | "reals"
     thr: Optional[np.ndarray] = None  # bits: int64 (planes * O,)
     neg: Optional[np.ndarray] = None  # bits: uint8 (planes * O + 8,)
@@ -230,7 +233,7 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
         p.o_blk = -(-o // INT_BLOCK) * INT_BLOCK
         p.weights = [_blocked(rows.astype(np.int8), p.o_blk, INT_BLOCK)]
         # host builds (64-bit words) read windows in place from the padded input image
-        p.image = p.word_bits == 64 and op.in_lists is None
+        p.image = p.word_bits == 64
         off = min(src.lo, 0)
         g = -(-kw * c // 4)  # groups of 4 bytes per window row
         if p.word_bits == 64 and max(src.hi, 0) - off <= 255 and 255 * 128 * kh * 4 * g < 2**31:
@@ -276,8 +279,8 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
         if np.abs(int_w).max(initial=0) >= 2**31:
             raise BnncError(f"layer '{op.source_ops[0]}': integer weights beyond 32 bits on an integer input")
         _pack_int(p, op, src, int_w)
-        if op.in_lists is not None:
-            p.method = "sparse_int"
+        p.method = "int" if op.in_lists is None else "sparse_int"
+        if op.in_lists is not None and not p.image:
             start, chan, wts = [0], [], []
             for i in range(o):
                 for ch in op.in_lists[i]:
@@ -286,8 +289,6 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
                 start.append(len(chan))
             p.sparse = {"start": np.array(start, np.int32), "chan": np.array(chan or [0], np.int32),
                         "w": np.concatenate(wts).astype(np.int32) if wts else np.zeros(1, np.int32)}
-        else:
-            p.method = "int"
         counts = 4 * p.o_blk  # int32 sums
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
