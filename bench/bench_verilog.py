@@ -47,7 +47,8 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-FAMILIES = ("ternary-ttq", "ternary-qonnx", "xnet", "dabn", "w1a2", "abc-fused", "abc-explicit", "pabt")
+FAMILIES = ("ternary-ttq", "ternary-qonnx", "ternary-ec2t", "xnet", "dabn", "w1a2", "abc-fused", "abc-explicit", "pabt",
+            "hbn")
 
 
 def designs(quick: bool, families: bool):
