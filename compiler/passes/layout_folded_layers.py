@@ -178,7 +178,7 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     ep = op.epilogue
     is_acc = not isinstance(ep, (ir.Thresholds, ir.LevelThresholds))
     if is_acc and not isinstance(ep, (ir.Chain, ir.Requantize)):
-        raise BnncError(f"layer '{op.name}': the verilog target does not implement a {type(ep).__name__} epilogue")
+        raise BnncError(f"layer '{op.name}': a matrix-vector unit does not implement a {type(ep).__name__} epilogue")
     live_gains = set(gains[0][gains[0] != 0].tolist())
     v_space = len(planes) > 1 or (is_acc and len(live_gains) > 1)
     if v_space:  # the unit computes v = sum_j G_j s_j; thresholds and offsets apply to v
@@ -199,7 +199,7 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
         levels = isinstance(ep, ir.LevelThresholds)
         if levels and act_planes != 1:
             raise BnncError(f"layer '{op.name}': multi-level activations with several activation planes are not "
-                            "supported by the verilog target")
+                            "supported by the matrix-vector units")
         d = ep.direction.astype(np.int64).reshape(act_planes, o)  # (planes, o)
         ts = ep.threshold.astype(np.int64).reshape(o, -1) if levels else \
             ep.threshold.astype(np.int64).reshape(act_planes, o).T  # (o, nt)
