@@ -496,8 +496,8 @@ class _Builder:
             if live:
                 self.const(f"{name}_live", "bool", tables, _nested(_by_row(f.table_flag, f.pe)[..., 0], _cxx_bool),
                            f"{name}: false for rows without weights (their accumulator is the offset)")
-        if f.mode == "requant":
-            rq = self._requant_tables(op)
+            if f.mode == "requant":
+                rq = self._requant_tables(op)
         else:
             compared = "v = sum_j gain_j * s_j" if f.gains_in_table else "the plane sum s"
             per_row = "[level]" if f.mode == "levels" else "[activation plane]" if k > 1 else ""
