@@ -254,7 +254,8 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
             chi = np.maximum(chi, clo)  # an empty range: every reachable acc clamps to clo
             value = np.stack([a] + [np.broadcast_to(v, a.shape) for v in (mult, add, clo, chi)], axis=-1)
             table_bits = max(signed_bits(int(value.min()), int(value.max())), table_bits)
-            big = max(abs(acc_lo), abs(acc_hi)) * int(np.abs(mult).max()) + int(np.abs(add).max())
+            # the clamped acc lies in [clo, chi] (which may lie outside the reachable range)
+            big = int(np.abs(np.concatenate([clo, chi])).max()) * int(np.abs(mult).max()) + int(np.abs(add).max())
             rq = (int(ep.shift), int(ep.lo), int(ep.hi), signed_bits(-big, big))
     value = np.ascontiguousarray(value, dtype=np.int64)
     flag = np.ascontiguousarray(flag, dtype=np.int64)
