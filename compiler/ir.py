@@ -394,25 +394,6 @@ def family_ops(graph: "Graph") -> list:
             or (isinstance(op, Conv) and not is_classic(op))]
 
 
-def refuse_families(graph: "Graph", target: str) -> None:
-    """For a backend that implements only the foundation's ops: a clear error naming the first
-    layer that needs more (a weight code, epilogue or op of issue 5), instead of wrong numbers."""
-    from .errors import BnncError
-
-    ops = family_ops(graph)
-    if not ops:
-        return
-    op = ops[0]
-    if isinstance(op, Conv):
-        what = f"{op.code} weights" if op.code != "binary" else \
-            ("a 64-bit accumulator" if op.wide_acc else f"a {type(op.epilogue).__name__} epilogue")
-        where = op.source_ops[0] if op.source_ops else op.name
-    else:
-        what, where = f"a {type(op).__name__} op", op.name
-    raise BnncError(f"layer '{where}' needs {what}, which the {target} target does not support yet "
-                    f"({len(ops)} such layer(s); the C target runs them)")
-
-
 # ----------------------------------------------------------------------------- graph
 
 

@@ -311,7 +311,6 @@ def test_report_json_of_a_pruned_mlp(tmp_path, capsys):
 
     # The same figures, worked out independently from the ONNX file.
     inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
     gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
     scale = inits["quant.scale"].item()
     x_box = (0.0, 255 * scale)  # uint8 grid, zero point 0

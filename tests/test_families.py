@@ -336,13 +336,6 @@ def test_model_is_valid_onnx():
     onnx.checker.check_model(zoo.build("pabt", 0), full_check=True)
 
 
-def test_backends_without_family_support_can_refuse_clearly():
-    model, graph, _ = build("dabn", 0)
-    with pytest.raises(BnncError, match=r"layer 'conv0' needs two_scale weights.*verilog target"):
-        ir.refuse_families(graph, "verilog")
-    ir.refuse_families(compile_graph(zoo.build("cnv-stq40", 0, **SMALL["cnv-stq40"])), "verilog")  # binary: fine
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_residual_stream_with_float_batchnorm_agrees_on_top1(seed):
     """A Bi-Real model with trained-looking float BatchNorms in its branches is on no grid: its

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from bnnc import folding, ir, reference, zoo
-from bnnc.errors import BnncError
 from bnnc.passes.layout_folded_layers import layout_folded_layers, signed_bits
 from bnnc.pipeline import compile_graph
 from bnnc.testing.random_models import random_inputs, random_model
