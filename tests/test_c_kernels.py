@@ -169,13 +169,18 @@ def test_threshold_pack_leaves_fill_bits_zero():
     assert hits > 10
 
 
-def test_c_build_of_the_makefile_project(tmp_path):
+@pytest.mark.parametrize("which", ["binary", "family"])
+def test_c_build_of_the_makefile_project(tmp_path, which):
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    model, _ = random_model(4)
+    from bnnc import zoo
+
+    model = random_model(4)[0] if which == "binary" else zoo.build("dabn", 0)
     files = driver.render_c(compile_graph(model))
+    assert ("bnnc_families.h" in files) == (which == "family")
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     r = subprocess.run(["make", "CFLAGS=-std=c99 -O3 -march=native -Wall -Wextra -Werror -ffp-contract=off"],
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert "-c model.c -o model.o" in r.stdout  # the project's own rule, not make's implicit one
