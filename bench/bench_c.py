@@ -35,12 +35,10 @@ input is packed bits (XNOR-popcount); the first layer of CNV and TFC takes integ
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -226,30 +224,10 @@ def layer_harness(calls: list, prefix: str) -> str:
 
 def build_layer_bench(files: dict, harness: str, flags=FLAGS) -> Path:
     """Compile the per-layer harness (model.c included into it); cached like c_build.build."""
-    cc = c_build.find_cc()
-    h = hashlib.sha256()
-    for n in sorted(files):
-        h.update(n.encode() + b"\0" + files[n].encode() + b"\0")
-    h.update(harness.encode() + b"\0" + " ".join((cc,) + tuple(flags)).encode())
-    d = c_build.cache_dir() / ("layers-" + h.hexdigest()[:24])
-    exe = d / "layer_bench"
-    if exe.exists():
-        return exe
-    c_build.cache_dir().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=c_build.cache_dir()))
-    for n, text in files.items():  # model.c and the headers it includes
-        if n != "harness.c":
-            (tmp / n).write_text(text)
-    (tmp / "layer_bench.c").write_text(harness)
-    cmd = [cc, *flags, "layer_bench.c", "-o", "layer_bench"]
-    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"per-layer harness failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
-    try:
-        tmp.rename(d)
-    except OSError:  # built by another process meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return exe
+    sources = {n: t for n, t in files.items() if n != "harness.c"}  # model.c and the headers it includes
+    sources["layer_bench.c"] = harness
+    cmd = [c_build.find_cc(), *flags, "layer_bench.c", "-o", "layer_bench"]
+    return c_build.cached_build(sources, cmd, "layer_bench", prefix="layers-", what="per-layer harness")
 
 
 def time_layers(exe: Path, x_grid: np.ndarray, input_dtype: str, iters: int) -> dict:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,34 +30,40 @@ def find_cc(cc: str | None = None) -> str:
     return cc
 
 
-def build(files: dict, flags=DEFAULT_FLAGS, cc: str | None = None) -> Path:
-    """Compile model.c + harness.c; returns the harness executable (cached by content and flags)."""
-    cc = find_cc(cc)
+def cached_build(files: dict, cmd: list, product: str, prefix: str = "", key: str = "",
+                 what: str = "generated C", announce: bool = False) -> Path:
+    """Write `files` into a fresh directory, run the compile command `cmd` there and return the
+    path of `product` in it. Cached in cache_dir() by the files' contents, the command and `key`
+    (e.g. a compiler version); concurrent builds of the same key race harmlessly (the first
+    rename wins). A failed build raises with the compiler's messages."""
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    h.update(" ".join((cc,) + tuple(flags)).encode())
-    d = cache_dir() / h.hexdigest()[:24]
-    exe = d / "harness"
-    if exe.exists():
-        return exe
-    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=_mk(cache_dir())))
+    h.update(" ".join(cmd).encode() + b"\0" + key.encode())
+    d = cache_dir() / (prefix + h.hexdigest()[:24])
+    out = d / product
+    if out.exists():
+        return out
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix + "build-", dir=cache_dir()))
     for name, text in files.items():
         (tmp / name).write_text(text)
-    cmd = [cc, *flags, "model.c", "harness.c", "-o", "harness"]
+    if announce:
+        print(f"bnnc: compiling {what} ({' '.join(cmd)})", file=sys.stderr)
     r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"generated C failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"{what} failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
     try:
         tmp.rename(d)
     except OSError:  # another process built it first
         shutil.rmtree(tmp, ignore_errors=True)
-    return exe
+    return out
 
 
-def _mk(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+def build(files: dict, flags=DEFAULT_FLAGS, cc: str | None = None) -> Path:
+    """Compile model.c + harness.c; returns the harness executable (cached by content and flags)."""
+    return cached_build(files, [find_cc(cc), *flags, "model.c", "harness.c", "-o", "harness"], "harness")
 
 
 def run(exe: Path, x: np.ndarray, input_dtype: str, output_dtype: str, output_elems: int,

@@ -21,14 +21,10 @@ passes'; this module only formats their tables.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import jinja2
@@ -740,33 +736,9 @@ def build(sources: dict, flags=CXX_FLAGS, include_dirs=(), progress: bool = Fals
     """Compile model.cpp + testbench.cpp; returns the testbench executable (cached by content and flags)."""
     from . import c_build
 
-    cxx = find_cxx()
-    cmd_flags = tuple(flags) + tuple(f"-I{d}" for d in include_dirs)
-    h = hashlib.sha256()
-    for n in sorted(sources):
-        h.update(n.encode() + b"\0" + sources[n].encode() + b"\0")
-    h.update(" ".join((cxx,) + cmd_flags).encode())
-    d = c_build.cache_dir() / ("hls-" + h.hexdigest()[:24])
-    exe = d / "testbench"
-    if exe.exists():
-        return exe
-    root = c_build.cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="hls-build-", dir=root))
-    for n, text in sources.items():
-        (tmp / n).write_text(text)
-    cmd = [cxx, *cmd_flags, "model.cpp", "testbench.cpp", "-o", "testbench"]
-    if progress:
-        print(f"bnnc: compiling the HLS C simulation ({' '.join(cmd)})", file=sys.stderr)
-    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-    if r.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"generated HLS C++ failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
-    try:
-        tmp.rename(d)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return exe
+    cmd = [find_cxx(), *flags, *(f"-I{d}" for d in include_dirs), "model.cpp", "testbench.cpp", "-o", "testbench"]
+    return c_build.cached_build(sources, cmd, "testbench", prefix="hls-", what="generated HLS C++",
+                                announce=progress)
 
 
 def stats(graph: ir.Graph, foldings: list, name: str = "bnnc") -> dict:

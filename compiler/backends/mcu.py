@@ -17,12 +17,10 @@ instructions per inference and per layer; flash and RAM come from the ELF's sect
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -180,27 +178,8 @@ def build(files: dict, core: Core, defines: tuple = ()) -> Path:
     sources = sorted(n for n in files if n.endswith(".c"))
     cc = toolchain()
     cmd = compile_command(core, [f"-D{d}" for d in defines] + sources, ld, "firmware.elf", cc)
-    h = hashlib.sha256()
-    for n in sorted(files):
-        h.update(n.encode() + b"\0" + files[n].encode() + b"\0")
-    h.update(" ".join(cmd[1:] + [gcc_version() if cc == "gcc" else zig_version()]).encode())
-    d = c_build.cache_dir() / ("mcu-" + h.hexdigest()[:24])
-    elf = d / "firmware.elf"
-    if elf.exists():
-        return elf
-    c_build.cache_dir().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="mcu-build-", dir=c_build.cache_dir()))
-    for n, text in files.items():
-        (tmp / n).write_text(text)
-    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-    if r.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"firmware failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
-    try:
-        tmp.rename(d)
-    except OSError:  # built by another process meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return elf
+    return c_build.cached_build(files, cmd, "firmware.elf", prefix="mcu-",
+                                key=gcc_version() if cc == "gcc" else zig_version(), what="firmware")
 
 
 # ----------------------------------------------------------------------------- running
