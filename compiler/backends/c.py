@@ -50,8 +50,8 @@ def c_float(x: float) -> str:
     return x.hex() + "f"
 
 
-def c_array(values, kind: str, per_line: int = 12) -> str:
-    """Comma-separated initializer text for a flat array."""
+def c_array(values, kind: str, per_line: int = 12, float_fmt=c_float) -> str:
+    """Comma-separated initializer text for a flat array (`float_fmt` writes a float literal)."""
     v = np.asarray(values).ravel()
     if kind == "word64":
         items = [f"0x{int(x):016x}u" for x in v]
@@ -60,7 +60,7 @@ def c_array(values, kind: str, per_line: int = 12) -> str:
         items = [f"0x{int(x):08x}u" for x in v]
         per_line = 8
     elif kind == "float":
-        items = [c_float(x) for x in v]
+        items = [float_fmt(x) for x in v]
         per_line = 6
     else:
         items = [str(int(x)) for x in v]
@@ -69,8 +69,9 @@ def c_array(values, kind: str, per_line: int = 12) -> str:
     return ",\n  ".join(lines) if lines else "0"
 
 
-def _chain_ctx(ops, index: str, prefix: str, consts: list) -> list:
-    """C statements of a float32 chain on `v`; per-channel constants become arrays."""
+def chain_ctx(ops, index: str, prefix: str, consts: list, float_fmt=c_float) -> list:
+    """C (or C++) statements of a float32 chain on `v`; per-channel constants become arrays.
+    `float_fmt` writes a float literal (C99 hex floats by default)."""
     stmts = []
     for i, op in enumerate(ops):
         if op.op == "relu":
@@ -79,12 +80,33 @@ def _chain_ctx(ops, index: str, prefix: str, consts: list) -> list:
         sym = {"mul": "*", "add": "+", "sub": "-", "div": "/"}[op.op]
         c = np.asarray(op.const, dtype=np.float32)
         if c.ndim == 0 or np.all(c == c.ravel()[0]) and not np.any(np.signbit(c) != np.signbit(c.ravel()[0])):
-            stmts.append(f"v = v {sym} {c_float(c.ravel()[0])};")
+            stmts.append(f"v = v {sym} {float_fmt(c.ravel()[0])};")
         else:
             name = f"{prefix}_c{i}"
-            consts.append({"name": name, "ctype": "float", "n": c.size, "init": c_array(c, "float")})
+            consts.append({"name": name, "ctype": "float", "n": c.size,
+                           "init": c_array(c, "float", float_fmt=float_fmt)})
             stmts.append(f"v = v {sym} {name}[{index}];")
     return stmts
+
+
+def input_terminal_ctx(term, float_fmt=c_float) -> dict:
+    """Template values of the terminal of a float input quantizer (term: its kind; t: a single
+    threshold; qmin / qmax / zp / add_after / mode_round and the float clamp bounds of a
+    quantizer); refuses what a bit or the templates cannot hold."""
+    ctx = {"term": type(term).__name__}
+    if isinstance(term, ir.SignTerminal):
+        if term.zero_maps_to == 0:
+            raise BnncError(f"'{term.source}': ONNX Sign on the float model input can produce 0, "
+                            "which a bit cannot hold; declare the input grid with --input-scale")
+    elif isinstance(term, ir.ThresholdTerminal):
+        if term.thresholds.size != 1:
+            raise BnncError(f"'{term.source}': per-element input thresholds on a float input are not supported")
+        ctx["t"] = float_fmt(term.thresholds.ravel()[0])
+    else:
+        add = getattr(term, "add_after_round", 0)
+        ctx.update(qmin=term.qmin, qmax=term.qmax, zp=term.zero_point, add_after=add, mode_round=term.mode,
+                   lo_clamp=float_fmt(term.qmin - add - 1), hi_clamp=float_fmt(term.qmax - add + 1))
+    return ctx
 
 
 def _row_unrolling(taps: int) -> dict:
@@ -140,23 +162,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 consts.append({"name": f"{op.name}_neg", "ctype": "uint8_t", "n": p.neg.size,
                                "init": c_array(p.neg, "int")})
             elif p.mode == "float":
-                L["chain"] = _chain_ctx(op.chain.ops, "e", op.name, consts)
-                term = op.chain.terminal
-                L["term"] = type(term).__name__
-                if isinstance(term, ir.SignTerminal):
-                    if term.zero_maps_to == 0:
-                        raise BnncError(f"'{term.source}': ONNX Sign on the float model input can produce 0, "
-                                        "which a bit cannot hold; declare the input grid with --input-scale")
-                elif isinstance(term, ir.ThresholdTerminal):
-                    L["t"] = c_float(term.thresholds.ravel()[0])
-                    if term.thresholds.size != 1:
-                        raise BnncError(f"'{term.source}': per-element input thresholds on a float input "
-                                        "are not supported")
-                else:
-                    L.update(qmin=term.qmin, qmax=term.qmax, zp=term.zero_point,
-                             add_after=getattr(term, "add_after_round", 0), mode_round=term.mode,
-                             lo_clamp=c_float(term.qmin - getattr(term, "add_after_round", 0) - 1),
-                             hi_clamp=c_float(term.qmax - getattr(term, "add_after_round", 0) + 1))
+                L["chain"] = chain_ctx(op.chain.ops, "e", op.name, consts)
+                L.update(input_terminal_ctx(op.chain.terminal))
         elif isinstance(op, ir.Conv):
             p = op.packed
             ih, iw = src_t.shape[:2]
@@ -208,7 +215,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 if L["has_kmul"]:
                     consts.append({"name": f"{op.name}_kmul", "ctype": "int8_t", "n": p.kmul.size,
                                    "init": c_array(p.kmul, "int")})
-                L["chain"] = _chain_ctx(op.epilogue.ops, "o", op.name, consts)
+                L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
         elif isinstance(op, ir.MaxPool):
             h, w, c = src_t.shape
             oh, ow = oty.shape[:2]
@@ -316,7 +323,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         elif p.epilogue == "requant":
             _requant_tables(ep, p.o, table, L)
         else:
-            L["chain"] = _chain_ctx(ep.ops, "o", op.name, consts)
+            L["chain"] = chain_ctx(ep.ops, "o", op.name, consts)
     elif isinstance(op, ir.Activation):
         p = op.packed
         h, w, c = src.shape

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from ..passes.activations_as_convs import activations_as_convs
 from ..passes.layout_folded_layers import layout_folded_layers
 from ..passes.pack_bits import pack_input
 from ..resources import resource_dir
-from .c import _chain_ctx, comment_text, sanitize_identifier
+from .c import chain_ctx, comment_text, input_terminal_ctx, sanitize_identifier
 
 CXX_FLAGS = ("-std=c++14", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
 DEFAULT_PART = "xc7z020clg400-1"  # a Zynq-7020 (PYNQ-Z1/Z2): run_hls.tcl's default, BNNC_HLS_PART overrides
@@ -73,14 +72,6 @@ def cxx_float(x) -> str:
     if np.float32(s) != f:  # pragma: no cover - numpy's shortest digits always round-trip
         raise AssertionError(s)
     return s + "f"
-
-
-_HEX_FLOAT = re.compile(r"-?0x[0-9a-f]+(?:\.[0-9a-f]*)?p[+-]?\d+f")
-
-
-def _cxx14(text: str) -> str:
-    """C99 text from the C backend's helpers with its hex float literals rewritten for C++14."""
-    return _HEX_FLOAT.sub(lambda m: cxx_float(float.fromhex(m.group(0)[:-1])), text)
 
 
 def _nested(arr: np.ndarray, item) -> str:
@@ -322,26 +313,12 @@ class _Builder:
                        "input threshold polarity")
         elif p.mode == "float":
             consts = []
-            P["chain"] = [_cxx14(s) for s in _chain_ctx(op.chain.ops, "e", op.name, consts)]
+            P["chain"] = chain_ctx(op.chain.ops, "e", op.name, consts, float_fmt=cxx_float)
             for c in consts:
-                self.const(c["name"], "float", f"[{c['n']}]", "{" + _cxx14(c["init"]) + "}", "input chain constant")
+                self.const(c["name"], "float", f"[{c['n']}]", "{" + c["init"] + "}", "input chain constant")
                 if k > 1:
                     P["partition"].append(c["name"])
-            term = op.chain.terminal
-            P["term"] = type(term).__name__
-            if isinstance(term, ir.SignTerminal):
-                if term.zero_maps_to == 0:
-                    raise BnncError(f"'{term.source}': ONNX Sign on the float model input can produce 0, "
-                                    "which a bit cannot hold; declare the input grid with --input-scale")
-            elif isinstance(term, ir.ThresholdTerminal):
-                if term.thresholds.size != 1:
-                    raise BnncError(f"'{term.source}': per-element input thresholds on a float input "
-                                    "are not supported")
-                P["t"] = cxx_float(term.thresholds.ravel()[0])
-            else:
-                add = getattr(term, "add_after_round", 0)
-                P.update(qmin=term.qmin, qmax=term.qmax, zp=term.zero_point, add_after=add, mode_round=term.mode,
-                         lo_clamp=cxx_float(term.qmin - add - 1), hi_clamp=cxx_float(term.qmax - add + 1))
+            P.update(input_terminal_ctx(op.chain.terminal, float_fmt=cxx_float))
         P["uses_e"] = (p.mode == "thresholds" and not P["uniform"]) or any("[e]" in st for st in P.get("chain", []))
         self.procs.append(P)
         self.calls.append(f"{op.name}({sin}, {sout});")
@@ -542,9 +519,9 @@ class _Builder:
             self.procs.append(M)
             self.calls.append(f"{name}_mvtu({lanes}, {accs});")
             consts = []
-            chain = [_cxx14(s) for s in _chain_ctx(op.epilogue.ops, "o", name, consts)]
+            chain = chain_ctx(op.epilogue.ops, "o", name, consts, float_fmt=cxx_float)
             for c in consts:
-                self.const(c["name"], "float", f"[{c['n']}]", "{" + _cxx14(c["init"]) + "}",
+                self.const(c["name"], "float", f"[{c['n']}]", "{" + c["init"] + "}",
                            f"{name}: epilogue constant")
             self.procs.append({
                 "kind": "epilogue", "name": f"{name}_epilogue", "layer": name, "in_t": acc_struct,
