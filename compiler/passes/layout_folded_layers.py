@@ -54,7 +54,7 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, plane_ranges, popcount_planes
-from .pack_bits import classes
+from .pack_bits import border_classes
 
 
 @dataclass
@@ -155,15 +155,9 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     mw = kh * kw * c
     if op.pads[0] >= kh or op.pads[1] >= kw or op.pads[2] >= kh or op.pads[3] >= kw:
         raise BnncError(f"layer '{op.name}': padding {op.pads} is not smaller than its {kh}x{kw} kernel")
-    ih, iw = src.shape[:2]
-    oh, ow = dst.shape[:2]
-    ycls, ymask = classes(oh, ih, kh, op.stride[0], op.pads[0])
-    xcls, xmask = classes(ow, iw, kw, op.stride[1], op.pads[1])
-    ny, nx = len(ymask), len(xmask)
-    valid = (ymask[:, None, :, None] & xmask[None, :, None, :]).reshape(ny * nx, kh, kw)
-    bias = np.zeros((ny * nx, o), np.int64)
-    if op.bias_kernel is not None:
-        bias = np.einsum("chw,ohw->co", valid.astype(np.int64), op.bias_kernel.astype(np.int64))
+    ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
+    ny, nx = valid.shape[:2]
+    valid, bias = valid.reshape(ny * nx, kh, kw), bias.reshape(ny * nx, o)
     bits_in = isinstance(src, ir.Bits)
     if bits_in:
         in_bits, in_lo, in_hi = 1, 0, 1

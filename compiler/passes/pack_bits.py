@@ -121,18 +121,26 @@ def classes(n_out: int, n_in: int, k: int, stride: int, pad: int):
     return np.array(ids, dtype=np.int64), np.array(masks, dtype=bool)
 
 
+def border_classes(op: ir.Conv, in_hw: tuple):
+    """(ycls (OH,), xcls (OW,), valid (ny, nx, kh, kw), bias (ny, nx, O)) of a Conv on an input of
+    in_hw: the border class of every output row / column, each class's valid taps, and the sum of
+    bias_kernel over them (bias(V) of the class)."""
+    kh, kw = op.kernel
+    oh, ow = ir.out_shape(tuple(in_hw), op.kernel, op.stride, op.pads)
+    ycls, ymask = classes(oh, in_hw[0], kh, op.stride[0], op.pads[0])
+    xcls, xmask = classes(ow, in_hw[1], kw, op.stride[1], op.pads[1])
+    valid = ymask[:, None, :, None] & xmask[None, :, None, :]
+    bias = np.zeros(valid.shape[:2] + (op.w.shape[0],), np.int64)
+    if op.bias_kernel is not None:
+        bias = np.einsum("yxhw,ohw->yxo", valid.astype(np.int64), op.bias_kernel.astype(np.int64))
+    return ycls, xcls, valid, bias
+
+
 def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> PackedConv:
     o, kh, kw, c = op.w.shape
-    ih, iw = src.shape[:2]
-    oh, ow = ir.out_shape((ih, iw), op.kernel, op.stride, op.pads)
-    ycls, ymask = classes(oh, ih, kh, op.stride[0], op.pads[0])
-    xcls, xmask = classes(ow, iw, kw, op.stride[1], op.pads[1])
-    ny, nx = len(ymask), len(xmask)
-    valid = ymask[:, None, :, None] & xmask[None, :, None, :]  # ny, nx, kh, kw
+    ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
+    ny, nx = valid.shape[:2]
     wsum = op.w.astype(np.int64).sum(axis=3)  # o, kh, kw: sum over channels per tap
-    bias = np.zeros((ny, nx, o), np.int64)
-    if op.bias_kernel is not None:
-        bias = np.einsum("yxhw,ohw->yxo", valid.astype(np.int64), op.bias_kernel)
     o_pad = -(-o // OBLOCK) * OBLOCK
     bits_in = isinstance(src, ir.Bits)
     if bits_in:

@@ -46,7 +46,7 @@ from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .fold_batchnorm_into_thresholds import _epilogue_range
-from .pack_bits import classes, pack_bit_rows, words
+from .pack_bits import border_classes, pack_bit_rows, words
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
 INT_BLOCK = 32  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
@@ -253,16 +253,9 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
 
 def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> PackedFamilyConv:
     o, kh, kw, c = op.w.shape
-    ih, iw = src.shape[:2]
-    oh, ow = ir.out_shape((ih, iw), op.kernel, op.stride, op.pads)
-    ycls, ymask = classes(oh, ih, kh, op.stride[0], op.pads[0])
-    xcls, xmask = classes(ow, iw, kw, op.stride[1], op.pads[1])
-    ny, nx = len(ymask), len(xmask)
-    valid = ymask[:, None, :, None] & xmask[None, :, None, :]  # ny, nx, kh, kw
+    ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
+    ny, nx = valid.shape[:2]
     int_w = ir.int_weights(op)
-    bias = np.zeros((ny, nx, o), np.int64)
-    if op.bias_kernel is not None:
-        bias = np.einsum("yxhw,ohw->yxo", valid.astype(np.int64), op.bias_kernel)
     bits_in = isinstance(src, ir.Bits)
     p = PackedFamilyConv("bits" if bits_in else "ints", "", word_bits, 0, 0, o, 0,
                          kh * kw * c, ycls, xcls, ny, nx, np.zeros(0))
@@ -290,6 +283,7 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
             p.sparse = {"start": np.array(start, np.int32), "chan": np.array(chan or [0], np.int32),
                         "w": np.concatenate(wts).astype(np.int32) if wts else np.zeros(1, np.int32)}
         counts = 4 * p.o_blk  # int32 sums
+        ih, iw = src.shape[:2]
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
     p.corr = np.stack([_lanes8(row, 0) for row in p.corr.astype(np.int64)])
