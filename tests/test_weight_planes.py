@@ -12,11 +12,7 @@ from bnnc.weight_planes import PopcountPlane, lane_valid, plane_offsets, plane_r
 
 
 def _windows(x, op):
-    kh, kw = op.kernel
-    t, l, b, r = op.pads
-    xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, :: op.stride[0], :: op.stride[1]]
-    return win.transpose(0, 1, 2, 4, 5, 3)
+    return reference._windows(x, op.kernel, op.stride, op.pads, 0)
 
 
 def plane_accumulator(op: ir.Conv, a: np.ndarray, bits_in: bool, planes=None):

@@ -206,7 +206,7 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
          "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.plane_kinds], 1), "na": len(f.arrays),
          "gm": int(f.gains_in_table), "gb": f.gain_bits, "vb": f.v_bits, "npl": f.act_planes,
          "planes": ", ".join(f.plane_kinds), "rq": int(f.mode == "requant"), "shift": f.rq_shift, "qlo": f.rq_lo,
-         "qhi": f.rq_hi, "pw": f.rq_bits}
+         "qhi": f.rq_hi, "pw": f.rq_bits, "ew": f.entry_bits}
     if swg:
         s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
                  ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
@@ -315,7 +315,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
             mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
-            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * op.folded.entry_bits)
+            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * s["ew"])
         else:
             s = _pool_stage(op, src, dst, name)
         s["comment"] = comment_text(", ".join(getattr(op, "source_ops", []) or [op.name]))

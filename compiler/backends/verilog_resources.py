@@ -130,8 +130,7 @@ def _rtl(design, *blocks) -> dict:
 def _mvtu_jobs(design, s: dict) -> list:
     """(label, sources, top, params, mems) for the MVTU of conv stage s: PE rows as is when
     PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation)."""
-    nfl = s["nt"] if s["npl"] > 1 else 1
-    ew = (5 if s["rq"] else max(s["nt"], 1)) * s["tb"] + s["gm"] * s["np"] * s["gb"] + nfl
+    ew = s["ew"]  # bits of one row's table entry
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
     base = {k.upper(): s[k] for k in ("mw", "simd", "ib", "sb", "nt", "tb", "ab", "gain", "ncls", "nx",
