@@ -72,6 +72,18 @@ def _where(node) -> str:
     return f"node '{node.name}' ({node.op})"
 
 
+def _multibit_quant(node, scale, zp, bw) -> tuple:
+    """(chain ops, terminal) of a QONNX Quant of more than one bit: divide by the scale, add the
+    zero point, round as the node says and clamp to the integer levels."""
+    lo, hi = quant_levels(float(bw), node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
+    ops = [ir.ChainOp("div", scale.reshape(()))]
+    if float(zp) != 0:
+        ops.append(ir.ChainOp("add", zp.reshape(())))
+    term = ir.RoundClampTerminal(lo, hi, int(zp), round_mode(node.attrs.get("rounding_mode", "ROUND")),
+                                 source=node.name)
+    return ops, term
+
+
 class Lowering:
     def __init__(self, lm: LoadedModel, input_scale: Optional[float] = None, input_range=None,
                  frac_bits: int = FRAC_BITS):
@@ -561,13 +573,7 @@ class Lowering:
                 ops = [ir.ChainOp("div", scale.reshape(()))]
                 term = ir.SignTerminal(zero_maps_to=1, out_scale=float(scale), source=node.name)
             else:
-                lo, hi = quant_levels(float(bw), node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
-                ops = [ir.ChainOp("div", scale.reshape(()))]
-                if float(zp) != 0:
-                    ops.append(ir.ChainOp("add", zp.reshape(())))
-                term = ir.RoundClampTerminal(lo, hi, int(zp), round_mode(node.attrs.get("rounding_mode", "ROUND")),
-                                             source=node.name)
-                term.add_after_round = 0
+                ops, term = _multibit_quant(node, scale, zp, bw)
                 term.out_scale = float(scale)
             if v.kind == "ints":
                 v = Val(**{**v.__dict__, "kind": "intchain",
@@ -576,12 +582,7 @@ class Lowering:
             return
         if v.kind != "input":
             raise BnncError(f"{_where(node)}: Quant of a {v.kind} tensor is not supported")
-        lo, hi = quant_levels(float(bw), node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
-        ops = [ir.ChainOp("div", scale.reshape(()))]
-        if float(zp) != 0:
-            ops.append(ir.ChainOp("add", zp.reshape(())))
-        term = ir.RoundClampTerminal(lo, hi, int(zp), round_mode(node.attrs.get("rounding_mode", "ROUND")),
-                                     source=node.name)
+        ops, term = _multibit_quant(node, scale, zp, bw)
         v2 = Val(**{**v.__dict__, "chain": v.chain + ops})
         out = self._finish_input(node, v2, term, zp_after_round=0)
         out.scale = float(scale)
