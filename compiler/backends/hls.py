@@ -32,7 +32,7 @@ import numpy as np
 from .. import folding, ir, reference
 from ..errors import BnncError
 from ..passes.activations_as_convs import activations_as_convs
-from ..passes.layout_folded_layers import layout_folded_layers
+from ..passes.layout_folded_layers import layout_folded_layers, signed_bits
 from ..passes.pack_bits import pack_input
 from ..resources import resource_dir
 from .c import chain_ctx, comment_text, input_terminal_ctx, sanitize_identifier
@@ -49,14 +49,6 @@ _IN_CTYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16
 
 
 # ----------------------------------------------------------------------------- formatting helpers
-
-
-def signed_bits(lo: int, hi: int) -> int:
-    """Width of the smallest two's complement integer holding [lo, hi]."""
-    b = 1
-    while not (-(1 << (b - 1)) <= lo and hi <= (1 << (b - 1)) - 1):
-        b += 1
-    return b
 
 
 def cxx_float(x) -> str:
