@@ -19,6 +19,7 @@ import numpy as np
 from . import __version__, driver, targets
 from .errors import BnncError
 from .pipeline import Options, compile_file
+from .passes.quantize_input import InputAffine
 from .targets import TargetOptions
 
 
@@ -35,7 +36,47 @@ def _options(a) -> Options:
         except ValueError:
             raise BnncError(f"--input-range '{a.input_range}' is not LO:HI") from None
         rng = (lo, hi)
-    return Options(input_scale=a.input_scale, input_range=rng)
+    scale, affine = _input_affine(a)
+    return Options(input_scale=scale, input_range=rng, input_affine=affine)
+
+
+def _numbers(text: str, flag: str, divisions: bool = False) -> tuple:
+    """A comma-separated list of numbers (one per channel, or one for all); with `divisions`,
+    items may be written 1/D. Returns ((op, value), ...) with op "mul" / "div"."""
+    items = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if divisions and part.startswith("1/"):
+                items.append(("div", float(part[2:])))
+            else:
+                items.append(("mul", float(part)))
+        except ValueError:
+            raise BnncError(f"{flag} '{text}' is not a comma-separated list of numbers"
+                            + (" (or 1/D)" if divisions else "")) from None
+    return tuple(items)
+
+
+def _input_affine(a) -> tuple:
+    """(--input-scale as one positive float, or None; InputAffine of the per-channel input flags,
+    or None). x = ((q * scale + offset) - mean) / std, each a float32 op per channel."""
+    text = getattr(a, "input_scale", None)
+    extra = [getattr(a, f, None) for f in ("input_offset", "input_mean", "input_std")]
+    scale = _numbers(text, "--input-scale", True) if text is not None else ()
+    if not any(e is not None for e in extra) and len(scale) == 1 and scale[0][0] == "mul":
+        return scale[0][1], None  # one scalar scale: real input = S * q
+    if text is None and not any(e is not None for e in extra):
+        return None, None
+    ops = []
+    if scale:
+        kinds = {k for k, _ in scale}
+        if len(kinds) > 1:
+            raise BnncError(f"--input-scale '{text}': write every channel as a number or every channel as 1/D")
+        ops.append((kinds.pop(), tuple(v for _, v in scale)))
+    for flag, op, value in zip(("--input-offset", "--input-mean", "--input-std"), ("add", "sub", "div"), extra):
+        if value is not None:
+            ops.append((op, tuple(v for _, v in _numbers(value, flag))))
+    return None, InputAffine(tuple(ops))
 
 
 def _target_options(a) -> TargetOptions:
@@ -138,6 +179,8 @@ def cmd_verify(a) -> int:
     from .original import OriginalModel
 
     targets.check_target(a.target)
+    if not 0 < a.agreement <= 1:
+        raise BnncError(f"--agreement must be in (0, 1] (got {a.agreement})")
     opts = _target_options(a)
     model, graph = compile_file(a.model, _options(a))
     if a.input:
@@ -179,14 +222,28 @@ def cmd_verify(a) -> int:
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(w)}  {v}")
-    bad = np.flatnonzero(~(same & top_ok & close))
+    exact = driver.approximations(graph) == []
+    agree = top_ok & close if exact else top_ok
+    bad = np.flatnonzero(~(same & agree))
     for i in bad[:5]:
         print(f"  sample {i}: target==ref {bool(same[i])}, top-1 ref {top_ref[i]} original {top_orig[i]}, "
               f"diff {diff[i]:.3g}")
     if bad.size == 0 and diff.max() > 0:  # the closest calls, so a user sees how near the tolerance they are
         worst = np.argsort(-diff, kind="stable")[:3]
         print("worst differences: " + ", ".join(f"sample {i} {diff[i]:.3g}" for i in worst if diff[i] > 0))
-    ok = bad.size == 0
+    # The original computes in float32: a sample whose value lies within its rounding of a quantizer
+    # step can land on the other side of it there. The target must match the reference on every
+    # sample; the reference must agree with the original on at least --agreement of them: same top-1
+    # and, where the lowered model is exact, a difference within the tolerance. Where bnnc states an
+    # approximation (real-valued layers on a fixed-point grid, `bnnc report` gives the bounds), the
+    # difference is reported, and top-1 must agree.
+    ok = bool(same.all()) and agree.mean() >= a.agreement
+    if not exact:
+        print(f"approximations (stated by bnnc report): {'; '.join(driver.approximations(graph)[:3])}; "
+              f"{int(close.sum())}/{n} samples within the tolerance")
+    if ok and not agree.all():
+        print(f"{int((~agree).sum())} of {n} samples differ from the original: "
+              f"{agree.mean():.1%} agree, at least {a.agreement:.1%} required (--agreement)")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
@@ -256,7 +313,7 @@ def cmd_demo(a) -> int:
                             input_scale=None, input_range=None, mcu=None)
     cmd_compile(ns)
     ns = argparse.Namespace(model=str(model_path), target="c", input=str(work / "x.npy"), samples=0, seed=0,
-                            name="bnnc", rtol=1e-4, input_scale=None, input_range=None)
+                            name="bnnc", rtol=1e-4, input_scale=None, input_range=None, agreement=1.0)
     return cmd_verify(ns)
 
 
@@ -279,9 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--target", default=None,
                             help="add the figures of this target (verilog, hls, cortex-m0/m4/m7)")
         sp.add_argument("--name", default="bnnc", help="prefix of the generated identifiers (default bnnc)")
-        sp.add_argument("--input-scale", type=float, default=None,
-                        help="declare the input grid: real input = S * integer")
+        sp.add_argument("--input-scale", default=None,
+                        help="declare the input grid: real input = S * integer; per channel S1,S2,... "
+                             "(1/D divides, as torchvision's ToTensor does with 1/255)")
         sp.add_argument("--input-range", default=None, help="LO:HI integer range of the declared input grid")
+        sp.add_argument("--input-offset", default=None, help="per-channel offset added after the scale: O1,O2,...")
+        sp.add_argument("--input-mean", default=None, help="per-channel mean subtracted (torchvision Normalize)")
+        sp.add_argument("--input-std", default=None, help="per-channel std divided by (torchvision Normalize)")
         sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
         sp.add_argument("--target-cycles", type=int, default=None,
                         help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")
@@ -316,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--input", default=None, help=".npy of inputs (default: random samples)")
     sp.add_argument("--samples", type=int, default=100, help="random samples when no --input (default 100)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--agreement", type=float, default=0.99,
+                    help="fraction of samples on which the reference must agree with the original model "
+                         "(same top-1, difference within --rtol; default 0.99). The target must equal the "
+                         "reference on every sample")
     sp.add_argument("--rtol", type=float, default=1e-4,
                     help="reference vs original tolerance, relative to max(1, max|original|) (default 1e-4)")
     sp.set_defaults(func=cmd_verify)
@@ -327,9 +392,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+VALUE_FLAGS = ("--input-range", "--input-scale", "--input-offset", "--input-mean", "--input-std")
+
+
+def _attach_negative_values(argv: list) -> list:
+    """`--input-range -128:127` as `--input-range=-128:127`: argparse would take a value that
+    starts with '-' (and is no plain number) for an option."""
+    out = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in VALUE_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         if getattr(a, "samples", 1) is not None and getattr(a, "samples", 1) < 1 and a.cmd == "verify" \
                 and not a.input:

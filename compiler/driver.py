@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ir, targets
+from .arith import eval_chain
 from .errors import BnncError
 from .passes.pack_bits import pack_bits
 from .passes.plan_arena import plan_arena
@@ -53,11 +54,32 @@ def prepare_inputs(graph: ir.Graph, x: np.ndarray) -> Inputs:
     if grid["scale"] != 1.0:  # declared --input-scale: quantize, feed the original the grid values
         q = np.clip(np.rint(xf / grid["scale"]), lo, hi)
         return Inputs(q.astype(grid["dtype"]), (q * grid["scale"]).astype(np.float32).reshape((n,) + shape))
-    if np.any(xf != np.rint(xf)) or xf.min() < lo or xf.max() > hi:
-        bad = xf[(xf != np.rint(xf)) | (xf < lo) | (xf > hi)][0]
-        raise BnncError(f"input value {bad} is not on the model's integer input grid [{lo}, {hi}] "
-                        f"({grid['why']})")
-    return Inputs(xf.astype(grid["dtype"]), xf.astype(np.float32).reshape((n,) + shape))
+    off = (xf != np.rint(xf)) | (xf < lo) | (xf > hi)
+    if grid.get("values"):
+        off |= ~np.isin(xf, grid["values"])
+    if np.any(off):
+        raise BnncError(f"input value {xf[off][0]} is not on the model's integer input grid "
+                        f"{list(grid['values']) if grid.get('values') else [lo, hi]} ({grid['why']})")
+    real = xf.astype(np.float32)
+    if grid.get("pre"):  # the declared per-channel float32 ops give the original model its input
+        real = eval_chain(grid["pre"], real)
+    return Inputs(xf.astype(grid["dtype"]), real.reshape((n,) + shape))
+
+
+def approximations(graph: ir.Graph) -> list:
+    """The ops whose values bnnc represents on a fixed-point grid with a rounding error (their
+    bounds are in `bnnc report`); empty when the lowered model is exact."""
+    found = []
+    for op in graph.ops():
+        ep = getattr(op, "epilogue", None)
+        if isinstance(op, ir.InputQuantize) and op.max_error:
+            found.append(f"input rounded to the grid (<= {op.max_error:.3g})")
+        elif isinstance(op, ir.Conv) and op.acc_error is not None and op.acc_error.any():
+            found.append(f"'{op.source_ops[0]}' real-valued weights (<= {float(op.acc_error.max()):.3g})")
+        elif isinstance(ep, ir.Requantize) and ep.max_error:
+            found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream "
+                         f"(<= {ep.max_error:.3g})")
+    return found
 
 
 def run_target(graph: ir.Graph, target: str, inputs: Inputs, name: str = "bnnc", flags=None,
@@ -75,6 +97,8 @@ def random_samples(graph: ir.Graph, n: int, seed: int) -> np.ndarray:
     grid = info["grid"]
     if grid["range"] is not None:
         lo, hi = grid["range"]
+        if grid.get("values"):
+            return rng.choice(np.array(grid["values"], np.float32), size=shape)
         q = rng.integers(lo, hi + 1, size=shape)
         return (q * grid["scale"]).astype(np.float32) if grid["scale"] != 1.0 else q.astype(np.float32)
     op = next(o for o in graph.ops() if isinstance(o, ir.InputQuantize))

@@ -196,6 +196,7 @@ class Requantize:
     notes: list = field(default_factory=list)
     acc_lo: Optional[np.ndarray] = None  # int64 (O,); None: no clamp needed
     acc_hi: Optional[np.ndarray] = None
+    max_error: float = 0.0  # bound on |affine map - out * out_scale| inside the range (0: exact)
 
 
 @dataclass
@@ -243,6 +244,8 @@ class InputQuantize:
     chain: Chain
     grid: Optional[tuple] = None
     int_thresholds: Optional[Thresholds] = None
+    notes: list = field(default_factory=list)  # how a real-valued input is represented
+    max_error: float = 0.0  # bound on |real input - represented value| per element (fixed-point inputs)
 
 
 @dataclass
@@ -284,6 +287,12 @@ class Conv:
     # The accumulator may exceed 2**24 in magnitude (fixed-point inputs, large multipliers): it is
     # an exact int64, and enters a float chain by round-to-nearest-even conversion to float32.
     wide_acc: bool = False
+    # Real-valued (float) weights on a per-channel power-of-two grid (code "int"): `weight_error[o]`
+    # bounds |real weight - unit[o] * int_w| per tap in units of unit[o] (0: exact, 0.5: rounded to
+    # nearest), and `acc_error[o]` bounds |real pre-activation - unit[o] * in_scale * acc| over every
+    # reachable input, weight and input representation errors included (None: exact).
+    weight_error: Optional[np.ndarray] = None
+    acc_error: Optional[np.ndarray] = None
 
 
 @dataclass

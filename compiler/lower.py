@@ -26,15 +26,19 @@ Issue 5 (compressed families) adds, besides those codes:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 
+import math
 from fractions import Fraction
 
 from . import ir, weight_codes
+from .arith import eval_chain
 from .errors import BnncError
 from .onnx_loader import LoadedModel, fold_with_origin, foldable, quant_levels, round_mode
+from .original import trunc_shift
 from .passes.quantize_input import input_grid
 
 FRAC_BITS = 16  # default fixed-point grid 2**-16 of real-valued streams whose scales are not on a coarser one
@@ -42,6 +46,9 @@ STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128
 #                           pool of more than 256 such pixels sums beyond 32 bits: its output range says so and
 #                           the backends store it (and accumulate it) in 64 bits, exactly (pack_bits.storage_dtype)
 SUM_LIMIT = 2**63 - 1  # the sums of pools are exact int64
+REAL_ACC_LIMIT = 2**41  # accumulators of real-valued weights stay within this, so that a 20-bit requantization
+#                         multiplier times the accumulator fits int64 (the weights' bits are chosen for it)
+TABLE_ELEMENTS = 1 << 24  # an input chain is evaluated at every grid value of every element below this
 ACTIVATION_OPS = ("Sign", "BipolarQuant", "MultiThreshold", "Quant", "QuantizeLinear")
 
 SUPPORTED_OPS = sorted([
@@ -86,7 +93,7 @@ def _multibit_quant(node, scale, zp, bw) -> tuple:
 
 class Lowering:
     def __init__(self, lm: LoadedModel, input_scale: Optional[float] = None, input_range=None,
-                 frac_bits: int = FRAC_BITS):
+                 frac_bits: int = FRAC_BITS, input_affine=None):
         self.lm = lm
         self.consts = dict(lm.consts)
         self.origins = dict(lm.quant_origin)
@@ -96,7 +103,7 @@ class Lowering:
         self.consumers = _consumers(lm)
         self.finished: set = set()  # Convs whose epilogue is set
         self.merged: set = set()  # Convs merged into another one (sums of convolutions)
-        self.grid = input_grid(lm, input_scale, input_range)
+        self.grid = input_grid(lm, input_scale, input_range, input_affine)
         shape = lm.input_shape
         self.input_op_name = None
         self.graph = ir.Graph(
@@ -106,6 +113,7 @@ class Lowering:
             output_name="", output_info={},
         )
         pre = [ir.ChainOp("mul", np.float32(self.grid["scale"]).reshape(()))] if self.grid["scale"] != 1.0 else []
+        pre += self.grid.get("pre", [])
         self.vals[lm.input_name] = Val("input", tuple(shape), tensor=lm.input_name, chain=pre)
 
     # ------------------------------------------------------------------ helpers
@@ -452,19 +460,41 @@ class Lowering:
             return v
         conv = self.graph.op(v.conv)
         if v.pools:
-            raise BnncError(f"{_where(node)}: a MaxPool on a real-valued residual stream is not supported")
+            return self._pooled_stream(node, v)
+        cut = _after_first_relu(v.chain)
+        if cut < len(v.chain):  # relu then more arithmetic (BatchNorm after Relu): two requantizations
+            first = self._to_stream(node, Val(**{**v.__dict__, "chain": v.chain[:cut]}))
+            return self._stream_of_intchain(node, Val(**{**first.__dict__, "kind": "intchain", "chain": [
+                ir.ChainOp("mul", np.float32(first.scale).reshape(()))] + v.chain[cut:]}))
         if conv.name in self.finished:
             raise BnncError(f"{_where(node)}: layer '{conv.source_ops[0]}' output is used both as a residual "
                             "stream and as something else")
         from .passes.fold_batchnorm_into_thresholds import acc_range
 
-        o = conv.w.shape[0]
-        affine = _affine_chain(node, v.chain, o)
+        lo_acc, hi_acc = acc_range(conv, self.graph.tensors[conv.inputs[0]])
+        ep, lo, hi = self._requantize(node, v.chain, conv.w.shape[0], lo_acc, hi_acc, conv.source_ops[0])
+        conv.epilogue = ep
+        conv.source_ops = conv.source_ops + v.source_ops
+        self.finished.add(conv.name)
+        oshape = self.graph.tensors[conv.outputs[0]].shape
+        self.graph.tensors[conv.outputs[0]] = ir.Ints(oshape, lo, hi, ep.out_scale)
+        return Val("ints", v.shape, tensor=conv.outputs[0], scale=ep.out_scale)
+
+    def _requantize(self, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tuple:
+        """(ir.Requantize, lo, hi) of the affine map relu?(a * acc + b) that `chain` specifies per
+        channel, for accumulators in [lo_acc, hi_acc] (see _to_stream)."""
+        affine = _affine_chain(node, chain, o)
         frac = next((k for k in range(self.frac_bits + 1)
                      if all((a * 2**k).denominator == 1 and (b * 2**k).denominator == 1 for a, b, _ in affine)), None)
         exact = frac is not None
         frac = self.frac_bits if frac is None else frac
         shift = 1 if exact else 30
+        if not exact:  # small multipliers (wide accumulators) get more bits, up to what int64 holds
+            top = max((abs(a) for a, _, _ in affine), default=Fraction(0)) * 2 ** (frac + shift)
+            acc_bits = max(abs(int(np.min(lo_acc))), abs(int(np.max(hi_acc))), 1).bit_length()
+            while top and top < 2**20 and acc_bits + top.__ceil__().bit_length() + 1 < 62:
+                top *= 2
+                shift += 1
         big = Fraction(2 ** (frac + shift))
         mult = [_round_half_up(a * big) for a, _, _ in affine]
         add = [_round_half_up(b * big) + 2 ** (shift - 1) for _, b, _ in affine]
@@ -473,7 +503,6 @@ class Lowering:
             raise BnncError(f"{_where(node)}: Relu on some channels only is not supported")
         limit = STREAM_LIMIT
         lo_out, hi_out = (0 if True in relu else -limit), limit
-        lo_acc, hi_acc = acc_range(conv, self.graph.tensors[conv.inputs[0]])
         acc_lo, acc_hi, ends = [], [], []
         for i in range(o):
             m, c = mult[i], add[i]
@@ -491,19 +520,51 @@ class Lowering:
                 a = min(max(acc, acc_lo[-1]), acc_hi[-1])
                 ends.append(min(max((a * m + c) >> shift, lo_out), hi_out))
             if max(abs(acc_lo[-1]), abs(acc_hi[-1])) * abs(m) + abs(c) >= 2**62:
-                raise BnncError(f"{_where(node)}: the fixed-point requantization of layer '{conv.source_ops[0]}' "
+                raise BnncError(f"{_where(node)}: the fixed-point requantization of layer '{layer}' "
                                 "needs more than 64 bits (its scale is too small or too large for the grid)")
-        lo, hi = min(ends), max(ends)
         note = (f"fixed-point stream 2^-{frac}: out = floor((acc * mult + add) / 2^{shift}), the layer's affine map "
                 + ("exactly (the model's scales are on the grid)" if exact else
                    f"rounded half up (error <= 2^-{frac + 1})") + f", saturating at +-{limit} steps")
-        conv.epilogue = ir.Requantize(np.array(mult, np.int64), np.array(add, np.int64), shift, lo_out, hi_out,
-                                      2.0**-frac, [note], np.array(acc_lo, np.int64), np.array(acc_hi, np.int64))
-        conv.source_ops = conv.source_ops + v.source_ops
-        self.finished.add(conv.name)
-        oshape = self.graph.tensors[conv.outputs[0]].shape
-        self.graph.tensors[conv.outputs[0]] = ir.Ints(oshape, lo, hi, 2.0**-frac)
-        return Val("ints", v.shape, tensor=conv.outputs[0], scale=2.0**-frac)
+        ep = ir.Requantize(np.array(mult, np.int64), np.array(add, np.int64), shift, lo_out, hi_out,
+                           2.0**-frac, [note], np.array(acc_lo, np.int64), np.array(acc_hi, np.int64),
+                           0.0 if exact else 2.0**-(frac + 1))
+        return ep, min(ends), max(ends)
+
+    def _stream_of_intchain(self, node, v: Val) -> Val:
+        """Integers with pending float32 ops (after a MaxPool of a stream) as a new fixed-point
+        stream: an Activation whose Requantize applies the ops' affine map per channel."""
+        cut = _after_first_relu(v.chain)
+        src = self.graph.tensors[v.tensor]
+        c = src.shape[2]
+        name = self._name("act")
+        tname = name + "_out"
+        ep, lo, hi = self._requantize(node, v.chain[:cut], c, np.full(c, src.lo, np.int64),
+                                      np.full(c, src.hi, np.int64), node.name)
+        self.graph.add(ir.Activation(name, [v.tensor], [tname], ep), {tname: ir.Ints(src.shape, lo, hi, ep.out_scale)})
+        out = Val("ints", v.shape, tensor=tname, scale=ep.out_scale, source_ops=[node.name])
+        if cut == len(v.chain):
+            return out
+        return self._stream_of_intchain(node, Val(**{**out.__dict__, "kind": "intchain", "chain": [
+            ir.ChainOp("mul", np.float32(out.scale).reshape(()))] + v.chain[cut:]}))
+
+    def _pooled_stream(self, node, v: Val) -> Val:
+        """A real-valued layer output with MaxPools on the way: the chain up to the pools becomes
+        the fixed-point stream, the pools run on its integers (rounding to the grid is monotone, so
+        the max of the rounded values is the rounded max), and the ops after the pools stay
+        pending on the pooled integers ("intchain")."""
+        at = v.pools[0][1]
+        if any(p_at != at for _, p_at in v.pools):
+            raise BnncError(f"{_where(node)}: MaxPools separated by arithmetic on a real-valued stream are "
+                            "not supported")
+        h, w, c = self.graph.tensors[self.graph.op(v.conv).outputs[0]].shape
+        pre = Val(**{**v.__dict__, "chain": v.chain[:at], "pools": [], "shape": (1, c, h, w)})
+        out = self._to_stream(node, pre)
+        for params, _ in v.pools:
+            out = self._maxpool(params, out)
+        if at == len(v.chain):
+            return out
+        return Val(**{**out.__dict__, "kind": "intchain",
+                      "chain": [ir.ChainOp("mul", np.float32(out.scale).reshape(()))] + v.chain[at:]})
 
     # ------------------------------------------------------------------ quantizers / activations
     def op_Sign(self, node):
@@ -543,6 +604,10 @@ class Lowering:
             return
         if v.kind != "acc":
             raise BnncError(f"{_where(node)}: activation of a {v.kind} tensor is not supported")
+        if v.pools and not _pools_commute(v) and term is not None:
+            # max and the rest of the chain do not commute: pool the fixed-point values themselves
+            self._set(node, self._activation_op(node, self._to_stream(node, v), term))
+            return
         self._set(node, self._finish_acc(v, term, node))
 
     def _activation_op(self, node, v: Val, term) -> Val:
@@ -562,6 +627,7 @@ class Lowering:
         scale = np.asarray(self._const(node, 1, "scale"), dtype=np.float32)
         zp = np.asarray(self._const(node, 2, "zero point"), dtype=np.float32)
         bw = np.asarray(self._const(node, 3, "bit width"))
+        scale, zp = _uniform(scale), _uniform(zp)  # per-channel-shaped constants holding one value
         if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
             raise BnncError(f"{_where(node)}: Quant needs a positive scalar scale and zero point here")
         if float(zp) != round(float(zp)):
@@ -587,6 +653,38 @@ class Lowering:
         out = self._finish_input(node, v2, term, zp_after_round=0)
         out.scale = float(scale)
         self._set(node, out)
+
+    def op_Trunc(self, node):
+        """QONNX Trunc of an integer tensor n (real value n * s): round(n * s / scale) is the
+        integer n * R (R = s / scale, an integer up to float32 rounding that cannot move a
+        round-to-nearest), then clamp(n * R / 2**k) rounded as the node says, times out_scale."""
+        v = self._val(node)
+        if len(node.inputs) != 6:
+            raise BnncError(f"{_where(node)}: Trunc needs 6 inputs (x, scale, zeropt, input bit width, "
+                            "output scale, output bit width)")
+        scale = _uniform(np.asarray(self._const(node, 1, "scale"), np.float64))
+        zp = _uniform(np.asarray(self._const(node, 2, "zero point"), np.float64))
+        out_scale = _uniform(np.asarray(self._const(node, 4, "output scale"), np.float64))
+        bits = _uniform(np.asarray(self._const(node, 5, "output bit width"), np.float64))
+        if any(c.size != 1 for c in (scale, zp, out_scale, bits)) or float(zp) != 0 or not float(scale) > 0:
+            raise BnncError(f"{_where(node)}: bnnc supports Trunc with scalar scales and a zero point of 0")
+        if v.kind != "ints":
+            raise BnncError(f"{_where(node)}: Trunc of a {v.kind} tensor is not supported (only of integers)")
+        src = self.graph.tensors[v.tensor]
+        ratio = v.scale / float(scale)
+        r = round(ratio)
+        mag = max(abs(src.lo), abs(src.hi))
+        if r < 1 or mag * (abs(ratio - r) + 1e-6 * r) >= 0.25 or mag * r >= 2**24:
+            raise BnncError(f"{_where(node)}: Trunc's scale {float(scale):g} is not the input's scale {v.scale:g} "
+                            "divided by an integer; bnnc supports Trunc of integer sums (average pools)")
+        step = trunc_shift(float(scale), float(out_scale))
+        signed, narrow = node.attrs.get("signed", 1), node.attrs.get("narrow", 0)
+        lo, hi = quant_levels(float(bits), signed, narrow)
+        ops = ([ir.ChainOp("mul", np.float32(r).reshape(()))] if r != 1 else []) + \
+            [ir.ChainOp("div", np.float32(step).reshape(()))]
+        term = ir.RoundClampTerminal(lo, hi, 0, round_mode(node.attrs.get("rounding_mode", "FLOOR")),
+                                     source=node.name, out_scale=float(out_scale))
+        self._activation(node, term, Val(**{**v.__dict__, "kind": "intchain", "chain": ops, "pools": []}))
 
     def op_QuantizeLinear(self, node):
         v = self._val(node)
@@ -714,8 +812,20 @@ class Lowering:
         return Val("bits", v.shape, tensor=conv.outputs[0], scale=scale, block=((len(chains) - 1) * o, o))
 
     # ------------------------------------------------------------------ layers
-    def _decode_weights(self, node, w: np.ndarray, origin_name: str):
-        """weight_codes.Decoded of a layer's weights (O, ...)."""
+    def _input_magnitude(self, v: Val) -> int:
+        """The largest |value| a layer input can hold (real-valued outputs become streams)."""
+        if v.kind in ("bits", "ints"):
+            t = self.graph.tensors[v.tensor]
+            return 1 if isinstance(t, ir.Bits) else max(abs(int(t.lo)), abs(int(t.hi)), 1)
+        return STREAM_LIMIT
+
+    def _decode_weights(self, node, w: np.ndarray, origin_name: str, v: Optional[Val] = None):
+        """weight_codes.Decoded of a layer's weights (O, ...). Real-valued weights get as many bits
+        as keep every accumulator of input `v` within REAL_ACC_LIMIT."""
+        live = int(np.count_nonzero(np.reshape(w, (np.shape(w)[0], -1)), axis=1).max(initial=1))
+        max_int = weight_codes.REAL_MAX_INT
+        if v is not None:
+            max_int = max(1, min(max_int, REAL_ACC_LIMIT // (self._input_magnitude(v) * max(live, 1))))
         origin = None
         if origin_name in self.origins:
             k, s = self.origins[origin_name]
@@ -723,30 +833,84 @@ class Lowering:
             s2 = np.asarray(s, np.float64).reshape(o, -1)
             if k.shape == np.shape(w) and np.all(s2 == s2[:, :1]):
                 origin = (k, s2[:, 0])
-        return weight_codes.decode(_where(node), w, origin)
+        return weight_codes.decode(_where(node), w, origin, max_int)
 
     def _materialize(self, node, v: Val) -> Val:
-        """The raw input read directly by a layer: integers on the declared grid, scales folded."""
+        """The raw input read directly by a layer: integers on the declared grid, positive scalar
+        scales folded into the layer; any other float32 ops on the way (per-channel normalisation,
+        offsets such as (x + 1) / 2) make it a fixed-point input (`_fixed_point_input`)."""
         if v.kind != "input":
             return v
         if self.grid["range"] is None:
             raise BnncError(f"{_where(node)} reads the float model input directly; bnnc needs integers: add a "
-                            "Quant/QuantizeLinear on the input, or declare the grid with --input-scale S")
+                            "Quant/QuantizeLinear on the input, or declare the grid with --input-scale S "
+                            "(or per channel: --input-scale, --input-offset, --input-mean, --input-std)")
         scale = 1.0
         for op in v.chain:
             c = float(op.const) if op.const is not None and op.const.size == 1 else None
             if op.op not in ("mul", "div") or c is None or not c > 0:
-                raise BnncError(f"{_where(node)}: the input reaches this layer through a {op.op} by a non-scalar "
-                                "or non-positive constant; only positive scalar scales are supported")
+                return self._fixed_point_input(node, v)
             scale = scale * c if op.op == "mul" else scale / c
         out = self._finish_input(node, Val(**{**v.__dict__, "chain": []}), None)
         out.scale = scale
         return out
 
+    def _fixed_point_input(self, node, v: Val) -> Val:
+        """The model's float32 input x = chain(q), evaluated exactly as the model (or the declared
+        normalisation) computes it, as a fixed-point tensor round(x * 2**f) on the coarsest grid
+        2**-f (f <= frac_bits, |x| * 2**f < 2**30) that holds every value the grid of q can
+        produce; when none does, on 2**-frac_bits (the grid of real-valued streams), rounded half
+        to even: an error of at most 2**-(f + 1) per element."""
+        lo, hi = self.grid["range"]
+        values = self.grid.get("values")
+        n_el = int(np.prod(v.shape[1:]))
+        grid_size = len(values) if values else hi - lo + 1
+        whole = grid_size * n_el <= TABLE_ELEMENTS
+        q = np.array(values if values else (np.arange(lo, hi + 1) if whole else [lo, hi]), np.float32)
+        with np.errstate(all="ignore"):
+            x = eval_chain(v.chain, np.broadcast_to(q[:, None], (q.size, n_el)))
+        if not np.all(np.isfinite(x)):
+            raise BnncError(f"{_where(node)}: the input's float32 operations give non-finite values on the "
+                            f"declared grid [{lo}, {hi}]")
+        mag = float(np.abs(x).max())
+        fmax = self.frac_bits if mag == 0 else min(self.frac_bits, 30 - math.frexp(mag)[1])
+        x64 = x.astype(np.float64)
+        frac = next((k for k in range(fmax + 1) if np.all(x64 * 2.0**k == np.rint(x64 * 2.0**k))), None) \
+            if whole else None
+        exact = frac is not None
+        frac = fmax if frac is None else frac
+        ints = np.rint(x64 * 2.0**frac)
+        term = ir.RoundClampTerminal(int(ints.min()), int(ints.max()), 0, "half_even", source=node.name)
+        chain = v.chain + [ir.ChainOp("mul", np.float32(2.0**frac).reshape(()))]
+        out = self._finish_input(node, Val(**{**v.__dict__, "chain": chain}), term)
+        op = self.graph.op(self.input_op_name)
+        op.chain.terminal.out_scale = 2.0**-frac
+        op.notes.append(f"fixed-point input 2^-{frac}: " + (
+            "exact (every value the declared grid produces is on it)" if exact
+            else f"rounded half to even, error <= 2^-{frac + 1} per element"))
+        op.max_error = 0.0 if exact else 2.0**-(frac + 1)
+        t = self.graph.tensors[out.tensor]
+        self.graph.tensors[out.tensor] = ir.Ints(t.shape, t.lo, t.hi, 2.0**-frac)
+        out.scale = 2.0**-frac
+        return out
+
+    def _input_error(self, v: Val) -> float:
+        """Bound on |real value - represented value| per element of a layer input (real units)."""
+        if v.kind != "ints":
+            return 0.0
+        op = self.graph.producer(v.tensor)
+        if isinstance(op, ir.InputQuantize):
+            return op.max_error
+        if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Requantize):
+            return op.epilogue.max_error
+        return 0.0
+
     def _conv_common(self, node, v: Val, dec, layout, kernel, stride, pads, bias, dense):
         """The IR Conv of decoded weights `dec`; `layout` maps an (O, ...) array to (O, kh, kw, C)."""
         if v.kind == "acc":  # real activations (EC2T, HBN real-input layers): the fixed-point stream
             v = self._to_stream(node, v)
+        if v.kind == "intchain":  # a pooled stream with BatchNorm / Relu after the pool
+            v = self._stream_of_intchain(node, v)
         if v.kind not in ("bits", "ints"):
             what = "real-valued activations" if v.kind in ("acc", "reals") else f"a {v.kind} tensor"
             if v.kind == "intchain":
@@ -773,9 +937,18 @@ class Lowering:
             op.bases = [ir.WeightBase(np.ascontiguousarray(layout(b.w)), b.mult_p, b.mult_n, b.scale_p, b.scale_n)
                         for b in dec.bases]
             op.unit = unit.copy()
+        if dec.error is not None:
+            op.weight_error = np.asarray(dec.error, np.float64)
         if v.block is not None:
             _place_block(op, v.block[0], src.shape[2])
         o = signs.shape[0]
+        in_err = self._input_error(v)
+        if op.weight_error is not None and (op.weight_error.any() or in_err):
+            # |sum w x - unit * scale * acc| <= unit * scale * err_w * taps * max|q| + sum |w| * err_x
+            taps = int(np.prod(signs.shape[1:]))
+            mag = max(abs(int(getattr(src, "lo", 1))), abs(int(getattr(src, "hi", 1))))
+            wsum = np.abs(ir.int_weights(op).reshape(o, -1)).sum(axis=1) + op.weight_error * taps
+            op.acc_error = (unit * v.scale * (op.weight_error * taps * mag + wsum * in_err / v.scale))
         self.graph.add(op, {tname: ir.Reals((oh, ow, o))})
         scale = (unit * v.scale).astype(np.float32)
         chain = [ir.ChainOp("mul", scale)]
@@ -788,8 +961,19 @@ class Lowering:
         v = self._materialize(node, self._val(node))
         w = self._const(node, 1, "weight")
         a = node.attrs
-        if a.get("group", 1) != 1:
-            raise BnncError(f"{_where(node)}: grouped convolution (group={a['group']}) is not supported")
+        group = int(a.get("group", 1))
+        origin = node.inputs[1]
+        if group != 1:
+            if w.ndim != 4 or len(v.shape) != 4 or w.shape[1] * group != v.shape[1]:
+                raise BnncError(f"{_where(node)}: group={group} on an input of {v.shape[1] if len(v.shape) > 1 else '?'} "
+                                f"channels needs weights of shape (O, C / {group}, kh, kw); they are {tuple(w.shape)}")
+            if origin in self.origins:
+                k, sc = self.origins[origin]
+                sc = np.asarray(sc)
+                self.origins[origin + "\0G"] = (_ungroup(node, np.asarray(k), group),
+                                                 _ungroup(node, sc, group) if sc.shape == np.shape(k) else sc)
+            origin = origin + "\0G"
+            w = _ungroup(node, w, group)
         if any(d != 1 for d in a.get("dilations", [1, 1])):
             raise BnncError(f"{_where(node)}: dilated convolution is not supported")
         if w.ndim != 4:
@@ -799,7 +983,7 @@ class Lowering:
         kernel = tuple(int(k) for k in w.shape[2:])
         stride = tuple(a.get("strides", [1, 1]))
         pads = _conv_pads(node, a, v.shape[2:], kernel, stride)
-        dec = self._decode_weights(node, w, node.inputs[1])
+        dec = self._decode_weights(node, w, origin, v)
         bias = self.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         if len(node.inputs) > 2 and node.inputs[2] and bias is None:
             raise BnncError(f"{_where(node)}: its bias must be a constant")
@@ -816,7 +1000,7 @@ class Lowering:
             raise BnncError(f"{_where(node)}: dense layer input must be 2-D (got {v.shape})")
         if w_oi.shape[1] != v.shape[1]:
             raise BnncError(f"{_where(node)}: weight shape {w_oi.shape} does not match input {v.shape}")
-        dec = self._decode_weights(node, w_oi, origin_name)
+        dec = self._decode_weights(node, w_oi, origin_name, v)
         dec.unit = dec.unit * scale_mult
         if dec.scale_p is not None:
             dec.scale_p, dec.scale_n = dec.scale_p * scale_mult, dec.scale_n * scale_mult
@@ -885,10 +1069,17 @@ class Lowering:
         pads = _conv_pads(node, a, v.shape[2:], kernel, stride)
         oh, ow = ir.out_shape(v.shape[2:], kernel, stride, pads)
         if a.get("ceil_mode", 0):
-            ch = -(-(v.shape[2] + pads[0] + pads[2] - kernel[0]) // stride[0]) + 1
-            cw = -(-(v.shape[3] + pads[1] + pads[3] - kernel[1]) // stride[1]) + 1
-            if (ch, cw) != (oh, ow):
-                raise BnncError(f"{_where(node)}: ceil_mode=1 changes the output size here; not supported")
+            # ceil_mode = 1: extra end padding (MaxPool ignores padded taps), without the last
+            # window when it would start beyond the input and its start padding
+            extra = []
+            for ax in range(2):
+                size, before, after = v.shape[2 + ax], pads[ax], pads[ax + 2]
+                n = -(-(size + before + after - kernel[ax]) // stride[ax]) + 1
+                if (n - 1) * stride[ax] >= size + before:
+                    n -= 1
+                extra.append(max(0, (n - 1) * stride[ax] + kernel[ax] - (size + before + after)))
+            pads = (pads[0], pads[1], pads[2] + extra[0], pads[3] + extra[1])
+            oh, ow = ir.out_shape(v.shape[2:], kernel, stride, pads)
         params = (kernel, stride, pads, (oh, ow), node.name)
         if v.kind == "acc":
             self._set(node, Val(**{**v.__dict__, "shape": (1, v.shape[1], oh, ow), "chain": list(v.chain),
@@ -913,6 +1104,10 @@ class Lowering:
         1/(kh*kw) in the scale (exact); only without padding, where every window has kh*kw taps."""
         v = self._val(node)
         a = node.attrs
+        if v.kind in ("acc", "intchain", "bits") and len(v.shape) == 4 and a.get("count_include_pad", 0) \
+                and not a.get("ceil_mode", 0) and any(a.get("pads", [0])):
+            self._set(node, self._window_sum_conv(node, v))
+            return
         if v.kind == "acc":
             v = self._to_stream(node, v)
         if v.kind != "ints" or len(v.shape) != 4:
@@ -921,9 +1116,12 @@ class Lowering:
         kernel = tuple(a["kernel_shape"])
         stride = tuple(a.get("strides", [1, 1]))
         pads = _conv_pads(node, a, v.shape[2:], kernel, stride)
+        if a.get("count_include_pad", 0) and any(pads) and not a.get("ceil_mode", 0):
+            self._set(node, self._window_sum_conv(node, v))
+            return
         if any(pads) or a.get("ceil_mode", 0):
-            raise BnncError(f"{_where(node)}: AveragePool with padding or ceil_mode is not supported (the divisor "
-                            "would change near the border)")
+            raise BnncError(f"{_where(node)}: AveragePool with padding and count_include_pad=0, or with ceil_mode, "
+                            "is not supported (the divisor would change near the border)")
         ty = self.graph.tensors[v.tensor]
         oh, ow = ir.out_shape(ty.shape[:2], kernel, stride, (0, 0, 0, 0))
         n = kernel[0] * kernel[1]
@@ -934,6 +1132,23 @@ class Lowering:
         self.graph.add(ir.SumPool(name, [v.tensor], [tname], kernel, stride), {tname: oty})
         self._set(node, Val("ints", (1, v.shape[1], oh, ow), tensor=tname, scale=v.scale / n,
                             source_ops=[node.name]))
+
+    def _window_sum_conv(self, node, v: Val) -> Val:
+        """AveragePool with zero padding counted in the divisor (count_include_pad = 1): a
+        convolution with weight 1 from each channel to itself (the zero padding is an exact 0),
+        the 1 / (kh * kw) entering the layer's chain like any scale."""
+        a = node.attrs
+        kernel = tuple(a["kernel_shape"])
+        stride = tuple(a.get("strides", [1, 1]))
+        pads = _conv_pads(node, a, v.shape[2:], kernel, stride)
+        c = v.shape[1]
+        ones = _ungroup(node, np.ones((c, 1) + kernel, np.int64), c)
+        dec = weight_codes.Decoded("int", ones.astype(np.int8), np.full(c, 1.0 / (kernel[0] * kernel[1])), ones,
+                                   what="window sum (AveragePool)")
+        layout = lambda x: x.transpose(0, 2, 3, 1)  # noqa: E731  OIHW -> OHWC
+        out = self._conv_common(node, v, dec, layout, kernel, stride, pads, None, False)
+        out.source_ops = []
+        return out
 
     def op_GlobalAveragePool(self, node):
         v = self._val(node)
@@ -995,6 +1210,18 @@ class Lowering:
         v = self.vals[out]
         if v.kind == "acc":
             v = self._finish_acc(v, None, None)
+        if v.kind in ("ints", "intchain") and v.flat_from is None and v.block is None:
+            # a fixed-point or integer output: its real values, the float32 chain on the integers, as
+            # the epilogue of an identity 1x1 convolution (the form every backend's layers have)
+            c = self.graph.tensors[v.tensor].shape[2]
+            eye = np.eye(c, dtype=np.int64).reshape(c, 1, 1, c)
+            dec = weight_codes.Decoded("int", eye.astype(np.int8), np.ones(c), eye, what="identity (output)")
+            acc = self._conv_common(SimpleNamespace(name=out, op="output"), Val(**{**v.__dict__, "kind": "ints"}), dec, lambda x: x,
+                                    (1, 1), (1, 1), (0, 0, 0, 0), None, False)
+            if v.kind == "intchain":
+                acc.chain = list(v.chain)
+            acc.shape = v.shape
+            v = self._finish_acc(acc, None, None)
         if v.kind == "reals":
             dtype = "float32"
         elif v.kind == "index":
@@ -1012,6 +1239,41 @@ class Lowering:
                 raise BnncError(f"layer '{op.source_ops[0]}' output is consumed by nothing bnnc supports")
             if isinstance(op, ir.Conv):  # activation-base planes added after this layer was built
                 _widen(op, self.graph.tensors[op.inputs[0]].shape[2])
+
+
+def _after_first_relu(chain: list) -> int:
+    """Length of the chain up to and including its first relu (the whole chain without one)."""
+    return next((i + 1 for i, op in enumerate(chain) if op.op == "relu"), len(chain))
+
+
+def _pools_commute(v: Val) -> bool:
+    """Whether the MaxPools of an accumulator commute with the chain after them (no negative scale)."""
+    for _, at in v.pools:
+        for op in v.chain[at:]:
+            if op.op in ("mul", "div") and np.any(op.const < 0):
+                return False
+    return True
+
+
+def _uniform(c: np.ndarray) -> np.ndarray:
+    """A constant whose elements are all equal as a scalar (exporters shape scalar activation
+    scales per channel, e.g. (1, C, 1, 1)); otherwise unchanged."""
+    c = np.asarray(c)
+    return c.reshape(-1)[:1].reshape(()) if c.size > 1 and np.all(c == c.reshape(-1)[0]) else c
+
+
+def _ungroup(node, w: np.ndarray, group: int) -> np.ndarray:
+    """Weights (O, C / group, kh, kw) of a grouped (depthwise: group = C) convolution as the dense
+    (O, C, kh, kw) weights that are zero outside each output's group: the same sums exactly (a
+    zero weight contributes 0); find_sparse_connectivity then lists each row's live channels."""
+    o, cg = w.shape[0], w.shape[1]
+    if group < 1 or o % group:
+        raise BnncError(f"{_where(node)}: group={group} does not divide the {o} output channels")
+    dense = np.zeros((o, cg * group) + w.shape[2:], w.dtype)
+    per = o // group
+    for g in range(group):
+        dense[g * per:(g + 1) * per, g * cg:(g + 1) * cg] = w[g * per:(g + 1) * per]
+    return dense
 
 
 def _only_unit_dims_changed(a: tuple, b: tuple) -> bool:
@@ -1074,9 +1336,10 @@ def _conv_pads(node, a, hw, kernel, stride) -> tuple:
     raise BnncError(f"{_where(node)}: auto_pad '{auto}' is not supported")
 
 
-def lower(lm: LoadedModel, input_scale=None, input_range=None, frac_bits: int = FRAC_BITS) -> ir.Graph:
+def lower(lm: LoadedModel, input_scale=None, input_range=None, frac_bits: int = FRAC_BITS,
+          input_affine=None) -> ir.Graph:
     """ONNX (loaded) -> IR with float32 epilogue chains; see module docstring."""
-    return Lowering(lm, input_scale, input_range, frac_bits).run()
+    return Lowering(lm, input_scale, input_range, frac_bits, input_affine).run()
 
 
 # ----------------------------------------------------------------------------- issue 5 helpers

@@ -237,8 +237,37 @@ def _multithreshold(e: _Emitter, node, consts, ranks) -> None:
             e.op("Add", y, e.const(out_bias), out=node.output[0])
 
 
+def trunc_shift(scale: float, out_scale: float) -> float:
+    """QONNX Trunc's power-of-two step 2**round(log2(out_scale / scale))."""
+    return float(2.0 ** np.round(np.log2(np.float64(out_scale) / np.float64(scale))))
+
+
+def _trunc(e: _Emitter, node, consts, ranks) -> None:
+    where = _describe(node)
+    if len(node.input) != 6:
+        raise BnncError(f"{where}: Trunc needs 6 inputs (x, scale, zeropt, input bit width, output scale, "
+                        "output bit width)")
+    x, scale, zeropt, _, out_scale, bw_name = node.input
+    for name in (scale, zeropt, out_scale, bw_name):
+        if name not in consts:
+            raise BnncError(f"{where}: input {name!r} must be a constant")
+    bits = int(float(np.asarray(consts[bw_name]).reshape(-1)[0]))
+    a = _attrs(node)
+    signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
+    mode = a.get("rounding_mode", b"FLOOR")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    step = trunc_shift(np.asarray(consts[scale]).reshape(-1)[0], np.asarray(consts[out_scale]).reshape(-1)[0])
+    lo = -(2 ** (bits - 1)) + int(narrow) if signed else 0
+    hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    v = e.round_half_even(e.op("Add", e.op("Div", x, scale), zeropt))
+    v = e.op("Div", v, e.const(step))
+    clamped = e.op("Max", e.op("Min", v, e.const(float(hi))), e.const(float(lo)))
+    q = e.rounding(clamped, mode, where)
+    e.op("Mul", e.op("Sub", q, e.op("Div", zeropt, e.const(step))), out_scale, out=node.output[0])
+
+
 REWRITES = {"BipolarQuant": _bipolar_quant, "Quant": _quant, "IntQuant": _quant,
-            "MultiThreshold": _multithreshold}
+            "MultiThreshold": _multithreshold, "Trunc": _trunc}
 
 
 def rewrite_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -8,6 +8,7 @@ from typing import Optional
 from . import ir
 from .lower import FRAC_BITS, lower
 from .onnx_loader import load, read_model
+from .passes.quantize_input import InputAffine
 from .passes.find_sparse_connectivity import find_sparse_connectivity
 from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
 from .passes.quantize_input import quantize_input
@@ -20,6 +21,7 @@ class Options:
     input_scale: Optional[float] = None
     input_range: Optional[tuple] = None
     frac_bits: int = FRAC_BITS  # fixed-point grid 2**-frac_bits of residual / real-valued streams
+    input_affine: Optional[InputAffine] = None  # per-channel float32 ops from the device's integers to the input
 
 
 PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels, find_sparse_connectivity,
@@ -28,7 +30,7 @@ PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels,
 
 def frontend(model, options: Options = Options()) -> ir.Graph:
     """ONNX ModelProto -> IR with float32 epilogue chains (nothing folded yet)."""
-    return lower(load(model), options.input_scale, options.input_range, options.frac_bits)
+    return lower(load(model), options.input_scale, options.input_range, options.frac_bits, options.input_affine)
 
 
 def compile_graph(model, options: Options = Options()) -> ir.Graph:

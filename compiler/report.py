@@ -65,6 +65,9 @@ def layer_rows(graph: ir.Graph) -> list:
             row["compression"] = round(row["weight_bits_float32"] / max(row["weight_bits"], 1), 2)
         elif isinstance(op, ir.InputQuantize):
             row["op"] = "InputQuantize"
+            if op.notes:
+                row["notes"] = list(op.notes)
+                row["error_bound"] = op.max_error
         elif isinstance(op, ir.Activation):
             ep = op.epilogue
             row["thresholds"] = int(np.asarray(ep.threshold).size) if hasattr(ep, "threshold") else 0
@@ -179,6 +182,15 @@ def _family_conv_row(op: ir.Conv, src, dst, row: dict, wb: int) -> None:
         row.setdefault("notes", []).append(
             f"expander connectivity: {kept} of {o * c} k x k kernels kept "
             f"({100 * kept / max(o * c, 1):.1f}%, {kept / max(o, 1):.1f} of {c} inputs per output)")
+    if op.weight_error is not None:
+        bits = max(2, int(np.abs(ir.int_weights(op)).max(initial=0)).bit_length() + 1)
+        bound = float(op.acc_error.max()) if op.acc_error is not None else 0.0
+        row["representation"] = (f"real-valued weights as int{bits} on 2^e per channel, "
+                                 + ("exact" if not op.weight_error.any() else "rounded to nearest"))
+        row["error_bound"] = bound
+        row.setdefault("notes", []).append(
+            row["representation"] + "; error bound vs real arithmetic: "
+            + (f"|pre-activation error| <= {bound:.3g}" if bound else "exact (0)"))
     row.setdefault("notes", []).append(f"storage: {st['text']}")
     row["stored_bytes"] = family_stored_bytes(op, wb)
     total = st["weight_bits"] + st["scale_bits"] + st["index_bits"]

@@ -10,11 +10,15 @@ of a layer is an exact integer and the real pre-activation is unit[o] * acc:
 - two_scale:  k in {-mult_n, +mult_p}, no zeros (DABN's +a_o / -b_o);
 - multi_base: k = sum_m (mult_p[m] * [B_m == +1] - mult_n[m] * [B_m == -1]), binary bases B_m
               (ABC-Net / PaBT; a fused multi-level tensor is decoded back into its bases);
-- int:        k integers on the quantizer's grid (int8 layers of hybrid networks).
+- int:        k integers on the quantizer's grid (int8 layers of hybrid networks), or real-valued
+              (float) weights on a per-channel power-of-two grid: unit = 2**e_o, exactly when the
+              row's float values all lie on a grid with |k| <= max_int (float32 rows whose
+              exponents span less than the bits allowed), else rounded to nearest on the finest
+              such grid (`Decoded.error` = 0.5: at most half a unit per weight).
 
 Scales become integer multipliers exactly: a float is m * 2**e with an odd integer m, so a set of
 positive scales shares the unit 2**min(e) and every scale is an integer multiple of it.
-Anything that is none of these is refused with the node named, never approximated.
+Only non-finite weights are refused (with the node named); nothing is approximated silently.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ WEIGHT_RTOL = 1e-3  # binary: |w| within this relative distance of alpha_o count
 BASES_RTOL = 1e-6  # multi-level tensors: reconstruction within float32 rounding of the exporter's sum
 MAX_BASES = 8
 MAX_MULT = 2**40  # integer multipliers of scales
+REAL_MAX_INT = 2**24  # real-valued weights: |k| <= this by default (a float32 mantissa's 24 bits)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Decoded:
     scale_p: Optional[np.ndarray] = None
     scale_n: Optional[np.ndarray] = None
     what: str = ""  # a short description for notes
+    error: Optional[np.ndarray] = None  # real-valued rows: |w - unit * k| <= error * unit (0 exact, 0.5 rounded)
 
 
 def dyadic(x: float) -> tuple:
@@ -176,12 +182,47 @@ def _integer_grid(w2: np.ndarray):
     return k2, unit
 
 
-def decode(node_desc: str, w: np.ndarray, origin=None) -> Decoded:
+def real_grid(w2: np.ndarray, max_int: int) -> tuple:
+    """(k, unit, error) for real-valued rows w2 (O, N): per row the coarsest power-of-two unit on
+    which every value is an integer with |k| <= max_int (error 0); where the row's values span
+    more bits than that, the unit 2**e with max|w| / 2**e <= max_int and k rounded half to even
+    (error 0.5: |w - unit * k| <= unit / 2)."""
+    w2 = np.asarray(w2, np.float64)
+    o = w2.shape[0]
+    k2 = np.zeros(w2.shape, np.int64)
+    unit = np.ones(o)
+    error = np.zeros(o)
+    mant, expo = np.frexp(w2)  # w = mant * 2**expo, 0.5 <= |mant| < 1
+    m53 = np.abs(mant * 2.0**53).astype(np.int64)
+    low = np.where(m53 != 0, m53 & -m53, 1)  # lowest set bit of each mantissa
+    lsb = np.where(m53 != 0, expo - 53 + np.log2(low).astype(np.int64), np.iinfo(np.int64).max)
+    for i in range(o):
+        row = w2[i]
+        if not np.any(row != 0):
+            continue
+        e = int(lsb[i].min())
+        top = float(np.abs(row).max())
+        if top / 2.0**e > max_int:
+            e = math.frexp(top / max_int)[1]  # top / 2**e <= max_int; then the finest such e
+            while top / 2.0**(e - 1) <= max_int:
+                e -= 1
+            error[i] = 0.5
+        k2[i] = np.rint(row / 2.0**e).astype(np.int64)
+        unit[i] = 2.0**e
+    return k2, unit, error
+
+
+def decode(node_desc: str, w: np.ndarray, origin=None, max_int: int = REAL_MAX_INT) -> Decoded:
     """Decode weights w (O, ...) of the node described by `node_desc` (see module docstring).
-    `origin` = (k, unit) when the loader knows the integers (DequantizeLinear / Quant)."""
+    `origin` = (k, unit) when the loader knows the integers (DequantizeLinear / Quant); real-valued
+    weights become integers of magnitude at most `max_int` on a power-of-two grid per channel."""
     w = np.asarray(w)
     o = w.shape[0]
     w2 = w.reshape(o, -1)
+    if not np.all(np.isfinite(w2)):
+        row = int(np.argwhere(~np.isfinite(w2))[0][0])
+        raise BnncError(f"{node_desc}: weights of output channel {row} are not finite (NaN or Inf); "
+                        "the model's output is undefined")
     if origin is not None:
         k, unit = origin
         k2 = np.asarray(k, np.int64).reshape(o, -1)
@@ -212,14 +253,10 @@ def decode(node_desc: str, w: np.ndarray, origin=None) -> Decoded:
     d = _decode_bases(node_desc, w2, MAX_BASES)
     if d is not None:
         return _reshape(d, w.shape)
-    row = int(np.argmax([np.unique(r).size for r in w2]))
-    distinct = np.unique(w2[row]).size
-    zeros = int((w2[row] == 0).sum())
-    raise BnncError(
-        f"{node_desc}: weights of output channel {row} are not binary (+-alpha): {distinct} distinct values, "
-        f"{zeros} zeros among {w2.shape[1]}; bnnc executes binary, ternary, two-scale, multi-base "
-        f"(sums of up to {MAX_BASES} binary bases) and integer-grid (int8) weights exactly, "
-        "and all-zero (pruned) filters")
+    k2, unit, error = real_grid(w2, max_int)
+    what = (f"real-valued, int{_bits_for(k2)} on 2^e per channel, "
+            + ("exact" if not error.any() else "rounded to nearest (error <= unit / 2 per weight)"))
+    return _reshape(Decoded("int", np.sign(k2).astype(np.int8), unit, k2, [], None, None, what, error), w.shape)
 
 
 def _bits_for(k: np.ndarray) -> int:

@@ -138,7 +138,7 @@ def _grouped_conv(base, d):
     for a in conv.attribute:
         if a.name == "group":
             a.i = 2
-    return save(m, d / "group.onnx"), [conv.name, "Conv", "group", "2", "not supported"]
+    return save(m, d / "group.onnx"), [conv.name, "Conv", "group=2", "weights of shape"]
 
 
 def _custom_domain(base, d):
@@ -150,24 +150,24 @@ def _custom_domain(base, d):
                                         "supported ops"]
 
 
-def _nonbinary_conv(base, d):
+def _nonfinite_conv(base, d):
     m = copy.deepcopy(base)
     conv = node(m, "Conv")
     w = initializer(m, conv.input[1])
-    shape = numpy_helper.to_array(w).shape
-    w.CopyFrom(numpy_helper.from_array(
-        np.random.default_rng(0).normal(size=shape).astype(np.float32), w.name))
-    return save(m, d / "nonbinary.onnx"), [conv.name, "Conv", "not binary"]
+    arr = np.random.default_rng(0).normal(size=numpy_helper.to_array(w).shape).astype(np.float32)
+    arr.reshape(-1)[3] = np.nan
+    w.CopyFrom(numpy_helper.from_array(arr, w.name))
+    return save(m, d / "nan_conv.onnx"), [conv.name, "Conv", "not finite"]
 
 
-def _nonbinary_gemm(base, d):
+def _nonfinite_gemm(base, d):
     m = copy.deepcopy(base)
     gemm = node(m, "Gemm")
     w = initializer(m, gemm.input[1])
-    shape = numpy_helper.to_array(w).shape
-    w.CopyFrom(numpy_helper.from_array(
-        np.random.default_rng(1).uniform(-1, 1, size=shape).astype(np.float32), w.name))
-    return save(m, d / "nonbinary_gemm.onnx"), [gemm.name, "Gemm", "not binary"]
+    arr = np.random.default_rng(1).uniform(-1, 1, size=numpy_helper.to_array(w).shape).astype(np.float32)
+    arr.reshape(-1)[0] = np.inf
+    w.CopyFrom(numpy_helper.from_array(arr, w.name))
+    return save(m, d / "inf_gemm.onnx"), [gemm.name, "Gemm", "not finite"]
 
 
 def _two_inputs(base, d):
@@ -269,8 +269,8 @@ BAD_MODELS = {
     "unsupported_op_lstm": _lstm,
     "grouped_conv": _grouped_conv,
     "unknown_custom_domain": _custom_domain,
-    "nonbinary_conv_weights": _nonbinary_conv,
-    "nonbinary_gemm_weights": _nonbinary_gemm,
+    "nonfinite_conv_weights": _nonfinite_conv,
+    "nonfinite_gemm_weights": _nonfinite_gemm,
     "two_inputs": _two_inputs,
     "two_outputs": _two_outputs,
     "dynamic_nonbatch_dim": _dynamic_dim,
@@ -306,7 +306,7 @@ def test_dangling_tensor_is_named(base, tmp_path, capsys):
     assert_error(rc, err, *words, "ghost_tensor")
 
 
-@pytest.mark.parametrize("kind", ["garbage_bytes", "unsupported_op_softmax", "nonbinary_conv_weights",
+@pytest.mark.parametrize("kind", ["garbage_bytes", "unsupported_op_softmax", "nonfinite_conv_weights",
                                   "residual_add_of_activations"])
 def test_compile_bad_model_leaves_existing_output_dir_unchanged(kind, base, tmp_path, capsys):
     path, words = BAD_MODELS[kind](base, tmp_path)
@@ -587,8 +587,8 @@ def test_subprocess_garbage_model_exits_2(base, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_subprocess_nonbinary_weights_and_usage_error_exit_2(base, tmp_path):
-    path, words = _nonbinary_conv(base, tmp_path)
+def test_subprocess_nonfinite_weights_and_usage_error_exit_2(base, tmp_path):
+    path, words = _nonfinite_conv(base, tmp_path)
     r = _bnnc_subprocess("compile", path, "-o", tmp_path / "out", cwd=tmp_path)
     assert_error(r.returncode, r.stderr, *words)
     assert not (tmp_path / "out").exists()

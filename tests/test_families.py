@@ -274,16 +274,24 @@ def _qdq_nodes():
             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq")]
 
 
-def test_weights_with_no_exact_integer_form_are_refused():
+def test_real_valued_weights_get_a_stated_grid_and_non_finite_ones_are_refused():
     rng = np.random.default_rng(0)
     inits = {**_qdq_inits(), "w": rng.normal(size=(3, 32)).astype(np.float32)}
     nodes = _qdq_nodes() + [helper.make_node("Flatten", ["xd"], ["f"], name="flat"),
                             helper.make_node("Gemm", ["f", "w"], ["y"], name="fc.real", transB=1)]
-    with pytest.raises(BnncError, match=r"fc\.real.*not binary.*ternary, two-scale, multi-base"):
+    g = compile_graph(_tiny(nodes, inits))
+    fc = next(op for op in g.ops() if isinstance(op, ir.Conv))
+    assert fc.code == "int" and fc.weight_error is not None and fc.acc_error is not None
+    w = inits["w"].astype(np.float64)
+    real = fc.unit[:, None] * ir.int_weights(fc).reshape(3, -1)  # (HWC order; rounding is monotone)
+    assert np.all(np.abs(np.sort(real, 1) - np.sort(w, 1)) <= fc.weight_error[:, None] * fc.unit[:, None])
+    inits["w"] = inits["w"].copy()
+    inits["w"][1, 5] = np.nan
+    with pytest.raises(BnncError, match=r"fc\.real.*not finite"):
         compile_graph(_tiny(nodes, inits))
 
 
-def test_relu_inside_a_residual_stream_chain_is_refused():
+def test_relu_then_scale_inside_a_residual_stream_runs_as_two_requantizations():
     rng = np.random.default_rng(0)
     w = rng.choice([-1.0, 1.0], (2, 2, 1, 1)).astype(np.float32)
     inits = {**_qdq_inits(), "w": w, "a": np.array(0.5, np.float32), "w2": np.ones((3, 32), np.float32)}
@@ -291,11 +299,18 @@ def test_relu_inside_a_residual_stream_chain_is_refused():
         helper.make_node("Conv", ["xd", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
         helper.make_node("Mul", ["r", "a"], ["m"], name="scale.after.relu"),
-        helper.make_node("Add", ["m", "xd"], ["s"], name="residual"),
-        helper.make_node("Flatten", ["s"], ["f"], name="flat"),
+        helper.make_node("Add", ["m", "xd"], ["sum"], name="residual"),
+        helper.make_node("Flatten", ["sum"], ["f"], name="flat"),
         helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc", transB=1)]
-    with pytest.raises(BnncError, match="residual.*Relu followed by more arithmetic"):
-        compile_graph(_tiny(nodes, inits))
+    model = _tiny(nodes, inits)
+    g = compile_graph(model)
+    assert any(isinstance(op, ir.Activation) and isinstance(op.epilogue, ir.Requantize) for op in g.ops())
+    x = np.random.default_rng(1).integers(-128, 128, size=(30, 2, 4, 4)).astype(np.float32) / 64
+    inputs = driver.prepare_inputs(g, x)
+    ref = driver.run_target(g, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.array_equal(ref, orig)  # every value is on the 2^-7 grid: exact
+    assert np.array_equal(driver.run_target(g, "c", inputs), ref)
 
 
 def test_padded_average_pool_is_refused():

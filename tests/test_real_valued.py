@@ -1,0 +1,108 @@
+"""Real-valued (float) layers and declared sensor inputs: weights on a per-channel power-of-two
+grid, the float input as a fixed-point tensor, grouped convolutions, and the error bounds."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bnnc import driver, ir, targets
+from bnnc.cli import main
+from bnnc.original import OriginalModel
+from bnnc.passes.quantize_input import InputAffine
+from bnnc.pipeline import Options, compile_graph
+from bnnc.weight_codes import real_grid
+
+IMAGENET = InputAffine((("div", (255.0,)), ("sub", (0.485, 0.456, 0.406)), ("div", (0.229, 0.224, 0.225))))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_real_grid_bounds_and_exact_rows(seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(6, 40)).astype(np.float32) * np.float32(10.0 ** rng.integers(-4, 3))
+    w[1] = 0  # a pruned row
+    w[2] = np.float32(0.125) * rng.integers(-7, 8, size=40)  # already on a coarse grid: exact
+    for max_int in (2**24, 2**12, 127):
+        k, unit, err = real_grid(w, max_int)
+        assert np.abs(k).max() <= max_int
+        diff = np.abs(w.astype(np.float64) - k * unit[:, None])
+        assert np.all(diff <= err[:, None] * unit[:, None])  # the stated bound holds
+        assert err[1] == 0 and not k[1].any()
+    k, unit, err = real_grid(w, 2**24)
+    assert err[2] == 0 and np.array_equal(k[2] * unit[2], w[2].astype(np.float64))
+
+
+def _float_cnn(seed: int, group: int = 1):
+    """Float stem conv (+ BN folded by hand) -> Relu -> [grouped conv] -> Sign -> binary conv ->
+    GAP -> float Gemm: the shape of most real networks' ends."""
+    rng = np.random.default_rng(seed)
+    c1, c2 = 8, 16
+    inits = {
+        "w1": rng.normal(size=(c1, 3, 3, 3)).astype(np.float32),
+        "b1": rng.normal(size=c1).astype(np.float32),
+        "wg": rng.normal(size=(c1, c1 // group, 3, 3)).astype(np.float32),
+        "t": rng.normal(size=(1, c1, 1, 1)).astype(np.float32),
+        "w2": rng.choice([-1.0, 1.0], size=(c2, c1, 3, 3)).astype(np.float32),
+        "wf": rng.normal(size=(10, c2)).astype(np.float32),
+        "bf": rng.normal(size=10).astype(np.float32),
+        "shape": np.array([1, c2], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a1"], name="stem", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+        helper.make_node("Conv", ["r1", "wg"], ["g1"], name="dw", pads=[1, 1, 1, 1], group=group),
+        helper.make_node("Sub", ["g1", "t"], ["s0"], name="shift"),
+        helper.make_node("Sign", ["s0"], ["s1"], name="sign"),
+        helper.make_node("Conv", ["s1", "w2"], ["a2"], name="bconv", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["p"], name="gap"),
+        helper.make_node("Reshape", ["p", "shape"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
+    ]
+    g = helper.make_graph(nodes, "float_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("seed,group", [(0, 1), (1, 8), (2, 2)])
+def test_float_layers_on_declared_pixels_match_onnxruntime_and_c(seed, group):
+    model = _float_cnn(seed, group)
+    graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
+    stem = next(op for op in graph.ops() if isinstance(op, ir.Conv))
+    assert stem.code == "int" and stem.weight_error is not None
+    inq = next(op for op in graph.ops() if isinstance(op, ir.InputQuantize))
+    assert inq.notes and "fixed-point input" in inq.notes[0]
+    x = driver.random_samples(graph, 40, seed)
+    inputs = driver.prepare_inputs(graph, x)
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    # the reference is exact arithmetic on the represented values: it agrees with float32 onnxruntime
+    # except where a sign sits within float32 rounding of 0
+    agree = (ref.argmax(1) == orig.argmax(1)) & (np.abs(ref - orig).max(1) <= 1e-4 * max(1.0, np.abs(orig).max()))
+    assert agree.mean() >= 0.9
+    y, _ = targets.run(graph, "c", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y, ref)
+
+
+def test_grouped_weights_are_block_diagonal():
+    model = _float_cnn(3, group=4)
+    graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
+    dw = [op for op in graph.ops() if isinstance(op, ir.Conv)][1]
+    w = ir.int_weights(dw)
+    o, _, _, c = w.shape
+    for i in range(o):
+        live = np.flatnonzero(np.abs(w[i]).sum(axis=(0, 1)))
+        assert np.all(live // (c // 4) == i // (o // 4))  # only the row's own group
+
+
+def test_input_flags_parse_negative_ranges_and_per_channel_lists(tmp_path, capsys):
+    model = _float_cnn(4)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert main(["report", str(path), "--input-range", "-128:127", "--input-scale", "0.01,0.02,0.03",
+                 "--input-offset", "-0.5,0,0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "L02_conv" in out and "real-valued" in out and "error bound" in out
+    assert main(["report", str(path), "--input-scale", "1/255,0.5,0.5"]) == 2
+    assert "every channel" in capsys.readouterr().err
+    assert main(["report", str(path), "--input-range", "0:255", "--input-mean", "1,2"]) == 2
+    assert "do not match the input shape" in capsys.readouterr().err
