@@ -98,8 +98,8 @@ class IntChainVal(PendingVal):
     @classmethod
     def of(cls, v: IntsVal) -> "IntChainVal":
         """`v` with its scale as the first pending op."""
-        return cls(v.shape, v.source_ops, [ir.ChainOp("mul", np.float32(v.scale).reshape(()))], None,
-                   v.tensor, v.scale, v.flat_from, v.block)
+        return cls(v.shape, v.source_ops, chain=[ir.ChainOp("mul", np.float32(v.scale).reshape(()))],
+                   tensor=v.tensor, scale=v.scale, flat_from=v.flat_from, block=v.block)
 
 
 def with_chain(v: PendingVal, ops: list, **changes) -> PendingVal:
