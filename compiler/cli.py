@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, driver, targets
+from . import __version__, driver, ir_dump, targets
 from .errors import BnncError
 from .pipeline import Options, compile_file
 from .passes.quantize_input import InputAffine
@@ -118,8 +118,12 @@ def _load_npy(path: str) -> np.ndarray:
 def cmd_compile(a) -> int:
     targets.check_target(a.target, targets.COMPILE_TARGETS)
     opts = _target_options(a)
+    dump_ir = getattr(a, "dump_ir", None)
+    if dump_ir is not None and Path(dump_ir).suffix not in ir_dump.FORMATS:
+        raise BnncError(f"--dump-ir '{dump_ir}' must end in {' or '.join(ir_dump.FORMATS)}")
     _, graph = compile_file(a.model, _options(a))
     files = targets.compile_files(graph, a.target, opts)
+    dump_text = ir_dump.dump(graph, Path(dump_ir).suffix) if dump_ir is not None else None
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise BnncError(f"output '{out}' exists and is not a directory")
@@ -145,6 +149,9 @@ def cmd_compile(a) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     top = sorted({n.split("/")[0] for n in files})
     print(f"wrote {', '.join(top)} to {out}/")
+    if dump_text is not None:
+        _write(dump_ir, lambda f: f.write(dump_text.encode()))
+        print(f"wrote the lowered IR to {dump_ir}")
     return 0
 
 
@@ -362,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("compile", help="write the generated sources (C, firmware, Verilog or HLS C++)")
     model_args(sp, " | ".join(targets.COMPILE_TARGETS))
     sp.add_argument("-o", "--output", required=True, help="output folder")
+    sp.add_argument("--dump-ir", default=None, metavar="PATH",
+                    help="also write the lowered IR (after the passes) as JSON (PATH.json) or Graphviz (PATH.dot)")
     sp.set_defaults(func=cmd_compile)
 
     sp = sub.add_parser("run", help="run the compiled model on inputs")

@@ -11,7 +11,7 @@ Tensors (all activations are stored channel-last, shape (H, W, C); a dense vecto
 
 Ops (fields documented on each class): `InputQuantize`, `Conv` (dense layers are convs whose
 kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `ArgMax`, and for the compressed
-families of issue 5: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
+families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale).
 
 Weights use the shared weight code of networks.md section 2: `w[o, ky, kx, c]` in {-1, 0, +1} with
@@ -21,12 +21,14 @@ arrays. A Conv's epilogue says what happens to its integer accumulator:
 - `Chain`: float32 ops then an optional terminal (sign or multi-threshold), as the model wrote it.
 - `Thresholds`: the integer form the fold pass derives from a `Chain` with a bit terminal.
 
-Issue 5 extends the weight code (fields with defaults; `code == "binary"` keeps the meaning above):
+The compressed families extend the weight code (fields with defaults; `code == "binary"` keeps the meaning above):
 `Conv.code` names it ("binary", "ternary", "two_scale", "multi_base", "int"); every other code
 carries exact integer weights `int_w` (acc = sum int_w * a) and, except "int", their decomposition
 into masked binary bases (`WeightBase`: masks P = (w == +1), N = (w == -1) and integer multipliers).
 New epilogues: `LevelThresholds` (multi-bit integer outputs), `Requantize` (fixed-point outputs),
 `Planes` (several activation bases of one accumulator, before folding).
+
+`verify(graph)` checks the invariants every graph keeps between passes (IR.md lists them).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from typing import Optional, Union
 
 import networkx as nx
 import numpy as np
+
+from .errors import BnncError
 
 # ----------------------------------------------------------------------------- tensor types
 
@@ -154,7 +158,7 @@ class Thresholds:
     notes: list = field(default_factory=list)  # what the fold found (ties, unreachable steps)
 
     NOT_CONSTANT = 2
-    # Issue 5: `planes` activation bases of one accumulator. The output has planes * O channels;
+    # `planes` activation bases of one accumulator. The output has planes * O channels;
     # channel p * O + o compares accumulator o (arrays above have planes * O entries).
     planes: int = 1
 
@@ -272,7 +276,7 @@ class Conv:
     removed_out: int = 0  # output channels stripped
     removed_in: int = 0  # input channels stripped
     original_params: int = 0  # float parameters of the original layer (weights, bias, BN)
-    # --- issue 5 (defaults keep the binary meaning above) ---
+    # --- compressed families (defaults keep the binary meaning above) ---
     # "binary": w as above (rows +-1, or all zero for a pruned filter). Any other code: `int_w`
     # holds the exact integer weights and acc = sum over valid taps of int_w * a + bias_kernel
     # terms; `w` is then sign(int_w) (its nonzero pattern), scale_p / scale_n the real weights of
@@ -398,7 +402,7 @@ def is_classic(op) -> bool:
 
 
 def family_ops(graph: "Graph") -> list:
-    """Ops that need issue-5 support in a backend (non-classic convs and the new op kinds)."""
+    """Ops that need compressed-family support in a backend (non-classic convs and the new op kinds)."""
     return [op for op in graph.ops() if isinstance(op, (Activation, Add, SumPool))
             or (isinstance(op, Conv) and not is_classic(op))]
 
@@ -481,3 +485,316 @@ def out_shape(in_hw: tuple, kernel: tuple, stride: tuple, pads: tuple) -> tuple:
     h = (in_hw[0] + pads[0] + pads[2] - kernel[0]) // stride[0] + 1
     w = (in_hw[1] + pads[1] + pads[3] - kernel[1]) // stride[1] + 1
     return (h, w)
+
+
+# ----------------------------------------------------------------------------- invariants
+
+
+class IRError(BnncError):
+    """An IR graph breaks one of the invariants `verify` checks (a bug in the pass that built it)."""
+
+
+def verify(graph: "Graph") -> None:
+    """Check the IR's invariants; raise IRError naming the op and the rule it breaks.
+
+    Graph: acyclic, every tensor produced once, the declared output produced and the only
+    tensor nobody reads. Ops: inputs exist with the types the op reads, window shapes follow from
+    kernel / stride / pads, weight arrays have their shapes and dtypes, codes are valid,
+    epilogue arrays have one row per output channel, rows of LevelThresholds are non-decreasing.
+    Tensor types: 3-D shapes, Ints lo <= hi."""
+    if not nx.is_directed_acyclic_graph(graph.g):
+        raise IRError(f"graph: has a cycle through {nx.find_cycle(graph.g)[0][0]}")
+    produced: dict = {}
+    for op in graph.ops():
+        for t in op.outputs:
+            if t in produced:
+                _fail(op, "each tensor has one producer", f"'{t}' is also produced by '{produced[t]}'")
+            produced[t] = op.name
+    if graph.output not in produced:
+        raise IRError(f"graph: the declared output '{graph.output}' is produced by no op")
+    for op in graph.ops():
+        if type(op) not in _CHECKS:
+            _fail(op, "known op type", f"{type(op).__name__} is not an IR op")
+        for t in op.outputs:
+            if t not in graph.tensors:
+                _fail(op, "output tensors have types", f"'{t}' has none")
+            _check_type(op, t, graph.tensors[t])
+    for op in graph.ops():  # what each op reads, before any op's own checks blame its producer
+        if isinstance(op, InputQuantize):
+            continue
+        for i, t in enumerate(op.inputs):
+            if t not in produced:
+                _fail(op, "input tensors exist", f"'{t}' is produced by no op")
+            _input_type(graph, op, i, _INPUT_TYPES[type(op)])
+    for op in graph.ops():
+        _CHECKS[type(op)](graph, op)
+    read = {t for op in graph.ops() for t in op.inputs}
+    for t, name in produced.items():
+        if t != graph.output and t not in read:
+            _fail(graph.op(name), "exactly the declared outputs", f"its output '{t}' is read by no op "
+                  f"and is not the graph output '{graph.output}'")
+    out_ty = graph.tensors[graph.output]
+    want = {"float32": Reals, "int32": Ints}.get(graph.output_info.get("dtype"))
+    if want is not None and not isinstance(out_ty, want):
+        raise IRError(f"graph: output '{graph.output}' is {type(out_ty).__name__} but output_info says "
+                      f"{graph.output_info.get('dtype')}")
+
+
+def _fail(op, rule: str, detail: str):
+    raise IRError(f"op '{op.name}' ({type(op).__name__}): {rule}: {detail}")
+
+
+def _check_type(op, t: str, ty) -> None:
+    if not isinstance(ty, (Bits, Ints, Reals)):
+        _fail(op, "tensor types are Bits / Ints / Reals", f"'{t}' is {type(ty).__name__}")
+    if len(ty.shape) != 3 or any(int(s) < 1 for s in ty.shape):
+        _fail(op, "tensor shapes are (H, W, C)", f"'{t}' has shape {ty.shape}")
+    if isinstance(ty, Ints) and not ty.lo <= ty.hi:
+        _fail(op, "Ints lo <= hi", f"'{t}' has [{ty.lo}, {ty.hi}]")
+
+
+def _input_type(graph, op, i: int, types: tuple):
+    ty = graph.tensors.get(op.inputs[i]) if i < len(op.inputs) else None
+    if not isinstance(ty, types):
+        _fail(op, "input types", f"input {i} ('{op.inputs[i] if i < len(op.inputs) else ''}') is "
+              f"{type(ty).__name__}, not {' / '.join(t.__name__ for t in types)}")
+    return ty
+
+
+def _arity(op, n_in: int) -> None:
+    if len(op.inputs) != n_in or len(op.outputs) != 1:
+        _fail(op, "arity", f"{len(op.inputs)} inputs and {len(op.outputs)} outputs, expected {n_in} and 1")
+
+
+def _array(op, what: str, a, shape: tuple, kinds: str) -> None:
+    """`a` is an ndarray of `shape` (None: any size along that axis) whose dtype kind is in `kinds`."""
+    if not isinstance(a, np.ndarray):
+        _fail(op, "array fields are numpy arrays", f"{what} is {type(a).__name__}")
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        _fail(op, "array shapes", f"{what} has shape {a.shape}, expected {tuple('*' if s is None else s for s in shape)}")
+    if a.dtype.kind not in kinds:
+        _fail(op, "array dtypes", f"{what} has dtype {a.dtype}")
+
+
+def _check_window(graph, op, src, out, kernel, stride, pads) -> None:
+    if len(kernel) != 2 or len(stride) != 2 or len(pads) != 4 or min(kernel) < 1 or min(stride) < 1 \
+            or min(pads) < 0:
+        _fail(op, "window geometry", f"kernel {kernel}, stride {stride}, pads {pads}")
+    oh, ow = out_shape(src.shape[:2], kernel, stride, pads)
+    if (oh, ow) != tuple(out.shape[:2]):
+        _fail(op, "output shape follows from kernel / stride / pads",
+              f"input {src.shape[:2]}, kernel {kernel}, stride {stride}, pads {pads} give {(oh, ow)}, "
+              f"output is {out.shape[:2]}")
+
+
+def _check_chain(op, chain, channels) -> None:
+    """A Chain's constants are scalars or one per channel (`channels` entries)."""
+    if not isinstance(chain, Chain):
+        _fail(op, "epilogue types", f"expected a Chain, got {type(chain).__name__}")
+    for c in chain.ops:
+        if c.op not in CHAIN_OPS:
+            _fail(op, "chain ops", f"unknown chain op {c.op!r}")
+        if c.op == "relu":
+            continue
+        if not isinstance(c.const, (np.ndarray, np.generic)) or np.shape(c.const) not in ((), (channels,)):
+            _fail(op, "chain constants are scalars or per channel",
+                  f"{c.op} constant of shape {getattr(c.const, 'shape', None)} for {channels} channels")
+
+
+def _epilogue_out(op, ep, o: int) -> tuple:
+    """(output type class, output channels) of an epilogue over `o` accumulators; checks its arrays."""
+    if isinstance(ep, Chain):
+        _check_chain(op, ep, o)
+        t = ep.terminal
+        if t is None:
+            return Reals, o
+        if isinstance(t, (SignTerminal, ThresholdTerminal)):
+            return Bits, o
+        return Ints, o
+    if isinstance(ep, Planes):
+        for c in ep.chains:
+            _check_chain(op, c, o)
+            if not isinstance(c.terminal, (SignTerminal, ThresholdTerminal)):
+                _fail(op, "Planes hold bit activations", f"terminal {type(c.terminal).__name__}")
+        return Bits, o * len(ep.chains)
+    if isinstance(ep, Thresholds):
+        n = o * ep.planes
+        _array(op, "Thresholds.direction", ep.direction, (n,), "i")
+        _array(op, "Thresholds.threshold", ep.threshold, (n,), "i")
+        _array(op, "Thresholds.constant", ep.constant, (n,), "i")
+        if not np.all(np.isin(ep.direction, (-1, 1))):
+            _fail(op, "Thresholds.direction is +-1", f"{np.unique(ep.direction)}")
+        if not np.all(np.isin(ep.constant, (-1, 0, 1, Thresholds.NOT_CONSTANT))):
+            _fail(op, "Thresholds.constant is -1, 0, +1 or NOT_CONSTANT", f"{np.unique(ep.constant)}")
+        return Bits, n
+    if isinstance(ep, LevelThresholds):
+        n = o * ep.planes
+        _array(op, "LevelThresholds.direction", ep.direction, (n,), "i")
+        _array(op, "LevelThresholds.threshold", ep.threshold, (n, None), "i")
+        if not np.all(np.isin(ep.direction, (-1, 1))):
+            _fail(op, "LevelThresholds.direction is +-1", f"{np.unique(ep.direction)}")
+        if np.any(np.diff(ep.threshold, axis=1) < 0):
+            _fail(op, "LevelThresholds rows are non-decreasing",
+                  f"row {int(np.argwhere(np.diff(ep.threshold, axis=1) < 0)[0][0])}")
+        return Ints, n
+    if isinstance(ep, Requantize):
+        _array(op, "Requantize.mult", ep.mult, (o,), "i")
+        _array(op, "Requantize.add", ep.add, (o,), "i")
+        for what, a in (("acc_lo", ep.acc_lo), ("acc_hi", ep.acc_hi)):
+            if a is not None:
+                _array(op, f"Requantize.{what}", a, (o,), "i")
+        if not ep.lo <= ep.hi:
+            _fail(op, "Requantize lo <= hi", f"[{ep.lo}, {ep.hi}]")
+        return Ints, o
+    _fail(op, "epilogue types", f"{type(ep).__name__} is not an epilogue")
+
+
+def _check_output(op, out, cls, channels: int) -> None:
+    if not isinstance(out, cls):
+        _fail(op, "output type follows from the epilogue", f"output is {type(out).__name__}, epilogue gives "
+              f"{cls.__name__}")
+    if out.shape[2] != channels:
+        _fail(op, "epilogue arrays match the output channels", f"epilogue gives {channels} channels, output "
+              f"has {out.shape[2]}")
+
+
+def _verify_input_quantize(graph, op) -> None:
+    _arity(op, 1)
+    if op.inputs[0] != graph.input:
+        _fail(op, "InputQuantize reads the graph input", f"reads '{op.inputs[0]}', not '{graph.input}'")
+    out = graph.tensors[op.outputs[0]]
+    if len(op.in_shape) != 3:
+        _fail(op, "in_shape is (C, H, W)", f"{op.in_shape}")
+    c, h, w = op.in_shape
+    if tuple(out.shape) not in ((h, w, c), (1, 1, c * h * w)):
+        _fail(op, "output shape follows from in_shape", f"in_shape {op.in_shape}, output {out.shape}")
+    n = c * h * w
+    if not isinstance(op.chain, Chain):
+        _fail(op, "epilogue types", f"chain is {type(op.chain).__name__}")
+    for x in op.chain.ops:
+        if x.op != "relu" and (not isinstance(x.const, (np.ndarray, np.generic)) or np.shape(x.const) not in ((), (n,))):
+            _fail(op, "chain constants are scalars or per element", f"{x.op} constant of shape "
+                  f"{getattr(x.const, 'shape', None)} for {n} elements")
+    t = op.chain.terminal
+    want = Ints if t is None or isinstance(t, (RoundClampTerminal, LevelTerminal)) else Bits
+    if not isinstance(out, want):
+        _fail(op, "output type follows from the terminal", f"output is {type(out).__name__}")
+    if op.grid is not None and not op.grid[0] <= op.grid[1]:
+        _fail(op, "grid lo <= hi", f"{op.grid}")
+    if op.int_thresholds is not None:
+        th = op.int_thresholds
+        for what in ("direction", "threshold", "constant"):
+            _array(op, f"int_thresholds.{what}", getattr(th, what), (n,), "i")
+
+
+def _verify_conv(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Bits, Ints))
+    out = graph.tensors[op.outputs[0]]
+    if op.code not in WEIGHT_CODES:
+        _fail(op, "codes valid", f"weight code {op.code!r}")
+    o = op.w.shape[0] if isinstance(op.w, np.ndarray) and op.w.ndim == 4 else None
+    kh, kw = op.kernel if len(op.kernel) == 2 else (None, None)
+    wshape = (o, kh, kw, src.shape[2])
+    if op.is_dense and (tuple(op.kernel) != tuple(src.shape[:2]) or tuple(out.shape[:2]) != (1, 1)):
+        _fail(op, "a dense layer's kernel covers its input", f"kernel {op.kernel}, input {src.shape}")
+    _array(op, "w", op.w, wshape, "i")
+    if op.w.dtype != np.int8 or not np.all(np.isin(op.w, (-1, 0, 1))):
+        _fail(op, "w is int8 in {-1, 0, +1}", f"dtype {op.w.dtype}")
+    _array(op, "scale_p", op.scale_p, (o,), "f")
+    _array(op, "scale_n", op.scale_n, (o,), "f")
+    _check_window(graph, op, src, out, op.kernel, op.stride, op.pads)
+    if op.code == "binary":
+        zero_rows = ~np.any(op.w != 0, axis=(1, 2, 3))
+        if np.any((op.w == 0) & ~zero_rows[:, None, None, None]):
+            _fail(op, "codes valid", "a binary code has zeros outside all-zero (pruned) filters")
+    else:
+        _array(op, "int_w", op.int_w, wshape, "i")
+        if op.int_w.dtype != np.int64:
+            _fail(op, "array dtypes", f"int_w has dtype {op.int_w.dtype}")
+        if op.code == "int" and op.bases:
+            _fail(op, "codes valid", "the int code has no bases")
+        for i, b in enumerate(op.bases):
+            _array(op, f"bases[{i}].w", b.w, wshape, "i")
+            _array(op, f"bases[{i}].mult_p", b.mult_p, (o,), "i")
+            _array(op, f"bases[{i}].mult_n", b.mult_n, (o,), "i")
+            if np.any(b.mult_p < 0) or np.any(b.mult_n < 0):
+                _fail(op, "codes valid", f"bases[{i}] has a negative multiplier")
+        if op.bases and not np.array_equal(bases_weights(op.bases), op.int_w):
+            _fail(op, "codes valid", "the bases do not sum to int_w")
+        if op.unit is not None:
+            _array(op, "unit", op.unit, (o,), "f")
+    if op.bias_kernel is not None:
+        _array(op, "bias_kernel", op.bias_kernel, (o, kh, kw), "i")
+    if op.in_lists is not None and len(op.in_lists) != o:
+        _fail(op, "array shapes", f"in_lists has {len(op.in_lists)} rows for {o} filters")
+    cls, channels = _epilogue_out(op, op.epilogue, o)
+    _check_output(op, out, cls, channels)
+
+
+def _verify_max_pool(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Bits, Ints))
+    out = graph.tensors[op.outputs[0]]
+    if type(out) is not type(src) or out.shape[2] != src.shape[2] \
+            or (isinstance(src, Ints) and (out.lo, out.hi) != (src.lo, src.hi)):
+        _fail(op, "a pool keeps its input's type", f"{src} -> {out}")
+    _check_window(graph, op, src, out, op.kernel, op.stride, op.pads)
+
+
+def _verify_sum_pool(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Ints,))
+    out = graph.tensors[op.outputs[0]]
+    if not isinstance(out, Ints) or out.shape[2] != src.shape[2]:
+        _fail(op, "output type", f"{src} -> {out}")
+    _check_window(graph, op, src, out, op.kernel, op.stride, (0, 0, 0, 0))
+
+
+def _verify_global_sum_pool(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Bits, Ints))
+    out = graph.tensors[op.outputs[0]]
+    if not isinstance(out, Ints) or tuple(out.shape) != (1, 1, src.shape[2]):
+        _fail(op, "output type", f"{src} -> {out}")
+
+
+def _verify_arg_max(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Reals, Ints))
+    out = graph.tensors[op.outputs[0]]
+    c = src.shape[0] * src.shape[1] * src.shape[2]
+    if not 1 <= op.k <= c:
+        _fail(op, "1 <= k <= channels", f"k={op.k} for {c} values")
+    if not isinstance(out, Ints) or tuple(out.shape) != (1, 1, op.k):
+        _fail(op, "output type", f"{out}")
+
+
+def _verify_activation(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Ints,))
+    out = graph.tensors[op.outputs[0]]
+    c = src.shape[2]
+    cls, channels = _epilogue_out(op, op.epilogue, c)
+    _check_output(op, out, cls, channels)
+    if tuple(out.shape[:2]) != tuple(src.shape[:2]):
+        _fail(op, "an elementwise op keeps the shape", f"{src.shape} -> {out.shape}")
+
+
+def _verify_add(graph, op) -> None:
+    if len(op.inputs) != 2 or len(op.outputs) != 1:
+        _fail(op, "arity", f"{len(op.inputs)} inputs and {len(op.outputs)} outputs, expected 2 and 1")
+    a = _input_type(graph, op, 0, (Ints,))
+    b = _input_type(graph, op, 1, (Ints,))
+    out = graph.tensors[op.outputs[0]]
+    if not isinstance(out, Ints) or not (tuple(a.shape) == tuple(b.shape) == tuple(out.shape)):
+        _fail(op, "Add of equal shapes", f"{a.shape} + {b.shape} -> {out.shape}")
+    if not op.lo <= op.hi or len(op.shifts) != 2 or min(op.shifts) < 0:
+        _fail(op, "Add lo <= hi, shifts >= 0", f"[{op.lo}, {op.hi}], shifts {op.shifts}")
+
+
+_INPUT_TYPES = {Conv: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,), GlobalSumPool: (Bits, Ints),
+                ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,)}
+_CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, MaxPool: _verify_max_pool,
+           SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool, ArgMax: _verify_arg_max,
+           Activation: _verify_activation, Add: _verify_add}

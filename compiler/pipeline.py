@@ -1,6 +1,11 @@
-"""From an ONNX file to the lowered IR: the frontend, then the passes in order."""
+"""From an ONNX file to the lowered IR: the frontend, then the passes in order.
+
+With `Options.verify_ir` (default: the environment variable BNNC_VERIFY_IR=1, which the tests
+set) `ir.verify` checks the graph after the frontend and after every pass."""
 
 from __future__ import annotations
+
+import os
 
 from dataclasses import dataclass
 from typing import Optional
@@ -8,10 +13,9 @@ from typing import Optional
 from . import ir
 from .lower import FRAC_BITS, lower
 from .onnx_loader import load, read_model
-from .passes.quantize_input import InputAffine
 from .passes.find_sparse_connectivity import find_sparse_connectivity
 from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
-from .passes.quantize_input import quantize_input
+from .passes.quantize_input import InputAffine, quantize_input
 from .passes.requantize_level_steps import requantize_level_steps
 from .passes.strip_pruned_channels import strip_pruned_channels
 
@@ -21,6 +25,7 @@ class Options:
     input_scale: Optional[float] = None
     input_range: Optional[tuple] = None
     frac_bits: int = FRAC_BITS  # fixed-point grid 2**-frac_bits of residual / real-valued streams
+    verify_ir: Optional[bool] = None  # ir.verify after every step; None: BNNC_VERIFY_IR=1
     input_affine: Optional[InputAffine] = None  # per-channel float32 ops from the device's integers to the input
 
 
@@ -35,9 +40,14 @@ def frontend(model, options: Options = Options()) -> ir.Graph:
 
 def compile_graph(model, options: Options = Options()) -> ir.Graph:
     """ONNX ModelProto -> IR after every pass: what the reference and the backends run."""
+    verify = options.verify_ir if options.verify_ir is not None else os.environ.get("BNNC_VERIFY_IR") == "1"
     g = frontend(model, options)
+    if verify:
+        ir.verify(g)
     for p in PASSES:
         g = p(g)
+        if verify:
+            ir.verify(g)
     return g
 
 

@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+# every model the tests compile is checked by ir.verify after the frontend and after every pass
+os.environ.setdefault("BNNC_VERIFY_IR", "1")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 
 

@@ -106,6 +106,55 @@ def test_compile_is_deterministic(odd_model, tmp_path, capsys):
     assert files_of(tmp_path / "b") == first
 
 
+def test_dump_ir_json(odd_model, tmp_path, capsys):
+    _, path = odd_model
+    stdout = ok(capsys, "compile", path, "-o", tmp_path / "out", "--dump-ir", tmp_path / "ir.json")
+    assert str(tmp_path / "ir.json") in stdout
+    doc = json.loads((tmp_path / "ir.json").read_text())
+    assert [op["type"] for op in doc["ops"]][0] == "InputQuantize" and doc["ops"][-1]["type"] == "ArgMax"
+    assert doc["output"]["tensor"] == doc["ops"][-1]["outputs"][0]["tensor"]
+    for op in doc["ops"]:
+        for t in op["outputs"]:
+            assert t["type"] == doc["tensors"][t["tensor"]] and t["type"]["type"] in ("Bits", "Ints", "Reals")
+    conv = next(op for op in doc["ops"] if op["type"] == "Conv")
+    w = conv["fields"]["w"]["array"]  # arrays are summarised, not dumped
+    assert w["dtype"] == "int8" and len(w["shape"]) == 4 and re.fullmatch(r"[0-9a-f]{16}", w["sha256"])
+    assert conv["fields"]["epilogue"]["type"] in ("Thresholds", "Chain")
+    assert (tmp_path / "ir.json").stat().st_size < 100_000
+
+
+def test_dump_ir_dot(odd_model, tmp_path, capsys):
+    from bnnc.pipeline import compile_file
+
+    _, path = odd_model
+    ok(capsys, "compile", path, "-o", tmp_path / "out", "--dump-ir", tmp_path / "ir.dot")
+    dot = (tmp_path / "ir.dot").read_text()
+    assert dot.startswith("digraph bnnc {") and dot.rstrip().endswith("}")
+    _, graph = compile_file(path)
+    for op in graph.ops():
+        assert re.search(rf'^  "{op.name}" \[label="{op.name}\\n{type(op).__name__}', dot, re.M), op.name
+        for t in op.inputs:
+            if t in graph.tensors:  # every edge is labelled with the tensor's type
+                kind = type(graph.tensors[t]).__name__
+                assert re.search(rf'-> "{op.name}" \[label="{kind}', dot), (op.name, t)
+    assert dot.count(" -> ") == sum(len(op.inputs) for op in graph.ops()) + 1  # + the output
+
+
+def test_dump_ir_is_deterministic(odd_model, tmp_path, capsys):
+    _, path = odd_model
+    for suffix in (".json", ".dot"):
+        ok(capsys, "compile", path, "-o", tmp_path / "a", "--dump-ir", tmp_path / f"a{suffix}")
+        ok(capsys, "compile", path, "-o", tmp_path / "b", "--dump-ir", tmp_path / f"b{suffix}")
+        assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
+
+
+def test_dump_ir_needs_a_known_suffix(odd_model, tmp_path, capsys):
+    _, path = odd_model
+    rc, _, err = cli(capsys, "compile", path, "-o", tmp_path / "out", "--dump-ir", tmp_path / "ir.txt")
+    assert rc == 2 and "--dump-ir" in err and ".json" in err and ".dot" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_compile_into_an_existing_folder_keeps_other_files(odd_model, tmp_path, capsys):
     _, path = odd_model
     out = tmp_path / "out"

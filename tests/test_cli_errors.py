@@ -141,6 +141,13 @@ def _grouped_conv(base, d):
     return save(m, d / "group.onnx"), [conv.name, "Conv", "group=2", "weights of shape"]
 
 
+def _unknown_attribute(base, d):
+    m = copy.deepcopy(base)
+    conv = node(m, "Conv")
+    conv.attribute.append(helper.make_attribute("frobnicate", 3))
+    return save(m, d / "attribute.onnx"), [conv.name, "Conv", "attribute", "frobnicate", "strides"]
+
+
 def _custom_domain(base, d):
     m = copy.deepcopy(base)
     n = node(m, "Sign")
@@ -268,6 +275,7 @@ BAD_MODELS = {
     "unsupported_op_softmax": _softmax,
     "unsupported_op_lstm": _lstm,
     "grouped_conv": _grouped_conv,
+    "unknown_attribute": _unknown_attribute,
     "unknown_custom_domain": _custom_domain,
     "nonfinite_conv_weights": _nonfinite_conv,
     "nonfinite_gemm_weights": _nonfinite_gemm,

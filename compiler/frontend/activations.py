@@ -1,0 +1,234 @@
+"""Activations and quantizers: Sign, BipolarQuant, MultiThreshold, Quant, QuantizeLinear /
+DequantizeLinear, Relu. A terminal closes the pending value it applies to: the model input
+(ir.InputQuantize), a Conv's accumulator (its epilogue) or an integer tensor (ir.Activation)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+from .. import ir
+from ..errors import BnncError
+from ..onnx_loader import quant_levels, round_mode
+from ..original import trunc_shift
+from .context import terminal_type, uniform
+from .streams import pools_commute, to_stream
+from .registry import handler, where
+from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, Val, with_chain
+
+
+@handler("Sign")
+def sign(ctx, node):
+    activate(ctx, node, ir.SignTerminal(zero_maps_to=0, source=node.name))
+
+
+@handler("BipolarQuant")
+def bipolar_quant(ctx, node):
+    s = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float64)
+    if s.size != 1 or not s.ravel()[0] > 0:
+        raise BnncError(f"{where(node)}: bnnc supports a positive scalar scale (got {s.ravel()[:4]})")
+    activate(ctx, node, ir.SignTerminal(zero_maps_to=1, out_scale=float(s.ravel()[0]), source=node.name))
+
+
+@handler("MultiThreshold", ignores=("out_dtype",))
+def multi_threshold(ctx, node, *, data_layout="NCHW", out_scale=1.0, out_bias=0.0):
+    t = np.asarray(ctx.const(node, 1, "thresholds"), dtype=np.float32)
+    if t.ndim != 2:
+        raise BnncError(f"{where(node)}: thresholds must be 2-D (channels, steps), got {t.shape}")
+    v = ctx.val(node)
+    if data_layout != "NCHW" and len(v.shape) != 2:
+        raise BnncError(f"{where(node)}: data_layout {data_layout} is not supported")
+    out_scale = float(out_scale)
+    out_bias = float(out_bias)
+    term = ir.ThresholdTerminal(t, out_scale, out_bias, source=node.name)
+    if not isinstance(v, InputVal) and not _bipolar_1step(term):
+        term = _level_terminal(node, t, out_scale, out_bias)
+    activate(ctx, node, term)
+
+
+@handler("Quant")
+def quant(ctx, node, *, signed=1, narrow=0, rounding_mode="ROUND"):
+    v = ctx.val(node)
+    scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
+    zp = np.asarray(ctx.const(node, 2, "zero point"), dtype=np.float32)
+    bw = np.asarray(ctx.const(node, 3, "bit width"))
+    scale, zp = uniform(scale), uniform(zp)  # per-channel-shaped constants holding one value
+    if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
+        raise BnncError(f"{where(node)}: Quant needs a positive scalar scale and zero point here")
+    if float(zp) != round(float(zp)):
+        raise BnncError(f"{where(node)}: zero point {float(zp)} is not an integer")
+    if isinstance(v, (AccVal, IntsVal, IntChainVal)):
+        if int(round(float(bw))) == 1 and signed:
+            if float(zp) != 0:
+                raise BnncError(f"{where(node)}: a 1-bit Quant with a zero point is not bipolar")
+            ops = [ir.ChainOp("div", scale.reshape(()))]
+            term = ir.SignTerminal(zero_maps_to=1, out_scale=float(scale), source=node.name)
+        else:
+            ops, term = _multibit_quant(node, scale, zp, bw, signed, narrow, rounding_mode)
+            term.out_scale = float(scale)
+        if isinstance(v, IntsVal):
+            v = IntChainVal.of(v)
+        activate(ctx, node, term, with_chain(v, ops))
+        return
+    if not isinstance(v, InputVal):
+        raise BnncError(f"{where(node)}: Quant of a {v.kind} tensor is not supported")
+    ops, term = _multibit_quant(node, scale, zp, bw, signed, narrow, rounding_mode)
+    out = ctx.finish_input(node, with_chain(v, ops), term, zp_after_round=0)
+    out.scale = float(scale)
+    ctx.set(node, out)
+
+
+@handler("Trunc")
+def trunc(ctx, node, *, signed=1, narrow=0, rounding_mode="FLOOR"):
+    """QONNX Trunc of an integer tensor n (real value n * s): round(n * s / scale) is the integer
+    n * R (R = s / scale, an integer up to float32 rounding, which cannot move a round to
+    nearest), then clamp(n * R / 2**k) rounded as the node says, times the output scale."""
+    v = ctx.val(node)
+    if len(node.inputs) != 6:
+        raise BnncError(f"{where(node)}: Trunc needs 6 inputs (x, scale, zeropt, input bit width, "
+                        "output scale, output bit width)")
+    scale = uniform(np.asarray(ctx.const(node, 1, "scale"), np.float64))
+    zp = uniform(np.asarray(ctx.const(node, 2, "zero point"), np.float64))
+    out_scale = uniform(np.asarray(ctx.const(node, 4, "output scale"), np.float64))
+    bits = uniform(np.asarray(ctx.const(node, 5, "output bit width"), np.float64))
+    if any(c.size != 1 for c in (scale, zp, out_scale, bits)) or float(zp) != 0 or not float(scale) > 0:
+        raise BnncError(f"{where(node)}: bnnc supports Trunc with scalar scales and a zero point of 0")
+    if not isinstance(v, IntsVal):
+        raise BnncError(f"{where(node)}: Trunc of a {v.kind} tensor is not supported (of integers it is)")
+    src = ctx.graph.tensors[v.tensor]
+    ratio = v.scale / float(scale)
+    r = round(ratio)
+    mag = max(abs(src.lo), abs(src.hi))
+    if r < 1 or mag * (abs(ratio - r) + 1e-6 * r) >= 0.25 or mag * r >= 2**24:
+        raise BnncError(f"{where(node)}: Trunc's scale {float(scale):g} is not the input's scale {v.scale:g} "
+                        "divided by an integer; bnnc supports Trunc of integer sums (average pools)")
+    step = trunc_shift(float(scale), float(out_scale))
+    lo, hi = quant_levels(float(bits), signed, narrow)
+    ops = ([ir.ChainOp("mul", np.float32(r).reshape(()))] if r != 1 else []) + \
+        [ir.ChainOp("div", np.float32(step).reshape(()))]
+    term = ir.RoundClampTerminal(lo, hi, 0, round_mode(rounding_mode), source=node.name, out_scale=float(out_scale))
+    activate(ctx, node, term, IntChainVal(v.shape, v.source_ops, chain=ops, tensor=v.tensor, scale=v.scale))
+
+
+@handler("QuantizeLinear", ignores=("axis", "saturate", "block_size", "output_dtype"))
+def quantize_linear(ctx, node):
+    v = ctx.val(node)
+    scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
+    zp = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.uint8(0)
+    zp = np.asarray(zp)
+    if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
+        raise BnncError(f"{where(node)}: bnnc supports per-tensor QuantizeLinear (positive scalar scale) here")
+    info = np.iinfo(zp.dtype)
+    ops = [ir.ChainOp("div", scale.reshape(()))]
+    term = ir.RoundClampTerminal(int(info.min), int(info.max), int(zp), "half_even", source=node.name)
+    if isinstance(v, IntsVal):
+        v = IntChainVal.of(v)
+    if not isinstance(v, PendingVal):
+        raise BnncError(f"{where(node)}: QuantizeLinear of a {v.kind} tensor is not supported")
+    ctx.set(node, with_chain(v, ops, quant=(term, float(scale), node.name)))
+
+
+@handler("DequantizeLinear", ignores=("axis", "block_size"))
+def dequantize_linear(ctx, node):
+    v = ctx.val(node)
+    if not isinstance(v, PendingVal) or v.quant is None:
+        raise BnncError(f"{where(node)}: DequantizeLinear must follow a QuantizeLinear (an int8 layer "
+                        "boundary) or hold constant weights")
+    term, qscale, qname = v.quant
+    scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
+    zp = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else 0
+    if scale.size != 1 or float(scale) != qscale or int(np.asarray(zp).ravel()[0]) != term.zero_point:
+        raise BnncError(f"{where(node)}: its scale/zero point differ from QuantizeLinear '{qname}'")
+    if isinstance(v, InputVal):
+        out = ctx.finish_input(node, replace(v, quant=None), term, zp_after_round=term.zero_point)
+        out.scale = qscale
+        ctx.set(node, out)
+        return
+    term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source)
+    term.add_after_round = term.zero_point
+    term.out_scale = qscale
+    nv = replace(v, quant=None)
+    if isinstance(nv, IntChainVal):
+        ctx.set(node, _activation_op(ctx, node, nv, term))
+    else:
+        ctx.set(node, ctx.finish_acc(nv, term, node))
+
+
+@handler("Relu", ignores=("consumed_inputs",))
+def relu(ctx, node):
+    v = ctx.val(node)
+    if not isinstance(v, PendingVal):
+        raise BnncError(f"{where(node)}: Relu on a {v.kind} tensor is not supported")
+    ctx.set(node, with_chain(v, [ir.ChainOp("relu")]))
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def activate(ctx, node, term, v: Optional[Val] = None):
+    """Apply the terminal `term` to the node's input (or to `v`)."""
+    v = ctx.val(node) if v is None else v
+    if isinstance(v, BitsVal) and isinstance(term, ir.SignTerminal):
+        ctx.set(node, replace(v, scale=term.out_scale))
+        return
+    if isinstance(v, InputVal):
+        ctx.set(node, ctx.finish_input(node, v, term))
+        return
+    if isinstance(v, (IntsVal, IntChainVal)):
+        ctx.set(node, _activation_op(ctx, node, v, term))
+        return
+    if not isinstance(v, AccVal):
+        raise BnncError(f"{where(node)}: activation of a {v.kind} tensor is not supported")
+    if v.pools and not pools_commute(v) and term is not None:
+        # max and the rest of the chain do not commute: pool the fixed-point values themselves
+        ctx.set(node, _activation_op(ctx, node, to_stream(ctx, node, v), term))
+        return
+    ctx.set(node, ctx.finish_acc(v, term, node))
+
+
+def _activation_op(ctx, node, v, term) -> Val:
+    """Sign / MultiThreshold / Quant of an integer (fixed-point) tensor: an Activation op."""
+    if v.flat_from is not None or v.block is not None:
+        raise BnncError(f"{where(node)}: activation of a flattened integer tensor is not supported")
+    chain = list(v.chain) if isinstance(v, IntChainVal) else [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]
+    src = ctx.graph.tensors[v.tensor]
+    name = ctx.new_name("act")
+    tname = name + "_out"
+    oty, cls, scale = terminal_type(node, term, src.shape)
+    ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ir.Chain(chain, term)), {tname: oty})
+    return cls(v.shape, [node.name], tensor=tname, scale=scale)
+
+
+def _multibit_quant(node, scale, zp, bw, signed, narrow, rounding_mode) -> tuple:
+    """(chain ops, terminal) of a QONNX Quant of more than one bit: divide by the scale, add the
+    zero point, round as the node says and clamp to the integer levels."""
+    lo, hi = quant_levels(float(bw), signed, narrow)
+    ops = [ir.ChainOp("div", scale.reshape(()))]
+    if float(zp) != 0:
+        ops.append(ir.ChainOp("add", zp.reshape(())))
+    term = ir.RoundClampTerminal(lo, hi, int(zp), round_mode(rounding_mode), source=node.name)
+    return ops, term
+
+
+def _bipolar_1step(term: ir.ThresholdTerminal) -> bool:
+    return term.thresholds.shape[1] == 1 and term.out_bias == -(term.out_bias + term.out_scale) \
+        and term.out_bias + term.out_scale > 0
+
+
+def _level_terminal(node, t: np.ndarray, out_scale: float, out_bias: float) -> ir.LevelTerminal:
+    """MultiThreshold levels out_scale * count + out_bias as integers base + step * count times a
+    scale: the smallest power-of-two step that puts out_bias / out_scale on the grid."""
+    if not out_scale > 0:
+        raise BnncError(f"{where(node)}: MultiThreshold out_scale {out_scale} must be positive")
+    r = Fraction(out_bias) / Fraction(out_scale)
+    for j in range(0, 9):
+        d = 2**j
+        if (r * d).denominator == 1:
+            if np.any(np.diff(t, axis=1) < 0):
+                raise BnncError(f"{where(node)}: MultiThreshold thresholds must be non-decreasing per channel")
+            return ir.LevelTerminal(t, int(r * d), d, out_scale / d, source=node.name)
+    raise BnncError(f"{where(node)}: MultiThreshold levels {out_scale:g} * n + {out_bias:g} are not on an "
+                    "integer grid with a power-of-two step (up to 256)")

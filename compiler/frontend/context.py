@@ -1,0 +1,350 @@
+"""The lowering state every handler works on, and the steps several handlers share: looking up
+values and constants, quantizing the model input, closing a Conv's epilogue."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+
+from .. import ir
+from ..errors import BnncError
+from ..onnx_loader import LoadedModel
+from ..passes.quantize_input import input_grid
+from .registry import where
+from .streams import to_stream
+from .values import AccVal, BitsVal, InputVal, IntsVal, RealsVal, Val
+
+FRAC_BITS = 16  # default fixed-point grid 2**-16 of real-valued streams whose scales are not on a coarser one
+ACTIVATION_OPS = ("Sign", "BipolarQuant", "MultiThreshold", "Quant", "QuantizeLinear")
+
+
+class LoweringContext:
+    def __init__(self, lm: LoadedModel, input_scale: Optional[float] = None, input_range=None,
+                 frac_bits: int = FRAC_BITS, input_affine=None):
+        self.lm = lm
+        self.consts = dict(lm.consts)
+        self.origins = dict(lm.quant_origin)
+        self.frac_bits = int(frac_bits)
+        self.vals: dict = {}
+        self.counter = 0
+        self.consumers = _consumers(lm)
+        self.dynamic = _dynamic_tensors(lm)
+        self.finished: set = set()  # Convs whose epilogue is set
+        self.merged: set = set()  # Convs merged into another one (sums of convolutions)
+        self.grid = input_grid(lm, input_scale, input_range, input_affine)
+        shape = lm.input_shape
+        self.input_op_name = None
+        self.graph = ir.Graph(
+            input_name="input",
+            input_info={"shape": tuple(shape[1:]), "onnx_name": lm.input_name,
+                        "dtype": self.grid["dtype"], "grid": self.grid},
+            output_name="", output_info={},
+        )
+        pre = [ir.ChainOp("mul", np.float32(self.grid["scale"]).reshape(()))] if self.grid["scale"] != 1.0 else []
+        pre += self.grid.get("pre", [])  # a declared per-channel normalisation, per element
+        self.vals[lm.input_name] = InputVal(tuple(shape), tensor=lm.input_name, chain=pre)
+
+    # ------------------------------------------------------------------ lookups
+    def new_name(self, kind: str) -> str:
+        """A fresh IR op name."""
+        self.counter += 1
+        return f"L{self.counter:02d}_{kind}"
+
+    def const(self, node, i, what="operand"):
+        name = node.inputs[i] if i < len(node.inputs) else ""
+        if name == "" or name not in self.consts:
+            raise BnncError(f"{where(node)}: its {what} must be a constant; bnnc supports "
+                            "graphs whose only dynamic tensor path starts at the model input")
+        return self.consts[name]
+
+    def val(self, node, i=0) -> Val:
+        name = node.inputs[i]
+        if name not in self.vals:
+            raise BnncError(f"{where(node)} reads '{name}', which bnnc cannot track")
+        v = self.vals[name]
+        if isinstance(v, AccVal) and self.needs_stream(name):
+            # a real-valued tensor with several kinds of consumers (a residual shortcut and a
+            # sign, ...) lives in the fixed-point stream, so all of them read the same values
+            v = to_stream(self, node, v)
+            self.vals[name] = v
+        return v
+
+    def set(self, node, v: Val, i=0):
+        self.vals[node.outputs[i]] = v
+
+    def feeds_only_activations(self, name: str) -> bool:
+        """Whether tensor `name` reaches nothing but activations (through elementwise ops with
+        constants): its accumulator then only meets thresholds, never a requantization."""
+        users = self.consumers.get(name, [])
+        return bool(users) and all(_activation_path(u, name, self.consumers, self.dynamic) for u in users)
+
+    def needs_stream(self, name: str) -> bool:
+        users = self.consumers.get(name, [])
+        if len(users) < 2:
+            return False
+        return not all(_activation_path(u, name, self.consumers, self.dynamic) for u in users)
+
+    # ------------------------------------------------------------------ constant operands
+    def channel_const(self, node, v: Val, c: np.ndarray) -> np.ndarray:
+        """A constant operand as float32 per channel (shape (C,)) or scalar (shape ())."""
+        c = np.asarray(c, dtype=np.float32)
+        if c.size == 1:
+            return c.reshape(())
+        shape = v.shape
+        try:
+            b = np.broadcast_to(c, shape) if c.ndim <= len(shape) else None
+        except ValueError:
+            b = None
+        if b is None:
+            raise BnncError(f"{where(node)}: constant of shape {c.shape} does not broadcast to {shape}")
+        if len(shape) < 2:
+            raise BnncError(f"{where(node)}: elementwise op on a tensor of rank {len(shape)}")
+        moved = np.moveaxis(b, 1, -1).reshape(-1, shape[1])
+        if not np.all(moved == moved[0]):
+            raise BnncError(f"{where(node)}: constant varies within a channel; bnnc needs per-channel "
+                            "or scalar constants here")
+        return np.ascontiguousarray(moved[0])
+
+    def input_const(self, node, v: Val, c: np.ndarray) -> np.ndarray:
+        """A constant operand on the raw input, broadcast to every element (NCHW memory order)."""
+        c = np.asarray(c, dtype=np.float32)
+        if c.size == 1:
+            return c.reshape(())
+        try:
+            return np.ascontiguousarray(np.broadcast_to(c, v.shape).reshape(-1))
+        except ValueError:
+            raise BnncError(f"{where(node)}: constant of shape {c.shape} does not broadcast to {v.shape}") from None
+
+    def const_of(self, node, v: Val, c):
+        """A constant operand of an elementwise op on `v`, as its pending chain holds it."""
+        return self.input_const(node, v, c) if isinstance(v, InputVal) else self.channel_const(node, v, c)
+
+    # ------------------------------------------------------------------ closing pending values
+    def finish_input(self, node, v: InputVal, term, zp_after_round=0) -> Val:
+        """Create the InputQuantize op: raw input -> chain -> terminal, output Bits or Ints."""
+        if self.input_op_name is not None:
+            raise BnncError(f"{where(node)}: the model input is quantized twice")
+        c, h, w = _chw(v.shape, self.lm.input_shape)
+        flat = len(v.shape) != 4
+        out_shape = (1, 1, c * h * w) if flat else (h, w, c)
+        name = self.new_name("input")
+        tname = name + "_out"
+        if term is None:
+            lo, hi = self.grid["range"]
+            ty = ir.Ints(out_shape, lo, hi)
+        elif isinstance(term, ir.RoundClampTerminal):
+            ty = ir.Ints(out_shape, term.qmin - term.zero_point, term.qmax - term.zero_point)
+            term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source)
+            term.add_after_round = zp_after_round
+        else:
+            ty = ir.Bits(out_shape, bit_scale(node, term))
+        chain = ir.Chain([_input_order(op, self.lm.input_shape, flat) for op in v.chain], term)
+        op = ir.InputQuantize(name, [self.graph.input], [tname], tuple(self.lm.input_shape[1:]),
+                              self.grid["dtype"], chain, grid=self.grid.get("range"))
+        op.flat = flat
+        self.graph.add(op, {tname: ty})
+        self.input_op_name = name
+        cls = IntsVal if isinstance(ty, ir.Ints) else BitsVal
+        return cls(tuple(v.shape), [node.name], tensor=tname, scale=getattr(ty, "scale", 1.0))
+
+    def finish_acc(self, v: AccVal, term, node=None) -> Val:
+        """Close a Conv's epilogue with `term` (None: real output). A second bit activation of the
+        same accumulator adds an activation-base plane (ir.Planes)."""
+        conv = self.graph.op(v.conv)
+        if term is not None and v.pools:
+            for _, at in v.pools:
+                for op in v.chain[at:]:
+                    if op.op in ("mul", "div") and np.any(op.const < 0):
+                        raise BnncError(f"{where(node)}: a MaxPool sits before a negative scale; "
+                                        "max and the activation would not commute")
+        if conv.name in self.finished:
+            return self._add_plane(conv, v, term, node)
+        self.finished.add(conv.name)
+        conv.epilogue = ir.Chain(list(v.chain), term)
+        conv.source_ops = conv.source_ops + v.source_ops + ([node.name] if node is not None else [])
+        oshape = self.graph.tensors[conv.outputs[0]].shape
+        if term is None:
+            if v.pools:
+                raise BnncError(f"MaxPool on real-valued layer outputs ('{conv.name}') is not supported")
+            self.graph.tensors[conv.outputs[0]] = ir.Reals(oshape)
+            cls, scale = RealsVal, 1.0
+        else:
+            oty, cls, scale = terminal_type(node, term, oshape)
+            self.graph.tensors[conv.outputs[0]] = oty
+        out = cls(v.shape, [], tensor=conv.outputs[0], scale=scale)
+        for params, _ in v.pools:
+            out = self.emit_maxpool(params, out)
+        return out
+
+    def _add_plane(self, conv: ir.Conv, v: AccVal, term, node) -> Val:
+        """Another sign of an accumulator that already has one: activation bases as planes."""
+        ep = conv.epilogue
+        first = ep.chains[0] if isinstance(ep, ir.Planes) else ep
+        if not (isinstance(first, ir.Chain) and isinstance(first.terminal, (ir.SignTerminal, ir.ThresholdTerminal))
+                and isinstance(term, (ir.SignTerminal, ir.ThresholdTerminal))):
+            raise BnncError(f"{where(node)}: layer '{conv.source_ops[0]}' output is activated twice; bnnc supports "
+                            "several sign activations of one layer (activation bases), not other combinations")
+        if v.pools:
+            raise BnncError(f"{where(node)}: activation bases after a MaxPool are not supported")
+        old = self.graph.tensors[conv.outputs[0]]
+        scale = bit_scale(node, term)
+        if scale != old.scale:
+            raise BnncError(f"{where(node)}: activation bases of layer '{conv.source_ops[0]}' have different "
+                            f"scales ({old.scale:g}, {scale:g})")
+        chains = list(ep.chains) if isinstance(ep, ir.Planes) else [ep]
+        o = conv.w.shape[0]
+        if len(chains) == 1:  # the first plane's readers now read a block of a wider tensor
+            for k, val in self.vals.items():
+                if isinstance(val, BitsVal) and val.tensor == conv.outputs[0] and val.block is None:
+                    self.vals[k] = replace(val, block=(0, o))
+        chains.append(ir.Chain(list(v.chain), term))
+        conv.epilogue = ir.Planes(chains)
+        conv.source_ops = conv.source_ops + v.source_ops + [node.name]
+        h, w, _ = old.shape
+        self.graph.tensors[conv.outputs[0]] = ir.Bits((h, w, o * len(chains)), old.scale)
+        return BitsVal(v.shape, tensor=conv.outputs[0], scale=scale, block=((len(chains) - 1) * o, o))
+
+    def emit_maxpool(self, params, v: Val) -> Val:
+        """An IR MaxPool of the Bits / Ints tensor `v`."""
+        kernel, stride, pads, (oh, ow), src = params
+        name = self.new_name("maxpool")
+        tname = name + "_out"
+        ty = self.graph.tensors[v.tensor]
+        oty = ir.Bits((oh, ow, ty.shape[2]), ty.scale) if isinstance(ty, ir.Bits) else \
+            ir.Ints((oh, ow, ty.shape[2]), ty.lo, ty.hi, ty.scale)
+        self.graph.add(ir.MaxPool(name, [v.tensor], [tname], kernel, stride, pads), {tname: oty})
+        return type(v)((1, v.shape[1], oh, ow), tensor=tname, scale=v.scale)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def bit_scale(node, term) -> float:
+    """The +-scale of a bit activation's values."""
+    if isinstance(term, ir.SignTerminal):
+        return term.out_scale
+    t = term.thresholds
+    if t.shape[1] != 1:
+        raise BnncError(f"{where(node)}: a {t.shape[1]}-step MultiThreshold (multi-bit activation) on the model "
+                        "input is not supported; quantize the input with Quant / QuantizeLinear (multi-bit "
+                        "activations inside the network are supported)")
+    lo, hi = term.out_bias, term.out_bias + term.out_scale
+    if not (lo == -hi and hi > 0):
+        raise BnncError(f"{where(node)}: MultiThreshold outputs {{{lo}, {hi}}} are not bipolar (+-s); "
+                        "unipolar activations are not supported")
+    return hi
+
+
+def terminal_type(node, term, shape: tuple) -> tuple:
+    """(IR tensor type, value class, scale) of an activation's output."""
+    if isinstance(term, ir.LevelTerminal):
+        b = term.thresholds.shape[1]
+        return ir.Ints(shape, term.base, term.base + term.step * b, term.out_scale), IntsVal, term.out_scale
+    if isinstance(term, ir.RoundClampTerminal):
+        lo, hi = term.qmin - term.zero_point, term.qmax - term.zero_point
+        return ir.Ints(shape, lo, hi, term.out_scale), IntsVal, term.out_scale
+    scale = bit_scale(node, term)
+    return ir.Bits(shape, scale), BitsVal, scale
+
+
+def conv_pads(node, hw, kernel, stride, auto_pad="NOTSET", pads=None) -> tuple:
+    """(top, left, bottom, right) padding of a window op (Conv, MaxPool, AveragePool)."""
+    if auto_pad in ("NOTSET", ""):
+        p = list(pads if pads is not None else [0, 0, 0, 0])
+        if len(p) != 4 or any(x < 0 for x in p):
+            raise BnncError(f"{where(node)}: pads {p} are not supported")
+        if any(p[i] >= kernel[i % 2] for i in range(4)):
+            raise BnncError(f"{where(node)}: padding {p} as large as the kernel {kernel} is not supported")
+        return tuple(p)
+    if auto_pad == "VALID":
+        return (0, 0, 0, 0)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = []
+        for i in range(2):
+            o = -(-hw[i] // stride[i])
+            total = max(0, (o - 1) * stride[i] + kernel[i] - hw[i])
+            small, big = total // 2, total - total // 2
+            out.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+        return (out[0][0], out[1][0], out[0][1], out[1][1])
+    raise BnncError(f"{where(node)}: auto_pad '{auto_pad}' is not supported")
+
+
+def uniform(c: np.ndarray) -> np.ndarray:
+    """A constant whose elements are all equal as a scalar (exporters shape scalar activation
+    scales per channel, e.g. (1, C, 1, 1)); otherwise unchanged."""
+    c = np.asarray(c)
+    return c.reshape(-1)[:1].reshape(()) if c.size > 1 and np.all(c == c.reshape(-1)[0]) else c
+
+
+def widen(conv: ir.Conv, channels: int, offset: int = 0) -> None:
+    """Pad the input-channel axis of every weight array to `channels` (new channels read nothing;
+    the conv's own channels start at `offset`). A binary code gains zeros: it becomes ternary."""
+    c = conv.w.shape[3]
+    if c == channels and offset == 0:
+        return
+    pad = ((0, 0), (0, 0), (0, 0), (offset, channels - c - offset))
+    if conv.code == "binary":
+        o = conv.w.shape[0]
+        conv.code = "ternary"
+        conv.int_w = conv.w.astype(np.int64)
+        conv.bases = [ir.WeightBase(conv.w.copy(), np.ones(o, np.int64), np.ones(o, np.int64),
+                                    conv.scale_p.copy(), conv.scale_n.copy())]
+        conv.unit = conv.scale_p.copy()
+    conv.w = np.pad(conv.w, pad)
+    conv.int_w = np.pad(conv.int_w, pad)
+    for b in conv.bases:
+        b.w = np.pad(b.w, pad)
+
+
+def _chw(shape: tuple, input_shape: tuple) -> tuple:
+    if len(input_shape) == 4:
+        return tuple(input_shape[1:])
+    if len(input_shape) == 2:
+        return (input_shape[1], 1, 1)
+    if len(input_shape) == 3:
+        return (input_shape[1], input_shape[2], 1)
+    raise BnncError(f"input rank {len(input_shape)} is not supported")
+
+
+def _input_order(op: ir.ChainOp, input_shape: tuple, flat: bool) -> ir.ChainOp:
+    """Put a per-element input constant in the order InputQuantize writes (HWC unless flat)."""
+    if op.const is None or op.const.ndim == 0 or flat or len(input_shape) != 4:
+        return op
+    c, h, w = input_shape[1:]
+    return ir.ChainOp(op.op, np.ascontiguousarray(op.const.reshape(c, h, w).transpose(1, 2, 0).reshape(-1)))
+
+
+def _consumers(lm: LoadedModel) -> dict:
+    """{tensor: [nodes reading it]}."""
+    out: dict = {}
+    for n in lm.nodes:
+        for t in dict.fromkeys(n.inputs):
+            if t:
+                out.setdefault(t, []).append(n)
+    return out
+
+
+def _dynamic_tensors(lm: LoadedModel) -> set:
+    """Tensors that depend on the model input."""
+    dyn = {lm.input_name}
+    for n in lm.nodes:
+        if any(t in dyn for t in n.inputs):
+            dyn.update(t for t in n.outputs if t)
+    return dyn
+
+
+def _activation_path(node, tensor: str, consumers: dict, dynamic: set) -> bool:
+    """True when `node` (reading `tensor`) leads only to activations through elementwise ops with
+    constants: the accumulator may then be binarized several ways (activation bases)."""
+    if node.op in ACTIVATION_OPS:
+        return True
+    if node.op in ("Add", "Sub", "Mul", "Div"):
+        others = [t for t in node.inputs if t != tensor]
+        if any(t in dynamic for t in others):
+            return False
+    elif node.op not in ("BatchNormalization", "Identity", "Relu"):
+        return False
+    users = consumers.get(node.outputs[0], [])
+    return bool(users) and all(_activation_path(u, node.outputs[0], consumers, dynamic) for u in users)

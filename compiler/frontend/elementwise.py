@@ -1,0 +1,246 @@
+"""Elementwise arithmetic: Mul / Add / Sub / Div with a constant operand and BatchNormalization
+join a pending float32 chain (or rescale an IR tensor); Add / Sub of two activations merge
+convolutions or become a residual fixed-point ir.Add."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from fractions import Fraction
+
+import numpy as np
+
+from .. import ir, weight_codes
+from ..errors import BnncError
+from .context import widen
+from .registry import handler, where
+from .streams import STREAM_LIMIT, to_stream
+from .values import AccVal, BitsVal, IntChainVal, IntsVal, PendingVal, with_chain
+
+# ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
+_LEGACY_BROADCAST = ("broadcast", "axis", "consumed_inputs")
+
+
+@handler("Mul", ignores=_LEGACY_BROADCAST)
+def mul(ctx, node):
+    _binary(ctx, node, "mul")
+
+
+@handler("Add", listed_as=("Add", "Add of two activations (residual streams, sums of convolutions)"),
+         ignores=_LEGACY_BROADCAST)
+def add(ctx, node):
+    _binary(ctx, node, "add")
+
+
+@handler("Sub", ignores=_LEGACY_BROADCAST)
+def sub(ctx, node):
+    _binary(ctx, node, "sub")
+
+
+@handler("Div", ignores=_LEGACY_BROADCAST)
+def div(ctx, node):
+    _binary(ctx, node, "div")
+
+
+@handler("BatchNormalization", ignores=("momentum", "training_mode", "spatial", "is_test", "consumed_inputs"))
+def batch_normalization(ctx, node, *, epsilon=1e-5):
+    v = ctx.val(node)
+    if isinstance(v, IntsVal):
+        v = IntChainVal.of(v)
+    if not isinstance(v, PendingVal):
+        raise BnncError(f"{where(node)}: BatchNormalization on a {v.kind} tensor is not supported")
+    if len(node.outputs) > 1 and any(node.outputs[1:]):
+        raise BnncError(f"{where(node)}: training-mode BatchNormalization is not supported")
+    gamma, beta, mean, var = (np.asarray(ctx.const(node, i, "parameter"), dtype=np.float32)
+                              for i in range(1, 5))
+    eps = np.float32(epsilon)
+    denom = np.sqrt(var + eps).astype(np.float32)  # as the ONNX reference formula evaluates it
+    c = lambda x: ctx.const_of(node, v, x.reshape(-1, *([1] * (len(v.shape) - 2))))  # noqa: E731
+    ops = [ir.ChainOp("sub", c(mean)), ir.ChainOp("div", c(denom)), ir.ChainOp("mul", c(gamma)),
+           ir.ChainOp("add", c(beta))]
+    ctx.set(node, with_chain(v, ops, source_ops=v.source_ops + [node.name]))
+
+
+def _binary(ctx, node, op):
+    a, b = node.inputs[0], node.inputs[1]
+    if a in ctx.consts and b in ctx.vals:
+        return _with_constant(ctx, node, op, 0)
+    if b in ctx.consts and a in ctx.vals:
+        return _with_constant(ctx, node, op, 1)
+    if a in ctx.vals and b in ctx.vals:
+        return _of_two_activations(ctx, node, op)
+    raise BnncError(f"{where(node)}: both operands are activations (e.g. a residual shortcut); "
+                    "bnnc supports elementwise ops with a constant operand here")
+
+
+def _with_constant(ctx, node, op: str, const_index: int):
+    v = ctx.val(node, 1 - const_index)
+    c = ctx.const(node, const_index)
+    if isinstance(v, (BitsVal, IntsVal)):
+        if op == "mul" and c.size == 1 and float(c.ravel()[0]) > 0:
+            ctx.set(node, replace(v, scale=v.scale * float(c.ravel()[0])))
+            return
+        if op == "div" and c.size == 1 and float(c.ravel()[0]) > 0:
+            ctx.set(node, replace(v, scale=v.scale / float(c.ravel()[0])))
+            return
+        if isinstance(v, IntsVal):  # e.g. a shifted sign of a fixed-point stream: an activation follows
+            v = IntChainVal.of(v)
+        else:
+            raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor by {c.ravel()[:4]} would leave "
+                            "the +-1 / integer grid; only positive scalar scales are supported here")
+    if not isinstance(v, PendingVal):
+        raise BnncError(f"{where(node)}: {node.op} on a {v.kind} tensor is not supported")
+    conv = ctx.const_of(node, v, c)
+    ops = []
+    if const_index == 0 and op in ("sub", "div"):
+        if op == "div":
+            raise BnncError(f"{where(node)}: dividing a constant by an activation is not supported")
+        ops = [ir.ChainOp("mul", np.float32(-1.0).reshape(())), ir.ChainOp("add", conv)]
+    else:
+        ops = [ir.ChainOp(op, conv)]
+    ctx.set(node, with_chain(v, ops))
+
+
+# ----------------------------------------------------------------------------- two activations
+
+
+def _of_two_activations(ctx, node, op):
+    """Add / Sub of two activations: merged convolutions, or a residual fixed-point Add."""
+    if op not in ("add", "sub"):
+        raise BnncError(f"{where(node)}: {node.op} of two activations is not supported (Add of "
+                        "residual streams and sums of convolutions are)")
+    a, b = ctx.val(node, 0), ctx.val(node, 1)
+    if isinstance(a, BitsVal) or isinstance(b, BitsVal):
+        raise BnncError(f"{where(node)}: both operands are activations and one is a binary (sign) "
+                        "output; a residual Add sums real-valued (fixed-point) streams")
+    sign = 1 if op == "add" else -1
+    if isinstance(a, AccVal) and isinstance(b, AccVal):
+        merged = _merge_accs(ctx, node, a, b, sign)
+        if merged is not None:
+            ctx.set(node, merged)
+            return
+    if sign < 0:
+        raise BnncError(f"{where(node)}: Sub of two residual streams is not supported (Add is)")
+    a, b = to_stream(ctx, node, a), to_stream(ctx, node, b)
+    for v in (a, b):
+        if not isinstance(v, IntsVal):
+            raise BnncError(f"{where(node)}: a residual Add needs fixed-point operands; one is a {v.kind} "
+                            "value (an elementwise op with a constant before the Add is not supported)")
+    ta, tb = ctx.graph.tensors[a.tensor], ctx.graph.tensors[b.tensor]
+    if ta.shape != tb.shape or a.shape != b.shape:
+        raise BnncError(f"{where(node)}: residual Add of shapes {a.shape} and {b.shape} (broadcasting "
+                        "is not supported)")
+    ratio = Fraction(a.scale) / Fraction(b.scale)
+    shifts = [0, 0]
+    k = _log2_exact(ratio if ratio >= 1 else 1 / ratio)
+    if k is None:
+        raise BnncError(f"{where(node)}: residual Add of streams with scales {a.scale:g} and {b.scale:g}, "
+                        "whose ratio is not a power of two")
+    shifts[0 if ratio >= 1 else 1] = k
+    scale = min(a.scale, b.scale)
+    lo = max((ta.lo << shifts[0]) + (tb.lo << shifts[1]), -STREAM_LIMIT)
+    hi = min((ta.hi << shifts[0]) + (tb.hi << shifts[1]), STREAM_LIMIT)
+    name = ctx.new_name("add")
+    tname = name + "_out"
+    ctx.graph.add(ir.Add(name, [a.tensor, b.tensor], [tname], tuple(shifts), -STREAM_LIMIT, STREAM_LIMIT),
+                  {tname: ir.Ints(ta.shape, lo, hi, scale)})
+    ctx.set(node, IntsVal(a.shape, [node.name], tensor=tname, scale=scale))
+
+
+def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
+    """conv_a * u_a + sign * conv_b * u_b as one Conv when both read the same tensor with the
+    same geometry and their pending chains are per-channel scales (weight bases written as
+    separate convolutions, PaBT base pairs). The integer weights are k_a * W_a + sign * k_b * W_b
+    with u_a = unit * k_a and u_b = unit * k_b exactly (dyadic scales); None when not mergeable."""
+    if a.conv == b.conv or a.pools or b.pools or a.shape != b.shape:
+        return None
+    ca, cb = ctx.graph.op(a.conv), ctx.graph.op(b.conv)
+    if ca.name in ctx.finished or cb.name in ctx.finished or ca.inputs != cb.inputs \
+            or (ca.kernel, ca.stride, ca.pads, ca.is_dense) != (cb.kernel, cb.stride, cb.pads, cb.is_dense):
+        return None
+    fa, fb = _pure_scale(a.chain, ca.w.shape[0]), _pure_scale(b.chain, cb.w.shape[0])
+    if fa is None or fb is None:
+        return None
+    channels = ctx.graph.tensors[ca.inputs[0]].shape[2]
+    for c in (ca, cb):
+        widen(c, channels)
+    o = ca.w.shape[0]
+    ka, kb, unit = np.zeros(o, np.int64), np.zeros(o, np.int64), np.zeros(o)
+    for i in range(o):
+        u, (x, y) = _exact_multipliers([fa[i], sign * fb[i]])
+        if max(abs(x), abs(y)) > weight_codes.MAX_MULT:
+            raise BnncError(f"{where(node)}: the scales of the summed layers ({float(fa[i]):g}, {float(fb[i]):g}) "
+                            "are too far apart for exact integer multipliers")
+        ka[i], kb[i], unit[i] = x, y, float(u)
+    shape = (-1, 1, 1, 1)
+    int_w = ka.reshape(shape) * ir.int_weights(ca) + kb.reshape(shape) * ir.int_weights(cb)
+    ba, bb = _bases_of(ca), _bases_of(cb)
+    if ba is None or bb is None:
+        code, bases = "int", []
+    else:
+        bases = [_scale_base(x, ka) for x in ba] + [_scale_base(x, kb) for x in bb]
+        bases = [x for x in bases if np.any(x.mult_p) or np.any(x.mult_n)]
+        code = "multi_base"
+    ca.code, ca.int_w, ca.bases, ca.unit = code, int_w, bases, unit
+    ca.w = np.sign(int_w).astype(np.int8)
+    ca.scale_p = ca.scale_n = unit.copy()
+    for x in ca.bases:
+        x.scale_p, x.scale_n = unit * x.mult_p, unit * x.mult_n
+    ca.source_ops = ca.source_ops + cb.source_ops + [node.name]
+    ca.original_params += cb.original_params
+    ctx.graph.remove(cb.name)
+    ctx.graph.tensors.pop(cb.outputs[0], None)
+    ctx.merged.add(cb.name)
+    chain = [ir.ChainOp("mul", unit.astype(np.float32))]
+    return AccVal(a.shape, a.source_ops + b.source_ops, chain, conv=ca.name)
+
+
+def _log2_exact(r: Fraction):
+    """k with r == 2**k (k >= 0), else None."""
+    if r.denominator != 1 or r.numerator < 1:
+        return None
+    n = r.numerator
+    return n.bit_length() - 1 if n & (n - 1) == 0 else None
+
+
+def _pure_scale(chain: list, o: int):
+    """Per-channel exact factors (Fractions) when the chain only multiplies/divides, else None."""
+    f = [Fraction(1)] * o
+    for op in chain:
+        if op.op not in ("mul", "div"):
+            return None
+        c = np.broadcast_to(np.asarray(op.const, np.float32), (o,))
+        f = [x * Fraction(float(ci)) if op.op == "mul" else x / Fraction(float(ci)) for x, ci in zip(f, c)]
+    return f
+
+
+def _exact_multipliers(fracs: list) -> tuple:
+    """(unit, [k]) with fracs[i] == unit * k[i] exactly, integers k as small as possible."""
+    den = 1
+    for f in fracs:
+        den = den * f.denominator // math.gcd(den, f.denominator)
+    ks = [int(f * den) for f in fracs]
+    g = 0
+    for k in ks:
+        g = math.gcd(g, abs(k))
+    g = g or 1
+    return Fraction(g, den), [k // g for k in ks]
+
+
+def _bases_of(conv: ir.Conv):
+    """The conv's weight code as masked binary bases (None for the "int" code)."""
+    if conv.code == "binary":
+        o = conv.w.shape[0]
+        return [ir.WeightBase(conv.w.copy(), np.ones(o, np.int64), np.ones(o, np.int64))]
+    if conv.code == "int":
+        return None
+    return [ir.WeightBase(b.w.copy(), b.mult_p.copy(), b.mult_n.copy()) for b in conv.bases]
+
+
+def _scale_base(b: ir.WeightBase, k: np.ndarray) -> ir.WeightBase:
+    """A base times signed per-channel integers k (a negative k swaps the masks)."""
+    neg = k < 0
+    w = np.where(neg.reshape(-1, *([1] * (b.w.ndim - 1))), -b.w, b.w).astype(np.int8)
+    mp = np.where(neg, b.mult_n, b.mult_p) * np.abs(k)
+    mn = np.where(neg, b.mult_p, b.mult_n) * np.abs(k)
+    return ir.WeightBase(w, mp.astype(np.int64), mn.astype(np.int64))

@@ -1,0 +1,46 @@
+"""Classifier heads: TopK / ArgMax of the last (real-valued) layer become an ir.ArgMax."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ir
+from ..errors import BnncError
+from .registry import handler, where
+from .values import AccVal, IndexVal, RealsVal
+
+
+@handler("TopK", ignores=("sorted",))
+def top_k(ctx, node, *, axis=-1, largest=1, k=None):
+    k = int(np.asarray(ctx.const(node, 1, "k")).ravel()[0]) if len(node.inputs) > 1 else int(k)
+    if not largest:
+        raise BnncError(f"{where(node)}: TopK with largest=0 is not supported")
+    if node.outputs[0] and node.outputs[0] == ctx.lm.output_name:
+        raise BnncError(f"{where(node)}: TopK values as the model output are not supported (indices are)")
+    _head(ctx, node, k, axis, [node.outputs[1]])
+
+
+@handler("ArgMax", ignores=("keepdims",))
+def arg_max(ctx, node, *, axis=0, select_last_index=0):
+    if select_last_index:
+        raise BnncError(f"{where(node)}: select_last_index=1 is not supported")
+    _head(ctx, node, 1, axis, [node.outputs[0]])
+
+
+def _head(ctx, node, k: int, axis: int, outputs: list):
+    v = ctx.val(node)
+    if isinstance(v, AccVal):
+        v = ctx.finish_acc(v, None, node)
+    if not isinstance(v, RealsVal):
+        raise BnncError(f"{where(node)} must follow the last (real-valued) layer")
+    ax = axis % len(v.shape)
+    if ax != 1 or any(s != 1 for i, s in enumerate(v.shape) if i not in (0, 1)):
+        raise BnncError(f"{where(node)}: only the channel axis of a (1, C) tensor is supported")
+    c = v.shape[1]
+    if not 1 <= k <= c:
+        raise BnncError(f"{where(node)}: k={k} outside 1..{c}")
+    name = ctx.new_name("argmax")
+    tname = name + "_out"
+    ctx.graph.add(ir.ArgMax(name, [v.tensor], [tname], k), {tname: ir.Ints((1, 1, k), 0, c - 1)})
+    for o in outputs:
+        ctx.vals[o] = IndexVal((1, k) if outputs else (1,), tensor=tname)

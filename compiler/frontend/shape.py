@@ -1,0 +1,116 @@
+"""Ops that only rename or reshape a value: Reshape, Flatten, Squeeze, Unsqueeze, Transpose (of
+unit axes), Shape (of a static shape), Identity, Dropout."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import BnncError
+from .registry import handler, where
+from .values import AccVal, BitsVal, InputVal, IntsVal, Val
+
+
+@handler("Shape", listed_as="Shape/Gather/Concat (on static shapes)")
+def shape(ctx, node, *, start=0, end=None):
+    v = ctx.val(node)
+    ctx.consts[node.outputs[0]] = np.array(v.shape, dtype=np.int64)[start:end]
+
+
+@handler("Identity")
+def identity(ctx, node):
+    ctx.set(node, ctx.val(node))
+
+
+@handler("Dropout", ignores=("ratio", "seed", "is_test", "consumed_inputs"))
+def dropout(ctx, node):
+    identity(ctx, node)
+
+
+@handler("Reshape", ignores=("consumed_inputs",))
+def reshape(ctx, node, *, allowzero=0):
+    v = ctx.val(node)
+    shape = [int(s) for s in ctx.const(node, 1, "shape")]
+    shape = [v.shape[i] if (s == 0 and not allowzero) else s for i, s in enumerate(shape)]
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1]))
+        shape[shape.index(-1)] = int(np.prod(v.shape)) // max(known, 1)
+    reshape_to(ctx, node, v, tuple(shape))
+
+
+@handler("Flatten")
+def flatten(ctx, node, *, axis=1):
+    v = ctx.val(node)
+    ax = axis % len(v.shape) if axis < 0 else axis
+    reshape_to(ctx, node, v, (int(np.prod(v.shape[:ax])), int(np.prod(v.shape[ax:]))))
+
+
+@handler("Squeeze")
+def squeeze(ctx, node, *, axes=None):
+    v = ctx.val(node)
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        axes = [int(a) for a in ctx.const(node, 1, "axes")]
+    if axes is None:
+        axes = [i for i, s in enumerate(v.shape) if s == 1 and i > 0]
+    axes = [a % len(v.shape) for a in axes]
+    reshape_to(ctx, node, v, tuple(s for i, s in enumerate(v.shape) if i not in axes))
+
+
+@handler("Unsqueeze")
+def unsqueeze(ctx, node, *, axes=None):
+    v = ctx.val(node)
+    if axes is None:
+        axes = [int(a) for a in ctx.const(node, 1, "axes")]
+    shape = list(v.shape)
+    n = len(shape) + len(axes)
+    for a in sorted(a % n for a in axes):
+        shape.insert(a, 1)
+    reshape_to(ctx, node, v, tuple(shape))
+
+
+@handler("Transpose", listed_as="Transpose (of constants)")
+def transpose(ctx, node, *, perm=None):
+    v = ctx.val(node)
+    perm = perm if perm is not None else list(reversed(range(len(v.shape))))
+    moved = [v.shape[p] for i, p in enumerate(perm) if p != i]
+    if all(s == 1 for s in moved):
+        reshape_to(ctx, node, v, tuple(v.shape[p] for p in perm))
+        return
+    raise BnncError(f"{where(node)}: transposing activations (perm {list(perm)}) is not supported; "
+                    "only transposes of constant weights are folded")
+
+
+def reshape_to(ctx, node, v: Val, new_shape: tuple):
+    """`v` with the logical shape `new_shape`: a flatten of an IR tensor, or unit axes added or
+    removed."""
+    new_shape = tuple(int(s) for s in new_shape)
+    if int(np.prod(new_shape)) != int(np.prod(v.shape)):
+        raise BnncError(f"{where(node)}: cannot reshape {v.shape} to {new_shape}")
+    if new_shape[0] != 1:
+        raise BnncError(f"{where(node)}: reshape to {new_shape} moves data into the batch axis")
+    nv = replace(v, shape=new_shape)
+    if isinstance(v, InputVal):
+        ctx.set(node, nv)
+        return
+    if isinstance(v, (BitsVal, IntsVal)):
+        if len(v.shape) == 4 and len(new_shape) == 2:
+            c, h, w = v.shape[1:]
+            nv.flat_from = (c, h, w) if (h * w > 1) else None
+        elif len(new_shape) != len(v.shape) or new_shape != v.shape:
+            if not _only_unit_dims_changed(v.shape, new_shape):
+                raise BnncError(f"{where(node)}: reshape {v.shape} -> {new_shape} is not a flatten")
+        ctx.set(node, nv)
+        return
+    if isinstance(v, AccVal):
+        if not _only_unit_dims_changed(v.shape, new_shape):
+            raise BnncError(f"{where(node)}: reshape {v.shape} -> {new_shape} of a layer's output "
+                            "before its activation is only supported when it adds or removes unit axes")
+        ctx.set(node, nv)
+        return
+    raise BnncError(f"{where(node)}: reshape of a {v.kind} tensor is not supported")
+
+
+def _only_unit_dims_changed(a: tuple, b: tuple) -> bool:
+    return [s for s in a if s != 1] == [s for s in b if s != 1] and a[:2] == b[:2] if len(a) > 1 and len(b) > 1 \
+        else [s for s in a if s != 1] == [s for s in b if s != 1]

@@ -1,0 +1,183 @@
+"""Real-valued layer outputs as fixed-point `Ints` streams (ir.Requantize): residual shortcuts,
+average pools, and tensors that several kinds of consumers read."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+
+import numpy as np
+
+from .. import ir
+from ..errors import BnncError
+from .registry import where
+from .values import AccVal, IntChainVal, IntsVal, Val, with_chain
+
+STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128 at 2**-16). A global average
+#                           pool of more than 256 such pixels sums beyond 32 bits: its output range says so and
+#                           the backends store it (and accumulate it) in 64 bits, exactly (pack_bits.storage_dtype)
+
+
+def to_stream(ctx, node, v: Val) -> Val:
+    """A real-valued layer output as a fixed-point Ints stream (ir.Requantize): the affine map
+    relu?(a * acc + b) that the chain specifies, on the coarsest grid 2**-k (k <= frac_bits)
+    that holds it exactly, else on 2**-frac_bits rounded half up; saturating at
+    +-STREAM_LIMIT grid steps. MaxPools on the way run on the stream (`_pooled_stream`), which may
+    leave ops pending after them (an IntChainVal); a Relu followed by more arithmetic (BatchNorm
+    after Relu) becomes two requantizations. Any other value is returned as it is."""
+    if not isinstance(v, AccVal):
+        return v
+    conv = ctx.graph.op(v.conv)
+    if v.pools:
+        return _pooled_stream(ctx, node, v)
+    cut = after_first_relu(v.chain)
+    if cut < len(v.chain):
+        first = to_stream(ctx, node, replace(v, chain=v.chain[:cut]))
+        return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(first), v.chain[cut:]))
+    if conv.name in ctx.finished:
+        raise BnncError(f"{where(node)}: layer '{conv.source_ops[0]}' output is used both as a residual "
+                        "stream and as something else")
+    from ..passes.fold_batchnorm_into_thresholds import acc_range
+
+    lo_acc, hi_acc = acc_range(conv, ctx.graph.tensors[conv.inputs[0]])
+    ep, lo, hi = requantize(ctx, node, v.chain, conv.w.shape[0], lo_acc, hi_acc, conv.source_ops[0])
+    conv.epilogue = ep
+    conv.source_ops = conv.source_ops + v.source_ops
+    ctx.finished.add(conv.name)
+    oshape = ctx.graph.tensors[conv.outputs[0]].shape
+    ctx.graph.tensors[conv.outputs[0]] = ir.Ints(oshape, lo, hi, ep.out_scale)
+    return IntsVal(v.shape, tensor=conv.outputs[0], scale=ep.out_scale)
+
+
+def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tuple:
+    """(ir.Requantize, lo, hi) of the affine map relu?(a * acc + b) that `chain` specifies per
+    channel, for accumulators in [lo_acc, hi_acc] (see to_stream). The multipliers get at least 20
+    significant bits where int64 holds their products with the accumulators."""
+    affine = _affine_chain(node, chain, o)
+    frac = next((k for k in range(ctx.frac_bits + 1)
+                 if all((a * 2**k).denominator == 1 and (b * 2**k).denominator == 1 for a, b, _ in affine)), None)
+    exact = frac is not None
+    frac = ctx.frac_bits if frac is None else frac
+    shift = 1 if exact else 30
+    if not exact:  # small multipliers (wide accumulators) get more bits, up to what int64 holds
+        top = max((abs(a) for a, _, _ in affine), default=Fraction(0)) * 2 ** (frac + shift)
+        acc_bits = max(abs(int(np.min(lo_acc))), abs(int(np.max(hi_acc))), 1).bit_length()
+        while top and top < 2**20 and acc_bits + top.__ceil__().bit_length() + 1 < 62:
+            top *= 2
+            shift += 1
+    big = Fraction(2 ** (frac + shift))
+    mult = [_round_half_up(a * big) for a, _, _ in affine]
+    add = [_round_half_up(b * big) + 2 ** (shift - 1) for _, b, _ in affine]
+    relu = {r for _, _, r in affine}
+    if len(relu) > 1:
+        raise BnncError(f"{where(node)}: Relu on some channels only is not supported")
+    limit = STREAM_LIMIT
+    lo_out, hi_out = (0 if True in relu else -limit), limit
+    acc_lo, acc_hi, ends = [], [], []
+    for i in range(o):
+        m, c = mult[i], add[i]
+        if m == 0:
+            acc_lo.append(0)
+            acc_hi.append(0)
+        else:  # beyond these accumulators the output saturates at -limit / +limit
+            t_neg = ((-limit + 1) * 2**shift - 1 - c)
+            t_pos = (limit * 2**shift - c)
+            a_neg = t_neg // m if m > 0 else _ceil_div(t_neg, m)
+            a_pos = _ceil_div(t_pos, m) if m > 0 else t_pos // m
+            acc_lo.append(min(a_neg, a_pos))
+            acc_hi.append(max(a_neg, a_pos))
+        for acc in (int(lo_acc[i]), int(hi_acc[i])):
+            a = min(max(acc, acc_lo[-1]), acc_hi[-1])
+            ends.append(min(max((a * m + c) >> shift, lo_out), hi_out))
+        if max(abs(acc_lo[-1]), abs(acc_hi[-1])) * abs(m) + abs(c) >= 2**62:
+            raise BnncError(f"{where(node)}: the fixed-point requantization of layer '{layer}' "
+                            "needs more than 64 bits (its scale is too small or too large for the grid)")
+    note = (f"fixed-point stream 2^-{frac}: out = floor((acc * mult + add) / 2^{shift}), the layer's affine map "
+            + ("exactly (the model's scales are on the grid)" if exact else
+               f"rounded half up (error <= 2^-{frac + 1})") + f", saturating at +-{limit} steps")
+    ep = ir.Requantize(np.array(mult, np.int64), np.array(add, np.int64), shift, lo_out, hi_out,
+                       2.0**-frac, [note], np.array(acc_lo, np.int64), np.array(acc_hi, np.int64),
+                       0.0 if exact else 2.0**-(frac + 1))
+    return ep, min(ends), max(ends)
+
+
+def stream_of_intchain(ctx, node, v: IntChainVal) -> Val:
+    """Integers with pending float32 ops (after a MaxPool of a stream, or a Relu) as a new
+    fixed-point stream: an Activation whose Requantize applies the ops' affine map per channel
+    (up to the first Relu; what follows it, the same way again)."""
+    cut = after_first_relu(v.chain)
+    src = ctx.graph.tensors[v.tensor]
+    c = src.shape[2]
+    name = ctx.new_name("act")
+    tname = name + "_out"
+    ep, lo, hi = requantize(ctx, node, v.chain[:cut], c, np.full(c, src.lo, np.int64),
+                            np.full(c, src.hi, np.int64), node.name)
+    ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ep), {tname: ir.Ints(src.shape, lo, hi, ep.out_scale)})
+    out = IntsVal(v.shape, [node.name], tensor=tname, scale=ep.out_scale)
+    if cut == len(v.chain):
+        return out
+    return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]))
+
+
+def _pooled_stream(ctx, node, v: AccVal) -> Val:
+    """A real-valued layer output with MaxPools on the way: the chain up to the pools becomes the
+    fixed-point stream, the pools run on its integers (rounding to the grid is monotone, so the
+    max of the rounded values is the rounded max), and the ops after the pools stay pending on
+    the pooled integers (an IntChainVal)."""
+    at = v.pools[0][1]
+    if any(p_at != at for _, p_at in v.pools):
+        raise BnncError(f"{where(node)}: MaxPools separated by arithmetic on a real-valued stream are "
+                        "not supported")
+    h, w, c = ctx.graph.tensors[ctx.graph.op(v.conv).outputs[0]].shape
+    out = to_stream(ctx, node, replace(v, chain=v.chain[:at], pools=[], shape=(1, c, h, w)))
+    for params, _ in v.pools:
+        out = ctx.emit_maxpool(params, out)
+    if at == len(v.chain):
+        return out
+    return with_chain(IntChainVal.of(out), v.chain[at:], shape=v.shape)
+
+
+def after_first_relu(chain: list) -> int:
+    """Length of the chain up to and including its first relu (the whole chain without one)."""
+    return next((i + 1 for i, op in enumerate(chain) if op.op == "relu"), len(chain))
+
+
+def pools_commute(v: AccVal) -> bool:
+    """Whether the MaxPools of an accumulator commute with the chain after them (no negative scale)."""
+    return not any(op.op in ("mul", "div") and np.any(op.const < 0) for _, at in v.pools for op in v.chain[at:])
+
+
+def _affine_chain(node, chain: list, o: int) -> list:
+    """[(a, b, relu)] per channel, exact rationals: the chain is relu?(a * acc + b)."""
+    a = [Fraction(1)] * o
+    b = [Fraction(0)] * o
+    relu = False
+    for op in chain:
+        if relu:
+            raise BnncError(f"{where(node)}: a Relu followed by more arithmetic on a real-valued stream is not "
+                            "supported (no single fixed-point requantization)")
+        if op.op == "relu":
+            relu = True
+            continue
+        c = [Fraction(float(x)) for x in np.broadcast_to(np.asarray(op.const, np.float32), (o,))]
+        if op.op == "mul":
+            a = [x * y for x, y in zip(a, c)]
+            b = [x * y for x, y in zip(b, c)]
+        elif op.op == "div":
+            if any(y == 0 for y in c):
+                raise BnncError(f"{where(node)}: division by zero in a real-valued stream (BatchNorm variance?)")
+            a = [x / y for x, y in zip(a, c)]
+            b = [x / y for x, y in zip(b, c)]
+        elif op.op == "add":
+            b = [x + y for x, y in zip(b, c)]
+        else:
+            b = [x - y for x, y in zip(b, c)]
+    return [(x, y, relu) for x, y in zip(a, b)]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def _round_half_up(x: Fraction) -> int:
+    return int((x + Fraction(1, 2)).__floor__())
