@@ -11,7 +11,7 @@ handlers keep, for every dynamic ONNX tensor, what it is in integer terms (front
 Weights are decoded into bnnc's weight code by `weight_codes.decode` (binary, ternary, two-scale,
 multi-base, integer grid, and real-valued weights on a per-channel power-of-two grid with a stated
 error bound). A fixed-point or integer model output becomes real values through the float32
-chain of an identity 1x1 convolution.
+chain of an identity 1x1 convolution (a binary output too: +-scale).
 
 Beyond binary layers with a sign activation, the compressed families lower to:
 - multi-level activations (MultiThreshold with several steps, Quant with more than 1 bit,
@@ -37,7 +37,7 @@ from .errors import BnncError
 from .frontend import FRAC_BITS, HANDLERS, SUPPORTED_OPS, LoweringContext, where
 from .frontend.context import widen
 from .frontend.linear import identity_conv
-from .frontend.values import AccVal, IndexVal, IntChainVal, IntsVal, RealsVal
+from .frontend.values import AccVal, BitsVal, IndexVal, IntChainVal, IntsVal, RealsVal
 from .onnx_loader import CUSTOM_DOMAINS, STANDARD_DOMAINS, LoadedModel, fold_with_origin, foldable
 
 __all__ = ["FRAC_BITS", "SUPPORTED_OPS", "lower"]
@@ -70,7 +70,7 @@ def _set_output(ctx: LoweringContext) -> None:
     v = ctx.vals[out]
     if isinstance(v, AccVal):
         v = ctx.finish_acc(v, None, None)
-    if isinstance(v, (IntsVal, IntChainVal)) and v.flat_from is None and v.block is None:
+    if isinstance(v, (BitsVal, IntsVal, IntChainVal)) and v.flat_from is None and v.block is None:
         v = ctx.finish_acc(identity_conv(ctx, SimpleNamespace(name=out, op="output"), v), None, None)
     if isinstance(v, RealsVal):
         dtype = "float32"

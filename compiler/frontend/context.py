@@ -141,7 +141,8 @@ class LoweringContext:
         else:
             ty = ir.Bits(out_shape, bit_scale(node, term))
         chain = ir.Chain([_input_order(op, self.lm.input_shape, flat) for op in v.chain], term)
-        op = ir.InputQuantize(name, [self.graph.input], [tname], tuple(self.lm.input_shape[1:]),
+        in_shape = tuple(self.lm.input_shape[1:]) if len(self.lm.input_shape) != 2 else (c, h, w)
+        op = ir.InputQuantize(name, [self.graph.input], [tname], in_shape,
                               self.grid["dtype"], chain, grid=self.grid.get("range"))
         op.flat = flat
         self.graph.add(op, {tname: ty})

@@ -300,13 +300,13 @@ def _conv_common(ctx, node, v: Val, dec, layout, kernel, stride, pads, bias, den
 
 
 def identity_conv(ctx, node, v: Val) -> AccVal:
-    """An identity 1x1 convolution of the integer tensor `v` (whose pending ops, for an
-    IntChainVal, become its chain): how a fixed-point or integer tensor reaches a real-valued
-    output, in the form every backend's layers have."""
+    """An identity 1x1 convolution of the bit or integer tensor `v` (whose pending ops, for an
+    IntChainVal, become its chain): how a binary, fixed-point or integer tensor reaches a
+    real-valued output, in the form every backend's layers have."""
     c = ctx.graph.tensors[v.tensor].shape[2]
     eye = np.eye(c, dtype=np.int64).reshape(c, 1, 1, c)
     dec = weight_codes.Decoded("int", eye.astype(np.int8), np.ones(c), eye, what="identity")
-    ints = v if isinstance(v, IntsVal) else IntsVal(v.shape, v.source_ops, tensor=v.tensor, scale=v.scale)
+    ints = v if isinstance(v, (BitsVal, IntsVal)) else IntsVal(v.shape, v.source_ops, tensor=v.tensor, scale=v.scale)
     acc = _conv_common(ctx, node, ints, dec, lambda x: x, (1, 1), (1, 1), (0, 0, 0, 0), None, False)
     if isinstance(v, IntChainVal):
         acc.chain = list(v.chain)
