@@ -1,0 +1,29 @@
+"""The canonical frontend stage: ONNX -> ONNX rewrites of the forms real exporters write into the
+forms bnnc's lowering reads, applied in order when a model is read.
+
+Every rewrite is a pure function ModelProto -> ModelProto (the input is never modified) whose
+docstring states what it preserves: unless said otherwise, the rewritten graph computes the same
+float32 values as the original on every input.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .constant_subgraphs import fold_constant_subgraphs
+from .external_data import load_external_data
+from .pass_through_ops import remove_pass_through_ops
+
+# Applied in this order; each one sees the previous one's output.
+REWRITES = (
+    fold_constant_subgraphs,
+    remove_pass_through_ops,
+)
+
+
+def canonicalize(model: onnx.ModelProto, model_dir=None) -> onnx.ModelProto:
+    """`model` rewritten into bnnc's canonical forms; external data is read from `model_dir`."""
+    model = load_external_data(model, model_dir)
+    for rewrite in REWRITES:
+        model = rewrite(model)
+    return model
