@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import onnx
 
+from .bipolar_sign import bipolar_sign_from_offset_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
 from .pass_through_ops import remove_pass_through_ops
+from .ste_sign import simplify_ste_sign
 
 # Applied in this order; each one sees the previous one's output.
 REWRITES = (
     fold_constant_subgraphs,
     remove_pass_through_ops,
+    simplify_ste_sign,
+    bipolar_sign_from_offset_sign,
 )
 
 
