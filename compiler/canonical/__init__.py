@@ -13,6 +13,7 @@ import onnx
 from .bipolar_sign import bipolar_sign_from_offset_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
+from .layout_transposes import sink_layout_transposes
 from .pass_through_ops import remove_pass_through_ops
 from .ste_sign import simplify_ste_sign
 
@@ -21,6 +22,7 @@ REWRITES = (
     fold_constant_subgraphs,
     remove_pass_through_ops,
     simplify_ste_sign,
+    sink_layout_transposes,
     bipolar_sign_from_offset_sign,
 )
 
