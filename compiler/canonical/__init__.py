@@ -14,7 +14,10 @@ from .bipolar_sign import bipolar_sign_from_offset_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
 from .layout_transposes import sink_layout_transposes
+from .maxpool_ceil import maxpool_ceil_to_floor
+from .pad_into_window import merge_pads_into_windows
 from .pass_through_ops import remove_pass_through_ops
+from .spatial_mean import spatial_mean_to_global_pool
 from .ste_sign import simplify_ste_sign
 
 # Applied in this order; each one sees the previous one's output.
@@ -24,6 +27,9 @@ REWRITES = (
     simplify_ste_sign,
     sink_layout_transposes,
     bipolar_sign_from_offset_sign,
+    merge_pads_into_windows,
+    spatial_mean_to_global_pool,
+    maxpool_ceil_to_floor,
 )
 
 
