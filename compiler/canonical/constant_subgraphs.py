@@ -28,7 +28,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..errors import BnncError
 from ..original import MAX_IR_VERSION
-from .graph_edit import constant_values, copy_model, default_opset, drop_unused, is_standard
+from .graph_edit import constant_values, copy_model, default_opset, drop_unused, is_standard, onnxruntime_session
 
 # DequantizeLinear stays: the loader reads a quantized weight's integers through it.
 KEPT_OPS = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -44,8 +44,6 @@ SUMMATION_ORDER_OPS = {"ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "Red
 
 
 def _evaluate_onnxruntime(node: onnx.NodeProto, feeds: dict, opset: int) -> list:
-    import onnxruntime as ort
-
     inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
               for k, v in feeds.items()]
     probe = helper.make_model(helper.make_graph([node], "fold", inputs, []),
@@ -54,7 +52,7 @@ def _evaluate_onnxruntime(node: onnx.NodeProto, feeds: dict, opset: int) -> list
     typed = onnx.shape_inference.infer_shapes(probe, strict_mode=True)
     types = {vi.name: vi for vi in typed.graph.value_info}
     probe.graph.output.extend(types[o] for o in node.output if o)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(probe)
     got = dict(zip([o for o in node.output if o], session.run(None, feeds)))
     return [got.get(o) for o in node.output]
 

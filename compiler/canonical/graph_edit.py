@@ -168,3 +168,16 @@ def static_shapes(model: onnx.ModelProto) -> dict:
         if tt.HasField("shape"):
             shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
     return shapes
+
+
+def onnxruntime_session(model: onnx.ModelProto):
+    """An onnxruntime CPU session run as `original.OriginalModel` runs the original: one thread, no
+    graph optimizations, so the float arithmetic is the node-by-node arithmetic of the model."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

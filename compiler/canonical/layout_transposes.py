@@ -14,7 +14,8 @@ the last axis; where H = W = 1 it writes those Transposes as Reshapes. The rewri
      the output of a Transpose with the same P, whose input is read instead;
    * Pad: the pads of axis i go to axis P[i] (constant mode);
    * Concat: axis a becomes P[a] (every operand transposed by P, or constant);
-   * ReduceMean / ReduceSum / ReduceMax / ReduceMin with keepdims: each axis a becomes P[a];
+   * ReduceMax / ReduceMin with keepdims: each axis a becomes P[a] (not the summing reductions:
+     onnxruntime adds in memory order, which the layout changes);
    * Softmax / LogSoftmax (opset 13+, one axis): axis a becomes P[a];
    * Transpose(., Q): the two compose to one Transpose with perm P[Q[i]], removed when that is the
      identity;
@@ -46,7 +47,8 @@ UNARY = {"Relu", "Sign", "Abs", "Neg", "Cast", "Sigmoid", "Tanh", "Floor", "Ceil
 BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal",
              "Where", "Min", "Max", "And", "Or", "Xor", "Mod", "PRelu", "BitShift", "Sum", "Mean"}
 CUSTOM_ELEMENTWISE = {"BipolarQuant", "Quant"}  # QONNX quantizers with scalar parameters
-REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2"}
+# only the reductions that do not sum: a sum over other axes of another layout changes its order
+REDUCE = {"ReduceMax", "ReduceMin"}
 
 
 def _inverse(perm):

@@ -5,7 +5,8 @@ Conditions: Pad mode `constant`, constant non-negative pads, none on the batch a
 a pad value of 0 (absent means 0) for Conv and AveragePool and -inf for MaxPool, the Pad's
 output read only by that one node, whose `auto_pad` is NOTSET. An AveragePool takes
 `count_include_pad = 1`, and is merged only when it has no pads of its own or already counts them:
-a window then divides by the full kernel size either way.
+a window then divides by the full kernel size either way. A pool's merged pads must stay
+smaller than its kernel (onnxruntime refuses larger ones).
 
 Preserves exactly: a convolution's implicit padding is zeros, which onnxruntime materializes
 the same way (im2col), so the products and their order are the same; padded zeros add +-0 to an
@@ -83,6 +84,10 @@ def merge_pads_into_windows(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         s = r - 2
         new = [old[i] + pads[2 + i] for i in range(s)] + [old[s + i] + pads[r + 2 + i] for i in range(s)]
+        if win.op_type != "Conv":
+            kernel = list(a.get("kernel_shape", []))
+            if len(kernel) != s or any(new[i] >= kernel[i] or new[s + i] >= kernel[i] for i in range(s)):
+                continue  # onnxruntime refuses pool pads as large as the kernel
         set_attr(win, "pads", new)
         if win.op_type == "AveragePool":
             set_attr(win, "count_include_pad", 1)

@@ -34,8 +34,8 @@ import onnx
 from onnx import helper
 
 from ..original import MAX_IR_VERSION
-from .graph_edit import (consumers, constant_values, copy_model, default_opset, drop_unused, is_standard,
-                         producers, rename_input, static_shapes)
+from .graph_edit import (constant_values, copy_model, default_opset, drop_unused, is_standard,
+                         onnxruntime_session, producers, rename_input, static_shapes)
 
 ELEMENTWISE = {"Abs", "Add", "Sub", "Mul", "Div", "Neg", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
                "Equal", "Cast", "Where", "Clip", "Sign", "Relu", "Min", "Max", "Not", "And", "Or", "Pow",
@@ -78,8 +78,6 @@ def _poly_nodes(p: str, x: str, prods: dict, values: dict):
 
 
 def _identity_holds(nodes, x: str, p: str, shape, values: dict, opset: int) -> bool:
-    import onnxruntime as ort
-
     probe = probe_values()
     size = int(np.prod(shape[1:])) if shape and all(d for d in shape[1:]) else 0
     if size == 0:
@@ -94,7 +92,7 @@ def _identity_holds(nodes, x: str, p: str, shape, values: dict, opset: int) -> b
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = min(m.ir_version, MAX_IR_VERSION)
     try:
-        pv = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {x: xs})[0]
+        pv = onnxruntime_session(m).run(None, {x: xs})[0]
     except Exception:
         return False
     pv = np.broadcast_to(pv, xs.shape).astype(np.float32)
