@@ -1,8 +1,6 @@
 """The canonical frontend stage: each rewrite on small graphs built here and on the exporters' own
 models in ../shared/models/wild, checked against onnxruntime on the original graph."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,13 +15,17 @@ from bnnc.canonical.layout_transposes import sink_layout_transposes
 from bnnc.canonical.maxpool_ceil import maxpool_ceil_to_floor
 from bnnc.canonical.pad_into_window import merge_pads_into_windows
 from bnnc.canonical.pass_through_ops import remove_pass_through_ops
+from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
 from bnnc.canonical.spatial_mean import spatial_mean_to_global_pool
 from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
 from bnnc.errors import BnncError
 from bnnc.onnx_loader import fold_with_origin, foldable, load, read_model
 from bnnc.original import OriginalModel
-from bnnc.pipeline import compile_file, compile_graph
+from bnnc import driver
+from bnnc.pipeline import Options, compile_file, compile_graph
 from bnnc.testing.random_models import random_model
+
+from .helpers import assert_matches_original
 
 WILD = ["birealnet18", "birealnet18_dynamo_extdata", "brevitas_mobilenet_v1_4w4a", "brevitas_qcdq_ternres",
         "larq_quicknet_small", "larq_quicknet_small_nchw", "mainsub_nin", "ttq_squeezenet",
@@ -378,6 +380,46 @@ def test_offset_sign_is_bipolar():
     assert set(np.unique(run(c, x))) == {-1.0, 1.0}
     for offset in (1.5, -0.1):  # other offsets are other functions
         assert "BipolarQuant" not in ops(bipolar_sign_from_offset_sign(make(nodes, [1, 64], {"c": np.float32(offset)})))
+
+
+# ----------------------------------------------------------------------------- QCDQ activations
+
+@pytest.mark.parametrize("lo,hi,dtype,spec", [(-2, 1, np.int8, (2, 0)), (-1, 1, np.int8, (2, 1)),
+                                              (-8, 7, np.int8, (4, 0)), (0, 3, np.uint8, (2, 0)),
+                                              (0, 14, np.uint8, (4, 1)), (-1, 0, np.int8, None),
+                                              (-3, 2, np.int8, None)])
+def test_qcdq_clip_is_quant(lo, hi, dtype, spec):
+    nodes = [helper.make_node("Relu", ["x"], ["r"]) if dtype == np.uint8 else helper.make_node("Neg", ["x"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["q"]),
+             helper.make_node("Clip", ["q", "lo", "hi"], ["qc"]),
+             helper.make_node("DequantizeLinear", ["qc", "s", "zp"], ["y"])]
+    m = make(nodes, [1, 64], {"s": np.float32(0.375), "zp": dtype(0), "lo": dtype(lo), "hi": dtype(hi)})
+    c = qcdq_clip_to_quant(m)
+    quant = [n for n in c.graph.node if n.op_type == "Quant"]
+    if spec is None:  # a 1-bit signed range (QONNX reads it as bipolar) or no bit range at all
+        assert not quant
+        return
+    (n,) = quant
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    width = numpy_helper.to_array(next(t for t in c.graph.initializer if t.name == n.input[3]))
+    assert (int(width), a["narrow"], a["signed"]) == (*spec, int(dtype == np.int8))
+    rng = np.random.default_rng(10)
+    ties = (np.arange(-40, 40) + 0.5) * 0.375  # x / s exactly halfway: round half to even in both
+    x = np.concatenate([ties, rng.uniform(-4, 4, 560), [0.0, -0.0, 1e-30, -1e-30, 1e3, -1e3, 1e30, -1e30]])
+    x = x.astype(np.float32)  # the large ones saturate the 8-bit QuantizeLinear before the Clip
+    x = np.resize(x, (x.size + 63) // 64 * 64).reshape(-1, 64)
+    assert_same(m, c, x)
+
+
+def test_qcdq_ternres_compiles_and_matches_the_original(shared_models):
+    path = wild(shared_models, "brevitas_qcdq_ternres")
+    m = read_model(path)
+    assert "Clip" not in ops(canonicalize(m))
+    model, graph = compile_file(path, Options(input_scale=0.0078125, input_range=(0, 255)))
+    assert serialized(model) == serialized(m) and "Clip" in ops(model)  # verify's original is the file's
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 4, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert_matches_original(model, graph, inputs, ref)
 
 
 # ----------------------------------------------------------------------------- pads, pools, pass-through

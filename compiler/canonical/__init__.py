@@ -17,6 +17,7 @@ from .layout_transposes import sink_layout_transposes
 from .maxpool_ceil import maxpool_ceil_to_floor
 from .pad_into_window import merge_pads_into_windows
 from .pass_through_ops import remove_pass_through_ops
+from .qcdq_clip import qcdq_clip_to_quant
 from .spatial_mean import spatial_mean_to_global_pool
 from .ste_sign import simplify_ste_sign
 
@@ -27,6 +28,7 @@ REWRITES = (
     simplify_ste_sign,
     sink_layout_transposes,
     bipolar_sign_from_offset_sign,
+    qcdq_clip_to_quant,
     merge_pads_into_windows,
     spatial_mean_to_global_pool,
     maxpool_ceil_to_floor,

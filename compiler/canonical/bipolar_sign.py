@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph_edit import (Names, add_initializer, constant_values, copy_model, drop_unused, graph_outputs,
+from .graph_edit import (Names, add_initializer, constant_values, copy_model, drop_unused,
                          is_standard, producers)
 
 QONNX_DOMAIN = "qonnx.custom_op.general"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, default_opset,
                          drop_unused, graph_outputs, is_standard, producers, rename_input, set_attr,

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from .graph_edit import attrs, consumers, constant_values, copy_model, default_opset, drop_unused, is_standard, \
-    graph_outputs, set_attr, producers
+    graph_outputs, set_attr
 
 
 def _pad_spec(pad: onnx.NodeProto, values: dict, opset: int):
