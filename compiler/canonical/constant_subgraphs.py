@@ -4,19 +4,22 @@ Exporters compute weights in the graph: Bi-Real's `mean|W| * sign(W)` from laten
 (Abs / ReduceMean / Sign), Main/Subsidiary pruning masks `W * ((sign(m) - 1) / 2) + W`, the Clip
 between QuantizeLinear and DequantizeLinear of a QCDQ weight, Constant nodes. Each such node is
 evaluated by onnx's reference evaluator (`onnx.reference.ReferenceEvaluator`), in topological
-order, and its outputs become initializers; Constant nodes become initializers too.
+order, and its outputs become initializers; Constant nodes become initializers too. A node
+neither evaluator can run stays as it is (the loader folds it or names it).
 
 Kept, so that the loader still sees a quantized weight as integers times a scale
 (`onnx_loader.fold_with_origin`): DequantizeLinear (its integer input is folded, itself is not),
 and every custom-domain node (QONNX / FINN Quant, BipolarQuant, ...), which the reference
 evaluator cannot run; the loader folds those itself. Random generators are never folded.
 
-Preserves exactly: the values onnxruntime computes for the original. Elementwise ops are IEEE
-float32 arithmetic on the same operands, so the reference evaluator gives the same bits. Ops whose
-result depends on the order of a sum (reductions, MatMul / Gemm / Conv, Softmax, ...) may differ in
-the last bit between numpy and onnxruntime (numpy's pairwise summation over axis 1 of a 4-D weight
-does); those are evaluated by onnxruntime, the engine `bnnc verify` runs the original in, so the
-folded weights are the very values the original model uses there.
+Preserves exactly: the values onnxruntime computes for the original. Correctly rounded
+arithmetic (+ - * / sqrt, comparisons, casts) and data movement give the same bits in the reference
+evaluator. Ops whose result depends on the order of a sum (reductions, MatMul / Gemm / Conv,
+Softmax, ...) can differ in the last bit between numpy and onnxruntime (numpy's pairwise summation
+over axis 1 of a 4-D weight does), and so can transcendental functions (Exp, Pow, Tanh, ...);
+those are evaluated by onnxruntime, the engine `bnnc verify` runs the original in, with its
+settings (one thread, no graph optimizations), so the folded weights are the very values the
+original model uses there.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..errors import BnncError
 from ..original import MAX_IR_VERSION
 from .graph_edit import constant_values, copy_model, default_opset, drop_unused, is_standard, onnxruntime_session
 
@@ -35,12 +37,16 @@ KEPT_OPS = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLi
             "Multinomial", "Bernoulli"}
 
 
-# results depend on the order of a sum: computed by onnxruntime, as the original runs there
-SUMMATION_ORDER_OPS = {"ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
-                       "ReduceLogSumExp", "ReduceSumSquare", "MatMul", "Gemm", "Conv", "ConvTranspose",
-                       "Softmax", "LogSoftmax", "AveragePool", "GlobalAveragePool", "LpNormalization",
-                       "Einsum", "CumSum", "BatchNormalization", "InstanceNormalization",
-                       "LayerNormalization"}
+# Computed by onnxruntime, as the original runs there: results that depend on the order of a sum,
+# and functions numpy and onnxruntime need not round alike (neither is correctly rounded).
+ONNXRUNTIME_OPS = {"ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                   "ReduceLogSumExp", "ReduceSumSquare", "MatMul", "Gemm", "Conv", "ConvTranspose",
+                   "Softmax", "LogSoftmax", "AveragePool", "GlobalAveragePool", "LpNormalization",
+                   "Einsum", "CumSum", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+                   "Sum", "Mean",
+                   "Exp", "Log", "Pow", "Tanh", "Sigmoid", "Erf", "Softplus", "Elu", "Selu", "Celu", "Gelu",
+                   "Mish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh",
+                   "Atanh", "HardSwish"}
 
 
 def _evaluate_onnxruntime(node: onnx.NodeProto, feeds: dict, opset: int) -> list:
@@ -57,16 +63,16 @@ def _evaluate_onnxruntime(node: onnx.NodeProto, feeds: dict, opset: int) -> list
     return [got.get(o) for o in node.output]
 
 
-def _evaluate(node: onnx.NodeProto, values: dict, opset: int) -> list:
+def _evaluate(node: onnx.NodeProto, values: dict, opset: int):
+    """The node's output values, or None when neither evaluator runs it (the node then stays, and
+    the loader folds it or names it)."""
     try:
         feeds = {i: np.asarray(values[i]) for i in node.input if i}
-        if node.op_type in SUMMATION_ORDER_OPS:
+        if node.op_type in ONNXRUNTIME_OPS:
             return _evaluate_onnxruntime(node, feeds, opset)
-        ev = ReferenceEvaluator(node, opsets={"": opset})
-        return ev.run(None, feeds)
-    except Exception as e:
-        raise BnncError(f"node '{node.name or node.op_type}' ({node.op_type}) has only constant inputs but "
-                        f"cannot be evaluated: {str(e).splitlines()[0][:160]}") from None
+        return ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
+    except Exception:
+        return None
 
 
 def fold_constant_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -93,6 +99,9 @@ def fold_constant_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
                 rest.append(n)  # If / Loop / Scan on constants are rare: left to the loader
                 continue
             results = _evaluate(n, values, opset)
+            if results is None:
+                rest.append(n)
+                continue
             for o, v in zip(n.output, results):
                 if o:
                     values[o] = np.asarray(v)
