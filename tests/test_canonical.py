@@ -459,6 +459,25 @@ def test_spatial_mean_to_global_pool(keepdims):
     assert np.abs(a - b).max() <= 4 * np.finfo(np.float32).eps * np.abs(x).max()
 
 
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_nhwc_spatial_mean_to_global_pool(keepdims):
+    """tf2onnx's GlobalAveragePooling2D: ReduceMean over axes 1, 2 of the NHWC tensor."""
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["a"], ["an"], perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceMean", ["an", "ax"], ["m"], keepdims=keepdims),
+             helper.make_node("Reshape", ["m", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "dense"], ["y"])]
+    m = make(nodes, [1, 3, 6, 5], {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                                   "ax": np.array([1, 2], np.int64), "flat": np.array([-1, 8], np.int64),
+                                   "dense": rng.standard_normal((8, 4)).astype(np.float32)}, opset=18)
+    c = canonicalize(m)
+    assert "ReduceMean" not in ops(c) and "Transpose" not in ops(c) and "GlobalAveragePool" in ops(c)
+    x = rng.standard_normal((4, 3, 6, 5)).astype(np.float32)
+    a, b = run(m, x), run(c, x)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()  # summation order differs (see spatial_mean)
+
+
 @pytest.mark.parametrize("size,k,s,pads", [(7, 3, 2, [0, 0, 0, 0]), (8, 3, 2, [0, 0, 0, 0]), (6, 2, 2, [1, 1, 0, 0]),
                                            (10, 3, 3, [1, 0, 1, 0]), (5, 3, 2, [1, 1, 1, 1]), (13, 3, 2, [0, 0, 0, 0])])
 def test_maxpool_ceil_mode(size, k, s, pads):

@@ -26,11 +26,11 @@ REWRITES = (
     fold_constant_subgraphs,
     remove_pass_through_ops,
     simplify_ste_sign,
+    spatial_mean_to_global_pool,
     sink_layout_transposes,
     bipolar_sign_from_offset_sign,
     qcdq_clip_to_quant,
     merge_pads_into_windows,
-    spatial_mean_to_global_pool,
     maxpool_ceil_to_floor,
 )
 
