@@ -18,6 +18,7 @@ from bnnc.canonical.pass_through_ops import remove_pass_through_ops
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
 from bnnc.canonical.spatial_mean import spatial_mean_to_global_pool
 from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
+from bnnc.canonical.uniform_constants import scalarize_uniform_constants
 from bnnc.errors import BnncError
 from bnnc.onnx_loader import fold_with_origin, foldable, load, read_model
 from bnnc.original import OriginalModel
@@ -420,6 +421,43 @@ def test_qcdq_ternres_compiles_and_matches_the_original(shared_models):
     inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 4, 0))
     ref = driver.run_target(graph, "ref", inputs)
     assert_matches_original(model, graph, inputs, ref)
+
+
+# ----------------------------------------------------------------------------- uniform constants
+
+def test_uniform_quantizer_parameters_become_scalars():
+    rng = np.random.default_rng(12)
+    q = "qonnx.custom_op.general"
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Quant", ["r", "s", "z", "b"], ["a"], domain=q, signed=0, narrow=0,
+                              rounding_mode="ROUND"),
+             helper.make_node("QuantizeLinear", ["a", "qs", "qz"], ["qa"], axis=1),
+             helper.make_node("DequantizeLinear", ["qa", "qs", "qz"], ["d"], axis=1),
+             helper.make_node("Mul", ["d", "one"], ["m"]),                 # (1,): exact as a scalar
+             helper.make_node("Add", ["m", "varies"], ["v"]),              # not uniform: stays
+             helper.make_node("Sub", ["wide", "v"], ["y"])]                # would enlarge x: stays
+    m = make(nodes, [1, 4, 3, 3], {"s": np.full((1, 4, 1, 1), 0.125, np.float32), "z": np.zeros(1, np.float32),
+                                   "b": np.float32(3), "qs": np.full(4, 0.25, np.float32),
+                                   "qz": np.zeros(4, np.uint8), "one": np.ones(1, np.float32),
+                                   "varies": np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1),
+                                   "wide": np.ones((2, 4, 3, 3), np.float32)}, domains=[q])
+    c = scalarize_uniform_constants(m)
+    values = {t.name: numpy_helper.to_array(t) for t in c.graph.initializer}
+    node = {n.op_type: n for n in c.graph.node}
+    assert all(values[i].shape == () for i in node["Quant"].input[1:3])
+    assert all(values[i].shape == () for i in node["QuantizeLinear"].input[1:])
+    assert values[node["QuantizeLinear"].input[2]].dtype == np.uint8
+    assert values[node["Mul"].input[1]].shape == ()
+    assert values[node["Add"].input[1]].shape == (1, 4, 1, 1) and values[node["Sub"].input[0]].shape == (2, 4, 3, 3)
+    assert_same(m, c, rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
+
+
+def test_mobilenet_activation_scales_become_scalars(shared_models):
+    m = read_model(wild(shared_models, "brevitas_mobilenet_v1_4w4a"))
+    c = canonicalize(m)
+    values = {t.name: numpy_helper.to_array(t) for t in c.graph.initializer}
+    activation_quants = [n for n in c.graph.node if n.op_type == "Quant" and n.input[0] not in values]
+    assert activation_quants and all(values[n.input[1]].size == 1 for n in activation_quants)
 
 
 # ----------------------------------------------------------------------------- pads, pools, pass-through

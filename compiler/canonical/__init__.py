@@ -18,6 +18,7 @@ from .maxpool_ceil import maxpool_ceil_to_floor
 from .pad_into_window import merge_pads_into_windows
 from .pass_through_ops import remove_pass_through_ops
 from .qcdq_clip import qcdq_clip_to_quant
+from .uniform_constants import scalarize_uniform_constants
 from .spatial_mean import spatial_mean_to_global_pool
 from .ste_sign import simplify_ste_sign
 
@@ -25,6 +26,7 @@ from .ste_sign import simplify_ste_sign
 REWRITES = (
     fold_constant_subgraphs,
     remove_pass_through_ops,
+    scalarize_uniform_constants,
     simplify_ste_sign,
     spatial_mean_to_global_pool,
     sink_layout_transposes,
