@@ -39,7 +39,7 @@ from .graph_edit import (constant_values, copy_model, default_opset, drop_unused
 
 ELEMENTWISE = {"Abs", "Add", "Sub", "Mul", "Div", "Neg", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
                "Equal", "Cast", "Where", "Clip", "Sign", "Relu", "Min", "Max", "Not", "And", "Or", "Pow",
-               "Sqrt", "Identity", "Floor", "Ceil", "Round", "Tanh", "Sigmoid", "HardTanh"}
+               "Sqrt", "Identity", "Floor", "Ceil", "Round", "Tanh", "Sigmoid"}
 
 
 def probe_values() -> np.ndarray:
