@@ -23,6 +23,7 @@ from bnnc.errors import BnncError
 from bnnc.onnx_loader import fold_with_origin, foldable, load, read_model
 from bnnc.original import OriginalModel
 from bnnc import driver
+from bnnc.cli import main
 from bnnc.pipeline import Options, compile_file, compile_graph
 from bnnc.testing.random_models import random_model
 
@@ -584,3 +585,12 @@ def test_compile_file_returns_the_original_model(tmp_path):
     before = serialized(original)
     compile_graph(original)
     assert serialized(original) == before
+
+
+def test_verify_command_on_a_canonicalized_model(shared_models, tmp_path, monkeypatch, capsys):
+    """`bnnc verify` compiles the canonical rewrite and compares it with the file's own model."""
+    monkeypatch.chdir(tmp_path)
+    path = wild(shared_models, "brevitas_qcdq_ternres")
+    assert main(["verify", str(path), "--target", "ref", "--samples", "3", "--input-scale", "0.0078125",
+                 "--input-range", "0:255"]) == 0
+    assert "PASS" in capsys.readouterr().out
