@@ -5,7 +5,7 @@ Matched: Add(Sub(Sign(x), p), p) (either Add operand order), with `p` computed f
 standard elementwise nodes and constants.
 
 The math. Let s = sign(x) in {-1, 0, +1} and p a finite float32. Then fl(fl(s - p) + p) = s
-whenever p = 0 or p has the sign of s, and |p| <= 2:
+whenever s = 0, or p is 0 or has the sign of s and |p| <= 2:
   * s = 0: fl(0 - p) = -p exactly, and -p + p = 0.
   * s = 1, p in [1/2, 2]: 1 - p is exact (Sterbenz), so the sum is exactly 1.
   * s = 1, p in [0, 1/2): d = fl(1 - p) lies in [1/2, 1] with rounding error |e| <= 2^-25, so
