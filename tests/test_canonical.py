@@ -484,6 +484,26 @@ def test_pad_merged_into_window(window, value):
     assert_same(m, c, rng.standard_normal((3, 3, 7, 6)).astype(np.float32))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_pad_merged_into_random_convolutions(seed):
+    """Shapes, strides, kernels, groups (depthwise too) and pads: onnxruntime gives the same bits."""
+    rng = np.random.default_rng(100 + seed)
+    c, k, s = int(rng.integers(1, 17)), int(rng.choice([1, 3, 5])), int(rng.choice([1, 2]))
+    group = c if seed % 3 == 0 else 1
+    o = c if group > 1 else int(rng.integers(1, 17))
+    h, w = int(rng.integers(k, 20)), int(rng.integers(k, 20))
+    pads = [0, 0, *rng.integers(0, 3, 2), 0, 0, *rng.integers(0, 3, 2)]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]),
+             helper.make_node("Conv", ["p", "w", "b"], ["y"], pads=[int(v) for v in rng.integers(0, 2, 4)],
+                              strides=[s, s], group=group)]
+    m = make(nodes, [1, c, h, w], {"pads": np.array(pads, np.int64),
+                                   "w": rng.standard_normal((o, c // group, k, k)).astype(np.float32),
+                                   "b": rng.standard_normal(o).astype(np.float32)})
+    merged = merge_pads_into_windows(m)
+    assert ops(merged) == ["Conv"]
+    assert_same(m, merged, rng.standard_normal((3, c, h, w)).astype(np.float32))
+
+
 @pytest.mark.parametrize("keepdims", [1, 0])
 def test_spatial_mean_to_global_pool(keepdims):
     rng = np.random.default_rng(7)
