@@ -3,8 +3,9 @@
 
 The math: sign(x) is -1, +-0 or +1; adding c in (0, 1) gives fl(-1 + c), c or fl(1 + c). The
 first is negative: c <= 1 - 2^-24, so -1 + c <= -2^-24, a float, and rounding is monotone; the
-last is positive. The outer Sign maps the three to -1, +1, +1, i.e. to -1 exactly when x < 0. -0 gives +1 in both (-0 >= 0). Exact for every
-non-NaN x; a NaN input gives NaN in the original and -1 in BipolarQuant (NaN >= 0 is false).
+last is positive. The outer Sign maps the three to -1, +1, +1, i.e. to -1 exactly when x < 0. -0
+gives +1 in both (-0 >= 0). Exact for every non-NaN x; a NaN input gives NaN in the original and
+-1 in BipolarQuant (NaN >= 0 is false).
 
 BipolarQuant is bnnc's (and QONNX's) bipolar sign with sign(0) = +1; `bnnc verify` and the tests
 run it in onnxruntime through `original.rewrite_custom_ops` (Where(x >= 0, 1, -1) * scale).

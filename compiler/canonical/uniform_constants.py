@@ -39,7 +39,9 @@ def _keeps_shape(x_shape, c_shape) -> bool:
 
 def _uniform(v: np.ndarray) -> bool:
     flat = np.asarray(v).reshape(-1)
-    return np.ndim(v) > 0 and flat.size >= 1 and bool(np.all(flat == flat[0])) and not (flat.dtype.kind == "f" and np.isnan(flat[0]))
+    if np.ndim(v) == 0 or flat.size == 0 or (flat.dtype.kind == "f" and np.isnan(flat[0])):
+        return False
+    return bool(np.all(flat == flat[0]))
 
 
 def scalarize_uniform_constants(model: onnx.ModelProto) -> onnx.ModelProto:
