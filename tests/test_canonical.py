@@ -160,6 +160,16 @@ def test_external_data_wild_model_from_another_directory(shared_models, tmp_path
     assert np.array_equal(run(canonicalize(m, path.parent), x), expected)
 
 
+def test_external_data_model_compiles_from_another_directory(shared_models, tmp_path, monkeypatch):
+    """End to end: external data, folded latent weights and STE signs of the dynamo export, read from
+    a working directory that is not the model's."""
+    monkeypatch.chdir(tmp_path)
+    model, graph = compile_file(wild(shared_models, "birealnet18_dynamo_extdata"),
+                                Options(input_scale=0.0078125, input_range=(0, 255)))
+    assert "Less" in ops(model)  # the original, for verify: its STE sign as exported
+    assert sum(type(op).__name__ == "Conv" for op in graph.ops()) == 21  # 20 Conv nodes and the Linear
+
+
 # ----------------------------------------------------------------------------- constant subgraphs
 
 def test_fold_latent_weight_binarisation():
