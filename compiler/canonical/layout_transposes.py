@@ -109,10 +109,6 @@ class _Sinker:
             return n, list(attrs(n)["perm"])
         return None, None
 
-    def _rank(self, node) -> int:
-        s = self.shapes.get(node.output[0])
-        return len(s) if s is not None else -1
-
     def _operands(self, node, t_out, perm):
         """New inputs of `node` when the Transpose producing `t_out` moves below it, or None."""
         new = []
