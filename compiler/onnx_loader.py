@@ -10,11 +10,13 @@ dataflow with constant operands.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .canonical.external_data import load_external_data
 from .errors import BnncError
 
 CUSTOM_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "finn")
@@ -76,10 +78,9 @@ def read_model(path) -> onnx.ModelProto:
         raise BnncError(f"'{path}' is not an ONNX model (protobuf parse failed: {type(e).__name__})") from None
     if not model.graph.node:
         raise BnncError(f"'{path}' holds no ONNX graph nodes")
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise BnncError(f"initializer '{init.name}' uses external data, which bnnc does not load")
-    return model
+    # tensors kept in external files are read from the model's own folder: the model stays
+    # self-contained, so `bnnc verify` runs the same bytes in onnxruntime
+    return load_external_data(model, Path(path).parent)
 
 
 def _np_dtype(elem_type: int) -> str:
@@ -100,6 +101,9 @@ def load(model: onnx.ModelProto) -> LoadedModel:
         raise BnncError(f"opset {opset} is outside what bnnc reads (7-22)")
     consts = {}
     for init in g.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise BnncError(f"initializer '{init.name}' uses external data that was not read (read the model "
+                            "with read_model, or canonicalize it with its folder)")
         try:
             consts[init.name] = numpy_helper.to_array(init)
         except Exception as e:

@@ -196,6 +196,10 @@ def _quant(e: _Emitter, node, consts, ranks) -> None:
     mode = a.get("rounding_mode", b"ROUND")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
 
+    # qonnx evaluates with numpy, which promotes an integer zero point or scale (QKeras exports
+    # write int64 ones) to float; onnxruntime's Add needs both operands float
+    scale, zeropt = (e.const(consts[p].astype(np.float32)) if p in consts and consts[p].dtype != np.float32 else p
+                     for p in (scale, zeropt))
     v = e.op("Add", e.op("Div", x, scale), zeropt)
     if bits == 1 and signed:  # qonnx: a 1-bit signed Quant is bipolar (narrow ignored)
         q = e.op("Where", e.ge(v, e.const(0.0)), e.const(1.0), e.const(-1.0))

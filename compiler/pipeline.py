@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import ir
+from .canonical import canonicalize
 from .lower import FRAC_BITS, lower
 from .onnx_loader import load, read_model
 from .passes.find_sparse_connectivity import find_sparse_connectivity
@@ -34,8 +35,10 @@ PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels,
 
 
 def frontend(model, options: Options = Options()) -> ir.Graph:
-    """ONNX ModelProto -> IR with float32 epilogue chains (nothing folded yet)."""
-    return lower(load(model), options.input_scale, options.input_range, options.frac_bits, options.input_affine)
+    """ONNX ModelProto -> IR with float32 epilogue chains (nothing folded yet). The exporter's
+    forms are first rewritten into canonical ones (a copy: `model` itself is not changed)."""
+    return lower(load(canonicalize(model)), options.input_scale, options.input_range, options.frac_bits,
+                 options.input_affine)
 
 
 def compile_graph(model, options: Options = Options()) -> ir.Graph:
@@ -52,6 +55,7 @@ def compile_graph(model, options: Options = Options()) -> ir.Graph:
 
 
 def compile_file(path, options: Options = Options()):
-    """(ModelProto, lowered IR) for an ONNX file."""
+    """(ModelProto as the file holds it, external data read in; lowered IR) for an ONNX file. The
+    ModelProto is the original that `bnnc verify` runs, not the canonical rewrite."""
     model = read_model(path)
     return model, compile_graph(model, options)

@@ -169,6 +169,18 @@ def test_quant_matches_qonnx(mode, opset):
             _assert_same(m, _quant_input(rng, shape, scale, zeropt, bits))
 
 
+def test_quant_with_integer_zero_point_and_bit_width_matches_qonnx():
+    """QKeras exports (the QONNX zoo's jet tagging model) store zeropt and bitwidth as int64."""
+    pytest.importorskip("qonnx")
+    rng = np.random.default_rng(2)
+    m = _single_node("Quant", QONNX, (1, 64), {"scale": np.float32(0.25)}, {"signed": 1, "narrow": 0,
+                                                                           "rounding_mode": "ROUND"})
+    m.graph.node[0].input.extend(["zeropt", "bitwidth"])
+    m.graph.initializer.extend([numpy_helper.from_array(np.int64(0), "zeropt"),
+                                numpy_helper.from_array(np.int64(4), "bitwidth")])
+    _assert_same(m, _quant_input(rng, (1, 64), 0.25, 0.0, 4))
+
+
 def test_quant_round_to_zero_is_qonnx_down():
     pytest.importorskip("qonnx")
     rng = np.random.default_rng(1)

@@ -14,7 +14,7 @@ from .. import ir
 from ..errors import BnncError
 from ..onnx_loader import quant_levels, round_mode
 from ..original import trunc_shift
-from .context import terminal_type, uniform
+from .context import terminal_type
 from .streams import pools_commute, to_stream
 from .registry import handler, where
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, Val, with_chain
@@ -55,7 +55,6 @@ def quant(ctx, node, *, signed=1, narrow=0, rounding_mode="ROUND"):
     scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
     zp = np.asarray(ctx.const(node, 2, "zero point"), dtype=np.float32)
     bw = np.asarray(ctx.const(node, 3, "bit width"))
-    scale, zp = uniform(scale), uniform(zp)  # per-channel-shaped constants holding one value
     if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
         raise BnncError(f"{where(node)}: Quant needs a positive scalar scale and zero point here")
     if float(zp) != round(float(zp)):
@@ -90,10 +89,10 @@ def trunc(ctx, node, *, signed=1, narrow=0, rounding_mode="FLOOR"):
     if len(node.inputs) != 6:
         raise BnncError(f"{where(node)}: Trunc needs 6 inputs (x, scale, zeropt, input bit width, "
                         "output scale, output bit width)")
-    scale = uniform(np.asarray(ctx.const(node, 1, "scale"), np.float64))
-    zp = uniform(np.asarray(ctx.const(node, 2, "zero point"), np.float64))
-    out_scale = uniform(np.asarray(ctx.const(node, 4, "output scale"), np.float64))
-    bits = uniform(np.asarray(ctx.const(node, 5, "output bit width"), np.float64))
+    scale = np.asarray(ctx.const(node, 1, "scale"), np.float64)
+    zp = np.asarray(ctx.const(node, 2, "zero point"), np.float64)
+    out_scale = np.asarray(ctx.const(node, 4, "output scale"), np.float64)
+    bits = np.asarray(ctx.const(node, 5, "output bit width"), np.float64)
     if any(c.size != 1 for c in (scale, zp, out_scale, bits)) or float(zp) != 0 or not float(scale) > 0:
         raise BnncError(f"{where(node)}: bnnc supports Trunc with scalar scales and a zero point of 0")
     if not isinstance(v, IntsVal):

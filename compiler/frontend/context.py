@@ -272,13 +272,6 @@ def conv_pads(node, hw, kernel, stride, auto_pad="NOTSET", pads=None) -> tuple:
     raise BnncError(f"{where(node)}: auto_pad '{auto_pad}' is not supported")
 
 
-def uniform(c: np.ndarray) -> np.ndarray:
-    """A constant whose elements are all equal as a scalar (exporters shape scalar activation
-    scales per channel, e.g. (1, C, 1, 1)); otherwise unchanged."""
-    c = np.asarray(c)
-    return c.reshape(-1)[:1].reshape(()) if c.size > 1 and np.all(c == c.reshape(-1)[0]) else c
-
-
 def widen(conv: ir.Conv, channels: int, offset: int = 0) -> None:
     """Pad the input-channel axis of every weight array to `channels` (new channels read nothing;
     the conv's own channels start at `offset`). A binary code gains zeros: it becomes ternary."""

@@ -30,18 +30,11 @@ def max_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, auto_pa
         raise BnncError(f"{where(node)}: MaxPool needs a 4-D input")
     pads = conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)
     oh, ow = ir.out_shape(v.shape[2:], kernel, stride, pads)
-    if ceil_mode:
-        # ceil_mode = 1: extra end padding (MaxPool ignores padded taps), without the last window
-        # when it would start beyond the input and its start padding
-        extra = []
-        for ax in range(2):
-            size, before, after = v.shape[2 + ax], pads[ax], pads[ax + 2]
-            n = -(-(size + before + after - kernel[ax]) // stride[ax]) + 1
-            if (n - 1) * stride[ax] >= size + before:
-                n -= 1
-            extra.append(max(0, (n - 1) * stride[ax] + kernel[ax] - (size + before + after)))
-        pads = (pads[0], pads[1], pads[2] + extra[0], pads[3] + extra[1])
-        oh, ow = ir.out_shape(v.shape[2:], kernel, stride, pads)
+    if ceil_mode:  # the canonical stage turns ceil_mode into end padding (canonical/maxpool_ceil.py)
+        ch = -(-(v.shape[2] + pads[0] + pads[2] - kernel[0]) // stride[0]) + 1
+        cw = -(-(v.shape[3] + pads[1] + pads[3] - kernel[1]) // stride[1]) + 1
+        if (ch, cw) != (oh, ow):
+            raise BnncError(f"{where(node)}: ceil_mode=1 changes the output size here; not supported")
     params = (kernel, stride, pads, (oh, ow), node.name)
     if isinstance(v, AccVal):  # before the activation: it commutes with a sign (checked when it closes)
         ctx.set(node, replace(v, shape=(1, v.shape[1], oh, ow), pools=v.pools + [(params, len(v.chain))]))

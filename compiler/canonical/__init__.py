@@ -1,0 +1,45 @@
+"""The canonical frontend stage: ONNX -> ONNX rewrites of the forms real exporters write into the
+forms bnnc's lowering reads, applied in order when a model is read.
+
+Every rewrite is a pure function ModelProto -> ModelProto (the input is never modified) whose
+docstring states what it preserves: unless said otherwise, the rewritten graph computes the same
+float32 values as the original on every input.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .bipolar_sign import bipolar_sign_from_offset_sign
+from .constant_subgraphs import fold_constant_subgraphs
+from .external_data import load_external_data
+from .layout_transposes import sink_layout_transposes
+from .maxpool_ceil import maxpool_ceil_to_floor
+from .pad_into_window import merge_pads_into_windows
+from .pass_through_ops import remove_pass_through_ops
+from .qcdq_clip import qcdq_clip_to_quant
+from .uniform_constants import scalarize_uniform_constants
+from .spatial_mean import spatial_mean_to_global_pool
+from .ste_sign import simplify_ste_sign
+
+# Applied in this order; each one sees the previous one's output.
+REWRITES = (
+    fold_constant_subgraphs,
+    remove_pass_through_ops,
+    scalarize_uniform_constants,
+    simplify_ste_sign,
+    spatial_mean_to_global_pool,
+    sink_layout_transposes,
+    bipolar_sign_from_offset_sign,
+    qcdq_clip_to_quant,
+    merge_pads_into_windows,
+    maxpool_ceil_to_floor,
+)
+
+
+def canonicalize(model: onnx.ModelProto, model_dir=None) -> onnx.ModelProto:
+    """`model` rewritten into bnnc's canonical forms; external data is read from `model_dir`."""
+    model = load_external_data(model, model_dir)
+    for rewrite in REWRITES:
+        model = rewrite(model)
+    return model

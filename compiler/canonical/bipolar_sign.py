@@ -1,0 +1,66 @@
+"""larq's SteSign as tf2onnx writes it, `Sign(Sign(x) + c)` with a constant 0 < c < 1 (larq adds
+0.1 so that sign(0) = +1), replaced by QONNX `BipolarQuant(x, 1)`: +1 where x >= 0, else -1.
+
+The math: sign(x) is -1, +-0 or +1; adding c in (0, 1) gives fl(-1 + c), c or fl(1 + c). The
+first is negative: c <= 1 - 2^-24, so -1 + c <= -2^-24, a float, and rounding is monotone; the
+last is positive. The outer Sign maps the three to -1, +1, +1, i.e. to -1 exactly when x < 0. -0
+gives +1 in both (-0 >= 0). Exact for every non-NaN x; a NaN input gives NaN in the original and
+-1 in BipolarQuant (NaN >= 0 is false).
+
+BipolarQuant is bnnc's (and QONNX's) bipolar sign with sign(0) = +1; `bnnc verify` and the tests
+run it in onnxruntime through `original.rewrite_custom_ops` (Where(x >= 0, 1, -1) * scale).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .graph_edit import (Names, add_initializer, constant_values, copy_model, drop_unused,
+                         is_standard, producers)
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+
+
+def _scalar(values: dict, name: str):
+    v = values.get(name)
+    if v is None or np.asarray(v).size != 1 or np.asarray(v).dtype.kind != "f":
+        return None
+    return float(np.asarray(v).reshape(()))
+
+
+def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = copy_model(model)
+    g = out.graph
+    prods, values = producers(g), constant_values(g)
+    names = Names(g)
+    one = None
+    changed = False
+    for outer in list(g.node):
+        if outer.op_type != "Sign" or not is_standard(outer):
+            continue
+        add = prods.get(outer.input[0])
+        if add is None or add.op_type != "Add" or not is_standard(add):
+            continue
+        for s, c in (tuple(add.input), tuple(reversed(add.input))):
+            inner = prods.get(s)
+            offset = _scalar(values, c)
+            if inner is None or inner.op_type != "Sign" or not is_standard(inner) or offset is None:
+                continue
+            if not 0.0 < offset < 1.0:
+                continue
+            if one is None:
+                one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
+            idx = list(g.node).index(outer)
+            g.node.remove(outer)
+            g.node.insert(idx, helper.make_node("BipolarQuant", [inner.input[0], one], [outer.output[0]],
+                                                name=outer.name or names.fresh("BipolarQuant"),
+                                                domain=QONNX_DOMAIN))
+            changed = True
+            break
+    if changed:
+        if not any(o.domain == QONNX_DOMAIN for o in out.opset_import):
+            out.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+        drop_unused(out)
+    return out

@@ -1,0 +1,191 @@
+"""Small helpers the canonical rewrites share: constant values, producers and consumers, fresh
+names, and removing a node that passes its input through unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    keep = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def is_standard(node: onnx.NodeProto) -> bool:
+    return node.domain in STANDARD_DOMAINS
+
+
+def constant_values(graph: onnx.GraphProto) -> dict:
+    """name -> numpy value of every initializer and every standard Constant node's output."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and is_standard(n):
+            v = constant_node_value(n)
+            if v is not None:
+                values[n.output[0]] = v
+    return values
+
+
+def constant_node_value(node: onnx.NodeProto):
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if a.name == "value":
+            return numpy_helper.to_array(v)
+        if a.name == "value_float":
+            return np.array(v, np.float32)
+        if a.name == "value_floats":
+            return np.array(v, np.float32)
+        if a.name == "value_int":
+            return np.array(v, np.int64)
+        if a.name == "value_ints":
+            return np.array(v, np.int64)
+    return None  # sparse or string constants: left alone
+
+
+def consumers(graph: onnx.GraphProto) -> dict:
+    """tensor name -> list of nodes reading it."""
+    out: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            if i:
+                out.setdefault(i, []).append(n)
+    return out
+
+
+def producers(graph: onnx.GraphProto) -> dict:
+    return {o: n for n in graph.node for o in n.output if o}
+
+
+def graph_outputs(graph: onnx.GraphProto) -> set:
+    return {o.name for o in graph.output}
+
+
+class Names:
+    """Fresh tensor / node names that clash with nothing in the graph."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        for n in graph.node:
+            self.taken.update(n.output)
+            self.taken.update(n.input)
+            self.taken.add(n.name)
+
+    def fresh(self, hint: str) -> str:
+        i = 0
+        while (name := f"{hint}__canon{i}") in self.taken:
+            i += 1
+        self.taken.add(name)
+        return name
+
+
+def add_initializer(graph: onnx.GraphProto, names: Names, value: np.ndarray, hint: str) -> str:
+    name = names.fresh(hint)
+    graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return name
+
+
+def rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node that reads `old` reads `new` instead."""
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i == old:
+                n.input[k] = new
+
+
+def bypass(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
+    """Remove `node`, whose first output equals its first input, wiring its readers to the input.
+    When the output is a graph output, the producer of the input is renamed instead (the
+    model's interface keeps its names); False when neither is possible."""
+    src, dst = node.input[0], node.output[0]
+    outs = graph_outputs(graph)
+    if dst in outs:
+        prods = producers(graph)
+        if src not in prods or src in outs or any(i.name == src for i in graph.input):
+            return False
+        p = prods[src]
+        p.output[list(p.output).index(src)] = dst
+        rename_input(graph, src, dst)
+    else:
+        rename_input(graph, dst, src)
+    graph.node.remove(node)
+    return True
+
+
+def drop_unused(model: onnx.ModelProto) -> None:
+    """Remove nodes whose outputs nobody reads and initializers nobody reads (dead after a rewrite)."""
+    g = model.graph
+    while True:
+        used = {i for n in g.node for i in n.input} | graph_outputs(g)
+        dead = [n for n in g.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input} | graph_outputs(g)
+    before = {t.name for t in g.initializer}
+    keep = [t for t in g.initializer if t.name in used]
+    if len(keep) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        # initializers that old IR versions also list as graph inputs go with them
+        kept = {t.name for t in keep}
+        inputs = [i for i in g.input if i.name not in before or i.name in kept]
+        del g.input[:]
+        g.input.extend(inputs)
+
+
+def static_shapes(model: onnx.ModelProto) -> dict:
+    """tensor name -> tuple of dims (None where unknown) from ONNX shape inference, best effort.
+    Inference runs on a proxy in which every custom-domain node (QONNX / FINN quantizers and
+    thresholds, which keep their input's shape) is an Identity of its first input."""
+    proxy = copy_model(model)
+    for n in proxy.graph.node:
+        if not is_standard(n) and n.input:
+            n.CopyFrom(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+    keep = [o for o in proxy.opset_import if o.domain in STANDARD_DOMAINS]
+    del proxy.opset_import[:]
+    proxy.opset_import.extend(keep)
+    try:
+        proxy = onnx.shape_inference.infer_shapes(proxy, strict_mode=False, data_prop=True)
+    except Exception:
+        pass
+    g = proxy.graph
+    shapes = {t.name: tuple(t.dims) for t in g.initializer}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return shapes
+
+
+def onnxruntime_session(model: onnx.ModelProto):
+    """An onnxruntime CPU session run as `original.OriginalModel` runs the original: one thread, no
+    graph optimizations, so the float arithmetic is the node-by-node arithmetic of the model."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,107 @@
+"""QuantizeLinear -> Clip -> DequantizeLinear of an activation (Brevitas' QCDQ export of a
+quantizer narrower than 8 bits) replaced by one QONNX `Quant(x, s, 0, b; signed, narrow)`.
+
+Matched: zero point 0, one scalar scale s shared by both linear quantizers, a Clip to constant
+integer bounds [lo, hi] that are a b-bit range: signed [-2^(b-1), 2^(b-1) - 1] (narrow 0) or
+[-2^(b-1) + 1, 2^(b-1) - 1] (narrow 1) with b >= 2 (QONNX reads a 1-bit signed Quant as bipolar),
+unsigned [0, 2^b - 1] or [0, 2^b - 2]; the intermediate tensors read by nothing else.
+
+The math: the original computes y = s * clamp(clamp(round_half_even(x / s), int8 or uint8 range),
+lo, hi); Quant computes y = s * round_half_even(clamp(x / s + 0, lo, hi)). [lo, hi] lies inside the
+8-bit range, and for integer bounds rounding and clamping commute (rounding is monotone and keeps
+integers), so both are s * clamp(round(x / s), lo, hi) with the same float32 division and product:
+bit-identical for every non-NaN x (a NaN saturates to an integer in QuantizeLinear, and stays NaN
+in Quant).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused,
+                         graph_outputs, is_standard, producers)
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+
+
+def _bit_range(lo: int, hi: int, signed: bool):
+    """(bits, narrow) of an integer range, or None."""
+    for b in range(1, 9):
+        if signed and b >= 2:
+            if (lo, hi) == (-(2 ** (b - 1)), 2 ** (b - 1) - 1):
+                return b, 0
+            if (lo, hi) == (-(2 ** (b - 1)) + 1, 2 ** (b - 1) - 1):
+                return b, 1
+        if not signed:
+            if (lo, hi) == (0, 2**b - 1):
+                return b, 0
+            if (lo, hi) == (0, 2**b - 2) and b >= 2:
+                return b, 1
+    return None
+
+
+def _scalar(values, name, kind=None):
+    if not name or name not in values:
+        return None
+    v = np.asarray(values[name])
+    if v.size != 1 or (kind and v.dtype.kind not in kind):
+        return None
+    return v.reshape(())
+
+
+def qcdq_clip_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = copy_model(model)
+    g = out.graph
+    values, prods, readers = constant_values(g), producers(g), consumers(g)
+    outs = graph_outputs(g)
+    names = Names(g)
+    changed = False
+    for dq in list(g.node):
+        if dq.op_type != "DequantizeLinear" or not is_standard(dq) or _blocked(dq):
+            continue
+        clip = prods.get(dq.input[0])
+        if clip is None or clip.op_type != "Clip" or not is_standard(clip) or len(clip.input) != 3:
+            continue
+        ql = prods.get(clip.input[0])
+        if ql is None or ql.op_type != "QuantizeLinear" or not is_standard(ql) or _blocked(ql):
+            continue
+        if ql.input[0] in values:
+            continue  # a weight: constant folding turns it into integers for the loader
+        if len(readers.get(ql.output[0], [])) != 1 or len(readers.get(clip.output[0], [])) != 1 or \
+                {ql.output[0], clip.output[0]} & outs:
+            continue
+        s_q, s_d = _scalar(values, ql.input[1], "f"), _scalar(values, dq.input[1], "f")
+        zp_q = _scalar(values, ql.input[2] if len(ql.input) > 2 else "", "iu")
+        zp_d = _scalar(values, dq.input[2] if len(dq.input) > 2 else "", "iu")
+        lo, hi = _scalar(values, clip.input[1], "iu"), _scalar(values, clip.input[2], "iu")
+        if s_q is None or s_d is None or float(s_q) != float(s_d) or not float(s_q) > 0:
+            continue
+        if zp_q is None or zp_d is None or int(zp_q) != 0 or int(zp_d) != 0 or lo is None or hi is None:
+            continue
+        signed = zp_q.dtype.kind == "i"
+        spec = _bit_range(int(lo), int(hi), signed)
+        if spec is None:
+            continue
+        bits, narrow = spec
+        scale = add_initializer(g, names, np.float32(s_q), "quant_scale")
+        zero = add_initializer(g, names, np.float32(0.0), "quant_zero_point")
+        width = add_initializer(g, names, np.float32(bits), "quant_bit_width")
+        idx = list(g.node).index(dq)
+        g.node.remove(dq)
+        g.node.insert(idx, helper.make_node("Quant", [ql.input[0], scale, zero, width], [dq.output[0]],
+                                            name=dq.name or names.fresh("Quant"), domain=QONNX_DOMAIN,
+                                            signed=int(signed), narrow=narrow, rounding_mode="ROUND"))
+        changed = True
+    if changed:
+        if not any(o.domain == QONNX_DOMAIN for o in out.opset_import):
+            out.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+        drop_unused(out)
+    return out
+
+
+def _blocked(node: onnx.NodeProto) -> bool:
+    """True for a blocked quantizer (opset 21 block_size); scalar scales are checked separately."""
+    a = attrs(node)
+    return "block_size" in a and a["block_size"] != 0

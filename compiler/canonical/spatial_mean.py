@@ -1,0 +1,74 @@
+"""ReduceMean over the spatial axes (2, 3) of a 4-D tensor (the dynamo exporter's and Brevitas'
+global average pool) replaced by GlobalAveragePool, followed by a Flatten when keepdims = 0.
+tf2onnx's form, ReduceMean over axes (1, 2) of Transpose(x, [0, 2, 3, 1]) (NHWC), becomes
+GlobalAveragePool(x), then a Flatten (keepdims = 0) or Transpose(., [0, 2, 3, 1]) of the (N, C, 1, 1)
+result (keepdims = 1; it moves only unit axes, and the layout stage removes it).
+
+NOT bit-exact in onnxruntime: both compute the mean of the same H x W values, but onnxruntime's
+ReduceMean and GlobalAveragePool sum them in different orders, so the float32 results can differ
+in the last bits (about 1 ulp of the running sum; the tests bound it). bnnc's lowering computes a
+global pool as an exact integer sum, so the deployed network is unaffected; `bnnc verify` compares
+the original model within its tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .graph_edit import Names, attrs, constant_values, copy_model, drop_unused, is_standard, producers, static_shapes
+
+
+def _axes(node: onnx.NodeProto, values: dict):
+    a = attrs(node)
+    if len(node.input) > 1 and node.input[1]:
+        v = values.get(node.input[1])
+        return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
+    return list(a["axes"]) if "axes" in a else None
+
+
+def spatial_mean_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = copy_model(model)
+    g = out.graph
+    values = constant_values(g)
+    shapes = None
+    names = Names(g)
+    prods = producers(g)
+    for n in list(g.node):
+        if n.op_type != "ReduceMean" or not is_standard(n) or n.input[0] in values:
+            continue
+        axes = _axes(n, values)
+        if axes is None:
+            continue
+        if shapes is None:
+            shapes = static_shapes(out)
+        x = n.input[0]
+        shape = shapes.get(x)
+        if shape is None or len(shape) != 4:
+            continue
+        axes = sorted(a % 4 for a in axes)
+        nhwc = None
+        if axes == [1, 2]:
+            t = prods.get(x)
+            if t is None or t.op_type != "Transpose" or not is_standard(t) or \
+                    list(attrs(t).get("perm", [])) != [0, 2, 3, 1]:
+                continue
+            x, nhwc = t.input[0], t
+        elif axes != [2, 3]:
+            continue
+        keep = attrs(n).get("keepdims", 1)
+        idx = list(g.node).index(n)
+        g.node.remove(n)
+        if keep and nhwc is None:
+            new = [helper.make_node("GlobalAveragePool", [x], [n.output[0]], name=n.name)]
+        else:
+            pooled = names.fresh("pooled")
+            tail = helper.make_node("Flatten", [pooled], [n.output[0]], name=names.fresh("Flatten"), axis=1) \
+                if not keep else helper.make_node("Transpose", [pooled], [n.output[0]], name=names.fresh("Transpose"),
+                                                  perm=[0, 2, 3, 1])
+            new = [helper.make_node("GlobalAveragePool", [x], [pooled], name=n.name), tail]
+        for k, m in enumerate(new):
+            g.node.insert(idx + k, m)
+    drop_unused(out)  # the NHWC Transposes nothing reads any more
+    return out

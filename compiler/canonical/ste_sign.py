@@ -1,0 +1,153 @@
+"""The straight-through-estimator sign `sign(x) - p + p` (Bi-Real's ApproxSign, where `p` is the
+piecewise polynomial whose gradient training uses) replaced by `sign(x)`.
+
+Matched: Add(Sub(Sign(x), p), p) (either Add operand order), with `p` computed from `x` alone by
+standard elementwise nodes and constants.
+
+The math. Let s = sign(x) in {-1, 0, +1} and p a finite float32. Then fl(fl(s - p) + p) = s
+whenever s = 0, or p is 0 or has the sign of s and |p| <= 2:
+  * s = 0: fl(0 - p) = -p exactly, and -p + p = 0.
+  * s = 1, p in [1/2, 2]: 1 - p is exact (Sterbenz), so the sum is exactly 1.
+  * s = 1, p in [0, 1/2): d = fl(1 - p) lies in [1/2, 1] with rounding error |e| <= 2^-25, so
+    d + p = 1 + e exactly; the float32 neighbours of 1 are 1 - 2^-24 and 1 + 2^-23, and 1 + e
+    rounds to 1 (|e| = 2^-25 is a tie, which goes to the even 1).
+  * s = -1: the mirror image.
+Without the sign condition it fails: s = 1, p = -0.6 * 2^-24 gives fl(1 - p) = 1 and
+fl(1 + p) = 1 - 2^-24.
+
+Bi-Real's polynomial (p = -1 below -1, x^2 + 2x on [-1, 0), -x^2 + 2x on [0, 1), 1 above, built
+with Less / Cast masks) has the sign of x and |p| <= 1 for every float32 with |x| < sqrt(FLT_MAX)
+~ 1.8e19. Beyond that x * x overflows to inf, inf * 0 in a mask is NaN, and the original gives
+NaN where the rewrite gives +-1; NaN inputs give NaN in both. The signed zero of sign(0) may
+differ (-0 vs +0); they compare equal and every reader (a convolution, an add) treats them alike.
+
+Because `p` is arbitrary in general, each match is also probed before it is rewritten: `p` is
+evaluated (onnxruntime) on float32 values of every exponent, both signs, zeros, subnormals and the
+neighbours of +-1 and +-2, and the rewrite is made only if the identity holds on all of them with
+|x| < 2^63 (and elsewhere only where the original is NaN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..original import MAX_IR_VERSION
+from .graph_edit import (constant_values, copy_model, default_opset, drop_unused, is_standard,
+                         onnxruntime_session, producers, rename_input, static_shapes)
+
+ELEMENTWISE = {"Abs", "Add", "Sub", "Mul", "Div", "Neg", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
+               "Equal", "Cast", "Where", "Clip", "Sign", "Relu", "Min", "Max", "Not", "And", "Or", "Pow",
+               "Sqrt", "Identity", "Floor", "Ceil", "Round", "Tanh", "Sigmoid"}
+
+
+def probe_values() -> np.ndarray:
+    """float32 values of every exponent and both signs, zeros, subnormals, and near +-1, +-2."""
+    v = [0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40]
+    rng = np.random.default_rng(0)
+    for e in range(-126, 128):
+        for m in (1.0, 1.25, 1.5, 1.9999999, *rng.uniform(1, 2, 3)):
+            v += [m * 2.0**e, -m * 2.0**e]
+    for c in (0.5, 1.0, 2.0):
+        for start in (np.float32(c), np.float32(-c)):
+            for direction in (np.float32(np.inf), np.float32(-np.inf)):
+                x = start
+                for _ in range(5):
+                    v.append(float(x))
+                    x = np.nextafter(x, direction, dtype=np.float32)
+    v += list(rng.uniform(-2, 2, 4096)) + list(rng.uniform(-1e-3, 1e-3, 1024))
+    with np.errstate(over="ignore"):
+        return np.unique(np.asarray(v, dtype=np.float32))
+
+
+def _poly_nodes(p: str, x: str, prods: dict, values: dict):
+    """The nodes computing `p` from `x` and constants alone, elementwise; None if anything else feeds it."""
+    nodes, seen, stack = [], set(), [p]
+    while stack:
+        t = stack.pop()
+        if t == x or t in values or t in seen:
+            continue
+        seen.add(t)
+        n = prods.get(t)
+        if n is None or not is_standard(n) or n.op_type not in ELEMENTWISE:
+            return None
+        nodes.append(n)
+        stack.extend(i for i in n.input if i)
+    return nodes
+
+
+def _identity_holds(nodes, x: str, p: str, shape, values: dict, opset: int) -> bool:
+    probe = probe_values()
+    size = int(np.prod(shape[1:])) if shape and all(d for d in shape[1:]) else 0
+    if size == 0:
+        return False
+    n = -(-probe.size // size)
+    xs = np.resize(probe, n * size).reshape((n, *shape[1:])).astype(np.float32)
+    used = {i for nd in nodes for i in nd.input}
+    inits = [onnx.numpy_helper.from_array(np.asarray(values[k]), k) for k in used if k in values]
+    order = _topological(nodes, {x} | set(values))
+    g = helper.make_graph(order, "probe", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = min(m.ir_version, MAX_IR_VERSION)
+    try:
+        pv = onnxruntime_session(m).run(None, {x: xs})[0]
+    except Exception:
+        return False
+    pv = np.broadcast_to(pv, xs.shape).astype(np.float32)
+    with np.errstate(all="ignore"):
+        s = np.sign(xs)
+        got = (s - pv) + pv
+    same = (got == s) | (np.isnan(xs))
+    small = np.abs(xs) < 2.0**63
+    return bool(np.all(same[small]) and np.all((same | np.isnan(got))[~small]))
+
+
+def _topological(nodes, known: set) -> list:
+    avail, order, pending = set(known), [], list(nodes)
+    while pending:
+        rest = [n for n in pending if not all(i in avail or not i for i in n.input)]
+        ready = [n for n in pending if n not in rest]
+        if not ready:
+            return []
+        for n in ready:
+            order.append(n)
+            avail.update(n.output)
+        pending = rest
+    return order
+
+
+def simplify_ste_sign(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = copy_model(model)
+    g = out.graph
+    prods, values = producers(g), constant_values(g)
+    opset = default_opset(out)
+    shapes = None
+    changed = False
+    for add in list(g.node):
+        if add.op_type != "Add" or not is_standard(add) or len(add.input) != 2:
+            continue
+        for u, p in (tuple(add.input), tuple(reversed(add.input))):
+            sub = prods.get(u)
+            if sub is None or sub.op_type != "Sub" or not is_standard(sub) or list(sub.input)[1] != p:
+                continue
+            sign = prods.get(sub.input[0])
+            if sign is None or sign.op_type != "Sign" or not is_standard(sign):
+                continue
+            x = sign.input[0]
+            nodes = _poly_nodes(p, x, prods, values)
+            if nodes is None:
+                continue
+            if shapes is None:
+                shapes = static_shapes(out)
+            if not _identity_holds(nodes, x, p, shapes.get(x), values, opset):
+                continue
+            if add.output[0] in {o.name for o in g.output}:
+                continue  # the model's output keeps its producer (and name)
+            rename_input(g, add.output[0], sign.output[0])
+            changed = True
+            break
+    if changed:
+        drop_unused(out)
+    return out

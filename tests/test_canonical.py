@@ -1,0 +1,626 @@
+"""The canonical frontend stage: each rewrite on small graphs built here and on the exporters' own
+models in ../shared/models/wild, checked against onnxruntime on the original graph."""
+
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bnnc.canonical import canonicalize
+from bnnc.canonical.bipolar_sign import bipolar_sign_from_offset_sign
+from bnnc.canonical.constant_subgraphs import fold_constant_subgraphs
+from bnnc.canonical.layout_transposes import sink_layout_transposes
+from bnnc.canonical.maxpool_ceil import maxpool_ceil_to_floor
+from bnnc.canonical.pad_into_window import merge_pads_into_windows
+from bnnc.canonical.pass_through_ops import remove_pass_through_ops
+from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
+from bnnc.canonical.spatial_mean import spatial_mean_to_global_pool
+from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
+from bnnc.canonical.uniform_constants import scalarize_uniform_constants
+from bnnc.errors import BnncError
+from bnnc.onnx_loader import fold_with_origin, foldable, load, read_model
+from bnnc.original import OriginalModel
+from bnnc import driver
+from bnnc.cli import main
+from bnnc.pipeline import Options, compile_file, compile_graph
+from bnnc.testing.random_models import random_model
+
+from .helpers import assert_matches_original
+
+WILD = ["birealnet18", "birealnet18_dynamo_extdata", "brevitas_mobilenet_v1_4w4a", "brevitas_qcdq_ternres",
+        "larq_quicknet_small", "larq_quicknet_small_nchw", "mainsub_nin", "ttq_squeezenet",
+        "zoo_qkeras_jettagging", "zoo_unsw_nb15_mlp_w2a2"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def make(nodes, x_shape, inits=(), opset=17, out="y", x_type=TensorProto.FLOAT, domains=()):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", x_type, x_shape)],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in dict(inits).items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]
+                          + [helper.make_opsetid(d, 1) for d in domains])
+    m.ir_version = 9
+    return m
+
+
+def run(model, x):
+    """The model in onnxruntime (QONNX ops through bnnc's standard-op rewrite)."""
+    return OriginalModel(model).run(x)
+
+
+def assert_same(a_model, b_model, x):
+    a, b = run(a_model, x), run(b_model, x)
+    assert a.dtype == b.dtype == np.float32
+    assert np.array_equal(a, b, equal_nan=True), np.abs(a.astype(np.float64) - b).max()
+
+
+def ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+def wild(shared_models, name):
+    return shared_models / "wild" / f"{name}.onnx"
+
+
+def wild_x(shared_models, name, n=4):
+    return np.load(shared_models / "wild" / f"{name}_x.npy")[:n]
+
+
+def serialized(model):
+    return model.SerializeToString(deterministic=True)
+
+
+# ----------------------------------------------------------------------------- external data
+
+def _external_model(tmp_path, location, offset=0, length=None, data=None, name="w"):
+    """A Conv model whose weight lives in an external file; returns (path, weight)."""
+    w = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 7
+    (tmp_path / "model").mkdir(exist_ok=True)
+    if data is not None:
+        data.write_bytes(b"\0" * offset + w.tobytes())
+    t = numpy_helper.from_array(w, name)
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)),
+                 ("length", str(w.nbytes if length is None else length))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph([helper.make_node("Conv", ["x", name], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [t])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    path = tmp_path / "model" / "m.onnx"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(m.SerializeToString())
+    return path, w
+
+
+def test_external_data_read_from_the_model_folder(tmp_path, monkeypatch):
+    (tmp_path / "model" / "weights").mkdir(parents=True)
+    path, w = _external_model(tmp_path, "weights/w.bin", offset=12, data=tmp_path / "model" / "weights" / "w.bin")
+    monkeypatch.chdir(tmp_path)  # a different working directory: locations are relative to the model
+    m = read_model(path)
+    got = numpy_helper.to_array(m.graph.initializer[0])
+    assert np.array_equal(got, w)
+    assert m.graph.initializer[0].data_location == TensorProto.DEFAULT
+
+
+@pytest.mark.parametrize("case", ["missing", "absolute", "dotdot", "symlink", "offset", "length", "size"])
+def test_external_data_hostile_locations_are_refused(tmp_path, case):
+    outside = tmp_path / "outside.bin"
+    (tmp_path / "model").mkdir()
+    kw = {"missing": dict(location="nope.bin"),
+          "absolute": dict(location=str(outside), data=outside),
+          "dotdot": dict(location="../outside.bin", data=outside),
+          "symlink": dict(location="link.bin", data=outside),
+          "offset": dict(location="w.bin", offset=0, data=tmp_path / "model" / "w.bin"),
+          "length": dict(location="w.bin", length=10_000, data=tmp_path / "model" / "w.bin"),
+          "size": dict(location="w.bin", length=8, data=tmp_path / "model" / "w.bin")}[case]
+    if case == "symlink":
+        (tmp_path / "model" / "link.bin").symlink_to(outside)
+    path, w = _external_model(tmp_path, **kw)
+    if case == "offset":  # an offset past the end of the file
+        m = onnx.load(path, load_external_data=False)
+        for e in m.graph.initializer[0].external_data:
+            if e.key == "offset":
+                e.value = str(w.nbytes + 1)
+        path.write_bytes(m.SerializeToString())
+    with pytest.raises(BnncError) as e:
+        read_model(path)
+    msg = str(e.value)
+    assert "'w'" in msg and "\n" not in msg
+    assert {"missing": "does not exist", "absolute": "absolute", "dotdot": "outside", "symlink": "outside",
+            "offset": "beyond", "length": "beyond", "size": "need"}[case] in msg
+
+
+def test_external_data_without_folder_is_refused(tmp_path):
+    path, _ = _external_model(tmp_path, "w.bin", data=tmp_path / "model" / "w.bin")
+    m = onnx.load(path, load_external_data=False)
+    with pytest.raises(BnncError, match="'w'"):
+        canonicalize(m)
+    assert np.array_equal(numpy_helper.to_array(canonicalize(m, path.parent).graph.initializer[0]),
+                          numpy_helper.to_array(read_model(path).graph.initializer[0]))
+
+
+def test_external_data_wild_model_from_another_directory(shared_models, tmp_path, monkeypatch):
+    path = wild(shared_models, "birealnet18_dynamo_extdata")
+    monkeypatch.chdir(tmp_path)
+    m = read_model(path)
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in m.graph.initializer)
+    x = wild_x(shared_models, "birealnet18_dynamo_extdata", 1)  # the export has a static batch of 1
+    opts = ort.SessionOptions()  # as OriginalModel runs a model: no graph optimizations
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    expected = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(run(m, x), expected)
+    assert np.array_equal(run(canonicalize(m, path.parent), x), expected)
+
+
+def test_external_data_model_compiles_from_another_directory(shared_models, tmp_path, monkeypatch):
+    """End to end: external data, folded latent weights and STE signs of the dynamo export, read from
+    a working directory that is not the model's."""
+    monkeypatch.chdir(tmp_path)
+    model, graph = compile_file(wild(shared_models, "birealnet18_dynamo_extdata"),
+                                Options(input_scale=0.0078125, input_range=(0, 255)))
+    assert "Less" in ops(model)  # the original, for verify: its STE sign as exported
+    assert sum(type(op).__name__ == "Conv" for op in graph.ops()) == 21  # 20 Conv nodes and the Linear
+
+
+# ----------------------------------------------------------------------------- constant subgraphs
+
+def test_fold_latent_weight_binarisation():
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Abs", ["w"], ["a"]),
+             helper.make_node("ReduceMean", ["a", "axes"], ["m"], keepdims=1),
+             helper.make_node("Sign", ["w"], ["s"]),
+             helper.make_node("Mul", ["m", "s"], ["wb"]),
+             helper.make_node("Clip", ["w", "lo", "hi"], ["c"]),
+             helper.make_node("Sub", ["wb", "c"], ["d"]),
+             helper.make_node("Add", ["d", "c"], ["wq"]),
+             helper.make_node("Constant", [], ["lo"], value=numpy_helper.from_array(np.float32(-1))),
+             helper.make_node("Conv", ["x", "wq"], ["y"], pads=[1, 1, 1, 1])]
+    m = make(nodes, [1, 3, 6, 6], {"w": latent, "axes": np.array([1, 2, 3], np.int64), "hi": np.float32(1)},
+             opset=18)
+    c = fold_constant_subgraphs(m)
+    assert ops(c) == ["Conv"]
+    x = rng.standard_normal((5, 3, 6, 6)).astype(np.float32)
+    assert_same(m, c, x)
+
+
+def test_fold_keeps_quantizer_integers_for_the_loader():
+    """QCDQ weights: QuantizeLinear and Clip fold into integers, DequantizeLinear stays, so the
+    loader still records the weight as integers times a scale."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "zp"], ["q"]),
+             helper.make_node("Clip", ["q", "lo", "hi"], ["qc"]),
+             helper.make_node("DequantizeLinear", ["qc", "s", "zp"], ["wd"]),
+             helper.make_node("Conv", ["x", "wd"], ["y"])]
+    m = make(nodes, [1, 3, 4, 4], {"w": w, "s": np.float32(0.5), "zp": np.int8(0),
+                                   "lo": np.int8(-1), "hi": np.int8(1)})
+    c = fold_constant_subgraphs(m)
+    assert ops(c) == ["DequantizeLinear", "Conv"]
+    assert numpy_helper.to_array(next(t for t in c.graph.initializer if t.name == "qc")).dtype == np.int8
+    lm, origins = load(c), {}
+    for node in lm.nodes:  # what the lowering does with the nodes on constants
+        if foldable(node, lm.consts):
+            fold_with_origin(node, lm.consts, origins)
+    assert set(np.unique(origins["wd"][0])) <= {-1, 0, 1}
+    assert_same(m, c, rng.standard_normal((3, 3, 4, 4)).astype(np.float32))
+
+
+def test_fold_leaves_custom_domain_ops():
+    nodes = [helper.make_node("Quant", ["w", "s", "z", "b"], ["wq"], domain="qonnx.custom_op.general",
+                              signed=1, narrow=1, rounding_mode="ROUND"),
+             helper.make_node("Conv", ["x", "wq"], ["y"])]
+    m = make(nodes, [1, 2, 3, 3], {"w": np.ones((2, 2, 1, 1), np.float32), "s": np.float32(1),
+                                   "z": np.float32(0), "b": np.float32(2)}, domains=["qonnx.custom_op.general"])
+    assert ops(fold_constant_subgraphs(m)) == ["Quant", "Conv"]
+
+
+@pytest.mark.parametrize("name", ["birealnet18", "mainsub_nin", "brevitas_qcdq_ternres", "ttq_squeezenet"])
+def test_fold_wild(shared_models, name):
+    m = read_model(wild(shared_models, name))
+    c = fold_constant_subgraphs(m)
+    consts = {t.name for t in c.graph.initializer}
+    for n in c.graph.node:  # what is left on constants only: the quantizers the loader reads
+        if n.input and all(i in consts or not i for i in n.input):
+            assert n.op_type == "DequantizeLinear" or n.domain not in ("", "ai.onnx"), n.op_type
+    assert "Constant" not in ops(c)
+    assert_same(m, c, wild_x(shared_models, name))
+
+
+# ----------------------------------------------------------------------------- layout transposes
+
+def test_transposes_sink_and_cancel():
+    rng = np.random.default_rng(3)
+    c = 4
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["a"], ["an"], perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["an", "bias"], ["b"]),           # (C,) on the last axis
+             helper.make_node("Mul", ["b", "gain"], ["m"]),            # (1, 1, 1, C)
+             helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("Less", ["r", "half"], ["lt"]),
+             helper.make_node("Where", ["lt", "r", "neg"], ["wh"]),
+             helper.make_node("Clip", ["wh", "lo", "hi"], ["cl"]),
+             helper.make_node("Concat", ["cl", "r"], ["cat"], axis=3),
+             helper.make_node("Pad", ["cat", "pads", "one"], ["p"]),
+             helper.make_node("ReduceMax", ["p", "ax"], ["peak"], keepdims=1),
+             helper.make_node("Sub", ["p", "peak"], ["centred"]),
+             helper.make_node("Softmax", ["centred"], ["sm"], axis=-1),
+             helper.make_node("Transpose", ["sm"], ["back"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["back", "w2"], ["y"])]
+    inits = {"w1": rng.standard_normal((c, 3, 3, 3)).astype(np.float32),
+             "bias": rng.standard_normal(c).astype(np.float32),
+             "gain": rng.standard_normal((1, 1, 1, c)).astype(np.float32),
+             "half": np.float32(0.5), "neg": rng.standard_normal((1, 5, 1, c)).astype(np.float32),
+             "lo": np.float32(-0.25), "hi": np.float32(2.0),
+             "pads": np.array([0, 1, 0, 0, 0, 0, 2, 0], np.int64), "one": np.float32(1.0),
+             "ax": np.array([1, 2], np.int64),
+             "w2": rng.standard_normal((3, 2 * c, 1, 1)).astype(np.float32)}
+    m = make(nodes, [1, 3, 5, 5], inits, opset=18)
+    out = sink_layout_transposes(m)
+    assert "Transpose" not in ops(out)
+    assert_same(m, out, rng.standard_normal((6, 3, 5, 5)).astype(np.float32) * 3)
+
+
+def test_unit_axis_reshapes_are_transposes():
+    """tf2onnx writes the transposes of (N, C, 1, 1) tensors as Reshapes."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]),
+             helper.make_node("Reshape", ["a", "nhwc"], ["an"]),
+             helper.make_node("Sign", ["an"], ["s"]),
+             helper.make_node("Add", ["s", "bias"], ["b"]),
+             helper.make_node("Reshape", ["b", "nchw"], ["back"]),
+             helper.make_node("Conv", ["back", "w2"], ["y"])]
+    m = make(nodes, [1, 3, 3, 3], {"w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                                   "nhwc": np.array([-1, 1, 1, 8], np.int64),
+                                   "bias": rng.standard_normal(8).astype(np.float32),
+                                   "nchw": np.array([-1, 8, 1, 1], np.int64),
+                                   "w2": rng.standard_normal((2, 8, 1, 1)).astype(np.float32)})
+    out = sink_layout_transposes(m)
+    assert "Transpose" not in ops(out) and "Reshape" not in ops(out)
+    assert_same(m, out, rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+
+
+def test_transpose_against_an_untransposed_operand_stays():
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["t", "x2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2]),
+                                       helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 2, 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert ops(sink_layout_transposes(m)) == ["Transpose", "Add"]
+
+
+@pytest.mark.parametrize("name", ["larq_quicknet_small", "larq_quicknet_small_nchw"])
+def test_larq_transposes(shared_models, name):
+    m = read_model(wild(shared_models, name))
+    c = canonicalize(m)
+    transposes = [n for n in c.graph.node if n.op_type == "Transpose"]
+    if name.endswith("nchw"):
+        assert transposes == []
+    else:  # NHWC input: the one Transpose left reads the model's input
+        assert len(transposes) == 1
+        assert transposes[0].input[0] == c.graph.input[0].name
+        assert list(helper.get_attribute_value(transposes[0].attribute[0])) == [0, 3, 1, 2]
+    assert "Sign" not in ops(c) and ops(c).count("BipolarQuant") == 16
+    assert_same(m, c, wild_x(shared_models, name))
+
+
+# ----------------------------------------------------------------------------- STE sign
+
+def _bireal_sign(x="x", out="y"):
+    """Bi-Real's ApproxSign as torch's legacy exporter writes it."""
+    def k(v):
+        return numpy_helper.from_array(np.float32(v))
+    n = [helper.make_node("Constant", [], [f"c{v}"], value=k(v)) for v in (-1, 0, 1, 2)]
+    n[0].output[0], n[1].output[0], n[2].output[0], n[3].output[0] = "cm1", "c0", "c1", "c2"
+    n += [helper.make_node("Sign", [x], ["s"]),
+          helper.make_node("Less", [x, "cm1"], ["l1"]), helper.make_node("Less", [x, "c0"], ["l2"]),
+          helper.make_node("Less", [x, "c1"], ["l3"]),
+          helper.make_node("Cast", ["l1"], ["m1"], to=TensorProto.FLOAT),
+          helper.make_node("Cast", ["l2"], ["m2"], to=TensorProto.FLOAT),
+          helper.make_node("Cast", ["l3"], ["m3"], to=TensorProto.FLOAT),
+          helper.make_node("Mul", ["m1", "cm1"], ["o1"]),
+          helper.make_node("Mul", [x, x], ["xx"]), helper.make_node("Mul", [x, "c2"], ["x2"]),
+          helper.make_node("Add", ["xx", "x2"], ["q1"]), helper.make_node("Sub", ["c1", "m1"], ["n1"]),
+          helper.make_node("Mul", ["q1", "n1"], ["t1"]), helper.make_node("Add", ["o1", "t1"], ["o2"]),
+          helper.make_node("Mul", ["o2", "m2"], ["o3"]),
+          helper.make_node("Neg", [x], ["nx"]), helper.make_node("Mul", ["nx", x], ["nxx"]),
+          helper.make_node("Add", ["nxx", "x2"], ["q2"]), helper.make_node("Sub", ["c1", "m2"], ["n2"]),
+          helper.make_node("Mul", ["q2", "n2"], ["t2"]), helper.make_node("Add", ["o3", "t2"], ["o4"]),
+          helper.make_node("Mul", ["o4", "m3"], ["o5"]), helper.make_node("Sub", ["c1", "m3"], ["n3"]),
+          helper.make_node("Add", ["o5", "n3"], ["p"]),
+          helper.make_node("Sub", ["s", "p"], ["d"]), helper.make_node("Add", ["d", "p"], ["ste"]),
+          helper.make_node("Mul", ["ste", "gain"], [out])]
+    return n
+
+
+def _sign_test_inputs():
+    rng = np.random.default_rng(5)
+    special = np.concatenate([probe_values(), [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 1e-45, -1e-45]]).astype(np.float32)
+    near0 = rng.uniform(-1e-6, 1e-6, 4000).astype(np.float32)
+    normal = rng.standard_normal(4000).astype(np.float32)
+    v = np.concatenate([special, near0, normal])
+    v = v[np.abs(v) < 1.8e19]  # beyond sqrt(FLT_MAX) the polynomial itself is NaN (see ste_sign)
+    return np.resize(v, (v.size + 63) // 64 * 64).reshape(-1, 64)
+
+
+def test_ste_sign_is_sign_on_float32():
+    m = make(_bireal_sign(), [1, 64], {"gain": np.float32(3.0)})
+    c = canonicalize(m)
+    assert ops(c) == ["Sign", "Mul"]
+    x = _sign_test_inputs()
+    assert_same(m, c, x)
+    assert np.array_equal(run(c, x), np.sign(x) * np.float32(3))
+
+
+def test_ste_sign_with_wrong_signed_p_is_kept():
+    """sign(x) - p + p with p = -0.6 * 2^-24 at x = 1 is 1 - 2^-24, not 1: not rewritten."""
+    nodes = [helper.make_node("Sign", ["x"], ["s"]),
+             helper.make_node("Mul", ["x", "k"], ["p"]),
+             helper.make_node("Sub", ["s", "p"], ["d"]),
+             helper.make_node("Add", ["d", "p"], ["y"])]
+    m = make(nodes, [1, 4], {"k": np.float32(-0.6 * 2.0**-24)})
+    assert run(m, np.ones((1, 4), np.float32))[0, 0] == np.float32(1 - 2.0**-24)
+    assert ops(simplify_ste_sign(m)) == ["Sign", "Mul", "Sub", "Add"]
+
+
+@pytest.mark.parametrize("name", ["birealnet18", "birealnet18_dynamo_extdata"])
+def test_ste_sign_wild(shared_models, name):
+    m = read_model(wild(shared_models, name))
+    c = canonicalize(m)
+    assert not {"Less", "Cast", "Sub", "Neg", "Abs", "ReduceMean"} & set(ops(c))
+    assert ops(c).count("Sign") == 16
+    assert_same(m, c, wild_x(shared_models, name))
+
+
+def test_offset_sign_is_bipolar():
+    nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Add", ["s", "c"], ["a"]),
+             helper.make_node("Sign", ["a"], ["y"])]
+    m = make(nodes, [1, 64], {"c": np.float32(0.1)})
+    c = bipolar_sign_from_offset_sign(m)
+    assert ops(c) == ["BipolarQuant"]
+    x = _sign_test_inputs()
+    assert_same(m, c, x)
+    assert set(np.unique(run(c, x))) == {-1.0, 1.0}
+    for offset in (1.5, -0.1):  # other offsets are other functions
+        assert "BipolarQuant" not in ops(bipolar_sign_from_offset_sign(make(nodes, [1, 64], {"c": np.float32(offset)})))
+
+
+# ----------------------------------------------------------------------------- QCDQ activations
+
+@pytest.mark.parametrize("lo,hi,dtype,spec", [(-2, 1, np.int8, (2, 0)), (-1, 1, np.int8, (2, 1)),
+                                              (-8, 7, np.int8, (4, 0)), (0, 3, np.uint8, (2, 0)),
+                                              (0, 14, np.uint8, (4, 1)), (-1, 0, np.int8, None),
+                                              (-3, 2, np.int8, None)])
+def test_qcdq_clip_is_quant(lo, hi, dtype, spec):
+    nodes = [helper.make_node("Relu", ["x"], ["r"]) if dtype == np.uint8 else helper.make_node("Neg", ["x"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["q"]),
+             helper.make_node("Clip", ["q", "lo", "hi"], ["qc"]),
+             helper.make_node("DequantizeLinear", ["qc", "s", "zp"], ["y"])]
+    m = make(nodes, [1, 64], {"s": np.float32(0.375), "zp": dtype(0), "lo": dtype(lo), "hi": dtype(hi)})
+    c = qcdq_clip_to_quant(m)
+    quant = [n for n in c.graph.node if n.op_type == "Quant"]
+    if spec is None:  # a 1-bit signed range (QONNX reads it as bipolar) or no bit range at all
+        assert not quant
+        return
+    (n,) = quant
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    width = numpy_helper.to_array(next(t for t in c.graph.initializer if t.name == n.input[3]))
+    assert (int(width), a["narrow"], a["signed"]) == (*spec, int(dtype == np.int8))
+    rng = np.random.default_rng(10)
+    ties = (np.arange(-40, 40) + 0.5) * 0.375  # x / s exactly halfway: round half to even in both
+    x = np.concatenate([ties, rng.uniform(-4, 4, 560), [0.0, -0.0, 1e-30, -1e-30, 1e3, -1e3, 1e30, -1e30]])
+    x = x.astype(np.float32)  # the large ones saturate the 8-bit QuantizeLinear before the Clip
+    x = np.resize(x, (x.size + 63) // 64 * 64).reshape(-1, 64)
+    assert_same(m, c, x)
+
+
+def test_qcdq_ternres_compiles_and_matches_the_original(shared_models):
+    path = wild(shared_models, "brevitas_qcdq_ternres")
+    m = read_model(path)
+    assert "Clip" not in ops(canonicalize(m))
+    model, graph = compile_file(path, Options(input_scale=0.0078125, input_range=(0, 255)))
+    assert serialized(model) == serialized(m) and "Clip" in ops(model)  # verify's original is the file's
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 4, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert_matches_original(model, graph, inputs, ref)
+
+
+# ----------------------------------------------------------------------------- uniform constants
+
+def test_uniform_quantizer_parameters_become_scalars():
+    rng = np.random.default_rng(12)
+    q = "qonnx.custom_op.general"
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Quant", ["r", "s", "z", "b"], ["a"], domain=q, signed=0, narrow=0,
+                              rounding_mode="ROUND"),
+             helper.make_node("QuantizeLinear", ["a", "qs", "qz"], ["qa"], axis=1),
+             helper.make_node("DequantizeLinear", ["qa", "qs", "qz"], ["d"], axis=1),
+             helper.make_node("Mul", ["d", "one"], ["m"]),                 # (1,): exact as a scalar
+             helper.make_node("Add", ["m", "varies"], ["v"]),              # not uniform: stays
+             helper.make_node("Sub", ["wide", "v"], ["y"])]                # would enlarge x: stays
+    m = make(nodes, [1, 4, 3, 3], {"s": np.full((1, 4, 1, 1), 0.125, np.float32), "z": np.zeros(1, np.float32),
+                                   "b": np.float32(3), "qs": np.full(4, 0.25, np.float32),
+                                   "qz": np.zeros(4, np.uint8), "one": np.ones(1, np.float32),
+                                   "varies": np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1),
+                                   "wide": np.ones((2, 4, 3, 3), np.float32)}, domains=[q])
+    c = scalarize_uniform_constants(m)
+    values = {t.name: numpy_helper.to_array(t) for t in c.graph.initializer}
+    node = {n.op_type: n for n in c.graph.node}
+    assert all(values[i].shape == () for i in node["Quant"].input[1:3])
+    assert all(values[i].shape == () for i in node["QuantizeLinear"].input[1:])
+    assert values[node["QuantizeLinear"].input[2]].dtype == np.uint8
+    assert values[node["Mul"].input[1]].shape == ()
+    assert values[node["Add"].input[1]].shape == (1, 4, 1, 1) and values[node["Sub"].input[0]].shape == (2, 4, 3, 3)
+    assert_same(m, c, rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
+
+
+def test_mobilenet_activation_scales_become_scalars(shared_models):
+    m = read_model(wild(shared_models, "brevitas_mobilenet_v1_4w4a"))
+    c = canonicalize(m)
+    values = {t.name: numpy_helper.to_array(t) for t in c.graph.initializer}
+    activation_quants = [n for n in c.graph.node if n.op_type == "Quant" and n.input[0] not in values]
+    assert activation_quants and all(values[n.input[1]].size == 1 for n in activation_quants)
+
+
+# ----------------------------------------------------------------------------- pads, pools, pass-through
+
+@pytest.mark.parametrize("window,value", [("Conv", 0.0), ("AveragePool", 0.0), ("MaxPool", -np.inf),
+                                          ("Conv", 1.0), ("MaxPool", 0.0)])
+def test_pad_merged_into_window(window, value):
+    rng = np.random.default_rng(6)
+    extra = {"Conv": {}, "AveragePool": {"kernel_shape": [3, 3], "strides": [2, 2]},
+             "MaxPool": {"kernel_shape": [3, 3], "strides": [1, 2]}}[window]
+    nodes = [helper.make_node("Pad", ["x", "pads", "v"], ["p"]),
+             helper.make_node(window, ["p"] + (["w"] if window == "Conv" else []), ["y"], pads=[1, 0, 0, 1],
+                              **extra)]
+    m = make(nodes, [1, 3, 7, 6], {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 0], np.int64), "v": np.float32(value),
+                                   "w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32)})
+    if window == "AveragePool":
+        for n in m.graph.node:
+            if n.op_type == "AveragePool":
+                n.attribute.append(helper.make_attribute("count_include_pad", 1))
+    c = merge_pads_into_windows(m)
+    merged = (window, value) in {("Conv", 0.0), ("AveragePool", 0.0), ("MaxPool", -np.inf)}
+    assert ("Pad" not in ops(c)) == merged
+    assert_same(m, c, rng.standard_normal((3, 3, 7, 6)).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pad_merged_into_random_convolutions(seed):
+    """Shapes, strides, kernels, groups (depthwise too) and pads: onnxruntime gives the same bits."""
+    rng = np.random.default_rng(100 + seed)
+    c, k, s = int(rng.integers(1, 17)), int(rng.choice([1, 3, 5])), int(rng.choice([1, 2]))
+    group = c if seed % 3 == 0 else 1
+    o = c if group > 1 else int(rng.integers(1, 17))
+    h, w = int(rng.integers(k, 20)), int(rng.integers(k, 20))
+    pads = [0, 0, *rng.integers(0, 3, 2), 0, 0, *rng.integers(0, 3, 2)]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]),
+             helper.make_node("Conv", ["p", "w", "b"], ["y"], pads=[int(v) for v in rng.integers(0, 2, 4)],
+                              strides=[s, s], group=group)]
+    m = make(nodes, [1, c, h, w], {"pads": np.array(pads, np.int64),
+                                   "w": rng.standard_normal((o, c // group, k, k)).astype(np.float32),
+                                   "b": rng.standard_normal(o).astype(np.float32)})
+    merged = merge_pads_into_windows(m)
+    assert ops(merged) == ["Conv"]
+    assert_same(m, merged, rng.standard_normal((3, c, h, w)).astype(np.float32))
+
+
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_spatial_mean_to_global_pool(keepdims):
+    rng = np.random.default_rng(7)
+    m = make([helper.make_node("ReduceMean", ["x", "ax"], ["y"], keepdims=keepdims)], [1, 8, 7, 9],
+             {"ax": np.array([-1, 2], np.int64)}, opset=18)
+    c = spatial_mean_to_global_pool(m)
+    assert "ReduceMean" not in ops(c) and "GlobalAveragePool" in ops(c)
+    x = (rng.standard_normal((5, 8, 7, 9)) * 10).astype(np.float32)
+    a, b = run(m, x), run(c, x)
+    assert a.shape == b.shape
+    # not bit-exact: onnxruntime sums the window in another order for each op (see spatial_mean)
+    assert np.abs(a - b).max() <= 4 * np.finfo(np.float32).eps * np.abs(x).max()
+
+
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_nhwc_spatial_mean_to_global_pool(keepdims):
+    """tf2onnx's GlobalAveragePooling2D: ReduceMean over axes 1, 2 of the NHWC tensor."""
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["a"], ["an"], perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceMean", ["an", "ax"], ["m"], keepdims=keepdims),
+             helper.make_node("Reshape", ["m", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "dense"], ["y"])]
+    m = make(nodes, [1, 3, 6, 5], {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                                   "ax": np.array([1, 2], np.int64), "flat": np.array([-1, 8], np.int64),
+                                   "dense": rng.standard_normal((8, 4)).astype(np.float32)}, opset=18)
+    c = canonicalize(m)
+    assert "ReduceMean" not in ops(c) and "Transpose" not in ops(c) and "GlobalAveragePool" in ops(c)
+    x = rng.standard_normal((4, 3, 6, 5)).astype(np.float32)
+    a, b = run(m, x), run(c, x)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()  # summation order differs (see spatial_mean)
+
+
+@pytest.mark.parametrize("size,k,s,pads", [(7, 3, 2, [0, 0, 0, 0]), (8, 3, 2, [0, 0, 0, 0]), (6, 2, 2, [1, 1, 0, 0]),
+                                           (10, 3, 3, [1, 0, 1, 0]), (5, 3, 2, [1, 1, 1, 1]), (13, 3, 2, [0, 0, 0, 0])])
+def test_maxpool_ceil_mode(size, k, s, pads):
+    rng = np.random.default_rng(8)
+    m = make([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=pads,
+                               ceil_mode=1)], [1, 2, size, size + 1])
+    c = maxpool_ceil_to_floor(m)
+    assert all(a.i == 0 for n in c.graph.node for a in n.attribute if a.name == "ceil_mode")
+    x = rng.standard_normal((3, 2, size, size + 1)).astype(np.float32)
+    assert run(m, x).shape == run(c, x).shape
+    assert_same(m, c, x)
+
+
+def test_identity_and_dropout_removed():
+    nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Dropout", ["b"], ["c"]), helper.make_node("Identity", ["c"], ["y"])]
+    m = make(nodes, [1, 4])
+    c = remove_pass_through_ops(m)
+    assert ops(c) == ["Relu"] and c.graph.node[0].output[0] == "y"
+    x = np.random.default_rng(9).standard_normal((3, 4)).astype(np.float32)
+    assert_same(m, c, x)
+
+
+def test_ttq_squeezenet_pools_and_identities(shared_models):
+    m = read_model(wild(shared_models, "ttq_squeezenet"))
+    c = canonicalize(m)
+    assert "Identity" not in ops(c) and "Dropout" not in ops(c)
+    assert not any(a.name == "ceil_mode" and a.i for n in c.graph.node for a in n.attribute)
+    assert_same(m, c, wild_x(shared_models, "ttq_squeezenet"))
+
+
+# ----------------------------------------------------------------------------- the stage as a whole
+
+@pytest.mark.parametrize("name", WILD)
+def test_canonical_wild_models_compute_the_same(shared_models, name):
+    m = read_model(wild(shared_models, name))
+    before = serialized(m)
+    c = canonicalize(m)
+    assert serialized(m) == before  # the input is not modified
+    assert serialized(canonicalize(c)) == serialized(c)  # a fixed point: nothing left to rewrite
+    try:
+        expected = run(m, wild_x(shared_models, name))
+    except BnncError as e:  # a custom op bnnc's onnxruntime rewrite cannot run (e.g. Trunc)
+        pytest.skip(f"onnxruntime cannot run the original: {e}")
+    except Exception as e:
+        pytest.skip(f"onnxruntime cannot run the original: {str(e)[:120]}")
+    assert np.array_equal(run(c, wild_x(shared_models, name)), expected)
+
+
+def test_compile_file_returns_the_original_model(tmp_path):
+    """`bnnc verify` runs what compile_file returns: the file's model, not the canonical rewrite."""
+    model, _ = random_model(3)
+    # an Identity the canonical stage removes, so original and canonical differ
+    g = model.graph
+    old = g.output[0].name
+    for n in g.node:
+        for k, o in enumerate(n.output):
+            if o == old:
+                n.output[k] = old + "_pre"
+    g.node.append(helper.make_node("Identity", [old + "_pre"], [old], name="passthrough"))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    original, graph = compile_file(path)
+    assert serialized(original) == serialized(read_model(path))
+    assert "Identity" in ops(original)
+    before = serialized(original)
+    compile_graph(original)
+    assert serialized(original) == before
+
+
+def test_verify_command_on_a_canonicalized_model(shared_models, tmp_path, monkeypatch, capsys):
+    """`bnnc verify` compiles the canonical rewrite and compares it with the file's own model."""
+    monkeypatch.chdir(tmp_path)
+    path = wild(shared_models, "brevitas_qcdq_ternres")
+    assert main(["verify", str(path), "--target", "ref", "--samples", "3", "--input-scale", "0.0078125",
+                 "--input-range", "0:255"]) == 0
+    assert "PASS" in capsys.readouterr().out
