@@ -72,9 +72,9 @@ def apply_terminal(term, v: np.ndarray) -> np.ndarray:
 
 
 def requantize(rq, acc: np.ndarray) -> np.ndarray:
-    """Requantize epilogue (ir.Requantize): clamp(floor((clamp(acc) * mult + add) / 2**shift), lo, hi),
+    """Requantize epilogue (ir.Requantize): clamp(floor((clamp(acc >> pre_shift) * mult + add) / 2**shift), lo, hi),
     exact in int64 (the accumulator clamp keeps |acc * mult + add| < 2**62)."""
-    a = np.asarray(acc, np.int64)
+    a = np.asarray(acc, np.int64) >> np.int64(rq.pre_shift)
     if rq.acc_lo is not None:
         a = np.clip(a, rq.acc_lo, rq.acc_hi)
     v = a * rq.mult.astype(np.int64) + rq.add.astype(np.int64)

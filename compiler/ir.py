@@ -201,6 +201,9 @@ class Requantize:
     acc_lo: Optional[np.ndarray] = None  # int64 (O,); None: no clamp needed
     acc_hi: Optional[np.ndarray] = None
     max_error: float = 0.0  # bound on |affine map - out * out_scale| inside the range (0: exact)
+    # Wide accumulators (real-valued weights) are first shifted right by `pre_shift` (a floor, before
+    # the clamp, which is then in the shifted units): a = clamp(acc >> pre_shift, acc_lo, acc_hi).
+    pre_shift: int = 0
 
 
 @dataclass

@@ -370,7 +370,7 @@ def _requant_tables(ep, o: int, table, L: dict) -> None:
     table("rq_add", "int64_t", ep.add)
     table("rq_lo", "int64_t", ep.acc_lo if ep.acc_lo is not None else np.full(o, -(2**62)))
     table("rq_hi", "int64_t", ep.acc_hi if ep.acc_hi is not None else np.full(o, 2**62))
-    L.update(shift=ep.shift, lo=ep.lo, hi=ep.hi)
+    L.update(shift=ep.shift, lo=ep.lo, hi=ep.hi, pre_shift=ep.pre_shift)
 
 
 def _env() -> jinja2.Environment:

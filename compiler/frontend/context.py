@@ -74,12 +74,6 @@ class LoweringContext:
     def set(self, node, v: Val, i=0):
         self.vals[node.outputs[i]] = v
 
-    def feeds_only_activations(self, name: str) -> bool:
-        """Whether tensor `name` reaches nothing but activations (through elementwise ops with
-        constants): its accumulator then only meets thresholds, never a requantization."""
-        users = self.consumers.get(name, [])
-        return bool(users) and all(_activation_path(u, name, self.consumers, self.dynamic) for u in users)
-
     def needs_stream(self, name: str) -> bool:
         users = self.consumers.get(name, [])
         if len(users) < 2:

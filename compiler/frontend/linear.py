@@ -18,9 +18,8 @@ from .registry import handler, where
 from .streams import STREAM_LIMIT, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, RealsVal, Val, with_chain
 
-REAL_ACC_LIMIT = 2**41  # accumulators of real-valued weights stay within this, so that a 20-bit requantization
-#                         multiplier times the accumulator fits int64 (the weights' bits are chosen for it)
-THRESHOLD_ACC_LIMIT = 2**61  # ... or this, where only integer thresholds read the accumulator
+REAL_ACC_LIMIT = 2**61  # accumulators of real-valued weights stay within this (the weights' bits are chosen
+#                         for it): exact int64 sums; a requantization drops their low bits (Requantize.pre_shift)
 TABLE_ELEMENTS = 1 << 24  # an input chain is evaluated at every grid value of every element below this
 INPUT_FRAC_BITS = 24  # finest grid 2**-24 of a real-valued model input (a float32 near 1 has 24-bit steps)
 
@@ -130,7 +129,7 @@ def _decode_weights(ctx, node, w: np.ndarray, origin_name: str, v: Optional[Val]
     if max_int is None:
         max_int = weight_codes.REAL_MAX_INT
         if v is not None:
-            max_int = max(1, min(max_int, _acc_limit(ctx, node) // (_input_magnitude(ctx, v) * max(live, 1))))
+            max_int = max(1, min(max_int, REAL_ACC_LIMIT // (_input_magnitude(ctx, v) * max(live, 1))))
     origin = None
     if origin_name in ctx.origins:
         k, s = ctx.origins[origin_name]
@@ -139,12 +138,6 @@ def _decode_weights(ctx, node, w: np.ndarray, origin_name: str, v: Optional[Val]
         if k.shape == np.shape(w) and np.all(s2 == s2[:, :1]):
             origin = (k, s2[:, 0])
     return weight_codes.decode(where(node), w, origin, max_int)
-
-
-def _acc_limit(ctx, node) -> int:
-    """How large a real-valued layer's accumulator may grow: THRESHOLD_ACC_LIMIT when only
-    activations (integer thresholds) read it, else REAL_ACC_LIMIT (a requantization follows)."""
-    return THRESHOLD_ACC_LIMIT if ctx.feeds_only_activations(node.outputs[0]) else REAL_ACC_LIMIT
 
 
 def _input_magnitude(ctx, v: Val) -> int:
@@ -237,7 +230,7 @@ def _input_bound(ctx, node, w, origin_name: str, mag: float, frac: int) -> float
     w2 = np.reshape(w, (np.shape(w)[0], -1))
     qmag = int(mag * 2.0**frac) + 1
     live = int(np.count_nonzero(w2, axis=1).max(initial=1))
-    max_int = max(1, min(weight_codes.REAL_MAX_INT, _acc_limit(ctx, node) // (qmag * live)))
+    max_int = max(1, min(weight_codes.REAL_MAX_INT, REAL_ACC_LIMIT // (qmag * live)))
     dec = _decode_weights(ctx, node, w, origin_name, max_int=max_int)
     k = np.abs(dec.int_w if dec.int_w is not None else dec.signs).reshape(w2.shape[0], -1).astype(np.float64)
     err_w = dec.error if dec.error is not None else np.zeros(w2.shape[0])

@@ -59,14 +59,23 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
     exact = frac is not None
     frac = ctx.frac_bits if frac is None else frac
     shift = 1 if exact else 30
+    pre = 0
+    a_top = max((abs(a) for a, _, _ in affine), default=Fraction(0))
+    acc_bits = max(abs(int(np.min(lo_acc))), abs(int(np.max(hi_acc))), 1).bit_length()
     if not exact:  # small multipliers (wide accumulators) get more bits, up to what int64 holds
-        top = max((abs(a) for a, _, _ in affine), default=Fraction(0)) * 2 ** (frac + shift)
-        acc_bits = max(abs(int(np.min(lo_acc))), abs(int(np.max(hi_acc))), 1).bit_length()
+        top = a_top * 2 ** (frac + shift)
         while top and top < 2**20 and acc_bits + top.__ceil__().bit_length() + 1 < 62:
             top *= 2
             shift += 1
+        if top and (top < 2**20 or acc_bits + top.__ceil__().bit_length() + 1 >= 62):
+            # still too few multiplier bits for this accumulator: drop its low bits first (a floor
+            # of at most (2**pre - 1) accumulator units, far below the output grid)
+            pre = max(0, acc_bits - 31)
+            shift = max(1, 30 - (a_top * 2 ** (frac + pre)).__ceil__().bit_length())
+            lo_acc = np.asarray(lo_acc, np.int64) >> pre
+            hi_acc = np.asarray(hi_acc, np.int64) >> pre
     big = Fraction(2 ** (frac + shift))
-    mult = [_round_half_up(a * big) for a, _, _ in affine]
+    mult = [_round_half_up(a * 2**pre * big) for a, _, _ in affine]
     add = [_round_half_up(b * big) + 2 ** (shift - 1) for _, b, _ in affine]
     relu = {r for _, _, r in affine}
     if len(relu) > 1:
@@ -92,12 +101,15 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
         if max(abs(acc_lo[-1]), abs(acc_hi[-1])) * abs(m) + abs(c) >= 2**62:
             raise BnncError(f"{where(node)}: the fixed-point requantization of layer '{layer}' "
                             "needs more than 64 bits (its scale is too small or too large for the grid)")
-    note = (f"fixed-point stream 2^-{frac}: out = floor((acc * mult + add) / 2^{shift}), the layer's affine map "
+    floor_error = float(a_top) * (2**pre - 1)
+    acc_text = f"(acc >> {pre})" if pre else "acc"
+    note = (f"fixed-point stream 2^-{frac}: out = floor(({acc_text} * mult + add) / 2^{shift}), the layer's affine map "
             + ("exactly (the model's scales are on the grid)" if exact else
-               f"rounded half up (error <= 2^-{frac + 1})") + f", saturating at +-{limit} steps")
+               f"rounded half up (error <= 2^-{frac + 1}" + (f" + {floor_error:.3g}" if pre else "") + ")")
+            + f", saturating at +-{limit} steps")
     ep = ir.Requantize(np.array(mult, np.int64), np.array(add, np.int64), shift, lo_out, hi_out,
                        2.0**-frac, [note], np.array(acc_lo, np.int64), np.array(acc_hi, np.int64),
-                       0.0 if exact else 2.0**-(frac + 1))
+                       0.0 if exact else 2.0**-(frac + 1) + floor_error, pre)
     return ep, min(ends), max(ends)
 
 

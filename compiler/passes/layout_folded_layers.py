@@ -242,6 +242,10 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
         if isinstance(ep, ir.Requantize):
             mode = "requant"
             mult = np.broadcast_to(ep.mult.astype(np.int64), (o,))
+            if ep.pre_shift:
+                raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': a real-valued layer whose accumulator "
+                                f"needs a {ep.pre_shift}-bit pre-shift before its requantization is not supported in "
+                                "hardware yet; use --target c")
             add = np.broadcast_to(ep.add.astype(np.int64), (o,))
             clo = np.full(o, acc_lo, np.int64) if ep.acc_lo is None else np.maximum(ep.acc_lo.astype(np.int64), acc_lo)
             chi = np.full(o, acc_hi, np.int64) if ep.acc_hi is None else np.minimum(ep.acc_hi.astype(np.int64), acc_hi)

@@ -33,6 +33,8 @@ cannot hold a constant 0 (Sign of 0), so such a channel that cannot be folded aw
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .. import ir
@@ -150,9 +152,9 @@ def _slice_epilogue(ep, keep: np.ndarray):
         return ir.LevelThresholds(ep.direction[keep], ep.threshold[keep], ep.base, ep.step, ep.out_scale,
                                   list(ep.notes), planes=ep.planes)
     if isinstance(ep, ir.Requantize):
-        return ir.Requantize(ep.mult[keep], ep.add[keep], ep.shift, ep.lo, ep.hi, ep.out_scale, list(ep.notes),
-                             None if ep.acc_lo is None else ep.acc_lo[keep],
-                             None if ep.acc_hi is None else ep.acc_hi[keep])
+        return replace(ep, mult=ep.mult[keep], add=ep.add[keep], notes=list(ep.notes),
+                       acc_lo=None if ep.acc_lo is None else ep.acc_lo[keep],
+                       acc_hi=None if ep.acc_hi is None else ep.acc_hi[keep])
     raise AssertionError(type(ep).__name__)
 
 
