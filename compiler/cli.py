@@ -37,7 +37,22 @@ def _options(a) -> Options:
             raise BnncError(f"--input-range '{a.input_range}' is not LO:HI") from None
         rng = (lo, hi)
     scale, affine = _input_affine(a)
-    return Options(input_scale=scale, input_range=rng, input_affine=affine)
+    return Options(input_scale=scale, input_range=rng, input_affine=affine, weight_bits=_weight_bits(a))
+
+
+def _weight_bits(a) -> dict:
+    """--weight-bits [NODE=]B ... as {node name or "*": B}."""
+    out = {}
+    for item in getattr(a, "weight_bits", None) or []:
+        name, _, bits = item.rpartition("=")
+        try:
+            b = int(bits)
+        except ValueError:
+            b = 0
+        if not 2 <= b <= 25:
+            raise BnncError(f"--weight-bits '{item}': give B or NODE=B with 2 <= B <= 25")
+        out[name or "*"] = b
+    return out
 
 
 def _numbers(text: str, flag: str, divisions: bool = False) -> tuple:
@@ -350,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--input-offset", default=None, help="per-channel offset added after the scale: O1,O2,...")
         sp.add_argument("--input-mean", default=None, help="per-channel mean subtracted (torchvision Normalize)")
         sp.add_argument("--input-std", default=None, help="per-channel std divided by (torchvision Normalize)")
+        sp.add_argument("--weight-bits", action="append", default=None, metavar="[NODE=]B",
+                        help="width of real-valued weights (all layers, or the ONNX node NODE): a narrower "
+                             "grid, with the larger error bound bnnc report states (default: up to 24 bits)")
         sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
         sp.add_argument("--target-cycles", type=int, default=None,
                         help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")

@@ -44,9 +44,10 @@ __all__ = ["FRAC_BITS", "SUPPORTED_OPS", "lower"]
 
 
 def lower(lm: LoadedModel, input_scale=None, input_range=None, frac_bits: int = FRAC_BITS,
-          input_affine=None) -> ir.Graph:
-    """ONNX (loaded) -> IR with float32 epilogue chains; see module docstring."""
-    ctx = LoweringContext(lm, input_scale, input_range, frac_bits, input_affine)
+          input_affine=None, weight_bits=None) -> ir.Graph:
+    """ONNX (loaded) -> IR with float32 epilogue chains; see module docstring. `weight_bits`
+    ({node name or "*": bits}) caps the width of real-valued weights (a wider error bound)."""
+    ctx = LoweringContext(lm, input_scale, input_range, frac_bits, input_affine, weight_bits)
     for node in lm.nodes:
         if foldable(node, ctx.consts):
             fold_with_origin(node, ctx.consts, ctx.origins)
@@ -59,6 +60,10 @@ def lower(lm: LoadedModel, input_scale=None, input_range=None, frac_bits: int = 
             raise BnncError(f"{where(node)} is not supported; supported ops: {', '.join(SUPPORTED_OPS)}")
         handler(ctx, node)
     _set_output(ctx)
+    unknown = sorted(set(ctx.weight_bits) - {"*"} - ctx.weight_bits_used)
+    if unknown:
+        raise BnncError(f"--weight-bits names {', '.join(repr(n) for n in unknown)}, which are no layers with "
+                        "real-valued weights in this model")
     return ctx.graph
 
 

@@ -28,6 +28,7 @@ class Options:
     frac_bits: int = FRAC_BITS  # fixed-point grid 2**-frac_bits of residual / real-valued streams
     verify_ir: Optional[bool] = None  # ir.verify after every step; None: BNNC_VERIFY_IR=1
     input_affine: Optional[InputAffine] = None  # per-channel float32 ops from the device's integers to the input
+    weight_bits: Optional[dict] = None  # real-valued weights: {ONNX node name or "*": bits}, a width for a bound
 
 
 PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels, find_sparse_connectivity,
@@ -38,7 +39,7 @@ def frontend(model, options: Options = Options()) -> ir.Graph:
     """ONNX ModelProto -> IR with float32 epilogue chains (nothing folded yet). The exporter's
     forms are first rewritten into canonical ones (a copy: `model` itself is not changed)."""
     return lower(load(canonicalize(model)), options.input_scale, options.input_range, options.frac_bits,
-                 options.input_affine)
+                 options.input_affine, options.weight_bits)
 
 
 def compile_graph(model, options: Options = Options()) -> ir.Graph:

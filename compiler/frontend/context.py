@@ -22,11 +22,13 @@ ACTIVATION_OPS = ("Sign", "BipolarQuant", "MultiThreshold", "Quant", "QuantizeLi
 
 class LoweringContext:
     def __init__(self, lm: LoadedModel, input_scale: Optional[float] = None, input_range=None,
-                 frac_bits: int = FRAC_BITS, input_affine=None):
+                 frac_bits: int = FRAC_BITS, input_affine=None, weight_bits=None):
         self.lm = lm
         self.consts = dict(lm.consts)
         self.origins = dict(lm.quant_origin)
         self.frac_bits = int(frac_bits)
+        self.weight_bits = dict(weight_bits or {})  # {node name or "*": bits} of real-valued weights
+        self.weight_bits_used: set = set()
         self.vals: dict = {}
         self.counter = 0
         self.consumers = _consumers(lm)

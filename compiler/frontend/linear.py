@@ -130,6 +130,10 @@ def _decode_weights(ctx, node, w: np.ndarray, origin_name: str, v: Optional[Val]
         max_int = weight_codes.REAL_MAX_INT
         if v is not None:
             max_int = max(1, min(max_int, REAL_ACC_LIMIT // (_input_magnitude(ctx, v) * max(live, 1))))
+    bits = ctx.weight_bits.get(node.name, ctx.weight_bits.get("*"))
+    if bits is not None:  # the user's width: a coarser grid, a larger stated bound
+        max_int = min(max_int, 2 ** (int(bits) - 1) - 1)
+        ctx.weight_bits_used.add(node.name)
     origin = None
     if origin_name in ctx.origins:
         k, s = ctx.origins[origin_name]
