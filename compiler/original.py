@@ -196,6 +196,9 @@ def _quant(e: _Emitter, node, consts, ranks) -> None:
     mode = a.get("rounding_mode", b"ROUND")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
 
+    # QONNX computes in float; exporters may store e.g. an int64 zero point
+    scale, zeropt = (e.const(consts[n].astype(np.float32)) if n in consts and consts[n].dtype != np.float32 else n
+                     for n in (scale, zeropt))
     v = e.op("Add", e.op("Div", x, scale), zeropt)
     if bits == 1 and signed:  # qonnx: a 1-bit signed Quant is bipolar (narrow ignored)
         q = e.op("Where", e.ge(v, e.const(0.0)), e.const(1.0), e.const(-1.0))

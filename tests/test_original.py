@@ -169,6 +169,19 @@ def test_quant_matches_qonnx(mode, opset):
             _assert_same(m, _quant_input(rng, shape, scale, zeropt, bits))
 
 
+def test_quant_with_an_integer_zero_point_runs_in_float():
+    """QONNX model zoo exports (QKeras jet tagging) store the zero point as int64."""
+    rng = np.random.default_rng(7)
+    shape = (1, 3, 4, 5)
+    consts = {"scale": np.float32(0.25), "zeropt": np.int64(0), "bitwidth": np.float32(6)}
+    m = _single_node("Quant", QONNX, shape, consts, {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"})
+    zp = next(t for t in m.graph.initializer if t.name == "zeropt")
+    zp.CopyFrom(numpy_helper.from_array(np.int64(0), "zeropt"))
+    x = _quant_input(rng, shape, np.float32(0.25), np.float32(0.0), 6)
+    y = _run_ours(m, x)
+    np.testing.assert_array_equal(y, np.clip(np.round(x / np.float32(0.25)), -32, 31) * np.float32(0.25))
+
+
 def test_quant_round_to_zero_is_qonnx_down():
     pytest.importorskip("qonnx")
     rng = np.random.default_rng(1)
