@@ -234,6 +234,10 @@ def test_softmax_and_concat_on_cortex_m4():
     _check(logits_model(1, 10, 40.0), OPTS, 1, targets=("cortex-m4",), n=32, tol=1e-5)
 
 
+def test_softmax_on_cortex_m0_soft_float():
+    _check(logits_model(2, 300, 3.0, 11), OPTS, 2, targets=("cortex-m0",), n=8, tol=1e-5)
+
+
 @pytest.mark.parametrize("axis,opset", [(0, 13), (-1, 11)])
 def test_softmax_off_the_channel_axis_is_refused(axis, opset):
     rng = np.random.default_rng(0)
@@ -242,6 +246,14 @@ def test_softmax_off_the_channel_axis_is_refused(axis, opset):
              helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=axis)]
     with pytest.raises(BnncError, match="node 'softmax'.*channel axis"):
         compile_graph(_model(nodes, inits, [1, 3, 4, 5], [1, 6, 4, 5], opset=opset), OPTS)
+
+
+def test_softmax_inside_the_network_is_refused():
+    m = fire_model(0, softmax=False)
+    relu = next(n for n in m.graph.node if n.name == "squeeze_relu")
+    relu.op_type, relu.name = "Softmax", "mid_softmax"
+    with pytest.raises(BnncError, match="node 'mid_softmax'.*inside the network"):
+        compile_graph(m, OPTS)
 
 
 @pytest.mark.parametrize("target", ["hls", "verilog"])

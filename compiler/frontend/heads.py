@@ -53,6 +53,10 @@ def softmax(ctx, node, *, axis=None):
     """Softmax of the last layer's real values along the channel axis: of (N, C) logits, or per
     pixel of (N, C, H, W). Before opset 13 Softmax flattens the axes from `axis` on, so there the
     axes after the channel must have size 1."""
+    out = node.outputs[0]
+    if out != ctx.lm.output_name and any(u.op not in ("ArgMax", "TopK") for u in ctx.consumers.get(out, [])):
+        raise BnncError(f"{where(node)}: Softmax inside the network is not supported; bnnc computes it on the "
+                        "model output (the last layer's logits)")
     v = ctx.val(node)
     if isinstance(v, (IntsVal, IntChainVal)) and v.flat_from is None and v.block is None:
         v = identity_conv(ctx, node, v)  # a fixed-point tensor reaches real values as the model output does
