@@ -237,6 +237,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             h, w, c = src_t.shape
             L.update(pixels=h * w, c=c, cutoff=c_double(SOFTMAX_CUTOFF), log2e=c_double(LOG2E),
                      ln2_hi=c_double(LN2_HI), ln2_lo=c_double(LN2_LO), coeffs=[c_double(x) for x in EXP_COEFFS])
+            L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']}))"
         layers.append(L)
     in_dtype = in_info["dtype"]
     return {
