@@ -6,6 +6,8 @@ definitions operation by operation (IEEE float32, no fused multiply-add, round h
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import ir
@@ -87,3 +89,60 @@ def level_count(lt, acc: np.ndarray) -> np.ndarray:
     t = lt.threshold.astype(np.int64)  # (O, B)
     passed = ((d * acc)[..., None] >= t).sum(axis=-1)
     return lt.base + lt.step * passed.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- softmax
+#
+# Softmax has no exact integer form; bnnc defines it as this fixed sequence of IEEE float64
+# operations (each one correctly rounded, none fused, no libm), which the reference (numpy, one
+# ufunc per operation) and the generated C (-ffp-contract=off; soft-float double on Cortex-M is
+# IEEE too) compute identically. For the C values x_0..x_{C-1} (float32) of one pixel:
+#   m   = max_i x_i                                  (float32, exact)
+#   d_i = (double)x_i - (double)m                    (<= 0)
+#   e_i = 0 if d_i < SOFTMAX_CUTOFF, else exp_poly(d_i):
+#         k = -(int)(0.5 - d_i * LOG2E)              (round d_i / ln 2 to an integer, k in [-185, 0])
+#         r = (d_i - k * LN2_HI) - k * LN2_LO        (|r| <= ln2 / 2 + 2**-40; k * LN2_HI is exact)
+#         p = Horner of sum_{n=0..12} r**n / n!      (p = c_12; p = p * r + c_n for n = 11..0)
+#         e_i = p * 2**k                             (exact: a power of two, normal range)
+#   s   = (...((0 + e_0) + e_1) + ...) + e_{C-1}     (channel order)
+#   y_i = (float)(e_i / s)                           (round to nearest even)
+# Error bound against the true softmax p_i = exp(x_i - m) / sum_j exp(x_j - m) of the float32
+# inputs: where x_i - m >= SOFTMAX_CUTOFF,
+#   |y_i - p_i| <= p_i * (2**-24 + 2**-42 + C * 2**-52) + 2**-150
+# (2**-24: the final rounding to float32, which dominates, and 2**-150 the same rounding among
+# float32's subnormals, below 2**-126; 2**-42 bounds d_i's rounding (|d_i| <=
+# 128, so 2**-46), the range reduction and the polynomial, whose truncation error is below
+# |r|**13 / 13! < 2**-52, with the Horner roundings; C * 2**-52 the sum and the division). Where
+# x_i - m < SOFTMAX_CUTOFF, y_i = 0 and p_i < e**-128 < 2**-184, far below float32's smallest
+# value, and the dropped terms change the sum by less than C * 2**-184 relatively.
+
+SOFTMAX_CUTOFF = -128.0
+LOG2E = 1.4426950408889634  # 0x1.71547652b82fep+0
+LN2_HI = 6.93147180369123816490e-01  # 0x1.62e42feep-1: ln 2's leading 32 bits (k * LN2_HI is exact)
+LN2_LO = 1.90821492927058770002e-10  # 0x1.a39ef35793c76p-33: ln 2 - LN2_HI
+EXP_DEGREE = 12
+EXP_COEFFS = tuple(1.0 / math.factorial(n) for n in range(EXP_DEGREE, -1, -1))  # c_12 .. c_0, Horner order
+
+
+def softmax_exp(d: np.ndarray) -> np.ndarray:
+    """exp(d) for float64 d <= 0, by the operations above (0 below SOFTMAX_CUTOFF)."""
+    d = np.asarray(d, dtype=np.float64)
+    live = d >= SOFTMAX_CUTOFF
+    dl = np.where(live, d, 0.0)
+    k = -((0.5 - dl * LOG2E).astype(np.int64))  # truncation of a positive value: C's (int) cast
+    kd = k.astype(np.float64)
+    r = (dl - kd * LN2_HI) - kd * LN2_LO
+    p = np.full_like(r, EXP_COEFFS[0])
+    for c in EXP_COEFFS[1:]:
+        p = p * r + c
+    pow2 = ((k + 1023) << 52).astype(np.uint64).view(np.float64)  # 2**k, exactly
+    return np.where(live, p * pow2, 0.0)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """float32 softmax over the last axis of float32 `x`, by the operations above."""
+    x = np.asarray(x, dtype=np.float32)
+    m = x.max(axis=-1, keepdims=True)
+    e = softmax_exp(x.astype(np.float64) - m.astype(np.float64))
+    s = np.add.accumulate(e, axis=-1)[..., -1:]  # sequential, in channel order (np.sum is pairwise)
+    return (e / s).astype(np.float32)

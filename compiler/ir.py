@@ -12,7 +12,9 @@ Tensors (all activations are stored channel-last, shape (H, W, C); a dense vecto
 Ops (fields documented on each class): `InputQuantize`, `Conv` (dense layers are convs whose
 kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `ArgMax`, and for the compressed
 families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
-sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale).
+sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
+(channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
+output logits, a fixed sequence of IEEE float64 operations).
 
 Weights use the shared weight code of networks.md section 2: `w[o, ky, kx, c]` in {-1, 0, +1} with
 per-output-channel scales `scale_p` (for +1) and `scale_n` (for -1). Binary layers have no zeros
@@ -371,7 +373,36 @@ class SumPool:
     stride: tuple
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool]
+@dataclass
+class Concat:
+    """Channel concatenation of tensors with the same H x W (ONNX Concat on the channel axis):
+    output channel offset_i + c is channel c of input i, offset_i = channels of inputs 0..i-1.
+    All inputs Bits (of one scale): the output is Bits, packed per pixel as every bit tensor.
+    All inputs Ints: out = in_i * 2**shifts[i] (the shifts put every input on the finest of
+    their power-of-two grids, exactly, as Add's); the output's [lo, hi] holds every input's."""
+
+    name: str
+    inputs: list
+    outputs: list
+    shifts: tuple = ()  # one per input (Ints); empty for Bits
+    source_ops: list = field(default_factory=list)  # ONNX nodes it came from, for messages
+
+
+@dataclass
+class Softmax:
+    """Softmax over C of each pixel of a Reals tensor (ONNX Softmax on the channel axis; the
+    model's output). No exact integer form exists: `arith.softmax` defines it as a fixed sequence
+    of IEEE float64 operations (max, differences, a range-reduced polynomial exp, a sum in channel
+    order, a division, a rounding to float32) that numpy and C (no FMA, no libm) compute
+    identically; its error bound against the true softmax is stated there."""
+
+    name: str
+    inputs: list
+    outputs: list
+    source_ops: list = field(default_factory=list)
+
+
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool, Concat, Softmax]
 
 
 def int_weights(conv: "Conv") -> np.ndarray:
@@ -666,9 +697,9 @@ def _verify_input_quantize(graph, op) -> None:
     if op.inputs[0] != graph.input:
         _fail(op, "InputQuantize reads the graph input", f"reads '{op.inputs[0]}', not '{graph.input}'")
     out = graph.tensors[op.outputs[0]]
-    if len(op.in_shape) != 3:
-        _fail(op, "in_shape is (C, H, W)", f"{op.in_shape}")
-    c, h, w = op.in_shape
+    if not 1 <= len(op.in_shape) <= 3:  # (C, H, W), or the (C,) / (C, L) of a vector model input
+        _fail(op, "in_shape is (C, H, W), (C, L) or (C,)", f"{op.in_shape}")
+    c, h, w = tuple(op.in_shape) + (1,) * (3 - len(op.in_shape))
     if tuple(out.shape) not in ((h, w, c), (1, 1, c * h * w)):
         _fail(op, "output shape follows from in_shape", f"in_shape {op.in_shape}, output {out.shape}")
     n = c * h * w
@@ -796,8 +827,42 @@ def _verify_add(graph, op) -> None:
         _fail(op, "Add lo <= hi, shifts >= 0", f"[{op.lo}, {op.hi}], shifts {op.shifts}")
 
 
+def _verify_concat(graph, op) -> None:
+    if len(op.inputs) < 1 or len(op.outputs) != 1:
+        _fail(op, "arity", f"{len(op.inputs)} inputs and {len(op.outputs)} outputs, expected >= 1 and 1")
+    srcs = [_input_type(graph, op, i, (Bits, Ints)) for i in range(len(op.inputs))]
+    out = graph.tensors[op.outputs[0]]
+    kinds = {type(s) for s in srcs}
+    if len(kinds) != 1 or type(out) not in kinds:
+        _fail(op, "Concat of one tensor kind", f"inputs {sorted(k.__name__ for k in kinds)}, output "
+              f"{type(out).__name__}")
+    if any(tuple(s.shape[:2]) != tuple(out.shape[:2]) for s in srcs) or \
+            sum(s.shape[2] for s in srcs) != out.shape[2]:
+        _fail(op, "Concat output shape is H x W x (sum of the input channels)",
+              f"{[s.shape for s in srcs]} -> {out.shape}")
+    if isinstance(out, Bits):
+        if op.shifts or any(s.scale != out.scale for s in srcs):
+            _fail(op, "a bit Concat has no shifts and one scale", f"shifts {op.shifts}, scales "
+                  f"{[s.scale for s in srcs]} -> {out.scale}")
+        return
+    if len(op.shifts) != len(srcs) or min(op.shifts) < 0:
+        _fail(op, "an integer Concat has a shift >= 0 per input", f"shifts {op.shifts}")
+    for s, k in zip(srcs, op.shifts):
+        if not (out.lo <= s.lo * 2**k and s.hi * 2**k <= out.hi) or s.scale != out.scale * 2**k:
+            _fail(op, "each shifted input lies in the output's range and on its grid",
+                  f"[{s.lo}, {s.hi}] x {s.scale:g} << {k} -> [{out.lo}, {out.hi}] x {out.scale:g}")
+
+
+def _verify_softmax(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Reals,))
+    out = graph.tensors[op.outputs[0]]
+    if not isinstance(out, Reals) or tuple(out.shape) != tuple(src.shape):
+        _fail(op, "Softmax keeps its input's shape (Reals)", f"{src} -> {out}")
+
+
 _INPUT_TYPES = {Conv: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,), GlobalSumPool: (Bits, Ints),
-                ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,)}
+                ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,), Concat: (Bits, Ints), Softmax: (Reals,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, MaxPool: _verify_max_pool,
            SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool, ArgMax: _verify_arg_max,
-           Activation: _verify_activation, Add: _verify_add}
+           Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .arith import acc_to_float, apply_terminal, eval_chain, level_count, requantize
+from .arith import acc_to_float, apply_terminal, eval_chain, level_count, requantize, softmax
 from .errors import BnncError
 
 BATCH = 32  # samples per chunk, to bound im2col memory
@@ -126,6 +126,12 @@ def _argmax(op: ir.ArgMax, x: np.ndarray) -> np.ndarray:
     return order[:, : op.k].astype(np.int32)
 
 
+def _concat(op: ir.Concat, xs: list) -> np.ndarray:
+    if not op.shifts:  # bits: +-1 values side by side
+        return np.concatenate(xs, axis=-1)
+    return np.concatenate([x.astype(np.int64) << k for x, k in zip(xs, op.shifts)], axis=-1)
+
+
 def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
     env = {graph.input: x}
     for op in graph.ops():
@@ -148,6 +154,10 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = np.clip((a.astype(np.int64) << op.shifts[0]) + (b.astype(np.int64) << op.shifts[1]), op.lo, op.hi)
         elif isinstance(op, ir.SumPool):
             r = _sumpool(op, a)
+        elif isinstance(op, ir.Concat):
+            r = _concat(op, [env[t] for t in op.inputs])
+        elif isinstance(op, ir.Softmax):
+            r = softmax(a)
         else:  # pragma: no cover
             raise TypeError(op)
         env[op.outputs[0]] = r

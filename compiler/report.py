@@ -73,6 +73,13 @@ def layer_rows(graph: ir.Graph) -> list:
             row["thresholds"] = int(np.asarray(ep.threshold).size) if hasattr(ep, "threshold") else 0
             row["notes"] = list(getattr(ep, "notes", []))
             row["stored_bytes"] = family_stored_bytes(op, wb)
+        elif isinstance(op, ir.Concat):
+            parts = " + ".join(str(graph.tensors[t].shape[2]) for t in op.inputs)
+            row["notes"] = [f"channels {parts}" + (f", inputs shifted by {list(op.shifts)} onto the finest grid"
+                                                   if any(op.shifts) else "")]
+        elif isinstance(op, ir.Softmax):
+            row["notes"] = [f"float64 softmax (arith.softmax): error <= p * (2^-24 + 2^-42 + C * 2^-52) + 2^-150, "
+                            f"C = {dst.shape[2]}"]
         if isinstance(op, ir.Conv):
             row["code"] = "binary"
             p = getattr(op, "packed", None)

@@ -13,6 +13,7 @@ import jinja2
 import numpy as np
 
 from .. import ir
+from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, SOFTMAX_CUTOFF
 from ..errors import BnncError
 from ..passes.pack_bits import pack_bit_rows, storage_dtype, words
 from ..passes.pack_families import GUESS_SHIFT
@@ -151,7 +152,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             continue
         if isinstance(op, ir.InputQuantize):
             p = op.packed
-            c, h, w = op.in_shape
+            c, h, w = tuple(op.in_shape) + (1,) * (3 - len(op.in_shape))  # a vector input is (C,) or (C, L)
             flat = getattr(op, "flat", False)
             L.update(mode=p.mode, c=c, h=h, w=w, flat=flat, n=c * h * w, cw=words(oty.shape[2], wb),
                      out_c=oty.shape[2], pixels=c * h * w // oty.shape[2])
@@ -229,6 +230,14 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      acc_ctype="int64_t" if storage_dtype(oty) == "int64" else "int32_t")
         elif isinstance(op, ir.ArgMax):
             L.update(n=src_t.shape[2], k=op.k)
+        elif isinstance(op, ir.Concat):
+            L.update(concat_ctx(graph, op, oty))
+            L["call"] = f"{op.name}({', '.join(buf(t) for t in op.inputs)}, {L['dst']})"
+        elif isinstance(op, ir.Softmax):
+            h, w, c = src_t.shape
+            L.update(pixels=h * w, c=c, cutoff=c_double(SOFTMAX_CUTOFF), log2e=c_double(LOG2E),
+                     ln2_hi=c_double(LN2_HI), ln2_lo=c_double(LN2_LO), coeffs=[c_double(x) for x in EXP_COEFFS])
+            L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']}))"
         layers.append(L)
     in_dtype = in_info["dtype"]
     return {
@@ -248,6 +257,28 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         "grid": in_info.get("grid", {}),
         "model_name": comment_text(in_info.get("onnx_name", "")),
     }
+
+
+def c_double(x: float) -> str:
+    """A C99 hex literal of the float64 `x`, exactly."""
+    return float(x).hex()
+
+
+def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
+    """Template values of a Concat: per input its channel offset, channels, words (bits) or
+    storage type and shift (integers)."""
+    wb = graph.word_bits
+    parts, off = [], 0
+    for i, t in enumerate(op.inputs):
+        ty = graph.tensors[t]
+        c = ty.shape[2]
+        part = {"off": off, "c": c, "cw": words(c, wb)}
+        if isinstance(ty, ir.Ints):
+            part.update(ctype=C_TYPES[storage_dtype(ty)], mult=2 ** op.shifts[i])
+        parts.append(part)
+        off += c
+    h, w, c = oty.shape
+    return {"parts": parts, "pixels": h * w, "c": c, "cwo": words(c, wb), "bits": isinstance(oty, ir.Bits)}
 
 
 def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:

@@ -611,13 +611,13 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 def check_supported(graph: ir.Graph) -> None:
     """Refuse, in one line naming the layer, what the HLS processes do not implement: the residual
-    Add and SumPool ops (branches), Activations of non-integer tensors, and multi-level activations
+    Add, SumPool and Concat ops (branches), Softmax, Activations of non-integer tensors, and multi-level activations
     with several activation planes. Every weight code and every other epilogue (bits, levels,
     fixed-point Requantize, float32 chains) is held; Activations of integer streams run as identity
     1x1 convs (passes/activations_as_convs.py)."""
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
-        if isinstance(op, (ir.Add, ir.SumPool)):
+        if isinstance(op, (ir.Add, ir.SumPool, ir.Concat, ir.Softmax)):
             raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
                             "chains of conv/dense, activation, max pool and global sum pool layers); use --target c")
         if isinstance(op, ir.Activation) and not isinstance(graph.tensors[op.inputs[0]], ir.Ints):

@@ -85,6 +85,11 @@ def plan(graph: ir.Graph) -> Plan:
     ops = graph.ops()
     if not ops or not isinstance(ops[0], ir.InputQuantize):
         raise BnncError("the verilog target needs a model that starts with its input quantizer")
+    for op in ops:
+        if isinstance(op, (ir.Concat, ir.Softmax)):
+            raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement "
+                            f"{type(op).__name__} ops (it builds chains of conv/dense, max pool and global sum pool "
+                            "layers); use --target c")
     for prev, op in zip(ops, ops[1:]):
         if op.inputs != [prev.outputs[0]] or len(graph.consumers(prev.outputs[0])) != 1:
             raise BnncError(f"'{op.name}' is not a plain chain of layers (branches are not supported by the "

@@ -1,4 +1,5 @@
-"""Classifier heads: TopK / ArgMax of the last (real-valued) layer become an ir.ArgMax."""
+"""Classifier heads: TopK / ArgMax of the last (real-valued) layer become an ir.ArgMax, Softmax
+an ir.Softmax (float32 probabilities, arith.softmax)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 
 from .. import ir
 from ..errors import BnncError
+from .linear import identity_conv
 from .registry import handler, where
-from .values import AccVal, IndexVal, RealsVal
+from .values import AccVal, IndexVal, IntChainVal, IntsVal, RealsVal
 
 
 @handler("TopK", ignores=("sorted",))
@@ -44,3 +46,38 @@ def _head(ctx, node, k: int, axis: int, outputs: list):
     ctx.graph.add(ir.ArgMax(name, [v.tensor], [tname], k), {tname: ir.Ints((1, 1, k), 0, c - 1)})
     for o in outputs:
         ctx.vals[o] = IndexVal((1, k) if outputs else (1,), tensor=tname)
+
+
+@handler("Softmax")
+def softmax(ctx, node, *, axis=None):
+    """Softmax of the last layer's real values along the channel axis: of (N, C) logits, or per
+    pixel of (N, C, H, W). Before opset 13 Softmax flattens the axes from `axis` on, so there the
+    axes after the channel must have size 1."""
+    out = node.outputs[0]
+    if out != ctx.lm.output_name and any(u.op not in ("ArgMax", "TopK") for u in ctx.consumers.get(out, [])):
+        raise BnncError(f"{where(node)}: Softmax inside the network is not supported; bnnc computes it on the "
+                        "model output (the last layer's logits)")
+    v = ctx.val(node)
+    if isinstance(v, (IntsVal, IntChainVal)) and v.flat_from is None and v.block is None:
+        v = identity_conv(ctx, node, v)  # a fixed-point tensor reaches real values as the model output does
+    if isinstance(v, AccVal):
+        v = ctx.finish_acc(v, None, node)
+    if not isinstance(v, RealsVal):
+        raise BnncError(f"{where(node)} must follow the last (real-valued) layer, not a {v.kind} value")
+    opset = ctx.lm.opset or 13
+    rank = len(v.shape)
+    if axis is None:
+        axis = -1 if opset >= 13 else 1
+    if not -rank <= axis < rank:
+        raise BnncError(f"{where(node)}: axis {axis} of a rank-{rank} tensor")
+    ax = axis % rank
+    reduced = range(ax, rank) if opset < 13 else (ax,)
+    c = ctx.graph.tensors[v.tensor].shape[2]
+    if rank not in (2, 4) or [i for i in reduced if v.shape[i] != 1] != [1] or v.shape[1] != c:
+        raise BnncError(f"{where(node)}: Softmax over axis {axis} of shape {v.shape} (opset {opset}); bnnc "
+                        "computes it over the channel axis of (N, C) logits or of each pixel of (N, C, H, W)")
+    name = ctx.new_name("softmax")
+    tname = name + "_out"
+    ctx.graph.add(ir.Softmax(name, [v.tensor], [tname], [node.name]),
+                  {tname: ir.Reals(ctx.graph.tensors[v.tensor].shape)})
+    ctx.set(node, RealsVal(v.shape, [node.name], tensor=tname))

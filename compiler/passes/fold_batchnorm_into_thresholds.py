@@ -222,6 +222,10 @@ def _retype_to_ints(graph: ir.Graph, tensor: str, lo: int, hi: int) -> None:
     for c in graph.consumers(tensor):
         if isinstance(c, ir.MaxPool):
             _retype_to_ints(graph, c.outputs[0], lo, hi)
+        elif isinstance(c, ir.Concat):  # its other inputs stay bits: one tensor cannot hold both
+            raise BnncError(f"layer '{(c.source_ops or [c.name])[0]}': a Concat input is an ONNX Sign that outputs "
+                            "an exact 0 at reachable values (a ternary activation) while other inputs are binary; "
+                            "use BipolarQuant or a threshold that no value ties")
 
 
 def _epilogue_range(graph: ir.Graph, op) -> tuple:

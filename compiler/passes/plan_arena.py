@@ -70,6 +70,8 @@ def conv_scratch(op, src, word_bits: int) -> dict:
 
 
 def scratch_bytes(op, src, word_bits: int) -> int:
+    if isinstance(op, ir.Softmax):  # one float64 exp per channel (8 more bytes to align them to 8)
+        return src.shape[2] * 8 + 8
     if not isinstance(op, ir.Conv) or getattr(op, "packed", None) is None:
         return 0
     if hasattr(op.packed, "scratch_bytes"):  # issue-5 layers (passes/pack_families) size their own
