@@ -252,6 +252,7 @@ class InputQuantize:
     grid: Optional[tuple] = None
     int_thresholds: Optional[Thresholds] = None
     notes: list = field(default_factory=list)  # how a real-valued input is represented
+    channels_last: bool = False  # the model's input is NHWC (in_shape is (H, W, C)): read in its own order
     max_error: float = 0.0  # bound on |real input - represented value| per element (fixed-point inputs)
 
 
