@@ -668,8 +668,8 @@ def _verify_input_quantize(graph, op) -> None:
         _fail(op, "InputQuantize reads the graph input", f"reads '{op.inputs[0]}', not '{graph.input}'")
     out = graph.tensors[op.outputs[0]]
     if len(op.in_shape) != 3:
-        _fail(op, "in_shape is (C, H, W)", f"{op.in_shape}")
-    c, h, w = op.in_shape
+        _fail(op, "in_shape is (C, H, W), or (H, W, C) for a channel-last input", f"{op.in_shape}")
+    c, h, w = op.in_shape if not op.channels_last else (op.in_shape[2], op.in_shape[0], op.in_shape[1])
     if tuple(out.shape) not in ((h, w, c), (1, 1, c * h * w)):
         _fail(op, "output shape follows from in_shape", f"in_shape {op.in_shape}, output {out.shape}")
     n = c * h * w
