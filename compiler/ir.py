@@ -254,6 +254,7 @@ class InputQuantize:
     grid: Optional[tuple] = None
     int_thresholds: Optional[Thresholds] = None
     notes: list = field(default_factory=list)  # how a real-valued input is represented
+    channels_last: bool = False  # the model's input is NHWC (in_shape is (H, W, C)): read in its own order
     max_error: float = 0.0  # bound on |real input - represented value| per element (fixed-point inputs)
 
 
@@ -697,9 +698,11 @@ def _verify_input_quantize(graph, op) -> None:
     if op.inputs[0] != graph.input:
         _fail(op, "InputQuantize reads the graph input", f"reads '{op.inputs[0]}', not '{graph.input}'")
     out = graph.tensors[op.outputs[0]]
-    if not 1 <= len(op.in_shape) <= 3:  # (C, H, W), or the (C,) / (C, L) of a vector model input
-        _fail(op, "in_shape is (C, H, W), (C, L) or (C,)", f"{op.in_shape}")
+    if not 1 <= len(op.in_shape) <= 3:  # (C, H, W) (or (H, W, C) channel-last), or a vector input's (C,) / (C, L)
+        _fail(op, "in_shape is (C, H, W), (H, W, C) for a channel-last input, (C, L) or (C,)", f"{op.in_shape}")
     c, h, w = tuple(op.in_shape) + (1,) * (3 - len(op.in_shape))
+    if op.channels_last:
+        c, h, w = op.in_shape[2], op.in_shape[0], op.in_shape[1]
     if tuple(out.shape) not in ((h, w, c), (1, 1, c * h * w)):
         _fail(op, "output shape follows from in_shape", f"in_shape {op.in_shape}, output {out.shape}")
     n = c * h * w

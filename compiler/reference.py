@@ -69,7 +69,7 @@ def apply_thresholds(th: ir.Thresholds, acc: np.ndarray) -> np.ndarray:
 def _input(op: ir.InputQuantize, x: np.ndarray, out_type) -> np.ndarray:
     n = x.shape[0]
     flat = x.reshape(n, -1)
-    if not getattr(op, "flat", False) and len(op.in_shape) == 3:
+    if not getattr(op, "flat", False) and not op.channels_last and len(op.in_shape) == 3:
         c, h, w = op.in_shape
         flat = flat.reshape(n, c, h, w).transpose(0, 2, 3, 1).reshape(n, -1)
     if op.int_thresholds is not None:

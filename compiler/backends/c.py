@@ -153,7 +153,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         if isinstance(op, ir.InputQuantize):
             p = op.packed
             c, h, w = tuple(op.in_shape) + (1,) * (3 - len(op.in_shape))  # a vector input is (C,) or (C, L)
-            flat = getattr(op, "flat", False)
+            flat = getattr(op, "flat", False) or op.channels_last  # the output keeps the input's order
             L.update(mode=p.mode, c=c, h=h, w=w, flat=flat, n=c * h * w, cw=words(oty.shape[2], wb),
                      out_c=oty.shape[2], pixels=c * h * w // oty.shape[2])
             if p.mode == "thresholds":

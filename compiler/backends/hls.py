@@ -644,6 +644,9 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
         raise BnncError(f"the model needs {b.widest}-bit stream words; Vitis HLS supports at most {VENDOR_MAX_W}")
     in_info, out_info = graph.input_info, graph.output_info
     iq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    if iq.channels_last:
+        raise BnncError("an NHWC model input (read channel-last) is not supported by the HLS backend yet; "
+                        "use --target c")
     flat = bool(getattr(iq, "flat", False)) or len(iq.in_shape) != 3
     c, h, w = (1, 1, 1) if flat else iq.in_shape
     slowest = max(b.procs, key=lambda P: P["steps"])

@@ -159,6 +159,8 @@ def dequantize_linear(ctx, node):
 @handler("Relu", ignores=("consumed_inputs",))
 def relu(ctx, node):
     v = ctx.val(node)
+    if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
+        v = IntChainVal.of(v)  # a fixed-point stream: the relu stays pending on its integers
     if not isinstance(v, PendingVal):
         raise BnncError(f"{where(node)}: Relu on a {v.kind} tensor is not supported")
     ctx.set(node, with_chain(v, [ir.ChainOp("relu")]))

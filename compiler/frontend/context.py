@@ -109,7 +109,10 @@ class LoweringContext:
         if c.size == 1:
             return c.reshape(())
         try:
-            return np.ascontiguousarray(np.broadcast_to(c, v.shape).reshape(-1))
+            full = np.broadcast_to(c, v.shape)
+            if v.channels_last:  # the raw input's own (NHWC) element order
+                full = full.transpose(0, 2, 3, 1)
+            return np.ascontiguousarray(full.reshape(-1))
         except ValueError:
             raise BnncError(f"{where(node)}: constant of shape {c.shape} does not broadcast to {v.shape}") from None
 
@@ -122,7 +125,7 @@ class LoweringContext:
         """Create the InputQuantize op: raw input -> chain -> terminal, output Bits or Ints."""
         if self.input_op_name is not None:
             raise BnncError(f"{where(node)}: the model input is quantized twice")
-        c, h, w = _chw(v.shape, self.lm.input_shape)
+        c, h, w = v.shape[1:] if v.channels_last else _chw(v.shape, self.lm.input_shape)
         flat = len(v.shape) != 4
         out_shape = (1, 1, c * h * w) if flat else (h, w, c)
         name = self.new_name("input")
@@ -136,11 +139,13 @@ class LoweringContext:
             term.add_after_round = zp_after_round
         else:
             ty = ir.Bits(out_shape, bit_scale(node, term))
-        chain = ir.Chain([_input_order(op, self.lm.input_shape, flat) for op in v.chain], term)
+        chain = ir.Chain([op if v.channels_last else _input_order(op, self.lm.input_shape, flat) for op in v.chain],
+                         term)
         in_shape = tuple(self.lm.input_shape[1:]) if len(self.lm.input_shape) != 2 else (c, h, w)
         op = ir.InputQuantize(name, [self.graph.input], [tname], in_shape,
                               self.grid["dtype"], chain, grid=self.grid.get("range"))
         op.flat = flat
+        op.channels_last = v.channels_last
         self.graph.add(op, {tname: ty})
         self.input_op_name = name
         cls = IntsVal if isinstance(ty, ir.Ints) else BitsVal

@@ -16,7 +16,7 @@ from ..errors import BnncError
 from .context import conv_pads, widen
 from .registry import handler, where
 from .streams import STREAM_LIMIT, stream_of_intchain, to_stream
-from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, RealsVal, Val, with_chain
+from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PaddedBitsVal, RealsVal, Val, with_chain
 
 REAL_ACC_LIMIT = 2**61  # accumulators of real-valued weights stay within this (the weights' bits are chosen
 #                         for it): exact int64 sums; a requantization drops their low bits (Requantize.pre_shift)
@@ -51,12 +51,23 @@ def conv(ctx, node, *, strides=(1, 1), pads=None, group=1, dilations=(1, 1), aut
     kernel = tuple(int(k) for k in w.shape[2:])  # the weights' shape, which kernel_shape can only repeat
     stride = tuple(strides)
     pads = conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)
+    padded = None
+    if isinstance(v, PaddedBitsVal):  # +-1 padding taken in: the conv's own pads must be 0
+        if any(pads):
+            raise BnncError(f"{where(node)}: a convolution with its own zero padding after a Pad with +-1 is "
+                            "not supported")
+        padded, pads = v, v.pads
+        v = BitsVal((v.shape[0], v.shape[1], v.shape[2] - v.pads[0] - v.pads[2], v.shape[3] - v.pads[1] - v.pads[3]),
+                    list(v.source_ops), tensor=v.tensor, scale=v.scale)
     dec = _decode_weights(ctx, node, w, origin, v)
     bias = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     if len(node.inputs) > 2 and node.inputs[2] and bias is None:
         raise BnncError(f"{where(node)}: its bias must be a constant")
     layout = lambda x: x.transpose(0, 2, 3, 1)  # noqa: E731  OIHW -> OHWC
-    ctx.set(node, _conv_common(ctx, node, v, dec, layout, kernel, stride, pads, bias, False))
+    acc = _conv_common(ctx, node, v, dec, layout, kernel, stride, pads, bias, False)
+    if padded is not None:
+        _constant_padding(node, ctx.graph.op(acc.conv), v.shape[2:], padded.value)
+    ctx.set(node, acc)
 
 
 @handler("Gemm", ignores=("broadcast",))
@@ -309,6 +320,26 @@ def identity_conv(ctx, node, v: Val) -> AccVal:
         acc.chain = list(v.chain)
     acc.shape = v.shape
     return acc
+
+
+def _constant_padding(node, op: ir.Conv, hw: tuple, value: int) -> None:
+    """Padded taps of `op` hold `value` (+-1) instead of the IR's exact 0: they add value * W_t,
+    W_t = sum_c int_w[o, t, c], over the padded taps t. As bias_kernel (summed over the valid
+    taps) that is -value * W_t on every tap, plus value * sum_t W_t on one tap that is valid at
+    every output position: sum over valid taps = value * (sum_t W_t - sum_valid W_t)."""
+    wt = ir.int_weights(op).sum(axis=3)  # (O, kh, kw)
+    oh, ow = ir.out_shape(hw, op.kernel, op.stride, op.pads)
+    always = []
+    for ax, n_out in ((0, oh), (1, ow)):
+        first_ok = [k for k in range(op.kernel[ax])
+                    if k - op.pads[ax] >= 0 and (n_out - 1) * op.stride[ax] + k - op.pads[ax] <= hw[ax] - 1]
+        if not first_ok:
+            raise BnncError(f"{where(node)}: no kernel tap is inside the input at every output position; padding "
+                            f"{op.pads} with {value:+d} is not supported here")
+        always.append(first_ok[0])
+    bias = -value * wt.astype(np.int64)
+    bias[:, always[0], always[1]] += value * wt.reshape(wt.shape[0], -1).sum(axis=1)
+    op.bias_kernel = bias if op.bias_kernel is None else op.bias_kernel + bias
 
 
 def ungroup(node, w: np.ndarray, group: int) -> np.ndarray:

@@ -10,8 +10,8 @@ from ..errors import BnncError
 from .context import conv_pads
 from .linear import window_sum_conv
 from .registry import handler, where
-from .streams import to_stream
-from .values import AccVal, BitsVal, IntsVal
+from .streams import stream_of_intchain, to_stream
+from .values import AccVal, BitsVal, IntChainVal, IntsVal
 
 SUM_LIMIT = 2**63 - 1  # the sums of pools are exact int64
 
@@ -19,7 +19,7 @@ SUM_LIMIT = 2**63 - 1  # the sums of pools are exact int64
 @handler("MaxPool", ignores=("storage_order",))
 def max_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, auto_pad="NOTSET", dilations=(1, 1),
              ceil_mode=0):
-    v = ctx.val(node)
+    v = _no_pending_ops(ctx, node, ctx.val(node))
     if len(node.outputs) > 1 and node.outputs[1]:
         raise BnncError(f"{where(node)}: MaxPool indices output is not supported")
     if any(d != 1 for d in dilations):
@@ -50,7 +50,7 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
     """AveragePool of a fixed-point stream (Bi-Real's downsample shortcut): a SumPool, with the
     1/(kh*kw) in the scale (exact), where every window has kh*kw taps; with zero padding that the
     divisor counts (count_include_pad = 1), a window-sum convolution (`window_sum_conv`)."""
-    v = ctx.val(node)
+    v = _no_pending_ops(ctx, node, ctx.val(node))
     if count_include_pad and not ceil_mode and len(v.shape) == 4 and any(
             conv_pads(node, v.shape[2:], tuple(kernel_shape), tuple(strides), auto_pad, pads)):
         ctx.set(node, window_sum_conv(ctx, node, v, tuple(kernel_shape), tuple(strides),
@@ -84,7 +84,7 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
 
 @handler("GlobalAveragePool")
 def global_average_pool(ctx, node):
-    v = ctx.val(node)
+    v = _no_pending_ops(ctx, node, ctx.val(node))
     if isinstance(v, AccVal):  # a real-valued layer output: through the fixed-point stream
         v = to_stream(ctx, node, v)
     if not isinstance(v, (BitsVal, IntsVal)):
@@ -103,3 +103,10 @@ def global_average_pool(ctx, node):
                             "needs more than 64 bits")
     ctx.graph.add(ir.GlobalSumPool(name, [v.tensor], [tname]), {tname: oty})
     ctx.set(node, IntsVal((1, c, 1, 1), tensor=tname, scale=oty.scale))
+
+
+def _no_pending_ops(ctx, node, v):
+    """An integer tensor with pending ops (a Relu of a fixed-point stream) as a new stream."""
+    if isinstance(v, IntChainVal) and v.flat_from is None and v.block is None:
+        return stream_of_intchain(ctx, node, v)
+    return v

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..errors import BnncError
 from .registry import handler, where
-from .values import AccVal, BitsVal, InputVal, IntsVal, Val
+from .streams import stream_of_intchain
+from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, Val
 
 
 @handler("Shape", listed_as="Shape/Gather/Concat (on static shapes)")
@@ -69,11 +70,16 @@ def unsqueeze(ctx, node, *, axes=None):
     reshape_to(ctx, node, v, tuple(shape))
 
 
-@handler("Transpose", listed_as="Transpose (of constants)")
+@handler("Transpose", listed_as="Transpose (of constants, of unit axes, of an NHWC model input)")
 def transpose(ctx, node, *, perm=None):
     v = ctx.val(node)
     perm = perm if perm is not None else list(reversed(range(len(v.shape))))
     moved = [v.shape[p] for i, p in enumerate(perm) if p != i]
+    if isinstance(v, InputVal) and list(perm) == [0, 3, 1, 2] and len(v.shape) == 4 and not v.channels_last \
+            and tuple(v.shape) == tuple(ctx.lm.input_shape):
+        # an NHWC model input seen as NCHW: the compiled code reads it in its own (channel-last) order
+        ctx.set(node, replace(v, shape=tuple(v.shape[p] for p in perm), channels_last=True))
+        return
     if all(s == 1 for s in moved):
         reshape_to(ctx, node, v, tuple(v.shape[p] for p in perm))
         return
@@ -89,6 +95,8 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
         raise BnncError(f"{where(node)}: cannot reshape {v.shape} to {new_shape}")
     if new_shape[0] != 1:
         raise BnncError(f"{where(node)}: reshape to {new_shape} moves data into the batch axis")
+    if isinstance(v, IntChainVal) and v.flat_from is None and v.block is None:
+        v = stream_of_intchain(ctx, node, v)  # the pending ops first, per channel, on a new stream
     nv = replace(v, shape=new_shape)
     if isinstance(v, InputVal):
         ctx.set(node, nv)

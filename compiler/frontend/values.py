@@ -38,6 +38,7 @@ class InputVal(PendingVal):
     """The model input with pending float32 ops, waiting for a quantizer or a binarizer."""
 
     tensor: str = ""  # the input's ONNX name
+    channels_last: bool = False  # an NHWC model input seen as NCHW (tf2onnx's leading Transpose)
 
     kind: ClassVar[str] = "input"
 
@@ -81,6 +82,18 @@ class RealsVal(TensorVal):
 @dataclass
 class IndexVal(TensorVal):
     kind: ClassVar[str] = "index"
+
+
+@dataclass
+class PaddedBitsVal(TensorVal):
+    """A binary tensor with a pending constant padding of +-scale (larq pads the sign's output with
+    +1 before a valid convolution): the convolution that reads it takes the padding in
+    (frontend/linear.py). `shape` is the padded shape."""
+
+    pads: tuple = (0, 0, 0, 0)  # (top, left, bottom, right)
+    value: int = 1  # the padded value in units of scale: +1 or -1
+
+    kind: ClassVar[str] = "padded bits"
 
 
 @dataclass

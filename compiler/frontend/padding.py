@@ -1,0 +1,40 @@
+"""Pad with a constant. Zero pads merge into the following window op in the canonical stage
+(canonical/pad_into_window.py); what reaches the frontend is larq's padding of binary
+activations with +1 (or -1) before a valid convolution: a pending `PaddedBitsVal` that the
+convolution takes in exactly (frontend/linear.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BnncError
+from .registry import handler, where
+from .values import BitsVal, PaddedBitsVal
+
+
+@handler("Pad", ignores=("paddings",))
+def pad(ctx, node, *, mode="constant", pads=None, value=0.0):
+    v = ctx.val(node)
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":
+        raise BnncError(f"{where(node)}: Pad mode '{mode}' is not supported (constant padding is)")
+    if len(node.inputs) > 1 and node.inputs[1]:  # opset >= 11: pads and the value are inputs
+        pads = ctx.const(node, 1, "pads")
+        value = ctx.const(node, 2, "constant value") if len(node.inputs) > 2 and node.inputs[2] else 0.0
+        if len(node.inputs) > 3 and node.inputs[3]:
+            raise BnncError(f"{where(node)}: Pad with an axes input is not supported")
+    p = [int(x) for x in np.asarray(pads if pads is not None else [], np.int64).reshape(-1)]
+    value = float(np.asarray(value, np.float64).reshape(-1)[0]) if np.size(value) else 0.0
+    if len(v.shape) != 4 or len(p) != 8 or p[0] or p[1] or p[4] or p[5] or min(p) < 0:
+        raise BnncError(f"{where(node)}: bnnc supports Pad of the two spatial axes of an NCHW tensor by "
+                        f"non-negative amounts (got pads {p} on a tensor of shape {v.shape})")
+    if not isinstance(v, BitsVal) or value not in (v.scale, -v.scale):
+        raise BnncError(f"{where(node)}: Pad with the value {value:g} of a {v.kind} tensor is not supported; "
+                        "zero padding merges into the next convolution or pool, and binary activations "
+                        "can be padded with +-their scale")
+    if v.flat_from is not None or v.block is not None:
+        raise BnncError(f"{where(node)}: Pad of a flattened or activation-base tensor is not supported")
+    n, c, h, w = v.shape
+    padded = (n, c, h + p[2] + p[6], w + p[3] + p[7])
+    ctx.set(node, PaddedBitsVal(padded, list(v.source_ops), tensor=v.tensor, scale=v.scale,
+                                pads=(p[2], p[3], p[6], p[7]), value=1 if value > 0 else -1))

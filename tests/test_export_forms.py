@@ -1,0 +1,112 @@
+"""Frontend forms of real exporters that the canonical stage leaves to the lowering: larq's +-1
+padding of binary activations, tf2onnx's NHWC model input, a Relu on a fixed-point stream;
+each checked against onnxruntime and the C backend bit for bit."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bnnc import driver, ir, targets
+from bnnc.original import OriginalModel
+from bnnc.passes.quantize_input import InputAffine
+from bnnc.pipeline import Options, compile_graph
+
+
+def _model(nodes, inits, in_shape, out_shape=(1, 10)):
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _check(model, options, n=30, seed=0, exact=True):
+    graph = compile_graph(model, options)
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, n, seed))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    if exact:
+        assert np.allclose(ref, orig, rtol=1e-5, atol=1e-5)
+    else:
+        assert (ref.argmax(1) == orig.argmax(1)).mean() >= 0.9
+    y, _ = targets.run(graph, "c", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y, ref)
+    return graph
+
+
+def _padded_binary_conv(seed, pads, value, stride, k):
+    rng = np.random.default_rng(seed)
+    c, o = 5, 7
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "t": rng.normal(size=(1, c, 1, 1)).astype(np.float32) / 4,
+             "pads": np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64),
+             "pv": np.array(value, np.float32), "one": np.array(1.0, np.float32),
+             "w": rng.choice([-1.0, 1.0], size=(o, c, k, k)).astype(np.float32),
+             "t2": (rng.integers(-3, 4, size=(1, o, 1, 1)) + 0.5).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sub", ["xd", "t"], ["xs"]),
+             helper.make_node("Sign", ["xs"], ["b"]),
+             helper.make_node("Pad", ["b", "pads", "pv"], ["bp"], mode="constant"),
+             helper.make_node("Conv", ["bp", "w"], ["a"], strides=[stride, stride]),
+             helper.make_node("Sub", ["a", "t2"], ["a2"]),
+             helper.make_node("Sign", ["a2"], ["s2"]),
+             helper.make_node("Reshape", ["s2", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    h = 9
+    oh = (h + pads[0] + pads[2] - k) // stride + 1
+    ow = (h + pads[1] + pads[3] - k) // stride + 1
+    inits["wf"] = np.round(rng.normal(size=(10, o * oh * ow)) * 64).astype(np.float32) / 64  # on a 2^-6 grid
+    return _model(nodes, inits, (1, c, h, h))
+
+
+@pytest.mark.parametrize("seed,pads,value,stride,k", [
+    (0, (1, 1, 1, 1), 1.0, 1, 3), (1, (0, 0, 1, 1), 1.0, 2, 3), (2, (2, 2, 2, 2), -1.0, 1, 5),
+    (3, (1, 1, 1, 1), -1.0, 2, 3)])
+def test_binary_activations_padded_with_plus_minus_one(seed, pads, value, stride, k):
+    model = _padded_binary_conv(seed, pads, value, stride, k)
+    g = _check(model, Options())
+    conv = next(op for op in g.ops() if isinstance(op, ir.Conv))
+    assert conv.bias_kernel is not None and tuple(conv.pads) == tuple(pads)
+
+
+def test_padding_without_an_always_valid_tap_is_refused():
+    from bnnc.errors import BnncError
+
+    with pytest.raises(BnncError, match="no kernel tap is inside the input at every output position"):
+        compile_graph(_padded_binary_conv(4, (1, 0, 2, 1), 1.0, 1, 3))
+
+
+def test_nhwc_model_input_is_read_in_its_own_order():
+    rng = np.random.default_rng(5)
+    inits = {"perm_w": rng.normal(size=(6, 3, 3, 3)).astype(np.float32),
+             "wf": rng.normal(size=(10, 6)).astype(np.float32), "shape": np.array([1, 6], np.int64)}
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "perm_w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Reshape", ["p", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    model = _model(nodes, inits, (1, 8, 8, 3))
+    affine = InputAffine((("div", (255.0,)), ("sub", (0.485, 0.456, 0.406)), ("div", (0.229, 0.224, 0.225))))
+    g = _check(model, Options(input_range=(0, 255), input_affine=affine), exact=False)
+    inq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    assert inq.channels_last and tuple(inq.in_shape) == (8, 8, 3)
+
+
+def test_relu_of_a_residual_stream_before_a_max_pool():
+    rng = np.random.default_rng(6)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(4, 4, 3, 3)).astype(np.float32),
+             "g": np.array(0.25, np.float32), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["b"]),
+             helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["m"]),
+             helper.make_node("Add", ["m", "xd"], ["res"]),
+             helper.make_node("Relu", ["res"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    _check(_model(nodes, inits, (1, 4, 6, 6), (1, 4)), Options())
