@@ -37,7 +37,11 @@ def _options(a) -> Options:
             raise BnncError(f"--input-range '{a.input_range}' is not LO:HI") from None
         rng = (lo, hi)
     scale, affine = _input_affine(a)
-    return Options(input_scale=scale, input_range=rng, input_affine=affine, weight_bits=_weight_bits(a))
+    frac = getattr(a, "frac_bits", None)
+    if frac is not None and not 0 <= frac <= 30:
+        raise BnncError(f"--frac-bits {frac} is outside 0..30")
+    return Options(input_scale=scale, input_range=rng, input_affine=affine, weight_bits=_weight_bits(a),
+                   **({"frac_bits": frac} if frac is not None else {}))
 
 
 def _weight_bits(a) -> dict:
@@ -365,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--input-offset", default=None, help="per-channel offset added after the scale: O1,O2,...")
         sp.add_argument("--input-mean", default=None, help="per-channel mean subtracted (torchvision Normalize)")
         sp.add_argument("--input-std", default=None, help="per-channel std divided by (torchvision Normalize)")
+        sp.add_argument("--frac-bits", type=int, default=None, metavar="F",
+                        help="grid 2^-F of real-valued (residual) streams, which saturate at +-(2^23 - 1) steps "
+                             "(default 16: +-128); finer follows the float model more closely in a narrower range")
         sp.add_argument("--weight-bits", action="append", default=None, metavar="[NODE=]B",
                         help="width of real-valued weights (all layers, or the ONNX node NODE): a narrower "
                              "grid, with the larger error bound bnnc report states (default: up to 24 bits)")

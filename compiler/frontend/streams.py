@@ -51,8 +51,8 @@ def to_stream(ctx, node, v: Val) -> Val:
 
 def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tuple:
     """(ir.Requantize, lo, hi) of the affine map relu?(a * acc + b) that `chain` specifies per
-    channel, for accumulators in [lo_acc, hi_acc] (see to_stream). The multipliers get at least 20
-    significant bits where int64 holds their products with the accumulators."""
+    channel, for accumulators in [lo_acc, hi_acc] (see to_stream). The largest multiplier has at
+    least 20 significant bits (accumulators far finer than the grid are shifted right first)."""
     affine = _affine_chain(node, chain, o)
     frac = next((k for k in range(ctx.frac_bits + 1)
                  if all((a * 2**k).denominator == 1 and (b * 2**k).denominator == 1 for a, b, _ in affine)), None)
@@ -61,19 +61,15 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
     shift = 1 if exact else 30
     pre = 0
     a_top = max((abs(a) for a, _, _ in affine), default=Fraction(0))
-    acc_bits = max(abs(int(np.min(lo_acc))), abs(int(np.max(hi_acc))), 1).bit_length()
-    if not exact:  # small multipliers (wide accumulators) get more bits, up to what int64 holds
-        top = a_top * 2 ** (frac + shift)
-        while top and top < 2**20 and acc_bits + top.__ceil__().bit_length() + 1 < 62:
-            top *= 2
-            shift += 1
-        if top and (top < 2**20 or acc_bits + top.__ceil__().bit_length() + 1 >= 62):
-            # still too few multiplier bits for this accumulator: drop its low bits first (a floor
-            # of at most (2**pre - 1) accumulator units, far below the output grid)
-            pre = max(0, acc_bits - 31)
-            shift = max(1, 30 - (a_top * 2 ** (frac + pre)).__ceil__().bit_length())
-            lo_acc = np.asarray(lo_acc, np.int64) >> pre
-            hi_acc = np.asarray(hi_acc, np.int64) >> pre
+    if not exact and a_top:
+        r = a_top * 2**frac  # output grid steps per accumulator unit
+        while r * 2**pre < Fraction(1, 2**10):
+            # accumulator units far finer than the output grid (wide real-valued layers): their low
+            # bits are dropped first (a floor of under 2**-10 grid steps), so that the clamped
+            # accumulator times a 20-bit multiplier stays within int64
+            pre += 1
+        lo_acc = np.asarray(lo_acc, np.int64) >> pre
+        hi_acc = np.asarray(hi_acc, np.int64) >> pre
     big = Fraction(2 ** (frac + shift))
     mult = [_round_half_up(a * 2**pre * big) for a, _, _ in affine]
     add = [_round_half_up(b * big) + 2 ** (shift - 1) for _, b, _ in affine]
