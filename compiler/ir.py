@@ -96,6 +96,7 @@ class SignTerminal:
     zero_maps_to: int
     out_scale: float = 1.0  # the activation's values are +-out_scale
     source: str = ""  # node that defined it, for messages
+    rounded_input: bool = False  # an ONNX Sign of a rounded value: 0 stands for either sign (maps to +1)
 
 
 @dataclass

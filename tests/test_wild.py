@@ -8,10 +8,9 @@ from bnnc.cli import main
 from bnnc.testing.wild import WILD_MODELS, wild_dir
 
 NOT_YET = {  # what still stops them (strict: the test fails once they pass, so this list stays true)
-    "larq_quicknet_small": "the NHWC input Transpose",
-    "larq_quicknet_small_nchw": "Pad with value +1 on binary activations",
-    "ttq_squeezenet": "Concat",
-    "zoo_qkeras_jettagging": "Softmax",
+    # top-1 agrees with onnxruntime on 96-98% of samples: its residual streams (values up to ~500)
+    # need both the range and the resolution of a stream wider than 23 bits
+    "larq_quicknet_small": "fixed-point residual streams too narrow for 99% top-1 agreement",
 }
 
 

@@ -170,8 +170,13 @@ def relu(ctx, node):
 
 
 def activate(ctx, node, term, v: Optional[Val] = None):
-    """Apply the terminal `term` to the node's input (or to `v`)."""
+    """Apply the terminal `term` to the node's input (or to `v`). An ONNX Sign of a value bnnc
+    represents with a stated rounding (a rounded fixed-point stream, real-valued weights rounded to
+    their grid) maps an exact 0 to +1: the represented 0 stands for real values of either sign
+    within that bound, and the activation stays binary instead of becoming ternary."""
     v = ctx.val(node) if v is None else v
+    if isinstance(term, ir.SignTerminal) and term.zero_maps_to == 0 and _rounded(ctx, v):
+        term = replace(term, zero_maps_to=1, rounded_input=True)
     if isinstance(v, BitsVal) and isinstance(term, ir.SignTerminal):
         ctx.set(node, replace(v, scale=term.out_scale))
         return
@@ -188,6 +193,30 @@ def activate(ctx, node, term, v: Optional[Val] = None):
         ctx.set(node, _activation_op(ctx, node, to_stream(ctx, node, v), term))
         return
     ctx.set(node, ctx.finish_acc(v, term, node))
+
+
+def _rounded(ctx, v: Val) -> bool:
+    """Whether bnnc represents `v` with a stated rounding error (see `activate`)."""
+    if isinstance(v, AccVal):
+        conv = ctx.graph.op(v.conv)
+        return conv.acc_error is not None and bool(np.any(conv.acc_error))
+    if isinstance(v, (IntsVal, IntChainVal)):
+        return _rounded_tensor(ctx.graph, v.tensor)
+    return False
+
+
+def _rounded_tensor(graph: ir.Graph, tensor: str) -> bool:
+    """Whether an integer tensor carries a stated rounding: a rounded input or requantization, or
+    an op (residual Add, pools, Concat) of such tensors."""
+    op = graph.producer(tensor)
+    if isinstance(op, ir.InputQuantize):
+        return bool(op.max_error)
+    ep = getattr(op, "epilogue", None)
+    if isinstance(ep, ir.Requantize):
+        return bool(ep.max_error)
+    if isinstance(op, (ir.Add, ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat)):
+        return any(_rounded_tensor(graph, t) for t in op.inputs)
+    return False
 
 
 def _activation_op(ctx, node, v, term) -> Val:

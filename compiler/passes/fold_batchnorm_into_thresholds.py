@@ -263,7 +263,10 @@ def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
                         "gamma = 0 or pruned filter)")
     th.notes.append(f"no reachable accumulator value ties (checked {lo.size} channels, "
                     f"accumulators in [{lo.min()}, {hi.max()}])" if isinstance(term, ir.SignTerminal)
-                    and term.zero_maps_to == 0 else "ties: x = threshold maps to +1 by the op's definition")
+                    and term.zero_maps_to == 0 else
+                    "Sign(0) of a rounded value maps to +1 (0 stands for either sign within the stated bound)"
+                    if isinstance(term, ir.SignTerminal) and term.rounded_input
+                    else "ties: x = threshold maps to +1 by the op's definition")
     return th
 
 
