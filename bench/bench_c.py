@@ -155,8 +155,9 @@ def run_calls(model_c: str, prefix: str) -> list:
         raise RuntimeError(f"cannot find {prefix}_run in the generated model.c")
     calls = []
     for line in m.group(1).splitlines():
-        if not line.strip():
-            continue
+        text = line.strip()
+        if not text or text.startswith(("/*", "*")) or re.fullmatch(r"uint8_t \*(volatile|const) arena\w* = .*;", text):
+            continue  # comments and the arena pointer (the harness declares its own)
         c = re.fullmatch(r"\s*([A-Za-z_]\w*)\((.*)\);\s*", line)
         if not c:
             raise RuntimeError(f"unexpected line in {prefix}_run: {line!r}")
@@ -193,6 +194,7 @@ def layer_harness(calls: list, prefix: str) -> str:
         "    return 2;",
         "  }",
         "  fclose(fi);",
+        "  uint8_t *const arena = (uint8_t *)arena_words;",
         f"  const {prefix}_input_t *input = in_buf;",
         f"  {prefix}_output_t *output = out_buf;",
         f"  double best[{len(calls) + 1}];",

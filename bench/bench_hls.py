@@ -4,7 +4,7 @@ cost of its g++ C simulation.
 
     python bench/bench_hls.py [--quick] [--json PATH]
 
-For each model (bnnc's random TFC and CNV, the compressed-family zoo models of issue 5 --
+For each model (bnnc's random TFC and CNV, the compressed-family zoo models --
 ternary, two-scale, 2-bit activations, multi-base weights, activation planes, expander kernels,
 fixed-point requantization and integer activations (EC2T, HBN) --
 and the real FINN TFC / Brevitas CNV from ../shared/models/ when present) and each folding
@@ -47,7 +47,7 @@ DEFAULT_JSON = REPO / "bench" / "results" / "bench_hls.json"
 CLOCK_HZ = 100e6
 
 
-# bnnc.zoo models of issue 5's codes, and the fixed-point ones (Requantize layers, Activations)
+# bnnc.zoo models of the compressed codes, and the fixed-point ones (Requantize layers, Activations)
 FAMILIES = ("ternary-ttq", "dabn", "w1a2", "abc-fused", "pabt", "xnet", "ternary-ec2t", "hbn")
 
 

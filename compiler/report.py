@@ -1,6 +1,6 @@
 """Per-layer figures of a compiled model: shapes, MACs, storage before and after, pruning.
 
-Storage of a layer's weight code (issue 5), in bits, exactly as the code holds it:
+Storage of a layer's weight code, in bits, exactly as the code holds it:
 - binary: 1 bit per kept weight (the scale folds into the thresholds);
 - ternary: two masks P, N (2 bits per weight position) + two scales per output channel;
 - two-scale: one mask (1 bit per position; N is its complement) + two scales per output channel;
@@ -128,7 +128,7 @@ def code_storage(op: ir.Conv) -> dict:
 
 
 def family_stored_bytes(op, wb: int) -> int:
-    """Bytes of the constant tables the C backend stores for an issue-5 layer."""
+    """Bytes of the constant tables the C backend stores for a compressed-family layer."""
     p = getattr(op, "packed", None)
     if p is None:
         return 0

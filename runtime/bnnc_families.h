@@ -1,4 +1,4 @@
-/* bnnc runtime kernels of the compressed families (issue 5): ternary, two-scale and multi-base
+/* bnnc runtime kernels of the compressed families: ternary, two-scale and multi-base
  * weights as masked binary bases, integer (int8) layers, 64-bit accumulators, fixed-point
  * requantization. Included after bnnc_kernels.h (bnnc_word_t, bnnc_popcount, BNNC_INLINE).
  *
@@ -88,6 +88,25 @@ BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int
 /* acc[o] = sum over l < taps of win[l] * w[l * opad + o] in 64 bits (integer inputs and weights
  * whose sums may leave int32). */
 BNNC_INLINE void bnnc_int_mac64(const int32_t *win, int taps, const int32_t *w, int opad, int64_t *acc) {
+#ifdef BNNC_AVX512
+  /* eight outputs per vector; VPMULDQ multiplies the sign-extended low 32 bits of each lane (one
+   * micro-op, where a 64-bit VPMULLQ takes three), two accumulators to hide its latency */
+  for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+    int l = 0;
+    for (; l + 1 < taps; l += 2) {
+      const __m512i w0 = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(w + (size_t)l * opad + ob)));
+      const __m512i w1 = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(w + (size_t)(l + 1) * opad + ob)));
+      a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]), w0));
+      a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(_mm512_set1_epi64(win[l + 1]), w1));
+    }
+    if (l < taps) {
+      const __m512i w0 = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(w + (size_t)l * opad + ob)));
+      a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]), w0));
+    }
+    _mm512_storeu_si512((void *)(acc + ob), _mm512_add_epi64(a0, a1));
+  }
+#else
   for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {
     int64_t a[BNNC_FAM_OBLOCK];
     for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;
@@ -98,6 +117,7 @@ BNNC_INLINE void bnnc_int_mac64(const int32_t *win, int taps, const int32_t *w, 
     }
     for (int j = 0; j < BNNC_FAM_OBLOCK; j++) acc[ob + j] = a[j];
   }
+#endif
 }
 
 /* Expander connectivity on integer inputs: output o reads only the input channels

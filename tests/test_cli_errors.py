@@ -226,7 +226,7 @@ def _no_input_quantizer(base, d):
 
 def _multithreshold_3_steps(base, d):
     """Float input -> 3-step MultiThreshold -> MatMul(+-1) -> bipolar MultiThreshold -> MatMul.
-    (Multi-bit activations inside the network are supported since issue 5; on the float model
+    (Multi-bit activations inside the network are supported; on the float model
     input a multi-step MultiThreshold is not.)"""
     finn = "finn.custom_op.general"
     rng = np.random.default_rng(0)

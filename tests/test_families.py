@@ -1,4 +1,4 @@
-"""Issue 5: every compressed-network family end to end (zoo model -> IR -> reference -> C).
+"""Every compressed-network family end to end (zoo model -> IR -> reference -> C).
 
 For each family of bnnc.zoo: C == reference bit for bit, reference == onnxruntime (identical
 top-1, logits within tolerance), the IR holds the family's weight code, and `bnnc report`

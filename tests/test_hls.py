@@ -1,6 +1,6 @@
 """HLS C++ backend: its g++ C simulation equals the reference bit for bit (shared models, random
 models under serial / fully parallel / odd / budgeted foldings, the compressed zoo families of
-issue 5, the fixed-point EC2T / HBN families with Activations, and random models recoded to every
+the compressed families, the fixed-point EC2T / HBN families with Activations, and random models recoded to every
 weight code), the refusals, the CLI flows, the self-checking testbench, determinism, and the same
 sources under the vendor ap_int.h / hls_stream.h.
 
@@ -122,7 +122,7 @@ def test_pruned_cnv_from_the_zoo_equals_reference():
     assert np.array_equal(y, driver.run_target(graph, "ref", inputs))
 
 
-# the zoo families that are plain chains of conv / pool layers: every weight code of issue 5
+# the zoo families that are plain chains of conv / pool layers: every weight code
 # (ternary, two-scale, multi-base, expander), multi-level and activation-plane outputs
 FAMILIES = ("w1a2", "ternary-ttq", "ternary-qonnx", "xnet", "dabn", "abc-fused", "abc-explicit", "pabt")
 FAMILY_STYLES = ("serial", "parallel", "odd")

@@ -2,7 +2,7 @@
 and foldings: no dynamic memory, no recursion (call graph of the generated functions), every loop
 with a constant trip count, every loop inside a pipelined loop fully unrolled, a DATAFLOW top with
 AXI-Stream ports, and weight planes, plane sums and per-row tables partitioned by PE as the folding
-says (binary models and the compressed families of issue 5)."""
+says (binary models and the compressed families)."""
 
 import json
 import re

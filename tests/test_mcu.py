@@ -260,7 +260,7 @@ def test_arm_none_eabi_gcc_firmware_equals_the_reference(monkeypatch, core):
 
 @pytest.mark.parametrize("name", ["ternary-ttq", "ternary-ec2t", "dabn", "w1a2", "hbn", "xnet"])
 def test_zoo_family_models_on_cortex_m4(name):
-    """The compressed-family layers (issue 5) go through the same MCU build and emulator."""
+    """The compressed-family layers go through the same MCU build and emulator."""
     zoo = pytest.importorskip("bnnc.zoo")
     from bnnc.pipeline import compile_graph
 

@@ -122,7 +122,7 @@ FAMILY_MODELS = {name: kw for name, kw in (
 
 @pytest.mark.parametrize("name", list(dict.fromkeys(FAMILY_MODELS)) + ["bireal-sign"])
 def test_every_pass_preserves_the_reference_on_family_models(name):
-    """The issue-5 forms (weight codes, levels, planes, streams, ternary signs) through every pass."""
+    """The compressed-family forms (weight codes, levels, planes, streams, ternary signs) through every pass."""
     from bnnc import zoo
     from bnnc.passes.find_sparse_connectivity import find_sparse_connectivity
 

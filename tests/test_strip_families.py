@@ -1,4 +1,4 @@
-"""strip_pruned_channels on the compressed families (issue 5): constant channels of every weight
+"""strip_pruned_channels on the compressed families: constant channels of every weight
 code and integer epilogue are removed and folded into the consumers, bit for bit.
 
 Random IR graphs (every code, pruned filters, bits / planes / levels / Requantize epilogues,
@@ -154,7 +154,7 @@ class _Builder:
 
 
 def random_family_graph(seed: int) -> ir.Graph:
-    """A random chain of issue-5 layers (see the module docstring); output = the last layer's."""
+    """A random chain of compressed-family layers (see the module docstring); output = the last layer's."""
     b = _Builder(seed)
     rng = b.rng
     for _ in range(int(rng.integers(2, 5))):

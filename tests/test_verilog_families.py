@@ -1,4 +1,4 @@
-"""Issue 5 on the verilog target: ternary, two-scale, multi-base, expander, integer and multi-bit
+"""The compressed families on the verilog target: ternary, two-scale, multi-base, expander, integer and multi-bit
 layers run on the MVTU's popcount planes (fixed-point requantization and activations of integer
 streams too), bit-exact with the reference on zoo models of every family that is a plain chain of
 layers, under several foldings, lint-clean with -Wall."""

@@ -147,7 +147,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             L["out_ctype"] = C_TYPES[storage_dtype(oty)]
         if isinstance(src_t, ir.Ints):
             L["in_ctype"] = C_TYPES[storage_dtype(src_t)]
-        if op.name in family:  # issue-5 layers: family_layer() below, templates/c/families/
+        if op.name in family:  # compressed-family layers: family_layer() below, templates/c/families/
             layers.append(family_layer(graph, op, L, consts, buf))
             continue
         if isinstance(op, ir.InputQuantize):
@@ -282,7 +282,7 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
 
 
 def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
-    """Context of an issue-5 layer (ir.family_ops: compressed-family convolutions, Activation,
+    """Context of a compressed-family layer (ir.family_ops: compressed-family convolutions, Activation,
     Add, SumPool) for templates/c/families/layer.j2; the tables come from passes/pack_families."""
     wb = graph.word_bits
     word_kind = "word64" if wb == 64 else "word32"

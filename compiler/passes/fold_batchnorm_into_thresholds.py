@@ -12,7 +12,7 @@ gamma = 0 and steps outside the reachable range (constant channels), and ties: w
 would output an exact 0 at a reachable value the model is refused, unless the channel is constant 0
 (then strip_pruned_channels folds it away like a pruned filter).
 
-Issue 5 extends the same evaluation:
+The same evaluation covers the compressed families:
 - multi-level terminals (MultiThreshold with several steps, Quant / QuantizeLinear inside the
   network) give `LevelThresholds`: out = base + step * #{b : direction * acc >= threshold[b]},
   level b's step found by bisection on the (monotone) count of the float32 chain;

@@ -288,7 +288,7 @@ def pack_bits(graph: ir.Graph, word_bits: int = 64, layout: str = "blocked") -> 
     out.weight_layout = layout
     family = {f.name for f in ir.family_ops(out)}
     for op in out.ops():
-        if op.name in family:  # issue-5 layers: their tables come from pack_families
+        if op.name in family:  # compressed-family layers: their tables come from pack_families
             from .pack_families import pack_family
 
             op.packed = pack_family(op, out, word_bits)

@@ -1,4 +1,4 @@
-"""Backend tables of the issue-5 layers (ir.family_ops): weight codes, epilogues, new ops.
+"""Backend tables of the compressed-family layers (ir.family_ops): weight codes, epilogues, new ops.
 
 The math is unchanged; every table is derived from the IR exactly.
 
@@ -272,8 +272,11 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
         if np.abs(int_w).max(initial=0) >= 2**31:
             raise BnncError(f"layer '{op.source_ops[0]}': integer weights beyond 32 bits on an integer input")
         _pack_int(p, op, src, int_w)
-        p.method = "int" if op.in_lists is None else "sparse_int"
-        if op.in_lists is not None and not p.image:
+        # host builds (64-bit words) multiply the dense table with vectors, zero kernels included,
+        # unless most kernels are zero (depthwise and pooling convolutions): lists then
+        kept = sum(len(x) for x in op.in_lists) if op.in_lists is not None else o * c
+        p.method = "int" if op.in_lists is None or (p.word_bits == 64 and 8 * kept > o * c) else "sparse_int"
+        if p.method == "sparse_int" and not p.image:
             start, chan, wts = [0], [], []
             for i in range(o):
                 for ch in op.in_lists[i]:
