@@ -19,7 +19,7 @@ the first run of a large design takes minutes). Designs:
 * three small designs whose per-block estimate is compared with a full yosys synthesis of the
   design, hierarchical (yosys's default, what the estimate adds up) and flattened (skipped with
   --quick);
-* with --families (or without --quick): the issue-5 zoo models the pipeline holds (ternary,
+* with --families (or without --quick): the compressed-family zoo models the pipeline holds (ternary,
   two-scale, multi-base, expander, multi-bit activations, activation planes), seed 0, at bnnc's
   default folding.
 
@@ -133,7 +133,7 @@ def estimate_vs_full() -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CNV at FINN's folding and TFC only, no resource check")
-    ap.add_argument("--families", action="store_true", help="also the issue-5 zoo families (included without --quick)")
+    ap.add_argument("--families", action="store_true", help="also the compressed-family zoo models (included without --quick)")
     ap.add_argument("--frames", type=int, default=5, help="frames streamed back to back (at least 3)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_verilog.json"))
     a = ap.parse_args()
