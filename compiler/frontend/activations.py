@@ -15,7 +15,7 @@ from ..errors import BnncError
 from ..onnx_loader import quant_levels, round_mode
 from ..original import trunc_shift
 from .context import terminal_type
-from .streams import pools_commute, to_stream
+from .streams import pools_commute, rounding_error, to_stream
 from .registry import handler, where
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, Val, with_chain
 
@@ -201,21 +201,7 @@ def _rounded(ctx, v: Val) -> bool:
         conv = ctx.graph.op(v.conv)
         return conv.acc_error is not None and bool(np.any(conv.acc_error))
     if isinstance(v, (IntsVal, IntChainVal)):
-        return _rounded_tensor(ctx.graph, v.tensor)
-    return False
-
-
-def _rounded_tensor(graph: ir.Graph, tensor: str) -> bool:
-    """Whether an integer tensor carries a stated rounding: a rounded input or requantization, or
-    an op (residual Add, pools, Concat) of such tensors."""
-    op = graph.producer(tensor)
-    if isinstance(op, ir.InputQuantize):
-        return bool(op.max_error)
-    ep = getattr(op, "epilogue", None)
-    if isinstance(ep, ir.Requantize):
-        return bool(ep.max_error)
-    if isinstance(op, (ir.Add, ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat)):
-        return any(_rounded_tensor(graph, t) for t in op.inputs)
+        return rounding_error(ctx.graph, v.tensor) > 0
     return False
 
 

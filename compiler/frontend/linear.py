@@ -15,7 +15,7 @@ from ..arith import eval_chain
 from ..errors import BnncError
 from .context import conv_pads, widen
 from .registry import handler, where
-from .streams import STREAM_LIMIT, stream_of_intchain, to_stream
+from .streams import STREAM_LIMIT, rounding_error, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PaddedBitsVal, RealsVal, Val, with_chain
 
 REAL_ACC_LIMIT = 2**61  # accumulators of real-valued weights stay within this (the weights' bits are chosen
@@ -165,14 +165,7 @@ def _input_magnitude(ctx, v: Val) -> int:
 
 def _input_error(ctx, v: Val) -> float:
     """Bound on |real value - represented value| per element of a layer input (real units)."""
-    if not isinstance(v, IntsVal):
-        return 0.0
-    op = ctx.graph.producer(v.tensor)
-    if isinstance(op, ir.InputQuantize):
-        return op.max_error
-    if isinstance(op, (ir.Conv, ir.Activation)) and isinstance(op.epilogue, ir.Requantize):
-        return op.epilogue.max_error
-    return 0.0
+    return rounding_error(ctx.graph, v.tensor) if isinstance(v, IntsVal) else 0.0
 
 
 def _materialize(ctx, node, v: Val, w=None, origin_name: str = "") -> Val:

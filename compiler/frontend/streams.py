@@ -109,6 +109,23 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
     return ep, min(ends), max(ends)
 
 
+def rounding_error(graph: ir.Graph, tensor: str) -> float:
+    """Bound (real units) on the rounding bnnc's fixed-point representation adds to an integer
+    tensor's values: a rounded input or requantization, carried through residual Adds (summed),
+    pools and Concat (the largest); 0 for exact tensors."""
+    op = graph.producer(tensor)
+    if isinstance(op, ir.InputQuantize):
+        return op.max_error
+    ep = getattr(op, "epilogue", None)
+    if isinstance(ep, ir.Requantize):
+        return ep.max_error
+    if isinstance(op, ir.Add):
+        return sum(rounding_error(graph, t) for t in op.inputs)
+    if isinstance(op, (ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat)):
+        return max(rounding_error(graph, t) for t in op.inputs)
+    return 0.0
+
+
 def stream_of_intchain(ctx, node, v: IntChainVal) -> Val:
     """Integers with pending float32 ops (after a MaxPool of a stream, or a Relu) as a new
     fixed-point stream: an Activation whose Requantize applies the ops' affine map per channel
