@@ -85,40 +85,50 @@ BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int
   return n;
 }
 
-/* acc[o] = sum over l < taps of win[l] * w[l * opad + o] in 64 bits (integer inputs and weights
- * whose sums may leave int32). */
-BNNC_INLINE void bnnc_int_mac64(const int32_t *win, int taps, const int32_t *w, int opad, int64_t *acc) {
+/* BNNC_INT_MAC64(name, wtype, load8): acc[o] = sum_l win[l] * w[l][o] in 64 bits for o < opad,
+ * weights [taps][opad] of type wtype (int32, or int8 where they fit: a quarter of the table);
+ * load8(p) sign-extends eight weights to 64-bit lanes. With AVX-512, eight outputs per vector:
+ * VPMULDQ multiplies the sign-extended low 32 bits of each lane (one micro-op, where a 64-bit
+ * VPMULLQ takes three), two accumulators to hide its latency. */
 #ifdef BNNC_AVX512
-  /* eight outputs per vector; VPMULDQ multiplies the sign-extended low 32 bits of each lane (one
-   * micro-op, where a 64-bit VPMULLQ takes three), two accumulators to hide its latency */
-  for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-    int l = 0;
-    for (; l + 1 < taps; l += 2) {
-      const __m512i w0 = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(w + (size_t)l * opad + ob)));
-      const __m512i w1 = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(w + (size_t)(l + 1) * opad + ob)));
-      a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]), w0));
-      a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(_mm512_set1_epi64(win[l + 1]), w1));
-    }
-    if (l < taps) {
-      const __m512i w0 = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(w + (size_t)l * opad + ob)));
-      a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]), w0));
-    }
-    _mm512_storeu_si512((void *)(acc + ob), _mm512_add_epi64(a0, a1));
+#define BNNC_INT_MAC64(name, wtype, load8)                                                          \
+  BNNC_INLINE void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) {    \
+    for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
+      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();                            \
+      int l = 0;                                                                                   \
+      for (; l + 1 < taps; l += 2) {                                                               \
+        a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]),                      \
+                                                   load8(w + (size_t)l * opad + ob)));             \
+        a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(_mm512_set1_epi64(win[l + 1]),                  \
+                                                   load8(w + (size_t)(l + 1) * opad + ob)));       \
+      }                                                                                            \
+      if (l < taps)                                                                                \
+        a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]),                      \
+                                                   load8(w + (size_t)l * opad + ob)));             \
+      _mm512_storeu_si512((void *)(acc + ob), _mm512_add_epi64(a0, a1));                           \
+    }                                                                                              \
   }
+#define BNNC_LOAD8_W32(p) _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(p)))
+#define BNNC_LOAD8_W8(p) _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(p)))
 #else
-  for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {
-    int64_t a[BNNC_FAM_OBLOCK];
-    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;
-    for (int l = 0; l < taps; l++) {
-      const int64_t x = win[l];
-      const int32_t *wr = w + (size_t)l * opad + ob;
-      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += x * (int64_t)wr[j];
-    }
-    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) acc[ob + j] = a[j];
+#define BNNC_INT_MAC64(name, wtype, load8)                                                          \
+  BNNC_INLINE void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) {    \
+    for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
+      int64_t a[BNNC_FAM_OBLOCK];                                                                  \
+      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;                                          \
+      for (int l = 0; l < taps; l++) {                                                             \
+        const int64_t x = win[l];                                                                  \
+        const wtype *wr = w + (size_t)l * opad + ob;                                               \
+        for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += x * (int64_t)wr[j];                      \
+      }                                                                                            \
+      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) acc[ob + j] = a[j];                                \
+    }                                                                                              \
   }
+#define BNNC_LOAD8_W32(p) 0
+#define BNNC_LOAD8_W8(p) 0
 #endif
-}
+BNNC_INT_MAC64(bnnc_int_mac64, int32_t, BNNC_LOAD8_W32)
+BNNC_INT_MAC64(bnnc_int_mac64_w8, int8_t, BNNC_LOAD8_W8)
 
 /* Expander connectivity on integer inputs: output o reads only the input channels
  * chan[start[o] .. start[o+1]) (window win laid out [tap][c], c < cin); w holds, per listed

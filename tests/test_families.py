@@ -205,9 +205,7 @@ def test_expander_connectivity_is_listed_and_reported():
         conn = rows[op.name]["connectivity"]
         assert conn["kernels_kept"] == expected * op.w.shape[0]
         assert rows[op.name]["index_bits"] > 0
-    # 32-bit words (MCU firmware) visit the lists; host builds multiply the dense table with vectors
-    # unless under 1/8 of the kernels are kept
-    assert driver.backend_graph(graph, 32).op(sparse[0].name).packed.method == "sparse_int"
+    # the dense table unless under 1/8 of the kernels are kept
     assert driver.backend_graph(graph).op(sparse[0].name).packed.method == "int"
 
 

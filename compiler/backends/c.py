@@ -333,8 +333,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table("chan", "int32_t", p.sparse["chan"])
                 table("sw", "int32_t", p.sparse["w"])
             else:
-                L["int_kernel"] = "int_mac" if p.acc32 and p.int8_weights else "int_mac64"
-                table("w0", "int8_t" if L["int_kernel"] == "int_mac" else "int32_t", p.weights[0], **guard)
+                L["int_kernel"] = ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
+                table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0], **guard)
             L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
             if vnni:  # VNNI builds use these tables instead (bnnc_int_mac_vnni)

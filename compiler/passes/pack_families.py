@@ -246,7 +246,7 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
             p.vnni_corr[:o] = off * rows.sum(axis=1)
     else:
         p.o_blk = -(-o // BLOCK) * BLOCK
-        wt = np.zeros((p.taps, p.o_blk), np.int32)
+        wt = np.zeros((p.taps, p.o_blk), np.int8 if p.int8_weights else np.int32)  # int8 where they fit
         wt[:, :o] = rows.T
         p.weights = [wt]
 
@@ -272,10 +272,10 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
         if np.abs(int_w).max(initial=0) >= 2**31:
             raise BnncError(f"layer '{op.source_ops[0]}': integer weights beyond 32 bits on an integer input")
         _pack_int(p, op, src, int_w)
-        # host builds (64-bit words) multiply the dense table with vectors, zero kernels included,
-        # unless most kernels are zero (depthwise and pooling convolutions): lists then
+        # the dense table (vectors on hosts, int8 where the weights fit) unless most kernels are
+        # zero (depthwise and pooling convolutions): lists of the kept kernels then
         kept = sum(len(x) for x in op.in_lists) if op.in_lists is not None else o * c
-        p.method = "int" if op.in_lists is None or (p.word_bits == 64 and 8 * kept > o * c) else "sparse_int"
+        p.method = "int" if op.in_lists is None or 8 * kept > o * c else "sparse_int"
         if p.method == "sparse_int" and not p.image:
             start, chan, wts = [0], [], []
             for i in range(o):
