@@ -6,25 +6,26 @@ Every problem with the user's input ends as one line on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
-import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, driver, targets
-from .errors import BnncError
+from . import userfiles
+from .errors import BnncError, one_line
 from .pipeline import Options, compile_file
 from .targets import TargetOptions
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own exit status is 2 already; keep it to one line
-        self.exit(2, f"bnnc: error: {message}\n")
+        self.exit(2, f"bnnc: error: {one_line(message)}\n")
 
 
 def _options(a) -> Options:
@@ -66,63 +67,60 @@ def _bytes(text, flag):
 
 
 def _load_npy(path: str) -> np.ndarray:
+    data = userfiles.read_bytes(path, "input file")
     try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise BnncError(f"input file '{path}' does not exist") from None
-    except (ValueError, OSError) as e:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
         raise BnncError(f"'{path}' is not a readable .npy array ({e})") from None
 
 
 def cmd_compile(a) -> int:
     targets.check_target(a.target, targets.COMPILE_TARGETS)
     opts = _target_options(a)
+    out = Path(a.output)
+    userfiles.check_output_folder(out, [])
     _, graph = compile_file(a.model, _options(a))
     files = targets.compile_files(graph, a.target, opts)
-    out = Path(a.output)
-    if out.exists() and not out.is_dir():
-        raise BnncError(f"output '{out}' exists and is not a directory")
-    # write into a temporary sibling, then move into place: no partial output on failure
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".bnnc-", dir=out.parent))
-    except OSError as e:
-        raise BnncError(f"cannot create output folder '{out}': {e.strerror}") from None
-    try:
-        for n, text in sorted(files.items()):
-            (tmp / n).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / n).write_text(text)
-        if out.exists():
-            for n in sorted(files):
-                (out / n).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp / n, out / n)
-        else:
-            os.replace(tmp, out)
-    except OSError as e:
-        raise BnncError(f"cannot write to '{out}': {e.strerror}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    userfiles.write_folder_atomically(out, files)
     top = sorted({n.split("/")[0] for n in files})
     print(f"wrote {', '.join(top)} to {out}/")
     return 0
 
 
-def _write_stats(a, stats: dict) -> None:
-    if getattr(a, "stats", None):
-        text = json.dumps(stats, indent=2, sort_keys=True, default=_json_default) + "\n"
-        _write(a.stats, lambda f: f.write(text.encode()))
-        print(f"wrote {a.stats}")
+def _check_outputs(a, *flags) -> None:
+    """Every output file named on the command line is writable, before any work is done."""
+    for flag in flags:
+        path = getattr(a, flag, None)
+        if path:
+            userfiles.check_output_file(path, "--" + flag)
+
+
+def _json_bytes(obj, sort_keys=False) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n").encode()
+
+
+def _npy_bytes(y: np.ndarray) -> bytes:
+    f = io.BytesIO()
+    np.save(f, y)
+    return f.getvalue()
 
 
 def cmd_run(a) -> int:
     targets.check_target(a.target)
+    _check_outputs(a, "stats", "output")
     opts = _target_options(a)
     _, graph = compile_file(a.model, _options(a))
     inputs = driver.prepare_inputs(graph, _load_npy(a.input))
     y, stats = targets.run(graph, a.target, inputs.grid, opts)
-    _write_stats(a, stats)
+    outputs = {}
+    if a.stats:
+        outputs[a.stats] = _json_bytes(stats, sort_keys=True)
     if a.output:
-        _write(a.output, lambda f: np.save(f, y))
+        outputs[a.output] = _npy_bytes(y)
+    userfiles.write_files_atomically(outputs)
+    if a.stats:
+        print(f"wrote {a.stats}")
+    if a.output:
         print(f"wrote {a.output}: shape {y.shape}, dtype {y.dtype}")
     else:
         np.set_printoptions(threshold=200)
@@ -138,6 +136,7 @@ def cmd_verify(a) -> int:
     from .original import OriginalModel
 
     targets.check_target(a.target)
+    _check_outputs(a, "stats")
     opts = _target_options(a)
     model, graph = compile_file(a.model, _options(a))
     if a.input:
@@ -155,7 +154,9 @@ def cmd_verify(a) -> int:
         raise BnncError(f"onnxruntime cannot run the original model: {str(e).splitlines()[0][:200]}") from None
     ref = driver.run_target(graph, "ref", inputs)
     tgt, stats = targets.run(graph, a.target, inputs.grid, opts)
-    _write_stats(a, stats)
+    if getattr(a, "stats", None):
+        userfiles.write_files_atomically({a.stats: _json_bytes(stats, sort_keys=True)})
+        print(f"wrote {a.stats}")
     orig = orig.reshape(ref.shape)
     n = ref.shape[0]
     same = np.array([np.array_equal(tgt[i], ref[i]) for i in range(n)])
@@ -198,6 +199,7 @@ def cmd_report(a) -> int:
     target = a.target or opts.mcu
     if target is not None:
         targets.check_target(target)
+    _check_outputs(a, "json")
     _, graph = compile_file(a.model, _options(a))
     rep = report(driver.backend_graph(graph))
     print(format_table(rep))
@@ -207,18 +209,9 @@ def cmd_report(a) -> int:
         print(extra["text"])
         rep[target] = extra["json"]
     if a.json:
-        text = json.dumps(rep, indent=2, default=_json_default) + "\n"
-        _write(a.json, lambda f: f.write(text.encode()))
+        userfiles.write_files_atomically({a.json: _json_bytes(rep)})
         print(f"wrote {a.json}")
     return 0
-
-
-def _write(path: str, write) -> None:
-    try:
-        with open(path, "wb") as f:
-            write(f)
-    except OSError as e:
-        raise BnncError(f"cannot write '{path}': {e.strerror}") from None
 
 
 def _json_default(o):
@@ -334,17 +327,26 @@ def main(argv=None) -> int:
         if getattr(a, "samples", 1) is not None and getattr(a, "samples", 1) < 1 and a.cmd == "verify" \
                 and not a.input:
             raise BnncError("--samples must be at least 1")
-        return a.func(a)
+        # numpy's RuntimeWarnings on hostile constants (Inf, zero variance) must not reach the
+        # terminal: every such model is refused with its own one-line message
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return a.func(a)
     except BnncError as e:
-        print(f"bnnc: error: {e}", file=sys.stderr)
+        print(f"bnnc: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("bnnc: error: out of memory while compiling this model; its tensors are too large for this "
+              "machine", file=sys.stderr)
+        return 2
+
     except KeyboardInterrupt:
         print("bnnc: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug in bnnc, not in the user's input
         if os.environ.get("BNNC_DEBUG"):
             raise
-        print(f"bnnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+        print(f"bnnc: internal error: {type(e).__name__}: {one_line(str(e).splitlines()[0]) if str(e) else ''} "
               "(set BNNC_DEBUG=1 for a traceback; please report it)", file=sys.stderr)
         return 3
 
