@@ -15,7 +15,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import validate
 from .errors import BnncError
+from .userfiles import read_bytes
 
 CUSTOM_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "finn")
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -63,13 +65,7 @@ def _attrs(node) -> dict:
 
 def read_model(path) -> onnx.ModelProto:
     """Parse `path`, turning every way a file can be broken into a BnncError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BnncError(f"cannot read model '{path}': {e.strerror}") from None
-    if not data:
-        raise BnncError(f"model '{path}' is empty")
+    data = read_bytes(path, "model")
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:  # protobuf raises several types for garbage
@@ -98,6 +94,7 @@ def load(model: onnx.ModelProto) -> LoadedModel:
             opset = imp.version
     if opset and not 7 <= opset <= 22:
         raise BnncError(f"opset {opset} is outside what bnnc reads (7-22)")
+    validate.check_graph(model, opset)
     consts = {}
     for init in g.initializer:
         try:
@@ -145,6 +142,7 @@ def load(model: onnx.ModelProto) -> LoadedModel:
             consts[node.outputs[0]] = _constant_value(node)
         else:
             lm.nodes.append(node)
+    validate.check_loaded(lm, model)
     return lm
 
 
