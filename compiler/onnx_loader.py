@@ -289,6 +289,12 @@ def fold_with_origin(node: Node, consts: dict, origins: dict) -> None:
         origins.pop(out, None)
 
 
+# the ops `fold` evaluates on constants
+EVALUATED_OPS = ("Identity", "Dropout", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Abs", "Sign", "Transpose",
+                 "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Gather", "Cast", "Shape", "BipolarQuant",
+                 "Quant", "QuantizeLinear", "DequantizeLinear", "Slice", "ConstantOfShape")
+
+
 def fold(node: Node, consts: dict) -> None:
     """Evaluate `node` on its constant inputs and store its outputs in `consts`."""
     x = [consts[i] if i else None for i in node.inputs]

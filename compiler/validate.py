@@ -11,6 +11,7 @@ model (attributes as Python values, constants as arrays) before the lowering.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -33,6 +34,7 @@ CUSTOM_ATTRIBUTE_TYPES = {
     "MultiThreshold": {"out_scale": AttributeProto.FLOAT, "out_bias": AttributeProto.FLOAT,
                        "out_dtype": AttributeProto.STRING, "data_layout": AttributeProto.STRING},
 }
+CUSTOM_INPUTS = {"Quant": 4, "BipolarQuant": 2, "MultiThreshold": 2}
 # custom ops whose output has the shape of their first input (for static shape inference)
 SHAPE_PRESERVING_CUSTOM_OPS = ("Quant", "BipolarQuant", "MultiThreshold", "Trunc")
 WINDOW_OPS = ("Conv", "MaxPool", "AveragePool")
@@ -91,20 +93,55 @@ def _same_tensor(a, b) -> bool:
     return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y, equal_nan=x.dtype.kind in "fc")
 
 
+def _standard_schema(node, opset: int):
+    """The ONNX schema of the op (custom domains included: the lowering reads a `finn` MaxPool
+    as a MaxPool), or None for an op ONNX does not define."""
+    if node.domain not in STANDARD_DOMAINS and node.op_type in CUSTOM_ATTRIBUTE_TYPES:
+        return None
+    try:
+        return onnx.defs.get_schema(node.op_type, opset or onnx.defs.onnx_opset_version(), "")
+    except Exception:  # onnx.defs.SchemaError: an op ONNX does not define; the lowering names it
+        return None
+
+
 def _schema_attributes(node, opset: int):
     """{name: (type, required)} of the op's attributes, or None for an op bnnc has no schema of."""
-    if node.domain in STANDARD_DOMAINS:
-        try:
-            schema = onnx.defs.get_schema(node.op_type, opset or onnx.defs.onnx_opset_version(), "")
-        except Exception:  # onnx.defs.SchemaError: an op ONNX does not define; the lowering names it
-            return None
+    schema = _standard_schema(node, opset)
+    if schema is not None:
         return {k: (int(v.type.value), bool(v.required)) for k, v in schema.attributes.items()}
-    types = CUSTOM_ATTRIBUTE_TYPES.get(node.op_type)
+    types = CUSTOM_ATTRIBUTE_TYPES.get(node.op_type) if node.domain not in STANDARD_DOMAINS else None
     return None if types is None else {k: (t, False) for k, t in types.items()}
 
 
+def _check_arity(node, name: str, opset: int) -> None:
+    schema = _standard_schema(node, opset)
+    if schema is not None:
+        lo, hi = schema.min_input, schema.max_input
+    elif node.domain not in STANDARD_DOMAINS and node.op_type in CUSTOM_INPUTS:
+        lo = hi = CUSTOM_INPUTS[node.op_type]
+    else:
+        return
+    if not lo <= len(node.input) <= hi:
+        need = str(lo) if lo == hi else f"{lo} to {hi}" if hi < 2**30 else f"at least {lo}"
+        raise BnncError(f"{_where(name, node.op_type)} has {len(node.input)} inputs; {node.op_type} takes {need}")
+    if not node.output or node.output[0] == "":
+        raise BnncError(f"{_where(name, node.op_type)} has no output")
+
+
+@functools.lru_cache(maxsize=None)
+def _read_ops() -> set:
+    """The ops bnnc evaluates or lowers (others are refused as unsupported, whatever their form)."""
+    from .lower import Lowering
+    from .onnx_loader import EVALUATED_OPS
+
+    return set(EVALUATED_OPS) | {n[3:] for n in dir(Lowering) if n.startswith("op_")} | {"Constant"}
+
+
 def _check_attributes(node, name: str, opset: int) -> None:
+    if node.op_type not in _read_ops():
+        return
     where = _where(name, node.op_type)
+    _check_arity(node, name, opset)
     expected = _schema_attributes(node, opset)
     seen = set()
     for a in node.attribute:
@@ -228,14 +265,20 @@ def _check_window(node, consts: dict, shapes: dict) -> None:
                             f"{weight.shape}")
         kernel = list(weight.shape[2:])
     in_shape = shapes.get(node.inputs[0])
-    rank = len(kernel) if kernel is not None else (len(in_shape) - 2 if in_shape else 2)
+    if weight is not None:
+        rank = weight.ndim - 2
+    elif in_shape is not None and len(in_shape) > 2:
+        rank = len(in_shape) - 2
+    else:
+        rank = len(kernel) if kernel else 2
     for key, n, lo in (("kernel_shape", rank, 1), ("strides", rank, 1), ("dilations", rank, 1),
                        ("pads", 2 * rank, 0)):
         v = _ints(node, key)
         if v is None:
             continue
         if len(v) != n:
-            raise BnncError(f"{where}: attribute '{key}' is {v}; it needs {n} values for a {rank}-D window")
+            raise BnncError(f"{where}: attribute '{key}' is {v}; it needs {n} values for a {rank}-D "
+                            f"{'convolution' if weight is not None else 'input'}")
         if any(x < lo for x in v):
             raise BnncError(f"{where}: attribute '{key}' is {v}; its values must be at least {lo}")
     if kernel is None or in_shape is None or len(in_shape) != rank + 2:
@@ -351,7 +394,18 @@ def _check_reshape(node, consts: dict, shapes: dict) -> None:
         raise BnncError(f"{where}: cannot reshape the input of shape {in_shape} to {target}")
 
 
+def _check_multithreshold(node, consts: dict, shapes: dict) -> None:
+    """Output levels out_scale * n + out_bias that are int32 integers on a step of at least 1/256."""
+    out_scale = float(node.attrs.get("out_scale", 1.0))
+    out_bias = float(node.attrs.get("out_bias", 0.0))
+    if out_scale == 0 or abs(out_bias) > 2**23 * abs(out_scale) or abs(out_scale) > 2**23:
+        raise BnncError(f"{_where(node.name, node.op)}: out_scale {out_scale:g} and out_bias {out_bias:g} give "
+                        "output levels outside what bnnc holds (|out_bias / out_scale| up to 2^23, out_scale "
+                        "nonzero)")
+
+
 _NODE_CHECKS = {
+    "MultiThreshold": _check_multithreshold,
     "Conv": _check_window, "MaxPool": _check_window, "AveragePool": _check_window,
     "Gemm": _check_dense, "MatMul": _check_dense,
     "BatchNormalization": _check_batchnorm,
