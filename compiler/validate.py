@@ -174,10 +174,14 @@ def check_loaded(lm, model: onnx.ModelProto) -> None:
             consumers.setdefault(x, node)
     _check_finite_constants(lm.consts, consumers)
     shapes = static_shapes(model)
+    dynamic = {lm.input_name}
+    for node in lm.nodes:
+        if any(x in dynamic for x in node.inputs):
+            dynamic.update(node.outputs)
     for node in lm.nodes:
         check = _NODE_CHECKS.get(node.op)
         if check is not None:
-            check(node, lm.consts, shapes)
+            check(node, lm.consts, shapes, node.inputs[0] in dynamic if node.inputs else False)
     for tensor, shape in shapes.items():
         if tensor in lm.consts:
             continue
@@ -247,7 +251,7 @@ def _ints(node, key: str, default=None):
     return None if v is None else [int(x) for x in v]
 
 
-def _check_window(node, consts: dict, shapes: dict) -> None:
+def _check_window(node, consts: dict, shapes: dict, dynamic: bool) -> None:
     """kernel_shape / strides / dilations / pads: lengths that match the spatial rank and values
     bnnc can compute with; a window that fits its (padded) input."""
     where = _where(node.name, node.op)
@@ -264,6 +268,7 @@ def _check_window(node, consts: dict, shapes: dict) -> None:
             raise BnncError(f"{where}: kernel_shape {kernel} does not match weight '{node.inputs[1]}' of shape "
                             f"{weight.shape}")
         kernel = list(weight.shape[2:])
+        _check_bias(node, consts, 2, weight.shape[0], exact=True)
     in_shape = shapes.get(node.inputs[0])
     if weight is not None:
         rank = weight.ndim - 2
@@ -295,7 +300,17 @@ def _check_window(node, consts: dict, shapes: dict) -> None:
                         f"(padded {'x'.join(map(str, padded))})")
 
 
-def _check_dense(node, consts: dict, shapes: dict) -> None:
+def _check_bias(node, consts: dict, i: int, outputs: int, exact: bool) -> None:
+    """A constant bias of one value per output (or, where broadcasting allows it, one value)."""
+    if i >= len(node.inputs) or node.inputs[i] not in consts:
+        return
+    b = np.asarray(consts[node.inputs[i]])
+    if b.size != outputs and (exact or b.size != 1):
+        raise BnncError(f"{_where(node.name, node.op)}: bias '{node.inputs[i]}' has shape {b.shape}; the layer has "
+                        f"{outputs} outputs")
+
+
+def _check_dense(node, consts: dict, shapes: dict, dynamic: bool) -> None:
     where = _where(node.name, node.op)
     if node.op == "Gemm":
         for key in ("transA", "transB"):
@@ -308,9 +323,17 @@ def _check_dense(node, consts: dict, shapes: dict) -> None:
         raise BnncError(f"{where}: weight '{node.inputs[1]}' has shape {w.shape}; bnnc needs a 2-D weight matrix")
     if w.size == 0:
         raise BnncError(f"{where}: weight '{node.inputs[1]}' has shape {w.shape}, which is empty")
+    k, n = w.shape[::-1] if node.attrs.get("transB", 0) else w.shape
+    in_shape = shapes.get(node.inputs[0])
+    if dynamic and in_shape is not None and len(in_shape) == 2 and in_shape[1] != k:
+        raise BnncError(f"{where}: weight '{node.inputs[1]}' of shape {w.shape}"
+                        f"{' (transB=1)' if node.attrs.get('transB', 0) else ''} takes {k} inputs; the input "
+                        f"'{node.inputs[0]}' has {in_shape[1]}")
+    if node.op == "Gemm":
+        _check_bias(node, consts, 2, n, exact=False)
 
 
-def _check_batchnorm(node, consts: dict, shapes: dict) -> None:
+def _check_batchnorm(node, consts: dict, shapes: dict, dynamic: bool) -> None:
     """Parameters whose float32 normalization is defined: variance + epsilon positive, and no
     subnormal factor (flushed to zero on targets that run with flush-to-zero)."""
     where = _where(node.name, node.op)
@@ -324,6 +347,13 @@ def _check_batchnorm(node, consts: dict, shapes: dict) -> None:
             if p.size == 0:
                 raise BnncError(f"{where}: {role} '{node.inputs[i]}' is empty")
             params[role] = (node.inputs[i], p.astype(np.float32))
+    in_shape = shapes.get(node.inputs[0])
+    channels = in_shape[1] if in_shape is not None and len(in_shape) > 1 else None
+    sizes = {p.size for _, p in params.values()}
+    if channels is not None and sizes - {channels} or len(sizes) > 1:
+        raise BnncError(f"{where}: parameters of shapes {[p.shape for _, p in params.values()]} for "
+                        f"{channels if channels is not None else 'the'} channels; BatchNormalization needs one "
+                        "value per channel")
     tiny = np.finfo(np.float32).tiny
     if "scale" in params:  # (a subnormal variance is harmless: epsilon is added to it first)
         name, p = params["scale"]
@@ -348,9 +378,20 @@ def _check_batchnorm(node, consts: dict, shapes: dict) -> None:
                                 "float32")
 
 
-def _check_quantizer(node, consts: dict, shapes: dict) -> None:
-    """Scales positive; zero points of an integer type; bit widths bnnc can hold."""
+def _check_quantizer(node, consts: dict, shapes: dict, dynamic: bool) -> None:
+    """Scales positive; zero points of an integer type and int32 range; bit widths bnnc can hold;
+    on activations, a one-element scale, zero point or bit width given as a scalar."""
     where = _where(node.name, node.op)
+    if dynamic and node.op in ("Quant", "QuantizeLinear"):  # (BipolarQuant reads any one-element scale)
+        for i, role in list(enumerate(("scale", "zero point", "bit width"), start=1))[:len(node.inputs) - 1]:
+            p = consts.get(node.inputs[i])
+            if p is not None and np.size(p) == 1 and np.ndim(p) != 0:
+                raise BnncError(f"{where}: {role} '{node.inputs[i]}' has shape {np.shape(p)}; on activations "
+                                f"bnnc supports a scalar {role} (shape ())")
+    if node.op == "Quant" and len(node.inputs) > 2 and node.inputs[2] in consts:
+        zp = np.asarray(consts[node.inputs[2]], dtype=np.float64)
+        if np.any(np.abs(zp) > 2**31) or np.any(zp != np.rint(zp)):
+            raise BnncError(f"{where}: zero point '{node.inputs[2]}' must hold integers in the int32 range")
     scale = consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
     if scale is not None:
         scale = np.asarray(scale)
@@ -371,7 +412,7 @@ def _check_quantizer(node, consts: dict, shapes: dict) -> None:
                             "one bit width from 1 to 32")
 
 
-def _check_reshape(node, consts: dict, shapes: dict) -> None:
+def _check_reshape(node, consts: dict, shapes: dict, dynamic: bool) -> None:
     if len(node.inputs) < 2 or node.inputs[1] not in consts:
         return
     where = _where(node.name, node.op)
@@ -394,8 +435,16 @@ def _check_reshape(node, consts: dict, shapes: dict) -> None:
         raise BnncError(f"{where}: cannot reshape the input of shape {in_shape} to {target}")
 
 
-def _check_multithreshold(node, consts: dict, shapes: dict) -> None:
+def _check_multithreshold(node, consts: dict, shapes: dict, dynamic: bool) -> None:
     """Output levels out_scale * n + out_bias that are int32 integers on a step of at least 1/256."""
+    t = consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    in_shape = shapes.get(node.inputs[0])
+    if t is not None and np.ndim(t) == 2 and in_shape is not None and len(in_shape) > 1:
+        channel_axis = 1 if node.attrs.get("data_layout", "NCHW") == "NCHW" else len(in_shape) - 1
+        if np.shape(t)[0] not in (1, in_shape[channel_axis]):
+            raise BnncError(f"{_where(node.name, node.op)}: thresholds '{node.inputs[1]}' of shape {np.shape(t)} "
+                            f"for {in_shape[channel_axis]} channels; MultiThreshold needs one row per channel "
+                            "(or one row)")
     out_scale = float(node.attrs.get("out_scale", 1.0))
     out_bias = float(node.attrs.get("out_bias", 0.0))
     if out_scale == 0 or abs(out_bias) > 2**23 * abs(out_scale) or abs(out_scale) > 2**23:
