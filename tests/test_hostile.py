@@ -144,6 +144,18 @@ def test_non_finite_weights_are_refused(op, where, value, cnn, tmp_path, capsys)
     refused(capsys, tmp_path, m, name, node(m, op).name, "NaN" if np.isnan(value) else "Inf")
 
 
+@pytest.mark.parametrize("how", ["weights", "alpha"])
+def test_logits_that_overflow_float32_are_refused(how, tmp_path, capsys):
+    m = zoo.build("tfc")
+    gemm = [n for n in m.graph.node if n.op_type == "Gemm"][-1]
+    if how == "weights":
+        w = numpy_helper.to_array(initializer(m, gemm.input[1]))
+        replace_initializer(m, gemm.input[1], np.full_like(w, 1e38))
+    else:
+        set_attribute(gemm, "alpha", 1e38)
+    refused(capsys, tmp_path, m, gemm.name, "too large for a finite answer")
+
+
 @pytest.mark.parametrize("param", [1, 2, 3, 4])  # scale (gamma), bias, mean, variance
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_batchnorm_parameters_are_refused(param, value, cnn, tmp_path, capsys):

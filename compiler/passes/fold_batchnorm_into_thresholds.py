@@ -289,4 +289,20 @@ def fold_batchnorm_into_thresholds(graph: ir.Graph) -> ir.Graph:
         if folded is not None:
             op.epilogue = folded
             out.replace(op)
+        elif op.epilogue.terminal is None:
+            _check_real_output_finite(op, op.epilogue, lo, hi)
     return out
+
+
+def _check_real_output_finite(op, chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> None:
+    """A real-valued output (logits) must be finite at every reachable accumulator. Every chain op
+    is monotone, so the values at the range ends bound all others, and an overflow on the way
+    stays Inf or becomes NaN at an end."""
+    ends = eval_chain(chain.ops, acc_to_float(np.stack([lo, hi])))
+    bad = ~np.isfinite(ends)
+    if np.any(bad):
+        channel = int(np.flatnonzero(bad.any(axis=0))[0])
+        layer = op.source_ops[0] if getattr(op, "source_ops", None) else op.name
+        raise BnncError(f"layer '{layer}': output channel {channel} reaches {float(ends[:, channel][bad[:, channel]][0])}"
+                        f" in float32 for accumulators in [{int(lo[channel])}, {int(hi[channel])}]; its weights "
+                        "or scales are too large for a finite answer")
