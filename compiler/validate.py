@@ -173,7 +173,7 @@ def check_loaded(lm, model: onnx.ModelProto) -> None:
         for x in node.inputs:
             consumers.setdefault(x, node)
     _check_finite_constants(lm.consts, consumers)
-    shapes = static_shapes(model)
+    shapes = static_shapes(model, lm.input_name, lm.input_shape)
     dynamic = {lm.input_name}
     for node in lm.nodes:
         if any(x in dynamic for x in node.inputs):
@@ -212,11 +212,17 @@ def _check_finite_constants(consts: dict, consumers: dict) -> None:
             raise BnncError(f"constant '{name}'{at} holds {bad}; bnnc compiles finite weights and parameters only")
 
 
-def static_shapes(model: onnx.ModelProto) -> dict:
-    """{tensor: static shape} ONNX shape inference finds, the QONNX/FINN quantizers passing their
-    input's shape through; tensors it cannot size are left out."""
+def static_shapes(model: onnx.ModelProto, input_name: str, input_shape: tuple) -> dict:
+    """{tensor: static shape} ONNX shape inference finds for the input shape the loader settled
+    on (batch 1), the QONNX/FINN quantizers passing their input's shape through; tensors it
+    cannot size are left out."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    for i in m.graph.input:
+        if i.name == input_name:
+            i.type.tensor_type.shape.Clear()
+            for d in input_shape:
+                i.type.tensor_type.shape.dim.add().dim_value = int(d)
     for n in m.graph.node:
         if n.domain not in STANDARD_DOMAINS and n.op_type in SHAPE_PRESERVING_CUSTOM_OPS:
             inp, out = n.input[0], n.output[0]
