@@ -29,6 +29,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"bnnc: error: {one_line(message)}\n")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a non-negative integer")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number >= 0")
+    return v
+
+
+def _input_scale(text: str) -> float:
+    """A scale the float32 input chain holds exactly as given: positive, finite, not subnormal."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    f32 = np.finfo(np.float32)
+    if not (np.isfinite(v) and f32.tiny <= v <= f32.max):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive float32 number "
+                                         f"(from {f32.tiny:g} to {f32.max:g})")
+    return v
+
+
 def _options(a) -> Options:
     rng = None
     if getattr(a, "input_range", None) is not None:
@@ -273,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--target", default=None,
                             help="add the figures of this target (verilog, hls, cortex-m0/m4/m7)")
         sp.add_argument("--name", default="bnnc", help="prefix of the generated identifiers (default bnnc)")
-        sp.add_argument("--input-scale", type=float, default=None,
+        sp.add_argument("--input-scale", type=_input_scale, default=None,
                         help="declare the input grid: real input = S * integer")
         sp.add_argument("--input-range", default=None, help="LO:HI integer range of the declared input grid")
         sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
@@ -286,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     all_targets = " | ".join(targets.TARGETS)
 
     sp = sub.add_parser("demo", help="compile a bundled example model, run it and check it")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=_non_negative_int, default=0)
     sp.add_argument("--dir", default=None, help="where to write the example (default: a temporary folder)")
     sp.add_argument("--zoo", default=None, metavar="NAME",
                     help="demo a bnnc.zoo model instead of TFC: " + ", ".join(_zoo_names()))
@@ -309,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stats", default=None, help="write the target's figures as JSON")
     sp.add_argument("--input", default=None, help=".npy of inputs (default: random samples)")
     sp.add_argument("--samples", type=int, default=100, help="random samples when no --input (default 100)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--rtol", type=float, default=1e-4,
+    sp.add_argument("--seed", type=_non_negative_int, default=0)
+    sp.add_argument("--rtol", type=_non_negative_float, default=1e-4,
                     help="reference vs original tolerance, relative to max(1, max|original|) (default 1e-4)")
     sp.set_defaults(func=cmd_verify)
 
@@ -337,8 +370,8 @@ def main(argv=None) -> int:
         print(f"bnnc: error: {one_line(e)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("bnnc: error: out of memory while compiling this model; its tensors are too large for this "
-              "machine", file=sys.stderr)
+        print("bnnc: error: out of memory: the model or the data is too large for this machine",
+              file=sys.stderr)
         return 2
 
     except KeyboardInterrupt:

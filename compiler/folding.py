@@ -110,6 +110,9 @@ def parse_folding(spec, graph: ir.Graph) -> list:
     entries = spec["layers"]
     by_name = {L.name: L for L in layers}
     named = [e for e in entries if isinstance(e, dict) and "name" in e]
+    for i, e in enumerate(named):
+        if not isinstance(e["name"], str):
+            raise BnncError(f"folding entry {i}: name must be a string (got {e['name']!r})"[:300])
     if named and len(named) != len(entries):
         raise BnncError("folding entries must either all name their layer or all be in layer order")
     if not named and len(entries) != len(layers):

@@ -630,9 +630,16 @@ def test_truncated_and_random_files_in_a_real_process(cnn, tmp_path):
     (["report", "{model}", "--json", "{tmp}/no/such/r.json"], ["does not exist"]),
     (["verify", "{model}", "--samples", "0"], ["samples"]),
     (["compile", "{model}", "-o", "{tmp}/o", "--bogus-flag\n"], ["bogus"]),
+    (["report", "{model}", "--input-scale", "inf"], ["input-scale", "inf"]),
+    (["report", "{model}", "--input-scale", "1e-45"], ["input-scale", "1e-45"]),
+    (["verify", "{model}", "--samples", "2", "--seed", "-5"], ["seed", "-5"]),
+    (["verify", "{model}", "--samples", "2", "--rtol", "nan"], ["rtol", "nan"]),
+    (["demo", "--seed", "-1", "--dir", "{tmp}/demo"], ["seed"]),
+    (["report", "{model}", "--target", "verilog", "--folding", "{tmp}/name_list.json"], ["name must be a string"]),
 ])
 def test_cli_misuse(argv, words, cnn_file, tmp_path, capsys):
     argv = [a.format(model=cnn_file, tmp=tmp_path) for a in argv]
+    (tmp_path / "name_list.json").write_text('{"layers": [{"name": ["x"], "pe": 1, "simd": 1}]}')
     before = snapshot(tmp_path)
     rc, _, err = cli(capsys, *argv)
     assert_error(rc, err, *words)
