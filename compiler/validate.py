@@ -203,12 +203,15 @@ def _check_size(what: str, shape, dtype: np.dtype) -> None:
 
 
 def _check_finite_constants(consts: dict, consumers: dict) -> None:
+    """Numbers only, and finite ones."""
     for name, v in consts.items():
         v = np.asarray(v)
+        user = consumers.get(name)
+        at = f" (read by {_where(user.name, user.op)})" if user is not None else ""
+        if v.dtype.kind not in "biufc":
+            raise BnncError(f"constant '{name}'{at} holds {v.dtype.name} values; bnnc reads numeric tensors only")
         if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
             bad = "NaN" if np.any(np.isnan(v)) else "Inf"
-            user = consumers.get(name)
-            at = f" (read by {_where(user.name, user.op)})" if user is not None else ""
             raise BnncError(f"constant '{name}'{at} holds {bad}; bnnc compiles finite weights and parameters only")
 
 

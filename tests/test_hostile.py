@@ -203,6 +203,14 @@ def test_subnormal_variance_plus_epsilon_is_accepted(cnn, tmp_path, capsys):
     assert rc == 0, err
 
 
+def test_string_initializer_is_refused(cnn, tmp_path, capsys):
+    m = copy.deepcopy(cnn)
+    name = _weight(m, "Conv")
+    shape = numpy_helper.to_array(initializer(m, name)).shape
+    initializer(m, name).CopyFrom(helper.make_tensor(name, TensorProto.STRING, shape, [b"x"] * int(np.prod(shape))))
+    refused(capsys, tmp_path, m, name, "numeric")
+
+
 def test_conv_weight_without_filters_is_refused(cnn, tmp_path, capsys):
     m = copy.deepcopy(cnn)
     name = _weight(m, "Conv")
@@ -428,7 +436,8 @@ def mutate(model: onnx.ModelProto, rng: np.random.Generator) -> tuple:
     m = copy.deepcopy(model)
     g = m.graph
     kind = str(rng.choice(["attr_type", "attr_value", "attr_value", "init_value", "init_shape", "init_dup",
-                           "op_type", "name", "wiring", "input_shape", "truncate", "random_bytes"]))
+                           "init_dtype", "op_type", "name", "wiring", "input_shape", "graph", "truncate",
+                           "random_bytes"]))
     nodes = list(g.node)
     n = nodes[int(rng.integers(len(nodes)))]
     inits = list(g.initializer)
@@ -491,6 +500,31 @@ def mutate(model: onnx.ModelProto, rng: np.random.Generator) -> tuple:
             b = a + 1 if a.dtype.kind in "fiu" and a.size else a
             g.initializer.append(numpy_helper.from_array(np.asarray(b, a.dtype), init.name))
             return m, f"{kind}: {init.name}"
+    if kind == "init_dtype" and inits:
+        init = inits[int(rng.integers(len(inits)))]
+        a = numpy_helper.to_array(init)
+        dtype = str(rng.choice(["float16", "float64", "int64", "int8", "uint8", "bool", "str"]))
+        if dtype == "str":
+            t = helper.make_tensor(init.name, TensorProto.STRING, a.shape, [b"x"] * a.size)
+        else:
+            with np.errstate(all="ignore"):
+                t = numpy_helper.from_array(np.nan_to_num(a).astype(dtype), init.name)
+        init.CopyFrom(t)
+        return m, f"{kind}: {init.name} -> {dtype}"
+    if kind == "graph":
+        choice = int(rng.integers(5))
+        if choice == 0:
+            g.output[0].name = "nothing_writes_this"
+        elif choice == 1:
+            g.output.append(copy.deepcopy(g.output[0]))
+        elif choice == 2:
+            m.opset_import[0].version = int(rng.choice([0, 1, 6, 23, 10**6]))
+        elif choice == 3:
+            m.ir_version = int(rng.choice([0, 1, 99]))
+        else:
+            g.input[0].type.tensor_type.elem_type = int(rng.choice([TensorProto.STRING, TensorProto.BOOL,
+                                                                    TensorProto.DOUBLE, TensorProto.INT64, 0]))
+        return m, f"{kind} {choice}"
     if kind == "op_type":
         n.op_type = str(rng.choice(["Bogus", "Conv", "Sign\n", "Gemm", "MaxPool", "If", "Loop", "\x1b[31m"]))
         if rng.random() < 0.3:
