@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import validate
 from .errors import BnncError
 from .userfiles import read_bytes
 
@@ -87,6 +86,8 @@ def _np_dtype(elem_type: int) -> str:
 
 def load(model: onnx.ModelProto) -> LoadedModel:
     """Validate the graph's interface, fold constants, and compute static shapes."""
+    from . import validate  # (validate reads this module's op and domain tables)
+
     g = model.graph
     opset = 0
     for imp in model.opset_import:

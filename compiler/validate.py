@@ -20,12 +20,12 @@ import onnx.defs
 from onnx import AttributeProto
 
 from .errors import BnncError
+from .onnx_loader import EVALUATED_OPS, STANDARD_DOMAINS
 
 # The largest tensor bnnc compiles for (the lowering holds several arrays of this size): far above
 # any network it targets, far below what would exhaust memory on a development machine.
 MAX_TENSOR_BYTES = 256 * 2**20
 
-STANDARD_DOMAINS = ("", "ai.onnx")
 # attribute types of the QONNX / FINN custom ops bnnc reads
 CUSTOM_ATTRIBUTE_TYPES = {
     "Quant": {"signed": AttributeProto.INT, "narrow": AttributeProto.INT,
@@ -131,8 +131,7 @@ def _check_arity(node, name: str, opset: int) -> None:
 @functools.lru_cache(maxsize=None)
 def _read_ops() -> set:
     """The ops bnnc evaluates or lowers (others are refused as unsupported, whatever their form)."""
-    from .lower import Lowering
-    from .onnx_loader import EVALUATED_OPS
+    from .lower import Lowering  # (lower imports the loader, which calls this module)
 
     return set(EVALUATED_OPS) | {n[3:] for n in dir(Lowering) if n.startswith("op_")} | {"Constant"}
 
@@ -174,10 +173,9 @@ def check_loaded(lm, model: onnx.ModelProto) -> None:
             consumers.setdefault(x, node)
     _check_finite_constants(lm.consts, consumers)
     shapes = static_shapes(model, lm.input_name, lm.input_shape)
-    dynamic = {lm.input_name}
-    for node in lm.nodes:
-        if any(x in dynamic for x in node.inputs):
-            dynamic.update(node.outputs)
+    from .lower import _dynamic_tensors
+
+    dynamic = _dynamic_tensors(lm)
     for node in lm.nodes:
         check = _NODE_CHECKS.get(node.op)
         if check is not None:

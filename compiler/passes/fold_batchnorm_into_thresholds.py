@@ -303,6 +303,7 @@ def _check_real_output_finite(op, chain: ir.Chain, lo: np.ndarray, hi: np.ndarra
     if np.any(bad):
         channel = int(np.flatnonzero(bad.any(axis=0))[0])
         layer = op.source_ops[0] if getattr(op, "source_ops", None) else op.name
-        raise BnncError(f"layer '{layer}': output channel {channel} reaches {float(ends[:, channel][bad[:, channel]][0])}"
-                        f" in float32 for accumulators in [{int(lo[channel])}, {int(hi[channel])}]; its weights "
-                        "or scales are too large for a finite answer")
+        value = float(ends[:, channel][bad[:, channel]][0])
+        raise BnncError(f"layer '{layer}': output channel {channel} reaches {value} in float32 for accumulators in "
+                        f"[{int(lo[channel])}, {int(hi[channel])}]; its weights or scales are too large for a "
+                        "finite answer")
