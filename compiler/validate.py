@@ -37,7 +37,6 @@ CUSTOM_ATTRIBUTE_TYPES = {
 CUSTOM_INPUTS = {"Quant": 4, "BipolarQuant": 2, "MultiThreshold": 2}
 # custom ops whose output has the shape of their first input (for static shape inference)
 SHAPE_PRESERVING_CUSTOM_OPS = ("Quant", "BipolarQuant", "MultiThreshold", "Trunc")
-WINDOW_OPS = ("Conv", "MaxPool", "AveragePool")
 INTEGER_ZERO_POINT_TYPES = ("int8", "uint8", "int16", "uint16", "int32")
 
 
@@ -166,6 +165,8 @@ def _check_attributes(node, name: str, opset: int) -> None:
 
 def check_loaded(lm, model: onnx.ModelProto) -> None:
     """Sizes, constants and per-op attribute values of a loaded model (see LoadedModel)."""
+    from .lower import _dynamic_tensors  # (lower imports the loader, which calls this module)
+
     _check_size(f"input '{lm.input_name}'", lm.input_shape, np.dtype(_itemsize_dtype(lm.input_dtype)))
     consumers = {}
     for node in lm.nodes:
@@ -173,8 +174,6 @@ def check_loaded(lm, model: onnx.ModelProto) -> None:
             consumers.setdefault(x, node)
     _check_finite_constants(lm.consts, consumers)
     shapes = static_shapes(model, lm.input_name, lm.input_shape)
-    from .lower import _dynamic_tensors
-
     dynamic = _dynamic_tensors(lm)
     for node in lm.nodes:
         check = _NODE_CHECKS.get(node.op)
@@ -386,8 +385,9 @@ def _check_batchnorm(node, consts: dict, shapes: dict, dynamic: bool) -> None:
 
 
 def _check_quantizer(node, consts: dict, shapes: dict, dynamic: bool) -> None:
-    """Scales positive; zero points of an integer type and int32 range; bit widths bnnc can hold;
-    on activations, a one-element scale, zero point or bit width given as a scalar."""
+    """Scales positive where they divide; zero points of an integer type and int32 range; bit
+    widths bnnc can hold; on activations, a one-element scale, zero point or bit width given as a
+    scalar."""
     where = _where(node.name, node.op)
     if dynamic and node.op in ("Quant", "QuantizeLinear"):  # (BipolarQuant reads any one-element scale)
         for i, role in list(enumerate(("scale", "zero point", "bit width"), start=1))[:len(node.inputs) - 1]:
@@ -402,7 +402,8 @@ def _check_quantizer(node, consts: dict, shapes: dict, dynamic: bool) -> None:
     scale = consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
     if scale is not None:
         scale = np.asarray(scale)
-        if scale.size == 0 or not np.all(scale.astype(np.float64) > 0):
+        # Quant and QuantizeLinear divide by their scale (the others only multiply by it)
+        if scale.size == 0 or (node.op in ("Quant", "QuantizeLinear") and not np.all(scale.astype(np.float64) > 0)):
             raise BnncError(f"{where}: scale '{node.inputs[1]}' must be positive (got "
                             f"{np.asarray(scale).ravel()[:4].tolist()})")
     if node.op in ("QuantizeLinear", "DequantizeLinear") and len(node.inputs) > 2 and node.inputs[2] in consts:
@@ -454,7 +455,7 @@ def _check_multithreshold(node, consts: dict, shapes: dict, dynamic: bool) -> No
                             "(or one row)")
     out_scale = float(node.attrs.get("out_scale", 1.0))
     out_bias = float(node.attrs.get("out_bias", 0.0))
-    if out_scale == 0 or abs(out_bias) > 2**23 * abs(out_scale) or abs(out_scale) > 2**23:
+    if out_scale == 0 or abs(out_bias) > 2**23 * abs(out_scale):
         raise BnncError(f"{_where(node.name, node.op)}: out_scale {out_scale:g} and out_bias {out_bias:g} give "
                         "output levels outside what bnnc holds (|out_bias / out_scale| up to 2^23, out_scale "
                         "nonzero)")

@@ -427,10 +427,6 @@ _BAD_VALUES = [np.nan, np.inf, -np.inf, 0.0, -1.0, 1e38, 1e-45, 3.0e-39]
 _HOSTILE_TEXT = ["", "x\ny", "\r\x1b[2J", "\x00\x07", "é\u2028", "' OR 1 --", "a" * 300]
 
 
-def _attr_with_value(name, value, attr_type=None):
-    return helper.make_attribute(name, value, attr_type=attr_type)
-
-
 def mutate(model: onnx.ModelProto, rng: np.random.Generator) -> tuple:
     """(mutated copy, description), or (bytes, description) for damaged files."""
     m = copy.deepcopy(model)
@@ -444,7 +440,7 @@ def mutate(model: onnx.ModelProto, rng: np.random.Generator) -> tuple:
     if kind == "attr_type" and n.attribute:
         a = n.attribute[int(rng.integers(len(n.attribute)))]
         v = _WRONG_TYPE_VALUES[int(rng.integers(len(_WRONG_TYPE_VALUES)))]
-        set_attribute(n, a.name, _attr_with_value(a.name, v))
+        set_attribute(n, a.name, helper.make_attribute(a.name, v))
         return m, f"{kind}: {n.op_type}.{a.name} = {type(v).__name__}"
     if kind == "attr_value":
         keys = {"Conv": ["strides", "pads", "dilations", "kernel_shape", "group"],
@@ -470,7 +466,7 @@ def mutate(model: onnx.ModelProto, rng: np.random.Generator) -> tuple:
                 v = _HOSTILE_TEXT[int(rng.integers(len(_HOSTILE_TEXT)))]
             else:
                 v = _BAD_INT[int(rng.integers(len(_BAD_INT)))]
-            set_attribute(n, key, _attr_with_value(key, v, kind_of))
+            set_attribute(n, key, helper.make_attribute(key, v, attr_type=kind_of))
             return m, f"{kind}: {n.op_type}.{key} = {v!r}"[:200]
     if kind in ("init_value", "init_shape", "init_dup") and inits:
         init = inits[int(rng.integers(len(inits)))]
