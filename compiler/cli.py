@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -102,10 +103,21 @@ def _bytes(text, flag):
 
 def _load_npy(path: str) -> np.ndarray:
     data = userfiles.read_bytes(path, "input file")
+    f = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        # the header's shape first: numpy allocates the whole array before reading its data
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        shape, _, dtype = read_header(f) if read_header else ((), None, np.dtype("u1"))
+        need = math.prod(shape) * dtype.itemsize
+        if need > len(data) - f.tell():
+            raise BnncError(f"'{path}' declares an array of shape {shape} ({need} bytes) but holds "
+                            f"{len(data) - f.tell()} bytes of data")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise BnncError(f"'{path}' is not a readable .npy array ({e})") from None
+        raise BnncError(f"'{path}' is not a readable .npy array ({one_line(e)})") from None
 
 
 def cmd_compile(a) -> int:

@@ -13,6 +13,7 @@ run is a sample; the `sweep` variant runs more (BNNC_SWEEP_SCALE scales it).
 """
 
 import copy
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -323,6 +324,15 @@ def test_empty_input_file_is_refused(cnn_file, tmp_path, capsys):
     (tmp_path / "x.npy").write_bytes(b"")
     rc, _, err = cli(capsys, "run", cnn_file, "--target", "ref", "--input", tmp_path / "x.npy")
     assert_error(rc, err, "x.npy", "empty")
+
+
+def test_input_file_declaring_a_huge_array_is_refused_before_allocating(cnn_file, tmp_path, capsys):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (100000, 100000, 50)})
+    (tmp_path / "x.npy").write_bytes(header.getvalue() + bytes(64))
+    rc, _, err = cli(capsys, "run", cnn_file, "--target", "ref", "--input", tmp_path / "x.npy")
+    assert_error(rc, err, "x.npy", "(100000, 100000, 50)", "2000000000000 bytes")
 
 
 def test_deeply_nested_folding_json_is_refused(cnn_file, tmp_path, capsys):
