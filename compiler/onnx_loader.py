@@ -9,6 +9,7 @@ dataflow with constant operands.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,24 +157,41 @@ NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnif
 
 
 def _topological(nodes, known: set) -> list:
+    """The nodes in an order where every input is known or produced before it is read: the file's
+    order where it already is one. Linear in the graph size (a hostile file may list thousands of
+    nodes backwards)."""
     nodes = list(nodes)
-    avail = set(known)
-    order, pending = [], nodes
-    while pending:
-        rest = []
-        for n in pending:
-            if all(x in avail for x in n.input):
-                order.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            produced = {o for n in rest for o in n.output}
-            missing = sorted({x for n in rest for x in n.input if x not in avail and x not in produced}) or \
-                sorted({x for n in rest for x in n.input if x not in avail})
-            raise BnncError(f"node '{rest[0].name or rest[0].op_type}' ({rest[0].op_type}) reads tensors "
-                            f"nothing produces: {', '.join(missing[:5])}")
-        pending = rest
+    producer = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            producer.setdefault(o, i)
+    waiting = [0] * len(nodes)
+    readers = [[] for _ in nodes]
+    for i, n in enumerate(nodes):
+        for x in set(n.input):
+            if x in known:
+                continue
+            waiting[i] += 1
+            if x in producer:
+                readers[producer[x]].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for j in readers[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) < len(nodes):
+        done = {id(n) for n in order}
+        rest = [n for n in nodes if id(n) not in done]
+        avail = set(known) | {o for n in order for o in n.output}
+        missing = sorted({x for n in rest for x in n.input if x not in avail and x not in producer}) or \
+            sorted({x for n in rest for x in n.input if x not in avail})
+        raise BnncError(f"node '{rest[0].name or rest[0].op_type}' ({rest[0].op_type}) reads tensors "
+                        f"nothing produces: {', '.join(missing[:5])}")
     return order
 
 

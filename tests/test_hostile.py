@@ -16,6 +16,7 @@ import copy
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,25 @@ def test_tensor_written_by_two_nodes_is_refused(cnn, tmp_path, capsys):
     signs = [n for n in m.graph.node if n.op_type == "Sign"]
     signs[1].output[0] = signs[0].output[0]
     refused(capsys, tmp_path, m, signs[0].output[0], "unique")
+
+
+def test_thousands_of_nodes_listed_backwards_load_in_linear_time(tmp_path, capsys):
+    m = zoo.build("tfc")
+    first, n = m.graph.node[0], 20000
+    chain = [helper.make_node("Identity", [first.output[0] if i == 0 else f"id{i - 1}"], [f"id{i}"], name=f"id{i}")
+             for i in range(n)]
+    rest = list(m.graph.node)[1:]
+    for x in rest:
+        for j, t in enumerate(x.input):
+            if t == first.output[0]:
+                x.input[j] = f"id{n - 1}"
+    del m.graph.node[:]
+    m.graph.node.extend([first] + chain[::-1] + rest)
+    path = save(m, tmp_path / "backwards.onnx")
+    t0 = time.time()
+    rc, _, err = cli(capsys, "report", path)
+    assert rc == 0, err
+    assert time.time() - t0 < 30  # quadratic: hours
 
 
 def test_huge_input_is_refused_before_allocating(cnn, tmp_path, capsys):
