@@ -24,6 +24,8 @@ def read_bytes(path, what: str, max_bytes: int = MAX_READ_BYTES) -> bytes:
     """The bytes of the regular file `path` (`what` names it in errors: "model", "input file"...)."""
     try:
         st = os.stat(path)
+    except FileNotFoundError:
+        raise BnncError(f"cannot read {what} '{path}': no such file (it does not exist)") from None
     except OSError as e:
         raise BnncError(f"cannot read {what} '{path}': {_reason(e)}") from None
     if stat.S_ISDIR(st.st_mode):

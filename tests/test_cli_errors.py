@@ -405,7 +405,7 @@ def test_input_path_is_a_directory(base_file, tmp_path, capsys):
 
 def test_input_file_missing(base_file, tmp_path, capsys):
     rc, err = _run_bad_input(capsys, tmp_path, base_file, tmp_path / "nope.npy")
-    assert_error(rc, err, "nope.npy", "no such file")
+    assert_error(rc, err, "nope.npy", "does not exist")
 
 
 @pytest.mark.parametrize("array, words", [
