@@ -17,7 +17,6 @@ import io
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,7 +25,6 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from bnnc import zoo
 from bnnc.backends import verilog_resources
-from bnnc.cli import main
 from bnnc.testing.random_models import random_model
 
 from .conftest import SHARED, sweep_scale
