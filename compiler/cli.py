@@ -191,7 +191,8 @@ def cmd_verify(a) -> int:
         x = driver.random_samples(graph, a.samples, a.seed)
     inputs = driver.prepare_inputs(graph, x)
     t0 = time.time()
-    print(f"verifying {inputs.grid.shape[0]} samples of {a.model} on target '{a.target}'", file=sys.stderr)
+    # on stdout: stderr holds nothing but the one error line when verification fails with an error
+    print(f"verifying {inputs.grid.shape[0]} samples of {a.model} on target '{a.target}'")
     try:
         orig = OriginalModel(model).run(inputs.model)
     except BnncError:

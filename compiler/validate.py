@@ -176,6 +176,7 @@ def check_loaded(lm, model: onnx.ModelProto) -> None:
     shapes = static_shapes(model, lm.input_name, lm.input_shape)
     dynamic = _dynamic_tensors(lm)
     for node in lm.nodes:
+        _check_axis(node, lm.consts, shapes)
         check = _NODE_CHECKS.get(node.op)
         if check is not None:
             check(node, lm.consts, shapes, node.inputs[0] in dynamic if node.inputs else False)
@@ -304,6 +305,24 @@ def _check_window(node, consts: dict, shapes: dict, dynamic: bool) -> None:
         raise BnncError(f"{where}: its {'x'.join(map(str, window))} window is larger than its input "
                         f"'{node.inputs[0]}' of {'x'.join(map(str, in_shape[2:]))} "
                         f"(padded {'x'.join(map(str, padded))})")
+
+
+def _check_axis(node, consts: dict, shapes: dict) -> None:
+    """An `axis` attribute within the rank of the node's first input (Flatten may also name the
+    end: rank); a per-tensor (one scale) quantizer ignores its axis."""
+    if "axis" not in node.attrs or not node.inputs:
+        return
+    if node.op in ("QuantizeLinear", "DequantizeLinear") and np.size(consts.get(node.inputs[1], 0)) == 1:
+        return
+    shape = shapes.get(node.inputs[0], np.shape(consts[node.inputs[0]]) if node.inputs[0] in consts else None)
+    if shape is None:
+        return
+    rank = len(shape)
+    axis = node.attrs["axis"]
+    hi = rank if node.op == "Flatten" else rank - 1
+    if isinstance(axis, int) and not -rank <= axis <= hi:
+        raise BnncError(f"{_where(node.name, node.op)}: axis {axis} is outside the {rank}-D input "
+                        f"'{node.inputs[0]}' (from {-rank} to {hi})")
 
 
 def _check_bias(node, consts: dict, i: int, outputs: int, exact: bool) -> None:

@@ -101,6 +101,8 @@ def refused(capsys, tmp_path, model, *words):
     ("BatchNormalization", "epsilon", helper.make_graph([], "g", [], []), ["epsilon", "GRAPH", "FLOAT"]),
     ("BatchNormalization", "epsilon", float("nan"), ["epsilon", "finite"]),
     ("MaxPool", "kernel_shape", [40, 40], ["MaxPool", "window is larger than its input"]),
+    ("Flatten", "axis", -(2**62), ["axis", "outside the 4-D input"]),
+    ("ArgMax", "axis", 2, ["axis", "outside the 2-D input"]),
 ])
 def test_bad_attribute_is_refused_with_node_and_attribute_named(op, key, value, words, cnn, tmp_path, capsys):
     m = copy.deepcopy(cnn)
