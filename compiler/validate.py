@@ -26,6 +26,8 @@ from .onnx_loader import EVALUATED_OPS, STANDARD_DOMAINS
 # any network it targets, far below what would exhaust memory on a development machine.
 MAX_TENSOR_BYTES = 256 * 2**20
 
+MAX_WEIGHT_MAGNITUDE = 2.0**64  # see _check_weight_magnitude
+
 # attribute types of the QONNX / FINN custom ops bnnc reads
 CUSTOM_ATTRIBUTE_TYPES = {
     "Quant": {"signed": AttributeProto.INT, "narrow": AttributeProto.INT,
@@ -276,6 +278,7 @@ def _check_window(node, consts: dict, shapes: dict, dynamic: bool) -> None:
                             f"{weight.shape}")
         kernel = list(weight.shape[2:])
         _check_bias(node, consts, 2, weight.shape[0], exact=True)
+        _check_weight_magnitude(node, node.inputs[1], weight)
     in_shape = shapes.get(node.inputs[0])
     if weight is not None:
         rank = weight.ndim - 2
@@ -325,6 +328,16 @@ def _check_axis(node, consts: dict, shapes: dict) -> None:
                         f"'{node.inputs[0]}' (from {-rank} to {hi})")
 
 
+def _check_weight_magnitude(node, name: str, w: np.ndarray) -> None:
+    """Weights small enough that the model's float32 sums cannot overflow: with a fan-in below
+    2^24 and inputs below 2^31, |w| < 2^64 keeps every partial sum finite, so the float model and
+    bnnc's exact sums agree (beyond that, the model's answer depends on its summation order)."""
+    if w.dtype.kind in "fc" and w.size and float(np.max(np.abs(w))) >= MAX_WEIGHT_MAGNITUDE:
+        raise BnncError(f"{_where(node.name, node.op)}: weight '{name}' holds {float(np.max(np.abs(w))):g}; bnnc "
+                        f"needs weights of magnitude below 2^64 ({MAX_WEIGHT_MAGNITUDE:g}) so that the layer's "
+                        "sums stay finite in float32")
+
+
 def _check_bias(node, consts: dict, i: int, outputs: int, exact: bool) -> None:
     """A constant bias of one value per output (or, where broadcasting allows it, one value)."""
     if i >= len(node.inputs) or node.inputs[i] not in consts:
@@ -348,6 +361,7 @@ def _check_dense(node, consts: dict, shapes: dict, dynamic: bool) -> None:
         raise BnncError(f"{where}: weight '{node.inputs[1]}' has shape {w.shape}; bnnc needs a 2-D weight matrix")
     if w.size == 0:
         raise BnncError(f"{where}: weight '{node.inputs[1]}' has shape {w.shape}, which is empty")
+    _check_weight_magnitude(node, node.inputs[1], w)
     k, n = w.shape[::-1] if node.attrs.get("transB", 0) else w.shape
     in_shape = shapes.get(node.inputs[0])
     if dynamic and in_shape is not None and len(in_shape) == 2 and in_shape[1] != k:

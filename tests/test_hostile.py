@@ -146,15 +146,19 @@ def test_non_finite_weights_are_refused(op, where, value, cnn, tmp_path, capsys)
     refused(capsys, tmp_path, m, name, node(m, op).name, "NaN" if np.isnan(value) else "Inf")
 
 
-@pytest.mark.parametrize("how", ["weights", "alpha"])
-def test_logits_that_overflow_float32_are_refused(how, tmp_path, capsys):
+@pytest.mark.parametrize("layer", [0, -1])  # the first hidden layer, the logits layer
+def test_weights_whose_sums_overflow_float32_are_refused(layer, tmp_path, capsys):
+    m = zoo.build("tfc")
+    gemm = [n for n in m.graph.node if n.op_type == "Gemm"][layer]
+    w = numpy_helper.to_array(initializer(m, gemm.input[1]))
+    replace_initializer(m, gemm.input[1], np.full_like(w, 1e38))
+    refused(capsys, tmp_path, m, gemm.name, gemm.input[1], "below 2^64")
+
+
+def test_logits_that_overflow_float32_are_refused(tmp_path, capsys):
     m = zoo.build("tfc")
     gemm = [n for n in m.graph.node if n.op_type == "Gemm"][-1]
-    if how == "weights":
-        w = numpy_helper.to_array(initializer(m, gemm.input[1]))
-        replace_initializer(m, gemm.input[1], np.full_like(w, 1e38))
-    else:
-        set_attribute(gemm, "alpha", 1e38)
+    set_attribute(gemm, "alpha", 1e38)
     refused(capsys, tmp_path, m, gemm.name, "too large for a finite answer")
 
 
@@ -597,8 +601,9 @@ def mutate(model: onnx.ModelProto, rng: np.random.Generator) -> tuple:
 
 
 def run_fuzz(n_cases: int, seed: int, tmp_path, capsys) -> tuple:
-    """Run `n_cases` seeded mutations through `bnnc compile` (and `bnnc run --target ref` where it
-    compiles). Returns ({exit status: cases}, [contract violations, described])."""
+    """Run `n_cases` seeded mutations through `bnnc compile` (and, where it compiles, `bnnc run
+    --target ref` and `bnnc verify` against onnxruntime). Returns ({exit status: cases},
+    [contract violations, described])."""
     bases = _base_models()
     rng = np.random.default_rng(seed)
     x_by_base = {}
@@ -630,6 +635,11 @@ def run_fuzz(n_cases: int, seed: int, tmp_path, capsys) -> tuple:
                 y = np.load(case / "y.npy")
                 if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
                     problem = "run: exit 0 with a non-finite output"
+            if problem is None:  # a compiled model must agree with onnxruntime (exit 1: it does not)
+                rc_verify, out_verify, err = cli(capsys, "verify", path, "--target", "ref", "--samples", 8)
+                problem = _contract_violation(rc_verify, err)
+                if problem is None and rc_verify == 1:
+                    problem = "verify: the reference differs from onnxruntime: " + out_verify[-300:]
         if problem is not None:
             violations.append(f"case {i} ({name}, {what}): {problem}")
     return counts, violations
