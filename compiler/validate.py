@@ -494,7 +494,23 @@ def _check_multithreshold(node, consts: dict, shapes: dict, dynamic: bool) -> No
                         "nonzero)")
 
 
+def _check_topk(node, consts: dict, shapes: dict, dynamic: bool) -> None:
+    """One k, from 1 to the size of the axis."""
+    if len(node.inputs) < 2 or node.inputs[1] not in consts:
+        return
+    k = np.asarray(consts[node.inputs[1]])
+    where = _where(node.name, node.op)
+    if k.size != 1 or k.dtype.kind not in "iu" or int(k.ravel()[0]) < 1:
+        raise BnncError(f"{where}: k '{node.inputs[1]}' is {k.ravel()[:4].tolist()}; TopK needs one integer k >= 1")
+    shape = shapes.get(node.inputs[0])
+    axis = node.attrs.get("axis", -1)
+    if shape is not None and isinstance(axis, int) and -len(shape) <= axis < len(shape) \
+            and int(k.ravel()[0]) > shape[axis]:
+        raise BnncError(f"{where}: k = {int(k.ravel()[0])} exceeds the {shape[axis]} values along axis {axis}")
+
+
 _NODE_CHECKS = {
+    "TopK": _check_topk,
     "MultiThreshold": _check_multithreshold,
     "Conv": _check_window, "MaxPool": _check_window, "AveragePool": _check_window,
     "Gemm": _check_dense, "MatMul": _check_dense,

@@ -269,6 +269,14 @@ def test_reshape_to_impossible_shapes_is_refused(allowzero, shape, words, tmp_pa
     refused(capsys, tmp_path, m, r.name, *words)
 
 
+@pytest.mark.parametrize("k,words", [([], ["TopK needs one integer"]), ([0], ["k >= 1"]), ([99], ["exceeds"])])
+def test_topk_with_a_bad_k_is_refused(k, words, tmp_path, capsys):
+    m = random_model(1)[0]  # ends in TopK(logits, k)
+    topk = node(m, "TopK")
+    replace_initializer(m, topk.input[1], np.array(k, np.int64))
+    refused(capsys, tmp_path, m, topk.name, *words)
+
+
 def test_duplicate_initializer_with_another_value_is_refused(cnn, tmp_path, capsys):
     m = copy.deepcopy(cnn)
     name = _weight(m, "Conv")
