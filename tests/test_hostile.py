@@ -155,9 +155,10 @@ def test_weights_whose_sums_overflow_float32_are_refused(layer, tmp_path, capsys
     refused(capsys, tmp_path, m, gemm.name, gemm.input[1], "below 2^64")
 
 
-def test_logits_that_overflow_float32_are_refused(tmp_path, capsys):
+@pytest.mark.parametrize("layer", [0, -1])  # a hidden layer (threshold folding), the logits layer
+def test_scales_that_overflow_float32_are_refused(layer, tmp_path, capsys):
     m = zoo.build("tfc")
-    gemm = [n for n in m.graph.node if n.op_type == "Gemm"][-1]
+    gemm = [n for n in m.graph.node if n.op_type == "Gemm"][layer]
     set_attribute(gemm, "alpha", 1e38)
     refused(capsys, tmp_path, m, gemm.name, "too large for a finite answer")
 
