@@ -6,18 +6,20 @@ Every problem with the user's input ends as one line on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
-import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, driver, ir_dump, targets
-from .errors import BnncError
+from . import __version__, driver, ir_dump, targets, userfiles
+from .errors import BnncError, one_line
 from .pipeline import Options, compile_file
 from .passes.quantize_input import InputAffine
 from .targets import TargetOptions
@@ -25,7 +27,40 @@ from .targets import TargetOptions
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own exit status is 2 already; keep it to one line
-        self.exit(2, f"bnnc: error: {message}\n")
+        self.exit(2, f"bnnc: error: {one_line(message)}\n")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a non-negative integer")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number >= 0")
+    return v
+
+
+def _input_scale(text: str) -> float:
+    """A scale the float32 input chain holds exactly as given: positive, finite, not subnormal."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    f32 = np.finfo(np.float32)
+    if not (np.isfinite(v) and f32.tiny <= v <= f32.max):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive float32 number "
+                                         f"(from {f32.tiny:g} to {f32.max:g})")
+    return v
 
 
 def _options(a) -> Options:
@@ -82,6 +117,11 @@ def _input_affine(a) -> tuple:
     text = getattr(a, "input_scale", None)
     extra = [getattr(a, f, None) for f in ("input_offset", "input_mean", "input_std")]
     scale = _numbers(text, "--input-scale", True) if text is not None else ()
+    for _, v in scale:  # a scale (or divisor) the float32 input chain holds exactly as given
+        try:
+            _input_scale(repr(v))
+        except argparse.ArgumentTypeError as e:
+            raise BnncError(f"--input-scale: {e}") from None
     if not any(e is not None for e in extra) and len(scale) == 1 and scale[0][0] == "mul":
         return scale[0][1], None  # one scalar scale: real input = S * q
     if text is None and not any(e is not None for e in extra):
@@ -126,12 +166,22 @@ def _bytes(text, flag):
 
 
 def _load_npy(path: str) -> np.ndarray:
+    data = userfiles.read_bytes(path, "input file")
+    f = io.BytesIO(data)
     try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise BnncError(f"input file '{path}' does not exist") from None
-    except (ValueError, OSError) as e:
-        raise BnncError(f"'{path}' is not a readable .npy array ({e})") from None
+        # the header's shape first: numpy allocates the whole array before reading its data
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        shape, _, dtype = read_header(f) if read_header else ((), None, np.dtype("u1"))
+        need = math.prod(shape) * dtype.itemsize
+        if need > len(data) - f.tell():
+            raise BnncError(f"'{path}' declares an array of shape {shape} ({need} bytes) but holds "
+                            f"{len(data) - f.tell()} bytes of data")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BnncError(f"'{path}' is not a readable .npy array ({one_line(e)})") from None
 
 
 def cmd_compile(a) -> int:
@@ -140,56 +190,56 @@ def cmd_compile(a) -> int:
     dump_ir = getattr(a, "dump_ir", None)
     if dump_ir is not None and Path(dump_ir).suffix not in ir_dump.FORMATS:
         raise BnncError(f"--dump-ir '{dump_ir}' must end in {' or '.join(ir_dump.FORMATS)}")
+    out = Path(a.output)
+    userfiles.check_output_folder(out, [])
+    if dump_ir is not None:
+        userfiles.check_output_file(dump_ir, "--dump-ir")
     _, graph = compile_file(a.model, _options(a))
     files = targets.compile_files(graph, a.target, opts)
     dump_text = ir_dump.dump(graph, Path(dump_ir).suffix) if dump_ir is not None else None
-    out = Path(a.output)
-    if out.exists() and not out.is_dir():
-        raise BnncError(f"output '{out}' exists and is not a directory")
-    # write into a temporary sibling, then move into place: no partial output on failure
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".bnnc-", dir=out.parent))
-    except OSError as e:
-        raise BnncError(f"cannot create output folder '{out}': {e.strerror}") from None
-    try:
-        for n, text in sorted(files.items()):
-            (tmp / n).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / n).write_text(text)
-        if out.exists():
-            for n in sorted(files):
-                (out / n).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp / n, out / n)
-        else:
-            os.replace(tmp, out)
-    except OSError as e:
-        raise BnncError(f"cannot write to '{out}': {e.strerror}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    userfiles.write_folder_atomically(out, files)
     top = sorted({n.split("/")[0] for n in files})
     print(f"wrote {', '.join(top)} to {out}/")
     if dump_text is not None:
-        _write(dump_ir, lambda f: f.write(dump_text.encode()))
+        userfiles.write_files_atomically({dump_ir: dump_text.encode()})
         print(f"wrote the lowered IR to {dump_ir}")
     return 0
 
 
-def _write_stats(a, stats: dict) -> None:
-    if getattr(a, "stats", None):
-        text = json.dumps(stats, indent=2, sort_keys=True, default=_json_default) + "\n"
-        _write(a.stats, lambda f: f.write(text.encode()))
-        print(f"wrote {a.stats}")
+def _check_outputs(a, *flags) -> None:
+    """Every output file named on the command line is writable, before any work is done."""
+    for flag in flags:
+        path = getattr(a, flag, None)
+        if path:
+            userfiles.check_output_file(path, "--" + flag)
+
+
+def _json_bytes(obj, sort_keys=False) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n").encode()
+
+
+def _npy_bytes(y: np.ndarray) -> bytes:
+    f = io.BytesIO()
+    np.save(f, y)
+    return f.getvalue()
 
 
 def cmd_run(a) -> int:
     targets.check_target(a.target)
+    _check_outputs(a, "stats", "output")
     opts = _target_options(a)
     _, graph = compile_file(a.model, _options(a))
     inputs = driver.prepare_inputs(graph, _load_npy(a.input))
     y, stats = targets.run(graph, a.target, inputs.grid, opts)
-    _write_stats(a, stats)
+    outputs = {}
+    if a.stats:
+        outputs[a.stats] = _json_bytes(stats, sort_keys=True)
     if a.output:
-        _write(a.output, lambda f: np.save(f, y))
+        outputs[a.output] = _npy_bytes(y)
+    userfiles.write_files_atomically(outputs)
+    if a.stats:
+        print(f"wrote {a.stats}")
+    if a.output:
         print(f"wrote {a.output}: shape {y.shape}, dtype {y.dtype}")
     else:
         np.set_printoptions(threshold=200)
@@ -207,6 +257,7 @@ def cmd_verify(a) -> int:
     targets.check_target(a.target)
     if not 0 < a.agreement <= 1:
         raise BnncError(f"--agreement must be in (0, 1] (got {a.agreement})")
+    _check_outputs(a, "stats")
     opts = _target_options(a)
     model, graph = compile_file(a.model, _options(a))
     if a.input:
@@ -215,7 +266,8 @@ def cmd_verify(a) -> int:
         x = driver.random_samples(graph, a.samples, a.seed)
     inputs = driver.prepare_inputs(graph, x)
     t0 = time.time()
-    print(f"verifying {inputs.grid.shape[0]} samples of {a.model} on target '{a.target}'", file=sys.stderr)
+    # on stdout: stderr holds nothing but the one error line when verification fails with an error
+    print(f"verifying {inputs.grid.shape[0]} samples of {a.model} on target '{a.target}'")
     try:
         orig = OriginalModel(model).run(inputs.model)
     except BnncError:
@@ -224,7 +276,9 @@ def cmd_verify(a) -> int:
         raise BnncError(f"onnxruntime cannot run the original model: {str(e).splitlines()[0][:200]}") from None
     ref = driver.run_target(graph, "ref", inputs)
     tgt, stats = targets.run(graph, a.target, inputs.grid, opts)
-    _write_stats(a, stats)
+    if getattr(a, "stats", None):
+        userfiles.write_files_atomically({a.stats: _json_bytes(stats, sort_keys=True)})
+        print(f"wrote {a.stats}")
     orig = orig.reshape(ref.shape)
     n = ref.shape[0]
     same = np.array([np.array_equal(tgt[i], ref[i]) for i in range(n)])
@@ -281,6 +335,7 @@ def cmd_report(a) -> int:
     target = a.target or opts.mcu
     if target is not None:
         targets.check_target(target)
+    _check_outputs(a, "json")
     _, graph = compile_file(a.model, _options(a))
     rep = report(driver.backend_graph(graph))
     print(format_table(rep))
@@ -290,18 +345,9 @@ def cmd_report(a) -> int:
         print(extra["text"])
         rep[target] = extra["json"]
     if a.json:
-        text = json.dumps(rep, indent=2, default=_json_default) + "\n"
-        _write(a.json, lambda f: f.write(text.encode()))
+        userfiles.write_files_atomically({a.json: _json_bytes(rep)})
         print(f"wrote {a.json}")
     return 0
-
-
-def _write(path: str, write) -> None:
-    try:
-        with open(path, "wb") as f:
-            write(f)
-    except OSError as e:
-        raise BnncError(f"cannot write '{path}': {e.strerror}") from None
 
 
 def _json_default(o):
@@ -385,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     all_targets = " | ".join(targets.TARGETS)
 
     sp = sub.add_parser("demo", help="compile a bundled example model, run it and check it")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=_non_negative_int, default=0)
     sp.add_argument("--dir", default=None, help="where to write the example (default: a temporary folder)")
     sp.add_argument("--zoo", default=None, metavar="NAME",
                     help="demo a bnnc.zoo model instead of TFC: " + ", ".join(_zoo_names()))
@@ -410,12 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stats", default=None, help="write the target's figures as JSON")
     sp.add_argument("--input", default=None, help=".npy of inputs (default: random samples)")
     sp.add_argument("--samples", type=int, default=100, help="random samples when no --input (default 100)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=_non_negative_int, default=0)
     sp.add_argument("--agreement", type=float, default=0.99,
                     help="fraction of samples on which the reference must agree with the original model "
                          "(same top-1, difference within --rtol; default 0.99). The target must equal the "
                          "reference on every sample")
-    sp.add_argument("--rtol", type=float, default=1e-4,
+    sp.add_argument("--rtol", type=_non_negative_float, default=1e-4,
                     help="reference vs original tolerance, relative to max(1, max|original|) (default 1e-4)")
     sp.set_defaults(func=cmd_verify)
 
@@ -451,17 +497,26 @@ def main(argv=None) -> int:
         if getattr(a, "samples", 1) is not None and getattr(a, "samples", 1) < 1 and a.cmd == "verify" \
                 and not a.input:
             raise BnncError("--samples must be at least 1")
-        return a.func(a)
+        # numpy's RuntimeWarnings on hostile constants (Inf, zero variance) must not reach the
+        # terminal: every such model is refused with its own one-line message
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return a.func(a)
     except BnncError as e:
-        print(f"bnnc: error: {e}", file=sys.stderr)
+        print(f"bnnc: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("bnnc: error: out of memory: the model or the data is too large for this machine",
+              file=sys.stderr)
+        return 2
+
     except KeyboardInterrupt:
         print("bnnc: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug in bnnc, not in the user's input
         if os.environ.get("BNNC_DEBUG"):
             raise
-        print(f"bnnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+        print(f"bnnc: internal error: {type(e).__name__}: {one_line(str(e).splitlines()[0]) if str(e) else ''} "
               "(set BNNC_DEBUG=1 for a traceback; please report it)", file=sys.stderr)
         return 3
 

@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ir
-from .errors import BnncError
+from . import ir, userfiles
+from .errors import BnncError, one_line
 
 
 @dataclass(frozen=True)
@@ -84,21 +84,35 @@ def cost(f: LayerFolding) -> float:
     return f.pe * f.simd * lane * 2 + f.pe * 24
 
 
+# a folding file holds one small object per layer; far more is not a folding
+MAX_SPEC_BYTES = 16 * 2**20
+
+
+def read_spec(path) -> object:
+    """The JSON document of a --folding file."""
+    data = userfiles.read_bytes(path, "folding file", MAX_SPEC_BYTES)
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise BnncError(f"folding file '{path}' is not valid JSON ({one_line(e)})") from None
+    except RecursionError:
+        raise BnncError(f"folding file '{path}' nests JSON too deeply (a folding is "
+                        '{"layers": [{"pe": P, "simd": S}, ...]})') from None
+
+
 def parse_folding(spec, graph: ir.Graph) -> list:
     """Validated foldings from a JSON path or dict {"layers": [{"pe": P, "simd": S, ["name": N]}]}."""
     layers = foldable_layers(graph)
     if isinstance(spec, (str, Path)):
-        try:
-            spec = json.loads(Path(spec).read_text())
-        except FileNotFoundError:
-            raise BnncError(f"folding file '{spec}' does not exist") from None
-        except (OSError, ValueError) as e:
-            raise BnncError(f"folding file '{spec}' is not valid JSON ({e})") from None
+        spec = read_spec(spec)
     if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list):
         raise BnncError('a folding is {"layers": [{"pe": P, "simd": S}, ...]}, one entry per conv/dense layer')
     entries = spec["layers"]
     by_name = {L.name: L for L in layers}
     named = [e for e in entries if isinstance(e, dict) and "name" in e]
+    for i, e in enumerate(named):
+        if not isinstance(e["name"], str):
+            raise BnncError(f"folding entry {i}: name must be a string (got {e['name']!r})"[:300])
     if named and len(named) != len(entries):
         raise BnncError("folding entries must either all name their layer or all be in layer order")
     if not named and len(entries) != len(layers):

@@ -9,6 +9,7 @@ dataflow with constant operands.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from onnx import numpy_helper
 
 from .canonical.external_data import load_external_data
 from .errors import BnncError
+from .userfiles import read_bytes
 
 CUSTOM_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "finn")
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -65,13 +67,7 @@ def _attrs(node) -> dict:
 
 def read_model(path) -> onnx.ModelProto:
     """Parse `path`, turning every way a file can be broken into a BnncError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BnncError(f"cannot read model '{path}': {e.strerror}") from None
-    if not data:
-        raise BnncError(f"model '{path}' is empty")
+    data = read_bytes(path, "model")
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:  # protobuf raises several types for garbage
@@ -92,6 +88,8 @@ def _np_dtype(elem_type: int) -> str:
 
 def load(model: onnx.ModelProto) -> LoadedModel:
     """Validate the graph's interface, fold constants, and compute static shapes."""
+    from . import validate  # (validate reads this module's op and domain tables)
+
     g = model.graph
     opset = 0
     for imp in model.opset_import:
@@ -99,6 +97,7 @@ def load(model: onnx.ModelProto) -> LoadedModel:
             opset = imp.version
     if opset and not 7 <= opset <= 22:
         raise BnncError(f"opset {opset} is outside what bnnc reads (7-22)")
+    validate.check_graph(model, opset)
     consts = {}
     for init in g.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
@@ -149,6 +148,7 @@ def load(model: onnx.ModelProto) -> LoadedModel:
             consts[node.outputs[0]] = _constant_value(node)
         else:
             lm.nodes.append(node)
+    validate.check_loaded(lm, model)
     return lm
 
 
@@ -161,24 +161,41 @@ NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnif
 
 
 def _topological(nodes, known: set) -> list:
+    """The nodes in an order where every input is known or produced before it is read: the file's
+    order where it already is one. Linear in the graph size (a hostile file may list thousands of
+    nodes backwards)."""
     nodes = list(nodes)
-    avail = set(known)
-    order, pending = [], nodes
-    while pending:
-        rest = []
-        for n in pending:
-            if all(x in avail for x in n.input):
-                order.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            produced = {o for n in rest for o in n.output}
-            missing = sorted({x for n in rest for x in n.input if x not in avail and x not in produced}) or \
-                sorted({x for n in rest for x in n.input if x not in avail})
-            raise BnncError(f"node '{rest[0].name or rest[0].op_type}' ({rest[0].op_type}) reads tensors "
-                            f"nothing produces: {', '.join(missing[:5])}")
-        pending = rest
+    producer = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            producer.setdefault(o, i)
+    waiting = [0] * len(nodes)
+    readers = [[] for _ in nodes]
+    for i, n in enumerate(nodes):
+        for x in set(n.input):
+            if x in known:
+                continue
+            waiting[i] += 1
+            if x in producer:
+                readers[producer[x]].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for j in readers[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) < len(nodes):
+        done = {id(n) for n in order}
+        rest = [n for n in nodes if id(n) not in done]
+        avail = set(known) | {o for n in order for o in n.output}
+        missing = sorted({x for n in rest for x in n.input if x not in avail and x not in producer}) or \
+            sorted({x for n in rest for x in n.input if x not in avail})
+        raise BnncError(f"node '{rest[0].name or rest[0].op_type}' ({rest[0].op_type}) reads tensors "
+                        f"nothing produces: {', '.join(missing[:5])}")
     return order
 
 
@@ -293,6 +310,12 @@ def fold_with_origin(node: Node, consts: dict, origins: dict) -> None:
             origins[out] = (np.asarray(ck[out]), np.asarray(cs[out]))
     except (BnncError, KeyError, ValueError):
         origins.pop(out, None)
+
+
+# the ops `fold` evaluates on constants
+EVALUATED_OPS = ("Identity", "Dropout", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Abs", "Sign", "Transpose",
+                 "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Gather", "Cast", "Shape", "BipolarQuant",
+                 "Quant", "QuantizeLinear", "DequantizeLinear", "Slice", "ConstantOfShape")
 
 
 def fold(node: Node, consts: dict) -> None:

@@ -333,10 +333,14 @@ class OriginalModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # old exports list initializers as inputs: ORT warns about each
+        # fatal only: old exports list initializers as inputs (ORT warns about each), and ORT's own
+        # error lines would break bnnc's one-line errors; errors come back as exceptions anyway
+        opts.log_severity_level = 4
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.session = ort.InferenceSession(self.model.SerializeToString(), opts,
                                             providers=["CPUExecutionProvider"])
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run each sample x[i] (reshaped to the model's batch-1 input shape) and stack the outputs,
@@ -344,7 +348,7 @@ class OriginalModel:
         outs = []
         for xi in np.asarray(x):
             feed = np.asarray(xi, dtype=self.input_dtype).reshape(self.input_shape)
-            y = self.session.run([self.output_name], {self.input_name: feed})[0]
+            y = self.session.run([self.output_name], {self.input_name: feed}, self.run_options)[0]
             if y.ndim and y.shape[0] == 1:
                 y = y[0]
             outs.append(y.reshape(()) if y.size == 1 else y)

@@ -408,7 +408,7 @@ def test_input_path_is_not_an_npy_file(base_file, tmp_path, capsys):
 
 def test_input_path_is_a_directory(base_file, tmp_path, capsys):
     rc, err = _run_bad_input(capsys, tmp_path, base_file, tmp_path)
-    assert_error(rc, err, str(tmp_path), "not a readable .npy")
+    assert_error(rc, err, str(tmp_path), "is a folder")
 
 
 def test_input_file_missing(base_file, tmp_path, capsys):

@@ -253,10 +253,7 @@ def resource_limits(opts) -> dict:
     limits = dict((opts.extra or {}).get("limits") or {})
     spec = opts.folding
     if isinstance(spec, (str, Path)):
-        try:
-            spec = json.loads(Path(spec).read_text())
-        except (OSError, ValueError):
-            spec = None  # parse_folding reports it
+        spec = folding_mod.read_spec(spec)
     if isinstance(spec, dict) and spec.get("limits") is not None:
         if not isinstance(spec["limits"], dict):
             raise BnncError('"limits" in the folding file must be an object like {"lut": 50000, "bram18": 280}')

