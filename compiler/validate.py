@@ -132,9 +132,9 @@ def _check_arity(node, name: str, opset: int) -> None:
 @functools.lru_cache(maxsize=None)
 def _read_ops() -> set:
     """The ops bnnc evaluates or lowers (others are refused as unsupported, whatever their form)."""
-    from .lower import Lowering  # (lower imports the loader, which calls this module)
+    from .frontend import HANDLERS  # (the frontend imports the loader, which calls this module)
 
-    return set(EVALUATED_OPS) | {n[3:] for n in dir(Lowering) if n.startswith("op_")} | {"Constant"}
+    return set(EVALUATED_OPS) | set(HANDLERS) | {"Constant"}
 
 
 def _check_attributes(node, name: str, opset: int) -> None:
@@ -167,7 +167,7 @@ def _check_attributes(node, name: str, opset: int) -> None:
 
 def check_loaded(lm, model: onnx.ModelProto) -> None:
     """Sizes, constants and per-op attribute values of a loaded model (see LoadedModel)."""
-    from .lower import _dynamic_tensors  # (lower imports the loader, which calls this module)
+    from .frontend.context import _dynamic_tensors  # (the frontend imports the loader, which calls this module)
 
     _check_size(f"input '{lm.input_name}'", lm.input_shape, np.dtype(_itemsize_dtype(lm.input_dtype)))
     consumers = {}

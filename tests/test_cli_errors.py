@@ -164,7 +164,7 @@ def _nonfinite_conv(base, d):
     arr = np.random.default_rng(0).normal(size=numpy_helper.to_array(w).shape).astype(np.float32)
     arr.reshape(-1)[3] = np.nan
     w.CopyFrom(numpy_helper.from_array(arr, w.name))
-    return save(m, d / "nan_conv.onnx"), [conv.name, "Conv", "not finite"]
+    return save(m, d / "nan_conv.onnx"), [conv.name, "Conv", "finite"]
 
 
 def _nonfinite_gemm(base, d):
@@ -174,7 +174,7 @@ def _nonfinite_gemm(base, d):
     arr = np.random.default_rng(1).uniform(-1, 1, size=numpy_helper.to_array(w).shape).astype(np.float32)
     arr.reshape(-1)[0] = np.inf
     w.CopyFrom(numpy_helper.from_array(arr, w.name))
-    return save(m, d / "inf_gemm.onnx"), [gemm.name, "Gemm", "not finite"]
+    return save(m, d / "inf_gemm.onnx"), [gemm.name, "Gemm", "finite"]
 
 
 def _two_inputs(base, d):
