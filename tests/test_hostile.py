@@ -25,6 +25,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from bnnc import zoo
 from bnnc.backends import verilog_resources
+from bnnc.cli import main
 from bnnc.testing.random_models import random_model
 
 from .conftest import SHARED, sweep_scale
@@ -420,6 +421,16 @@ def test_run_writes_outputs_whole(cnn_file, tmp_path, capsys):
     assert rc == 0, err
     assert np.load(tmp_path / "y.npy").shape[0] == 2 and (tmp_path / "s.json").read_text().startswith("{")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "s.json", "x.npy", "y.npy"]
+
+
+def test_closed_stdout_pipe_ends_quietly(cnn_file, monkeypatch, capsys):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    rc = main(["report", str(cnn_file)])
+    assert rc == 141 and capsys.readouterr().err == ""
 
 
 def test_old_yosys_is_refused_with_the_version_needed(tmp_path, monkeypatch):
