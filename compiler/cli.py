@@ -501,7 +501,9 @@ def main(argv=None) -> int:
         # terminal: every such model is refused with its own one-line message
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            return a.func(a)
+            rc = a.func(a)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return rc
     except BnncError as e:
         print(f"bnnc: error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -509,10 +511,15 @@ def main(argv=None) -> int:
         print("bnnc: error: out of memory: the model or the data is too large for this machine",
               file=sys.stderr)
         return 2
-
     except KeyboardInterrupt:
         print("bnnc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bnnc report m.onnx | head`: the reader left; nothing more to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # (a stdout without a file descriptor)
+            pass
+        return 141
     except Exception as e:  # a bug in bnnc, not in the user's input
         if os.environ.get("BNNC_DEBUG"):
             raise
