@@ -86,11 +86,12 @@ def _np_dtype(elem_type: int) -> str:
         return "unknown"
 
 
-def load(model: onnx.ModelProto) -> LoadedModel:
-    """Validate the graph's interface, fold constants, and compute static shapes."""
+def check_graph(model: onnx.ModelProto) -> int:
+    """The model's standard opset, after checking it and the graph's structure (tensor names
+    defined once, attribute types): done on the file as read, before any rewrite, and again on
+    the rewritten graph."""
     from . import validate  # (validate reads this module's op and domain tables)
 
-    g = model.graph
     opset = 0
     for imp in model.opset_import:
         if imp.domain in STANDARD_DOMAINS:
@@ -98,6 +99,15 @@ def load(model: onnx.ModelProto) -> LoadedModel:
     if opset and not 7 <= opset <= 22:
         raise BnncError(f"opset {opset} is outside what bnnc reads (7-22)")
     validate.check_graph(model, opset)
+    return opset
+
+
+def load(model: onnx.ModelProto) -> LoadedModel:
+    """Validate the graph's interface, fold constants, and compute static shapes."""
+    from . import validate  # (validate reads this module's op and domain tables)
+
+    g = model.graph
+    opset = check_graph(model)
     consts = {}
     for init in g.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:

@@ -13,7 +13,7 @@ from typing import Optional
 from . import ir
 from .canonical import canonicalize
 from .lower import FRAC_BITS, lower
-from .onnx_loader import load, read_model
+from .onnx_loader import check_graph, load, read_model
 from .passes.find_sparse_connectivity import find_sparse_connectivity
 from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
 from .passes.quantize_input import InputAffine, quantize_input
@@ -38,6 +38,7 @@ PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels,
 def frontend(model, options: Options = Options()) -> ir.Graph:
     """ONNX ModelProto -> IR with float32 epilogue chains (nothing folded yet). The exporter's
     forms are first rewritten into canonical ones (a copy: `model` itself is not changed)."""
+    check_graph(model)  # the file's own structure, before the canonical rewrites read it
     return lower(load(canonicalize(model)), options.input_scale, options.input_range, options.frac_bits,
                  options.input_affine, options.weight_bits)
 

@@ -134,13 +134,22 @@ def bypass(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
 def drop_unused(model: onnx.ModelProto) -> None:
     """Remove nodes whose outputs nobody reads and initializers nobody reads (dead after a rewrite)."""
     g = model.graph
-    while True:
-        used = {i for n in g.node for i in n.input} | graph_outputs(g)
-        dead = [n for n in g.node if not any(o in used for o in n.output if o)]
-        if not dead:
-            break
-        for n in dead:
-            g.node.remove(n)
+    producers_of: dict = {}  # every writer of a tensor (a malformed graph may have two: validation says so)
+    for n in g.node:
+        for o in n.output:
+            if o:
+                producers_of.setdefault(o, []).append(n)
+    live_ids, work = set(), [p for t in graph_outputs(g) for p in producers_of.get(t, [])]
+    while work:  # nodes the graph outputs depend on, one walk back (linear in the graph)
+        n = work.pop()
+        if id(n) in live_ids:
+            continue
+        live_ids.add(id(n))
+        work.extend(p for t in n.input for p in producers_of.get(t, []))
+    if len(live_ids) != len(g.node):
+        kept = [n for n in g.node if id(n) in live_ids]
+        del g.node[:]
+        g.node.extend(kept)
     used = {i for n in g.node for i in n.input} | graph_outputs(g)
     before = {t.name for t in g.initializer}
     keep = [t for t in g.initializer if t.name in used]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph_edit import bypass, constant_values, copy_model, is_standard
+from .graph_edit import bypass, constant_values, copy_model, graph_outputs, is_standard
 
 
 def _is_pass_through(node: onnx.NodeProto, values: dict) -> bool:
@@ -33,6 +33,29 @@ def remove_pass_through_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     g = out.graph
     values = constant_values(g)
-    for n in [n for n in g.node if _is_pass_through(n, values)]:
-        bypass(g, n)
+    outputs = graph_outputs(g)
+    through = [n for n in g.node if _is_pass_through(n, values)]
+    # readers of a pass-through output read its input: one alias map, resolved along chains, and
+    # one pass over the graph (bypassing node by node rescans it: quadratic on long chains)
+    alias = {n.output[0]: n.input[0] for n in through if n.output[0] not in outputs}
+
+    def source(t: str) -> str:
+        seen = []
+        while t in alias:
+            seen.append(t)
+            t = alias[t]
+        for s in seen:
+            alias[s] = t
+        return t
+
+    removed = {id(n) for n in through if n.output[0] in alias}
+    kept = [n for n in g.node if id(n) not in removed]
+    for n in kept:
+        for i, t in enumerate(n.input):
+            if t in alias:
+                n.input[i] = source(t)
+    del g.node[:]
+    g.node.extend(kept)
+    for n in [n for n in g.node if _is_pass_through(n, values) and n.output[0] in outputs]:
+        bypass(g, n)  # a graph output keeps its name: the producer of the input is renamed
     return out
