@@ -19,7 +19,7 @@ import onnx
 import onnx.defs
 from onnx import AttributeProto
 
-from .errors import BnncError
+from .errors import BnncError, one_line
 from .onnx_loader import EVALUATED_OPS, STANDARD_DOMAINS
 
 # The largest tensor bnnc compiles for (the lowering holds several arrays of this size): far above
@@ -57,9 +57,16 @@ def _type_name(t: int) -> str:
 
 
 def check_graph(model: onnx.ModelProto, opset: int) -> None:
-    """Tensor names defined once, attributes of the types their op defines."""
+    """Tensor names defined once, numeric constants, attributes of the types their op defines."""
     g = model.graph
     _check_unique_tensors(g)
+    constants = [(t.name, t) for t in g.initializer] + [
+        (n.output[0], a.t) for n in g.node if n.op_type == "Constant" and n.output
+        for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    for name, t in constants:
+        if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            raise BnncError(f"constant '{one_line(name)}' holds {onnx.TensorProto.DataType.Name(t.data_type).lower()} "
+                            "values; bnnc reads numeric tensors only")
     for i, n in enumerate(g.node):
         _check_attributes(n, n.name or f"{n.op_type}_{i}", opset)
 
