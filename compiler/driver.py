@@ -76,6 +76,9 @@ def approximations(graph: ir.Graph) -> list:
             found.append(f"input rounded to the grid (<= {op.max_error:.3g})")
         elif isinstance(op, ir.Conv) and op.acc_error is not None and op.acc_error.any():
             found.append(f"'{op.source_ops[0]}' real-valued weights (<= {float(op.acc_error.max()):.3g})")
+        elif isinstance(ep, ir.Thresholds) and ep.near_ties:
+            found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}': {ep.near_ties} step(s) within "
+                         "float32 rounding of 0 (order-sensitive)")
         elif isinstance(ep, ir.Requantize) and ep.max_error:
             found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream "
                          f"(<= {ep.max_error:.3g})")

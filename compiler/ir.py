@@ -161,6 +161,7 @@ class Thresholds:
     notes: list = field(default_factory=list)  # what the fold found (ties, unreachable steps)
 
     NOT_CONSTANT = 2
+    near_ties: int = 0  # channels whose step is within float32 rounding of the chain's 0 (order-sensitive)
     # `planes` activation bases of one accumulator. The output has planes * O channels;
     # channel p * O + o compares accumulator o (arrays above have planes * O entries).
     planes: int = 1

@@ -237,6 +237,32 @@ def _epilogue_range(graph: ir.Graph, op) -> tuple:
     return acc_range(op, src)
 
 
+NEAR_TIE = 2.0**-21  # |chain value| below this times its largest intermediate: within float32 rounding of 0
+
+
+def _near_ties(chain: ir.Chain, th: ir.Thresholds, lo: np.ndarray, hi: np.ndarray) -> int:
+    """Channels whose step sits where the chain, evaluated in float64 on the same constants, is
+    within a few float32 roundings of 0 on either side of it: there the sign depends on the
+    order a runtime evaluates the model's float32 ops in."""
+    live = (th.constant == ir.Thresholds.NOT_CONSTANT) & (th.threshold > lo) & (th.threshold <= hi)
+    if not np.any(live) or th.planes != 1:
+        return 0
+    first = np.where(th.direction > 0, th.threshold, -th.threshold)  # the step's accumulator on the +1 side
+    near = np.zeros(first.shape, bool)
+    for acc in (first, first - th.direction.astype(np.int64)):
+        v = np.clip(acc, lo, hi).astype(np.float64)
+        top = np.abs(v)
+        for op in chain.ops:
+            if op.op == "relu":
+                v = np.maximum(v, 0.0)
+                continue
+            c = np.asarray(op.const, np.float64)
+            v = {"mul": v * c, "div": v / c, "add": v + c, "sub": v - c}[op.op]
+            top = np.maximum(top, np.abs(v))
+        near |= np.abs(v) <= NEAR_TIE * np.maximum(top, 1e-30)
+    return int(np.sum(near & live))
+
+
 def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
     """The folded epilogue of one chain (None: a real output, kept)."""
     term = chain.terminal
@@ -257,6 +283,11 @@ def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
                         "activation {-1, 0, +1}")
         _retype_to_ints(graph, op.outputs[0], -1, 1)
         return lt
+    th.near_ties = _near_ties(chain, th, lo, hi)
+    if th.near_ties:
+        th.notes.append(f"{th.near_ties} channel(s) step where the float32 chain is within rounding of 0: another "
+                        "evaluation order of the same ops (e.g. a runtime's fused BatchNorm) may decide the other "
+                        "way there")
     consts = int(np.sum(th.constant != ir.Thresholds.NOT_CONSTANT))
     if consts:
         th.notes.append(f"{consts} constant output channel(s) (step outside the reachable range, "

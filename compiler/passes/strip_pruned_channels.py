@@ -146,8 +146,8 @@ def _forward(graph: ir.Graph, tensor: str, keep: np.ndarray, values: np.ndarray)
 def _slice_epilogue(ep, keep: np.ndarray):
     """The epilogue restricted to output channels `keep` (planes * O entries, plane after plane)."""
     if isinstance(ep, ir.Thresholds):
-        return ir.Thresholds(ep.direction[keep], ep.threshold[keep], ep.constant[keep], ep.out_scale,
-                             list(ep.notes), planes=ep.planes)
+        return replace(ep, direction=ep.direction[keep], threshold=ep.threshold[keep], constant=ep.constant[keep],
+                       notes=list(ep.notes))
     if isinstance(ep, ir.LevelThresholds):
         return ir.LevelThresholds(ep.direction[keep], ep.threshold[keep], ep.base, ep.step, ep.out_scale,
                                   list(ep.notes), planes=ep.planes)
