@@ -252,14 +252,15 @@ def _near_ties(chain: ir.Chain, th: ir.Thresholds, lo: np.ndarray, hi: np.ndarra
     for acc in (first, first - th.direction.astype(np.int64)):
         v = np.clip(acc, lo, hi).astype(np.float64)
         top = np.abs(v)
-        for op in chain.ops:
-            if op.op == "relu":
-                v = np.maximum(v, 0.0)
-                continue
-            c = np.asarray(op.const, np.float64)
-            v = {"mul": v * c, "div": v / c, "add": v + c, "sub": v - c}[op.op]
-            top = np.maximum(top, np.abs(v))
-        near |= np.abs(v) <= NEAR_TIE * np.maximum(top, 1e-30)
+        with np.errstate(all="ignore"):  # channels divided by 0 (gamma 0) are constant: not counted
+            for op in chain.ops:
+                if op.op == "relu":
+                    v = np.maximum(v, 0.0)
+                    continue
+                c = np.asarray(op.const, np.float64)
+                v = {"mul": v * c, "div": v / c, "add": v + c, "sub": v - c}[op.op]
+                top = np.maximum(top, np.abs(v))
+            near |= np.abs(v) <= NEAR_TIE * np.maximum(top, 1e-30)
     return int(np.sum(near & live))
 
 
