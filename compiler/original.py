@@ -55,6 +55,15 @@ def _describe(node: onnx.NodeProto) -> str:
     return f"node {node.name!r} (op {node.op_type}, domain {node.domain!r})"
 
 
+def unique_name(taken: set, stem: str) -> str:
+    """The first of stem0, stem1, ... not in `taken` (which then holds it too)."""
+    i = 0
+    while (name := f"{stem}{i}") in taken:
+        i += 1
+    taken.add(name)
+    return name
+
+
 class _Emitter:
     """Emits standard nodes and constants with fresh names for one rewritten custom node."""
 
@@ -65,11 +74,7 @@ class _Emitter:
         self.prefix = ""
 
     def fresh(self, hint: str) -> str:
-        i = 0
-        while (name := f"{self.prefix}_{hint}{i}") in self.taken:
-            i += 1
-        self.taken.add(name)
-        return name
+        return unique_name(self.taken, f"{self.prefix}_{hint}")
 
     def const(self, value, dtype=np.float32) -> str:
         name = self.fresh("c")

@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..original import unique_name
+
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -91,11 +93,7 @@ class Names:
             self.taken.add(n.name)
 
     def fresh(self, hint: str) -> str:
-        i = 0
-        while (name := f"{hint}__canon{i}") in self.taken:
-            i += 1
-        self.taken.add(name)
-        return name
+        return unique_name(self.taken, f"{hint}__canon")
 
 
 def add_initializer(graph: onnx.GraphProto, names: Names, value: np.ndarray, hint: str) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 from .. import ir, weight_codes
 from ..arith import eval_chain
 from ..errors import BnncError
+from ..passes.fold_batchnorm_into_thresholds import tap_range
 from .context import conv_pads, widen
 from .registry import handler, where
 from .streams import STREAM_LIMIT, rounding_error, stream_of_intchain, to_stream
@@ -158,8 +159,8 @@ def _decode_weights(ctx, node, w: np.ndarray, origin_name: str, v: Optional[Val]
 def _input_magnitude(ctx, v: Val) -> int:
     """The largest |value| a layer input can hold (real-valued outputs become streams)."""
     if isinstance(v, (BitsVal, IntsVal)):
-        t = ctx.graph.tensors[v.tensor]
-        return 1 if isinstance(t, ir.Bits) else max(abs(int(t.lo)), abs(int(t.hi)), 1)
+        lo, hi = tap_range(ctx.graph.tensors[v.tensor])
+        return max(-int(lo), int(hi), 1)
     return STREAM_LIMIT
 
 
