@@ -416,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--input-mean", default=None, help="per-channel mean subtracted (torchvision Normalize)")
         sp.add_argument("--input-std", default=None, help="per-channel std divided by (torchvision Normalize)")
         sp.add_argument("--frac-bits", type=int, default=None, metavar="F",
-                        help="grid 2^-F of real-valued (residual) streams, which saturate at +-(2^23 - 1) steps "
-                             "(default 16: +-128); finer follows the float model more closely in a narrower range")
+                        help="coarsest grid 2^-F of real-valued (residual) streams (default 16: up to +-16384); "
+                             "each takes the finest grid up to 2^-24 that holds its worst case in 31 bits")
         sp.add_argument("--weight-bits", action="append", default=None, metavar="[NODE=]B",
                         help="width of real-valued weights (all layers, or the ONNX node NODE): a narrower "
                              "grid, with the larger error bound bnnc report states (default: up to 24 bits)")

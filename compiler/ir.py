@@ -208,6 +208,9 @@ class Requantize:
     # Wide accumulators (real-valued weights) are first shifted right by `pre_shift` (a floor, before
     # the clamp, which is then in the shifted units): a = clamp(acc >> pre_shift, acc_lo, acc_hi).
     pre_shift: int = 0
+    # The largest |value| (real units) the map can reach over the accumulator range: above
+    # hi * out_scale (or below lo * out_scale), saturation is reachable (`bnnc report` says so).
+    reach: float = 0.0
 
 
 @dataclass
@@ -353,9 +356,11 @@ class Activation:
 @dataclass
 class Add:
     """Residual sum of two integer tensors of the same shape:
-        out = clamp(a * 2**shifts[0] + b * 2**shifts[1], lo, hi)
-    (the shifts put both operands on the finer of their two power-of-two grids; the sum is exact,
-    the clamp saturates a fixed-point stream at its declared range)."""
+        out = clamp(floor((a * 2**shifts[0] + b * 2**shifts[1] + half) / 2**round_shift), lo, hi)
+    with half = 2**(round_shift - 1) if round_shift else 0. The shifts put both operands on the
+    finer of their two power-of-two grids, where the sum is exact; a sum that could leave the
+    stream's range there is rounded half up to a grid 2**round_shift times coarser. The clamp
+    saturates a fixed-point stream at its declared range."""
 
     name: str
     inputs: list  # [a, b]
@@ -363,6 +368,7 @@ class Add:
     shifts: tuple = (0, 0)
     lo: int = -(2**31)
     hi: int = 2**31 - 1
+    round_shift: int = 0
 
 
 @dataclass
@@ -828,8 +834,8 @@ def _verify_add(graph, op) -> None:
     out = graph.tensors[op.outputs[0]]
     if not isinstance(out, Ints) or not (tuple(a.shape) == tuple(b.shape) == tuple(out.shape)):
         _fail(op, "Add of equal shapes", f"{a.shape} + {b.shape} -> {out.shape}")
-    if not op.lo <= op.hi or len(op.shifts) != 2 or min(op.shifts) < 0:
-        _fail(op, "Add lo <= hi, shifts >= 0", f"[{op.lo}, {op.hi}], shifts {op.shifts}")
+    if not op.lo <= op.hi or len(op.shifts) != 2 or min(op.shifts) < 0 or op.round_shift < 0:
+        _fail(op, "Add lo <= hi, shifts >= 0", f"[{op.lo}, {op.hi}], shifts {op.shifts}, round_shift {op.round_shift}")
 
 
 def _verify_concat(graph, op) -> None:

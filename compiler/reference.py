@@ -151,7 +151,10 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = apply_epilogue(op.epilogue, a.astype(np.int64))
         elif isinstance(op, ir.Add):
             b = env[op.inputs[1]]
-            r = np.clip((a.astype(np.int64) << op.shifts[0]) + (b.astype(np.int64) << op.shifts[1]), op.lo, op.hi)
+            r = (a.astype(np.int64) << op.shifts[0]) + (b.astype(np.int64) << op.shifts[1])
+            if op.round_shift:
+                r = (r + (1 << (op.round_shift - 1))) >> op.round_shift
+            r = np.clip(r, op.lo, op.hi)
         elif isinstance(op, ir.SumPool):
             r = _sumpool(op, a)
         elif isinstance(op, ir.Concat):

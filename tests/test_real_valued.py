@@ -106,3 +106,63 @@ def test_input_flags_parse_negative_ranges_and_per_channel_lists(tmp_path, capsy
     assert "every channel" in capsys.readouterr().err
     assert main(["report", str(path), "--input-range", "0:255", "--input-mean", "1,2"]) == 2
     assert "do not match the input shape" in capsys.readouterr().err
+
+
+def _wide_residual(seed: int, gain: float):
+    """Float stem conv * gain -> a; float conv of a -> b; a + b -> Relu -> AveragePool 2x2 ->
+    float Gemm: streams whose worst case (set by `gain`) decides their grids."""
+    rng = np.random.default_rng(seed)
+    c = 4
+    inits = {
+        "w1": rng.normal(size=(c, 3, 3, 3)).astype(np.float32),
+        "g": np.array(gain, np.float32),
+        "w2": (rng.normal(size=(c, c, 1, 1)) * 0.5).astype(np.float32),
+        "wf": rng.normal(size=(10, c * 4 * 4)).astype(np.float32),
+        "shape": np.array([1, c * 4 * 4], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a0"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["a0", "g"], ["a"], name="gain"),
+        helper.make_node("Conv", ["a", "w2"], ["b"], name="branch"),
+        helper.make_node("Add", ["a", "b"], ["s"], name="residual"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),
+        helper.make_node("AveragePool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["p", "shape"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
+    ]
+    g = helper.make_graph(nodes, "wide_residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_streams_take_the_finest_grid_their_worst_case_fits(seed):
+    """Each stream gets the finest grid (up to 2^-24) on which every value it can reach fits 31
+    bits; the residual sum of two such streams rounds to a coarser grid, the window sum reads a
+    stream narrowed to fit 32 bits: nothing can saturate, C == reference, and the reference
+    follows float32 onnxruntime within the stated rounding."""
+    model = _wide_residual(seed, 10.0)
+    graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
+    rq = [op.epilogue for op in graph.ops() if isinstance(getattr(op, "epilogue", None), ir.Requantize)]
+    assert rq and all(ep.reach <= max(ep.hi, -ep.lo) * ep.out_scale for ep in rq)
+    assert all(2.0**-24 <= ep.out_scale <= 2.0**-16 for ep in rq)
+    add = next(op for op in graph.ops() if isinstance(op, ir.Add))
+    assert add.round_shift > 0
+    assert any("residual Add" in a and "rounded" in a for a in driver.approximations(graph))
+    assert not any("saturates" in a for a in driver.approximations(graph))
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 30, seed))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 1e-5 * np.abs(orig).max()
+    y, _ = targets.run(graph, "c", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y, ref)
+
+
+def test_reachable_saturation_is_stated():
+    """A stream whose worst case exceeds 31 bits even on the coarsest grid allowed saturates there,
+    and the approximations say so (with the value it can reach)."""
+    model = _wide_residual(0, 3e6)
+    graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
+    stated = [a for a in driver.approximations(graph) if "saturates" in a]
+    assert stated and "16384" in stated[0] and "worst case reaches" in stated[0]

@@ -7,17 +7,9 @@ import pytest
 from bnnc.cli import main
 from bnnc.testing.wild import WILD_MODELS, wild_dir
 
-NOT_YET = {  # what still stops them (strict: the test fails once they pass, so this list stays true)
-    # top-1 agrees with onnxruntime on 96-98% of samples: its residual streams (values up to ~500)
-    # need both the range and the resolution of a stream wider than 23 bits
-    "larq_quicknet_small": "fixed-point residual streams too narrow for 99% top-1 agreement",
-}
-
-
 def _cases():
     for name, flags in WILD_MODELS.items():
-        marks = [pytest.mark.xfail(strict=True, reason=NOT_YET[name])] if name in NOT_YET else []
-        yield pytest.param(name, flags, marks=marks, id=name)
+        yield pytest.param(name, flags, id=name)
 
 
 @pytest.fixture

@@ -374,7 +374,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     elif isinstance(op, ir.Add):
         b = graph.tensors[op.inputs[1]]
         L.update(family="add", a_ctype=C_TYPES[storage_dtype(src)], b_ctype=C_TYPES[storage_dtype(b)],
-                 n=int(np.prod(oty.shape)), sa=op.shifts[0], sb=op.shifts[1], lo=op.lo, hi=op.hi)
+                 n=int(np.prod(oty.shape)), sa=op.shifts[0], sb=op.shifts[1], lo=op.lo, hi=op.hi,
+                 round_shift=op.round_shift)
         L["call"] = f"{op.name}({buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']})"
     elif isinstance(op, ir.SumPool):
         h, w, c = src.shape

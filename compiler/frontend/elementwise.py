@@ -14,7 +14,7 @@ from .. import ir, weight_codes
 from ..errors import BnncError
 from .context import widen
 from .registry import handler, where
-from .streams import STREAM_LIMIT, to_stream
+from .streams import WIDE_STREAM_LIMIT, stream_limit, to_stream
 from .values import AccVal, BitsVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
@@ -138,13 +138,18 @@ def _of_two_activations(ctx, node, op):
                         "whose ratio is not a power of two")
     shifts[0 if ratio >= 1 else 1] = k
     scale = min(a.scale, b.scale)
-    lo = max((ta.lo << shifts[0]) + (tb.lo << shifts[1]), -STREAM_LIMIT)
-    hi = min((ta.hi << shifts[0]) + (tb.hi << shifts[1]), STREAM_LIMIT)
+    lo_sum, hi_sum = (ta.lo << shifts[0]) + (tb.lo << shifts[1]), (ta.hi << shifts[0]) + (tb.hi << shifts[1])
+    lo, hi, r = lo_sum, hi_sum, 0
+    while max(-lo, hi) > WIDE_STREAM_LIMIT and math.log2(scale) + r < -ctx.frac_bits:
+        # a sum that could leave the widest stream: a coarser grid, rounded half up, down to 2**-frac_bits
+        r += 1
+        lo, hi = (lo_sum + 2 ** (r - 1)) >> r, (hi_sum + 2 ** (r - 1)) >> r
+    limit = stream_limit(max(-lo, hi))
     name = ctx.new_name("add")
     tname = name + "_out"
-    ctx.graph.add(ir.Add(name, [a.tensor, b.tensor], [tname], tuple(shifts), -STREAM_LIMIT, STREAM_LIMIT),
-                  {tname: ir.Ints(ta.shape, lo, hi, scale)})
-    ctx.set(node, IntsVal(a.shape, [node.name], tensor=tname, scale=scale))
+    ctx.graph.add(ir.Add(name, [a.tensor, b.tensor], [tname], tuple(shifts), -limit, limit, r),
+                  {tname: ir.Ints(ta.shape, max(lo, -limit), min(hi, limit), scale * 2**r)})
+    ctx.set(node, IntsVal(a.shape, [node.name], tensor=tname, scale=scale * 2**r))
 
 
 def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):

@@ -16,7 +16,7 @@ from ..errors import BnncError
 from ..passes.fold_batchnorm_into_thresholds import tap_range
 from .context import conv_pads, widen
 from .registry import handler, where
-from .streams import STREAM_LIMIT, rounding_error, stream_of_intchain, to_stream
+from .streams import WIDE_STREAM_LIMIT, narrow, rounding_error, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PaddedBitsVal, RealsVal, Val, with_chain
 
 REAL_ACC_LIMIT = 2**61  # accumulators of real-valued weights stay within this (the weights' bits are chosen
@@ -161,7 +161,7 @@ def _input_magnitude(ctx, v: Val) -> int:
     if isinstance(v, (BitsVal, IntsVal)):
         lo, hi = tap_range(ctx.graph.tensors[v.tensor])
         return max(-int(lo), int(hi), 1)
-    return STREAM_LIMIT
+    return WIDE_STREAM_LIMIT
 
 
 def _input_error(ctx, v: Val) -> float:
@@ -172,7 +172,12 @@ def _input_error(ctx, v: Val) -> float:
 def _materialize(ctx, node, v: Val, w=None, origin_name: str = "") -> Val:
     """The raw input read directly by a layer: integers on the declared grid, positive scalar
     scales folded into the layer; any other float32 ops on the way (per-channel normalisation,
-    offsets such as (x + 1) / 2) make it a fixed-point input (`_fixed_point_input`)."""
+    offsets such as (x + 1) / 2) make it a fixed-point input (`_fixed_point_input`). Integers
+    beyond 32 bits (a large global sum of a stream) are first rounded to a coarser grid
+    (`streams.narrow`): the layer kernels read 32-bit values."""
+    if isinstance(v, IntsVal):
+        ty = ctx.graph.tensors[v.tensor]
+        return narrow(ctx, node, v, WIDE_STREAM_LIMIT) if max(-ty.lo, ty.hi) > 2**31 - 1 else v
     if not isinstance(v, InputVal):
         return v
     if ctx.grid["range"] is None:

@@ -10,7 +10,7 @@ from ..errors import BnncError
 from .context import conv_pads
 from .linear import window_sum_conv
 from .registry import handler, where
-from .streams import stream_of_intchain, to_stream
+from .streams import narrow, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, IntChainVal, IntsVal
 
 SUM_LIMIT = 2**63 - 1  # the sums of pools are exact int64
@@ -68,15 +68,13 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
     if any(pads) or ceil_mode:
         raise BnncError(f"{where(node)}: AveragePool with padding and count_include_pad=0, or with ceil_mode, "
                         "is not supported (the divisor would change near the border)")
+    n = kernel[0] * kernel[1]
+    v = narrow(ctx, node, v, (2**31 - 1) // n)  # the window sums are 32-bit
     ty = ctx.graph.tensors[v.tensor]
     oh, ow = ir.out_shape(ty.shape[:2], kernel, stride, (0, 0, 0, 0))
-    n = kernel[0] * kernel[1]
     name = ctx.new_name("sumpool")
     tname = name + "_out"
     lo, hi = ty.lo * n, ty.hi * n
-    if lo < -(2**31) or hi > 2**31 - 1:
-        raise BnncError(f"{where(node)}: the fixed-point values reach [{lo}, {hi}], beyond 32 bits; "
-                        "use fewer fractional bits")
     oty = ir.Ints((oh, ow, ty.shape[2]), lo, hi, ty.scale / n)
     ctx.graph.add(ir.SumPool(name, [v.tensor], [tname], kernel, stride), {tname: oty})
     ctx.set(node, IntsVal((1, v.shape[1], oh, ow), [node.name], tensor=tname, scale=v.scale / n))

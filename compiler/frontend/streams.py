@@ -3,6 +3,7 @@ average pools, and tensors that several kinds of consumers read."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from fractions import Fraction
 
@@ -16,13 +17,17 @@ from .values import AccVal, IntChainVal, IntsVal, Val, with_chain
 STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128 at 2**-16). A global average
 #                           pool of more than 256 such pixels sums beyond 32 bits: its output range says so and
 #                           the backends store it (and accumulate it) in 64 bits, exactly (pack_bits.storage_dtype)
+MAX_STREAM_FRAC_BITS = 24  # the finest grid of a real-valued stream
+WIDE_STREAM_LIMIT = 2**30 - 1  # a stream whose values can reach beyond STREAM_LIMIT (wide BatchNorm scales, sums
+#                                of residual branches) widens up to this, still 32-bit, instead of saturating;
+#                                beyond it saturation is reachable and stated (Requantize.reach, approximations)
 
 
 def to_stream(ctx, node, v: Val) -> Val:
     """A real-valued layer output as a fixed-point Ints stream (ir.Requantize): the affine map
-    relu?(a * acc + b) that the chain specifies, on the coarsest grid 2**-k (k <= frac_bits)
-    that holds it exactly, else on 2**-frac_bits rounded half up; saturating at
-    +-STREAM_LIMIT grid steps. MaxPools on the way run on the stream (`_pooled_stream`), which may
+    relu?(a * acc + b) that the chain specifies, on the coarsest grid 2**-k that holds it
+    exactly, else rounded half up on the finest grid 2**-k (frac_bits <= k <= 24) on which its
+    worst case fits 31 bits; saturating beyond (stated: Requantize.reach). MaxPools on the way run on the stream (`_pooled_stream`), which may
     leave ops pending after them (an IntChainVal); a Relu followed by more arithmetic (BatchNorm
     after Relu) becomes two requantizations. Any other value is returned as it is."""
     if not isinstance(v, AccVal):
@@ -51,13 +56,16 @@ def to_stream(ctx, node, v: Val) -> Val:
 
 def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tuple:
     """(ir.Requantize, lo, hi) of the affine map relu?(a * acc + b) that `chain` specifies per
-    channel, for accumulators in [lo_acc, hi_acc] (see to_stream). The largest multiplier has at
-    least 20 significant bits (accumulators far finer than the grid are shifted right first)."""
+    channel, for accumulators in [lo_acc, hi_acc] (see to_stream): on the coarsest grid that holds
+    it exactly, else rounded half up on the finest grid that holds its worst case (`_finest_grid`).
+    The largest multiplier has at least 20 significant bits (accumulators far finer than the grid
+    are shifted right first)."""
     affine = _affine_chain(node, chain, o)
-    frac = next((k for k in range(ctx.frac_bits + 1)
+    finest = _finest_grid(affine, lo_acc, hi_acc, ctx.frac_bits)
+    frac = next((k for k in range(finest + 1)
                  if all((a * 2**k).denominator == 1 and (b * 2**k).denominator == 1 for a, b, _ in affine)), None)
     exact = frac is not None
-    frac = ctx.frac_bits if frac is None else frac
+    frac = finest if frac is None else frac
     shift = 1 if exact else 30
     pre = 0
     a_top = max((abs(a) for a, _, _ in affine), default=Fraction(0))
@@ -76,7 +84,10 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
     relu = {r for _, _, r in affine}
     if len(relu) > 1:
         raise BnncError(f"{where(node)}: Relu on some channels only is not supported")
-    limit = STREAM_LIMIT
+    ends = [(int(acc) * m + c) >> shift for m, c, lo, hi in zip(mult, add, np.broadcast_to(lo_acc, (o,)),
+                                                                 np.broadcast_to(hi_acc, (o,))) for acc in (lo, hi)]
+    reach = max((max(e, 0) if True in relu else abs(e) for e in ends), default=0)  # grid steps the map can reach
+    limit = stream_limit(reach)
     lo_out, hi_out = (0 if True in relu else -limit), limit
     acc_lo, acc_hi, ends = [], [], []
     for i in range(o):
@@ -102,11 +113,53 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
     note = (f"fixed-point stream 2^-{frac}: out = floor(({acc_text} * mult + add) / 2^{shift}), the layer's affine map "
             + ("exactly (the model's scales are on the grid)" if exact else
                f"rounded half up (error <= 2^-{frac + 1}" + (f" + {floor_error:.3g}" if pre else "") + ")")
-            + f", saturating at +-{limit} steps")
+            + f", saturating at +-{limit} steps"
+            + (f" (reachable: the layer's worst case is +-{reach} steps)" if reach > limit else ""))
     ep = ir.Requantize(np.array(mult, np.int64), np.array(add, np.int64), shift, lo_out, hi_out,
                        2.0**-frac, [note], np.array(acc_lo, np.int64), np.array(acc_hi, np.int64),
-                       0.0 if exact else 2.0**-(frac + 1) + floor_error, pre)
+                       0.0 if exact else 2.0**-(frac + 1) + floor_error, pre, reach * 2.0**-frac)
     return ep, min(ends), max(ends)
+
+
+def _finest_grid(affine: list, lo_acc, hi_acc, coarsest: int) -> int:
+    """The finest grid 2**-k, k <= MAX_STREAM_FRAC_BITS, on which every value the affine map can
+    reach for accumulators in [lo_acc, hi_acc] fits WIDE_STREAM_LIMIT steps; never coarser than
+    2**-coarsest (a wider worst case then saturates, stated)."""
+    o = len(affine)
+    worst = max((max(y, Fraction(0)) if relu else abs(y)
+                 for (a, b, relu), lo, hi in zip(affine, np.broadcast_to(lo_acc, (o,)), np.broadcast_to(hi_acc, (o,)))
+                 for y in (a * int(lo) + b, a * int(hi) + b)), default=Fraction(0))
+    k = max(MAX_STREAM_FRAC_BITS, coarsest)
+    while k > coarsest and worst * 2**k + 1 > WIDE_STREAM_LIMIT:
+        k -= 1
+    return k
+
+
+def stream_limit(reach: int) -> int:
+    """The saturation bound of a stream whose values can reach +-`reach` grid steps."""
+    return STREAM_LIMIT if reach <= STREAM_LIMIT else min(reach, WIDE_STREAM_LIMIT)
+
+
+def narrow(ctx, node, v: IntsVal, limit: int) -> IntsVal:
+    """`v` on the coarsest power-of-two multiple of its grid that holds its range within +-limit:
+    an Activation rounding half up (for a consumer that reads 32-bit values); `v` itself if it fits."""
+    ty = ctx.graph.tensors[v.tensor]
+    s = 0
+    while max(-((ty.lo + (1 << s >> 1)) >> s), (ty.hi + (1 << s >> 1)) >> s) > limit:
+        s += 1
+    if not s:
+        return v
+    c = ty.shape[2]
+    lo, hi = (ty.lo + (1 << (s - 1))) >> s, (ty.hi + (1 << (s - 1))) >> s
+    scale = ty.scale * 2**s
+    note = (f"fixed-point stream 2^{math.log2(scale):g}: out = floor((x + 2^{s - 1}) / 2^{s}), the input "
+            f"rounded half up to a {2**s} times coarser grid (error <= {scale / 2:.3g}) to fit 32 bits")
+    ep = ir.Requantize(np.ones(c, np.int64), np.full(c, 1 << (s - 1), np.int64), s, lo, hi, scale, [note],
+                       max_error=scale / 2)
+    name = ctx.new_name("act")
+    tname = name + "_out"
+    ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ep), {tname: ir.Ints(ty.shape, lo, hi, scale)})
+    return IntsVal(v.shape, [node.name], tensor=tname, scale=scale, flat_from=v.flat_from, block=v.block)
 
 
 def rounding_error(graph: ir.Graph, tensor: str) -> float:
@@ -120,7 +173,8 @@ def rounding_error(graph: ir.Graph, tensor: str) -> float:
     if isinstance(ep, ir.Requantize):
         return ep.max_error
     if isinstance(op, ir.Add):
-        return sum(rounding_error(graph, t) for t in op.inputs)
+        rounded = graph.tensors[tensor].scale / 2 if op.round_shift else 0.0
+        return sum(rounding_error(graph, t) for t in op.inputs) + rounded
     if isinstance(op, (ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat)):
         return max(rounding_error(graph, t) for t in op.inputs)
     return 0.0
