@@ -414,6 +414,16 @@ class Softmax:
 Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool, Concat, Softmax]
 
 
+def output_in_model_order(graph: "Graph", y: np.ndarray) -> np.ndarray:
+    """Outputs (N, elements) in the output tensor's (H, W, C) order -> the model's order: a
+    feature-map output (`output_info["channels_first"]`) is transposed to (C, H, W)."""
+    n = y.shape[0]
+    if not graph.output_info.get("channels_first"):
+        return y
+    _, c, h, w = graph.output_info["shape"]
+    return np.ascontiguousarray(y.reshape(n, h, w, c).transpose(0, 3, 1, 2)).reshape(n, -1)
+
+
 def int_weights(conv: "Conv") -> np.ndarray:
     """The integer weights the accumulator uses (int64 (O, kh, kw, C)), whatever the code."""
     if conv.int_w is not None:

@@ -87,6 +87,9 @@ def _set_output(ctx: LoweringContext) -> None:
     ctx.graph.output = v.tensor
     ctx.graph.output_info = {"shape": tuple(v.shape), "dtype": dtype, "onnx_name": out,
                              "elements": int(np.prod(v.shape))}
+    if len(v.shape) == 4 and v.shape[1] > 1 and v.shape[2] * v.shape[3] > 1:
+        # a feature map: the tensor is (H, W, C), the model's output (C, H, W); see ir.output_in_model_order
+        ctx.graph.output_info["channels_first"] = True
     for n in list(ctx.graph.g.nodes):
         op = ctx.graph.op(n)
         if isinstance(op, ir.Conv) and op.name not in ctx.finished:

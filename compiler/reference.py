@@ -174,7 +174,7 @@ def run(graph: ir.Graph, x: np.ndarray) -> np.ndarray:
     for i in range(0, n, BATCH):
         env = run_chunk(graph, x[i: i + BATCH])
         y = env[graph.output]
-        outs.append(y.reshape(y.shape[0], -1))
+        outs.append(ir.output_in_model_order(graph, y.reshape(y.shape[0], -1)))
     y = np.concatenate(outs) if outs else np.zeros((0, graph.output_info["elements"]))
     return y.reshape((n,) + tuple(graph.output_info["shape"][1:]))
 

@@ -166,3 +166,26 @@ def test_reachable_saturation_is_stated():
     graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
     stated = [a for a in driver.approximations(graph) if "saturates" in a]
     assert stated and "16384" in stated[0] and "worst case reaches" in stated[0]
+
+
+@pytest.mark.parametrize("head", ["conv", "sign"])
+def test_feature_map_outputs_are_in_the_models_order(head):
+    """A model that ends in a feature map (a float conv, or a sign activation) outputs (C, H, W)
+    as the ONNX model does, on the reference and in C, though bnnc's tensors are (H, W, C)."""
+    rng = np.random.default_rng(5)
+    inits = {"w": rng.normal(size=(5, 3, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c" if head == "sign" else "y"], pads=[1, 1, 1, 1])]
+    if head == "sign":
+        nodes.append(helper.make_node("Sign", ["c"], ["y"]))
+    g = helper.make_graph(nodes, "fmap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4, 6])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))
+    assert graph.output_info["channels_first"]
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 6, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert ref.shape == (6, 5, 4, 6)
+    assert np.abs(ref - orig).max() <= 1e-5 * np.abs(orig).max()
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)

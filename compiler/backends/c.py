@@ -130,7 +130,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
     layers, consts = [], []
 
     def buf(t: str) -> str:
-        if t == graph.output:
+        if t == graph.output and not out_info.get("channels_first"):
             return "output"
         if t == graph.input:
             return "input"
@@ -250,6 +250,10 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         "output_ctype": "float" if out_info["dtype"] == "float32" else "int32_t",
         "output_size": out_info["elements"],
         "output_shape": out_info["shape"],
+        # a feature-map output: the last layer writes (H, W, C) into the arena, _run transposes it
+        "output_transpose": {"src": buf(graph.output), "c": out_info["shape"][1],
+                             "pixels": out_info["shape"][2] * out_info["shape"][3]}
+        if out_info.get("channels_first") else None,
         "arena_bytes": max(arena["size"], 64),
         "layers": layers,
         "families": bool(family),

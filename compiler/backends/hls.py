@@ -727,7 +727,7 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
     exe = build(sources, tuple(opts.flags) if opts.flags else CXX_FLAGS, progress=opts.progress)
     odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
     y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
-    return y, stats(graph, foldings, opts.name)
+    return ir.output_in_model_order(graph, y.reshape(grid.shape[0], -1)), stats(graph, foldings, opts.name)  # (H, W, C) stream
 
 
 def report(graph: ir.Graph, opts) -> dict:

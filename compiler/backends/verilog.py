@@ -498,7 +498,7 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
     hw_out = decode_frames(beats, d.context["output"], n, signed=d.plan.acc_out or isinstance(out_ty, ir.Ints))
     y = host_tail(d.graph, d.plan, hw_out)
     odt = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
-    y = np.asarray(y).reshape(n, -1).astype(odt)
+    y = ir.output_in_model_order(graph, np.asarray(y).reshape(n, -1).astype(odt))  # the stream is (H, W, C)
     ends = st["frame_end"]
     cpf = steady_state(ends)
     latency = ends[0] - st["first_input_cycle"] + 1

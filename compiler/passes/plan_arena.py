@@ -100,7 +100,7 @@ def plan_arena(graph: ir.Graph) -> ir.Graph:
     bufs = {}
     for i, op in enumerate(ops):
         for t in op.outputs:
-            if t != out.output:
+            if t != out.output or out.output_info.get("channels_first"):  # a feature map is transposed last
                 bufs[t] = Buffer(t, _align(tensor_bytes(out.tensors[t], wb), align), i, i)
         for t in op.inputs:
             if t in bufs:
