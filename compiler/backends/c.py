@@ -251,6 +251,9 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         "output_size": out_info["elements"],
         "output_shape": out_info["shape"],
         "arena_bytes": max(arena["size"], 64),
+        # what an app-supplied arena must be aligned to: the planner's buffer alignment, at least
+        # int64_t's and double's (8)
+        "arena_align": max(int(arena.get("align", 64)), 8),
         "layers": layers,
         "families": bool(family),
         "consts": consts,
