@@ -277,7 +277,7 @@ def test_model_is_freestanding_and_its_only_mutable_state_is_the_default_arena(t
     initializers), on an FPU core no runtime helper at all; no writable data but the default arena,
     and none with <PREFIX>_NO_STATIC_ARENA."""
     graph = compile_graph(zoo.build(zoo_name))
-    for core in ("cortex-m4", "cortex-m0"):
+    for core in ("cortex-m4", "cortex-m7", "cortex-m0"):
         c = mcu.CORES[core]
         for fname, text in mcu.files(graph, TargetOptions(mcu=core, name="net")).items():
             (tmp_path / fname).write_text(text)
