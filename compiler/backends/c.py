@@ -255,6 +255,9 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                              "pixels": out_info["shape"][2] * out_info["shape"][3]}
         if out_info.get("channels_first") else None,
         "arena_bytes": max(arena["size"], 64),
+        # what an app-supplied arena must be aligned to: the planner's buffer alignment, at least
+        # int64_t's and double's (8)
+        "arena_align": max(int(arena.get("align", 64)), 8),
         "layers": layers,
         "families": bool(family),
         "consts": consts,

@@ -9,9 +9,12 @@ activation arena placed by plan_arena; float code only where the model itself ha
 operations (M0 then uses compiler-rt's soft float, M4/M7 their single-precision FPU).
 
 `bnnc compile --target c --mcu M` writes the library (model.c, model.h, bnnc_kernels.h), an
-example main.c, a minimal startup.c and linker script, a Makefile and a CMakeLists.txt for
-arm-none-eabi-gcc. `run` / `verify` / `report` build the same model with an emulator harness
-instead of main.c (cached like c_build) and run it in unicorn (mcu_emu), which counts
+example main.c, a minimal startup.c and linker script, a Makefile, and a CMakeLists.txt (with a
+toolchain file for arm-none-eabi-gcc when built on its own; a library target `<prefix>` when a
+parent project add_subdirectory()s it). The library is freestanding (no libc, -nostdlib) and
+reentrant: activations live in an arena the app may supply (`<prefix>_init`), placed and shared
+as docs/firmware.md describes. `run` / `verify` / `report` build the same model with an emulator
+harness instead of main.c (cached like c_build) and run it in unicorn (mcu_emu), which counts
 instructions per inference and per layer; flash and RAM come from the ELF's sections.
 """
 
@@ -121,6 +124,7 @@ def render(graph: ir.Graph, opts, emulation: bool = False, bg: ir.Graph | None =
         files["main.c"] = env.get_template("main.c.j2").render(**ctx)
         files["Makefile"] = env.get_template("Makefile.j2").render(**ctx)
         files["CMakeLists.txt"] = env.get_template("CMakeLists.txt.j2").render(**ctx)
+        files["arm-none-eabi.cmake"] = env.get_template("arm-none-eabi.cmake.j2").render(**ctx)
     return files
 
 
@@ -156,13 +160,16 @@ def gcc_version() -> str:
 
 
 def compile_command(core: Core, sources: list, linker_script: str, out: str, cc: str = "zig") -> list:
+    """Freestanding and without libc (-nostdlib): only the compiler's own runtime is linked, for
+    the soft float and 64-bit multiplication that cores without an FPU (M0) need."""
     # bnnc_emu_infer is called by the emulator only: a root for --gc-sections
-    link = ["-Wl,--gc-sections", "-Wl,-u,bnnc_emu_infer", "-T", linker_script, *sources, "-o", out]
+    link = ["-nostdlib", "-Wl,--gc-sections", "-Wl,-u,bnnc_emu_infer", "-T", linker_script, *sources, "-o", out]
     if cc == "gcc":
-        return ["arm-none-eabi-gcc", *core.gcc_flags.split(), OPT, "-fomit-frame-pointer", *WARN, "-nostartfiles",
-                *link]
+        return ["arm-none-eabi-gcc", *core.gcc_flags.split(), OPT, "-ffreestanding", "-fomit-frame-pointer", *WARN,
+                *link, "-lgcc"]
+    # zig cc asks the linker for the entry point _start; the linker script's ENTRY() is the reset handler
     return [sys.executable, "-m", "ziglang", "cc", "-target", core.zig_target, f"-mcpu={core.zig_cpu}", OPT,
-            "-ffreestanding", "-fomit-frame-pointer", *WARN, *link]
+            "-ffreestanding", "-fomit-frame-pointer", *WARN, "-Wl,-e,bnnc_reset_handler", *link, "-lcompiler_rt"]
 
 
 def compiler_name(core: Core) -> str:

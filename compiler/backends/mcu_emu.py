@@ -57,6 +57,7 @@ class Firmware:
     flash_end: int
     ram_end: int
     sections: dict = field(default_factory=dict)  # name -> size, allocated sections
+    undefined: list = field(default_factory=list)  # symbols the link left undefined, sorted
 
     @classmethod
     def load(cls, path) -> "Firmware":
@@ -83,8 +84,10 @@ class Firmware:
                 else:
                     flash += size
                     flash_end = max(flash_end, addr + size)
-            symbols, functions = {}, []
+            symbols, functions, undefined = {}, [], set()
             for sym in elf.get_section_by_name(".symtab").iter_symbols():
+                if sym["st_shndx"] == "SHN_UNDEF" and sym.name:
+                    undefined.add(sym.name)
                 kind = sym["st_info"]["type"]
                 if kind in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") and sym.name:
                     addr = sym["st_value"] & ~1 if kind == "STT_FUNC" else sym["st_value"]
@@ -92,7 +95,8 @@ class Firmware:
                     if kind == "STT_FUNC" and sym["st_size"]:
                         functions.append((addr, addr + sym["st_size"], sym.name))
         functions = sorted(set(functions))
-        return cls(str(path), segments, functions, symbols, flash, data, bss, flash_end, ram_end, sections)
+        return cls(str(path), segments, functions, symbols, flash, data, bss, flash_end, ram_end, sections,
+                   sorted(undefined))
 
     def address(self, name: str) -> int:
         if name not in self.symbols:
@@ -113,10 +117,12 @@ def _instructions_in(code: bytes) -> int:
 class Emulator:
     """One unicorn instance running a firmware; `infer` runs one inference."""
 
-    def __init__(self, fw: Firmware, uc_cpu: str, layers: list, run_function: str, flash_size: int, ram_size: int,
+    def __init__(self, fw: Firmware, uc_cpu: str, layers: list, run_function, flash_size: int, ram_size: int,
                  per_instruction: bool = False):
-        """per_instruction: count with a hook on every instruction instead of every block (about
-        10x slower; tests use it to check the block counts)."""
+        """run_function: the model's entry point, or a tuple of them (an image of several models),
+        counted as glue. per_instruction: count with a hook on every instruction instead of every
+        block (about 10x slower; tests use it to check the block counts)."""
+        run_functions = (run_function,) if isinstance(run_function, str) else tuple(run_function)
         unicorn, _ = _imports()
         from unicorn import arm_const
 
@@ -137,11 +143,11 @@ class Emulator:
         self.layers = list(layers)
         starts = [f[0] for f in fw.functions]
         owner_of = {name: i for i, name in enumerate(self.layers)}
-        owner_of[run_function] = -1
-        owner_of["bnnc_emu_infer"] = -1
+        for name in run_functions + ("bnnc_emu_infer",):
+            owner_of[name] = -1
         # GCC names specialized copies of static functions "name.constprop.0", "name.isra.0"
         present = {name.split(".")[0] for _, _, name in fw.functions}
-        missing = [n for n in self.layers + [run_function] if n not in present]
+        missing = [n for n in self.layers + list(run_functions) if n not in present]
         if missing:
             raise RuntimeError(f"functions {missing} not found in the firmware (inlined?)")
         blocks = {}
@@ -196,6 +202,13 @@ class Emulator:
         if self.state["bkpt"] is None:
             pc = self.uc.reg_read(self.reg_pc)
             raise RuntimeError(f"firmware did not reach its breakpoint during {what} (pc=0x{pc:08x})")
+
+    def write(self, symbol: str, data: bytes) -> None:
+        """Store `data` at a symbol of the firmware (e.g. a harness's selector)."""
+        self.uc.mem_write(self.fw.address(symbol), data)
+
+    def read(self, symbol: str, n: int) -> bytes:
+        return bytes(self.uc.mem_read(self.fw.address(symbol), n))
 
     def infer(self, x: bytes, out_bytes: int) -> tuple:
         """(output bytes, instructions per layer + glue) of one inference on input bytes x."""
