@@ -221,10 +221,11 @@ def test_softmax_per_pixel_on_the_channel_axis():
     model = _model(nodes, inits, [1, 3, 4, 5], [1, 6, 4, 5])
     graph = compile_graph(model, OPTS)
     inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 5))
-    ref = reference.run(graph, inputs.grid).reshape(8, 4, 5, 6)  # spatial outputs are channel-last (H, W, C)
-    orig = OriginalModel(model).run(inputs.model).reshape(8, 6, 4, 5).transpose(0, 2, 3, 1)
-    assert np.array_equal(ref.argmax(-1), orig.argmax(-1)) and np.abs(ref - orig).max() <= 1e-5
-    assert np.allclose(ref.sum(-1), 1.0, atol=1e-6)
+    ref = reference.run(graph, inputs.grid)
+    assert ref.shape == (8, 6, 4, 5)  # the model's (C, H, W) order
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.array_equal(ref.argmax(1), orig.argmax(1)) and np.abs(ref - orig).max() <= 1e-5
+    assert np.allclose(ref.sum(1), 1.0, atol=1e-6)
     y = driver.run_target(graph, "c", inputs).reshape(ref.shape)
     assert np.array_equal(y.view(np.uint32), ref.view(np.uint32))
 

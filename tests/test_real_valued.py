@@ -189,3 +189,31 @@ def test_feature_map_outputs_are_in_the_models_order(head):
     assert ref.shape == (6, 5, 4, 6)
     assert np.abs(ref - orig).max() <= 1e-5 * np.abs(orig).max()
     assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+
+
+@pytest.mark.parametrize("declared", ["imagenet", "scale"])
+def test_an_input_read_by_two_layers_is_quantized_once(declared):
+    """Two float convolutions reading the model input (an Inception / two-branch stem) share one
+    quantization of it: on the fixed-point grid of a declared normalisation, or the integers
+    themselves with each layer folding its own scale; C == reference, which follows onnxruntime."""
+    rng = np.random.default_rng(7)
+    inits = {"w1": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+             "w2": rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "k": np.array(0.5, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["x", "k"], ["xk"]),
+             helper.make_node("Conv", ["xk" if declared == "scale" else "x", "w2"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["y"])]
+    g = helper.make_graph(nodes, "two_readers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    opts = Options(input_range=(0, 255), input_affine=IMAGENET) if declared == "imagenet" else \
+        Options(input_range=(-128, 127), input_scale=1.0)
+    graph = compile_graph(model, opts)
+    assert sum(isinstance(op, ir.InputQuantize) for op in graph.ops()) == 1
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 1))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 1e-4 * max(1.0, np.abs(orig).max())
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)

@@ -38,6 +38,7 @@ class LoweringContext:
         self.grid = input_grid(lm, input_scale, input_range, input_affine)
         shape = lm.input_shape
         self.input_op_name = None
+        self.read_inputs = {}  # the model input as layers read it, by its pending ops (frontend/linear._materialize)
         self.graph = ir.Graph(
             input_name="input",
             input_info={"shape": tuple(shape[1:]), "onnx_name": lm.input_name,
@@ -124,7 +125,8 @@ class LoweringContext:
     def finish_input(self, node, v: InputVal, term, zp_after_round=0) -> Val:
         """Create the InputQuantize op: raw input -> chain -> terminal, output Bits or Ints."""
         if self.input_op_name is not None:
-            raise BnncError(f"{where(node)}: the model input is quantized twice")
+            raise BnncError(f"{where(node)}: the model input is quantized a second time, in another way (layers "
+                            "reading it through the same ops share one quantization; different ones are not supported)")
         c, h, w = v.shape[1:] if v.channels_last else _chw(v.shape, self.lm.input_shape)
         flat = len(v.shape) != 4
         out_shape = (1, 1, c * h * w) if flat else (h, w, c)

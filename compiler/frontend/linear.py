@@ -176,8 +176,7 @@ def _materialize(ctx, node, v: Val, w=None, origin_name: str = "") -> Val:
     beyond 32 bits (a large global sum of a stream) are first rounded to a coarser grid
     (`streams.narrow`): the layer kernels read 32-bit values."""
     if isinstance(v, IntsVal):
-        ty = ctx.graph.tensors[v.tensor]
-        return narrow(ctx, node, v, WIDE_STREAM_LIMIT) if max(-ty.lo, ty.hi) > 2**31 - 1 else v
+        return _within_32_bits(ctx, node, v)
     if not isinstance(v, InputVal):
         return v
     if ctx.grid["range"] is None:
@@ -188,11 +187,28 @@ def _materialize(ctx, node, v: Val, w=None, origin_name: str = "") -> Val:
     for op in v.chain:
         c = float(op.const) if op.const is not None and op.const.size == 1 else None
         if op.op not in ("mul", "div") or c is None or not c > 0:
-            return _fixed_point_input(ctx, node, v, w, origin_name)
+            break
         scale = scale * c if op.op == "mul" else scale / c
-    out = ctx.finish_input(node, replace(v, chain=[]), None)
-    out.scale = scale
-    return out
+    else:  # the integers themselves, each reader folding its own scale
+        return replace(_read_once(ctx, replace(v, chain=[]),
+                                  lambda: ctx.finish_input(node, replace(v, chain=[]), None)), scale=scale)
+    return _read_once(ctx, v, lambda: _fixed_point_input(ctx, node, v, w, origin_name))
+
+
+def _within_32_bits(ctx, node, v: IntsVal) -> IntsVal:
+    """`v`, or beyond 32 bits `v` rounded to a coarser grid (the layer kernels read 32-bit values)."""
+    ty = ctx.graph.tensors[v.tensor]
+    return narrow(ctx, node, v, WIDE_STREAM_LIMIT) if max(-ty.lo, ty.hi) > 2**31 - 1 else v
+
+
+def _read_once(ctx, v: InputVal, quantize) -> Val:
+    """The model input with pending ops `v.chain` as a tensor: quantized by the first layer that
+    reads it that way (`quantize()`), shared by the others."""
+    key = (v.shape, v.channels_last) + tuple(
+        (op.op, None if op.const is None else (np.shape(op.const), np.asarray(op.const).tobytes())) for op in v.chain)
+    if key not in ctx.read_inputs:
+        ctx.read_inputs[key] = quantize()
+    return ctx.read_inputs[key]
 
 
 def _fixed_point_input(ctx, node, v: InputVal, w=None, origin_name: str = "") -> Val:
@@ -310,6 +326,8 @@ def identity_conv(ctx, node, v: Val) -> AccVal:
     """An identity 1x1 convolution of the bit or integer tensor `v` (whose pending ops, for an
     IntChainVal, become its chain): how a binary, fixed-point or integer tensor reaches a
     real-valued output, in the form every backend's layers have."""
+    if isinstance(v, IntsVal):
+        v = _within_32_bits(ctx, node, v)
     c = ctx.graph.tensors[v.tensor].shape[2]
     eye = np.eye(c, dtype=np.int64).reshape(c, 1, 1, c)
     dec = weight_codes.Decoded("int", eye.astype(np.int8), np.ones(c), eye, what="identity")
