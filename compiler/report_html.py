@@ -116,7 +116,7 @@ def bar_chart(chart_id: str, labels: list, series: list, stacked: bool = False, 
             by = y if stacked else y + k * bar_h
             if v > 0:
                 out.append(f'<rect class="bar" x="{x:.3f}" y="{by}" width="{w:.3f}" height="{bar_h - 1}" '
-                           f'fill="{colour}" data-series="{_text(name)}" data-value="{v!r}">'
+                           f'fill="{colour}" data-series="{_text(name)}" data-value="{float(v)!r}">'
                            f'<title>{_text(label)}: {_text(name)} {_text(fmt(v))}</title></rect>')
             if stacked:
                 x += w

@@ -326,12 +326,13 @@ def test_hls_page_shows_cycles_per_process(tmp_path):
     assert max(b["value"] for b in charts["chart-cycles"]["bars"]) == rep["hls"]["dataflow_ii_cycles"]
 
 
-def test_wild_model_page(tmp_path):
+@pytest.mark.parametrize("target", ["c", "cortex-m4"])
+def test_wild_model_page(tmp_path, target):
     path = wild_dir() / "birealnet18.onnx"
     if not path.is_file():
         pytest.skip("../shared/models/wild is not present")
-    html_path, rep = _html_report(tmp_path, path, *WILD_MODELS["birealnet18"], "--target", "c")
-    charts = check_page(html_path, rep, "c", tmp_path)
+    html_path, rep = _html_report(tmp_path, path, *WILD_MODELS["birealnet18"], "--target", target)
+    charts = check_page(html_path, rep, target, tmp_path)
     assert {"binary", "real-valued fixed-point"} <= _kinds(charts)
     assert len(charts["chart-compression"]["bars"]) == sum(1 for r in rep["layers"] if r["weight_bits_float32"])
 
