@@ -26,7 +26,8 @@ MAC_KINDS = {
 BEFORE, AFTER, COST = "#9ca3af", "#2563eb", "#0891b2"
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1100px;padding:0 16px;color:#111827}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1100px;
+padding:0 16px;color:#111827}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 6px;border-bottom:1px solid #e5e7eb;padding-bottom:3px}
 .sub{color:#6b7280;margin:0 0 12px}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}

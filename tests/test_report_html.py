@@ -49,9 +49,9 @@ def _chromium() -> str:
 
 def _browser(page: Path, work: Path, *args, height: int = 900) -> str:
     """Run headless Chromium on `page` in a 1100 x `height` window; its stdout."""
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--force-device-scale-factor=1", f"--window-size=1100,{height}", f"--user-data-dir={work / 'profile'}",
-           *args, page.resolve().as_uri()]
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--hide-scrollbars", "--force-device-scale-factor=1", f"--window-size=1100,{height}",
+           f"--user-data-dir={work / 'profile'}", *args, page.resolve().as_uri()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
@@ -66,8 +66,9 @@ for (const svg of document.querySelectorAll("svg.chart")) {
   const scale = parseFloat(svg.dataset.scale) * zoom;
   const bars = [...svg.querySelectorAll("rect.bar")].map(r => {
     const b = r.getBoundingClientRect();
-    return {series: r.dataset.series, value: parseFloat(r.dataset.value), expected_width: parseFloat(r.dataset.value) * scale,
-            x: b.left, y: b.top + window.scrollY, w: b.width, h: b.height, fill: getComputedStyle(r).fill};
+    const value = parseFloat(r.dataset.value);
+    return {series: r.dataset.series, value: value, expected_width: value * scale, x: b.left,
+            y: b.top + window.scrollY, w: b.width, h: b.height, fill: getComputedStyle(r).fill};
   });
   out.push({id: svg.id, left: box.left, right: box.right, top: box.top + window.scrollY,
             bottom: box.bottom + window.scrollY, bars: bars});
