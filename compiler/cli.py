@@ -335,7 +335,7 @@ def cmd_report(a) -> int:
     target = a.target or opts.mcu
     if target is not None:
         targets.check_target(target)
-    _check_outputs(a, "json")
+    _check_outputs(a, "json", "html")
     _, graph = compile_file(a.model, _options(a))
     rep = report(driver.backend_graph(graph))
     print(format_table(rep))
@@ -347,6 +347,11 @@ def cmd_report(a) -> int:
     if a.json:
         userfiles.write_files_atomically({a.json: _json_bytes(rep)})
         print(f"wrote {a.json}")
+    if a.html:
+        from .report_html import render
+
+        userfiles.write_files_atomically({a.html: render(rep, target, Path(a.model).name).encode()})
+        print(f"wrote {a.html}")
     return 0
 
 
@@ -468,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="per-layer MACs, storage, pruning and arena figures")
     model_args(sp, target_help=None)
     sp.add_argument("--json", default=None, help="also write the report as JSON")
+    sp.add_argument("--html", default=None, help="also write the report as one self-contained HTML page with charts")
     sp.set_defaults(func=cmd_report)
     return p
 

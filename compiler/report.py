@@ -204,8 +204,18 @@ def _family_conv_row(op: ir.Conv, src, dst, row: dict, wb: int) -> None:
     row["compression"] = round(row["weight_bits_float32"] / max(total, 1), 2)
 
 
+def layer_weight_bits(row: dict) -> int:
+    """Bits of a layer's weight code: weights, scales and index lists."""
+    return row["weight_bits"] + row.get("scale_bits", 0) + row.get("index_bits", 0)
+
+
+def layer_weight_bytes(row: dict) -> float:
+    """A layer's share of the totals' `weight_bytes`: its weight code + one int32 per threshold."""
+    return layer_weight_bits(row) / 8 + 4 * row["thresholds"]
+
+
 def totals(graph: ir.Graph, rows: list) -> dict:
-    wbits = sum(r["weight_bits"] + r.get("scale_bits", 0) + r.get("index_bits", 0) for r in rows)
+    wbits = sum(layer_weight_bits(r) for r in rows)
     thr = sum(r["thresholds"] for r in rows)
     weight_bytes = -(-wbits // 8) + 4 * thr  # packed weights + one int32 threshold per channel
     float_bytes = sum(r["weight_bits_float32"] for r in rows) // 8
