@@ -74,11 +74,14 @@ def write_files_atomically(contents: dict) -> None:
     """{path: bytes}: every file replaced whole (temporary sibling + os.replace), all temporary
     files written before the first is moved into place, so a full disk changes nothing."""
     temps = {}
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         for path, data in contents.items():
             p = Path(path)
             fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:40]}.", suffix=".tmp", dir=p.parent)
             temps[path] = tmp
+            os.fchmod(fd, 0o666 & ~umask)  # as open() would create it (mkstemp makes it private)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         for path, tmp in temps.items():

@@ -12,6 +12,7 @@ control characters, broken graph wiring, truncated protobuf bytes and random fil
 run is a sample; the `sweep` variant runs more (BNNC_SWEEP_SCALE scales it).
 """
 
+import os
 import copy
 import io
 import subprocess
@@ -751,3 +752,15 @@ def test_cli_misuse(argv, words, cnn_file, tmp_path, capsys):
     rc, _, err = cli(capsys, *argv)
     assert_error(rc, err, *words)
     assert snapshot(tmp_path) == before
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Files bnnc writes are created as open() would (0666 less the umask), not private to the user."""
+    from bnnc.userfiles import write_files_atomically
+
+    old = os.umask(0o022)
+    try:
+        write_files_atomically({tmp_path / "a.json": b"{}", tmp_path / "b.html": b"<p>"})
+    finally:
+        os.umask(old)
+    assert {(p.name, p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {("a.json", 0o644), ("b.html", 0o644)}
