@@ -152,7 +152,7 @@ def _target_options(a) -> TargetOptions:
 
 
 def _clock_mhz(value):
-    if value is not None and not value > 0:
+    if value is not None and not 0 < value < float("inf"):
         raise BnncError(f"--clock-mhz must be a positive number of MHz (got {value})")
     return value
 
