@@ -171,8 +171,10 @@ def compile_command(core: Core, sources: list, linker_script: str, out: str, cc:
     if cc == "gcc":
         return ["arm-none-eabi-gcc", *core.gcc_flags.split(), OPT, "-fomit-frame-pointer", *WARN, "-nostartfiles",
                 *link]
+    # zig's linker takes _start for the entry unless told: the linker script's ENTRY on RISC-V
+    entry = ["-Wl,--entry=bnnc_reset_handler"] if core.arch == "riscv" else []
     return [sys.executable, "-m", "ziglang", "cc", "-target", core.zig_target, f"-mcpu={core.zig_cpu}", OPT,
-            "-ffreestanding", "-fomit-frame-pointer", *WARN, *link]
+            "-ffreestanding", "-fomit-frame-pointer", *WARN, *entry, *link]
 
 
 def compiler_name(core: Core) -> str:

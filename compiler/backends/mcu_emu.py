@@ -5,7 +5,7 @@ The firmware (see templates/mcu/emu.c.j2) starts like a real one (reset handler:
 FPU) and stops on `bkpt #0`; each inference then writes the input into `bnnc_emu_input`, runs
 `bnnc_emu_infer` to its `bkpt #1` and reads `bnnc_emu_output`.
 
-RISC-V firmware starts at the ELF entry and stops where it calls `bnnc_emu_halt` (the `until`
+RISC-V firmware starts at `bnnc_reset_handler` and stops where it calls `bnnc_emu_halt` (the `until`
 address of unicorn): unicorn's RISC-V has no breakpoint hook. Unicorn does not decode the Zbb
 extension either: its instructions raise an illegal-instruction exception, and the exception hook
 computes them here (they are counted like any instruction, in the block that ends with them).
@@ -63,7 +63,6 @@ class Firmware:
     flash_end: int
     ram_end: int
     sections: dict = field(default_factory=dict)  # name -> size, allocated sections
-    entry: int = 0  # the ELF entry point (where RISC-V firmware starts)
 
     @classmethod
     def load(cls, path) -> "Firmware":
@@ -98,9 +97,8 @@ class Firmware:
                     symbols.setdefault(sym.name, (addr, sym["st_size"]))
                     if kind == "STT_FUNC" and sym["st_size"]:
                         functions.append((addr, addr + sym["st_size"], sym.name))
-            entry = elf.header["e_entry"]
         functions = sorted(set(functions))
-        return cls(str(path), segments, functions, symbols, flash, data, bss, flash_end, ram_end, sections, entry)
+        return cls(str(path), segments, functions, symbols, flash, data, bss, flash_end, ram_end, sections)
 
     def address(self, name: str) -> int:
         if name not in self.symbols:
@@ -256,7 +254,7 @@ class Emulator:
         # hook calls on_block once per instruction, with that instruction as the "block".
         uc.hook_add(unicorn.UC_HOOK_CODE if per_instruction else unicorn.UC_HOOK_BLOCK, on_block)
         if arch == "riscv":  # the start-up code sets its stack pointer
-            self._start(fw.entry, "start-up")
+            self._start(fw.address("bnnc_reset_handler"), "start-up")
         else:  # reset as the core does it: SP and PC from the first two words of the vector table
             sp, pc = (int.from_bytes(bytes(uc.mem_read(FLASH_BASE + 4 * i, 4)), "little") for i in (0, 1))
             uc.reg_write(self.reg_sp, sp)
