@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Cortex-M firmware figures: instructions per inference and per layer, instructions per binary
-MAC, arena against its lower bound, flash against packed weights + thresholds + code.
+"""MCU firmware figures (Cortex-M and RISC-V): instructions and estimated cycles per inference and
+per layer, instructions and cycles per binary and per integer MAC, arena against its lower bound,
+flash against packed weights + thresholds + code.
 
-    python bench/bench_mcu.py [--core cortex-m4] [--quick] [--json PATH]
+    python bench/bench_mcu.py [--core cortex-m4 [--core rv32imc ...] | --core all] [--quick] [--json PATH]
 
 For each model (the random CNV and TFC of bnnc.testing.random_models and, when ../shared/models
 is there, the real Brevitas CNV and FINN TFC) the script builds the firmware for the core
@@ -12,7 +13,11 @@ reports:
 
 * instructions per inference and per layer, and instructions per MAC of every Conv; "binary
   convs" sums the Conv layers with a bit input that are convolutions in the model (not Gemm /
-  MatMul dense layers): on the CNV topology the five 3x3 convs after the first;
+  MatMul dense layers): on the CNV topology the five 3x3 convs after the first; "integer" sums
+  the Conv / dense layers with an integer input (CNV's first conv, TFC's first dense);
+* estimated cycles (bnnc.backends.mcu_cycles: the core's cycles per instruction class on the
+  executed instructions; zero-wait-state memory) per inference, per layer and per MAC, and the
+  latency at the core's default clock;
 * the same with BNNC_NAIVE_POPCOUNT (one bit-trick popcount per word instead of bnnc's
   carry-save sequence), the baseline the carry-save kernel is measured against (--quick skips);
 * arena bytes against the liveness lower bound (largest total of buffers live together);
@@ -75,13 +80,14 @@ def layer_table(graph: ir.Graph) -> list:
     bg = mcu.backend_graph(graph)
     rows = []
     for op in bg.ops():
-        d = {"name": op.name, "kind": type(op).__name__, "macs": 0, "binary_conv": False,
+        d = {"name": op.name, "kind": type(op).__name__, "macs": 0, "binary_conv": False, "int_layer": False,
              "weight_bytes": 0, "threshold_bytes": 0}
         if isinstance(op, ir.Conv):
             o, kh, kw, c = op.w.shape
             oh, ow = bg.tensors[op.outputs[0]].shape[:2]
             p = op.packed
             d["macs"] = int(o * kh * kw * c * oh * ow)
+            d["int_layer"] = p.in_kind != "bits"
             d["kind"] = ("dense" if op.is_dense else "conv") + ("_bin" if p.in_kind == "bits" else "_int")
             d["binary_conv"] = p.in_kind == "bits" and not op.is_dense
             d["weight_bytes"] = -(-o * kh * kw * c // 8) if p.in_kind == "bits" else o * kh * kw * c
@@ -111,6 +117,8 @@ def bench_model(label: str, graph: ir.Graph, x: np.ndarray, source: str, core: s
         n = st["instructions_per_layer"][d["name"]]
         d["instructions"] = n
         d["instr_per_mac"] = round(n / d["macs"], 4) if d["macs"] else None
+        d["cycles"] = st["cycles_per_layer"][d["name"]]
+        d["cycles_per_mac"] = round(d["cycles"] / d["macs"], 4) if d["macs"] else None
         if naive:
             d["naive_instructions"] = naive["instructions_per_layer"][d["name"]]
             d["naive_instr_per_mac"] = round(d["naive_instructions"] / d["macs"], 4) if d["macs"] else None
@@ -121,6 +129,15 @@ def bench_model(label: str, graph: ir.Graph, x: np.ndarray, source: str, core: s
            "binary_conv_macs": bin_macs,
            "binary_conv_instructions": sum(d["instructions"] for d in bin_convs)}
     res["binary_conv_instr_per_mac"] = round(res["binary_conv_instructions"] / bin_macs, 4) if bin_macs else None
+    res["binary_conv_cycles_per_mac"] = (round(sum(d["cycles"] for d in bin_convs) / bin_macs, 4)
+                                         if bin_macs else None)
+    int_layers = [d for d in layers if d["int_layer"]]
+    int_macs = sum(d["macs"] for d in int_layers)
+    res["int_macs"] = int_macs
+    res["int_instr_per_mac"] = round(sum(d["instructions"] for d in int_layers) / int_macs, 4) if int_macs else None
+    res["int_cycles_per_mac"] = round(sum(d["cycles"] for d in int_layers) / int_macs, 4) if int_macs else None
+    res.update({"cycles": st["cycles"], "cycle_model": st["cycle_model"], "clock_mhz": st["clock_mhz"],
+                "latency_ms": round(st["latency_ms"], 4)})
     if naive:
         res["naive_instructions"] = naive["instructions"]
         res["naive_binary_conv_instr_per_mac"] = (round(sum(d["naive_instructions"] for d in bin_convs) / bin_macs, 4)
@@ -168,24 +185,50 @@ def report(results: dict, core: str) -> str:
                          f"{100 * d['instructions'] / r['instructions']:.1f}%",
                          "-" if d["instr_per_mac"] is None else f"{d['instr_per_mac']:.3f}",
                          "-" if d.get("naive_instr_per_mac") is None else f"{d['naive_instr_per_mac']:.3f}",
+                         d["cycles"], "-" if d["cycles_per_mac"] is None else f"{d['cycles_per_mac']:.3f}",
                          "-" if d.get("row_words") is None else f"{d['row_words']}{' dense' if d['dense_window'] else ''}"])
-        out.append(fmt_table(["layer", "kind", "MACs", "instructions", "share", "instr/MAC", "naive", "row words"],
-                             rows))
+        out.append(fmt_table(["layer", "kind", "MACs", "instructions", "share", "instr/MAC", "naive", "cycles (est.)",
+                              "cycles/MAC", "row words"], rows))
     return "\n".join(out)
+
+
+def summary(by_core: dict) -> str:
+    """One row per model and core: the figures to compare cores by."""
+    rows = []
+    labels = list(next(iter(by_core.values())))
+    f3 = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for label in labels:
+        for core, results in by_core.items():
+            r = results[label]
+            rows.append([label, core, r["instructions"], r["cycles"], f"{r['latency_ms']:.2f} @ {r['clock_mhz']:g}",
+                         f3(r["binary_conv_instr_per_mac"]), f3(r["binary_conv_cycles_per_mac"]),
+                         f3(r["int_instr_per_mac"]), f3(r["int_cycles_per_mac"]), r["flash_bytes"], r["ram_bytes"],
+                         f"{r['arena_bytes']} / {r['arena_lower_bound_bytes']}"])
+    return fmt_table(["model", "core", "instructions", "cycles (est.)", "ms @ MHz", "instr/MAC bin conv",
+                      "cyc/MAC bin conv", "instr/MAC int", "cyc/MAC int", "flash", "RAM", "arena / bound"], rows)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--core", default="cortex-m4", choices=sorted(mcu.CORES))
+    ap.add_argument("--core", action="append", choices=sorted(mcu.CORES) + ["all"],
+                    help="core to build for (repeatable; all: every core; default cortex-m4)")
     ap.add_argument("--quick", action="store_true", help="skip the naive-popcount baseline")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output JSON (default {DEFAULT_JSON})")
     args = ap.parse_args(argv)
+    cores = list(mcu.CORES) if "all" in (args.core or []) else list(dict.fromkeys(args.core or ["cortex-m4"]))
     t0 = time.perf_counter()
-    results = {label: bench_model(label, g, x, src, args.core, args.quick) for label, g, x, src in models()}
-    print(report(results, args.core))
+    graphs = models()
+    by_core = {}
+    for core in cores:
+        by_core[core] = {label: bench_model(label, g, x, src, core, args.quick) for label, g, x, src in graphs}
+        print(report(by_core[core], core) + "\n")
+    if len(cores) > 1:
+        print(summary(by_core))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"core": args.core, "target_instr_per_binary_mac": TARGET, "models": results},
-                                    indent=2) + "\n")
+    doc = {"target_instr_per_binary_mac": TARGET, "cores": {c: {"models": r} for c, r in by_core.items()}}
+    if len(cores) == 1:  # the single-core layout of earlier runs
+        doc.update(core=cores[0], models=by_core[cores[0]])
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nwrote {args.json} ({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -147,7 +147,14 @@ def _target_options(a) -> TargetOptions:
         targets.check_mcu(mcu)
     return TargetOptions(name=a.name, folding=folding, target_cycles=getattr(a, "target_cycles", None),
                          mcu=mcu, flash=_bytes(getattr(a, "flash", None), "--flash"),
-                         ram=_bytes(getattr(a, "ram", None), "--ram"), progress=sys.stderr.isatty())
+                         ram=_bytes(getattr(a, "ram", None), "--ram"), progress=sys.stderr.isatty(),
+                         clock_mhz=_clock_mhz(getattr(a, "clock_mhz", None)))
+
+
+def _clock_mhz(value):
+    if value is not None and not 0 < value < float("inf"):
+        raise BnncError(f"--clock-mhz must be a positive number of MHz (got {value})")
+    return value
 
 
 def _bytes(text, flag):
@@ -411,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--target", default="c", help=f"{target_help} (default c)")
         else:
             sp.add_argument("--target", default=None,
-                            help="add the figures of this target (verilog, hls, cortex-m0/m4/m7)")
+                            help="add the figures of this target (verilog, hls, cortex-m0/m4/m7, rv32imc[_zbb])")
         sp.add_argument("--name", default="bnnc", help="prefix of the generated identifiers (default bnnc)")
         sp.add_argument("--input-scale", default=None,
                         help="declare the input grid: real input = S * integer; per channel S1,S2,... "
@@ -429,9 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
         sp.add_argument("--target-cycles", type=int, default=None,
                         help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")
-        sp.add_argument("--mcu", default=None, help="cortex-m0 | cortex-m4 | cortex-m7: firmware for this core")
+        sp.add_argument("--mcu", default=None, help=" | ".join(targets.MCUS) + ": firmware for this core")
         sp.add_argument("--flash", default=None, help="MCU flash budget in bytes (e.g. 256k); exceeding it is an error")
         sp.add_argument("--ram", default=None, help="MCU RAM budget in bytes (e.g. 64k); exceeding it is an error")
+        sp.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
+                        help="MCU clock of the latency estimate (default: a typical part of the core)")
 
     all_targets = " | ".join(targets.TARGETS)
 

@@ -31,9 +31,11 @@ TARGETS = {
     "cortex-m0": ("bnnc.backends.mcu", "Cortex-M0 firmware, emulated (unicorn)"),
     "cortex-m4": ("bnnc.backends.mcu", "Cortex-M4 firmware, emulated (unicorn)"),
     "cortex-m7": ("bnnc.backends.mcu", "Cortex-M7 firmware, emulated (unicorn)"),
+    "rv32imc": ("bnnc.backends.mcu", "RISC-V RV32IMC firmware (ESP32-C3 class), emulated (unicorn)"),
+    "rv32imc_zbb": ("bnnc.backends.mcu", "RISC-V RV32IMC + Zbb (cpop) firmware, emulated (unicorn)"),
 }
 
-MCUS = ("cortex-m0", "cortex-m4", "cortex-m7")
+MCUS = ("cortex-m0", "cortex-m4", "cortex-m7", "rv32imc", "rv32imc_zbb")
 COMPILE_TARGETS = ("c", "verilog", "hls")  # `bnnc compile --target`; MCU firmware is `--target c --mcu M`
 
 
@@ -47,6 +49,7 @@ class TargetOptions:
     mcu: Optional[str] = None  # firmware core for `--target c --mcu` and the cortex-m* targets
     flash: Optional[int] = None  # MCU budget in bytes
     ram: Optional[int] = None  # MCU budget in bytes
+    clock_mhz: Optional[float] = None  # MCU clock of the latency estimate (default: the core's typical part)
     progress: bool = False  # long runs print progress on stderr
     flags: Optional[tuple] = None  # host C compiler flags (tests: sanitizers, clang)
     extra: dict = field(default_factory=dict)

@@ -64,6 +64,10 @@ typedef uint32_t bnnc_word_t;
 #if defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' && !defined(BNNC_SOFT_POPCOUNT)
 #define BNNC_SOFT_POPCOUNT 1
 #endif
+/* RISC-V without Zbb has no popcount instruction either (with Zbb the builtin is one cpop) */
+#if defined(__riscv) && !defined(__riscv_zbb) && !defined(BNNC_SOFT_POPCOUNT)
+#define BNNC_SOFT_POPCOUNT 1
+#endif
 BNNC_INLINE int32_t bnnc_popcount(bnnc_word_t x) {
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(BNNC_SOFT_POPCOUNT)
 #if BNNC_WORD_BITS == 64
@@ -380,6 +384,14 @@ BNNC_INLINE uint32_t bnnc_popcount_bits(bnnc_word_t v) {
 #define BNNC_XNOR_POPCOUNT3_START(x, w, a, b) BNNC_T2_START(BNNC_T2_WORDS3, x, w, a, b)
 #define BNNC_XNOR_POPCOUNT2_START(x, w, a, b) BNNC_T2_START(BNNC_T2_WORDS2, x, w, a, b)
 #define BNNC_XNOR_POPCOUNT1_START(x, w, a, b) BNNC_T2_START(BNNC_T2_WORDS1, x, w, a, b)
+#elif BNNC_WORD_BITS == 32 && defined(__riscv_zbb) && !defined(BNNC_PORTABLE)
+/* RISC-V with Zbb: one cpop per word (xor, cpop, add) beats the carry-save sequence */
+#define BNNC_XNOR_POPCOUNT1(x, w, a, b) ((a) += (uint32_t)__builtin_popcount(*(x) ^ *(w)), (x) += 1, (w) += 1)
+#define BNNC_XNOR_POPCOUNT2(x, w, a, b) (BNNC_XNOR_POPCOUNT1(x, w, a, b), BNNC_XNOR_POPCOUNT1(x, w, a, b))
+#define BNNC_XNOR_POPCOUNT3(x, w, a, b) (BNNC_XNOR_POPCOUNT2(x, w, a, b), BNNC_XNOR_POPCOUNT1(x, w, a, b))
+#define BNNC_XNOR_POPCOUNT3_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT3(x, w, a, b))
+#define BNNC_XNOR_POPCOUNT2_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT2(x, w, a, b))
+#define BNNC_XNOR_POPCOUNT1_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT1(x, w, a, b))
 #else
 #define BNNC_M1 ((bnnc_word_t)0x5555555555555555ull)
 #define BNNC_M2 ((bnnc_word_t)0x3333333333333333ull)

@@ -151,7 +151,7 @@ def check_image(elf, models, core: str) -> dict:
             emu.write("bnnc_emu_select", k.to_bytes(4, "little"))
             x = np.ascontiguousarray(grid[i].reshape(-1).astype(graph.input_info["dtype"])).tobytes()
             out_dtype = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
-            y, cnt = emu.infer(x, ref.shape[1] * 4)
+            y, cnt, _ = emu.infer(x, ref.shape[1] * 4)
             assert np.array_equal(np.frombuffer(y, out_dtype), ref[i]), f"{name}, input {i}: differs from the reference"
             counts[name].append(int(cnt.sum()))
     return {n: int(np.mean(v)) for n, v in counts.items()}

@@ -1,21 +1,22 @@
-"""Cortex-M0 / M4 / M7 firmware (issue #4): the C backend's templates in their MCU flavour,
-cross-compiled with ziglang's clang and run bit-exact in unicorn.
+"""Cortex-M0 / M4 / M7 and RISC-V (RV32IMC, RV32IMC + Zbb) firmware: the C backend's
+templates in their MCU flavour, cross-compiled with ziglang's clang and run bit-exact in unicorn.
 
 MCU flavour (pack_bits(graph, 32, "rows")): 32-bit words; one filter row after the other;
 binary layers whose channels do not fill whole words get dense windows; popcount is the
-carry-save / SWAR sequence of bnnc_kernels.h (Thumb-2 assembly on M4/M7, C on M0: never a
-libgcc call); no libc calls, no allocation; weights and thresholds `const` (flash); one static
+carry-save / SWAR sequence of bnnc_kernels.h (Thumb-2 assembly on M4/M7, C on M0 and RV32IMC:
+never a libgcc call; Zbb's cpop on rv32imc_zbb); no libc calls, no allocation; weights and thresholds `const` (flash); one static
 activation arena placed by plan_arena; float code only where the model itself has float
 operations (M0 then uses compiler-rt's soft float, M4/M7 their single-precision FPU).
 
 `bnnc compile --target c --mcu M` writes the library (model.c, model.h, bnnc_kernels.h), an
 example main.c, a minimal startup.c and linker script, a Makefile, and a CMakeLists.txt (with a
-toolchain file for arm-none-eabi-gcc when built on its own; a library target `<prefix>` when a
+toolchain file for the cross gcc when built on its own; a library target `<prefix>` when a
 parent project add_subdirectory()s it). The library is freestanding (no libc, -nostdlib) and
 reentrant: activations live in an arena the app may supply (`<prefix>_init`), placed and shared
 as docs/firmware.md describes. `run` / `verify` / `report` build the same model with an emulator
 harness instead of main.c (cached like c_build) and run it in unicorn (mcu_emu), which counts
-instructions per inference and per layer; flash and RAM come from the ELF's sections.
+instructions per inference and per layer, and estimates cycles from the core's cycles per
+instruction class (mcu_cycles); flash and RAM come from the ELF's sections.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Core:
     fpu: bool
     flash: int  # a typical part's memories, for the example linker script
     ram: int
+    arch: str = "arm"  # "arm" (Thumb, M profile) or "riscv" (RV32)
+    cross: str = "arm-none-eabi-"  # the GNU toolchain prefix of the firmware project
 
 
 CORES = {
@@ -67,6 +70,13 @@ CORES = {
     "cortex-m7": Core("cortex-m7", "thumb-freestanding-eabihf", "cortex_m7+fp_armv8d16sp",
                       "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard", "UC_CPU_ARM_CORTEX_M7", True,
                       2 << 20, 512 << 10),
+    # ESP32-C3 class (400 KiB SRAM, 4 MiB flash); soft float (compiler-rt) like the M0
+    "rv32imc": Core("rv32imc", "riscv32-freestanding-none", "generic_rv32+m+c", "-march=rv32imc -mabi=ilp32",
+                    "UC_CPU_RISCV32_ANY", False, 4 << 20, 384 << 10, "riscv", "riscv64-unknown-elf-"),
+    # a core with the Zbb bit-manipulation extension: popcount is one cpop
+    "rv32imc_zbb": Core("rv32imc_zbb", "riscv32-freestanding-none", "generic_rv32+m+c+zbb",
+                        "-march=rv32imc_zbb -mabi=ilp32", "UC_CPU_RISCV32_ANY", False, 4 << 20, 384 << 10, "riscv",
+                        "riscv64-unknown-elf-"),
 }
 
 
@@ -112,7 +122,8 @@ def render(graph: ir.Graph, opts, emulation: bool = False, bg: ir.Graph | None =
     ctx = c_backend.build_context(bg, opts.name)
     ld = f"{ctx['prefix']}_{core.name.replace('-', '_')}.ld"
     flash, ram, note = (EMU_FLASH, EMU_RAM, "bnnc's emulated part") if emulation else _memories(ctx, core, opts)
-    ctx.update(core=core, linker_script=ld, flash=flash, ram=ram, note=note)
+    ctx.update(core=core, linker_script=ld, flash=flash, ram=ram, note=note,
+               toolchain_file=core.cross.rstrip("-") + ".cmake")
     env = _env()
     files = {n: lib[n] for n in ("model.c", "model.h", "bnnc_kernels.h") if n in lib}
     files.update({n: t for n, t in lib.items() if n.startswith("bnnc_") and n.endswith(".h")})
@@ -124,7 +135,7 @@ def render(graph: ir.Graph, opts, emulation: bool = False, bg: ir.Graph | None =
         files["main.c"] = env.get_template("main.c.j2").render(**ctx)
         files["Makefile"] = env.get_template("Makefile.j2").render(**ctx)
         files["CMakeLists.txt"] = env.get_template("CMakeLists.txt.j2").render(**ctx)
-        files["arm-none-eabi.cmake"] = env.get_template("arm-none-eabi.cmake.j2").render(**ctx)
+        files[ctx["toolchain_file"]] = env.get_template("toolchain.cmake.j2").render(**ctx)
     return files
 
 
@@ -136,20 +147,20 @@ def zig_version() -> str:
     try:
         import ziglang  # noqa: F401
     except ModuleNotFoundError:
-        raise BnncError("the Cortex-M targets need the 'ziglang' package: pip install 'bnnc[mcu]'") from None
+        raise BnncError("the MCU targets need the 'ziglang' package: pip install 'bnnc[mcu]'") from None
     r = subprocess.run([sys.executable, "-m", "ziglang", "version"], capture_output=True, text=True)
     if r.returncode != 0:
         raise BnncError(f"python -m ziglang does not run: {r.stderr.strip()[:200]}")
     return r.stdout.strip()
 
 
-def toolchain() -> str:
+def toolchain(core: Core | None = None) -> str:
     """The cross-compiler of emulation builds: "zig" (ziglang's clang, the default) or "gcc"
-    (arm-none-eabi-gcc, chosen with BNNC_MCU_CC=arm-none-eabi-gcc)."""
+    (arm-none-eabi-gcc, chosen with BNNC_MCU_CC=arm-none-eabi-gcc; Arm cores only)."""
     cc = os.environ.get("BNNC_MCU_CC", "zig")
     if cc not in ("zig", "arm-none-eabi-gcc"):
         raise BnncError(f"BNNC_MCU_CC={cc!r}: expected 'zig' or 'arm-none-eabi-gcc'")
-    return "gcc" if cc == "arm-none-eabi-gcc" else "zig"
+    return "gcc" if cc == "arm-none-eabi-gcc" and (core is None or core.arch == "arm") else "zig"
 
 
 @lru_cache(maxsize=None)
@@ -169,11 +180,11 @@ def compile_command(core: Core, sources: list, linker_script: str, out: str, cc:
                 *link, "-lgcc"]
     # zig cc asks the linker for the entry point _start; the linker script's ENTRY() is the reset handler
     return [sys.executable, "-m", "ziglang", "cc", "-target", core.zig_target, f"-mcpu={core.zig_cpu}", OPT,
-            "-ffreestanding", "-fomit-frame-pointer", *WARN, "-Wl,-e,bnnc_reset_handler", *link, "-lcompiler_rt"]
+            "-ffreestanding", "-fomit-frame-pointer", *WARN, "-Wl,--entry=bnnc_reset_handler", *link, "-lcompiler_rt"]
 
 
 def compiler_name(core: Core) -> str:
-    if toolchain() == "gcc":
+    if toolchain(core) == "gcc":
         return f"{gcc_version()} {OPT} {core.gcc_flags}"
     return f"zig cc {zig_version()} {OPT} -mcpu={core.zig_cpu}"
 
@@ -183,7 +194,7 @@ def build(files: dict, core: Core, defines: tuple = ()) -> Path:
     `defines` (e.g. "BNNC_NAIVE_POPCOUNT") are passed as -D options."""
     ld = next(n for n in files if n.endswith(".ld"))
     sources = sorted(n for n in files if n.endswith(".c"))
-    cc = toolchain()
+    cc = toolchain(core)
     cmd = compile_command(core, [f"-D{d}" for d in defines] + sources, ld, "firmware.elf", cc)
     return c_build.cached_build(files, cmd, "firmware.elf", prefix="mcu-",
                                 key=gcc_version() if cc == "gcc" else zig_version(), what="firmware")
@@ -196,6 +207,7 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
     """(outputs (N, output elements), stats) of the firmware on inputs on the input grid
     (per_instruction: count instructions one by one, to check the block counts; defines: -D
     options of the build, for benchmarks)."""
+    from .mcu_cycles import TABLES
     from .mcu_emu import Emulator, Firmware
 
     core = core_of(opts)
@@ -205,23 +217,28 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
     fw = Firmware.load(elf)
     prefix = c_backend.sanitize_identifier(opts.name)
     layers = [op.name for op in bg.ops()]
-    emu = Emulator(fw, core.uc_cpu, layers, f"{prefix}_run", EMU_FLASH, EMU_RAM, per_instruction)
+    table = TABLES[core.name]
+    emu = Emulator(fw, core.uc_cpu, layers, f"{prefix}_run", EMU_FLASH, EMU_RAM, per_instruction, core.arch, table)
     in_dtype = graph.input_info["dtype"]
     out_dtype = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
     n_out = graph.output_info["elements"]
     grid = np.asarray(grid)
     n = grid.shape[0]
-    ys, counts = [], []
+    ys, counts, cycles = [], [], []
     for i in range(n):
         if opts.progress and n > 1:
             print(f"\r{core.name}: inference {i + 1}/{n}", end="", file=sys.stderr, flush=True)
         x = np.ascontiguousarray(grid[i].reshape(-1).astype(in_dtype)).tobytes()
-        y, cnt = emu.infer(x, n_out * 4)
+        y, cnt, cyc = emu.infer(x, n_out * 4)
         ys.append(np.frombuffer(y, out_dtype))
         counts.append(cnt)
+        cycles.append(cyc)
     if opts.progress and n > 1:
         print(file=sys.stderr)
     counts = np.array(counts) if counts else np.zeros((0, len(layers) + 1), np.int64)
+    cycles = np.array(cycles) if cycles else np.zeros((0, len(layers) + 1), np.int64)
+    clock = opts.clock_mhz or table.clock_mhz
+    mean_cycles = int(round(cycles.sum(axis=1).mean())) if n else 0
     stack = emu.stack_bytes()
     stats = {
         "target": core.name,
@@ -231,6 +248,12 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
         "instructions_per_layer": {name: int(round(counts[:, i].mean())) if n else 0
                                    for i, name in enumerate(layers + ["glue"])},
         "helpers_per_layer": emu.helpers_per_layer(),
+        "cycles": mean_cycles,  # an estimate: see mcu_cycles (what it models and ignores)
+        "cycles_per_layer": {name: int(round(cycles[:, i].mean())) if n else 0
+                             for i, name in enumerate(layers + ["glue"])},
+        "cycle_model": table.source,
+        "clock_mhz": clock,
+        "latency_ms": mean_cycles / (clock * 1e3),
         "flash_bytes": fw.flash_bytes,
         "ram_bytes": fw.data_bytes + fw.bss_bytes + stack,
         "ram_static_bytes": fw.data_bytes + fw.bss_bytes,
@@ -283,7 +306,8 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
 
 
 def report(graph: ir.Graph, opts) -> dict:
-    """`bnnc report --mcu M`: flash, RAM, arena and instructions per layer (one emulated inference)."""
+    """`bnnc report --mcu M`: flash, RAM, arena, instructions and estimated cycles per layer (one
+    emulated inference)."""
     _, stats = emulate(graph, _budget_sample(graph), opts)
     check_budgets(stats, opts)
     bg = backend_graph(graph)
@@ -294,14 +318,17 @@ def report(graph: ir.Graph, opts) -> dict:
             macs[op.name] = (int(np.prod(op.w.shape)) * oh * ow, op.packed.in_kind)
     total = stats["instructions"]
     lines = [f"{stats['target']} firmware ({stats['compiler']}): {total} instructions per inference",
+             f"estimated {stats['cycles']} cycles, {stats['latency_ms']:.3f} ms at {stats['clock_mhz']:g} MHz "
+             f"(--clock-mhz); cycle model: {stats['cycle_model']}, zero-wait-state memory",
              f"flash {stats['flash_bytes']} B, RAM {stats['ram_bytes']} B (static {stats['ram_static_bytes']} B "
              f"+ stack {stats['stack_bytes']} B), arena {stats['arena_bytes']} B (lower bound "
              f"{stats['arena_lower_bound_bytes']} B)", ""]
-    rows = [["layer", "instructions", "share", "MACs", "instr/MAC"]]
+    rows = [["layer", "instructions", "share", "cycles (est.)", "MACs", "instr/MAC", "cycles/MAC"]]
     for name, n in stats["instructions_per_layer"].items():
         m, kind = macs.get(name, (0, ""))
-        rows.append([name, str(n), f"{100 * n / max(total, 1):.1f}%", f"{m} {kind}".strip() if m else "-",
-                     f"{n / m:.3f}" if m else "-"])
+        c = stats["cycles_per_layer"][name]
+        rows.append([name, str(n), f"{100 * n / max(total, 1):.1f}%", str(c), f"{m} {kind}".strip() if m else "-",
+                     f"{n / m:.3f}" if m else "-", f"{c / m:.3f}" if m else "-"])
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
     return {"text": "\n".join(lines), "json": stats}

@@ -1,8 +1,14 @@
-"""Run Cortex-M firmware in unicorn and count its instructions, per inference and per layer.
+"""Run Cortex-M and RISC-V firmware in unicorn and count its instructions (and estimate its
+cycles: mcu_cycles), per inference and per layer.
 
 The firmware (see templates/mcu/emu.c.j2) starts like a real one (reset handler: .data, .bss,
 FPU) and stops on `bkpt #0`; each inference then writes the input into `bnnc_emu_input`, runs
 `bnnc_emu_infer` to its `bkpt #1` and reads `bnnc_emu_output`.
+
+RISC-V firmware starts at `bnnc_reset_handler` and stops where it calls `bnnc_emu_halt` (the `until`
+address of unicorn): unicorn's RISC-V has no breakpoint hook. Unicorn does not decode the Zbb
+extension either: its instructions raise an illegal-instruction exception, and the exception hook
+computes them here (they are counted like any instruction, in the block that ends with them).
 
 Counting: a unicorn block hook adds the number of instructions of each translated block that
 starts executing (decoded once per block address from the Thumb encoding: a halfword whose top
@@ -104,38 +110,94 @@ class Firmware:
         return self.symbols[name][0]
 
 
-def _instructions_in(code: bytes) -> int:
-    """Number of Thumb instructions in `code` (16- and 32-bit encodings)."""
-    n = i = 0
+def _last_instruction(code: bytes, arch: str) -> int:
+    """Offset of the last instruction in `code`."""
+    i = last = 0
     while i + 1 < len(code):
-        top = code[i + 1] >> 3
-        i += 4 if top in (0x1D, 0x1E, 0x1F) else 2
-        n += 1
-    return n
+        last = i
+        if arch == "riscv":
+            i += 4 if code[i] & 3 == 3 else 2
+        else:
+            i += 4 if code[i + 1] >> 3 in (0x1D, 0x1E, 0x1F) else 2
+    return last
+
+
+def _rol(v: int, n: int) -> int:
+    n &= 31
+    return ((v << n) | (v >> (32 - n))) & 0xFFFFFFFF
+
+
+def _signed(v: int, bits: int) -> int:
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+def zbb_result(w: int, a: int, b: int):
+    """The value a Zbb instruction `w` writes to rd, from rs1 = a and rs2 = b (None: not Zbb)."""
+    op, f3, f7, rs2 = w & 0x7F, (w >> 12) & 7, w >> 25, (w >> 20) & 0x1F
+    if op == 0x33 and f7 == 0x20 and f3 in (4, 6, 7):
+        return {4: ~(a ^ b), 6: a | ~b, 7: a & ~b}[f3] & 0xFFFFFFFF  # xnor, orn, andn
+    if op == 0x33 and f7 == 0x05 and f3 >= 4:
+        sa, sb = _signed(a, 32), _signed(b, 32)
+        return {4: a if sa < sb else b, 5: min(a, b), 6: a if sa > sb else b, 7: max(a, b)}[f3]
+    if op == 0x33 and f7 == 0x30 and f3 in (1, 5):
+        return _rol(a, b if f3 == 1 else 32 - (b & 31))  # rol, ror
+    if op == 0x33 and f7 == 0x04 and f3 == 4 and rs2 == 0:
+        return a & 0xFFFF  # zext.h
+    if op == 0x13 and f3 == 1 and f7 == 0x30:
+        if rs2 == 0:
+            return 32 - a.bit_length()  # clz
+        if rs2 == 1:
+            return (a & -a).bit_length() - 1 if a else 32  # ctz
+        if rs2 == 2:
+            return bin(a).count("1")  # cpop
+        if rs2 in (4, 5):
+            return _signed(a, 8 if rs2 == 4 else 16) & 0xFFFFFFFF  # sext.b, sext.h
+    if op == 0x13 and f3 == 5:
+        if f7 == 0x30:
+            return _rol(a, 32 - rs2)  # rori
+        if w >> 20 == 0x287:
+            return sum(0xFF << s for s in range(0, 32, 8) if (a >> s) & 0xFF)  # orc.b
+        if w >> 20 == 0x698:
+            return int.from_bytes(a.to_bytes(4, "little"), "big")  # rev8
+    return None
 
 
 class Emulator:
     """One unicorn instance running a firmware; `infer` runs one inference."""
 
     def __init__(self, fw: Firmware, uc_cpu: str, layers: list, run_function, flash_size: int, ram_size: int,
-                 per_instruction: bool = False):
+                 per_instruction: bool = False, arch: str = "arm", cycle_table=None):
         """run_function: the model's entry point, or a tuple of them (an image of several models),
         counted as glue. per_instruction: count with a hook on every instruction instead of every
-        block (about 10x slower; tests use it to check the block counts)."""
+        block (about 10x slower; tests use it to check the block counts). arch: "arm" (Thumb, M
+        profile) or "riscv" (RV32). cycle_table: a mcu_cycles.CycleTable to estimate cycles with."""
         run_functions = (run_function,) if isinstance(run_function, str) else tuple(run_function)
         unicorn, _ = _imports()
-        from unicorn import arm_const
+        from . import mcu_cycles
 
-        self.unicorn, self.fw = unicorn, fw
-        self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
-        uc.ctl_set_cpu_model(getattr(arm_const, uc_cpu))
+        self.unicorn, self.fw, self.arch = unicorn, fw, arch
+        if arch == "riscv":
+            from unicorn import riscv_const as regs
+
+            self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV32)
+            self.reg_pc, self.reg_sp = regs.UC_RISCV_REG_PC, regs.UC_RISCV_REG_SP
+            self.reg_x0 = regs.UC_RISCV_REG_X0
+            self.halt = fw.address("bnnc_emu_halt")
+        else:
+            from unicorn import arm_const as regs
+
+            self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
+            self.reg_pc, self.reg_sp = regs.UC_ARM_REG_PC, regs.UC_ARM_REG_SP
+            self.halt = None
+        uc.ctl_set_cpu_model(getattr(regs, uc_cpu))
         self.ram_size = ram_size
         uc.mem_map(FLASH_BASE, flash_size)
         uc.mem_map(RAM_BASE, ram_size)
-        uc.mem_map(SCB_PAGE, 0x1000)
+        if arch == "arm":
+            uc.mem_map(SCB_PAGE, 0x1000)
         for addr, data in fw.segments:
             uc.mem_write(addr, data)
-        self.reg_pc, self.reg_sp = arm_const.UC_ARM_REG_PC, arm_const.UC_ARM_REG_SP
         self.estack = fw.address("_estack")
         self.stack_floor = fw.address("_ebss")
 
@@ -152,50 +214,89 @@ class Emulator:
             raise RuntimeError(f"functions {missing} not found in the firmware (inlined?)")
         blocks = {}
         counts = np.zeros(len(self.layers) + 1, np.int64)  # last: glue
+        cycles = np.zeros(len(self.layers) + 1, np.int64)
         helpers = [set() for _ in range(len(self.layers) + 1)]  # functions outside the model each one ran
-        state = {"owner": -1, "bkpt": None}
+        # taken: the cycles the last block adds if the next one is not the one after it (a taken branch)
+        state = {"owner": -1, "bkpt": None, "last": 0, "fallthrough": -1, "taken": 0}
         n_layers = len(self.layers)
         functions = fw.functions
+        halt = self.halt
 
         def on_block(uc_, address, size, _):
             b = blocks.get(address)
             if b is None:
-                n = _instructions_in(bytes(uc_.mem_read(address, size)))
+                code = bytes(uc_.mem_read(address, size))
+                classes = mcu_cycles.instruction_classes(code, arch)
+                c = mcu_cycles.block_cycles(classes, cycle_table) if cycle_table else 0
+                taken = cycle_table.taken if cycle_table and classes and classes[-1][0] == "branch" else 0
                 j = bisect.bisect_right(starts, address) - 1
                 owner, fname = None, "?"
                 if j >= 0 and address < functions[j][1]:
                     fname = functions[j][2]
                     owner = owner_of.get(fname.split(".")[0])
-                b = blocks[address] = (n, None if owner is None else (n_layers if owner < 0 else owner), fname)
+                if address == halt:  # unicorn stops before running it
+                    classes, c = [], 0
+                b = blocks[address] = (len(classes), None if owner is None else (n_layers if owner < 0 else owner),
+                                       fname, c, taken, address + size, address + _last_instruction(code, arch))
+            if state["taken"] and address != state["fallthrough"]:
+                cycles[state["owner"]] += state["taken"]
             if b[1] is not None:
                 state["owner"] = b[1]
             elif b[2] != "?":
                 helpers[state["owner"]].add(b[2])
             counts[state["owner"]] += b[0]
+            cycles[state["owner"]] += b[3]
+            state["taken"], state["fallthrough"], state["last"] = b[4], b[5], b[6]
 
         def on_interrupt(uc_, number, _):
+            if arch == "riscv" and number == 2 and self._zbb(state["last"]):  # illegal instruction
+                return
             state["bkpt"] = number
             uc_.emu_stop()
 
-        self.counts, self.state, self.helpers = counts, state, helpers
+        self.counts, self.cycles, self.state, self.helpers = counts, cycles, state, helpers
         uc.hook_add(unicorn.UC_HOOK_INTR, on_interrupt)
         # hooks are compiled into translated blocks: add the block hook before anything runs. A code
         # hook calls on_block once per instruction, with that instruction as the "block".
         uc.hook_add(unicorn.UC_HOOK_CODE if per_instruction else unicorn.UC_HOOK_BLOCK, on_block)
-        # reset as the core does it: SP and PC from the first two words of the vector table
-        sp, pc = (int.from_bytes(bytes(uc.mem_read(FLASH_BASE + 4 * i, 4)), "little") for i in (0, 1))
-        uc.reg_write(self.reg_sp, sp)
-        self._start(pc & ~1, "start-up")
+        if arch == "riscv":  # the start-up code sets its stack pointer
+            self._start(fw.address("bnnc_reset_handler"), "start-up")
+        else:  # reset as the core does it: SP and PC from the first two words of the vector table
+            sp, pc = (int.from_bytes(bytes(uc.mem_read(FLASH_BASE + 4 * i, 4)), "little") for i in (0, 1))
+            uc.reg_write(self.reg_sp, sp)
+            self._start(pc & ~1, "start-up")
         # inferences start from a fresh stack pointer: the whole stack is filled, so that its
         # deepest use shows afterwards
         self.stack_fill_end = self.estack
         if self.stack_fill_end > self.stack_floor:
             uc.mem_write(self.stack_floor, bytes([STACK_FILL]) * (self.stack_fill_end - self.stack_floor))
 
+    def _zbb(self, address: int) -> bool:
+        """Execute the Zbb instruction at `address` (unicorn does not know them); False if it is not one."""
+        uc, x0 = self.uc, self.reg_x0
+        w = int.from_bytes(bytes(uc.mem_read(address, 4)), "little")
+        if w & 3 != 3:
+            return False
+        rd, rs1, rs2 = (w >> 7) & 0x1F, (w >> 15) & 0x1F, (w >> 20) & 0x1F
+        v = zbb_result(w, uc.reg_read(x0 + rs1) & 0xFFFFFFFF, uc.reg_read(x0 + rs2) & 0xFFFFFFFF)
+        if v is None:
+            return False
+        if rd:
+            uc.reg_write(x0 + rd, v)
+        uc.reg_write(self.reg_pc, address + 4)
+        self.state["taken"] = 0  # the next block follows this instruction
+        return True
+
     def _start(self, address: int, what: str) -> None:
         self.state["bkpt"] = None
+        self.state["taken"] = 0
         try:
-            self.uc.emu_start(address | 1, 0xFFFFFFFF, count=MAX_INSTRUCTIONS)
+            if self.arch == "riscv":
+                self.uc.emu_start(address, self.halt, count=MAX_INSTRUCTIONS)
+                if self.uc.reg_read(self.reg_pc) == self.halt:
+                    self.state["bkpt"] = 0
+            else:
+                self.uc.emu_start(address | 1, 0xFFFFFFFF, count=MAX_INSTRUCTIONS)
         except self.unicorn.UcError as e:
             pc = self.uc.reg_read(self.reg_pc)
             raise RuntimeError(f"firmware fault during {what} at pc=0x{pc:08x}: {e}") from None
@@ -211,17 +312,19 @@ class Emulator:
         return bytes(self.uc.mem_read(self.fw.address(symbol), n))
 
     def infer(self, x: bytes, out_bytes: int) -> tuple:
-        """(output bytes, instructions per layer + glue) of one inference on input bytes x."""
+        """(output bytes, instructions per layer + glue, estimated cycles per layer + glue) of one
+        inference on input bytes x."""
         uc = self.uc
         uc.mem_write(self.fw.address("bnnc_emu_input"), x)
         uc.reg_write(self.reg_sp, self.estack)
         self.counts[:] = 0
+        self.cycles[:] = 0
         self.state["owner"] = len(self.layers)
         self._start(self.fw.address("bnnc_emu_infer"), "inference")
         counts = self.counts.copy()
-        counts[-1] -= 1  # the harness's final breakpoint
+        counts[-1] -= 1  # the harness's final breakpoint (RISC-V: its call of bnnc_emu_halt)
         y = bytes(uc.mem_read(self.fw.address("bnnc_emu_output"), out_bytes))
-        return y, counts
+        return y, counts, self.cycles.copy()
 
     def helpers_per_layer(self) -> dict:
         """{layer or "glue": sorted names of the functions outside the model it ran} (compiler-rt
