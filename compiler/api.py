@@ -306,7 +306,7 @@ class Compiled:
 
         rep = report(driver.backend_graph(self.graph))
         text = format_table(rep)
-        with progress.step(f"the {self.target} section of the report"):
+        with progress.step(f"the {self.target} figures of the report"):
             extra = targets.report(self.graph, self.target, self.options)
         if extra:
             text += "\n\n" + extra["text"]

@@ -33,13 +33,20 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record):
         try:
-            sys.stderr.write(f"bnnc: {self.format(record)}\n")
+            line = f"bnnc: {self.format(record)}"
+            if _bars:  # above the bars, which tqdm then redraws
+                from tqdm import tqdm
+
+                tqdm.write(line, file=sys.stderr)
+                return
+            sys.stderr.write(line + "\n")
             sys.stderr.flush()
         except Exception:  # a closed stderr must not turn progress into an error
             pass
 
 
 _handler = _StderrHandler()
+_bars = []  # the terminal bars shown now
 _LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
 
 
@@ -82,17 +89,18 @@ class Step:
                 log.log(level, "%s ...", self.what)
 
     def start(self) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            self._announce(logging.DEBUG)
-        elif log.isEnabledFor(logging.INFO):
-            self._timer = threading.Timer(SLOW_S, self._announce)
-            self._timer.daemon = True
-            self._timer.start()
-        if self.total and self.total > 1 and live():
+        if self.total and self.total > 1 and live():  # the bar shows the step: no announcement line
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, desc=self.what, file=sys.stderr, leave=False, delay=SLOW_S,
                             unit="", dynamic_ncols=True)
+            _bars.append(self.bar)
+        if log.isEnabledFor(logging.DEBUG):
+            self._announce(logging.DEBUG)
+        elif log.isEnabledFor(logging.INFO) and self.bar is None:
+            self._timer = threading.Timer(SLOW_S, self._announce)
+            self._timer.daemon = True
+            self._timer.start()
 
     def advance(self, k: int = 1) -> None:
         with self._count_lock:
@@ -113,6 +121,7 @@ class Step:
             self._timer.cancel()
         if self.bar is not None:
             self.bar.close()
+            _bars.remove(self.bar)
         dt = time.monotonic() - self.t0
         if failed:
             if self.announced:

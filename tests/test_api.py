@@ -18,13 +18,7 @@ from bnnc import ir, verify as verify_mod, zoo
 from bnnc.cli import main
 from bnnc.testing.random_models import save
 
-
-@pytest.fixture(scope="module", autouse=True)
-def private_build_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BNNC_CACHE", str(tmp_path_factory.mktemp("bnnc-cache")))
-        mp.delenv("BNNC_DEBUG", raising=False)
-        yield
+from .test_cli import private_build_cache  # noqa: F401  (autouse: C builds in this module's own cache)
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def estimate(design, jobs: int = 2) -> dict:
     for _, parts in plan:
         for _, job, _ in parts:
             todo[_key(job)] = job
-    with progress.step(f"estimating resources with yosys ({len(todo)} building blocks, cached)",
+    with progress.step(f"estimating resources with yosys ({len(todo)} building blocks, each cached)",
                        total=len(todo)) as s, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         def one(j):
             r = synth(j[0], j[1], j[2], j[3])
