@@ -223,6 +223,15 @@ class Report:
 # ----------------------------------------------------------------------------- the compiled model
 
 
+def check_destination(directory, dump_ir=None) -> None:
+    """`write`'s output folder (and IR file) can be written: checked before any work is done."""
+    if dump_ir is not None and Path(dump_ir).suffix not in ir_dump.FORMATS:
+        raise BnncError(f"--dump-ir '{dump_ir}' must end in {' or '.join(ir_dump.FORMATS)}")
+    userfiles.check_output_folder(Path(directory), [])
+    if dump_ir is not None:
+        userfiles.check_output_file(dump_ir, "--dump-ir")
+
+
 class Compiled:
     """A model compiled for a target. Make one with `bnnc.compile`."""
 
@@ -250,11 +259,7 @@ class Compiled:
         that bnnc does not write are kept); with `dump_ir` (a .json or .dot path) also the lowered
         IR. Returns the top-level names written."""
         out = Path(directory)
-        if dump_ir is not None and Path(dump_ir).suffix not in ir_dump.FORMATS:
-            raise BnncError(f"--dump-ir '{dump_ir}' must end in {' or '.join(ir_dump.FORMATS)}")
-        userfiles.check_output_folder(out, [])
-        if dump_ir is not None:
-            userfiles.check_output_file(dump_ir, "--dump-ir")
+        check_destination(out, dump_ir)
         with progress.step(f"generating the {self.target} sources"):
             files = self.files()
         dump_text = ir_dump.dump(self.graph, Path(dump_ir).suffix) if dump_ir is not None else None

@@ -1,6 +1,9 @@
 """The `bnnc` command: demo, compile, run, verify, report.
 
-Every problem with the user's input ends as one line on stderr and exit status 2.
+Each command parses its flags and calls the Python API (api.py) with them; what it adds is the
+terminal: files named by flags (checked before any work), printing, exit statuses. Every problem
+with the user's input ends as one line on stderr and exit status 2; progress lines of long steps
+come before it (progress.py; -q: none, -v: every step).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, api, ir_dump, progress, targets, userfiles
+from . import __version__, api, progress, targets, userfiles
 from .errors import BnncError, one_line
 
 
@@ -76,13 +79,8 @@ def _compile(a, target=None) -> api.Compiled:
 def cmd_compile(a) -> int:
     target = api.resolve_target(a.target, a.mcu)
     targets.check_target(target, targets.COMPILE_TARGETS)
-    dump_ir = a.dump_ir
-    if dump_ir is not None and Path(dump_ir).suffix not in ir_dump.FORMATS:
-        raise BnncError(f"--dump-ir '{dump_ir}' must end in {' or '.join(ir_dump.FORMATS)}")
-    out = Path(a.output)
-    userfiles.check_output_folder(out, [])
-    if dump_ir is not None:
-        userfiles.check_output_file(dump_ir, "--dump-ir")
+    dump_ir, out = a.dump_ir, Path(a.output)
+    api.check_destination(out, dump_ir)
     top = _compile(a).write(out, dump_ir)
     print(f"wrote {', '.join(top)} to {out}/")
     if dump_ir is not None:
