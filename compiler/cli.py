@@ -248,11 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
         sp.add_argument("--target-cycles", type=int, default=None,
                         help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")
-        sp.add_argument("--mcu", default=None, help="cortex-m0 | cortex-m4 | cortex-m7: with --target c, the same as "
-                                                        "--target M (firmware for this core)")
-        sp.add_argument("--flash", default=None, help="cortex-m*: flash budget in bytes (e.g. 256k); exceeding it is an "
-                                                      "error")
-        sp.add_argument("--ram", default=None, help="cortex-m*: RAM budget in bytes (e.g. 64k); exceeding it is an error")
+        sp.add_argument("--mcu", default=None,
+                        help="cortex-m0 | cortex-m4 | cortex-m7: --target c --mcu M is the same as --target M")
+        sp.add_argument("--flash", default=None,
+                        help="cortex-m*: flash budget in bytes (e.g. 256k); exceeding it is an error")
+        sp.add_argument("--ram", default=None,
+                        help="cortex-m*: RAM budget in bytes (e.g. 64k); exceeding it is an error")
 
     all_targets = " | ".join(targets.TARGETS)
 

@@ -231,7 +231,10 @@ def estimate(design, jobs: int = 2) -> dict:
     with progress.step(f"estimating resources with yosys ({len(todo)} building blocks, each cached)",
                        total=len(todo)) as s, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         def one(j):
-            r = synth(j[0], j[1], j[2], j[3])
+            params = ", ".join(f"{k}={v}" for k, v in sorted(j[2].items()))
+            params = params[:60] + "..." if len(params) > 60 else params
+            with progress.step(f"yosys synth_xilinx of {j[1]} ({params})"):
+                r = synth(j[0], j[1], j[2], j[3])
             s.advance()
             return r
 
