@@ -161,10 +161,11 @@ ELEMENTWISE = ("Mul", "Add", "Sub", "Div", "BatchNormalization")
 
 
 def _layer_tensors(model, graph: ir.Graph) -> dict:
-    """{IR op name: [ONNX tensors]} for the ops that come from ONNX nodes: the output of the op's
-    last source node, then the outputs of the elementwise ops with constant operands that follow it
-    one after the other (a BatchNorm written as Mul and Add is folded into the layer without
-    being named among its sources)."""
+    """{IR op name: [ONNX tensors]} for the ops that come from ONNX nodes, the candidates for the
+    layer's output: for each of its source nodes, last first, the node's output and the outputs of
+    the elementwise ops with constant operands that follow it one after the other (a BatchNorm
+    written as Mul and Add is folded into a layer without being named among its sources; a dense
+    layer followed by an ArgMax lists the ArgMax last)."""
     g = model.graph
     consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
     produced = {n.name: n.output[0] for n in g.node if n.name and n.output}
@@ -174,16 +175,17 @@ def _layer_tensors(model, graph: ir.Graph) -> dict:
             consumers.setdefault(t, []).append(n)
     out = {}
     for op in graph.ops():
-        src = getattr(op, "source_ops", None)
-        if not src or src[-1] not in produced:
-            continue
-        chain = [produced[src[-1]]]
-        while len(consumers.get(chain[-1], [])) == 1:
-            n = consumers[chain[-1]][0]
-            if n.op_type not in ELEMENTWISE or not all(t in consts for t in n.input if t != chain[-1]):
-                break
-            chain.append(n.output[0])
-        out[op.name] = chain
+        chain = []
+        for s in reversed(getattr(op, "source_ops", None) or []):
+            t = produced.get(s)
+            while t is not None and t not in chain:
+                chain.append(t)
+                follow = consumers.get(t, [])
+                n = follow[0] if len(follow) == 1 else None
+                ok = n is not None and n.op_type in ELEMENTWISE and all(i in consts for i in n.input if i != t)
+                t = n.output[0] if ok else None
+        if chain:
+            out[op.name] = chain
     return out
 
 
