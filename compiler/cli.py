@@ -326,8 +326,8 @@ def _attach_negative_values(argv: list) -> list:
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
-    progress.set_verbosity(getattr(a, "verbosity", progress.NORMAL))
     try:
+        progress.set_verbosity(a.verbosity if hasattr(a, "verbosity") else progress.default_level())
         # numpy's RuntimeWarnings on hostile constants (Inf, zero variance) must not reach the
         # terminal: every such model is refused with its own one-line message
         with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -16,6 +16,7 @@ show a tqdm bar (erased when done) between their milestone lines.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -48,6 +49,19 @@ class _StderrHandler(logging.Handler):
 _handler = _StderrHandler()
 _bars = []  # the terminal bars shown now
 _LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
+
+
+LEVEL_NAMES = {"quiet": QUIET, "normal": NORMAL, "verbose": VERBOSE}
+
+
+def default_level() -> int:
+    """The command's level without -v / -q: BNNC_PROGRESS=quiet|normal|verbose, else NORMAL."""
+    from .errors import BnncError
+
+    name = os.environ.get("BNNC_PROGRESS", "normal")
+    if name not in LEVEL_NAMES:
+        raise BnncError(f"BNNC_PROGRESS={name!r}: use one of {', '.join(LEVEL_NAMES)}")
+    return LEVEL_NAMES[name]
 
 
 def set_verbosity(level: int) -> None:

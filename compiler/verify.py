@@ -9,8 +9,8 @@ quantizer step can land on the other side of it there, which is why a fraction o
 not every one is required. Expected outputs given by the user take the original's place.
 
 The trace compares the layers that come from ONNX nodes (convolutions and dense layers, with the
-BatchNorm and activation folded into them) with the output tensor of each layer's last ONNX node,
-on every sample, and names the first that differs. It runs the reference on the IR as it is after
+BatchNorm and activation folded into them) with the ONNX tensor each follows best among the
+outputs of its ONNX nodes (`_layer_tensors`), on every sample, and names the first that differs. It runs the reference on the IR as it is after
 threshold folding and before pruned channels are stripped (so channels correspond one to one; the
 stripping is exact and is checked by the outputs). Binary and multi-level tensors must hold the same
 levels as the original, channel by channel (any per-channel map from bnnc's integers to the

@@ -35,11 +35,10 @@ BASE_SEED = 12
 
 
 def cli(capsys, *argv):
-    """(exit status, stdout, stderr) of `bnnc -q argv...` run in-process. -q: a step that happens to
-    take over progress.SLOW_S seconds on a loaded machine would add its progress lines before the
-    error line (test_progress_lines_before_an_error checks the default level)."""
+    """(exit status, stdout, stderr) of `bnnc argv...` run in-process (without progress lines:
+    conftest.py sets BNNC_PROGRESS=quiet)."""
     try:
-        rc = main(["-q", *(str(a) for a in argv)])
+        rc = main([str(a) for a in argv])
     except SystemExit as e:  # argparse errors exit directly
         rc = e.code
     out, err = capsys.readouterr()
@@ -611,6 +610,7 @@ def test_progress_lines_before_an_error(base_file, tmp_path, capsys, monkeypatch
     ends with the one error line, the last on stderr, and exit status 2."""
     from bnnc import progress
 
+    monkeypatch.setenv("BNNC_PROGRESS", "normal")  # the command's default (conftest.py sets quiet)
     monkeypatch.setattr(progress, "SLOW_S", 0.0)  # every step counts as slow
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((2, 3), np.float32))  # the wrong shape: found after the model is compiled
@@ -642,3 +642,9 @@ def test_expected_needs_inputs(base_file, tmp_path, capsys):
     np.save(tmp_path / "y.npy", np.zeros((2, 1), np.int32))
     rc, _, err = cli(capsys, "verify", base_file, "--expected", tmp_path / "y.npy")
     assert_error(rc, err, "--expected", "--input")
+
+
+def test_unknown_progress_level_is_refused(base_file, capsys, monkeypatch):
+    monkeypatch.setenv("BNNC_PROGRESS", "loud")
+    rc, _, err = cli(capsys, "report", base_file)
+    assert_error(rc, err, "BNNC_PROGRESS", "loud", "quiet, normal, verbose")

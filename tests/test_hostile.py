@@ -444,7 +444,7 @@ def test_closed_stdout_pipe_ends_quietly(cnn_file, monkeypatch, capsys):
             raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    rc = main(["-q", "report", str(cnn_file)])
+    rc = main(["report", str(cnn_file)])
     assert rc == 141 and capsys.readouterr().err == ""
 
 
