@@ -445,7 +445,8 @@ def _frame_stats(lines: str) -> dict:
 def simulate(d: Design, frames_in: np.ndarray, n: int, progress: bool = False, stalls: tuple | None = None):
     """(output beats, raw stats, build seconds) of `n` frames streamed back to back (`progress`:
     the simulator's own frame counter on stderr, for a terminal)."""
-    from .. import progress as progress_lines
+    from .. import progress as progress_lines  # (the argument `progress` hides the module)
+
     exe, build_s = verilog_sim.build(d.sources, d.top, {"tb.cpp": d.files["sim/tb.cpp"]})
     perf = d.perf
     depth = sum(lay["cycles"] for lay in perf["layers"]) + perf["input_beats"] + perf["output_beats"]
