@@ -10,7 +10,7 @@ not every one is required. Expected outputs given by the user take the original'
 
 The trace compares the layers that come from ONNX nodes (convolutions and dense layers, with the
 BatchNorm and activation folded into them) with the ONNX tensor each follows best among the
-outputs of its ONNX nodes (`_layer_tensors`), on every sample, and names the first that differs. It runs the reference on the IR as it is after
+outputs of its ONNX nodes (`_layer_tensors`), on up to TRACE_SAMPLES samples (those that fail first), and names the first layer that differs. It runs the reference on the IR as it is after
 threshold folding and before pruned channels are stripped (so channels correspond one to one; the
 stripping is exact and is checked by the outputs). Binary and multi-level tensors must hold the same
 levels as the original, channel by channel (any per-channel map from bnnc's integers to the
@@ -29,6 +29,7 @@ from . import driver, ir, progress, reference
 from .errors import BnncError, one_line
 
 ORIGINAL_CHUNK = 16  # samples per onnxruntime call batch, between progress milestones
+TRACE_SAMPLES = 16  # samples the trace runs (every layer's tensors are kept): the failing ones first
 
 
 def run_original(model, x: np.ndarray) -> np.ndarray:
@@ -134,8 +135,13 @@ def verify(compiled, x=None, *, samples=100, seed=0, expected=None, rtol=1e-4, a
         lines.append(f"{int((~agree).sum())} of {n} samples differ from the {against}: "
                      f"{agree.mean():.1%} agree, at least {agreement:.1%} required (--agreement)")
     rows_trace = None
-    if trace:
-        rows_trace = trace_layers(compiled, inputs, rtol)
+    if trace:  # the samples that fail first: they are what the trace is for
+        ids = np.concatenate([bad, np.flatnonzero(same & agree)])[:TRACE_SAMPLES]
+        rows_trace = trace_layers(compiled, driver.Inputs(inputs.grid[ids], inputs.model[ids]), rtol)
+        for r in rows_trace:
+            r["samples_traced"] = int(ids.size)
+            if r["first_sample"] is not None:
+                r["first_sample"] = int(ids[r["first_sample"]])
         lines += format_trace(rows_trace, compiled.target, bool(same.all()))
     lines.append("PASS" if passed else "FAIL")
     return Verification(passed, n, int(same.sum()), int(agree.sum()), against, approx, stats, tgt, rows_trace, lines)
@@ -292,8 +298,9 @@ def _compare(op, graph: ir.Graph, ours: np.ndarray, name: str, theirs: np.ndarra
 
 
 def format_trace(rows: list, target: str, target_same: bool) -> list:
-    lines = ["trace: reference vs original, layer by layer (convolution and dense layers, before pruned "
-             "channels are stripped)"]
+    traced = rows[0]["samples_traced"] if rows else 0
+    lines = [f"trace: reference vs original on {traced} sample(s), layer by layer (convolution and dense layers, "
+             "before pruned channels are stripped)"]
     table = [("layer", "ONNX tensor", "result")]
     first = None
     for r in rows:

@@ -460,7 +460,7 @@ def test_verify_expected_outputs(odd_model, tmp_path, capsys):
 def test_verify_trace(odd_model, capsys):
     _, path = odd_model
     out = ok(capsys, "verify", path, "--samples", 10, "--trace")
-    assert "trace: reference vs original, layer by layer" in out
+    assert "trace: reference vs original on 10 sample(s), layer by layer" in out
     assert "trace: the reference follows the original through every compared layer" in out
     assert re.search(r"L02_conv\s+sign-0 out\s+same", out), out  # (the odd naming style: spaces in names)
 
