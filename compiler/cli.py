@@ -1,6 +1,9 @@
 """The `bnnc` command: demo, compile, run, verify, report.
 
-Every problem with the user's input ends as one line on stderr and exit status 2.
+Each command parses its flags and calls the Python API (api.py) with them; what it adds is the
+terminal: files named by flags (checked before any work), printing, exit statuses. Every problem
+with the user's input ends as one line on stderr and exit status 2; progress lines of long steps
+come before it (progress.py; -q: none, -v: every step).
 """
 
 from __future__ import annotations
@@ -12,17 +15,13 @@ import math
 import os
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, driver, ir_dump, targets, userfiles
+from . import __version__, api, progress, targets, userfiles
 from .errors import BnncError, one_line
-from .pipeline import Options, compile_file
-from .passes.quantize_input import InputAffine
-from .targets import TargetOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,128 +49,6 @@ def _non_negative_float(text: str) -> float:
     return v
 
 
-def _input_scale(text: str) -> float:
-    """A scale the float32 input chain holds exactly as given: positive, finite, not subnormal."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    f32 = np.finfo(np.float32)
-    if not (np.isfinite(v) and f32.tiny <= v <= f32.max):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive float32 number "
-                                         f"(from {f32.tiny:g} to {f32.max:g})")
-    return v
-
-
-def _options(a) -> Options:
-    rng = None
-    if getattr(a, "input_range", None) is not None:
-        try:
-            lo, hi = (int(v) for v in a.input_range.split(":"))
-        except ValueError:
-            raise BnncError(f"--input-range '{a.input_range}' is not LO:HI") from None
-        rng = (lo, hi)
-    scale, affine = _input_affine(a)
-    frac = getattr(a, "frac_bits", None)
-    if frac is not None and not 0 <= frac <= 30:
-        raise BnncError(f"--frac-bits {frac} is outside 0..30")
-    return Options(input_scale=scale, input_range=rng, input_affine=affine, weight_bits=_weight_bits(a),
-                   **({"frac_bits": frac} if frac is not None else {}))
-
-
-def _weight_bits(a) -> dict:
-    """--weight-bits [NODE=]B ... as {node name or "*": B}."""
-    out = {}
-    for item in getattr(a, "weight_bits", None) or []:
-        name, _, bits = item.rpartition("=")
-        try:
-            b = int(bits)
-        except ValueError:
-            b = 0
-        if not 2 <= b <= 25:
-            raise BnncError(f"--weight-bits '{item}': give B or NODE=B with 2 <= B <= 25")
-        out[name or "*"] = b
-    return out
-
-
-def _numbers(text: str, flag: str, divisions: bool = False) -> tuple:
-    """A comma-separated list of numbers (one per channel, or one for all); with `divisions`,
-    items may be written 1/D. Returns ((op, value), ...) with op "mul" / "div"."""
-    items = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if divisions and part.startswith("1/"):
-                items.append(("div", float(part[2:])))
-            else:
-                items.append(("mul", float(part)))
-        except ValueError:
-            raise BnncError(f"{flag} '{text}' is not a comma-separated list of numbers"
-                            + (" (or 1/D)" if divisions else "")) from None
-    return tuple(items)
-
-
-def _input_affine(a) -> tuple:
-    """(--input-scale as one positive float, or None; InputAffine of the per-channel input flags,
-    or None). x = ((q * scale + offset) - mean) / std, each a float32 op per channel."""
-    text = getattr(a, "input_scale", None)
-    extra = [getattr(a, f, None) for f in ("input_offset", "input_mean", "input_std")]
-    scale = _numbers(text, "--input-scale", True) if text is not None else ()
-    for _, v in scale:  # a scale (or divisor) the float32 input chain holds exactly as given
-        try:
-            _input_scale(repr(v))
-        except argparse.ArgumentTypeError as e:
-            raise BnncError(f"--input-scale: {e}") from None
-    if not any(e is not None for e in extra) and len(scale) == 1 and scale[0][0] == "mul":
-        return scale[0][1], None  # one scalar scale: real input = S * q
-    if text is None and not any(e is not None for e in extra):
-        return None, None
-    ops = []
-    if scale:
-        kinds = {k for k, _ in scale}
-        if len(kinds) > 1:
-            raise BnncError(f"--input-scale '{text}': write every channel as a number or every channel as 1/D")
-        ops.append((kinds.pop(), tuple(v for _, v in scale)))
-    for flag, op, value in zip(("--input-offset", "--input-mean", "--input-std"), ("add", "sub", "div"), extra):
-        if value is not None:
-            ops.append((op, tuple(v for _, v in _numbers(value, flag))))
-    return None, InputAffine(tuple(ops))
-
-
-def _target_options(a) -> TargetOptions:
-    folding = getattr(a, "folding", None)
-    if getattr(a, "target_cycles", None) is not None and a.target_cycles < 1:
-        raise BnncError("--target-cycles must be at least 1")
-    mcu = getattr(a, "mcu", None)
-    if mcu is not None:
-        targets.check_mcu(mcu)
-    return TargetOptions(name=a.name, folding=folding, target_cycles=getattr(a, "target_cycles", None),
-                         mcu=mcu, flash=_bytes(getattr(a, "flash", None), "--flash"),
-                         ram=_bytes(getattr(a, "ram", None), "--ram"), progress=sys.stderr.isatty(),
-                         clock_mhz=_clock_mhz(getattr(a, "clock_mhz", None)))
-
-
-def _clock_mhz(value):
-    if value is not None and not 0 < value < float("inf"):
-        raise BnncError(f"--clock-mhz must be a positive number of MHz (got {value})")
-    return value
-
-
-def _bytes(text, flag):
-    """'64k', '1M', '4096' -> bytes."""
-    if text is None:
-        return None
-    t = str(text).strip().lower().removesuffix("b")
-    mult = {"k": 1024, "m": 1024 * 1024}.get(t[-1:], 1)
-    try:
-        v = int(t[:-1] if mult != 1 else t) * mult
-    except ValueError:
-        raise BnncError(f"{flag} '{text}' is not a size in bytes (e.g. 65536, 64k, 1M)") from None
-    if v <= 0:
-        raise BnncError(f"{flag} must be positive")
-    return v
-
-
 def _load_npy(path: str) -> np.ndarray:
     data = userfiles.read_bytes(path, "input file")
     f = io.BytesIO(data)
@@ -191,24 +68,23 @@ def _load_npy(path: str) -> np.ndarray:
         raise BnncError(f"'{path}' is not a readable .npy array ({one_line(e)})") from None
 
 
+def _compile(a, target=None) -> api.Compiled:
+    """The API's compile with the command line's flags."""
+    return api.compile(a.model, target or a.target, name=a.name, mcu=a.mcu, folding=a.folding,
+                       target_cycles=a.target_cycles, flash=a.flash, ram=a.ram, clock_mhz=a.clock_mhz,
+                       input_scale=a.input_scale,
+                       input_range=a.input_range, input_offset=a.input_offset, input_mean=a.input_mean,
+                       input_std=a.input_std, frac_bits=a.frac_bits, weight_bits=a.weight_bits)
+
+
 def cmd_compile(a) -> int:
-    targets.check_target(a.target, targets.COMPILE_TARGETS)
-    opts = _target_options(a)
-    dump_ir = getattr(a, "dump_ir", None)
-    if dump_ir is not None and Path(dump_ir).suffix not in ir_dump.FORMATS:
-        raise BnncError(f"--dump-ir '{dump_ir}' must end in {' or '.join(ir_dump.FORMATS)}")
-    out = Path(a.output)
-    userfiles.check_output_folder(out, [])
-    if dump_ir is not None:
-        userfiles.check_output_file(dump_ir, "--dump-ir")
-    _, graph = compile_file(a.model, _options(a))
-    files = targets.compile_files(graph, a.target, opts)
-    dump_text = ir_dump.dump(graph, Path(dump_ir).suffix) if dump_ir is not None else None
-    userfiles.write_folder_atomically(out, files)
-    top = sorted({n.split("/")[0] for n in files})
+    target = api.resolve_target(a.target, a.mcu)
+    targets.check_target(target, targets.COMPILE_TARGETS)
+    dump_ir, out = a.dump_ir, Path(a.output)
+    api.check_destination(out, dump_ir)
+    top = _compile(a).write(out, dump_ir)
     print(f"wrote {', '.join(top)} to {out}/")
-    if dump_text is not None:
-        userfiles.write_files_atomically({dump_ir: dump_text.encode()})
+    if dump_ir is not None:
         print(f"wrote the lowered IR to {dump_ir}")
     return 0
 
@@ -232,12 +108,10 @@ def _npy_bytes(y: np.ndarray) -> bytes:
 
 
 def cmd_run(a) -> int:
-    targets.check_target(a.target)
+    api.resolve_target(a.target, a.mcu)
     _check_outputs(a, "stats", "output")
-    opts = _target_options(a)
-    _, graph = compile_file(a.model, _options(a))
-    inputs = driver.prepare_inputs(graph, _load_npy(a.input))
-    y, stats = targets.run(graph, a.target, inputs.grid, opts)
+    m = _compile(a)
+    y, stats = m.run(_load_npy(a.input), return_stats=True) if a.stats else (m.run(_load_npy(a.input)), None)
     outputs = {}
     if a.stats:
         outputs[a.stats] = _json_bytes(stats, sort_keys=True)
@@ -254,110 +128,41 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _top1(y: np.ndarray) -> np.ndarray:
-    return y.reshape(y.shape[0], -1).argmax(axis=1) if y.dtype.kind == "f" else y.reshape(y.shape[0], -1)[:, 0]
-
-
 def cmd_verify(a) -> int:
-    from .original import OriginalModel
-
-    targets.check_target(a.target)
+    api.resolve_target(a.target, a.mcu)
+    if a.input:
+        for flag, value in (("--samples", a.samples), ("--seed", a.seed)):
+            if value is not None:
+                raise BnncError(f"{flag} chooses random samples; it does not apply with --input")
+    elif a.expected:
+        raise BnncError("--expected needs --input: expected outputs belong to given inputs")
     if not 0 < a.agreement <= 1:
         raise BnncError(f"--agreement must be in (0, 1] (got {a.agreement})")
     _check_outputs(a, "stats")
-    opts = _target_options(a)
-    model, graph = compile_file(a.model, _options(a))
-    if a.input:
-        x = _load_npy(a.input)
-    else:
-        x = driver.random_samples(graph, a.samples, a.seed)
-    inputs = driver.prepare_inputs(graph, x)
-    t0 = time.time()
-    # on stdout: stderr holds nothing but the one error line when verification fails with an error
-    print(f"verifying {inputs.grid.shape[0]} samples of {a.model} on target '{a.target}'")
-    try:
-        orig = OriginalModel(model).run(inputs.model)
-    except BnncError:
-        raise
-    except Exception as e:
-        raise BnncError(f"onnxruntime cannot run the original model: {str(e).splitlines()[0][:200]}") from None
-    ref = driver.run_target(graph, "ref", inputs)
-    tgt, stats = targets.run(graph, a.target, inputs.grid, opts)
-    if getattr(a, "stats", None):
-        userfiles.write_files_atomically({a.stats: _json_bytes(stats, sort_keys=True)})
+    m = _compile(a)
+    x = _load_npy(a.input) if a.input else None
+    expected = _load_npy(a.expected) if a.expected else None
+    result = m.verify(x, samples=100 if a.samples is None else a.samples, seed=a.seed or 0, expected=expected,
+                      rtol=a.rtol, agreement=a.agreement, trace=a.trace)
+    if a.stats:
+        userfiles.write_files_atomically({a.stats: _json_bytes(result.stats, sort_keys=True)})
         print(f"wrote {a.stats}")
-    orig = orig.reshape(ref.shape)
-    n = ref.shape[0]
-    same = np.array([np.array_equal(tgt[i], ref[i]) for i in range(n)])
-    top_ref, top_orig = _top1(ref), _top1(orig.astype(ref.dtype) if ref.dtype.kind != "f" else orig)
-    top_ok = top_ref == top_orig
-    if ref.dtype.kind == "f":
-        diff = np.abs(ref.astype(np.float64) - orig.astype(np.float64)).reshape(n, -1).max(axis=1)
-        scale = max(1.0, float(np.abs(orig).max()))
-        tol = a.rtol * scale
-        close = diff <= tol
-        diff_text = f"{diff.max():.3g} (tolerance {tol:.3g} = {a.rtol:g} x max(1, max|original|))"
-    else:
-        diff = (ref.reshape(n, -1) != orig.reshape(n, -1)).sum(axis=1).astype(float)
-        close = diff == 0
-        diff_text = f"{int(diff.max())} differing indices"
-    rows = [("samples", str(n)),
-            (f"{a.target} == reference (bit-exact)", f"{int(same.sum())}/{n}"),
-            ("reference top-1 == original", f"{int(top_ok.sum())}/{n}"),
-            ("reference vs original max abs diff", diff_text),
-            ("time", f"{time.time() - t0:.2f} s")]
-    w = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k.ljust(w)}  {v}")
-    exact = driver.approximations(graph) == []
-    agree = top_ok & close if exact else top_ok
-    bad = np.flatnonzero(~(same & agree))
-    for i in bad[:5]:
-        print(f"  sample {i}: target==ref {bool(same[i])}, top-1 ref {top_ref[i]} original {top_orig[i]}, "
-              f"diff {diff[i]:.3g}")
-    if bad.size == 0 and diff.max() > 0:  # the closest calls, so a user sees how near the tolerance they are
-        worst = np.argsort(-diff, kind="stable")[:3]
-        print("worst differences: " + ", ".join(f"sample {i} {diff[i]:.3g}" for i in worst if diff[i] > 0))
-    # The original computes in float32: a sample whose value lies within its rounding of a quantizer
-    # step can land on the other side of it there. The target must match the reference on every
-    # sample; the reference must agree with the original on at least --agreement of them: same top-1
-    # and, where the lowered model is exact, a difference within the tolerance. Where bnnc states an
-    # approximation (real-valued layers on a fixed-point grid, `bnnc report` gives the bounds), the
-    # difference is reported, and top-1 must agree.
-    ok = bool(same.all()) and agree.mean() >= a.agreement
-    if not exact:
-        print(f"approximations (stated by bnnc report): {'; '.join(driver.approximations(graph)[:3])}; "
-              f"{int(close.sum())}/{n} samples within the tolerance")
-    if ok and not agree.all():
-        print(f"{int((~agree).sum())} of {n} samples differ from the original: "
-              f"{agree.mean():.1%} agree, at least {a.agreement:.1%} required (--agreement)")
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    print(result.text)
+    return 0 if result.passed else 1
 
 
 def cmd_report(a) -> int:
-    from .report import format_table, report
-
-    opts = _target_options(a)
-    target = a.target or opts.mcu
-    if target is not None:
-        targets.check_target(target)
+    target = api.resolve_target(a.target or a.mcu or "c", a.mcu)
     _check_outputs(a, "json", "html")
-    _, graph = compile_file(a.model, _options(a))
-    rep = report(driver.backend_graph(graph))
-    print(format_table(rep))
-    extra = targets.report(graph, target, opts) if target is not None else None
-    if extra:
-        print()
-        print(extra["text"])
-        rep[target] = extra["json"]
+    rep = _compile(a, target).report()
+    print(rep.text)
     if a.json:
-        userfiles.write_files_atomically({a.json: _json_bytes(rep)})
+        userfiles.write_files_atomically({a.json: _json_bytes(rep.data)})
         print(f"wrote {a.json}")
     if a.html:
         from .report_html import render
 
-        userfiles.write_files_atomically({a.html: render(rep, target, Path(a.model).name).encode()})
+        userfiles.write_files_atomically({a.html: render(rep.data, target, Path(a.model).name).encode()})
         print(f"wrote {a.html}")
     return 0
 
@@ -393,12 +198,12 @@ def cmd_demo(a) -> int:
         print(f"bnnc demo: built a binarized MLP (784-64-64-64-10) at {model_path}")
         x = random_inputs(model, 100, seed=a.seed)
     np.save(work / "x.npy", x)
-    ns = argparse.Namespace(model=str(model_path), target="c", output=str(work / "c"), name="bnnc",
-                            input_scale=None, input_range=None, mcu=None)
-    cmd_compile(ns)
-    ns = argparse.Namespace(model=str(model_path), target="c", input=str(work / "x.npy"), samples=0, seed=0,
-                            name="bnnc", rtol=1e-4, input_scale=None, input_range=None, agreement=1.0)
-    return cmd_verify(ns)
+    m = api.compile(str(model_path), "c")
+    top = m.write(work / "c")
+    print(f"wrote {', '.join(top)} to {work / 'c'}/")
+    result = m.verify(x, agreement=1.0)
+    print(result.text)
+    return 0 if result.passed else 1
 
 
 def _zoo_names() -> list:
@@ -408,9 +213,22 @@ def _zoo_names() -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bnnc", description="Compile binarized / compressed ONNX networks to bit-exact code.")
+    # -v / -q before or after the command; SUPPRESS: a command's parser must not reset the value
+    # given before the command to a default
+    verbosity = argparse.ArgumentParser(add_help=False)
+    group = verbosity.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=progress.VERBOSE,
+                       default=argparse.SUPPRESS, help="say what every step does and how long it takes")
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=progress.QUIET,
+                       default=argparse.SUPPRESS, help="no progress lines (errors are still printed)")
+    p = _Parser(prog="bnnc", description="Compile binarized / compressed ONNX networks to bit-exact code. "
+                "Steps that take more than a few seconds say so on stderr (-q: never, -v: every step).",
+                parents=[verbosity])
     p.add_argument("--version", action="version", version=f"bnnc {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def add_parser(name, **kw):
+        return sub.add_parser(name, parents=[verbosity], **kw)
 
     def model_args(sp, target_help="c"):
         sp.add_argument("model", help="ONNX file")
@@ -436,41 +254,50 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
         sp.add_argument("--target-cycles", type=int, default=None,
                         help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")
-        sp.add_argument("--mcu", default=None, help=" | ".join(targets.MCUS) + ": firmware for this core")
-        sp.add_argument("--flash", default=None, help="MCU flash budget in bytes (e.g. 256k); exceeding it is an error")
-        sp.add_argument("--ram", default=None, help="MCU RAM budget in bytes (e.g. 64k); exceeding it is an error")
+        sp.add_argument("--mcu", default=None,
+                        help=" | ".join(targets.MCUS) + ": --target c --mcu M is the same as --target M")
+        sp.add_argument("--flash", default=None,
+                        help="MCU targets: flash budget in bytes (e.g. 256k); exceeding it is an error")
+        sp.add_argument("--ram", default=None,
+                        help="MCU targets: RAM budget in bytes (e.g. 64k); exceeding it is an error")
         sp.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
-                        help="MCU clock of the latency estimate (default: a typical part of the core)")
+                        help="MCU targets: clock of the latency estimate (default: a typical part of the core)")
 
     all_targets = " | ".join(targets.TARGETS)
 
-    sp = sub.add_parser("demo", help="compile a bundled example model, run it and check it")
+    sp = add_parser("demo", help="compile a bundled example model, run it and check it")
     sp.add_argument("--seed", type=_non_negative_int, default=0)
     sp.add_argument("--dir", default=None, help="where to write the example (default: a temporary folder)")
     sp.add_argument("--zoo", default=None, metavar="NAME",
                     help="demo a bnnc.zoo model instead of TFC: " + ", ".join(_zoo_names()))
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("compile", help="write the generated sources (C, firmware, Verilog or HLS C++)")
+    sp = add_parser("compile", help="write the generated sources (C, firmware, Verilog or HLS C++)")
     model_args(sp, " | ".join(targets.COMPILE_TARGETS))
     sp.add_argument("-o", "--output", required=True, help="output folder")
     sp.add_argument("--dump-ir", default=None, metavar="PATH",
                     help="also write the lowered IR (after the passes) as JSON (PATH.json) or Graphviz (PATH.dot)")
     sp.set_defaults(func=cmd_compile)
 
-    sp = sub.add_parser("run", help="run the compiled model on inputs")
+    sp = add_parser("run", help="run the compiled model on inputs")
     model_args(sp, all_targets)
     sp.add_argument("--stats", default=None, help="write the target's figures (cycles, instructions...) as JSON")
     sp.add_argument("--input", required=True, help=".npy of shape (N, ...), one model input per sample")
     sp.add_argument("--output", default=None, help=".npy to write (N, ...) outputs to")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("verify", help="original model vs reference vs target")
+    sp = add_parser("verify", help="original model vs reference vs target")
     model_args(sp, all_targets)
     sp.add_argument("--stats", default=None, help="write the target's figures as JSON")
     sp.add_argument("--input", default=None, help=".npy of inputs (default: random samples)")
-    sp.add_argument("--samples", type=int, default=100, help="random samples when no --input (default 100)")
-    sp.add_argument("--seed", type=_non_negative_int, default=0)
+    sp.add_argument("--samples", type=int, default=None, help="random samples when no --input (default 100)")
+    sp.add_argument("--seed", type=_non_negative_int, default=None, help="of the random samples (default 0)")
+    sp.add_argument("--expected", default=None, metavar="Y.npy",
+                    help="the outputs (N, ...) the model should give for --input: the reference is held to them "
+                         "instead of to the original model, by the same rules")
+    sp.add_argument("--trace", action="store_true",
+                    help="also compare the reference with the original layer by layer and name the first layer "
+                         "where they part ways")
     sp.add_argument("--agreement", type=float, default=0.99,
                     help="fraction of samples on which the reference must agree with the original model "
                          "(same top-1, difference within --rtol; default 0.99). The target must equal the "
@@ -479,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reference vs original tolerance, relative to max(1, max|original|) (default 1e-4)")
     sp.set_defaults(func=cmd_verify)
 
-    sp = sub.add_parser("report", help="per-layer MACs, storage, pruning and arena figures")
+    sp = add_parser("report", help="per-layer MACs, storage, pruning and arena figures")
     model_args(sp, target_help=None)
     sp.add_argument("--json", default=None, help="also write the report as JSON")
     sp.add_argument("--html", default=None, help="also write the report as one self-contained HTML page with charts")
@@ -509,9 +336,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
-        if getattr(a, "samples", 1) is not None and getattr(a, "samples", 1) < 1 and a.cmd == "verify" \
-                and not a.input:
-            raise BnncError("--samples must be at least 1")
+        progress.set_verbosity(a.verbosity if hasattr(a, "verbosity") else progress.default_level())
         # numpy's RuntimeWarnings on hostile constants (Inf, zero variance) must not reach the
         # terminal: every such model is refused with its own one-line message
         with warnings.catch_warnings(), np.errstate(all="ignore"):

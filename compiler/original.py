@@ -347,6 +347,25 @@ class OriginalModel:
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = 4
 
+    @classmethod
+    def with_outputs(cls, model: onnx.ModelProto, names) -> "OriginalModel":
+        """The model with the tensors `names` (outputs of its nodes) as extra graph outputs, for
+        `run_tensors` (onnxruntime returns only graph outputs)."""
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        have = {o.name for o in m.graph.output}
+        m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
+        return cls(m)
+
+    def run_tensors(self, x: np.ndarray, names: list) -> dict:
+        """{name: (N, *tensor shape without its batch dimension)} of graph outputs `names`."""
+        outs = {t: [] for t in names}
+        for xi in np.asarray(x):
+            feed = np.asarray(xi, dtype=self.input_dtype).reshape(self.input_shape)
+            for t, y in zip(names, self.session.run(list(names), {self.input_name: feed}, self.run_options)):
+                outs[t].append(y[0] if y.ndim and y.shape[0] == 1 else y)
+        return {t: np.stack(v) for t, v in outs.items()}
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run each sample x[i] (reshaped to the model's batch-1 input shape) and stack the outputs,
         batch dimension removed: (N, ...) ; (N,) when a sample's output has one element."""

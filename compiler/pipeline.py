@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from . import ir
+from . import ir, progress
 from .canonical import canonicalize
 from .lower import FRAC_BITS, lower
 from .onnx_loader import check_graph, load, read_model
@@ -46,11 +46,13 @@ def frontend(model, options: Options = Options()) -> ir.Graph:
 def compile_graph(model, options: Options = Options()) -> ir.Graph:
     """ONNX ModelProto -> IR after every pass: what the reference and the backends run."""
     verify = options.verify_ir if options.verify_ir is not None else os.environ.get("BNNC_VERIFY_IR") == "1"
-    g = frontend(model, options)
+    with progress.step("lowering the model (canonical rewrites, frontend)"):
+        g = frontend(model, options)
     if verify:
         ir.verify(g)
     for p in PASSES:
-        g = p(g)
+        with progress.step(f"pass {p.__name__}"):
+            g = p(g)
         if verify:
             ir.verify(g)
     return g
@@ -59,5 +61,6 @@ def compile_graph(model, options: Options = Options()) -> ir.Graph:
 def compile_file(path, options: Options = Options()):
     """(ModelProto as the file holds it, external data read in; lowered IR) for an ONNX file. The
     ModelProto is the original that `bnnc verify` runs, not the canonical rewrite."""
-    model = read_model(path)
+    with progress.step(f"reading {path}"):
+        model = read_model(path)
     return model, compile_graph(model, options)

@@ -36,7 +36,7 @@ TARGETS = {
 }
 
 MCUS = ("cortex-m0", "cortex-m4", "cortex-m7", "rv32imc", "rv32imc_zbb")
-COMPILE_TARGETS = ("c", "verilog", "hls")  # `bnnc compile --target`; MCU firmware is `--target c --mcu M`
+COMPILE_TARGETS = ("c", *MCUS, "verilog", "hls")  # what `bnnc compile` writes
 
 
 @dataclass
@@ -52,6 +52,7 @@ class TargetOptions:
     clock_mhz: Optional[float] = None  # MCU clock of the latency estimate (default: the core's typical part)
     progress: bool = False  # long runs print progress on stderr
     flags: Optional[tuple] = None  # host C compiler flags (tests: sanitizers, clang)
+    measure: bool = False  # run: also time the inferences for the stats (a benchmark run on the host targets)
     extra: dict = field(default_factory=dict)
 
 
@@ -84,12 +85,10 @@ def options_for(target: str, opts: TargetOptions) -> TargetOptions:
 def compile_files(graph: ir.Graph, target: str, opts: TargetOptions) -> dict:
     """{relative path: text} for `bnnc compile --target target`."""
     check_target(target, COMPILE_TARGETS)
-    if opts.mcu is not None:
-        if target != "c":
-            raise BnncError(f"--mcu applies to --target c (got --target {target})")
+    if opts.mcu is not None and target == "c":  # `--target c --mcu M` is target M
         check_mcu(opts.mcu)
-        return backend(opts.mcu).files(graph, opts)
-    return backend(target).files(graph, opts)
+        target = opts.mcu
+    return backend(target).files(graph, options_for(target, opts))
 
 
 def check_mcu(mcu: str) -> None:

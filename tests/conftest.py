@@ -5,6 +5,9 @@ import pytest
 
 # every model the tests compile is checked by ir.verify after the frontend and after every pass
 os.environ.setdefault("BNNC_VERIFY_IR", "1")
+# no progress lines from the commands the tests run: a step slower than 2 s on a loaded machine
+# would print lines before the one-line errors the tests check (progress tests set their own level)
+os.environ.setdefault("BNNC_PROGRESS", "quiet")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 

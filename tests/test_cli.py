@@ -422,3 +422,62 @@ def test_python_m_bnnc_cli_runs(tmp_path):
     assert r.returncode == 0
     for cmd in ("demo", "compile", "run", "verify", "report"):
         assert cmd in r.stdout
+
+
+# ----------------------------------------------------------------------------------- one interface
+
+
+def test_firmware_target_has_one_name(odd_model, tmp_path, capsys):
+    """`compile --target cortex-m4` is the firmware project; `--target c --mcu cortex-m4` its alias."""
+    _, path = odd_model
+    ok(capsys, "compile", path, "--target", "cortex-m4", "-o", tmp_path / "a")
+    ok(capsys, "compile", path, "--target", "c", "--mcu", "cortex-m4", "-o", tmp_path / "b")
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+    assert "bnnc_cortex_m4.ld" in files_of(tmp_path / "a")
+
+
+def test_run_stats_for_c_and_ref(odd_model, tmp_path, capsys):
+    model, path = odd_model
+    np.save(tmp_path / "x.npy", random_inputs(model, 5, seed=1))
+    for target in ("c", "ref"):
+        ok(capsys, "run", path, "--target", target, "--input", tmp_path / "x.npy", "--stats", tmp_path / "s.json")
+        st = json.loads((tmp_path / "s.json").read_text())
+        assert st["target"] == target and st["samples"] == 5 and st["latency_us_mean"] > 0, st
+
+
+def test_verify_expected_outputs(odd_model, tmp_path, capsys):
+    model, path = odd_model
+    np.save(tmp_path / "x.npy", random_inputs(model, 6, seed=2))
+    ok(capsys, "run", path, "--target", "ref", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    out = ok(capsys, "verify", path, "--input", tmp_path / "x.npy", "--expected", tmp_path / "y.npy")
+    assert "against the expected outputs" in out and out.strip().splitlines()[-1] == "PASS"
+    y = np.load(tmp_path / "y.npy")  # ArgMax indices: another class on every sample
+    np.save(tmp_path / "wrong.npy", (y + 1) % 10)
+    rc, out, _ = cli(capsys, "verify", path, "--input", tmp_path / "x.npy", "--expected", tmp_path / "wrong.npy")
+    assert rc == 1 and re.search(r"reference top-1 == expected\s+0/6", out) and out.strip().splitlines()[-1] == "FAIL"
+
+
+def test_verify_trace(odd_model, capsys):
+    _, path = odd_model
+    out = ok(capsys, "verify", path, "--samples", 10, "--trace")
+    assert "trace: reference vs original on 10 sample(s), layer by layer" in out
+    assert "trace: the reference follows the original through every compared layer" in out
+    assert re.search(r"L02_conv\s+sign-0 out\s+same", out), out  # (the odd naming style: spaces in names)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(odd_model, tmp_path):
+    """`bnnc -v` prints one plain line per step (no carriage returns) into a pipe; -q prints none."""
+    _, path = odd_model
+    env = {k: v for k, v in os.environ.items() if k != "BNNC_DEBUG"}
+    cmd = [sys.executable, "-m", "bnnc.cli"]
+    r = subprocess.run([*cmd, "-v", "verify", str(path), "--target", "c", "--samples", "5"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert "\r" not in r.stderr and all(line.startswith("bnnc: ") for line in lines), r.stderr
+    for step in ("pass fold_batchnorm_into_thresholds", "running the reference on 5 sample(s)",
+                 "running the original model in onnxruntime on 5 sample(s)", "running 5 sample(s) on target c"):
+        assert any(line.startswith(f"bnnc: {step}: done in ") for line in lines), (step, r.stderr)
+    r = subprocess.run([*cmd, "verify", "-q", str(path), "--target", "c", "--samples", "5"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.strip().splitlines()[-1] == "PASS"

@@ -35,7 +35,8 @@ BASE_SEED = 12
 
 
 def cli(capsys, *argv):
-    """(exit status, stdout, stderr) of `bnnc argv...` run in-process."""
+    """(exit status, stdout, stderr) of `bnnc argv...` run in-process (without progress lines:
+    conftest.py sets BNNC_PROGRESS=quiet)."""
     try:
         rc = main([str(a) for a in argv])
     except SystemExit as e:  # argparse errors exit directly
@@ -446,14 +447,14 @@ def test_unknown_target(cmd, base_file, tmp_path, capsys):
 def test_mcu_options_are_checked(base_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "compile", base_file, "--mcu", "cortex-m9", "-o", tmp_path / "out")
     assert_error(rc, err, "--mcu", "cortex-m9", "cortex-m4")
-    rc, _, err = cli(capsys, "compile", base_file, "--flash", "lots", "-o", tmp_path / "out")
+    rc, _, err = cli(capsys, "compile", base_file, "--target", "cortex-m4", "--flash", "lots", "-o", tmp_path / "out")
     assert_error(rc, err, "--flash", "lots")
     assert not (tmp_path / "out").exists()
 
 
 def test_compile_for_the_reference_target(base_file, tmp_path, capsys):
     rc, _, err = cli(capsys, "compile", base_file, "--target", "ref", "-o", tmp_path / "out")
-    assert_error(rc, err, "unknown target", "ref", "c, verilog, hls")
+    assert_error(rc, err, "unknown target", "ref", "c, cortex-m0, cortex-m4, cortex-m7, rv32imc, rv32imc_zbb, verilog, hls")
     assert not (tmp_path / "out").exists()
 
 
@@ -602,3 +603,48 @@ def test_subprocess_nonfinite_weights_and_usage_error_exit_2(base, tmp_path):
     assert not (tmp_path / "out").exists()
     r = _bnnc_subprocess("compile", path, cwd=tmp_path)  # argparse's own error path
     assert_error(r.returncode, r.stderr, "required", "-o")
+
+
+def test_progress_lines_before_an_error(base_file, tmp_path, capsys, monkeypatch):
+    """At the default level, steps slower than progress.SLOW_S print their lines; a failure still
+    ends with the one error line, the last on stderr, and exit status 2."""
+    from bnnc import progress
+
+    monkeypatch.setenv("BNNC_PROGRESS", "normal")  # the command's default (conftest.py sets quiet)
+    monkeypatch.setattr(progress, "SLOW_S", 0.0)  # every step counts as slow
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 3), np.float32))  # the wrong shape: found after the model is compiled
+    rc = main(["run", str(base_file), "--target", "ref", "--input", str(x)])
+    lines = capsys.readouterr().err.splitlines()
+    assert rc == 2 and lines[-1].startswith("bnnc: error: input array of shape (2, 3)"), lines
+    progress_lines = lines[:-1]
+    assert any("pass fold_batchnorm_into_thresholds: done in" in line for line in progress_lines), lines
+    assert all(line.startswith("bnnc: ") and "error" not in line for line in progress_lines), lines
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["run", "--target", "hls", "--mcu", "cortex-m4"], ["--mcu", "--target hls"]),
+    (["run", "--target", "cortex-m0", "--mcu", "cortex-m4"], ["--mcu cortex-m4", "contradicts", "cortex-m0"]),
+    (["run", "--target", "c", "--folding", "f.json"], ["--folding", "verilog", "--target c"]),
+    (["run", "--target", "verilog", "--ram", "64k"], ["--ram", "cortex-m4", "--target verilog"]),
+    (["verify", "--samples", "5"], ["--samples", "--input"]),
+    (["verify", "--seed", "5"], ["--seed", "--input"]),
+])
+def test_flags_a_target_does_not_use_are_refused(base_file, tmp_path, capsys, flags, words):
+    x = tmp_path / "x.npy"
+    np.save(x, random_inputs(random_model(BASE_SEED)[1], 2, seed=0))
+    rc, out, err = cli(capsys, flags[0], base_file, "--input", x, *flags[1:])
+    assert_error(rc, err, *words)
+    assert out == ""
+
+
+def test_expected_needs_inputs(base_file, tmp_path, capsys):
+    np.save(tmp_path / "y.npy", np.zeros((2, 1), np.int32))
+    rc, _, err = cli(capsys, "verify", base_file, "--expected", tmp_path / "y.npy")
+    assert_error(rc, err, "--expected", "--input")
+
+
+def test_unknown_progress_level_is_refused(base_file, capsys, monkeypatch):
+    monkeypatch.setenv("BNNC_PROGRESS", "loud")
+    rc, _, err = cli(capsys, "report", base_file)
+    assert_error(rc, err, "BNNC_PROGRESS", "loud", "quiet, normal, verbose")

@@ -7,6 +7,7 @@ chain constants, arena offsets) into C99; it derives no arithmetic of its own.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import jinja2
@@ -454,7 +455,15 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
     """Build with the host C compiler (cached) and run the harness on `grid`."""
     from . import c_build
 
-    exe = c_build.build(files(graph, opts), opts.flags or c_build.DEFAULT_FLAGS)
+    flags = opts.flags or c_build.DEFAULT_FLAGS
+    exe = c_build.build(files(graph, opts), flags)
     odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
+    t0 = time.perf_counter()
     y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
-    return y, {}
+    run_s = time.perf_counter() - t0
+    n = grid.shape[0]
+    stats = {"target": "c", "samples": n, "run_seconds": round(run_s, 6),
+             "compiler": " ".join([c_build.find_cc(), *flags]), "harness_bytes": exe.stat().st_size}
+    if opts.measure and n:
+        stats.update(c_build.latency(exe, grid, graph.input_info["dtype"], run_s / n))
+    return y, stats

@@ -6,12 +6,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import progress
 from ..errors import BnncError
 
 DEFAULT_FLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
@@ -31,7 +31,7 @@ def find_cc(cc: str | None = None) -> str:
 
 
 def cached_build(files: dict, cmd: list, product: str, prefix: str = "", key: str = "",
-                 what: str = "generated C", announce: bool = False) -> Path:
+                 what: str = "generated C") -> Path:
     """Write `files` into a fresh directory, run the compile command `cmd` there and return the
     path of `product` in it. Cached in cache_dir() by the files' contents, the command and `key`
     (e.g. a compiler version); concurrent builds of the same key race harmlessly (the first
@@ -48,9 +48,9 @@ def cached_build(files: dict, cmd: list, product: str, prefix: str = "", key: st
     tmp = Path(tempfile.mkdtemp(prefix=prefix + "build-", dir=cache_dir()))
     for name, text in files.items():
         (tmp / name).write_text(text)
-    if announce:
-        print(f"bnnc: compiling {what} ({' '.join(cmd)})", file=sys.stderr)
-    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+    progress.note(f"compiling {what}: {' '.join(cmd)}")
+    with progress.step(f"compiling {what}"):
+        r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"{what} failed to compile ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
@@ -79,6 +79,20 @@ def run(exe: Path, x: np.ndarray, input_dtype: str, output_dtype: str, output_el
             raise RuntimeError(f"generated program failed (status {r.returncode}): {r.stderr[-4000:]}")
         y = np.fromfile(fo, dtype=output_dtype)
     return y.reshape(n, output_elems)
+
+
+LATENCY_SAMPLES = 8  # `run --stats`: samples timed one by one
+LATENCY_SECONDS = 0.02  # per timed run of the harness's --bench loop
+
+
+def latency(exe: Path, x: np.ndarray, input_dtype: str, per_sample_s: float) -> dict:
+    """Microseconds per inference of the harness on the first LATENCY_SAMPLES samples, each
+    timed by `bench` (best of 5 loops): mean, min and max over them."""
+    iters = int(min(1_000_000, max(10, LATENCY_SECONDS / max(per_sample_s, 1e-7))))
+    us = [bench(exe, x[i: i + 1], input_dtype, iters) / 1000 for i in range(min(LATENCY_SAMPLES, x.shape[0]))]
+    return {"latency_us_mean": round(float(np.mean(us)), 3), "latency_us_min": round(float(np.min(us)), 3),
+            "latency_us_max": round(float(np.max(us)), 3), "latency_samples": len(us),
+            "latency_iterations": iters}
 
 
 def bench(exe: Path, x: np.ndarray, input_dtype: str, iters: int) -> float:

@@ -704,13 +704,12 @@ def find_cxx() -> str:
     return cxx
 
 
-def build(sources: dict, flags=CXX_FLAGS, include_dirs=(), progress: bool = False) -> Path:
+def build(sources: dict, flags=CXX_FLAGS, include_dirs=()) -> Path:
     """Compile model.cpp + testbench.cpp; returns the testbench executable (cached by content and flags)."""
     from . import c_build
 
     cmd = [find_cxx(), *flags, *(f"-I{d}" for d in include_dirs), "model.cpp", "testbench.cpp", "-o", "testbench"]
-    return c_build.cached_build(sources, cmd, "testbench", prefix="hls-", what="generated HLS C++",
-                                announce=progress)
+    return c_build.cached_build(sources, cmd, "testbench", prefix="hls-", what="generated HLS C++")
 
 
 def stats(graph: ir.Graph, foldings: list, name: str = "bnnc") -> dict:
@@ -724,7 +723,7 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
 
     foldings = foldings_for(graph, opts)
     sources = render(graph, foldings, opts.name)
-    exe = build(sources, tuple(opts.flags) if opts.flags else CXX_FLAGS, progress=opts.progress)
+    exe = build(sources, tuple(opts.flags) if opts.flags else CXX_FLAGS)
     odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
     y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
     return ir.output_in_model_order(graph, y.reshape(grid.shape[0], -1)), stats(graph, foldings, opts.name)  # (H, W, C) stream

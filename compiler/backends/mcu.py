@@ -32,7 +32,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from .. import ir
+from .. import ir, progress
 from ..errors import BnncError
 from ..passes.pack_bits import pack_bits
 from ..passes.plan_arena import plan_arena
@@ -225,16 +225,14 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
     grid = np.asarray(grid)
     n = grid.shape[0]
     ys, counts, cycles = [], [], []
-    for i in range(n):
-        if opts.progress and n > 1:
-            print(f"\r{core.name}: inference {i + 1}/{n}", end="", file=sys.stderr, flush=True)
-        x = np.ascontiguousarray(grid[i].reshape(-1).astype(in_dtype)).tobytes()
-        y, cnt, cyc = emu.infer(x, n_out * 4)
-        ys.append(np.frombuffer(y, out_dtype))
-        counts.append(cnt)
-        cycles.append(cyc)
-    if opts.progress and n > 1:
-        print(file=sys.stderr)
+    with progress.step(f"emulating {core.name} firmware on {n} input(s)", total=n) as step:
+        for i in range(n):
+            x = np.ascontiguousarray(grid[i].reshape(-1).astype(in_dtype)).tobytes()
+            y, cnt, cyc = emu.infer(x, n_out * 4)
+            ys.append(np.frombuffer(y, out_dtype))
+            counts.append(cnt)
+            cycles.append(cyc)
+            step.advance()
     counts = np.array(counts) if counts else np.zeros((0, len(layers) + 1), np.int64)
     cycles = np.array(cycles) if cycles else np.zeros((0, len(layers) + 1), np.int64)
     clock = opts.clock_mhz or table.clock_mhz

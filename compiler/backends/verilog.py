@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import jinja2
 import numpy as np
 
 from .. import folding as folding_mod
-from .. import ir, reference
+from .. import ir, progress, reference
 from ..errors import BnncError
 from ..passes.activations_as_convs import activations_as_convs
 from ..passes.layout_folded_layers import element_bits, layout_folded_layers
@@ -444,7 +443,10 @@ def _frame_stats(lines: str) -> dict:
 
 
 def simulate(d: Design, frames_in: np.ndarray, n: int, progress: bool = False, stalls: tuple | None = None):
-    """(output beats, raw stats, build seconds) of `n` frames streamed back to back."""
+    """(output beats, raw stats, build seconds) of `n` frames streamed back to back (`progress`:
+    the simulator's own frame counter on stderr, for a terminal)."""
+    from .. import progress as progress_lines  # (the argument `progress` hides the module)
+
     exe, build_s = verilog_sim.build(d.sources, d.top, {"tb.cpp": d.files["sim/tb.cpp"]})
     perf = d.perf
     depth = sum(lay["cycles"] for lay in perf["layers"]) + perf["input_beats"] + perf["output_beats"]
@@ -460,8 +462,10 @@ def simulate(d: Design, frames_in: np.ndarray, n: int, progress: bool = False, s
         cmd = [str(exe), "in.bin", "out.bin", "stats.txt", str(n), str(max_cycles), str(int(progress))]
         if stalls:
             cmd += [str(x) for x in stalls]
-        r = subprocess.run(cmd, cwd=td, stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE,
-                           text=True)
+        with progress_lines.step(f"simulating {d.top} on {n} frame(s) (estimated II {d.perf['estimated_ii']} "
+                                 "cycles per frame)"):
+            r = subprocess.run(cmd, cwd=td, stdout=subprocess.PIPE,
+                               stderr=None if progress else subprocess.PIPE, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"Verilator simulation of {d.top} failed: {(r.stderr or '').strip()[-2000:]}")
         beats = np.fromfile(td / "out.bin", dtype="<u8")
@@ -486,12 +490,10 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
     random (input valid with probability p_valid per cycle, output ready with p_ready): the
     outputs must not change, only the cycles."""
     t0 = time.time()
-    d = build_design(graph, opts)
+    with progress.step("choosing the folding and generating the Verilog design"):
+        d = build_design(graph, opts)
     n = grid.shape[0]
     x = host_input(d.graph, d.plan, grid)
-    if opts.progress:
-        print(f"bnnc: simulating {d.top} (estimated II {d.perf['estimated_ii']} cycles) on {n} frames",
-              file=sys.stderr)
     beats, st, build_s = simulate(d, encode_frames(x, d.context["input"]), n, opts.progress,
                                   (opts.extra or {}).get("stalls"))
     out_ty = d.graph.tensors[d.plan.hw_ops[-1].outputs[0]]
@@ -518,12 +520,11 @@ def report(graph: ir.Graph, opts) -> dict:
     installed the LUT / FF / BRAM estimate per layer."""
     from . import verilog_resources
 
-    d = build_design(graph, opts)
+    with progress.step("choosing the folding and generating the Verilog design"):
+        d = build_design(graph, opts)
     perf = d.perf
     est = None
     if verilog_resources.available():
-        if opts.progress:
-            print("bnnc: estimating resources with yosys (cached per building block)", file=sys.stderr)
         est = verilog_resources.estimate(d)
     res = {r["name"]: r for r in est["layers"]} if est else {}
     cols = ("planes", "pe", "simd", "nf", "sf", "pixels", "mvtu_cycles", "window_cycles")

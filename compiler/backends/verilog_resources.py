@@ -28,6 +28,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import progress
 from ..errors import BnncError
 from .c_build import cache_dir
 from .verilog_sim import mem_image
@@ -219,7 +220,7 @@ def _axis_job(design, which: str):
                                          "TW": a["tw"]}, {})
 
 
-def estimate(design, jobs: int = 2, progress=None) -> dict:
+def estimate(design, jobs: int = 2) -> dict:
     """{"layers": [{name, lut, ff, bram18, carry, dsp}], "streams": {...}, "total": {...}}."""
     plan = [(s["name"], _stage_jobs(design, s)) for s in design.context["stages"]]
     plan.append(("streams", [("axis_in", _axis_job(design, "input"), 1), ("axis_out", _axis_job(design, "output"), 1)]))
@@ -227,8 +228,17 @@ def estimate(design, jobs: int = 2, progress=None) -> dict:
     for _, parts in plan:
         for _, job, _ in parts:
             todo[_key(job)] = job
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = dict(zip(todo, pool.map(lambda j: synth(j[0], j[1], j[2], j[3]), todo.values())))
+    with progress.step(f"estimating resources with yosys ({len(todo)} building blocks, each cached)",
+                       total=len(todo)) as s, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        def one(j):
+            params = ", ".join(f"{k}={v}" for k, v in sorted(j[2].items()))
+            params = params[:60] + "..." if len(params) > 60 else params
+            with progress.step(f"yosys synth_xilinx of {j[1]} ({params})"):
+                r = synth(j[0], j[1], j[2], j[3])
+            s.advance()
+            return r
+
+        results = dict(zip(todo, pool.map(one, todo.values())))
     layers, total = [], dict.fromkeys(KEYS, 0)
     for name, parts in plan:
         row = dict.fromkeys(KEYS, 0)

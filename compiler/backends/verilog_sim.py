@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import progress
 from ..errors import BnncError
 from .c_build import cache_dir
 
@@ -145,8 +146,9 @@ def build(sources: dict, top: str, cpp: dict, params: dict | None = None, args: 
     if exe.exists():
         return exe, 0.0
     t0 = time.time()
-    runtime = _runtime_objects(jobs)
-    obj = _verilate(sources, top, cpp, params, args, jobs, runtime)
+    with progress.step(f"building the Verilator simulation of {top}"):
+        runtime = _runtime_objects(jobs)
+        obj = _verilate(sources, top, cpp, params, args, jobs, runtime)
     tmp = Path(tempfile.mkdtemp(prefix="done-", dir=cache_dir() / "verilator"))
     shutil.copy2(obj / "sim", tmp / "sim")
     shutil.rmtree(obj.parent, ignore_errors=True)

@@ -1,0 +1,328 @@
+"""`verify`: the target against the reference, bit for bit, and the reference against the original
+model (onnxruntime) or the user's expected outputs; with `trace`, layer by layer.
+
+The rules (README.md, "verify"): the target must equal the reference on every sample; the reference
+must agree with the original on at least `agreement` of the samples: the same top-1 and, where the
+lowered model is exact (`driver.approximations` is empty), a max abs difference within
+rtol x max(1, max|original|). The original computes in float32: a value within its rounding of a
+quantizer step can land on the other side of it there, which is why a fraction of the samples and
+not every one is required. Expected outputs given by the user take the original's place.
+
+The trace compares the layers that come from ONNX nodes (convolutions and dense layers, with the
+BatchNorm and activation folded into them) with the ONNX tensor each follows best among the
+outputs of its ONNX nodes (`_layer_tensors`), on up to TRACE_SAMPLES samples (those that fail first), and names the first layer that differs. It runs the reference on the IR as it is after
+threshold folding and before pruned channels are stripped (so channels correspond one to one; the
+stripping is exact and is checked by the outputs). Binary and multi-level tensors must hold the same
+levels as the original, channel by channel (any per-channel map from bnnc's integers to the
+original's values that is one to one); real-valued and fixed-point tensors are compared as numbers
+(value x scale), within rtol x max(1, max|original|) plus the error bound bnnc states for the layer.
+The target is compared with the reference at the outputs (the targets do not expose their layers).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import driver, ir, progress, reference
+from .errors import BnncError, one_line
+
+ORIGINAL_CHUNK = 16  # samples per onnxruntime call batch, between progress milestones
+TRACE_SAMPLES = 16  # samples the trace runs (every layer's tensors are kept): the failing ones first
+
+
+def run_original(model, x: np.ndarray) -> np.ndarray:
+    """Outputs (N, ...) of the original model in onnxruntime (custom ops rewritten)."""
+    from .original import OriginalModel
+
+    n = x.shape[0]
+    try:
+        om = OriginalModel(model)
+        with progress.step(f"running the original model in onnxruntime on {n} sample(s)", total=n) as s:
+            outs = []
+            for i in range(0, n, ORIGINAL_CHUNK):
+                outs.append(om.run(x[i: i + ORIGINAL_CHUNK]))
+                s.advance(outs[-1].shape[0])
+    except BnncError:
+        raise
+    except Exception as e:
+        raise BnncError(f"onnxruntime cannot run the original model: {str(e).splitlines()[0][:200]}") from None
+    return np.concatenate(outs)
+
+
+def _expected(y, shape: tuple) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype.kind not in "fiub":
+        raise BnncError(f"--expected array has dtype {y.dtype}; expected numbers")
+    if y.size != int(np.prod(shape)):
+        raise BnncError(f"--expected array of shape {y.shape} does not hold {shape[0]} outputs of shape "
+                        f"{shape[1:]} (one per input sample)")
+    y = y.reshape(shape)
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise BnncError("--expected array contains NaN or infinite values")
+    return y
+
+
+def _top1(y: np.ndarray) -> np.ndarray:
+    return y.reshape(y.shape[0], -1).argmax(axis=1) if y.dtype.kind == "f" else y.reshape(y.shape[0], -1)[:, 0]
+
+
+def verify(compiled, x=None, *, samples=100, seed=0, expected=None, rtol=1e-4, agreement=0.99, trace=False):
+    from .api import Verification
+
+    if not 0 < agreement <= 1:
+        raise BnncError(f"--agreement must be in (0, 1] (got {agreement})")
+    if not (np.isfinite(rtol) and rtol >= 0):
+        raise BnncError(f"--rtol must be a finite number >= 0 (got {rtol})")
+    graph = compiled.graph
+    if x is None:
+        if expected is not None:
+            raise BnncError("--expected needs --input: expected outputs belong to given inputs")
+        x = compiled.samples(samples, seed)
+    inputs = compiled.inputs(x)
+    n = inputs.grid.shape[0]
+    against = "original" if expected is None else "expected"
+    lines = [f"verifying {n} samples of {compiled.source} on target '{compiled.target}'"
+             + (" against the expected outputs" if expected is not None else "")]
+    t0 = time.time()
+    with progress.step(f"running the reference on {n} sample(s)"):
+        ref = driver.run_target(graph, "ref", inputs)
+    orig = run_original(compiled.model, inputs.model) if expected is None else _expected(expected, ref.shape)
+    tgt, stats = compiled._run(inputs)
+    orig = orig.reshape(ref.shape)
+    same = np.array([np.array_equal(tgt[i], ref[i]) for i in range(n)])
+    top_ref, top_orig = _top1(ref), _top1(orig.astype(ref.dtype) if ref.dtype.kind != "f" else orig)
+    top_ok = top_ref == top_orig
+    if ref.dtype.kind == "f":
+        diff = np.abs(ref.astype(np.float64) - orig.astype(np.float64)).reshape(n, -1).max(axis=1)
+        scale = max(1.0, float(np.abs(orig).max()))
+        tol = rtol * scale
+        close = diff <= tol
+        diff_text = f"{diff.max():.3g} (tolerance {tol:.3g} = {rtol:g} x max(1, max|{against}|))"
+    else:
+        diff = (ref.reshape(n, -1) != orig.reshape(n, -1)).sum(axis=1).astype(float)
+        close = diff == 0
+        diff_text = f"{int(diff.max())} differing indices"
+    rows = [("samples", str(n)),
+            (f"{compiled.target} == reference (bit-exact)", f"{int(same.sum())}/{n}"),
+            (f"reference top-1 == {against}", f"{int(top_ok.sum())}/{n}"),
+            (f"reference vs {against} max abs diff", diff_text),
+            ("time", f"{time.time() - t0:.2f} s")]
+    w = max(len(k) for k, _ in rows)
+    lines += [f"{k.ljust(w)}  {v}" for k, v in rows]
+    approx = driver.approximations(graph)
+    exact = approx == []
+    agree = top_ok & close if exact else top_ok
+    bad = np.flatnonzero(~(same & agree))
+    for i in bad[:5]:
+        lines.append(f"  sample {i}: target==ref {bool(same[i])}, top-1 ref {top_ref[i]} {against} {top_orig[i]}, "
+                     f"diff {diff[i]:.3g}")
+    if not same.all():
+        i = int(np.flatnonzero(~same)[0])
+        idx = np.flatnonzero(tgt[i].reshape(-1) != ref[i].reshape(-1))
+        lines.append(f"  first target/reference difference: sample {i}, output index {int(idx[0])} "
+                     f"(target {tgt[i].reshape(-1)[idx[0]]}, reference {ref[i].reshape(-1)[idx[0]]}; "
+                     f"{idx.size} of {tgt[i].size} outputs differ)")
+    if bad.size == 0 and diff.max() > 0:  # the closest calls, so a user sees how near the tolerance they are
+        worst = np.argsort(-diff, kind="stable")[:3]
+        lines.append("worst differences: " + ", ".join(f"sample {i} {diff[i]:.3g}" for i in worst if diff[i] > 0))
+    passed = bool(same.all()) and agree.mean() >= agreement
+    if not exact:
+        lines.append(f"approximations (stated by bnnc report): {'; '.join(approx[:3])}; "
+                     f"{int(close.sum())}/{n} samples within the tolerance")
+    if passed and not agree.all():
+        lines.append(f"{int((~agree).sum())} of {n} samples differ from the {against}: "
+                     f"{agree.mean():.1%} agree, at least {agreement:.1%} required (--agreement)")
+    rows_trace = None
+    if trace:  # the samples that fail first: they are what the trace is for
+        ids = np.concatenate([bad, np.flatnonzero(same & agree)])[:TRACE_SAMPLES]
+        rows_trace = trace_layers(compiled, driver.Inputs(inputs.grid[ids], inputs.model[ids]), rtol)
+        for r in rows_trace:
+            r["samples_traced"] = int(ids.size)
+            if r["first_sample"] is not None:
+                r["first_sample"] = int(ids[r["first_sample"]])
+        lines += format_trace(rows_trace, compiled.target, bool(same.all()))
+    lines.append("PASS" if passed else "FAIL")
+    return Verification(passed, n, int(same.sum()), int(agree.sum()), against, approx, stats, tgt, rows_trace, lines)
+
+
+# ----------------------------------------------------------------------------- trace
+
+
+def trace_graph(compiled) -> ir.Graph:
+    """The IR the trace runs: the passes up to (not including) the stripping of pruned channels."""
+    from .passes.strip_pruned_channels import strip_pruned_channels
+    from .pipeline import PASSES, frontend
+
+    g = frontend(compiled.model, compiled.lowering)
+    for p in PASSES:
+        if p is strip_pruned_channels:
+            break
+        g = p(g)
+    return g
+
+
+ELEMENTWISE = ("Mul", "Add", "Sub", "Div", "BatchNormalization")
+
+
+def _layer_tensors(model, graph: ir.Graph) -> dict:
+    """{IR op name: [ONNX tensors]} for the ops that come from ONNX nodes, the candidates for the
+    layer's output: for each of its source nodes, last first, the node's output and the outputs of
+    the elementwise ops with constant operands that follow it one after the other (a BatchNorm
+    written as Mul and Add is folded into a layer without being named among its sources; a dense
+    layer followed by an ArgMax lists the ArgMax last)."""
+    g = model.graph
+    consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    produced = {n.name: n.output[0] for n in g.node if n.name and n.output}
+    consumers = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    out = {}
+    for op in graph.ops():
+        chain = []
+        for s in reversed(getattr(op, "source_ops", None) or []):
+            t = produced.get(s)
+            while t is not None and t not in chain:
+                chain.append(t)
+                follow = consumers.get(t, [])
+                n = follow[0] if len(follow) == 1 else None
+                ok = n is not None and n.op_type in ELEMENTWISE and all(i in consts for i in n.input if i != t)
+                t = n.output[0] if ok else None
+        if chain:
+            out[op.name] = chain
+    return out
+
+
+def _nhwc(u: np.ndarray, shape: tuple):
+    """The original's tensor (N, C, H, W) / (N, C) as bnnc's (N, H, W, C), or None if it does not fit."""
+    n = u.shape[0]
+    if u.ndim == 4:
+        u = u.transpose(0, 2, 3, 1)
+    elif u.ndim == 2:
+        u = u.reshape(n, 1, 1, -1)
+    return u.astype(np.float64) if u.shape[1:] == tuple(shape) else None
+
+
+def _error_bound(op) -> float:
+    bound = 0.0
+    if getattr(op, "acc_error", None) is not None:
+        bound += float(np.max(op.acc_error))
+    ep = getattr(op, "epilogue", None)
+    if isinstance(ep, ir.Requantize) and ep.max_error:
+        bound += float(ep.max_error)
+    return bound
+
+
+def _level_mismatch(v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(N,) count of elements per sample whose value breaks a one-to-one per-channel map from
+    bnnc's levels v to the original's values u (N, H, W, C)."""
+    eps = 1e-5 * max(1.0, float(np.abs(u).max()) if u.size else 1.0)
+    bad = np.zeros(v.shape, bool)
+    for c in range(v.shape[-1]):
+        vc, uc = v[..., c], u[..., c]
+        means = {}
+        for level in np.unique(vc):
+            sel = vc == level
+            m = float(np.median(uc[sel]))
+            bad[..., c] |= sel & (np.abs(uc - m) > eps)
+            means[int(level)] = (m, int(sel.sum()))
+        levels = sorted(means, key=lambda k: means[k][0])
+        for a, b in zip(levels, levels[1:]):  # two levels of bnnc on one value of the original
+            if abs(means[a][0] - means[b][0]) <= eps:
+                smaller = a if means[a][1] <= means[b][1] else b
+                bad[..., c] |= vc == smaller
+    return bad.reshape(v.shape[0], -1).sum(axis=1)
+
+
+def trace_layers(compiled, inputs, rtol: float) -> list:
+    """Rows {layer, op, onnx, compared, differing, samples, first_sample, max_diff, tolerance} in
+    layer order, for the trace described in the module docstring."""
+    from .original import OriginalModel
+
+    graph = trace_graph(compiled)
+    tensors = _layer_tensors(compiled.model, graph)
+    n = inputs.grid.shape[0]
+    with progress.step(f"tracing {len(tensors)} layer(s) on {n} sample(s)"):
+        ops = {op.name: op for op in graph.ops()}
+        keep = {ops[name].outputs[0]: name for name in tensors}
+        ours = {t: [] for t in keep}
+        for i in range(0, n, reference.BATCH):
+            env = reference.run_chunk(graph, inputs.grid[i: i + reference.BATCH])
+            for t in keep:
+                ours[t].append(env[t])
+        ours = {t: np.concatenate(v) for t, v in ours.items()}
+        try:
+            names = sorted({t for chain in tensors.values() for t in chain})
+            theirs = OriginalModel.with_outputs(compiled.model, names).run_tensors(inputs.model, names)
+        except BnncError:
+            raise
+        except Exception as e:
+            raise BnncError(f"onnxruntime cannot run the original model's layers: {str(e).splitlines()[0][:200]}") \
+                from None
+    rows = []
+    for op in graph.ops():
+        if op.name in tensors:
+            # the candidate tensor the layer follows best (fewest differing samples, then values)
+            rows.append(min((_compare(op, graph, ours[op.outputs[0]], t, theirs[t], rtol) for t in tensors[op.name]),
+                            key=lambda r: (not r["compared"], r["samples"], r["differing"], r["max_diff"] or 0)))
+    return rows
+
+
+def _compare(op, graph: ir.Graph, ours: np.ndarray, name: str, theirs: np.ndarray, rtol: float) -> dict:
+    """One trace row: bnnc's tensor (N, H, W, C) of `op` against the original's tensor `name`."""
+    ty = graph.tensors[op.outputs[0]]
+    n = ours.shape[0]
+    row = {"layer": op.name, "op": type(op).__name__, "onnx": name, "compared": False,
+           "differing": 0, "samples": 0, "first_sample": None, "max_diff": None, "tolerance": None}
+    u = _nhwc(theirs, ty.shape)
+    if u is None:
+        row["why"] = f"shape {theirs.shape[1:]} does not map to {ty.shape}"
+        return row
+    v = ours.astype(np.float64).reshape(u.shape)
+    levels = isinstance(ty, ir.Bits) or (isinstance(ty, ir.Ints) and ty.hi - ty.lo <= 256
+                                         and not isinstance(getattr(op, "epilogue", None), ir.Requantize))
+    if levels:
+        bad = _level_mismatch(v, u)
+    else:
+        d = np.abs(v * getattr(ty, "scale", 1.0) - u).reshape(n, -1).max(axis=1)
+        tol = rtol * max(1.0, float(np.abs(u).max())) + _error_bound(op)
+        row["max_diff"], row["tolerance"] = float(d.max()), tol
+        bad = (d > tol).astype(int)
+    row["compared"] = True
+    row["samples"] = int((bad > 0).sum())
+    row["differing"] = int(bad.sum())
+    row["first_sample"] = int(np.flatnonzero(bad)[0]) if bad.any() else None
+    return row
+
+
+def format_trace(rows: list, target: str, target_same: bool) -> list:
+    traced = rows[0]["samples_traced"] if rows else 0
+    lines = [f"trace: reference vs original on {traced} sample(s), layer by layer (convolution and dense layers, "
+             "before pruned channels are stripped)"]
+    table = [("layer", "ONNX tensor", "result")]
+    first = None
+    for r in rows:
+        if not r["compared"]:
+            res = f"not compared ({r.get('why', '')})"
+        elif r["samples"]:
+            res = f"DIFFERS on {r['samples']} sample(s) (first: sample {r['first_sample']})"
+            if first is None:
+                first = r
+        else:
+            res = "same"
+        if r["max_diff"] is not None:
+            res += f", max diff {r['max_diff']:.3g} (tolerance {r['tolerance']:.3g})"
+        table.append((r["layer"], one_line(r["onnx"]), res))
+    w = [max(len(row[i]) for row in table) for i in range(2)]
+    lines += ["  " + f"{a.ljust(w[0])}  {b.ljust(w[1])}  {c}" for a, b, c in table]
+    if first is not None:
+        lines.append(f"trace: the reference and the original part ways at layer {first['layer']} "
+                     f"(ONNX tensor '{one_line(first['onnx'])}')")
+    elif any(r["compared"] for r in rows):
+        lines.append("trace: the reference follows the original through every compared layer")
+    lines.append(f"trace: target {target} vs reference: "
+                 + ("bit-exact at the outputs" if target_same else "the outputs differ (see above); the "
+                    "targets do not expose their layers"))
+    return lines
