@@ -25,6 +25,13 @@ C_TYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": 
            "float32": "float"}
 
 
+# Kernel variants of host builds (the blocked weight layout), best first: one build carries them all
+# and runs the best one the CPU has (runtime/bnnc_kernels.h); x86-64 only, but for "portable".
+KERNEL_VARIANTS = ("avx512", "avx2", "portable")
+# the tables only the AVX-512 variant reads
+VNNI_GUARD = "defined(BNNC_X86_VARIANTS)"
+
+
 def sanitize_identifier(name: str) -> str:
     """A C identifier made from user text, or an error when nothing usable remains."""
     if not isinstance(name, str) or not re.search(r"[A-Za-z0-9]", name):
@@ -182,13 +189,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                             ("uint32_t", "word32") if p.pairs else ("int8_t", "int"))
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": p.weights.size,
                            "align": p.layout == "blocked", "init": c_array(p.weights, wkind)})
-            if p.vnni_offset is not None:  # VNNI builds use the second table instead of the first
-                consts[-1]["guard"] = "!defined(BNNC_AVX512_VNNI)"
+            if p.vnni_offset is not None:  # the AVX-512 variant uses these instead of the first table
                 consts.append({"name": f"{op.name}_w_vnni", "ctype": "int8_t", "n": p.weights_vnni.size,
-                               "align": p.layout == "blocked", "guard": "defined(BNNC_AVX512_VNNI)",
+                               "align": p.layout == "blocked", "guard": VNNI_GUARD,
                                "init": c_array(p.weights_vnni, "int")})
                 consts.append({"name": f"{op.name}_vnni_corr", "ctype": "int32_t", "n": p.vnni_corr.size,
-                               "guard": "defined(BNNC_AVX512_VNNI)", "init": c_array(p.vnni_corr, "int")})
+                               "guard": VNNI_GUARD, "init": c_array(p.vnni_corr, "int")})
             if p.ny > 1:
                 consts.append({"name": f"{op.name}_ycls", "ctype": "uint8_t" if p.ny < 256 else "uint16_t",
                                "n": p.ycls.size, "init": c_array(p.ycls, "int")})
@@ -232,12 +238,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             L.update(n=src_t.shape[2], k=op.k)
         elif isinstance(op, ir.Concat):
             L.update(concat_ctx(graph, op, oty))
-            L["call"] = f"{op.name}({', '.join(buf(t) for t in op.inputs)}, {L['dst']})"
+            L["call_args"] = f"{', '.join(buf(t) for t in op.inputs)}, {L['dst']}"
         elif isinstance(op, ir.Softmax):
             h, w, c = src_t.shape
             L.update(pixels=h * w, c=c, cutoff=c_double(SOFTMAX_CUTOFF), log2e=c_double(LOG2E),
                      ln2_hi=c_double(LN2_HI), ln2_lo=c_double(LN2_LO), coeffs=[c_double(x) for x in EXP_COEFFS])
-            L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']}))"
+            L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
         layers.append(L)
     in_dtype = in_info["dtype"]
     return {
@@ -253,6 +259,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         "arena_bytes": max(arena["size"], 64),
         "layers": layers,
         "families": bool(family),
+        # MCU builds (row layout) have one set of kernels, chosen by the compiler flags
+        "variants": list(KERNEL_VARIANTS) if getattr(graph, "weight_layout", "blocked") == "blocked" else [],
         "consts": consts,
         "grid": in_info.get("grid", {}),
         "model_name": comment_text(in_info.get("onnx_name", "")),
@@ -310,7 +318,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                  sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
                  taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
                  sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset)
-        L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']}))"
+        L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']})"
         if p.ny > 1:
             table("ycls", "uint8_t" if p.ny < 256 else "uint16_t", p.ycls)
         if p.nx > 1:
@@ -326,7 +334,6 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
             L["window_gain"] = gain("gw", p.window_gain) if p.window_gain is not None else None
         else:
             vnni = p.w_vnni is not None
-            guard = {"guard": "!defined(BNNC_AVX512_VNNI)"} if vnni else {}
             if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
                 L["int_kernel"] = "sparse32" if p.acc32 else "sparse64"
                 table("start", "int32_t", p.sparse["start"])
@@ -334,13 +341,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table("sw", "int32_t", p.sparse["w"])
             else:
                 L["int_kernel"] = ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
-                table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0], **guard)
+                table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
             L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
-            if vnni:  # VNNI builds use these tables instead (bnnc_int_mac_vnni)
+            if vnni:  # the AVX-512 variant uses these tables instead (bnnc_int_mac_vnni)
                 L.update(vnni_off=p.vnni_off, groups=p.w_vnni.shape[2])
-                table("w_vnni", "int8_t", p.w_vnni, align=True, guard="defined(BNNC_AVX512_VNNI)")
-                table("vnni_corr", "int32_t", p.vnni_corr, guard="defined(BNNC_AVX512_VNNI)")
+                table("w_vnni", "int8_t", p.w_vnni, align=True, guard=VNNI_GUARD)
+                table("vnni_corr", "int32_t", p.vnni_corr, guard=VNNI_GUARD)
         ep = op.epilogue
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
@@ -359,7 +366,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         p = op.packed
         h, w, c = src.shape
         L.update(family="activation", epilogue=p.epilogue, c=c, pixels=h * w, cwo=p.cw_out)
-        L["call"] = f"{op.name}({L['src']}, {L['dst']})"
+        L["call_args"] = f"{L['src']}, {L['dst']}"
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
             table("neg", "uint8_t", p.neg)
@@ -375,13 +382,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         b = graph.tensors[op.inputs[1]]
         L.update(family="add", a_ctype=C_TYPES[storage_dtype(src)], b_ctype=C_TYPES[storage_dtype(b)],
                  n=int(np.prod(oty.shape)), sa=op.shifts[0], sb=op.shifts[1], lo=op.lo, hi=op.hi)
-        L["call"] = f"{op.name}({buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']})"
+        L["call_args"] = f"{buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']}"
     elif isinstance(op, ir.SumPool):
         h, w, c = src.shape
         oh, ow = oty.shape[:2]
         L.update(family="sumpool", iw=w, c=c, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
                  sw=op.stride[1])
-        L["call"] = f"{op.name}({L['src']}, {L['dst']})"
+        L["call_args"] = f"{L['src']}, {L['dst']}"
     else:  # pragma: no cover - ir.family_ops lists only the kinds above
         raise BnncError(f"the C backend has no template for {type(op).__name__}")
     return L
@@ -443,10 +450,20 @@ def files(graph: ir.Graph, opts) -> dict:
 
 
 def run(graph: ir.Graph, grid: np.ndarray, opts):
-    """Build with the host C compiler (cached) and run the harness on `grid`."""
+    """Build with the host C compiler (cached) and run the harness on `grid` once per kernel variant
+    this CPU runs (one build carries them all); returns the outputs, which every variant must give
+    bit for bit, and {"kernels": the variants run, best first}."""
     from . import c_build
 
     exe = c_build.build(files(graph, opts), opts.flags or c_build.DEFAULT_FLAGS)
     odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
-    y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
-    return y, {}
+    ys = {k: c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"],
+                         env={"BNNC_KERNELS": k}) for k in c_build.kernel_variants(exe)}
+    best, y = next(iter(ys.items()))
+    for k, yk in ys.items():
+        differ = np.flatnonzero([not np.array_equal(a, b) for a, b in zip(y, yk)])
+        if differ.size:
+            raise BnncError(f"the C build's '{k}' kernels give other outputs than its '{best}' kernels on sample "
+                            f"{differ[0]} ({differ.size} of {len(y)} samples): a bug in bnnc's C kernels "
+                            "(BNNC_KERNELS=NAME runs one variant of the harness)")
+    return y, {"kernels": list(ys)}
