@@ -189,18 +189,9 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                             ("uint32_t", "word32") if p.pairs else ("int8_t", "int"))
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": p.weights.size,
                            "align": p.layout == "blocked", "init": c_array(p.weights, wkind)})
-            if p.vnni_offset is not None:  # the AVX-512 variant uses these instead of the first table
-                consts.append({"name": f"{op.name}_w_vnni", "ctype": "int8_t", "n": p.weights_vnni.size,
-                               "align": p.layout == "blocked", "guard": VNNI_GUARD,
-                               "init": c_array(p.weights_vnni, "int")})
-                consts.append({"name": f"{op.name}_vnni_corr", "ctype": "int32_t", "n": p.vnni_corr.size,
-                               "guard": VNNI_GUARD, "init": c_array(p.vnni_corr, "int")})
-            if p.ny > 1:
-                consts.append({"name": f"{op.name}_ycls", "ctype": "uint8_t" if p.ny < 256 else "uint16_t",
-                               "n": p.ycls.size, "init": c_array(p.ycls, "int")})
-            if p.nx > 1:
-                consts.append({"name": f"{op.name}_xcls", "ctype": "uint8_t" if p.nx < 256 else "uint16_t",
-                               "n": p.xcls.size, "init": c_array(p.xcls, "int")})
+            if p.vnni_offset is not None:
+                vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
+            window_class_tables(consts, op.name, p)
             if p.thr is not None:
                 consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
                                "init": c_array(p.thr, "int")})
@@ -289,6 +280,27 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
     return {"parts": parts, "pixels": h * w, "c": c, "cwo": words(c, wb), "bits": isinstance(oty, ir.Bits)}
 
 
+def const_table(consts: list, name: str, ctype: str, values, kind: str = "int", **extra) -> None:
+    """Append the constant array `name` (c_array's `kind` of literals; extra: align, guard)."""
+    consts.append({"name": name, "ctype": ctype, "n": int(np.asarray(values).size), "init": c_array(values, kind),
+                   **extra})
+
+
+def window_class_tables(consts: list, name: str, p) -> None:
+    """The window class of each output row / column (ycls, xcls) of a convolution whose border
+    windows differ (p.ny or p.nx > 1; the packers of every weight code give them)."""
+    for axis, n, cls in (("y", p.ny, p.ycls), ("x", p.nx, p.xcls)):
+        if n > 1:
+            const_table(consts, f"{name}_{axis}cls", "uint8_t" if n < 256 else "uint16_t", cls)
+
+
+def vnni_tables(consts: list, name: str, w_vnni, corr) -> None:
+    """The weights and corrections of bnnc_int_mac_vnni (any weight code with byte inputs): the
+    AVX-512 variant reads them instead of the layer's other weight table."""
+    const_table(consts, f"{name}_w_vnni", "int8_t", w_vnni, align=True, guard=VNNI_GUARD)
+    const_table(consts, f"{name}_vnni_corr", "int32_t", corr, guard=VNNI_GUARD)
+
+
 def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     """Context of a compressed-family layer (ir.family_ops: compressed-family convolutions, Activation,
     Add, SumPool) for templates/c/families/layer.j2; the tables come from passes/pack_families."""
@@ -301,8 +313,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                         "global average pool of a fixed-point stream); quantize them before the layer")
 
     def table(suffix: str, ctype: str, values, kind: str = "int", **extra) -> None:
-        consts.append({"name": f"{op.name}_{suffix}", "ctype": ctype, "n": int(np.asarray(values).size),
-                       "init": c_array(values, kind), **extra})
+        const_table(consts, f"{op.name}_{suffix}", ctype, values, kind, **extra)
 
     def gain(suffix: str, values) -> tuple:  # a per-channel multiplier as (" + " | " - ", factor)
         if np.all(values == values[0]):  # uniform: a literal
@@ -319,10 +330,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                  taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
                  sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset)
         L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']})"
-        if p.ny > 1:
-            table("ycls", "uint8_t" if p.ny < 256 else "uint16_t", p.ycls)
-        if p.nx > 1:
-            table("xcls", "uint8_t" if p.nx < 256 else "uint16_t", p.xcls)
+        window_class_tables(consts, op.name, p)
         table("corr", "int64_t", p.corr)
         if p.in_kind == "bits":
             for i, w in enumerate(p.weights):
@@ -344,10 +352,9 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
             L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
-            if vnni:  # the AVX-512 variant uses these tables instead (bnnc_int_mac_vnni)
+            if vnni:
                 L.update(vnni_off=p.vnni_off, groups=p.w_vnni.shape[2])
-                table("w_vnni", "int8_t", p.w_vnni, align=True, guard=VNNI_GUARD)
-                table("vnni_corr", "int32_t", p.vnni_corr, guard=VNNI_GUARD)
+                vnni_tables(consts, op.name, p.w_vnni, p.vnni_corr)
         ep = op.epilogue
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
