@@ -565,4 +565,16 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_int_mac_vnni)(const uint8_t *u, int rs, int
   }
 }
 #endif
+#if defined(BNNC_VARIANT)
+/* bnnc_rint in the variant: one rounding instruction where the variant's target has SSE4.1's
+ * (bnnc_rint decides by the compiler flags, which a variant's target attribute does not change). */
+BNNC_INLINE BNNC_VT float BNNC_V(bnnc_rint)(float v) {
+#if BNNC_VARIANT == BNNC_KERNELS_AVX2 || BNNC_VARIANT == BNNC_KERNELS_AVX512
+  return __builtin_rintf(v);
+#else
+  return bnnc_rint(v);
+#endif
+}
+#endif
+
 #endif /* BNNC_KERNELS_SECTION */

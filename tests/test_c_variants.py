@@ -58,6 +58,7 @@ def popcount64(a: np.ndarray) -> np.ndarray:
 
 KH, KWCW, RS, OPAD, G = 2, 3, 5, 64, 3  # window: KH rows of KWCW words, RS apart; VNNI: G groups of 4 bytes
 FAM_O, TAPS = 16, 7
+RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607.5, -8388607.5, 16777215.0, 1e9, -0.0]
 
 
 def kernel_program(rng) -> tuple:
@@ -122,6 +123,9 @@ static BNNC_VT void run_{v}(void) {{
   show("{v} requantize_row", q, 13);
   bnnc_threshold_pack64_{v}(acc64, thr64, neg8, 13, 2, 1, bits2);
   show_words("{v} threshold_pack64", bits2, 1);
+  printf("{v} rint");
+  for (int i = 0; i < (int)(sizeof rint_in / sizeof rint_in[0]); i++) printf(" %lld", (long long)bnnc_rint_{v}(rint_in[i]));
+  printf("\\n");
 {vnni if v == "avx512" else ""}
 }}
 {"#endif" if x86 else ""}
@@ -134,6 +138,7 @@ static BNNC_VT void run_{v}(void) {{
 #include "bnnc_families.h"
 {arrays}
 static int64_t acc64[16];
+static const float rint_in[] = {{{", ".join(f"{x!r}f" for x in RINT_IN)}}};
 static void show(const char *what, const int32_t *a, int n) {{
   printf("%s", what);
   for (int i = 0; i < n; i++) printf(" %ld", (long)a[i]);
@@ -188,6 +193,7 @@ def expected_kernels(d: dict) -> dict:
     out["threshold_pack64"] = [int(sum(int(b) << j for j, b in enumerate(bits)))]
     u = d["u"].reshape(KH, RS * 4)[:, :G * 4].astype(np.int64)
     wv = d["wv"].reshape(OPAD // 32, KH, G, 32, 4).astype(np.int64)
+    out["rint"] = np.rint(np.array(RINT_IN, np.float32)).astype(np.int64)
     out["int_mac_vnni"] = d["corr"] + np.concatenate(
         [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])
     return out
