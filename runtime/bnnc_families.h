@@ -201,14 +201,31 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
  * weights [taps][opad] of type wtype (int32, or int8 where they fit: a quarter of the table);
  * load8(p) sign-extends eight weights to 64-bit lanes. With AVX-512, eight outputs per vector:
  * VPMULDQ multiplies the sign-extended low 32 bits of each lane (one micro-op, where a 64-bit
- * VPMULLQ takes three), two accumulators to hide its latency. */
+ * VPMULLQ takes three); 32 outputs (four vectors) per broadcast window value, eight at a time with
+ * two accumulators for the rest. */
 #undef BNNC_INT_MAC64 /* defined once per variant */
 #undef BNNC_LOAD8_W32
 #undef BNNC_LOAD8_W8
 #ifdef BNNC_AVX512
 #define BNNC_INT_MAC64(name, wtype, load8)                                                          \
   BNNC_INLINE BNNC_VT void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) { \
-    for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
+    int ob = 0;                                                                                    \
+    for (; ob + 32 <= opad; ob += 32) { /* 32 outputs per broadcast value, 4 independent chains */ \
+      __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;                             \
+      const wtype *wr = w + ob;                                                                    \
+      for (int l = 0; l < taps; l++, wr += opad) {                                                 \
+        const __m512i x = _mm512_set1_epi32(win[l]); /* VPMULDQ reads the low half of a lane */   \
+        a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(x, load8(wr)));                                 \
+        a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(x, load8(wr + 8)));                             \
+        a2 = _mm512_add_epi64(a2, _mm512_mul_epi32(x, load8(wr + 16)));                            \
+        a3 = _mm512_add_epi64(a3, _mm512_mul_epi32(x, load8(wr + 24)));                            \
+      }                                                                                            \
+      _mm512_storeu_si512((void *)(acc + ob), a0);                                                 \
+      _mm512_storeu_si512((void *)(acc + ob + 8), a1);                                             \
+      _mm512_storeu_si512((void *)(acc + ob + 16), a2);                                            \
+      _mm512_storeu_si512((void *)(acc + ob + 24), a3);                                            \
+    }                                                                                              \
+    for (; ob < opad; ob += BNNC_FAM_OBLOCK) {                                                     \
       __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();                            \
       int l = 0;                                                                                   \
       for (; l + 1 < taps; l += 2) {                                                               \

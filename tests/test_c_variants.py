@@ -57,7 +57,7 @@ def popcount64(a: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- kernels called directly
 
 KH, KWCW, RS, OPAD, G = 2, 3, 5, 64, 3  # window: KH rows of KWCW words, RS apart; VNNI: G groups of 4 bytes
-FAM_O, TAPS = 16, 7
+FAM_O, TAPS = 40, 7
 RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607.5, -8388607.5, 16777215.0, 1e9, -0.0]
 
 
