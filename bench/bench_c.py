@@ -18,15 +18,15 @@ in ../shared/models/ when it is there) the script
   the Python call overhead of onnxruntime, plus the median of all calls). The shared QONNX model
   runs after bnnc.original rewrote its custom ops to standard ones (it is skipped if that fails);
 * times every layer of the generated C separately: a second harness includes model.c and calls
-  the layer functions of `<name>_run`, in order and with the same arguments, each `iters` times
-  (a layer run repeatedly on the same input gives the same output, so every layer sees the data
-  it sees in a full inference);
+  the layer functions of `<name>_run_<variant>` (the variant the make build picks), in order and
+  with the same arguments, each `iters` times (a layer run repeatedly on the same input gives the
+  same output, so every layer sees the data it sees in a full inference);
 
-C (make, native, portable), per-layer C (make build) and onnxruntime are timed in interleaved rounds (3, or 1 with --quick) and the
-minimum over rounds is reported: virtual machines have slow phases. The script then prints a
-table and writes JSON (default bench/results/bench_c.json): {"machine": {...}, "quick": bool,
-"models": {name: {c_ns, c_native_ns, native_ratio, c_portable_ns, kernels, ort_ns, speedup, binary_macs, layers: [{name, kind, binary_macs, ns,
-gmacs_per_s, ...}], ...}}}.
+C (make, native, portable), per-layer C (make build) and onnxruntime are timed in interleaved
+rounds (3, or 1 with --quick) and the minimum over rounds is reported: virtual machines have slow
+phases. The script then prints a table and writes JSON (default bench/results/bench_c.json):
+{"machine": {...}, "quick": bool, "models": {name: {c_ns, c_native_ns, native_ratio, c_portable_ns,
+kernels, ort_ns, speedup, binary_macs, layers: [{name, kind, binary_macs, ns, gmacs_per_s, ...}], ...}}}.
 
 MACs count what the compiled IR computes: O * kh * kw * C * OH * OW from each IR Conv's weight
 shape (O, kh, kw, C) and output shape (OH, OW, O), after bnnc removed pruned and constant
@@ -431,7 +431,8 @@ def report(results: dict, machine: dict) -> str:
                      "-" if r["speedup"] is None else f"{r['speedup']:.1f}x",
                      "-" if r["speedup_portable"] is None else f"{r['speedup_portable']:.1f}x",
                      f"{r['macs'] / 1e6:.2f}", f"{r['binary_macs'] / 1e6:.2f}", f"{r['c_gmacs_per_s']:.1f}"])
-    out.append(fmt_table(["model", "C make us", "C native us", "make/nat.", "C port. us", "ORT us", "ORT med us", "speedup", "sp. port.", "MMACs",
+    out.append(fmt_table(["model", "C make us", "C native us", "make/nat.", "C port. us", "ORT us", "ORT med us",
+                          "speedup", "sp. port.", "MMACs",
                           "bin MMACs", "GMAC/s"], rows))
     out.append("C and ORT: best of 5 runs of N calls (minimum over rounds); ORT med: median single "
                "session.run call. MACs: of the compiled IR (pruned/constant channels removed).")

@@ -46,7 +46,8 @@ def expected_variants() -> list:
 
 
 def c_array(ctype: str, name: str, a) -> str:
-    return f"static const {ctype} {name}[] = {{{', '.join(str(int(v)) + ('u' if ctype.startswith('u') else '') for v in np.ravel(a))}}};"
+    suffix = "u" if ctype.startswith("u") else ""
+    return f"static const {ctype} {name}[] = {{{', '.join(f'{int(v)}{suffix}' for v in np.ravel(a))}}};"
 
 
 def popcount64(a: np.ndarray) -> np.ndarray:
@@ -58,6 +59,7 @@ def popcount64(a: np.ndarray) -> np.ndarray:
 
 KH, KWCW, RS, OPAD, G = 2, 3, 5, 64, 3  # window: KH rows of KWCW words, RS apart; VNNI: G groups of 4 bytes
 FAM_O, TAPS = 40, 7
+DW_C, DW_N, DW_OPAD, DW_RS = 12, 9, 32, 60  # depthwise: channels, outputs, padded outputs, row stride
 RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607.5, -8388607.5, 16777215.0, 1e9, -0.0]
 
 
@@ -84,11 +86,14 @@ def kernel_program(rng) -> tuple:
         "ahi": rng.integers(2**38, 2**39, FAM_O).astype(np.int64),
         "thr64": rng.integers(-2**40, 2**40, 2 * 13).astype(np.int64),
         "neg8": np.concatenate([rng.integers(0, 2, 2 * 13), np.zeros(8, int)]).astype(np.uint8),
+        "img": rng.integers(-2**20, 2**20, 4 * DW_RS).astype(np.int32),
+        "dwc": np.concatenate([rng.permutation(DW_C)[:DW_N], np.zeros(DW_OPAD - DW_N, int)]).astype(np.int32),
+        "dww": rng.integers(-128, 128, 9 * DW_OPAD).astype(np.int8),
     }
     types = {"src": "uint64_t", "w": "uint64_t", "thr": "int32_t", "neg": "uint32_t", "u": "uint8_t", "wv": "int8_t",
              "corr": "int32_t", "pb": "uint64_t", "pm": "uint64_t", "win": "int32_t", "w64": "int32_t", "w8": "int8_t",
              "acc": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
-             "thr64": "int64_t", "neg8": "uint8_t"}
+             "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dwc": "int32_t", "dww": "int8_t"}
     arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
     body = []
     vnni = (f"  bnnc_int_mac_vnni_avx512(u, {RS * 4}, {KH}, {G}, wv, corr, {OPAD}, acc);\n"
@@ -104,7 +109,7 @@ def kernel_program(rng) -> tuple:
 static BNNC_VT void run_{v}(void) {{
   int32_t acc[{OPAD}], s[{FAM_O}];
   int64_t a64[{FAM_O}];
-  int32_t q[{FAM_O}];
+  int32_t q[{FAM_O}], dw[{DW_OPAD}];
   bnnc_word_t bits[{OPAD // 64}], bits2[1];
   bnnc_xnor_popcount_{v}(src, {RS}, {KH}, {KWCW}, w, {OPAD}, acc);
   show("{v} xnor_popcount", acc, {OPAD});
@@ -123,8 +128,13 @@ static BNNC_VT void run_{v}(void) {{
   show("{v} requantize_row", q, 13);
   bnnc_threshold_pack64_{v}(acc64, thr64, neg8, 13, 2, 1, bits2);
   show_words("{v} threshold_pack64", bits2, 1);
+  bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dwc, dww, {DW_N}, {DW_OPAD}, dw);
+  show("{v} depthwise", dw, {DW_OPAD});
+  bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, 0, dww, {DW_N}, {DW_OPAD}, dw);
+  show("{v} depthwise_identity", dw, {DW_OPAD});
   printf("{v} rint");
-  for (int i = 0; i < (int)(sizeof rint_in / sizeof rint_in[0]); i++) printf(" %lld", (long long)bnnc_rint_{v}(rint_in[i]));
+  for (int i = 0; i < (int)(sizeof rint_in / sizeof rint_in[0]); i++)
+    printf(" %lld", (long long)bnnc_rint_{v}(rint_in[i]));
   printf("\\n");
 {vnni if v == "avx512" else ""}
 }}
@@ -177,7 +187,8 @@ def expected_kernels(d: dict) -> dict:
     out["xnor_popcount"] = acc
     negbits = ((d["neg"].astype(np.uint64)[:, None] >> np.arange(32, dtype=np.uint64)) & 1).ravel().astype(bool)
     bit = (acc > d["thr"]) ^ negbits
-    out["binary_pixel"] = [int(sum(int(b) << j for j, b in enumerate(bit[k * 64:(k + 1) * 64]))) for k in range(OPAD // 64)]
+    out["binary_pixel"] = [int(sum(int(b) << j for j, b in enumerate(bit[k * 64:(k + 1) * 64])))
+                           for k in range(OPAD // 64)]
     pb = d["pb"].reshape(FAM_O // 8, KH, KWCW, 8).transpose(1, 2, 0, 3).reshape(KH, KWCW, FAM_O)
     pm = d["pm"].reshape(FAM_O // 8, KH, KWCW, 8).transpose(1, 2, 0, 3).reshape(KH, KWCW, FAM_O)
     x = src[:, :, None]
@@ -193,6 +204,11 @@ def expected_kernels(d: dict) -> dict:
     out["threshold_pack64"] = [int(sum(int(b) << j for j, b in enumerate(bits)))]
     u = d["u"].reshape(KH, RS * 4)[:, :G * 4].astype(np.int64)
     wv = d["wv"].reshape(OPAD // 32, KH, G, 32, 4).astype(np.int64)
+    img = d["img"].reshape(4, DW_RS)[:3, :3 * DW_C].reshape(3, 3, DW_C).astype(np.int64)  # the 3x3 window
+    dww = d["dww"].reshape(9, DW_OPAD).astype(np.int64)
+    for key, ch in (("depthwise", d["dwc"][:DW_N]), ("depthwise_identity", np.arange(DW_N))):
+        sums = (img.reshape(9, DW_C)[:, ch] * dww[:, :DW_N]).sum(axis=0)
+        out[key] = np.concatenate([sums, np.zeros(DW_OPAD - DW_N, np.int64)])
     out["rint"] = np.rint(np.array(RINT_IN, np.float32)).astype(np.int64)
     out["int_mac_vnni"] = d["corr"] + np.concatenate(
         [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])
@@ -284,3 +300,34 @@ def test_other_hosts_and_clang_build_clean(tmp_path, target):
         obj = (d / "model.o").read_bytes()
         assert (b"_run_avx512" in obj) == target.startswith("x86_64")
         assert b"_run_portable" in obj
+
+
+def test_padded_average_pool_runs_as_depthwise_on_hosts():
+    """A padded AveragePool (count_include_pad) becomes a window-sum convolution with one input
+    channel per output: host builds run bnnc_depthwise_mac32 on it (kh * kw multiplies per output,
+    not the dense row), every variant equal to the reference; MCU builds keep their lists."""
+    from onnx import helper
+
+    from bnnc import targets, zoo
+    from bnnc.backends import mcu
+    from bnnc.targets import TargetOptions
+
+    model = zoo.build("bireal", 0)
+    for n in model.graph.node:
+        if n.op_type == "AveragePool":
+            del n.attribute[:]
+            n.attribute.extend([helper.make_attribute("kernel_shape", [3, 3]), helper.make_attribute("strides", [2, 2]),
+                                helper.make_attribute("pads", [1, 1, 1, 1]),
+                                helper.make_attribute("count_include_pad", 1)])
+    graph = compile_graph(model)
+    def pools(bg):
+        return [op for op in bg.ops() if getattr(getattr(op, "packed", None), "method", "") == "sparse_int"]
+
+    assert pools(driver.backend_graph(graph)) and all(op.packed.depthwise is not None
+                                                      for op in pools(driver.backend_graph(graph)))
+    assert pools(mcu.backend_graph(graph)) and all(op.packed.depthwise is None and op.packed.sparse is not None
+                                                   for op in pools(mcu.backend_graph(graph)))
+    assert "bnnc_depthwise_mac32" in driver.render_c(graph)["model.c"]
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 4, seed=2))
+    y, stats = targets.run(graph, "c", inputs.grid, TargetOptions())
+    assert np.array_equal(y, driver.run_target(graph, "ref", inputs)) and stats["kernels"] == expected_variants()

@@ -347,6 +347,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table("start", "int32_t", p.sparse["start"])
                 table("chan", "int32_t", p.sparse["chan"])
                 table("sw", "int32_t", p.sparse["w"])
+            elif p.depthwise is not None:  # one input channel per output, on the image
+                L["int_kernel"] = "depthwise"
+                identity = np.array_equal(p.depthwise["chan"][:p.o], np.arange(p.o))
+                L["dw_chan"] = "0" if identity else f"{op.name}_dwc"
+                if not identity:
+                    table("dwc", "int32_t", p.depthwise["chan"])
+                table("dww", "int8_t", p.depthwise["w"], align=True)
             else:
                 L["int_kernel"] = ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
