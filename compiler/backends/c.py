@@ -182,7 +182,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
                      buf_offset=conv_scratch(op, src_t, wb)["buf"], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
-                     acc16=p.acc16, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
+                     acc16=p.acc16, int_kernel=int_kernel(p), vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
                      wb=wb, pairs=p.pairs, groups4=-(-p.taps // 4), **_row_unrolling(p.taps))
             wtype, wkind = (("bnnc_word_t", word_kind) if p.in_kind == "bits" else
@@ -280,6 +280,21 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
     return {"parts": parts, "pixels": h * w, "c": c, "cwo": words(c, wb), "bits": isinstance(oty, ir.Bits)}
 
 
+def int_kernel(p) -> str:
+    """The runtime kernel (bnnc_<name>, runtime/bnnc_kernels.h or bnnc_families.h) of the integer-input
+    convolution packed as `p`, for every weight code: pack_bits' PackedConv (+-1 weights: int32 or,
+    where bnnc proved the window sum fits, int16 sums) and pack_families' PackedFamilyConv (one
+    input channel per output, expander lists, int32 sums of int8 weights, else int64 sums). The
+    AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
+    if hasattr(p, "acc16"):
+        return "int_mac16" if p.acc16 else "int_mac"
+    if p.depthwise is not None:
+        return "depthwise_mac32"
+    if p.sparse is not None:
+        return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
+    return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
+
+
 def const_table(consts: list, name: str, ctype: str, values, kind: str = "int", **extra) -> None:
     """Append the constant array `name` (c_array's `kind` of literals; extra: align, guard)."""
     consts.append({"name": name, "ctype": ctype, "n": int(np.asarray(values).size), "init": c_array(values, kind),
@@ -343,19 +358,19 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         else:
             vnni = p.w_vnni is not None
             if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
-                L["int_kernel"] = "sparse32" if p.acc32 else "sparse64"
+                L["int_kernel"] = int_kernel(p)
                 table("start", "int32_t", p.sparse["start"])
                 table("chan", "int32_t", p.sparse["chan"])
                 table("sw", "int32_t", p.sparse["w"])
             elif p.depthwise is not None:  # one input channel per output, on the image
-                L["int_kernel"] = "depthwise"
+                L["int_kernel"] = int_kernel(p)
                 identity = np.array_equal(p.depthwise["chan"][:p.o], np.arange(p.o))
                 L["dw_chan"] = "0" if identity else f"{op.name}_dwc"
                 if not identity:
                     table("dwc", "int32_t", p.depthwise["chan"])
                 table("dww", "int8_t", p.depthwise["w"], align=True)
             else:
-                L["int_kernel"] = ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
+                L["int_kernel"] = int_kernel(p)
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
             L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
