@@ -18,7 +18,7 @@
  * BNNC_KERNELS_PORTABLE, _AVX2 or _AVX512, under the names BNNC_V(name) (name_portable,
  * name_avx2, name_avx512) and with BNNC_VT, the variant's target attribute, on each: so one
  * x86-64 build carries every variant (generated host models pick one at run time with
- * bnnc_cpu_kernels()). Code inlined into a variant's functions is compiled for its target too.
+ * bnnc_cpu_variant()). Code inlined into a variant's functions is compiled for its target too.
  * On Cortex-M4/M7 the row kernels use Thumb-2 DSP assembly and SMLAD. BNNC_PORTABLE keeps the
  * portable C everywhere (and a single variant). Every path gives identical results.
  */
@@ -129,7 +129,7 @@ BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, i
 
 /* The best variant this CPU and its operating system run (CPUID, and XGETBV for the register
  * state the OS saves): BNNC_KERNELS_AVX512, BNNC_KERNELS_AVX2 or BNNC_KERNELS_PORTABLE. */
-static inline int bnnc_cpu_kernels(void) {
+static inline int bnnc_cpu_variant(void) {
   unsigned a, b, c, d, xcr0_lo, xcr0_hi;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return BNNC_KERNELS_PORTABLE;
   const unsigned osxsave = 1u << 27, avx = 1u << 28, popcnt = 1u << 23;

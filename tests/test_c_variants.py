@@ -169,8 +169,8 @@ int main(void) {{
   for (int i = 0; i < 16; i++) acc64[i] = i < {FAM_O} ? acc[i] : 0;
   run_portable();
 #ifdef BNNC_X86_VARIANTS
-  if (bnnc_cpu_kernels() >= BNNC_KERNELS_AVX2) run_avx2();
-  if (bnnc_cpu_kernels() >= BNNC_KERNELS_AVX512) run_avx512();
+  if (bnnc_cpu_variant() >= BNNC_KERNELS_AVX2) run_avx2();
+  if (bnnc_cpu_variant() >= BNNC_KERNELS_AVX512) run_avx512();
 #endif
   return 0;
 }}
