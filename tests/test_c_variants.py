@@ -331,3 +331,14 @@ def test_padded_average_pool_runs_as_depthwise_on_hosts():
     inputs = driver.prepare_inputs(graph, zoo.inputs(model, 4, seed=2))
     y, stats = targets.run(graph, "c", inputs.grid, TargetOptions())
     assert np.array_equal(y, driver.run_target(graph, "ref", inputs)) and stats["kernels"] == expected_variants()
+
+
+@pytest.mark.parametrize("name", ["bnnc", "bnnc_cpu", "bnnc_kernels"])
+def test_model_names_do_not_clash_with_the_runtime(name):
+    """The kernel-selection API (<name>_kernels, <name>_use_kernels, <name>_run_<variant>) next to
+    the runtime headers' own names."""
+    from bnnc.backends import c as c_backend
+    from bnnc.testing.random_models import tfc_model
+
+    files = c_backend.render(driver.backend_graph(compile_graph(tfc_model(0))), name)
+    assert c_build.kernel_variants(c_build.build(files, c_build.DEFAULT_FLAGS)) == expected_variants()
