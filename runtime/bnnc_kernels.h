@@ -408,6 +408,7 @@ BNNC_INLINE float bnnc_ceil(float v) {
 #undef BNNC_AVX512_POPCNT
 #undef BNNC_AVX512_VNNI
 #undef BNNC_AVX512_DQ
+#undef BNNC_AVX2_POPCNT
 #if !defined(BNNC_VARIANT)
 #define BNNC_V(name) name
 #define BNNC_VT
@@ -430,6 +431,9 @@ BNNC_INLINE float bnnc_ceil(float v) {
 #elif BNNC_VARIANT == BNNC_KERNELS_AVX2 && defined(BNNC_X86_VARIANTS)
 #define BNNC_V(name) name##_avx2
 #define BNNC_VT BNNC_TARGET_AVX2
+#if BNNC_WORD_BITS == 64
+#define BNNC_AVX2_POPCNT 1
+#endif
 #elif BNNC_VARIANT == BNNC_KERNELS_AVX512 && defined(BNNC_X86_VARIANTS)
 #define BNNC_V(name) name##_avx512
 #define BNNC_VT BNNC_TARGET_AVX512
@@ -482,6 +486,46 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_popcount_block)(const bnnc_word_t *src, int
 }
 #endif
 
+#ifdef BNNC_AVX2_POPCNT
+/* Popcounts of one block of 32 outputs (blocked weights wb) into acc, 16 outputs (4 vectors of 4
+ * words) at a time: each window word broadcast and XORed with the weights, the bytes counted by
+ * a 16-entry nibble table (VPSHUFB) and summed in bytes over up to 31 words (8 * 31 < 256), then
+ * into 64-bit lanes (VPSADBW). */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_popcount_block)(const bnnc_word_t *src, int rs, int kh, int kwcw,
+                                                     const bnnc_word_t *wb, int32_t *acc) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                         2, 2, 3, 2, 3, 3, 4);
+  const __m256i nibble = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+  for (int half = 0; half < 2; half++) {
+    __m256i t[4] = {zero, zero, zero, zero}, c[4] = {zero, zero, zero, zero};
+    const bnnc_word_t *w = wb + 16 * half;
+    int pending = 0; /* words counted into c */
+    for (int ky = 0; ky < kh; ky++) {
+      for (int j = 0; j < kwcw; j++, w += BNNC_OBLOCK) {
+        const __m256i x = _mm256_set1_epi64x((long long)src[ky * rs + j]);
+        for (int k = 0; k < 4; k++) {
+          const __m256i v = _mm256_xor_si256(x, _mm256_load_si256((const __m256i *)(w + 4 * k)));
+          const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nibble));
+          const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
+          c[k] = _mm256_add_epi8(c[k], _mm256_add_epi8(lo, hi));
+        }
+        if (++pending == 31) {
+          for (int k = 0; k < 4; k++) t[k] = _mm256_add_epi64(t[k], _mm256_sad_epu8(c[k], zero));
+          for (int k = 0; k < 4; k++) c[k] = zero;
+          pending = 0;
+        }
+      }
+    }
+    for (int k = 0; k < 4; k++) {
+      const __m256i sum = _mm256_add_epi64(t[k], _mm256_sad_epu8(c[k], zero));
+      /* the low 32 bits of the four 64-bit lanes */
+      const __m256i packed = _mm256_permutevar8x32_epi32(sum, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+      _mm_storeu_si128((__m128i *)(acc + 16 * half + 4 * k), _mm256_castsi256_si128(packed));
+    }
+  }
+}
+#endif
+
 /* acc[o] = sum over the window's words of popcount(word XOR w), for o < opad: the window is kh
  * rows of kwcw words, rs apart; w is blocked [opad / 32][kh * kwcw][32]. */
 BNNC_INLINE BNNC_VT void BNNC_V(bnnc_xnor_popcount)(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *w,
@@ -494,6 +538,8 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_xnor_popcount)(const bnnc_word_t *src, int 
     BNNC_V(bnnc_popcount_block)(src, rs, kh, kwcw, wb, &s01, &s23);
     _mm512_storeu_si512(acc + b * BNNC_OBLOCK, s01);
     _mm512_storeu_si512(acc + b * BNNC_OBLOCK + 16, s23);
+#elif defined(BNNC_AVX2_POPCNT)
+    BNNC_V(bnnc_popcount_block)(src, rs, kh, kwcw, wb, acc + b * BNNC_OBLOCK);
 #else
     bnnc_word_t a[BNNC_OBLOCK];
     for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
