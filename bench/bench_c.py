@@ -6,25 +6,27 @@
 For each model (the random CNV and TFC of bnnc.testing.random_models, and the real Brevitas CNV
 in ../shared/models/ when it is there) the script
 
-* compiles the model to C and builds it with FLAGS (batch 1, one thread), checks once that the
-  C output equals bnnc's reference executor bit for bit (it aborts if not), and times it with the
-  generated harness (`--bench`: best of 5 runs of `iters` inferences). With -march=native on a CPU
-  with AVX-512 the kernels use VPOPCNTQ / VNNI intrinsics; the same build with -DBNNC_PORTABLE
-  (the portable C kernels, auto-vectorized) is checked and timed too, as "C portable";
+* compiles the model to C and builds it twice: with the generated Makefile's own CFLAGS (what
+  `make` gives a user, "C make") and with NATIVE_FLAGS (-march=native, "C native"); batch 1, one
+  thread. One build carries every kernel variant (avx512, avx2, portable) and picks the best the
+  CPU runs at run time; both builds are checked once against bnnc's reference executor bit for
+  bit with every variant this CPU runs (it aborts if one differs), then timed with the generated
+  harness (`--bench`: best of 5 runs of `iters` inferences). The portable variant of the make
+  build (BNNC_KERNELS=portable: the portable C kernels) is timed too, as "C portable";
 * times onnxruntime on the same ONNX model (one intra-op and one inter-op thread, ORT_ENABLE_ALL,
   batch 1; the same statistic: best of 5 runs of `iters` calls to `session.run`, which includes
   the Python call overhead of onnxruntime, plus the median of all calls). The shared QONNX model
   runs after bnnc.original rewrote its custom ops to standard ones (it is skipped if that fails);
 * times every layer of the generated C separately: a second harness includes model.c and calls
-  the layer functions of `<name>_run`, in order and with the same arguments, each `iters` times
-  (a layer run repeatedly on the same input gives the same output, so every layer sees the data
-  it sees in a full inference);
+  the layer functions of `<name>_forward_<variant>` (the variant the make build picks), in order and
+  with the same arguments, each `iters` times (a layer run repeatedly on the same input gives the
+  same output, so every layer sees the data it sees in a full inference);
 
-C, per-layer C and onnxruntime are timed in interleaved rounds (3, or 1 with --quick) and the
-minimum over rounds is reported: virtual machines have slow phases. The script then prints a
-table and writes JSON (default bench/results/bench_c.json): {"machine": {...}, "quick": bool,
-"models": {name: {c_ns, ort_ns, speedup, binary_macs, layers: [{name, kind, binary_macs, ns,
-gmacs_per_s, ...}], ...}}}.
+C (make, native, portable), per-layer C (make build) and onnxruntime are timed in interleaved
+rounds (3, or 1 with --quick) and the minimum over rounds is reported: virtual machines have slow
+phases. The script then prints a table and writes JSON (default bench/results/bench_c.json):
+{"machine": {...}, "quick": bool, "models": {name: {c_ns, c_native_ns, native_ratio, c_portable_ns,
+kernels, ort_ns, speedup, binary_macs, layers: [{name, kind, binary_macs, ns, gmacs_per_s, ...}], ...}}}.
 
 MACs count what the compiled IR computes: O * kh * kw * C * OH * OW from each IR Conv's weight
 shape (O, kh, kw, C) and output shape (OH, OW, O), after bnnc removed pruned and constant
@@ -53,8 +55,7 @@ from bnnc.backends import c_build
 from bnnc.pipeline import compile_graph
 from bnnc.testing.random_models import cnv_model, random_inputs, tfc_model
 
-FLAGS = ("-std=c99", "-O3", "-march=native", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
-PORTABLE_FLAGS = FLAGS + ("-DBNNC_PORTABLE",)
+NATIVE_FLAGS = ("-std=c99", "-O3", "-march=native", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
 NAME = "bnnc"  # C prefix of the generated code: bnnc_run, bnnc_input_t, BNNC_INPUT_SIZE
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CNV = REPO.parent / "shared" / "models" / "brevitas-cnv-1w1a" / "cnv_1w1a.onnx"
@@ -148,11 +149,13 @@ def time_ort(sess, name: str, feed_x: np.ndarray, iters: int, warm_s: float) -> 
 
 # -- per-layer harness --------------------------------------------------------------------------
 
-def run_calls(model_c: str, prefix: str) -> list:
-    """(function, argument text) of each line of `<prefix>_run` in the generated model.c."""
-    m = re.search(r"^void " + re.escape(prefix) + r"_run\([^)]*\)\s*\{\n(.*?)^\}", model_c, re.S | re.M)
+def run_calls(model_c: str, prefix: str, kernels: str) -> list:
+    """(function, argument text) of each line of `<prefix>_forward_<kernels>` (the layers of one kernel
+    variant) in the generated model.c."""
+    m = re.search(r"^static void " + re.escape(prefix) + "_forward_" + kernels + r"\([^)]*\)\s*\{\n(.*?)^\}", model_c,
+                  re.S | re.M)
     if not m:
-        raise RuntimeError(f"cannot find {prefix}_run in the generated model.c")
+        raise RuntimeError(f"cannot find {prefix}_forward_{kernels} in the generated model.c")
     calls = []
     for line in m.group(1).splitlines():
         text = line.strip()
@@ -199,7 +202,7 @@ def layer_harness(calls: list, prefix: str) -> str:
         f"  {prefix}_output_t *output = out_buf;",
         f"  double best[{len(calls) + 1}];",
         f"  for (int k = 0; k <= {len(calls)}; k++) best[k] = 1e300;",
-        f"  {prefix}_run(input, output); /* warm up */",
+        f"  {prefix}_run(input, output); /* warm up (and the kernel variant of the layers timed) */",
         "  for (int rep = 0; rep < 5; rep++) {",
         "    double t0, dt;",
     ]
@@ -224,19 +227,28 @@ def layer_harness(calls: list, prefix: str) -> str:
     return "\n".join(lines)
 
 
-def build_layer_bench(files: dict, harness: str, flags=FLAGS) -> Path:
+def makefile_cflags(makefile: str) -> tuple:
+    """The CFLAGS of the generated Makefile (`CFLAGS ?= ...`): what `make` builds with."""
+    m = re.search(r"^CFLAGS \?= (.*)$", makefile, re.M)
+    if not m:
+        raise RuntimeError("no `CFLAGS ?=` line in the generated Makefile")
+    return tuple(m.group(1).split())
+
+
+def build_layer_bench(files: dict, harness: str, flags) -> Path:
     """Compile the per-layer harness (model.c included into it); cached like c_build.build."""
     sources = {n: t for n, t in files.items() if n != "harness.c"}  # model.c and the headers it includes
     sources["layer_bench.c"] = harness
-    cmd = [c_build.find_cc(), *flags, "layer_bench.c", "-o", "layer_bench"]
+    cmd = [*c_build.find_cc(), *flags, "layer_bench.c", "-o", "layer_bench"]
     return c_build.cached_build(sources, cmd, "layer_bench", prefix="layers-", what="per-layer harness")
 
 
-def time_layers(exe: Path, x_grid: np.ndarray, input_dtype: str, iters: int) -> dict:
+def time_layers(exe: Path, x_grid: np.ndarray, input_dtype: str, iters: int, kernels: str) -> dict:
     with tempfile.TemporaryDirectory() as td:
         fi = Path(td) / "in.bin"
         np.ascontiguousarray(x_grid[:1].reshape(1, -1).astype(input_dtype)).tofile(fi)
-        r = subprocess.run([str(exe), str(iters), str(fi)], capture_output=True, text=True, check=True)
+        r = subprocess.run([str(exe), str(iters), str(fi)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "BNNC_KERNELS": kernels})
     return {ln.split()[0]: float(ln.split()[1]) for ln in r.stdout.splitlines() if ln.strip()}
 
 
@@ -278,28 +290,30 @@ def bench_model(label, model, x, ort_model, source, quick: bool) -> dict:
     graph = compile_graph(model)
     bg = driver.backend_graph(graph)
     files = driver.render_c(graph, NAME)
-    log(f"[{label}] building C: cc {' '.join(FLAGS)}")
-    exe = c_build.build(files, FLAGS)
+    make_flags = makefile_cflags(files["Makefile"])
+    log(f"[{label}] building C: cc {' '.join(make_flags)} (make), cc {' '.join(NATIVE_FLAGS)} (native)")
+    exe = c_build.build(files, make_flags)
+    nexe = c_build.build(files, NATIVE_FLAGS)
+    kernels = c_build.kernel_variants(exe)
     inputs = driver.prepare_inputs(graph, x)
     in_dtype = graph.input_info["dtype"]
 
-    log(f"[{label}] checking C (and C portable) == reference on {inputs.grid.shape[0]} inputs ...")
+    log(f"[{label}] checking C == reference on {inputs.grid.shape[0]} inputs, both builds, kernels {kernels} ...")
     y_ref = driver.run_target(graph, "ref", inputs)
-    for flags in (FLAGS, PORTABLE_FLAGS):
-        y_c = driver.run_target(graph, "c", inputs, NAME, flags)
+    for flags in (make_flags, NATIVE_FLAGS):
+        y_c = driver.run_target(graph, "c", inputs, NAME, flags)  # every kernel variant, or an error
         if y_c.shape != y_ref.shape or not np.array_equal(y_c, y_ref):
             bad = np.argwhere(np.asarray(y_c != y_ref))[:5]
             sys.exit(f"ERROR [{label}]: the C output ({' '.join(flags)}) differs from the reference executor at "
                      f"{bad.tolist()}\n  C:   {y_c.ravel()[:10]}\n  ref: {y_ref.ravel()[:10]}")
-    y_c = driver.run_target(graph, "c", inputs, NAME, FLAGS)
-    pexe = c_build.build(files, PORTABLE_FLAGS)
+    y_c = driver.run_target(graph, "c", inputs, NAME, make_flags)
 
     target_s = 0.01 if quick else 0.08  # per timed run; bench does 5 runs
     iters, est_ns = calibrate(exe, inputs.grid, in_dtype, target_s)
-    calls = run_calls(files["model.c"], NAME)
-    lexe = build_layer_bench(files, layer_harness(calls, NAME))
+    calls = run_calls(files["model.c"], NAME, kernels[0])
+    lexe = build_layer_bench(files, layer_harness(calls, NAME), make_flags)
     layers = layer_info(bg)
-    names = [c[0] for c in calls]
+    names = [c[0].removesuffix("_" + kernels[0]) for c in calls]
     if [d["name"] for d in layers] != names:
         raise RuntimeError(f"{NAME}_run calls {names}, the IR has {[d['name'] for d in layers]}")
 
@@ -319,25 +333,28 @@ def bench_model(label, model, x, ort_model, source, quick: bool) -> dict:
     # Rounds that interleave C, per-layer C and onnxruntime, minimum over rounds: shared or
     # virtual machines have slow phases that a single measurement can fall into.
     rounds = 1 if quick else 3
-    c_runs, portable_runs, layer_runs, ort_runs = [], [], [], []
+    c_runs, native_runs, portable_runs, layer_runs, ort_runs = [], [], [], [], []
     for r in range(rounds):
         tag = f"round {r + 1}/{rounds}: " if rounds > 1 else ""
-        log(f"[{label}] {tag}timing C ({iters} inferences x 5), each layer, "
+        log(f"[{label}] {tag}timing C make, native and portable ({iters} inferences x 5), each layer, "
             + (f"onnxruntime ({ort_iters} runs x 5)" if sess is not None else "no onnxruntime"))
         c_runs.append(c_build.bench(exe, inputs.grid, in_dtype, iters))
-        portable_runs.append(c_build.bench(pexe, inputs.grid, in_dtype, max(1, iters // 2)))
-        layer_runs.append(time_layers(lexe, inputs.grid, in_dtype, iters))
+        native_runs.append(c_build.bench(nexe, inputs.grid, in_dtype, iters))
+        portable_runs.append(c_build.bench(exe, inputs.grid, in_dtype, max(1, iters // 8), "portable"))
+        layer_runs.append(time_layers(lexe, inputs.grid, in_dtype, iters, kernels[0]))
         if sess is not None:
             ort_runs.append(time_ort(sess, in_name, feed, ort_iters, 0.05 if quick else 0.3))
     c_ns = min(c_runs)
     per_layer = {k: min(lr[k] for lr in layer_runs) for k in layer_runs[0]}
     run_in_layer_harness = per_layer.pop(f"{NAME}_run")
     for d in layers:
-        d["ns"] = per_layer[d["name"]]
+        d["ns"] = per_layer[d["name"] + "_" + kernels[0]]
         d["gmacs_per_s"] = round(d["macs"] / d["ns"], 3) if d["macs"] else None
         d["share"] = round(d["ns"] / sum(per_layer.values()), 4)
 
-    res.update({"c_ns": c_ns, "c_ns_rounds": c_runs, "c_iters": iters, "rounds": rounds,
+    res.update({"c_ns": c_ns, "c_ns_rounds": c_runs, "c_iters": iters, "rounds": rounds, "cflags": " ".join(make_flags),
+                "kernels": kernels, "c_native_ns": min(native_runs), "c_native_ns_rounds": native_runs,
+                "native_ratio": round(c_ns / min(native_runs), 3),
                 "layers_sum_ns": sum(per_layer.values()), "run_ns_in_layer_harness": run_in_layer_harness,
                 "macs": sum(d["macs"] for d in layers), "binary_macs": sum(d["binary_macs"] for d in layers)})
     res["c_gmacs_per_s"] = round(res["macs"] / c_ns, 3)
@@ -375,7 +392,7 @@ def machine_info() -> dict:
     cpu = cpu or platform.processor() or platform.machine()
     cc = c_build.find_cc()
     try:
-        ver = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        ver = subprocess.run([*cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         ver = "?"
     try:
@@ -384,24 +401,11 @@ def machine_info() -> dict:
         ort_ver = ort.__version__
     except ImportError:
         ort_ver = None
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "machine": platform.machine(), "kernels": kernel_paths(cc),
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "machine": platform.machine(),
             "simd": sorted(f for f in flags if f in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl",
                                                      "avx512_vpopcntdq", "avx512_bitalg", "neon", "asimd")),
-            "cc": cc, "cc_version": ver, "cflags": " ".join(FLAGS), "onnxruntime": ort_ver,
+            "cc": " ".join(cc), "cc_version": ver, "native_cflags": " ".join(NATIVE_FLAGS), "onnxruntime": ort_ver,
             "numpy": np.__version__, "python": platform.python_version()}
-
-
-def kernel_paths(cc: str) -> str:
-    """Which kernels bnnc_kernels.h picks under FLAGS on this machine (from its macros)."""
-    from bnnc.resources import resource_dir
-
-    hdr = resource_dir("runtime") / "bnnc_kernels.h"
-    r = subprocess.run([cc, *[f for f in FLAGS if f.startswith("-m")], "-DBNNC_WORD_BITS=64", "-dM", "-E", "-x", "c",
-                        str(hdr)], capture_output=True, text=True)
-    macros = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("#define BNNC_AVX512")}
-    names = [n for m, n in (("BNNC_AVX512_POPCNT", "AVX-512 VPOPCNTQ"), ("BNNC_AVX512_VNNI", "AVX-512 VNNI"))
-             if m in macros]
-    return " + ".join(names) if names else "portable C"
 
 
 def fmt_table(header: list, rows: list) -> str:
@@ -418,19 +422,24 @@ def us(ns) -> str:
 
 def report(results: dict, machine: dict) -> str:
     out = [f"CPU: {machine['cpu']} ({machine['logical_cpus']} logical CPUs; {' '.join(machine['simd'])})",
-           f"C:   {machine['cc_version']}  {machine['cflags']}  (batch 1, 1 thread)",
+           f"C:   {machine['cc_version']}, batch 1, 1 thread; native: {machine['native_cflags']}",
            f"ORT: onnxruntime {machine['onnxruntime']}, 1 thread, ORT_ENABLE_ALL, batch 1", ""]
     rows = []
     for label, r in results.items():
-        rows.append([label, us(r["c_ns"]), us(r["c_portable_ns"]), us(r["ort_ns"]), us(r["ort_median_ns"]),
+        rows.append([label, us(r["c_ns"]), us(r["c_native_ns"]), f"{r['native_ratio']:.2f}", us(r["c_portable_ns"]),
+                     us(r["ort_ns"]), us(r["ort_median_ns"]),
                      "-" if r["speedup"] is None else f"{r['speedup']:.1f}x",
                      "-" if r["speedup_portable"] is None else f"{r['speedup_portable']:.1f}x",
                      f"{r['macs'] / 1e6:.2f}", f"{r['binary_macs'] / 1e6:.2f}", f"{r['c_gmacs_per_s']:.1f}"])
-    out.append(fmt_table(["model", "C us", "C port. us", "ORT us", "ORT med us", "speedup", "sp. port.", "MMACs",
+    out.append(fmt_table(["model", "C make us", "C native us", "make/nat.", "C port. us", "ORT us", "ORT med us",
+                          "speedup", "sp. port.", "MMACs",
                           "bin MMACs", "GMAC/s"], rows))
     out.append("C and ORT: best of 5 runs of N calls (minimum over rounds); ORT med: median single "
-               "session.run call; speedup = ORT / C. MACs: of the compiled IR (pruned/constant channels removed).")
-    out.append(f"C: kernels {machine['kernels']}; C port.: the same flags with -DBNNC_PORTABLE (portable C kernels).")
+               "session.run call. MACs: of the compiled IR (pruned/constant channels removed).")
+    first = next(iter(results.values()), {})
+    out.append(f"C make: the generated Makefile's CFLAGS ({first.get('cflags', '?')}), the kernel variant it picks "
+               f"({first.get('kernels', ['?'])[0]}); C native: {machine['native_cflags']}; C port.: the make build "
+               "with BNNC_KERNELS=portable; speedup, sp. port.: ORT / C make, ORT / C port.")
     for label, r in results.items():
         out += ["", f"{label}: per layer (sum {us(r['layers_sum_ns'])} us; {NAME}_run in the same program "
                     f"{us(r['run_ns_in_layer_harness'])} us, in the generated harness {us(r['c_ns'])} us)"]

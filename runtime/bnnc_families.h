@@ -16,25 +16,165 @@
 
 #define BNNC_FAM_OBLOCK 8 /* outputs per block of the plane tables (one 512-bit vector of 64-bit words) */
 
-#ifdef BNNC_AVX512
-/* Eight int64 just written by the caller (p has 8 readable values), as two 256-bit loads: those
- * forward from the stores of a loop that a compiler vectorized with 256-bit or 512-bit vectors. */
-BNNC_INLINE __m512i bnnc_load8_i64(const int64_t *p) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p)),
-                            _mm256_loadu_si256((const __m256i *)(p + 4)), 1);
-}
-#endif
-
 /* Popcount planes (compiler/weight_planes.py): what one plane counts per window word x. */
 #define BNNC_PLANE_XNOR 0        /* popcount(x ^ b) */
 #define BNNC_PLANE_MASKED_XNOR 1 /* popcount((x ^ b) & m) */
 #define BNNC_PLANE_AND 2         /* popcount(x & m) */
 
+/* popcount of the whole window (the all-ones plane, shared by every output) */
+BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int kh, int kwcw) {
+  int32_t n = 0;
+  for (int ky = 0; ky < kh; ky++)
+    for (int t = 0; t < kwcw; t++) n += bnnc_popcount(src[ky * rs + t]);
+  return n;
+}
+
+/* Expander connectivity on integer inputs: output o reads only the input channels
+ * chan[start[o] .. start[o+1]) (window win laid out [tap][c], c < cin); w holds, per listed
+ * (o, c), its k x k kernel. acc[o] = sum of those kernels times the window. */
+BNNC_INLINE void bnnc_sparse_int_mac64(const int32_t *win, int ktaps, int cin, const int32_t *start,
+                                       const int32_t *chan, const int32_t *w, int o, int64_t *acc) {
+  for (int i = 0; i < o; i++) {
+    int64_t a = 0;
+    for (int e = start[i]; e < start[i + 1]; e++) {
+      const int32_t *kw = w + (size_t)e * ktaps;
+      const int32_t *x = win + chan[e];
+      for (int t = 0; t < ktaps; t++) a += (int64_t)x[(size_t)t * cin] * kw[t];
+    }
+    acc[i] = a;
+  }
+}
+
+/* Depthwise and pooling convolutions on the padded image (one input channel ch[o] per output):
+ * s[o] = sum over the kh x kw taps of x[tap][ch[o]] * w[tap][o] in int32 (bnnc proved the sums
+ * fit) for o < n, 0 up to opad; the window's first value at im, rows rs values apart, c values per
+ * pixel; ch NULL: ch[o] = o. Loops over o innermost, so the variants vectorize them. */
+BNNC_INLINE void bnnc_depthwise_mac32(const int32_t *im, int rs, int c, int kh, int kw, const int32_t *ch,
+                                      const int8_t *w, int n, int opad, int32_t *s) {
+  for (int o = 0; o < opad; o++) s[o] = 0;
+  for (int ky = 0; ky < kh; ky++) {
+    for (int kx = 0; kx < kw; kx++) {
+      const int32_t *x = im + (size_t)ky * rs + (size_t)kx * c;
+      const int8_t *wt = w + (size_t)(ky * kw + kx) * opad;
+      if (ch) {
+        for (int o = 0; o < n; o++) s[o] += x[ch[o]] * (int32_t)wt[o];
+      } else {
+        for (int o = 0; o < n; o++) s[o] += x[o] * (int32_t)wt[o];
+      }
+    }
+  }
+}
+
+/* The same in 32 bits, for layers whose sums bnnc proved to fit int32. */
+BNNC_INLINE void bnnc_sparse_int_mac32(const int32_t *win, int ktaps, int cin, const int32_t *start,
+                                       const int32_t *chan, const int32_t *w, int o, int32_t *acc) {
+  for (int i = 0; i < o; i++) {
+    int32_t a = 0;
+    for (int e = start[i]; e < start[i + 1]; e++) {
+      const int32_t *kw = w + (size_t)e * ktaps;
+      const int32_t *x = win + chan[e];
+      for (int t = 0; t < ktaps; t++) a += x[(size_t)t * cin] * kw[t];
+    }
+    acc[i] = a;
+  }
+}
+
+/* floor(v / 2**s) for any sign, with shifts of non-negative values only (s < 63). */
+BNNC_INLINE int64_t bnnc_shr_floor(int64_t v, int s) { return v >= 0 ? (v >> s) : ~((~v) >> s); }
+
+/* Integer outputs of `bytes` bytes each (the C types of bnnc's Ints storage): out[o] = v, a value
+ * the type holds, stored as its low bytes (an int8_t and a uint8_t array alike). */
+BNNC_INLINE void bnnc_store_int(void *out, int bytes, int o, int64_t v) {
+  if (bytes == 1) ((uint8_t *)out)[o] = (uint8_t)v;
+  else if (bytes == 2) ((uint16_t *)out)[o] = (uint16_t)v;
+  else ((uint32_t *)out)[o] = (uint32_t)v;
+}
+
+/* Fixed-point requantization (ir.Requantize): clamp(floor((clamp(acc) * mult + add) / 2**s), lo, hi). */
+BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int s, int64_t acc_lo,
+                                    int64_t acc_hi, int32_t lo, int32_t hi) {
+  if (acc < acc_lo) acc = acc_lo;
+  if (acc > acc_hi) acc = acc_hi;
+  const int64_t v = bnnc_shr_floor(acc * mult + add, s);
+  return v < lo ? lo : (v > hi ? hi : (int32_t)v);
+}
+
+/* dst |= the bits m (at most 8) placed at bit j of the cw words at dst. */
+BNNC_INLINE void bnnc_deposit_bits8(bnnc_word_t *dst, int j, uint32_t m, int cw) {
+  const int at = j % BNNC_WORD_BITS;
+  dst[j / BNNC_WORD_BITS] |= (bnnc_word_t)m << at;
+  if (at + 8 > BNNC_WORD_BITS && j / BNNC_WORD_BITS + 1 < cw)
+    dst[j / BNNC_WORD_BITS + 1] |= (bnnc_word_t)m >> (BNNC_WORD_BITS - at);
+}
+
+/* Multi-level output: the number of levels b < levels with dir * acc >= thr[b * stride] (level-major
+ * tables, stride = channels), counted without branches. */
+BNNC_INLINE int32_t bnnc_level_count(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
+  const int64_t x = dir > 0 ? acc : -acc;
+  int32_t n = 0;
+  for (int b = 0; b < levels; b++) n += x >= thr[(size_t)b * stride];
+  return n;
+}
+
+/* The same count by a branch-free binary search, for many levels (e.g. 255 of an int8 output):
+ * bnnc uses it only where every channel's thresholds are non-decreasing. Levels below lo are
+ * passed and the count lies in [lo, lo + n]. */
+BNNC_INLINE int32_t bnnc_level_search(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
+  const int64_t x = dir > 0 ? acc : -acc;
+  if (levels == 0) return 0;
+  int lo = 0, n = levels;
+  while (n > 1) {
+    const int half = n / 2;
+    lo = x >= thr[(size_t)(lo + half) * stride] ? lo + half : lo;
+    n -= half;
+  }
+  return lo + (x >= thr[(size_t)lo * stride]);
+}
+
+/* The same count from an affine guess checked against two thresholds (bnnc's "guess" kernel,
+ * passes/pack_families.py): guess holds the rows a, b, M, K (stride apart), thr the thresholds with
+ * a first row a and a last row b + 1; bnnc proved |g - count| <= 1 for every x' in [a, b]. */
+BNNC_INLINE int32_t bnnc_level_guess(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels,
+                                     const int64_t *guess, int shift) {
+  int64_t x = dir > 0 ? acc : -acc;
+  const int64_t a = guess[0], b = guess[stride];
+  x = x < a ? a : (x > b ? b : x); /* the count is constant outside [a, b] */
+  int64_t g = bnnc_shr_floor((x - a) * guess[2 * (size_t)stride] + guess[3 * (size_t)stride], shift);
+  g = g < 0 ? 0 : (g > levels ? levels : g);
+  return (int32_t)g - 1 + (x >= thr[(size_t)g * stride]) + (x >= thr[(size_t)(g + 1) * stride]);
+}
+
+/* How bnnc_levels_row counts levels (passes/pack_families.py chooses). */
+#define BNNC_LEVELS_COUNT 0  /* bnnc_level_count */
+#define BNNC_LEVELS_SEARCH 1 /* bnnc_level_search */
+#define BNNC_LEVELS_GUESS 2  /* bnnc_level_guess (guess, shift) */
+
+#endif /* BNNC_FAMILIES_H */
+
+/* ---- Kernels with vector paths, once per kernel variant (see bnnc_kernels.h) ---------------- */
+#if defined(BNNC_VARIANT)
+#define BNNC_FAMILIES_SECTION 1
+#elif !defined(BNNC_VARIANTS) && !defined(BNNC_FAMILIES_DEFAULT_DONE)
+#define BNNC_FAMILIES_DEFAULT_DONE 1
+#define BNNC_FAMILIES_SECTION 1
+#endif
+#ifdef BNNC_FAMILIES_SECTION
+#undef BNNC_FAMILIES_SECTION
+
+#ifdef BNNC_AVX512
+/* Eight int64 just written by the caller (p has 8 readable values), as two 256-bit loads: those
+ * forward from the stores of a loop that a compiler vectorized with 256-bit or 512-bit vectors. */
+BNNC_INLINE BNNC_VT __m512i BNNC_V(bnnc_load8_i64)(const int64_t *p) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p)),
+                            _mm256_loadu_si256((const __m256i *)(p + 4)), 1);
+}
+#endif
+
 /* s[o] = sum over the window's words x of the plane's count (kind, a compile-time constant once
  * inlined), for o < opad: the window is kh rows of kwcw words, rs apart; b and m are blocked
  * [opad / 8][kh * kwcw][8] (either may be NULL where the kind does not read it). With AVX-512
  * VPOPCNTQ and 64-bit words one block is one vector: x broadcast, 8 table words, VPOPCNTQ. */
-BNNC_INLINE void bnnc_fam_plane_popcount(int kind, const bnnc_word_t *src, int rs, int kh, int kwcw,
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_word_t *src, int rs, int kh, int kwcw,
                                          const bnnc_word_t *b, const bnnc_word_t *m, int opad, int32_t *s) {
   const size_t blk = (size_t)kh * kwcw * BNNC_FAM_OBLOCK; /* words per block of a table */
   for (int ob = 0; ob < opad / BNNC_FAM_OBLOCK; ob++) {
@@ -77,23 +217,35 @@ BNNC_INLINE void bnnc_fam_plane_popcount(int kind, const bnnc_word_t *src, int r
   }
 }
 
-/* popcount of the whole window (the all-ones plane, shared by every output) */
-BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int kh, int kwcw) {
-  int32_t n = 0;
-  for (int ky = 0; ky < kh; ky++)
-    for (int t = 0; t < kwcw; t++) n += bnnc_popcount(src[ky * rs + t]);
-  return n;
-}
-
 /* BNNC_INT_MAC64(name, wtype, load8): acc[o] = sum_l win[l] * w[l][o] in 64 bits for o < opad,
  * weights [taps][opad] of type wtype (int32, or int8 where they fit: a quarter of the table);
  * load8(p) sign-extends eight weights to 64-bit lanes. With AVX-512, eight outputs per vector:
  * VPMULDQ multiplies the sign-extended low 32 bits of each lane (one micro-op, where a 64-bit
- * VPMULLQ takes three), two accumulators to hide its latency. */
+ * VPMULLQ takes three); 32 outputs (four vectors) per broadcast window value, eight at a time with
+ * two accumulators for the rest. */
+#undef BNNC_INT_MAC64 /* defined once per variant */
+#undef BNNC_LOAD8_W32
+#undef BNNC_LOAD8_W8
 #ifdef BNNC_AVX512
 #define BNNC_INT_MAC64(name, wtype, load8)                                                          \
-  BNNC_INLINE void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) {    \
-    for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
+  BNNC_INLINE BNNC_VT void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) { \
+    int ob = 0;                                                                                    \
+    for (; ob + 32 <= opad; ob += 32) { /* 32 outputs per broadcast value, 4 independent chains */ \
+      __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;                             \
+      const wtype *wr = w + ob;                                                                    \
+      for (int l = 0; l < taps; l++, wr += opad) {                                                 \
+        const __m512i x = _mm512_set1_epi32(win[l]); /* VPMULDQ reads the low half of a lane */   \
+        a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(x, load8(wr)));                                 \
+        a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(x, load8(wr + 8)));                             \
+        a2 = _mm512_add_epi64(a2, _mm512_mul_epi32(x, load8(wr + 16)));                            \
+        a3 = _mm512_add_epi64(a3, _mm512_mul_epi32(x, load8(wr + 24)));                            \
+      }                                                                                            \
+      _mm512_storeu_si512((void *)(acc + ob), a0);                                                 \
+      _mm512_storeu_si512((void *)(acc + ob + 8), a1);                                             \
+      _mm512_storeu_si512((void *)(acc + ob + 16), a2);                                            \
+      _mm512_storeu_si512((void *)(acc + ob + 24), a3);                                            \
+    }                                                                                              \
+    for (; ob < opad; ob += BNNC_FAM_OBLOCK) {                                                     \
       __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();                            \
       int l = 0;                                                                                   \
       for (; l + 1 < taps; l += 2) {                                                               \
@@ -112,7 +264,7 @@ BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int
 #define BNNC_LOAD8_W8(p) _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(p)))
 #else
 #define BNNC_INT_MAC64(name, wtype, load8)                                                          \
-  BNNC_INLINE void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) {    \
+  BNNC_INLINE BNNC_VT void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) { \
     for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
       int64_t a[BNNC_FAM_OBLOCK];                                                                  \
       for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;                                          \
@@ -127,86 +279,36 @@ BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int
 #define BNNC_LOAD8_W32(p) 0
 #define BNNC_LOAD8_W8(p) 0
 #endif
-BNNC_INT_MAC64(bnnc_int_mac64, int32_t, BNNC_LOAD8_W32)
-BNNC_INT_MAC64(bnnc_int_mac64_w8, int8_t, BNNC_LOAD8_W8)
-
-/* Expander connectivity on integer inputs: output o reads only the input channels
- * chan[start[o] .. start[o+1]) (window win laid out [tap][c], c < cin); w holds, per listed
- * (o, c), its k x k kernel. acc[o] = sum of those kernels times the window. */
-BNNC_INLINE void bnnc_sparse_int_mac64(const int32_t *win, int ktaps, int cin, const int32_t *start,
-                                       const int32_t *chan, const int32_t *w, int o, int64_t *acc) {
-  for (int i = 0; i < o; i++) {
-    int64_t a = 0;
-    for (int e = start[i]; e < start[i + 1]; e++) {
-      const int32_t *kw = w + (size_t)e * ktaps;
-      const int32_t *x = win + chan[e];
-      for (int t = 0; t < ktaps; t++) a += (int64_t)x[(size_t)t * cin] * kw[t];
-    }
-    acc[i] = a;
-  }
-}
-
-/* The same in 32 bits, for layers whose sums bnnc proved to fit int32. */
-BNNC_INLINE void bnnc_sparse_int_mac32(const int32_t *win, int ktaps, int cin, const int32_t *start,
-                                       const int32_t *chan, const int32_t *w, int o, int32_t *acc) {
-  for (int i = 0; i < o; i++) {
-    int32_t a = 0;
-    for (int e = start[i]; e < start[i + 1]; e++) {
-      const int32_t *kw = w + (size_t)e * ktaps;
-      const int32_t *x = win + chan[e];
-      for (int t = 0; t < ktaps; t++) a += x[(size_t)t * cin] * kw[t];
-    }
-    acc[i] = a;
-  }
-}
-
-/* floor(v / 2**s) for any sign, with shifts of non-negative values only (s < 63). */
-BNNC_INLINE int64_t bnnc_shr_floor(int64_t v, int s) { return v >= 0 ? (v >> s) : ~((~v) >> s); }
-
-/* Integer outputs of `bytes` bytes each (the C types of bnnc's Ints storage): out[o] = v, a value
- * the type holds, stored as its low bytes (an int8_t and a uint8_t array alike). */
-BNNC_INLINE void bnnc_store_int(void *out, int bytes, int o, int64_t v) {
-  if (bytes == 1) ((uint8_t *)out)[o] = (uint8_t)v;
-  else if (bytes == 2) ((uint16_t *)out)[o] = (uint16_t)v;
-  else ((uint32_t *)out)[o] = (uint32_t)v;
-}
+BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64), int32_t, BNNC_LOAD8_W32)
+BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64_w8), int8_t, BNNC_LOAD8_W8)
 
 #ifdef BNNC_AVX512
 /* the same for the lanes k of v, out[o ..] */
-BNNC_INLINE void bnnc_store8_int(void *out, int bytes, int o, __mmask8 k, __m512i v) {
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_store8_int)(void *out, int bytes, int o, __mmask8 k, __m512i v) {
   if (bytes == 1) _mm512_mask_cvtepi64_storeu_epi8((uint8_t *)out + o, k, v);
   else if (bytes == 2) _mm512_mask_cvtepi64_storeu_epi16((uint16_t *)out + o, k, v);
   else _mm512_mask_cvtepi64_storeu_epi32((uint32_t *)out + o, k, v);
 }
 #endif
 
-/* Fixed-point requantization (ir.Requantize): clamp(floor((clamp(acc) * mult + add) / 2**s), lo, hi). */
-BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int s, int64_t acc_lo,
-                                    int64_t acc_hi, int32_t lo, int32_t hi) {
-  if (acc < acc_lo) acc = acc_lo;
-  if (acc > acc_hi) acc = acc_hi;
-  const int64_t v = bnnc_shr_floor(acc * mult + add, s);
-  return v < lo ? lo : (v > hi ? hi : (int32_t)v);
-}
-
 /* out[o] = bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi) for o < n, as
  * bnnc_store_int; with AVX-512 DQ eight channels at a time (VPMULLQ; VPSRAQ is the floor shift for
  * any sign), reading acc up to n rounded up to 8. */
-BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, const int64_t *add, int s,
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_requantize_row)(const int64_t *acc, const int64_t *mult, const int64_t *add, int s,
                                      const int64_t *acc_lo, const int64_t *acc_hi, int32_t lo, int32_t hi,
                                      int n, void *out, int bytes) {
   int o = 0;
-#if defined(BNNC_AVX512) && defined(__AVX512DQ__)
+#if defined(BNNC_AVX512_DQ)
   const __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
   for (; o < n; o += 8) {
     const __mmask8 k = (__mmask8)(n - o >= 8 ? 0xFF : (1u << (n - o)) - 1);
-    __m512i a = bnnc_load8_i64(acc + o);
+    __m512i a = BNNC_V(bnnc_load8_i64)(acc + o);
     a = _mm512_min_epi64(_mm512_max_epi64(a, _mm512_maskz_loadu_epi64(k, acc_lo + o)),
                          _mm512_maskz_loadu_epi64(k, acc_hi + o));
     __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_maskz_loadu_epi64(k, mult + o)),
                                  _mm512_maskz_loadu_epi64(k, add + o));
     v = _mm512_min_epi64(_mm512_max_epi64(_mm512_srai_epi64(v, (unsigned)s), vlo), vhi);
-    bnnc_store8_int(out, bytes, o, k, v);
+    BNNC_V(bnnc_store8_int)(out, bytes, o, k, v);
   }
 #endif
   for (; o < n; o++)
@@ -215,11 +317,11 @@ BNNC_INLINE void bnnc_requantize_row(const int64_t *acc, const int64_t *mult, co
 
 /* Bit l of the result = (x[l] > thr[l]) XOR neg[l] for l < k <= 8 (x and neg are read 8 at a time:
  * bnnc pads neg with 8 zero flags). */
-BNNC_INLINE uint32_t bnnc_threshold_bits8(const int64_t *x, const int64_t *thr, const uint8_t *neg, int k) {
+BNNC_INLINE BNNC_VT uint32_t BNNC_V(bnnc_threshold_bits8)(const int64_t *x, const int64_t *thr, const uint8_t *neg, int k) {
 #ifdef BNNC_AVX512
   const __mmask8 km = (__mmask8)((1u << k) - 1);
   const __m512i ng = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)neg));
-  return (uint32_t)(__mmask8)(_mm512_mask_cmpgt_epi64_mask(km, bnnc_load8_i64(x),
+  return (uint32_t)(__mmask8)(_mm512_mask_cmpgt_epi64_mask(km, BNNC_V(bnnc_load8_i64)(x),
                                                            _mm512_maskz_loadu_epi64(km, thr)) ^
                               _mm512_mask_test_epi64_mask(km, ng, ng));
 #else
@@ -229,68 +331,23 @@ BNNC_INLINE uint32_t bnnc_threshold_bits8(const int64_t *x, const int64_t *thr, 
 #endif
 }
 
-/* dst |= the bits m (at most 8) placed at bit j of the cw words at dst. */
-BNNC_INLINE void bnnc_deposit_bits8(bnnc_word_t *dst, int j, uint32_t m, int cw) {
-  const int at = j % BNNC_WORD_BITS;
-  dst[j / BNNC_WORD_BITS] |= (bnnc_word_t)m << at;
-  if (at + 8 > BNNC_WORD_BITS && j / BNNC_WORD_BITS + 1 < cw)
-    dst[j / BNNC_WORD_BITS + 1] |= (bnnc_word_t)m >> (BNNC_WORD_BITS - at);
-}
-
 /* Output bits of one pixel from 64-bit accumulators: bit j = (acc[j % n] > thr[j]) XOR neg[j] for
  * j < planes * n (activation bases stored plane after plane); fill bits stay 0. */
-BNNC_INLINE void bnnc_threshold_pack64(const int64_t *acc, const int64_t *thr, const uint8_t *neg, int n,
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_threshold_pack64)(const int64_t *acc, const int64_t *thr, const uint8_t *neg, int n,
                                        int planes, int cw, bnnc_word_t *dst) {
   for (int c = 0; c < cw; c++) dst[c] = 0;
   for (int p = 0; p < planes; p++) {
     for (int o = 0; o < n; o += 8) {
       const int j = p * n + o, k = n - o < 8 ? n - o : 8;
-      bnnc_deposit_bits8(dst, j, bnnc_threshold_bits8(acc + o, thr + j, neg + j, k), cw);
+      bnnc_deposit_bits8(dst, j, BNNC_V(bnnc_threshold_bits8)(acc + o, thr + j, neg + j, k), cw);
     }
   }
-}
-
-/* Multi-level output: the number of levels b < levels with dir * acc >= thr[b * stride] (level-major
- * tables, stride = channels), counted without branches. */
-BNNC_INLINE int32_t bnnc_level_count(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
-  const int64_t x = dir > 0 ? acc : -acc;
-  int32_t n = 0;
-  for (int b = 0; b < levels; b++) n += x >= thr[(size_t)b * stride];
-  return n;
-}
-
-/* The same count by a branch-free binary search, for many levels (e.g. 255 of an int8 output):
- * bnnc uses it only where every channel's thresholds are non-decreasing. Levels below lo are
- * passed and the count lies in [lo, lo + n]. */
-BNNC_INLINE int32_t bnnc_level_search(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels) {
-  const int64_t x = dir > 0 ? acc : -acc;
-  if (levels == 0) return 0;
-  int lo = 0, n = levels;
-  while (n > 1) {
-    const int half = n / 2;
-    lo = x >= thr[(size_t)(lo + half) * stride] ? lo + half : lo;
-    n -= half;
-  }
-  return lo + (x >= thr[(size_t)lo * stride]);
-}
-
-/* The same count from an affine guess checked against two thresholds (bnnc's "guess" kernel,
- * passes/pack_families.py): guess holds the rows a, b, M, K (stride apart), thr the thresholds with
- * a first row a and a last row b + 1; bnnc proved |g - count| <= 1 for every x' in [a, b]. */
-BNNC_INLINE int32_t bnnc_level_guess(int64_t acc, int8_t dir, const int64_t *thr, int stride, int levels,
-                                     const int64_t *guess, int shift) {
-  int64_t x = dir > 0 ? acc : -acc;
-  const int64_t a = guess[0], b = guess[stride];
-  x = x < a ? a : (x > b ? b : x); /* the count is constant outside [a, b] */
-  int64_t g = bnnc_shr_floor((x - a) * guess[2 * (size_t)stride] + guess[3 * (size_t)stride], shift);
-  g = g < 0 ? 0 : (g > levels ? levels : g);
-  return (int32_t)g - 1 + (x >= thr[(size_t)g * stride]) + (x >= thr[(size_t)(g + 1) * stride]);
 }
 
 #ifdef BNNC_AVX512
 /* bnnc_level_search of `chunks` (<= 4) groups of eight lanes at once, so that the gathers of one
  * step overlap: lane l of group g holds x[g] (dir applied), channel ch[g] + l, valid where k[g]. */
-BNNC_INLINE void bnnc_level_search8(const __m512i *x, const __m512i *ch, const __mmask8 *k, int chunks,
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_level_search8)(const __m512i *x, const __m512i *ch, const __mmask8 *k, int chunks,
                                     const int64_t *thr, int stride, int levels, __m512i *c) {
   const __m512i zero = _mm512_setzero_si512(), st = _mm512_set1_epi64(stride);
   for (int g = 0; g < chunks; g++) c[g] = zero;
@@ -314,18 +371,13 @@ BNNC_INLINE void bnnc_level_search8(const __m512i *x, const __m512i *ch, const _
 }
 #endif
 
-/* How bnnc_levels_row counts levels (passes/pack_families.py chooses). */
-#define BNNC_LEVELS_COUNT 0  /* bnnc_level_count */
-#define BNNC_LEVELS_SEARCH 1 /* bnnc_level_search */
-#define BNNC_LEVELS_GUESS 2  /* bnnc_level_guess (guess, shift) */
-
 /* out[o] = base + step * (the level count of acc[o]) for o < n (bnnc_store_int), where value o belongs to channel
  * (ch0 + o) % period (thresholds thr[b * stride + channel], direction dir[channel]; the channels
  * of each group of 8 values are consecutive: period and ch0 multiples of 8, or ch0 + n <= period),
  * counted as `kind` says (a constant once inlined). With AVX-512 eight values at a time (the
  * search and the guess gather thresholds, for up to 32 values at once), reading acc up to n
  * rounded up to 8; dir is padded with 8 flags (a last group of channels reads 8). */
-BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const int64_t *thr, int stride, int ch0,
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_levels_row)(const int64_t *acc, const int8_t *dir, const int64_t *thr, int stride, int ch0,
                                  int period, int n, int levels, int kind, const int64_t *guess, int shift,
                                  int32_t base, int32_t step, void *out, int bytes) {
   int o = 0;
@@ -339,12 +391,12 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
       const int at = o + 8 * chunks, first = (ch0 + at) % period;
       k[chunks] = (__mmask8)(n - at >= 8 ? 0xFF : (1u << (n - at)) - 1);
       const __m512i d = _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(dir + first)));
-      x[chunks] = bnnc_load8_i64(acc + at);
+      x[chunks] = BNNC_V(bnnc_load8_i64)(acc + at);
       x[chunks] = _mm512_mask_sub_epi64(x[chunks], _mm512_cmple_epi64_mask(d, zero), zero, x[chunks]);
       ch[chunks] = _mm512_add_epi64(lane, _mm512_set1_epi64(first));
     }
     if (kind == BNNC_LEVELS_SEARCH) {
-      bnnc_level_search8(x, ch, k, chunks, thr, stride, levels, c);
+      BNNC_V(bnnc_level_search8)(x, ch, k, chunks, thr, stride, levels, c);
     } else if (kind == BNNC_LEVELS_GUESS) {
       const __m512i st = _mm512_set1_epi64(stride), top = _mm512_set1_epi64(levels), one = _mm512_set1_epi64(1);
       for (int g = 0; g < chunks; g++) { /* as bnnc_level_guess; the two gathers of every group overlap */
@@ -372,7 +424,7 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
                                      c[0], _mm512_set1_epi64(1));
     }
     for (int g = 0; g < chunks; g++, o += 8)
-      bnnc_store8_int(out, bytes, o, k[g],
+      BNNC_V(bnnc_store8_int)(out, bytes, o, k[g],
                       _mm512_add_epi64(_mm512_set1_epi64(base), _mm512_mul_epi32(c[g], _mm512_set1_epi64(step))));
   }
 #endif
@@ -386,4 +438,4 @@ BNNC_INLINE void bnnc_levels_row(const int64_t *acc, const int8_t *dir, const in
   }
 }
 
-#endif /* BNNC_FAMILIES_H */
+#endif /* BNNC_FAMILIES_SECTION */

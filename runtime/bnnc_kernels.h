@@ -9,10 +9,18 @@
  * Row kernels (MCU firmware, further down): weights [O][taps], one filter after the other.
  *
  * C99, no libc calls, no allocation. Define BNNC_WORD_BITS (32 or 64) before including.
- * Compiled for x86-64 with AVX-512 (e.g. -march=native on a machine that has it), the binary
- * kernels use VPOPCNTQ and the byte-input kernels VNNI; compiled for Cortex-M4/M7, the row
- * kernels use Thumb-2 DSP assembly and SMLAD. BNNC_PORTABLE keeps the portable C everywhere.
- * Every path gives identical results.
+ *
+ * Kernel variants. The block kernels at the end of this file (those with vector paths) are
+ * defined by one inclusion of it: by default once, under their plain names, with the vector
+ * paths the compiler flags enable (AVX-512 under e.g. -march=native on a machine that has it:
+ * VPOPCNTQ for binary kernels, VNNI for byte-input kernels). A file that defines BNNC_VARIANTS
+ * before including it gets them once per inclusion with BNNC_VARIANT set to
+ * BNNC_KERNELS_PORTABLE, _AVX2 or _AVX512, under the names BNNC_V(name) (name_portable,
+ * name_avx2, name_avx512) and with BNNC_VT, the variant's target attribute, on each: so one
+ * x86-64 build carries every variant (generated host models pick one at run time with
+ * bnnc_cpu_variant()). Code inlined into a variant's functions is compiled for its target too.
+ * On Cortex-M4/M7 the row kernels use Thumb-2 DSP assembly and SMLAD. BNNC_PORTABLE keeps the
+ * portable C everywhere (and a single variant). Every path gives identical results.
  */
 #ifndef BNNC_KERNELS_H
 #define BNNC_KERNELS_H
@@ -34,8 +42,9 @@
 #define BNNC_NOINLINE
 #define BNNC_ALIGN64
 #endif
-/* Layers stay separate functions: profilers (and bnnc's emulator) attribute time to them by symbol. */
-#define BNNC_LAYER static BNNC_NOINLINE
+/* Layers stay separate functions: profilers (and bnnc's emulator) attribute time to them by symbol.
+ * BNNC_VT: the target attribute of the kernel variant being defined (empty outside one). */
+#define BNNC_LAYER static BNNC_NOINLINE BNNC_VT
 
 #define BNNC_OBLOCK 32
 
@@ -47,16 +56,6 @@ typedef uint32_t bnnc_word_t;
 #error "BNNC_WORD_BITS must be 32 or 64"
 #endif
 
-#if !defined(BNNC_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__)
-#define BNNC_AVX512 1
-#include <immintrin.h>
-#if defined(__AVX512VPOPCNTDQ__) && BNNC_WORD_BITS == 64
-#define BNNC_AVX512_POPCNT 1
-#endif
-#if defined(__AVX512VNNI__)
-#define BNNC_AVX512_VNNI 1
-#endif
-#endif
 
 /* Number of 1 bits. Compilers turn the builtin into one instruction where the target has one;
  * BNNC_SOFT_POPCOUNT forces the portable bit-trick sequence (targets without popcount, such as
@@ -117,94 +116,40 @@ BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, i
   return bnnc_gather_window_bits(in, ih, iw, cw, kh, kw, y0, x0, win);
 }
 
-/* Output bits of one pixel: bit o = (s[o] > thr[o]) XOR (bit o % 32 of neg[o / 32]), for
- * o < opad (thr and neg are padded so that padded outputs give 0 bits); cwo output words. */
-BNNC_INLINE void bnnc_threshold_pack(const int32_t *s, const int32_t *thr, const uint32_t *neg, int opad,
-                                     int cwo, bnnc_word_t *dst) {
-  for (int k = 0; k < cwo; k++) dst[k] = 0;
-  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
-    const int32_t *sb = s + b * BNNC_OBLOCK, *tb = thr + b * BNNC_OBLOCK;
-#ifdef BNNC_AVX512
-    const uint32_t m = (uint32_t)_mm512_cmpgt_epi32_mask(_mm512_loadu_si512(sb), _mm512_loadu_si512(tb)) |
-                       (uint32_t)_mm512_cmpgt_epi32_mask(_mm512_loadu_si512(sb + 16), _mm512_loadu_si512(tb + 16))
-                           << 16;
-#else
-    uint32_t m = 0;
-    for (int j = 0; j < BNNC_OBLOCK; j++) m |= (uint32_t)(sb[j] > tb[j]) << j;
-#endif
-    dst[b * BNNC_OBLOCK / BNNC_WORD_BITS] |= (bnnc_word_t)(m ^ neg[b]) << (b * BNNC_OBLOCK % BNNC_WORD_BITS);
-  }
-}
+/* ---- Kernel variants of x86-64 builds ------------------------------------------------------- */
+#define BNNC_KERNELS_PORTABLE 1
+#define BNNC_KERNELS_AVX2 2
+#define BNNC_KERNELS_AVX512 3 /* F, BW, DQ, VL, VPOPCNTDQ and VNNI */
 
-#ifdef BNNC_AVX512_POPCNT
-/* Popcounts of one block of 32 outputs (blocked weights wb) as two vectors of 16 int32:
- * 4 x 8 outputs, each window word broadcast, XORed with 8 weight words, VPOPCNTQ, added. */
-BNNC_INLINE void bnnc_popcount_block(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *wb,
-                                     __m512i *s01, __m512i *s23) {
-  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-  for (int ky = 0; ky < kh; ky++) {
-    for (int j = 0; j < kwcw; j++, wb += BNNC_OBLOCK) {
-      const __m512i x = _mm512_set1_epi64((long long)src[ky * rs + j]);
-      a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb))));
-      a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 8))));
-      a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 16))));
-      a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 24))));
-    }
-  }
-  *s01 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a0)), _mm512_cvtepi64_epi32(a1), 1);
-  *s23 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a2)), _mm512_cvtepi64_epi32(a3), 1);
-}
-#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(BNNC_PORTABLE)
+#define BNNC_X86_VARIANTS 1
+#include <cpuid.h>
+#include <immintrin.h>
+/* FMA stays out of both: a build without -ffp-contract=off must not contract the float chains. */
+#define BNNC_TARGET_AVX2 __attribute__((target("avx2,bmi,bmi2,popcnt,lzcnt")))
+#define BNNC_TARGET_AVX512                                                                              \
+  __attribute__((target("avx2,bmi,bmi2,popcnt,lzcnt,avx512f,avx512bw,avx512dq,avx512vl,avx512vpopcntdq," \
+                        "avx512vnni")))
 
-/* acc[o] = sum over the window's words of popcount(word XOR w), for o < opad: the window is kh
- * rows of kwcw words, rs apart; w is blocked [opad / 32][kh * kwcw][32]. */
-BNNC_INLINE void bnnc_xnor_popcount(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *w,
-                                    int opad, int32_t *acc) {
-  const int taps = kh * kwcw;
-  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
-    const bnnc_word_t *wb = w + (size_t)b * taps * BNNC_OBLOCK;
-#ifdef BNNC_AVX512_POPCNT
-    __m512i s01, s23;
-    bnnc_popcount_block(src, rs, kh, kwcw, wb, &s01, &s23);
-    _mm512_storeu_si512(acc + b * BNNC_OBLOCK, s01);
-    _mm512_storeu_si512(acc + b * BNNC_OBLOCK + 16, s23);
-#else
-    bnnc_word_t a[BNNC_OBLOCK];
-    for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
-    for (int ky = 0; ky < kh; ky++) {
-      for (int t = 0; t < kwcw; t++, wb += BNNC_OBLOCK) {
-        const bnnc_word_t x = src[ky * rs + t];
-        for (int j = 0; j < BNNC_OBLOCK; j++) a[j] += (bnnc_word_t)bnnc_popcount(x ^ wb[j]);
-      }
-    }
-    for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = (int32_t)a[j];
-#endif
-  }
+/* The best variant this CPU and its operating system run (CPUID, and XGETBV for the register
+ * state the OS saves): BNNC_KERNELS_AVX512, BNNC_KERNELS_AVX2 or BNNC_KERNELS_PORTABLE. */
+static inline int bnnc_cpu_variant(void) {
+  unsigned a, b, c, d, xcr0_lo, xcr0_hi;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return BNNC_KERNELS_PORTABLE;
+  const unsigned osxsave = 1u << 27, avx = 1u << 28, popcnt = 1u << 23;
+  if ((c & (osxsave | avx | popcnt)) != (osxsave | avx | popcnt)) return BNNC_KERNELS_PORTABLE;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  (void)xcr0_hi;
+  if ((xcr0_lo & 0x6u) != 0x6u || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return BNNC_KERNELS_PORTABLE;
+  const unsigned avx2 = (1u << 5) | (1u << 3) | (1u << 8); /* AVX2, BMI1, BMI2 */
+  if ((b & avx2) != avx2) return BNNC_KERNELS_PORTABLE;
+  const unsigned f_dq_bw_vl = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31);
+  const unsigned popcntdq_vnni = (1u << 14) | (1u << 11);
+  if ((xcr0_lo & 0xE6u) == 0xE6u && (b & f_dq_bw_vl) == f_dq_bw_vl && (c & popcntdq_vnni) == popcntdq_vnni)
+    return BNNC_KERNELS_AVX512;
+  return BNNC_KERNELS_AVX2;
 }
-
-/* One output pixel of a binary layer with a bit output: popcounts, then thresholds and packing
- * as bnnc_threshold_pack; `acc` is scratch for opad int32 (unused by the fused AVX-512 path). */
-BNNC_INLINE void bnnc_binary_pixel(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *w, int opad,
-                                   const int32_t *thr, const uint32_t *neg, int cwo, int32_t *acc,
-                                   bnnc_word_t *dst) {
-#ifdef BNNC_AVX512_POPCNT
-  /* fused: the accumulators stay in registers and are compared there */
-  const int taps = kh * kwcw;
-  (void)acc;
-  for (int k = 0; k < cwo; k++) dst[k] = 0;
-  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
-    const int32_t *tb = thr + b * BNNC_OBLOCK;
-    __m512i s01, s23;
-    bnnc_popcount_block(src, rs, kh, kwcw, w + (size_t)b * taps * BNNC_OBLOCK, &s01, &s23);
-    const uint32_t m = (uint32_t)_mm512_cmpgt_epi32_mask(s01, _mm512_loadu_si512(tb)) |
-                       (uint32_t)_mm512_cmpgt_epi32_mask(s23, _mm512_loadu_si512(tb + 16)) << 16;
-    dst[b * BNNC_OBLOCK / BNNC_WORD_BITS] |= (bnnc_word_t)(m ^ neg[b]) << (b * BNNC_OBLOCK % BNNC_WORD_BITS);
-  }
-#else
-  bnnc_xnor_popcount(src, rs, kh, kwcw, w, opad, acc);
-  bnnc_threshold_pack(acc, thr, neg, opad, cwo, dst);
 #endif
-}
 
 /* acc[o] = sum over the window's values x of x * w, for o < opad (integer inputs, weights in
  * {-1, 0, +1}, 32-bit accumulators): the window is kh rows of kwc values, rs apart; w is blocked
@@ -241,40 +186,6 @@ BNNC_INLINE void bnnc_int_mac16(const int16_t *src, int rs, int kh, int kwc, con
     for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = a[j];
   }
 }
-
-#ifdef BNNC_AVX512_VNNI
-/* acc[o] = corr[o] + sum of u * w over the window with VPDPBUSD (unsigned bytes u times signed
- * weights, exact int32 sums): kh rows of g groups of 4 bytes, rows rs bytes apart; w is
- * [opad / 32][kh][g][32][4]. Two accumulator chains per 16 outputs hide VPDPBUSD's latency. */
-BNNC_INLINE void bnnc_int_mac_vnni(const uint8_t *u, int rs, int kh, int g, const int8_t *w, const int32_t *corr,
-                                   int opad, int32_t *acc) {
-  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
-    const int8_t *wb = w + (size_t)b * kh * g * 4 * BNNC_OBLOCK;
-    __m512i a0 = _mm512_loadu_si512(corr + b * BNNC_OBLOCK), a1 = _mm512_loadu_si512(corr + b * BNNC_OBLOCK + 16);
-    __m512i c0 = _mm512_setzero_si512(), c1 = c0;
-    for (int ky = 0; ky < kh; ky++) {
-      const uint8_t *row = u + (size_t)ky * rs;
-      int t = 0;
-      for (; t + 1 < g; t += 2, wb += 8 * BNNC_OBLOCK) {
-        const __m512i x0 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t));
-        const __m512i x1 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t + 4));
-        a0 = _mm512_dpbusd_epi32(a0, x0, _mm512_load_si512(wb));
-        a1 = _mm512_dpbusd_epi32(a1, x0, _mm512_load_si512(wb + 64));
-        c0 = _mm512_dpbusd_epi32(c0, x1, _mm512_load_si512(wb + 128));
-        c1 = _mm512_dpbusd_epi32(c1, x1, _mm512_load_si512(wb + 192));
-      }
-      if (t < g) {
-        const __m512i x0 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t));
-        a0 = _mm512_dpbusd_epi32(a0, x0, _mm512_load_si512(wb));
-        a1 = _mm512_dpbusd_epi32(a1, x0, _mm512_load_si512(wb + 64));
-        wb += 4 * BNNC_OBLOCK;
-      }
-    }
-    _mm512_storeu_si512(acc + b * BNNC_OBLOCK, _mm512_add_epi32(a0, c0));
-    _mm512_storeu_si512(acc + b * BNNC_OBLOCK + 16, _mm512_add_epi32(a1, c1));
-  }
-}
-#endif
 
 /* ---- Row-layout kernels (MCU firmware): weights [O][L], one filter after the other ---------- */
 
@@ -491,5 +402,237 @@ BNNC_INLINE float bnnc_ceil(float v) {
   float t = bnnc_trunc(v);
   return t < v ? t + 1.0f : t;
 }
-
 #endif /* BNNC_KERNELS_H */
+
+/* ---- Block kernels (host), once per kernel variant -------------------------------------------- */
+#if defined(BNNC_VARIANT)
+#define BNNC_KERNELS_SECTION 1
+#elif !defined(BNNC_VARIANTS) && !defined(BNNC_KERNELS_DEFAULT_DONE)
+#define BNNC_KERNELS_DEFAULT_DONE 1
+#define BNNC_KERNELS_SECTION 1
+#endif
+#ifdef BNNC_KERNELS_SECTION
+#undef BNNC_KERNELS_SECTION
+/* the variant's names, target and vector paths (read by bnnc_families.h and generated layers too) */
+#undef BNNC_V
+#undef BNNC_VT
+#undef BNNC_AVX512
+#undef BNNC_AVX512_POPCNT
+#undef BNNC_AVX512_VNNI
+#undef BNNC_AVX512_DQ
+#undef BNNC_AVX2_POPCNT
+#if !defined(BNNC_VARIANT)
+#define BNNC_V(name) name
+#define BNNC_VT
+#if !defined(BNNC_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__)
+#define BNNC_AVX512 1
+#include <immintrin.h>
+#if defined(__AVX512VPOPCNTDQ__) && BNNC_WORD_BITS == 64
+#define BNNC_AVX512_POPCNT 1
+#endif
+#if defined(__AVX512VNNI__)
+#define BNNC_AVX512_VNNI 1
+#endif
+#if defined(__AVX512DQ__)
+#define BNNC_AVX512_DQ 1
+#endif
+#endif
+#elif BNNC_VARIANT == BNNC_KERNELS_PORTABLE
+#define BNNC_V(name) name##_portable
+#define BNNC_VT
+#elif BNNC_VARIANT == BNNC_KERNELS_AVX2 && defined(BNNC_X86_VARIANTS)
+#define BNNC_V(name) name##_avx2
+#define BNNC_VT BNNC_TARGET_AVX2
+#if BNNC_WORD_BITS == 64
+#define BNNC_AVX2_POPCNT 1
+#endif
+#elif BNNC_VARIANT == BNNC_KERNELS_AVX512 && defined(BNNC_X86_VARIANTS)
+#define BNNC_V(name) name##_avx512
+#define BNNC_VT BNNC_TARGET_AVX512
+#define BNNC_AVX512 1
+#if BNNC_WORD_BITS == 64
+#define BNNC_AVX512_POPCNT 1
+#endif
+#define BNNC_AVX512_VNNI 1
+#define BNNC_AVX512_DQ 1
+#else
+#error "BNNC_VARIANT: BNNC_KERNELS_PORTABLE, or _AVX2 / _AVX512 on x86-64 builds without BNNC_PORTABLE"
+#endif
+
+/* Output bits of one pixel: bit o = (s[o] > thr[o]) XOR (bit o % 32 of neg[o / 32]), for
+ * o < opad (thr and neg are padded so that padded outputs give 0 bits); cwo output words. */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_threshold_pack)(const int32_t *s, const int32_t *thr, const uint32_t *neg, int opad,
+                                     int cwo, bnnc_word_t *dst) {
+  for (int k = 0; k < cwo; k++) dst[k] = 0;
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int32_t *sb = s + b * BNNC_OBLOCK, *tb = thr + b * BNNC_OBLOCK;
+#ifdef BNNC_AVX512
+    const uint32_t m = (uint32_t)_mm512_cmpgt_epi32_mask(_mm512_loadu_si512(sb), _mm512_loadu_si512(tb)) |
+                       (uint32_t)_mm512_cmpgt_epi32_mask(_mm512_loadu_si512(sb + 16), _mm512_loadu_si512(tb + 16))
+                           << 16;
+#else
+    uint32_t m = 0;
+    for (int j = 0; j < BNNC_OBLOCK; j++) m |= (uint32_t)(sb[j] > tb[j]) << j;
+#endif
+    dst[b * BNNC_OBLOCK / BNNC_WORD_BITS] |= (bnnc_word_t)(m ^ neg[b]) << (b * BNNC_OBLOCK % BNNC_WORD_BITS);
+  }
+}
+
+#ifdef BNNC_AVX512_POPCNT
+/* Popcounts of one block of 32 outputs (blocked weights wb) as two vectors of 16 int32:
+ * 4 x 8 outputs, each window word broadcast, XORed with 8 weight words, VPOPCNTQ, added. */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_popcount_block)(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *wb,
+                                     __m512i *s01, __m512i *s23) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  for (int ky = 0; ky < kh; ky++) {
+    for (int j = 0; j < kwcw; j++, wb += BNNC_OBLOCK) {
+      const __m512i x = _mm512_set1_epi64((long long)src[ky * rs + j]);
+      a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb))));
+      a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 8))));
+      a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 16))));
+      a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_load_si512(wb + 24))));
+    }
+  }
+  *s01 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a0)), _mm512_cvtepi64_epi32(a1), 1);
+  *s23 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a2)), _mm512_cvtepi64_epi32(a3), 1);
+}
+#endif
+
+#ifdef BNNC_AVX2_POPCNT
+/* Popcounts of one block of 32 outputs (blocked weights wb) into acc, 16 outputs (4 vectors of 4
+ * words) at a time: each window word broadcast and XORed with the weights, the bytes counted by
+ * a 16-entry nibble table (VPSHUFB) and summed in bytes over up to 31 words (8 * 31 < 256), then
+ * into 64-bit lanes (VPSADBW). */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_popcount_block)(const bnnc_word_t *src, int rs, int kh, int kwcw,
+                                                     const bnnc_word_t *wb, int32_t *acc) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                         2, 2, 3, 2, 3, 3, 4);
+  const __m256i nibble = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+  for (int half = 0; half < 2; half++) {
+    __m256i t[4] = {zero, zero, zero, zero}, c[4] = {zero, zero, zero, zero};
+    const bnnc_word_t *w = wb + 16 * half;
+    int pending = 0; /* words counted into c */
+    for (int ky = 0; ky < kh; ky++) {
+      for (int j = 0; j < kwcw; j++, w += BNNC_OBLOCK) {
+        const __m256i x = _mm256_set1_epi64x((long long)src[ky * rs + j]);
+        for (int k = 0; k < 4; k++) {
+          const __m256i v = _mm256_xor_si256(x, _mm256_load_si256((const __m256i *)(w + 4 * k)));
+          const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nibble));
+          const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
+          c[k] = _mm256_add_epi8(c[k], _mm256_add_epi8(lo, hi));
+        }
+        if (++pending == 31) {
+          for (int k = 0; k < 4; k++) t[k] = _mm256_add_epi64(t[k], _mm256_sad_epu8(c[k], zero));
+          for (int k = 0; k < 4; k++) c[k] = zero;
+          pending = 0;
+        }
+      }
+    }
+    for (int k = 0; k < 4; k++) {
+      const __m256i sum = _mm256_add_epi64(t[k], _mm256_sad_epu8(c[k], zero));
+      /* the low 32 bits of the four 64-bit lanes */
+      const __m256i packed = _mm256_permutevar8x32_epi32(sum, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+      _mm_storeu_si128((__m128i *)(acc + 16 * half + 4 * k), _mm256_castsi256_si128(packed));
+    }
+  }
+}
+#endif
+
+/* acc[o] = sum over the window's words of popcount(word XOR w), for o < opad: the window is kh
+ * rows of kwcw words, rs apart; w is blocked [opad / 32][kh * kwcw][32]. */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_xnor_popcount)(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *w,
+                                    int opad, int32_t *acc) {
+  const int taps = kh * kwcw;
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const bnnc_word_t *wb = w + (size_t)b * taps * BNNC_OBLOCK;
+#ifdef BNNC_AVX512_POPCNT
+    __m512i s01, s23;
+    BNNC_V(bnnc_popcount_block)(src, rs, kh, kwcw, wb, &s01, &s23);
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK, s01);
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK + 16, s23);
+#elif defined(BNNC_AVX2_POPCNT)
+    BNNC_V(bnnc_popcount_block)(src, rs, kh, kwcw, wb, acc + b * BNNC_OBLOCK);
+#else
+    bnnc_word_t a[BNNC_OBLOCK];
+    for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
+    for (int ky = 0; ky < kh; ky++) {
+      for (int t = 0; t < kwcw; t++, wb += BNNC_OBLOCK) {
+        const bnnc_word_t x = src[ky * rs + t];
+        for (int j = 0; j < BNNC_OBLOCK; j++) a[j] += (bnnc_word_t)bnnc_popcount(x ^ wb[j]);
+      }
+    }
+    for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = (int32_t)a[j];
+#endif
+  }
+}
+
+/* One output pixel of a binary layer with a bit output: popcounts, then thresholds and packing
+ * as bnnc_threshold_pack; `acc` is scratch for opad int32 (unused by the fused AVX-512 path). */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_binary_pixel)(const bnnc_word_t *src, int rs, int kh, int kwcw, const bnnc_word_t *w, int opad,
+                                   const int32_t *thr, const uint32_t *neg, int cwo, int32_t *acc,
+                                   bnnc_word_t *dst) {
+#ifdef BNNC_AVX512_POPCNT
+  /* fused: the accumulators stay in registers and are compared there */
+  const int taps = kh * kwcw;
+  (void)acc;
+  for (int k = 0; k < cwo; k++) dst[k] = 0;
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int32_t *tb = thr + b * BNNC_OBLOCK;
+    __m512i s01, s23;
+    BNNC_V(bnnc_popcount_block)(src, rs, kh, kwcw, w + (size_t)b * taps * BNNC_OBLOCK, &s01, &s23);
+    const uint32_t m = (uint32_t)_mm512_cmpgt_epi32_mask(s01, _mm512_loadu_si512(tb)) |
+                       (uint32_t)_mm512_cmpgt_epi32_mask(s23, _mm512_loadu_si512(tb + 16)) << 16;
+    dst[b * BNNC_OBLOCK / BNNC_WORD_BITS] |= (bnnc_word_t)(m ^ neg[b]) << (b * BNNC_OBLOCK % BNNC_WORD_BITS);
+  }
+#else
+  BNNC_V(bnnc_xnor_popcount)(src, rs, kh, kwcw, w, opad, acc);
+  BNNC_V(bnnc_threshold_pack)(acc, thr, neg, opad, cwo, dst);
+#endif
+}
+
+#ifdef BNNC_AVX512_VNNI
+/* acc[o] = corr[o] + sum of u * w over the window with VPDPBUSD (unsigned bytes u times signed
+ * weights, exact int32 sums): kh rows of g groups of 4 bytes, rows rs bytes apart; w is
+ * [opad / 32][kh][g][32][4]. Two accumulator chains per 16 outputs hide VPDPBUSD's latency. */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_int_mac_vnni)(const uint8_t *u, int rs, int kh, int g, const int8_t *w, const int32_t *corr,
+                                   int opad, int32_t *acc) {
+  for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
+    const int8_t *wb = w + (size_t)b * kh * g * 4 * BNNC_OBLOCK;
+    __m512i a0 = _mm512_loadu_si512(corr + b * BNNC_OBLOCK), a1 = _mm512_loadu_si512(corr + b * BNNC_OBLOCK + 16);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0;
+    for (int ky = 0; ky < kh; ky++) {
+      const uint8_t *row = u + (size_t)ky * rs;
+      int t = 0;
+      for (; t + 1 < g; t += 2, wb += 8 * BNNC_OBLOCK) {
+        const __m512i x0 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t));
+        const __m512i x1 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t + 4));
+        a0 = _mm512_dpbusd_epi32(a0, x0, _mm512_load_si512(wb));
+        a1 = _mm512_dpbusd_epi32(a1, x0, _mm512_load_si512(wb + 64));
+        c0 = _mm512_dpbusd_epi32(c0, x1, _mm512_load_si512(wb + 128));
+        c1 = _mm512_dpbusd_epi32(c1, x1, _mm512_load_si512(wb + 192));
+      }
+      if (t < g) {
+        const __m512i x0 = _mm512_broadcastd_epi32(_mm_loadu_si32(row + 4 * t));
+        a0 = _mm512_dpbusd_epi32(a0, x0, _mm512_load_si512(wb));
+        a1 = _mm512_dpbusd_epi32(a1, x0, _mm512_load_si512(wb + 64));
+        wb += 4 * BNNC_OBLOCK;
+      }
+    }
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK, _mm512_add_epi32(a0, c0));
+    _mm512_storeu_si512(acc + b * BNNC_OBLOCK + 16, _mm512_add_epi32(a1, c1));
+  }
+}
+#endif
+#if defined(BNNC_VARIANT)
+/* bnnc_rint in the variant: one rounding instruction where the variant's target has SSE4.1's
+ * (bnnc_rint decides by the compiler flags, which a variant's target attribute does not change). */
+BNNC_INLINE BNNC_VT float BNNC_V(bnnc_rint)(float v) {
+#if BNNC_VARIANT == BNNC_KERNELS_AVX2 || BNNC_VARIANT == BNNC_KERNELS_AVX512
+  return __builtin_rintf(v);
+#else
+  return bnnc_rint(v);
+#endif
+}
+#endif
+
+#endif /* BNNC_KERNELS_SECTION */

@@ -31,7 +31,7 @@ def native_macros() -> frozenset:
     from bnnc.resources import resource_dir
 
     hdr = resource_dir("runtime") / "bnnc_kernels.h"
-    r = subprocess.run([c_build.find_cc(), "-march=native", "-dM", "-E", "-DBNNC_WORD_BITS=64", "-x", "c", str(hdr)],
+    r = subprocess.run([*c_build.find_cc(), "-march=native", "-dM", "-E", "-DBNNC_WORD_BITS=64", "-x", "c", str(hdr)],
                        capture_output=True, text=True, check=True)
     return frozenset(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("#define BNNC_"))
 
@@ -147,7 +147,7 @@ def test_generated_c_is_pedantic_c99_with_native_flags(define, tmp_path):
     files = driver.render_c(compile_graph(model))
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    cmd = [c_build.find_cc(), "-std=c99", "-pedantic", "-O2", "-march=native", *WARN, *([define] if define else []),
+    cmd = [*c_build.find_cc(), "-std=c99", "-pedantic", "-O2", "-march=native", *WARN, *([define] if define else []),
            "-c", "model.c"]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

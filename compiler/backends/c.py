@@ -26,6 +26,13 @@ C_TYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": 
            "float32": "float"}
 
 
+# Kernel variants of host builds (the blocked weight layout), best first: one build carries them all
+# and runs the best one the CPU has (runtime/bnnc_kernels.h); x86-64 only, but for "portable".
+KERNEL_VARIANTS = ("avx512", "avx2", "portable")
+# the tables only the AVX-512 variant reads
+VNNI_GUARD = "defined(BNNC_X86_VARIANTS)"
+
+
 def sanitize_identifier(name: str) -> str:
     """A C identifier made from user text, or an error when nothing usable remains."""
     if not isinstance(name, str) or not re.search(r"[A-Za-z0-9]", name):
@@ -176,26 +183,16 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
                      buf_offset=conv_scratch(op, src_t, wb)["buf"], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
-                     acc16=p.acc16, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
+                     acc16=p.acc16, int_kernel=int_kernel(p), vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
                      wb=wb, pairs=p.pairs, groups4=-(-p.taps // 4), **_row_unrolling(p.taps))
             wtype, wkind = (("bnnc_word_t", word_kind) if p.in_kind == "bits" else
                             ("uint32_t", "word32") if p.pairs else ("int8_t", "int"))
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": p.weights.size,
                            "align": p.layout == "blocked", "init": c_array(p.weights, wkind)})
-            if p.vnni_offset is not None:  # VNNI builds use the second table instead of the first
-                consts[-1]["guard"] = "!defined(BNNC_AVX512_VNNI)"
-                consts.append({"name": f"{op.name}_w_vnni", "ctype": "int8_t", "n": p.weights_vnni.size,
-                               "align": p.layout == "blocked", "guard": "defined(BNNC_AVX512_VNNI)",
-                               "init": c_array(p.weights_vnni, "int")})
-                consts.append({"name": f"{op.name}_vnni_corr", "ctype": "int32_t", "n": p.vnni_corr.size,
-                               "guard": "defined(BNNC_AVX512_VNNI)", "init": c_array(p.vnni_corr, "int")})
-            if p.ny > 1:
-                consts.append({"name": f"{op.name}_ycls", "ctype": "uint8_t" if p.ny < 256 else "uint16_t",
-                               "n": p.ycls.size, "init": c_array(p.ycls, "int")})
-            if p.nx > 1:
-                consts.append({"name": f"{op.name}_xcls", "ctype": "uint8_t" if p.nx < 256 else "uint16_t",
-                               "n": p.xcls.size, "init": c_array(p.xcls, "int")})
+            if p.vnni_offset is not None:
+                vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
+            window_class_tables(consts, op.name, p)
             if p.thr is not None:
                 consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
                                "init": c_array(p.thr, "int")})
@@ -233,12 +230,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             L.update(n=src_t.shape[2], k=op.k)
         elif isinstance(op, ir.Concat):
             L.update(concat_ctx(graph, op, oty))
-            L["call"] = f"{op.name}({', '.join(buf(t) for t in op.inputs)}, {L['dst']})"
+            L["call_args"] = f"{', '.join(buf(t) for t in op.inputs)}, {L['dst']}"
         elif isinstance(op, ir.Softmax):
             h, w, c = src_t.shape
             L.update(pixels=h * w, c=c, cutoff=c_double(SOFTMAX_CUTOFF), log2e=c_double(LOG2E),
                      ln2_hi=c_double(LN2_HI), ln2_lo=c_double(LN2_LO), coeffs=[c_double(x) for x in EXP_COEFFS])
-            L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']}))"
+            L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
         layers.append(L)
     in_dtype = in_info["dtype"]
     return {
@@ -261,6 +258,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         "arena_align": max(int(arena.get("align", 64)), 8),
         "layers": layers,
         "families": bool(family),
+        # MCU builds (row layout) have one set of kernels, chosen by the compiler flags
+        "variants": list(KERNEL_VARIANTS) if getattr(graph, "weight_layout", "blocked") == "blocked" else [],
         "consts": consts,
         "grid": in_info.get("grid", {}),
         "model_name": comment_text(in_info.get("onnx_name", "")),
@@ -289,6 +288,42 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
     return {"parts": parts, "pixels": h * w, "c": c, "cwo": words(c, wb), "bits": isinstance(oty, ir.Bits)}
 
 
+def int_kernel(p) -> str:
+    """The runtime kernel (bnnc_<name>, runtime/bnnc_kernels.h or bnnc_families.h) of the integer-input
+    convolution packed as `p`, for every weight code: pack_bits' PackedConv (+-1 weights: int32 or,
+    where bnnc proved the window sum fits, int16 sums) and pack_families' PackedFamilyConv (one
+    input channel per output, expander lists, int32 sums of int8 weights, else int64 sums). The
+    AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
+    if hasattr(p, "acc16"):
+        return "int_mac16" if p.acc16 else "int_mac"
+    if p.depthwise is not None:
+        return "depthwise_mac32"
+    if p.sparse is not None:
+        return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
+    return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
+
+
+def const_table(consts: list, name: str, ctype: str, values, kind: str = "int", **extra) -> None:
+    """Append the constant array `name` (c_array's `kind` of literals; extra: align, guard)."""
+    consts.append({"name": name, "ctype": ctype, "n": int(np.asarray(values).size), "init": c_array(values, kind),
+                   **extra})
+
+
+def window_class_tables(consts: list, name: str, p) -> None:
+    """The window class of each output row / column (ycls, xcls) of a convolution whose border
+    windows differ (p.ny or p.nx > 1; the packers of every weight code give them)."""
+    for axis, n, cls in (("y", p.ny, p.ycls), ("x", p.nx, p.xcls)):
+        if n > 1:
+            const_table(consts, f"{name}_{axis}cls", "uint8_t" if n < 256 else "uint16_t", cls)
+
+
+def vnni_tables(consts: list, name: str, w_vnni, corr) -> None:
+    """The weights and corrections of bnnc_int_mac_vnni (any weight code with byte inputs): the
+    AVX-512 variant reads them instead of the layer's other weight table."""
+    const_table(consts, f"{name}_w_vnni", "int8_t", w_vnni, align=True, guard=VNNI_GUARD)
+    const_table(consts, f"{name}_vnni_corr", "int32_t", corr, guard=VNNI_GUARD)
+
+
 def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     """Context of a compressed-family layer (ir.family_ops: compressed-family convolutions, Activation,
     Add, SumPool) for templates/c/families/layer.j2; the tables come from passes/pack_families."""
@@ -301,8 +336,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                         "global average pool of a fixed-point stream); quantize them before the layer")
 
     def table(suffix: str, ctype: str, values, kind: str = "int", **extra) -> None:
-        consts.append({"name": f"{op.name}_{suffix}", "ctype": ctype, "n": int(np.asarray(values).size),
-                       "init": c_array(values, kind), **extra})
+        const_table(consts, f"{op.name}_{suffix}", ctype, values, kind, **extra)
 
     def gain(suffix: str, values) -> tuple:  # a per-channel multiplier as (" + " | " - ", factor)
         if np.all(values == values[0]):  # uniform: a literal
@@ -318,11 +352,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                  sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
                  taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
                  sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset)
-        L["call"] = f"{op.name}({L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']}))"
-        if p.ny > 1:
-            table("ycls", "uint8_t" if p.ny < 256 else "uint16_t", p.ycls)
-        if p.nx > 1:
-            table("xcls", "uint8_t" if p.nx < 256 else "uint16_t", p.xcls)
+        L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']})"
+        window_class_tables(consts, op.name, p)
         table("corr", "int64_t", p.corr)
         if p.in_kind == "bits":
             for i, w in enumerate(p.weights):
@@ -334,21 +365,26 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
             L["window_gain"] = gain("gw", p.window_gain) if p.window_gain is not None else None
         else:
             vnni = p.w_vnni is not None
-            guard = {"guard": "!defined(BNNC_AVX512_VNNI)"} if vnni else {}
             if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
-                L["int_kernel"] = "sparse32" if p.acc32 else "sparse64"
+                L["int_kernel"] = int_kernel(p)
                 table("start", "int32_t", p.sparse["start"])
                 table("chan", "int32_t", p.sparse["chan"])
                 table("sw", "int32_t", p.sparse["w"])
+            elif p.depthwise is not None:  # one input channel per output, on the image
+                L["int_kernel"] = int_kernel(p)
+                identity = np.array_equal(p.depthwise["chan"][:p.o], np.arange(p.o))
+                L["dw_chan"] = "0" if identity else f"{op.name}_dwc"
+                if not identity:
+                    table("dwc", "int32_t", p.depthwise["chan"])
+                table("dww", "int8_t", p.depthwise["w"], align=True)
             else:
-                L["int_kernel"] = ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
-                table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0], **guard)
+                L["int_kernel"] = int_kernel(p)
+                table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
             L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
-            if vnni:  # VNNI builds use these tables instead (bnnc_int_mac_vnni)
+            if vnni:
                 L.update(vnni_off=p.vnni_off, groups=p.w_vnni.shape[2])
-                table("w_vnni", "int8_t", p.w_vnni, align=True, guard="defined(BNNC_AVX512_VNNI)")
-                table("vnni_corr", "int32_t", p.vnni_corr, guard="defined(BNNC_AVX512_VNNI)")
+                vnni_tables(consts, op.name, p.w_vnni, p.vnni_corr)
         ep = op.epilogue
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
@@ -367,7 +403,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         p = op.packed
         h, w, c = src.shape
         L.update(family="activation", epilogue=p.epilogue, c=c, pixels=h * w, cwo=p.cw_out)
-        L["call"] = f"{op.name}({L['src']}, {L['dst']})"
+        L["call_args"] = f"{L['src']}, {L['dst']}"
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
             table("neg", "uint8_t", p.neg)
@@ -384,13 +420,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         L.update(family="add", a_ctype=C_TYPES[storage_dtype(src)], b_ctype=C_TYPES[storage_dtype(b)],
                  n=int(np.prod(oty.shape)), sa=op.shifts[0], sb=op.shifts[1], lo=op.lo, hi=op.hi,
                  round_shift=op.round_shift)
-        L["call"] = f"{op.name}({buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']})"
+        L["call_args"] = f"{buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']}"
     elif isinstance(op, ir.SumPool):
         h, w, c = src.shape
         oh, ow = oty.shape[:2]
         L.update(family="sumpool", iw=w, c=c, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
                  sw=op.stride[1])
-        L["call"] = f"{op.name}({L['src']}, {L['dst']})"
+        L["call_args"] = f"{L['src']}, {L['dst']}"
     else:  # pragma: no cover - ir.family_ops lists only the kinds above
         raise BnncError(f"the C backend has no template for {type(op).__name__}")
     return L
@@ -452,18 +488,28 @@ def files(graph: ir.Graph, opts) -> dict:
 
 
 def run(graph: ir.Graph, grid: np.ndarray, opts):
-    """Build with the host C compiler (cached) and run the harness on `grid`."""
+    """Build with the host C compiler (cached) and run the harness on `grid` once per kernel variant
+    this CPU runs (one build carries them all); returns the outputs, which every variant must give
+    bit for bit, and {"kernels": the variants run, best first}."""
     from . import c_build
 
     flags = opts.flags or c_build.DEFAULT_FLAGS
     exe = c_build.build(files(graph, opts), flags)
     odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
     t0 = time.perf_counter()
-    y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
-    run_s = time.perf_counter() - t0
+    ys = {k: c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"],
+                         env={"BNNC_KERNELS": k}) for k in c_build.kernel_variants(exe)}
+    run_s = (time.perf_counter() - t0) / len(ys)
+    best, y = next(iter(ys.items()))
+    for k, yk in ys.items():
+        differ = np.flatnonzero([not np.array_equal(a, b) for a, b in zip(y, yk)])
+        if differ.size:
+            raise BnncError(f"the C build's '{k}' kernels give other outputs than its '{best}' kernels on sample "
+                            f"{differ[0]} ({differ.size} of {len(y)} samples): a bug in bnnc's C kernels "
+                            "(BNNC_KERNELS=NAME runs one variant of the harness)")
     n = grid.shape[0]
-    stats = {"target": "c", "samples": n, "run_seconds": round(run_s, 6),
-             "compiler": " ".join([c_build.find_cc(), *flags]), "harness_bytes": exe.stat().st_size}
+    stats = {"target": "c", "samples": n, "run_seconds": round(run_s, 6), "kernels": list(ys),
+             "compiler": " ".join([*c_build.find_cc(), *flags]), "harness_bytes": exe.stat().st_size}
     if opts.measure and n:
         stats.update(c_build.latency(exe, grid, graph.input_info["dtype"], run_s / n))
     return y, stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -23,11 +24,17 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def find_cc(cc: str | None = None) -> str:
-    cc = cc or os.environ.get("CC") or "cc"
-    if shutil.which(cc) is None:
-        raise BnncError(f"C compiler '{cc}' not found (set CC)")
-    return cc
+def find_cc(cc: str | None = None) -> list:
+    """The C compiler command as a list: CC (or `cc`) split into words as make and the shell do,
+    so that CC="cc -march=native" adds its flags; refused when its program is not found."""
+    text = cc or os.environ.get("CC") or "cc"
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise BnncError(f"CC={text!r} does not split into words ({e})") from None
+    if not words or shutil.which(words[0]) is None:
+        raise BnncError(f"C compiler '{words[0] if words else text}' not found (set CC)")
+    return words
 
 
 def cached_build(files: dict, cmd: list, product: str, prefix: str = "", key: str = "",
@@ -63,7 +70,15 @@ def cached_build(files: dict, cmd: list, product: str, prefix: str = "", key: st
 
 def build(files: dict, flags=DEFAULT_FLAGS, cc: str | None = None) -> Path:
     """Compile model.c + harness.c; returns the harness executable (cached by content and flags)."""
-    return cached_build(files, [find_cc(cc), *flags, "model.c", "harness.c", "-o", "harness"], "harness")
+    return cached_build(files, [*find_cc(cc), *flags, "model.c", "harness.c", "-o", "harness"], "harness")
+
+
+def kernel_variants(exe: Path) -> list:
+    """The kernel variants the harness `exe` runs on this CPU, best first (`harness --kernels`)."""
+    r = subprocess.run([str(exe), "--kernels"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"generated program failed (status {r.returncode}): {r.stderr[-4000:]}")
+    return r.stdout.split()
 
 
 def run(exe: Path, x: np.ndarray, input_dtype: str, output_dtype: str, output_elems: int,
@@ -95,10 +110,13 @@ def latency(exe: Path, x: np.ndarray, input_dtype: str, per_sample_s: float) -> 
             "latency_iterations": iters}
 
 
-def bench(exe: Path, x: np.ndarray, input_dtype: str, iters: int) -> float:
-    """Nanoseconds per inference (best of 5 runs of `iters`) on the first sample."""
+def bench(exe: Path, x: np.ndarray, input_dtype: str, iters: int, kernels: str | None = None) -> float:
+    """Nanoseconds per inference (best of 5 runs of `iters`) on the first sample, with the kernel
+    variant `kernels` (default: the one the harness picks)."""
     with tempfile.TemporaryDirectory() as td:
         fi = Path(td) / "in.bin"
         np.ascontiguousarray(x[:1].reshape(1, -1).astype(input_dtype)).tofile(fi)
-        r = subprocess.run([str(exe), "--bench", str(iters), str(fi)], capture_output=True, text=True, check=True)
+        env = {**os.environ, "BNNC_KERNELS": kernels} if kernels else None
+        r = subprocess.run([str(exe), "--bench", str(iters), str(fi)], capture_output=True, text=True, check=True,
+                           env=env)
     return float(r.stdout.strip())

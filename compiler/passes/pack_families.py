@@ -87,6 +87,10 @@ class PackedFamilyConv:
     vnni_off: int = 0
     image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
     sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
+    # host sparse_int with one input channel per output (depthwise, pooling): bnnc_depthwise_mac32
+    # on the image, {"chan" (o_blk,) int32, "w" (kh * kw, o_blk) int8}; padded outputs read channel
+    # 0 with zero weights
+    depthwise: Optional[dict] = None
     epilogue: str = ""  # "bits" | "levels" | "requant" | "reals"
     thr: Optional[np.ndarray] = None  # bits: int64 (planes * O,)
     neg: Optional[np.ndarray] = None  # bits: uint8 (planes * O + 8,)
@@ -276,6 +280,14 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
         # zero (depthwise and pooling convolutions): lists of the kept kernels then
         kept = sum(len(x) for x in op.in_lists) if op.in_lists is not None else o * c
         p.method = "int" if op.in_lists is None or 8 * kept > o * c else "sparse_int"
+        if p.method == "sparse_int" and p.image and all(len(x) == 1 for x in op.in_lists):
+            # one channel per output: kh * kw multiplies per output instead of the dense row
+            chan = np.zeros(p.o_blk, np.int32)
+            chan[:o] = [int(x[0]) for x in op.in_lists]
+            wd = np.zeros((kh * kw, p.o_blk), np.int8)
+            wd[:, :o] = int_w[np.arange(o), :, :, chan[:o]].reshape(o, kh * kw).T
+            p.depthwise = {"chan": chan, "w": wd}
+            p.w_vnni = None  # the image stays int32
         if p.method == "sparse_int" and not p.image:
             start, chan, wts = [0], [], []
             for i in range(o):

@@ -1,0 +1,346 @@
+"""Kernel variants of host C builds: one build carries the avx512, avx2 and portable kernels
+(runtime/bnnc_kernels.h, bnnc_families.h) and picks the best the CPU runs. The kernels are called
+directly from a small C program, once per variant this CPU runs, and compared with numpy; the
+generated project lists and selects its variants (BNNC_KERNELS, `harness --kernels`), builds for
+non-x86 hosts, and every variant gives the reference's numbers."""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from bnnc import driver
+from bnnc.backends import c_build
+from bnnc.errors import BnncError
+from bnnc.pipeline import compile_graph
+from bnnc.resources import resource_dir
+from bnnc.testing.random_models import cnv_model, random_inputs, random_model
+
+from .helpers import random_case
+
+WARN = ("-std=c99", "-pedantic", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
+X86 = os.uname().machine in ("x86_64", "AMD64")
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def expected_variants() -> list:
+    """The variants this machine should run, best first, from /proc/cpuinfo."""
+    if not X86:
+        return ["portable"]
+    f = cpu_flags()
+    out = []
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vpopcntdq", "avx512_vnni"} <= f:
+        out.append("avx512")
+    if {"avx2", "bmi1", "bmi2", "popcnt"} <= f:
+        out.append("avx2")
+    return out + ["portable"]
+
+
+def c_array(ctype: str, name: str, a) -> str:
+    suffix = "u" if ctype.startswith("u") else ""
+    return f"static const {ctype} {name}[] BNNC_ALIGN64 = {{{', '.join(f'{int(v)}{suffix}' for v in np.ravel(a))}}};"
+
+
+def popcount64(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.uint64)
+    return np.unpackbits(a.view(np.uint8).reshape(a.shape + (8,)), axis=-1).sum(axis=-1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- kernels called directly
+
+# window: KH rows of KWCW words, RS apart (36 words: more than the AVX2 byte counters hold at once);
+# VNNI: G groups of 4 bytes
+KH, KWCW, RS, OPAD, G = 4, 9, 11, 64, 3
+FAM_O, TAPS = 40, 7
+DW_C, DW_N, DW_OPAD, DW_RS = 12, 9, 32, 60  # depthwise: channels, outputs, padded outputs, row stride
+RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607.5, -8388607.5, 16777215.0, 1e9, -0.0]
+
+
+def kernel_program(rng) -> tuple:
+    """(C source, inputs): a program that runs the block kernels of every variant this CPU runs
+    on fixed random data and prints one line per (variant, kernel): the name, then the values."""
+    d = {
+        "src": rng.integers(0, 2**64, KH * RS, dtype=np.uint64),
+        "w": rng.integers(0, 2**64, (OPAD // 32) * KH * KWCW * 32, dtype=np.uint64),
+        "thr": rng.integers(KH * KWCW * 32 - 12, KH * KWCW * 32 + 12, OPAD).astype(np.int32),
+        "neg": rng.integers(0, 2**32, OPAD // 32, dtype=np.uint64).astype(np.uint32),
+        "u": rng.integers(0, 256, KH * RS * 4).astype(np.uint8),
+        "wv": rng.integers(-128, 128, (OPAD // 32) * KH * G * 32 * 4).astype(np.int8),
+        "corr": rng.integers(-1000, 1000, OPAD).astype(np.int32),
+        "pb": rng.integers(0, 2**64, (FAM_O // 8) * KH * KWCW * 8, dtype=np.uint64),
+        "pm": rng.integers(0, 2**64, (FAM_O // 8) * KH * KWCW * 8, dtype=np.uint64),
+        "win": rng.integers(-2**20, 2**20, TAPS).astype(np.int32),
+        "w64": rng.integers(-2**20, 2**20, TAPS * FAM_O).astype(np.int32),
+        "w8": rng.integers(-128, 128, TAPS * FAM_O).astype(np.int8),
+        "acc": rng.integers(-2**40, 2**40, FAM_O).astype(np.int64),
+        "mult": rng.integers(1, 2**20, FAM_O).astype(np.int64),
+        "add": rng.integers(-2**30, 2**30, FAM_O).astype(np.int64),
+        "alo": rng.integers(-2**39, -2**38, FAM_O).astype(np.int64),
+        "ahi": rng.integers(2**38, 2**39, FAM_O).astype(np.int64),
+        "thr64": rng.integers(-2**40, 2**40, 2 * 13).astype(np.int64),
+        "neg8": np.concatenate([rng.integers(0, 2, 2 * 13), np.zeros(8, int)]).astype(np.uint8),
+        "img": rng.integers(-2**20, 2**20, 4 * DW_RS).astype(np.int32),
+        "dwc": np.concatenate([rng.permutation(DW_C)[:DW_N], np.zeros(DW_OPAD - DW_N, int)]).astype(np.int32),
+        "dww": rng.integers(-128, 128, 9 * DW_OPAD).astype(np.int8),
+    }
+    types = {"src": "uint64_t", "w": "uint64_t", "thr": "int32_t", "neg": "uint32_t", "u": "uint8_t", "wv": "int8_t",
+             "corr": "int32_t", "pb": "uint64_t", "pm": "uint64_t", "win": "int32_t", "w64": "int32_t", "w8": "int8_t",
+             "acc": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
+             "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dwc": "int32_t", "dww": "int8_t"}
+    arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
+    body = []
+    vnni = (f"  bnnc_int_mac_vnni_avx512(u, {RS * 4}, {KH}, {G}, wv, corr, {OPAD}, acc);\n"
+            f'  show("avx512 int_mac_vnni", acc, {OPAD});')
+    for v, code in (("portable", "PORTABLE"), ("avx2", "AVX2"), ("avx512", "AVX512")):
+        x86 = v != "portable"
+        body.append(f"""
+{"#ifdef BNNC_X86_VARIANTS" if x86 else ""}
+#undef BNNC_VARIANT
+#define BNNC_VARIANT BNNC_KERNELS_{code}
+#include "bnnc_kernels.h"
+#include "bnnc_families.h"
+static BNNC_VT void run_{v}(void) {{
+  int32_t acc[{OPAD}], s[{FAM_O}];
+  int64_t a64[{FAM_O}];
+  int32_t q[{FAM_O}], dw[{DW_OPAD}];
+  bnnc_word_t bits[{OPAD // 64}], bits2[1];
+  bnnc_xnor_popcount_{v}(src, {RS}, {KH}, {KWCW}, w, {OPAD}, acc);
+  show("{v} xnor_popcount", acc, {OPAD});
+  bnnc_binary_pixel_{v}(src, {RS}, {KH}, {KWCW}, w, {OPAD}, thr, neg, {OPAD // 64}, acc, bits);
+  show_words("{v} binary_pixel", bits, {OPAD // 64});
+  for (int kind = 0; kind < 3; kind++) {{
+    bnnc_fam_plane_popcount_{v}(kind, src, {RS}, {KH}, {KWCW}, kind == 2 ? 0 : pb, kind == 0 ? 0 : pm, {FAM_O}, s);
+    printf("%s plane%d", "{v}", kind);
+    show("", s, {FAM_O});
+  }}
+  bnnc_int_mac64_{v}(win, {TAPS}, w64, {FAM_O}, a64);
+  show64("{v} int_mac64", a64, {FAM_O});
+  bnnc_int_mac64_w8_{v}(win, {TAPS}, w8, {FAM_O}, a64);
+  show64("{v} int_mac64_w8", a64, {FAM_O});
+  bnnc_requantize_row_{v}(acc64, mult, add, 42, alo, ahi, -100000, 100000, 13, q, 4);
+  show("{v} requantize_row", q, 13);
+  bnnc_threshold_pack64_{v}(acc64, thr64, neg8, 13, 2, 1, bits2);
+  show_words("{v} threshold_pack64", bits2, 1);
+  bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dwc, dww, {DW_N}, {DW_OPAD}, dw);
+  show("{v} depthwise", dw, {DW_OPAD});
+  bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, 0, dww, {DW_N}, {DW_OPAD}, dw);
+  show("{v} depthwise_identity", dw, {DW_OPAD});
+  printf("{v} rint");
+  for (int i = 0; i < (int)(sizeof rint_in / sizeof rint_in[0]); i++)
+    printf(" %lld", (long long)bnnc_rint_{v}(rint_in[i]));
+  printf("\\n");
+{vnni if v == "avx512" else ""}
+}}
+{"#endif" if x86 else ""}
+""")
+    src = f"""#include <stdio.h>
+#include <stdint.h>
+#define BNNC_WORD_BITS 64
+#define BNNC_VARIANTS
+#include "bnnc_kernels.h"
+#include "bnnc_families.h"
+{arrays}
+static int64_t acc64[16];
+static const float rint_in[] = {{{", ".join(f"{x!r}f" for x in RINT_IN)}}};
+static void show(const char *what, const int32_t *a, int n) {{
+  printf("%s", what);
+  for (int i = 0; i < n; i++) printf(" %ld", (long)a[i]);
+  printf("\\n");
+}}
+static void show64(const char *what, const int64_t *a, int n) {{
+  printf("%s", what);
+  for (int i = 0; i < n; i++) printf(" %lld", (long long)a[i]);
+  printf("\\n");
+}}
+static void show_words(const char *what, const bnnc_word_t *a, int n) {{
+  printf("%s", what);
+  for (int i = 0; i < n; i++) printf(" %llu", (unsigned long long)a[i]);
+  printf("\\n");
+}}
+{"".join(body)}
+int main(void) {{
+  for (int i = 0; i < 16; i++) acc64[i] = i < {FAM_O} ? acc[i] : 0;
+  run_portable();
+#ifdef BNNC_X86_VARIANTS
+  if (bnnc_cpu_variant() >= BNNC_KERNELS_AVX2) run_avx2();
+  if (bnnc_cpu_variant() >= BNNC_KERNELS_AVX512) run_avx512();
+#endif
+  return 0;
+}}
+"""
+    return src, d
+
+
+def expected_kernels(d: dict) -> dict:
+    """The same kernels in numpy."""
+    out = {}
+    src = d["src"].reshape(KH, RS)[:, :KWCW]  # the window
+    w = d["w"].reshape(OPAD // 32, KH, KWCW, 32)
+    acc = np.stack([popcount64(src[:, :, None] ^ w[b]).sum(axis=(0, 1)) for b in range(OPAD // 32)]).ravel()
+    out["xnor_popcount"] = acc
+    negbits = ((d["neg"].astype(np.uint64)[:, None] >> np.arange(32, dtype=np.uint64)) & 1).ravel().astype(bool)
+    bit = (acc > d["thr"]) ^ negbits
+    out["binary_pixel"] = [int(sum(int(b) << j for j, b in enumerate(bit[k * 64:(k + 1) * 64])))
+                           for k in range(OPAD // 64)]
+    pb = d["pb"].reshape(FAM_O // 8, KH, KWCW, 8).transpose(1, 2, 0, 3).reshape(KH, KWCW, FAM_O)
+    pm = d["pm"].reshape(FAM_O // 8, KH, KWCW, 8).transpose(1, 2, 0, 3).reshape(KH, KWCW, FAM_O)
+    x = src[:, :, None]
+    for kind, v in enumerate((x ^ pb, (x ^ pb) & pm, x & pm)):
+        out[f"plane{kind}"] = popcount64(v).sum(axis=(0, 1))
+    win = d["win"].astype(np.int64)
+    out["int_mac64"] = win @ d["w64"].reshape(TAPS, FAM_O).astype(np.int64)
+    out["int_mac64_w8"] = win @ d["w8"].reshape(TAPS, FAM_O).astype(np.int64)
+    a = np.clip(d["acc"], d["alo"], d["ahi"])
+    out["requantize_row"] = np.clip((a * d["mult"] + d["add"]) >> 42, -100000, 100000)[:13]
+    a13 = d["acc"][:13]
+    bits = (np.concatenate([a13, a13]) > d["thr64"]) ^ d["neg8"][:26].astype(bool)
+    out["threshold_pack64"] = [int(sum(int(b) << j for j, b in enumerate(bits)))]
+    u = d["u"].reshape(KH, RS * 4)[:, :G * 4].astype(np.int64)
+    wv = d["wv"].reshape(OPAD // 32, KH, G, 32, 4).astype(np.int64)
+    img = d["img"].reshape(4, DW_RS)[:3, :3 * DW_C].reshape(3, 3, DW_C).astype(np.int64)  # the 3x3 window
+    dww = d["dww"].reshape(9, DW_OPAD).astype(np.int64)
+    for key, ch in (("depthwise", d["dwc"][:DW_N]), ("depthwise_identity", np.arange(DW_N))):
+        sums = (img.reshape(9, DW_C)[:, ch] * dww[:, :DW_N]).sum(axis=0)
+        out[key] = np.concatenate([sums, np.zeros(DW_OPAD - DW_N, np.int64)])
+    out["rint"] = np.rint(np.array(RINT_IN, np.float32)).astype(np.int64)
+    out["int_mac_vnni"] = d["corr"] + np.concatenate(
+        [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])
+    return out
+
+
+def test_every_kernel_variant_equals_numpy(tmp_path):
+    src, d = kernel_program(np.random.default_rng(7))
+    (tmp_path / "t.c").write_text(src)
+    for h in ("bnnc_kernels.h", "bnnc_families.h"):
+        shutil.copy(resource_dir("runtime") / h, tmp_path / h)
+    exe = tmp_path / "t"
+    r = subprocess.run([*c_build.find_cc(), *WARN, "t.c", "-o", str(exe)], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+    want = expected_kernels(d)
+    seen = set()
+    for ln in lines:
+        variant, kernel, *vals = ln.split()
+        assert [int(v) for v in vals] == [int(v) for v in np.ravel(want[kernel])], f"{variant} {kernel}"
+        seen.add(variant)
+    assert seen == set(expected_variants())
+    assert sum(ln.startswith("avx512 int_mac_vnni") for ln in lines) == ("avx512" in seen)
+
+
+# ---------------------------------------------------------------------------- the generated project
+
+def test_one_build_with_default_flags_runs_every_variant_the_cpu_has():
+    model = cnv_model(0)
+    graph = compile_graph(model)
+    exe = c_build.build(driver.render_c(graph), c_build.DEFAULT_FLAGS)
+    assert c_build.kernel_variants(exe) == expected_variants()
+    inputs = driver.prepare_inputs(graph, random_inputs(model, 3, 2))
+    ref = driver.run_target(graph, "ref", inputs)
+    odt = "float32"
+    for k in expected_variants():
+        y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"],
+                        env={"BNNC_KERNELS": k})
+        assert np.array_equal(y.reshape(ref.shape), ref), k
+    with pytest.raises(RuntimeError, match="BNNC_KERNELS=sse9"):
+        c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"],
+                    env={"BNNC_KERNELS": "sse9"})
+
+
+def test_c_target_reports_the_variants_it_checked_and_cc_may_carry_flags(monkeypatch):
+    from bnnc import targets
+    from bnnc.targets import TargetOptions
+
+    _, _, graph, inputs = random_case(5, 4)
+    ref = driver.run_target(graph, "ref", inputs)
+    y, stats = targets.run(graph, "c", inputs.grid, TargetOptions())
+    assert np.array_equal(y, ref) and stats["kernels"] == expected_variants()
+    monkeypatch.setenv("CC", f"{c_build.find_cc()[0]} -DBNNC_PORTABLE")  # a compiler command with a flag
+    y, stats = targets.run(graph, "c", inputs.grid, TargetOptions())
+    assert np.array_equal(y, ref) and stats["kernels"] == ["portable"]
+    monkeypatch.setenv("CC", "no-such-cc -O2")
+    with pytest.raises(BnncError, match="'no-such-cc' not found"):
+        c_build.find_cc()
+
+
+def zig_cc() -> list | None:
+    try:
+        import ziglang  # noqa: F401
+    except ImportError:
+        return None
+    import sys
+
+    return [sys.executable, "-m", "ziglang", "cc"]
+
+
+@pytest.mark.parametrize("target", ["aarch64-linux-gnu", "x86_64-linux-gnu"])
+def test_other_hosts_and_clang_build_clean(tmp_path, target):
+    """aarch64 builds the portable kernels only; clang (zig cc) builds every x86-64 variant; both
+    C99 clean under -Werror."""
+    cc = zig_cc()
+    if cc is None:
+        pytest.skip("ziglang is not installed")
+    from bnnc import zoo
+
+    for i, model in enumerate((random_model(22)[0], zoo.build("dabn", 0))):
+        d = tmp_path / str(i)
+        d.mkdir()
+        for name, text in driver.render_c(compile_graph(model)).items():
+            (d / name).write_text(text)
+        r = subprocess.run([*cc, "-target", target, *WARN, "-c", "model.c", "-o", "model.o"], cwd=d,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        obj = (d / "model.o").read_bytes()
+        assert (b"_forward_avx512" in obj) == target.startswith("x86_64")
+        assert b"_forward_portable" in obj
+
+
+def test_padded_average_pool_runs_as_depthwise_on_hosts():
+    """A padded AveragePool (count_include_pad) becomes a window-sum convolution with one input
+    channel per output: host builds run bnnc_depthwise_mac32 on it (kh * kw multiplies per output,
+    not the dense row), every variant equal to the reference; MCU builds keep their lists."""
+    from onnx import helper
+
+    from bnnc import targets, zoo
+    from bnnc.backends import mcu
+    from bnnc.targets import TargetOptions
+
+    model = zoo.build("bireal", 0)
+    for n in model.graph.node:
+        if n.op_type == "AveragePool":
+            del n.attribute[:]
+            n.attribute.extend([helper.make_attribute("kernel_shape", [3, 3]), helper.make_attribute("strides", [2, 2]),
+                                helper.make_attribute("pads", [1, 1, 1, 1]),
+                                helper.make_attribute("count_include_pad", 1)])
+    graph = compile_graph(model)
+    def pools(bg):
+        return [op for op in bg.ops() if getattr(getattr(op, "packed", None), "method", "") == "sparse_int"]
+
+    assert pools(driver.backend_graph(graph)) and all(op.packed.depthwise is not None
+                                                      for op in pools(driver.backend_graph(graph)))
+    assert pools(mcu.backend_graph(graph)) and all(op.packed.depthwise is None and op.packed.sparse is not None
+                                                   for op in pools(mcu.backend_graph(graph)))
+    assert "bnnc_depthwise_mac32" in driver.render_c(graph)["model.c"]
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 4, seed=2))
+    y, stats = targets.run(graph, "c", inputs.grid, TargetOptions())
+    assert np.array_equal(y, driver.run_target(graph, "ref", inputs)) and stats["kernels"] == expected_variants()
+
+
+@pytest.mark.parametrize("name", ["bnnc", "bnnc_cpu", "bnnc_kernels"])
+def test_model_names_do_not_clash_with_the_runtime(name):
+    """The kernel-selection API (<name>_kernels, <name>_use_kernels, <name>_forward_<variant>) next to
+    the runtime headers' own names."""
+    from bnnc.backends import c as c_backend
+    from bnnc.testing.random_models import tfc_model
+
+    files = c_backend.render(driver.backend_graph(compile_graph(tfc_model(0))), name)
+    assert c_build.kernel_variants(c_build.build(files, c_build.DEFAULT_FLAGS)) == expected_variants()
