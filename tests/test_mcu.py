@@ -258,9 +258,8 @@ def test_arm_none_eabi_gcc_firmware_equals_the_reference(monkeypatch, core):
         check_random_model(seed, core)
 
 
-@pytest.mark.parametrize("name", ["ternary-ttq", "ternary-ec2t", "dabn", "w1a2", "hbn", "xnet"])
-def test_zoo_family_models_on_cortex_m4(name):
-    """The compressed-family layers go through the same MCU build and emulator."""
+def check_zoo_model(name, core):
+    """Zoo model `name` on `core`, two inputs: firmware == reference."""
     zoo = pytest.importorskip("bnnc.zoo")
     from bnnc.pipeline import compile_graph
 
@@ -268,8 +267,14 @@ def test_zoo_family_models_on_cortex_m4(name):
     graph = compile_graph(model)
     inputs = driver.prepare_inputs(graph, zoo.inputs(model, 2))
     ref = driver.run_target(graph, "ref", inputs)
-    y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu="cortex-m4"))
+    y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu=core))
     assert np.array_equal(y.reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("name", ["ternary-ttq", "ternary-ec2t", "dabn", "w1a2", "hbn", "xnet"])
+def test_zoo_family_models_on_cortex_m4(name):
+    """The compressed-family layers go through the same MCU build and emulator."""
+    check_zoo_model(name, "cortex-m4")
 
 
 def test_portable_c_kernels_on_cortex_m4_equal_the_reference():

@@ -25,7 +25,7 @@ from bnnc.targets import TargetOptions  # noqa: E402
 
 from .conftest import sweep_scale  # noqa: E402
 from .helpers import random_case  # noqa: E402
-from .test_mcu import check_random_model  # noqa: E402
+from .test_mcu import check_random_model, check_zoo_model  # noqa: E402
 
 RISCV = ("rv32imc", "rv32imc_zbb")
 N_SWEEP = int(10 * sweep_scale())
@@ -74,15 +74,7 @@ def test_random_model_sweep_on_risc_v(seed, core):
 @pytest.mark.parametrize("name", ["bireal", "ternary-ttq"])
 def test_zoo_family_models_on_rv32imc_zbb(name):
     """Residual shortcuts (bireal) and the ternary family kernels through the RISC-V build."""
-    zoo = pytest.importorskip("bnnc.zoo")
-    from bnnc.pipeline import compile_graph
-
-    model = zoo.build(name)
-    graph = compile_graph(model)
-    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 2))
-    ref = driver.run_target(graph, "ref", inputs)
-    y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu="rv32imc_zbb"))
-    assert np.array_equal(y.reshape(ref.shape), ref)
+    check_zoo_model(name, "rv32imc_zbb")
 
 
 def test_zbb_builds_popcount_with_cpop_and_rv32imc_without():
