@@ -28,3 +28,13 @@ def test_wild_model_verifies(wild, name, flags, target, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, (out + err)[-2000:]
     assert f"{n}/{n}" in out.split("bit-exact")[1].splitlines()[0]
+
+
+def test_options_of_reads_the_flags_as_the_cli_does():
+    """bench/bench_wild.py compiles with options_of: the README's flags as the command line reads them."""
+    from bnnc.testing.wild import AP_FIXED_16_6, IMAGENET, options_of
+
+    fixed = options_of(AP_FIXED_16_6)
+    assert fixed.input_scale == 2.0**-10 and fixed.input_range == (-32768, 32767) and fixed.input_affine is None
+    image = options_of(IMAGENET)
+    assert image.input_range == (0, 255) and image.input_affine is not None

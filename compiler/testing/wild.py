@@ -37,7 +37,9 @@ def wild_dir() -> Path:
 
 def options_of(flags: tuple):
     """pipeline.Options for a flag tuple of WILD_MODELS (the CLI's own parsing)."""
-    from ..cli import _attach_negative_values, _options, build_parser
+    from ..api import lowering_options
+    from ..cli import _attach_negative_values, build_parser
 
-    ns = build_parser().parse_args(_attach_negative_values(["report", "model.onnx", *flags]))
-    return _options(ns)
+    a = build_parser().parse_args(_attach_negative_values(["report", "model.onnx", *flags]))
+    return lowering_options(a.input_scale, a.input_range, a.input_offset, a.input_mean, a.input_std, a.frac_bits,
+                            a.weight_bits)
