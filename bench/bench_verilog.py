@@ -137,6 +137,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=5, help="frames streamed back to back (at least 3)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_verilog.json"))
     a = ap.parse_args()
+    from bnnc import progress
+
+    progress.set_verbosity(progress.NORMAL)  # the Verilator builds and yosys estimates take minutes
     if a.frames < 3:
         raise SystemExit("--frames must be at least 3 to measure a steady state")
     from bnnc.backends import verilog_resources, verilog_sim
