@@ -217,3 +217,32 @@ def test_an_input_read_by_two_layers_is_quantized_once(declared):
     orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
     assert np.abs(ref - orig).max() <= 1e-4 * max(1.0, np.abs(orig).max())
     assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+
+
+@pytest.mark.parametrize("pool", ["average", "max"])
+def test_sign_after_a_pool_of_a_rounded_stream_stays_binary(pool):
+    """Sign of a value bnnc rounds (a float conv's stream, then a padded average pool as a window
+    sum, or a max pool before a negative BatchNorm scale) maps an exact 0 to +1 also behind the
+    pool: the next layer reads bits (binary MACs), not a ternary activation."""
+    rng = np.random.default_rng(3)
+    inits = {"w1": rng.normal(size=(6, 3, 3, 3)).astype(np.float32),
+             "g": (rng.normal(size=(1, 6, 1, 1)) * (-1 if pool == "max" else 1)).astype(np.float32),
+             "t": rng.normal(size=(1, 6, 1, 1)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(8, 6, 3, 3)).astype(np.float32)}
+    pool_node = helper.make_node("AveragePool", ["a"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                 count_include_pad=1) if pool == "average" else \
+        helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2])
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), pool_node,
+             helper.make_node("Mul", ["p", "g"], ["m"]), helper.make_node("Add", ["m", "t"], ["n"]),
+             helper.make_node("Sign", ["n"], ["s"]), helper.make_node("Conv", ["s", "w2"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["b"], ["y"])]
+    g = helper.make_graph(nodes, "pool_sign", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
+    last = [op for op in graph.ops() if isinstance(op, ir.Conv)][-2]  # the binary conv (the output's is after it)
+    assert last.code == "binary" and isinstance(graph.tensors[last.inputs[0]], ir.Bits)
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 2))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)

@@ -175,6 +175,9 @@ def activate(ctx, node, term, v: Optional[Val] = None):
     their grid) maps an exact 0 to +1: the represented 0 stands for real values of either sign
     within that bound, and the activation stays binary instead of becoming ternary."""
     v = ctx.val(node) if v is None else v
+    if isinstance(v, AccVal) and v.pools and not pools_commute(v) and term is not None:
+        # max and the rest of the chain do not commute: pool the fixed-point values themselves
+        v = to_stream(ctx, node, v)
     if isinstance(term, ir.SignTerminal) and term.zero_maps_to == 0 and _rounded(ctx, v):
         term = replace(term, zero_maps_to=1, rounded_input=True)
     if isinstance(v, BitsVal) and isinstance(term, ir.SignTerminal):
@@ -188,18 +191,15 @@ def activate(ctx, node, term, v: Optional[Val] = None):
         return
     if not isinstance(v, AccVal):
         raise BnncError(f"{where(node)}: activation of a {v.kind} tensor is not supported")
-    if v.pools and not pools_commute(v) and term is not None:
-        # max and the rest of the chain do not commute: pool the fixed-point values themselves
-        ctx.set(node, _activation_op(ctx, node, to_stream(ctx, node, v), term))
-        return
     ctx.set(node, ctx.finish_acc(v, term, node))
 
 
 def _rounded(ctx, v: Val) -> bool:
     """Whether bnnc represents `v` with a stated rounding error (see `activate`)."""
-    if isinstance(v, AccVal):
+    if isinstance(v, AccVal):  # rounded weights, or exact ones summing a rounded input
         conv = ctx.graph.op(v.conv)
-        return conv.acc_error is not None and bool(np.any(conv.acc_error))
+        return (conv.acc_error is not None and bool(np.any(conv.acc_error))) \
+            or rounding_error(ctx.graph, conv.inputs[0]) > 0
     if isinstance(v, (IntsVal, IntChainVal)):
         return rounding_error(ctx.graph, v.tensor) > 0
     return False

@@ -25,8 +25,8 @@ WIDE_STREAM_LIMIT = 2**30 - 1  # a stream whose values can reach beyond STREAM_L
 
 def to_stream(ctx, node, v: Val) -> Val:
     """A real-valued layer output as a fixed-point Ints stream (ir.Requantize): the affine map
-    relu?(a * acc + b) that the chain specifies, on the coarsest grid 2**-k that holds it
-    exactly, else rounded half up on the finest grid 2**-k (frac_bits <= k <= 24) on which its
+    relu?(a * acc + b) that the chain specifies, on the coarsest grid 2**-k (k <= frac_bits) that
+    holds it exactly, else rounded half up on the finest grid 2**-k (frac_bits <= k <= 24) on which its
     worst case fits 31 bits; saturating beyond (stated: Requantize.reach). MaxPools on the way run on the stream (`_pooled_stream`), which may
     leave ops pending after them (an IntChainVal); a Relu followed by more arithmetic (BatchNorm
     after Relu) becomes two requantizations. Any other value is returned as it is."""
@@ -56,13 +56,14 @@ def to_stream(ctx, node, v: Val) -> Val:
 
 def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tuple:
     """(ir.Requantize, lo, hi) of the affine map relu?(a * acc + b) that `chain` specifies per
-    channel, for accumulators in [lo_acc, hi_acc] (see to_stream): on the coarsest grid that holds
-    it exactly, else rounded half up on the finest grid that holds its worst case (`_finest_grid`).
+    channel, for accumulators in [lo_acc, hi_acc] (see to_stream): on the coarsest grid 2**-k,
+    k <= frac_bits, that holds it exactly, else rounded half up on the finest grid that holds its
+    worst case (`_finest_grid`).
     The largest multiplier has at least 20 significant bits (accumulators far finer than the grid
     are shifted right first)."""
     affine = _affine_chain(node, chain, o)
     finest = _finest_grid(affine, lo_acc, hi_acc, ctx.frac_bits)
-    frac = next((k for k in range(finest + 1)
+    frac = next((k for k in range(min(ctx.frac_bits, finest) + 1)
                  if all((a * 2**k).denominator == 1 and (b * 2**k).denominator == 1 for a, b, _ in affine)), None)
     exact = frac is not None
     frac = finest if frac is None else frac
