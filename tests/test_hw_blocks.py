@@ -6,6 +6,7 @@ same), and once with both held high to check its documented throughput."""
 import numpy as np
 import pytest
 
+from bnnc.backends import matrix_unit
 from bnnc.backends.verilog_sim import mem_image
 from bnnc.hw.stream_driver import pack, run_block, unpack
 
@@ -257,6 +258,9 @@ MVTU_CASES = [
     (7, 10, 3, 3, 6, 0),  # integer inputs, accumulator output, gain 1
     (5, 12, 5, 5, 1, 0),  # binary inputs, accumulator output, gain -2
     (3, 8, 2, 3, 1, 3),  # three thresholds per row (a 2-bit activation)
+    (6, 70, 2, 70, 1, 1),  # a popcount tree: 5 lane groups, 2 adder levels
+    (3, 40, 1, 20, 1, 1),  # 2 lane groups, 1 adder level, 2 synapse folds
+    (4, 30, 2, 30, 4, 0),  # integer lanes: 8 groups, 2 adder levels
 ]
 
 
@@ -280,6 +284,8 @@ def test_mvtu_matches_model(case, p_valid, p_ready):
         assert unpack(v, mh, ob, signed=nt == 0) == model(x, 0).tolist(), f"vector {i}"
     if p_valid == 1.0 and p_ready == 1.0:
         assert np.all(np.diff(r.out_cycles) == nf * sf)  # back to back: no bubble between vectors
+        # the performance model's latency: folds plus the unit's register stages
+        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
 
 
 def test_mvtu_levels_give_base_plus_step_times_count():

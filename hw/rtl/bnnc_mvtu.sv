@@ -66,6 +66,11 @@ module bnnc_mvtu #(
     parameter int QLO = 0,
     parameter int QHI = 0,
     parameter int PW = 1,
+    // sum tree: lanes per first-level register (bit lanes: a popcount; integer lanes: adders) and
+    // values added per further register level
+    parameter int POPCOUNT_LANES = 16,
+    parameter int ADDER_LANES = 4,
+    parameter int ADDER_FANIN = 4,
     // output element bits (signed when LB < 0)
     parameter int OB = NT == 0 ? AB : NPL > 1 ? 1 : $clog2(NT + 1),
     localparam int RB = OHR > 1 ? $clog2(OHR) : 1,
@@ -116,7 +121,8 @@ module bnnc_mvtu #(
   logic [SF*LW-1:0] window;  // the latched input vector, padded with idle lanes
   logic [KB-1:0] cls;
 
-  wire at_last = nf == NFW'(NF - 1) && sf == SFW'(SF - 1);
+  // the fold being issued is the vector's last: a register, since it gates the wide input latch
+  logic at_last;
   assign in_ready = advance && (!busy || at_last);
   wire start = in_valid && in_ready;
 
@@ -154,6 +160,7 @@ module bnnc_mvtu #(
       busy <= 1'b0;
       nf <= '0;
       sf <= '0;
+      at_last <= WD == 1;
       waddr <= '0;
       s1_valid <= 1'b0;
     end else if (advance) begin
@@ -161,6 +168,8 @@ module bnnc_mvtu #(
       if (busy) begin
         sf <= sf == SFW'(SF - 1) ? '0 : sf + 1'b1;
         if (sf == SFW'(SF - 1)) nf <= at_last ? '0 : nf + 1'b1;
+        // next fold is the last: the one before it now (or a one-fold vector, again)
+        at_last <= WD == 1 || waddr == WAW'(WD - 2);
         waddr <= waddr == WAW'(WD - 1) ? '0 : waddr + 1'b1;
         if (at_last && !start) busy <= 1'b0;
       end else if (start) begin
@@ -179,6 +188,55 @@ module bnnc_mvtu #(
     end
   end
 
+  // ---------------------------------------------------------------- stage 2: operands
+  // Block RAM clock-to-output is most of a cycle at speed: the weights and their input chunk go
+  // straight into registers before any logic.
+  logic [NA*PE*SIMD-1:0] op_w;
+  logic [LW-1:0] op_x;
+  always_ff @(posedge clk) begin
+    if (advance) begin
+      op_w <= s1_w;
+      op_x <= s1_x;
+    end
+  end
+
+  // ---------------------------------------------------------------- stages 3 .. 3+LEVELS: sum tree
+  // Lane groups of GROUP lanes are summed into registers (popcounts for bits, adders for integers),
+  // then ADDER_FANIN values per register level until one partial sum is left. The fold's control
+  // (first/last fold, nf, class, valid) travels alongside in a shift register of the same depth.
+  localparam int GROUP = IB == 1 ? POPCOUNT_LANES : ADDER_LANES;
+  localparam int NG = (SIMD + GROUP - 1) / GROUP;  // first-level registers per row and plane
+  function automatic int tree_levels(input int n);  // register levels after the first to reach one value
+    tree_levels = 0;
+    for (int m = n; m > 1; m = (m + ADDER_FANIN - 1) / ADDER_FANIN) tree_levels++;
+  endfunction
+  localparam int LEVELS = tree_levels(NG);
+  function automatic int tree_nodes(input int level);  // registers at a level of the tree
+    tree_nodes = NG;
+    for (int l = 0; l < level; l++) tree_nodes = (tree_nodes + ADDER_FANIN - 1) / ADDER_FANIN;
+  endfunction
+  function automatic int tree_base(input int level);  // registers below a level
+    tree_base = 0;
+    for (int l = 0; l < level; l++) tree_base += tree_nodes(l);
+  endfunction
+  localparam int TREE = tree_base(LEVELS + 1);  // registers of one tree
+  localparam int CTRL = 3 + NFW + KB;  // valid, first, last, nf, class
+  localparam int DELAY = 2 + LEVELS;  // stage 1 -> accumulate
+
+  logic [DELAY*CTRL-1:0] ctrl_pipe;
+  wire [CTRL-1:0] ctrl_in = {s1_valid, s1_first, s1_last, s1_nf, s1_cls};
+  always_ff @(posedge clk) begin
+    if (!rst_n) ctrl_pipe <= '0;
+    else if (advance) ctrl_pipe <= {ctrl_pipe[(DELAY-1)*CTRL-1:0], ctrl_in};
+  end
+  wire [CTRL-1:0] ctrl_acc = ctrl_pipe[(DELAY-1)*CTRL+:CTRL];
+  wire a_valid = ctrl_acc[CTRL-1];
+  wire a_first = ctrl_acc[CTRL-2];
+  wire a_last = ctrl_acc[CTRL-3];
+  wire [NFW-1:0] a_nf = ctrl_acc[KB+:NFW];
+  wire [KB-1:0] a_cls = ctrl_acc[0+:KB];
+
+  // ---------------------------------------------------------------- accumulate
   logic signed [SB-1:0] acc[PE][NP];
   logic signed [SB-1:0] partial[PE][NP];
   logic signed [SB-1:0] sum[PE][NP];
@@ -187,43 +245,69 @@ module bnnc_mvtu #(
     for (genvar j = 0; j < NP; j++) begin : g_plane
       logic [SIMD-1:0] wb, wm;
       if (PB[j]) begin : g_b
-        assign wb = s1_w[(array_b(j)*PE+p)*SIMD+:SIMD];
+        assign wb = op_w[(array_b(j)*PE+p)*SIMD+:SIMD];
       end else begin : g_no_b
         assign wb = '0;
       end
       if (PM[j]) begin : g_m
-        assign wm = s1_w[((array_b(j)+int'(PB[j]))*PE+p)*SIMD+:SIMD];
+        assign wm = op_w[((array_b(j)+int'(PB[j]))*PE+p)*SIMD+:SIMD];
       end else begin : g_no_m
         assign wm = '1;
       end
-      if (IB == 1) begin : g_xnor
-        assign partial[p][j] = SB'($countones((s1_x ^ wb) & wm));
-      end else begin : g_int
-        always_comb begin
-          partial[p][j] = '0;
-          for (int s = 0; s < SIMD; s++) begin
-            if (wm[s]) begin
-              if (wb[s]) partial[p][j] = partial[p][j] - SB'($signed(s1_x[s*IB+:IB]));
-              else partial[p][j] = partial[p][j] + SB'($signed(s1_x[s*IB+:IB]));
+      logic [TREE*SB-1:0] tree, tree_d;
+      for (genvar g = 0; g < NG; g++) begin : g_group
+        localparam int LO = g * GROUP;
+        localparam int N = SIMD - LO < GROUP ? SIMD - LO : GROUP;
+        if (IB == 1) begin : g_xnor
+          assign tree_d[g*SB+:SB] = SB'($countones((op_x[LO+:N] ^ wb[LO+:N]) & wm[LO+:N]));
+        end else begin : g_int
+          logic signed [SB-1:0] group_sum;
+          always_comb begin
+            group_sum = '0;
+            for (int s = LO; s < LO + N; s++) begin
+              if (wm[s]) begin
+                if (wb[s]) group_sum = group_sum - SB'($signed(op_x[s*IB+:IB]));
+                else group_sum = group_sum + SB'($signed(op_x[s*IB+:IB]));
+              end
             end
           end
+          assign tree_d[g*SB+:SB] = group_sum;
         end
       end
-      assign sum[p][j] = (s1_first ? '0 : acc[p][j]) + partial[p][j];
+      for (genvar l = 1; l <= LEVELS; l++) begin : g_level
+        for (genvar i = 0; i < tree_nodes(l); i++) begin : g_node
+          logic signed [SB-1:0] node_sum;
+          always_comb begin
+            node_sum = '0;
+            for (int k = ADDER_FANIN * i; k < ADDER_FANIN * (i + 1); k++) begin
+              if (k < tree_nodes(l - 1)) node_sum = node_sum + $signed(tree[(tree_base(l-1)+k)*SB+:SB]);
+            end
+          end
+          assign tree_d[(tree_base(l)+i)*SB+:SB] = node_sum;
+        end
+      end
+      always_ff @(posedge clk) begin
+        if (advance) tree <= tree_d;
+      end
+      assign partial[p][j] = $signed(tree[(TREE-1)*SB+:SB]);
+      assign sum[p][j] = (a_first ? '0 : acc[p][j]) + partial[p][j];
     end
   end
 
   always_ff @(posedge clk) begin
-    if (advance && s1_valid) begin
+    if (advance && a_valid) begin
       for (int p = 0; p < PE; p++) for (int j = 0; j < NP; j++) acc[p][j] <= sum[p][j];
     end
   end
 
-  // ---------------------------------------------------------------- stage 2: thresholds
-  logic s2_valid;
-  logic [NFW-1:0] s2_nf;
-  logic signed [SB-1:0] s2_sum[PE][NP];
-  logic [PE*EW-1:0] s2_t;
+  // ---------------------------------------------------------------- epilogue
+  // e1: a row's sums after its last fold, with its table entry (block RAM output, registered at
+  // e2 before any logic); e2: the compared value; e3: threshold compare / offset / requantization.
+  logic e1_valid, e2_valid, e3_valid;
+  logic [NFW-1:0] e1_nf, e2_nf, e3_nf;
+  logic signed [SB-1:0] e1_sum[PE][NP];
+  logic signed [SB-1:0] e2_sum[PE][NP];
+  logic [PE*EW-1:0] e1_t, e2_t, e3_t;
 
   bnnc_rom #(
       .W(PE * EW),
@@ -232,55 +316,74 @@ module bnnc_mvtu #(
   ) tables (
       .clk (clk),
       .en  (advance),
-      .addr(TAW'(s1_cls) * TAW'(NF) + TAW'(s1_nf)),
-      .q   (s2_t)
+      .addr(TAW'(a_cls) * TAW'(NF) + TAW'(a_nf)),
+      .q   (e1_t)
   );
 
   always_ff @(posedge clk) begin
-    if (!rst_n) s2_valid <= 1'b0;
-    else if (advance) s2_valid <= s1_valid && s1_last;
+    if (!rst_n) begin
+      e1_valid <= 1'b0;
+      e2_valid <= 1'b0;
+      e3_valid <= 1'b0;
+    end else if (advance) begin
+      e1_valid <= a_valid && a_last;
+      e2_valid <= e1_valid;
+      e3_valid <= e2_valid;
+    end
   end
 
   always_ff @(posedge clk) begin
-    if (advance && s1_valid && s1_last) begin
-      s2_nf <= s1_nf;
-      for (int p = 0; p < PE; p++) for (int j = 0; j < NP; j++) s2_sum[p][j] <= sum[p][j];
+    if (advance) begin
+      if (a_valid && a_last) begin
+        e1_nf <= a_nf;
+        for (int p = 0; p < PE; p++) for (int j = 0; j < NP; j++) e1_sum[p][j] <= sum[p][j];
+      end
+      e2_nf <= e1_nf;
+      for (int p = 0; p < PE; p++) for (int j = 0; j < NP; j++) e2_sum[p][j] <= e1_sum[p][j];
+      e2_t <= e1_t;
+      e3_nf <= e2_nf;
+      e3_t <= e2_t;
     end
   end
 
   localparam int ROW = NPL * OB;  // output bits of one row
-  logic [PE*ROW-1:0] fold_out;
+  logic [PE*ROW-1:0] fold_out, e4_out;
+  logic [NFW-1:0] e4_nf;
+  logic e4_valid;
   for (genvar p = 0; p < PE; p++) begin : g_out
-    logic signed [CB-1:0] c;  // the compared value
+    logic signed [CB-1:0] c_d, c;  // the compared value
     if (GM == 1) begin : g_gains
       always_comb begin
-        c = '0;
+        c_d = '0;
         for (int j = 0; j < NP; j++) begin
-          c = c + VB'($signed(s2_t[p*EW+VT+j*GB+:GB])) * VB'(s2_sum[p][j]);  // exact modulo 2**VB
+          c_d = c_d + VB'($signed(e2_t[p*EW+VT+j*GB+:GB])) * VB'(e2_sum[p][j]);  // exact modulo 2**VB
         end
       end
     end else begin : g_single
-      assign c = s2_sum[p][0];
+      assign c_d = e2_sum[p][0];
+    end
+    always_ff @(posedge clk) begin
+      if (advance) c <= c_d;
     end
     if (NT == 0) begin : g_acc
-      wire signed [AB-1:0] off = AB'($signed(s2_t[p*EW+:TB]));
+      wire signed [AB-1:0] off = AB'($signed(e3_t[p*EW+:TB]));
       logic signed [AB-1:0] acc_v;  // the IR's accumulator
       if (GM == 1) begin : g_v
         assign acc_v = off + AB'(c);
       end else if (GAIN == 1) begin : g_int
-        wire flag = s2_t[p*EW+EW-1];
+        wire flag = e3_t[p*EW+EW-1];
         assign acc_v = flag ? off + AB'(c) : off;
       end else begin : g_bits
-        wire flag = s2_t[p*EW+EW-1];
+        wire flag = e3_t[p*EW+EW-1];
         wire signed [AB-1:0] s = AB'(c);
         assign acc_v = flag ? off + AB'(GAIN) * s : off;
       end
       if (RQ == 1) begin : g_requantize
         // out = clamp(floor((clamp(acc, lo, hi) * mult + add) / 2**SHIFT), QLO, QHI), exact in PW bits
-        wire signed [PW-1:0] mult = PW'($signed(s2_t[p*EW+TB+:TB]));
-        wire signed [PW-1:0] add = PW'($signed(s2_t[p*EW+2*TB+:TB]));
-        wire signed [PW-1:0] lo = PW'($signed(s2_t[p*EW+3*TB+:TB]));
-        wire signed [PW-1:0] hi = PW'($signed(s2_t[p*EW+4*TB+:TB]));
+        wire signed [PW-1:0] mult = PW'($signed(e3_t[p*EW+TB+:TB]));
+        wire signed [PW-1:0] add = PW'($signed(e3_t[p*EW+2*TB+:TB]));
+        wire signed [PW-1:0] lo = PW'($signed(e3_t[p*EW+3*TB+:TB]));
+        wire signed [PW-1:0] hi = PW'($signed(e3_t[p*EW+4*TB+:TB]));
         wire signed [PW-1:0] a = PW'(acc_v) < lo ? lo : PW'(acc_v) > hi ? hi : PW'(acc_v);
         wire signed [PW-1:0] q = (a * mult + add) >>> SHIFT;
         assign fold_out[p*ROW+:ROW] = ROW'(q < PW'(QLO) ? PW'(QLO) : q > PW'(QHI) ? PW'(QHI) : q);
@@ -289,18 +392,29 @@ module bnnc_mvtu #(
       end
     end else if (NPL > 1) begin : g_planes
       for (genvar j = 0; j < NPL; j++) begin : g_bit
-        assign fold_out[p*ROW+j] = (CMW'(c) > CMW'($signed(s2_t[p*EW+j*TB+:TB]))) ^ s2_t[p*EW+EW-NFL+j];
+        assign fold_out[p*ROW+j] = (CMW'(c) > CMW'($signed(e3_t[p*EW+j*TB+:TB]))) ^ e3_t[p*EW+EW-NFL+j];
       end
     end else begin : g_thr
-      wire flag = s2_t[p*EW+EW-1];
+      wire flag = e3_t[p*EW+EW-1];
       logic [NW-1:0] count;
       always_comb begin
         count = '0;
         for (int j = 0; j < NT; j++) begin
-          count = count + NW'((CMW'(c) > CMW'($signed(s2_t[p*EW+j*TB+:TB]))) ^ flag);
+          count = count + NW'((CMW'(c) > CMW'($signed(e3_t[p*EW+j*TB+:TB]))) ^ flag);
         end
       end
       assign fold_out[p*ROW+:ROW] = ROW'(LB + LS * $signed({1'b0, count}));
+    end
+  end
+
+  always_ff @(posedge clk) begin
+    if (!rst_n) e4_valid <= 1'b0;
+    else if (advance) e4_valid <= e3_valid;
+  end
+  always_ff @(posedge clk) begin
+    if (advance) begin
+      e4_out <= fold_out;
+      e4_nf <= e3_nf;
     end
   end
 
@@ -310,7 +424,7 @@ module bnnc_mvtu #(
   /* verilator lint_on UNUSEDSIGNAL */
   always_comb begin
     pixel_next = pixel;
-    pixel_next[s2_nf*PE*ROW+:PE*ROW] = fold_out;
+    pixel_next[e4_nf*PE*ROW+:PE*ROW] = e4_out;
   end
 
   // output element j * MH + o is row o's element j (j > 0 only for activation planes)
@@ -322,9 +436,9 @@ module bnnc_mvtu #(
   end
 
   always_ff @(posedge clk) begin
-    if (advance && s2_valid) begin
+    if (advance && e4_valid) begin
       pixel <= pixel_next;
-      if (s2_nf == NFW'(NF - 1)) out_data <= ordered;
+      if (e4_nf == NFW'(NF - 1)) out_data <= ordered;
     end
   end
 
@@ -332,7 +446,7 @@ module bnnc_mvtu #(
     if (!rst_n) out_valid <= 1'b0;
     else begin
       if (out_valid && out_ready) out_valid <= 1'b0;
-      if (advance && s2_valid && s2_nf == NFW'(NF - 1)) out_valid <= 1'b1;
+      if (advance && e4_valid && e4_nf == NFW'(NF - 1)) out_valid <= 1'b1;
     end
   end
 endmodule

@@ -1,0 +1,41 @@
+"""The matrix-vector-threshold unit (hw/rtl/bnnc_mvtu.sv): its pipeline, as the performance model
+sees it.
+
+Per fold (one cycle at full speed) the unit reads PE x SIMD weights, and a vector of NF x SF folds
+leaves it `latency(...)` cycles after it was accepted. The folds stream through these registered
+stages, so throughput stays one fold per cycle and only the first frame pays the depth:
+  issue (fold counters) -> weight read (block RAM) -> operands (registered: block RAM
+  clock-to-output is most of a cycle at speed) -> lane-group sums (popcounts of POPCOUNT_LANES bit
+  lanes, or sums of ADDER_LANES integer lanes) -> `tree_levels` register levels adding ADDER_FANIN
+  values each -> accumulate -> table read -> table registered -> compared value (gains) ->
+  threshold compare / offset / requantization -> output pixel.
+The RTL computes the same numbers from the same parameters; tests check the simulated latency.
+"""
+
+from __future__ import annotations
+
+POPCOUNT_LANES = 16  # bit lanes per first-level register: a 16-input popcount fits one cycle
+ADDER_LANES = 4  # integer lanes per first-level register
+ADDER_FANIN = 4  # values added per further register level
+# registered stages of a fold outside the sum tree: issue, weight read, operands, lane groups,
+# accumulate, table read, table register, compared value, compare, output pixel
+FIXED_STAGES = 10
+
+
+def tree_levels(simd: int, in_bits: int) -> int:
+    """Register levels after the lane groups until one partial sum per row and plane is left."""
+    group = POPCOUNT_LANES if in_bits == 1 else ADDER_LANES
+    n, levels = -(-simd // group), 0
+    while n > 1:
+        n, levels = -(-n // ADDER_FANIN), levels + 1
+    return levels
+
+
+def pipeline_depth(simd: int, in_bits: int) -> int:
+    """Cycles a fold spends in the unit's registers beyond the one it is issued in."""
+    return FIXED_STAGES - 2 + tree_levels(simd, in_bits)
+
+
+def latency(nf: int, sf: int, simd: int, in_bits: int) -> int:
+    """Cycles from accepting a vector to its output being valid, with nothing stalled."""
+    return nf * sf + pipeline_depth(simd, in_bits)
