@@ -147,7 +147,8 @@ def _target_options(a) -> TargetOptions:
         targets.check_mcu(mcu)
     return TargetOptions(name=a.name, folding=folding, target_cycles=getattr(a, "target_cycles", None),
                          mcu=mcu, flash=_bytes(getattr(a, "flash", None), "--flash"),
-                         ram=_bytes(getattr(a, "ram", None), "--ram"), progress=sys.stderr.isatty())
+                         ram=_bytes(getattr(a, "ram", None), "--ram"), progress=sys.stderr.isatty(),
+                         extra={} if getattr(a, "clock_mhz", None) is None else {"clock_mhz": a.clock_mhz})
 
 
 def _bytes(text, flag):
@@ -424,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--folding", default=None, help="verilog/hls: JSON {\"layers\": [{\"pe\": P, \"simd\": S}, ...]}")
         sp.add_argument("--target-cycles", type=int, default=None,
                         help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")
+        sp.add_argument("--clock-mhz", type=float, default=None,
+                        help="verilog: the clock frames/s figures assume (default 200; bench/bench_fpga.py measures Fmax)")
         sp.add_argument("--mcu", default=None, help="cortex-m0 | cortex-m4 | cortex-m7: firmware for this core")
         sp.add_argument("--flash", default=None, help="MCU flash budget in bytes (e.g. 256k); exceeding it is an error")
         sp.add_argument("--ram", default=None, help="MCU RAM budget in bytes (e.g. 64k); exceeding it is an error")

@@ -12,9 +12,15 @@ module bnnc_rom #(
     input  logic [AW-1:0] addr,
     output logic [ W-1:0] q
 );
+  /* verilator lint_off UNDRIVEN */  // only $readmemh writes it, and only with a FILE
   logic [W-1:0] mem[D];
+  /* verilator lint_on UNDRIVEN */
 
-  initial $readmemh(FILE, mem);
+  // without a file (a default-parameter elaboration, e.g. yosys read_verilog without -defer) the
+  // memory is left uninitialised rather than failing on an empty path
+  if (FILE != "") begin : g_image
+    initial $readmemh(FILE, mem);
+  end
 
   always_ff @(posedge clk) begin
     if (en) q <= mem[addr];
