@@ -39,3 +39,31 @@ def pipeline_depth(simd: int, in_bits: int) -> int:
 def latency(nf: int, sf: int, simd: int, in_bits: int) -> int:
     """Cycles from accepting a vector to its output being valid, with nothing stalled."""
     return nf * sf + pipeline_depth(simd, in_bits)
+
+
+def rtl_parameter_groups(stage: dict) -> list:
+    """bnnc_mvtu's parameters for a conv stage of the Verilog backend (verilog._conv_stage), in
+    groups of (name, value) (one line each in the generated top), memory image names left to the
+    caller: the one export of the unit's layout to the RTL, used by the generated top and by the
+    per-block resource estimate alike. Parameters at their RTL defaults are left out."""
+    s = stage
+    groups = [[("MH", s["mh"]), ("MW", s["mw"]), ("PE", s["pe"]), ("SIMD", s["simd"]), ("IB", s["ib"]),
+               ("SB", s["sb"])],
+              [("NT", s["nt"]), ("TB", s["tb"]), ("AB", s["ab"]), ("GAIN", s["gain"])]]
+    if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
+        groups += [[("NP", s["np"]), ("PB", s["pb"]), ("PM", s["pm"]), ("GM", s["gm"]), ("GB", s["gb"]),
+                    ("VB", s["vb"])], [("NPL", s["npl"])]]
+    if s["mode"] == "levels":
+        groups.append([("LB", s["lb"]), ("LS", s["ls"]), ("OB", s["ob"])])
+    elif s["mode"] == "requant":
+        groups.append([("RQ", 1), ("SHIFT", s["shift"]), ("QLO", s["qlo"]), ("QHI", s["qhi"]), ("PW", s["pw"]),
+                       ("OB", s["ob"])])
+    groups += [[("NCLS", s["ncls"]), ("NX", s["nx"]), ("OHR", s["ohr"]), ("OWC", s["owc"]), ("YB", s["yb"]),
+                ("XB", s["xb"])],
+               [("YCLS", s["ycls"]), ("XCLS", s["xcls"])]]
+    return groups
+
+
+def rtl_parameters(stage: dict) -> dict:
+    """rtl_parameter_groups as one {name: value}."""
+    return {k: v for group in rtl_parameter_groups(stage) for k, v in group}

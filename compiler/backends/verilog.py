@@ -219,6 +219,8 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
     s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
+    s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
+                                 for group in matrix_unit.rtl_parameter_groups(s)]
     s["out_width"] = f.mh * f.act_planes * s["ob"]
     pixels = oh * ow
     s["mvtu_cycles"] = f.nf * f.sf * pixels

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import BnncError
+from . import matrix_unit
 from .c_build import cache_dir
 from .verilog_sim import mem_image
 
@@ -159,15 +160,7 @@ def _mvtu_jobs(design, s: dict) -> list:
     ew = s["ew"]  # bits of one row's table entry
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
-    base = {k.upper(): s[k] for k in ("mw", "simd", "ib", "sb", "nt", "tb", "ab", "gain", "ncls", "nx",
-                                      "ohr", "owc", "yb", "xb")}
-    base.update(YCLS=s["ycls"], XCLS=s["xcls"], WFILE="w.mem", TFILE="t.mem")
-    if s["mode"] == "levels":
-        base.update(LB=s["lb"], LS=s["ls"], OB=s["ob"])
-    elif s["mode"] == "requant":
-        base.update(RQ=1, SHIFT=s["shift"], QLO=s["qlo"], QHI=s["qhi"], PW=s["pw"], OB=s["ob"])
-    if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
-        base.update(NP=s["np"], PB=s["pb"], PM=s["pm"], GM=s["gm"], GB=s["gb"], VB=s["vb"], NPL=s["npl"])
+    base = {**matrix_unit.rtl_parameters(s), "WFILE": "w.mem", "TFILE": "t.mem"}
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
     jobs = []
     for p in rows:
