@@ -243,10 +243,12 @@ def mvtu_case(rng, mh, mw, pe, simd, ib, nt, ncls=1, gain=-2, lb=0, ls=1):
             return np.where(flag[cls] == 1, thr[cls, :, 0] + gain * s, thr[cls, :, 0])
         return lb + ls * ((s[:, None] > thr[cls]) ^ flag[cls][:, None]).sum(axis=1)
 
-    params = {"MH": mh, "MW": mw, "PE": pe, "SIMD": simd, "IB": ib, "SB": sb, "NT": nt, "TB": tb, "AB": ab,
+    params = {"MATRIX_ROWS": mh, "MATRIX_COLS": mw, "PE": pe, "SIMD": simd, "INPUT_BITS": ib, "SUM_BITS": sb,
+              "THRESHOLDS": nt, "TABLE_BITS": tb, "ACC_BITS": ab,
               "GAIN": gain}
     if (lb, ls) != (0, 1):
-        params.update(LB=lb, LS=ls, OB=max((lb + ls * nt).bit_length(), (-lb).bit_length(), lb.bit_length()) + 1)
+        params.update(LEVEL_BASE=lb, LEVEL_STEP=ls,
+                      OUT_BITS=max((lb + ls * nt).bit_length(), (-lb).bit_length(), lb.bit_length()) + 1)
     return params, mems, model, (nf, sf)
 
 
@@ -277,7 +279,7 @@ def test_mvtu_matches_model(case, p_valid, p_ready):
     else:
         xs = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), (n, mw))
     recs = [pack(x, ib) for x in xs]
-    ob = params["AB"] if nt == 0 else _clog2(nt + 1)
+    ob = params["ACC_BITS"] if nt == 0 else _clog2(nt + 1)
     r = run_block("tb_mvtu", params, recs, 2 + mw * ib, mh * ob, n, seed=13, p_valid=p_valid, p_ready=p_ready,
                   mem_files=mems)
     for i, (v, x) in enumerate(zip(r.outputs, xs)):
@@ -292,7 +294,7 @@ def test_mvtu_levels_give_base_plus_step_times_count():
     """Three thresholds per row and out = -3 + 2 * count: a 2-bit activation in {-3, -1, 1, 3}."""
     rng = np.random.default_rng(8)
     params, mems, model, _ = mvtu_case(rng, 5, 9, 2, 4, 1, 3, lb=-3, ls=2)
-    ob = params["OB"]
+    ob = params["OUT_BITS"]
     xs = rng.integers(0, 2, (10, 9))
     r = run_block("tb_mvtu", params, [pack(x, 1) for x in xs], 2 + 9, 5 * ob, 10, mem_files=mems, p_ready=0.8)
     for v, x in zip(r.outputs, xs):
@@ -305,8 +307,9 @@ def test_mvtu_border_classes_select_their_tables():
     ycls, xcls = [0, 1, 2], [0, 1, 1, 0]
     params, mems, model, _ = mvtu_case(rng, 6, 10, 3, 4, 1, 1, ncls=ny * nx)
     yb, xb = _clog2(ny), _clog2(nx)
-    params.update({"NCLS": ny * nx, "NX": nx, "OHR": ohr, "OWC": owc, "YB": yb, "XB": xb,
-                   "YCLS": f"{ohr * yb}'h{pack(ycls, yb):x}", "XCLS": f"{owc * xb}'h{pack(xcls, xb):x}"})
+    params.update({"BORDER_CLASSES": ny * nx, "COL_CLASS_COUNT": nx, "OUT_ROWS": ohr, "OUT_COLS": owc,
+                   "ROW_CLASS_BITS": yb, "COL_CLASS_BITS": xb,
+                   "ROW_CLASSES": f"{ohr * yb}'h{pack(ycls, yb):x}", "COL_CLASSES": f"{owc * xb}'h{pack(xcls, xb):x}"})
     rb, cb = _clog2(ohr), _clog2(owc)
     xs = rng.integers(0, 2, (ohr * owc, 10))
     recs = [pack(x, 1) | (((oy << cb) | ox) << 10) for (oy, ox), x in

@@ -160,7 +160,7 @@ def _mvtu_jobs(design, s: dict) -> list:
     ew = s["ew"]  # bits of one row's table entry
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
-    base = {**matrix_unit.rtl_parameters(s), "WFILE": "w.mem", "TFILE": "t.mem"}
+    base = {**matrix_unit.rtl_parameters(s), "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
     jobs = []
     for p in rows:
@@ -174,7 +174,7 @@ def _mvtu_jobs(design, s: dict) -> list:
             w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
         mems = {"w.mem": mem_image(w, s["na"] * keep), "t.mem": mem_image(t, p * ew)}
-        jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MH": mh, "PE": p}, mems))
+        jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
 
 

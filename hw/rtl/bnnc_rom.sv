@@ -1,6 +1,7 @@
 // Read-only memory with a registered output, initialised from a $readmemh file (one hexadecimal
 // word of W bits per line). The read is enabled by `en`, so the output holds during a stall.
 // Shaped so that synthesis maps it to block RAM or LUT RAM.
+`default_nettype none
 module bnnc_rom #(
     parameter int W = 8,
     parameter int D = 2,
@@ -26,3 +27,4 @@ module bnnc_rom #(
     if (en) q <= mem[addr];
   end
 endmodule
+`default_nettype wire

@@ -14,6 +14,7 @@
 // window uses). A window costs KH*KW + 3 cycles. R >= KH + SH lets the writer fill the next rows
 // meanwhile; more rows let a producer run ahead across frame boundaries. Requires PT < KH and
 // PL < KW (every window has a valid tap) and R >= KH.
+`default_nettype none
 module bnnc_swg #(
     parameter int IH = 4,
     parameter int IW = 4,
@@ -226,3 +227,4 @@ module bnnc_swg #(
     end
   end
 endmodule
+`default_nettype wire
