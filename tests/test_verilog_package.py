@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,3 +107,26 @@ def test_yosys_reads_the_rtl_without_defer(tmp_path):
     r = subprocess.run([*verilog_resources.yosys_command(), "-q", "-s", "read.ys"], cwd=out, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_a_yosys_failure_leaves_the_report_and_gives_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """yosys crashing on a block (the WebAssembly build once ran out of stack on a wide popcount)
+    is no internal error: `report` keeps its cycles and says why there is no estimate; a resource
+    limit that needs the estimate ends in one `bnnc: error:` line."""
+    crash = [sys.executable, "-c", "import sys; print('ERROR: stack overflow'); sys.exit(1)"]
+    monkeypatch.setattr(verilog_resources, "yosys_command", lambda: crash)
+    monkeypatch.setattr(verilog_resources, "available", lambda: True)
+    monkeypatch.setattr(verilog_resources, "cache_dir", lambda: tmp_path / "cache")
+    path = tmp_path / "m.onnx"
+    save(_model(), path)
+    folding = tmp_path / "f.json"
+    folding.write_text(json.dumps(FOLDING))
+    assert main(["report", str(path), "--target", "verilog", "--folding", str(folding)]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline II" in out and "resources: no estimate: yosys could not synthesise" in out
+    assert "stack overflow" in out
+    folding.write_text(json.dumps({**FOLDING, "limits": {"lut": 10 ** 6}}))
+    assert main(["compile", str(path), "--target", "verilog", "-o", str(tmp_path / "o"), "--folding",
+                 str(folding)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnnc: error: yosys could not synthesise") and err.count("\n") == 1

