@@ -331,7 +331,10 @@ module bnnc_mvtu #(
   logic [NFW-1:0] e1_nf, e2_nf, e3_nf;
   logic signed [SUM_BITS-1:0] e1_sum[PE][PLANES];
   logic signed [SUM_BITS-1:0] e2_sum[PE][PLANES];
-  logic [PE*EW-1:0] e1_t, e2_t, e3_t;
+  logic [PE*EW-1:0] e1_t, e2_t;
+  /* verilator lint_off UNUSEDSIGNAL */  // the gains were applied at e2 (synthesis drops them)
+  logic [PE*EW-1:0] e3_t;
+  /* verilator lint_on UNUSEDSIGNAL */
 
   bnnc_rom #(
       .W(PE * EW),
