@@ -14,6 +14,7 @@ what timing analysis reports. Designs, all at bnnc's default folding:
 * tfc: the shared FINN TFC (../shared/models/finn-tfc-w1a1), dense 784-256-256-256-10;
 * cnv-small: random_models.cnv_model(0, prune=0.5): half of every hidden layer's filters pruned (a CNV-class conv pipeline: 3x3
   convolutions, max pools, dense layers), which places in minutes on this machine;
+* cnv-tiny: the same with three quarters of the filters pruned (minutes to place);
 * brevitas-cnv: the shared Brevitas CNV (slow: synthesis alone takes tens of minutes here).
 
 Default: tfc and cnv-small. It prints a table and writes JSON (default bench/results/bench_fpga.json).
@@ -46,7 +47,9 @@ def graph_of(name: str):
         return compile_file(SHARED / "brevitas-cnv-1w1a" / "cnv_1w1a.onnx")[1]
     if name == "cnv-small":
         return compile_graph(cnv_model(0, prune=0.5))
-    raise SystemExit(f"unknown design '{name}' (tfc, cnv-small, brevitas-cnv)")
+    if name == "cnv-tiny":
+        return compile_graph(cnv_model(0, prune=0.75))
+    raise SystemExit(f"unknown design '{name}' (tfc, cnv-tiny, cnv-small, brevitas-cnv)")
 
 
 def bench_design(name: str, freq: float, seed: int) -> dict:

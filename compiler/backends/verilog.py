@@ -47,7 +47,7 @@ RTL_BLOCKS = ("bnnc_fifo", "bnnc_rom", "bnnc_axis_in", "bnnc_axis_out", "bnnc_sw
               "bnnc_gsum")
 AXIS_MAX_BITS = 64  # widest AXI-Stream tdata the generated design uses
 FIFO_DEPTH = 2
-WINDOW_OVERHEAD = 3  # bnnc_swg: cycles per window beyond its KH*KW tap reads
+WINDOW_OVERHEAD = 4  # bnnc_swg: cycles per window beyond its KH*KW tap reads
 CLOCK_HZ = 200e6  # the clock frames/s figures assume without --clock-mhz
 VIVADO_PART = "xc7z020clg400-1"  # vivado.tcl's default part: a Zynq-7020 (PYNQ-Z1/Z2), as the HLS target's
 
