@@ -260,9 +260,9 @@ MVTU_CASES = [
     (7, 10, 3, 3, 6, 0),  # integer inputs, accumulator output, gain 1
     (5, 12, 5, 5, 1, 0),  # binary inputs, accumulator output, gain -2
     (3, 8, 2, 3, 1, 3),  # three thresholds per row (a 2-bit activation)
-    (6, 70, 2, 70, 1, 1),  # a popcount tree: 5 lane groups, 2 adder levels
+    (6, 70, 2, 70, 1, 1),  # a popcount tree: 5 lane groups, 3 adder levels
     (3, 40, 1, 20, 1, 1),  # 2 lane groups, 1 adder level, 2 synapse folds
-    (4, 30, 2, 30, 4, 0),  # integer lanes: 8 groups, 2 adder levels
+    (4, 30, 2, 30, 4, 0),  # integer lanes: 15 groups, 4 adder levels
 ]
 
 

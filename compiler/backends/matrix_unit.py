@@ -15,8 +15,8 @@ The RTL computes the same numbers from the same parameters; tests check the simu
 from __future__ import annotations
 
 POPCOUNT_LANES = 16  # bit lanes per first-level register: a 16-input popcount fits one cycle
-ADDER_LANES = 4  # integer lanes per first-level register
-ADDER_FANIN = 4  # values added per further register level
+ADDER_LANES = 2  # integer lanes per first-level register: one adder of two signed lanes
+ADDER_FANIN = 2  # values added per further register level: one adder (chains of three missed 150 MHz)
 # registered stages of a fold outside the sum tree: issue, weight read, operands, lane groups,
 # accumulate, table read, table register, compared value, compare, output pixel
 FIXED_STAGES = 10

@@ -70,8 +70,8 @@ module bnnc_mvtu #(
     // sum tree: lanes per first-level register (bit lanes: a popcount; integer lanes: adders) and
     // values added per further register level
     parameter int POPCOUNT_LANES = 16,
-    parameter int ADDER_LANES = 4,
-    parameter int ADDER_FANIN = 4,
+    parameter int ADDER_LANES = 2,
+    parameter int ADDER_FANIN = 2,
     // output element bits (signed when LEVEL_BASE < 0)
     parameter int OUT_BITS = THRESHOLDS == 0 ? ACC_BITS : ACT_PLANES > 1 ? 1 : $clog2(THRESHOLDS + 1),
     localparam int RB = OUT_ROWS > 1 ? $clog2(OUT_ROWS) : 1,
