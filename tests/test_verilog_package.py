@@ -130,3 +130,20 @@ def test_a_yosys_failure_leaves_the_report_and_gives_a_one_line_error(tmp_path, 
                  str(folding)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bnnc: error: yosys could not synthesise") and err.count("\n") == 1
+
+
+def test_report_uses_the_clock_given(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(verilog_resources, "available", lambda: False)  # cycles only
+    path = tmp_path / "m.onnx"
+    save(_model(), path)
+    folding = tmp_path / "f.json"
+    folding.write_text(json.dumps(FOLDING))
+    out = tmp_path / "r.json"
+    assert main(["report", str(path), "--target", "verilog", "--folding", str(folding), "--clock-mhz", "125",
+                 "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())["verilog"]
+    assert rep["clock_mhz"] == 125 and rep["frames_per_second"] == 125e6 / rep["estimated_ii"]
+    assert f"{125e6 / rep['estimated_ii']:.0f} frames/s at 125 MHz (--clock-mhz" in capsys.readouterr().out
+    assert main(["report", str(path), "--target", "verilog", "--clock-mhz", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--clock-mhz" in err and err.count("\n") == 1
