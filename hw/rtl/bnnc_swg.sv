@@ -93,6 +93,9 @@ module bnnc_swg #(
   logic signed [YW-1:0] y_top, iy;
   logic signed [XW-1:0] x_left, ix;
   logic [HW-1:0] rbase, need, last_row;  // oldest held row, first row still needed, last row needed
+  // need and last_row of the next window row, registered from y_top: y_top changes at most once per
+  // window (KH*KW + 4 cycles), so they are current when a window ends, off the critical path
+  logic [HW-1:0] need_down, last_row_down;
   logic [SLW-1:0] rslot;
   logic frame_wrap;
   logic [KYW-1:0] ky;
@@ -134,6 +137,11 @@ module bnnc_swg #(
   assign mask_shifted = {tap_ok_q, out_mask};
   assign out_row = oy;
   assign out_col = ox;
+
+  always_ff @(posedge clk) begin
+    need_down <= first_row(y_top + YW'(SH));
+    last_row_down <= bottom_row(y_top + YW'(SH));
+  end
 
   always_ff @(posedge clk) begin
     if (shift_q) begin
@@ -230,8 +238,8 @@ module bnnc_swg #(
               end else begin
                 oy <= oy + 1'b1;
                 y_top <= y_top + YW'(SH);
-                need <= first_row(y_top + YW'(SH));
-                last_row <= bottom_row(y_top + YW'(SH));
+                need <= need_down;
+                last_row <= last_row_down;
               end
             end else begin
               ox <= ox + 1'b1;
