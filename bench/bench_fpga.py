@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The Verilog target on a real FPGA flow: Fmax and device resources after place and route.
 
-    python bench/bench_fpga.py [--designs tfc,cnv-small,brevitas-cnv] [--freq MHZ] [--seed N] [--json PATH]
+    python bench/bench_fpga.py [--designs tfc,cnv-tiny,cnv-small,brevitas-cnv] [--freq MHZ] [--seed N]
+                               [--json PATH]
 
 For each design the script generates the accelerator (`bnnc compile --target verilog`), synthesises
 it with yosys `synth_ecp5` and places and routes it with nextpnr-ecp5 on a Lattice LFE5U-85F,
@@ -12,12 +13,13 @@ The clock asked of nextpnr is --freq (default 150 MHz): it only steers the place
 what timing analysis reports. Designs, all at bnnc's default folding:
 
 * tfc: the shared FINN TFC (../shared/models/finn-tfc-w1a1), dense 784-256-256-256-10;
-* cnv-small: random_models.cnv_model(0, prune=0.5): half of every hidden layer's filters pruned (a CNV-class conv pipeline: 3x3
-  convolutions, max pools, dense layers), which places in minutes on this machine;
+* cnv-small: random_models.cnv_model(0, prune=0.5), half of every hidden layer's filters pruned
+  (a CNV-class conv pipeline: 3x3 convolutions, max pools, dense layers; half an hour to place on
+  a loaded 2-core machine);
 * cnv-tiny: the same with three quarters of the filters pruned (minutes to place);
 * brevitas-cnv: the shared Brevitas CNV (slow: synthesis alone takes tens of minutes here).
 
-Default: tfc and cnv-small. It prints a table and writes JSON (default bench/results/bench_fpga.json).
+Default: tfc and cnv-tiny. It prints a table and writes JSON (default bench/results/bench_fpga.json).
 """
 
 from __future__ import annotations
@@ -72,14 +74,15 @@ def bench_design(name: str, freq: float, seed: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--designs", default="tfc,cnv-small")
+    ap.add_argument("--designs", default="tfc,cnv-tiny")
     ap.add_argument("--freq", type=float, default=150.0, help="clock asked of nextpnr, MHz (default 150)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_fpga.json"))
     a = ap.parse_args()
     from bnnc.backends import verilog_ecp5
 
-    results = {"machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+    machine = {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}
+    results = {"machine": machine,
                "device": f"LFE5U-{verilog_ecp5.DEVICE.upper()}F-{verilog_ecp5.SPEED} {verilog_ecp5.PACKAGE}",
                "freq_target_mhz": a.freq, "designs": {}}
     for name in a.designs.split(","):

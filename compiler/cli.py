@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--target-cycles", type=int, default=None,
                         help="verilog/hls: choose the cheapest folding with at most this many cycles per frame")
         sp.add_argument("--clock-mhz", type=float, default=None,
-                        help="verilog: the clock frames/s figures assume (default 200; bench/bench_fpga.py measures Fmax)")
+                        help="verilog: the clock frames/s figures assume (default 200, not checked: "
+                             "bench/bench_fpga.py measures Fmax)")
         sp.add_argument("--mcu", default=None, help="cortex-m0 | cortex-m4 | cortex-m7: firmware for this core")
         sp.add_argument("--flash", default=None, help="MCU flash budget in bytes (e.g. 256k); exceeding it is an error")
         sp.add_argument("--ram", default=None, help="MCU RAM budget in bytes (e.g. 64k); exceeding it is an error")

@@ -47,19 +47,20 @@ def rtl_parameter_groups(stage: dict) -> list:
     caller: the one export of the unit's layout to the RTL, used by the generated top and by the
     per-block resource estimate alike. Parameters at their RTL defaults are left out."""
     s = stage
-    groups = [[("MATRIX_ROWS", s["mh"]), ("MATRIX_COLS", s["mw"]), ("PE", s["pe"]), ("SIMD", s["simd"]), ("INPUT_BITS", s["ib"]),
-               ("SUM_BITS", s["sb"])],
+    groups = [[("MATRIX_ROWS", s["mh"]), ("MATRIX_COLS", s["mw"]), ("PE", s["pe"]), ("SIMD", s["simd"]),
+               ("INPUT_BITS", s["ib"]), ("SUM_BITS", s["sb"])],
               [("THRESHOLDS", s["nt"]), ("TABLE_BITS", s["tb"]), ("ACC_BITS", s["ab"]), ("GAIN", s["gain"])]]
     if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
-        groups += [[("PLANES", s["np"]), ("PLANE_FLIPS", s["pb"]), ("PLANE_MASKS", s["pm"]), ("GAINS_IN_TABLE", s["gm"]), ("GAIN_BITS", s["gb"]),
-                    ("VALUE_BITS", s["vb"])], [("ACT_PLANES", s["npl"])]]
+        groups += [[("PLANES", s["np"]), ("PLANE_FLIPS", s["pb"]), ("PLANE_MASKS", s["pm"]),
+                    ("GAINS_IN_TABLE", s["gm"]), ("GAIN_BITS", s["gb"]), ("VALUE_BITS", s["vb"])],
+                   [("ACT_PLANES", s["npl"])]]
     if s["mode"] == "levels":
         groups.append([("LEVEL_BASE", s["lb"]), ("LEVEL_STEP", s["ls"]), ("OUT_BITS", s["ob"])])
     elif s["mode"] == "requant":
-        groups.append([("REQUANTIZE", 1), ("SHIFT", s["shift"]), ("OUT_MIN", s["qlo"]), ("OUT_MAX", s["qhi"]), ("PRODUCT_BITS", s["pw"]),
-                       ("OUT_BITS", s["ob"])])
-    groups += [[("BORDER_CLASSES", s["ncls"]), ("COL_CLASS_COUNT", s["nx"]), ("OUT_ROWS", s["ohr"]), ("OUT_COLS", s["owc"]), ("ROW_CLASS_BITS", s["yb"]),
-                ("COL_CLASS_BITS", s["xb"])],
+        groups.append([("REQUANTIZE", 1), ("SHIFT", s["shift"]), ("OUT_MIN", s["qlo"]), ("OUT_MAX", s["qhi"]),
+                       ("PRODUCT_BITS", s["pw"]), ("OUT_BITS", s["ob"])])
+    groups += [[("BORDER_CLASSES", s["ncls"]), ("COL_CLASS_COUNT", s["nx"]), ("OUT_ROWS", s["ohr"]),
+                ("OUT_COLS", s["owc"]), ("ROW_CLASS_BITS", s["yb"]), ("COL_CLASS_BITS", s["xb"])],
                [("ROW_CLASSES", s["ycls"]), ("COL_CLASSES", s["xcls"])]]
     return groups
 
