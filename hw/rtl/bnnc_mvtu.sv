@@ -451,7 +451,8 @@ module bnnc_mvtu #(
   /* verilator lint_on UNUSEDSIGNAL */
   always_comb begin
     pixel_next = pixel;
-    pixel_next[e4_nf*PE*ROW+:PE*ROW] = e4_out;
+    // a decoder per fold, not an indexed part-select (whose index multiply took a DSP and most of a cycle)
+    for (int f = 0; f < NF; f++) if (e4_nf == NFW'(f)) pixel_next[f*PE*ROW+:PE*ROW] = e4_out;
   end
 
   // output element j * MATRIX_ROWS + o is row o's element j (j > 0 only for activation planes)
