@@ -176,7 +176,7 @@ def target_options(target: str, name: str = "bnnc", folding=None, target_cycles=
         raise BnncError("--target-cycles must be at least 1")
     for flag, value, users in (("--folding", folding, HW_TARGETS), ("--target-cycles", target_cycles, HW_TARGETS),
                                ("--flash", flash, targets.MCUS), ("--ram", ram, targets.MCUS),
-                               ("--clock-mhz", clock_mhz, targets.MCUS)):
+                               ("--clock-mhz", clock_mhz, targets.MCUS + ("verilog",))):
         if value is not None and target not in users:
             raise BnncError(f"{flag} applies to --target {' | '.join(users)}, not to --target {target}")
     if clock_mhz is not None and not 0 < float(clock_mhz) < float("inf"):

@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--ram", default=None,
                         help="MCU targets: RAM budget in bytes (e.g. 64k); exceeding it is an error")
         sp.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
-                        help="MCU targets: clock of the latency estimate (default: a typical part of the core)")
+                        help="MCU targets: clock of the latency estimate (default: a typical part of the core); "
+                             "verilog: the clock of the frames/s figures (default 200 MHz, not checked: "
+                             "bench/bench_fpga.py measures Fmax)")
 
     all_targets = " | ".join(targets.TARGETS)
 

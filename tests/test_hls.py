@@ -397,7 +397,7 @@ def test_cli_compile_run_verify_report(tfc_path, tmp_path, capsys):
     out = tmp_path / "hls"
     assert main(["compile", str(tfc_path), "--target", "hls", "-o", str(out), "--name", "my-net"]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"model.cpp", "model.h", "bnnc_hls.h", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile",
+    assert {"model.cpp", "model.h", "bnnc_hls.h", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile", "README.md",
             "folding.json"} <= names
     assert re.search(r"void my_net_top\(hls::stream<my_net_in(_beat)?_t> &in, hls::stream<my_net_out_t> &out\)",
                      (out / "model.cpp").read_text())

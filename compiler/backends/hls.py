@@ -683,7 +683,7 @@ def render(graph: ir.Graph, foldings: list, name: str = "bnnc") -> dict:
     ctx.update(_testbench_data(graph, ctx["prefix"]))
     env = _env()
     out = {n: env.get_template(n + ".j2").render(**ctx)
-           for n in ("model.h", "model.cpp", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile")}
+           for n in ("model.h", "model.cpp", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile", "README.md")}
     out["bnnc_hls.h"] = (resource_dir("runtime") / "hls" / "bnnc_hls.h").read_text()
     out["folding.json"] = json.dumps({"layers": [f.as_dict() for f in foldings]}, indent=2) + "\n"
     return out

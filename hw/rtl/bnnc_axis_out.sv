@@ -3,6 +3,7 @@
 // The mirror of bnnc_axis_in: each pixel of C elements of EB bits leaves as ceil(C / BE) beats of
 // BE elements (element j in m_axis_tdata[j*EB +: EB], unused bits 0); tlast marks the last beat of
 // each frame of PIXELS pixels. Nothing moves while m_axis_tready is low.
+`default_nettype none
 module bnnc_axis_out #(
     parameter int EB = 8,
     parameter int C = 3,
@@ -55,3 +56,4 @@ module bnnc_axis_out #(
     end
   end
 endmodule
+`default_nettype wire

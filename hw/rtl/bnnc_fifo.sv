@@ -2,6 +2,7 @@
 //
 // DEPTH entries of WIDTH bits; in_ready and out_valid depend only on registers, so a FIFO cuts
 // every combinational valid/ready path between the stages it joins.
+`default_nettype none
 module bnnc_fifo #(
     parameter int WIDTH = 8,
     parameter int DEPTH = 2
@@ -50,3 +51,4 @@ module bnnc_fifo #(
     if (push) mem[wptr] <= in_data;
   end
 endmodule
+`default_nettype wire

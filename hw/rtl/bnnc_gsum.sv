@@ -3,6 +3,7 @@
 // Bits (EB = 1, bit 1 = -1) count as +-1; integers (EB > 1) are signed. Outputs are signed OB-bit
 // integers. The next frame accumulates while the result waits for out_ready; only its last pixel
 // waits for the previous result to leave.
+`default_nettype none
 module bnnc_gsum #(
     parameter int NPIX = 4,
     parameter int C = 1,
@@ -56,3 +57,4 @@ module bnnc_gsum #(
     end
   end
 endmodule
+`default_nettype wire

@@ -3,6 +3,7 @@
 // Padded taps are ignored (ONNX pads MaxPool with -inf). On bits (EB = 1, bit 1 = -1) the max of
 // +-1 values is -1 only when every valid tap is -1: an AND of the valid taps' bits. On integers
 // (signed EB-bit) it is the largest valid tap. Windows come from bnnc_swg.
+`default_nettype none
 module bnnc_maxpool #(
     parameter int IH = 4,
     parameter int IW = 4,
@@ -72,3 +73,4 @@ module bnnc_maxpool #(
     end
   end
 endmodule
+`default_nettype wire

@@ -11,9 +11,12 @@
 // slot is free; the reader waits until the last input row its window needs is complete, reads the
 // KH*KW taps one per cycle (synchronous memory read), and after the window is taken releases the
 // rows no later window of the frame needs (all of them at the end of a frame, including rows no
-// window uses). A window costs KH*KW + 3 cycles. R >= KH + SH lets the writer fill the next rows
+// window uses). A window costs KH*KW + 4 cycles: the tap address is registered before the memory
+// (its row-slot arithmetic and the memory's address setup do not fit one cycle at speed), and
+// slot s of the buffer starts at s*IW from a table, not a multiplier. R >= KH + SH lets the writer fill the next rows
 // meanwhile; more rows let a producer run ahead across frame boundaries. Requires PT < KH and
 // PL < KW (every window has a valid tap) and R >= KH.
+`default_nettype none
 module bnnc_swg #(
     parameter int IH = 4,
     parameter int IW = 4,
@@ -59,7 +62,8 @@ module bnnc_swg #(
   // ---------------------------------------------------------------- row buffer
   logic [PW-1:0] rows[R*IW];
   logic [PW-1:0] rdata;
-  logic [AW-1:0] raddr;
+  logic [AW-1:0] raddr, raddr_q;
+  logic [AW-1:0] waddr;  // wslot*IW + wcol: rows are written in order, so a counter
   logic [CW-1:0] wcol;
   logic [SLW-1:0] wslot;
   logic [NW-1:0] nfull;  // complete rows held, oldest first (frame row rbase in slot rslot)
@@ -69,14 +73,16 @@ module bnnc_swg #(
   assign in_ready = nfull != NW'(R);
 
   always_ff @(posedge clk) begin
-    if (push) rows[AW'(wslot)*AW'(IW)+AW'(wcol)] <= in_data;
-    rdata <= rows[raddr];
+    if (push) rows[waddr] <= in_data;
+    raddr_q <= raddr;
+    rdata <= rows[raddr_q];
   end
 
   // ---------------------------------------------------------------- reader
-  typedef enum logic [1:0] {
+  typedef enum logic [2:0] {
     S_NEXT,  // release rows no longer needed, wait for the rows of the next window
-    S_READ,  // issue one tap read per cycle
+    S_READ,  // issue one tap address per cycle
+    S_WAIT,  // the last tap's address is in its register
     S_LAST,  // the last tap's data arrives
     S_HOLD   // window complete, waiting for out_ready
   } state_t;
@@ -87,16 +93,24 @@ module bnnc_swg #(
   logic signed [YW-1:0] y_top, iy;
   logic signed [XW-1:0] x_left, ix;
   logic [HW-1:0] rbase, need, last_row;  // oldest held row, first row still needed, last row needed
+  // need and last_row of the next window row, registered from y_top: y_top changes at most once per
+  // window (KH*KW + 4 cycles), so they are current when a window ends, off the critical path
+  logic [HW-1:0] need_down, last_row_down;
   logic [SLW-1:0] rslot;
   logic frame_wrap;
   logic [KYW-1:0] ky;
   logic [KXW-1:0] kx;
-  logic tap_ok_q, shift_q;
+  logic tap_ok_d, tap_ok_q, shift_d, shift_q;  // a tap's read: address registered (_d), data (_q)
 
   wire pop = state == S_NEXT && rbase != need && nfull != '0;
   wire rows_ready = NW'(last_row - rbase) < nfull;
   wire tap_ok = iy >= 0 && iy < YW'(IH) && ix >= 0 && ix < XW'(IW);
   wire last_tap = ky == KYW'(KH - 1) && kx == KXW'(KW - 1);
+
+  function automatic logic [AW-1:0] slot_start(input logic [SLW-1:0] s);  // s * IW
+    slot_start = '0;
+    for (int i = 0; i < R; i++) if (s == SLW'(i)) slot_start = AW'(i * IW);
+  endfunction
 
   // slot of input row iy: rslot + (iy - rbase), modulo R
   logic [SLW:0] slot_sum;
@@ -104,7 +118,7 @@ module bnnc_swg #(
   always_comb begin
     slot_sum = (SLW + 1)'(rslot) + (SLW + 1)'(iy[HW-1:0] - rbase);
     slot = slot_sum >= (SLW + 1)'(R) ? SLW'(slot_sum - (SLW + 1)'(R)) : SLW'(slot_sum);
-    raddr = tap_ok ? AW'(slot) * AW'(IW) + AW'(ix[CW-1:0]) : '0;
+    raddr = tap_ok ? slot_start(slot) + AW'(ix[CW-1:0]) : '0;
   end
 
   function automatic logic [HW-1:0] first_row(input logic signed [YW-1:0] top);
@@ -125,6 +139,11 @@ module bnnc_swg #(
   assign out_col = ox;
 
   always_ff @(posedge clk) begin
+    need_down <= first_row(y_top + YW'(SH));
+    last_row_down <= bottom_row(y_top + YW'(SH));
+  end
+
+  always_ff @(posedge clk) begin
     if (shift_q) begin
       out_data <= shifted[(T+1)*PW-1:PW];
       out_mask <= mask_shifted[T:1];
@@ -135,6 +154,7 @@ module bnnc_swg #(
     if (!rst_n) begin
       wcol <= '0;
       wslot <= '0;
+      waddr <= '0;
       nfull <= '0;
       state <= S_NEXT;
       oy <= '0;
@@ -150,7 +170,9 @@ module bnnc_swg #(
       frame_wrap <= 1'b0;
       ky <= '0;
       kx <= '0;
+      tap_ok_d <= 1'b0;
       tap_ok_q <= 1'b0;
+      shift_d <= 1'b0;
       shift_q <= 1'b0;
       out_valid <= 1'b0;
     end else begin
@@ -158,11 +180,14 @@ module bnnc_swg #(
       if (push) begin
         wcol <= row_done ? '0 : wcol + 1'b1;
         if (row_done) wslot <= wslot == SLW'(R - 1) ? '0 : wslot + 1'b1;
+        waddr <= waddr == AW'(R * IW - 1) ? '0 : waddr + 1'b1;
       end
       nfull <= nfull + NW'(row_done) - NW'(pop);
       // reader
-      shift_q <= state == S_READ;
-      tap_ok_q <= tap_ok;
+      shift_d <= state == S_READ;
+      shift_q <= shift_d;
+      tap_ok_d <= tap_ok;
+      tap_ok_q <= tap_ok_d;
       case (state)
         S_NEXT: begin
           if (pop) begin
@@ -190,8 +215,9 @@ module bnnc_swg #(
             kx <= kx + 1'b1;
             ix <= ix + 1'b1;
           end
-          if (last_tap) state <= S_LAST;
+          if (last_tap) state <= S_WAIT;
         end
+        S_WAIT: state <= S_LAST;
         S_LAST: begin
           state <= S_HOLD;
           out_valid <= 1'b1;
@@ -212,8 +238,8 @@ module bnnc_swg #(
               end else begin
                 oy <= oy + 1'b1;
                 y_top <= y_top + YW'(SH);
-                need <= first_row(y_top + YW'(SH));
-                last_row <= bottom_row(y_top + YW'(SH));
+                need <= need_down;
+                last_row <= last_row_down;
               end
             end else begin
               ox <= ox + 1'b1;
@@ -226,3 +252,4 @@ module bnnc_swg #(
     end
   end
 endmodule
+`default_nettype wire

@@ -1,0 +1,70 @@
+"""The matrix-vector-threshold unit (hw/rtl/bnnc_mvtu.sv): its pipeline, as the performance model
+sees it.
+
+Per fold (one cycle at full speed) the unit reads PE x SIMD weights, and a vector of NF x SF folds
+leaves it `latency(...)` cycles after it was accepted. The folds stream through these registered
+stages, so throughput stays one fold per cycle and only the first frame pays the depth:
+  issue (fold counters) -> weight read (block RAM) -> operands (registered: block RAM
+  clock-to-output is most of a cycle at speed) -> lane-group sums (popcounts of POPCOUNT_LANES bit
+  lanes, or sums of ADDER_LANES integer lanes) -> `tree_levels` register levels adding ADDER_FANIN
+  values each -> accumulate -> table read -> table registered -> compared value (gains) ->
+  threshold compare / offset / requantization -> output pixel.
+The RTL computes the same numbers from the same parameters; tests check the simulated latency.
+"""
+
+from __future__ import annotations
+
+POPCOUNT_LANES = 16  # bit lanes per first-level register: a 16-input popcount fits one cycle
+ADDER_LANES = 2  # integer lanes per first-level register: one adder of two signed lanes
+ADDER_FANIN = 2  # values added per further register level: one adder (chains of three missed 150 MHz)
+# registered stages of a fold outside the sum tree: issue, weight read, operands, lane groups,
+# accumulate, table read, table register, compared value, compare, output pixel
+FIXED_STAGES = 10
+
+
+def tree_levels(simd: int, in_bits: int) -> int:
+    """Register levels after the lane groups until one partial sum per row and plane is left."""
+    group = POPCOUNT_LANES if in_bits == 1 else ADDER_LANES
+    n, levels = -(-simd // group), 0
+    while n > 1:
+        n, levels = -(-n // ADDER_FANIN), levels + 1
+    return levels
+
+
+def pipeline_depth(simd: int, in_bits: int) -> int:
+    """Cycles a fold spends in the unit's registers beyond the one it is issued in."""
+    return FIXED_STAGES - 2 + tree_levels(simd, in_bits)
+
+
+def latency(nf: int, sf: int, simd: int, in_bits: int) -> int:
+    """Cycles from accepting a vector to its output being valid, with nothing stalled."""
+    return nf * sf + pipeline_depth(simd, in_bits)
+
+
+def rtl_parameter_groups(stage: dict) -> list:
+    """bnnc_mvtu's parameters for a conv stage of the Verilog backend (verilog._conv_stage), in
+    groups of (name, value) (one line each in the generated top), memory image names left to the
+    caller: the one export of the unit's layout to the RTL, used by the generated top and by the
+    per-block resource estimate alike. Parameters at their RTL defaults are left out."""
+    s = stage
+    groups = [[("MATRIX_ROWS", s["mh"]), ("MATRIX_COLS", s["mw"]), ("PE", s["pe"]), ("SIMD", s["simd"]),
+               ("INPUT_BITS", s["ib"]), ("SUM_BITS", s["sb"])],
+              [("THRESHOLDS", s["nt"]), ("TABLE_BITS", s["tb"]), ("ACC_BITS", s["ab"]), ("GAIN", s["gain"])]]
+    if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
+        groups += [[("PLANES", s["np"]), ("PLANE_FLIPS", s["pb"]), ("PLANE_MASKS", s["pm"]),
+                    ("GAINS_IN_TABLE", s["gm"]), ("GAIN_BITS", s["gb"]), ("VALUE_BITS", s["vb"])],
+                   [("ACT_PLANES", s["npl"])]]
+    if s["mode"] == "levels":
+        groups.append([("LEVEL_BASE", s["lb"]), ("LEVEL_STEP", s["ls"]), ("OUT_BITS", s["ob"])])
+    elif s["mode"] == "requant":
+        groups.append([("REQUANTIZE", 1), ("SHIFT", s["shift"]), ("OUT_MIN", s["qlo"]), ("OUT_MAX", s["qhi"]),
+                       ("PRODUCT_BITS", s["pw"]), ("OUT_BITS", s["ob"])])
+    groups += [[("BORDER_CLASSES", s["ncls"]), ("COL_CLASS_COUNT", s["nx"]), ("OUT_ROWS", s["ohr"]),
+                ("OUT_COLS", s["owc"]), ("ROW_CLASS_BITS", s["yb"]), ("COL_CLASS_BITS", s["xb"])],
+               [("ROW_CLASSES", s["ycls"]), ("COL_CLASSES", s["xcls"])]]
+    return groups
+
+
+def rtl_parameters(stage: dict) -> dict:
+    """rtl_parameter_groups as one {name: value}."""
+    return {k: v for group in rtl_parameter_groups(stage) for k, v in group}
