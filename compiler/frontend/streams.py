@@ -26,10 +26,11 @@ WIDE_STREAM_LIMIT = 2**30 - 1  # a stream whose values can reach beyond STREAM_L
 def to_stream(ctx, node, v: Val) -> Val:
     """A real-valued layer output as a fixed-point Ints stream (ir.Requantize): the affine map
     relu?(a * acc + b) that the chain specifies, on the coarsest grid 2**-k (k <= frac_bits) that
-    holds it exactly, else rounded half up on the finest grid 2**-k (frac_bits <= k <= 24) on which its
-    worst case fits 31 bits; saturating beyond (stated: Requantize.reach). MaxPools on the way run on the stream (`_pooled_stream`), which may
-    leave ops pending after them (an IntChainVal); a Relu followed by more arithmetic (BatchNorm
-    after Relu) becomes two requantizations. Any other value is returned as it is."""
+    holds it exactly, else rounded half up on the finest grid 2**-k (frac_bits <= k <= 24) on
+    which its worst case fits 31 bits; saturating beyond (stated: Requantize.reach). MaxPools on
+    the way run on the stream (`_pooled_stream`), which may leave ops pending after them (an
+    IntChainVal); a Relu followed by more arithmetic (BatchNorm after Relu) becomes two
+    requantizations. Any other value is returned as it is."""
     if not isinstance(v, AccVal):
         return v
     conv = ctx.graph.op(v.conv)
@@ -152,7 +153,7 @@ def narrow(ctx, node, v: IntsVal, limit: int) -> IntsVal:
         return v
     c = ty.shape[2]
     lo, hi = (ty.lo + (1 << (s - 1))) >> s, (ty.hi + (1 << (s - 1))) >> s
-    scale = ty.scale * 2**s
+    scale = v.scale * 2**s
     note = (f"fixed-point stream 2^{math.log2(scale):g}: out = floor((x + 2^{s - 1}) / 2^{s}), the input "
             f"rounded half up to a {2**s} times coarser grid (error <= {scale / 2:.3g}) to fit 32 bits")
     ep = ir.Requantize(np.ones(c, np.int64), np.full(c, 1 << (s - 1), np.int64), s, lo, hi, scale, [note],
