@@ -83,7 +83,8 @@ def approximations(graph: ir.Graph) -> list:
             found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream "
                          f"(<= {ep.max_error:.3g})")
         elif isinstance(op, ir.Add) and op.round_shift:
-            found.append(f"residual Add '{op.name}' rounded to its grid (<= {graph.tensors[op.outputs[0]].scale / 2:.3g})")
+            half_step = graph.tensors[op.outputs[0]].scale / 2
+            found.append(f"residual Add '{op.name}' rounded to its grid (<= {half_step:.3g})")
         if isinstance(ep, ir.Requantize) and ep.reach > max(ep.hi, -ep.lo) * ep.out_scale:
             found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream saturates at "
                          f"+-{max(ep.hi, -ep.lo) * ep.out_scale:.6g} (its worst case reaches {ep.reach:.6g})")
@@ -92,7 +93,8 @@ def approximations(graph: ir.Graph) -> list:
             reach = max(-(a.lo * a.scale + b.lo * b.scale), a.hi * a.scale + b.hi * b.scale)
             bound = max(op.hi, -op.lo) * graph.tensors[op.outputs[0]].scale
             if reach > bound:
-                found.append(f"residual Add '{op.name}' saturates at +-{bound:.6g} (its worst case reaches {reach:.6g})")
+                found.append(f"residual Add '{op.name}' saturates at +-{bound:.6g} "
+                             f"(its worst case reaches {reach:.6g})")
     return found
 
 
