@@ -172,6 +172,10 @@ def test_flash_and_ram_come_from_the_elf_sections():
     assert st["flash_bytes"] == sum(v for k, v in sec.items() if k != ".bss")
     assert st["ram_bytes"] == sec.get(".data", 0) + sec[".bss"] + st["stack_bytes"] and st["stack_bytes"] > 0
     assert sec[".bss"] >= st["arena_bytes"]  # the arena is one static array
+    # the model's RAM: all but the harness's input and output buffers
+    io = int(np.prod(graph.input_info["shape"])) * np.dtype(graph.input_info["dtype"]).itemsize \
+        + 4 * graph.output_info["elements"]
+    assert st["model_ram_bytes"] == st["ram_bytes"] - io >= st["arena_bytes"] + st["stack_bytes"]
 
 
 @pytest.mark.parametrize("key,flag", [("flash_bytes", "flash"), ("ram_bytes", "ram")])

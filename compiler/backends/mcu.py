@@ -254,6 +254,10 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
         "latency_ms": mean_cycles / (clock * 1e3),
         "flash_bytes": fw.flash_bytes,
         "ram_bytes": fw.data_bytes + fw.bss_bytes + stack,
+        # what the model itself needs: without the emulation harness's input and output buffers
+        # (an app reads its input and writes its output where it likes)
+        "model_ram_bytes": fw.data_bytes + fw.bss_bytes + stack
+        - sum(fw.symbols[s][1] for s in ("bnnc_emu_input", "bnnc_emu_output") if s in fw.symbols),
         "ram_static_bytes": fw.data_bytes + fw.bss_bytes,
         "stack_bytes": stack,
         "arena_bytes": int(bg.arena["size"]),
