@@ -151,13 +151,14 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor ranks from ONNX shape inference on a proxy with every custom op made an Identity
-    (all three ops keep their input's shape)."""
+def static_shapes(model: onnx.ModelProto) -> dict:
+    """tensor name -> tuple of dims (None where unknown) from ONNX shape inference, best effort.
+    Inference runs on a proxy in which every custom-domain node (QONNX / FINN quantizers and
+    thresholds, which keep their input's shape) is an Identity of its first input."""
     proxy = onnx.ModelProto()
     proxy.CopyFrom(model)
     for n in proxy.graph.node:
-        if n.domain not in STANDARD_DOMAINS:
+        if n.domain not in STANDARD_DOMAINS and n.input:
             n.CopyFrom(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
     keep = [o for o in proxy.opset_import if o.domain in STANDARD_DOMAINS]
     del proxy.opset_import[:]
@@ -165,15 +166,20 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     proxy.ir_version = min(proxy.ir_version, MAX_IR_VERSION)
     try:
         proxy = onnx.shape_inference.infer_shapes(proxy, strict_mode=False, data_prop=True)
-    except Exception:  # inference is best effort: a missing rank is reported where it is needed
+    except Exception:  # inference is best effort: a missing shape is reported where it is needed
         pass
     g = proxy.graph
-    ranks = {t.name: len(t.dims) for t in g.initializer}
+    shapes = {t.name: tuple(t.dims) for t in g.initializer}
     for vi in [*g.input, *g.value_info, *g.output]:
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
-            ranks[vi.name] = len(tt.shape.dim)
-    return ranks
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return shapes
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor ranks from ONNX shape inference (`static_shapes`)."""
+    return {name: len(shape) for name, shape in static_shapes(model).items()}
 
 
 def _bipolar_quant(e: _Emitter, node, consts, ranks) -> None:

@@ -161,30 +161,6 @@ def drop_unused(model: onnx.ModelProto) -> None:
         g.input.extend(inputs)
 
 
-def static_shapes(model: onnx.ModelProto) -> dict:
-    """tensor name -> tuple of dims (None where unknown) from ONNX shape inference, best effort.
-    Inference runs on a proxy in which every custom-domain node (QONNX / FINN quantizers and
-    thresholds, which keep their input's shape) is an Identity of its first input."""
-    proxy = copy_model(model)
-    for n in proxy.graph.node:
-        if not is_standard(n) and n.input:
-            n.CopyFrom(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
-    keep = [o for o in proxy.opset_import if o.domain in STANDARD_DOMAINS]
-    del proxy.opset_import[:]
-    proxy.opset_import.extend(keep)
-    try:
-        proxy = onnx.shape_inference.infer_shapes(proxy, strict_mode=False, data_prop=True)
-    except Exception:
-        pass
-    g = proxy.graph
-    shapes = {t.name: tuple(t.dims) for t in g.initializer}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return shapes
-
-
 def onnxruntime_session(model: onnx.ModelProto):
     """An onnxruntime CPU session run as `original.OriginalModel` runs the original: one thread, no
     graph optimizations, so the float arithmetic is the node-by-node arithmetic of the model."""

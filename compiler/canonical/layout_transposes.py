@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..original import static_shapes
 from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, default_opset,
-                         drop_unused, graph_outputs, is_standard, producers, rename_input, set_attr,
-                         static_shapes)
+                         drop_unused, graph_outputs, is_standard, producers, rename_input, set_attr)
 
 UNARY = {"Relu", "Sign", "Abs", "Neg", "Cast", "Sigmoid", "Tanh", "Floor", "Ceil", "Round", "Not", "Identity",
          "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Softsign", "Softplus", "Elu", "LeakyRelu", "HardSigmoid",

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import onnx
 
-from .graph_edit import attrs, copy_model, is_standard, set_attr, static_shapes
+from ..original import static_shapes
+from .graph_edit import attrs, copy_model, is_standard, set_attr
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph_edit import Names, attrs, constant_values, copy_model, drop_unused, is_standard, producers, static_shapes
+from ..original import static_shapes
+from .graph_edit import Names, attrs, constant_values, copy_model, drop_unused, is_standard, producers
 
 
 def _axes(node: onnx.NodeProto, values: dict):

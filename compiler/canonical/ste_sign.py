@@ -33,9 +33,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..original import MAX_IR_VERSION
+from ..original import MAX_IR_VERSION, static_shapes
 from .graph_edit import (constant_values, copy_model, default_opset, drop_unused, is_standard,
-                         onnxruntime_session, producers, rename_input, static_shapes)
+                         onnxruntime_session, producers, rename_input)
 
 ELEMENTWISE = {"Abs", "Add", "Sub", "Mul", "Div", "Neg", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
                "Equal", "Cast", "Where", "Clip", "Sign", "Relu", "Min", "Max", "Not", "And", "Or", "Pow",

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph_edit import (Names, add_initializer, constant_values, copy_model, drop_unused, is_standard,
-                         static_shapes)
+from ..original import static_shapes
+from .graph_edit import Names, add_initializer, constant_values, copy_model, drop_unused, is_standard
 
 QUANTIZERS = {"Quant", "BipolarQuant", "Trunc", "IntQuant"}
 LINEAR_QUANTIZERS = {"QuantizeLinear", "DequantizeLinear"}
