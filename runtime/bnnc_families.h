@@ -217,28 +217,38 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
   }
 }
 
-/* BNNC_INT_MAC64(name, wtype, load8): acc[o] = sum_l win[l] * w[l][o] in 64 bits for o < opad,
- * weights [taps][opad] of type wtype (int32, or int8 where they fit: a quarter of the table);
- * load8(p) sign-extends eight weights to 64-bit lanes. With AVX-512, eight outputs per vector:
- * VPMULDQ multiplies the sign-extended low 32 bits of each lane (one micro-op, where a 64-bit
- * VPMULLQ takes three); 32 outputs (four vectors) per broadcast window value, eight at a time with
- * two accumulators for the rest. */
+/* BNNC_INT_MAC64(name, wtype, load8): acc[o] = init[o] + sum_l x_l * w[l][o] in 64 bits for o < opad, over
+ * the taps l = ky * row + j of kh rows of `row` values, x_l = x[ky * stride + j] (a window read in
+ * place from a padded image: stride is the image's row length; a gathered window is one row,
+ * kh = 1), weights [kh * row][opad] of type wtype (int32, or int8 where they fit: a quarter of the
+ * table); load8(p) sign-extends eight weights to 64-bit lanes. With AVX-512, eight outputs per
+ * vector: VPMULDQ multiplies the low 32 bits of each lane (one micro-op, where a 64-bit VPMULLQ
+ * takes three), so x is broadcast as 32 bits straight from memory (no trip through a general
+ * register); 32 outputs (four vectors) per broadcast value, eight at a time with two accumulators
+ * for the rest. */
 #undef BNNC_INT_MAC64 /* defined once per variant */
 #undef BNNC_LOAD8_W32
 #undef BNNC_LOAD8_W8
 #ifdef BNNC_AVX512
 #define BNNC_INT_MAC64(name, wtype, load8)                                                          \
-  BNNC_INLINE BNNC_VT void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) { \
+  BNNC_INLINE BNNC_VT void name(const int32_t *x, int stride, int kh, int row, const wtype *w, int opad, \
+                                const int64_t *init, int64_t *acc) {                               \
     int ob = 0;                                                                                    \
     for (; ob + 32 <= opad; ob += 32) { /* 32 outputs per broadcast value, 4 independent chains */ \
-      __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;                             \
+      __m512i a0 = _mm512_loadu_si512((const void *)(init + ob));                                  \
+      __m512i a1 = _mm512_loadu_si512((const void *)(init + ob + 8));                              \
+      __m512i a2 = _mm512_loadu_si512((const void *)(init + ob + 16));                             \
+      __m512i a3 = _mm512_loadu_si512((const void *)(init + ob + 24));                             \
       const wtype *wr = w + ob;                                                                    \
-      for (int l = 0; l < taps; l++, wr += opad) {                                                 \
-        const __m512i x = _mm512_set1_epi32(win[l]); /* VPMULDQ reads the low half of a lane */   \
-        a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(x, load8(wr)));                                 \
-        a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(x, load8(wr + 8)));                             \
-        a2 = _mm512_add_epi64(a2, _mm512_mul_epi32(x, load8(wr + 16)));                            \
-        a3 = _mm512_add_epi64(a3, _mm512_mul_epi32(x, load8(wr + 24)));                            \
+      for (int ky = 0; ky < kh; ky++) {                                                            \
+        const int32_t *xr = x + (size_t)ky * stride;                                               \
+        for (int j = 0; j < row; j++, wr += opad) {                                                \
+          const __m512i v = _mm512_set1_epi32(xr[j]);                                              \
+          a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(v, load8(wr)));                               \
+          a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(v, load8(wr + 8)));                           \
+          a2 = _mm512_add_epi64(a2, _mm512_mul_epi32(v, load8(wr + 16)));                          \
+          a3 = _mm512_add_epi64(a3, _mm512_mul_epi32(v, load8(wr + 24)));                          \
+        }                                                                                          \
       }                                                                                            \
       _mm512_storeu_si512((void *)(acc + ob), a0);                                                 \
       _mm512_storeu_si512((void *)(acc + ob + 8), a1);                                             \
@@ -246,17 +256,20 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
       _mm512_storeu_si512((void *)(acc + ob + 24), a3);                                            \
     }                                                                                              \
     for (; ob < opad; ob += BNNC_FAM_OBLOCK) {                                                     \
-      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();                            \
-      int l = 0;                                                                                   \
-      for (; l + 1 < taps; l += 2) {                                                               \
-        a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]),                      \
-                                                   load8(w + (size_t)l * opad + ob)));             \
-        a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(_mm512_set1_epi64(win[l + 1]),                  \
-                                                   load8(w + (size_t)(l + 1) * opad + ob)));       \
+      __m512i a0 = _mm512_loadu_si512((const void *)(init + ob)), a1 = _mm512_setzero_si512();     \
+      const wtype *wr = w + ob;                                                                    \
+      for (int ky = 0; ky < kh; ky++) {                                                            \
+        const int32_t *xr = x + (size_t)ky * stride;                                               \
+        int j = 0;                                                                                 \
+        for (; j + 1 < row; j += 2, wr += 2 * (size_t)opad) {                                      \
+          a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi32(xr[j]), load8(wr)));        \
+          a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(_mm512_set1_epi32(xr[j + 1]), load8(wr + opad))); \
+        }                                                                                          \
+        if (j < row) {                                                                             \
+          a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi32(xr[j]), load8(wr)));        \
+          wr += opad;                                                                              \
+        }                                                                                          \
       }                                                                                            \
-      if (l < taps)                                                                                \
-        a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi64(win[l]),                      \
-                                                   load8(w + (size_t)l * opad + ob)));             \
       _mm512_storeu_si512((void *)(acc + ob), _mm512_add_epi64(a0, a1));                           \
     }                                                                                              \
   }
@@ -264,14 +277,18 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
 #define BNNC_LOAD8_W8(p) _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(p)))
 #else
 #define BNNC_INT_MAC64(name, wtype, load8)                                                          \
-  BNNC_INLINE BNNC_VT void name(const int32_t *win, int taps, const wtype *w, int opad, int64_t *acc) { \
+  BNNC_INLINE BNNC_VT void name(const int32_t *x, int stride, int kh, int row, const wtype *w, int opad, \
+                                const int64_t *init, int64_t *acc) {                               \
     for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
       int64_t a[BNNC_FAM_OBLOCK];                                                                  \
-      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;                                          \
-      for (int l = 0; l < taps; l++) {                                                             \
-        const int64_t x = win[l];                                                                  \
-        const wtype *wr = w + (size_t)l * opad + ob;                                               \
-        for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += x * (int64_t)wr[j];                      \
+      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = init[ob + j];                               \
+      const wtype *wr = w + ob;                                                                    \
+      for (int ky = 0; ky < kh; ky++) {                                                            \
+        const int32_t *xr = x + (size_t)ky * stride;                                               \
+        for (int l = 0; l < row; l++, wr += opad) {                                                \
+          const int64_t v = xr[l];                                                                 \
+          for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += v * (int64_t)wr[j];                    \
+        }                                                                                          \
       }                                                                                            \
       for (int j = 0; j < BNNC_FAM_OBLOCK; j++) acc[ob + j] = a[j];                                \
     }                                                                                              \

@@ -82,6 +82,7 @@ def kernel_program(rng) -> tuple:
         "w64": rng.integers(-2**20, 2**20, TAPS * FAM_O).astype(np.int32),
         "w8": rng.integers(-128, 128, TAPS * FAM_O).astype(np.int8),
         "acc": rng.integers(-2**40, 2**40, FAM_O).astype(np.int64),
+        "init64": rng.integers(-2**40, 2**40, FAM_O).astype(np.int64),
         "mult": rng.integers(1, 2**20, FAM_O).astype(np.int64),
         "add": rng.integers(-2**30, 2**30, FAM_O).astype(np.int64),
         "alo": rng.integers(-2**39, -2**38, FAM_O).astype(np.int64),
@@ -94,7 +95,7 @@ def kernel_program(rng) -> tuple:
     }
     types = {"src": "uint64_t", "w": "uint64_t", "thr": "int32_t", "neg": "uint32_t", "u": "uint8_t", "wv": "int8_t",
              "corr": "int32_t", "pb": "uint64_t", "pm": "uint64_t", "win": "int32_t", "w64": "int32_t", "w8": "int8_t",
-             "acc": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
+             "acc": "int64_t", "init64": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
              "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dwc": "int32_t", "dww": "int8_t"}
     arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
     body = []
@@ -122,10 +123,14 @@ static BNNC_VT void run_{v}(void) {{
     printf("%s plane%d", "{v}", kind);
     show("", s, {FAM_O});
   }}
-  bnnc_int_mac64_{v}(win, {TAPS}, w64, {FAM_O}, a64);
+  bnnc_int_mac64_{v}(win, 0, 1, {TAPS}, w64, {FAM_O}, init64, a64);
   show64("{v} int_mac64", a64, {FAM_O});
-  bnnc_int_mac64_w8_{v}(win, {TAPS}, w8, {FAM_O}, a64);
+  bnnc_int_mac64_w8_{v}(win, 0, 1, {TAPS}, w8, {FAM_O}, init64, a64);
   show64("{v} int_mac64_w8", a64, {FAM_O});
+  bnnc_int_mac64_{v}(img, {DW_RS}, 3, 2, w64, {FAM_O}, init64, a64); /* in place: 3 image rows of 2 values */
+  show64("{v} int_mac64_image", a64, {FAM_O});
+  bnnc_int_mac64_w8_{v}(img, {DW_RS}, 2, 3, w8, {FAM_O}, init64, a64); /* odd rows: the 8-output tail's last tap */
+  show64("{v} int_mac64_w8_image", a64, {FAM_O});
   bnnc_requantize_row_{v}(acc64, mult, add, 42, alo, ahi, -100000, 100000, 13, q, 4);
   show("{v} requantize_row", q, 13);
   bnnc_threshold_pack64_{v}(acc64, thr64, neg8, 13, 2, 1, bits2);
@@ -197,8 +202,12 @@ def expected_kernels(d: dict) -> dict:
     for kind, v in enumerate((x ^ pb, (x ^ pb) & pm, x & pm)):
         out[f"plane{kind}"] = popcount64(v).sum(axis=(0, 1))
     win = d["win"].astype(np.int64)
-    out["int_mac64"] = win @ d["w64"].reshape(TAPS, FAM_O).astype(np.int64)
-    out["int_mac64_w8"] = win @ d["w8"].reshape(TAPS, FAM_O).astype(np.int64)
+    init = d["init64"]
+    out["int_mac64"] = init + win @ d["w64"].reshape(TAPS, FAM_O).astype(np.int64)
+    out["int_mac64_w8"] = init + win @ d["w8"].reshape(TAPS, FAM_O).astype(np.int64)
+    rows = d["img"].reshape(4, DW_RS).astype(np.int64)
+    out["int_mac64_image"] = init + rows[:3, :2].reshape(-1) @ d["w64"][:6 * FAM_O].reshape(6, FAM_O).astype(np.int64)
+    out["int_mac64_w8_image"] = init + rows[:2, :3].reshape(-1) @ d["w8"][:6 * FAM_O].reshape(6, FAM_O).astype(np.int64)
     a = np.clip(d["acc"], d["alo"], d["ahi"])
     out["requantize_row"] = np.clip((a * d["mult"] + d["add"]) >> 42, -100000, 100000)[:13]
     a13 = d["acc"][:13]

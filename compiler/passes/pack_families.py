@@ -22,7 +22,8 @@ epilogue. Ways to accumulate:
   run bnnc_int_mac_vnni on bytes u = x - off (off = min(lo, 0), so 0 <= u <= 255 also for the
   padding, where x = 0): sum w * x = sum w * u + off * sum w, the last term in vnni_corr (int32);
   its table is [o_blk / 32][kh][g][32][4], each window row's kw * c bytes in g groups of 4, zero
-  weights after them. Otherwise int64 sums of int32 weights [taps][o_blk];
+  weights after them. Otherwise int64 sums of int32 weights [taps][o_blk] (int8 where they
+  fit), on hosts also read in place from the padded image (bnnc_int_mac64);
 - "sparse_int" (expander lists): with 32-bit words (MCU firmware) only the listed (o, c) kernels
   are visited (int32 sums under the same bound); host builds multiply the dense table, zero
   kernels included, on the padded image as above, which with 8 to 64 lanes per vector is cheaper
@@ -280,6 +281,8 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
         # zero (depthwise and pooling convolutions): lists of the kept kernels then
         kept = sum(len(x) for x in op.in_lists) if op.in_lists is not None else o * c
         p.method = "int" if op.in_lists is None or 8 * kept > o * c else "sparse_int"
+        if p.method == "int" and p.word_bits == 64:  # int64 sums too: windows read in place on hosts
+            p.image = True
         if p.method == "sparse_int" and p.image and all(len(x) == 1 for x in op.in_lists):
             # one channel per output: kh * kw multiplies per output instead of the dense row
             chan = np.zeros(p.o_blk, np.int32)
