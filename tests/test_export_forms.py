@@ -110,3 +110,91 @@ def test_relu_of_a_residual_stream_before_a_max_pool():
              helper.make_node("GlobalAveragePool", ["p"], ["q"]),
              helper.make_node("Reshape", ["q", "shape"], ["y"])]
     _check(_model(nodes, inits, (1, 4, 6, 6), (1, 4)), Options())
+
+
+INT_MAX = 2**63 - 1
+
+
+def _option_a_shortcut_block(seed, opset, step=2, start=0, pad=(2, 2), slice_form="one"):
+    """IR-Net / ResNet "option A" downsampling block as torch writes it: the main branch a strided
+    binary convolution, the shortcut x[:, :, ::2, ::2] padded with zero channels, then Add."""
+    rng = np.random.default_rng(seed)
+    c, h = 4, 8
+    o = c + pad[0] + pad[1]
+    oh = -(-(h - start) // step)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(o, c, 3, 3)).astype(np.float32),
+             "g": np.array(0.125, np.float32), "w2": rng.choice([-1.0, 1.0], size=(5, o, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    if slice_form == "one":
+        inits.update(st=np.array([start, start], np.int64), en=np.array([INT_MAX, INT_MAX], np.int64),
+                     ax=np.array([2, 3], np.int64), sp=np.array([step, step], np.int64))
+        sl = [helper.make_node("Slice", ["xd", "st", "en", "ax", "sp"], ["xs"])]
+    else:  # the legacy exporter's one Slice per axis, the steps as inputs
+        inits.update(st=np.array([start], np.int64), en=np.array([INT_MAX], np.int64), a2=np.array([2], np.int64),
+                     a3=np.array([3], np.int64), sp=np.array([step], np.int64))
+        sl = [helper.make_node("Slice", ["xd", "st", "en", "a2", "sp"], ["xh"]),
+              helper.make_node("Slice", ["xh", "st", "en", "a3", "sp"], ["xs"])]
+    inits["pads"] = np.array([0, pad[0], 0, 0, 0, pad[1], 0, 0], np.int64)
+    inits["pv"] = np.array(0.0, np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["b"]),
+             helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1], strides=[step, step]),
+             helper.make_node("Mul", ["a", "g"], ["m"]), *sl,
+             helper.make_node("Pad", ["xs", "pads", "pv"], ["xp"], mode="constant"),
+             helper.make_node("Add", ["m", "xp"], ["res"]),
+             helper.make_node("Sign", ["res"], ["b2"]),
+             helper.make_node("Conv", ["b2", "w2"], ["a2c"]),
+             helper.make_node("GlobalAveragePool", ["a2c"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    assert oh >= 1
+    return model
+
+
+@pytest.mark.parametrize("seed,opset,step,pad,form", [
+    (0, 13, 2, (2, 2), "one"), (1, 11, 2, (1, 3), "per_axis"), (2, 13, 3, (0, 4), "one"),
+    (3, 13, 2, (4, 0), "per_axis")])
+def test_strided_slice_and_channel_zero_padding_shortcut(seed, opset, step, pad, form):
+    g = _check(_option_a_shortcut_block(seed, opset, step, 0, pad, form), Options())
+    assert any(isinstance(op, ir.Add) for op in g.ops())
+    assert any(isinstance(op, ir.MaxPool) and op.kernel == (1, 1) for op in g.ops())
+
+
+@pytest.mark.parametrize("axes,start", [((1, 3), 0), ((2, 3), 1)])
+def test_other_slices_are_refused(axes, start):
+    from bnnc.errors import BnncError
+
+    model = _option_a_shortcut_block(0, 13, start=start)
+    for t in model.graph.initializer:
+        if t.name == "ax":
+            t.CopyFrom(numpy_helper.from_array(np.array(axes, np.int64), "ax"))
+    with pytest.raises(BnncError, match=r"node 'Slice_\d+' \(Slice\): .*every k-th row or column from the first"):
+        compile_graph(model)
+
+
+@pytest.mark.parametrize("lo,hi", [(-1.0, 1.0), (-2.5, 0.75)])
+def test_hardtanh_before_sign(lo, hi):
+    """XNOR-Net code's Hardtanh (Clip) between BatchNorm and the sign: it keeps every sign."""
+    rng = np.random.default_rng(7)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
+             "t": (rng.integers(-3, 4, size=(1, 6, 1, 1)) + 0.5).astype(np.float32),
+             "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32),
+             "wf": rng.choice([-1.0, 1.0], size=(10, 6 * 6 * 6)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Clip", ["xd", "lo", "hi"], ["xc"]),
+             helper.make_node("Sign", ["xc"], ["b"]),
+             helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "t"], ["a2"]),
+             helper.make_node("Clip", ["a2", "lo", "hi"], ["c2"]),
+             helper.make_node("Sign", ["c2"], ["s2"]),
+             helper.make_node("Reshape", ["s2", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    _check(_model(nodes, inits, (1, 4, 6, 6)), Options())
