@@ -198,3 +198,96 @@ def test_hardtanh_before_sign(lo, hi):
              helper.make_node("Reshape", ["s2", "shape"], ["f"]),
              helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
     _check(_model(nodes, inits, (1, 4, 6, 6)), Options())
+
+
+def _reactnet_block(seed, slope_scale=1.0, opset=13):
+    """A ReActNet basic block as its PyTorch code writes it: RSign (x + b, sign), a binary 3x3
+    convolution, BatchNorm, the residual Add, then RPReLU: (x - gamma), PRelu, (+ zeta)."""
+    rng = np.random.default_rng(seed)
+    c, h = 6, 6
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "b1": (rng.normal(size=(1, c, 1, 1)) / 8).astype(np.float32),
+             "w": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
+             "bn_s": (rng.uniform(0.05, 0.2, size=c)).astype(np.float32), "bn_b": rng.normal(size=c).astype(np.float32),
+             "bn_m": rng.normal(size=c).astype(np.float32), "bn_v": rng.uniform(0.5, 2, size=c).astype(np.float32),
+             "gamma": (rng.normal(size=(1, c, 1, 1)) / 4).astype(np.float32),
+             "slope": (np.abs(rng.normal(size=(c, 1, 1))) * 0.25 * slope_scale).astype(np.float32),
+             "zeta": (rng.normal(size=(1, c, 1, 1)) / 4).astype(np.float32),
+             "b2": (rng.normal(size=(1, c, 1, 1)) / 8).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(5, c, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Add", ["xd", "b1"], ["xb"]),
+             helper.make_node("Sign", ["xb"], ["sb"]),
+             helper.make_node("Conv", ["sb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["a", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"]),
+             helper.make_node("Add", ["bn", "xd"], ["res"]),
+             helper.make_node("Sub", ["res", "gamma"], ["r1"]),
+             helper.make_node("PRelu", ["r1", "slope"], ["r2"]),
+             helper.make_node("Add", ["r2", "zeta"], ["r3"]),
+             helper.make_node("Add", ["r3", "b2"], ["r4"]),
+             helper.make_node("Sign", ["r4"], ["s2"]),
+             helper.make_node("Conv", ["s2", "w2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("seed,slope_scale", [(0, 1.0), (1, 0.0), (2, 4.0), (3, 1.0)])
+def test_reactnet_rprelu(seed, slope_scale):
+    g = _check(_reactnet_block(seed, slope_scale), Options())
+    rq = [op.epilogue for op in g.ops() if isinstance(op, ir.Activation) and isinstance(op.epilogue, ir.Requantize)]
+    assert any(ep.hi == 0 for ep in rq) and any(ep.lo == 0 for ep in rq)  # the two parts of PRelu
+
+
+def test_prelu_with_a_negative_slope_is_refused():
+    from bnnc.errors import BnncError
+
+    model = _reactnet_block(0)
+    for t in model.graph.initializer:
+        if t.name == "slope":
+            t.CopyFrom(numpy_helper.from_array(-np.ones((6, 1, 1), np.float32), "slope"))
+    with pytest.raises(BnncError, match=r"\(PRelu\): PRelu slopes must be finite and >= 0"):
+        compile_graph(model)
+
+
+@pytest.mark.parametrize("lo,hi,opset", [(0.0, 6.0, 13), (-1.0, 1.0, 13), (-0.5, 2.0, 10), (0.0, 0.3, 13)])
+def test_clip_of_a_real_valued_stream(lo, hi, opset):
+    """ReLU6 / Hardtanh on a residual stream: the stream clamped to the bounds on its grid."""
+    rng = np.random.default_rng(8)
+    c = 4
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
+             "g": np.array(0.3, np.float32), "w2": rng.normal(size=(5, c, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64), "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}
+    clip = (helper.make_node("Clip", ["res", "lo", "hi"], ["r"]) if opset >= 11 else
+            helper.make_node("Clip", ["res"], ["r"], min=lo, max=hi))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["b"]),
+             helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["m"]),
+             helper.make_node("Add", ["m", "xd"], ["res"]), clip,
+             helper.make_node("Conv", ["r", "w2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    model = _model(nodes, inits, (1, c, 6, 6), (1, 5))
+    model.opset_import[0].version = opset  # before 11, Clip's bounds are attributes
+    g = _check(model, Options())
+    clamped = [op.epilogue for op in g.ops() if isinstance(op, ir.Activation) and isinstance(op.epilogue, ir.Requantize)
+               and abs(op.epilogue.hi * op.epilogue.out_scale - hi) <= op.epilogue.out_scale]
+    assert clamped and abs(clamped[0].lo * clamped[0].out_scale - lo) <= clamped[0].out_scale
+
+
+@pytest.mark.parametrize("build", [lambda: _option_a_shortcut_block(1, 11, 2, 0, (1, 3), "per_axis"),
+                                   lambda: _reactnet_block(0)], ids=["option_a_shortcut", "reactnet_rprelu"])
+def test_residual_forms_on_a_microcontroller(build):
+    graph = compile_graph(build(), Options())
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 3, 1))
+    ref = driver.run_target(graph, "ref", inputs)
+    y, _ = targets.run(graph, "cortex-m4", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y.reshape(ref.shape), ref)

@@ -1,6 +1,7 @@
 """Elementwise arithmetic: Mul / Add / Sub / Div with a constant operand and BatchNormalization
 join a pending float32 chain (or rescale an IR tensor); Add / Sub of two activations merge
-convolutions or become a residual fixed-point ir.Add."""
+convolutions or become a residual fixed-point ir.Add; PRelu of a real-valued tensor is the sum of
+two fixed-point streams."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .. import ir, weight_codes
 from ..errors import BnncError
 from .context import widen
 from .registry import handler, where
-from .streams import WIDE_STREAM_LIMIT, stream_limit, to_stream
+from .streams import WIDE_STREAM_LIMIT, after_first_relu, stream_limit, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
@@ -101,6 +102,63 @@ def _with_constant(ctx, node, op: str, const_index: int):
     ctx.set(node, with_chain(v, ops))
 
 
+@handler("PRelu")
+def prelu(ctx, node):
+    """PReLU (ReActNet's RPReLU between (x - gamma) and (+ zeta)): x where x >= 0, slope * x below,
+    per channel, on a real-valued tensor, as relu(x) + min(slope * x, 0) for slopes >= 0: two
+    fixed-point streams of x (ir.Requantize clamped at 0 from below, and from above) summed by a
+    residual Add. At any x one of the two is exactly 0, so the sum has the rounding of one
+    requantization."""
+    v = ctx.val(node)
+    slope = ctx.channel_const(node, v, ctx.const(node, 1, "slope"))
+    if not np.all(np.isfinite(slope)) or np.any(slope < 0):
+        raise BnncError(f"{where(node)}: PRelu slopes must be finite and >= 0 (min(slope * x, 0) is then "
+                        f"slope * min(x, 0)); this one has slope {float(np.min(slope)):g}")
+    if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
+        v = to_stream(ctx, node, v)
+    if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
+        v = IntChainVal.of(v)
+    if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
+        raise BnncError(f"{where(node)}: PRelu on a {v.kind} tensor is not supported (real-valued "
+                        "streams are)")
+    if after_first_relu(v.chain) < len(v.chain) or (v.chain and v.chain[-1].op == "relu"):
+        v = IntChainVal.of(stream_of_intchain(ctx, node, v))  # a Relu before: its stream first
+    positive = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("relu")]))
+    negative = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("mul", slope)]), clamp=(None, 0.0))
+    ctx.set(node, add_streams(ctx, node, positive, negative))
+
+
+@handler("Clip")
+def clip(ctx, node, *, min=None, max=None):  # noqa: A002  (the ONNX attribute names before opset 11)
+    """Clip (Hardtanh, ReLU6) of a real-valued tensor: its fixed-point stream clamped to the
+    bounds rounded to the grid (exact: rounding is monotone). A Clip right before a sign is gone
+    already (canonical/clip_before_sign.py)."""
+    lo, hi = min, max
+    for i in (1, 2):
+        if len(node.inputs) > i and node.inputs[i]:
+            c = np.asarray(ctx.const(node, i, "bound"), np.float64)
+            if c.size != 1:
+                raise BnncError(f"{where(node)}: Clip bounds must be scalars")
+            lo, hi = (float(c.reshape(())), hi) if i == 1 else (lo, float(c.reshape(())))
+    lo, hi = (None if x is None or not np.isfinite(x) else float(x) for x in (lo, hi))
+    v = ctx.val(node)
+    if lo is None and hi is None:
+        ctx.set(node, v)
+        return
+    if lo is not None and hi is not None and lo > hi:
+        raise BnncError(f"{where(node)}: Clip with min {lo:g} > max {hi:g}")
+    if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
+        v = to_stream(ctx, node, v)
+    if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
+        v = IntChainVal.of(v)
+    if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
+        raise BnncError(f"{where(node)}: Clip of a {v.kind} tensor is not supported (of real-valued streams, "
+                        "and right before a sign, it is)")
+    if after_first_relu(v.chain) < len(v.chain):
+        v = IntChainVal.of(stream_of_intchain(ctx, node, v))  # a Relu with arithmetic after it: its stream first
+    ctx.set(node, stream_of_intchain(ctx, node, v, clamp=(lo, hi)))
+
+
 # ----------------------------------------------------------------------------- two activations
 
 
@@ -121,7 +179,12 @@ def _of_two_activations(ctx, node, op):
             return
     if sign < 0:
         raise BnncError(f"{where(node)}: Sub of two residual streams is not supported (Add is)")
-    a, b = to_stream(ctx, node, a), to_stream(ctx, node, b)
+    ctx.set(node, add_streams(ctx, node, to_stream(ctx, node, a), to_stream(ctx, node, b)))
+
+
+def add_streams(ctx, node, a, b) -> IntsVal:
+    """The residual Add of two fixed-point streams (ir.Add): exact on the finer grid, rounded
+    half up to a coarser one where the sum could leave the widest stream."""
     for v in (a, b):
         if not isinstance(v, IntsVal):
             raise BnncError(f"{where(node)}: a residual Add needs fixed-point operands; one is a {v.kind} "
@@ -149,7 +212,7 @@ def _of_two_activations(ctx, node, op):
     tname = name + "_out"
     ctx.graph.add(ir.Add(name, [a.tensor, b.tensor], [tname], tuple(shifts), -limit, limit, r),
                   {tname: ir.Ints(ta.shape, max(lo, -limit), min(hi, limit), scale * 2**r)})
-    ctx.set(node, IntsVal(a.shape, [node.name], tensor=tname, scale=scale * 2**r))
+    return IntsVal(a.shape, [node.name], tensor=tname, scale=scale * 2**r)
 
 
 def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
