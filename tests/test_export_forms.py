@@ -244,15 +244,25 @@ def test_reactnet_rprelu(seed, slope_scale):
     assert any(ep.hi == 0 for ep in rq) and any(ep.lo == 0 for ep in rq)  # the two parts of PRelu
 
 
-def test_prelu_with_a_negative_slope_is_refused():
-    from bnnc.errors import BnncError
-
-    model = _reactnet_block(0)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_prelu_with_negative_slopes(seed):
+    model = _reactnet_block(seed)
+    rng = np.random.default_rng(seed)
     for t in model.graph.initializer:
         if t.name == "slope":
-            t.CopyFrom(numpy_helper.from_array(-np.ones((6, 1, 1), np.float32), "slope"))
-    with pytest.raises(BnncError, match=r"\(PRelu\): PRelu slopes must be finite and >= 0"):
-        compile_graph(model)
+            t.CopyFrom(numpy_helper.from_array(rng.normal(size=(6, 1, 1)).astype(np.float32), "slope"))
+    _check(model, Options())
+
+
+def test_leaky_relu_and_sub_of_two_streams():
+    model = _reactnet_block(4)
+    for n in model.graph.node:
+        if n.op_type == "PRelu":
+            n.CopyFrom(helper.make_node("LeakyRelu", ["r1"], ["r2"], alpha=0.1))
+        elif n.op_type == "Add" and list(n.input) == ["bn", "xd"]:
+            n.CopyFrom(helper.make_node("Sub", ["bn", "xd"], ["res"]))
+    g = _check(model, Options())
+    assert sum(isinstance(op, ir.Add) for op in g.ops()) == 2
 
 
 @pytest.mark.parametrize("lo,hi,opset", [(0.0, 6.0, 13), (-1.0, 1.0, 13), (-0.5, 2.0, 10), (0.0, 0.3, 13)])

@@ -105,27 +105,40 @@ def _with_constant(ctx, node, op: str, const_index: int):
 @handler("PRelu")
 def prelu(ctx, node):
     """PReLU (ReActNet's RPReLU between (x - gamma) and (+ zeta)): x where x >= 0, slope * x below,
-    per channel, on a real-valued tensor, as relu(x) + min(slope * x, 0) for slopes >= 0: two
-    fixed-point streams of x (ir.Requantize clamped at 0 from below, and from above) summed by a
-    residual Add. At any x one of the two is exactly 0, so the sum has the rounding of one
-    requantization."""
+    per channel, on a real-valued tensor (see piecewise_linear)."""
     v = ctx.val(node)
-    slope = ctx.channel_const(node, v, ctx.const(node, 1, "slope"))
-    if not np.all(np.isfinite(slope)) or np.any(slope < 0):
-        raise BnncError(f"{where(node)}: PRelu slopes must be finite and >= 0 (min(slope * x, 0) is then "
-                        f"slope * min(x, 0)); this one has slope {float(np.min(slope)):g}")
+    piecewise_linear(ctx, node, v, ctx.channel_const(node, v, ctx.const(node, 1, "slope")))
+
+
+@handler("LeakyRelu")
+def leaky_relu(ctx, node, *, alpha=0.01):
+    piecewise_linear(ctx, node, ctx.val(node), np.float32(alpha).reshape(()))
+
+
+def piecewise_linear(ctx, node, v, slope: np.ndarray) -> None:
+    """x for x >= 0, slope * x below (per channel or scalar slope), on a real-valued tensor, as
+    relu(x) + min(max(slope, 0) * x, 0) + max(min(slope, 0) * x, 0): fixed-point streams of x
+    (ir.Requantize clamped at 0 from below, from above) summed by residual Adds; the third only
+    where a slope is negative. At any x at most one of them is nonzero, so the sum has the
+    rounding of one requantization."""
+    if not np.all(np.isfinite(slope)):
+        raise BnncError(f"{where(node)}: {node.op} slopes must be finite")
     if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
         v = to_stream(ctx, node, v)
     if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
         v = IntChainVal.of(v)
     if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
-        raise BnncError(f"{where(node)}: PRelu on a {v.kind} tensor is not supported (real-valued "
+        raise BnncError(f"{where(node)}: {node.op} on a {v.kind} tensor is not supported (real-valued "
                         "streams are)")
     if after_first_relu(v.chain) < len(v.chain) or (v.chain and v.chain[-1].op == "relu"):
         v = IntChainVal.of(stream_of_intchain(ctx, node, v))  # a Relu before: its stream first
-    positive = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("relu")]))
-    negative = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("mul", slope)]), clamp=(None, 0.0))
-    ctx.set(node, add_streams(ctx, node, positive, negative))
+    out = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("relu")]))
+    for part, clamp in ((np.maximum(slope, 0), (None, 0.0)), (np.minimum(slope, 0), (0.0, None))):
+        if np.any(part != 0) or clamp[0] is None:
+            part_stream = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("mul", part.astype(np.float32))]),
+                                             clamp=clamp)
+            out = add_streams(ctx, node, out, part_stream)
+    ctx.set(node, out)
 
 
 @handler("Clip")
@@ -177,9 +190,11 @@ def _of_two_activations(ctx, node, op):
         if merged is not None:
             ctx.set(node, merged)
             return
-    if sign < 0:
-        raise BnncError(f"{where(node)}: Sub of two residual streams is not supported (Add is)")
-    ctx.set(node, add_streams(ctx, node, to_stream(ctx, node, a), to_stream(ctx, node, b)))
+    a, b = to_stream(ctx, node, a), to_stream(ctx, node, b)
+    if sign < 0 and isinstance(b, (IntsVal, IntChainVal)):  # a - b = a + (-b), -b exact on b's grid
+        b = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(b) if isinstance(b, IntsVal) else b,
+                                                      [ir.ChainOp("mul", np.float32(-1.0).reshape(()))]))
+    ctx.set(node, add_streams(ctx, node, a, b))
 
 
 def add_streams(ctx, node, a, b) -> IntsVal:
