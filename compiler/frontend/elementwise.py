@@ -123,15 +123,7 @@ def piecewise_linear(ctx, node, v, slope: np.ndarray) -> None:
     rounding of one requantization."""
     if not np.all(np.isfinite(slope)):
         raise BnncError(f"{where(node)}: {node.op} slopes must be finite")
-    if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
-        v = to_stream(ctx, node, v)
-    if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
-        v = IntChainVal.of(v)
-    if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
-        raise BnncError(f"{where(node)}: {node.op} on a {v.kind} tensor is not supported (real-valued "
-                        "streams are)")
-    if after_first_relu(v.chain) < len(v.chain) or (v.chain and v.chain[-1].op == "relu"):
-        v = IntChainVal.of(stream_of_intchain(ctx, node, v))  # a Relu before: its stream first
+    v = _stream_operand(ctx, node, v, keep_final_relu=False)
     out = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("relu")]))
     for part, clamp in ((np.maximum(slope, 0), (None, 0.0)), (np.minimum(slope, 0), (0.0, None))):
         if np.any(part != 0) or clamp[0] is None:
@@ -160,16 +152,23 @@ def clip(ctx, node, *, min=None, max=None):  # noqa: A002  (the ONNX attribute n
         return
     if lo is not None and hi is not None and lo > hi:
         raise BnncError(f"{where(node)}: Clip with min {lo:g} > max {hi:g}")
+    ctx.set(node, stream_of_intchain(ctx, node, _stream_operand(ctx, node, v, keep_final_relu=True), clamp=(lo, hi)))
+
+
+def _stream_operand(ctx, node, v, keep_final_relu: bool) -> IntChainVal:
+    """A real-valued tensor as the integers of a fixed-point stream with its pending ops, for an
+    op that clamps their map (PRelu, Clip): ops after a Relu (and, unless keep_final_relu, a
+    final Relu) first become a stream of their own."""
     if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
         v = to_stream(ctx, node, v)
     if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
         v = IntChainVal.of(v)
     if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
-        raise BnncError(f"{where(node)}: Clip of a {v.kind} tensor is not supported (of real-valued streams, "
-                        "and right before a sign, it is)")
-    if after_first_relu(v.chain) < len(v.chain):
-        v = IntChainVal.of(stream_of_intchain(ctx, node, v))  # a Relu with arithmetic after it: its stream first
-    ctx.set(node, stream_of_intchain(ctx, node, v, clamp=(lo, hi)))
+        raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor is not supported (of real-valued "
+                        "streams it is)")
+    if after_first_relu(v.chain) < len(v.chain) or (not keep_final_relu and v.chain and v.chain[-1].op == "relu"):
+        v = IntChainVal.of(stream_of_intchain(ctx, node, v))
+    return v
 
 
 # ----------------------------------------------------------------------------- two activations
