@@ -165,6 +165,19 @@ def test_strided_slice_and_channel_zero_padding_shortcut(seed, opset, step, pad,
     assert any(isinstance(op, ir.MaxPool) and op.kernel == (1, 1) for op in g.ops())
 
 
+def test_channel_padding_with_an_axes_input():
+    """The opset-18 form of the zero-channel Pad: pads of the channel axis only, with `axes`."""
+    model = _option_a_shortcut_block(5, 18, pad=(1, 3))
+    for t in model.graph.initializer:
+        if t.name == "pads":
+            t.CopyFrom(numpy_helper.from_array(np.array([1, 3], np.int64), "pads"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "pad_axes"))
+    for n in model.graph.node:
+        if n.op_type == "Pad":
+            n.input.append("pad_axes")
+    _check(model, Options())
+
+
 @pytest.mark.parametrize("axes,start", [((1, 3), 0), ((2, 3), 1)])
 def test_other_slices_are_refused(axes, start):
     from bnnc.errors import BnncError

@@ -25,8 +25,16 @@ def pad(ctx, node, *, mode="constant", pads=None, value=0.0):
     if len(node.inputs) > 1 and node.inputs[1]:  # opset >= 11: pads and the value are inputs
         pads = ctx.const(node, 1, "pads")
         value = ctx.const(node, 2, "constant value") if len(node.inputs) > 2 and node.inputs[2] else 0.0
-        if len(node.inputs) > 3 and node.inputs[3]:
-            raise BnncError(f"{where(node)}: Pad with an axes input is not supported")
+        if len(node.inputs) > 3 and node.inputs[3]:  # opset >= 18: pads of the listed axes only
+            rank = len(v.shape)
+            axes = [int(a) + rank if int(a) < 0 else int(a) for a in np.asarray(ctx.const(node, 3, "axes")).reshape(-1)]
+            given = [int(x) for x in np.asarray(pads).reshape(-1)]
+            if len(given) != 2 * len(axes) or len(set(axes)) != len(axes) or not all(0 <= a < rank for a in axes):
+                raise BnncError(f"{where(node)}: pads {given} do not match axes {axes} of a rank-{rank} tensor")
+            full = [0] * (2 * rank)
+            for i, a in enumerate(axes):
+                full[a], full[rank + a] = given[i], given[len(axes) + i]
+            pads = full
     p = [int(x) for x in np.asarray(pads if pads is not None else [], np.int64).reshape(-1)]
     value = float(np.asarray(value, np.float64).reshape(-1)[0]) if np.size(value) else 0.0
     if len(v.shape) == 4 and len(p) == 8 and value == 0 and min(p) >= 0 and not any(p[i] for i in (0, 2, 3, 4, 6, 7)) \
