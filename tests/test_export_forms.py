@@ -110,3 +110,207 @@ def test_relu_of_a_residual_stream_before_a_max_pool():
              helper.make_node("GlobalAveragePool", ["p"], ["q"]),
              helper.make_node("Reshape", ["q", "shape"], ["y"])]
     _check(_model(nodes, inits, (1, 4, 6, 6), (1, 4)), Options())
+
+
+INT_MAX = 2**63 - 1
+
+
+def _option_a_shortcut_block(seed, opset, step=2, start=0, pad=(2, 2), slice_form="one"):
+    """IR-Net / ResNet "option A" downsampling block as torch writes it: the main branch a strided
+    binary convolution, the shortcut x[:, :, ::2, ::2] padded with zero channels, then Add."""
+    rng = np.random.default_rng(seed)
+    c, h = 4, 8
+    o = c + pad[0] + pad[1]
+    oh = -(-(h - start) // step)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(o, c, 3, 3)).astype(np.float32),
+             "g": np.array(0.125, np.float32), "w2": rng.choice([-1.0, 1.0], size=(5, o, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    if slice_form == "one":
+        inits.update(st=np.array([start, start], np.int64), en=np.array([INT_MAX, INT_MAX], np.int64),
+                     ax=np.array([2, 3], np.int64), sp=np.array([step, step], np.int64))
+        sl = [helper.make_node("Slice", ["xd", "st", "en", "ax", "sp"], ["xs"])]
+    else:  # the legacy exporter's one Slice per axis, the steps as inputs
+        inits.update(st=np.array([start], np.int64), en=np.array([INT_MAX], np.int64), a2=np.array([2], np.int64),
+                     a3=np.array([3], np.int64), sp=np.array([step], np.int64))
+        sl = [helper.make_node("Slice", ["xd", "st", "en", "a2", "sp"], ["xh"]),
+              helper.make_node("Slice", ["xh", "st", "en", "a3", "sp"], ["xs"])]
+    inits["pads"] = np.array([0, pad[0], 0, 0, 0, pad[1], 0, 0], np.int64)
+    inits["pv"] = np.array(0.0, np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["b"]),
+             helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1], strides=[step, step]),
+             helper.make_node("Mul", ["a", "g"], ["m"]), *sl,
+             helper.make_node("Pad", ["xs", "pads", "pv"], ["xp"], mode="constant"),
+             helper.make_node("Add", ["m", "xp"], ["res"]),
+             helper.make_node("Sign", ["res"], ["b2"]),
+             helper.make_node("Conv", ["b2", "w2"], ["a2c"]),
+             helper.make_node("GlobalAveragePool", ["a2c"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    assert oh >= 1
+    return model
+
+
+@pytest.mark.parametrize("seed,opset,step,pad,form", [
+    (0, 13, 2, (2, 2), "one"), (1, 11, 2, (1, 3), "per_axis"), (2, 13, 3, (0, 4), "one"),
+    (3, 13, 2, (4, 0), "per_axis")])
+def test_strided_slice_and_channel_zero_padding_shortcut(seed, opset, step, pad, form):
+    g = _check(_option_a_shortcut_block(seed, opset, step, 0, pad, form), Options())
+    assert any(isinstance(op, ir.Add) for op in g.ops())
+    assert any(isinstance(op, ir.MaxPool) and op.kernel == (1, 1) for op in g.ops())
+
+
+def test_channel_padding_with_an_axes_input():
+    """The opset-18 form of the zero-channel Pad: pads of the channel axis only, with `axes`."""
+    model = _option_a_shortcut_block(5, 18, pad=(1, 3))
+    for t in model.graph.initializer:
+        if t.name == "pads":
+            t.CopyFrom(numpy_helper.from_array(np.array([1, 3], np.int64), "pads"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "pad_axes"))
+    for n in model.graph.node:
+        if n.op_type == "Pad":
+            n.input.append("pad_axes")
+    _check(model, Options())
+
+
+@pytest.mark.parametrize("axes,start", [((1, 3), 0), ((2, 3), 1)])
+def test_other_slices_are_refused(axes, start):
+    from bnnc.errors import BnncError
+
+    model = _option_a_shortcut_block(0, 13, start=start)
+    for t in model.graph.initializer:
+        if t.name == "ax":
+            t.CopyFrom(numpy_helper.from_array(np.array(axes, np.int64), "ax"))
+    with pytest.raises(BnncError, match=r"node 'Slice_\d+' \(Slice\): .*every k-th row or column from the first"):
+        compile_graph(model)
+
+
+@pytest.mark.parametrize("lo,hi", [(-1.0, 1.0), (-2.5, 0.75)])
+def test_hardtanh_before_sign(lo, hi):
+    """XNOR-Net code's Hardtanh (Clip) between BatchNorm and the sign: it keeps every sign."""
+    rng = np.random.default_rng(7)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
+             "t": (rng.integers(-3, 4, size=(1, 6, 1, 1)) + 0.5).astype(np.float32),
+             "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32),
+             "wf": rng.choice([-1.0, 1.0], size=(10, 6 * 6 * 6)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Clip", ["xd", "lo", "hi"], ["xc"]),
+             helper.make_node("Sign", ["xc"], ["b"]),
+             helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "t"], ["a2"]),
+             helper.make_node("Clip", ["a2", "lo", "hi"], ["c2"]),
+             helper.make_node("Sign", ["c2"], ["s2"]),
+             helper.make_node("Reshape", ["s2", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    _check(_model(nodes, inits, (1, 4, 6, 6)), Options())
+
+
+def _reactnet_block(seed, slope_scale=1.0, opset=13):
+    """A ReActNet basic block as its PyTorch code writes it: RSign (x + b, sign), a binary 3x3
+    convolution, BatchNorm, the residual Add, then RPReLU: (x - gamma), PRelu, (+ zeta)."""
+    rng = np.random.default_rng(seed)
+    c, h = 6, 6
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "b1": (rng.normal(size=(1, c, 1, 1)) / 8).astype(np.float32),
+             "w": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
+             "bn_s": (rng.uniform(0.05, 0.2, size=c)).astype(np.float32), "bn_b": rng.normal(size=c).astype(np.float32),
+             "bn_m": rng.normal(size=c).astype(np.float32), "bn_v": rng.uniform(0.5, 2, size=c).astype(np.float32),
+             "gamma": (rng.normal(size=(1, c, 1, 1)) / 4).astype(np.float32),
+             "slope": (np.abs(rng.normal(size=(c, 1, 1))) * 0.25 * slope_scale).astype(np.float32),
+             "zeta": (rng.normal(size=(1, c, 1, 1)) / 4).astype(np.float32),
+             "b2": (rng.normal(size=(1, c, 1, 1)) / 8).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(5, c, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Add", ["xd", "b1"], ["xb"]),
+             helper.make_node("Sign", ["xb"], ["sb"]),
+             helper.make_node("Conv", ["sb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["a", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"]),
+             helper.make_node("Add", ["bn", "xd"], ["res"]),
+             helper.make_node("Sub", ["res", "gamma"], ["r1"]),
+             helper.make_node("PRelu", ["r1", "slope"], ["r2"]),
+             helper.make_node("Add", ["r2", "zeta"], ["r3"]),
+             helper.make_node("Add", ["r3", "b2"], ["r4"]),
+             helper.make_node("Sign", ["r4"], ["s2"]),
+             helper.make_node("Conv", ["s2", "w2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("seed,slope_scale", [(0, 1.0), (1, 0.0), (2, 4.0), (3, 1.0)])
+def test_reactnet_rprelu(seed, slope_scale):
+    g = _check(_reactnet_block(seed, slope_scale), Options())
+    rq = [op.epilogue for op in g.ops() if isinstance(op, ir.Activation) and isinstance(op.epilogue, ir.Requantize)]
+    assert any(ep.hi == 0 for ep in rq) and any(ep.lo == 0 for ep in rq)  # the two parts of PRelu
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_prelu_with_negative_slopes(seed):
+    model = _reactnet_block(seed)
+    rng = np.random.default_rng(seed)
+    for t in model.graph.initializer:
+        if t.name == "slope":
+            t.CopyFrom(numpy_helper.from_array(rng.normal(size=(6, 1, 1)).astype(np.float32), "slope"))
+    _check(model, Options())
+
+
+def test_leaky_relu_and_sub_of_two_streams():
+    model = _reactnet_block(4)
+    for n in model.graph.node:
+        if n.op_type == "PRelu":
+            n.CopyFrom(helper.make_node("LeakyRelu", ["r1"], ["r2"], alpha=0.1))
+        elif n.op_type == "Add" and list(n.input) == ["bn", "xd"]:
+            n.CopyFrom(helper.make_node("Sub", ["bn", "xd"], ["res"]))
+    g = _check(model, Options())
+    assert sum(isinstance(op, ir.Add) for op in g.ops()) == 2
+
+
+@pytest.mark.parametrize("lo,hi,opset", [(0.0, 6.0, 13), (-1.0, 1.0, 13), (-0.5, 2.0, 10), (0.0, 0.3, 13)])
+def test_clip_of_a_real_valued_stream(lo, hi, opset):
+    """ReLU6 / Hardtanh on a residual stream: the stream clamped to the bounds on its grid."""
+    rng = np.random.default_rng(8)
+    c = 4
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
+             "g": np.array(0.3, np.float32), "w2": rng.normal(size=(5, c, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64), "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}
+    clip = (helper.make_node("Clip", ["res", "lo", "hi"], ["r"]) if opset >= 11 else
+            helper.make_node("Clip", ["res"], ["r"], min=lo, max=hi))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["b"]),
+             helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["m"]),
+             helper.make_node("Add", ["m", "xd"], ["res"]), clip,
+             helper.make_node("Conv", ["r", "w2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    model = _model(nodes, inits, (1, c, 6, 6), (1, 5))
+    model.opset_import[0].version = opset  # before 11, Clip's bounds are attributes
+    g = _check(model, Options())
+    clamped = [op.epilogue for op in g.ops() if isinstance(op, ir.Activation) and isinstance(op.epilogue, ir.Requantize)
+               and abs(op.epilogue.hi * op.epilogue.out_scale - hi) <= op.epilogue.out_scale]
+    assert clamped and abs(clamped[0].lo * clamped[0].out_scale - lo) <= clamped[0].out_scale
+
+
+@pytest.mark.parametrize("build", [lambda: _option_a_shortcut_block(1, 11, 2, 0, (1, 3), "per_axis"),
+                                   lambda: _reactnet_block(0)], ids=["option_a_shortcut", "reactnet_rprelu"])
+def test_residual_forms_on_a_microcontroller(build):
+    graph = compile_graph(build(), Options())
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 3, 1))
+    ref = driver.run_target(graph, "ref", inputs)
+    y, _ = targets.run(graph, "cortex-m4", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y.reshape(ref.shape), ref)

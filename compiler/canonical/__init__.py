@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx
 
 from .bipolar_sign import bipolar_sign_from_offset_sign
+from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
 from .layout_transposes import sink_layout_transposes
@@ -31,6 +32,7 @@ REWRITES = (
     spatial_mean_to_global_pool,
     sink_layout_transposes,
     bipolar_sign_from_offset_sign,
+    remove_clip_before_sign,
     qcdq_clip_to_quant,
     merge_pads_into_windows,
     maxpool_ceil_to_floor,

@@ -1,6 +1,7 @@
 """Elementwise arithmetic: Mul / Add / Sub / Div with a constant operand and BatchNormalization
 join a pending float32 chain (or rescale an IR tensor); Add / Sub of two activations merge
-convolutions or become a residual fixed-point ir.Add."""
+convolutions or become a residual fixed-point ir.Add; PRelu of a real-valued tensor is the sum of
+two fixed-point streams."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .. import ir, weight_codes
 from ..errors import BnncError
 from .context import widen
 from .registry import handler, where
-from .streams import WIDE_STREAM_LIMIT, stream_limit, to_stream
+from .streams import WIDE_STREAM_LIMIT, after_first_relu, stream_limit, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
@@ -101,6 +102,75 @@ def _with_constant(ctx, node, op: str, const_index: int):
     ctx.set(node, with_chain(v, ops))
 
 
+@handler("PRelu")
+def prelu(ctx, node):
+    """PReLU (ReActNet's RPReLU between (x - gamma) and (+ zeta)): x where x >= 0, slope * x below,
+    per channel, on a real-valued tensor (see piecewise_linear)."""
+    v = ctx.val(node)
+    piecewise_linear(ctx, node, v, ctx.channel_const(node, v, ctx.const(node, 1, "slope")))
+
+
+@handler("LeakyRelu")
+def leaky_relu(ctx, node, *, alpha=0.01):
+    piecewise_linear(ctx, node, ctx.val(node), np.float32(alpha).reshape(()))
+
+
+def piecewise_linear(ctx, node, v, slope: np.ndarray) -> None:
+    """x for x >= 0, slope * x below (per channel or scalar slope), on a real-valued tensor, as
+    relu(x) + min(max(slope, 0) * x, 0) + max(min(slope, 0) * x, 0): fixed-point streams of x
+    (ir.Requantize clamped at 0 from below, from above) summed by residual Adds; the third only
+    where a slope is negative. At any x at most one of them is nonzero, so the sum has the
+    rounding of one requantization."""
+    if not np.all(np.isfinite(slope)):
+        raise BnncError(f"{where(node)}: {node.op} slopes must be finite")
+    v = _stream_operand(ctx, node, v, keep_final_relu=False)
+    out = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("relu")]))
+    for part, clamp in ((np.maximum(slope, 0), (None, 0.0)), (np.minimum(slope, 0), (0.0, None))):
+        if np.any(part != 0) or clamp[0] is None:
+            part_stream = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("mul", part.astype(np.float32))]),
+                                             clamp=clamp)
+            out = add_streams(ctx, node, out, part_stream)
+    ctx.set(node, out)
+
+
+@handler("Clip")
+def clip(ctx, node, *, min=None, max=None):  # noqa: A002  (the ONNX attribute names before opset 11)
+    """Clip (Hardtanh, ReLU6) of a real-valued tensor: its fixed-point stream clamped to the
+    bounds rounded to the grid (exact: rounding is monotone). A Clip right before a sign is gone
+    already (canonical/clip_before_sign.py)."""
+    lo, hi = min, max
+    for i in (1, 2):
+        if len(node.inputs) > i and node.inputs[i]:
+            c = np.asarray(ctx.const(node, i, "bound"), np.float64)
+            if c.size != 1:
+                raise BnncError(f"{where(node)}: Clip bounds must be scalars")
+            lo, hi = (float(c.reshape(())), hi) if i == 1 else (lo, float(c.reshape(())))
+    lo, hi = (None if x is None or not np.isfinite(x) else float(x) for x in (lo, hi))
+    v = ctx.val(node)
+    if lo is None and hi is None:
+        ctx.set(node, v)
+        return
+    if lo is not None and hi is not None and lo > hi:
+        raise BnncError(f"{where(node)}: Clip with min {lo:g} > max {hi:g}")
+    ctx.set(node, stream_of_intchain(ctx, node, _stream_operand(ctx, node, v, keep_final_relu=True), clamp=(lo, hi)))
+
+
+def _stream_operand(ctx, node, v, keep_final_relu: bool) -> IntChainVal:
+    """A real-valued tensor as the integers of a fixed-point stream with its pending ops, for an
+    op that clamps their map (PRelu, Clip): ops after a Relu (and, unless keep_final_relu, a
+    final Relu) first become a stream of their own."""
+    if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
+        v = to_stream(ctx, node, v)
+    if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
+        v = IntChainVal.of(v)
+    if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
+        raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor is not supported (of real-valued "
+                        "streams it is)")
+    if after_first_relu(v.chain) < len(v.chain) or (not keep_final_relu and v.chain and v.chain[-1].op == "relu"):
+        v = IntChainVal.of(stream_of_intchain(ctx, node, v))
+    return v
+
+
 # ----------------------------------------------------------------------------- two activations
 
 
@@ -119,9 +189,16 @@ def _of_two_activations(ctx, node, op):
         if merged is not None:
             ctx.set(node, merged)
             return
-    if sign < 0:
-        raise BnncError(f"{where(node)}: Sub of two residual streams is not supported (Add is)")
     a, b = to_stream(ctx, node, a), to_stream(ctx, node, b)
+    if sign < 0 and isinstance(b, (IntsVal, IntChainVal)):  # a - b = a + (-b), -b exact on b's grid
+        b = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(b) if isinstance(b, IntsVal) else b,
+                                                      [ir.ChainOp("mul", np.float32(-1.0).reshape(()))]))
+    ctx.set(node, add_streams(ctx, node, a, b))
+
+
+def add_streams(ctx, node, a, b) -> IntsVal:
+    """The residual Add of two fixed-point streams (ir.Add): exact on the finer grid, rounded
+    half up to a coarser one where the sum could leave the widest stream."""
     for v in (a, b):
         if not isinstance(v, IntsVal):
             raise BnncError(f"{where(node)}: a residual Add needs fixed-point operands; one is a {v.kind} "
@@ -149,7 +226,7 @@ def _of_two_activations(ctx, node, op):
     tname = name + "_out"
     ctx.graph.add(ir.Add(name, [a.tensor, b.tensor], [tname], tuple(shifts), -limit, limit, r),
                   {tname: ir.Ints(ta.shape, max(lo, -limit), min(hi, limit), scale * 2**r)})
-    ctx.set(node, IntsVal(a.shape, [node.name], tensor=tname, scale=scale * 2**r))
+    return IntsVal(a.shape, [node.name], tensor=tname, scale=scale * 2**r)
 
 
 def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):

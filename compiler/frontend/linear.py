@@ -322,20 +322,22 @@ def _conv_common(ctx, node, v: Val, dec, layout, kernel, stride, pads, bias, den
     return AccVal(shape, chain=chain, conv=name)
 
 
-def identity_conv(ctx, node, v: Val) -> AccVal:
+def identity_conv(ctx, node, v: Val, zeros_before: int = 0, zeros_after: int = 0) -> AccVal:
     """An identity 1x1 convolution of the bit or integer tensor `v` (whose pending ops, for an
     IntChainVal, become its chain): how a binary, fixed-point or integer tensor reaches a
-    real-valued output, in the form every backend's layers have."""
+    real-valued output, in the form every backend's layers have. With zeros_before / after, that
+    many output channels of 0 come before / after `v`'s (a Pad of the channel axis with zeros)."""
     if isinstance(v, IntsVal):
         v = _within_32_bits(ctx, node, v)
     c = ctx.graph.tensors[v.tensor].shape[2]
-    eye = np.eye(c, dtype=np.int64).reshape(c, 1, 1, c)
-    dec = weight_codes.Decoded("int", eye.astype(np.int8), np.ones(c), eye, what="identity")
+    eye = np.zeros((zeros_before + c + zeros_after, 1, 1, c), np.int64)
+    eye[zeros_before + np.arange(c), 0, 0, np.arange(c)] = 1
+    dec = weight_codes.Decoded("int", eye.astype(np.int8), np.ones(eye.shape[0]), eye, what="identity")
     ints = v if isinstance(v, (BitsVal, IntsVal)) else IntsVal(v.shape, v.source_ops, tensor=v.tensor, scale=v.scale)
     acc = _conv_common(ctx, node, ints, dec, lambda x: x, (1, 1), (1, 1), (0, 0, 0, 0), None, False)
     if isinstance(v, IntChainVal):
         acc.chain = list(v.chain)
-    acc.shape = v.shape
+    acc.shape = (v.shape[0], eye.shape[0]) + tuple(v.shape[2:])
     return acc
 
 

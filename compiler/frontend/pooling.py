@@ -19,7 +19,7 @@ SUM_LIMIT = 2**63 - 1  # the sums of pools are exact int64
 @handler("MaxPool", ignores=("storage_order",))
 def max_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, auto_pad="NOTSET", dilations=(1, 1),
              ceil_mode=0):
-    v = _no_pending_ops(ctx, node, ctx.val(node))
+    v = no_pending_ops(ctx, node, ctx.val(node))
     if len(node.outputs) > 1 and node.outputs[1]:
         raise BnncError(f"{where(node)}: MaxPool indices output is not supported")
     if any(d != 1 for d in dilations):
@@ -50,7 +50,7 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
     """AveragePool of a fixed-point stream (Bi-Real's downsample shortcut): a SumPool, with the
     1/(kh*kw) in the scale (exact), where every window has kh*kw taps; with zero padding that the
     divisor counts (count_include_pad = 1), a window-sum convolution (`window_sum_conv`)."""
-    v = _no_pending_ops(ctx, node, ctx.val(node))
+    v = no_pending_ops(ctx, node, ctx.val(node))
     if count_include_pad and not ceil_mode and len(v.shape) == 4 and any(
             conv_pads(node, v.shape[2:], tuple(kernel_shape), tuple(strides), auto_pad, pads)):
         ctx.set(node, window_sum_conv(ctx, node, v, tuple(kernel_shape), tuple(strides),
@@ -82,7 +82,7 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
 
 @handler("GlobalAveragePool")
 def global_average_pool(ctx, node):
-    v = _no_pending_ops(ctx, node, ctx.val(node))
+    v = no_pending_ops(ctx, node, ctx.val(node))
     if isinstance(v, AccVal):  # a real-valued layer output: through the fixed-point stream
         v = to_stream(ctx, node, v)
     if not isinstance(v, (BitsVal, IntsVal)):
@@ -103,7 +103,7 @@ def global_average_pool(ctx, node):
     ctx.set(node, IntsVal((1, c, 1, 1), tensor=tname, scale=oty.scale))
 
 
-def _no_pending_ops(ctx, node, v):
+def no_pending_ops(ctx, node, v):
     """An integer tensor with pending ops (a Relu of a fixed-point stream) as a new stream."""
     if isinstance(v, IntChainVal) and v.flat_from is None and v.block is None:
         return stream_of_intchain(ctx, node, v)

@@ -55,15 +55,17 @@ def to_stream(ctx, node, v: Val) -> Val:
     return IntsVal(v.shape, tensor=conv.outputs[0], scale=ep.out_scale)
 
 
-def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tuple:
+def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str, clamp: tuple = (None, None)) -> tuple:
     """(ir.Requantize, lo, hi) of the affine map relu?(a * acc + b) that `chain` specifies per
     channel, for accumulators in [lo_acc, hi_acc] (see to_stream): on the coarsest grid 2**-k,
     k <= frac_bits, that holds it exactly, else rounded half up on the finest grid that holds its
-    worst case (`_finest_grid`).
+    worst case (`_finest_grid`). `clamp` = (lo, hi) real bounds (None: open) clamps the map
+    (Clip; PRelu's negative part min(map, 0)): rounding half up is monotone, so the rounded
+    clamped map is the rounded map clamped to the rounded bounds, the output clamp [lo, hi].
     The largest multiplier has at least 20 significant bits (accumulators far finer than the grid
     are shifted right first)."""
     affine = _affine_chain(node, chain, o)
-    finest = _finest_grid(affine, lo_acc, hi_acc, ctx.frac_bits)
+    finest = _finest_grid(affine, lo_acc, hi_acc, ctx.frac_bits, clamp)
     frac = next((k for k in range(min(ctx.frac_bits, finest) + 1)
                  if all((a * 2**k).denominator == 1 and (b * 2**k).denominator == 1 for a, b, _ in affine)), None)
     exact = frac is not None
@@ -88,9 +90,17 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
         raise BnncError(f"{where(node)}: Relu on some channels only is not supported")
     ends = [(int(acc) * m + c) >> shift for m, c, lo, hi in zip(mult, add, np.broadcast_to(lo_acc, (o,)),
                                                                  np.broadcast_to(hi_acc, (o,))) for acc in (lo, hi)]
-    reach = max((max(e, 0) if True in relu else abs(e) for e in ends), default=0)  # grid steps the map can reach
+    c_lo, c_hi = (None if x is None else _round_half_up(Fraction(float(x)) * 2**frac) for x in clamp)
+    if True in relu:
+        c_lo = 0 if c_lo is None else max(c_lo, 0)
+    bounded = [min(max(e, c_lo if c_lo is not None else e), c_hi if c_hi is not None else e) for e in ends]
+    reach = max((abs(e) for e in bounded), default=0)  # grid steps the map can reach
     limit = stream_limit(reach)
-    lo_out, hi_out = (0 if True in relu else -limit), limit
+    lo_out = -limit if c_lo is None else max(-limit, c_lo)
+    hi_out = limit if c_hi is None else min(limit, c_hi)
+    if lo_out > hi_out:
+        raise BnncError(f"{where(node)}: clamp bounds {clamp} leave no value of the layer's fixed-point stream "
+                        f"(+-{limit} steps of 2^-{frac})")
     acc_lo, acc_hi, ends = [], [], []
     for i in range(o):
         m, c = mult[i], add[i]
@@ -123,12 +133,19 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str) -> tu
     return ep, min(ends), max(ends)
 
 
-def _finest_grid(affine: list, lo_acc, hi_acc, coarsest: int) -> int:
-    """The finest grid 2**-k, k <= MAX_STREAM_FRAC_BITS, on which every value the affine map can
-    reach for accumulators in [lo_acc, hi_acc] fits WIDE_STREAM_LIMIT steps; never coarser than
-    2**-coarsest (a wider worst case then saturates, stated)."""
+def _finest_grid(affine: list, lo_acc, hi_acc, coarsest: int, clamp: tuple = (None, None)) -> int:
+    """The finest grid 2**-k, k <= MAX_STREAM_FRAC_BITS, on which every value the affine map
+    (clamped to `clamp`) can reach for accumulators in [lo_acc, hi_acc] fits WIDE_STREAM_LIMIT
+    steps; never coarser than 2**-coarsest (a wider worst case then saturates, stated)."""
     o = len(affine)
-    worst = max((max(y, Fraction(0)) if relu else abs(y)
+    c_lo, c_hi = (None if x is None else Fraction(float(x)) for x in clamp)
+
+    def bounded(y: Fraction, relu: bool) -> Fraction:
+        y = max(y, Fraction(0)) if relu else y
+        y = max(y, c_lo) if c_lo is not None else y
+        return min(y, c_hi) if c_hi is not None else y
+
+    worst = max((abs(bounded(y, relu))
                  for (a, b, relu), lo, hi in zip(affine, np.broadcast_to(lo_acc, (o,)), np.broadcast_to(hi_acc, (o,)))
                  for y in (a * int(lo) + b, a * int(hi) + b)), default=Fraction(0))
     k = max(MAX_STREAM_FRAC_BITS, coarsest)
@@ -182,17 +199,18 @@ def rounding_error(graph: ir.Graph, tensor: str) -> float:
     return 0.0
 
 
-def stream_of_intchain(ctx, node, v: IntChainVal) -> Val:
+def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -> Val:
     """Integers with pending float32 ops (after a MaxPool of a stream, or a Relu) as a new
     fixed-point stream: an Activation whose Requantize applies the ops' affine map per channel
-    (up to the first Relu; what follows it, the same way again)."""
+    (up to the first Relu; what follows it, the same way again), clamped to `clamp` (real bounds;
+    ops with a Relu only at their end)."""
     cut = after_first_relu(v.chain)
     src = ctx.graph.tensors[v.tensor]
     c = src.shape[2]
     name = ctx.new_name("act")
     tname = name + "_out"
     ep, lo, hi = requantize(ctx, node, v.chain[:cut], c, np.full(c, src.lo, np.int64),
-                            np.full(c, src.hi, np.int64), node.name)
+                            np.full(c, src.hi, np.int64), node.name, clamp if cut == len(v.chain) else (None, None))
     ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ep), {tname: ir.Ints(src.shape, lo, hi, ep.out_scale)})
     out = IntsVal(v.shape, [node.name], tensor=tname, scale=ep.out_scale)
     if cut == len(v.chain):
