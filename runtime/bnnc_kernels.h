@@ -334,35 +334,68 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
 #endif
 #define bnnc_popcount_total(a, b) ((a) - (b) + ((b) >> 4))
 
-/* One filter row of an integer-input layer whose values fit int16, 4 taps per group g:
- * x[2g] holds (x0, x2) and x[2g + 1] holds (x1, x3) as int16 halves (low, high), w[g] holds the
- * four int8 weights (w0 in the low byte). With the DSP extension SXTB16 unpacks (w0, w2) and,
- * rotated by 8, (w1, w3), and two SMLADs add x0 w0 + x2 w2 + x1 w1 + x3 w3: 6 instructions per 4
- * MACs, against 3 per MAC in C, with one byte per weight in flash. */
+/* The integer-input kernel of MCU builds for values that fit int16 (passes/pack_bits.int16_pair_weights):
+ * one window is N pairs of int16 values back to back (x, read in place from a band of input
+ * rows); the weights hold per pair the words (two int16 weights, tap 2g in the low half) of the
+ * G output channels of one group. BNNC_INT16_MAC_8(N, x, w, r) adds the window's products for
+ * G = 8 channels to r[0..7], BNNC_INT16_MAC_2(N, x, w, r) for G = 2 channels to r[0..1]; x and w
+ * move past what was read (x by 4 N bytes, w by G N words). With the DSP extension one SMLAD adds
+ * two products: a pair costs for 8 channels one load of x, 4 LDRDs of weights and 8 SMLADs
+ * (13 instructions per 16 MACs), the accumulators staying in registers (Thumb-2 assembly,
+ * unrolled by .rept, so N is a literal: 13 registers, no spills; the generated code loops over
+ * chunks of long windows). The C form (Cortex-M0, RISC-V, BNNC_PORTABLE) computes the same sums; they are exact
+ * (the packer proved that every partial sum fits int32). */
+#define BNNC_STR_(x) #x
+#define BNNC_STR(x) BNNC_STR_(x)
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(BNNC_PORTABLE)
-#include <arm_acle.h>
-BNNC_INLINE int32_t bnnc_int_dot_pairs(const uint32_t *x, const uint32_t *w, int groups) {
-  int32_t a = 0;
-  for (int g = 0; g < groups; g++) {
-    const uint32_t wv = w[g];
-    a = __smlad(x[2 * g], __sxtb16(wv), a);
-    a = __smlad(x[2 * g + 1], __sxtb16((wv >> 8) | (wv << 24)), a);
-  }
-  return a;
-}
+#define BNNC_SMLAD2(ACC0, ACC1)                                                                        \
+  "ldrd %[w0], %[w1], [%[w]], #8\n\t"                                                                  \
+  "smlad %[" #ACC0 "], %[v], %[w0], %[" #ACC0 "]\n\tsmlad %[" #ACC1 "], %[v], %[w1], %[" #ACC1 "]\n\t"
+#define BNNC_PAIR_8 "ldr %[v], [%[x]], #4\n\t" BNNC_SMLAD2(a0, a1) BNNC_SMLAD2(a2, a3) BNNC_SMLAD2(a4, a5) BNNC_SMLAD2(a6, a7)
+#define BNNC_PAIR_2 "ldr %[v], [%[x]], #4\n\t" BNNC_SMLAD2(a0, a1)
+#define BNNC_INT16_ASM8(N, XP, WP, R)                                                                   \
+  do {                                                                                                  \
+    uint32_t v_, w0_, w1_;                                                                              \
+    __asm__ volatile(".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_8 ".endr"                                    \
+                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [a2] "+r"((R)[2]), \
+                       [a3] "+r"((R)[3]), [a4] "+r"((R)[4]), [a5] "+r"((R)[5]), [a6] "+r"((R)[6]),       \
+                       [a7] "+r"((R)[7]), [v] "=&r"(v_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                \
+                     :                                                                                  \
+                     : "memory");                                                                       \
+  } while (0)
+#define BNNC_INT16_ASM2(N, XP, WP, R)                                                                   \
+  do {                                                                                                  \
+    uint32_t v_, w0_, w1_;                                                                              \
+    __asm__ volatile(".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_2 ".endr"                                    \
+                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [v] "=&r"(v_),   \
+                       [w0] "=&r"(w0_), [w1] "=&r"(w1_)                                                 \
+                     :                                                                                  \
+                     : "memory");                                                                       \
+  } while (0)
+#define BNNC_INT16_MAC_8(N, XP, WP, R) BNNC_INT16_ASM8(N, XP, WP, R)
+#define BNNC_INT16_MAC_2(N, XP, WP, R) BNNC_INT16_ASM2(N, XP, WP, R)
 #else
 BNNC_INLINE int32_t bnnc_sext16(uint32_t v) { return (int32_t)((v & 0xFFFFu) ^ 0x8000u) - 0x8000; }
-BNNC_INLINE int32_t bnnc_sext8(uint32_t v) { return (int32_t)((v & 0xFFu) ^ 0x80u) - 0x80; }
-BNNC_INLINE int32_t bnnc_int_dot_pairs(const uint32_t *x, const uint32_t *w, int groups) {
-  int32_t a = 0;
-  for (int g = 0; g < groups; g++) {
-    const uint32_t wv = w[g], xe = x[2 * g], xo = x[2 * g + 1];
-    a += bnnc_sext16(xe) * bnnc_sext8(wv) + bnnc_sext16(xo) * bnnc_sext8(wv >> 8) +
-         bnnc_sext16(xe >> 16) * bnnc_sext8(wv >> 16) + bnnc_sext16(xo >> 16) * bnnc_sext8(wv >> 24);
+/* r[k] += the window's sum for channel k < g of the group (weights w, g words per pair) */
+BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const uint32_t *w, int g, int32_t *r) {
+  for (int k = 0; k < g; k++) {
+    int32_t a = r[k];
+    for (int j = 0; j < n; j++) {
+      const uint32_t wv = w[j * g + k];
+      a += (int32_t)x[2 * j] * bnnc_sext16(wv) + (int32_t)x[2 * j + 1] * bnnc_sext16(wv >> 16);
+    }
+    r[k] = a;
   }
-  return a;
 }
+#define BNNC_INT16_MAC_8(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 8, (R)), (XP) += 2 * (N), (WP) += 8 * (N))
+#define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 2 * (N))
 #endif
+
+/* b with the sign bit of r shifted in at the top (a word of output bits fills from bit 0 up as
+ * its channels come one after the other) */
+BNNC_INLINE bnnc_word_t bnnc_shift_in_sign(bnnc_word_t b, int32_t r) {
+  return (b >> 1) | ((bnnc_word_t)((uint32_t)r >> 31) << (BNNC_WORD_BITS - 1));
+}
 
 /* sum over l < n of x[l] * w[l]: one filter row of an integer-input layer */
 BNNC_INLINE int32_t bnnc_int_dot16(const int16_t *x, const int8_t *w, int n) {

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from bnnc import ir
-from bnnc.passes.pack_bits import OBLOCK, THR_NEVER, pack_bit_rows, pack_bits, unpack_bit_rows
+from bnnc.passes.pack_bits import (OBLOCK, THR_NEVER, int16_pair_weights, pack_bit_rows, pack_bits, pair_groups,
+                                   unpack_bit_rows)
 from bnnc.passes.plan_arena import plan_arena
 
 from .helpers import random_case
@@ -16,6 +17,28 @@ SEEDS = range(30)
 def _convs(graph, **kw):
     g = pack_bits(graph, **kw)
     return [(op, g.tensors[op.inputs[0]]) for op in g.ops() if isinstance(op, ir.Conv)]
+
+
+def _unpack_int16_pairs(words, o, k):
+    """Inverse of int16_pair_weights: (O, K) int64; checks that padded taps and channels are 0."""
+    n = -(-k // 2)
+    g8, g2 = pair_groups(o)
+    w = np.asarray(words, np.int64)
+    halves = np.stack([w & 0xFFFF, w >> 16], axis=-1)
+    halves = np.where(halves >= 2**15, halves - 2**16, halves)
+    eight = halves[: g8 * n * 8].reshape(g8, n, 8, 2).transpose(0, 2, 1, 3).reshape(8 * g8, 2 * n)
+    two = halves[g8 * n * 8:].reshape(g2, n, 2, 2).transpose(0, 2, 1, 3).reshape(2 * g2, 2 * n)
+    full = np.concatenate([eight, two])
+    assert w.size == (8 * g8 + 2 * g2) * n and not np.any(full[o:]) and not np.any(full[:, k:])
+    return full[:o, :k]
+
+
+def test_int16_pairs_round_trip_on_every_group_split():
+    rng = np.random.default_rng(0)
+    for o in range(1, 20):
+        for k in (1, 2, 5, 27):
+            w = rng.integers(-(2**15), 2**15, size=(o, k))
+            assert np.array_equal(_unpack_int16_pairs(int16_pair_weights(w), o, k), w)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -29,10 +52,9 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
         o = op.w.shape[0]
         expect = (pack_bit_rows(op.w, word_bits).reshape(o, -1) if isinstance(src, ir.Bits)
                   else op.w.reshape(o, -1))
-        if pr.pairs:  # 4 int8 weights per uint32 word, zero weights after the last tap
-            by = ((pr.weights[:, :, None] >> (np.arange(4, dtype=np.uint32) * 8)) & 0xFF).astype(np.uint8)
-            unpacked = by.view(np.int8).reshape(o, -1)
-            assert np.array_equal(unpacked[:, : expect.shape[1]], expect) and not np.any(unpacked[:, expect.shape[1]:])
+        if pr.pairs:  # int16 pairs, channels in groups of 8 then 2, windows in (kx, ky, c) order
+            assert np.array_equal(_unpack_int16_pairs(pr.weights, o, op.w[0].size),
+                                  op.w.transpose(0, 2, 1, 3).reshape(o, -1))
             assert -(2**15) <= src.lo and src.hi < 2**15
         elif pr.dense:  # the filter's kh * kw * C bits back to back, fewer words than tap by tap
             dense = pack_bit_rows(op.w.reshape(o, -1), word_bits)

@@ -16,7 +16,7 @@ import numpy as np
 from .. import ir
 from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, SOFTMAX_CUTOFF
 from ..errors import BnncError
-from ..passes.pack_bits import pack_bit_rows, storage_dtype, words
+from ..passes.pack_bits import pack_bit_rows, pair_groups, storage_dtype, words
 from ..passes.pack_families import GUESS_SHIFT
 from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
@@ -185,7 +185,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
                      acc16=p.acc16, int_kernel=int_kernel(p), vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
-                     wb=wb, pairs=p.pairs, groups4=-(-p.taps // 4), **_row_unrolling(p.taps))
+                     wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
             wtype, wkind = (("bnnc_word_t", word_kind) if p.in_kind == "bits" else
                             ("uint32_t", "word32") if p.pairs else ("int8_t", "int"))
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": p.weights.size,
@@ -193,7 +193,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             if p.vnni_offset is not None:
                 vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
             window_class_tables(consts, op.name, p)
-            if p.thr is not None:
+            if p.pairs:
+                int16_pair_tables(consts, op, p, L)
+                L["epilogue"] = "bits" if p.thr is not None else "reals"
+                if p.thr is None:
+                    L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
+            elif p.thr is not None:
                 consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
                                "init": c_array(p.thr, "int")})
                 if p.layout == "rows":  # one word of WB output bits per output word
@@ -301,6 +306,33 @@ def int_kernel(p) -> str:
     if p.sparse is not None:
         return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
     return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
+
+
+def int16_pair_tables(consts: list, op, p, L: dict) -> None:
+    """Tables and template values of the int16-pair kernel (pack_bits.int16_pair_weights): the
+    accumulator starts per class (init) and, for bit outputs, per output word NOT neg on the
+    word's channels (negx) and how each output word's channels are walked (pair_words: n words
+    of g8 groups of 8 and g2 groups of 2 channels, the bits shifted right by `shift` and masked
+    with `valid`)."""
+    wb = p.word_bits
+    ones = (1 << wb) - 1
+    g8, g2 = pair_groups(p.o)
+    const_table(consts, f"{op.name}_init", "int32_t", p.init)
+    L.update(oe=p.init.shape[1], row_pairs=p.row_pairs, g8=g8, g2=g2, step=op.stride[1] * op.kernel[0] * p.cw_in)
+    if p.thr is None:
+        return
+    negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0].astype(object)
+    full, tail = divmod(p.o, wb)
+    valid = [ones] * full + ([(1 << tail) - 1] if tail else [])
+    negx = [(~int(n)) & v for n, v in zip(negw, valid)]
+    const_table(consts, f"{op.name}_negx", "bnnc_word_t", negx, "word64" if wb == 64 else "word32")
+    lit = (lambda v: f"(bnnc_word_t)0x{v:016x}ull") if wb == 64 else (lambda v: f"0x{v:08x}u")
+    words = [{"n": full, "first": 0, "g8": wb // 8, "g2": 0, "shift": 0, "valid": lit(ones)}] if full else []
+    if tail:
+        even = tail + tail % 2  # the last word's channels, in groups of 8 then 2
+        words.append({"n": 1, "first": full, "g8": even // 8, "g2": even % 8 // 2, "shift": wb - even,
+                      "valid": lit(valid[-1])})
+    L["pair_words"] = words
 
 
 def const_table(consts: list, name: str, ctype: str, values, kind: str = "int", **extra) -> None:
