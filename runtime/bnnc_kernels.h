@@ -347,21 +347,55 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
  * (the packer proved that every partial sum fits int32). */
 #define BNNC_STR_(x) #x
 #define BNNC_STR(x) BNNC_STR_(x)
+/* The sign bits of 8 sums of one group in one word: sign(r[2j]) at bit 15 - j and sign(r[2j + 1])
+ * at bit 31 - j (j < 4), the layout two PKHTBs per 4 sums give; a word of output bits is
+ * b = (b >> 4) | signs8 over its groups, so the packer orders the channels of full output words
+ * to land on their own bits (passes/pack_bits.int16_pair_lanes). */
+BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
+  uint32_t s = 0;
+  for (int j = 0; j < 4; j++)
+    s |= ((uint32_t)r[2 * j] >> 31) << (15 - j) | ((uint32_t)r[2 * j + 1] >> 31) << (31 - j);
+  return s;
+}
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(BNNC_PORTABLE)
 #define BNNC_SMLAD2(ACC0, ACC1)                                                                        \
   "ldrd %[w0], %[w1], [%[w]], #8\n\t"                                                                  \
   "smlad %[" #ACC0 "], %[v], %[w0], %[" #ACC0 "]\n\tsmlad %[" #ACC1 "], %[v], %[w1], %[" #ACC1 "]\n\t"
 #define BNNC_PAIR_8 "ldr %[v], [%[x]], #4\n\t" BNNC_SMLAD2(a0, a1) BNNC_SMLAD2(a2, a3) BNNC_SMLAD2(a4, a5) BNNC_SMLAD2(a6, a7)
 #define BNNC_PAIR_2 "ldr %[v], [%[x]], #4\n\t" BNNC_SMLAD2(a0, a1)
-#define BNNC_INT16_ASM8(N, XP, WP, R)                                                                   \
+/* the sign bits of the 8 sums packed as bnnc_signs8 does (11 instructions), into v */
+#define BNNC_SIGNS8_ASM                                                                                 \
+  "pkhtb %[v], %[a1], %[a0], asr #16\n\tpkhtb %[w0], %[a3], %[a2], asr #16\n\t"                          \
+  "pkhtb %[w1], %[a5], %[a4], asr #16\n\tpkhtb %[x], %[a7], %[a6], asr #16\n\t"                          \
+  "and %[v], %[v], #0x80008000\n\tand %[w0], %[w0], #0x80008000\n\torr %[v], %[v], %[w0], lsr #1\n\t"   \
+  "and %[w1], %[w1], #0x80008000\n\torr %[v], %[v], %[w1], lsr #2\n\t"                                  \
+  "and %[x], %[x], #0x80008000\n\torr %[v], %[v], %[x], lsr #3\n\t"
+#define BNNC_INT16_ASM8_TAIL(N, XP, WP, R, TAIL, SIGNS)                                                 \
   do {                                                                                                  \
     uint32_t v_, w0_, w1_;                                                                              \
-    __asm__ volatile(".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_8 ".endr"                                    \
+    __asm__ volatile(".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_8 ".endr\n\t" TAIL                          \
                      : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [a2] "+r"((R)[2]), \
                        [a3] "+r"((R)[3]), [a4] "+r"((R)[4]), [a5] "+r"((R)[5]), [a6] "+r"((R)[6]),       \
                        [a7] "+r"((R)[7]), [v] "=&r"(v_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                \
                      :                                                                                  \
                      : "memory");                                                                       \
+    SIGNS;                                                                                              \
+  } while (0)
+#define BNNC_INT16_ASM8(N, XP, WP, R) BNNC_INT16_ASM8_TAIL(N, XP, WP, R, "", (void)v_)
+/* the same with the accumulators' start values loaded from I (4 LDRDs, I passed in v) */
+#define BNNC_INT16_ASM8_INIT(N, XP, WP, I, R, TAIL, SIGNS)                                              \
+  do {                                                                                                  \
+    const int32_t *v_ = (I);                                                                            \
+    uint32_t w0_, w1_;                                                                                  \
+    __asm__ volatile("ldrd %[a0], %[a1], [%[v]]\n\tldrd %[a2], %[a3], [%[v], #8]\n\t"                    \
+                     "ldrd %[a4], %[a5], [%[v], #16]\n\tldrd %[a6], %[a7], [%[v], #24]\n\t"                \
+                     ".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_8 ".endr\n\t" TAIL                             \
+                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "=&r"((R)[0]), [a1] "=&r"((R)[1]), [a2] "=&r"((R)[2]), \
+                       [a3] "=&r"((R)[3]), [a4] "=&r"((R)[4]), [a5] "=&r"((R)[5]), [a6] "=&r"((R)[6]),   \
+                       [a7] "=&r"((R)[7]), [v] "+r"(v_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                \
+                     :                                                                                  \
+                     : "memory");                                                                       \
+    SIGNS;                                                                                              \
   } while (0)
 #define BNNC_INT16_ASM2(N, XP, WP, R)                                                                   \
   do {                                                                                                  \
@@ -373,6 +407,12 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
                      : "memory");                                                                       \
   } while (0)
 #define BNNC_INT16_MAC_8(N, XP, WP, R) BNNC_INT16_ASM8(N, XP, WP, R)
+/* BNNC_INT16_MAC_8 and then S = bnnc_signs8(R) (x is left undefined) */
+#define BNNC_INT16_MAC_8_SIGNS(N, XP, WP, R, S) BNNC_INT16_ASM8_TAIL(N, XP, WP, R, BNNC_SIGNS8_ASM, (S) = v_)
+/* R = I[0..7] + the window's sums; _SIGNS: and S = bnnc_signs8(R) */
+#define BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R) BNNC_INT16_ASM8_INIT(N, XP, WP, I, R, "", (void)v_)
+#define BNNC_INT16_MAC_8_FROM_SIGNS(N, XP, WP, I, R, S)                                                 \
+  BNNC_INT16_ASM8_INIT(N, XP, WP, I, R, BNNC_SIGNS8_ASM, (S) = (uint32_t)(uintptr_t)v_)
 #define BNNC_INT16_MAC_2(N, XP, WP, R) BNNC_INT16_ASM2(N, XP, WP, R)
 #else
 BNNC_INLINE int32_t bnnc_sext16(uint32_t v) { return (int32_t)((v & 0xFFFFu) ^ 0x8000u) - 0x8000; }
@@ -388,6 +428,17 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const uint32_t *w, int 
   }
 }
 #define BNNC_INT16_MAC_8(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 8, (R)), (XP) += 2 * (N), (WP) += 8 * (N))
+#define BNNC_INT16_MAC_8_SIGNS(N, XP, WP, R, S) (BNNC_INT16_MAC_8(N, XP, WP, R), (S) = bnnc_signs8(R))
+#define BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R)                                                          \
+  do {                                                                                                  \
+    for (int j_ = 0; j_ < 8; j_++) (R)[j_] = (I)[j_];                                                   \
+    BNNC_INT16_MAC_8(N, XP, WP, R);                                                                     \
+  } while (0)
+#define BNNC_INT16_MAC_8_FROM_SIGNS(N, XP, WP, I, R, S)                                                 \
+  do {                                                                                                  \
+    BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R);                                                             \
+    (S) = bnnc_signs8(R);                                                                               \
+  } while (0)
 #define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 2 * (N))
 #endif
 

@@ -313,7 +313,7 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     accumulator starts per class (init) and, for bit outputs, per output word NOT neg on the
     word's channels (negx) and how each output word's channels are walked (pair_words: n words
     of g8 groups of 8 and g2 groups of 2 channels, the bits shifted right by `shift` and masked
-    with `valid`)."""
+    with `valid`; `packed`: full words gather 8 sign bits per group with bnnc_signs8)."""
     wb = p.word_bits
     ones = (1 << wb) - 1
     g8, g2 = pair_groups(p.o)
@@ -327,11 +327,12 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     negx = [(~int(n)) & v for n, v in zip(negw, valid)]
     const_table(consts, f"{op.name}_negx", "bnnc_word_t", negx, "word64" if wb == 64 else "word32")
     lit = (lambda v: f"(bnnc_word_t)0x{v:016x}ull") if wb == 64 else (lambda v: f"0x{v:08x}u")
-    words = [{"n": full, "first": 0, "g8": wb // 8, "g2": 0, "shift": 0, "valid": lit(ones)}] if full else []
+    packed = wb == 32  # sign bits gathered 8 at a time (pack_bits.int16_pair_lanes)
+    words = [{"n": full, "first": 0, "g8": wb // 8, "g2": 0, "shift": 0, "valid": lit(ones), "packed": packed}] if full else []
     if tail:
         even = tail + tail % 2  # the last word's channels, in groups of 8 then 2
         words.append({"n": 1, "first": full, "g8": even // 8, "g2": even % 8 // 2, "shift": wb - even,
-                      "valid": lit(valid[-1])})
+                      "valid": lit(valid[-1]), "packed": packed})
     L["pair_words"] = words
 
 

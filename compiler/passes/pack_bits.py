@@ -170,7 +170,10 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
     weights = rows.astype(wdtype) if layout == "rows" else _blocked(rows, o_pad).astype(wdtype)
     pairs = layout == "rows" and not bits_in and -2**15 <= src.lo and src.hi < 2**15
     if pairs:  # windows in (kx, ky, c) order: the band's columns one after the other
-        weights = int16_pair_weights(op.w.transpose(0, 2, 1, 3).reshape(o, -1))
+        lanes = int16_pair_lanes(o, word_bits if isinstance(op.epilogue, ir.Thresholds) else 0)
+        wl = np.zeros((o + o % 2, kh * kw * c), np.int64)
+        wl[:o] = op.w.transpose(0, 2, 1, 3).reshape(o, -1)
+        weights = int16_pair_weights(wl[lanes])
     corr = corr.reshape(ny * nx, o)
     k_full = kh * kw * c
     p = PackedConv("bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full, weights,
@@ -204,7 +207,7 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         p.kmul = np.where(zero_rows, 0, 1).astype(np.int8)
     if pairs:
         p.row_pairs = -(-k_full // 2)
-        p.init = int16_pair_init(p.corr, p.thr, o)
+        p.init = int16_pair_init(p.corr, p.thr, o)[:, lanes]
     for name, arr in (("corr", p.corr), ("thr", p.thr)):
         if arr is not None and arr.size and np.abs(arr).max() > THR_NEVER:
             raise BnncError(f"layer '{op.source_ops[0]}': {name} table exceeds 32-bit range")
@@ -215,6 +218,28 @@ def pair_groups(o: int) -> tuple:
     """(groups of 8, groups of 2) output channels of the int16-pair kernel: O rounded up to even."""
     even = o + o % 2
     return even // 8, even % 8 // 2
+
+
+def int16_pair_lanes(o: int, word_bits: int) -> np.ndarray:
+    """The output channel each lane of the int16-pair kernel computes (lanes in kernel order: per
+    output word groups of 8, then of 2; values >= O are padding). Bit outputs of 32-bit words
+    (word_bits == 32) gather the sign bits of a group of 8 with bnnc_signs8 (lane 2j on bit
+    15 - j, lane 2j + 1 on bit 31 - j) into b = (b >> 4) | signs; a word of g < 4 such groups then
+    moves its two halves side by side, and the groups of 2 of a last partial word follow them one
+    bit at a time. Other outputs keep channel order."""
+    if word_bits != 32:
+        return np.arange(o + o % 2)
+    lanes = []
+    for base in range(0, o, 32):
+        even = min(32, o - base)
+        even += even % 2
+        g8, g2 = even // 8, even % 8 // 2
+        for q in range(g8):
+            for m in range(8):
+                raw = (31 if m % 2 else 15) - m // 2 - 4 * (g8 - 1 - q)
+                lanes.append(base + raw - (32 - 8 * g8 if m % 2 else 16 - 4 * g8))
+        lanes += [base + 8 * g8 + i for i in range(2 * g2)]
+    return np.array(lanes, np.int64)
 
 
 def int16_pair_weights(w: np.ndarray) -> np.ndarray:
