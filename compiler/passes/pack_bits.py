@@ -167,7 +167,7 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
     if layout == "rows":
         o_pad = o  # scalar kernels walk the real filters only
     taps = rows.shape[1]
-    weights = rows.astype(wdtype) if layout == "rows" else _blocked(rows, o_pad).astype(wdtype)
+    weights = rows.astype(wdtype) if layout == "rows" else blocked(rows, o_pad).astype(wdtype)
     pairs = layout == "rows" and not bits_in and -2**15 <= src.lo and src.hi < 2**15
     if pairs:  # windows in (kx, ky, c) order: the band's columns one after the other
         lanes = int16_pair_lanes(o, word_bits if isinstance(op.epilogue, ir.Thresholds) else 0)
@@ -183,13 +183,8 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         p.acc16 = taps * xmax <= INT16_MAX
         off = min(src.lo, 0)  # padded taps read x = 0, which must map to a byte too
         if max(src.hi, 0) - off <= 255 and layout == "blocked":
-            row = kw * c
-            g = -(-row // 4)
-            padded = np.zeros((o_pad, kh, g * 4), np.int8)
-            padded[:o, :, :row] = rows.reshape(o, kh, row)
             p.vnni_offset = int(off)
-            p.weights_vnni = padded.reshape(o_pad // OBLOCK, OBLOCK, kh, g, 4).transpose(0, 2, 3, 1, 4).copy()
-            p.vnni_corr = off * padded.astype(np.int64).reshape(o_pad, -1).sum(axis=1)
+            p.weights_vnni, p.vnni_corr = vnni_weights(rows.reshape(o, kh, kw * c), o_pad, off)
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
         thr, neg = bit_comparisons(ep, corr, k_full if bits_in else None)
@@ -269,12 +264,25 @@ def int16_pair_init(corr: np.ndarray, thr: Optional[np.ndarray], o: int) -> np.n
     return init
 
 
-def _blocked(rows: np.ndarray, o_pad: int) -> np.ndarray:
-    """(O, L) -> (O_pad / 32, L, 32), zero filters in the padding."""
+def blocked(rows: np.ndarray, o_pad: int, block: int = OBLOCK) -> np.ndarray:
+    """(O, L) -> (O_pad / block, L, block): one block of outputs after the other, tap-major inside,
+    zero filters in the padding (the host kernels' weight layout, every weight code)."""
     o, taps = rows.shape
     padded = np.zeros((o_pad, taps), rows.dtype)
     padded[:o] = rows
-    return padded.reshape(o_pad // OBLOCK, OBLOCK, taps).transpose(0, 2, 1).copy()
+    return np.ascontiguousarray(padded.reshape(o_pad // block, block, taps).transpose(0, 2, 1))
+
+
+def vnni_weights(w: np.ndarray, o_pad: int, off: int):
+    """The tables of bnnc_int_mac_vnni (module docstring) for integer weights w (O, kh, kw * C) in
+    int8 range on inputs x with x - off a byte: int8 (O_pad / 32, kh, G, 32, 4), each kernel row
+    zero-padded to G = ceil(kw * C / 4) groups of 4, and int64 (O_pad,) off * sum of each filter."""
+    o, kh, row = w.shape
+    g = -(-row // 4)
+    padded = np.zeros((o_pad, kh, g * 4), np.int8)
+    padded[:o, :, :row] = w
+    tables = np.ascontiguousarray(padded.reshape(o_pad // OBLOCK, OBLOCK, kh, g, 4).transpose(0, 2, 3, 1, 4))
+    return tables, off * padded.astype(np.int64).reshape(o_pad, -1).sum(axis=1)
 
 
 def neg_words(neg: np.ndarray, o_pad: int) -> np.ndarray:

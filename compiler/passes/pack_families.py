@@ -46,10 +46,10 @@ from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .fold_batchnorm_into_thresholds import _epilogue_range
-from .pack_bits import border_classes, pack_bit_rows, words
+from .pack_bits import OBLOCK, blocked, border_classes, pack_bit_rows, vnni_weights, words
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
-INT_BLOCK = 32  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
+INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
 
 BIG = 2**62  # a threshold no 64-bit accumulator of a real layer reaches
 
@@ -199,14 +199,6 @@ def _lanes8(v: np.ndarray, fill=None) -> np.ndarray:
     return np.concatenate([v, np.full(pad, v[0] if fill is None else fill, np.int64)])
 
 
-def _blocked(rows: np.ndarray, o_blk: int, block: int) -> np.ndarray:
-    """(O, L) -> (o_blk / block, L, block): one block of outputs after the other, tap-major inside."""
-    o, n = rows.shape
-    padded = np.zeros((o_blk, n), rows.dtype)
-    padded[:o] = rows
-    return np.ascontiguousarray(padded.reshape(o_blk // block, block, n).transpose(0, 2, 1))
-
-
 def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: np.ndarray) -> None:
     o, kh, kw, c = op.w.shape
     planes = popcount_planes(op, True)
@@ -216,7 +208,7 @@ def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: 
 
     def table(bits: np.ndarray) -> int:  # bool (O, kh * kw * c) -> blocked words; its index
         signs = np.where(bits, -1, 1).reshape(o, kh * kw, c)
-        p.weights.append(_blocked(pack_bit_rows(signs, p.word_bits).reshape(o, -1), p.o_blk, BLOCK))
+        p.weights.append(blocked(pack_bit_rows(signs, p.word_bits).reshape(o, -1), p.o_blk, BLOCK))
         return len(p.weights) - 1
 
     for pl in planes:
@@ -235,19 +227,15 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
     p.int8_weights = bool(np.all((rows >= -128) & (rows <= 127)))
     if p.acc32 and p.int8_weights:
         p.o_blk = -(-o // INT_BLOCK) * INT_BLOCK
-        p.weights = [_blocked(rows.astype(np.int8), p.o_blk, INT_BLOCK)]
+        p.weights = [blocked(rows.astype(np.int8), p.o_blk, INT_BLOCK)]
         # host builds (64-bit words) read windows in place from the padded input image
         p.image = p.word_bits == 64
         off = min(src.lo, 0)
         g = -(-kw * c // 4)  # groups of 4 bytes per window row
         if p.word_bits == 64 and max(src.hi, 0) - off <= 255 and 255 * 128 * kh * 4 * g < 2**31:
-            w4 = np.zeros((p.o_blk, kh, 4 * g), np.int8)  # zero weights after each row's kw * c bytes
-            w4[:o, :, :kw * c] = int_w.reshape(o, kh, kw * c)
-            p.w_vnni = np.ascontiguousarray(w4.reshape(p.o_blk // INT_BLOCK, INT_BLOCK, kh, g, 4)
-                                            .transpose(0, 2, 3, 1, 4))
+            p.w_vnni, corr = vnni_weights(int_w.reshape(o, kh, kw * c), p.o_blk, off)
             p.vnni_off = off
-            p.vnni_corr = np.zeros(p.o_blk, np.int32)
-            p.vnni_corr[:o] = off * rows.sum(axis=1)
+            p.vnni_corr = corr.astype(np.int32)
     else:
         p.o_blk = -(-o // BLOCK) * BLOCK
         wt = np.zeros((p.taps, p.o_blk), np.int8 if p.int8_weights else np.int32)  # int8 where they fit
