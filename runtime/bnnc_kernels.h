@@ -336,10 +336,10 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
 
 /* The integer-input kernel of MCU builds for values that fit int16 (passes/pack_bits.int16_pair_weights):
  * one window is N pairs of int16 values back to back (x, read in place from a band of input
- * rows); the weights hold per pair the words (two int16 weights, tap 2g in the low half) of the
- * G output channels of one group. BNNC_INT16_MAC_8(N, x, w, r) adds the window's products for
+ * rows); the weights (int16) hold per pair the G output channels' pairs of weights (tap 2g
+ * first; on Cortex-M4/M7 one word per channel) of one group. BNNC_INT16_MAC_8(N, x, w, r) adds the window's products for
  * G = 8 channels to r[0..7], BNNC_INT16_MAC_2(N, x, w, r) for G = 2 channels to r[0..1]; x and w
- * move past what was read (x by 4 N bytes, w by G N words). With the DSP extension one SMLAD adds
+ * move past what was read (x by 2 N values, w by 2 G N). With the DSP extension one SMLAD adds
  * two products: a pair costs for 8 channels one load of x, 4 LDRDs of weights and 8 SMLADs
  * (13 instructions per 16 MACs), the accumulators staying in registers (Thumb-2 assembly,
  * unrolled by .rept, so N is a literal: 13 registers, no spills; the generated code loops over
@@ -415,19 +415,14 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
   BNNC_INT16_ASM8_INIT(N, XP, WP, I, R, BNNC_SIGNS8_ASM, (S) = (uint32_t)(uintptr_t)v_)
 #define BNNC_INT16_MAC_2(N, XP, WP, R) BNNC_INT16_ASM2(N, XP, WP, R)
 #else
-BNNC_INLINE int32_t bnnc_sext16(uint32_t v) { return (int32_t)((v & 0xFFFFu) ^ 0x8000u) - 0x8000; }
-/* r[k] += the window's sum for channel k < g of the group (weights w, g words per pair) */
-BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const uint32_t *w, int g, int32_t *r) {
-  for (int k = 0; k < g; k++) {
-    int32_t a = r[k];
-    for (int j = 0; j < n; j++) {
-      const uint32_t wv = w[j * g + k];
-      a += (int32_t)x[2 * j] * bnnc_sext16(wv) + (int32_t)x[2 * j + 1] * bnnc_sext16(wv >> 16);
-    }
-    r[k] = a;
+/* r[k] += the window's sum for channel k < g of the group (weights w: per pair, g int16 pairs) */
+BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g, int32_t *r) {
+  for (int j = 0; j < n; j++, x += 2, w += 2 * g) {
+    const int32_t x0 = x[0], x1 = x[1];
+    for (int k = 0; k < g; k++) r[k] += x0 * w[2 * k] + x1 * w[2 * k + 1];
   }
 }
-#define BNNC_INT16_MAC_8(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 8, (R)), (XP) += 2 * (N), (WP) += 8 * (N))
+#define BNNC_INT16_MAC_8(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 8, (R)), (XP) += 2 * (N), (WP) += 16 * (N))
 #define BNNC_INT16_MAC_8_SIGNS(N, XP, WP, R, S) (BNNC_INT16_MAC_8(N, XP, WP, R), (S) = bnnc_signs8(R))
 #define BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R)                                                          \
   do {                                                                                                  \
@@ -439,7 +434,7 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const uint32_t *w, int 
     BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R);                                                             \
     (S) = bnnc_signs8(R);                                                                               \
   } while (0)
-#define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 2 * (N))
+#define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 4 * (N))
 #endif
 
 /* b with the sign bit of r shifted in at the top (a word of output bits fills from bit 0 up as

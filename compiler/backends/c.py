@@ -186,10 +186,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      acc16=p.acc16, int_kernel=int_kernel(p), vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
                      wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
-            wtype, wkind = (("bnnc_word_t", word_kind) if p.in_kind == "bits" else
-                            ("uint32_t", "word32") if p.pairs else ("int8_t", "int"))
-            consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": p.weights.size,
-                           "align": p.layout == "blocked", "init": c_array(p.weights, wkind)})
+            wtype, wkind = ("bnnc_word_t", word_kind) if p.in_kind == "bits" else ("int8_t", "int")
+            weights = p.weights
+            if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
+                wtype, weights = "int16_t", int16_halves(p.weights)
+            consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
+                           "align": p.layout == "blocked" or p.pairs, "init": c_array(weights, wkind)})
             if p.vnni_offset is not None:
                 vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
             window_class_tables(consts, op.name, p)
@@ -306,6 +308,13 @@ def int_kernel(p) -> str:
     if p.sparse is not None:
         return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
     return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
+
+
+def int16_halves(words: np.ndarray) -> np.ndarray:
+    """uint32 words of two int16 values -> the int16 values, low half first."""
+    w = np.asarray(words, np.int64).ravel()
+    halves = np.stack([w & 0xFFFF, w >> 16], axis=-1).ravel()
+    return np.where(halves >= 2**15, halves - 2**16, halves)
 
 
 def int16_pair_tables(consts: list, op, p, L: dict) -> None:
