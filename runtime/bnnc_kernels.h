@@ -437,6 +437,25 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g
 #define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 4 * (N))
 #endif
 
+/* The band the int16-pair kernel reads: input rows y0 .. y0 + kh - 1 of an (ih, iw, c) image of any
+ * integer type as int16 (their values fit), column after column (kh x c values per column) from
+ * column pl on, zero outside the image; the pl + pr padding columns are set to 0 once by the
+ * caller. A window at output column ox then is the kh * kw * c values from column ox * sw on. */
+#define BNNC_INT16_BAND(band, in, ih, iw, c, kh, pl, y0)                                               \
+  do {                                                                                                  \
+    for (int ky_ = 0; ky_ < (kh); ky_++) {                                                              \
+      const int y_ = (y0) + ky_;                                                                        \
+      int16_t *col_ = (band) + (pl) * (kh) * (c) + ky_ * (c);                                           \
+      if (y_ < 0 || y_ >= (ih)) {                                                                       \
+        for (int x_ = 0; x_ < (iw); x_++, col_ += (kh) * (c))                                           \
+          for (int c_ = 0; c_ < (c); c_++) col_[c_] = 0;                                                \
+        continue;                                                                                       \
+      }                                                                                                 \
+      for (int x_ = 0; x_ < (iw); x_++, col_ += (kh) * (c))                                             \
+        for (int c_ = 0; c_ < (c); c_++) col_[c_] = (int16_t)(in)[((size_t)y_ * (iw) + x_) * (c) + c_]; \
+    }                                                                                                   \
+  } while (0)
+
 /* b with the sign bit of r shifted in at the top (a word of output bits fills from bit 0 up as
  * its channels come one after the other) */
 BNNC_INLINE bnnc_word_t bnnc_shift_in_sign(bnnc_word_t b, int32_t r) {
