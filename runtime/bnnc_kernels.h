@@ -342,8 +342,8 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
  * move past what was read (x by 2 N values, w by 2 G N). With the DSP extension one SMLAD adds
  * two products: a pair costs for 8 channels one load of x, 4 LDRDs of weights and 8 SMLADs
  * (13 instructions per 16 MACs), the accumulators staying in registers (Thumb-2 assembly,
- * unrolled by .rept, so N is a literal: 13 registers, no spills; the generated code loops over
- * chunks of long windows). The C form (Cortex-M0, RISC-V, BNNC_PORTABLE) computes the same sums; they are exact
+ * unrolled: N is a literal <= 32, 13 registers, no spills; the generated code loops over chunks
+ * of long windows). The C form (Cortex-M0, RISC-V, BNNC_PORTABLE) computes the same sums; they are exact
  * (the packer proved that every partial sum fits int32). */
 #define BNNC_STR_(x) #x
 #define BNNC_STR(x) BNNC_STR_(x)
@@ -358,6 +358,41 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
   return s;
 }
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(BNNC_PORTABLE)
+/* BNNC_REP_n(x): n copies of the string x (n <= 32). The assembly is repeated here rather than by
+ * .rept, so that the compiler sees its real length (branch and literal ranges around it). */
+#define BNNC_REP_0(x)
+#define BNNC_REP_1(x) BNNC_REP_0(x) x
+#define BNNC_REP_2(x) BNNC_REP_1(x) x
+#define BNNC_REP_3(x) BNNC_REP_2(x) x
+#define BNNC_REP_4(x) BNNC_REP_3(x) x
+#define BNNC_REP_5(x) BNNC_REP_4(x) x
+#define BNNC_REP_6(x) BNNC_REP_5(x) x
+#define BNNC_REP_7(x) BNNC_REP_6(x) x
+#define BNNC_REP_8(x) BNNC_REP_7(x) x
+#define BNNC_REP_9(x) BNNC_REP_8(x) x
+#define BNNC_REP_10(x) BNNC_REP_9(x) x
+#define BNNC_REP_11(x) BNNC_REP_10(x) x
+#define BNNC_REP_12(x) BNNC_REP_11(x) x
+#define BNNC_REP_13(x) BNNC_REP_12(x) x
+#define BNNC_REP_14(x) BNNC_REP_13(x) x
+#define BNNC_REP_15(x) BNNC_REP_14(x) x
+#define BNNC_REP_16(x) BNNC_REP_15(x) x
+#define BNNC_REP_17(x) BNNC_REP_16(x) x
+#define BNNC_REP_18(x) BNNC_REP_17(x) x
+#define BNNC_REP_19(x) BNNC_REP_18(x) x
+#define BNNC_REP_20(x) BNNC_REP_19(x) x
+#define BNNC_REP_21(x) BNNC_REP_20(x) x
+#define BNNC_REP_22(x) BNNC_REP_21(x) x
+#define BNNC_REP_23(x) BNNC_REP_22(x) x
+#define BNNC_REP_24(x) BNNC_REP_23(x) x
+#define BNNC_REP_25(x) BNNC_REP_24(x) x
+#define BNNC_REP_26(x) BNNC_REP_25(x) x
+#define BNNC_REP_27(x) BNNC_REP_26(x) x
+#define BNNC_REP_28(x) BNNC_REP_27(x) x
+#define BNNC_REP_29(x) BNNC_REP_28(x) x
+#define BNNC_REP_30(x) BNNC_REP_29(x) x
+#define BNNC_REP_31(x) BNNC_REP_30(x) x
+#define BNNC_REP_32(x) BNNC_REP_31(x) x
 #define BNNC_SMLAD2(ACC0, ACC1)                                                                        \
   "ldrd %[w0], %[w1], [%[w]], #8\n\t"                                                                  \
   "smlad %[" #ACC0 "], %[v], %[w0], %[" #ACC0 "]\n\tsmlad %[" #ACC1 "], %[v], %[w1], %[" #ACC1 "]\n\t"
@@ -373,7 +408,7 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
 #define BNNC_INT16_ASM8_TAIL(N, XP, WP, R, TAIL, SIGNS)                                                 \
   do {                                                                                                  \
     uint32_t v_, w0_, w1_;                                                                              \
-    __asm__ volatile(".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_8 ".endr\n\t" TAIL                          \
+    __asm__ volatile(BNNC_REP_##N(BNNC_PAIR_8) TAIL                          \
                      : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [a2] "+r"((R)[2]), \
                        [a3] "+r"((R)[3]), [a4] "+r"((R)[4]), [a5] "+r"((R)[5]), [a6] "+r"((R)[6]),       \
                        [a7] "+r"((R)[7]), [v] "=&r"(v_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                \
@@ -389,7 +424,7 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
     uint32_t w0_, w1_;                                                                                  \
     __asm__ volatile("ldrd %[a0], %[a1], [%[v]]\n\tldrd %[a2], %[a3], [%[v], #8]\n\t"                    \
                      "ldrd %[a4], %[a5], [%[v], #16]\n\tldrd %[a6], %[a7], [%[v], #24]\n\t"                \
-                     ".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_8 ".endr\n\t" TAIL                             \
+                     BNNC_REP_##N(BNNC_PAIR_8) TAIL                             \
                      : [x] "+r"(XP), [w] "+r"(WP), [a0] "=&r"((R)[0]), [a1] "=&r"((R)[1]), [a2] "=&r"((R)[2]), \
                        [a3] "=&r"((R)[3]), [a4] "=&r"((R)[4]), [a5] "=&r"((R)[5]), [a6] "=&r"((R)[6]),   \
                        [a7] "=&r"((R)[7]), [v] "+r"(v_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                \
@@ -400,7 +435,7 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
 #define BNNC_INT16_ASM2(N, XP, WP, R)                                                                   \
   do {                                                                                                  \
     uint32_t v_, w0_, w1_;                                                                              \
-    __asm__ volatile(".rept " BNNC_STR(N) "\n\t" BNNC_PAIR_2 ".endr"                                    \
+    __asm__ volatile(BNNC_REP_##N(BNNC_PAIR_2)                                    \
                      : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [v] "=&r"(v_),   \
                        [w0] "=&r"(w0_), [w1] "=&r"(w1_)                                                 \
                      :                                                                                  \

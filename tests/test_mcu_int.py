@@ -79,3 +79,22 @@ def test_integer_layers_equal_the_reference_on_every_core(case):
     for core in CORES:
         y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu=core))
         assert np.array_equal(y.reshape(ref.shape), ref), core
+
+
+@pytest.mark.parametrize("name", ["w1a2", "dabn", "hbn", "ternary-ec2t", "abc-fused"])
+def test_compressed_family_integer_layers_equal_the_reference_on_every_core(name):
+    """Multi-bit, ternary and real-valued (fixed-point) weights on an integer input: the family
+    layers whose values and weights fit int16 take the same kernel (sums into the family
+    epilogues: levels, requantization, thresholds)."""
+    from bnnc import zoo
+
+    model = zoo.build(name)
+    graph = compile_graph(model)
+    bg = mcu.backend_graph(graph)
+    fam = {f.name for f in ir.family_ops(bg)}
+    assert any(op.packed.pairs for op in bg.ops() if op.name in fam and isinstance(op, ir.Conv))
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, 2))
+    ref = driver.run_target(graph, "ref", inputs)
+    for core in CORES:
+        y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu=core))
+        assert np.array_equal(y.reshape(ref.shape), ref), core

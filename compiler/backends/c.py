@@ -297,10 +297,13 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
 
 def int_kernel(p) -> str:
     """The runtime kernel (bnnc_<name>, runtime/bnnc_kernels.h or bnnc_families.h) of the integer-input
-    convolution packed as `p`, for every weight code: pack_bits' PackedConv (+-1 weights: int32 or,
+    convolution packed as `p`, for every weight code: on MCU builds whose values and weights fit
+    int16 the int16-pair kernel; else pack_bits' PackedConv (+-1 weights: int32 or,
     where bnnc proved the window sum fits, int16 sums) and pack_families' PackedFamilyConv (one
     input channel per output, expander lists, int32 sums of int8 weights, else int64 sums). The
     AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
+    if p.pairs:  # MCU builds, values and weights in int16: bnnc_int16_mac (pack_bits.int16_pair_weights)
+        return "int16_pairs"
     if hasattr(p, "acc16"):
         return "int_mac16" if p.acc16 else "int_mac"
     if p.depthwise is not None:
@@ -327,7 +330,7 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     ones = (1 << wb) - 1
     g8, g2 = pair_groups(p.o)
     const_table(consts, f"{op.name}_init", "int32_t", p.init)
-    L.update(oe=p.init.shape[1], row_pairs=p.row_pairs, g8=g8, g2=g2, step=op.stride[1] * op.kernel[0] * p.cw_in)
+    L.update(oe=p.init.shape[1], row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in)
     if p.thr is None:
         return
     negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0].astype(object)
@@ -419,6 +422,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 if not identity:
                     table("dwc", "int32_t", p.depthwise["chan"])
                 table("dww", "int8_t", p.depthwise["w"], align=True)
+            elif p.pairs:
+                L["int_kernel"] = int_kernel(p)
+                g8, g2 = pair_groups(p.o)
+                table("w0", "int16_t", int16_halves(p.weights[0]), align=True)
+                if g8 and p.row_pairs <= 32:  # the sums start at 0 (corr comes after), loaded by the assembly
+                    table("zero", "int32_t", np.zeros(8, np.int64))
+                L.update(row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in)
             else:
                 L["int_kernel"] = int_kernel(p)
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])

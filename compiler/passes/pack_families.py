@@ -46,7 +46,7 @@ from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .fold_batchnorm_into_thresholds import _epilogue_range
-from .pack_bits import OBLOCK, blocked, border_classes, pack_bit_rows, vnni_weights, words
+from .pack_bits import OBLOCK, blocked, border_classes, int16_pair_weights, pack_bit_rows, vnni_weights, words
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
 INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
@@ -86,6 +86,8 @@ class PackedFamilyConv:
     vnni_corr: Optional[np.ndarray] = None  # ints: int32 (o_blk,), off * sum w
     vnni_off: int = 0
     image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
+    pairs: bool = False  # ints, MCU: the int16-pair kernel (pack_bits.int16_pair_weights); weights[0] its table
+    row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2)
     sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
     # host sparse_int with one input channel per output (depthwise, pooling): bnnc_depthwise_mac32
     # on the image, {"chan" (o_blk,) int32, "w" (kh * kw, o_blk) int8}; padded outputs read channel
@@ -285,10 +287,17 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
                 start.append(len(chan))
             p.sparse = {"start": np.array(start, np.int32), "chan": np.array(chan or [0], np.int32),
                         "w": np.concatenate(wts).astype(np.int32) if wts else np.zeros(1, np.int32)}
-        counts = 4 * p.o_blk  # int32 sums
         ih, iw = src.shape[:2]
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
+        if (p.method == "int" and word_bits == 32 and p.acc32 and -(2**15) <= src.lo and src.hi < 2**15
+                and np.abs(int_w).max(initial=0) < 2**15):
+            # MCU builds: the int16-pair kernel (pack_bits.int16_pair_weights) on a band of kh input rows
+            p.pairs, p.row_pairs = True, -(-kh * kw * c // 2)
+            p.o_blk = -(-o // BLOCK) * BLOCK
+            p.weights = [int16_pair_weights(int_w.transpose(0, 2, 1, 3).reshape(o, -1))]
+            window = (kh * (iw + op.pads[1] + op.pads[3]) * c + 2) * 2
+        counts = 4 * p.o_blk  # int32 sums
     p.corr = np.stack([_lanes8(row, 0) for row in p.corr.astype(np.int64)])
     p.sums_offset = _align64(8 * p.o_blk)
     p.window_offset = p.sums_offset + _align64(counts)
