@@ -357,7 +357,9 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
     s |= ((uint32_t)r[2 * j] >> 31) << (15 - j) | ((uint32_t)r[2 * j + 1] >> 31) << (31 - j);
   return s;
 }
-#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(BNNC_PORTABLE)
+/* Thumb-2 assembly: Cortex-M4/M7 (M profile with the DSP extension) */
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' && \
+    !defined(BNNC_PORTABLE)
 /* BNNC_REP_n(x): n copies of the string x (n <= 32). The assembly is repeated here rather than by
  * .rept, so that the compiler sees its real length (branch and literal ranges around it). */
 #define BNNC_REP_0(x)
