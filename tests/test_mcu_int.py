@@ -98,3 +98,61 @@ def test_compressed_family_integer_layers_equal_the_reference_on_every_core(name
     for core in CORES:
         y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu=core))
         assert np.array_equal(y.reshape(ref.shape), ref), core
+
+
+def test_int16_pair_kernel_c_form_and_sign_packing_equal_numpy(tmp_path):
+    """The C form of BNNC_INT16_MAC_8 / _2 / _8_FROM / _8_FROM_SIGNS (Cortex-M0, RISC-V) on random
+    int16 windows and weights, built for the host: the sums, the moved pointers and bnnc_signs8."""
+    import subprocess
+
+    from bnnc.backends import c_build
+    from bnnc.passes.pack_bits import int16_pair_weights
+    from bnnc.resources import resource_dir
+
+    rng = np.random.default_rng(7)
+    n = 13  # pairs: 26 taps
+    x = rng.integers(-(2**15), 2**15, 2 * n)
+    w8 = rng.integers(-500, 501, (8, 2 * n))  # sums within int32, as the packer proves
+    w2 = rng.integers(-500, 501, (2, 2 * n))
+    x[:4], x[5], w8[0, 5], w2[1, 5] = -(2**15), 3, -(2**15), 2**15 - 1  # the extremes
+    init = rng.integers(-(2**20), 2**20, 8)
+
+    def arr(name, ctype, v):
+        return f"static const {ctype} {name}[{len(v)}] = {{{', '.join(str(int(a)) for a in v)}}};\n"
+
+    def halves(words):
+        w = np.asarray(words, np.int64)
+        h = np.stack([w & 0xFFFF, w >> 16], -1).ravel()
+        return np.where(h >= 2**15, h - 2**16, h)
+
+    src = ('#include <stdio.h>\n#define BNNC_WORD_BITS 32\n#include "bnnc_kernels.h"\n' + arr("x", "int16_t", x)
+           + arr("w8", "int16_t", halves(int16_pair_weights(w8))) + arr("w2", "int16_t", halves(int16_pair_weights(w2)))
+           + arr("init", "int32_t", init) + f"""
+int main(void) {{
+  const int16_t *xp = x, *w = w8;
+  int32_t r[8], r2[2] = {{0, 0}}, a[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};
+  uint32_t s;
+  BNNC_INT16_MAC_8_FROM_SIGNS({n}, xp, w, init, r, s);
+  printf("%d %d %u\\n", (int)(xp - x), (int)(w - w8), (unsigned)s);
+  for (int j = 0; j < 8; j++) printf("%ld\\n", (long)r[j]);
+  xp = x, w = w8;
+  BNNC_INT16_MAC_8({n}, xp, w, a);
+  for (int j = 0; j < 8; j++) printf("%ld\\n", (long)a[j]);
+  xp = x, w = w2;
+  BNNC_INT16_MAC_2({n}, xp, w, r2);
+  printf("%ld %ld %d\\n", (long)r2[0], (long)r2[1], (int)(w - w2));
+  return 0;
+}}
+""")
+    (tmp_path / "bnnc_kernels.h").write_text((resource_dir("runtime") / "bnnc_kernels.h").read_text())
+    (tmp_path / "t.c").write_text(src)
+    subprocess.run([*c_build.find_cc(), "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=undefined",
+                    "-fno-sanitize-recover=all", "t.c", "-o", "t"], cwd=tmp_path, check=True)
+    lines = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout.split()
+    got = [int(v) for v in lines]
+    sums8 = w8 @ x
+    want_from = init + sums8
+    signs = sum(((int(want_from[2 * j]) < 0) << (15 - j)) | ((int(want_from[2 * j + 1]) < 0) << (31 - j)) for j in range(4))
+    assert got[:3] == [2 * n, 16 * n, signs]
+    assert got[3:11] == list(want_from) and got[11:19] == list(sums8)
+    assert got[19:22] == list(w2 @ x) + [4 * n]
