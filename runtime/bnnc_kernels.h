@@ -336,15 +336,20 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
 
 /* The integer-input kernel of MCU builds for values that fit int16 (passes/pack_bits.int16_pair_weights):
  * one window is N pairs of int16 values back to back (x, read in place from a band of input
- * rows); the weights (int16) hold per pair the G output channels' pairs of weights (tap 2g
- * first; on Cortex-M4/M7 one word per channel) of one group. BNNC_INT16_MAC_8(N, x, w, r) adds the window's products for
- * G = 8 channels to r[0..7], BNNC_INT16_MAC_2(N, x, w, r) for G = 2 channels to r[0..1]; x and w
- * move past what was read (x by 2 N values, w by 2 G N). With the DSP extension one SMLAD adds
- * two products: a pair costs for 8 channels one load of x, 4 LDRDs of weights and 8 SMLADs
- * (13 instructions per 16 MACs), the accumulators staying in registers (Thumb-2 assembly,
- * unrolled: N is a literal <= 32, 13 registers, no spills; the generated code loops over chunks
- * of long windows). The C form (Cortex-M0, RISC-V, BNNC_PORTABLE) computes the same sums; they are exact
- * (the packer proved that every partial sum fits int32). */
+ * rows); the weights (int16) hold per pair the G output channels' pairs of weights (tap 2g first;
+ * one word per channel) of one group.
+ * BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND) defines
+ *     void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out)
+ * for windows of N = 16 CHUNKS + REST pairs (literals, REST < 32) and a group of G = 8 channels:
+ * the sums init[k] + window . weights of channel k, into out[0..7] (KIND SUMS) or only their
+ * sign bits packed by bnnc_signs8 into out[0] (KIND SIGNS); the caller moves w on by 16 N.
+ * BNNC_INT16_MAC_2(N, x, w, r) adds the window's sums of a group of G = 2 channels to r[0..1] and
+ * moves x by 2 N, w by 4 N.
+ * On Cortex-M4/M7 one SMLAD adds two products: NAME is a Thumb-2 function of its own (all
+ * registers: the 8 accumulators r4-r11, loaded by one LDM, stored by one STM), a pair costing one
+ * LDR of the window, 4 LDRDs of weights and 8 SMLADs (13 instructions per 16 MACs), whatever
+ * the caller's register pressure or frame pointer. The C form (Cortex-M0, RISC-V, BNNC_PORTABLE)
+ * computes the same sums; they are exact (the packer proved that every partial sum fits int32). */
 #define BNNC_STR_(x) #x
 #define BNNC_STR(x) BNNC_STR_(x)
 /* The sign bits of 8 sums of one group in one word: sign(r[2j]) at bit 15 - j and sign(r[2j + 1])
@@ -360,9 +365,9 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
 /* Thumb-2 assembly: Cortex-M4/M7 (M profile with the DSP extension) */
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' && \
     !defined(BNNC_PORTABLE)
-/* BNNC_REP_n(x): n copies of the string x (n <= 32). The assembly is repeated here rather than by
- * .rept, so that the compiler sees its real length (branch and literal ranges around it). */
-#define BNNC_REP_0(x)
+/* BNNC_REP_n(x): n copies of the string x (n <= 32), spelled out rather than by .rept, so that the
+ * compiler sees the assembly's real length (branch and literal ranges around inline blocks). */
+#define BNNC_REP_0(x) ""
 #define BNNC_REP_1(x) BNNC_REP_0(x) x
 #define BNNC_REP_2(x) BNNC_REP_1(x) x
 #define BNNC_REP_3(x) BNNC_REP_2(x) x
@@ -395,62 +400,35 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
 #define BNNC_REP_30(x) BNNC_REP_29(x) x
 #define BNNC_REP_31(x) BNNC_REP_30(x) x
 #define BNNC_REP_32(x) BNNC_REP_31(x) x
-#define BNNC_SMLAD2(ACC0, ACC1)                                                                        \
-  "ldrd %[w0], %[w1], [%[w]], #8\n\t"                                                                  \
-  "smlad %[" #ACC0 "], %[v], %[w0], %[" #ACC0 "]\n\tsmlad %[" #ACC1 "], %[v], %[w1], %[" #ACC1 "]\n\t"
-#define BNNC_PAIR_8 "ldr %[v], [%[x]], #4\n\t" BNNC_SMLAD2(a0, a1) BNNC_SMLAD2(a2, a3) BNNC_SMLAD2(a4, a5) BNNC_SMLAD2(a6, a7)
-#define BNNC_PAIR_2 "ldr %[v], [%[x]], #4\n\t" BNNC_SMLAD2(a0, a1)
-/* the sign bits of the 8 sums packed as bnnc_signs8 does (11 instructions), into v */
-#define BNNC_SIGNS8_ASM                                                                                 \
-  "pkhtb %[v], %[a1], %[a0], asr #16\n\tpkhtb %[w0], %[a3], %[a2], asr #16\n\t"                          \
-  "pkhtb %[w1], %[a5], %[a4], asr #16\n\tpkhtb %[x], %[a7], %[a6], asr #16\n\t"                          \
-  "and %[v], %[v], #0x80008000\n\tand %[w0], %[w0], #0x80008000\n\torr %[v], %[v], %[w0], lsr #1\n\t"   \
-  "and %[w1], %[w1], #0x80008000\n\torr %[v], %[v], %[w1], lsr #2\n\t"                                  \
-  "and %[x], %[x], #0x80008000\n\torr %[v], %[v], %[x], lsr #3\n\t"
-#define BNNC_INT16_ASM8_TAIL(N, XP, WP, R, TAIL, SIGNS)                                                 \
-  do {                                                                                                  \
-    uint32_t v_, w0_, w1_;                                                                              \
-    __asm__ volatile(BNNC_REP_##N(BNNC_PAIR_8) TAIL                          \
-                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [a2] "+r"((R)[2]), \
-                       [a3] "+r"((R)[3]), [a4] "+r"((R)[4]), [a5] "+r"((R)[5]), [a6] "+r"((R)[6]),       \
-                       [a7] "+r"((R)[7]), [v] "=&r"(v_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                \
-                     :                                                                                  \
-                     : "memory");                                                                       \
-    SIGNS;                                                                                              \
+/* one pair of taps of the 8-channel function: x r0, weights r1, window value r2, weights r12/lr */
+#define BNNC_PAIR8_SMLAD2(A, B) "ldrd r12, lr, [r1], #8\n\tsmlad " A ", r2, r12, " A "\n\tsmlad " B ", r2, lr, " B "\n\t"
+#define BNNC_PAIR8                                                                                     \
+  "ldr r2, [r0], #4\n\t" BNNC_PAIR8_SMLAD2("r4", "r5") BNNC_PAIR8_SMLAD2("r6", "r7")                   \
+  BNNC_PAIR8_SMLAD2("r8", "r9") BNNC_PAIR8_SMLAD2("r10", "r11")
+#define BNNC_INT16_END_SUMS "stm r3, {r4-r11}\n\t"
+#define BNNC_INT16_END_SIGNS                                                                           \
+  "pkhtb r2, r5, r4, asr #16\n\tpkhtb r12, r7, r6, asr #16\n\tpkhtb lr, r9, r8, asr #16\n\t"           \
+  "pkhtb r0, r11, r10, asr #16\n\tand r2, r2, #0x80008000\n\tand r12, r12, #0x80008000\n\t"            \
+  "orr r2, r2, r12, lsr #1\n\tand lr, lr, #0x80008000\n\torr r2, r2, lr, lsr #2\n\t"                   \
+  "and r0, r0, #0x80008000\n\torr r2, r2, r0, lsr #3\n\tstr r2, [r3]\n\t"
+#define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
+  void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out);                    \
+  __asm__(".pushsection .text." #NAME ",\"ax\",%progbits\n\t.syntax unified\n\t.thumb\n\t.p2align 2\n\t" \
+          ".type " #NAME ", %function\n\t.thumb_func\n" #NAME ":\n\t"                                   \
+          "push {r4-r11, lr}\n\tldm r2, {r4-r11}\n\t"                                                  \
+          ".if " #CHUNKS "\n\tpush {r3}\n\tmovw r3, #" #CHUNKS "\n"                                     \
+          "1:\n\t" BNNC_REP_16(BNNC_PAIR8) "subs r3, r3, #1\n\tbne 1b\n\tpop {r3}\n\t.endif\n\t"       \
+          BNNC_REP_##REST(BNNC_PAIR8) BNNC_INT16_END_##KIND "pop {r4-r11, pc}\n\t"                      \
+          ".size " #NAME ", .-" #NAME "\n\t.popsection");
+#define BNNC_PAIR_2 "ldr %[v], [%[x]], #4\n\tldrd r12, lr, [%[w]], #8\n\tsmlad %[a0], %[v], r12, %[a0]\n\tsmlad %[a1], %[v], lr, %[a1]\n\t"
+#define BNNC_INT16_MAC_2(N, XP, WP, R)                                                                 \
+  do {                                                                                                 \
+    uint32_t v_;                                                                                       \
+    __asm__ volatile(BNNC_REP_##N(BNNC_PAIR_2)                                                         \
+                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [v] "=&r"(v_) \
+                     :                                                                                 \
+                     : "r12", "lr", "memory");                                                         \
   } while (0)
-#define BNNC_INT16_ASM8(N, XP, WP, R) BNNC_INT16_ASM8_TAIL(N, XP, WP, R, "", (void)v_)
-/* the same with the accumulators' start values loaded from I (4 LDRDs, I passed in v) */
-#define BNNC_INT16_ASM8_INIT(N, XP, WP, I, R, TAIL, SIGNS)                                              \
-  do {                                                                                                  \
-    const int32_t *v_ = (I);                                                                            \
-    uint32_t w0_, w1_;                                                                                  \
-    __asm__ volatile("ldrd %[a0], %[a1], [%[v]]\n\tldrd %[a2], %[a3], [%[v], #8]\n\t"                    \
-                     "ldrd %[a4], %[a5], [%[v], #16]\n\tldrd %[a6], %[a7], [%[v], #24]\n\t"                \
-                     BNNC_REP_##N(BNNC_PAIR_8) TAIL                             \
-                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "=&r"((R)[0]), [a1] "=&r"((R)[1]), [a2] "=&r"((R)[2]), \
-                       [a3] "=&r"((R)[3]), [a4] "=&r"((R)[4]), [a5] "=&r"((R)[5]), [a6] "=&r"((R)[6]),   \
-                       [a7] "=&r"((R)[7]), [v] "+r"(v_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)                \
-                     :                                                                                  \
-                     : "memory");                                                                       \
-    SIGNS;                                                                                              \
-  } while (0)
-#define BNNC_INT16_ASM2(N, XP, WP, R)                                                                   \
-  do {                                                                                                  \
-    uint32_t v_, w0_, w1_;                                                                              \
-    __asm__ volatile(BNNC_REP_##N(BNNC_PAIR_2)                                    \
-                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [v] "=&r"(v_),   \
-                       [w0] "=&r"(w0_), [w1] "=&r"(w1_)                                                 \
-                     :                                                                                  \
-                     : "memory");                                                                       \
-  } while (0)
-#define BNNC_INT16_MAC_8(N, XP, WP, R) BNNC_INT16_ASM8(N, XP, WP, R)
-/* BNNC_INT16_MAC_8 and then S = bnnc_signs8(R) (x is left undefined) */
-#define BNNC_INT16_MAC_8_SIGNS(N, XP, WP, R, S) BNNC_INT16_ASM8_TAIL(N, XP, WP, R, BNNC_SIGNS8_ASM, (S) = v_)
-/* R = I[0..7] + the window's sums; _SIGNS: and S = bnnc_signs8(R) */
-#define BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R) BNNC_INT16_ASM8_INIT(N, XP, WP, I, R, "", (void)v_)
-#define BNNC_INT16_MAC_8_FROM_SIGNS(N, XP, WP, I, R, S)                                                 \
-  BNNC_INT16_ASM8_INIT(N, XP, WP, I, R, BNNC_SIGNS8_ASM, (S) = (uint32_t)(uintptr_t)v_)
-#define BNNC_INT16_MAC_2(N, XP, WP, R) BNNC_INT16_ASM2(N, XP, WP, R)
 #else
 /* r[k] += the window's sum for channel k < g of the group (weights w: per pair, g int16 pairs) */
 BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g, int32_t *r) {
@@ -459,18 +437,15 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g
     for (int k = 0; k < g; k++) r[k] += x0 * w[2 * k] + x1 * w[2 * k + 1];
   }
 }
-#define BNNC_INT16_MAC_8(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 8, (R)), (XP) += 2 * (N), (WP) += 16 * (N))
-#define BNNC_INT16_MAC_8_SIGNS(N, XP, WP, R, S) (BNNC_INT16_MAC_8(N, XP, WP, R), (S) = bnnc_signs8(R))
-#define BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R)                                                          \
-  do {                                                                                                  \
-    for (int j_ = 0; j_ < 8; j_++) (R)[j_] = (I)[j_];                                                   \
-    BNNC_INT16_MAC_8(N, XP, WP, R);                                                                     \
-  } while (0)
-#define BNNC_INT16_MAC_8_FROM_SIGNS(N, XP, WP, I, R, S)                                                 \
-  do {                                                                                                  \
-    BNNC_INT16_MAC_8_FROM(N, XP, WP, I, R);                                                             \
-    (S) = bnnc_signs8(R);                                                                               \
-  } while (0)
+#define BNNC_INT16_STORE_SUMS(out, r) for (int j_ = 0; j_ < 8; j_++) (out)[j_] = (r)[j_]
+#define BNNC_INT16_STORE_SIGNS(out, r) (out)[0] = (int32_t)bnnc_signs8(r)
+#define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
+  BNNC_INLINE void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out) {       \
+    int32_t r[8];                                                                                      \
+    for (int j_ = 0; j_ < 8; j_++) r[j_] = init[j_];                                                   \
+    bnnc_int16_mac(x, 16 * (CHUNKS) + (REST), w, 8, r);                                                \
+    BNNC_INT16_STORE_##KIND(out, r);                                                                   \
+  }
 #define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 4 * (N))
 #endif
 

@@ -101,8 +101,9 @@ def test_compressed_family_integer_layers_equal_the_reference_on_every_core(name
 
 
 def test_int16_pair_kernel_c_form_and_sign_packing_equal_numpy(tmp_path):
-    """The C form of BNNC_INT16_MAC_8 / _2 / _8_FROM / _8_FROM_SIGNS (Cortex-M0, RISC-V) on random
-    int16 windows and weights, built for the host: the sums, the moved pointers and bnnc_signs8."""
+    """The C form of BNNC_INT16_MAC8_FUNC (sums and signs) and BNNC_INT16_MAC_2 (Cortex-M0, RISC-V) on
+    random int16 windows and weights, built for the host: the sums, the moved pointers and
+    bnnc_signs8. (The Cortex-M4/M7 assembly runs in the model tests above.)"""
     import subprocess
 
     from bnnc.backends import c_build
@@ -128,19 +129,17 @@ def test_int16_pair_kernel_c_form_and_sign_packing_equal_numpy(tmp_path):
     src = ('#include <stdio.h>\n#define BNNC_WORD_BITS 32\n#include "bnnc_kernels.h"\n' + arr("x", "int16_t", x)
            + arr("w8", "int16_t", halves(int16_pair_weights(w8))) + arr("w2", "int16_t", halves(int16_pair_weights(w2)))
            + arr("init", "int32_t", init) + f"""
+BNNC_INT16_MAC8_FUNC(mac8s, 0, {n}, SIGNS)
+BNNC_INT16_MAC8_FUNC(mac8, 0, {n}, SUMS)
 int main(void) {{
-  const int16_t *xp = x, *w = w8;
-  int32_t r[8], r2[2] = {{0, 0}}, a[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};
-  uint32_t s;
-  BNNC_INT16_MAC_8_FROM_SIGNS({n}, xp, w, init, r, s);
-  printf("%d %d %u\\n", (int)(xp - x), (int)(w - w8), (unsigned)s);
+  const int16_t *xp = x, *w = w2;
+  int32_t r[8], s[8], r2[2] = {{0, 0}};
+  mac8s(x, w8, init, s);
+  mac8(x, w8, init, r);
+  printf("%u\\n", (unsigned)s[0]);
   for (int j = 0; j < 8; j++) printf("%ld\\n", (long)r[j]);
-  xp = x, w = w8;
-  BNNC_INT16_MAC_8({n}, xp, w, a);
-  for (int j = 0; j < 8; j++) printf("%ld\\n", (long)a[j]);
-  xp = x, w = w2;
   BNNC_INT16_MAC_2({n}, xp, w, r2);
-  printf("%ld %ld %d\\n", (long)r2[0], (long)r2[1], (int)(w - w2));
+  printf("%ld %ld %d %d\\n", (long)r2[0], (long)r2[1], (int)(w - w2), (int)(xp - x));
   return 0;
 }}
 """)
@@ -150,9 +149,27 @@ int main(void) {{
                     "-fno-sanitize-recover=all", "t.c", "-o", "t"], cwd=tmp_path, check=True)
     lines = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout.split()
     got = [int(v) for v in lines]
-    sums8 = w8 @ x
-    want_from = init + sums8
-    signs = sum(((int(want_from[2 * j]) < 0) << (15 - j)) | ((int(want_from[2 * j + 1]) < 0) << (31 - j)) for j in range(4))
-    assert got[:3] == [2 * n, 16 * n, signs]
-    assert got[3:11] == list(want_from) and got[11:19] == list(sums8)
-    assert got[19:22] == list(w2 @ x) + [4 * n]
+    want = init + w8 @ x
+    signs = sum(((int(want[2 * j]) < 0) << (15 - j)) | ((int(want[2 * j + 1]) < 0) << (31 - j)) for j in range(4))
+    assert got[0] == signs and got[1:9] == list(want)
+    assert got[9:] == list(w2 @ x) + [4 * n, 2 * n]
+
+
+@pytest.mark.parametrize("flags", [("-O0",), ("-Os",), ("-O2", "-fno-omit-frame-pointer"), ("-O3",)])
+def test_int16_pair_assembly_builds_with_any_optimization_and_a_frame_pointer(tmp_path, flags):
+    """The Cortex-M4 assembly takes no register the compiler may keep (frame pointer, values live
+    around it): cnv's and the family models' integer layers build at every optimization level."""
+    import subprocess
+    import sys
+
+    from bnnc import zoo
+    from bnnc.testing.random_models import cnv_model
+
+    c = mcu.CORES["cortex-m4"]
+    for name, model in (("cnv", cnv_model()), ("w1a2", zoo.build("w1a2"))):
+        for fname, text in mcu.files(compile_graph(model), TargetOptions(mcu="cortex-m4", name="net")).items():
+            (tmp_path / fname).write_text(text)
+        cmd = [sys.executable, "-m", "ziglang", "cc", "-target", c.zig_target, f"-mcpu={c.zig_cpu}", *flags,
+               "-ffreestanding", "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", "model.c", "-o", "model.o"]
+        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, (name, r.stderr[-2000:])

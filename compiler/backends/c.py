@@ -426,7 +426,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 L["int_kernel"] = int_kernel(p)
                 g8, g2 = pair_groups(p.o)
                 table("w0", "int16_t", int16_halves(p.weights[0]), align=True)
-                if g8 and p.row_pairs <= 32:  # the sums start at 0 (corr comes after), loaded by the assembly
+                if g8:  # the sums start at 0 (corr comes after)
                     table("zero", "int32_t", np.zeros(8, np.int64))
                 L.update(row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in)
             else:
