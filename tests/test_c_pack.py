@@ -55,7 +55,8 @@ def test_int16_pair_lanes_put_every_channel_on_its_own_bit(word_bits):
                     s = sum(((r[2 * j] < 0) << (15 - j)) | ((r[2 * j + 1] < 0) << (31 - j)) for j in range(4))
                     b = (b >> 4) | s
                 if g8 < 4:
-                    b = ((b >> (16 - 4 * g8)) & (2 ** (4 * g8) - 1)) | ((b >> (32 - 8 * g8)) & (2 ** (8 * g8) - 2 ** (4 * g8)))
+                    lo, hi = 2 ** (4 * g8) - 1, 2 ** (8 * g8) - 2 ** (4 * g8)
+                    b = ((b >> (16 - 4 * g8)) & lo) | ((b >> (32 - 8 * g8)) & hi)
                 cc = 0
                 for i in range(2 * g2):
                     cc = (cc >> 1) | ((lanes[at + 8 * g8 + i] == c) << 31)

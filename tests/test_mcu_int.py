@@ -38,9 +38,10 @@ def int_layer_model(seed: int, c: int, side: tuple, k: tuple, stride: tuple, pad
     shape_out = [1, out, oh, ow]
     if bits:
         nodes += [
-            helper.make_node("BatchNormalization", ["c0", const("g", rng.uniform(0.5, 2, out) * rng.choice([-1, 1], out)),
-                                                    const("b", rng.uniform(-300, 300, out)), const("m", np.zeros(out)),
-                                                    const("v", np.ones(out))], ["bn0"]),
+            helper.make_node("BatchNormalization",
+                             ["c0", const("g", rng.uniform(0.5, 2, out) * rng.choice([-1, 1], out)),
+                              const("b", rng.uniform(-300, 300, out)), const("m", np.zeros(out)),
+                              const("v", np.ones(out))], ["bn0"]),
             helper.make_node("Sign", ["bn0"], ["s0"]),
             helper.make_node("Flatten", ["s0"], ["f"]),
             helper.make_node("Gemm", ["f", const("w1", rng.choice([-1.0, 1.0], (10, out * oh * ow)))], ["y"], transB=1),

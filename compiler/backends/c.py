@@ -340,7 +340,8 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     const_table(consts, f"{op.name}_negx", "bnnc_word_t", negx, "word64" if wb == 64 else "word32")
     lit = (lambda v: f"(bnnc_word_t)0x{v:016x}ull") if wb == 64 else (lambda v: f"0x{v:08x}u")
     packed = wb == 32  # sign bits gathered 8 at a time (pack_bits.int16_pair_lanes)
-    words = [{"n": full, "first": 0, "g8": wb // 8, "g2": 0, "shift": 0, "valid": lit(ones), "packed": packed}] if full else []
+    words = [{"n": full, "first": 0, "g8": wb // 8, "g2": 0, "shift": 0, "valid": lit(ones), "packed": packed}
+             ] if full else []
     if tail:
         even = tail + tail % 2  # the last word's channels, in groups of 8 then 2
         words.append({"n": 1, "first": full, "g8": even // 8, "g2": even % 8 // 2, "shift": wb - even,

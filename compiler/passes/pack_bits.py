@@ -359,7 +359,7 @@ def pack_bits(graph: ir.Graph, word_bits: int = 64, layout: str = "blocked") -> 
         if op.name in family:  # compressed-family layers: their tables come from pack_families
             from .pack_families import pack_family
 
-            op.packed = pack_family(op, out, word_bits)
+            op.packed = pack_family(op, out, word_bits, layout)
         elif isinstance(op, ir.Conv):
             op.packed = pack_conv(op, out.tensors[op.inputs[0]], word_bits, layout)
         elif isinstance(op, ir.InputQuantize):

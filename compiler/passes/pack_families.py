@@ -245,7 +245,7 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
         p.weights = [wt]
 
 
-def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> PackedFamilyConv:
+def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: str = "blocked") -> PackedFamilyConv:
     o, kh, kw, c = op.w.shape
     ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
     ny, nx = valid.shape[:2]
@@ -290,9 +290,9 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
         ih, iw = src.shape[:2]
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
-        if (p.method == "int" and word_bits == 32 and p.acc32 and -(2**15) <= src.lo and src.hi < 2**15
+        if (p.method == "int" and layout == "rows" and p.acc32 and -(2**15) <= src.lo and src.hi < 2**15
                 and np.abs(int_w).max(initial=0) < 2**15):
-            # MCU builds: the int16-pair kernel (pack_bits.int16_pair_weights) on a band of kh input rows
+            # MCU builds ("rows"): the int16-pair kernel (pack_bits.int16_pair_weights) on a band of kh input rows
             p.pairs, p.row_pairs = True, -(-kh * kw * c // 2)
             p.o_blk = -(-o // BLOCK) * BLOCK
             p.weights = [int16_pair_weights(int_w.transpose(0, 2, 1, 3).reshape(o, -1))]
@@ -333,12 +333,13 @@ def pack_activation(op: ir.Activation, src, word_bits: int, acc_range=None) -> P
     raise BnncError(f"activation '{op.name}' has an unfolded epilogue")
 
 
-def pack_family(op, graph: ir.Graph, word_bits: int):
-    """The `packed` tables of one family op (None for ops that need none)."""
+def pack_family(op, graph: ir.Graph, word_bits: int, layout: str = "blocked"):
+    """The `packed` tables of one family op (None for ops that need none); `layout` as pack_bits'
+    ("rows": MCU builds, where integer layers may take the int16-pair kernel)."""
     src = graph.tensors.get(op.inputs[0])
     acc_range = _epilogue_range(graph, op) if isinstance(getattr(op, "epilogue", None), ir.LevelThresholds) else None
     if isinstance(op, ir.Conv):
-        return pack_family_conv(op, src, word_bits, acc_range)
+        return pack_family_conv(op, src, word_bits, acc_range, layout)
     if isinstance(op, ir.Activation):
         return pack_activation(op, src, word_bits, acc_range)
     return None
