@@ -338,7 +338,8 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
  * one window is N pairs of int16 values back to back (x, read in place from a band of input
  * rows); the weights (int16) hold per pair the G output channels' pairs of weights (tap 2g first;
  * one word per channel) of one group.
- * BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND) defines
+ * BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND) defines (NAME unique in the program: a global,
+ * hidden symbol, so that link-time optimization finds it)
  *     void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out)
  * for windows of N = 16 CHUNKS + REST pairs (literals, REST < 32) and a group of G = 8 channels:
  * the sums init[k] + window . weights of channel k, into out[0..7] (KIND SUMS) or only their
@@ -414,7 +415,7 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
 #define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
   void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out);                    \
   __asm__(".pushsection .text." #NAME ",\"ax\",%progbits\n\t.syntax unified\n\t.thumb\n\t.p2align 2\n\t" \
-          ".type " #NAME ", %function\n\t.thumb_func\n" #NAME ":\n\t"                                   \
+          ".global " #NAME "\n\t.hidden " #NAME "\n\t.type " #NAME ", %function\n\t.thumb_func\n" #NAME ":\n\t" \
           "push {r4-r11, lr}\n\tldm r2, {r4-r11}\n\t"                                                  \
           ".if " #CHUNKS "\n\tpush {r3}\n\tmovw r3, #" #CHUNKS "\n"                                     \
           "1:\n\t" BNNC_REP_16(BNNC_PAIR8) "subs r3, r3, #1\n\tbne 1b\n\tpop {r3}\n\t.endif\n\t"       \
