@@ -334,35 +334,146 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
 #endif
 #define bnnc_popcount_total(a, b) ((a) - (b) + ((b) >> 4))
 
-/* One filter row of an integer-input layer whose values fit int16, 4 taps per group g:
- * x[2g] holds (x0, x2) and x[2g + 1] holds (x1, x3) as int16 halves (low, high), w[g] holds the
- * four int8 weights (w0 in the low byte). With the DSP extension SXTB16 unpacks (w0, w2) and,
- * rotated by 8, (w1, w3), and two SMLADs add x0 w0 + x2 w2 + x1 w1 + x3 w3: 6 instructions per 4
- * MACs, against 3 per MAC in C, with one byte per weight in flash. */
-#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(BNNC_PORTABLE)
-#include <arm_acle.h>
-BNNC_INLINE int32_t bnnc_int_dot_pairs(const uint32_t *x, const uint32_t *w, int groups) {
-  int32_t a = 0;
-  for (int g = 0; g < groups; g++) {
-    const uint32_t wv = w[g];
-    a = __smlad(x[2 * g], __sxtb16(wv), a);
-    a = __smlad(x[2 * g + 1], __sxtb16((wv >> 8) | (wv << 24)), a);
-  }
-  return a;
+/* The integer-input kernel of MCU builds for values that fit int16 (passes/pack_bits.int16_pair_weights):
+ * one window is N pairs of int16 values back to back (x, read in place from a band of input
+ * rows); the weights (int16) hold per pair the G output channels' pairs of weights (tap 2g first;
+ * one word per channel) of one group.
+ * BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND) defines (NAME unique in the program: a global,
+ * hidden symbol, so that link-time optimization finds it)
+ *     void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out)
+ * for windows of N = 16 CHUNKS + REST pairs (literals, REST < 32) and a group of G = 8 channels:
+ * the sums init[k] + window . weights of channel k, into out[0..7] (KIND SUMS) or only their
+ * sign bits packed by bnnc_signs8 into out[0] (KIND SIGNS); the caller moves w on by 16 N.
+ * BNNC_INT16_MAC_2(N, x, w, r) adds the window's sums of a group of G = 2 channels to r[0..1] and
+ * moves x by 2 N, w by 4 N.
+ * On Cortex-M4/M7 one SMLAD adds two products: NAME is a Thumb-2 function of its own (all
+ * registers: the 8 accumulators r4-r11, loaded by one LDM, stored by one STM), a pair costing one
+ * LDR of the window, 4 LDRDs of weights and 8 SMLADs (13 instructions per 16 MACs), whatever
+ * the caller's register pressure or frame pointer. The C form (Cortex-M0, RISC-V, BNNC_PORTABLE)
+ * computes the same sums; they are exact (the packer proved that every partial sum fits int32). */
+#define BNNC_STR_(x) #x
+#define BNNC_STR(x) BNNC_STR_(x)
+/* The sign bits of 8 sums of one group in one word: sign(r[2j]) at bit 15 - j and sign(r[2j + 1])
+ * at bit 31 - j (j < 4), the layout two PKHTBs per 4 sums give; a word of output bits is
+ * b = (b >> 4) | signs8 over its groups, so the packer orders the channels of full output words
+ * to land on their own bits (passes/pack_bits.int16_pair_lanes). */
+BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
+  uint32_t s = 0;
+  for (int j = 0; j < 4; j++)
+    s |= ((uint32_t)r[2 * j] >> 31) << (15 - j) | ((uint32_t)r[2 * j + 1] >> 31) << (31 - j);
+  return s;
 }
+/* Thumb-2 assembly: Cortex-M4/M7 (M profile with the DSP extension) */
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' && \
+    !defined(BNNC_PORTABLE)
+/* BNNC_REP_n(x): n copies of the string x (n <= 32), spelled out rather than by .rept, so that the
+ * compiler sees the assembly's real length (branch and literal ranges around inline blocks). */
+#define BNNC_REP_0(x) ""
+#define BNNC_REP_1(x) BNNC_REP_0(x) x
+#define BNNC_REP_2(x) BNNC_REP_1(x) x
+#define BNNC_REP_3(x) BNNC_REP_2(x) x
+#define BNNC_REP_4(x) BNNC_REP_3(x) x
+#define BNNC_REP_5(x) BNNC_REP_4(x) x
+#define BNNC_REP_6(x) BNNC_REP_5(x) x
+#define BNNC_REP_7(x) BNNC_REP_6(x) x
+#define BNNC_REP_8(x) BNNC_REP_7(x) x
+#define BNNC_REP_9(x) BNNC_REP_8(x) x
+#define BNNC_REP_10(x) BNNC_REP_9(x) x
+#define BNNC_REP_11(x) BNNC_REP_10(x) x
+#define BNNC_REP_12(x) BNNC_REP_11(x) x
+#define BNNC_REP_13(x) BNNC_REP_12(x) x
+#define BNNC_REP_14(x) BNNC_REP_13(x) x
+#define BNNC_REP_15(x) BNNC_REP_14(x) x
+#define BNNC_REP_16(x) BNNC_REP_15(x) x
+#define BNNC_REP_17(x) BNNC_REP_16(x) x
+#define BNNC_REP_18(x) BNNC_REP_17(x) x
+#define BNNC_REP_19(x) BNNC_REP_18(x) x
+#define BNNC_REP_20(x) BNNC_REP_19(x) x
+#define BNNC_REP_21(x) BNNC_REP_20(x) x
+#define BNNC_REP_22(x) BNNC_REP_21(x) x
+#define BNNC_REP_23(x) BNNC_REP_22(x) x
+#define BNNC_REP_24(x) BNNC_REP_23(x) x
+#define BNNC_REP_25(x) BNNC_REP_24(x) x
+#define BNNC_REP_26(x) BNNC_REP_25(x) x
+#define BNNC_REP_27(x) BNNC_REP_26(x) x
+#define BNNC_REP_28(x) BNNC_REP_27(x) x
+#define BNNC_REP_29(x) BNNC_REP_28(x) x
+#define BNNC_REP_30(x) BNNC_REP_29(x) x
+#define BNNC_REP_31(x) BNNC_REP_30(x) x
+#define BNNC_REP_32(x) BNNC_REP_31(x) x
+/* one pair of taps of the 8-channel function: x r0, weights r1, window value r2, weights r12/lr */
+#define BNNC_PAIR8_SMLAD2(A, B) "ldrd r12, lr, [r1], #8\n\tsmlad " A ", r2, r12, " A "\n\tsmlad " B ", r2, lr, " B "\n\t"
+#define BNNC_PAIR8                                                                                     \
+  "ldr r2, [r0], #4\n\t" BNNC_PAIR8_SMLAD2("r4", "r5") BNNC_PAIR8_SMLAD2("r6", "r7")                   \
+  BNNC_PAIR8_SMLAD2("r8", "r9") BNNC_PAIR8_SMLAD2("r10", "r11")
+#define BNNC_INT16_END_SUMS "stm r3, {r4-r11}\n\t"
+#define BNNC_INT16_END_SIGNS                                                                           \
+  "pkhtb r2, r5, r4, asr #16\n\tpkhtb r12, r7, r6, asr #16\n\tpkhtb lr, r9, r8, asr #16\n\t"           \
+  "pkhtb r0, r11, r10, asr #16\n\tand r2, r2, #0x80008000\n\tand r12, r12, #0x80008000\n\t"            \
+  "orr r2, r2, r12, lsr #1\n\tand lr, lr, #0x80008000\n\torr r2, r2, lr, lsr #2\n\t"                   \
+  "and r0, r0, #0x80008000\n\torr r2, r2, r0, lsr #3\n\tstr r2, [r3]\n\t"
+#define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
+  void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out);                    \
+  __asm__(".pushsection .text." #NAME ",\"ax\",%progbits\n\t.syntax unified\n\t.thumb\n\t.p2align 2\n\t" \
+          ".global " #NAME "\n\t.hidden " #NAME "\n\t.type " #NAME ", %function\n\t.thumb_func\n" #NAME ":\n\t" \
+          "push {r4-r11, lr}\n\tldm r2, {r4-r11}\n\t"                                                  \
+          ".if " #CHUNKS "\n\tpush {r3}\n\tmovw r3, #" #CHUNKS "\n"                                     \
+          "1:\n\t" BNNC_REP_16(BNNC_PAIR8) "subs r3, r3, #1\n\tbne 1b\n\tpop {r3}\n\t.endif\n\t"       \
+          BNNC_REP_##REST(BNNC_PAIR8) BNNC_INT16_END_##KIND "pop {r4-r11, pc}\n\t"                      \
+          ".size " #NAME ", .-" #NAME "\n\t.popsection");
+#define BNNC_PAIR_2 "ldr %[v], [%[x]], #4\n\tldrd r12, lr, [%[w]], #8\n\tsmlad %[a0], %[v], r12, %[a0]\n\tsmlad %[a1], %[v], lr, %[a1]\n\t"
+#define BNNC_INT16_MAC_2(N, XP, WP, R)                                                                 \
+  do {                                                                                                 \
+    uint32_t v_;                                                                                       \
+    __asm__ volatile(BNNC_REP_##N(BNNC_PAIR_2)                                                         \
+                     : [x] "+r"(XP), [w] "+r"(WP), [a0] "+r"((R)[0]), [a1] "+r"((R)[1]), [v] "=&r"(v_) \
+                     :                                                                                 \
+                     : "r12", "lr", "memory");                                                         \
+  } while (0)
 #else
-BNNC_INLINE int32_t bnnc_sext16(uint32_t v) { return (int32_t)((v & 0xFFFFu) ^ 0x8000u) - 0x8000; }
-BNNC_INLINE int32_t bnnc_sext8(uint32_t v) { return (int32_t)((v & 0xFFu) ^ 0x80u) - 0x80; }
-BNNC_INLINE int32_t bnnc_int_dot_pairs(const uint32_t *x, const uint32_t *w, int groups) {
-  int32_t a = 0;
-  for (int g = 0; g < groups; g++) {
-    const uint32_t wv = w[g], xe = x[2 * g], xo = x[2 * g + 1];
-    a += bnnc_sext16(xe) * bnnc_sext8(wv) + bnnc_sext16(xo) * bnnc_sext8(wv >> 8) +
-         bnnc_sext16(xe >> 16) * bnnc_sext8(wv >> 16) + bnnc_sext16(xo >> 16) * bnnc_sext8(wv >> 24);
+/* r[k] += the window's sum for channel k < g of the group (weights w: per pair, g int16 pairs) */
+BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g, int32_t *r) {
+  for (int j = 0; j < n; j++, x += 2, w += 2 * g) {
+    const int32_t x0 = x[0], x1 = x[1];
+    for (int k = 0; k < g; k++) r[k] += x0 * w[2 * k] + x1 * w[2 * k + 1];
   }
-  return a;
 }
+#define BNNC_INT16_STORE_SUMS(out, r) for (int j_ = 0; j_ < 8; j_++) (out)[j_] = (r)[j_]
+#define BNNC_INT16_STORE_SIGNS(out, r) (out)[0] = (int32_t)bnnc_signs8(r)
+#define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
+  BNNC_INLINE void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out) {       \
+    int32_t r[8];                                                                                      \
+    for (int j_ = 0; j_ < 8; j_++) r[j_] = init[j_];                                                   \
+    bnnc_int16_mac(x, 16 * (CHUNKS) + (REST), w, 8, r);                                                \
+    BNNC_INT16_STORE_##KIND(out, r);                                                                   \
+  }
+#define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 4 * (N))
 #endif
+
+/* The band the int16-pair kernel reads: input rows y0 .. y0 + kh - 1 of an (ih, iw, c) image of any
+ * integer type as int16 (their values fit), column after column (kh x c values per column) from
+ * column pl on, zero outside the image; the pl + pr padding columns are set to 0 once by the
+ * caller. A window at output column ox then is the kh * kw * c values from column ox * sw on. */
+#define BNNC_INT16_BAND(band, in, ih, iw, c, kh, pl, y0)                                               \
+  do {                                                                                                  \
+    for (int ky_ = 0; ky_ < (kh); ky_++) {                                                              \
+      const int y_ = (y0) + ky_;                                                                        \
+      int16_t *col_ = (band) + (pl) * (kh) * (c) + ky_ * (c);                                           \
+      if (y_ < 0 || y_ >= (ih)) {                                                                       \
+        for (int x_ = 0; x_ < (iw); x_++, col_ += (kh) * (c))                                           \
+          for (int c_ = 0; c_ < (c); c_++) col_[c_] = 0;                                                \
+        continue;                                                                                       \
+      }                                                                                                 \
+      for (int x_ = 0; x_ < (iw); x_++, col_ += (kh) * (c))                                             \
+        for (int c_ = 0; c_ < (c); c_++) col_[c_] = (int16_t)(in)[((size_t)y_ * (iw) + x_) * (c) + c_]; \
+    }                                                                                                   \
+  } while (0)
+
+/* b with the sign bit of r shifted in at the top (a word of output bits fills from bit 0 up as
+ * its channels come one after the other) */
+BNNC_INLINE bnnc_word_t bnnc_shift_in_sign(bnnc_word_t b, int32_t r) {
+  return (b >> 1) | ((bnnc_word_t)((uint32_t)r >> 31) << (BNNC_WORD_BITS - 1));
+}
 
 /* sum over l < n of x[l] * w[l]: one filter row of an integer-input layer */
 BNNC_INLINE int32_t bnnc_int_dot16(const int16_t *x, const int8_t *w, int n) {

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from bnnc import ir
-from bnnc.passes.pack_bits import OBLOCK, THR_NEVER, pack_bit_rows, pack_bits, unpack_bit_rows
+from bnnc.passes.pack_bits import (OBLOCK, THR_NEVER, int16_pair_lanes, int16_pair_weights, pack_bit_rows, pack_bits,
+                                   pair_groups, unpack_bit_rows)
 from bnnc.passes.plan_arena import plan_arena
 
 from .helpers import random_case
@@ -16,6 +17,61 @@ SEEDS = range(30)
 def _convs(graph, **kw):
     g = pack_bits(graph, **kw)
     return [(op, g.tensors[op.inputs[0]]) for op in g.ops() if isinstance(op, ir.Conv)]
+
+
+def _unpack_int16_pairs(words, o, k, strict=True):
+    """Inverse of int16_pair_weights: (O, K) int64; checks that padded taps (and, strict,
+    channels) are 0."""
+    n = -(-k // 2)
+    g8, g2 = pair_groups(o)
+    w = np.asarray(words, np.int64)
+    halves = np.stack([w & 0xFFFF, w >> 16], axis=-1)
+    halves = np.where(halves >= 2**15, halves - 2**16, halves)
+    eight = halves[: g8 * n * 8].reshape(g8, n, 8, 2).transpose(0, 2, 1, 3).reshape(8 * g8, 2 * n)
+    two = halves[g8 * n * 8:].reshape(g2, n, 2, 2).transpose(0, 2, 1, 3).reshape(2 * g2, 2 * n)
+    full = np.concatenate([eight, two])
+    assert w.size == (8 * g8 + 2 * g2) * n and not np.any(full[:, k:]) and not (strict and np.any(full[o:]))
+    return full[:o, :k]
+
+
+@pytest.mark.parametrize("word_bits", [0, 32, 64])
+def test_int16_pair_lanes_put_every_channel_on_its_own_bit(word_bits):
+    """Simulate the bit-output epilogue of model.c.j2 on the lane order: bit c of the output is
+    channel c's sign, for every channel count."""
+    for o in range(1, 100):
+        lanes = int16_pair_lanes(o, word_bits)
+        assert sorted(lanes) == list(range(o + o % 2))
+        if word_bits != 32:
+            assert np.array_equal(lanes, np.arange(o + o % 2))
+            continue
+        at = 0
+        for base in range(0, o, 32):
+            even = min(32, o - base) + min(32, o - base) % 2
+            g8, g2 = even // 8, even % 8 // 2
+            for c in range(base, min(base + 32, o)):  # one channel negative at a time
+                b = 0
+                for q in range(g8):
+                    r = [-1 if lanes[at + 8 * q + m] == c else 1 for m in range(8)]
+                    s = sum(((r[2 * j] < 0) << (15 - j)) | ((r[2 * j + 1] < 0) << (31 - j)) for j in range(4))
+                    b = (b >> 4) | s
+                if g8 < 4:
+                    lo, hi = 2 ** (4 * g8) - 1, 2 ** (8 * g8) - 2 ** (4 * g8)
+                    b = ((b >> (16 - 4 * g8)) & lo) | ((b >> (32 - 8 * g8)) & hi)
+                cc = 0
+                for i in range(2 * g2):
+                    cc = (cc >> 1) | ((lanes[at + 8 * g8 + i] == c) << 31)
+                if g2:
+                    b |= cc >> (32 - 8 * g8 - 2 * g2)
+                assert b == 1 << (c - base), (o, c)
+            at += 8 * g8 + 2 * g2
+
+
+def test_int16_pairs_round_trip_on_every_group_split():
+    rng = np.random.default_rng(0)
+    for o in range(1, 20):
+        for k in (1, 2, 5, 27):
+            w = rng.integers(-(2**15), 2**15, size=(o, k))
+            assert np.array_equal(_unpack_int16_pairs(int16_pair_weights(w), o, k), w)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -29,10 +85,14 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
         o = op.w.shape[0]
         expect = (pack_bit_rows(op.w, word_bits).reshape(o, -1) if isinstance(src, ir.Bits)
                   else op.w.reshape(o, -1))
-        if pr.pairs:  # 4 int8 weights per uint32 word, zero weights after the last tap
-            by = ((pr.weights[:, :, None] >> (np.arange(4, dtype=np.uint32) * 8)) & 0xFF).astype(np.uint8)
-            unpacked = by.view(np.int8).reshape(o, -1)
-            assert np.array_equal(unpacked[:, : expect.shape[1]], expect) and not np.any(unpacked[:, expect.shape[1]:])
+        if pr.pairs:  # int16 pairs, channels in groups of 8 then 2, windows in (kx, ky, c) order
+            lanes = int16_pair_lanes(o, word_bits if pr.thr is not None else 0)
+            assert sorted(lanes) == list(range(o + o % 2))  # every channel once (o: padding)
+            by_lane = _unpack_int16_pairs(pr.weights, o + o % 2, op.w[0].size, strict=False)
+            unpermuted = np.zeros_like(by_lane)
+            unpermuted[lanes] = by_lane
+            assert np.array_equal(unpermuted[:o], op.w.transpose(0, 2, 1, 3).reshape(o, -1))
+            assert not np.any(unpermuted[o:])
             assert -(2**15) <= src.lo and src.hi < 2**15
         elif pr.dense:  # the filter's kh * kw * C bits back to back, fewer words than tap by tap
             dense = pack_bit_rows(op.w.reshape(o, -1), word_bits)

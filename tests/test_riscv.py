@@ -159,6 +159,9 @@ def test_thumb_instruction_classes():
         (_thumb(0xFBB0, 0xF0F1), ("div", 0)),  # udiv r0, r0, r1
         (_thumb(0xFBA0, 0x0101), ("mull", 0)),  # umull r0, r1, r0, r1
         (_thumb(0xE8B1, 0x0070), ("multiple", 3)),  # ldmia.w r1!, {r4, r5, r6}
+        (_thumb(0xE8F1, 0xCE02), ("multiple", 2)),  # ldrd r12, lr, [r1], #8 (post-indexed: not an LDM)
+        (_thumb(0xE952, 0x0102), ("multiple", 2)),  # ldrd r0, r1, [r2, #-8]
+        (_thumb(0xE9D2, 0x0102), ("multiple", 2)),  # ldrd r0, r1, [r2, #8]
         (_thumb(0xF851, 0x0B04), ("load", 0)),  # ldr.w r0, [r1], #4
         (_thumb(0xEA80, 0x0001), ("alu", 0)),  # eor.w r0, r0, r1
         (_thumb(0xEE20, 0x0A01), ("fp", 0)),  # vmul.f32 s0, s0, s2

@@ -16,7 +16,7 @@ import numpy as np
 from .. import ir
 from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, SOFTMAX_CUTOFF
 from ..errors import BnncError
-from ..passes.pack_bits import pack_bit_rows, storage_dtype, words
+from ..passes.pack_bits import pack_bit_rows, pair_groups, storage_dtype, words
 from ..passes.pack_families import GUESS_SHIFT
 from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
@@ -185,15 +185,22 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
                      acc16=p.acc16, int_kernel=int_kernel(p), vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
-                     wb=wb, pairs=p.pairs, groups4=-(-p.taps // 4), **_row_unrolling(p.taps))
-            wtype, wkind = (("bnnc_word_t", word_kind) if p.in_kind == "bits" else
-                            ("uint32_t", "word32") if p.pairs else ("int8_t", "int"))
-            consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": p.weights.size,
-                           "align": p.layout == "blocked", "init": c_array(p.weights, wkind)})
+                     wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
+            wtype, wkind = ("bnnc_word_t", word_kind) if p.in_kind == "bits" else ("int8_t", "int")
+            weights = p.weights
+            if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
+                wtype, weights = "int16_t", int16_halves(p.weights)
+            consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
+                           "align": p.layout == "blocked" or p.pairs, "init": c_array(weights, wkind)})
             if p.vnni_offset is not None:
                 vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
             window_class_tables(consts, op.name, p)
-            if p.thr is not None:
+            if p.pairs:
+                int16_pair_tables(consts, op, p, L)
+                L["epilogue"] = "bits" if p.thr is not None else "reals"
+                if p.thr is None:
+                    L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
+            elif p.thr is not None:
                 consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
                                "init": c_array(p.thr, "int")})
                 if p.layout == "rows":  # one word of WB output bits per output word
@@ -290,10 +297,13 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
 
 def int_kernel(p) -> str:
     """The runtime kernel (bnnc_<name>, runtime/bnnc_kernels.h or bnnc_families.h) of the integer-input
-    convolution packed as `p`, for every weight code: pack_bits' PackedConv (+-1 weights: int32 or,
+    convolution packed as `p`, for every weight code: on MCU builds whose values and weights fit
+    int16 the int16-pair kernel; else pack_bits' PackedConv (+-1 weights: int32 or,
     where bnnc proved the window sum fits, int16 sums) and pack_families' PackedFamilyConv (one
     input channel per output, expander lists, int32 sums of int8 weights, else int64 sums). The
     AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
+    if p.pairs:  # MCU builds, values and weights in int16: bnnc_int16_mac (pack_bits.int16_pair_weights)
+        return "int16_pairs"
     if hasattr(p, "acc16"):
         return "int_mac16" if p.acc16 else "int_mac"
     if p.depthwise is not None:
@@ -301,6 +311,42 @@ def int_kernel(p) -> str:
     if p.sparse is not None:
         return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
     return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
+
+
+def int16_halves(words: np.ndarray) -> np.ndarray:
+    """uint32 words of two int16 values -> the int16 values, low half first."""
+    w = np.asarray(words, np.int64).ravel()
+    halves = np.stack([w & 0xFFFF, w >> 16], axis=-1).ravel()
+    return np.where(halves >= 2**15, halves - 2**16, halves)
+
+
+def int16_pair_tables(consts: list, op, p, L: dict) -> None:
+    """Tables and template values of the int16-pair kernel (pack_bits.int16_pair_weights): the
+    accumulator starts per class (init) and, for bit outputs, per output word NOT neg on the
+    word's channels (negx) and how each output word's channels are walked (pair_words: n words
+    of g8 groups of 8 and g2 groups of 2 channels, the bits shifted right by `shift` and masked
+    with `valid`; `packed`: full words gather 8 sign bits per group with bnnc_signs8)."""
+    wb = p.word_bits
+    ones = (1 << wb) - 1
+    g8, g2 = pair_groups(p.o)
+    const_table(consts, f"{op.name}_init", "int32_t", p.init)
+    L.update(oe=p.init.shape[1], row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in)
+    if p.thr is None:
+        return
+    negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0].astype(object)
+    full, tail = divmod(p.o, wb)
+    valid = [ones] * full + ([(1 << tail) - 1] if tail else [])
+    negx = [(~int(n)) & v for n, v in zip(negw, valid)]
+    const_table(consts, f"{op.name}_negx", "bnnc_word_t", negx, "word64" if wb == 64 else "word32")
+    lit = (lambda v: f"(bnnc_word_t)0x{v:016x}ull") if wb == 64 else (lambda v: f"0x{v:08x}u")
+    packed = wb == 32  # sign bits gathered 8 at a time (pack_bits.int16_pair_lanes)
+    words = [{"n": full, "first": 0, "g8": wb // 8, "g2": 0, "shift": 0, "valid": lit(ones), "packed": packed}
+             ] if full else []
+    if tail:
+        even = tail + tail % 2  # the last word's channels, in groups of 8 then 2
+        words.append({"n": 1, "first": full, "g8": even // 8, "g2": even % 8 // 2, "shift": wb - even,
+                      "valid": lit(valid[-1]), "packed": packed})
+    L["pair_words"] = words
 
 
 def const_table(consts: list, name: str, ctype: str, values, kind: str = "int", **extra) -> None:
@@ -377,6 +423,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 if not identity:
                     table("dwc", "int32_t", p.depthwise["chan"])
                 table("dww", "int8_t", p.depthwise["w"], align=True)
+            elif p.pairs:
+                L["int_kernel"] = int_kernel(p)
+                g8, g2 = pair_groups(p.o)
+                table("w0", "int16_t", int16_halves(p.weights[0]), align=True)
+                if g8:  # the sums start at 0 (corr comes after)
+                    table("zero", "int32_t", np.zeros(8, np.int64))
+                L.update(row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in)
             else:
                 L["int_kernel"] = int_kernel(p)
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])

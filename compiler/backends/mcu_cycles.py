@@ -105,10 +105,10 @@ def _thumb_class(h1: int, h2: int | None) -> tuple:
             return "branch", 0
         return ("jump", 0) if h2 & 0x1000 or (h2 & 0x5000) == 0x4000 else ("alu", 0)
     if (h1 & 0xFE00) == 0xE800:
+        if h1 & 0x40:  # LDRD / STRD (and exclusives, counted alike); bits 8:7 are P, U here, not LDM's op
+            return "multiple", 2
         if (h1 >> 7) & 3 in (1, 2):  # LDM / STM (LDM with pc: a return)
             return ("jump" if h1 & 0x10 and h2 & 0x8000 else "multiple"), bin(h2 & 0xFFFF).count("1")
-        if h1 & 0x40:  # LDRD / STRD (and exclusives, counted alike)
-            return "multiple", 2
         return "alu", 0
     if (h1 & 0xFE00) == 0xF800:  # single loads and stores
         return ("load" if h1 & 0x10 else "store"), 0

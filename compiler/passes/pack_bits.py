@@ -15,8 +15,9 @@ or L = kh * kw * C integers when the input is integer) and stored in one of two 
   threshold rows of O entries). When C is not a multiple of WB, a binary layer's row is "dense":
   the filter's kh * kw * C bits back to back in (ky, kx, c) order, L = ceil(K / WB) words instead
   of kh * kw * CW, and the kernel builds each window the same way (fill bits only at the end).
-  Integer-input rows whose inputs fit int16 are "pairs": 4 int8 weights per uint32 word, for the
-  dual 16-bit multiply-accumulate of Cortex-M4/M7 (bnnc_int_dot_pairs).
+  Integer-input rows whose inputs fit int16 are "pairs" (int16_pair_weights): int16 weight
+  pairs, 8 (then 2) output channels interleaved, for the dual 16-bit multiply-accumulate (SMLAD)
+  of Cortex-M4/M7 on a band of the input rows converted to int16 (bnnc_int16_mac).
 Integer-input layers that AVX-512 VNNI can run (`vnni_offset` is not None) also get
 `weights_vnni` [O_pad / 32][kh][G][32][4]: each kernel row's kw * C weights padded with zeros to
 G = ceil(kw * C / 4) groups of 4 for `vpdpbusd`, which multiplies 4 unsigned bytes
@@ -83,7 +84,9 @@ class PackedConv:
     weights_vnni: Optional[np.ndarray] = None  # int8 (O_pad / 32, kh, G, 32, 4)
     vnni_corr: Optional[np.ndarray] = None  # int64 (O_pad,): offset * sum of the filter's weights
     dense: bool = False  # "rows" binary layers: the window's kh * kw * C bits packed back to back
-    pairs: bool = False  # "rows" integer layers with int16 inputs: weights (O, ceil(L / 4)) uint32, 4 int8 each
+    pairs: bool = False  # "rows" integer layers with int16 inputs: int16 pairs, see int16_pair_weights
+    row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2) weight words per window and channel
+    init: Optional[np.ndarray] = None  # pairs: int16_pair_init
 
 
 def words(c: int, word_bits: int) -> int:
@@ -164,14 +167,13 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
     if layout == "rows":
         o_pad = o  # scalar kernels walk the real filters only
     taps = rows.shape[1]
-    weights = rows.astype(wdtype) if layout == "rows" else _blocked(rows, o_pad).astype(wdtype)
+    weights = rows.astype(wdtype) if layout == "rows" else blocked(rows, o_pad).astype(wdtype)
     pairs = layout == "rows" and not bits_in and -2**15 <= src.lo and src.hi < 2**15
-    if pairs:  # 4 int8 weights per uint32 word (tap 4g + k in byte k), taps padded with 0 weights
-        g4 = -(-taps // 4)
-        padded = np.zeros((o, g4 * 4), np.int64)
-        padded[:, :taps] = rows
-        by = (padded & 0xFF).astype(np.uint64).reshape(o, g4, 4)
-        weights = np.bitwise_or.reduce(by << (np.arange(4, dtype=np.uint64) * 8), axis=2).astype(np.uint32)
+    if pairs:  # windows in (kx, ky, c) order: the band's columns one after the other
+        lanes = int16_pair_lanes(o, word_bits if isinstance(op.epilogue, ir.Thresholds) else 0)
+        wl = np.zeros((o + o % 2, kh * kw * c), np.int64)
+        wl[:o] = op.w.transpose(0, 2, 1, 3).reshape(o, -1)
+        weights = int16_pair_weights(wl[lanes])
     corr = corr.reshape(ny * nx, o)
     k_full = kh * kw * c
     p = PackedConv("bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full, weights,
@@ -181,13 +183,8 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         p.acc16 = taps * xmax <= INT16_MAX
         off = min(src.lo, 0)  # padded taps read x = 0, which must map to a byte too
         if max(src.hi, 0) - off <= 255 and layout == "blocked":
-            row = kw * c
-            g = -(-row // 4)
-            padded = np.zeros((o_pad, kh, g * 4), np.int8)
-            padded[:o, :, :row] = rows.reshape(o, kh, row)
             p.vnni_offset = int(off)
-            p.weights_vnni = padded.reshape(o_pad // OBLOCK, OBLOCK, kh, g, 4).transpose(0, 2, 3, 1, 4).copy()
-            p.vnni_corr = off * padded.astype(np.int64).reshape(o_pad, -1).sum(axis=1)
+            p.weights_vnni, p.vnni_corr = vnni_weights(rows.reshape(o, kh, kw * c), o_pad, off)
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
         thr, neg = bit_comparisons(ep, corr, k_full if bits_in else None)
@@ -203,18 +200,89 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
                             "exceeds the 32-bit threshold tables")
     else:
         p.kmul = np.where(zero_rows, 0, 1).astype(np.int8)
+    if pairs:
+        p.row_pairs = -(-k_full // 2)
+        p.init = int16_pair_init(p.corr, p.thr, o)[:, lanes]
     for name, arr in (("corr", p.corr), ("thr", p.thr)):
         if arr is not None and arr.size and np.abs(arr).max() > THR_NEVER:
             raise BnncError(f"layer '{op.source_ops[0]}': {name} table exceeds 32-bit range")
     return p
 
 
-def _blocked(rows: np.ndarray, o_pad: int) -> np.ndarray:
-    """(O, L) -> (O_pad / 32, L, 32), zero filters in the padding."""
+def pair_groups(o: int) -> tuple:
+    """(groups of 8, groups of 2) output channels of the int16-pair kernel: O rounded up to even."""
+    even = o + o % 2
+    return even // 8, even % 8 // 2
+
+
+def int16_pair_lanes(o: int, word_bits: int) -> np.ndarray:
+    """The output channel each lane of the int16-pair kernel computes (lanes in kernel order: per
+    output word groups of 8, then of 2; values >= O are padding). Bit outputs of 32-bit words
+    (word_bits == 32) gather the sign bits of a group of 8 with bnnc_signs8 (lane 2j on bit
+    15 - j, lane 2j + 1 on bit 31 - j) into b = (b >> 4) | signs; a word of g < 4 such groups then
+    moves its two halves side by side, and the groups of 2 of a last partial word follow them one
+    bit at a time. Other outputs keep channel order."""
+    if word_bits != 32:
+        return np.arange(o + o % 2)
+    lanes = []
+    for base in range(0, o, 32):
+        even = min(32, o - base)
+        even += even % 2
+        g8, g2 = even // 8, even % 8 // 2
+        for q in range(g8):
+            for m in range(8):
+                raw = (31 if m % 2 else 15) - m // 2 - 4 * (g8 - 1 - q)
+                lanes.append(base + raw - (32 - 8 * g8 if m % 2 else 16 - 4 * g8))
+        lanes += [base + 8 * g8 + i for i in range(2 * g2)]
+    return np.array(lanes, np.int64)
+
+
+def int16_pair_weights(w: np.ndarray) -> np.ndarray:
+    """Integer weights (O, K) of windows of K taps (|w| < 2**15) -> the uint32 table of the
+    int16-pair kernel (bnnc_int16_mac): the output channels in groups of 8, then of 2
+    (pair_groups), each group (ceil(K / 2), G): per pair g of taps (2g, 2g + 1) the group's
+    channels' int16 pairs (tap 2g in the low half). Padded taps and channels have zero weights."""
+    o, k = w.shape
+    n = -(-k // 2)
+    g8, g2 = pair_groups(o)
+    padded = np.zeros((8 * g8 + 2 * g2, 2 * n), np.int64)
+    padded[:o, :k] = w
+    half = (padded & 0xFFFF).astype(np.uint64).reshape(-1, n, 2)
+    words = (half[..., 0] | (half[..., 1] << np.uint64(16))).astype(np.uint32)  # (O_even, n)
+    parts = [words[:8 * g8].reshape(g8, 8, n).transpose(0, 2, 1).ravel(),
+             words[8 * g8:].reshape(g2, 2, n).transpose(0, 2, 1).ravel()]
+    return np.concatenate(parts)
+
+
+def int16_pair_init(corr: np.ndarray, thr: Optional[np.ndarray], o: int) -> np.ndarray:
+    """int32 (classes, O rounded up to even): the int16-pair kernel's accumulator start per border
+    class and channel. Real outputs: corr (acc = s + corr). Bit outputs: -thr - 1, so that the sum
+    r = s - thr - 1 is negative exactly when s <= thr: bit = sign(r) XOR NOT neg (no comparison);
+    |s| and |thr| are below 2**30 (pack_conv checks), so every partial sum fits int32."""
+    init = np.zeros((corr.shape[0], o + o % 2), np.int64)
+    init[:, :o] = corr if thr is None else -thr[:, :o] - 1
+    return init
+
+
+def blocked(rows: np.ndarray, o_pad: int, block: int = OBLOCK) -> np.ndarray:
+    """(O, L) -> (O_pad / block, L, block): one block of outputs after the other, tap-major inside,
+    zero filters in the padding (the host kernels' weight layout, every weight code)."""
     o, taps = rows.shape
     padded = np.zeros((o_pad, taps), rows.dtype)
     padded[:o] = rows
-    return padded.reshape(o_pad // OBLOCK, OBLOCK, taps).transpose(0, 2, 1).copy()
+    return np.ascontiguousarray(padded.reshape(o_pad // block, block, taps).transpose(0, 2, 1))
+
+
+def vnni_weights(w: np.ndarray, o_pad: int, off: int):
+    """The tables of bnnc_int_mac_vnni (module docstring) for integer weights w (O, kh, kw * C) in
+    int8 range on inputs x with x - off a byte: int8 (O_pad / 32, kh, G, 32, 4), each kernel row
+    zero-padded to G = ceil(kw * C / 4) groups of 4, and int64 (O_pad,) off * sum of each filter."""
+    o, kh, row = w.shape
+    g = -(-row // 4)
+    padded = np.zeros((o_pad, kh, g * 4), np.int8)
+    padded[:o, :, :row] = w
+    tables = np.ascontiguousarray(padded.reshape(o_pad // OBLOCK, OBLOCK, kh, g, 4).transpose(0, 2, 3, 1, 4))
+    return tables, off * padded.astype(np.int64).reshape(o_pad, -1).sum(axis=1)
 
 
 def neg_words(neg: np.ndarray, o_pad: int) -> np.ndarray:
@@ -291,7 +359,7 @@ def pack_bits(graph: ir.Graph, word_bits: int = 64, layout: str = "blocked") -> 
         if op.name in family:  # compressed-family layers: their tables come from pack_families
             from .pack_families import pack_family
 
-            op.packed = pack_family(op, out, word_bits)
+            op.packed = pack_family(op, out, word_bits, layout)
         elif isinstance(op, ir.Conv):
             op.packed = pack_conv(op, out.tensors[op.inputs[0]], word_bits, layout)
         elif isinstance(op, ir.InputQuantize):

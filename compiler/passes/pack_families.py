@@ -47,10 +47,10 @@ from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .fold_batchnorm_into_thresholds import _epilogue_range
-from .pack_bits import border_classes, pack_bit_rows, words
+from .pack_bits import OBLOCK, blocked, border_classes, int16_pair_weights, pack_bit_rows, vnni_weights, words
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
-INT_BLOCK = 32  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
+INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
 
 BIG = 2**62  # a threshold no 64-bit accumulator of a real layer reaches
 
@@ -87,6 +87,8 @@ class PackedFamilyConv:
     vnni_corr: Optional[np.ndarray] = None  # ints: int32 (o_blk,), off * sum w
     vnni_off: int = 0
     image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
+    pairs: bool = False  # ints, MCU: the int16-pair kernel (pack_bits.int16_pair_weights); weights[0] its table
+    row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2)
     sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
     # host sparse_int with one input channel per output (depthwise, pooling): bnnc_depthwise_mac32
     # on the image, {"chan" (o_blk,) int32, "w" (kh * kw, o_blk) int8}; padded outputs read channel
@@ -200,14 +202,6 @@ def _lanes8(v: np.ndarray, fill=None) -> np.ndarray:
     return np.concatenate([v, np.full(pad, v[0] if fill is None else fill, np.int64)])
 
 
-def _blocked(rows: np.ndarray, o_blk: int, block: int) -> np.ndarray:
-    """(O, L) -> (o_blk / block, L, block): one block of outputs after the other, tap-major inside."""
-    o, n = rows.shape
-    padded = np.zeros((o_blk, n), rows.dtype)
-    padded[:o] = rows
-    return np.ascontiguousarray(padded.reshape(o_blk // block, block, n).transpose(0, 2, 1))
-
-
 def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: np.ndarray) -> None:
     o, kh, kw, c = op.w.shape
     planes = popcount_planes(op, True)
@@ -217,7 +211,7 @@ def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: 
 
     def table(bits: np.ndarray) -> int:  # bool (O, kh * kw * c) -> blocked words; its index
         signs = np.where(bits, -1, 1).reshape(o, kh * kw, c)
-        p.weights.append(_blocked(pack_bit_rows(signs, p.word_bits).reshape(o, -1), p.o_blk, BLOCK))
+        p.weights.append(blocked(pack_bit_rows(signs, p.word_bits).reshape(o, -1), p.o_blk, BLOCK))
         return len(p.weights) - 1
 
     for pl in planes:
@@ -236,19 +230,15 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
     p.int8_weights = bool(np.all((rows >= -128) & (rows <= 127)))
     if p.acc32 and p.int8_weights:
         p.o_blk = -(-o // INT_BLOCK) * INT_BLOCK
-        p.weights = [_blocked(rows.astype(np.int8), p.o_blk, INT_BLOCK)]
+        p.weights = [blocked(rows.astype(np.int8), p.o_blk, INT_BLOCK)]
         # host builds (64-bit words) read windows in place from the padded input image
         p.image = p.word_bits == 64
         off = min(src.lo, 0)
         g = -(-kw * c // 4)  # groups of 4 bytes per window row
         if p.word_bits == 64 and max(src.hi, 0) - off <= 255 and 255 * 128 * kh * 4 * g < 2**31:
-            w4 = np.zeros((p.o_blk, kh, 4 * g), np.int8)  # zero weights after each row's kw * c bytes
-            w4[:o, :, :kw * c] = int_w.reshape(o, kh, kw * c)
-            p.w_vnni = np.ascontiguousarray(w4.reshape(p.o_blk // INT_BLOCK, INT_BLOCK, kh, g, 4)
-                                            .transpose(0, 2, 3, 1, 4))
+            p.w_vnni, corr = vnni_weights(int_w.reshape(o, kh, kw * c), p.o_blk, off)
             p.vnni_off = off
-            p.vnni_corr = np.zeros(p.o_blk, np.int32)
-            p.vnni_corr[:o] = off * rows.sum(axis=1)
+            p.vnni_corr = corr.astype(np.int32)
     else:
         p.o_blk = -(-o // BLOCK) * BLOCK
         wt = np.zeros((p.taps, p.o_blk), np.int8 if p.int8_weights else np.int32)  # int8 where they fit
@@ -256,7 +246,7 @@ def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray)
         p.weights = [wt]
 
 
-def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> PackedFamilyConv:
+def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: str = "blocked") -> PackedFamilyConv:
     o, kh, kw, c = op.w.shape
     ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
     ny, nx = valid.shape[:2]
@@ -300,10 +290,17 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None) -> Packed
                 start.append(len(chan))
             p.sparse = {"start": np.array(start, np.int32), "chan": np.array(chan or [0], np.int32),
                         "w": np.concatenate(wts).astype(np.int32) if wts else np.zeros(1, np.int32)}
-        counts = 4 * p.o_blk  # int32 sums
         ih, iw = src.shape[:2]
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
+        if (p.method == "int" and layout == "rows" and p.acc32 and -(2**15) <= src.lo and src.hi < 2**15
+                and np.abs(int_w).max(initial=0) < 2**15):
+            # MCU builds ("rows"): the int16-pair kernel (pack_bits.int16_pair_weights) on a band of kh input rows
+            p.pairs, p.row_pairs = True, -(-kh * kw * c // 2)
+            p.o_blk = -(-o // BLOCK) * BLOCK
+            p.weights = [int16_pair_weights(int_w.transpose(0, 2, 1, 3).reshape(o, -1))]
+            window = (kh * (iw + op.pads[1] + op.pads[3]) * c + 2) * 2
+        counts = 4 * p.o_blk  # int32 sums
     p.corr = np.stack([_lanes8(row, 0) for row in p.corr.astype(np.int64)])
     p.sums_offset = _align64(8 * p.o_blk)
     p.window_offset = p.sums_offset + _align64(counts)
@@ -339,12 +336,13 @@ def pack_activation(op: ir.Activation, src, word_bits: int, acc_range=None) -> P
     raise BnncError(f"activation '{op.name}' has an unfolded epilogue")
 
 
-def pack_family(op, graph: ir.Graph, word_bits: int):
-    """The `packed` tables of one family op (None for ops that need none)."""
+def pack_family(op, graph: ir.Graph, word_bits: int, layout: str = "blocked"):
+    """The `packed` tables of one family op (None for ops that need none); `layout` as pack_bits'
+    ("rows": MCU builds, where integer layers may take the int16-pair kernel)."""
     src = graph.tensors.get(op.inputs[0])
     acc_range = _epilogue_range(graph, op) if isinstance(getattr(op, "epilogue", None), ir.LevelThresholds) else None
     if isinstance(op, ir.Conv):
-        return pack_family_conv(op, src, word_bits, acc_range)
+        return pack_family_conv(op, src, word_bits, acc_range, layout)
     if isinstance(op, ir.Activation):
         return pack_activation(op, src, word_bits, acc_range)
     return None

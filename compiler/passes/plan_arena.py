@@ -47,14 +47,16 @@ def conv_scratch(op, src, word_bits: int) -> dict:
     kernel's type (int16 when the accumulator fits int16, else int32; bytes for VNNI, which also
     reads up to 3 bytes past a row, hence 4 spare bytes).
     MCU ("rows" weights, RAM is scarce): acc only for real outputs (O int32); buf, one window
-    gathered per output pixel (taps words; or int16 pairs, 4 taps per 8 bytes; or int32 values)."""
+    gathered per output pixel (taps words, or int32 values), or for int16 inputs a band of kh
+    padded input rows as int16 (bnnc_int16_mac reads the windows in place)."""
     p = op.packed
     if p.layout == "rows":
         acc = 0 if p.thr is not None else p.o * 4
         if p.in_kind == "bits":
             buf = p.taps * word_bits // 8
-        elif p.pairs:  # int16 values, taps rounded up to groups of 4
-            buf = -(-p.taps // 4) * 8
+        elif p.pairs:  # kh padded input rows as int16 and 2 spare values; one position's sums
+            acc = 0 if p.thr is not None else p.init.shape[1] * 4
+            buf = (op.kernel[0] * (src.shape[1] + op.pads[1] + op.pads[3]) * src.shape[2] + 2) * 2
         else:
             buf = p.taps * (2 if p.acc16 else 4)
         align = _alignment("rows")
