@@ -147,7 +147,8 @@ def ram_report(results: dict, core: str) -> str:
     rows = []
     for label, r in results.items():
         if "model_ram_bytes" not in r:
-            rows.append([label, "-", "-", r["arena_lower_bound_bytes"], "-", "-", f"does not fit ({r['core_ram_bytes']})"])
+            rows.append([label, "-", "-", r["arena_lower_bound_bytes"], "-", "-",
+                         f"does not fit ({r['core_ram_bytes']})"])
             continue
         d = r["deepest_layer"]
         stack = f"{r['stack_bytes']} = {r['stack_entry_bytes']} + {r['stack_bytes'] - r['stack_entry_bytes']}"
