@@ -62,6 +62,8 @@ def _live_spans(g: ir.Graph) -> dict:
     spans = {}
     for i, op in enumerate(g.ops()):
         for t in list(op.outputs) + list(op.inputs) + [op.name + "_scratch"]:
+            while t in g.arena["in_place"]:  # a sum written over its operand: one buffer
+                t = g.arena["in_place"][t]
             if t in g.arena["buffers"]:
                 a, b = spans.get(t, (i, i))
                 spans[t] = (min(a, i), max(b, i))
@@ -86,6 +88,13 @@ def test_branchy_graphs_keep_branch_tensors_apart_and_run_bit_exact(name, seed):
     bg = mcu.backend_graph(g)
     arena, spans = bg.arena, _live_spans(bg)
     assert any(b - a > 1 for a, b in spans.values()), "no tensor lives across a branch"
+    assert bool(arena["in_place"]) == ("residual" in name)
+    order = {op.name: i for i, op in enumerate(bg.ops())}
+    for t, over in arena["in_place"].items():  # a residual sum over an operand read last by it
+        add = bg.producer(t)
+        assert isinstance(add, ir.Add) and over in add.inputs
+        assert all(order[c.name] <= order[add.name] for c in bg.consumers(over))
+        assert arena["buffers"][t] == arena["buffers"][over]
     for (a, (fa, la)), (b, (fb, lb)) in itertools.combinations(spans.items(), 2):
         if fa <= lb and fb <= la:
             oa, ob = arena["buffers"][a], arena["buffers"][b]

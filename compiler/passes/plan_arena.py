@@ -9,8 +9,9 @@ buffers.
 `lower_bound`, the liveness lower bound: the most bytes live at one step of the schedule (the
 graph's op order), max over ops i of the sum of the sizes of the buffers live at i: every tensor
 written at or before i and read at or after i (a residual shortcut or a concat input stays live
-across its whole branch), the tensor op i writes (never the same buffer as its inputs: no layer
-computes in place), and op i's scratch. Sizes are the tensors as
+across its whole branch), the tensor op i writes (not the buffer of one of its inputs: no layer
+computes in place but a residual Add: its sum takes the buffer of an operand that dies there,
+in_place_operand), and op i's scratch. Sizes are the tensors as
 stored (bit tensors in whole words per pixel, integers in their storage type, floats in 4 bytes)
 rounded up to the buffer alignment (4 bytes on MCUs, 64 on hosts). No placement of these buffers
 in one memory can use less: at step i they all exist at once and must not overlap. MCU firmware
@@ -100,40 +101,78 @@ def _alignment(layout: str) -> int:
 
 
 def plan_arena(graph: ir.Graph) -> ir.Graph:
-    """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound"} to the graph.
+    """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound", "align",
+    "in_place": {sum: operand whose buffer it takes}} to the graph.
 
     The numbers computed are unchanged: only where buffers live is decided (see _place: first
     fit in several orders, then a bounded local search while above the lower bound)."""
     out = graph.copy()
     wb = getattr(out, "word_bits", 64)
     align = _alignment(getattr(out, "weight_layout", "blocked"))
-    bufs = {b.name: b for b in buffers(out, wb, align)}
-    bound = lower_bound(list(bufs.values()))
-    size, offsets = _place(list(bufs.values()), bound)
-    for b in bufs.values():
+    found, in_place = buffers(out, wb, align)
+    bufs = {b.name: b for b in found}
+    bound = lower_bound(found)
+    size, offsets = _place(found, bound)
+    for b in found:
         b.offset = offsets[b.name]
-    placed = sorted(bufs.values(), key=lambda b: (b.offset, b.name))
-    out.arena = {"buffers": {b.name: b.offset for b in placed}, "sizes": {b.name: b.size for b in placed},
-                 "size": size, "lower_bound": bound, "align": align}
+    placed = sorted(found, key=lambda b: (b.offset, b.name))
+    where = {b.name: b.offset for b in placed}
+    sizes = {b.name: b.size for b in placed}
+    for t, over in in_place.items():  # a sum written over its operand: that operand's buffer
+        root = over
+        while root in in_place:
+            root = in_place[root]
+        where[t], sizes[t] = bufs[root].offset, _align(tensor_bytes(out.tensors[t], wb), align)
+    out.arena = {"buffers": where, "sizes": sizes, "size": size, "lower_bound": bound, "align": align,
+                 "in_place": dict(in_place)}
     return out
 
 
-def buffers(graph: ir.Graph, word_bits: int, align: int) -> list:
-    """The arena's buffers with their lifetimes (op indices in graph.ops() order): every tensor an
-    op writes (but the model's output, which the caller holds, unless it is transposed last), from
-    that op to its last reader, and every op's scratch during that op."""
-    bufs = {}
-    for i, op in enumerate(graph.ops()):
+def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
+    """(buffers, in_place): the arena's buffers with their lifetimes (op indices in graph.ops()
+    order): every tensor an op writes (but the model's output, which the caller holds, unless it
+    is transposed last), from that op to its last reader, and every op's scratch during that op;
+    in_place {tensor: tensor whose buffer it takes}: a residual Add writes its sum over an operand
+    that dies there (see in_place_operand), one buffer for the two."""
+    ops = graph.ops()
+    last_read = {t: i for i, op in enumerate(ops) for t in op.inputs}
+    bufs, in_place, home = {}, {}, {}
+    for i, op in enumerate(ops):
         for t in op.outputs:
             if t != graph.output or graph.output_info.get("channels_first"):  # a feature map is transposed last
-                bufs[t] = Buffer(t, _align(tensor_bytes(graph.tensors[t], word_bits), align), i, i)
-        for t in op.inputs:
-            if t in bufs:
-                bufs[t].last = max(bufs[t].last, i)
+                size = _align(tensor_bytes(graph.tensors[t], word_bits), align)
+                over = in_place_operand(graph, op, i, last_read, home)
+                if over is not None:
+                    in_place[t] = over
+                    home[t] = home[over]
+                    continue
+                bufs[t] = Buffer(t, size, i, i)
+                home[t] = t
+        for t in list(op.inputs) + [t for t in op.outputs if t in in_place]:
+            if t in home:
+                b = bufs[home[t]]
+                b.last = max(b.last, i)
         s = scratch_bytes(op, graph.tensors.get(op.inputs[0]), word_bits)
         if s:
             bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i)
-    return list(bufs.values())
+    return list(bufs.values()), in_place
+
+
+def in_place_operand(graph: ir.Graph, op, i: int, last_read: dict, home: dict):
+    """The operand of a residual Add (op i) whose buffer the sum may take, or None: one in the
+    arena that no later op reads, of the sum's shape, whose elements are at least as wide as the
+    sum's. The Add's loop reads element k of both operands before it writes element k of the sum,
+    whose bytes then lie at or below element k's, so it never overwrites a value still to be read."""
+    if not isinstance(op, ir.Add):
+        return None
+    out = graph.tensors[op.outputs[0]]
+    for t in op.inputs:
+        ty = graph.tensors[t]
+        if (t in home and last_read[t] == i and op.inputs.count(t) == 1 and isinstance(ty, ir.Ints)
+                and isinstance(out, ir.Ints) and ty.shape == out.shape
+                and np.dtype(storage_dtype(ty)).itemsize >= np.dtype(storage_dtype(out)).itemsize):
+            return t
+    return None
 
 
 def lower_bound(bufs: list) -> int:
