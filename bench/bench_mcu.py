@@ -303,6 +303,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ram", action="store_true", help="the RAM table: zoo, real CNV / TFC and wild models")
     ap.add_argument("names", nargs="*", help="--ram: only the models whose label contains one of these")
     args = ap.parse_args(argv)
+    if args.names and not args.ram:
+        ap.error("model names select models of the --ram table only")
     cores = list(mcu.CORES) if "all" in (args.core or []) else list(dict.fromkeys(args.core or ["cortex-m4"]))
     t0 = time.perf_counter()
     if args.ram:
