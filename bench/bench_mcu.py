@@ -4,6 +4,7 @@ per layer, instructions and cycles per binary and per integer MAC, arena against
 flash against packed weights + thresholds + code.
 
     python bench/bench_mcu.py [--core cortex-m4 [--core rv32imc ...] | --core all] [--quick] [--json PATH]
+    python bench/bench_mcu.py --ram [--core ... | --core all] [--json PATH] [NAME ...]
 
 For each model (the random CNV and TFC of bnnc.testing.random_models and, when ../shared/models
 is there, the real Brevitas CNV and FINN TFC) the script builds the firmware for the core
@@ -23,6 +24,16 @@ reports:
 * arena bytes against the liveness lower bound (largest total of buffers live together);
 * flash bytes against packed weights (one bit per binary weight, one byte per integer weight)
   + thresholds (4 bytes per output channel and border class) + code (.text).
+
+RAM mode (`--ram`): model RAM against its lower bound on the zoo (bnnc.zoo: CNV, TFC and every
+family model), the real CNV / TFC when ../shared/models has them, and the shared wild models
+(bnnc.testing.wild, with the inputs their README declares). Model RAM is what the firmware
+holds for the model, measured: .data + .bss (the static arena) + the deepest stack use from the
+model's entry, without the emulator harness's input and output buffers. The lower bound is
+plan_arena's: the most bytes of buffers (activations, each layer's scratch, residual and concat
+tensors live across a branch) live at one step of the schedule. A model whose bound exceeds the
+core's typical RAM (mcu.CORES) is listed as not fitting, without a build. Writes a table per core
+and JSON (default bench/results/bench_mcu_ram.json).
 
 MACs count what the compiled IR computes (O * kh * kw * C * OH * OW after bnnc stripped constant
 and pruned channels), as bench_c.py does. Writes a table and JSON (default
@@ -48,6 +59,8 @@ from bnnc.testing.random_models import cnv_model, random_inputs, tfc_model
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "models"
 DEFAULT_JSON = REPO / "bench" / "results" / "bench_mcu.json"
+DEFAULT_RAM_JSON = REPO / "bench" / "results" / "bench_mcu_ram.json"
+RAM_TARGET = 1.05  # model RAM / lower bound
 TARGET = 0.30  # instructions per binary MAC on CNV's binary convs, Cortex-M4 (issue #4)
 
 
@@ -73,6 +86,79 @@ def models() -> list:
     if not cnv.exists():
         log(f"(skipping the shared models: {SHARED} not found)")
     return out
+
+
+def ram_models(names: list) -> list:
+    """(label, lowered graph, one input on the model's grid, source) of the RAM table: the zoo, the
+    real CNV / TFC of ../shared/models, the shared wild models; `names` selects by label."""
+    from bnnc import zoo
+    from bnnc.testing.wild import WILD_MODELS, options_of, wild_dir
+
+    specs = [(f"zoo {n}", lambda n=n: compile_graph(zoo.build(n)), f"bnnc.zoo.build('{n}')") for n in zoo.names()]
+    for label, d, f in (("brevitas-cnv-1w1a", "brevitas-cnv-1w1a", "cnv_1w1a.onnx"),
+                        ("finn-tfc-w1a1", "finn-tfc-w1a1", "model.onnx")):
+        if (SHARED / d / f).exists():
+            specs.append((label, lambda d=d, f=f: compile_file(SHARED / d / f)[1], f"../shared/models/{d}"))
+    if wild_dir().is_dir():
+        for n, flags in WILD_MODELS.items():
+            specs.append((f"wild {n}", lambda n=n, flags=flags: compile_file(wild_dir() / f"{n}.onnx",
+                                                                             options_of(flags))[1],
+                          f"../shared/models/wild/{n}.onnx {' '.join(flags)}".strip()))
+    else:
+        log(f"(skipping the wild models: {wild_dir()} not found)")
+    out = []
+    for label, make, source in specs:
+        if names and not any(n in label for n in names):
+            continue
+        log(f"[{label}] compiling ...")
+        g = make()
+        out.append((label, g, driver.random_samples(g, 1, 0), source))
+    return out
+
+
+def bench_ram(label: str, graph: ir.Graph, x: np.ndarray, source: str, core: str) -> dict:
+    """Flash, model RAM (static + stack, measured), arena and its lower bound on one core; a model
+    whose lower bound exceeds the core's typical RAM is not built."""
+    bg = mcu.backend_graph(graph)
+    bound, ram = int(bg.arena["lower_bound"]), mcu.CORES[core].ram
+    res = {"source": source, "core": core, "core_ram_bytes": ram, "arena_lower_bound_bytes": bound,
+           "arena_bytes": int(bg.arena["size"]), "fits": bound <= ram}
+    if not res["fits"]:
+        log(f"[{label}] {core}: lower bound {bound} B > {ram} B of RAM: does not fit")
+        return res
+    t0 = time.perf_counter()
+    inputs = driver.prepare_inputs(graph, x)
+    ref = driver.run_target(graph, "ref", inputs)
+    log(f"[{label}] building and emulating on {core} ...")
+    y, st = mcu.emulate(graph, inputs.grid, TargetOptions(mcu=core))
+    if not np.array_equal(y.reshape(ref.shape), ref):
+        sys.exit(f"ERROR [{label}]: the {core} output differs from the reference executor")
+    res.update({"compiler": st["compiler"], "flash_bytes": st["flash_bytes"], "model_ram_bytes": st["model_ram_bytes"],
+                "static_bytes": st["model_ram_bytes"] - st["stack_bytes"], "stack_bytes": st["stack_bytes"],
+                "stack_entry_bytes": st["stack_entry_bytes"], "stack_per_layer": st["stack_per_layer"],
+                "ram_ratio": round(st["model_ram_bytes"] / max(bound, 1), 4),
+                "fits": st["model_ram_bytes"] <= ram, "seconds": round(time.perf_counter() - t0, 1)})
+    deepest = max(st["stack_per_layer"], key=st["stack_per_layer"].get, default=None)
+    res["deepest_layer"] = deepest
+    return res
+
+
+def ram_report(results: dict, core: str) -> str:
+    rows = []
+    for label, r in results.items():
+        if "model_ram_bytes" not in r:
+            rows.append([label, "-", "-", r["arena_lower_bound_bytes"], "-", "-",
+                         f"does not fit ({r['core_ram_bytes']})"])
+            continue
+        d = r["deepest_layer"]
+        stack = f"{r['stack_bytes']} = {r['stack_entry_bytes']} + {r['stack_bytes'] - r['stack_entry_bytes']}"
+        rows.append([label, r["flash_bytes"], r["model_ram_bytes"], r["arena_lower_bound_bytes"],
+                     f"{r['static_bytes']} + {stack}" + (f" ({d})" if d else ""),
+                     f"{r['ram_ratio']:.3f}" + ("" if r["ram_ratio"] <= RAM_TARGET else " *"),
+                     "yes" if r["fits"] else f"no ({r['core_ram_bytes']})"])
+    return (f"{core}: model RAM (static + stack, measured) against the liveness lower bound; * above "
+            f"{RAM_TARGET}\n\n" + fmt_table(["model", "flash", "RAM", "lower bound",
+                                             "static + stack (entry + deepest layer)", "RAM / bound", "fits"], rows))
 
 
 def layer_table(graph: ir.Graph) -> list:
@@ -214,9 +300,23 @@ def main(argv=None) -> int:
                     help="core to build for (repeatable; all: every core; default cortex-m4)")
     ap.add_argument("--quick", action="store_true", help="skip the naive-popcount baseline")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output JSON (default {DEFAULT_JSON})")
+    ap.add_argument("--ram", action="store_true", help="the RAM table: zoo, real CNV / TFC and wild models")
+    ap.add_argument("names", nargs="*", help="--ram: only the models whose label contains one of these")
     args = ap.parse_args(argv)
+    if args.names and not args.ram:
+        ap.error("model names select models of the --ram table only")
     cores = list(mcu.CORES) if "all" in (args.core or []) else list(dict.fromkeys(args.core or ["cortex-m4"]))
     t0 = time.perf_counter()
+    if args.ram:
+        graphs = ram_models(args.names)
+        by_core = {core: {label: bench_ram(label, g, x, src, core) for label, g, x, src in graphs} for core in cores}
+        for core in cores:
+            print(ram_report(by_core[core], core) + "\n")
+        path = DEFAULT_RAM_JSON if args.json == DEFAULT_JSON else args.json
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"target_ram_ratio": RAM_TARGET, "cores": by_core}, indent=2) + "\n")
+        print(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
+        return 0
     graphs = models()
     by_core = {}
     for core in cores:

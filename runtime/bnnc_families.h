@@ -15,6 +15,16 @@
 #endif
 
 #define BNNC_FAM_OBLOCK 8 /* outputs per block of the plane tables (one 512-bit vector of 64-bit words) */
+/* The sums of one block of outputs: a local array on the host (vector registers), in place in the
+ * destination (the layer's scratch) on MCUs, where they would be a stack copy. */
+#ifdef BNNC_VARIANTS
+#define BNNC_FAM_SUMS(type, a, dst) type a[BNNC_FAM_OBLOCK]
+#define BNNC_FAM_SUMS_DONE(a, dst)                                                                 \
+  for (int j_ = 0; j_ < BNNC_FAM_OBLOCK; j_++) (dst)[j_] = a[j_]
+#else
+#define BNNC_FAM_SUMS(type, a, dst) type *a = (dst)
+#define BNNC_FAM_SUMS_DONE(a, dst) (void)(a)
+#endif
 
 /* Popcount planes (compiler/weight_planes.py): what one plane counts per window word x. */
 #define BNNC_PLANE_XNOR 0        /* popcount(x ^ b) */
@@ -198,7 +208,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
     }
     _mm256_storeu_si256((__m256i *)(s + ob * BNNC_FAM_OBLOCK), _mm512_cvtepi64_epi32(a));
 #else
-    int32_t a[BNNC_FAM_OBLOCK];
+    BNNC_FAM_SUMS(int32_t, a, s + ob * BNNC_FAM_OBLOCK);
     for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;
     for (int ky = 0; ky < kh; ky++) {
       for (int t = 0; t < kwcw; t++) {
@@ -212,7 +222,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
         if (mb) mb += BNNC_FAM_OBLOCK;
       }
     }
-    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) s[ob * BNNC_FAM_OBLOCK + j] = a[j];
+    BNNC_FAM_SUMS_DONE(a, s + ob * BNNC_FAM_OBLOCK);
 #endif
   }
 }
@@ -280,7 +290,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
   BNNC_INLINE BNNC_VT void name(const int32_t *x, int stride, int kh, int row, const wtype *w, int opad, \
                                 const int64_t *init, int64_t *acc) {                               \
     for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
-      int64_t a[BNNC_FAM_OBLOCK];                                                                  \
+      BNNC_FAM_SUMS(int64_t, a, acc + ob);                                                         \
       for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = init[ob + j];                               \
       const wtype *wr = w + ob;                                                                    \
       for (int ky = 0; ky < kh; ky++) {                                                            \
@@ -290,7 +300,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
           for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += v * (int64_t)wr[j];                    \
         }                                                                                          \
       }                                                                                            \
-      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) acc[ob + j] = a[j];                                \
+      BNNC_FAM_SUMS_DONE(a, acc + ob);                                                             \
     }                                                                                              \
   }
 #define BNNC_LOAD8_W32(p) 0

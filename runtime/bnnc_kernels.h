@@ -157,7 +157,11 @@ static inline int bnnc_cpu_variant(void) {
 BNNC_INLINE void bnnc_int_mac(const int32_t *src, int rs, int kh, int kwc, const int8_t *w, int opad, int32_t *acc) {
   for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
     const int8_t *wb = w + (size_t)b * kh * kwc * BNNC_OBLOCK;
-    int32_t a[BNNC_OBLOCK];
+#ifdef BNNC_VARIANTS
+    int32_t a[BNNC_OBLOCK]; /* the host's vector registers */
+#else
+    int32_t *a = acc + b * BNNC_OBLOCK; /* MCU: more sums than registers: in place, not a stack copy */
+#endif
     for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
     for (int ky = 0; ky < kh; ky++) {
       for (int t = 0; t < kwc; t++, wb += BNNC_OBLOCK) {
@@ -165,7 +169,9 @@ BNNC_INLINE void bnnc_int_mac(const int32_t *src, int rs, int kh, int kwc, const
         for (int j = 0; j < BNNC_OBLOCK; j++) a[j] += x * (int32_t)wb[j];
       }
     }
+#ifdef BNNC_VARIANTS
     for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = a[j];
+#endif
   }
 }
 
@@ -175,7 +181,11 @@ BNNC_INLINE void bnnc_int_mac16(const int16_t *src, int rs, int kh, int kwc, con
                                 int32_t *acc) {
   for (int b = 0; b < opad / BNNC_OBLOCK; b++) {
     const int8_t *wb = w + (size_t)b * kh * kwc * BNNC_OBLOCK;
-    int16_t a[BNNC_OBLOCK];
+#ifdef BNNC_VARIANTS
+    int16_t a[BNNC_OBLOCK]; /* the host's vector registers */
+#else
+    int32_t *a = acc + b * BNNC_OBLOCK; /* MCU: in place (each sum kept to int16 as it goes) */
+#endif
     for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = 0;
     for (int ky = 0; ky < kh; ky++) {
       for (int t = 0; t < kwc; t++, wb += BNNC_OBLOCK) {
@@ -183,7 +193,9 @@ BNNC_INLINE void bnnc_int_mac16(const int16_t *src, int rs, int kh, int kwc, con
         for (int j = 0; j < BNNC_OBLOCK; j++) a[j] = (int16_t)(a[j] + x * wb[j]);
       }
     }
+#ifdef BNNC_VARIANTS
     for (int j = 0; j < BNNC_OBLOCK; j++) acc[b * BNNC_OBLOCK + j] = a[j];
+#endif
   }
 }
 

@@ -260,6 +260,10 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
         - sum(fw.symbols[s][1] for s in ("bnnc_emu_input", "bnnc_emu_output") if s in fw.symbols),
         "ram_static_bytes": fw.data_bytes + fw.bss_bytes,
         "stack_bytes": stack,
+        # the most stack in use at a layer's call (the entry's frame and arguments), and the
+        # deepest use while each layer ran (the entry's frame included)
+        "stack_entry_bytes": int(emu.entry_stack),
+        "stack_per_layer": emu.stack_per_layer(),
         "arena_bytes": int(bg.arena["size"]),
         "arena_lower_bound_bytes": int(bg.arena["lower_bound"]),
         "sections": dict(fw.sections),

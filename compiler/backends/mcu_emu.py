@@ -20,7 +20,11 @@ current, i.e. for the layer that called them.
 
 Sizes come from the ELF: flash = every allocated section stored in flash (vector table, code,
 read-only data, the initial values of .data), RAM = .data + .bss + the deepest stack use seen
-(the stack is filled with a pattern before running and scanned afterwards).
+(the stack is filled with a pattern before running and scanned afterwards). The harness calls the
+model from the stack pointer's reset value without a frame of its own, so the stack measured is
+the model's: its entry's frame and the deepest layer's (and helpers') below it. Each layer's depth
+is measured apart: a hook on the layer function's first instruction scans the stack the previous
+layer dirtied and fills it again.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ SCB_PAGE = 0xE000E000  # system control block: the start-up code enables the FPU
 STACK_FILL = 0xA5
 BKPT_READY, BKPT_DONE = 0, 1
 MAX_INSTRUCTIONS = 2_000_000_000  # per inference: a runaway program stops here
+STACK_WINDOW = 64 << 10  # stack bytes filled again below the stack pointer at each layer's entry
 
 
 def _imports():
@@ -259,6 +264,15 @@ class Emulator:
         # hooks are compiled into translated blocks: add the block hook before anything runs. A code
         # hook calls on_block once per instruction, with that instruction as the "block".
         uc.hook_add(unicorn.UC_HOOK_CODE if per_instruction else unicorn.UC_HOOK_BLOCK, on_block)
+        # each layer's stack depth: a hook on the first instruction of each layer function only
+        self.layer_stack = np.zeros(len(self.layers), np.int64)
+        self.entry_stack = 0  # the most stack in use at a layer's call: the entry's frame
+        self._window = None  # (layer, low, high): the stack window filled at that layer's entry
+        for start, _, name in functions:
+            i = owner_of.get(name.split(".")[0])
+            if i is not None and i >= 0:
+                uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc_, a, sz, layer: self._layer_entry(layer),
+                            user_data=i, begin=start, end=start)
         if arch == "riscv":  # the start-up code sets its stack pointer
             self._start(fw.address("bnnc_reset_handler"), "start-up")
         else:  # reset as the core does it: SP and PC from the first two words of the vector table
@@ -321,6 +335,7 @@ class Emulator:
         self.cycles[:] = 0
         self.state["owner"] = len(self.layers)
         self._start(self.fw.address("bnnc_emu_infer"), "inference")
+        self._layer_entry(None)
         counts = self.counts.copy()
         counts[-1] -= 1  # the harness's final breakpoint (RISC-V: its call of bnnc_emu_halt)
         y = bytes(uc.mem_read(self.fw.address("bnnc_emu_output"), out_bytes))
@@ -332,12 +347,43 @@ class Emulator:
         names = self.layers + ["glue"]
         return {names[i]: sorted(h) for i, h in enumerate(self.helpers) if h}
 
-    def stack_bytes(self) -> int:
-        """Deepest stack use so far (bytes below the initial stack pointer)."""
-        lo, hi = self.stack_floor, self.stack_fill_end
+    def _lowest_used(self, lo: int, hi: int) -> int:
+        """The lowest address in [lo, hi) that no longer holds the fill pattern (hi if none)."""
         if hi <= lo:
-            return 0
+            return hi
         mem = np.frombuffer(bytes(self.uc.mem_read(lo, hi - lo)), np.uint8)
         used = np.flatnonzero(mem != STACK_FILL)
-        first = lo + int(used[0]) if used.size else hi
-        return self.estack - first
+        return lo + int(used[0]) if used.size else hi
+
+    def _layer_entry(self, layer) -> None:
+        """At a layer's first instruction (and, with layer None, after the inference): how deep the
+        previous layer went below the model's entry, then the stack below the stack pointer filled
+        again for this layer (STACK_WINDOW bytes; the whole stack when a layer went past them)."""
+        if self._window is not None:
+            prev, lo, hi = self._window
+            low = self._lowest_used(lo, hi)
+            if low == lo and lo > self.stack_floor:  # deeper than the window: look at the whole stack
+                low = self._lowest_used(self.stack_floor, hi)
+            self.layer_stack[prev] = max(self.layer_stack[prev], self.estack - low)
+            self._window = None
+        if layer is None:
+            return
+        sp = self.uc.reg_read(self.reg_sp)
+        self.entry_stack = max(self.entry_stack, self.estack - sp)
+        lo = max(self.stack_floor, sp - STACK_WINDOW)
+        if sp > lo:
+            self.uc.mem_write(lo, bytes([STACK_FILL]) * (sp - lo))
+        self._window = (layer, lo, sp)
+
+    def stack_bytes(self) -> int:
+        """Deepest stack use so far (bytes below the initial stack pointer): the deepest of the
+        layers' (each measured while it ran) and of what the last fill shows."""
+        if self.stack_fill_end <= self.stack_floor:
+            return 0
+        rest = self.estack - self._lowest_used(self.stack_floor, self.stack_fill_end)
+        return int(max(rest, self.layer_stack.max(initial=0)))
+
+    def stack_per_layer(self) -> dict:
+        """{layer: deepest stack use while it ran, counted from the model's entry}: the entry's
+        frame and the layer's (and its helpers'), over every inference so far."""
+        return {name: int(self.layer_stack[i]) for i, name in enumerate(self.layers)}

@@ -4,12 +4,24 @@ A buffer is live from the op that writes it to the last op that reads it (scratc
 during their op). Buffers whose lifetimes overlap must not overlap in memory; placement is
 greedy, largest first, each at the lowest aligned offset that clears every conflicting buffer
 placed so far (TFLite Micro's strategy). The graph's input and output live in the caller's
-buffers. `lower_bound` is the largest total size of buffers live at the same time: no placement
-can use less.
+buffers.
+
+`lower_bound`, the liveness lower bound: the most bytes live at one step of the schedule (the
+graph's op order), max over ops i of the sum of the sizes of the buffers live at i: every tensor
+written at or before i and read at or after i (a residual shortcut or a concat input stays live
+across its whole branch), the tensor op i writes (not the buffer of one of its inputs: no layer
+computes in place but a residual Add: its sum takes the buffer of an operand that dies there,
+in_place_operand), and op i's scratch. Sizes are the tensors as
+stored (bit tensors in whole words per pixel, integers in their storage type, floats in 4 bytes)
+rounded up to the buffer alignment (4 bytes on MCUs, 64 on hosts). No placement of these buffers
+in one memory can use less: at step i they all exist at once and must not overlap. MCU firmware
+needs the arena plus its stack (the entry's frame and the deepest layer's registers and spills,
+measured by the emulator: bench/bench_mcu.py --ram); .data is empty (tables are const, in flash).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,42 +103,95 @@ def _alignment(layout: str) -> int:
 
 
 def plan_arena(graph: ir.Graph) -> ir.Graph:
-    """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound"} to the graph.
+    """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound", "align",
+    "in_place": {sum: operand whose buffer it takes}} to the graph.
 
     The numbers computed are unchanged: only where buffers live is decided (see _place: first
     fit in several orders, then a bounded local search while above the lower bound)."""
     out = graph.copy()
     wb = getattr(out, "word_bits", 64)
     align = _alignment(getattr(out, "weight_layout", "blocked"))
-    ops = out.ops()
-    bufs = {}
-    for i, op in enumerate(ops):
-        for t in op.outputs:
-            if t != out.output or out.output_info.get("channels_first"):  # a feature map is transposed last
-                bufs[t] = Buffer(t, _align(tensor_bytes(out.tensors[t], wb), align), i, i)
-        for t in op.inputs:
-            if t in bufs:
-                bufs[t].last = max(bufs[t].last, i)
-        s = scratch_bytes(op, out.tensors.get(op.inputs[0]), wb)
-        if s:
-            bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i)
-    bound = max((sum(b.size for b in bufs.values() if b.first <= i <= b.last) for i in range(len(ops))), default=0)
-    size, offsets = _place(list(bufs.values()), bound)
-    for b in bufs.values():
+    found, in_place = buffers(out, wb, align)
+    bufs = {b.name: b for b in found}
+    bound = lower_bound(found)
+    size, offsets = _place(found, bound)
+    for b in found:
         b.offset = offsets[b.name]
-    placed = sorted(bufs.values(), key=lambda b: (b.offset, b.name))
-    out.arena = {"buffers": {b.name: b.offset for b in placed}, "sizes": {b.name: b.size for b in placed},
-                 "size": size, "lower_bound": bound, "align": align}
+    placed = sorted(found, key=lambda b: (b.offset, b.name))
+    where = {b.name: b.offset for b in placed}
+    sizes = {b.name: b.size for b in placed}
+    for t, over in in_place.items():  # a sum written over its operand: that operand's buffer
+        root = over
+        while root in in_place:
+            root = in_place[root]
+        where[t], sizes[t] = bufs[root].offset, _align(tensor_bytes(out.tensors[t], wb), align)
+    out.arena = {"buffers": where, "sizes": sizes, "size": size, "lower_bound": bound, "align": align,
+                 "in_place": dict(in_place)}
     return out
 
 
+def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
+    """(buffers, in_place): the arena's buffers with their lifetimes (op indices in graph.ops()
+    order): every tensor an op writes (but the model's output, which the caller holds, unless it
+    is transposed last), from that op to its last reader, and every op's scratch during that op;
+    in_place {tensor: tensor whose buffer it takes}: a residual Add writes its sum over an operand
+    that dies there (see in_place_operand), one buffer for the two."""
+    ops = graph.ops()
+    last_read = {t: i for i, op in enumerate(ops) for t in op.inputs}
+    bufs, in_place, home = {}, {}, {}
+    for i, op in enumerate(ops):
+        for t in op.outputs:
+            if t != graph.output or graph.output_info.get("channels_first"):  # a feature map is transposed last
+                size = _align(tensor_bytes(graph.tensors[t], word_bits), align)
+                over = in_place_operand(graph, op, i, last_read, home)
+                if over is not None:
+                    in_place[t] = over
+                    home[t] = home[over]
+                    continue
+                bufs[t] = Buffer(t, size, i, i)
+                home[t] = t
+        for t in list(op.inputs) + [t for t in op.outputs if t in in_place]:
+            if t in home:
+                b = bufs[home[t]]
+                b.last = max(b.last, i)
+        s = scratch_bytes(op, graph.tensors.get(op.inputs[0]), word_bits)
+        if s:
+            bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i)
+    return list(bufs.values()), in_place
+
+
+def in_place_operand(graph: ir.Graph, op, i: int, last_read: dict, home: dict):
+    """The operand of a residual Add (op i) whose buffer the sum may take, or None: one in the
+    arena that no later op reads, of the sum's shape, whose elements are at least as wide as the
+    sum's. The Add's loop reads element k of both operands before it writes element k of the sum,
+    whose bytes then lie at or below element k's, so it never overwrites a value still to be read."""
+    if not isinstance(op, ir.Add):
+        return None
+    out = graph.tensors[op.outputs[0]]
+    for t in op.inputs:
+        ty = graph.tensors[t]
+        if (t in home and last_read[t] == i and op.inputs.count(t) == 1 and isinstance(ty, ir.Ints)
+                and isinstance(out, ir.Ints) and ty.shape == out.shape
+                and np.dtype(storage_dtype(ty)).itemsize >= np.dtype(storage_dtype(out)).itemsize):
+            return t
+    return None
+
+
+def lower_bound(bufs: list) -> int:
+    """The most bytes of `bufs` live at one step."""
+    steps = range(min((b.first for b in bufs), default=0), max((b.last for b in bufs), default=-1) + 1)
+    return max((sum(b.size for b in bufs if b.first <= i <= b.last) for i in steps), default=0)
+
+
 SEARCH_BUDGET = 3000  # first-fit evaluations of the local search, at most
+EXHAUSTIVE = 7  # buffers: up to this many, every order of first fit is tried (7! = 5040)
 
 
 def _place(bufs: list, bound: int) -> tuple:
     """(size, {name: offset}): first fit in several orders (largest first, longest lifetime
     first, by first use), then, while the arena exceeds the lower bound, a local search that
-    moves one buffer to another place in the order and keeps strict improvements. Deterministic."""
+    moves one buffer to another place in the order and keeps strict improvements (with at most
+    EXHAUSTIVE buffers: every order, the optimum). Deterministic."""
     def size_of(offsets):
         return max((offsets[b.name] + b.size for b in bufs), default=0)
 
@@ -139,6 +204,8 @@ def _place(bufs: list, bound: int) -> tuple:
         if best is None or size_of(offsets) < best[0]:
             best = (size_of(offsets), offsets, order)
     size, offsets, order = best
+    if size > bound and len(bufs) <= EXHAUSTIVE:
+        return _exhaustive(bufs, size, offsets, bound)
     budget, improved = SEARCH_BUDGET, True
     while size > bound and improved and budget > 0:
         improved = False
@@ -154,6 +221,19 @@ def _place(bufs: list, bound: int) -> tuple:
                     size, offsets, order, improved = size_of(t_offsets), t_offsets, trial, True
                     break
             if improved or size <= bound:
+                break
+    return size, offsets
+
+
+def _exhaustive(bufs: list, size: int, offsets: dict, bound: int) -> tuple:
+    """The smallest arena over every order of first fit: the optimum (placed in the order of
+    their offsets in an optimal arena, first fit puts each buffer at or below that offset)."""
+    for order in itertools.permutations(sorted(bufs, key=lambda b: (-b.size, b.first, b.name))):
+        t_offsets = _first_fit(list(order))
+        t_size = max(t_offsets[b.name] + b.size for b in bufs)
+        if t_size < size:
+            size, offsets = t_size, t_offsets
+            if size <= bound:
                 break
     return size, offsets
 

@@ -1,0 +1,123 @@
+"""MCU RAM against the liveness lower bound: the arena planner on graphs with branches (residual
+shortcuts, concats) stays valid and optimal where it can be checked, the firmware of such graphs
+stays bit-exact, and the measured model RAM (static + stack) of small models on Cortex-M4 is
+within 1.05x of the bound."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from bnnc import driver, ir, zoo
+from bnnc.backends import mcu
+from bnnc.passes.plan_arena import Buffer, _first_fit, _place, lower_bound
+from bnnc.pipeline import Options, compile_graph
+from bnnc.targets import TargetOptions
+
+from .test_concat_softmax import binary_concat_model, fire_model
+
+pytest.importorskip("unicorn")
+pytest.importorskip("ziglang")
+
+RAM_TARGET = 1.05
+
+
+def _branchy_lifetimes(seed: int) -> list:
+    """Buffers of a random schedule with branches: a chain of ops where some outputs are read
+    again later (a residual shortcut, a concat input) and some ops have scratch."""
+    rng = np.random.default_rng(seed)
+    n_ops = int(rng.integers(3, 6))
+    bufs = []
+    for i in range(n_ops):
+        last = i + 1 if i + 1 < n_ops else i
+        if i + 2 < n_ops and rng.random() < 0.4:  # read again by a later op: a branch
+            last = int(rng.integers(i + 2, n_ops))
+        bufs.append(Buffer(f"t{i}", 4 * int(rng.integers(1, 40)), i, last))
+        if rng.random() < 0.4:
+            bufs.append(Buffer(f"s{i}", 4 * int(rng.integers(1, 20)), i, i))
+    return bufs[:7]
+
+
+def _check_placement(bufs: list, size: int, offsets: dict) -> None:
+    for a, b in itertools.combinations(bufs, 2):
+        if a.first <= b.last and b.first <= a.last:
+            oa, ob = offsets[a.name], offsets[b.name]
+            assert oa + a.size <= ob or ob + b.size <= oa, f"{a.name} and {b.name} overlap while both are live"
+    assert size == max(offsets[b.name] + b.size for b in bufs)
+    assert size >= lower_bound(bufs)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_arena_placement_with_branches_is_valid_and_optimal(seed):
+    bufs = _branchy_lifetimes(seed)
+    size, offsets = _place(bufs, lower_bound(bufs))
+    _check_placement(bufs, size, offsets)
+    # the optimum: first fit in the best order (any optimal arena is first fit in its offsets' order)
+    best = min(max(o[b.name] + b.size for b in bufs) for o in map(_first_fit, itertools.permutations(bufs)))
+    assert size == best
+
+
+def _live_spans(g: ir.Graph) -> dict:
+    """{buffer: (first op, last op)} recomputed from the graph, independently of the planner."""
+    spans = {}
+    for i, op in enumerate(g.ops()):
+        for t in list(op.outputs) + list(op.inputs) + [op.name + "_scratch"]:
+            while t in g.arena["in_place"]:  # a sum written over its operand: one buffer
+                t = g.arena["in_place"][t]
+            if t in g.arena["buffers"]:
+                a, b = spans.get(t, (i, i))
+                spans[t] = (min(a, i), max(b, i))
+    return spans
+
+
+BRANCHY = {
+    "fire (concat of real-valued branches)": lambda s: compile_graph(
+        fire_model(s, softmax=False), Options(input_scale=1 / 64, input_range=(-128, 127))),
+    "binary concat off word boundaries": lambda s: compile_graph(
+        binary_concat_model(s), Options(input_scale=1 / 64, input_range=(-128, 127))),
+    "bireal (residual shortcuts)": lambda s: compile_graph(zoo.build("bireal", s, size=8)),
+    "resnet18-stq (residual, downsampling shortcuts)": lambda s: compile_graph(
+        zoo.build("resnet18-stq", s, size=8, widths=(8, 16, 16, 16))),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", list(BRANCHY))
+def test_branchy_graphs_keep_branch_tensors_apart_and_run_bit_exact(name, seed):
+    g = BRANCHY[name](seed)
+    bg = mcu.backend_graph(g)
+    arena, spans = bg.arena, _live_spans(bg)
+    assert any(b - a > 1 for a, b in spans.values()), "no tensor lives across a branch"
+    assert bool(arena["in_place"]) == ("residual" in name)
+    order = {op.name: i for i, op in enumerate(bg.ops())}
+    for t, over in arena["in_place"].items():  # a residual sum over an operand read last by it
+        add = bg.producer(t)
+        assert isinstance(add, ir.Add) and over in add.inputs
+        assert all(order[c.name] <= order[add.name] for c in bg.consumers(over))
+        assert arena["buffers"][t] == arena["buffers"][over]
+    for (a, (fa, la)), (b, (fb, lb)) in itertools.combinations(spans.items(), 2):
+        if fa <= lb and fb <= la:
+            oa, ob = arena["buffers"][a], arena["buffers"][b]
+            assert oa + arena["sizes"][a] <= ob or ob + arena["sizes"][b] <= oa, f"{a} and {b} overlap"
+    steps = range(len(bg.ops()))
+    bound = max(sum(arena["sizes"][t] for t, (f, last) in spans.items() if f <= i <= last) for i in steps)
+    assert arena["lower_bound"] == bound and arena["size"] >= bound
+    inputs = driver.prepare_inputs(g, driver.random_samples(g, 3, seed))
+    ref = driver.run_target(g, "ref", inputs)
+    y, st = mcu.emulate(g, inputs.grid, TargetOptions(mcu="cortex-m4"))
+    np.testing.assert_array_equal(y.reshape(ref.shape), ref)
+    assert st["stack_bytes"] == max(st["stack_per_layer"].values())
+    assert 0 < st["stack_entry_bytes"] <= st["stack_bytes"]
+
+
+@pytest.mark.parametrize("name", ["tfc", "w1a2", "abc-fused", "bireal"])
+def test_model_ram_within_5_percent_of_the_liveness_bound_on_cortex_m4(name):
+    g = compile_graph(zoo.build(name))
+    inputs = driver.prepare_inputs(g, driver.random_samples(g, 1, 0))
+    _, st = mcu.emulate(g, inputs.grid, TargetOptions(mcu="cortex-m4"))
+    bound = st["arena_lower_bound_bytes"]
+    # what the model holds: the arena (rounded to 8 bytes), nothing else static, and the stack
+    assert st["model_ram_bytes"] - st["stack_bytes"] <= -(-st["arena_bytes"] // 8) * 8
+    assert st["model_ram_bytes"] <= RAM_TARGET * bound, (
+        f"{name}: model RAM {st['model_ram_bytes']} B = static {st['model_ram_bytes'] - st['stack_bytes']} + stack "
+        f"{st['stack_bytes']} (per layer {st['stack_per_layer']}) > {RAM_TARGET} x the lower bound {bound} B")
