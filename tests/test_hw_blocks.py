@@ -191,6 +191,48 @@ def test_global_sum_pool(eb, p_valid, p_ready):
     assert [unpack(v, c, ob) for v in r.outputs] == vals.sum(axis=1).tolist()
 
 
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 1)])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS)
+def test_sum_pool(k, s, p_valid, p_ready):
+    ih, iw, c, eb, ob = 6, 5, 3, 7, 11
+    oh, ow = (ih - k) // s + 1, (iw - k) // s + 1
+    p = {"IH": ih, "IW": iw, "C": c, "EB": eb, "OB": ob, "KH": k, "KW": k, "SH": s, "SW": s, "OH": oh, "OW": ow}
+    rng = np.random.default_rng(k * 10 + s)
+    vals = rng.integers(-64, 64, (2, ih, iw, c))
+    recs = [pack(px, eb) for px in vals.reshape(-1, c)]
+    expect = [f[oy * s: oy * s + k, ox * s: ox * s + k].sum(axis=(0, 1)).tolist()
+              for f in vals for oy in range(oh) for ox in range(ow)]
+    r = run_block("bnnc_sumpool", p, recs, c * eb, c * ob, len(expect), seed=6, p_valid=p_valid, p_ready=p_ready)
+    assert [unpack(v, c, ob) for v in r.outputs] == expect
+    if p_valid == 1.0 and p_ready == 1.0:
+        assert np.min(np.diff(r.out_cycles)) == k * k + 4  # documented cost per window
+
+
+def _residual_model(a, b, sa, sb, rs, lo, hi):
+    half = (1 << (rs - 1)) if rs else 0
+    return np.clip((a * (1 << sa) + b * (1 << sb) + half) >> rs, lo, hi)
+
+
+@pytest.mark.parametrize("sa,sb,rs,lo,hi,depths", [(0, 0, 0, -300, 300, (1, 3)), (2, 0, 1, -200, 150, (4, 1)),
+                                                   (0, 3, 2, -(1 << 30) + 1, (1 << 30) - 1, (2, 2))])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS)
+def test_fork_and_add_join_branches(sa, sb, rs, lo, hi, depths, p_valid, p_ready):
+    """bnnc_fork feeds two FIFOs of different depths whose halves bnnc_add joins: every pair arrives,
+    in order, with the add's rounding and clamp, at one pixel per cycle without stalls."""
+    c, ab, bb, ob = 3, 9, 6, 12 if hi < 1 << 20 else 31
+    p = {"C": c, "A_BITS": ab, "B_BITS": bb, "OUT_BITS": ob, "SHIFT_A": sa, "SHIFT_B": sb, "ROUND_SHIFT": rs,
+         "OUT_MIN": lo, "OUT_MAX": hi, "A_DEPTH": depths[0], "B_DEPTH": depths[1]}
+    rng = np.random.default_rng(sa + 3 * sb + 7 * rs)
+    a = rng.integers(-(1 << (ab - 1)), 1 << (ab - 1), (70, c))
+    b = rng.integers(-(1 << (bb - 1)), 1 << (bb - 1), (70, c))
+    recs = [pack(x, ab) | (pack(y, bb) << (c * ab)) for x, y in zip(a, b)]
+    r = run_block("tb_residual", p, recs, c * (ab + bb), c * ob, len(recs), seed=11, p_valid=p_valid,
+                  p_ready=p_ready)
+    assert [unpack(v, c, ob) for v in r.outputs] == _residual_model(a, b, sa, sb, rs, lo, hi).tolist()
+    if p_valid == 1.0 and p_ready == 1.0 and min(depths) >= 2:  # a 1-entry FIFO takes every other cycle
+        assert np.all(np.diff(r.out_cycles) == 1)
+
+
 # ----------------------------------------------------------------------------- MVTU
 
 
