@@ -700,6 +700,9 @@ def report(graph: ir.Graph, opts) -> dict:
                  f"({'--clock-mhz' if opts.clock_mhz is not None else 'assumed'}; "
                  "bench/bench_fpga.py measures Fmax); "
                  f"pipeline fill {perf['fill_cycles']} cycles on the first frame")
+    if perf["fifos"]:
+        lines.append("FIFOs sized from the pipeline's schedule (bnnc_fifo entries x bits): " + "; ".join(
+            f"{f['name']} {f['depth']} x {f['width']} ({f['why']})" for f in perf["fifos"]))
     if est:
         t = est["total"]
         lines.append(f"resources (estimate, Xilinx 7-series, yosys synth_xilinx per building block): {t['lut']} LUT, "
