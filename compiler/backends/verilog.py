@@ -470,7 +470,11 @@ def build_design(graph: ir.Graph, opts) -> Design:
     perf["fifos"] = [{"name": f["name"], "depth": f["depth"], "width": f["width"], "why": f["why"]}
                      for f in _sized_fifos(stages, input_fork)]
     top = f"{prefix}_top"
-    sources = {f"rtl/{b}.sv": (resource_dir("hw") / "rtl" / f"{b}.sv").read_text() for b in RTL_BLOCKS}
+    # the residual blocks only where used: a chain's project is what it was before they existed
+    unused = {"bnnc_fork"} if not (input_fork or any(s["fork"] for s in stages)) else set()
+    unused |= {b for b, k in (("bnnc_add", "add"), ("bnnc_sumpool", "sumpool")) if all(s["kind"] != k for s in stages)}
+    sources = {f"rtl/{b}.sv": (resource_dir("hw") / "rtl" / f"{b}.sv").read_text() for b in RTL_BLOCKS
+               if b not in unused}
     ctx = {"top": top, "prefix": prefix, "stages": stages, "streams": streams, "input": in_axis, "input_fork": input_fork,
            "output": out_axis, "fifo_depth": FIFO_DEPTH, "perf": perf,
            "model_comment": "accelerator of the model with input tensor "
