@@ -58,7 +58,8 @@ def rtl_parameter_groups(stage: dict) -> list:
         groups.append([("LEVEL_BASE", s["lb"]), ("LEVEL_STEP", s["ls"]), ("OUT_BITS", s["ob"])])
     elif s["mode"] == "requant":
         groups.append([("REQUANTIZE", 1), ("SHIFT", s["shift"]), ("OUT_MIN", s["qlo"]), ("OUT_MAX", s["qhi"]),
-                       ("PRODUCT_BITS", s["pw"]), ("OUT_BITS", s["ob"])])
+                       ("PRODUCT_BITS", s["pw"]), ("OUT_BITS", s["ob"])]
+                      + ([("PRE_SHIFT", s["pre_shift"])] if s.get("pre_shift") else []))
     groups += [[("BORDER_CLASSES", s["ncls"]), ("COL_CLASS_COUNT", s["nx"]), ("OUT_ROWS", s["ohr"]),
                 ("OUT_COLS", s["owc"]), ("ROW_CLASS_BITS", s["yb"]), ("COL_CLASS_BITS", s["xb"])],
                [("ROW_CLASSES", s["ycls"]), ("COL_CLASSES", s["xcls"])]]

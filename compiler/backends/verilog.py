@@ -218,7 +218,7 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
          # the shifted product is a signed rq_bits-bit value: output bounds beyond that range never clamp, and
          # clipped to it they survive the unit's rq_bits-bit comparison (the IR's +-(2^23 - 1) saturation would not)
          "qlo": max(f.rq_lo, -(1 << (f.rq_bits - 1))), "qhi": min(f.rq_hi, (1 << (f.rq_bits - 1)) - 1),
-         "pw": f.rq_bits, "ew": f.entry_bits}
+         "pw": f.rq_bits, "pre_shift": f.rq_pre_shift, "ew": f.entry_bits}
     if swg:
         s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
                  ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
@@ -411,7 +411,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
     graph = activations_as_convs(graph)  # matrix units run them
     pl = plan(graph)
     foldings = choose_foldings(graph, pl, opts)
-    g = layout_folded_layers(graph, foldings)
+    g = layout_folded_layers(graph, foldings, pre_shift=True)
     pl = plan(g)
     in_ty = input_type(g, pl)
     streams = [_stream(in_ty, "quantized input")]

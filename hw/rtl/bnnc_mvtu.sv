@@ -19,7 +19,7 @@
 //            ACT_PLANES == THRESHOLDS > 1 (activation planes): each threshold has its own flag, and output element
 //            j * MATRIX_ROWS + o is row o's bit_j
 //   THRESHOLDS == 0: acc = off + c (GAINS_IN_TABLE == 1), or off + (flag ? GAIN * s_0 : 0) (GAINS_IN_TABLE == 0); out = acc, or with
-//            REQUANTIZE == 1 (a fixed-point requantization, ir.Requantize) clamp(floor((clamp(acc, lo, hi) *
+//            REQUANTIZE == 1 (a fixed-point requantization, ir.Requantize) clamp(floor((clamp(acc >> PRE_SHIFT, lo, hi) *
 //            mult + add) / 2**SHIFT), OUT_MIN, OUT_MAX) with per-row mult, add, lo, hi in the table after off
 // Weights: WEIGHT_FILE, NF*SF words of NA*PE*SIMD bits (NA = stored arrays: b_j then m_j for each plane in
 // order; array i row p lane s at bit (i*PE + p)*SIMD + s), address nf*SF + sf. Tables: TABLE_FILE,
@@ -64,6 +64,7 @@ module bnnc_mvtu #(
     parameter int ACT_PLANES = 1,
     parameter int REQUANTIZE = 0,
     parameter int SHIFT = 0,
+    parameter int PRE_SHIFT = 0,
     parameter int OUT_MIN = 0,
     parameter int OUT_MAX = 0,
     parameter int PRODUCT_BITS = 1,
@@ -409,9 +410,13 @@ module bnnc_mvtu #(
         // out = clamp(floor((clamp(acc, lo, hi) * mult + add) / 2**SHIFT), OUT_MIN, OUT_MAX), exact in PRODUCT_BITS bits
         wire signed [PRODUCT_BITS-1:0] mult = PRODUCT_BITS'($signed(e3_t[p*EW+TABLE_BITS+:TABLE_BITS]));
         wire signed [PRODUCT_BITS-1:0] add = PRODUCT_BITS'($signed(e3_t[p*EW+2*TABLE_BITS+:TABLE_BITS]));
-        wire signed [PRODUCT_BITS-1:0] lo = PRODUCT_BITS'($signed(e3_t[p*EW+3*TABLE_BITS+:TABLE_BITS]));
-        wire signed [PRODUCT_BITS-1:0] hi = PRODUCT_BITS'($signed(e3_t[p*EW+4*TABLE_BITS+:TABLE_BITS]));
-        wire signed [PRODUCT_BITS-1:0] a = PRODUCT_BITS'(acc_v) < lo ? lo : PRODUCT_BITS'(acc_v) > hi ? hi : PRODUCT_BITS'(acc_v);
+        // the accumulator (shifted right by PRE_SHIFT first) meets its clamp in the wider of the two widths; the
+        // clamped value fits PRODUCT_BITS
+        localparam int KW = ACC_BITS > PRODUCT_BITS ? ACC_BITS : PRODUCT_BITS;
+        wire signed [KW-1:0] lo = KW'($signed(e3_t[p*EW+3*TABLE_BITS+:TABLE_BITS]));
+        wire signed [KW-1:0] hi = KW'($signed(e3_t[p*EW+4*TABLE_BITS+:TABLE_BITS]));
+        wire signed [KW-1:0] acc_s = KW'(acc_v) >>> PRE_SHIFT;
+        wire signed [PRODUCT_BITS-1:0] a = PRODUCT_BITS'(acc_s < lo ? lo : acc_s > hi ? hi : acc_s);
         wire signed [PRODUCT_BITS-1:0] q = (a * mult + add) >>> SHIFT;
         assign fold_out[p*ROW+:ROW] = ROW'(q < PRODUCT_BITS'(OUT_MIN) ? PRODUCT_BITS'(OUT_MIN) : q > PRODUCT_BITS'(OUT_MAX) ? PRODUCT_BITS'(OUT_MAX) : q);
       end else begin : g_out_acc
