@@ -225,6 +225,10 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
     s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
+    if matrix_unit.uses_mac(op, f):  # the lanes sum x * w in the compared value's width
+        s["weight_words"], s["wb"] = matrix_unit.mac_weights(f)
+        s.update(mac=1, sb=f.v_bits, title=s["title"] + f", {s['wb']}-bit weights x {f.in_bits}-bit inputs "
+                 "(multiply-accumulate)")
     s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
                                  for group in matrix_unit.rtl_parameter_groups(s)]
     s["out_width"] = f.mh * f.act_planes * s["ob"]
@@ -427,7 +431,10 @@ def build_design(graph: ir.Graph, opts) -> Design:
         if isinstance(op, ir.Conv):
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
-            mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
+            if s.get("mac"):
+                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), s["pe"] * s["simd"] * s["wb"])
+            else:
+                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
             mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * s["ew"])
         elif isinstance(op, ir.Add):
             s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),

@@ -183,9 +183,13 @@ def _mvtu_jobs(design, s: dict) -> list:
         w = []
         for x in wwords:
             v = int(x, 16)
-            w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
+            if s.get("mac"):  # row r lane l at (r*SIMD + l)*WEIGHT_BITS: keep the first p rows
+                w.append(v & ((1 << (keep * s["wb"])) - 1))
+            else:
+                w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
-        mems = {"w.mem": mem_image(w, s["na"] * keep), "t.mem": mem_image(t, p * ew)}
+        wbits = keep * s["wb"] if s.get("mac") else s["na"] * keep
+        mems = {"w.mem": mem_image(w, wbits), "t.mem": mem_image(t, p * ew)}
         jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
 
