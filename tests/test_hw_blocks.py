@@ -332,6 +332,53 @@ def test_mvtu_matches_model(case, p_valid, p_ready):
         assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
 
 
+@pytest.mark.parametrize("mh,mw,pe,simd,ib,wb", [(5, 11, 2, 4, 8, 3), (3, 6, 3, 6, 12, 25), (4, 9, 1, 1, 5, 2)])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS[:2])
+def test_mvtu_multiply_accumulate(mh, mw, pe, simd, ib, wb, p_valid, p_ready):
+    """MAC = 1 (real-valued layers): one signed WEIGHT_BITS-bit weight per row and lane, out = off + sum x * w,
+    at the popcount unit's speed and latency."""
+    rng = np.random.default_rng(mh * mw + wb)
+    nf, sf = -(-mh // pe), -(-mw // simd)
+    w = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (mh, mw))
+    off = rng.integers(-1000, 1000, mh)
+    vmax = mw * (1 << (ib - 1)) * (1 << (wb - 1))
+    vb = (2 * vmax).bit_length() + 1
+    tb, gb = 12, 2
+    ab = max(vb, tb) + 1
+    ew = tb + gb + 1
+    wmem = []
+    for f in range(nf):
+        for sfold in range(sf):
+            word = 0
+            for r in range(pe):
+                for j in range(simd):
+                    o, k = f * pe + r, sfold * simd + j
+                    if o < mh and k < mw:
+                        word |= (int(w[o, k]) & ((1 << wb) - 1)) << ((r * simd + j) * wb)
+            wmem.append(word)
+    tmem = []
+    for f in range(nf):
+        word = 0
+        for r in range(pe):
+            o = f * pe + r
+            if o < mh:  # offset, a gain the MAC unit ignores, flag
+                word |= (pack([off[o]], tb) | (1 << tb) | (1 << (ew - 1))) << (r * ew)
+        tmem.append(word)
+    mems = {"w.mem": mem_image(wmem, pe * simd * wb), "t.mem": mem_image(tmem, pe * ew)}
+    params = {"MATRIX_ROWS": mh, "MATRIX_COLS": mw, "PE": pe, "SIMD": simd, "INPUT_BITS": ib, "SUM_BITS": vb,
+              "THRESHOLDS": 0, "TABLE_BITS": tb, "ACC_BITS": ab, "GAIN": 1, "GAINS_IN_TABLE": 1, "GAIN_BITS": gb,
+              "VALUE_BITS": vb, "MAC": 1, "WEIGHT_BITS": wb}
+    n = 10
+    xs = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), (n, mw))
+    r = run_block("tb_mvtu", params, [pack(x, ib) for x in xs], 2 + mw * ib, mh * ab, n, seed=17, p_valid=p_valid,
+                  p_ready=p_ready, mem_files=mems)
+    for v, x in zip(r.outputs, xs):
+        assert unpack(v, mh, ab) == (off + w @ x).tolist()
+    if p_valid == 1.0 and p_ready == 1.0:
+        assert np.all(np.diff(r.out_cycles) == nf * sf)
+        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
+
+
 def test_mvtu_levels_give_base_plus_step_times_count():
     """Three thresholds per row and out = -3 + 2 * count: a 2-bit activation in {-3, -1, 1, 3}."""
     rng = np.random.default_rng(8)
