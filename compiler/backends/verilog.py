@@ -711,6 +711,12 @@ def report(graph: ir.Graph, opts) -> dict:
                  f"({'--clock-mhz' if opts.clock_mhz is not None else 'assumed'}; "
                  "bench/bench_fpga.py measures Fmax); "
                  f"pipeline fill {perf['fill_cycles']} cycles on the first frame")
+    macs = [(s, op) for s, op in zip(d.context["stages"], d.plan.hw_ops) if s.get("mac")]
+    if macs:
+        lines.append("multiply-accumulate units (real-valued weights on integer inputs): " + "; ".join(
+            f"{s['name']} {s['wb']}-bit weights x {s['ib']}-bit inputs"
+            + (f", pre-activation error <= {float(np.max(op.acc_error)):.3g}" if op.acc_error is not None else "")
+            for s, op in macs) + " (--weight-bits NODE=B sets a layer's weight bits)")
     if perf["fifos"]:
         lines.append("FIFOs sized from the pipeline's schedule (bnnc_fifo entries x bits): " + "; ".join(
             f"{f['name']} {f['depth']} x {f['width']} ({f['why']})" for f in perf["fifos"]))
