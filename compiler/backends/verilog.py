@@ -2,8 +2,9 @@
 
 The accelerator holds the integer part of the network: every Conv (a sliding window generator
 when the kernel is not 1x1/stride 1/unpadded, then a PE x SIMD matrix-vector-threshold unit),
-MaxPool and GlobalSumPool between the quantized input and the output, in pipeline order, with a
-FIFO after each stage. What it cannot hold exactly stays on the host, computed by the reference
+MaxPool, SumPool, GlobalSumPool and residual Add between the quantized input and the output, in
+pipeline order, with a FIFO after each stage; a tensor several stages read goes through a fork
+whose branch FIFOs (and the FIFOs in front of an Add) are sized from the schedule (verilog_fifos). What it cannot hold exactly stays on the host, computed by the reference
 executor's own functions:
 - the input quantizer (`InputQuantize`: float32 chains, integer thresholds): the input stream
   carries its output, the quantized input tensor;
@@ -11,9 +12,10 @@ executor's own functions:
   accumulators, and the host applies the chain exactly as the reference does; then `ArgMax`.
 Every weight code (binary, ternary, two-scale, multi-base, integer; expander kernels) runs on the
 unit's popcount planes (compiler/weight_planes.py), with bit, multi-level, activation-plane or
-fixed-point (Requantize) outputs; an Activation of an integer stream becomes a 1x1 unit with
-identity weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere
-else or a branch (residual shortcuts) is refused.
+fixed-point (Requantize) outputs; real-valued layers (code int on integer inputs) run as integer
+multiply-accumulate units; an Activation of an integer stream becomes a 1x1 unit with identity
+weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere else, a
+Concat or a Softmax is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
 this module only plans the stages, formats parameters and memory images, renders
