@@ -675,7 +675,7 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
              "frame_intervals": [b - a for a, b in zip(ends, ends[1:])],
              "analytic_ii": d.perf["analytic_ii"], "estimated_ii": d.perf["estimated_ii"],
              "frames_per_second_at_200MHz": CLOCK_HZ / (cpf if cpf else latency),
-             "folding": folding_spec(d.foldings)["layers"], "layers": d.perf["layers"],
+             "folding": folding_spec(d.foldings)["layers"], "layers": d.perf["layers"], "fifos": d.perf["fifos"],
              "total_seconds": round(time.time() - t0, 3)}
     return y, stats
 
