@@ -134,3 +134,27 @@ def test_wild_model_bit_exact_at_the_model_cycles(name):
     y, stats = verilog.run(graph, x, TargetOptions())
     assert np.array_equal(y, ref)
     assert stats["estimated_ii"] <= stats["cycles_per_frame"] <= 1.02 * stats["estimated_ii"], stats["frame_intervals"]
+
+
+def test_weight_bits_set_the_multiply_accumulate_width():
+    """--weight-bits NODE=B: the layer's MAC unit gets B-bit weights (narrower multipliers) and its
+    stated error bound grows; the other real-valued layers keep theirs."""
+    import onnx
+
+    from bnnc.testing.wild import WILD_MODELS, options_of, wild_dir
+
+    if not wild_dir().is_dir():
+        pytest.skip("../shared/models/wild is not present")
+    model = onnx.load(str(wild_dir() / "mainsub_nin.onnx"))
+
+    def macs(*flags):
+        g = compile_graph(model, options_of(WILD_MODELS["mainsub_nin"] + flags))
+        d = verilog.build_design(g, TargetOptions())
+        return {op.source_ops[0]: (s["wb"], float(np.max(op.acc_error)))
+                for s, op in zip(d.context["stages"], d.plan.hw_ops) if s.get("mac")}
+
+    full = macs()
+    first = next(iter(full))
+    narrow = macs("--weight-bits", f"{first}=8")
+    assert narrow[first][0] == 8 < full[first][0] and narrow[first][1] > full[first][1]
+    assert all(narrow[k] == full[k] for k in full if k != first)
