@@ -116,13 +116,16 @@ def test_report_lists_the_fifo_depths(tmp_path, capsys, monkeypatch):
 def test_wild_model_bit_exact_at_the_model_cycles(name):
     """The users' networks with real-valued first / shortcut / last layers (multiply-accumulate units,
     24-bit weights with a pre-shift) and Bi-Real's residual stream. Minutes each in Verilator: CI runs
-    3 inputs, BNNC_SWEEP_SCALE=2 the full 20 (the issue's check)."""
+    mainsub_nin on 3 inputs; BNNC_SWEEP_SCALE=2 runs both on 20 (the issue's check; birealnet18 builds
+    in about 4 minutes and simulates 10-15 s per frame on one core)."""
     import onnx
 
     from bnnc.testing.wild import WILD_MODELS, options_of, wild_dir
 
     if not wild_dir().is_dir():
         pytest.skip("../shared/models/wild is not present")
+    if name == "birealnet18" and sweep_scale() <= 1:
+        pytest.skip("birealnet18 takes about 10 minutes in Verilator: BNNC_SWEEP_SCALE=2 runs it")
     n = 3 if sweep_scale() <= 1 else INPUTS
     graph = compile_graph(onnx.load(str(wild_dir() / f"{name}.onnx")), options_of(WILD_MODELS[name]))
     x = driver.prepare_inputs(graph, driver.random_samples(graph, n, 0)).grid
