@@ -1,6 +1,7 @@
 """HLS C++ backend: its g++ C simulation equals the reference bit for bit (shared models, random
 models under serial / fully parallel / odd / budgeted foldings, the compressed zoo families of
-the compressed families, the fixed-point EC2T / HBN families with Activations, and random models recoded to every
+the compressed families, the fixed-point EC2T / HBN families with Activations, the residual Bi-Real and
+ResNet-18 families (forks, skip FIFOs, Adds, SumPools), and random models recoded to every
 weight code), the refusals, the CLI flows, the self-checking testbench, determinism, and the same
 sources under the vendor ap_int.h / hls_stream.h.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnnc import driver, folding, targets
+from bnnc import driver, folding, ir, targets
 from bnnc.backends import c_build, hls
 from bnnc.cli import main
 from bnnc.passes.activations_as_convs import activations_as_convs
@@ -268,30 +269,44 @@ def test_random_models_with_multi_level_outputs(seed):
     assert any(L["mode"] == "levels" for L in stats["layers"])
 
 
-@pytest.mark.parametrize("name, words", [("bireal", ["'L05_add'", "does not implement Add ops"]),
-                                         ("resnet18-stq", ["'L06_add'", "does not implement Add ops"])])
-def test_what_hls_does_not_hold_is_refused_in_one_line(name, words, tmp_path, capsys):
-    from bnnc import zoo
+# residual families: stream forks, skip FIFOs, fixed-point Adds, SumPool + 1x1 conv shortcuts
+RESIDUAL_FAMILIES = ("bireal", "resnet18-stq")
 
-    path = tmp_path / f"{name}.onnx"
-    save(zoo.build(name, 0), path)
-    assert main(["compile", str(path), "--target", "hls", "-o", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and all(w in err for w in words) and "--target c" in err, err
-    assert not (tmp_path / "o").exists()
+
+@pytest.mark.parametrize("name", RESIDUAL_FAMILIES)
+def test_residual_family_equals_reference(name):
+    """20 inputs through every residual block; bireal also under serial and odd foldings."""
+    for style in ("default", "serial", "odd") if name == "bireal" else ("default",):
+        stats = family_equals_reference(name, 1, style)
+        assert any(L["mode"] == "requant" for L in stats["layers"])
+
+
+@pytest.mark.parametrize("name, side", [("bireal", 16), ("resnet18-stq", 32)])
+def test_skip_fifo_depth_is_the_main_branch_read_ahead(name, side):
+    """The first block's skip path waits while its main branch reads ahead: 1x1 sign activation
+    then one (bireal) or two (resnet18) 3x3 pad-1 convs need 2 or 3 input rows of `side` pixels
+    before the Add's first pixel; the skip stream holds all but the one beat the fork has not
+    written yet. In the first downsampling block the SumPool shortcut reads 2 input rows for its
+    first pixel; the main branch 2 (bireal: one stride-2 conv) or 4 (resnet18: the stride-2 conv's
+    second output row, for the second conv's first pixel)."""
+    g = compile_zoo(name, 1)
+    depths = hls.stats(g, hls.foldings_for(g, TargetOptions()))["skip_fifo_depths"]
+    add = next(op for op in g.ops() if isinstance(op, ir.Add))
+    skip = f"{g.producer(add.inputs[1]).name}_to_{add.name}"
+    rows = 2 if name == "bireal" else 3
+    assert depths[skip] == rows * side - 1, depths
+    pool = next(op for op in g.ops() if isinstance(op, ir.SumPool))
+    main_rows = 2 if name == "bireal" else 4
+    assert depths[f"{g.producer(pool.inputs[0]).name}_to_{pool.name}"] == \
+        max(hls.STREAM_DEPTH, (main_rows - 2) * side - 1)
+    assert all(d >= hls.STREAM_DEPTH for d in depths.values())
 
 
 def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
-    from bnnc import ir, zoo
+    from bnnc import zoo
     from bnnc.errors import BnncError
     from bnnc.pipeline import compile_graph
 
-    for name in ("bireal", "resnet18-stq"):  # residual branches: Add, and SumPool shortcuts
-        g = compile_graph(zoo.build(name, 0))
-        first = next(op for op in g.ops() if isinstance(op, (ir.Add, ir.SumPool)))
-        with pytest.raises(BnncError, match=rf"'{first.name}': the HLS backend does not implement "
-                                            f"{type(first).__name__} ops"):
-            hls.check_supported(g)
     g = compile_graph(zoo.build("pabt", 0))
     conv = next(op for op in g.ops() if isinstance(op, ir.Conv) and getattr(op.epilogue, "planes", 1) > 1)
     ep = conv.epilogue
