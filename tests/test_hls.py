@@ -302,6 +302,48 @@ def test_skip_fifo_depth_is_the_main_branch_read_ahead(name, side):
     assert all(d >= hls.STREAM_DEPTH for d in depths.values())
 
 
+def concurrent_sources(files: dict, prefix: str = "bnnc", depths: dict | None = None) -> dict:
+    """The project with its top function run as hardware runs it: every process in its own thread
+    (bnnc_hls.h's BNNC_HLS_CONCURRENT_CSIM), every internal stream bounded by its STREAM pragma's
+    depth (or `depths`[stream]) with blocking reads and writes."""
+    model = files["model.cpp"]
+    start = model.index(f"void {prefix}_top(")
+    top = re.sub(r"BNNC_HLS\(STREAM variable=(\w+) depth=(\d+)\)",
+                 lambda m: f"{m[1]}.set_depth({(depths or {}).get(m[1], m[2])});", model[start:])
+    top = re.sub(r"^  (\w+\([\w, ]*\);)$", r"  bnnc_hls_concurrent::spawn([&] { \1 });", top, flags=re.M)
+    assert top.endswith("}\n") and "spawn" in top
+    return {**files, "model.cpp": model[:start] + top[:-2] + "  bnnc_hls_concurrent::join_all();\n}\n"}
+
+
+CONCURRENT_FLAGS = hls.CXX_FLAGS + ("-DBNNC_HLS_CONCURRENT_CSIM", "-pthread")
+
+
+@pytest.mark.parametrize("name", RESIDUAL_FAMILIES)
+def test_residual_blocks_run_concurrently_at_the_computed_depths(name):
+    """Processes as threads on streams of the stated depths give the reference's outputs (no
+    deadlock whatever the interleaving); the first skip stream one beat shallower deadlocks."""
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+
+    model = zoo.build(name, seed=1)
+    graph = compile_graph(model)
+    n = 20 if name == "bireal" else 3
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, n, seed=1))
+    ref = driver.run_target(graph, "ref", inputs)
+    files = hls.files(graph, TargetOptions())
+    exe = hls.build(concurrent_sources(files), CONCURRENT_FLAGS)
+    odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
+    y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
+    assert np.array_equal(ir.output_in_model_order(graph, y).reshape(ref.shape), ref)
+    if name == "bireal":
+        depths = hls.stats(graph, hls.foldings_for(graph, TargetOptions()))["skip_fifo_depths"]
+        add = next(op for op in graph.ops() if isinstance(op, ir.Add))
+        skip = f"{graph.producer(add.inputs[1]).name}_to_{add.name}"
+        short = hls.build(concurrent_sources(files, depths={skip: depths[skip] - 1}), CONCURRENT_FLAGS)
+        r = subprocess.run([str(short)], capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "deadlock" in r.stderr, r.stderr
+
+
 def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
     from bnnc import zoo
     from bnnc.errors import BnncError

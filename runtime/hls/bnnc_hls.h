@@ -177,6 +177,46 @@ class ap_int {
   long long v_;
 };
 
+#ifdef BNNC_HLS_CONCURRENT_CSIM
+/* Concurrent C simulation (bnnc's tests): every dataflow process in its own thread (spawn /
+ * join_all replace the top function's calls), streams bounded by set_depth (unset: unbounded, as
+ * the testbench's) with blocking read and write, as in hardware. A wait during which no stream
+ * anywhere moves for 10 s is a deadlock: the simulation aborts naming the stream. */
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bnnc_hls_concurrent {
+struct shared {
+  std::mutex mu;
+  std::condition_variable moved;
+  unsigned long moves = 0;
+  std::vector<std::thread> threads;
+};
+inline shared &state() {
+  static shared s;
+  return s;
+}
+inline void spawn(std::function<void()> process) { state().threads.emplace_back(process); }
+inline void join_all() {
+  for (std::thread &t : state().threads) t.join();
+  state().threads.clear();
+}
+template <typename Ready>
+void wait(std::unique_lock<std::mutex> &lock, Ready ready, const char *what, const char *name) {
+  shared &s = state();
+  while (!ready()) {
+    const unsigned long seen = s.moves;
+    if (!s.moved.wait_for(lock, std::chrono::seconds(10), [&] { return ready() || s.moves != seen; }))
+      bnnc_hls_detail::fail(what, name);
+  }
+}
+}  // namespace bnnc_hls_concurrent
+#endif
+
 namespace hls {
 /* An unbounded FIFO: C simulation runs the dataflow processes one after the other. */
 template <typename T>
@@ -189,6 +229,33 @@ class stream {
   ~stream() {
     if (!q_.empty()) bnnc_hls_detail::fail("stream destroyed with data left in it", name_.c_str());
   }
+#ifdef BNNC_HLS_CONCURRENT_CSIM
+  void set_depth(unsigned depth) { depth_ = depth; }
+  void write(const T &v) {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    bnnc_hls_concurrent::wait(lock, [&] { return depth_ == 0 || q_.size() < depth_; },
+                              "deadlock: a write to a full stream never proceeds", name_.c_str());
+    q_.push_back(v);
+    moved();
+  }
+  T read() {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    bnnc_hls_concurrent::wait(lock, [&] { return !q_.empty(); },
+                              "deadlock: a read from an empty stream never proceeds", name_.c_str());
+    T v = q_.front();
+    q_.pop_front();
+    moved();
+    return v;
+  }
+  bool empty() {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    return q_.empty();
+  }
+  unsigned size() {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    return static_cast<unsigned>(q_.size());
+  }
+#else
   void write(const T &v) { q_.push_back(v); }
   T read() {
     if (q_.empty()) bnnc_hls_detail::fail("read from an empty stream", name_.c_str());
@@ -196,12 +263,20 @@ class stream {
     q_.pop_front();
     return v;
   }
-  void read(T &v) { v = read(); }
   bool empty() const { return q_.empty(); }
-  bool full() const { return false; }
   unsigned size() const { return static_cast<unsigned>(q_.size()); }
+#endif
+  void read(T &v) { v = read(); }
+  bool full() const { return false; }
 
  private:
+#ifdef BNNC_HLS_CONCURRENT_CSIM
+  void moved() {
+    bnnc_hls_concurrent::state().moves++;
+    bnnc_hls_concurrent::state().moved.notify_all();
+  }
+  unsigned depth_ = 0;
+#endif
   std::deque<T> q_;
   std::string name_;
 };
