@@ -344,6 +344,73 @@ def test_residual_blocks_run_concurrently_at_the_computed_depths(name):
         assert r.returncode != 0 and "deadlock" in r.stderr, r.stderr
 
 
+def _beats_of(values: np.ndarray, axis: dict) -> np.ndarray:
+    """The beats the Verilog target's encoder (verilog.encode_frames, which drives its simulation)
+    makes of (N, elements) values in stream order: floats as their IEEE bits."""
+    from bnnc.backends import verilog
+
+    v = np.ascontiguousarray(values)
+    v = v.view(np.uint32).astype(np.int64) if v.dtype == np.float32 else v.astype(np.int64)
+    return verilog.encode_frames(v.reshape(len(v), *axis["shape"]), axis)
+
+
+@pytest.mark.parametrize("case", ["tfc", "cnv", "bireal", "random-argmax"])
+def test_stream_beats_are_the_verilog_format(case, tmp_path):
+    """The testbench's AXI4-Stream beats, both ports, word for word (TDATA and TLAST) against the
+    Verilog target's encoder for the same tensors: TFC (dense first layer: one pixel), CNV and
+    bireal ((H, W, C) pixels of float32 elements, 2 per 64-bit beat, a pixel of 3 in 2 beats), a
+    random model with ArgMax / TopK int32 output."""
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+    from bnnc.testing.random_models import random_inputs, random_model
+
+    if case == "random-argmax":
+        seed = next(s for s in range(100) if random_model(s)[1].output != "logits")
+        model = random_model(seed)[0]
+        graph = compile_graph(model)
+        inputs = driver.prepare_inputs(graph, random_inputs(model, 3, seed))
+    else:
+        model = zoo.build(case, seed=1)
+        graph = compile_graph(model)
+        inputs = driver.prepare_inputs(graph, zoo.inputs(model, 3, seed=1))
+    ref = driver.run_target(graph, "ref", inputs)
+    files = hls.files(graph, TargetOptions())
+    exe = hls.build(files)
+    fi, fo, fw = tmp_path / "in.bin", tmp_path / "out.bin", tmp_path / "words.txt"
+    grid = inputs.grid.astype(graph.input_info["dtype"])
+    grid.reshape(len(grid), -1).tofile(fi)
+    subprocess.run([str(exe), str(fi), str(fo), str(fw)], check=True)
+    lines = [ln.split() for ln in fw.read_text().splitlines()]
+    ctx, _ = hls.build_context(graph, hls.foldings_for(graph, TargetOptions()))
+    in_axis, out_axis = ctx["in_axis"], ctx["out_axis"]
+    for port, axis in (("in", in_axis), ("out", out_axis)):
+        words = np.array([int(w, 16) for p_, w, _ in lines if p_ == port], np.uint64)
+        last = np.array([int(t) for p_, _, t in lines if p_ == port])
+        assert len(words) == len(grid) * axis["beats"]
+        assert np.array_equal(last, (np.arange(len(words)) % axis["beats"] == axis["beats"] - 1).astype(int))
+        if port == "in":
+            # the HLS stream order: channel-last for image inputs
+            values = grid if ctx["input_flat"] else \
+                grid.reshape(len(grid), ctx["in_c"], ctx["in_hw"]).transpose(0, 2, 1)
+        else:
+            values = ref.reshape(len(ref), -1).astype(np.float32 if ref.dtype.kind == "f" else np.int32)
+        assert np.array_equal(words, _beats_of(values.reshape(len(values), -1), axis)), port
+    if case == "cnv":
+        assert in_axis["beats_per_pixel"] == 2 and in_axis["tw"] == 64
+    if case == "tfc":
+        assert in_axis["pixels"] == 1
+
+
+def test_input_tlast_on_a_wrong_beat_is_a_frame_error(tmp_path):
+    graph = random_case(2, 1)[2]
+    files = hls.files(graph, TargetOptions())
+    bench = files["testbench.cpp"]
+    wrong = re.sub(r"word\.last = b == (\w+)_IN_BEATS - 1;", r"word.last = b == 0;", bench)
+    assert wrong != bench
+    r = subprocess.run([str(hls.build({**files, "testbench.cpp": wrong}))], capture_output=True, text=True)
+    assert r.returncode != 0 and "reported a frame error" in r.stderr, r.stderr
+
+
 def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
     from bnnc import zoo
     from bnnc.errors import BnncError
@@ -456,8 +523,8 @@ def test_cli_compile_run_verify_report(tfc_path, tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"model.cpp", "model.h", "bnnc_hls.h", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile", "README.md",
             "folding.json"} <= names
-    assert re.search(r"void my_net_top\(hls::stream<my_net_in(_beat)?_t> &in, hls::stream<my_net_out_t> &out\)",
-                     (out / "model.cpp").read_text())
+    assert re.search(r"void my_net_top\(hls::stream<my_net_axis_in_t> &in, hls::stream<my_net_axis_out_t> &out, "
+                     r"bool &frame_error\)", (out / "model.cpp").read_text())
     r = subprocess.run(["make", "-s", "check"], cwd=out, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     x = tmp_path / "x.npy"

@@ -249,11 +249,13 @@ class _Builder:
         if not (isinstance(out_producer, ir.ArgMax) or isinstance(g.tensors[g.output], ir.Reals)):
             raise BnncError("the HLS backend needs a model whose output is real values (logits) or ArgMax/TopK "
                             f"indices; this one ends in {type(g.tensors[g.output]).__name__}")
-        stream_of = {g.input: "in", g.output: "out"}
         iq = ops[0]
         if not isinstance(iq, ir.InputQuantize):
             raise BnncError("the HLS backend needs the model input quantizer first")
         self.in_lanes = self._choose_in_lanes(iq)
+        # the top's AXI4-Stream ports are adapted to these by the axis_in / axis_out processes
+        stream_of = {g.input: self.stream("in_values", self.beat(g.input)),
+                     g.output: self.stream("out_values", self.beat(g.output))}
         if self.in_lanes > 1 and isinstance(g.tensors[iq.outputs[0]], ir.Ints):
             self._beat_struct(iq.outputs[0], f"{iq.name}_out_beat_t", self.in_lanes,
                               f"{iq.name}: {self.in_lanes} consecutive values per beat")
@@ -725,6 +727,51 @@ def _nested_bits(rows: np.ndarray) -> str:
     return _nested(words, str)
 
 
+_ELEMENT_BITS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16, "int32": 32, "float32": 32}
+
+
+def stream_layouts(g: ir.Graph, flat: bool) -> tuple:
+    """(input, output) AXI4-Stream layouts of the top, by the Verilog target's rule
+    (verilog._axis, docs/axi-stream.md): elements of EB bits, BE = min(C, 64 // EB) of them per
+    beat of TW = 8 * ceil(BE * EB / 8) bits, element j in tdata[j*EB +: EB], a pixel in
+    ceil(C / BE) beats, pixels in row-major order, TLAST on the last beat of a frame. The input is
+    the model input on its grid ((H, W, C) pixels; one pixel of every element when the input is
+    not an image or, as the Verilog target streams it, when the first layer is dense over the
+    whole input); the output is one pixel of the model output's elements (float32 logits as
+    their IEEE bits, or int32 indices)."""
+    from .verilog import _axis
+
+    in_info, out_info = g.input_info, g.output_info
+    iq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    n = int(np.prod(iq.in_shape))
+    first = g.consumers(iq.outputs[0])[0]
+    qh, qw = g.tensors[iq.outputs[0]].shape[:2]
+    dense_first = isinstance(first, ir.Conv) and tuple(first.kernel) == (qh, qw) and not any(first.pads) \
+        and qh * qw > 1
+    c, h, w = iq.in_shape if not (flat or dense_first) else (n, 1, 1)
+    shape = type("Shape", (), {"shape": (h, w, c)})
+    in_axis = _axis(shape, "in", _ELEMENT_BITS[in_info["dtype"]])
+    out_axis = _axis(type("Shape", (), {"shape": (1, 1, out_info["elements"])}), "out", 32)
+    return in_axis, out_axis
+
+
+def _axis_in_steps(axis: dict, k: int) -> int:
+    """Steps of the axis_in process: each writes k held elements if it has them, then reads a
+    beat (a pixel's last beat holding what is left of it) if it holds fewer than k."""
+    held = beat = written = steps = 0
+    total = axis["pixels"] * axis["c"] // k
+    last_part = axis["c"] - (axis["beats_per_pixel"] - 1) * axis["be"]
+    while written < total:
+        steps += 1
+        if held >= k:
+            held -= k
+            written += 1
+        if held < k and beat < axis["beats"]:
+            held += last_part if beat % axis["beats_per_pixel"] == axis["beats_per_pixel"] - 1 else axis["be"]
+            beat += 1
+    return steps
+
+
 def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
     """The lowered IR with what the HLS processes read: every Conv laid out for its PE x SIMD unit
     (layout_folded_layers, the layout the Verilog backend shares), and the input quantizer's
@@ -802,6 +849,17 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
                         "use --target c")
     flat = bool(getattr(iq, "flat", False)) or len(iq.in_shape) != 3
     c, h, w = (1, 1, 1) if flat else iq.in_shape
+    in_axis, out_axis = stream_layouts(g, flat)
+    in_axis["ctype"], out_axis["ctype"] = _IN_CTYPES[in_info["dtype"]], \
+        "float" if out_info["dtype"] == "float32" else "int32_t"
+    in_stream_t = f"{prefix}_in_t" if b.in_lanes == 1 else f"{prefix}_in_beat_t"
+    b.procs.insert(0, {"kind": "axis_in", "name": f"{prefix}_axis_in", "axis": in_axis, "k": b.in_lanes,
+                       "n": int(np.prod(iq.in_shape)), "out_t": in_stream_t,
+                       "steps": _axis_in_steps(in_axis, b.in_lanes)})
+    b.calls.insert(0, f"{prefix}_axis_in(in, in_values, frame_error);")
+    b.procs.append({"kind": "axis_out", "name": f"{prefix}_axis_out", "axis": out_axis,
+                    "n": out_info["elements"], "steps": out_info["elements"]})
+    b.calls.append(f"{prefix}_axis_out(out_values, out);")
     slowest = max(b.procs, key=lambda P: P["steps"])
     ctx = {
         "prefix": prefix, "PREFIX": prefix.upper(), "model_name": comment_text(in_info.get("onnx_name", "")),
@@ -810,11 +868,11 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
         "output_size": out_info["elements"], "output_shape": tuple(out_info["shape"]),
         "grid": in_info.get("grid", {}), "input_flat": flat,
         "in_c": c, "in_hw": h * w, "in_lanes": b.in_lanes,
-        "in_stream_t": f"{prefix}_in_t" if b.in_lanes == 1 else f"{prefix}_in_beat_t", "procs": b.procs,
+        "in_stream_t": in_stream_t, "procs": b.procs, "in_axis": in_axis, "out_axis": out_axis,
         "consts": b.consts, "typedefs": b.typedefs,
         "structs": b.structs, "streams": b.streams, "calls": b.calls, "folding_rows": b.folding_rows,
         "widest": b.widest, "ap_int_max_w": (-(-b.widest // 1024) * 1024) if b.widest > 1024 else 0,
-        "part": DEFAULT_PART, "clock_ns": f"{DEFAULT_CLOCK_NS:g}",
+        "part": DEFAULT_PART, "clock_ns": f"{DEFAULT_CLOCK_NS:g}", "fifo_depths": dict(sorted(b.fifo_depths.items())),
     }
     figures = {"layers": b.layers, "mvtu_ii_cycles": folding.analytic_ii(foldings),
                "dataflow_ii_cycles": slowest["steps"], "slowest_process": slowest["name"],

@@ -11,7 +11,9 @@
  *   ap_int<N>   (N <= 64): an N-bit two's complement integer that converts to and from the
  *               built-in integers (values are kept in range by construction: bnnc sizes every
  *               accumulator from proven bounds, so nothing ever wraps), to_int();
- *   hls::stream<T>: write, read, empty, size.
+ *   hls::stream<T>: write, read, empty, size;
+ *   ap_axiu<D, 0, 0, 0>: an AXI4-Stream beat with fields data (ap_uint<D>), keep, strb and last
+ *               (<ap_axi_sdata.h>'s, which is used where present).
  * bnnc's own classes check what the vendor ones leave undefined: an index outside the word, a
  * read from an empty stream and data left in a stream when it is destroyed abort the simulation.
  */
@@ -40,6 +42,10 @@
 #ifdef BNNC_VENDOR_HLS_TYPES
 #include <ap_int.h>
 #include <hls_stream.h>
+#if defined(__SYNTHESIS__) || !defined(__has_include) || __has_include(<ap_axi_sdata.h>)
+#include <ap_axi_sdata.h>
+#define BNNC_VENDOR_AXI_SDATA 1
+#endif
 #else
 
 #include <cstdio>
@@ -284,7 +290,36 @@ class stream {
 
 #endif /* BNNC_VENDOR_HLS_TYPES */
 
+#ifndef BNNC_VENDOR_AXI_SDATA
+/* One AXI4-Stream beat: TDATA, TKEEP, TSTRB, TLAST (no TUSER / TID / TDEST, as U = TI = TD = 0). */
+template <int D, int U, int TI, int TD>
+struct ap_axiu {
+  ap_uint<D> data;
+  ap_uint<(D + 7) / 8> keep;
+  ap_uint<(D + 7) / 8> strb;
+  ap_uint<1> last;
+};
+#endif
+
 namespace bnnc {
+
+/* The IEEE-754 bits of a float32 and back: how float elements travel on the AXI streams. */
+inline uint32_t float_bits(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } x;
+  x.f = f;
+  return x.u;
+}
+inline float bits_float(uint32_t u) {
+  union {
+    float f;
+    uint32_t u;
+  } x;
+  x.u = u;
+  return x.f;
+}
 
 /* rom_bits_t<N> (N <= 64): the element type of the constant bit-row tables (weights). For synthesis
  * it is ap_uint<N>, so that a ROM is exactly N bits wide; in bnnc's C simulation it is the
