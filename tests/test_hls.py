@@ -476,7 +476,7 @@ def _vendor_include():
 
 @pytest.mark.parametrize("case, seed, style", [("random", 21, "odd"), ("random", 22, "parallel"), ("w1a2", 1, "odd"),
                                               ("dabn", 2, "parallel"), ("pabt", 1, "odd"), ("int", 2, "odd"),
-                                              ("ternary-ec2t", 1, "odd"), ("hbn", 2, "serial")])
+                                              ("ternary-ec2t", 1, "odd"), ("hbn", 2, "serial"), ("bireal", 1, "odd")])
 def test_same_sources_with_vendor_ap_int_and_hls_stream(case, seed, style, tmp_path):
     inc = _vendor_include()
     if inc is None:
