@@ -752,6 +752,11 @@ def stream_layouts(g: ir.Graph, flat: bool) -> tuple:
     shape = type("Shape", (), {"shape": (h, w, c)})
     in_axis = _axis(shape, "in", _ELEMENT_BITS[in_info["dtype"]])
     out_axis = _axis(type("Shape", (), {"shape": (1, 1, out_info["elements"])}), "out", 32)
+    out_dtype = "float32" if out_info["dtype"] == "float32" else "int32"  # indices travel as int32
+    for axis, dtype in ((in_axis, in_info["dtype"]), (out_axis, out_dtype)):
+        what = "float32 values (IEEE bits)" if dtype == "float32" else f"{dtype} values"
+        h, w, c = axis["shape"]
+        axis["desc"] = f"{h}x{w}x{c} {what}, {axis['be']} per {axis['tw']}-bit beat, {axis['beats']} beats per frame"
     return in_axis, out_axis
 
 
