@@ -304,19 +304,17 @@ struct ap_axiu {
 namespace bnnc {
 
 /* The IEEE-754 bits of a float32 and back: how float elements travel on the AXI streams. */
+union float_word {
+  float f;
+  uint32_t u;
+};
 inline uint32_t float_bits(float f) {
-  union {
-    float f;
-    uint32_t u;
-  } x;
+  float_word x;
   x.f = f;
   return x.u;
 }
 inline float bits_float(uint32_t u) {
-  union {
-    float f;
-    uint32_t u;
-  } x;
+  float_word x;
   x.u = u;
   return x.f;
 }
