@@ -425,6 +425,30 @@ def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
         hls.check_supported(g)
 
 
+def test_what_hls_does_not_hold_is_refused_in_one_line(tmp_path, capsys):
+    from .test_concat_softmax import binary_concat_model
+
+    path = tmp_path / "concat.onnx"
+    save(binary_concat_model(0), path)
+    assert main(["compile", str(path), "--target", "hls", "-o", str(tmp_path / "o"), "--input-scale", "0.015625",
+                 "--input-range", "-128:127"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not implement Concat ops" in err and "--target c" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_branches_that_are_not_a_residual_block_are_refused():
+    """A stream read by three layers (bireal's global pool moved onto a block's input)."""
+    from bnnc.errors import BnncError
+
+    g = compile_zoo("bireal", 1)
+    gsum = next(op for op in g.ops() if isinstance(op, ir.GlobalSumPool))
+    adds = [op for op in g.ops() if isinstance(op, ir.Add)]
+    gsum.inputs = [adds[-2].outputs[0]]
+    with pytest.raises(BnncError, match=rf"tensor '{adds[-2].outputs[0]}' feeds 3 layers; the HLS backend forks"):
+        hls.files(g, TargetOptions())
+
+
 @pytest.mark.parametrize("name", ["abc-fused", "ternary-ec2t", "hbn"])
 def test_cli_verify_passes_on_a_family_model(name, tmp_path, capsys):
     from bnnc import zoo
