@@ -187,7 +187,9 @@ class ap_int {
 /* Concurrent C simulation (bnnc's tests): every dataflow process in its own thread (spawn /
  * join_all replace the top function's calls), streams bounded by set_depth (unset: unbounded, as
  * the testbench's) with blocking read and write, as in hardware. A wait during which no stream
- * anywhere moves for 10 s is a deadlock: the simulation aborts naming the stream. */
+ * anywhere moves for 10 s is a deadlock: the simulation aborts naming the stream. With
+ * BNNC_HLS_JITTER=SEED in the environment, one stream operation in 16 (a seeded pseudo-random
+ * choice) then pauses its process for 20 us, to vary the processes' relative speeds. */
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -207,6 +209,17 @@ inline shared &state() {
   return s;
 }
 inline void spawn(std::function<void()> process) { state().threads.emplace_back(process); }
+inline void jitter() {
+  static const char *seed = std::getenv("BNNC_HLS_JITTER");
+  if (!seed) return;
+  thread_local uint32_t x = 0;
+  if (x == 0) x = 2463534242u ^ static_cast<uint32_t>(std::atoi(seed)) ^
+                  static_cast<uint32_t>(std::hash<std::thread::id>()(std::this_thread::get_id()));
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  if ((x & 15) == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
+}
 inline void join_all() {
   for (std::thread &t : state().threads) t.join();
   state().threads.clear();
@@ -243,6 +256,8 @@ class stream {
                               "deadlock: a write to a full stream never proceeds", name_.c_str());
     q_.push_back(v);
     moved();
+    lock.unlock();
+    bnnc_hls_concurrent::jitter();
   }
   T read() {
     std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
@@ -251,6 +266,8 @@ class stream {
     T v = q_.front();
     q_.pop_front();
     moved();
+    lock.unlock();
+    bnnc_hls_concurrent::jitter();
     return v;
   }
   bool empty() {
