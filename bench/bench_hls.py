@@ -2,11 +2,12 @@
 """The HLS backend's figures per model and folding: cycles per frame, weight storage, and the
 cost of its g++ C simulation.
 
-    python bench/bench_hls.py [--quick] [--json PATH]
+    python bench/bench_hls.py [--quick] [--only NAME] [--json PATH]
 
 For each model (bnnc's random TFC and CNV, the compressed-family zoo models --
 ternary, two-scale, 2-bit activations, multi-base weights, activation planes, expander kernels,
-fixed-point requantization and integer activations (EC2T, HBN) --
+fixed-point requantization and integer activations (EC2T, HBN), residual blocks (Bi-Real, ResNet-18
+STQ: forks, branch-input FIFOs, fixed-point Adds, SumPool shortcuts) --
 and the real FINN TFC / Brevitas CNV from ../shared/models/ when present) and each folding
 (folding.py's default; a tight and a loose --target-cycles budget; and fully serial PE = SIMD = 1
 for the MLPs) the script
@@ -14,7 +15,8 @@ for the MLPs) the script
 * renders the HLS project and reports the folding's analytic MVTU cycles per frame (slowest
   layer), the generated dataflow's initiation interval (its slowest process, input stream and
   window generators included) and the frames per second that gives at 100 MHz, the most
-  popcount planes of a layer, and the bits the weight planes and the per-row tables hold;
+  popcount planes of a layer, the bits the weight planes and the per-row tables hold, and the
+  beats the residual blocks' branch-input FIFOs hold (their depths, from the schedule);
 * builds the C simulation with g++ (`-std=c++14 -O2 -ffp-contract=off`, in a fresh cache: the
   build time is a cold build), runs it on a batch of frames, checks the outputs equal the
   reference bit for bit (it aborts if not) and reports the simulation speed.
@@ -47,8 +49,10 @@ DEFAULT_JSON = REPO / "bench" / "results" / "bench_hls.json"
 CLOCK_HZ = 100e6
 
 
-# bnnc.zoo models of the compressed codes, and the fixed-point ones (Requantize layers, Activations)
-FAMILIES = ("ternary-ttq", "dabn", "w1a2", "abc-fused", "pabt", "xnet", "ternary-ec2t", "hbn")
+# bnnc.zoo models of the compressed codes, the fixed-point ones (Requantize layers, Activations)
+# and the residual ones
+FAMILIES = ("ternary-ttq", "dabn", "w1a2", "abc-fused", "pabt", "xnet", "ternary-ec2t", "hbn", "bireal",
+            "resnet18-stq")
 
 
 def models(quick: bool) -> list:
@@ -93,12 +97,15 @@ def foldings(graph, quick: bool) -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one small model, default folding")
+    ap.add_argument("--only", help="only the models whose name contains NAME")
     ap.add_argument("--json", default=str(DEFAULT_JSON))
     a = ap.parse_args()
     rows, results = [], []
     with tempfile.TemporaryDirectory() as cache:
         os.environ["BNNC_CACHE"] = cache  # cold builds
         for name, graph, grid in models(a.quick):
+            if a.only and a.only not in name:
+                continue
             ref = np.asarray(driver.run_target(graph, "ref", driver.Inputs(grid, grid))).reshape(grid.shape[0], -1)
             for fname, fopts in foldings(graph, a.quick):
                 print(f"{name}, {fname} folding ...", file=sys.stderr)
@@ -123,15 +130,18 @@ def main() -> int:
                      "slowest_process": st["slowest_process"],
                      "frames_per_s_at_100mhz": CLOCK_HZ / st["dataflow_ii_cycles"], "weight_bits": st["weight_bits"],
                      "table_bits": st["table_bits"], "max_planes": max(len(L["planes"]) for L in st["layers"]),
+                     "skip_fifo_depths": st["skip_fifo_depths"],
+                     "skip_fifo_beats": sum(st["skip_fifo_depths"].values()),
                      "model_cpp_bytes": len(files["model.cpp"]), "render_s": t_render, "build_s": t_build,
                      "csim_frames_per_s": grid.shape[0] / t_run, "frames": int(grid.shape[0]), "bit_exact": True}
                 results.append(r)
                 rows.append((name, fname, str(r["mvtu_ii_cycles"]), str(r["dataflow_ii_cycles"]),
                              r["slowest_process"], f"{r['frames_per_s_at_100mhz']:,.0f}", str(r["max_planes"]),
-                             f"{r['weight_bits']:,}", f"{r['table_bits']:,}", f"{t_build:.1f}",
+                             f"{r['weight_bits']:,}", f"{r['table_bits']:,}", str(r["skip_fifo_beats"]),
+                             f"{t_build:.1f}",
                              f"{r['csim_frames_per_s']:,.0f}"))
     head = ("model", "folding", "MVTU II", "dataflow II", "slowest process", "fps@100MHz", "planes", "weight bits",
-            "table bits", "g++ s", "csim fps")
+            "table bits", "FIFO beats", "g++ s", "csim fps")
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     for r in (head, *rows):
         print("  ".join(c.ljust(w) if i < 2 or i == 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

@@ -1,6 +1,7 @@
 """HLS C++ backend: its g++ C simulation equals the reference bit for bit (shared models, random
 models under serial / fully parallel / odd / budgeted foldings, the compressed zoo families of
-the compressed families, the fixed-point EC2T / HBN families with Activations, and random models recoded to every
+the compressed families, the fixed-point EC2T / HBN families with Activations, the residual Bi-Real and
+ResNet-18 families (forks, skip FIFOs, Adds, SumPools), and random models recoded to every
 weight code), the refusals, the CLI flows, the self-checking testbench, determinism, and the same
 sources under the vendor ap_int.h / hls_stream.h.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnnc import driver, folding, targets
+from bnnc import driver, folding, ir, targets
 from bnnc.backends import c_build, hls
 from bnnc.cli import main
 from bnnc.passes.activations_as_convs import activations_as_convs
@@ -268,30 +269,155 @@ def test_random_models_with_multi_level_outputs(seed):
     assert any(L["mode"] == "levels" for L in stats["layers"])
 
 
-@pytest.mark.parametrize("name, words", [("bireal", ["'L05_add'", "does not implement Add ops"]),
-                                         ("resnet18-stq", ["'L06_add'", "does not implement Add ops"])])
-def test_what_hls_does_not_hold_is_refused_in_one_line(name, words, tmp_path, capsys):
-    from bnnc import zoo
+# residual families: stream forks, skip FIFOs, fixed-point Adds, SumPool + 1x1 conv shortcuts
+RESIDUAL_FAMILIES = ("bireal", "resnet18-stq")
 
-    path = tmp_path / f"{name}.onnx"
-    save(zoo.build(name, 0), path)
-    assert main(["compile", str(path), "--target", "hls", "-o", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and all(w in err for w in words) and "--target c" in err, err
-    assert not (tmp_path / "o").exists()
+
+@pytest.mark.parametrize("name", RESIDUAL_FAMILIES)
+def test_residual_family_equals_reference(name):
+    """20 inputs through every residual block; bireal also under serial and odd foldings."""
+    for style in ("default", "serial", "odd") if name == "bireal" else ("default",):
+        stats = family_equals_reference(name, 1, style)
+        assert any(L["mode"] == "requant" for L in stats["layers"])
+
+
+@pytest.mark.parametrize("name, side", [("bireal", 16), ("resnet18-stq", 32)])
+def test_skip_fifo_depth_is_the_main_branch_read_ahead(name, side):
+    """The first block's skip path waits while its main branch reads ahead: 1x1 sign activation
+    then one (bireal) or two (resnet18) 3x3 pad-1 convs need 2 or 3 input rows of `side` pixels
+    before the Add's first pixel; the skip stream holds all but the one beat the fork has not
+    written yet. In the first downsampling block the SumPool shortcut reads 2 input rows for its
+    first pixel; the main branch 2 (bireal: one stride-2 conv) or 4 (resnet18: the stride-2 conv's
+    second output row, for the second conv's first pixel)."""
+    g = compile_zoo(name, 1)
+    depths = hls.stats(g, hls.foldings_for(g, TargetOptions()))["skip_fifo_depths"]
+    add = next(op for op in g.ops() if isinstance(op, ir.Add))
+    skip = f"{g.producer(add.inputs[1]).name}_to_{add.name}"
+    rows = 2 if name == "bireal" else 3
+    assert depths[skip] == rows * side - 1, depths
+    pool = next(op for op in g.ops() if isinstance(op, ir.SumPool))
+    main_rows = 2 if name == "bireal" else 4
+    assert depths[f"{g.producer(pool.inputs[0]).name}_to_{pool.name}"] == \
+        max(hls.STREAM_DEPTH, (main_rows - 2) * side - 1)
+    assert all(d >= hls.STREAM_DEPTH for d in depths.values())
+
+
+def concurrent_sources(files: dict, prefix: str = "bnnc", depths: dict | None = None) -> dict:
+    """The project with its top function run as hardware runs it: every process in its own thread
+    (bnnc_hls.h's BNNC_HLS_CONCURRENT_CSIM), every internal stream bounded by its STREAM pragma's
+    depth (or `depths`[stream]) with blocking reads and writes."""
+    model = files["model.cpp"]
+    start = model.index(f"void {prefix}_top(")
+    top = re.sub(r"BNNC_HLS\(STREAM variable=(\w+) depth=(\d+)\)",
+                 lambda m: f"{m[1]}.set_depth({(depths or {}).get(m[1], m[2])});", model[start:])
+    top = re.sub(r"^  (\w+\([\w, ]*\);)$", r"  bnnc_hls_concurrent::spawn([&] { \1 });", top, flags=re.M)
+    assert top.endswith("}\n") and "spawn" in top
+    return {**files, "model.cpp": model[:start] + top[:-2] + "  bnnc_hls_concurrent::join_all();\n}\n"}
+
+
+CONCURRENT_FLAGS = hls.CXX_FLAGS + ("-DBNNC_HLS_CONCURRENT_CSIM", "-pthread")
+
+
+@pytest.mark.parametrize("name", RESIDUAL_FAMILIES)
+def test_residual_blocks_run_concurrently_at_the_computed_depths(name):
+    """Processes as threads on streams of the stated depths give the reference's outputs (no
+    deadlock whatever the interleaving); the first skip stream one beat shallower deadlocks."""
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+
+    model = zoo.build(name, seed=1)
+    graph = compile_graph(model)
+    n = 20 if name == "bireal" else 2
+    inputs = driver.prepare_inputs(graph, zoo.inputs(model, n, seed=1))
+    ref = driver.run_target(graph, "ref", inputs)
+    files = hls.files(graph, TargetOptions())
+    exe = hls.build(concurrent_sources(files), CONCURRENT_FLAGS)
+    odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
+    for jitter in ("", "1", "2")[: 3 if name == "bireal" else 2]:  # free-running, then seeded patterns of pauses
+        y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"],
+                        env={"BNNC_HLS_JITTER": jitter} if jitter else None)
+        assert np.array_equal(ir.output_in_model_order(graph, y).reshape(ref.shape), ref), jitter
+    if name == "bireal":
+        depths = hls.stats(graph, hls.foldings_for(graph, TargetOptions()))["skip_fifo_depths"]
+        add = next(op for op in graph.ops() if isinstance(op, ir.Add))
+        skip = f"{graph.producer(add.inputs[1]).name}_to_{add.name}"
+        short = hls.build(concurrent_sources(files, depths={skip: depths[skip] - 1}), CONCURRENT_FLAGS)
+        r = subprocess.run([str(short)], capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "deadlock" in r.stderr, r.stderr
+
+
+def _beats_of(values: np.ndarray, axis: dict) -> np.ndarray:
+    """The beats the Verilog target's encoder (verilog.encode_frames, which drives its simulation)
+    makes of (N, elements) values in stream order: floats as their IEEE bits."""
+    from bnnc.backends import verilog
+
+    v = np.ascontiguousarray(values)
+    v = v.view(np.uint32).astype(np.int64) if v.dtype == np.float32 else v.astype(np.int64)
+    return verilog.encode_frames(v.reshape(len(v), *axis["shape"]), axis)
+
+
+@pytest.mark.parametrize("case", ["tfc", "cnv", "bireal", "random-argmax"])
+def test_stream_beats_are_the_verilog_format(case, tmp_path):
+    """The testbench's AXI4-Stream beats, both ports, word for word (TDATA and TLAST) against the
+    Verilog target's encoder for the same tensors: TFC (dense first layer: one pixel), CNV and
+    bireal ((H, W, C) pixels of float32 elements, 2 per 64-bit beat, a pixel of 3 in 2 beats), a
+    random model with ArgMax / TopK int32 output."""
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+    from bnnc.testing.random_models import random_inputs, random_model
+
+    if case == "random-argmax":
+        seed = next(s for s in range(100) if random_model(s)[1].output != "logits")
+        model = random_model(seed)[0]
+        graph = compile_graph(model)
+        inputs = driver.prepare_inputs(graph, random_inputs(model, 3, seed))
+    else:
+        model = zoo.build(case, seed=1)
+        graph = compile_graph(model)
+        inputs = driver.prepare_inputs(graph, zoo.inputs(model, 3, seed=1))
+    ref = driver.run_target(graph, "ref", inputs)
+    files = hls.files(graph, TargetOptions())
+    exe = hls.build(files)
+    fi, fo, fw = tmp_path / "in.bin", tmp_path / "out.bin", tmp_path / "words.txt"
+    grid = inputs.grid.astype(graph.input_info["dtype"])
+    grid.reshape(len(grid), -1).tofile(fi)
+    subprocess.run([str(exe), str(fi), str(fo), str(fw)], check=True)
+    lines = [ln.split() for ln in fw.read_text().splitlines()]
+    ctx, _ = hls.build_context(graph, hls.foldings_for(graph, TargetOptions()))
+    in_axis, out_axis = ctx["in_axis"], ctx["out_axis"]
+    for port, axis in (("in", in_axis), ("out", out_axis)):
+        words = np.array([int(w, 16) for p_, w, _ in lines if p_ == port], np.uint64)
+        last = np.array([int(t) for p_, _, t in lines if p_ == port])
+        assert len(words) == len(grid) * axis["beats"]
+        assert np.array_equal(last, (np.arange(len(words)) % axis["beats"] == axis["beats"] - 1).astype(int))
+        if port == "in":
+            # the HLS stream order: channel-last for image inputs
+            values = grid if ctx["input_flat"] else \
+                grid.reshape(len(grid), ctx["in_c"], ctx["in_hw"]).transpose(0, 2, 1)
+        else:
+            values = ref.reshape(len(ref), -1).astype(np.float32 if ref.dtype.kind == "f" else np.int32)
+        assert np.array_equal(words, _beats_of(values.reshape(len(values), -1), axis)), port
+    if case == "cnv":
+        assert in_axis["beats_per_pixel"] == 2 and in_axis["tw"] == 64
+    if case == "tfc":
+        assert in_axis["pixels"] == 1
+
+
+def test_input_tlast_on_a_wrong_beat_is_a_frame_error(tmp_path):
+    graph = random_case(2, 1)[2]
+    files = hls.files(graph, TargetOptions())
+    bench = files["testbench.cpp"]
+    wrong = re.sub(r"word\.last = b == (\w+)_IN_BEATS - 1;", r"word.last = b == 0;", bench)
+    assert wrong != bench
+    r = subprocess.run([str(hls.build({**files, "testbench.cpp": wrong}))], capture_output=True, text=True)
+    assert r.returncode != 0 and "reported a frame error" in r.stderr, r.stderr
 
 
 def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
-    from bnnc import ir, zoo
+    from bnnc import zoo
     from bnnc.errors import BnncError
     from bnnc.pipeline import compile_graph
 
-    for name in ("bireal", "resnet18-stq"):  # residual branches: Add, and SumPool shortcuts
-        g = compile_graph(zoo.build(name, 0))
-        first = next(op for op in g.ops() if isinstance(op, (ir.Add, ir.SumPool)))
-        with pytest.raises(BnncError, match=rf"'{first.name}': the HLS backend does not implement "
-                                            f"{type(first).__name__} ops"):
-            hls.check_supported(g)
     g = compile_graph(zoo.build("pabt", 0))
     conv = next(op for op in g.ops() if isinstance(op, ir.Conv) and getattr(op.epilogue, "planes", 1) > 1)
     ep = conv.epilogue
@@ -299,6 +425,30 @@ def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
     with pytest.raises(BnncError, match=rf"'{conv.source_ops[0]}' has multi-level activations with "
                                         f"{ep.planes} activation planes"):
         hls.check_supported(g)
+
+
+def test_what_hls_does_not_hold_is_refused_in_one_line(tmp_path, capsys):
+    from .test_concat_softmax import binary_concat_model
+
+    path = tmp_path / "concat.onnx"
+    save(binary_concat_model(0), path)
+    assert main(["compile", str(path), "--target", "hls", "-o", str(tmp_path / "o"), "--input-scale", "0.015625",
+                 "--input-range", "-128:127"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not implement Concat ops" in err and "--target c" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_branches_that_are_not_a_residual_block_are_refused():
+    """A stream read by three layers (bireal's global pool moved onto a block's input)."""
+    from bnnc.errors import BnncError
+
+    g = compile_zoo("bireal", 1)
+    gsum = next(op for op in g.ops() if isinstance(op, ir.GlobalSumPool))
+    adds = [op for op in g.ops() if isinstance(op, ir.Add)]
+    gsum.inputs = [adds[-2].outputs[0]]
+    with pytest.raises(BnncError, match=rf"tensor '{adds[-2].outputs[0]}' feeds 3 layers; the HLS backend forks"):
+        hls.files(g, TargetOptions())
 
 
 @pytest.mark.parametrize("name", ["abc-fused", "ternary-ec2t", "hbn"])
@@ -352,7 +502,7 @@ def _vendor_include():
 
 @pytest.mark.parametrize("case, seed, style", [("random", 21, "odd"), ("random", 22, "parallel"), ("w1a2", 1, "odd"),
                                               ("dabn", 2, "parallel"), ("pabt", 1, "odd"), ("int", 2, "odd"),
-                                              ("ternary-ec2t", 1, "odd"), ("hbn", 2, "serial")])
+                                              ("ternary-ec2t", 1, "odd"), ("hbn", 2, "serial"), ("bireal", 1, "odd")])
 def test_same_sources_with_vendor_ap_int_and_hls_stream(case, seed, style, tmp_path):
     inc = _vendor_include()
     if inc is None:
@@ -399,8 +549,8 @@ def test_cli_compile_run_verify_report(tfc_path, tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"model.cpp", "model.h", "bnnc_hls.h", "testbench.cpp", "tb_data.h", "run_hls.tcl", "Makefile", "README.md",
             "folding.json"} <= names
-    assert re.search(r"void my_net_top\(hls::stream<my_net_in(_beat)?_t> &in, hls::stream<my_net_out_t> &out\)",
-                     (out / "model.cpp").read_text())
+    assert re.search(r"void my_net_top\(hls::stream<my_net_axis_in_t> &in, hls::stream<my_net_axis_out_t> &out, "
+                     r"bool &frame_error\)", (out / "model.cpp").read_text())
     r = subprocess.run(["make", "-s", "check"], cwd=out, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     x = tmp_path / "x.npy"

@@ -15,8 +15,11 @@ row's table entry, applied once per output) with per-(border class, row) thresho
 (one per activation plane), multi-level outputs, the accumulator A + v for a float32 epilogue, or
 its fixed-point requantization clamp((clamp(acc, lo, hi) * mult + add) >> shift, qlo, qhi) in
 exact 64-bit-or-narrower integers. Activations of integer streams are identity 1x1 convs on the
-same unit (passes/activations_as_convs.py, as in the Verilog backend). The arithmetic is the
-passes'; this module only formats their tables.
+same unit (passes/activations_as_convs.py, as in the Verilog backend). Residual blocks are
+dataflow too: a fork process copies the block's input stream into both branches, the branch
+inputs are FIFOs as deep as the schedule needs (`skip_fifo_depths`), an add process sums the two
+fixed-point streams exactly as ir.Add defines, and SumPool shortcuts run on the pool process. The
+arithmetic is the passes'; this module only formats their tables.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ DEFAULT_PART = "xc7z020clg400-1"  # a Zynq-7020 (PYNQ-Z1/Z2): run_hls.tcl's defa
 DEFAULT_CLOCK_NS = 10.0
 TB_SAMPLES = 4  # frames embedded in tb_data.h for the testbench's self-check
 TB_SEED = 0
+STREAM_DEPTH = 2  # depth of the streams between processes, beyond the residual blocks' branch inputs
 VENDOR_MAX_W = 32768  # the largest AP_INT_MAX_W Vitis accepts
 
 _IN_CTYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": "int16_t", "int32": "int32_t",
@@ -164,6 +168,8 @@ class _Builder:
         self.procs, self.consts, self.typedefs, self.structs = [], [], [], []
         self.streams, self.calls, self.folding_rows, self.layers = [], [], [], []
         self.widest = 1
+        self.needs = {}  # layer -> N: N[m] beats of its (first) input it reads before writing its m-th output beat
+        self.fifo_depths = {}  # stream -> depth, where the schedule needs more than STREAM_DEPTH
 
     # -- types
     def beat(self, t: str) -> str:
@@ -239,18 +245,17 @@ class _Builder:
     def build(self) -> None:
         g = self.g
         ops = g.ops()
-        for t in g.tensors:
-            if len(g.consumers(t)) > 1:
-                raise BnncError(f"tensor '{t}' feeds several layers; the HLS backend builds linear pipelines only")
         out_producer = g.producer(g.output)
         if not (isinstance(out_producer, ir.ArgMax) or isinstance(g.tensors[g.output], ir.Reals)):
             raise BnncError("the HLS backend needs a model whose output is real values (logits) or ArgMax/TopK "
                             f"indices; this one ends in {type(g.tensors[g.output]).__name__}")
-        stream_of = {g.input: "in", g.output: "out"}
         iq = ops[0]
         if not isinstance(iq, ir.InputQuantize):
             raise BnncError("the HLS backend needs the model input quantizer first")
         self.in_lanes = self._choose_in_lanes(iq)
+        # the top's AXI4-Stream ports are adapted to these by the axis_in / axis_out processes
+        stream_of = {g.input: self.stream("in_values", self.beat(g.input)),
+                     g.output: self.stream("out_values", self.beat(g.output))}
         if self.in_lanes > 1 and isinstance(g.tensors[iq.outputs[0]], ir.Ints):
             self._beat_struct(iq.outputs[0], f"{iq.name}_out_beat_t", self.in_lanes,
                               f"{iq.name}: {self.in_lanes} consecutive values per beat")
@@ -260,16 +265,29 @@ class _Builder:
                     self._declare(t)
                     ty = g.tensors[t]
                     # integer conv outputs travel a pixel per beat (the unit completes a pixel at once),
-                    # and so do max pools of them
+                    # and so do pools and residual sums of them
                     if isinstance(ty, ir.Ints) and (isinstance(op, ir.Conv) or
-                                                    isinstance(op, ir.MaxPool) and op.inputs[0] in self.pixel_beats):
+                                                    isinstance(op, (ir.MaxPool, ir.SumPool, ir.Add)) and
+                                                    all(t in self.pixel_beats for t in op.inputs)):
                         self.pixel_beats.add(t)
                         self._beat_struct(t, f"{op.name}_out_pixel_t", ty.shape[2],
                                           f"{op.name}: the {ty.shape[2]} values of one output pixel")
                     stream_of[t] = self.stream(f"{op.name}_out", self.beat(t))
+        # a tensor read by two layers (a residual block's input) goes through a fork process that
+        # copies each beat into one stream per reader
+        read_from = {}  # (reader, tensor) -> stream
+        forks = []
+        for t in list(g.tensors):
+            readers = g.consumers(t)
+            if len(readers) == 1:
+                read_from[(readers[0].name, t)] = stream_of[t]
+            elif len(readers) > 1:
+                forks.append(t)
+                for r in readers:
+                    read_from[(r.name, t)] = self.stream(f"{g.producer(t).name}_to_{r.name}", self.beat(t))
         for op in ops:
             src, dst = op.inputs[0], op.outputs[0]
-            sin, sout = stream_of[src], stream_of[dst]
+            sin, sout = read_from.get((op.name, src), stream_of.get(src)), stream_of[dst]
             if isinstance(op, ir.InputQuantize):
                 self._input(op, sin, sout)
             elif isinstance(op, ir.Conv):
@@ -280,8 +298,19 @@ class _Builder:
                 self._gsp(op, sin, sout)
             elif isinstance(op, ir.ArgMax):
                 self._argmax(op, sin, sout)
+            elif isinstance(op, ir.SumPool):
+                self._maxpool(op, sin, sout)
+            elif isinstance(op, ir.Add):
+                self._add(op, sin, read_from[(op.name, op.inputs[1])], sout)
             else:  # pragma: no cover - the IR has no other ops
                 raise BnncError(f"the HLS backend cannot build {type(op).__name__} '{op.name}'")
+            if dst in forks:
+                self._fork(dst, sout, [read_from[(r.name, dst)] for r in g.consumers(dst)])
+        self.fifo_depths = skip_fifo_depths(g, forks, self.needs,
+                                            {(r.name, t): read_from[(r.name, t)] for t in forks
+                                             for r in g.consumers(t)})
+        for st in self.streams:
+            st["depth"] = self.fifo_depths.get(st["name"], STREAM_DEPTH)
 
     def _comment(self, op) -> str:
         return comment_text(", ".join(getattr(op, "source_ops", []) or [op.name]))
@@ -425,6 +454,7 @@ class _Builder:
              "advance": _counters([("sf", f.sf), ("ox", geo["ow"])], "oy", 6), **geo}
         self.procs.append(W)
         self.calls.append(f"{name}_window({sin}, {lanes});")
+        window_needs = _row_window_needs(geo, geo["iw"] * (1 if bits else geo["c"]) // in_lanes, geo["ow"] * f.sf)
 
         # weights: every bit array of the popcount planes as SIMD-bit rows [PE][NF * SF] (or
         # [PE][NF * SF][64-lane word] beyond 64 lanes)
@@ -498,6 +528,9 @@ class _Builder:
              "level_base": f.level_base, "level_step": f.level_step, "gain": f.gain, "live": live,
              "acc_t": acc_t, "cls_expr": cls_expr, "counters": decl, "advance": _counters(names, outer, 4),
              "elem_t": self.elem(op.outputs[0]), **rq}
+        # the unit reads a pixel's SF chunks, then writes its output beat (its accumulators per neuron fold)
+        m = np.arange(pixels * (f.nf if f.mode == "acc" else 1) + 1)
+        self.needs[name] = window_needs[(-(-m // f.nf) if f.mode == "acc" else m) * f.sf]
         if f.mode != "acc":
             M["out_t"] = self.beat(op.outputs[0])
             self.procs.append(M)
@@ -530,8 +563,11 @@ class _Builder:
                             "weight_bits": len(f.arrays) * f.pe * f.nf * f.sf * f.simd,
                             "table_bits": f.pe * f.nf * f.ncls * f.entry_bits, "binary_inputs": bits})
 
-    def _maxpool(self, op: ir.MaxPool, sin: str, sout: str) -> None:
+    def _maxpool(self, op, sin: str, sout: str) -> None:
+        """A MaxPool, or a SumPool (no padding: the window sum of integers, in the output's type)."""
         src_ty, oty = self.g.tensors[op.inputs[0]], self.g.tensors[op.outputs[0]]
+        if isinstance(op, ir.SumPool):
+            op = _Unpadded(op)
         geo = self._window_geometry(op, src_ty, oty)
         bits = isinstance(src_ty, ir.Bits)
         pixel = bits or op.inputs[0] in self.pixel_beats  # one beat per pixel, else one per value
@@ -539,11 +575,52 @@ class _Builder:
         per_pixel = 1 if pixel else geo["c"]
         reads = _window_reads(geo, "ky", "kx")
         self.procs.append({"kind": "maxpool", "name": op.name, "bits": bits, "pixel": pixel,
+                           "sum": isinstance(op, _Unpadded), "elem_t": self.elem(op.outputs[0]),
                            "in_t": self.beat(op.inputs[0]), **reads, "in_beat_t": self.beat(op.inputs[0]),
                            "out_t": self.beat(op.outputs[0]), "lo": getattr(oty, "lo", 0),
                            "steps": (geo["ih"] * geo["iw"] + geo["oh"] * geo["ow"]) * per_pixel,
                            "advance": _counters(names, "oy", 6), **geo})
         self.calls.append(f"{op.name}({sin}, {sout});")
+        self.needs[op.name] = _row_window_needs(geo, geo["iw"] * per_pixel, geo["ow"] * per_pixel)
+
+    def _add(self, op: ir.Add, sin_a: str, sin_b: str, sout: str) -> None:
+        """The residual sum: one beat of each operand in, one out."""
+        a_ty, b_ty = (self.g.tensors[t] for t in op.inputs)
+        pixel = [t in self.pixel_beats for t in op.inputs]
+        if not all(isinstance(t, ir.Ints) for t in (a_ty, b_ty)) or pixel[0] != pixel[1]:
+            raise BnncError(f"layer '{self._comment(op)}': the HLS backend adds two integer streams of the same beat "
+                            "layout only; use --target c")
+        sa, sb = op.shifts
+        half = (1 << (op.round_shift - 1)) if op.round_shift else 0
+        lo = (a_ty.lo << sa) + (b_ty.lo << sb) + half
+        hi = (a_ty.hi << sa) + (b_ty.hi << sb) + half
+        sum_bits = max(signed_bits(lo, hi), signed_bits(op.lo, op.hi))
+        if sum_bits > 64:
+            raise BnncError(f"layer '{self._comment(op)}': its residual sum needs {sum_bits} bits (more than 64)")
+        h, w, c = self.g.tensors[op.outputs[0]].shape
+        n = h * w * (1 if pixel[0] else c)
+        self.procs.append({"kind": "add", "name": op.name, "pixel": pixel[0], "c": c, "n": n, "steps": n,
+                           "a_t": self.beat(op.inputs[0]), "b_t": self.beat(op.inputs[1]),
+                           "out_t": self.beat(op.outputs[0]), "elem_t": self.elem(op.outputs[0]),
+                           "sum_t": f"ap_int<{sum_bits}>", "mul_a": 1 << sa, "mul_b": 1 << sb, "half": half,
+                           "round_shift": op.round_shift, "lo": op.lo, "hi": op.hi,
+                           "comment": self._comment(op)})
+        self.calls.append(f"{op.name}({sin_a}, {sin_b}, {sout});")
+        self.needs[op.name] = np.arange(n + 1)
+
+    def _fork(self, t: str, sin: str, souts: list) -> None:
+        """Copies every beat of tensor t into one stream per reader."""
+        n = self.beats(t)
+        name = f"{self.g.producer(t).name}_fork"
+        self.procs.append({"kind": "fork", "name": name, "beat_t": self.beat(t), "outs": souts, "n": n, "steps": n})
+        self.calls.append(f"{name}({sin}, {', '.join(souts)});")
+
+    def beats(self, t: str) -> int:
+        """Beats per frame of the stream carrying tensor t (not the top-level input)."""
+        h, w, c = self.g.tensors[t].shape
+        if isinstance(self.g.tensors[t], ir.Bits) or t in self.pixel_beats:
+            return h * w
+        return h * w * c // self.beat_lanes.get(t, 1)
 
     def _gsp(self, op: ir.GlobalSumPool, sin: str, sout: str) -> None:
         src_ty = self.g.tensors[op.inputs[0]]
@@ -555,6 +632,7 @@ class _Builder:
                            "in_t": self.beat(op.inputs[0]), "out_t": self.beat(op.outputs[0]),
                            "sum_t": f"ap_int<{sum_bits}>", "steps": h * w * (1 if pixel else c) + c})
         self.calls.append(f"{op.name}({sin}, {sout});")
+        self.needs[op.name] = np.minimum(np.arange(c + 1), 1) * h * w * (1 if pixel else c)
 
     def _argmax(self, op: ir.ArgMax, sin: str, sout: str) -> None:
         src_ty = self.g.tensors[op.inputs[0]]
@@ -566,11 +644,137 @@ class _Builder:
         self.calls.append(f"{op.name}({sin}, {sout});")
 
 
+class _Unpadded:
+    """A SumPool seen as a pool with pads (0, 0, 0, 0), for the pool process."""
+
+    def __init__(self, op: ir.SumPool):
+        self.name, self.inputs, self.outputs = op.name, op.inputs, op.outputs
+        self.kernel, self.stride, self.pads = op.kernel, op.stride, (0, 0, 0, 0)
+
+
+def _row_window_needs(geo: dict, row_beats: int, row_writes: int) -> np.ndarray:
+    """N[m]: input beats a row-buffered window process (window generator, pool) has read when it
+    writes its m-th output beat. It reads input rows only until it holds the rows output row oy
+    needs (oy * SH + KH - PT of them, at most IH), then writes that row's `row_writes` beats."""
+    m = np.arange(geo["oh"] * row_writes + 1)
+    oy = np.maximum(m - 1, 0) // row_writes
+    rows = np.minimum(oy * geo["sh"] + geo["kh"] - geo["pt"], geo["ih"])
+    return np.where(m > 0, rows * row_beats, 0)
+
+
+def _branch(g: ir.Graph, reader, t: str) -> tuple:
+    """(the layers from `reader` of tensor t to the Add that joins the branch, that Add): a branch
+    of a residual block is a chain of single-reader layers."""
+    path = []
+    op = reader
+    while not isinstance(op, ir.Add):
+        path.append(op)
+        nxt = g.consumers(op.outputs[0])
+        if len(nxt) != 1 or len(op.inputs) != 1:
+            raise BnncError(f"tensor '{t}' feeds several layers that do not join in one residual Add through chains "
+                            "of layers; the HLS backend builds residual blocks of that form only; use --target c")
+        op = nxt[0]
+    return path, op
+
+
+def skip_fifo_depths(g: ir.Graph, forks: list, needs: dict, streams: dict) -> dict:
+    """Depth of each stream from a fork to a branch of a residual block, from the schedule.
+
+    For a branch X of layers x_1 .. x_k from the fork to the Add, N_X(m) = N_x1(N_x2(...N_xk(m)))
+    is the number of beats of the forked tensor X must have read for the Add to hold X's m-th
+    beat (each N_x from the process's own read/write order, `_Builder.needs`; N_X(m) = m on the
+    plain skip path, k = 0). The fork writes each beat to its first reader, then its second. While
+    the Add waits for its m-th pair (m - 1 taken), the other branch still needs beat N_other(m) - 1:
+    to write it, the fork has written N_other(m) beats into X if X is written first, else
+    N_other(m) - 1. X has taken N_X(m) of them if it has layers (they can always advance to
+    X's m-th output, which has room in the stream to the Add), else the Add's m - 1. The rest wait
+    in X's input stream, so a depth of max(STREAM_DEPTH, max_m of that rest) lets the Add always go
+    on, whatever the processes' relative speeds and the back-pressure on the output: no deadlock.
+    On the skip path that is max_m N_main(m) - m, the main branch's read-ahead, and one beat less
+    deadlocks. C simulation runs the processes one after the other on unbounded streams and cannot
+    show this; the depth is what concurrent execution needs."""
+    depths = {}
+    for t in forks:
+        readers = g.consumers(t)
+        if len(readers) != 2:
+            raise BnncError(f"tensor '{t}' feeds {len(readers)} layers; the HLS backend forks a stream into two "
+                            "branches of a residual block only; use --target c")
+        ends, curves, taken = [], [], []
+        for r in readers:
+            path, add = _branch(g, r, t)
+            ends.append(add)
+            m = np.arange(1, needs[add.name].size)
+            n = m
+            for op in reversed(path):
+                if op.name not in needs:  # pragma: no cover - processes in a branch all record their needs
+                    raise AssertionError(op.name)
+                n = needs[op.name][n]
+            curves.append(n)
+            taken.append(n if path else m - 1)
+        if ends[0] is not ends[1]:
+            raise BnncError(f"the two branches from tensor '{t}' end in different Adds ('{ends[0].name}', "
+                            f"'{ends[1].name}'); the HLS backend builds residual blocks only; use --target c")
+        for i, r in enumerate(readers):
+            written = curves[1 - i] - (1 if i == 1 else 0)
+            depths[streams[(r.name, t)]] = max(STREAM_DEPTH, int((written - taken[i]).max()))
+    return depths
+
+
 def _nested_bits(rows: np.ndarray) -> str:
     """Brace initializer of bit rows (..., bits) as unsigned words, one per innermost element."""
     flat = rows.reshape(-1, rows.shape[-1])
     words = np.array([_hexword(r) for r in flat], dtype=object).reshape(rows.shape[:-1])
     return _nested(words, str)
+
+
+_ELEMENT_BITS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16, "int32": 32, "float32": 32}
+
+
+def stream_layouts(g: ir.Graph, flat: bool) -> tuple:
+    """(input, output) AXI4-Stream layouts of the top, by the Verilog target's rule
+    (verilog._axis, docs/axi-stream.md): elements of EB bits, BE = min(C, 64 // EB) of them per
+    beat of TW = 8 * ceil(BE * EB / 8) bits, element j in tdata[j*EB +: EB], a pixel in
+    ceil(C / BE) beats, pixels in row-major order, TLAST on the last beat of a frame. The input is
+    the model input on its grid ((H, W, C) pixels; one pixel of every element when the input is
+    not an image or, as the Verilog target streams it, when the first layer is dense over the
+    whole input); the output is one pixel of the model output's elements (float32 logits as
+    their IEEE bits, or int32 indices)."""
+    from .verilog import _axis
+
+    in_info, out_info = g.input_info, g.output_info
+    iq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    n = int(np.prod(iq.in_shape))
+    first = g.consumers(iq.outputs[0])[0]
+    qh, qw = g.tensors[iq.outputs[0]].shape[:2]
+    dense_first = isinstance(first, ir.Conv) and tuple(first.kernel) == (qh, qw) and not any(first.pads) \
+        and qh * qw > 1
+    c, h, w = iq.in_shape if not (flat or dense_first) else (n, 1, 1)
+    shape = type("Shape", (), {"shape": (h, w, c)})
+    in_axis = _axis(shape, "in", _ELEMENT_BITS[in_info["dtype"]])
+    out_axis = _axis(type("Shape", (), {"shape": (1, 1, out_info["elements"])}), "out", 32)
+    out_dtype = "float32" if out_info["dtype"] == "float32" else "int32"  # indices travel as int32
+    for axis, dtype in ((in_axis, in_info["dtype"]), (out_axis, out_dtype)):
+        what = "float32 values (IEEE bits)" if dtype == "float32" else f"{dtype} values"
+        h, w, c = axis["shape"]
+        axis["desc"] = f"{h}x{w}x{c} {what}, {axis['be']} per {axis['tw']}-bit beat, {axis['beats']} beats per frame"
+    return in_axis, out_axis
+
+
+def _axis_in_steps(axis: dict, k: int) -> int:
+    """Steps of the axis_in process: each writes k held elements if it has them, then reads a
+    beat (a pixel's last beat holding what is left of it) if it holds fewer than k."""
+    held = beat = written = steps = 0
+    total = axis["pixels"] * axis["c"] // k
+    last_part = axis["c"] - (axis["beats_per_pixel"] - 1) * axis["be"]
+    while written < total:
+        steps += 1
+        if held >= k:
+            held -= k
+            written += 1
+        if held < k and beat < axis["beats"]:
+            held += last_part if beat % axis["beats_per_pixel"] == axis["beats_per_pixel"] - 1 else axis["be"]
+            beat += 1
+    return steps
 
 
 def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
@@ -610,16 +814,17 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 
 def check_supported(graph: ir.Graph) -> None:
-    """Refuse, in one line naming the layer, what the HLS processes do not implement: the residual
-    Add, SumPool and Concat ops (branches), Softmax, Activations of non-integer tensors, and multi-level activations
+    """Refuse, in one line naming the layer, what the HLS processes do not implement: Concat,
+    Softmax, Activations of non-integer tensors, and multi-level activations
     with several activation planes. Every weight code and every other epilogue (bits, levels,
     fixed-point Requantize, float32 chains) is held; Activations of integer streams run as identity
     1x1 convs (passes/activations_as_convs.py)."""
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
-        if isinstance(op, (ir.Add, ir.SumPool, ir.Concat, ir.Softmax)):
+        if isinstance(op, (ir.Concat, ir.Softmax)):
             raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
-                            "chains of conv/dense, activation, max pool and global sum pool layers); use --target c")
+                            "chains and residual blocks of conv/dense, activation, pool and Add layers); "
+                            "use --target c")
         if isinstance(op, ir.Activation) and not isinstance(graph.tensors[op.inputs[0]], ir.Ints):
             raise BnncError(f"layer '{where}': the HLS backend runs activations of integer tensors only, not of "
                             f"{type(graph.tensors[op.inputs[0]]).__name__}; use --target c")
@@ -649,6 +854,17 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
                         "use --target c")
     flat = bool(getattr(iq, "flat", False)) or len(iq.in_shape) != 3
     c, h, w = (1, 1, 1) if flat else iq.in_shape
+    in_axis, out_axis = stream_layouts(g, flat)
+    in_axis["ctype"], out_axis["ctype"] = _IN_CTYPES[in_info["dtype"]], \
+        "float" if out_info["dtype"] == "float32" else "int32_t"
+    in_stream_t = f"{prefix}_in_t" if b.in_lanes == 1 else f"{prefix}_in_beat_t"
+    b.procs.insert(0, {"kind": "axis_in", "name": f"{prefix}_axis_in", "axis": in_axis, "k": b.in_lanes,
+                       "n": int(np.prod(iq.in_shape)), "out_t": in_stream_t,
+                       "steps": _axis_in_steps(in_axis, b.in_lanes)})
+    b.calls.insert(0, f"{prefix}_axis_in(in, in_values, frame_error);")
+    b.procs.append({"kind": "axis_out", "name": f"{prefix}_axis_out", "axis": out_axis,
+                    "n": out_info["elements"], "steps": out_info["elements"]})
+    b.calls.append(f"{prefix}_axis_out(out_values, out);")
     slowest = max(b.procs, key=lambda P: P["steps"])
     ctx = {
         "prefix": prefix, "PREFIX": prefix.upper(), "model_name": comment_text(in_info.get("onnx_name", "")),
@@ -657,17 +873,18 @@ def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:
         "output_size": out_info["elements"], "output_shape": tuple(out_info["shape"]),
         "grid": in_info.get("grid", {}), "input_flat": flat,
         "in_c": c, "in_hw": h * w, "in_lanes": b.in_lanes,
-        "in_stream_t": f"{prefix}_in_t" if b.in_lanes == 1 else f"{prefix}_in_beat_t", "procs": b.procs,
+        "in_stream_t": in_stream_t, "procs": b.procs, "in_axis": in_axis, "out_axis": out_axis,
         "consts": b.consts, "typedefs": b.typedefs,
         "structs": b.structs, "streams": b.streams, "calls": b.calls, "folding_rows": b.folding_rows,
         "widest": b.widest, "ap_int_max_w": (-(-b.widest // 1024) * 1024) if b.widest > 1024 else 0,
-        "part": DEFAULT_PART, "clock_ns": f"{DEFAULT_CLOCK_NS:g}",
+        "part": DEFAULT_PART, "clock_ns": f"{DEFAULT_CLOCK_NS:g}", "fifo_depths": dict(sorted(b.fifo_depths.items())),
     }
     figures = {"layers": b.layers, "mvtu_ii_cycles": folding.analytic_ii(foldings),
                "dataflow_ii_cycles": slowest["steps"], "slowest_process": slowest["name"],
                "processes": {P["name"]: P["steps"] for P in b.procs},
                "weight_bits": sum(L["weight_bits"] for L in b.layers),
-               "table_bits": sum(L["table_bits"] for L in b.layers), "input_elements_per_beat": b.in_lanes}
+               "table_bits": sum(L["table_bits"] for L in b.layers), "input_elements_per_beat": b.in_lanes,
+               "skip_fifo_depths": dict(sorted(b.fifo_depths.items()))}
     return ctx, figures
 
 
@@ -745,4 +962,8 @@ def report(graph: ir.Graph, opts) -> dict:
     lines.append(f"  MVTU initiation interval: {st['mvtu_ii_cycles']} cycles per frame (slowest layer)")
     lines.append(f"  dataflow initiation interval: {st['dataflow_ii_cycles']} cycles per frame "
                  f"(slowest process: {st['slowest_process']}); {fps:,.0f} frames/s at {DEFAULT_CLOCK_NS:g} ns")
+    if st["skip_fifo_depths"]:
+        lines.append("  residual branch input streams (depth from the schedule, in beats):")
+        width = max(len(k) for k in st["skip_fifo_depths"])
+        lines += [f"    {k.ljust(width)}  {v}" for k, v in st["skip_fifo_depths"].items()]
     return {"text": "\n".join(lines), "json": st}

@@ -11,7 +11,9 @@
  *   ap_int<N>   (N <= 64): an N-bit two's complement integer that converts to and from the
  *               built-in integers (values are kept in range by construction: bnnc sizes every
  *               accumulator from proven bounds, so nothing ever wraps), to_int();
- *   hls::stream<T>: write, read, empty, size.
+ *   hls::stream<T>: write, read, empty, size;
+ *   ap_axiu<D, 0, 0, 0>: an AXI4-Stream beat with fields data (ap_uint<D>), keep, strb and last
+ *               (<ap_axi_sdata.h>'s, which is used where present).
  * bnnc's own classes check what the vendor ones leave undefined: an index outside the word, a
  * read from an empty stream and data left in a stream when it is destroyed abort the simulation.
  */
@@ -40,6 +42,10 @@
 #ifdef BNNC_VENDOR_HLS_TYPES
 #include <ap_int.h>
 #include <hls_stream.h>
+#if defined(__SYNTHESIS__) || !defined(__has_include) || __has_include(<ap_axi_sdata.h>)
+#include <ap_axi_sdata.h>
+#define BNNC_VENDOR_AXI_SDATA 1
+#endif
 #else
 
 #include <cstdio>
@@ -177,6 +183,59 @@ class ap_int {
   long long v_;
 };
 
+#ifdef BNNC_HLS_CONCURRENT_CSIM
+/* Concurrent C simulation (bnnc's tests): every dataflow process in its own thread (spawn /
+ * join_all replace the top function's calls), streams bounded by set_depth (unset: unbounded, as
+ * the testbench's) with blocking read and write, as in hardware. A wait during which no stream
+ * anywhere moves for 10 s is a deadlock: the simulation aborts naming the stream. With
+ * BNNC_HLS_JITTER=SEED in the environment, one stream operation in 16 (a seeded pseudo-random
+ * choice) then pauses its process for 20 us, to vary the processes' relative speeds. */
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bnnc_hls_concurrent {
+struct shared {
+  std::mutex mu;
+  std::condition_variable moved;
+  unsigned long moves = 0;
+  std::vector<std::thread> threads;
+};
+inline shared &state() {
+  static shared s;
+  return s;
+}
+inline void spawn(std::function<void()> process) { state().threads.emplace_back(process); }
+inline void jitter() {
+  static const char *seed = std::getenv("BNNC_HLS_JITTER");
+  if (!seed) return;
+  thread_local uint32_t x = 0;
+  if (x == 0) x = 2463534242u ^ static_cast<uint32_t>(std::atoi(seed)) ^
+                  static_cast<uint32_t>(std::hash<std::thread::id>()(std::this_thread::get_id()));
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  if ((x & 15) == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
+}
+inline void join_all() {
+  for (std::thread &t : state().threads) t.join();
+  state().threads.clear();
+}
+template <typename Ready>
+void wait(std::unique_lock<std::mutex> &lock, Ready ready, const char *what, const char *name) {
+  shared &s = state();
+  while (!ready()) {
+    const unsigned long seen = s.moves;
+    if (!s.moved.wait_for(lock, std::chrono::seconds(10), [&] { return ready() || s.moves != seen; }))
+      bnnc_hls_detail::fail(what, name);
+  }
+}
+}  // namespace bnnc_hls_concurrent
+#endif
+
 namespace hls {
 /* An unbounded FIFO: C simulation runs the dataflow processes one after the other. */
 template <typename T>
@@ -189,6 +248,37 @@ class stream {
   ~stream() {
     if (!q_.empty()) bnnc_hls_detail::fail("stream destroyed with data left in it", name_.c_str());
   }
+#ifdef BNNC_HLS_CONCURRENT_CSIM
+  void set_depth(unsigned depth) { depth_ = depth; }
+  void write(const T &v) {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    bnnc_hls_concurrent::wait(lock, [&] { return depth_ == 0 || q_.size() < depth_; },
+                              "deadlock: a write to a full stream never proceeds", name_.c_str());
+    q_.push_back(v);
+    moved();
+    lock.unlock();
+    bnnc_hls_concurrent::jitter();
+  }
+  T read() {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    bnnc_hls_concurrent::wait(lock, [&] { return !q_.empty(); },
+                              "deadlock: a read from an empty stream never proceeds", name_.c_str());
+    T v = q_.front();
+    q_.pop_front();
+    moved();
+    lock.unlock();
+    bnnc_hls_concurrent::jitter();
+    return v;
+  }
+  bool empty() {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    return q_.empty();
+  }
+  unsigned size() {
+    std::unique_lock<std::mutex> lock(bnnc_hls_concurrent::state().mu);
+    return static_cast<unsigned>(q_.size());
+  }
+#else
   void write(const T &v) { q_.push_back(v); }
   T read() {
     if (q_.empty()) bnnc_hls_detail::fail("read from an empty stream", name_.c_str());
@@ -196,12 +286,20 @@ class stream {
     q_.pop_front();
     return v;
   }
-  void read(T &v) { v = read(); }
   bool empty() const { return q_.empty(); }
-  bool full() const { return false; }
   unsigned size() const { return static_cast<unsigned>(q_.size()); }
+#endif
+  void read(T &v) { v = read(); }
+  bool full() const { return false; }
 
  private:
+#ifdef BNNC_HLS_CONCURRENT_CSIM
+  void moved() {
+    bnnc_hls_concurrent::state().moves++;
+    bnnc_hls_concurrent::state().moved.notify_all();
+  }
+  unsigned depth_ = 0;
+#endif
   std::deque<T> q_;
   std::string name_;
 };
@@ -209,7 +307,34 @@ class stream {
 
 #endif /* BNNC_VENDOR_HLS_TYPES */
 
+#ifndef BNNC_VENDOR_AXI_SDATA
+/* One AXI4-Stream beat: TDATA, TKEEP, TSTRB, TLAST (no TUSER / TID / TDEST, as U = TI = TD = 0). */
+template <int D, int U, int TI, int TD>
+struct ap_axiu {
+  ap_uint<D> data;
+  ap_uint<(D + 7) / 8> keep;
+  ap_uint<(D + 7) / 8> strb;
+  ap_uint<1> last;
+};
+#endif
+
 namespace bnnc {
+
+/* The IEEE-754 bits of a float32 and back: how float elements travel on the AXI streams. */
+union float_word {
+  float f;
+  uint32_t u;
+};
+inline uint32_t float_bits(float f) {
+  float_word x;
+  x.f = f;
+  return x.u;
+}
+inline float bits_float(uint32_t u) {
+  float_word x;
+  x.u = u;
+  return x.f;
+}
 
 /* rom_bits_t<N> (N <= 64): the element type of the constant bit-row tables (weights). For synthesis
  * it is ap_uint<N>, so that a ROM is exactly N bits wide; in bnnc's C simulation it is the
