@@ -450,14 +450,14 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g
     for (int k = 0; k < g; k++) r[k] += x0 * w[2 * k] + x1 * w[2 * k + 1];
   }
 }
-#define BNNC_INT16_STORE_SUMS(out, r) for (int j_ = 0; j_ < 8; j_++) (out)[j_] = (r)[j_]
-#define BNNC_INT16_STORE_SIGNS(out, r) (out)[0] = (int32_t)bnnc_signs8(r)
+/* the 8 sums accumulate in `out` (the layer's scratch: no stack copy), then SIGNS packs their signs */
+#define BNNC_INT16_FINISH_SUMS(out) (void)(out)
+#define BNNC_INT16_FINISH_SIGNS(out) (out)[0] = (int32_t)bnnc_signs8(out)
 #define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
   BNNC_INLINE void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out) {       \
-    int32_t r[8];                                                                                      \
-    for (int j_ = 0; j_ < 8; j_++) r[j_] = init[j_];                                                   \
-    bnnc_int16_mac(x, 16 * (CHUNKS) + (REST), w, 8, r);                                                \
-    BNNC_INT16_STORE_##KIND(out, r);                                                                   \
+    for (int j_ = 0; j_ < 8; j_++) out[j_] = init[j_];                                                 \
+    bnnc_int16_mac(x, 16 * (CHUNKS) + (REST), w, 8, out);                                              \
+    BNNC_INT16_FINISH_##KIND(out);                                                                     \
   }
 #define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 4 * (N))
 #endif

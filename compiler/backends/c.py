@@ -330,7 +330,8 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     ones = (1 << wb) - 1
     g8, g2 = pair_groups(p.o)
     const_table(consts, f"{op.name}_init", "int32_t", p.init)
-    L.update(oe=p.init.shape[1], row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in)
+    L.update(oe=p.init.shape[1], row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in,
+             group_sums=0 if p.thr is not None else p.init.shape[1] * 4)  # after the position's sums (plan_arena)
     if p.thr is None:
         return
     negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0].astype(object)

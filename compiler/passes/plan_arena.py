@@ -66,8 +66,9 @@ def conv_scratch(op, src, word_bits: int) -> dict:
         acc = 0 if p.thr is not None else p.o * 4
         if p.in_kind == "bits":
             buf = p.taps * word_bits // 8
-        elif p.pairs:  # kh padded input rows as int16 and 2 spare values; one position's sums
-            acc = 0 if p.thr is not None else p.init.shape[1] * 4
+        elif p.pairs:  # kh padded input rows as int16 and 2 spare values; one position's sums,
+            # then one group's 8 sums (in the scratch rather than on the stack: RAM is the bound)
+            acc = (0 if p.thr is not None else p.init.shape[1] * 4) + 32
             buf = (op.kernel[0] * (src.shape[1] + op.pads[1] + op.pads[3]) * src.shape[2] + 2) * 2
         else:
             buf = p.taps * (2 if p.acc16 else 4)
