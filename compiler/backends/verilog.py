@@ -229,8 +229,8 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
     if matrix_unit.uses_mac(op, f):  # the lanes sum x * w in the compared value's width
         s["weight_words"], s["wb"] = matrix_unit.mac_weights(f)
-        s.update(mac=1, sb=f.v_bits, title=s["title"] + f", {s['wb']}-bit weights x {f.in_bits}-bit inputs "
-                 "(multiply-accumulate)")
+        s.update(mac=1, sb=f.v_bits, planes=f"MAC {s['wb']}b x {f.in_bits}b",
+                 title=s["title"] + f", {s['wb']}-bit weights x {f.in_bits}-bit inputs (multiply-accumulate)")
     s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
                                  for group in matrix_unit.rtl_parameter_groups(s)]
     s["out_width"] = f.mh * f.act_planes * s["ob"]
@@ -697,7 +697,7 @@ def report(graph: ir.Graph, opts) -> dict:
             est_error = str(e)
     res = {r["name"]: r for r in est["layers"]} if est else {}
     cols = ("planes", "pe", "simd", "nf", "sf", "pixels", "mvtu_cycles", "window_cycles")
-    rows = [("layer", "kind", "popcount planes", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")
+    rows = [("layer", "kind", "planes / MAC", "PE", "SIMD", "NF", "SF", "pixels", "MVTU cyc", "window cyc", "cycles")
             + (("LUT", "FF", "BRAM18") if est else ())]
     for lay in perf["layers"] + ([{"name": "streams", "kind": "axis", "cycles": max(perf["input_beats"],
                                                                                       perf["output_beats"])}]
