@@ -21,7 +21,10 @@ the first run of a large design takes minutes). Designs:
   --quick);
 * with --families (or without --quick): the compressed-family zoo models the pipeline holds (ternary,
   two-scale, multi-base, expander, multi-bit activations, activation planes), seed 0, at bnnc's
-  default folding.
+  default folding;
+* with --residual (or without --quick): residual networks with real-valued layers, the zoo's bireal and
+  resnet18-stq and the users' birealnet18 and mainsub_nin (../shared/models/wild, with the input
+  flags of their README; minutes each), with the FIFO depths the schedule chose.
 
 It prints a table and writes JSON (default bench/results/bench_verilog.json).
 """
@@ -51,7 +54,11 @@ FAMILIES = ("ternary-ttq", "ternary-qonnx", "ternary-ec2t", "xnet", "dabn", "w1a
             "hbn")
 
 
-def designs(quick: bool, families: bool):
+RESIDUAL = ("bireal", "resnet18-stq")
+WILD = ("mainsub_nin", "birealnet18")
+
+
+def designs(quick: bool, families: bool, residual: bool = False):
     from bnnc import zoo
     from bnnc.pipeline import compile_file, compile_graph
     from bnnc.testing.random_models import cnv_model, random_inputs
@@ -74,6 +81,19 @@ def designs(quick: bool, families: bool):
         for name in FAMILIES:
             fam = zoo.build(name, 0)
             yield name, compile_graph(fam), None, lambda n, fam=fam: zoo.inputs(fam, n, 0)
+    if residual or not quick:
+        import onnx
+
+        from bnnc import driver
+        from bnnc.testing.wild import WILD_MODELS, options_of, wild_dir
+
+        for name in RESIDUAL:
+            net = zoo.build(name, 0)
+            yield name, compile_graph(net), None, lambda n, net=net: zoo.inputs(net, n, 0)
+        for name in WILD:
+            if (wild_dir() / f"{name}.onnx").exists():
+                g = compile_graph(onnx.load(str(wild_dir() / f"{name}.onnx")), options_of(WILD_MODELS[name]))
+                yield name, g, None, lambda n, g=g: driver.random_samples(g, n, 0)
 
 
 def bench_design(name, graph, folding, inputs, frames: int, estimate: bool) -> dict:
@@ -91,6 +111,8 @@ def bench_design(name, graph, folding, inputs, frames: int, estimate: bool) -> d
     row = {k: st[k] for k in ("analytic_ii", "estimated_ii", "cycles_per_frame", "latency_cycles", "frames",
                               "sim_seconds", "sim_cycles", "build_seconds", "frame_intervals", "folding")}
     row["ratio_to_analytic"] = st["cycles_per_frame"] / st["analytic_ii"]
+    row["ratio_to_model"] = st["cycles_per_frame"] / st["estimated_ii"]  # the performance model's II
+    row["fifos"] = verilog.build_design(graph, opts).perf["fifos"]
     row["frames_per_second_200MHz"] = CLOCK_HZ / st["cycles_per_frame"]
     row["latency_us_200MHz"] = st["latency_cycles"] / CLOCK_HZ * 1e6
     row["bit_exact"] = True
@@ -134,6 +156,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CNV at FINN's folding and TFC only, no resource check")
     ap.add_argument("--families", action="store_true", help="also the compressed-family zoo models (included without --quick)")
+    ap.add_argument("--residual", action="store_true", help="also the residual networks (included without --quick)")
     ap.add_argument("--frames", type=int, default=5, help="frames streamed back to back (at least 3)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "bench_verilog.json"))
     a = ap.parse_args()
@@ -147,18 +170,22 @@ def main() -> int:
     results = {"machine": {"python": platform.python_version(), "verilator": verilog_sim.version(),
                            "processor": platform.processor() or platform.machine()},
                "clock_hz": CLOCK_HZ, "quick": a.quick, "designs": {}}
-    for name, g, folding, inputs in designs(a.quick, a.families):
+    for name, g, folding, inputs in designs(a.quick, a.families, a.residual):
         results["designs"][name] = bench_design(name, g, folding, inputs, a.frames, estimate=True)
     if not a.quick and verilog_resources.available():
         results["estimate_vs_full_synthesis"] = estimate_vs_full()
 
-    print(f"{'design':14} {'analytic II':>11} {'sim cyc/frame':>13} {'ratio':>6} {'latency':>9} "
-          f"{'frames/s@200MHz':>15} {'LUT':>8} {'FF':>8} {'BRAM18':>6} {'build s':>7} {'sim s':>6}")
+    print(f"{'design':14} {'analytic II':>11} {'model II':>9} {'sim cyc/frame':>13} {'ratio':>6} {'/model':>6} "
+          f"{'latency':>9} {'frames/s@200MHz':>15} {'LUT':>8} {'FF':>8} {'BRAM18':>6} {'DSP':>5} {'build s':>7} "
+          f"{'sim s':>6}")
     for name, r in results["designs"].items():
         t = r.get("resources", {}).get("total", {})
-        print(f"{name:14} {r['analytic_ii']:>11} {r['cycles_per_frame']:>13.0f} {r['ratio_to_analytic']:>6.3f} "
-              f"{r['latency_cycles']:>9} {r['frames_per_second_200MHz']:>15.0f} {t.get('lut', '-'):>8} "
-              f"{t.get('ff', '-'):>8} {t.get('bram18', '-'):>6} {r['build_seconds']:>7.1f} {r['sim_seconds']:>6.2f}")
+        print(f"{name:14} {r['analytic_ii']:>11} {r['estimated_ii']:>9} {r['cycles_per_frame']:>13.0f} "
+              f"{r['ratio_to_analytic']:>6.3f} {r['ratio_to_model']:>6.3f} {r['latency_cycles']:>9} "
+              f"{r['frames_per_second_200MHz']:>15.0f} {t.get('lut', '-'):>8} {t.get('ff', '-'):>8} "
+              f"{t.get('bram18', '-'):>6} {t.get('dsp', '-'):>5} {r['build_seconds']:>7.1f} {r['sim_seconds']:>6.2f}")
+        if r["fifos"]:
+            print(f"{'':14} FIFOs from the schedule: " + ", ".join(f"{f['name']} {f['depth']}" for f in r["fifos"]))
     for c in results.get("estimate_vs_full_synthesis", []):
         print(f"estimate vs full synthesis, {c['design']}: LUT {c['estimate']['lut']} vs {c['full']['lut']} "
               f"({c['lut_error']:+.1%}), FF {c['estimate']['ff']} vs {c['full']['ff']} ({c['ff_error']:+.1%}), "

@@ -18,7 +18,7 @@ from bnnc.backends import verilog_sim
 from bnnc.resources import resource_dir
 
 BLOCKS = ("bnnc_fifo", "bnnc_rom", "bnnc_axis_in", "bnnc_axis_out", "bnnc_swg", "bnnc_mvtu", "bnnc_maxpool",
-          "bnnc_gsum")
+          "bnnc_gsum", "bnnc_fork", "bnnc_add", "bnnc_sumpool")
 
 
 def hw_dir() -> Path:

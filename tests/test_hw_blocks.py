@@ -191,6 +191,48 @@ def test_global_sum_pool(eb, p_valid, p_ready):
     assert [unpack(v, c, ob) for v in r.outputs] == vals.sum(axis=1).tolist()
 
 
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 1)])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS)
+def test_sum_pool(k, s, p_valid, p_ready):
+    ih, iw, c, eb, ob = 6, 5, 3, 7, 11
+    oh, ow = (ih - k) // s + 1, (iw - k) // s + 1
+    p = {"IH": ih, "IW": iw, "C": c, "EB": eb, "OB": ob, "KH": k, "KW": k, "SH": s, "SW": s, "OH": oh, "OW": ow}
+    rng = np.random.default_rng(k * 10 + s)
+    vals = rng.integers(-64, 64, (2, ih, iw, c))
+    recs = [pack(px, eb) for px in vals.reshape(-1, c)]
+    expect = [f[oy * s: oy * s + k, ox * s: ox * s + k].sum(axis=(0, 1)).tolist()
+              for f in vals for oy in range(oh) for ox in range(ow)]
+    r = run_block("bnnc_sumpool", p, recs, c * eb, c * ob, len(expect), seed=6, p_valid=p_valid, p_ready=p_ready)
+    assert [unpack(v, c, ob) for v in r.outputs] == expect
+    if p_valid == 1.0 and p_ready == 1.0:
+        assert np.min(np.diff(r.out_cycles)) == k * k + 4  # documented cost per window
+
+
+def _residual_model(a, b, sa, sb, rs, lo, hi):
+    half = (1 << (rs - 1)) if rs else 0
+    return np.clip((a * (1 << sa) + b * (1 << sb) + half) >> rs, lo, hi)
+
+
+@pytest.mark.parametrize("sa,sb,rs,lo,hi,depths", [(0, 0, 0, -300, 300, (1, 3)), (2, 0, 1, -200, 150, (4, 1)),
+                                                   (0, 3, 2, -(1 << 30) + 1, (1 << 30) - 1, (2, 2))])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS)
+def test_fork_and_add_join_branches(sa, sb, rs, lo, hi, depths, p_valid, p_ready):
+    """bnnc_fork feeds two FIFOs of different depths whose halves bnnc_add joins: every pair arrives,
+    in order, with the add's rounding and clamp, at one pixel per cycle without stalls."""
+    c, ab, bb, ob = 3, 9, 6, 12 if hi < 1 << 20 else 31
+    p = {"C": c, "A_BITS": ab, "B_BITS": bb, "OUT_BITS": ob, "SHIFT_A": sa, "SHIFT_B": sb, "ROUND_SHIFT": rs,
+         "OUT_MIN": lo, "OUT_MAX": hi, "A_DEPTH": depths[0], "B_DEPTH": depths[1]}
+    rng = np.random.default_rng(sa + 3 * sb + 7 * rs)
+    a = rng.integers(-(1 << (ab - 1)), 1 << (ab - 1), (70, c))
+    b = rng.integers(-(1 << (bb - 1)), 1 << (bb - 1), (70, c))
+    recs = [pack(x, ab) | (pack(y, bb) << (c * ab)) for x, y in zip(a, b)]
+    r = run_block("tb_residual", p, recs, c * (ab + bb), c * ob, len(recs), seed=11, p_valid=p_valid,
+                  p_ready=p_ready)
+    assert [unpack(v, c, ob) for v in r.outputs] == _residual_model(a, b, sa, sb, rs, lo, hi).tolist()
+    if p_valid == 1.0 and p_ready == 1.0 and min(depths) >= 2:  # a 1-entry FIFO takes every other cycle
+        assert np.all(np.diff(r.out_cycles) == 1)
+
+
 # ----------------------------------------------------------------------------- MVTU
 
 
@@ -287,6 +329,53 @@ def test_mvtu_matches_model(case, p_valid, p_ready):
     if p_valid == 1.0 and p_ready == 1.0:
         assert np.all(np.diff(r.out_cycles) == nf * sf)  # back to back: no bubble between vectors
         # the performance model's latency: folds plus the unit's register stages
+        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
+
+
+@pytest.mark.parametrize("mh,mw,pe,simd,ib,wb", [(5, 11, 2, 4, 8, 3), (3, 6, 3, 6, 12, 25), (4, 9, 1, 1, 5, 2)])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS[:2])
+def test_mvtu_multiply_accumulate(mh, mw, pe, simd, ib, wb, p_valid, p_ready):
+    """MAC = 1 (real-valued layers): one signed WEIGHT_BITS-bit weight per row and lane, out = off + sum x * w,
+    at the popcount unit's speed and latency."""
+    rng = np.random.default_rng(mh * mw + wb)
+    nf, sf = -(-mh // pe), -(-mw // simd)
+    w = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (mh, mw))
+    off = rng.integers(-1000, 1000, mh)
+    vmax = mw * (1 << (ib - 1)) * (1 << (wb - 1))
+    vb = (2 * vmax).bit_length() + 1
+    tb, gb = 12, 2
+    ab = max(vb, tb) + 1
+    ew = tb + gb + 1
+    wmem = []
+    for f in range(nf):
+        for sfold in range(sf):
+            word = 0
+            for r in range(pe):
+                for j in range(simd):
+                    o, k = f * pe + r, sfold * simd + j
+                    if o < mh and k < mw:
+                        word |= (int(w[o, k]) & ((1 << wb) - 1)) << ((r * simd + j) * wb)
+            wmem.append(word)
+    tmem = []
+    for f in range(nf):
+        word = 0
+        for r in range(pe):
+            o = f * pe + r
+            if o < mh:  # offset, a gain the MAC unit ignores, flag
+                word |= (pack([off[o]], tb) | (1 << tb) | (1 << (ew - 1))) << (r * ew)
+        tmem.append(word)
+    mems = {"w.mem": mem_image(wmem, pe * simd * wb), "t.mem": mem_image(tmem, pe * ew)}
+    params = {"MATRIX_ROWS": mh, "MATRIX_COLS": mw, "PE": pe, "SIMD": simd, "INPUT_BITS": ib, "SUM_BITS": vb,
+              "THRESHOLDS": 0, "TABLE_BITS": tb, "ACC_BITS": ab, "GAIN": 1, "GAINS_IN_TABLE": 1, "GAIN_BITS": gb,
+              "VALUE_BITS": vb, "MAC": 1, "WEIGHT_BITS": wb}
+    n = 10
+    xs = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), (n, mw))
+    r = run_block("tb_mvtu", params, [pack(x, ib) for x in xs], 2 + mw * ib, mh * ab, n, seed=17, p_valid=p_valid,
+                  p_ready=p_ready, mem_files=mems)
+    for v, x in zip(r.outputs, xs):
+        assert unpack(v, mh, ab) == (off + w @ x).tolist()
+    if p_valid == 1.0 and p_ready == 1.0:
+        assert np.all(np.diff(r.out_cycles) == nf * sf)
         assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
 
 

@@ -16,7 +16,7 @@ from bnnc.targets import TargetOptions
 
 from .conftest import sweep_scale
 
-# the zoo families the dataflow pipeline holds (the residual ones, bireal and resnet18-stq, need branches)
+# the zoo families that are chains of layers (the residual ones, bireal and resnet18-stq: test_verilog_residual.py)
 CHAIN_FAMILIES = ("ternary-ttq", "ternary-qonnx", "ternary-ec2t", "xnet", "dabn", "w1a2", "abc-fused", "abc-explicit",
                   "pabt", "hbn")
 SEEDS = (0, 1) if sweep_scale() <= 1 else tuple(range(int(2 * sweep_scale())))

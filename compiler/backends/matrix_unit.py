@@ -14,6 +14,8 @@ The RTL computes the same numbers from the same parameters; tests check the simu
 
 from __future__ import annotations
 
+import numpy as np
+
 POPCOUNT_LANES = 16  # bit lanes per first-level register: a 16-input popcount fits one cycle
 ADDER_LANES = 2  # integer lanes per first-level register: one adder of two signed lanes
 ADDER_FANIN = 2  # values added per further register level: one adder (chains of three missed 150 MHz)
@@ -41,6 +43,47 @@ def latency(nf: int, sf: int, simd: int, in_bits: int) -> int:
     return nf * sf + pipeline_depth(simd, in_bits)
 
 
+def uses_mac(op, folded) -> bool:
+    """A real-valued layer (integer weights, code "int") on integer inputs runs as an integer
+    multiply-accumulate (DSP-friendly): one signed weight per row and lane instead of one popcount
+    plane per weight bit. Needs the compared value's table layout (several planes: v-space)."""
+    return op.code == "int" and folded.in_bits > 1 and folded.gains_in_table
+
+
+def mac_weights(folded) -> tuple:
+    """(words, bits): the MAC unit's weight memory, one signed `bits`-bit weight per row and lane,
+    row p lane s of fold a at bit (p * SIMD + s) * bits of word a, w = sum over planes j of
+    G_j[o] * (b_j ? -1 : 1) * m_j (the planes' own sum for integer inputs, so the unit's sum of x * w
+    is the compared value v exactly); rows and lanes beyond the matrix are 0."""
+    f = folded
+    nfsf, _, pe, simd = f.weight_bits.shape
+    w = np.zeros((nfsf, pe, simd), np.int64)
+    rows = np.arange(nfsf)[:, None] // f.sf * pe + np.arange(pe)[None, :]  # (folds, PE): matrix row o
+    gains = np.zeros((f.gains.shape[0], f.nf * pe), np.int64)
+    gains[:, :f.gains.shape[1]] = f.gains
+    i = 0
+    for j, kind in enumerate(f.plane_kinds):
+        sign = 1
+        if kind in ("xnor", "masked_xnor"):
+            sign = 1 - 2 * f.weight_bits[:, i].astype(np.int64)
+            i += 1
+        mask = 1
+        if kind in ("masked_xnor", "and"):
+            mask = f.weight_bits[:, i].astype(np.int64)
+            i += 1
+        w += gains[j][rows][:, :, None] * sign * mask
+    lanes = np.arange(simd)[None, None, :] + np.zeros((nfsf, pe, 1), np.int64)
+    cols = np.arange(nfsf)[:, None, None] % f.sf * simd + lanes
+    w = np.where(cols < f.mw, w, 0)
+    lo, hi = int(w.min()), int(w.max())
+    bits = 2
+    while not (-(1 << (bits - 1)) <= lo and hi < 1 << (bits - 1)):
+        bits += 1
+    flat = (w & ((1 << bits) - 1)).reshape(nfsf, pe * simd)
+    words = [sum(int(v) << (k * bits) for k, v in enumerate(row)) for row in flat]
+    return words, bits
+
+
 def rtl_parameter_groups(stage: dict) -> list:
     """bnnc_mvtu's parameters for a conv stage of the Verilog backend (verilog._conv_stage), in
     groups of (name, value) (one line each in the generated top), memory image names left to the
@@ -50,6 +93,8 @@ def rtl_parameter_groups(stage: dict) -> list:
     groups = [[("MATRIX_ROWS", s["mh"]), ("MATRIX_COLS", s["mw"]), ("PE", s["pe"]), ("SIMD", s["simd"]),
                ("INPUT_BITS", s["ib"]), ("SUM_BITS", s["sb"])],
               [("THRESHOLDS", s["nt"]), ("TABLE_BITS", s["tb"]), ("ACC_BITS", s["ab"]), ("GAIN", s["gain"])]]
+    if s.get("mac"):
+        groups.append([("MAC", 1), ("WEIGHT_BITS", s["wb"])])
     if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
         groups += [[("PLANES", s["np"]), ("PLANE_FLIPS", s["pb"]), ("PLANE_MASKS", s["pm"]),
                     ("GAINS_IN_TABLE", s["gm"]), ("GAIN_BITS", s["gb"]), ("VALUE_BITS", s["vb"])],
@@ -58,7 +103,8 @@ def rtl_parameter_groups(stage: dict) -> list:
         groups.append([("LEVEL_BASE", s["lb"]), ("LEVEL_STEP", s["ls"]), ("OUT_BITS", s["ob"])])
     elif s["mode"] == "requant":
         groups.append([("REQUANTIZE", 1), ("SHIFT", s["shift"]), ("OUT_MIN", s["qlo"]), ("OUT_MAX", s["qhi"]),
-                       ("PRODUCT_BITS", s["pw"]), ("OUT_BITS", s["ob"])])
+                       ("PRODUCT_BITS", s["pw"]), ("OUT_BITS", s["ob"])]
+                      + ([("PRE_SHIFT", s["pre_shift"])] if s.get("pre_shift") else []))
     groups += [[("BORDER_CLASSES", s["ncls"]), ("COL_CLASS_COUNT", s["nx"]), ("OUT_ROWS", s["ohr"]),
                 ("OUT_COLS", s["owc"]), ("ROW_CLASS_BITS", s["yb"]), ("COL_CLASS_BITS", s["xb"])],
                [("ROW_CLASSES", s["ycls"]), ("COL_CLASSES", s["xcls"])]]

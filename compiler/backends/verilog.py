@@ -2,8 +2,9 @@
 
 The accelerator holds the integer part of the network: every Conv (a sliding window generator
 when the kernel is not 1x1/stride 1/unpadded, then a PE x SIMD matrix-vector-threshold unit),
-MaxPool and GlobalSumPool between the quantized input and the output, in pipeline order, with a
-FIFO after each stage. What it cannot hold exactly stays on the host, computed by the reference
+MaxPool, SumPool, GlobalSumPool and residual Add between the quantized input and the output, in
+pipeline order, with a FIFO after each stage; a tensor several stages read goes through a fork
+whose branch FIFOs (and the FIFOs in front of an Add) are sized from the schedule (verilog_fifos). What it cannot hold exactly stays on the host, computed by the reference
 executor's own functions:
 - the input quantizer (`InputQuantize`: float32 chains, integer thresholds): the input stream
   carries its output, the quantized input tensor;
@@ -11,9 +12,10 @@ executor's own functions:
   accumulators, and the host applies the chain exactly as the reference does; then `ArgMax`.
 Every weight code (binary, ternary, two-scale, multi-base, integer; expander kernels) runs on the
 unit's popcount planes (compiler/weight_planes.py), with bit, multi-level, activation-plane or
-fixed-point (Requantize) outputs; an Activation of an integer stream becomes a 1x1 unit with
-identity weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere
-else or a branch (residual shortcuts) is refused.
+fixed-point (Requantize) outputs; real-valued layers (code int on integer inputs) run as integer
+multiply-accumulate units; an Activation of an integer stream becomes a 1x1 unit with identity
+weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere else, a
+Concat or a Softmax is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
 this module only plans the stages, formats parameters and memory images, renders
@@ -38,12 +40,12 @@ from ..errors import BnncError
 from ..passes.activations_as_convs import activations_as_convs
 from ..passes.layout_folded_layers import element_bits, layout_folded_layers
 from ..resources import resource_dir
-from . import matrix_unit, verilog_sim
+from . import matrix_unit, verilog_fifos, verilog_sim
 from .c import comment_text, sanitize_identifier
 
 # building blocks in compile order (each only instantiates blocks listed before it)
 RTL_BLOCKS = ("bnnc_fifo", "bnnc_rom", "bnnc_axis_in", "bnnc_axis_out", "bnnc_swg", "bnnc_mvtu", "bnnc_maxpool",
-              "bnnc_gsum")
+              "bnnc_gsum", "bnnc_fork", "bnnc_add", "bnnc_sumpool")
 AXIS_MAX_BITS = 64  # widest AXI-Stream tdata the generated design uses
 FIFO_DEPTH = 2
 WINDOW_OVERHEAD = 4  # bnnc_swg: cycles per window beyond its KH*KW tap reads
@@ -88,33 +90,37 @@ def plan(graph: ir.Graph) -> Plan:
     for op in ops:
         if isinstance(op, (ir.Concat, ir.Softmax)):
             raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement "
-                            f"{type(op).__name__} ops (it builds chains of conv/dense, max pool and global sum pool "
-                            "layers); use --target c")
-    for prev, op in zip(ops, ops[1:]):
-        if op.inputs != [prev.outputs[0]] or len(graph.consumers(prev.outputs[0])) != 1:
-            raise BnncError(f"'{op.name}' is not a plain chain of layers (branches are not supported by the "
-                            "verilog target's dataflow pipeline)")
+                            f"{type(op).__name__} ops (it builds conv/dense, max pool, sum pool, global sum pool and "
+                            "residual add layers); use --target c")
     hw, tail, acc_out = [], [], False
+    produced = {ops[0].outputs[0]}
     for op in ops[1:]:
-        if acc_out or isinstance(op, ir.ArgMax):
-            if not isinstance(op, ir.ArgMax):
-                raise BnncError(f"'{op.name}' ({type(op).__name__}) follows a float32 epilogue; the verilog target "
-                                "holds float32 only as the last layer's output, computed on the host")
+        if tail or acc_out or isinstance(op, ir.ArgMax):
+            if not isinstance(op, ir.ArgMax) or (hw and op.inputs != [hw[-1].outputs[0]]):
+                raise BnncError(f"'{op.name}' ({type(op).__name__}) follows the accelerator's output; the verilog "
+                                "target holds float32 only as the last layer's output, computed on the host")
             tail.append(op)
             continue
+        missing = [t for t in op.inputs if t not in produced]
+        if missing:
+            raise BnncError(f"'{op.name}' reads '{missing[0]}', which the verilog target's pipeline does not produce")
         if isinstance(op, ir.Conv):
             _check_conv(op)
             if isinstance(op.epilogue, ir.Chain):
                 acc_out = True
             hw.append(op)
-        elif isinstance(op, (ir.MaxPool, ir.GlobalSumPool)):
+        elif isinstance(op, (ir.MaxPool, ir.GlobalSumPool, ir.SumPool, ir.Add)):
             hw.append(op)
         else:
             raise BnncError(f"the verilog target cannot hold '{op.name}' ({type(op).__name__})")
+        produced.add(op.outputs[0])
     if not hw:
         raise BnncError("the model has no layer for the verilog target to build")
+    for op in hw[:-1]:
+        if not graph.consumers(op.outputs[0]):
+            raise BnncError(f"'{op.name}': its output is neither read nor the model's output")
     for op in hw:
-        for t in (op.inputs[0], op.outputs[0]):
+        for t in (*op.inputs, op.outputs[0]):
             ty = graph.tensors[t]
             if isinstance(ty, ir.Reals) and not (op is hw[-1] and acc_out and t == op.outputs[0]):
                 raise BnncError(f"layer '{op.name}' has a float32 tensor in the middle of the network, which the "
@@ -122,7 +128,7 @@ def plan(graph: ir.Graph) -> Plan:
     first = hw[0]
     in_ty = graph.tensors[ops[0].outputs[0]]
     flat = isinstance(first, ir.Conv) and tuple(first.kernel) == tuple(in_ty.shape[:2]) and not any(first.pads) \
-        and in_ty.shape[0] * in_ty.shape[1] > 1
+        and in_ty.shape[0] * in_ty.shape[1] > 1 and len(graph.consumers(ops[0].outputs[0])) == 1
     return Plan(ops[0], hw, tail, acc_out, flat)
 
 
@@ -210,14 +216,21 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
          "np": f.planes, "pb": _bits_literal([k in ("xnor", "masked_xnor") for k in f.plane_kinds], 1),
          "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.plane_kinds], 1), "na": len(f.arrays),
          "gm": int(f.gains_in_table), "gb": f.gain_bits, "vb": f.v_bits, "npl": f.act_planes,
-         "planes": ", ".join(f.plane_kinds), "rq": int(f.mode == "requant"), "shift": f.rq_shift, "qlo": f.rq_lo,
-         "qhi": f.rq_hi, "pw": f.rq_bits, "ew": f.entry_bits}
+         "planes": ", ".join(f.plane_kinds), "rq": int(f.mode == "requant"), "shift": f.rq_shift,
+         # the shifted product is a signed rq_bits-bit value: output bounds beyond that range never clamp, and
+         # clipped to it they survive the unit's rq_bits-bit comparison (the IR's +-(2^23 - 1) saturation would not)
+         "qlo": max(f.rq_lo, -(1 << (f.rq_bits - 1))), "qhi": min(f.rq_hi, (1 << (f.rq_bits - 1)) - 1),
+         "pw": f.rq_bits, "pre_shift": f.rq_pre_shift, "ew": f.entry_bits}
     if swg:
         s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
                  ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
     s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
+    if matrix_unit.uses_mac(op, f):  # the lanes sum x * w in the compared value's width
+        s["weight_words"], s["wb"] = matrix_unit.mac_weights(f)
+        s.update(mac=1, sb=f.v_bits, title=s["title"] + f", {s['wb']}-bit weights x {f.in_bits}-bit inputs "
+                 "(multiply-accumulate)")
     s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
                                  for group in matrix_unit.rtl_parameter_groups(s)]
     s["out_width"] = f.mh * f.act_planes * s["ob"]
@@ -239,6 +252,15 @@ def _pool_stage(op, src, dst, name: str) -> dict:
                 "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1],
                 "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]),
                 "out_width": src.shape[2] * eb, "cycles": (t + WINDOW_OVERHEAD) * oh * ow}
+    if isinstance(op, ir.SumPool):
+        oh, ow = dst.shape[:2]
+        t = op.kernel[0] * op.kernel[1]
+        return {"kind": "sumpool", "name": name, "title": f"SumPool {op.kernel[0]}x{op.kernel[1]}/{op.stride[0]}",
+                "ih": src.shape[0], "iw": src.shape[1], "c": src.shape[2], "eb": element_bits(src),
+                "ob": element_bits(dst), "kh": op.kernel[0], "kw": op.kernel[1], "sh": op.stride[0],
+                "sw": op.stride[1], "pt": 0, "pl": 0, "oh": oh, "ow": ow,
+                "rows": buffer_rows(op.kernel[0], op.stride[0]), "out_width": src.shape[2] * element_bits(dst),
+                "cycles": (t + WINDOW_OVERHEAD) * oh * ow}
     h, w, c = src.shape
     ob = element_bits(dst)
     return {"kind": "gsum", "name": name, "title": f"GlobalSumPool over {h}x{w}", "npix": h * w, "c": c,
@@ -249,6 +271,96 @@ def _check_pads(op) -> None:
     kh, kw = op.kernel
     if op.pads[0] >= kh or op.pads[2] >= kh or op.pads[1] >= kw or op.pads[3] >= kw:
         raise BnncError(f"'{op.name}': padding {tuple(op.pads)} is not smaller than its {kh}x{kw} kernel")
+
+
+def _add_stage(op: ir.Add, g: ir.Graph) -> dict:
+    a, b = (g.tensors[t] for t in op.inputs)
+    return {"c": g.tensors[op.outputs[0]].shape[2], "ab": element_bits(a), "bb": element_bits(b),
+            "ob": element_bits(g.tensors[op.outputs[0]]), "sa": op.shifts[0], "sb": op.shifts[1],
+            "rs": op.round_shift, "lo": op.lo, "hi": op.hi}
+
+
+def _schedule_unit(s: dict, inputs: list) -> verilog_fifos.Unit:
+    """How the FIFO schedule (verilog_fifos) sees a stage."""
+    k = s["kind"]
+    if k in ("maxpool", "sumpool") or k == "conv" and s["swg"]:
+        taps = s["kh"] * s["kw"] + WINDOW_OVERHEAD
+        need = verilog_fifos.window_need(s["ih"], s["iw"], s["kh"], s["sh"], s["pt"], s["oh"], s["ow"])
+        service, latency = taps, taps + 2
+        if k == "conv":
+            service = max(taps, s["nf"] * s["sf"])
+            latency += s["nf"] * s["sf"] + s["pipeline_depth"]
+        return verilog_fifos.Unit(s["name"], inputs, need, s["ih"] * s["iw"], service, latency, True)
+    if k == "gsum":
+        return verilog_fifos.Unit(s["name"], inputs, np.array([s["npix"] - 1]), s["npix"], s["npix"], 2, True)
+    pixels = s["oh"] * s["ow"] if k == "conv" else s["cycles"]
+    if k == "conv":
+        return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, s["nf"] * s["sf"],
+                                  s["nf"] * s["sf"] + s["pipeline_depth"] + 2, False)
+    return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, 1, 2, False)  # add
+
+
+def _wire_streams(g: ir.Graph, pl: Plan, stages: list, input_pixels: int, ii: int) -> dict | None:
+    """Connect the stages: stage i's output FIFO drives stream s{i+1} (the input: s0); a tensor
+    read by several stages goes through a bnnc_fork whose branches each have a FIFO. Sets each
+    stage's `ins` (its input streams), `fifo_depth` and `fork`; returns the input's fork, if any.
+    The FIFOs in front of a residual Add and the fork branches get the depths the schedule needs
+    (verilog_fifos); every other FIFO keeps FIFO_DEPTH."""
+    producer = {pl.input_op.outputs[0]: ("input", "s0")}
+    for i, (s, op) in enumerate(zip(stages, pl.hw_ops)):
+        producer[op.outputs[0]] = (s["name"], f"s{i + 1}")
+    readers = {t: [] for t in producer}  # (stage index, input position)
+    for i, op in enumerate(pl.hw_ops):
+        for pos, t in enumerate(op.inputs):
+            readers[t].append((i, pos))
+    units = [_schedule_unit(s, [producer[t][0] for t in op.inputs]) for s, op in zip(stages, pl.hw_ops)]
+    times = verilog_fifos.schedule(units, input_pixels, ii)
+    for s, op in zip(stages, pl.hw_ops):
+        s["ins"] = [producer[t][1] for t in op.inputs]
+        s["fifo_depth"], s["fork"] = FIFO_DEPTH, None
+    input_fork = None
+    for t, (src, stream) in producer.items():
+        edges = readers[t]
+        owner = None if src == "input" else stages[[s["name"] for s in stages].index(src)]
+        if len(edges) == 1:
+            i, _ = edges[0]
+            if owner is not None and stages[i]["kind"] == "add":
+                owner["fifo_depth"] = verilog_fifos.depth(times[src], verilog_fifos.taken_times(units[i], times, src),
+                                                          FIFO_DEPTH)
+                owner["fifo_why"] = f"in front of {stages[i]['name']}"
+            continue
+        if len(edges) < 2:
+            continue
+        width = owner["out_width"] if owner is not None else _stream(input_type(g, pl), "")["width"]
+        name = owner["name"] if owner is not None else "input"
+        branches = []
+        for j, (i, pos) in enumerate(edges):
+            arrival = times[src] + 1  # the fork's register
+            taken = verilog_fifos.taken_times(units[i], {**times, src: arrival}, src)
+            branches.append({"stream": f"{stream}_b{j}", "to": stages[i]["name"],
+                             "depth": verilog_fifos.depth(arrival, taken, FIFO_DEPTH)})
+            stages[i]["ins"][pos] = f"{stream}_b{j}"
+        fork = {"name": name, "src": stream, "width": width, "branches": branches}
+        if owner is None:
+            input_fork = fork
+        else:
+            owner["fork"] = fork
+    return input_fork
+
+
+def _sized_fifos(stages: list, input_fork: dict | None) -> list:
+    """The FIFOs whose depth the schedule chose: {name, depth, width, why}."""
+    out = []
+    for s in stages:
+        if s.get("fifo_why"):
+            out.append({"name": f"{s['name']}_fifo", "depth": s["fifo_depth"], "width": s["out_width"],
+                        "why": s["fifo_why"]})
+    for fork in [input_fork] + [s["fork"] for s in stages]:
+        if fork:
+            for j, b in enumerate(fork["branches"]):
+                out.append({"name": f"{fork['name']}_branch{j}", "depth": b["depth"], "width": fork["width"],
+                            "why": f"fork branch to {b['to']}"})
+    return out
 
 
 def resource_limits(opts) -> dict:
@@ -271,19 +383,21 @@ def folding_spec(foldings: list) -> dict:
 
 def unit_floor(graph: ir.Graph, pl: Plan) -> tuple:
     """(unit, cycles per frame) of the slowest unit whose speed no folding changes: sliding window
-    generators and pools (KH*KW + WINDOW_OVERHEAD cycles per output pixel), global sums (one cycle
-    per pixel) and the AXI streams (one cycle per beat)."""
+    generators and pools (KH*KW + WINDOW_OVERHEAD cycles per output pixel), global sums and
+    residual adds (one cycle per pixel) and the AXI streams (one cycle per beat)."""
     units = [("input stream", _axis(input_type(graph, pl), "in")["beats"])]
     for op in pl.hw_ops[1:] if pl.flat_input else pl.hw_ops:
         src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
         pixels = dst.shape[0] * dst.shape[1]
-        taps = op.kernel[0] * op.kernel[1] if isinstance(op, (ir.Conv, ir.MaxPool)) else 0
+        taps = op.kernel[0] * op.kernel[1] if isinstance(op, (ir.Conv, ir.MaxPool, ir.SumPool)) else 0
         if isinstance(op, ir.Conv) and not (taps == 1 and tuple(op.stride) == (1, 1) and not any(op.pads)):
             units.append((op.name, (taps + WINDOW_OVERHEAD) * pixels))
-        elif isinstance(op, ir.MaxPool):
+        elif isinstance(op, (ir.MaxPool, ir.SumPool)):
             units.append((op.name, (taps + WINDOW_OVERHEAD) * pixels))
         elif isinstance(op, ir.GlobalSumPool):
             units.append((op.name, src.shape[0] * src.shape[1]))
+        elif isinstance(op, ir.Add):
+            units.append((op.name, pixels))
     return max(units, key=lambda u: u[1])
 
 
@@ -303,7 +417,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
     graph = activations_as_convs(graph)  # matrix units run them
     pl = plan(graph)
     foldings = choose_foldings(graph, pl, opts)
-    g = layout_folded_layers(graph, foldings)
+    g = layout_folded_layers(graph, foldings, pre_shift=True)
     pl = plan(g)
     in_ty = input_type(g, pl)
     streams = [_stream(in_ty, "quantized input")]
@@ -319,14 +433,23 @@ def build_design(graph: ir.Graph, opts) -> Design:
         if isinstance(op, ir.Conv):
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
-            mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
+            if s.get("mac"):
+                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), s["pe"] * s["simd"] * s["wb"])
+            else:
+                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
             mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * s["ew"])
+        elif isinstance(op, ir.Add):
+            s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),
+                 "cycles": dst.shape[0] * dst.shape[1]}
         else:
             s = _pool_stage(op, src, dst, name)
         s["comment"] = comment_text(", ".join(getattr(op, "source_ops", []) or [op.name]))
         stages.append(s)
         out_desc = "layer accumulators" if s.get("mode") == "acc" else f"{name} output"
         streams.append({"width": s["out_width"], "desc": out_desc})
+    for s, op in zip(stages, pl.hw_ops):
+        if isinstance(op, ir.Add):
+            s.update(_add_stage(op, g))
     last = pl.hw_ops[-1]
     out_ty = g.tensors[last.outputs[0]]
     if pl.acc_out:
@@ -352,9 +475,16 @@ def build_design(graph: ir.Graph, opts) -> Design:
         raise BnncError(f"--target-cycles {opts.target_cycles} cannot be met: {bottleneck[0]} needs "
                         f"{bottleneck[1]} cycles per frame (sliding windows and pools take KH*KW + "
                         f"{WINDOW_OVERHEAD} cycles per output pixel, streams one cycle per beat)")
+    input_fork = _wire_streams(g, pl, stages, in_axis["pixels"], perf["estimated_ii"])
+    perf["fifos"] = [{"name": f["name"], "depth": f["depth"], "width": f["width"], "why": f["why"]}
+                     for f in _sized_fifos(stages, input_fork)]
     top = f"{prefix}_top"
-    sources = {f"rtl/{b}.sv": (resource_dir("hw") / "rtl" / f"{b}.sv").read_text() for b in RTL_BLOCKS}
-    ctx = {"top": top, "prefix": prefix, "stages": stages, "streams": streams, "input": in_axis,
+    # the residual blocks only where used: a chain's project is what it was before they existed
+    unused = {"bnnc_fork"} if not (input_fork or any(s["fork"] for s in stages)) else set()
+    unused |= {b for b, k in (("bnnc_add", "add"), ("bnnc_sumpool", "sumpool")) if all(s["kind"] != k for s in stages)}
+    sources = {f"rtl/{b}.sv": (resource_dir("hw") / "rtl" / f"{b}.sv").read_text() for b in RTL_BLOCKS
+               if b not in unused}
+    ctx = {"top": top, "prefix": prefix, "stages": stages, "streams": streams, "input": in_axis, "input_fork": input_fork,
            "output": out_axis, "fifo_depth": FIFO_DEPTH, "perf": perf,
            "model_comment": "accelerator of the model with input tensor "
                             + comment_text(graph.input_info.get("onnx_name") or "(unnamed)")}
@@ -545,7 +675,7 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
              "frame_intervals": [b - a for a, b in zip(ends, ends[1:])],
              "analytic_ii": d.perf["analytic_ii"], "estimated_ii": d.perf["estimated_ii"],
              "frames_per_second_at_200MHz": CLOCK_HZ / (cpf if cpf else latency),
-             "folding": folding_spec(d.foldings)["layers"], "layers": d.perf["layers"],
+             "folding": folding_spec(d.foldings)["layers"], "layers": d.perf["layers"], "fifos": d.perf["fifos"],
              "total_seconds": round(time.time() - t0, 3)}
     return y, stats
 
@@ -583,6 +713,15 @@ def report(graph: ir.Graph, opts) -> dict:
                  f"({'--clock-mhz' if opts.clock_mhz is not None else 'assumed'}; "
                  "bench/bench_fpga.py measures Fmax); "
                  f"pipeline fill {perf['fill_cycles']} cycles on the first frame")
+    macs = [(s, op) for s, op in zip(d.context["stages"], d.plan.hw_ops) if s.get("mac")]
+    if macs:
+        lines.append("multiply-accumulate units (real-valued weights on integer inputs): " + "; ".join(
+            f"{s['name']} {s['wb']}-bit weights x {s['ib']}-bit inputs"
+            + (f", pre-activation error <= {float(np.max(op.acc_error)):.3g}" if op.acc_error is not None else "")
+            for s, op in macs) + " (--weight-bits NODE=B sets a layer's weight bits)")
+    if perf["fifos"]:
+        lines.append("FIFOs sized from the pipeline's schedule (bnnc_fifo entries x bits): " + "; ".join(
+            f"{f['name']} {f['depth']} x {f['width']} ({f['why']})" for f in perf["fifos"]))
     if est:
         t = est["total"]
         lines.append(f"resources (estimate, Xilinx 7-series, yosys synth_xilinx per building block): {t['lut']} LUT, "

@@ -183,9 +183,13 @@ def _mvtu_jobs(design, s: dict) -> list:
         w = []
         for x in wwords:
             v = int(x, 16)
-            w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
+            if s.get("mac"):  # row r lane l at (r*SIMD + l)*WEIGHT_BITS: keep the first p rows
+                w.append(v & ((1 << (keep * s["wb"])) - 1))
+            else:
+                w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
-        mems = {"w.mem": mem_image(w, s["na"] * keep), "t.mem": mem_image(t, p * ew)}
+        wbits = keep * s["wb"] if s.get("mac") else s["na"] * keep
+        mems = {"w.mem": mem_image(w, wbits), "t.mem": mem_image(t, p * ew)}
         jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
 
@@ -193,7 +197,24 @@ def _mvtu_jobs(design, s: dict) -> list:
 def _stage_jobs(design, s: dict) -> list:
     """[(part, job, weight)] for one stage: its counts are sum(weight * synth(job))."""
     fifo = ("fifo", (_rtl(design, "bnnc_fifo"), "bnnc_fifo", {"WIDTH": s["out_width"],
-                                                             "DEPTH": design.context["fifo_depth"]}, {}), 1)
+                                                             "DEPTH": s.get("fifo_depth",
+                                                                            design.context["fifo_depth"])}, {}), 1)
+    return _core_jobs(design, s, fifo) + _fork_jobs(design, s.get("fork"))
+
+
+def _fork_jobs(design, fork) -> list:
+    """A stream fork and its branches' FIFOs (depths from the schedule)."""
+    if not fork:
+        return []
+    parts = [("fork", (_rtl(design, "bnnc_fork"), "bnnc_fork", {"WIDTH": fork["width"],
+                                                               "N": len(fork["branches"])}, {}), 1)]
+    for b in fork["branches"]:
+        parts.append(("branch fifo", (_rtl(design, "bnnc_fifo"), "bnnc_fifo", {"WIDTH": fork["width"],
+                                                                             "DEPTH": b["depth"]}, {}), 1))
+    return parts
+
+
+def _core_jobs(design, s: dict, fifo) -> list:
     if s["kind"] == "conv":
         parts = [fifo]
         if s["swg"]:
@@ -213,6 +234,16 @@ def _stage_jobs(design, s: dict) -> list:
                                 {"IH": s["ih"], "IW": s["iw"], "C": s["c"], "EB": s["eb"], "KH": s["kh"],
                                  "KW": s["kw"], "SH": s["sh"], "SW": s["sw"], "PT": s["pt"], "PL": s["pl"],
                                  "OH": s["oh"], "OW": s["ow"], "R": s["rows"]}, {}), 1)]
+    if s["kind"] == "sumpool":
+        return [fifo, ("pool", (_rtl(design, "bnnc_swg", "bnnc_sumpool"), "bnnc_sumpool",
+                                {"IH": s["ih"], "IW": s["iw"], "C": s["c"], "EB": s["eb"], "OB": s["ob"],
+                                 "KH": s["kh"], "KW": s["kw"], "SH": s["sh"], "SW": s["sw"], "OH": s["oh"],
+                                 "OW": s["ow"], "R": s["rows"]}, {}), 1)]
+    if s["kind"] == "add":
+        return [fifo, ("add", (_rtl(design, "bnnc_add"), "bnnc_add",
+                               {"C": s["c"], "A_BITS": s["ab"], "B_BITS": s["bb"], "OUT_BITS": s["ob"],
+                                "SHIFT_A": s["sa"], "SHIFT_B": s["sb"], "ROUND_SHIFT": s["rs"], "OUT_MIN": s["lo"],
+                                "OUT_MAX": s["hi"]}, {}), 1)]
     return [fifo, ("sum", (_rtl(design, "bnnc_gsum"), "bnnc_gsum",
                            {"NPIX": s["npix"], "C": s["c"], "EB": s["eb"], "OB": s["ob"]}, {}), 1)]
 
@@ -227,7 +258,8 @@ def _axis_job(design, which: str):
 def estimate(design, jobs: int = 2) -> dict:
     """{"layers": [{name, lut, ff, bram18, carry, dsp}], "streams": {...}, "total": {...}}."""
     plan = [(s["name"], _stage_jobs(design, s)) for s in design.context["stages"]]
-    plan.append(("streams", [("axis_in", _axis_job(design, "input"), 1), ("axis_out", _axis_job(design, "output"), 1)]))
+    plan.append(("streams", [("axis_in", _axis_job(design, "input"), 1), ("axis_out", _axis_job(design, "output"), 1)]
+                 + _fork_jobs(design, design.context.get("input_fork"))))
     todo = {}
     for _, parts in plan:
         for _, job, _ in parts:

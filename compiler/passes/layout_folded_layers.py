@@ -32,9 +32,9 @@ entries (value, flag), with s = s_0 and G = G_0[o]:
 - a `Chain` (the last layer's float32 epilogue, applied by the host): the unit outputs acc itself,
   entry value A, flag = (G != 0); acc = A + (flag ? GAIN * s : 0) (every live row has G = GAIN).
 - `Requantize` (fixed-point outputs): entry values A, mult[o], add[o], acc_lo[o], acc_hi[o]; the
-  unit outputs clamp((clamp(acc, acc_lo, acc_hi) * mult + add) >> shift, lo, hi) in
-  `rq_bits`-bit arithmetic (acc_lo / acc_hi within the reachable range: where the IR has no clamp,
-  the range itself).
+  unit outputs clamp((clamp(acc >> pre_shift, acc_lo, acc_hi) * mult + add) >> shift, lo, hi) in
+  `rq_bits`-bit arithmetic (acc_lo / acc_hi within the reachable range, shifted: where the IR has
+  no clamp, the range itself); `rq_pre_shift` only for callers that implement it.
 Several planes, or an accumulator output whose rows have different gains ("v-space"): the table
 entry also holds the row's gains, the unit computes v = sum_j G_j[o] * s_j and uses the same
 forms with v for s, G = 1 (so u = d): thr = T - A - 1 (d = +1) or -A - T (d = -1), and the
@@ -99,6 +99,7 @@ class FoldedConv:
     rq_lo: int = 0
     rq_hi: int = 0
     rq_bits: int = 1  # signed width holding acc * mult + add
+    rq_pre_shift: int = 0  # "requant": the accumulator is shifted right by this first (ir.Requantize.pre_shift)
 
     @property
     def ncls(self) -> int:
@@ -150,7 +151,7 @@ def element_bits(ty) -> int:
     raise BnncError(f"a {type(ty).__name__} tensor cannot travel on a hardware stream")
 
 
-def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
+def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int, pre_shift: bool = False) -> FoldedConv:
     o, kh, kw, c = op.w.shape
     mw = kh * kw * c
     if op.pads[0] >= kh or op.pads[1] >= kw or op.pads[2] >= kh or op.pads[3] >= kw:
@@ -242,19 +243,23 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
         if isinstance(ep, ir.Requantize):
             mode = "requant"
             mult = np.broadcast_to(ep.mult.astype(np.int64), (o,))
-            if ep.pre_shift:
+            ps = int(ep.pre_shift)
+            if ps and not pre_shift:
                 raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': a real-valued layer whose accumulator "
                                 f"needs a {ep.pre_shift}-bit pre-shift before its requantization is not supported in "
                                 "hardware yet; use --target c")
             add = np.broadcast_to(ep.add.astype(np.int64), (o,))
-            clo = np.full(o, acc_lo, np.int64) if ep.acc_lo is None else np.maximum(ep.acc_lo.astype(np.int64), acc_lo)
-            chi = np.full(o, acc_hi, np.int64) if ep.acc_hi is None else np.minimum(ep.acc_hi.astype(np.int64), acc_hi)
+            reach_lo, reach_hi = acc_lo >> ps, acc_hi >> ps  # the clamp is in shifted units
+            clo = np.full(o, reach_lo, np.int64) if ep.acc_lo is None else \
+                np.maximum(ep.acc_lo.astype(np.int64), reach_lo)
+            chi = np.full(o, reach_hi, np.int64) if ep.acc_hi is None else \
+                np.minimum(ep.acc_hi.astype(np.int64), reach_hi)
             chi = np.maximum(chi, clo)  # an empty range: every reachable acc clamps to clo
             value = np.stack([a] + [np.broadcast_to(v, a.shape) for v in (mult, add, clo, chi)], axis=-1)
             table_bits = max(signed_bits(int(value.min()), int(value.max())), table_bits)
             # the clamped acc lies in [clo, chi] (which may lie outside the reachable range)
             big = int(np.abs(np.concatenate([clo, chi])).max()) * int(np.abs(mult).max()) + int(np.abs(add).max())
-            rq = (int(ep.shift), int(ep.lo), int(ep.hi), signed_bits(-big, big))
+            rq = (int(ep.shift), int(ep.lo), int(ep.hi), signed_bits(-big, big), ps)
     value = np.ascontiguousarray(value, dtype=np.int64)
     flag = np.ascontiguousarray(flag, dtype=np.int64)
     gain_bits = signed_bits(int(gains.min()), int(gains.max())) if v_space else 1
@@ -263,7 +268,7 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     nf, sf = -(-o // pe), -(-mw // simd)
     kinds = tuple(p.kind for p in planes)
     if mode != "requant":
-        rq = (0, 0, 0, 1)
+        rq = (0, 0, 0, 1, 0)
     f = FoldedConv(pe, simd, o, mw, nf, sf, in_bits, s_min, s_max, s_bits, gain, mode, nt, level_base, level_step,
                    table_bits, acc_lo, acc_hi, acc_bits, ycls, xcls, ny, nx, [], value, flag, [], kinds, gains,
                    v_space, gain_bits, v_bits, act_planes if mode == "thresholds" else 1, flag.shape[-1], None, *rq)
@@ -300,9 +305,10 @@ def _word(fields, width: int) -> int:
     return w
 
 
-def layout_folded_layers(graph: ir.Graph, foldings: list) -> ir.Graph:
+def layout_folded_layers(graph: ir.Graph, foldings: list, pre_shift: bool = False) -> ir.Graph:
     """Attach `folded` (a FoldedConv) to every Conv, for the (pe, simd) of `foldings` (one
-    `folding.LayerFolding` per Conv, in `folding.foldable_layers` order). Numbers are unchanged."""
+    `folding.LayerFolding` per Conv, in `folding.foldable_layers` order). Numbers are unchanged.
+    `pre_shift`: the caller's unit implements `rq_pre_shift` (else such a layer is refused)."""
     out = graph.copy()
     by_name = {f.layer.name: f for f in foldings}
     for op in out.ops():
@@ -310,5 +316,5 @@ def layout_folded_layers(graph: ir.Graph, foldings: list) -> ir.Graph:
             f = by_name.get(op.name)
             if f is None:
                 raise BnncError(f"no folding given for layer '{op.name}'")
-            op.folded = fold_conv(op, out.tensors[op.inputs[0]], out.tensors[op.outputs[0]], f.pe, f.simd)
+            op.folded = fold_conv(op, out.tensors[op.inputs[0]], out.tensors[op.outputs[0]], f.pe, f.simd, pre_shift)
     return out

@@ -19,7 +19,7 @@
 //            ACT_PLANES == THRESHOLDS > 1 (activation planes): each threshold has its own flag, and output element
 //            j * MATRIX_ROWS + o is row o's bit_j
 //   THRESHOLDS == 0: acc = off + c (GAINS_IN_TABLE == 1), or off + (flag ? GAIN * s_0 : 0) (GAINS_IN_TABLE == 0); out = acc, or with
-//            REQUANTIZE == 1 (a fixed-point requantization, ir.Requantize) clamp(floor((clamp(acc, lo, hi) *
+//            REQUANTIZE == 1 (a fixed-point requantization, ir.Requantize) clamp(floor((clamp(acc >> PRE_SHIFT, lo, hi) *
 //            mult + add) / 2**SHIFT), OUT_MIN, OUT_MAX) with per-row mult, add, lo, hi in the table after off
 // Weights: WEIGHT_FILE, NF*SF words of NA*PE*SIMD bits (NA = stored arrays: b_j then m_j for each plane in
 // order; array i row p lane s at bit (i*PE + p)*SIMD + s), address nf*SF + sf. Tables: TABLE_FILE,
@@ -64,6 +64,11 @@ module bnnc_mvtu #(
     parameter int ACT_PLANES = 1,
     parameter int REQUANTIZE = 0,
     parameter int SHIFT = 0,
+    parameter int PRE_SHIFT = 0,
+    // integer multiply-accumulate (real-valued layers): WEIGHT_FILE holds one signed WEIGHT_BITS-bit weight per
+    // row and lane, w = sum_j g_j * (b_j ? -1 : 1) * m_j of the planes, and the compared value is sum of x * w
+    parameter int MAC = 0,
+    parameter int WEIGHT_BITS = 1,
     parameter int OUT_MIN = 0,
     parameter int OUT_MAX = 0,
     parameter int PRODUCT_BITS = 1,
@@ -94,6 +99,7 @@ module bnnc_mvtu #(
     for (int i = 0; i < j; i++) array_b += int'(PLANE_FLIPS[i]) + int'(PLANE_MASKS[i]);
   endfunction
   localparam int NA = array_b(PLANES);
+  localparam int WW = MAC == 1 ? PE * SIMD * WEIGHT_BITS : NA * PE * SIMD;  // bits of a weight word
   localparam int NFL = ACT_PLANES > 1 ? THRESHOLDS : 1;  // flags per table entry
   localparam int VT = (REQUANTIZE == 1 ? 5 : THRESHOLDS > 0 ? THRESHOLDS : 1) * TABLE_BITS;  // bits of the values of a table entry
   localparam int CB = GAINS_IN_TABLE == 1 ? VALUE_BITS : SUM_BITS;  // width of the compared value
@@ -127,6 +133,9 @@ module bnnc_mvtu #(
   end
   if (REQUANTIZE != 0 && (REQUANTIZE != 1 || THRESHOLDS != 0)) begin : g_check_requantize
     $error("bnnc_mvtu: REQUANTIZE=%0d: a requantization (REQUANTIZE=1) works on accumulators (THRESHOLDS=0, not %0d)", REQUANTIZE, THRESHOLDS);
+  end
+  if (MAC != 0 && (MAC != 1 || INPUT_BITS < 2 || GAINS_IN_TABLE != 1 || SUM_BITS != VALUE_BITS)) begin : g_check_mac
+    $error("bnnc_mvtu: MAC=%0d: a multiply-accumulate unit (MAC=1) takes integer inputs (INPUT_BITS=%0d) and the compared value's table layout (GAINS_IN_TABLE=1, SUM_BITS=VALUE_BITS)", MAC, INPUT_BITS);
   end
   if (GAINS_IN_TABLE != 0 && GAINS_IN_TABLE != 1) begin : g_check_gains
     $error("bnnc_mvtu: GAINS_IN_TABLE=%0d must be 0 or 1", GAINS_IN_TABLE);
@@ -166,10 +175,10 @@ module bnnc_mvtu #(
   logic [NFW-1:0] s1_nf;
   logic [KB-1:0] s1_cls;
   logic [LW-1:0] s1_x;
-  logic [NA*PE*SIMD-1:0] s1_w;
+  logic [WW-1:0] s1_w;
 
   bnnc_rom #(
-      .W(NA * PE * SIMD),
+      .W(WW),
       .D(WD),
       .FILE(WEIGHT_FILE)
   ) weights (
@@ -215,7 +224,7 @@ module bnnc_mvtu #(
   // ---------------------------------------------------------------- stage 2: operands
   // Block RAM clock-to-output is most of a cycle at speed: the weights and their input chunk go
   // straight into registers before any logic.
-  logic [NA*PE*SIMD-1:0] op_w;
+  logic [WW-1:0] op_w;
   logic [LW-1:0] op_x;
   always_ff @(posedge clk) begin
     if (advance) begin
@@ -267,35 +276,55 @@ module bnnc_mvtu #(
 
   for (genvar p = 0; p < PE; p++) begin : g_row
     for (genvar j = 0; j < PLANES; j++) begin : g_plane
-      logic [SIMD-1:0] wb, wm;
-      if (PLANE_FLIPS[j]) begin : g_b
-        assign wb = op_w[(array_b(j)*PE+p)*SIMD+:SIMD];
-      end else begin : g_no_b
-        assign wb = '0;
-      end
-      if (PLANE_MASKS[j]) begin : g_m
-        assign wm = op_w[((array_b(j)+int'(PLANE_FLIPS[j]))*PE+p)*SIMD+:SIMD];
-      end else begin : g_no_m
-        assign wm = '1;
-      end
       logic [TREE*SUM_BITS-1:0] tree, tree_d;
-      for (genvar g = 0; g < NG; g++) begin : g_group
-        localparam int LO = g * GROUP;
-        localparam int N = SIMD - LO < GROUP ? SIMD - LO : GROUP;
-        if (INPUT_BITS == 1) begin : g_xnor
-          assign tree_d[g*SUM_BITS+:SUM_BITS] = SUM_BITS'($countones((op_x[LO+:N] ^ wb[LO+:N]) & wm[LO+:N]));
-        end else begin : g_int
+      if (MAC == 1) begin : g_mac
+        // one tree of lane products per row; the planes' other trees stay zero (synthesis drops them)
+        for (genvar g = 0; g < NG; g++) begin : g_group
+          localparam int LO = g * GROUP;
+          localparam int N = SIMD - LO < GROUP ? SIMD - LO : GROUP;
           logic signed [SUM_BITS-1:0] group_sum;
           always_comb begin
+            logic signed [INPUT_BITS+WEIGHT_BITS-1:0] product;  // exact: operands sign-extended to its width
             group_sum = '0;
-            for (int s = LO; s < LO + N; s++) begin
-              if (wm[s]) begin
-                if (wb[s]) group_sum = group_sum - SUM_BITS'($signed(op_x[s*INPUT_BITS+:INPUT_BITS]));
-                else group_sum = group_sum + SUM_BITS'($signed(op_x[s*INPUT_BITS+:INPUT_BITS]));
+            if (j == 0) begin
+              for (int s = LO; s < LO + N; s++) begin
+                product = $signed(op_x[s*INPUT_BITS+:INPUT_BITS]) * $signed(op_w[(p*SIMD+s)*WEIGHT_BITS+:WEIGHT_BITS]);
+                group_sum = group_sum + SUM_BITS'(product);
               end
             end
           end
           assign tree_d[g*SUM_BITS+:SUM_BITS] = group_sum;
+        end
+      end else begin : g_planes
+        logic [SIMD-1:0] wb, wm;
+        if (PLANE_FLIPS[j]) begin : g_b
+          assign wb = op_w[(array_b(j)*PE+p)*SIMD+:SIMD];
+        end else begin : g_no_b
+          assign wb = '0;
+        end
+        if (PLANE_MASKS[j]) begin : g_m
+          assign wm = op_w[((array_b(j)+int'(PLANE_FLIPS[j]))*PE+p)*SIMD+:SIMD];
+        end else begin : g_no_m
+          assign wm = '1;
+        end
+        for (genvar g = 0; g < NG; g++) begin : g_group
+          localparam int LO = g * GROUP;
+          localparam int N = SIMD - LO < GROUP ? SIMD - LO : GROUP;
+          if (INPUT_BITS == 1) begin : g_xnor
+            assign tree_d[g*SUM_BITS+:SUM_BITS] = SUM_BITS'($countones((op_x[LO+:N] ^ wb[LO+:N]) & wm[LO+:N]));
+          end else begin : g_int
+            logic signed [SUM_BITS-1:0] group_sum;
+            always_comb begin
+              group_sum = '0;
+              for (int s = LO; s < LO + N; s++) begin
+                if (wm[s]) begin
+                  if (wb[s]) group_sum = group_sum - SUM_BITS'($signed(op_x[s*INPUT_BITS+:INPUT_BITS]));
+                  else group_sum = group_sum + SUM_BITS'($signed(op_x[s*INPUT_BITS+:INPUT_BITS]));
+                end
+              end
+            end
+            assign tree_d[g*SUM_BITS+:SUM_BITS] = group_sum;
+          end
         end
       end
       for (genvar l = 1; l <= LEVELS; l++) begin : g_level
@@ -379,7 +408,9 @@ module bnnc_mvtu #(
   logic e4_valid;
   for (genvar p = 0; p < PE; p++) begin : g_out
     logic signed [CB-1:0] c_d, c;  // the compared value
-    if (GAINS_IN_TABLE == 1) begin : g_gains
+    if (MAC == 1) begin : g_mac_value
+      assign c_d = CB'(e2_sum[p][0]);
+    end else if (GAINS_IN_TABLE == 1) begin : g_gains
       always_comb begin
         c_d = '0;
         for (int j = 0; j < PLANES; j++) begin
@@ -409,9 +440,13 @@ module bnnc_mvtu #(
         // out = clamp(floor((clamp(acc, lo, hi) * mult + add) / 2**SHIFT), OUT_MIN, OUT_MAX), exact in PRODUCT_BITS bits
         wire signed [PRODUCT_BITS-1:0] mult = PRODUCT_BITS'($signed(e3_t[p*EW+TABLE_BITS+:TABLE_BITS]));
         wire signed [PRODUCT_BITS-1:0] add = PRODUCT_BITS'($signed(e3_t[p*EW+2*TABLE_BITS+:TABLE_BITS]));
-        wire signed [PRODUCT_BITS-1:0] lo = PRODUCT_BITS'($signed(e3_t[p*EW+3*TABLE_BITS+:TABLE_BITS]));
-        wire signed [PRODUCT_BITS-1:0] hi = PRODUCT_BITS'($signed(e3_t[p*EW+4*TABLE_BITS+:TABLE_BITS]));
-        wire signed [PRODUCT_BITS-1:0] a = PRODUCT_BITS'(acc_v) < lo ? lo : PRODUCT_BITS'(acc_v) > hi ? hi : PRODUCT_BITS'(acc_v);
+        // the accumulator (shifted right by PRE_SHIFT first) meets its clamp in the wider of the two widths; the
+        // clamped value fits PRODUCT_BITS
+        localparam int KW = ACC_BITS > PRODUCT_BITS ? ACC_BITS : PRODUCT_BITS;
+        wire signed [KW-1:0] lo = KW'($signed(e3_t[p*EW+3*TABLE_BITS+:TABLE_BITS]));
+        wire signed [KW-1:0] hi = KW'($signed(e3_t[p*EW+4*TABLE_BITS+:TABLE_BITS]));
+        wire signed [KW-1:0] acc_s = KW'(acc_v) >>> PRE_SHIFT;
+        wire signed [PRODUCT_BITS-1:0] a = PRODUCT_BITS'(acc_s < lo ? lo : acc_s > hi ? hi : acc_s);
         wire signed [PRODUCT_BITS-1:0] q = (a * mult + add) >>> SHIFT;
         assign fold_out[p*ROW+:ROW] = ROW'(q < PRODUCT_BITS'(OUT_MIN) ? PRODUCT_BITS'(OUT_MIN) : q > PRODUCT_BITS'(OUT_MAX) ? PRODUCT_BITS'(OUT_MAX) : q);
       end else begin : g_out_acc

@@ -22,6 +22,11 @@ module tb_mvtu #(
     parameter TABLE_FILE = "t.mem",
     parameter int LEVEL_BASE = 0,
     parameter int LEVEL_STEP = 1,
+    parameter int GAINS_IN_TABLE = 0,
+    parameter int GAIN_BITS = 1,
+    parameter int VALUE_BITS = 1,
+    parameter int MAC = 0,
+    parameter int WEIGHT_BITS = 1,
     parameter int OUT_BITS = THRESHOLDS == 0 ? ACC_BITS : $clog2(THRESHOLDS + 1),
     localparam int RB = OUT_ROWS > 1 ? $clog2(OUT_ROWS) : 1,
     localparam int CB = OUT_COLS > 1 ? $clog2(OUT_COLS) : 1
@@ -38,7 +43,8 @@ module tb_mvtu #(
   bnnc_mvtu #(
       .MATRIX_ROWS(MATRIX_ROWS), .MATRIX_COLS(MATRIX_COLS), .PE(PE), .SIMD(SIMD), .INPUT_BITS(INPUT_BITS), .SUM_BITS(SUM_BITS), .THRESHOLDS(THRESHOLDS), .TABLE_BITS(TABLE_BITS), .ACC_BITS(ACC_BITS),
       .GAIN(GAIN), .BORDER_CLASSES(BORDER_CLASSES), .COL_CLASS_COUNT(COL_CLASS_COUNT), .OUT_ROWS(OUT_ROWS), .OUT_COLS(OUT_COLS), .ROW_CLASS_BITS(ROW_CLASS_BITS), .COL_CLASS_BITS(COL_CLASS_BITS),
-      .ROW_CLASSES(ROW_CLASSES), .COL_CLASSES(COL_CLASSES), .WEIGHT_FILE(WEIGHT_FILE), .TABLE_FILE(TABLE_FILE), .LEVEL_BASE(LEVEL_BASE), .LEVEL_STEP(LEVEL_STEP), .OUT_BITS(OUT_BITS)
+      .ROW_CLASSES(ROW_CLASSES), .COL_CLASSES(COL_CLASSES), .WEIGHT_FILE(WEIGHT_FILE), .TABLE_FILE(TABLE_FILE), .LEVEL_BASE(LEVEL_BASE), .LEVEL_STEP(LEVEL_STEP), .OUT_BITS(OUT_BITS),
+      .GAINS_IN_TABLE(GAINS_IN_TABLE), .GAIN_BITS(GAIN_BITS), .VALUE_BITS(VALUE_BITS), .MAC(MAC), .WEIGHT_BITS(WEIGHT_BITS)
   ) dut (
       .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
       .in_data(in_data[MATRIX_COLS*INPUT_BITS-1:0]), .in_row(in_data[RB+CB+MATRIX_COLS*INPUT_BITS-1-:RB]), .in_col(in_data[CB+MATRIX_COLS*INPUT_BITS-1-:CB]),
