@@ -408,7 +408,8 @@ class _Builder:
         # a = clamp(acc >> pre_shift, lo, hi) lies in [lo, hi], so |a * mult + add| <= big: the products
         # need prod_bits (the pass's rq_bits, which bounds each factor over all rows, or where that
         # exceeds 64 bits the rows' own bound; holding the output bounds too); a needs clamp_bits
-        big = int((np.maximum(np.abs(lo), np.abs(hi)) * np.abs(mult) + np.abs(add)).max())
+        big = max(max(abs(int(l_)), abs(int(h_))) * abs(int(m_)) + abs(int(a_))  # Python ints: no int64 overflow
+                  for l_, h_, m_, a_ in zip(lo, hi, mult, add))
         row_bits = max(signed_bits(-big, big), signed_bits(f.rq_lo, f.rq_hi))
         prod_bits = max(f.rq_bits, row_bits) if f.rq_bits <= 64 else row_bits
         clamp_bits = max(f.acc_bits, signed_bits(int(lo.min()), int(hi.max())))
