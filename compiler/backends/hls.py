@@ -580,6 +580,7 @@ class _Builder:
                             "planes": list(f.plane_kinds), "mode": f.mode, "act_planes": f.act_planes,
                             "weight_bits": (mac_bits if mac else len(f.arrays)) * f.pe * f.nf * f.sf * f.simd,
                             "mac_weight_bits": mac_bits, "input_bits": f.in_bits,
+                            "node": (getattr(op, "source_ops", None) or [op.name])[0],
                             "pre_activation_error": float(np.max(op.acc_error))
                             if mac and op.acc_error is not None else None,
                             "table_bits": f.pe * f.nf * f.ncls * f.entry_bits, "binary_inputs": bits})
@@ -983,6 +984,13 @@ def report(graph: ir.Graph, opts) -> dict:
     lines.append(f"  MVTU initiation interval: {st['mvtu_ii_cycles']} cycles per frame (slowest layer)")
     lines.append(f"  dataflow initiation interval: {st['dataflow_ii_cycles']} cycles per frame "
                  f"(slowest process: {st['slowest_process']}); {fps:,.0f} frames/s at {DEFAULT_CLOCK_NS:g} ns")
+    macs = [L for L in st["layers"] if L["mac_weight_bits"]]
+    if macs:
+        lines.append("  multiply-accumulate units (real-valued weights on integer inputs; --weight-bits NODE=B sets a "
+                     "layer's weight bits): " + "; ".join(
+                         f"{L['name']} ('{L['node']}') {L['mac_weight_bits']}-bit weights x {L['input_bits']}-bit "
+                         "inputs" + (f", pre-activation error <= {L['pre_activation_error']:.3g}"
+                                     if L["pre_activation_error"] is not None else "") for L in macs))
     if st["skip_fifo_depths"]:
         lines.append("  residual branch input streams (depth from the schedule, in beats):")
         width = max(len(k) for k in st["skip_fifo_depths"])
