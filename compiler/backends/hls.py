@@ -11,9 +11,13 @@ the PE x SIMD folding of compiler/folding.py, laid out by layout_folded_layers e
 Verilog backend: every weight code (binary, ternary, two-scale, multi-base, integer, expander) is a
 few popcount planes, s_j = popcount((x ^ flip_j) & mask_j) on bit inputs or the masked signed sum
 on integer inputs, and the unit compares s (one plane) or v = sum_j gain_j * s_j (gains from the
-row's table entry, applied once per output) with per-(border class, row) thresholds: bit outputs
+row's table entry, applied once per output) with per-(border class, row) thresholds. A
+real-valued layer (code "int") on integer inputs instead multiplies each lane by one signed
+weight, the planes' sum (matrix_unit.mac_weight_matrix, the Verilog unit's layout too), and sums
+the products into v directly: integer multiply-accumulate in ap_int of the weights' and inputs'
+widths, DSP-friendly. Outputs are bit outputs
 (one per activation plane), multi-level outputs, the accumulator A + v for a float32 epilogue, or
-its fixed-point requantization clamp((clamp(acc, lo, hi) * mult + add) >> shift, qlo, qhi) in
+its fixed-point requantization clamp((clamp(acc >> pre_shift, lo, hi) * mult + add) >> shift, qlo, qhi) in
 exact 64-bit-or-narrower integers. Activations of integer streams are identity 1x1 convs on the
 same unit (passes/activations_as_convs.py, as in the Verilog backend). Residual blocks are
 dataflow too: a fork process copies the block's input stream into both branches, the branch
@@ -583,7 +587,9 @@ class _Builder:
                             "node": (getattr(op, "source_ops", None) or [op.name])[0],
                             "pre_activation_error": float(np.max(op.acc_error))
                             if mac and op.acc_error is not None else None,
-                            "table_bits": f.pe * f.nf * f.ncls * f.entry_bits, "binary_inputs": bits})
+                            # a MAC unit's weights hold the gains: its table entries do not
+                            "table_bits": f.pe * f.nf * f.ncls * (f.entry_bits - (f.planes * f.gain_bits if mac else 0)),
+                            "binary_inputs": bits})
 
     def _maxpool(self, op, sin: str, sout: str) -> None:
         """A MaxPool, or a SumPool (no padding: the window sum of integers, in the output's type)."""
