@@ -154,8 +154,8 @@ def main() -> int:
                              f"{r['weight_bits']:,}", f"{r['table_bits']:,}", str(r["skip_fifo_beats"]),
                              f"{t_build:.1f}",
                              f"{r['csim_frames_per_s']:,.0f}"))
-    head = ("model", "folding", "MVTU II", "dataflow II", "slowest process", "fps@100MHz", "planes", "MAC", "weight bits",
-            "table bits", "FIFO beats", "g++ s", "csim fps")
+    head = ("model", "folding", "MVTU II", "dataflow II", "slowest process", "fps@100MHz", "planes", "MAC",
+            "weight bits", "table bits", "FIFO beats", "g++ s", "csim fps")
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     for r in (head, *rows):
         print("  ".join(c.ljust(w) if i < 2 or i == 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

@@ -588,7 +588,8 @@ class _Builder:
                             "pre_activation_error": float(np.max(op.acc_error))
                             if mac and op.acc_error is not None else None,
                             # a MAC unit's weights hold the gains: its table entries do not
-                            "table_bits": f.pe * f.nf * f.ncls * (f.entry_bits - (f.planes * f.gain_bits if mac else 0)),
+                            "table_bits": f.pe * f.nf * f.ncls
+                            * (f.entry_bits - (f.planes * f.gain_bits if mac else 0)),
                             "binary_inputs": bits})
 
     def _maxpool(self, op, sin: str, sout: str) -> None:
