@@ -400,12 +400,13 @@ def test_wild_residual_model_runs_concurrently_at_the_computed_depths():
 
 
 def test_weight_bits_set_the_multiply_accumulate_width():
-    """--weight-bits NODE=B: that layer's weights become ap_int<B> (narrower multipliers), its stated
-    error bound grows, the other real-valued layers keep theirs, and the outputs stay bit-exact."""
+    """--weight-bits NODE=B: that layer's weights become ap_int<B> (narrower multipliers, less weight
+    memory), its stated error bound grows, the other real-valued layers keep theirs, and the outputs
+    stay bit-exact."""
     from bnnc import reference
 
     def macs(graph):
-        return {L["node"]: (L["mac_weight_bits"], L["pre_activation_error"])
+        return {L["node"]: (L["mac_weight_bits"], L["pre_activation_error"], L["weight_bits"])
                 for L in hls.stats(graph, hls.foldings_for(graph, TargetOptions()))["layers"] if L["mac_weight_bits"]}
 
     full = macs(compile_wild("mainsub_nin"))
@@ -413,6 +414,7 @@ def test_weight_bits_set_the_multiply_accumulate_width():
     graph = compile_wild("mainsub_nin", "--weight-bits", f"{first}=8")
     narrow = macs(graph)
     assert narrow[first][0] == 8 < full[first][0] and narrow[first][1] > full[first][1]
+    assert narrow[first][2] * full[first][0] == full[first][2] * 8
     assert all(narrow[k] == full[k] for k in full if k != first)
     layer = next(op.name for op in graph.ops() if isinstance(op, ir.Conv) and op.source_ops[0] == first)
     assert re.search(rf"static const ap_int<8> {layer}_w\[", hls.files(graph, TargetOptions())["model.cpp"])
