@@ -8,14 +8,16 @@ For each model (bnnc's random TFC and CNV, the compressed-family zoo models --
 ternary, two-scale, 2-bit activations, multi-base weights, activation planes, expander kernels,
 fixed-point requantization and integer activations (EC2T, HBN), residual blocks (Bi-Real, ResNet-18
 STQ: forks, branch-input FIFOs, fixed-point Adds, SumPool shortcuts) --
-and the real FINN TFC / Brevitas CNV from ../shared/models/ when present) and each folding
-(folding.py's default; a tight and a loose --target-cycles budget; and fully serial PE = SIMD = 1
-for the MLPs) the script
+the real FINN TFC / Brevitas CNV from ../shared/models/ and the users' residual networks with
+real-valued layers (birealnet18, mainsub_nin from ../shared/models/wild/, default folding only: their
+multiply-accumulate units) when present) and each folding (folding.py's default; a tight and a loose
+--target-cycles budget; and fully serial PE = SIMD = 1 for the MLPs) the script
 
 * renders the HLS project and reports the folding's analytic MVTU cycles per frame (slowest
   layer), the generated dataflow's initiation interval (its slowest process, input stream and
   window generators included) and the frames per second that gives at 100 MHz, the most
-  popcount planes of a layer, the bits the weight planes and the per-row tables hold, and the
+  popcount planes of a layer, the widest multiply-accumulate weights (real-valued layers), the bits
+  the weight planes and the per-row tables hold, and the
   beats the residual blocks' branch-input FIFOs hold (their depths, from the schedule);
 * builds the C simulation with g++ (`-std=c++14 -O2 -ffp-contract=off`, in a fresh cache: the
   build time is a cold build), runs it on a batch of frames, checks the outputs equal the
@@ -71,6 +73,16 @@ def models(quick: bool) -> list:
     if cnv.exists() and not quick:
         _, g = compile_file(cnv)
         out.append(("Brevitas CNV-1w1a", g, driver.prepare_inputs(g, np.load(cnv.parent / "input.npy")[:8]).grid))
+    if not quick:
+        from bnnc.testing.wild import WILD_MODELS, options_of, wild_dir
+
+        for name in ("birealnet18", "mainsub_nin"):
+            path = wild_dir() / f"{name}.onnx"
+            if path.exists():
+                import onnx
+
+                g = compile_graph(onnx.load(str(path)), options_of(WILD_MODELS[name]))
+                out.append((f"wild {name}", g, driver.prepare_inputs(g, driver.random_samples(g, 20, 0)).grid))
     return out
 
 
@@ -79,14 +91,14 @@ def _random(model):
     return g, driver.prepare_inputs(g, random_inputs(model, 64, 1)).grid
 
 
-def foldings(graph, quick: bool) -> list:
+def foldings(graph, quick: bool, name: str = "") -> list:
     from bnnc import folding
     from bnnc.passes.activations_as_convs import activations_as_convs
 
     layers = folding.foldable_layers(activations_as_convs(graph))  # the backend's units: Activations too
     default = folding.analytic_ii(folding.choose_folding(activations_as_convs(graph)))
     out = [("default", {})]
-    if not quick:
+    if not quick and not name.startswith("wild "):
         out.append((f"budget {default // 8}", {"target_cycles": max(default // 8, max(L.pixels for L in layers))}))
         out.append((f"budget {default * 8}", {"target_cycles": default * 8}))
         if all(L.pixels == 1 for L in layers):
@@ -107,7 +119,7 @@ def main() -> int:
             if a.only and a.only not in name:
                 continue
             ref = np.asarray(driver.run_target(graph, "ref", driver.Inputs(grid, grid))).reshape(grid.shape[0], -1)
-            for fname, fopts in foldings(graph, a.quick):
+            for fname, fopts in foldings(graph, a.quick, name):
                 print(f"{name}, {fname} folding ...", file=sys.stderr)
                 opts = TargetOptions(**fopts)
                 fs = hls.foldings_for(graph, opts)
@@ -130,6 +142,7 @@ def main() -> int:
                      "slowest_process": st["slowest_process"],
                      "frames_per_s_at_100mhz": CLOCK_HZ / st["dataflow_ii_cycles"], "weight_bits": st["weight_bits"],
                      "table_bits": st["table_bits"], "max_planes": max(len(L["planes"]) for L in st["layers"]),
+                     "mac_layers": {L["name"]: L["mac_weight_bits"] for L in st["layers"] if L["mac_weight_bits"]},
                      "skip_fifo_depths": st["skip_fifo_depths"],
                      "skip_fifo_beats": sum(st["skip_fifo_depths"].values()),
                      "model_cpp_bytes": len(files["model.cpp"]), "render_s": t_render, "build_s": t_build,
@@ -137,11 +150,12 @@ def main() -> int:
                 results.append(r)
                 rows.append((name, fname, str(r["mvtu_ii_cycles"]), str(r["dataflow_ii_cycles"]),
                              r["slowest_process"], f"{r['frames_per_s_at_100mhz']:,.0f}", str(r["max_planes"]),
+                             f"{len(r['mac_layers'])} x {max(r['mac_layers'].values())}b" if r["mac_layers"] else "-",
                              f"{r['weight_bits']:,}", f"{r['table_bits']:,}", str(r["skip_fifo_beats"]),
                              f"{t_build:.1f}",
                              f"{r['csim_frames_per_s']:,.0f}"))
-    head = ("model", "folding", "MVTU II", "dataflow II", "slowest process", "fps@100MHz", "planes", "weight bits",
-            "table bits", "FIFO beats", "g++ s", "csim fps")
+    head = ("model", "folding", "MVTU II", "dataflow II", "slowest process", "fps@100MHz", "planes", "MAC",
+            "weight bits", "table bits", "FIFO beats", "g++ s", "csim fps")
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     for r in (head, *rows):
         print("  ".join(c.ljust(w) if i < 2 or i == 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

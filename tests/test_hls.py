@@ -346,6 +346,83 @@ def test_residual_blocks_run_concurrently_at_the_computed_depths(name):
         assert r.returncode != 0 and "deadlock" in r.stderr, r.stderr
 
 
+# the users' wild residual models: real-valued first / shortcut / last layers as multiply-accumulate
+# units (24-bit weights, requantization pre-shift of their wide accumulators), Bi-Real's residual stream
+WILD_INPUTS = 20
+
+
+def compile_wild(name: str, *flags):
+    import onnx
+
+    from bnnc.pipeline import compile_graph
+    from bnnc.testing.wild import WILD_MODELS, options_of, wild_dir
+
+    if not wild_dir().is_dir():
+        pytest.skip("../shared/models/wild is not present")
+    return compile_graph(onnx.load(str(wild_dir() / f"{name}.onnx")), options_of(WILD_MODELS[name] + flags))
+
+
+def wild_inputs(graph, n: int) -> np.ndarray:
+    return driver.prepare_inputs(graph, driver.random_samples(graph, n, 0)).grid
+
+
+@pytest.mark.parametrize("name", ["mainsub_nin", "birealnet18"])
+def test_wild_model_bit_exact(name):
+    """20 inputs bit-exact; the real-valued layers run as multiply-accumulate units, and some of them
+    pre-shift their accumulators."""
+    from bnnc import reference
+
+    graph = compile_wild(name)
+    assert any(isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Requantize) and op.epilogue.pre_shift
+               for op in graph.ops())
+    x = wild_inputs(graph, WILD_INPUTS)
+    y, stats = hls.run(graph, x, TargetOptions())
+    assert np.array_equal(y, reference.run(graph, x).reshape(WILD_INPUTS, -1))
+    macs = [L for L in stats["layers"] if L["mac_weight_bits"]]
+    assert macs and all(L["mac_weight_bits"] >= 24 and L["pre_activation_error"] > 0 for L in macs), macs
+    assert bool(stats["skip_fifo_depths"]) == (name == "birealnet18")
+
+
+@pytest.mark.sweep
+def test_wild_residual_model_runs_concurrently_at_the_computed_depths():
+    """birealnet18 with its processes as threads on streams of the stated depths, free-running and
+    with a seeded pattern of pauses: the reference's outputs, no deadlock."""
+    from bnnc import reference
+
+    graph = compile_wild("birealnet18")
+    x = wild_inputs(graph, WILD_INPUTS if sweep_scale() > 1 else 3)
+    ref = reference.run(graph, x).reshape(len(x), -1)
+    exe = hls.build(concurrent_sources(hls.files(graph, TargetOptions())), CONCURRENT_FLAGS)
+    for jitter in ("", "1"):
+        y = c_build.run(exe, x, graph.input_info["dtype"], "float32", graph.output_info["elements"],
+                        env={"BNNC_HLS_JITTER": jitter} if jitter else None)
+        assert np.array_equal(ir.output_in_model_order(graph, y.reshape(len(x), -1)), ref), jitter
+
+
+def test_weight_bits_set_the_multiply_accumulate_width():
+    """--weight-bits NODE=B: that layer's weights become ap_int<B> (narrower multipliers, less weight
+    memory), its stated error bound grows, the other real-valued layers keep theirs, and the outputs
+    stay bit-exact."""
+    from bnnc import reference
+
+    def macs(graph):
+        return {L["node"]: (L["mac_weight_bits"], L["pre_activation_error"], L["weight_bits"])
+                for L in hls.stats(graph, hls.foldings_for(graph, TargetOptions()))["layers"] if L["mac_weight_bits"]}
+
+    full = macs(compile_wild("mainsub_nin"))
+    first = next(iter(full))
+    graph = compile_wild("mainsub_nin", "--weight-bits", f"{first}=8")
+    narrow = macs(graph)
+    assert narrow[first][0] == 8 < full[first][0] and narrow[first][1] > full[first][1]
+    assert narrow[first][2] * full[first][0] == full[first][2] * 8
+    assert all(narrow[k] == full[k] for k in full if k != first)
+    layer = next(op.name for op in graph.ops() if isinstance(op, ir.Conv) and op.source_ops[0] == first)
+    assert re.search(rf"static const ap_int<8> {layer}_w\[", hls.files(graph, TargetOptions())["model.cpp"])
+    x = wild_inputs(graph, 3)
+    y, _ = hls.run(graph, x, TargetOptions())
+    assert np.array_equal(y, reference.run(graph, x).reshape(3, -1))
+
+
 def _beats_of(values: np.ndarray, axis: dict) -> np.ndarray:
     """The beats the Verilog target's encoder (verilog.encode_frames, which drives its simulation)
     makes of (N, elements) values in stream order: floats as their IEEE bits."""

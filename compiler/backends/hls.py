@@ -11,9 +11,13 @@ the PE x SIMD folding of compiler/folding.py, laid out by layout_folded_layers e
 Verilog backend: every weight code (binary, ternary, two-scale, multi-base, integer, expander) is a
 few popcount planes, s_j = popcount((x ^ flip_j) & mask_j) on bit inputs or the masked signed sum
 on integer inputs, and the unit compares s (one plane) or v = sum_j gain_j * s_j (gains from the
-row's table entry, applied once per output) with per-(border class, row) thresholds: bit outputs
+row's table entry, applied once per output) with per-(border class, row) thresholds. A
+real-valued layer (code "int") on integer inputs instead multiplies each lane by one signed
+weight, the planes' sum (matrix_unit.mac_weight_matrix, the Verilog unit's layout too), and sums
+the products into v directly: integer multiply-accumulate in ap_int of the weights' and inputs'
+widths, DSP-friendly. Outputs are bit outputs
 (one per activation plane), multi-level outputs, the accumulator A + v for a float32 epilogue, or
-its fixed-point requantization clamp((clamp(acc, lo, hi) * mult + add) >> shift, qlo, qhi) in
+its fixed-point requantization clamp((clamp(acc >> pre_shift, lo, hi) * mult + add) >> shift, qlo, qhi) in
 exact 64-bit-or-narrower integers. Activations of integer streams are identity 1x1 convs on the
 same unit (passes/activations_as_convs.py, as in the Verilog backend). Residual blocks are
 dataflow too: a fork process copies the block's input stream into both branches, the branch
@@ -38,6 +42,7 @@ from ..passes.activations_as_convs import activations_as_convs
 from ..passes.layout_folded_layers import layout_folded_layers, signed_bits
 from ..passes.pack_bits import pack_input
 from ..resources import resource_dir
+from . import matrix_unit
 from .c import chain_ctx, comment_text, input_terminal_ctx, sanitize_identifier
 
 CXX_FLAGS = ("-std=c++14", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off")
@@ -404,10 +409,13 @@ class _Builder:
         if not np.array_equal(rows, np.broadcast_to(rows[:1], rows.shape)):  # pragma: no cover - pass invariant
             raise AssertionError(f"{name}: requantization constants differ between border classes")
         mult, add, lo, hi = (rows[0, :, i] for i in range(4))
-        # a = clamp(acc, lo, hi) lies in [lo, hi], so |a * mult + add| <= big: the products need
-        # prod_bits (at least the pass's rq_bits, and holding the output bounds); a needs clamp_bits
-        big = int((np.maximum(np.abs(lo), np.abs(hi)) * np.abs(mult) + np.abs(add)).max())
-        prod_bits = max(f.rq_bits, signed_bits(-big, big), signed_bits(f.rq_lo, f.rq_hi))
+        # a = clamp(acc >> pre_shift, lo, hi) lies in [lo, hi], so |a * mult + add| <= big: the products
+        # need prod_bits (the pass's rq_bits, which bounds each factor over all rows, or where that
+        # exceeds 64 bits the rows' own bound; holding the output bounds too); a needs clamp_bits
+        big = max(max(abs(int(l_)), abs(int(h_))) * abs(int(m_)) + abs(int(a_))  # Python ints: no int64 overflow
+                  for l_, h_, m_, a_ in zip(lo, hi, mult, add))
+        row_bits = max(signed_bits(-big, big), signed_bits(f.rq_lo, f.rq_hi))
+        prod_bits = max(f.rq_bits, row_bits) if f.rq_bits <= 64 else row_bits
         clamp_bits = max(f.acc_bits, signed_bits(int(lo.min()), int(hi.max())))
         if max(prod_bits, clamp_bits) > 64:
             raise BnncError(f"layer '{self._comment(op)}': its fixed-point requantization needs "
@@ -422,6 +430,7 @@ class _Builder:
                        f"{name}: requantization {text} of output o = nf * {f.pe} + p, [p][nf]")
         # an arithmetic shift by prod_bits - 1 or more already gives the sign (0 or -1)
         return {"rq_shift": min(f.rq_shift, prod_bits - 1), "rq_lo": f.rq_lo, "rq_hi": f.rq_hi,
+                "rq_pre_shift": f.rq_pre_shift,
                 "rq_t": f"ap_int<{prod_bits}>", "clamp_t": f"ap_int<{clamp_bits}>"}
 
     def _conv(self, op: ir.Conv, sin: str, sout: str) -> None:
@@ -456,11 +465,23 @@ class _Builder:
         self.calls.append(f"{name}_window({sin}, {lanes});")
         window_needs = _row_window_needs(geo, geo["iw"] * (1 if bits else geo["c"]) // in_lanes, geo["ow"] * f.sf)
 
-        # weights: every bit array of the popcount planes as SIMD-bit rows [PE][NF * SF] (or
-        # [PE][NF * SF][64-lane word] beyond 64 lanes)
-        wide = f.simd > 64
+        # weights: a real-valued layer on integer inputs multiplies each lane by one signed weight
+        # (matrix_unit.mac_weight_matrix, DSP-friendly); otherwise every bit array of the popcount
+        # planes as SIMD-bit rows [PE][NF * SF] (or [PE][NF * SF][64-lane word] beyond 64 lanes)
+        mac = matrix_unit.uses_mac(op, f)
+        wide = f.simd > 64 and not mac
         stored = {}
-        for i, (j, which) in enumerate(f.arrays):
+        mac_bits = 0
+        if mac:
+            w, mac_bits = matrix_unit.mac_weight_matrix(f)
+            if f.in_bits + mac_bits > 64:
+                raise BnncError(f"layer '{self._comment(op)}': its {mac_bits}-bit weights times {f.in_bits}-bit "
+                                "inputs need products wider than 64 bits (--weight-bits B narrows the weights)")
+            self.const(f"{name}_w", f"ap_int<{mac_bits}>", f"[{f.pe}][{f.nf * f.sf}][{f.simd}]",
+                       _nested(w.transpose(1, 0, 2), str),
+                       f"{name}: signed weight of each row and lane (the popcount planes' sum), "
+                       f"[PE][neuron fold * {f.sf} + synapse fold][lane]")
+        for i, (j, which) in enumerate([] if mac else f.arrays):
             array = f"{name}_{'flip' if which == 'b' else 'mask'}{j}"
             rows = _rows_to_words(f.weight_bits[:, i].transpose(1, 0, 2))  # (PE, NF * SF, SIMD)
             dims = f"[{f.pe}][{f.nf * f.sf}]" + (f"[{rows.shape[2]}]" if wide else "")
@@ -505,7 +526,7 @@ class _Builder:
                        _nested(flag if f.flags > 1 else flag[..., 0], _cxx_bool),
                        f"{name}: " + ("a level counts iff (compared > thr) != flag" if f.mode == "levels" else
                                       "output bit (1 = -1) = (compared > thr) != flag"))
-        if f.gains_in_table:
+        if f.gains_in_table and not mac:
             gains = np.zeros((f.gains.shape[0], f.nf * f.pe), np.int64)
             gains[:, : f.mh] = f.gains
             self.const(f"{name}_gain", f"ap_int<{f.gain_bits}>", f"[{f.pe}][{f.nf}][{f.planes}]",
@@ -524,6 +545,7 @@ class _Builder:
              "weight_rows": [{"local": f"{'flip' if which == 'b' else 'mask'}{j}", "array": array}
                              for (j, which), array in stored.items()],
              "s_t": f"ap_int<{f.s_bits}>", "v_space": f.gains_in_table, "v_t": f"ap_int<{f.v_bits}>",
+             "mac": mac, "mac_bits": mac_bits, "in_bits": f.in_bits,
              "mode": f.mode, "nt": f.nt, "k": k, "flags": f.flags, "act_planes": f.act_planes,
              "level_base": f.level_base, "level_step": f.level_step, "gain": f.gain, "live": live,
              "acc_t": acc_t, "cls_expr": cls_expr, "counters": decl, "advance": _counters(names, outer, 4),
@@ -560,8 +582,15 @@ class _Builder:
         self.layers.append({"name": name, "source": self._comment(op), "mh": f.mh, "mw": f.mw, "pixels": pixels,
                             "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "cycles": pixels * f.nf * f.sf,
                             "planes": list(f.plane_kinds), "mode": f.mode, "act_planes": f.act_planes,
-                            "weight_bits": len(f.arrays) * f.pe * f.nf * f.sf * f.simd,
-                            "table_bits": f.pe * f.nf * f.ncls * f.entry_bits, "binary_inputs": bits})
+                            "weight_bits": (mac_bits if mac else len(f.arrays)) * f.pe * f.nf * f.sf * f.simd,
+                            "mac_weight_bits": mac_bits, "input_bits": f.in_bits,
+                            "node": (getattr(op, "source_ops", None) or [op.name])[0],
+                            "pre_activation_error": float(np.max(op.acc_error))
+                            if mac and op.acc_error is not None else None,
+                            # a MAC unit's weights hold the gains: its table entries do not
+                            "table_bits": f.pe * f.nf * f.ncls
+                            * (f.entry_bits - (f.planes * f.gain_bits if mac else 0)),
+                            "binary_inputs": bits})
 
     def _maxpool(self, op, sin: str, sout: str) -> None:
         """A MaxPool, or a SumPool (no padding: the window sum of integers, in the output's type)."""
@@ -781,7 +810,7 @@ def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
     """The lowered IR with what the HLS processes read: every Conv laid out for its PE x SIMD unit
     (layout_folded_layers, the layout the Verilog backend shares), and the input quantizer's
     comparison tables (pack_bits.pack_input)."""
-    g = layout_folded_layers(graph, foldings)
+    g = layout_folded_layers(graph, foldings, pre_shift=True)
     for op in g.ops():
         if isinstance(op, ir.InputQuantize):
             op.packed = pack_input(op, g.tensors[op.outputs[0]])
@@ -962,6 +991,13 @@ def report(graph: ir.Graph, opts) -> dict:
     lines.append(f"  MVTU initiation interval: {st['mvtu_ii_cycles']} cycles per frame (slowest layer)")
     lines.append(f"  dataflow initiation interval: {st['dataflow_ii_cycles']} cycles per frame "
                  f"(slowest process: {st['slowest_process']}); {fps:,.0f} frames/s at {DEFAULT_CLOCK_NS:g} ns")
+    macs = [L for L in st["layers"] if L["mac_weight_bits"]]
+    if macs:
+        lines.append("  multiply-accumulate units (real-valued weights on integer inputs; --weight-bits NODE=B sets a "
+                     "layer's weight bits): " + "; ".join(
+                         f"{L['name']} ('{L['node']}') {L['mac_weight_bits']}-bit weights x {L['input_bits']}-bit "
+                         "inputs" + (f", pre-activation error <= {L['pre_activation_error']:.3g}"
+                                     if L["pre_activation_error"] is not None else "") for L in macs))
     if st["skip_fifo_depths"]:
         lines.append("  residual branch input streams (depth from the schedule, in beats):")
         width = max(len(k) for k in st["skip_fifo_depths"])

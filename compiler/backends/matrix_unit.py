@@ -50,11 +50,11 @@ def uses_mac(op, folded) -> bool:
     return op.code == "int" and folded.in_bits > 1 and folded.gains_in_table
 
 
-def mac_weights(folded) -> tuple:
-    """(words, bits): the MAC unit's weight memory, one signed `bits`-bit weight per row and lane,
-    row p lane s of fold a at bit (p * SIMD + s) * bits of word a, w = sum over planes j of
-    G_j[o] * (b_j ? -1 : 1) * m_j (the planes' own sum for integer inputs, so the unit's sum of x * w
-    is the compared value v exactly); rows and lanes beyond the matrix are 0."""
+def mac_weight_matrix(folded) -> tuple:
+    """(w, bits): the MAC unit's signed weights as int64 (NF*SF, PE, SIMD), w[a, p, s] the weight of
+    row p lane s of fold a, w = sum over planes j of G_j[o] * (b_j ? -1 : 1) * m_j (the planes' own
+    sum for integer inputs, so the unit's sum of x * w is the compared value v exactly); rows and
+    lanes beyond the matrix are 0; `bits` the signed width holding every weight (at least 2)."""
     f = folded
     nfsf, _, pe, simd = f.weight_bits.shape
     w = np.zeros((nfsf, pe, simd), np.int64)
@@ -79,6 +79,14 @@ def mac_weights(folded) -> tuple:
     bits = 2
     while not (-(1 << (bits - 1)) <= lo and hi < 1 << (bits - 1)):
         bits += 1
+    return w, bits
+
+
+def mac_weights(folded) -> tuple:
+    """(words, bits): the MAC unit's weight memory (mac_weight_matrix), one signed `bits`-bit weight
+    per row and lane, row p lane s of fold a at bit (p * SIMD + s) * bits of word a."""
+    w, bits = mac_weight_matrix(folded)
+    nfsf, pe, simd = w.shape
     flat = (w & ((1 << bits) - 1)).reshape(nfsf, pe * simd)
     words = [sum(int(v) << (k * bits) for k, v in enumerate(row)) for row in flat]
     return words, bits
