@@ -810,7 +810,7 @@ def backend_graph(graph: ir.Graph, foldings: list) -> ir.Graph:
     """The lowered IR with what the HLS processes read: every Conv laid out for its PE x SIMD unit
     (layout_folded_layers, the layout the Verilog backend shares), and the input quantizer's
     comparison tables (pack_bits.pack_input)."""
-    g = layout_folded_layers(graph, foldings, pre_shift=True)
+    g = layout_folded_layers(graph, foldings)
     for op in g.ops():
         if isinstance(op, ir.InputQuantize):
             op.packed = pack_input(op, g.tensors[op.outputs[0]])

@@ -417,7 +417,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
     graph = activations_as_convs(graph)  # matrix units run them
     pl = plan(graph)
     foldings = choose_foldings(graph, pl, opts)
-    g = layout_folded_layers(graph, foldings, pre_shift=True)
+    g = layout_folded_layers(graph, foldings)
     pl = plan(g)
     in_ty = input_type(g, pl)
     streams = [_stream(in_ty, "quantized input")]

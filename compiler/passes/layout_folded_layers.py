@@ -34,7 +34,7 @@ entries (value, flag), with s = s_0 and G = G_0[o]:
 - `Requantize` (fixed-point outputs): entry values A, mult[o], add[o], acc_lo[o], acc_hi[o]; the
   unit outputs clamp((clamp(acc >> pre_shift, acc_lo, acc_hi) * mult + add) >> shift, lo, hi) in
   `rq_bits`-bit arithmetic (acc_lo / acc_hi within the reachable range, shifted: where the IR has
-  no clamp, the range itself); `rq_pre_shift` only for callers that implement it.
+  no clamp, the range itself).
 Several planes, or an accumulator output whose rows have different gains ("v-space"): the table
 entry also holds the row's gains, the unit computes v = sum_j G_j[o] * s_j and uses the same
 forms with v for s, G = 1 (so u = d): thr = T - A - 1 (d = +1) or -A - T (d = -1), and the
@@ -151,7 +151,7 @@ def element_bits(ty) -> int:
     raise BnncError(f"a {type(ty).__name__} tensor cannot travel on a hardware stream")
 
 
-def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int, pre_shift: bool = False) -> FoldedConv:
+def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     o, kh, kw, c = op.w.shape
     mw = kh * kw * c
     if op.pads[0] >= kh or op.pads[1] >= kw or op.pads[2] >= kh or op.pads[3] >= kw:
@@ -244,10 +244,6 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int, pre_shift: bool = False
             mode = "requant"
             mult = np.broadcast_to(ep.mult.astype(np.int64), (o,))
             ps = int(ep.pre_shift)
-            if ps and not pre_shift:
-                raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': a real-valued layer whose accumulator "
-                                f"needs a {ep.pre_shift}-bit pre-shift before its requantization is not supported in "
-                                "hardware yet; use --target c")
             add = np.broadcast_to(ep.add.astype(np.int64), (o,))
             reach_lo, reach_hi = acc_lo >> ps, acc_hi >> ps  # the clamp is in shifted units
             clo = np.full(o, reach_lo, np.int64) if ep.acc_lo is None else \
@@ -305,10 +301,9 @@ def _word(fields, width: int) -> int:
     return w
 
 
-def layout_folded_layers(graph: ir.Graph, foldings: list, pre_shift: bool = False) -> ir.Graph:
+def layout_folded_layers(graph: ir.Graph, foldings: list) -> ir.Graph:
     """Attach `folded` (a FoldedConv) to every Conv, for the (pe, simd) of `foldings` (one
-    `folding.LayerFolding` per Conv, in `folding.foldable_layers` order). Numbers are unchanged.
-    `pre_shift`: the caller's unit implements `rq_pre_shift` (else such a layer is refused)."""
+    `folding.LayerFolding` per Conv, in `folding.foldable_layers` order). Numbers are unchanged."""
     out = graph.copy()
     by_name = {f.layer.name: f for f in foldings}
     for op in out.ops():
@@ -316,5 +311,5 @@ def layout_folded_layers(graph: ir.Graph, foldings: list, pre_shift: bool = Fals
             f = by_name.get(op.name)
             if f is None:
                 raise BnncError(f"no folding given for layer '{op.name}'")
-            op.folded = fold_conv(op, out.tensors[op.inputs[0]], out.tensors[op.outputs[0]], f.pe, f.simd, pre_shift)
+            op.folded = fold_conv(op, out.tensors[op.inputs[0]], out.tensors[op.outputs[0]], f.pe, f.simd)
     return out
