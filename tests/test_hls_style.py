@@ -125,11 +125,17 @@ def check_sources(files: dict) -> None:
         layer = entry["name"]
         body = "\n".join(funcs[f"{layer}_mvtu"])
         arrays = re.findall(rf"static const bnnc::rom_bits_t<(\d+)> ({layer}_(?:flip|mask)\d+)\[(\d+)\]", model)
-        assert arrays, layer
+        # multiply-accumulate units: one signed weight per row and lane, [PE][NF * SF][SIMD]
+        mac = re.findall(rf"static const ap_int<\d+> ({layer}_w)\[(\d+)\]\[\d+\]\[(\d+)\]", model)
+        assert arrays or mac, layer
         for width, array, rows in arrays:
             assert int(rows) == entry["pe"] and int(width) == min(64, entry["simd"])
             assert f"BNNC_HLS(ARRAY_PARTITION variable={array} complete dim=1)" in body
-        sums = re.findall(rf"ap_int<\d+> (s\d+)\[{entry['pe']}\];", body)
+        for array, rows, lanes in mac:
+            assert int(rows) == entry["pe"] and int(lanes) == entry["simd"]
+            assert f"BNNC_HLS(ARRAY_PARTITION variable={array} complete dim=1)" in body
+            assert f"BNNC_HLS(ARRAY_RESHAPE variable={array} complete dim=3)" in body
+        sums = re.findall(rf"ap_int<\d+> (s\d+|vsum)\[{entry['pe']}\];", body)  # plane sums or MAC sums
         assert sums and all(f"BNNC_HLS(ARRAY_PARTITION variable={s} complete)" in body for s in sums)
         assert f"for (int p = 0; p < {entry['pe']}; p++) {{" in body
         tables = "thr|flag|offset|live|gain|mult|add|acc_lo|acc_hi"
