@@ -320,6 +320,17 @@ def int16_halves(words: np.ndarray) -> np.ndarray:
     return np.where(halves >= 2**15, halves - 2**16, halves)
 
 
+def int16_pair_ctx(op, p) -> dict:
+    """Template values of an int16-pair layer (either packer): the window's pairs (row_pairs),
+    walked as `mac_chunks` unrolled steps of 16 pairs and `mac_rest` pairs (longer windows loop
+    over chunks, code size stays bounded), its channel groups (g8 of 8, g2 of 2) and the band
+    values from one output column to the next."""
+    g8, g2 = pair_groups(p.o)
+    chunks, rest = (p.row_pairs // 16, p.row_pairs % 16) if p.row_pairs > 32 else (0, p.row_pairs)
+    return {"row_pairs": p.row_pairs, "mac_chunks": chunks, "mac_rest": rest, "g8": g8, "g2": g2,
+            "band_step": op.stride[1] * op.kernel[0] * p.cw_in}
+
+
 def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     """Tables and template values of the int16-pair kernel (pack_bits.int16_pair_weights): the
     accumulator starts per class (init) and, for bit outputs, per output word NOT neg on the
@@ -328,9 +339,8 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     with `valid`; `packed`: full words gather 8 sign bits per group with bnnc_signs8)."""
     wb = p.word_bits
     ones = (1 << wb) - 1
-    g8, g2 = pair_groups(p.o)
     const_table(consts, f"{op.name}_init", "int32_t", p.init)
-    L.update(oe=p.init.shape[1], row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in,
+    L.update(int16_pair_ctx(op, p), oe=p.init.shape[1],
              group_sums=0 if p.thr is not None else p.init.shape[1] * 4)  # after the position's sums (plan_arena)
     if p.thr is None:
         return
@@ -426,11 +436,10 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table("dww", "int8_t", p.depthwise["w"], align=True)
             elif p.pairs:
                 L["int_kernel"] = int_kernel(p)
-                g8, g2 = pair_groups(p.o)
+                L.update(int16_pair_ctx(op, p))
                 table("w0", "int16_t", int16_halves(p.weights[0]), align=True)
-                if g8:  # the sums start at 0 (corr comes after)
+                if L["g8"]:  # the sums start at 0 (corr comes after)
                     table("zero", "int32_t", np.zeros(8, np.int64))
-                L.update(row_pairs=p.row_pairs, g8=g8, g2=g2, band_step=op.stride[1] * op.kernel[0] * p.cw_in)
             else:
                 L["int_kernel"] = int_kernel(p)
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
