@@ -278,8 +278,10 @@ def test_leaky_relu_and_sub_of_two_streams():
     assert sum(isinstance(op, ir.Add) for op in g.ops()) == 2
 
 
-@pytest.mark.parametrize("lo,hi,opset", [(0.0, 6.0, 13), (-1.0, 1.0, 13), (-0.5, 2.0, 10), (0.0, 0.3, 13)])
-def test_clip_of_a_real_valued_stream(lo, hi, opset):
+@pytest.mark.parametrize("lo,hi,opset,relu_first", [(0.0, 6.0, 13, False), (-1.0, 1.0, 13, False),
+                                                     (-0.5, 2.0, 10, False), (0.0, 0.3, 13, False),
+                                                     (-0.5, 0.75, 13, True)])
+def test_clip_of_a_real_valued_stream(lo, hi, opset, relu_first):
     """ReLU6 / Hardtanh on a residual stream: the stream clamped to the bounds on its grid."""
     rng = np.random.default_rng(8)
     c = 4
@@ -287,14 +289,20 @@ def test_clip_of_a_real_valued_stream(lo, hi, opset):
              "w": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
              "g": np.array(0.3, np.float32), "w2": rng.normal(size=(5, c, 1, 1)).astype(np.float32),
              "shape": np.array([1, -1], np.int64), "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}
-    clip = (helper.make_node("Clip", ["res", "lo", "hi"], ["r"]) if opset >= 11 else
-            helper.make_node("Clip", ["res"], ["r"], min=lo, max=hi))
+    src = "res"
+    pre = []
+    if relu_first:  # a Relu with arithmetic after it: two requantizations, the clamp on the last
+        inits["off"] = np.array(-0.25, np.float32)
+        pre = [helper.make_node("Relu", ["res"], ["rl"]), helper.make_node("Add", ["rl", "off"], ["ro"])]
+        src = "ro"
+    clip = (helper.make_node("Clip", [src, "lo", "hi"], ["r"]) if opset >= 11 else
+            helper.make_node("Clip", [src], ["r"], min=lo, max=hi))
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("Sign", ["xd"], ["b"]),
              helper.make_node("Conv", ["b", "w"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Mul", ["a", "g"], ["m"]),
-             helper.make_node("Add", ["m", "xd"], ["res"]), clip,
+             helper.make_node("Add", ["m", "xd"], ["res"]), *pre, clip,
              helper.make_node("Conv", ["r", "w2"], ["a2"]),
              helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
              helper.make_node("Reshape", ["q", "shape"], ["y"])]

@@ -20,17 +20,14 @@ SIGNS = {("", "Sign"), ("ai.onnx", "Sign"), ("qonnx.custom_op.general", "Bipolar
 def _bounds(node: onnx.NodeProto, values: dict):
     """(lo, hi) of a Clip with constant bounds (attributes before opset 11, inputs after), else None."""
     a = attrs(node)
-    lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
-    for i, default in ((1, -np.inf), (2, np.inf)):
+    bounds = [a.get("min", -np.inf), a.get("max", np.inf)]
+    for i in (1, 2):
         if len(node.input) > i and node.input[i]:
             v = values.get(node.input[i])
             if v is None or np.asarray(v).size != 1:
                 return None
-            if i == 1:
-                lo = float(np.asarray(v).reshape(()))
-            else:
-                hi = float(np.asarray(v).reshape(()))
-    return float(lo), float(hi)
+            bounds[i - 1] = np.asarray(v).reshape(())
+    return float(bounds[0]), float(bounds[1])
 
 
 def remove_clip_before_sign(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ from .. import ir, weight_codes
 from ..errors import BnncError
 from .context import widen
 from .registry import handler, where
-from .streams import WIDE_STREAM_LIMIT, after_first_relu, stream_limit, stream_of_intchain, to_stream
+from .streams import WIDE_STREAM_LIMIT, stream_limit, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
@@ -123,7 +123,9 @@ def piecewise_linear(ctx, node, v, slope: np.ndarray) -> None:
     rounding of one requantization."""
     if not np.all(np.isfinite(slope)):
         raise BnncError(f"{where(node)}: {node.op} slopes must be finite")
-    v = _stream_operand(ctx, node, v, keep_final_relu=False)
+    v = _stream_operand(ctx, node, v)
+    if any(op.op == "relu" for op in v.chain):  # its stream first: the parts below all read it
+        v = IntChainVal.of(stream_of_intchain(ctx, node, v))
     out = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("relu")]))
     for part, clamp in ((np.maximum(slope, 0), (None, 0.0)), (np.minimum(slope, 0), (0.0, None))):
         if np.any(part != 0) or clamp[0] is None:
@@ -152,13 +154,12 @@ def clip(ctx, node, *, min=None, max=None):  # noqa: A002  (the ONNX attribute n
         return
     if lo is not None and hi is not None and lo > hi:
         raise BnncError(f"{where(node)}: Clip with min {lo:g} > max {hi:g}")
-    ctx.set(node, stream_of_intchain(ctx, node, _stream_operand(ctx, node, v, keep_final_relu=True), clamp=(lo, hi)))
+    ctx.set(node, stream_of_intchain(ctx, node, _stream_operand(ctx, node, v), clamp=(lo, hi)))
 
 
-def _stream_operand(ctx, node, v, keep_final_relu: bool) -> IntChainVal:
+def _stream_operand(ctx, node, v) -> IntChainVal:
     """A real-valued tensor as the integers of a fixed-point stream with its pending ops, for an
-    op that clamps their map (PRelu, Clip): ops after a Relu (and, unless keep_final_relu, a
-    final Relu) first become a stream of their own."""
+    op that clamps their map (PRelu, Clip)."""
     if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
         v = to_stream(ctx, node, v)
     if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
@@ -166,8 +167,6 @@ def _stream_operand(ctx, node, v, keep_final_relu: bool) -> IntChainVal:
     if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
         raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor is not supported (of real-valued "
                         "streams it is)")
-    if after_first_relu(v.chain) < len(v.chain) or (not keep_final_relu and v.chain and v.chain[-1].op == "relu"):
-        v = IntChainVal.of(stream_of_intchain(ctx, node, v))
     return v
 
 

@@ -13,7 +13,7 @@ from ..errors import BnncError
 from .linear import identity_conv
 from .registry import handler, where
 from .streams import to_stream
-from .values import AccVal, BitsVal, InputVal as PendingInput, PaddedBitsVal
+from .values import AccVal, BitsVal, InputVal, PaddedBitsVal
 
 
 @handler("Pad", ignores=("paddings",))
@@ -38,7 +38,7 @@ def pad(ctx, node, *, mode="constant", pads=None, value=0.0):
     p = [int(x) for x in np.asarray(pads if pads is not None else [], np.int64).reshape(-1)]
     value = float(np.asarray(value, np.float64).reshape(-1)[0]) if np.size(value) else 0.0
     if len(v.shape) == 4 and len(p) == 8 and value == 0 and min(p) >= 0 and not any(p[i] for i in (0, 2, 3, 4, 6, 7)) \
-            and not isinstance(v, PendingInput):
+            and not isinstance(v, InputVal):
         if v.flat_from is not None or v.block is not None:
             raise BnncError(f"{where(node)}: Pad of the channels of a flattened or activation-base tensor is not "
                             "supported")

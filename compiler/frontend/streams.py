@@ -202,8 +202,8 @@ def rounding_error(graph: ir.Graph, tensor: str) -> float:
 def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -> Val:
     """Integers with pending float32 ops (after a MaxPool of a stream, or a Relu) as a new
     fixed-point stream: an Activation whose Requantize applies the ops' affine map per channel
-    (up to the first Relu; what follows it, the same way again), clamped to `clamp` (real bounds;
-    ops with a Relu only at their end)."""
+    (up to the first Relu; what follows it, the same way again), the last of them clamped to
+    `clamp` (real bounds)."""
     cut = after_first_relu(v.chain)
     src = ctx.graph.tensors[v.tensor]
     c = src.shape[2]
@@ -215,7 +215,7 @@ def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -
     out = IntsVal(v.shape, [node.name], tensor=tname, scale=ep.out_scale)
     if cut == len(v.chain):
         return out
-    return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]))
+    return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]), clamp)
 
 
 def _pooled_stream(ctx, node, v: AccVal) -> Val:
