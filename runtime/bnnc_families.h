@@ -227,80 +227,100 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
   }
 }
 
-/* BNNC_INT_MAC64(name, wtype, load8): acc[o] = init[o] + sum_l x_l * w[l][o] in 64 bits for o < opad, over
- * the taps l = ky * row + j of kh rows of `row` values, x_l = x[ky * stride + j] (a window read in
- * place from a padded image: stride is the image's row length; a gathered window is one row,
- * kh = 1), weights [kh * row][opad] of type wtype (int32, or int8 where they fit: a quarter of the
- * table); load8(p) sign-extends eight weights to 64-bit lanes. With AVX-512, eight outputs per
- * vector: VPMULDQ multiplies the low 32 bits of each lane (one micro-op, where a 64-bit VPMULLQ
- * takes three), so x is broadcast as 32 bits straight from memory (no trip through a general
- * register); 32 outputs (four vectors) per broadcast value, eight at a time with two accumulators
- * for the rest. */
+/* BNNC_INT_MAC64(name, wtype, load8): for the n windows p < n, dx values apart,
+ * acc[p * opad + o] = init[p][o] + sum_l x_l * w[l][o] in 64 bits for o < opad, over the taps
+ * l = ky * row + j of kh rows of `row` values, x_l = x[p * dx + ky * stride + j] (windows read in
+ * place from a padded image: stride is the image's row length, dx a window's step along a row; a
+ * gathered window is one row, kh = 1, n = 1), weights [kh * row][opad] of type wtype (int32, or
+ * int8 where they fit: a quarter of the table); load8(p) sign-extends eight weights to 64-bit
+ * lanes. With AVX-512, eight outputs per vector: VPMULDQ multiplies the low 32 bits of each lane
+ * (one micro-op, where a 64-bit VPMULLQ takes three), so x is broadcast as 32 bits straight from
+ * memory. Four windows at a time share each weight load (4 x 6 accumulators, 4 broadcasts and
+ * one weight vector: 29 of the 32 registers), which leaves the multiplies as the bound; a last
+ * one to three windows go one at a time, up to 12 vectors of outputs per pass. */
 #undef BNNC_INT_MAC64 /* defined once per variant */
+#undef BNNC_INT_MAC64_PASS
+#undef BNNC_INT_MAC64_WINDOWS
 #undef BNNC_LOAD8_W32
 #undef BNNC_LOAD8_W8
 #ifdef BNNC_AVX512
-#define BNNC_INT_MAC64(name, wtype, load8)                                                          \
-  BNNC_INLINE BNNC_VT void name(const int32_t *x, int stride, int kh, int row, const wtype *w, int opad, \
-                                const int64_t *init, int64_t *acc) {                               \
+/* One pass: np windows by nv vectors of outputs from ob (both compile-time constants, so that the
+ * accumulators live in registers). */
+#define BNNC_INT_MAC64_PASS(np, nv, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob)     \
+  do {                                                                                             \
+    __m512i a[np][nv];                                                                             \
+    for (int p = 0; p < (np); p++)                                                                 \
+      for (int v = 0; v < (nv); v++) a[p][v] = _mm512_loadu_si512((const void *)((init)[p] + (ob) + 8 * v)); \
+    const wtype *wr = (w) + (ob);                                                                  \
+    for (int ky = 0; ky < (kh); ky++) {                                                            \
+      const int32_t *xr = (x) + (size_t)ky * (stride);                                             \
+      for (int j = 0; j < (row); j++, wr += (opad)) {                                              \
+        __m512i xv[np];                                                                            \
+        for (int p = 0; p < (np); p++) xv[p] = _mm512_set1_epi32(xr[p * (dx) + j]);               \
+        for (int v = 0; v < (nv); v++) {                                                           \
+          const __m512i wv = load8(wr + 8 * v);                                                    \
+          for (int p = 0; p < (np); p++) a[p][v] = _mm512_add_epi64(a[p][v], _mm512_mul_epi32(xv[p], wv)); \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+    for (int p = 0; p < (np); p++)                                                                 \
+      for (int v = 0; v < (nv); v++)                                                               \
+        _mm512_storeu_si512((void *)((acc) + (size_t)p * (opad) + (ob) + 8 * v), a[p][v]);        \
+  } while (0)
+/* All outputs of np windows: passes of 6 vectors (4 windows) or 12 (one), then the rest */
+#define BNNC_INT_MAC64_WINDOWS(np, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc)            \
+  do {                                                                                             \
+    enum { nvmax_ = (np) == 4 ? 6 : 12 };                                                          \
     int ob = 0;                                                                                    \
-    for (; ob + 32 <= opad; ob += 32) { /* 32 outputs per broadcast value, 4 independent chains */ \
-      __m512i a0 = _mm512_loadu_si512((const void *)(init + ob));                                  \
-      __m512i a1 = _mm512_loadu_si512((const void *)(init + ob + 8));                              \
-      __m512i a2 = _mm512_loadu_si512((const void *)(init + ob + 16));                             \
-      __m512i a3 = _mm512_loadu_si512((const void *)(init + ob + 24));                             \
-      const wtype *wr = w + ob;                                                                    \
-      for (int ky = 0; ky < kh; ky++) {                                                            \
-        const int32_t *xr = x + (size_t)ky * stride;                                               \
-        for (int j = 0; j < row; j++, wr += opad) {                                                \
-          const __m512i v = _mm512_set1_epi32(xr[j]);                                              \
-          a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(v, load8(wr)));                               \
-          a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(v, load8(wr + 8)));                           \
-          a2 = _mm512_add_epi64(a2, _mm512_mul_epi32(v, load8(wr + 16)));                          \
-          a3 = _mm512_add_epi64(a3, _mm512_mul_epi32(v, load8(wr + 24)));                          \
-        }                                                                                          \
-      }                                                                                            \
-      _mm512_storeu_si512((void *)(acc + ob), a0);                                                 \
-      _mm512_storeu_si512((void *)(acc + ob + 8), a1);                                             \
-      _mm512_storeu_si512((void *)(acc + ob + 16), a2);                                            \
-      _mm512_storeu_si512((void *)(acc + ob + 24), a3);                                            \
+    for (; ob + 8 * nvmax_ <= (opad); ob += 8 * nvmax_)                                            \
+      BNNC_INT_MAC64_PASS(np, nvmax_, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); \
+    switch (((opad) - ob) / 8) { /* a constant once inlined into a layer */                        \
+    case 1: BNNC_INT_MAC64_PASS(np, 1, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 2: BNNC_INT_MAC64_PASS(np, 2, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 3: BNNC_INT_MAC64_PASS(np, 3, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 4: BNNC_INT_MAC64_PASS(np, 4, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 5: BNNC_INT_MAC64_PASS(np, 5, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 6: BNNC_INT_MAC64_PASS(np, 6, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    /* more than 5 left: one window at a time (four at a time stop at 6) */                        \
+    case 7: BNNC_INT_MAC64_PASS(1, 7, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 8: BNNC_INT_MAC64_PASS(1, 8, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 9: BNNC_INT_MAC64_PASS(1, 9, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 10: BNNC_INT_MAC64_PASS(1, 10, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    case 11: BNNC_INT_MAC64_PASS(1, 11, wtype, load8, x, dx, stride, kh, row, w, opad, init, acc, ob); break; \
+    default: break;                                                                                \
     }                                                                                              \
-    for (; ob < opad; ob += BNNC_FAM_OBLOCK) {                                                     \
-      __m512i a0 = _mm512_loadu_si512((const void *)(init + ob)), a1 = _mm512_setzero_si512();     \
-      const wtype *wr = w + ob;                                                                    \
-      for (int ky = 0; ky < kh; ky++) {                                                            \
-        const int32_t *xr = x + (size_t)ky * stride;                                               \
-        int j = 0;                                                                                 \
-        for (; j + 1 < row; j += 2, wr += 2 * (size_t)opad) {                                      \
-          a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi32(xr[j]), load8(wr)));        \
-          a1 = _mm512_add_epi64(a1, _mm512_mul_epi32(_mm512_set1_epi32(xr[j + 1]), load8(wr + opad))); \
-        }                                                                                          \
-        if (j < row) {                                                                             \
-          a0 = _mm512_add_epi64(a0, _mm512_mul_epi32(_mm512_set1_epi32(xr[j]), load8(wr)));        \
-          wr += opad;                                                                              \
-        }                                                                                          \
-      }                                                                                            \
-      _mm512_storeu_si512((void *)(acc + ob), _mm512_add_epi64(a0, a1));                           \
-    }                                                                                              \
+  } while (0)
+#define BNNC_INT_MAC64(name, wtype, load8)                                                          \
+  BNNC_INLINE BNNC_VT void name(const int32_t *x, int dx, int n, int stride, int kh, int row, const wtype *w, \
+                                int opad, const int64_t *const *init, int64_t *acc) {              \
+    int q = 0;                                                                                     \
+    for (; q + 4 <= n; q += 4)                                                                     \
+      BNNC_INT_MAC64_WINDOWS(4, wtype, load8, x + q * dx, dx, stride, kh, row, w, opad, init + q,  \
+                             acc + (size_t)q * opad);                                              \
+    for (; q < n; q++)                                                                             \
+      BNNC_INT_MAC64_WINDOWS(1, wtype, load8, x + q * dx, dx, stride, kh, row, w, opad, init + q,  \
+                             acc + (size_t)q * opad);                                              \
   }
 #define BNNC_LOAD8_W32(p) _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(p)))
 #define BNNC_LOAD8_W8(p) _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(p)))
 #else
 #define BNNC_INT_MAC64(name, wtype, load8)                                                          \
-  BNNC_INLINE BNNC_VT void name(const int32_t *x, int stride, int kh, int row, const wtype *w, int opad, \
-                                const int64_t *init, int64_t *acc) {                               \
-    for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                           \
-      BNNC_FAM_SUMS(int64_t, a, acc + ob);                                                         \
-      for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = init[ob + j];                               \
-      const wtype *wr = w + ob;                                                                    \
-      for (int ky = 0; ky < kh; ky++) {                                                            \
-        const int32_t *xr = x + (size_t)ky * stride;                                               \
-        for (int l = 0; l < row; l++, wr += opad) {                                                \
-          const int64_t v = xr[l];                                                                 \
-          for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += v * (int64_t)wr[j];                    \
+  BNNC_INLINE BNNC_VT void name(const int32_t *x, int dx, int n, int stride, int kh, int row, const wtype *w, \
+                                int opad, const int64_t *const *init, int64_t *acc) {              \
+    for (int q = 0; q < n; q++) {                                                                  \
+      for (int ob = 0; ob < opad; ob += BNNC_FAM_OBLOCK) {                                         \
+        BNNC_FAM_SUMS(int64_t, a, acc + (size_t)q * opad + ob);                                    \
+        for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = init[q][ob + j];                          \
+        const wtype *wr = w + ob;                                                                  \
+        for (int ky = 0; ky < kh; ky++) {                                                          \
+          const int32_t *xr = x + (size_t)q * dx + (size_t)ky * stride;                            \
+          for (int l = 0; l < row; l++, wr += opad) {                                              \
+            const int64_t v = xr[l];                                                               \
+            for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] += v * (int64_t)wr[j];                  \
+          }                                                                                        \
         }                                                                                          \
+        BNNC_FAM_SUMS_DONE(a, acc + (size_t)q * opad + ob);                                        \
       }                                                                                            \
-      BNNC_FAM_SUMS_DONE(a, acc + ob);                                                             \
     }                                                                                              \
   }
 #define BNNC_LOAD8_W32(p) 0

@@ -62,6 +62,9 @@ def popcount64(a: np.ndarray) -> np.ndarray:
 KH, KWCW, RS, OPAD, G = 4, 9, 11, 64, 3
 FAM_O, TAPS = 40, 7
 DW_C, DW_N, DW_OPAD, DW_RS = 12, 9, 32, 60  # depthwise: channels, outputs, padded outputs, row stride
+# int64 sums over several windows of the image, MW_DX values apart: 19 vectors of outputs are full
+# passes and a remainder for both four windows at a time (6 vectors) and one (12)
+MW_N, MW_O, MW_DX = 5, 152, 2
 RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607.5, -8388607.5, 16777215.0, 1e9, -0.0]
 
 
@@ -92,11 +95,15 @@ def kernel_program(rng) -> tuple:
         "img": rng.integers(-2**20, 2**20, 4 * DW_RS).astype(np.int32),
         "dwc": np.concatenate([rng.permutation(DW_C)[:DW_N], np.zeros(DW_OPAD - DW_N, int)]).astype(np.int32),
         "dww": rng.integers(-128, 128, 9 * DW_OPAD).astype(np.int8),
+        "wm": rng.integers(-2**24, 2**24, 6 * MW_O).astype(np.int32),
+        "wm8": rng.integers(-128, 128, 6 * MW_O).astype(np.int8),
+        "initm": rng.integers(-2**40, 2**40, MW_N * MW_O).astype(np.int64),
     }
     types = {"src": "uint64_t", "w": "uint64_t", "thr": "int32_t", "neg": "uint32_t", "u": "uint8_t", "wv": "int8_t",
              "corr": "int32_t", "pb": "uint64_t", "pm": "uint64_t", "win": "int32_t", "w64": "int32_t", "w8": "int8_t",
              "acc": "int64_t", "init64": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
-             "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dwc": "int32_t", "dww": "int8_t"}
+             "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dwc": "int32_t", "dww": "int8_t",
+             "wm": "int32_t", "wm8": "int8_t", "initm": "int64_t"}
     arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
     body = []
     vnni = (f"  bnnc_int_mac_vnni_avx512(u, {RS * 4}, {KH}, {G}, wv, corr, {OPAD}, acc);\n"
@@ -123,14 +130,21 @@ static BNNC_VT void run_{v}(void) {{
     printf("%s plane%d", "{v}", kind);
     show("", s, {FAM_O});
   }}
-  bnnc_int_mac64_{v}(win, 0, 1, {TAPS}, w64, {FAM_O}, init64, a64);
+  const int64_t *init1[1] = {{init64}}, *initm_[{MW_N}];
+  int64_t am[{MW_N * MW_O}];
+  for (int p = 0; p < {MW_N}; p++) initm_[p] = initm + p * {MW_O};
+  bnnc_int_mac64_{v}(win, 0, 1, 0, 1, {TAPS}, w64, {FAM_O}, init1, a64);
   show64("{v} int_mac64", a64, {FAM_O});
-  bnnc_int_mac64_w8_{v}(win, 0, 1, {TAPS}, w8, {FAM_O}, init64, a64);
+  bnnc_int_mac64_w8_{v}(win, 0, 1, 0, 1, {TAPS}, w8, {FAM_O}, init1, a64);
   show64("{v} int_mac64_w8", a64, {FAM_O});
-  bnnc_int_mac64_{v}(img, {DW_RS}, 3, 2, w64, {FAM_O}, init64, a64); /* in place: 3 image rows of 2 values */
+  bnnc_int_mac64_{v}(img, 0, 1, {DW_RS}, 3, 2, w64, {FAM_O}, init1, a64); /* in place: 3 image rows of 2 values */
   show64("{v} int_mac64_image", a64, {FAM_O});
-  bnnc_int_mac64_w8_{v}(img, {DW_RS}, 2, 3, w8, {FAM_O}, init64, a64); /* odd rows: the 8-output tail's last tap */
+  bnnc_int_mac64_w8_{v}(img, 0, 1, {DW_RS}, 2, 3, w8, {FAM_O}, init1, a64); /* odd rows: the 8-output tail's last tap */
   show64("{v} int_mac64_w8_image", a64, {FAM_O});
+  bnnc_int_mac64_{v}(img, {MW_DX}, {MW_N}, {DW_RS}, 3, 2, wm, {MW_O}, initm_, am); /* {MW_N} windows in one call */
+  show64("{v} int_mac64_windows", am, {MW_N * MW_O});
+  bnnc_int_mac64_w8_{v}(img, {MW_DX}, {MW_N}, {DW_RS}, 3, 2, wm8, {MW_O}, initm_, am);
+  show64("{v} int_mac64_w8_windows", am, {MW_N * MW_O});
   bnnc_requantize_row_{v}(acc64, mult, add, 42, alo, ahi, -100000, 100000, 13, q, 4);
   show("{v} requantize_row", q, 13);
   bnnc_threshold_pack64_{v}(acc64, thr64, neg8, 13, 2, 1, bits2);
@@ -208,6 +222,10 @@ def expected_kernels(d: dict) -> dict:
     rows = d["img"].reshape(4, DW_RS).astype(np.int64)
     out["int_mac64_image"] = init + rows[:3, :2].reshape(-1) @ d["w64"][:6 * FAM_O].reshape(6, FAM_O).astype(np.int64)
     out["int_mac64_w8_image"] = init + rows[:2, :3].reshape(-1) @ d["w8"][:6 * FAM_O].reshape(6, FAM_O).astype(np.int64)
+    for key, wm in (("int_mac64_windows", d["wm"]), ("int_mac64_w8_windows", d["wm8"])):
+        wins = [rows[:3, p * MW_DX:p * MW_DX + 2].reshape(-1) for p in range(MW_N)]
+        init_m = d["initm"].reshape(MW_N, MW_O)
+        out[key] = np.concatenate([init_m[p] + wins[p] @ wm.reshape(6, MW_O).astype(np.int64) for p in range(MW_N)])
     a = np.clip(d["acc"], d["alo"], d["ahi"])
     out["requantize_row"] = np.clip((a * d["mult"] + d["add"]) >> 42, -100000, 100000)[:13]
     a13 = d["acc"][:13]

@@ -408,7 +408,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         L.update(family="conv", ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
                  sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
                  taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
-                 sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset)
+                 sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset,
+                 windows=p.windows)
         L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']})"
         window_class_tables(consts, op.name, p)
         table("corr", "int64_t", p.corr)

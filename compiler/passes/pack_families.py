@@ -51,6 +51,7 @@ from .pack_bits import OBLOCK, blocked, border_classes, int16_pair_weights, pack
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
 INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
+INT64_WINDOWS = 4  # output pixels per pass of bnnc_int_mac64 on the image (runtime/bnnc_families.h)
 
 BIG = 2**62  # a threshold no 64-bit accumulator of a real layer reaches
 
@@ -87,6 +88,9 @@ class PackedFamilyConv:
     vnni_corr: Optional[np.ndarray] = None  # ints: int32 (o_blk,), off * sum w
     vnni_off: int = 0
     image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
+    # ints with int64 sums on the image: output pixels per kernel pass (bnnc_int_mac64 loads each
+    # weight vector once for all of them), each with its own o_blk accumulators in the scratch
+    windows: int = 1
     pairs: bool = False  # ints, MCU: the int16-pair kernel (pack_bits.int16_pair_weights); weights[0] its table
     row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2)
     sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
@@ -302,7 +306,10 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
             window = (kh * (iw + op.pads[1] + op.pads[3]) * c + 2) * 2
         counts = 4 * p.o_blk  # int32 sums
     p.corr = np.stack([_lanes8(row, 0) for row in p.corr.astype(np.int64)])
-    p.sums_offset = _align64(8 * p.o_blk)
+    if p.method == "int" and p.image and not p.acc32:
+        ow = (src.shape[1] + op.pads[1] + op.pads[3] - kw) // op.stride[1] + 1
+        p.windows = min(INT64_WINDOWS, ow)
+    p.sums_offset = _align64(8 * p.o_blk * p.windows)
     p.window_offset = p.sums_offset + _align64(counts)
     p.scratch_bytes = p.window_offset + _align64(window)
     ep = op.epilogue
