@@ -55,22 +55,19 @@ BNNC_INLINE void bnnc_sparse_int_mac64(const int32_t *win, int ktaps, int cin, c
   }
 }
 
-/* Depthwise and pooling convolutions on the padded image (one input channel ch[o] per output):
- * s[o] = sum over the kh x kw taps of x[tap][ch[o]] * w[tap][o] in int32 (bnnc proved the sums
- * fit) for o < n, 0 up to opad; the window's first value at im, rows rs values apart, c values per
- * pixel; ch NULL: ch[o] = o. Loops over o innermost, so the variants vectorize them. */
-BNNC_INLINE void bnnc_depthwise_mac32(const int32_t *im, int rs, int c, int kh, int kw, const int32_t *ch,
-                                      const int8_t *w, int n, int opad, int32_t *s) {
+/* Depthwise and pooling convolutions on the padded image, whose values are in output order (the
+ * layer puts each output's input channel at its place when it fills the image): s[o] = sum over
+ * the kh x kw taps of x[tap][o] * w[tap][o] in int32 (bnnc proved the sums fit) for o < n, 0 up
+ * to opad; the window's first value at im, rows rs values apart, c values per pixel. Loops over o
+ * innermost, contiguous, so the variants vectorize them. */
+BNNC_INLINE void bnnc_depthwise_mac32(const int32_t *im, int rs, int c, int kh, int kw, const int8_t *w, int n,
+                                      int opad, int32_t *s) {
   for (int o = 0; o < opad; o++) s[o] = 0;
   for (int ky = 0; ky < kh; ky++) {
     for (int kx = 0; kx < kw; kx++) {
       const int32_t *x = im + (size_t)ky * rs + (size_t)kx * c;
       const int8_t *wt = w + (size_t)(ky * kw + kx) * opad;
-      if (ch) {
-        for (int o = 0; o < n; o++) s[o] += x[ch[o]] * (int32_t)wt[o];
-      } else {
-        for (int o = 0; o < n; o++) s[o] += x[o] * (int32_t)wt[o];
-      }
+      for (int o = 0; o < n; o++) s[o] += x[o] * (int32_t)wt[o];
     }
   }
 }

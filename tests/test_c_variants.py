@@ -93,7 +93,6 @@ def kernel_program(rng) -> tuple:
         "thr64": rng.integers(-2**40, 2**40, 2 * 13).astype(np.int64),
         "neg8": np.concatenate([rng.integers(0, 2, 2 * 13), np.zeros(8, int)]).astype(np.uint8),
         "img": rng.integers(-2**20, 2**20, 4 * DW_RS).astype(np.int32),
-        "dwc": np.concatenate([rng.permutation(DW_C)[:DW_N], np.zeros(DW_OPAD - DW_N, int)]).astype(np.int32),
         "dww": rng.integers(-128, 128, 9 * DW_OPAD).astype(np.int8),
         "wm": rng.integers(-2**24, 2**24, 6 * MW_O).astype(np.int32),
         "wm8": rng.integers(-128, 128, 6 * MW_O).astype(np.int8),
@@ -102,7 +101,7 @@ def kernel_program(rng) -> tuple:
     types = {"src": "uint64_t", "w": "uint64_t", "thr": "int32_t", "neg": "uint32_t", "u": "uint8_t", "wv": "int8_t",
              "corr": "int32_t", "pb": "uint64_t", "pm": "uint64_t", "win": "int32_t", "w64": "int32_t", "w8": "int8_t",
              "acc": "int64_t", "init64": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
-             "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dwc": "int32_t", "dww": "int8_t",
+             "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dww": "int8_t",
              "wm": "int32_t", "wm8": "int8_t", "initm": "int64_t"}
     arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
     body = []
@@ -149,10 +148,8 @@ static BNNC_VT void run_{v}(void) {{
   show("{v} requantize_row", q, 13);
   bnnc_threshold_pack64_{v}(acc64, thr64, neg8, 13, 2, 1, bits2);
   show_words("{v} threshold_pack64", bits2, 1);
-  bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dwc, dww, {DW_N}, {DW_OPAD}, dw);
+  bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dww, {DW_N}, {DW_OPAD}, dw);
   show("{v} depthwise", dw, {DW_OPAD});
-  bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, 0, dww, {DW_N}, {DW_OPAD}, dw);
-  show("{v} depthwise_identity", dw, {DW_OPAD});
   printf("{v} rint");
   for (int i = 0; i < (int)(sizeof rint_in / sizeof rint_in[0]); i++)
     printf(" %lld", (long long)bnnc_rint_{v}(rint_in[i]));
@@ -235,9 +232,8 @@ def expected_kernels(d: dict) -> dict:
     wv = d["wv"].reshape(OPAD // 32, KH, G, 32, 4).astype(np.int64)
     img = d["img"].reshape(4, DW_RS)[:3, :3 * DW_C].reshape(3, 3, DW_C).astype(np.int64)  # the 3x3 window
     dww = d["dww"].reshape(9, DW_OPAD).astype(np.int64)
-    for key, ch in (("depthwise", d["dwc"][:DW_N]), ("depthwise_identity", np.arange(DW_N))):
-        sums = (img.reshape(9, DW_C)[:, ch] * dww[:, :DW_N]).sum(axis=0)
-        out[key] = np.concatenate([sums, np.zeros(DW_OPAD - DW_N, np.int64)])
+    sums = (img.reshape(9, DW_C)[:, :DW_N] * dww[:, :DW_N]).sum(axis=0)
+    out["depthwise"] = np.concatenate([sums, np.zeros(DW_OPAD - DW_N, np.int64)])
     out["rint"] = np.rint(np.array(RINT_IN, np.float32)).astype(np.int64)
     out["int_mac_vnni"] = d["corr"] + np.concatenate(
         [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])

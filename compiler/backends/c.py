@@ -430,10 +430,9 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table("sw", "int32_t", p.sparse["w"])
             elif p.depthwise is not None:  # one input channel per output, on the image
                 L["int_kernel"] = int_kernel(p)
-                identity = np.array_equal(p.depthwise["chan"][:p.o], np.arange(p.o))
-                L["dw_chan"] = "0" if identity else f"{op.name}_dwc"
-                if not identity:
-                    table("dwc", "int32_t", p.depthwise["chan"])
+                L["dw_gather"] = p.depthwise["gather"]
+                if L["dw_gather"]:
+                    table("dwc", "int32_t", p.depthwise["chan"][:p.o])
                 table("dww", "int8_t", p.depthwise["w"], align=True)
             elif p.pairs:
                 L["int_kernel"] = int_kernel(p)

@@ -95,8 +95,10 @@ class PackedFamilyConv:
     row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2)
     sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
     # host sparse_int with one input channel per output (depthwise, pooling): bnnc_depthwise_mac32
-    # on the image, {"chan" (o_blk,) int32, "w" (kh * kw, o_blk) int8}; padded outputs read channel
-    # 0 with zero weights
+    # on the image, {"chan" (o_blk,) int32, "w" (kh * kw, o_blk) int8, "gather" bool}; padded
+    # outputs read channel 0 with zero weights. gather: the image holds channel chan[o] at place o
+    # for o < O (copied once per pixel, so that the kernel reads each tap's values contiguously);
+    # else chan is the identity and O == C (the image is the input's channels)
     depthwise: Optional[dict] = None
     epilogue: str = ""  # "bits" | "levels" | "requant" | "reals"
     thr: Optional[np.ndarray] = None  # bits: int64 (planes * O,)
@@ -283,7 +285,7 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
             chan[:o] = [int(x[0]) for x in op.in_lists]
             wd = np.zeros((kh * kw, p.o_blk), np.int8)
             wd[:, :o] = int_w[np.arange(o), :, :, chan[:o]].reshape(o, kh * kw).T
-            p.depthwise = {"chan": chan, "w": wd}
+            p.depthwise = {"chan": chan, "w": wd, "gather": not (o == c and np.array_equal(chan[:o], np.arange(o)))}
             p.w_vnni = None  # the image stays int32
         if p.method == "sparse_int" and not p.image:
             start, chan, wts = [0], [], []
@@ -295,7 +297,8 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
             p.sparse = {"start": np.array(start, np.int32), "chan": np.array(chan or [0], np.int32),
                         "w": np.concatenate(wts).astype(np.int32) if wts else np.zeros(1, np.int32)}
         ih, iw = src.shape[:2]
-        pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * c  # padded image
+        im_c = o if p.depthwise is not None and p.depthwise["gather"] else c  # values per pixel of the image
+        pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * im_c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
         if (p.method == "int" and layout == "rows" and p.acc32 and -(2**15) <= src.lo and src.hi < 2**15
                 and np.abs(int_w).max(initial=0) < 2**15):
