@@ -35,7 +35,6 @@ class LoweringContext:
         self.consumers = _consumers(lm)
         self.dynamic = _dynamic_tensors(lm)
         self.finished: set = set()  # Convs whose epilogue is set
-        self.merged: set = set()  # Convs merged into another one (sums of convolutions)
         self.grid = input_grid(lm, input_scale, input_range, input_affine)
         shape = lm.input_shape
         self.input_op_name = None

@@ -260,7 +260,6 @@ def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
     ctx.graph.replace(total)
     ctx.graph.remove(cb.name)
     ctx.graph.tensors.pop(cb.outputs[0], None)
-    ctx.merged.add(cb.name)
     unit, _ = ir.conv_sum_multipliers(total)
     return AccVal(a.shape, a.source_ops + b.source_ops, [ir.ChainOp("mul", unit.astype(np.float32))], conv=ca.name)
 
