@@ -14,7 +14,8 @@ kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `ArgMax`, and for th
 families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
 (channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
-output logits, a fixed sequence of IEEE float64 operations).
+output logits, a fixed sequence of IEEE float64 operations). Before `passes/merge_summed_convs`, `ConvSum`
+holds the sums of convolutions of one input that the frontend found.
 
 Weights use the shared weight code of networks.md section 2: `w[o, ky, kx, c]` in {-1, 0, +1} with
 per-output-channel scales `scale_p` (for +1) and `scale_n` (for -1). Binary layers have no zeros
@@ -35,7 +36,9 @@ New epilogues: `LevelThresholds` (multi-bit integer outputs), `Requantize` (fixe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Optional, Union
 
 import networkx as nx
@@ -411,7 +414,84 @@ class Softmax:
     source_ops: list = field(default_factory=list)
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool, Concat, Softmax]
+@dataclass
+class ConvSum:
+    """Before `merge_summed_convs`: the summed accumulators of convolutions that read one tensor
+    with one window geometry (weight bases written as separate convolutions, PaBT base pairs):
+        acc[o] = sum_i k_i[o] * acc_i[o]
+    acc_i the accumulator of terms[i] (a Conv, or a ConvSum: sums of sums), then `epilogue` on acc
+    as a Conv's on its accumulator. Each term's epilogue is a Chain of mul / div ops and no
+    terminal: its factor f_i[o], the exact product of its constants; (unit, k_i) is the exact
+    decomposition f_i[o] = unit[o] * k_i[o] with the smallest integers k_i
+    (`conv_sum_multipliers`), and the epilogue's own ops start with that unit. The terms' outputs
+    name no graph tensor; their input and window are the op's."""
+
+    name: str
+    inputs: list
+    outputs: list
+    terms: list  # [Conv | ConvSum]
+    epilogue: object  # as Conv.epilogue
+    source_ops: list = field(default_factory=list)
+
+    @property
+    def kernel(self) -> tuple:
+        return self.terms[0].kernel
+
+    @property
+    def stride(self) -> tuple:
+        return self.terms[0].stride
+
+    @property
+    def pads(self) -> tuple:
+        return self.terms[0].pads
+
+    @property
+    def is_dense(self) -> bool:
+        return self.terms[0].is_dense
+
+    @property
+    def channels(self) -> int:
+        """Accumulators (output channels before any planes)."""
+        t = self.terms[0]
+        return t.channels if isinstance(t, ConvSum) else t.w.shape[0]
+
+
+def chain_factors(ops: list, o: int) -> Optional[list]:
+    """Per-channel exact factors (Fractions) of a chain that only multiplies / divides, else None."""
+    f = [Fraction(1)] * o
+    for op in ops:
+        if op.op not in ("mul", "div"):
+            return None
+        c = np.broadcast_to(np.asarray(op.const, np.float32), (o,))
+        f = [x * Fraction(float(ci)) if op.op == "mul" else x / Fraction(float(ci)) for x, ci in zip(f, c)]
+    return f
+
+
+def exact_multipliers(fracs: list) -> tuple:
+    """(unit, [k]) with fracs[i] == unit * k[i] exactly, integers k as small as possible."""
+    den = 1
+    for f in fracs:
+        den = den * f.denominator // math.gcd(den, f.denominator)
+    ks = [int(f * den) for f in fracs]
+    g = 0
+    for k in ks:
+        g = math.gcd(g, abs(k))
+    g = g or 1
+    return Fraction(g, den), [k // g for k in ks]
+
+
+def conv_sum_multipliers(op: ConvSum) -> tuple:
+    """(unit float64 (O,), [k_i int64 (O,)] per term) of a ConvSum (see there)."""
+    o = op.channels
+    factors = [chain_factors(t.epilogue.ops, o) for t in op.terms]
+    unit, ks = np.zeros(o), np.zeros((len(op.terms), o), np.int64)
+    for j in range(o):
+        u, k = exact_multipliers([f[j] for f in factors])
+        unit[j], ks[:, j] = float(u), k
+    return unit, list(ks)
+
+
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool, Concat, Softmax, ConvSum]
 
 
 def output_in_model_order(graph: "Graph", y: np.ndarray) -> np.ndarray:
@@ -787,6 +867,46 @@ def _verify_conv(graph, op) -> None:
     _check_output(op, out, cls, channels)
 
 
+def _verify_conv_sum(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Bits, Ints))
+    out = graph.tensors[op.outputs[0]]
+    o = _check_sum_terms(op, op, src)
+    _check_window(graph, op, src, out, op.kernel, op.stride, op.pads)
+    cls, channels = _epilogue_out(op, op.epilogue, o)
+    _check_output(op, out, cls, channels)
+
+
+def _check_sum_terms(op, s, src) -> int:
+    """Check the terms of the ConvSum `s` (`op` itself or one of its nested terms); its channels."""
+    if len(s.terms) < 2:
+        _fail(op, "a ConvSum sums two or more terms", f"'{s.name}' has {len(s.terms)}")
+    o = None
+    for i, t in enumerate(s.terms):
+        if not isinstance(t, (Conv, ConvSum)):
+            _fail(op, "ConvSum terms are Convs or ConvSums", f"term {i} of '{s.name}' is {type(t).__name__}")
+        if list(t.inputs) != list(op.inputs) or \
+                (tuple(t.kernel), tuple(t.stride), tuple(t.pads), t.is_dense) != \
+                (tuple(op.kernel), tuple(op.stride), tuple(op.pads), op.is_dense):
+            _fail(op, "ConvSum terms read its input with its window", f"term {i} ('{t.name}')")
+        if isinstance(t, ConvSum):
+            ch = _check_sum_terms(op, t, src)
+        else:
+            ch = t.w.shape[0] if isinstance(t.w, np.ndarray) and t.w.ndim == 4 else None
+            shape = (ch, t.kernel[0], t.kernel[1], src.shape[2])
+            _array(op, f"terms[{i}].w of '{s.name}'", t.w, shape, "i")
+            if t.code != "binary":
+                _array(op, f"terms[{i}].int_w of '{s.name}'", t.int_w, shape, "i")
+        o = ch if o is None else o
+        if ch != o:
+            _fail(op, "ConvSum terms have one number of output channels", f"term {i} ('{t.name}') has {ch}, "
+                  f"term 0 {o}")
+        if not isinstance(t.epilogue, Chain) or t.epilogue.terminal is not None \
+                or chain_factors(t.epilogue.ops, o) is None:
+            _fail(op, "ConvSum terms' epilogues are Chains of mul / div only", f"term {i} ('{t.name}')")
+    return o
+
+
 def _verify_max_pool(graph, op) -> None:
     _arity(op, 1)
     src = _input_type(graph, op, 0, (Bits, Ints))
@@ -882,8 +1002,9 @@ def _verify_softmax(graph, op) -> None:
         _fail(op, "Softmax keeps its input's shape (Reals)", f"{src} -> {out}")
 
 
-_INPUT_TYPES = {Conv: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,), GlobalSumPool: (Bits, Ints),
-                ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,), Concat: (Bits, Ints), Softmax: (Reals,)}
-_CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, MaxPool: _verify_max_pool,
-           SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool, ArgMax: _verify_arg_max,
-           Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax}
+_INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
+                GlobalSumPool: (Bits, Ints), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
+                Concat: (Bits, Ints), Softmax: (Reals,)}
+_CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,
+           MaxPool: _verify_max_pool, SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool,
+           ArgMax: _verify_arg_max, Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax}

@@ -19,7 +19,7 @@ Beyond binary layers with a sign activation, the compressed families lower to:
 - activation bases: one accumulator binarized several ways (ABC-Net / PaBT's sign(x - v_n))
   becomes one Conv whose output holds the bases as channel planes (`ir.Planes`);
 - sums of layers that read the same input (weight bases written as separate convolutions, PaBT
-  pairs): merged into one integer-weight Conv, exactly;
+  pairs): an `ir.ConvSum` of them, one integer-weight Conv after `passes/merge_summed_convs`;
 - residual streams (Bi-Real): a real-valued tensor that an `Add` of two activations, an
   `AveragePool`, or more than one kind of consumer reads is requantized into a fixed-point
   `Ints` stream (`ir.Requantize`, 2**-frac_bits grid); `Add` / `SumPool` / `Activation` ops
@@ -92,7 +92,7 @@ def _set_output(ctx: LoweringContext) -> None:
         ctx.graph.output_info["channels_first"] = True
     for n in list(ctx.graph.g.nodes):
         op = ctx.graph.op(n)
-        if isinstance(op, ir.Conv) and op.name not in ctx.finished:
+        if isinstance(op, (ir.Conv, ir.ConvSum)) and op.name not in ctx.finished:
             raise BnncError(f"layer '{op.source_ops[0]}' output is consumed by nothing bnnc supports")
-        if isinstance(op, ir.Conv):  # activation-base planes added after this layer was built
+        if isinstance(op, (ir.Conv, ir.ConvSum)):  # activation-base planes added after this layer was built
             widen(op, ctx.graph.tensors[op.inputs[0]].shape[2])

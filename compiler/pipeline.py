@@ -16,6 +16,7 @@ from .lower import FRAC_BITS, lower
 from .onnx_loader import check_graph, load, read_model
 from .passes.find_sparse_connectivity import find_sparse_connectivity
 from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
+from .passes.merge_summed_convs import merge_summed_convs
 from .passes.quantize_input import InputAffine, quantize_input
 from .passes.requantize_level_steps import requantize_level_steps
 from .passes.strip_pruned_channels import strip_pruned_channels
@@ -31,8 +32,8 @@ class Options:
     weight_bits: Optional[dict] = None  # real-valued weights: {ONNX node name or "*": bits}, a width for a bound
 
 
-PASSES = (quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels, find_sparse_connectivity,
-          requantize_level_steps)
+PASSES = (merge_summed_convs, quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels,
+          find_sparse_connectivity, requantize_level_steps)
 
 
 def frontend(model, options: Options = Options()) -> ir.Graph:

@@ -41,6 +41,14 @@ def conv_accumulator(op: ir.Conv, x: np.ndarray) -> np.ndarray:
     return acc
 
 
+def sum_accumulator(op, x: np.ndarray) -> np.ndarray:
+    """Integer accumulator (N, OH, OW, O) of a Conv or of a ConvSum (sum_i k_i * acc_i of its terms)."""
+    if isinstance(op, ir.Conv):
+        return conv_accumulator(op, x)
+    _, ks = ir.conv_sum_multipliers(op)
+    return sum(k * sum_accumulator(t, x) for k, t in zip(ks, op.terms))
+
+
 def _float_exact(cols: np.ndarray, w: np.ndarray) -> bool:
     """float64 matmul is exact when every partial sum stays below 2**53."""
     if not cols.size or not w.size:
@@ -141,6 +149,8 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = _input(op, a, oty)
         elif isinstance(op, ir.Conv):
             r = _epilogue(op, conv_accumulator(op, a.astype(np.int64)))
+        elif isinstance(op, ir.ConvSum):
+            r = apply_epilogue(op.epilogue, sum_accumulator(op, a.astype(np.int64)))
         elif isinstance(op, ir.MaxPool):
             r = _maxpool(op, a)
         elif isinstance(op, ir.GlobalSumPool):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from bnnc import driver, ir, reference
 from bnnc.passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
+from bnnc.passes.merge_summed_convs import merge_summed_convs
 from bnnc.passes.pack_bits import pack_bit_rows, unpack_bit_rows
 from bnnc.passes.plan_arena import plan_arena
 from bnnc.passes.quantize_input import quantize_input
@@ -20,7 +21,7 @@ SEEDS = range(40)
 
 def _stages(model):
     g0 = frontend(model)
-    g1 = quantize_input(g0)
+    g1 = quantize_input(merge_summed_convs(g0))
     g2 = fold_batchnorm_into_thresholds(g1)
     g3 = strip_pruned_channels(g2)
     return g0, g1, g2, g3
@@ -32,7 +33,8 @@ def test_every_pass_preserves_the_reference(seed):
     stages = _stages(model)
     x = driver.prepare_inputs(stages[-1], random_inputs(model, 16, seed)).grid
     outs = [reference.run(g, x) for g in stages]
-    for name, o in zip(("quantize_input", "fold_batchnorm_into_thresholds", "strip_pruned_channels"), outs[1:]):
+    names = ("merge_summed_convs + quantize_input", "fold_batchnorm_into_thresholds", "strip_pruned_channels")
+    for name, o in zip(names, outs[1:]):
         assert np.array_equal(o, outs[0]), f"{name} changed the numbers (seed {seed})"
 
 
@@ -291,3 +293,99 @@ def test_a_layer_reading_64_bit_sums_is_refused_by_c():
     g = fold_batchnorm_into_thresholds(g)  # marks the 64-bit accumulator
     with pytest.raises(BnncError, match="beyond 32 bits"):
         driver.render_c(g)
+
+
+# ----------------------------------------------------------------------------- sums of convolutions
+
+
+def _summed_convs_model(seed: int):
+    """An int8 input, a binary layer and Sign, then 2 to 4 convolutions of that sign output (binary,
+    ternary or integer weights; per-channel scales, dyadic or not, some negative) summed by a random
+    tree of Add / Sub, then either BatchNorm-like ops and a Sign or a real-valued (fixed-point)
+    tensor, and a dense layer: the forms the frontend writes as ir.ConvSum."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    size, c0, o = int(rng.integers(4, 8)), int(rng.integers(3, 9)), int(rng.integers(2, 7))
+    k, pad = (3, 1) if rng.random() < 0.7 else (1, 0)
+    inits, nodes = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    inits.append(numpy_helper.from_array(np.array(0, np.int8), "zp"))
+    nodes += [helper.make_node("QuantizeLinear", ["x", const("s_in", 2.0**-5), "zp"], ["xq"]),
+              helper.make_node("DequantizeLinear", ["xq", "s_in", "zp"], ["xd"]),
+              helper.make_node("Conv", ["xd", const("w0", rng.choice([-1.0, 1.0], (c0, 3, 3, 3)))], ["c0"],
+                               pads=[1] * 4),
+              helper.make_node("Sign", ["c0"], ["a0"])]
+    terms = []
+    for i in range(int(rng.integers(2, 5))):
+        code = rng.choice(["binary", "ternary", "int"])
+        w = {"binary": lambda: rng.choice([-1.0, 1.0], (o, c0, k, k)),
+             "ternary": lambda: rng.choice([-1.0, 0.0, 1.0], (o, c0, k, k)),
+             "int": lambda: rng.integers(-3, 4, (o, c0, k, k)).astype(np.float64)}[code]()
+        scale = rng.choice([0.25, 0.5, 1.0, 0.75, 1.5, 0.3], o) * rng.choice([-1.0, 1.0], o)
+        nodes += [helper.make_node("Conv", ["a0", const(f"w{i + 1}", w)], [f"t{i}"], pads=[pad] * 4),
+                  helper.make_node("Mul", [f"t{i}", const(f"s{i}", scale.reshape(o, 1, 1))], [f"m{i}"])]
+        terms.append(f"m{i}")
+    while len(terms) > 1:  # a random tree of sums and differences
+        j = int(rng.integers(0, len(terms) - 1))
+        out = f"sum{len(nodes)}"
+        nodes.append(helper.make_node(str(rng.choice(["Add", "Sub"])), [terms[j], terms[j + 1]], [out]))
+        terms[j:j + 2] = [out]
+    y = terms[0]
+    if rng.random() < 0.5:
+        nodes += [helper.make_node("Add", [y, const("bias", rng.normal(0, 1, (o, 1, 1)))], ["biased"]),
+                  helper.make_node("Sign", ["biased"], ["act"])]
+        y, features = "act", o * size * size
+    else:  # real-valued: a fixed-point stream, averaged
+        nodes.append(helper.make_node("GlobalAveragePool", [y], ["pooled"]))
+        y, features = "pooled", o
+    classes = 3
+    nodes += [helper.make_node("Flatten", [y], ["flat"]),
+              helper.make_node("Gemm", ["flat", const("wd", rng.choice([-1.0, 1.0], (classes, features)))],
+                               ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "summed_convs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_merge_summed_convs_preserves_the_reference(seed):
+    """Summed convolutions (ir.ConvSum, nested for sums of sums, Sub as a negative factor) give the
+    reference's numbers as the one Conv the pass makes of them, and the graph stays valid."""
+    model = _summed_convs_model(seed)
+    g0 = frontend(model)
+    ir.verify(g0)
+    assert any(isinstance(op, ir.ConvSum) for op in g0.ops()), "the model's sums should be a ConvSum"
+    g1 = merge_summed_convs(g0)
+    ir.verify(g1)
+    assert not any(isinstance(op, ir.ConvSum) for op in g1.ops())
+    assert any(isinstance(op, ir.ConvSum) for op in g0.ops()), "the pass must not change its input"
+    x = driver.prepare_inputs(g1, driver.random_samples(g0, 24, seed)).grid
+    assert np.array_equal(reference.run(g1, x), reference.run(g0, x))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_merge_summed_convs_is_the_identity_without_sums(seed):
+    """On random graphs without sums of convolutions the pass changes nothing the reference sees."""
+    model, _ = random_model(seed)
+    g0 = frontend(model)
+    g1 = merge_summed_convs(g0)
+    ir.verify(g1)
+    assert [op.name for op in g1.ops()] == [op.name for op in g0.ops()]
+    x = driver.prepare_inputs(g1, random_inputs(model, 8, seed)).grid
+    assert np.array_equal(reference.run(g1, x), reference.run(g0, x))
+
+
+def test_conv_sum_breaking_its_rules_is_refused_by_verify():
+    """A ConvSum whose term carries a terminal (not a pure scale) is no valid IR."""
+    g = frontend(_summed_convs_model(1))
+    op = next(o for o in g.ops() if isinstance(o, ir.ConvSum))
+    op.terms[0].epilogue = ir.Chain(list(op.terms[0].epilogue.ops) + [ir.ChainOp("relu")])
+    with pytest.raises(ir.IRError, match="mul / div only"):
+        ir.verify(g)

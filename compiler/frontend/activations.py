@@ -14,6 +14,7 @@ from .. import ir
 from ..errors import BnncError
 from ..onnx_loader import quant_levels, round_mode
 from ..original import trunc_shift
+from ..passes.merge_summed_convs import merged_conv
 from .context import terminal_type
 from .streams import pools_commute, rounding_error, to_stream
 from .registry import handler, where
@@ -197,7 +198,7 @@ def activate(ctx, node, term, v: Optional[Val] = None):
 def _rounded(ctx, v: Val) -> bool:
     """Whether bnnc represents `v` with a stated rounding error (see `activate`)."""
     if isinstance(v, AccVal):  # rounded weights, or exact ones summing a rounded input
-        conv = ctx.graph.op(v.conv)
+        conv = merged_conv(ctx.graph.op(v.conv))
         return (conv.acc_error is not None and bool(np.any(conv.acc_error))) \
             or rounding_error(ctx.graph, conv.inputs[0]) > 0
     if isinstance(v, (IntsVal, IntChainVal)):

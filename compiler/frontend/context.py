@@ -11,6 +11,7 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from ..onnx_loader import LoadedModel
+from ..passes.merge_summed_convs import merged_conv
 from ..passes.quantize_input import input_grid
 from .registry import where
 from .streams import to_stream
@@ -34,7 +35,6 @@ class LoweringContext:
         self.consumers = _consumers(lm)
         self.dynamic = _dynamic_tensors(lm)
         self.finished: set = set()  # Convs whose epilogue is set
-        self.merged: set = set()  # Convs merged into another one (sums of convolutions)
         self.grid = input_grid(lm, input_scale, input_range, input_affine)
         shape = lm.input_shape
         self.input_op_name = None
@@ -182,7 +182,7 @@ class LoweringContext:
             out = self.emit_maxpool(params, out)
         return out
 
-    def _add_plane(self, conv: ir.Conv, v: AccVal, term, node) -> Val:
+    def _add_plane(self, conv, v: AccVal, term, node) -> Val:
         """Another sign of an accumulator that already has one: activation bases as planes."""
         ep = conv.epilogue
         first = ep.chains[0] if isinstance(ep, ir.Planes) else ep
@@ -198,7 +198,7 @@ class LoweringContext:
             raise BnncError(f"{where(node)}: activation bases of layer '{conv.source_ops[0]}' have different "
                             f"scales ({old.scale:g}, {scale:g})")
         chains = list(ep.chains) if isinstance(ep, ir.Planes) else [ep]
-        o = conv.w.shape[0]
+        o = merged_conv(conv).w.shape[0]
         if len(chains) == 1:  # the first plane's readers now read a block of a wider tensor
             for k, val in self.vals.items():
                 if isinstance(val, BitsVal) and val.tensor == conv.outputs[0] and val.block is None:
@@ -277,7 +277,12 @@ def conv_pads(node, hw, kernel, stride, auto_pad="NOTSET", pads=None) -> tuple:
 
 def widen(conv: ir.Conv, channels: int, offset: int = 0) -> None:
     """Pad the input-channel axis of every weight array to `channels` (new channels read nothing;
-    the conv's own channels start at `offset`). A binary code gains zeros: it becomes ternary."""
+    the conv's own channels start at `offset`). A binary code gains zeros: it becomes ternary. A
+    ConvSum's terms are widened."""
+    if isinstance(conv, ir.ConvSum):
+        for t in conv.terms:
+            widen(t, channels, offset)
+        return
     c = conv.w.shape[3]
     if c == channels and offset == 0:
         return

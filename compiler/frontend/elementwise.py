@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import ir, weight_codes
 from ..errors import BnncError
+from ..passes.merge_summed_convs import merged_conv
 from .context import widen
 from .registry import handler, where
 from .streams import WIDE_STREAM_LIMIT, stream_limit, stream_of_intchain, to_stream
@@ -229,51 +230,38 @@ def add_streams(ctx, node, a, b) -> IntsVal:
 
 
 def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
-    """conv_a * u_a + sign * conv_b * u_b as one Conv when both read the same tensor with the
-    same geometry and their pending chains are per-channel scales (weight bases written as
-    separate convolutions, PaBT base pairs). The integer weights are k_a * W_a + sign * k_b * W_b
-    with u_a = unit * k_a and u_b = unit * k_b exactly (dyadic scales); None when not mergeable."""
+    """conv_a * u_a + sign * conv_b * u_b as one accumulator (ir.ConvSum, one Conv after
+    passes/merge_summed_convs) when both read the same tensor with the same geometry and their
+    pending chains are per-channel scales (weight bases written as separate convolutions, PaBT base
+    pairs): acc = k_a * acc_a + k_b * acc_b with u_a = unit * k_a, sign * u_b = unit * k_b exactly
+    (dyadic scales), its chain starting with the unit; None when not mergeable."""
     if a.conv == b.conv or a.pools or b.pools or a.shape != b.shape:
         return None
     ca, cb = ctx.graph.op(a.conv), ctx.graph.op(b.conv)
     if ca.name in ctx.finished or cb.name in ctx.finished or ca.inputs != cb.inputs \
             or (ca.kernel, ca.stride, ca.pads, ca.is_dense) != (cb.kernel, cb.stride, cb.pads, cb.is_dense):
         return None
-    fa, fb = _pure_scale(a.chain, ca.w.shape[0]), _pure_scale(b.chain, cb.w.shape[0])
+    o = merged_conv(ca).w.shape[0]
+    fa, fb = ir.chain_factors(a.chain, o), ir.chain_factors(b.chain, merged_conv(cb).w.shape[0])
     if fa is None or fb is None:
         return None
+    for i in range(o):
+        _, ks = ir.exact_multipliers([fa[i], sign * fb[i]])
+        if max(abs(k) for k in ks) > weight_codes.MAX_MULT:
+            raise BnncError(f"{where(node)}: the scales of the summed layers ({float(fa[i]):g}, {float(fb[i]):g}) "
+                            "are too far apart for exact integer multipliers")
     channels = ctx.graph.tensors[ca.inputs[0]].shape[2]
     for c in (ca, cb):
         widen(c, channels)
-    o = ca.w.shape[0]
-    ka, kb, unit = np.zeros(o, np.int64), np.zeros(o, np.int64), np.zeros(o)
-    for i in range(o):
-        u, (x, y) = _exact_multipliers([fa[i], sign * fb[i]])
-        if max(abs(x), abs(y)) > weight_codes.MAX_MULT:
-            raise BnncError(f"{where(node)}: the scales of the summed layers ({float(fa[i]):g}, {float(fb[i]):g}) "
-                            "are too far apart for exact integer multipliers")
-        ka[i], kb[i], unit[i] = x, y, float(u)
-    shape = (-1, 1, 1, 1)
-    int_w = ka.reshape(shape) * ir.int_weights(ca) + kb.reshape(shape) * ir.int_weights(cb)
-    ba, bb = _bases_of(ca), _bases_of(cb)
-    if ba is None or bb is None:
-        code, bases = "int", []
-    else:
-        bases = [_scale_base(x, ka) for x in ba] + [_scale_base(x, kb) for x in bb]
-        bases = [x for x in bases if np.any(x.mult_p) or np.any(x.mult_n)]
-        code = "multi_base"
-    ca.code, ca.int_w, ca.bases, ca.unit = code, int_w, bases, unit
-    ca.w = np.sign(int_w).astype(np.int8)
-    ca.scale_p = ca.scale_n = unit.copy()
-    for x in ca.bases:
-        x.scale_p, x.scale_n = unit * x.mult_p, unit * x.mult_n
-    ca.source_ops = ca.source_ops + cb.source_ops + [node.name]
-    ca.original_params += cb.original_params
+    ca.epilogue = ir.Chain(list(a.chain))
+    cb.epilogue = ir.Chain(list(b.chain) + ([ir.ChainOp("mul", np.float32(-1.0).reshape(()))] if sign < 0 else []))
+    total = ir.ConvSum(ca.name, list(ca.inputs), list(ca.outputs), [ca, cb], ir.Chain([], None),
+                       ca.source_ops + cb.source_ops + [node.name])
+    ctx.graph.replace(total)
     ctx.graph.remove(cb.name)
     ctx.graph.tensors.pop(cb.outputs[0], None)
-    ctx.merged.add(cb.name)
-    chain = [ir.ChainOp("mul", unit.astype(np.float32))]
-    return AccVal(a.shape, a.source_ops + b.source_ops, chain, conv=ca.name)
+    unit, _ = ir.conv_sum_multipliers(total)
+    return AccVal(a.shape, a.source_ops + b.source_ops, [ir.ChainOp("mul", unit.astype(np.float32))], conv=ca.name)
 
 
 def _log2_exact(r: Fraction):
@@ -282,46 +270,3 @@ def _log2_exact(r: Fraction):
         return None
     n = r.numerator
     return n.bit_length() - 1 if n & (n - 1) == 0 else None
-
-
-def _pure_scale(chain: list, o: int):
-    """Per-channel exact factors (Fractions) when the chain only multiplies/divides, else None."""
-    f = [Fraction(1)] * o
-    for op in chain:
-        if op.op not in ("mul", "div"):
-            return None
-        c = np.broadcast_to(np.asarray(op.const, np.float32), (o,))
-        f = [x * Fraction(float(ci)) if op.op == "mul" else x / Fraction(float(ci)) for x, ci in zip(f, c)]
-    return f
-
-
-def _exact_multipliers(fracs: list) -> tuple:
-    """(unit, [k]) with fracs[i] == unit * k[i] exactly, integers k as small as possible."""
-    den = 1
-    for f in fracs:
-        den = den * f.denominator // math.gcd(den, f.denominator)
-    ks = [int(f * den) for f in fracs]
-    g = 0
-    for k in ks:
-        g = math.gcd(g, abs(k))
-    g = g or 1
-    return Fraction(g, den), [k // g for k in ks]
-
-
-def _bases_of(conv: ir.Conv):
-    """The conv's weight code as masked binary bases (None for the "int" code)."""
-    if conv.code == "binary":
-        o = conv.w.shape[0]
-        return [ir.WeightBase(conv.w.copy(), np.ones(o, np.int64), np.ones(o, np.int64))]
-    if conv.code == "int":
-        return None
-    return [ir.WeightBase(b.w.copy(), b.mult_p.copy(), b.mult_n.copy()) for b in conv.bases]
-
-
-def _scale_base(b: ir.WeightBase, k: np.ndarray) -> ir.WeightBase:
-    """A base times signed per-channel integers k (a negative k swaps the masks)."""
-    neg = k < 0
-    w = np.where(neg.reshape(-1, *([1] * (b.w.ndim - 1))), -b.w, b.w).astype(np.int8)
-    mp = np.where(neg, b.mult_n, b.mult_p) * np.abs(k)
-    mn = np.where(neg, b.mult_p, b.mult_n) * np.abs(k)
-    return ir.WeightBase(w, mp.astype(np.int64), mn.astype(np.int64))

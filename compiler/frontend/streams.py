@@ -44,9 +44,11 @@ def to_stream(ctx, node, v: Val) -> Val:
         raise BnncError(f"{where(node)}: layer '{conv.source_ops[0]}' output is used both as a residual "
                         "stream and as something else")
     from ..passes.fold_batchnorm_into_thresholds import acc_range
+    from ..passes.merge_summed_convs import merged_conv
 
-    lo_acc, hi_acc = acc_range(conv, ctx.graph.tensors[conv.inputs[0]])
-    ep, lo, hi = requantize(ctx, node, v.chain, conv.w.shape[0], lo_acc, hi_acc, conv.source_ops[0])
+    acc = merged_conv(conv)  # a sum of convolutions: the Conv it becomes
+    lo_acc, hi_acc = acc_range(acc, ctx.graph.tensors[conv.inputs[0]])
+    ep, lo, hi = requantize(ctx, node, v.chain, acc.w.shape[0], lo_acc, hi_acc, conv.source_ops[0])
     conv.epilogue = ep
     conv.source_ops = conv.source_ops + v.source_ops
     ctx.finished.add(conv.name)

@@ -1,0 +1,79 @@
+"""Sums of convolutions of one input (ir.ConvSum) become one Conv with integer weights.
+
+A ConvSum's accumulator is acc = sum_i k_i * acc_i, acc_i = sum over valid taps of W_i * a
+(+ the valid taps of bias_i), with k_i the exact integer multipliers of its terms' factors
+(`ir.conv_sum_multipliers`). Every term reads the same tensor through the same window, so
+
+    acc = sum over valid taps of (sum_i k_i * W_i) * a + sum over valid taps of sum_i k_i * bias_i
+
+exactly (integer arithmetic): one Conv with `int_w = sum_i k_i * int_weights(term_i)` and
+`bias_kernel = sum_i k_i * bias_i`, whose epilogue is the ConvSum's. Its code is `multi_base`
+(the terms' bases, each scaled by its k_i: a negative k swaps a base's masks) when every term has
+bases or is binary, else `int`. The real weight of one unit is `unit` (`Conv.unit`, scale_p /
+scale_n). Sums of sums merge innermost first."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .. import ir
+
+
+def merge_summed_convs(graph: ir.Graph) -> ir.Graph:
+    """Every ConvSum of `graph` as the one Conv that computes its accumulator (a new graph)."""
+    g = graph.copy()
+    for op in g.ops():
+        if isinstance(op, ir.ConvSum):
+            g.replace(merged_conv(op))
+    return g
+
+
+def merged_conv(op) -> ir.Conv:
+    """The Conv with `op`'s name, input, output and epilogue whose accumulator is `op`'s (a Conv
+    is returned as it is). Pure: `op` is not changed."""
+    if isinstance(op, ir.Conv):
+        return op
+    terms = [merged_conv(t) for t in op.terms]
+    unit, ks = ir.conv_sum_multipliers(op)
+    shape = (-1, 1, 1, 1)
+    int_w = sum(k.reshape(shape) * ir.int_weights(t) for k, t in zip(ks, terms))
+    bases = [_bases_of(t) for t in terms]
+    if any(b is None for b in bases):
+        code, bases = "int", []
+    else:
+        bases = [_scale_base(b, k) for bs, k in zip(bases, ks) for b in bs]
+        bases = [b for b in bases if np.any(b.mult_p) or np.any(b.mult_n)]
+        code = "multi_base"
+    for b in bases:
+        b.scale_p, b.scale_n = unit * b.mult_p, unit * b.mult_n
+    biases = [(k, t.bias_kernel) for k, t in zip(ks, terms) if t.bias_kernel is not None]
+    out = copy.deepcopy(terms[0])  # geometry, and the first term's stated errors
+    out.name, out.inputs, out.outputs = op.name, list(op.inputs), list(op.outputs)
+    out.epilogue, out.source_ops = op.epilogue, list(op.source_ops)
+    out.original_params = sum(t.original_params for t in terms)
+    out.code, out.int_w, out.bases, out.unit = code, int_w, bases, unit
+    out.w = np.sign(int_w).astype(np.int8)
+    out.scale_p = out.scale_n = unit.copy()
+    out.bias_kernel = sum(k.reshape(-1, 1, 1) * b for k, b in biases) if biases else None
+    return out
+
+
+def _bases_of(conv: ir.Conv):
+    """The conv's weight code as masked binary bases (None for the "int" code)."""
+    if conv.code == "binary":
+        o = conv.w.shape[0]
+        return [ir.WeightBase(conv.w.copy(), np.ones(o, np.int64), np.ones(o, np.int64))]
+    if conv.code == "int":
+        return None
+    return [ir.WeightBase(b.w.copy(), b.mult_p.copy(), b.mult_n.copy()) for b in conv.bases]
+
+
+def _scale_base(b: ir.WeightBase, k: np.ndarray) -> ir.WeightBase:
+    """A base times signed per-channel integers k (a negative k swaps the masks)."""
+    neg = k < 0
+    w = np.where(neg.reshape(-1, *([1] * (b.w.ndim - 1))), -b.w, b.w).astype(np.int8)
+    mp = np.where(neg, b.mult_n, b.mult_p) * np.abs(k)
+    mn = np.where(neg, b.mult_p, b.mult_n) * np.abs(k)
+    return ir.WeightBase(w, mp.astype(np.int64), mn.astype(np.int64))
