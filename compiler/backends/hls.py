@@ -844,10 +844,9 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 def check_supported(graph: ir.Graph) -> None:
     """Refuse, in one line naming the layer, what the HLS processes do not implement: Concat,
-    Softmax, Activations of non-integer tensors, and multi-level activations
-    with several activation planes. Every weight code and every other epilogue (bits, levels,
-    fixed-point Requantize, float32 chains) is held; Activations of integer streams run as identity
-    1x1 convs (passes/activations_as_convs.py)."""
+    Softmax, Activations of non-integer tensors, and convs the matrix unit does not implement
+    (matrix_unit.supports). Activations of integer streams run as identity 1x1 convs
+    (passes/activations_as_convs.py)."""
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
         if isinstance(op, (ir.Concat, ir.Softmax)):
@@ -858,13 +857,9 @@ def check_supported(graph: ir.Graph) -> None:
             raise BnncError(f"layer '{where}': the HLS backend runs activations of integer tensors only, not of "
                             f"{type(graph.tensors[op.inputs[0]]).__name__}; use --target c")
         if isinstance(op, ir.Conv):
-            ep = op.epilogue
-            if not isinstance(ep, (ir.Thresholds, ir.LevelThresholds, ir.Chain, ir.Requantize)):
-                raise BnncError(f"layer '{where}' has a {type(ep).__name__} epilogue, which the HLS backend does not "
-                                "implement (it holds bit, multi-level, fixed-point and float32 outputs); use --target c")
-            if isinstance(ep, ir.LevelThresholds) and ep.planes != 1:
-                raise BnncError(f"layer '{where}' has multi-level activations with {ep.planes} activation planes, "
-                                "which the HLS backend does not implement; use --target c")
+            reason = matrix_unit.supports(op)
+            if reason:
+                raise BnncError(f"layer '{where}': {reason} (the HLS backend); use --target c")
 
 
 def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:

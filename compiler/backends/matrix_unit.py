@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ir
+
 POPCOUNT_LANES = 16  # bit lanes per first-level register: a 16-input popcount fits one cycle
 ADDER_LANES = 2  # integer lanes per first-level register: one adder of two signed lanes
 ADDER_FANIN = 2  # values added per further register level: one adder (chains of three missed 150 MHz)
@@ -41,6 +43,46 @@ def pipeline_depth(simd: int, in_bits: int) -> int:
 def latency(nf: int, sf: int, simd: int, in_bits: int) -> int:
     """Cycles from accepting a vector to its output being valid, with nothing stalled."""
     return nf * sf + pipeline_depth(simd, in_bits)
+
+
+# the epilogues the unit's table implements (a Chain: the accumulator leaves the unit)
+EPILOGUES = (ir.Thresholds, ir.LevelThresholds, ir.Requantize, ir.Chain)
+
+
+def folding_refusal(mh: int, mw: int, pe: int, simd: int) -> str | None:
+    """Why PE rows x SIMD lanes cannot fold an MH x MW matrix, or None: a fold wider than the
+    matrix would only hold idle rows or lanes."""
+    for key, v, n, what in (("PE", pe, mh, "output channels"), ("SIMD", simd, mw, "inputs per output")):
+        if v > n:
+            return f"{key}={v} exceeds its {n} {what}"
+    return None
+
+
+def supports(op: ir.Conv, folding=None) -> str | None:
+    """None when the unit implements the Conv `op` (folded as `folding`, a folding.LayerFolding,
+    when given), else why not, as one clause to follow "layer 'NAME': ". The one home of the
+    unit's legality: the layout pass, both hardware backends and the folding reader ask it. Every
+    weight code runs (as popcount planes or MAC weights); the unit does not implement:
+    - padding as wide as the kernel (a window of padding only: no border class has a valid tap);
+    - an epilogue other than bit or multi-level thresholds, a fixed-point Requantize or a float32
+      Chain (its accumulators leave the unit);
+    - multi-level thresholds with several activation planes (one level count per row);
+    - a bit output channel that is constantly 0 (ONNX Sign of 0: a bit holds only +-1);
+    - a PE or SIMD wider than the matrix (folding_refusal)."""
+    _, kh, kw, _ = op.w.shape
+    if op.pads[0] >= kh or op.pads[1] >= kw or op.pads[2] >= kh or op.pads[3] >= kw:
+        return f"padding {tuple(op.pads)} is not smaller than its {kh}x{kw} kernel"
+    ep = op.epilogue
+    if not isinstance(ep, EPILOGUES):
+        return (f"the matrix-vector unit does not implement a {type(ep).__name__} epilogue (it holds bit, "
+                "multi-level threshold and fixed-point outputs, and float32 accumulator outputs)")
+    if isinstance(ep, ir.LevelThresholds) and ep.planes != 1:
+        return f"the matrix-vector unit does not implement multi-level activations with {ep.planes} activation planes"
+    if isinstance(ep, ir.Thresholds) and np.any(ep.constant == 0):
+        return "a channel is constantly 0 (ONNX Sign of 0), which a bit cannot hold"
+    if folding is not None:
+        return folding_refusal(folding.layer.mh, folding.layer.mw, folding.pe, folding.simd)
+    return None
 
 
 def uses_mac(op, folded) -> bool:

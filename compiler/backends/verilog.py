@@ -70,17 +70,10 @@ class Plan:
 
 
 def _check_conv(op: ir.Conv) -> None:
-    """Refuse what the MVTU does not implement: every weight code runs as popcount planes; the
-    epilogue must be bit or multi-level thresholds (several activation planes only for bits), a
-    fixed-point requantization, or the last layer's float32 chain."""
-    ep = op.epilogue
-    planes = getattr(ep, "planes", 1)
-    if isinstance(ep, (ir.Thresholds, ir.Requantize, ir.Chain)) or isinstance(ep, ir.LevelThresholds) and planes == 1:
-        return
-    what = f"{type(ep).__name__} epilogue" + (f" with {planes} activation planes" if planes != 1 else "")
-    raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement its {what} "
-                    "(it holds bit, multi-level threshold and fixed-point outputs, and a float32 epilogue on the last "
-                    "layer)")
+    """Refuse what the matrix unit does not implement (matrix_unit.supports)."""
+    reason = matrix_unit.supports(op)
+    if reason:
+        raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': {reason} (the verilog target)")
 
 
 def plan(graph: ir.Graph) -> Plan:
@@ -267,7 +260,7 @@ def _pool_stage(op, src, dst, name: str) -> dict:
             "eb": element_bits(src), "ob": ob, "out_width": c * ob, "cycles": h * w}
 
 
-def _check_pads(op) -> None:
+def _check_pads(op: ir.MaxPool) -> None:
     kh, kw = op.kernel
     if op.pads[0] >= kh or op.pads[2] >= kh or op.pads[1] >= kw or op.pads[3] >= kw:
         raise BnncError(f"'{op.name}': padding {tuple(op.pads)} is not smaller than its {kh}x{kw} kernel")
@@ -428,7 +421,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
         if name in names:
             raise BnncError(f"two layers are both named '{name}' in Verilog")
         names.add(name)
-        if isinstance(op, (ir.Conv, ir.MaxPool)):
+        if isinstance(op, ir.MaxPool):  # a Conv's padding: matrix_unit.supports
             _check_pads(op)
         if isinstance(op, ir.Conv):
             flat = pl.flat_input and op is pl.hw_ops[0]

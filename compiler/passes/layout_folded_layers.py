@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ir
+from ..backends import matrix_unit
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, plane_ranges, popcount_planes
 from .pack_bits import border_classes
@@ -152,10 +153,9 @@ def element_bits(ty) -> int:
 
 
 def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
+    """The unit's layout of `op`, which matrix_unit.supports accepts."""
     o, kh, kw, c = op.w.shape
     mw = kh * kw * c
-    if op.pads[0] >= kh or op.pads[1] >= kw or op.pads[2] >= kh or op.pads[3] >= kw:
-        raise BnncError(f"layer '{op.name}': padding {op.pads} is not smaller than its {kh}x{kw} kernel")
     ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
     ny, nx = valid.shape[:2]
     valid, bias = valid.reshape(ny * nx, kh, kw), bias.reshape(ny * nx, o)
@@ -172,8 +172,6 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
 
     ep = op.epilogue
     is_acc = not isinstance(ep, (ir.Thresholds, ir.LevelThresholds))
-    if is_acc and not isinstance(ep, (ir.Chain, ir.Requantize)):
-        raise BnncError(f"layer '{op.name}': a matrix-vector unit does not implement a {type(ep).__name__} epilogue")
     live_gains = set(gains[0][gains[0] != 0].tolist())
     v_space = len(planes) > 1 or (is_acc and len(live_gains) > 1)
     if v_space:  # the unit computes v = sum_j G_j s_j; thresholds and offsets apply to v
@@ -192,9 +190,6 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     gain = 0
     if not is_acc:
         levels = isinstance(ep, ir.LevelThresholds)
-        if levels and act_planes != 1:
-            raise BnncError(f"layer '{op.name}': multi-level activations with several activation planes are not "
-                            "supported by the matrix-vector units")
         d = ep.direction.astype(np.int64).reshape(act_planes, o)  # (planes, o)
         ts = ep.threshold.astype(np.int64).reshape(o, -1) if levels else \
             ep.threshold.astype(np.int64).reshape(act_planes, o).T  # (o, nt)
@@ -219,9 +214,6 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
                 raise BnncError(f"layer '{op.name}': thresholds on a non-bit output")
             const_pl = ep.constant.reshape(act_planes, o).T  # (o, nt)
             const = const_pl != ir.Thresholds.NOT_CONSTANT
-            if np.any(const & (const_pl == 0)):
-                raise BnncError(f"layer '{op.name}' has a channel that is constantly 0 (ONNX Sign of 0), which a bit "
-                                "cannot hold")
             value = np.where(u > 0, up, np.where(u < 0, down, np.where(passed, s_max, s_min - 1)))
             value = np.where(const[None], np.where(const_pl[None] > 0, s_max, s_min - 1), value)
             flag = np.broadcast_to(np.where(const[None], 0, np.where(u > 0, 1, 0)), value.shape)
@@ -311,5 +303,8 @@ def layout_folded_layers(graph: ir.Graph, foldings: list) -> ir.Graph:
             f = by_name.get(op.name)
             if f is None:
                 raise BnncError(f"no folding given for layer '{op.name}'")
+            reason = matrix_unit.supports(op, f)
+            if reason:
+                raise BnncError(f"layer '{op.name}': {reason}")
             op.folded = fold_conv(op, out.tensors[op.inputs[0]], out.tensors[op.outputs[0]], f.pe, f.simd)
     return out
