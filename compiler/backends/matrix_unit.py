@@ -14,6 +14,8 @@ The RTL computes the same numbers from the same parameters; tests check the simu
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from .. import ir
@@ -43,6 +45,127 @@ def pipeline_depth(simd: int, in_bits: int) -> int:
 def latency(nf: int, sf: int, simd: int, in_bits: int) -> int:
     """Cycles from accepting a vector to its output being valid, with nothing stalled."""
     return nf * sf + pipeline_depth(simd, in_bits)
+
+
+# ----------------------------------------------------------------------------- the unit's record
+
+
+@dataclass
+class Fold:
+    """The matrix and its folding: MH rows (output channels) x MW columns (kh*kw*C inputs per
+    output) on PE rows x SIMD lanes; fold (nf, sf) holds rows nf*PE + p and columns sf*SIMD + s."""
+    pe: int
+    simd: int
+    mh: int
+    mw: int
+    nf: int  # neuron folds: ceil(MH / PE)
+    sf: int  # synapse folds: ceil(MW / SIMD)
+    in_bits: int  # 1 for bit inputs, else the signed width of the integer inputs
+
+
+@dataclass
+class Weights:
+    """The popcount planes' weights (weight_planes.popcount_planes), as the unit's memory holds them."""
+    kinds: tuple  # weight_planes kinds, in plane order
+    gains: np.ndarray  # int64 (planes, MH): G_j[o]
+    gain_bits: int  # signed width of a gain in the table (v-space), else 1
+    words: list  # NF*SF ints of len(arrays)*PE*SIMD bits, address nf*SF + sf
+    bits: np.ndarray  # bool (NF*SF, arrays, PE, SIMD): the bits of `words`
+
+    @property
+    def planes(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def arrays(self) -> list:
+        """[(plane, "b" | "m")]: the bit arrays of a weight word, each PE*SIMD bits, in this order
+        (row p lane s of array i at bit (i*PE + p)*SIMD + s)."""
+        out = []
+        for j, k in enumerate(self.kinds):
+            if k in ("xnor", "masked_xnor"):
+                out.append((j, "b"))
+            if k in ("masked_xnor", "and"):
+                out.append((j, "m"))
+        return out
+
+
+@dataclass
+class Sums:
+    """The compared value: s (one plane's popcount / sum) or, with the gains in the table
+    (v-space), v = sum_j G_j[o] * s_j."""
+    lo: int  # its range
+    hi: int
+    plane_bits: int  # signed width holding every plane's popcount / sum
+    gains_in_table: bool  # v-space: the unit multiplies by the gains of the table entry
+    weighted_bits: int  # signed width of v (v-space), else 1
+
+
+@dataclass
+class Requant:
+    """ir.Requantize of the accumulator: out = clamp((clamp(acc >> pre_shift) * mult + add) >> shift, lo, hi)."""
+    shift: int = 0
+    lo: int = 0
+    hi: int = 0
+    bits: int = 1  # signed width holding acc * mult + add
+    pre_shift: int = 0
+
+
+@dataclass
+class Epilogue:
+    """What the unit outputs per row."""
+    mode: str  # "thresholds" (one output bit per row and plane) | "levels" (multi-bit) | "acc" (the accumulator)
+    #            | "requant" (ir.Requantize of the accumulator: table values A, mult, add, acc_lo, acc_hi)
+    thresholds: int  # per row: 1, the levels of LevelThresholds, the activation planes; 0 for "acc"
+    level_base: int  # "levels": out = level_base + level_step * count
+    level_step: int
+    gain: int  # GAIN of the single-plane accumulator output (0 when unused)
+    act_planes: int  # activation planes: output channel p * MH + o is row o's threshold p
+    acc_lo: int  # "acc" / "requant": range of the accumulator
+    acc_hi: int
+    acc_bits: int
+    requant: Requant = field(default_factory=Requant)
+
+
+@dataclass
+class Table:
+    """Per-(border class, row) entries: `values` values of value_bits, the gains (v-space), flags."""
+    value: np.ndarray  # int64 (classes, MH, values or max(thresholds, 1)): thresholds or A (and requant's)
+    flag: np.ndarray  # int64 (classes, MH, flags): XOR flags or (G != 0)
+    value_bits: int  # signed width of the table values
+    values: int  # values per row: the thresholds, A, or A, mult, add, acc_lo, acc_hi ("requant")
+    flags: int  # flags per entry: 1, or the thresholds for activation planes
+    words: list = field(default_factory=list)  # classes*NF ints of PE * entry_bits bits, address class*NF + nf
+
+
+@dataclass
+class Borders:
+    """Border classes (pack_bits.border_classes): output positions with the same valid taps."""
+    rows: np.ndarray  # (OH,) border class of each output row
+    cols: np.ndarray  # (OW,)
+    ny: int
+    nx: int
+
+    @property
+    def classes(self) -> int:
+        return self.ny * self.nx
+
+
+@dataclass
+class MatrixUnit:
+    """One Conv laid out for the unit (passes/layout_folded_layers.py builds it as `op.folded`)."""
+    fold: Fold
+    weights: Weights
+    sums: Sums
+    epilogue: Epilogue
+    table: Table
+    borders: Borders
+
+    @property
+    def entry_bits(self) -> int:
+        """Bits of one row's table entry: the values, the gains (v-space), then the flags."""
+        return self.table.values * self.table.value_bits \
+            + (self.weights.planes * self.weights.gain_bits if self.sums.gains_in_table else 0) + self.table.flags
+
 
 
 # the epilogues the unit's table implements (a Chain: the accumulator leaves the unit)
@@ -89,7 +212,7 @@ def uses_mac(op, folded) -> bool:
     """A real-valued layer (integer weights, code "int") on integer inputs runs as an integer
     multiply-accumulate (DSP-friendly): one signed weight per row and lane instead of one popcount
     plane per weight bit. Needs the compared value's table layout (several planes: v-space)."""
-    return op.code == "int" and folded.in_bits > 1 and folded.gains_in_table
+    return op.code == "int" and folded.fold.in_bits > 1 and folded.sums.gains_in_table
 
 
 def mac_weight_matrix(folded) -> tuple:
@@ -98,25 +221,25 @@ def mac_weight_matrix(folded) -> tuple:
     sum for integer inputs, so the unit's sum of x * w is the compared value v exactly); rows and
     lanes beyond the matrix are 0; `bits` the signed width holding every weight (at least 2)."""
     f = folded
-    nfsf, _, pe, simd = f.weight_bits.shape
+    nfsf, _, pe, simd = f.weights.bits.shape
     w = np.zeros((nfsf, pe, simd), np.int64)
-    rows = np.arange(nfsf)[:, None] // f.sf * pe + np.arange(pe)[None, :]  # (folds, PE): matrix row o
-    gains = np.zeros((f.gains.shape[0], f.nf * pe), np.int64)
-    gains[:, :f.gains.shape[1]] = f.gains
+    rows = np.arange(nfsf)[:, None] // f.fold.sf * pe + np.arange(pe)[None, :]  # (folds, PE): matrix row o
+    gains = np.zeros((f.weights.gains.shape[0], f.fold.nf * pe), np.int64)
+    gains[:, :f.weights.gains.shape[1]] = f.weights.gains
     i = 0
-    for j, kind in enumerate(f.plane_kinds):
+    for j, kind in enumerate(f.weights.kinds):
         sign = 1
         if kind in ("xnor", "masked_xnor"):
-            sign = 1 - 2 * f.weight_bits[:, i].astype(np.int64)
+            sign = 1 - 2 * f.weights.bits[:, i].astype(np.int64)
             i += 1
         mask = 1
         if kind in ("masked_xnor", "and"):
-            mask = f.weight_bits[:, i].astype(np.int64)
+            mask = f.weights.bits[:, i].astype(np.int64)
             i += 1
         w += gains[j][rows][:, :, None] * sign * mask
     lanes = np.arange(simd)[None, None, :] + np.zeros((nfsf, pe, 1), np.int64)
-    cols = np.arange(nfsf)[:, None, None] % f.sf * simd + lanes
-    w = np.where(cols < f.mw, w, 0)
+    cols = np.arange(nfsf)[:, None, None] % f.fold.sf * simd + lanes
+    w = np.where(cols < f.fold.mw, w, 0)
     lo, hi = int(w.min()), int(w.max())
     bits = 2
     while not (-(1 << (bits - 1)) <= lo and hi < 1 << (bits - 1)):

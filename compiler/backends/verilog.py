@@ -198,38 +198,38 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     oh, ow = dst.shape[:2]
     swg = not flat and not (tuple(op.kernel) == (1, 1) and tuple(op.stride) == (1, 1) and not any(op.pads))
     s = {"kind": "conv", "name": name, "title": f"{'Dense' if op.is_dense else 'Conv'} "
-         f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {f.mh} channels, {oh}x{ow} outputs",
+         f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {f.fold.mh} channels, {oh}x{ow} outputs",
          "swg": swg, "ih": src.shape[0], "iw": src.shape[1], "c": src.shape[2], "kh": op.kernel[0],
          "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1],
-         "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": f.mh, "mw": f.mw,
-         "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf,
-         "ib": f.in_bits, "sb": f.s_bits, "nt": f.nt, "lb": f.level_base, "ls": f.level_step, "tb": f.table_bits,
-         "ab": f.acc_bits if f.mode in ("acc", "requant") else 1, "gain": f.gain, "ncls": f.ncls, "nx": f.nx,
-         "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.mode,
-         "np": f.planes, "pb": _bits_literal([k in ("xnor", "masked_xnor") for k in f.plane_kinds], 1),
-         "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.plane_kinds], 1), "na": len(f.arrays),
-         "gm": int(f.gains_in_table), "gb": f.gain_bits, "vb": f.v_bits, "npl": f.act_planes,
-         "planes": ", ".join(f.plane_kinds), "rq": int(f.mode == "requant"), "shift": f.rq_shift,
+         "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": f.fold.mh, "mw": f.fold.mw,
+         "pe": f.fold.pe, "simd": f.fold.simd, "nf": f.fold.nf, "sf": f.fold.sf,
+         "ib": f.fold.in_bits, "sb": f.sums.plane_bits, "nt": f.epilogue.thresholds, "lb": f.epilogue.level_base, "ls": f.epilogue.level_step, "tb": f.table.value_bits,
+         "ab": f.epilogue.acc_bits if f.epilogue.mode in ("acc", "requant") else 1, "gain": f.epilogue.gain, "ncls": f.borders.classes, "nx": f.borders.nx,
+         "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.epilogue.mode,
+         "np": f.weights.planes, "pb": _bits_literal([k in ("xnor", "masked_xnor") for k in f.weights.kinds], 1),
+         "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.weights.kinds], 1), "na": len(f.weights.arrays),
+         "gm": int(f.sums.gains_in_table), "gb": f.weights.gain_bits, "vb": f.sums.weighted_bits, "npl": f.epilogue.act_planes,
+         "planes": ", ".join(f.weights.kinds), "rq": int(f.epilogue.mode == "requant"), "shift": f.epilogue.requant.shift,
          # the shifted product is a signed rq_bits-bit value: output bounds beyond that range never clamp, and
          # clipped to it they survive the unit's rq_bits-bit comparison (the IR's +-(2^23 - 1) saturation would not)
-         "qlo": max(f.rq_lo, -(1 << (f.rq_bits - 1))), "qhi": min(f.rq_hi, (1 << (f.rq_bits - 1)) - 1),
-         "pw": f.rq_bits, "pre_shift": f.rq_pre_shift, "ew": f.entry_bits}
+         "qlo": max(f.epilogue.requant.lo, -(1 << (f.epilogue.requant.bits - 1))), "qhi": min(f.epilogue.requant.hi, (1 << (f.epilogue.requant.bits - 1)) - 1),
+         "pw": f.epilogue.requant.bits, "pre_shift": f.epilogue.requant.pre_shift, "ew": f.entry_bits}
     if swg:
-        s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
-                 ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
+        s.update(ohr=oh, owc=ow, yb=_clog2(f.borders.ny), xb=_clog2(f.borders.nx), rb=_clog2(oh), cb=_clog2(ow),
+                 ycls=_bits_literal(f.borders.rows, _clog2(f.borders.ny)), xcls=_bits_literal(f.borders.cols, _clog2(f.borders.nx)))
     else:
         s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
-    s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
+    s["ob"] = element_bits(dst) if f.epilogue.mode in ("levels", "requant") else 1 if f.epilogue.mode == "thresholds" else f.epilogue.acc_bits
     if matrix_unit.uses_mac(op, f):  # the lanes sum x * w in the compared value's width
         s["weight_words"], s["wb"] = matrix_unit.mac_weights(f)
-        s.update(mac=1, sb=f.v_bits, planes=f"MAC {s['wb']}b x {f.in_bits}b",
-                 title=s["title"] + f", {s['wb']}-bit weights x {f.in_bits}-bit inputs (multiply-accumulate)")
+        s.update(mac=1, sb=f.sums.weighted_bits, planes=f"MAC {s['wb']}b x {f.fold.in_bits}b",
+                 title=s["title"] + f", {s['wb']}-bit weights x {f.fold.in_bits}-bit inputs (multiply-accumulate)")
     s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
                                  for group in matrix_unit.rtl_parameter_groups(s)]
-    s["out_width"] = f.mh * f.act_planes * s["ob"]
+    s["out_width"] = f.fold.mh * f.epilogue.act_planes * s["ob"]
     pixels = oh * ow
-    s["mvtu_cycles"] = f.nf * f.sf * pixels
-    s["pipeline_depth"] = matrix_unit.pipeline_depth(f.simd, f.in_bits)
+    s["mvtu_cycles"] = f.fold.nf * f.fold.sf * pixels
+    s["pipeline_depth"] = matrix_unit.pipeline_depth(f.fold.simd, f.fold.in_bits)
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
     s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
     return s
@@ -429,8 +429,8 @@ def build_design(graph: ir.Graph, opts) -> Design:
             if s.get("mac"):
                 mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), s["pe"] * s["simd"] * s["wb"])
             else:
-                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
-            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * s["ew"])
+                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weights.words, s["na"] * s["pe"] * s["simd"])
+            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table.words, s["pe"] * s["ew"])
         elif isinstance(op, ir.Add):
             s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),
                  "cycles": dst.shape[0] * dst.shape[1]}
@@ -446,7 +446,7 @@ def build_design(graph: ir.Graph, opts) -> Design:
     last = pl.hw_ops[-1]
     out_ty = g.tensors[last.outputs[0]]
     if pl.acc_out:
-        out_axis = _axis(ir.Ints(out_ty.shape, last.folded.acc_lo, last.folded.acc_hi), "out", last.folded.acc_bits)
+        out_axis = _axis(ir.Ints(out_ty.shape, last.folded.epilogue.acc_lo, last.folded.epilogue.acc_hi), "out", last.folded.epilogue.acc_bits)
     else:
         out_axis = _axis(out_ty, "out")
     in_axis = _axis(in_ty, "in")
