@@ -225,7 +225,8 @@ def test_weight_rows_hold_the_folded_planes(case):
         if f.epilogue.mode != "acc":
             tables["flag"] = f.table.flag
         for table, value in tables.items():
-            got = np.array(_table_words(model, f"{op.name}_{table}")).reshape(f.fold.pe, f.fold.nf, f.borders.classes, -1)
+            got = np.array(_table_words(model, f"{op.name}_{table}"))
+            got = got.reshape(f.fold.pe, f.fold.nf, f.borders.classes, -1)
             for o in range(f.fold.nf * f.fold.pe):
                 nf, p = divmod(o, f.fold.pe)
                 want = value[:, o] if o < f.fold.mh else np.zeros_like(value[:, 0])

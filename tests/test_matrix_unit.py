@@ -12,6 +12,7 @@ from bnnc.errors import BnncError
 from bnnc.folding import LayerFolding, foldable_layers, resolve
 from bnnc.passes.layout_folded_layers import layout_folded_layers
 from bnnc.pipeline import compile_graph
+from bnnc.targets import TargetOptions
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,41 @@ def test_every_legality_check_gives_the_units_reason(graph):
                 check()
             assert reason in str(e.value) and changed.name in str(e.value) or \
                 reason in str(e.value) and (changed.source_ops or [changed.name])[0] in str(e.value), str(e.value)
+
+
+def _units(name):
+    g = verilog.build_design(compile_graph(zoo.build(name, 0)), TargetOptions()).graph
+    return [op.folded for op in g.ops() if isinstance(op, ir.Conv)]
+
+
+@pytest.mark.parametrize("name", ["pabt", "w1a2", "hbn", "ternary-ec2t"])
+def test_rtl_and_hls_exports_agree(name):
+    """Both exports give the same numbers for what the RTL parameters and the HLS process share;
+    the zoo models cover bit, multi-level, activation-plane, requantized and MAC units."""
+    for unit in _units(name):
+        for window in (None, (3, 5)):
+            rtl, cxx = matrix_unit.rtl_parameters(unit, window), matrix_unit.hls_context(unit)
+            mac = rtl.get("MAC", 0) == 1
+            assert mac == cxx["mac"] and rtl.get("WEIGHT_BITS", 0) == cxx["mac_weight_bits"]
+            for key, word in (("MATRIX_ROWS", "matrix_rows"), ("MATRIX_COLS", "matrix_cols"), ("PE", "pe"),
+                              ("SIMD", "simd"), ("INPUT_BITS", "input_bits"), ("THRESHOLDS", "thresholds"),
+                              ("GAIN", "gain")):
+                assert rtl[key] == cxx[word], (key, rtl[key], cxx[word])
+            width = int(cxx["weighted_sum_t" if mac else "sum_t"][len("ap_int<"):-1])
+            assert rtl["SUM_BITS"] == width
+            if cxx["mode"] in ("acc", "requant"):
+                assert rtl["ACC_BITS"] == int(cxx["acc_t"][len("ap_int<"):-1])
+            assert rtl.get("ACT_PLANES", 1) == cxx["act_planes"]
+            assert rtl.get("GAINS_IN_TABLE", 0) == int(cxx["gains_in_table"])
+            assert ("LEVEL_BASE" in rtl) == (cxx["mode"] == "levels")
+            if "LEVEL_BASE" in rtl:
+                assert (rtl["LEVEL_BASE"], rtl["LEVEL_STEP"]) == (cxx["level_base"], cxx["level_step"])
+            assert (rtl.get("REQUANTIZE", 0) == 1) == (cxx["mode"] == "requant")
+            assert rtl["OUT_ROWS"] == (window[0] if window else 1)
+
+
+def test_exports_cover_every_mode():
+    modes = {(u.epilogue.mode, u.mac is not None, u.epilogue.act_planes > 1)
+             for name in ("pabt", "w1a2", "hbn", "ternary-ec2t") for u in _units(name)}
+    assert {m for m, _, _ in modes} >= {"thresholds", "levels", "requant", "acc"}, modes
+    assert any(mac for _, mac, _ in modes) and any(ap for _, _, ap in modes), modes

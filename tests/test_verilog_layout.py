@@ -37,7 +37,8 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
     for nf in range(f.fold.nf):
         for sf in range(f.fold.sf):
             word = f.weights.words[nf * f.fold.sf + sf]
-            wb = np.array(_decode(word, len(arrays) * f.fold.pe * f.fold.simd, 1)).reshape(len(arrays), f.fold.pe, f.fold.simd)
+            wb = np.array(_decode(word, len(arrays) * f.fold.pe * f.fold.simd, 1))
+            wb = wb.reshape(len(arrays), f.fold.pe, f.fold.simd)
             lanes = cols[..., sf * f.fold.simd:(sf + 1) * f.fold.simd]
             for j in range(f.weights.planes):
                 bj = next((wb[i] for i, (pj, w) in enumerate(arrays) if pj == j and w == "b"), np.zeros_like(wb[0]))
@@ -62,8 +63,8 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
                 values = [_signed(v, f.table.value_bits) for v in _decode(entry, k, f.table.value_bits)]
                 flags = _decode(entry >> (k * f.table.value_bits + gw), f.table.flags, 1)
                 if f.sums.gains_in_table:
-                    gains = [_signed(g, f.weights.gain_bits) for g in _decode(entry >> (k * f.table.value_bits), f.weights.planes,
-                                                                      f.weights.gain_bits)]
+                    fields = _decode(entry >> (k * f.table.value_bits), f.weights.planes, f.weights.gain_bits)
+                    gains = [_signed(g, f.weights.gain_bits) for g in fields]
                     sv = sum(g * s[j, :, oy, ox, o] for j, g in enumerate(gains))
                     assert f.sums.lo <= sv.min() and sv.max() <= f.sums.hi
                 else:
@@ -79,7 +80,8 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
                     if f.epilogue.mode == "requant":
                         assert np.abs(acc * values[1]).max() + abs(values[2]) < 1 << (f.epilogue.requant.bits - 1)
                         acc = np.clip(acc, values[3], values[4])
-                        acc = np.clip((acc * values[1] + values[2]) >> f.epilogue.requant.shift, f.epilogue.requant.lo, f.epilogue.requant.hi)
+                        rq = f.epilogue.requant
+                        acc = np.clip((acc * values[1] + values[2]) >> rq.shift, rq.lo, rq.hi)
                     out[:, oy, ox, o] = acc
     return out
 

@@ -429,7 +429,8 @@ class _Builder:
                        f"[{f.fold.pe}][{f.fold.nf}]", _nested(column, str),
                        f"{name}: requantization {text} of output o = nf * {f.fold.pe} + p, [p][nf]")
         # an arithmetic shift by prod_bits - 1 or more already gives the sign (0 or -1)
-        return {"rq_shift": min(f.epilogue.requant.shift, prod_bits - 1), "rq_lo": f.epilogue.requant.lo, "rq_hi": f.epilogue.requant.hi,
+        rq = f.epilogue.requant
+        return {"rq_shift": min(rq.shift, prod_bits - 1), "rq_lo": rq.lo, "rq_hi": rq.hi,
                 "rq_pre_shift": f.epilogue.requant.pre_shift,
                 "rq_t": f"ap_int<{prod_bits}>", "clamp_t": f"ap_int<{clamp_bits}>"}
 
@@ -466,14 +467,14 @@ class _Builder:
         window_needs = _row_window_needs(geo, geo["iw"] * (1 if bits else geo["c"]) // in_lanes, geo["ow"] * f.fold.sf)
 
         # weights: a real-valued layer on integer inputs multiplies each lane by one signed weight
-        # (matrix_unit.mac_weight_matrix, DSP-friendly); otherwise every bit array of the popcount
+        # (the unit's MAC mode, DSP-friendly); otherwise every bit array of the popcount
         # planes as SIMD-bit rows [PE][NF * SF] (or [PE][NF * SF][64-lane word] beyond 64 lanes)
-        mac = matrix_unit.uses_mac(op, f)
+        mac = f.mac is not None
         wide = f.fold.simd > 64 and not mac
         stored = {}
         mac_bits = 0
         if mac:
-            w, mac_bits = matrix_unit.mac_weight_matrix(f)
+            w, mac_bits = f.mac.weights, f.mac.bits
             if f.fold.in_bits + mac_bits > 64:
                 raise BnncError(f"layer '{self._comment(op)}': its {mac_bits}-bit weights times {f.fold.in_bits}-bit "
                                 "inputs need products wider than 64 bits (--weight-bits B narrows the weights)")
@@ -488,12 +489,14 @@ class _Builder:
             what = "XOR bits (the lane's input is negated)" if which == "b" else "lane mask (the lane counts)"
             self.const(array, f"bnnc::rom_bits_t<{min(f.fold.simd, 64)}>", dims, _nested_bits(rows),
                        f"{name}: popcount plane {j} ({f.weights.kinds[j].replace('_', ' ')}), {what}, "
-                       f"[PE][neuron fold * {f.fold.sf} + synapse fold]{'[64-lane word]' if wide else ''}, bit l = lane l")
+                       f"[PE][neuron fold * {f.fold.sf} + synapse fold]{'[64-lane word]' if wide else ''}, "
+                       "bit l = lane l")
             stored[(j, which)] = array
         planes = [{"j": j, "kind": kind, "flip": stored.get((j, "b")), "mask": stored.get((j, "m")),
                    "shared": kind == "ones"} for j, kind in enumerate(f.weights.kinds)]
         cls_expr, need_oy, need_ox = self._class_tables(op)
-        for what, width in (("plane sum", f.sums.plane_bits), ("weighted plane sum", f.sums.weighted_bits), ("accumulator", f.epilogue.acc_bits)):
+        for what, width in (("plane sum", f.sums.plane_bits), ("weighted plane sum", f.sums.weighted_bits),
+                            ("accumulator", f.epilogue.acc_bits)):
             if width > 64:
                 raise BnncError(f"layer '{self._comment(op)}': its {what} needs {width} bits (more than 64)")
 
@@ -529,7 +532,8 @@ class _Builder:
         if f.sums.gains_in_table and not mac:
             gains = np.zeros((f.weights.gains.shape[0], f.fold.nf * f.fold.pe), np.int64)
             gains[:, : f.fold.mh] = f.weights.gains
-            self.const(f"{name}_gain", f"ap_int<{f.weights.gain_bits}>", f"[{f.fold.pe}][{f.fold.nf}][{f.weights.planes}]",
+            self.const(f"{name}_gain", f"ap_int<{f.weights.gain_bits}>",
+                       f"[{f.fold.pe}][{f.fold.nf}][{f.weights.planes}]",
                        _nested(gains.reshape(-1, f.fold.nf, f.fold.pe).transpose(2, 1, 0), str),
                        f"{name}: gain of each popcount plane for output o = nf * {f.fold.pe} + p, [p][nf][plane]")
 
@@ -538,18 +542,13 @@ class _Builder:
         decl = "int sf = 0, nf = 0" + (", ox = 0" if need_ox else "") + (", oy = 0" if need_oy else "") + ";"
         acc_t = f"ap_int<{f.epilogue.acc_bits}>"
         M = {"kind": "mvtu", "name": f"{name}_mvtu", "layer": name, "bits": bits, "lanes_t": lanes_t,
-             "wrow_t": f"ap_uint<{f.fold.simd}>", "wide_words": -(-f.fold.simd // 64) if wide else 0, "pe": f.fold.pe,
-             "simd": f.fold.simd, "nf": f.fold.nf, "sf": f.fold.sf, "mh": f.fold.mh, "mw": f.fold.mw, "pixels": pixels,
-             "idle_rows": idle_rows, "cycles": pixels * f.fold.nf * f.fold.sf, "steps": pixels * f.fold.nf * f.fold.sf,
+             "wrow_t": f"ap_uint<{f.fold.simd}>", "wide_words": -(-f.fold.simd // 64) if wide else 0,
+             "pixels": pixels, "cycles": pixels * f.fold.nf * f.fold.sf, "steps": pixels * f.fold.nf * f.fold.sf,
              "planes": planes, "row_planes": [pl for pl in planes if not pl["shared"]],
              "weight_rows": [{"local": f"{'flip' if which == 'b' else 'mask'}{j}", "array": array}
                              for (j, which), array in stored.items()],
-             "s_t": f"ap_int<{f.sums.plane_bits}>", "v_space": f.sums.gains_in_table, "v_t": f"ap_int<{f.sums.weighted_bits}>",
-             "mac": mac, "mac_bits": mac_bits, "in_bits": f.fold.in_bits,
-             "mode": f.epilogue.mode, "nt": f.epilogue.thresholds, "k": k, "flags": f.table.flags, "act_planes": f.epilogue.act_planes,
-             "level_base": f.epilogue.level_base, "level_step": f.epilogue.level_step, "gain": f.epilogue.gain, "live": live,
-             "acc_t": acc_t, "cls_expr": cls_expr, "counters": decl, "advance": _counters(names, outer, 4),
-             "elem_t": self.elem(op.outputs[0]), **rq}
+             **matrix_unit.hls_context(f), "live": live, "cls_expr": cls_expr, "counters": decl,
+             "advance": _counters(names, outer, 4), "elem_t": self.elem(op.outputs[0]), **rq}
         # the unit reads a pixel's SF chunks, then writes its output beat (its accumulators per neuron fold)
         m = np.arange(pixels * (f.fold.nf if f.epilogue.mode == "acc" else 1) + 1)
         self.needs[name] = window_needs[(-(-m // f.fold.nf) if f.epilogue.mode == "acc" else m) * f.fold.sf]
@@ -572,17 +571,21 @@ class _Builder:
                            f"{name}: epilogue constant")
             self.procs.append({
                 "kind": "epilogue", "name": f"{name}_epilogue", "layer": name, "in_t": acc_struct,
-                "out_t": self.beat(op.outputs[0]), "pe": f.fold.pe, "nf": f.fold.nf, "mh": f.fold.mh, "idle_rows": idle_rows,
+                "out_t": self.beat(op.outputs[0]), "pe": f.fold.pe, "nf": f.fold.nf, "mh": f.fold.mh,
+                "idle_rows": idle_rows,
                 "wide_acc": f.epilogue.acc_bits > 32, "chain": chain, "counters": "int p = 0, nf = 0;",
                 "steps": pixels * f.fold.nf * f.fold.pe, "uses_o": idle_rows or any("[o]" in st for st in chain),
                 "advance": _counters([("p", f.fold.pe), ("nf", f.fold.nf)], None, 4)})
             self.calls.append(f"{name}_epilogue({accs}, {sout});")
         self.folding_rows.append(f"{name}: {f.fold.mh} x {f.fold.mw}, {pixels} pixel{'s' if pixels > 1 else ''}, "
                                  f"PE={f.fold.pe} SIMD={f.fold.simd} -> {pixels * f.fold.nf * f.fold.sf} cycles")
-        self.layers.append({"name": name, "source": self._comment(op), "mh": f.fold.mh, "mw": f.fold.mw, "pixels": pixels,
-                            "pe": f.fold.pe, "simd": f.fold.simd, "nf": f.fold.nf, "sf": f.fold.sf, "cycles": pixels * f.fold.nf * f.fold.sf,
-                            "planes": list(f.weights.kinds), "mode": f.epilogue.mode, "act_planes": f.epilogue.act_planes,
-                            "weight_bits": (mac_bits if mac else len(f.weights.arrays)) * f.fold.pe * f.fold.nf * f.fold.sf * f.fold.simd,
+        fold = f.fold
+        self.layers.append({"name": name, "source": self._comment(op), "mh": fold.mh, "mw": fold.mw, "pixels": pixels,
+                            "pe": fold.pe, "simd": fold.simd, "nf": fold.nf, "sf": fold.sf,
+                            "cycles": pixels * fold.nf * fold.sf, "planes": list(f.weights.kinds),
+                            "mode": f.epilogue.mode, "act_planes": f.epilogue.act_planes,
+                            "weight_bits": (mac_bits if mac else len(f.weights.arrays)) * fold.pe * fold.nf * fold.sf
+                            * fold.simd,
                             "mac_weight_bits": mac_bits, "input_bits": f.fold.in_bits,
                             "node": (getattr(op, "source_ops", None) or [op.name])[0],
                             "pre_activation_error": float(np.max(op.acc_error))

@@ -10,6 +10,13 @@ stages, so throughput stays one fold per cycle and only the first frame pays the
   values each -> accumulate -> table read -> table registered -> compared value (gains) ->
   threshold compare / offset / requantization -> output pixel.
 The RTL computes the same numbers from the same parameters; tests check the simulated latency.
+
+The unit's one home beyond the pipeline: `MatrixUnit`, the record of one layer laid out for it
+(passes/layout_folded_layers.py builds it as `Conv.folded`; sub-records Fold, Weights, Sums,
+Epilogue with Requant, Table, Borders, Mac), `supports` (what the unit implements: the layout
+pass, both hardware backends and the folding reader ask it), and the record's two exports,
+`rtl_parameter_groups` / `rtl_parameters` (bnnc_mvtu's parameters, for the generated top and the
+per-block resource estimate) and `hls_context` (the HLS matrix-vector process's values).
 """
 
 from __future__ import annotations
@@ -123,6 +130,7 @@ class Epilogue:
     acc_lo: int  # "acc" / "requant": range of the accumulator
     acc_hi: int
     acc_bits: int
+    out_bits: int  # width of an output element: 1 (bits), the levels' or requantization's type, acc_bits
     requant: Requant = field(default_factory=Requant)
 
 
@@ -151,6 +159,13 @@ class Borders:
 
 
 @dataclass
+class Mac:
+    """The multiply-accumulate mode (uses_mac): one signed weight per row and lane."""
+    weights: np.ndarray  # int64 (NF*SF, PE, SIMD): mac_weight_matrix
+    bits: int  # signed width holding every weight
+
+
+@dataclass
 class MatrixUnit:
     """One Conv laid out for the unit (passes/layout_folded_layers.py builds it as `op.folded`)."""
     fold: Fold
@@ -159,6 +174,7 @@ class MatrixUnit:
     epilogue: Epilogue
     table: Table
     borders: Borders
+    mac: Mac | None = None  # None: popcount planes
 
     @property
     def entry_bits(self) -> int:
@@ -248,42 +264,89 @@ def mac_weight_matrix(folded) -> tuple:
 
 
 def mac_weights(folded) -> tuple:
-    """(words, bits): the MAC unit's weight memory (mac_weight_matrix), one signed `bits`-bit weight
+    """(words, bits): the MAC unit's weight memory (folded.mac), one signed `bits`-bit weight
     per row and lane, row p lane s of fold a at bit (p * SIMD + s) * bits of word a."""
-    w, bits = mac_weight_matrix(folded)
+    w, bits = folded.mac.weights, folded.mac.bits
     nfsf, pe, simd = w.shape
     flat = (w & ((1 << bits) - 1)).reshape(nfsf, pe * simd)
     words = [sum(int(v) << (k * bits) for k, v in enumerate(row)) for row in flat]
     return words, bits
 
 
-def rtl_parameter_groups(stage: dict) -> list:
-    """bnnc_mvtu's parameters for a conv stage of the Verilog backend (verilog._conv_stage), in
-    groups of (name, value) (one line each in the generated top), memory image names left to the
-    caller: the one export of the unit's layout to the RTL, used by the generated top and by the
-    per-block resource estimate alike. Parameters at their RTL defaults are left out."""
-    s = stage
-    groups = [[("MATRIX_ROWS", s["mh"]), ("MATRIX_COLS", s["mw"]), ("PE", s["pe"]), ("SIMD", s["simd"]),
-               ("INPUT_BITS", s["ib"]), ("SUM_BITS", s["sb"])],
-              [("THRESHOLDS", s["nt"]), ("TABLE_BITS", s["tb"]), ("ACC_BITS", s["ab"]), ("GAIN", s["gain"])]]
-    if s.get("mac"):
-        groups.append([("MAC", 1), ("WEIGHT_BITS", s["wb"])])
-    if s["planes"] != "xnor" or s["gm"] or s["npl"] > 1:
-        groups += [[("PLANES", s["np"]), ("PLANE_FLIPS", s["pb"]), ("PLANE_MASKS", s["pm"]),
-                    ("GAINS_IN_TABLE", s["gm"]), ("GAIN_BITS", s["gb"]), ("VALUE_BITS", s["vb"])],
-                   [("ACT_PLANES", s["npl"])]]
-    if s["mode"] == "levels":
-        groups.append([("LEVEL_BASE", s["lb"]), ("LEVEL_STEP", s["ls"]), ("OUT_BITS", s["ob"])])
-    elif s["mode"] == "requant":
-        groups.append([("REQUANTIZE", 1), ("SHIFT", s["shift"]), ("OUT_MIN", s["qlo"]), ("OUT_MAX", s["qhi"]),
-                       ("PRODUCT_BITS", s["pw"]), ("OUT_BITS", s["ob"])]
-                      + ([("PRE_SHIFT", s["pre_shift"])] if s.get("pre_shift") else []))
-    groups += [[("BORDER_CLASSES", s["ncls"]), ("COL_CLASS_COUNT", s["nx"]), ("OUT_ROWS", s["ohr"]),
-                ("OUT_COLS", s["owc"]), ("ROW_CLASS_BITS", s["yb"]), ("COL_CLASS_BITS", s["xb"])],
-               [("ROW_CLASSES", s["ycls"]), ("COL_CLASSES", s["xcls"])]]
+def clog2(n: int) -> int:
+    """Bits of an index below n (at least 1), as the RTL's $clog2 with a floor of 1."""
+    return max(1, (int(n) - 1).bit_length())
+
+
+def bits_literal(values, width: int) -> str:
+    """A Verilog literal of `values`, value i at bit i * width."""
+    v = 0
+    for i, x in enumerate(values):
+        v |= int(x) << (i * width)
+    return f"{len(values) * width}'h{v:x}"
+
+
+def rtl_parameter_groups(unit: MatrixUnit, window: tuple | None) -> list:
+    """bnnc_mvtu's parameters for `unit`, in groups of (name, value) (one line each in the
+    generated top), memory image names left to the caller: the one export of the unit to the RTL,
+    used by the generated top and by the per-block resource estimate alike. `window`: (OH, OW)
+    when a sliding window generator feeds the unit its output position (the border classes look it
+    up), None when the unit reads its input stream as is (one border class). Parameters at their
+    RTL defaults are left out."""
+    fold, w, sums, ep, table, borders, mac = (unit.fold, unit.weights, unit.sums, unit.epilogue, unit.table,
+                                             unit.borders, unit.mac)
+    groups = [[("MATRIX_ROWS", fold.mh), ("MATRIX_COLS", fold.mw), ("PE", fold.pe), ("SIMD", fold.simd),
+               ("INPUT_BITS", fold.in_bits),  # a MAC unit's lanes sum x * w in the compared value's width
+               ("SUM_BITS", sums.weighted_bits if mac else sums.plane_bits)],
+              [("THRESHOLDS", ep.thresholds), ("TABLE_BITS", table.value_bits),
+               ("ACC_BITS", ep.acc_bits if ep.mode in ("acc", "requant") else 1), ("GAIN", ep.gain)]]
+    if mac:
+        groups.append([("MAC", 1), ("WEIGHT_BITS", mac.bits)])
+    if mac or w.kinds != ("xnor",) or sums.gains_in_table or ep.act_planes > 1:
+        groups += [[("PLANES", w.planes),
+                    ("PLANE_FLIPS", bits_literal([k in ("xnor", "masked_xnor") for k in w.kinds], 1)),
+                    ("PLANE_MASKS", bits_literal([k in ("masked_xnor", "and") for k in w.kinds], 1)),
+                    ("GAINS_IN_TABLE", int(sums.gains_in_table)), ("GAIN_BITS", w.gain_bits),
+                    ("VALUE_BITS", sums.weighted_bits)],
+                   [("ACT_PLANES", ep.act_planes)]]
+    if ep.mode == "levels":
+        groups.append([("LEVEL_BASE", ep.level_base), ("LEVEL_STEP", ep.level_step), ("OUT_BITS", ep.out_bits)])
+    elif ep.mode == "requant":
+        rq = ep.requant
+        # the shifted product is a signed rq.bits-bit value: output bounds beyond that range never clamp, and
+        # clipped to it they survive the unit's rq.bits-bit comparison (the IR's +-(2^23 - 1) saturation would not)
+        groups.append([("REQUANTIZE", 1), ("SHIFT", rq.shift), ("OUT_MIN", max(rq.lo, -(1 << (rq.bits - 1)))),
+                       ("OUT_MAX", min(rq.hi, (1 << (rq.bits - 1)) - 1)), ("PRODUCT_BITS", rq.bits),
+                       ("OUT_BITS", ep.out_bits)]
+                      + ([("PRE_SHIFT", rq.pre_shift)] if rq.pre_shift else []))
+    if window:
+        row_bits, col_bits = clog2(borders.ny), clog2(borders.nx)
+        out_rows, out_cols = window
+        rows, cols = bits_literal(borders.rows, row_bits), bits_literal(borders.cols, col_bits)
+    else:
+        row_bits = col_bits = out_rows = out_cols = 1
+        rows = cols = "1'h0"
+    groups += [[("BORDER_CLASSES", borders.classes), ("COL_CLASS_COUNT", borders.nx), ("OUT_ROWS", out_rows),
+                ("OUT_COLS", out_cols), ("ROW_CLASS_BITS", row_bits), ("COL_CLASS_BITS", col_bits)],
+               [("ROW_CLASSES", rows), ("COL_CLASSES", cols)]]
     return groups
 
 
-def rtl_parameters(stage: dict) -> dict:
+def rtl_parameters(unit: MatrixUnit, window: tuple | None) -> dict:
     """rtl_parameter_groups as one {name: value}."""
-    return {k: v for group in rtl_parameter_groups(stage) for k, v in group}
+    return {k: v for group in rtl_parameter_groups(unit, window) for k, v in group}
+
+
+def hls_context(unit: MatrixUnit) -> dict:
+    """The unit's values for the HLS backend's matrix-vector process (templates/hls/model.cpp.j2,
+    kind "mvtu"): the one export of the unit to the HLS context, the same record's numbers that
+    rtl_parameter_groups gives the RTL (C++ types of the sums ap_int<N> of the same widths)."""
+    fold, sums, ep, mac = unit.fold, unit.sums, unit.epilogue, unit.mac
+    return {"pe": fold.pe, "simd": fold.simd, "neuron_folds": fold.nf, "synapse_folds": fold.sf,
+            "matrix_rows": fold.mh, "matrix_cols": fold.mw, "idle_rows": fold.nf * fold.pe > fold.mh,
+            "input_bits": fold.in_bits, "sum_t": f"ap_int<{sums.plane_bits}>", "gains_in_table": sums.gains_in_table,
+            "weighted_sum_t": f"ap_int<{sums.weighted_bits}>", "mac": mac is not None,
+            "mac_weight_bits": mac.bits if mac else 0, "mode": ep.mode, "thresholds": ep.thresholds,
+            "thresholds_per_row": max(ep.thresholds, 1), "flags": unit.table.flags, "act_planes": ep.act_planes,
+            "level_base": ep.level_base, "level_step": ep.level_step, "gain": ep.gain,
+            "acc_t": f"ap_int<{ep.acc_bits}>"}

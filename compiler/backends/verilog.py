@@ -17,9 +17,9 @@ multiply-accumulate units; an Activation of an integer stream becomes a 1x1 unit
 weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere else, a
 Concat or a Softmax is refused.
 
-Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
-this module only plans the stages, formats parameters and memory images, renders
-templates/verilog/ and runs the simulation.
+Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables)
+and the units' parameters from their record (`matrix_unit.rtl_parameter_groups`); this module only
+plans the stages, formats memory images, renders templates/verilog/ and runs the simulation.
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ FIFO_DEPTH = 2
 WINDOW_OVERHEAD = 4  # bnnc_swg: cycles per window beyond its KH*KW tap reads
 CLOCK_HZ = 200e6  # the clock frames/s figures assume without --clock-mhz
 VIVADO_PART = "xc7z020clg400-1"  # vivado.tcl's default part: a Zynq-7020 (PYNQ-Z1/Z2), as the HLS target's
-
-
-def _clog2(n: int) -> int:
-    return max(1, (int(n) - 1).bit_length())
 
 
 # ----------------------------------------------------------------------------- planning
@@ -177,13 +173,6 @@ def _axis(ty, name: str, eb: int | None = None) -> dict:
             "desc": f"{h}x{w}x{c} {what}, {be} per {tw}-bit beat, {h * w * bpp} beats per frame"}
 
 
-def _bits_literal(values, width: int) -> str:
-    v = 0
-    for i, x in enumerate(values):
-        v |= int(x) << (i * width)
-    return f"{len(values) * width}'h{v:x}"
-
-
 def buffer_rows(kh: int, sh: int) -> int:
     """Input rows a sliding window generator holds: 2*KH + SH. Its reader holds at most KH rows;
     the rest let the producer run ahead. A consumer needs KH rows at once at the start of every
@@ -193,43 +182,34 @@ def buffer_rows(kh: int, sh: int) -> int:
 
 
 def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
-    """Parameters of a conv stage; `flat`: src is the whole input as one pixel (see input_type)."""
+    """Parameters of a conv stage; `flat`: src is the whole input as one pixel (see input_type).
+    The unit's own parameters come from its record (matrix_unit.rtl_parameter_groups)."""
     f = op.folded
+    fold = f.fold
     oh, ow = dst.shape[:2]
     swg = not flat and not (tuple(op.kernel) == (1, 1) and tuple(op.stride) == (1, 1) and not any(op.pads))
     s = {"kind": "conv", "name": name, "title": f"{'Dense' if op.is_dense else 'Conv'} "
-         f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {f.fold.mh} channels, {oh}x{ow} outputs",
+         f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {fold.mh} channels, {oh}x{ow} outputs",
          "swg": swg, "ih": src.shape[0], "iw": src.shape[1], "c": src.shape[2], "kh": op.kernel[0],
          "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1],
-         "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": f.fold.mh, "mw": f.fold.mw,
-         "pe": f.fold.pe, "simd": f.fold.simd, "nf": f.fold.nf, "sf": f.fold.sf,
-         "ib": f.fold.in_bits, "sb": f.sums.plane_bits, "nt": f.epilogue.thresholds, "lb": f.epilogue.level_base, "ls": f.epilogue.level_step, "tb": f.table.value_bits,
-         "ab": f.epilogue.acc_bits if f.epilogue.mode in ("acc", "requant") else 1, "gain": f.epilogue.gain, "ncls": f.borders.classes, "nx": f.borders.nx,
-         "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.epilogue.mode,
-         "np": f.weights.planes, "pb": _bits_literal([k in ("xnor", "masked_xnor") for k in f.weights.kinds], 1),
-         "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.weights.kinds], 1), "na": len(f.weights.arrays),
-         "gm": int(f.sums.gains_in_table), "gb": f.weights.gain_bits, "vb": f.sums.weighted_bits, "npl": f.epilogue.act_planes,
-         "planes": ", ".join(f.weights.kinds), "rq": int(f.epilogue.mode == "requant"), "shift": f.epilogue.requant.shift,
-         # the shifted product is a signed rq_bits-bit value: output bounds beyond that range never clamp, and
-         # clipped to it they survive the unit's rq_bits-bit comparison (the IR's +-(2^23 - 1) saturation would not)
-         "qlo": max(f.epilogue.requant.lo, -(1 << (f.epilogue.requant.bits - 1))), "qhi": min(f.epilogue.requant.hi, (1 << (f.epilogue.requant.bits - 1)) - 1),
-         "pw": f.epilogue.requant.bits, "pre_shift": f.epilogue.requant.pre_shift, "ew": f.entry_bits}
-    if swg:
-        s.update(ohr=oh, owc=ow, yb=_clog2(f.borders.ny), xb=_clog2(f.borders.nx), rb=_clog2(oh), cb=_clog2(ow),
-                 ycls=_bits_literal(f.borders.rows, _clog2(f.borders.ny)), xcls=_bits_literal(f.borders.cols, _clog2(f.borders.nx)))
-    else:
-        s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
-    s["ob"] = element_bits(dst) if f.epilogue.mode in ("levels", "requant") else 1 if f.epilogue.mode == "thresholds" else f.epilogue.acc_bits
-    if matrix_unit.uses_mac(op, f):  # the lanes sum x * w in the compared value's width
-        s["weight_words"], s["wb"] = matrix_unit.mac_weights(f)
-        s.update(mac=1, sb=f.sums.weighted_bits, planes=f"MAC {s['wb']}b x {f.fold.in_bits}b",
-                 title=s["title"] + f", {s['wb']}-bit weights x {f.fold.in_bits}-bit inputs (multiply-accumulate)")
-    s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
-                                 for group in matrix_unit.rtl_parameter_groups(s)]
-    s["out_width"] = f.fold.mh * f.epilogue.act_planes * s["ob"]
+         "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": fold.mh, "mw": fold.mw,
+         "pe": fold.pe, "simd": fold.simd, "nf": fold.nf, "sf": fold.sf, "input_bits": fold.in_bits,
+         "mode": f.epilogue.mode, "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem",
+         "weight_arrays": len(f.weights.arrays), "entry_bits": f.entry_bits, "planes": ", ".join(f.weights.kinds),
+         # the window generator's output position, which the unit's border classes read
+         "row_bits": matrix_unit.clog2(oh) if swg else 1, "col_bits": matrix_unit.clog2(ow) if swg else 1}
+    if f.mac:
+        s["weight_words"], s["mac_weight_bits"] = matrix_unit.mac_weights(f)
+        s.update(mac=1, planes=f"MAC {f.mac.bits}b x {fold.in_bits}b",
+                 title=s["title"] + f", {f.mac.bits}-bit weights x {fold.in_bits}-bit inputs (multiply-accumulate)")
+    window = (oh, ow) if swg else None
+    groups = matrix_unit.rtl_parameter_groups(f, window)
+    s["mvtu"] = matrix_unit.rtl_parameters(f, window)
+    s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + "," for group in groups]
+    s["out_width"] = fold.mh * f.epilogue.act_planes * f.epilogue.out_bits
     pixels = oh * ow
-    s["mvtu_cycles"] = f.fold.nf * f.fold.sf * pixels
-    s["pipeline_depth"] = matrix_unit.pipeline_depth(f.fold.simd, f.fold.in_bits)
+    s["mvtu_cycles"] = fold.nf * fold.sf * pixels
+    s["pipeline_depth"] = matrix_unit.pipeline_depth(fold.simd, fold.in_bits)
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
     s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
     return s
@@ -427,10 +407,12 @@ def build_design(graph: ir.Graph, opts) -> Design:
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
             if s.get("mac"):
-                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), s["pe"] * s["simd"] * s["wb"])
+                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"),
+                                                         s["pe"] * s["simd"] * s["mac_weight_bits"])
             else:
-                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weights.words, s["na"] * s["pe"] * s["simd"])
-            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table.words, s["pe"] * s["ew"])
+                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weights.words,
+                                                         s["weight_arrays"] * s["pe"] * s["simd"])
+            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table.words, s["pe"] * s["entry_bits"])
         elif isinstance(op, ir.Add):
             s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),
                  "cycles": dst.shape[0] * dst.shape[1]}
@@ -446,7 +428,8 @@ def build_design(graph: ir.Graph, opts) -> Design:
     last = pl.hw_ops[-1]
     out_ty = g.tensors[last.outputs[0]]
     if pl.acc_out:
-        out_axis = _axis(ir.Ints(out_ty.shape, last.folded.epilogue.acc_lo, last.folded.epilogue.acc_hi), "out", last.folded.epilogue.acc_bits)
+        ep = last.folded.epilogue
+        out_axis = _axis(ir.Ints(out_ty.shape, ep.acc_lo, ep.acc_hi), "out", ep.acc_bits)
     else:
         out_axis = _axis(out_ty, "out")
     in_axis = _axis(in_ty, "in")
@@ -709,7 +692,7 @@ def report(graph: ir.Graph, opts) -> dict:
     macs = [(s, op) for s, op in zip(d.context["stages"], d.plan.hw_ops) if s.get("mac")]
     if macs:
         lines.append("multiply-accumulate units (real-valued weights on integer inputs): " + "; ".join(
-            f"{s['name']} {s['wb']}-bit weights x {s['ib']}-bit inputs"
+            f"{s['name']} {s['mac_weight_bits']}-bit weights x {s['input_bits']}-bit inputs"
             + (f", pre-activation error <= {float(np.max(op.acc_error)):.3g}" if op.acc_error is not None else "")
             for s, op in macs) + " (--weight-bits NODE=B sets a layer's weight bits)")
     if perf["fifos"]:

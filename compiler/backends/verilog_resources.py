@@ -30,7 +30,6 @@ from pathlib import Path
 
 from .. import progress
 from ..errors import BnncError
-from . import matrix_unit
 from .c_build import cache_dir
 from .verilog_sim import mem_image
 
@@ -169,10 +168,10 @@ def _rtl(design, *blocks) -> dict:
 def _mvtu_jobs(design, s: dict) -> list:
     """(label, sources, top, params, mems) for the MVTU of conv stage s: PE rows as is when
     PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation)."""
-    ew = s["ew"]  # bits of one row's table entry
+    ew = s["entry_bits"]  # bits of one row's table entry
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
-    base = {**matrix_unit.rtl_parameters(s), "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
+    base = {**s["mvtu"], "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
     jobs = []
     for p in rows:
@@ -184,11 +183,11 @@ def _mvtu_jobs(design, s: dict) -> list:
         for x in wwords:
             v = int(x, 16)
             if s.get("mac"):  # row r lane l at (r*SIMD + l)*WEIGHT_BITS: keep the first p rows
-                w.append(v & ((1 << (keep * s["wb"])) - 1))
+                w.append(v & ((1 << (keep * s["mac_weight_bits"])) - 1))
             else:
-                w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
+                w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["weight_arrays"])))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
-        wbits = keep * s["wb"] if s.get("mac") else s["na"] * keep
+        wbits = keep * s["mac_weight_bits"] if s.get("mac") else s["weight_arrays"] * keep
         mems = {"w.mem": mem_image(w, wbits), "t.mem": mem_image(t, p * ew)}
         jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
@@ -219,7 +218,7 @@ def _core_jobs(design, s: dict, fifo) -> list:
         parts = [fifo]
         if s["swg"]:
             parts.append(("window", (_rtl(design, "bnnc_swg"), "bnnc_swg",
-                                     {"IH": s["ih"], "IW": s["iw"], "C": s["c"], "EB": s["ib"], "KH": s["kh"],
+                                     {"IH": s["ih"], "IW": s["iw"], "C": s["c"], "EB": s["input_bits"], "KH": s["kh"],
                                       "KW": s["kw"], "SH": s["sh"], "SW": s["sw"], "PT": s["pt"], "PL": s["pl"],
                                       "OH": s["oh"], "OW": s["ow"], "R": s["rows"]}, {}), 1))
         jobs = _mvtu_jobs(design, s)

@@ -183,7 +183,9 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> matrix_unit.MatrixUn
         matrix_unit.Weights(kinds, gains, gain_bits, [], None),
         matrix_unit.Sums(s_min, s_max, s_bits, v_space, v_bits),
         matrix_unit.Epilogue(mode, nt, level_base, level_step, gain, act_planes if mode == "thresholds" else 1,
-                             acc_lo, acc_hi, acc_bits, matrix_unit.Requant(*rq)),
+                             acc_lo, acc_hi, acc_bits,
+                             element_bits(dst) if mode in ("levels", "requant") else 1 if mode == "thresholds"
+                             else acc_bits, matrix_unit.Requant(*rq)),
         matrix_unit.Table(value, flag, table_bits, 5 if mode == "requant" else max(nt, 1), flag.shape[-1]),
         matrix_unit.Borders(ycls, xcls, ny, nx))
     # weight words: array i, row p, lane s of word nf*SF + sf at bit (i*PE + p)*SIMD + s
@@ -196,6 +198,8 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> matrix_unit.MatrixUn
     words_bits = np.concatenate(blocks, axis=1)
     f.weights.bits = words_bits.reshape(nf * sf, len(blocks), pe, simd).astype(bool)
     f.weights.words = [_word(bits, 1) for bits in words_bits]
+    if matrix_unit.uses_mac(op, f):
+        f.mac = matrix_unit.Mac(*matrix_unit.mac_weight_matrix(f))
     # table words: entry of row p at bit p*EW: values j at j*table_bits (two's complement), the gains
     # (v-space) at k*table_bits + j*gain_bits, then the flags
     k = f.table.values
