@@ -128,3 +128,15 @@ def test_exports_cover_every_mode():
              for name in ("pabt", "w1a2", "hbn", "ternary-ec2t") for u in _units(name)}
     assert {m for m, _, _ in modes} >= {"thresholds", "levels", "requant", "acc"}, modes
     assert any(mac for _, mac, _ in modes) and any(ap for _, _, ap in modes), modes
+
+
+def test_cycles_count_what_the_folding_chose():
+    """The unit's cycles per frame are the folding's (chosen before the layout), per layer."""
+    graph = compile_graph(zoo.build("w1a2", 0))
+    d = verilog.build_design(graph, TargetOptions(folding={"layers": [{"pe": 1, "simd": 3}] * 4}))
+    convs = [op for op in d.graph.ops() if isinstance(op, ir.Conv)]
+    assert len(convs) == len(d.foldings) >= 2
+    for op, f in zip(convs, d.foldings):
+        pixels = d.graph.tensors[op.outputs[0]].shape[0] * d.graph.tensors[op.outputs[0]].shape[1]
+        assert matrix_unit.cycles(op.folded, pixels) == f.cycles
+        assert op.folded.fold.idle_lanes == (op.folded.fold.mw % 3 != 0)

@@ -442,8 +442,8 @@ class _Builder:
         geo = self._window_geometry(op, src_ty, oty)
         name = op.name
         pixels = geo["oh"] * geo["ow"]
-        idle_lanes = f.fold.sf * f.fold.simd > f.fold.mw
-        idle_rows = f.fold.nf * f.fold.pe > f.fold.mh
+        unit_cycles = matrix_unit.cycles(f, pixels)
+        idle_lanes, idle_rows = f.fold.idle_lanes, f.fold.idle_rows
         in_t = self.elem(op.inputs[0])
         in_lanes = 1 if bits else self.beat_lanes.get(op.inputs[0], 1)
         self._width(f.fold.simd)
@@ -543,7 +543,7 @@ class _Builder:
         acc_t = f"ap_int<{f.epilogue.acc_bits}>"
         M = {"kind": "mvtu", "name": f"{name}_mvtu", "layer": name, "bits": bits, "lanes_t": lanes_t,
              "wrow_t": f"ap_uint<{f.fold.simd}>", "wide_words": -(-f.fold.simd // 64) if wide else 0,
-             "pixels": pixels, "cycles": pixels * f.fold.nf * f.fold.sf, "steps": pixels * f.fold.nf * f.fold.sf,
+             "pixels": pixels, "cycles": unit_cycles, "steps": unit_cycles,
              "planes": planes, "row_planes": [pl for pl in planes if not pl["shared"]],
              "weight_rows": [{"local": f"{'flip' if which == 'b' else 'mask'}{j}", "array": array}
                              for (j, which), array in stored.items()],
@@ -578,11 +578,11 @@ class _Builder:
                 "advance": _counters([("p", f.fold.pe), ("nf", f.fold.nf)], None, 4)})
             self.calls.append(f"{name}_epilogue({accs}, {sout});")
         self.folding_rows.append(f"{name}: {f.fold.mh} x {f.fold.mw}, {pixels} pixel{'s' if pixels > 1 else ''}, "
-                                 f"PE={f.fold.pe} SIMD={f.fold.simd} -> {pixels * f.fold.nf * f.fold.sf} cycles")
+                                 f"PE={f.fold.pe} SIMD={f.fold.simd} -> {unit_cycles} cycles")
         fold = f.fold
         self.layers.append({"name": name, "source": self._comment(op), "mh": fold.mh, "mw": fold.mw, "pixels": pixels,
                             "pe": fold.pe, "simd": fold.simd, "nf": fold.nf, "sf": fold.sf,
-                            "cycles": pixels * fold.nf * fold.sf, "planes": list(f.weights.kinds),
+                            "cycles": unit_cycles, "planes": list(f.weights.kinds),
                             "mode": f.epilogue.mode, "act_planes": f.epilogue.act_planes,
                             "weight_bits": (mac_bits if mac else len(f.weights.arrays)) * fold.pe * fold.nf * fold.sf
                             * fold.simd,

@@ -69,6 +69,16 @@ class Fold:
     sf: int  # synapse folds: ceil(MW / SIMD)
     in_bits: int  # 1 for bit inputs, else the signed width of the integer inputs
 
+    @property
+    def idle_rows(self) -> bool:
+        """The last neuron fold has rows beyond the matrix (their weights and outputs are 0)."""
+        return self.nf * self.pe > self.mh
+
+    @property
+    def idle_lanes(self) -> bool:
+        """The last synapse fold has lanes beyond the matrix (their inputs are 0)."""
+        return self.sf * self.simd > self.mw
+
 
 @dataclass
 class Weights:
@@ -273,6 +283,12 @@ def mac_weights(folded) -> tuple:
     return words, bits
 
 
+def cycles(unit: MatrixUnit, pixels: int) -> int:
+    """Cycles per frame at full speed, stalls aside: NF x SF folds per output pixel, one a cycle
+    (folding.LayerFolding.cycles, before the layout, counts the same)."""
+    return unit.fold.nf * unit.fold.sf * pixels
+
+
 def clog2(n: int) -> int:
     """Bits of an index below n (at least 1), as the RTL's $clog2 with a floor of 1."""
     return max(1, (int(n) - 1).bit_length())
@@ -343,7 +359,7 @@ def hls_context(unit: MatrixUnit) -> dict:
     rtl_parameter_groups gives the RTL (C++ types of the sums ap_int<N> of the same widths)."""
     fold, sums, ep, mac = unit.fold, unit.sums, unit.epilogue, unit.mac
     return {"pe": fold.pe, "simd": fold.simd, "neuron_folds": fold.nf, "synapse_folds": fold.sf,
-            "matrix_rows": fold.mh, "matrix_cols": fold.mw, "idle_rows": fold.nf * fold.pe > fold.mh,
+            "matrix_rows": fold.mh, "matrix_cols": fold.mw, "idle_rows": fold.idle_rows,
             "input_bits": fold.in_bits, "sum_t": f"ap_int<{sums.plane_bits}>", "gains_in_table": sums.gains_in_table,
             "weighted_sum_t": f"ap_int<{sums.weighted_bits}>", "mac": mac is not None,
             "mac_weight_bits": mac.bits if mac else 0, "mode": ep.mode, "thresholds": ep.thresholds,
