@@ -195,7 +195,7 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
          "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": fold.mh, "mw": fold.mw,
          "pe": fold.pe, "simd": fold.simd, "nf": fold.nf, "sf": fold.sf, "input_bits": fold.in_bits,
          "mode": f.epilogue.mode, "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem",
-         "weight_arrays": len(f.weights.arrays), "entry_bits": f.entry_bits, "planes": ", ".join(f.weights.kinds),
+         "unit": f, "planes": ", ".join(f.weights.kinds),
          # the window generator's output position, which the unit's border classes read
          "row_bits": matrix_unit.clog2(oh) if swg else 1, "col_bits": matrix_unit.clog2(ow) if swg else 1}
     if f.mac:
@@ -406,13 +406,13 @@ def build_design(graph: ir.Graph, opts) -> Design:
         if isinstance(op, ir.Conv):
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
-            if s.get("mac"):
-                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"),
-                                                         s["pe"] * s["simd"] * s["mac_weight_bits"])
+            unit = op.folded
+            lanes = unit.fold.pe * unit.fold.simd
+            if unit.mac:
+                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), lanes * unit.mac.bits)
             else:
-                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weights.words,
-                                                         s["weight_arrays"] * s["pe"] * s["simd"])
-            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table.words, s["pe"] * s["entry_bits"])
+                mems[s["wfile"]] = verilog_sim.mem_image(unit.weights.words, len(unit.weights.arrays) * lanes)
+            mems[s["tfile"]] = verilog_sim.mem_image(unit.table.words, unit.fold.pe * unit.entry_bits)
         elif isinstance(op, ir.Add):
             s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),
                  "cycles": dst.shape[0] * dst.shape[1]}
