@@ -410,7 +410,7 @@ class _Builder:
             raise AssertionError(f"{name}: requantization constants differ between border classes")
         mult, add, lo, hi = (rows[0, :, i] for i in range(4))
         # a = clamp(acc >> pre_shift, lo, hi) lies in [lo, hi], so |a * mult + add| <= big: the products
-        # need prod_bits (the pass's rq_bits, which bounds each factor over all rows, or where that
+        # need prod_bits (the record's requant.bits, which bounds each factor over all rows, or where that
         # exceeds 64 bits the rows' own bound; holding the output bounds too); a needs clamp_bits
         big = max(max(abs(int(l_)), abs(int(h_))) * abs(int(m_)) + abs(int(a_))  # Python ints: no int64 overflow
                   for l_, h_, m_, a_ in zip(lo, hi, mult, add))
@@ -430,9 +430,9 @@ class _Builder:
                        f"{name}: requantization {text} of output o = nf * {f.fold.pe} + p, [p][nf]")
         # an arithmetic shift by prod_bits - 1 or more already gives the sign (0 or -1)
         rq = f.epilogue.requant
-        return {"rq_shift": min(rq.shift, prod_bits - 1), "rq_lo": rq.lo, "rq_hi": rq.hi,
-                "rq_pre_shift": f.epilogue.requant.pre_shift,
-                "rq_t": f"ap_int<{prod_bits}>", "clamp_t": f"ap_int<{clamp_bits}>"}
+        return {"requant_shift": min(rq.shift, prod_bits - 1), "out_min": rq.lo, "out_max": rq.hi,
+                "pre_shift": rq.pre_shift,
+                "product_t": f"ap_int<{prod_bits}>", "clamp_t": f"ap_int<{clamp_bits}>"}
 
     def _conv(self, op: ir.Conv, sin: str, sout: str) -> None:
         g = self.g
