@@ -14,9 +14,10 @@ The RTL computes the same numbers from the same parameters; tests check the simu
 The unit's one home beyond the pipeline: `MatrixUnit`, the record of one layer laid out for it
 (passes/layout_folded_layers.py builds it as `Conv.folded`; sub-records Fold, Weights, Sums,
 Epilogue with Requant, Table, Borders, Mac), `supports` (what the unit implements: the layout
-pass, both hardware backends and the folding reader ask it), and the record's two exports,
-`rtl_parameter_groups` / `rtl_parameters` (bnnc_mvtu's parameters, for the generated top and the
-per-block resource estimate) and `hls_context` (the HLS matrix-vector process's values).
+pass and both hardware backends ask it, the folding reader its folding_refusal), `cycles`, and
+the record's two exports, `rtl_parameter_groups` / `rtl_parameters` (bnnc_mvtu's parameters, for
+the generated top and the per-block resource estimate) and `hls_context` (the HLS matrix-vector
+process's values).
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def folding_refusal(mh: int, mw: int, pe: int, simd: int) -> str | None:
 def supports(op: ir.Conv, folding=None) -> str | None:
     """None when the unit implements the Conv `op` (folded as `folding`, a folding.LayerFolding,
     when given), else why not, as one clause to follow "layer 'NAME': ". The one home of the
-    unit's legality: the layout pass, both hardware backends and the folding reader ask it. Every
+    unit's legality: the layout pass and both hardware backends ask it (the folding reader, which
+    has no layer yet, asks folding_refusal). Every
     weight code runs (as popcount planes or MAC weights); the unit does not implement:
     - padding as wide as the kernel (a window of padding only: no border class has a valid tap);
     - an epilogue other than bit or multi-level thresholds, a fixed-point Requantize or a float32
