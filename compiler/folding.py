@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ir, userfiles
+from .backends import matrix_unit
 from .errors import BnncError, one_line
 
 
@@ -129,11 +130,12 @@ def parse_folding(spec, graph: ir.Graph) -> list:
         if L.name in chosen:
             raise BnncError(f"folding names layer '{L.name}' twice")
         pe, simd = e.get("pe", 1), e.get("simd", 1)
-        for key, v, n, what in (("pe", pe, L.mh, "output channels"), ("simd", simd, L.mw, "inputs per output")):
+        for key, v in (("pe", pe), ("simd", simd)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise BnncError(f"layer {L.name}: {key} must be a positive integer (got {v!r})")
-            if v > n:
-                raise BnncError(f"layer {L.name}: {key.upper()}={v} exceeds its {n} {what}")
+        reason = matrix_unit.folding_refusal(L.mh, L.mw, pe, simd)
+        if reason:
+            raise BnncError(f"layer {L.name}: {reason}")
         chosen[L.name] = LayerFolding(L, pe, simd)
     # layers the named form leaves out run fully folded
     return [chosen.get(L.name, LayerFolding(L, 1, 1)) for L in layers]

@@ -499,8 +499,8 @@ def test_ops_and_epilogues_hls_does_not_implement_name_their_layer():
     conv = next(op for op in g.ops() if isinstance(op, ir.Conv) and getattr(op.epilogue, "planes", 1) > 1)
     ep = conv.epilogue
     conv.epilogue = ir.LevelThresholds(ep.direction, ep.threshold[:, None], -1, 2, planes=ep.planes)
-    with pytest.raises(BnncError, match=rf"'{conv.source_ops[0]}' has multi-level activations with "
-                                        f"{ep.planes} activation planes"):
+    with pytest.raises(BnncError, match=rf"'{conv.source_ops[0]}': the matrix-vector unit does not implement "
+                                        f"multi-level activations with {ep.planes} activation planes"):
         hls.check_supported(g)
 
 

@@ -210,23 +210,24 @@ def test_weight_rows_hold_the_folded_planes(case):
         if not isinstance(op, ir.Conv):
             continue
         f = op.folded
-        for i, (j, which) in enumerate(f.arrays):
+        for i, (j, which) in enumerate(f.weights.arrays):
             words = _table_words(model, f"{op.name}_{'flip' if which == 'b' else 'mask'}{j}")
-            per_row = -(-f.simd // 64)
-            bits = np.zeros((f.pe * f.nf * f.sf, per_row * 64), bool)
+            per_row = -(-f.fold.simd // 64)
+            bits = np.zeros((f.fold.pe * f.fold.nf * f.fold.sf, per_row * 64), bool)
             for r in range(bits.shape[0]):
                 for k in range(per_row):
                     w = words[r * per_row + k]
                     bits[r, 64 * k: 64 * k + 64] = [(w >> b) & 1 for b in range(64)]
-            want = f.weight_bits[:, i].transpose(1, 0, 2)  # [PE][NF * SF][SIMD]
-            assert np.array_equal(bits[:, : f.simd].reshape(want.shape), want), (op.name, j, which)
+            want = f.weights.bits[:, i].transpose(1, 0, 2)  # [PE][NF * SF][SIMD]
+            assert np.array_equal(bits[:, : f.fold.simd].reshape(want.shape), want), (op.name, j, which)
         # per-row tables: entry [p][nf][class] of output o = nf * PE + p, zero for idle rows
-        tables = {"offset" if f.mode == "acc" else "thr": f.table_value}
-        if f.mode != "acc":
-            tables["flag"] = f.table_flag
+        tables = {"offset" if f.epilogue.mode == "acc" else "thr": f.table.value}
+        if f.epilogue.mode != "acc":
+            tables["flag"] = f.table.flag
         for table, value in tables.items():
-            got = np.array(_table_words(model, f"{op.name}_{table}")).reshape(f.pe, f.nf, f.ncls, -1)
-            for o in range(f.nf * f.pe):
-                nf, p = divmod(o, f.pe)
-                want = value[:, o] if o < f.mh else np.zeros_like(value[:, 0])
+            got = np.array(_table_words(model, f"{op.name}_{table}"))
+            got = got.reshape(f.fold.pe, f.fold.nf, f.borders.classes, -1)
+            for o in range(f.fold.nf * f.fold.pe):
+                nf, p = divmod(o, f.fold.pe)
+                want = value[:, o] if o < f.fold.mh else np.zeros_like(value[:, 0])
                 assert np.array_equal(got[p, nf], want), (op.name, table, o)

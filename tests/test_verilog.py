@@ -54,7 +54,7 @@ def test_multi_bit_activations_run_on_multi_threshold_units():
     graph = compile_graph(model)
     x = driver.prepare_inputs(graph, zoo.inputs(model, 20, seed=1)).grid
     design = verilog.build_design(graph, TargetOptions())
-    assert any(s.get("mode") == "levels" and s["nt"] == 3 for s in design.context["stages"])
+    assert any(s.get("mode") == "levels" and s["mvtu"]["THRESHOLDS"] == 3 for s in design.context["stages"])
     verilog_sim.lint(design.sources, design.top)
     y, _ = verilog.run(graph, x, TargetOptions())
     assert np.array_equal(y, reference.run(graph, x).reshape(20, -1))

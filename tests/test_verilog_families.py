@@ -61,9 +61,9 @@ def test_each_code_uses_its_planes():
         stages = verilog.build_design(graph, TargetOptions()).context["stages"]
         assert kinds <= {s["planes"] for s in stages if s["kind"] == "conv"}, name
     stages = verilog.build_design(compile_graph(zoo.build("pabt", 0)), TargetOptions()).context["stages"]
-    assert any(s["kind"] == "conv" and s["npl"] == 2 for s in stages)
+    assert any(s["kind"] == "conv" and s["mvtu"].get("ACT_PLANES") == 2 for s in stages)
     stages = verilog.build_design(compile_graph(zoo.build("hbn", 0)), TargetOptions()).context["stages"]
-    assert sum(s["kind"] == "conv" and s["rq"] == 1 for s in stages) == 2
+    assert sum(s["kind"] == "conv" and s["mvtu"].get("REQUANTIZE") == 1 for s in stages) == 2
     assert any(s["kind"] == "conv" and s["planes"] == "and" and s["name"] == "L06_act" for s in stages)
 
 

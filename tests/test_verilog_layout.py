@@ -23,63 +23,65 @@ def emulate(f, op: ir.Conv, a: np.ndarray) -> np.ndarray:
     """Bits (1 = -1) or accumulators (N, OH, OW, MH * act_planes) of the folded unit on input values a,
     decoding the weight and table words exactly as bnnc_mvtu does."""
     kh, kw = op.kernel
-    bits_in = f.in_bits == 1
+    bits_in = f.fold.in_bits == 1
     x = (a < 0).astype(np.int64) if bits_in else a.astype(np.int64)
     t, l, b, r = op.pads
     xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))  # padded taps read as 0
     win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, :: op.stride[0], :: op.stride[1]]
     win = win.transpose(0, 1, 2, 4, 5, 3)
     n, oh, ow = win.shape[:3]
-    cols = np.zeros((n, oh, ow, f.sf * f.simd), np.int64)  # idle lanes hold 0
-    cols[..., : f.mw] = win.reshape(n, oh, ow, -1)
-    arrays = f.arrays
-    s = np.zeros((f.planes, n, oh, ow, f.nf * f.pe), np.int64)
-    for nf in range(f.nf):
-        for sf in range(f.sf):
-            word = f.weight_words[nf * f.sf + sf]
-            wb = np.array(_decode(word, len(arrays) * f.pe * f.simd, 1)).reshape(len(arrays), f.pe, f.simd)
-            lanes = cols[..., sf * f.simd:(sf + 1) * f.simd]
-            for j in range(f.planes):
+    cols = np.zeros((n, oh, ow, f.fold.sf * f.fold.simd), np.int64)  # idle lanes hold 0
+    cols[..., : f.fold.mw] = win.reshape(n, oh, ow, -1)
+    arrays = f.weights.arrays
+    s = np.zeros((f.weights.planes, n, oh, ow, f.fold.nf * f.fold.pe), np.int64)
+    for nf in range(f.fold.nf):
+        for sf in range(f.fold.sf):
+            word = f.weights.words[nf * f.fold.sf + sf]
+            wb = np.array(_decode(word, len(arrays) * f.fold.pe * f.fold.simd, 1))
+            wb = wb.reshape(len(arrays), f.fold.pe, f.fold.simd)
+            lanes = cols[..., sf * f.fold.simd:(sf + 1) * f.fold.simd]
+            for j in range(f.weights.planes):
                 bj = next((wb[i] for i, (pj, w) in enumerate(arrays) if pj == j and w == "b"), np.zeros_like(wb[0]))
                 mj = next((wb[i] for i, (pj, w) in enumerate(arrays) if pj == j and w == "m"), np.ones_like(wb[0]))
-                for p in range(f.pe):
+                for p in range(f.fold.pe):
                     if bits_in:
                         part = ((lanes ^ bj[p]) & mj[p]).sum(axis=-1)
                     else:
                         part = (mj[p] * np.where(bj[p] == 1, -lanes, lanes)).sum(axis=-1)
-                    s[j, ..., nf * f.pe + p] += part
-    s = s[..., : f.mh]
-    assert -(1 << (f.s_bits - 1)) <= s.min() and s.max() < (1 << (f.s_bits - 1))
-    ew, k = f.entry_bits, f.values
-    gw = f.planes * f.gain_bits if f.gains_in_table else 0
-    out = np.zeros((n, oh, ow, f.mh * f.act_planes), np.int64)
+                    s[j, ..., nf * f.fold.pe + p] += part
+    s = s[..., : f.fold.mh]
+    assert -(1 << (f.sums.plane_bits - 1)) <= s.min() and s.max() < (1 << (f.sums.plane_bits - 1))
+    ew, k = f.entry_bits, f.table.values
+    gw = f.weights.planes * f.weights.gain_bits if f.sums.gains_in_table else 0
+    out = np.zeros((n, oh, ow, f.fold.mh * f.epilogue.act_planes), np.int64)
     for oy in range(oh):
         for ox in range(ow):
-            cls = f.ycls[oy] * f.nx + f.xcls[ox]
-            for o in range(f.mh):
-                nf, p = divmod(o, f.pe)
-                entry = _decode(f.table_words[cls * f.nf + nf], f.pe, ew)[p]
-                values = [_signed(v, f.table_bits) for v in _decode(entry, k, f.table_bits)]
-                flags = _decode(entry >> (k * f.table_bits + gw), f.flags, 1)
-                if f.gains_in_table:
-                    gains = [_signed(g, f.gain_bits) for g in _decode(entry >> (k * f.table_bits), f.planes,
-                                                                      f.gain_bits)]
+            cls = f.borders.rows[oy] * f.borders.nx + f.borders.cols[ox]
+            for o in range(f.fold.mh):
+                nf, p = divmod(o, f.fold.pe)
+                entry = _decode(f.table.words[cls * f.fold.nf + nf], f.fold.pe, ew)[p]
+                values = [_signed(v, f.table.value_bits) for v in _decode(entry, k, f.table.value_bits)]
+                flags = _decode(entry >> (k * f.table.value_bits + gw), f.table.flags, 1)
+                if f.sums.gains_in_table:
+                    fields = _decode(entry >> (k * f.table.value_bits), f.weights.planes, f.weights.gain_bits)
+                    gains = [_signed(g, f.weights.gain_bits) for g in fields]
                     sv = sum(g * s[j, :, oy, ox, o] for j, g in enumerate(gains))
-                    assert f.s_min <= sv.min() and sv.max() <= f.s_max
+                    assert f.sums.lo <= sv.min() and sv.max() <= f.sums.hi
                 else:
                     sv = s[0, :, oy, ox, o]
-                if f.mode == "thresholds":
-                    for j in range(f.act_planes):
-                        out[:, oy, ox, j * f.mh + o] = (sv > values[j]).astype(np.int64) ^ flags[j]
-                elif f.mode == "levels":
+                if f.epilogue.mode == "thresholds":
+                    for j in range(f.epilogue.act_planes):
+                        out[:, oy, ox, j * f.fold.mh + o] = (sv > values[j]).astype(np.int64) ^ flags[j]
+                elif f.epilogue.mode == "levels":
                     count = sum((sv > v).astype(np.int64) ^ flags[0] for v in values)
-                    out[:, oy, ox, o] = f.level_base + f.level_step * count
+                    out[:, oy, ox, o] = f.epilogue.level_base + f.epilogue.level_step * count
                 else:
-                    acc = values[0] + (sv if f.gains_in_table else (f.gain * sv if flags[0] else 0))
-                    if f.mode == "requant":
-                        assert np.abs(acc * values[1]).max() + abs(values[2]) < 1 << (f.rq_bits - 1)
+                    acc = values[0] + (sv if f.sums.gains_in_table else (f.epilogue.gain * sv if flags[0] else 0))
+                    if f.epilogue.mode == "requant":
+                        assert np.abs(acc * values[1]).max() + abs(values[2]) < 1 << (f.epilogue.requant.bits - 1)
                         acc = np.clip(acc, values[3], values[4])
-                        acc = np.clip((acc * values[1] + values[2]) >> f.rq_shift, f.rq_lo, f.rq_hi)
+                        rq = f.epilogue.requant
+                        acc = np.clip((acc * values[1] + values[2]) >> rq.shift, rq.lo, rq.hi)
                     out[:, oy, ox, o] = acc
     return out
 
@@ -121,14 +123,14 @@ def test_folded_tables_reproduce_the_reference(seed):
                 continue
             a = env[op.inputs[0]]
             got = emulate(op.folded, op, a)
-            if op.folded.mode == "thresholds":
+            if op.folded.epilogue.mode == "thresholds":
                 assert np.array_equal(got, (env[op.outputs[0]] < 0).astype(np.int64)), f"{op.name} ({kind})"
-            elif op.folded.mode in ("levels", "requant"):
+            elif op.folded.epilogue.mode in ("levels", "requant"):
                 assert np.array_equal(got, env[op.outputs[0]]), f"{op.name} ({kind})"
             else:
                 acc = reference.conv_accumulator(op, a.astype(np.int64))
                 assert np.array_equal(got, acc), f"{op.name} ({kind})"
-                assert op.folded.acc_lo <= acc.min() and acc.max() <= op.folded.acc_hi
+                assert op.folded.epilogue.acc_lo <= acc.min() and acc.max() <= op.folded.epilogue.acc_hi
 
 
 def test_layout_is_pure_and_deterministic():
@@ -139,7 +141,7 @@ def test_layout_is_pure_and_deterministic():
     assert not any(hasattr(op, "folded") for op in graph.ops())
     for a, b in zip(g1.ops(), g2.ops()):
         if isinstance(a, ir.Conv):
-            assert a.folded.weight_words == b.folded.weight_words and a.folded.table_words == b.folded.table_words
+            assert a.folded.weights.words == b.folded.weights.words and a.folded.table.words == b.folded.table.words
 
 
 def test_a_zero_inside_a_binary_filter_becomes_a_masked_plane():
@@ -151,10 +153,10 @@ def test_a_zero_inside_a_binary_filter_becomes_a_masked_plane():
     env = reference.intermediates(graph, x)
     g = layout_folded_layers(graph, _foldings(graph, "serial", None))
     op = g.op(conv.name)
-    assert op.folded.plane_kinds == ("masked_xnor",)
+    assert op.folded.weights.kinds == ("masked_xnor",)
     want = env[op.outputs[0]]
     got = emulate(op.folded, op, env[op.inputs[0]])
-    assert np.array_equal(got, (want < 0).astype(np.int64) if op.folded.mode == "thresholds" else want)
+    assert np.array_equal(got, (want < 0).astype(np.int64) if op.folded.epilogue.mode == "thresholds" else want)
 
 
 def test_signed_bits():

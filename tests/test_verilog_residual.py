@@ -153,7 +153,7 @@ def test_weight_bits_set_the_multiply_accumulate_width():
     def macs(*flags):
         g = compile_graph(model, options_of(WILD_MODELS["mainsub_nin"] + flags))
         d = verilog.build_design(g, TargetOptions())
-        return {op.source_ops[0]: (s["wb"], float(np.max(op.acc_error)))
+        return {op.source_ops[0]: (s["mac_weight_bits"], float(np.max(op.acc_error)))
                 for s, op in zip(d.context["stages"], d.plan.hw_ops) if s.get("mac")}
 
     full = macs()

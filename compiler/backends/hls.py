@@ -209,7 +209,7 @@ class _Builder:
         budget = self.target_ii
         if not bits:
             out_h, out_w = self.g.tensors[consumer.outputs[0]].shape[:2]
-            budget -= out_h * out_w * consumer.folded.sf
+            budget -= out_h * out_w * consumer.folded.fold.sf
         if n <= budget:
             return 1
         unit = c if bits else w * c
@@ -389,15 +389,15 @@ class _Builder:
     def _class_tables(self, op) -> tuple:
         """(class expression, needs oy, needs ox) of the layer's border classes (layout_folded_layers)."""
         f = op.folded
-        for axis, n, table in (("y", f.ny, f.ycls), ("x", f.nx, f.xcls)):
+        for axis, n, table in (("y", f.borders.ny, f.borders.rows), ("x", f.borders.nx, f.borders.cols)):
             if n > 1:
                 self.const(f"{op.name}_{axis}cls", "uint8_t" if n < 256 else "uint16_t", f"[{table.size}]",
                            _nested(table, str), f"border class of each output {'row' if axis == 'y' else 'column'}")
-        if f.ny > 1 and f.nx > 1:
-            return f"{op.name}_ycls[oy] * {f.nx} + {op.name}_xcls[ox]", True, True
-        if f.ny > 1:
+        if f.borders.ny > 1 and f.borders.nx > 1:
+            return f"{op.name}_ycls[oy] * {f.borders.nx} + {op.name}_xcls[ox]", True, True
+        if f.borders.ny > 1:
             return f"{op.name}_ycls[oy]", True, True
-        if f.nx > 1:
+        if f.borders.nx > 1:
             return f"{op.name}_xcls[ox]", False, True
         return "0", False, False
 
@@ -405,33 +405,34 @@ class _Builder:
         """The per-row constants of a Requantize epilogue (mult, add, acc_lo, acc_hi: the same for
         every border class in the pass's table) and the widths of its exact integer arithmetic."""
         f, name = op.folded, op.name
-        rows = f.table_value[..., 1:]  # (classes, MH, 4)
+        rows = f.table.value[..., 1:]  # (classes, MH, 4)
         if not np.array_equal(rows, np.broadcast_to(rows[:1], rows.shape)):  # pragma: no cover - pass invariant
             raise AssertionError(f"{name}: requantization constants differ between border classes")
         mult, add, lo, hi = (rows[0, :, i] for i in range(4))
         # a = clamp(acc >> pre_shift, lo, hi) lies in [lo, hi], so |a * mult + add| <= big: the products
-        # need prod_bits (the pass's rq_bits, which bounds each factor over all rows, or where that
+        # need prod_bits (the record's requant.bits, which bounds each factor over all rows, or where that
         # exceeds 64 bits the rows' own bound; holding the output bounds too); a needs clamp_bits
         big = max(max(abs(int(l_)), abs(int(h_))) * abs(int(m_)) + abs(int(a_))  # Python ints: no int64 overflow
                   for l_, h_, m_, a_ in zip(lo, hi, mult, add))
-        row_bits = max(signed_bits(-big, big), signed_bits(f.rq_lo, f.rq_hi))
-        prod_bits = max(f.rq_bits, row_bits) if f.rq_bits <= 64 else row_bits
-        clamp_bits = max(f.acc_bits, signed_bits(int(lo.min()), int(hi.max())))
+        row_bits = max(signed_bits(-big, big), signed_bits(f.epilogue.requant.lo, f.epilogue.requant.hi))
+        prod_bits = max(f.epilogue.requant.bits, row_bits) if f.epilogue.requant.bits <= 64 else row_bits
+        clamp_bits = max(f.epilogue.acc_bits, signed_bits(int(lo.min()), int(hi.max())))
         if max(prod_bits, clamp_bits) > 64:
             raise BnncError(f"layer '{self._comment(op)}': its fixed-point requantization needs "
                             f"{max(prod_bits, clamp_bits)}-bit products (the HLS backend computes in at most 64)")
-        by_row = _by_row(rows[:1], f.pe)[:, :, 0]  # (PE, NF, 4)
+        by_row = _by_row(rows[:1], f.fold.pe)[:, :, 0]  # (PE, NF, 4)
         what = {"mult": "multiplier", "add": "added offset (rounding included)",
                 "acc_lo": "lower accumulator clamp", "acc_hi": "upper accumulator clamp"}
         for i, (key, text) in enumerate(what.items()):
             column = by_row[..., i]
             self.const(f"{name}_{key}", f"ap_int<{signed_bits(int(column.min()), int(column.max()))}>",
-                       f"[{f.pe}][{f.nf}]", _nested(column, str),
-                       f"{name}: requantization {text} of output o = nf * {f.pe} + p, [p][nf]")
+                       f"[{f.fold.pe}][{f.fold.nf}]", _nested(column, str),
+                       f"{name}: requantization {text} of output o = nf * {f.fold.pe} + p, [p][nf]")
         # an arithmetic shift by prod_bits - 1 or more already gives the sign (0 or -1)
-        return {"rq_shift": min(f.rq_shift, prod_bits - 1), "rq_lo": f.rq_lo, "rq_hi": f.rq_hi,
-                "rq_pre_shift": f.rq_pre_shift,
-                "rq_t": f"ap_int<{prod_bits}>", "clamp_t": f"ap_int<{clamp_bits}>"}
+        rq = f.epilogue.requant
+        return {"requant_shift": min(rq.shift, prod_bits - 1), "out_min": rq.lo, "out_max": rq.hi,
+                "pre_shift": rq.pre_shift,
+                "product_t": f"ap_int<{prod_bits}>", "clamp_t": f"ap_int<{clamp_bits}>"}
 
     def _conv(self, op: ir.Conv, sin: str, sout: str) -> None:
         g = self.g
@@ -441,125 +442,123 @@ class _Builder:
         geo = self._window_geometry(op, src_ty, oty)
         name = op.name
         pixels = geo["oh"] * geo["ow"]
-        idle_lanes = f.sf * f.simd > f.mw
-        idle_rows = f.nf * f.pe > f.mh
+        unit_cycles = matrix_unit.cycles(f, pixels)
+        idle_lanes, idle_rows = f.fold.idle_lanes, f.fold.idle_rows
         in_t = self.elem(op.inputs[0])
         in_lanes = 1 if bits else self.beat_lanes.get(op.inputs[0], 1)
-        self._width(f.simd)
+        self._width(f.fold.simd)
         if bits:
-            lanes_t = f"ap_uint<{f.simd}>"
+            lanes_t = f"ap_uint<{f.fold.simd}>"
         else:
             lanes_t = f"{name}_lanes_t"
-            self.structs.append({"name": lanes_t, "elem": in_t, "n": f.simd,
-                                 "comment": f"{name}: one chunk of {f.simd} window elements"})
+            self.structs.append({"name": lanes_t, "elem": in_t, "n": f.fold.simd,
+                                 "comment": f"{name}: one chunk of {f.fold.simd} window elements"})
         lanes = self.stream(f"{name}_lanes", lanes_t)
-        lane_decls, lane_valid, reads = self._lane_decls(geo, f.simd, f.sf, f.mw, bits)
+        lane_decls, lane_valid, reads = self._lane_decls(geo, f.fold.simd, f.fold.sf, f.fold.mw, bits)
         W = {"kind": "window", "name": f"{name}_window", "layer": name, "bits": bits, "in_t": in_t,
              "in_beat_t": self.beat(op.inputs[0]), "in_lanes": in_lanes,
-             "in_struct": op.inputs[0] in self.beat_structs, "lanes_t": lanes_t, "simd": f.simd, "sf": f.sf, "mw": f.mw, "idle_lanes": idle_lanes,
+             "in_struct": op.inputs[0] in self.beat_structs, "lanes_t": lanes_t, "simd": f.fold.simd, "sf": f.fold.sf, "mw": f.fold.mw, "idle_lanes": idle_lanes,
              "lane_decls": lane_decls, "valid": lane_valid, "row_slot": reads["row_slot"],
              "rows_needed": reads["rows_needed"],
-             "steps": geo["ih"] * geo["iw"] * (1 if bits else geo["c"]) // in_lanes + pixels * f.sf,
-             "advance": _counters([("sf", f.sf), ("ox", geo["ow"])], "oy", 6), **geo}
+             "steps": geo["ih"] * geo["iw"] * (1 if bits else geo["c"]) // in_lanes + pixels * f.fold.sf,
+             "advance": _counters([("sf", f.fold.sf), ("ox", geo["ow"])], "oy", 6), **geo}
         self.procs.append(W)
         self.calls.append(f"{name}_window({sin}, {lanes});")
-        window_needs = _row_window_needs(geo, geo["iw"] * (1 if bits else geo["c"]) // in_lanes, geo["ow"] * f.sf)
+        window_needs = _row_window_needs(geo, geo["iw"] * (1 if bits else geo["c"]) // in_lanes, geo["ow"] * f.fold.sf)
 
         # weights: a real-valued layer on integer inputs multiplies each lane by one signed weight
-        # (matrix_unit.mac_weight_matrix, DSP-friendly); otherwise every bit array of the popcount
+        # (the unit's MAC mode, DSP-friendly); otherwise every bit array of the popcount
         # planes as SIMD-bit rows [PE][NF * SF] (or [PE][NF * SF][64-lane word] beyond 64 lanes)
-        mac = matrix_unit.uses_mac(op, f)
-        wide = f.simd > 64 and not mac
+        mac = f.mac is not None
+        wide = f.fold.simd > 64 and not mac
         stored = {}
         mac_bits = 0
         if mac:
-            w, mac_bits = matrix_unit.mac_weight_matrix(f)
-            if f.in_bits + mac_bits > 64:
-                raise BnncError(f"layer '{self._comment(op)}': its {mac_bits}-bit weights times {f.in_bits}-bit "
+            w, mac_bits = f.mac.weights, f.mac.bits
+            if f.fold.in_bits + mac_bits > 64:
+                raise BnncError(f"layer '{self._comment(op)}': its {mac_bits}-bit weights times {f.fold.in_bits}-bit "
                                 "inputs need products wider than 64 bits (--weight-bits B narrows the weights)")
-            self.const(f"{name}_w", f"ap_int<{mac_bits}>", f"[{f.pe}][{f.nf * f.sf}][{f.simd}]",
+            self.const(f"{name}_w", f"ap_int<{mac_bits}>", f"[{f.fold.pe}][{f.fold.nf * f.fold.sf}][{f.fold.simd}]",
                        _nested(w.transpose(1, 0, 2), str),
                        f"{name}: signed weight of each row and lane (the popcount planes' sum), "
-                       f"[PE][neuron fold * {f.sf} + synapse fold][lane]")
-        for i, (j, which) in enumerate([] if mac else f.arrays):
+                       f"[PE][neuron fold * {f.fold.sf} + synapse fold][lane]")
+        for i, (j, which) in enumerate([] if mac else f.weights.arrays):
             array = f"{name}_{'flip' if which == 'b' else 'mask'}{j}"
-            rows = _rows_to_words(f.weight_bits[:, i].transpose(1, 0, 2))  # (PE, NF * SF, SIMD)
-            dims = f"[{f.pe}][{f.nf * f.sf}]" + (f"[{rows.shape[2]}]" if wide else "")
+            rows = _rows_to_words(f.weights.bits[:, i].transpose(1, 0, 2))  # (PE, NF * SF, SIMD)
+            dims = f"[{f.fold.pe}][{f.fold.nf * f.fold.sf}]" + (f"[{rows.shape[2]}]" if wide else "")
             what = "XOR bits (the lane's input is negated)" if which == "b" else "lane mask (the lane counts)"
-            self.const(array, f"bnnc::rom_bits_t<{min(f.simd, 64)}>", dims, _nested_bits(rows),
-                       f"{name}: popcount plane {j} ({f.plane_kinds[j].replace('_', ' ')}), {what}, "
-                       f"[PE][neuron fold * {f.sf} + synapse fold]{'[64-lane word]' if wide else ''}, bit l = lane l")
+            self.const(array, f"bnnc::rom_bits_t<{min(f.fold.simd, 64)}>", dims, _nested_bits(rows),
+                       f"{name}: popcount plane {j} ({f.weights.kinds[j].replace('_', ' ')}), {what}, "
+                       f"[PE][neuron fold * {f.fold.sf} + synapse fold]{'[64-lane word]' if wide else ''}, "
+                       "bit l = lane l")
             stored[(j, which)] = array
         planes = [{"j": j, "kind": kind, "flip": stored.get((j, "b")), "mask": stored.get((j, "m")),
-                   "shared": kind == "ones"} for j, kind in enumerate(f.plane_kinds)]
+                   "shared": kind == "ones"} for j, kind in enumerate(f.weights.kinds)]
         cls_expr, need_oy, need_ox = self._class_tables(op)
-        for what, width in (("plane sum", f.s_bits), ("weighted plane sum", f.v_bits), ("accumulator", f.acc_bits)):
+        for what, width in (("plane sum", f.sums.plane_bits), ("weighted plane sum", f.sums.weighted_bits),
+                            ("accumulator", f.epilogue.acc_bits)):
             if width > 64:
                 raise BnncError(f"layer '{self._comment(op)}': its {what} needs {width} bits (more than 64)")
 
         # per-(row, border class) tables, rows folded as o = nf * PE + p (idle rows hold 0)
-        k = max(f.nt, 1)
-        tables = f"[{f.pe}][{f.nf}][{f.ncls}]"
-        value = _by_row(f.table_value, f.pe)  # (PE, NF, classes, k)
+        k = max(f.epilogue.thresholds, 1)
+        tables = f"[{f.fold.pe}][{f.fold.nf}][{f.borders.classes}]"
+        value = _by_row(f.table.value, f.fold.pe)  # (PE, NF, classes, k)
         live = False
         rq = {}
-        if f.mode in ("acc", "requant"):
+        if f.epilogue.mode in ("acc", "requant"):
             offset = value[..., 0]
             self.const(f"{name}_offset", f"ap_int<{signed_bits(int(offset.min()), int(offset.max()))}>", tables,
                        _nested(offset, str),
-                       f"{name}: accumulator offset A of output o = nf * {f.pe} + p, [p][nf][border class]")
-            live = not f.gains_in_table and not np.all(f.table_flag != 0)
+                       f"{name}: accumulator offset A of output o = nf * {f.fold.pe} + p, [p][nf][border class]")
+            live = not f.sums.gains_in_table and not np.all(f.table.flag != 0)
             if live:
-                self.const(f"{name}_live", "bool", tables, _nested(_by_row(f.table_flag, f.pe)[..., 0], _cxx_bool),
+                self.const(f"{name}_live", "bool", tables, _nested(_by_row(f.table.flag, f.fold.pe)[..., 0], _cxx_bool),
                            f"{name}: false for rows without weights (their accumulator is the offset)")
-            if f.mode == "requant":
+            if f.epilogue.mode == "requant":
                 rq = self._requant_tables(op)
         else:
-            compared = "v = sum_j gain_j * s_j" if f.gains_in_table else "the plane sum s"
-            per_row = "[level]" if f.mode == "levels" else "[activation plane]" if k > 1 else ""
-            self.const(f"{name}_thr", f"ap_int<{f.table_bits}>", tables + (f"[{k}]" if k > 1 else ""),
+            compared = "v = sum_j gain_j * s_j" if f.sums.gains_in_table else "the plane sum s"
+            per_row = "[level]" if f.epilogue.mode == "levels" else "[activation plane]" if k > 1 else ""
+            self.const(f"{name}_thr", f"ap_int<{f.table.value_bits}>", tables + (f"[{k}]" if k > 1 else ""),
                        _nested(value if k > 1 else value[..., 0], str),
-                       f"{name}: thresholds on {compared} of output o = nf * {f.pe} + p, [p][nf][border class]"
+                       f"{name}: thresholds on {compared} of output o = nf * {f.fold.pe} + p, [p][nf][border class]"
                        + per_row)
-            flag = _by_row(f.table_flag, f.pe)
-            self.const(f"{name}_flag", "bool", tables + (f"[{f.flags}]" if f.flags > 1 else ""),
-                       _nested(flag if f.flags > 1 else flag[..., 0], _cxx_bool),
-                       f"{name}: " + ("a level counts iff (compared > thr) != flag" if f.mode == "levels" else
+            flag = _by_row(f.table.flag, f.fold.pe)
+            self.const(f"{name}_flag", "bool", tables + (f"[{f.table.flags}]" if f.table.flags > 1 else ""),
+                       _nested(flag if f.table.flags > 1 else flag[..., 0], _cxx_bool),
+                       f"{name}: " + ("a level counts iff (compared > thr) != flag" if f.epilogue.mode == "levels" else
                                       "output bit (1 = -1) = (compared > thr) != flag"))
-        if f.gains_in_table and not mac:
-            gains = np.zeros((f.gains.shape[0], f.nf * f.pe), np.int64)
-            gains[:, : f.mh] = f.gains
-            self.const(f"{name}_gain", f"ap_int<{f.gain_bits}>", f"[{f.pe}][{f.nf}][{f.planes}]",
-                       _nested(gains.reshape(-1, f.nf, f.pe).transpose(2, 1, 0), str),
-                       f"{name}: gain of each popcount plane for output o = nf * {f.pe} + p, [p][nf][plane]")
+        if f.sums.gains_in_table and not mac:
+            gains = np.zeros((f.weights.gains.shape[0], f.fold.nf * f.fold.pe), np.int64)
+            gains[:, : f.fold.mh] = f.weights.gains
+            self.const(f"{name}_gain", f"ap_int<{f.weights.gain_bits}>",
+                       f"[{f.fold.pe}][{f.fold.nf}][{f.weights.planes}]",
+                       _nested(gains.reshape(-1, f.fold.nf, f.fold.pe).transpose(2, 1, 0), str),
+                       f"{name}: gain of each popcount plane for output o = nf * {f.fold.pe} + p, [p][nf][plane]")
 
-        names = [("sf", f.sf), ("nf", f.nf)] + ([("ox", geo["ow"])] if need_ox else [])
+        names = [("sf", f.fold.sf), ("nf", f.fold.nf)] + ([("ox", geo["ow"])] if need_ox else [])
         outer = "oy" if need_oy else None
         decl = "int sf = 0, nf = 0" + (", ox = 0" if need_ox else "") + (", oy = 0" if need_oy else "") + ";"
-        acc_t = f"ap_int<{f.acc_bits}>"
+        acc_t = f"ap_int<{f.epilogue.acc_bits}>"
         M = {"kind": "mvtu", "name": f"{name}_mvtu", "layer": name, "bits": bits, "lanes_t": lanes_t,
-             "wrow_t": f"ap_uint<{f.simd}>", "wide_words": -(-f.simd // 64) if wide else 0, "pe": f.pe,
-             "simd": f.simd, "nf": f.nf, "sf": f.sf, "mh": f.mh, "mw": f.mw, "pixels": pixels,
-             "idle_rows": idle_rows, "cycles": pixels * f.nf * f.sf, "steps": pixels * f.nf * f.sf,
+             "wrow_t": f"ap_uint<{f.fold.simd}>", "wide_words": -(-f.fold.simd // 64) if wide else 0,
+             "pixels": pixels, "cycles": unit_cycles, "steps": unit_cycles,
              "planes": planes, "row_planes": [pl for pl in planes if not pl["shared"]],
              "weight_rows": [{"local": f"{'flip' if which == 'b' else 'mask'}{j}", "array": array}
                              for (j, which), array in stored.items()],
-             "s_t": f"ap_int<{f.s_bits}>", "v_space": f.gains_in_table, "v_t": f"ap_int<{f.v_bits}>",
-             "mac": mac, "mac_bits": mac_bits, "in_bits": f.in_bits,
-             "mode": f.mode, "nt": f.nt, "k": k, "flags": f.flags, "act_planes": f.act_planes,
-             "level_base": f.level_base, "level_step": f.level_step, "gain": f.gain, "live": live,
-             "acc_t": acc_t, "cls_expr": cls_expr, "counters": decl, "advance": _counters(names, outer, 4),
-             "elem_t": self.elem(op.outputs[0]), **rq}
+             **matrix_unit.hls_context(f), "live": live, "cls_expr": cls_expr, "counters": decl,
+             "advance": _counters(names, outer, 4), "elem_t": self.elem(op.outputs[0]), **rq}
         # the unit reads a pixel's SF chunks, then writes its output beat (its accumulators per neuron fold)
-        m = np.arange(pixels * (f.nf if f.mode == "acc" else 1) + 1)
-        self.needs[name] = window_needs[(-(-m // f.nf) if f.mode == "acc" else m) * f.sf]
-        if f.mode != "acc":
+        m = np.arange(pixels * (f.fold.nf if f.epilogue.mode == "acc" else 1) + 1)
+        self.needs[name] = window_needs[(-(-m // f.fold.nf) if f.epilogue.mode == "acc" else m) * f.fold.sf]
+        if f.epilogue.mode != "acc":
             M["out_t"] = self.beat(op.outputs[0])
             self.procs.append(M)
             self.calls.append(f"{name}_mvtu({lanes}, {sout});")
         else:
             acc_struct = f"{name}_acc_t"
-            self.structs.append({"name": acc_struct, "elem": acc_t, "n": f.pe,
+            self.structs.append({"name": acc_struct, "elem": acc_t, "n": f.fold.pe,
                                  "comment": f"{name}: the accumulators of one neuron fold"})
             accs = self.stream(f"{name}_acc", acc_struct)
             M["out_t"] = acc_struct
@@ -572,24 +571,28 @@ class _Builder:
                            f"{name}: epilogue constant")
             self.procs.append({
                 "kind": "epilogue", "name": f"{name}_epilogue", "layer": name, "in_t": acc_struct,
-                "out_t": self.beat(op.outputs[0]), "pe": f.pe, "nf": f.nf, "mh": f.mh, "idle_rows": idle_rows,
-                "wide_acc": f.acc_bits > 32, "chain": chain, "counters": "int p = 0, nf = 0;",
-                "steps": pixels * f.nf * f.pe, "uses_o": idle_rows or any("[o]" in st for st in chain),
-                "advance": _counters([("p", f.pe), ("nf", f.nf)], None, 4)})
+                "out_t": self.beat(op.outputs[0]), "pe": f.fold.pe, "nf": f.fold.nf, "mh": f.fold.mh,
+                "idle_rows": idle_rows,
+                "wide_acc": f.epilogue.acc_bits > 32, "chain": chain, "counters": "int p = 0, nf = 0;",
+                "steps": pixels * f.fold.nf * f.fold.pe, "uses_o": idle_rows or any("[o]" in st for st in chain),
+                "advance": _counters([("p", f.fold.pe), ("nf", f.fold.nf)], None, 4)})
             self.calls.append(f"{name}_epilogue({accs}, {sout});")
-        self.folding_rows.append(f"{name}: {f.mh} x {f.mw}, {pixels} pixel{'s' if pixels > 1 else ''}, "
-                                 f"PE={f.pe} SIMD={f.simd} -> {pixels * f.nf * f.sf} cycles")
-        self.layers.append({"name": name, "source": self._comment(op), "mh": f.mh, "mw": f.mw, "pixels": pixels,
-                            "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "cycles": pixels * f.nf * f.sf,
-                            "planes": list(f.plane_kinds), "mode": f.mode, "act_planes": f.act_planes,
-                            "weight_bits": (mac_bits if mac else len(f.arrays)) * f.pe * f.nf * f.sf * f.simd,
-                            "mac_weight_bits": mac_bits, "input_bits": f.in_bits,
+        self.folding_rows.append(f"{name}: {f.fold.mh} x {f.fold.mw}, {pixels} pixel{'s' if pixels > 1 else ''}, "
+                                 f"PE={f.fold.pe} SIMD={f.fold.simd} -> {unit_cycles} cycles")
+        fold = f.fold
+        self.layers.append({"name": name, "source": self._comment(op), "mh": fold.mh, "mw": fold.mw, "pixels": pixels,
+                            "pe": fold.pe, "simd": fold.simd, "nf": fold.nf, "sf": fold.sf,
+                            "cycles": unit_cycles, "planes": list(f.weights.kinds),
+                            "mode": f.epilogue.mode, "act_planes": f.epilogue.act_planes,
+                            "weight_bits": (mac_bits if mac else len(f.weights.arrays)) * fold.pe * fold.nf * fold.sf
+                            * fold.simd,
+                            "mac_weight_bits": mac_bits, "input_bits": f.fold.in_bits,
                             "node": (getattr(op, "source_ops", None) or [op.name])[0],
                             "pre_activation_error": float(np.max(op.acc_error))
                             if mac and op.acc_error is not None else None,
                             # a MAC unit's weights hold the gains: its table entries do not
-                            "table_bits": f.pe * f.nf * f.ncls
-                            * (f.entry_bits - (f.planes * f.gain_bits if mac else 0)),
+                            "table_bits": f.fold.pe * f.fold.nf * f.borders.classes
+                            * (f.entry_bits - (f.weights.planes * f.weights.gain_bits if mac else 0)),
                             "binary_inputs": bits})
 
     def _maxpool(self, op, sin: str, sout: str) -> None:
@@ -844,10 +847,9 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 def check_supported(graph: ir.Graph) -> None:
     """Refuse, in one line naming the layer, what the HLS processes do not implement: Concat,
-    Softmax, Activations of non-integer tensors, and multi-level activations
-    with several activation planes. Every weight code and every other epilogue (bits, levels,
-    fixed-point Requantize, float32 chains) is held; Activations of integer streams run as identity
-    1x1 convs (passes/activations_as_convs.py)."""
+    Softmax, Activations of non-integer tensors, and convs the matrix unit does not implement
+    (matrix_unit.supports). Activations of integer streams run as identity 1x1 convs
+    (passes/activations_as_convs.py)."""
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
         if isinstance(op, (ir.Concat, ir.Softmax)):
@@ -858,13 +860,9 @@ def check_supported(graph: ir.Graph) -> None:
             raise BnncError(f"layer '{where}': the HLS backend runs activations of integer tensors only, not of "
                             f"{type(graph.tensors[op.inputs[0]]).__name__}; use --target c")
         if isinstance(op, ir.Conv):
-            ep = op.epilogue
-            if not isinstance(ep, (ir.Thresholds, ir.LevelThresholds, ir.Chain, ir.Requantize)):
-                raise BnncError(f"layer '{where}' has a {type(ep).__name__} epilogue, which the HLS backend does not "
-                                "implement (it holds bit, multi-level, fixed-point and float32 outputs); use --target c")
-            if isinstance(ep, ir.LevelThresholds) and ep.planes != 1:
-                raise BnncError(f"layer '{where}' has multi-level activations with {ep.planes} activation planes, "
-                                "which the HLS backend does not implement; use --target c")
+            reason = matrix_unit.supports(op)
+            if reason:
+                raise BnncError(f"layer '{where}': {reason} (the HLS backend); use --target c")
 
 
 def build_context(graph: ir.Graph, foldings: list, name: str = "bnnc") -> tuple:

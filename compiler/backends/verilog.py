@@ -17,9 +17,9 @@ multiply-accumulate units; an Activation of an integer stream becomes a 1x1 unit
 weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere else, a
 Concat or a Softmax is refused.
 
-Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables);
-this module only plans the stages, formats parameters and memory images, renders
-templates/verilog/ and runs the simulation.
+Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables)
+and the units' parameters from their record (`matrix_unit.rtl_parameter_groups`); this module only
+plans the stages, formats memory images, renders templates/verilog/ and runs the simulation.
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ CLOCK_HZ = 200e6  # the clock frames/s figures assume without --clock-mhz
 VIVADO_PART = "xc7z020clg400-1"  # vivado.tcl's default part: a Zynq-7020 (PYNQ-Z1/Z2), as the HLS target's
 
 
-def _clog2(n: int) -> int:
-    return max(1, (int(n) - 1).bit_length())
-
-
 # ----------------------------------------------------------------------------- planning
 
 
@@ -70,17 +66,10 @@ class Plan:
 
 
 def _check_conv(op: ir.Conv) -> None:
-    """Refuse what the MVTU does not implement: every weight code runs as popcount planes; the
-    epilogue must be bit or multi-level thresholds (several activation planes only for bits), a
-    fixed-point requantization, or the last layer's float32 chain."""
-    ep = op.epilogue
-    planes = getattr(ep, "planes", 1)
-    if isinstance(ep, (ir.Thresholds, ir.Requantize, ir.Chain)) or isinstance(ep, ir.LevelThresholds) and planes == 1:
-        return
-    what = f"{type(ep).__name__} epilogue" + (f" with {planes} activation planes" if planes != 1 else "")
-    raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement its {what} "
-                    "(it holds bit, multi-level threshold and fixed-point outputs, and a float32 epilogue on the last "
-                    "layer)")
+    """Refuse what the matrix unit does not implement (matrix_unit.supports)."""
+    reason = matrix_unit.supports(op)
+    if reason:
+        raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': {reason} (the verilog target)")
 
 
 def plan(graph: ir.Graph) -> Plan:
@@ -184,13 +173,6 @@ def _axis(ty, name: str, eb: int | None = None) -> dict:
             "desc": f"{h}x{w}x{c} {what}, {be} per {tw}-bit beat, {h * w * bpp} beats per frame"}
 
 
-def _bits_literal(values, width: int) -> str:
-    v = 0
-    for i, x in enumerate(values):
-        v |= int(x) << (i * width)
-    return f"{len(values) * width}'h{v:x}"
-
-
 def buffer_rows(kh: int, sh: int) -> int:
     """Input rows a sliding window generator holds: 2*KH + SH. Its reader holds at most KH rows;
     the rest let the producer run ahead. A consumer needs KH rows at once at the start of every
@@ -200,43 +182,34 @@ def buffer_rows(kh: int, sh: int) -> int:
 
 
 def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
-    """Parameters of a conv stage; `flat`: src is the whole input as one pixel (see input_type)."""
+    """Parameters of a conv stage; `flat`: src is the whole input as one pixel (see input_type).
+    The unit's own parameters come from its record (matrix_unit.rtl_parameter_groups)."""
     f = op.folded
+    fold = f.fold
     oh, ow = dst.shape[:2]
     swg = not flat and not (tuple(op.kernel) == (1, 1) and tuple(op.stride) == (1, 1) and not any(op.pads))
     s = {"kind": "conv", "name": name, "title": f"{'Dense' if op.is_dense else 'Conv'} "
-         f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {f.mh} channels, {oh}x{ow} outputs",
+         f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]} {src.shape[2]} -> {fold.mh} channels, {oh}x{ow} outputs",
          "swg": swg, "ih": src.shape[0], "iw": src.shape[1], "c": src.shape[2], "kh": op.kernel[0],
          "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1], "pt": op.pads[0], "pl": op.pads[1],
-         "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": f.mh, "mw": f.mw,
-         "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf,
-         "ib": f.in_bits, "sb": f.s_bits, "nt": f.nt, "lb": f.level_base, "ls": f.level_step, "tb": f.table_bits,
-         "ab": f.acc_bits if f.mode in ("acc", "requant") else 1, "gain": f.gain, "ncls": f.ncls, "nx": f.nx,
-         "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem", "mode": f.mode,
-         "np": f.planes, "pb": _bits_literal([k in ("xnor", "masked_xnor") for k in f.plane_kinds], 1),
-         "pm": _bits_literal([k in ("masked_xnor", "and") for k in f.plane_kinds], 1), "na": len(f.arrays),
-         "gm": int(f.gains_in_table), "gb": f.gain_bits, "vb": f.v_bits, "npl": f.act_planes,
-         "planes": ", ".join(f.plane_kinds), "rq": int(f.mode == "requant"), "shift": f.rq_shift,
-         # the shifted product is a signed rq_bits-bit value: output bounds beyond that range never clamp, and
-         # clipped to it they survive the unit's rq_bits-bit comparison (the IR's +-(2^23 - 1) saturation would not)
-         "qlo": max(f.rq_lo, -(1 << (f.rq_bits - 1))), "qhi": min(f.rq_hi, (1 << (f.rq_bits - 1)) - 1),
-         "pw": f.rq_bits, "pre_shift": f.rq_pre_shift, "ew": f.entry_bits}
-    if swg:
-        s.update(ohr=oh, owc=ow, yb=_clog2(f.ny), xb=_clog2(f.nx), rb=_clog2(oh), cb=_clog2(ow),
-                 ycls=_bits_literal(f.ycls, _clog2(f.ny)), xcls=_bits_literal(f.xcls, _clog2(f.nx)))
-    else:
-        s.update(ohr=1, owc=1, yb=1, xb=1, rb=1, cb=1, ycls="1'h0", xcls="1'h0")
-    s["ob"] = element_bits(dst) if f.mode in ("levels", "requant") else 1 if f.mode == "thresholds" else f.acc_bits
-    if matrix_unit.uses_mac(op, f):  # the lanes sum x * w in the compared value's width
-        s["weight_words"], s["wb"] = matrix_unit.mac_weights(f)
-        s.update(mac=1, sb=f.v_bits, planes=f"MAC {s['wb']}b x {f.in_bits}b",
-                 title=s["title"] + f", {s['wb']}-bit weights x {f.in_bits}-bit inputs (multiply-accumulate)")
-    s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + ","
-                                 for group in matrix_unit.rtl_parameter_groups(s)]
-    s["out_width"] = f.mh * f.act_planes * s["ob"]
+         "oh": oh, "ow": ow, "rows": buffer_rows(op.kernel[0], op.stride[0]), "mh": fold.mh, "mw": fold.mw,
+         "pe": fold.pe, "simd": fold.simd, "nf": fold.nf, "sf": fold.sf, "input_bits": fold.in_bits,
+         "mode": f.epilogue.mode, "wfile": f"mem/{name}_w.mem", "tfile": f"mem/{name}_t.mem",
+         "unit": f, "planes": ", ".join(f.weights.kinds),
+         # the window generator's output position, which the unit's border classes read
+         "row_bits": matrix_unit.clog2(oh) if swg else 1, "col_bits": matrix_unit.clog2(ow) if swg else 1}
+    if f.mac:
+        s["weight_words"], s["mac_weight_bits"] = matrix_unit.mac_weights(f)
+        s.update(mac=1, planes=f"MAC {f.mac.bits}b x {fold.in_bits}b",
+                 title=s["title"] + f", {f.mac.bits}-bit weights x {fold.in_bits}-bit inputs (multiply-accumulate)")
+    window = (oh, ow) if swg else None
+    groups = matrix_unit.rtl_parameter_groups(f, window)
+    s["mvtu"] = matrix_unit.rtl_parameters(f, window)
+    s["mvtu_parameter_lines"] = [", ".join(f".{k}({v})" for k, v in group) + "," for group in groups]
+    s["out_width"] = fold.mh * f.epilogue.act_planes * f.epilogue.out_bits
     pixels = oh * ow
-    s["mvtu_cycles"] = f.nf * f.sf * pixels
-    s["pipeline_depth"] = matrix_unit.pipeline_depth(f.simd, f.in_bits)
+    s["mvtu_cycles"] = matrix_unit.cycles(f, pixels)
+    s["pipeline_depth"] = matrix_unit.pipeline_depth(fold.simd, fold.in_bits)
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
     s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
     return s
@@ -267,7 +240,7 @@ def _pool_stage(op, src, dst, name: str) -> dict:
             "eb": element_bits(src), "ob": ob, "out_width": c * ob, "cycles": h * w}
 
 
-def _check_pads(op) -> None:
+def _check_pads(op: ir.MaxPool) -> None:
     kh, kw = op.kernel
     if op.pads[0] >= kh or op.pads[2] >= kh or op.pads[1] >= kw or op.pads[3] >= kw:
         raise BnncError(f"'{op.name}': padding {tuple(op.pads)} is not smaller than its {kh}x{kw} kernel")
@@ -428,16 +401,18 @@ def build_design(graph: ir.Graph, opts) -> Design:
         if name in names:
             raise BnncError(f"two layers are both named '{name}' in Verilog")
         names.add(name)
-        if isinstance(op, (ir.Conv, ir.MaxPool)):
+        if isinstance(op, ir.MaxPool):  # a Conv's padding: matrix_unit.supports
             _check_pads(op)
         if isinstance(op, ir.Conv):
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
-            if s.get("mac"):
-                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), s["pe"] * s["simd"] * s["wb"])
+            unit = op.folded
+            lanes = unit.fold.pe * unit.fold.simd
+            if unit.mac:
+                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), lanes * unit.mac.bits)
             else:
-                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
-            mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * s["ew"])
+                mems[s["wfile"]] = verilog_sim.mem_image(unit.weights.words, len(unit.weights.arrays) * lanes)
+            mems[s["tfile"]] = verilog_sim.mem_image(unit.table.words, unit.fold.pe * unit.entry_bits)
         elif isinstance(op, ir.Add):
             s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),
                  "cycles": dst.shape[0] * dst.shape[1]}
@@ -453,7 +428,8 @@ def build_design(graph: ir.Graph, opts) -> Design:
     last = pl.hw_ops[-1]
     out_ty = g.tensors[last.outputs[0]]
     if pl.acc_out:
-        out_axis = _axis(ir.Ints(out_ty.shape, last.folded.acc_lo, last.folded.acc_hi), "out", last.folded.acc_bits)
+        ep = last.folded.epilogue
+        out_axis = _axis(ir.Ints(out_ty.shape, ep.acc_lo, ep.acc_hi), "out", ep.acc_bits)
     else:
         out_axis = _axis(out_ty, "out")
     in_axis = _axis(in_ty, "in")
@@ -716,7 +692,7 @@ def report(graph: ir.Graph, opts) -> dict:
     macs = [(s, op) for s, op in zip(d.context["stages"], d.plan.hw_ops) if s.get("mac")]
     if macs:
         lines.append("multiply-accumulate units (real-valued weights on integer inputs): " + "; ".join(
-            f"{s['name']} {s['wb']}-bit weights x {s['ib']}-bit inputs"
+            f"{s['name']} {s['mac_weight_bits']}-bit weights x {s['input_bits']}-bit inputs"
             + (f", pre-activation error <= {float(np.max(op.acc_error)):.3g}" if op.acc_error is not None else "")
             for s, op in macs) + " (--weight-bits NODE=B sets a layer's weight bits)")
     if perf["fifos"]:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from .. import progress
 from ..errors import BnncError
-from . import matrix_unit
 from .c_build import cache_dir
 from .verilog_sim import mem_image
 
@@ -168,27 +167,30 @@ def _rtl(design, *blocks) -> dict:
 
 def _mvtu_jobs(design, s: dict) -> list:
     """(label, sources, top, params, mems) for the MVTU of conv stage s: PE rows as is when
-    PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation)."""
-    ew = s["ew"]  # bits of one row's table entry
+    PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation). The unit's
+    parameters are its record's RTL export (s["mvtu"], matrix_unit.rtl_parameters)."""
+    unit = s["unit"]
+    fold, arrays = unit.fold, len(unit.weights.arrays)
+    ew = unit.entry_bits  # bits of one row's table entry
     wwords = design.mems[s["wfile"]].split()
     twords = design.mems[s["tfile"]].split()
-    base = {**matrix_unit.rtl_parameters(s), "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
-    rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
+    base = {**s["mvtu"], "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
+    rows = [fold.pe] if fold.pe <= 2 else [1, 2]
     jobs = []
     for p in rows:
-        mh = s["mh"] if p == s["pe"] else p * s["nf"]
+        mh = fold.mh if p == fold.pe else p * fold.nf
         # weight word: array i row r at bits (i*PE + r)*SIMD; keep rows < p of every array
-        arr = s["pe"] * s["simd"]
-        keep = p * s["simd"]
+        arr = fold.pe * fold.simd
+        keep = p * fold.simd
         w = []
         for x in wwords:
             v = int(x, 16)
-            if s.get("mac"):  # row r lane l at (r*SIMD + l)*WEIGHT_BITS: keep the first p rows
-                w.append(v & ((1 << (keep * s["wb"])) - 1))
+            if unit.mac:  # row r lane l at (r*SIMD + l)*WEIGHT_BITS: keep the first p rows
+                w.append(v & ((1 << (keep * unit.mac.bits)) - 1))
             else:
-                w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
+                w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(arrays)))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
-        wbits = keep * s["wb"] if s.get("mac") else s["na"] * keep
+        wbits = keep * unit.mac.bits if unit.mac else arrays * keep
         mems = {"w.mem": mem_image(w, wbits), "t.mem": mem_image(t, p * ew)}
         jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
@@ -219,15 +221,15 @@ def _core_jobs(design, s: dict, fifo) -> list:
         parts = [fifo]
         if s["swg"]:
             parts.append(("window", (_rtl(design, "bnnc_swg"), "bnnc_swg",
-                                     {"IH": s["ih"], "IW": s["iw"], "C": s["c"], "EB": s["ib"], "KH": s["kh"],
+                                     {"IH": s["ih"], "IW": s["iw"], "C": s["c"], "EB": s["input_bits"], "KH": s["kh"],
                                       "KW": s["kw"], "SH": s["sh"], "SW": s["sw"], "PT": s["pt"], "PL": s["pl"],
                                       "OH": s["oh"], "OW": s["ow"], "R": s["rows"]}, {}), 1))
         jobs = _mvtu_jobs(design, s)
         if len(jobs) == 1:
             parts.append(("mvtu", jobs[0][1:], 1))
         else:  # u(1) + (PE - 1) * (u(2) - u(1)) = (2 - PE) * u(1) + (PE - 1) * u(2)
-            parts.append(("mvtu", jobs[0][1:], 2 - s["pe"]))
-            parts.append(("mvtu", jobs[1][1:], s["pe"] - 1))
+            parts.append(("mvtu", jobs[0][1:], 2 - s["unit"].fold.pe))
+            parts.append(("mvtu", jobs[1][1:], s["unit"].fold.pe - 1))
         return parts
     if s["kind"] == "maxpool":
         return [fifo, ("pool", (_rtl(design, "bnnc_swg", "bnnc_maxpool"), "bnnc_maxpool",

@@ -33,7 +33,7 @@ entries (value, flag), with s = s_0 and G = G_0[o]:
   entry value A, flag = (G != 0); acc = A + (flag ? GAIN * s : 0) (every live row has G = GAIN).
 - `Requantize` (fixed-point outputs): entry values A, mult[o], add[o], acc_lo[o], acc_hi[o]; the
   unit outputs clamp((clamp(acc >> pre_shift, acc_lo, acc_hi) * mult + add) >> shift, lo, hi) in
-  `rq_bits`-bit arithmetic (acc_lo / acc_hi within the reachable range, shifted: where the IR has
+  `requant.bits`-bit arithmetic (acc_lo / acc_hi within the reachable range, shifted: where the IR has
   no clamp, the range itself).
 Several planes, or an accumulator output whose rows have different gains ("v-space"): the table
 entry also holds the row's gains, the unit computes v = sum_j G_j[o] * s_j and uses the same
@@ -47,91 +47,13 @@ graphs and compare with `reference.intermediates`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .. import ir
+from ..backends import matrix_unit
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, plane_ranges, popcount_planes
 from .pack_bits import border_classes
-
-
-@dataclass
-class FoldedConv:
-    pe: int
-    simd: int
-    mh: int
-    mw: int
-    nf: int
-    sf: int
-    in_bits: int  # 1 for bit inputs, else the signed width of the integer inputs
-    s_min: int  # range of the compared value: s (one plane) or v (gains in the table)
-    s_max: int
-    s_bits: int  # signed width holding every plane's popcount / sum
-    gain: int  # GAIN of the single-plane accumulator output (0 when unused)
-    mode: str  # "thresholds" (one output bit per row and plane) | "levels" (multi-bit) | "acc" (the accumulator)
-    #            | "requant" (ir.Requantize of the accumulator: table values A, mult, add, acc_lo, acc_hi)
-    nt: int  # thresholds per row: 1, the levels of LevelThresholds, the activation planes; 0 for "acc"
-    level_base: int  # "levels": out = level_base + level_step * count
-    level_step: int
-    table_bits: int  # signed width of the table values (thresholds or A)
-    acc_lo: int  # "acc": range of the output accumulator
-    acc_hi: int
-    acc_bits: int
-    ycls: np.ndarray  # (OH,) border class of each output row
-    xcls: np.ndarray  # (OW,)
-    ny: int
-    nx: int
-    weight_words: list  # NF*SF ints of arrays*PE*SIMD bits (see `arrays`), address nf*SF + sf
-    table_value: np.ndarray  # int64 (ny*nx, MH, max(nt, 1)): thresholds or A
-    table_flag: np.ndarray  # int64 (ny*nx, MH, flags): XOR flags or (G != 0)
-    table_words: list  # ny*nx*NF ints of PE * entry_bits bits, address class*NF + nf
-    plane_kinds: tuple = ("xnor",)  # weight_planes kinds, in plane order
-    gains: np.ndarray = None  # int64 (planes, MH): G_j[o]
-    gains_in_table: bool = False  # v-space: the unit multiplies by the gains of the table entry
-    gain_bits: int = 1  # signed width of a gain in the table
-    v_bits: int = 1  # signed width of v (v-space)
-    act_planes: int = 1  # activation planes: output channel p * MH + o is row o's threshold p
-    flags: int = 1  # flags per table entry: 1, or nt for activation planes
-    weight_bits: np.ndarray = None  # bool (NF*SF, arrays, PE, SIMD): the bits of weight_words
-    rq_shift: int = 0  # "requant": out = clamp((clamp(acc) * mult + add) >> rq_shift, rq_lo, rq_hi)
-    rq_lo: int = 0
-    rq_hi: int = 0
-    rq_bits: int = 1  # signed width holding acc * mult + add
-    rq_pre_shift: int = 0  # "requant": the accumulator is shifted right by this first (ir.Requantize.pre_shift)
-
-    @property
-    def ncls(self) -> int:
-        return self.ny * self.nx
-
-    @property
-    def planes(self) -> int:
-        return len(self.plane_kinds)
-
-    @property
-    def arrays(self) -> list:
-        """[(plane, "b" | "m")]: the bit arrays of a weight word, each PE*SIMD bits, in this order
-        (row p lane s of array i at bit (i*PE + p)*SIMD + s)."""
-        out = []
-        for j, k in enumerate(self.plane_kinds):
-            if k in ("xnor", "masked_xnor"):
-                out.append((j, "b"))
-            if k in ("masked_xnor", "and"):
-                out.append((j, "m"))
-        return out
-
-    @property
-    def values(self) -> int:
-        """Table values per row: the thresholds, A, or A, mult, add, acc_lo, acc_hi ("requant")."""
-        return 5 if self.mode == "requant" else max(self.nt, 1)
-
-    @property
-    def entry_bits(self) -> int:
-        """Bits of one row's table entry: `values` values of table_bits, the gains (v-space), then
-        the flags."""
-        return self.values * self.table_bits + (self.planes * self.gain_bits if self.gains_in_table else 0) \
-            + self.flags
 
 
 def signed_bits(lo: int, hi: int) -> int:
@@ -151,11 +73,10 @@ def element_bits(ty) -> int:
     raise BnncError(f"a {type(ty).__name__} tensor cannot travel on a hardware stream")
 
 
-def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
+def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> matrix_unit.MatrixUnit:
+    """The unit's layout of `op`, which matrix_unit.supports accepts."""
     o, kh, kw, c = op.w.shape
     mw = kh * kw * c
-    if op.pads[0] >= kh or op.pads[1] >= kw or op.pads[2] >= kh or op.pads[3] >= kw:
-        raise BnncError(f"layer '{op.name}': padding {op.pads} is not smaller than its {kh}x{kw} kernel")
     ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
     ny, nx = valid.shape[:2]
     valid, bias = valid.reshape(ny * nx, kh, kw), bias.reshape(ny * nx, o)
@@ -172,8 +93,6 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
 
     ep = op.epilogue
     is_acc = not isinstance(ep, (ir.Thresholds, ir.LevelThresholds))
-    if is_acc and not isinstance(ep, (ir.Chain, ir.Requantize)):
-        raise BnncError(f"layer '{op.name}': a matrix-vector unit does not implement a {type(ep).__name__} epilogue")
     live_gains = set(gains[0][gains[0] != 0].tolist())
     v_space = len(planes) > 1 or (is_acc and len(live_gains) > 1)
     if v_space:  # the unit computes v = sum_j G_j s_j; thresholds and offsets apply to v
@@ -192,9 +111,6 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     gain = 0
     if not is_acc:
         levels = isinstance(ep, ir.LevelThresholds)
-        if levels and act_planes != 1:
-            raise BnncError(f"layer '{op.name}': multi-level activations with several activation planes are not "
-                            "supported by the matrix-vector units")
         d = ep.direction.astype(np.int64).reshape(act_planes, o)  # (planes, o)
         ts = ep.threshold.astype(np.int64).reshape(o, -1) if levels else \
             ep.threshold.astype(np.int64).reshape(act_planes, o).T  # (o, nt)
@@ -219,9 +135,6 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
                 raise BnncError(f"layer '{op.name}': thresholds on a non-bit output")
             const_pl = ep.constant.reshape(act_planes, o).T  # (o, nt)
             const = const_pl != ir.Thresholds.NOT_CONSTANT
-            if np.any(const & (const_pl == 0)):
-                raise BnncError(f"layer '{op.name}' has a channel that is constantly 0 (ONNX Sign of 0), which a bit "
-                                "cannot hold")
             value = np.where(u > 0, up, np.where(u < 0, down, np.where(passed, s_max, s_min - 1)))
             value = np.where(const[None], np.where(const_pl[None] > 0, s_max, s_min - 1), value)
             flag = np.broadcast_to(np.where(const[None], 0, np.where(u > 0, 1, 0)), value.shape)
@@ -265,32 +178,41 @@ def fold_conv(op: ir.Conv, src, dst, pe: int, simd: int) -> FoldedConv:
     kinds = tuple(p.kind for p in planes)
     if mode != "requant":
         rq = (0, 0, 0, 1, 0)
-    f = FoldedConv(pe, simd, o, mw, nf, sf, in_bits, s_min, s_max, s_bits, gain, mode, nt, level_base, level_step,
-                   table_bits, acc_lo, acc_hi, acc_bits, ycls, xcls, ny, nx, [], value, flag, [], kinds, gains,
-                   v_space, gain_bits, v_bits, act_planes if mode == "thresholds" else 1, flag.shape[-1], None, *rq)
+    f = matrix_unit.MatrixUnit(
+        matrix_unit.Fold(pe, simd, o, mw, nf, sf, in_bits),
+        matrix_unit.Weights(kinds, gains, gain_bits, [], None),
+        matrix_unit.Sums(s_min, s_max, s_bits, v_space, v_bits),
+        matrix_unit.Epilogue(mode, nt, level_base, level_step, gain, act_planes if mode == "thresholds" else 1,
+                             acc_lo, acc_hi, acc_bits,
+                             element_bits(dst) if mode in ("levels", "requant") else 1 if mode == "thresholds"
+                             else acc_bits, matrix_unit.Requant(*rq)),
+        matrix_unit.Table(value, flag, table_bits, 5 if mode == "requant" else max(nt, 1), flag.shape[-1]),
+        matrix_unit.Borders(ycls, xcls, ny, nx))
     # weight words: array i, row p, lane s of word nf*SF + sf at bit (i*PE + p)*SIMD + s
     blocks = []
-    for j, which in f.arrays:
+    for j, which in f.weights.arrays:
         arr = planes[j].b if which == "b" else planes[j].m
         bpad = np.zeros((nf * pe, sf * simd), np.int64)
         bpad[:o, :mw] = arr
         blocks.append(bpad.reshape(nf, pe, sf, simd).transpose(0, 2, 1, 3).reshape(nf * sf, pe * simd))
     words_bits = np.concatenate(blocks, axis=1)
-    f.weight_bits = words_bits.reshape(nf * sf, len(blocks), pe, simd).astype(bool)
-    f.weight_words = [_word(bits, 1) for bits in words_bits]
+    f.weights.bits = words_bits.reshape(nf * sf, len(blocks), pe, simd).astype(bool)
+    f.weights.words = [_word(bits, 1) for bits in words_bits]
+    if matrix_unit.uses_mac(op, f):
+        f.mac = matrix_unit.Mac(*matrix_unit.mac_weight_matrix(f))
     # table words: entry of row p at bit p*EW: values j at j*table_bits (two's complement), the gains
     # (v-space) at k*table_bits + j*gain_bits, then the flags
-    k = f.values
+    k = f.table.values
     ew = f.entry_bits
     gfield = [_word((gains[:, r] & ((1 << gain_bits) - 1)).tolist(), gain_bits) for r in range(o)] if v_space \
         else [0] * o
-    gwidth = f.planes * gain_bits if v_space else 0
+    gwidth = f.weights.planes * gain_bits if v_space else 0
     entries = [[_word(flag[cl, r].tolist(), 1) << (k * table_bits + gwidth) | gfield[r] << (k * table_bits)
                 | _word((value[cl, r] & ((1 << table_bits) - 1)).tolist(), table_bits) for r in range(o)]
                for cl in range(ny * nx)]
     for cl in range(ny * nx):
         for f_ in range(nf):
-            f.table_words.append(_word([entries[cl][r] if r < o else 0 for r in range(f_ * pe, (f_ + 1) * pe)], ew))
+            f.table.words.append(_word([entries[cl][r] if r < o else 0 for r in range(f_ * pe, (f_ + 1) * pe)], ew))
     return f
 
 
@@ -302,7 +224,7 @@ def _word(fields, width: int) -> int:
 
 
 def layout_folded_layers(graph: ir.Graph, foldings: list) -> ir.Graph:
-    """Attach `folded` (a FoldedConv) to every Conv, for the (pe, simd) of `foldings` (one
+    """Attach `folded` (a matrix_unit.MatrixUnit) to every Conv, for the (pe, simd) of `foldings` (one
     `folding.LayerFolding` per Conv, in `folding.foldable_layers` order). Numbers are unchanged."""
     out = graph.copy()
     by_name = {f.layer.name: f for f in foldings}
@@ -311,5 +233,8 @@ def layout_folded_layers(graph: ir.Graph, foldings: list) -> ir.Graph:
             f = by_name.get(op.name)
             if f is None:
                 raise BnncError(f"no folding given for layer '{op.name}'")
+            reason = matrix_unit.supports(op, f)
+            if reason:
+                raise BnncError(f"layer '{op.name}': {reason}")
             op.folded = fold_conv(op, out.tensors[op.inputs[0]], out.tensors[op.outputs[0]], f.pe, f.simd)
     return out
