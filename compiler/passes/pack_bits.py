@@ -187,7 +187,7 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
             p.weights_vnni, p.vnni_corr = vnni_weights(rows.reshape(o, kh, kw * c), o_pad, off)
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
-        thr, neg = bit_comparisons(ep, corr, k_full if bits_in else None)
+        thr, neg = comparison_tables(ep, corr, k_full if bits_in else None)
         p.thr = np.full((ny * nx, o_pad), THR_NEVER, np.int64)
         p.thr[:, :o] = thr
         p.neg = neg
@@ -293,12 +293,15 @@ def neg_words(neg: np.ndarray, o_pad: int) -> np.ndarray:
     return np.bitwise_or.reduce(shifted, axis=1).astype(np.uint32)
 
 
-def bit_comparisons(th: ir.Thresholds, corr: np.ndarray, k_full: Optional[int]):
-    """(thr (classes, O), neg (O,)) with bit(-1) = (s > thr) ^ neg, s = popcount or accumulator.
+def comparison_tables(th: ir.Thresholds, corr=0, k_full: Optional[int] = None, never: int = THR_NEVER):
+    """(thr, neg) with bit(-1) = (s > thr) ^ neg for every weight code, s = popcount or accumulator;
+    thr has corr's leading (class) axes, if any, then the output channels.
 
-    +1 iff d * acc >= T. Integer input: acc = s + corr. Binary input: acc = K - 2 s + corr."""
-    d = th.direction.astype(np.int64)[None, :]
-    t = th.threshold[None, :]
+    +1 iff d * acc >= T. Integer input (k_full None): acc = s + corr. Binary input: acc = K - 2 s
+    + corr. Constant channels compare against `never`, a value s never exceeds (THR_NEVER for the
+    32-bit tables, larger for the 64-bit accumulators of pack_families)."""
+    d = th.direction.astype(np.int64)
+    t = th.threshold.astype(np.int64)
     if k_full is None:
         # d=+1: bit = s + corr < T  = !(s > T - corr - 1);  d=-1: bit = s + corr > -T
         thr = np.where(d > 0, t - corr - 1, -t - corr)
@@ -311,9 +314,9 @@ def bit_comparisons(th: ir.Thresholds, corr: np.ndarray, k_full: Optional[int]):
         thr = np.where(d > 0, up, q - 1)
         neg = (th.direction < 0).astype(np.uint8)
     const = th.constant != ir.Thresholds.NOT_CONSTANT
-    # constant +1: bit 0 always (s > THR_NEVER is false, neg 0); constant -1: bit 1 always
-    thr = np.where(const[None, :] & (th.constant[None, :] > 0), THR_NEVER, thr)
-    thr = np.where(const[None, :] & (th.constant[None, :] < 0), -THR_NEVER, thr)
+    # constant +1: bit 0 always (s > never is false, neg 0); constant -1: bit 1 always
+    thr = np.where(const & (th.constant > 0), never, thr)
+    thr = np.where(const & (th.constant < 0), -never, thr)
     neg = np.where(const, 0, neg).astype(np.uint8)
     return thr.astype(np.int64), neg
 
@@ -329,7 +332,7 @@ class PackedInput:
 def pack_input(op: ir.InputQuantize, oty) -> PackedInput:
     if op.int_thresholds is not None:
         th = op.int_thresholds
-        thr, neg = bit_comparisons(th, np.zeros((1, th.direction.size), np.int64), None)
+        thr, neg = comparison_tables(th, np.zeros((1, th.direction.size), np.int64))
         thr, neg = thr[0], neg
         if np.all(thr == thr[0]) and np.all(neg == neg[0]):
             thr, neg = thr[:1], neg[:1]

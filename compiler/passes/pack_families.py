@@ -47,7 +47,7 @@ from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .fold_batchnorm_into_thresholds import _epilogue_range
-from .pack_bits import OBLOCK, blocked, border_classes, int16_pair_weights, pack_bit_rows, vnni_weights, words
+from .pack_bits import OBLOCK, blocked, border_classes, comparison_tables, int16_pair_weights, pack_bit_rows, vnni_weights, words
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
 INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
@@ -126,17 +126,10 @@ def _align64(n: int) -> int:
 
 
 def _threshold_tables(th: ir.Thresholds):
-    """bit(-1) = (acc > thr) ^ neg on the accumulator itself: +1 iff d * acc >= T. neg ends with 8
-    zero flags that no channel uses (the vector epilogue reads 8 flags at a time)."""
-    d = th.direction.astype(np.int64)
-    t = th.threshold.astype(np.int64)
-    thr = np.where(d > 0, t - 1, -t)
-    neg = (d > 0).astype(np.uint8)
-    const = th.constant != ir.Thresholds.NOT_CONSTANT
-    thr = np.where(const & (th.constant > 0), BIG, thr)  # always +1: bit 0
-    thr = np.where(const & (th.constant < 0), -BIG, thr)  # always -1: bit 1
-    neg = np.where(const, 0, neg).astype(np.uint8)
-    return thr, np.concatenate([neg.ravel(), np.zeros(8, np.uint8)])
+    """comparison_tables on the accumulator itself (64-bit, so constants compare against BIG); neg
+    ends with 8 zero flags that no channel uses (the vector epilogue reads 8 flags at a time)."""
+    thr, neg = comparison_tables(th, never=BIG)
+    return thr, np.concatenate([neg, np.zeros(8, np.uint8)])
 
 
 SEARCH_LEVELS = 8  # above this many levels per channel, a search beats counting them all
