@@ -88,7 +88,7 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
         if pr.pairs:  # int16 pairs, channels in groups of 8 then 2, windows in (kx, ky, c) order
             lanes = int16_pair_lanes(o, word_bits if pr.thr is not None else 0)
             assert sorted(lanes) == list(range(o + o % 2))  # every channel once (o: padding)
-            by_lane = _unpack_int16_pairs(pr.weights, o + o % 2, op.w[0].size, strict=False)
+            by_lane = _unpack_int16_pairs(pr.weights[0], o + o % 2, op.w[0].size, strict=False)
             unpermuted = np.zeros_like(by_lane)
             unpermuted[lanes] = by_lane
             assert np.array_equal(unpermuted[:o], op.w.transpose(0, 2, 1, 3).reshape(o, -1))
@@ -96,12 +96,12 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
             assert -(2**15) <= src.lo and src.hi < 2**15
         elif pr.dense:  # the filter's kh * kw * C bits back to back, fewer words than tap by tap
             dense = pack_bit_rows(op.w.reshape(o, -1), word_bits)
-            assert np.array_equal(pr.weights, dense) and dense.shape[1] < expect.shape[1]
-            assert np.array_equal(unpack_bit_rows(pr.weights, op.w[0].size, word_bits), op.w.reshape(o, -1))
+            assert np.array_equal(pr.weights[0], dense) and dense.shape[1] < expect.shape[1]
+            assert np.array_equal(unpack_bit_rows(pr.weights[0], op.w[0].size, word_bits), op.w.reshape(o, -1))
         else:
-            assert np.array_equal(pr.weights, expect)
+            assert np.array_equal(pr.weights[0], expect)
         assert pr.o_pad == o and (pr.thr is None or pr.thr.shape[1] == o)
-        unblocked = p.weights.transpose(0, 2, 1).reshape(p.o_pad, p.taps)
+        unblocked = p.weights[0].transpose(0, 2, 1).reshape(p.o_pad, p.taps)
         assert np.array_equal(unblocked[:o], expect) and not np.any(unblocked[o:])
         assert p.o_pad % OBLOCK == 0 and p.o_pad - o < OBLOCK
 

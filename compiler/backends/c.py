@@ -187,9 +187,9 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
                      wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
             wtype, wkind = ("bnnc_word_t", word_kind) if p.in_kind == "bits" else ("int8_t", "int")
-            weights = p.weights
+            weights = p.weights[0]
             if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
-                wtype, weights = "int16_t", int16_halves(p.weights)
+                wtype, weights = "int16_t", int16_halves(weights)
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
                            "align": p.layout == "blocked" or p.pairs, "init": c_array(weights, wkind)})
             if p.vnni_offset is not None:
@@ -298,13 +298,12 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
 def int_kernel(p) -> str:
     """The runtime kernel (bnnc_<name>, runtime/bnnc_kernels.h or bnnc_families.h) of the integer-input
     convolution packed as `p`, for every weight code: on MCU builds whose values and weights fit
-    int16 the int16-pair kernel; else pack_bits' PackedConv (+-1 weights: int32 or,
-    where bnnc proved the window sum fits, int16 sums) and pack_families' PackedFamilyConv (one
-    input channel per output, expander lists, int32 sums of int8 weights, else int64 sums). The
-    AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
+    int16 the int16-pair kernel; else for pack_conv's tables (+-1 weights: int32 or, where bnnc
+    proved the window sum fits, int16 sums) and pack_family_conv's (acc64: one input channel per
+    output, expander lists, int32 sums of int8 weights, else int64 sums). The AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
     if p.pairs:  # MCU builds, values and weights in int16: bnnc_int16_mac (pack_bits.int16_pair_weights)
         return "int16_pairs"
-    if hasattr(p, "acc16"):
+    if not p.acc64:
         return "int_mac16" if p.acc16 else "int_mac"
     if p.depthwise is not None:
         return "depthwise_mac32"
@@ -407,7 +406,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         oh, ow = oty.shape[:2]
         L.update(family="conv", ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
                  sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
-                 taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
+                 taps=p.taps, o=p.o, o_blk=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
                  sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset)
         L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']})"
         window_class_tables(consts, op.name, p)
@@ -421,7 +420,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                                 "gain": gain(f"g{j}", pl.gain)} for j, pl in enumerate(p.bit_planes)]
             L["window_gain"] = gain("gw", p.window_gain) if p.window_gain is not None else None
         else:
-            vnni = p.w_vnni is not None
+            vnni = p.weights_vnni is not None
             if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
                 L["int_kernel"] = int_kernel(p)
                 table("start", "int32_t", p.sparse["start"])
@@ -446,8 +445,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
             L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
             if vnni:
-                L.update(vnni_off=p.vnni_off, groups=p.w_vnni.shape[2])
-                vnni_tables(consts, op.name, p.w_vnni, p.vnni_corr)
+                L.update(vnni_off=p.vnni_offset, groups=p.weights_vnni.shape[2])
+                vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
         ep = op.epilogue
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
