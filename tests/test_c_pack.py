@@ -1,6 +1,8 @@
 """pack_bits on random graphs: both weight layouts hold the same filters, the VNNI tables satisfy
 their identity, and padded outputs can never produce a bit (the math the kernels rely on)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,34 @@ def test_arena_is_within_5_percent_of_its_lower_bound_and_never_overlaps_live_bu
             if spans[x][0] <= spans[y][1] and spans[y][0] <= spans[x][1]:
                 ox, oy = a["buffers"][x], a["buffers"][y]
                 assert ox + a["sizes"][x] <= oy or oy + a["sizes"][y] <= ox, f"{x} and {y} overlap"
+
+
+@pytest.mark.parametrize("model", ["tfc", "cnv", "w1a2", "ternary-ec2t", "abc-fused", "hbn", "resnet18-stq"])
+def test_conv_kernel_names_the_kernel_each_layer_calls(model):
+    """c.conv_kernel, the one kernel selection of every weight code, agrees with the generated C:
+    each convolution of the host and the MCU build calls the kernel it names (or, for the kernels
+    generated per layer, defines it), and the runtime headers have it."""
+    from bnnc import driver, zoo
+    from bnnc.backends import c as cb
+    from bnnc.backends import mcu
+    from bnnc.pipeline import compile_graph
+    from bnnc.resources import resource_dir
+
+    runtime = "".join((resource_dir("runtime") / h).read_text() for h in ("bnnc_kernels.h", "bnnc_families.h"))
+    graph = compile_graph(zoo.build(model))
+    seen = set()
+    for bg in (driver.backend_graph(graph), mcu.backend_graph(graph)):
+        text = cb.render(bg, "bnnc")["model.c"]
+        for op in bg.ops():
+            if not isinstance(op, ir.Conv):
+                continue
+            kernel = cb.conv_kernel(op.packed)
+            seen.add((bg.weight_layout, kernel))
+            symbol = {"int16_pairs": "BNNC_INT16_BAND", "xnor_rows": f"{op.name}_row"}.get(kernel, f"bnnc_{kernel}")
+            starts = [m.end() for m in re.finditer(rf"\bvoid {op.name}(_[a-z0-9]+)?\(", text)]
+            assert starts, op.name
+            for at in starts:  # the layer in each kernel variant
+                assert symbol in text[at:text.index("\n}\n", at)], (bg.weight_layout, op.name, kernel)
+            if kernel != "xnor_rows":
+                assert symbol in runtime
+    assert {layout for layout, _ in seen} == {"blocked", "rows"}

@@ -155,6 +155,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             L["out_ctype"] = C_TYPES[storage_dtype(oty)]
         if isinstance(src_t, ir.Ints):
             L["in_ctype"] = C_TYPES[storage_dtype(src_t)]
+        if isinstance(op, ir.Conv):
+            L["kernel"] = conv_kernel(op.packed)
         if op.name in family:  # compressed-family layers: family_layer() below, templates/c/families/
             layers.append(family_layer(graph, op, L, consts, buf))
             continue
@@ -183,7 +185,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
                      buf_offset=conv_scratch(op, src_t, wb)["buf"], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
-                     acc16=p.acc16, int_kernel=int_kernel(p), vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
+                     acc16=p.acc16, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
                      groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
                      wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
             wtype, wkind = ("bnnc_word_t", word_kind) if p.in_kind == "bits" else ("int8_t", "int")
@@ -295,19 +297,27 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
     return {"parts": parts, "pixels": h * w, "c": c, "cwo": words(c, wb), "bits": isinstance(oty, ir.Bits)}
 
 
-def int_kernel(p) -> str:
-    """The runtime kernel (bnnc_<name>, runtime/bnnc_kernels.h or bnnc_families.h) of the integer-input
-    convolution packed as `p`, for every weight code: on MCU builds whose values and weights fit
-    int16 the int16-pair kernel; else for pack_conv's tables (+-1 weights: int32 or, where bnnc
-    proved the window sum fits, int16 sums) and pack_family_conv's (acc64: one input channel per
-    output, expander lists, int32 sums of int8 weights, else int64 sums). The AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
+def conv_kernel(p) -> str:
+    """The kernel of the convolution packed as `p` (pack_bits.PackedConv), for every weight code: the
+    one place that maps the weight code and its tables (p.code, p.acc64: which kernel set), the
+    input's code (p.in_kind), the proven widths (acc16, acc32, int8_weights) and the target (the
+    layout: host "blocked" or MCU "rows"; MCU int16 inputs: pairs) to a runtime kernel,
+    bnnc_<name> of runtime/bnnc_kernels.h or bnnc_families.h ("xnor_rows": the MCU row kernel the
+    template generates per layer). The AVX-512 variant runs bnnc_int_mac_vnni instead where the
+    layer has VNNI tables (p.vnni_offset)."""
+    if p.in_kind == "bits":
+        if p.acc64:  # one popcount per weight plane, then gains
+            return "fam_plane_popcount"
+        if p.layout == "rows":
+            return "xnor_rows"
+        return "binary_pixel" if p.thr is not None else "xnor_popcount"
     if p.pairs:  # MCU builds, values and weights in int16: bnnc_int16_mac (pack_bits.int16_pair_weights)
         return "int16_pairs"
-    if not p.acc64:
+    if not p.acc64:  # +-1 weights: int32 or, where bnnc proved the window sum fits, int16 sums
         return "int_mac16" if p.acc16 else "int_mac"
-    if p.depthwise is not None:
+    if p.depthwise is not None:  # one input channel per output
         return "depthwise_mac32"
-    if p.sparse is not None:
+    if p.sparse is not None:  # expander lists
         return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
     return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
 
@@ -422,25 +432,21 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         else:
             vnni = p.weights_vnni is not None
             if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
-                L["int_kernel"] = int_kernel(p)
                 table("start", "int32_t", p.sparse["start"])
                 table("chan", "int32_t", p.sparse["chan"])
                 table("sw", "int32_t", p.sparse["w"])
             elif p.depthwise is not None:  # one input channel per output, on the image
-                L["int_kernel"] = int_kernel(p)
                 identity = np.array_equal(p.depthwise["chan"][:p.o], np.arange(p.o))
                 L["dw_chan"] = "0" if identity else f"{op.name}_dwc"
                 if not identity:
                     table("dwc", "int32_t", p.depthwise["chan"])
                 table("dww", "int8_t", p.depthwise["w"], align=True)
             elif p.pairs:
-                L["int_kernel"] = int_kernel(p)
                 L.update(int16_pair_ctx(op, p))
                 table("w0", "int16_t", int16_halves(p.weights[0]), align=True)
                 if L["g8"]:  # the sums start at 0 (corr comes after)
                     table("zero", "int32_t", np.zeros(8, np.int64))
             else:
-                L["int_kernel"] = int_kernel(p)
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
             L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
                      ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
