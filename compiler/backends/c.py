@@ -156,7 +156,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         if isinstance(src_t, ir.Ints):
             L["in_ctype"] = C_TYPES[storage_dtype(src_t)]
         if isinstance(op, ir.Conv):
-            L["kernel"] = conv_kernel(op.packed)
+            L.update(conv_ctx(op, src_t, oty))
         if op.name in family:  # compressed-family layers: family_layer() below, templates/c/families/
             layers.append(family_layer(graph, op, L, consts, buf))
             continue
@@ -177,17 +177,9 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 L.update(input_terminal_ctx(op.chain.terminal))
         elif isinstance(op, ir.Conv):
             p = op.packed
-            ih, iw = src_t.shape[:2]
-            oh, ow = oty.shape[:2]
-            L.update(ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
-                     sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, cw=p.cw_in, taps=p.taps,
-                     o=p.o, opad=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, cwo=p.cw_out,
-                     scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
-                     buf_offset=conv_scratch(op, src_t, wb)["buf"], pb=op.pads[2], pr=op.pads[3],
-                     ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
-                     acc16=p.acc16, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
-                     groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
-                     wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
+            L.update(scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
+                     buf_offset=conv_scratch(op, src_t, wb)["buf"], acc16=p.acc16, layout=p.layout, dense=p.dense,
+                     c=src_t.shape[2], wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
             wtype, wkind = ("bnnc_word_t", word_kind) if p.in_kind == "bits" else ("int8_t", "int")
             weights = p.weights[0]
             if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
@@ -199,7 +191,6 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             window_class_tables(consts, op.name, p)
             if p.pairs:
                 int16_pair_tables(consts, op, p, L)
-                L["epilogue"] = "bits" if p.thr is not None else "reals"
                 if p.thr is None:
                     L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
             elif p.thr is not None:
@@ -212,9 +203,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 else:
                     consts.append({"name": f"{op.name}_neg", "ctype": "uint32_t", "n": p.neg_words.size,
                                    "init": c_array(p.neg_words, "word32")})
-                L["epilogue"] = "bits"
             else:
-                L["epilogue"] = "reals"
                 L["has_corr"] = bool(np.any(p.corr != 0))
                 if L["has_corr"]:
                     consts.append({"name": f"{op.name}_corr", "ctype": "int32_t", "n": p.corr.size,
@@ -295,6 +284,20 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
         off += c
     h, w, c = oty.shape
     return {"parts": parts, "pixels": h * w, "c": c, "cwo": words(c, wb), "bits": isinstance(oty, ir.Bits)}
+
+
+def conv_ctx(op: ir.Conv, src, oty) -> dict:
+    """Template values of every packed convolution, both kernel sets: geometry (the padded input
+    ph x pw included), the packed widths, the epilogue, the VNNI offset and groups, the kernel."""
+    p = op.packed
+    ih, iw = src.shape[:2]
+    oh, ow = oty.shape[:2]
+    t, left, b, r = op.pads
+    return dict(ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0], sw=op.stride[1],
+                pt=t, pl=left, pb=b, pr=r, ph=ih + t + b, pw=iw + left + r, in_kind=p.in_kind, cw=p.cw_in,
+                taps=p.taps, o=p.o, opad=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, cwo=p.cw_out,
+                epilogue=p.epilogue, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
+                groups=-(-op.kernel[1] * p.cw_in // 4), kernel=conv_kernel(p))
 
 
 def conv_kernel(p) -> str:
@@ -412,12 +415,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
 
     if isinstance(op, ir.Conv):
         p = op.packed
-        ih, iw = src.shape[:2]
-        oh, ow = oty.shape[:2]
-        L.update(family="conv", ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
-                 sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
-                 taps=p.taps, o=p.o, o_blk=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
-                 sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset)
+        L.update(family="conv", method=p.method, sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)),
+                 buf_offset=p.window_offset)
         L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']})"
         window_class_tables(consts, op.name, p)
         table("corr", "int64_t", p.corr)
@@ -448,16 +447,14 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                     table("zero", "int32_t", np.zeros(8, np.int64))
             else:
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
-            L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
-                     ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
+            L["image"] = p.image  # in_ctype: build_context
             if vnni:
-                L.update(vnni_off=p.vnni_offset, groups=p.weights_vnni.shape[2])
                 vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
         ep = op.epilogue
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
             table("neg", "uint8_t", p.neg)
-            L.update(planes=p.planes, cwo=p.cw_out)
+            L["planes"] = p.planes
         elif p.epilogue == "levels":
             table("dir", "int8_t", p.direction)
             table("lthr", "int64_t", p.levels)

@@ -47,7 +47,8 @@ from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .fold_batchnorm_into_thresholds import _epilogue_range
-from .pack_bits import OBLOCK, PackedConv, blocked, border_classes, comparison_tables, int16_pair_weights, pack_bit_rows, vnni_weights, words
+from .pack_bits import (OBLOCK, PackedConv, blocked, border_classes, comparison_tables, int16_pair_weights,
+                        pack_bit_rows, vnni_weights, words)
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
 INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
