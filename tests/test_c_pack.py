@@ -201,3 +201,27 @@ def test_conv_kernel_names_the_kernel_each_layer_calls(model):
             if kernel != "xnor_rows":
                 assert symbol in runtime
     assert {layout for layout, _ in seen} == {"blocked", "rows"}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_comparison_tables_give_the_sign_of_every_accumulator(seed):
+    """pack_bits.comparison_tables, the threshold tables of both kernel sets: (s > thr) ^ neg is the
+    bit of -1, i.e. NOT (d * acc >= T), for every reachable s (popcount with acc = K - 2 s + corr,
+    or accumulator acc = s + corr), per border class; constant channels ignore s under any bound."""
+    from bnnc.passes.pack_bits import comparison_tables
+
+    rng = np.random.default_rng(seed)
+    o, k = 12, 40
+    th = ir.Thresholds(direction=rng.choice([-1, 1], o).astype(np.int8), threshold=rng.integers(-50, 50, o),
+                       constant=np.where(rng.random(o) < 0.25, rng.choice([-1, 1], o), 2).astype(np.int8))
+    corr = rng.integers(-9, 9, (3, o))
+    const = th.constant != ir.Thresholds.NOT_CONSTANT
+    for k_full, never in ((k, THR_NEVER), (None, THR_NEVER), (None, 2**62)):
+        thr, neg = comparison_tables(th, corr, k_full, never)
+        assert thr.shape == corr.shape and neg.shape == (o,)
+        s = np.arange(0, k + 1) if k_full else np.arange(-80, 80)
+        acc = (k - 2 * s if k_full else s)[:, None, None] + corr[None]
+        bit = (s[:, None, None] > thr[None]) ^ neg.astype(bool)
+        expect = np.where(const, th.constant < 0, ~(th.direction * acc >= th.threshold))
+        assert np.array_equal(bit, np.broadcast_to(expect, bit.shape))
+        assert np.all(np.abs(thr[:, const]) == never)

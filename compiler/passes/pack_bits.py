@@ -68,7 +68,7 @@ class PackedConv:
     - True (pack_families.pack_family_conv: any code, every epilogue): a 64-bit accumulator per
       channel, A[class] + the planes' counts times their gains or the integer sum + corr, then the
       epilogue (thr, neg (planes * O + 8,) on the accumulator itself, levels, requant, reals).
-    Fields below the first group are used by the kernels named in their comments only."""
+    The fields after `planes` belong to the kernel set or kernels their comments name."""
 
     code: str  # the weight code (ir.Conv.code): "binary", "ternary", "two_scale", "multi_base", "int"
     acc64: bool  # see above
@@ -77,7 +77,7 @@ class PackedConv:
     cw_in: int  # words per input pixel (bits) or channels (ints)
     taps: int  # L: words (bits) or values (ints) per window
     o: int
-    o_pad: int  # output channels padded to the weight table's block (O itself for "rows" binary layers)
+    o_pad: int  # output channels padded to the weight table's block (O itself in pack_conv's "rows" layout)
     k_full: int  # kh * kw * C
     ycls: np.ndarray  # (OH,) border class of each output row
     xcls: np.ndarray  # (OW,)
@@ -88,7 +88,7 @@ class PackedConv:
     #   int8: (O_pad / 32, L, 32) "blocked" or (O, L) "rows"; acc64: see pack_families
     layout: str = "blocked"
     epilogue: str = ""  # "bits" | "levels" (acc64) | "requant" (acc64) | "reals"
-    thr: Optional[np.ndarray] = None  # bit outputs; not acc64: int64 (ny * nx, O_pad), padded with THR_NEVER
+    thr: Optional[np.ndarray] = None  # bit outputs: int64 (ny * nx, O_pad), THR_NEVER padding (acc64: (planes * O,))
     neg: Optional[np.ndarray] = None  # bit outputs: uint8 (O,) (acc64: (planes * O + 8,))
     cw_out: int = 0  # words per output pixel (bit outputs)
     planes: int = 1  # acc64 bit outputs: activation planes of the accumulator
