@@ -53,7 +53,7 @@ def layer_rows(graph: ir.Graph) -> list:
             p = getattr(op, "packed", None)
             stored = 0
             if p is not None:
-                stored = p.weights.size * p.weights.itemsize
+                stored = sum(w.size * w.itemsize for w in p.weights)
                 for arr, item in ((p.thr, 4), (p.neg, 1), (p.kmul, 1)):
                     stored += 0 if arr is None else arr.size * item
                 if p.thr is None and np.any(p.corr):

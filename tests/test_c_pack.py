@@ -1,6 +1,8 @@
 """pack_bits on random graphs: both weight layouts hold the same filters, the VNNI tables satisfy
 their identity, and padded outputs can never produce a bit (the math the kernels rely on)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -88,7 +90,7 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
         if pr.pairs:  # int16 pairs, channels in groups of 8 then 2, windows in (kx, ky, c) order
             lanes = int16_pair_lanes(o, word_bits if pr.thr is not None else 0)
             assert sorted(lanes) == list(range(o + o % 2))  # every channel once (o: padding)
-            by_lane = _unpack_int16_pairs(pr.weights, o + o % 2, op.w[0].size, strict=False)
+            by_lane = _unpack_int16_pairs(pr.weights[0], o + o % 2, op.w[0].size, strict=False)
             unpermuted = np.zeros_like(by_lane)
             unpermuted[lanes] = by_lane
             assert np.array_equal(unpermuted[:o], op.w.transpose(0, 2, 1, 3).reshape(o, -1))
@@ -96,12 +98,12 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
             assert -(2**15) <= src.lo and src.hi < 2**15
         elif pr.dense:  # the filter's kh * kw * C bits back to back, fewer words than tap by tap
             dense = pack_bit_rows(op.w.reshape(o, -1), word_bits)
-            assert np.array_equal(pr.weights, dense) and dense.shape[1] < expect.shape[1]
-            assert np.array_equal(unpack_bit_rows(pr.weights, op.w[0].size, word_bits), op.w.reshape(o, -1))
+            assert np.array_equal(pr.weights[0], dense) and dense.shape[1] < expect.shape[1]
+            assert np.array_equal(unpack_bit_rows(pr.weights[0], op.w[0].size, word_bits), op.w.reshape(o, -1))
         else:
-            assert np.array_equal(pr.weights, expect)
+            assert np.array_equal(pr.weights[0], expect)
         assert pr.o_pad == o and (pr.thr is None or pr.thr.shape[1] == o)
-        unblocked = p.weights.transpose(0, 2, 1).reshape(p.o_pad, p.taps)
+        unblocked = p.weights[0].transpose(0, 2, 1).reshape(p.o_pad, p.taps)
         assert np.array_equal(unblocked[:o], expect) and not np.any(unblocked[o:])
         assert p.o_pad % OBLOCK == 0 and p.o_pad - o < OBLOCK
 
@@ -168,3 +170,58 @@ def test_arena_is_within_5_percent_of_its_lower_bound_and_never_overlaps_live_bu
             if spans[x][0] <= spans[y][1] and spans[y][0] <= spans[x][1]:
                 ox, oy = a["buffers"][x], a["buffers"][y]
                 assert ox + a["sizes"][x] <= oy or oy + a["sizes"][y] <= ox, f"{x} and {y} overlap"
+
+
+@pytest.mark.parametrize("model", ["tfc", "cnv", "w1a2", "ternary-ec2t", "abc-fused", "hbn", "resnet18-stq"])
+def test_conv_kernel_names_the_kernel_each_layer_calls(model):
+    """c.conv_kernel, the one kernel selection of every weight code, agrees with the generated C:
+    each convolution of the host and the MCU build calls the kernel it names (or, for the kernels
+    generated per layer, defines it), and the runtime headers have it."""
+    from bnnc import driver, zoo
+    from bnnc.backends import c as cb
+    from bnnc.backends import mcu
+    from bnnc.pipeline import compile_graph
+    from bnnc.resources import resource_dir
+
+    runtime = "".join((resource_dir("runtime") / h).read_text() for h in ("bnnc_kernels.h", "bnnc_families.h"))
+    graph = compile_graph(zoo.build(model))
+    seen = set()
+    for bg in (driver.backend_graph(graph), mcu.backend_graph(graph)):
+        text = cb.render(bg, "bnnc")["model.c"]
+        for op in bg.ops():
+            if not isinstance(op, ir.Conv):
+                continue
+            kernel = cb.conv_kernel(op.packed)
+            seen.add((bg.weight_layout, kernel))
+            symbol = {"int16_pairs": "BNNC_INT16_BAND", "xnor_rows": f"{op.name}_row"}.get(kernel, f"bnnc_{kernel}")
+            starts = [m.end() for m in re.finditer(rf"\bvoid {op.name}(_[a-z0-9]+)?\(", text)]
+            assert starts, op.name
+            for at in starts:  # the layer in each kernel variant
+                assert symbol in text[at:text.index("\n}\n", at)], (bg.weight_layout, op.name, kernel)
+            if kernel != "xnor_rows":
+                assert symbol in runtime
+    assert {layout for layout, _ in seen} == {"blocked", "rows"}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_comparison_tables_give_the_sign_of_every_accumulator(seed):
+    """pack_bits.comparison_tables, the threshold tables of both kernel sets: (s > thr) ^ neg is the
+    bit of -1, i.e. NOT (d * acc >= T), for every reachable s (popcount with acc = K - 2 s + corr,
+    or accumulator acc = s + corr), per border class; constant channels ignore s under any bound."""
+    from bnnc.passes.pack_bits import comparison_tables
+
+    rng = np.random.default_rng(seed)
+    o, k = 12, 40
+    th = ir.Thresholds(direction=rng.choice([-1, 1], o).astype(np.int8), threshold=rng.integers(-50, 50, o),
+                       constant=np.where(rng.random(o) < 0.25, rng.choice([-1, 1], o), 2).astype(np.int8))
+    corr = rng.integers(-9, 9, (3, o))
+    const = th.constant != ir.Thresholds.NOT_CONSTANT
+    for k_full, never in ((k, THR_NEVER), (None, THR_NEVER), (None, 2**62)):
+        thr, neg = comparison_tables(th, corr, k_full, never)
+        assert thr.shape == corr.shape and neg.shape == (o,)
+        s = np.arange(0, k + 1) if k_full else np.arange(-80, 80)
+        acc = (k - 2 * s if k_full else s)[:, None, None] + corr[None]
+        bit = (s[:, None, None] > thr[None]) ^ neg.astype(bool)
+        expect = np.where(const, th.constant < 0, ~(th.direction * acc >= th.threshold))
+        assert np.array_equal(bit, np.broadcast_to(expect, bit.shape))
+        assert np.all(np.abs(thr[:, const]) == never)

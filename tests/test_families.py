@@ -432,7 +432,7 @@ def test_integer_sums_beyond_int32_take_the_64_bit_kernels():
         op = next(o for o in convs(graph) if isinstance(graph.tensors[o.inputs[0]], ir.Ints))
         op.int_w = ir.int_weights(op) * 2**20  # the same IR for the reference and the C target
         packed = driver.backend_graph(graph).op(op.name).packed
-        assert not packed.acc32 and packed.w_vnni is None
+        assert not packed.acc32 and packed.weights_vnni is None
         check_builds(graph, inputs, ((64, NATIVE), (64, PORTABLE)))
 
 

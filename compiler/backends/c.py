@@ -155,6 +155,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             L["out_ctype"] = C_TYPES[storage_dtype(oty)]
         if isinstance(src_t, ir.Ints):
             L["in_ctype"] = C_TYPES[storage_dtype(src_t)]
+        if isinstance(op, ir.Conv):
+            L.update(conv_ctx(op, src_t, oty))
         if op.name in family:  # compressed-family layers: family_layer() below, templates/c/families/
             layers.append(family_layer(graph, op, L, consts, buf))
             continue
@@ -175,21 +177,13 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 L.update(input_terminal_ctx(op.chain.terminal))
         elif isinstance(op, ir.Conv):
             p = op.packed
-            ih, iw = src_t.shape[:2]
-            oh, ow = oty.shape[:2]
-            L.update(ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
-                     sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, cw=p.cw_in, taps=p.taps,
-                     o=p.o, opad=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, cwo=p.cw_out,
-                     scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
-                     buf_offset=conv_scratch(op, src_t, wb)["buf"], pb=op.pads[2], pr=op.pads[3],
-                     ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3],
-                     acc16=p.acc16, int_kernel=int_kernel(p), vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
-                     groups=-(-op.kernel[1] * p.cw_in // 4), layout=p.layout, dense=p.dense, c=src_t.shape[2],
-                     wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
+            L.update(scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
+                     buf_offset=conv_scratch(op, src_t, wb)["buf"], acc16=p.acc16, layout=p.layout, dense=p.dense,
+                     c=src_t.shape[2], wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
             wtype, wkind = ("bnnc_word_t", word_kind) if p.in_kind == "bits" else ("int8_t", "int")
-            weights = p.weights
+            weights = p.weights[0]
             if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
-                wtype, weights = "int16_t", int16_halves(p.weights)
+                wtype, weights = "int16_t", int16_halves(weights)
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
                            "align": p.layout == "blocked" or p.pairs, "init": c_array(weights, wkind)})
             if p.vnni_offset is not None:
@@ -197,7 +191,6 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             window_class_tables(consts, op.name, p)
             if p.pairs:
                 int16_pair_tables(consts, op, p, L)
-                L["epilogue"] = "bits" if p.thr is not None else "reals"
                 if p.thr is None:
                     L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
             elif p.thr is not None:
@@ -210,9 +203,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 else:
                     consts.append({"name": f"{op.name}_neg", "ctype": "uint32_t", "n": p.neg_words.size,
                                    "init": c_array(p.neg_words, "word32")})
-                L["epilogue"] = "bits"
             else:
-                L["epilogue"] = "reals"
                 L["has_corr"] = bool(np.any(p.corr != 0))
                 if L["has_corr"]:
                     consts.append({"name": f"{op.name}_corr", "ctype": "int32_t", "n": p.corr.size,
@@ -295,20 +286,41 @@ def concat_ctx(graph: ir.Graph, op: ir.Concat, oty) -> dict:
     return {"parts": parts, "pixels": h * w, "c": c, "cwo": words(c, wb), "bits": isinstance(oty, ir.Bits)}
 
 
-def int_kernel(p) -> str:
-    """The runtime kernel (bnnc_<name>, runtime/bnnc_kernels.h or bnnc_families.h) of the integer-input
-    convolution packed as `p`, for every weight code: on MCU builds whose values and weights fit
-    int16 the int16-pair kernel; else pack_bits' PackedConv (+-1 weights: int32 or,
-    where bnnc proved the window sum fits, int16 sums) and pack_families' PackedFamilyConv (one
-    input channel per output, expander lists, int32 sums of int8 weights, else int64 sums). The
-    AVX-512 variant runs bnnc_int_mac_vnni instead where the layer has VNNI tables."""
+def conv_ctx(op: ir.Conv, src, oty) -> dict:
+    """Template values of every packed convolution, both kernel sets: geometry (the padded input
+    ph x pw included), the packed widths, the epilogue, the VNNI offset and groups, the kernel."""
+    p = op.packed
+    ih, iw = src.shape[:2]
+    oh, ow = oty.shape[:2]
+    t, left, b, r = op.pads
+    return dict(ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0], sw=op.stride[1],
+                pt=t, pl=left, pb=b, pr=r, ph=ih + t + b, pw=iw + left + r, in_kind=p.in_kind, cw=p.cw_in,
+                taps=p.taps, o=p.o, opad=p.o_pad, k_full=p.k_full, ny=p.ny, nx=p.nx, cwo=p.cw_out,
+                epilogue=p.epilogue, vnni=p.vnni_offset is not None, vnni_offset=p.vnni_offset,
+                groups=-(-op.kernel[1] * p.cw_in // 4), kernel=conv_kernel(p))
+
+
+def conv_kernel(p) -> str:
+    """The kernel of the convolution packed as `p` (pack_bits.PackedConv), for every weight code: the
+    one place that maps the weight code and its tables (p.code, p.acc64: which kernel set), the
+    input's code (p.in_kind), the proven widths (acc16, acc32, int8_weights) and the target (the
+    layout: host "blocked" or MCU "rows"; MCU int16 inputs: pairs) to a runtime kernel,
+    bnnc_<name> of runtime/bnnc_kernels.h or bnnc_families.h ("xnor_rows": the MCU row kernel the
+    template generates per layer). The AVX-512 variant runs bnnc_int_mac_vnni instead where the
+    layer has VNNI tables (p.vnni_offset)."""
+    if p.in_kind == "bits":
+        if p.acc64:  # one popcount per weight plane, then gains
+            return "fam_plane_popcount"
+        if p.layout == "rows":
+            return "xnor_rows"
+        return "binary_pixel" if p.thr is not None else "xnor_popcount"
     if p.pairs:  # MCU builds, values and weights in int16: bnnc_int16_mac (pack_bits.int16_pair_weights)
         return "int16_pairs"
-    if hasattr(p, "acc16"):
+    if not p.acc64:  # +-1 weights: int32 or, where bnnc proved the window sum fits, int16 sums
         return "int_mac16" if p.acc16 else "int_mac"
-    if p.depthwise is not None:
+    if p.depthwise is not None:  # one input channel per output
         return "depthwise_mac32"
-    if p.sparse is not None:
+    if p.sparse is not None:  # expander lists
         return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
     return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
 
@@ -403,13 +415,8 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
 
     if isinstance(op, ir.Conv):
         p = op.packed
-        ih, iw = src.shape[:2]
-        oh, ow = oty.shape[:2]
-        L.update(family="conv", ih=ih, iw=iw, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
-                 sw=op.stride[1], pt=op.pads[0], pl=op.pads[1], in_kind=p.in_kind, method=p.method, cw=p.cw_in,
-                 taps=p.taps, o=p.o, o_blk=p.o_blk, k_full=p.k_full, ny=p.ny, nx=p.nx, epilogue=p.epilogue,
-                 sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)), buf_offset=p.window_offset,
-                 windows=p.windows)
+        L.update(family="conv", method=p.method, sums_offset=p.sums_offset, sums_rows=max(1, len(p.bit_planes)),
+                 buf_offset=p.window_offset, windows=p.windows)
         L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {graph.arena['buffers'][op.name + '_scratch']})"
         window_class_tables(consts, op.name, p)
         table("corr", "int64_t", p.corr)
@@ -422,37 +429,31 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                                 "gain": gain(f"g{j}", pl.gain)} for j, pl in enumerate(p.bit_planes)]
             L["window_gain"] = gain("gw", p.window_gain) if p.window_gain is not None else None
         else:
-            vnni = p.w_vnni is not None
+            vnni = p.weights_vnni is not None
             if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
-                L["int_kernel"] = int_kernel(p)
                 table("start", "int32_t", p.sparse["start"])
                 table("chan", "int32_t", p.sparse["chan"])
                 table("sw", "int32_t", p.sparse["w"])
             elif p.depthwise is not None:  # one input channel per output, on the image
-                L["int_kernel"] = int_kernel(p)
                 L["dw_gather"] = p.depthwise["gather"]
                 if L["dw_gather"]:
                     table("dwc", "int32_t", p.depthwise["chan"][:p.o])
                 table("dww", "int8_t", p.depthwise["w"], align=True)
             elif p.pairs:
-                L["int_kernel"] = int_kernel(p)
                 L.update(int16_pair_ctx(op, p))
                 table("w0", "int16_t", int16_halves(p.weights[0]), align=True)
                 if L["g8"]:  # the sums start at 0 (corr comes after)
                     table("zero", "int32_t", np.zeros(8, np.int64))
             else:
-                L["int_kernel"] = int_kernel(p)
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])
-            L.update(vnni=vnni, image=p.image, in_ctype=C_TYPES[storage_dtype(src)], pb=op.pads[2], pr=op.pads[3],
-                     ph=ih + op.pads[0] + op.pads[2], pw=iw + op.pads[1] + op.pads[3])
+            L["image"] = p.image  # in_ctype: build_context
             if vnni:
-                L.update(vnni_off=p.vnni_off, groups=p.w_vnni.shape[2])
-                vnni_tables(consts, op.name, p.w_vnni, p.vnni_corr)
+                vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
         ep = op.epilogue
         if p.epilogue == "bits":
             table("thr", "int64_t", p.thr)
             table("neg", "uint8_t", p.neg)
-            L.update(planes=p.planes, cwo=p.cw_out)
+            L["planes"] = p.planes
         elif p.epilogue == "levels":
             table("dir", "int8_t", p.direction)
             table("lthr", "int64_t", p.levels)

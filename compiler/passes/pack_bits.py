@@ -41,7 +41,7 @@ Real outputs keep acc = kmul[o] * (K - 2 * pc) + corr[class][o] (kmul 0 for all-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -60,33 +60,74 @@ INT16_MAX = 2**15 - 1
 
 @dataclass
 class PackedConv:
+    """The packed tables of one convolution, every weight code (IR.md, "Packed convolutions"). Two
+    kernel sets read it, told apart by `acc64`:
+    - False (pack_conv: binary code, one bit-output plane or a float chain): the popcount or a
+      32-bit sum is compared against thresholds per border class (thr (ny * nx, O_pad)), real
+      outputs are kmul * (K - 2 pc) + corr;
+    - True (pack_families.pack_family_conv: any code, every epilogue): a 64-bit accumulator per
+      channel, A[class] + the planes' counts times their gains or the integer sum + corr, then the
+      epilogue (thr, neg (planes * O + 8,) on the accumulator itself, levels, requant, reals).
+    The fields after `planes` belong to the kernel set or kernels their comments name."""
+
+    code: str  # the weight code (ir.Conv.code): "binary", "ternary", "two_scale", "multi_base", "int"
+    acc64: bool  # see above
     in_kind: str  # "bits" | "ints"
     word_bits: int
     cw_in: int  # words per input pixel (bits) or channels (ints)
     taps: int  # L: words (bits) or values (ints) per window
     o: int
-    o_pad: int
+    o_pad: int  # output channels padded to the weight table's block (O itself in pack_conv's "rows" layout)
     k_full: int  # kh * kw * C
-    weights: np.ndarray  # uint64 / uint32 / int8: (O_pad / 32, L, 32) "blocked" or (O, L) "rows"
-    ycls: np.ndarray  # (OH,) class of each output row
+    ycls: np.ndarray  # (OH,) border class of each output row
     xcls: np.ndarray  # (OW,)
     ny: int
     nx: int
-    corr: np.ndarray  # int64 (ny * nx, O): see module docstring
-    thr: Optional[np.ndarray]  # int64 (ny * nx, O_pad) for bit outputs, padded with THR_NEVER
-    neg: Optional[np.ndarray]  # uint8 (O,)
-    kmul: Optional[np.ndarray]  # int8 (O,) for real outputs
-    cw_out: int = 0  # words per output pixel (bit outputs)
+    corr: np.ndarray  # int64 (ny * nx, O) (acc64: (ny * nx, O rounded up to 8)): see the module docstrings
+    weights: list = field(default_factory=list)  # the weight tables; not acc64: [one table], uint64 / uint32 /
+    #   int8: (O_pad / 32, L, 32) "blocked" or (O, L) "rows"; acc64: see pack_families
     layout: str = "blocked"
+    epilogue: str = ""  # "bits" | "levels" (acc64) | "requant" (acc64) | "reals"
+    thr: Optional[np.ndarray] = None  # bit outputs: int64 (ny * nx, O_pad), THR_NEVER padding (acc64: (planes * O,))
+    neg: Optional[np.ndarray] = None  # bit outputs: uint8 (O,) (acc64: (planes * O + 8,))
+    cw_out: int = 0  # words per output pixel (bit outputs)
+    planes: int = 1  # acc64 bit outputs: activation planes of the accumulator
+    # not acc64
+    kmul: Optional[np.ndarray] = None  # int8 (O,) for real outputs
     neg_words: Optional[np.ndarray] = None  # uint32 (O_pad / 32,): bit j of word b = neg[32 b + j]
     acc16: bool = False  # integer input: the accumulator provably fits int16
-    vnni_offset: Optional[int] = None  # integer input: u = x - offset is a byte for every x (and 0)
-    weights_vnni: Optional[np.ndarray] = None  # int8 (O_pad / 32, kh, G, 32, 4)
-    vnni_corr: Optional[np.ndarray] = None  # int64 (O_pad,): offset * sum of the filter's weights
     dense: bool = False  # "rows" binary layers: the window's kh * kw * C bits packed back to back
+    init: Optional[np.ndarray] = None  # pairs: int16_pair_init
+    # integer inputs, both kernel sets
+    vnni_offset: Optional[int] = None  # u = x - offset is a byte for every x (and 0): VNNI tables exist
+    weights_vnni: Optional[np.ndarray] = None  # int8 (O_pad / 32, kh, G, 32, 4)
+    vnni_corr: Optional[np.ndarray] = None  # (O_pad,): offset * sum of the filter's weights (acc64: int32)
     pairs: bool = False  # "rows" integer layers with int16 inputs: int16 pairs, see int16_pair_weights
     row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2) weight words per window and channel
-    init: Optional[np.ndarray] = None  # pairs: int16_pair_init
+    # acc64 (pack_families): how the accumulator is built, its epilogue tables, its scratch
+    method: str = ""  # "xnor" | "masks" | "int" | "sparse_int"
+    bit_planes: list = field(default_factory=list)  # bits: [pack_families.BitPlane]
+    window_gain: Optional[np.ndarray] = None  # bits: int64 (O8,), the all-ones plane (None: absent)
+    acc32: bool = False  # ints: the sum is exact in int32
+    int8_weights: bool = False  # ints: weights fit int8 (bnnc_int_mac, VNNI)
+    image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
+    # ints with int64 sums on the image: output pixels per kernel pass (bnnc_int_mac64 loads each
+    # weight vector once for all of them), each with its own o_pad accumulators in the scratch
+    windows: int = 1
+    sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
+    # host sparse_int with one input channel per output (depthwise, pooling): bnnc_depthwise_mac32
+    # on the image, {"chan" (o_pad,) int32, "w" (kh * kw, o_pad) int8, "gather" bool}; padded
+    # outputs read channel 0 with zero weights. gather: the image holds channel chan[o] at place o
+    # for o < O (copied once per pixel, so that the kernel reads each tap's values contiguously);
+    # else chan is the identity and O == C (the image is the input's channels)
+    depthwise: Optional[dict] = None
+    direction: Optional[np.ndarray] = None  # levels: int8 (O + 8,)
+    levels: Optional[np.ndarray] = None  # levels: int64 (B, O), level-major ((B + 2, O) for "guess")
+    level_kernel: str = ""  # levels: "count" | "search" | "guess" (see pack_families._level_tables)
+    level_guess: Optional[np.ndarray] = None  # "guess": int64 (4, O): a, b, M, K
+    sums_offset: int = 0  # scratch: acc (int64 o_pad), int32 sums (o_pad per plane), then the window
+    window_offset: int = 0
+    scratch_bytes: int = 0
 
 
 def words(c: int, word_bits: int) -> int:
@@ -176,8 +217,8 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
         weights = int16_pair_weights(wl[lanes])
     corr = corr.reshape(ny * nx, o)
     k_full = kh * kw * c
-    p = PackedConv("bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full, weights,
-                   ycls, xcls, ny, nx, corr, None, None, None, layout=layout, dense=dense, pairs=pairs)
+    p = PackedConv(op.code, False, "bits" if bits_in else "ints", word_bits, cw, taps, o, o_pad, k_full,
+                   ycls, xcls, ny, nx, corr, [weights], layout=layout, dense=dense, pairs=pairs)
     if not bits_in:
         xmax = max(abs(src.lo), abs(src.hi))
         p.acc16 = taps * xmax <= INT16_MAX
@@ -187,7 +228,8 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
             p.weights_vnni, p.vnni_corr = vnni_weights(rows.reshape(o, kh, kw * c), o_pad, off)
     ep = op.epilogue
     if isinstance(ep, ir.Thresholds):
-        thr, neg = bit_comparisons(ep, corr, k_full if bits_in else None)
+        thr, neg = comparison_tables(ep, corr, k_full if bits_in else None)
+        p.epilogue = "bits"
         p.thr = np.full((ny * nx, o_pad), THR_NEVER, np.int64)
         p.thr[:, :o] = thr
         p.neg = neg
@@ -199,6 +241,7 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
             raise BnncError(f"layer '{op.source_ops[0] if op.source_ops else op.name}': accumulator range "
                             "exceeds the 32-bit threshold tables")
     else:
+        p.epilogue = "reals"
         p.kmul = np.where(zero_rows, 0, 1).astype(np.int8)
     if pairs:
         p.row_pairs = -(-k_full // 2)
@@ -293,12 +336,15 @@ def neg_words(neg: np.ndarray, o_pad: int) -> np.ndarray:
     return np.bitwise_or.reduce(shifted, axis=1).astype(np.uint32)
 
 
-def bit_comparisons(th: ir.Thresholds, corr: np.ndarray, k_full: Optional[int]):
-    """(thr (classes, O), neg (O,)) with bit(-1) = (s > thr) ^ neg, s = popcount or accumulator.
+def comparison_tables(th: ir.Thresholds, corr=0, k_full: Optional[int] = None, never: int = THR_NEVER):
+    """(thr, neg) with bit(-1) = (s > thr) ^ neg for every weight code, s = popcount or accumulator;
+    thr has corr's leading (class) axes, if any, then the output channels.
 
-    +1 iff d * acc >= T. Integer input: acc = s + corr. Binary input: acc = K - 2 s + corr."""
-    d = th.direction.astype(np.int64)[None, :]
-    t = th.threshold[None, :]
+    +1 iff d * acc >= T. Integer input (k_full None): acc = s + corr. Binary input: acc = K - 2 s
+    + corr. Constant channels compare against `never`, a value s never exceeds (THR_NEVER for the
+    32-bit tables, larger for the 64-bit accumulators of pack_families)."""
+    d = th.direction.astype(np.int64)
+    t = th.threshold.astype(np.int64)
     if k_full is None:
         # d=+1: bit = s + corr < T  = !(s > T - corr - 1);  d=-1: bit = s + corr > -T
         thr = np.where(d > 0, t - corr - 1, -t - corr)
@@ -311,9 +357,9 @@ def bit_comparisons(th: ir.Thresholds, corr: np.ndarray, k_full: Optional[int]):
         thr = np.where(d > 0, up, q - 1)
         neg = (th.direction < 0).astype(np.uint8)
     const = th.constant != ir.Thresholds.NOT_CONSTANT
-    # constant +1: bit 0 always (s > THR_NEVER is false, neg 0); constant -1: bit 1 always
-    thr = np.where(const[None, :] & (th.constant[None, :] > 0), THR_NEVER, thr)
-    thr = np.where(const[None, :] & (th.constant[None, :] < 0), -THR_NEVER, thr)
+    # constant +1: bit 0 always (s > never is false, neg 0); constant -1: bit 1 always
+    thr = np.where(const & (th.constant > 0), never, thr)
+    thr = np.where(const & (th.constant < 0), -never, thr)
     neg = np.where(const, 0, neg).astype(np.uint8)
     return thr.astype(np.int64), neg
 
@@ -329,7 +375,7 @@ class PackedInput:
 def pack_input(op: ir.InputQuantize, oty) -> PackedInput:
     if op.int_thresholds is not None:
         th = op.int_thresholds
-        thr, neg = bit_comparisons(th, np.zeros((1, th.direction.size), np.int64), None)
+        thr, neg = comparison_tables(th, np.zeros((1, th.direction.size), np.int64))
         thr, neg = thr[0], neg
         if np.all(thr == thr[0]) and np.all(neg == neg[0]):
             thr, neg = thr[:1], neg[:1]

@@ -14,15 +14,15 @@ epilogue. Ways to accumulate:
   constant parts contribute. One popcount per plane and output: a ternary base with one scale
   is one masked XNOR plane (not two AND masks), a two-scale +-1 base one AND plane plus the
   window's own popcount, shared by every output. Plane tables are blocked
-  [o_blk / BLOCK][taps][BLOCK] (BLOCK = 8 outputs, one 512-bit vector of 64-bit words);
+  [o_pad / BLOCK][taps][BLOCK] (BLOCK = 8 outputs, one 512-bit vector of 64-bit words);
 - integer inputs ("int"): acc = sum int_w * x + corr. When max|x| * max_o sum|w[o]| < 2**31 the
   sum is exact in 32 bits ("acc32"); with int8 weights it then runs on bnnc_kernels.h's
-  bnnc_int_mac (weights blocked [o_blk / 32][taps][32]); host builds (64-bit words) read each
+  bnnc_int_mac (weights blocked [o_pad / 32][taps][32]); host builds (64-bit words) read each
   window in place from the input image with its zero padding materialized, and with AVX-512 VNNI
   run bnnc_int_mac_vnni on bytes u = x - off (off = min(lo, 0), so 0 <= u <= 255 also for the
   padding, where x = 0): sum w * x = sum w * u + off * sum w, the last term in vnni_corr (int32);
-  its table is [o_blk / 32][kh][g][32][4], each window row's kw * c bytes in g groups of 4, zero
-  weights after them. Otherwise int64 sums of int32 weights [taps][o_blk] (int8 where they
+  its table is [o_pad / 32][kh][g][32][4], each window row's kw * c bytes in g groups of 4, zero
+  weights after them. Otherwise int64 sums of int32 weights [taps][o_pad] (int8 where they
   fit), on hosts also read in place from the padded image (bnnc_int_mac64);
 - "sparse_int" (expander lists): with 32-bit words (MCU firmware) only the listed (o, c) kernels
   are visited (int32 sums under the same bound); host builds multiply the dense table, zero
@@ -38,7 +38,7 @@ thresholds; see _level_tables), "requant" (ir.Requantize) and "reals" (the float
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -47,7 +47,8 @@ from .. import ir
 from ..errors import BnncError
 from ..weight_planes import lane_valid, plane_offsets, popcount_planes
 from .fold_batchnorm_into_thresholds import _epilogue_range
-from .pack_bits import OBLOCK, blocked, border_classes, int16_pair_weights, pack_bit_rows, vnni_weights, words
+from .pack_bits import (OBLOCK, PackedConv, blocked, border_classes, comparison_tables, int16_pair_weights,
+                        pack_bit_rows, vnni_weights, words)
 
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
 INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
@@ -59,59 +60,8 @@ BIG = 2**62  # a threshold no 64-bit accumulator of a real layer reaches
 @dataclass
 class BitPlane:
     kind: str  # "xnor" | "masked_xnor" | "and"
-    tables: list  # indices into PackedFamilyConv.weights: [b] | [b, m] | [m]
+    tables: list  # indices into pack_bits.PackedConv.weights: [b] | [b, m] | [m]
     gain: np.ndarray  # int64 (O8,)
-
-
-@dataclass
-class PackedFamilyConv:
-    in_kind: str  # "bits" | "ints"
-    method: str  # "xnor" | "masks" | "int" | "sparse_int"
-    word_bits: int
-    cw_in: int  # words per input pixel (bits) or channels (ints)
-    taps: int  # words (bits) or values (ints) per window
-    o: int
-    o_blk: int  # output channels padded to BLOCK (bits) or INT_BLOCK (ints)
-    k_full: int
-    ycls: np.ndarray
-    xcls: np.ndarray
-    ny: int
-    nx: int
-    corr: np.ndarray  # int64 (ny * nx, O8), added to the accumulator (A of the module docstring); O8 = O
-    #                  rounded up to 8, as the gains: accumulator rows are computed 8 channels at a time
-    weights: list = field(default_factory=list)  # bits: plane tables, uint64 (o_blk / 8, taps, 8); int: see above
-    bit_planes: list = field(default_factory=list)  # bits: [BitPlane]
-    window_gain: Optional[np.ndarray] = None  # bits: int64 (O8,), the all-ones plane (None: absent)
-    acc32: bool = False  # ints: the sum is exact in int32
-    int8_weights: bool = False  # ints: weights fit int8 (bnnc_int_mac, VNNI)
-    w_vnni: Optional[np.ndarray] = None  # ints: int8 (o_blk / 32, kh, g, 32, 4), g = ceil(kw * c / 4)
-    vnni_corr: Optional[np.ndarray] = None  # ints: int32 (o_blk,), off * sum w
-    vnni_off: int = 0
-    image: bool = False  # ints: windows read in place from the padded input image (int32; bytes on VNNI)
-    # ints with int64 sums on the image: output pixels per kernel pass (bnnc_int_mac64 loads each
-    # weight vector once for all of them), each with its own o_blk accumulators in the scratch
-    windows: int = 1
-    pairs: bool = False  # ints, MCU: the int16-pair kernel (pack_bits.int16_pair_weights); weights[0] its table
-    row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2)
-    sparse: Optional[dict] = None  # listed sparse_int: {"start" (O+1,), "chan" (nnz,), "w" (nnz * kh * kw,)}
-    # host sparse_int with one input channel per output (depthwise, pooling): bnnc_depthwise_mac32
-    # on the image, {"chan" (o_blk,) int32, "w" (kh * kw, o_blk) int8, "gather" bool}; padded
-    # outputs read channel 0 with zero weights. gather: the image holds channel chan[o] at place o
-    # for o < O (copied once per pixel, so that the kernel reads each tap's values contiguously);
-    # else chan is the identity and O == C (the image is the input's channels)
-    depthwise: Optional[dict] = None
-    epilogue: str = ""  # "bits" | "levels" | "requant" | "reals"
-    thr: Optional[np.ndarray] = None  # bits: int64 (planes * O,)
-    neg: Optional[np.ndarray] = None  # bits: uint8 (planes * O + 8,)
-    planes: int = 1
-    cw_out: int = 0
-    direction: Optional[np.ndarray] = None  # levels: int8 (O + 8,)
-    levels: Optional[np.ndarray] = None  # levels: int64 (B, O), level-major ((B + 2, O) for "guess")
-    level_kernel: str = ""  # levels: "count" | "search" | "guess" (see _level_tables)
-    level_guess: Optional[np.ndarray] = None  # "guess": int64 (4, O): a, b, M, K
-    sums_offset: int = 0  # scratch: acc (int64 o_blk), int32 sums (o_blk per plane), then the window
-    window_offset: int = 0
-    scratch_bytes: int = 0
 
 
 @dataclass
@@ -132,17 +82,10 @@ def _align64(n: int) -> int:
 
 
 def _threshold_tables(th: ir.Thresholds):
-    """bit(-1) = (acc > thr) ^ neg on the accumulator itself: +1 iff d * acc >= T. neg ends with 8
-    zero flags that no channel uses (the vector epilogue reads 8 flags at a time)."""
-    d = th.direction.astype(np.int64)
-    t = th.threshold.astype(np.int64)
-    thr = np.where(d > 0, t - 1, -t)
-    neg = (d > 0).astype(np.uint8)
-    const = th.constant != ir.Thresholds.NOT_CONSTANT
-    thr = np.where(const & (th.constant > 0), BIG, thr)  # always +1: bit 0
-    thr = np.where(const & (th.constant < 0), -BIG, thr)  # always -1: bit 1
-    neg = np.where(const, 0, neg).astype(np.uint8)
-    return thr, np.concatenate([neg.ravel(), np.zeros(8, np.uint8)])
+    """comparison_tables on the accumulator itself (64-bit, so constants compare against BIG); neg
+    ends with 8 zero flags that no channel uses (the vector epilogue reads 8 flags at a time)."""
+    thr, neg = comparison_tables(th, never=BIG)
+    return thr, np.concatenate([neg, np.zeros(8, np.uint8)])
 
 
 SEARCH_LEVELS = 8  # above this many levels per channel, a search beats counting them all
@@ -208,16 +151,16 @@ def _lanes8(v: np.ndarray, fill=None) -> np.ndarray:
     return np.concatenate([v, np.full(pad, v[0] if fill is None else fill, np.int64)])
 
 
-def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: np.ndarray) -> None:
+def _pack_bit_planes(p: PackedConv, op: ir.Conv, valid: np.ndarray, bias: np.ndarray) -> None:
     o, kh, kw, c = op.w.shape
     planes = popcount_planes(op, True)
-    p.o_blk = -(-o // BLOCK) * BLOCK
+    p.o_pad = -(-o // BLOCK) * BLOCK
     ncls = valid.shape[0] * valid.shape[1]
     p.corr = plane_offsets(planes, bias.reshape(ncls, o), lane_valid(valid.reshape(ncls, kh, kw), c), True)
 
     def table(bits: np.ndarray) -> int:  # bool (O, kh * kw * c) -> blocked words; its index
         signs = np.where(bits, -1, 1).reshape(o, kh * kw, c)
-        p.weights.append(blocked(pack_bit_rows(signs, p.word_bits).reshape(o, -1), p.o_blk, BLOCK))
+        p.weights.append(blocked(pack_bit_rows(signs, p.word_bits).reshape(o, -1), p.o_pad, BLOCK))
         return len(p.weights) - 1
 
     for pl in planes:
@@ -228,44 +171,44 @@ def _pack_bit_planes(p: PackedFamilyConv, op: ir.Conv, valid: np.ndarray, bias: 
         p.bit_planes.append(BitPlane(pl.kind, idx, _lanes8(pl.gain)))
 
 
-def _pack_int(p: PackedFamilyConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray) -> None:
+def _pack_int(p: PackedConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray) -> None:
     o, kh, kw, c = int_w.shape
     rows = int_w.reshape(o, -1).astype(np.int64)
     mag = max(abs(src.lo), abs(src.hi))
     p.acc32 = mag * int(np.abs(rows).sum(axis=1).max(initial=0)) < 2**31
     p.int8_weights = bool(np.all((rows >= -128) & (rows <= 127)))
     if p.acc32 and p.int8_weights:
-        p.o_blk = -(-o // INT_BLOCK) * INT_BLOCK
-        p.weights = [blocked(rows.astype(np.int8), p.o_blk, INT_BLOCK)]
+        p.o_pad = -(-o // INT_BLOCK) * INT_BLOCK
+        p.weights = [blocked(rows.astype(np.int8), p.o_pad, INT_BLOCK)]
         # host builds (64-bit words) read windows in place from the padded input image
         p.image = p.word_bits == 64
         off = min(src.lo, 0)
         g = -(-kw * c // 4)  # groups of 4 bytes per window row
         if p.word_bits == 64 and max(src.hi, 0) - off <= 255 and 255 * 128 * kh * 4 * g < 2**31:
-            p.w_vnni, corr = vnni_weights(int_w.reshape(o, kh, kw * c), p.o_blk, off)
-            p.vnni_off = off
+            p.weights_vnni, corr = vnni_weights(int_w.reshape(o, kh, kw * c), p.o_pad, off)
+            p.vnni_offset = off
             p.vnni_corr = corr.astype(np.int32)
     else:
-        p.o_blk = -(-o // BLOCK) * BLOCK
-        wt = np.zeros((p.taps, p.o_blk), np.int8 if p.int8_weights else np.int32)  # int8 where they fit
+        p.o_pad = -(-o // BLOCK) * BLOCK
+        wt = np.zeros((p.taps, p.o_pad), np.int8 if p.int8_weights else np.int32)  # int8 where they fit
         wt[:, :o] = rows.T
         p.weights = [wt]
 
 
-def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: str = "blocked") -> PackedFamilyConv:
+def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: str = "blocked") -> PackedConv:
     o, kh, kw, c = op.w.shape
     ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
     ny, nx = valid.shape[:2]
     int_w = ir.int_weights(op)
     bits_in = isinstance(src, ir.Bits)
-    p = PackedFamilyConv("bits" if bits_in else "ints", "", word_bits, 0, 0, o, 0,
-                         kh * kw * c, ycls, xcls, ny, nx, np.zeros(0))
+    p = PackedConv(op.code, True, "bits" if bits_in else "ints", word_bits, 0, 0, o, 0, kh * kw * c, ycls, xcls,
+                   ny, nx, np.zeros(0), layout=layout)
     if bits_in:
         p.cw_in = words(c, word_bits)
         p.taps = kh * kw * p.cw_in
         p.method = "xnor" if op.code == "binary" else "masks"
         _pack_bit_planes(p, op, valid, bias)
-        counts = 4 * p.o_blk * max(1, len(p.bit_planes))
+        counts = 4 * p.o_pad * max(1, len(p.bit_planes))
         window = p.taps * word_bits // 8
     else:
         p.cw_in, p.taps = c, kh * kw * c
@@ -281,12 +224,12 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
             p.image = True
         if p.method == "sparse_int" and p.image and all(len(x) == 1 for x in op.in_lists):
             # one channel per output: kh * kw multiplies per output instead of the dense row
-            chan = np.zeros(p.o_blk, np.int32)
+            chan = np.zeros(p.o_pad, np.int32)
             chan[:o] = [int(x[0]) for x in op.in_lists]
-            wd = np.zeros((kh * kw, p.o_blk), np.int8)
+            wd = np.zeros((kh * kw, p.o_pad), np.int8)
             wd[:, :o] = int_w[np.arange(o), :, :, chan[:o]].reshape(o, kh * kw).T
             p.depthwise = {"chan": chan, "w": wd, "gather": not (o == c and np.array_equal(chan[:o], np.arange(o)))}
-            p.w_vnni = None  # the image stays int32
+            p.weights_vnni = p.vnni_offset = None  # the image stays int32
         if p.method == "sparse_int" and not p.image:
             start, chan, wts = [0], [], []
             for i in range(o):
@@ -299,20 +242,20 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
         ih, iw = src.shape[:2]
         im_c = o if p.depthwise is not None and p.depthwise["gather"] else c  # values per pixel of the image
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * im_c  # padded image
-        window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.w_vnni is not None else 0)
+        window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.weights_vnni is not None else 0)
         if (p.method == "int" and layout == "rows" and p.acc32 and -(2**15) <= src.lo and src.hi < 2**15
                 and np.abs(int_w).max(initial=0) < 2**15):
             # MCU builds ("rows"): the int16-pair kernel (pack_bits.int16_pair_weights) on a band of kh input rows
             p.pairs, p.row_pairs = True, -(-kh * kw * c // 2)
-            p.o_blk = -(-o // BLOCK) * BLOCK
+            p.o_pad = -(-o // BLOCK) * BLOCK
             p.weights = [int16_pair_weights(int_w.transpose(0, 2, 1, 3).reshape(o, -1))]
             window = (kh * (iw + op.pads[1] + op.pads[3]) * c + 2) * 2
-        counts = 4 * p.o_blk  # int32 sums
+        counts = 4 * p.o_pad  # int32 sums
     p.corr = np.stack([_lanes8(row, 0) for row in p.corr.astype(np.int64)])
     if p.method == "int" and p.image and not p.acc32:
         ow = (src.shape[1] + op.pads[1] + op.pads[3] - kw) // op.stride[1] + 1
         p.windows = min(INT64_WINDOWS, ow)
-    p.sums_offset = _align64(8 * p.o_blk * p.windows)
+    p.sums_offset = _align64(8 * p.o_pad * p.windows)
     p.window_offset = p.sums_offset + _align64(counts)
     p.scratch_bytes = p.window_offset + _align64(window)
     ep = op.epilogue

@@ -89,7 +89,7 @@ def scratch_bytes(op, src, word_bits: int) -> int:
         return src.shape[2] * 8 + 8
     if not isinstance(op, ir.Conv) or getattr(op, "packed", None) is None:
         return 0
-    if hasattr(op.packed, "scratch_bytes"):  # compressed-family layers (passes/pack_families) size their own
+    if op.packed.acc64:  # the 64-bit accumulator kernels (passes/pack_families) size their own
         return op.packed.scratch_bytes
     return conv_scratch(op, src, word_bits)["size"]
 
