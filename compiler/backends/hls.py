@@ -764,14 +764,14 @@ _ELEMENT_BITS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16, "int32": 32, 
 
 def stream_layouts(g: ir.Graph, flat: bool) -> tuple:
     """(input, output) AXI4-Stream layouts of the top, by the Verilog target's rule
-    (verilog._axis, docs/axi-stream.md): elements of EB bits, BE = min(C, 64 // EB) of them per
+    (verilog.stream_layout, docs/axi-stream.md): elements of EB bits, BE = min(C, 64 // EB) of them per
     beat of TW = 8 * ceil(BE * EB / 8) bits, element j in tdata[j*EB +: EB], a pixel in
     ceil(C / BE) beats, pixels in row-major order, TLAST on the last beat of a frame. The input is
     the model input on its grid ((H, W, C) pixels; one pixel of every element when the input is
     not an image or, as the Verilog target streams it, when the first layer is dense over the
     whole input); the output is one pixel of the model output's elements (float32 logits as
     their IEEE bits, or int32 indices)."""
-    from .verilog import _axis
+    from .verilog import stream_layout
 
     in_info, out_info = g.input_info, g.output_info
     iq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
@@ -782,8 +782,8 @@ def stream_layouts(g: ir.Graph, flat: bool) -> tuple:
         and qh * qw > 1
     c, h, w = iq.in_shape if not (flat or dense_first) else (n, 1, 1)
     shape = type("Shape", (), {"shape": (h, w, c)})
-    in_axis = _axis(shape, "in", _ELEMENT_BITS[in_info["dtype"]])
-    out_axis = _axis(type("Shape", (), {"shape": (1, 1, out_info["elements"])}), "out", 32)
+    in_axis = stream_layout(shape, "in", _ELEMENT_BITS[in_info["dtype"]])
+    out_axis = stream_layout(type("Shape", (), {"shape": (1, 1, out_info["elements"])}), "out", 32)
     out_dtype = "float32" if out_info["dtype"] == "float32" else "int32"  # indices travel as int32
     for axis, dtype in ((in_axis, in_info["dtype"]), (out_axis, out_dtype)):
         what = "float32 values (IEEE bits)" if dtype == "float32" else f"{dtype} values"

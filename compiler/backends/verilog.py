@@ -158,7 +158,10 @@ def _stream(ty, name: str) -> dict:
     return {"width": c * eb, "eb": eb, "c": c, "pixels": h * w, "desc": f"{name}: {h}x{w} pixels of {c} {what}"}
 
 
-def _axis(ty, name: str, eb: int | None = None) -> dict:
+def stream_layout(ty, name: str, eb: int | None = None) -> dict:
+    """How a tensor of type ty travels on an AXI stream (docs/axi-stream.md; the HLS backend uses
+    the same): EB-bit elements, BE per beat of TW bits, a pixel's C elements in BPP beats. `name`
+    ("in" / "out") names the stream in the refusal of elements wider than AXIS_MAX_BITS."""
     h, w, c = ty.shape
     eb = eb or element_bits(ty)
     if eb > AXIS_MAX_BITS:
@@ -358,7 +361,7 @@ def unit_floor(graph: ir.Graph, pl: Plan) -> tuple:
     """(unit, cycles per frame) of the slowest unit whose speed no folding changes: sliding window
     generators and pools (KH*KW + WINDOW_OVERHEAD cycles per output pixel), global sums and
     residual adds (one cycle per pixel) and the AXI streams (one cycle per beat)."""
-    units = [("input stream", _axis(input_type(graph, pl), "in")["beats"])]
+    units = [("input stream", stream_layout(input_type(graph, pl), "in")["beats"])]
     for op in pl.hw_ops[1:] if pl.flat_input else pl.hw_ops:
         src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
         pixels = dst.shape[0] * dst.shape[1]
@@ -429,10 +432,10 @@ def build_design(graph: ir.Graph, opts) -> Design:
     out_ty = g.tensors[last.outputs[0]]
     if pl.acc_out:
         ep = last.folded.epilogue
-        out_axis = _axis(ir.Ints(out_ty.shape, ep.acc_lo, ep.acc_hi), "out", ep.acc_bits)
+        out_axis = stream_layout(ir.Ints(out_ty.shape, ep.acc_lo, ep.acc_hi), "out", ep.acc_bits)
     else:
-        out_axis = _axis(out_ty, "out")
-    in_axis = _axis(in_ty, "in")
+        out_axis = stream_layout(out_ty, "out")
+    in_axis = stream_layout(in_ty, "in")
     units = [("input stream", in_axis["beats"]), ("output stream", out_axis["beats"])] + \
         [(s["name"], s["cycles"]) for s in stages]
     bottleneck = max(units, key=lambda u: u[1])
