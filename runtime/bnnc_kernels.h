@@ -309,26 +309,37 @@ BNNC_INLINE uint32_t bnnc_xor3_popcount_bits(const bnnc_word_t *x, const bnnc_wo
 #define BNNC_T2_NIBBLES(r)                                                                                \
   "and r8, " r ", #0xAAAAAAAA\n\tsub " r ", " r ", r8, lsr #1\n\t"                                      \
   "and r8, " r ", #0xCCCCCCCC\n\tand " r ", " r ", #0x33333333\n\tadd " r ", " r ", r8, lsr #2\n\t"
+/* Loads of a step's words: the window's, then the filter's (the _T forms: and the filter's
+ * threshold, which follows its row in the weights of BNNC_T2_WORD_T layers, into r12) */
+#define BNNC_T2_LOAD3 "ldmia %[xp]!, {r4, r5, r6}\n\tldmia %[wp]!, {r8, r9, r10}\n\t"
+#define BNNC_T2_LOAD3_T "ldmia %[xp]!, {r4, r5, r6}\n\tldmia %[wp]!, {r8, r9, r10, r12}\n\t"
+#define BNNC_T2_LOAD2 "ldmia %[xp]!, {r4, r5}\n\tldmia %[wp]!, {r8, r9}\n\t"
+#define BNNC_T2_LOAD2_T "ldmia %[xp]!, {r4, r5}\n\tldmia %[wp]!, {r8, r9, r12}\n\t"
+#define BNNC_T2_LOAD1 "ldr r4, [%[xp]], #4\n\tldr r5, [%[wp]], #4\n\t"
+#define BNNC_T2_LOAD1_T "ldr r4, [%[xp]], #4\n\tldmia %[wp]!, {r5, r12}\n\t"
 /* 3 words: r5 = ones + 2 twos (4-bit fields <= 12) */
 #ifdef BNNC_XOR3_GROUPS
-#define BNNC_T2_WORDS3                                                                                    \
-  "ldmia %[xp]!, {r4, r5, r6}\n\tldmia %[wp]!, {r8, r9, r10}\n\t"                                       \
+#define BNNC_T2_COUNT3                                                                                    \
   "eor r4, r4, r8\n\teor r5, r5, r9\n\teor r6, r6, r10\n\torr r4, r4, r5\n\teor r4, r4, r6\n\t"          \
   BNNC_T2_NIBBLES("r6") BNNC_T2_NIBBLES("r4") "add r5, r6, r4, lsl #1\n\t"
 #else
-#define BNNC_T2_WORDS3                                                                                    \
-  "ldmia %[xp]!, {r4, r5, r6}\n\tldmia %[wp]!, {r8, r9, r10}\n\t"                                       \
+#define BNNC_T2_COUNT3                                                                                    \
   "eor r4, r4, r8\n\teor r5, r5, r9\n\teor r6, r6, r10\n\t"                                             \
   "eor r8, r4, r5\n\tand r4, r4, r5\n\teor r5, r8, r6\n\tand r8, r8, r6\n\torr r4, r4, r8\n\t"          \
   BNNC_T2_NIBBLES("r5") BNNC_T2_NIBBLES("r4") "add r5, r5, r4, lsl #1\n\t"
 #endif
 /* 2 words, half adder: r5 = ones + 2 twos (fields <= 8) */
-#define BNNC_T2_WORDS2                                                                                    \
-  "ldmia %[xp]!, {r4, r5}\n\tldmia %[wp]!, {r8, r9}\n\teor r4, r4, r8\n\teor r5, r5, r9\n\t"           \
-  "and r6, r4, r5\n\teor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5") BNNC_T2_NIBBLES("r6")                    \
-  "add r5, r5, r6, lsl #1\n\t"
+#define BNNC_T2_COUNT2                                                                                    \
+  "eor r4, r4, r8\n\teor r5, r5, r9\n\tand r6, r4, r5\n\teor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5")     \
+  BNNC_T2_NIBBLES("r6") "add r5, r5, r6, lsl #1\n\t"
 /* 1 word: r5 = its 4-bit field counts */
-#define BNNC_T2_WORDS1 "ldr r4, [%[xp]], #4\n\tldr r5, [%[wp]], #4\n\teor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5")
+#define BNNC_T2_COUNT1 "eor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5")
+#define BNNC_T2_WORDS3 BNNC_T2_LOAD3 BNNC_T2_COUNT3
+#define BNNC_T2_WORDS2 BNNC_T2_LOAD2 BNNC_T2_COUNT2
+#define BNNC_T2_WORDS1 BNNC_T2_LOAD1 BNNC_T2_COUNT1
+#define BNNC_T2_WORDS3_T BNNC_T2_LOAD3_T BNNC_T2_COUNT3
+#define BNNC_T2_WORDS2_T BNNC_T2_LOAD2_T BNNC_T2_COUNT2
+#define BNNC_T2_WORDS1_T BNNC_T2_LOAD1_T BNNC_T2_COUNT1
 /* a (+)= the sum of r5's nibbles (each < 16): r8 = 15 x its high nibbles, byte by byte, and
  * USAD(A)8 adds |16 hi + lo - 15 hi| = hi + lo per byte (b stays 0) */
 #define BNNC_T2_ADD "and r8, r5, #0xF0F0F0F0\n\tsub r8, r8, r8, lsr #4\n\tusada8 %[sa], r5, r8, %[sa]"
@@ -363,6 +374,17 @@ BNNC_INLINE uint32_t bnnc_xor3_popcount_bits(const bnnc_word_t *x, const bnnc_wo
             : [xp] "+r"(x), [wp] "+r"(w), [tp] "+r"(thr), [b] "+r"(bits), [sa] "=&r"(sa_)               \
             :                                                                                           \
             : BNNC_T2_CLOBBERS, "cc");                                                                  \
+  } while (0)
+/* The same where each filter's threshold follows its row in the weights (layers with one
+ * threshold per filter, no border classes): ROW's last step is a _T form, which loads it with
+ * the row's last words. 4 instructions per filter besides the row. */
+#define BNNC_T2_WORD_T(ROW, ROW_BYTES, x, w, bits)                                                      \
+  do {                                                                                                  \
+    uint32_t sa_;                                                                                       \
+    __asm__("1:\n\t" ROW "sub %[xp], %[xp], #" ROW_BYTES "\n\tcmp %[sa], r12\n\trrxs %[b], %[b]\n\tbcc 1b" \
+            : [xp] "+r"(x), [wp] "+r"(w), [b] "+r"(bits), [sa] "=&r"(sa_)                               \
+            :                                                                                           \
+            : BNNC_T2_CLOBBERS, "r12", "cc");                                                           \
   } while (0)
 #elif BNNC_WORD_BITS == 32 && defined(__riscv_zbb) && !defined(BNNC_PORTABLE)
 /* RISC-V with Zbb: one cpop per word (xor, cpop, add) beats the carry-save sequence (and the

@@ -141,6 +141,12 @@ def xor3_groups(rows: np.ndarray, first: int = 0) -> np.ndarray:
     return out
 
 
+def row_thresholds(p, wb: int) -> np.ndarray:
+    """The thresholds of a binary row layer (MCU) as t, bit set where count >= t: thr + 1 within
+    [0, max count + 1], so that an unsigned compare's carry is the bit (BNNC_T2_WORD)."""
+    return np.clip(p.thr.astype(np.int64) + 1, 0, wb * p.taps + 1)
+
+
 def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> dict:
     """Template values of the generated C; xor3 (MCU cores whose row kernels use them): the
     binary row layers' filters and windows in parity groups (BNNC_XOR3_GROUPS)."""
@@ -205,6 +211,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             if xor3 and p.layout == "rows" and p.in_kind == "bits":
                 first = L["row_steps"][0] if L["row_steps"][0] in (1, 2) else 0
                 weights, L["xor3"], L["xor3_first"] = xor3_groups(weights, first), p.taps >= 3, first
+            # binary rows with one threshold per filter and no inner loop: each filter's threshold
+            # follows its row, loaded with the row's last words (BNNC_T2_WORD_T)
+            L["thr_in_w"] = (p.layout == "rows" and p.in_kind == "bits" and p.thr is not None and p.ny * p.nx == 1
+                             and "loop" not in L["row_steps"])
+            if L["thr_in_w"]:
+                weights = np.concatenate([weights, row_thresholds(p, wb).reshape(p.o, 1).astype(weights.dtype)], axis=1)
             if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
                 wtype, weights = "int16_t", int16_halves(p.weights)
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
@@ -218,13 +230,10 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                 if p.thr is None:
                     L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
             elif p.thr is not None:
-                thr = p.thr
-                if p.layout == "rows" and p.in_kind == "bits":
-                    # bit set where count >= t (t = thr + 1 in [0, max count + 1]): an unsigned
-                    # compare's carry, which the Thumb-2 word loop shifts in (BNNC_T2_WORD)
-                    thr = np.clip(p.thr.astype(np.int64) + 1, 0, wb * p.taps + 1)
-                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
-                               "init": c_array(thr, "int")})
+                thr = row_thresholds(p, wb) if p.layout == "rows" and p.in_kind == "bits" else p.thr
+                if not L["thr_in_w"]:
+                    consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
+                                   "align": p.layout == "blocked", "init": c_array(thr, "int")})
                 if p.layout == "rows":  # one word of WB output bits per output word
                     negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0]
                     consts.append({"name": f"{op.name}_neg", "ctype": "bnnc_word_t", "n": negw.size,

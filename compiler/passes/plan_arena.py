@@ -166,8 +166,9 @@ def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
         s = scratch_bytes(op, graph.tensors.get(op.inputs[0]), word_bits)
         if s:
             # compressed-family layers keep int64 accumulators at the start of their scratch
+            family = hasattr(getattr(op, "packed", None), "scratch_bytes")
             bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i,
-                                                align=8 if hasattr(op.packed, "scratch_bytes") and align < 8 else 1)
+                                                align=8 if family and align < 8 else 1)
     return list(bufs.values()), in_place
 
 
