@@ -6,7 +6,8 @@
  * channels padded with zero filters, so the loops stream one block and vectorize across its 32
  * outputs. A window is kh rows of kwcw consecutive words (or values), `rs` apart: a kernel reads
  * the input in place when the window lies inside it and a gathered copy otherwise.
- * Row kernels (MCU firmware, further down): weights [O][taps], one filter after the other.
+ * Row kernels (MCU firmware, further down): weights [O][taps], one filter after the other (in
+ * parity groups under BNNC_XOR3_GROUPS, each followed by its threshold for BNNC_T2_WORD_T).
  *
  * C99, no libc calls, no allocation. Define BNNC_WORD_BITS (32 or 64) before including.
  *
