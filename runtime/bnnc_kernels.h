@@ -6,7 +6,8 @@
  * channels padded with zero filters, so the loops stream one block and vectorize across its 32
  * outputs. A window is kh rows of kwcw consecutive words (or values), `rs` apart: a kernel reads
  * the input in place when the window lies inside it and a gathered copy otherwise.
- * Row kernels (MCU firmware, further down): weights [O][taps], one filter after the other.
+ * Row kernels (MCU firmware, further down): weights [O][taps], one filter after the other (in
+ * parity groups under BNNC_XOR3_GROUPS, each followed by its threshold for BNNC_T2_WORD_T).
  *
  * C99, no libc calls, no allocation. Define BNNC_WORD_BITS (32 or 64) before including.
  *
@@ -217,6 +218,21 @@ BNNC_INLINE const bnnc_word_t *bnnc_window_words(const bnnc_word_t *in, int ih, 
   return win;
 }
 
+/* The n words at x with each whole group of 3 from word `first` on as its parities (see
+ * BNNC_XOR3_GROUPS), into win (x may be win); returns win. */
+BNNC_INLINE const bnnc_word_t *bnnc_xor3_groups(const bnnc_word_t *x, int n, int first, bnnc_word_t *win) {
+  int i = 0;
+  for (; i < first; i++) win[i] = x[i];
+  for (; i + 3 <= n; i += 3) {
+    const bnnc_word_t v0 = x[i], v1 = x[i + 1], v2 = x[i + 2];
+    win[i] = v0 ^ v1;
+    win[i + 1] = v1 ^ v2;
+    win[i + 2] = v0 ^ win[i + 1];
+  }
+  for (; i < n; i++) win[i] = x[i];
+  return win;
+}
+
 /* The window of one output position, dense: the c channel bits of its kh x kw taps back to back
  * (tap by tap, channel c of a tap at bit offset tap * c + c), 0 bits for padded taps and after
  * the last tap. Filters of "dense" row layers are packed the same way, so the window needs
@@ -252,11 +268,19 @@ BNNC_INLINE void bnnc_window_dense(const bnnc_word_t *in, int ih, int iw, int cw
  * the words. The _START forms begin a row; bnnc_popcount_total(a, b) is the count. Three words go
  * through a carry-save full adder (ones = u ^ c, twos = majority, u = a ^ b) and the two words
  * are counted in 2-bit then 4-bit fields, n = ones + 2 twos (fields <= 12). On Cortex-M4/M7
- * (Thumb-2 with the DSP extension) USADA8 then adds the bytes of n to a and the bytes of its
- * high nibbles to b: a - b + b / 16 = the sum of all nibbles. 24 instructions per 3 words (LDM,
- * shifted operands, modified immediates), against 13 per word for a plain popcount. Elsewhere
- * the same full adder in C, with a multiply for the byte sum (b stays 0). Rows are unrolled by
- * the generated code. */
+ * (Thumb-2 with the DSP extension) USADA8 then adds the sum of n's nibbles to a (BNNC_T2_ADD).
+ * Elsewhere the same full adder in C, with a multiply for the byte sum. b stays 0 on both (a
+ * second accumulator of forms that need one). Rows are unrolled by the generated code.
+ *
+ * BNNC_XOR3_GROUPS (defined by generated models whose rows use it): every whole 3-word group
+ * v0, v1, v2 of a row, filter and window alike, is stored as its parities v0 ^ v1, v1 ^ v2,
+ * v0 ^ v1 ^ v2 (bnnc_xor3_groups; the filters at compile time). XORing a window's group with a
+ * filter's then gives, for the words a, b, c of x XOR w, U = a ^ b, V = b ^ c and ones =
+ * a ^ b ^ c directly, and twos = majority(a, b, c) = ones ^ (U | V) (all three equal: U = V = 0,
+ * majority = ones; else two agree and ones is the odd one out): 5 instructions for the XORs and
+ * the full adder instead of 8, the window's parities computed once per output pixel for all
+ * filters. 21 instructions per 3 words on Cortex-M4/M7 (24 without), against 13 per word for a
+ * plain popcount. */
 #if defined(BNNC_NAIVE_POPCOUNT)
 /* the baseline bench/bench_mcu.py compares with: one bit-trick popcount per word */
 BNNC_INLINE uint32_t bnnc_popcount_bits(bnnc_word_t v) {
@@ -266,8 +290,17 @@ BNNC_INLINE uint32_t bnnc_popcount_bits(bnnc_word_t v) {
   return (uint32_t)((bnnc_word_t)(v * (bnnc_word_t)0x0101010101010101ull) >> (BNNC_WORD_BITS - 8));
 }
 #define BNNC_XNOR_POPCOUNT1(x, w, a, b) ((a) += bnnc_popcount_bits(*(x) ^ *(w)), (x) += 1, (w) += 1)
+#ifdef BNNC_XOR3_GROUPS
+/* the group's words a = ones ^ V, b = ones ^ U ^ V, c = ones ^ U, one popcount each */
+BNNC_INLINE uint32_t bnnc_xor3_popcount_bits(const bnnc_word_t *x, const bnnc_word_t *w) {
+  const bnnc_word_t u = x[0] ^ w[0], v = x[1] ^ w[1], ones = x[2] ^ w[2];
+  return bnnc_popcount_bits(ones ^ v) + bnnc_popcount_bits(ones ^ u ^ v) + bnnc_popcount_bits(ones ^ u);
+}
+#define BNNC_XNOR_POPCOUNT3(x, w, a, b) ((a) += bnnc_xor3_popcount_bits((x), (w)), (x) += 3, (w) += 3)
+#else
 #define BNNC_XNOR_POPCOUNT3(x, w, a, b) \
   (BNNC_XNOR_POPCOUNT1(x, w, a, b), BNNC_XNOR_POPCOUNT1(x, w, a, b), BNNC_XNOR_POPCOUNT1(x, w, a, b))
+#endif
 #define BNNC_XNOR_POPCOUNT2(x, w, a, b) (BNNC_XNOR_POPCOUNT1(x, w, a, b), BNNC_XNOR_POPCOUNT1(x, w, a, b))
 #define BNNC_XNOR_POPCOUNT3_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT3(x, w, a, b))
 #define BNNC_XNOR_POPCOUNT2_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT2(x, w, a, b))
@@ -277,29 +310,49 @@ BNNC_INLINE uint32_t bnnc_popcount_bits(bnnc_word_t v) {
 #define BNNC_T2_NIBBLES(r)                                                                                \
   "and r8, " r ", #0xAAAAAAAA\n\tsub " r ", " r ", r8, lsr #1\n\t"                                      \
   "and r8, " r ", #0xCCCCCCCC\n\tand " r ", " r ", #0x33333333\n\tadd " r ", " r ", r8, lsr #2\n\t"
+/* Loads of a step's words: the window's, then the filter's (the _T forms: and the filter's
+ * threshold, which follows its row in the weights of BNNC_T2_WORD_T layers, into r12) */
+#define BNNC_T2_LOAD3 "ldmia %[xp]!, {r4, r5, r6}\n\tldmia %[wp]!, {r8, r9, r10}\n\t"
+#define BNNC_T2_LOAD3_T "ldmia %[xp]!, {r4, r5, r6}\n\tldmia %[wp]!, {r8, r9, r10, r12}\n\t"
+#define BNNC_T2_LOAD2 "ldmia %[xp]!, {r4, r5}\n\tldmia %[wp]!, {r8, r9}\n\t"
+#define BNNC_T2_LOAD2_T "ldmia %[xp]!, {r4, r5}\n\tldmia %[wp]!, {r8, r9, r12}\n\t"
+#define BNNC_T2_LOAD1 "ldr r4, [%[xp]], #4\n\tldr r5, [%[wp]], #4\n\t"
+#define BNNC_T2_LOAD1_T "ldr r4, [%[xp]], #4\n\tldmia %[wp]!, {r5, r12}\n\t"
 /* 3 words: r5 = ones + 2 twos (4-bit fields <= 12) */
-#define BNNC_T2_WORDS3                                                                                    \
-  "ldmia %[xp]!, {r4, r5, r6}\n\tldmia %[wp]!, {r8, r9, r10}\n\t"                                       \
+#ifdef BNNC_XOR3_GROUPS
+#define BNNC_T2_COUNT3                                                                                    \
+  "eor r4, r4, r8\n\teor r5, r5, r9\n\teor r6, r6, r10\n\torr r4, r4, r5\n\teor r4, r4, r6\n\t"          \
+  BNNC_T2_NIBBLES("r6") BNNC_T2_NIBBLES("r4") "add r5, r6, r4, lsl #1\n\t"
+#else
+#define BNNC_T2_COUNT3                                                                                    \
   "eor r4, r4, r8\n\teor r5, r5, r9\n\teor r6, r6, r10\n\t"                                             \
   "eor r8, r4, r5\n\tand r4, r4, r5\n\teor r5, r8, r6\n\tand r8, r8, r6\n\torr r4, r4, r8\n\t"          \
   BNNC_T2_NIBBLES("r5") BNNC_T2_NIBBLES("r4") "add r5, r5, r4, lsl #1\n\t"
+#endif
 /* 2 words, half adder: r5 = ones + 2 twos (fields <= 8) */
-#define BNNC_T2_WORDS2                                                                                    \
-  "ldmia %[xp]!, {r4, r5}\n\tldmia %[wp]!, {r8, r9}\n\teor r4, r4, r8\n\teor r5, r5, r9\n\t"           \
-  "and r6, r4, r5\n\teor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5") BNNC_T2_NIBBLES("r6")                    \
-  "add r5, r5, r6, lsl #1\n\t"
+#define BNNC_T2_COUNT2                                                                                    \
+  "eor r4, r4, r8\n\teor r5, r5, r9\n\tand r6, r4, r5\n\teor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5")     \
+  BNNC_T2_NIBBLES("r6") "add r5, r5, r6, lsl #1\n\t"
 /* 1 word: r5 = its 4-bit field counts */
-#define BNNC_T2_WORDS1 "ldr r4, [%[xp]], #4\n\tldr r5, [%[wp]], #4\n\teor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5")
-/* a (+)= the bytes of r5, b (+)= the bytes of its high nibbles */
-#define BNNC_T2_ADD "usada8 %[sa], r5, %[zero], %[sa]\n\tand r5, r5, #0xF0F0F0F0\n\tusada8 %[sb], r5, %[zero], %[sb]"
-#define BNNC_T2_SET "usada8 %[sa], r5, %[zero], %[zero]\n\tand r5, r5, #0xF0F0F0F0\n\tusada8 %[sb], r5, %[zero], %[zero]"
+#define BNNC_T2_COUNT1 "eor r5, r4, r5\n\t" BNNC_T2_NIBBLES("r5")
+#define BNNC_T2_WORDS3 BNNC_T2_LOAD3 BNNC_T2_COUNT3
+#define BNNC_T2_WORDS2 BNNC_T2_LOAD2 BNNC_T2_COUNT2
+#define BNNC_T2_WORDS1 BNNC_T2_LOAD1 BNNC_T2_COUNT1
+#define BNNC_T2_WORDS3_T BNNC_T2_LOAD3_T BNNC_T2_COUNT3
+#define BNNC_T2_WORDS2_T BNNC_T2_LOAD2_T BNNC_T2_COUNT2
+#define BNNC_T2_WORDS1_T BNNC_T2_LOAD1_T BNNC_T2_COUNT1
+/* a (+)= the sum of r5's nibbles (each < 16): r8 = 15 x its high nibbles, byte by byte, and
+ * USAD(A)8 adds |16 hi + lo - 15 hi| = hi + lo per byte (b stays 0) */
+#define BNNC_T2_ADD "and r8, r5, #0xF0F0F0F0\n\tsub r8, r8, r8, lsr #4\n\tusada8 %[sa], r5, r8, %[sa]"
+#define BNNC_T2_SET "and r8, r5, #0xF0F0F0F0\n\tsub r8, r8, r8, lsr #4\n\tusad8 %[sa], r5, r8"
 #define BNNC_T2_CLOBBERS "r4", "r5", "r6", "r8", "r9", "r10", "memory"
 #define BNNC_T2_STEP(words, x, w, a, b)                                                                 \
-  __asm__(words BNNC_T2_ADD : [xp] "+r"(x), [wp] "+r"(w), [sa] "+r"(a), [sb] "+r"(b) : [zero] "r"(0u)   \
-          : BNNC_T2_CLOBBERS)
+  __asm__(words BNNC_T2_ADD : [xp] "+r"(x), [wp] "+r"(w), [sa] "+r"(a) : : BNNC_T2_CLOBBERS)
 #define BNNC_T2_START(words, x, w, a, b)                                                                \
-  __asm__(words BNNC_T2_SET : [xp] "+r"(x), [wp] "+r"(w), [sa] "=&r"(a), [sb] "=&r"(b) : [zero] "r"(0u) \
-          : BNNC_T2_CLOBBERS)
+  do {                                                                                                  \
+    (b) = 0;                                                                                            \
+    __asm__(words BNNC_T2_SET : [xp] "+r"(x), [wp] "+r"(w), [sa] "=&r"(a) : : BNNC_T2_CLOBBERS);         \
+  } while (0)
 #define BNNC_XNOR_POPCOUNT3(x, w, a, b) BNNC_T2_STEP(BNNC_T2_WORDS3, x, w, a, b)
 #define BNNC_XNOR_POPCOUNT2(x, w, a, b) BNNC_T2_STEP(BNNC_T2_WORDS2, x, w, a, b)
 #define BNNC_XNOR_POPCOUNT1(x, w, a, b) BNNC_T2_STEP(BNNC_T2_WORDS1, x, w, a, b)
@@ -307,11 +360,47 @@ BNNC_INLINE uint32_t bnnc_popcount_bits(bnnc_word_t v) {
 #define BNNC_XNOR_POPCOUNT3_START(x, w, a, b) BNNC_T2_START(BNNC_T2_WORDS3, x, w, a, b)
 #define BNNC_XNOR_POPCOUNT2_START(x, w, a, b) BNNC_T2_START(BNNC_T2_WORDS2, x, w, a, b)
 #define BNNC_XNOR_POPCOUNT1_START(x, w, a, b) BNNC_T2_START(BNNC_T2_WORDS1, x, w, a, b)
+/* One output word of a binary row layer in one assembly loop, bits (in: 1 << (n - 1), n filters,
+ * 1..32; out: filter j's bit at 32 - n + j): ROW is the row's steps (BNNC_T2_WORDSk BNNC_T2_SET
+ * "\n\t" first, then BNNC_T2_WORDSk BNNC_T2_ADD "\n\t", the generated code's L_T2_ROW); each
+ * count is compared with its threshold t (count >= t: the unsigned compare's carry, which RRXS
+ * shifts in at bit 31) and the sentinel bit ends the loop when it drops out into the carry. The
+ * window pointer x comes back to its row start, w and thr move past the n filters. 5
+ * instructions per filter besides the row's steps, against 10 for a C loop over the rows. */
+#define BNNC_T2_WORD(ROW, ROW_BYTES, x, w, thr, bits)                                                   \
+  do {                                                                                                  \
+    uint32_t sa_;                                                                                       \
+    __asm__("1:\n\t" ROW "sub %[xp], %[xp], #" ROW_BYTES "\n\tldr r6, [%[tp]], #4\n\t"                   \
+            "cmp %[sa], r6\n\trrxs %[b], %[b]\n\tbcc 1b"                                                  \
+            : [xp] "+r"(x), [wp] "+r"(w), [tp] "+r"(thr), [b] "+r"(bits), [sa] "=&r"(sa_)               \
+            :                                                                                           \
+            : BNNC_T2_CLOBBERS, "cc");                                                                  \
+  } while (0)
+/* The same where each filter's threshold follows its row in the weights (layers with one
+ * threshold per filter, no border classes): ROW's last step is a _T form, which loads it with
+ * the row's last words. 4 instructions per filter besides the row. */
+#define BNNC_T2_WORD_T(ROW, ROW_BYTES, x, w, bits)                                                      \
+  do {                                                                                                  \
+    uint32_t sa_;                                                                                       \
+    __asm__("1:\n\t" ROW "sub %[xp], %[xp], #" ROW_BYTES "\n\tcmp %[sa], r12\n\trrxs %[b], %[b]\n\tbcc 1b" \
+            : [xp] "+r"(x), [wp] "+r"(w), [b] "+r"(bits), [sa] "=&r"(sa_)                               \
+            :                                                                                           \
+            : BNNC_T2_CLOBBERS, "r12", "cc");                                                           \
+  } while (0)
 #elif BNNC_WORD_BITS == 32 && defined(__riscv_zbb) && !defined(BNNC_PORTABLE)
-/* RISC-V with Zbb: one cpop per word (xor, cpop, add) beats the carry-save sequence */
+/* RISC-V with Zbb: one cpop per word (xor, cpop, add) beats the carry-save sequence (and the
+ * parity groups: bnnc generates its rows without them) */
 #define BNNC_XNOR_POPCOUNT1(x, w, a, b) ((a) += (uint32_t)__builtin_popcount(*(x) ^ *(w)), (x) += 1, (w) += 1)
 #define BNNC_XNOR_POPCOUNT2(x, w, a, b) (BNNC_XNOR_POPCOUNT1(x, w, a, b), BNNC_XNOR_POPCOUNT1(x, w, a, b))
+#ifdef BNNC_XOR3_GROUPS
+BNNC_INLINE uint32_t bnnc_xor3_cpop(const bnnc_word_t *x, const bnnc_word_t *w) {
+  const bnnc_word_t u = x[0] ^ w[0], v = x[1] ^ w[1], ones = x[2] ^ w[2];
+  return (uint32_t)__builtin_popcount(ones) + 2u * (uint32_t)__builtin_popcount(ones ^ (u | v));
+}
+#define BNNC_XNOR_POPCOUNT3(x, w, a, b) ((a) += bnnc_xor3_cpop((x), (w)), (x) += 3, (w) += 3)
+#else
 #define BNNC_XNOR_POPCOUNT3(x, w, a, b) (BNNC_XNOR_POPCOUNT2(x, w, a, b), BNNC_XNOR_POPCOUNT1(x, w, a, b))
+#endif
 #define BNNC_XNOR_POPCOUNT3_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT3(x, w, a, b))
 #define BNNC_XNOR_POPCOUNT2_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT2(x, w, a, b))
 #define BNNC_XNOR_POPCOUNT1_START(x, w, a, b) ((a) = 0, (b) = 0, BNNC_XNOR_POPCOUNT1(x, w, a, b))
@@ -328,10 +417,15 @@ BNNC_INLINE bnnc_word_t bnnc_nibbles(bnnc_word_t v) {
 /* sum of the bytes of a word whose byte fields total at most 255 */
 BNNC_INLINE uint32_t bnnc_byte_sum(bnnc_word_t b) { return (uint32_t)((b * BNNC_BYTES) >> (BNNC_WORD_BITS - 8)); }
 BNNC_INLINE uint32_t bnnc_xnor_popcount3(const bnnc_word_t *x, const bnnc_word_t *w) {
+#ifdef BNNC_XOR3_GROUPS
+  const bnnc_word_t u = x[0] ^ w[0], v = x[1] ^ w[1], ones = x[2] ^ w[2];
+  const bnnc_word_t n = bnnc_nibbles(ones) + (bnnc_nibbles(ones ^ (u | v)) << 1); /* fields <= 12 */
+#else
   const bnnc_word_t a = x[0] ^ w[0], b = x[1] ^ w[1], c = x[2] ^ w[2];
   const bnnc_word_t u = a ^ b;
   const bnnc_word_t n = bnnc_nibbles(u ^ c) + (bnnc_nibbles((a & b) | (u & c)) << 1); /* fields <= 12 */
-  return bnnc_byte_sum((n & BNNC_M4) + ((n >> 4) & BNNC_M4));                        /* bytes <= 24 */
+#endif
+  return bnnc_byte_sum((n & BNNC_M4) + ((n >> 4) & BNNC_M4)); /* bytes <= 24 */
 }
 BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t *w) {
   const bnnc_word_t n = bnnc_nibbles(x[0] ^ w[0]);

@@ -289,3 +289,24 @@ def test_portable_c_kernels_on_cortex_m4_equal_the_reference():
         ref = driver.run_target(graph, "ref", inputs)
         y, _ = mcu.emulate(graph, inputs.grid, TargetOptions(mcu="cortex-m4"), defines=("BNNC_PORTABLE",))
         assert np.array_equal(y.reshape(ref.shape), ref), seed
+
+
+def test_parity_groups_give_the_full_adder_of_the_xor():
+    """BNNC_XOR3_GROUPS: a window's and a filter's 3-word groups stored as their parities (c.xor3_groups,
+    from the row's first group on) XOR to U = a ^ b, V = b ^ c, ones = a ^ b ^ c of the words a, b, c
+    of x XOR w, and twos = ones ^ (U | V) is their majority: ones + 2 twos counts every bit once."""
+    from bnnc.backends.c import xor3_groups
+
+    rng = np.random.default_rng(0)
+    popcount = np.vectorize(lambda v: bin(int(v)).count("1"))
+    for taps, first in ((3, 0), (7, 1), (11, 2), (97, 1)):
+        x = rng.integers(0, 2**32, (5, taps), dtype=np.uint64).astype(np.uint32)
+        w = rng.integers(0, 2**32, (5, taps), dtype=np.uint64).astype(np.uint32)
+        t = xor3_groups(x, first) ^ xor3_groups(w, first)
+        assert np.array_equal(t[:, :first], (x ^ w)[:, :first])
+        for i in range(first, taps - 2, 3):
+            u, v, ones = t[:, i], t[:, i + 1], t[:, i + 2]
+            want = popcount(x[:, i:i + 3] ^ w[:, i:i + 3]).sum(axis=1)
+            assert np.array_equal(popcount(ones) + 2 * popcount(ones ^ (u | v)), want), (taps, first, i)
+        rest = first + 3 * ((taps - first) // 3)
+        assert np.array_equal(t[:, rest:], (x ^ w)[:, rest:])

@@ -121,3 +121,26 @@ def test_model_ram_within_5_percent_of_the_liveness_bound_on_cortex_m4(name):
     assert st["model_ram_bytes"] <= RAM_TARGET * bound, (
         f"{name}: model RAM {st['model_ram_bytes']} B = static {st['model_ram_bytes'] - st['stack_bytes']} + stack "
         f"{st['stack_bytes']} (per layer {st['stack_per_layer']}) > {RAM_TARGET} x the lower bound {bound} B")
+
+
+def test_first_fit_places_a_buffer_at_its_own_alignment():
+    bufs = [Buffer("a", 12, 0, 1), Buffer("b", 16, 1, 1, align=8), Buffer("c", 4, 1, 1)]
+    offsets = _first_fit(bufs)
+    assert offsets == {"a": 0, "b": 16, "c": 12}  # b skips 12 (4 mod 8); c still fills the gap
+    _check_placement(bufs, 32, offsets)
+
+
+def test_int64_buffers_start_at_multiples_of_8_on_mcus():
+    """A compressed-family layer's scratch starts with int64 accumulators: on an MCU (arena aligned
+    to 4) it must start at a multiple of 8 (pabt's first conv lay at 700 before) and still run
+    bit-exact."""
+    g = compile_graph(zoo.build("pabt"))
+    bg = mcu.backend_graph(g)
+    family = [op.name for op in bg.ops() if hasattr(getattr(op, "packed", None), "scratch_bytes")]
+    assert family
+    for name in family:
+        assert bg.arena["buffers"][name + "_scratch"] % 8 == 0, name
+    inputs = driver.prepare_inputs(g, driver.random_samples(g, 1, 0))
+    ref = driver.run_target(g, "ref", inputs)
+    y, _ = mcu.emulate(g, inputs.grid, TargetOptions(mcu="cortex-m4"))
+    np.testing.assert_array_equal(y.reshape(ref.shape), ref)

@@ -155,7 +155,13 @@ def test_thumb_instruction_classes():
         (_thumb(0xF040, 0x8000), ("branch", 0)),  # bne.w
         (_thumb(0xFB00, 0xF001), ("mul", 0)),  # mul r0, r0, r1
         (_thumb(0xFB00, 0x2001), ("mac", 0)),  # mla r0, r0, r1, r2
-        (_thumb(0xFB20, 0x0001), ("mac", 0)),  # smlad r0, r0, r1, r0
+        (_thumb(0xFB00, 0x2011), ("mac", 0)),  # mls r0, r0, r1, r2
+        (_thumb(0xFB20, 0x0001), ("mul", 0)),  # smlad r0, r0, r1, r0: one cycle on Cortex-M4 (DSP MAC)
+        (_thumb(0xFB20, 0x0011), ("mul", 0)),  # smladx r0, r0, r1, r0
+        (_thumb(0xFB20, 0xF001), ("mul", 0)),  # smuad r0, r0, r1
+        (_thumb(0xFB40, 0x0001), ("mul", 0)),  # smlsd r0, r0, r1, r0
+        (_thumb(0xFB10, 0x0001), ("mul", 0)),  # smlabb r0, r0, r1, r0
+        (_thumb(0xFB70, 0x0001), ("mul", 0)),  # usada8 r0, r0, r1, r0
         (_thumb(0xFBB0, 0xF0F1), ("div", 0)),  # udiv r0, r0, r1
         (_thumb(0xFBA0, 0x0101), ("mull", 0)),  # umull r0, r1, r0, r1
         (_thumb(0xE8B1, 0x0070), ("multiple", 3)),  # ldmia.w r1!, {r4, r5, r6}

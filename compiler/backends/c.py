@@ -129,7 +129,27 @@ def _row_unrolling(taps: int) -> dict:
     return {"loop_groups": loop, "row_steps": steps}
 
 
-def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
+def xor3_groups(rows: np.ndarray, first: int = 0) -> np.ndarray:
+    """Word rows (..., L) with each whole group of 3 words v0, v1, v2 from word `first` on as its
+    parities v0 ^ v1, v1 ^ v2, v0 ^ v1 ^ v2: the filters of MCU row kernels built with
+    BNNC_XOR3_GROUPS (runtime/bnnc_kernels.h, whose bnnc_xor3_groups does the same to each
+    window); `first`: the words of a row's leading 1- or 2-word step (_row_unrolling)."""
+    out = rows.copy()
+    for i in range(first, rows.shape[-1] - 2, 3):
+        v0, v1, v2 = rows[..., i], rows[..., i + 1], rows[..., i + 2]
+        out[..., i], out[..., i + 1], out[..., i + 2] = v0 ^ v1, v1 ^ v2, v0 ^ v1 ^ v2
+    return out
+
+
+def row_thresholds(p, wb: int) -> np.ndarray:
+    """The thresholds of a binary row layer (MCU) as t, bit set where count >= t: thr + 1 within
+    [0, max count + 1], so that an unsigned compare's carry is the bit (BNNC_T2_WORD)."""
+    return np.clip(p.thr.astype(np.int64) + 1, 0, wb * p.taps + 1)
+
+
+def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> dict:
+    """Template values of the generated C; xor3 (MCU cores whose row kernels use them): the
+    binary row layers' filters and windows in parity groups (BNNC_XOR3_GROUPS)."""
     prefix = sanitize_identifier(name)
     wb = graph.word_bits
     word_kind = "word64" if wb == 64 else "word32"
@@ -179,9 +199,18 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             p = op.packed
             L.update(scratch=f"(arena + {arena['buffers'][op.name + '_scratch']})",
                      buf_offset=conv_scratch(op, src_t, wb)["buf"], acc16=p.acc16, layout=p.layout, dense=p.dense,
-                     c=src_t.shape[2], wb=wb, pairs=p.pairs, **_row_unrolling(p.taps))
+                     c=src_t.shape[2], wb=wb, pairs=p.pairs, xor3=False, **_row_unrolling(p.taps))
             wtype, wkind = ("bnnc_word_t", word_kind) if p.in_kind == "bits" else ("int8_t", "int")
             weights = p.weights[0]
+            if xor3 and p.layout == "rows" and p.in_kind == "bits":
+                first = L["row_steps"][0] if L["row_steps"][0] in (1, 2) else 0
+                weights, L["xor3"], L["xor3_first"] = xor3_groups(weights, first), p.taps >= 3, first
+            # binary rows with one threshold per filter and no inner loop: each filter's threshold
+            # follows its row, loaded with the row's last words (BNNC_T2_WORD_T)
+            L["thr_in_w"] = (p.layout == "rows" and p.in_kind == "bits" and p.thr is not None and p.ny * p.nx == 1
+                             and "loop" not in L["row_steps"])
+            if L["thr_in_w"]:
+                weights = np.concatenate([weights, row_thresholds(p, wb).reshape(p.o, 1).astype(weights.dtype)], axis=1)
             if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
                 wtype, weights = "int16_t", int16_halves(weights)
             consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
@@ -194,8 +223,10 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 if p.thr is None:
                     L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
             elif p.thr is not None:
-                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
-                               "init": c_array(p.thr, "int")})
+                thr = row_thresholds(p, wb) if p.layout == "rows" and p.in_kind == "bits" else p.thr
+                if not L["thr_in_w"]:
+                    consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
+                                   "align": p.layout == "blocked", "init": c_array(thr, "int")})
                 if p.layout == "rows":  # one word of WB output bits per output word
                     negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0]
                     consts.append({"name": f"{op.name}_neg", "ctype": "bnnc_word_t", "n": negw.size,
@@ -240,6 +271,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
         "prefix": prefix,
         "PREFIX": prefix.upper(),
         "word_bits": wb,
+        "xor3_groups": xor3,
         "input_ctype": C_TYPES[in_dtype],
         "input_size": int(np.prod(in_info["shape"])),
         "input_shape": in_info["shape"],
@@ -519,9 +551,10 @@ def _env() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def render(graph: ir.Graph, name: str = "bnnc") -> dict:
-    """{file name: text} of the generated C project (model, runtime header, harness, Makefile)."""
-    ctx = build_context(graph, name)
+def render(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> dict:
+    """{file name: text} of the generated C project (model, runtime header, harness, Makefile);
+    xor3: see build_context."""
+    ctx = build_context(graph, name, xor3)
     env = _env()
     files = {
         "model.h": env.get_template("model.h.j2").render(**ctx),

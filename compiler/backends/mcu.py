@@ -59,6 +59,9 @@ class Core:
     ram: int
     arch: str = "arm"  # "arm" (Thumb, M profile) or "riscv" (RV32)
     cross: str = "arm-none-eabi-"  # the GNU toolchain prefix of the firmware project
+    # binary rows in parity groups (bnnc_kernels.h, BNNC_XOR3_GROUPS): 3 instructions fewer per 3
+    # words for the carry-save kernels; not with a popcount instruction (Zbb), one per word there
+    xor3_groups: bool = True
 
 
 CORES = {
@@ -76,7 +79,7 @@ CORES = {
     # a core with the Zbb bit-manipulation extension: popcount is one cpop
     "rv32imc_zbb": Core("rv32imc_zbb", "riscv32-freestanding-none", "generic_rv32+m+c+zbb",
                         "-march=rv32imc_zbb -mabi=ilp32", "UC_CPU_RISCV32_ANY", False, 4 << 20, 384 << 10, "riscv",
-                        "riscv64-unknown-elf-"),
+                        "riscv64-unknown-elf-", xor3_groups=False),
 }
 
 
@@ -118,8 +121,8 @@ def render(graph: ir.Graph, opts, emulation: bool = False, bg: ir.Graph | None =
     `bg`: the backend graph when the caller has it already."""
     core = core_of(opts)
     bg = bg if bg is not None else backend_graph(graph)
-    lib = c_backend.render(bg, opts.name)
-    ctx = c_backend.build_context(bg, opts.name)
+    lib = c_backend.render(bg, opts.name, core.xor3_groups)
+    ctx = c_backend.build_context(bg, opts.name, core.xor3_groups)
     ld = f"{ctx['prefix']}_{core.name.replace('-', '_')}.ld"
     flash, ram, note = (EMU_FLASH, EMU_RAM, "bnnc's emulated part") if emulation else _memories(ctx, core, opts)
     ctx.update(core=core, linker_script=ld, flash=flash, ram=ram, note=note,

@@ -112,7 +112,12 @@ def _thumb_class(h1: int, h2: int | None) -> tuple:
         return "alu", 0
     if (h1 & 0xFE00) == 0xF800:  # single loads and stores
         return ("load" if h1 & 0x10 else "store"), 0
-    if (h1 & 0xFF80) == 0xFB00:  # MUL, MLA, MLS, DSP multiplies
+    if (h1 & 0xFF80) == 0xFB00:  # MUL, MLA, MLS (op1 0), DSP multiplies (op1 1..7)
+        # Only MLA / MLS accumulate in a second cycle on Cortex-M4 (TRM table 3-1); the DSP
+        # multiplies, with or without accumulate (SMLAD, SMLADX, SMUAD, SMLSD, SMLAxy, SMLAWy,
+        # SMMLA, USADA8, ...), issue in one, like MUL: the "mul" class.
+        if (h1 >> 4) & 7:
+            return "mul", 0
         return ("mul" if (h2 >> 12) == 0xF else "mac"), 0
     if (h1 & 0xFF80) == 0xFB80:  # long multiplies and divides
         op1 = (h1 >> 4) & 7

@@ -13,7 +13,8 @@ across its whole branch), the tensor op i writes (not the buffer of one of its i
 computes in place but a residual Add: its sum takes the buffer of an operand that dies there,
 in_place_operand), and op i's scratch. Sizes are the tensors as
 stored (bit tensors in whole words per pixel, integers in their storage type, floats in 4 bytes)
-rounded up to the buffer alignment (4 bytes on MCUs, 64 on hosts). No placement of these buffers
+rounded up to the buffer alignment (4 bytes on MCUs, 64 on hosts; on MCUs a buffer of int64 data,
+a compressed-family layer's scratch or an int64 tensor, starts at a multiple of 8). No placement of these buffers
 in one memory can use less: at step i they all exist at once and must not overlap. MCU firmware
 needs the arena plus its stack (the entry's frame and the deepest layer's registers and spills,
 measured by the emulator: bench/bench_mcu.py --ram); .data is empty (tables are const, in flash).
@@ -39,6 +40,7 @@ class Buffer:
     first: int
     last: int
     offset: int = -1
+    align: int = 1  # its offset a multiple of this (8 for int64 data on MCUs, whose arena aligns to 4)
 
 
 def tensor_bytes(ty, word_bits: int) -> int:
@@ -98,6 +100,12 @@ def _align(n: int, align: int = ALIGN) -> int:
     return -(-n // align) * align
 
 
+def _data_alignment(ty, align: int) -> int:
+    """A tensor buffer's own alignment beyond the arena's: 8 for int64 elements where the arena
+    aligns to less (an int64 read at an offset of 4 mod 8 is undefined behaviour in C)."""
+    return 8 if align < 8 and isinstance(ty, ir.Ints) and storage_dtype(ty) == "int64" else 1
+
+
 def _alignment(layout: str) -> int:
     """Buffer alignment: a cache line for the host's vector kernels, a word for MCUs."""
     return 4 if layout == "rows" else ALIGN
@@ -149,7 +157,7 @@ def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
                     in_place[t] = over
                     home[t] = home[over]
                     continue
-                bufs[t] = Buffer(t, size, i, i)
+                bufs[t] = Buffer(t, size, i, i, align=_data_alignment(graph.tensors[t], align))
                 home[t] = t
         for t in list(op.inputs) + [t for t in op.outputs if t in in_place]:
             if t in home:
@@ -157,7 +165,10 @@ def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
                 b.last = max(b.last, i)
         s = scratch_bytes(op, graph.tensors.get(op.inputs[0]), word_bits)
         if s:
-            bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i)
+            # compressed-family layers keep int64 accumulators at the start of their scratch
+            family = getattr(getattr(op, "packed", None), "acc64", False)
+            bufs[op.name + "_scratch"] = Buffer(op.name + "_scratch", _align(s, align), i, i,
+                                                align=8 if family and align < 8 else 1)
     return list(bufs.values()), in_place
 
 
@@ -249,7 +260,7 @@ def _first_fit(order: list) -> dict:
         for p in conflicts:
             if off + b.size <= offsets[p.name]:
                 break
-            off = max(off, offsets[p.name] + p.size)
+            off = _align(max(off, offsets[p.name] + p.size), b.align)
         offsets[b.name] = off
         placed.append(b)
     return offsets
