@@ -255,6 +255,24 @@ def test_project_builds_with_arm_none_eabi_gcc_make_and_cmake(tmp_path, core):
 
 
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="arm-none-eabi-gcc is not installed")
+@pytest.mark.parametrize("name", ["cnv", "w1a2", "pabt"])
+def test_zoo_projects_link_without_libc_under_arm_none_eabi_gcc(tmp_path, name):
+    """GCC turns fill and copy loops into memset / memcpy calls even with -ffreestanding; the
+    generated firmware (padded images, window copies, .data / .bss set-up) must still link with
+    -nostdlib at -O2 and -O3."""
+    from bnnc import zoo
+    from bnnc.pipeline import compile_graph
+
+    files = mcu.files(compile_graph(zoo.build(name)), TargetOptions(mcu="cortex-m4"))
+    for fname, text in files.items():
+        (tmp_path / fname).write_text(text)
+    for opt in ("-O2", "-O3"):
+        r = subprocess.run(["make", "-B", f"CFLAGS=-std=c99 {opt} -Wall -Wextra -Werror -ffreestanding -ffp-contract=off "
+                            "-ffunction-sections -fdata-sections"], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="arm-none-eabi-gcc is not installed")
 @pytest.mark.parametrize("core", ["cortex-m0", "cortex-m4"])
 def test_arm_none_eabi_gcc_firmware_equals_the_reference(monkeypatch, core):
     monkeypatch.setenv("BNNC_MCU_CC", "arm-none-eabi-gcc")
