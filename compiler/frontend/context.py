@@ -199,27 +199,55 @@ class LoweringContext:
                             f"scales ({old.scale:g}, {scale:g})")
         chains = list(ep.chains) if isinstance(ep, ir.Planes) else [ep]
         o = merged_conv(conv).w.shape[0]
-        if len(chains) == 1:  # the first plane's readers now read a block of a wider tensor
-            for k, val in self.vals.items():
-                if isinstance(val, BitsVal) and val.tensor == conv.outputs[0] and val.block is None:
-                    self.vals[k] = replace(val, block=(0, o))
         chains.append(ir.Chain(list(v.chain), term))
         conv.epilogue = ir.Planes(chains)
         conv.source_ops = conv.source_ops + v.source_ops + [node.name]
         h, w, _ = old.shape
         self.graph.tensors[conv.outputs[0]] = ir.Bits((h, w, o * len(chains)), old.scale)
+        carriers = self._widen_plane_pools(conv, node)
+        if len(chains) == 2:  # the first plane's readers now read a block of a wider tensor
+            for k, val in self.vals.items():
+                if isinstance(val, BitsVal) and val.tensor in carriers and val.block is None:
+                    self.vals[k] = replace(val, block=(0, o))
         return BitsVal(v.shape, tensor=conv.outputs[0], scale=scale, block=((len(chains) - 1) * o, o))
 
+    def _widen_plane_pools(self, conv, node) -> set:
+        """The tensors that hold `conv`'s activation-base planes: its output and the MaxPools of it
+        built before its latest plane, which widen with it (their convolutions are widened when the
+        graph is complete, lower._set_output). Other readers of a narrower plane tensor are refused."""
+        carriers, todo = {conv.outputs[0]}, [conv.outputs[0]]
+        while todo:
+            t = todo.pop()
+            channels = self.graph.tensors[t].shape[2]
+            for op in self.graph.consumers(t):
+                if isinstance(op, (ir.Conv, ir.ConvSum)):
+                    continue
+                if not isinstance(op, ir.MaxPool):
+                    raise BnncError(f"{where(node)}: layer '{conv.source_ops[0]}' has several sign activations "
+                                    f"(activation bases) and an earlier one is already read by a {type(op).__name__}; "
+                                    "bnnc supports convolutions and MaxPools there")
+                ty = self.graph.tensors[op.outputs[0]]
+                self.graph.tensors[op.outputs[0]] = replace(ty, shape=ty.shape[:2] + (channels,))
+                carriers.add(op.outputs[0])
+                todo.append(op.outputs[0])
+        return carriers
+
     def emit_maxpool(self, params, v: Val) -> Val:
-        """An IR MaxPool of the Bits / Ints tensor `v`."""
+        """An IR MaxPool of the Bits / Ints tensor `v`. Of one activation-base plane, it pools all
+        planes (a MaxPool is per channel), once for all of them, and keeps the plane's block."""
         kernel, stride, pads, (oh, ow), src = params
+        if v.block is not None:
+            for op in self.graph.consumers(v.tensor):
+                if isinstance(op, ir.MaxPool) and (tuple(op.kernel), tuple(op.stride), tuple(op.pads)) == \
+                        (tuple(kernel), tuple(stride), tuple(pads)):
+                    return type(v)((1, v.shape[1], oh, ow), tensor=op.outputs[0], scale=v.scale, block=v.block)
         name = self.new_name("maxpool")
         tname = name + "_out"
         ty = self.graph.tensors[v.tensor]
         oty = ir.Bits((oh, ow, ty.shape[2]), ty.scale) if isinstance(ty, ir.Bits) else \
             ir.Ints((oh, ow, ty.shape[2]), ty.lo, ty.hi, ty.scale)
         self.graph.add(ir.MaxPool(name, [v.tensor], [tname], kernel, stride, pads), {tname: oty})
-        return type(v)((1, v.shape[1], oh, ow), tensor=tname, scale=v.scale)
+        return type(v)((1, v.shape[1], oh, ow), tensor=tname, scale=v.scale, block=v.block)
 
 
 # ----------------------------------------------------------------------------- shared helpers

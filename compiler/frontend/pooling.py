@@ -88,6 +88,9 @@ def global_average_pool(ctx, node):
     if not isinstance(v, (BitsVal, IntsVal)):
         raise BnncError(f"{where(node)}: GlobalAveragePool of real-valued layer outputs is not supported "
                         "yet; place it after the sign activation")
+    if v.block is not None:
+        raise BnncError(f"{where(node)}: GlobalAveragePool of one of several sign activations of a layer "
+                        "(activation bases) is not supported; convolutions and MaxPools read them")
     ty = ctx.graph.tensors[v.tensor]
     h, w, c = ty.shape
     name = ctx.new_name("gsum")
