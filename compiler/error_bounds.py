@@ -218,7 +218,8 @@ def _epilogue(ep, e_acc, lo, hi, acc_unit, lb: LayerBound, wide: bool = False) -
 
 def _describe(op, lb: LayerBound) -> None:
     if lb.end_to_end and (lb.end_to_end != lb.local or lb.local):
-        lb.notes.append(f"error bound vs real arithmetic: local <= {lb.local:.3g}, end-to-end <= {lb.end_to_end:.3g}"
+        local = f"<= {lb.local:.3g}" if lb.local else "exact (0)"
+        lb.notes.append(f"error bound vs real arithmetic: local {local}, end-to-end <= {lb.end_to_end:.3g}"
                         + (" (where the stream does not saturate)" if lb.saturates else ""))
     if lb.tie_margin:
         what = "values" if isinstance(op, ir.ArgMax) else "pre-activations"
