@@ -19,75 +19,89 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ir
+from . import error_bounds, ir
 
 
 def layer_rows(graph: ir.Graph) -> list:
-    """One dict per op of the backend graph (packed + arena planned)."""
+    """One dict per op of the backend graph (packed + arena planned). Every row has
+    `end_to_end_error_bound` (`error_bounds.end_to_end`: the output's largest deviation from real
+    arithmetic, real units; 0 where exact), rows of rounding layers `error_bound` (their local
+    bound), rows that compare an inexact value (sign, threshold, ArgMax) `tie_margin`."""
     wb = getattr(graph, "word_bits", 64)
+    bounds = error_bounds.end_to_end(graph)
     rows = []
     for op in graph.ops():
-        src = graph.tensors.get(op.inputs[0])
-        dst = graph.tensors[op.outputs[0]]
-        row = {"name": op.name, "onnx_nodes": list(getattr(op, "source_ops", [])), "op": type(op).__name__,
-               "input_shape": list(src.shape) if src is not None else list(graph.input_info["shape"]),
-               "output_shape": list(dst.shape), "output_type": type(dst).__name__,
-               "binary_macs": 0, "int_macs": 0, "weight_bits_float32": 0, "weight_bits": 0,
-               "stored_bytes": 0, "channels_removed": 0, "input_channels_removed": 0, "thresholds": 0}
-        row.update(code="", scale_bits=0, index_bits=0, popcounts=0, multiplies=0)
-        if isinstance(op, ir.Conv) and not ir.is_classic(op):
-            _family_conv_row(op, src, dst, row, wb)
-            rows.append(row)
-            continue
-        if isinstance(op, ir.Conv):
-            o, kh, kw, c = op.w.shape
-            oh, ow = dst.shape[:2]
-            macs = int(np.count_nonzero(op.w)) * oh * ow
-            row["op"] = "Dense" if op.is_dense else "Conv"
-            row["kernel"], row["stride"], row["pads"] = list(op.kernel), list(op.stride), list(op.pads)
-            row["binary_macs" if isinstance(src, ir.Bits) else "int_macs"] = macs
-            o0, c0 = o + op.removed_out, c + op.removed_in
-            row["weight_bits_float32"] = 32 * o0 * kh * kw * c0
-            row["weight_bits"] = int(np.count_nonzero(op.w))  # one bit per kept weight
-            row["channels_removed"], row["input_channels_removed"] = op.removed_out, op.removed_in
-            p = getattr(op, "packed", None)
-            stored = 0
-            if p is not None:
-                stored = sum(w.size * w.itemsize for w in p.weights)
-                for arr, item in ((p.thr, 4), (p.neg, 1), (p.kmul, 1)):
-                    stored += 0 if arr is None else arr.size * item
-                if p.thr is None and np.any(p.corr):
-                    stored += p.corr.size * 4
-            row["stored_bytes"] = int(stored)
-            if isinstance(op.epilogue, ir.Thresholds):
-                row["thresholds"] = int(op.epilogue.direction.size)
-                row["notes"] = list(op.epilogue.notes)
-            row["compression"] = round(row["weight_bits_float32"] / max(row["weight_bits"], 1), 2)
-        elif isinstance(op, ir.InputQuantize):
-            row["op"] = "InputQuantize"
-            if op.notes:
-                row["notes"] = list(op.notes)
-                row["error_bound"] = op.max_error
-        elif isinstance(op, ir.Activation):
-            ep = op.epilogue
-            row["thresholds"] = int(np.asarray(ep.threshold).size) if hasattr(ep, "threshold") else 0
-            row["notes"] = list(getattr(ep, "notes", []))
-            row["stored_bytes"] = family_stored_bytes(op, wb)
-        elif isinstance(op, ir.Concat):
-            parts = " + ".join(str(graph.tensors[t].shape[2]) for t in op.inputs)
-            row["notes"] = [f"channels {parts}" + (f", inputs shifted by {list(op.shifts)} onto the finest grid"
-                                                   if any(op.shifts) else "")]
-        elif isinstance(op, ir.Softmax):
-            row["notes"] = [f"float64 softmax (arith.softmax): error <= p * (2^-24 + 2^-42 + C * 2^-52) + 2^-150, "
-                            f"C = {dst.shape[2]}"]
-        if isinstance(op, ir.Conv):
-            row["code"] = "binary"
-            p = getattr(op, "packed", None)
-            if p is not None and isinstance(src, ir.Bits):
-                row["popcounts"] = int(p.taps * p.o * np.prod(dst.shape[:2]))
-            row["multiplies"] = row["int_macs"]
-        rows.append(row)
+        rows.append(_layer_row(graph, op, wb))
+        lb = bounds.layers[op.name]
+        rows[-1]["end_to_end_error_bound"] = lb.end_to_end
+        if lb.tie_margin:
+            rows[-1]["tie_margin"] = lb.tie_margin
+        if lb.notes:
+            rows[-1].setdefault("notes", []).extend(lb.notes)
     return rows
+
+
+def _layer_row(graph: ir.Graph, op, wb: int) -> dict:
+    """One row of `layer_rows` without the error bounds."""
+    src = graph.tensors.get(op.inputs[0])
+    dst = graph.tensors[op.outputs[0]]
+    row = {"name": op.name, "onnx_nodes": list(getattr(op, "source_ops", [])), "op": type(op).__name__,
+           "input_shape": list(src.shape) if src is not None else list(graph.input_info["shape"]),
+           "output_shape": list(dst.shape), "output_type": type(dst).__name__,
+           "binary_macs": 0, "int_macs": 0, "weight_bits_float32": 0, "weight_bits": 0,
+           "stored_bytes": 0, "channels_removed": 0, "input_channels_removed": 0, "thresholds": 0}
+    row.update(code="", scale_bits=0, index_bits=0, popcounts=0, multiplies=0)
+    if isinstance(op, ir.Conv) and not ir.is_classic(op):
+        _family_conv_row(op, src, dst, row, wb)
+        return row
+    if isinstance(op, ir.Conv):
+        o, kh, kw, c = op.w.shape
+        oh, ow = dst.shape[:2]
+        macs = int(np.count_nonzero(op.w)) * oh * ow
+        row["op"] = "Dense" if op.is_dense else "Conv"
+        row["kernel"], row["stride"], row["pads"] = list(op.kernel), list(op.stride), list(op.pads)
+        row["binary_macs" if isinstance(src, ir.Bits) else "int_macs"] = macs
+        o0, c0 = o + op.removed_out, c + op.removed_in
+        row["weight_bits_float32"] = 32 * o0 * kh * kw * c0
+        row["weight_bits"] = int(np.count_nonzero(op.w))  # one bit per kept weight
+        row["channels_removed"], row["input_channels_removed"] = op.removed_out, op.removed_in
+        p = getattr(op, "packed", None)
+        stored = 0
+        if p is not None:
+            stored = sum(w.size * w.itemsize for w in p.weights)
+            for arr, item in ((p.thr, 4), (p.neg, 1), (p.kmul, 1)):
+                stored += 0 if arr is None else arr.size * item
+            if p.thr is None and np.any(p.corr):
+                stored += p.corr.size * 4
+        row["stored_bytes"] = int(stored)
+        if isinstance(op.epilogue, ir.Thresholds):
+            row["thresholds"] = int(op.epilogue.direction.size)
+            row["notes"] = list(op.epilogue.notes)
+        row["compression"] = round(row["weight_bits_float32"] / max(row["weight_bits"], 1), 2)
+    elif isinstance(op, ir.InputQuantize):
+        row["op"] = "InputQuantize"
+        if op.notes:
+            row["notes"] = list(op.notes)
+            row["error_bound"] = op.max_error
+    elif isinstance(op, ir.Activation):
+        ep = op.epilogue
+        row["thresholds"] = int(np.asarray(ep.threshold).size) if hasattr(ep, "threshold") else 0
+        row["notes"] = list(getattr(ep, "notes", []))
+        row["stored_bytes"] = family_stored_bytes(op, wb)
+    elif isinstance(op, ir.Concat):
+        parts = " + ".join(str(graph.tensors[t].shape[2]) for t in op.inputs)
+        row["notes"] = [f"channels {parts}" + (f", inputs shifted by {list(op.shifts)} onto the finest grid"
+                                               if any(op.shifts) else "")]
+    elif isinstance(op, ir.Softmax):
+        row["notes"] = [f"float64 softmax (arith.softmax): error <= p * (2^-24 + 2^-42 + C * 2^-52) + 2^-150, "
+                        f"C = {dst.shape[2]}"]
+    if isinstance(op, ir.Conv):
+        row["code"] = "binary"
+        p = getattr(op, "packed", None)
+        if p is not None and isinstance(src, ir.Bits):
+            row["popcounts"] = int(p.taps * p.o * np.prod(dst.shape[:2]))
+        row["multiplies"] = row["int_macs"]
+    return row
 
 
 def code_storage(op: ir.Conv) -> dict:
@@ -236,7 +250,7 @@ def totals(graph: ir.Graph, rows: list) -> dict:
 
 def report(graph: ir.Graph) -> dict:
     rows = layer_rows(graph)
-    return {"layers": rows, "totals": totals(graph, rows), "input": {k: v for k, v in graph.input_info.items()
+    return {"layers": rows, "totals": totals(graph, rows) | {"output_error_bound": error_bounds.output_bound(graph)}, "input": {k: v for k, v in graph.input_info.items()
                                                                      if k != "grid"} | {"grid": graph.input_info["grid"]},
             "output": graph.output_info}
 
@@ -260,6 +274,8 @@ def format_table(rep: dict) -> str:
                  f"{t['channels_removed']}")
     lines.append(f"word popcounts: {t['popcounts']}, integer multiplies: {t['multiplies']}")
     lines.append(f"arena: {t['arena_bytes']} B (lower bound {t['arena_lower_bound_bytes']} B)")
+    if t.get("output_error_bound"):
+        lines.append(f"output: end-to-end error bound vs real arithmetic <= {t['output_error_bound']:.3g}")
     for r in rep["layers"]:
         for n in r.get("notes", []):
             lines.append(f"{r['name']}: {n}")

@@ -244,14 +244,14 @@ def _real_valued_table(layers: list) -> str:
     if not rows:
         return '<p class="note">No real-valued layers: the lowered model is exact.</p>'
     out = ['<table id="real-valued"><tr><th class="l">layer</th><th class="l">ONNX nodes</th>'
-           '<th class="l">representation</th><th>error bound</th></tr>']
+           '<th class="l">representation</th><th>error bound</th><th>end to end</th></tr>']
     for r in rows:
         rep = r.get("representation") or "; ".join(r.get("notes", []))
-        bound = r.get("error_bound")
+        bounds = (r.get("error_bound"), r.get("end_to_end_error_bound"))
         out.append(f'<tr><td class="l name">{_text(r["name"])}</td>'
                    f'<td class="l name">{_text(", ".join(r.get("onnx_nodes", [])))}</td>'
                    f'<td class="l">{_text(rep)}</td>'
-                   f'<td>{_text("exact (0)" if not bound else f"{bound:.3g}")}</td></tr>')
+                   + "".join(f'<td>{_text("exact (0)" if not b else f"{b:.3g}")}</td>' for b in bounds) + '</tr>')
     return "\n".join(out) + "</table>"
 
 

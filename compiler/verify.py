@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import driver, ir, progress, reference
+from . import driver, error_bounds, ir, progress, reference
 from .errors import BnncError, one_line
 
 ORIGINAL_CHUNK = 16  # samples per onnxruntime call batch, between progress milestones
@@ -205,16 +205,6 @@ def _nhwc(u: np.ndarray, shape: tuple):
     return u.astype(np.float64) if u.shape[1:] == tuple(shape) else None
 
 
-def _error_bound(op) -> float:
-    bound = 0.0
-    if getattr(op, "acc_error", None) is not None:
-        bound += float(np.max(op.acc_error))
-    ep = getattr(op, "epilogue", None)
-    if isinstance(ep, ir.Requantize) and ep.max_error:
-        bound += float(ep.max_error)
-    return bound
-
-
 def _level_mismatch(v: np.ndarray, u: np.ndarray) -> np.ndarray:
     """(N,) count of elements per sample whose value breaks a one-to-one per-channel map from
     bnnc's levels v to the original's values u (N, H, W, C)."""
@@ -262,16 +252,22 @@ def trace_layers(compiled, inputs, rtol: float) -> list:
             raise BnncError(f"onnxruntime cannot run the original model's layers: {str(e).splitlines()[0][:200]}") \
                 from None
     rows = []
+    bounds = error_bounds.end_to_end(graph)
     for op in graph.ops():
         if op.name in tensors:
+            # a layer's values may differ by the error it inherits too, not only its own rounding
+            bound = max(error_bounds.local_bound(op), bounds.layers[op.name].end_to_end)
             # the candidate tensor the layer follows best (fewest differing samples, then values)
-            rows.append(min((_compare(op, graph, ours[op.outputs[0]], t, theirs[t], rtol) for t in tensors[op.name]),
+            rows.append(min((_compare(op, graph, ours[op.outputs[0]], t, theirs[t], rtol, bound)
+                             for t in tensors[op.name]),
                             key=lambda r: (not r["compared"], r["samples"], r["differing"], r["max_diff"] or 0)))
     return rows
 
 
-def _compare(op, graph: ir.Graph, ours: np.ndarray, name: str, theirs: np.ndarray, rtol: float) -> dict:
-    """One trace row: bnnc's tensor (N, H, W, C) of `op` against the original's tensor `name`."""
+def _compare(op, graph: ir.Graph, ours: np.ndarray, name: str, theirs: np.ndarray, rtol: float,
+             bound: float) -> dict:
+    """One trace row: bnnc's tensor (N, H, W, C) of `op` against the original's tensor `name`;
+    values may differ by rtol (float32) + `bound` (bnnc's stated error)."""
     ty = graph.tensors[op.outputs[0]]
     n = ours.shape[0]
     row = {"layer": op.name, "op": type(op).__name__, "onnx": name, "compared": False,
@@ -287,7 +283,7 @@ def _compare(op, graph: ir.Graph, ours: np.ndarray, name: str, theirs: np.ndarra
         bad = _level_mismatch(v, u)
     else:
         d = np.abs(v * getattr(ty, "scale", 1.0) - u).reshape(n, -1).max(axis=1)
-        tol = rtol * max(1.0, float(np.abs(u).max())) + _error_bound(op)
+        tol = rtol * max(1.0, float(np.abs(u).max())) + bound
         row["max_diff"], row["tolerance"] = float(d.max()), tol
         bad = (d > tol).astype(int)
     row["compared"] = True

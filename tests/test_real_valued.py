@@ -1,15 +1,18 @@
 """Real-valued (float) layers and declared sensor inputs: weights on a per-channel power-of-two
 grid, the float input as a fixed-point tensor, grouped convolutions, and the error bounds."""
 
+import json
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnnc import driver, ir, targets
+from bnnc import driver, error_bounds, ir, targets
 from bnnc.cli import main
 from bnnc.original import OriginalModel
 from bnnc.passes.quantize_input import InputAffine
 from bnnc.pipeline import Options, compile_graph
+from bnnc.testing import random_models
 from bnnc.weight_codes import real_grid
 
 IMAGENET = InputAffine((("div", (255.0,)), ("sub", (0.485, 0.456, 0.406)), ("div", (0.229, 0.224, 0.225))))
@@ -246,3 +249,72 @@ def test_sign_after_a_pool_of_a_rounded_stream_stays_binary(pool):
     inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 2))
     ref = driver.run_target(graph, "ref", inputs)
     assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+
+
+def _observed_and_bound(model, n: int, seed: int, tie_tensor: str = ""):
+    """(largest |reference - float64 evaluation of the model| at the output, the stated end-to-end
+    bound) over n samples; with `tie_tensor` (the value a sign reads), only samples where no value
+    lies within the sign's stated margin of 0 (near ties: the bound after it assumes none)."""
+    graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
+    bounds = error_bounds.end_to_end(graph)
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, n, seed))
+    ref = driver.run_target(graph, "ref", inputs)
+    env = random_models.evaluate(model, inputs.model.astype(np.float64))
+    real = env[model.graph.output[0].name].reshape(ref.shape)
+    keep = np.ones(len(ref), bool)
+    if tie_tensor:
+        margin = max(b.tie_margin for b in bounds.layers.values())
+        assert margin > 0
+        keep = np.abs(env[tie_tensor]).reshape(len(ref), -1).min(axis=1) > margin
+        assert keep.mean() >= 0.5
+    return float(np.abs(ref - real)[keep].max()), error_bounds.output_bound(graph, bounds), graph, bounds
+
+
+def test_end_to_end_bounds_hold_and_are_not_absurdly_loose():
+    """On random real-valued networks (every layer a float one, roundings carried through convs,
+    BatchNorm, MaxPool, residual Adds and average pools) and on a float network with a sign in
+    it, the reference stays within the stated end-to-end bound of float64 arithmetic on the
+    original model, and the bound is within 1000x of what the samples show on some of them."""
+    ratios = []
+    cases = [(random_models.real_valued_model(seed), "") for seed in range(6)]
+    cases += [(_wide_residual(seed, gain), "") for seed, gain in ((0, 1.0), (1, 100.0))]
+    cases += [(_float_cnn(seed, group), "s0") for seed, group in ((0, 1), (1, 8))]
+    for i, (model, tie) in enumerate(cases):
+        observed, bound, graph, bounds = _observed_and_bound(model, 60, i, tie)
+        assert observed <= bound, (model.graph.name, observed, bound)
+        ratios.append(bound / max(observed, 1e-300))
+        # end to end: the output's bound carries more than the last layer's own rounding
+        last = bounds.layers[graph.producer(graph.output).name]
+        assert last.end_to_end > last.local > 0
+    assert min(ratios) < 1000 and sum(r < 1000 for r in ratios) >= 2, ratios
+
+
+def test_local_bounds_understate_what_a_layer_inherits():
+    """A stream read by the next float layer: its error reaches the layer's output, scaled by the
+    layer's weights (the local acc_error counts only the input's own rounding)."""
+    graph = compile_graph(_wide_residual(0, 100.0), Options(input_range=(0, 255), input_affine=IMAGENET))
+    bounds = error_bounds.end_to_end(graph)
+    convs = [op for op in graph.ops() if isinstance(op, ir.Conv)]
+    stem, branch = convs[0], convs[1]
+    assert bounds.layers[stem.name].end_to_end == pytest.approx(
+        float(bounds.tensors[stem.outputs[0]].max()))
+    inherited = bounds.tensors[stem.outputs[0]]
+    w = np.abs(ir.int_weights(branch)).sum(axis=(1, 2)) * branch.unit[:, None]  # (O, C) sum of |weights|
+    assert bounds.layers[branch.name].end_to_end >= float((w @ inherited).max()) > bounds.layers[branch.name].local
+
+
+def test_report_shows_local_and_end_to_end_bounds(tmp_path, capsys):
+    model = _wide_residual(2, 10.0)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    flags = ["--input-range", "0:255", "--input-scale", "1/255", "--input-mean", "0.485,0.456,0.406",
+             "--input-std", "0.229,0.224,0.225"]
+    assert main(["report", str(path), *flags, "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "end-to-end <=" in out and "output: end-to-end error bound" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    rows = {r["name"]: r for r in rep["layers"]}
+    dense = [r for r in rep["layers"] if r["op"] == "Dense"][-1]
+    assert dense["end_to_end_error_bound"] > dense["error_bound"] > 0
+    assert rep["totals"]["output_error_bound"] == pytest.approx(dense["end_to_end_error_bound"])
+    assert all("end_to_end_error_bound" in r for r in rows.values())

@@ -270,7 +270,8 @@ def test_zoo_model_page_on_c(tmp_path, name, kind):
 def _real_valued_rows(text: str) -> list:
     table = re.search(r'<table id="real-valued">(.*?)</table>', text, re.S)
     return [tuple(html.unescape(c) for c in cells)
-            for cells in re.findall(r"<tr><td[^>]*>(.*?)</td><td[^>]*>(.*?)</td><td[^>]*>(.*?)</td><td>(.*?)</td></tr>",
+            for cells in re.findall(r"<tr><td[^>]*>(.*?)</td><td[^>]*>(.*?)</td><td[^>]*>(.*?)</td><td>(.*?)</td>"
+                                    r"<td>(.*?)</td></tr>",
                                     table.group(1) if table else "")]
 
 
@@ -288,6 +289,8 @@ def test_real_valued_layers_table(tmp_path):
         if "representation" in r:
             assert row[2] == r["representation"]
         assert float(row[3]) == pytest.approx(r["error_bound"], rel=1e-2) if r["error_bound"] else row[3] == "exact (0)"
+        e2e = r["end_to_end_error_bound"]
+        assert float(row[4]) == pytest.approx(e2e, rel=1e-2) if e2e else row[4] == "exact (0)"
 
 
 def test_mcu_page_shows_instructions_per_layer(tmp_path):

@@ -123,15 +123,22 @@ def requantize(ctx, node, chain: list, o: int, lo_acc, hi_acc, layer: str, clamp
             raise BnncError(f"{where(node)}: the fixed-point requantization of layer '{layer}' "
                             "needs more than 64 bits (its scale is too small or too large for the grid)")
     floor_error = float(a_top) * (2**pre - 1)
+    # the integer multiplier and offset are the map's own rounded to 2^-(frac + shift): their error
+    # over the (shifted) accumulator range, in real units
+    mult_error = float(max((abs(m - a * 2**pre * big) * max(abs(int(lo)), abs(int(hi))) + abs(c - b * big - 2 ** (shift - 1)))
+                           / big for m, c, (a, b, _), lo, hi in zip(mult, add, affine, np.broadcast_to(lo_acc, (o,)),
+                                                                   np.broadcast_to(hi_acc, (o,)))) * 2.0**-frac) \
+        if not exact else 0.0
     acc_text = f"(acc >> {pre})" if pre else "acc"
     note = (f"fixed-point stream 2^-{frac}: out = floor(({acc_text} * mult + add) / 2^{shift}), the layer's affine map "
             + ("exactly (the model's scales are on the grid)" if exact else
-               f"rounded half up (error <= 2^-{frac + 1}" + (f" + {floor_error:.3g}" if pre else "") + ")")
+               f"rounded half up (error <= 2^-{frac + 1}" + (f" + {floor_error:.3g}" if pre else "")
+               + (f" + {mult_error:.3g} of the multiplier" if mult_error else "") + ")")
             + f", saturating at +-{limit} steps"
             + (f" (reachable: the layer's worst case is +-{reach} steps)" if reach > limit else ""))
     ep = ir.Requantize(np.array(mult, np.int64), np.array(add, np.int64), shift, lo_out, hi_out,
                        2.0**-frac, [note], np.array(acc_lo, np.int64), np.array(acc_hi, np.int64),
-                       0.0 if exact else 2.0**-(frac + 1) + floor_error, pre, reach * 2.0**-frac)
+                       0.0 if exact else 2.0**-(frac + 1) + floor_error + mult_error, pre, reach * 2.0**-frac)
     return ep, min(ends), max(ends)
 
 

@@ -168,6 +168,10 @@ def _keep_outputs(conv: ir.Conv, keep: np.ndarray) -> None:
         conv.int_w = conv.int_w[keep]
     if conv.unit is not None:
         conv.unit = conv.unit[keep]
+    if conv.weight_error is not None:
+        conv.weight_error = conv.weight_error[keep]
+    if conv.acc_error is not None:
+        conv.acc_error = conv.acc_error[keep]
     for b in conv.bases:
         b.w, b.mult_p, b.mult_n = b.w[keep], b.mult_p[keep], b.mult_n[keep]
         b.scale_p = None if b.scale_p is None else b.scale_p[keep]

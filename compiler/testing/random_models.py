@@ -624,6 +624,57 @@ def random_inputs(model_or_spec, n: int, seed: int) -> np.ndarray:
     return (scale * (q - zero_point + u)).astype(_F32)
 
 
+def real_valued_model(seed: int) -> onnx.ModelProto:
+    """A random network of real-valued (float) layers, deterministic in `seed`, for a declared
+    float input (x in [0, 255] read through a normalisation, e.g. --input-range 0:255): a float
+    stem conv (bias, optional BatchNorm, Relu or not, optional MaxPool), one or two float convs
+    with an optional residual Add, an AveragePool 2x2 and a float Gemm. Every layer is real-valued:
+    each rounding bnnc makes carries into the output (the end-to-end error bound's test)."""
+    rng = np.random.default_rng(seed)
+    c, size = int(rng.integers(2, 7)), int(rng.choice([8, 12]))
+    inits: dict = {}
+    nodes: list = []
+
+    def const(name, value):
+        inits[name] = np.asarray(value, _F32)
+        return name
+
+    def node(op, inputs, **attrs):
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [out], name=f"{op.lower()}{len(nodes)}", **attrs))
+        return out
+
+    gain = float(10.0 ** rng.uniform(-1, 1.5))
+    t = node("Conv", ["x", const("w0", rng.normal(size=(c, 3, 3, 3)) * gain), const("b0", rng.normal(size=c))],
+             pads=[1, 1, 1, 1])
+    if rng.random() < 0.5:
+        t = node("BatchNormalization", [t, const("g", rng.uniform(0.5, 2, c)), const("be", rng.normal(size=c)),
+                                        const("mu", rng.normal(size=c)), const("var", rng.uniform(0.5, 2, c))],
+                 epsilon=1e-5)
+    if rng.random() < 0.7:
+        t = node("Relu", [t])
+    if rng.random() < 0.5:
+        t = node("MaxPool", [t], kernel_shape=[2, 2], strides=[2, 2])
+        size //= 2
+    for i in range(int(rng.integers(1, 3))):
+        k = int(rng.choice([1, 3]))
+        b = node("Conv", [t, const(f"w{i + 1}", rng.normal(size=(c, c, k, k)) * rng.uniform(0.1, 1))],
+                 pads=[k // 2] * 4)
+        t = node("Add", [t, b]) if rng.random() < 0.6 else b
+    t = node("AveragePool", [t], kernel_shape=[2, 2], strides=[2, 2])
+    size //= 2
+    t = node("Reshape", [t, "shape"])
+    inits["shape"] = np.array([1, c * size * size], np.int64)
+    nodes.append(helper.make_node("Gemm", [t, const("wf", rng.normal(size=(10, c * size * size))),
+                                           const("bf", rng.normal(size=10))], ["y"], name="fc", transB=1))
+    x_size = size * 2 * (2 if any(n.op_type == "MaxPool" for n in nodes) else 1)
+    g = helper.make_graph(nodes, f"real_valued_{seed}",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, x_size, x_size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def save(model: onnx.ModelProto, path) -> None:
     """onnx.save after the full checker."""
     onnx.checker.check_model(model, full_check=True)
@@ -633,12 +684,19 @@ def save(model: onnx.ModelProto, path) -> None:
 # -- float64 reference evaluation --------------------------------------------------------------
 
 
-def _conv(x, w, b=None, *, pads=(0, 0, 0, 0), strides=(1, 1), **_):
+def _conv(x, w, b=None, *, pads=(0, 0, 0, 0), strides=(1, 1), group=1, **_):
     kh, kw = w.shape[2:]
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
-    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    ci, co = w.shape[1], w.shape[0] // group
+    y = np.concatenate([np.tensordot(win[:, g * ci:(g + 1) * ci], w[g * co:(g + 1) * co], axes=([1, 4, 5], [1, 2, 3]))
+                        for g in range(group)], axis=-1).transpose(0, 3, 1, 2)
     return y if b is None else y + b[None, :, None, None]
+
+
+def _average_pool(x, *, kernel_shape, strides, **_):
+    win = sliding_window_view(x, tuple(kernel_shape), axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
+    return win.mean(axis=(4, 5))
 
 
 def _max_pool(x, *, kernel_shape, strides, pads=(0, 0, 0, 0), **_):
@@ -683,6 +741,10 @@ _OPS = {
     "BatchNormalization": _batchnorm,
     "Sign": np.sign,
     "MaxPool": _max_pool,
+    "AveragePool": _average_pool,
+    "Relu": lambda x: np.maximum(x, 0),
+    "Sub": np.subtract,
+    "Div": np.divide,
     "GlobalAveragePool": lambda x: x.mean(axis=(2, 3), keepdims=True),
     "Flatten": lambda x, *, axis=1: x.reshape(int(np.prod(x.shape[:axis])), -1),
     "Reshape": _reshape,
