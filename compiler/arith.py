@@ -35,6 +35,20 @@ def eval_chain(ops: list, v: np.ndarray) -> np.ndarray:
     return v
 
 
+def invert_chain(ops: list, v: np.ndarray):
+    """The inverse of an affine chain (mul / add / sub / div) applied to `v` in float64, or None
+    where the chain is not invertible (relu, a zero factor)."""
+    v = np.asarray(v, dtype=np.float64)
+    for op in reversed(ops):
+        if op.op == "relu":
+            return None
+        c = np.asarray(op.const, dtype=np.float64)
+        if op.op in ("mul", "div") and np.any(c == 0):
+            return None
+        v = {"mul": v / c, "div": v * c, "add": v - c, "sub": v + c}[op.op]
+    return v
+
+
 def acc_to_float(acc: np.ndarray) -> np.ndarray:
     """The accumulator enters its chain as float32 (exact: |acc| < 2**24 is checked at compile time)."""
     return np.asarray(acc).astype(np.float32)

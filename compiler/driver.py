@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ir, targets
-from .arith import eval_chain
+from .arith import eval_chain, invert_chain
 from .errors import BnncError
 from .passes.pack_bits import pack_bits
 from .passes.plan_arena import plan_arena
@@ -57,13 +57,33 @@ def prepare_inputs(graph: ir.Graph, x: np.ndarray) -> Inputs:
     off = (xf != np.rint(xf)) | (xf < lo) | (xf > hi)
     if grid.get("values"):
         off |= ~np.isin(xf, grid["values"])
+    if np.any(off) and grid.get("pre") and not grid.get("values"):
+        q = normalised_to_grid(grid, xf)
+        if q is not None:  # the training pipeline's own (normalised) inputs: the device sees q
+            return Inputs(q.astype(grid["dtype"]), xf.astype(np.float32).reshape((n,) + shape))
     if np.any(off):
+        also = " nor its declared normalisation of one" if grid.get("pre") else ""
         raise BnncError(f"input value {xf[off][0]} is not on the model's integer input grid "
-                        f"{list(grid['values']) if grid.get('values') else [lo, hi]} ({grid['why']})")
+                        f"{list(grid['values']) if grid.get('values') else [lo, hi]}{also} ({grid['why']})")
     real = xf.astype(np.float32)
     if grid.get("pre"):  # the declared per-channel float32 ops give the original model its input
         real = eval_chain(grid["pre"], real)
     return Inputs(xf.astype(grid["dtype"]), real.reshape((n,) + shape))
+
+
+def normalised_to_grid(grid: dict, xf: np.ndarray):
+    """The integers q of the declared grid whose declared normalisation (grid["pre"]) the float
+    inputs xf (N, elements) are, as a training pipeline computes it, or None unless every value is
+    one: undoing the normalisation must land within 2^-8 of an integer in the range. Pipelines that
+    evaluate it in float32 or float64, in any order, land within about 2^-16 of q; other floats
+    are refused rather than rounded to a grid they were not on."""
+    lo, hi = grid["range"]
+    inv = invert_chain(grid["pre"], xf)
+    if inv is None:
+        return None
+    q = np.rint(inv)
+    ok = (np.abs(inv - q) <= 2.0**-8) & (q >= lo) & (q <= hi)
+    return q if np.all(ok) else None
 
 
 def approximations(graph: ir.Graph) -> list:

@@ -38,3 +38,30 @@ def test_options_of_reads_the_flags_as_the_cli_does():
     assert fixed.input_scale == 2.0**-10 and fixed.input_range == (-32768, 32767) and fixed.input_affine is None
     image = options_of(IMAGENET)
     assert image.input_range == (0, 255) and image.input_affine is not None
+
+
+@pytest.mark.parametrize("name", [n for n, f in WILD_MODELS.items() if "--input-mean" in f])
+def test_the_exporters_own_normalised_samples_verify(wild, name, capsys):
+    """NAME_x.npy holds the training pipeline's inputs, pixels already normalised (README): verify
+    takes them as they are, the compiled model the pixels q they are the normalisation of, the
+    original model the floats themselves."""
+    import numpy as np
+
+    from bnnc import driver
+    from bnnc.arith import eval_chain
+    from bnnc.onnx_loader import read_model
+    from bnnc.pipeline import compile_graph
+    from bnnc.testing.wild import options_of
+
+    x = np.load(wild / f"{name}_x.npy")
+    graph = compile_graph(read_model(wild / f"{name}.onnx"), options_of(WILD_MODELS[name]))
+    inputs = driver.prepare_inputs(graph, x)
+    assert inputs.grid.dtype == np.uint8 and np.array_equal(inputs.model, x)
+    normalised = eval_chain(graph.input_info["grid"]["pre"], inputs.grid.astype(np.float32))
+    assert np.allclose(normalised, x.reshape(len(x), -1), atol=1e-5)
+    with pytest.raises(driver.BnncError, match="nor its declared normalisation"):
+        driver.prepare_inputs(graph, x + np.float32(0.3 / 255 / 0.25))  # a third of a pixel step off
+    rc = main(["verify", str(wild / f"{name}.onnx"), *WILD_MODELS[name], "--target", "ref", "--input",
+               str(wild / f"{name}_x.npy")])
+    out, err = capsys.readouterr()
+    assert rc == 0, (out + err)[-2000:]
