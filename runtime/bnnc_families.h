@@ -14,6 +14,44 @@
 #define BNNC_LAYER static
 #endif
 
+/* BNNC_ROLLED before a for: on MCUs the loop stays a loop. Clang otherwise unrolls the short
+ * constant-trip loops of a layer's epilogue (8 or more 64-bit sums at once), and on a core with
+ * 13 general registers what does not fit is spilled: the layer's stack frame, which is RAM above
+ * the arena, grows by up to ~150 bytes. Host builds unroll as before. */
+#if (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M') || defined(__riscv)
+#if defined(__clang__)
+#define BNNC_ROLLED _Pragma("clang loop unroll(disable) vectorize(disable) interleave(disable)")
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define BNNC_ROLLED _Pragma("GCC unroll 1")
+#endif
+#endif
+#ifndef BNNC_ROLLED
+#define BNNC_ROLLED
+#endif
+
+/* BNNC_OPAQUE(p);: on Thumb-2 MCUs (Cortex-M3/M4/M7) the compiler forgets what the pointer p holds
+ * (an empty asm that may change it). At the top of a loop body, the addresses derived from p are
+ * computed in the body (free in the addressing modes) instead of hoisted before the loop into
+ * registers, which on a 13-register core are spilled: stack frame, RAM above the arena. (RISC-V
+ * has the registers; on Cortex-M0 it is a wash.) */
+#if defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' && defined(__ARM_ARCH_ISA_THUMB) && \
+    __ARM_ARCH_ISA_THUMB >= 2 && (defined(__GNUC__) || defined(__clang__))
+#define BNNC_OPAQUE(p) __asm__("" : "+r"(p))
+#else
+#define BNNC_OPAQUE(p) (void)(p)
+#endif
+
+/* BNNC_EPILOGUE: how a layer's out-of-line epilogue (c/families/layer.j2) is defined: a function
+ * of its own where the layer's MAC kernel is one (BNNC_INT16_MAC8_CALLED): inlined, its 64-bit
+ * arithmetic spills the layer's loop state into the layer's frame, under the MAC kernel's; out of
+ * line, the stack holds the deeper of the two frames. Inline elsewhere. */
+#if defined(BNNC_INT16_MAC8_CALLED) && (defined(__GNUC__) || defined(__clang__))
+#define BNNC_EPILOGUE static __attribute__((noinline))
+#else
+#define BNNC_EPILOGUE BNNC_INLINE
+#endif
+
+
 #define BNNC_FAM_OBLOCK 8 /* outputs per block of the plane tables (one 512-bit vector of 64-bit words) */
 /* The sums of one block of outputs: a local array on the host (vector registers), in place in the
  * destination (the layer's scratch) on MCUs, where they would be a stack copy. */
@@ -204,7 +242,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
       }
     }
     _mm256_storeu_si256((__m256i *)(s + ob * BNNC_FAM_OBLOCK), _mm512_cvtepi64_epi32(a));
-#else
+#elif defined(BNNC_VARIANTS)
     BNNC_FAM_SUMS(int32_t, a, s + ob * BNNC_FAM_OBLOCK);
     for (int j = 0; j < BNNC_FAM_OBLOCK; j++) a[j] = 0;
     for (int ky = 0; ky < kh; ky++) {
@@ -220,6 +258,25 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
       }
     }
     BNNC_FAM_SUMS_DONE(a, s + ob * BNNC_FAM_OBLOCK);
+#else
+    /* MCUs: one output at a time, its sum in a register (eight sums with the popcount's constants
+     * and the pointers do not fit 13 registers: the rest spill to the stack) */
+    BNNC_ROLLED
+    for (int j = 0; j < BNNC_FAM_OBLOCK; j++) {
+      const bnnc_word_t *bj = bb ? bb + j : bb, *mj = mb ? mb + j : mb;
+      int32_t a = 0;
+      for (int ky = 0; ky < kh; ky++) {
+        for (int t = 0; t < kwcw; t++) {
+          const bnnc_word_t x = src[ky * rs + t];
+          const bnnc_word_t v = kind == BNNC_PLANE_AND ? x & *mj
+                                : kind == BNNC_PLANE_MASKED_XNOR ? (x ^ *bj) & *mj : x ^ *bj;
+          a += bnnc_popcount(v);
+          if (bj) bj += BNNC_FAM_OBLOCK;
+          if (mj) mj += BNNC_FAM_OBLOCK;
+        }
+      }
+      s[ob * BNNC_FAM_OBLOCK + j] = a;
+    }
 #endif
   }
 }
@@ -355,6 +412,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_requantize_row)(const int64_t *acc, const i
     BNNC_V(bnnc_store8_int)(out, bytes, o, k, v);
   }
 #endif
+  BNNC_ROLLED
   for (; o < n; o++)
     bnnc_store_int(out, bytes, o, bnnc_requantize(acc[o], mult[o], add[o], s, acc_lo[o], acc_hi[o], lo, hi));
 }
@@ -370,6 +428,7 @@ BNNC_INLINE BNNC_VT uint32_t BNNC_V(bnnc_threshold_bits8)(const int64_t *x, cons
                               _mm512_mask_test_epi64_mask(km, ng, ng));
 #else
   uint32_t m = 0;
+  BNNC_ROLLED
   for (int l = 0; l < k; l++) m |= (uint32_t)((x[l] > thr[l]) ^ neg[l]) << l;
   return m;
 #endif
@@ -472,6 +531,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_levels_row)(const int64_t *acc, const int8_
                       _mm512_add_epi64(_mm512_set1_epi64(base), _mm512_mul_epi32(c[g], _mm512_set1_epi64(step))));
   }
 #endif
+  BNNC_ROLLED
   for (; o < n; o++) {
     const int ch = (ch0 + o) % period;
     const int32_t count = kind == BNNC_LEVELS_GUESS    ? bnnc_level_guess(acc[o], dir[ch], thr + ch, stride, levels,

@@ -518,6 +518,7 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
   "pkhtb r0, r11, r10, asr #16\n\tand r2, r2, #0x80008000\n\tand r12, r12, #0x80008000\n\t"            \
   "orr r2, r2, r12, lsr #1\n\tand lr, lr, #0x80008000\n\torr r2, r2, lr, lsr #2\n\t"                   \
   "and r0, r0, #0x80008000\n\torr r2, r2, r0, lsr #3\n\tstr r2, [r3]\n\t"
+#define BNNC_INT16_MAC8_CALLED 1 /* the MAC kernel is a function of its own: its frame comes under the layer's */
 #define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
   void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out);                    \
   __asm__(".pushsection .text." #NAME ",\"ax\",%progbits\n\t.syntax unified\n\t.thumb\n\t.p2align 2\n\t" \
