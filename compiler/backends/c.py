@@ -168,10 +168,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                      out_c=oty.shape[2], pixels=c * h * w // oty.shape[2])
             if p.mode == "thresholds":
                 L["uniform"] = p.thr.size == 1
-                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
-                               "init": c_array(p.thr, "int")})
-                consts.append({"name": f"{op.name}_neg", "ctype": "uint8_t", "n": p.neg.size,
-                               "init": c_array(p.neg, "int")})
+                const_table(consts, f"{op.name}_thr", "int32_t", p.thr)
+                const_table(consts, f"{op.name}_neg", "uint8_t", p.neg)
             elif p.mode == "float":
                 L["chain"] = chain_ctx(op.chain.ops, "e", op.name, consts)
                 L.update(input_terminal_ctx(op.chain.terminal))
@@ -184,8 +182,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
             weights = p.weights[0]
             if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
                 wtype, weights = "int16_t", int16_halves(weights)
-            consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
-                           "align": p.layout == "blocked" or p.pairs, "init": c_array(weights, wkind)})
+            const_table(consts, f"{op.name}_w", wtype, weights, wkind, align=p.layout == "blocked" or p.pairs)
             if p.vnni_offset is not None:
                 vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
             window_class_tables(consts, op.name, p)
@@ -194,24 +191,19 @@ def build_context(graph: ir.Graph, name: str = "bnnc") -> dict:
                 if p.thr is None:
                     L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
             elif p.thr is not None:
-                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size, "align": p.layout == "blocked",
-                               "init": c_array(p.thr, "int")})
+                const_table(consts, f"{op.name}_thr", "int32_t", p.thr, align=p.layout == "blocked")
                 if p.layout == "rows":  # one word of WB output bits per output word
                     negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0]
-                    consts.append({"name": f"{op.name}_neg", "ctype": "bnnc_word_t", "n": negw.size,
-                                   "init": c_array(negw, word_kind)})
+                    const_table(consts, f"{op.name}_neg", "bnnc_word_t", negw, word_kind)
                 else:
-                    consts.append({"name": f"{op.name}_neg", "ctype": "uint32_t", "n": p.neg_words.size,
-                                   "init": c_array(p.neg_words, "word32")})
+                    const_table(consts, f"{op.name}_neg", "uint32_t", p.neg_words, "word32")
             else:
                 L["has_corr"] = bool(np.any(p.corr != 0))
                 if L["has_corr"]:
-                    consts.append({"name": f"{op.name}_corr", "ctype": "int32_t", "n": p.corr.size,
-                                   "init": c_array(p.corr, "int")})
+                    const_table(consts, f"{op.name}_corr", "int32_t", p.corr)
                 L["has_kmul"] = bool(np.any(p.kmul == 0))
                 if L["has_kmul"]:
-                    consts.append({"name": f"{op.name}_kmul", "ctype": "int8_t", "n": p.kmul.size,
-                                   "init": c_array(p.kmul, "int")})
+                    const_table(consts, f"{op.name}_kmul", "int8_t", p.kmul)
                 L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
         elif isinstance(op, ir.MaxPool):
             h, w, c = src_t.shape
