@@ -77,6 +77,30 @@ BNNC_INLINE int32_t bnnc_fam_window_popcount(const bnnc_word_t *src, int rs, int
   return n;
 }
 
+/* A family layer's accumulator from its kernels' sums: acc[o] = corr[o] + gw(o) * ones + the sum
+ * over the planes j < np of g_j(o) * s[j * stride + o], for o < n; g_j(o) = gtab[j][o] where gtab
+ * and gtab[j] are not NULL, else gain[j] (gw likewise from wtab, wgain: 0 where the layer has no
+ * window term). One pass over the outputs; np and the gains are compile-time constants once
+ * inlined (the layers pass literals), so the planes' loop unrolls into the expression of each o.
+ * rolled (a constant): the loop over o stays a loop on MCUs (BNNC_ROLLED). */
+#define BNNC_FAM_ACCUMULATE_O(o)                                                                   \
+  do {                                                                                             \
+    int64_t a = corr[o] + (wtab ? wtab[o] : wgain) * (int64_t)ones;                                \
+    for (int j = 0; j < np; j++) a += (gtab && gtab[j] ? gtab[j][o] : gain[j]) * (int64_t)s[j * stride + o]; \
+    acc[o] = a;                                                                                    \
+  } while (0)
+BNNC_INLINE void bnnc_fam_accumulate(int64_t *acc, const int64_t *corr, const int32_t *s, int stride, int np,
+                                     const int64_t *const *gtab, const int64_t *gain, int32_t ones,
+                                     const int64_t *wtab, int64_t wgain, int n, int rolled) {
+  if (rolled) {
+    BNNC_ROLLED
+    for (int o = 0; o < n; o++) BNNC_FAM_ACCUMULATE_O(o);
+  } else {
+    for (int o = 0; o < n; o++) BNNC_FAM_ACCUMULATE_O(o);
+  }
+}
+#undef BNNC_FAM_ACCUMULATE_O
+
 /* Expander connectivity on integer inputs: output o reads only the input channels
  * chan[start[o] .. start[o+1]) (window win laid out [tap][c], c < cin); w holds, per listed
  * (o, c), its k x k kernel. acc[o] = sum of those kernels times the window. */
@@ -126,14 +150,6 @@ BNNC_INLINE void bnnc_sparse_int_mac32(const int32_t *win, int ktaps, int cin, c
 
 /* floor(v / 2**s) for any sign, with shifts of non-negative values only (s < 63). */
 BNNC_INLINE int64_t bnnc_shr_floor(int64_t v, int s) { return v >= 0 ? (v >> s) : ~((~v) >> s); }
-
-/* Integer outputs of `bytes` bytes each (the C types of bnnc's Ints storage): out[o] = v, a value
- * the type holds, stored as its low bytes (an int8_t and a uint8_t array alike). */
-BNNC_INLINE void bnnc_store_int(void *out, int bytes, int o, int64_t v) {
-  if (bytes == 1) ((uint8_t *)out)[o] = (uint8_t)v;
-  else if (bytes == 2) ((uint16_t *)out)[o] = (uint16_t)v;
-  else ((uint32_t *)out)[o] = (uint32_t)v;
-}
 
 /* Fixed-point requantization (ir.Requantize): clamp(floor((clamp(acc) * mult + add) / 2**s), lo, hi). */
 BNNC_INLINE int32_t bnnc_requantize(int64_t acc, int64_t mult, int64_t add, int s, int64_t acc_lo,

@@ -117,6 +117,72 @@ BNNC_INLINE const bnnc_word_t *bnnc_window_bits(const bnnc_word_t *in, int ih, i
   return bnnc_gather_window_bits(in, ih, iw, cw, kh, kw, y0, x0, win);
 }
 
+/* ---- Integer activations: the element types and the windows of integer-input convolutions ---- */
+
+/* The C types of bnnc's integer activations (ir.Ints storage) as kernels that read any of them take
+ * them: |type| bytes, signed where negative. A compile-time constant once inlined, so each use
+ * compiles to loads of its one type. */
+#define BNNC_INT8 (-1)
+#define BNNC_UINT8 1
+#define BNNC_INT16 (-2)
+#define BNNC_UINT16 2
+#define BNNC_INT32 (-4)
+
+/* in[i] of an array of `type` values */
+BNNC_INLINE int32_t bnnc_load_int(const void *in, int type, size_t i) {
+  switch (type) {
+  case BNNC_INT8: return ((const int8_t *)in)[i];
+  case BNNC_UINT8: return ((const uint8_t *)in)[i];
+  case BNNC_INT16: return ((const int16_t *)in)[i];
+  case BNNC_UINT16: return ((const uint16_t *)in)[i];
+  default: return ((const int32_t *)in)[i];
+  }
+}
+
+/* Integer outputs of `bytes` bytes each (the C types of bnnc's Ints storage): out[o] = v, a value
+ * the type holds, stored as its low bytes (an int8_t and a uint8_t array alike). */
+BNNC_INLINE void bnnc_store_int(void *out, int bytes, int o, int64_t v) {
+  if (bytes == 1) ((uint8_t *)out)[o] = (uint8_t)v;
+  else if (bytes == 2) ((uint16_t *)out)[o] = (uint16_t)v;
+  else ((uint32_t *)out)[o] = (uint32_t)v;
+}
+
+/* The padded image of an integer input of ih x iw pixels of c values (in_type), as the host's
+ * integer kernels read their windows in place: pt + ih + pb rows of pl + iw + pr pixels of c
+ * elements of im_bytes bytes each, holding x - offset (offset 0: int16 or int32 values; the VNNI
+ * kernel's unsigned bytes), with x = 0 at the padding. A fill, then a copy of each input row: GCC
+ * 12.2 at -O3 -march=icelake-server miscompiles a per-element "inside ? x : 0" loop. */
+BNNC_INLINE void bnnc_padded_image(const void *in, int in_type, int ih, int iw, int c, int pt, int pl, int pb,
+                                   int pr, int32_t offset, void *im, int im_bytes) {
+  const int rs = (pl + iw + pr) * c; /* elements per image row */
+  if (pt || pl || pb || pr)
+    for (int i = 0; i < (pt + ih + pb) * rs; i++) bnnc_store_int(im, im_bytes, i, 0 - offset);
+  for (int y = 0; y < ih; y++) {
+    const int row = (y + pt) * rs + pl * c;
+    for (int i = 0; i < iw * c; i++)
+      bnnc_store_int(im, im_bytes, row + i, bnnc_load_int(in, in_type, (size_t)y * iw * c + i) - offset);
+  }
+}
+
+/* The window of one output position of an integer input (ih x iw pixels of c values of in_type)
+ * starting at input row y0, column x0, gathered into win ([ky][kx][c], elements of win_bytes bytes:
+ * int16 or int32) with 0 for padded taps: what the row kernels (MCU) and the expander kernels read. */
+BNNC_INLINE void bnnc_gather_window_ints(const void *in, int in_type, int ih, int iw, int c, int kh, int kw,
+                                         int y0, int x0, void *win, int win_bytes) {
+  for (int ky = 0; ky < kh; ky++) {
+    const int y = y0 + ky;
+    for (int kx = 0; kx < kw; kx++) {
+      const int x = x0 + kx, at = (ky * kw + kx) * c;
+      if (y >= 0 && y < ih && x >= 0 && x < iw) {
+        const size_t src = ((size_t)y * iw + x) * c;
+        for (int j = 0; j < c; j++) bnnc_store_int(win, win_bytes, at + j, bnnc_load_int(in, in_type, src + j));
+      } else {
+        for (int j = 0; j < c; j++) bnnc_store_int(win, win_bytes, at + j, 0);
+      }
+    }
+  }
+}
+
 /* ---- Kernel variants of x86-64 builds ------------------------------------------------------- */
 #define BNNC_KERNELS_PORTABLE 1
 #define BNNC_KERNELS_AVX2 2

@@ -65,6 +65,11 @@ DW_C, DW_N, DW_OPAD, DW_RS = 12, 9, 32, 60  # depthwise: channels, outputs, padd
 # int64 sums over several windows of the image, MW_DX values apart: 19 vectors of outputs are full
 # passes and a remainder for both four windows at a time (6 vectors) and one (12)
 MW_N, MW_O, MW_DX = 5, 152, 2
+# integer inputs of any type: the padded image (pads top, left, bottom, right) and a gathered window
+# partly outside the input (kh x kw taps from row WG_Y0, column WG_X0)
+PI_H, PI_W, PI_C, PI_PADS = 3, 4, 2, (1, 2, 0, 1)
+WG_K, WG_Y0, WG_X0 = 3, -1, 2
+PI_IM = (PI_H + PI_PADS[0] + PI_PADS[2]) * (PI_W + PI_PADS[1] + PI_PADS[3]) * PI_C
 RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607.5, -8388607.5, 16777215.0, 1e9, -0.0]
 
 
@@ -97,12 +102,19 @@ def kernel_program(rng) -> tuple:
         "wm": rng.integers(-2**24, 2**24, 6 * MW_O).astype(np.int32),
         "wm8": rng.integers(-128, 128, 6 * MW_O).astype(np.int8),
         "initm": rng.integers(-2**40, 2**40, MW_N * MW_O).astype(np.int64),
+        "pi8": rng.integers(-128, 128, PI_H * PI_W * PI_C).astype(np.int8),
+        "pu8": rng.integers(0, 256, PI_H * PI_W * PI_C).astype(np.uint8),
+        "pi16": rng.integers(-2**15, 2**15, PI_H * PI_W * PI_C).astype(np.int16),
+        "pu16": rng.integers(0, 2**16, PI_H * PI_W * PI_C).astype(np.uint16),
+        "pi32": rng.integers(-2**31, 2**31, PI_H * PI_W * PI_C).astype(np.int32),
+        "s32": rng.integers(-2**20, 2**20, 3 * 16).astype(np.int32),
     }
     types = {"src": "uint64_t", "w": "uint64_t", "thr": "int32_t", "neg": "uint32_t", "u": "uint8_t", "wv": "int8_t",
              "corr": "int32_t", "pb": "uint64_t", "pm": "uint64_t", "win": "int32_t", "w64": "int32_t", "w8": "int8_t",
              "acc": "int64_t", "init64": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
              "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dww": "int8_t",
-             "wm": "int32_t", "wm8": "int8_t", "initm": "int64_t"}
+             "wm": "int32_t", "wm8": "int8_t", "initm": "int64_t", "pi8": "int8_t", "pu8": "uint8_t",
+             "pi16": "int16_t", "pu16": "uint16_t", "pi32": "int32_t", "s32": "int32_t"}
     arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
     body = []
     vnni = (f"  bnnc_int_mac_vnni_avx512(u, {RS * 4}, {KH}, {G}, wv, corr, {OPAD}, acc);\n"
@@ -150,6 +162,41 @@ static BNNC_VT void run_{v}(void) {{
   show_words("{v} threshold_pack64", bits2, 1);
   bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dww, {DW_N}, {DW_OPAD}, dw);
   show("{v} depthwise", dw, {DW_OPAD});
+  {{ /* integer inputs: the padded image and a gathered window, every input type into every element type */
+    static const struct {{ const void *in; int type; }} ins[5] = {{{{pi8, BNNC_INT8}}, {{pu8, BNNC_UINT8}},
+      {{pi16, BNNC_INT16}}, {{pu16, BNNC_UINT16}}, {{pi32, BNNC_INT32}}}};
+    int16_t im16[{PI_IM}];
+    int32_t im32[{PI_IM}], w16_32[{WG_K * WG_K * PI_C}], w32[{WG_K * WG_K * PI_C}];
+    uint8_t im8[{PI_IM}];
+    int16_t w16[{WG_K * WG_K * PI_C}];
+    for (int t = 0; t < 5; t++) {{
+      bnnc_padded_image(ins[t].in, ins[t].type, {PI_H}, {PI_W}, {PI_C}, {", ".join(map(str, PI_PADS))}, 0, im32, 4);
+      printf("{v} padded_image32_%d", t);
+      show("", im32, {PI_IM});
+      bnnc_gather_window_ints(ins[t].in, ins[t].type, {PI_H}, {PI_W}, {PI_C}, {WG_K}, {WG_K}, {WG_Y0}, {WG_X0}, w32, 4);
+      printf("{v} window32_%d", t);
+      show("", w32, {WG_K * WG_K * PI_C});
+    }}
+    bnnc_padded_image(pi8, BNNC_INT8, {PI_H}, {PI_W}, {PI_C}, {", ".join(map(str, PI_PADS))}, 0, im16, 2);
+    for (int i = 0; i < {PI_IM}; i++) im32[i] = im16[i];
+    show("{v} padded_image16", im32, {PI_IM});
+    bnnc_padded_image(pi8, BNNC_INT8, {PI_H}, {PI_W}, {PI_C}, {", ".join(map(str, PI_PADS))}, -128, im8, 1);
+    for (int i = 0; i < {PI_IM}; i++) im32[i] = im8[i];
+    show("{v} padded_image_vnni", im32, {PI_IM});
+    bnnc_gather_window_ints(pu8, BNNC_UINT8, {PI_H}, {PI_W}, {PI_C}, {WG_K}, {WG_K}, {WG_Y0}, {WG_X0}, w16, 2);
+    for (int i = 0; i < {WG_K * WG_K * PI_C}; i++) w16_32[i] = w16[i];
+    show("{v} window16", w16_32, {WG_K * WG_K * PI_C});
+  }}
+  {{ /* a family accumulator: corr + the window's count + planes with a uniform gain and a gain table */
+    const int64_t *const tabs[3] = {{0, mult, 0}};
+    const int64_t gains[3] = {{-3, 0, 7}};
+    bnnc_fam_accumulate(a64, init64, s32, 16, 1, 0, gains, 0, 0, 0, 16, 0);
+    show64("{v} accumulate_one", a64, 16);
+    bnnc_fam_accumulate(a64, init64, s32, 16, 3, tabs, gains, 1234, 0, 5, 16, 1);
+    show64("{v} accumulate_planes", a64, 16);
+    bnnc_fam_accumulate(a64, init64, s32, 16, 2, 0, gains, -77, mult, 0, 16, 0);
+    show64("{v} accumulate_window_table", a64, 16);
+  }}
   printf("{v} rint");
   for (int i = 0; i < (int)(sizeof rint_in / sizeof rint_in[0]); i++)
     printf(" %lld", (long long)bnnc_rint_{v}(rint_in[i]));
@@ -234,6 +281,23 @@ def expected_kernels(d: dict) -> dict:
     dww = d["dww"].reshape(9, DW_OPAD).astype(np.int64)
     sums = (img.reshape(9, DW_C)[:, :DW_N] * dww[:, :DW_N]).sum(axis=0)
     out["depthwise"] = np.concatenate([sums, np.zeros(DW_OPAD - DW_N, np.int64)])
+    (pt, pl, pb, pr) = PI_PADS
+    for t, k in enumerate(("pi8", "pu8", "pi16", "pu16", "pi32")):
+        x = d[k].astype(np.int64).reshape(PI_H, PI_W, PI_C)
+        image = np.pad(x, ((pt, pb), (pl, pr), (0, 0)))
+        out[f"padded_image32_{t}"] = image.astype(np.int32)  # the low 32 bits, as int32
+        big = np.pad(x, ((WG_K, WG_K), (WG_K, WG_K), (0, 0)))  # taps outside the input read 0
+        out[f"window32_{t}"] = big[WG_K + WG_Y0:WG_K + WG_Y0 + WG_K, WG_K + WG_X0:WG_K + WG_X0 + WG_K]
+        if k == "pi8":
+            out["padded_image16"] = image
+            out["padded_image_vnni"] = image + 128
+        if k == "pu8":
+            out["window16"] = out[f"window32_{t}"]
+    sp = d["s32"].astype(np.int64).reshape(3, 16)
+    init16, mult16 = d["init64"][:16], d["mult"][:16]
+    out["accumulate_one"] = init16 - 3 * sp[0]
+    out["accumulate_planes"] = init16 + 5 * 1234 - 3 * sp[0] + mult16 * sp[1] + 7 * sp[2]
+    out["accumulate_window_table"] = init16 - 77 * mult16 - 3 * sp[0]
     out["rint"] = np.rint(np.array(RINT_IN, np.float32)).astype(np.int64)
     out["int_mac_vnni"] = d["corr"] + np.concatenate(
         [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])

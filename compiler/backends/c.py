@@ -24,6 +24,9 @@ from ..resources import resource_dir
 C_TYPES = {"uint8": "uint8_t", "int8": "int8_t", "uint16": "uint16_t", "int16": "int16_t", "int32": "int32_t",
            "int64": "int64_t",
            "float32": "float"}
+# the element types of integer activations as the runtime's kernels that read any of them name them
+INT_TYPES = {"uint8": "BNNC_UINT8", "int8": "BNNC_INT8", "uint16": "BNNC_UINT16", "int16": "BNNC_INT16",
+             "int32": "BNNC_INT32"}
 
 
 # Kernel variants of host builds (the blocked weight layout), best first: one build carries them all
@@ -175,7 +178,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             L["out_ctype"] = C_TYPES[storage_dtype(oty)]
         if isinstance(src_t, ir.Ints):
             L["in_ctype"] = C_TYPES[storage_dtype(src_t)]
+            L["in_type"] = INT_TYPES.get(storage_dtype(src_t))
         if isinstance(op, ir.Conv):
+            if isinstance(src_t, ir.Ints) and storage_dtype(src_t) not in INT_TYPES:
+                # the convolution kernels read 32-bit input windows (bnnc_load_int)
+                raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}' reads values beyond 32 bits (e.g. a "
+                                "large global average pool of a fixed-point stream); quantize them before the layer")
             L.update(conv_ctx(op, src_t, oty))
         if op.name in family:  # compressed-family layers: family_layer() below, templates/c/families/
             layers.append(family_layer(graph, op, L, consts, buf))
@@ -188,10 +196,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                      out_c=oty.shape[2], pixels=c * h * w // oty.shape[2])
             if p.mode == "thresholds":
                 L["uniform"] = p.thr.size == 1
-                consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
-                               "init": c_array(p.thr, "int")})
-                consts.append({"name": f"{op.name}_neg", "ctype": "uint8_t", "n": p.neg.size,
-                               "init": c_array(p.neg, "int")})
+                const_table(consts, f"{op.name}_thr", "int32_t", p.thr)
+                const_table(consts, f"{op.name}_neg", "uint8_t", p.neg)
             elif p.mode == "float":
                 L["chain"] = chain_ctx(op.chain.ops, "e", op.name, consts)
                 L.update(input_terminal_ctx(op.chain.terminal))
@@ -213,8 +219,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                 weights = np.concatenate([weights, row_thresholds(p, wb).reshape(p.o, 1).astype(weights.dtype)], axis=1)
             if p.pairs:  # the int16 pairs as int16_t, tap 2g first (the assembly reads them as words)
                 wtype, weights = "int16_t", int16_halves(weights)
-            consts.append({"name": f"{op.name}_w", "ctype": wtype, "n": weights.size,
-                           "align": p.layout == "blocked" or p.pairs, "init": c_array(weights, wkind)})
+            const_table(consts, f"{op.name}_w", wtype, weights, wkind, align=p.layout == "blocked" or p.pairs)
             if p.vnni_offset is not None:
                 vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
             window_class_tables(consts, op.name, p)
@@ -225,24 +230,19 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             elif p.thr is not None:
                 thr = row_thresholds(p, wb) if p.layout == "rows" and p.in_kind == "bits" else p.thr
                 if not L["thr_in_w"]:
-                    consts.append({"name": f"{op.name}_thr", "ctype": "int32_t", "n": p.thr.size,
-                                   "align": p.layout == "blocked", "init": c_array(thr, "int")})
+                    const_table(consts, f"{op.name}_thr", "int32_t", thr, align=p.layout == "blocked")
                 if p.layout == "rows":  # one word of WB output bits per output word
                     negw = pack_bit_rows(np.where(p.neg > 0, -1, 1)[None, :], wb)[0]
-                    consts.append({"name": f"{op.name}_neg", "ctype": "bnnc_word_t", "n": negw.size,
-                                   "init": c_array(negw, word_kind)})
+                    const_table(consts, f"{op.name}_neg", "bnnc_word_t", negw, word_kind)
                 else:
-                    consts.append({"name": f"{op.name}_neg", "ctype": "uint32_t", "n": p.neg_words.size,
-                                   "init": c_array(p.neg_words, "word32")})
+                    const_table(consts, f"{op.name}_neg", "uint32_t", p.neg_words, "word32")
             else:
                 L["has_corr"] = bool(np.any(p.corr != 0))
                 if L["has_corr"]:
-                    consts.append({"name": f"{op.name}_corr", "ctype": "int32_t", "n": p.corr.size,
-                                   "init": c_array(p.corr, "int")})
+                    const_table(consts, f"{op.name}_corr", "int32_t", p.corr)
                 L["has_kmul"] = bool(np.any(p.kmul == 0))
                 if L["has_kmul"]:
-                    consts.append({"name": f"{op.name}_kmul", "ctype": "int8_t", "n": p.kmul.size,
-                                   "init": c_array(p.kmul, "int")})
+                    const_table(consts, f"{op.name}_kmul", "int8_t", p.kmul)
                 L["chain"] = chain_ctx(op.epilogue.ops, "o", op.name, consts)
         elif isinstance(op, ir.MaxPool):
             h, w, c = src_t.shape
@@ -431,19 +431,15 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     wb = graph.word_bits
     word_kind = "word64" if wb == 64 else "word32"
     src, oty = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
-    if isinstance(op, ir.Conv) and isinstance(src, ir.Ints) and storage_dtype(src) == "int64":
-        # the convolution kernels gather 32-bit input windows
-        raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}' reads values beyond 32 bits (e.g. a large "
-                        "global average pool of a fixed-point stream); quantize them before the layer")
 
     def table(suffix: str, ctype: str, values, kind: str = "int", **extra) -> None:
         const_table(consts, f"{op.name}_{suffix}", ctype, values, kind, **extra)
 
-    def gain(suffix: str, values) -> tuple:  # a per-channel multiplier as (" + " | " - ", factor)
+    def gain(suffix: str, values) -> dict:  # a per-channel multiplier: a table, or one value for all
         if np.all(values == values[0]):  # uniform: a literal
-            return (" - " if values[0] < 0 else " + "), str(abs(int(values[0])))
+            return {"table": "NULL", "value": int(values[0])}
         table(suffix, "int64_t", values)
-        return " + ", f"{op.name}_{suffix}[o]"
+        return {"table": f"{op.name}_{suffix}", "value": 0}
 
     if isinstance(op, ir.Conv):
         p = op.packed
@@ -457,10 +453,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table(f"w{i}", "bnnc_word_t", w, word_kind, align=True)
             L["bit_planes"] = [{"kind": f"BNNC_PLANE_{pl.kind.upper()}",
                                 "b": f"{op.name}_w{pl.tables[0]}" if pl.kind != "and" else "NULL",
-                                "m": f"{op.name}_w{pl.tables[-1]}" if pl.kind != "xnor" else "NULL",
-                                "gain": gain(f"g{j}", pl.gain)} for j, pl in enumerate(p.bit_planes)]
-            L["window_gain"] = gain("gw", p.window_gain) if p.window_gain is not None else None
+                                "m": f"{op.name}_w{pl.tables[-1]}" if pl.kind != "xnor" else "NULL"}
+                               for pl in p.bit_planes]
+            L["window_gain"] = p.window_gain is not None
+            L["accumulate"] = accumulate_args([gain(f"g{j}", pl.gain) for j, pl in enumerate(p.bit_planes)],
+                                              gain("gw", p.window_gain) if L["window_gain"] else None)
         else:
+            L["accumulate"] = accumulate_args([{"table": "NULL", "value": 1}])  # the kernel's sums
             vnni = p.weights_vnni is not None
             if p.sparse is not None:  # expander lists (32-bit words; host builds use the dense table)
                 table("start", "int32_t", p.sparse["start"])
@@ -526,6 +525,18 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     else:  # pragma: no cover - ir.family_ops lists only the kinds above
         raise BnncError(f"the C backend has no template for {type(op).__name__}")
     return L
+
+
+def accumulate_args(planes: list, window: dict | None = None) -> str:
+    """The arguments of bnnc_fam_accumulate after the sums' stride: the planes (the kernel's sums, or
+    a bit layer's weight planes) with their gains and the window term, each gain a table
+    {"table": name} or one value for every channel {"table": "NULL", "value": v}; literals, so that
+    the call compiles to one expression per channel."""
+    tables = [g["table"] for g in planes]
+    tabs = "NULL" if all(t == "NULL" for t in tables) else f"(const int64_t *const[]){{{', '.join(tables)}}}"
+    gains = f"(const int64_t[]){{{', '.join(str(g['value']) for g in planes)}}}" if planes else "NULL"
+    win = f"ones, {window['table']}, {window['value']}" if window else "0, NULL, 0"
+    return f"{len(planes)}, {tabs}, {gains}, {win}"
 
 
 def _level_guess_table(p, table, L: dict) -> None:
