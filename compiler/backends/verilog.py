@@ -236,7 +236,7 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     s["out_width"] = f.mh * f.act_planes * s["ob"]
     pixels = oh * ow
     s["mvtu_cycles"] = f.nf * f.sf * pixels
-    s["pipeline_depth"] = matrix_unit.pipeline_depth(f.simd, f.in_bits)
+    s["pipeline_depth"] = matrix_unit.pipeline_depth(f.simd, f.in_bits, bool(s.get("mac")), f.mode == "requant")
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
     s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
     return s
@@ -434,9 +434,10 @@ def build_design(graph: ir.Graph, opts) -> Design:
             flat = pl.flat_input and op is pl.hw_ops[0]
             s = _conv_stage(op, in_ty if flat else src, dst, name, flat)
             if s.get("mac"):
-                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), s["pe"] * s["simd"] * s["wb"])
+                words, width = s.pop("weight_words"), s["pe"] * s["simd"] * s["wb"]
             else:
-                mems[s["wfile"]] = verilog_sim.mem_image(op.folded.weight_words, s["na"] * s["pe"] * s["simd"])
+                words, width = op.folded.weight_words, s["na"] * s["pe"] * s["simd"]
+            mems[s["wfile"]] = verilog_sim.mem_image(*matrix_unit.banked_words(words, width))
             mems[s["tfile"]] = verilog_sim.mem_image(op.folded.table_words, s["pe"] * s["ew"])
         elif isinstance(op, ir.Add):
             s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),

@@ -170,7 +170,9 @@ def _mvtu_jobs(design, s: dict) -> list:
     """(label, sources, top, params, mems) for the MVTU of conv stage s: PE rows as is when
     PE <= 2, else the same unit with 1 and 2 rows (for the linear extrapolation)."""
     ew = s["ew"]  # bits of one row's table entry
-    wwords = design.mems[s["wfile"]].split()
+    wwidth = s["pe"] * s["simd"] * (s["wb"] if s.get("mac") else s["na"])
+    wwords = matrix_unit.unbanked_words([int(x, 16) for x in design.mems[s["wfile"]].split()], wwidth,
+                                        s["nf"] * s["sf"])
     twords = design.mems[s["tfile"]].split()
     base = {**matrix_unit.rtl_parameters(s), "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
     rows = [s["pe"]] if s["pe"] <= 2 else [1, 2]
@@ -181,15 +183,14 @@ def _mvtu_jobs(design, s: dict) -> list:
         arr = s["pe"] * s["simd"]
         keep = p * s["simd"]
         w = []
-        for x in wwords:
-            v = int(x, 16)
+        for v in wwords:
             if s.get("mac"):  # row r lane l at (r*SIMD + l)*WEIGHT_BITS: keep the first p rows
                 w.append(v & ((1 << (keep * s["wb"])) - 1))
             else:
                 w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(s["na"])))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
         wbits = keep * s["wb"] if s.get("mac") else s["na"] * keep
-        mems = {"w.mem": mem_image(w, wbits), "t.mem": mem_image(t, p * ew)}
+        mems = {"w.mem": mem_image(*matrix_unit.banked_words(w, wbits)), "t.mem": mem_image(t, p * ew)}
         jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
 
