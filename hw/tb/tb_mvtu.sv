@@ -28,6 +28,12 @@ module tb_mvtu #(
     parameter int MAC = 0,
     parameter int WEIGHT_BITS = 1,
     parameter int WEIGHT_BANK_DEPTH = 512,
+    parameter int REQUANTIZE = 0,
+    parameter int SHIFT = 0,
+    parameter int PRE_SHIFT = 0,
+    parameter int OUT_MIN = 0,
+    parameter int OUT_MAX = 0,
+    parameter int PRODUCT_BITS = 1,
     parameter int OUT_BITS = THRESHOLDS == 0 ? ACC_BITS : $clog2(THRESHOLDS + 1),
     localparam int RB = OUT_ROWS > 1 ? $clog2(OUT_ROWS) : 1,
     localparam int CB = OUT_COLS > 1 ? $clog2(OUT_COLS) : 1
@@ -46,7 +52,8 @@ module tb_mvtu #(
       .GAIN(GAIN), .BORDER_CLASSES(BORDER_CLASSES), .COL_CLASS_COUNT(COL_CLASS_COUNT), .OUT_ROWS(OUT_ROWS), .OUT_COLS(OUT_COLS), .ROW_CLASS_BITS(ROW_CLASS_BITS), .COL_CLASS_BITS(COL_CLASS_BITS),
       .ROW_CLASSES(ROW_CLASSES), .COL_CLASSES(COL_CLASSES), .WEIGHT_FILE(WEIGHT_FILE), .TABLE_FILE(TABLE_FILE), .LEVEL_BASE(LEVEL_BASE), .LEVEL_STEP(LEVEL_STEP), .OUT_BITS(OUT_BITS),
       .GAINS_IN_TABLE(GAINS_IN_TABLE), .GAIN_BITS(GAIN_BITS), .VALUE_BITS(VALUE_BITS), .MAC(MAC), .WEIGHT_BITS(WEIGHT_BITS),
-      .WEIGHT_BANK_DEPTH(WEIGHT_BANK_DEPTH)
+      .WEIGHT_BANK_DEPTH(WEIGHT_BANK_DEPTH), .REQUANTIZE(REQUANTIZE), .SHIFT(SHIFT), .PRE_SHIFT(PRE_SHIFT), .OUT_MIN(OUT_MIN),
+      .OUT_MAX(OUT_MAX), .PRODUCT_BITS(PRODUCT_BITS)
   ) dut (
       .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
       .in_data(in_data[MATRIX_COLS*INPUT_BITS-1:0]), .in_row(in_data[RB+CB+MATRIX_COLS*INPUT_BITS-1-:RB]), .in_col(in_data[CB+MATRIX_COLS*INPUT_BITS-1-:CB]),
