@@ -297,7 +297,7 @@ def _schedule_unit(s: dict, inputs: list) -> verilog_fifos.Unit:
     if k == "conv":
         return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, s["nf"] * s["sf"],
                                   s["nf"] * s["sf"] + s["pipeline_depth"] + 2, False)
-    return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, 1, 2, False)  # add
+    return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, 1, 3, False)  # add: sum, result
 
 
 def _wire_streams(g: ir.Graph, pl: Plan, stages: list, input_pixels: int, ii: int) -> dict | None:
