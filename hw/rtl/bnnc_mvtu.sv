@@ -505,13 +505,12 @@ module bnnc_mvtu #(
       end
     end else begin : g_thr
       wire flag = e3_t[p*EW+EW-1];
-      logic [NW-1:0] count;
-      always_comb begin
-        count = '0;
-        for (int j = 0; j < THRESHOLDS; j++) begin
-          count = count + NW'((CMW'(c) > CMW'($signed(e3_t[p*EW+j*TABLE_BITS+:TABLE_BITS]))) ^ flag);
-        end
+      // the compare bits counted by $countones (an adder tree), not a chain of THRESHOLDS adds
+      logic [THRESHOLDS-1:0] above;
+      for (genvar j = 0; j < THRESHOLDS; j++) begin : g_cmp
+        assign above[j] = (CMW'(c) > CMW'($signed(e3_t[p*EW+j*TABLE_BITS+:TABLE_BITS]))) ^ flag;
       end
+      wire [NW-1:0] count = NW'($countones(above));
       assign fold_out[p*ROW+:ROW] = ROW'(LEVEL_BASE + LEVEL_STEP * $signed({1'b0, count}));
     end
   end
