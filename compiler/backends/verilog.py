@@ -212,7 +212,8 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     s["out_width"] = fold.mh * f.epilogue.act_planes * f.epilogue.out_bits
     pixels = oh * ow
     s["mvtu_cycles"] = matrix_unit.cycles(f, pixels)
-    s["pipeline_depth"] = matrix_unit.pipeline_depth(fold.simd, fold.in_bits)
+    s["pipeline_depth"] = matrix_unit.pipeline_depth(fold.simd, fold.in_bits, f.mac is not None,
+                                                     f.epilogue.mode == "requant")
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
     s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
     return s
@@ -273,7 +274,7 @@ def _schedule_unit(s: dict, inputs: list) -> verilog_fifos.Unit:
     if k == "conv":
         return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, s["nf"] * s["sf"],
                                   s["nf"] * s["sf"] + s["pipeline_depth"] + 2, False)
-    return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, 1, 2, False)  # add
+    return verilog_fifos.Unit(s["name"], inputs, verilog_fifos.pointwise_need(pixels), pixels, 1, 3, False)  # add: sum, result
 
 
 def _wire_streams(g: ir.Graph, pl: Plan, stages: list, input_pixels: int, ii: int) -> dict | None:
@@ -412,9 +413,10 @@ def build_design(graph: ir.Graph, opts) -> Design:
             unit = op.folded
             lanes = unit.fold.pe * unit.fold.simd
             if unit.mac:
-                mems[s["wfile"]] = verilog_sim.mem_image(s.pop("weight_words"), lanes * unit.mac.bits)
+                words, width = s.pop("weight_words"), lanes * unit.mac.bits
             else:
-                mems[s["wfile"]] = verilog_sim.mem_image(unit.weights.words, len(unit.weights.arrays) * lanes)
+                words, width = unit.weights.words, len(unit.weights.arrays) * lanes
+            mems[s["wfile"]] = verilog_sim.mem_image(*matrix_unit.banked_words(words, width))
             mems[s["tfile"]] = verilog_sim.mem_image(unit.table.words, unit.fold.pe * unit.entry_bits)
         elif isinstance(op, ir.Add):
             s = {"kind": "add", "name": name, "title": "residual Add", "out_width": dst.shape[2] * element_bits(dst),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .. import progress
 from ..errors import BnncError
+from . import matrix_unit
 from .c_build import cache_dir
 from .verilog_sim import mem_image
 
@@ -172,7 +173,9 @@ def _mvtu_jobs(design, s: dict) -> list:
     unit = s["unit"]
     fold, arrays = unit.fold, len(unit.weights.arrays)
     ew = unit.entry_bits  # bits of one row's table entry
-    wwords = design.mems[s["wfile"]].split()
+    wwidth = fold.pe * fold.simd * (unit.mac.bits if unit.mac else arrays)
+    wwords = matrix_unit.unbanked_words([int(x, 16) for x in design.mems[s["wfile"]].split()], wwidth,
+                                        fold.nf * fold.sf)
     twords = design.mems[s["tfile"]].split()
     base = {**s["mvtu"], "WEIGHT_FILE": "w.mem", "TABLE_FILE": "t.mem"}
     rows = [fold.pe] if fold.pe <= 2 else [1, 2]
@@ -183,15 +186,14 @@ def _mvtu_jobs(design, s: dict) -> list:
         arr = fold.pe * fold.simd
         keep = p * fold.simd
         w = []
-        for x in wwords:
-            v = int(x, 16)
+        for v in wwords:
             if unit.mac:  # row r lane l at (r*SIMD + l)*WEIGHT_BITS: keep the first p rows
                 w.append(v & ((1 << (keep * unit.mac.bits)) - 1))
             else:
                 w.append(sum(((v >> (i * arr)) & ((1 << keep) - 1)) << (i * keep) for i in range(arrays)))
         t = [int(x, 16) & ((1 << (p * ew)) - 1) for x in twords]
         wbits = keep * unit.mac.bits if unit.mac else arrays * keep
-        mems = {"w.mem": mem_image(w, wbits), "t.mem": mem_image(t, p * ew)}
+        mems = {"w.mem": mem_image(*matrix_unit.banked_words(w, wbits)), "t.mem": mem_image(t, p * ew)}
         jobs.append((p, _rtl(design, "bnnc_rom", "bnnc_mvtu"), "bnnc_mvtu", {**base, "MATRIX_ROWS": mh, "PE": p}, mems))
     return jobs
 

@@ -22,12 +22,14 @@
 //            REQUANTIZE == 1 (a fixed-point requantization, ir.Requantize) clamp(floor((clamp(acc >> PRE_SHIFT, lo, hi) *
 //            mult + add) / 2**SHIFT), OUT_MIN, OUT_MAX) with per-row mult, add, lo, hi in the table after off
 // Weights: WEIGHT_FILE, NF*SF words of NA*PE*SIMD bits (NA = stored arrays: b_j then m_j for each plane in
-// order; array i row p lane s at bit (i*PE + p)*SIMD + s), address nf*SF + sf. Tables: TABLE_FILE,
+// order; array i row p lane s at bit (i*PE + p)*SIMD + s), address nf*SF + sf; when NF*SF > WEIGHT_BANK_DEPTH the file
+// holds them as banks side by side (bnnc_rom, LATENCY 2). Tables: TABLE_FILE,
 // BORDER_CLASSES*NF words of PE*EW bits, EW = NV*TABLE_BITS + GAINS_IN_TABLE*PLANES*GAIN_BITS + NFL, NV = 5 (REQUANTIZE) or max(THRESHOLDS,1) (row p at
 // p*EW: thresholds / offset, mult, add, lo, hi at j*TABLE_BITS, gains at NV*TABLE_BITS + j*GAIN_BITS, then NFL flags), address
 // class*NF + nf.
 //
-// Pipeline: issue (fold counters, weight read) -> accumulate -> threshold/offset -> output pixel
+// Pipeline: issue (fold counters) -> weight read (two cycles) -> operands -> sum tree -> accumulate ->
+// threshold/offset -> output pixel
 // of MATRIX_ROWS*ACT_PLANES*OUT_BITS bits. The whole unit stalls only while a finished output waits for out_ready; the
 // next input vector is latched during the last fold of the current one, so back-to-back vectors
 // run without bubbles.
@@ -77,6 +79,8 @@ module bnnc_mvtu #(
     parameter int POPCOUNT_LANES = 16,
     parameter int ADDER_LANES = 2,
     parameter int ADDER_FANIN = 2,
+    // weight memories deeper than this are stored as banks side by side (bnnc_rom, matrix_unit.WEIGHT_BANK_DEPTH)
+    parameter int WEIGHT_BANK_DEPTH = 512,
     // output element bits (signed when LEVEL_BASE < 0)
     parameter int OUT_BITS = THRESHOLDS == 0 ? ACC_BITS : ACT_PLANES > 1 ? 1 : $clog2(THRESHOLDS + 1),
     localparam int RB = OUT_ROWS > 1 ? $clog2(OUT_ROWS) : 1,
@@ -163,29 +167,43 @@ module bnnc_mvtu #(
     class_of = KB'(ROW_CLASSES[row*ROW_CLASS_BITS+:ROW_CLASS_BITS]) * KB'(COL_CLASS_COUNT) + KB'(COL_CLASSES[col*COL_CLASS_BITS+:COL_CLASS_BITS]);
   endfunction
 
+  // the window rotates by one fold's chunk per fold, so the chunk in use is always its lowest (a
+  // multiplexer over SF chunks, indexed by sf, would be SF inputs deep); after SF folds it is back
+  // in place for the next row fold
+  logic [SF*LW-1:0] window_next;
+  if (SF > 1) begin : g_rotate
+    assign window_next = {window[LW-1:0], window[SF*LW-1:LW]};
+  end else begin : g_hold
+    assign window_next = window;
+  end
   always_ff @(posedge clk) begin
     if (advance && start) begin
       window <= (SF * LW)'(in_data);
       cls <= class_of(in_row, in_col);
+    end else if (advance && busy) begin
+      window <= window_next;
     end
   end
 
-  // ---------------------------------------------------------------- stage 1: accumulate
+  // ---------------------------------------------------------------- stage 1: weight read
   logic s1_valid, s1_first, s1_last;
   logic [NFW-1:0] s1_nf;
   logic [KB-1:0] s1_cls;
-  logic [LW-1:0] s1_x;
-  logic [WW-1:0] s1_w;
+  logic [LW-1:0] s1_x, s2_x;
+  logic [WW-1:0] s2_w;
 
+  // two cycles: the block RAM's output is registered (and its banks selected) before the operands
   bnnc_rom #(
       .W(WW),
       .D(WD),
-      .FILE(WEIGHT_FILE)
+      .FILE(WEIGHT_FILE),
+      .LATENCY(2),
+      .BANK_DEPTH(WEIGHT_BANK_DEPTH)
   ) weights (
       .clk (clk),
       .en  (advance),
       .addr(waddr),
-      .q   (s1_w)
+      .q   (s2_w)
   );
 
   always_ff @(posedge clk) begin
@@ -213,7 +231,7 @@ module bnnc_mvtu #(
 
   always_ff @(posedge clk) begin
     if (advance && busy) begin
-      s1_x <= window[sf*LW+:LW];
+      s1_x <= window[LW-1:0];
       s1_first <= sf == '0;
       s1_last <= sf == SFW'(SF - 1);
       s1_nf <= nf;
@@ -221,23 +239,25 @@ module bnnc_mvtu #(
     end
   end
 
-  // ---------------------------------------------------------------- stage 2: operands
+  // ---------------------------------------------------------------- stages 2, 3: operands
   // Block RAM clock-to-output is most of a cycle at speed: the weights and their input chunk go
-  // straight into registers before any logic.
+  // through registers before any logic.
   logic [WW-1:0] op_w;
   logic [LW-1:0] op_x;
   always_ff @(posedge clk) begin
     if (advance) begin
-      op_w <= s1_w;
-      op_x <= s1_x;
+      s2_x <= s1_x;
+      op_w <= s2_w;
+      op_x <= s2_x;
     end
   end
 
-  // ---------------------------------------------------------------- stages 3 .. 3+LEVELS: sum tree
+  // ---------------------------------------------------------------- stages 4 .. 4+LEVELS: sum tree
   // Lane groups of GROUP lanes are summed into registers (popcounts for bits, adders for integers),
   // then ADDER_FANIN values per register level until one partial sum is left. The fold's control
   // (first/last fold, nf, class, valid) travels alongside in a shift register of the same depth.
-  localparam int GROUP = INPUT_BITS == 1 ? POPCOUNT_LANES : ADDER_LANES;
+  // (multiply-accumulate lanes: one product per register, a multiplier is a cycle's work)
+  localparam int GROUP = MAC == 1 ? 1 : INPUT_BITS == 1 ? POPCOUNT_LANES : ADDER_LANES;
   localparam int NG = (SIMD + GROUP - 1) / GROUP;  // first-level registers per row and plane
   function automatic int tree_levels(input int n);  // register levels after the first to reach one value
     tree_levels = 0;
@@ -254,7 +274,7 @@ module bnnc_mvtu #(
   endfunction
   localparam int TREE = tree_base(LEVELS + 1);  // registers of one tree
   localparam int CTRL = 3 + NFW + KB;  // valid, first, last, nf, class
-  localparam int DELAY = 2 + LEVELS;  // stage 1 -> accumulate
+  localparam int DELAY = 3 + LEVELS;  // stage 1 -> accumulate
 
   logic [DELAY*CTRL-1:0] ctrl_pipe;
   wire [CTRL-1:0] ctrl_in = {s1_valid, s1_first, s1_last, s1_nf, s1_cls};
@@ -437,17 +457,44 @@ module bnnc_mvtu #(
         assign acc_v = flag ? off + ACC_BITS'(GAIN) * s : off;
       end
       if (REQUANTIZE == 1) begin : g_requantize
-        // out = clamp(floor((clamp(acc, lo, hi) * mult + add) / 2**SHIFT), OUT_MIN, OUT_MAX), exact in PRODUCT_BITS bits
-        wire signed [PRODUCT_BITS-1:0] mult = PRODUCT_BITS'($signed(e3_t[p*EW+TABLE_BITS+:TABLE_BITS]));
-        wire signed [PRODUCT_BITS-1:0] add = PRODUCT_BITS'($signed(e3_t[p*EW+2*TABLE_BITS+:TABLE_BITS]));
-        // the accumulator (shifted right by PRE_SHIFT first) meets its clamp in the wider of the two widths; the
-        // clamped value fits PRODUCT_BITS
+        // out = clamp(floor((clamp(acc, lo, hi) * mult + add) / 2**SHIFT), OUT_MIN, OUT_MAX), exact in PRODUCT_BITS bits,
+        // one operation per register (REQUANT_STAGES): accumulator; clamp; product; sum; then shift and clamp
+        // into e4. The table values travel alongside until used.
         localparam int KW = ACC_BITS > PRODUCT_BITS ? ACC_BITS : PRODUCT_BITS;
-        wire signed [KW-1:0] lo = KW'($signed(e3_t[p*EW+3*TABLE_BITS+:TABLE_BITS]));
-        wire signed [KW-1:0] hi = KW'($signed(e3_t[p*EW+4*TABLE_BITS+:TABLE_BITS]));
-        wire signed [KW-1:0] acc_s = KW'(acc_v) >>> PRE_SHIFT;
-        wire signed [PRODUCT_BITS-1:0] a = PRODUCT_BITS'(acc_s < lo ? lo : acc_s > hi ? hi : acc_s);
-        wire signed [PRODUCT_BITS-1:0] q = (a * mult + add) >>> SHIFT;
+        // the clamped value lies in [lo, hi] (table values); only its, mult's and add's low PRODUCT_BITS bits reach
+        // the result's low PRODUCT_BITS bits, so the multiplier is no wider than the table
+        localparam int MW = TABLE_BITS < PRODUCT_BITS ? TABLE_BITS : PRODUCT_BITS;
+        logic signed [ACC_BITS-1:0] r1_acc;
+        logic signed [MW-1:0] r2_a;
+        logic signed [PRODUCT_BITS-1:0] r3_p, r4_s;
+        logic signed [MW-1:0] r1_mult, r2_mult, r1_add, r2_add, r3_add;
+        logic signed [TABLE_BITS-1:0] r1_lo, r1_hi;
+        always_ff @(posedge clk) begin
+          if (advance) begin
+            r1_acc <= acc_v;
+            r1_mult <= MW'($signed(e3_t[p*EW+TABLE_BITS+:TABLE_BITS]));
+            r1_add <= MW'($signed(e3_t[p*EW+2*TABLE_BITS+:TABLE_BITS]));
+            r1_lo <= $signed(e3_t[p*EW+3*TABLE_BITS+:TABLE_BITS]);
+            r1_hi <= $signed(e3_t[p*EW+4*TABLE_BITS+:TABLE_BITS]);
+          end
+        end
+        // the accumulator (shifted right by PRE_SHIFT first) meets its clamp in the wider of the two widths
+        wire signed [KW-1:0] lo = KW'(r1_lo);
+        wire signed [KW-1:0] hi = KW'(r1_hi);
+        wire signed [KW-1:0] acc_s = KW'(r1_acc) >>> PRE_SHIFT;
+        wire signed [PRODUCT_BITS-1:0] a_w = PRODUCT_BITS'(r2_a);
+        wire signed [PRODUCT_BITS-1:0] mult_w = PRODUCT_BITS'(r2_mult);
+        always_ff @(posedge clk) begin
+          if (advance) begin
+            r2_a <= MW'(acc_s < lo ? lo : acc_s > hi ? hi : acc_s);
+            r2_mult <= r1_mult;
+            r2_add <= r1_add;
+            r3_p <= a_w * mult_w;
+            r3_add <= r2_add;
+            r4_s <= r3_p + PRODUCT_BITS'(r3_add);
+          end
+        end
+        wire signed [PRODUCT_BITS-1:0] q = r4_s >>> SHIFT;
         assign fold_out[p*ROW+:ROW] = ROW'(q < PRODUCT_BITS'(OUT_MIN) ? PRODUCT_BITS'(OUT_MIN) : q > PRODUCT_BITS'(OUT_MAX) ? PRODUCT_BITS'(OUT_MAX) : q);
       end else begin : g_out_acc
         assign fold_out[p*ROW+:ROW] = ROW'(acc_v);
@@ -458,25 +505,45 @@ module bnnc_mvtu #(
       end
     end else begin : g_thr
       wire flag = e3_t[p*EW+EW-1];
-      logic [NW-1:0] count;
-      always_comb begin
-        count = '0;
-        for (int j = 0; j < THRESHOLDS; j++) begin
-          count = count + NW'((CMW'(c) > CMW'($signed(e3_t[p*EW+j*TABLE_BITS+:TABLE_BITS]))) ^ flag);
-        end
+      // the compare bits counted by $countones (an adder tree), not a chain of THRESHOLDS adds
+      logic [THRESHOLDS-1:0] above;
+      for (genvar j = 0; j < THRESHOLDS; j++) begin : g_cmp
+        assign above[j] = (CMW'(c) > CMW'($signed(e3_t[p*EW+j*TABLE_BITS+:TABLE_BITS]))) ^ flag;
       end
+      wire [NW-1:0] count = NW'($countones(above));
       assign fold_out[p*ROW+:ROW] = ROW'(LEVEL_BASE + LEVEL_STEP * $signed({1'b0, count}));
     end
   end
 
+  // a requantization's four registers between e3 and e4: the fold's valid and nf wait alongside
+  localparam int REQUANT_STAGES = REQUANTIZE == 1 ? 4 : 0;
+  logic r_valid;
+  logic [NFW-1:0] r_nf;
+  if (REQUANT_STAGES > 0) begin : g_requant_wait
+    logic [REQUANT_STAGES-1:0] valid_pipe;
+    logic [REQUANT_STAGES*NFW-1:0] nf_pipe;
+    always_ff @(posedge clk) begin
+      if (!rst_n) valid_pipe <= '0;
+      else if (advance) valid_pipe <= {valid_pipe[REQUANT_STAGES-2:0], e3_valid};
+    end
+    always_ff @(posedge clk) begin
+      if (advance) nf_pipe <= {nf_pipe[(REQUANT_STAGES-1)*NFW-1:0], e3_nf};
+    end
+    assign r_valid = valid_pipe[REQUANT_STAGES-1];
+    assign r_nf = nf_pipe[(REQUANT_STAGES-1)*NFW+:NFW];
+  end else begin : g_no_wait
+    assign r_valid = e3_valid;
+    assign r_nf = e3_nf;
+  end
+
   always_ff @(posedge clk) begin
     if (!rst_n) e4_valid <= 1'b0;
-    else if (advance) e4_valid <= e3_valid;
+    else if (advance) e4_valid <= r_valid;
   end
   always_ff @(posedge clk) begin
     if (advance) begin
       e4_out <= fold_out;
-      e4_nf <= e3_nf;
+      e4_nf <= r_nf;
     end
   end
 

@@ -93,8 +93,8 @@ module bnnc_swg #(
   logic signed [YW-1:0] y_top, iy;
   logic signed [XW-1:0] x_left, ix;
   logic [HW-1:0] rbase, need, last_row;  // oldest held row, first row still needed, last row needed
-  // need and last_row of the next window row, registered from y_top: y_top changes at most once per
-  // window (KH*KW + 4 cycles), so they are current when a window ends, off the critical path
+  // need and last_row of the next window row, registered from y_top (two cycles): y_top changes at
+  // most once per window (KH*KW + 4 cycles), so they are current when a window ends, off the critical path
   logic [HW-1:0] need_down, last_row_down;
   logic [SLW-1:0] rslot;
   logic frame_wrap;
@@ -138,9 +138,14 @@ module bnnc_swg #(
   assign out_row = oy;
   assign out_col = ox;
 
+  // y_top + SH and that window row's last input row are registered first (two carry chains and a
+  // compare in one cycle missed 150 MHz); need_down and last_row_down follow a cycle later
+  logic signed [YW-1:0] y_down, y_down_last;
   always_ff @(posedge clk) begin
-    need_down <= first_row(y_top + YW'(SH));
-    last_row_down <= bottom_row(y_top + YW'(SH));
+    y_down <= y_top + YW'(SH);
+    y_down_last <= y_top + YW'(SH + KH - 1);
+    need_down <= first_row(y_down);
+    last_row_down <= y_down_last >= YW'(IH) ? HW'(IH - 1) : HW'(y_down_last);
   end
 
   always_ff @(posedge clk) begin
