@@ -236,6 +236,24 @@ def test_fork_and_add_join_branches(sa, sb, rs, lo, hi, depths, p_valid, p_ready
 # ----------------------------------------------------------------------------- MVTU
 
 
+def _weight_words(w, pe, simd, bits=1):
+    """bnnc_mvtu's weight memory for the MH x MW matrix w, PE rows x SIMD lanes per fold: fold
+    (f, s) is one word, weight (f * PE + r, s * SIMD + j) at bits (r * SIMD + j) * bits (two's
+    complement; 1-bit weights: the bit itself)."""
+    mh, mw = w.shape
+    words = []
+    for f in range(-(-mh // pe)):
+        for s in range(-(-mw // simd)):
+            word = 0
+            for r in range(pe):
+                for j in range(simd):
+                    o, k = f * pe + r, s * simd + j
+                    if o < mh and k < mw:
+                        word |= (int(w[o, k]) & ((1 << bits) - 1)) << ((r * simd + j) * bits)
+            words.append(word)
+    return words
+
+
 def mvtu_case(rng, mh, mw, pe, simd, ib, nt, ncls=1, gain=-2, lb=0, ls=1):
     """Random weights / tables, their memory images and a Python model of the unit."""
     nf, sf = -(-mh // pe), -(-mw // simd)
@@ -253,16 +271,7 @@ def mvtu_case(rng, mh, mw, pe, simd, ib, nt, ncls=1, gain=-2, lb=0, ls=1):
     flag[:] = flag[0]  # flags are per row
     ab = tb + 3
     ew = ntab * tb + 1
-    wmem = []
-    for f in range(nf):
-        for s in range(sf):
-            word = 0
-            for p in range(pe):
-                for j in range(simd):
-                    o, k = f * pe + p, s * simd + j
-                    if o < mh and k < mw and wbits[o, k]:
-                        word |= 1 << (p * simd + j)
-            wmem.append(word)
+    wmem = _weight_words(wbits, pe, simd)
     tmem = []
     for cl in range(ncls):
         for f in range(nf):
@@ -376,16 +385,7 @@ def test_mvtu_multiply_accumulate(mh, mw, pe, simd, ib, wb, p_valid, p_ready):
     tb, gb = 12, 2
     ab = max(vb, tb) + 1
     ew = tb + gb + 1
-    wmem = []
-    for f in range(nf):
-        for sfold in range(sf):
-            word = 0
-            for r in range(pe):
-                for j in range(simd):
-                    o, k = f * pe + r, sfold * simd + j
-                    if o < mh and k < mw:
-                        word |= (int(w[o, k]) & ((1 << wb) - 1)) << ((r * simd + j) * wb)
-            wmem.append(word)
+    wmem = _weight_words(w, pe, simd, wb)
     tmem = []
     for f in range(nf):
         word = 0
@@ -425,16 +425,7 @@ def test_mvtu_requantization(pre_shift, shift, p_valid, p_ready):
     lo = rng.integers(-400, 0, mh) >> pre_shift
     hi = rng.integers(0, 400, mh) >> pre_shift
     ew = 5 * tb + 1
-    wmem = []
-    for f in range(nf):
-        for sfold in range(sf):
-            word = 0
-            for r in range(pe):
-                for j in range(simd):
-                    o, k = f * pe + r, sfold * simd + j
-                    if o < mh and k < mw and wbits[o, k]:
-                        word |= 1 << (r * simd + j)
-            wmem.append(word)
+    wmem = _weight_words(wbits, pe, simd)
     tmem = []
     for f in range(nf):
         word = 0
