@@ -23,3 +23,16 @@ def assert_matches_original(model, graph, inputs, ref, rtol=1e-4):
         assert np.array_equal(ref.reshape(len(ref), -1).argmax(1), orig.reshape(len(orig), -1).argmax(1))
     else:
         assert np.array_equal(ref.reshape(-1), orig.reshape(-1).astype(ref.dtype))
+
+
+def live_spans(g) -> dict:
+    """{buffer: (first op, last op)} recomputed from the graph, independently of the planner."""
+    spans = {}
+    for i, op in enumerate(g.ops()):
+        for t in list(op.outputs) + list(op.inputs) + [op.name + "_scratch"]:
+            while t in g.arena["in_place"]:  # a sum written over its operand: one buffer
+                t = g.arena["in_place"][t]
+            if t in g.arena["buffers"]:
+                a, b = spans.get(t, (i, i))
+                spans[t] = (min(a, i), max(b, i))
+    return spans

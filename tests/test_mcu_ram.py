@@ -14,6 +14,7 @@ from bnnc.passes.plan_arena import Buffer, _first_fit, _place, lower_bound
 from bnnc.pipeline import Options, compile_file, compile_graph
 from bnnc.targets import TargetOptions
 
+from .helpers import live_spans
 from .test_concat_softmax import binary_concat_model, fire_model
 
 pytest.importorskip("unicorn")
@@ -57,19 +58,6 @@ def test_arena_placement_with_branches_is_valid_and_optimal(seed):
     assert size == best
 
 
-def _live_spans(g: ir.Graph) -> dict:
-    """{buffer: (first op, last op)} recomputed from the graph, independently of the planner."""
-    spans = {}
-    for i, op in enumerate(g.ops()):
-        for t in list(op.outputs) + list(op.inputs) + [op.name + "_scratch"]:
-            while t in g.arena["in_place"]:  # a sum written over its operand: one buffer
-                t = g.arena["in_place"][t]
-            if t in g.arena["buffers"]:
-                a, b = spans.get(t, (i, i))
-                spans[t] = (min(a, i), max(b, i))
-    return spans
-
-
 BRANCHY = {
     "fire (concat of real-valued branches)": lambda s: compile_graph(
         fire_model(s, softmax=False), Options(input_scale=1 / 64, input_range=(-128, 127))),
@@ -86,7 +74,7 @@ BRANCHY = {
 def test_branchy_graphs_keep_branch_tensors_apart_and_run_bit_exact(name, seed):
     g = BRANCHY[name](seed)
     bg = mcu.backend_graph(g)
-    arena, spans = bg.arena, _live_spans(bg)
+    arena, spans = bg.arena, live_spans(bg)
     assert any(b - a > 1 for a, b in spans.values()), "no tensor lives across a branch"
     assert bool(arena["in_place"]) == ("residual" in name)
     order = {op.name: i for i, op in enumerate(bg.ops())}

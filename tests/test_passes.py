@@ -16,6 +16,8 @@ from bnnc.passes.strip_pruned_channels import strip_pruned_channels
 from bnnc.pipeline import frontend
 from bnnc.testing.random_models import mlp_model, random_inputs, random_model
 
+from .helpers import live_spans
+
 SEEDS = range(40)
 
 
@@ -91,15 +93,7 @@ def test_pack_unpack_roundtrip_and_zero_fill(c, wb, seed):
 def test_arena_buffers_never_overlap_while_live(seed):
     model, _ = random_model(seed)
     g = plan_arena(driver.backend_graph(_stages(model)[-1]))
-    ops = g.ops()
-    spans = {}
-    for i, op in enumerate(ops):
-        for t in list(op.outputs) + list(op.inputs) + [op.name + "_scratch"]:
-            while t in g.arena["in_place"]:  # a sum written over its operand: one buffer
-                t = g.arena["in_place"][t]
-            if t in g.arena["buffers"]:
-                a, b = spans.get(t, (i, i))
-                spans[t] = (min(a, i), max(b, i))
+    spans = live_spans(g)
     names = list(spans)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
