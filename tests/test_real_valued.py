@@ -318,3 +318,41 @@ def test_report_shows_local_and_end_to_end_bounds(tmp_path, capsys):
     assert dense["end_to_end_error_bound"] > dense["error_bound"] > 0
     assert rep["totals"]["output_error_bound"] == pytest.approx(dense["end_to_end_error_bound"])
     assert all("end_to_end_error_bound" in r for r in rows.values())
+
+
+def _summed_float_convs(seed: int, branches: tuple):
+    """Float stem conv -> Relu -> the sum of the float convolutions named in `branches` ("a", "b";
+    both read the stem's stream: one accumulator, ir.ConvSum) -> the output."""
+    rng = np.random.default_rng(seed)
+    c = 4
+    inits = {"w1": rng.normal(size=(c, 3, 3, 3)).astype(np.float32),
+             "wa": rng.normal(size=(c, c, 3, 3)).astype(np.float32),
+             "wb": (rng.normal(size=(c, c, 3, 3)) * 3.0).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a0"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a0"], ["r"], name="relu")]
+    nodes += [helper.make_node("Conv", ["r", "w" + b], [b], name="conv_" + b, pads=[1, 1, 1, 1]) for b in branches]
+    out = branches[0]
+    if len(branches) == 2:
+        nodes.append(helper.make_node("Add", list(branches), ["y"], name="sum"))
+        out = "y"
+    g = helper.make_graph(nodes, "summed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, c, 6, 6])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items() if k[1:] in ("1",) + branches])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_sum_of_float_convolutions_states_every_terms_error(seed):
+    """Two float convolutions of one stream, summed, become one Conv: its stated error is the sum of
+    what each term states alone (not the first term's), and the end-to-end bound holds."""
+    def last_conv(branches):
+        graph = compile_graph(_summed_float_convs(seed, branches), Options(input_range=(0, 255),
+                                                                          input_affine=IMAGENET))
+        return [op for op in graph.ops() if isinstance(op, ir.Conv)][1]
+    summed, a, b = last_conv(("a", "b")), last_conv(("a",)), last_conv(("b",))
+    assert summed.source_ops[:2] == ["conv_a", "conv_b"]  # one accumulator for both
+    assert a.acc_error.any() and b.acc_error.any()
+    np.testing.assert_allclose(summed.acc_error, a.acc_error + b.acc_error, rtol=1e-6)
+    assert np.all(summed.weight_error >= np.maximum(a.weight_error, b.weight_error))
+    observed, bound, _, _ = _observed_and_bound(_summed_float_convs(seed, ("a", "b")), 40, seed)
+    assert observed <= bound

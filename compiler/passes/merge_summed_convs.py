@@ -49,7 +49,7 @@ def merged_conv(op) -> ir.Conv:
     for b in bases:
         b.scale_p, b.scale_n = unit * b.mult_p, unit * b.mult_n
     biases = [(k, t.bias_kernel) for k, t in zip(ks, terms) if t.bias_kernel is not None]
-    out = copy.deepcopy(terms[0])  # geometry, and the first term's stated errors
+    out = copy.deepcopy(terms[0])  # geometry
     out.name, out.inputs, out.outputs = op.name, list(op.inputs), list(op.outputs)
     out.epilogue, out.source_ops = op.epilogue, list(op.source_ops)
     out.original_params = sum(t.original_params for t in terms)
@@ -57,7 +57,28 @@ def merged_conv(op) -> ir.Conv:
     out.w = np.sign(int_w).astype(np.int8)
     out.scale_p = out.scale_n = unit.copy()
     out.bias_kernel = sum(k.reshape(-1, 1, 1) * b for k, b in biases) if biases else None
+    out.weight_error, out.acc_error = _summed_errors(terms, ks)
     return out
+
+
+def _summed_errors(terms: list, ks: list) -> tuple:
+    """(weight_error, acc_error) of the sum (see ir.Conv), from its terms' stated ones (None where
+    no term states one). Per tap, the merged integer weight sum_i k_i * int_w_i is off the real one
+    by at most sum_i |k_i| * weight_error_i steps. A term's acc_error is in real units of its
+    accumulator times its chain's first op (the one-unit multiplier the frontend starts every
+    layer's chain with); its chain's later factors r_i carry it into the sum's real units, so the
+    sum is off by at most sum_i |r_i| * acc_error_i."""
+    o = len(ks[0])
+    weight_error = acc_error = None
+    for t, k in zip(terms, ks):
+        if t.weight_error is not None:
+            weight_error = (0 if weight_error is None else weight_error) + np.abs(k) * t.weight_error
+        if t.acc_error is not None:
+            ops = t.epilogue.ops
+            assert ops and ops[0].op == "mul", "a summed term's chain starts with its unit"
+            r = np.array([abs(float(f)) for f in ir.chain_factors(ops[1:], o)])
+            acc_error = (0 if acc_error is None else acc_error) + r * t.acc_error
+    return weight_error, acc_error
 
 
 def _bases_of(conv: ir.Conv):
