@@ -11,6 +11,8 @@ from bnnc.original import OriginalModel
 from bnnc.passes.quantize_input import InputAffine
 from bnnc.pipeline import Options, compile_graph
 
+IMAGENET = InputAffine((("div", (255.0,)), ("sub", (0.485, 0.456, 0.406)), ("div", (0.229, 0.224, 0.225))))
+
 
 def _model(nodes, inits, in_shape, out_shape=(1, 10)):
     g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
@@ -88,8 +90,7 @@ def test_nhwc_model_input_is_read_in_its_own_order():
              helper.make_node("Reshape", ["p", "shape"], ["f"]),
              helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
     model = _model(nodes, inits, (1, 8, 8, 3))
-    affine = InputAffine((("div", (255.0,)), ("sub", (0.485, 0.456, 0.406)), ("div", (0.229, 0.224, 0.225))))
-    g = _check(model, Options(input_range=(0, 255), input_affine=affine), exact=False)
+    g = _check(model, Options(input_range=(0, 255), input_affine=IMAGENET), exact=False)
     inq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
     assert inq.channels_last and tuple(inq.in_shape) == (8, 8, 3)
 
@@ -322,3 +323,29 @@ def test_residual_forms_on_a_microcontroller(build):
     ref = driver.run_target(graph, "ref", inputs)
     y, _ = targets.run(graph, "cortex-m4", inputs.grid, targets.TargetOptions())
     assert np.array_equal(y.reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_residual_add_of_a_batchnormed_pooled_stream(seed):
+    """larq's BinaryResNetE: the float stem's Relu -> MaxPool -> BatchNorm is both the sign's input
+    and the shortcut of the residual Add (a stream with pending ops: its own requantization)."""
+    rng = np.random.default_rng(seed)
+    c = 4
+    inits = {"w0": rng.normal(size=(c, 3, 3, 3)).astype(np.float32),
+             "gm": rng.uniform(0.5, 1.5, c).astype(np.float32), "bt": rng.normal(0, 0.3, c).astype(np.float32),
+             "mu": rng.normal(0, 0.5, c).astype(np.float32), "var": rng.uniform(0.5, 2.0, c).astype(np.float32),
+             "w": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
+             "wf": rng.normal(size=(10, c)).astype(np.float32), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a0"], ["r0"]),
+             helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["p0", "gm", "bt", "mu", "var"], ["bn"]),
+             helper.make_node("Sign", ["bn"], ["s"]),
+             helper.make_node("Conv", ["s", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["a", "bn"], ["res"]),
+             helper.make_node("GlobalAveragePool", ["res"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    graph = _check(_model(nodes, inits, (1, 3, 8, 8)), Options(input_range=(0, 255), input_affine=IMAGENET),
+                   exact=False)
+    assert any(isinstance(op, ir.Add) for op in graph.ops())

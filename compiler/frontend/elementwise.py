@@ -193,6 +193,8 @@ def _of_two_activations(ctx, node, op):
     if sign < 0 and isinstance(b, (IntsVal, IntChainVal)):  # a - b = a + (-b), -b exact on b's grid
         b = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(b) if isinstance(b, IntsVal) else b,
                                                       [ir.ChainOp("mul", np.float32(-1.0).reshape(()))]))
+    # a stream with pending ops (BatchNorm after a MaxPool, larq's ResNetE shortcut): its own stream
+    a, b = (stream_of_intchain(ctx, node, v) if isinstance(v, IntChainVal) else v for v in (a, b))
     ctx.set(node, add_streams(ctx, node, a, b))
 
 
@@ -201,8 +203,8 @@ def add_streams(ctx, node, a, b) -> IntsVal:
     half up to a coarser one where the sum could leave the widest stream."""
     for v in (a, b):
         if not isinstance(v, IntsVal):
-            raise BnncError(f"{where(node)}: a residual Add needs fixed-point operands; one is a {v.kind} "
-                            "value (an elementwise op with a constant before the Add is not supported)")
+            raise BnncError(f"{where(node)}: a residual Add needs real-valued (fixed-point) operands; one is a "
+                            f"{v.kind} value")
     ta, tb = ctx.graph.tensors[a.tensor], ctx.graph.tensors[b.tensor]
     if ta.shape != tb.shape or a.shape != b.shape:
         raise BnncError(f"{where(node)}: residual Add of shapes {a.shape} and {b.shape} (broadcasting "
