@@ -17,18 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph_edit import (Names, add_initializer, constant_values, copy_model, drop_unused,
-                         is_standard, producers)
-
-QONNX_DOMAIN = "qonnx.custom_op.general"
-
-
-def _scalar(values: dict, name: str):
-    v = values.get(name)
-    if v is None or np.asarray(v).size != 1 or np.asarray(v).dtype.kind != "f":
-        return None
-    return float(np.asarray(v).reshape(()))
-
+from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, constant_values, copy_model, drop_unused,
+                         is_standard, producers, scalar_constant, use_qonnx_domain)
 
 def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
@@ -45,10 +35,10 @@ def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         for s, c in (tuple(add.input), tuple(reversed(add.input))):
             inner = prods.get(s)
-            offset = _scalar(values, c)
+            offset = scalar_constant(values, c, "f")
             if inner is None or inner.op_type != "Sign" or not is_standard(inner) or offset is None:
                 continue
-            if not 0.0 < offset < 1.0:
+            if not 0.0 < float(offset) < 1.0:
                 continue
             if one is None:
                 one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
@@ -60,7 +50,6 @@ def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
             changed = True
             break
     if changed:
-        if not any(o.domain == QONNX_DOMAIN for o in out.opset_import):
-            out.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+        use_qonnx_domain(out)
         drop_unused(out)
     return out

@@ -10,6 +10,7 @@ from onnx import helper, numpy_helper
 from ..original import unique_name
 
 STANDARD_DOMAINS = ("", "ai.onnx")
+QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -172,3 +173,37 @@ def onnxruntime_session(model: onnx.ModelProto):
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def scalar_constant(values: dict, name: str, kinds: str = ""):
+    """The 0-d numpy value of a one-element constant `name` (of a dtype kind in `kinds`, e.g. "f" or
+    "iu"; any when empty), else None."""
+    if not name or name not in values:
+        return None
+    v = np.asarray(values[name])
+    if v.size != 1 or (kinds and v.dtype.kind not in kinds):
+        return None
+    return v.reshape(())
+
+
+def quant_bit_range(lo: int, hi: int, signed: bool):
+    """(bits, narrow) of QONNX's b-bit Quant range [lo, hi] (b <= 8; signed b >= 2: a 1-bit signed
+    Quant is bipolar), else None."""
+    for b in range(1, 9):
+        if signed and b >= 2:
+            if (lo, hi) == (-(2 ** (b - 1)), 2 ** (b - 1) - 1):
+                return b, 0
+            if (lo, hi) == (-(2 ** (b - 1)) + 1, 2 ** (b - 1) - 1):
+                return b, 1
+        if not signed:
+            if (lo, hi) == (0, 2**b - 1):
+                return b, 0
+            if (lo, hi) == (0, 2**b - 2) and b >= 2:
+                return b, 1
+    return None
+
+
+def use_qonnx_domain(model: onnx.ModelProto) -> None:
+    """Import the QONNX custom-op domain (for a Quant / BipolarQuant a rewrite wrote)."""
+    if not any(o.domain == QONNX_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))

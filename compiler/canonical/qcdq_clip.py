@@ -20,36 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused,
-                         graph_outputs, is_standard, producers)
-
-QONNX_DOMAIN = "qonnx.custom_op.general"
-
-
-def _bit_range(lo: int, hi: int, signed: bool):
-    """(bits, narrow) of an integer range, or None."""
-    for b in range(1, 9):
-        if signed and b >= 2:
-            if (lo, hi) == (-(2 ** (b - 1)), 2 ** (b - 1) - 1):
-                return b, 0
-            if (lo, hi) == (-(2 ** (b - 1)) + 1, 2 ** (b - 1) - 1):
-                return b, 1
-        if not signed:
-            if (lo, hi) == (0, 2**b - 1):
-                return b, 0
-            if (lo, hi) == (0, 2**b - 2) and b >= 2:
-                return b, 1
-    return None
-
-
-def _scalar(values, name, kind=None):
-    if not name or name not in values:
-        return None
-    v = np.asarray(values[name])
-    if v.size != 1 or (kind and v.dtype.kind not in kind):
-        return None
-    return v.reshape(())
-
+from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, attrs, constant_values, consumers, copy_model,
+                         drop_unused, graph_outputs, is_standard, producers, quant_bit_range, scalar_constant,
+                         use_qonnx_domain)
 
 def qcdq_clip_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
@@ -72,16 +45,16 @@ def qcdq_clip_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
         if len(readers.get(ql.output[0], [])) != 1 or len(readers.get(clip.output[0], [])) != 1 or \
                 {ql.output[0], clip.output[0]} & outs:
             continue
-        s_q, s_d = _scalar(values, ql.input[1], "f"), _scalar(values, dq.input[1], "f")
-        zp_q = _scalar(values, ql.input[2] if len(ql.input) > 2 else "", "iu")
-        zp_d = _scalar(values, dq.input[2] if len(dq.input) > 2 else "", "iu")
-        lo, hi = _scalar(values, clip.input[1], "iu"), _scalar(values, clip.input[2], "iu")
+        s_q, s_d = scalar_constant(values, ql.input[1], "f"), scalar_constant(values, dq.input[1], "f")
+        zp_q = scalar_constant(values, ql.input[2] if len(ql.input) > 2 else "", "iu")
+        zp_d = scalar_constant(values, dq.input[2] if len(dq.input) > 2 else "", "iu")
+        lo, hi = scalar_constant(values, clip.input[1], "iu"), scalar_constant(values, clip.input[2], "iu")
         if s_q is None or s_d is None or float(s_q) != float(s_d) or not float(s_q) > 0:
             continue
         if zp_q is None or zp_d is None or int(zp_q) != 0 or int(zp_d) != 0 or lo is None or hi is None:
             continue
         signed = zp_q.dtype.kind == "i"
-        spec = _bit_range(int(lo), int(hi), signed)
+        spec = quant_bit_range(int(lo), int(hi), signed)
         if spec is None:
             continue
         bits, narrow = spec
@@ -95,8 +68,7 @@ def qcdq_clip_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
                                             signed=int(signed), narrow=narrow, rounding_mode="ROUND"))
         changed = True
     if changed:
-        if not any(o.domain == QONNX_DOMAIN for o in out.opset_import):
-            out.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+        use_qonnx_domain(out)
         drop_unused(out)
     return out
 
