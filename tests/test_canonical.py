@@ -10,12 +10,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnnc.canonical import canonicalize
 from bnnc.canonical.bipolar_sign import bipolar_sign_from_offset_sign
+from bnnc.canonical.clamps_to_clip import clamps_to_clip
 from bnnc.canonical.constant_subgraphs import fold_constant_subgraphs
 from bnnc.canonical.layout_transposes import sink_layout_transposes
 from bnnc.canonical.maxpool_ceil import maxpool_ceil_to_floor
 from bnnc.canonical.pad_into_window import merge_pads_into_windows
 from bnnc.canonical.pass_through_ops import remove_pass_through_ops
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
+from bnnc.canonical.round_quantizer import round_quantizer_to_quant
 from bnnc.canonical.spatial_mean import spatial_mean_to_global_pool
 from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
 from bnnc.canonical.uniform_constants import scalarize_uniform_constants
@@ -624,3 +626,94 @@ def test_verify_command_on_a_canonicalized_model(shared_models, tmp_path, monkey
     assert main(["verify", str(path), "--target", "ref", "--samples", "3", "--input-scale", "0.0078125",
                  "--input-range", "0:255"]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- clamps and Round quantizers
+
+def _edge_values(n=64, scale=1.0):
+    """Random floats, ties of a grid of `scale`, signed zeros, tiny and huge values, NaN."""
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.uniform(-3, 3, 400), (np.arange(-40, 40) + 0.5) * scale,
+                        [0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0, 1e30, -1e30, np.nan]]).astype(np.float32)
+    return np.resize(x, (x.size + n - 1) // n * n).reshape(-1, n)
+
+
+@pytest.mark.parametrize("chain,opset", [
+    ([("Min", 1.0), ("Max", 0.0)], 13),       # tf.clip_by_value as tf2onnx writes it
+    ([("Max", -0.5), ("Min", 2.0)], 13),
+    ([("Min", 0.75)], 13),
+    ([("Max", 0.0), ("Clip", (-1.0, 0.5))], 13),
+    ([("Min", 6.0), ("Max", 0.0)], 9),        # Clip's bounds as attributes before opset 11
+])
+def test_clamp_chains_become_one_clip(chain, opset):
+    nodes, inits, t = [], {}, "x"
+    for i, (op, c) in enumerate(chain):
+        o = "y" if i == len(chain) - 1 else f"t{i}"
+        if op == "Clip":
+            inits[f"lo{i}"], inits[f"hi{i}"] = np.float32(c[0]), np.float32(c[1])
+            nodes.append(helper.make_node("Clip", [t, f"lo{i}", f"hi{i}"], [o]))
+        else:
+            inits[f"c{i}"] = np.float32(c)
+            nodes.append(helper.make_node(op, [f"c{i}", t] if i % 2 else [t, f"c{i}"], [o]))
+        t = o
+    m = make(nodes, [1, 64], inits, opset=opset)
+    c = clamps_to_clip(m)
+    assert ops(c) == ["Clip"]
+    assert_same(m, c, _edge_values())
+
+
+def test_crossing_or_shared_clamps_stay():
+    inits = {"a": np.float32(0.0), "b": np.float32(1.0)}
+    crossing = make([helper.make_node("Min", ["x", "a"], ["t"]), helper.make_node("Max", ["t", "b"], ["y"])],
+                    [1, 8], inits)
+    assert ops(clamps_to_clip(crossing)) == ["Clip", "Clip"]  # each alone, not merged
+    dynamic = make([helper.make_node("Min", ["x", "x"], ["y"])], [1, 8])
+    assert ops(clamps_to_clip(dynamic)) == ["Min"]
+
+
+@pytest.mark.parametrize("bits,lo,hi,expect", [
+    (2, 0.0, 1.0, (2, 0, 0)),     # DoReFa: clip to [0, 1], * 3, round
+    (4, 0.0, 1.0, (4, 0, 0)),
+    (3, -1.0, 1.0, (4, 1, 1)),    # [-7, 7]: signed narrow 4-bit
+    (2, 0.0, 0.7, None),          # 0.7 * 3 is no integer: left alone
+])
+def test_clip_scale_round_becomes_a_quant(bits, lo, hi, expect):
+    k = np.float32(2**bits - 1)
+    nodes = [helper.make_node("Min", ["x", "hi"], ["t0"]), helper.make_node("Max", ["t0", "lo"], ["t1"]),
+             helper.make_node("Mul", ["t1", "k"], ["t2"]), helper.make_node("Round", ["t2"], ["t3"]),
+             helper.make_node("Mul", ["t3", "r"], ["y"])]
+    m = make(nodes, [1, 64], {"lo": np.float32(lo), "hi": np.float32(hi), "k": k, "r": np.float32(1 / k)}, opset=13)
+    c = round_quantizer_to_quant(clamps_to_clip(m))
+    quant = [n for n in c.graph.node if n.op_type == "Quant"]
+    if expect is None:
+        assert not quant and "Round" in ops(c)
+        return
+    (n,) = quant
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    width = numpy_helper.to_array(next(t for t in c.graph.initializer if t.name == n.input[3]))
+    assert (int(width), a["signed"], a["narrow"]) == expect and "Round" not in ops(c)
+    x = _edge_values(scale=1 / float(k))
+    assert_same(m, c, x[:, :][~np.isnan(x).any(axis=1)])  # QONNX's Quant keeps NaN where Clip would too
+
+
+def test_dorefa_block_compiles_bit_exact():
+    """larq's DoReFaNet head as tf2onnx writes it: Conv (BatchNorm folded) -> MaxPool to 1 x 1 ->
+    Flatten -> Min / Max -> Mul(3) -> Round -> Mul(1/3) -> MatMul: a 2-bit activation of a pooled,
+    flattened layer output."""
+    rng = np.random.default_rng(3)
+    k = np.float32(3.0)
+    inits = {"w": rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "b": rng.normal(size=8).astype(np.float32),
+             "hi": np.float32(1.0), "lo": np.float32(0.0), "k": k, "r": np.float32(1 / k),
+             "shape": np.array([-1, 8], np.int64), "wf": rng.normal(size=(8, 10)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[4, 4], strides=[4, 4]),
+             helper.make_node("Reshape", ["p", "shape"], ["f"]),
+             helper.make_node("Min", ["f", "hi"], ["c0"]), helper.make_node("Max", ["c0", "lo"], ["c1"]),
+             helper.make_node("Mul", ["c1", "k"], ["m"]), helper.make_node("Round", ["m"], ["q"]),
+             helper.make_node("Mul", ["q", "r"], ["d"]), helper.make_node("MatMul", ["d", "wf"], ["y"])]
+    model = make(nodes, [1, 3, 4, 4], inits, opset=13)
+    graph = compile_graph(model, Options(input_range=(0, 255), input_scale=1 / 255))
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 40, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert np.allclose(ref, run(model, inputs.model).reshape(ref.shape), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)

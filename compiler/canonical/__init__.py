@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx
 
 from .bipolar_sign import bipolar_sign_from_offset_sign
+from .clamps_to_clip import clamps_to_clip
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
@@ -19,6 +20,7 @@ from .maxpool_ceil import maxpool_ceil_to_floor
 from .pad_into_window import merge_pads_into_windows
 from .pass_through_ops import remove_pass_through_ops
 from .qcdq_clip import qcdq_clip_to_quant
+from .round_quantizer import round_quantizer_to_quant
 from .uniform_constants import scalarize_uniform_constants
 from .spatial_mean import spatial_mean_to_global_pool
 from .ste_sign import simplify_ste_sign
@@ -32,8 +34,10 @@ REWRITES = (
     spatial_mean_to_global_pool,
     sink_layout_transposes,
     bipolar_sign_from_offset_sign,
+    clamps_to_clip,
     remove_clip_before_sign,
     qcdq_clip_to_quant,
+    round_quantizer_to_quant,
     merge_pads_into_windows,
     maxpool_ceil_to_floor,
 )

@@ -180,7 +180,7 @@ class LoweringContext:
         out = cls(v.shape, [], tensor=conv.outputs[0], scale=scale)
         for params, _ in v.pools:
             out = self.emit_maxpool(params, out)
-        return out
+        return replace(out, shape=v.shape)  # the pooled value as the model reshaped it (unit axes)
 
     def _add_plane(self, conv, v: AccVal, term, node) -> Val:
         """Another sign of an accumulator that already has one: activation bases as planes."""
