@@ -178,3 +178,37 @@ def test_sum_over_activation_bases_that_a_global_average_pool_reads_is_refused()
     with pytest.raises(BnncError, match="'conv2a'.*activation bases") as e:
         compile_graph(model)
     assert "\n" not in str(e.value)
+
+
+def test_a_sign_and_an_int8_quantization_of_one_accumulator_are_two_layers():
+    """An accumulator that a Sign and an int8 QuantizeLinear both read is computed by the layer and
+    by a copy of it (one epilogue each; merge_activation_planes merges bit activations only), the
+    convolutions of the two are not summed as one (their inputs differ in type): exact, the
+    onnxruntime model's numbers."""
+    rng = np.random.default_rng(3)
+    c1, c2 = 6, 8
+    inits = {"qs": np.array(1 / 64, np.float32), "qz": np.array(0, np.int8), "as": np.array(1 / 16, np.float32),
+             "w1": rng.choice([-1.0, 1.0], (c1, 3, 3, 3)).astype(np.float32),
+             "t0": ((rng.integers(-8, 8, (1, c1, 1, 1)) + 0.5) / 64).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], (c2, c1, 3, 3)).astype(np.float32),
+             "w3": rng.choice([-1.0, 1.0], (c2, c1, 3, 3)).astype(np.float32),
+             "wf": rng.choice([-1.0, 1.0], (10, c2)).astype(np.float32), "shape": np.array([1, c2], np.int64)}
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["x", "qs", "qz"], ["xq"]), node("DequantizeLinear", ["xq", "qs", "qz"], ["xd"]),
+             node("Conv", ["xd", "w1"], ["a1"], name="conv1", pads=[1] * 4),
+             node("Sub", ["a1", "t0"], ["d0"]), node("Sign", ["d0"], ["s0"]),
+             node("QuantizeLinear", ["a1", "as", "qz"], ["aq"]), node("DequantizeLinear", ["aq", "as", "qz"], ["ad"]),
+             node("Conv", ["s0", "w2"], ["b0"], pads=[1] * 4), node("Conv", ["ad", "w3"], ["b1"], pads=[1] * 4),
+             node("Add", ["b0", "b1"], ["b"]), node("GlobalAveragePool", ["b"], ["g"]),
+             node("Reshape", ["g", "shape"], ["f"]), node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "sign_and_int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model)
+    first = [op for op in graph.ops() if isinstance(op, ir.Conv) and op.source_ops[0] == "conv1"]
+    assert sorted(type(graph.tensors[op.outputs[0]]).__name__ for op in first) == ["Bits", "Ints"]
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 24, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert np.array_equal(ref, OriginalModel(model).run(inputs.model).reshape(ref.shape))
+    assert np.array_equal(driver.run_target(graph, "c", inputs).reshape(ref.shape), ref)

@@ -230,16 +230,19 @@ def add_streams(ctx, node, a, b) -> IntsVal:
 
 def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
     """conv_a * u_a + sign * conv_b * u_b as one accumulator (ir.ConvSum, one Conv after
-    passes/merge_summed_convs) when both read the same tensor, or activation-base planes of one
-    layer (`LoweringContext.planes`), with the same geometry and their
+    passes/merge_summed_convs) when both read the same tensor, or bit activation planes of one
+    layer (`LoweringContext.planes`) of one type, with the same geometry and their
     pending chains are per-channel scales (weight bases written as separate convolutions, PaBT base
     pairs): acc = k_a * acc_a + k_b * acc_b with u_a = unit * k_a, sign * u_b = unit * k_b exactly
     (dyadic scales), its chain starting with the unit; None when not mergeable."""
     if a.conv == b.conv or a.pools or b.pools or a.shape != b.shape:
         return None
     ca, cb = ctx.graph.op(a.conv), ctx.graph.op(b.conv)
-    groups = {ctx.planes.get(t, ((t,), 0))[0] for t in ca.inputs + cb.inputs}
+    inputs = set(ca.inputs + cb.inputs)  # one tensor, or bit planes of one layer (merge_activation_planes)
+    groups = {ctx.planes.get(t, ((t,), 0))[0] for t in inputs}
+    types = [ctx.graph.tensors[t] for t in inputs]
     if ca.name in ctx.finished or cb.name in ctx.finished or len(groups) != 1 \
+            or (len(inputs) > 1 and not all(isinstance(t, ir.Bits) and t == types[0] for t in types)) \
             or (ca.kernel, ca.stride, ca.pads, ca.is_dense) != (cb.kernel, cb.stride, cb.pads, cb.is_dense):
         return None
     o = merged_conv(ca).w.shape[0]
