@@ -105,9 +105,9 @@ def _same(a, b, skip=()) -> bool:
 
 
 def _plane_readers(g: ir.Graph, planes: dict):
-    """{"layers": [(reader, plane)], "pools": [{plane: MaxPool}, each with its own readers' tree
-    under "readers"]} of the plane tensors {plane: tensor}; None when another op or the model
-    output reads one of them (through MaxPools)."""
+    """The readers of the plane tensors {plane: tensor}: {"tensors": them, "layers": [(Conv or
+    ConvSum, plane)], "pools": [({plane: MaxPool} of one window, the readers of their outputs)]};
+    None when another op or the model output reads one of them (through MaxPools)."""
     layers, pools = [], {}
     for k, t in sorted(planes.items()):
         if t == g.output:
