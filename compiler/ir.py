@@ -15,7 +15,8 @@ families: `Activation` (an epilogue applied to an integer tensor), `Add` (residu
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
 (channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
 output logits, a fixed sequence of IEEE float64 operations). Before `passes/merge_summed_convs`, `ConvSum`
-holds the sums of convolutions of one input that the frontend found.
+holds the sums of convolutions of one input (or of activation-base planes of one layer) that the
+frontend found.
 
 Weights use the shared weight code of networks.md section 2: `w[o, ky, kx, c]` in {-1, 0, +1} with
 per-output-channel scales `scale_p` (for +1) and `scale_n` (for -1). Binary layers have no zeros
@@ -29,7 +30,8 @@ The compressed families extend the weight code (fields with defaults; `code == "
 carries exact integer weights `int_w` (acc = sum int_w * a) and, except "int", their decomposition
 into masked binary bases (`WeightBase`: masks P = (w == +1), N = (w == -1) and integer multipliers).
 New epilogues: `LevelThresholds` (multi-bit integer outputs), `Requantize` (fixed-point outputs),
-`Planes` (several activation bases of one accumulator, before folding).
+`Planes` (several activation bases of one accumulator, from `passes/merge_activation_planes`,
+before folding).
 
 `verify(graph)` checks the invariants every graph keeps between passes (IR.md lists them).
 """
@@ -424,7 +426,9 @@ class ConvSum:
     terminal: its factor f_i[o], the exact product of its constants; (unit, k_i) is the exact
     decomposition f_i[o] = unit[o] * k_i[o] with the smallest integers k_i
     (`conv_sum_multipliers`), and the epilogue's own ops start with that unit. The terms' outputs
-    name no graph tensor; their input and window are the op's."""
+    name no graph tensor; their window is the op's, and each reads one of its inputs: one tensor,
+    or before `merge_activation_planes` several of one type (activation-base planes of one layer,
+    the copies of its layer for each activation), which that pass makes one."""
 
     name: str
     inputs: list
@@ -868,30 +872,40 @@ def _verify_conv(graph, op) -> None:
 
 
 def _verify_conv_sum(graph, op) -> None:
-    _arity(op, 1)
+    if not op.inputs or len(set(op.inputs)) != len(op.inputs) or len(op.outputs) != 1:
+        _fail(op, "arity", f"inputs {op.inputs} (distinct, one or more) and {len(op.outputs)} outputs, expected 1")
     src = _input_type(graph, op, 0, (Bits, Ints))
+    for i in range(1, len(op.inputs)):
+        if _input_type(graph, op, i, (Bits, Ints)) != src:
+            _fail(op, "the inputs of a ConvSum have one type", f"'{op.inputs[i]}' is {graph.tensors[op.inputs[i]]}, "
+                  f"'{op.inputs[0]}' {src}")
+    read = set()
     out = graph.tensors[op.outputs[0]]
-    o = _check_sum_terms(op, op, src)
+    o = _check_sum_terms(op, op, src, read)
+    if read != set(op.inputs):
+        _fail(op, "a ConvSum's terms read each of its inputs", f"they read {sorted(read)}, its inputs are {op.inputs}")
     _check_window(graph, op, src, out, op.kernel, op.stride, op.pads)
     cls, channels = _epilogue_out(op, op.epilogue, o)
     _check_output(op, out, cls, channels)
 
 
-def _check_sum_terms(op, s, src) -> int:
-    """Check the terms of the ConvSum `s` (`op` itself or one of its nested terms); its channels."""
+def _check_sum_terms(op, s, src, read: set) -> int:
+    """Check the terms of the ConvSum `s` (`op` itself or one of its nested terms); its channels.
+    Each Conv term reads one of `op`'s inputs (their names join `read`)."""
     if len(s.terms) < 2:
         _fail(op, "a ConvSum sums two or more terms", f"'{s.name}' has {len(s.terms)}")
     o = None
     for i, t in enumerate(s.terms):
         if not isinstance(t, (Conv, ConvSum)):
             _fail(op, "ConvSum terms are Convs or ConvSums", f"term {i} of '{s.name}' is {type(t).__name__}")
-        if list(t.inputs) != list(op.inputs) or \
+        if not set(t.inputs) <= set(op.inputs) or (isinstance(t, Conv) and len(t.inputs) != 1) or \
                 (tuple(t.kernel), tuple(t.stride), tuple(t.pads), t.is_dense) != \
                 (tuple(op.kernel), tuple(op.stride), tuple(op.pads), op.is_dense):
             _fail(op, "ConvSum terms read its input with its window", f"term {i} ('{t.name}')")
         if isinstance(t, ConvSum):
-            ch = _check_sum_terms(op, t, src)
+            ch = _check_sum_terms(op, t, src, read)
         else:
+            read.add(t.inputs[0])
             ch = t.w.shape[0] if isinstance(t.w, np.ndarray) and t.w.ndim == 4 else None
             shape = (ch, t.kernel[0], t.kernel[1], src.shape[2])
             _array(op, f"terms[{i}].w of '{s.name}'", t.w, shape, "i")

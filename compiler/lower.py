@@ -16,10 +16,13 @@ chain of an identity 1x1 convolution (a binary output too: +-scale).
 Beyond binary layers with a sign activation, the compressed families lower to:
 - multi-level activations (MultiThreshold with several steps, Quant with more than 1 bit,
   QuantizeLinear -> DequantizeLinear inside the network): `Ints` outputs;
-- activation bases: one accumulator binarized several ways (ABC-Net / PaBT's sign(x - v_n))
-  becomes one Conv whose output holds the bases as channel planes (`ir.Planes`);
-- sums of layers that read the same input (weight bases written as separate convolutions, PaBT
-  pairs): an `ir.ConvSum` of them, one integer-weight Conv after `passes/merge_summed_convs`;
+- activation bases: one accumulator activated several ways (ABC-Net / PaBT's sign(x - v_n)):
+  each activation closes a copy of the layer (same inputs and weights) with its own output, named
+  `<layer>_plane<k>`; `passes/merge_activation_planes` makes the copies of bit activations one
+  Conv whose output holds them as channel planes (`ir.Planes`);
+- sums of layers that read the same input, or planes of one layer (weight bases written as
+  separate convolutions, PaBT pairs): an `ir.ConvSum` of them, one integer-weight Conv after
+  `passes/merge_summed_convs`;
 - residual streams (Bi-Real): a real-valued tensor that an `Add` of two activations, an
   `AveragePool`, or more than one kind of consumer reads is requantized into a fixed-point
   `Ints` stream (`ir.Requantize`, 2**-frac_bits grid); `Add` / `SumPool` / `Activation` ops
@@ -35,7 +38,6 @@ import numpy as np
 from . import ir
 from .errors import BnncError
 from .frontend import FRAC_BITS, HANDLERS, SUPPORTED_OPS, LoweringContext, where
-from .frontend.context import widen
 from .frontend.linear import identity_conv
 from .frontend.values import AccVal, BitsVal, IndexVal, IntChainVal, IntsVal, RealsVal
 from .onnx_loader import CUSTOM_DOMAINS, STANDARD_DOMAINS, LoadedModel, fold_with_origin, foldable
@@ -75,7 +77,7 @@ def _set_output(ctx: LoweringContext) -> None:
     v = ctx.vals[out]
     if isinstance(v, AccVal):
         v = ctx.finish_acc(v, None, None)
-    if isinstance(v, (BitsVal, IntsVal, IntChainVal)) and v.flat_from is None and v.block is None:
+    if isinstance(v, (BitsVal, IntsVal, IntChainVal)) and v.flat_from is None:
         v = ctx.finish_acc(identity_conv(ctx, SimpleNamespace(name=out, op="output"), v), None, None)
     if isinstance(v, RealsVal):
         dtype = "float32"
@@ -94,5 +96,3 @@ def _set_output(ctx: LoweringContext) -> None:
         op = ctx.graph.op(n)
         if isinstance(op, (ir.Conv, ir.ConvSum)) and op.name not in ctx.finished:
             raise BnncError(f"layer '{op.source_ops[0]}' output is consumed by nothing bnnc supports")
-        if isinstance(op, (ir.Conv, ir.ConvSum)):  # activation-base planes added after this layer was built
-            widen(op, ctx.graph.tensors[op.inputs[0]].shape[2])

@@ -16,6 +16,7 @@ from .lower import FRAC_BITS, lower
 from .onnx_loader import check_graph, load, read_model
 from .passes.find_sparse_connectivity import find_sparse_connectivity
 from .passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
+from .passes.merge_activation_planes import merge_activation_planes
 from .passes.merge_summed_convs import merge_summed_convs
 from .passes.quantize_input import InputAffine, quantize_input
 from .passes.requantize_level_steps import requantize_level_steps
@@ -32,7 +33,7 @@ class Options:
     weight_bits: Optional[dict] = None  # real-valued weights: {ONNX node name or "*": bits}, a width for a bound
 
 
-PASSES = (merge_summed_convs, quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels,
+PASSES = (merge_activation_planes, merge_summed_convs, quantize_input, fold_batchnorm_into_thresholds, strip_pruned_channels,
           find_sparse_connectivity, requantize_level_steps)
 
 

@@ -41,12 +41,13 @@ def conv_accumulator(op: ir.Conv, x: np.ndarray) -> np.ndarray:
     return acc
 
 
-def sum_accumulator(op, x: np.ndarray) -> np.ndarray:
-    """Integer accumulator (N, OH, OW, O) of a Conv or of a ConvSum (sum_i k_i * acc_i of its terms)."""
+def sum_accumulator(op, env: dict) -> np.ndarray:
+    """Integer accumulator (N, OH, OW, O) of a Conv or of a ConvSum (sum_i k_i * acc_i of its terms,
+    each reading its own input from `env`)."""
     if isinstance(op, ir.Conv):
-        return conv_accumulator(op, x)
+        return conv_accumulator(op, env[op.inputs[0]].astype(np.int64))
     _, ks = ir.conv_sum_multipliers(op)
-    return sum(k * sum_accumulator(t, x) for k, t in zip(ks, op.terms))
+    return sum(k * sum_accumulator(t, env) for k, t in zip(ks, op.terms))
 
 
 def _float_exact(cols: np.ndarray, w: np.ndarray) -> bool:
@@ -150,7 +151,7 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
         elif isinstance(op, ir.Conv):
             r = _epilogue(op, conv_accumulator(op, a.astype(np.int64)))
         elif isinstance(op, ir.ConvSum):
-            r = apply_epilogue(op.epilogue, sum_accumulator(op, a.astype(np.int64)))
+            r = apply_epilogue(op.epilogue, sum_accumulator(op, env))
         elif isinstance(op, ir.MaxPool):
             r = _maxpool(op, a)
         elif isinstance(op, ir.GlobalSumPool):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from bnnc import driver, ir, reference
 from bnnc.passes.fold_batchnorm_into_thresholds import fold_batchnorm_into_thresholds
+from bnnc.passes.merge_activation_planes import merge_activation_planes
 from bnnc.passes.merge_summed_convs import merge_summed_convs
 from bnnc.passes.pack_bits import pack_bit_rows, unpack_bit_rows
 from bnnc.passes.plan_arena import plan_arena
@@ -23,7 +24,7 @@ SEEDS = range(40)
 
 def _stages(model):
     g0 = frontend(model)
-    g1 = quantize_input(merge_summed_convs(g0))
+    g1 = quantize_input(merge_summed_convs(merge_activation_planes(g0)))
     g2 = fold_batchnorm_into_thresholds(g1)
     g3 = strip_pruned_channels(g2)
     return g0, g1, g2, g3
@@ -35,7 +36,7 @@ def test_every_pass_preserves_the_reference(seed):
     stages = _stages(model)
     x = driver.prepare_inputs(stages[-1], random_inputs(model, 16, seed)).grid
     outs = [reference.run(g, x) for g in stages]
-    names = ("merge_summed_convs + quantize_input", "fold_batchnorm_into_thresholds", "strip_pruned_channels")
+    names = ("merge_activation_planes + merge_summed_convs + quantize_input", "fold_batchnorm_into_thresholds", "strip_pruned_channels")
     for name, o in zip(names, outs[1:]):
         assert np.array_equal(o, outs[0]), f"{name} changed the numbers (seed {seed})"
 
@@ -289,6 +290,100 @@ def test_a_layer_reading_64_bit_sums_is_refused_by_c():
         driver.render_c(g)
 
 
+# ----------------------------------------------------------------------------- activation-base planes
+
+
+def _int8_binary_layer(rng, channels: int, out: str) -> tuple:
+    """(initializers, const(name, value) adding a float32 one, nodes): an int8 input on the grid
+    2**-5 and a binary 3x3 layer of `channels` filters writing `out`, where the models here start."""
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0, np.int8), "zp")]
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", const("s_in", 2.0**-5), "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s_in", "zp"], ["xd"]),
+             helper.make_node("Conv", ["xd", const(f"w_{out}", rng.choice([-1.0, 1.0], (channels, 3, 3, 3)))],
+                              [out], pads=[1] * 4)]
+    return inits, const, nodes
+
+
+def _activation_planes_model(seed: int):
+    """An int8 input, a binary layer whose accumulator 2 to 4 Sub + Sign nodes binarize (activation
+    bases, in a random order), all of them MaxPooled or none, then 1 to 5 convolutions of random
+    planes (several may read one) with dyadic scales, summed by a chain of Adds when there are
+    several (PaBT's pairs), a BatchNorm-like Sign and a dense layer. Also the number of planes read
+    (the canonical stage removes the others)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    size, c1, o = int(rng.integers(4, 9)), int(rng.integers(2, 9)), int(rng.integers(2, 7))
+    inits, const, nodes = _int8_binary_layer(rng, c1, "a1")
+    n = int(rng.integers(2, 5))
+    pool = rng.random() < 0.5
+    planes = []
+    for p in rng.permutation(n):  # accumulators are multiples of 2**-5: thresholds between them, no ties
+        t = (rng.integers(-40, 40, (1, c1, 1, 1)) + 0.5) * 2.0**-5
+        nodes += [helper.make_node("Sub", ["a1", const(f"t{p}", t)], [f"d{p}"]),
+                  helper.make_node("Sign", [f"d{p}"], [f"s{p}"])]
+        if pool:
+            nodes.append(helper.make_node("MaxPool", [f"s{p}"], [f"p{p}"], kernel_shape=[2, 2], strides=[2, 2]))
+        planes.append(f"p{p}" if pool else f"s{p}")
+    terms = []
+    read = rng.integers(0, n, int(rng.integers(1, 6)))  # the plane each convolution reads
+    for i, p in enumerate(read):
+        w = rng.choice([-1.0, 1.0], (o, c1, 3, 3))
+        nodes += [helper.make_node("Conv", [planes[int(p)], const(f"w{i + 2}", w)], [f"c{i}"],
+                                   pads=[1] * 4),
+                  helper.make_node("Mul", [f"c{i}", const(f"k{i}", rng.choice([0.25, 0.5, 1.0, 1.5, 3.0]))],
+                                   [f"m{i}"])]
+        terms.append(f"m{i}")
+    y = terms[0]
+    for i, t in enumerate(terms[1:]):
+        nodes.append(helper.make_node("Add", [y, t], [f"sum{i}"]))
+        y = f"sum{i}"
+    side = size // 2 if pool else size
+    bias = (rng.integers(-20, 20, (o, 1, 1)) + 0.5) * 2.0**-7  # the sums are multiples of 2**-7 * 2**-5 ... 0.25
+    nodes += [helper.make_node("Add", [y, const("bias", bias)], ["biased"]),
+              helper.make_node("Sign", ["biased"], ["act"]),
+              helper.make_node("Flatten", ["act"], ["flat"]),
+              helper.make_node("Gemm", ["flat", const("wd", rng.choice([-1.0, 1.0], (3, o * side * side)))],
+                               ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "activation_planes",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), len(set(read.tolist()))
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_merge_activation_planes_preserves_the_reference(seed):
+    """The frontend's copies of a layer, one per activation base, become one Conv with a Planes
+    epilogue whose readers (convolutions, sums of them over several planes, MaxPools) read their
+    plane's channels of its wide output: the reference's numbers stay, the graph stays valid."""
+    model, read = _activation_planes_model(seed)
+    g0 = frontend(model)
+    ir.verify(g0)
+    copies = [op.name for op in g0.ops() if isinstance(op, ir.Conv) and op.name.endswith(tuple(
+        f"_plane{k}" for k in range(1, read)))]
+    assert len(copies) == read - 1, "one copy of the layer per activation after the first"
+    x = driver.prepare_inputs(g0, driver.random_samples(g0, 24, seed)).grid
+    y0 = reference.run(g0, x)
+    g1 = merge_activation_planes(g0)
+    ir.verify(g1)
+    assert np.array_equal(reference.run(g0, x), y0), "the pass changed its input"
+    planed = [op for op in g1.ops() if isinstance(op, ir.Conv) and isinstance(op.epilogue, ir.Planes)]
+    assert len(planed) == (read > 1) and not set(copies) & {op.name for op in g1.ops()}
+    if planed:
+        assert len(planed[0].epilogue.chains) == read
+        assert g1.tensors[planed[0].outputs[0]].shape[2] == read * g0.tensors[planed[0].outputs[0]].shape[2]
+    assert all(len(op.inputs) == 1 for op in g1.ops() if isinstance(op, ir.ConvSum))
+    assert np.array_equal(reference.run(g1, x), y0)
+    assert np.array_equal(reference.run(merge_summed_convs(g1), x), y0)
+
+
 # ----------------------------------------------------------------------------- sums of convolutions
 
 
@@ -298,23 +393,13 @@ def _summed_convs_model(seed: int):
     tree of Add / Sub, then either BatchNorm-like ops and a Sign or a real-valued (fixed-point)
     tensor, and a dense layer: the forms the frontend writes as ir.ConvSum."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
     size, c0, o = int(rng.integers(4, 8)), int(rng.integers(3, 9)), int(rng.integers(2, 7))
     k, pad = (3, 1) if rng.random() < 0.7 else (1, 0)
-    inits, nodes = [], []
-
-    def const(name, value):
-        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    inits.append(numpy_helper.from_array(np.array(0, np.int8), "zp"))
-    nodes += [helper.make_node("QuantizeLinear", ["x", const("s_in", 2.0**-5), "zp"], ["xq"]),
-              helper.make_node("DequantizeLinear", ["xq", "s_in", "zp"], ["xd"]),
-              helper.make_node("Conv", ["xd", const("w0", rng.choice([-1.0, 1.0], (c0, 3, 3, 3)))], ["c0"],
-                               pads=[1] * 4),
-              helper.make_node("Sign", ["c0"], ["a0"])]
+    inits, const, nodes = _int8_binary_layer(rng, c0, "c0")
+    nodes.append(helper.make_node("Sign", ["c0"], ["a0"]))
     terms = []
     for i in range(int(rng.integers(2, 5))):
         code = rng.choice(["binary", "ternary", "int"])

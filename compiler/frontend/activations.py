@@ -160,7 +160,7 @@ def dequantize_linear(ctx, node):
 @handler("Relu", ignores=("consumed_inputs",))
 def relu(ctx, node):
     v = ctx.val(node)
-    if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
+    if isinstance(v, IntsVal) and v.flat_from is None:
         v = IntChainVal.of(v)  # a fixed-point stream: the relu stays pending on its integers
     if not isinstance(v, PendingVal):
         raise BnncError(f"{where(node)}: Relu on a {v.kind} tensor is not supported")
@@ -208,7 +208,7 @@ def _rounded(ctx, v: Val) -> bool:
 
 def _activation_op(ctx, node, v, term) -> Val:
     """Sign / MultiThreshold / Quant of an integer (fixed-point) tensor: an Activation op."""
-    if v.flat_from is not None or v.block is not None:
+    if v.flat_from is not None:
         raise BnncError(f"{where(node)}: activation of a flattened integer tensor is not supported")
     chain = list(v.chain) if isinstance(v, IntChainVal) else [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]
     src = ctx.graph.tensors[v.tensor]

@@ -40,8 +40,8 @@ def concat(ctx, node, *, axis=None):
         if not isinstance(v, (BitsVal, IntsVal)):
             raise BnncError(f"{where(node)}: Concat of a {v.kind} value is not supported (of binary activations "
                             "and fixed-point streams it is)")
-        if v.block is not None or v.flat_from is not None:
-            raise BnncError(f"{where(node)}: Concat of a flattened or activation-base tensor is not supported")
+        if v.flat_from is not None:
+            raise BnncError(f"{where(node)}: Concat of a flattened tensor is not supported")
         if len(v.shape) != len(shape) or v.shape[2:] != shape[2:]:
             raise BnncError(f"{where(node)}: Concat of shapes {[v.shape for v in vals]} (the spatial sizes differ)")
     if len({type(v) for v in vals}) != 1:

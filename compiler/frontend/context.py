@@ -3,7 +3,7 @@ values and constants, quantizing the model input, closing a Conv's epilogue."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from copy import deepcopy
 from typing import Optional
 
 import numpy as np
@@ -11,7 +11,6 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from ..onnx_loader import LoadedModel
-from ..passes.merge_summed_convs import merged_conv
 from ..passes.quantize_input import input_grid
 from .registry import where
 from .streams import to_stream
@@ -34,7 +33,10 @@ class LoweringContext:
         self.counter = 0
         self.consumers = _consumers(lm)
         self.dynamic = _dynamic_tensors(lm)
-        self.finished: set = set()  # Convs whose epilogue is set
+        self.finished: dict = {}  # Convs whose epilogue is set: {name: their own ONNX nodes}
+        self.copies: dict = {}  # {layer: copies made for more activations of its accumulator}
+        self.planes: dict = {}  # {tensor: ((layer, MaxPool windows...), plane)}: activations of one accumulator
+        self.plane_pools: dict = {}  # {(layer, windows...): {plane: its MaxPool through them}}
         self.grid = input_grid(lm, input_scale, input_range, input_affine)
         shape = lm.input_shape
         self.input_op_name = None
@@ -154,8 +156,8 @@ class LoweringContext:
         return cls(tuple(v.shape), [node.name], tensor=tname, scale=getattr(ty, "scale", 1.0))
 
     def finish_acc(self, v: AccVal, term, node=None) -> Val:
-        """Close a Conv's epilogue with `term` (None: real output). A second bit activation of the
-        same accumulator adds an activation-base plane (ir.Planes)."""
+        """Close a Conv's epilogue with `term` (None: real output). Another activation of an
+        accumulator that already has one closes a copy of its layer (`_copy_layer`)."""
         conv = self.graph.op(v.conv)
         if term is not None and v.pools:
             for _, at in v.pools:
@@ -164,8 +166,8 @@ class LoweringContext:
                         raise BnncError(f"{where(node)}: a MaxPool sits before a negative scale; "
                                         "max and the activation would not commute")
         if conv.name in self.finished:
-            return self._add_plane(conv, v, term, node)
-        self.finished.add(conv.name)
+            conv = self._copy_layer(conv)
+        self.finish(conv)
         conv.epilogue = ir.Chain(list(v.chain), term)
         conv.source_ops = conv.source_ops + v.source_ops + ([node.name] if node is not None else [])
         oshape = self.graph.tensors[conv.outputs[0]].shape
@@ -182,72 +184,41 @@ class LoweringContext:
             out = self.emit_maxpool(params, out)
         return replace(out, shape=v.shape)  # the pooled value as the model reshaped it (unit axes)
 
-    def _add_plane(self, conv, v: AccVal, term, node) -> Val:
-        """Another sign of an accumulator that already has one: activation bases as planes."""
-        ep = conv.epilogue
-        first = ep.chains[0] if isinstance(ep, ir.Planes) else ep
-        if not (isinstance(first, ir.Chain) and isinstance(first.terminal, (ir.SignTerminal, ir.ThresholdTerminal))
-                and isinstance(term, (ir.SignTerminal, ir.ThresholdTerminal))):
-            raise BnncError(f"{where(node)}: layer '{conv.source_ops[0]}' output is activated twice; bnnc supports "
-                            "several sign activations of one layer (activation bases), not other combinations")
-        if v.pools:
-            raise BnncError(f"{where(node)}: activation bases after a MaxPool are not supported")
-        old = self.graph.tensors[conv.outputs[0]]
-        scale = bit_scale(node, term)
-        if scale != old.scale:
-            raise BnncError(f"{where(node)}: activation bases of layer '{conv.source_ops[0]}' have different "
-                            f"scales ({old.scale:g}, {scale:g})")
-        chains = list(ep.chains) if isinstance(ep, ir.Planes) else [ep]
-        o = merged_conv(conv).w.shape[0]
-        chains.append(ir.Chain(list(v.chain), term))
-        conv.epilogue = ir.Planes(chains)
-        conv.source_ops = conv.source_ops + v.source_ops + [node.name]
-        h, w, _ = old.shape
-        self.graph.tensors[conv.outputs[0]] = ir.Bits((h, w, o * len(chains)), old.scale)
-        carriers = self._widen_plane_pools(conv, node)
-        if len(chains) == 2:  # the first plane's readers now read a block of a wider tensor
-            for k, val in self.vals.items():
-                if isinstance(val, BitsVal) and val.tensor in carriers and val.block is None:
-                    self.vals[k] = replace(val, block=(0, o))
-        return BitsVal(v.shape, tensor=conv.outputs[0], scale=scale, block=((len(chains) - 1) * o, o))
+    def finish(self, conv) -> None:
+        """Mark the layer `conv` as having its epilogue (set next), keeping its own ONNX nodes."""
+        self.finished[conv.name] = list(conv.source_ops)
+        self.planes.setdefault(conv.outputs[0], ((conv.name,), 0))
 
-    def _widen_plane_pools(self, conv, node) -> set:
-        """The tensors that hold `conv`'s activation-base planes: its output and the MaxPools of it
-        built before its latest plane, which widen with it (their convolutions are widened when the
-        graph is complete, lower._set_output). Other readers of a narrower plane tensor are refused."""
-        carriers, todo = {conv.outputs[0]}, [conv.outputs[0]]
-        while todo:
-            t = todo.pop()
-            channels = self.graph.tensors[t].shape[2]
-            for op in self.graph.consumers(t):
-                if isinstance(op, (ir.Conv, ir.ConvSum)):
-                    continue
-                if not isinstance(op, ir.MaxPool):
-                    raise BnncError(f"{where(node)}: layer '{conv.source_ops[0]}' has several sign activations "
-                                    f"(activation bases) and an earlier one is already read by a {type(op).__name__}; "
-                                    "bnnc supports convolutions and MaxPools there")
-                ty = self.graph.tensors[op.outputs[0]]
-                self.graph.tensors[op.outputs[0]] = replace(ty, shape=ty.shape[:2] + (channels,))
-                carriers.add(op.outputs[0])
-                todo.append(op.outputs[0])
-        return carriers
+    def _copy_layer(self, conv):
+        """A copy of the finished layer `conv` (same inputs, weights, geometry) for another activation
+        of its accumulator (ABC-Net / PaBT activation bases): plane k of `conv`, named after it
+        (passes/merge_activation_planes makes the planes of bit activations one layer again)."""
+        k = self.copies[conv.name] = self.copies.get(conv.name, 0) + 1
+        plane = deepcopy(conv)
+        plane.name = f"{conv.name}_plane{k}"
+        plane.outputs = [plane.name + "_out"]
+        plane.source_ops = list(self.finished[conv.name])
+        self.graph.add(plane, {plane.outputs[0]: self.graph.tensors[conv.outputs[0]]})
+        self.planes[plane.outputs[0]] = ((conv.name,), k)
+        return plane
 
     def emit_maxpool(self, params, v: Val) -> Val:
-        """An IR MaxPool of the Bits / Ints tensor `v`. Of one activation-base plane, it pools all
-        planes (a MaxPool is per channel), once for all of them, and keeps the plane's block."""
+        """An IR MaxPool of the Bits / Ints tensor `v`. Of an activation-base plane k of a layer
+        whose plane j already has a MaxPool `P` of that window, it is named `P_planek` (the pools
+        merge_activation_planes makes one keep the first one's name)."""
         kernel, stride, pads, (oh, ow), src = params
-        if v.block is not None:
-            for op in self.graph.consumers(v.tensor):
-                if isinstance(op, ir.MaxPool) and (tuple(op.kernel), tuple(op.stride), tuple(op.pads)) == \
-                        (tuple(kernel), tuple(stride), tuple(pads)):
-                    return type(v)((1, v.shape[1], oh, ow), tensor=op.outputs[0], scale=v.scale, block=v.block)
-        name = self.new_name("maxpool")
+        group, k = self.planes.get(v.tensor, ((v.tensor,), 0))
+        group = group + ((tuple(kernel), tuple(stride), tuple(pads)),)
+        pooled = self.plane_pools.setdefault(group, {})
+        name = f"{next(iter(pooled.values()))}_plane{k}" if pooled and k not in pooled else self.new_name("maxpool")
+        pooled.setdefault(k, name)
         tname = name + "_out"
         ty = self.graph.tensors[v.tensor]
         oty = ir.Bits((oh, ow, ty.shape[2]), ty.scale) if isinstance(ty, ir.Bits) else \
             ir.Ints((oh, ow, ty.shape[2]), ty.lo, ty.hi, ty.scale)
         self.graph.add(ir.MaxPool(name, [v.tensor], [tname], kernel, stride, pads), {tname: oty})
-        return type(v)((1, v.shape[1], oh, ow), tensor=tname, scale=v.scale, block=v.block)
+        self.planes[tname] = (group, k)
+        return type(v)((1, v.shape[1], oh, ow), tensor=tname, scale=v.scale)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -301,31 +272,6 @@ def conv_pads(node, hw, kernel, stride, auto_pad="NOTSET", pads=None) -> tuple:
             out.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
         return (out[0][0], out[1][0], out[0][1], out[1][1])
     raise BnncError(f"{where(node)}: auto_pad '{auto_pad}' is not supported")
-
-
-def widen(conv: ir.Conv, channels: int, offset: int = 0) -> None:
-    """Pad the input-channel axis of every weight array to `channels` (new channels read nothing;
-    the conv's own channels start at `offset`). A binary code gains zeros: it becomes ternary. A
-    ConvSum's terms are widened."""
-    if isinstance(conv, ir.ConvSum):
-        for t in conv.terms:
-            widen(t, channels, offset)
-        return
-    c = conv.w.shape[3]
-    if c == channels and offset == 0:
-        return
-    pad = ((0, 0), (0, 0), (0, 0), (offset, channels - c - offset))
-    if conv.code == "binary":
-        o = conv.w.shape[0]
-        conv.code = "ternary"
-        conv.int_w = conv.w.astype(np.int64)
-        conv.bases = [ir.WeightBase(conv.w.copy(), np.ones(o, np.int64), np.ones(o, np.int64),
-                                    conv.scale_p.copy(), conv.scale_n.copy())]
-        conv.unit = conv.scale_p.copy()
-    conv.w = np.pad(conv.w, pad)
-    conv.int_w = np.pad(conv.int_w, pad)
-    for b in conv.bases:
-        b.w = np.pad(b.w, pad)
 
 
 def _chw(shape: tuple, input_shape: tuple) -> tuple:

@@ -14,7 +14,6 @@ import numpy as np
 from .. import ir, weight_codes
 from ..errors import BnncError
 from ..passes.merge_summed_convs import merged_conv
-from .context import widen
 from .registry import handler, where
 from .streams import WIDE_STREAM_LIMIT, stream_limit, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, IntChainVal, IntsVal, PendingVal, with_chain
@@ -163,9 +162,9 @@ def _stream_operand(ctx, node, v) -> IntChainVal:
     op that clamps their map (PRelu, Clip)."""
     if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
         v = to_stream(ctx, node, v)
-    if isinstance(v, IntsVal) and v.flat_from is None and v.block is None:
+    if isinstance(v, IntsVal) and v.flat_from is None:
         v = IntChainVal.of(v)
-    if not isinstance(v, IntChainVal) or v.flat_from is not None or v.block is not None:
+    if not isinstance(v, IntChainVal) or v.flat_from is not None:
         raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor is not supported (of real-valued "
                         "streams it is)")
     return v
@@ -233,14 +232,19 @@ def add_streams(ctx, node, a, b) -> IntsVal:
 
 def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
     """conv_a * u_a + sign * conv_b * u_b as one accumulator (ir.ConvSum, one Conv after
-    passes/merge_summed_convs) when both read the same tensor with the same geometry and their
+    passes/merge_summed_convs) when both read the same tensor, or bit activation planes of one
+    layer (`LoweringContext.planes`) of one type, with the same geometry and their
     pending chains are per-channel scales (weight bases written as separate convolutions, PaBT base
     pairs): acc = k_a * acc_a + k_b * acc_b with u_a = unit * k_a, sign * u_b = unit * k_b exactly
     (dyadic scales), its chain starting with the unit; None when not mergeable."""
     if a.conv == b.conv or a.pools or b.pools or a.shape != b.shape:
         return None
     ca, cb = ctx.graph.op(a.conv), ctx.graph.op(b.conv)
-    if ca.name in ctx.finished or cb.name in ctx.finished or ca.inputs != cb.inputs \
+    inputs = set(ca.inputs + cb.inputs)  # one tensor, or bit planes of one layer (merge_activation_planes)
+    groups = {ctx.planes.get(t, ((t,), 0))[0] for t in inputs}
+    types = [ctx.graph.tensors[t] for t in inputs]
+    if ca.name in ctx.finished or cb.name in ctx.finished or len(groups) != 1 \
+            or (len(inputs) > 1 and not all(isinstance(t, ir.Bits) and t == types[0] for t in types)) \
             or (ca.kernel, ca.stride, ca.pads, ca.is_dense) != (cb.kernel, cb.stride, cb.pads, cb.is_dense):
         return None
     o = merged_conv(ca).w.shape[0]
@@ -252,12 +256,9 @@ def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
         if max(abs(k) for k in ks) > weight_codes.MAX_MULT:
             raise BnncError(f"{where(node)}: the scales of the summed layers ({float(fa[i]):g}, {float(fb[i]):g}) "
                             "are too far apart for exact integer multipliers")
-    channels = ctx.graph.tensors[ca.inputs[0]].shape[2]
-    for c in (ca, cb):
-        widen(c, channels)
     ca.epilogue = ir.Chain(list(a.chain))
     cb.epilogue = ir.Chain(list(b.chain) + ([ir.ChainOp("mul", np.float32(-1.0).reshape(()))] if sign < 0 else []))
-    total = ir.ConvSum(ca.name, list(ca.inputs), list(ca.outputs), [ca, cb], ir.Chain([], None),
+    total = ir.ConvSum(ca.name, list(dict.fromkeys(ca.inputs + cb.inputs)), list(ca.outputs), [ca, cb], ir.Chain([], None),
                        ca.source_ops + cb.source_ops + [node.name])
     ctx.graph.replace(total)
     ctx.graph.remove(cb.name)

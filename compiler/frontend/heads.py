@@ -58,7 +58,7 @@ def softmax(ctx, node, *, axis=None):
         raise BnncError(f"{where(node)}: Softmax inside the network is not supported; bnnc computes it on the "
                         "model output (the last layer's logits)")
     v = ctx.val(node)
-    if isinstance(v, (IntsVal, IntChainVal)) and v.flat_from is None and v.block is None:
+    if isinstance(v, (IntsVal, IntChainVal)) and v.flat_from is None:
         v = identity_conv(ctx, node, v)  # a fixed-point tensor reaches real values as the model output does
     if isinstance(v, AccVal):
         v = ctx.finish_acc(v, None, node)

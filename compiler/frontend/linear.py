@@ -14,7 +14,7 @@ from .. import ir, weight_codes
 from ..arith import eval_chain
 from ..errors import BnncError
 from ..passes.fold_batchnorm_into_thresholds import tap_range
-from .context import conv_pads, widen
+from .context import conv_pads
 from .registry import handler, where
 from .streams import WIDE_STREAM_LIMIT, narrow, rounding_error, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PaddedBitsVal, RealsVal, Val, with_chain
@@ -118,11 +118,7 @@ def _dense(ctx, node, v: Val, w_oi: np.ndarray, bias, scale_mult=1.0, origin_nam
     o = w_oi.shape[0]
     if src is not None:
         h, w_, c = src.shape
-        if v.block is not None:
-            if h * w_ != 1:
-                raise BnncError(f"{where(node)}: flattened activation bases are not supported")
-            layout = lambda x: x.reshape(o, 1, 1, -1)  # noqa: E731
-        elif v.flat_from is not None:
+        if v.flat_from is not None:
             cc, hh, ww = v.flat_from
             layout = lambda x: x.reshape(o, cc, hh, ww).transpose(0, 2, 3, 1)  # noqa: E731
         else:
@@ -273,7 +269,7 @@ def _conv_common(ctx, node, v: Val, dec, layout, kernel, stride, pads, bias, den
     """The IR Conv of decoded weights `dec`; `layout` maps an (O, ...) array to (O, kh, kw, C)."""
     if isinstance(v, AccVal):  # real activations (EC2T, HBN real-input layers): the fixed-point stream
         v = to_stream(ctx, node, v)
-    if isinstance(v, IntChainVal) and v.flat_from is None and v.block is None:
+    if isinstance(v, IntChainVal) and v.flat_from is None:
         v = stream_of_intchain(ctx, node, v)  # a pooled stream with BatchNorm / Relu after the pool
     if not isinstance(v, (BitsVal, IntsVal)):
         what = "real-valued activations" if isinstance(v, (AccVal, RealsVal)) else f"a {v.kind} tensor"
@@ -303,8 +299,6 @@ def _conv_common(ctx, node, v: Val, dec, layout, kernel, stride, pads, bias, den
         op.unit = unit.copy()
     if dec.error is not None:
         op.weight_error = np.asarray(dec.error, np.float64)
-    if v.block is not None:  # a conv built for one activation-base plane reads its block of a wider tensor
-        widen(op, src.shape[2], v.block[0])
     o = signs.shape[0]
     in_err = _input_error(ctx, v)
     if op.weight_error is not None and (op.weight_error.any() or in_err):

@@ -39,8 +39,8 @@ def pad(ctx, node, *, mode="constant", pads=None, value=0.0):
     value = float(np.asarray(value, np.float64).reshape(-1)[0]) if np.size(value) else 0.0
     if len(v.shape) == 4 and len(p) == 8 and value == 0 and min(p) >= 0 and not any(p[i] for i in (0, 2, 3, 4, 6, 7)) \
             and not isinstance(v, InputVal):
-        if v.flat_from is not None or v.block is not None:
-            raise BnncError(f"{where(node)}: Pad of the channels of a flattened or activation-base tensor is not "
+        if v.flat_from is not None:
+            raise BnncError(f"{where(node)}: Pad of the channels of a flattened tensor is not "
                             "supported")
         if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
             v = to_stream(ctx, node, v)
@@ -54,8 +54,8 @@ def pad(ctx, node, *, mode="constant", pads=None, value=0.0):
         raise BnncError(f"{where(node)}: Pad with the value {value:g} of a {v.kind} tensor is not supported; "
                         "zero padding merges into the next convolution or pool, and binary activations "
                         "can be padded with +-their scale")
-    if v.flat_from is not None or v.block is not None:
-        raise BnncError(f"{where(node)}: Pad of a flattened or activation-base tensor is not supported")
+    if v.flat_from is not None:
+        raise BnncError(f"{where(node)}: Pad of a flattened tensor is not supported")
     n, c, h, w = v.shape
     padded = (n, c, h + p[2] + p[6], w + p[3] + p[7])
     ctx.set(node, PaddedBitsVal(padded, list(v.source_ops), tensor=v.tensor, scale=v.scale,

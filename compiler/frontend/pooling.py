@@ -88,9 +88,6 @@ def global_average_pool(ctx, node):
     if not isinstance(v, (BitsVal, IntsVal)):
         raise BnncError(f"{where(node)}: GlobalAveragePool of real-valued layer outputs is not supported "
                         "yet; place it after the sign activation")
-    if v.block is not None:
-        raise BnncError(f"{where(node)}: GlobalAveragePool of one of several sign activations of a layer "
-                        "(activation bases) is not supported; convolutions and MaxPools read them")
     ty = ctx.graph.tensors[v.tensor]
     h, w, c = ty.shape
     name = ctx.new_name("gsum")
@@ -108,6 +105,6 @@ def global_average_pool(ctx, node):
 
 def no_pending_ops(ctx, node, v):
     """An integer tensor with pending ops (a Relu of a fixed-point stream) as a new stream."""
-    if isinstance(v, IntChainVal) and v.flat_from is None and v.block is None:
+    if isinstance(v, IntChainVal) and v.flat_from is None:
         return stream_of_intchain(ctx, node, v)
     return v

@@ -95,7 +95,7 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
         raise BnncError(f"{where(node)}: cannot reshape {v.shape} to {new_shape}")
     if new_shape[0] != 1:
         raise BnncError(f"{where(node)}: reshape to {new_shape} moves data into the batch axis")
-    if isinstance(v, IntChainVal) and v.flat_from is None and v.block is None:
+    if isinstance(v, IntChainVal) and v.flat_from is None:
         v = stream_of_intchain(ctx, node, v)  # the pending ops first, per channel, on a new stream
     nv = replace(v, shape=new_shape)
     if isinstance(v, InputVal):

@@ -51,7 +51,7 @@ def slice_(ctx, node, *, starts=None, ends=None, axes=None):
     v = no_pending_ops(ctx, node, v)
     if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
         v = to_stream(ctx, node, v)
-    if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None or v.block is not None:
+    if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None:
         raise BnncError(f"{where(node)}: Slice of a {v.kind} tensor is not supported (bits and fixed-point "
                         "streams are)")
     h, w = v.shape[2:]

@@ -49,9 +49,9 @@ def to_stream(ctx, node, v: Val) -> Val:
     acc = merged_conv(conv)  # a sum of convolutions: the Conv it becomes
     lo_acc, hi_acc = acc_range(acc, ctx.graph.tensors[conv.inputs[0]])
     ep, lo, hi = requantize(ctx, node, v.chain, acc.w.shape[0], lo_acc, hi_acc, conv.source_ops[0])
+    ctx.finish(conv)
     conv.epilogue = ep
     conv.source_ops = conv.source_ops + v.source_ops
-    ctx.finished.add(conv.name)
     oshape = ctx.graph.tensors[conv.outputs[0]].shape
     ctx.graph.tensors[conv.outputs[0]] = ir.Ints(oshape, lo, hi, ep.out_scale)
     return IntsVal(v.shape, tensor=conv.outputs[0], scale=ep.out_scale)
@@ -187,7 +187,7 @@ def narrow(ctx, node, v: IntsVal, limit: int) -> IntsVal:
     name = ctx.new_name("act")
     tname = name + "_out"
     ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ep), {tname: ir.Ints(ty.shape, lo, hi, scale)})
-    return IntsVal(v.shape, [node.name], tensor=tname, scale=scale, flat_from=v.flat_from, block=v.block)
+    return IntsVal(v.shape, [node.name], tensor=tname, scale=scale, flat_from=v.flat_from)
 
 
 def rounding_error(graph: ir.Graph, tensor: str) -> float:

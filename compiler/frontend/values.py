@@ -61,7 +61,6 @@ class TensorVal(Val):
     tensor: str = ""
     scale: float = 1.0
     flat_from: Optional[tuple] = None  # flattened from (C, H, W) with physical (H, W, C)
-    block: Optional[tuple] = None  # (first channel, channels) of one activation-base plane
 
 
 @dataclass
@@ -104,7 +103,6 @@ class IntChainVal(PendingVal):
     tensor: str = ""
     scale: float = 1.0
     flat_from: Optional[tuple] = None
-    block: Optional[tuple] = None
 
     kind: ClassVar[str] = "intchain"
 
@@ -112,7 +110,7 @@ class IntChainVal(PendingVal):
     def of(cls, v: IntsVal) -> "IntChainVal":
         """`v` with its scale as the first pending op."""
         return cls(v.shape, v.source_ops, chain=[ir.ChainOp("mul", np.float32(v.scale).reshape(()))],
-                   tensor=v.tensor, scale=v.scale, flat_from=v.flat_from, block=v.block)
+                   tensor=v.tensor, scale=v.scale, flat_from=v.flat_from)
 
 
 def with_chain(v: PendingVal, ops: list, **changes) -> PendingVal:

@@ -10,7 +10,14 @@ exactly (integer arithmetic): one Conv with `int_w = sum_i k_i * int_weights(ter
 `bias_kernel = sum_i k_i * bias_i`, whose epilogue is the ConvSum's. Its code is `multi_base`
 (the terms' bases, each scaled by its k_i: a negative k swaps a base's masks) when every term has
 bases or is binary, else `int`. The real weight of one unit is `unit` (`Conv.unit`, scale_p /
-scale_n). Sums of sums merge innermost first."""
+scale_n). Sums of sums merge innermost first.
+
+Terms of one sum may read different tensors of one type only before `merge_activation_planes`
+(activation-base planes of one layer, which that pass makes channel blocks of one tensor); this
+pass refuses such a sum. `merged_conv` of it is the Conv of the same accumulator reading the
+channel concatenation of its inputs (each term's weights widened to its input's block), which
+the frontend uses for accumulator ranges and errors: the ranges of a sum of terms that read
+disjoint channels add up, as they do once the planes are merged."""
 
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import copy
 import numpy as np
 
 from .. import ir
+from ..errors import BnncError
+from .merge_activation_planes import widen
 
 
 def merge_summed_convs(graph: ir.Graph) -> ir.Graph:
@@ -26,6 +35,10 @@ def merge_summed_convs(graph: ir.Graph) -> ir.Graph:
     g = graph.copy()
     for op in g.ops():
         if isinstance(op, ir.ConvSum):
+            if len(op.inputs) > 1:
+                raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}' sums convolutions of different activation "
+                                "bases of one layer, some of which other ops than convolutions and MaxPools read; "
+                                "bnnc sums convolutions of one tensor")
             g.replace(merged_conv(op))
     return g
 
@@ -35,6 +48,8 @@ def merged_conv(op) -> ir.Conv:
     is returned as it is). Pure: `op` is not changed."""
     if isinstance(op, ir.Conv):
         return op
+    if len(op.inputs) > 1:
+        return merged_conv(_read_concatenation(op))
     terms = [merged_conv(t) for t in op.terms]
     unit, ks = ir.conv_sum_multipliers(op)
     shape = (-1, 1, 1, 1)
@@ -79,6 +94,24 @@ def _summed_errors(terms: list, ks: list) -> tuple:
             r = np.array([abs(float(f)) for f in ir.chain_factors(ops[1:], o)])
             acc_error = (0 if acc_error is None else acc_error) + r * t.acc_error
     return weight_error, acc_error
+
+
+def _read_concatenation(op: ir.ConvSum) -> ir.ConvSum:
+    """A copy of the sum `op` over several inputs of C channels each, whose terms read the channel
+    concatenation of its inputs (the copy's one input, named as the first)."""
+    out = copy.deepcopy(op)
+    stack = [out]
+    while stack:
+        s = stack.pop()
+        for t in s.terms:
+            if isinstance(t, ir.ConvSum):
+                stack.append(t)
+            else:
+                c = t.w.shape[3]
+                widen(t, c * len(op.inputs), c * op.inputs.index(t.inputs[0]))
+            t.inputs = [op.inputs[0]]
+        s.inputs = [op.inputs[0]]
+    return out
 
 
 def _bases_of(conv: ir.Conv):
