@@ -4,6 +4,7 @@ values and constants, quantizing the model input, closing a Conv's epilogue."""
 from __future__ import annotations
 
 from copy import deepcopy
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
