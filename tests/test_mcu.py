@@ -98,6 +98,18 @@ def test_bnnc_verify_passes_on_cortex_m4(shared_models, model, capsys):
     assert rc == 0, capsys.readouterr().out
 
 
+@pytest.mark.parametrize("region", ["flash", "RAM"])
+def test_a_model_larger_than_the_emulated_part_is_refused_in_one_line(monkeypatch, capsys, shared_models, region):
+    """A model whose firmware overflows the emulated part's memory (larq DoReFaNet's 42 MB of weights:
+    here a small model on a shrunken part) gets a bnnc error naming the region, not a linker trace."""
+    monkeypatch.setattr(mcu, *(("EMU_FLASH", 4096) if region == "flash" else ("EMU_RAM", 64)))
+    rc = cli.main(["verify", str(shared_models / "finn-tfc-w1a1" / "model.onnx"), "--target", "cortex-m4",
+                   "--samples", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("bnnc: error: cortex-m4: the model's firmware")
+    assert f"of {region} (" in err
+
+
 # -- the random-model generator -------------------------------------------------------------------
 
 @pytest.mark.sweep

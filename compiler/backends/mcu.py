@@ -22,6 +22,7 @@ instruction class (mcu_cycles); flash and RAM come from the ELF's sections.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,8 +200,26 @@ def build(files: dict, core: Core, defines: tuple = ()) -> Path:
     sources = sorted(n for n in files if n.endswith(".c"))
     cc = toolchain(core)
     cmd = compile_command(core, [f"-D{d}" for d in defines] + sources, ld, "firmware.elf", cc)
-    return c_build.cached_build(files, cmd, "firmware.elf", prefix="mcu-",
-                                key=gcc_version() if cc == "gcc" else zig_version(), what="firmware")
+    try:
+        return c_build.cached_build(files, cmd, "firmware.elf", prefix="mcu-",
+                                    key=gcc_version() if cc == "gcc" else zig_version(), what="firmware")
+    except RuntimeError as e:
+        overflow = _region_overflow(str(e))
+        if overflow is None:
+            raise
+        region, by = overflow
+        size = EMU_FLASH if region == "FLASH" else EMU_RAM
+        amount = f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size} bytes"
+        raise BnncError(f"{core.name}: the model's firmware does not fit bnnc's emulated part, {amount} of "
+                        f"{'flash' if region == 'FLASH' else region} ({by} bytes more are needed), nor any "
+                        f"{core.name} part") from None
+
+
+def _region_overflow(messages: str):
+    """(memory region, bytes) of the first 'region overflowed' linker error (lld or GNU ld), else None."""
+    m = re.search(r"will not fit in region '(\w+)': overflowed by (\d+) bytes", messages) or \
+        re.search(r"region `(\w+)' overflowed by (\d+) bytes", messages)
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 # ----------------------------------------------------------------------------- running
