@@ -1,7 +1,7 @@
 """MCU RAM against the liveness lower bound: the arena planner on graphs with branches (residual
 shortcuts, concats) stays valid and optimal where it can be checked, the firmware of such graphs
 stays bit-exact, and the measured model RAM (static + stack) of small models on Cortex-M4 is
-within 1.05x of the bound."""
+within 1.05x of the bound; where it is not yet, the entry's and the layers' frames stay small."""
 
 import itertools
 
@@ -128,6 +128,26 @@ def test_model_ram_within_5_percent_of_the_liveness_bound_on_cortex_m4(name):
     assert st["model_ram_bytes"] <= RAM_TARGET * bound, (
         f"{name}: model RAM {st['model_ram_bytes']} B = static {st['model_ram_bytes'] - st['stack_bytes']} + stack "
         f"{st['stack_bytes']} (per layer {st['stack_per_layer']}) > {RAM_TARGET} x the lower bound {bound} B")
+
+
+# family models whose RAM is still above 1.05x of the bound (bench/README.md): the stack, measured
+# on Cortex-M4, is the entry's frame and the deepest layer's (an int16-pair or bit-plane conv)
+STACK_MODELS = ["ternary-ttq", "dabn", "xnet"]
+
+
+@pytest.mark.parametrize("name", STACK_MODELS)
+def test_entry_holds_two_pointers_and_the_layer_frames_stay_small_on_cortex_m4(name):
+    g = compile_graph(zoo.build(name))
+    inputs = driver.prepare_inputs(g, driver.random_samples(g, 1, 0))
+    ref = driver.run_target(g, "ref", inputs)
+    y, st = mcu.emulate(g, inputs.grid, TargetOptions(mcu="cortex-m4"))
+    np.testing.assert_array_equal(y.reshape(ref.shape), ref)
+    # <prefix>_run keeps the arena and output pointers across the layer calls (r4, r5, and lr with
+    # one register for alignment), no volatile slot and no buffer addresses: they cost 24 B
+    assert st["stack_entry_bytes"] <= 16, st["stack_entry_bytes"]
+    # the layers' frames: 36 B of callee-saved registers, then what the loop nest spills (plus an
+    # int16-pair layer's MAC kernel frame); with the position opaque, not held across the row
+    assert st["stack_bytes"] <= 100, f"{name}: stack per layer {st['stack_per_layer']}"
 
 
 def test_first_fit_places_a_buffer_at_its_own_alignment():
