@@ -52,7 +52,7 @@ def lower(lm: LoadedModel, input_scale=None, input_range=None, frac_bits: int = 
     ctx = LoweringContext(lm, input_scale, input_range, frac_bits, input_affine, weight_bits)
     for node in lm.nodes:
         if foldable(node, ctx.consts):
-            fold_with_origin(node, ctx.consts, ctx.origins)
+            fold_with_origin(node, ctx.consts, ctx.origins, lm.opset)
             continue
         if node.domain not in STANDARD_DOMAINS + CUSTOM_DOMAINS:
             raise BnncError(f"{where(node)} is in domain '{node.domain}', which bnnc does not know; "

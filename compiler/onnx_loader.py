@@ -288,10 +288,10 @@ def _axis_param(p, x, axis):
     return p.reshape(shape)
 
 
-def fold_with_origin(node: Node, consts: dict, origins: dict) -> None:
+def fold_with_origin(node: Node, consts: dict, origins: dict, opset: int = 0) -> None:
     """`fold`, also recording which constants are quantizer integers times a scale (see
     LoadedModel.quant_origin), through the layout ops that move weights around."""
-    fold(node, consts)
+    fold(node, consts, opset)
     op, a = node.op, node.attrs
     out = node.outputs[0] if node.outputs else ""
     try:
@@ -328,8 +328,9 @@ EVALUATED_OPS = ("Identity", "Dropout", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt
                  "Quant", "QuantizeLinear", "DequantizeLinear", "Slice", "ConstantOfShape")
 
 
-def fold(node: Node, consts: dict) -> None:
-    """Evaluate `node` on its constant inputs and store its outputs in `consts`."""
+def fold(node: Node, consts: dict, opset: int = 0) -> None:
+    """Evaluate `node` on its constant inputs and store its outputs in `consts` (`opset`: the
+    model's, for the ops onnx's evaluators run)."""
     x = [consts[i] if i else None for i in node.inputs]
     a = node.attrs
     op = node.op
@@ -403,11 +404,27 @@ def fold(node: Node, consts: dict) -> None:
             v = a.get("value", np.zeros(1, np.float32))
             r = [np.full([int(s) for s in x[0]], v.ravel()[0], dtype=v.dtype)]
         else:
-            raise BnncError(f"node '{node.name}' ({op}) has only constant inputs but bnnc cannot evaluate "
-                            f"{op} at compile time")
+            r = _evaluated_by_onnx(node, x, opset)
     except BnncError:
         raise
     except Exception as e:
         raise BnncError(f"node '{node.name}' ({op}): cannot evaluate on its constant inputs ({e})") from None
     for o, v in zip(node.outputs, r):
         consts[o] = np.asarray(v)
+
+
+def _evaluated_by_onnx(node: Node, x: list, opset: int) -> list:
+    """The outputs of a standard op that `fold` has no case for (Expand of a LearnableBias to a
+    shape known only now, ...), as the canonical stage folds constants: onnx's reference
+    evaluator, or onnxruntime where bits depend on the engine (canonical.constant_subgraphs)."""
+    from .canonical.constant_subgraphs import evaluate_node
+
+    r = None
+    if node.domain in STANDARD_DOMAINS:
+        proto = onnx.helper.make_node(node.op, node.inputs, node.outputs, name=node.name, **node.attrs)
+        values = {i: v for i, v in zip(node.inputs, x) if i}
+        r = evaluate_node(proto, values, opset or onnx.defs.onnx_opset_version())
+    if r is None:
+        raise BnncError(f"node '{node.name}' ({node.op}) has only constant inputs but bnnc cannot evaluate "
+                        f"{node.op} at compile time")
+    return r

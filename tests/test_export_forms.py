@@ -349,3 +349,26 @@ def test_residual_add_of_a_batchnormed_pooled_stream(seed):
     graph = _check(_model(nodes, inits, (1, 3, 8, 8)), Options(input_range=(0, 255), input_affine=IMAGENET),
                    exact=False)
     assert any(isinstance(op, ir.Add) for op in graph.ops())
+
+
+def test_learnable_bias_expanded_to_a_runtime_shape():
+    """ReActNet's LearnableBias as torch's legacy exporter writes `bias.expand_as(x)`: Expand of the
+    constant bias to Shape(x) of a dynamic tensor, added before the sign and the PReLU."""
+    rng = np.random.default_rng(8)
+    c = 4
+    inits = {"w0": rng.normal(size=(c, 3, 3, 3)).astype(np.float32),
+             "bias": (rng.normal(size=(1, c, 1, 1)) * 0.1).astype(np.float32),
+             "w": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
+             "slope": (rng.uniform(0, 0.5, size=(c, 1, 1))).astype(np.float32),
+             "wf": rng.normal(size=(10, c)).astype(np.float32), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["a0"], ["sh"]),
+             helper.make_node("Expand", ["bias", "sh"], ["be"]),
+             helper.make_node("Add", ["a0", "be"], ["m"]),
+             helper.make_node("Sign", ["m"], ["s"]),
+             helper.make_node("Conv", ["s", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["a", "slope"], ["p"]),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    _check(_model(nodes, inits, (1, 3, 8, 8)), Options(input_range=(0, 255), input_affine=IMAGENET), exact=False)

@@ -63,9 +63,9 @@ def _evaluate_onnxruntime(node: onnx.NodeProto, feeds: dict, opset: int) -> list
     return [got.get(o) for o in node.output]
 
 
-def _evaluate(node: onnx.NodeProto, values: dict, opset: int):
-    """The node's output values, or None when neither evaluator runs it (the node then stays, and
-    the loader folds it or names it)."""
+def evaluate_node(node: onnx.NodeProto, values: dict, opset: int):
+    """The outputs of a standard-domain node on the constant `values` of its inputs, or None when
+    neither evaluator runs it (the node then stays, and the loader folds it or names it)."""
     try:
         feeds = {i: np.asarray(values[i]) for i in node.input if i}
         if node.op_type in ONNXRUNTIME_OPS:
@@ -98,7 +98,7 @@ def fold_constant_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
                     any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
                 rest.append(n)  # If / Loop / Scan on constants are rare: left to the loader
                 continue
-            results = _evaluate(n, values, opset)
+            results = evaluate_node(n, values, opset)
             if results is None:
                 rest.append(n)
                 continue
