@@ -14,6 +14,7 @@ from .bipolar_sign import bipolar_sign_from_offset_sign
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
+from .keras_prelu import keras_prelu_to_prelu
 from .layout_transposes import sink_layout_transposes
 from .maxpool_ceil import maxpool_ceil_to_floor
 from .pad_into_window import merge_pads_into_windows
@@ -30,6 +31,7 @@ REWRITES = (
     scalarize_uniform_constants,
     simplify_ste_sign,
     spatial_mean_to_global_pool,
+    keras_prelu_to_prelu,
     sink_layout_transposes,
     bipolar_sign_from_offset_sign,
     remove_clip_before_sign,
