@@ -15,8 +15,8 @@ families: `Activation` (an epilogue applied to an integer tensor), `Add` (residu
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
 (channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
 output logits, a fixed sequence of IEEE float64 operations), `Sigmoid` (of a fixed-point stream, on
-a fixed-point grid), `Mul` (product of two fixed-point streams, one broadcast per channel). Before `passes/merge_summed_convs`, `ConvSum`
-holds the sums of convolutions of one input that the frontend found.
+a fixed-point grid), `Mul` (product of two fixed-point streams, one broadcast per channel). Before
+`passes/merge_summed_convs`, `ConvSum` holds the sums of convolutions of one input that the frontend found.
 
 Weights use the shared weight code of networks.md section 2: `w[o, ky, kx, c]` in {-1, 0, +1} with
 per-output-channel scales `scale_p` (for +1) and `scale_n` (for -1). Binary layers have no zeros
