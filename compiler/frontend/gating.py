@@ -38,7 +38,10 @@ def sigmoid(ctx, node):
     v = stream_operand(ctx, node, ctx.val(node))
     src = ctx.graph.tensors[v.tensor]
     f = SIGMOID_FRAC_BITS
+    # the range: sigmoid is increasing and every computed value lies within 2**-43 of it, so a value
+    # of the range's inside is at most one step beyond its ends' (and always within [0, 2**f])
     lo, hi = (int(x) for x in arith.sigmoid(np.array([src.lo, src.hi]), v.scale, f))
+    lo, hi = max(lo - 1, 0), min(hi + 1, 2**f)
     name = ctx.new_name("sigmoid")
     tname = name + "_out"
     ctx.graph.add(ir.Sigmoid(name, [v.tensor], [tname], float(v.scale), f, [node.name]),
