@@ -160,3 +160,38 @@ def softmax(x: np.ndarray) -> np.ndarray:
     e = softmax_exp(x.astype(np.float64) - m.astype(np.float64))
     s = np.add.accumulate(e, axis=-1)[..., -1:]  # sequential, in channel order (np.sum is pairwise)
     return (e / s).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- sigmoid
+#
+# Sigmoid has no exact integer form either; bnnc defines it with the exp above, as IEEE float64
+# operations, each rounded on its own: for x = (double)q * in_scale,
+#   e = exp_poly(-|x|)                                   (softmax_exp; 0 where -|x| < SOFTMAX_CUTOFF)
+#   p = x >= 0 ? 1 / (1 + e) : e / (1 + e)
+#   out = floor(p * 2**f + 1/2)                           (p * 2**f exact; the sum rounds once)
+# Error of p against the true sigmoid of x: e is exp(-|x|) within a relative 2**-42 (softmax's
+# analysis; x's own rounding, where in_scale is not a power of two, moves -|x| by |x| * 2**-53 and
+# e by that relatively, below 2**-46 for |x| <= 128, and beyond, e = 0 while the true value is
+# below e**-128); 1 / (1 + e) and e / (1 + e) change by at most e / (1 + e)**2 <= 1/4 of that
+# relative error, plus two roundings of 2**-53: |p - sigmoid(x)| < 2**-43. The rounding to the
+# grid adds half a step, and the rounding of p * 2**f + 1/2 (f <= 30: below 2**-22 steps) can only
+# move a value at a half step: SIGMOID_EVAL_ERROR covers both float64 terms generously.
+
+SIGMOID_EVAL_ERROR = 2.0**-40
+
+
+def sigmoid(q: np.ndarray, in_scale: float, frac_bits: int) -> np.ndarray:
+    """int64 floor(sigmoid(q * in_scale) * 2**frac_bits + 1/2) of integers q, by the operations above."""
+    x = np.asarray(q, np.int64).astype(np.float64) * np.float64(in_scale)
+    e = softmax_exp(-np.abs(x))
+    one_e = 1.0 + e
+    p = np.where(x >= 0, 1.0 / one_e, e / one_e)
+    return np.floor(p * np.float64(2.0**frac_bits) + 0.5).astype(np.int64)
+
+
+def multiply_streams(a: np.ndarray, b: np.ndarray, round_shift: int, lo: int, hi: int) -> np.ndarray:
+    """ir.Mul: clamp(floor((a * b + half) / 2**round_shift), lo, hi), exact in int64 (b broadcasts)."""
+    p = np.asarray(a, np.int64) * np.asarray(b, np.int64)
+    if round_shift:
+        p = (p + (1 << (round_shift - 1))) >> round_shift
+    return np.clip(p, lo, hi)

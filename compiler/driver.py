@@ -105,6 +105,13 @@ def approximations(graph: ir.Graph) -> list:
         elif isinstance(op, ir.Add) and op.round_shift:
             half_step = graph.tensors[op.outputs[0]].scale / 2
             found.append(f"residual Add '{op.name}' rounded to its grid (<= {half_step:.3g})")
+        elif isinstance(op, ir.Sigmoid):
+            found.append(f"'{(op.source_ops or [op.name])[0]}' sigmoid on the grid 2^-{op.frac_bits} "
+                         f"(<= {op.max_error:.3g})")
+        elif isinstance(op, ir.Mul) and op.round_shift:
+            half_step = graph.tensors[op.outputs[0]].scale / 2
+            found.append(f"'{(op.source_ops or [op.name])[0]}' product of streams rounded to its grid "
+                         f"(<= {half_step:.3g})")
         if isinstance(ep, ir.Requantize) and ep.reach > max(ep.hi, -ep.lo) * ep.out_scale:
             found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream saturates at "
                          f"+-{max(ep.hi, -ep.lo) * ep.out_scale:.6g} (its worst case reaches {ep.reach:.6g})")

@@ -25,6 +25,10 @@ Per op (E_in the input's bound per channel):
 - MaxPool, Concat: the input's bound (a max of values each within E is within E of the real max);
   SumPool / GlobalSumPool: the window's sum of bounds, in the output's scale; residual Add: the
   sum of both bounds + half an output step where it rounds;
+- Sigmoid: min(E / 4, 1) (sigmoid is 1/4-Lipschitz) + its own `max_error` (the grid's half step
+  and the float64 evaluation, arith.sigmoid);
+- Mul of two streams a, b (values up to A, B): (A + E_a) E_b + B E_a, + half an output step where
+  it rounds;
 - Softmax: min(E / 2, e^(2E) - 1) for the input's error (the Jacobian's rows sum to at most 1/2;
   p_i changes by a factor of at most e^(2E)), + `arith.softmax`'s own bound;
   ArgMax: exact except where two values lie within 2E (a near tie).
@@ -68,7 +72,7 @@ class Bounds:
 
 def local_bound(op) -> float:
     """The bound an op states on its own rounding (real units, largest over channels)."""
-    bound = float(op.max_error) if isinstance(op, ir.InputQuantize) else 0.0
+    bound = float(op.max_error) if isinstance(op, (ir.InputQuantize, ir.Sigmoid)) else 0.0
     if getattr(op, "acc_error", None) is not None:
         bound += float(np.max(op.acc_error))
     ep = getattr(op, "epilogue", None)
@@ -109,6 +113,11 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             e_in = float(np.max(tensors[op.inputs[0]], initial=0.0))
             # |dp_i / dx_j| rows sum to 2 p_i (1 - p_i) <= 1/2, and p_i(x + d) / p_i(x) <= e^(2 |d|)
             e = np.full(c, min(e_in / 2, np.expm1(2 * e_in)) + SOFTMAX_OWN + c * 2.0**-52 + 2.0**-150)
+        elif isinstance(op, ir.Sigmoid):
+            # sigmoid is 1/4-Lipschitz and its values lie in [0, 1]
+            e = np.minimum(tensors[op.inputs[0]] / 4, 1.0) + op.max_error
+        elif isinstance(op, ir.Mul):
+            e = _product(graph, op, tensors, lb)
         elif isinstance(op, ir.ArgMax):
             lb.tie_margin = float(np.max(tensors[op.inputs[0]], initial=0.0))
             e = np.zeros(c)
@@ -119,6 +128,18 @@ def end_to_end(graph: ir.Graph) -> Bounds:
         _describe(op, lb)
         layers[op.name] = lb
     return Bounds(tensors, layers)
+
+
+def _product(graph: ir.Graph, op: ir.Mul, tensors: dict, lb: LayerBound) -> np.ndarray:
+    """ir.Mul: with computed a', b' (|a'| <= A, |b'| <= B) and real a, b, |a b - a' b'| =
+    |a (b - b') + b' (a - a')| <= (A + E_a) E_b + B E_a, + half an output step where it rounds."""
+    ta, tb = (graph.tensors[t] for t in op.inputs)
+    out = graph.tensors[op.outputs[0]]
+    big_a, big_b = (max(-t.lo, t.hi) * t.scale for t in (ta, tb))
+    ea, eb = tensors[op.inputs[0]], tensors[op.inputs[1]]
+    ends = [x * y * ta.scale * tb.scale for x in (ta.lo, ta.hi) for y in (tb.lo, tb.hi)]
+    lb.saturates = max(-min(ends), max(ends)) > max(op.hi, -op.lo) * out.scale
+    return (big_a + ea) * eb + big_b * ea + (out.scale / 2 if op.round_shift else 0.0)
 
 
 def output_bound(graph: ir.Graph, bounds: Bounds | None = None) -> float:

@@ -14,9 +14,10 @@ kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `ArgMax`, and for th
 families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
 (channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
-output logits, a fixed sequence of IEEE float64 operations). Before `passes/merge_summed_convs`, `ConvSum`
-holds the sums of convolutions of one input (or of activation-base planes of one layer) that the
-frontend found.
+output logits, a fixed sequence of IEEE float64 operations), `Sigmoid` (of a fixed-point stream, on
+a fixed-point grid), `Mul` (product of two fixed-point streams, one broadcast per channel). Before
+`passes/merge_summed_convs`, `ConvSum` holds the sums of convolutions of one input (or of
+activation-base planes of one layer) that the frontend found.
 
 Weights use the shared weight code of networks.md section 2: `w[o, ky, kx, c]` in {-1, 0, +1} with
 per-output-channel scales `scale_p` (for +1) and `scale_n` (for -1). Binary layers have no zeros
@@ -417,6 +418,47 @@ class Softmax:
 
 
 @dataclass
+class Sigmoid:
+    """Sigmoid of a fixed-point stream, on the fixed-point grid 2**-frac_bits: for input integers q,
+        out = floor(arith.sigmoid(q * in_scale) * 2**frac_bits + 1/2)
+    (real value out * 2**-frac_bits). No exact integer form exists: `arith.sigmoid` defines the
+    value as a fixed sequence of IEEE float64 operations (softmax's exp of -|x|, one addition, one
+    division) that numpy and C compute identically; `max_error` states the bound against the true
+    sigmoid of q * in_scale: half a grid step + the float64 evaluation's error (arith.SIGMOID_EVAL_ERROR)."""
+
+    name: str
+    inputs: list
+    outputs: list
+    in_scale: float = 1.0  # real value of one input step
+    frac_bits: int = 16
+    source_ops: list = field(default_factory=list)
+
+    @property
+    def max_error(self) -> float:
+        from .arith import SIGMOID_EVAL_ERROR
+
+        return 2.0 ** -(self.frac_bits + 1) + SIGMOID_EVAL_ERROR
+
+
+@dataclass
+class Mul:
+    """Elementwise product of two fixed-point streams, `b` either of `a`'s shape or one value per
+    channel (shape (1, 1, C), broadcast over the pixels; Squeeze-and-Excitation style gating):
+        out = clamp(floor((a * b + half) / 2**round_shift), lo, hi)
+    with half = 2**(round_shift - 1) if round_shift else 0: exact in int64 (|a|, |b| < 2**31), then
+    rounded half up to a grid 2**round_shift times coarser than scale_a * scale_b where the product
+    could leave the widest stream (error <= half an output step); the clamp is reachable only beyond."""
+
+    name: str
+    inputs: list  # [a, b]
+    outputs: list
+    lo: int = -(2**31)
+    hi: int = 2**31 - 1
+    round_shift: int = 0
+    source_ops: list = field(default_factory=list)
+
+
+@dataclass
 class ConvSum:
     """Before `merge_summed_convs`: the summed accumulators of convolutions that read one tensor
     with one window geometry (weight bases written as separate convolutions, PaBT base pairs):
@@ -495,7 +537,8 @@ def conv_sum_multipliers(op: ConvSum) -> tuple:
     return unit, list(ks)
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool, Concat, Softmax, ConvSum]
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool, Concat, Softmax, Sigmoid, Mul,
+           ConvSum]
 
 
 def output_in_model_order(graph: "Graph", y: np.ndarray) -> np.ndarray:
@@ -540,7 +583,7 @@ def is_classic(op) -> bool:
 
 def family_ops(graph: "Graph") -> list:
     """Ops that need compressed-family support in a backend (non-classic convs and the new op kinds)."""
-    return [op for op in graph.ops() if isinstance(op, (Activation, Add, SumPool))
+    return [op for op in graph.ops() if isinstance(op, (Activation, Add, SumPool, Mul))
             or (isinstance(op, Conv) and not is_classic(op))]
 
 
@@ -1016,9 +1059,36 @@ def _verify_softmax(graph, op) -> None:
         _fail(op, "Softmax keeps its input's shape (Reals)", f"{src} -> {out}")
 
 
+def _verify_sigmoid(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Ints,))
+    out = graph.tensors[op.outputs[0]]
+    if not isinstance(out, Ints) or tuple(out.shape) != tuple(src.shape):
+        _fail(op, "Sigmoid keeps its input's shape (Ints)", f"{src} -> {out}")
+    if not (0 <= out.lo <= out.hi <= 2**op.frac_bits) or out.scale != 2.0**-op.frac_bits \
+            or not (0 < op.in_scale < math.inf) or not 0 <= op.frac_bits <= 30:
+        _fail(op, "Sigmoid output in [0, 2**frac_bits] on the grid 2**-frac_bits, a positive finite input scale",
+              f"[{out.lo}, {out.hi}] x {out.scale:g}, frac_bits {op.frac_bits}, in_scale {op.in_scale:g}")
+
+
+def _verify_mul(graph, op) -> None:
+    if len(op.inputs) != 2 or len(op.outputs) != 1:
+        _fail(op, "arity", f"{len(op.inputs)} inputs and {len(op.outputs)} outputs, expected 2 and 1")
+    a = _input_type(graph, op, 0, (Ints,))
+    b = _input_type(graph, op, 1, (Ints,))
+    out = graph.tensors[op.outputs[0]]
+    if not isinstance(out, Ints) or tuple(out.shape) != tuple(a.shape) or \
+            tuple(b.shape) not in (tuple(a.shape), (1, 1, a.shape[2])):
+        _fail(op, "Mul of equal shapes or by one value per channel", f"{a.shape} * {b.shape} -> {out}")
+    if max(-a.lo, a.hi, -b.lo, b.hi) >= 2**31 or not op.lo <= op.hi or op.round_shift < 0:
+        _fail(op, "Mul of 32-bit operands, lo <= hi, round_shift >= 0",
+              f"[{a.lo}, {a.hi}] * [{b.lo}, {b.hi}], [{op.lo}, {op.hi}], round_shift {op.round_shift}")
+
+
 _INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
                 GlobalSumPool: (Bits, Ints), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
-                Concat: (Bits, Ints), Softmax: (Reals,)}
+                Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Mul: (Ints,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,
            MaxPool: _verify_max_pool, SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool,
-           ArgMax: _verify_arg_max, Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax}
+           ArgMax: _verify_arg_max, Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax,
+           Sigmoid: _verify_sigmoid, Mul: _verify_mul}

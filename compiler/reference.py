@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .arith import acc_to_float, apply_terminal, eval_chain, level_count, requantize, softmax
+from .arith import acc_to_float, apply_terminal, eval_chain, level_count, multiply_streams, requantize, sigmoid, softmax
 from .errors import BnncError
 
 BATCH = 32  # samples per chunk, to bound im2col memory
@@ -172,6 +172,10 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = _concat(op, [env[t] for t in op.inputs])
         elif isinstance(op, ir.Softmax):
             r = softmax(a)
+        elif isinstance(op, ir.Sigmoid):
+            r = sigmoid(a, op.in_scale, op.frac_bits)
+        elif isinstance(op, ir.Mul):
+            r = multiply_streams(a, env[op.inputs[1]], op.round_shift, op.lo, op.hi)
         else:  # pragma: no cover
             raise TypeError(op)
         env[op.outputs[0]] = r

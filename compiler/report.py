@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import error_bounds, ir
+from .arith import SIGMOID_EVAL_ERROR
 
 
 def layer_rows(graph: ir.Graph) -> list:
@@ -95,6 +96,15 @@ def _layer_row(graph: ir.Graph, op, wb: int) -> dict:
     elif isinstance(op, ir.Softmax):
         row["notes"] = [f"float64 softmax (arith.softmax): error <= p * (2^-24 + 2^-42 + C * 2^-52) + 2^-150, "
                         f"C = {dst.shape[2]}"]
+    elif isinstance(op, ir.Sigmoid):
+        row["notes"] = [f"sigmoid of the stream on the grid 2^-{op.frac_bits} (arith.sigmoid, float64): error <= "
+                        f"2^-{op.frac_bits + 1} + {SIGMOID_EVAL_ERROR:.3g}"]
+        row["error_bound"] = op.max_error
+    elif isinstance(op, ir.Mul):
+        row["notes"] = ["product of two fixed-point streams" + (" by one value per channel" if
+                        graph.tensors[op.inputs[1]].shape[:2] == (1, 1) != dst.shape[:2] else "") +
+                        (f", rounded half up to 2^{np.log2(dst.scale):g} (error <= {dst.scale / 2:.3g})"
+                         if op.round_shift else ", exact")]
     if isinstance(op, ir.Conv):
         row["code"] = "binary"
         p = getattr(op, "packed", None)

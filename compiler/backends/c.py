@@ -262,9 +262,11 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             L["call_args"] = f"{', '.join(buf(t) for t in op.inputs)}, {L['dst']}"
         elif isinstance(op, ir.Softmax):
             h, w, c = src_t.shape
-            L.update(pixels=h * w, c=c, cutoff=c_double(SOFTMAX_CUTOFF), log2e=c_double(LOG2E),
-                     ln2_hi=c_double(LN2_HI), ln2_lo=c_double(LN2_LO), coeffs=[c_double(x) for x in EXP_COEFFS])
+            L.update(pixels=h * w, c=c, **exp_ctx())
             L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
+        elif isinstance(op, ir.Sigmoid):
+            L.update(n=int(np.prod(oty.shape)), in_scale=c_double(op.in_scale), grid=c_double(2.0**op.frac_bits),
+                     frac_bits=op.frac_bits, **exp_ctx())
         layers.append(L)
     in_dtype = in_info["dtype"]
     return {
@@ -294,6 +296,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
         "grid": in_info.get("grid", {}),
         "model_name": comment_text(in_info.get("onnx_name", "")),
     }
+
+
+def exp_ctx() -> dict:
+    """The constants of arith.softmax_exp (Softmax, Sigmoid) as C literals."""
+    return dict(cutoff=c_double(SOFTMAX_CUTOFF), log2e=c_double(LOG2E), ln2_hi=c_double(LN2_HI),
+                ln2_lo=c_double(LN2_LO), coeffs=[c_double(x) for x in EXP_COEFFS])
 
 
 def c_double(x: float) -> str:
@@ -427,7 +435,7 @@ def vnni_tables(consts: list, name: str, w_vnni, corr) -> None:
 
 def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
     """Context of a compressed-family layer (ir.family_ops: compressed-family convolutions, Activation,
-    Add, SumPool) for templates/c/families/layer.j2; the tables come from passes/pack_families."""
+    Add, SumPool, Mul) for templates/c/families/layer.j2; the tables come from passes/pack_families."""
     wb = graph.word_bits
     word_kind = "word64" if wb == 64 else "word32"
     src, oty = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
@@ -514,6 +522,13 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         b = graph.tensors[op.inputs[1]]
         L.update(family="add", a_ctype=C_TYPES[storage_dtype(src)], b_ctype=C_TYPES[storage_dtype(b)],
                  n=int(np.prod(oty.shape)), sa=op.shifts[0], sb=op.shifts[1], lo=op.lo, hi=op.hi,
+                 round_shift=op.round_shift)
+        L["call_args"] = f"{buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']}"
+    elif isinstance(op, ir.Mul):
+        b = graph.tensors[op.inputs[1]]
+        h, w, c = oty.shape
+        L.update(family="mul", a_ctype=C_TYPES[storage_dtype(src)], b_ctype=C_TYPES[storage_dtype(b)],
+                 pixels=h * w, c=c, per_channel=tuple(b.shape) != tuple(src.shape), lo=op.lo, hi=op.hi,
                  round_shift=op.round_shift)
         L["call_args"] = f"{buf(op.inputs[0])}, {buf(op.inputs[1])}, {L['dst']}"
     elif isinstance(op, ir.SumPool):

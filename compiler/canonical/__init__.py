@@ -15,6 +15,7 @@ from .clamps_to_clip import clamps_to_clip
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
+from .keras_prelu import keras_prelu_to_prelu
 from .layout_transposes import sink_layout_transposes
 from .maxpool_ceil import maxpool_ceil_to_floor
 from .pad_into_window import merge_pads_into_windows
@@ -32,6 +33,7 @@ REWRITES = (
     scalarize_uniform_constants,
     simplify_ste_sign,
     spatial_mean_to_global_pool,
+    keras_prelu_to_prelu,
     sink_layout_transposes,
     bipolar_sign_from_offset_sign,
     clamps_to_clip,

@@ -11,7 +11,9 @@ the last axis; where H = W = 1 it writes those Transposes as Reshapes. The rewri
    * elementwise ops (Relu, Sign, Abs, Neg, Cast, Clip, Add, Sub, Mul, Div, Where, Less, ..., QONNX
      BipolarQuant / Quant with scalar parameters): every other operand is a constant, permuted by
      the inverse of P after broadcasting it to full rank (single-element constants as they are), or
-     the output of a Transpose with the same P, whose input is read instead;
+     the output of a Transpose with the same P, whose input is read instead, or an activation
+     that the inverse of P moves only size-1 axes of (a per-channel vector (N, 1, 1, C) gating an
+     NHWC feature map), read through a Reshape to the permuted shape instead (the same bytes);
    * Pad: the pads of axis i go to axis P[i] (constant mode);
    * Concat: axis a becomes P[a] (every operand transposed by P, or constant);
    * ReduceMax / ReduceMin with keepdims: each axis a becomes P[a] (not the summing reductions:
@@ -137,9 +139,16 @@ class _Sinker:
                     new.append(("const", np.ascontiguousarray(np.transpose(full, _inverse(perm)))))
             else:
                 other, operm = self._transpose_perm(i)
-                if other is None or operm != perm:
+                if other is not None and operm == perm:
+                    new.append(("input", other.input[0]))
+                    continue
+                # an activation whose inverse permutation moves only size-1 axes (a per-channel
+                # vector reshaped to (N, 1, 1, C)): the same bytes reshaped to the transposed shape
+                inv, s = _inverse(perm), self.shapes.get(i)
+                if other is not None or not _moves_only_unit_axes(inv, s) or inv[0] != 0 \
+                        or any(d is None for d in s[1:]):
                     return None
-                new.append(("input", other.input[0]))
+                new.append(("reshape", i, [0] + [int(s[j]) for j in inv[1:]]))
         return new
 
     def _push(self, t, reader) -> bool:
@@ -200,6 +209,16 @@ class _Sinker:
                     new_inputs.append(x)
                 elif isinstance(o, tuple) and o[0] == "const":
                     new_inputs.append(add_initializer(self.g, self.names, o[1], orig or "c"))
+                elif isinstance(o, tuple) and o[0] == "reshape":
+                    target = add_initializer(self.g, self.names, np.array(o[2], np.int64), "shape")
+                    moved_operand = self.names.fresh(o[1].split("/")[-1] or "t")
+                    source = self.producers.get(o[1])  # a reshape of a reshape reads the first's input
+                    source = source.input[0] if source is not None and source.op_type == "Reshape" \
+                        and is_standard(source) else o[1]
+                    self.g.node.insert(list(self.g.node).index(reader), helper.make_node(
+                        "Reshape", [source, target], [moved_operand], name=self.names.fresh("Reshape")))
+                    self.shapes[moved_operand] = tuple(self.shapes[o[1]][j] for j in _inverse(perm))
+                    new_inputs.append(moved_operand)
                 elif isinstance(o, tuple):
                     new_inputs.append(o[1])
                 else:

@@ -174,10 +174,15 @@ def _stream_operand(ctx, node, v) -> IntChainVal:
 
 
 def _of_two_activations(ctx, node, op):
-    """Add / Sub of two activations: merged convolutions, or a residual fixed-point Add."""
+    """Add / Sub of two activations: merged convolutions, or a residual fixed-point Add; Mul: an
+    ir.Mul of two fixed-point streams (frontend/gating.py)."""
+    if op == "mul":
+        from .gating import multiply_activations
+
+        return multiply_activations(ctx, node)
     if op not in ("add", "sub"):
         raise BnncError(f"{where(node)}: {node.op} of two activations is not supported (Add of "
-                        "residual streams and sums of convolutions are)")
+                        "residual streams, sums of convolutions and Mul of streams are)")
     a, b = ctx.val(node, 0), ctx.val(node, 1)
     if isinstance(a, BitsVal) or isinstance(b, BitsVal):
         raise BnncError(f"{where(node)}: both operands are activations and one is a binary (sign) "

@@ -205,6 +205,13 @@ def rounding_error(graph: ir.Graph, tensor: str) -> float:
         return sum(rounding_error(graph, t) for t in op.inputs) + rounded
     if isinstance(op, (ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat)):
         return max(rounding_error(graph, t) for t in op.inputs)
+    if isinstance(op, ir.Sigmoid):  # 1/4-Lipschitz
+        return rounding_error(graph, op.inputs[0]) / 4 + op.max_error
+    if isinstance(op, ir.Mul):  # |a b - a' b'| <= (A + E_a) E_b + B E_a
+        (ta, tb), (ea, eb) = ((graph.tensors[t] for t in op.inputs), (rounding_error(graph, t) for t in op.inputs))
+        big_a, big_b = (max(-t.lo, t.hi) * t.scale for t in (ta, tb))
+        rounded = graph.tensors[tensor].scale / 2 if op.round_shift else 0.0
+        return (big_a + ea) * eb + big_b * ea + rounded
     return 0.0
 
 
