@@ -23,9 +23,9 @@ SIGMOID_FRAC_BITS = 30
 def stream_operand(ctx, node, v) -> IntsVal:
     """A real-valued activation as a fixed-point stream (its pending ops applied)."""
     v = to_stream(ctx, node, v)
-    if isinstance(v, IntChainVal) and v.block is None:
+    if isinstance(v, IntChainVal):
         v = stream_of_intchain(ctx, node, v)
-    if not isinstance(v, IntsVal) or v.block is not None:
+    if not isinstance(v, IntsVal):
         raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor is not supported (of real-valued "
                         "fixed-point streams it is)")
     return v
