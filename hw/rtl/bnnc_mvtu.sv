@@ -189,7 +189,7 @@ module bnnc_mvtu #(
   // ---------------------------------------------------------------- stage 1: weight read
   logic s1_valid, s1_first, s1_last;
   logic [NFW-1:0] s1_nf;
-  logic [KB-1:0] s1_cls;
+  logic [TAW-1:0] s1_taddr;  // the fold's table entry: class*NF + nf
   logic [LW-1:0] s1_x, s2_x;
   logic [WW-1:0] s2_w;
 
@@ -230,13 +230,19 @@ module bnnc_mvtu #(
     end
   end
 
+  // a class's first table entry, class*NF, by a decoder: the product on the table address took a DSP
+  // and most of a cycle before the table read (hbn at 93 MHz)
+  function automatic logic [TAW-1:0] table_base(input logic [KB-1:0] k);
+    table_base = '0;
+    for (int i = 1; i < BORDER_CLASSES; i++) if (k == KB'(i)) table_base = TAW'(i * NF);
+  endfunction
   always_ff @(posedge clk) begin
     if (advance && busy) begin
       s1_x <= window[LW-1:0];
       s1_first <= sf == '0;
       s1_last <= sf == SFW'(SF - 1);
       s1_nf <= nf;
-      s1_cls <= cls;
+      s1_taddr <= table_base(cls) + TAW'(nf);
     end
   end
 
@@ -275,11 +281,11 @@ module bnnc_mvtu #(
   endfunction
   localparam int LEVELS = tree_levels(NG);
   localparam int TREE = tree_base(NG, LEVELS + 1);  // registers of one tree
-  localparam int CTRL = 3 + NFW + KB;  // valid, first, last, nf, class
+  localparam int CTRL = 3 + NFW + TAW;  // valid, first, last, nf, table address
   localparam int DELAY = 3 + LEVELS;  // stage 1 -> accumulate
 
   logic [DELAY*CTRL-1:0] ctrl_pipe;
-  wire [CTRL-1:0] ctrl_in = {s1_valid, s1_first, s1_last, s1_nf, s1_cls};
+  wire [CTRL-1:0] ctrl_in = {s1_valid, s1_first, s1_last, s1_nf, s1_taddr};
   always_ff @(posedge clk) begin
     if (!rst_n) ctrl_pipe <= '0;
     else if (advance) ctrl_pipe <= {ctrl_pipe[(DELAY-1)*CTRL-1:0], ctrl_in};
@@ -288,8 +294,8 @@ module bnnc_mvtu #(
   wire a_valid = ctrl_acc[CTRL-1];
   wire a_first = ctrl_acc[CTRL-2];
   wire a_last = ctrl_acc[CTRL-3];
-  wire [NFW-1:0] a_nf = ctrl_acc[KB+:NFW];
-  wire [KB-1:0] a_cls = ctrl_acc[0+:KB];
+  wire [NFW-1:0] a_nf = ctrl_acc[TAW+:NFW];
+  wire [TAW-1:0] a_taddr = ctrl_acc[0+:TAW];
 
   // ---------------------------------------------------------------- accumulate
   logic signed [SUM_BITS-1:0] acc[PE][PLANES];
@@ -394,7 +400,7 @@ module bnnc_mvtu #(
   ) tables (
       .clk (clk),
       .en  (advance),
-      .addr(TAW'(a_cls) * TAW'(NF) + TAW'(a_nf)),
+      .addr(a_taddr),
       .q   (e1_t)
   );
 
