@@ -314,6 +314,11 @@ MVTU_CASES = [
     (6, 70, 2, 70, 1, 1),  # a popcount tree: 5 lane groups, 3 adder levels
     (3, 40, 1, 20, 1, 1),  # 2 lane groups, 1 adder level, 2 synapse folds
     (4, 30, 2, 30, 4, 0),  # integer lanes: 15 groups, 4 adder levels
+    # the pipelined threshold count (random, unsorted thresholds): compare bits, groups of 16, adder levels
+    (3, 6, 3, 2, 1, 2),  # two thresholds: one group, no adder level
+    (4, 40, 2, 8, 1, 17),  # one threshold past a group: two groups, one level
+    (3, 50, 1, 10, 3, 100),  # integer inputs, 7 groups (the last of 4), three levels
+    (2, 90, 2, 30, 4, 255),  # an 8-bit activation: 16 groups, four levels
 ]
 
 
@@ -338,7 +343,7 @@ def test_mvtu_matches_model(case, p_valid, p_ready):
     if p_valid == 1.0 and p_ready == 1.0:
         assert np.all(np.diff(r.out_cycles) == nf * sf)  # back to back: no bubble between vectors
         # the performance model's latency: folds plus the unit's register stages
-        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib)
+        assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib, thresholds=nt)
 
 
 @pytest.mark.parametrize("bank_depth", [2, 4, 8])
@@ -452,13 +457,16 @@ def test_mvtu_requantization(pre_shift, shift, p_valid, p_ready):
         assert r.out_cycles[0] - r.in_cycles[0] == matrix_unit.latency(nf, sf, simd, ib, requantize=True)
 
 
-def test_mvtu_levels_give_base_plus_step_times_count():
-    """Three thresholds per row and out = -3 + 2 * count: a 2-bit activation in {-3, -1, 1, 3}."""
-    rng = np.random.default_rng(8)
-    params, mems, model, _ = mvtu_case(rng, 5, 9, 2, 4, 1, 3, lb=-3, ls=2)
+@pytest.mark.parametrize("nt,lb,ls", [(3, -3, 2), (255, -128, 1)])
+def test_mvtu_levels_give_base_plus_step_times_count(nt, lb, ls):
+    """out = LEVEL_BASE + LEVEL_STEP * count: three thresholds and -3 + 2 * count, a 2-bit activation in
+    {-3, -1, 1, 3}; 255 thresholds and -128 + count, a signed 8-bit activation (bireal's), its count pipelined."""
+    rng = np.random.default_rng(8 + nt)
+    mw = 9 if nt < 16 else 300
+    params, mems, model, _ = mvtu_case(rng, 5, mw, 2, 4 if nt < 16 else 30, 1, nt, lb=lb, ls=ls)
     ob = params["OUT_BITS"]
-    xs = rng.integers(0, 2, (10, 9))
-    r = run_block("tb_mvtu", params, [pack(x, 1) for x in xs], 2 + 9, 5 * ob, 10, mem_files=mems, p_ready=0.8)
+    xs = rng.integers(0, 2, (10, mw))
+    r = run_block("tb_mvtu", params, [pack(x, 1) for x in xs], 2 + mw, 5 * ob, 10, mem_files=mems, p_ready=0.8)
     for v, x in zip(r.outputs, xs):
         assert unpack(v, 5, ob) == model(x, 0).tolist()
 

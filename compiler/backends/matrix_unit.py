@@ -11,7 +11,8 @@ stages, so throughput stays one fold per cycle and only the first frame pays the
   lanes, or one product of a multiply-accumulate lane) -> `tree_levels` register levels adding
   ADDER_FANIN values each -> accumulate -> table read -> table registered -> compared value (gains)
   -> threshold compare / offset (a requantization: offset, clamp, product, sum, one register each,
-  REQUANT_STAGES) -> output pixel.
+  REQUANT_STAGES; the count of a multi-bit activation's compare bits: `count_stages` registers)
+  -> output pixel.
 The RTL computes the same numbers from the same parameters; tests check the simulated latency.
 
 The unit's one home beyond the pipeline: `MatrixUnit`, the record of one layer laid out for it
@@ -43,24 +44,43 @@ REQUANT_STAGES = 4  # a requantization's registers beyond a threshold compare's
 WEIGHT_BANK_DEPTH = 512
 
 
-def tree_levels(simd: int, in_bits: int, mac: bool = False) -> int:
-    """Register levels after the lane groups until one partial sum per row and plane is left."""
-    group = 1 if mac else POPCOUNT_LANES if in_bits == 1 else ADDER_LANES
-    n, levels = -(-simd // group), 0
+def _adder_levels(n: int) -> int:
+    """Register levels of ADDER_FANIN-input adders that reduce n registers to one."""
+    levels = 0
     while n > 1:
         n, levels = -(-n // ADDER_FANIN), levels + 1
     return levels
 
 
-def pipeline_depth(simd: int, in_bits: int, mac: bool = False, requantize: bool = False) -> int:
+def tree_levels(simd: int, in_bits: int, mac: bool = False) -> int:
+    """Register levels after the lane groups until one partial sum per row and plane is left."""
+    group = 1 if mac else POPCOUNT_LANES if in_bits == 1 else ADDER_LANES
+    return _adder_levels(-(-simd // group))
+
+
+def count_stages(thresholds: int, act_planes: int = 1) -> int:
+    """Registers of the threshold count beyond the compare's cycle: a multi-bit activation's
+    THRESHOLDS > 1 compare bits are registered, counted in groups of POPCOUNT_LANES into registers,
+    then added ADDER_FANIN per register level (bnnc_mvtu's COUNT_STAGES; a one-bit output or
+    activation planes have no count: 0)."""
+    if thresholds <= 1 or act_planes != 1:
+        return 0
+    return 2 + _adder_levels(-(-thresholds // POPCOUNT_LANES))
+
+
+def pipeline_depth(simd: int, in_bits: int, mac: bool = False, requantize: bool = False, thresholds: int = 1,
+                   act_planes: int = 1) -> int:
     """Cycles a fold spends in the unit's registers beyond the one it is issued in (`mac`: a
-    multiply-accumulate unit, `requantize`: a requantizing epilogue, bnnc_mvtu's MAC / REQUANTIZE)."""
-    return FIXED_STAGES - 2 + tree_levels(simd, in_bits, mac) + (REQUANT_STAGES if requantize else 0)
+    multiply-accumulate unit, `requantize`: a requantizing epilogue, bnnc_mvtu's MAC / REQUANTIZE;
+    `thresholds`, `act_planes`: its THRESHOLDS / ACT_PLANES, for the threshold count)."""
+    return (FIXED_STAGES - 2 + tree_levels(simd, in_bits, mac) + (REQUANT_STAGES if requantize else 0)
+            + count_stages(thresholds, act_planes))
 
 
-def latency(nf: int, sf: int, simd: int, in_bits: int, mac: bool = False, requantize: bool = False) -> int:
+def latency(nf: int, sf: int, simd: int, in_bits: int, mac: bool = False, requantize: bool = False,
+            thresholds: int = 1, act_planes: int = 1) -> int:
     """Cycles from accepting a vector to its output being valid, with nothing stalled."""
-    return nf * sf + pipeline_depth(simd, in_bits, mac, requantize)
+    return nf * sf + pipeline_depth(simd, in_bits, mac, requantize, thresholds, act_planes)
 
 
 def banked_words(words: list, width: int, bank_depth: int = WEIGHT_BANK_DEPTH) -> tuple:

@@ -213,7 +213,8 @@ def _conv_stage(op: ir.Conv, src, dst, name: str, flat: bool = False) -> dict:
     pixels = oh * ow
     s["mvtu_cycles"] = matrix_unit.cycles(f, pixels)
     s["pipeline_depth"] = matrix_unit.pipeline_depth(fold.simd, fold.in_bits, f.mac is not None,
-                                                     f.epilogue.mode == "requant")
+                                                     f.epilogue.mode == "requant", f.epilogue.thresholds,
+                                                     f.epilogue.act_planes)
     s["window_cycles"] = (op.kernel[0] * op.kernel[1] + WINDOW_OVERHEAD) * pixels if swg else 0
     s["cycles"] = max(s["mvtu_cycles"], s["window_cycles"])
     return s

@@ -29,7 +29,8 @@
 // class*NF + nf.
 //
 // Pipeline: issue (fold counters) -> weight read (two cycles) -> operands -> sum tree -> accumulate ->
-// threshold/offset -> output pixel
+// threshold/offset (a requantization: four more registers; a count of THRESHOLDS > 1 compare bits:
+// COUNT_STAGES more) -> output pixel
 // of MATRIX_ROWS*ACT_PLANES*OUT_BITS bits. The whole unit stalls only while a finished output waits for out_ready; the
 // next input vector is latched during the last fold of the current one, so back-to-back vectors
 // run without bubbles.
@@ -188,7 +189,7 @@ module bnnc_mvtu #(
   // ---------------------------------------------------------------- stage 1: weight read
   logic s1_valid, s1_first, s1_last;
   logic [NFW-1:0] s1_nf;
-  logic [KB-1:0] s1_cls;
+  logic [TAW-1:0] s1_taddr;  // the fold's table entry: class*NF + nf
   logic [LW-1:0] s1_x, s2_x;
   logic [WW-1:0] s2_w;
 
@@ -229,13 +230,19 @@ module bnnc_mvtu #(
     end
   end
 
+  // a class's first table entry, class*NF, by a decoder: the product on the table address took a DSP
+  // and most of a cycle before the table read (hbn at 93 MHz)
+  function automatic logic [TAW-1:0] table_base(input logic [KB-1:0] k);
+    table_base = '0;
+    for (int i = 1; i < BORDER_CLASSES; i++) if (k == KB'(i)) table_base = TAW'(i * NF);
+  endfunction
   always_ff @(posedge clk) begin
     if (advance && busy) begin
       s1_x <= window[LW-1:0];
       s1_first <= sf == '0;
       s1_last <= sf == SFW'(SF - 1);
       s1_nf <= nf;
-      s1_cls <= cls;
+      s1_taddr <= table_base(cls) + TAW'(nf);
     end
   end
 
@@ -259,25 +266,26 @@ module bnnc_mvtu #(
   // (multiply-accumulate lanes: one product per register, a multiplier is a cycle's work)
   localparam int GROUP = MAC == 1 ? 1 : INPUT_BITS == 1 ? POPCOUNT_LANES : ADDER_LANES;
   localparam int NG = (SIMD + GROUP - 1) / GROUP;  // first-level registers per row and plane
+  // a tree of n first-level registers (here and in the threshold count below)
   function automatic int tree_levels(input int n);  // register levels after the first to reach one value
     tree_levels = 0;
     for (int m = n; m > 1; m = (m + ADDER_FANIN - 1) / ADDER_FANIN) tree_levels++;
   endfunction
-  localparam int LEVELS = tree_levels(NG);
-  function automatic int tree_nodes(input int level);  // registers at a level of the tree
-    tree_nodes = NG;
+  function automatic int tree_nodes(input int n, input int level);  // registers at a level of the tree
+    tree_nodes = n;
     for (int l = 0; l < level; l++) tree_nodes = (tree_nodes + ADDER_FANIN - 1) / ADDER_FANIN;
   endfunction
-  function automatic int tree_base(input int level);  // registers below a level
+  function automatic int tree_base(input int n, input int level);  // registers below a level
     tree_base = 0;
-    for (int l = 0; l < level; l++) tree_base += tree_nodes(l);
+    for (int l = 0; l < level; l++) tree_base += tree_nodes(n, l);
   endfunction
-  localparam int TREE = tree_base(LEVELS + 1);  // registers of one tree
-  localparam int CTRL = 3 + NFW + KB;  // valid, first, last, nf, class
+  localparam int LEVELS = tree_levels(NG);
+  localparam int TREE = tree_base(NG, LEVELS + 1);  // registers of one tree
+  localparam int CTRL = 3 + NFW + TAW;  // valid, first, last, nf, table address
   localparam int DELAY = 3 + LEVELS;  // stage 1 -> accumulate
 
   logic [DELAY*CTRL-1:0] ctrl_pipe;
-  wire [CTRL-1:0] ctrl_in = {s1_valid, s1_first, s1_last, s1_nf, s1_cls};
+  wire [CTRL-1:0] ctrl_in = {s1_valid, s1_first, s1_last, s1_nf, s1_taddr};
   always_ff @(posedge clk) begin
     if (!rst_n) ctrl_pipe <= '0;
     else if (advance) ctrl_pipe <= {ctrl_pipe[(DELAY-1)*CTRL-1:0], ctrl_in};
@@ -286,8 +294,8 @@ module bnnc_mvtu #(
   wire a_valid = ctrl_acc[CTRL-1];
   wire a_first = ctrl_acc[CTRL-2];
   wire a_last = ctrl_acc[CTRL-3];
-  wire [NFW-1:0] a_nf = ctrl_acc[KB+:NFW];
-  wire [KB-1:0] a_cls = ctrl_acc[0+:KB];
+  wire [NFW-1:0] a_nf = ctrl_acc[TAW+:NFW];
+  wire [TAW-1:0] a_taddr = ctrl_acc[0+:TAW];
 
   // ---------------------------------------------------------------- accumulate
   logic signed [SUM_BITS-1:0] acc[PE][PLANES];
@@ -348,15 +356,15 @@ module bnnc_mvtu #(
         end
       end
       for (genvar l = 1; l <= LEVELS; l++) begin : g_level
-        for (genvar i = 0; i < tree_nodes(l); i++) begin : g_node
+        for (genvar i = 0; i < tree_nodes(NG, l); i++) begin : g_node
           logic signed [SUM_BITS-1:0] node_sum;
           always_comb begin
             node_sum = '0;
             for (int k = ADDER_FANIN * i; k < ADDER_FANIN * (i + 1); k++) begin
-              if (k < tree_nodes(l - 1)) node_sum = node_sum + $signed(tree[(tree_base(l-1)+k)*SUM_BITS+:SUM_BITS]);
+              if (k < tree_nodes(NG, l - 1)) node_sum = node_sum + $signed(tree[(tree_base(NG, l-1)+k)*SUM_BITS+:SUM_BITS]);
             end
           end
-          assign tree_d[(tree_base(l)+i)*SUM_BITS+:SUM_BITS] = node_sum;
+          assign tree_d[(tree_base(NG, l)+i)*SUM_BITS+:SUM_BITS] = node_sum;
         end
       end
       always_ff @(posedge clk) begin
@@ -392,7 +400,7 @@ module bnnc_mvtu #(
   ) tables (
       .clk (clk),
       .en  (advance),
-      .addr(TAW'(a_cls) * TAW'(NF) + TAW'(a_nf)),
+      .addr(a_taddr),
       .q   (e1_t)
   );
 
@@ -423,6 +431,12 @@ module bnnc_mvtu #(
   end
 
   localparam int ROW = ACT_PLANES * OUT_BITS;  // output bits of one row
+  // the count of a multi-bit activation's compare bits (THRESHOLDS > 1, one activation plane) is
+  // pipelined: compare bits, groups of POPCOUNT_LANES, then the tree's levels, one register each
+  localparam int COUNT_GROUPS = (THRESHOLDS + POPCOUNT_LANES - 1) / POPCOUNT_LANES;
+  localparam int COUNT_LEVELS = tree_levels(COUNT_GROUPS);
+  localparam int COUNT_TREE = tree_base(COUNT_GROUPS, COUNT_LEVELS + 1);
+  localparam int COUNT_STAGES = THRESHOLDS > 1 && ACT_PLANES == 1 ? 2 + COUNT_LEVELS : 0;
   logic [PE*ROW-1:0] fold_out, e4_out;
   logic [NFW-1:0] e4_nf;
   logic e4_valid;
@@ -505,32 +519,66 @@ module bnnc_mvtu #(
       end
     end else begin : g_thr
       wire flag = e3_t[p*EW+EW-1];
-      // the compare bits counted by $countones (an adder tree), not a chain of THRESHOLDS adds
       logic [THRESHOLDS-1:0] above;
       for (genvar j = 0; j < THRESHOLDS; j++) begin : g_cmp
         assign above[j] = (CMW'(c) > CMW'($signed(e3_t[p*EW+j*TABLE_BITS+:TABLE_BITS]))) ^ flag;
       end
-      wire [NW-1:0] count = NW'($countones(above));
+      logic [NW-1:0] count;
+      if (COUNT_STAGES == 0) begin : g_count_now
+        assign count = NW'($countones(above));
+      end else begin : g_count_tree
+        // the compare bits registered, counted in groups of POPCOUNT_LANES into registers, then
+        // ADDER_FANIN counts added per register level (COUNT_STAGES registers; a 255-input count
+        // in one cycle held bireal at 63 MHz)
+        logic [THRESHOLDS-1:0] above_r;
+        logic [COUNT_TREE*NW-1:0] ctree, ctree_d;
+        for (genvar g = 0; g < COUNT_GROUPS; g++) begin : g_group
+          localparam int LO = g * POPCOUNT_LANES;
+          localparam int N = THRESHOLDS - LO < POPCOUNT_LANES ? THRESHOLDS - LO : POPCOUNT_LANES;
+          assign ctree_d[g*NW+:NW] = NW'($countones(above_r[LO+:N]));
+        end
+        for (genvar l = 1; l <= COUNT_LEVELS; l++) begin : g_level
+          for (genvar i = 0; i < tree_nodes(COUNT_GROUPS, l); i++) begin : g_node
+            logic [NW-1:0] node_count;  // at most THRESHOLDS: no overflow
+            always_comb begin
+              node_count = '0;
+              for (int k = ADDER_FANIN * i; k < ADDER_FANIN * (i + 1); k++) begin
+                if (k < tree_nodes(COUNT_GROUPS, l - 1)) node_count = node_count + ctree[(tree_base(COUNT_GROUPS, l-1)+k)*NW+:NW];
+              end
+            end
+            assign ctree_d[(tree_base(COUNT_GROUPS, l)+i)*NW+:NW] = node_count;
+          end
+        end
+        always_ff @(posedge clk) begin
+          if (advance) begin
+            above_r <= above;
+            ctree <= ctree_d;
+          end
+        end
+        assign count = ctree[(COUNT_TREE-1)*NW+:NW];
+      end
       assign fold_out[p*ROW+:ROW] = ROW'(LEVEL_BASE + LEVEL_STEP * $signed({1'b0, count}));
     end
   end
 
-  // a requantization's four registers between e3 and e4: the fold's valid and nf wait alongside
+  // a requantization's four registers, or a pipelined threshold count's, between e3 and e4: the
+  // fold's valid and nf wait alongside
   localparam int REQUANT_STAGES = REQUANTIZE == 1 ? 4 : 0;
+  localparam int WAIT_STAGES = REQUANT_STAGES + COUNT_STAGES;  // one of them is 0
   logic r_valid;
   logic [NFW-1:0] r_nf;
-  if (REQUANT_STAGES > 0) begin : g_requant_wait
-    logic [REQUANT_STAGES-1:0] valid_pipe;
-    logic [REQUANT_STAGES*NFW-1:0] nf_pipe;
+  if (WAIT_STAGES > 0) begin : g_requant_wait
+    logic [WAIT_STAGES-1:0] valid_pipe;
+    logic [WAIT_STAGES*NFW-1:0] nf_pipe;
     always_ff @(posedge clk) begin
       if (!rst_n) valid_pipe <= '0;
-      else if (advance) valid_pipe <= {valid_pipe[REQUANT_STAGES-2:0], e3_valid};
+      else if (advance) valid_pipe <= WAIT_STAGES'({valid_pipe, e3_valid});
     end
     always_ff @(posedge clk) begin
-      if (advance) nf_pipe <= {nf_pipe[(REQUANT_STAGES-1)*NFW-1:0], e3_nf};
+      if (advance) nf_pipe <= (WAIT_STAGES * NFW)'({nf_pipe, e3_nf});
     end
-    assign r_valid = valid_pipe[REQUANT_STAGES-1];
-    assign r_nf = nf_pipe[(REQUANT_STAGES-1)*NFW+:NFW];
+    assign r_valid = valid_pipe[WAIT_STAGES-1];
+    assign r_nf = nf_pipe[(WAIT_STAGES-1)*NFW+:NFW];
   end else begin : g_no_wait
     assign r_valid = e3_valid;
     assign r_nf = e3_nf;
