@@ -14,9 +14,11 @@ from .bipolar_sign import bipolar_sign_from_offset_sign
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .external_data import load_external_data
+from .grouped_conv import split_convs_to_grouped_conv
 from .layout_transposes import sink_layout_transposes
 from .maxpool_ceil import maxpool_ceil_to_floor
 from .pad_into_window import merge_pads_into_windows
+from .padded_add import add_into_concat_part
 from .pass_through_ops import remove_pass_through_ops
 from .qcdq_clip import qcdq_clip_to_quant
 from .uniform_constants import scalarize_uniform_constants
@@ -31,6 +33,8 @@ REWRITES = (
     simplify_ste_sign,
     spatial_mean_to_global_pool,
     sink_layout_transposes,
+    split_convs_to_grouped_conv,
+    add_into_concat_part,
     bipolar_sign_from_offset_sign,
     remove_clip_before_sign,
     qcdq_clip_to_quant,
