@@ -463,3 +463,40 @@ def test_melius_improvement_add_into_a_concat_part(seed, pads, padded_first):
     ops = [n.op_type for n in canonicalize(model).graph.node]
     assert ("Pad" in ops) == (pads != (4, 0))  # only the aligned form becomes Concat(h, d + i)
     _check(model, Options())
+
+
+def _dilated_conv(seed, d, real=False, stride=1):
+    """Keras' Conv2D(dilation_rate=d) as tf2onnx writes it (larq's BinaryDenseNet37Dilated): a Conv
+    with `dilations`, padded by d on each side."""
+    rng = np.random.default_rng(seed)
+    c, o, h = 4, 6, 9
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "t": (rng.integers(-3, 4, size=(1, c, 1, 1)) / 16 + 1 / 32).astype(np.float32),
+             "w": (rng.integers(-8, 9, size=(o, c, 3, 3)) / 8 if real else
+                   rng.choice([-1.0, 1.0], size=(o, c, 3, 3))).astype(np.float32),
+             "t2": (rng.integers(-3, 4, size=(1, o, 1, 1)) + 0.5).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(5, o, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sub", ["xd", "t"], ["xs"]),
+             helper.make_node("Relu" if real else "Sign", ["xs"], ["act"]),
+             helper.make_node("Conv", ["act", "w"], ["a"], kernel_shape=[3, 3], pads=[d, d, d, d],
+                              strides=[stride, stride], dilations=[d, d]),
+             helper.make_node("Sub", ["a", "t2"], ["as"]),
+             helper.make_node("Sign", ["as"], ["b2"]),
+             helper.make_node("Conv", ["b2", "w2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    return _opset_model(nodes, inits, (1, c, h, h), (1, 5), 13)
+
+
+@pytest.mark.parametrize("seed,d,real,stride", [(0, 2, False, 1), (1, 4, False, 1), (2, 2, True, 2), (3, 3, False, 2)])
+def test_dilated_convolution(seed, d, real, stride):
+    from bnnc.canonical import canonicalize
+
+    model = _dilated_conv(seed, d, real, stride)
+    conv = next(n for n in canonicalize(model).graph.node if n.op_type == "Conv")
+    a = {x.name: helper.get_attribute_value(x) for x in conv.attribute}
+    assert list(a["kernel_shape"]) == [2 * d + 1] * 2 and "dilations" not in a
+    _check(model, Options())

@@ -13,6 +13,7 @@ import onnx
 from .bipolar_sign import bipolar_sign_from_offset_sign
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
+from .dilated_conv import dilated_conv_to_dense_kernel
 from .external_data import load_external_data
 from .grouped_conv import split_convs_to_grouped_conv
 from .layout_transposes import sink_layout_transposes
@@ -35,6 +36,7 @@ REWRITES = (
     sink_layout_transposes,
     split_convs_to_grouped_conv,
     add_into_concat_part,
+    dilated_conv_to_dense_kernel,
     bipolar_sign_from_offset_sign,
     remove_clip_before_sign,
     qcdq_clip_to_quant,
