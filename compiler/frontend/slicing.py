@@ -61,7 +61,7 @@ def slice_(ctx, node, *, starts=None, ends=None, axes=None):
     ctx.set(node, ctx.emit_maxpool(((1, 1), tuple(stride), (0, 0, 0, 0), (oh, ow), node.name), v))
 
 
-@handler("Split", listed_as="Split (of channels into a grouped Conv: canonical/grouped_conv.py)")
+@handler("Split", listed_as="Split (of the channels, as a grouped Conv)")
 def split(ctx, node, *, axis=0, split=None, num_outputs=None):
     # the grouped-convolution form became one Conv in the canonical stage; what reaches here is not it
     raise BnncError(f"{where(node)}: bnnc supports Split of an activation only as a grouped convolution: the "
