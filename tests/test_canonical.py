@@ -290,6 +290,58 @@ def test_unit_axis_reshapes_are_transposes():
     assert_same(m, out, rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
 
 
+@pytest.mark.parametrize("opset,sizes", [(13, [1, 3]), (13, None), (11, [2, 2])])
+def test_transposes_sink_through_split(opset, sizes):
+    """tf2onnx's NHWC Split of the channels: the split axis follows the Transpose, each part gets its own."""
+    rng = np.random.default_rng(5)
+    split_in, split_attr, inits = ["an"], {}, {"w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                                              "bias": rng.standard_normal(4).astype(np.float32)}
+    if sizes is not None and opset >= 13:
+        inits["sizes"] = np.array(sizes, np.int64)
+        split_in.append("sizes")
+    elif sizes is not None:
+        split_attr = {"split": sizes}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["a"], ["an"], perm=[0, 2, 3, 1]),
+             helper.make_node("Split", split_in, ["p0", "p1"], axis=-1, **split_attr),
+             helper.make_node("Relu", ["p0"], ["r0"]),
+             helper.make_node("Transpose", ["r0"], ["t0"], perm=[0, 3, 1, 2]),
+             helper.make_node("Transpose", ["p1"], ["t1"], perm=[0, 3, 1, 2]),
+             helper.make_node("Concat", ["t1", "t0"], ["y"], axis=1)]
+    m = make(nodes, [1, 3, 5, 5], inits, opset=opset)
+    out = sink_layout_transposes(m)
+    assert "Transpose" not in ops(out)
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    assert next(helper.get_attribute_value(a) for a in split.attribute if a.name == "axis") == 1
+    assert_same(m, out, rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
+
+
+def test_add_of_channel_padding_into_concat_part():
+    """MeliusNet's improvement: cat + Pad(c, zero channels before) is Concat(h, d + c), exactly."""
+    from bnnc.canonical.padded_add import add_into_concat_part
+
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["h", "w2"], ["d"], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["h", "d"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w3"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Pad", ["c", "pads"], ["cp"]),
+             helper.make_node("Add", ["cat", "cp"], ["s"]),
+             helper.make_node("Mul", ["s", "cat"], ["y"])]  # the Concat has another reader: it stays
+    m = make(nodes, [1, 3, 5, 5], {"w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                                   "w2": rng.standard_normal((2, 4, 3, 3)).astype(np.float32),
+                                   "w3": rng.standard_normal((2, 6, 3, 3)).astype(np.float32),
+                                   "pads": np.array([0, 4, 0, 0, 0, 0, 0, 0], np.int64)}, opset=13)
+    out = add_into_concat_part(m)
+    assert ops(out).count("Pad") == 0 and ops(out).count("Concat") == 2
+    assert_same(m, out, rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
+    misaligned = add_into_concat_part(make(nodes, [1, 3, 5, 5], {**{t.name: numpy_helper.to_array(t)
+                                                                   for t in m.graph.initializer},
+                                                                "pads": np.array([0, 3, 0, 0, 0, 1, 0, 0], np.int64)},
+                                           opset=13))
+    assert "Pad" in ops(misaligned)
+
+
 def test_transpose_against_an_untransposed_operand_stays():
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
              helper.make_node("Add", ["t", "x2"], ["y"])]

@@ -372,3 +372,181 @@ def test_learnable_bias_expanded_to_a_runtime_shape():
              helper.make_node("Reshape", ["g", "shape"], ["f"]),
              helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
     _check(_model(nodes, inits, (1, 3, 8, 8)), Options(input_range=(0, 255), input_affine=IMAGENET), exact=False)
+
+
+def _opset_model(nodes, inits, in_shape, out_shape, opset):
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _keras_grouped_conv(seed, parts=4, real=False, split_form="none", bias=False, sizes=None, order=None,
+                        part_op="Conv"):
+    """Keras' Conv2D(groups=parts) as tf2onnx writes it (larq's MeliusNet stem): NHWC Split of the
+    channels, a Transpose + Conv per part (written last part first), Concat of the parts' outputs
+    on the channels. real: Relu stream and real-valued weights (on a 2^-3 grid, held exactly), else
+    binary activations and +-1 weights."""
+    rng = np.random.default_rng(seed)
+    c, o, h = 8, 4 * parts, 6
+    sizes = sizes or [c // parts] * parts
+    order = order or list(range(parts))
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "t": (rng.integers(-3, 4, size=(1, c, 1, 1)) / 16 + 1 / 32).astype(np.float32),
+             "t2": (rng.integers(-3, 4, size=(1, o, 1, 1)) + 0.5).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(5, o, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sub", ["xd", "t"], ["xs"]),
+             helper.make_node("Relu" if real else "Sign", ["xs"], ["act"]),
+             helper.make_node("Transpose", ["act"], ["nhwc"], perm=[0, 2, 3, 1])]
+    split_inputs, split_attrs, opset = ["nhwc"], {}, 13
+    if split_form == "input":
+        inits["split_sizes"] = np.array(sizes, np.int64)
+        split_inputs.append("split_sizes")
+    elif split_form == "attribute":
+        split_attrs, opset = {"split": sizes}, 11
+    nodes.append(helper.make_node("Split", split_inputs, [f"part{i}" for i in range(parts)], name="split", axis=-1,
+                                  **split_attrs))
+    for i in reversed(range(parts)):
+        inits[f"gw{i}"] = (rng.integers(-8, 9, size=(o // parts, sizes[i], 3, 3)) / 8 if real else
+                          rng.choice([-1.0, 1.0], size=(o // parts, sizes[i], 3, 3))).astype(np.float32)
+        conv_inputs = [f"nchw{i}", f"gw{i}"]
+        if bias:
+            inits[f"gb{i}"] = (rng.integers(-8, 9, size=o // parts) / 8).astype(np.float32)
+            conv_inputs.append(f"gb{i}")
+        nodes.append(helper.make_node("Transpose", [f"part{i}"], [f"nchw{i}"], perm=[0, 3, 1, 2]))
+        if part_op == "Conv":
+            nodes.append(helper.make_node("Conv", conv_inputs, [f"conv{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                          strides=[1, 1], dilations=[1, 1], group=1))
+        else:
+            nodes.append(helper.make_node(part_op, [f"nchw{i}"], [f"conv{i}"]))
+    nodes += [helper.make_node("Concat", [f"conv{i}" for i in order], ["cat"], axis=1),
+              helper.make_node("Sub", ["cat", "t2"], ["cs"]),
+              helper.make_node("Sign", ["cs"], ["b2"]),
+              helper.make_node("Conv", ["b2", "w2"], ["a2"]),
+              helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
+              helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    return _opset_model(nodes, inits, (1, c, h, h), (1, 5), opset)
+
+
+@pytest.mark.parametrize("seed,parts,real,split_form,bias", [
+    (0, 4, False, "none", False), (1, 2, True, "input", True), (2, 8, True, "none", False),
+    (3, 4, False, "attribute", False), (4, 4, True, "attribute", True)])
+def test_keras_grouped_convolution_becomes_one_grouped_conv(seed, parts, real, split_form, bias):
+    from bnnc.canonical import canonicalize
+
+    model = _keras_grouped_conv(seed, parts, real, split_form, bias)
+    canonical = canonicalize(model)
+    ops = [n.op_type for n in canonical.graph.node]
+    assert "Split" not in ops and "Transpose" not in ops and ops.count("Conv") == 2
+    grouped = next(n for n in canonical.graph.node if n.op_type == "Conv")
+    assert helper.get_attribute_value(next(a for a in grouped.attribute if a.name == "group")) == parts
+    _check(model, Options())
+
+
+@pytest.mark.parametrize("case", ["unequal_parts", "concat_out_of_order", "parts_not_convolved"])
+def test_other_splits_of_activations_are_refused(case):
+    from bnnc.errors import BnncError
+
+    model = {"unequal_parts": lambda: _keras_grouped_conv(0, 2, split_form="input", sizes=[2, 6]),
+             "concat_out_of_order": lambda: _keras_grouped_conv(0, 4, order=[1, 0, 2, 3]),
+             "parts_not_convolved": lambda: _keras_grouped_conv(0, 4, part_op="Relu")}[case]()
+    if case == "parts_not_convolved":  # Relu keeps the channels: the Concat has 8 of them, not 16
+        for t in model.graph.initializer:
+            if t.name in ("t2", "w2"):
+                a = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(a[:, :8] if t.name == "w2" else a[:, :8]),
+                                                   t.name))
+    with pytest.raises(BnncError, match=r"node 'split' \(Split\): bnnc supports Split of an activation only as a "
+                                        r"grouped convolution"):
+        compile_graph(model)
+
+
+def _melius_improvement_block(seed, pads=(4, 0), padded_first=False):
+    """larq MeliusNet's dense + improvement blocks as tf2onnx writes them after its stem (real-valued
+    convolution, Relu, max pool: h):
+    cat = Concat(h, binconv(h)),
+    then cat + Pad(binconv(cat)) with zero channels before (the improvement lands on the last
+    channels); `pads` other than (4, 0) put it across both parts of the Concat."""
+    rng = np.random.default_rng(seed)
+    c, h = 4, 6
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "t": (rng.integers(-3, 4, size=(1, c, 1, 1)) / 16 + 1 / 32).astype(np.float32),
+             "wr": (rng.integers(-8, 9, size=(c, c, 1, 1)) / 8).astype(np.float32),
+             "w1": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32),
+             "t1": (rng.integers(-3, 4, size=(1, 2 * c, 1, 1)) / 4 + 1 / 32).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(c, 2 * c, 3, 3)).astype(np.float32),
+             "pads": np.array([0, pads[0], 0, 0, 0, pads[1], 0, 0], np.int64),
+             "t3": (rng.integers(-3, 4, size=(1, 2 * c, 1, 1)) + 0.5).astype(np.float32),
+             "w3": rng.choice([-1.0, 1.0], size=(5, 2 * c, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    add_inputs = ["padded", "cat"] if padded_first else ["cat", "padded"]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "wr"], ["r"]),
+             helper.make_node("Relu", ["r"], ["rr"]),
+             helper.make_node("MaxPool", ["rr"], ["h"], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1]),
+             helper.make_node("Sub", ["h", "t"], ["hs"]),
+             helper.make_node("Sign", ["hs"], ["b1"]),
+             helper.make_node("Conv", ["b1", "w1"], ["d"], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["h", "d"], ["cat"], axis=1),
+             helper.make_node("Sub", ["cat", "t1"], ["cs"]),
+             helper.make_node("Sign", ["cs"], ["b2"]),
+             helper.make_node("Conv", ["b2", "w2"], ["i"], pads=[1, 1, 1, 1]),
+             helper.make_node("Pad", ["i", "pads"], ["padded"], mode="constant"),
+             helper.make_node("Add", add_inputs, ["sum"]),
+             helper.make_node("Sub", ["sum", "t3"], ["ss"]),
+             helper.make_node("Sign", ["ss"], ["b3"]),
+             helper.make_node("Conv", ["b3", "w3"], ["a3"]),
+             helper.make_node("GlobalAveragePool", ["a3"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    return _opset_model(nodes, inits, (1, c, h, h), (1, 5), 13)
+
+
+@pytest.mark.parametrize("seed,pads,padded_first", [(0, (4, 0), False), (1, (4, 0), True), (2, (2, 2), False)])
+def test_melius_improvement_add_into_a_concat_part(seed, pads, padded_first):
+    from bnnc.canonical import canonicalize
+
+    model = _melius_improvement_block(seed, pads, padded_first)
+    ops = [n.op_type for n in canonicalize(model).graph.node]
+    assert ("Pad" in ops) == (pads != (4, 0))  # only the aligned form becomes Concat(h, d + i)
+    _check(model, Options())
+
+
+def _dilated_conv(seed, d, real=False, stride=1):
+    """Keras' Conv2D(dilation_rate=d) as tf2onnx writes it (larq's BinaryDenseNet37Dilated): a Conv
+    with `dilations`, padded by d on each side."""
+    rng = np.random.default_rng(seed)
+    c, o, h = 4, 6, 9
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "t": (rng.integers(-3, 4, size=(1, c, 1, 1)) / 16 + 1 / 32).astype(np.float32),
+             "w": (rng.integers(-8, 9, size=(o, c, 3, 3)) / 8 if real else
+                   rng.choice([-1.0, 1.0], size=(o, c, 3, 3))).astype(np.float32),
+             "t2": (rng.integers(-3, 4, size=(1, o, 1, 1)) + 0.5).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(5, o, 1, 1)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sub", ["xd", "t"], ["xs"]),
+             helper.make_node("Relu" if real else "Sign", ["xs"], ["act"]),
+             helper.make_node("Conv", ["act", "w"], ["a"], kernel_shape=[3, 3], pads=[d, d, d, d],
+                              strides=[stride, stride], dilations=[d, d]),
+             helper.make_node("Sub", ["a", "t2"], ["as"]),
+             helper.make_node("Sign", ["as"], ["b2"]),
+             helper.make_node("Conv", ["b2", "w2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    return _opset_model(nodes, inits, (1, c, h, h), (1, 5), 13)
+
+
+@pytest.mark.parametrize("seed,d,real,stride", [(0, 2, False, 1), (1, 4, False, 1), (2, 2, True, 2), (3, 3, False, 2)])
+def test_dilated_convolution(seed, d, real, stride):
+    from bnnc.canonical import canonicalize
+
+    model = _dilated_conv(seed, d, real, stride)
+    conv = next(n for n in canonicalize(model).graph.node if n.op_type == "Conv")
+    a = {x.name: helper.get_attribute_value(x) for x in conv.attribute}
+    assert list(a["kernel_shape"]) == [2 * d + 1] * 2 and "dilations" not in a
+    _check(model, Options())

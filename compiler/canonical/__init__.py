@@ -14,11 +14,14 @@ from .bipolar_sign import bipolar_sign_from_offset_sign
 from .clamps_to_clip import clamps_to_clip
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
+from .dilated_conv import dilated_conv_to_dense_kernel
 from .external_data import load_external_data
+from .grouped_conv import split_convs_to_grouped_conv
 from .keras_prelu import keras_prelu_to_prelu
 from .layout_transposes import sink_layout_transposes
 from .maxpool_ceil import maxpool_ceil_to_floor
 from .pad_into_window import merge_pads_into_windows
+from .padded_add import add_into_concat_part
 from .pass_through_ops import remove_pass_through_ops
 from .qcdq_clip import qcdq_clip_to_quant
 from .round_quantizer import round_quantizer_to_quant
@@ -35,6 +38,9 @@ REWRITES = (
     spatial_mean_to_global_pool,
     keras_prelu_to_prelu,
     sink_layout_transposes,
+    split_convs_to_grouped_conv,
+    add_into_concat_part,
+    dilated_conv_to_dense_kernel,
     bipolar_sign_from_offset_sign,
     clamps_to_clip,
     remove_clip_before_sign,

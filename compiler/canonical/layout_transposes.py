@@ -16,6 +16,7 @@ the last axis; where H = W = 1 it writes those Transposes as Reshapes. The rewri
      NHWC feature map), read through a Reshape to the permuted shape instead (the same bytes);
    * Pad: the pads of axis i go to axis P[i] (constant mode);
    * Concat: axis a becomes P[a] (every operand transposed by P, or constant);
+   * Split: axis a becomes P[a], and every part gets its own Transpose by P;
    * ReduceMax / ReduceMin with keepdims: each axis a becomes P[a] (not the summing reductions:
      onnxruntime adds in memory order, which the layout changes);
    * Softmax / LogSoftmax (opset 13+, one axis): axis a becomes P[a];
@@ -159,6 +160,8 @@ class _Sinker:
         if reader.output and any(o in self.outputs for o in reader.output[1:] if o):
             return False
         a = attrs(reader)
+        if op == "Split" and is_standard(reader):
+            return self._push_split(t, reader, perm, a)
         if op == "Transpose" and is_standard(reader):
             q = list(a["perm"])
             composed = [perm[i] for i in q]
@@ -271,6 +274,27 @@ class _Sinker:
         s = self.shapes.get(out)
         if s is not None and len(s) == len(perm):
             self.shapes[moved] = tuple(s[i] for i in _inverse(perm))
+        return True
+
+    def _push_split(self, t, split, perm, a) -> bool:
+        """Move Transpose `t` below `split`: the split axis a becomes P[a], and each part is
+        transposed by P (the parts' sizes are the same either way)."""
+        x = t.input[0]
+        if any(i == t.output[0] for i in split.input[1:]):
+            return False
+        set_attr(split, "axis", perm[a.get("axis", 0) % len(perm)])
+        split.input[0] = x
+        idx = list(self.g.node).index(split)
+        for k, out in enumerate(split.output):
+            if not out:
+                continue
+            moved = self.names.fresh(out.split("/")[-1] or "t")
+            split.output[k] = moved
+            self.g.node.insert(idx + 1, helper.make_node("Transpose", [moved], [out],
+                                                         name=self.names.fresh("Transpose"), perm=perm))
+            s = self.shapes.get(out)
+            if s is not None and len(s) == len(perm):
+                self.shapes[moved] = tuple(s[i] for i in _inverse(perm))
         return True
 
     def sink(self):

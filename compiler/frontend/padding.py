@@ -39,11 +39,11 @@ def pad(ctx, node, *, mode="constant", pads=None, value=0.0):
     value = float(np.asarray(value, np.float64).reshape(-1)[0]) if np.size(value) else 0.0
     if len(v.shape) == 4 and len(p) == 8 and value == 0 and min(p) >= 0 and not any(p[i] for i in (0, 2, 3, 4, 6, 7)) \
             and not isinstance(v, InputVal):
+        if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
+            v = to_stream(ctx, node, v)
         if v.flat_from is not None:
             raise BnncError(f"{where(node)}: Pad of the channels of a flattened tensor is not "
                             "supported")
-        if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
-            v = to_stream(ctx, node, v)
         ctx.set(node, identity_conv(ctx, node, v, p[1], p[5]))
         return
     if len(v.shape) != 4 or len(p) != 8 or p[0] or p[1] or p[4] or p[5] or min(p) < 0:

@@ -1,6 +1,8 @@
 """Slice of an activation: every k-th row / column from the first, the x[:, :, ::2, ::2] of ResNet
 "option A" downsampling shortcuts (IR-Net and other CIFAR ResNets), as a MaxPool of one tap with
-stride k (the max of one value is that value: exact on bits and integers)."""
+stride k (the max of one value is that value: exact on bits and integers). A Split that reaches the
+lowering is refused: its one supported form, a grouped convolution, is one Conv by then
+(canonical/grouped_conv.py)."""
 
 from __future__ import annotations
 
@@ -57,3 +59,12 @@ def slice_(ctx, node, *, starts=None, ends=None, axes=None):
     h, w = v.shape[2:]
     oh, ow = -(-h // stride[0]), -(-w // stride[1])
     ctx.set(node, ctx.emit_maxpool(((1, 1), tuple(stride), (0, 0, 0, 0), (oh, ow), node.name), v))
+
+
+@handler("Split", listed_as="Split (of the channels, as a grouped Conv)")
+def split(ctx, node, *, axis=0, split=None, num_outputs=None):
+    # the grouped-convolution form became one Conv in the canonical stage; what reaches here is not it
+    raise BnncError(f"{where(node)}: bnnc supports Split of an activation only as a grouped convolution: the "
+                    "channels split in equal parts, each part read by one Conv (all of the same kernel, strides, "
+                    "pads, dilations and output channels, constant weights), their outputs concatenated on the "
+                    "channels in part order and read only there")
