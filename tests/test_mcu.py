@@ -207,6 +207,19 @@ def test_cli_budget_error_is_exit_status_2(shared_models, tmp_path, capsys):
     assert rc == 2 and "more than the --flash budget of 4096 bytes" in err and not (tmp_path / "fw").exists()
 
 
+def test_verify_over_budget_stops_after_one_sample(shared_models, monkeypatch, capsys):
+    """`verify --flash` on a model that does not fit is refused after one emulated sample, not after
+    all of them (MeliusNet22 spent 18 minutes emulating before its budget error)."""
+    emulated = []
+    real = mcu.emulate
+    monkeypatch.setattr(mcu, "emulate", lambda graph, grid, opts, **kw: (emulated.append(len(grid)),
+                                                                         real(graph, grid, opts, **kw))[1])
+    rc = cli.main(["verify", str(shared_models / "finn-tfc-w1a1" / "model.onnx"), "--target", "cortex-m4",
+                   "--samples", "20", "--flash", "4k"])
+    assert rc == 2 and "more than the --flash budget" in capsys.readouterr().err
+    assert emulated == [1]
+
+
 def test_cli_run_writes_the_stats(shared_models, tmp_path):
     import json
 

@@ -328,6 +328,11 @@ def files(graph: ir.Graph, opts) -> dict:
 
 
 def run(graph: ir.Graph, grid: np.ndarray, opts):
+    """Outputs and figures of the firmware on `grid`; with --flash / --ram budgets, one sample is
+    emulated and checked first (a model that does not fit is refused before the others run)."""
+    if (opts.flash is not None or opts.ram is not None) and len(grid) > 1:
+        _, stats = emulate(graph, np.asarray(grid)[:1], opts)
+        check_budgets(stats, opts)
     y, stats = emulate(graph, grid, opts)
     check_budgets(stats, opts)
     return y, stats
