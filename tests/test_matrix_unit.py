@@ -3,7 +3,6 @@ backends and the folding reader share) and its two exports (RTL parameters, HLS 
 
 import copy
 
-import numpy as np
 import pytest
 
 from bnnc import ir, zoo

@@ -392,7 +392,6 @@ def _summed_convs_model(seed: int):
     ternary or integer weights; per-channel scales, dyadic or not, some negative) summed by a random
     tree of Add / Sub, then either BatchNorm-like ops and a Sign or a real-valued (fixed-point)
     tensor, and a dense layer: the forms the frontend writes as ir.ConvSum."""
-    import onnx
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)

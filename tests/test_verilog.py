@@ -4,7 +4,6 @@ back-pressure, folding choice, resource estimates and the errors users see (exit
 import json
 
 import numpy as np
-import onnx
 import pytest
 
 from bnnc import driver, folding, reference, zoo

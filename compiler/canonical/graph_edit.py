@@ -207,3 +207,17 @@ def use_qonnx_domain(model: onnx.ModelProto) -> None:
     """Import the QONNX custom-op domain (for a Quant / BipolarQuant a rewrite wrote)."""
     if not any(o.domain == QONNX_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+
+
+def replace_with_quant(graph: onnx.GraphProto, names: Names, node: onnx.NodeProto, x: str, scale: float,
+                       bits: int, signed: bool, narrow: int) -> None:
+    """Put a QONNX `Quant(x, scale, 0, bits; signed, narrow, ROUND)` writing `node`'s first output
+    where `node` was (the caller imports the domain: use_qonnx_domain)."""
+    s = add_initializer(graph, names, np.float32(scale), "quant_scale")
+    zero = add_initializer(graph, names, np.float32(0.0), "quant_zero_point")
+    width = add_initializer(graph, names, np.float32(bits), "quant_bit_width")
+    idx = list(graph.node).index(node)
+    graph.node.remove(node)
+    graph.node.insert(idx, helper.make_node("Quant", [x, s, zero, width], [node.output[0]],
+                                            name=node.name or names.fresh("Quant"), domain=QONNX_DOMAIN,
+                                            signed=int(signed), narrow=narrow, rounding_mode="ROUND"))

@@ -16,12 +16,10 @@ in Quant).
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import helper
 
-from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, attrs, constant_values, consumers, copy_model,
-                         drop_unused, graph_outputs, is_standard, producers, quant_bit_range, scalar_constant,
+from .graph_edit import (Names, attrs, constant_values, consumers, copy_model, drop_unused, graph_outputs,
+                         is_standard, producers, quant_bit_range, replace_with_quant, scalar_constant,
                          use_qonnx_domain)
 
 def qcdq_clip_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -58,14 +56,7 @@ def qcdq_clip_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
         if spec is None:
             continue
         bits, narrow = spec
-        scale = add_initializer(g, names, np.float32(s_q), "quant_scale")
-        zero = add_initializer(g, names, np.float32(0.0), "quant_zero_point")
-        width = add_initializer(g, names, np.float32(bits), "quant_bit_width")
-        idx = list(g.node).index(dq)
-        g.node.remove(dq)
-        g.node.insert(idx, helper.make_node("Quant", [ql.input[0], scale, zero, width], [dq.output[0]],
-                                            name=dq.name or names.fresh("Quant"), domain=QONNX_DOMAIN,
-                                            signed=int(signed), narrow=narrow, rounding_mode="ROUND"))
+        replace_with_quant(g, names, dq, ql.input[0], float(s_q), bits, signed, narrow)
         changed = True
     if changed:
         use_qonnx_domain(out)

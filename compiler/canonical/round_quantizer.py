@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .clamps_to_clip import clamp_bounds
-from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, constant_values, consumers, copy_model, drop_unused,
-                         graph_outputs, is_standard, producers, quant_bit_range, scalar_constant, use_qonnx_domain)
+from .graph_edit import (Names, constant_values, consumers, copy_model, drop_unused, graph_outputs, is_standard,
+                         producers, quant_bit_range, replace_with_quant, scalar_constant, use_qonnx_domain)
 
 def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
@@ -60,14 +59,7 @@ def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         bits, narrow = spec
         mul.input[list(mul.input).index(x)] = t
-        one = add_initializer(g, names, np.float32(1.0), "quant_scale")
-        zero = add_initializer(g, names, np.float32(0.0), "quant_zero_point")
-        width = add_initializer(g, names, np.float32(bits), "quant_bit_width")
-        idx = list(g.node).index(rnd)
-        g.node.remove(rnd)
-        g.node.insert(idx, helper.make_node("Quant", [mul.output[0], one, zero, width], [rnd.output[0]],
-                                            name=rnd.name or names.fresh("Quant"), domain=QONNX_DOMAIN,
-                                            signed=int(signed), narrow=narrow, rounding_mode="ROUND"))
+        replace_with_quant(g, names, rnd, mul.output[0], 1.0, bits, bool(signed), narrow)
         changed = True
     if changed:
         use_qonnx_domain(out)
