@@ -550,3 +550,22 @@ def test_dilated_convolution(seed, d, real, stride):
     a = {x.name: helper.get_attribute_value(x) for x in conv.attribute}
     assert list(a["kernel_shape"]) == [2 * d + 1] * 2 and "dilations" not in a
     _check(model, Options())
+
+
+@pytest.mark.parametrize("dilation", [2**40, 1000])
+def test_an_absurd_dilation_is_refused_in_one_line(tmp_path, capsys, dilation):
+    """A dilation no image could hold is not written out as a dense kernel (it would not fit in
+    memory): the model is refused in one line naming the node."""
+    from bnnc import cli
+    import onnx
+
+    model = _dilated_conv(0, 2, False, 1)
+    for n in model.graph.node:
+        if n.op_type == "Conv" and any(a.name == "dilations" for a in n.attribute):
+            del n.attribute[:]
+            n.attribute.extend([helper.make_attribute("dilations", [dilation, dilation])])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    rc = cli.main(["compile", str(path), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("bnnc: error: node '") and err.count("\n") == 1 and "(Conv)" in err

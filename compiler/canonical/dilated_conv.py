@@ -20,6 +20,12 @@ from onnx import helper
 from .graph_edit import Names, add_initializer, attrs, constant_values, copy_model, drop_unused, is_standard
 
 
+# the largest dilated kernel written out: extent per axis (a larger one covers no real image) and
+# weights in all (a hostile dilation must not exhaust memory before the window check refuses it)
+MAX_EXTENT = 4096
+MAX_DENSE_WEIGHTS = 2**26
+
+
 def dilated_conv_to_dense_kernel(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     g = out.graph
@@ -34,7 +40,10 @@ def dilated_conv_to_dense_kernel(model: onnx.ModelProto) -> onnx.ModelProto:
         if not d or all(v == 1 for v in d) or len(d) != w.ndim - 2 or min(d) < 1:
             continue
         k = w.shape[2:]
-        dense = np.zeros(w.shape[:2] + tuple((kk - 1) * dd + 1 for kk, dd in zip(k, d)), w.dtype)
+        extent = [(kk - 1) * dd + 1 for kk, dd in zip(k, d)]
+        if max(extent) > MAX_EXTENT or int(np.prod(w.shape[:2])) * int(np.prod(extent)) > MAX_DENSE_WEIGHTS:
+            continue  # left as it is: the lowering refuses it, naming the node
+        dense = np.zeros(w.shape[:2] + tuple(extent), w.dtype)
         dense[(slice(None), slice(None)) + tuple(slice(None, None, dd) for dd in d)] = w
         geometry = {key: v for key, v in a.items() if key not in ("dilations", "kernel_shape")}
         geometry["kernel_shape"] = list(dense.shape[2:])
