@@ -9,25 +9,12 @@ A Clip that anything else reads, whose bounds do not straddle 0, or that is a gr
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
-from .graph_edit import attrs, constant_values, consumers, copy_model, drop_unused, graph_outputs, is_standard
+from .clamps_to_clip import clamp_bounds
+from .graph_edit import constant_values, consumers, copy_model, drop_unused, graph_outputs, is_standard
 
 SIGNS = {("", "Sign"), ("ai.onnx", "Sign"), ("qonnx.custom_op.general", "BipolarQuant")}
-
-
-def _bounds(node: onnx.NodeProto, values: dict):
-    """(lo, hi) of a Clip with constant bounds (attributes before opset 11, inputs after), else None."""
-    a = attrs(node)
-    bounds = [a.get("min", -np.inf), a.get("max", np.inf)]
-    for i in (1, 2):
-        if len(node.input) > i and node.input[i]:
-            v = values.get(node.input[i])
-            if v is None or np.asarray(v).size != 1:
-                return None
-            bounds[i - 1] = np.asarray(v).reshape(())
-    return float(bounds[0]), float(bounds[1])
 
 
 def remove_clip_before_sign(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -38,7 +25,8 @@ def remove_clip_before_sign(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in list(g.node):
         if node.op_type != "Clip" or not is_standard(node) or node.output[0] in outputs:
             continue
-        bounds = _bounds(node, values)
+        clamp = clamp_bounds(node, values)
+        bounds = clamp[1:] if clamp is not None else None
         reading = readers.get(node.output[0], [])
         if bounds is None or not bounds[0] < 0 < bounds[1] or not reading \
                 or any((r.domain, r.op_type) not in SIGNS or r.input[0] != node.output[0] for r in reading):
