@@ -569,3 +569,68 @@ def test_an_absurd_dilation_is_refused_in_one_line(tmp_path, capsys, dilation):
     rc = cli.main(["compile", str(path), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("bnnc: error: node '") and err.count("\n") == 1 and "(Conv)" in err
+
+
+def _integer_input_model(seed, dtype, form, join):
+    """An integer-typed model input (a camera's uint8 pixels, an int8 sensor) that the graph turns
+    into float32 by Cast or DequantizeLinear (per tensor or per channel), read by a real-valued
+    conv and, directly, by a Concat or a residual Add (`join`), then a binary layer and a float head."""
+    rng = np.random.default_rng(seed)
+    c, o, hw = 3, 4, 6
+    elem = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}[dtype]
+    inits = {"w1": rng.normal(size=(o if join == "concat" else c, c, 3, 3)).astype(np.float32),
+             "w2": np.sign(rng.normal(size=(5, o + c if join == "concat" else c, 3, 3))).astype(np.float32) + 0,
+             "w3": rng.normal(size=(5 * hw * hw, 10)).astype(np.float32), "off": np.float32(0.3)}
+    if form == "cast":
+        nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.FLOAT)]
+    else:
+        per_channel = form == "dequantize_per_channel"
+        inits["s"] = (rng.uniform(0.01, 0.1, c) if per_channel else np.array(1 / 32)).astype(np.float32)
+        inits["z"] = np.array(rng.integers(0, 10, c) if per_channel else 3).astype(dtype)
+        nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["d"], axis=1)]
+    nodes.append(helper.make_node("Conv", ["d", "w1"], ["c"], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Concat", ["d", "c"], ["j"], axis=1) if join == "concat"
+                 else helper.make_node("Add", ["c", "d"], ["j"]))
+    nodes += [helper.make_node("Add", ["j", "off"], ["jo"]),  # no exact 0 for the sign (ONNX: Sign(0) = 0)
+              helper.make_node("Sign", ["jo"], ["s1"]),
+              helper.make_node("Conv", ["s1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+              helper.make_node("Sign", ["c2"], ["s2"]),
+              helper.make_node("Flatten", ["s2"], ["f"]),
+              helper.make_node("MatMul", ["f", "w3"], ["y"])]
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", elem, [1, c, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("form", ["cast", "dequantize", "dequantize_per_channel"])
+@pytest.mark.parametrize("join", ["concat", "add"])
+def test_integer_model_input_cast_or_dequantized(dtype, form, join):
+    """The compiled code takes the integers the ONNX input type declares; Cast / DequantizeLinear
+    of them are float32 ops on the input, and a Concat or Add reads the input as a stream."""
+    graph = _check(_integer_input_model(0, dtype, form, join), Options())
+    assert graph.input_info["dtype"] == dtype
+    assert graph.input_info["grid"]["range"] == ((0, 255) if dtype == "uint8" else (-128, 127))
+
+
+def test_integer_model_input_on_a_microcontroller():
+    graph = compile_graph(_integer_input_model(1, "uint8", "dequantize", "concat"), Options())
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 3, 1))
+    ref = driver.run_target(graph, "ref", inputs)
+    y, _ = targets.run(graph, "cortex-m4", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y.reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("case", ["cast_to_int", "cast_wide_input"])
+def test_inexact_casts_are_refused(case):
+    from bnnc.errors import BnncError
+
+    to, elem = (TensorProto.INT32, TensorProto.FLOAT) if case == "cast_to_int" else (TensorProto.FLOAT, TensorProto.INT32)
+    w = np.ones((2, 1, 1, 1), np.float32)
+    nodes = [helper.make_node("Cast", ["x"], ["d"], to=to), helper.make_node("Conv", ["d", "w"], ["y"])]
+    g = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", elem, [1, 1, 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])],
+                          [numpy_helper.from_array(w, "w")])
+    with pytest.raises(BnncError, match="node 'Cast_0' .Cast.: Cast to "):
+        compile_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), Options())

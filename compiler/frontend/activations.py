@@ -131,9 +131,12 @@ def quantize_linear(ctx, node):
     ctx.set(node, with_chain(v, ops, quant=(term, float(scale), node.name)))
 
 
-@handler("DequantizeLinear", ignores=("axis", "block_size"))
-def dequantize_linear(ctx, node):
+@handler("DequantizeLinear", ignores=("block_size",))
+def dequantize_linear(ctx, node, *, axis=1):
     v = ctx.val(node)
+    if ctx.integer_input(v):
+        ctx.set(node, _dequantized_input(ctx, node, v, axis))
+        return
     if not isinstance(v, PendingVal) or v.quant is None:
         raise BnncError(f"{where(node)}: DequantizeLinear must follow a QuantizeLinear (an int8 layer "
                         "boundary) or hold constant weights")
@@ -155,6 +158,33 @@ def dequantize_linear(ctx, node):
         ctx.set(node, _activation_op(ctx, node, nv, term))
     else:
         ctx.set(node, ctx.finish_acc(nv, term, node))
+
+
+def _dequantized_input(ctx, node, v: InputVal, axis: int) -> InputVal:
+    """The integer model input q dequantized: x = (q - zero_point) * scale in float32, per tensor
+    or per `axis` (as onnxruntime computes it: q - zero_point is exact in float32 for inputs within
+    +-2^24, then one float32 product), as pending ops on the input."""
+    scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
+    zp = np.asarray(ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else 0)
+    lo, hi = ctx.grid["range"]
+    if max(-lo, hi) + int(np.abs(zp).max(initial=0)) > 2**24:
+        raise BnncError(f"{where(node)}: DequantizeLinear of the {ctx.lm.input_dtype} model input with range "
+                        f"[{lo}, {hi}] is not exact in float32; declare a narrower --input-range")
+    if not np.all(np.isfinite(scale)):
+        raise BnncError(f"{where(node)}: its scale is not finite")
+    ops = []
+    for op, c in (("sub", zp), ("mul", scale)):
+        if c.size > 1:
+            if c.ndim != 1 or not -len(v.shape) <= axis < len(v.shape) or c.size != v.shape[axis]:
+                raise BnncError(f"{where(node)}: its {op == 'sub' and 'zero point' or 'scale'} of shape {c.shape} "
+                                f"does not match axis {axis} of the input {v.shape}")
+            bshape = [1] * len(v.shape)
+            bshape[axis] = c.size
+            c = c.reshape(bshape)
+        elif op == "sub" and not c.any():
+            continue
+        ops.append(ir.ChainOp(op, ctx.input_const(node, v, c)))
+    return with_chain(v, ops)
 
 
 @handler("Relu", ignores=("consumed_inputs",))

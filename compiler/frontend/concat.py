@@ -9,14 +9,14 @@ from .. import ir
 from ..errors import BnncError
 from .elementwise import _log2_exact
 from .registry import handler, where
-from .streams import stream_of_intchain, to_stream
-from .values import AccVal, BitsVal, IntChainVal, IntsVal
+from .streams import input_stream, stream_of_intchain, to_stream
+from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal
 
 
 @handler("Concat", listed_as="Concat (of activations, on the channel axis)")
 def concat(ctx, node, *, axis=None):
     """Channel Concat: inputs of the same H x W, all binary (one scale) or all integer / fixed
-    point; real-valued layer outputs first become fixed-point streams (to_stream). Streams whose
+    point; real-valued layer outputs and the model input first become fixed-point streams. Streams whose
     scales differ by a power of two go to the finer grid, exactly (as a residual Add)."""
     if axis is None:
         raise BnncError(f"{where(node)}: Concat without an axis")
@@ -27,6 +27,8 @@ def concat(ctx, node, *, axis=None):
         v = ctx.val(node, i)
         if isinstance(v, AccVal):
             v = to_stream(ctx, node, v)
+        if isinstance(v, InputVal):
+            v = input_stream(ctx, node, v)
         if isinstance(v, IntChainVal):
             v = stream_of_intchain(ctx, node, v)
         ctx.vals[t] = v  # a tensor read twice (or again later) is converted once

@@ -41,7 +41,7 @@ class LoweringContext:
         self.grid = input_grid(lm, input_scale, input_range, input_affine)
         shape = lm.input_shape
         self.input_op_name = None
-        self.read_inputs = {}  # the model input as layers read it, by its pending ops (frontend/linear._materialize)
+        self.read_inputs = {}  # the model input as layers read it, by its pending ops (frontend/linear.materialize)
         self.graph = ir.Graph(
             input_name="input",
             input_info={"shape": tuple(shape[1:]), "onnx_name": lm.input_name,
@@ -79,6 +79,10 @@ class LoweringContext:
 
     def set(self, node, v: Val, i=0):
         self.vals[node.outputs[i]] = v
+
+    def integer_input(self, v: Val) -> bool:
+        """Whether `v` is the model input as its integer ONNX type gives it (no float32 op yet)."""
+        return isinstance(v, InputVal) and not v.chain and self.lm.input_dtype not in ("float32", "float64", "float16")
 
     def needs_stream(self, name: str) -> bool:
         users = self.consumers.get(name, [])

@@ -15,8 +15,8 @@ from .. import ir, weight_codes
 from ..errors import BnncError
 from ..passes.merge_summed_convs import merged_conv
 from .registry import handler, where
-from .streams import WIDE_STREAM_LIMIT, stream_limit, stream_of_intchain, to_stream
-from .values import AccVal, BitsVal, IntChainVal, IntsVal, PendingVal, with_chain
+from .streams import WIDE_STREAM_LIMIT, input_stream, stream_limit, stream_of_intchain, to_stream
+from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
 _LEGACY_BROADCAST = ("broadcast", "axis", "consumed_inputs")
@@ -193,7 +193,7 @@ def _of_two_activations(ctx, node, op):
         if merged is not None:
             ctx.set(node, merged)
             return
-    a, b = to_stream(ctx, node, a), to_stream(ctx, node, b)
+    a, b = (input_stream(ctx, node, v) if isinstance(v, InputVal) else to_stream(ctx, node, v) for v in (a, b))
     if sign < 0 and isinstance(b, (IntsVal, IntChainVal)):  # a - b = a + (-b), -b exact on b's grid
         b = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(b) if isinstance(b, IntsVal) else b,
                                                       [ir.ChainOp("mul", np.float32(-1.0).reshape(()))]))

@@ -42,7 +42,7 @@ def conv(ctx, node, *, strides=(1, 1), pads=None, group=1, dilations=(1, 1), aut
                                             ungroup(node, sc, group) if sc.shape == np.shape(k) else sc)
         origin = origin + "\0G"
         w = ungroup(node, w, group)
-    v = _materialize(ctx, node, v, w, origin)
+    v = materialize(ctx, node, v, w, origin)
     if any(d != 1 for d in dilations):
         raise BnncError(f"{where(node)}: dilated convolution is not supported")
     if w.ndim != 4:
@@ -105,7 +105,7 @@ def matmul(ctx, node):
 
 
 def _dense(ctx, node, v: Val, w_oi: np.ndarray, bias, scale_mult=1.0, origin_name=""):
-    v = _materialize(ctx, node, v, w_oi, origin_name)
+    v = materialize(ctx, node, v, w_oi, origin_name)
     if len(v.shape) != 2:
         raise BnncError(f"{where(node)}: dense layer input must be 2-D (got {v.shape})")
     if w_oi.shape[1] != v.shape[1]:
@@ -165,7 +165,7 @@ def _input_error(ctx, v: Val) -> float:
     return rounding_error(ctx.graph, v.tensor) if isinstance(v, IntsVal) else 0.0
 
 
-def _materialize(ctx, node, v: Val, w=None, origin_name: str = "") -> Val:
+def materialize(ctx, node, v: Val, w=None, origin_name: str = "") -> Val:
     """The raw input read directly by a layer: integers on the declared grid, positive scalar
     scales folded into the layer; any other float32 ops on the way (per-channel normalisation,
     offsets such as (x + 1) / 2) make it a fixed-point input (`_fixed_point_input`). Integers

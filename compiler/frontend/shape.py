@@ -1,11 +1,12 @@
 """Ops that only rename or reshape a value: Reshape, Flatten, Squeeze, Unsqueeze, Transpose (of
-unit axes), Shape (of a static shape), Identity, Dropout."""
+unit axes), Shape (of a static shape), Identity, Dropout, Cast (to float32, where it is exact)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
+from onnx import TensorProto
 
 from ..errors import BnncError
 from .registry import handler, where
@@ -27,6 +28,25 @@ def identity(ctx, node):
 @handler("Dropout", ignores=("ratio", "seed", "is_test", "consumed_inputs"))
 def dropout(ctx, node):
     identity(ctx, node)
+
+
+@handler("Cast", listed_as="Cast (to float32: of the integer model input, of float tensors)",
+         ignores=("saturate",))
+def cast(ctx, node, *, to=None):
+    """Cast to float32 renames a value: a float32 tensor stays what it is, and the integer model
+    input (an ONNX uint8 / int8 / int16 ... input, which the compiled code takes as it is) becomes
+    float32 exactly while its declared range lies within +-2^24."""
+    v = ctx.val(node)
+    if to != TensorProto.FLOAT:
+        name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else str(to)
+        raise BnncError(f"{where(node)}: Cast to {name} of an activation is not supported (Cast to FLOAT of the "
+                        "integer model input or of a float tensor is)")
+    if ctx.integer_input(v):
+        lo, hi = ctx.grid["range"]
+        if max(-lo, hi) > 2**24:
+            raise BnncError(f"{where(node)}: Cast to FLOAT of the {ctx.lm.input_dtype} model input with range "
+                            f"[{lo}, {hi}] rounds values beyond 2^24; declare a narrower --input-range")
+    ctx.set(node, v)
 
 
 @handler("Reshape", ignores=("consumed_inputs",))

@@ -12,7 +12,7 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from .registry import where
-from .values import AccVal, IntChainVal, IntsVal, Val, with_chain
+from .values import AccVal, InputVal, IntChainVal, IntsVal, Val, with_chain
 
 STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128 at 2**-16). A global average
 #                           pool of more than 256 such pixels sums beyond 32 bits: its output range says so and
@@ -232,6 +232,19 @@ def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -
     if cut == len(v.chain):
         return out
     return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]), clamp)
+
+
+def input_stream(ctx, node, v: InputVal) -> IntsVal:
+    """The model input with its pending float32 ops as a fixed-point stream (for a Concat or a
+    residual Add that reads it): the integers layers read (`linear.materialize`), put on a grid of
+    their own where that reading leaves a scale for the reader to fold (an ir.Activation,
+    exact when the scale is a power of two, else rounded half up with the error stated)."""
+    from .linear import materialize
+
+    out = materialize(ctx, node, v)
+    if out.scale != ctx.graph.tensors[out.tensor].scale:
+        out = stream_of_intchain(ctx, node, IntChainVal.of(out))
+    return out
 
 
 def _pooled_stream(ctx, node, v: AccVal) -> Val:
