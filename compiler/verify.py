@@ -10,7 +10,10 @@ not every one is required. Expected outputs given by the user take the original'
 
 The trace compares the layers that come from ONNX nodes (convolutions and dense layers, with the
 BatchNorm and activation folded into them) with the ONNX tensor each follows best among the
-outputs of its ONNX nodes (`_layer_tensors`), on up to TRACE_SAMPLES samples (those that fail first), and names the first layer that differs. It runs the reference on the IR as it is after
+outputs of its ONNX nodes and the ops that follow them (`_layer_tensors`; a binary or multi-level
+layer only with its activation's outputs), read as NCHW or, for tf2onnx's graphs, NHWC, at the
+layer's output or after the MaxPools the frontend moved past its activation, on up to
+TRACE_SAMPLES samples (those that fail first), and names the first layer that differs. It runs the reference on the IR as it is after
 threshold folding and before pruned channels are stripped (so channels correspond one to one; the
 stripping is exact and is checked by the outputs). Binary and multi-level tensors must hold the same
 levels as the original, channel by channel (any per-channel map from bnnc's integers to the
@@ -26,6 +29,7 @@ import time
 import numpy as np
 
 from . import driver, error_bounds, ir, progress, reference
+from .canonical.node_names import node_names
 from .errors import BnncError, one_line
 
 ORIGINAL_CHUNK = 16  # samples per onnxruntime call batch, between progress milestones
@@ -163,18 +167,27 @@ def trace_graph(compiled) -> ir.Graph:
     return g
 
 
-ELEMENTWISE = ("Mul", "Add", "Sub", "Div", "BatchNormalization")
+# ops whose output may be what a layer's output holds when they follow its ONNX nodes: constant
+# elementwise arithmetic (a BatchNorm written as Mul and Add), a Relu the layer's fixed-point stream
+# absorbs, the Transposes of an NHWC (tf2onnx) graph
+FOLLOWED = ("Mul", "Add", "Sub", "Div", "BatchNormalization", "Relu", "Transpose")
 
 
 def _layer_tensors(model, graph: ir.Graph) -> dict:
-    """{IR op name: [ONNX tensors]} for the ops that come from ONNX nodes, the candidates for the
-    layer's output: for each of its source nodes, last first, the node's output and the outputs of
-    the elementwise ops with constant operands that follow it one after the other (a BatchNorm
-    written as Mul and Add is folded into a layer without being named among its sources; a dense
-    layer followed by an ArgMax lists the ArgMax last)."""
+    """{IR op name: [(ONNX tensor, terminal)]} for the ops that come from ONNX nodes, the
+    candidates for the layer's output: for each of its source nodes, last first, the node's output
+    and the outputs of the ops that follow it one after the other (FOLLOWED, whose other operands
+    are computed from constants only: a BatchNorm written as Mul and Add is folded into a layer
+    without being named among its sources; a dense layer followed by an ArgMax lists the ArgMax
+    last). `terminal`: the tensor comes from the last source node the original has, the layer's
+    activation: a layer with binary or multi-level outputs is compared only with those (its
+    accumulator's tensors hold other values)."""
     g = model.graph
-    consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
-    produced = {n.name: n.output[0] for n in g.node if n.name and n.output}
+    dynamic = {i.name for i in g.input} - {t.name for t in g.initializer}
+    for n in g.node:  # ONNX lists nodes in topological order
+        if any(t in dynamic for t in n.input):
+            dynamic.update(n.output)
+    produced = {name: n.output[0] for name, n in zip(node_names(g), g.node) if n.output}
     consumers = {}
     for n in g.node:
         for t in n.input:
@@ -184,25 +197,43 @@ def _layer_tensors(model, graph: ir.Graph) -> dict:
         chain = []
         for s in reversed(getattr(op, "source_ops", None) or []):
             t = produced.get(s)
-            while t is not None and t not in chain:
-                chain.append(t)
+            terminal = not chain
+            while t is not None and t not in (c for c, _ in chain):
+                chain.append((t, terminal))
                 follow = consumers.get(t, [])
                 n = follow[0] if len(follow) == 1 else None
-                ok = n is not None and n.op_type in ELEMENTWISE and all(i in consts for i in n.input if i != t)
+                ok = n is not None and n.op_type in FOLLOWED and not any(i in dynamic for i in n.input if i != t)
                 t = n.output[0] if ok else None
         if chain:
             out[op.name] = chain
     return out
 
 
-def _nhwc(u: np.ndarray, shape: tuple):
-    """The original's tensor (N, C, H, W) / (N, C) as bnnc's (N, H, W, C), or None if it does not fit."""
+def _pooled_outputs(graph: ir.Graph, op) -> list:
+    """`op`'s output and, where MaxPools the frontend moved after the activation follow it (max
+    commutes with a monotone activation), each pooled tensor: the model's activation output has
+    the pooled shape."""
+    out = [op.outputs[0]]
+    while True:
+        readers = graph.consumers(out[-1])
+        if len(readers) != 1 or not isinstance(readers[0], ir.MaxPool):
+            return out
+        out.append(readers[0].outputs[0])
+
+
+def _nhwc(u: np.ndarray, shape: tuple) -> list:
+    """The original's tensor as bnnc's (N, H, W, C): an (N, C, H, W) tensor transposed, an
+    (N, H, W, C) one (tf2onnx computes between its Transposes in TensorFlow's layout) as it is, an
+    (N, C) vector as (N, 1, 1, C); every reading whose shape fits (both, where the shape cannot
+    tell them apart), none if none does."""
     n = u.shape[0]
     if u.ndim == 4:
-        u = u.transpose(0, 2, 3, 1)
+        views = [u.transpose(0, 2, 3, 1), u]
     elif u.ndim == 2:
-        u = u.reshape(n, 1, 1, -1)
-    return u.astype(np.float64) if u.shape[1:] == tuple(shape) else None
+        views = [u.reshape(n, 1, 1, -1)]
+    else:
+        views = [u]
+    return [x.astype(np.float64) for x in views if x.shape[1:] == tuple(shape)]
 
 
 def _level_mismatch(v: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -236,15 +267,15 @@ def trace_layers(compiled, inputs, rtol: float) -> list:
     n = inputs.grid.shape[0]
     with progress.step(f"tracing {len(tensors)} layer(s) on {n} sample(s)"):
         ops = {op.name: op for op in graph.ops()}
-        keep = {ops[name].outputs[0]: name for name in tensors}
-        ours = {t: [] for t in keep}
+        outputs = {name: _pooled_outputs(graph, ops[name]) for name in tensors}
+        ours = {t: [] for ts in outputs.values() for t in ts}
         for i in range(0, n, reference.BATCH):
             env = reference.run_chunk(graph, inputs.grid[i: i + reference.BATCH])
-            for t in keep:
+            for t in ours:
                 ours[t].append(env[t])
         ours = {t: np.concatenate(v) for t, v in ours.items()}
         try:
-            names = sorted({t for chain in tensors.values() for t in chain})
+            names = sorted({t for chain in tensors.values() for t, _ in chain})
             theirs = OriginalModel.with_outputs(compiled.model, names).run_tensors(inputs.model, names)
         except BnncError:
             raise
@@ -257,29 +288,41 @@ def trace_layers(compiled, inputs, rtol: float) -> list:
         if op.name in tensors:
             # a layer's values may differ by the error it inherits too, not only its own rounding
             bound = max(error_bounds.local_bound(op), bounds.layers[op.name].end_to_end)
-            # the candidate tensor the layer follows best (fewest differing samples, then values)
-            rows.append(min((_compare(op, graph, ours[op.outputs[0]], t, theirs[t], rtol, bound)
-                             for t in tensors[op.name]),
+            levels = _levels(op, graph.tensors[op.outputs[0]])
+            # the candidate tensor the layer (or its pooled output) follows best: fewest differing
+            # samples, then values
+            rows.append(min((_compare(op, graph.tensors[t], ours[t], name, theirs[name], rtol, bound)
+                             for name, terminal in tensors[op.name] if terminal or not levels
+                             for t in outputs[op.name]),
                             key=lambda r: (not r["compared"], r["samples"], r["differing"], r["max_diff"] or 0)))
     return rows
 
 
-def _compare(op, graph: ir.Graph, ours: np.ndarray, name: str, theirs: np.ndarray, rtol: float,
-             bound: float) -> dict:
-    """One trace row: bnnc's tensor (N, H, W, C) of `op` against the original's tensor `name`;
-    values may differ by rtol (float32) + `bound` (bnnc's stated error)."""
-    ty = graph.tensors[op.outputs[0]]
-    n = ours.shape[0]
+def _levels(op, ty) -> bool:
+    """Whether the trace compares `op`'s output (type `ty`) as levels, not as numbers."""
+    return isinstance(ty, ir.Bits) or (isinstance(ty, ir.Ints) and ty.hi - ty.lo <= 256
+                                       and not isinstance(getattr(op, "epilogue", None), ir.Requantize))
+
+
+def _compare(op, ty, ours: np.ndarray, name: str, theirs: np.ndarray, rtol: float, bound: float) -> dict:
+    """One trace row: bnnc's tensor (N, H, W, C) of `op` (or of its pooled output, type `ty`)
+    against the original's tensor `name`; values may differ by rtol (float32) + `bound` (bnnc's
+    stated error)."""
     row = {"layer": op.name, "op": type(op).__name__, "onnx": name, "compared": False,
            "differing": 0, "samples": 0, "first_sample": None, "max_diff": None, "tolerance": None}
-    u = _nhwc(theirs, ty.shape)
-    if u is None:
+    views = _nhwc(theirs, ty.shape)
+    if not views:
         row["why"] = f"shape {theirs.shape[1:]} does not map to {ty.shape}"
         return row
+    return min((_compare_view(op, ty, ours, u, dict(row), rtol, bound) for u in views),
+               key=lambda r: (r["samples"], r["differing"], r["max_diff"] or 0))
+
+
+def _compare_view(op, ty, ours: np.ndarray, u: np.ndarray, row: dict, rtol: float, bound: float) -> dict:
+    """`_compare` against one reading `u` (N, H, W, C) of the original's tensor."""
+    n = ours.shape[0]
     v = ours.astype(np.float64).reshape(u.shape)
-    levels = isinstance(ty, ir.Bits) or (isinstance(ty, ir.Ints) and ty.hi - ty.lo <= 256
-                                         and not isinstance(getattr(op, "epilogue", None), ir.Requantize))
-    if levels:
+    if _levels(op, ty):
         bad = _level_mismatch(v, u)
     else:
         d = np.abs(v * getattr(ty, "scale", 1.0) - u).reshape(n, -1).max(axis=1)

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import bnnc
 from bnnc import ir, verify as verify_mod, zoo
@@ -169,3 +170,62 @@ def test_trace_names_the_first_layer_that_parts_ways(w1a2, monkeypatch):
     rows = {r["layer"]: r for r in result.trace}
     assert rows["L02_conv"]["samples"] == 0 and rows["L04_conv"]["samples"] > 0
     assert "part ways at layer L04_conv" in result.text
+
+
+def _tf2onnx_layers(seed=0):
+    """Layers as tf2onnx writes a larq model: NHWC input, Transposes around each Conv, the signs
+    computed in NHWC between them, a float stem Conv + Relu, a MaxPool before the BatchNorm and sign."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": rng.normal(size=(6, 3, 3, 3)).astype(np.float32),
+             "w2": rng.normal(size=(8, 6, 1, 1)).astype(np.float32), "b2": rng.uniform(0.1, 1, 8).astype(np.float32),
+             "w3": np.where(rng.random((8, 8, 3, 3)) < 0.5, -1, 1).astype(np.float32),
+             "g": rng.uniform(0.5, 2, 8).astype(np.float32), "b": rng.normal(size=8).astype(np.float32),
+             "m": rng.normal(size=8).astype(np.float32), "v": rng.uniform(0.5, 2, 8).astype(np.float32),
+             "w4": rng.normal(size=(8 * 4 * 4, 10)).astype(np.float32)}
+    nhwc, nchw = [0, 2, 3, 1], [0, 3, 1, 2]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=nchw),
+             helper.make_node("Conv", ["xt", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["c2"]),  # a bias: no exact 0 for the Sign
+             helper.make_node("Transpose", ["c2"], ["c2t"], perm=nhwc),
+             helper.make_node("Sign", ["c2t"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["st"], perm=nchw),
+             helper.make_node("Conv", ["st", "w3"], ["c3"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["c3"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["p", "g", "b", "m", "v"], ["bn"]),
+             helper.make_node("Transpose", ["bn"], ["bt"], perm=nhwc),
+             helper.make_node("Sign", ["bt"], ["s2"]),
+             helper.make_node("Transpose", ["s2"], ["s2t"], perm=nchw),
+             helper.make_node("Flatten", ["s2t"], ["f"]),
+             helper.make_node("MatMul", ["f", "w4"], ["y"])]
+    g = helper.make_graph(nodes, "tf2onnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_trace_follows_a_tf2onnx_graph():
+    """Each layer is compared with the tensor that holds its values: the stem's after its Relu, a
+    sign's computed in NHWC, a layer's pooled output against the sign after the MaxPool."""
+    m = bnnc.compile(_tf2onnx_layers(), "ref", input_range=(0, 255), input_scale=1 / 64)
+    result = m.verify(samples=8, trace=True)
+    rows = {r["layer"]: r for r in result.trace}
+    assert all(r["compared"] and r["samples"] == 0 for r in rows.values()), rows
+    assert [r["onnx"] for r in rows.values()][:3] == ["r", "s", "s2"]
+    assert "follows the original through every compared layer" in result.text
+
+
+def test_trace_names_a_tf2onnx_layer_that_parts_ways(monkeypatch):
+    real = verify_mod.trace_graph
+
+    def broken(compiled):
+        g = real(compiled)
+        op = [op for op in g.ops() if isinstance(op, ir.Conv)][2]
+        op.epilogue = dataclasses.replace(op.epilogue, threshold=op.epilogue.threshold + 5)
+        return g
+
+    monkeypatch.setattr(verify_mod, "trace_graph", broken)
+    result = bnnc.compile(_tf2onnx_layers(), "ref", input_range=(0, 255), input_scale=1 / 64).verify(samples=8,
+                                                                                                     trace=True)
+    parted = [r for r in result.trace if r["samples"]]
+    assert parted and parted[0]["onnx"] == "s2"

@@ -769,3 +769,16 @@ def test_dorefa_block_compiles_bit_exact():
     ref = driver.run_target(graph, "ref", inputs)
     assert np.allclose(ref, run(model, inputs.model).reshape(ref.shape), rtol=1e-5, atol=1e-5)
     assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+
+
+def test_unnamed_nodes_are_named_by_their_position():
+    from bnnc.canonical.node_names import name_unnamed_nodes
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"], name="Relu_2"),
+             helper.make_node("Relu", ["b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(g)
+    named = name_unnamed_nodes(model)
+    assert [n.name for n in named.graph.node] == ["Relu_0", "Relu_2", "Relu_2_1"]
+    assert [n.name for n in model.graph.node] == ["", "Relu_2", ""]  # the input is not changed

@@ -65,3 +65,18 @@ def test_the_exporters_own_normalised_samples_verify(wild, name, capsys):
                str(wild / f"{name}_x.npy")])
     out, err = capsys.readouterr()
     assert rc == 0, (out + err)[-2000:]
+
+
+@pytest.mark.parametrize("name", ["larq_quicknet_small", "zoo_qkeras_jettagging", "birealnet18_dynamo_extdata"])
+def test_trace_follows_the_wild_models_layer_by_layer(wild, name):
+    """tf2onnx's NHWC signs and Conv + Relu stems, QONNX biases quantized in the graph, torch's
+    dynamo names: each layer is compared with the tensor that holds its values, and follows it."""
+    import bnnc
+    from bnnc.cli import _attach_negative_values, build_parser
+
+    a = build_parser().parse_args(_attach_negative_values(["report", "model.onnx", *WILD_MODELS[name]]))
+    m = bnnc.compile(str(wild / f"{name}.onnx"), "ref", input_scale=a.input_scale, input_range=a.input_range,
+                     input_offset=a.input_offset, input_mean=a.input_mean, input_std=a.input_std)
+    rows = m.verify(samples=8, trace=True).trace
+    assert rows and all(r["compared"] for r in rows), [r for r in rows if not r["compared"]]
+    assert [r["layer"] for r in rows if r["samples"]] == []

@@ -20,6 +20,7 @@ from .grouped_conv import split_convs_to_grouped_conv
 from .keras_prelu import keras_prelu_to_prelu
 from .layout_transposes import sink_layout_transposes
 from .maxpool_ceil import maxpool_ceil_to_floor
+from .node_names import name_unnamed_nodes
 from .pad_into_window import merge_pads_into_windows
 from .padded_add import add_into_concat_part
 from .pass_through_ops import remove_pass_through_ops
@@ -31,6 +32,7 @@ from .ste_sign import simplify_ste_sign
 
 # Applied in this order; each one sees the previous one's output.
 REWRITES = (
+    name_unnamed_nodes,
     fold_constant_subgraphs,
     remove_pass_through_ops,
     scalarize_uniform_constants,
