@@ -162,6 +162,61 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return (e / s).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- log-softmax
+#
+# LogSoftmax, the same way: with m, d_i, e_i and s as softmax computes them (s >= 1: the largest
+# value contributes e = 1),
+#   L   = log_poly(s):
+#         k = exponent of s, f = s / 2**k in [1, 2) (both from its bits, exactly);
+#         if f > SQRT2: f = f / 2, k = k + 1                (f in [0.707, 1.415), exact)
+#         z = (f - 1) / (f + 1)                             (|z| < 0.1716; f - 1 is exact)
+#         w = z * z
+#         P = Horner of sum_{n=0..11} 2 / (2n + 1) * w**n    (P = c_11; P = P * w + c_n for n = 10..0)
+#         L = k * LN2_HI + (z * P + k * LN2_LO)            (log f = 2 atanh z = z * P(w))
+#   y_i = (float)(d_i - L)                                  (round to nearest even)
+# Error bound against the true log-softmax l_i = x_i - m - log(sum_j exp(x_j - m)) of the float32
+# inputs: |y_i - l_i| <= |l_i| * 2**-24 + LOG_SOFTMAX_EVAL_ERROR. The float64 terms: s is the true sum
+# within a relative 2**-42 + C * 2**-52 (softmax's analysis; terms below the cutoff are below
+# C * e**-128 relatively), so log s within that absolutely; log_poly's truncation is below
+# 2 |z|**25 / 25 < 2**-65, z's two roundings move log f by 2**-51 at most, and the sums by a few
+# 2**-53 relative to L <= log C + 1; d_i itself is exact up to 2**-46 (|d_i| <= 2**8 in float32's
+# range that matters, larger values are exact differences of floats up to 2**-24 relative). With
+# C <= 2**20, all of it stays below LOG_SOFTMAX_EVAL_ERROR; the rounding to float32 adds
+# |l_i| * 2**-24 (and 2**-150 among subnormals, inside the constant).
+
+SQRT2 = 1.4142135623730951  # 0x1.6a09e667f3bcdp+0
+LOG_DEGREE = 11
+LOG_COEFFS = tuple(2.0 / (2 * n + 1) for n in range(LOG_DEGREE, -1, -1))  # c_11 .. c_0, Horner order
+LOG_SOFTMAX_EVAL_ERROR = 2.0**-30
+
+
+def log_poly(s: np.ndarray) -> np.ndarray:
+    """log(s) for finite float64 s >= 1, by the operations above."""
+    s = np.ascontiguousarray(s, dtype=np.float64)
+    bits = s.view(np.uint64)
+    k = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64) - 1023
+    f = ((bits & np.uint64((1 << 52) - 1)) | np.uint64(1023 << 52)).view(np.float64)
+    big = f > SQRT2
+    f = np.where(big, f * 0.5, f)
+    k = k + big
+    z = (f - 1.0) / (f + 1.0)
+    w = z * z
+    p = np.full_like(w, LOG_COEFFS[0])
+    for c in LOG_COEFFS[1:]:
+        p = p * w + c
+    kd = k.astype(np.float64)
+    return kd * LN2_HI + (z * p + kd * LN2_LO)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """float32 log-softmax over the last axis of float32 `x`, by the operations above."""
+    x = np.asarray(x, dtype=np.float32)
+    m = x.max(axis=-1, keepdims=True)
+    d = x.astype(np.float64) - m.astype(np.float64)
+    s = np.add.accumulate(softmax_exp(d), axis=-1)[..., -1:]  # sequential, in channel order
+    return (d - log_poly(s)).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- sigmoid
 #
 # Sigmoid has no exact integer form either; bnnc defines it with the exp above, as IEEE float64

@@ -30,7 +30,8 @@ Per op (E_in the input's bound per channel):
 - Mul of two streams a, b (values up to A, B): (A + E_a) E_b + B E_a, + half an output step where
   it rounds;
 - Softmax: min(E / 2, e^(2E) - 1) for the input's error (the Jacobian's rows sum to at most 1/2;
-  p_i changes by a factor of at most e^(2E)), + `arith.softmax`'s own bound;
+  p_i changes by a factor of at most e^(2E)), + `arith.softmax`'s own bound; LogSoftmax: 2E +
+  `arith.log_softmax`'s float64 bound, besides its float32 rounding, relative (|y| * 2^-24);
   ArgMax: exact except where two values lie within 2E (a near tie).
 A stream that can saturate (`Requantize.reach` beyond its range, an Add beyond its clamp) keeps
 its bound only where it does not saturate: the layer's notes say so. Constant channels stripped
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ir
+from .arith import LOG_SOFTMAX_EVAL_ERROR
 
 F32_ULP = 2.0**-23  # twice the float32 unit roundoff: one rounding of the op, one of a folded constant
 FOLDED = 2.0**-23  # relative error of a map whose constants bnnc folded in float32 (BatchNorm: sqrt(var + eps))
@@ -109,6 +111,10 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             a, b = (graph.tensors[t] for t in op.inputs)
             reach = max(-(a.lo * a.scale + b.lo * b.scale), a.hi * a.scale + b.hi * b.scale)
             lb.saturates = reach > max(op.hi, -op.lo) * out.scale
+        elif isinstance(op, ir.Softmax) and op.log:
+            # l_i = x_i - m - log(sum_j exp(x_j - m)) moves by |dx_i| + a softmax-weighted mean of
+            # the |dx_j|; arith.log_softmax's own float64 error, its float32 rounding relative (|l_i| * 2^-24)
+            e = np.full(c, 2 * float(np.max(tensors[op.inputs[0]], initial=0.0)) + LOG_SOFTMAX_EVAL_ERROR)
         elif isinstance(op, ir.Softmax):
             e_in = float(np.max(tensors[op.inputs[0]], initial=0.0))
             # |dp_i / dx_j| rows sum to 2 p_i (1 - p_i) <= 1/2, and p_i(x + d) / p_i(x) <= e^(2 |d|)

@@ -406,15 +406,17 @@ class Concat:
 @dataclass
 class Softmax:
     """Softmax over C of each pixel of a Reals tensor (ONNX Softmax on the channel axis; the
-    model's output). No exact integer form exists: `arith.softmax` defines it as a fixed sequence
-    of IEEE float64 operations (max, differences, a range-reduced polynomial exp, a sum in channel
-    order, a division, a rounding to float32) that numpy and C (no FMA, no libm) compute
-    identically; its error bound against the true softmax is stated there."""
+    model's output); with `log`, its logarithm (ONNX LogSoftmax). No exact integer form exists:
+    `arith.softmax` / `arith.log_softmax` define them as fixed sequences of IEEE float64
+    operations (max, differences, a range-reduced polynomial exp, a sum in channel order, a
+    division or a polynomial log, a rounding to float32) that numpy and C (no FMA, no libm)
+    compute identically; their error bounds against the true functions are stated there."""
 
     name: str
     inputs: list
     outputs: list
     source_ops: list = field(default_factory=list)
+    log: bool = False
 
 
 @dataclass

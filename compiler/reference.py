@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .arith import acc_to_float, apply_terminal, eval_chain, level_count, multiply_streams, requantize, sigmoid, softmax
+from .arith import (acc_to_float, apply_terminal, eval_chain, level_count, log_softmax, multiply_streams, requantize,
+                    sigmoid, softmax)
 from .errors import BnncError
 
 BATCH = 32  # samples per chunk, to bound im2col memory
@@ -171,7 +172,7 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
         elif isinstance(op, ir.Concat):
             r = _concat(op, [env[t] for t in op.inputs])
         elif isinstance(op, ir.Softmax):
-            r = softmax(a)
+            r = log_softmax(a) if op.log else softmax(a)
         elif isinstance(op, ir.Sigmoid):
             r = sigmoid(a, op.in_scale, op.frac_bits)
         elif isinstance(op, ir.Mul):

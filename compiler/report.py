@@ -93,6 +93,8 @@ def _layer_row(graph: ir.Graph, op, wb: int) -> dict:
         parts = " + ".join(str(graph.tensors[t].shape[2]) for t in op.inputs)
         row["notes"] = [f"channels {parts}" + (f", inputs shifted by {list(op.shifts)} onto the finest grid"
                                                if any(op.shifts) else "")]
+    elif isinstance(op, ir.Softmax) and op.log:
+        row["notes"] = ["float64 log-softmax (arith.log_softmax): error <= |y| * 2^-24 + 2^-30"]
     elif isinstance(op, ir.Softmax):
         row["notes"] = [f"float64 softmax (arith.softmax): error <= p * (2^-24 + 2^-42 + C * 2^-52) + 2^-150, "
                         f"C = {dst.shape[2]}"]

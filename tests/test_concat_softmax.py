@@ -1,4 +1,4 @@
-"""Channel Concat (binary activations, fixed-point streams) and Softmax at the model output:
+"""Channel Concat (binary activations, fixed-point streams) and Softmax / LogSoftmax at the model output:
 reference vs onnxruntime, generated C bit for bit vs the reference, one Cortex-M4 run, the
 softmax's stated error bound, and the refusals."""
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnnc import arith, driver, ir, reference
+from bnnc import arith, driver, error_bounds, ir, reference
 from bnnc.errors import BnncError
 from bnnc.original import OriginalModel
+from bnnc.passes import plan_arena
 from bnnc.pipeline import Options, compile_graph
 
 OPTS = Options(input_scale=1 / 64, input_range=(-128, 127))
@@ -194,14 +195,14 @@ def test_softmax_is_within_its_stated_bound(c, spread):
     assert np.array_equal(y.argmax(-1), x.argmax(-1))
 
 
-def logits_model(seed: int, c: int, gain: float, opset: int = 13, axis=None):
-    """(1, 16) fixed-point input -> Gemm with real weights times `gain` -> Softmax: logits spread
-    as widely as `gain` makes them (beyond the cutoff, for large gains)."""
+def logits_model(seed: int, c: int, gain: float, opset: int = 13, axis=None, op: str = "Softmax"):
+    """(1, 16) fixed-point input -> Gemm with real weights times `gain` -> Softmax (or `op`):
+    logits spread as widely as `gain` makes them (beyond the cutoff, for large gains)."""
     rng = np.random.default_rng(seed)
     inits = {"w": (rng.normal(size=(c, 16)) * gain).astype(np.float32), "b": rng.normal(size=c).astype(np.float32)}
     attrs = {} if axis is None else {"axis": axis}
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], name="fc", transB=1),
-             helper.make_node("Softmax", ["logits"], ["y"], name="softmax", **attrs)]
+             helper.make_node(op, ["logits"], ["y"], name="softmax", **attrs)]
     return _model(nodes, inits, [1, 16], [1, c], opset=opset)
 
 
@@ -237,6 +238,40 @@ def test_softmax_and_concat_on_cortex_m4():
 
 def test_softmax_on_cortex_m0_soft_float():
     _check(logits_model(2, 300, 3.0, 11), OPTS, 2, targets=("cortex-m0",), n=8, tol=1e-5)
+
+
+def test_log_poly_is_within_its_bound_of_log():
+    rng = np.random.default_rng(0)
+    s = np.concatenate([1 + rng.random(100000) * 2000, [1.0, 2.0, arith.SQRT2, np.nextafter(arith.SQRT2, 2), 1e300]])
+    assert np.all(np.abs(arith.log_poly(s) - np.log(s)) <= np.log(s) * 2.0**-50 + 2.0**-60)
+    assert arith.log_poly(np.array([1.0]))[0] == 0.0
+
+
+@pytest.mark.parametrize("c,spread", [(10, 5.0), (10, 100.0), (1000, 30.0), (3, 300.0)])
+def test_log_softmax_is_within_its_stated_bound(c, spread):
+    rng = np.random.default_rng(c)
+    x = (rng.normal(size=(500, c)) * spread).astype(np.float32)
+    x[0, :2] = x[0, 2]  # ties
+    y = arith.log_softmax(x).astype(np.float64)
+    z = x.astype(np.float64) - x.max(-1, keepdims=True)
+    ln = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    assert np.all(np.abs(y - ln) <= np.abs(ln) * 2.0**-24 + arith.LOG_SOFTMAX_EVAL_ERROR)
+    assert np.array_equal(y.argmax(-1), x.argmax(-1))
+
+
+@pytest.mark.parametrize("seed,c,gain,opset,targets", [(0, 10, 1.0, 13, ("c",)), (1, 10, 40.0, 13, ("c", "cortex-m4")),
+                                                       (2, 300, 3.0, 11, ("c", "cortex-m0")), (3, 7, 0.01, 12, ("c",))])
+def test_log_softmax_of_logits_targets_equal_reference(seed, c, gain, opset, targets):
+    """A torch classifier's `log_softmax` output: within its stated bound of onnxruntime, every
+    target bit for bit (soft-float double on Cortex-M0); no scratch buffer."""
+    graph, ref, orig = _check(logits_model(seed, c, gain, opset, op="LogSoftmax"), OPTS, seed, n=32,
+                              targets=targets, tol=np.inf)
+    op = next(op for op in graph.ops() if isinstance(op, ir.Softmax))
+    # the stated bound (the logits' real-valued weights, twice) + float32 roundings, relative
+    bound = error_bounds.end_to_end(graph).layers[op.name].end_to_end
+    assert np.all(np.abs(ref - orig) <= bound + np.abs(orig) * 2.0**-22)
+    assert op.log and plan_arena.scratch_bytes(op, graph.tensors[op.inputs[0]], 32) == 0
+    assert np.allclose(np.exp(ref.astype(np.float64)).sum(-1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("axis,opset", [(0, 13), (-1, 11)])

@@ -14,7 +14,7 @@ import jinja2
 import numpy as np
 
 from .. import ir
-from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, SOFTMAX_CUTOFF
+from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, LOG_COEFFS, SOFTMAX_CUTOFF, SQRT2
 from ..errors import BnncError
 from ..passes.pack_bits import pack_bit_rows, pair_groups, storage_dtype, words
 from ..passes.pack_families import GUESS_SHIFT
@@ -262,8 +262,11 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             L["call_args"] = f"{', '.join(buf(t) for t in op.inputs)}, {L['dst']}"
         elif isinstance(op, ir.Softmax):
             h, w, c = src_t.shape
-            L.update(pixels=h * w, c=c, **exp_ctx())
-            L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
+            L.update(pixels=h * w, c=c, log=op.log, **exp_ctx())
+            if op.log:
+                L.update(sqrt2=c_double(SQRT2), log_coeffs=[c_double(x) for x in LOG_COEFFS])
+            if not op.log:
+                L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
         elif isinstance(op, ir.Sigmoid):
             L.update(n=int(np.prod(oty.shape)), in_scale=c_double(op.in_scale), grid=c_double(2.0**op.frac_bits),
                      frac_bits=op.frac_bits, **exp_ctx())

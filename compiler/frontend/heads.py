@@ -1,5 +1,6 @@
 """Classifier heads: TopK / ArgMax of the last (real-valued) layer become an ir.ArgMax, Softmax
-an ir.Softmax (float32 probabilities, arith.softmax)."""
+and LogSoftmax an ir.Softmax (float32 probabilities or their logarithms, arith.softmax /
+arith.log_softmax)."""
 
 from __future__ import annotations
 
@@ -53,9 +54,19 @@ def softmax(ctx, node, *, axis=None):
     """Softmax of the last layer's real values along the channel axis: of (N, C) logits, or per
     pixel of (N, C, H, W). Before opset 13 Softmax flattens the axes from `axis` on, so there the
     axes after the channel must have size 1."""
+    _softmax(ctx, node, axis, log=False)
+
+
+@handler("LogSoftmax")
+def log_softmax(ctx, node, *, axis=None):
+    """LogSoftmax (a torch classifier's `log_softmax` output), as Softmax."""
+    _softmax(ctx, node, axis, log=True)
+
+
+def _softmax(ctx, node, axis, log: bool):
     out = node.outputs[0]
     if out != ctx.lm.output_name and any(u.op not in ("ArgMax", "TopK") for u in ctx.consumers.get(out, [])):
-        raise BnncError(f"{where(node)}: Softmax inside the network is not supported; bnnc computes it on the "
+        raise BnncError(f"{where(node)}: {node.op} inside the network is not supported; bnnc computes it on the "
                         "model output (the last layer's logits)")
     v = ctx.val(node)
     if isinstance(v, (IntsVal, IntChainVal)) and v.flat_from is None:
@@ -74,10 +85,10 @@ def softmax(ctx, node, *, axis=None):
     reduced = range(ax, rank) if opset < 13 else (ax,)
     c = ctx.graph.tensors[v.tensor].shape[2]
     if rank not in (2, 4) or [i for i in reduced if v.shape[i] != 1] != [1] or v.shape[1] != c:
-        raise BnncError(f"{where(node)}: Softmax over axis {axis} of shape {v.shape} (opset {opset}); bnnc "
+        raise BnncError(f"{where(node)}: {node.op} over axis {axis} of shape {v.shape} (opset {opset}); bnnc "
                         "computes it over the channel axis of (N, C) logits or of each pixel of (N, C, H, W)")
-    name = ctx.new_name("softmax")
+    name = ctx.new_name("logsoftmax" if log else "softmax")
     tname = name + "_out"
-    ctx.graph.add(ir.Softmax(name, [v.tensor], [tname], [node.name]),
+    ctx.graph.add(ir.Softmax(name, [v.tensor], [tname], [node.name], log=log),
                   {tname: ir.Reals(ctx.graph.tensors[v.tensor].shape)})
     ctx.set(node, RealsVal(v.shape, [node.name], tensor=tname))

@@ -88,7 +88,7 @@ def conv_scratch(op, src, word_bits: int) -> dict:
 
 def scratch_bytes(op, src, word_bits: int) -> int:
     if isinstance(op, ir.Softmax):  # one float64 exp per channel (8 more bytes to align them to 8)
-        return src.shape[2] * 8 + 8
+        return 0 if op.log else src.shape[2] * 8 + 8  # log-softmax needs only their sum
     if not isinstance(op, ir.Conv) or getattr(op, "packed", None) is None:
         return 0
     if op.packed.acc64:  # the 64-bit accumulator kernels (passes/pack_families) size their own
