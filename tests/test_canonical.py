@@ -782,3 +782,34 @@ def test_unnamed_nodes_are_named_by_their_position():
     named = name_unnamed_nodes(model)
     assert [n.name for n in named.graph.node] == ["Relu_0", "Relu_2", "Relu_2_1"]
     assert [n.name for n in model.graph.node] == ["", "Relu_2", ""]  # the input is not changed
+
+
+@pytest.mark.parametrize("case", ["matmul", "gemm_trans_b", "two_readers", "dynamic_weights"])
+def test_nhwc_flatten_moves_into_the_dense_weights(case):
+    from bnnc.canonical.nhwc_flatten import nhwc_flatten_into_dense
+
+    rng = np.random.default_rng(1)
+    d = 4 * 3 * 5
+    w = rng.normal(size=(5, d) if case == "gemm_trans_b" else (d, 5)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Flatten", ["t"], ["f"]),
+             helper.make_node("Sign", ["f"], ["s"]),
+             helper.make_node("Mul", ["s", "e"], ["m"]),
+             helper.make_node("Gemm", ["m", "w"], ["y"], transB=1) if case == "gemm_trans_b"
+             else helper.make_node("MatMul", ["m", "w" if case != "dynamic_weights" else "wd"], ["y"])]
+    inits = {"w": w, "e": rng.uniform(0.5, 2, d).astype(np.float32)}
+    if case == "two_readers":
+        nodes.append(helper.make_node("Relu", ["f"], ["y2"]))
+    if case == "dynamic_weights":
+        nodes.insert(0, helper.make_node("Reshape", ["w", "wshape"], ["wd"]))
+        inits["wshape"] = np.array(w.shape, np.int64)
+    model = make(nodes, (1, 4, 3, 5), inits)
+    if case == "two_readers":
+        model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
+    x = rng.normal(size=(3, 4, 3, 5)).astype(np.float32)
+    out = nhwc_flatten_into_dense(model)
+    if case in ("two_readers", "dynamic_weights"):
+        assert "Transpose" in ops(out)
+        return
+    assert "Transpose" not in ops(out)
+    assert np.allclose(run(out, x), run(model, x), rtol=1e-6, atol=1e-5)  # the same products, another order

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnnc import driver, ir, targets
+from bnnc import driver, error_bounds, ir, targets
 from bnnc.original import OriginalModel
 from bnnc.passes.quantize_input import InputAffine
 from bnnc.pipeline import Options, compile_graph
@@ -93,6 +93,22 @@ def test_nhwc_model_input_is_read_in_its_own_order():
     g = _check(model, Options(input_range=(0, 255), input_affine=IMAGENET), exact=False)
     inq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
     assert inq.channels_last and tuple(inq.in_shape) == (8, 8, 3)
+
+
+def test_single_channel_nhwc_input_written_as_a_reshape():
+    """tf2onnx writes the NHWC -> NCHW Transpose of a one-channel input (MNIST) as a Reshape."""
+    rng = np.random.default_rng(6)
+    inits = {"w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "nchw": np.array([1, 1, 7, 5], np.int64),
+             "wf": rng.normal(size=(10, 4)).astype(np.float32), "shape": np.array([1, 4], np.int64)}
+    nodes = [helper.make_node("Reshape", ["x", "nchw"], ["xt"]),
+             helper.make_node("Conv", ["xt", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Reshape", ["p", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    g = _check(_model(nodes, inits, (1, 7, 5, 1)), Options(input_range=(0, 255), input_scale=1 / 255), exact=False)
+    inq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    assert inq.channels_last and g.tensors[inq.outputs[0]].shape == (7, 5, 1)
 
 
 def test_relu_of_a_residual_stream_before_a_max_pool():
@@ -634,3 +650,60 @@ def test_inexact_casts_are_refused(case):
                           [numpy_helper.from_array(w, "w")])
     with pytest.raises(BnncError, match="node 'Cast_0' .Cast.: Cast to "):
         compile_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), Options())
+
+
+def _keras_flatten_dense(seed, form):
+    """Keras's Flatten -> Dense after NHWC feature maps, as tf2onnx / qonnx write it: Transpose to
+    NHWC, Reshape to (N, H*W*C), then (`form`) larq's sign of the dense input with binary weights,
+    a real-valued MatMul, a Gemm (transB) with a bias, or weights
+    that a QONNX Quant / a DequantizeLinear produce from constants."""
+    rng = np.random.default_rng(seed)
+    c, h, w, k = 6, 3, 4, 10
+    d = c * h * w
+    inits = {"w1": rng.normal(size=(c, 3, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.5, 2, c).astype(np.float32), "b": rng.normal(size=c).astype(np.float32),
+             "m": rng.normal(size=c).astype(np.float32), "v": rng.uniform(0.5, 2, c).astype(np.float32),
+             "shape": np.array([-1, d], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["p", "g", "b", "m", "v"], ["bn"]),
+             helper.make_node("Transpose", ["bn"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "shape"], ["f"])]
+    if form == "sign_binary":
+        inits["wd"] = np.where(rng.random((d, k)) < 0.5, -1, 1).astype(np.float32)
+        nodes += [helper.make_node("Sign", ["f"], ["s"]), helper.make_node("MatMul", ["s", "wd"], ["y"])]
+    elif form == "real":
+        inits["wd"] = rng.normal(size=(d, k)).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", ["f", "wd"], ["y"]))
+    elif form == "gemm":
+        inits.update(wd=rng.normal(size=(k, d)).astype(np.float32), bias=rng.normal(size=k).astype(np.float32))
+        nodes.append(helper.make_node("Gemm", ["f", "wd", "bias"], ["y"], transB=1))
+    elif form == "quant_weights":
+        inits.update(wq=rng.integers(-7, 8, (d, k)).astype(np.float32), ws=np.float32(0.125), wz=np.float32(0),
+                     wb=np.float32(4))
+        nodes += [helper.make_node("Quant", ["wq", "ws", "wz", "wb"], ["wd"], domain="qonnx.custom_op.general",
+                                   signed=1, narrow=0, rounding_mode="ROUND"),
+                  helper.make_node("MatMul", ["f", "wd"], ["y"])]
+    else:  # dequantized int8 weights, one scale per output column
+        inits.update(wq=rng.integers(-100, 100, (d, k)).astype(np.int8), ws=rng.uniform(0.01, 0.1, k).astype(np.float32),
+                     wz=np.zeros(k, np.int8))
+        nodes += [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=1),
+                  helper.make_node("MatMul", ["f", "wd"], ["y"])]
+    model = _model(nodes, inits, (1, 3, 2 * h, 2 * w), (1, k))
+    if form == "quant_weights":
+        model.opset_import.append(helper.make_opsetid("qonnx.custom_op.general", 1))
+    return model
+
+
+@pytest.mark.parametrize("form", ["sign_binary", "real", "gemm", "quant_weights", "dequantize_weights"])
+def test_keras_flatten_before_a_dense_layer(form):
+    """The NHWC flatten's Transpose goes into the dense weights' rows (canonical/nhwc_flatten)."""
+    model = _keras_flatten_dense(3, form)
+    graph = compile_graph(model, Options(input_range=(0, 255), input_affine=IMAGENET))
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 30, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    bound = float(np.max(error_bounds.end_to_end(graph).tensors[graph.output]))
+    assert np.all(np.abs(ref - orig) <= bound + 1e-5 * np.abs(orig).max())  # stated bound + float32's rounding
+    y, _ = targets.run(graph, "c", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y, ref)

@@ -20,6 +20,7 @@ from .grouped_conv import split_convs_to_grouped_conv
 from .keras_prelu import keras_prelu_to_prelu
 from .layout_transposes import sink_layout_transposes
 from .maxpool_ceil import maxpool_ceil_to_floor
+from .nhwc_flatten import nhwc_flatten_into_dense
 from .node_names import name_unnamed_nodes
 from .pad_into_window import merge_pads_into_windows
 from .padded_add import add_into_concat_part
@@ -40,6 +41,7 @@ REWRITES = (
     spatial_mean_to_global_pool,
     keras_prelu_to_prelu,
     sink_layout_transposes,
+    nhwc_flatten_into_dense,
     split_convs_to_grouped_conv,
     add_into_concat_part,
     dilated_conv_to_dense_kernel,

@@ -238,15 +238,23 @@ def _rounded(ctx, v: Val) -> bool:
 
 def _activation_op(ctx, node, v, term) -> Val:
     """Sign / MultiThreshold / Quant of an integer (fixed-point) tensor: an Activation op."""
-    if v.flat_from is not None:
-        raise BnncError(f"{where(node)}: activation of a flattened integer tensor is not supported")
     chain = list(v.chain) if isinstance(v, IntChainVal) else [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]
+    if v.flat_from is not None and not _uniform(chain, term):
+        raise BnncError(f"{where(node)}: activation of a flattened integer tensor with per-element constants is not "
+                        "supported (with the same constants for every element it is)")
     src = ctx.graph.tensors[v.tensor]
     name = ctx.new_name("act")
     tname = name + "_out"
     oty, cls, scale = terminal_type(node, term, src.shape)
     ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ir.Chain(chain, term)), {tname: oty})
-    return cls(v.shape, [node.name], tensor=tname, scale=scale)
+    # the same map for every element: on the tensor as stored, the flatten still pending
+    return cls(v.shape, [node.name], tensor=tname, scale=scale, flat_from=v.flat_from)
+
+
+def _uniform(chain: list, term) -> bool:
+    """Whether the chain and its terminal apply one map to every element (scalar constants)."""
+    return all(op.const is None or np.size(op.const) == 1 for op in chain) \
+        and (not isinstance(term, ir.ThresholdTerminal) or term.thresholds.shape[0] == 1)
 
 
 def _multibit_quant(node, scale, zp, bw, signed, narrow, rounding_mode) -> tuple:

@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 from ..errors import BnncError
 from .registry import handler, where
-from .streams import stream_of_intchain
+from .streams import stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, Val
 
 
@@ -95,8 +95,7 @@ def transpose(ctx, node, *, perm=None):
     v = ctx.val(node)
     perm = perm if perm is not None else list(reversed(range(len(v.shape))))
     moved = [v.shape[p] for i, p in enumerate(perm) if p != i]
-    if isinstance(v, InputVal) and list(perm) == [0, 3, 1, 2] and len(v.shape) == 4 and not v.channels_last \
-            and tuple(v.shape) == tuple(ctx.lm.input_shape):
+    if _nhwc_input_as_nchw(ctx, v, tuple(v.shape[p] for p in perm)):
         # an NHWC model input seen as NCHW: the compiled code reads it in its own (channel-last) order
         ctx.set(node, replace(v, shape=tuple(v.shape[p] for p in perm), channels_last=True))
         return
@@ -107,6 +106,13 @@ def transpose(ctx, node, *, perm=None):
                     "only transposes of constant weights are folded")
 
 
+def _nhwc_input_as_nchw(ctx, v: Val, new_shape: tuple) -> bool:
+    """Whether `new_shape` is the model's 4-D input, as the ONNX input declares it, transposed
+    from NHWC to NCHW (tf2onnx writes that Transpose as a Reshape when C = 1)."""
+    return isinstance(v, InputVal) and len(v.shape) == 4 and not v.channels_last \
+        and tuple(v.shape) == tuple(ctx.lm.input_shape) and tuple(new_shape) == tuple(v.shape[p] for p in (0, 3, 1, 2))
+
+
 def reshape_to(ctx, node, v: Val, new_shape: tuple):
     """`v` with the logical shape `new_shape`: a flatten of an IR tensor, or unit axes added or
     removed."""
@@ -115,10 +121,17 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
         raise BnncError(f"{where(node)}: cannot reshape {v.shape} to {new_shape}")
     if new_shape[0] != 1:
         raise BnncError(f"{where(node)}: reshape to {new_shape} moves data into the batch axis")
+    if isinstance(v, AccVal) and len(v.shape) == 4 and len(new_shape) == 2 and not _only_unit_dims_changed(v.shape,
+                                                                                                         new_shape):
+        # a layer's real values flattened (Keras's Flatten -> Dense): its fixed-point stream, whose
+        # per-channel ops the flatten would mix
+        v = to_stream(ctx, node, v)
     if isinstance(v, IntChainVal) and v.flat_from is None:
         v = stream_of_intchain(ctx, node, v)  # the pending ops first, per channel, on a new stream
     nv = replace(v, shape=new_shape)
     if isinstance(v, InputVal):
+        if v.shape[3:] == (1,) and _nhwc_input_as_nchw(ctx, v, new_shape):  # the same bytes, read channel-last
+            nv.channels_last = True
         ctx.set(node, nv)
         return
     if isinstance(v, (BitsVal, IntsVal)):
