@@ -255,9 +255,9 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
 def pair_groups(o: int) -> tuple:
     """(groups of 8, size of the tail group: 0, 4 or 6, groups of 2: 0 or 1) output channels of the
     int16-pair kernel: O rounded up to even, in groups of 8; 4 or 6 channels left over form one
-    group of their own, run like the groups of 8 (per pair of taps one load of the window, 2 or 3
-    LDRDs of weights, 4 or 6 SMLADs: 7 or 10 instructions where groups of 2 take 8 or 12, and
-    fewer around the call, measured on Cortex-M4 from windows of 1 pair on), 2 form a group of 2."""
+    group of their own, run like the groups of 8 (per pair of taps one load of the window, 2 loads
+    of weights, 4 or 6 SMLADs: 7 or 9 instructions where groups of 2 take 8 or 12, and fewer
+    around the call, measured on Cortex-M4 from windows of 1 pair on), 2 form a group of 2."""
     even = o + o % 2
     tail = even % 8
     return even // 8, tail if tail >= 4 else 0, 1 if tail == 2 else 0
