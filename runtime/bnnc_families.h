@@ -42,10 +42,10 @@
 #endif
 
 /* BNNC_EPILOGUE: how a layer's out-of-line epilogue (c/families/layer.j2) is defined: a function
- * of its own where the layer's MAC kernel is one (BNNC_INT16_MAC8_CALLED): inlined, its 64-bit
+ * of its own where the layer's MAC kernel is one (BNNC_INT16_MAC_CALLED): inlined, its 64-bit
  * arithmetic spills the layer's loop state into the layer's frame, under the MAC kernel's; out of
  * line, the stack holds the deeper of the two frames. Inline elsewhere. */
-#if defined(BNNC_INT16_MAC8_CALLED) && (defined(__GNUC__) || defined(__clang__))
+#if defined(BNNC_INT16_MAC_CALLED) && (defined(__GNUC__) || defined(__clang__))
 #define BNNC_EPILOGUE static __attribute__((noinline))
 #else
 #define BNNC_EPILOGUE BNNC_INLINE

@@ -510,19 +510,22 @@ BNNC_INLINE uint32_t bnnc_xnor_popcount1(const bnnc_word_t *x, const bnnc_word_t
  * one window is N pairs of int16 values back to back (x, read in place from a band of input
  * rows); the weights (int16) hold per pair the G output channels' pairs of weights (tap 2g first;
  * one word per channel) of one group.
- * BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND) defines (NAME unique in the program: a global,
+ * BNNC_INT16_MAC_FUNC(NAME, G, CHUNKS, REST, KIND) defines (NAME unique in the program: a global,
  * hidden symbol, so that link-time optimization finds it)
  *     void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out)
- * for windows of N = 16 CHUNKS + REST pairs (literals, REST < 32) and a group of G = 8 channels:
- * the sums init[k] + window . weights of channel k, into out[0..7] (KIND SUMS) or only their
- * sign bits packed by bnnc_signs8 into out[0] (KIND SIGNS); the caller moves w on by 16 N.
+ * for windows of N = 16 CHUNKS + REST pairs (literals, REST < 32) and a group of G = 8, 6 or 4
+ * channels (a literal): the sums init[k] + window . weights of channel k, into out[0..G-1] (KIND
+ * SUMS) or, G = 8 only, their sign bits packed by bnnc_signs8 into out[0] (KIND SIGNS); the caller
+ * moves w on by 2 G N.
  * BNNC_INT16_MAC_2(N, x, w, r) adds the window's sums of a group of G = 2 channels to r[0..1] and
  * moves x by 2 N, w by 4 N.
  * On Cortex-M4/M7 one SMLAD adds two products: NAME is a Thumb-2 function of its own (all
- * registers: the 8 accumulators r4-r11, loaded by one LDM, stored by one STM), a pair costing one
- * LDR of the window, 4 LDRDs of weights and 8 SMLADs (13 instructions per 16 MACs), whatever
- * the caller's register pressure or frame pointer. The C form (Cortex-M0, RISC-V, BNNC_PORTABLE)
- * computes the same sums; they are exact (the packer proved that every partial sum fits int32). */
+ * registers: the G accumulators from r4 on, loaded by one LDM, stored by one STM), a pair costing
+ * one LDR of the window, the weights by LDMs of 3 words and LDRDs of 2, and G SMLADs (12
+ * instructions per 16 MACs for G = 8, 9 per 12 for 6, 7 per 8 for 4; BNNC_INT16_MAC_2: 4 per
+ * 4), whatever the caller's register pressure or frame pointer (out, r3, waits on the stack). The
+ * C form (Cortex-M0, RISC-V, BNNC_PORTABLE) computes the same sums; they are exact (the packer
+ * proved that every partial sum fits int32). */
 #define BNNC_STR_(x) #x
 #define BNNC_STR(x) BNNC_STR_(x)
 /* The sign bits of 8 sums of one group in one word: sign(r[2j]) at bit 15 - j and sign(r[2j + 1])
@@ -573,26 +576,35 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
 #define BNNC_REP_30(x) BNNC_REP_29(x) x
 #define BNNC_REP_31(x) BNNC_REP_30(x) x
 #define BNNC_REP_32(x) BNNC_REP_31(x) x
-/* one pair of taps of the 8-channel function: x r0, weights r1, window value r2, weights r12/lr */
-#define BNNC_PAIR8_SMLAD2(A, B) "ldrd r12, lr, [r1], #8\n\tsmlad " A ", r2, r12, " A "\n\tsmlad " B ", r2, lr, " B "\n\t"
-#define BNNC_PAIR8                                                                                     \
-  "ldr r2, [r0], #4\n\t" BNNC_PAIR8_SMLAD2("r4", "r5") BNNC_PAIR8_SMLAD2("r6", "r7")                   \
-  BNNC_PAIR8_SMLAD2("r8", "r9") BNNC_PAIR8_SMLAD2("r10", "r11")
-#define BNNC_INT16_END_SUMS "stm r3, {r4-r11}\n\t"
-#define BNNC_INT16_END_SIGNS                                                                           \
+/* one pair of taps of the G-channel function (BNNC_PAIR_G): x r0, weights r1, window value r2,
+ * weights 3 at a time by LDM into r3/r12/lr (out, r3, waits on the stack), 2 by LDRD into r12/lr;
+ * accumulators BNNC_INT16_ACCS_G */
+#define BNNC_PAIR_SMLAD2(A, B) "ldrd r12, lr, [r1], #8\n\tsmlad " A ", r2, r12, " A "\n\tsmlad " B ", r2, lr, " B "\n\t"
+#define BNNC_PAIR_SMLAD3(A, B, C)                                                                      \
+  "ldm r1!, {r3, r12, lr}\n\tsmlad " A ", r2, r3, " A "\n\tsmlad " B ", r2, r12, " B "\n\tsmlad " C  \
+  ", r2, lr, " C "\n\t"
+#define BNNC_PAIR_4 "ldr r2, [r0], #4\n\t" BNNC_PAIR_SMLAD2("r4", "r5") BNNC_PAIR_SMLAD2("r6", "r7")
+#define BNNC_PAIR_6 "ldr r2, [r0], #4\n\t" BNNC_PAIR_SMLAD3("r4", "r5", "r6") BNNC_PAIR_SMLAD3("r7", "r8", "r9")
+#define BNNC_PAIR_8 BNNC_PAIR_6 BNNC_PAIR_SMLAD2("r10", "r11")
+#define BNNC_INT16_ACCS_4 "r4-r7"
+#define BNNC_INT16_ACCS_6 "r4-r9"
+#define BNNC_INT16_ACCS_8 "r4-r11"
+#define BNNC_INT16_END_SUMS(G) "stm r3, {" BNNC_INT16_ACCS_##G "}\n\t"
+#define BNNC_INT16_END_SIGNS(G)                                                                        \
   "pkhtb r2, r5, r4, asr #16\n\tpkhtb r12, r7, r6, asr #16\n\tpkhtb lr, r9, r8, asr #16\n\t"           \
   "pkhtb r0, r11, r10, asr #16\n\tand r2, r2, #0x80008000\n\tand r12, r12, #0x80008000\n\t"            \
   "orr r2, r2, r12, lsr #1\n\tand lr, lr, #0x80008000\n\torr r2, r2, lr, lsr #2\n\t"                   \
   "and r0, r0, #0x80008000\n\torr r2, r2, r0, lsr #3\n\tstr r2, [r3]\n\t"
-#define BNNC_INT16_MAC8_CALLED 1 /* the MAC kernel is a function of its own: its frame comes under the layer's */
-#define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
+#define BNNC_INT16_MAC_CALLED 1 /* the MAC kernel is a function of its own: its frame comes under the layer's */
+#define BNNC_INT16_MAC_FUNC(NAME, G, CHUNKS, REST, KIND)                                               \
   void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out);                    \
   __asm__(".pushsection .text." #NAME ",\"ax\",%progbits\n\t.syntax unified\n\t.thumb\n\t.p2align 2\n\t" \
           ".global " #NAME "\n\t.hidden " #NAME "\n\t.type " #NAME ", %function\n\t.thumb_func\n" #NAME ":\n\t" \
-          "push {r4-r11, lr}\n\tldm r2, {r4-r11}\n\t"                                                  \
-          ".if " #CHUNKS "\n\tpush {r3}\n\tmovw r3, #" #CHUNKS "\n"                                     \
-          "1:\n\t" BNNC_REP_16(BNNC_PAIR8) "subs r3, r3, #1\n\tbne 1b\n\tpop {r3}\n\t.endif\n\t"       \
-          BNNC_REP_##REST(BNNC_PAIR8) BNNC_INT16_END_##KIND "pop {r4-r11, pc}\n\t"                      \
+          "push {r3-r11, lr}\n\tldm r2, {" BNNC_INT16_ACCS_##G "}\n\t"                                 \
+          ".if " #CHUNKS "\n\tmovw r2, #" #CHUNKS "\n\tpush {r2}\n"                                     \
+          "1:\n\t" BNNC_REP_16(BNNC_PAIR_##G) "ldr r2, [sp]\n\tsubs r2, r2, #1\n\tstr r2, [sp]\n\tbne 1b\n\t" \
+          "add sp, sp, #4\n\t.endif\n\t"                                                                \
+          BNNC_REP_##REST(BNNC_PAIR_##G) "ldr r3, [sp]\n\t" BNNC_INT16_END_##KIND(G) "pop {r3-r11, pc}\n\t" \
           ".size " #NAME ", .-" #NAME "\n\t.popsection");
 #define BNNC_PAIR_2 "ldr %[v], [%[x]], #4\n\tldrd r12, lr, [%[w]], #8\n\tsmlad %[a0], %[v], r12, %[a0]\n\tsmlad %[a1], %[v], lr, %[a1]\n\t"
 #define BNNC_INT16_MAC_2(N, XP, WP, R)                                                                 \
@@ -614,10 +626,10 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g
 /* the 8 sums accumulate in `out` (the layer's scratch: no stack copy), then SIGNS packs their signs */
 #define BNNC_INT16_FINISH_SUMS(out) (void)(out)
 #define BNNC_INT16_FINISH_SIGNS(out) (out)[0] = (int32_t)bnnc_signs8(out)
-#define BNNC_INT16_MAC8_FUNC(NAME, CHUNKS, REST, KIND)                                                 \
+#define BNNC_INT16_MAC_FUNC(NAME, G, CHUNKS, REST, KIND)                                               \
   BNNC_INLINE void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out) {       \
-    for (int j_ = 0; j_ < 8; j_++) out[j_] = init[j_];                                                 \
-    bnnc_int16_mac(x, 16 * (CHUNKS) + (REST), w, 8, out);                                              \
+    for (int j_ = 0; j_ < (G); j_++) out[j_] = init[j_];                                               \
+    bnnc_int16_mac(x, 16 * (CHUNKS) + (REST), w, (G), out);                                            \
     BNNC_INT16_FINISH_##KIND(out);                                                                     \
   }
 #define BNNC_INT16_MAC_2(N, XP, WP, R) (bnnc_int16_mac((XP), (N), (WP), 2, (R)), (XP) += 2 * (N), (WP) += 4 * (N))

@@ -25,14 +25,17 @@ def _unpack_int16_pairs(words, o, k, strict=True):
     """Inverse of int16_pair_weights: (O, K) int64; checks that padded taps (and, strict,
     channels) are 0."""
     n = -(-k // 2)
-    g8, g2 = pair_groups(o)
+    g8, gt, g2 = pair_groups(o)
     w = np.asarray(words, np.int64)
     halves = np.stack([w & 0xFFFF, w >> 16], axis=-1)
     halves = np.where(halves >= 2**15, halves - 2**16, halves)
-    eight = halves[: g8 * n * 8].reshape(g8, n, 8, 2).transpose(0, 2, 1, 3).reshape(8 * g8, 2 * n)
-    two = halves[g8 * n * 8:].reshape(g2, n, 2, 2).transpose(0, 2, 1, 3).reshape(2 * g2, 2 * n)
-    full = np.concatenate([eight, two])
-    assert w.size == (8 * g8 + 2 * g2) * n and not np.any(full[:, k:]) and not (strict and np.any(full[o:]))
+    parts, at = [], 0
+    for size, count in ((8, g8), (gt, 1 if gt else 0), (2, g2)):  # per group (pairs, channels, 2)
+        group = halves[at:at + count * n * size].reshape(count, n, size, 2)
+        parts.append(group.transpose(0, 2, 1, 3).reshape(count * size, 2 * n))
+        at += count * n * size
+    full = np.concatenate(parts)
+    assert w.size == (8 * g8 + gt + 2 * g2) * n and not np.any(full[:, k:]) and not (strict and np.any(full[o:]))
     return full[:o, :k]
 
 
@@ -68,6 +71,16 @@ def test_int16_pair_lanes_put_every_channel_on_its_own_bit(word_bits):
             at += 8 * g8 + 2 * g2
 
 
+def test_int16_pair_groups_leave_4_or_6_channels_to_one_group():
+    """Groups of 8, then the 4 or 6 channels left over as one group (4 or 6 SMLADs per load of the
+    window), 2 as a group of 2: every channel (O rounded up to even) in exactly one group."""
+    for o in range(1, 70):
+        g8, gt, g2 = pair_groups(o)
+        tail = (o + o % 2) % 8
+        assert 8 * g8 + gt + 2 * g2 == o + o % 2
+        assert (gt, g2) == {0: (0, 0), 2: (0, 1), 4: (4, 0), 6: (6, 0)}[tail]
+
+
 def test_int16_pairs_round_trip_on_every_group_split():
     rng = np.random.default_rng(0)
     for o in range(1, 20):
@@ -87,7 +100,7 @@ def test_blocked_and_row_layouts_hold_the_same_filters(seed, word_bits):
         o = op.w.shape[0]
         expect = (pack_bit_rows(op.w, word_bits).reshape(o, -1) if isinstance(src, ir.Bits)
                   else op.w.reshape(o, -1))
-        if pr.pairs:  # int16 pairs, channels in groups of 8 then 2, windows in (kx, ky, c) order
+        if pr.pairs:  # int16 pairs, channels in groups of 8 then 6, 4 or 2, windows in (kx, ky, c) order
             lanes = int16_pair_lanes(o, word_bits if pr.thr is not None else 0)
             assert sorted(lanes) == list(range(o + o % 2))  # every channel once (o: padding)
             by_lane = _unpack_int16_pairs(pr.weights[0], o + o % 2, op.w[0].size, strict=False)

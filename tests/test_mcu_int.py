@@ -63,6 +63,11 @@ CASES = [
     (5, (5, 6), (2, 3), (1, 2), [1, 1, 0, 2], 9, False, (-20000, 20000)),
     (4, (6, 5), (2, 2), (1, 1), [1, 1, 1, 1], 64, True, (-3000, 3000)),
     (1, (9, 9), (3, 3), (3, 3), [1, 1, 1, 1], 3, False, (5, 200)),
+    # 4 or 6 channels left over from the groups of 8 (pack_bits.pair_groups): one group of their own
+    (3, (7, 8), (3, 3), (1, 1), [1, 1, 1, 1], 62, True, (-128, 127)),  # 32 + 24 + 6: CNV's first layer
+    (2, (6, 7), (2, 2), (1, 1), [0, 1, 1, 0], 13, False, (-500, 500)),  # 8 + 6 (one padding channel)
+    (3, (5, 5), (1, 3), (1, 1), [0, 1, 0, 1], 28, True, (0, 255)),  # 24 + 4
+    (8, (5, 6), (3, 3), (1, 1), [1, 1, 1, 1], 14, True, (-1000, 1000)),  # 8 + 6 on 36 pairs: the loop over 16
 ]
 
 
@@ -102,9 +107,10 @@ def test_compressed_family_integer_layers_equal_the_reference_on_every_core(name
 
 
 def test_int16_pair_kernel_c_form_and_sign_packing_equal_numpy(tmp_path):
-    """The C form of BNNC_INT16_MAC8_FUNC (sums and signs) and BNNC_INT16_MAC_2 (Cortex-M0, RISC-V) on
-    random int16 windows and weights, built for the host: the sums, the moved pointers and
-    bnnc_signs8. (The Cortex-M4/M7 assembly runs in the model tests above.)"""
+    """The C form of BNNC_INT16_MAC_FUNC (groups of 8: sums and signs, of 6 and 4: sums) and
+    BNNC_INT16_MAC_2 (Cortex-M0, RISC-V) on random int16 windows and weights, built for the host:
+    the sums, the moved pointers and bnnc_signs8. (The Cortex-M4/M7 assembly runs in the model
+    tests above.)"""
     import subprocess
 
     from bnnc.backends import c_build
@@ -116,6 +122,7 @@ def test_int16_pair_kernel_c_form_and_sign_packing_equal_numpy(tmp_path):
     x = rng.integers(-(2**15), 2**15, 2 * n)
     w8 = rng.integers(-500, 501, (8, 2 * n))  # sums within int32, as the packer proves
     w2 = rng.integers(-500, 501, (2, 2 * n))
+    w6, w4 = w8[:6], w8[2:6]
     x[:4], x[5], w8[0, 5], w2[1, 5] = -(2**15), 3, -(2**15), 2**15 - 1  # the extremes
     init = rng.integers(-(2**20), 2**20, 8)
 
@@ -129,16 +136,23 @@ def test_int16_pair_kernel_c_form_and_sign_packing_equal_numpy(tmp_path):
 
     src = ('#include <stdio.h>\n#define BNNC_WORD_BITS 32\n#include "bnnc_kernels.h"\n' + arr("x", "int16_t", x)
            + arr("w8", "int16_t", halves(int16_pair_weights(w8))) + arr("w2", "int16_t", halves(int16_pair_weights(w2)))
+           + arr("w6", "int16_t", halves(int16_pair_weights(w6))) + arr("w4", "int16_t", halves(int16_pair_weights(w4)))
            + arr("init", "int32_t", init) + f"""
-BNNC_INT16_MAC8_FUNC(mac8s, 0, {n}, SIGNS)
-BNNC_INT16_MAC8_FUNC(mac8, 0, {n}, SUMS)
+BNNC_INT16_MAC_FUNC(mac8s, 8, 0, {n}, SIGNS)
+BNNC_INT16_MAC_FUNC(mac8, 8, 0, {n}, SUMS)
+BNNC_INT16_MAC_FUNC(mac6, 6, 0, {n}, SUMS)
+BNNC_INT16_MAC_FUNC(mac4, 4, 0, {n}, SUMS)
 int main(void) {{
   const int16_t *xp = x, *w = w2;
-  int32_t r[8], s[8], r2[2] = {{0, 0}};
+  int32_t r[8], s[8], r6[6], r4[4], r2[2] = {{0, 0}};
   mac8s(x, w8, init, s);
   mac8(x, w8, init, r);
+  mac6(x, w6, init, r6);
+  mac4(x, w4, init + 2, r4);
   printf("%u\\n", (unsigned)s[0]);
   for (int j = 0; j < 8; j++) printf("%ld\\n", (long)r[j]);
+  for (int j = 0; j < 6; j++) printf("%ld\\n", (long)r6[j]);
+  for (int j = 0; j < 4; j++) printf("%ld\\n", (long)r4[j]);
   BNNC_INT16_MAC_2({n}, xp, w, r2);
   printf("%ld %ld %d %d\\n", (long)r2[0], (long)r2[1], (int)(w - w2), (int)(xp - x));
   return 0;
@@ -153,7 +167,8 @@ int main(void) {{
     want = init + w8 @ x
     signs = sum(((int(want[2 * j]) < 0) << (15 - j)) | ((int(want[2 * j + 1]) < 0) << (31 - j)) for j in range(4))
     assert got[0] == signs and got[1:9] == list(want)
-    assert got[9:] == list(w2 @ x) + [4 * n, 2 * n]
+    assert got[9:15] == list(want[:6]) and got[15:19] == list(want[2:6])
+    assert got[19:] == list(w2 @ x) + [4 * n, 2 * n]
 
 
 @pytest.mark.parametrize("flags", [("-O0",), ("-Os",), ("-O2", "-fno-omit-frame-pointer"), ("-O3",)])
@@ -174,3 +189,20 @@ def test_int16_pair_assembly_builds_with_any_optimization_and_a_frame_pointer(tm
                "-ffreestanding", "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", "model.c", "-o", "model.o"]
         r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 0, (name, r.stderr[-2000:])
+
+
+def test_cnv_first_layer_takes_at_most_one_instruction_per_mac_on_cortex_m4():
+    """CNV's first layer as Brevitas' CNV has it after pruning: 3 -> 62 channels, 3x3 on 32 x 32
+    int8 values, bit outputs. The 6 channels left over from the groups of 8 run as one group of 6
+    (9 instructions per 12 MACs; in groups of 2 the layer took 1.002 instructions per MAC):
+    at most one instruction per MAC on Cortex-M4, counted in emulation, bit-exact."""
+    model = int_layer_model(0, 3, (32, 32), (3, 3), (1, 1), [0, 0, 0, 0], 62, True)
+    graph = compile_graph(model, Options(input_scale=1.0, input_range=(-128, 127)))
+    first = next(op for op in mcu.backend_graph(graph).ops() if isinstance(op, ir.Conv))
+    x = np.random.default_rng(0).integers(-128, 128, (1, 3, 32, 32)).astype(np.float32)
+    inputs = driver.prepare_inputs(graph, x)
+    ref = driver.run_target(graph, "ref", inputs)
+    y, st = mcu.emulate(graph, inputs.grid, TargetOptions(mcu="cortex-m4"))
+    assert np.array_equal(y.reshape(ref.shape), ref)
+    macs = 62 * 27 * 30 * 30
+    assert st["instructions_per_layer"][first.name] <= macs, st["instructions_per_layer"][first.name] / macs

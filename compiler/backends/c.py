@@ -378,11 +378,11 @@ def int16_halves(words: np.ndarray) -> np.ndarray:
 def int16_pair_ctx(op, p) -> dict:
     """Template values of an int16-pair layer (either packer): the window's pairs (row_pairs),
     walked as `mac_chunks` unrolled steps of 16 pairs and `mac_rest` pairs (longer windows loop
-    over chunks, code size stays bounded), its channel groups (g8 of 8, g2 of 2) and the band
-    values from one output column to the next."""
-    g8, g2 = pair_groups(p.o)
+    over chunks, code size stays bounded), its channel groups (pack_bits.pair_groups: g8 of 8, one
+    of gt = 0, 4 or 6, g2 of 2) and the band values from one output column to the next."""
+    g8, gt, g2 = pair_groups(p.o)
     chunks, rest = (p.row_pairs // 16, p.row_pairs % 16) if p.row_pairs > 32 else (0, p.row_pairs)
-    return {"row_pairs": p.row_pairs, "mac_chunks": chunks, "mac_rest": rest, "g8": g8, "g2": g2,
+    return {"row_pairs": p.row_pairs, "mac_chunks": chunks, "mac_rest": rest, "g8": g8, "gt": gt, "g2": g2,
             "band_step": op.stride[1] * op.kernel[0] * p.cw_in}
 
 
@@ -390,7 +390,7 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     """Tables and template values of the int16-pair kernel (pack_bits.int16_pair_weights): the
     accumulator starts per class (init) and, for bit outputs, per output word NOT neg on the
     word's channels (negx) and how each output word's channels are walked (pair_words: n words
-    of g8 groups of 8 and g2 groups of 2 channels, the bits shifted right by `shift` and masked
+    of g8 groups of 8, a group of gt and g2 groups of 2 channels, the bits shifted right by `shift` and masked
     with `valid`; `packed`: full words gather 8 sign bits per group with bnnc_signs8)."""
     wb = p.word_bits
     ones = (1 << wb) - 1
@@ -406,11 +406,11 @@ def int16_pair_tables(consts: list, op, p, L: dict) -> None:
     const_table(consts, f"{op.name}_negx", "bnnc_word_t", negx, "word64" if wb == 64 else "word32")
     lit = (lambda v: f"(bnnc_word_t)0x{v:016x}ull") if wb == 64 else (lambda v: f"0x{v:08x}u")
     packed = wb == 32  # sign bits gathered 8 at a time (pack_bits.int16_pair_lanes)
-    words = [{"n": full, "first": 0, "g8": wb // 8, "g2": 0, "shift": 0, "valid": lit(ones), "packed": packed}
-             ] if full else []
+    words = [{"n": full, "first": 0, "g8": wb // 8, "gt": 0, "g2": 0, "shift": 0, "valid": lit(ones),
+              "packed": packed}] if full else []
     if tail:
-        even = tail + tail % 2  # the last word's channels, in groups of 8 then 2
-        words.append({"n": 1, "first": full, "g8": even // 8, "g2": even % 8 // 2, "shift": wb - even,
+        g8, gt, g2 = pair_groups(tail)  # the last word's channels (the layer's tail groups)
+        words.append({"n": 1, "first": full, "g8": g8, "gt": gt, "g2": g2, "shift": wb - tail - tail % 2,
                       "valid": lit(valid[-1]), "packed": packed})
     L["pair_words"] = words
 
@@ -484,7 +484,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
             elif p.pairs:
                 L.update(int16_pair_ctx(op, p))
                 table("w0", "int16_t", int16_halves(p.weights[0]), align=True)
-                if L["g8"]:  # the sums start at 0 (corr comes after)
+                if L["g8"] or L["gt"]:  # the sums start at 0 (corr comes after)
                     table("zero", "int32_t", np.zeros(8, np.int64))
             else:
                 table("w0", "int8_t" if p.int8_weights else "int32_t", p.weights[0])

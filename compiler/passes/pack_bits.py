@@ -16,7 +16,7 @@ or L = kh * kw * C integers when the input is integer) and stored in one of two 
   the filter's kh * kw * C bits back to back in (ky, kx, c) order, L = ceil(K / WB) words instead
   of kh * kw * CW, and the kernel builds each window the same way (fill bits only at the end).
   Integer-input rows whose inputs fit int16 are "pairs" (int16_pair_weights): int16 weight
-  pairs, 8 (then 2) output channels interleaved, for the dual 16-bit multiply-accumulate (SMLAD)
+  pairs, 8 (then 6, 4 or 2) output channels interleaved, for the dual 16-bit multiply-accumulate (SMLAD)
   of Cortex-M4/M7 on a band of the input rows converted to int16 (bnnc_int16_mac).
 Integer-input layers that AVX-512 VNNI can run (`vnni_offset` is not None) also get
 `weights_vnni` [O_pad / 32][kh][G][32][4]: each kernel row's kw * C weights padded with zeros to
@@ -253,9 +253,14 @@ def pack_conv(op: ir.Conv, src, word_bits: int, layout: str = "blocked") -> Pack
 
 
 def pair_groups(o: int) -> tuple:
-    """(groups of 8, groups of 2) output channels of the int16-pair kernel: O rounded up to even."""
+    """(groups of 8, size of the tail group: 0, 4 or 6, groups of 2: 0 or 1) output channels of the
+    int16-pair kernel: O rounded up to even, in groups of 8; 4 or 6 channels left over form one
+    group of their own, run like the groups of 8 (per pair of taps one load of the window, 2 loads
+    of weights, 4 or 6 SMLADs: 7 or 9 instructions where groups of 2 take 8 or 12, and fewer
+    around the call, measured on Cortex-M4 from windows of 1 pair on), 2 form a group of 2."""
     even = o + o % 2
-    return even // 8, even % 8 // 2
+    tail = even % 8
+    return even // 8, tail if tail >= 4 else 0, 1 if tail == 2 else 0
 
 
 def int16_pair_lanes(o: int, word_bits: int) -> np.ndarray:
@@ -263,37 +268,41 @@ def int16_pair_lanes(o: int, word_bits: int) -> np.ndarray:
     output word groups of 8, then of 2; values >= O are padding). Bit outputs of 32-bit words
     (word_bits == 32) gather the sign bits of a group of 8 with bnnc_signs8 (lane 2j on bit
     15 - j, lane 2j + 1 on bit 31 - j) into b = (b >> 4) | signs; a word of g < 4 such groups then
-    moves its two halves side by side, and the groups of 2 of a last partial word follow them one
-    bit at a time. Other outputs keep channel order."""
+    moves its two halves side by side, and the channels left over in a last partial word (a tail
+    group of 4 or 6, groups of 2: pair_groups) follow them one bit at a time, in channel order.
+    Other outputs keep channel order."""
     if word_bits != 32:
         return np.arange(o + o % 2)
     lanes = []
     for base in range(0, o, 32):
         even = min(32, o - base)
         even += even % 2
-        g8, g2 = even // 8, even % 8 // 2
+        g8 = even // 8
         for q in range(g8):
             for m in range(8):
                 raw = (31 if m % 2 else 15) - m // 2 - 4 * (g8 - 1 - q)
                 lanes.append(base + raw - (32 - 8 * g8 if m % 2 else 16 - 4 * g8))
-        lanes += [base + 8 * g8 + i for i in range(2 * g2)]
+        lanes += [base + 8 * g8 + i for i in range(even % 8)]
     return np.array(lanes, np.int64)
 
 
 def int16_pair_weights(w: np.ndarray) -> np.ndarray:
     """Integer weights (O, K) of windows of K taps (|w| < 2**15) -> the uint32 table of the
-    int16-pair kernel (bnnc_int16_mac): the output channels in groups of 8, then of 2
-    (pair_groups), each group (ceil(K / 2), G): per pair g of taps (2g, 2g + 1) the group's
-    channels' int16 pairs (tap 2g in the low half). Padded taps and channels have zero weights."""
+    int16-pair kernel (bnnc_int16_mac): the output channels in groups of 8, then one tail group of
+    4 or 6, then groups of 2 (pair_groups), each group (ceil(K / 2), G): per pair g of taps
+    (2g, 2g + 1) the group's channels' int16 pairs (tap 2g in the low half). Padded taps and
+    channels have zero weights."""
     o, k = w.shape
     n = -(-k // 2)
-    g8, g2 = pair_groups(o)
-    padded = np.zeros((8 * g8 + 2 * g2, 2 * n), np.int64)
+    g8, gt, g2 = pair_groups(o)
+    padded = np.zeros((8 * g8 + gt + 2 * g2, 2 * n), np.int64)
     padded[:o, :k] = w
     half = (padded & 0xFFFF).astype(np.uint64).reshape(-1, n, 2)
     words = (half[..., 0] | (half[..., 1] << np.uint64(16))).astype(np.uint32)  # (O_even, n)
-    parts = [words[:8 * g8].reshape(g8, 8, n).transpose(0, 2, 1).ravel(),
-             words[8 * g8:].reshape(g2, 2, n).transpose(0, 2, 1).ravel()]
+    parts, at = [], 0
+    for size, count in ((8, g8), (gt, 1 if gt else 0), (2, g2)):
+        parts.append(words[at:at + size * count].reshape(count, size, n).transpose(0, 2, 1).ravel())
+        at += size * count
     return np.concatenate(parts)
 
 
