@@ -684,6 +684,12 @@ def _keras_flatten_dense(seed, form):
         nodes += [helper.make_node("Quant", ["wq", "ws", "wz", "wb"], ["wd"], domain="qonnx.custom_op.general",
                                    signed=1, narrow=0, rounding_mode="ROUND"),
                   helper.make_node("MatMul", ["f", "wd"], ["y"])]
+    elif form == "larq_conv1x1":  # Reshape((1, 1, -1)), the sign, a 1 x 1 QuantConv2D as the dense layer
+        inits.update(wd=np.where(rng.random((k, d, 1, 1)) < 0.5, -1, 1).astype(np.float32),
+                     shape=np.array([1, 1, 1, -1], np.int64), nchw=np.array([-1, d, 1, 1], np.int64),
+                     out=np.array([-1, k], np.int64))
+        nodes += [helper.make_node("Sign", ["f"], ["s"]), helper.make_node("Reshape", ["s", "nchw"], ["s4"]),
+                  helper.make_node("Conv", ["s4", "wd"], ["c4"]), helper.make_node("Reshape", ["c4", "out"], ["y"])]
     else:  # dequantized int8 weights, one scale per output column
         inits.update(wq=rng.integers(-100, 100, (d, k)).astype(np.int8), ws=rng.uniform(0.01, 0.1, k).astype(np.float32),
                      wz=np.zeros(k, np.int8))
@@ -695,7 +701,8 @@ def _keras_flatten_dense(seed, form):
     return model
 
 
-@pytest.mark.parametrize("form", ["sign_binary", "real", "gemm", "quant_weights", "dequantize_weights"])
+@pytest.mark.parametrize("form", ["sign_binary", "real", "gemm", "quant_weights", "dequantize_weights",
+                                  "larq_conv1x1"])
 def test_keras_flatten_before_a_dense_layer(form):
     """The NHWC flatten's Transpose goes into the dense weights' rows (canonical/nhwc_flatten)."""
     model = _keras_flatten_dense(3, form)

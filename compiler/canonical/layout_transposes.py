@@ -61,7 +61,7 @@ def _inverse(perm):
     return inv
 
 
-def _moves_only_unit_axes(perm, shape) -> bool:
+def moves_only_unit_axes(perm, shape) -> bool:
     """True when the Transpose keeps the order of every axis longer than 1 (the bytes do not move)."""
     if shape is None or len(shape) != len(perm):
         return False
@@ -92,7 +92,7 @@ class _Sinker:
                 continue
             for perm in ([0, 2, 3, 1], [0, 3, 1, 2]):
                 moved = [shape[p] for p in perm]
-                if not _moves_only_unit_axes(perm, shape):
+                if not moves_only_unit_axes(perm, shape):
                     continue
                 if all(t == m or (i == 0 and t in (-1, 0)) for i, (t, m) in enumerate(zip(target, moved))):
                     self._replace(n, helper.make_node("Transpose", [n.input[0]], [n.output[0]],
@@ -146,7 +146,7 @@ class _Sinker:
                 # an activation whose inverse permutation moves only size-1 axes (a per-channel
                 # vector reshaped to (N, 1, 1, C)): the same bytes reshaped to the transposed shape
                 inv, s = _inverse(perm), self.shapes.get(i)
-                if other is not None or not _moves_only_unit_axes(inv, s) or inv[0] != 0 \
+                if other is not None or not moves_only_unit_axes(inv, s) or inv[0] != 0 \
                         or any(d is None for d in s[1:]):
                     return None
                 new.append(("reshape", i, [0] + [int(s[j]) for j in inv[1:]]))
@@ -175,7 +175,7 @@ class _Sinker:
                                                        perm=composed))
             return True
         if op in ("Reshape", "Flatten") and is_standard(reader):
-            if not _moves_only_unit_axes(perm, self.shapes.get(x)):
+            if not moves_only_unit_axes(perm, self.shapes.get(x)):
                 return False
             if op == "Reshape":
                 target = self.values.get(reader.input[1])
@@ -323,7 +323,7 @@ class _Sinker:
             if n.op_type != "Transpose" or not is_standard(n) or n.input[0] in self.values:
                 continue
             perm, shape = list(attrs(n)["perm"]), self.shapes.get(n.input[0])
-            if not _moves_only_unit_axes(perm, shape) or any(d is None for d in shape[1:]):
+            if not moves_only_unit_axes(perm, shape) or any(d is None for d in shape[1:]):
                 continue
             target = [0] + [shape[p] for p in perm[1:]] if perm[0] == 0 else None
             if target is None:

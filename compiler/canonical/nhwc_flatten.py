@@ -1,14 +1,18 @@
-"""An NHWC flatten before a dense layer (Keras's Flatten -> Dense as tf2onnx and qonnx write it):
-the layout Transpose moves into the dense layer's weight rows.
+"""An NHWC flatten before a dense layer (Keras's Flatten -> Dense as tf2onnx and qonnx write it;
+larq's Reshape((1, 1, -1)) -> 1 x 1 QuantConv2D): the layout Transpose moves into the dense layer's
+weight rows.
 
-The graph: x (N, C, H, W) -> Transpose(perm 0, 2, 3, 1) -> Flatten / Reshape to (N, H*W*C) ->
-elementwise ops (unary, or with constant operands that are scalars or one value per flattened
-element; larq's sign of the dense layer's input, a QONNX quantizer) -> MatMul / Gemm with constant
-weights B (an initializer, or a QONNX Quant / DequantizeLinear of constants). The Transpose is what `sink_layout_transposes` cannot move (a flatten reorders the
-elements). Rewritten: the flatten reads x itself (the elements in C, H, W order), each
+The graph: x (N, C, H, W) -> Transpose(perm 0, 2, 3, 1) -> a chain of single-reader nodes: shape
+ops (Reshape, whatever its target, Flatten, Squeeze, Unsqueeze, Transposes of unit axes) that keep
+the elements in the order they are flattened in, elementwise ops (unary, or with constant
+scalars; on an (N, d) tensor also one constant per element: larq's sign of the dense layer's
+input, a QONNX quantizer) -> the dense layer: MatMul / Gemm of (N, d), or a 1 x 1 Conv of
+(N, d, 1, 1), with constant weights B (an initializer, or a QONNX Quant / DequantizeLinear of
+constants). The Transpose is what `sink_layout_transposes` cannot move (a flatten reorders the
+elements). Rewritten: the chain reads x itself (its elements in C, H, W order), and each
 per-element constant on the way and B's input rows are permuted the same way: element j of the
-new order is element idx[j] of the old one, so the elementwise ops compute the same values at
-new positions, and the dense layer sums the same products.
+new order is element idx[j] of the old one, so the elementwise ops compute the same values at new
+positions, and the dense layer sums the same products.
 
 Preserves: every value up to the dense layer exactly; the dense layer's sums consist of the same
 products, added in another order. bnnc computes a dense layer's sum exactly (integers, or
@@ -25,7 +29,7 @@ import onnx
 from ..original import static_shapes
 from .graph_edit import Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused, \
     graph_outputs, is_standard, producers
-from .layout_transposes import BROADCAST, CUSTOM_ELEMENTWISE, UNARY
+from .layout_transposes import BROADCAST, CUSTOM_ELEMENTWISE, UNARY, moves_only_unit_axes
 
 NHWC = [0, 2, 3, 1]
 
@@ -55,37 +59,39 @@ def _absorb(g: onnx.GraphProto, t: onnx.NodeProto, shapes: dict) -> bool:
     if h * w == 1:
         return False
     readers, values, outs, prods = consumers(g), constant_values(g), graph_outputs(g), producers(g)
-    flat = _single_reader(readers, outs, t.output[0])
-    if flat is None or not _flattens(flat, values, shapes, d):
-        return False
-    chain, cur = [], flat.output[0]
+    chain, cur, flat = [], t.output[0], False
     while True:
         n = _single_reader(readers, outs, cur)
-        if n is None:
+        if n is None or n.input[0] != cur or (not is_standard(n) and n.op_type not in CUSTOM_ELEMENTWISE):
             return False
-        if n.op_type in ("MatMul", "Gemm") and is_standard(n) and n.input[0] == cur \
-                and _dense_weights(n, values, d, readers, prods):
+        if flat and _dense(n, values, d, readers, prods, shapes):
             dense = n
             break
-        if not _elementwise(n, cur, values, d):
+        if n.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            flat = True  # from here on the elements are in the flattened order, whatever the shape
+        elif n.op_type == "Transpose":
+            if not flat or not moves_only_unit_axes(list(attrs(n).get("perm", [])), shapes.get(cur)):
+                return False
+        elif not _elementwise(n, values, d, shapes.get(cur)):
             return False
         chain.append(n)
         cur = n.output[0]
     # element j of the C, H, W order is element idx[j] of the H, W, C order
     idx = np.arange(d).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
     names = Names(g)
-    flat.input[0] = t.input[0]
+    chain[0].input[0] = t.input[0]
     for n in chain:
-        for k, i in enumerate(n.input):
-            if i in values and np.size(values[i]) > 1:
+        for k, i in enumerate(n.input[1:], 1):
+            if i in values and np.size(values[i]) == d and n.op_type not in ("Reshape", "Transpose", "Squeeze",
+                                                                              "Unsqueeze"):
                 v = np.asarray(values[i])
-                n.input[k] = add_initializer(g, names, v.reshape(v.shape[:-1] + (d,))[..., idx].reshape(v.shape),
-                                             "nchw_" + i)
-    row_axis = 1 if dense.op_type == "Gemm" and attrs(dense).get("transB", 0) else 0
+                n.input[k] = add_initializer(g, names, v.reshape(-1)[idx].reshape(v.shape), "nchw_" + i)
+    row_axis = 1 if dense.op_type == "Conv" or (dense.op_type == "Gemm" and attrs(dense).get("transB", 0)) else 0
     weights = dense if dense.input[1] in values else prods[dense.input[1]]
-    for k, i in enumerate(weights.input if weights is not dense else [dense.input[1]]):
+    ndim = np.ndim(values[weights.input[0] if weights is not dense else dense.input[1]])
+    for k, i in enumerate(list(weights.input) if weights is not dense else [dense.input[1]]):
         v = values.get(i)
-        axis = _row_axis_of(weights, k, v, row_axis, d)
+        axis = _row_axis_of(weights, v, row_axis, d, ndim)
         if axis is not None:
             new = add_initializer(g, names, np.take(np.asarray(v), idx, axis=axis), "nchw_" + i)
             if weights is dense:
@@ -95,14 +101,15 @@ def _absorb(g: onnx.GraphProto, t: onnx.NodeProto, shapes: dict) -> bool:
     return True
 
 
-def _row_axis_of(node, k: int, v, row_axis: int, d: int):
-    """The axis of operand `k` of `node` (the weights' producer, or the dense layer) that runs over
-    the weights' input rows, or None (a scalar, or parameters per output column)."""
-    if v is None or np.ndim(v) == 0 or np.size(v) == 1:
+def _row_axis_of(node, v, row_axis: int, d: int, ndim: int):
+    """The axis of an operand `v` of `node` (the weights' producer, or the dense layer; weights of
+    `ndim` axes) that runs over the weights' input rows, or None (a scalar, or parameters per
+    output channel)."""
+    if v is None or np.size(v) <= 1:
         return None
     if np.ndim(v) == 1:  # DequantizeLinear's per-axis parameters
-        return 0 if node.op_type == "DequantizeLinear" and attrs(node).get("axis", 1) % 2 == row_axis else None
-    return row_axis if np.shape(v)[row_axis] == d and d > 1 else None
+        return 0 if node.op_type == "DequantizeLinear" and attrs(node).get("axis", 1) % ndim == row_axis else None
+    return row_axis if np.shape(v)[row_axis] == d else None
 
 
 def _single_reader(readers: dict, outs: set, tensor: str):
@@ -110,43 +117,39 @@ def _single_reader(readers: dict, outs: set, tensor: str):
     return rs[0] if len(rs) == 1 and tensor not in outs else None
 
 
-def _flattens(n: onnx.NodeProto, values: dict, shapes: dict, d: int) -> bool:
-    """Whether `n` flattens its 4-D input to (N, d)."""
-    if not is_standard(n) or n.op_type not in ("Flatten", "Reshape"):
+def _dense(n: onnx.NodeProto, values: dict, d: int, readers: dict, prods: dict, shapes: dict) -> bool:
+    """Whether `n` is a dense layer of the d flattened elements with constant weights (an
+    initializer, or a quantizer of constants, QONNX Quant or DequantizeLinear, read only by `n`):
+    MatMul / Gemm of (N, d), or a 1 x 1 Conv of (N, d, 1, 1) (larq's dense layers)."""
+    if n.op_type not in ("MatMul", "Gemm", "Conv") or len(n.input) < 2:
         return False
-    if n.op_type == "Flatten":
-        return attrs(n).get("axis", 1) == 1
-    out = shapes.get(n.output[0])
-    return n.input[1] in values and out is not None and len(out) == 2 and out[1] == d
-
-
-def _dense_weights(n: onnx.NodeProto, values: dict, d: int, readers: dict, prods: dict) -> bool:
-    """Whether `n` (MatMul / Gemm) multiplies its (N, d) input by constant weights: an initializer
-    or the output of a quantizer of constants (QONNX Quant, DequantizeLinear) read only by `n`."""
-    b = values.get(n.input[1]) if len(n.input) > 1 else None
-    q = prods.get(n.input[1]) if len(n.input) > 1 else None
+    b = values.get(n.input[1])
+    q = prods.get(n.input[1])
     if b is None and q is not None and q.op_type in ("Quant", "DequantizeLinear") and len(readers[n.input[1]]) == 1 \
             and all(i in values for i in q.input if i):
         b = values[q.input[0]]
-    if b is None or np.ndim(b) != 2:
+    if b is None:
+        return False
+    a = attrs(n)
+    if n.op_type == "Conv":
+        x = shapes.get(n.input[0])
+        return np.ndim(b) == 4 and np.shape(b)[1:] == (d, 1, 1) and x is not None and tuple(x[1:]) == (d, 1, 1) \
+            and a.get("group", 1) == 1 and not any(a.get("pads", [])) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    if np.ndim(b) != 2:
         return False
     if n.op_type == "Gemm":
-        a = attrs(n)
         return not a.get("transA", 0) and np.shape(b)[1 if a.get("transB", 0) else 0] == d
     return np.shape(b)[0] == d
 
 
-def _elementwise(n: onnx.NodeProto, x: str, values: dict, d: int) -> bool:
-    """Whether `n` acts element by element on `x` of shape (N, d): a unary op, or one whose other
-    operands are constants that are scalars or one value per element (shape (d,) or (1, d));
-    QONNX quantizers with scalar parameters."""
-    if n.input[0] != x or (not is_standard(n) and n.op_type not in CUSTOM_ELEMENTWISE):
-        return False
+def _elementwise(n: onnx.NodeProto, values: dict, d: int, shape) -> bool:
+    """Whether `n` acts element by element on its first input (of static shape `shape`, or None):
+    a unary op, or one whose other operands are constant scalars, or one value per element of an
+    (N, d) input (shape (d,) or (1, d)); QONNX quantizers with scalar parameters."""
     others = [i for i in n.input[1:] if i]
     if n.op_type in UNARY and n.op_type not in ("Clip",):
         return not others
     if n.op_type not in BROADCAST | CUSTOM_ELEMENTWISE | {"Clip"} or not all(i in values for i in others):
         return False
-    if n.op_type in CUSTOM_ELEMENTWISE:
-        return all(np.size(values[i]) == 1 for i in others)
-    return all(np.size(values[i]) == 1 or np.shape(values[i]) in ((d,), (1, d)) for i in others)
+    per_element = shape is not None and len(shape) == 2 and shape[1] == d and n.op_type not in CUSTOM_ELEMENTWISE
+    return all(np.size(values[i]) == 1 or (per_element and np.shape(values[i]) in ((d,), (1, d))) for i in others)

@@ -42,6 +42,19 @@ def conv(ctx, node, *, strides=(1, 1), pads=None, group=1, dilations=(1, 1), aut
                                             ungroup(node, sc, group) if sc.shape == np.shape(k) else sc)
         origin = origin + "\0G"
         w = ungroup(node, w, group)
+    if getattr(v, "flat_from", None) is not None and w.ndim == 4 and w.shape[2:] == (1, 1) and group == 1 \
+            and not any(pads or ()) and auto_pad in ("NOTSET", "VALID") and len(v.shape) == 4 and v.shape[2:] == (1, 1):
+        # a 1 x 1 convolution of flattened features (larq's dense layers on Reshape((1, 1, -1))): a dense layer
+        bias = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        if origin in ctx.origins:
+            k, sc = ctx.origins[origin]
+            sc = np.asarray(sc)
+            ctx.origins[origin + "\0D"] = (np.asarray(k).reshape(w.shape[:2]),
+                                            sc.reshape(sc.shape[:2]) if sc.ndim == 4 else sc)
+        _dense(ctx, node, replace(v, shape=v.shape[:2]), np.asarray(w, np.float64).reshape(w.shape[:2]),
+               None if bias is None else np.asarray(bias, np.float32), 1.0, origin + "\0D")
+        ctx.vals[node.outputs[0]] = replace(ctx.vals[node.outputs[0]], shape=(1, w.shape[0], 1, 1))
+        return
     v = materialize(ctx, node, v, w, origin)
     if any(d != 1 for d in dilations):
         raise BnncError(f"{where(node)}: dilated convolution is not supported")

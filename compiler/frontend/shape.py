@@ -121,8 +121,8 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
         raise BnncError(f"{where(node)}: cannot reshape {v.shape} to {new_shape}")
     if new_shape[0] != 1:
         raise BnncError(f"{where(node)}: reshape to {new_shape} moves data into the batch axis")
-    if isinstance(v, AccVal) and len(v.shape) == 4 and len(new_shape) == 2 and not _only_unit_dims_changed(v.shape,
-                                                                                                         new_shape):
+    flattens = len(v.shape) == 4 and _flat(new_shape) and not _only_unit_dims_changed(v.shape, new_shape)
+    if isinstance(v, AccVal) and flattens:
         # a layer's real values flattened (Keras's Flatten -> Dense): its fixed-point stream, whose
         # per-channel ops the flatten would mix
         v = to_stream(ctx, node, v)
@@ -135,7 +135,9 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
         ctx.set(node, nv)
         return
     if isinstance(v, (BitsVal, IntsVal)):
-        if len(v.shape) == 4 and len(new_shape) == 2:
+        if (v.flat_from is not None or _flat(v.shape)) and _flat(new_shape):
+            pass  # already flat: (N, D) <-> (N, D, 1, 1) <-> (N, 1, 1, D) keep the elements' order
+        elif len(v.shape) == 4 and (len(new_shape) == 2 or flattens):  # (N, D), or larq's (N, 1, 1, D)
             c, h, w = v.shape[1:]
             nv.flat_from = (c, h, w) if (h * w > 1) else None
         elif len(new_shape) != len(v.shape) or new_shape != v.shape:
@@ -150,6 +152,11 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
         ctx.set(node, nv)
         return
     raise BnncError(f"{where(node)}: reshape of a {v.kind} tensor is not supported")
+
+
+def _flat(shape: tuple) -> bool:
+    """Whether `shape` holds its elements along one axis after the batch: (N, D), (N, 1, 1, D), ..."""
+    return len(shape) >= 2 and sum(1 for s in shape[1:] if s != 1) <= 1
 
 
 def _only_unit_dims_changed(a: tuple, b: tuple) -> bool:
