@@ -117,6 +117,25 @@ BNNC_INLINE void bnnc_sparse_int_mac64(const int32_t *win, int ktaps, int cin, c
   }
 }
 
+/* The plane image of "ternary_sums" layers (bnnc_ternary_sums64): the integer input (ih x iw pixels
+ * of c values of in_type) padded by pt, pl, pb, pr as c planes of plen int32 values, channel ch's
+ * padded pixel (y, x) at ch * plen + y * pw + x (pw = pl + iw + pr; plen >= ph * pw), x = 0 at the
+ * padding; then zeros up to n values (read by the last pass of positions). */
+BNNC_INLINE void bnnc_planes_image(const void *in, int in_type, int ih, int iw, int c, int pt, int pl, int pb,
+                                   int pr, int plen, int n, int32_t *im) {
+  const int pw = pl + iw + pr;
+  if (pt || pl || pb || pr || plen > (pt + ih + pb) * pw)
+    for (int i = 0; i < c * plen; i++) im[i] = 0;
+  for (int i = c * plen; i < n; i++) im[i] = 0;
+  for (int y = 0; y < ih; y++) {
+    for (int x = 0; x < iw; x++) {
+      int32_t *d = im + (size_t)(y + pt) * pw + pl + x;
+      const size_t at = ((size_t)y * iw + x) * c;
+      for (int ch = 0; ch < c; ch++) d[(size_t)ch * plen] = bnnc_load_int(in, in_type, at + ch);
+    }
+  }
+}
+
 /* Depthwise and pooling convolutions on the padded image, whose values are in output order (the
  * layer puts each output's input channel at its place when it fills the image): s[o] = sum over
  * the kh x kw taps of x[tap][o] * w[tap][o] in int32 (bnnc proved the sums fit) for o < n, 0 up
@@ -398,6 +417,46 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
 #endif
 BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64), int32_t, BNNC_LOAD8_W32)
 BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64_w8), int8_t, BNNC_LOAD8_W8)
+
+/* "ternary_sums" layers (compiler/passes/pack_families.py): output channels whose nonzero weights
+ * are two values a[o], b[o] (ternary), stride 1, on the plane image (bnnc_planes_image) from the
+ * pass's first position on (x = im + q0). For the BNNC_TSUM_Q positions q0 + j and o < n:
+ *   s[o * BNNC_TSUM_Q + j] = a[o] * sum of x[j + off[t]], t in [start[2o], start[2o+1])
+ *                          + b[o] * sum of x[j + off[t]], t in [start[2o+1], start[2o+2])
+ * exact in int64 (bnnc proved |x| * sum |w| < 2**62): adds only, one per nonzero weight and
+ * position, the positions in the vector lanes. The image is int32: half the bytes per load, which
+ * bound the adds (a 256-bit load widened to eight int64 per add). */
+#define BNNC_TSUM_Q 64
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int32_t *start, const int32_t *off,
+                                                     const int64_t *a, const int64_t *b, int n, int64_t *s) {
+#if defined(BNNC_AVX512_DQ)
+  for (int o = 0; o < n; o++) {
+    __m512i sa[8], sb[8];
+    for (int v = 0; v < 8; v++) sa[v] = sb[v] = _mm512_setzero_si512();
+    for (int t = start[2 * o]; t < start[2 * o + 1]; t++) {
+      const int32_t *p = x + off[t];
+      for (int v = 0; v < 8; v++) sa[v] = _mm512_add_epi64(sa[v], BNNC_LOAD8_W32(p + 8 * v));
+    }
+    for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) {
+      const int32_t *p = x + off[t];
+      for (int v = 0; v < 8; v++) sb[v] = _mm512_add_epi64(sb[v], BNNC_LOAD8_W32(p + 8 * v));
+    }
+    const __m512i va = _mm512_set1_epi64(a[o]), vb = _mm512_set1_epi64(b[o]);
+    for (int v = 0; v < 8; v++)
+      _mm512_storeu_si512((void *)(s + (size_t)o * BNNC_TSUM_Q + 8 * v),
+                          _mm512_add_epi64(_mm512_mullo_epi64(sa[v], va), _mm512_mullo_epi64(sb[v], vb)));
+  }
+#else
+  for (int o = 0; o < n; o++) {
+    for (int j = 0; j < BNNC_TSUM_Q; j++) {
+      int64_t sa = 0, sb = 0;
+      for (int t = start[2 * o]; t < start[2 * o + 1]; t++) sa += x[j + off[t]];
+      for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) sb += x[j + off[t]];
+      s[(size_t)o * BNNC_TSUM_Q + j] = a[o] * sa + b[o] * sb;
+    }
+  }
+#endif
+}
 
 #ifdef BNNC_AVX512
 /* the same for the lanes k of v, out[o ..] */
