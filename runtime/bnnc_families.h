@@ -420,31 +420,55 @@ BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64_w8), int8_t, BNNC_LOAD8_W8)
 
 /* "ternary_sums" layers (compiler/passes/pack_families.py): output channels whose nonzero weights
  * are two values a[o], b[o] (ternary), stride 1, on the plane image (bnnc_planes_image) from the
- * pass's first position on (x = im + q0). For the BNNC_TSUM_Q positions q0 + j and o < n:
- *   s[o * BNNC_TSUM_Q + j] = a[o] * sum of x[j + off[t]], t in [start[2o], start[2o+1])
- *                          + b[o] * sum of x[j + off[t]], t in [start[2o+1], start[2o+2])
+ * pass's first position on (x = im + q0). For the BNNC_TSUM_Q positions q0 + j and o < n (a
+ * multiple of 8):
+ *   s[j * n + o] = a[o] * sum of x[j + off[t]], t in [start[2o], start[2o+1])
+ *                + b[o] * sum of x[j + off[t]], t in [start[2o+1], start[2o+2])
  * exact in int64 (bnnc proved |x| * sum |w| < 2**62): adds only, one per nonzero weight and
- * position, the positions in the vector lanes. The image is int32: half the bytes per load, which
- * bound the adds (a 256-bit load widened to eight int64 per add). */
+ * position, the positions in the vector lanes, then each block of 8 outputs x 8 positions
+ * transposed so that a position's sums are contiguous, as the epilogues read them. The image is
+ * int32: half the bytes per load, which bound the adds (a 256-bit load widened per add). */
 #define BNNC_TSUM_Q 64
 BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int32_t *start, const int32_t *off,
                                                      const int64_t *a, const int64_t *b, int n, int64_t *s) {
 #if defined(BNNC_AVX512_DQ)
-  for (int o = 0; o < n; o++) {
-    __m512i sa[8], sb[8];
-    for (int v = 0; v < 8; v++) sa[v] = sb[v] = _mm512_setzero_si512();
-    for (int t = start[2 * o]; t < start[2 * o + 1]; t++) {
-      const int32_t *p = x + off[t];
-      for (int v = 0; v < 8; v++) sa[v] = _mm512_add_epi64(sa[v], BNNC_LOAD8_W32(p + 8 * v));
+  for (int og = 0; og < n; og += 8) {
+    __m512i r[8][8]; /* [output in the block][8 positions] */
+    for (int i = 0; i < 8; i++) {
+      const int o = og + i;
+      __m512i sa[8], sb[8];
+      for (int v = 0; v < 8; v++) sa[v] = sb[v] = _mm512_setzero_si512();
+      for (int t = start[2 * o]; t < start[2 * o + 1]; t++) {
+        const int32_t *p = x + off[t];
+        for (int v = 0; v < 8; v++) sa[v] = _mm512_add_epi64(sa[v], BNNC_LOAD8_W32(p + 8 * v));
+      }
+      for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) {
+        const int32_t *p = x + off[t];
+        for (int v = 0; v < 8; v++) sb[v] = _mm512_add_epi64(sb[v], BNNC_LOAD8_W32(p + 8 * v));
+      }
+      const __m512i va = _mm512_set1_epi64(a[o]), vb = _mm512_set1_epi64(b[o]);
+      for (int v = 0; v < 8; v++)
+        r[i][v] = _mm512_add_epi64(_mm512_mullo_epi64(sa[v], va), _mm512_mullo_epi64(sb[v], vb));
     }
-    for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) {
-      const int32_t *p = x + off[t];
-      for (int v = 0; v < 8; v++) sb[v] = _mm512_add_epi64(sb[v], BNNC_LOAD8_W32(p + 8 * v));
+    for (int v = 0; v < 8; v++) { /* 8 x 8 transpose: positions 8v .. 8v + 7 of the block's outputs */
+      const __m512i a0 = _mm512_unpacklo_epi64(r[0][v], r[1][v]), a1 = _mm512_unpackhi_epi64(r[0][v], r[1][v]);
+      const __m512i a2 = _mm512_unpacklo_epi64(r[2][v], r[3][v]), a3 = _mm512_unpackhi_epi64(r[2][v], r[3][v]);
+      const __m512i a4 = _mm512_unpacklo_epi64(r[4][v], r[5][v]), a5 = _mm512_unpackhi_epi64(r[4][v], r[5][v]);
+      const __m512i a6 = _mm512_unpacklo_epi64(r[6][v], r[7][v]), a7 = _mm512_unpackhi_epi64(r[6][v], r[7][v]);
+      const __m512i b0 = _mm512_shuffle_i64x2(a0, a2, 0x88), b1 = _mm512_shuffle_i64x2(a0, a2, 0xDD);
+      const __m512i b2 = _mm512_shuffle_i64x2(a1, a3, 0x88), b3 = _mm512_shuffle_i64x2(a1, a3, 0xDD);
+      const __m512i b4 = _mm512_shuffle_i64x2(a4, a6, 0x88), b5 = _mm512_shuffle_i64x2(a4, a6, 0xDD);
+      const __m512i b6 = _mm512_shuffle_i64x2(a5, a7, 0x88), b7 = _mm512_shuffle_i64x2(a5, a7, 0xDD);
+      int64_t *d = s + (size_t)(8 * v) * n + og;
+      _mm512_storeu_si512((void *)(d + 0 * (size_t)n), _mm512_shuffle_i64x2(b0, b4, 0x88));
+      _mm512_storeu_si512((void *)(d + 1 * (size_t)n), _mm512_shuffle_i64x2(b2, b6, 0x88));
+      _mm512_storeu_si512((void *)(d + 2 * (size_t)n), _mm512_shuffle_i64x2(b1, b5, 0x88));
+      _mm512_storeu_si512((void *)(d + 3 * (size_t)n), _mm512_shuffle_i64x2(b3, b7, 0x88));
+      _mm512_storeu_si512((void *)(d + 4 * (size_t)n), _mm512_shuffle_i64x2(b0, b4, 0xDD));
+      _mm512_storeu_si512((void *)(d + 5 * (size_t)n), _mm512_shuffle_i64x2(b2, b6, 0xDD));
+      _mm512_storeu_si512((void *)(d + 6 * (size_t)n), _mm512_shuffle_i64x2(b1, b5, 0xDD));
+      _mm512_storeu_si512((void *)(d + 7 * (size_t)n), _mm512_shuffle_i64x2(b3, b7, 0xDD));
     }
-    const __m512i va = _mm512_set1_epi64(a[o]), vb = _mm512_set1_epi64(b[o]);
-    for (int v = 0; v < 8; v++)
-      _mm512_storeu_si512((void *)(s + (size_t)o * BNNC_TSUM_Q + 8 * v),
-                          _mm512_add_epi64(_mm512_mullo_epi64(sa[v], va), _mm512_mullo_epi64(sb[v], vb)));
   }
 #else
   for (int o = 0; o < n; o++) {
@@ -452,7 +476,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int
       int64_t sa = 0, sb = 0;
       for (int t = start[2 * o]; t < start[2 * o + 1]; t++) sa += x[j + off[t]];
       for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) sb += x[j + off[t]];
-      s[(size_t)o * BNNC_TSUM_Q + j] = a[o] * sa + b[o] * sb;
+      s[(size_t)j * n + o] = a[o] * sa + b[o] * sb;
     }
   }
 #endif
