@@ -24,8 +24,8 @@ epilogue. Ways to accumulate:
   its table is [o_pad / 32][kh][g][32][4], each window row's kw * c bytes in g groups of 4, zero
   weights after them. Otherwise int64 sums of int32 weights [taps][o_pad] (int8 where they
   fit), on hosts also read in place from the padded image (bnnc_int_mac64);
-- "ternary_sums" (host builds, stride 1, int64 sums, every output channel's nonzero weights two
-  values at most: ternary {-w_n, 0, +w_p} and ternary-coded layers): no multiplies in the window,
+- "ternary_sums" (host builds, stride 1, where the int64 kernels would run, every output
+  channel's nonzero weights two values at most: ternary {-w_n, 0, +w_p}): no multiplies,
       acc[o] = corr[class][o] + a[o] * sum over list A_o of x + b[o] * sum over list B_o of x,
   the lists naming only the nonzero taps (zero weights skipped, about 2/3 of a TTQ layer). The
   input becomes an image of C planes of int32 (channel after channel, the padded rows pw apart),
@@ -282,7 +282,8 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
             wd[:, :o] = int_w[np.arange(o), :, :, chan[:o]].reshape(o, kh * kw).T
             p.depthwise = {"chan": chan, "w": wd, "gather": not (o == c and np.array_equal(chan[:o], np.arange(o)))}
             p.weights_vnni = p.vnni_offset = None  # the image stays int32
-        if p.word_bits == 64 and layout == "blocked" and not p.acc32 and p.depthwise is None:  # the int64 sums: ternary lists?
+        # the layers the int64 kernels would run (int32 sums need int8 weights too): ternary lists?
+        if p.word_bits == 64 and layout == "blocked" and not (p.acc32 and p.int8_weights) and p.depthwise is None:
             p.tsums = ternary_sums(op, src, int_w, p.corr)
             if p.tsums is not None:
                 p.method, p.image, p.o_pad, p.sparse = "ternary_sums", False, -(-o // BLOCK) * BLOCK, None
