@@ -117,25 +117,6 @@ BNNC_INLINE void bnnc_sparse_int_mac64(const int32_t *win, int ktaps, int cin, c
   }
 }
 
-/* The plane image of "ternary_sums" layers (bnnc_ternary_sums64): the integer input (ih x iw pixels
- * of c values of in_type) padded by pt, pl, pb, pr as c planes of plen int32 values, channel ch's
- * padded pixel (y, x) at ch * plen + y * pw + x (pw = pl + iw + pr; plen >= ph * pw), x = 0 at the
- * padding; then zeros up to n values (read by the last pass of positions). */
-BNNC_INLINE void bnnc_planes_image(const void *in, int in_type, int ih, int iw, int c, int pt, int pl, int pb,
-                                   int pr, int plen, int n, int32_t *im) {
-  const int pw = pl + iw + pr;
-  if (pt || pl || pb || pr || plen > (pt + ih + pb) * pw)
-    for (int i = 0; i < c * plen; i++) im[i] = 0;
-  for (int i = c * plen; i < n; i++) im[i] = 0;
-  for (int y = 0; y < ih; y++) {
-    for (int x = 0; x < iw; x++) {
-      int32_t *d = im + (size_t)(y + pt) * pw + pl + x;
-      const size_t at = ((size_t)y * iw + x) * c;
-      for (int ch = 0; ch < c; ch++) d[(size_t)ch * plen] = bnnc_load_int(in, in_type, at + ch);
-    }
-  }
-}
-
 /* Depthwise and pooling convolutions on the padded image, whose values are in output order (the
  * layer puts each output's input channel at its place when it fills the image): s[o] = sum over
  * the kh x kw taps of x[tap][o] * w[tap][o] in int32 (bnnc proved the sums fit) for o < n, 0 up
@@ -417,6 +398,58 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
 #endif
 BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64), int32_t, BNNC_LOAD8_W32)
 BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64_w8), int8_t, BNNC_LOAD8_W8)
+
+/* The plane image of "ternary_sums" layers (bnnc_ternary_sums64): the integer input (ih x iw pixels
+ * of c values of in_type) padded by pt, pl, pb, pr as c planes of plen int32 values, channel ch's
+ * padded pixel (y, x) at ch * plen + y * pw + x (pw = pl + iw + pr; plen >= ph * pw), x = 0 at the
+ * padding; then zeros up to n values (read by the last pass of positions). With AVX-512, int32
+ * inputs move as blocks of 8 pixels x 8 channels, transposed in registers (AVX2 shuffles). */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_planes_image)(const void *in, int in_type, int ih, int iw, int c, int pt, int pl,
+                                                   int pb, int pr, int plen, int n, int32_t *im) {
+  const int pw = pl + iw + pr;
+  if (pt || pl || pb || pr || plen > (pt + ih + pb) * pw)
+    for (int i = 0; i < c * plen; i++) im[i] = 0;
+  for (int i = c * plen; i < n; i++) im[i] = 0;
+  for (int y = 0; y < ih; y++) {
+    int x = 0;
+#ifdef BNNC_AVX512
+    if (in_type == BNNC_INT32) {
+      const int32_t *src = (const int32_t *)in;
+      for (; x + 8 <= iw; x += 8) {
+        int32_t *d = im + (size_t)(y + pt) * pw + pl + x;
+        int ch = 0;
+        for (; ch + 8 <= c; ch += 8) {
+          const int32_t *r = src + ((size_t)y * iw + x) * c + ch;
+          __m256i t[8], u[8];
+          for (int i = 0; i < 8; i += 2) {
+            const __m256i r0 = _mm256_loadu_si256((const __m256i *)(r + (size_t)i * c));
+            const __m256i r1 = _mm256_loadu_si256((const __m256i *)(r + (size_t)(i + 1) * c));
+            t[i] = _mm256_unpacklo_epi32(r0, r1);  /* channels 0, 1 | 4, 5 of pixels i, i + 1 */
+            t[i + 1] = _mm256_unpackhi_epi32(r0, r1); /* channels 2, 3 | 6, 7 */
+          }
+          for (int i = 0; i < 8; i += 4) {
+            u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);     /* channel 0 | 4 of 4 pixels */
+            u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]); /* 1 | 5 */
+            u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]); /* 2 | 6 */
+            u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]); /* 3 | 7 */
+          }
+          for (int k = 0; k < 4; k++) {
+            _mm256_storeu_si256((__m256i *)(d + (size_t)(ch + k) * plen), _mm256_permute2x128_si256(u[k], u[k + 4], 0x20));
+            _mm256_storeu_si256((__m256i *)(d + (size_t)(ch + k + 4) * plen), _mm256_permute2x128_si256(u[k], u[k + 4], 0x31));
+          }
+        }
+        for (; ch < c; ch++)
+          for (int i = 0; i < 8; i++) d[(size_t)ch * plen + i] = src[((size_t)y * iw + x + i) * c + ch];
+      }
+    }
+#endif
+    for (; x < iw; x++) {
+      int32_t *d = im + (size_t)(y + pt) * pw + pl + x;
+      const size_t at = ((size_t)y * iw + x) * c;
+      for (int ch = 0; ch < c; ch++) d[(size_t)ch * plen] = bnnc_load_int(in, in_type, at + ch);
+    }
+  }
+}
 
 /* "ternary_sums" layers (compiler/passes/pack_families.py): output channels whose nonzero weights
  * are two values a[o], b[o] (ternary), stride 1, on the plane image (bnnc_planes_image) from the

@@ -82,6 +82,10 @@ RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607
 # the plane images: planes of TS_PLEN values (more than the padded pixels), then zeros up to TS_PLANES
 TS_PLEN = (PI_H + PI_PADS[0] + PI_PADS[2]) * (PI_W + PI_PADS[1] + PI_PADS[3]) + 3
 TS_PLANES = PI_C * TS_PLEN + 5
+# and of an int32 input whose rows and channels are whole blocks of 8 (the AVX-512 transpose) and a rest
+TP_H, TP_W, TP_C, TP_PADS = 2, 19, 21, (1, 0, 2, 3)
+TP_PLEN = (TP_H + 3) * (TP_W + 3) + 2
+TP_N = TP_C * TP_PLEN + 7
 
 
 def ternary_starts(rng) -> np.ndarray:
@@ -129,6 +133,7 @@ def kernel_program(rng) -> tuple:
         "tx": np.where(rng.random(TS_N) < 0.5, rng.choice([-2**31, 2**31 - 1], TS_N),
                        rng.integers(-2**31, 2**31, TS_N)).astype(np.int32),
         "tstart": ternary_starts(rng),
+        "tpi": rng.integers(-2**31, 2**31, TP_H * TP_W * TP_C).astype(np.int32),
         "toff": rng.integers(0, TS_OFF, 2 * TS_O * TS_L).astype(np.int32),
         "ta": rng.choice([TS_W, -TS_W, 1, -1, 12345], TS_O).astype(np.int64),
         "tb": rng.choice([TS_W, -TS_W, -1, 0], TS_O).astype(np.int64),
@@ -139,7 +144,7 @@ def kernel_program(rng) -> tuple:
              "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dww": "int8_t",
              "wm": "int32_t", "wm8": "int8_t", "initm": "int64_t", "pi8": "int8_t", "pu8": "uint8_t",
              "pi16": "int16_t", "pu16": "uint16_t", "pi32": "int32_t", "s32": "int32_t", "tx": "int32_t",
-             "tstart": "int32_t", "toff": "int32_t", "ta": "int64_t", "tb": "int64_t"}
+             "tstart": "int32_t", "tpi": "int32_t", "toff": "int32_t", "ta": "int64_t", "tb": "int64_t"}
     arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
     body = []
     vnni = (f"  bnnc_int_mac_vnni_avx512(u, {RS * 4}, {KH}, {G}, wv, corr, {OPAD}, acc);\n"
@@ -187,13 +192,13 @@ static BNNC_VT void run_{v}(void) {{
   show_words("{v} threshold_pack64", bits2, 1);
   {{ /* ternary sums: 64 positions of TS_O outputs, then the plane image of an int8 and an int32 input */
     static int64_t ts[64 * {TS_O}];
-    static int32_t planes[{TS_PLANES}];
+    static int32_t planes[{TS_PLANES}], tplanes[{TP_N}];
     bnnc_ternary_sums64_{v}(tx, tstart, toff, ta, tb, {TS_O}, ts);
     show64("{v} ternary_sums64", ts, 64 * {TS_O});
-    bnnc_planes_image(pi8, BNNC_INT8, {PI_H}, {PI_W}, {PI_C}, {", ".join(map(str, PI_PADS))}, {TS_PLEN}, {TS_PLANES}, planes);
+    bnnc_planes_image_{v}(pi8, BNNC_INT8, {PI_H}, {PI_W}, {PI_C}, {", ".join(map(str, PI_PADS))}, {TS_PLEN}, {TS_PLANES}, planes);
     show("{v} planes_image8", planes, {TS_PLANES});
-    bnnc_planes_image(pi32, BNNC_INT32, {PI_H}, {PI_W}, {PI_C}, 0, 0, 0, 0, {PI_H * PI_W}, {TS_PLANES}, planes);
-    show("{v} planes_image32", planes, {TS_PLANES});
+    bnnc_planes_image_{v}(tpi, BNNC_INT32, {TP_H}, {TP_W}, {TP_C}, 1, 0, 2, 3, {TP_PLEN}, {TP_N}, tplanes);
+    show("{v} planes_image32", tplanes, {TP_N});
   }}
   bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dww, {DW_N}, {DW_OPAD}, dw);
   show("{v} depthwise", dw, {DW_OPAD});
@@ -343,12 +348,13 @@ def expected_kernels(d: dict) -> dict:
             ts[j, o] = int(d["ta"][o]) * sa + int(d["tb"][o]) * sb
     assert np.abs(ts).max() < 2**62  # the bound bnnc proves before it picks the kernel
     out["ternary_sums64"] = ts
-    for k, pads, plen in (("pi8", PI_PADS, TS_PLEN), ("pi32", (0, 0, 0, 0), PI_H * PI_W)):
+    for k, (h, w, c), pads, plen, n in (("pi8", (PI_H, PI_W, PI_C), PI_PADS, TS_PLEN, TS_PLANES),
+                                        ("tpi", (TP_H, TP_W, TP_C), TP_PADS, TP_PLEN, TP_N)):
         (pt, pl, pb, pr) = pads
-        x = np.pad(d[k].astype(np.int64).reshape(PI_H, PI_W, PI_C), ((pt, pb), (pl, pr), (0, 0)))
-        planes = np.zeros((PI_C, plen), np.int64)
-        planes[:, :x.shape[0] * x.shape[1]] = x.reshape(-1, PI_C).T
-        out["planes_image" + k[2:]] = np.concatenate([planes.ravel(), np.zeros(TS_PLANES - PI_C * plen, np.int64)])
+        x = np.pad(d[k].astype(np.int64).reshape(h, w, c), ((pt, pb), (pl, pr), (0, 0)))
+        planes = np.zeros((c, plen), np.int64)
+        planes[:, :x.shape[0] * x.shape[1]] = x.reshape(-1, c).T
+        out["planes_image" + ("8" if k == "pi8" else "32")] = np.concatenate([planes.ravel(), np.zeros(n - c * plen, np.int64)])
     out["int_mac_vnni"] = d["corr"] + np.concatenate(
         [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])
     return out

@@ -213,11 +213,14 @@ def ternary_sums(op: ir.Conv, src: ir.Ints, int_w: np.ndarray, corr: np.ndarray)
     computed (the last output's + 1), "image": int64 values of the plane image (the planes, then
     zeros read by the last pass)}. Only where the accumulator provably fits int64 with room to
     spare (|x| * sum |w| + |corr| < 2**62, the same bound for the dropped positions, which add
-    as many input values as a real window)."""
+    as many input values as a real window), and where a quarter of the weights or more are zero
+    (a dense layer's lists would save no work: the image and the epilogue's order cost more)."""
     if tuple(op.stride) != (1, 1):
         return None
     o, kh, kw, c = int_w.shape
     rows = int_w.reshape(o, -1).astype(np.int64)
+    if 4 * np.count_nonzero(rows) > 3 * rows.size:  # lists pay where they skip zeros (dense layers: the MACs)
+        return None
     mag = max(abs(src.lo), abs(src.hi))
     if mag * int(np.abs(rows).sum(axis=1).max(initial=0)) + int(np.abs(corr).max(initial=0)) >= 2**62:
         return None
