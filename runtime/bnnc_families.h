@@ -453,8 +453,8 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_planes_image)(const void *in, int in_type, 
 
 /* "ternary_sums" layers (compiler/passes/pack_families.py): output channels whose nonzero weights
  * are two values a[o], b[o] (ternary), stride 1, on the plane image (bnnc_planes_image) from the
- * pass's first position on (x = im + q0). For the BNNC_TSUM_Q positions q0 + j and o < n (a
- * multiple of 8):
+ * pass's first position on (x = im + q0). For the 8 * nv <= BNNC_TSUM_Q positions q0 + j (nv a
+ * compile-time constant once inlined: 8 but in a layer's last pass) and o < n (a multiple of 8):
  *   s[j * n + o] = a[o] * sum of x[j + off[t]], t in [start[2o], start[2o+1])
  *                + b[o] * sum of x[j + off[t]], t in [start[2o+1], start[2o+2])
  * exact in int64 (bnnc proved |x| * sum |w| < 2**62): adds only, one per nonzero weight and
@@ -463,27 +463,27 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_planes_image)(const void *in, int in_type, 
  * int32: half the bytes per load, which bound the adds (a 256-bit load widened per add). */
 #define BNNC_TSUM_Q 64
 BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int32_t *start, const int32_t *off,
-                                                     const int64_t *a, const int64_t *b, int n, int64_t *s) {
+                                                     const int64_t *a, const int64_t *b, int n, int nv, int64_t *s) {
 #if defined(BNNC_AVX512_DQ)
   for (int og = 0; og < n; og += 8) {
     __m512i r[8][8]; /* [output in the block][8 positions] */
     for (int i = 0; i < 8; i++) {
       const int o = og + i;
       __m512i sa[8], sb[8];
-      for (int v = 0; v < 8; v++) sa[v] = sb[v] = _mm512_setzero_si512();
+      for (int v = 0; v < nv; v++) sa[v] = sb[v] = _mm512_setzero_si512();
       for (int t = start[2 * o]; t < start[2 * o + 1]; t++) {
         const int32_t *p = x + off[t];
-        for (int v = 0; v < 8; v++) sa[v] = _mm512_add_epi64(sa[v], BNNC_LOAD8_W32(p + 8 * v));
+        for (int v = 0; v < nv; v++) sa[v] = _mm512_add_epi64(sa[v], BNNC_LOAD8_W32(p + 8 * v));
       }
       for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) {
         const int32_t *p = x + off[t];
-        for (int v = 0; v < 8; v++) sb[v] = _mm512_add_epi64(sb[v], BNNC_LOAD8_W32(p + 8 * v));
+        for (int v = 0; v < nv; v++) sb[v] = _mm512_add_epi64(sb[v], BNNC_LOAD8_W32(p + 8 * v));
       }
       const __m512i va = _mm512_set1_epi64(a[o]), vb = _mm512_set1_epi64(b[o]);
-      for (int v = 0; v < 8; v++)
+      for (int v = 0; v < nv; v++)
         r[i][v] = _mm512_add_epi64(_mm512_mullo_epi64(sa[v], va), _mm512_mullo_epi64(sb[v], vb));
     }
-    for (int v = 0; v < 8; v++) { /* 8 x 8 transpose: positions 8v .. 8v + 7 of the block's outputs */
+    for (int v = 0; v < nv; v++) { /* 8 x 8 transpose: positions 8v .. 8v + 7 of the block's outputs */
       const __m512i a0 = _mm512_unpacklo_epi64(r[0][v], r[1][v]), a1 = _mm512_unpackhi_epi64(r[0][v], r[1][v]);
       const __m512i a2 = _mm512_unpacklo_epi64(r[2][v], r[3][v]), a3 = _mm512_unpackhi_epi64(r[2][v], r[3][v]);
       const __m512i a4 = _mm512_unpacklo_epi64(r[4][v], r[5][v]), a5 = _mm512_unpackhi_epi64(r[4][v], r[5][v]);
@@ -505,7 +505,7 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int
   }
 #else
   for (int o = 0; o < n; o++) {
-    for (int j = 0; j < BNNC_TSUM_Q; j++) {
+    for (int j = 0; j < 8 * nv; j++) {
       int64_t sa = 0, sb = 0;
       for (int t = start[2 * o]; t < start[2 * o + 1]; t++) sa += x[j + off[t]];
       for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) sb += x[j + off[t]];

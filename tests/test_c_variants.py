@@ -193,8 +193,10 @@ static BNNC_VT void run_{v}(void) {{
   {{ /* ternary sums: 64 positions of TS_O outputs, then the plane image of an int8 and an int32 input */
     static int64_t ts[64 * {TS_O}];
     static int32_t planes[{TS_PLANES}], tplanes[{TP_N}];
-    bnnc_ternary_sums64_{v}(tx, tstart, toff, ta, tb, {TS_O}, ts);
+    bnnc_ternary_sums64_{v}(tx, tstart, toff, ta, tb, {TS_O}, 8, ts);
     show64("{v} ternary_sums64", ts, 64 * {TS_O});
+    bnnc_ternary_sums64_{v}(tx, tstart, toff, ta, tb, {TS_O}, 3, ts); /* a last pass of 24 positions */
+    show64("{v} ternary_sums64_3", ts, 24 * {TS_O});
     bnnc_planes_image_{v}(pi8, BNNC_INT8, {PI_H}, {PI_W}, {PI_C}, {", ".join(map(str, PI_PADS))}, {TS_PLEN}, {TS_PLANES}, planes);
     show("{v} planes_image8", planes, {TS_PLANES});
     bnnc_planes_image_{v}(tpi, BNNC_INT32, {TP_H}, {TP_W}, {TP_C}, 1, 0, 2, 3, {TP_PLEN}, {TP_N}, tplanes);
@@ -348,6 +350,7 @@ def expected_kernels(d: dict) -> dict:
             ts[j, o] = int(d["ta"][o]) * sa + int(d["tb"][o]) * sb
     assert np.abs(ts).max() < 2**62  # the bound bnnc proves before it picks the kernel
     out["ternary_sums64"] = ts
+    out["ternary_sums64_3"] = ts[:24]
     for k, (h, w, c), pads, plen, n in (("pi8", (PI_H, PI_W, PI_C), PI_PADS, TS_PLEN, TS_PLANES),
                                         ("tpi", (TP_H, TP_W, TP_C), TP_PADS, TP_PLEN, TP_N)):
         (pt, pl, pb, pr) = pads

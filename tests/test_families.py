@@ -527,6 +527,47 @@ def test_ternary_sums_is_picked_only_where_it_is_exact():
     op.stride = stride
 
 
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 1, 2), (2, 1, 0, 0), (0, 2, 0, 1), (0, 0, 0, 0)])
+def test_ternary_sums_tables_are_the_convolution(pads):
+    """The plane image with rows sharing their zero columns (pw = iw + max(left, right)), the tap
+    offsets and the positions computed and dropped, as bnnc_ternary_sums64 and the layer walk them,
+    in numpy: the zero-padded convolution, for symmetric and one-sided padding."""
+    from bnnc.passes.pack_families import TSUM_POSITIONS, ternary_sums
+    from bnnc.testing.random_models import random_model
+    graph = compile_graph(random_model(1)[0])
+    op = next(o for o in convs(graph) if isinstance(graph.tensors[o.inputs[0]], ir.Ints))
+    rng = np.random.default_rng(sum(pads))
+    o, kh, kw, c, ih, iw = 11, 3, 2, 3, 5, 6
+    w = rng.choice([-1, 0, 0, 1], (o, kh, kw, c)) * np.where(rng.random((o, 1, 1, 1)) < 0.5, 7, 2)
+    w = np.where(w < 0, w * 3, w)  # channel o's weights: +a, 0, -3a
+    x = rng.integers(-2**31, 2**31, (ih, iw, c))
+    saved = op.stride, op.pads
+    op.stride, op.pads = (1, 1), pads
+    t = ternary_sums(op, ir.Ints((ih, iw, c), -2**31, 2**31 - 1), w, np.zeros((1, o), np.int64))
+    op.stride, op.pads = saved
+    pt, pl, pb, pr = pads
+    image = np.zeros(t["image"] + TSUM_POSITIONS, object)  # what the last pass may read
+    for ch in range(c):  # bnnc_planes_image(..., pt, zeros, pb, 0, plen, ...)
+        for y in range(ih):
+            at = ch * t["plen"] + (y + pt) * t["pw"] + t["zeros"]
+            image[at:at + iw] = x[y, :, ch]
+    padded = np.pad(x, ((pt, pb), (pl, pr), (0, 0))).astype(object)
+    oh, ow = ih + pt + pb - kh + 1, iw + pl + pr - kw + 1
+    seen = 0
+    for q in range(t["nq"]):
+        oy, ox = divmod(q, t["pw"])
+        if ox >= ow:
+            continue
+        seen += 1
+        for i in range(o):
+            st = t["start"]
+            sa = sum(image[q + t["off"][e]] for e in range(st[2 * i], st[2 * i + 1]))
+            sb = sum(image[q + t["off"][e]] for e in range(st[2 * i + 1], st[2 * i + 2]))
+            want = int((padded[oy:oy + kh, ox:ox + kw, :] * w[i]).sum())
+            assert int(t["a"][i]) * sa + int(t["b"][i]) * sb == want, (oy, ox, i)
+    assert seen == oh * ow and t["pw"] == iw + max(pl, pr)
+
+
 def _guess_count(t, xlo, xhi, guess):
     """bnnc_level_guess (runtime/bnnc_families.h) in numpy, for every x in [xlo, xhi]."""
     from bnnc.passes.pack_families import GUESS_SHIFT

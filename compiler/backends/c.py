@@ -17,7 +17,7 @@ from .. import ir
 from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, SOFTMAX_CUTOFF
 from ..errors import BnncError
 from ..passes.pack_bits import pack_bit_rows, pair_groups, storage_dtype, words
-from ..passes.pack_families import GUESS_SHIFT
+from ..passes.pack_families import GUESS_SHIFT, TSUM_POSITIONS
 from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
 
@@ -485,7 +485,9 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 table("tstart", "int32_t", p.tsums["start"])
                 table("ta", "int64_t", p.tsums["a"])
                 table("tb", "int64_t", p.tsums["b"])
-                L.update(plen=p.tsums["plen"], nq=p.tsums["nq"], tsum_image=p.tsums["image"])
+                nq = p.tsums["nq"]
+                L.update(plen=p.tsums["plen"], tsum_pw=p.tsums["pw"], tsum_zeros=p.tsums["zeros"], nq=nq,
+                         tsum_image=p.tsums["image"], tsum_rest=-(-(nq % TSUM_POSITIONS) // 8))
             elif p.pairs:
                 L.update(int16_pair_ctx(op, p))
                 table("w0", "int16_t", int16_halves(p.weights[0]), align=True)

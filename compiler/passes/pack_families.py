@@ -28,10 +28,12 @@ epilogue. Ways to accumulate:
   channel's nonzero weights two values at most: ternary {-w_n, 0, +w_p}): no multiplies,
       acc[o] = corr[class][o] + a[o] * sum over list A_o of x + b[o] * sum over list B_o of x,
   the lists naming only the nonzero taps (zero weights skipped, about 2/3 of a TTQ layer). The
-  input becomes an image of C planes of int32 (channel after channel, the padded rows pw apart),
-  so that tap (c, ky, kx) of position q = oy * pw + ox is plane value q + c * plen + ky * pw + kx:
+  input becomes an image of C planes of int32 (channel after channel, the padded rows pw apart,
+  sharing their zero columns), so that tap (c, ky, kx) of position q = oy * pw + ox is plane
+  value q + c * plen + ky * pw + kx (+ a constant where the right padding is the wider):
   one list offset per tap, and 64 consecutive positions (the columns oy * pw + ow .. pw - 1 past
-  a row's end are computed and dropped) are eight vector adds per tap (bnnc_ternary_sums64). The
+  a row's end are computed and dropped; the last pass as many as are left, in vectors of 8) are
+  eight vector adds per tap (bnnc_ternary_sums64). The
   sums stay exact in int64: |a * S_A| + |b * S_B| <= max|x| * sum |w| < 2**62 is checked;
 - "sparse_int" (expander lists): with 32-bit words (MCU firmware) only the listed (o, c) kernels
   are visited (int32 sums under the same bound); host builds multiply the dense table, zero
@@ -209,9 +211,12 @@ def ternary_sums(op: ir.Conv, src: ir.Ints, int_w: np.ndarray, corr: np.ndarray)
     """The tables of the "ternary_sums" method (module docstring) where it is exact, else None:
     {"a", "b": int64 (O8,) the two weights of each channel (0 where a list is empty), "start":
     int32 (2 * O8 + 1,) where each channel's lists A and B start in "off", "off": int32 (nnz,) the
-    taps' plane offsets, ascending within a list, "plen": values per plane, "pw", "nq": positions
-    computed (the last output's + 1), "image": int64 values of the plane image (the planes, then
-    zeros read by the last pass)}. Only where the accumulator provably fits int64 with room to
+    taps' plane offsets, ascending within a list, "plen": values per plane, "pw": values per row,
+    "zeros": zero columns before each row's iw values, "nq": positions computed (the last output's
+    + 1), "image": int32 values of the plane image (the planes, then zeros read by the last
+    pass)}. The rows share their padding: the zero columns before a row are the left padding of
+    its windows and the right padding of the row above's (pw = iw + max(left, right) instead of
+    iw + left + right: fewer dropped positions). Only where the accumulator provably fits int64 with room to
     spare (|x| * sum |w| + |corr| < 2**62, the same bound for the dropped positions, which add
     as many input values as a real window), and where a quarter of the weights or more are zero
     (a dense layer's lists would save no work: the image and the epilogue's order cost more)."""
@@ -226,11 +231,12 @@ def ternary_sums(op: ir.Conv, src: ir.Ints, int_w: np.ndarray, corr: np.ndarray)
         return None
     ih, iw = src.shape[:2]
     t, left, b, r = op.pads
-    ph, pw = ih + t + b, iw + left + r
-    oh, ow = ph - kh + 1, pw - kw + 1
+    zeros = max(left, r)  # zero columns before each row: the left padding, and the right one of the row above
+    ph, pw = ih + t + b, iw + zeros
+    oh, ow = ph - kh + 1, iw + left + r - kw + 1
     plen = ph * pw
     ky, kx, ch = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(c), indexing="ij")
-    tap_off = (ch * plen + ky * pw + kx).reshape(-1)  # int_w's (ky, kx, c) order
+    tap_off = (ch * plen + ky * pw + kx + zeros - left).reshape(-1)  # int_w's (ky, kx, c) order
     o8 = -(-o // BLOCK) * BLOCK
     wa, wb = np.zeros(o8, np.int64), np.zeros(o8, np.int64)
     start, off = [0], []
@@ -247,7 +253,7 @@ def ternary_sums(op: ir.Conv, src: ir.Ints, int_w: np.ndarray, corr: np.ndarray)
     last = (nq - 1) // TSUM_POSITIONS * TSUM_POSITIONS  # the last pass's first position
     image = max(c * plen, last + TSUM_POSITIONS + int(tap_off.max(initial=0)))
     return {"a": wa, "b": wb, "start": np.array(start, np.int32), "off": np.array(off or [0], np.int32),
-            "plen": plen, "pw": pw, "nq": nq, "image": image}
+            "plen": plen, "pw": pw, "zeros": zeros, "nq": nq, "image": image}
 
 
 def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: str = "blocked") -> PackedConv:
