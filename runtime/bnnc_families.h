@@ -403,23 +403,28 @@ BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64_w8), int8_t, BNNC_LOAD8_W8)
  * of c values of in_type) padded by pt, pl, pb, pr as c planes of plen int32 values, channel ch's
  * padded pixel (y, x) at ch * plen + y * pw + x (pw = pl + iw + pr; plen >= ph * pw), x = 0 at the
  * padding; then zeros up to n values (read by the last pass of positions). With AVX-512, int32
- * inputs move as blocks of 8 pixels x 8 channels, transposed in registers (AVX2 shuffles). */
+ * inputs move as blocks of 8 pixels x 8 channels, transposed in registers (AVX2 shuffles); without
+ * zero columns the blocks run across rows (a 7 x 7 image is 49 pixels in a row). */
 BNNC_INLINE BNNC_VT void BNNC_V(bnnc_planes_image)(const void *in, int in_type, int ih, int iw, int c, int pt, int pl,
                                                    int pb, int pr, int plen, int n, int32_t *im) {
   const int pw = pl + iw + pr;
+  const int flat = !pl && !pr; /* no zero columns: the rows are back to back, one row of ih * iw pixels */
+  const int rows = flat ? 1 : ih, cols = flat ? ih * iw : iw;
   if (pt || pl || pb || pr || plen > (pt + ih + pb) * pw)
     for (int i = 0; i < c * plen; i++) im[i] = 0;
   for (int i = c * plen; i < n; i++) im[i] = 0;
-  for (int y = 0; y < ih; y++) {
+  for (int y = 0; y < rows; y++) {
+    int32_t *row = im + (size_t)(y + pt) * pw + pl;
+    const size_t first = (size_t)y * cols; /* the row's first pixel */
     int x = 0;
 #ifdef BNNC_AVX512
     if (in_type == BNNC_INT32) {
       const int32_t *src = (const int32_t *)in;
-      for (; x + 8 <= iw; x += 8) {
-        int32_t *d = im + (size_t)(y + pt) * pw + pl + x;
+      for (; x + 8 <= cols; x += 8) {
+        int32_t *d = row + x;
         int ch = 0;
         for (; ch + 8 <= c; ch += 8) {
-          const int32_t *r = src + ((size_t)y * iw + x) * c + ch;
+          const int32_t *r = src + (first + x) * c + ch;
           __m256i t[8], u[8];
           for (int i = 0; i < 8; i += 2) {
             const __m256i r0 = _mm256_loadu_si256((const __m256i *)(r + (size_t)i * c));
@@ -439,13 +444,13 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_planes_image)(const void *in, int in_type, 
           }
         }
         for (; ch < c; ch++)
-          for (int i = 0; i < 8; i++) d[(size_t)ch * plen + i] = src[((size_t)y * iw + x + i) * c + ch];
+          for (int i = 0; i < 8; i++) d[(size_t)ch * plen + i] = src[(first + x + i) * c + ch];
       }
     }
 #endif
-    for (; x < iw; x++) {
-      int32_t *d = im + (size_t)(y + pt) * pw + pl + x;
-      const size_t at = ((size_t)y * iw + x) * c;
+    for (; x < cols; x++) {
+      int32_t *d = row + x;
+      const size_t at = (first + x) * c;
       for (int ch = 0; ch < c; ch++) d[(size_t)ch * plen] = bnnc_load_int(in, in_type, at + ch);
     }
   }

@@ -201,6 +201,8 @@ static BNNC_VT void run_{v}(void) {{
     show("{v} planes_image8", planes, {TS_PLANES});
     bnnc_planes_image_{v}(tpi, BNNC_INT32, {TP_H}, {TP_W}, {TP_C}, 1, 0, 2, 3, {TP_PLEN}, {TP_N}, tplanes);
     show("{v} planes_image32", tplanes, {TP_N});
+    bnnc_planes_image_{v}(tpi, BNNC_INT32, {TP_W}, {TP_H}, {TP_C}, 2, 0, 1, 0, {TP_PLEN}, {TP_N}, tplanes);
+    show("{v} planes_image32_flat", tplanes, {TP_N}); /* no zero columns: blocks of 8 across rows */
   }}
   bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dww, {DW_N}, {DW_OPAD}, dw);
   show("{v} depthwise", dw, {DW_OPAD});
@@ -351,13 +353,14 @@ def expected_kernels(d: dict) -> dict:
     assert np.abs(ts).max() < 2**62  # the bound bnnc proves before it picks the kernel
     out["ternary_sums64"] = ts
     out["ternary_sums64_3"] = ts[:24]
-    for k, (h, w, c), pads, plen, n in (("pi8", (PI_H, PI_W, PI_C), PI_PADS, TS_PLEN, TS_PLANES),
-                                        ("tpi", (TP_H, TP_W, TP_C), TP_PADS, TP_PLEN, TP_N)):
+    for name, k, (h, w, c), pads, plen, n in (("8", "pi8", (PI_H, PI_W, PI_C), PI_PADS, TS_PLEN, TS_PLANES),
+                                              ("32", "tpi", (TP_H, TP_W, TP_C), TP_PADS, TP_PLEN, TP_N),
+                                              ("32_flat", "tpi", (TP_W, TP_H, TP_C), (2, 0, 1, 0), TP_PLEN, TP_N)):
         (pt, pl, pb, pr) = pads
         x = np.pad(d[k].astype(np.int64).reshape(h, w, c), ((pt, pb), (pl, pr), (0, 0)))
         planes = np.zeros((c, plen), np.int64)
         planes[:, :x.shape[0] * x.shape[1]] = x.reshape(-1, c).T
-        out["planes_image" + ("8" if k == "pi8" else "32")] = np.concatenate([planes.ravel(), np.zeros(n - c * plen, np.int64)])
+        out["planes_image" + name] = np.concatenate([planes.ravel(), np.zeros(n - c * plen, np.int64)])
     out["int_mac_vnni"] = d["corr"] + np.concatenate(
         [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])
     return out
