@@ -467,6 +467,15 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_planes_image)(const void *in, int in_type, 
  * transposed so that a position's sums are contiguous, as the epilogues read them. The image is
  * int32: half the bytes per load, which bound the adds (a 256-bit load widened per add). */
 #define BNNC_TSUM_Q 64
+/* the loops over a pass's nv vectors unrolled, so that the sums stay in registers also where nv
+ * is below 8 (GCC 12 keeps a 4-vector loop rolled, its sums in memory) */
+#if defined(__clang__)
+#define BNNC_UNROLL_NV _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define BNNC_UNROLL_NV _Pragma("GCC unroll 8")
+#else
+#define BNNC_UNROLL_NV
+#endif
 BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int32_t *start, const int32_t *off,
                                                      const int64_t *a, const int64_t *b, int n, int nv, int64_t *s) {
 #if defined(BNNC_AVX512_DQ)
@@ -475,19 +484,24 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int
     for (int i = 0; i < 8; i++) {
       const int o = og + i;
       __m512i sa[8], sb[8];
+      BNNC_UNROLL_NV
       for (int v = 0; v < nv; v++) sa[v] = sb[v] = _mm512_setzero_si512();
       for (int t = start[2 * o]; t < start[2 * o + 1]; t++) {
         const int32_t *p = x + off[t];
+        BNNC_UNROLL_NV
         for (int v = 0; v < nv; v++) sa[v] = _mm512_add_epi64(sa[v], BNNC_LOAD8_W32(p + 8 * v));
       }
       for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) {
         const int32_t *p = x + off[t];
+        BNNC_UNROLL_NV
         for (int v = 0; v < nv; v++) sb[v] = _mm512_add_epi64(sb[v], BNNC_LOAD8_W32(p + 8 * v));
       }
       const __m512i va = _mm512_set1_epi64(a[o]), vb = _mm512_set1_epi64(b[o]);
+      BNNC_UNROLL_NV
       for (int v = 0; v < nv; v++)
         r[i][v] = _mm512_add_epi64(_mm512_mullo_epi64(sa[v], va), _mm512_mullo_epi64(sb[v], vb));
     }
+    BNNC_UNROLL_NV
     for (int v = 0; v < nv; v++) { /* 8 x 8 transpose: positions 8v .. 8v + 7 of the block's outputs */
       const __m512i a0 = _mm512_unpacklo_epi64(r[0][v], r[1][v]), a1 = _mm512_unpackhi_epi64(r[0][v], r[1][v]);
       const __m512i a2 = _mm512_unpacklo_epi64(r[2][v], r[3][v]), a3 = _mm512_unpackhi_epi64(r[2][v], r[3][v]);
