@@ -168,6 +168,9 @@ def family_stored_bytes(op, wb: int) -> int:
         n += 0 if arr is None else int(np.asarray(arr).nbytes)
     for arr in (getattr(p, "sparse", None) or {}).values():
         n += int(arr.nbytes)
+    tsums = getattr(p, "tsums", None)
+    if tsums is not None:  # ternary_sums: each channel's two weights (the tap lists are `weights`)
+        n += int(tsums["a"].nbytes + tsums["b"].nbytes)
     if isinstance(getattr(op, "epilogue", None), ir.Requantize):
         n += 4 * 8 * op.epilogue.mult.size  # mult, add and the accumulator clamp, int64
     return int(n)

@@ -399,6 +399,141 @@ BNNC_INLINE BNNC_VT void BNNC_V(bnnc_fam_plane_popcount)(int kind, const bnnc_wo
 BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64), int32_t, BNNC_LOAD8_W32)
 BNNC_INT_MAC64(BNNC_V(bnnc_int_mac64_w8), int8_t, BNNC_LOAD8_W8)
 
+/* The plane image of "ternary_sums" layers (bnnc_ternary_sums64): the integer input (ih x iw pixels
+ * of c values of in_type) padded by pt, pl, pb, pr as c planes of plen int32 values, channel ch's
+ * padded pixel (y, x) at ch * plen + y * pw + x (pw = pl + iw + pr; plen >= ph * pw), x = 0 at the
+ * padding; then zeros up to n values (read by the last pass of positions). With AVX-512, int32
+ * inputs move as blocks of 8 pixels x 8 channels, transposed in registers (AVX2 shuffles); without
+ * zero columns the blocks run across rows (a 7 x 7 image is 49 pixels in a row). */
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_planes_image)(const void *in, int in_type, int ih, int iw, int c, int pt, int pl,
+                                                   int pb, int pr, int plen, int n, int32_t *im) {
+  const int pw = pl + iw + pr;
+  const int flat = !pl && !pr; /* no zero columns: the rows are back to back, one row of ih * iw pixels */
+  const int rows = flat ? 1 : ih, cols = flat ? ih * iw : iw;
+  if (pt || pl || pb || pr || plen > (pt + ih + pb) * pw)
+    for (int i = 0; i < c * plen; i++) im[i] = 0;
+  for (int i = c * plen; i < n; i++) im[i] = 0;
+  for (int y = 0; y < rows; y++) {
+    int32_t *row = im + (size_t)(y + pt) * pw + pl;
+    const size_t first = (size_t)y * cols; /* the row's first pixel */
+    int x = 0;
+#ifdef BNNC_AVX512
+    if (in_type == BNNC_INT32) {
+      const int32_t *src = (const int32_t *)in;
+      for (; x + 8 <= cols; x += 8) {
+        int32_t *d = row + x;
+        int ch = 0;
+        for (; ch + 8 <= c; ch += 8) {
+          const int32_t *r = src + (first + x) * c + ch;
+          __m256i t[8], u[8];
+          for (int i = 0; i < 8; i += 2) {
+            const __m256i r0 = _mm256_loadu_si256((const __m256i *)(r + (size_t)i * c));
+            const __m256i r1 = _mm256_loadu_si256((const __m256i *)(r + (size_t)(i + 1) * c));
+            t[i] = _mm256_unpacklo_epi32(r0, r1);  /* channels 0, 1 | 4, 5 of pixels i, i + 1 */
+            t[i + 1] = _mm256_unpackhi_epi32(r0, r1); /* channels 2, 3 | 6, 7 */
+          }
+          for (int i = 0; i < 8; i += 4) {
+            u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);     /* channel 0 | 4 of 4 pixels */
+            u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]); /* 1 | 5 */
+            u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]); /* 2 | 6 */
+            u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]); /* 3 | 7 */
+          }
+          for (int k = 0; k < 4; k++) {
+            _mm256_storeu_si256((__m256i *)(d + (size_t)(ch + k) * plen), _mm256_permute2x128_si256(u[k], u[k + 4], 0x20));
+            _mm256_storeu_si256((__m256i *)(d + (size_t)(ch + k + 4) * plen), _mm256_permute2x128_si256(u[k], u[k + 4], 0x31));
+          }
+        }
+        for (; ch < c; ch++)
+          for (int i = 0; i < 8; i++) d[(size_t)ch * plen + i] = src[(first + x + i) * c + ch];
+      }
+    }
+#endif
+    for (; x < cols; x++) {
+      int32_t *d = row + x;
+      const size_t at = (first + x) * c;
+      for (int ch = 0; ch < c; ch++) d[(size_t)ch * plen] = bnnc_load_int(in, in_type, at + ch);
+    }
+  }
+}
+
+/* "ternary_sums" layers (compiler/passes/pack_families.py): output channels whose nonzero weights
+ * are two values a[o], b[o] (ternary), stride 1, on the plane image (bnnc_planes_image) from the
+ * pass's first position on (x = im + q0). For the 8 * nv <= BNNC_TSUM_Q positions q0 + j (nv a
+ * compile-time constant once inlined: 8 but in a layer's last pass) and o < n (a multiple of 8):
+ *   s[j * n + o] = a[o] * sum of x[j + off[t]], t in [start[2o], start[2o+1])
+ *                + b[o] * sum of x[j + off[t]], t in [start[2o+1], start[2o+2])
+ * exact in int64 (bnnc proved |x| * sum |w| < 2**62): adds only, one per nonzero weight and
+ * position, the positions in the vector lanes, then each block of 8 outputs x 8 positions
+ * transposed so that a position's sums are contiguous, as the epilogues read them. The image is
+ * int32: half the bytes per load, which bound the adds (a 256-bit load widened per add). */
+#define BNNC_TSUM_Q 64
+/* the loops over a pass's nv vectors unrolled, so that the sums stay in registers also where nv
+ * is below 8 (GCC 12 keeps a 4-vector loop rolled, its sums in memory) */
+#if defined(__clang__)
+#define BNNC_UNROLL_NV _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define BNNC_UNROLL_NV _Pragma("GCC unroll 8")
+#else
+#define BNNC_UNROLL_NV
+#endif
+BNNC_INLINE BNNC_VT void BNNC_V(bnnc_ternary_sums64)(const int32_t *x, const int32_t *start, const int32_t *off,
+                                                     const int64_t *a, const int64_t *b, int n, int nv, int64_t *s) {
+#if defined(BNNC_AVX512_DQ)
+  for (int og = 0; og < n; og += 8) {
+    __m512i r[8][8]; /* [output in the block][8 positions] */
+    for (int i = 0; i < 8; i++) {
+      const int o = og + i;
+      __m512i sa[8], sb[8];
+      BNNC_UNROLL_NV
+      for (int v = 0; v < nv; v++) sa[v] = sb[v] = _mm512_setzero_si512();
+      for (int t = start[2 * o]; t < start[2 * o + 1]; t++) {
+        const int32_t *p = x + off[t];
+        BNNC_UNROLL_NV
+        for (int v = 0; v < nv; v++) sa[v] = _mm512_add_epi64(sa[v], BNNC_LOAD8_W32(p + 8 * v));
+      }
+      for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) {
+        const int32_t *p = x + off[t];
+        BNNC_UNROLL_NV
+        for (int v = 0; v < nv; v++) sb[v] = _mm512_add_epi64(sb[v], BNNC_LOAD8_W32(p + 8 * v));
+      }
+      const __m512i va = _mm512_set1_epi64(a[o]), vb = _mm512_set1_epi64(b[o]);
+      BNNC_UNROLL_NV
+      for (int v = 0; v < nv; v++)
+        r[i][v] = _mm512_add_epi64(_mm512_mullo_epi64(sa[v], va), _mm512_mullo_epi64(sb[v], vb));
+    }
+    BNNC_UNROLL_NV
+    for (int v = 0; v < nv; v++) { /* 8 x 8 transpose: positions 8v .. 8v + 7 of the block's outputs */
+      const __m512i a0 = _mm512_unpacklo_epi64(r[0][v], r[1][v]), a1 = _mm512_unpackhi_epi64(r[0][v], r[1][v]);
+      const __m512i a2 = _mm512_unpacklo_epi64(r[2][v], r[3][v]), a3 = _mm512_unpackhi_epi64(r[2][v], r[3][v]);
+      const __m512i a4 = _mm512_unpacklo_epi64(r[4][v], r[5][v]), a5 = _mm512_unpackhi_epi64(r[4][v], r[5][v]);
+      const __m512i a6 = _mm512_unpacklo_epi64(r[6][v], r[7][v]), a7 = _mm512_unpackhi_epi64(r[6][v], r[7][v]);
+      const __m512i b0 = _mm512_shuffle_i64x2(a0, a2, 0x88), b1 = _mm512_shuffle_i64x2(a0, a2, 0xDD);
+      const __m512i b2 = _mm512_shuffle_i64x2(a1, a3, 0x88), b3 = _mm512_shuffle_i64x2(a1, a3, 0xDD);
+      const __m512i b4 = _mm512_shuffle_i64x2(a4, a6, 0x88), b5 = _mm512_shuffle_i64x2(a4, a6, 0xDD);
+      const __m512i b6 = _mm512_shuffle_i64x2(a5, a7, 0x88), b7 = _mm512_shuffle_i64x2(a5, a7, 0xDD);
+      int64_t *d = s + (size_t)(8 * v) * n + og;
+      _mm512_storeu_si512((void *)(d + 0 * (size_t)n), _mm512_shuffle_i64x2(b0, b4, 0x88));
+      _mm512_storeu_si512((void *)(d + 1 * (size_t)n), _mm512_shuffle_i64x2(b2, b6, 0x88));
+      _mm512_storeu_si512((void *)(d + 2 * (size_t)n), _mm512_shuffle_i64x2(b1, b5, 0x88));
+      _mm512_storeu_si512((void *)(d + 3 * (size_t)n), _mm512_shuffle_i64x2(b3, b7, 0x88));
+      _mm512_storeu_si512((void *)(d + 4 * (size_t)n), _mm512_shuffle_i64x2(b0, b4, 0xDD));
+      _mm512_storeu_si512((void *)(d + 5 * (size_t)n), _mm512_shuffle_i64x2(b2, b6, 0xDD));
+      _mm512_storeu_si512((void *)(d + 6 * (size_t)n), _mm512_shuffle_i64x2(b1, b5, 0xDD));
+      _mm512_storeu_si512((void *)(d + 7 * (size_t)n), _mm512_shuffle_i64x2(b3, b7, 0xDD));
+    }
+  }
+#else
+  for (int o = 0; o < n; o++) {
+    for (int j = 0; j < 8 * nv; j++) {
+      int64_t sa = 0, sb = 0;
+      for (int t = start[2 * o]; t < start[2 * o + 1]; t++) sa += x[j + off[t]];
+      for (int t = start[2 * o + 1]; t < start[2 * o + 2]; t++) sb += x[j + off[t]];
+      s[(size_t)j * n + o] = a[o] * sa + b[o] * sb;
+    }
+  }
+#endif
+}
+
 #ifdef BNNC_AVX512
 /* the same for the lanes k of v, out[o ..] */
 BNNC_INLINE BNNC_VT void BNNC_V(bnnc_store8_int)(void *out, int bytes, int o, __mmask8 k, __m512i v) {

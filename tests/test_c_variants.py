@@ -70,7 +70,29 @@ MW_N, MW_O, MW_DX = 5, 152, 2
 PI_H, PI_W, PI_C, PI_PADS = 3, 4, 2, (1, 2, 0, 1)
 WG_K, WG_Y0, WG_X0 = 3, -1, 2
 PI_IM = (PI_H + PI_PADS[0] + PI_PADS[2]) * (PI_W + PI_PADS[1] + PI_PADS[3]) * PI_C
+# ternary sums (bnnc_ternary_sums64): TS_O outputs (two blocks of 8, one output with empty lists),
+# lists of up to TS_L offsets below TS_OFF into an image of int32 extremes, weights a, b as large
+# as bnnc's bound lets them be (2**31 * TS_L * max(|a|, |b|) * 2 < 2**62 ... at 2**62 - 2**31 * 2)
+TS_O, TS_L, TS_OFF = 16, 12, 200
+TS_N = TS_OFF + 64
+TS_W = 2**62 // (2**31 * 2 * TS_L) - 1
 RINT_IN = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.4999998, -7.5, 8388607.5, -8388607.5, 16777215.0, 1e9, -0.0]
+
+
+# the plane images: planes of TS_PLEN values (more than the padded pixels), then zeros up to TS_PLANES
+TS_PLEN = (PI_H + PI_PADS[0] + PI_PADS[2]) * (PI_W + PI_PADS[1] + PI_PADS[3]) + 3
+TS_PLANES = PI_C * TS_PLEN + 5
+# and of an int32 input whose rows and channels are whole blocks of 8 (the AVX-512 transpose) and a rest
+TP_H, TP_W, TP_C, TP_PADS = 2, 19, 21, (1, 0, 2, 3)
+TP_PLEN = (TP_H + 3) * (TP_W + 3) + 2
+TP_N = TP_C * TP_PLEN + 7
+
+
+def ternary_starts(rng) -> np.ndarray:
+    """start (2 * TS_O + 1,) of bnnc_ternary_sums64: list lengths 0 .. TS_L, output 3's both empty."""
+    n = rng.integers(0, TS_L + 1, 2 * TS_O)
+    n[6:8] = 0
+    return np.concatenate([[0], np.cumsum(n)]).astype(np.int32)
 
 
 def kernel_program(rng) -> tuple:
@@ -108,13 +130,21 @@ def kernel_program(rng) -> tuple:
         "pu16": rng.integers(0, 2**16, PI_H * PI_W * PI_C).astype(np.uint16),
         "pi32": rng.integers(-2**31, 2**31, PI_H * PI_W * PI_C).astype(np.int32),
         "s32": rng.integers(-2**20, 2**20, 3 * 16).astype(np.int32),
+        "tx": np.where(rng.random(TS_N) < 0.5, rng.choice([-2**31, 2**31 - 1], TS_N),
+                       rng.integers(-2**31, 2**31, TS_N)).astype(np.int32),
+        "tstart": ternary_starts(rng),
+        "tpi": rng.integers(-2**31, 2**31, TP_H * TP_W * TP_C).astype(np.int32),
+        "toff": rng.integers(0, TS_OFF, 2 * TS_O * TS_L).astype(np.int32),
+        "ta": rng.choice([TS_W, -TS_W, 1, -1, 12345], TS_O).astype(np.int64),
+        "tb": rng.choice([TS_W, -TS_W, -1, 0], TS_O).astype(np.int64),
     }
     types = {"src": "uint64_t", "w": "uint64_t", "thr": "int32_t", "neg": "uint32_t", "u": "uint8_t", "wv": "int8_t",
              "corr": "int32_t", "pb": "uint64_t", "pm": "uint64_t", "win": "int32_t", "w64": "int32_t", "w8": "int8_t",
              "acc": "int64_t", "init64": "int64_t", "mult": "int64_t", "add": "int64_t", "alo": "int64_t", "ahi": "int64_t",
              "thr64": "int64_t", "neg8": "uint8_t", "img": "int32_t", "dww": "int8_t",
              "wm": "int32_t", "wm8": "int8_t", "initm": "int64_t", "pi8": "int8_t", "pu8": "uint8_t",
-             "pi16": "int16_t", "pu16": "uint16_t", "pi32": "int32_t", "s32": "int32_t"}
+             "pi16": "int16_t", "pu16": "uint16_t", "pi32": "int32_t", "s32": "int32_t", "tx": "int32_t",
+             "tstart": "int32_t", "tpi": "int32_t", "toff": "int32_t", "ta": "int64_t", "tb": "int64_t"}
     arrays = "\n".join(c_array(types[k], k, v) for k, v in d.items())
     body = []
     vnni = (f"  bnnc_int_mac_vnni_avx512(u, {RS * 4}, {KH}, {G}, wv, corr, {OPAD}, acc);\n"
@@ -160,6 +190,20 @@ static BNNC_VT void run_{v}(void) {{
   show("{v} requantize_row", q, 13);
   bnnc_threshold_pack64_{v}(acc64, thr64, neg8, 13, 2, 1, bits2);
   show_words("{v} threshold_pack64", bits2, 1);
+  {{ /* ternary sums: 64 positions of TS_O outputs, then the plane image of an int8 and an int32 input */
+    static int64_t ts[64 * {TS_O}];
+    static int32_t planes[{TS_PLANES}], tplanes[{TP_N}];
+    bnnc_ternary_sums64_{v}(tx, tstart, toff, ta, tb, {TS_O}, 8, ts);
+    show64("{v} ternary_sums64", ts, 64 * {TS_O});
+    bnnc_ternary_sums64_{v}(tx, tstart, toff, ta, tb, {TS_O}, 3, ts); /* a last pass of 24 positions */
+    show64("{v} ternary_sums64_3", ts, 24 * {TS_O});
+    bnnc_planes_image_{v}(pi8, BNNC_INT8, {PI_H}, {PI_W}, {PI_C}, {", ".join(map(str, PI_PADS))}, {TS_PLEN}, {TS_PLANES}, planes);
+    show("{v} planes_image8", planes, {TS_PLANES});
+    bnnc_planes_image_{v}(tpi, BNNC_INT32, {TP_H}, {TP_W}, {TP_C}, 1, 0, 2, 3, {TP_PLEN}, {TP_N}, tplanes);
+    show("{v} planes_image32", tplanes, {TP_N});
+    bnnc_planes_image_{v}(tpi, BNNC_INT32, {TP_W}, {TP_H}, {TP_C}, 2, 0, 1, 0, {TP_PLEN}, {TP_N}, tplanes);
+    show("{v} planes_image32_flat", tplanes, {TP_N}); /* no zero columns: blocks of 8 across rows */
+  }}
   bnnc_depthwise_mac32(img, {DW_RS}, {DW_C}, 3, 3, dww, {DW_N}, {DW_OPAD}, dw);
   show("{v} depthwise", dw, {DW_OPAD});
   {{ /* integer inputs: the padded image and a gathered window, every input type into every element type */
@@ -299,6 +343,24 @@ def expected_kernels(d: dict) -> dict:
     out["accumulate_planes"] = init16 + 5 * 1234 - 3 * sp[0] + mult16 * sp[1] + 7 * sp[2]
     out["accumulate_window_table"] = init16 - 77 * mult16 - 3 * sp[0]
     out["rint"] = np.rint(np.array(RINT_IN, np.float32)).astype(np.int64)
+    tx, st, off = d["tx"].astype(object), d["tstart"], d["toff"]
+    ts = np.zeros((64, TS_O), object)
+    for o in range(TS_O):
+        for j in range(64):
+            sa = sum(tx[j + off[t]] for t in range(st[2 * o], st[2 * o + 1]))
+            sb = sum(tx[j + off[t]] for t in range(st[2 * o + 1], st[2 * o + 2]))
+            ts[j, o] = int(d["ta"][o]) * sa + int(d["tb"][o]) * sb
+    assert np.abs(ts).max() < 2**62  # the bound bnnc proves before it picks the kernel
+    out["ternary_sums64"] = ts
+    out["ternary_sums64_3"] = ts[:24]
+    for name, k, (h, w, c), pads, plen, n in (("8", "pi8", (PI_H, PI_W, PI_C), PI_PADS, TS_PLEN, TS_PLANES),
+                                              ("32", "tpi", (TP_H, TP_W, TP_C), TP_PADS, TP_PLEN, TP_N),
+                                              ("32_flat", "tpi", (TP_W, TP_H, TP_C), (2, 0, 1, 0), TP_PLEN, TP_N)):
+        (pt, pl, pb, pr) = pads
+        x = np.pad(d[k].astype(np.int64).reshape(h, w, c), ((pt, pb), (pl, pr), (0, 0)))
+        planes = np.zeros((c, plen), np.int64)
+        planes[:, :x.shape[0] * x.shape[1]] = x.reshape(-1, c).T
+        out["planes_image" + name] = np.concatenate([planes.ravel(), np.zeros(n - c * plen, np.int64)])
     out["int_mac_vnni"] = d["corr"] + np.concatenate(
         [np.einsum("ytq,ytjq->j", u.reshape(KH, G, 4), wv[b]) for b in range(OPAD // 32)])
     return out

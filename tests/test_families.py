@@ -436,6 +436,138 @@ def test_integer_sums_beyond_int32_take_the_64_bit_kernels():
         check_builds(graph, inputs, ((64, NATIVE), (64, PORTABLE)))
 
 
+def _make_ternary(graph, rng, bound: int) -> list:
+    """Give every stride-1 integer-input family convolution of `graph` ternary weights {-b_o, 0, +a_o}
+    (3/4 zeros or so, b_o = a_o + 1) at the edge of a proof: max|x| * sum|w_o| just at or above
+    2**31 (bound 2**31: beyond int32 sums) or just below 2**62 - |corr| (bound 2**62: ternary_sums'
+    own limit, where the input range lets int32 weights reach it). Returns the convolutions changed."""
+    changed = []
+    family = {op.name for op in ir.family_ops(graph)}
+    for op in convs(graph):
+        src = graph.tensors[op.inputs[0]]
+        if (op.name not in family or not isinstance(src, ir.Ints) or tuple(op.stride) != (1, 1)
+                or op.w[0].size < 2):
+            continue
+        o = op.w.shape[0]
+        codes = rng.choice([-1, 0, 0, 1], size=op.w.shape)
+        codes.reshape(o, -1)[:, 1::2] = 0  # half the taps zero at least (ternary_sums wants a quarter)
+        codes[:, 0, 0, 0] = 1  # every channel has weights
+        mag = max(abs(src.lo), abs(src.hi))
+        n = np.abs(codes).reshape(o, -1).sum(axis=1)
+        if bound == 2**31:
+            a = -(-bound // (mag * n)) + rng.integers(0, 2, o)
+        else:
+            corr = int(np.abs(op.bias_kernel).sum()) if op.bias_kernel is not None else 0
+            a = np.minimum((bound - 1 - corr) // (mag * n), 2**31 - 1) - 1 - rng.integers(0, 2, o)  # int32 weights
+        op.int_w = np.where(codes > 0, a[:, None, None, None], np.where(codes < 0, -(a + 1)[:, None, None, None], 0))
+        op.int_w = op.int_w.astype(np.int64)
+        changed.append(op)
+    return changed
+
+
+@pytest.mark.parametrize("seed", range(N_SEEDS))
+@pytest.mark.parametrize("bound", [2**31, 2**62])
+def test_ternary_int64_layers_add_over_their_nonzero_taps(seed, bound):
+    """Ternary integer-input layers whose sums need 64 bits run ternary_sums (adds over the nonzero
+    taps' lists, pack_families), at the edge of the int32 proof (2**31: just beyond it, so not
+    bnnc_int_mac) and of its own (2**62), and give the reference's numbers in native, portable and
+    sanitized builds."""
+    from bnnc.passes.quantize_input import InputAffine
+    from bnnc.pipeline import Options
+    from bnnc.testing.random_models import real_valued_model
+    rng = np.random.default_rng(seed)
+    pixels = Options(input_range=(0, 255), input_affine=InputAffine((("div", (255.0,)), ("sub", (0.45,)),
+                                                                    ("div", (0.225,)))))
+    for model, options in ((zoo.build("hbn", seed, widths=(12, 20, 13)), None), (real_valued_model(seed), pixels),
+                           (real_valued_model(seed + 10), pixels)):
+        graph = compile_graph(model, options) if options else compile_graph(model)
+        changed = _make_ternary(graph, rng, bound)
+        if not changed:
+            continue
+        backend = driver.backend_graph(graph)
+        for op in changed:
+            p = backend.op(op.name).packed
+            assert p.method == "ternary_sums" and p.tsums is not None, op.name
+            mag = max(abs(graph.tensors[op.inputs[0]].lo), abs(graph.tensors[op.inputs[0]].hi))
+            top = mag * int(np.abs(op.int_w).reshape(op.w.shape[0], -1).sum(axis=1).max())
+            assert top >= bound if bound == 2**31 else top < bound  # beyond int32; within ternary_sums' bound
+        inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 16, seed))
+        check_builds(graph, inputs, ((64, NATIVE), (64, PORTABLE), (64, SANITIZE)))
+
+
+def test_ternary_sums_is_picked_only_where_it_is_exact():
+    """The selector's proof at its edge: max|x| * sum|w| + |corr| < 2**62 (int64 sums with room for
+    a * S_A + b * S_B), stride 1, two nonzero values per output channel at most."""
+    from bnnc.passes.pack_families import ternary_sums
+    from bnnc.testing.random_models import random_model
+    graph = compile_graph(random_model(1)[0])
+    op = next(o for o in convs(graph) if isinstance(graph.tensors[o.inputs[0]], ir.Ints))
+    o, kh, kw, c = op.w.shape
+    w = np.zeros((o, kh, kw, c), np.int64)
+    w[:, 0, 0, 0], w[:, -1, -1, -1] = 3, -5  # sum |w| = 8 per channel
+    corr = np.zeros((1, o), np.int64)
+    corr[0, 0] = -7
+    shape = graph.tensors[op.inputs[0]].shape
+    stride = op.stride
+    op.stride = (1, 1)
+    edge = (2**62 - 7) // 8  # 8 * edge + 7 < 2**62 <= 8 * (edge + 1) + 7
+    assert ternary_sums(op, ir.Ints(shape, -edge, edge), w, corr) is not None
+    assert ternary_sums(op, ir.Ints(shape, 0, edge + 1), w, corr) is None
+    assert ternary_sums(op, ir.Ints(shape, -edge - 1, 0), w, corr) is None
+    w3 = w.copy()
+    w3[0, 0, 0, 1 % c if c > 1 else 0] = 4 if c > 1 else 3  # a third value in channel 0 (when it has room)
+    assert (ternary_sums(op, ir.Ints(shape, 0, 1), w3, corr) is None) == (c > 1)
+    t = ternary_sums(op, ir.Ints(shape, 0, 1), w, corr)
+    assert sorted(t["a"][:o].tolist() + t["b"][:o].tolist()) == sorted([3] * o + [-5] * o)
+    assert t["start"].size == 2 * (-(-o // 8) * 8) + 1 and t["off"].size == 2 * o
+    dense = np.where(np.arange(kh * kw * c).reshape(kh, kw, c) % 2 == 0, 3, -5) + np.zeros_like(w)
+    assert ternary_sums(op, ir.Ints(shape, 0, 1), dense, corr) is None  # no zeros to skip
+    op.stride = (2, 2)
+    assert ternary_sums(op, ir.Ints(shape, 0, 1), w, corr) is None
+    op.stride = stride
+
+
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 1, 2), (2, 1, 0, 0), (0, 2, 0, 1), (0, 0, 0, 0)])
+def test_ternary_sums_tables_are_the_convolution(pads):
+    """The plane image with rows sharing their zero columns (pw = iw + max(left, right)), the tap
+    offsets and the positions computed and dropped, as bnnc_ternary_sums64 and the layer walk them,
+    in numpy: the zero-padded convolution, for symmetric and one-sided padding."""
+    from bnnc.passes.pack_families import TSUM_POSITIONS, ternary_sums
+    from bnnc.testing.random_models import random_model
+    graph = compile_graph(random_model(1)[0])
+    op = next(o for o in convs(graph) if isinstance(graph.tensors[o.inputs[0]], ir.Ints))
+    rng = np.random.default_rng(sum(pads))
+    o, kh, kw, c, ih, iw = 11, 3, 2, 3, 5, 6
+    w = rng.choice([-1, 0, 0, 1], (o, kh, kw, c)) * np.where(rng.random((o, 1, 1, 1)) < 0.5, 7, 2)
+    w = np.where(w < 0, w * 3, w)  # channel o's weights: +a, 0, -3a
+    x = rng.integers(-2**31, 2**31, (ih, iw, c))
+    saved = op.stride, op.pads
+    op.stride, op.pads = (1, 1), pads
+    t = ternary_sums(op, ir.Ints((ih, iw, c), -2**31, 2**31 - 1), w, np.zeros((1, o), np.int64))
+    op.stride, op.pads = saved
+    pt, pl, pb, pr = pads
+    image = np.zeros(t["image"] + TSUM_POSITIONS, object)  # what the last pass may read
+    for ch in range(c):  # bnnc_planes_image(..., pt, zeros, pb, 0, plen, ...)
+        for y in range(ih):
+            at = ch * t["plen"] + (y + pt) * t["pw"] + t["zeros"]
+            image[at:at + iw] = x[y, :, ch]
+    padded = np.pad(x, ((pt, pb), (pl, pr), (0, 0))).astype(object)
+    oh, ow = ih + pt + pb - kh + 1, iw + pl + pr - kw + 1
+    seen = 0
+    for q in range(t["nq"]):
+        oy, ox = divmod(q, t["pw"])
+        if ox >= ow:
+            continue
+        seen += 1
+        for i in range(o):
+            st = t["start"]
+            sa = sum(image[q + t["off"][e]] for e in range(st[2 * i], st[2 * i + 1]))
+            sb = sum(image[q + t["off"][e]] for e in range(st[2 * i + 1], st[2 * i + 2]))
+            want = int((padded[oy:oy + kh, ox:ox + kw, :] * w[i]).sum())
+            assert int(t["a"][i]) * sa + int(t["b"][i]) * sb == want, (oy, ox, i)
+    assert seen == oh * ow and t["pw"] == iw + max(pl, pr)
+
+
 def _guess_count(t, xlo, xhi, guess):
     """bnnc_level_guess (runtime/bnnc_families.h) in numpy, for every x in [xlo, xhi]."""
     from bnnc.passes.pack_families import GUESS_SHIFT

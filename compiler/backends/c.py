@@ -17,7 +17,7 @@ from .. import ir
 from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, LOG_COEFFS, SOFTMAX_CUTOFF, SQRT2
 from ..errors import BnncError
 from ..passes.pack_bits import pack_bit_rows, pair_groups, storage_dtype, words
-from ..passes.pack_families import GUESS_SHIFT
+from ..passes.pack_families import GUESS_SHIFT, TSUM_POSITIONS
 from ..passes.plan_arena import conv_scratch
 from ..resources import resource_dir
 
@@ -363,6 +363,8 @@ def conv_kernel(p) -> str:
         return "int_mac16" if p.acc16 else "int_mac"
     if p.depthwise is not None:  # one input channel per output
         return "depthwise_mac32"
+    if p.tsums is not None:  # two weight values per output channel, int64: adds over the nonzero taps
+        return "ternary_sums64"
     if p.sparse is not None:  # expander lists
         return "sparse_int_mac32" if p.acc32 else "sparse_int_mac64"
     return ("int_mac" if p.acc32 else "int_mac64_w8") if p.int8_weights else "int_mac64"
@@ -481,6 +483,14 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
                 if L["dw_gather"]:
                     table("dwc", "int32_t", p.depthwise["chan"][:p.o])
                 table("dww", "int8_t", p.depthwise["w"], align=True)
+            elif p.tsums is not None:  # the nonzero taps' lists and each channel's two weights
+                table("toff", "int32_t", p.tsums["off"])
+                table("tstart", "int32_t", p.tsums["start"])
+                table("ta", "int64_t", p.tsums["a"])
+                table("tb", "int64_t", p.tsums["b"])
+                nq = p.tsums["nq"]
+                L.update(plen=p.tsums["plen"], tsum_pw=p.tsums["pw"], tsum_zeros=p.tsums["zeros"], nq=nq,
+                         tsum_image=p.tsums["image"], tsum_rest=-(-(nq % TSUM_POSITIONS) // 8))
             elif p.pairs:
                 L.update(int16_pair_ctx(op, p))
                 table("w0", "int16_t", int16_halves(p.weights[0]), align=True)

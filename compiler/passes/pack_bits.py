@@ -105,7 +105,7 @@ class PackedConv:
     pairs: bool = False  # "rows" integer layers with int16 inputs: int16 pairs, see int16_pair_weights
     row_pairs: int = 0  # pairs: ceil(kh * kw * C / 2) weight words per window and channel
     # acc64 (pack_families): how the accumulator is built, its epilogue tables, its scratch
-    method: str = ""  # "xnor" | "masks" | "int" | "sparse_int"
+    method: str = ""  # "xnor" | "masks" | "int" | "sparse_int" | "ternary_sums"
     bit_planes: list = field(default_factory=list)  # bits: [pack_families.BitPlane]
     window_gain: Optional[np.ndarray] = None  # bits: int64 (O8,), the all-ones plane (None: absent)
     acc32: bool = False  # ints: the sum is exact in int32
@@ -121,6 +121,7 @@ class PackedConv:
     # for o < O (copied once per pixel, so that the kernel reads each tap's values contiguously);
     # else chan is the identity and O == C (the image is the input's channels)
     depthwise: Optional[dict] = None
+    tsums: Optional[dict] = None  # method "ternary_sums": pack_families.ternary_sums' tables
     direction: Optional[np.ndarray] = None  # levels: int8 (O + 8,)
     levels: Optional[np.ndarray] = None  # levels: int64 (B, O), level-major ((B + 2, O) for "guess")
     level_kernel: str = ""  # levels: "count" | "search" | "guess" (see pack_families._level_tables)

@@ -24,6 +24,17 @@ epilogue. Ways to accumulate:
   its table is [o_pad / 32][kh][g][32][4], each window row's kw * c bytes in g groups of 4, zero
   weights after them. Otherwise int64 sums of int32 weights [taps][o_pad] (int8 where they
   fit), on hosts also read in place from the padded image (bnnc_int_mac64);
+- "ternary_sums" (host builds, stride 1, where the int64 kernels would run, every output
+  channel's nonzero weights two values at most: ternary {-w_n, 0, +w_p}): no multiplies,
+      acc[o] = corr[class][o] + a[o] * sum over list A_o of x + b[o] * sum over list B_o of x,
+  the lists naming only the nonzero taps (zero weights skipped, about 2/3 of a TTQ layer). The
+  input becomes an image of C planes of int32 (channel after channel, the padded rows pw apart,
+  sharing their zero columns), so that tap (c, ky, kx) of position q = oy * pw + ox is plane
+  value q + c * plen + ky * pw + kx (+ a constant where the right padding is the wider):
+  one list offset per tap, and 64 consecutive positions (the columns oy * pw + ow .. pw - 1 past
+  a row's end are computed and dropped; the last pass as many as are left, in vectors of 8) are
+  eight vector adds per tap (bnnc_ternary_sums64). The
+  sums stay exact in int64: |a * S_A| + |b * S_B| <= max|x| * sum |w| < 2**62 is checked;
 - "sparse_int" (expander lists): with 32-bit words (MCU firmware) only the listed (o, c) kernels
   are visited (int32 sums under the same bound); host builds multiply the dense table, zero
   kernels included, on the padded image as above, which with 8 to 64 lanes per vector is cheaper
@@ -53,6 +64,7 @@ from .pack_bits import (OBLOCK, PackedConv, blocked, border_classes, comparison_
 BLOCK = 8  # BNNC_FAM_OBLOCK in runtime/bnnc_families.h: outputs per block of the plane tables
 INT_BLOCK = OBLOCK  # BNNC_OBLOCK in runtime/bnnc_kernels.h: outputs per block of bnnc_int_mac(_vnni)
 INT64_WINDOWS = 4  # output pixels per pass of bnnc_int_mac64 on the image (runtime/bnnc_families.h)
+TSUM_POSITIONS = 64  # BNNC_TSUM_Q in runtime/bnnc_families.h: positions per pass of bnnc_ternary_sums64
 
 BIG = 2**62  # a threshold no 64-bit accumulator of a real layer reaches
 
@@ -195,6 +207,55 @@ def _pack_int(p: PackedConv, op: ir.Conv, src: ir.Ints, int_w: np.ndarray) -> No
         p.weights = [wt]
 
 
+def ternary_sums(op: ir.Conv, src: ir.Ints, int_w: np.ndarray, corr: np.ndarray) -> Optional[dict]:
+    """The tables of the "ternary_sums" method (module docstring) where it is exact, else None:
+    {"a", "b": int64 (O8,) the two weights of each channel (0 where a list is empty), "start":
+    int32 (2 * O8 + 1,) where each channel's lists A and B start in "off", "off": int32 (nnz,) the
+    taps' plane offsets, ascending within a list, "plen": values per plane, "pw": values per row,
+    "zeros": zero columns before each row's iw values, "nq": positions computed (the last output's
+    + 1), "image": int32 values of the plane image (the planes, then zeros read by the last
+    pass)}. The rows share their padding: the zero columns before a row are the left padding of
+    its windows and the right padding of the row above's (pw = iw + max(left, right) instead of
+    iw + left + right: fewer dropped positions). Only where the accumulator provably fits int64 with room to
+    spare (|x| * sum |w| + |corr| < 2**62, the same bound for the dropped positions, which add
+    as many input values as a real window), and where a quarter of the weights or more are zero
+    (a dense layer's lists would save no work: the image and the epilogue's order cost more)."""
+    if tuple(op.stride) != (1, 1):
+        return None
+    o, kh, kw, c = int_w.shape
+    rows = int_w.reshape(o, -1).astype(np.int64)
+    if 4 * np.count_nonzero(rows) > 3 * rows.size:  # lists pay where they skip zeros (dense layers: the MACs)
+        return None
+    mag = max(abs(src.lo), abs(src.hi))
+    if mag * int(np.abs(rows).sum(axis=1).max(initial=0)) + int(np.abs(corr).max(initial=0)) >= 2**62:
+        return None
+    ih, iw = src.shape[:2]
+    t, left, b, r = op.pads
+    zeros = max(left, r)  # zero columns before each row: the left padding, and the right one of the row above
+    ph, pw = ih + t + b, iw + zeros
+    oh, ow = ph - kh + 1, iw + left + r - kw + 1
+    plen = ph * pw
+    ky, kx, ch = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(c), indexing="ij")
+    tap_off = (ch * plen + ky * pw + kx + zeros - left).reshape(-1)  # int_w's (ky, kx, c) order
+    o8 = -(-o // BLOCK) * BLOCK
+    wa, wb = np.zeros(o8, np.int64), np.zeros(o8, np.int64)
+    start, off = [0], []
+    for i in range(o8):
+        vals = np.unique(rows[i][rows[i] != 0]) if i < o else np.zeros(0, np.int64)
+        if vals.size > 2:
+            return None
+        for j, v in enumerate(vals):
+            (wa if j == 0 else wb)[i] = v
+            off.extend(sorted(tap_off[rows[i] == v].tolist()))
+            start.append(len(off))
+        start.extend([len(off)] * (2 - vals.size))
+    nq = (oh - 1) * pw + ow
+    last = (nq - 1) // TSUM_POSITIONS * TSUM_POSITIONS  # the last pass's first position
+    image = max(c * plen, last + TSUM_POSITIONS + int(tap_off.max(initial=0)))
+    return {"a": wa, "b": wb, "start": np.array(start, np.int32), "off": np.array(off or [0], np.int32),
+            "plen": plen, "pw": pw, "zeros": zeros, "nq": nq, "image": image}
+
+
 def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: str = "blocked") -> PackedConv:
     o, kh, kw, c = op.w.shape
     ycls, xcls, valid, bias = border_classes(op, src.shape[:2])
@@ -230,6 +291,12 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
             wd[:, :o] = int_w[np.arange(o), :, :, chan[:o]].reshape(o, kh * kw).T
             p.depthwise = {"chan": chan, "w": wd, "gather": not (o == c and np.array_equal(chan[:o], np.arange(o)))}
             p.weights_vnni = p.vnni_offset = None  # the image stays int32
+        # the layers the int64 kernels would run (int32 sums need int8 weights too): ternary lists?
+        if p.word_bits == 64 and layout == "blocked" and not (p.acc32 and p.int8_weights) and p.depthwise is None:
+            p.tsums = ternary_sums(op, src, int_w, p.corr)
+            if p.tsums is not None:
+                p.method, p.image, p.o_pad, p.sparse = "ternary_sums", False, -(-o // BLOCK) * BLOCK, None
+                p.weights = [p.tsums["off"], p.tsums["start"]]
         if p.method == "sparse_int" and not p.image:
             start, chan, wts = [0], [], []
             for i in range(o):
@@ -243,6 +310,8 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
         im_c = o if p.depthwise is not None and p.depthwise["gather"] else c  # values per pixel of the image
         pixels = (ih + op.pads[0] + op.pads[2]) * (iw + op.pads[1] + op.pads[3]) * im_c  # padded image
         window = max(4 * pixels if p.image else 4 * p.taps, pixels + 4 if p.weights_vnni is not None else 0)
+        if p.tsums is not None:  # the plane image, int32
+            window = 4 * p.tsums["image"]
         if (p.method == "int" and layout == "rows" and p.acc32 and -(2**15) <= src.lo and src.hi < 2**15
                 and np.abs(int_w).max(initial=0) < 2**15):
             # MCU builds ("rows"): the int16-pair kernel (pack_bits.int16_pair_weights) on a band of kh input rows
@@ -251,6 +320,8 @@ def pack_family_conv(op: ir.Conv, src, word_bits: int, acc_range=None, layout: s
             p.weights = [int16_pair_weights(int_w.transpose(0, 2, 1, 3).reshape(o, -1))]
             window = (kh * (iw + op.pads[1] + op.pads[3]) * c + 2) * 2
         counts = 4 * p.o_pad  # int32 sums
+        if p.tsums is not None:  # the sums of one pass: O8 rows of TSUM_POSITIONS int64
+            counts = 8 * p.o_pad * TSUM_POSITIONS
     p.corr = np.stack([_lanes8(row, 0) for row in p.corr.astype(np.int64)])
     if p.method == "int" and p.image and not p.acc32:
         ow = (src.shape[1] + op.pads[1] + op.pads[3] - kw) // op.stride[1] + 1
