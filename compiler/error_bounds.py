@@ -114,11 +114,13 @@ def end_to_end(graph: ir.Graph) -> Bounds:
         elif isinstance(op, ir.Softmax) and op.log:
             # l_i = x_i - m - log(sum_j exp(x_j - m)) moves by |dx_i| + a softmax-weighted mean of
             # the |dx_j|; arith.log_softmax's own float64 error, its float32 rounding relative (|l_i| * 2^-24)
-            e = np.full(c, 2 * float(np.max(tensors[op.inputs[0]], initial=0.0)) + LOG_SOFTMAX_EVAL_ERROR)
+            lb.local = LOG_SOFTMAX_EVAL_ERROR
+            e = np.full(c, 2 * float(np.max(tensors[op.inputs[0]], initial=0.0)) + lb.local)
         elif isinstance(op, ir.Softmax):
             e_in = float(np.max(tensors[op.inputs[0]], initial=0.0))
+            lb.local = SOFTMAX_OWN + c * 2.0**-52 + 2.0**-150  # its own float64 steps and float32 rounding
             # |dp_i / dx_j| rows sum to 2 p_i (1 - p_i) <= 1/2, and p_i(x + d) / p_i(x) <= e^(2 |d|)
-            e = np.full(c, min(e_in / 2, np.expm1(2 * e_in)) + SOFTMAX_OWN + c * 2.0**-52 + 2.0**-150)
+            e = np.full(c, min(e_in / 2, np.expm1(2 * e_in)) + lb.local)
         elif isinstance(op, ir.Sigmoid):
             # sigmoid is 1/4-Lipschitz and its values lie in [0, 1]
             e = np.minimum(tensors[op.inputs[0]] / 4, 1.0) + op.max_error
