@@ -203,8 +203,9 @@ def _family_conv_row(op: ir.Conv, src, dst, row: dict, wb: int) -> None:
             row["multiplies"] = (0 if method == "xnor" else n_tables * o * pix)
     else:
         row["int_macs"] = nonzero * pix
-        if p is not None:
-            row["multiplies"] = (nonzero if method == "sparse_int" else p.taps * o) * pix
+        if p is not None:  # ternary_sums adds the taps of each list and multiplies its two sums
+            row["multiplies"] = (nonzero if method == "sparse_int" else 2 * o if method == "ternary_sums"
+                                 else p.taps * o) * pix
     if isinstance(op.epilogue, ir.Requantize):
         row["multiplies"] += o * pix
         row["notes"] = list(op.epilogue.notes)

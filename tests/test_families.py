@@ -16,7 +16,7 @@ from bnnc.backends import c_build
 from bnnc.errors import BnncError
 from bnnc.original import OriginalModel
 from bnnc.pipeline import compile_graph
-from bnnc.report import report
+from bnnc.report import layer_rows, report
 
 from .conftest import sweep_scale
 
@@ -491,6 +491,11 @@ def test_ternary_int64_layers_add_over_their_nonzero_taps(seed, bound):
             mag = max(abs(graph.tensors[op.inputs[0]].lo), abs(graph.tensors[op.inputs[0]].hi))
             top = mag * int(np.abs(op.int_w).reshape(op.w.shape[0], -1).sum(axis=1).max())
             assert top >= bound if bound == 2**31 else top < bound  # beyond int32; within ternary_sums' bound
+        rows = {r["name"]: r for r in layer_rows(backend)}
+        for op in changed:  # two multiplies per output and position (a * S_A + b * S_B), the adds not counted
+            oh, ow = graph.tensors[op.outputs[0]].shape[:2]
+            requant = op.w.shape[0] if isinstance(op.epilogue, ir.Requantize) else 0
+            assert rows[op.name]["multiplies"] == (2 * op.w.shape[0] + requant) * oh * ow
         inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 16, seed))
         check_builds(graph, inputs, ((64, NATIVE), (64, PORTABLE), (64, SANITIZE)))
 
