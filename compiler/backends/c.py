@@ -265,7 +265,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             L.update(pixels=h * w, c=c, log=op.log, **exp_ctx())
             if op.log:
                 L.update(sqrt2=c_double(SQRT2), log_coeffs=[c_double(x) for x in LOG_COEFFS])
-            if not op.log:
+            else:
                 L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
         elif isinstance(op, ir.Sigmoid):
             L.update(n=int(np.prod(oty.shape)), in_scale=c_double(op.in_scale), grid=c_double(2.0**op.frac_bits),

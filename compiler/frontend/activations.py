@@ -176,7 +176,7 @@ def _dequantized_input(ctx, node, v: InputVal, axis: int) -> InputVal:
     for op, c in (("sub", zp), ("mul", scale)):
         if c.size > 1:
             if c.ndim != 1 or not -len(v.shape) <= axis < len(v.shape) or c.size != v.shape[axis]:
-                raise BnncError(f"{where(node)}: its {op == 'sub' and 'zero point' or 'scale'} of shape {c.shape} "
+                raise BnncError(f"{where(node)}: its {'zero point' if op == 'sub' else 'scale'} of shape {c.shape} "
                                 f"does not match axis {axis} of the input {v.shape}")
             bshape = [1] * len(v.shape)
             bshape[axis] = c.size

@@ -42,10 +42,12 @@ def conv(ctx, node, *, strides=(1, 1), pads=None, group=1, dilations=(1, 1), aut
                                             ungroup(node, sc, group) if sc.shape == np.shape(k) else sc)
         origin = origin + "\0G"
         w = ungroup(node, w, group)
+    bias = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if len(node.inputs) > 2 and node.inputs[2] and bias is None:
+        raise BnncError(f"{where(node)}: its bias must be a constant")
     if getattr(v, "flat_from", None) is not None and w.ndim == 4 and w.shape[2:] == (1, 1) and group == 1 \
             and not any(pads or ()) and auto_pad in ("NOTSET", "VALID") and len(v.shape) == 4 and v.shape[2:] == (1, 1):
         # a 1 x 1 convolution of flattened features (larq's dense layers on Reshape((1, 1, -1))): a dense layer
-        bias = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         if origin in ctx.origins:
             k, sc = ctx.origins[origin]
             sc = np.asarray(sc)
@@ -74,9 +76,6 @@ def conv(ctx, node, *, strides=(1, 1), pads=None, group=1, dilations=(1, 1), aut
         v = BitsVal((v.shape[0], v.shape[1], v.shape[2] - v.pads[0] - v.pads[2], v.shape[3] - v.pads[1] - v.pads[3]),
                     list(v.source_ops), tensor=v.tensor, scale=v.scale)
     dec = _decode_weights(ctx, node, w, origin, v)
-    bias = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-    if len(node.inputs) > 2 and node.inputs[2] and bias is None:
-        raise BnncError(f"{where(node)}: its bias must be a constant")
     layout = lambda x: x.transpose(0, 2, 3, 1)  # noqa: E731  OIHW -> OHWC
     acc = _conv_common(ctx, node, v, dec, layout, kernel, stride, pads, bias, False)
     if padded is not None:
