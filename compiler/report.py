@@ -256,6 +256,7 @@ def totals(graph: ir.Graph, rows: list) -> dict:
         "compression": round(float_bytes / max(weight_bytes, 1), 2),
         "arena_bytes": int(graph.arena["size"]),
         "arena_lower_bound_bytes": int(graph.arena["lower_bound"]),
+        "arena_overlaps": len(graph.arena.get("overlaps", {})),
         "binary_macs": int(sum(r["binary_macs"] for r in rows)),
         "int_macs": int(sum(r["int_macs"] for r in rows)),
         "channels_removed": int(sum(r["channels_removed"] for r in rows)),
@@ -289,7 +290,8 @@ def format_table(rep: dict) -> str:
     lines.append(f"binary MACs: {t['binary_macs']}, integer MACs: {t['int_macs']}, channels removed: "
                  f"{t['channels_removed']}")
     lines.append(f"word popcounts: {t['popcounts']}, integer multiplies: {t['multiplies']}")
-    lines.append(f"arena: {t['arena_bytes']} B (lower bound {t['arena_lower_bound_bytes']} B)")
+    lines.append(f"arena: {t['arena_bytes']} B (liveness lower bound {t['arena_lower_bound_bytes']} B"
+                 + (f"; {t['arena_overlaps']} layer outputs over their inputs" if t["arena_overlaps"] else "") + ")")
     if t.get("output_error_bound"):
         lines.append(f"output: end-to-end error bound vs real arithmetic <= {t['output_error_bound']:.3g}")
     for r in rep["layers"]:

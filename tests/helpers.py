@@ -36,3 +36,23 @@ def live_spans(g) -> dict:
                 a, b = spans.get(t, (i, i))
                 spans[t] = (min(a, i), max(b, i))
     return spans
+
+
+def assert_live_buffers_apart(g) -> None:
+    """Buffers live at the same op lie apart in the arena, but an output planned over its input
+    (arena["overlaps"]: it starts exactly D bytes below the input; raster_distance says why that
+    is safe); every buffer keeps the arena's alignment."""
+    arena, spans = g.arena, live_spans(g)
+    overlaps = arena.get("overlaps", {})
+    assert all(off % arena["align"] == 0 for off in arena["buffers"].values())
+    names = sorted(spans)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if not (spans[a][0] <= spans[b][1] and spans[b][0] <= spans[a][1]):
+                continue
+            oa, ob = arena["buffers"][a], arena["buffers"][b]
+            if overlaps.get(b, [None])[0] == a or overlaps.get(a, [None])[0] == b:
+                out, src = (b, a) if b in overlaps else (a, b)
+                assert arena["buffers"][out] == arena["buffers"][src] - overlaps[out][1], f"{out} misplaced over {src}"
+                continue
+            assert oa + arena["sizes"][a] <= ob or ob + arena["sizes"][b] <= oa, f"{a} and {b} overlap"

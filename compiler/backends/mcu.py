@@ -288,6 +288,8 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
         "stack_per_layer": emu.stack_per_layer(),
         "arena_bytes": int(bg.arena["size"]),
         "arena_lower_bound_bytes": int(bg.arena["lower_bound"]),
+        "arena_overlap_bound_bytes": int(bg.arena["overlap_bound"]),
+        "arena_overlaps": len(bg.arena["overlaps"]),
         "sections": dict(fw.sections),
         "compiler": compiler_name(core),
     }
@@ -354,8 +356,10 @@ def report(graph: ir.Graph, opts) -> dict:
              f"estimated {stats['cycles']} cycles, {stats['latency_ms']:.3f} ms at {stats['clock_mhz']:g} MHz "
              f"(--clock-mhz); cycle model: {stats['cycle_model']}, zero-wait-state memory",
              f"flash {stats['flash_bytes']} B, RAM {stats['ram_bytes']} B (static {stats['ram_static_bytes']} B "
-             f"+ stack {stats['stack_bytes']} B), arena {stats['arena_bytes']} B (lower bound "
-             f"{stats['arena_lower_bound_bytes']} B)", ""]
+             f"+ stack {stats['stack_bytes']} B), arena {stats['arena_bytes']} B (liveness lower bound "
+             f"{stats['arena_lower_bound_bytes']} B" + (f"; {stats['arena_overlaps']} layer outputs over their inputs, "
+                                                        f"bound with them {stats['arena_overlap_bound_bytes']} B"
+                                                        if stats["arena_overlaps"] else "") + ")", ""]
     rows = [["layer", "instructions", "share", "cycles (est.)", "MACs", "instr/MAC", "cycles/MAC"]]
     for name, n in stats["instructions_per_layer"].items():
         m, kind = macs.get(name, (0, ""))

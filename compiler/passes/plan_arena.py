@@ -15,9 +15,17 @@ in_place_operand), and op i's scratch. Sizes are the tensors as
 stored (bit tensors in whole words per pixel, integers in their storage type, floats in 4 bytes)
 rounded up to the buffer alignment (4 bytes on MCUs, 64 on hosts; on MCUs a buffer of int64 data,
 a compressed-family layer's scratch or an int64 tensor, starts at a multiple of 8). No placement of these buffers
-in one memory can use less: at step i they all exist at once and must not overlap. MCU firmware
-needs the arena plus its stack (the entry's frame and the deepest layer's registers and spills,
-measured by the emulator: bench/bench_mcu.py --ram); .data is empty (tables are const, in flash).
+as disjoint blocks uses less: at step i they all exist at once.
+
+On MCUs ("rows" weights) a layer's output may overlap its input (`raster_distance`): the MCU
+kernels of Conv and MaxPool compute output rows in order and never read an input row again once
+the window has moved below it, so the output buffer can start D bytes below its input and write
+over the rows already consumed. Where that lowers the most bytes live at a step, the two buffers
+are planned as one block of max(out, D + in) bytes; the arena can then be smaller than
+`lower_bound`. `overlap_bound` is the same maximum with those blocks: what the placement aims at.
+MCU firmware needs the arena plus its stack (the entry's frame and the deepest layer's registers
+and spills, measured by the emulator: bench/bench_mcu.py --ram); .data is empty (tables are
+const, in flash).
 """
 
 from __future__ import annotations
@@ -41,6 +49,24 @@ class Buffer:
     last: int
     offset: int = -1
     align: int = 1  # its offset a multiple of this (8 for int64 data on MCUs, whose arena aligns to 4)
+    # a block of buffers placed together (outputs over their inputs): (offset in the block, size,
+    # first, last) of each; () for a buffer of its own
+    parts: tuple = ()
+
+    def extents(self) -> tuple:
+        return self.parts or ((0, self.size, self.first, self.last),)
+
+    def profile(self, steps: int) -> np.ndarray:
+        """Bytes it holds at each step: a block, the extent of its members live at the step."""
+        if not self.parts:
+            out = np.zeros(steps, np.int64)
+            out[self.first:self.last + 1] = self.size
+            return out
+        lo, hi = np.full(steps, np.iinfo(np.int64).max), np.zeros(steps, np.int64)
+        for rel, size, first, last in self.parts:
+            lo[first:last + 1] = np.minimum(lo[first:last + 1], rel)
+            hi[first:last + 1] = np.maximum(hi[first:last + 1], rel + size)
+        return np.where(hi > 0, hi - np.minimum(lo, hi), 0)
 
 
 def tensor_bytes(ty, word_bits: int) -> int:
@@ -112,20 +138,31 @@ def _alignment(layout: str) -> int:
 
 
 def plan_arena(graph: ir.Graph) -> ir.Graph:
-    """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound", "align",
-    "in_place": {sum: operand whose buffer it takes}} to the graph.
+    """Attach `arena` = {"buffers": {name: offset}, "sizes", "size", "lower_bound", "overlap_bound",
+    "align", "in_place": {sum: operand whose buffer it takes}, "overlaps": {output: [input, D]}}
+    to the graph: an output in "overlaps" starts D bytes below its input (`raster_distance`).
 
     The numbers computed are unchanged: only where buffers live is decided (see _place: first
     fit in several orders, then a bounded local search while above the lower bound)."""
     out = graph.copy()
     wb = getattr(out, "word_bits", 64)
-    align = _alignment(getattr(out, "weight_layout", "blocked"))
+    layout = getattr(out, "weight_layout", "blocked")
+    align = _alignment(layout)
     found, in_place = buffers(out, wb, align)
     bufs = {b.name: b for b in found}
     bound = lower_bound(found)
     size, offsets = _place(found, bound)
-    for b in found:
-        b.offset = offsets[b.name]
+    blocks, members, overlaps = _overlap_blocks(out, found, wb, align) if layout == "rows" else (found, {}, {})
+    if overlaps:  # kept where they make the placed arena smaller
+        o_bound = lower_bound(blocks)
+        o_size, o_offsets = _place(blocks, o_bound)
+        if o_size < size:
+            bound, size, offsets = o_bound, o_size, o_offsets
+        else:
+            blocks, members, overlaps = found, {}, {}
+    for blk in blocks:
+        for name, rel in members.get(blk.name, {blk.name: 0}).items():
+            bufs[name].offset = offsets[blk.name] + rel
     placed = sorted(found, key=lambda b: (b.offset, b.name))
     where = {b.name: b.offset for b in placed}
     sizes = {b.name: b.size for b in placed}
@@ -134,9 +171,98 @@ def plan_arena(graph: ir.Graph) -> ir.Graph:
         while root in in_place:
             root = in_place[root]
         where[t], sizes[t] = bufs[root].offset, _align(tensor_bytes(out.tensors[t], wb), align)
-    out.arena = {"buffers": where, "sizes": sizes, "size": size, "lower_bound": bound, "align": align,
-                 "in_place": dict(in_place)}
+    out.arena = {"buffers": where, "sizes": sizes, "size": size, "lower_bound": lower_bound(found),
+                 "overlap_bound": bound, "align": align, "in_place": dict(in_place), "overlaps": overlaps}
     return out
+
+
+def raster_distance(op, src, dst, word_bits: int, align: int):
+    """The bytes D by which `op`'s output buffer may start below its input buffer, overlapping it,
+    or None where that saves nothing. For the MCU kernels of Conv and MaxPool (templates/c,
+    "rows" weights): they compute output rows in order, each output row's values written while
+    it is computed, and from output row oy on they read only input rows >= max(0, oy * sh - pt).
+    Output row oy occupies bytes [O + oy * ro, O + (oy + 1) * ro) and the input rows still to be
+    read start at I + max(0, oy * sh - pt) * ri (ro, ri: bytes per row as stored); with O = I - D,
+    D = max over oy of (oy + 1) * ro - max(0, oy * sh - pt) * ri, no write reaches an input byte
+    before its last read. D is rounded up to a multiple of 8 (and of the alignment): every
+    member of an overlapped block then keeps its own alignment."""
+    if not isinstance(op, (ir.Conv, ir.MaxPool)) or (isinstance(op, ir.Conv) and getattr(op, "packed", None) is None):
+        return None
+    (ih, _, _), (oh, _, _) = src.shape, dst.shape
+    ri, ro = tensor_bytes(src, word_bits) // ih, tensor_bytes(dst, word_bits) // oh
+    sh, pt = op.stride[0], op.pads[0]
+    d = _align(max((oy + 1) * ro - max(0, oy * sh - pt) * ri for oy in range(oh)), max(align, 8))
+    in_size, out_size = _align(ri * ih, align), _align(ro * oh, align)
+    return d if max(out_size, d + in_size) < out_size + in_size else None
+
+
+def _overlap_blocks(graph: ir.Graph, found: list, word_bits: int, align: int) -> tuple:
+    """(blocks, members, overlaps): the buffers with some outputs planned over their inputs
+    (`raster_distance`) as one block each (Buffer.parts), members {block: {buffer: offset in the
+    block}}, overlaps {output: [input, D]}. An output may overlap its input where the input dies
+    at the op (its last reader, read once). A block is a chain (each member dies where the next
+    is written), so its members meet only at their op. Runs of consecutive links are merged only
+    where that lowers the most bytes live at a step (or the number of steps at that most):
+    greedily, the best run first."""
+    bufs = {b.name: b for b in found}
+    links = []
+    for i, op in enumerate(graph.ops()):
+        a, b = bufs.get(op.inputs[0] if op.inputs else None), bufs.get(op.outputs[0] if op.outputs else None)
+        if a is None or b is None or a.last != i or b.first != i or op.inputs.count(a.name) != 1:
+            continue
+        d = raster_distance(op, graph.tensors[a.name], graph.tensors[b.name], word_bits, align)
+        if d is not None:
+            links.append((a.name, b.name, d))
+    if not links:
+        return found, {}, {}
+    runs = [links[j:k] for j in range(len(links)) for k in range(j + 1, len(links) + 1)
+            if all(links[m][1] == links[m + 1][0] for m in range(j, k - 1))]
+    steps = max(b.last for b in found) + 1
+    blocks = {b.name: (b, {b.name: 0}) for b in found}
+    block_of = {b.name: b.name for b in found}
+    profiles = {b.name: b.profile(steps) for b in found}
+    totals = sum(profiles.values())
+
+    def merged(run: list) -> tuple:
+        """(block, its members, the blocks it replaces): each link's output d below its input."""
+        blk, mem = blocks[block_of[run[0][0]]]
+        gone = [blk.name]
+        for a, b, d in run:
+            gb, mb = blocks[block_of[b]]
+            gone.append(gb.name)
+            shift = mem[a] - d - mb[b]  # where b's block starts, with a's block at 0
+            s, t = (0, shift) if shift >= 0 else (-shift, 0)
+            parts = tuple((r + s, *rest) for r, *rest in blk.extents()) + tuple((r + t, *rest) for r, *rest in gb.extents())
+            blk = Buffer(gb.name, max(r + size for r, size, _, _ in parts), min(blk.first, gb.first),
+                         max(blk.last, gb.last), align=max(blk.align, gb.align), parts=parts)
+            mem = {**{n: r + s for n, r in mem.items()}, **{n: r + t for n, r in mb.items()}}
+        return blk, mem, gone
+
+    def key(t):
+        top = int(t.max())
+        return top, int(np.count_nonzero(t == top))
+
+    overlaps = {}
+    while True:
+        best = None
+        for run in runs:
+            if any(b in overlaps for _, b, _ in run):
+                continue
+            blk, mem, gone = merged(run)
+            profile = blk.profile(steps)
+            trial = totals - sum(profiles[g] for g in gone) + profile
+            if key(trial) < key(totals) and (best is None or key(trial) < best[0]):
+                best = (key(trial), trial, run, blk, mem, gone, profile)
+        if best is None:
+            break
+        _, totals, run, blk, mem, gone, profile = best
+        for g in gone:
+            del blocks[g], profiles[g]
+        blocks[blk.name], profiles[blk.name] = (blk, mem), profile
+        block_of.update({n: blk.name for n in mem})
+        overlaps.update({b: [a, d] for a, b, d in run})
+    return ([blk for blk, _ in blocks.values()], {blk.name: mem for blk, mem in blocks.values() if len(mem) > 1},
+            overlaps)
 
 
 def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
@@ -190,9 +316,11 @@ def in_place_operand(graph: ir.Graph, op, i: int, last_read: dict, home: dict):
 
 
 def lower_bound(bufs: list) -> int:
-    """The most bytes of `bufs` live at one step."""
-    steps = range(min((b.first for b in bufs), default=0), max((b.last for b in bufs), default=-1) + 1)
-    return max((sum(b.size for b in bufs if b.first <= i <= b.last) for i in steps), default=0)
+    """The most bytes of `bufs` live at one step (a block: the extent of its members live then)."""
+    if not bufs:
+        return 0
+    steps = max(b.last for b in bufs) + 1
+    return int(max(sum(b.profile(steps) for b in bufs)))
 
 
 SEARCH_BUDGET = 3000  # first-fit evaluations of the local search, at most
@@ -252,15 +380,23 @@ def _exhaustive(bufs: list, size: int, offsets: dict, bound: int) -> tuple:
 
 def _first_fit(order: list) -> dict:
     """{name: offset}: each buffer at the lowest offset that clears the buffers placed before it
-    whose lifetimes overlap its own."""
+    whose lifetimes overlap its own (a block: member by member)."""
     placed, offsets = [], {}
     for b in order:
-        conflicts = sorted((p for p in placed if p.first <= b.last and b.first <= p.last), key=lambda p: offsets[p.name])
-        off = 0
-        for p in conflicts:
-            if off + b.size <= offsets[p.name]:
-                break
-            off = _align(max(off, offsets[p.name] + p.size), b.align)
+        if not b.parts and not any(p.parts for p in placed):
+            conflicts = sorted((p for p in placed if p.first <= b.last and b.first <= p.last),
+                               key=lambda p: offsets[p.name])
+            off = 0
+            for p in conflicts:
+                if off + b.size <= offsets[p.name]:
+                    break
+                off = _align(max(off, offsets[p.name] + p.size), b.align)
+        else:  # the block's offsets `off` where one of its members would meet a live placed buffer
+            banned = [(offsets[p.name] + pr - br - bs, offsets[p.name] + pr + ps - br)
+                      for p in placed for pr, ps, pf, pl in p.extents()
+                      for br, bs, bf, bl in b.extents() if pf <= bl and bf <= pl]
+            off = min(c for c in [0] + [_align(max(hi, 0), b.align) for _, hi in banned]
+                      if not any(lo < c < hi for lo, hi in banned))
         offsets[b.name] = off
         placed.append(b)
     return offsets
