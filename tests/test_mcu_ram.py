@@ -11,7 +11,7 @@ import pytest
 
 from bnnc import driver, ir, zoo
 from bnnc.backends import mcu
-from bnnc.passes.plan_arena import Buffer, _first_fit, _place, lower_bound, raster_distance, tensor_bytes
+from bnnc.passes.plan_arena import Buffer, _first_fit, _place, lower_bound, raster_distance, row_distance
 from bnnc.pipeline import Options, compile_file, compile_graph
 from bnnc.targets import TargetOptions
 
@@ -171,47 +171,47 @@ def test_int64_buffers_start_at_multiples_of_8_on_mcus():
     np.testing.assert_array_equal(y.reshape(ref.shape), ref)
 
 
-def _first_clobbered_read(op, src, dst, d: int):
-    """Simulate a raster kernel (output rows in order, row oy reading its window's input rows)
-    with the output d bytes below the input: the first (output row, input byte) where a write
-    lands on an input byte that this or a later output row still reads, else None."""
-    (ih, _, _), (oh, _, _) = src.shape, dst.shape
-    ri, ro = tensor_bytes(src, 32) // ih, tensor_bytes(dst, 32) // oh
-    kh, sh, pt = op.kernel[0], op.stride[0], op.pads[0]
+def _first_clobbered_read(ih, oh, ri, ro, kh, sh, pt, banded, d):
+    """Simulate a raster kernel (output rows in order; row oy reads its window's input rows, a
+    banded kernel all of them before the row's first output) with the output d bytes below the
+    input: the first (output row, input byte) where a write lands on an input byte still to be
+    read, else None."""
     rows = [set(range(max(0, oy * sh - pt), min(ih, oy * sh - pt + kh))) for oy in range(oh)]
     for oy in range(oh):
-        still_read = set().union(*rows[oy:])
+        still_read = set().union(*rows[oy + 1 if banded else oy:])
         for byte in range(oy * ro - d, (oy + 1) * ro - d):  # input byte offsets the row's writes reach
             if 0 <= byte < ih * ri and byte // ri in still_read:
                 return oy, byte
     return None
 
 
+@pytest.mark.parametrize("banded", [False, True])
 @pytest.mark.parametrize("seed", range(60))
-def test_raster_distance_is_the_least_safe_overlap(seed):
-    """An output planned raster_distance bytes below its input never overwrites an input byte
-    that is still to be read (byte-level simulation of the kernel's row order), and 8 bytes less
-    would (the distance is the least, up to its alignment to 8), for Conv and MaxPool windows
-    with strides, padding, bit and integer tensors."""
+def test_row_distance_is_the_least_safe_overlap(seed, banded):
+    """An output placed row_distance bytes below its input never overwrites an input byte still to
+    be read (a byte-level simulation of the kernels' row order), and 8 bytes less would (it is
+    the least, up to its alignment to 8): windows with strides and padding, rows of any size."""
     rng = np.random.default_rng(seed)
     kh = int(rng.integers(1, 4))
     sh = int(rng.integers(1, kh + 1))
     pt = int(rng.integers(0, kh))
     ih = int(rng.integers(kh, 14))
     oh = (ih + 2 * pt - kh) // sh + 1
-    w, c, o = int(rng.integers(1, 9)), int(rng.integers(1, 70)), int(rng.integers(1, 70))
-    ow = (w + 2 * pt - kh) // sh + 1
-    src = ir.Bits((ih, w, c)) if rng.random() < 0.5 else ir.Ints((ih, w, c), -int(rng.integers(1, 40000)), 255)
-    dst = ir.Bits((oh, ow, o)) if rng.random() < 0.5 else ir.Ints((oh, ow, o), 0, int(rng.integers(1, 40000)))
-    op = ir.MaxPool("pool", ["x"], ["y"], (kh, kh), (sh, sh), (pt, pt, pt, pt))
-    d = raster_distance(op, src, dst, 32, 4)
-    in_size, out_size = (-(-tensor_bytes(t, 32) // 4) * 4 for t in (src, dst))
-    if d is None:  # nothing saved: the least safe distance leaves the output below all of the input
-        least = next(x for x in range(0, out_size + 8) if _first_clobbered_read(op, src, dst, x) is None)
-        assert max(out_size, -(-least // 8) * 8 + in_size) >= out_size + in_size
-        return
-    assert d % 8 == 0 and _first_clobbered_read(op, src, dst, d) is None
-    assert d < 8 or _first_clobbered_read(op, src, dst, d - 8) is not None
+    ri, ro = int(rng.integers(1, 80)), int(rng.integers(1, 80))
+    d = row_distance(ih, oh, ri, ro, sh, pt, banded, 8)
+    assert d % 8 == 0 and _first_clobbered_read(ih, oh, ri, ro, kh, sh, pt, banded, d) is None
+    assert d == 0 or _first_clobbered_read(ih, oh, ri, ro, kh, sh, pt, banded, d - 8) is not None
+
+
+def test_raster_distance_reads_the_layer_and_saves_bytes_or_says_none():
+    """raster_distance takes a layer's rows as stored (bit words, integer storage) and gives None
+    where the overlap would save nothing (a dense layer's output needs all of its input)."""
+    pool = ir.MaxPool("pool", ["x"], ["y"], (2, 2), (2, 2), (0, 0, 0, 0))
+    src, dst = ir.Ints((12, 12, 16), 0, 255), ir.Ints((6, 6, 16), 0, 255)
+    assert raster_distance(pool, src, dst, 32, 4) == row_distance(12, 6, 12 * 16, 6 * 16, 2, 0, False, 8)
+    assert raster_distance(pool, ir.Bits((12, 12, 40)), ir.Bits((6, 6, 40)), 32, 4) == 6 * 8  # 2 words a pixel
+    whole = ir.MaxPool("pool", ["x"], ["y"], (12, 12), (1, 1), (0, 0, 0, 0))  # one output row reads every row
+    assert raster_distance(whole, src, ir.Ints((1, 1, 16), 0, 255), 32, 4) is None
 
 
 # models whose MCU arena puts outputs over inputs, on the cores with different kernels (Thumb-2's

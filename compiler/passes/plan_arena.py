@@ -180,20 +180,32 @@ def raster_distance(op, src, dst, word_bits: int, align: int):
     """The bytes D by which `op`'s output buffer may start below its input buffer, overlapping it,
     or None where that saves nothing. For the MCU kernels of Conv and MaxPool (templates/c,
     "rows" weights): they compute output rows in order, each output row's values written while
-    it is computed, and from output row oy on they read only input rows >= max(0, oy * sh - pt).
-    Output row oy occupies bytes [O + oy * ro, O + (oy + 1) * ro) and the input rows still to be
-    read start at I + max(0, oy * sh - pt) * ri (ro, ri: bytes per row as stored); with O = I - D,
-    D = max over oy of (oy + 1) * ro - max(0, oy * sh - pt) * ri, no write reaches an input byte
-    before its last read. D is rounded up to a multiple of 8 (and of the alignment): every
-    member of an overlapped block then keeps its own alignment."""
+    it is computed, and from output row oy on they read only input rows >= max(0, oy * sh - pt);
+    an int16-pair layer (PackedConv.pairs) copies a row's input rows into its band before the
+    row's first output, so while it writes row oy only the rows of later rows' bands are still
+    to be read (`row_distance`)."""
     if not isinstance(op, (ir.Conv, ir.MaxPool)) or (isinstance(op, ir.Conv) and getattr(op, "packed", None) is None):
         return None
     (ih, _, _), (oh, _, _) = src.shape, dst.shape
     ri, ro = tensor_bytes(src, word_bits) // ih, tensor_bytes(dst, word_bits) // oh
-    sh, pt = op.stride[0], op.pads[0]
-    d = _align(max((oy + 1) * ro - max(0, oy * sh - pt) * ri for oy in range(oh)), max(align, 8))
+    banded = isinstance(op, ir.Conv) and bool(op.packed.pairs)
+    d = row_distance(ih, oh, ri, ro, op.stride[0], op.pads[0], banded, max(align, 8))
     in_size, out_size = _align(ri * ih, align), _align(ro * oh, align)
     return d if max(out_size, d + in_size) < out_size + in_size else None
+
+
+def row_distance(ih: int, oh: int, ri: int, ro: int, sh: int, pt: int, banded: bool, align: int) -> int:
+    """The least D >= 0, a multiple of `align`, such that an output of oh rows of ro bytes placed D
+    bytes below an input of ih rows of ri bytes overwrites no input row still to be read. Output
+    row oy occupies [O + oy * ro, O + (oy + 1) * ro); while it is written the input rows from
+    r(oy) on are still to be read, r(oy) = max(0, oy * sh - pt), or for a banded kernel (the
+    row's input rows copied before its outputs) r(oy) = (oy + 1) * sh - pt, none after the last
+    row. With O = I - D: D = max over oy of (oy + 1) * ro - r(oy) * ri."""
+    if banded:
+        needs = [((oy + 1) * ro, min(ih, max(0, (oy + 1) * sh - pt))) for oy in range(oh - 1)]
+    else:
+        needs = [((oy + 1) * ro, max(0, oy * sh - pt)) for oy in range(oh)]
+    return _align(max([end - row * ri for end, row in needs] + [0]), align)
 
 
 def _overlap_blocks(graph: ir.Graph, found: list, word_bits: int, align: int) -> tuple:
