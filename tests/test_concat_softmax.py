@@ -161,9 +161,15 @@ def test_integer_concat_on_the_finer_grid_and_vector_concat(seed):
     assert graph.tensors[next(op for op in cats if op.source_ops == ["vector_concat"]).outputs[0]].shape[:2] == (1, 1)
 
 
-def test_concat_of_grids_not_a_power_of_two_apart_is_refused():
-    with pytest.raises(BnncError, match="branch_concat.*not powers of two"):
-        compile_graph(qdq_concat_model(0, scale_b=1 / 10), OPTS)
+@pytest.mark.parametrize("seed", range(2))
+def test_concat_of_grids_not_a_power_of_two_apart(seed):
+    """Branches quantized with scales 1/8 and 1/10: the 1/10 one moves to a power-of-two grid of its
+    own (streams.on_related_grids), rounded with its error stated, and the Concat joins them."""
+    graph = _check_through_logits(lambda s, softmax=True: qdq_concat_model(s, scale_b=1 / 10, softmax=softmax), seed)
+    branch = next(op for op in graph.ops() if isinstance(op, ir.Concat) and op.source_ops == ["branch_concat"])
+    moved = graph.producer(branch.inputs[1])
+    assert isinstance(moved, ir.Activation) and isinstance(moved.epilogue, ir.Requantize)
+    assert 0 < moved.epilogue.max_error <= graph.tensors[moved.outputs[0]].scale / 2
 
 
 # ----------------------------------------------------------------------------- softmax

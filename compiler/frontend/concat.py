@@ -9,7 +9,7 @@ from .. import ir
 from ..errors import BnncError
 from .elementwise import _log2_exact
 from .registry import handler, where
-from .streams import input_stream, stream_of_intchain, to_stream
+from .streams import input_stream, on_related_grids, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal
 
 
@@ -17,7 +17,8 @@ from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal
 def concat(ctx, node, *, axis=None):
     """Channel Concat: inputs of the same H x W, all binary (one scale) or all integer / fixed
     point; real-valued layer outputs and the model input first become fixed-point streams. Streams whose
-    scales differ by a power of two go to the finer grid, exactly (as a residual Add)."""
+    scales differ by a power of two go to the finer grid, exactly (as a residual Add); others to
+    power-of-two grids first (streams.on_related_grids)."""
     if axis is None:
         raise BnncError(f"{where(node)}: Concat without an axis")
     if any(t not in ctx.vals for t in node.inputs):
@@ -64,15 +65,10 @@ def concat(ctx, node, *, axis=None):
         shifts, oty = (), ir.Bits((h, w, channels), types[0].scale)
         out = BitsVal
     else:
+        vals = on_related_grids(ctx, node, vals)
+        types = [ctx.graph.tensors[v.tensor] for v in vals]
         finest = min(Fraction(v.scale) for v in vals)
-        shifts = []
-        for v in vals:
-            k = _log2_exact(Fraction(v.scale) / finest)
-            if k is None:
-                raise BnncError(f"{where(node)}: Concat of fixed-point tensors with scales "
-                                f"{', '.join(f'{v.scale:g}' for v in vals)}, whose ratios are not powers of two")
-            shifts.append(k)
-        shifts = tuple(shifts)
+        shifts = tuple(_log2_exact(Fraction(v.scale) / finest) for v in vals)
         oty = ir.Ints((h, w, channels), min(ty.lo << k for ty, k in zip(types, shifts)),
                       max(ty.hi << k for ty, k in zip(types, shifts)), float(finest))
         out = IntsVal

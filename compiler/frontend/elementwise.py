@@ -15,7 +15,7 @@ from .. import ir, weight_codes
 from ..errors import BnncError
 from ..passes.merge_summed_convs import merged_conv
 from .registry import handler, where
-from .streams import WIDE_STREAM_LIMIT, input_stream, stream_limit, stream_of_intchain, to_stream
+from .streams import WIDE_STREAM_LIMIT, input_stream, on_related_grids, stream_limit, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
@@ -204,7 +204,8 @@ def _of_two_activations(ctx, node, op):
 
 def add_streams(ctx, node, a, b) -> IntsVal:
     """The residual Add of two fixed-point streams (ir.Add): exact on the finer grid, rounded
-    half up to a coarser one where the sum could leave the widest stream."""
+    half up to a coarser one where the sum could leave the widest stream; streams whose scales do
+    not differ by a power of two go to power-of-two grids first (streams.on_related_grids)."""
     for v in (a, b):
         if not isinstance(v, IntsVal):
             raise BnncError(f"{where(node)}: a residual Add needs real-valued (fixed-point) operands; one is a "
@@ -213,12 +214,11 @@ def add_streams(ctx, node, a, b) -> IntsVal:
     if ta.shape != tb.shape or a.shape != b.shape:
         raise BnncError(f"{where(node)}: residual Add of shapes {a.shape} and {b.shape} (broadcasting "
                         "is not supported)")
+    a, b = on_related_grids(ctx, node, [a, b])
+    ta, tb = ctx.graph.tensors[a.tensor], ctx.graph.tensors[b.tensor]
     ratio = Fraction(a.scale) / Fraction(b.scale)
     shifts = [0, 0]
     k = _log2_exact(ratio if ratio >= 1 else 1 / ratio)
-    if k is None:
-        raise BnncError(f"{where(node)}: residual Add of streams with scales {a.scale:g} and {b.scale:g}, "
-                        "whose ratio is not a power of two")
     shifts[0 if ratio >= 1 else 1] = k
     scale = min(a.scale, b.scale)
     lo_sum, hi_sum = (ta.lo << shifts[0]) + (tb.lo << shifts[1]), (ta.hi << shifts[0]) + (tb.hi << shifts[1])

@@ -234,6 +234,21 @@ def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -
     return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]), clamp)
 
 
+def on_related_grids(ctx, node, vals: list) -> list:
+    """Fixed-point streams (IntsVal) to be joined (a residual Add, a Concat): as they are where
+    their scales differ by powers of two; else each whose scale is not a power of two moved to a
+    power-of-two grid of its own (as onnxruntime's quantizer writes them, every tensor has a scale
+    of its own): exact where its values fit the widest stream there, else rounded half up with
+    the error stated (stream_of_intchain)."""
+    def power_of_two(x: Fraction) -> bool:
+        return x.numerator & (x.numerator - 1) == 0 and x.denominator & (x.denominator - 1) == 0
+
+    first = Fraction(vals[0].scale)
+    if all(power_of_two(Fraction(v.scale) / first) for v in vals):
+        return vals
+    return [v if power_of_two(Fraction(v.scale)) else stream_of_intchain(ctx, node, IntChainVal.of(v)) for v in vals]
+
+
 def input_stream(ctx, node, v: InputVal) -> IntsVal:
     """The model input with its pending float32 ops as a fixed-point stream (for a Concat or a
     residual Add that reads it): the integers layers read (`linear.materialize`), put on a grid of
