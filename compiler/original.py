@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import BnncError
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+ORT_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (its QOperator quantization writes them): it runs them itself
 QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general")
 MAX_IR_VERSION = 10  # onnxruntime 1.31 loads up to IR 13; 10 is what current exporters write
 
@@ -294,7 +295,7 @@ def rewrite_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     g = out.graph
     opset = _default_opset(out)
     for n in g.node:
-        if n.domain not in STANDARD_DOMAINS and not (_is_qonnx_domain(n.domain) and n.op_type in REWRITES):
+        if n.domain not in STANDARD_DOMAINS | {ORT_DOMAIN} and not (_is_qonnx_domain(n.domain) and n.op_type in REWRITES):
             raise BnncError(f"{_describe(n)} is not a standard ONNX op and bnnc cannot execute it")
     consts = _constants(g)
     ranks = _ranks(out) if any(n.op_type == "MultiThreshold" and n.domain not in STANDARD_DOMAINS
@@ -305,7 +306,7 @@ def rewrite_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     e = _Emitter(opset, taken)
     new_nodes = []
     for k, n in enumerate(g.node):
-        if n.domain in STANDARD_DOMAINS:
+        if n.domain in STANDARD_DOMAINS | {ORT_DOMAIN}:
             new_nodes.append(n)
             continue
         e.prefix = f"{n.name or n.op_type}_{k}"
@@ -316,7 +317,7 @@ def rewrite_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     g.node.extend(new_nodes)
     g.initializer.extend(e.initializers)
 
-    keep = [o for o in out.opset_import if o.domain in STANDARD_DOMAINS]
+    keep = [o for o in out.opset_import if o.domain in STANDARD_DOMAINS | {ORT_DOMAIN}]
     del out.opset_import[:]
     out.opset_import.extend(keep)
     out.ir_version = max(4, min(out.ir_version, MAX_IR_VERSION))  # IR >= 4: initializers need not be inputs

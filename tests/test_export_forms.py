@@ -714,3 +714,83 @@ def test_keras_flatten_before_a_dense_layer(form):
     assert np.all(np.abs(ref - orig) <= bound + 1e-5 * np.abs(orig).max())  # stated bound + float32's rounding
     y, _ = targets.run(graph, "c", inputs.grid, targets.TargetOptions())
     assert np.array_equal(y, ref)
+
+
+def _float_cnn_for_ort(seed, head):
+    """A float CNN as a user hands it to onnxruntime's quantizer: Conv + Relu, MaxPool, a residual
+    Add, two 1 x 1 branches joined by a Concat, global average pool, then Gemm or MatMul + Add."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    inits = {"w1": w(8, 3, 3, 3), "b1": w(8) / 4, "w2": w(8, 8, 3, 3), "b2": w(8) / 4, "wa": w(4, 8, 1, 1),
+             "wb": w(4, 8, 1, 1), "wf": w(10, 8), "bf": w(10) / 4, "shape": np.array([1, 8], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Add", ["r2", "p1"], ["s"]),
+             helper.make_node("Conv", ["s", "wa"], ["ba"]),
+             helper.make_node("Conv", ["s", "wb"], ["bb"]),
+             helper.make_node("Concat", ["ba", "bb"], ["cat"], axis=1),
+             helper.make_node("GlobalAveragePool", ["cat"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["f"])]
+    if head == "gemm":
+        nodes.append(helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1))
+    else:
+        inits["wf"] = inits["wf"].T.copy()
+        nodes += [helper.make_node("MatMul", ["f", "wf"], ["m"]), helper.make_node("Add", ["m", "bf"], ["y"])]
+    return _model(nodes, inits, (1, 3, 12, 12))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+@pytest.mark.parametrize("head", ["gemm", "matmul"])
+def test_onnxruntime_qoperator_quantization(tmp_path, per_channel, activations, head):
+    """onnxruntime.quantization.quantize_static in its QOperator format (QLinearConv, QLinearAdd,
+    QLinearConcat, QLinearGlobalAveragePool, QGemm / QLinearMatMul, integer MaxPool and Reshape)
+    compiles through canonical.qoperator: the reference equals onnxruntime running the quantized
+    model, and C equals the reference."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    import onnx
+
+    float_path, q_path = tmp_path / "float.onnx", tmp_path / "q.onnx"
+    onnx.save(_float_cnn_for_ort(3, head), str(float_path))
+    rng = np.random.default_rng(0)
+
+    class Samples(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": rng.random((1, 3, 12, 12), dtype=np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    a_type = quantization.QuantType.QUInt8 if activations == "uint8" else quantization.QuantType.QInt8
+    quantization.quantize_static(str(float_path), str(q_path), Samples(), quant_format=quantization.QuantFormat.QOperator,
+                                 per_channel=per_channel, activation_type=a_type,
+                                 weight_type=quantization.QuantType.QInt8)
+    model = onnx.load(str(q_path))
+    kinds = {n.op_type for n in model.graph.node}
+    assert {"QLinearConv", "QLinearAdd", "QLinearConcat", "QLinearGlobalAveragePool"} <= kinds
+    assert ("QGemm" if head == "gemm" else "QLinearMatMul") in kinds
+    _check(model, Options(input_scale=1 / 255, input_range=(0, 255)), n=50)
+
+
+def test_a_malformed_qoperator_node_is_refused_in_one_line(tmp_path, capsys):
+    """A QLinearConv without its output scale: one line naming the node, exit 2."""
+    import onnx
+
+    from bnnc.cli import main
+
+    inits = {"s": np.array(0.02, np.float32), "z": np.array(0, np.uint8), "w": np.ones((4, 3, 3, 3), np.int8),
+             "ws": np.array(0.01, np.float32), "wz": np.array(0, np.int8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("QLinearConv", ["xq", "s", "z", "w", "ws", "wz"], ["yq"], name="conv_q"),
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"])]
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(nodes, inits, (1, 3, 8, 8), (1, 4, 6, 6)), str(path))
+    assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bnnc: error: node 'conv_q' (QLinearConv)"), err

@@ -26,6 +26,7 @@ from .pad_into_window import merge_pads_into_windows
 from .padded_add import add_into_concat_part
 from .pass_through_ops import remove_pass_through_ops
 from .qcdq_clip import qcdq_clip_to_quant
+from .qoperator import qoperator_to_qdq
 from .round_quantizer import round_quantizer_to_quant
 from .uniform_constants import scalarize_uniform_constants
 from .spatial_mean import spatial_mean_to_global_pool
@@ -34,6 +35,7 @@ from .ste_sign import simplify_ste_sign
 # Applied in this order; each one sees the previous one's output.
 REWRITES = (
     name_unnamed_nodes,
+    qoperator_to_qdq,
     fold_constant_subgraphs,
     remove_pass_through_ops,
     scalarize_uniform_constants,
