@@ -256,7 +256,7 @@ def totals(graph: ir.Graph, rows: list) -> dict:
         "compression": round(float_bytes / max(weight_bytes, 1), 2),
         "arena_bytes": int(graph.arena["size"]),
         "arena_lower_bound_bytes": int(graph.arena["lower_bound"]),
-        "arena_overlaps": len(graph.arena.get("overlaps", {})),
+        "arena_overlaps": len(graph.arena["overlaps"]),
         "binary_macs": int(sum(r["binary_macs"] for r in rows)),
         "int_macs": int(sum(r["int_macs"] for r in rows)),
         "channels_removed": int(sum(r["channels_removed"] for r in rows)),

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper
 
 from ..errors import BnncError
-from .graph_edit import Names, attrs, copy_model, drop_unused
+from .graph_edit import Names, attrs, copy_model, drop_unused, is_standard
 
 MS_DOMAIN = "com.microsoft"
 # op type -> (float op type, the integer operands as (value, scale, zero point) input positions,
@@ -43,8 +43,7 @@ _DROPPED_ATTRS = {"channels_last"}  # the com.microsoft pools' layout flag (only
 
 
 def qoperator_to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
-    if not any((n.domain if n.domain != "ai.onnx" else "", n.op_type) in _SPEC or n.op_type == "QLinearConcat"
-               for n in model.graph.node):
+    if not any(_kind(n) in _SPEC or n.op_type == "QLinearConcat" for n in model.graph.node):
         return model
     out = copy_model(model)
     g = out.graph
@@ -66,10 +65,9 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
         quant[out_name] = (scale, zp)
 
     for n in g.node:
-        domain = n.domain if n.domain != "ai.onnx" else ""
         a = attrs(n)
-        if (domain, n.op_type) in _SPEC:
-            op, operands, others, (ys, yz) = _SPEC[(domain, n.op_type)]
+        if _kind(n) in _SPEC:
+            op, operands, others, (ys, yz) = _SPEC[_kind(n)]
             need = ys if op == "Gemm" else ys + 1  # QGemm's output scale is optional (a float output)
             if len(n.input) < need or not all(n.input[k] for t in operands for k in t[:2]):
                 raise BnncError(f"node '{n.name}' ({n.op_type}): needs at least {need} inputs (each operand with its "
@@ -98,7 +96,7 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(helper.make_node(op, ins, [y], name=n.name, **kept))
             if _get(n, ys):
                 q(y, n.output[0], n.input[ys], _get(n, yz))
-        elif domain == MS_DOMAIN and n.op_type == "QLinearConcat":
+        elif n.domain == MS_DOMAIN and n.op_type == "QLinearConcat":
             if len(n.input) < 5 or (len(n.input) - 2) % 3 or "axis" not in a:
                 raise BnncError(f"node '{n.name}' (QLinearConcat): needs an axis, the output's scale and zero "
                                 "point, then a value, scale and zero point per operand")
@@ -106,7 +104,7 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             y = names.fresh(n.output[0] + "_real")
             nodes.append(helper.make_node("Concat", ins, [y], name=n.name, axis=a["axis"]))
             q(y, n.output[0], n.input[0], _get(n, 1))
-        elif n.op_type in _MOVES and n.input and n.input[0] in quant and n.domain in ("", "ai.onnx"):
+        elif n.op_type in _MOVES and n.input and n.input[0] in quant and is_standard(n):
             scale, zp = quant[n.input[0]]
             y = names.fresh(n.output[0] + "_real")
             moved = onnx.NodeProto()
@@ -116,7 +114,7 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(moved)
             q(y, n.output[0], scale, zp)
         else:
-            if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx") and len(n.input) > 1:
+            if n.op_type == "QuantizeLinear" and is_standard(n) and len(n.input) > 1:
                 quant[n.output[0]] = (n.input[1], _get(n, 2))
             nodes.append(n)
     del g.node[:]
@@ -127,6 +125,11 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
         del out.opset_import[:]
         out.opset_import.extend(keep)
     return out
+
+
+def _kind(node: onnx.NodeProto) -> tuple:
+    """(domain, op type), the standard domain as "" (the key of _SPEC)."""
+    return ("" if is_standard(node) else node.domain), node.op_type
 
 
 def _get(node: onnx.NodeProto, k: int) -> str:

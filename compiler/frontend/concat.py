@@ -7,9 +7,8 @@ from fractions import Fraction
 
 from .. import ir
 from ..errors import BnncError
-from .elementwise import _log2_exact
 from .registry import handler, where
-from .streams import input_stream, on_related_grids, stream_of_intchain, to_stream
+from .streams import input_stream, log2_exact, on_related_grids, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal
 
 
@@ -68,7 +67,7 @@ def concat(ctx, node, *, axis=None):
         vals = on_related_grids(ctx, node, vals)
         types = [ctx.graph.tensors[v.tensor] for v in vals]
         finest = min(Fraction(v.scale) for v in vals)
-        shifts = tuple(_log2_exact(Fraction(v.scale) / finest) for v in vals)
+        shifts = tuple(log2_exact(Fraction(v.scale) / finest) for v in vals)
         oty = ir.Ints((h, w, channels), min(ty.lo << k for ty, k in zip(types, shifts)),
                       max(ty.hi << k for ty, k in zip(types, shifts)), float(finest))
         out = IntsVal

@@ -15,7 +15,8 @@ from .. import ir, weight_codes
 from ..errors import BnncError
 from ..passes.merge_summed_convs import merged_conv
 from .registry import handler, where
-from .streams import WIDE_STREAM_LIMIT, input_stream, on_related_grids, stream_limit, stream_of_intchain, to_stream
+from .streams import (WIDE_STREAM_LIMIT, input_stream, log2_exact, on_related_grids, stream_limit, stream_of_intchain,
+                      to_stream)
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
@@ -218,7 +219,7 @@ def add_streams(ctx, node, a, b) -> IntsVal:
     ta, tb = ctx.graph.tensors[a.tensor], ctx.graph.tensors[b.tensor]
     ratio = Fraction(a.scale) / Fraction(b.scale)
     shifts = [0, 0]
-    k = _log2_exact(ratio if ratio >= 1 else 1 / ratio)
+    k = log2_exact(ratio if ratio >= 1 else 1 / ratio)
     shifts[0 if ratio >= 1 else 1] = k
     scale = min(a.scale, b.scale)
     lo_sum, hi_sum = (ta.lo << shifts[0]) + (tb.lo << shifts[1]), (ta.hi << shifts[0]) + (tb.hi << shifts[1])
@@ -271,10 +272,3 @@ def _merge_accs(ctx, node, a: AccVal, b: AccVal, sign: int):
     unit, _ = ir.conv_sum_multipliers(total)
     return AccVal(a.shape, a.source_ops + b.source_ops, [ir.ChainOp("mul", unit.astype(np.float32))], conv=ca.name)
 
-
-def _log2_exact(r: Fraction):
-    """k with r == 2**k (k >= 0), else None."""
-    if r.denominator != 1 or r.numerator < 1:
-        return None
-    n = r.numerator
-    return n.bit_length() - 1 if n & (n - 1) == 0 else None

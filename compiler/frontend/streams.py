@@ -240,13 +240,19 @@ def on_related_grids(ctx, node, vals: list) -> list:
     power-of-two grid of its own (as onnxruntime's quantizer writes them, every tensor has a scale
     of its own): exact where its values fit the widest stream there, else rounded half up with
     the error stated (stream_of_intchain)."""
-    def power_of_two(x: Fraction) -> bool:
-        return x.numerator & (x.numerator - 1) == 0 and x.denominator & (x.denominator - 1) == 0
-
     first = Fraction(vals[0].scale)
-    if all(power_of_two(Fraction(v.scale) / first) for v in vals):
+    if all(log2_exact(Fraction(v.scale) / first) is not None for v in vals):
         return vals
-    return [v if power_of_two(Fraction(v.scale)) else stream_of_intchain(ctx, node, IntChainVal.of(v)) for v in vals]
+    return [v if log2_exact(Fraction(v.scale)) is not None else stream_of_intchain(ctx, node, IntChainVal.of(v))
+            for v in vals]
+
+
+def log2_exact(r: Fraction):
+    """k with r == 2**k (k of either sign), else None."""
+    n, d = r.numerator, r.denominator
+    if n < 1 or n & (n - 1) or d & (d - 1):
+        return None
+    return n.bit_length() - d.bit_length()
 
 
 def input_stream(ctx, node, v: InputVal) -> IntsVal:

@@ -150,7 +150,7 @@ def plan_arena(graph: ir.Graph) -> ir.Graph:
     align = _alignment(layout)
     found, in_place = buffers(out, wb, align)
     bufs = {b.name: b for b in found}
-    bound = lower_bound(found)
+    bound = liveness = lower_bound(found)
     size, offsets = _place(found, bound)
     blocks, members, overlaps = _overlap_blocks(out, found, wb, align) if layout == "rows" else (found, {}, {})
     if overlaps:  # kept where they make the placed arena smaller
@@ -171,7 +171,7 @@ def plan_arena(graph: ir.Graph) -> ir.Graph:
         while root in in_place:
             root = in_place[root]
         where[t], sizes[t] = bufs[root].offset, _align(tensor_bytes(out.tensors[t], wb), align)
-    out.arena = {"buffers": where, "sizes": sizes, "size": size, "lower_bound": lower_bound(found),
+    out.arena = {"buffers": where, "sizes": sizes, "size": size, "lower_bound": liveness,
                  "overlap_bound": bound, "align": align, "in_place": dict(in_place), "overlaps": overlaps}
     return out
 
@@ -393,9 +393,10 @@ def _exhaustive(bufs: list, size: int, offsets: dict, bound: int) -> tuple:
 def _first_fit(order: list) -> dict:
     """{name: offset}: each buffer at the lowest offset that clears the buffers placed before it
     whose lifetimes overlap its own (a block: member by member)."""
-    placed, offsets = [], {}
+    placed, offsets, blocks = [], {}, False
     for b in order:
-        if not b.parts and not any(p.parts for p in placed):
+        blocks = blocks or bool(b.parts)
+        if not blocks:
             conflicts = sorted((p for p in placed if p.first <= b.last and b.first <= p.last),
                                key=lambda p: offsets[p.name])
             off = 0
