@@ -18,7 +18,7 @@ from bnnc.canonical.pad_into_window import merge_pads_into_windows
 from bnnc.canonical.pass_through_ops import remove_pass_through_ops
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
 from bnnc.canonical.round_quantizer import round_quantizer_to_quant
-from bnnc.canonical.spatial_mean import spatial_mean_to_global_pool
+from bnnc.canonical.spatial_reduce import spatial_reduce_to_global_pool
 from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
 from bnnc.canonical.uniform_constants import scalarize_uniform_constants
 from bnnc.errors import BnncError
@@ -569,21 +569,21 @@ def test_pad_merged_into_random_convolutions(seed):
 
 
 @pytest.mark.parametrize("keepdims", [1, 0])
-def test_spatial_mean_to_global_pool(keepdims):
+def test_spatial_mean_to_global_average_pool(keepdims):
     rng = np.random.default_rng(7)
     m = make([helper.make_node("ReduceMean", ["x", "ax"], ["y"], keepdims=keepdims)], [1, 8, 7, 9],
              {"ax": np.array([-1, 2], np.int64)}, opset=18)
-    c = spatial_mean_to_global_pool(m)
+    c = spatial_reduce_to_global_pool(m)
     assert "ReduceMean" not in ops(c) and "GlobalAveragePool" in ops(c)
     x = (rng.standard_normal((5, 8, 7, 9)) * 10).astype(np.float32)
     a, b = run(m, x), run(c, x)
     assert a.shape == b.shape
-    # not bit-exact: onnxruntime sums the window in another order for each op (see spatial_mean)
+    # not bit-exact: onnxruntime sums the window in another order for each op (see spatial_reduce)
     assert np.abs(a - b).max() <= 4 * np.finfo(np.float32).eps * np.abs(x).max()
 
 
 @pytest.mark.parametrize("keepdims", [1, 0])
-def test_nhwc_spatial_mean_to_global_pool(keepdims):
+def test_nhwc_spatial_mean_to_global_average_pool(keepdims):
     """tf2onnx's GlobalAveragePooling2D: ReduceMean over axes 1, 2 of the NHWC tensor."""
     rng = np.random.default_rng(11)
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
@@ -598,7 +598,37 @@ def test_nhwc_spatial_mean_to_global_pool(keepdims):
     assert "ReduceMean" not in ops(c) and "Transpose" not in ops(c) and "GlobalAveragePool" in ops(c)
     x = rng.standard_normal((4, 3, 6, 5)).astype(np.float32)
     a, b = run(m, x), run(c, x)
-    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()  # summation order differs (see spatial_mean)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()  # summation order differs (see spatial_reduce)
+
+
+@pytest.mark.parametrize("form", ["ReduceMax18", "ReduceMax13", "GlobalMaxPool", "nhwc"])
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_spatial_max_to_max_pool(form, keepdims):
+    """The dynamo exporter's AdaptiveMaxPool2d(1) (ReduceMax over axes 2, 3; the axes an input from
+    opset 18, an attribute before), GlobalMaxPool and tf2onnx's NHWC ReduceMax: a MaxPool over the
+    whole map, bit-exact in onnxruntime."""
+    if form == "GlobalMaxPool" and not keepdims:
+        pytest.skip("GlobalMaxPool keeps its dims")
+    rng = np.random.default_rng(5)
+    init = {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1])]
+    if form == "ReduceMax18":
+        nodes.append(helper.make_node("ReduceMax", ["a", "ax"], ["y"], keepdims=keepdims))
+        init["ax"] = np.array([2, -1], np.int64)
+    elif form == "ReduceMax13":
+        nodes.append(helper.make_node("ReduceMax", ["a"], ["y"], axes=[2, 3], keepdims=keepdims))
+    elif form == "GlobalMaxPool":
+        nodes.append(helper.make_node("GlobalMaxPool", ["a"], ["y"]))
+    else:
+        nodes += [helper.make_node("Transpose", ["a"], ["an"], perm=[0, 2, 3, 1]),
+                  helper.make_node("ReduceMax", ["an", "ax"], ["y"], keepdims=keepdims)]
+        init["ax"] = np.array([1, 2], np.int64)
+    m = make(nodes, [1, 3, 6, 5], init, opset=13 if form == "ReduceMax13" else 18)
+    c = canonicalize(m)
+    assert {"ReduceMax", "GlobalMaxPool", "Transpose"}.isdisjoint(ops(c)) and "MaxPool" in ops(c)
+    x = rng.standard_normal((4, 3, 6, 5)).astype(np.float32)
+    a, b = run(m, x), run(c, x)
+    assert a.shape == b.shape and np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("size,k,s,pads", [(7, 3, 2, [0, 0, 0, 0]), (8, 3, 2, [0, 0, 0, 0]), (6, 2, 2, [1, 1, 0, 0]),

@@ -794,3 +794,34 @@ def test_a_malformed_qoperator_node_is_refused_in_one_line(tmp_path, capsys):
     assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bnnc: error: node 'conv_q' (QLinearConv)"), err
+
+
+@pytest.mark.parametrize("form", ["ReduceMax", "GlobalMaxPool"])
+@pytest.mark.parametrize("where", ["bits", "stream"])
+def test_global_max_pool(form, where):
+    """A global max pool as the dynamo exporter writes AdaptiveMaxPool2d(1) (ReduceMax over the
+    spatial axes, keepdims) and as GlobalMaxPool: of a layer's output before its sign, or of a
+    real-valued layer's output (a fixed-point stream) before a float head; bit-exact in C."""
+    rng = np.random.default_rng(3)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.5, 1.5, (1, 6, 1, 1)).astype(np.float32),
+             "b": rng.uniform(-2, 2, (1, 6, 1, 1)).astype(np.float32),
+             "fc": rng.standard_normal((6, 5)).astype(np.float32), "ax": np.array([2, 3], np.int64),
+             "shape": np.array([1, -1], np.int64)}
+    pool = helper.make_node("ReduceMax", ["a2", "ax"], ["p"], keepdims=1) if form == "ReduceMax" else \
+        helper.make_node("GlobalMaxPool", ["a2"], ["p"])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["a1"]),
+             helper.make_node("Add", ["a1", "b"], ["a2"]), pool]
+    if where == "bits":
+        nodes += [helper.make_node("Sign", ["p"], ["ps"]), helper.make_node("Reshape", ["ps", "shape"], ["f"])]
+    else:
+        nodes += [helper.make_node("Reshape", ["p", "shape"], ["f"])]
+    nodes.append(helper.make_node("MatMul", ["f", "fc"], ["y"]))
+    model = _model(nodes, inits, (1, 4, 6, 6), (1, 5))
+    model.opset_import[0].version = 18
+    _check(model, Options())

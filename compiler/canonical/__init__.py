@@ -29,7 +29,7 @@ from .qcdq_clip import qcdq_clip_to_quant
 from .qoperator import qoperator_to_qdq
 from .round_quantizer import round_quantizer_to_quant
 from .uniform_constants import scalarize_uniform_constants
-from .spatial_mean import spatial_mean_to_global_pool
+from .spatial_reduce import spatial_reduce_to_global_pool
 from .ste_sign import simplify_ste_sign
 
 # Applied in this order; each one sees the previous one's output.
@@ -40,7 +40,7 @@ REWRITES = (
     remove_pass_through_ops,
     scalarize_uniform_constants,
     simplify_ste_sign,
-    spatial_mean_to_global_pool,
+    spatial_reduce_to_global_pool,
     keras_prelu_to_prelu,
     sink_layout_transposes,
     nhwc_flatten_into_dense,

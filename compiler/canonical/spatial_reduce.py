@@ -1,10 +1,14 @@
-"""ReduceMean over the spatial axes (2, 3) of a 4-D tensor (the dynamo exporter's and Brevitas'
-global average pool) replaced by GlobalAveragePool, followed by a Flatten when keepdims = 0.
-tf2onnx's form, ReduceMean over axes (1, 2) of Transpose(x, [0, 2, 3, 1]) (NHWC), becomes
-GlobalAveragePool(x), then a Flatten (keepdims = 0) or Transpose(., [0, 2, 3, 1]) of the (N, C, 1, 1)
-result (keepdims = 1; it moves only unit axes, and the layout stage removes it).
+"""Global pools written as reductions over the spatial axes, replaced by pools. ReduceMean over the
+axes (2, 3) of a 4-D tensor (the dynamo exporter's and Brevitas' global average pool) becomes
+GlobalAveragePool; ReduceMax over them (the dynamo exporter's AdaptiveMaxPool2d(1)), and
+GlobalMaxPool, become a MaxPool whose window and stride are the whole H x W map. A Flatten follows
+where keepdims = 0. tf2onnx's form, the reduction over axes (1, 2) of Transpose(x, [0, 2, 3, 1])
+(NHWC), becomes the pool of x, then a Flatten (keepdims = 0) or Transpose(., [0, 2, 3, 1]) of the
+(N, C, 1, 1) result (keepdims = 1; it moves only unit axes, and the layout stage removes it).
 
-NOT bit-exact in onnxruntime: both compute the mean of the same H x W values, but onnxruntime's
+The maximum is exact in float32: the max pools give onnxruntime's values bit for bit.
+
+The mean is NOT bit-exact in onnxruntime: both compute the mean of the same H x W values, but onnxruntime's
 ReduceMean and GlobalAveragePool sum them in different orders, so the float32 results can differ
 in the last bits (about 1 ulp of the running sum; the tests bound it). bnnc's lowering computes a
 global pool as an exact integer sum, so the deployed network is unaffected; `bnnc verify` compares
@@ -29,7 +33,7 @@ def _axes(node: onnx.NodeProto, values: dict):
     return list(a["axes"]) if "axes" in a else None
 
 
-def spatial_mean_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
+def spatial_reduce_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     g = out.graph
     values = constant_values(g)
@@ -37,9 +41,9 @@ def spatial_mean_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
     names = Names(g)
     prods = producers(g)
     for n in list(g.node):
-        if n.op_type != "ReduceMean" or not is_standard(n) or n.input[0] in values:
+        if n.op_type not in ("ReduceMean", "ReduceMax", "GlobalMaxPool") or not is_standard(n) or n.input[0] in values:
             continue
-        axes = _axes(n, values)
+        axes = [2, 3] if n.op_type == "GlobalMaxPool" else _axes(n, values)
         if axes is None:
             continue
         if shapes is None:
@@ -58,17 +62,27 @@ def spatial_mean_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
             x, nhwc = t.input[0], t
         elif axes != [2, 3]:
             continue
+        hw = list(shape[1:3] if nhwc is not None else shape[2:])
+        if n.op_type != "ReduceMean" and not all(isinstance(d, (int, np.integer)) and d > 0 for d in hw):
+            continue  # a max pool needs the map's size
+        hw = [int(d) for d in hw] if n.op_type != "ReduceMean" else hw
+
+        def pool(dst: str) -> onnx.NodeProto:
+            if n.op_type == "ReduceMean":
+                return helper.make_node("GlobalAveragePool", [x], [dst], name=n.name)
+            return helper.make_node("MaxPool", [x], [dst], name=n.name, kernel_shape=hw, strides=hw)
+
         keep = attrs(n).get("keepdims", 1)
         idx = list(g.node).index(n)
         g.node.remove(n)
         if keep and nhwc is None:
-            new = [helper.make_node("GlobalAveragePool", [x], [n.output[0]], name=n.name)]
+            new = [pool(n.output[0])]
         else:
             pooled = names.fresh("pooled")
             tail = helper.make_node("Flatten", [pooled], [n.output[0]], name=names.fresh("Flatten"), axis=1) \
                 if not keep else helper.make_node("Transpose", [pooled], [n.output[0]], name=names.fresh("Transpose"),
                                                   perm=[0, 2, 3, 1])
-            new = [helper.make_node("GlobalAveragePool", [x], [pooled], name=n.name), tail]
+            new = [pool(pooled), tail]
         for k, m in enumerate(new):
             g.node.insert(idx + k, m)
     drop_unused(out)  # the NHWC Transposes nothing reads any more
