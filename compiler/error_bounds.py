@@ -102,6 +102,9 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             e = _epilogue(op.epilogue, e_acc, lo, hi, src.scale, lb)
         elif isinstance(op, (ir.MaxPool, ir.Concat)):
             e = np.concatenate([tensors[t] for t in op.inputs])
+        elif isinstance(op, ir.Flatten):  # pixel after pixel: each channel's bound at every pixel
+            src = graph.tensors[op.inputs[0]]
+            e = np.tile(tensors[op.inputs[0]], src.shape[0] * src.shape[1])
         elif isinstance(op, (ir.SumPool, ir.GlobalSumPool)):
             src = graph.tensors[op.inputs[0]]
             taps = np.prod(op.kernel) if isinstance(op, ir.SumPool) else src.shape[0] * src.shape[1]

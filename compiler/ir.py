@@ -10,7 +10,8 @@ Tensors (all activations are stored channel-last, shape (H, W, C); a dense vecto
 - `Reals`: IEEE float32 values, produced by a fixed sequence of float32 operations (`Chain`).
 
 Ops (fields documented on each class): `InputQuantize`, `Conv` (dense layers are convs whose
-kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `ArgMax`, and for the compressed
+kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `Flatten` (an (H, W, C) integer tensor
+as one vector), `ArgMax`, and for the compressed
 families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
 (channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
@@ -103,6 +104,10 @@ class SignTerminal:
     out_scale: float = 1.0  # the activation's values are +-out_scale
     source: str = ""  # node that defined it, for messages
     rounded_input: bool = False  # an ONNX Sign of a rounded value: 0 stands for either sign (maps to +1)
+    # the model's value is this sign only where |x| < exact_below (a straight-through sign
+    # x + (sign(x) - x) read as the sign, canonical/ste_sign.py; None: everywhere); the fold pass
+    # states whether the layer's values stay below it
+    exact_below: Optional[float] = None
 
 
 @dataclass
@@ -338,6 +343,17 @@ class GlobalSumPool:
 
 
 @dataclass
+class Flatten:
+    """The integers of an (H, W, C) tensor as one (1, 1, H * W * C) vector in storage order (pixel
+    after pixel, a pixel's channels in order): values, range and scale unchanged. Per-element ops
+    on flattened features (a BatchNorm1d after a Flatten) then act on channels."""
+
+    name: str
+    inputs: list
+    outputs: list
+
+
+@dataclass
 class ArgMax:
     """Indices of the k largest values along C, descending, lower index first among equals."""
 
@@ -539,8 +555,8 @@ def conv_sum_multipliers(op: ConvSum) -> tuple:
     return unit, list(ks)
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, ArgMax, Activation, Add, SumPool, Concat, Softmax, Sigmoid, Mul,
-           ConvSum]
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, ArgMax, Activation, Add, SumPool, Concat, Softmax,
+           Sigmoid, Mul, ConvSum]
 
 
 def output_in_model_order(graph: "Graph", y: np.ndarray) -> np.ndarray:
@@ -993,6 +1009,15 @@ def _verify_global_sum_pool(graph, op) -> None:
         _fail(op, "output type", f"{src} -> {out}")
 
 
+def _verify_flatten(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Ints,))
+    out = graph.tensors[op.outputs[0]]
+    n = src.shape[0] * src.shape[1] * src.shape[2]
+    if not isinstance(out, Ints) or tuple(out.shape) != (1, 1, n) or (out.lo, out.hi, out.scale) != (src.lo, src.hi, src.scale):
+        _fail(op, "Flatten keeps the values: Ints (1, 1, H * W * C) of the input's range and scale", f"{src} -> {out}")
+
+
 def _verify_arg_max(graph, op) -> None:
     _arity(op, 1)
     src = _input_type(graph, op, 0, (Reals, Ints))
@@ -1088,9 +1113,10 @@ def _verify_mul(graph, op) -> None:
 
 
 _INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
-                GlobalSumPool: (Bits, Ints), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
+                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
                 Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Mul: (Ints,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,
            MaxPool: _verify_max_pool, SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool,
+           Flatten: _verify_flatten,
            ArgMax: _verify_arg_max, Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax,
            Sigmoid: _verify_sigmoid, Mul: _verify_mul}

@@ -157,6 +157,8 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = _maxpool(op, a)
         elif isinstance(op, ir.GlobalSumPool):
             r = a.astype(np.int64).sum(axis=(1, 2), keepdims=True)
+        elif isinstance(op, ir.Flatten):
+            r = a.reshape(a.shape[0], 1, 1, -1)
         elif isinstance(op, ir.ArgMax):
             r = _argmax(op, a)
         elif isinstance(op, ir.Activation):

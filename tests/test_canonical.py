@@ -19,6 +19,7 @@ from bnnc.canonical.pass_through_ops import remove_pass_through_ops
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
 from bnnc.canonical.round_quantizer import round_quantizer_to_quant
 from bnnc.canonical.spatial_reduce import spatial_reduce_to_global_pool
+from bnnc.canonical.graph_edit import sign_exact_below
 from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
 from bnnc.canonical.uniform_constants import scalarize_uniform_constants
 from bnnc.errors import BnncError
@@ -433,6 +434,55 @@ def test_ste_sign_wild(shared_models, name):
     assert not {"Less", "Cast", "Sub", "Neg", "Abs", "ReduceMean"} & set(ops(c))
     assert ops(c).count("Sign") == 16
     assert_same(m, c, wild_x(shared_models, name))
+
+
+@pytest.mark.parametrize("order", ["x + d", "d + x"])
+@pytest.mark.parametrize("sign", ["Sign", "Where"])
+def test_detached_ste_sign_is_sign_below_2_pow_24(order, sign):
+    """PyTorch's x + (sign(x) - x).detach() (torch.sign, or torch.where(x >= 0, 1., -1.)):
+    rewritten to the sign, exactly where |x| < 2^24; the bound is recorded in the model's metadata
+    for the fold pass to check, and beyond it the original is not a sign."""
+    nodes = [helper.make_node("Sign", ["x"], ["s"]) if sign == "Sign" else None,
+             helper.make_node("Sub", ["s", "x"], ["d"]),
+             helper.make_node("Add", ["x", "d"] if order == "x + d" else ["d", "x"], ["ste"]),
+             helper.make_node("Mul", ["ste", "gain"], ["y"])]
+    inits = {"gain": np.float32(2.0)}
+    if sign == "Where":
+        nodes[:1] = [helper.make_node("GreaterOrEqual", ["x", "zero"], ["ge"]),
+                     helper.make_node("Where", ["ge", "one", "minus"], ["s"])]
+        inits.update(zero=np.float32(0), one=np.float32(1), minus=np.float32(-1))
+    m = make(nodes, [1, 64], inits)
+    c = canonicalize(m)
+    assert ops(c) == (["Sign", "Mul"] if sign == "Sign" else ["BipolarQuant", "Mul"])
+    assert sign_exact_below(c) == {c.graph.node[0].name: 2.0**24}
+    x = _sign_test_inputs()
+    x = x[np.all(np.abs(x) < 2.0**24, axis=1)]
+    assert_same(m, c, x)
+    big = np.full((1, 64), 2.0**24 + 2, np.float32)
+    assert run(m, big)[0, 0] != run(c, big)[0, 0]  # the original's cancellation
+
+
+def test_ste_sign_of_x_minus_x_plus_sign():
+    """x - x.detach() + sign(x).detach(): (x - x) + sign(x), the sign for every finite x."""
+    nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Sub", ["x", "x"], ["z"]),
+             helper.make_node("Add", ["z", "s"], ["ste"]), helper.make_node("Mul", ["ste", "gain"], ["y"])]
+    m = make(nodes, [1, 64], {"gain": np.float32(2.0)})
+    c = canonicalize(m)
+    assert ops(c) == ["Sign", "Mul"] and not sign_exact_below(c)
+    assert_same(m, c, _sign_test_inputs())
+
+
+@pytest.mark.parametrize("test,a,b", [("GreaterOrEqual", 1.0, -1.0), ("Less", -0.5, 0.5), ("GreaterOrEqual", 1.0, 1.0),
+                                      ("Less", 1.0, -1.0)])
+def test_where_sign_is_bipolar(test, a, b):
+    """torch.where(x >= 0, c, -c) and torch.where(x < 0, -c, c) are BipolarQuant(x, c); other
+    Where forms are left as they are."""
+    nodes = [helper.make_node(test, ["x", "zero"], ["t"]), helper.make_node("Where", ["t", "a", "b"], ["y"])]
+    m = make(nodes, [1, 64], {"zero": np.float32(0), "a": np.float32(a), "b": np.float32(b)})
+    c = canonicalize(m)
+    bipolar = (test == "GreaterOrEqual" and a > 0 and a + b == 0) or (test == "Less" and b > 0 and a + b == 0)
+    assert ("BipolarQuant" in ops(c)) == bipolar
+    assert_same(m, c, _sign_test_inputs())
 
 
 def test_offset_sign_is_bipolar():

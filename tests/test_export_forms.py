@@ -825,3 +825,118 @@ def test_global_max_pool(form, where):
     model = _model(nodes, inits, (1, 4, 6, 6), (1, 5))
     model.opset_import[0].version = 18
     _check(model, Options())
+
+
+@pytest.mark.parametrize("form", ["detach", "where", "x_minus_x"])
+def test_pytorch_straight_through_signs(form):
+    """The STE signs of PyTorch code between binary convolutions: x + (sign(x) - x).detach(),
+    the same with torch.where(x >= 0, 1., -1.), and x - x.detach() + sign(x).detach(); bit-exact
+    in C, and bnnc report states the straight-through bound the layer's values stay within."""
+    rng = np.random.default_rng(9)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w1": rng.choice([-1.0, 1.0], size=(8, 4, 3, 3)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(6, 8, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.5, 1.5, (1, 8, 1, 1)).astype(np.float32),
+             "b": rng.uniform(-3, 3, (1, 8, 1, 1)).astype(np.float32),
+             "zero": np.float32(0), "one": np.float32(1), "minus": np.float32(-1),
+             "shape": np.array([1, -1], np.int64)}
+    sign = [helper.make_node("Sign", ["a2"], ["sg"])] if form != "where" else \
+        [helper.make_node("GreaterOrEqual", ["a2", "zero"], ["ge"]), helper.make_node("Where", ["ge", "one", "minus"], ["sg"])]
+    ste = [helper.make_node("Sub", ["sg", "a2"], ["d"]), helper.make_node("Add", ["a2", "d"], ["st"])] \
+        if form != "x_minus_x" else [helper.make_node("Sub", ["a2", "a2"], ["d"]), helper.make_node("Add", ["d", "sg"], ["st"])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["a1"]),
+             helper.make_node("Add", ["a1", "b"], ["a2"]), *sign, *ste,
+             helper.make_node("Conv", ["st", "w2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    graph = _check(_model(nodes, inits, (1, 4, 6, 6), (1, 6)), Options())
+    notes = [n for op in graph.ops() for n in getattr(getattr(op, "epilogue", None), "notes", [])]
+    assert any("straight-through" in n and ": exact" in n for n in notes) == (form != "x_minus_x")
+
+
+def _flattened_batchnorm_model(seed, terminal, shared):
+    """Conv -> BatchNorm -> MaxPool -> Flatten -> BatchNorm1d (per-element) -> sign or Quant ->
+    dense, as XNOR-Net's AlexNet classifier reads its features; `shared`: the flattened features
+    also feed a second (float) head, so the Flatten must copy."""
+    rng = np.random.default_rng(seed)
+    c, h, w, d = 6, 3, 4, 6 * 3 * 4
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w1": rng.choice([-1.0, 1.0], size=(c, 3, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.5, 1.5, (1, c, 1, 1)).astype(np.float32),
+             "b": rng.uniform(-2, 2, (1, c, 1, 1)).astype(np.float32),
+             "gamma": rng.uniform(0.5, 1.5, d).astype(np.float32), "beta": rng.uniform(-1, 1, d).astype(np.float32),
+             "mean": rng.uniform(-2, 2, d).astype(np.float32), "var": rng.uniform(0.5, 2, d).astype(np.float32),
+             "fc": rng.choice([-1.0, 1.0], size=(d, 5)).astype(np.float32),
+             "fc2": rng.standard_normal((d, 5)).astype(np.float32),
+             "qs": np.float32(0.25), "qz": np.float32(0), "qb": np.float32(3)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["a1"]),
+             helper.make_node("Add", ["a1", "b"], ["a2"]),
+             helper.make_node("MaxPool", ["a2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("BatchNormalization", ["f", "gamma", "beta", "mean", "var"], ["fb"])]
+    if terminal == "sign":
+        nodes.append(helper.make_node("Sign", ["fb"], ["fs"]))
+    else:
+        nodes.append(helper.make_node("Quant", ["fb", "qs", "qz", "qb"], ["fs"], domain="qonnx.custom_op.general",
+                                      signed=1, narrow=0, rounding_mode="ROUND"))
+    if shared:
+        nodes += [helper.make_node("MatMul", ["fs", "fc"], ["y1"]), helper.make_node("MatMul", ["f", "fc2"], ["y2"]),
+                  helper.make_node("Add", ["y1", "y2"], ["y"])]
+    else:
+        nodes.append(helper.make_node("MatMul", ["fs", "fc"], ["y"]))
+    model = _model(nodes, inits, (1, 3, 2 * h, 2 * w), (1, 5))
+    if terminal == "quant":
+        model.opset_import.append(helper.make_opsetid("qonnx.custom_op.general", 1))
+    return model
+
+
+@pytest.mark.parametrize("terminal", ["sign", "quant"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_batchnorm_of_flattened_features(terminal, shared):
+    """Per-element constants on flattened features: one Flatten op, then an activation whose
+    channels are the elements (constants moved to the stored order); bit-exact in C."""
+    graph = _check(_flattened_batchnorm_model(3, terminal, shared), Options(verify_ir=True))
+    flat = [op for op in graph.ops() if isinstance(op, ir.Flatten)]
+    assert len(flat) == 1
+    broken = graph.copy()
+    t = broken.tensors[flat[0].outputs[0]]
+    broken.tensors[flat[0].outputs[0]] = ir.Ints(t.shape, t.lo, t.hi + 1, t.scale)
+    with pytest.raises(ir.IRError, match="Flatten keeps the values"):
+        ir.verify(broken)
+    arena = driver.backend_graph(graph).arena
+    aliased = arena["in_place"].get(flat[0].outputs[0]) == flat[0].inputs[0]
+    assert aliased != shared  # its vector takes its input's buffer unless the input is read later
+
+
+def test_batchnorm_of_flattened_features_on_a_microcontroller():
+    graph = compile_graph(_flattened_batchnorm_model(4, "sign", False), Options())
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 3, 1))
+    ref = driver.run_target(graph, "ref", inputs)
+    y, _ = targets.run(graph, "cortex-m0", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y.reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("scale,exact", [(1 / 64, True), (2.0**20, False)])
+def test_straight_through_sign_of_the_model_input(scale, exact):
+    """x + (where(x >= 0, 1, -1) - x) right at the model input: the report states whether the
+    declared input grid stays below 2^24, where the model's form is the sign."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("GreaterOrEqual", ["x", "zero"], ["ge"]),
+             helper.make_node("Where", ["ge", "one", "minus"], ["sg"]), helper.make_node("Sub", ["sg", "x"], ["d"]),
+             helper.make_node("Add", ["x", "d"], ["st"]),
+             helper.make_node("Conv", ["st", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    inits = {"w": rng.choice([-1.0, 1.0], size=(4, 3, 3, 3)).astype(np.float32), "shape": np.array([1, -1], np.int64),
+             "zero": np.float32(0), "one": np.float32(1), "minus": np.float32(-1)}
+    graph = compile_graph(_model(nodes, inits, (1, 3, 5, 5), (1, 4)), Options(input_scale=scale, input_range=(-128, 127)))
+    notes = [n for op in graph.ops() if isinstance(op, ir.InputQuantize) for n in op.notes]
+    assert any("straight-through" in n and (": exact" in n) == exact for n in notes), notes

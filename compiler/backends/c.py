@@ -255,6 +255,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             # the sum's accumulator: 64 bits where the proven range needs it (large pools of streams)
             L.update(hw=h * w, c=c, bits=isinstance(src_t, ir.Bits), cw=words(c, wb),
                      acc_ctype="int64_t" if storage_dtype(oty) == "int64" else "int32_t")
+        elif isinstance(op, ir.Flatten):
+            L["n"] = int(np.prod(src_t.shape))
         elif isinstance(op, ir.ArgMax):
             L.update(n=src_t.shape[2], k=op.k)
         elif isinstance(op, ir.Concat):

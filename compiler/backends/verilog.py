@@ -101,7 +101,8 @@ def plan(graph: ir.Graph) -> Plan:
         elif isinstance(op, (ir.MaxPool, ir.GlobalSumPool, ir.SumPool, ir.Add)):
             hw.append(op)
         else:
-            raise BnncError(f"the verilog target cannot hold '{op.name}' ({type(op).__name__})")
+            raise BnncError(f"the verilog target cannot hold '{op.name}' ({type(op).__name__}): it builds pipelines of "
+                            "Conv / dense, MaxPool, SumPool, GlobalSumPool and residual Add layers; use --target c")
         produced.add(op.outputs[0])
     if not hw:
         raise BnncError("the model has no layer for the verilog target to build")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx
 
-from .bipolar_sign import bipolar_sign_from_offset_sign
+from .bipolar_sign import bipolar_sign_from_offset_sign, bipolar_sign_from_where
 from .clamps_to_clip import clamps_to_clip
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
@@ -39,6 +39,7 @@ REWRITES = (
     fold_constant_subgraphs,
     remove_pass_through_ops,
     scalarize_uniform_constants,
+    bipolar_sign_from_where,
     simplify_ste_sign,
     spatial_reduce_to_global_pool,
     keras_prelu_to_prelu,

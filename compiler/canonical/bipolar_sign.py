@@ -7,6 +7,11 @@ last is positive. The outer Sign maps the three to -1, +1, +1, i.e. to -1 exactl
 gives +1 in both (-0 >= 0). Exact for every non-NaN x; a NaN input gives NaN in the original and
 -1 in BipolarQuant (NaN >= 0 is false).
 
+The same sign written with a Where, as PyTorch code writes it (`torch.where(x >= 0, 1., -1.)`):
+Where(GreaterOrEqual(x, 0), c, -c) and Where(Less(x, 0), -c, c), c > 0 a scalar, become
+BipolarQuant(x, c). Exact for every non-NaN x (a NaN gives -c in the first form, c in the second,
+-c in BipolarQuant).
+
 BipolarQuant is bnnc's (and QONNX's) bipolar sign with sign(0) = +1; `bnnc verify` and the tests
 run it in onnxruntime through `original.rewrite_custom_ops` (Where(x >= 0, 1, -1) * scale).
 """
@@ -49,6 +54,37 @@ def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
                                                 domain=QONNX_DOMAIN))
             changed = True
             break
+    if changed:
+        use_qonnx_domain(out)
+        drop_unused(out)
+    return out
+
+
+def bipolar_sign_from_where(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = copy_model(model)
+    g = out.graph
+    prods, values = producers(g), constant_values(g)
+    names = Names(g)
+    changed = False
+    for where in list(g.node):
+        if where.op_type != "Where" or not is_standard(where) or len(where.input) != 3:
+            continue
+        test = prods.get(where.input[0])
+        if test is None or not is_standard(test) or test.op_type not in ("GreaterOrEqual", "Less"):
+            continue
+        zero = scalar_constant(values, test.input[1], "f")
+        a, b = (scalar_constant(values, t, "f") for t in where.input[1:])
+        if zero is None or float(zero) != 0.0 or a is None or b is None:
+            continue
+        c = float(a) if test.op_type == "GreaterOrEqual" else float(b)  # the value where x >= 0
+        if not (c > 0 and float(a) + float(b) == 0.0):
+            continue
+        scale = add_initializer(g, names, np.array(c, np.float32), "bipolar_scale")
+        idx = list(g.node).index(where)
+        g.node.remove(where)
+        g.node.insert(idx, helper.make_node("BipolarQuant", [test.input[0], scale], [where.output[0]],
+                                            name=where.name or names.fresh("BipolarQuant"), domain=QONNX_DOMAIN))
+        changed = True
     if changed:
         use_qonnx_domain(out)
         drop_unused(out)

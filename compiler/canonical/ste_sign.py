@@ -1,8 +1,11 @@
-"""The straight-through-estimator sign `sign(x) - p + p` (Bi-Real's ApproxSign, where `p` is the
-piecewise polynomial whose gradient training uses) replaced by `sign(x)`.
+"""The straight-through-estimator sign `sign(x) - p + p` replaced by `sign(x)`: Bi-Real's
+ApproxSign, where `p` is the piecewise polynomial whose gradient training uses, and PyTorch's
+most common form `x + (sign(x) - x).detach()`, where p = x.
 
-Matched: Add(Sub(Sign(x), p), p) (either Add operand order), with `p` computed from `x` alone by
-standard elementwise nodes and constants.
+Matched: Add(Sub(S, p), p) (either Add operand order), S = Sign(x) or a bipolar sign
+BipolarQuant(x, c) (canonical/bipolar_sign.py: +c where x >= 0, else -c), with `p` computed from
+`x` alone by standard elementwise nodes and constants (or `x` itself); and Add(Sub(y, y), S)
+(`x - x.detach() + sign(x).detach()`), which is S exactly: y - y = 0 for every finite y.
 
 The math. Let s = sign(x) in {-1, 0, +1} and p a finite float32. Then fl(fl(s - p) + p) = s
 whenever s = 0, or p is 0 or has the sign of s and |p| <= 2:
@@ -21,21 +24,34 @@ with Less / Cast masks) has the sign of x and |p| <= 1 for every float32 with |x
 NaN where the rewrite gives +-1; NaN inputs give NaN in both. The signed zero of sign(0) may
 differ (-0 vs +0); they compare equal and every reader (a convolution, an add) treats them alike.
 
+With p = x the identity holds only where |x| < 2^24: there 1 - x is exact (Sterbenz's lemma
+below 2, an integer's neighbour below 2^24), and x + (1 - x) = 1; from 2^24 + 2 on, 1 - x rounds
+to -(x - 2) or -x, and the sum is 2 or 0. The original model itself then outputs those values, not
+a sign.
+
 Because `p` is arbitrary in general, each match is also probed before it is rewritten: `p` is
 evaluated (onnxruntime) on float32 values of every exponent, both signs, zeros, subnormals and the
-neighbours of +-1 and +-2, and the rewrite is made only if the identity holds on all of them with
-|x| < 2^63 (and elsewhere only where the original is NaN).
+neighbours of +-1 and +-2. R is the largest power of two below which the identity holds on every
+probe (beyond 2^63, differences only where the original is NaN are allowed); the rewrite is made
+where R >= 2^16. Where R < 2^63 the model's metadata records it (graph_edit.SIGN_EXACT_BELOW,
+{sign node: R}), and the frontend's Sign carries it (ir.SignTerminal.exact_below): the fold pass
+states whether the layer's reachable values stay below R, i.e. whether the rewrite is exact there.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from ..original import MAX_IR_VERSION, static_shapes
-from .graph_edit import (constant_values, copy_model, default_opset, drop_unused, is_standard,
-                         onnxruntime_session, producers, rename_input)
+from .graph_edit import (QONNX_DOMAIN, constant_values, copy_model, default_opset, drop_unused, is_standard,
+                         onnxruntime_session, producers, rename_input, scalar_constant, set_sign_exact_below,
+                         sign_exact_below)
+
+MIN_EXACT_BELOW = 2.0**16  # an STE exact only on a narrower range is not a sign: left as it is
 
 ELEMENTWISE = {"Abs", "Add", "Sub", "Mul", "Div", "Neg", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
                "Equal", "Cast", "Where", "Clip", "Sign", "Relu", "Min", "Max", "Not", "And", "Or", "Pow",
@@ -77,31 +93,55 @@ def _poly_nodes(p: str, x: str, prods: dict, values: dict):
     return nodes
 
 
-def _identity_holds(nodes, x: str, p: str, shape, values: dict, opset: int) -> bool:
+def _exact_below(nodes, x: str, p: str, shape, values: dict, opset: int, sign) -> float:
+    """R, the largest power of two such that fl(fl(s - p) + p) == s for every probe with |x| < R
+    (inf where it holds on every probe, NaN originals aside; 0 where p cannot be evaluated);
+    sign(xs) gives s."""
     probe = probe_values()
     size = int(np.prod(shape[1:])) if shape and all(d for d in shape[1:]) else 0
     if size == 0:
-        return False
+        return 0.0
     n = -(-probe.size // size)
     xs = np.resize(probe, n * size).reshape((n, *shape[1:])).astype(np.float32)
-    used = {i for nd in nodes for i in nd.input}
-    inits = [onnx.numpy_helper.from_array(np.asarray(values[k]), k) for k in used if k in values]
-    order = _topological(nodes, {x} | set(values))
-    g = helper.make_graph(order, "probe", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
-                          [helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = min(m.ir_version, MAX_IR_VERSION)
-    try:
-        pv = onnxruntime_session(m).run(None, {x: xs})[0]
-    except Exception:
-        return False
-    pv = np.broadcast_to(pv, xs.shape).astype(np.float32)
+    if p == x:
+        pv = xs
+    elif not nodes:  # a constant
+        pv = np.broadcast_to(np.asarray(values[p], np.float32), xs.shape)
+    else:
+        used = {i for nd in nodes for i in nd.input}
+        inits = [onnx.numpy_helper.from_array(np.asarray(values[k]), k) for k in used if k in values]
+        order = _topological(nodes, {x} | set(values))
+        g = helper.make_graph(order, "probe", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, None)], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = min(m.ir_version, MAX_IR_VERSION)
+        try:
+            pv = onnxruntime_session(m).run(None, {x: xs})[0]
+        except Exception:
+            return 0.0
+        pv = np.broadcast_to(pv, xs.shape).astype(np.float32)
     with np.errstate(all="ignore"):
-        s = np.sign(xs)
+        s = sign(xs)
         got = (s - pv) + pv
-    same = (got == s) | (np.isnan(xs))
     small = np.abs(xs) < 2.0**63
-    return bool(np.all(same[small]) and np.all((same | np.isnan(got))[~small]))
+    bad = ~((got == s) | np.isnan(xs)) & (small | ~np.isnan(got))
+    if not np.any(bad):
+        return math.inf
+    least = float(np.abs(xs[bad]).min())
+    return 2.0 ** math.floor(math.log2(least)) if least > 0 else 0.0
+
+
+def _sign_of(node, values: dict):
+    """(x, s(xs)) of a sign node: ONNX Sign, or BipolarQuant(x, c) with a positive scalar c; else None."""
+    if node is None:
+        return None
+    if node.op_type == "Sign" and is_standard(node):
+        return node.input[0], np.sign
+    if node.op_type == "BipolarQuant" and node.domain == QONNX_DOMAIN:
+        c = scalar_constant(values, node.input[1], "f")
+        if c is not None and float(c) > 0:
+            return node.input[0], lambda v: np.where(v >= 0, np.float32(c), np.float32(-c)).astype(np.float32)
+    return None
 
 
 def _topological(nodes, known: set) -> list:
@@ -124,30 +164,39 @@ def simplify_ste_sign(model: onnx.ModelProto) -> onnx.ModelProto:
     prods, values = producers(g), constant_values(g)
     opset = default_opset(out)
     shapes = None
+    exact_below = sign_exact_below(out)
     changed = False
     for add in list(g.node):
-        if add.op_type != "Add" or not is_standard(add) or len(add.input) != 2:
+        if add.op_type != "Add" or not is_standard(add) or len(add.input) != 2 or \
+                add.output[0] in {o.name for o in g.output}:  # the model's output keeps its producer (and name)
             continue
         for u, p in (tuple(add.input), tuple(reversed(add.input))):
             sub = prods.get(u)
-            if sub is None or sub.op_type != "Sub" or not is_standard(sub) or list(sub.input)[1] != p:
+            if sub is None or sub.op_type != "Sub" or not is_standard(sub):
                 continue
+            if sub.input[0] == sub.input[1] and _sign_of(prods.get(p), values) is not None:
+                rename_input(g, add.output[0], p)  # (y - y) + S: S exactly
+                changed = True
+                break
             sign = prods.get(sub.input[0])
-            if sign is None or sign.op_type != "Sign" or not is_standard(sign):
+            found = _sign_of(sign, values)
+            if sub.input[1] != p or found is None:
                 continue
-            x = sign.input[0]
+            x, sign_fn = found
             nodes = _poly_nodes(p, x, prods, values)
             if nodes is None:
                 continue
             if shapes is None:
                 shapes = static_shapes(out)
-            if not _identity_holds(nodes, x, p, shapes.get(x), values, opset):
+            r = _exact_below(nodes, x, p, shapes.get(x), values, opset, sign_fn)
+            if r < MIN_EXACT_BELOW:
                 continue
-            if add.output[0] in {o.name for o in g.output}:
-                continue  # the model's output keeps its producer (and name)
+            if r < 2.0**63:
+                exact_below[sign.name] = min(r, exact_below.get(sign.name, math.inf))
             rename_input(g, add.output[0], sign.output[0])
             changed = True
             break
     if changed:
         drop_unused(out)
+        set_sign_exact_below(out, exact_below)
     return out

@@ -23,7 +23,8 @@ from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal,
 
 @handler("Sign")
 def sign(ctx, node):
-    activate(ctx, node, ir.SignTerminal(zero_maps_to=0, source=node.name))
+    activate(ctx, node, ir.SignTerminal(zero_maps_to=0, source=node.name,
+                                        exact_below=ctx.lm.sign_exact_below.get(node.name)))
 
 
 @handler("BipolarQuant")
@@ -31,7 +32,8 @@ def bipolar_quant(ctx, node):
     s = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float64)
     if s.size != 1 or not s.ravel()[0] > 0:
         raise BnncError(f"{where(node)}: bnnc supports a positive scalar scale (got {s.ravel()[:4]})")
-    activate(ctx, node, ir.SignTerminal(zero_maps_to=1, out_scale=float(s.ravel()[0]), source=node.name))
+    activate(ctx, node, ir.SignTerminal(zero_maps_to=1, out_scale=float(s.ravel()[0]), source=node.name,
+                                        exact_below=ctx.lm.sign_exact_below.get(node.name)))
 
 
 @handler("MultiThreshold", ignores=("out_dtype",))
@@ -240,8 +242,7 @@ def _activation_op(ctx, node, v, term) -> Val:
     """Sign / MultiThreshold / Quant of an integer (fixed-point) tensor: an Activation op."""
     chain = list(v.chain) if isinstance(v, IntChainVal) else [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]
     if v.flat_from is not None and not _uniform(chain, term):
-        raise BnncError(f"{where(node)}: activation of a flattened integer tensor with per-element constants is not "
-                        "supported (with the same constants for every element it is)")
+        v, chain, term = _per_element(ctx, v, chain, term)
     src = ctx.graph.tensors[v.tensor]
     name = ctx.new_name("act")
     tname = name + "_out"
@@ -249,6 +250,28 @@ def _activation_op(ctx, node, v, term) -> Val:
     ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ir.Chain(chain, term)), {tname: oty})
     # the same map for every element: on the tensor as stored, the flatten still pending
     return cls(v.shape, [node.name], tensor=tname, scale=scale, flat_from=v.flat_from)
+
+
+def _per_element(ctx, v, chain: list, term) -> tuple:
+    """(v, chain, terminal) of an activation with per-element constants (a BatchNorm1d of
+    flattened features): the stored (H, W, C) tensor as one vector (ir.Flatten), whose channels are
+    the elements in storage order, and the constants, given in the model's (C, H, W) order, moved
+    into that order. The value keeps `flat_from`, so a dense layer after it reads its columns the
+    same way."""
+    c, h, w = v.flat_from
+    n = c * h * w
+    src = ctx.graph.tensors[v.tensor]
+    if src.shape[:2] != (1, 1):
+        name = ctx.new_name("flatten")
+        tname = name + "_out"
+        ctx.graph.add(ir.Flatten(name, [v.tensor], [tname]), {tname: ir.Ints((1, 1, n), src.lo, src.hi, src.scale)})
+        v = replace(v, tensor=tname)
+    order = np.arange(n).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # storage position -> model index
+    chain = [ir.ChainOp(op.op, np.asarray(op.const).reshape(-1)[order]) if np.size(op.const) == n else op
+             for op in chain]
+    if isinstance(term, (ir.ThresholdTerminal, ir.LevelTerminal)) and term.thresholds.shape[0] == n:
+        term = replace(term, thresholds=term.thresholds[order])
+    return v, chain, term
 
 
 def _uniform(chain: list, term) -> bool:

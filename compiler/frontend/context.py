@@ -12,6 +12,7 @@ import numpy as np
 from .. import ir
 from ..errors import BnncError
 from ..onnx_loader import LoadedModel
+from ..passes.fold_batchnorm_into_thresholds import straight_through_notes
 from ..passes.quantize_input import input_grid
 from .registry import where
 from .streams import to_stream
@@ -153,6 +154,8 @@ class LoweringContext:
         in_shape = tuple(self.lm.input_shape[1:]) if len(self.lm.input_shape) != 2 else (c, h, w)
         op = ir.InputQuantize(name, [self.graph.input], [tname], in_shape,
                               self.grid["dtype"], chain, grid=self.grid.get("range"))
+        if self.grid.get("range") is not None:
+            op.notes += straight_through_notes(chain, *self.grid["range"])
         op.flat = flat
         op.channels_last = v.channels_last
         self.graph.add(op, {tname: ty})

@@ -130,9 +130,9 @@ def _dense(ctx, node, v: Val, w_oi: np.ndarray, bias, scale_mult=1.0, origin_nam
     o = w_oi.shape[0]
     if src is not None:
         h, w_, c = src.shape
-        if v.flat_from is not None:
+        if v.flat_from is not None:  # stored (H, W, C), or as one vector in that order (ir.Flatten)
             cc, hh, ww = v.flat_from
-            layout = lambda x: x.reshape(o, cc, hh, ww).transpose(0, 2, 3, 1)  # noqa: E731
+            layout = lambda x: x.reshape(o, cc, hh, ww).transpose(0, 2, 3, 1).reshape(o, h, w_, c)  # noqa: E731
         else:
             layout = lambda x: x.reshape(o, h, w_, c)  # noqa: E731
         kernel = (h, w_)

@@ -26,6 +26,8 @@ re-checked at the range ends, at every step and at random reachable values.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import ir
@@ -282,8 +284,10 @@ def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
         lt = fold_levels(chain, lo, hi, source, term.out_scale)
         lt.notes.append("ONNX Sign outputs an exact 0 at reachable values: executed as a ternary "
                         "activation {-1, 0, +1}")
+        lt.notes += straight_through_notes(chain, lo, hi)
         _retype_to_ints(graph, op.outputs[0], -1, 1)
         return lt
+    th.notes += straight_through_notes(chain, lo, hi)
     th.near_ties = _near_ties(chain, th, lo, hi)
     if th.near_ties:
         th.notes.append(f"{th.near_ties} channel(s) step where the float32 chain is within rounding of 0: another "
@@ -331,6 +335,26 @@ def fold_batchnorm_into_thresholds(graph: ir.Graph) -> ir.Graph:
             op.epilogue = folded
             out.replace(op)
     return out
+
+
+def straight_through_notes(chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> list:
+    """What a straight-through sign read as the sign (ir.SignTerminal.exact_below) means for a
+    chain whose inputs lie in [lo, hi] (per channel, or one range): exact where the chain's values
+    stay below the bound (every op is monotone: the range ends bound them), else where the model's
+    float32 form gives other values."""
+    term = chain.terminal
+    if not isinstance(term, ir.SignTerminal) or term.exact_below is None:
+        return []
+    ops = [ir.ChainOp(op.op, None if op.const is None else np.asarray(op.const).reshape(-1)) for op in chain.ops]
+    with np.errstate(all="ignore"):
+        ends = acc_to_float(np.stack([np.atleast_1d(lo), np.atleast_1d(hi)]))
+        reach = float(np.nanmax(np.abs(eval_chain(ops, ends))))
+    bound = f"2^{math.log2(term.exact_below):g}"
+    form = f"the model's straight-through sign (x + (sign(x) - x) in float32) is sign(x) where |x| < {bound}"
+    if reach < term.exact_below:
+        return [f"{form}, and the values here stay within +-{reach:.3g}: exact"]
+    return [f"{form}, and the values here can reach +-{reach:.3g}: beyond {bound} the model gives other values "
+            "(float32 cancellation), bnnc the sign"]
 
 
 def _check_chain_finite(op, chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> None:

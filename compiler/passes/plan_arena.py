@@ -10,8 +10,8 @@ buffers.
 graph's op order), max over ops i of the sum of the sizes of the buffers live at i: every tensor
 written at or before i and read at or after i (a residual shortcut or a concat input stays live
 across its whole branch), the tensor op i writes (not the buffer of one of its inputs: no layer
-computes in place but a residual Add: its sum takes the buffer of an operand that dies there,
-in_place_operand), and op i's scratch. Sizes are the tensors as
+computes in place but a residual Add, whose sum takes the buffer of an operand that dies there,
+and a Flatten, whose vector is its input's bytes: in_place_operand), and op i's scratch. Sizes are the tensors as
 stored (bit tensors in whole words per pixel, integers in their storage type, floats in 4 bytes)
 rounded up to the buffer alignment (4 bytes on MCUs, 64 on hosts; on MCUs a buffer of int64 data,
 a compressed-family layer's scratch or an int64 tensor, starts at a multiple of 8). No placement of these buffers
@@ -311,10 +311,14 @@ def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
 
 
 def in_place_operand(graph: ir.Graph, op, i: int, last_read: dict, home: dict):
-    """The operand of a residual Add (op i) whose buffer the sum may take, or None: one in the
-    arena that no later op reads, of the sum's shape, whose elements are at least as wide as the
-    sum's. The Add's loop reads element k of both operands before it writes element k of the sum,
-    whose bytes then lie at or below element k's, so it never overwrites a value still to be read."""
+    """The operand whose buffer op i's output may take, or None. A Flatten's vector is its input's
+    bytes, where no later op reads the input. A residual Add's sum: an operand in the arena that no
+    later op reads, of the sum's shape, whose elements are at least as wide as the sum's. The Add's
+    loop reads element k of both operands before it writes element k of the sum, whose bytes then
+    lie at or below element k's, so it never overwrites a value still to be read."""
+    if isinstance(op, ir.Flatten):
+        t = op.inputs[0]
+        return t if t in home and last_read[t] == i else None
     if not isinstance(op, ir.Add):
         return None
     out = graph.tensors[op.outputs[0]]
