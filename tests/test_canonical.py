@@ -485,6 +485,38 @@ def test_where_sign_is_bipolar(test, a, b):
     assert_same(m, c, _sign_test_inputs())
 
 
+@pytest.mark.parametrize("t", [0.05, 0.5, 1.0, 3.0])
+@pytest.mark.parametrize("order", ["add_first", "sub_first"])
+def test_larq_ste_tern_is_a_two_step_threshold(t, order):
+    """sign(sign(x + t) + sign(x - t)) (larq's ste_tern as tf2onnx writes it): one MultiThreshold,
+    bit-exact at and around +-t."""
+    shifted = [helper.make_node("Add", ["t", "x"], ["xa"]), helper.make_node("Sub", ["x", "t"], ["xs"])]
+    nodes = shifted + [helper.make_node("Sign", ["xa"], ["sa"]), helper.make_node("Sign", ["xs"], ["ss"]),
+                       helper.make_node("Add", ["sa", "ss"] if order == "add_first" else ["ss", "sa"], ["s2"]),
+                       helper.make_node("Sign", ["s2"], ["y"])]
+    m = make(nodes, [1, 64], {"t": np.float32(t)})
+    c = canonicalize(m)
+    assert ops(c) == ["MultiThreshold"]
+    near = [np.nextafter(np.float32(v), np.float32(d)) for v in (t, -t) for d in (np.inf, -np.inf)]
+    x = np.concatenate([_sign_test_inputs().reshape(-1), np.float32([t, -t, *near, 0.0, -0.0])])
+    x = np.resize(x, (x.size + 63) // 64 * 64).reshape(-1, 64).astype(np.float32)
+    assert_same(m, c, x)
+    assert set(np.unique(run(c, x))) == {-1.0, 0.0, 1.0}
+
+
+def test_two_signs_of_other_shifts_stay():
+    """Different shifts, or both the same way, are other functions: left as they are."""
+    for a, b in (("Add", "Add"), ("Sub", "Sub")):
+        nodes = [helper.make_node(a, ["x", "t"], ["xa"]), helper.make_node(b, ["x", "u"], ["xs"]),
+                 helper.make_node("Sign", ["xa"], ["sa"]), helper.make_node("Sign", ["xs"], ["ss"]),
+                 helper.make_node("Add", ["sa", "ss"], ["s2"]), helper.make_node("Sign", ["s2"], ["y"])]
+        assert "MultiThreshold" not in ops(canonicalize(make(nodes, [1, 8], {"t": np.float32(0.5), "u": np.float32(0.5)})))
+    nodes = [helper.make_node("Add", ["x", "t"], ["xa"]), helper.make_node("Sub", ["x", "u"], ["xs"]),
+             helper.make_node("Sign", ["xa"], ["sa"]), helper.make_node("Sign", ["xs"], ["ss"]),
+             helper.make_node("Add", ["sa", "ss"], ["s2"]), helper.make_node("Sign", ["s2"], ["y"])]
+    assert "MultiThreshold" not in ops(canonicalize(make(nodes, [1, 8], {"t": np.float32(0.5), "u": np.float32(0.25)})))
+
+
 def test_offset_sign_is_bipolar():
     nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Add", ["s", "c"], ["a"]),
              helper.make_node("Sign", ["a"], ["y"])]

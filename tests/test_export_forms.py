@@ -940,3 +940,61 @@ def test_straight_through_sign_of_the_model_input(scale, exact):
     graph = compile_graph(_model(nodes, inits, (1, 3, 5, 5), (1, 4)), Options(input_scale=scale, input_range=(-128, 127)))
     notes = [n for op in graph.ops() if isinstance(op, ir.InputQuantize) for n in op.notes]
     assert any("straight-through" in n and (": exact" in n) == exact for n in notes), notes
+
+
+@pytest.mark.parametrize("heaviside", [False, True])
+def test_global_average_pool_of_a_batchnormed_pooled_stream(heaviside):
+    """Conv -> MaxPool -> BatchNorm -> GlobalAveragePool (larq's head after a standalone
+    BatchNormalization), then a sign or larq's ste_heaviside, sign(relu(x)) in {0, 1}: its 0 is
+    every x <= 0, not a rounded value near 0, though the pooled stream is rounded."""
+    rng = np.random.default_rng(8)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(8, 4, 3, 3)).astype(np.float32),
+             "g": rng.uniform(-1.5, 1.5, (1, 8, 1, 1)).astype(np.float32) / 3,
+             "b": rng.uniform(-2, 2, (1, 8, 1, 1)).astype(np.float32) / 3,
+             "fc": rng.choice([-1.0, 1.0], size=(8, 5)).astype(np.float32), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Mul", ["p", "g"], ["p1"]), helper.make_node("Add", ["p1", "b"], ["p2"]),
+             helper.make_node("GlobalAveragePool", ["p2"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["f"])]
+    if heaviside:
+        nodes += [helper.make_node("Relu", ["f"], ["fr"]), helper.make_node("Sign", ["fr"], ["fs"])]
+    else:
+        nodes.append(helper.make_node("Sign", ["f"], ["fs"]))
+    nodes.append(helper.make_node("MatMul", ["fs", "fc"], ["y"]))
+    _check(_model(nodes, inits, (1, 4, 6, 6), (1, 5)), Options())
+
+
+def test_larq_ternary_activations():
+    """larq's ste_tern activation (sign(sign(x + t) + sign(x - t))) between binary convolutions and
+    before the dense head of NHWC-flattened features: ternary activations, bit-exact in C."""
+    rng = np.random.default_rng(12)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8), "t": np.float32(0.3),
+             "w1": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(6, 6, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.05, 0.2, (1, 6, 1, 1)).astype(np.float32),
+             "b": rng.uniform(-0.5, 0.5, (1, 6, 1, 1)).astype(np.float32),
+             "fc": rng.choice([-1.0, 1.0], size=(6 * 4 * 4, 5)).astype(np.float32),
+             "flat": np.array([-1, 6 * 4 * 4], np.int64)}
+
+    def tern(x, y):
+        return [helper.make_node("Add", [x, "t"], [x + "a"]), helper.make_node("Sub", [x, "t"], [x + "s"]),
+                helper.make_node("Sign", [x + "a"], [x + "sa"]), helper.make_node("Sign", [x + "s"], [x + "ss"]),
+                helper.make_node("Add", [x + "sa", x + "ss"], [x + "2"]), helper.make_node("Sign", [x + "2"], [y])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["a1"]), helper.make_node("Add", ["a1", "b"], ["a2"]),
+             *tern("a2", "at"),
+             helper.make_node("Conv", ["at", "w2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "g"], ["c1"]), helper.make_node("Add", ["c1", "b"], ["c2"]),
+             helper.make_node("Transpose", ["c2"], ["cn"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["cn", "flat"], ["f"]),
+             *tern("f", "ft"),
+             helper.make_node("MatMul", ["ft", "fc"], ["y"])]
+    _check(_model(nodes, inits, (1, 4, 4, 4), (1, 5)), Options())

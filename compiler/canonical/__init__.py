@@ -31,6 +31,7 @@ from .round_quantizer import round_quantizer_to_quant
 from .uniform_constants import scalarize_uniform_constants
 from .spatial_reduce import spatial_reduce_to_global_pool
 from .ste_sign import simplify_ste_sign
+from .ternary_sign import ternary_sign_to_threshold
 
 # Applied in this order; each one sees the previous one's output.
 REWRITES = (
@@ -44,6 +45,7 @@ REWRITES = (
     spatial_reduce_to_global_pool,
     keras_prelu_to_prelu,
     sink_layout_transposes,
+    ternary_sign_to_threshold,
     nhwc_flatten_into_dense,
     split_convs_to_grouped_conv,
     add_into_concat_part,

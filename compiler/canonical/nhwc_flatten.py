@@ -62,7 +62,8 @@ def _absorb(g: onnx.GraphProto, t: onnx.NodeProto, shapes: dict) -> bool:
     chain, cur, flat = [], t.output[0], False
     while True:
         n = _single_reader(readers, outs, cur)
-        if n is None or n.input[0] != cur or (not is_standard(n) and n.op_type not in CUSTOM_ELEMENTWISE):
+        if n is None or n.input[0] != cur or (not is_standard(n) and n.op_type not in CUSTOM_ELEMENTWISE
+                                              and not _uniform_thresholds(n, values)):
             return False
         if flat and _dense(n, values, d, readers, prods, shapes):
             dense = n
@@ -83,7 +84,7 @@ def _absorb(g: onnx.GraphProto, t: onnx.NodeProto, shapes: dict) -> bool:
     for n in chain:
         for k, i in enumerate(n.input[1:], 1):
             if i in values and np.size(values[i]) == d and n.op_type not in ("Reshape", "Transpose", "Squeeze",
-                                                                              "Unsqueeze"):
+                                                                              "Unsqueeze", "MultiThreshold"):
                 v = np.asarray(values[i])
                 n.input[k] = add_initializer(g, names, v.reshape(-1)[idx].reshape(v.shape), "nchw_" + i)
     row_axis = 1 if dense.op_type == "Conv" or (dense.op_type == "Gemm" and attrs(dense).get("transB", 0)) else 0
@@ -142,10 +143,20 @@ def _dense(n: onnx.NodeProto, values: dict, d: int, readers: dict, prods: dict, 
     return np.shape(b)[0] == d
 
 
+def _uniform_thresholds(n: onnx.NodeProto, values: dict) -> bool:
+    """A QONNX MultiThreshold with one row of constant thresholds for every channel (larq's ste_tern,
+    canonical/ternary_sign.py): elementwise, whatever the layout."""
+    t = values.get(n.input[1]) if n.op_type == "MultiThreshold" and len(n.input) > 1 else None
+    return not is_standard(n) and t is not None and np.ndim(t) == 2 and np.shape(t)[0] == 1
+
+
 def _elementwise(n: onnx.NodeProto, values: dict, d: int, shape) -> bool:
     """Whether `n` acts element by element on its first input (of static shape `shape`, or None):
     a unary op, or one whose other operands are constant scalars, or one value per element of an
-    (N, d) input (shape (d,) or (1, d)); QONNX quantizers with scalar parameters."""
+    (N, d) input (shape (d,) or (1, d)); QONNX quantizers with scalar parameters, and
+    MultiThresholds with one row of thresholds."""
+    if _uniform_thresholds(n, values):
+        return True
     others = [i for i in n.input[1:] if i]
     if n.op_type in UNARY and n.op_type not in ("Clip",):
         return not others

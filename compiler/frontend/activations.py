@@ -11,12 +11,13 @@ from typing import Optional
 import numpy as np
 
 from .. import ir
+from ..arith import eval_chain
 from ..errors import BnncError
 from ..onnx_loader import quant_levels, round_mode
 from ..original import trunc_shift
 from ..passes.merge_summed_convs import merged_conv
 from .context import terminal_type
-from .streams import pools_commute, rounding_error, to_stream
+from .streams import flat_channels, pools_commute, rounding_error, to_stream, uniform
 from .registry import handler, where
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, Val, with_chain
 
@@ -192,7 +193,7 @@ def _dequantized_input(ctx, node, v: InputVal, axis: int) -> InputVal:
 @handler("Relu", ignores=("consumed_inputs",))
 def relu(ctx, node):
     v = ctx.val(node)
-    if isinstance(v, IntsVal) and v.flat_from is None:
+    if isinstance(v, IntsVal):
         v = IntChainVal.of(v)  # a fixed-point stream: the relu stays pending on its integers
     if not isinstance(v, PendingVal):
         raise BnncError(f"{where(node)}: Relu on a {v.kind} tensor is not supported")
@@ -206,12 +207,14 @@ def activate(ctx, node, term, v: Optional[Val] = None):
     """Apply the terminal `term` to the node's input (or to `v`). An ONNX Sign of a value bnnc
     represents with a stated rounding (a rounded fixed-point stream, real-valued weights rounded to
     their grid) maps an exact 0 to +1: the represented 0 stands for real values of either sign
-    within that bound, and the activation stays binary instead of becoming ternary."""
+    within that bound, and the activation stays binary instead of becoming ternary. Not where the
+    0 is a value of its own, which every x <= 0 gives: right after a Relu (larq's ste_heaviside,
+    sign(relu(x)) in {0, 1}) or on a stream clamped at 0 (`_zero_is_rounded`)."""
     v = ctx.val(node) if v is None else v
     if isinstance(v, AccVal) and v.pools and not pools_commute(v) and term is not None:
         # max and the rest of the chain do not commute: pool the fixed-point values themselves
         v = to_stream(ctx, node, v)
-    if isinstance(term, ir.SignTerminal) and term.zero_maps_to == 0 and _rounded(ctx, v):
+    if isinstance(term, ir.SignTerminal) and term.zero_maps_to == 0 and _rounded(ctx, v) and _zero_is_rounded(ctx, v):
         term = replace(term, zero_maps_to=1, rounded_input=True)
     if isinstance(v, BitsVal) and isinstance(term, ir.SignTerminal):
         ctx.set(node, replace(v, scale=term.out_scale))
@@ -225,6 +228,22 @@ def activate(ctx, node, term, v: Optional[Val] = None):
     if not isinstance(v, AccVal):
         raise BnncError(f"{where(node)}: activation of a {v.kind} tensor is not supported")
     ctx.set(node, ctx.finish_acc(v, term, node))
+
+
+def _zero_is_rounded(ctx, v: Val) -> bool:
+    """Whether an exact 0 before the sign is only a rounded value near 0, not the image of a range:
+    no Relu whose 0 the ops after it keep at 0 (larq's ste_heaviside, sign(relu(x))), and no
+    integer tensor clamped at 0 whose 0 the chain keeps at 0."""
+    chain = list(getattr(v, "chain", []))
+    zero = np.zeros(1, np.float32)
+    for i, op in enumerate(chain):
+        if op.op == "relu" and np.any(eval_chain(chain[i + 1:], zero) == 0):
+            return False
+    if isinstance(v, (IntsVal, IntChainVal)):
+        t = ctx.graph.tensors[v.tensor]
+        if 0 in (t.lo, t.hi) and np.any(eval_chain(chain, zero) == 0):
+            return False
+    return True
 
 
 def _rounded(ctx, v: Val) -> bool:
@@ -241,8 +260,8 @@ def _rounded(ctx, v: Val) -> bool:
 def _activation_op(ctx, node, v, term) -> Val:
     """Sign / MultiThreshold / Quant of an integer (fixed-point) tensor: an Activation op."""
     chain = list(v.chain) if isinstance(v, IntChainVal) else [ir.ChainOp("mul", np.float32(v.scale).reshape(()))]
-    if v.flat_from is not None and not _uniform(chain, term):
-        v, chain, term = _per_element(ctx, v, chain, term)
+    if v.flat_from is not None and not uniform(chain, term):
+        v, chain, term = flat_channels(ctx, v, chain, term)
     src = ctx.graph.tensors[v.tensor]
     name = ctx.new_name("act")
     tname = name + "_out"
@@ -250,34 +269,6 @@ def _activation_op(ctx, node, v, term) -> Val:
     ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ir.Chain(chain, term)), {tname: oty})
     # the same map for every element: on the tensor as stored, the flatten still pending
     return cls(v.shape, [node.name], tensor=tname, scale=scale, flat_from=v.flat_from)
-
-
-def _per_element(ctx, v, chain: list, term) -> tuple:
-    """(v, chain, terminal) of an activation with per-element constants (a BatchNorm1d of
-    flattened features): the stored (H, W, C) tensor as one vector (ir.Flatten), whose channels are
-    the elements in storage order, and the constants, given in the model's (C, H, W) order, moved
-    into that order. The value keeps `flat_from`, so a dense layer after it reads its columns the
-    same way."""
-    c, h, w = v.flat_from
-    n = c * h * w
-    src = ctx.graph.tensors[v.tensor]
-    if src.shape[:2] != (1, 1):
-        name = ctx.new_name("flatten")
-        tname = name + "_out"
-        ctx.graph.add(ir.Flatten(name, [v.tensor], [tname]), {tname: ir.Ints((1, 1, n), src.lo, src.hi, src.scale)})
-        v = replace(v, tensor=tname)
-    order = np.arange(n).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # storage position -> model index
-    chain = [ir.ChainOp(op.op, np.asarray(op.const).reshape(-1)[order]) if np.size(op.const) == n else op
-             for op in chain]
-    if isinstance(term, (ir.ThresholdTerminal, ir.LevelTerminal)) and term.thresholds.shape[0] == n:
-        term = replace(term, thresholds=term.thresholds[order])
-    return v, chain, term
-
-
-def _uniform(chain: list, term) -> bool:
-    """Whether the chain and its terminal apply one map to every element (scalar constants)."""
-    return all(op.const is None or np.size(op.const) == 1 for op in chain) \
-        and (not isinstance(term, ir.ThresholdTerminal) or term.thresholds.shape[0] == 1)
 
 
 def _multibit_quant(node, scale, zp, bw, signed, narrow, rounding_mode) -> tuple:

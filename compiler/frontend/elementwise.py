@@ -163,9 +163,9 @@ def _stream_operand(ctx, node, v) -> IntChainVal:
     op that clamps their map (PRelu, Clip)."""
     if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
         v = to_stream(ctx, node, v)
-    if isinstance(v, IntsVal) and v.flat_from is None:
+    if isinstance(v, IntsVal):
         v = IntChainVal.of(v)
-    if not isinstance(v, IntChainVal) or v.flat_from is not None:
+    if not isinstance(v, IntChainVal):
         raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor is not supported (of real-valued "
                         "streams it is)")
     return v

@@ -281,7 +281,7 @@ def _conv_common(ctx, node, v: Val, dec, layout, kernel, stride, pads, bias, den
     """The IR Conv of decoded weights `dec`; `layout` maps an (O, ...) array to (O, kh, kw, C)."""
     if isinstance(v, AccVal):  # real activations (EC2T, HBN real-input layers): the fixed-point stream
         v = to_stream(ctx, node, v)
-    if isinstance(v, IntChainVal) and v.flat_from is None:
+    if isinstance(v, IntChainVal):
         v = stream_of_intchain(ctx, node, v)  # a pooled stream with BatchNorm / Relu after the pool
     if not isinstance(v, (BitsVal, IntsVal)):
         what = "real-valued activations" if isinstance(v, (AccVal, RealsVal)) else f"a {v.kind} tensor"

@@ -58,7 +58,7 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
                                                 auto_pad, pads)))
         return
     if isinstance(v, AccVal):
-        v = to_stream(ctx, node, v)
+        v = no_pending_ops(ctx, node, to_stream(ctx, node, v))  # a BatchNorm after a MaxPool: pending
     if not isinstance(v, IntsVal) or len(v.shape) != 4:
         raise BnncError(f"{where(node)}: AveragePool of a {v.kind} tensor is not supported (of a fixed-point "
                         "stream it is)")
@@ -84,7 +84,7 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
 def global_average_pool(ctx, node):
     v = no_pending_ops(ctx, node, ctx.val(node))
     if isinstance(v, AccVal):  # a real-valued layer output: through the fixed-point stream
-        v = to_stream(ctx, node, v)
+        v = no_pending_ops(ctx, node, to_stream(ctx, node, v))  # a BatchNorm after a MaxPool: pending
     if not isinstance(v, (BitsVal, IntsVal)):
         raise BnncError(f"{where(node)}: GlobalAveragePool of real-valued layer outputs is not supported "
                         "yet; place it after the sign activation")

@@ -219,7 +219,10 @@ def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -
     """Integers with pending float32 ops (after a MaxPool of a stream, or a Relu) as a new
     fixed-point stream: an Activation whose Requantize applies the ops' affine map per channel
     (up to the first Relu; what follows it, the same way again), the last of them clamped to
-    `clamp` (real bounds)."""
+    `clamp` (real bounds). Flattened features with per-element ops: per element (flat_channels)."""
+    if v.flat_from is not None and not uniform(v.chain, None):
+        v, chain, _ = flat_channels(ctx, v, v.chain, None)
+        v = replace(v, chain=chain)
     cut = after_first_relu(v.chain)
     src = ctx.graph.tensors[v.tensor]
     c = src.shape[2]
@@ -228,7 +231,7 @@ def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -
     ep, lo, hi = requantize(ctx, node, v.chain[:cut], c, np.full(c, src.lo, np.int64),
                             np.full(c, src.hi, np.int64), node.name, clamp if cut == len(v.chain) else (None, None))
     ctx.graph.add(ir.Activation(name, [v.tensor], [tname], ep), {tname: ir.Ints(src.shape, lo, hi, ep.out_scale)})
-    out = IntsVal(v.shape, [node.name], tensor=tname, scale=ep.out_scale)
+    out = IntsVal(v.shape, [node.name], tensor=tname, scale=ep.out_scale, flat_from=v.flat_from)
     if cut == len(v.chain):
         return out
     return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]), clamp)
@@ -330,3 +333,31 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _round_half_up(x: Fraction) -> int:
     return int((x + Fraction(1, 2)).__floor__())
+
+
+def uniform(chain: list, term) -> bool:
+    """Whether the chain and its terminal apply one map to every element (scalar constants)."""
+    return all(op.const is None or np.size(op.const) == 1 for op in chain) \
+        and (not isinstance(term, (ir.ThresholdTerminal, ir.LevelTerminal)) or term.thresholds.shape[0] == 1)
+
+
+def flat_channels(ctx, v, chain: list, term) -> tuple:
+    """(v, chain, terminal) for per-element ops on flattened features (a BatchNorm1d after a
+    Flatten): the stored (H, W, C) tensor as one vector (ir.Flatten), whose channels are the
+    elements in storage order, and the constants, given in the model's (C, H, W) order, moved into
+    that order. The value keeps `flat_from`, so a dense layer after it reads its columns the same
+    way."""
+    c, h, w = v.flat_from
+    n = c * h * w
+    src = ctx.graph.tensors[v.tensor]
+    if src.shape[:2] != (1, 1):
+        name = ctx.new_name("flatten")
+        tname = name + "_out"
+        ctx.graph.add(ir.Flatten(name, [v.tensor], [tname]), {tname: ir.Ints((1, 1, n), src.lo, src.hi, src.scale)})
+        v = replace(v, tensor=tname)
+    order = np.arange(n).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # storage position -> model index
+    chain = [ir.ChainOp(op.op, np.asarray(op.const).reshape(-1)[order]) if np.size(op.const) == n else op
+             for op in chain]
+    if isinstance(term, (ir.ThresholdTerminal, ir.LevelTerminal)) and term.thresholds.shape[0] == n:
+        term = replace(term, thresholds=term.thresholds[order])
+    return v, chain, term

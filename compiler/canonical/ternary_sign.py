@@ -1,0 +1,77 @@
+"""larq's ste_tern activation as tf2onnx writes it, `Sign(Sign(x + t) + Sign(x - t))` with a
+constant t > 0, replaced by one QONNX `MultiThreshold(x, [[t', t]], out_bias=-1)`, t' the float32
+after -t: -1 where x <= -t, 0 where -t < x < t, +1 where x >= t.
+
+The math: x + t and x - t are exact to their sign (a float32 sum rounds to 0 only when it is 0),
+so the inner signs are sign(x + t) and sign(x - t); their sum is -2, -1, 0, 1 or 2 exactly, and
+the outer sign gives -1 for x <= -t (x = -t: 0 + -1), 0 strictly between, +1 for x >= t (x = t:
+1 + 0). MultiThreshold counts the thresholds x reaches, x >= T_j, so -1 + [x >= t'] + [x >= t] with
+t' = nextafter(-t, +inf): for float32 x, x > -t is x >= t'. Exact for every non-NaN x; a NaN gives
+NaN in the original and -1 in MultiThreshold.
+
+Matched: the outer Add of the two inner Signs in either order, x + t as Add(x, t) or Add(t, x),
+x - t as Sub(x, t), t the same positive scalar constant value in both; each intermediate read only
+by the next node and no graph output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, constant_values, consumers, copy_model, drop_unused,
+                         graph_outputs, is_standard, producers, scalar_constant, use_qonnx_domain)
+
+
+def _shifted(node, values: dict):
+    """(x, t, sign of the shift) of Add(x, t) / Add(t, x) / Sub(x, t) with a scalar float constant t."""
+    if node is None or not is_standard(node) or node.op_type not in ("Add", "Sub"):
+        return None
+    a, b = node.input
+    if node.op_type == "Add" and scalar_constant(values, a, "f") is not None:
+        a, b = b, a
+    t = scalar_constant(values, b, "f")
+    if t is None or a in values:
+        return None
+    return a, float(t), 1 if node.op_type == "Add" else -1
+
+
+def ternary_sign_to_threshold(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = copy_model(model)
+    g = out.graph
+    prods, values, readers, outs = producers(g), constant_values(g), consumers(g), graph_outputs(g)
+    names = Names(g)
+    changed = False
+
+    def only_reader(t: str) -> bool:
+        return len(readers.get(t, [])) == 1 and t not in outs
+
+    for outer in list(g.node):
+        if outer.op_type != "Sign" or not is_standard(outer):
+            continue
+        add = prods.get(outer.input[0])
+        if add is None or add.op_type != "Add" or not is_standard(add) or not only_reader(add.output[0]):
+            continue
+        inner = [prods.get(i) for i in add.input]
+        if any(s is None or s.op_type != "Sign" or not is_standard(s) or not only_reader(s.output[0]) for s in inner):
+            continue
+        shifts = [_shifted(prods.get(s.input[0]), values) for s in inner]
+        if any(sh is None for sh in shifts) or not all(only_reader(s.input[0]) for s in inner):
+            continue
+        (x1, t1, d1), (x2, t2, d2) = shifts
+        if x1 != x2 or t1 != t2 or not t1 > 0 or {d1, d2} != {1, -1}:
+            continue
+        t = np.float32(t1)
+        thresholds = np.array([[np.nextafter(-t, np.float32(np.inf)), t]], np.float32)
+        thr = add_initializer(g, names, thresholds, "ternary_thresholds")
+        idx = list(g.node).index(outer)
+        g.node.remove(outer)
+        g.node.insert(idx, helper.make_node("MultiThreshold", [x1, thr], [outer.output[0]],
+                                            name=outer.name or names.fresh("MultiThreshold"), domain=QONNX_DOMAIN,
+                                            out_scale=1.0, out_bias=-1.0))
+        changed = True
+    if changed:
+        use_qonnx_domain(out)
+        drop_unused(out)
+    return out
