@@ -99,6 +99,9 @@ def approximations(graph: ir.Graph) -> list:
         elif isinstance(ep, ir.Thresholds) and ep.near_ties:
             found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}': {ep.near_ties} step(s) within "
                          "float32 rounding of 0 (order-sensitive)")
+        elif isinstance(ep, (ir.LevelThresholds, ir.Requantize)) and ep.near_ties:
+            found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}': {ep.near_ties} level step(s) "
+                         "within float32 rounding of their boundary (order-sensitive)")
         elif isinstance(ep, ir.Requantize) and ep.max_error:
             found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream "
                          f"(<= {ep.max_error:.3g})")

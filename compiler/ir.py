@@ -104,9 +104,9 @@ class SignTerminal:
     out_scale: float = 1.0  # the activation's values are +-out_scale
     source: str = ""  # node that defined it, for messages
     rounded_input: bool = False  # an ONNX Sign of a rounded value: 0 stands for either sign (maps to +1)
-    # the model's value is this sign only where |x| < exact_below (a straight-through sign
-    # x + (sign(x) - x) read as the sign, canonical/ste_sign.py; None: everywhere); the fold pass
-    # states whether the layer's values stay below it
+    # the model's value is this terminal's only where |x| < exact_below (a straight-through form
+    # x + (f(x) - x) read as f(x), canonical/ste_sign.py; None: everywhere); the fold pass states
+    # whether the layer's values stay below it
     exact_below: Optional[float] = None
 
 
@@ -118,6 +118,7 @@ class ThresholdTerminal:
     out_scale: float
     out_bias: float
     source: str = ""
+    exact_below: Optional[float] = None  # see SignTerminal
 
 
 @dataclass
@@ -132,6 +133,7 @@ class RoundClampTerminal:
     source: str = ""
     add_after_round: int = 0  # QuantizeLinear adds its zero point after rounding, before the clamp
     out_scale: float = 1.0  # the real value of one output step (inside the network)
+    exact_below: Optional[float] = None  # see SignTerminal
 
 
 @dataclass
@@ -145,6 +147,7 @@ class LevelTerminal:
     step: int
     out_scale: float
     source: str = ""
+    exact_below: Optional[float] = None  # see SignTerminal
 
 
 Terminal = Union[SignTerminal, ThresholdTerminal, RoundClampTerminal, LevelTerminal, None]
@@ -193,6 +196,7 @@ class LevelThresholds:
     out_scale: float = 1.0  # the output integers times out_scale are the real values
     notes: list = field(default_factory=list)
     planes: int = 1  # as Thresholds.planes: output channel p * O + o reads accumulator o
+    near_ties: int = 0  # steps within float32 rounding of the level boundary (as Thresholds.near_ties)
 
 
 @dataclass
@@ -222,6 +226,7 @@ class Requantize:
     # The largest |value| (real units) the map can reach over the accumulator range: above
     # hi * out_scale (or below lo * out_scale), saturation is reachable (`bnnc report` says so).
     reach: float = 0.0
+    near_ties: int = 0  # as LevelThresholds.near_ties, for a Requantize that replaced its level steps
 
 
 @dataclass

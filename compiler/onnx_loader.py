@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .canonical.external_data import load_external_data
-from .canonical.graph_edit import sign_exact_below
+from .canonical.graph_edit import ste_exact_below
 from .errors import BnncError
 from .userfiles import read_bytes
 
@@ -50,9 +50,9 @@ class LoadedModel:
     # QONNX Quant): value == integers * scale, both arrays of the tensor's full shape. Weight
     # decoding uses the integers, the model's own exact form of a quantized layer.
     quant_origin: dict = field(default_factory=dict)
-    # sign node name -> R: a straight-through sign read as the sign, exact where |x| < R
-    # (canonical/ste_sign.py)
-    sign_exact_below: dict = field(default_factory=dict)
+    # node name -> R: a straight-through form x + (f(x) - x) read as f(x), exact where |x| < R, by
+    # the nodes of f (canonical/ste_sign.py); the terminal f ends in carries it
+    ste_exact_below: dict = field(default_factory=dict)
 
 
 def _attrs(node) -> dict:
@@ -154,7 +154,7 @@ def load(model: onnx.ModelProto) -> LoadedModel:
         nodes=[],
         consts=consts,
         opset=opset,
-        sign_exact_below=sign_exact_below(model),
+        ste_exact_below=ste_exact_below(model),
     )
     known = set(consts) | {inp.name, ""}
     for i, n in enumerate(_topological(g.node, known)):

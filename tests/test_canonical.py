@@ -19,7 +19,7 @@ from bnnc.canonical.pass_through_ops import remove_pass_through_ops
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
 from bnnc.canonical.round_quantizer import round_quantizer_to_quant
 from bnnc.canonical.spatial_reduce import spatial_reduce_to_global_pool
-from bnnc.canonical.graph_edit import sign_exact_below
+from bnnc.canonical.graph_edit import ste_exact_below
 from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
 from bnnc.canonical.uniform_constants import scalarize_uniform_constants
 from bnnc.errors import BnncError
@@ -454,12 +454,29 @@ def test_detached_ste_sign_is_sign_below_2_pow_24(order, sign):
     m = make(nodes, [1, 64], inits)
     c = canonicalize(m)
     assert ops(c) == (["Sign", "Mul"] if sign == "Sign" else ["BipolarQuant", "Mul"])
-    assert sign_exact_below(c) == {c.graph.node[0].name: 2.0**24}
+    assert ste_exact_below(c) == {c.graph.node[0].name: 2.0**24}
     x = _sign_test_inputs()
     x = x[np.all(np.abs(x) < 2.0**24, axis=1)]
     assert_same(m, c, x)
     big = np.full((1, 64), 2.0**24 + 2, np.float32)
     assert run(m, big)[0, 0] != run(c, big)[0, 0]  # the original's cancellation
+
+
+def test_quantizer_straight_through_estimator_is_the_quantizer():
+    """DoReFa's activations in PyTorch code, x + (round(clamp(x, 0, 1) * 3) / 3 - x).detach(): the
+    quantizer itself (a QONNX Quant after round_quantizer), exact below 2^24, the bound recorded
+    for the Round whose name the Quant takes."""
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["c"], name="clip"),
+             helper.make_node("Mul", ["c", "k"], ["ck"], name="mul"), helper.make_node("Round", ["ck"], ["r"], name="round"),
+             helper.make_node("Div", ["r", "k"], ["q"], name="div"), helper.make_node("Sub", ["q", "x"], ["d"], name="sub"),
+             helper.make_node("Add", ["x", "d"], ["ste"], name="add"),
+             helper.make_node("Mul", ["ste", "gain"], ["y"], name="gain")]
+    m = make(nodes, [1, 64], {"lo": np.float32(0), "hi": np.float32(1), "k": np.float32(3), "gain": np.float32(2)})
+    c = canonicalize(m)
+    assert "Sub" not in ops(c) and "Quant" in ops(c)
+    assert ste_exact_below(c)["round"] == 2.0**24
+    x = _sign_test_inputs()
+    assert_same(m, c, x[np.all(np.abs(x) < 2.0**24, axis=1)])
 
 
 def test_ste_sign_of_x_minus_x_plus_sign():
@@ -468,7 +485,7 @@ def test_ste_sign_of_x_minus_x_plus_sign():
              helper.make_node("Add", ["z", "s"], ["ste"]), helper.make_node("Mul", ["ste", "gain"], ["y"])]
     m = make(nodes, [1, 64], {"gain": np.float32(2.0)})
     c = canonicalize(m)
-    assert ops(c) == ["Sign", "Mul"] and not sign_exact_below(c)
+    assert ops(c) == ["Sign", "Mul"] and not ste_exact_below(c)
     assert_same(m, c, _sign_test_inputs())
 
 

@@ -998,3 +998,52 @@ def test_larq_ternary_activations():
              *tern("f", "ft"),
              helper.make_node("MatMul", ["ft", "fc"], ["y"])]
     _check(_model(nodes, inits, (1, 4, 4, 4), (1, 5)), Options())
+
+
+def test_dorefa_straight_through_activations():
+    """DoReFa's 2-bit activations as PyTorch code writes them, x + (round(clamp(x, 0, 1) * 3) / 3
+    - x).detach(), between a real-valued first layer and a binary one: a 2-bit activation (not a
+    fixed-point stream of the sum), bit-exact in C, the report stating the straight-through bound."""
+    rng = np.random.default_rng(13)
+    inits = {"w1": rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.3,
+             "w2": rng.choice([-1.0, 1.0], size=(5, 6, 3, 3)).astype(np.float32),
+             "lo": np.float32(0), "hi": np.float32(1), "k": np.float32(3), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["a", "lo", "hi"], ["c"]), helper.make_node("Mul", ["c", "k"], ["ck"]),
+             helper.make_node("Round", ["ck"], ["r"]), helper.make_node("Div", ["r", "k"], ["q"]),
+             helper.make_node("Sub", ["q", "a"], ["d"]), helper.make_node("Add", ["a", "d"], ["ste"]),
+             helper.make_node("Conv", ["ste", "w2"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["b"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["y"])]
+    graph = _check(_model(nodes, inits, (1, 3, 6, 6), (1, 5)), Options(input_scale=1 / 64, input_range=(-128, 127)))
+    first = graph.ops()[1]  # the real-valued conv: its epilogue is the quantizer, levels 0..3
+    assert (graph.tensors[first.outputs[0]].lo, graph.tensors[first.outputs[0]].hi) == (0, 3)
+    assert not any(isinstance(op, ir.Add) for op in graph.ops())
+    notes = [n for op in graph.ops() for n in getattr(getattr(op, "epilogue", None), "notes", [])]
+    assert any("straight-through" in n and ": exact" in n for n in notes)
+
+
+def test_exact_ties_of_an_average_pool_before_a_quantizer_are_stated():
+    """An AveragePool of quantized values before a QuantizeLinear on the same grid (Brevitas QCDQ):
+    every sum = 2 (mod 4) is an exact tie, which float32 runtimes decide by their summation order;
+    bnnc's fold states the steps there (the verify criterion is then top-1), and a quantizer
+    without ties states none."""
+    rng = np.random.default_rng(14)
+
+    def model(q_scale):
+        inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8), "s2": np.array(q_scale, np.float32),
+                 "w": rng.standard_normal((5, 3, 1, 1)).astype(np.float32), "shape": np.array([1, -1], np.int64)}
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+                 helper.make_node("AveragePool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+                 helper.make_node("QuantizeLinear", ["p", "s2", "z"], ["pq"]),
+                 helper.make_node("DequantizeLinear", ["pq", "s2", "z"], ["pd"]),
+                 helper.make_node("Conv", ["pd", "w"], ["c"]),
+                 helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+                 helper.make_node("Reshape", ["g", "shape"], ["y"])]
+        return _model(nodes, inits, (1, 3, 4, 4), (1, 5))
+
+    tied = _check(model(1 / 16), Options(), exact=False)
+    assert any("level step(s) within float32 rounding" in a for a in driver.approximations(tied))
+    untied = _check(model(0.085625), Options(), exact=False)  # S / 5.48: at least 1/50 from a half-integer
+    assert not any("level step" in a for a in driver.approximations(untied))

@@ -14,9 +14,9 @@ from ..original import unique_name
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 QONNX_DOMAIN = "qonnx.custom_op.general"
-# model metadata: {sign node name: R}, the rewritten straight-through signs that equal the model's
-# values only where |x| < R (canonical/ste_sign.py)
-SIGN_EXACT_BELOW = "bnnc.sign_exact_below"
+# model metadata: {node name: R}, the rewritten straight-through forms that equal the model's values
+# only where |x| < R (canonical/ste_sign.py), by the nodes of the function they were read as
+STE_EXACT_BELOW = "bnnc.ste_exact_below"
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -229,10 +229,10 @@ def replace_with_quant(graph: onnx.GraphProto, names: Names, node: onnx.NodeProt
                                             signed=int(signed), narrow=narrow, rounding_mode="ROUND"))
 
 
-def sign_exact_below(model: onnx.ModelProto) -> dict:
-    """{sign node name: R} recorded by canonical/ste_sign.py (SIGN_EXACT_BELOW); {} if none."""
+def ste_exact_below(model: onnx.ModelProto) -> dict:
+    """{node name: R} recorded by canonical/ste_sign.py (STE_EXACT_BELOW); {} if none."""
     for kv in model.metadata_props:
-        if kv.key == SIGN_EXACT_BELOW:
+        if kv.key == STE_EXACT_BELOW:
             try:
                 table = json.loads(kv.value)
                 return {str(k): float(v) for k, v in table.items()} if isinstance(table, dict) else {}
@@ -241,11 +241,11 @@ def sign_exact_below(model: onnx.ModelProto) -> dict:
     return {}
 
 
-def set_sign_exact_below(model: onnx.ModelProto, table: dict) -> None:
-    """Record `table` ({sign node name: R}, finite R only) under SIGN_EXACT_BELOW."""
-    keep = [kv for kv in model.metadata_props if kv.key != SIGN_EXACT_BELOW]
+def set_ste_exact_below(model: onnx.ModelProto, table: dict) -> None:
+    """Record `table` ({node name: R}, finite R only) under STE_EXACT_BELOW."""
+    keep = [kv for kv in model.metadata_props if kv.key != STE_EXACT_BELOW]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     table = {k: v for k, v in sorted(table.items()) if math.isfinite(v)}
     if table:
-        model.metadata_props.add(key=SIGN_EXACT_BELOW, value=json.dumps(table))
+        model.metadata_props.add(key=STE_EXACT_BELOW, value=json.dumps(table))

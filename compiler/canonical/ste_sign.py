@@ -1,11 +1,14 @@
-"""The straight-through-estimator sign `sign(x) - p + p` replaced by `sign(x)`: Bi-Real's
-ApproxSign, where `p` is the piecewise polynomial whose gradient training uses, and PyTorch's
-most common form `x + (sign(x) - x).detach()`, where p = x.
+"""Straight-through estimators replaced by the function they estimate: `f - p + p` by f.
 
-Matched: Add(Sub(S, p), p) (either Add operand order), S = Sign(x) or a bipolar sign
-BipolarQuant(x, c) (canonical/bipolar_sign.py: +c where x >= 0, else -c), with `p` computed from
-`x` alone by standard elementwise nodes and constants (or `x` itself); and Add(Sub(y, y), S)
-(`x - x.detach() + sign(x).detach()`), which is S exactly: y - y = 0 for every finite y.
+Matched: Add(Sub(f, p), p) (either Add operand order) where
+- f = Sign(x) or a bipolar sign BipolarQuant(x, c) (canonical/bipolar_sign.py: +c where x >= 0,
+  else -c) and `p` is computed from `x` alone by standard elementwise nodes and constants, or is x
+  itself: Bi-Real's ApproxSign, `p` the piecewise polynomial whose gradient training uses, and
+  PyTorch's most common form `x + (sign(x) - x).detach()`;
+- or f is computed from p itself by standard elementwise nodes: a quantizer's straight-through
+  estimator, `x + (q(x) - x).detach()` (DoReFa's `round(clamp(x, 0, 1) * k) / k`);
+and Add(Sub(y, y), S) (`x - x.detach() + sign(x).detach()`), which is S exactly: y - y = 0 for
+every finite y.
 
 The math. Let s = sign(x) in {-1, 0, +1} and p a finite float32. Then fl(fl(s - p) + p) = s
 whenever s = 0, or p is 0 or has the sign of s and |p| <= 2:
@@ -27,15 +30,18 @@ differ (-0 vs +0); they compare equal and every reader (a convolution, an add) t
 With p = x the identity holds only where |x| < 2^24: there 1 - x is exact (Sterbenz's lemma
 below 2, an integer's neighbour below 2^24), and x + (1 - x) = 1; from 2^24 + 2 on, 1 - x rounds
 to -(x - 2) or -x, and the sum is 2 or 0. The original model itself then outputs those values, not
-a sign.
+a sign. A quantizer's levels behave alike: q - x is exact where q and x are within a factor of 2
+(Sterbenz; a level is within half a step of x), or where both are small integers' neighbours.
 
-Because `p` is arbitrary in general, each match is also probed before it is rewritten: `p` is
-evaluated (onnxruntime) on float32 values of every exponent, both signs, zeros, subnormals and the
-neighbours of +-1 and +-2. R is the largest power of two below which the identity holds on every
-probe (beyond 2^63, differences only where the original is NaN are allowed); the rewrite is made
-where R >= 2^16. Where R < 2^63 the model's metadata records it (graph_edit.SIGN_EXACT_BELOW,
-{sign node: R}), and the frontend's Sign carries it (ir.SignTerminal.exact_below): the fold pass
-states whether the layer's reachable values stay below R, i.e. whether the rewrite is exact there.
+Because `p` and `f` are arbitrary in general, each match is also probed before it is rewritten:
+both are evaluated (onnxruntime) on float32 values of every exponent, both signs, zeros,
+subnormals and the neighbours of +-1 and +-2. R is the largest power of two below which the
+identity holds on every probe (beyond 2^63, differences only where the original is NaN are
+allowed); the rewrite is made where R >= 2^16. Where R < 2^63 the model's metadata records it
+(graph_edit.STE_EXACT_BELOW, {node: R} for f's nodes: the terminal f becomes, a Sign or a Quant
+named after its Round, finds it), and the frontend's terminal carries it (`exact_below`): the fold
+pass states whether the layer's reachable values stay below R, i.e. whether the rewrite is exact
+there.
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ from onnx import helper
 
 from ..original import MAX_IR_VERSION, static_shapes
 from .graph_edit import (QONNX_DOMAIN, constant_values, copy_model, default_opset, drop_unused, is_standard,
-                         onnxruntime_session, producers, rename_input, scalar_constant, set_sign_exact_below,
-                         sign_exact_below)
+                         onnxruntime_session, producers, rename_input, scalar_constant, set_ste_exact_below,
+                         ste_exact_below)
 
 MIN_EXACT_BELOW = 2.0**16  # an STE exact only on a narrower range is not a sign: left as it is
 
@@ -93,38 +99,46 @@ def _poly_nodes(p: str, x: str, prods: dict, values: dict):
     return nodes
 
 
-def _exact_below(nodes, x: str, p: str, shape, values: dict, opset: int, sign) -> float:
-    """R, the largest power of two such that fl(fl(s - p) + p) == s for every probe with |x| < R
-    (inf where it holds on every probe, NaN originals aside; 0 where p cannot be evaluated);
-    sign(xs) gives s."""
+def _probe(shape):
+    """The probe values laid out in tensors of the matched tensor's shape (None: not static)."""
     probe = probe_values()
     size = int(np.prod(shape[1:])) if shape and all(d for d in shape[1:]) else 0
     if size == 0:
-        return 0.0
+        return None
     n = -(-probe.size // size)
-    xs = np.resize(probe, n * size).reshape((n, *shape[1:])).astype(np.float32)
-    if p == x:
-        pv = xs
-    elif not nodes:  # a constant
-        pv = np.broadcast_to(np.asarray(values[p], np.float32), xs.shape)
-    else:
-        used = {i for nd in nodes for i in nd.input}
-        inits = [onnx.numpy_helper.from_array(np.asarray(values[k]), k) for k in used if k in values]
-        order = _topological(nodes, {x} | set(values))
-        g = helper.make_graph(order, "probe", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, None)], inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-        m.ir_version = min(m.ir_version, MAX_IR_VERSION)
-        try:
-            pv = onnxruntime_session(m).run(None, {x: xs})[0]
-        except Exception:
-            return 0.0
-        pv = np.broadcast_to(pv, xs.shape).astype(np.float32)
+    return np.resize(probe, n * size).reshape((n, *shape[1:])).astype(np.float32)
+
+
+def _evaluate(out: str, x: str, xs: np.ndarray, prods: dict, values: dict, opset: int):
+    """float32 values of tensor `out` for x = xs, where standard elementwise nodes and constants
+    compute it from x (onnxruntime, as the model would); None where anything else feeds it."""
+    if out == x:
+        return xs
+    if out in values:
+        return np.broadcast_to(np.asarray(values[out], np.float32), xs.shape)
+    nodes = _poly_nodes(out, x, prods, values)
+    if not nodes:
+        return None
+    used = {i for nd in nodes for i in nd.input}
+    inits = [onnx.numpy_helper.from_array(np.asarray(values[k]), k) for k in used if k in values]
+    order = _topological(nodes, {x} | set(values))
+    g = helper.make_graph(order, "probe", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = min(m.ir_version, MAX_IR_VERSION)
+    try:
+        return np.broadcast_to(onnxruntime_session(m).run(None, {x: xs})[0], xs.shape).astype(np.float32)
+    except Exception:
+        return None
+
+
+def _exact_below(xs: np.ndarray, s: np.ndarray, pv: np.ndarray) -> float:
+    """R, the largest power of two such that fl(fl(s - p) + p) == s at every probe with |x| < R
+    (inf where it holds at every probe, NaN originals aside)."""
     with np.errstate(all="ignore"):
-        s = sign(xs)
         got = (s - pv) + pv
     small = np.abs(xs) < 2.0**63
-    bad = ~((got == s) | np.isnan(xs)) & (small | ~np.isnan(got))
+    bad = ~((got == s) | np.isnan(xs) | (np.isnan(s) & np.isnan(got))) & (small | ~np.isnan(got))
     if not np.any(bad):
         return math.inf
     least = float(np.abs(xs[bad]).min())
@@ -164,7 +178,7 @@ def simplify_ste_sign(model: onnx.ModelProto) -> onnx.ModelProto:
     prods, values = producers(g), constant_values(g)
     opset = default_opset(out)
     shapes = None
-    exact_below = sign_exact_below(out)
+    exact_below = ste_exact_below(out)
     changed = False
     for add in list(g.node):
         if add.op_type != "Add" or not is_standard(add) or len(add.input) != 2 or \
@@ -178,25 +192,31 @@ def simplify_ste_sign(model: onnx.ModelProto) -> onnx.ModelProto:
                 rename_input(g, add.output[0], p)  # (y - y) + S: S exactly
                 changed = True
                 break
-            sign = prods.get(sub.input[0])
-            found = _sign_of(sign, values)
-            if sub.input[1] != p or found is None:
+            f = sub.input[0]
+            if sub.input[1] != p or f == p or f in values:
                 continue
-            x, sign_fn = found
-            nodes = _poly_nodes(p, x, prods, values)
-            if nodes is None:
-                continue
+            found = _sign_of(prods.get(f), values)
+            x = found[0] if found is not None else p  # a sign of x; else f computed from p itself
             if shapes is None:
                 shapes = static_shapes(out)
-            r = _exact_below(nodes, x, p, shapes.get(x), values, opset, sign_fn)
+            xs = _probe(shapes.get(x))
+            if xs is None:
+                continue
+            with np.errstate(all="ignore"):
+                s = found[1](xs) if found is not None else _evaluate(f, x, xs, prods, values, opset)
+            pv = _evaluate(p, x, xs, prods, values, opset)
+            if s is None or pv is None:
+                continue
+            r = _exact_below(xs, s, pv)
             if r < MIN_EXACT_BELOW:
                 continue
-            if r < 2.0**63:
-                exact_below[sign.name] = min(r, exact_below.get(sign.name, math.inf))
-            rename_input(g, add.output[0], sign.output[0])
+            if r < 2.0**63:  # the terminal f ends in (a Sign; a Round that becomes a Quant...) carries it
+                for n in [prods[f]] + (_poly_nodes(f, x, prods, values) or []):
+                    exact_below[n.name] = min(r, exact_below.get(n.name, math.inf))
+            rename_input(g, add.output[0], f)
             changed = True
             break
     if changed:
         drop_unused(out)
-        set_sign_exact_below(out, exact_below)
+        set_ste_exact_below(out, exact_below)
     return out

@@ -24,8 +24,7 @@ from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal,
 
 @handler("Sign")
 def sign(ctx, node):
-    activate(ctx, node, ir.SignTerminal(zero_maps_to=0, source=node.name,
-                                        exact_below=ctx.lm.sign_exact_below.get(node.name)))
+    activate(ctx, node, ir.SignTerminal(zero_maps_to=0, source=node.name))
 
 
 @handler("BipolarQuant")
@@ -33,8 +32,7 @@ def bipolar_quant(ctx, node):
     s = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float64)
     if s.size != 1 or not s.ravel()[0] > 0:
         raise BnncError(f"{where(node)}: bnnc supports a positive scalar scale (got {s.ravel()[:4]})")
-    activate(ctx, node, ir.SignTerminal(zero_maps_to=1, out_scale=float(s.ravel()[0]), source=node.name,
-                                        exact_below=ctx.lm.sign_exact_below.get(node.name)))
+    activate(ctx, node, ir.SignTerminal(zero_maps_to=1, out_scale=float(s.ravel()[0]), source=node.name))
 
 
 @handler("MultiThreshold", ignores=("out_dtype",))
@@ -153,7 +151,8 @@ def dequantize_linear(ctx, node, *, axis=1):
         out.scale = qscale
         ctx.set(node, out)
         return
-    term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source)
+    term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source,
+                                 exact_below=term.exact_below)
     term.add_after_round = term.zero_point
     term.out_scale = qscale
     nv = replace(v, quant=None)
@@ -211,6 +210,8 @@ def activate(ctx, node, term, v: Optional[Val] = None):
     0 is a value of its own, which every x <= 0 gives: right after a Relu (larq's ste_heaviside,
     sign(relu(x)) in {0, 1}) or on a stream clamped at 0 (`_zero_is_rounded`)."""
     v = ctx.val(node) if v is None else v
+    if term is not None and node.name in ctx.lm.ste_exact_below:  # a straight-through form read as this terminal
+        term = replace(term, exact_below=ctx.lm.ste_exact_below[node.name])
     if isinstance(v, AccVal) and v.pools and not pools_commute(v) and term is not None:
         # max and the rest of the chain do not commute: pool the fixed-point values themselves
         v = to_stream(ctx, node, v)

@@ -145,7 +145,8 @@ class LoweringContext:
             ty = ir.Ints(out_shape, lo, hi)
         elif isinstance(term, ir.RoundClampTerminal):
             ty = ir.Ints(out_shape, term.qmin - term.zero_point, term.qmax - term.zero_point)
-            term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source)
+            term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source,
+                                         exact_below=term.exact_below)
             term.add_after_round = zp_after_round
         else:
             ty = ir.Bits(out_shape, bit_scale(node, term))

@@ -242,6 +242,23 @@ def _epilogue_range(graph: ir.Graph, op) -> tuple:
 NEAR_TIE = 2.0**-21  # |chain value| below this times its largest intermediate: within float32 rounding of 0
 
 
+def _chain64(chain: ir.Chain, acc: np.ndarray, with_acc: bool = True) -> tuple:
+    """(v, top): the chain evaluated in float64 on the same constants at accumulators `acc`, and
+    the largest magnitude on the way (what float32 roundings are relative to; with_acc=False: of
+    the ops' results only, in the model's units rather than the accumulator's grid steps)."""
+    v = acc.astype(np.float64)
+    top = np.abs(v) if with_acc else np.zeros_like(v)
+    with np.errstate(all="ignore"):  # channels divided by 0 (gamma 0) are constant: not counted
+        for op in chain.ops:
+            if op.op == "relu":
+                v = np.maximum(v, 0.0)
+                continue
+            c = np.asarray(op.const, np.float64)
+            v = {"mul": v * c, "div": v / c, "add": v + c, "sub": v - c}[op.op]
+            top = np.maximum(top, np.abs(v))
+    return v, top
+
+
 def _near_ties(chain: ir.Chain, th: ir.Thresholds, lo: np.ndarray, hi: np.ndarray) -> int:
     """Channels whose step sits where the chain, evaluated in float64 on the same constants, is
     within a few float32 roundings of 0 on either side of it: there the sign depends on the
@@ -252,18 +269,48 @@ def _near_ties(chain: ir.Chain, th: ir.Thresholds, lo: np.ndarray, hi: np.ndarra
     first = np.where(th.direction > 0, th.threshold, -th.threshold)  # the step's accumulator on the +1 side
     near = np.zeros(first.shape, bool)
     for acc in (first, first - th.direction.astype(np.int64)):
-        v = np.clip(acc, lo, hi).astype(np.float64)
-        top = np.abs(v)
-        with np.errstate(all="ignore"):  # channels divided by 0 (gamma 0) are constant: not counted
-            for op in chain.ops:
-                if op.op == "relu":
-                    v = np.maximum(v, 0.0)
-                    continue
-                c = np.asarray(op.const, np.float64)
-                v = {"mul": v * c, "div": v / c, "add": v + c, "sub": v - c}[op.op]
-                top = np.maximum(top, np.abs(v))
-            near |= np.abs(v) <= NEAR_TIE * np.maximum(top, 1e-30)
+        v, top = _chain64(chain, np.clip(acc, lo, hi))
+        near |= np.abs(v) <= NEAR_TIE * np.maximum(top, 1e-30)
     return int(np.sum(near & live))
+
+
+def _note_level_ties(lt: ir.LevelThresholds, chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> None:
+    lt.near_ties = _near_level_ties(chain, lt, lo, hi)
+    if lt.near_ties:
+        lt.notes.append(f"{lt.near_ties} step(s) where the float32 chain is within rounding of the level boundary: "
+                        "another evaluation order of the same ops (e.g. a runtime's average pool) may decide the "
+                        "other way there")
+
+
+def _near_level_ties(chain: ir.Chain, th: ir.LevelThresholds, lo: np.ndarray, hi: np.ndarray) -> int:
+    """Steps of a multi-level epilogue where the chain, in float64, is within a few float32 roundings
+    of the boundary the terminal rounds or compares at (a half-integer for rounding to nearest, an
+    integer for floor / ceil / truncation, a MultiThreshold's thresholds): there the level depends on
+    the order a runtime evaluates the model's float32 ops in (an average pool's exact x.5 before
+    a QuantizeLinear)."""
+    term = chain.terminal
+    d = th.direction.astype(np.int64)
+    xlo, xhi = np.where(d > 0, lo, -hi), np.where(d > 0, hi, -lo)
+    near_all = 0
+    for j in range(th.threshold.shape[1]):
+        a = th.threshold[:, j]
+        live = (a > xlo) & (a <= xhi)  # both sides of the step reachable
+        if not np.any(live):
+            continue
+        near = np.zeros(a.shape, bool)
+        for x in (a, a - 1):
+            v, top = _chain64(chain, np.clip(d * x, lo, hi), with_acc=False)
+            if isinstance(term, ir.RoundClampTerminal):
+                edge = np.floor(v) + 0.5 if term.mode.startswith("half") else np.round(v)
+                dist = np.abs(v - edge)
+            elif isinstance(term, ir.LevelTerminal):
+                t = np.broadcast_to(term.thresholds.astype(np.float64), (a.size, term.thresholds.shape[1]))
+                dist = np.abs(v[:, None] - t).min(axis=1)
+            else:  # a sign with a reachable 0: its steps are at 0
+                dist = np.abs(v)
+            near |= dist <= NEAR_TIE * np.maximum(top, 1.0)
+        near_all += int(np.sum(near & live))
+    return near_all
 
 
 def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
@@ -273,7 +320,10 @@ def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
         return None
     source = getattr(term, "source", op.name)
     if isinstance(term, (ir.LevelTerminal, ir.RoundClampTerminal)):
-        return fold_levels(chain, lo, hi, source, getattr(term, "out_scale", 1.0))
+        lt = fold_levels(chain, lo, hi, source, getattr(term, "out_scale", 1.0))
+        lt.notes += straight_through_notes(chain, lo, hi)
+        _note_level_ties(lt, chain, lo, hi)
+        return lt
     if isinstance(term, ir.ThresholdTerminal) and term.thresholds.shape[1] != 1:
         raise BnncError(f"'{source}': a {term.thresholds.shape[1]}-step MultiThreshold with bit output")
     try:
@@ -285,6 +335,7 @@ def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
         lt.notes.append("ONNX Sign outputs an exact 0 at reachable values: executed as a ternary "
                         "activation {-1, 0, +1}")
         lt.notes += straight_through_notes(chain, lo, hi)
+        _note_level_ties(lt, chain, lo, hi)
         _retype_to_ints(graph, op.outputs[0], -1, 1)
         return lt
     th.notes += straight_through_notes(chain, lo, hi)
@@ -338,23 +389,24 @@ def fold_batchnorm_into_thresholds(graph: ir.Graph) -> ir.Graph:
 
 
 def straight_through_notes(chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> list:
-    """What a straight-through sign read as the sign (ir.SignTerminal.exact_below) means for a
-    chain whose inputs lie in [lo, hi] (per channel, or one range): exact where the chain's values
-    stay below the bound (every op is monotone: the range ends bound them), else where the model's
-    float32 form gives other values."""
+    """What a straight-through form read as its terminal (`exact_below` of the terminal:
+    x + (f(x) - x) is f(x) in float32 only where |x| < R) means for a chain whose inputs lie in
+    [lo, hi] (per channel, or one range): exact where the chain's values stay below R (every op
+    is monotone: the range ends bound them), else where the model's float32 form gives other
+    values."""
     term = chain.terminal
-    if not isinstance(term, ir.SignTerminal) or term.exact_below is None:
+    if getattr(term, "exact_below", None) is None:
         return []
     ops = [ir.ChainOp(op.op, None if op.const is None else np.asarray(op.const).reshape(-1)) for op in chain.ops]
     with np.errstate(all="ignore"):
         ends = acc_to_float(np.stack([np.atleast_1d(lo), np.atleast_1d(hi)]))
         reach = float(np.nanmax(np.abs(eval_chain(ops, ends))))
     bound = f"2^{math.log2(term.exact_below):g}"
-    form = f"the model's straight-through sign (x + (sign(x) - x) in float32) is sign(x) where |x| < {bound}"
+    form = f"the model's straight-through form x + (f(x) - x) (float32) is f(x), this activation, where |x| < {bound}"
     if reach < term.exact_below:
         return [f"{form}, and the values here stay within +-{reach:.3g}: exact"]
     return [f"{form}, and the values here can reach +-{reach:.3g}: beyond {bound} the model gives other values "
-            "(float32 cancellation), bnnc the sign"]
+            "(float32 cancellation), bnnc f(x)"]
 
 
 def _check_chain_finite(op, chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> None:

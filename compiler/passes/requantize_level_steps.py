@@ -85,6 +85,7 @@ def requantize_level_steps(graph: ir.Graph) -> ir.Graph:
         acc_hi = np.array([maps[o][3] if d[o] > 0 else -maps[o][2] for o in range(d.size)], np.int64)
         op.epilogue = ir.Requantize(mult, add, shift, ep.base, ep.base + levels, ep.out_scale,
                                     ep.notes + [f"{levels} thresholds per channel as an integer multiply-shift "
-                                                "(checked equal at every step)"], acc_lo, acc_hi)
+                                                "(checked equal at every step)"], acc_lo, acc_hi,
+                                    near_ties=ep.near_ties)
         out.replace(op)
     return out

@@ -149,8 +149,7 @@ def _slice_epilogue(ep, keep: np.ndarray):
         return replace(ep, direction=ep.direction[keep], threshold=ep.threshold[keep], constant=ep.constant[keep],
                        notes=list(ep.notes))
     if isinstance(ep, ir.LevelThresholds):
-        return ir.LevelThresholds(ep.direction[keep], ep.threshold[keep], ep.base, ep.step, ep.out_scale,
-                                  list(ep.notes), planes=ep.planes)
+        return replace(ep, direction=ep.direction[keep], threshold=ep.threshold[keep], notes=list(ep.notes))
     if isinstance(ep, ir.Requantize):
         return replace(ep, mult=ep.mult[keep], add=ep.add[keep], notes=list(ep.notes),
                        acc_lo=None if ep.acc_lo is None else ep.acc_lo[keep],
