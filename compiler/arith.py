@@ -20,6 +20,9 @@ def eval_chain(ops: list, v: np.ndarray) -> np.ndarray:
         if op.op == "relu":
             v = np.maximum(v, np.float32(0))
             continue
+        if op.op == "tanh":  # only before a terminal, whose thresholds the fold finds (never in C)
+            v = np.tanh(v).astype(np.float32)
+            continue
         c = np.asarray(op.const, dtype=np.float32)
         if op.op == "mul":
             v = v * c
@@ -40,7 +43,7 @@ def invert_chain(ops: list, v: np.ndarray):
     where the chain is not invertible (relu, a zero factor)."""
     v = np.asarray(v, dtype=np.float64)
     for op in reversed(ops):
-        if op.op == "relu":
+        if op.op in ("relu", "tanh"):
             return None
         c = np.asarray(op.const, dtype=np.float64)
         if op.op in ("mul", "div") and np.any(c == 0):

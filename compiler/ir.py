@@ -86,7 +86,7 @@ TensorType = Union[Bits, Ints, Reals]
 # array broadcastable to the channel axis (shape () or (C,)) or, for InputQuantize, to every
 # element in (H, W, C) order. Each op is monotone in its input, so a chain followed by a sign
 # is a step function of the accumulator: the basis of exact threshold folding.
-CHAIN_OPS = ("mul", "add", "sub", "div", "relu")
+CHAIN_OPS = ("mul", "add", "sub", "div", "relu", "tanh")  # tanh: monotone, only before a terminal (folded away)
 
 
 @dataclass
@@ -797,7 +797,9 @@ def _check_chain(op, chain, channels) -> None:
     for c in chain.ops:
         if c.op not in CHAIN_OPS:
             _fail(op, "chain ops", f"unknown chain op {c.op!r}")
-        if c.op == "relu":
+        if c.op == "tanh" and chain.terminal is None:
+            _fail(op, "chain ops", "a tanh needs a terminal after it (it is folded into thresholds)")
+        if c.op in ("relu", "tanh"):
             continue
         if not isinstance(c.const, (np.ndarray, np.generic)) or np.shape(c.const) not in ((), (channels,)):
             _fail(op, "chain constants are scalars or per channel",

@@ -1047,3 +1047,41 @@ def test_exact_ties_of_an_average_pool_before_a_quantizer_are_stated():
     assert any("level step(s) within float32 rounding" in a for a in driver.approximations(tied))
     untied = _check(model(0.085625), Options(), exact=False)  # S / 5.48: at least 1/50 from a half-integer
     assert not any("level step" in a for a in driver.approximations(untied))
+
+
+@pytest.mark.parametrize("terminal", ["quant", "sign", "none"])
+def test_tanh_before_a_quantizer(terminal):
+    """Brevitas' QuantTanh (BatchNorm -> Tanh -> Quant) and a tanh before a sign: monotone, folded
+    into the terminal's thresholds exactly, bit-exact in C; a tanh whose values continue
+    unquantized is refused in one line."""
+    rng = np.random.default_rng(15)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.05, 0.3, (1, 6, 1, 1)).astype(np.float32),
+             "b": rng.uniform(-1, 1, (1, 6, 1, 1)).astype(np.float32),
+             "fc": rng.choice([-1.0, 1.0], size=(6, 5)).astype(np.float32), "shape": np.array([1, -1], np.int64),
+             "qs": np.float32(0.25), "qz": np.float32(0), "qb": np.float32(3)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["a1"]), helper.make_node("Add", ["a1", "b"], ["a2"]),
+             helper.make_node("Tanh", ["a2"], ["t"])]
+    if terminal == "quant":
+        nodes.append(helper.make_node("Quant", ["t", "qs", "qz", "qb"], ["tq"], domain="qonnx.custom_op.general",
+                                      signed=1, narrow=0, rounding_mode="ROUND"))
+    elif terminal == "sign":
+        nodes.append(helper.make_node("Sign", ["t"], ["tq"]))
+    else:
+        nodes.append(helper.make_node("Relu", ["t"], ["tq"]))
+    nodes += [helper.make_node("GlobalAveragePool", ["tq"], ["q"]), helper.make_node("Reshape", ["q", "shape"], ["f"]),
+              helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    model = _model(nodes, inits, (1, 4, 6, 6), (1, 5))
+    if terminal == "quant":
+        model.opset_import.append(helper.make_opsetid("qonnx.custom_op.general", 1))
+    if terminal == "none":
+        from bnnc.errors import BnncError
+        with pytest.raises(BnncError, match="Tanh of a real-valued tensor that continues unquantized"):
+            compile_graph(model, Options())
+        return
+    _check(model, Options())

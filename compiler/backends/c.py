@@ -89,6 +89,8 @@ def chain_ctx(ops, index: str, prefix: str, consts: list, float_fmt=c_float) -> 
         if op.op == "relu":
             stmts.append("v = v > 0.0f ? v : 0.0f;")
             continue
+        if op.op not in ("mul", "add", "sub", "div"):  # a tanh: the frontend lets it reach only thresholds
+            raise BnncError(f"'{prefix}': a {op.op} in a real-valued output chain has no generated-code form")
         sym = {"mul": "*", "add": "+", "sub": "-", "div": "/"}[op.op]
         c = np.asarray(op.const, dtype=np.float32)
         if c.ndim == 0 or np.all(c == c.ravel()[0]) and not np.any(np.signbit(c) != np.signbit(c.ravel()[0])):

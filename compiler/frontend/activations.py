@@ -231,6 +231,19 @@ def activate(ctx, node, term, v: Optional[Val] = None):
     ctx.set(node, ctx.finish_acc(v, term, node))
 
 
+@handler("Tanh")
+def tanh(ctx, node):
+    """Tanh before a quantizer or a sign (Brevitas' QuantTanh): monotone, so it stays pending in the
+    chain and the fold finds the terminal's thresholds on the accumulator exactly; elsewhere refused."""
+    v = ctx.val(node)
+    if isinstance(v, IntsVal):
+        v = IntChainVal.of(v)
+    if not isinstance(v, PendingVal):
+        raise BnncError(f"{where(node)}: Tanh of a {v.kind} tensor is not supported (of a real-valued tensor "
+                        "before a quantizer or a sign it is)")
+    ctx.set(node, with_chain(v, [ir.ChainOp("tanh")]))
+
+
 def _zero_is_rounded(ctx, v: Val) -> bool:
     """Whether an exact 0 before the sign is only a rounded value near 0, not the image of a range:
     no Relu whose 0 the ops after it keep at 0 (larq's ste_heaviside, sign(relu(x))), and no

@@ -183,6 +183,10 @@ class LoweringContext:
         if term is None:
             if v.pools:
                 raise BnncError(f"MaxPool on real-valued layer outputs ('{conv.name}') is not supported")
+            if any(op.op == "tanh" for op in v.chain):
+                raise BnncError(f"{where(node) if node is not None else conv.name}: a Tanh of real-valued layer "
+                                "outputs that continue unquantized is not supported (before a quantizer or a "
+                                "sign it is: its thresholds are found exactly)")
             self.graph.tensors[conv.outputs[0]] = ir.Reals(oshape)
             cls, scale = RealsVal, 1.0
         else:

@@ -311,6 +311,9 @@ def _affine_chain(node, chain: list, o: int) -> list:
         if op.op == "relu":
             relu = True
             continue
+        if op.op == "tanh":
+            raise BnncError(f"{where(node)}: a Tanh of a real-valued tensor that continues unquantized is not "
+                            "supported (before a quantizer or a sign it is: its thresholds are found exactly)")
         c = [Fraction(float(x)) for x in np.broadcast_to(np.asarray(op.const, np.float32), (o,))]
         if op.op == "mul":
             a = [x * y for x, y in zip(a, c)]

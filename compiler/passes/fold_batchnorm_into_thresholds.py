@@ -253,6 +253,10 @@ def _chain64(chain: ir.Chain, acc: np.ndarray, with_acc: bool = True) -> tuple:
             if op.op == "relu":
                 v = np.maximum(v, 0.0)
                 continue
+            if op.op == "tanh":
+                v = np.tanh(v)
+                top = np.maximum(top, np.abs(v))
+                continue
             c = np.asarray(op.const, np.float64)
             v = {"mul": v * c, "div": v / c, "add": v + c, "sub": v - c}[op.op]
             top = np.maximum(top, np.abs(v))
