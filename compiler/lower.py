@@ -75,6 +75,9 @@ def _set_output(ctx: LoweringContext) -> None:
     if out not in ctx.vals:
         raise BnncError(f"model output '{out}' is not computed from the input by supported ops")
     v = ctx.vals[out]
+    if getattr(v, "quant", None) is not None:  # a QuantizeLinear's integers with no DequantizeLinear after it
+        raise BnncError(f"model output '{out}' is the integers of QuantizeLinear '{v.quant[2]}'; bnnc outputs real "
+                        "values (logits) or TopK/ArgMax indices: end the model with its DequantizeLinear")
     if isinstance(v, AccVal):
         v = ctx.finish_acc(v, None, None)
     if isinstance(v, (BitsVal, IntsVal, IntChainVal)) and v.flat_from is None:

@@ -56,6 +56,9 @@ def _type_name(t: int) -> str:
 # ----------------------------------------------------------------------------- the ONNX graph
 
 
+HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
 def check_graph(model: onnx.ModelProto, opset: int) -> None:
     """Tensor names defined once, numeric constants, attributes of the types their op defines."""
     g = model.graph
@@ -67,6 +70,13 @@ def check_graph(model: onnx.ModelProto, opset: int) -> None:
         if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
             raise BnncError(f"constant '{one_line(name)}' holds {onnx.TensorProto.DataType.Name(t.data_type).lower()} "
                             "values; bnnc reads numeric tensors only")
+    half = [("constant", name) for name, t in constants if t.data_type in HALF_TYPES] + [
+        (kind, vi.name) for kind, vis in (("input", g.input), ("output", g.output))
+        for vi in vis if vi.type.tensor_type.elem_type in HALF_TYPES]
+    if half:
+        kind, name = half[0]
+        raise BnncError(f"{kind} '{one_line(name)}' is 16-bit floating point: the model computes in half precision, "
+                        "whose roundings bnnc (exact integers and float32) does not reproduce; export it in float32")
     for i, n in enumerate(g.node):
         _check_attributes(n, n.name or f"{n.op_type}_{i}", opset)
 

@@ -4,6 +4,7 @@ each checked against onnxruntime and the C backend bit for bit."""
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bnnc import driver, error_bounds, ir, targets
@@ -1081,7 +1082,37 @@ def test_tanh_before_a_quantizer(terminal):
         model.opset_import.append(helper.make_opsetid("qonnx.custom_op.general", 1))
     if terminal == "none":
         from bnnc.errors import BnncError
-        with pytest.raises(BnncError, match="Tanh of a real-valued tensor that continues unquantized"):
+        with pytest.raises(BnncError, match="Tanh is supported before a quantizer or a sign.*reaches node"):
             compile_graph(model, Options())
         return
     _check(model, Options())
+
+
+def test_half_precision_models_and_quantized_outputs_are_refused_in_one_line(tmp_path, capsys):
+    """A float16 model (its roundings are not float32's) and a model whose output is a
+    QuantizeLinear's integers (no DequantizeLinear after it, as tf2onnx writes int8 TFLite logits):
+    one line each, naming the tensor or the node; before, the second was silently dequantized."""
+    from bnnc.cli import main
+
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float16), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "half",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 2, 2, 2])], [w])
+    half = tmp_path / "half.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), half)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"]),
+             helper.make_node("QuantizeLinear", ["a", "s2", "z"], ["y"], name="logits_q")]
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8), "s2": np.array(0.5, np.float32),
+             "w": np.ones((2, 3, 1, 1), np.float32)}
+    quantized = tmp_path / "q.onnx"
+    model = _model(nodes, inits, (1, 3, 2, 2), (1, 2, 2, 2))
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT8
+    onnx.save(model, quantized)
+    for path, words in ((half, "16-bit floating point"), (quantized, "integers of QuantizeLinear 'logits_q'")):
+        assert main(["compile", str(path), "--input-scale", "1", "--input-range", "-8:7",
+                     "-o", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("bnnc: error: ") and words in err[0], err

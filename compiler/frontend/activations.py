@@ -18,7 +18,7 @@ from ..original import trunc_shift
 from ..passes.merge_summed_convs import merged_conv
 from .context import terminal_type
 from .streams import flat_channels, pools_commute, rounding_error, to_stream, uniform
-from .registry import handler, where
+from .registry import handler, supported_ops, where
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, Val, with_chain
 
 
@@ -231,10 +231,27 @@ def activate(ctx, node, term, v: Optional[Val] = None):
     ctx.set(node, ctx.finish_acc(v, term, node))
 
 
+TERMINAL_OPS = {"Sign", "BipolarQuant", "Quant", "MultiThreshold", "QuantizeLinear"}
+PENDING_OPS = {"Mul", "Add", "Sub", "Div", "BatchNormalization", "Relu", "Clip", "Identity", "Dropout", "MaxPool"}
+
+
 @handler("Tanh")
 def tanh(ctx, node):
     """Tanh before a quantizer or a sign (Brevitas' QuantTanh): monotone, so it stays pending in the
-    chain and the fold finds the terminal's thresholds on the accumulator exactly; elsewhere refused."""
+    chain and the fold finds the terminal's thresholds on the accumulator exactly. Every path from
+    it must reach a terminal through elementwise ops (or a MaxPool); elsewhere it is refused."""
+    stack, seen = [node.outputs[0]], set()
+    while stack:
+        t = stack.pop()
+        if t == ctx.lm.output_name:
+            _no_tanh_here(node, "the model output")
+        for n in ctx.consumers.get(t, []):
+            if n.op in TERMINAL_OPS or n.name in seen:
+                continue
+            if n.op not in PENDING_OPS or n.inputs[0] != t:
+                _no_tanh_here(node, f"node '{n.name}' ({n.op})")
+            seen.add(n.name)
+            stack.append(n.outputs[0])
     v = ctx.val(node)
     if isinstance(v, IntsVal):
         v = IntChainVal.of(v)
@@ -242,6 +259,12 @@ def tanh(ctx, node):
         raise BnncError(f"{where(node)}: Tanh of a {v.kind} tensor is not supported (of a real-valued tensor "
                         "before a quantizer or a sign it is)")
     ctx.set(node, with_chain(v, [ir.ChainOp("tanh")]))
+
+
+def _no_tanh_here(node, reader: str):
+    raise BnncError(f"{where(node)}: Tanh is supported before a quantizer or a sign (folded into its thresholds); "
+                    f"this one reaches {reader} unquantized, which is not supported; supported ops: "
+                    f"{', '.join(supported_ops())}")
 
 
 def _zero_is_rounded(ctx, v: Val) -> bool:
