@@ -17,6 +17,7 @@ from bnnc.canonical.maxpool_ceil import maxpool_ceil_to_floor
 from bnnc.canonical.pad_into_window import merge_pads_into_windows
 from bnnc.canonical.pass_through_ops import remove_pass_through_ops
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
+from bnnc.canonical.qdq_layout import dequantize_before_layout_ops
 from bnnc.canonical.round_quantizer import round_quantizer_to_quant
 from bnnc.canonical.spatial_reduce import spatial_reduce_to_global_pool
 from bnnc.canonical.graph_edit import ste_exact_below
@@ -698,6 +699,35 @@ def test_nhwc_spatial_mean_to_global_average_pool(keepdims):
     x = rng.standard_normal((4, 3, 6, 5)).astype(np.float32)
     a, b = run(m, x), run(c, x)
     assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()  # summation order differs (see spatial_reduce)
+
+
+@pytest.mark.parametrize("layout", ["squeeze", "nhwc_flatten"])
+def test_dequantize_before_layout_ops(layout):
+    """tf2onnx's full-integer TFLite form, QuantizeLinear -> Squeeze (or the NHWC Transpose and
+    Reshape of a Flatten) -> DequantizeLinear: the DequantizeLinear moves before the layout ops,
+    bit-exact in onnxruntime; a per-axis one stays."""
+    rng = np.random.default_rng(3)
+    if layout == "squeeze":
+        mid = [helper.make_node("Squeeze", ["q", "ax"], ["m"])]
+        inits = {"ax": np.array([2, 3], np.int64)}
+        shape = [1, 6, 1, 1]
+    else:
+        mid = [helper.make_node("Transpose", ["q"], ["t"], perm=[0, 2, 3, 1]),
+               helper.make_node("Reshape", ["t", "flat"], ["m"])]
+        inits = {"flat": np.array([1, -1], np.int64)}
+        shape = [1, 6, 2, 3]
+    inits.update(s=np.float32(0.05), z=np.int8(3))
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
+             *mid, helper.make_node("DequantizeLinear", ["m", "s", "z"], ["y"])]
+    m = make(nodes, shape, inits, opset=13)
+    c = dequantize_before_layout_ops(m)
+    assert ops(c)[:3] == ["Relu", "QuantizeLinear", "DequantizeLinear"]
+    x = (rng.standard_normal((5, *shape[1:])) * 4).astype(np.float32)
+    assert_same(m, c, x)
+    per_axis = make([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1), *mid,
+                     helper.make_node("DequantizeLinear", ["m", "sv", "zv"], ["y"], axis=1)], shape,
+                    {**inits, "sv": np.full(6, 0.05, np.float32), "zv": np.zeros(6, np.int8)}, opset=13)
+    assert ops(dequantize_before_layout_ops(per_axis)) == ops(per_axis)
 
 
 @pytest.mark.parametrize("form", ["ReduceMax18", "ReduceMax13", "GlobalMaxPool", "nhwc"])

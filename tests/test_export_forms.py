@@ -1116,3 +1116,23 @@ def test_half_precision_models_and_quantized_outputs_are_refused_in_one_line(tmp
                      "-o", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("bnnc: error: ") and words in err[0], err
+
+
+def test_tflite_int8_squeeze_between_quantize_and_dequantize():
+    """tf2onnx's full-integer TFLite head: GlobalAveragePool -> QuantizeLinear -> Squeeze ->
+    DequantizeLinear -> MatMul (the Squeeze on the int8 tensor); bit-exact in C."""
+    rng = np.random.default_rng(16)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.integers(-3, 4, (6, 4, 3, 3)).astype(np.float32) * np.float32(0.125),
+             "s2": np.array(0.25, np.float32), "ax": np.array([2, 3], np.int64),
+             "fc": rng.standard_normal((6, 5)).astype(np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("QuantizeLinear", ["g", "s2", "z"], ["gq"]),
+             helper.make_node("Squeeze", ["gq", "ax"], ["sq"]),
+             helper.make_node("DequantizeLinear", ["sq", "s2", "z"], ["gd"]),
+             helper.make_node("MatMul", ["gd", "fc"], ["y"])]
+    _check(_model(nodes, inits, (1, 4, 6, 6), (1, 5)), Options(), exact=False)

@@ -25,6 +25,7 @@ from .node_names import name_unnamed_nodes
 from .pad_into_window import merge_pads_into_windows
 from .padded_add import add_into_concat_part
 from .pass_through_ops import remove_pass_through_ops
+from .qdq_layout import dequantize_before_layout_ops
 from .qcdq_clip import qcdq_clip_to_quant
 from .qoperator import qoperator_to_qdq
 from .round_quantizer import round_quantizer_to_quant
@@ -39,6 +40,7 @@ REWRITES = (
     qoperator_to_qdq,
     fold_constant_subgraphs,
     remove_pass_through_ops,
+    dequantize_before_layout_ops,
     scalarize_uniform_constants,
     bipolar_sign_from_where,
     simplify_ste_sign,
