@@ -156,6 +156,16 @@ def softmax_exp(d: np.ndarray) -> np.ndarray:
     return np.where(live, p * pow2, 0.0)
 
 
+def quantize_dequantize(p: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> np.ndarray:
+    """ONNX QuantizeLinear then DequantizeLinear of float32 `p` in float32 operations, as
+    onnxruntime computes them: q = clamp(rint(p / scale) + zp, qmin, qmax) (round half to even),
+    y = (q - zp) * scale. The generated C rounds with the 1.5 * 2^23 trick, exact for |p / scale|
+    < 2^22 (ir.Softmax.out_grid checks it)."""
+    s = np.float32(scale)
+    q = np.clip(np.rint(np.asarray(p, np.float32) / s) + np.float32(zp), qmin, qmax).astype(np.float32)
+    return ((q - np.float32(zp)) * s).astype(np.float32)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """float32 softmax over the last axis of float32 `x`, by the operations above."""
     x = np.asarray(x, dtype=np.float32)

@@ -122,6 +122,8 @@ def end_to_end(graph: ir.Graph) -> Bounds:
         elif isinstance(op, ir.Softmax):
             e_in = float(np.max(tensors[op.inputs[0]], initial=0.0))
             lb.local = SOFTMAX_OWN + c * 2.0**-52 + 2.0**-150  # its own float64 steps and float32 rounding
+            if op.out_grid is not None:  # the model's QuantizeLinear -> DequantizeLinear: half a step
+                lb.local += op.out_grid[0] / 2
             # |dp_i / dx_j| rows sum to 2 p_i (1 - p_i) <= 1/2, and p_i(x + d) / p_i(x) <= e^(2 |d|)
             e = np.full(c, min(e_in / 2, np.expm1(2 * e_in)) + lb.local)
         elif isinstance(op, ir.Sigmoid):

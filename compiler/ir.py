@@ -438,6 +438,9 @@ class Softmax:
     outputs: list
     source_ops: list = field(default_factory=list)
     log: bool = False
+    # (scale, zero_point, qmin, qmax): the probabilities through the model's QuantizeLinear ->
+    # DequantizeLinear (a full-integer TFLite classifier's output), as arith.quantize_dequantize
+    out_grid: Optional[tuple] = None
 
 
 @dataclass
@@ -1091,6 +1094,11 @@ def _verify_softmax(graph, op) -> None:
     out = graph.tensors[op.outputs[0]]
     if not isinstance(out, Reals) or tuple(out.shape) != tuple(src.shape):
         _fail(op, "Softmax keeps its input's shape (Reals)", f"{src} -> {out}")
+    if op.out_grid is not None:
+        scale, zp, qmin, qmax = op.out_grid
+        if op.log or not (0 < scale < math.inf) or not qmin <= zp <= qmax or (1 / scale + abs(zp)) >= 2**22:
+            _fail(op, "an output grid on Softmax (not LogSoftmax): a positive scale, qmin <= zero point <= qmax, "
+                  "steps below 2^22", f"{op.out_grid}")
 
 
 def _verify_sigmoid(graph, op) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .arith import (acc_to_float, apply_terminal, eval_chain, level_count, log_softmax, multiply_streams, requantize,
-                    sigmoid, softmax)
+from .arith import (acc_to_float, apply_terminal, eval_chain, level_count, log_softmax, multiply_streams,
+                    quantize_dequantize, requantize, sigmoid, softmax)
 from .errors import BnncError
 
 BATCH = 32  # samples per chunk, to bound im2col memory
@@ -175,6 +175,8 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = _concat(op, [env[t] for t in op.inputs])
         elif isinstance(op, ir.Softmax):
             r = log_softmax(a) if op.log else softmax(a)
+            if op.out_grid is not None:
+                r = quantize_dequantize(r, *op.out_grid)
         elif isinstance(op, ir.Sigmoid):
             r = sigmoid(a, op.in_scale, op.frac_bits)
         elif isinstance(op, ir.Mul):

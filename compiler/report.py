@@ -98,6 +98,9 @@ def _layer_row(graph: ir.Graph, op, wb: int) -> dict:
     elif isinstance(op, ir.Softmax):
         row["notes"] = [f"float64 softmax (arith.softmax): error <= p * (2^-24 + 2^-42 + C * 2^-52) + 2^-150, "
                         f"C = {dst.shape[2]}"]
+        if op.out_grid is not None:
+            row["notes"].append(f"then the model's QuantizeLinear -> DequantizeLinear: steps of {op.out_grid[0]:.6g}, "
+                                f"zero point {op.out_grid[1]} (arith.quantize_dequantize; error <= half a step)")
     elif isinstance(op, ir.Sigmoid):
         row["notes"] = [f"sigmoid of the stream on the grid 2^-{op.frac_bits} (arith.sigmoid, float64): error <= "
                         f"2^-{op.frac_bits + 1} + {SIGMOID_EVAL_ERROR:.3g}"]

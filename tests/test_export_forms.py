@@ -1136,3 +1136,56 @@ def test_tflite_int8_squeeze_between_quantize_and_dequantize():
              helper.make_node("DequantizeLinear", ["sq", "s2", "z"], ["gd"]),
              helper.make_node("MatMul", ["gd", "fc"], ["y"])]
     _check(_model(nodes, inits, (1, 4, 6, 6), (1, 5)), Options(), exact=False)
+
+
+def _softmax_grid_model(seed, zp_type=np.uint8):
+    rng = np.random.default_rng(seed)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
+             "fc": (rng.standard_normal((6, 10)) * 0.05).astype(np.float32), "shape": np.array([1, -1], np.int64),
+             "ps": np.array(1 / 256, np.float32), "pz": np.array(0 if zp_type == np.uint8 else -128, zp_type)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["l"]),
+             helper.make_node("Softmax", ["l"], ["p"], axis=-1),
+             helper.make_node("QuantizeLinear", ["p", "ps", "pz"], ["pq"]),
+             helper.make_node("DequantizeLinear", ["pq", "ps", "pz"], ["y"])]
+    return _model(nodes, inits, (1, 4, 6, 6), (1, 10))
+
+
+@pytest.mark.parametrize("zp_type", [np.uint8, np.int8])
+def test_softmax_through_the_models_output_quantizer(zp_type):
+    """A full-integer TFLite classifier's output: Softmax -> QuantizeLinear (steps of 1/256) ->
+    DequantizeLinear. The quantizer is part of the Softmax op (out_grid); bit-exact in C and on a
+    Cortex-M0 (soft float), and the reference's rounding is onnxruntime's."""
+    graph = _check(_softmax_grid_model(17, zp_type), Options(), exact=False)
+    assert [op.out_grid for op in graph.ops() if isinstance(op, ir.Softmax)][0][0] == np.float32(1 / 256)
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 3, 2))
+    ref = driver.run_target(graph, "ref", inputs)
+    y, _ = targets.run(graph, "cortex-m0", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y.reshape(ref.shape), ref)
+
+
+def test_quantize_dequantize_rounds_as_onnxruntime():
+    """arith.quantize_dequantize against onnxruntime's QuantizeLinear -> DequantizeLinear on
+    probabilities, exact halves of a step included."""
+    from bnnc.arith import quantize_dequantize
+    from bnnc.original import OriginalModel
+
+    rng = np.random.default_rng(18)
+    p = np.concatenate([rng.random(4000), (np.arange(512) + 0.5) / 256, np.arange(257) / 256, [0.0, 1.0]])
+    p = p.astype(np.float32).reshape(1, -1)
+    for scale, zp, dtype, lo, hi in ((1 / 256, 0, np.uint8, 0, 255), (1 / 256, -128, np.int8, -128, 127),
+                                     (0.0123, 3, np.uint8, 0, 255)):
+        g = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                               helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "qdq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(p.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(p.shape))],
+                              [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+                               numpy_helper.from_array(np.array(zp, dtype), "z")])
+        want = OriginalModel(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])).run(p)
+        assert np.array_equal(quantize_dequantize(p, scale, zp, lo, hi), want.reshape(p.shape))

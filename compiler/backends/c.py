@@ -270,6 +270,11 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             if op.log:
                 L.update(sqrt2=c_double(SQRT2), log_coeffs=[c_double(x) for x in LOG_COEFFS])
             else:
+                L["grid"] = None
+                if op.out_grid is not None:
+                    scale, zp, qmin, qmax = op.out_grid
+                    L["grid"] = {"scale": c_float(np.float32(scale)), "zp": c_float(np.float32(zp)),
+                                 "qmin": c_float(np.float32(qmin)), "qmax": c_float(np.float32(qmax))}
                 L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
         elif isinstance(op, ir.Sigmoid):
             L.update(n=int(np.prod(oty.shape)), in_scale=c_double(op.in_scale), grid=c_double(2.0**op.frac_bits),

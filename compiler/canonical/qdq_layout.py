@@ -21,12 +21,29 @@ from .graph_edit import Names, constant_values, consumers, copy_model, graph_out
 LAYOUT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 
 
+INPUT_SIDE = {"Cast", "Sub", "Add", "Mul", "Div", "Identity", "QuantizeLinear", "DequantizeLinear"}
+
+
+def _input_side(g) -> set:
+    """The model input and what elementwise ops and casts compute from it alone (its
+    normalisation), before any layer: a quantizer of these is the input's own."""
+    side = {i.name for i in g.input}
+    grew = True
+    while grew:
+        grew = False
+        for n in g.node:
+            if n.op_type in INPUT_SIDE and n.input and n.input[0] in side and n.output[0] not in side:
+                side.add(n.output[0])
+                grew = True
+    return side
+
+
 def dequantize_before_layout_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     g = out.graph
     prods, readers, values, outs = producers(g), consumers(g), constant_values(g), graph_outputs(g)
     names = Names(g)
-    inputs = {i.name for i in g.input}
+    inputs = _input_side(g)
     changed = False
     for dq in list(g.node):
         if dq.op_type != "DequantizeLinear" or not is_standard(dq) or \

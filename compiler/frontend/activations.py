@@ -116,6 +116,10 @@ def trunc(ctx, node, *, signed=1, narrow=0, rounding_mode="FLOOR"):
 
 @handler("QuantizeLinear", ignores=("axis", "saturate", "block_size", "output_dtype"))
 def quantize_linear(ctx, node):
+    if node.inputs[0] in ctx.gridded_outputs:  # after a Softmax that holds it (heads._output_grid)
+        ctx.gridded_outputs.add(node.outputs[0])
+        ctx.set(node, ctx.val(node))
+        return
     v = ctx.val(node)
     scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
     zp = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.uint8(0)
@@ -134,6 +138,9 @@ def quantize_linear(ctx, node):
 
 @handler("DequantizeLinear", ignores=("block_size",))
 def dequantize_linear(ctx, node, *, axis=1):
+    if node.inputs[0] in ctx.gridded_outputs:  # the Softmax's output grid holds it
+        ctx.set(node, ctx.val(node))
+        return
     v = ctx.val(node)
     if ctx.integer_input(v):
         ctx.set(node, _dequantized_input(ctx, node, v, axis))

@@ -33,6 +33,7 @@ class LoweringContext:
         self.weight_bits_used: set = set()
         self.vals: dict = {}
         self.counter = 0
+        self.gridded_outputs: set = set()  # Softmax outputs whose Quantize/DequantizeLinear the op holds
         self.consumers = _consumers(lm)
         self.dynamic = _dynamic_tensors(lm)
         self.finished: dict = {}  # Convs whose epilogue is set: {name: their own ONNX nodes}

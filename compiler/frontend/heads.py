@@ -63,11 +63,39 @@ def log_softmax(ctx, node, *, axis=None):
     _softmax(ctx, node, axis, log=True)
 
 
+def _output_grid(ctx, node):
+    """(scale, zero point, qmin, qmax) where the Softmax's only reader is a QuantizeLinear whose only
+    reader is the DequantizeLinear (same scale and zero point) that makes the model output (a
+    full-integer TFLite classifier), else None."""
+    readers = ctx.consumers.get(node.outputs[0], [])
+    if len(readers) != 1 or readers[0].op != "QuantizeLinear" or len(readers[0].inputs) < 2:
+        return None
+    q = readers[0]
+    after = ctx.consumers.get(q.outputs[0], [])
+    if len(after) != 1 or after[0].op != "DequantizeLinear" or after[0].outputs[0] != ctx.lm.output_name:
+        return None
+    dq = after[0]
+    args = [[ctx.consts.get(t) if t else None for t in (n.inputs + ["", ""])[1:3]] for n in (q, dq)]
+    if any(a is None for a in args[0][:1] + args[1][:1]) or any(np.size(a) != 1 for pair in args for a in pair
+                                                                 if a is not None):
+        return None
+    (s, zp), (s2, zp2) = [(float(np.asarray(a).ravel()[0]), b if b is not None else np.uint8(0)) for a, b in args]
+    zp, zp2 = np.asarray(zp), np.asarray(zp2)
+    if s != s2 or zp.dtype != zp2.dtype or int(zp) != int(zp2) or zp.dtype.kind not in "iu" or not s > 0:
+        return None
+    info = np.iinfo(zp.dtype)
+    if 1 / s + abs(int(zp)) >= 2**22:
+        return None
+    return (s, int(zp), int(info.min), int(info.max))
+
+
 def _softmax(ctx, node, axis, log: bool):
     out = node.outputs[0]
-    if out != ctx.lm.output_name and any(u.op not in ("ArgMax", "TopK") for u in ctx.consumers.get(out, [])):
+    grid = None if log else _output_grid(ctx, node)
+    if out != ctx.lm.output_name and grid is None and \
+            any(u.op not in ("ArgMax", "TopK") for u in ctx.consumers.get(out, [])):
         raise BnncError(f"{where(node)}: {node.op} inside the network is not supported; bnnc computes it on the "
-                        "model output (the last layer's logits)")
+                        "model output (the last layer's logits, or their QuantizeLinear -> DequantizeLinear)")
     v = ctx.val(node)
     if isinstance(v, (IntsVal, IntChainVal)) and v.flat_from is None:
         v = identity_conv(ctx, node, v)  # a fixed-point tensor reaches real values as the model output does
@@ -89,6 +117,8 @@ def _softmax(ctx, node, axis, log: bool):
                         "computes it over the channel axis of (N, C) logits or of each pixel of (N, C, H, W)")
     name = ctx.new_name("logsoftmax" if log else "softmax")
     tname = name + "_out"
-    ctx.graph.add(ir.Softmax(name, [v.tensor], [tname], [node.name], log=log),
+    ctx.graph.add(ir.Softmax(name, [v.tensor], [tname], [node.name], log=log, out_grid=grid),
                   {tname: ir.Reals(ctx.graph.tensors[v.tensor].shape)})
     ctx.set(node, RealsVal(v.shape, [node.name], tensor=tname))
+    if grid is not None:  # the QuantizeLinear and DequantizeLinear after it: in the op (out_grid)
+        ctx.gridded_outputs.add(node.outputs[0])
