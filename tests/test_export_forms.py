@@ -1189,3 +1189,16 @@ def test_quantize_dequantize_rounds_as_onnxruntime():
                                numpy_helper.from_array(np.array(zp, dtype), "z")])
         want = OriginalModel(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])).run(p)
         assert np.array_equal(quantize_dequantize(p, scale, zp, lo, hi), want.reshape(p.shape))
+
+
+def test_softmax_probabilities_as_an_int8_output_are_refused_in_one_line():
+    """A full-integer TFLite classifier with int8 output (Softmax -> QuantizeLinear, no
+    DequantizeLinear): refused, naming the Softmax and the QuantizeLinear."""
+    from bnnc.errors import BnncError
+
+    model = _softmax_grid_model(19)
+    del model.graph.node[-1]
+    model.graph.node[-1].output[0] = "y"
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.UINT8
+    with pytest.raises(BnncError, match="the model output is its probabilities as the integers of QuantizeLinear"):
+        compile_graph(model, Options())

@@ -92,8 +92,12 @@ def _output_grid(ctx, node):
 def _softmax(ctx, node, axis, log: bool):
     out = node.outputs[0]
     grid = None if log else _output_grid(ctx, node)
-    if out != ctx.lm.output_name and grid is None and \
-            any(u.op not in ("ArgMax", "TopK") for u in ctx.consumers.get(out, [])):
+    readers = ctx.consumers.get(out, [])
+    if len(readers) == 1 and readers[0].op == "QuantizeLinear" and readers[0].outputs[0] == ctx.lm.output_name:
+        raise BnncError(f"{where(node)}: the model output is its probabilities as the integers of QuantizeLinear "
+                        f"'{readers[0].name}'; bnnc outputs real values: end the model with the DequantizeLinear "
+                        "(then the quantizer is computed exactly)")
+    if out != ctx.lm.output_name and grid is None and any(u.op not in ("ArgMax", "TopK") for u in readers):
         raise BnncError(f"{where(node)}: {node.op} inside the network is not supported; bnnc computes it on the "
                         "model output (the last layer's logits, or their QuantizeLinear -> DequantizeLinear)")
     v = ctx.val(node)
