@@ -160,7 +160,7 @@ def quantize_dequantize(p: np.ndarray, scale: float, zp: int, qmin: int, qmax: i
     """ONNX QuantizeLinear then DequantizeLinear of float32 `p` in float32 operations, as
     onnxruntime computes them: q = clamp(rint(p / scale) + zp, qmin, qmax) (round half to even),
     y = (q - zp) * scale. The generated C rounds with the 1.5 * 2^23 trick, exact for |p / scale|
-    < 2^22 (ir.Softmax.out_grid checks it)."""
+    below ir.QUANT_ROUND_LIMIT (ir.Softmax.out_grid checks it for probabilities p <= 1)."""
     s = np.float32(scale)
     q = np.clip(np.rint(np.asarray(p, np.float32) / s) + np.float32(zp), qmin, qmax).astype(np.float32)
     return ((q - np.float32(zp)) * s).astype(np.float32)

@@ -424,6 +424,9 @@ class Concat:
     source_ops: list = field(default_factory=list)  # ONNX nodes it came from, for messages
 
 
+QUANT_ROUND_LIMIT = 2**22  # 1 / scale + |zp| below this: C's 1.5 * 2^23 rounding of Softmax.out_grid is exact
+
+
 @dataclass
 class Softmax:
     """Softmax over C of each pixel of a Reals tensor (ONNX Softmax on the channel axis; the
@@ -1096,7 +1099,7 @@ def _verify_softmax(graph, op) -> None:
         _fail(op, "Softmax keeps its input's shape (Reals)", f"{src} -> {out}")
     if op.out_grid is not None:
         scale, zp, qmin, qmax = op.out_grid
-        if op.log or not (0 < scale < math.inf) or not qmin <= zp <= qmax or (1 / scale + abs(zp)) >= 2**22:
+        if op.log or not (0 < scale < math.inf) or not qmin <= zp <= qmax or (1 / scale + abs(zp)) >= QUANT_ROUND_LIMIT:
             _fail(op, "an output grid on Softmax (not LogSoftmax): a positive scale, qmin <= zero point <= qmax, "
                   "steps below 2^22", f"{op.out_grid}")
 

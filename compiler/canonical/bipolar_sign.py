@@ -23,7 +23,14 @@ import onnx
 from onnx import helper
 
 from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, constant_values, copy_model, drop_unused,
-                         is_standard, producers, scalar_constant, use_qonnx_domain)
+                         is_standard, producers, replace_node, scalar_constant, use_qonnx_domain)
+
+
+def _bipolar(names: Names, node: onnx.NodeProto, x: str, scale: str) -> onnx.NodeProto:
+    """BipolarQuant(x, scale) writing `node`'s output, under its name."""
+    return helper.make_node("BipolarQuant", [x, scale], [node.output[0]], name=node.name or names.fresh("BipolarQuant"),
+                            domain=QONNX_DOMAIN)
+
 
 def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
@@ -47,11 +54,7 @@ def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue
             if one is None:
                 one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
-            idx = list(g.node).index(outer)
-            g.node.remove(outer)
-            g.node.insert(idx, helper.make_node("BipolarQuant", [inner.input[0], one], [outer.output[0]],
-                                                name=outer.name or names.fresh("BipolarQuant"),
-                                                domain=QONNX_DOMAIN))
+            replace_node(g, outer, _bipolar(names, outer, inner.input[0], one))
             changed = True
             break
     if changed:
@@ -80,10 +83,7 @@ def bipolar_sign_from_where(model: onnx.ModelProto) -> onnx.ModelProto:
         if not (c > 0 and float(a) + float(b) == 0.0):
             continue
         scale = add_initializer(g, names, np.array(c, np.float32), "bipolar_scale")
-        idx = list(g.node).index(where)
-        g.node.remove(where)
-        g.node.insert(idx, helper.make_node("BipolarQuant", [test.input[0], scale], [where.output[0]],
-                                            name=where.name or names.fresh("BipolarQuant"), domain=QONNX_DOMAIN))
+        replace_node(g, where, _bipolar(names, where, test.input[0], scale))
         changed = True
     if changed:
         use_qonnx_domain(out)

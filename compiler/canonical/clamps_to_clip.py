@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, default_opset,
-                         drop_unused, graph_outputs, is_standard, producers, scalar_constant)
+                         drop_unused, graph_outputs, is_standard, producers, scalar_constant, sole_reader)
 
 
 def clamp_bounds(node: onnx.NodeProto, values: dict):
@@ -55,7 +55,7 @@ def clamps_to_clip(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         x, lo, hi = b
         chain = [last]
-        while x in prods and len(readers.get(x, [])) == 1 and x not in outs:
+        while x in prods and sole_reader(readers, outs, x) is not None:
             inner = clamp_bounds(prods[x], values)
             if inner is None or max(lo, inner[1]) > min(hi, inner[2]):
                 break

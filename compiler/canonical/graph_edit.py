@@ -103,6 +103,20 @@ class Names:
         return unique_name(self.taken, f"{hint}__canon")
 
 
+def sole_reader(readers: dict, outs: set, tensor: str):
+    """The one node that reads `tensor` (`readers` from `consumers`), where no other node reads it
+    and it is no graph output (`outs`); else None."""
+    rs = readers.get(tensor, [])
+    return rs[0] if len(rs) == 1 and tensor not in outs else None
+
+
+def replace_node(graph: onnx.GraphProto, old: onnx.NodeProto, new: onnx.NodeProto) -> None:
+    """Put `new` where `old` was in the graph's node list."""
+    idx = list(graph.node).index(old)
+    graph.node.remove(old)
+    graph.node.insert(idx, new)
+
+
 def add_initializer(graph: onnx.GraphProto, names: Names, value: np.ndarray, hint: str) -> str:
     name = names.fresh(hint)
     graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
@@ -222,11 +236,9 @@ def replace_with_quant(graph: onnx.GraphProto, names: Names, node: onnx.NodeProt
     s = add_initializer(graph, names, np.float32(scale), "quant_scale")
     zero = add_initializer(graph, names, np.float32(0.0), "quant_zero_point")
     width = add_initializer(graph, names, np.float32(bits), "quant_bit_width")
-    idx = list(graph.node).index(node)
-    graph.node.remove(node)
-    graph.node.insert(idx, helper.make_node("Quant", [x, s, zero, width], [node.output[0]],
-                                            name=node.name or names.fresh("Quant"), domain=QONNX_DOMAIN,
-                                            signed=int(signed), narrow=narrow, rounding_mode="ROUND"))
+    replace_node(graph, node, helper.make_node("Quant", [x, s, zero, width], [node.output[0]],
+                                               name=node.name or names.fresh("Quant"), domain=QONNX_DOMAIN,
+                                               signed=int(signed), narrow=narrow, rounding_mode="ROUND"))
 
 
 def ste_exact_below(model: onnx.ModelProto) -> dict:

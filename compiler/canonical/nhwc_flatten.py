@@ -28,7 +28,7 @@ import onnx
 
 from ..original import static_shapes
 from .graph_edit import Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused, \
-    graph_outputs, is_standard, producers
+    graph_outputs, is_standard, producers, sole_reader
 from .layout_transposes import BROADCAST, CUSTOM_ELEMENTWISE, UNARY, moves_only_unit_axes
 
 NHWC = [0, 2, 3, 1]
@@ -61,7 +61,7 @@ def _absorb(g: onnx.GraphProto, t: onnx.NodeProto, shapes: dict) -> bool:
     readers, values, outs, prods = consumers(g), constant_values(g), graph_outputs(g), producers(g)
     chain, cur, flat = [], t.output[0], False
     while True:
-        n = _single_reader(readers, outs, cur)
+        n = sole_reader(readers, outs, cur)
         if n is None or n.input[0] != cur or (not is_standard(n) and n.op_type not in CUSTOM_ELEMENTWISE
                                               and not _uniform_thresholds(n, values)):
             return False
@@ -111,11 +111,6 @@ def _row_axis_of(node, v, row_axis: int, d: int, ndim: int):
     if np.ndim(v) == 1:  # DequantizeLinear's per-axis parameters
         return 0 if node.op_type == "DequantizeLinear" and attrs(node).get("axis", 1) % ndim == row_axis else None
     return row_axis if np.shape(v)[row_axis] == d else None
-
-
-def _single_reader(readers: dict, outs: set, tensor: str):
-    rs = readers.get(tensor, [])
-    return rs[0] if len(rs) == 1 and tensor not in outs else None
 
 
 def _dense(n: onnx.NodeProto, values: dict, d: int, readers: dict, prods: dict, shapes: dict) -> bool:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph_edit import Names, constant_values, consumers, copy_model, graph_outputs, is_standard, producers
+from .graph_edit import (Names, constant_values, consumers, copy_model, graph_outputs, is_standard, producers,
+                         sole_reader)
 
 LAYOUT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
-
-
 INPUT_SIDE = {"Cast", "Sub", "Add", "Mul", "Div", "Identity", "QuantizeLinear", "DequantizeLinear"}
 
 
@@ -52,14 +51,13 @@ def dequantize_before_layout_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         chain, t = [], dq.input[0]
         while True:
             n = prods.get(t)
-            if n is None or not is_standard(n) or n.op_type not in LAYOUT or len(readers.get(t, [])) != 1 \
-                    or t in outs:
+            if n is None or not is_standard(n) or n.op_type not in LAYOUT or sole_reader(readers, outs, t) is None:
                 break
             chain.append(n)
             t = n.input[0]
         q = prods.get(t)
         if not chain or q is None or q.op_type != "QuantizeLinear" or not is_standard(q) or \
-                len(readers.get(t, [])) != 1 or t in outs or q.input[0] in inputs:
+                sole_reader(readers, outs, t) is None or q.input[0] in inputs:
             continue  # (the model input's own NHWC Transpose is read where it is)
         chain.reverse()  # from the QuantizeLinear's side
         moved = names.fresh(dq.output[0] + "_before_layout")

@@ -20,7 +20,8 @@ import onnx
 
 from .clamps_to_clip import clamp_bounds
 from .graph_edit import (Names, constant_values, consumers, copy_model, drop_unused, graph_outputs, is_standard,
-                         producers, quant_bit_range, replace_with_quant, scalar_constant, use_qonnx_domain)
+                         producers, quant_bit_range, replace_with_quant, scalar_constant, sole_reader,
+                         use_qonnx_domain)
 
 def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
@@ -30,20 +31,18 @@ def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     names = Names(g)
     changed = False
 
-    def only_reader(t: str) -> bool:
-        return len(readers.get(t, [])) == 1 and t not in outs
-
     for rnd in list(g.node):
         if rnd.op_type != "Round" or not is_standard(rnd):
             continue
         mul = prods.get(rnd.input[0])
-        if mul is None or mul.op_type != "Mul" or not is_standard(mul) or not only_reader(mul.output[0]):
+        if mul is None or mul.op_type != "Mul" or not is_standard(mul) or \
+                sole_reader(readers, outs, mul.output[0]) is None:
             continue
         operands = [(x, scalar_constant(values, c, "f")) for x, c in (tuple(mul.input), tuple(reversed(mul.input)))]
         x, k = next(((x, k) for x, k in operands if k is not None and x not in values), (None, None))
         if x is None or not float(k) > 0:
             continue
-        clamp = clamp_bounds(prods[x], values) if x in prods and only_reader(x) else None
+        clamp = clamp_bounds(prods[x], values) if x in prods and sole_reader(readers, outs, x) is not None else None
         if clamp is None:
             continue
         t, lo, hi = clamp

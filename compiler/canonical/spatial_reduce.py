@@ -63,9 +63,10 @@ def spatial_reduce_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
         elif axes != [2, 3]:
             continue
         hw = list(shape[1:3] if nhwc is not None else shape[2:])
-        if n.op_type != "ReduceMean" and not all(isinstance(d, (int, np.integer)) and d > 0 for d in hw):
-            continue  # a max pool needs the map's size
-        hw = [int(d) for d in hw] if n.op_type != "ReduceMean" else hw
+        if n.op_type != "ReduceMean":  # a max pool needs the map's size
+            if not all(isinstance(d, (int, np.integer)) and d > 0 for d in hw):
+                continue
+            hw = [int(d) for d in hw]
 
         def pool(dst: str) -> onnx.NodeProto:
             if n.op_type == "ReduceMean":

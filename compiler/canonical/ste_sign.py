@@ -53,9 +53,9 @@ import onnx
 from onnx import helper
 
 from ..original import MAX_IR_VERSION, static_shapes
-from .graph_edit import (QONNX_DOMAIN, constant_values, copy_model, default_opset, drop_unused, is_standard,
-                         onnxruntime_session, producers, rename_input, scalar_constant, set_ste_exact_below,
-                         ste_exact_below)
+from .graph_edit import (QONNX_DOMAIN, constant_values, copy_model, default_opset, drop_unused, graph_outputs,
+                         is_standard, onnxruntime_session, producers, rename_input, scalar_constant,
+                         set_ste_exact_below, ste_exact_below)
 
 MIN_EXACT_BELOW = 2.0**16  # an STE exact only on a narrower range is not a sign: left as it is
 
@@ -179,10 +179,11 @@ def simplify_ste_sign(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(out)
     shapes = None
     exact_below = ste_exact_below(out)
+    outs = graph_outputs(g)
     changed = False
     for add in list(g.node):
         if add.op_type != "Add" or not is_standard(add) or len(add.input) != 2 or \
-                add.output[0] in {o.name for o in g.output}:  # the model's output keeps its producer (and name)
+                add.output[0] in outs:  # the model's output keeps its producer (and name)
             continue
         for u, p in (tuple(add.input), tuple(reversed(add.input))):
             sub = prods.get(u)

@@ -21,7 +21,8 @@ import onnx
 from onnx import helper
 
 from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, constant_values, consumers, copy_model, drop_unused,
-                         graph_outputs, is_standard, producers, scalar_constant, use_qonnx_domain)
+                         graph_outputs, is_standard, producers, replace_node, scalar_constant, sole_reader,
+                         use_qonnx_domain)
 
 
 def _shifted(node, values: dict):
@@ -45,7 +46,7 @@ def ternary_sign_to_threshold(model: onnx.ModelProto) -> onnx.ModelProto:
     changed = False
 
     def only_reader(t: str) -> bool:
-        return len(readers.get(t, [])) == 1 and t not in outs
+        return sole_reader(readers, outs, t) is not None
 
     for outer in list(g.node):
         if outer.op_type != "Sign" or not is_standard(outer):
@@ -65,11 +66,9 @@ def ternary_sign_to_threshold(model: onnx.ModelProto) -> onnx.ModelProto:
         t = np.float32(t1)
         thresholds = np.array([[np.nextafter(-t, np.float32(np.inf)), t]], np.float32)
         thr = add_initializer(g, names, thresholds, "ternary_thresholds")
-        idx = list(g.node).index(outer)
-        g.node.remove(outer)
-        g.node.insert(idx, helper.make_node("MultiThreshold", [x1, thr], [outer.output[0]],
-                                            name=outer.name or names.fresh("MultiThreshold"), domain=QONNX_DOMAIN,
-                                            out_scale=1.0, out_bias=-1.0))
+        replace_node(g, outer, helper.make_node("MultiThreshold", [x1, thr], [outer.output[0]],
+                                                name=outer.name or names.fresh("MultiThreshold"),
+                                                domain=QONNX_DOMAIN, out_scale=1.0, out_bias=-1.0))
         changed = True
     if changed:
         use_qonnx_domain(out)

@@ -121,9 +121,7 @@ def quantize_linear(ctx, node):
         ctx.set(node, ctx.val(node))
         return
     v = ctx.val(node)
-    scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
-    zp = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.uint8(0)
-    zp = np.asarray(zp)
+    scale, zp = linear_quant_params(ctx, node)
     if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
         raise BnncError(f"{where(node)}: bnnc supports per-tensor QuantizeLinear (positive scalar scale) here")
     info = np.iinfo(zp.dtype)
@@ -149,9 +147,8 @@ def dequantize_linear(ctx, node, *, axis=1):
         raise BnncError(f"{where(node)}: DequantizeLinear must follow a QuantizeLinear (an int8 layer "
                         "boundary) or hold constant weights")
     term, qscale, qname = v.quant
-    scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
-    zp = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else 0
-    if scale.size != 1 or float(scale) != qscale or int(np.asarray(zp).ravel()[0]) != term.zero_point:
+    scale, zp = linear_quant_params(ctx, node)
+    if scale.size != 1 or float(scale) != qscale or int(zp.ravel()[0]) != term.zero_point:
         raise BnncError(f"{where(node)}: its scale/zero point differ from QuantizeLinear '{qname}'")
     if isinstance(v, InputVal):
         out = ctx.finish_input(node, replace(v, quant=None), term, zp_after_round=term.zero_point)
@@ -167,6 +164,14 @@ def dequantize_linear(ctx, node, *, axis=1):
         ctx.set(node, _activation_op(ctx, node, nv, term))
     else:
         ctx.set(node, ctx.finish_acc(nv, term, node))
+
+
+def linear_quant_params(ctx, node) -> tuple:
+    """(scale, zero point) of a QuantizeLinear / DequantizeLinear as arrays: the scale float32 (a
+    constant: refused otherwise), the zero point as stored, uint8 0 where it is absent."""
+    scale = np.asarray(ctx.const(node, 1, "scale"), dtype=np.float32)
+    zp = ctx.consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.uint8(0)
+    return scale, np.asarray(zp)
 
 
 def _dequantized_input(ctx, node, v: InputVal, axis: int) -> InputVal:

@@ -15,7 +15,7 @@ from ..onnx_loader import LoadedModel
 from ..passes.fold_batchnorm_into_thresholds import straight_through_notes
 from ..passes.quantize_input import input_grid
 from .registry import where
-from .streams import to_stream
+from .streams import TANH_UNQUANTIZED, to_stream
 from .values import AccVal, BitsVal, InputVal, IntsVal, RealsVal, Val
 
 FRAC_BITS = 16  # default fixed-point grid 2**-16 of real-valued streams whose scales are not on a coarser one
@@ -185,9 +185,7 @@ class LoweringContext:
             if v.pools:
                 raise BnncError(f"MaxPool on real-valued layer outputs ('{conv.name}') is not supported")
             if any(op.op == "tanh" for op in v.chain):
-                raise BnncError(f"{where(node) if node is not None else conv.name}: a Tanh of real-valued layer "
-                                "outputs that continue unquantized is not supported (before a quantizer or a "
-                                "sign it is: its thresholds are found exactly)")
+                raise BnncError(f"{where(node) if node is not None else conv.name}: {TANH_UNQUANTIZED}")
             self.graph.tensors[conv.outputs[0]] = ir.Reals(oshape)
             cls, scale = RealsVal, 1.0
         else:

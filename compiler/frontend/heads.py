@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import BnncError
+from .activations import linear_quant_params
 from .linear import identity_conv
 from .registry import handler, where
 from .values import AccVal, IndexVal, IntChainVal, IntsVal, RealsVal
@@ -68,23 +69,22 @@ def _output_grid(ctx, node):
     reader is the DequantizeLinear (same scale and zero point) that makes the model output (a
     full-integer TFLite classifier), else None."""
     readers = ctx.consumers.get(node.outputs[0], [])
-    if len(readers) != 1 or readers[0].op != "QuantizeLinear" or len(readers[0].inputs) < 2:
+    if len(readers) != 1 or readers[0].op != "QuantizeLinear":
         return None
     q = readers[0]
     after = ctx.consumers.get(q.outputs[0], [])
     if len(after) != 1 or after[0].op != "DequantizeLinear" or after[0].outputs[0] != ctx.lm.output_name:
         return None
-    dq = after[0]
-    args = [[ctx.consts.get(t) if t else None for t in (n.inputs + ["", ""])[1:3]] for n in (q, dq)]
-    if any(a is None for a in args[0][:1] + args[1][:1]) or any(np.size(a) != 1 for pair in args for a in pair
-                                                                 if a is not None):
+    if any(len(n.inputs) < 2 or n.inputs[1] not in ctx.consts for n in (q, after[0])):
         return None
-    (s, zp), (s2, zp2) = [(float(np.asarray(a).ravel()[0]), b if b is not None else np.uint8(0)) for a, b in args]
-    zp, zp2 = np.asarray(zp), np.asarray(zp2)
-    if s != s2 or zp.dtype != zp2.dtype or int(zp) != int(zp2) or zp.dtype.kind not in "iu" or not s > 0:
+    (scale, zp), (scale2, zp2) = linear_quant_params(ctx, q), linear_quant_params(ctx, after[0])
+    if any(np.size(a) != 1 for a in (scale, zp, scale2, zp2)) or zp.dtype.kind not in "iu" or zp.dtype != zp2.dtype:
+        return None
+    s = float(scale.ravel()[0])
+    if s != float(scale2.ravel()[0]) or int(zp) != int(zp2) or not s > 0:
         return None
     info = np.iinfo(zp.dtype)
-    if 1 / s + abs(int(zp)) >= 2**22:
+    if 1 / s + abs(int(zp)) >= ir.QUANT_ROUND_LIMIT:
         return None
     return (s, int(zp), int(info.min), int(info.max))
 

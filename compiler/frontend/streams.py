@@ -18,6 +18,9 @@ STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128
 #                           pool of more than 256 such pixels sums beyond 32 bits: its output range says so and
 #                           the backends store it (and accumulate it) in 64 bits, exactly (pack_bits.storage_dtype)
 MAX_STREAM_FRAC_BITS = 24  # the finest grid of a real-valued stream
+# why a Tanh whose values continue unquantized (a stream, a real output) is refused
+TANH_UNQUANTIZED = ("a Tanh of a real-valued tensor that continues unquantized is not supported (before a quantizer "
+                    "or a sign it is: its thresholds are found exactly)")
 WIDE_STREAM_LIMIT = 2**30 - 1  # a stream whose values can reach beyond STREAM_LIMIT (wide BatchNorm scales, sums
 #                                of residual branches) widens up to this, still 32-bit, instead of saturating;
 #                                beyond it saturation is reachable and stated (Requantize.reach, approximations)
@@ -312,8 +315,7 @@ def _affine_chain(node, chain: list, o: int) -> list:
             relu = True
             continue
         if op.op == "tanh":
-            raise BnncError(f"{where(node)}: a Tanh of a real-valued tensor that continues unquantized is not "
-                            "supported (before a quantizer or a sign it is: its thresholds are found exactly)")
+            raise BnncError(f"{where(node)}: {TANH_UNQUANTIZED}")
         c = [Fraction(float(x)) for x in np.broadcast_to(np.asarray(op.const, np.float32), (o,))]
         if op.op == "mul":
             a = [x * y for x, y in zip(a, c)]

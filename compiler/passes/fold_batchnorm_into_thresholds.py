@@ -279,6 +279,8 @@ def _near_ties(chain: ir.Chain, th: ir.Thresholds, lo: np.ndarray, hi: np.ndarra
 
 
 def _note_level_ties(lt: ir.LevelThresholds, chain: ir.Chain, lo: np.ndarray, hi: np.ndarray) -> None:
+    """The notes of a folded level epilogue: the straight-through bound, then the steps at ties."""
+    lt.notes += straight_through_notes(chain, lo, hi)
     lt.near_ties = _near_level_ties(chain, lt, lo, hi)
     if lt.near_ties:
         lt.notes.append(f"{lt.near_ties} step(s) where the float32 chain is within rounding of the level boundary: "
@@ -325,7 +327,6 @@ def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
     source = getattr(term, "source", op.name)
     if isinstance(term, (ir.LevelTerminal, ir.RoundClampTerminal)):
         lt = fold_levels(chain, lo, hi, source, getattr(term, "out_scale", 1.0))
-        lt.notes += straight_through_notes(chain, lo, hi)
         _note_level_ties(lt, chain, lo, hi)
         return lt
     if isinstance(term, ir.ThresholdTerminal) and term.thresholds.shape[1] != 1:
@@ -338,7 +339,6 @@ def _fold_chain(graph: ir.Graph, op, chain: ir.Chain, lo, hi):
         lt = fold_levels(chain, lo, hi, source, term.out_scale)
         lt.notes.append("ONNX Sign outputs an exact 0 at reachable values: executed as a ternary "
                         "activation {-1, 0, +1}")
-        lt.notes += straight_through_notes(chain, lo, hi)
         _note_level_ties(lt, chain, lo, hi)
         _retype_to_ints(graph, op.outputs[0], -1, 1)
         return lt
