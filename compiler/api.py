@@ -23,6 +23,7 @@ import onnx
 
 from . import driver, ir, ir_dump, progress, targets, userfiles
 from .errors import BnncError
+from .onnx_loader import with_input_shape
 from .passes.quantize_input import InputAffine
 from .pipeline import Options, compile_graph
 from .targets import TargetOptions
@@ -98,6 +99,17 @@ def _input_range(value) -> Optional[tuple]:
         return int(lo), int(hi)
     except (TypeError, ValueError):
         raise BnncError(f"--input-range {value!r} is not (LO, HI)") from None
+
+
+def _input_shape(value) -> tuple:
+    """--input-shape N,C,H,W (a string) or a sequence of positive integers."""
+    try:
+        dims = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise BnncError(f"--input-shape {value!r} is not a list of dimensions such as 1,3,32,32") from None
+    if not dims or min(dims) < 1:
+        raise BnncError(f"--input-shape {value!r}: the dimensions must be positive")
+    return dims
 
 
 def _weight_bits(value) -> dict:
@@ -340,7 +352,7 @@ def load(model, what: str = "model") -> tuple:
 def compile(model, target: str = "c", *, name: str = "bnnc", mcu: Optional[str] = None, folding=None,
             target_cycles: Optional[int] = None, flash=None, ram=None, clock_mhz=None, input_scale=None,
             input_range=None, input_offset=None, input_mean=None, input_std=None, frac_bits: Optional[int] = None,
-            weight_bits=None) -> Compiled:
+            weight_bits=None, input_shape=None) -> Compiled:
     """Compile `model` (a path or an onnx.ModelProto) for `target`: ref, c, cortex-m0, cortex-m4,
     cortex-m7, rv32imc, rv32imc_zbb, verilog or hls (`target="c", mcu="cortex-m4"` is the same as target="cortex-m4").
     The options are the command line's flags of the same names, with the same values (strings as
@@ -350,5 +362,7 @@ def compile(model, target: str = "c", *, name: str = "bnnc", mcu: Optional[str] 
     options = lowering_options(input_scale, input_range, input_offset, input_mean, input_std, frac_bits,
                                weight_bits)
     proto, source = load(model)
+    if input_shape is not None:  # the model as the user declares it: what verify runs too
+        proto = with_input_shape(proto, _input_shape(input_shape))
     return Compiled(proto, compile_graph(proto, options), target, opts, source, options)
 

@@ -156,14 +156,19 @@ def softmax_exp(d: np.ndarray) -> np.ndarray:
     return np.where(live, p * pow2, 0.0)
 
 
-def quantize_dequantize(p: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> np.ndarray:
-    """ONNX QuantizeLinear then DequantizeLinear of float32 `p` in float32 operations, as
-    onnxruntime computes them: q = clamp(rint(p / scale) + zp, qmin, qmax) (round half to even),
-    y = (q - zp) * scale. The generated C rounds with the 1.5 * 2^23 trick, exact for |p / scale|
-    below ir.QUANT_ROUND_LIMIT (ir.Softmax.out_grid checks it for probabilities p <= 1)."""
+def quantize_linear(p: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> np.ndarray:
+    """ONNX QuantizeLinear of float32 `p` in float32 operations, as onnxruntime computes it:
+    q = clamp(rint(p / scale) + zp, qmin, qmax) (round half to even), integers held in float32.
+    The generated C rounds with the 1.5 * 2^23 trick, exact for |p / scale| below
+    ir.QUANT_ROUND_LIMIT (ir.Softmax.out_grid checks it for probabilities p <= 1)."""
     s = np.float32(scale)
-    q = np.clip(np.rint(np.asarray(p, np.float32) / s) + np.float32(zp), qmin, qmax).astype(np.float32)
-    return ((q - np.float32(zp)) * s).astype(np.float32)
+    return np.clip(np.rint(np.asarray(p, np.float32) / s) + np.float32(zp), qmin, qmax).astype(np.float32)
+
+
+def dequantize_linear(q: np.ndarray, scale: float, zp: int) -> np.ndarray:
+    """ONNX DequantizeLinear of integers q (held in float32) in float32, as onnxruntime computes
+    it: (q - zp) * scale."""
+    return ((np.asarray(q, np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -22,11 +22,12 @@ Per op (E_in the input's bound per channel):
   - a sign / threshold / levels: exact except where the compared value lies within its bound of a
     step (a near tie: the report gives the margin); the bounds after it assume no near tie flipped;
 - Activation: its epilogue on the input integers (the accumulator is the input value);
-- MaxPool, Concat: the input's bound (a max of values each within E is within E of the real max);
+- MaxPool, Concat, Gather: the input's bound (a max of values each within E is within E of the real max);
   SumPool / GlobalSumPool: the window's sum of bounds, in the output's scale; residual Add: the
   sum of both bounds + half an output step where it rounds;
-- Sigmoid: min(E / 4, 1) (sigmoid is 1/4-Lipschitz) + its own `max_error` (the grid's half step
-  and the float64 evaluation, arith.sigmoid);
+- Sigmoid: min(E k / 4, 1) (sigmoid is 1/4-Lipschitz; k = in_scale / the input's scale, 2 for a
+  tanh = 2 sigmoid(2x) - 1, whose Activation doubles the result) + its own `max_error` (the grid's
+  half step and the float64 evaluation, arith.sigmoid);
 - Mul of two streams a, b (values up to A, B): (A + E_a) E_b + B E_a, + half an output step where
   it rounds;
 - Softmax: min(E / 2, e^(2E) - 1) for the input's error (the Jacobian's rows sum to at most 1/2;
@@ -102,6 +103,8 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             e = _epilogue(op.epilogue, e_acc, lo, hi, src.scale, lb)
         elif isinstance(op, (ir.MaxPool, ir.Concat)):
             e = np.concatenate([tensors[t] for t in op.inputs])
+        elif isinstance(op, ir.Gather):  # values moved, not changed
+            e = tensors[op.inputs[0]] if op.channels is None else tensors[op.inputs[0]][list(op.channels)]
         elif isinstance(op, ir.Flatten):  # pixel after pixel: each channel's bound at every pixel
             src = graph.tensors[op.inputs[0]]
             e = np.tile(tensors[op.inputs[0]], src.shape[0] * src.shape[1])
@@ -127,8 +130,10 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             # |dp_i / dx_j| rows sum to 2 p_i (1 - p_i) <= 1/2, and p_i(x + d) / p_i(x) <= e^(2 |d|)
             e = np.full(c, min(e_in / 2, np.expm1(2 * e_in)) + lb.local)
         elif isinstance(op, ir.Sigmoid):
-            # sigmoid is 1/4-Lipschitz and its values lie in [0, 1]
-            e = np.minimum(tensors[op.inputs[0]] / 4, 1.0) + op.max_error
+            # sigmoid is 1/4-Lipschitz and its values lie in [0, 1]; its input x = q * in_scale (twice
+            # the stream's scale for a tanh) is off by the stream's bound times in_scale / scale
+            src = graph.tensors[op.inputs[0]]
+            e = np.minimum(tensors[op.inputs[0]] * (op.in_scale / src.scale) / 4, 1.0) + op.max_error
         elif isinstance(op, ir.Mul):
             e = _product(graph, op, tensors, lb)
         elif isinstance(op, ir.ArgMax):

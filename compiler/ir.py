@@ -11,7 +11,8 @@ Tensors (all activations are stored channel-last, shape (H, W, C); a dense vecto
 
 Ops (fields documented on each class): `InputQuantize`, `Conv` (dense layers are convs whose
 kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `Flatten` (an (H, W, C) integer tensor
-as one vector), `ArgMax`, and for the compressed
+as one vector), `Gather` (values moved: nearest-neighbour
+upsampling, slices of rows, columns or channels), `ArgMax`, and for the compressed
 families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
 (channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
@@ -359,6 +360,23 @@ class Flatten:
 
 
 @dataclass
+class Gather:
+    """Values of a Bits or Ints tensor moved, not changed: out[y, x, c] = in[rows[y], cols[x],
+    channels[c]] (channels None: all, in order); type, range and scale unchanged. A nearest-
+    neighbour Resize / Upsample (the row and column each output pixel takes as the model's own
+    coordinate and rounding modes pick them: frontend/resize.py), a Slice of the channels or of
+    rows and columns, the parts of a Split (frontend/slicing.py)."""
+
+    name: str
+    inputs: list
+    outputs: list
+    rows: tuple = ()  # input row of each output row
+    cols: tuple = ()  # input column of each output column
+    channels: Optional[tuple] = None  # input channel of each output channel
+    source_ops: list = field(default_factory=list)
+
+
+@dataclass
 class ArgMax:
     """Indices of the k largest values along C, descending, lower index first among equals."""
 
@@ -424,6 +442,9 @@ class Concat:
     source_ops: list = field(default_factory=list)  # ONNX nodes it came from, for messages
 
 
+# the integer model outputs a QuantizeLinear writes (its q itself, no DequantizeLinear after it), as C
+# and the MCUs store them; "int32" outputs are TopK / ArgMax indices
+OUTPUT_INT_DTYPES = ("int8", "uint8", "int16", "uint16")
 QUANT_ROUND_LIMIT = 2**22  # 1 / scale + |zp| below this: C's 1.5 * 2^23 rounding of Softmax.out_grid is exact
 
 
@@ -442,8 +463,14 @@ class Softmax:
     source_ops: list = field(default_factory=list)
     log: bool = False
     # (scale, zero_point, qmin, qmax): the probabilities through the model's QuantizeLinear ->
-    # DequantizeLinear (a full-integer TFLite classifier's output), as arith.quantize_dequantize
+    # DequantizeLinear (a full-integer TFLite classifier's output), as arith.quantize_linear and
+    # arith.dequantize_linear compute them; with
+    # an Ints output tensor, the QuantizeLinear's integers q themselves (arith.quantize_linear: an
+    # int8 / uint8 model output)
     out_grid: Optional[tuple] = None
+    # (zero_point, qmin, qmax): after out_grid's DequantizeLinear, a QuantizeLinear of the same scale
+    # (TFLite's int8 -> uint8 output requantization): q = clamp(q - zp + zero_point, qmin, qmax)
+    requant: Optional[tuple] = None
 
 
 @dataclass
@@ -566,8 +593,8 @@ def conv_sum_multipliers(op: ConvSum) -> tuple:
     return unit, list(ks)
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, ArgMax, Activation, Add, SumPool, Concat, Softmax,
-           Sigmoid, Mul, ConvSum]
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, Gather, ArgMax, Activation, Add, SumPool, Concat,
+           Softmax, Sigmoid, Mul, ConvSum]
 
 
 def output_in_model_order(graph: "Graph", y: np.ndarray) -> np.ndarray:
@@ -631,7 +658,8 @@ class Graph:
         self.input = input_name
         self.input_info = dict(input_info)  # {"shape": (C,H,W), "dtype": ..., "onnx_name": ...}
         self.output = output_name
-        self.output_info = dict(output_info)  # {"shape": tuple, "dtype": "float32"|"int32", ...}
+        # {"shape": tuple, "dtype": "float32" | "int32" (TopK / ArgMax indices) | one of OUTPUT_INT_DTYPES, ...}
+        self.output_info = dict(output_info)
         self.notes: list = []  # compile-time findings shown by `bnnc report`
 
     # -- construction
@@ -743,10 +771,18 @@ def verify(graph: "Graph") -> None:
             _fail(graph.op(name), "exactly the declared outputs", f"its output '{t}' is read by no op "
                   f"and is not the graph output '{graph.output}'")
     out_ty = graph.tensors[graph.output]
-    want = {"float32": Reals, "int32": Ints}.get(graph.output_info.get("dtype"))
+    dtype = graph.output_info.get("dtype")
+    want = {"float32": Reals, "int32": Ints}.get(dtype, Ints if dtype in OUTPUT_INT_DTYPES else None)
     if want is not None and not isinstance(out_ty, want):
-        raise IRError(f"graph: output '{graph.output}' is {type(out_ty).__name__} but output_info says "
-                      f"{graph.output_info.get('dtype')}")
+        raise IRError(f"graph: output '{graph.output}' is {type(out_ty).__name__} but output_info says {dtype}")
+    if dtype in OUTPUT_INT_DTYPES:
+        info = np.iinfo(dtype)
+        # the backends store the output tensor in the smallest type holding its range: the output's own width
+        narrower = [t for t in OUTPUT_INT_DTYPES if np.iinfo(t).bits < info.bits
+                    and np.iinfo(t).min <= out_ty.lo and out_ty.hi <= np.iinfo(t).max]
+        if not (info.min <= out_ty.lo <= out_ty.hi <= info.max) or narrower:
+            raise IRError(f"graph: output '{graph.output}' holds [{out_ty.lo}, {out_ty.hi}], which its {dtype} "
+                          "does not store in its own width")
 
 
 def _fail(op, rule: str, detail: str):
@@ -1031,6 +1067,23 @@ def _verify_flatten(graph, op) -> None:
         _fail(op, "Flatten keeps the values: Ints (1, 1, H * W * C) of the input's range and scale", f"{src} -> {out}")
 
 
+def _verify_gather(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Bits, Ints))
+    out = graph.tensors[op.outputs[0]]
+    h, w, c = src.shape
+    channels = tuple(range(c)) if op.channels is None else op.channels
+    same = type(out) is type(src) and out.scale == src.scale and \
+        (isinstance(out, Bits) or (out.lo, out.hi) == (src.lo, src.hi))
+    if not same or tuple(out.shape) != (len(op.rows), len(op.cols), len(channels)):
+        _fail(op, "Gather keeps the values: its input's type, range and scale, (len(rows), len(cols), "
+              "len(channels))", f"{src} -> {out}, {len(op.rows)} rows, {len(op.cols)} cols, {len(channels)} channels")
+    if not all(0 <= r < h for r in op.rows) or not all(0 <= x < w for x in op.cols) \
+            or not all(0 <= k < c for k in channels) or not channels:
+        _fail(op, "Gather takes input rows, columns and channels that exist",
+              f"rows {op.rows}, cols {op.cols}, channels {op.channels} of {h}x{w}x{c}")
+
+
 def _verify_arg_max(graph, op) -> None:
     _arity(op, 1)
     src = _input_type(graph, op, 0, (Reals, Ints))
@@ -1095,10 +1148,19 @@ def _verify_softmax(graph, op) -> None:
     _arity(op, 1)
     src = _input_type(graph, op, 0, (Reals,))
     out = graph.tensors[op.outputs[0]]
-    if not isinstance(out, Reals) or tuple(out.shape) != tuple(src.shape):
-        _fail(op, "Softmax keeps its input's shape (Reals)", f"{src} -> {out}")
+    integers = isinstance(out, Ints) and op.out_grid is not None
+    if not (isinstance(out, Reals) or integers) or tuple(out.shape) != tuple(src.shape):
+        _fail(op, "Softmax keeps its input's shape (Reals, or Ints of its output grid's integers)", f"{src} -> {out}")
     if op.out_grid is not None:
         scale, zp, qmin, qmax = op.out_grid
+        lo, hi = (op.requant or op.out_grid)[-2:]
+        if integers and (out.lo, out.hi, out.scale) != (lo, hi, 1.0):
+            _fail(op, "the integers of an output grid span its last [qmin, qmax] with step 1", f"{out}")
+        if op.requant is not None and not (op.requant[1] <= op.requant[0] <= op.requant[2]
+                                           and abs(op.requant[0]) < QUANT_ROUND_LIMIT):
+            _fail(op, "a requantization's zero point within its [qmin, qmax]", f"{op.requant}")
+    elif op.requant is not None:
+        _fail(op, "a requantization follows an output grid", f"{op.requant}")
         if op.log or not (0 < scale < math.inf) or not qmin <= zp <= qmax or (1 / scale + abs(zp)) >= QUANT_ROUND_LIMIT:
             _fail(op, "an output grid on Softmax (not LogSoftmax): a positive scale, qmin <= zero point <= qmax, "
                   "steps below 2^22", f"{op.out_grid}")
@@ -1131,10 +1193,10 @@ def _verify_mul(graph, op) -> None:
 
 
 _INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
-                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
+                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Gather: (Bits, Ints), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
                 Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Mul: (Ints,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,
            MaxPool: _verify_max_pool, SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool,
-           Flatten: _verify_flatten,
+           Flatten: _verify_flatten, Gather: _verify_gather,
            ArgMax: _verify_arg_max, Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax,
            Sigmoid: _verify_sigmoid, Mul: _verify_mul}

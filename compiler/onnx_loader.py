@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from .canonical.external_data import load_external_data
 from .canonical.graph_edit import ste_exact_below
-from .errors import BnncError
+from .errors import BnncError, one_line
 from .userfiles import read_bytes
 
 CUSTOM_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "finn")
@@ -137,7 +137,7 @@ def load(model: onnx.ModelProto) -> LoadedModel:
             shape.append(1)  # symbolic batch: compile for one sample
         else:
             raise BnncError(f"input '{inp.name}' has a dynamic dimension {i} ('{d.dim_param}'); "
-                            "bnnc needs static shapes")
+                            "bnnc needs static shapes: declare them with --input-shape N,C,H,W")
     if not shape or shape[0] != 1:
         raise BnncError(f"input '{inp.name}' has shape {shape}; bnnc compiles for a batch of 1")
     annotations = {}
@@ -165,6 +165,38 @@ def load(model: onnx.ModelProto) -> LoadedModel:
             lm.nodes.append(node)
     validate.check_loaded(lm, model)
     return lm
+
+
+def with_input_shape(model: onnx.ModelProto, shape: tuple) -> onnx.ModelProto:
+    """A copy of `model` whose input has the static `shape` (--input-shape), where the file leaves
+    dimensions open (a dynamic batch, H and W of a fully convolutional export) or gives these:
+    the shapes the file records for other tensors are dropped (shape inference finds them again
+    from the input), and a shape the graph cannot take is refused."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name for t in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise BnncError(f"bnnc compiles models with exactly one input; this one has {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != len(shape):
+        raise BnncError(f"--input-shape {','.join(map(str, shape))} has {len(shape)} dimensions; input "
+                        f"'{inputs[0].name}' has {len(dims)}")
+    for i, (d, n) in enumerate(zip(dims, shape)):
+        if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != n:
+            raise BnncError(f"--input-shape {','.join(map(str, shape))}: dimension {i} of input "
+                            f"'{inputs[0].name}' is {d.dim_value} in the model")
+        d.Clear()
+        d.dim_value = n
+    del m.graph.value_info[:]
+    for o in m.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    except Exception as e:
+        raise BnncError(f"--input-shape {','.join(map(str, shape))}: the model's shapes do not follow from it "
+                        f"({one_line(str(e))[:200]})") from None
+    return m
 
 
 def foldable(node: Node, consts: dict) -> bool:
@@ -283,6 +315,14 @@ def _quant_integers(node, x, scale, zp, bw):
     return np.rint(k).astype(np.int64), np.broadcast_to(np.asarray(scale, np.float32), k.shape)
 
 
+def int_range(dtype) -> tuple:
+    """(lo, hi) of an integer dtype, the 4-bit ones onnx decodes to (ml_dtypes int4 / uint4) included."""
+    import ml_dtypes
+
+    info = ml_dtypes.iinfo(dtype) if np.dtype(dtype).kind == "V" else np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
 def _axis_param(p, x, axis):
     """A QuantizeLinear/DequantizeLinear scale or zero point broadcast along `axis` of x."""
     p = np.asarray(p)
@@ -388,10 +428,10 @@ def fold(node: Node, consts: dict, opset: int = 0) -> None:
         elif op == "QuantizeLinear":
             axis = a.get("axis", 1)
             zp = x[2] if len(x) > 2 and x[2] is not None else np.uint8(0)
-            info = np.iinfo(np.asarray(zp).dtype)
+            lo, hi = int_range(np.asarray(zp).dtype)
             v = np.rint(x[0].astype(np.float32) / _axis_param(x[1], x[0], axis).astype(np.float32))
             v = v + _axis_param(zp, x[0], axis).astype(np.float64)
-            r = [np.clip(v, info.min, info.max).astype(np.asarray(zp).dtype)]
+            r = [np.clip(v, lo, hi).astype(np.asarray(zp).dtype)]
         elif op == "DequantizeLinear":
             axis = a.get("axis", 1)
             q = x[0].astype(np.int64)

@@ -324,6 +324,30 @@ def rewrite_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _four_bit_output_as_bytes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with a 4-bit integer output (int4 / uint4) Cast to 8 bits, the same values:
+    onnxruntime's Python API returns no 4-bit arrays."""
+    out = model.graph.output[0]
+    wide = {onnx.TensorProto.INT4: onnx.TensorProto.INT8,
+            onnx.TensorProto.UINT4: onnx.TensorProto.UINT8}.get(out.type.tensor_type.elem_type)
+    if wide is None:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    taken = {t for n in m.graph.node for t in (*n.input, *n.output)} | {t.name for t in m.graph.initializer}
+    name, src = unique_name(taken, out.name + "_bytes"), out.name
+    if _default_opset(m) < 21:  # no standard 4-bit Cast yet: onnxruntime's own DequantizeLinear, scale 1
+        one, real = unique_name(taken, "one"), unique_name(taken, out.name + "_real")
+        m.graph.initializer.append(helper.make_tensor(one, onnx.TensorProto.FLOAT, [], [1.0]))
+        m.graph.node.append(helper.make_node("DequantizeLinear", [src, one], [real], domain="com.microsoft"))
+        if not any(o.domain == "com.microsoft" for o in m.opset_import):
+            m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        src = real
+    m.graph.node.append(helper.make_node("Cast", [src], [name], to=wide))
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info(name, wide, None))
+    return m
+
+
 class OriginalModel:
     """The original model, custom ops rewritten, in one onnxruntime CPU session (no graph
     optimizations, so the float arithmetic is the node-by-node arithmetic of the model)."""
@@ -331,7 +355,7 @@ class OriginalModel:
     def __init__(self, model: onnx.ModelProto):
         import onnxruntime as ort
 
-        self.model = rewrite_custom_ops(model)
+        self.model = _four_bit_output_as_bytes(rewrite_custom_ops(model))
         g = self.model.graph
         inits = {t.name for t in g.initializer}
         inputs = [i for i in g.input if i.name not in inits]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .arith import (acc_to_float, apply_terminal, eval_chain, level_count, log_softmax, multiply_streams,
-                    quantize_dequantize, requantize, sigmoid, softmax)
+from .arith import (acc_to_float, apply_terminal, dequantize_linear, eval_chain, level_count, log_softmax,
+                    multiply_streams, quantize_linear, requantize, sigmoid, softmax)
 from .errors import BnncError
 
 BATCH = 32  # samples per chunk, to bound im2col memory
@@ -159,6 +159,9 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = a.astype(np.int64).sum(axis=(1, 2), keepdims=True)
         elif isinstance(op, ir.Flatten):
             r = a.reshape(a.shape[0], 1, 1, -1)
+        elif isinstance(op, ir.Gather):
+            r = a[:, np.asarray(op.rows, np.int64)][:, :, np.asarray(op.cols, np.int64)]
+            r = r if op.channels is None else r[..., np.asarray(op.channels, np.int64)]
         elif isinstance(op, ir.ArgMax):
             r = _argmax(op, a)
         elif isinstance(op, ir.Activation):
@@ -176,7 +179,12 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
         elif isinstance(op, ir.Softmax):
             r = log_softmax(a) if op.log else softmax(a)
             if op.out_grid is not None:
-                r = quantize_dequantize(r, *op.out_grid)
+                r = quantize_linear(r, *op.out_grid)
+                zp = op.out_grid[1]
+                if op.requant is not None:  # the DequantizeLinear -> QuantizeLinear of one scale
+                    r = np.clip(r - np.float32(zp) + np.float32(op.requant[0]), op.requant[1], op.requant[2])
+                    zp = op.requant[0]
+                r = r.astype(np.int64) if isinstance(oty, ir.Ints) else dequantize_linear(r, op.out_grid[0], zp)
         elif isinstance(op, ir.Sigmoid):
             r = sigmoid(a, op.in_scale, op.frac_bits)
         elif isinstance(op, ir.Mul):

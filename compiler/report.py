@@ -99,8 +99,11 @@ def _layer_row(graph: ir.Graph, op, wb: int) -> dict:
         row["notes"] = [f"float64 softmax (arith.softmax): error <= p * (2^-24 + 2^-42 + C * 2^-52) + 2^-150, "
                         f"C = {dst.shape[2]}"]
         if op.out_grid is not None:
-            row["notes"].append(f"then the model's QuantizeLinear -> DequantizeLinear: steps of {op.out_grid[0]:.6g}, "
-                                f"zero point {op.out_grid[1]} (arith.quantize_dequantize; error <= half a step)")
+            ops = "QuantizeLinear" + (" -> DequantizeLinear -> QuantizeLinear" if op.requant else "") + \
+                ("" if isinstance(dst, ir.Ints) else " -> DequantizeLinear")
+            row["notes"].append(f"then the model's {ops}: steps of {op.out_grid[0]:.6g}, zero point "
+                                f"{op.requant[0] if op.requant else op.out_grid[1]} (arith.quantize_linear; error <= "
+                                "half a step)")
     elif isinstance(op, ir.Sigmoid):
         row["notes"] = [f"sigmoid of the stream on the grid 2^-{op.frac_bits} (arith.sigmoid, float64): error <= "
                         f"2^-{op.frac_bits + 1} + {SIGMOID_EVAL_ERROR:.3g}"]

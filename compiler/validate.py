@@ -39,7 +39,7 @@ CUSTOM_ATTRIBUTE_TYPES = {
 CUSTOM_INPUTS = {"Quant": 4, "BipolarQuant": 2, "MultiThreshold": 2}
 # custom ops whose output has the shape of their first input (for static shape inference)
 SHAPE_PRESERVING_CUSTOM_OPS = ("Quant", "BipolarQuant", "MultiThreshold", "Trunc")
-INTEGER_ZERO_POINT_TYPES = ("int8", "uint8", "int16", "uint16", "int32")
+INTEGER_ZERO_POINT_TYPES = ("int4", "uint4", "int8", "uint8", "int16", "uint16", "int32")
 
 
 def _where(name: str, op: str) -> str:
@@ -225,7 +225,7 @@ def _check_finite_constants(consts: dict, consumers: dict) -> None:
         v = np.asarray(v)
         user = consumers.get(name)
         at = f" (read by {_where(user.name, user.op)})" if user is not None else ""
-        if v.dtype.kind not in "biufc":
+        if v.dtype.kind not in "biufc" and v.dtype.name not in ("int4", "uint4"):
             raise BnncError(f"constant '{name}'{at} holds {v.dtype.name} values; bnnc reads numeric tensors only")
         if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
             bad = "NaN" if np.any(np.isnan(v)) else "Inf"

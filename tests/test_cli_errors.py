@@ -118,12 +118,12 @@ def _empty(base, d):
     return p, ["empty.onnx", "empty"]
 
 
-def _tanh(base, d):
+def _elu(base, d):
     m = copy.deepcopy(base)
     n = node(m, "Sign")
-    n.op_type, n.name = "Tanh", "mid/tanh"
-    return save(m, d / "tanh.onnx"), ["mid/tanh", "Tanh", "not supported", "supported ops",
-                                      "Conv", "BatchNormalization", "Sign"]
+    n.op_type, n.name = "Elu", "mid/elu"
+    return save(m, d / "elu.onnx"), ["mid/elu", "Elu", "not supported", "supported ops",
+                                     "Conv", "BatchNormalization", "Sign"]
 
 
 def _lstm(base, d):
@@ -273,7 +273,7 @@ BAD_MODELS = {
     "missing_file": _missing,
     "garbage_bytes": _garbage,
     "empty_file": _empty,
-    "unsupported_op_tanh": _tanh,
+    "unsupported_op_elu": _elu,
     "unsupported_op_lstm": _lstm,
     "grouped_conv": _grouped_conv,
     "unknown_attribute": _unknown_attribute,
@@ -315,7 +315,7 @@ def test_dangling_tensor_is_named(base, tmp_path, capsys):
     assert_error(rc, err, *words, "ghost_tensor")
 
 
-@pytest.mark.parametrize("kind", ["garbage_bytes", "unsupported_op_tanh", "nonfinite_conv_weights",
+@pytest.mark.parametrize("kind", ["garbage_bytes", "unsupported_op_elu", "nonfinite_conv_weights",
                                   "residual_add_of_activations"])
 def test_compile_bad_model_leaves_existing_output_dir_unchanged(kind, base, tmp_path, capsys):
     path, words = BAD_MODELS[kind](base, tmp_path)
@@ -330,7 +330,7 @@ def test_compile_bad_model_leaves_existing_output_dir_unchanged(kind, base, tmp_
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("kind", ["unsupported_op_tanh", "float_input_without_quantizer", "two_inputs"])
+@pytest.mark.parametrize("kind", ["unsupported_op_elu", "float_input_without_quantizer", "two_inputs"])
 @pytest.mark.parametrize("cmd", ["run", "verify", "report"])
 def test_other_commands_report_bad_models_the_same_way(cmd, kind, base, tmp_path, capsys):
     path, words = BAD_MODELS[kind](base, tmp_path)

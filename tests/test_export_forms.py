@@ -196,16 +196,52 @@ def test_channel_padding_with_an_axes_input():
     _check(model, Options())
 
 
-@pytest.mark.parametrize("axes,start", [((1, 3), 0), ((2, 3), 1)])
-def test_other_slices_are_refused(axes, start):
-    from bnnc.errors import BnncError
+def test_strided_slice_from_another_start_is_a_gather():
+    """x[:, :, 1::2, 1::2]: an ir.Gather of the kept rows and columns (no MaxPool), bit-exact in C."""
+    g = _check(_option_a_shortcut_block(0, 13, start=1), Options(verify_ir=True))
+    assert any(isinstance(op, ir.Gather) for op in g.ops()) and not any(isinstance(op, ir.MaxPool) for op in g.ops())
 
-    model = _option_a_shortcut_block(0, 13, start=start)
-    for t in model.graph.initializer:
-        if t.name == "ax":
-            t.CopyFrom(numpy_helper.from_array(np.array(axes, np.int64), "ax"))
-    with pytest.raises(BnncError, match=r"node 'Slice_\d+' \(Slice\): .*every k-th row or column from the first"):
-        compile_graph(model)
+
+@pytest.mark.parametrize("where_", ["bits", "stream"])
+def test_channel_slices(where_):
+    """Slices of an activation's channels (a U-Net's cropped skip b[:, :4], every other channel
+    b[:, 1::2], the channels reversed b[:, ::-1]) concatenated: ir.Gather ops, of the sign's bits
+    or of the real-valued stream before it; bit-exact in C and on a Cortex-M0."""
+    rng = np.random.default_rng(25)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(8, 3, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.05, 0.3, (1, 8, 1, 1)).astype(np.float32),
+             "b": rng.uniform(-1, 1, (1, 8, 1, 1)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(5, 16, 3, 3)).astype(np.float32),
+             "fc": rng.normal(size=(5, 4)).astype(np.float32), "shape": np.array([1, -1], np.int64),
+             "s0": np.array([0], np.int64), "e4": np.array([4], np.int64), "ax1": np.array([1], np.int64),
+             "s1": np.array([1], np.int64), "big": np.array([INT_MAX], np.int64), "k2": np.array([2], np.int64),
+             "m1": np.array([-1], np.int64), "neg": np.array([-INT_MAX], np.int64)}
+    src = "a2" if where_ == "stream" else "sb"
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["a1"]), helper.make_node("Add", ["a1", "b"], ["a2"]),
+             helper.make_node("Sign", ["a2"], ["sb"]),
+             helper.make_node("Slice", [src, "s0", "e4", "ax1"], ["c1"]),
+             helper.make_node("Slice", [src, "s1", "big", "ax1", "k2"], ["c2"]),
+             helper.make_node("Slice", [src, "m1", "neg", "ax1", "m1"], ["c3"]),
+             helper.make_node("Concat", ["c1", "c2", "c3"], ["cat"], axis=1)]
+    if where_ == "stream":
+        nodes.append(helper.make_node("Sign", ["cat"], ["cb"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["cat"], ["cb"]))
+    nodes += [helper.make_node("Conv", ["cb", "w2"], ["c2c"], pads=[1, 1, 1, 1]),
+              helper.make_node("GlobalAveragePool", ["c2c"], ["q"]), helper.make_node("Reshape", ["q", "shape"], ["f"]),
+              helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    model = _model(nodes, inits, (1, 3, 5, 5), (1, 4))
+    graph = _check(model, Options(verify_ir=True), exact=where_ == "bits")
+    gathers = [op for op in graph.ops() if isinstance(op, ir.Gather)]
+    assert sorted(op.channels for op in gathers) == sorted([(0, 1, 2, 3), (1, 3, 5, 7), tuple(range(7, -1, -1))])
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 3, 1))
+    y, _ = targets.run(graph, "cortex-m0", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y, driver.run_target(graph, "ref", inputs))
 
 
 @pytest.mark.parametrize("lo,hi", [(-1.0, 1.0), (-2.5, 0.75)])
@@ -398,8 +434,7 @@ def _opset_model(nodes, inits, in_shape, out_shape, opset):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _keras_grouped_conv(seed, parts=4, real=False, split_form="none", bias=False, sizes=None, order=None,
-                        part_op="Conv"):
+def _keras_grouped_conv(seed, parts=4, real=False, split_form="none", bias=False, sizes=None, order=None):
     """Keras' Conv2D(groups=parts) as tf2onnx writes it (larq's MeliusNet stem): NHWC Split of the
     channels, a Transpose + Conv per part (written last part first), Concat of the parts' outputs
     on the channels. real: Relu stream and real-valued weights (on a 2^-3 grid, held exactly), else
@@ -434,11 +469,8 @@ def _keras_grouped_conv(seed, parts=4, real=False, split_form="none", bias=False
             inits[f"gb{i}"] = (rng.integers(-8, 9, size=o // parts) / 8).astype(np.float32)
             conv_inputs.append(f"gb{i}")
         nodes.append(helper.make_node("Transpose", [f"part{i}"], [f"nchw{i}"], perm=[0, 3, 1, 2]))
-        if part_op == "Conv":
-            nodes.append(helper.make_node("Conv", conv_inputs, [f"conv{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                                          strides=[1, 1], dilations=[1, 1], group=1))
-        else:
-            nodes.append(helper.make_node(part_op, [f"nchw{i}"], [f"conv{i}"]))
+        nodes.append(helper.make_node("Conv", conv_inputs, [f"conv{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                      strides=[1, 1], dilations=[1, 1], group=1))
     nodes += [helper.make_node("Concat", [f"conv{i}" for i in order], ["cat"], axis=1),
               helper.make_node("Sub", ["cat", "t2"], ["cs"]),
               helper.make_node("Sign", ["cs"], ["b2"]),
@@ -463,22 +495,14 @@ def test_keras_grouped_convolution_becomes_one_grouped_conv(seed, parts, real, s
     _check(model, Options())
 
 
-@pytest.mark.parametrize("case", ["unequal_parts", "concat_out_of_order", "parts_not_convolved"])
-def test_other_splits_of_activations_are_refused(case):
-    from bnnc.errors import BnncError
-
+@pytest.mark.parametrize("case", ["unequal_parts", "concat_out_of_order"])
+def test_other_splits_of_activations_are_gathers(case):
+    """A Split of the channels that is no grouped convolution: one ir.Gather per part, bit-exact
+    in C."""
     model = {"unequal_parts": lambda: _keras_grouped_conv(0, 2, split_form="input", sizes=[2, 6]),
-             "concat_out_of_order": lambda: _keras_grouped_conv(0, 4, order=[1, 0, 2, 3]),
-             "parts_not_convolved": lambda: _keras_grouped_conv(0, 4, part_op="Relu")}[case]()
-    if case == "parts_not_convolved":  # Relu keeps the channels: the Concat has 8 of them, not 16
-        for t in model.graph.initializer:
-            if t.name in ("t2", "w2"):
-                a = numpy_helper.to_array(t)
-                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(a[:, :8] if t.name == "w2" else a[:, :8]),
-                                                   t.name))
-    with pytest.raises(BnncError, match=r"node 'split' \(Split\): bnnc supports Split of an activation only as a "
-                                        r"grouped convolution"):
-        compile_graph(model)
+             "concat_out_of_order": lambda: _keras_grouped_conv(0, 4, order=[1, 0, 2, 3])}[case]()
+    g = _check(model, Options(verify_ir=True), exact=False)
+    assert sum(isinstance(op, ir.Gather) for op in g.ops()) >= 2
 
 
 def _melius_improvement_block(seed, pads=(4, 0), padded_first=False):
@@ -1050,17 +1074,19 @@ def test_exact_ties_of_an_average_pool_before_a_quantizer_are_stated():
     assert not any("level step" in a for a in driver.approximations(untied))
 
 
-@pytest.mark.parametrize("terminal", ["quant", "sign", "none"])
-def test_tanh_before_a_quantizer(terminal):
+@pytest.mark.parametrize("terminal", ["quant", "sign", "none", "output"])
+def test_tanh_before_a_quantizer_or_continuing(terminal):
     """Brevitas' QuantTanh (BatchNorm -> Tanh -> Quant) and a tanh before a sign: monotone, folded
-    into the terminal's thresholds exactly, bit-exact in C; a tanh whose values continue
-    unquantized is refused in one line."""
+    into the terminal's thresholds exactly, bit-exact in C. A tanh whose values continue
+    unquantized (into a pool and a dense layer; at the model output after a dense layer, a tanh
+    head) is 2 sigmoid(2x) - 1 on a fixed-point stream: within its stated bound of onnxruntime,
+    bit-exact in C."""
     rng = np.random.default_rng(15)
     inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
              "w": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
              "g": rng.uniform(0.05, 0.3, (1, 6, 1, 1)).astype(np.float32),
              "b": rng.uniform(-1, 1, (1, 6, 1, 1)).astype(np.float32),
-             "fc": rng.choice([-1.0, 1.0], size=(6, 5)).astype(np.float32), "shape": np.array([1, -1], np.int64),
+             "fc": rng.normal(size=(6, 5)).astype(np.float32), "shape": np.array([1, -1], np.int64),
              "qs": np.float32(0.25), "qz": np.float32(0), "qb": np.float32(3)}
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
@@ -1073,25 +1099,37 @@ def test_tanh_before_a_quantizer(terminal):
                                       signed=1, narrow=0, rounding_mode="ROUND"))
     elif terminal == "sign":
         nodes.append(helper.make_node("Sign", ["t"], ["tq"]))
-    else:
+    elif terminal == "none":
         nodes.append(helper.make_node("Relu", ["t"], ["tq"]))
+    else:
+        nodes[-1] = helper.make_node("Identity", ["a2"], ["tq"])
     nodes += [helper.make_node("GlobalAveragePool", ["tq"], ["q"]), helper.make_node("Reshape", ["q", "shape"], ["f"]),
-              helper.make_node("MatMul", ["f", "fc"], ["y"])]
+              helper.make_node("MatMul", ["f", "fc"], ["y" if terminal != "output" else "d"])]
+    if terminal == "output":
+        nodes.append(helper.make_node("Tanh", ["d"], ["y"]))
     model = _model(nodes, inits, (1, 4, 6, 6), (1, 5))
     if terminal == "quant":
         model.opset_import.append(helper.make_opsetid("qonnx.custom_op.general", 1))
-    if terminal == "none":
-        from bnnc.errors import BnncError
-        with pytest.raises(BnncError, match="Tanh is supported before a quantizer or a sign.*reaches node"):
-            compile_graph(model, Options())
+    if terminal in ("quant", "sign"):
+        _check(model, Options())
         return
-    _check(model, Options())
+    graph = compile_graph(model, Options(verify_ir=True))
+    assert sum(isinstance(op, ir.Sigmoid) and op.in_scale == 2 * graph.tensors[op.inputs[0]].scale
+               for op in graph.ops()) == 1
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 40, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    bound = error_bounds.output_bound(graph)
+    assert 0 < bound < 1e-4  # the rounded BatchNorm stream's bound, carried through the tanh
+    assert np.all(np.abs(ref - orig) <= bound + 2.0**-22 * np.maximum(1.0, np.abs(orig)))
+    if terminal == "output":
+        assert np.abs(orig).max() <= 1 and np.abs(orig).max() > 0.5  # the tanh's range, reached
+    y, _ = targets.run(graph, "c", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y, ref)
 
 
-def test_half_precision_models_and_quantized_outputs_are_refused_in_one_line(tmp_path, capsys):
-    """A float16 model (its roundings are not float32's) and a model whose output is a
-    QuantizeLinear's integers (no DequantizeLinear after it, as tf2onnx writes int8 TFLite logits):
-    one line each, naming the tensor or the node; before, the second was silently dequantized."""
+def test_half_precision_models_are_refused_in_one_line(tmp_path, capsys):
+    """A float16 model (its roundings are not float32's): one line naming the tensor."""
     from bnnc.cli import main
 
     w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float16), "w")
@@ -1100,22 +1138,58 @@ def test_half_precision_models_and_quantized_outputs_are_refused_in_one_line(tmp
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 2, 2, 2])], [w])
     half = tmp_path / "half.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), half)
+    assert main(["compile", str(half), "--input-scale", "1", "--input-range", "-8:7", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bnnc: error: ") and "16-bit floating point" in err[0], err
+
+
+@pytest.mark.parametrize("zp_type,head", [(np.int8, "dense"), (np.uint8, "dense"), (np.int8, "map"),
+                                          (np.int16, "dense")])
+def test_quantize_linear_integers_as_the_model_output(zp_type, head, tmp_path, capsys):
+    """A model whose output is a QuantizeLinear's integers with no DequantizeLinear after it (the
+    int8 / uint8 logits of tf2onnx's full-integer TFLite models; a feature map): the compiled code
+    outputs those integers in their own type, equal to onnxruntime's, bit-exact in C and on a
+    Cortex-M0; `bnnc verify` compares them as values (top-1 is their largest)."""
+    from bnnc.cli import main
+
+    rng = np.random.default_rng(20)
+    zo = {np.int8: 3, np.uint8: 128, np.int16: -7}[zp_type]
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8), "zo": np.array(zo, zp_type),
+             "s2": np.array(0.05, np.float32),
+             "w": rng.integers(-3, 4, (6, 4, 3, 3)).astype(np.float32) * np.float32(0.125),
+             "fc": rng.standard_normal((6 * 16, 5)).astype(np.float32), "shape": np.array([1, -1], np.int64)}
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
-             helper.make_node("Sign", ["xd"], ["xb"]),
-             helper.make_node("Conv", ["xb", "w"], ["a"]),
-             helper.make_node("QuantizeLinear", ["a", "s2", "z"], ["y"], name="logits_q")]
-    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8), "s2": np.array(0.5, np.float32),
-             "w": np.ones((2, 3, 1, 1), np.float32)}
-    quantized = tmp_path / "q.onnx"
-    model = _model(nodes, inits, (1, 3, 2, 2), (1, 2, 2, 2))
-    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT8
-    onnx.save(model, quantized)
-    for path, words in ((half, "16-bit floating point"), (quantized, "integers of QuantizeLinear 'logits_q'")):
-        assert main(["compile", str(path), "--input-scale", "1", "--input-range", "-8:7",
-                     "-o", str(tmp_path / "out")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("bnnc: error: ") and words in err[0], err
+             helper.make_node("Conv", ["xd", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2])]
+    if head == "map":
+        nodes.append(helper.make_node("QuantizeLinear", ["p", "s2", "zo"], ["y"], name="out_q"))
+        model = _model(nodes, inits, (1, 4, 8, 8), (1, 6, 4, 4))
+    else:
+        nodes += [helper.make_node("Reshape", ["p", "shape"], ["f"]), helper.make_node("MatMul", ["f", "fc"], ["l"]),
+                  helper.make_node("QuantizeLinear", ["l", "s2", "zo"], ["y"], name="logits_q")]
+        model = _model(nodes, inits, (1, 4, 8, 8), (1, 5))
+    if zp_type == np.int16:
+        model.opset_import[0].version = 21  # 16-bit QuantizeLinear
+    model.graph.output[0].type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(zp_type))
+    graph = compile_graph(model, Options(verify_ir=True))
+    assert graph.output_info["dtype"] == np.dtype(zp_type).name
+    if zp_type == np.int16:  # 65535 steps, at float32's own roundings: no multiply-shift (requantize_level_steps
+        # tries one over anchored pairs of steps, in bounded memory), the exact threshold table
+        assert graph.producer(graph.output).epilogue.threshold.shape[1] == 65535
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 40, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert orig.dtype == zp_type and np.array_equal(ref, orig)
+    for target in ("c", "cortex-m0"):
+        y, _ = targets.run(graph, target, inputs.grid[:4] if target != "c" else inputs.grid, targets.TargetOptions())
+        assert y.dtype == zp_type and np.array_equal(y, ref[: y.shape[0]])
+    path = tmp_path / "q.onnx"
+    onnx.save(model, path)
+    assert main(["verify", str(path), "--input-scale", "1/16", "--input-range", "-128:127", "--samples", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "reference top-1 == original         30/30" in out and "max abs diff  0 " in out, out
 
 
 def test_tflite_int8_squeeze_between_quantize_and_dequantize():
@@ -1171,9 +1245,9 @@ def test_softmax_through_the_models_output_quantizer(zp_type):
 
 
 def test_quantize_dequantize_rounds_as_onnxruntime():
-    """arith.quantize_dequantize against onnxruntime's QuantizeLinear -> DequantizeLinear on
+    """arith.quantize_linear -> dequantize_linear against onnxruntime's QuantizeLinear -> DequantizeLinear on
     probabilities, exact halves of a step included."""
-    from bnnc.arith import quantize_dequantize
+    from bnnc.arith import dequantize_linear, quantize_linear
     from bnnc.original import OriginalModel
 
     rng = np.random.default_rng(18)
@@ -1188,17 +1262,240 @@ def test_quantize_dequantize_rounds_as_onnxruntime():
                               [numpy_helper.from_array(np.array(scale, np.float32), "s"),
                                numpy_helper.from_array(np.array(zp, dtype), "z")])
         want = OriginalModel(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])).run(p)
-        assert np.array_equal(quantize_dequantize(p, scale, zp, lo, hi), want.reshape(p.shape))
+        assert np.array_equal(dequantize_linear(quantize_linear(p, scale, zp, lo, hi), scale, zp), want.reshape(p.shape))
 
 
-def test_softmax_probabilities_as_an_int8_output_are_refused_in_one_line():
-    """A full-integer TFLite classifier with int8 output (Softmax -> QuantizeLinear, no
-    DequantizeLinear): refused, naming the Softmax and the QuantizeLinear."""
-    from bnnc.errors import BnncError
+@pytest.mark.parametrize("integers", [True, False])
+def test_softmax_requantized_to_uint8(integers):
+    """TFLite's uint8-output classifier: Softmax -> QuantizeLinear (int8, 1/256, -128) ->
+    DequantizeLinear -> QuantizeLinear (uint8, 1/256, 0) [-> DequantizeLinear]: the Softmax op's
+    out_grid and requant, the uint8 integers (or their reals) equal to onnxruntime's, bit-exact in C
+    and on a Cortex-M0."""
+    model = _softmax_grid_model(26, np.int8)  # the int8 grid: zero point -128
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), "uz"))
+    model.graph.node[-1].output[0] = "pd"
+    model.graph.node.append(helper.make_node("QuantizeLinear", ["pd", "ps", "uz"], ["y" if integers else "uq"]))
+    if not integers:
+        model.graph.node.append(helper.make_node("DequantizeLinear", ["uq", "ps", "uz"], ["y"]))
+    else:
+        model.graph.output[0].type.tensor_type.elem_type = TensorProto.UINT8
+    graph = compile_graph(model, Options(verify_ir=True))
+    sm = next(op for op in graph.ops() if isinstance(op, ir.Softmax))
+    assert sm.requant == (0, 0, 255) and graph.output_info["dtype"] == ("uint8" if integers else "float32")
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 40, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert (ref == orig).mean() > 0.95 and (ref.argmax(1) == orig.argmax(1)).mean() >= 0.95
+    for target in ("c", "cortex-m0"):
+        y, _ = targets.run(graph, target, inputs.grid[:4] if target != "c" else inputs.grid, targets.TargetOptions())
+        assert np.array_equal(y, ref[: y.shape[0]])
 
-    model = _softmax_grid_model(19)
+
+@pytest.mark.parametrize("zp_type", [np.uint8, np.int8])
+def test_softmax_probabilities_as_the_models_integer_output(zp_type):
+    """A full-integer TFLite classifier with an int8 / uint8 output (Softmax -> QuantizeLinear, no
+    DequantizeLinear): the Softmax writes the QuantizeLinear's integers (an Ints output), equal to
+    onnxruntime's wherever the probabilities are not within float32 rounding of a step's boundary
+    (stated), bit-exact in C and on a Cortex-M0, and arith.quantize_linear is onnxruntime's rounding."""
+    from bnnc.arith import quantize_linear
+
+    model = _softmax_grid_model(19, zp_type)
     del model.graph.node[-1]
     model.graph.node[-1].output[0] = "y"
-    model.graph.output[0].type.tensor_type.elem_type = TensorProto.UINT8
-    with pytest.raises(BnncError, match="the model output is its probabilities as the integers of QuantizeLinear"):
-        compile_graph(model, Options())
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.UINT8 if zp_type == np.uint8 else TensorProto.INT8
+    graph = compile_graph(model, Options(verify_ir=True))
+    assert graph.output_info["dtype"] == np.dtype(zp_type).name
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 40, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert orig.dtype == zp_type and np.abs(ref.astype(int) - orig.astype(int)).max() <= 1
+    assert (ref == orig).mean() > 0.95 and (ref.argmax(1) == orig.argmax(1)).mean() >= 0.95
+    for target in ("c", "cortex-m0"):
+        y, _ = targets.run(graph, target, inputs.grid[:4] if target != "c" else inputs.grid, targets.TargetOptions())
+        assert y.dtype == zp_type and np.array_equal(y, ref[: y.shape[0]])
+    p = np.random.default_rng(3).random((1, 999)).astype(np.float32)
+    p[0, :512] = (np.arange(512) + 0.5) / 256  # exact halves of a step
+    zp = 0 if zp_type == np.uint8 else -128
+    g = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])], "q",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(p.shape))],
+                          [helper.make_tensor_value_info("q", TensorProto.UINT8 if zp == 0 else TensorProto.INT8,
+                                                         list(p.shape))],
+                          [numpy_helper.from_array(np.array(1 / 256, np.float32), "s"),
+                           numpy_helper.from_array(np.array(zp, zp_type), "z")])
+    want = OriginalModel(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])).run(p)
+    info = np.iinfo(zp_type)
+    assert np.array_equal(quantize_linear(p, 1 / 256, zp, info.min, info.max), want.reshape(p.shape))
+
+
+def _resize_model(seed, where_, resize, opset=13):
+    """Binary CNN with a nearest-neighbour resize `resize(src, dst)` (a list of nodes and initializers)
+    of the sign's bits ("bits") or of the BatchNorm's real values before the sign ("stream")."""
+    rng = np.random.default_rng(seed)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 4, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.05, 0.3, (1, 6, 1, 1)).astype(np.float32),
+             "b": rng.uniform(-1, 1, (1, 6, 1, 1)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(5, 6, 3, 3)).astype(np.float32),
+             "fc": rng.normal(size=(5, 4)).astype(np.float32), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "g"], ["a1"]), helper.make_node("Add", ["a1", "b"], ["a2"])]
+    rnodes, rinits = resize("a2" if where_ == "stream" else "sb", "r")
+    inits.update(rinits)
+    if where_ == "stream":
+        nodes += rnodes + [helper.make_node("Sign", ["r"], ["rb"])]
+    else:
+        nodes += [helper.make_node("Sign", ["a2"], ["sb"])] + rnodes + [helper.make_node("Identity", ["r"], ["rb"])]
+    nodes += [helper.make_node("Conv", ["rb", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+              helper.make_node("GlobalAveragePool", ["c2"], ["q"]), helper.make_node("Reshape", ["q", "shape"], ["f"]),
+              helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    if opset < 10:  # no QuantizeLinear yet: the input grid is declared (Options)
+        nodes[:2] = [helper.make_node("Sub", ["x", "half"], ["xd"])]  # no grid value at the sign's 0
+        inits["half"] = np.array(1 / 32, np.float32)
+    model = _model(nodes, inits, (1, 4, 5, 5), (1, 4))
+    model.opset_import[0].version = opset
+    return model
+
+
+_RESIZES = {
+    # torch's nn.Upsample(scale_factor=2, mode="nearest") (opset 11 on)
+    "torch_scales": (13, lambda x, y: ([helper.make_node("Resize", [x, "", "rs"], [y], mode="nearest",
+                                                         coordinate_transformation_mode="asymmetric",
+                                                         nearest_mode="floor")],
+                                       {"rs": np.array([1, 1, 2, 2], np.float32)})),
+    # sizes to a size that no integer factor gives, half_pixel (the default) and its default rounding
+    "sizes_half_pixel": (13, lambda x, y: ([helper.make_node("Resize", [x, "", "", "sz"], [y], mode="nearest")],
+                                           {"sz": np.array([1, 6, 8, 7], np.int64)})),
+    "align_corners_ceil": (13, lambda x, y: ([helper.make_node("Resize", [x, "", "rs"], [y], mode="nearest",
+                                                               coordinate_transformation_mode="align_corners",
+                                                               nearest_mode="ceil")],
+                                             {"rs": np.array([1, 1, 3, 2], np.float32)})),
+    "upsample_opset9": (9, lambda x, y: ([helper.make_node("Upsample", [x, "us"], [y], mode="nearest")],
+                                         {"us": np.array([1, 1, 2, 3], np.float32)})),
+}
+
+
+@pytest.mark.parametrize("where_", ["bits", "stream"])
+@pytest.mark.parametrize("form", sorted(_RESIZES))
+def test_nearest_resize(form, where_):
+    """Nearest-neighbour Resize / Upsample in the forms the exporters write, of a sign's bits or of
+    a real-valued tensor (its fixed-point stream): ir.Gather, bit-exact in C, the reference equal
+    to onnxruntime."""
+    opset, resize = _RESIZES[form]
+    model = _resize_model(21, where_, resize, opset)
+    grid = {"input_scale": 1 / 16, "input_range": (-128, 127)} if opset < 10 else {}
+    graph = _check(model, Options(verify_ir=True, **grid), exact=where_ == "bits")
+    assert sum(isinstance(op, ir.Gather) for op in graph.ops()) == 1
+    if form == "torch_scales":  # on a Cortex-M0; the FPGA backends refuse it in one line
+        from bnnc.errors import BnncError
+
+        inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 3, 1))
+        y, _ = targets.run(graph, "cortex-m0", inputs.grid, targets.TargetOptions())
+        assert np.array_equal(y, driver.run_target(graph, "ref", inputs))
+        for target in ("verilog", "hls"):
+            with pytest.raises(BnncError, match="not implement Gather"):
+                targets.compile_files(graph, target, targets.options_for(target, targets.TargetOptions()))
+
+
+def test_resize_refusals():
+    """Interpolating modes and run-time sizes are refused in one line naming the node."""
+    from bnnc.errors import BnncError
+
+    lin = _resize_model(22, "bits", lambda x, y: ([helper.make_node("Resize", [x, "", "rs"], [y], name="up",
+                                                                    mode="linear")],
+                                                  {"rs": np.array([1, 1, 2, 2], np.float32)}))
+    with pytest.raises(BnncError, match="node 'up' \\(Resize\\): Resize mode 'linear' interpolates"):
+        compile_graph(lin, Options())
+    chan = _resize_model(22, "bits", lambda x, y: ([helper.make_node("Resize", [x, "", "rs"], [y], name="up")],
+                                                   {"rs": np.array([1, 2, 2, 2], np.float32)}))
+    with pytest.raises(BnncError, match="node 'up' \\(Resize\\).*resizes H and W only"):
+        compile_graph(chan, Options())
+
+
+@pytest.mark.parametrize("signed,contrib", [(True, False), (False, False), (True, True)])
+def test_four_bit_quantize_dequantize(signed, contrib):
+    """4-bit QDQ (opset 21's int4 / uint4 zero points, as onnxruntime's and other quantizers write
+    w4a4 models; below opset 21 onnxruntime's quantizer writes them as com.microsoft operators,
+    canonical/contrib_quantizers): int4 weights through DequantizeLinear, activations clamped to the
+    4-bit levels (saturating here), the logits as the last QuantizeLinear's 4-bit integers; equal
+    to onnxruntime and bit-exact in C."""
+    rng = np.random.default_rng(23)
+    t4 = TensorProto.INT4 if signed else TensorProto.UINT4
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8), "ws": np.float32(0.125),
+             "s4": np.array(0.25, np.float32), "fc": rng.normal(size=(6, 5)).astype(np.float32),
+             "so": np.array(0.5, np.float32), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w4", "ws"], ["w"]),
+             helper.make_node("Conv", ["xd", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["a", "s4", "z4"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "s4", "z4"], ["ad"]),
+             helper.make_node("GlobalAveragePool", ["ad"], ["g"]), helper.make_node("Reshape", ["g", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["l"]),
+             helper.make_node("QuantizeLinear", ["l", "so", "z4"], ["y"])]
+    model = _model(nodes, inits, (1, 4, 6, 6), (1, 5))
+    model.graph.initializer.extend([
+        helper.make_tensor("w4", TensorProto.INT4, [6, 4, 3, 3], rng.integers(-8, 8, 6 * 4 * 3 * 3).tolist()),
+        helper.make_tensor("z4", t4, [], [0 if signed else 8])])
+    model.graph.output[0].type.tensor_type.elem_type = t4
+    model.opset_import[0].version = 13 if contrib else 21
+    model.ir_version = 10
+    if contrib:
+        for n in model.graph.node:
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                n.domain = "com.microsoft"
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    graph = compile_graph(model, Options(verify_ir=True))
+    assert graph.output_info["dtype"] == ("int8" if signed else "uint8")  # C has no 4-bit type
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 40, 0))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape).astype(np.int64)
+    assert np.array_equal(ref, orig) and orig.min() >= (-8 if signed else 0) and orig.max() <= (7 if signed else 15)
+    conv = next(op for op in graph.ops() if isinstance(op, ir.Conv))
+    out = graph.tensors[conv.outputs[0]]
+    assert (out.hi - out.lo) == 15  # the 4-bit levels
+    y, _ = targets.run(graph, "c", inputs.grid, targets.TargetOptions())
+    assert np.array_equal(y, ref)
+
+
+def test_input_shape_declared_where_the_model_leaves_it_open(tmp_path, capsys):
+    """A fully convolutional export with open batch, H and W (dynamic axes): refused with the flag
+    named; with --input-shape it compiles and verifies (the original runs at that shape too);
+    a declared shape that contradicts the model or that its layers cannot take: one line each."""
+    from bnnc.cli import main
+
+    rng = np.random.default_rng(24)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 3, 3, 3)).astype(np.float32),
+             "t": rng.normal(size=(1, 6, 1, 1)).astype(np.float32), "fc": rng.normal(size=(6, 5)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64), "fc2": rng.normal(size=(6 * 64, 5)).astype(np.float32)}
+    for head in ("gap", "flatten"):
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+                 helper.make_node("Sign", ["xd"], ["xb"]),
+                 helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Sub", ["a", "t"], ["a2"]), helper.make_node("Sign", ["a2"], ["b"])]
+        nodes += [helper.make_node("GlobalAveragePool", ["b"], ["g"]), helper.make_node("Reshape", ["g", "shape"], ["f"]),
+                  helper.make_node("MatMul", ["f", "fc"], ["y"])] if head == "gap" else \
+            [helper.make_node("Reshape", ["b", "shape"], ["f"]), helper.make_node("MatMul", ["f", "fc2"], ["y"])]
+        model = _model(nodes, inits, (1, 3, 8, 8), (1, 5))
+        for i, name in ((0, "batch"), (2, "h"), (3, "w")):
+            d = model.graph.input[0].type.tensor_type.shape.dim[i]
+            d.Clear()
+            d.dim_param = name
+        onnx.save(model, tmp_path / f"{head}.onnx")
+    gap, flat = str(tmp_path / "gap.onnx"), str(tmp_path / "flatten.onnx")
+    cases = [([gap], 2, "declare them with --input-shape N,C,H,W"),
+             ([gap, "--input-shape", "1,3,12,10", "--samples", "20"], 0, "PASS"),
+             ([flat, "--input-shape", "1,3,8,8", "--samples", "20"], 0, "PASS"),
+             ([gap, "--input-shape", "1,4,12,10"], 2, "dimension 1 of input 'x' is 3 in the model"),
+             ([flat, "--input-shape", "1,3,12,10"], 2, "the model's shapes do not follow from it")]
+    for args, rc, words in cases:
+        assert main(["verify", *args]) == rc
+        cap = capsys.readouterr()
+        text = cap.out if rc == 0 else cap.err
+        assert words in text, text
+        if rc:
+            assert len(cap.err.strip().splitlines()) == 1

@@ -259,6 +259,16 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                      acc_ctype="int64_t" if storage_dtype(oty) == "int64" else "int32_t")
         elif isinstance(op, ir.Flatten):
             L["n"] = int(np.prod(src_t.shape))
+        elif isinstance(op, ir.Gather):
+            h, w, c = src_t.shape
+            bits = isinstance(src_t, ir.Bits)
+            # a pixel: its words of bits, or its channels' integers; with a channel table, one
+            # output channel (or bit) at a time
+            L.update(iw=w, oh=len(op.rows), ow=len(op.cols), bits=bits, cw=words(c, wb), c=c,
+                     oc=oty.shape[2], ocw=words(oty.shape[2], wb), channels=op.channels is not None)
+            tables = [("rows", op.rows), ("cols", op.cols)] + ([("channels", op.channels)] if op.channels else [])
+            for axis, table in tables:
+                const_table(consts, f"{op.name}_{axis}", "uint16_t" if max(h, w, c) < 65536 else "uint32_t", table)
         elif isinstance(op, ir.ArgMax):
             L.update(n=src_t.shape[2], k=op.k)
         elif isinstance(op, ir.Concat):
@@ -274,7 +284,11 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                 if op.out_grid is not None:
                     scale, zp, qmin, qmax = op.out_grid
                     L["grid"] = {"scale": c_float(np.float32(scale)), "zp": c_float(np.float32(zp)),
-                                 "qmin": c_float(np.float32(qmin)), "qmax": c_float(np.float32(qmax))}
+                                 "qmin": c_float(np.float32(qmin)), "qmax": c_float(np.float32(qmax)),
+                                 "integers": isinstance(oty, ir.Ints), "requant": None, "out_zp": c_float(np.float32(zp))}
+                    if op.requant is not None:
+                        L["grid"]["requant"] = [c_float(np.float32(x)) for x in op.requant]
+                        L["grid"]["out_zp"] = L["grid"]["requant"][0]
                 L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
         elif isinstance(op, ir.Sigmoid):
             L.update(n=int(np.prod(oty.shape)), in_scale=c_double(op.in_scale), grid=c_double(2.0**op.frac_bits),
@@ -289,7 +303,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
         "input_ctype": C_TYPES[in_dtype],
         "input_size": int(np.prod(in_info["shape"])),
         "input_shape": in_info["shape"],
-        "output_ctype": "float" if out_info["dtype"] == "float32" else "int32_t",
+        "output_ctype": C_TYPES[out_info["dtype"]],
         "output_size": out_info["elements"],
         "output_shape": out_info["shape"],
         # a feature-map output: the last layer writes (H, W, C) into the arena, _run transposes it
@@ -640,9 +654,8 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
 
     flags = opts.flags or c_build.DEFAULT_FLAGS
     exe = c_build.build(files(graph, opts), flags)
-    odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
     t0 = time.perf_counter()
-    ys = {k: c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"],
+    ys = {k: c_build.run(exe, grid, graph.input_info["dtype"], graph.output_info["dtype"], graph.output_info["elements"],
                          env={"BNNC_KERNELS": k}) for k in c_build.kernel_variants(exe)}
     run_s = (time.perf_counter() - t0) / len(ys)
     best, y = next(iter(ys.items()))

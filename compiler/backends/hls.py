@@ -252,8 +252,10 @@ class _Builder:
         ops = g.ops()
         out_producer = g.producer(g.output)
         if not (isinstance(out_producer, ir.ArgMax) or isinstance(g.tensors[g.output], ir.Reals)):
+            what = (f"a QuantizeLinear's {g.output_info['dtype']} integers" if g.output_info.get("dtype") in
+                    ir.OUTPUT_INT_DTYPES else type(g.tensors[g.output]).__name__)
             raise BnncError("the HLS backend needs a model whose output is real values (logits) or ArgMax/TopK "
-                            f"indices; this one ends in {type(g.tensors[g.output]).__name__}")
+                            f"indices; this one ends in {what} (the c, MCU and verilog targets output them)")
         iq = ops[0]
         if not isinstance(iq, ir.InputQuantize):
             raise BnncError("the HLS backend needs the model input quantizer first")
@@ -784,7 +786,7 @@ def stream_layouts(g: ir.Graph, flat: bool) -> tuple:
     shape = type("Shape", (), {"shape": (h, w, c)})
     in_axis = stream_layout(shape, "in", _ELEMENT_BITS[in_info["dtype"]])
     out_axis = stream_layout(type("Shape", (), {"shape": (1, 1, out_info["elements"])}), "out", 32)
-    out_dtype = "float32" if out_info["dtype"] == "float32" else "int32"  # indices travel as int32
+    out_dtype = "float32" if out_info["dtype"] == "float32" else "int32"  # indices and QuantizeLinear integers travel as int32
     for axis, dtype in ((in_axis, in_info["dtype"]), (out_axis, out_dtype)):
         what = "float32 values (IEEE bits)" if dtype == "float32" else f"{dtype} values"
         h, w, c = axis["shape"]
@@ -847,12 +849,12 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 def check_supported(graph: ir.Graph) -> None:
     """Refuse, in one line naming the layer, what the HLS processes do not implement: Concat,
-    Softmax, Sigmoid, Mul of streams, Flatten (per-element ops on flattened features), Activations of non-integer tensors, and convs the matrix unit does not implement
+    Softmax, Sigmoid, Mul of streams, Flatten (per-element ops on flattened features), Gather, Activations of non-integer tensors, and convs the matrix unit does not implement
     (matrix_unit.supports). Activations of integer streams run as identity 1x1 convs
     (passes/activations_as_convs.py)."""
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
-        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Mul, ir.Flatten)):
+        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Mul, ir.Flatten, ir.Gather)):
             raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
                             "chains and residual blocks of conv/dense, activation, pool and Add layers); "
                             "use --target c")
@@ -970,6 +972,7 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
     exe = build(sources, tuple(opts.flags) if opts.flags else CXX_FLAGS)
     odt = "float32" if graph.output_info["dtype"] == "float32" else "int32"
     y = c_build.run(exe, grid, graph.input_info["dtype"], odt, graph.output_info["elements"])
+    y = y.astype(graph.output_info["dtype"])  # the int32 container of QuantizeLinear integers: their own type
     return ir.output_in_model_order(graph, y.reshape(grid.shape[0], -1)), stats(graph, foldings, opts.name)  # (H, W, C) stream
 
 

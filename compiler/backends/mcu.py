@@ -242,7 +242,7 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
     table = TABLES[core.name]
     emu = Emulator(fw, core.uc_cpu, layers, f"{prefix}_run", EMU_FLASH, EMU_RAM, per_instruction, core.arch, table)
     in_dtype = graph.input_info["dtype"]
-    out_dtype = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
+    out_dtype = np.dtype(graph.output_info["dtype"])
     n_out = graph.output_info["elements"]
     grid = np.asarray(grid)
     n = grid.shape[0]
@@ -250,7 +250,7 @@ def emulate(graph: ir.Graph, grid: np.ndarray, opts, per_instruction: bool = Fal
     with progress.step(f"emulating {core.name} firmware on {n} input(s)", total=n) as step:
         for i in range(n):
             x = np.ascontiguousarray(grid[i].reshape(-1).astype(in_dtype)).tobytes()
-            y, cnt, cyc = emu.infer(x, n_out * 4)
+            y, cnt, cyc = emu.infer(x, n_out * out_dtype.itemsize)
             ys.append(np.frombuffer(y, out_dtype))
             counts.append(cnt)
             cycles.append(cyc)

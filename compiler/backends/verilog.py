@@ -15,7 +15,7 @@ unit's popcount planes (compiler/weight_planes.py), with bit, multi-level, activ
 fixed-point (Requantize) outputs; real-valued layers (code int on integer inputs) run as integer
 multiply-accumulate units; an Activation of an integer stream becomes a 1x1 unit with identity
 weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere else, a
-Concat, Softmax, Sigmoid or Mul of streams is refused.
+Concat, Softmax, Sigmoid, Mul of streams or Gather is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables)
 and the units' parameters from their record (`matrix_unit.rtl_parameter_groups`); this module only
@@ -77,7 +77,7 @@ def plan(graph: ir.Graph) -> Plan:
     if not ops or not isinstance(ops[0], ir.InputQuantize):
         raise BnncError("the verilog target needs a model that starts with its input quantizer")
     for op in ops:
-        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Mul)):
+        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Mul, ir.Gather)):
             raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement "
                             f"{type(op).__name__} ops (it builds conv/dense, max pool, sum pool, global sum pool and "
                             "residual add layers); use --target c")
@@ -647,7 +647,7 @@ def run(graph: ir.Graph, grid: np.ndarray, opts):
     out_ty = d.graph.tensors[d.plan.hw_ops[-1].outputs[0]]
     hw_out = decode_frames(beats, d.context["output"], n, signed=d.plan.acc_out or isinstance(out_ty, ir.Ints))
     y = host_tail(d.graph, d.plan, hw_out)
-    odt = np.float32 if graph.output_info["dtype"] == "float32" else np.int32
+    odt = graph.output_info["dtype"]
     y = ir.output_in_model_order(graph, np.asarray(y).reshape(n, -1).astype(odt))  # the stream is (H, W, C)
     ends = st["frame_end"]
     cpf = steady_state(ends)

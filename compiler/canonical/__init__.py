@@ -14,6 +14,7 @@ from .bipolar_sign import bipolar_sign_from_offset_sign, bipolar_sign_from_where
 from .clamps_to_clip import clamps_to_clip
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
+from .contrib_quantizers import contrib_quantizers_to_standard
 from .dilated_conv import dilated_conv_to_dense_kernel
 from .external_data import load_external_data
 from .grouped_conv import split_convs_to_grouped_conv
@@ -37,6 +38,7 @@ from .ternary_sign import ternary_sign_to_threshold
 # Applied in this order; each one sees the previous one's output.
 REWRITES = (
     name_unnamed_nodes,
+    contrib_quantizers_to_standard,
     qoperator_to_qdq,
     fold_constant_subgraphs,
     remove_pass_through_ops,

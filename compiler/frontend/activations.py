@@ -13,12 +13,13 @@ import numpy as np
 from .. import ir
 from ..arith import eval_chain
 from ..errors import BnncError
-from ..onnx_loader import quant_levels, round_mode
+from ..onnx_loader import int_range, quant_levels, round_mode
 from ..original import trunc_shift
 from ..passes.merge_summed_convs import merged_conv
 from .context import terminal_type
+from .gating import tanh_stream
 from .streams import flat_channels, pools_commute, rounding_error, to_stream, uniform
-from .registry import handler, supported_ops, where
+from .registry import handler, where
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, Val, with_chain
 
 
@@ -124,9 +125,9 @@ def quantize_linear(ctx, node):
     scale, zp = linear_quant_params(ctx, node)
     if scale.size != 1 or zp.size != 1 or not float(scale) > 0:
         raise BnncError(f"{where(node)}: bnnc supports per-tensor QuantizeLinear (positive scalar scale) here")
-    info = np.iinfo(zp.dtype)
+    lo, hi = int_range(zp.dtype)
     ops = [ir.ChainOp("div", scale.reshape(()))]
-    term = ir.RoundClampTerminal(int(info.min), int(info.max), int(zp), "half_even", source=node.name)
+    term = ir.RoundClampTerminal(lo, hi, int(zp), "half_even", source=node.name)
     if isinstance(v, IntsVal):
         v = IntChainVal.of(v)
     if not isinstance(v, PendingVal):
@@ -137,6 +138,7 @@ def quantize_linear(ctx, node):
 @handler("DequantizeLinear", ignores=("block_size",))
 def dequantize_linear(ctx, node, *, axis=1):
     if node.inputs[0] in ctx.gridded_outputs:  # the Softmax's output grid holds it
+        ctx.gridded_outputs.add(node.outputs[0])
         ctx.set(node, ctx.val(node))
         return
     v = ctx.val(node)
@@ -155,15 +157,29 @@ def dequantize_linear(ctx, node, *, axis=1):
         out.scale = qscale
         ctx.set(node, out)
         return
-    term = ir.RoundClampTerminal(term.qmin, term.qmax, term.zero_point, term.mode, term.source,
-                                 exact_below=term.exact_below)
-    term.add_after_round = term.zero_point
-    term.out_scale = qscale
+    ctx.set(node, _quantized(ctx, node, v, term.zero_point, qscale))
+
+
+def quantize_linear_integers(ctx, node, v: PendingVal) -> Val:
+    """The integers q = clamp(round(x / scale) + zero_point, qmin, qmax) of a pending QuantizeLinear
+    `node` that no DequantizeLinear follows (a model output: the int8 / uint8 logits of tf2onnx's
+    full-integer TFLite models): a tensor of q itself, scale 1."""
+    if isinstance(v, InputVal):
+        raise BnncError(f"{where(node)}: QuantizeLinear of the model input is the model output; bnnc compiles "
+                        "networks with at least one layer")
+    return _quantized(ctx, node, v, 0, 1.0)
+
+
+def _quantized(ctx, node, v: PendingVal, zero_point: int, out_scale: float) -> Val:
+    """The pending QuantizeLinear of `v` closed: clamp(round(x / scale) + zp, qmin, qmax) - zero_point
+    on integers whose step is out_scale (zero_point = zp, out_scale = scale: its DequantizeLinear)."""
+    term = v.quant[0]
+    term = ir.RoundClampTerminal(term.qmin, term.qmax, zero_point, term.mode, term.source,
+                                 add_after_round=term.zero_point, out_scale=out_scale, exact_below=term.exact_below)
     nv = replace(v, quant=None)
     if isinstance(nv, IntChainVal):
-        ctx.set(node, _activation_op(ctx, node, nv, term))
-    else:
-        ctx.set(node, ctx.finish_acc(nv, term, node))
+        return _activation_op(ctx, node, nv, term)
+    return ctx.finish_acc(nv, term, node)
 
 
 def linear_quant_params(ctx, node) -> tuple:
@@ -250,33 +266,37 @@ PENDING_OPS = {"Mul", "Add", "Sub", "Div", "BatchNormalization", "Relu", "Clip",
 @handler("Tanh")
 def tanh(ctx, node):
     """Tanh before a quantizer or a sign (Brevitas' QuantTanh): monotone, so it stays pending in the
-    chain and the fold finds the terminal's thresholds on the accumulator exactly. Every path from
-    it must reach a terminal through elementwise ops (or a MaxPool); elsewhere it is refused."""
+    chain and the fold finds the terminal's thresholds on the accumulator exactly. Where a path from
+    it reaches anything but a terminal through elementwise ops (or a MaxPool), its values continue
+    unquantized (QKeras' quantized_tanh as qonnx writes it, a tanh output): a fixed-point stream
+    with a stated bound (gating.tanh_stream)."""
+    v = ctx.val(node)
+    if not _reaches_only_terminals(ctx, node):
+        ctx.set(node, tanh_stream(ctx, node, v))
+        return
+    if isinstance(v, IntsVal):
+        v = IntChainVal.of(v)
+    if not isinstance(v, PendingVal):
+        raise BnncError(f"{where(node)}: Tanh of a {v.kind} tensor is not supported (of a real-valued tensor it is)")
+    ctx.set(node, with_chain(v, [ir.ChainOp("tanh")]))
+
+
+def _reaches_only_terminals(ctx, node) -> bool:
+    """Whether every path from the node's output reaches a quantizer or a sign through ops that stay
+    pending in the chain (never the model output)."""
     stack, seen = [node.outputs[0]], set()
     while stack:
         t = stack.pop()
         if t == ctx.lm.output_name:
-            _no_tanh_here(node, "the model output")
+            return False
         for n in ctx.consumers.get(t, []):
             if n.op in TERMINAL_OPS or n.name in seen:
                 continue
             if n.op not in PENDING_OPS or n.inputs[0] != t:
-                _no_tanh_here(node, f"node '{n.name}' ({n.op})")
+                return False
             seen.add(n.name)
             stack.append(n.outputs[0])
-    v = ctx.val(node)
-    if isinstance(v, IntsVal):
-        v = IntChainVal.of(v)
-    if not isinstance(v, PendingVal):
-        raise BnncError(f"{where(node)}: Tanh of a {v.kind} tensor is not supported (of a real-valued tensor "
-                        "before a quantizer or a sign it is)")
-    ctx.set(node, with_chain(v, [ir.ChainOp("tanh")]))
-
-
-def _no_tanh_here(node, reader: str):
-    raise BnncError(f"{where(node)}: Tanh is supported before a quantizer or a sign (folded into its thresholds); "
-                    f"this one reaches {reader} unquantized, which is not supported; supported ops: "
-                    f"{', '.join(supported_ops())}")
+    return True
 
 
 def _zero_is_rounded(ctx, v: Val) -> bool:

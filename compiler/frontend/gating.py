@@ -36,17 +36,43 @@ def sigmoid(ctx, node):
     """Sigmoid of a real-valued tensor: ir.Sigmoid of its fixed-point stream, on the grid
     2**-SIGMOID_FRAC_BITS (error <= half a step + arith.SIGMOID_EVAL_ERROR)."""
     v = stream_operand(ctx, node, ctx.val(node))
+    ctx.set(node, _sigmoid_of(ctx, node, v, v.scale))
+
+
+def tanh_stream(ctx, node, v) -> IntsVal:
+    """Tanh of a real-valued tensor whose values continue unquantized, as tanh(x) = 2 sigmoid(2x) - 1:
+    ir.Sigmoid of the stream read with twice its scale (exact: a power of two), then an
+    ir.Activation that maps its integers s to s - 2**(f - 1) on the grid 2**-(f - 1), exactly. The
+    bound is twice the sigmoid's: one step of 2**-f + 2 arith.SIGMOID_EVAL_ERROR."""
+    v = stream_operand(ctx, node, v)
+    s = _sigmoid_of(ctx, node, v, 2 * v.scale)
+    src = ctx.graph.tensors[s.tensor]
+    f, c = SIGMOID_FRAC_BITS, src.shape[2]
+    half = 1 << (f - 1)
+    note = (f"tanh(x) = 2 sigmoid(2x) - 1 on the grid 2^-{f - 1}: out = s - 2^{f - 1} of the sigmoid's integers s "
+            "(exact)")
+    ep = ir.Requantize(np.full(c, 2, np.int64), np.full(c, -2 * half, np.int64), 1, src.lo - half, src.hi - half,
+                       2.0 ** -(f - 1), [note])
+    name = ctx.new_name("tanh")
+    tname = name + "_out"
+    ctx.graph.add(ir.Activation(name, [s.tensor], [tname], ep),
+                  {tname: ir.Ints(src.shape, src.lo - half, src.hi - half, ep.out_scale)})
+    return IntsVal(v.shape, [node.name], tensor=tname, scale=ep.out_scale, flat_from=v.flat_from)
+
+
+def _sigmoid_of(ctx, node, v: IntsVal, in_scale: float) -> IntsVal:
+    """ir.Sigmoid of the stream `v`, its integers q read as the reals q * in_scale."""
     src = ctx.graph.tensors[v.tensor]
     f = SIGMOID_FRAC_BITS
     # the range: sigmoid is increasing and every computed value lies within 2**-43 of it, so a value
     # of the range's inside is at most one step beyond its ends' (and always within [0, 2**f])
-    lo, hi = (int(x) for x in arith.sigmoid(np.array([src.lo, src.hi]), v.scale, f))
+    lo, hi = (int(x) for x in arith.sigmoid(np.array([src.lo, src.hi]), in_scale, f))
     lo, hi = max(lo - 1, 0), min(hi + 1, 2**f)
     name = ctx.new_name("sigmoid")
     tname = name + "_out"
-    ctx.graph.add(ir.Sigmoid(name, [v.tensor], [tname], float(v.scale), f, [node.name]),
+    ctx.graph.add(ir.Sigmoid(name, [v.tensor], [tname], float(in_scale), f, [node.name]),
                   {tname: ir.Ints(src.shape, lo, hi, 2.0**-f)})
-    ctx.set(node, IntsVal(v.shape, [node.name], tensor=tname, scale=2.0**-f, flat_from=v.flat_from))
+    return IntsVal(v.shape, [node.name], tensor=tname, scale=2.0**-f, flat_from=v.flat_from)
 
 
 def multiply_activations(ctx, node) -> None:

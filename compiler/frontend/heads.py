@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import BnncError
+from ..onnx_loader import int_range
 from .activations import linear_quant_params
 from .linear import identity_conv
 from .registry import handler, where
@@ -64,39 +65,49 @@ def log_softmax(ctx, node, *, axis=None):
     _softmax(ctx, node, axis, log=True)
 
 
+_GRID_FORMS = (("QuantizeLinear",), ("QuantizeLinear", "DequantizeLinear"),
+               ("QuantizeLinear", "DequantizeLinear", "QuantizeLinear"),
+               ("QuantizeLinear", "DequantizeLinear", "QuantizeLinear", "DequantizeLinear"))
+
+
 def _output_grid(ctx, node):
-    """(scale, zero point, qmin, qmax) where the Softmax's only reader is a QuantizeLinear whose only
-    reader is the DequantizeLinear (same scale and zero point) that makes the model output (a
-    full-integer TFLite classifier), else None."""
-    readers = ctx.consumers.get(node.outputs[0], [])
-    if len(readers) != 1 or readers[0].op != "QuantizeLinear":
+    """(grid, integers, requant) where the Softmax's values reach the model output through one
+    reader after another, all QuantizeLinear / DequantizeLinear of one per-tensor scale, in one of
+    _GRID_FORMS: grid = (scale, zero point, qmin, qmax) of the first QuantizeLinear (a full-integer
+    TFLite classifier); integers: the output is a QuantizeLinear's integers (an int8 / uint8
+    output), else the DequantizeLinear's reals; requant = (zero point, qmin, qmax) of a second
+    QuantizeLinear (TFLite's int8 -> uint8 output requantization), else None. None otherwise."""
+    chain, t = [], node.outputs[0]
+    while t != ctx.lm.output_name:
+        readers = ctx.consumers.get(t, [])
+        if len(readers) != 1 or len(chain) == 4 or readers[0].op not in ("QuantizeLinear", "DequantizeLinear") \
+                or len(readers[0].inputs) < 2 or readers[0].inputs[1] not in ctx.consts:
+            return None
+        chain.append(readers[0])
+        t = readers[0].outputs[0]
+    if tuple(n.op for n in chain) not in _GRID_FORMS:
         return None
-    q = readers[0]
-    after = ctx.consumers.get(q.outputs[0], [])
-    if len(after) != 1 or after[0].op != "DequantizeLinear" or after[0].outputs[0] != ctx.lm.output_name:
+    params = [linear_quant_params(ctx, n) for n in chain]
+    if any(np.size(a) != 1 or a.dtype.kind not in "iuf" for sz in params for a in sz) \
+            or any(zp.dtype.kind not in "iu" for _, zp in params):
         return None
-    if any(len(n.inputs) < 2 or n.inputs[1] not in ctx.consts for n in (q, after[0])):
+    s = float(params[0][0].ravel()[0])
+    zps = [int(zp.ravel()[0]) for _, zp in params]
+    if any(float(sc.ravel()[0]) != s for sc, _ in params) or not s > 0 or 1 / s + max(map(abs, zps)) >= ir.QUANT_ROUND_LIMIT:
         return None
-    (scale, zp), (scale2, zp2) = linear_quant_params(ctx, q), linear_quant_params(ctx, after[0])
-    if any(np.size(a) != 1 for a in (scale, zp, scale2, zp2)) or zp.dtype.kind not in "iu" or zp.dtype != zp2.dtype:
+    if len(chain) > 1 and (zps[1] != zps[0] or params[1][1].dtype != params[0][1].dtype):
+        return None  # a DequantizeLinear that is not its QuantizeLinear's
+    if len(chain) > 3 and (zps[3] != zps[2] or params[3][1].dtype != params[2][1].dtype):
         return None
-    s = float(scale.ravel()[0])
-    if s != float(scale2.ravel()[0]) or int(zp) != int(zp2) or not s > 0:
-        return None
-    info = np.iinfo(zp.dtype)
-    if 1 / s + abs(int(zp)) >= ir.QUANT_ROUND_LIMIT:
-        return None
-    return (s, int(zp), int(info.min), int(info.max))
+    grid = (s, zps[0], *int_range(params[0][1].dtype))
+    requant = (zps[2], *int_range(params[2][1].dtype)) if len(chain) > 2 else None
+    return grid, chain[-1].op == "QuantizeLinear", requant
 
 
 def _softmax(ctx, node, axis, log: bool):
     out = node.outputs[0]
-    grid = None if log else _output_grid(ctx, node)
+    grid, integers, requant = (None if log else _output_grid(ctx, node)) or (None, False, None)
     readers = ctx.consumers.get(out, [])
-    if len(readers) == 1 and readers[0].op == "QuantizeLinear" and readers[0].outputs[0] == ctx.lm.output_name:
-        raise BnncError(f"{where(node)}: the model output is its probabilities as the integers of QuantizeLinear "
-                        f"'{readers[0].name}'; bnnc outputs real values: end the model with the DequantizeLinear "
-                        "(then the quantizer is computed exactly)")
     if out != ctx.lm.output_name and grid is None and any(u.op not in ("ArgMax", "TopK") for u in readers):
         raise BnncError(f"{where(node)}: {node.op} inside the network is not supported; bnnc computes it on the "
                         "model output (the last layer's logits, or their QuantizeLinear -> DequantizeLinear)")
@@ -121,8 +132,10 @@ def _softmax(ctx, node, axis, log: bool):
                         "computes it over the channel axis of (N, C) logits or of each pixel of (N, C, H, W)")
     name = ctx.new_name("logsoftmax" if log else "softmax")
     tname = name + "_out"
-    ctx.graph.add(ir.Softmax(name, [v.tensor], [tname], [node.name], log=log, out_grid=grid),
-                  {tname: ir.Reals(ctx.graph.tensors[v.tensor].shape)})
-    ctx.set(node, RealsVal(v.shape, [node.name], tensor=tname))
+    shape = ctx.graph.tensors[v.tensor].shape
+    lo, hi = (requant or grid or (0, 0, 0, 0))[-2:]
+    ctx.graph.add(ir.Softmax(name, [v.tensor], [tname], [node.name], log=log, out_grid=grid, requant=requant),
+                  {tname: ir.Ints(shape, lo, hi, 1.0) if integers else ir.Reals(shape)})
+    ctx.set(node, (IntsVal if integers else RealsVal)(v.shape, [node.name], tensor=tname))
     if grid is not None:  # the QuantizeLinear and DequantizeLinear after it: in the op (out_grid)
         ctx.gridded_outputs.add(node.outputs[0])

@@ -18,9 +18,10 @@ STREAM_LIMIT = 2**23 - 1  # streams saturate at +-STREAM_LIMIT grid steps (+-128
 #                           pool of more than 256 such pixels sums beyond 32 bits: its output range says so and
 #                           the backends store it (and accumulate it) in 64 bits, exactly (pack_bits.storage_dtype)
 MAX_STREAM_FRAC_BITS = 24  # the finest grid of a real-valued stream
-# why a Tanh whose values continue unquantized (a stream, a real output) is refused
-TANH_UNQUANTIZED = ("a Tanh of a real-valued tensor that continues unquantized is not supported (before a quantizer "
-                    "or a sign it is: its thresholds are found exactly)")
+# a Tanh left pending for a quantizer (activations.tanh) whose value must first become a stream or
+# a real output: the chain cannot carry it there (a Tanh whose values continue is a stream itself)
+TANH_UNQUANTIZED = ("a Tanh pending before a quantizer or a sign reaches a fixed-point stream or the output through "
+                    "other ops first, which is not supported")
 WIDE_STREAM_LIMIT = 2**30 - 1  # a stream whose values can reach beyond STREAM_LIMIT (wide BatchNorm scales, sums
 #                                of residual branches) widens up to this, still 32-bit, instead of saturating;
 #                                beyond it saturation is reachable and stated (Requantize.reach, approximations)
@@ -206,7 +207,7 @@ def rounding_error(graph: ir.Graph, tensor: str) -> float:
     if isinstance(op, ir.Add):
         rounded = graph.tensors[tensor].scale / 2 if op.round_shift else 0.0
         return sum(rounding_error(graph, t) for t in op.inputs) + rounded
-    if isinstance(op, (ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat, ir.Flatten)):
+    if isinstance(op, (ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat, ir.Flatten, ir.Gather)):
         return max(rounding_error(graph, t) for t in op.inputs)
     if isinstance(op, ir.Sigmoid):  # 1/4-Lipschitz
         return rounding_error(graph, op.inputs[0]) / 4 + op.max_error

@@ -26,6 +26,9 @@ from .. import ir
 from .fold_batchnorm_into_thresholds import _epilogue_range
 
 MIN_LEVELS = 16
+ALL_PAIRS = 1024  # up to this many steps, every pair of steps bounds the slope
+ANCHORS = 128  # beyond it, the first, last and evenly spaced ANCHORS steps, each paired with every step
+PAIR_BLOCK = 1 << 22  # step pairs per block of the computation
 
 
 def _channel_map(t: np.ndarray, xlo: int, xhi: int, shift: int):
@@ -41,13 +44,20 @@ def _channel_map(t: np.ndarray, xlo: int, xhi: int, shift: int):
         return None
     first, last = int(tb[0]), int(tb[-1])
     # the slopes every pair of steps i < j allows (the C-interval of step i must meet that of j):
-    # M (T_j - T_i + 1) >= (b_j - b_i) 2**S + 1 and M (T_j - T_i - 1) <= (b_j - b_i) 2**S - 1
-    dt = tb[None, :] - tb[:, None]
-    db = (bb[None, :] - bb[:, None]) * big
-    up = np.triu(np.ones(dt.shape, bool), 1)
-    m_lo = int(np.max((-((-(db + 1)) // np.where(up, dt + 1, 1)))[up], initial=0))
-    wide = up & (dt > 1)
-    m_hi = int(np.min(((db - 1) // np.where(wide, dt - 1, 1))[wide], initial=(t.size + 1) * big))
+    # M (T_j - T_i + 1) >= (b_j - b_i) 2**S + 1 and M (T_j - T_i - 1) <= (b_j - b_i) 2**S - 1;
+    # beyond ALL_PAIRS steps (16-bit levels) the pairs of anchor steps with every step: a wider slope
+    # interval, whose candidates the exact check below still decides
+    n = tb.size
+    rows = np.arange(n) if n <= ALL_PAIRS else np.unique(np.concatenate(
+        [np.arange(ANCHORS), np.arange(n - ANCHORS, n), np.linspace(0, n - 1, ANCHORS).astype(np.int64)]))
+    m_lo, m_hi = 0, (t.size + 1) * big
+    for block in np.array_split(rows, max(1, rows.size * n // PAIR_BLOCK)):
+        dt = tb[None, :] - tb[block, None]
+        db = (bb[None, :] - bb[block, None]) * big
+        up = np.arange(n)[None, :] > block[:, None]
+        m_lo = max(m_lo, int(np.max((-((-(db + 1)) // np.where(up, dt + 1, 1)))[up], initial=0)))
+        wide = up & (dt > 1)
+        m_hi = min(m_hi, int(np.min(((db - 1) // np.where(wide, dt - 1, 1))[wide], initial=m_hi)))
     for m in dict.fromkeys(((m_lo + m_hi) // 2, m_lo, m_hi)):
         if m < 0 or m_lo > m_hi:
             continue

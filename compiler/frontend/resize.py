@@ -1,0 +1,86 @@
+"""Nearest-neighbour resizing: ONNX Resize (opset 10 on) and Upsample (opsets 7-9) in nearest
+mode, of a bit or integer tensor, as ir.Gather with the input row and column of every output
+pixel. The tables come from running the node itself in onnxruntime on a tensor of pixel indices,
+so every coordinate mode, rounding mode, scale and size is taken exactly as the runtime takes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import BnncError
+from .gating import stream_operand
+from .registry import handler, where
+from .slicing import gather
+from .values import AccVal, BitsVal, IntChainVal, IntsVal
+
+
+@handler("Resize", listed_as="Resize / Upsample (nearest, of activations)",
+         ignores=("antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
+                  "extrapolation_value", "keep_aspect_ratio_policy", "nearest_mode"))
+def resize(ctx, node, *, mode="nearest"):
+    _nearest(ctx, node, mode)
+
+
+@handler("Upsample", listed_as=(), ignores=("scales",))
+def upsample(ctx, node, *, mode="nearest"):
+    _nearest(ctx, node, mode)
+
+
+def _nearest(ctx, node, mode: str) -> None:
+    """The node's nearest-neighbour resize of a bit or integer activation (a real-valued one as its
+    fixed-point stream): ir.Gather. The attributes are the node's own (see `_index_tables`)."""
+    if mode != "nearest":
+        raise BnncError(f"{where(node)}: {node.op} mode '{mode}' interpolates between pixels, which is not supported; "
+                        "mode 'nearest' is")
+    v = ctx.val(node)
+    if isinstance(v, (AccVal, IntChainVal)):
+        v = stream_operand(ctx, node, v)
+    if not isinstance(v, (BitsVal, IntsVal)) or len(v.shape) != 4 or v.flat_from is not None:
+        raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor of shape {v.shape} is not supported (of "
+                        "(N, C, H, W) activations it is)")
+    rows, cols = _index_tables(ctx, node, v.shape)
+    ctx.set(node, gather(ctx, node, v, rows, cols, range(v.shape[1])))
+
+
+def _index_tables(ctx, node, shape: tuple) -> tuple:
+    """(rows, cols): the input row and column of each output pixel, read off the node run in
+    onnxruntime (with its attributes and constant inputs) on a tensor whose every value is its
+    pixel's index y * W + x. Refused where the batch or channel axis is resized or the pixels do
+    not come row by row and column by column."""
+    import onnxruntime as ort
+
+    n, c, h, w = shape
+    if h * w >= 2**24:
+        raise BnncError(f"{where(node)}: a {h}x{w} map is too large to resize")
+    consts = []
+    for i, t in enumerate(node.inputs[1:], 1):
+        if t and t not in ctx.consts:
+            raise BnncError(f"{where(node)}: its input {i} ('{t}') is computed at run time; bnnc resizes with "
+                            "constant scales or sizes")
+        if t:
+            consts.append(numpy_helper.from_array(np.asarray(ctx.consts[t]), t))
+    index = np.broadcast_to(np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w), shape)
+    probe = helper.make_node(node.op, ["x", *node.inputs[1:]], ["y"],
+                             **{k: v for k, v in node.attrs.items()})
+    graph = helper.make_graph([probe], "resize_probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                     list(shape))],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.lm.opset or 13)])
+    model.ir_version = min(model.ir_version, 8)
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        out = sess.run(None, {"x": np.ascontiguousarray(index)})[0]
+    except Exception as e:  # onnxruntime's own refusal of the attributes
+        raise BnncError(f"{where(node)}: onnxruntime cannot run this {node.op}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    if out.ndim != 4 or out.shape[:2] != (n, c) or 0 in out.shape:
+        raise BnncError(f"{where(node)}: {node.op} from {shape} to {out.shape}; bnnc resizes H and W only")
+    rows, cols = out[0, 0, :, 0] // w, out[0, 0, 0, :] % w
+    want = (rows[:, None] * w + cols[None, :]).astype(np.float32)
+    if not np.array_equal(out, np.broadcast_to(want, out.shape)):
+        raise BnncError(f"{where(node)}: {node.op} does not take its pixels row by row and column by column")
+    return tuple(int(r) for r in rows), tuple(int(x) for x in cols)
