@@ -23,7 +23,7 @@ import onnx
 
 from . import driver, ir, ir_dump, progress, targets, userfiles
 from .errors import BnncError
-from .onnx_loader import with_input_shape
+from .onnx_loader import with_input_shape, with_output
 from .passes.quantize_input import InputAffine
 from .pipeline import Options, compile_graph
 from .targets import TargetOptions
@@ -352,7 +352,7 @@ def load(model, what: str = "model") -> tuple:
 def compile(model, target: str = "c", *, name: str = "bnnc", mcu: Optional[str] = None, folding=None,
             target_cycles: Optional[int] = None, flash=None, ram=None, clock_mhz=None, input_scale=None,
             input_range=None, input_offset=None, input_mean=None, input_std=None, frac_bits: Optional[int] = None,
-            weight_bits=None, input_shape=None) -> Compiled:
+            weight_bits=None, input_shape=None, model_output=None) -> Compiled:
     """Compile `model` (a path or an onnx.ModelProto) for `target`: ref, c, cortex-m0, cortex-m4,
     cortex-m7, rv32imc, rv32imc_zbb, verilog or hls (`target="c", mcu="cortex-m4"` is the same as target="cortex-m4").
     The options are the command line's flags of the same names, with the same values (strings as
@@ -362,7 +362,9 @@ def compile(model, target: str = "c", *, name: str = "bnnc", mcu: Optional[str] 
     options = lowering_options(input_scale, input_range, input_offset, input_mean, input_std, frac_bits,
                                weight_bits)
     proto, source = load(model)
-    if input_shape is not None:  # the model as the user declares it: what verify runs too
+    if model_output is not None:  # the model as the user declares it: what verify runs too
+        proto = with_output(proto, str(model_output))
+    if input_shape is not None:
         proto = with_input_shape(proto, _input_shape(input_shape))
     return Compiled(proto, compile_graph(proto, options), target, opts, source, options)
 

@@ -75,7 +75,7 @@ def _compile(a, target=None) -> api.Compiled:
                        input_scale=a.input_scale,
                        input_range=a.input_range, input_offset=a.input_offset, input_mean=a.input_mean,
                        input_std=a.input_std, frac_bits=a.frac_bits, weight_bits=a.weight_bits,
-                       input_shape=a.input_shape)
+                       input_shape=a.input_shape, model_output=a.model_output)
 
 
 def cmd_compile(a) -> int:
@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="declare the input grid: real input = S * integer; per channel S1,S2,... "
                              "(1/D divides, as torchvision's ToTensor does with 1/255)")
         sp.add_argument("--input-range", default=None, help="LO:HI integer range of the declared input grid")
+        sp.add_argument("--model-output", default=None, metavar="NAME",
+                        help="the model output to compile where it has several (or a tensor inside it): "
+                             "the nodes it depends on")
         sp.add_argument("--input-shape", default=None, metavar="N,C,H,W",
                         help="the input's shape where the model leaves dimensions open (e.g. H and W of a "
                              "fully convolutional export): 1,3,32,32")

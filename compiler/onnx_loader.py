@@ -126,7 +126,8 @@ def load(model: onnx.ModelProto) -> LoadedModel:
         raise BnncError(f"bnnc compiles models with exactly one input; this one has {len(inputs)}: "
                         + ", ".join(i.name for i in inputs))
     if len(g.output) != 1:
-        raise BnncError(f"bnnc compiles models with exactly one output; this one has {len(g.output)}")
+        raise BnncError(f"bnnc compiles models with exactly one output; this one has {len(g.output)} ("
+                        f"{', '.join(o.name for o in g.output)}): choose one with --model-output NAME")
     inp = inputs[0]
     tt = inp.type.tensor_type
     shape = []
@@ -196,6 +197,34 @@ def with_input_shape(model: onnx.ModelProto, shape: tuple) -> onnx.ModelProto:
     except Exception as e:
         raise BnncError(f"--input-shape {','.join(map(str, shape))}: the model's shapes do not follow from it "
                         f"({one_line(str(e))[:200]})") from None
+    return m
+
+
+def with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of `model` whose one output is the tensor `name` (--model-output: one of several model
+    outputs, e.g. the logits beside a feature output, or a tensor inside the graph), with only the
+    nodes it depends on."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    if name not in producer:
+        outputs = ", ".join(o.name for o in g.output)
+        raise BnncError(f"--model-output '{one_line(name)}' is no tensor a node of the model computes (its outputs: "
+                        f"{one_line(outputs)})")
+    need, stack = set(), [name]
+    while stack:
+        t = stack.pop()
+        n = producer.get(t)
+        if n is not None and id(n) not in need:
+            need.add(id(n))
+            stack.extend(x for x in n.input if x)
+    keep = [n for n in g.node if id(n) in need]
+    del g.node[:]
+    g.node.extend(keep)
+    info = next((v for v in list(g.output) + list(g.value_info) if v.name == name), None)
+    del g.output[:]
+    g.output.append(info if info is not None else onnx.ValueInfoProto(name=name))
     return m
 
 

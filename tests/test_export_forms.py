@@ -1374,15 +1374,22 @@ _RESIZES = {
                                              {"rs": np.array([1, 1, 3, 2], np.float32)})),
     "upsample_opset9": (9, lambda x, y: ([helper.make_node("Upsample", [x, "us"], [y], mode="nearest")],
                                          {"us": np.array([1, 1, 2, 3], np.float32)})),
+    # pads that copy border pixels (nn.ReflectionPad2d, ReplicationPad2d, opset 19's wrap): moved too
+    "pad_reflect": (13, lambda x, y: ([helper.make_node("Pad", [x, "pp"], [y], mode="reflect")],
+                                      {"pp": np.array([0, 0, 2, 1, 0, 0, 1, 2], np.int64)})),
+    "pad_edge": (13, lambda x, y: ([helper.make_node("Pad", [x, "pp"], [y], mode="edge")],
+                                   {"pp": np.array([0, 0, 1, 0, 0, 0, 3, 2], np.int64)})),
+    "pad_wrap": (19, lambda x, y: ([helper.make_node("Pad", [x, "pp"], [y], mode="wrap")],
+                                   {"pp": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)})),
 }
 
 
 @pytest.mark.parametrize("where_", ["bits", "stream"])
 @pytest.mark.parametrize("form", sorted(_RESIZES))
 def test_nearest_resize(form, where_):
-    """Nearest-neighbour Resize / Upsample in the forms the exporters write, of a sign's bits or of
-    a real-valued tensor (its fixed-point stream): ir.Gather, bit-exact in C, the reference equal
-    to onnxruntime."""
+    """Nearest-neighbour Resize / Upsample in the forms the exporters write, and the pads that copy
+    border pixels, of a sign's bits or of a real-valued tensor (its fixed-point stream): ir.Gather,
+    bit-exact in C, the reference equal to onnxruntime."""
     opset, resize = _RESIZES[form]
     model = _resize_model(21, where_, resize, opset)
     grid = {"input_scale": 1 / 16, "input_range": (-128, 127)} if opset < 10 else {}
@@ -1410,7 +1417,7 @@ def test_resize_refusals():
         compile_graph(lin, Options())
     chan = _resize_model(22, "bits", lambda x, y: ([helper.make_node("Resize", [x, "", "rs"], [y], name="up")],
                                                    {"rs": np.array([1, 2, 2, 2], np.float32)}))
-    with pytest.raises(BnncError, match="node 'up' \\(Resize\\).*resizes H and W only"):
+    with pytest.raises(BnncError, match="node 'up' \\(Resize\\).*moves pixels along H and W only"):
         compile_graph(chan, Options())
 
 
@@ -1499,3 +1506,94 @@ def test_input_shape_declared_where_the_model_leaves_it_open(tmp_path, capsys):
         assert words in text, text
         if rc:
             assert len(cap.err.strip().splitlines()) == 1
+
+
+def test_model_output_chosen_among_several(tmp_path, capsys):
+    """A model with two outputs (logits beside pooled features) is refused with --model-output
+    named; with it, either output (or a tensor inside the graph: here the real-valued feature map
+    of a padded convolution, whose C once kept unused border tables) compiles and verifies; an
+    unknown name is refused in one line."""
+    from bnnc.cli import main
+
+    rng = np.random.default_rng(27)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(6, 3, 3, 3)).astype(np.float32),
+             "t": rng.normal(size=(1, 6, 1, 1)).astype(np.float32), "fc": rng.normal(size=(6, 5)).astype(np.float32),
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "t"], ["a2"]), helper.make_node("Sign", ["a2"], ["b"]),
+             helper.make_node("GlobalAveragePool", ["b"], ["g"]), helper.make_node("Reshape", ["g", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    model = _model(nodes, inits, (1, 3, 6, 6), (1, 5))
+    model.graph.output.append(helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 6, 1, 1]))
+    path = str(tmp_path / "two.onnx")
+    onnx.save(model, path)
+    cases = [([], 2, "this one has 2 (y, g): choose one with --model-output NAME"),
+             (["--model-output", "y"], 0, "PASS"), (["--model-output", "g"], 0, "PASS"),
+             (["--model-output", "a2"], 0, "PASS"),
+             (["--model-output", "nope"], 2, "--model-output 'nope' is no tensor a node of the model computes")]
+    for args, rc, words in cases:
+        assert main(["verify", path, "--samples", "10", *args]) == rc
+        cap = capsys.readouterr()
+        assert words in (cap.out if rc == 0 else cap.err), (cap.out, cap.err)
+
+
+@pytest.mark.parametrize("axis,idx", [(1, [5, 0, -1, 2]), (2, [0, 0, 4, 1]), (3, [3, 1])])
+def test_gather_of_activations(axis, idx):
+    """x[:, [5, 0, -1, 2]] / index_select (ONNX Gather with constant indices) of a sign's bits:
+    an ir.Gather, bit-exact in C, equal to onnxruntime."""
+    rng = np.random.default_rng(28)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(8, 3, 3, 3)).astype(np.float32),
+             "t": rng.normal(size=(1, 8, 1, 1)).astype(np.float32), "idx": np.array(idx, np.int64),
+             "shape": np.array([1, -1], np.int64)}
+    n = {1: len(idx), 2: 8, 3: 8}[axis]
+    out = {1: (n, 5, 5), 2: (8, len(idx), 5), 3: (8, 5, len(idx))}[axis]
+    inits["w2"] = rng.choice([-1.0, 1.0], size=(4, out[0], 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "t"], ["a2"]), helper.make_node("Sign", ["a2"], ["b"]),
+             helper.make_node("Gather", ["b", "idx"], ["gb"], axis=axis),
+             helper.make_node("Conv", ["gb", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["q"]), helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    graph = _check(_model(nodes, inits, (1, 3, 5, 5), (1, 4)), Options(verify_ir=True))
+    assert any(isinstance(op, ir.Gather) for op in graph.ops())
+
+
+@pytest.mark.parametrize("groups,batch", [(2, 1), (4, -1)])
+def test_channel_shuffle(groups, batch):
+    """ShuffleNet's channel shuffle as torch writes it (Reshape to (N, g, C/g, H, W), Transpose
+    (0, 2, 1, 3, 4), Reshape back) becomes one Gather of the channels (canonical/channel_shuffle),
+    then an ir.Gather; bit-exact in C, equal to onnxruntime."""
+    from bnnc.canonical import canonicalize
+
+    rng = np.random.default_rng(29)
+    c, h = 8, 5
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(c, 3, 3, 3)).astype(np.float32),
+             "t": rng.normal(size=(1, c, 1, 1)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(4, c, 3, 3)).astype(np.float32),
+             "five": np.array([batch, groups, c // groups, h, h], np.int64),
+             "four": np.array([batch, c, h, h], np.int64), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "t"], ["a2"]), helper.make_node("Sign", ["a2"], ["b"]),
+             helper.make_node("Reshape", ["b", "five"], ["r5"]),
+             helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "four"], ["sh"]),
+             helper.make_node("Conv", ["sh", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["q"]), helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    model = _model(nodes, inits, (1, 3, h, h), (1, 4))
+    ops = [n.op_type for n in canonicalize(model).graph.node]
+    assert "Transpose" not in ops and ops.count("Gather") == 1
+    graph = _check(model, Options(verify_ir=True))
+    g = next(op for op in graph.ops() if isinstance(op, ir.Gather))
+    k = c // groups
+    assert g.channels == tuple(i * k + j for j in range(k) for i in range(groups))

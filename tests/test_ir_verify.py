@@ -165,6 +165,27 @@ def _add_shapes(g):
     g.tensors[add.outputs[0]] = dataclasses.replace(t, shape=(t.shape[0], t.shape[1], t.shape[2] + 1))
 
 
+def _with_gather(g, rows=None, cols=None, channels=None):
+    """A Gather (every pixel and channel, unless told) between the first MaxPool and its reader."""
+    pool = next(op for op in g.ops() if isinstance(op, ir.MaxPool))
+    t = pool.outputs[0]
+    h, w, c = g.tensors[t].shape
+    reader = g.consumers(t)[0]
+    reader.inputs = ["moved" if x == t else x for x in reader.inputs]
+    g.add(ir.Gather("L99_gather", [t], ["moved"], tuple(range(h)) if rows is None else rows,
+                    tuple(range(w)) if cols is None else cols, channels), {"moved": g.tensors[t]})
+    g._relink()
+
+
+def _gather_rows_out_of_range(g):
+    h = next(g.tensors[op.outputs[0]] for op in g.ops() if isinstance(op, ir.MaxPool)).shape[0]
+    _with_gather(g, rows=tuple(range(1, h + 1)))
+
+
+def _gather_shape(g):
+    _with_gather(g, channels=(0, 1))
+
+
 BROKEN = {  # rule: (zoo model, how to break it, words of the message)
     "acyclic": ("tfc", _cycle, "cycle"),
     "one producer per tensor": ("tfc", _two_producers, "one producer"),
@@ -187,6 +208,8 @@ BROKEN = {  # rule: (zoo model, how to break it, words of the message)
     "Requantize rows": ("bireal", _requantize_rows, "Requantize.mult"),
     "dense kernel": ("tfc", _dense_kernel, "kernel"),
     "Add shapes": ("bireal", _add_shapes, "Add of equal shapes"),
+    "Gather tables in range": ("cnv", _gather_rows_out_of_range, "Gather takes input rows, columns and channels"),
+    "Gather shape": ("cnv", _gather_shape, "Gather keeps the values"),
 }
 
 
@@ -199,6 +222,12 @@ def test_verify_catches_broken_graph(rule):
     with pytest.raises(ir.IRError, match="(?i)" + words.replace("(", r"\(").replace(")", r"\)")) as e:
         ir.verify(g)
     assert "\n" not in str(e.value)
+
+
+def test_a_gather_of_every_pixel_verifies():
+    g = _graph("cnv")
+    _with_gather(g)
+    ir.verify(g)
 
 
 def test_ir_error_is_a_bnnc_error():

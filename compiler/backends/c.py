@@ -224,7 +224,8 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             const_table(consts, f"{op.name}_w", wtype, weights, wkind, align=p.layout == "blocked" or p.pairs)
             if p.vnni_offset is not None:
                 vnni_tables(consts, op.name, p.weights_vnni, p.vnni_corr)
-            window_class_tables(consts, op.name, p)
+            if p.pairs or p.thr is not None:  # (a real-valued output reads them for its corrections only)
+                window_class_tables(consts, op.name, p)
             if p.pairs:
                 int16_pair_tables(consts, op, p, L)
                 if p.thr is None:
@@ -241,6 +242,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             else:
                 L["has_corr"] = bool(np.any(p.corr != 0))
                 if L["has_corr"]:
+                    window_class_tables(consts, op.name, p)
                     const_table(consts, f"{op.name}_corr", "int32_t", p.corr)
                 L["has_kmul"] = bool(np.any(p.kmul == 0))
                 if L["has_kmul"]:

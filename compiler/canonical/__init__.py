@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx
 
 from .bipolar_sign import bipolar_sign_from_offset_sign, bipolar_sign_from_where
+from .channel_shuffle import channel_shuffle_to_gather
 from .clamps_to_clip import clamps_to_clip
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
@@ -42,6 +43,7 @@ REWRITES = (
     qoperator_to_qdq,
     fold_constant_subgraphs,
     remove_pass_through_ops,
+    channel_shuffle_to_gather,
     dequantize_before_layout_ops,
     scalarize_uniform_constants,
     bipolar_sign_from_where,

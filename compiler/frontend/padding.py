@@ -1,4 +1,4 @@
-"""Pad with a constant. Zero pads of the spatial axes merge into the following window op in the
+"""Pad with a constant (reflect, edge and wrap pads move pixels: frontend/resize.py). Zero pads of the spatial axes merge into the following window op in the
 canonical stage (canonical/pad_into_window.py); what reaches the frontend is larq's padding of
 binary activations with +1 (or -1) before a valid convolution, a pending `PaddedBitsVal` that the
 convolution takes in exactly (frontend/linear.py), and zero channels added to an activation (the
@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import BnncError
 from .linear import identity_conv
 from .registry import handler, where
+from .resize import moved_pixels
 from .streams import to_stream
 from .values import AccVal, BitsVal, InputVal, PaddedBitsVal
 
@@ -20,8 +21,11 @@ from .values import AccVal, BitsVal, InputVal, PaddedBitsVal
 def pad(ctx, node, *, mode="constant", pads=None, value=0.0):
     v = ctx.val(node)
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode in ("reflect", "edge", "wrap"):  # border pixels copied: values moved, not changed
+        ctx.set(node, moved_pixels(ctx, node))
+        return
     if mode != "constant":
-        raise BnncError(f"{where(node)}: Pad mode '{mode}' is not supported (constant padding is)")
+        raise BnncError(f"{where(node)}: Pad mode '{mode}' is not supported (constant, reflect, edge and wrap are)")
     if len(node.inputs) > 1 and node.inputs[1]:  # opset >= 11: pads and the value are inputs
         pads = ctx.const(node, 1, "pads")
         value = ctx.const(node, 2, "constant value") if len(node.inputs) > 2 and node.inputs[2] else 0.0

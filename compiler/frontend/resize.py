@@ -1,7 +1,8 @@
-"""Nearest-neighbour resizing: ONNX Resize (opset 10 on) and Upsample (opsets 7-9) in nearest
-mode, of a bit or integer tensor, as ir.Gather with the input row and column of every output
-pixel. The tables come from running the node itself in onnxruntime on a tensor of pixel indices,
-so every coordinate mode, rounding mode, scale and size is taken exactly as the runtime takes it."""
+"""Ops that move pixels without changing them: ONNX Resize (opset 10 on) and Upsample (opsets 7-9)
+in nearest mode, and Pad in reflect / edge / wrap mode (frontend/padding.py), of a bit or integer
+tensor, as ir.Gather with the input row and column of every output pixel. The tables come from
+running the node itself in onnxruntime on a tensor of pixel indices, so every coordinate mode,
+rounding mode, scale, size and pad is taken exactly as the runtime takes it."""
 
 from __future__ import annotations
 
@@ -29,11 +30,16 @@ def upsample(ctx, node, *, mode="nearest"):
 
 
 def _nearest(ctx, node, mode: str) -> None:
-    """The node's nearest-neighbour resize of a bit or integer activation (a real-valued one as its
-    fixed-point stream): ir.Gather. The attributes are the node's own (see `_index_tables`)."""
+    """The node's nearest-neighbour resize (`moved_pixels`); interpolating modes are refused."""
     if mode != "nearest":
         raise BnncError(f"{where(node)}: {node.op} mode '{mode}' interpolates between pixels, which is not supported; "
                         "mode 'nearest' is")
+    ctx.set(node, moved_pixels(ctx, node))
+
+
+def moved_pixels(ctx, node):
+    """The node's output where it moves the pixels of a bit or integer activation (a real-valued one
+    as its fixed-point stream) without changing them: an ir.Gather (see `_index_tables`)."""
     v = ctx.val(node)
     if isinstance(v, (AccVal, IntChainVal)):
         v = stream_operand(ctx, node, v)
@@ -41,7 +47,7 @@ def _nearest(ctx, node, mode: str) -> None:
         raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor of shape {v.shape} is not supported (of "
                         "(N, C, H, W) activations it is)")
     rows, cols = _index_tables(ctx, node, v.shape)
-    ctx.set(node, gather(ctx, node, v, rows, cols, range(v.shape[1])))
+    return gather(ctx, node, v, rows, cols, range(v.shape[1]))
 
 
 def _index_tables(ctx, node, shape: tuple) -> tuple:
@@ -78,7 +84,7 @@ def _index_tables(ctx, node, shape: tuple) -> tuple:
         raise BnncError(f"{where(node)}: onnxruntime cannot run this {node.op}: "
                         f"{str(e).splitlines()[0][:200]}") from None
     if out.ndim != 4 or out.shape[:2] != (n, c) or 0 in out.shape:
-        raise BnncError(f"{where(node)}: {node.op} from {shape} to {out.shape}; bnnc resizes H and W only")
+        raise BnncError(f"{where(node)}: {node.op} from {shape} to {out.shape}; bnnc moves pixels along H and W only")
     rows, cols = out[0, 0, :, 0] // w, out[0, 0, 0, :] % w
     want = (rows[:, None] * w + cols[None, :]).astype(np.float32)
     if not np.array_equal(out, np.broadcast_to(want, out.shape)):

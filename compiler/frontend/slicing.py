@@ -96,9 +96,37 @@ def split(ctx, node, *, axis=0, split=None, num_outputs=None):
         ctx.set(node, gather(ctx, node, v, range(h), range(w), range(int(first), int(first) + split[i])), i)
 
 
+@handler("Gather", listed_as="Gather (of an activation's channels, rows or columns, constant indices)")
+def gather_(ctx, node, *, axis=0):
+    """x[:, idx] and index_select of an activation's channels (or rows, columns) by constant indices
+    (a 1-D list, negative ones from the end): an ir.Gather."""
+    v = ctx.val(node)
+    rank = len(v.shape)
+    axis = axis + rank if axis < 0 else axis
+    idx = ctx.consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    if rank != 4 or axis not in (1, 2, 3) or idx is None or np.ndim(idx) != 1 or np.size(idx) == 0 \
+            or np.asarray(idx).dtype.kind not in "iu":
+        raise BnncError(f"{where(node)}: bnnc supports Gather of an NCHW activation's channels, rows or columns by "
+                        f"a constant list of indices (here axis {axis} of shape {v.shape})")
+    dim = v.shape[axis]
+    picked = [int(i) + dim if int(i) < 0 else int(i) for i in np.asarray(idx)]
+    if not all(0 <= i < dim for i in picked):
+        raise BnncError(f"{where(node)}: indices {picked[:8]} beyond axis {axis} of size {dim}")
+    v = no_pending_ops(ctx, node, v)
+    if isinstance(v, AccVal):
+        v = to_stream(ctx, node, v)
+    if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None:
+        raise BnncError(f"{where(node)}: Gather of a {v.kind} tensor is not supported (bits and fixed-point "
+                        "streams are)")
+    keep = [range(d) for d in v.shape]
+    keep[axis] = picked
+    ctx.set(node, gather(ctx, node, v, keep[2], keep[3], keep[1]))
+
+
 def gather(ctx, node, v, rows, cols, channels) -> Val:
-    """The rows, columns and channels of the bit or integer activation `v` that these ranges keep,
-    in their order: an ir.Gather (its channel table left out where all are kept in order)."""
+    """The rows, columns and channels of the bit or integer activation `v` that these index lists
+    (ranges) keep, in their order: an ir.Gather (its channel table left out where all are kept in
+    order)."""
     ty = ctx.graph.tensors[v.tensor]
     name = ctx.new_name("gather")
     tname = name + "_out"

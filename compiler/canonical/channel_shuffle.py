@@ -1,0 +1,72 @@
+"""ShuffleNet's channel shuffle as exporters write it, Reshape(x, [N, g, k, H, W]) ->
+Transpose(perm [0, 2, 1, 3, 4]) -> Reshape(.., [N, g * k, H, W]), replaced by one ONNX Gather of
+x's channels: output channel j * g + i is input channel i * k + j.
+
+Preserves every value: the three ops only move elements, and the Gather moves them to the same
+places. Rewritten only where x is (N, g * k, H, W) by shape inference, the final Reshape gives
+that shape back, and the intermediate tensors have that one reader and are no graph outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused,
+                         graph_outputs, is_standard, replace_node, sole_reader)
+
+
+def _shapes(model: onnx.ModelProto) -> dict:
+    """tensor name -> static shape, where shape inference states one."""
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # a model shape inference cannot read: no rewrite
+        return {}
+    out = {}
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = tuple(d.dim_value for d in dims)
+    return out
+
+
+def channel_shuffle_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
+    g0 = model.graph
+    if not any(n.op_type == "Transpose" and list(attrs(n).get("perm", [])) == [0, 2, 1, 3, 4] for n in g0.node):
+        return model
+    out = copy_model(model)
+    g = out.graph
+    readers, values, outs = consumers(g), constant_values(g), graph_outputs(g)
+    shapes = _shapes(out)
+    names = Names(g)
+    changed = False
+    for first in list(g.node):
+        if first.op_type != "Reshape" or not is_standard(first) or len(first.input) < 2:
+            continue
+        x, five = first.input[0], values.get(first.input[1])
+        shape = shapes.get(x)
+        if five is None or shape is None or len(shape) != 4 or np.size(five) != 5:
+            continue
+        n, c, h, w = shape
+        gk = [int(v) for v in np.asarray(five).reshape(-1)]
+        if gk[1] < 1 or gk[2] < 1 or gk[1] * gk[2] != c or shapes.get(first.output[0]) != (n, gk[1], gk[2], h, w):
+            continue
+        trans = sole_reader(readers, outs, first.output[0])
+        if trans is None or trans.op_type != "Transpose" or not is_standard(trans) \
+                or list(attrs(trans).get("perm", [])) != [0, 2, 1, 3, 4]:
+            continue
+        last = sole_reader(readers, outs, trans.output[0])
+        if last is None or last.op_type != "Reshape" or not is_standard(last) or shapes.get(last.output[0]) != shape:
+            continue
+        groups, k = gk[1], gk[2]
+        order = np.array([i * k + j for j in range(k) for i in range(groups)], np.int64)
+        idx = add_initializer(g, names, order, x + "_shuffle")
+        gather = helper.make_node("Gather", [x, idx], [last.output[0]], name=last.name or names.fresh("Gather"), axis=1)
+        replace_node(g, last, gather)
+        g.node.remove(first)
+        g.node.remove(trans)
+        changed = True
+    if not changed:
+        return model
+    drop_unused(out)
+    return out
