@@ -12,22 +12,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..original import static_shapes
 from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused,
                          graph_outputs, is_standard, replace_node, sole_reader)
-
-
-def _shapes(model: onnx.ModelProto) -> dict:
-    """tensor name -> static shape, where shape inference states one."""
-    try:
-        g = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # a model shape inference cannot read: no rewrite
-        return {}
-    out = {}
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            out[vi.name] = tuple(d.dim_value for d in dims)
-    return out
 
 
 def channel_shuffle_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -37,7 +24,7 @@ def channel_shuffle_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     g = out.graph
     readers, values, outs = consumers(g), constant_values(g), graph_outputs(g)
-    shapes = _shapes(out)
+    shapes = static_shapes(out)  # None where a dimension is unknown: no match below
     names = Names(g)
     changed = False
     for first in list(g.node):

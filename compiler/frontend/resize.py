@@ -11,10 +11,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import BnncError
-from .gating import stream_operand
 from .registry import handler, where
-from .slicing import gather
-from .values import AccVal, BitsVal, IntChainVal, IntsVal
+from .slicing import gather, moved_operand
 
 
 @handler("Resize", listed_as="Resize / Upsample (nearest, of activations)",
@@ -40,12 +38,10 @@ def _nearest(ctx, node, mode: str) -> None:
 def moved_pixels(ctx, node):
     """The node's output where it moves the pixels of a bit or integer activation (a real-valued one
     as its fixed-point stream) without changing them: an ir.Gather (see `_index_tables`)."""
-    v = ctx.val(node)
-    if isinstance(v, (AccVal, IntChainVal)):
-        v = stream_operand(ctx, node, v)
-    if not isinstance(v, (BitsVal, IntsVal)) or len(v.shape) != 4 or v.flat_from is not None:
-        raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor of shape {v.shape} is not supported (of "
-                        "(N, C, H, W) activations it is)")
+    v = moved_operand(ctx, node, ctx.val(node))
+    if len(v.shape) != 4:
+        raise BnncError(f"{where(node)}: {node.op} of a tensor of shape {v.shape} is not supported (of (N, C, H, W) "
+                        "activations it is)")
     rows, cols = _index_tables(ctx, node, v.shape)
     return gather(ctx, node, v, rows, cols, range(v.shape[1]))
 

@@ -51,12 +51,7 @@ def slice_(ctx, node, *, starts=None, ends=None, axes=None):
     if all(list(keep[i]) == list(range(v.shape[i])) for i in range(4)):
         ctx.set(node, v)
         return
-    v = no_pending_ops(ctx, node, v)
-    if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
-        v = to_stream(ctx, node, v)
-    if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None:
-        raise BnncError(f"{where(node)}: Slice of a {v.kind} tensor is not supported (bits and fixed-point "
-                        "streams are)")
+    v = moved_operand(ctx, node, v)
     strided = [keep[i].start == 0 and keep[i].step > 0 and len(keep[i]) == -(-v.shape[i] // keep[i].step)
                for i in (2, 3)]
     if list(keep[1]) == list(range(v.shape[1])) and all(strided):
@@ -85,12 +80,7 @@ def split(ctx, node, *, axis=0, split=None, num_outputs=None):
     if rank != 4 or axis != 1 or len(split) != n or sum(split) != c or min(split) < 1:
         raise BnncError(f"{where(node)}: bnnc supports Split of an NCHW activation's channels (axis 1) into parts "
                         f"of at least one channel; here axis {axis} of shape {v.shape} into {split}")
-    v = no_pending_ops(ctx, node, v)
-    if isinstance(v, AccVal):
-        v = to_stream(ctx, node, v)
-    if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None:
-        raise BnncError(f"{where(node)}: Split of a {v.kind} tensor is not supported (bits and fixed-point "
-                        "streams are)")
+    v = moved_operand(ctx, node, v)
     h, w = v.shape[2:]
     for i, first in enumerate(np.cumsum([0] + split[:-1])):
         ctx.set(node, gather(ctx, node, v, range(h), range(w), range(int(first), int(first) + split[i])), i)
@@ -112,15 +102,22 @@ def gather_(ctx, node, *, axis=0):
     picked = [int(i) + dim if int(i) < 0 else int(i) for i in np.asarray(idx)]
     if not all(0 <= i < dim for i in picked):
         raise BnncError(f"{where(node)}: indices {picked[:8]} beyond axis {axis} of size {dim}")
-    v = no_pending_ops(ctx, node, v)
-    if isinstance(v, AccVal):
-        v = to_stream(ctx, node, v)
-    if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None:
-        raise BnncError(f"{where(node)}: Gather of a {v.kind} tensor is not supported (bits and fixed-point "
-                        "streams are)")
+    v = moved_operand(ctx, node, v)
     keep = [range(d) for d in v.shape]
     keep[axis] = picked
     ctx.set(node, gather(ctx, node, v, keep[2], keep[3], keep[1]))
+
+
+def moved_operand(ctx, node, v) -> Val:
+    """The bit or integer activation an op that moves values reads (a real-valued one as its
+    fixed-point stream, its pending ops applied)."""
+    v = no_pending_ops(ctx, node, v)
+    if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
+        v = no_pending_ops(ctx, node, to_stream(ctx, node, v))
+    if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None:
+        raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor is not supported (bits and fixed-point "
+                        "streams are)")
+    return v
 
 
 def gather(ctx, node, v, rows, cols, channels) -> Val:
