@@ -93,7 +93,8 @@ def _output_grid(ctx, node):
         return None
     s = float(params[0][0].ravel()[0])
     zps = [int(zp.ravel()[0]) for _, zp in params]
-    if any(float(sc.ravel()[0]) != s for sc, _ in params) or not s > 0 or 1 / s + max(map(abs, zps)) >= ir.QUANT_ROUND_LIMIT:
+    if any(float(sc.ravel()[0]) != s for sc, _ in params) or not s > 0 \
+            or 1 / s + max(map(abs, zps)) >= ir.QUANT_ROUND_LIMIT:
         return None
     if len(chain) > 1 and (zps[1] != zps[0] or params[1][1].dtype != params[0][1].dtype):
         return None  # a DequantizeLinear that is not its QuantizeLinear's

@@ -1,5 +1,6 @@
-"""Pad with a constant (reflect, edge and wrap pads move pixels: frontend/resize.py). Zero pads of the spatial axes merge into the following window op in the
-canonical stage (canonical/pad_into_window.py); what reaches the frontend is larq's padding of
+"""Pad with a constant (reflect, edge and wrap pads move pixels: frontend/resize.py). Zero pads of
+the spatial axes merge into the following window op in the canonical stage
+(canonical/pad_into_window.py); what reaches the frontend is larq's padding of
 binary activations with +1 (or -1) before a valid convolution, a pending `PaddedBitsVal` that the
 convolution takes in exactly (frontend/linear.py), and zero channels added to an activation (the
 downsampling shortcuts of ResNet "option A": F.pad(x, (0, 0, 0, 0, p, p))), an identity
