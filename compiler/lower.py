@@ -77,29 +77,28 @@ def _set_output(ctx: LoweringContext) -> None:
     if out not in ctx.vals:
         raise BnncError(f"model output '{out}' is not computed from the input by supported ops")
     v = ctx.vals[out]
-    dtype = None
-    if getattr(v, "quant", None) is not None:  # a QuantizeLinear's integers with no DequantizeLinear after it
+    quantized = getattr(v, "quant", None) is not None  # a QuantizeLinear's integers, no DequantizeLinear after it
+    if quantized:
         node = next(n for n in ctx.lm.nodes if n.name == v.quant[2])
         v = quantize_linear_integers(ctx, node, v)
         if v.flat_from is not None and v.flat_from[1] * v.flat_from[2] > 1:
             raise BnncError(f"model output '{out}': the integers of QuantizeLinear '{node.name}' of flattened feature "
                             "maps are not supported (of a dense layer's outputs, or unflattened, they are)")
-        ty = ctx.graph.tensors[v.tensor]
+    if quantized or (out in ctx.gridded_outputs and isinstance(ctx.graph.tensors[v.tensor], ir.Ints)):
+        ty = ctx.graph.tensors[v.tensor]  # (the second: a Softmax's QuantizeLinear integers, heads._output_grid)
         dtype = int_dtype_for(ty.lo, ty.hi)
-    elif out in ctx.gridded_outputs and isinstance(ctx.graph.tensors[v.tensor], ir.Ints):  # a Softmax's (heads)
-        ty = ctx.graph.tensors[v.tensor]
-        dtype = int_dtype_for(ty.lo, ty.hi)
-    if isinstance(v, AccVal):
-        v = ctx.finish_acc(v, None, None)
-    if dtype is None and isinstance(v, (BitsVal, IntsVal, IntChainVal)) and v.flat_from is None:
-        v = ctx.finish_acc(identity_conv(ctx, SimpleNamespace(name=out, op="output"), v), None, None)
-    if dtype is None and isinstance(v, RealsVal):
-        dtype = "float32"
-    elif dtype is None and isinstance(v, IndexVal):
-        dtype = "int32"
-    elif dtype is None:
-        raise BnncError(f"model output '{out}' is a {v.kind} tensor; bnnc supports real-valued outputs "
-                        "(logits), a QuantizeLinear's integers or TopK/ArgMax indices")
+    else:
+        if isinstance(v, AccVal):
+            v = ctx.finish_acc(v, None, None)
+        if isinstance(v, (BitsVal, IntsVal, IntChainVal)) and v.flat_from is None:
+            v = ctx.finish_acc(identity_conv(ctx, SimpleNamespace(name=out, op="output"), v), None, None)
+        if isinstance(v, RealsVal):
+            dtype = "float32"
+        elif isinstance(v, IndexVal):
+            dtype = "int32"
+        else:
+            raise BnncError(f"model output '{out}' is a {v.kind} tensor; bnnc supports real-valued outputs "
+                            "(logits), a QuantizeLinear's integers or TopK/ArgMax indices")
     ctx.graph.output = v.tensor
     ctx.graph.output_info = {"shape": tuple(v.shape), "dtype": dtype, "onnx_name": out,
                              "elements": int(np.prod(v.shape))}

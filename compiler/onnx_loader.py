@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .canonical.external_data import load_external_data
-from .canonical.graph_edit import ste_exact_below
+from .canonical.graph_edit import copy_model, ste_exact_below
 from .errors import BnncError, one_line
 from .userfiles import read_bytes
 
@@ -173,8 +173,7 @@ def with_input_shape(model: onnx.ModelProto, shape: tuple) -> onnx.ModelProto:
     dimensions open (a dynamic batch, H and W of a fully convolutional export) or gives these:
     the shapes the file records for other tensors are dropped (shape inference finds them again
     from the input), and a shape the graph cannot take is refused."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     inits = {t.name for t in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -204,8 +203,7 @@ def with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """A copy of `model` whose one output is the tensor `name` (--model-output: one of several model
     outputs, e.g. the logits beside a feature output, or a tensor inside the graph), with only the
     nodes it depends on."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     g = m.graph
     producer = {o: n for n in g.node for o in n.output if o}
     if name not in producer:
