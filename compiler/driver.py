@@ -118,17 +118,33 @@ def approximations(graph: ir.Graph) -> list:
             half_step = graph.tensors[op.outputs[0]].scale / 2
             found.append(f"'{(op.source_ops or [op.name])[0]}' product of streams rounded to its grid "
                          f"(<= {half_step:.3g})")
-        if isinstance(ep, ir.Requantize) and ep.reach > max(ep.hi, -ep.lo) * ep.out_scale:
-            found.append(f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream saturates at "
-                         f"+-{max(ep.hi, -ep.lo) * ep.out_scale:.6g} (its worst case reaches {ep.reach:.6g})")
-        if isinstance(op, ir.Add):
-            a, b = (graph.tensors[t] for t in op.inputs)
-            reach = max(-(a.lo * a.scale + b.lo * b.scale), a.hi * a.scale + b.hi * b.scale)
-            bound = max(op.hi, -op.lo) * graph.tensors[op.outputs[0]].scale
-            if reach > bound:
-                found.append(f"residual Add '{op.name}' saturates at +-{bound:.6g} "
-                             f"(its worst case reaches {reach:.6g})")
+        saturation = _saturation(graph, op)
+        if saturation:
+            found.append(saturation)
     return found
+
+
+def _saturation(graph: ir.Graph, op) -> str:
+    """What saturates where a stream's values can reach beyond its clamp ('' where none can)."""
+    ep = getattr(op, "epilogue", None)
+    if isinstance(ep, ir.Requantize) and ep.reach > max(ep.hi, -ep.lo) * ep.out_scale:
+        return (f"'{(getattr(op, 'source_ops', None) or [op.name])[0]}' fixed-point stream saturates at "
+                f"+-{max(ep.hi, -ep.lo) * ep.out_scale:.6g} (its worst case reaches {ep.reach:.6g})")
+    if isinstance(op, ir.Add):
+        a, b = (graph.tensors[t] for t in op.inputs)
+        reach = max(-(a.lo * a.scale + b.lo * b.scale), a.hi * a.scale + b.hi * b.scale)
+        bound = max(op.hi, -op.lo) * graph.tensors[op.outputs[0]].scale
+        if reach > bound:
+            return f"residual Add '{op.name}' saturates at +-{bound:.6g} (its worst case reaches {reach:.6g})"
+    return ""
+
+
+def output_bound_holds(graph: ir.Graph) -> bool:
+    """Whether the stated end-to-end output bound (error_bounds) holds on every input: no step of a
+    sign or quantizer within float32 rounding of its boundary (the bounds after one assume it did
+    not flip), no softmax rounded to an output grid, no stream that can saturate."""
+    return not any(getattr(getattr(op, "epilogue", None), "near_ties", 0) or _saturation(graph, op)
+                   or (isinstance(op, ir.Softmax) and op.out_grid is not None) for op in graph.ops())
 
 
 def run_target(graph: ir.Graph, target: str, inputs: Inputs, name: str = "bnnc", flags=None,
