@@ -161,6 +161,50 @@ def test_ir_verify_checks_the_sigmoid_grid_and_the_gate_shape():
         ir.verify(graph)
 
 
+def _hard_gated_sign(seed, c=8, h=6):
+    """x -> real conv a; gate = relu6(dense(relu(dense(avgpool(a)))) + 3) / 6 per channel (MobileNetV3's
+    hard sigmoid as PyTorch code writes it), closed (exactly 0) on half the channels;
+    y = binconv(sign(a * gate)): ONNX's Sign gives 0 where the gate is 0."""
+    rng = np.random.default_rng(seed)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w1": rng.normal(size=(c, 4, 3, 3)).astype(np.float32) / 4, "b1": rng.normal(size=c).astype(np.float32),
+             "d1": rng.normal(size=(c, 4)).astype(np.float32), "d2": rng.normal(size=(4, c)).astype(np.float32),
+             "closed": np.where(np.arange(c) % 2 == 0, -100.0, 0.0).astype(np.float32),
+             "three": np.array(3, np.float32), "zero": np.array(0, np.float32), "six": np.array(6, np.float32),
+             "flat": np.array([-1, c], np.int64), "vec": np.array([-1, c, 1, 1], np.int64),
+             "w2": rng.choice([-1.0, 1.0], size=(c, c, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["a"], ["ap"], kernel_shape=[h, h], strides=[h, h]),
+             helper.make_node("Reshape", ["ap", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "d1"], ["m1"]),
+             helper.make_node("Relu", ["m1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "d2"], ["m2"]),
+             helper.make_node("Add", ["m2", "closed"], ["m3"]),
+             helper.make_node("Add", ["m3", "three"], ["m4"]),
+             helper.make_node("Clip", ["m4", "zero", "six"], ["m5"]),
+             helper.make_node("Div", ["m5", "six"], ["g"]),
+             helper.make_node("Reshape", ["g", "vec"], ["gate"]),
+             helper.make_node("Mul", ["a", "gate"], ["p"]),
+             helper.make_node("Sign", ["p"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    return _model(nodes, inits, (1, 4, h, h), (1, c, h, h))
+
+
+def test_sign_of_a_product_with_a_closed_gate_keeps_its_zeros():
+    """The 0 of a product whose gate a Relu / Clip closes is exact, not a rounded value near 0: the
+    Sign after it is ternary, as ONNX's Sign(0) = 0 is, and the outputs stay within the bound."""
+    model = _hard_gated_sign(0)
+    graph, ref, orig = _run(model, Options(verify_ir=True))
+    mul = next(op for op in graph.ops() if isinstance(op, ir.Mul))
+    sign = next(op for op in graph.ops() if isinstance(op, ir.Activation) and op.inputs == mul.outputs)
+    out = graph.tensors[sign.outputs[0]]
+    assert isinstance(out, ir.Ints) and (out.lo, out.hi) == (-1, 1)
+    f32 = 2.0**-22 * np.maximum(1.0, np.abs(orig))
+    assert np.all(np.abs(ref - orig) <= error_bounds.output_bound(graph) + f32)
+
+
 # ----------------------------------------------------------------------------- a whole block, tf2onnx's form
 
 

@@ -236,7 +236,7 @@ def activate(ctx, node, term, v: Optional[Val] = None):
     their grid) maps an exact 0 to +1: the represented 0 stands for real values of either sign
     within that bound, and the activation stays binary instead of becoming ternary. Not where the
     0 is a value of its own, which every x <= 0 gives: right after a Relu (larq's ste_heaviside,
-    sign(relu(x)) in {0, 1}) or on a stream clamped at 0 (`_zero_is_rounded`)."""
+    sign(relu(x)) in {0, 1}), on a stream clamped at 0 or on a product with one (`_zero_is_rounded`)."""
     v = ctx.val(node) if v is None else v
     if term is not None and node.name in ctx.lm.ste_exact_below:  # a straight-through form read as this terminal
         term = replace(term, exact_below=ctx.lm.ste_exact_below[node.name])
@@ -302,17 +302,28 @@ def _reaches_only_terminals(ctx, node) -> bool:
 def _zero_is_rounded(ctx, v: Val) -> bool:
     """Whether an exact 0 before the sign is only a rounded value near 0, not the image of a range:
     no Relu whose 0 the ops after it keep at 0 (larq's ste_heaviside, sign(relu(x))), and no
-    integer tensor clamped at 0 whose 0 the chain keeps at 0."""
+    integer tensor clamped at 0 (or a product of one: `_zero_is_a_range_end`) whose 0 the chain
+    keeps at 0."""
     chain = list(getattr(v, "chain", []))
     zero = np.zeros(1, np.float32)
     for i, op in enumerate(chain):
         if op.op == "relu" and np.any(eval_chain(chain[i + 1:], zero) == 0):
             return False
     if isinstance(v, (IntsVal, IntChainVal)):
-        t = ctx.graph.tensors[v.tensor]
-        if 0 in (t.lo, t.hi) and np.any(eval_chain(chain, zero) == 0):
+        if _zero_is_a_range_end(ctx.graph, v.tensor) and np.any(eval_chain(chain, zero) == 0):
             return False
     return True
+
+
+def _zero_is_a_range_end(graph: ir.Graph, tensor: str) -> bool:
+    """Whether the integer tensor's 0 is where a range is clamped: 0 is an end of its range, or it is
+    a product of streams one of which is clamped at 0 (a gate that a Relu / Clip / relu6 closes
+    gives an exact 0 product; Sign(0) of that is 0 in the model)."""
+    t = graph.tensors[tensor]
+    if 0 in (t.lo, t.hi):
+        return True
+    op = graph.producer(tensor)
+    return isinstance(op, ir.Mul) and any(_zero_is_a_range_end(graph, i) for i in op.inputs)
 
 
 def _rounded(ctx, v: Val) -> bool:
