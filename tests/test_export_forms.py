@@ -1597,3 +1597,123 @@ def test_channel_shuffle(groups, batch):
     g = next(op for op in graph.ops() if isinstance(op, ir.Gather))
     k = c // groups
     assert g.channels == tuple(i * k + j for j in range(k) for i in range(groups))
+
+
+# ----------------------------------------------------------------------------- QKeras and LSQ quantizers
+
+
+def _qkeras_bits(x, prefix, bits=4, frac=2):
+    """QKeras's quantized_bits(bits, bits - frac - 1) of `x` as tf2onnx writes it: the rounding's and
+    the whole quantizer's straight-through estimators `v + (-v + round(v))`, `x + 1.0 * (-x + q)`."""
+    p = prefix
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    inits = {f"{p}_k": np.array(2.0**frac, np.float32), f"{p}_lo": np.array(lo, np.float32),
+             f"{p}_hi": np.array(hi, np.float32), f"{p}_c": np.array(2.0**-frac, np.float32),
+             f"{p}_one": np.array(1.0, np.float32)}
+    nodes = [helper.make_node("Mul", [x, f"{p}_k"], [f"{p}_v"]),
+             helper.make_node("Round", [f"{p}_v"], [f"{p}_r"]),
+             helper.make_node("Neg", [f"{p}_v"], [f"{p}_nv"]),
+             helper.make_node("Add", [f"{p}_nv", f"{p}_r"], [f"{p}_d"]),
+             helper.make_node("Add", [f"{p}_v", f"{p}_d"], [f"{p}_ste"]),
+             helper.make_node("Min", [f"{p}_ste", f"{p}_hi"], [f"{p}_min"]),
+             helper.make_node("Max", [f"{p}_min", f"{p}_lo"], [f"{p}_cl"]),
+             helper.make_node("Mul", [f"{p}_cl", f"{p}_c"], [f"{p}_q"]),
+             helper.make_node("Neg", [x], [f"{p}_nx"]),
+             helper.make_node("Add", [f"{p}_nx", f"{p}_q"], [f"{p}_dq"]),
+             helper.make_node("Mul", [f"{p}_one", f"{p}_dq"], [f"{p}_dq1"]),
+             helper.make_node("Add", [x, f"{p}_dq1"], [f"{p}_out"])]
+    return nodes, inits, f"{p}_out"
+
+
+def _qkeras_relu(x, prefix, bits=4):
+    """QKeras's quantized_relu(bits, 0) as tf2onnx writes it: the estimator's identity part is the
+    clipped relu where(x <= hi, relu(x), hi) built from LessOrEqual / Not / Cast masks and a
+    ones_like (Shape -> ConstantOfShape), the quantized part clip(round(x * 2^b) / 2^b, 0, hi)."""
+    p = prefix
+    top = 1 - 2.0**-bits
+    inits = {f"{p}_k": np.array(2.0**bits, np.float32), f"{p}_c": np.array(2.0**-bits, np.float32),
+             f"{p}_top": np.array(top, np.float32), f"{p}_zero": np.array(0.0, np.float32)}
+    nodes = [helper.make_node("Mul", [x, f"{p}_k"], [f"{p}_v"]),
+             helper.make_node("Round", [f"{p}_v"], [f"{p}_r"]),
+             helper.make_node("Neg", [f"{p}_v"], [f"{p}_nv"]),
+             helper.make_node("Add", [f"{p}_nv", f"{p}_r"], [f"{p}_d"]),
+             helper.make_node("Add", [f"{p}_v", f"{p}_d"], [f"{p}_ste"]),
+             helper.make_node("Relu", [x], [f"{p}_relu"]),
+             helper.make_node("LessOrEqual", [x, f"{p}_top"], [f"{p}_le"]),
+             helper.make_node("Cast", [f"{p}_le"], [f"{p}_lef"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", [f"{p}_lef", f"{p}_relu"], [f"{p}_keep"]),
+             helper.make_node("Not", [f"{p}_le"], [f"{p}_gt"]),
+             helper.make_node("Cast", [f"{p}_gt"], [f"{p}_gtf"], to=TensorProto.FLOAT),
+             helper.make_node("Shape", [x], [f"{p}_shape"]),
+             helper.make_node("ConstantOfShape", [f"{p}_shape"], [f"{p}_ones"],
+                              value=numpy_helper.from_array(np.array([1.0], np.float32))),
+             helper.make_node("Mul", [f"{p}_ones", f"{p}_top"], [f"{p}_tops"]),
+             helper.make_node("Mul", [f"{p}_tops", f"{p}_gtf"], [f"{p}_sat"]),
+             helper.make_node("Add", [f"{p}_keep", f"{p}_sat"], [f"{p}_sel"]),
+             helper.make_node("Mul", [f"{p}_ste", f"{p}_c"], [f"{p}_sc"]),
+             helper.make_node("Min", [f"{p}_sc", f"{p}_top"], [f"{p}_min"]),
+             helper.make_node("Max", [f"{p}_min", f"{p}_zero"], [f"{p}_q"]),
+             helper.make_node("Neg", [f"{p}_sel"], [f"{p}_nsel"]),
+             helper.make_node("Add", [f"{p}_nsel", f"{p}_q"], [f"{p}_dq"]),
+             helper.make_node("Add", [f"{p}_sel", f"{p}_dq"], [f"{p}_out"])]
+    return nodes, inits, f"{p}_out"
+
+
+def _lsq(x, prefix, s, lo, hi):
+    """LSQ's activation quantizer in PyTorch code: x + (round(clamp(x / s, lo, hi)) * s - x).detach()."""
+    p = prefix
+    inits = {f"{p}_s": np.array(s, np.float32), f"{p}_lo": np.array(lo, np.float32),
+             f"{p}_hi": np.array(hi, np.float32)}
+    nodes = [helper.make_node("Div", [x, f"{p}_s"], [f"{p}_d"]),
+             helper.make_node("Clip", [f"{p}_d", f"{p}_lo", f"{p}_hi"], [f"{p}_cl"]),
+             helper.make_node("Round", [f"{p}_cl"], [f"{p}_r"]),
+             helper.make_node("Mul", [f"{p}_r", f"{p}_s"], [f"{p}_q"]),
+             helper.make_node("Sub", [f"{p}_q", x], [f"{p}_dq"]),
+             helper.make_node("Add", [x, f"{p}_dq"], [f"{p}_out"])]
+    return nodes, inits, f"{p}_out"
+
+
+@pytest.mark.parametrize("form", ["bits", "relu", "lsq"])
+def test_qkeras_and_lsq_activation_quantizers(form):
+    """A dense MLP with each quantizer between its layers (2-bit ternary-like weights, exact): the
+    quantizer becomes one multi-level activation, C and the reference equal, the reference equal
+    to onnxruntime on the model."""
+    rng = np.random.default_rng({"bits": 0, "relu": 1, "lsq": 2}[form])
+    inits = {"w1": rng.integers(-1, 2, size=(16, 24)).astype(np.float32) / 8,
+             "b1": rng.integers(-8, 8, size=24).astype(np.float32) / 16,
+             "w2": rng.integers(-2, 2, size=(24, 10)).astype(np.float32)}
+    build = {"bits": lambda t: _qkeras_bits(t, "q"), "relu": lambda t: _qkeras_relu(t, "q"),
+             "lsq": lambda t: _lsq(t, "q", 0.375, 0, 3)}[form]
+    qnodes, qinits, q = build("h")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"]), helper.make_node("Add", ["m", "b1"], ["h"]),
+             *qnodes, helper.make_node("MatMul", [q, "w2"], ["y"])]
+    g = _check(_model(nodes, {**inits, **qinits}, (1, 16)), Options(input_range=(-128, 127), input_scale=1 / 64))
+    kinds = [type(op).__name__ for op in g.ops()]
+    assert "Activation" not in kinds  # the quantizer is the first layer's epilogue
+    first = next(op for op in g.ops() if isinstance(op, ir.Conv))
+    levels = {"bits": (-8, 7), "relu": (0, 15), "lsq": (0, 3)}[form]
+    assert (g.tensors[first.outputs[0]].lo, g.tensors[first.outputs[0]].hi) == levels
+
+
+def test_qkeras_quantizers_of_an_nhwc_input_and_conv_outputs():
+    """tf2onnx's NHWC QKeras CNN: quantized_bits on the raw (N, H, W, C) input before the layout
+    Transpose (moved to the input), quantized_relu of a convolution (its masks in NHWC, between
+    Transposes), then GlobalAveragePooling2D of the quantized values times 2^-4 (the pool keeps
+    that scale) and a dense head."""
+    rng = np.random.default_rng(3)
+    inits = {"w": rng.integers(-1, 2, size=(8, 3, 3, 3)).astype(np.float32) / 4,
+             "b": rng.integers(-4, 4, size=8).astype(np.float32) / 8,
+             "wd": rng.integers(-2, 2, size=(8, 10)).astype(np.float32), "sq": np.array([2, 3], np.int64)}
+    qin, qin_inits, xq = _qkeras_bits("x", "inq", bits=8, frac=5)
+    nhwc = [helper.make_node("Transpose", ["a"], ["a_nhwc"], perm=[0, 2, 3, 1])]
+    qa, qa_inits, aq = _qkeras_relu("a_nhwc", "qa")
+    nodes = [*qin, helper.make_node("Transpose", [xq], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w", "b"], ["a"], pads=[1, 1, 1, 1]), *nhwc, *qa,
+             helper.make_node("Transpose", [aq], ["aq"], perm=[0, 3, 1, 2]),
+             helper.make_node("GlobalAveragePool", ["aq"], ["p"]),
+             helper.make_node("Squeeze", ["p", "sq"], ["f"]),
+             helper.make_node("MatMul", ["f", "wd"], ["y"])]
+    g = _check(_model(nodes, {**inits, **qin_inits, **qa_inits}, (1, 6, 6, 3)),
+               Options(input_range=(-128, 127), input_scale=1 / 64))
+    inq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    assert inq.channels_last

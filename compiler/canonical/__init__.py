@@ -51,6 +51,7 @@ REWRITES = (
     spatial_reduce_to_global_pool,
     keras_prelu_to_prelu,
     sink_layout_transposes,
+    simplify_ste_sign,  # again: in tf2onnx's NHWC form Transposes inside an estimator hid it before
     ternary_sign_to_threshold,
     nhwc_flatten_into_dense,
     split_convs_to_grouped_conv,

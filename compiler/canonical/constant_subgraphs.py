@@ -29,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..original import MAX_IR_VERSION
+from ..original import MAX_IR_VERSION, static_shapes
 from .graph_edit import constant_values, copy_model, default_opset, drop_unused, is_standard, onnxruntime_session
 
 # DequantizeLinear stays: the loader reads a quantized weight's integers through it.
@@ -75,6 +75,24 @@ def evaluate_node(node: onnx.NodeProto, values: dict, opset: int):
         return None
 
 
+def _static_shape_values(model: onnx.ModelProto, values: dict) -> dict:
+    """{output: value} of the Shape nodes of activations whose shape is static but for the batch
+    axis, which bnnc compiles as 1 (the frontend reads Shape the same way): tf2onnx's
+    `ones_like(x)`, ConstantOfShape(Shape(x)), then folds to a constant."""
+    nodes = [n for n in model.graph.node if n.op_type == "Shape" and is_standard(n) and n.input[0] not in values]
+    if not nodes:
+        return {}
+    shapes = static_shapes(model)
+    found = {}
+    for n in nodes:
+        shape = shapes.get(n.input[0])
+        if not shape or any(d is None for d in shape[1:]):
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        found[n.output[0]] = np.array((1, *shape[1:]), np.int64)[a.get("start", 0):a.get("end")]
+    return found
+
+
 def fold_constant_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     g = out.graph
@@ -83,6 +101,7 @@ def fold_constant_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
     initializer_names = {t.name for t in g.initializer}
     graph_inputs = {i.name for i in g.input} - initializer_names
     folded_nodes, new_values = [], {}
+    values.update(_static_shape_values(out, values))
     pending = [n for n in g.node if is_standard(n) and n.op_type not in KEPT_OPS]
     progress = True
     while progress:  # repeated sweeps: the file's node order need not be topological

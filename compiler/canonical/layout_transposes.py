@@ -27,6 +27,11 @@ the last axis; where H = W = 1 it writes those Transposes as Reshapes. The rewri
 3. replaces each remaining Transpose that moves only size-1 axes by a Reshape to its output shape
    (batch axis copied with 0).
 
+Before step 2, a Transpose that a chain of elementwise ops with single constants computes from a
+model input (a quantizer or a sign of the NHWC input, then tf2onnx's layout Transpose) moves up to
+the input, above the chain, and a Transpose that reads a model input is never moved down: the
+frontend reads an NHWC input through it.
+
 Preserves exactly: every step only moves elements (or reads the same elements in the same order);
 no arithmetic changes operands or order, so the outputs are bit-identical.
 
@@ -78,6 +83,7 @@ class _Sinker:
         self.shapes = static_shapes(model)
         self.opset = default_opset(model)
         self.outputs = graph_outputs(self.g)
+        self.inputs = {i.name for i in self.g.input} - set(self.values)
 
     # -------------------------------------------------------------- reshapes that are transposes
     def reshapes_to_transposes(self):
@@ -305,8 +311,8 @@ class _Sinker:
             for t in list(self.g.node):
                 if t.op_type != "Transpose" or not is_standard(t) or t.input[0] in self.values:
                     continue
-                if t.output[0] in self.outputs:
-                    continue
+                if t.output[0] in self.outputs or t.input[0] in self.inputs:
+                    continue  # a model input's layout Transpose stays where the frontend reads it
                 for r in readers.get(t.output[0], []):
                     if self._push(t, r):
                         pushed = True
@@ -316,6 +322,53 @@ class _Sinker:
             if not pushed:
                 return
             drop_unused(self.model)
+
+    # -------------------------------------------------------------- hoisting to the model input
+    def hoist_to_inputs(self):
+        """A Transpose whose input a chain of elementwise ops with scalar constants computes from a
+        model input (a quantizer or sign applied to an NHWC input before tf2onnx's layout
+        Transpose) moves above the chain, to right after the input: the chain then runs on the
+        transposed elements, the same values in another order."""
+        prods, readers = producers(self.g), consumers(self.g)
+        inputs = self.inputs
+        for t in list(self.g.node):
+            if t.op_type != "Transpose" or not is_standard(t) or t.input[0] in self.values:
+                continue
+            chain, cur = [], t.input[0]
+            while cur not in inputs:
+                n = prods.get(cur)
+                rs = readers.get(cur, [])
+                if n is None or len(rs) != 1 or cur in self.outputs or not self._scalar_elementwise(n):
+                    break
+                chain.append(n)
+                cur = next(i for i in n.input if i and i not in self.values)
+            if cur not in inputs or not chain or len(readers.get(cur, [])) != 1:
+                continue
+            perm = list(attrs(t)["perm"])
+            moved = self.names.fresh(cur.split("/")[-1] or "input")
+            first = chain[-1]
+            first.input[list(first.input).index(cur)] = moved
+            self.g.node.insert(list(self.g.node).index(first), helper.make_node(
+                "Transpose", [cur], [moved], name=self.names.fresh("Transpose"), perm=perm))
+            rename_input(self.g, t.output[0], t.input[0])
+            self.g.node.remove(t)
+            for n in chain:  # their shapes are the transposed ones now
+                s = self.shapes.get(n.output[0])
+                self.shapes[n.output[0]] = None if s is None else tuple(s[p] for p in perm)
+            keep = {n.output[0] for n in chain}
+            vi = [v for v in self.g.value_info if v.name not in keep]
+            del self.g.value_info[:]
+            self.g.value_info.extend(vi)
+            return self.hoist_to_inputs()
+
+    def _scalar_elementwise(self, n) -> bool:
+        """An elementwise node of one activation whose other operands are single constants."""
+        if not (is_standard(n) and (n.op_type in UNARY or n.op_type in BROADCAST)) and \
+                not (n.domain != "" and n.op_type in CUSTOM_ELEMENTWISE):
+            return False
+        dynamic = [i for i in n.input if i and i not in self.values]
+        return len(dynamic) == 1 and len(n.output) == 1 and \
+            all(np.asarray(self.values[i]).size == 1 for i in n.input if i and i in self.values)
 
     # -------------------------------------------------------------- leftovers
     def unit_transposes_to_reshapes(self):
@@ -336,6 +389,7 @@ def sink_layout_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     s = _Sinker(out)
     s.reshapes_to_transposes()
+    s.hoist_to_inputs()
     s.sink()
     s.unit_transposes_to_reshapes()
     drop_unused(out)

@@ -1,9 +1,13 @@
-"""Identity and inference-mode Dropout removed: their readers read the input directly.
+"""Identity, inference-mode Dropout and multiplication or division by a constant 1 (QKeras's
+quantizers multiply their straight-through estimator by 1.0) removed: their readers read the input
+directly.
 
 Preserves exactly: Identity(x) = x; Dropout(x) = x at inference (opset 12+: `training_mode`
 absent, or a constant false; before 12: no `is_test`=0 training attribute matters, onnxruntime
-runs Dropout as the identity). A Dropout whose mask output is read, or whose training_mode is not
-a known constant false, stays.
+runs Dropout as the identity); x * 1 = x / 1 = x in IEEE arithmetic for every x, zeros and
+infinities included (the constant a single float 1.0 of rank 0 or 1, which broadcasts to x's own
+shape). A Dropout whose mask output is read, or whose training_mode is not a known constant false,
+stays.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ def _is_pass_through(node: onnx.NodeProto, values: dict) -> bool:
         return False
     if node.op_type == "Identity":
         return True
+    if node.op_type in ("Mul", "Div") and len(node.input) == 2:
+        return _is_one(values.get(node.input[1])) and node.input[0] not in values
     if node.op_type != "Dropout":
         return False
     if len(node.output) > 1 and node.output[1]:
@@ -29,11 +35,20 @@ def _is_pass_through(node: onnx.NodeProto, values: dict) -> bool:
     return True
 
 
+def _is_one(v) -> bool:
+    """Whether `v` is a single float 1.0 of rank 0 or 1."""
+    return v is not None and np.asarray(v).dtype.kind == "f" and np.asarray(v).size == 1 \
+        and np.asarray(v).ndim <= 1 and float(np.asarray(v).reshape(-1)[0]) == 1.0
+
+
 def remove_pass_through_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy_model(model)
     g = out.graph
     values = constant_values(g)
     outputs = graph_outputs(g)
+    for n in g.node:  # 1 * x as x * 1 (the same value): the input read through comes first
+        if n.op_type == "Mul" and is_standard(n) and len(n.input) == 2 and _is_one(values.get(n.input[0])):
+            n.input[0], n.input[1] = n.input[1], n.input[0]
     through = [n for n in g.node if _is_pass_through(n, values)]
     # readers of a pass-through output read its input: one alias map, resolved along chains, and
     # one pass over the graph (bypassing node by node rescans it: quadratic on long chains)

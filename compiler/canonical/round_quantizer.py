@@ -1,16 +1,26 @@
-"""A clamp, a positive scale and Round (DoReFa's activation quantizer as larq + tf2onnx write it:
-`Min(x, hi)`, `Max(., lo)` (one `Clip` after clamps_to_clip), `Mul(k)`, `Round`) replaced by
-`Mul(x, k)` and one QONNX `Quant(., 1, 0, b; signed, narrow, ROUND)`.
+"""A Round between a clamp and positive scales, as quantizers write it, replaced by one QONNX
+`Quant(v, 1, 0, b; signed, narrow, ROUND)` of the Round's input v (the scales stay as they are):
+- clamp, scale, Round: DoReFa's activation quantizer as larq + tf2onnx write it, `Min(x, hi)`,
+  `Max(., lo)` (one `Clip` after clamps_to_clip), `Mul(k)`, `Round`: becomes `Mul(x, k)`, Quant;
+- clamp, Round: LSQ's `round(clamp(x / s, lo, hi)) * s`;
+- Round, clamp: QKeras's quantized_bits, `clip(round(x * 2^f), lo, hi) / 2^f`;
+- Round, scale c > 0, clamp: QKeras's quantized_relu, `clip(round(x * 2^f) / 2^f, 0, hi)`: the
+  Quant, then `Mul(c)`.
 
-Matched: scalar float32 constants lo < hi and k > 0 whose products lo * k and hi * k are exact
-float32 integers forming a b-bit Quant range (DoReFa: [0, 1] * (2^b - 1)); every intermediate
-tensor read only by the next node and no graph output.
+Matched: scalar float32 constants; the clamp's bounds, in units of the scale where one lies
+between it and the Round (lo * k, hi / c), exact float32 integers forming a b-bit Quant range;
+every intermediate tensor read only by the next node and no graph output.
 
-Preserves exactly: the original computes round_half_even(fl(clamp(x, lo, hi) * k)); the rewrite
-round_half_even(clamp(fl(x * k), lo * k, hi * k)). Inside [lo, hi] both multiply the same x. Above
-hi, fl(x * k) >= fl(hi * k) = hi * k (float32 multiplication by k > 0 is monotone and hi * k is
-exact), so the clamp gives hi * k, the original's product; below lo likewise. Rounding an integer
-keeps it, so every non-NaN x gives the same float32 value.
+Preserves exactly, for every non-NaN input (round is round half to even, which keeps integers and
+is monotone; fl(x * k) is monotone in x for k > 0):
+- clamp, scale, Round: the original computes round(fl(clamp(x, lo, hi) * k)); the rewrite
+  round(clamp(fl(x * k), lo * k, hi * k)). Inside [lo, hi] both multiply the same x. Above hi,
+  fl(x * k) >= fl(hi * k) = hi * k (exact), so the clamp gives hi * k, the original's product;
+  below lo likewise.
+- clamp to integers [a, b] and Round, in either order: round(clamp(v, a, b)) = clamp(round(v), a,
+  b), the Quant of v.
+- Round, scale, clamp to [a c, b c] (both exact): clamp(fl(n c), a c, b c) = fl(clamp(n, a, b) c)
+  for the integer n = round(v), by monotonicity: the Quant of v, times c.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import onnx
 
 from .clamps_to_clip import clamp_bounds
 from .graph_edit import (Names, constant_values, consumers, copy_model, drop_unused, graph_outputs, is_standard,
-                         producers, quant_bit_range, replace_with_quant, scalar_constant, sole_reader,
+                         producers, quant_bit_range, rename_input, replace_with_quant, scalar_constant, sole_reader,
                          use_qonnx_domain)
 
 def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -31,36 +41,78 @@ def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     names = Names(g)
     changed = False
 
+    def sole(t):
+        return sole_reader(readers, outs, t)
+
+    def clamp_of(node):
+        return clamp_bounds(node, values) if node is not None else None
+
     for rnd in list(g.node):
         if rnd.op_type != "Round" or not is_standard(rnd):
             continue
-        mul = prods.get(rnd.input[0])
-        if mul is None or mul.op_type != "Mul" or not is_standard(mul) or \
-                sole_reader(readers, outs, mul.output[0]) is None:
+        v = rnd.input[0]
+        before = prods.get(v) if sole(v) is not None else None
+        if before is not None and before.op_type == "Mul" and is_standard(before):  # clamp, scale, Round
+            x, k = _scaled(before, values)
+            clamp = clamp_of(prods.get(x)) if x is not None and sole(x) is not None else None
+            if clamp is not None and float(k) > 0:
+                t, lo, hi = clamp
+                k32 = np.float32(k)
+                lo_k, hi_k = np.float32(lo) * k32, np.float32(hi) * k32
+                spec = _levels(lo_k, hi_k) if float(lo_k) == float(lo) * float(k32) \
+                    and float(hi_k) == float(hi) * float(k32) else None
+                if spec is not None:
+                    before.input[list(before.input).index(x)] = t
+                    replace_with_quant(g, names, rnd, v, 1.0, *spec)
+                    changed = True
+                    continue
+        clamp = clamp_of(before)
+        if clamp is not None:  # clamp, Round
+            spec = _levels(np.float32(clamp[1]), np.float32(clamp[2]))
+            if spec is not None:
+                replace_with_quant(g, names, rnd, clamp[0], 1.0, *spec)
+                changed = True
             continue
-        operands = [(x, scalar_constant(values, c, "f")) for x, c in (tuple(mul.input), tuple(reversed(mul.input)))]
-        x, k = next(((x, k) for x, k in operands if k is not None and x not in values), (None, None))
-        if x is None or not float(k) > 0:
+        # Round, scale c (optional), clamp
+        end, c = rnd, np.float32(1)
+        scale = sole(rnd.output[0])
+        if scale is not None and scale.op_type == "Mul" and is_standard(scale):
+            x, k = _scaled(scale, values)
+            if x != rnd.output[0] or not float(k) > 0:
+                continue
+            end, c = scale, np.float32(k)
+        last = sole(end.output[0])
+        clamp = clamp_of(last)
+        if clamp is None or last.output[0] in outs:
             continue
-        clamp = clamp_bounds(prods[x], values) if x in prods and sole_reader(readers, outs, x) is not None else None
-        if clamp is None:
+        lo_c, hi_c = np.float32(clamp[1]) / c, np.float32(clamp[2]) / c
+        if not (float(lo_c) * float(c) == clamp[1] and float(hi_c) * float(c) == clamp[2]):
             continue
-        t, lo, hi = clamp
-        if not lo < hi:
-            continue
-        k32, lo_k, hi_k = np.float32(k), np.float32(lo) * np.float32(k), np.float32(hi) * np.float32(k)
-        if not (np.isfinite(lo_k) and np.isfinite(hi_k) and lo_k == np.round(lo_k) and hi_k == np.round(hi_k)
-                and float(lo_k) == float(lo) * float(k32) and float(hi_k) == float(hi) * float(k32)):
-            continue
-        signed = lo_k < 0
-        spec = quant_bit_range(int(lo_k), int(hi_k), bool(signed))
+        spec = _levels(lo_c, hi_c)
         if spec is None:
             continue
-        bits, narrow = spec
-        mul.input[list(mul.input).index(x)] = t
-        replace_with_quant(g, names, rnd, mul.output[0], 1.0, bits, bool(signed), narrow)
+        rename_input(g, last.output[0], end.output[0])
+        replace_with_quant(g, names, rnd, v, 1.0, *spec)
         changed = True
     if changed:
         use_qonnx_domain(out)
         drop_unused(out)
     return out
+
+
+def _scaled(mul, values: dict):
+    """(x, k) of Mul(x, k) with a scalar float constant k; (None, 0) otherwise."""
+    for x, c in (tuple(mul.input), tuple(reversed(mul.input))):
+        k = scalar_constant(values, c, "f")
+        if k is not None and x not in values:
+            return x, k
+    return None, 0.0
+
+
+def _levels(lo, hi):
+    """(bits, signed, narrow) of a Quant whose levels are the float32 integers lo..hi, else None."""
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo == np.round(lo) and hi == np.round(hi) and lo < hi):
+        return None
+    signed = bool(lo < 0)
+    spec = quant_bit_range(int(lo), int(hi), signed)
+    return None if spec is None else (spec[0], signed, spec[1])

@@ -61,7 +61,8 @@ MIN_EXACT_BELOW = 2.0**16  # an STE exact only on a narrower range is not a sign
 
 ELEMENTWISE = {"Abs", "Add", "Sub", "Mul", "Div", "Neg", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
                "Equal", "Cast", "Where", "Clip", "Sign", "Relu", "Min", "Max", "Not", "And", "Or", "Pow",
-               "Sqrt", "Identity", "Floor", "Ceil", "Round", "Tanh", "Sigmoid"}
+               "Sqrt", "Identity", "Floor", "Ceil", "Round", "Tanh", "Sigmoid",
+               "Shape", "ConstantOfShape"}  # tf2onnx's ones_like(x): a fill of x's shape, whatever x holds
 
 
 def probe_values() -> np.ndarray:
@@ -158,6 +159,50 @@ def _sign_of(node, values: dict):
     return None
 
 
+def _difference(node, prods: dict):
+    """(f, p) of a node computing f - p: Sub(f, p), or the Add of Neg(p) and f that tf2onnx writes
+    for TensorFlow's `-p + f` (QKeras: `x + stop_gradient(-x + q(x))`), the same float32 value:
+    negation is exact and addition commutes. None for any other node."""
+    if node is None or not is_standard(node):
+        return None
+    if node.op_type == "Sub":
+        return node.input[0], node.input[1]
+    if node.op_type == "Add" and len(node.input) == 2:
+        for a, b in (tuple(node.input), tuple(reversed(node.input))):
+            neg = prods.get(a)
+            if neg is not None and neg.op_type == "Neg" and is_standard(neg):
+                return b, neg.input[0]
+    return None
+
+
+def _common_source(f: str, p: str, prods: dict, values: dict):
+    """The tensor x that f is computed from by elementwise nodes and constants: p itself where it is
+    (a quantizer's STE, f = q(p)), else the one tensor both f and p are computed from (QKeras's
+    quantized_relu: p a clamped relu of x, f its quantized value); None if there is none."""
+    if _poly_nodes(f, p, prods, values) is not None:
+        return p
+    sources = [_sources(t, prods, values) for t in (f, p)]
+    if sources[0] is None or sources[0] != sources[1] or len(sources[0]) != 1:
+        return None
+    return next(iter(sources[0]))
+
+
+def _sources(t: str, prods: dict, values: dict):
+    """The tensors not computed by ELEMENTWISE nodes from which those nodes compute `t`."""
+    found, seen, stack = set(), set(), [t]
+    while stack:
+        u = stack.pop()
+        if u in values or u in seen or not u:
+            continue
+        seen.add(u)
+        n = prods.get(u)
+        if n is None or not is_standard(n) or n.op_type not in ELEMENTWISE:
+            found.add(u)
+            continue
+        stack.extend(n.input)
+    return found
+
+
 def _topological(nodes, known: set) -> list:
     avail, order, pending = set(known), [], list(nodes)
     while pending:
@@ -186,18 +231,21 @@ def simplify_ste_sign(model: onnx.ModelProto) -> onnx.ModelProto:
                 add.output[0] in outs:  # the model's output keeps its producer (and name)
             continue
         for u, p in (tuple(add.input), tuple(reversed(add.input))):
-            sub = prods.get(u)
-            if sub is None or sub.op_type != "Sub" or not is_standard(sub):
+            sub = _difference(prods.get(u), prods)
+            if sub is None:
                 continue
-            if sub.input[0] == sub.input[1] and _sign_of(prods.get(p), values) is not None:
+            if sub[0] == sub[1] and _sign_of(prods.get(p), values) is not None:
                 rename_input(g, add.output[0], p)  # (y - y) + S: S exactly
                 changed = True
                 break
-            f = sub.input[0]
-            if sub.input[1] != p or f == p or f in values:
+            f = sub[0]
+            if sub[1] != p or f == p or f in values:
                 continue
             found = _sign_of(prods.get(f), values)
-            x = found[0] if found is not None else p  # a sign of x; else f computed from p itself
+            # a sign of x; else f computed from p itself, or f and p from one tensor x
+            x = found[0] if found is not None else _common_source(f, p, prods, values)
+            if x is None:
+                continue
             if shapes is None:
                 shapes = static_shapes(out)
             xs = _probe(shapes.get(x))

@@ -100,7 +100,8 @@ def global_average_pool(ctx, node):
             raise BnncError(f"{where(node)}: the sum over {h}x{w} pixels of values in [{ty.lo}, {ty.hi}] "
                             "needs more than 64 bits")
     ctx.graph.add(ir.GlobalSumPool(name, [v.tensor], [tname]), {tname: oty})
-    ctx.set(node, IntsVal((1, c, 1, 1), tensor=tname, scale=oty.scale))
+    # the value's own scale: a scale applied after the quantizer (Quant(x, 1) * 2^-f) is in it, not in the tensor's
+    ctx.set(node, IntsVal((1, c, 1, 1), tensor=tname, scale=v.scale / (h * w)))
 
 
 def no_pending_ops(ctx, node, v):
