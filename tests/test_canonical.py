@@ -13,7 +13,7 @@ from bnnc.canonical.bipolar_sign import bipolar_sign_from_offset_sign
 from bnnc.canonical.clamps_to_clip import clamps_to_clip
 from bnnc.canonical.constant_subgraphs import fold_constant_subgraphs
 from bnnc.canonical.layout_transposes import sink_layout_transposes
-from bnnc.canonical.maxpool_ceil import maxpool_ceil_to_floor
+from bnnc.canonical.pool_ceil import pool_ceil_to_floor
 from bnnc.canonical.pad_into_window import merge_pads_into_windows
 from bnnc.canonical.pass_through_ops import remove_pass_through_ops
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
@@ -766,11 +766,58 @@ def test_maxpool_ceil_mode(size, k, s, pads):
     rng = np.random.default_rng(8)
     m = make([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=pads,
                                ceil_mode=1)], [1, 2, size, size + 1])
-    c = maxpool_ceil_to_floor(m)
+    c = pool_ceil_to_floor(m)
     assert all(a.i == 0 for n in c.graph.node for a in n.attribute if a.name == "ceil_mode")
     x = rng.standard_normal((3, 2, size, size + 1)).astype(np.float32)
     assert run(m, x).shape == run(c, x).shape
     assert_same(m, c, x)
+
+
+@pytest.mark.parametrize("size,k,s,pads,include,changed", [
+    (8, 2, 2, [0, 0, 0, 0], 0, True),    # ResNet-D's shortcut on an even map: ceil_mode changes nothing
+    (9, 3, 3, [0, 0, 0, 0], 1, True),
+    (7, 2, 2, [0, 0, 0, 0], 0, False),   # an extra window of one column: its divisor differs, left as it is
+    (6, 3, 2, [1, 1, 1, 1], 1, False)])
+def test_average_pool_ceil_mode_where_it_changes_no_window(size, k, s, pads, include, changed):
+    m = make([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=pads,
+                               ceil_mode=1, count_include_pad=include)], [1, 2, size, size])
+    c = pool_ceil_to_floor(m)
+    ceil = [a.i for n in c.graph.node for a in n.attribute if a.name == "ceil_mode"]
+    assert ceil == [0 if changed else 1]
+    x = np.random.default_rng(size).standard_normal((3, 2, size, size)).astype(np.float32)
+    assert_same(m, c, x)
+
+
+def test_multiplication_by_a_constant_one_removed():
+    """QKeras multiplies its estimator by 1.0 (either operand order); Div by 1 alike; x * 2 stays."""
+    init = {"one": np.array(1.0, np.float32), "one1": np.array([1.0], np.float32), "two": np.array(2.0, np.float32)}
+    nodes = [helper.make_node("Mul", ["one", "x"], ["a"]), helper.make_node("Div", ["a", "one1"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Mul", ["c", "two"], ["y"])]
+    m = make(nodes, [1, 4], init)
+    c = remove_pass_through_ops(m)
+    assert ops(c) == ["Relu", "Mul"] and c.graph.node[0].input[0] == "x"
+    assert_same(m, c, np.random.default_rng(10).standard_normal((3, 4)).astype(np.float32))
+
+
+@pytest.mark.parametrize("form", ["shape_of", "constant", "wider"])
+def test_expand_before_a_broadcasting_mul(form):
+    """An SE gate's `y.view(b, c, 1, 1).expand_as(x)` then `x * y` (TorchScript: Expand to Shape(x);
+    dynamo: to a constant shape): the Mul reads the gate itself. Expanding beyond the other
+    operand's shape changes the result's shape: that Expand stays."""
+    size = [1, 3, 4, 5]
+    target = {"shape_of": None, "constant": size, "wider": [2, 3, 4, 5]}[form]
+    init = {}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Sigmoid", ["p"], ["g"])]
+    if target is None:
+        nodes.append(helper.make_node("Shape", ["r"], ["s"]))
+    else:
+        init["s"] = np.array(target, np.int64)
+    nodes += [helper.make_node("Expand", ["g", "s"], ["e"]), helper.make_node("Mul", ["r", "e"], ["y"])]
+    m = make(nodes, size, init)
+    c = remove_pass_through_ops(m)
+    assert ("Expand" in ops(c)) == (form == "wider")
+    assert_same(m, c, np.random.default_rng(11).standard_normal(size).astype(np.float32))
 
 
 def test_identity_and_dropout_removed():

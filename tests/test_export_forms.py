@@ -1717,3 +1717,24 @@ def test_qkeras_quantizers_of_an_nhwc_input_and_conv_outputs():
                Options(input_range=(-128, 127), input_scale=1 / 64))
     inq = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
     assert inq.channels_last
+
+
+@pytest.mark.parametrize("alpha,beta", [(1 / 6, 0.5), (0.2, 0.5)])
+def test_hard_sigmoid_of_a_stream(alpha, beta):
+    """PyTorch's nn.Hardsigmoid (ONNX HardSigmoid, alpha 1/6) and ONNX's default (0.2) of a real-valued
+    convolution: the fixed-point stream clamped to [0, 1], within float32 rounding of the model."""
+    rng = np.random.default_rng(4)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w1": rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w2": rng.normal(size=(5, 6, 1, 1)).astype(np.float32),
+             "wf": rng.normal(size=(10, 5)).astype(np.float32), "shape": np.array([1, 5], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["a"], ["h"], alpha=alpha, beta=beta),
+             helper.make_node("Conv", ["h", "w2"], ["b"]),
+             helper.make_node("GlobalAveragePool", ["b"], ["p"]),
+             helper.make_node("Reshape", ["p", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    g = _check(_model(nodes, inits, (1, 3, 6, 6)), Options())
+    ranges = [(t.lo, t.hi * t.scale) for op in g.ops() if isinstance(op, ir.Activation) for t in [g.tensors[op.outputs[0]]]]
+    assert (0, 1.0) in ranges  # the clamp to [0, 1] on the stream's grid

@@ -21,7 +21,7 @@ from .external_data import load_external_data
 from .grouped_conv import split_convs_to_grouped_conv
 from .keras_prelu import keras_prelu_to_prelu
 from .layout_transposes import sink_layout_transposes
-from .maxpool_ceil import maxpool_ceil_to_floor
+from .pool_ceil import pool_ceil_to_floor
 from .nhwc_flatten import nhwc_flatten_into_dense
 from .node_names import name_unnamed_nodes
 from .pad_into_window import merge_pads_into_windows
@@ -63,7 +63,7 @@ REWRITES = (
     qcdq_clip_to_quant,
     round_quantizer_to_quant,
     merge_pads_into_windows,
-    maxpool_ceil_to_floor,
+    pool_ceil_to_floor,
 )
 
 

@@ -158,6 +158,16 @@ def clip(ctx, node, *, min=None, max=None):  # noqa: A002  (the ONNX attribute n
     ctx.set(node, stream_of_intchain(ctx, node, _stream_operand(ctx, node, v), clamp=(lo, hi)))
 
 
+@handler("HardSigmoid")
+def hard_sigmoid(ctx, node, *, alpha=0.2, beta=0.5):
+    """HardSigmoid (PyTorch's nn.Hardsigmoid: alpha 1/6, beta 1/2), max(0, min(1, alpha x + beta)),
+    of a real-valued tensor: its fixed-point stream times alpha plus beta (float32 ops, as the
+    runtime computes them) clamped to [0, 1], as Clip is."""
+    v = _stream_operand(ctx, node, ctx.val(node))
+    ops = [ir.ChainOp("mul", np.float32(alpha).reshape(())), ir.ChainOp("add", np.float32(beta).reshape(()))]
+    ctx.set(node, stream_of_intchain(ctx, node, with_chain(v, ops), clamp=(0.0, 1.0)))
+
+
 def _stream_operand(ctx, node, v) -> IntChainVal:
     """A real-valued tensor as the integers of a fixed-point stream with its pending ops, for an
     op that clamps their map (PRelu, Clip)."""

@@ -30,7 +30,7 @@ def max_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, auto_pa
         raise BnncError(f"{where(node)}: MaxPool needs a 4-D input")
     pads = conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)
     oh, ow = ir.out_shape(v.shape[2:], kernel, stride, pads)
-    if ceil_mode:  # the canonical stage turns ceil_mode into end padding (canonical/maxpool_ceil.py)
+    if ceil_mode:  # the canonical stage turns ceil_mode into end padding (canonical/pool_ceil.py)
         ch = -(-(v.shape[2] + pads[0] + pads[2] - kernel[0]) // stride[0]) + 1
         cw = -(-(v.shape[3] + pads[1] + pads[3] - kernel[1]) // stride[1]) + 1
         if (ch, cw) != (oh, ow):
