@@ -13,9 +13,10 @@ from bnnc.canonical.bipolar_sign import bipolar_sign_from_offset_sign
 from bnnc.canonical.clamps_to_clip import clamps_to_clip
 from bnnc.canonical.constant_subgraphs import fold_constant_subgraphs
 from bnnc.canonical.layout_transposes import sink_layout_transposes
-from bnnc.canonical.pool_ceil import pool_ceil_to_floor
+from bnnc.canonical.one_d_as_two_d import lift_1d_to_2d
 from bnnc.canonical.pad_into_window import merge_pads_into_windows
 from bnnc.canonical.pass_through_ops import remove_pass_through_ops
+from bnnc.canonical.pool_ceil import pool_ceil_to_floor
 from bnnc.canonical.qcdq_clip import qcdq_clip_to_quant
 from bnnc.canonical.qdq_layout import dequantize_before_layout_ops
 from bnnc.canonical.round_quantizer import round_quantizer_to_quant
@@ -25,7 +26,7 @@ from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
 from bnnc.canonical.uniform_constants import scalarize_uniform_constants
 from bnnc.errors import BnncError
 from bnnc.onnx_loader import fold_with_origin, foldable, load, read_model
-from bnnc.original import OriginalModel
+from bnnc.original import OriginalModel, static_shapes
 from bnnc import driver
 from bnnc.cli import main
 from bnnc.pipeline import Options, compile_file, compile_graph
@@ -818,6 +819,56 @@ def test_expand_before_a_broadcasting_mul(form):
     c = remove_pass_through_ops(m)
     assert ("Expand" in ops(c)) == (form == "wider")
     assert_same(m, c, np.random.default_rng(11).standard_normal(size).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed,opset", [(0, 13), (1, 18)])
+def test_one_d_network_lifted_to_two_d(seed, opset):
+    """Conv1d / MaxPool1d / AvgPool1d with per-channel (C, 1) constants, a Concat, a Pad, a Softmax over
+    L and a ReduceMean over L run on (N, C, 1, L): every output the same bits, no rank-3 activation
+    left but the input's."""
+    rng = np.random.default_rng(seed)
+    init = {"w1": rng.standard_normal((4, 2, 5)).astype(np.float32), "b1": rng.standard_normal(4).astype(np.float32),
+            "w2": rng.choice([-1.0, 1.0], (4, 8, 3)).astype(np.float32),
+            "g": rng.standard_normal((4, 1)).astype(np.float32), "pads": np.array([0, 0, 1, 0, 0, 2], np.int64),
+            "axes": np.array([2], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[2, 2]),
+             helper.make_node("Mul", ["a", "g"], ["m"]),
+             helper.make_node("Sign", ["m"], ["s"]),
+             helper.make_node("MaxPool", ["m"], ["p"], kernel_shape=[2], strides=[1], pads=[0, 1]),
+             helper.make_node("Concat", ["s", "p"], ["cat"], axis=1),
+             helper.make_node("Pad", ["cat", "pads"], ["pd"]),
+             helper.make_node("Conv", ["pd", "w2"], ["c2"], strides=[2], dilations=[1]),
+             helper.make_node("AveragePool", ["c2"], ["ap"], kernel_shape=[3], strides=[3]),
+             helper.make_node("Softmax", ["ap"], ["sm"], axis=-1)]
+    nodes.append(helper.make_node("ReduceMean", ["sm", "axes"], ["y"], keepdims=0) if opset >= 18 else
+                 helper.make_node("ReduceMean", ["sm"], ["y"], axes=[2], keepdims=0))
+    m = make(nodes, [1, 2, 31], init, opset=opset)
+    c = lift_1d_to_2d(m)
+    shapes = static_shapes(c)
+    assert all(len(shapes[n.output[0]]) == 4 for n in c.graph.node if n.op_type not in ("ReduceMean",))
+    x = rng.standard_normal((3, 2, 31)).astype(np.float32)
+    assert_same(m, c, x)
+
+
+@pytest.mark.parametrize("form", ["nhwc", "inputs_as_nchw"])
+def test_transposes_of_a_quantized_model_input(form):
+    """A sign of an NHWC model input before tf2onnx's layout Transpose: the Transpose moves up to the
+    input (the frontend reads an NHWC input through it). With tf2onnx's inputs_as_nchw the input's
+    own Transpose to NHWC sinks and cancels the layout one: no Transpose is left."""
+    init = {"w": np.ones((2, 3, 1, 1), np.float32), "c": np.array(0.25, np.float32)}
+    first = [helper.make_node("Transpose", ["x"], ["xn"], perm=[0, 2, 3, 1])] if form == "inputs_as_nchw" else []
+    src = "xn" if first else "x"
+    nodes = first + [helper.make_node("Add", [src, "c"], ["a"]), helper.make_node("Sign", ["a"], ["s"]),
+                     helper.make_node("Transpose", ["s"], ["t"], perm=[0, 3, 1, 2]),
+                     helper.make_node("Conv", ["t", "w"], ["y"])]
+    m = make(nodes, [1, 3, 4, 5] if first else [1, 4, 5, 3], init)
+    c = sink_layout_transposes(m)
+    if first:
+        assert "Transpose" not in ops(c)
+    else:
+        assert ops(c)[0] == "Transpose" and c.graph.node[0].input[0] == "x"
+    x = np.random.default_rng(12).standard_normal((2, 3, 4, 5) if first else (2, 4, 5, 3)).astype(np.float32)
+    assert_same(m, c, x)
 
 
 def test_identity_and_dropout_removed():

@@ -1738,3 +1738,27 @@ def test_hard_sigmoid_of_a_stream(alpha, beta):
     g = _check(_model(nodes, inits, (1, 3, 6, 6)), Options())
     ranges = [(t.lo, t.hi * t.scale) for op in g.ops() if isinstance(op, ir.Activation) for t in [g.tensors[op.outputs[0]]]]
     assert (0, 1.0) in ranges  # the clamp to [0, 1] on the stream's grid
+
+
+def test_one_d_binary_network():
+    """A 1-D BNN as PyTorch exports it (Conv1d, BatchNorm1d, sign, binary Conv1d with stride 2,
+    MaxPool1d, Flatten, Linear) runs as the 2-D network on (N, C, 1, L)."""
+    rng = np.random.default_rng(7)
+    c = 8
+    inits = {"w1": rng.normal(size=(c, 2, 5)).astype(np.float32), "w2": rng.choice([-1.0, 1.0], (c, c, 3)).astype(np.float32),
+             "wf": rng.normal(size=(10, c * 8)).astype(np.float32)}
+    for k in (1, 2):
+        inits.update({f"g{k}": rng.uniform(0.5, 1.5, c).astype(np.float32), f"b{k}": rng.normal(size=c).astype(np.float32),
+                      f"m{k}": rng.normal(size=c).astype(np.float32), f"v{k}": rng.uniform(0.5, 2, c).astype(np.float32)})
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[2, 2]),
+             helper.make_node("BatchNormalization", ["a", "g1", "b1", "m1", "v1"], ["an"]),
+             helper.make_node("Sign", ["an"], ["s1"]),
+             helper.make_node("Conv", ["s1", "w2"], ["b"], pads=[1, 1], strides=[2]),
+             helper.make_node("BatchNormalization", ["b", "g2", "b2", "m2", "v2"], ["bn"]),
+             helper.make_node("MaxPool", ["bn"], ["p"], kernel_shape=[2], strides=[2]),
+             helper.make_node("Sign", ["p"], ["s2"]),
+             helper.make_node("Flatten", ["s2"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    g = _check(_model(nodes, inits, (1, 2, 32)), Options(input_range=(-128, 127), input_scale=1 / 64), exact=False)
+    convs = [op for op in g.ops() if isinstance(op, ir.Conv)]
+    assert [op.w.shape[1:3] for op in convs[:2]] == [(1, 5), (1, 3)]  # (O, kh, kw, I)

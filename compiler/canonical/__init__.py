@@ -24,6 +24,7 @@ from .layout_transposes import sink_layout_transposes
 from .pool_ceil import pool_ceil_to_floor
 from .nhwc_flatten import nhwc_flatten_into_dense
 from .node_names import name_unnamed_nodes
+from .one_d_as_two_d import lift_1d_to_2d
 from .pad_into_window import merge_pads_into_windows
 from .padded_add import add_into_concat_part
 from .pass_through_ops import remove_pass_through_ops
@@ -43,6 +44,7 @@ REWRITES = (
     qoperator_to_qdq,
     fold_constant_subgraphs,
     remove_pass_through_ops,
+    lift_1d_to_2d,
     channel_shuffle_to_gather,
     dequantize_before_layout_ops,
     scalarize_uniform_constants,

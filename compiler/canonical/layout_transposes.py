@@ -29,8 +29,8 @@ the last axis; where H = W = 1 it writes those Transposes as Reshapes. The rewri
 
 Before step 2, a Transpose that a chain of elementwise ops with single constants computes from a
 model input (a quantizer or a sign of the NHWC input, then tf2onnx's layout Transpose) moves up to
-the input, above the chain, and a Transpose that reads a model input is never moved down: the
-frontend reads an NHWC input through it.
+the input, above the chain, and is not moved down again: the frontend reads an NHWC input
+through it.
 
 Preserves exactly: every step only moves elements (or reads the same elements in the same order);
 no arithmetic changes operands or order, so the outputs are bit-identical.
@@ -84,6 +84,7 @@ class _Sinker:
         self.opset = default_opset(model)
         self.outputs = graph_outputs(self.g)
         self.inputs = {i.name for i in self.g.input} - set(self.values)
+        self.hoisted = set()  # names of the Transposes hoist_to_inputs put after a model input
 
     # -------------------------------------------------------------- reshapes that are transposes
     def reshapes_to_transposes(self):
@@ -311,8 +312,8 @@ class _Sinker:
             for t in list(self.g.node):
                 if t.op_type != "Transpose" or not is_standard(t) or t.input[0] in self.values:
                     continue
-                if t.output[0] in self.outputs or t.input[0] in self.inputs:
-                    continue  # a model input's layout Transpose stays where the frontend reads it
+                if t.output[0] in self.outputs or t.name in self.hoisted:
+                    continue  # a Transpose moved up to a model input stays where the frontend reads it
                 for r in readers.get(t.output[0], []):
                     if self._push(t, r):
                         pushed = True
@@ -348,8 +349,9 @@ class _Sinker:
             moved = self.names.fresh(cur.split("/")[-1] or "input")
             first = chain[-1]
             first.input[list(first.input).index(cur)] = moved
-            self.g.node.insert(list(self.g.node).index(first), helper.make_node(
-                "Transpose", [cur], [moved], name=self.names.fresh("Transpose"), perm=perm))
+            hoisted = helper.make_node("Transpose", [cur], [moved], name=self.names.fresh("Transpose"), perm=perm)
+            self.g.node.insert(list(self.g.node).index(first), hoisted)
+            self.hoisted.add(hoisted.name)
             rename_input(self.g, t.output[0], t.input[0])
             self.g.node.remove(t)
             for n in chain:  # their shapes are the transposed ones now

@@ -136,7 +136,9 @@ class LoweringContext:
         if self.input_op_name is not None:
             raise BnncError(f"{where(node)}: the model input is quantized a second time, in another way (layers "
                             "reading it through the same ops share one quantization; different ones are not supported)")
-        c, h, w = v.shape[1:] if v.channels_last else _chw(v.shape, self.lm.input_shape)
+        # a 1-D input (N, C, L) read as (N, C, 1, L) (canonical/one_d_as_two_d.py): in that shape
+        lifted = len(self.lm.input_shape) == 3 and len(v.shape) == 4
+        c, h, w = v.shape[1:] if v.channels_last or lifted else _chw(v.shape, self.lm.input_shape)
         flat = len(v.shape) != 4
         out_shape = (1, 1, c * h * w) if flat else (h, w, c)
         name = self.new_name("input")
@@ -153,7 +155,8 @@ class LoweringContext:
             ty = ir.Bits(out_shape, bit_scale(node, term))
         chain = ir.Chain([op if v.channels_last else _input_order(op, self.lm.input_shape, flat) for op in v.chain],
                          term)
-        in_shape = tuple(self.lm.input_shape[1:]) if len(self.lm.input_shape) != 2 else (c, h, w)
+        in_shape = tuple(self.lm.input_shape[1:]) if len(self.lm.input_shape) == 4 or \
+            len(self.lm.input_shape) == 3 and not lifted else (c, h, w)
         op = ir.InputQuantize(name, [self.graph.input], [tname], in_shape,
                               self.grid["dtype"], chain, grid=self.grid.get("range"))
         if self.grid.get("range") is not None:
