@@ -23,6 +23,7 @@ from bnnc.canonical.round_quantizer import round_quantizer_to_quant
 from bnnc.canonical.spatial_reduce import spatial_reduce_to_global_pool
 from bnnc.canonical.graph_edit import ste_exact_below
 from bnnc.canonical.ste_sign import probe_values, simplify_ste_sign
+from bnnc.canonical.ternary_sign import ternary_sign_to_threshold
 from bnnc.canonical.uniform_constants import scalarize_uniform_constants
 from bnnc.errors import BnncError
 from bnnc.onnx_loader import fold_with_origin, foldable, load, read_model
@@ -868,6 +869,29 @@ def test_transposes_of_a_quantized_model_input(form):
     else:
         assert ops(c)[0] == "Transpose" and c.graph.node[0].input[0] == "x"
     x = np.random.default_rng(12).standard_normal((2, 3, 4, 5) if first else (2, 4, 5, 3)).astype(np.float32)
+    assert_same(m, c, x)
+
+
+@pytest.mark.parametrize("form", ["binary", "ternary"])
+def test_qkeras_binary_and_ternary_as_tf2onnx_writes_them(form):
+    """QKeras's binary(): Sign(x) + (1 - |Sign(x)|), a BipolarQuant; ternary(): Sign(x) * Cast(|x| >= t),
+    a two-step MultiThreshold. The same values at 0, at +-t and around them."""
+    init = {"one": np.array(1.0, np.float32), "t": np.array(0.33, np.float32)}
+    if form == "binary":
+        nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Abs", ["s"], ["a"]),
+                 helper.make_node("Sub", ["one", "a"], ["d"]), helper.make_node("Add", ["s", "d"], ["y"])]
+        rewrite, op = bipolar_sign_from_offset_sign, "BipolarQuant"
+    else:
+        nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Abs", ["x"], ["a"]),
+                 helper.make_node("GreaterOrEqual", ["a", "t"], ["ge"]),
+                 helper.make_node("Cast", ["ge"], ["c"], to=TensorProto.FLOAT), helper.make_node("Mul", ["c", "s"], ["y"])]
+        rewrite, op = ternary_sign_to_threshold, "MultiThreshold"
+    m = make(nodes, [1, 12], init)
+    c = rewrite(m)
+    assert ops(c) == [op]
+    t = np.float32(0.33)
+    x = np.array([[0.0, -0.0, t, -t, np.nextafter(t, np.float32(0)), np.nextafter(-t, np.float32(0)), 1e-30, -1e-30,
+                   5.0, -5.0, 0.5, -0.1]], np.float32)
     assert_same(m, c, x)
 
 

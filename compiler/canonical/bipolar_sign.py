@@ -12,6 +12,10 @@ Where(GreaterOrEqual(x, 0), c, -c) and Where(Less(x, 0), -c, c), c > 0 a scalar,
 BipolarQuant(x, c). Exact for every non-NaN x (a NaN gives -c in the first form, c in the second,
 -c in BipolarQuant).
 
+QKeras's binary() as tf2onnx writes it, `s + (1 - |s|)` with s = Sign(x) (Add(s, Sub(1, Abs(s))),
+either Add order): s = +-1 stays, s = 0 gives 1; -0 gives -0 + 1 = 1. BipolarQuant(x, 1), exact for
+every non-NaN x (a NaN gives NaN in the original, -1 in BipolarQuant).
+
 BipolarQuant is bnnc's (and QONNX's) bipolar sign with sign(0) = +1; `bnnc verify` and the tests
 run it in onnxruntime through `original.rewrite_custom_ops` (Where(x >= 0, 1, -1) * scale).
 """
@@ -55,6 +59,22 @@ def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
             if one is None:
                 one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
             replace_node(g, outer, _bipolar(names, outer, inner.input[0], one))
+            changed = True
+            break
+    for add in list(g.node):  # QKeras's binary(): Sign(x) + (1 - Abs(Sign(x)))
+        if add.op_type != "Add" or not is_standard(add) or len(add.input) != 2:
+            continue
+        for s, d in (tuple(add.input), tuple(reversed(add.input))):
+            sign, sub = prods.get(s), prods.get(d)
+            if sign is None or sign.op_type != "Sign" or not is_standard(sign) or sub is None or \
+                    sub.op_type != "Sub" or not is_standard(sub) or scalar_constant(values, sub.input[0], "f") != 1.0:
+                continue
+            ab = prods.get(sub.input[1])
+            if ab is None or ab.op_type != "Abs" or not is_standard(ab) or ab.input[0] != s:
+                continue
+            if one is None:
+                one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
+            replace_node(g, add, _bipolar(names, add, sign.input[0], one))
             changed = True
             break
     if changed:

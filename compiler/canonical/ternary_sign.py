@@ -9,6 +9,10 @@ the outer sign gives -1 for x <= -t (x = -t: 0 + -1), 0 strictly between, +1 for
 t' = nextafter(-t, +inf): for float32 x, x > -t is x >= t'. Exact for every non-NaN x; a NaN gives
 NaN in the original and -1 in MultiThreshold.
 
+QKeras's ternary(alpha=1) as tf2onnx writes it, `Sign(x) * Cast(|x| >= t)` (Mul in either order,
+the Cast to float): -1 where x <= -t, 0 where |x| < t, +1 where x >= t, the same map, exact for every
+non-NaN x (|x| is exact, and x <= -t is |x| >= t for negative x).
+
 Matched: the outer Add of the two inner Signs in either order, x + t as Add(x, t) or Add(t, x),
 x - t as Sub(x, t), t the same positive scalar constant value in both; each intermediate read only
 by the next node and no graph output.
@@ -20,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, constant_values, consumers, copy_model, drop_unused,
+from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused,
                          graph_outputs, is_standard, producers, replace_node, scalar_constant, sole_reader,
                          use_qonnx_domain)
 
@@ -63,14 +67,35 @@ def ternary_sign_to_threshold(model: onnx.ModelProto) -> onnx.ModelProto:
         (x1, t1, d1), (x2, t2, d2) = shifts
         if x1 != x2 or t1 != t2 or not t1 > 0 or {d1, d2} != {1, -1}:
             continue
-        t = np.float32(t1)
-        thresholds = np.array([[np.nextafter(-t, np.float32(np.inf)), t]], np.float32)
-        thr = add_initializer(g, names, thresholds, "ternary_thresholds")
-        replace_node(g, outer, helper.make_node("MultiThreshold", [x1, thr], [outer.output[0]],
-                                                name=outer.name or names.fresh("MultiThreshold"),
-                                                domain=QONNX_DOMAIN, out_scale=1.0, out_bias=-1.0))
+        replace_node(g, outer, _ternary(g, names, outer, x1, np.float32(t1)))
         changed = True
+    for mul in list(g.node):  # QKeras's ternary(): Sign(x) * Cast(Abs(x) >= t)
+        if mul.op_type != "Mul" or not is_standard(mul) or len(mul.input) != 2:
+            continue
+        for s, m in (tuple(mul.input), tuple(reversed(mul.input))):
+            sign, cast = prods.get(s), prods.get(m)
+            if sign is None or sign.op_type != "Sign" or not is_standard(sign) or cast is None or \
+                    cast.op_type != "Cast" or not is_standard(cast) or attrs(cast).get("to") != onnx.TensorProto.FLOAT:
+                continue
+            ge = prods.get(cast.input[0])
+            if ge is None or ge.op_type != "GreaterOrEqual" or not is_standard(ge):
+                continue
+            ab, t = prods.get(ge.input[0]), scalar_constant(values, ge.input[1], "f")
+            if ab is None or ab.op_type != "Abs" or not is_standard(ab) or ab.input[0] != sign.input[0] or \
+                    t is None or not float(t) > 0:
+                continue
+            replace_node(g, mul, _ternary(g, names, mul, sign.input[0], np.float32(t)))
+            changed = True
+            break
     if changed:
         use_qonnx_domain(out)
         drop_unused(out)
     return out
+
+
+def _ternary(g, names: Names, node, x: str, t: np.float32):
+    """MultiThreshold(x, [[t', t]], out_bias=-1) writing `node`'s output: -1, 0, +1 at -t < x, x >= t."""
+    thresholds = np.array([[np.nextafter(-t, np.float32(np.inf)), t]], np.float32)
+    thr = add_initializer(g, names, thresholds, "ternary_thresholds")
+    return helper.make_node("MultiThreshold", [x, thr], [node.output[0]], name=node.name or names.fresh("MultiThreshold"),
+                            domain=QONNX_DOMAIN, out_scale=1.0, out_bias=-1.0)
