@@ -356,3 +356,29 @@ def test_a_sum_of_float_convolutions_states_every_terms_error(seed):
     assert np.all(summed.weight_error >= np.maximum(a.weight_error, b.weight_error))
     observed, bound, _, _ = _observed_and_bound(_summed_float_convs(seed, ("a", "b")), 40, seed)
     assert observed <= bound
+
+
+def test_verify_holds_rounded_models_to_their_stated_bound(monkeypatch):
+    """A model of real-valued layers only (no sign or quantizer step, so no near tie): its end-to-end
+    bound holds on every input, and verify requires every sample within the tolerance plus that
+    bound, not top-1 alone. With the bound (wrongly) stated as 0 and a tolerance below the
+    weights' rounding, the same outputs fail."""
+    import bnnc
+    from bnnc import verify as verify_module
+
+    rng = np.random.default_rng(5)
+    inits = {"w": rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "wf": rng.normal(size=(10, 6)).astype(np.float32),
+             "shape": np.array([1, 6], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Reshape", ["p", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "real", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = bnnc.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), "ref",
+                     input_scale="1/64", input_range="-128:127")
+    assert driver.output_bound_holds(m.graph) and driver.approximations(m.graph)
+    result = m.verify(samples=10)
+    assert result.passed and "the stated output bound" in result.text
+    monkeypatch.setattr(verify_module.error_bounds, "output_bound", lambda graph: 0.0)
+    assert not m.verify(samples=10, rtol=1e-12).passed
