@@ -884,7 +884,8 @@ def test_qkeras_binary_and_ternary_as_tf2onnx_writes_them(form):
     else:
         nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Abs", ["x"], ["a"]),
                  helper.make_node("GreaterOrEqual", ["a", "t"], ["ge"]),
-                 helper.make_node("Cast", ["ge"], ["c"], to=TensorProto.FLOAT), helper.make_node("Mul", ["c", "s"], ["y"])]
+                 helper.make_node("Cast", ["ge"], ["c"], to=TensorProto.FLOAT),
+                 helper.make_node("Mul", ["c", "s"], ["y"])]
         rewrite, op = ternary_sign_to_threshold, "MultiThreshold"
     m = make(nodes, [1, 12], init)
     c = rewrite(m)

@@ -1725,7 +1725,8 @@ def test_hard_sigmoid_of_a_stream(alpha, beta):
     convolution: the fixed-point stream clamped to [0, 1], within float32 rounding of the model."""
     rng = np.random.default_rng(4)
     inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
-             "w1": rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w2": rng.normal(size=(5, 6, 1, 1)).astype(np.float32),
+             "w1": rng.normal(size=(6, 3, 3, 3)).astype(np.float32),
+             "w2": rng.normal(size=(5, 6, 1, 1)).astype(np.float32),
              "wf": rng.normal(size=(10, 5)).astype(np.float32), "shape": np.array([1, 5], np.int64)}
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
@@ -1736,7 +1737,8 @@ def test_hard_sigmoid_of_a_stream(alpha, beta):
              helper.make_node("Reshape", ["p", "shape"], ["f"]),
              helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
     g = _check(_model(nodes, inits, (1, 3, 6, 6)), Options())
-    ranges = [(t.lo, t.hi * t.scale) for op in g.ops() if isinstance(op, ir.Activation) for t in [g.tensors[op.outputs[0]]]]
+    outs = [g.tensors[op.outputs[0]] for op in g.ops() if isinstance(op, ir.Activation)]
+    ranges = [(t.lo, t.hi * t.scale) for t in outs]
     assert (0, 1.0) in ranges  # the clamp to [0, 1] on the stream's grid
 
 
@@ -1745,11 +1747,14 @@ def test_one_d_binary_network():
     MaxPool1d, Flatten, Linear) runs as the 2-D network on (N, C, 1, L)."""
     rng = np.random.default_rng(7)
     c = 8
-    inits = {"w1": rng.normal(size=(c, 2, 5)).astype(np.float32), "w2": rng.choice([-1.0, 1.0], (c, c, 3)).astype(np.float32),
+    inits = {"w1": rng.normal(size=(c, 2, 5)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], (c, c, 3)).astype(np.float32),
              "wf": rng.normal(size=(10, c * 8)).astype(np.float32)}
     for k in (1, 2):
-        inits.update({f"g{k}": rng.uniform(0.5, 1.5, c).astype(np.float32), f"b{k}": rng.normal(size=c).astype(np.float32),
-                      f"m{k}": rng.normal(size=c).astype(np.float32), f"v{k}": rng.uniform(0.5, 2, c).astype(np.float32)})
+        inits.update({f"g{k}": rng.uniform(0.5, 1.5, c).astype(np.float32),
+                      f"b{k}": rng.normal(size=c).astype(np.float32),
+                      f"m{k}": rng.normal(size=c).astype(np.float32),
+                      f"v{k}": rng.uniform(0.5, 2, c).astype(np.float32)})
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[2, 2]),
              helper.make_node("BatchNormalization", ["a", "g1", "b1", "m1", "v1"], ["an"]),
              helper.make_node("Sign", ["an"], ["s1"]),

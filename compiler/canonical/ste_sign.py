@@ -182,7 +182,7 @@ def _common_source(f: str, p: str, prods: dict, values: dict):
     if _poly_nodes(f, p, prods, values) is not None:
         return p
     sources = [_sources(t, prods, values) for t in (f, p)]
-    if sources[0] is None or sources[0] != sources[1] or len(sources[0]) != 1:
+    if sources[0] != sources[1] or len(sources[0]) != 1:
         return None
     return next(iter(sources[0]))
 

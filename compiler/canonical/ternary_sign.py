@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused,
-                         graph_outputs, is_standard, producers, replace_node, scalar_constant, sole_reader,
-                         use_qonnx_domain)
+from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, attrs, constant_values, consumers, copy_model,
+                         drop_unused, graph_outputs, is_standard, producers, replace_node, scalar_constant,
+                         sole_reader, use_qonnx_domain)
 
 
 def _shifted(node, values: dict):
@@ -97,5 +97,6 @@ def _ternary(g, names: Names, node, x: str, t: np.float32):
     """MultiThreshold(x, [[t', t]], out_bias=-1) writing `node`'s output: -1, 0, +1 at -t < x, x >= t."""
     thresholds = np.array([[np.nextafter(-t, np.float32(np.inf)), t]], np.float32)
     thr = add_initializer(g, names, thresholds, "ternary_thresholds")
-    return helper.make_node("MultiThreshold", [x, thr], [node.output[0]], name=node.name or names.fresh("MultiThreshold"),
-                            domain=QONNX_DOMAIN, out_scale=1.0, out_bias=-1.0)
+    return helper.make_node("MultiThreshold", [x, thr], [node.output[0]],
+                            name=node.name or names.fresh("MultiThreshold"), domain=QONNX_DOMAIN, out_scale=1.0,
+                            out_bias=-1.0)
