@@ -27,13 +27,40 @@ import onnx
 from onnx import helper
 
 from .graph_edit import (QONNX_DOMAIN, Names, add_initializer, constant_values, copy_model, drop_unused,
-                         is_standard, producers, replace_node, scalar_constant, use_qonnx_domain)
+                         is_standard, producers, replace_node, scalar_constant, scalar_operand, use_qonnx_domain)
 
 
 def _bipolar(names: Names, node: onnx.NodeProto, x: str, scale: str) -> onnx.NodeProto:
     """BipolarQuant(x, scale) writing `node`'s output, under its name."""
     return helper.make_node("BipolarQuant", [x, scale], [node.output[0]], name=node.name or names.fresh("BipolarQuant"),
                             domain=QONNX_DOMAIN)
+
+
+def _offset_sign_input(node, prods: dict, values: dict):
+    """x of larq's Sign(Sign(x) + c), 0 < c < 1 (either Add order), else None."""
+    add = prods.get(node.input[0]) if node.op_type == "Sign" and is_standard(node) else None
+    if add is None or add.op_type != "Add" or not is_standard(add):
+        return None
+    found = scalar_operand(add, values)
+    inner = prods.get(found[0]) if found is not None else None
+    if inner is None or inner.op_type != "Sign" or not is_standard(inner) or not 0.0 < float(found[1]) < 1.0:
+        return None
+    return inner.input[0]
+
+
+def _qkeras_binary_input(node, prods: dict, values: dict):
+    """x of QKeras's binary(), Sign(x) + (1 - Abs(Sign(x))) (either Add order), else None."""
+    if node.op_type != "Add" or not is_standard(node) or len(node.input) != 2:
+        return None
+    for s, d in (tuple(node.input), tuple(reversed(node.input))):
+        sign, sub = prods.get(s), prods.get(d)
+        if sign is None or sign.op_type != "Sign" or not is_standard(sign) or sub is None or \
+                sub.op_type != "Sub" or not is_standard(sub) or scalar_constant(values, sub.input[0], "f") != 1.0:
+            continue
+        ab = prods.get(sub.input[1])
+        if ab is not None and ab.op_type == "Abs" and is_standard(ab) and ab.input[0] == s:
+            return sign.input[0]
+    return None
 
 
 def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -43,40 +70,14 @@ def bipolar_sign_from_offset_sign(model: onnx.ModelProto) -> onnx.ModelProto:
     names = Names(g)
     one = None
     changed = False
-    for outer in list(g.node):
-        if outer.op_type != "Sign" or not is_standard(outer):
+    for node in list(g.node):
+        x = _offset_sign_input(node, prods, values) or _qkeras_binary_input(node, prods, values)
+        if x is None:
             continue
-        add = prods.get(outer.input[0])
-        if add is None or add.op_type != "Add" or not is_standard(add):
-            continue
-        for s, c in (tuple(add.input), tuple(reversed(add.input))):
-            inner = prods.get(s)
-            offset = scalar_constant(values, c, "f")
-            if inner is None or inner.op_type != "Sign" or not is_standard(inner) or offset is None:
-                continue
-            if not 0.0 < float(offset) < 1.0:
-                continue
-            if one is None:
-                one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
-            replace_node(g, outer, _bipolar(names, outer, inner.input[0], one))
-            changed = True
-            break
-    for add in list(g.node):  # QKeras's binary(): Sign(x) + (1 - Abs(Sign(x)))
-        if add.op_type != "Add" or not is_standard(add) or len(add.input) != 2:
-            continue
-        for s, d in (tuple(add.input), tuple(reversed(add.input))):
-            sign, sub = prods.get(s), prods.get(d)
-            if sign is None or sign.op_type != "Sign" or not is_standard(sign) or sub is None or \
-                    sub.op_type != "Sub" or not is_standard(sub) or scalar_constant(values, sub.input[0], "f") != 1.0:
-                continue
-            ab = prods.get(sub.input[1])
-            if ab is None or ab.op_type != "Abs" or not is_standard(ab) or ab.input[0] != s:
-                continue
-            if one is None:
-                one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
-            replace_node(g, add, _bipolar(names, add, sign.input[0], one))
-            changed = True
-            break
+        if one is None:
+            one = add_initializer(g, names, np.array(1.0, np.float32), "bipolar_scale")
+        replace_node(g, node, _bipolar(names, node, x, one))
+        changed = True
     if changed:
         use_qonnx_domain(out)
         drop_unused(out)

@@ -15,7 +15,8 @@ import onnx
 from onnx import helper
 
 from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, default_opset,
-                         drop_unused, graph_outputs, is_standard, producers, scalar_constant, sole_reader)
+                         drop_unused, graph_outputs, is_standard, producers, scalar_constant, scalar_operand,
+                         sole_reader)
 
 
 def clamp_bounds(node: onnx.NodeProto, values: dict):
@@ -32,13 +33,11 @@ def clamp_bounds(node: onnx.NodeProto, values: dict):
                     return None
                 lo, hi = (float(c), hi) if i == 1 else (lo, float(c))
         return (node.input[0], lo, hi) if node.input[0] not in values else None
-    if len(node.input) != 2:
+    found = scalar_operand(node, values)
+    if found is None:
         return None
-    for x, c in (tuple(node.input), tuple(reversed(node.input))):
-        v = scalar_constant(values, c, "f")
-        if v is not None and x not in values:
-            return (x, -np.inf, float(v)) if node.op_type == "Min" else (x, float(v), np.inf)
-    return None
+    x, v = found
+    return (x, -np.inf, float(v)) if node.op_type == "Min" else (x, float(v), np.inf)
 
 
 def clamps_to_clip(model: onnx.ModelProto) -> onnx.ModelProto:

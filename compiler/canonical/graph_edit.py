@@ -206,6 +206,18 @@ def scalar_constant(values: dict, name: str, kinds: str = ""):
     return v.reshape(())
 
 
+def scalar_operand(node: onnx.NodeProto, values: dict):
+    """(x, k) of a two-input node with a dynamic operand x and a one-element float constant k (0-d),
+    in either order; None otherwise."""
+    if len(node.input) != 2:
+        return None
+    for x, c in (tuple(node.input), tuple(reversed(node.input))):
+        k = scalar_constant(values, c, "f")
+        if k is not None and x not in values:
+            return x, k
+    return None
+
+
 def quant_bit_range(lo: int, hi: int, signed: bool):
     """(bits, narrow) of QONNX's b-bit Quant range [lo, hi] (b <= 8; signed b >= 2: a 1-bit signed
     Quant is bipolar), else None."""

@@ -30,7 +30,7 @@ import onnx
 
 from .clamps_to_clip import clamp_bounds
 from .graph_edit import (Names, constant_values, consumers, copy_model, drop_unused, graph_outputs, is_standard,
-                         producers, quant_bit_range, rename_input, replace_with_quant, scalar_constant, sole_reader,
+                         producers, quant_bit_range, rename_input, replace_with_quant, scalar_operand, sole_reader,
                          use_qonnx_domain)
 
 def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -53,7 +53,7 @@ def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
         v = rnd.input[0]
         before = prods.get(v) if sole(v) is not None else None
         if before is not None and before.op_type == "Mul" and is_standard(before):  # clamp, scale, Round
-            x, k = _scaled(before, values)
+            x, k = scalar_operand(before, values) or (None, 0.0)
             clamp = clamp_of(prods.get(x)) if x is not None and sole(x) is not None else None
             if clamp is not None and float(k) > 0:
                 t, lo, hi = clamp
@@ -77,7 +77,7 @@ def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
         end, c = rnd, np.float32(1)
         scale = sole(rnd.output[0])
         if scale is not None and scale.op_type == "Mul" and is_standard(scale):
-            x, k = _scaled(scale, values)
+            x, k = scalar_operand(scale, values) or (None, 0.0)
             if x != rnd.output[0] or not float(k) > 0:
                 continue
             end, c = scale, np.float32(k)
@@ -98,15 +98,6 @@ def round_quantizer_to_quant(model: onnx.ModelProto) -> onnx.ModelProto:
         use_qonnx_domain(out)
         drop_unused(out)
     return out
-
-
-def _scaled(mul, values: dict):
-    """(x, k) of Mul(x, k) with a scalar float constant k; (None, 0) otherwise."""
-    for x, c in (tuple(mul.input), tuple(reversed(mul.input))):
-        k = scalar_constant(values, c, "f")
-        if k is not None and x not in values:
-            return x, k
-    return None, 0.0
 
 
 def _levels(lo, hi):
