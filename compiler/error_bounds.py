@@ -110,7 +110,7 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             e = np.tile(tensors[op.inputs[0]], src.shape[0] * src.shape[1])
         elif isinstance(op, (ir.SumPool, ir.GlobalSumPool)):
             src = graph.tensors[op.inputs[0]]
-            taps = np.prod(op.kernel) if isinstance(op, ir.SumPool) else src.shape[0] * src.shape[1]
+            taps = op.gains(src.shape[:2]).max() if isinstance(op, ir.SumPool) else src.shape[0] * src.shape[1]
             e = tensors[op.inputs[0]] * float(taps) * out.scale / src.scale
         elif isinstance(op, ir.Add):
             e = tensors[op.inputs[0]] + tensors[op.inputs[1]] + (out.scale / 2 if op.round_shift else 0.0)

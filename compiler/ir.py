@@ -418,13 +418,28 @@ class Add:
 
 @dataclass
 class SumPool:
-    """Window sum of an integer tensor, no padding (AveragePool: 1/(kh*kw) moves into the scale)."""
+    """Window sum of an integer tensor (AveragePool: 1/(kh*kw) moves into the scale). With zero
+    `pads` or `multipliers` (an AveragePool whose divisor n[y, x] changes near the border:
+    count_include_pad = 0, ceil_mode windows): out[y, x, c] = multipliers[y, x] * (sum of the
+    window's taps inside the input), multipliers[y, x] = L / n[y, x] with L the lcm of the
+    divisors, and 1/L in the scale (exact)."""
 
     name: str
     inputs: list
     outputs: list
     kernel: tuple
     stride: tuple
+    pads: tuple = (0, 0, 0, 0)  # (top, left, bottom, right), zeros
+    multipliers: Optional[np.ndarray] = None  # (oh, ow) int64 >= 1; None: 1 everywhere
+
+    def gains(self, in_hw: tuple) -> np.ndarray:
+        """(oh, ow) int64: what a constant input is multiplied by at each output pixel (taps inside
+        the input times the multiplier)."""
+        oh, ow = out_shape(in_hw, self.kernel, self.stride, self.pads)
+        taps = [[min(o * s - p + k, n) - max(o * s - p, 0) for o in range(m)]
+                for m, s, p, k, n in zip((oh, ow), self.stride, self.pads[:2], self.kernel, in_hw)]
+        g = np.outer(np.asarray(taps[0], np.int64), np.asarray(taps[1], np.int64))
+        return g if self.multipliers is None else g * self.multipliers
 
 
 @dataclass
@@ -1047,7 +1062,11 @@ def _verify_sum_pool(graph, op) -> None:
     out = graph.tensors[op.outputs[0]]
     if not isinstance(out, Ints) or out.shape[2] != src.shape[2]:
         _fail(op, "output type", f"{src} -> {out}")
-    _check_window(graph, op, src, out, op.kernel, op.stride, (0, 0, 0, 0))
+    _check_window(graph, op, src, out, op.kernel, op.stride, op.pads)
+    if op.multipliers is not None:
+        _array(op, "multipliers", op.multipliers, tuple(out.shape[:2]), "i")
+        if np.min(op.multipliers) < 1:
+            _fail(op, "multipliers are positive", f"min {np.min(op.multipliers)}")
 
 
 def _verify_global_sum_pool(graph, op) -> None:

@@ -110,7 +110,8 @@ def _op_label(graph: ir.Graph, op) -> str:
         parts.append(f"{what} {op.code}")
         parts.append(type(op.epilogue).__name__)
     elif isinstance(op, (ir.MaxPool, ir.SumPool)):
-        parts.append(f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]}")
+        parts.append(f"{op.kernel[0]}x{op.kernel[1]}/{op.stride[0]}"
+                     + (" border divisors" if getattr(op, "multipliers", None) is not None else ""))
     elif isinstance(op, ir.ArgMax):
         parts.append(f"k={op.k}")
     parts.append(" ".join(_shape(graph.tensors[t].shape) for t in op.outputs))

@@ -120,8 +120,9 @@ def _epilogue(op: ir.Conv, acc: np.ndarray) -> np.ndarray:
 
 
 def _sumpool(op: ir.SumPool, x: np.ndarray) -> np.ndarray:
-    win = _windows(x.astype(np.int64), op.kernel, op.stride, (0, 0, 0, 0), 0)
-    return win.sum(axis=(3, 4))
+    win = _windows(x.astype(np.int64), op.kernel, op.stride, op.pads, 0)
+    sums = win.sum(axis=(3, 4))
+    return sums if op.multipliers is None else sums * op.multipliers[None, :, :, None]
 
 
 def _maxpool(op: ir.MaxPool, x: np.ndarray) -> np.ndarray:

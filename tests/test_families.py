@@ -316,14 +316,25 @@ def test_relu_then_scale_inside_a_residual_stream_runs_as_two_requantizations():
     assert np.array_equal(driver.run_target(g, "c", inputs), ref)
 
 
-def test_padded_average_pool_is_refused():
-    inits = {**_qdq_inits(), "w2": np.ones((3, 32), np.float32)}
+def test_padded_average_pool_divides_each_window_by_its_own_taps():
+    """count_include_pad = 0: the 4, 6 and 9 taps of a padded 3x3 window on a 4x4 map, exactly (the
+    window sums times 36 / n on the grid 1 / (64 * 36)); C == reference."""
+    inits = {**_qdq_inits(), "w2": np.random.default_rng(2).normal(size=(3, 32)).astype(np.float32)}
     nodes = _qdq_nodes() + [
         helper.make_node("AveragePool", ["xd"], ["p"], name="avg.padded", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
         helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc", transB=1)]
-    with pytest.raises(BnncError, match="avg.padded.*padding"):
-        compile_graph(_tiny(nodes, inits))
+    model = _tiny(nodes, inits)
+    g = compile_graph(model)
+    pool = next(op for op in g.ops() if isinstance(op, ir.SumPool))
+    assert pool.multipliers.tolist() == [[9, 6, 6, 9], [6, 4, 4, 6], [6, 4, 4, 6], [9, 6, 6, 9]]
+    assert g.tensors[pool.outputs[0]].scale == g.tensors[pool.inputs[0]].scale / 36
+    x = np.random.default_rng(1).integers(-128, 128, size=(30, 2, 4, 4)).astype(np.float32) / 64
+    inputs = driver.prepare_inputs(g, x)
+    ref = driver.run_target(g, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 1e-5 * np.abs(orig).max()
+    assert np.array_equal(driver.run_target(g, "c", inputs), ref)
 
 
 def test_multithreshold_levels_off_any_integer_grid_are_refused():

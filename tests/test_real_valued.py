@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnnc import driver, error_bounds, ir, targets
 from bnnc.cli import main
+from bnnc.errors import BnncError
 from bnnc.original import OriginalModel
 from bnnc.passes.quantize_input import InputAffine
 from bnnc.pipeline import Options, compile_graph
@@ -382,3 +383,41 @@ def test_verify_holds_rounded_models_to_their_stated_bound(monkeypatch):
     assert result.passed and "the stated output bound" in result.text
     monkeypatch.setattr(verify_module.error_bounds, "output_bound", lambda graph: 0.0)
     assert not m.verify(samples=10, rtol=1e-12).passed
+
+
+@pytest.mark.parametrize("size,k,s,pads,ceil,include", [
+    (7, 3, 2, [1, 1, 1, 1], 0, 0),          # count_include_pad=0: fewer taps at the border
+    (8, 3, 1, "SAME_UPPER", 0, 0),           # Keras AveragePooling2D(padding='same')
+    (7, 2, 2, [0, 0, 0, 0], 1, 0),           # Bi-Real's downsample with ceil_mode on an odd map
+    (6, 3, 2, [1, 1, 1, 1], 1, 1),           # ceil_mode's overhang is not counted, the padding is
+    (5, 3, 2, [0, 1, 0, 1], 1, 0)])
+def test_average_pool_whose_divisor_changes_near_the_border(size, k, s, pads, ceil, include):
+    """An AveragePool whose divisor n[y, x] differs near the border is a SumPool of the taps inside
+    the input times lcm / n[y, x], on the grid scale / lcm: exact on an exact stream (integer
+    weights on integer inputs), equal to onnxruntime's float32 average to its rounding; C == the
+    reference bit for bit; the FPGA backends refuse it in one line."""
+    rng = np.random.default_rng(size * 10 + k)
+    pad_attr = {"auto_pad": pads} if isinstance(pads, str) else {"pads": pads}
+    inits = {"w1": rng.integers(-3, 4, size=(4, 3, 3, 3)).astype(np.float32),
+             "w2": rng.normal(size=(5, 4, 2, 2)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["a"], ["p"], kernel_shape=[k, k], strides=[s, s], ceil_mode=ceil,
+                              count_include_pad=include, **pad_attr),
+             helper.make_node("Conv", ["p", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "border_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                               [1, 3, size, size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))
+    ir.verify(graph)
+    pool = next(op for op in graph.ops() if isinstance(op, ir.SumPool))
+    assert pool.multipliers is not None and len(np.unique(pool.gains(graph.tensors[pool.inputs[0]].shape[:2]))) >= 1
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 3))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 1e-5 * np.abs(orig).max()
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+    for target in ("hls", "verilog"):
+        with pytest.raises(BnncError, match="divisor changes near the border"):
+            targets.compile_files(graph, target, targets.options_for(target, targets.TargetOptions()))

@@ -574,6 +574,11 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         oh, ow = oty.shape[:2]
         L.update(family="sumpool", iw=w, c=c, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
                  sw=op.stride[1])
+        if any(op.pads) or op.multipliers is not None:  # taps inside the input only, times each window's multiplier
+            mult = np.ones((oh, ow), np.int64) if op.multipliers is None else op.multipliers
+            L.update(border=True, ih=h, pt=op.pads[0], pl=op.pads[1],
+                     acc_ctype="int64_t" if storage_dtype(oty) == "int64" else "int32_t")
+            table("mult", "int32_t" if int(mult.max()) > 65535 else "uint16_t", mult.reshape(-1))
         L["call_args"] = f"{L['src']}, {L['dst']}"
     else:  # pragma: no cover - ir.family_ops lists only the kinds above
         raise BnncError(f"the C backend has no template for {type(op).__name__}")

@@ -849,7 +849,8 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 def check_supported(graph: ir.Graph) -> None:
     """Refuse, in one line naming the layer, what the HLS processes do not implement: Concat,
-    Softmax, Sigmoid, Mul of streams, Flatten (per-element ops on flattened features), Gather, Activations of non-integer tensors, and convs the matrix unit does not implement
+    Softmax, Sigmoid, Mul of streams, Flatten (per-element ops on flattened features), Gather, padded SumPools,
+    Activations of non-integer tensors, and convs the matrix unit does not implement
     (matrix_unit.supports). Activations of integer streams run as identity 1x1 convs
     (passes/activations_as_convs.py)."""
     for op in graph.ops():
@@ -858,6 +859,9 @@ def check_supported(graph: ir.Graph) -> None:
             raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
                             "chains and residual blocks of conv/dense, activation, pool and Add layers); "
                             "use --target c")
+        if isinstance(op, ir.SumPool) and (any(op.pads) or op.multipliers is not None):
+            raise BnncError(f"layer '{where}': the HLS backend runs average pools without padding only (this one's "
+                            "divisor changes near the border); use --target c")
         if isinstance(op, ir.Activation) and not isinstance(graph.tensors[op.inputs[0]], ir.Ints):
             raise BnncError(f"layer '{where}': the HLS backend runs activations of integer tensors only, not of "
                             f"{type(graph.tensors[op.inputs[0]]).__name__}; use --target c")

@@ -15,7 +15,7 @@ unit's popcount planes (compiler/weight_planes.py), with bit, multi-level, activ
 fixed-point (Requantize) outputs; real-valued layers (code int on integer inputs) run as integer
 multiply-accumulate units; an Activation of an integer stream becomes a 1x1 unit with identity
 weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere else, a
-Concat, Softmax, Sigmoid, Mul of streams or Gather is refused.
+Concat, Softmax, Sigmoid, Mul of streams, Gather or padded SumPool is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables)
 and the units' parameters from their record (`matrix_unit.rtl_parameter_groups`); this module only
@@ -98,6 +98,9 @@ def plan(graph: ir.Graph) -> Plan:
             if isinstance(op.epilogue, ir.Chain):
                 acc_out = True
             hw.append(op)
+        elif isinstance(op, ir.SumPool) and (any(op.pads) or op.multipliers is not None):
+            raise BnncError(f"layer '{op.name}': the verilog target runs average pools "
+                            "without padding only (this one's divisor changes near the border); use --target c")
         elif isinstance(op, (ir.MaxPool, ir.GlobalSumPool, ir.SumPool, ir.Add)):
             hw.append(op)
         else:

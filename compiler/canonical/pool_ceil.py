@@ -11,7 +11,8 @@ same positions.
 Preserves exactly: a max pool ignores its padding in both forms, every window keeps at least one
 input element (the dropped case above), so each output is the max of the same elements. An
 average pool whose e is 0 on every axis has the same windows over the same elements in both
-modes, so the same divisors (an extra window's divisor would differ: those stay). Needs the
+modes, so the same divisors (an extra window's divisor differs: those stay ceil_mode, and the
+frontend reads their divisors off onnxruntime, frontend/pooling.py). Needs the
 spatial input size statically; MaxPools with an indices output are left alone.
 """
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from .. import ir
 from ..errors import BnncError
 from .context import conv_pads
 from .linear import window_sum_conv
+from .probe import run_alone
 from .registry import handler, where
 from .streams import narrow, stream_of_intchain, to_stream
 from .values import AccVal, BitsVal, IntChainVal, IntsVal
@@ -44,13 +47,16 @@ def max_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, auto_pa
     ctx.set(node, ctx.emit_maxpool(params, v))
 
 
-@handler("AveragePool", ignores=("dilations",))
+@handler("AveragePool")
 def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, auto_pad="NOTSET", ceil_mode=0,
-                 count_include_pad=0):
+                 count_include_pad=0, dilations=(1, 1)):
     """AveragePool of a fixed-point stream (Bi-Real's downsample shortcut): a SumPool, with the
     1/(kh*kw) in the scale (exact), where every window has kh*kw taps; with zero padding that the
-    divisor counts (count_include_pad = 1), a window-sum convolution (`window_sum_conv`)."""
+    divisor counts (count_include_pad = 1), a window-sum convolution (`window_sum_conv`); where the
+    divisor changes near the border, a SumPool with multipliers (`_border_sum_pool`)."""
     v = no_pending_ops(ctx, node, ctx.val(node))
+    if any(d != 1 for d in dilations):
+        raise BnncError(f"{where(node)}: dilated AveragePool is not supported")
     if count_include_pad and not ceil_mode and len(v.shape) == 4 and any(
             conv_pads(node, v.shape[2:], tuple(kernel_shape), tuple(strides), auto_pad, pads)):
         ctx.set(node, window_sum_conv(ctx, node, v, tuple(kernel_shape), tuple(strides),
@@ -66,8 +72,8 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
     stride = tuple(strides)
     pads = conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)
     if any(pads) or ceil_mode:
-        raise BnncError(f"{where(node)}: AveragePool with padding and count_include_pad=0, or with ceil_mode, "
-                        "is not supported (the divisor would change near the border)")
+        ctx.set(node, _border_sum_pool(ctx, node, v, kernel, stride, pads))
+        return
     n = kernel[0] * kernel[1]
     v = narrow(ctx, node, v, (2**31 - 1) // n)  # the window sums are 32-bit
     ty = ctx.graph.tensors[v.tensor]
@@ -78,6 +84,38 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
     oty = ir.Ints((oh, ow, ty.shape[2]), lo, hi, ty.scale / n)
     ctx.graph.add(ir.SumPool(name, [v.tensor], [tname], kernel, stride), {tname: oty})
     ctx.set(node, IntsVal((1, v.shape[1], oh, ow), [node.name], tensor=tname, scale=v.scale / n))
+
+
+def _border_sum_pool(ctx, node, v: IntsVal, kernel: tuple, stride: tuple, pads: tuple) -> IntsVal:
+    """An AveragePool whose divisor n[y, x] changes near the border (count_include_pad = 0 with
+    padding, ceil_mode windows that overhang the input): the window sums times L / n[y, x], on the
+    grid scale / L (L the lcm of the divisors), exact. The output size and the divisors are the
+    runtime's own: the node run in onnxruntime on a map of ones gives taps[y, x] / n[y, x]."""
+    h, w = v.shape[2:]
+    ratio = run_alone(ctx, node, np.ones((1, 1, h, w), np.float32))[0, 0].astype(np.float64)
+    oh, ow = ratio.shape
+    ends = tuple(max(p, (o - 1) * s + k - n - b) for p, o, s, k, n, b in zip(pads[2:], (oh, ow), stride, kernel,
+                                                                               (h, w), pads[:2]))
+    window = pads[:2] + ends  # ceil_mode's overhanging windows as end padding
+    if ir.out_shape((h, w), kernel, stride, window) != (oh, ow) or np.any(ratio <= 0):
+        raise BnncError(f"{where(node)}: AveragePool gives a {oh}x{ow} output of a {h}x{w} map whose windows "
+                        "bnnc cannot place")
+    taps = ir.SumPool("", [], [], kernel, stride, window).gains((h, w))
+    divisors = np.rint(taps / ratio).astype(np.int64)
+    if np.any(divisors < 1) or np.any(divisors > kernel[0] * kernel[1]) or \
+            np.max(np.abs(taps / divisors - ratio) / ratio) > 2**-20:
+        raise BnncError(f"{where(node)}: AveragePool divides its windows by numbers bnnc cannot read off it")
+    lcm = int(np.lcm.reduce(divisors.reshape(-1)))
+    mult = lcm // divisors
+    gains = np.unique(taps * mult)
+    v = narrow(ctx, node, v, (2**31 - 1) // int(gains.max()))  # the window sums are 32-bit
+    ty = ctx.graph.tensors[v.tensor]
+    name = ctx.new_name("sumpool")
+    tname = name + "_out"
+    lo, hi = min(ty.lo * int(g) for g in gains), max(ty.hi * int(g) for g in gains)
+    oty = ir.Ints((oh, ow, ty.shape[2]), lo, hi, ty.scale / lcm)
+    ctx.graph.add(ir.SumPool(name, [v.tensor], [tname], kernel, stride, window, mult), {tname: oty})
+    return IntsVal((1, v.shape[1], oh, ow), [node.name], tensor=tname, scale=v.scale / lcm)
 
 
 @handler("GlobalAveragePool")

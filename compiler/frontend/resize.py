@@ -7,10 +7,9 @@ rounding mode, scale, size and pad is taken exactly as the runtime takes it."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import BnncError
+from .probe import run_alone
 from .registry import handler, where
 from .slicing import gather, moved_operand
 
@@ -51,34 +50,11 @@ def _index_tables(ctx, node, shape: tuple) -> tuple:
     onnxruntime (with its attributes and constant inputs) on a tensor whose every value is its
     pixel's index y * W + x. Refused where the batch or channel axis is resized or the pixels do
     not come row by row and column by column."""
-    import onnxruntime as ort
-
     n, c, h, w = shape
     if h * w >= 2**24:
         raise BnncError(f"{where(node)}: a {h}x{w} map is too large to resize")
-    consts = []
-    for i, t in enumerate(node.inputs[1:], 1):
-        if t and t not in ctx.consts:
-            raise BnncError(f"{where(node)}: its input {i} ('{t}') is computed at run time; bnnc resizes with "
-                            "constant scales or sizes")
-        if t:
-            consts.append(numpy_helper.from_array(np.asarray(ctx.consts[t]), t))
     index = np.broadcast_to(np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w), shape)
-    probe = helper.make_node(node.op, ["x", *node.inputs[1:]], ["y"],
-                             **{k: v for k, v in node.attrs.items()})
-    graph = helper.make_graph([probe], "resize_probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
-                                                                                     list(shape))],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.lm.opset or 13)])
-    model.ir_version = min(model.ir_version, 8)
-    try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        out = sess.run(None, {"x": np.ascontiguousarray(index)})[0]
-    except Exception as e:  # onnxruntime's own refusal of the attributes
-        raise BnncError(f"{where(node)}: onnxruntime cannot run this {node.op}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
+    out = run_alone(ctx, node, index)
     if out.ndim != 4 or out.shape[:2] != (n, c) or 0 in out.shape:
         raise BnncError(f"{where(node)}: {node.op} from {shape} to {out.shape}; bnnc moves pixels along H and W only")
     rows, cols = out[0, 0, :, 0] // w, out[0, 0, 0, :] % w

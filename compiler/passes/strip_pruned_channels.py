@@ -106,6 +106,8 @@ def _unfoldable(graph: ir.Graph, tensor: str):
     for c in users:
         if isinstance(c, ir.Conv):
             continue
+        if isinstance(c, ir.SumPool) and len(np.unique(c.gains(graph.tensors[c.inputs[0]].shape[:2]))) > 1:
+            return f"is averaged by '{c.name}' with a divisor that changes near the border"
         if isinstance(c, (ir.MaxPool, ir.GlobalSumPool, ir.SumPool)) or \
                 (isinstance(c, ir.Activation) and isinstance(c.epilogue, _INT_EPILOGUES)):
             if isinstance(c, ir.Activation) and getattr(c.epilogue, "planes", 1) != 1:
@@ -131,8 +133,8 @@ def _forward(graph: ir.Graph, tensor: str, keep: np.ndarray, values: np.ndarray)
         elif isinstance(c, ir.GlobalSumPool):
             h, w = graph.tensors[c.inputs[0]].shape[:2]
             _forward(graph, c.outputs[0], keep, values * h * w)
-        elif isinstance(c, ir.SumPool):
-            _forward(graph, c.outputs[0], keep, values * c.kernel[0] * c.kernel[1])
+        elif isinstance(c, ir.SumPool):  # _unfoldable: one gain at every pixel
+            _forward(graph, c.outputs[0], keep, values * c.gains(graph.tensors[c.inputs[0]].shape[:2]).flat[0])
         elif isinstance(c, ir.Activation):
             full = np.zeros(keep.size, np.int64)
             full[~keep] = values
