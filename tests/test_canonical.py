@@ -12,6 +12,7 @@ from bnnc.canonical import canonicalize
 from bnnc.canonical.bipolar_sign import bipolar_sign_from_offset_sign
 from bnnc.canonical.clamps_to_clip import clamps_to_clip
 from bnnc.canonical.constant_subgraphs import fold_constant_subgraphs
+from bnnc.canonical.dense_on_map import dense_on_map_to_pointwise_conv
 from bnnc.canonical.layout_transposes import sink_layout_transposes
 from bnnc.canonical.one_d_as_two_d import lift_1d_to_2d
 from bnnc.canonical.pad_into_window import merge_pads_into_windows
@@ -1095,3 +1096,32 @@ def test_nhwc_flatten_moves_into_the_dense_weights(case):
         return
     assert "Transpose" not in ops(out)
     assert np.allclose(run(out, x), run(model, x), rtol=1e-6, atol=1e-5)  # the same products, another order
+
+
+@pytest.mark.parametrize("form", ["tensordot", "matmul_4d", "sequence"])
+def test_dense_on_a_map_is_a_pointwise_conv(form):
+    """Keras's Dense on a 4-D tensor (tf2onnx: Reshape (H*W, C) -> MatMul -> Reshape (1, H, W, O))
+    and nn.Linear on an (N, H, W, C) tensor become Transpose -> 1x1 Conv -> Transpose, the same
+    values to float32 rounding of the reordered sums; a MatMul of a 3-D sequence stays."""
+    rng = np.random.default_rng(11)
+    h, w, c, o = 3, 5, 4, 6
+    b = rng.standard_normal((c, o)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])]
+    inits = {"b": b}
+    x_shape = [1, c, h, w]
+    if form == "tensordot":
+        inits.update(rows=np.array([h * w, c], np.int64), back=np.array([1, h, w, o], np.int64))
+        nodes += [helper.make_node("Reshape", ["t", "rows"], ["r"]), helper.make_node("MatMul", ["r", "b"], ["m"]),
+                  helper.make_node("Reshape", ["m", "back"], ["y"])]
+    elif form == "matmul_4d":
+        nodes.append(helper.make_node("MatMul", ["t", "b"], ["y"]))
+    else:
+        x_shape = [1, w, c]
+        nodes = [helper.make_node("MatMul", ["x", "b"], ["y"])]
+    m = make(nodes, x_shape, inits)
+    out = dense_on_map_to_pointwise_conv(m)
+    assert ("Conv" in ops(out)) == (form != "sequence") and ("MatMul" in ops(out)) == (form == "sequence")
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    np.testing.assert_allclose(run(out, x), run(m, x), rtol=1e-5, atol=1e-5)
+    if form != "sequence":  # the layout Transposes then cancel: NCHW in, one Transpose left at the output
+        assert ops(sink_layout_transposes(out)).count("Transpose") == 1

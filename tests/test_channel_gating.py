@@ -62,6 +62,32 @@ def test_keras_prelu_whose_parts_are_read_elsewhere_stays():
     assert [n.op_type for n in keras_prelu_to_prelu(model).graph.node] == [n.op_type for n in model.graph.node]
 
 
+def test_keras_prelu_with_per_pixel_slopes_read_after_the_layout_transposes_sink():
+    """tf2onnx writes a PReLU whose slopes have the map's shape (Keras's default, shared_axes=None)
+    with layout Transposes around its Mul; once they sink away (NCHW in) the pattern is a PReLU.
+    Slopes equal at every pixel (the default initialisation) are one per channel: the model
+    compiles, C == reference, reference == onnxruntime."""
+    rng = np.random.default_rng(5)
+    c, h, w = 4, 5, 6
+    inits = {"wc": rng.normal(size=(c, 3, 3, 3)).astype(np.float32),
+             "an": np.broadcast_to(-rng.uniform(0.0, 0.5, size=(1, 1, 1, c)), (1, h, w, c)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "wc"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["p_pos"]), helper.make_node("Neg", ["a"], ["p_neg"]),
+             helper.make_node("Relu", ["p_neg"], ["p_negr"]),
+             helper.make_node("Transpose", ["p_negr"], ["t1"], perm=[0, 2, 3, 1]),
+             helper.make_node("Mul", ["t1", "an"], ["p_mul"]),
+             helper.make_node("Transpose", ["p_mul"], ["t2"], perm=[0, 3, 1, 2]),
+             helper.make_node("Add", ["p_pos", "t2"], ["s"]), helper.make_node("GlobalAveragePool", ["s"], ["y"])]
+    model = _model(nodes, inits, (1, 3, h, w), (1, c, 1, 1))
+    assert "PRelu" in [n.op_type for n in canonicalize(model).graph.node]
+    graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1 / 64))
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 6, 1))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 1e-4 * max(1.0, np.abs(orig).max())
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+
+
 # ----------------------------------------------------------------------------- sigmoid
 
 

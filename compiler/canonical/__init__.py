@@ -16,6 +16,7 @@ from .clamps_to_clip import clamps_to_clip
 from .clip_before_sign import remove_clip_before_sign
 from .constant_subgraphs import fold_constant_subgraphs
 from .contrib_quantizers import contrib_quantizers_to_standard
+from .dense_on_map import dense_on_map_to_pointwise_conv
 from .dilated_conv import dilated_conv_to_dense_kernel
 from .external_data import load_external_data
 from .grouped_conv import split_convs_to_grouped_conv
@@ -52,8 +53,10 @@ REWRITES = (
     simplify_ste_sign,
     spatial_reduce_to_global_pool,
     keras_prelu_to_prelu,
+    dense_on_map_to_pointwise_conv,
     sink_layout_transposes,
     simplify_ste_sign,  # again: in tf2onnx's NHWC form Transposes inside an estimator hid it before
+    keras_prelu_to_prelu,  # again: tf2onnx puts Transposes inside a PReLU whose slopes vary per pixel
     ternary_sign_to_threshold,
     nhwc_flatten_into_dense,
     split_convs_to_grouped_conv,
