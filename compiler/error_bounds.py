@@ -108,6 +108,9 @@ def end_to_end(graph: ir.Graph) -> Bounds:
         elif isinstance(op, ir.Flatten):  # pixel after pixel: each channel's bound at every pixel
             src = graph.tensors[op.inputs[0]]
             e = np.tile(tensors[op.inputs[0]], src.shape[0] * src.shape[1])
+        elif isinstance(op, ir.Unflatten):  # a map channel's bound: the largest of its elements'
+            flat = tensors[op.inputs[0]] if op.order is None else tensors[op.inputs[0]][op.order]
+            e = flat.reshape(-1, out.shape[2]).max(axis=0)
         elif isinstance(op, (ir.SumPool, ir.GlobalSumPool)):
             src = graph.tensors[op.inputs[0]]
             taps = op.gains(src.shape[:2]).max() if isinstance(op, ir.SumPool) else src.shape[0] * src.shape[1]

@@ -11,7 +11,7 @@ Tensors (all activations are stored channel-last, shape (H, W, C); a dense vecto
 
 Ops (fields documented on each class): `InputQuantize`, `Conv` (dense layers are convs whose
 kernel covers the whole input), `MaxPool`, `GlobalSumPool`, `Flatten` (an (H, W, C) integer tensor
-as one vector), `Gather` (values moved: nearest-neighbour
+as one vector), `Unflatten` (an integer vector as an (H, W, C) map), `Gather` (values moved: nearest-neighbour
 upsampling, slices of rows, columns or channels), `ArgMax`, and for the compressed
 families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
@@ -360,6 +360,21 @@ class Flatten:
 
 
 @dataclass
+class Unflatten:
+    """An Ints (1, 1, D) vector as an (H, W, C) map, H * W * C = D: element j of the map in storage
+    order (pixel after pixel, a pixel's channels in order) is element order[j] of the vector
+    (`order` None: element j, the vector already in the map's storage order, as Keras's Reshape
+    to (H, W, C) leaves it). Values, range and scale unchanged. A dense layer's output reshaped
+    into a map (Keras's Dense -> Reshape -> Conv2D; PyTorch's Linear -> view(N, C, H, W), whose
+    (C, H, W) order `order` moves into the map's)."""
+
+    name: str
+    inputs: list
+    outputs: list
+    order: Optional[np.ndarray] = None  # int64 (D,), a permutation
+
+
+@dataclass
 class Gather:
     """Values of a Bits or Ints tensor moved, not changed: out[y, x, c] = in[rows[y], cols[x],
     channels[c]] (channels None: all, in order); type, range and scale unchanged. A nearest-
@@ -608,7 +623,7 @@ def conv_sum_multipliers(op: ConvSum) -> tuple:
     return unit, list(ks)
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, Gather, ArgMax, Activation, Add, SumPool, Concat,
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, Unflatten, Gather, ArgMax, Activation, Add, SumPool, Concat,
            Softmax, Sigmoid, Mul, ConvSum]
 
 
@@ -1086,6 +1101,21 @@ def _verify_flatten(graph, op) -> None:
         _fail(op, "Flatten keeps the values: Ints (1, 1, H * W * C) of the input's range and scale", f"{src} -> {out}")
 
 
+def _verify_unflatten(graph, op) -> None:
+    _arity(op, 1)
+    src = _input_type(graph, op, 0, (Ints,))
+    out = graph.tensors[op.outputs[0]]
+    n = src.shape[2]
+    if src.shape[:2] != (1, 1) or not isinstance(out, Ints) or out.shape[0] * out.shape[1] * out.shape[2] != n \
+            or (out.lo, out.hi, out.scale) != (src.lo, src.hi, src.scale):
+        _fail(op, "Unflatten keeps the values: Ints (1, 1, D) -> (H, W, C), H * W * C = D, of the input's range "
+              "and scale", f"{src} -> {out}")
+    if op.order is not None:
+        _array(op, "order", op.order, (n,), "i")
+        if not np.array_equal(np.sort(op.order), np.arange(n)):
+            _fail(op, "order is a permutation of the vector's elements", f"{op.order[:8]}...")
+
+
 def _verify_gather(graph, op) -> None:
     _arity(op, 1)
     src = _input_type(graph, op, 0, (Bits, Ints))
@@ -1212,10 +1242,10 @@ def _verify_mul(graph, op) -> None:
 
 
 _INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
-                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Gather: (Bits, Ints), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
+                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Unflatten: (Ints,), Gather: (Bits, Ints), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
                 Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Mul: (Ints,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,
            MaxPool: _verify_max_pool, SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool,
-           Flatten: _verify_flatten, Gather: _verify_gather,
+           Flatten: _verify_flatten, Unflatten: _verify_unflatten, Gather: _verify_gather,
            ArgMax: _verify_arg_max, Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax,
            Sigmoid: _verify_sigmoid, Mul: _verify_mul}

@@ -160,6 +160,9 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
             r = a.astype(np.int64).sum(axis=(1, 2), keepdims=True)
         elif isinstance(op, ir.Flatten):
             r = a.reshape(a.shape[0], 1, 1, -1)
+        elif isinstance(op, ir.Unflatten):
+            flat = a.reshape(a.shape[0], -1)
+            r = (flat if op.order is None else flat[:, op.order]).reshape((a.shape[0],) + oty.shape)
         elif isinstance(op, ir.Gather):
             r = a[:, np.asarray(op.rows, np.int64)][:, :, np.asarray(op.cols, np.int64)]
             r = r if op.channels is None else r[..., np.asarray(op.channels, np.int64)]

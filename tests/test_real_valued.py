@@ -421,3 +421,52 @@ def test_average_pool_whose_divisor_changes_near_the_border(size, k, s, pads, ce
     for target in ("hls", "verilog"):
         with pytest.raises(BnncError, match="divisor changes near the border"):
             targets.compile_files(graph, target, targets.options_for(target, targets.TargetOptions()))
+
+
+@pytest.mark.parametrize("layout", ["nchw_view", "nhwc_reshape", "nhwc_batchnorm"])
+def test_dense_output_reshaped_into_a_map(layout):
+    """A dense layer's output reshaped into a feature map: PyTorch's Linear -> view(N, C, H, W) ->
+    BatchNorm2d -> Relu, and Keras's Dense -> Reshape((H, W, C)) as tf2onnx writes it (Reshape to
+    (N, H, W, C), Transpose to NCHW, the BatchNormalization before or after it) -> Conv. The vector becomes an (H, W, C) map (ir.Unflatten;
+    PyTorch's (C, H, W) order moved by its table); C == reference; reference == onnxruntime to the
+    stated roundings."""
+    rng = np.random.default_rng(4)
+    c, h, w, d_in = 3, 4, 5, 6
+    inits = {"wd": rng.normal(size=(d_in, c * h * w)).astype(np.float32),
+             "bd": rng.normal(size=(c * h * w,)).astype(np.float32),
+             "wc": rng.normal(size=(4, c, 3, 3)).astype(np.float32),
+             "g": rng.uniform(0.5, 2, size=(1, c, 1, 1)).astype(np.float32),
+             "t": rng.normal(size=(1, c, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "wd"], ["m"]), helper.make_node("Add", ["m", "bd"], ["d"])]
+    bn = [helper.make_node("Mul", ["map", "g"], ["s"]), helper.make_node("Add", ["s", "t"], ["n"]),
+          helper.make_node("Relu", ["n"], ["r"])]
+    if layout == "nchw_view":
+        inits["shape"] = np.array([1, c, h, w], np.int64)
+        nodes += [helper.make_node("Reshape", ["d", "shape"], ["map"])] + bn
+    elif layout == "nhwc_reshape":
+        inits["shape"] = np.array([-1, h, w, c], np.int64)
+        nodes += [helper.make_node("Reshape", ["d", "shape"], ["nhwc"]),
+                  helper.make_node("Transpose", ["nhwc"], ["map"], perm=[0, 3, 1, 2])] + bn
+    else:  # Keras's BatchNormalization on the (N, H, W, C) map, before tf2onnx's Transpose to the Conv
+        inits["shape"] = np.array([-1, h, w, c], np.int64)
+        inits["g"], inits["t"] = inits["g"].reshape(c), inits["t"].reshape(1, 1, 1, c)
+        nodes += [helper.make_node("Reshape", ["d", "shape"], ["map"])] + bn[:2] + [
+            helper.make_node("Relu", ["n"], ["nr"]), helper.make_node("Transpose", ["nr"], ["r"], perm=[0, 3, 1, 2])]
+    nodes += [helper.make_node("Conv", ["r", "wc"], ["y"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "dense_to_map", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d_in])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, h, w])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1 / 64))
+    ir.verify(graph)
+    unflat = next(op for op in graph.ops() if isinstance(op, ir.Unflatten))
+    assert graph.tensors[unflat.outputs[0]].shape == (h, w, c)
+    assert (unflat.order is None) == (layout != "nchw_view")
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 5))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 1e-4 * max(1.0, np.abs(orig).max())
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+    for target in ("hls", "verilog"):
+        with pytest.raises(BnncError, match="Unflatten|cannot hold"):
+            targets.compile_files(graph, target, targets.options_for(target, targets.TargetOptions()))

@@ -261,6 +261,11 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                      acc_ctype="int64_t" if storage_dtype(oty) == "int64" else "int32_t")
         elif isinstance(op, ir.Flatten):
             L["n"] = int(np.prod(src_t.shape))
+        elif isinstance(op, ir.Unflatten):
+            L.update(n=int(np.prod(src_t.shape)), h=oty.shape[0], w=oty.shape[1], c=oty.shape[2],
+                     order=op.order is not None)
+            if op.order is not None:
+                const_table(consts, f"{op.name}_order", "uint16_t" if src_t.shape[2] < 65536 else "uint32_t", op.order)
         elif isinstance(op, ir.Gather):
             h, w, c = src_t.shape
             bits = isinstance(src_t, ir.Bits)

@@ -84,7 +84,7 @@ class _Sinker:
         self.opset = default_opset(model)
         self.outputs = graph_outputs(self.g)
         self.inputs = {i.name for i in self.g.input} - set(self.values)
-        self.hoisted = set()  # names of the Transposes hoist_to_inputs put after a model input
+        self.hoisted = set()  # names of the Transposes hoist_to_inputs keeps after a model input or a Reshape
 
     # -------------------------------------------------------------- reshapes that are transposes
     def reshapes_to_transposes(self):
@@ -326,24 +326,33 @@ class _Sinker:
 
     # -------------------------------------------------------------- hoisting to the model input
     def hoist_to_inputs(self):
-        """A Transpose whose input a chain of elementwise ops with scalar constants computes from a
-        model input (a quantizer or sign applied to an NHWC input before tf2onnx's layout
-        Transpose) moves above the chain, to right after the input: the chain then runs on the
-        transposed elements, the same values in another order."""
+        """A Transpose whose input a chain of elementwise ops computes from a model input (a
+        quantizer or sign applied to an NHWC input before tf2onnx's layout Transpose; scalar
+        constants) or from a vector reshaped into a map (Keras's Dense -> Reshape((H, W, C)) ->
+        BatchNormalization; constants broadcast along the map's axes, transposed with it) moves
+        above the chain, to right after the input or the Reshape, and stays there: the chain then
+        runs on the transposed elements, the same values in another order."""
         prods, readers = producers(self.g), consumers(self.g)
         inputs = self.inputs
         for t in list(self.g.node):
-            if t.op_type != "Transpose" or not is_standard(t) or t.input[0] in self.values:
+            if t.op_type != "Transpose" or not is_standard(t) or t.input[0] in self.values or t.name in self.hoisted:
                 continue
             chain, cur = [], t.input[0]
-            while cur not in inputs:
+            while cur not in inputs and not self._map_of_vector(cur, prods):
                 n = prods.get(cur)
                 rs = readers.get(cur, [])
-                if n is None or len(rs) != 1 or cur in self.outputs or not self._scalar_elementwise(n):
+                if n is None or len(rs) != 1 or cur in self.outputs or not self._scalar_elementwise(n, per_axis=True):
                     break
                 chain.append(n)
                 cur = next(i for i in n.input if i and i not in self.values)
-            if cur not in inputs or not chain or len(readers.get(cur, [])) != 1:
+            from_map = self._map_of_vector(cur, prods)
+            if cur not in inputs and not from_map or len(readers.get(cur, [])) != 1:
+                continue
+            if not from_map and not all(self._scalar_elementwise(n) for n in chain):
+                continue
+            if not chain:
+                if from_map:
+                    self.hoisted.add(t.name)  # right after the Reshape already: kept there
                 continue
             perm = list(attrs(t)["perm"])
             moved = self.names.fresh(cur.split("/")[-1] or "input")
@@ -354,23 +363,38 @@ class _Sinker:
             self.hoisted.add(hoisted.name)
             rename_input(self.g, t.output[0], t.input[0])
             self.g.node.remove(t)
-            for n in chain:  # their shapes are the transposed ones now
+            for n in chain:  # their shapes are the transposed ones now, and so are their constants
                 s = self.shapes.get(n.output[0])
                 self.shapes[n.output[0]] = None if s is None else tuple(s[p] for p in perm)
+                for k, i in enumerate(n.input):
+                    if i in self.values and np.size(self.values[i]) > 1:
+                        v = np.asarray(self.values[i])
+                        v = v.reshape((1,) * (len(perm) - v.ndim) + v.shape).transpose(perm)
+                        n.input[k] = add_initializer(self.g, self.names, v, i)
+                        self.values[n.input[k]] = v
             keep = {n.output[0] for n in chain}
             vi = [v for v in self.g.value_info if v.name not in keep]
             del self.g.value_info[:]
             self.g.value_info.extend(vi)
             return self.hoist_to_inputs()
 
-    def _scalar_elementwise(self, n) -> bool:
-        """An elementwise node of one activation whose other operands are single constants."""
+    def _map_of_vector(self, tensor, prods) -> bool:
+        """Whether `tensor` is a Reshape of an (N, D) vector into a 4-D map of more than one pixel."""
+        n = prods.get(tensor)
+        src, out = (None, None) if n is None else (self.shapes.get(n.input[0]), self.shapes.get(tensor))
+        return n is not None and n.op_type == "Reshape" and is_standard(n) and src is not None and len(src) == 2 \
+            and out is not None and len(out) == 4 and sum(d != 1 for d in out[1:]) >= 2
+
+    def _scalar_elementwise(self, n, per_axis: bool = False) -> bool:
+        """An elementwise node of one activation whose other operands are single constants (with
+        `per_axis`: constants of rank at most 4, broadcast along the map's axes)."""
         if not (is_standard(n) and (n.op_type in UNARY or n.op_type in BROADCAST)) and \
                 not (n.domain != "" and n.op_type in CUSTOM_ELEMENTWISE):
             return False
         dynamic = [i for i in n.input if i and i not in self.values]
+        consts = [np.asarray(self.values[i]) for i in n.input if i and i in self.values]
         return len(dynamic) == 1 and len(n.output) == 1 and \
-            all(np.asarray(self.values[i]).size == 1 for i in n.input if i and i in self.values)
+            all(v.size == 1 or (per_axis and v.ndim <= 4 and n.op_type in BROADCAST) for v in consts)
 
     # -------------------------------------------------------------- leftovers
     def unit_transposes_to_reshapes(self):

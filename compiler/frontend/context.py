@@ -72,6 +72,12 @@ class LoweringContext:
         if name not in self.vals:
             raise BnncError(f"{where(node)} reads '{name}', which bnnc cannot track")
         v = self.vals[name]
+        if getattr(v, "pending_map", False) and not (node.op == "Transpose" and
+                                                     list(node.attrs.get("perm") or []) == [0, 3, 1, 2]):
+            from .shape import place_map
+
+            v = place_map(self, node, v, channels_last=False)  # a vector reshaped to (N, C, H, W)
+            self.vals[name] = v
         if isinstance(v, AccVal) and self.needs_stream(name):
             # a real-valued tensor with several kinds of consumers (a residual shortcut and a
             # sign, ...) lives in the fixed-point stream, so all of them read the same values

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 from onnx import TensorProto
 
+from .. import ir
 from ..errors import BnncError
 from .registry import handler, where
 from .streams import stream_of_intchain, to_stream
@@ -93,6 +94,9 @@ def unsqueeze(ctx, node, *, axes=None):
 @handler("Transpose", listed_as="Transpose (of constants, of unit axes, of an NHWC model input)")
 def transpose(ctx, node, *, perm=None):
     v = ctx.val(node)
+    if getattr(v, "pending_map", False):  # Keras's Reshape to (N, H, W, C), then tf2onnx's Transpose to NCHW
+        ctx.set(node, place_map(ctx, node, v, channels_last=True))
+        return
     perm = perm if perm is not None else list(reversed(range(len(v.shape))))
     moved = [v.shape[p] for i, p in enumerate(perm) if p != i]
     if _nhwc_input_as_nchw(ctx, v, tuple(v.shape[p] for p in perm)):
@@ -122,6 +126,10 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
     if new_shape[0] != 1:
         raise BnncError(f"{where(node)}: reshape to {new_shape} moves data into the batch axis")
     flattens = len(v.shape) == 4 and _flat(new_shape) and not _only_unit_dims_changed(v.shape, new_shape)
+    if len(new_shape) == 4 and not _flat(new_shape) and _flat(v.shape) and not isinstance(v, InputVal) \
+            and getattr(v, "flat_from", None) is None:
+        ctx.set(node, _vector_to_map(ctx, node, v, new_shape))
+        return
     if isinstance(v, AccVal) and flattens:
         # a layer's real values flattened (Keras's Flatten -> Dense): its fixed-point stream, whose
         # per-channel ops the flatten would mix
@@ -152,6 +160,37 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
         ctx.set(node, nv)
         return
     raise BnncError(f"{where(node)}: reshape of a {v.kind} tensor is not supported")
+
+
+def _vector_to_map(ctx, node, v: Val, new_shape: tuple) -> IntsVal:
+    """A layer's output vector (a dense layer's) reshaped to a 4-D shape: its fixed-point stream,
+    the map's layout left to the reader (`place_map`)."""
+    if isinstance(v, AccVal):
+        v = to_stream(ctx, node, v)
+    if isinstance(v, IntChainVal):
+        v = stream_of_intchain(ctx, node, v)
+    if not isinstance(v, IntsVal) or ctx.graph.tensors[v.tensor].shape[:2] != (1, 1):
+        raise BnncError(f"{where(node)}: reshape {v.shape} -> {new_shape} of a {v.kind} tensor into a map is not "
+                        "supported (of a dense layer's real-valued output it is)")
+    return replace(v, shape=new_shape, pending_map=True)
+
+
+def place_map(ctx, node, v: IntsVal, channels_last: bool) -> IntsVal:
+    """The vector of a pending map (`_vector_to_map`) as an (H, W, C) IR tensor (ir.Unflatten): read
+    as (N, H, W, C) by the Transpose to NCHW after it (Keras's Reshape, in tf2onnx's NHWC graph:
+    the vector is in the map's storage order), else as (N, C, H, W) (PyTorch's view: element
+    (c, h, w) moves to the map's position (h, w, c))."""
+    _, a, b, c = v.shape
+    if channels_last:
+        (h, w, ch), order, shape = (a, b, c), None, (1, c, a, b)
+    else:
+        (h, w, ch), shape = (b, c, a), v.shape
+        order = np.arange(a * b * c, dtype=np.int64).reshape(a, b, c).transpose(1, 2, 0).reshape(-1)
+    src = ctx.graph.tensors[v.tensor]
+    name = ctx.new_name("unflatten")
+    tname = name + "_out"
+    ctx.graph.add(ir.Unflatten(name, [v.tensor], [tname], order), {tname: ir.Ints((h, w, ch), src.lo, src.hi, src.scale)})
+    return IntsVal(shape, v.source_ops + [node.name], tensor=tname, scale=v.scale)
 
 
 def _flat(shape: tuple) -> bool:

@@ -207,7 +207,7 @@ def rounding_error(graph: ir.Graph, tensor: str) -> float:
     if isinstance(op, ir.Add):
         rounded = graph.tensors[tensor].scale / 2 if op.round_shift else 0.0
         return sum(rounding_error(graph, t) for t in op.inputs) + rounded
-    if isinstance(op, (ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat, ir.Flatten, ir.Gather)):
+    if isinstance(op, (ir.MaxPool, ir.SumPool, ir.GlobalSumPool, ir.Concat, ir.Flatten, ir.Unflatten, ir.Gather)):
         return max(rounding_error(graph, t) for t in op.inputs)
     if isinstance(op, ir.Sigmoid):  # 1/4-Lipschitz
         return rounding_error(graph, op.inputs[0]) / 4 + op.max_error

@@ -61,6 +61,9 @@ class TensorVal(Val):
     tensor: str = ""
     scale: float = 1.0
     flat_from: Optional[tuple] = None  # flattened from (C, H, W) with physical (H, W, C)
+    # a vector reshaped to a 4-D shape, still the (1, 1, D) IR tensor: a Transpose to NCHW after it
+    # reads the shape as (N, H, W, C), any other reader as (N, C, H, W) (frontend/shape.py place_map)
+    pending_map: bool = False
 
 
 @dataclass
