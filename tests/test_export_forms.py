@@ -1767,3 +1767,52 @@ def test_one_d_binary_network():
     g = _check(_model(nodes, inits, (1, 2, 32)), Options(input_range=(-128, 127), input_scale=1 / 64), exact=False)
     convs = [op for op in g.ops() if isinstance(op, ir.Conv)]
     assert [op.w.shape[1:3] for op in convs[:2]] == [(1, 5), (1, 3)]  # (O, kh, kw, I)
+
+
+def test_keras_conv1d_as_tf2onnx_writes_it():
+    """Keras / larq Conv1D, MaxPooling1D on a channel-last (N, L, C) input as tf2onnx writes them
+    (Unsqueeze, NHWC -> NCHW Transpose, a 2-D Conv / MaxPool with a unit axis, Squeeze, and
+    NCL <-> NLC Transposes between layers): the canonical stage reads back the 1-D layers (no
+    Unsqueeze or Squeeze left, the float32 values unchanged) and the network runs as the 2-D one
+    on (N, C, 1, L), the input read channel-last."""
+    from bnnc.canonical import canonicalize
+    from bnnc.canonical.unit_axis_windows import unit_axis_windows_to_1d
+
+    rng = np.random.default_rng(17)
+    length, c, o = 16, 3, 8
+    inits = {"ax1": np.array([-3], np.int64), "ax2": np.array([2], np.int64), "ax3": np.array([3], np.int64),
+             "one": np.array([1], np.int64), "to_pool": np.array([-1, o, length, 1], np.int64),
+             "w1": rng.normal(size=(o, c, 1, 3)).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], (o, o, 1, 3)).astype(np.float32),
+             "t1": rng.normal(size=(o, 1)).astype(np.float32), "g2": rng.uniform(0.5, 2, (o, 1)).astype(np.float32),
+             "wf": rng.normal(size=(o, 4)).astype(np.float32)}
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax1"], ["x4"]),
+             helper.make_node("Transpose", ["x4"], ["x4t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["x4t", "w1"], ["c1"], pads=[0, 1, 0, 1]),
+             helper.make_node("Squeeze", ["c1", "ax2"], ["c1s"]),
+             helper.make_node("Add", ["c1s", "t1"], ["a1"]), helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Transpose", ["r1"], ["r1t"], perm=[0, 2, 1]),
+             helper.make_node("Sign", ["r1t"], ["s1"]),
+             helper.make_node("Unsqueeze", ["s1", "ax1"], ["s4"]),
+             helper.make_node("Transpose", ["s4"], ["s4t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["s4t", "w2"], ["c2"], pads=[0, 1, 0, 1]),
+             helper.make_node("Squeeze", ["c2", "ax2"], ["c2s"]),
+             helper.make_node("Mul", ["c2s", "g2"], ["m2"]),
+             helper.make_node("Unsqueeze", ["m2", "one"], ["m4"]),
+             helper.make_node("Reshape", ["m4", "to_pool"], ["m4r"]),
+             helper.make_node("MaxPool", ["m4r"], ["p"], kernel_shape=[2, 1], strides=[2, 1]),
+             helper.make_node("Squeeze", ["p", "ax3"], ["ps"]),
+             helper.make_node("GlobalAveragePool", ["ps"], ["gp"]),
+             helper.make_node("Squeeze", ["gp", "ax2"], ["f"]),
+             helper.make_node("MatMul", ["f", "wf"], ["y"])]
+    model = _model(nodes, inits, (1, length, c), (1, 4))
+    one_d = unit_axis_windows_to_1d(model)
+    assert "Unsqueeze" not in [n.op_type for n in one_d.graph.node]
+    assert [n.output[0] for n in one_d.graph.node if n.op_type == "Squeeze"] == ["f"]  # the GAP's, as it was
+    assert [n.op_type for n in one_d.graph.node].count("Transpose") == 1  # at the input
+    x = rng.normal(size=(1, length, c)).astype(np.float32)
+    assert np.array_equal(OriginalModel(model).run(x), OriginalModel(one_d).run(x))
+    assert np.array_equal(OriginalModel(model).run(x), OriginalModel(canonicalize(model)).run(x))
+    g = _check(model, Options(input_range=(-128, 127), input_scale=1 / 64), exact=False)
+    q = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
+    assert q.channels_last and [op.w.shape[1:3] for op in g.ops() if isinstance(op, ir.Conv)][:2] == [(1, 3), (1, 3)]

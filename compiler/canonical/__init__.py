@@ -34,6 +34,7 @@ from .qcdq_clip import qcdq_clip_to_quant
 from .qoperator import qoperator_to_qdq
 from .round_quantizer import round_quantizer_to_quant
 from .uniform_constants import scalarize_uniform_constants
+from .unit_axis_windows import unit_axis_windows_to_1d
 from .spatial_reduce import spatial_reduce_to_global_pool
 from .ste_sign import simplify_ste_sign
 from .ternary_sign import ternary_sign_to_threshold
@@ -45,6 +46,7 @@ REWRITES = (
     qoperator_to_qdq,
     fold_constant_subgraphs,
     remove_pass_through_ops,
+    unit_axis_windows_to_1d,
     lift_1d_to_2d,
     channel_shuffle_to_gather,
     dequantize_before_layout_ops,

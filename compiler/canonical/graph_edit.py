@@ -273,3 +273,22 @@ def set_ste_exact_below(model: onnx.ModelProto, table: dict) -> None:
     table = {k: v for k, v in sorted(table.items()) if math.isfinite(v)}
     if table:
         model.metadata_props.add(key=STE_EXACT_BELOW, value=json.dumps(table))
+
+
+def node_axes(node: onnx.NodeProto, values: dict):
+    """The axes of a Squeeze / Unsqueeze / Reduce node (its `axes` attribute, or its constant second
+    input from opset 13 / 18 on); None where it has none (all axes) or they are not constant."""
+    if len(node.input) > 1 and node.input[1]:
+        v = values.get(node.input[1])
+        return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
+    a = attrs(node).get("axes")
+    return None if a is None else [int(x) for x in a]
+
+
+def axes_node(op_type: str, x: str, y: str, axes: list, graph: onnx.GraphProto, names: Names, opset: int):
+    """A new Squeeze or Unsqueeze node of `axes`, in the form the opset reads (an input from 13 on)."""
+    if opset >= 13:
+        a = add_initializer(graph, names, np.array(axes, np.int64), "axes")
+        return helper.make_node(op_type, [x, a], [y], name=names.fresh(op_type))
+    return helper.make_node(op_type, [x], [y], name=names.fresh(op_type), axes=list(axes))
+

@@ -2,7 +2,10 @@
 signals) as the 2-D network it is on (N, C, 1, L) tensors.
 
 Every activation of rank 3 gets a unit axis at position 2: the model input through an Unsqueeze
-right after it, a rank-3 model output through a Squeeze before it. Each node that reads or
+right after it (an (N, L, C) input that is only read through a Transpose to (N, C, L), as
+`unit_axis_windows_to_1d` leaves tf2onnx's Conv1D: that Transpose becomes an Unsqueeze to
+(N, 1, L, C) and a Transpose to (N, C, 1, L), which the frontend reads as an NHWC input), a rank-3
+model output through a Squeeze before it. Each node that reads or
 writes such a tensor is rewritten for the added axis:
 - Conv, MaxPool, AveragePool: kernel (1, k), strides (1, s), dilations (1, d), pads (0, b, 0, e);
   the weights (O, I, k) as (O, I, 1, k) (a constant reshaped, else through an Unsqueeze);
@@ -25,11 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..original import static_shapes
-from .graph_edit import (Names, add_initializer, attrs, constant_values, copy_model, default_opset, drop_unused,
-                         graph_outputs, is_standard, rename_input, set_attr)
+from .graph_edit import (Names, add_initializer, attrs, axes_node, constant_values, consumers, copy_model,
+                         default_opset, drop_unused, graph_outputs, is_standard, node_axes, rename_input, set_attr)
 from .layout_transposes import BROADCAST, UNARY
 
 WINDOWED = {"Conv", "MaxPool", "AveragePool"}
@@ -47,6 +49,7 @@ def lift_1d_to_2d(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     shapes = static_shapes(model)
     lifted = {t for t, s in shapes.items() if s is not None and len(s) == 3 and t not in values}
+    lifted -= _channel_last_inputs(g, lifted)
     if not all(_handled(n, lifted, values, shapes) for n in g.node if set(n.input) & lifted or set(n.output) & lifted):
         return model
     out = copy_model(model)
@@ -60,7 +63,7 @@ def lift_1d_to_2d(model: onnx.ModelProto) -> onnx.ModelProto:
         if i.name in lifted:
             moved = names.fresh(i.name)
             rename_input(g, i.name, moved)
-            g.node.insert(0, _unsqueeze(i.name, moved, names, g, opset))
+            g.node.insert(0, axes_node("Unsqueeze", i.name, moved, [2], g, names, opset))
     outs = graph_outputs(g)
     for o in list(outs):
         if o in lifted:
@@ -68,7 +71,7 @@ def lift_1d_to_2d(model: onnx.ModelProto) -> onnx.ModelProto:
             for n in g.node:
                 n.output[:] = [inner if t == o else t for t in n.output]
             rename_input(g, o, inner)
-            g.node.append(_squeeze(inner, o, [2], names, g, opset))
+            g.node.append(axes_node("Squeeze", inner, o, [2], g, names, opset))
     keep = [v for v in g.value_info if v.name not in lifted]
     del g.value_info[:]
     g.value_info.extend(keep)
@@ -76,9 +79,23 @@ def lift_1d_to_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _channel_last_inputs(g, lifted: set) -> set:
+    """Rank-3 model inputs in (N, L, C) order: every reader a Transpose to (N, C, L) (tf2onnx's
+    Conv1D, `unit_axis_windows_to_1d`)."""
+    readers = consumers(g)
+    return {i.name for i in g.input if i.name in lifted and readers.get(i.name)
+            and all(_to_ncl(r) for r in readers[i.name])}
+
+
+def _to_ncl(n) -> bool:
+    return n.op_type == "Transpose" and is_standard(n) and list(attrs(n).get("perm", [])) == [0, 2, 1]
+
+
 def _handled(n, lifted: set, values: dict, shapes: dict) -> bool:
     """Whether `_lift` can rewrite node `n` that reads or writes a rank-3 activation."""
     op = n.op_type
+    if _to_ncl(n) and n.input[0] not in lifted and n.output[0] in lifted:  # of an (N, L, C) model input
+        return True
     if not is_standard(n):
         return n.op_type in QUANTIZERS and all(i in lifted or i in values for i in n.input if i)
     dynamic = [i for i in n.input if i and i not in values]
@@ -98,6 +115,12 @@ def _handled(n, lifted: set, values: dict, shapes: dict) -> bool:
 def _lift(g, n, names, values: dict, lifted: set, shapes: dict, opset: int) -> None:
     op = n.op_type
     a = attrs(n)
+    if _to_ncl(n) and n.input[0] not in lifted:  # (N, L, C) -> (N, 1, L, C) -> (N, C, 1, L): an NHWC input
+        nhwc = names.fresh(n.input[0] + "_nhwc")
+        g.node.insert(list(g.node).index(n), axes_node("Unsqueeze", n.input[0], nhwc, [1], g, names, opset))
+        n.input[0] = nhwc
+        set_attr(n, "perm", [0, 3, 1, 2])
+        return
     if op in WINDOWED:
         for key in ("kernel_shape", "strides", "dilations"):
             if key in a:
@@ -109,14 +132,14 @@ def _lift(g, n, names, values: dict, lifted: set, shapes: dict, opset: int) -> N
             n.input[1] = add_initializer(g, names, w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]), n.input[1])
         return
     if op in REDUCE:
-        axes = _axes(n, a, values, opset)
+        axes = node_axes(n, values)
         new = [3 if x % 3 == 2 else x % 3 for x in axes] if axes is not None else None
         if new is not None and not a.get("keepdims", 1):
             new = sorted(set(new) | {2})  # the result drops the unit axis too
         _set_axes(g, n, names, new, opset)
         return
     if op == "Squeeze":
-        axes = _axes(n, a, values, opset)
+        axes = node_axes(n, values)
         new = sorted({3 if x % 3 == 2 else x % 3 for x in axes} | {2}) if axes is not None else None
         _set_axes(g, n, names, new, opset)
         return
@@ -148,13 +171,6 @@ def _lift(g, n, names, values: dict, lifted: set, shapes: dict, opset: int) -> N
             n.input[k] = add_initializer(g, names, np.expand_dims(v, v.ndim - 1), i)
 
 
-def _axes(n, a: dict, values: dict, opset: int):
-    """The node's axes (attribute or constant input), None where absent (all axes)."""
-    if len(n.input) > 1 and n.input[1]:
-        return [int(v) for v in np.asarray(values[n.input[1]]).reshape(-1)]
-    return list(a["axes"]) if "axes" in a else None
-
-
 def _set_axes(g, n, names, axes, opset: int) -> None:
     if axes is None:
         return
@@ -162,17 +178,3 @@ def _set_axes(g, n, names, axes, opset: int) -> None:
         n.input[1] = add_initializer(g, names, np.array(axes, np.int64), "axes")
     else:
         set_attr(n, "axes", axes)
-
-
-def _unsqueeze(x: str, y: str, names, g, opset: int):
-    if opset >= 13:
-        axes = add_initializer(g, names, np.array([2], np.int64), "axes")
-        return helper.make_node("Unsqueeze", [x, axes], [y], name=names.fresh("Unsqueeze"))
-    return helper.make_node("Unsqueeze", [x], [y], name=names.fresh("Unsqueeze"), axes=[2])
-
-
-def _squeeze(x: str, y: str, axes: list, names, g, opset: int):
-    if opset >= 13:
-        a = add_initializer(g, names, np.array(axes, np.int64), "axes")
-        return helper.make_node("Squeeze", [x, a], [y], name=names.fresh("Squeeze"))
-    return helper.make_node("Squeeze", [x], [y], name=names.fresh("Squeeze"), axes=axes)

@@ -22,15 +22,7 @@ import onnx
 from onnx import helper
 
 from ..original import static_shapes
-from .graph_edit import Names, attrs, constant_values, copy_model, drop_unused, is_standard, producers
-
-
-def _axes(node: onnx.NodeProto, values: dict):
-    a = attrs(node)
-    if len(node.input) > 1 and node.input[1]:
-        v = values.get(node.input[1])
-        return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
-    return list(a["axes"]) if "axes" in a else None
+from .graph_edit import Names, attrs, constant_values, copy_model, drop_unused, is_standard, node_axes, producers
 
 
 def spatial_reduce_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -43,7 +35,7 @@ def spatial_reduce_to_global_pool(model: onnx.ModelProto) -> onnx.ModelProto:
     for n in list(g.node):
         if n.op_type not in ("ReduceMean", "ReduceMax", "GlobalMaxPool") or not is_standard(n) or n.input[0] in values:
             continue
-        axes = [2, 3] if n.op_type == "GlobalMaxPool" else _axes(n, values)
+        axes = [2, 3] if n.op_type == "GlobalMaxPool" else node_axes(n, values)
         if axes is None:
             continue
         if shapes is None:

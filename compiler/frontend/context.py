@@ -142,7 +142,8 @@ class LoweringContext:
         if self.input_op_name is not None:
             raise BnncError(f"{where(node)}: the model input is quantized a second time, in another way (layers "
                             "reading it through the same ops share one quantization; different ones are not supported)")
-        # a 1-D input (N, C, L) read as (N, C, 1, L) (canonical/one_d_as_two_d.py): in that shape
+        # a 1-D input (N, C, L) read as (N, C, 1, L) (canonical/one_d_as_two_d.py): in that shape; an
+        # (N, L, C) one channel-last, as (N, 1, L, C) (in_shape in that order)
         lifted = len(self.lm.input_shape) == 3 and len(v.shape) == 4
         c, h, w = v.shape[1:] if v.channels_last or lifted else _chw(v.shape, self.lm.input_shape)
         flat = len(v.shape) != 4
@@ -162,7 +163,7 @@ class LoweringContext:
         chain = ir.Chain([op if v.channels_last else _input_order(op, self.lm.input_shape, flat) for op in v.chain],
                          term)
         in_shape = tuple(self.lm.input_shape[1:]) if len(self.lm.input_shape) == 4 or \
-            len(self.lm.input_shape) == 3 and not lifted else (c, h, w)
+            len(self.lm.input_shape) == 3 and not lifted else (h, w, c) if v.channels_last else (c, h, w)
         op = ir.InputQuantize(name, [self.graph.input], [tname], in_shape,
                               self.grid["dtype"], chain, grid=self.grid.get("range"))
         if self.grid.get("range") is not None:

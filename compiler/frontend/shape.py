@@ -112,9 +112,12 @@ def transpose(ctx, node, *, perm=None):
 
 def _nhwc_input_as_nchw(ctx, v: Val, new_shape: tuple) -> bool:
     """Whether `new_shape` is the model's 4-D input, as the ONNX input declares it, transposed
-    from NHWC to NCHW (tf2onnx writes that Transpose as a Reshape when C = 1)."""
+    from NHWC to NCHW (tf2onnx writes that Transpose as a Reshape when C = 1); a 1-D (N, L, C)
+    input counts as (N, 1, L, C) (canonical/one_d_as_two_d.py)."""
+    declared = tuple(ctx.lm.input_shape)
+    nhwc = declared if len(declared) == 4 else declared[:1] + (1,) + declared[1:] if len(declared) == 3 else None
     return isinstance(v, InputVal) and len(v.shape) == 4 and not v.channels_last \
-        and tuple(v.shape) == tuple(ctx.lm.input_shape) and tuple(new_shape) == tuple(v.shape[p] for p in (0, 3, 1, 2))
+        and tuple(v.shape) == nhwc and tuple(new_shape) == tuple(v.shape[p] for p in (0, 3, 1, 2))
 
 
 def reshape_to(ctx, node, v: Val, new_shape: tuple):
