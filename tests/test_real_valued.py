@@ -470,3 +470,29 @@ def test_dense_output_reshaped_into_a_map(layout):
     for target in ("hls", "verilog"):
         with pytest.raises(BnncError, match="Unflatten|cannot hold"):
             targets.compile_files(graph, target, targets.options_for(target, targets.TargetOptions()))
+
+
+@pytest.mark.parametrize("op,n_inputs", [("Max", 2), ("Min", 2), ("Max", 3)])
+def test_maximum_and_minimum_of_streams(op, n_inputs):
+    """Keras's Maximum / Minimum merges (ONNX Max / Min of activations) as a + relu(b - a) and
+    a - relu(a - b) of fixed-point streams: exact on exact streams (integer weights on integer
+    inputs, dyadic scales), C == reference, which is onnxruntime's to the float32 rounding of its
+    mean."""
+    rng = np.random.default_rng(n_inputs)
+    inits = {f"w{i}": rng.integers(-3, 4, size=(4, 3, 3, 3)).astype(np.float32) for i in range(n_inputs)}
+    inits["half"] = np.array(0.5, np.float32)
+    nodes = [helper.make_node("Conv", ["x", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]) for i in range(n_inputs)]
+    nodes += [helper.make_node("Mul", ["c1", "half"], ["c1h"]),
+              helper.make_node(op, ["c0", "c1h"] + [f"c{i}" for i in range(2, n_inputs)], ["m"]),
+              helper.make_node("GlobalAveragePool", ["m"], ["y"])]
+    g = helper.make_graph(nodes, "extremum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))
+    ir.verify(graph)
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 6))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 2**-20 * np.abs(orig).max()  # the mean's float32 rounding only
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)

@@ -204,13 +204,44 @@ def _of_two_activations(ctx, node, op):
         if merged is not None:
             ctx.set(node, merged)
             return
+    ctx.set(node, add_streams(ctx, node, *_streams(ctx, node, a, b, sign)))
+
+
+def _streams(ctx, node, a, b, sign: int = 1) -> tuple:
+    """Two activations as fixed-point streams (IntsVal), b negated where sign < 0 (exact on its grid)."""
     a, b = (input_stream(ctx, node, v) if isinstance(v, InputVal) else to_stream(ctx, node, v) for v in (a, b))
     if sign < 0 and isinstance(b, (IntsVal, IntChainVal)):  # a - b = a + (-b), -b exact on b's grid
         b = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(b) if isinstance(b, IntsVal) else b,
                                                       [ir.ChainOp("mul", np.float32(-1.0).reshape(()))]))
     # a stream with pending ops (BatchNorm after a MaxPool, larq's ResNetE shortcut): its own stream
-    a, b = (stream_of_intchain(ctx, node, v) if isinstance(v, IntChainVal) else v for v in (a, b))
-    ctx.set(node, add_streams(ctx, node, a, b))
+    return tuple(stream_of_intchain(ctx, node, v) if isinstance(v, IntChainVal) else v for v in (a, b))
+
+
+@handler("Max", listed_as="Max / Min (of activations: Keras's Maximum / Minimum)")
+def maximum(ctx, node):
+    _extremum(ctx, node, 1)
+
+
+@handler("Min", listed_as=())
+def minimum(ctx, node):
+    _extremum(ctx, node, -1)
+
+
+def _extremum(ctx, node, sign: int) -> None:
+    """max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b) of fixed-point streams: residual
+    Adds and a Relu requantization, exact on the finer grid (each step's rounding, where a sum
+    could leave the widest stream, stated as an Add's). A constant operand was made a Clip by the
+    canonical stage (clamps_to_clip)."""
+    if any(t in ctx.consts for t in node.inputs) or len(node.inputs) < 2:
+        raise BnncError(f"{where(node)}: {node.op} of an activation and a constant that is not one value per "
+                        "tensor is not supported (of activations, or with a scalar: a Clip, it is)")
+    acc = ctx.val(node, 0)
+    for i in range(1, len(node.inputs)):
+        a, b = _streams(ctx, node, acc, ctx.val(node, i))
+        gap = add_streams(ctx, node, *(_streams(ctx, node, b, a, -1) if sign > 0 else _streams(ctx, node, a, b, -1)))
+        part = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(gap), [ir.ChainOp("relu")]))
+        acc = add_streams(ctx, node, *_streams(ctx, node, a, part, sign))
+    ctx.set(node, acc)
 
 
 def add_streams(ctx, node, a, b) -> IntsVal:
