@@ -433,8 +433,8 @@ class Add:
 
 @dataclass
 class SumPool:
-    """Window sum of an integer tensor (AveragePool: 1/(kh*kw) moves into the scale). With zero
-    `pads` or `multipliers` (an AveragePool whose divisor n[y, x] changes near the border:
+    """Window sum of an integer tensor (AveragePool: 1/(kh*kw) moves into the scale). With `pads`
+    (zeros) or `multipliers` (an AveragePool whose divisor n[y, x] changes near the border:
     count_include_pad = 0, ceil_mode windows): out[y, x, c] = multipliers[y, x] * (sum of the
     window's taps inside the input), multipliers[y, x] = L / n[y, x] with L the lcm of the
     divisors, and 1/L in the scale (exact)."""
@@ -623,8 +623,8 @@ def conv_sum_multipliers(op: ConvSum) -> tuple:
     return unit, list(ks)
 
 
-Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, Unflatten, Gather, ArgMax, Activation, Add, SumPool, Concat,
-           Softmax, Sigmoid, Mul, ConvSum]
+Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, Unflatten, Gather, ArgMax, Activation, Add, SumPool,
+           Concat, Softmax, Sigmoid, Mul, ConvSum]
 
 
 def output_in_model_order(graph: "Graph", y: np.ndarray) -> np.ndarray:
@@ -1242,7 +1242,8 @@ def _verify_mul(graph, op) -> None:
 
 
 _INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
-                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Unflatten: (Ints,), Gather: (Bits, Ints), ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
+                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Unflatten: (Ints,), Gather: (Bits, Ints),
+                ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
                 Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Mul: (Ints,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,
            MaxPool: _verify_max_pool, SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool,

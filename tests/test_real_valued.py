@@ -427,9 +427,9 @@ def test_average_pool_whose_divisor_changes_near_the_border(size, k, s, pads, ce
 def test_dense_output_reshaped_into_a_map(layout):
     """A dense layer's output reshaped into a feature map: PyTorch's Linear -> view(N, C, H, W) ->
     BatchNorm2d -> Relu, and Keras's Dense -> Reshape((H, W, C)) as tf2onnx writes it (Reshape to
-    (N, H, W, C), Transpose to NCHW, the BatchNormalization before or after it) -> Conv. The vector becomes an (H, W, C) map (ir.Unflatten;
-    PyTorch's (C, H, W) order moved by its table); C == reference; reference == onnxruntime to the
-    stated roundings."""
+    (N, H, W, C), Transpose to NCHW, the BatchNormalization before or after it) -> Conv. The vector
+    becomes an (H, W, C) map (ir.Unflatten; PyTorch's (C, H, W) order moved by its table);
+    C == reference; reference == onnxruntime to the stated roundings."""
     rng = np.random.default_rng(4)
     c, h, w, d_in = 3, 4, 5, 6
     inits = {"wd": rng.normal(size=(d_in, c * h * w)).astype(np.float32),

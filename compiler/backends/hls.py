@@ -849,8 +849,8 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 def check_supported(graph: ir.Graph) -> None:
     """Refuse, in one line naming the layer, what the HLS processes do not implement: Concat,
-    Softmax, Sigmoid, Mul of streams, Flatten (per-element ops on flattened features), Unflatten, Gather, padded SumPools,
-    Activations of non-integer tensors, and convs the matrix unit does not implement
+    Softmax, Sigmoid, Mul of streams, Flatten (per-element ops on flattened features), Unflatten, Gather,
+    padded SumPools, Activations of non-integer tensors, and convs the matrix unit does not implement
     (matrix_unit.supports). Activations of integer streams run as identity 1x1 convs
     (passes/activations_as_convs.py)."""
     for op in graph.ops():

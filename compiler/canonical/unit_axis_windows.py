@@ -94,10 +94,8 @@ def _one_d(x: str, w, axis: int, s, values: dict, g, names):
         kernel = kernel or list(np.shape(wt)[2:])
     pads = list(a.get("pads", [0, 0, 0, 0]))
     if len(kernel) != 2 or kernel[unit] != 1 or list(a.get("strides", [1, 1]))[unit] != 1 \
-            or list(a.get("dilations", [1, 1]))[unit] != 1 or pads[unit] or pads[2 + unit] \
-            or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID", b"SAME_UPPER", "SAME_UPPER",
-                                                     b"SAME_LOWER", "SAME_LOWER"):
-        return None
+            or list(a.get("dilations", [1, 1]))[unit] != 1 or pads[unit] or pads[2 + unit]:
+        return None  # (auto_pad pads nothing along a unit axis with a one-element window)
     new = {k: v for k, v in a.items() if k not in ("kernel_shape", "strides", "dilations", "pads")}
     new["kernel_shape"] = [kernel[keep]]
     for key in ("strides", "dilations"):

@@ -232,10 +232,10 @@ def _extremum(ctx, node, sign: int) -> None:
     Adds and a Relu requantization, exact on the finer grid (each step's rounding, where a sum
     could leave the widest stream, stated as an Add's). A constant operand was made a Clip by the
     canonical stage (clamps_to_clip)."""
-    if any(t in ctx.consts for t in node.inputs) or len(node.inputs) < 2:
+    if any(t in ctx.consts for t in node.inputs):
         raise BnncError(f"{where(node)}: {node.op} of an activation and a constant that is not one value per "
                         "tensor is not supported (of activations, or with a scalar: a Clip, it is)")
-    acc = ctx.val(node, 0)
+    acc = ctx.val(node, 0)  # one operand: itself
     for i in range(1, len(node.inputs)):
         a, b = _streams(ctx, node, acc, ctx.val(node, i))
         gap = add_streams(ctx, node, *(_streams(ctx, node, b, a, -1) if sign > 0 else _streams(ctx, node, a, b, -1)))

@@ -192,7 +192,8 @@ def place_map(ctx, node, v: IntsVal, channels_last: bool) -> IntsVal:
     src = ctx.graph.tensors[v.tensor]
     name = ctx.new_name("unflatten")
     tname = name + "_out"
-    ctx.graph.add(ir.Unflatten(name, [v.tensor], [tname], order), {tname: ir.Ints((h, w, ch), src.lo, src.hi, src.scale)})
+    ctx.graph.add(ir.Unflatten(name, [v.tensor], [tname], order),
+                  {tname: ir.Ints((h, w, ch), src.lo, src.hi, src.scale)})
     return IntsVal(shape, v.source_ops + [node.name], tensor=tname, scale=v.scale)
 
 
