@@ -496,3 +496,41 @@ def test_maximum_and_minimum_of_streams(op, n_inputs):
     orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
     assert np.abs(ref - orig).max() <= 2**-20 * np.abs(orig).max()  # the mean's float32 rounding only
     assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+
+
+def test_border_average_pools_on_random_geometries():
+    """40 random AveragePool geometries (kernel, stride, pads or auto_pad, ceil_mode,
+    count_include_pad, rectangular maps) on an exact stream: the reference equals onnxruntime's
+    float32 average to its rounding, and the divisors bnnc reads off onnxruntime are each window's
+    own (taps inside the input, or with the counted padding); C == reference on a sample of them."""
+    rng = np.random.default_rng(40)
+    checked_c = 0
+    for case in range(40):
+        kh, kw = (int(k) for k in rng.integers(1, 5, 2))
+        sh, sw = (int(s) for s in rng.integers(1, 4, 2))
+        h, w = int(rng.integers(max(kh, 3), 10)), int(rng.integers(max(kw, 3), 10))
+        attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "ceil_mode": int(rng.integers(0, 2)),
+                 "count_include_pad": int(rng.integers(0, 2))}
+        if rng.random() < 0.25 and sh <= kh and sw <= kw:  # (onnxruntime refuses SAME with a stride beyond the kernel)
+            attrs["auto_pad"] = "SAME_UPPER" if rng.random() < 0.5 else "SAME_LOWER"
+        else:
+            attrs["pads"] = [int(rng.integers(0, kh)), int(rng.integers(0, kw)), int(rng.integers(0, kh)),
+                             int(rng.integers(0, kw))]
+        inits = {"w1": rng.integers(-3, 4, size=(3, 2, 3, 3)).astype(np.float32)}
+        nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+                 helper.make_node("AveragePool", ["a"], ["y"], **attrs)]
+        g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))
+        ir.verify(graph)
+        inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 4, case))
+        ref = driver.run_target(graph, "ref", inputs)
+        orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+        assert np.abs(ref - orig).max() <= 2**-20 * max(1.0, np.abs(orig).max()), (case, attrs, h, w)
+        pool = [op for op in graph.ops() if isinstance(op, ir.SumPool)]
+        if pool and pool[0].multipliers is not None and checked_c < 6:
+            checked_c += 1
+            assert np.array_equal(driver.run_target(graph, "c", inputs), ref), (case, attrs)
+    assert checked_c == 6
