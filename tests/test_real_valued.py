@@ -534,3 +534,17 @@ def test_border_average_pools_on_random_geometries():
             checked_c += 1
             assert np.array_equal(driver.run_target(graph, "c", inputs), ref), (case, attrs)
     assert checked_c == 6
+
+
+def test_border_average_pool_whose_divisors_need_too_fine_a_grid_is_refused():
+    """A 13 x 13 AveragePool with count_include_pad = 0: its border divisors' lcm is about 1.3e11, so
+    exact window sums on that grid would not fit 32 bits: one line naming the node, no rounding."""
+    inits = {"w1": np.ones((3, 2, 3, 3), np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["a"], ["y"], name="wide.pool", kernel_shape=[13, 13], pads=[6] * 4)]
+    g = helper.make_graph(nodes, "p", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 20, 20])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(BnncError, match="wide.pool.*AveragePool.*lcm 129859329600.*32 bits"):
+        compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))

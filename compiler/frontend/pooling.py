@@ -108,6 +108,9 @@ def _border_sum_pool(ctx, node, v: IntsVal, kernel: tuple, stride: tuple, pads: 
     lcm = int(np.lcm.reduce(divisors.reshape(-1)))
     mult = lcm // divisors
     gains = np.unique(taps * mult)
+    if gains.max() > 2**23:  # the window sums are 32-bit: the stream would keep fewer than 8 bits
+        raise BnncError(f"{where(node)}: AveragePool divides its windows by {', '.join(map(str, np.unique(divisors)))}"
+                        f" (lcm {lcm}): exact window sums on that grid do not fit 32 bits")
     v = narrow(ctx, node, v, (2**31 - 1) // int(gains.max()))  # the window sums are 32-bit
     ty = ctx.graph.tensors[v.tensor]
     name = ctx.new_name("sumpool")
