@@ -42,7 +42,7 @@ before folding).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Optional, Union
 
@@ -361,10 +361,11 @@ class Flatten:
 
 @dataclass
 class Unflatten:
-    """An Ints (1, 1, D) vector as an (H, W, C) map, H * W * C = D: element j of the map in storage
-    order (pixel after pixel, a pixel's channels in order) is element order[j] of the vector
-    (`order` None: element j, the vector already in the map's storage order, as Keras's Reshape
-    to (H, W, C) leaves it). Values, range and scale unchanged. A dense layer's output reshaped
+    """A Bits or Ints (1, 1, D) vector as an (H, W, C) map, H * W * C = D: element j of the map in
+    storage order (pixel after pixel, a pixel's channels in order) is element order[j] of the
+    vector (`order` None: element j, the vector already in the map's storage order, as Keras's
+    Reshape to (H, W, C) leaves it). Values, type, range and scale unchanged (bits are packed per
+    pixel of the map). A dense layer's output reshaped
     into a map (Keras's Dense -> Reshape -> Conv2D; PyTorch's Linear -> view(N, C, H, W), whose
     (C, H, W) order `order` moves into the map's)."""
 
@@ -1103,12 +1104,12 @@ def _verify_flatten(graph, op) -> None:
 
 def _verify_unflatten(graph, op) -> None:
     _arity(op, 1)
-    src = _input_type(graph, op, 0, (Ints,))
+    src = _input_type(graph, op, 0, (Bits, Ints))
     out = graph.tensors[op.outputs[0]]
     n = src.shape[2]
-    if src.shape[:2] != (1, 1) or not isinstance(out, Ints) or out.shape[0] * out.shape[1] * out.shape[2] != n \
-            or (out.lo, out.hi, out.scale) != (src.lo, src.hi, src.scale):
-        _fail(op, "Unflatten keeps the values: Ints (1, 1, D) -> (H, W, C), H * W * C = D, of the input's range "
+    if src.shape[:2] != (1, 1) or type(out) is not type(src) or out.shape[0] * out.shape[1] * out.shape[2] != n \
+            or replace(out, shape=src.shape) != src:
+        _fail(op, "Unflatten keeps the values: (1, 1, D) -> (H, W, C), H * W * C = D, of the input's type, range "
               "and scale", f"{src} -> {out}")
     if op.order is not None:
         _array(op, "order", op.order, (n,), "i")
@@ -1242,7 +1243,7 @@ def _verify_mul(graph, op) -> None:
 
 
 _INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
-                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Unflatten: (Ints,), Gather: (Bits, Ints),
+                GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Unflatten: (Bits, Ints), Gather: (Bits, Ints),
                 ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
                 Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Mul: (Ints,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,

@@ -548,3 +548,39 @@ def test_border_average_pool_whose_divisors_need_too_fine_a_grid_is_refused():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(BnncError, match="wide.pool.*AveragePool.*lcm 129859329600.*32 bits"):
         compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))
+
+
+@pytest.mark.parametrize("layout", ["nchw_view", "nhwc_reshape"])
+def test_binary_dense_output_reshaped_into_a_map(layout):
+    """A binary dense layer's output (Sign after a Linear) reshaped into a map for a binary Conv:
+    the bits are repacked per pixel of the map (ir.Unflatten of Bits; PyTorch's order by its
+    table). Integer weights and inputs with half-integer biases: no value is near 0, so
+    reference == onnxruntime exactly; C == reference."""
+    rng = np.random.default_rng(9)
+    c, h, w, d_in = 70, 2, 3, 5  # 70 channels: more than one word per pixel
+    inits = {"wd": rng.integers(-3, 4, size=(d_in, c * h * w)).astype(np.float32),
+             "bd": (rng.integers(-3, 3, size=(c * h * w,)) + 0.5).astype(np.float32),
+             "wc": rng.choice([-1.0, 1.0], size=(4, c, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "wd"], ["m"]), helper.make_node("Add", ["m", "bd"], ["d"]),
+             helper.make_node("Sign", ["d"], ["s"])]
+    if layout == "nchw_view":
+        inits["shape"] = np.array([1, c, h, w], np.int64)
+        nodes.append(helper.make_node("Reshape", ["s", "shape"], ["map"]))
+    else:
+        inits["shape"] = np.array([-1, h, w, c], np.int64)
+        nodes += [helper.make_node("Reshape", ["s", "shape"], ["nhwc"]),
+                  helper.make_node("Transpose", ["nhwc"], ["map"], perm=[0, 3, 1, 2])]
+    nodes.append(helper.make_node("Conv", ["map", "wc"], ["y"], pads=[1, 1, 1, 1]))
+    g = helper.make_graph(nodes, "binary_dense_to_map",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d_in])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, h, w])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))
+    ir.verify(graph)
+    unflat = next(op for op in graph.ops() if isinstance(op, ir.Unflatten))
+    assert isinstance(graph.tensors[unflat.outputs[0]], ir.Bits) and graph.tensors[unflat.outputs[0]].shape == (h, w, c)
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 2))
+    ref = driver.run_target(graph, "ref", inputs)
+    assert np.array_equal(ref, OriginalModel(model).run(inputs.model).reshape(ref.shape))
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)

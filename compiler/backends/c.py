@@ -263,7 +263,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             L["n"] = int(np.prod(src_t.shape))
         elif isinstance(op, ir.Unflatten):
             L.update(n=int(np.prod(src_t.shape)), h=oty.shape[0], w=oty.shape[1], c=oty.shape[2],
-                     order=op.order is not None)
+                     order=op.order is not None, bits=isinstance(src_t, ir.Bits), cw=words(oty.shape[2], wb))
             if op.order is not None:
                 const_table(consts, f"{op.name}_order", "uint16_t" if src_t.shape[2] < 65536 else "uint32_t", op.order)
         elif isinstance(op, ir.Gather):

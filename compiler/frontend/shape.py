@@ -12,7 +12,7 @@ from .. import ir
 from ..errors import BnncError
 from .registry import handler, where
 from .streams import stream_of_intchain, to_stream
-from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, Val
+from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, TensorVal, Val
 
 
 @handler("Shape", listed_as="Shape/Gather/Concat (on static shapes)")
@@ -165,20 +165,20 @@ def reshape_to(ctx, node, v: Val, new_shape: tuple):
     raise BnncError(f"{where(node)}: reshape of a {v.kind} tensor is not supported")
 
 
-def _vector_to_map(ctx, node, v: Val, new_shape: tuple) -> IntsVal:
-    """A layer's output vector (a dense layer's) reshaped to a 4-D shape: its fixed-point stream,
-    the map's layout left to the reader (`place_map`)."""
+def _vector_to_map(ctx, node, v: Val, new_shape: tuple) -> TensorVal:
+    """A layer's output vector (a dense layer's) reshaped to a 4-D shape: its bits or its
+    fixed-point stream, the map's layout left to the reader (`place_map`)."""
     if isinstance(v, AccVal):
         v = to_stream(ctx, node, v)
     if isinstance(v, IntChainVal):
         v = stream_of_intchain(ctx, node, v)
-    if not isinstance(v, IntsVal) or ctx.graph.tensors[v.tensor].shape[:2] != (1, 1):
+    if not isinstance(v, (BitsVal, IntsVal)) or ctx.graph.tensors[v.tensor].shape[:2] != (1, 1):
         raise BnncError(f"{where(node)}: reshape {v.shape} -> {new_shape} of a {v.kind} tensor into a map is not "
-                        "supported (of a dense layer's real-valued output it is)")
+                        "supported (of a dense layer's output, binary or real-valued, it is)")
     return replace(v, shape=new_shape, pending_map=True)
 
 
-def place_map(ctx, node, v: IntsVal, channels_last: bool) -> IntsVal:
+def place_map(ctx, node, v: TensorVal, channels_last: bool) -> TensorVal:
     """The vector of a pending map (`_vector_to_map`) as an (H, W, C) IR tensor (ir.Unflatten): read
     as (N, H, W, C) by the Transpose to NCHW after it (Keras's Reshape, in tf2onnx's NHWC graph:
     the vector is in the map's storage order), else as (N, C, H, W) (PyTorch's view: element
@@ -192,9 +192,8 @@ def place_map(ctx, node, v: IntsVal, channels_last: bool) -> IntsVal:
     src = ctx.graph.tensors[v.tensor]
     name = ctx.new_name("unflatten")
     tname = name + "_out"
-    ctx.graph.add(ir.Unflatten(name, [v.tensor], [tname], order),
-                  {tname: ir.Ints((h, w, ch), src.lo, src.hi, src.scale)})
-    return IntsVal(shape, v.source_ops + [node.name], tensor=tname, scale=v.scale)
+    ctx.graph.add(ir.Unflatten(name, [v.tensor], [tname], order), {tname: replace(src, shape=(h, w, ch))})
+    return type(v)(shape, v.source_ops + [node.name], tensor=tname, scale=v.scale)
 
 
 def _flat(shape: tuple) -> bool:

@@ -312,12 +312,13 @@ def buffers(graph: ir.Graph, word_bits: int, align: int) -> tuple:
 
 def in_place_operand(graph: ir.Graph, op, i: int, last_read: dict, home: dict):
     """The operand whose buffer op i's output may take, or None. A Flatten's vector is its input's
-    bytes, where no later op reads the input, as is an Unflatten's map without an order. A residual
+    bytes, where no later op reads the input, as is an Unflatten's integer map without an order. A residual
     Add's sum: an operand in the arena that no later op reads, of the sum's shape, whose elements
     are at least as wide as the sum's. The Add's loop reads element k of both operands before it
     writes element k of the sum, whose bytes then lie at or below element k's, so it never
     overwrites a value still to be read."""
-    if isinstance(op, ir.Flatten) or (isinstance(op, ir.Unflatten) and op.order is None):
+    if isinstance(op, ir.Flatten) or (isinstance(op, ir.Unflatten) and op.order is None
+                                      and isinstance(graph.tensors[op.inputs[0]], ir.Ints)):
         t = op.inputs[0]
         return t if t in home and last_read[t] == i else None
     if not isinstance(op, ir.Add):
