@@ -1816,3 +1816,35 @@ def test_keras_conv1d_as_tf2onnx_writes_it():
     g = _check(model, Options(input_range=(-128, 127), input_scale=1 / 64), exact=False)
     q = next(op for op in g.ops() if isinstance(op, ir.InputQuantize))
     assert q.channels_last and [op.w.shape[1:3] for op in g.ops() if isinstance(op, ir.Conv)][:2] == [(1, 3), (1, 3)]
+
+
+@pytest.mark.parametrize("form", ["qonnx", "qcdq"])
+def test_one_d_network_with_quantized_weights(form):
+    """Brevitas's QuantConv1d: the weights (O, I, k) reach the Conv through a quantizer (QONNX Quant
+    with per-channel scales (O, 1, 1), or QCDQ's DequantizeLinear with per-axis scales); the 1-D
+    network is lifted with them, and the Conv reads them as 2-D weights."""
+    rng = np.random.default_rng(3)
+    c, o, k = 4, 6, 5
+    w = rng.integers(-7, 8, size=(o, c, k)).astype(np.float32)
+    s = rng.uniform(0.01, 0.1, size=(o, 1, 1)).astype(np.float32)
+    inits = {"w": w, "s": s, "zp": np.float32(0), "bw": np.float32(4), "xs": np.float32(1 / 64),
+             "wf": rng.normal(size=(10, o * 16)).astype(np.float32), "t": rng.normal(size=(o, 1)).astype(np.float32)}
+    if form == "qonnx":
+        weights = [helper.make_node("Quant", ["w", "s", "zp", "bw"], ["wq"], domain="qonnx.custom_op.general",
+                                    signed=1, narrow=0, rounding_mode="ROUND")]
+    else:
+        inits.update(w=w.astype(np.int8), s=s.reshape(o), zp8=np.zeros(o, np.int8))
+        weights = [helper.make_node("DequantizeLinear", ["w", "s", "zp8"], ["wq"], axis=0)]
+    nodes = [helper.make_node("Quant", ["x", "xs", "zp", "bw"], ["xq"], domain="qonnx.custom_op.general",
+                              signed=1, narrow=0, rounding_mode="ROUND"), *weights,
+             helper.make_node("Conv", ["xq", "wq"], ["a"], pads=[2, 2]),
+             helper.make_node("Add", ["a", "t"], ["b"]), helper.make_node("Relu", ["b"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "q1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(np.asarray(v), n) for n, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13),
+                                                helper.make_opsetid("qonnx.custom_op.general", 1)])
+    graph = _check(model, Options(), exact=False)
+    conv = next(op for op in graph.ops() if isinstance(op, ir.Conv))
+    assert conv.w.shape[1:3] == (1, k)

@@ -9,8 +9,11 @@ model output through a Squeeze before it. Each node that reads or
 writes such a tensor is rewritten for the added axis:
 - Conv, MaxPool, AveragePool: kernel (1, k), strides (1, s), dilations (1, d), pads (0, b, 0, e);
   the weights (O, I, k) as (O, I, 1, k) (a constant reshaped, else through an Unsqueeze);
-- elementwise ops, BatchNormalization, Identity, Dropout, QONNX Quant / BipolarQuant: a constant
-  operand of rank >= 2 (a per-channel (C, 1)) gets the unit axis before its last one;
+- elementwise ops, BatchNormalization, Identity, Dropout, QONNX Quant / BipolarQuant,
+  QuantizeLinear / DequantizeLinear (an axis 2 becomes 3): a constant operand of rank >= 2 (a
+  per-channel (C, 1)) gets the unit axis before its last one; so do a quantizer's constant
+  weights (O, I, k) and their per-channel scales (Brevitas's QuantConv1d), which the Conv then
+  reads as they are;
 - Concat, Softmax, LogSoftmax: an axis 2 (L) becomes 3;
 - ReduceMean / ReduceMax / ReduceMin / ReduceSum over L: axis 3, and the unit axis 2 with it
   where the result drops its axes; Squeeze of axis 2 (L): axes 2 and 3;
@@ -39,18 +42,20 @@ AXIS_OPS = {"Concat", "Softmax", "LogSoftmax"}
 REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"}
 KEPT = {"Flatten", "GlobalAveragePool", "GlobalMaxPool"}
 QUANTIZERS = {"Quant", "BipolarQuant"}
+LINEAR_QUANTIZERS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def lift_1d_to_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     values = constant_values(g)
     if not any(n.op_type in WINDOWED and is_standard(n) and len(attrs(n).get("kernel_shape", [0, 0])) == 1
-               for n in g.node):
+               or n.op_type == "Conv" and "kernel_shape" not in attrs(n) for n in g.node):
         return model
     shapes = static_shapes(model)
     lifted = {t for t, s in shapes.items() if s is not None and len(s) == 3 and t not in values}
     lifted -= _channel_last_inputs(g, lifted)
-    if not all(_handled(n, lifted, values, shapes) for n in g.node if set(n.input) & lifted or set(n.output) & lifted):
+    if not lifted or not all(_handled(n, lifted, values, shapes) for n in g.node
+                             if set(n.input) & lifted or set(n.output) & lifted):
         return model
     out = copy_model(model)
     g = out.graph
@@ -99,8 +104,11 @@ def _handled(n, lifted: set, values: dict, shapes: dict) -> bool:
     if not is_standard(n):
         return n.op_type in QUANTIZERS and all(i in lifted or i in values for i in n.input if i)
     dynamic = [i for i in n.input if i and i not in values]
-    if op in WINDOWED:
-        return n.input[0] in lifted and all(i in values for i in n.input[1:] if i)
+    if op in WINDOWED:  # constant weights, or a quantizer's of constants (lifted with it)
+        return n.input[0] in lifted and all(i in values or k == 1 and i in lifted
+                                            for k, i in enumerate(n.input) if i and k)
+    if op in LINEAR_QUANTIZERS:
+        return all(i in lifted or i in values for i in n.input if i)
     if op in UNARY or op in BROADCAST or op in ("BatchNormalization", "Identity", "Dropout"):
         return all(i in lifted or len(shapes.get(i) or ()) <= 1 for i in dynamic)
     if op in AXIS_OPS or op in KEPT:
@@ -127,10 +135,12 @@ def _lift(g, n, names, values: dict, lifted: set, shapes: dict, opset: int) -> N
                 set_attr(n, key, [1, *a[key]])
         if "pads" in a:
             set_attr(n, "pads", [0, a["pads"][0], 0, a["pads"][1]])
-        if op == "Conv":
+        if op == "Conv" and n.input[1] in values:
             w = np.asarray(values[n.input[1]])
             n.input[1] = add_initializer(g, names, w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]), n.input[1])
         return
+    if op in LINEAR_QUANTIZERS and a.get("axis", 1) % 3 == 2:
+        set_attr(n, "axis", 3)
     if op in REDUCE:
         axes = node_axes(n, values)
         new = [3 if x % 3 == 2 else x % 3 for x in axes] if axes is not None else None
