@@ -307,3 +307,29 @@ def test_gated_block_c_is_clean_under_sanitizers(cc, monkeypatch):
     flags = ("-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
              "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g")
     assert np.array_equal(driver.run_target(graph, "c", inputs, flags=flags), driver.run_target(graph, "ref", inputs))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hard_swish_of_a_stream_is_within_its_bound(seed):
+    """ONNX HardSwish (MobileNetV3's nn.Hardswish as the torch exporter writes it from opset 14),
+    x * max(0, min(1, x / 6 + 1/2)) of a real conv's output: the product of its fixed-point stream
+    and that stream's HardSigmoid (ir.Mul), within the stated bound of onnxruntime, C exact."""
+    rng = np.random.default_rng(seed)
+    c = 6
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w1": rng.normal(size=(c, 3, 3, 3)).astype(np.float32), "b1": rng.normal(size=c).astype(np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["a"], ["hs"]),
+             helper.make_node("GlobalAveragePool", ["hs"], ["y"])]
+    g = helper.make_graph(nodes, "hardswish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 1, 1])],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    graph, ref, orig = _run(model, Options(verify_ir=True))
+    assert any(isinstance(op, ir.Mul) for op in graph.ops())
+    f32 = 2.0**-22 * np.maximum(1.0, np.abs(orig))
+    bound = error_bounds.output_bound(graph)
+    assert 0 < bound < 0.01 and np.all(np.abs(ref - orig) <= bound + f32)
+    assert np.abs(orig).max() > 0.5  # HardSwish's values, not all clamped to 0

@@ -168,6 +168,18 @@ def hard_sigmoid(ctx, node, *, alpha=0.2, beta=0.5):
     ctx.set(node, stream_of_intchain(ctx, node, with_chain(v, ops), clamp=(0.0, 1.0)))
 
 
+@handler("HardSwish")
+def hard_swish(ctx, node):
+    """HardSwish (MobileNetV3's nn.Hardswish), x * max(0, min(1, x / 6 + 1/2)), of a real-valued
+    tensor: the product (ir.Mul) of its fixed-point stream and that stream's HardSigmoid."""
+    from .gating import multiply_streams
+
+    x = stream_of_intchain(ctx, node, _stream_operand(ctx, node, ctx.val(node)))
+    ops = [ir.ChainOp("mul", np.float32(1 / 6).reshape(())), ir.ChainOp("add", np.float32(0.5).reshape(()))]
+    gate = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(x), ops), clamp=(0.0, 1.0))
+    ctx.set(node, multiply_streams(ctx, node, x, gate))
+
+
 def _stream_operand(ctx, node, v) -> IntChainVal:
     """A real-valued tensor as the integers of a fixed-point stream with its pending ops, for an
     op that clamps their map (PRelu, Clip)."""

@@ -79,7 +79,11 @@ def multiply_activations(ctx, node) -> None:
     """Mul of two real-valued activations: ir.Mul of their fixed-point streams, elementwise or by a
     per-channel vector ((N, C, 1, 1) against (N, C, H, W), either operand), exact in int64 and
     rounded half up to a coarser grid only where the product could leave the widest stream."""
-    a, b = (stream_operand(ctx, node, ctx.val(node, i)) for i in (0, 1))
+    ctx.set(node, multiply_streams(ctx, node, *(stream_operand(ctx, node, ctx.val(node, i)) for i in (0, 1))))
+
+
+def multiply_streams(ctx, node, a: IntsVal, b: IntsVal) -> IntsVal:
+    """The ir.Mul of two fixed-point streams (see multiply_activations)."""
     ta, tb = ctx.graph.tensors[a.tensor], ctx.graph.tensors[b.tensor]
     if tb.shape != ta.shape and ta.shape[:2] == (1, 1):  # the vector second
         a, b, ta, tb = b, a, tb, ta
@@ -102,4 +106,4 @@ def multiply_activations(ctx, node) -> None:
     tname = name + "_out"
     ctx.graph.add(ir.Mul(name, [a.tensor, b.tensor], [tname], -limit, limit, r, [node.name]),
                   {tname: ir.Ints(ta.shape, max(lo, -limit), min(hi, limit), scale * 2**r)})
-    ctx.set(node, IntsVal(a.shape, [node.name], tensor=tname, scale=scale * 2**r, flat_from=a.flat_from))
+    return IntsVal(a.shape, [node.name], tensor=tname, scale=scale * 2**r, flat_from=a.flat_from)
