@@ -143,8 +143,21 @@ def output_bound_holds(graph: ir.Graph) -> bool:
     """Whether the stated end-to-end output bound (error_bounds) holds on every input: no step of a
     sign or quantizer within float32 rounding of its boundary (the bounds after one assume it did
     not flip), no softmax rounded to an output grid, no stream that can saturate."""
-    return not any(getattr(getattr(op, "epilogue", None), "near_ties", 0) or _saturation(graph, op)
-                   or (isinstance(op, ir.Softmax) and op.out_grid is not None) for op in graph.ops())
+    return not output_bound_exceptions(graph)
+
+
+def output_bound_exceptions(graph: ir.Graph) -> set:
+    """Why the stated output bound does not hold on every input: a subset of {"near ties",
+    "saturation", "softmax grid"} (see output_bound_holds)."""
+    found = set()
+    for op in graph.ops():
+        if getattr(getattr(op, "epilogue", None), "near_ties", 0):
+            found.add("near ties")
+        if _saturation(graph, op):
+            found.add("saturation")
+        if isinstance(op, ir.Softmax) and op.out_grid is not None:
+            found.add("softmax grid")
+    return found
 
 
 def run_target(graph: ir.Graph, target: str, inputs: Inputs, name: str = "bnnc", flags=None,

@@ -5,7 +5,8 @@ The rules (README.md, "verify"): the target must equal the reference on every sa
 must agree with the original on at least `agreement` of the samples: the same top-1 and a max abs
 difference within rtol x max(1, max|original|), plus the stated end-to-end output bound where bnnc
 states roundings (`driver.approximations`); only top-1 where that bound does not hold on every input
-(`driver.output_bound_holds`: near ties, saturation). The original computes in float32: a value within its rounding of a
+(`driver.output_bound_holds`: near ties, saturation), and where near ties alone are why, at least half
+the samples within that bound. The original computes in float32: a value within its rounding of a
 quantizer step can land on the other side of it there, which is why a fraction of the samples and
 not every one is required. Expected outputs given by the user take the original's place.
 
@@ -121,10 +122,15 @@ def verify(compiled, x=None, *, samples=100, seed=0, expected=None, rtol=1e-4, a
     lines += [f"{k.ljust(w)}  {v}" for k, v in rows]
     approx = driver.approximations(graph)
     exact = approx == []
-    bounded = not exact and not indices and driver.output_bound_holds(graph)
-    if bounded:  # stated roundings: the values may also differ by the end-to-end bound bnnc states
+    exceptions = driver.output_bound_exceptions(graph) if not exact and not indices else set()
+    bounded = not exact and not indices and not exceptions
+    # only near ties keep the bound from every input: a flip moves some samples, an error in bnnc
+    # (a wrong scale) every one, so most samples must still be within the bound
+    majority = not exact and not indices and exceptions == {"near ties"}
+    if bounded or majority:  # stated roundings: the values may also differ by the end-to-end bound bnnc states
         bound = error_bounds.output_bound(graph)
-        close = diff <= tol + bound
+        within_bound = diff <= tol + bound
+        close = within_bound if bounded else close
     agree = top_ok & close if exact or bounded else top_ok
     bad = np.flatnonzero(~(same & agree))
     for i in bad[:5]:
@@ -139,11 +145,13 @@ def verify(compiled, x=None, *, samples=100, seed=0, expected=None, rtol=1e-4, a
     if bad.size == 0 and diff.max() > 0:  # the closest calls, so a user sees how near the tolerance they are
         worst = np.argsort(-diff, kind="stable")[:3]
         lines.append("worst differences: " + ", ".join(f"sample {i} {diff[i]:.3g}" for i in worst if diff[i] > 0))
-    passed = bool(same.all()) and agree.mean() >= agreement
+    passed = bool(same.all()) and agree.mean() >= agreement and (not majority or within_bound.mean() >= 0.5)
     if not exact:
         within = f"the tolerance + the stated output bound {bound:.3g}" if bounded else "the tolerance"
         lines.append(f"approximations (stated by bnnc report): {'; '.join(approx[:3])}; "
-                     f"{int(close.sum())}/{n} samples within {within}")
+                     f"{int(close.sum())}/{n} samples within {within}"
+                     + (f", {int(within_bound.sum())}/{n} within the tolerance + the stated output bound {bound:.3g} "
+                        "(near ties: at least half required)" if majority else ""))
     if passed and not agree.all():
         lines.append(f"{int((~agree).sum())} of {n} samples differ from the {against}: "
                      f"{agree.mean():.1%} agree, at least {agreement:.1%} required (--agreement)")
