@@ -152,6 +152,9 @@ def verify(compiled, x=None, *, samples=100, seed=0, expected=None, rtol=1e-4, a
                      f"{int(close.sum())}/{n} samples within {within}"
                      + (f", {int(within_bound.sum())}/{n} within the tolerance + the stated output bound {bound:.3g} "
                         "(near ties: at least half required)" if majority else ""))
+    if majority and within_bound.mean() < 0.5:
+        lines.append(f"{int((~within_bound).sum())} of {n} samples are beyond the tolerance + the stated output bound: "
+                     "near ties flip some samples, not most (at least half must be within)")
     if passed and not agree.all():
         lines.append(f"{int((~agree).sum())} of {n} samples differ from the {against}: "
                      f"{agree.mean():.1%} agree, at least {agreement:.1%} required (--agreement)")

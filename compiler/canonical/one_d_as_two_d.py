@@ -8,7 +8,7 @@ right after it (an (N, L, C) input that is only read through a Transpose to (N, 
 model output through a Squeeze before it. Each node that reads or
 writes such a tensor is rewritten for the added axis:
 - Conv, MaxPool, AveragePool: kernel (1, k), strides (1, s), dilations (1, d), pads (0, b, 0, e);
-  the weights (O, I, k) as (O, I, 1, k) (a constant reshaped, else through an Unsqueeze);
+  the weights (O, I, k) as (O, I, 1, k) (a constant reshaped; a quantizer's, as below);
 - elementwise ops, BatchNormalization, Identity, Dropout, QONNX Quant / BipolarQuant,
   QuantizeLinear / DequantizeLinear (an axis 2 becomes 3): a constant operand of rank >= 2 (a
   per-channel (C, 1)) gets the unit axis before its last one; so do a quantizer's constant
