@@ -448,13 +448,15 @@ class SumPool:
     pads: tuple = (0, 0, 0, 0)  # (top, left, bottom, right), zeros
     multipliers: Optional[np.ndarray] = None  # (oh, ow) int64 >= 1; None: 1 everywhere
 
+    @property
+    def border_divisors(self) -> bool:
+        """Whether windows near the border have divisors of their own (padding or multipliers)."""
+        return any(self.pads) or self.multipliers is not None
+
     def gains(self, in_hw: tuple) -> np.ndarray:
         """(oh, ow) int64: what a constant input is multiplied by at each output pixel (taps inside
         the input times the multiplier)."""
-        oh, ow = out_shape(in_hw, self.kernel, self.stride, self.pads)
-        taps = [[min(o * s - p + k, n) - max(o * s - p, 0) for o in range(m)]
-                for m, s, p, k, n in zip((oh, ow), self.stride, self.pads[:2], self.kernel, in_hw)]
-        g = np.outer(np.asarray(taps[0], np.int64), np.asarray(taps[1], np.int64))
+        g = window_taps(in_hw, self.kernel, self.stride, self.pads)
         return g if self.multipliers is None else g * self.multipliers
 
 
@@ -746,6 +748,14 @@ class Graph:
 
     def consumers(self, tensor: str) -> list:
         return [d["op"] for n, d in self.g.nodes(data=True) if tensor in d["op"].inputs]
+
+
+def window_taps(in_hw: tuple, kernel: tuple, stride: tuple, pads: tuple) -> np.ndarray:
+    """(oh, ow) int64: how many taps of each window lie inside the (zero-padded) input."""
+    oh, ow = out_shape(in_hw, kernel, stride, pads)
+    taps = [[min(o * s - p + k, n) - max(o * s - p, 0) for o in range(m)]
+            for m, s, p, k, n in zip((oh, ow), stride, pads[:2], kernel, in_hw)]
+    return np.outer(np.asarray(taps[0], np.int64), np.asarray(taps[1], np.int64))
 
 
 def out_shape(in_hw: tuple, kernel: tuple, stride: tuple, pads: tuple) -> tuple:

@@ -579,7 +579,7 @@ def family_layer(graph: ir.Graph, op, L: dict, consts: list, buf) -> dict:
         oh, ow = oty.shape[:2]
         L.update(family="sumpool", iw=w, c=c, oh=oh, ow=ow, kh=op.kernel[0], kw=op.kernel[1], sh=op.stride[0],
                  sw=op.stride[1])
-        if any(op.pads) or op.multipliers is not None:  # taps inside the input only, times each window's multiplier
+        if op.border_divisors:  # taps inside the input only, times each window's multiplier
             mult = np.ones((oh, ow), np.int64) if op.multipliers is None else op.multipliers
             L.update(border=True, ih=h, pt=op.pads[0], pl=op.pads[1],
                      acc_ctype="int64_t" if storage_dtype(oty) == "int64" else "int32_t")

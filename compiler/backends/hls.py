@@ -859,7 +859,7 @@ def check_supported(graph: ir.Graph) -> None:
             raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
                             "chains and residual blocks of conv/dense, activation, pool and Add layers); "
                             "use --target c")
-        if isinstance(op, ir.SumPool) and (any(op.pads) or op.multipliers is not None):
+        if isinstance(op, ir.SumPool) and op.border_divisors:
             raise BnncError(f"layer '{where}': the HLS backend runs average pools without padding only (this one's "
                             "divisor changes near the border); use --target c")
         if isinstance(op, ir.Activation) and not isinstance(graph.tensors[op.inputs[0]], ir.Ints):

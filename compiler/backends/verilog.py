@@ -98,7 +98,7 @@ def plan(graph: ir.Graph) -> Plan:
             if isinstance(op.epilogue, ir.Chain):
                 acc_out = True
             hw.append(op)
-        elif isinstance(op, ir.SumPool) and (any(op.pads) or op.multipliers is not None):
+        elif isinstance(op, ir.SumPool) and op.border_divisors:
             raise BnncError(f"layer '{op.name}': the verilog target runs average pools "
                             "without padding only (this one's divisor changes near the border); use --target c")
         elif isinstance(op, (ir.MaxPool, ir.GlobalSumPool, ir.SumPool, ir.Add)):

@@ -18,7 +18,7 @@ from onnx import helper
 
 from ..original import static_shapes
 from .graph_edit import Names, add_initializer, constant_values, consumers, copy_model, drop_unused, graph_outputs, \
-    is_standard, producers, sole_reader
+    is_standard, producers, replace_nodes, sole_reader
 
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]
@@ -71,11 +71,7 @@ def _rewrite(g: onnx.GraphProto, mm: onnx.NodeProto, shapes: dict, values: dict,
            helper.make_node("Conv", [nchw, weights], [conv_out], name=names.fresh(base + "_pointwise"),
                             kernel_shape=[1, 1]),
            helper.make_node("Transpose", [conv_out], [y], name=names.fresh(base + "_to_nhwc"), perm=TO_NHWC)]
-    at = list(g.node).index(first)
-    for node in {id(n): n for n in (first, mm, last)}.values():
-        g.node.remove(node)
-    for i, node in enumerate(new):
-        g.node.insert(at + i, node)
+    replace_nodes(g, list({id(n): n for n in (first, mm, last)}.values()), new)
     return True
 
 

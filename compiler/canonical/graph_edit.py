@@ -112,9 +112,16 @@ def sole_reader(readers: dict, outs: set, tensor: str):
 
 def replace_node(graph: onnx.GraphProto, old: onnx.NodeProto, new: onnx.NodeProto) -> None:
     """Put `new` where `old` was in the graph's node list."""
-    idx = list(graph.node).index(old)
-    graph.node.remove(old)
-    graph.node.insert(idx, new)
+    replace_nodes(graph, [old], [new])
+
+
+def replace_nodes(graph: onnx.GraphProto, old: list, new: list) -> None:
+    """Remove the nodes `old` and put `new`, in order, where the first of them was."""
+    idx = list(graph.node).index(old[0])
+    for n in old:
+        graph.node.remove(n)
+    for i, n in enumerate(new):
+        graph.node.insert(idx + i, n)
 
 
 def add_initializer(graph: onnx.GraphProto, names: Names, value: np.ndarray, hint: str) -> str:

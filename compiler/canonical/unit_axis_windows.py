@@ -26,7 +26,8 @@ from onnx import helper
 
 from ..original import static_shapes
 from .graph_edit import (Names, add_initializer, attrs, axes_node, constant_values, consumers, copy_model,
-                         default_opset, drop_unused, graph_outputs, is_standard, node_axes, sole_reader)
+                         default_opset, drop_unused, graph_outputs, is_standard, node_axes, replace_nodes,
+                         sole_reader)
 from .layout_transposes import sink_layout_transposes
 
 WINDOWED = ("Conv", "MaxPool", "AveragePool")
@@ -62,18 +63,18 @@ def _rewrite_one(model: onnx.ModelProto) -> bool:
         a = attrs(r)
         if axis == 1 and r.op_type == "Transpose" and list(a.get("perm", [])) == [0, 3, 1, 2]:
             ncl = names.fresh(x + "_ncl")
-            _replace(g, [u, r], [helper.make_node("Transpose", [x], [ncl], name=names.fresh(r.name or "Transpose"),
+            replace_nodes(g, [u, r], [helper.make_node("Transpose", [x], [ncl], name=names.fresh(r.name or "Transpose"),
                                                   perm=[0, 2, 1]),
                                  axes_node("Unsqueeze", ncl, r.output[0], [2], g, names, opset)])
             return True
         if axis == 1 and r.op_type == "Reshape" and _target(r, values, xs) == (xs[1], xs[2], 1):
-            _replace(g, [u, r], [axes_node("Unsqueeze", x, r.output[0], [3], g, names, opset)])
+            replace_nodes(g, [u, r], [axes_node("Unsqueeze", x, r.output[0], [3], g, names, opset)])
             return True
         if axis in (2, 3) and r.op_type in WINDOWED and r.input[0] == u.output[0]:
             s = sole_reader(readers, outs, r.output[0])
             one_d = _one_d(x, r, axis, s, values, g, names)
             if one_d is not None:
-                _replace(g, [u, r, s], [one_d])
+                replace_nodes(g, [u, r, s], [one_d])
                 return True
     return False
 
@@ -108,15 +109,6 @@ def _one_d(x: str, w, axis: int, s, values: dict, g, names):
         wt = np.asarray(values[w.input[1]])
         inputs[1] = add_initializer(g, names, np.squeeze(wt, axis=2 + unit), w.input[1])
     return helper.make_node(w.op_type, inputs, [s.output[0]], name=w.name, **new)
-
-
-def _replace(g: onnx.GraphProto, old: list, new: list) -> None:
-    """Put `new` where the first of `old` was."""
-    at = list(g.node).index(old[0])
-    for n in old:
-        g.node.remove(n)
-    for i, n in enumerate(new):
-        g.node.insert(at + i, n)
 
 
 def _target(r, values: dict, xs: tuple):

@@ -100,7 +100,7 @@ def _border_sum_pool(ctx, node, v: IntsVal, kernel: tuple, stride: tuple, pads: 
     if ir.out_shape((h, w), kernel, stride, window) != (oh, ow) or np.any(ratio <= 0):
         raise BnncError(f"{where(node)}: AveragePool gives a {oh}x{ow} output of a {h}x{w} map whose windows "
                         "bnnc cannot place")
-    taps = ir.SumPool("", [], [], kernel, stride, window).gains((h, w))
+    taps = ir.window_taps((h, w), kernel, stride, window)
     divisors = np.rint(taps / ratio).astype(np.int64)
     if np.any(divisors < 1) or np.any(divisors > kernel[0] * kernel[1]) or \
             np.max(np.abs(taps / divisors - ratio) / ratio) > 2**-20:
