@@ -111,9 +111,9 @@ def approximations(graph: ir.Graph) -> list:
         elif isinstance(op, ir.Softmax) and op.out_grid is not None:
             found.append(f"'{(op.source_ops or [op.name])[0]}' softmax on the output grid {op.out_grid[0]:.6g} "
                          "(near a step boundary the model's own float32 softmax may round the other way)")
-        elif isinstance(op, ir.Sigmoid):
-            found.append(f"'{(op.source_ops or [op.name])[0]}' sigmoid on the grid 2^-{op.frac_bits} "
-                         f"(<= {op.max_error:.3g})")
+        elif isinstance(op, (ir.Sigmoid, ir.Gelu)):
+            found.append(f"'{(op.source_ops or [op.name])[0]}' {type(op).__name__.lower()} on the grid "
+                         f"2^-{op.frac_bits} (<= {op.max_error:.3g})")
         elif isinstance(op, ir.Mul) and op.round_shift:
             half_step = graph.tensors[op.outputs[0]].scale / 2
             found.append(f"'{(op.source_ops or [op.name])[0]}' product of streams rounded to its grid "

@@ -28,6 +28,8 @@ Per op (E_in the input's bound per channel):
 - Sigmoid: min(E k / 4, 1) (sigmoid is 1/4-Lipschitz; k = in_scale / the input's scale, 2 for a
   tanh = 2 sigmoid(2x) - 1, whose Activation doubles the result) + its own `max_error` (the grid's
   half step and the float64 evaluation, arith.sigmoid);
+- Gelu: 1.13 E k (x Phi(x) is 1.13-Lipschitz; k = in_scale / the input's scale) + its own `max_error`
+  (the grid's half step and the float64 evaluation, arith.gelu);
 - Mul of two streams a, b (values up to A, B): (A + E_a) E_b + B E_a, + half an output step where
   it rounds;
 - Softmax: min(E / 2, e^(2E) - 1) for the input's error (the Jacobian's rows sum to at most 1/2;
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ir
-from .arith import LOG_SOFTMAX_EVAL_ERROR
+from .arith import GELU_LIPSCHITZ, LOG_SOFTMAX_EVAL_ERROR
 
 F32_ULP = 2.0**-23  # twice the float32 unit roundoff: one rounding of the op, one of a folded constant
 FOLDED = 2.0**-23  # relative error of a map whose constants bnnc folded in float32 (BatchNorm: sqrt(var + eps))
@@ -75,7 +77,7 @@ class Bounds:
 
 def local_bound(op) -> float:
     """The bound an op states on its own rounding (real units, largest over channels)."""
-    bound = float(op.max_error) if isinstance(op, (ir.InputQuantize, ir.Sigmoid)) else 0.0
+    bound = float(op.max_error) if isinstance(op, (ir.InputQuantize, ir.Sigmoid, ir.Gelu)) else 0.0
     if getattr(op, "acc_error", None) is not None:
         bound += float(np.max(op.acc_error))
     ep = getattr(op, "epilogue", None)
@@ -137,6 +139,9 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             # the stream's scale for a tanh) is off by the stream's bound times in_scale / scale
             src = graph.tensors[op.inputs[0]]
             e = np.minimum(tensors[op.inputs[0]] * (op.in_scale / src.scale) / 4, 1.0) + op.max_error
+        elif isinstance(op, ir.Gelu):
+            src = graph.tensors[op.inputs[0]]
+            e = tensors[op.inputs[0]] * (op.in_scale / src.scale) * GELU_LIPSCHITZ + op.max_error
         elif isinstance(op, ir.Mul):
             e = _product(graph, op, tensors, lb)
         elif isinstance(op, ir.ArgMax):

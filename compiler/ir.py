@@ -16,8 +16,8 @@ upsampling, slices of rows, columns or channels), `ArgMax`, and for the compress
 families: `Activation` (an epilogue applied to an integer tensor), `Add` (residual
 sum of two fixed-point streams), `SumPool` (AveragePool with the divisor in the scale), `Concat`
 (channel concatenation of bit or fixed-point tensors), `Softmax` (float32 probabilities of the
-output logits, a fixed sequence of IEEE float64 operations), `Sigmoid` (of a fixed-point stream, on
-a fixed-point grid), `Mul` (product of two fixed-point streams, one broadcast per channel). Before
+output logits, a fixed sequence of IEEE float64 operations), `Sigmoid` and `Gelu` (of a fixed-point
+stream, on a fixed-point grid), `Mul` (product of two fixed-point streams, one broadcast per channel). Before
 `passes/merge_summed_convs`, `ConvSum` holds the sums of convolutions of one input (or of
 activation-base planes of one layer) that the frontend found.
 
@@ -530,6 +530,32 @@ class Sigmoid:
 
 
 @dataclass
+class Gelu:
+    """GELU of a fixed-point stream, x Phi(x) (Phi the standard normal CDF: ONNX Gelu, PyTorch's
+    nn.GELU), on the fixed-point grid 2**-frac_bits: for input integers q,
+        out = floor(arith.gelu(q * in_scale) * 2**frac_bits + 1/2)
+    (real value out * 2**-frac_bits). No exact integer form exists: `arith.gelu` defines the value
+    as a fixed sequence of IEEE float64 operations (erf by its series of positive terms, exp as
+    softmax's) that numpy and C compute identically; `max_error` states the bound against the true
+    GELU of q * in_scale: half a grid step + arith.GELU_EVAL_ERROR per unit of max(1, x_max),
+    x_max the largest |q * in_scale| of the input's range."""
+
+    name: str
+    inputs: list
+    outputs: list
+    in_scale: float = 1.0  # real value of one input step
+    frac_bits: int = 16
+    x_max: float = 1.0
+    source_ops: list = field(default_factory=list)
+
+    @property
+    def max_error(self) -> float:
+        from .arith import GELU_EVAL_ERROR
+
+        return 2.0 ** -(self.frac_bits + 1) + GELU_EVAL_ERROR * max(1.0, self.x_max)
+
+
+@dataclass
 class Mul:
     """Elementwise product of two fixed-point streams, `b` either of `a`'s shape or one value per
     channel (shape (1, 1, C), broadcast over the pixels; Squeeze-and-Excitation style gating):
@@ -627,7 +653,7 @@ def conv_sum_multipliers(op: ConvSum) -> tuple:
 
 
 Op = Union[InputQuantize, Conv, MaxPool, GlobalSumPool, Flatten, Unflatten, Gather, ArgMax, Activation, Add, SumPool,
-           Concat, Softmax, Sigmoid, Mul, ConvSum]
+           Concat, Softmax, Sigmoid, Gelu, Mul, ConvSum]
 
 
 def output_in_model_order(graph: "Graph", y: np.ndarray) -> np.ndarray:
@@ -1226,16 +1252,30 @@ def _verify_softmax(graph, op) -> None:
                   "steps below 2^22", f"{op.out_grid}")
 
 
-def _verify_sigmoid(graph, op) -> None:
+def _function_of_stream(graph, op) -> tuple:
+    """(input, output) types of a function of one fixed-point stream (Sigmoid, Gelu): Ints of one shape."""
     _arity(op, 1)
     src = _input_type(graph, op, 0, (Ints,))
     out = graph.tensors[op.outputs[0]]
     if not isinstance(out, Ints) or tuple(out.shape) != tuple(src.shape):
-        _fail(op, "Sigmoid keeps its input's shape (Ints)", f"{src} -> {out}")
+        _fail(op, f"{type(op).__name__} keeps its input's shape (Ints)", f"{src} -> {out}")
+    return src, out
+
+
+def _verify_sigmoid(graph, op) -> None:
+    src, out = _function_of_stream(graph, op)
     if not (0 <= out.lo <= out.hi <= 2**op.frac_bits) or out.scale != 2.0**-op.frac_bits \
             or not (0 < op.in_scale < math.inf) or not 0 <= op.frac_bits <= 30:
         _fail(op, "Sigmoid output in [0, 2**frac_bits] on the grid 2**-frac_bits, a positive finite input scale",
               f"[{out.lo}, {out.hi}] x {out.scale:g}, frac_bits {op.frac_bits}, in_scale {op.in_scale:g}")
+
+
+def _verify_gelu(graph, op) -> None:
+    src, out = _function_of_stream(graph, op)
+    if out.scale != 2.0**-op.frac_bits or not (0 < op.in_scale < math.inf) or not 0 <= op.frac_bits <= 30 \
+            or op.x_max < max(-src.lo, src.hi) * op.in_scale:
+        _fail(op, "Gelu output on the grid 2**-frac_bits, a positive finite input scale, x_max the input's reach",
+              f"{out.scale:g}, frac_bits {op.frac_bits}, in_scale {op.in_scale:g}, x_max {op.x_max:g}")
 
 
 def _verify_mul(graph, op) -> None:
@@ -1255,9 +1295,9 @@ def _verify_mul(graph, op) -> None:
 _INPUT_TYPES = {Conv: (Bits, Ints), ConvSum: (Bits, Ints), MaxPool: (Bits, Ints), SumPool: (Ints,),
                 GlobalSumPool: (Bits, Ints), Flatten: (Ints,), Unflatten: (Bits, Ints), Gather: (Bits, Ints),
                 ArgMax: (Reals, Ints), Activation: (Ints,), Add: (Ints,),
-                Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Mul: (Ints,)}
+                Concat: (Bits, Ints), Softmax: (Reals,), Sigmoid: (Ints,), Gelu: (Ints,), Mul: (Ints,)}
 _CHECKS = {InputQuantize: _verify_input_quantize, Conv: _verify_conv, ConvSum: _verify_conv_sum,
            MaxPool: _verify_max_pool, SumPool: _verify_sum_pool, GlobalSumPool: _verify_global_sum_pool,
            Flatten: _verify_flatten, Unflatten: _verify_unflatten, Gather: _verify_gather,
            ArgMax: _verify_arg_max, Activation: _verify_activation, Add: _verify_add, Concat: _verify_concat, Softmax: _verify_softmax,
-           Sigmoid: _verify_sigmoid, Mul: _verify_mul}
+           Sigmoid: _verify_sigmoid, Gelu: _verify_gelu, Mul: _verify_mul}

@@ -40,6 +40,7 @@ from .errors import BnncError
 from .frontend import FRAC_BITS, HANDLERS, SUPPORTED_OPS, LoweringContext, where
 from .frontend.activations import quantize_linear_integers
 from .frontend.linear import identity_conv
+from .frontend.streams import stream_of_intchain
 from .frontend.values import AccVal, BitsVal, IndexVal, IntChainVal, IntsVal, RealsVal
 from .passes.quantize_input import int_dtype_for
 from .onnx_loader import CUSTOM_DOMAINS, STANDARD_DOMAINS, LoadedModel, fold_with_origin, foldable
@@ -90,6 +91,8 @@ def _set_output(ctx: LoweringContext) -> None:
     else:
         if isinstance(v, AccVal):
             v = ctx.finish_acc(v, None, None)
+        if isinstance(v, IntChainVal) and v.map_from is not None:  # a map in element form: its stream
+            v = stream_of_intchain(ctx, SimpleNamespace(name=out, op="output"), v)
         if isinstance(v, (BitsVal, IntsVal, IntChainVal)) and v.flat_from is None:
             v = ctx.finish_acc(identity_conv(ctx, SimpleNamespace(name=out, op="output"), v), None, None)
         if isinstance(v, RealsVal):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .arith import (acc_to_float, apply_terminal, dequantize_linear, eval_chain, level_count, log_softmax,
+from .arith import (acc_to_float, apply_terminal, dequantize_linear, eval_chain, gelu, level_count, log_softmax,
                     multiply_streams, quantize_linear, requantize, sigmoid, softmax)
 from .errors import BnncError
 
@@ -191,6 +191,8 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
                 r = r.astype(np.int64) if isinstance(oty, ir.Ints) else dequantize_linear(r, op.out_grid[0], zp)
         elif isinstance(op, ir.Sigmoid):
             r = sigmoid(a, op.in_scale, op.frac_bits)
+        elif isinstance(op, ir.Gelu):
+            r = gelu(a, op.in_scale, op.frac_bits)
         elif isinstance(op, ir.Mul):
             r = multiply_streams(a, env[op.inputs[1]], op.round_shift, op.lo, op.hi)
         else:  # pragma: no cover

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import error_bounds, ir
-from .arith import SIGMOID_EVAL_ERROR
+from .arith import GELU_EVAL_ERROR, SIGMOID_EVAL_ERROR
 
 
 def layer_rows(graph: ir.Graph) -> list:
@@ -107,6 +107,10 @@ def _layer_row(graph: ir.Graph, op, wb: int) -> dict:
     elif isinstance(op, ir.Sigmoid):
         row["notes"] = [f"sigmoid of the stream on the grid 2^-{op.frac_bits} (arith.sigmoid, float64): error <= "
                         f"2^-{op.frac_bits + 1} + {SIGMOID_EVAL_ERROR:.3g}"]
+        row["error_bound"] = op.max_error
+    elif isinstance(op, ir.Gelu):
+        row["notes"] = [f"GELU of the stream on the grid 2^-{op.frac_bits} (arith.gelu, float64): error <= "
+                        f"2^-{op.frac_bits + 1} + {GELU_EVAL_ERROR:.3g} x max(1, {op.x_max:.3g})"]
         row["error_bound"] = op.max_error
     elif isinstance(op, ir.Mul):
         row["notes"] = ["product of two fixed-point streams" + (" by one value per channel" if

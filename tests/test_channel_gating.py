@@ -333,3 +333,96 @@ def test_hard_swish_of_a_stream_is_within_its_bound(seed):
     bound = error_bounds.output_bound(graph)
     assert 0 < bound < 0.01 and np.all(np.abs(ref - orig) <= bound + f32)
     assert np.abs(orig).max() > 0.5  # HardSwish's values, not all clamped to 0
+
+
+# ----------------------------------------------------------------------------- GELU
+
+
+@pytest.mark.parametrize("frac_bits,scale", [(24, 2.0**-16), (16, 2.0**-8), (20, 3e-3), (8, 1.0)])
+def test_gelu_is_within_its_stated_bound(frac_bits, scale):
+    """arith.gelu against x Phi(x) with the correctly rounded erf (math.erf) over the whole stream
+    range and densely near 0: within half a step + the stated float64 error."""
+    import math
+
+    rng = np.random.default_rng(frac_bits)
+    q = np.concatenate([rng.integers(-2**23, 2**23, 3000), rng.integers(-4000, 4000, 3000), [0, 1, -1]])
+    out = arith.gelu(q, scale, frac_bits)
+    x = q.astype(np.float64) * scale
+    true = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    op = ir.Gelu("g", ["a"], ["b"], scale, frac_bits, float(np.abs(x).max()))
+    err = np.abs(out * 2.0**-frac_bits - true)
+    assert err.max() <= op.max_error
+    assert err.max() > 2.0 ** -(frac_bits + 1) / 2
+    assert np.allclose(arith.erf_nonneg(np.linspace(0, 6, 2001)), [math.erf(z) for z in np.linspace(0, 6, 2001)],
+                       rtol=0, atol=arith.GELU_EVAL_ERROR)
+
+
+def _gelu_model(form: str, seed: int):
+    """A float conv, GELU and GlobalAveragePool: the GELU as ONNX Gelu (opset 20) or in one of the
+    Erf forms the exporters write (x / sqrt 2 -> Erf -> + 1, then the product with x and 0.5 grouped
+    as (x * s) * 0.5, (s * 0.5) * x or s * (x * 0.5))."""
+    rng = np.random.default_rng(seed)
+    c = 6
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w1": rng.normal(size=(c, 3, 3, 3)).astype(np.float32), "b1": rng.normal(size=c).astype(np.float32),
+             "r2": np.array(np.sqrt(2), np.float32), "r2i": np.array(1 / np.sqrt(2), np.float32),
+             "one": np.array(1, np.float32), "half": np.array(0.5, np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w1", "b1"], ["a"], pads=[1, 1, 1, 1])]
+    if form == "Gelu":
+        nodes += [helper.make_node("Gelu", ["a"], ["g"])]
+    else:
+        scaled = helper.make_node("Div", ["a", "r2"], ["u"]) if form != "s*(x*0.5)" else \
+            helper.make_node("Mul", ["r2i", "a"], ["u"])
+        nodes += [scaled, helper.make_node("Erf", ["u"], ["e"], name="act.erf"),
+                  helper.make_node("Add", ["one", "e"], ["sum"])]
+        nodes += {"(x*s)*0.5": [helper.make_node("Mul", ["a", "sum"], ["m"]),
+                                helper.make_node("Mul", ["m", "half"], ["g"])],
+                  "(s*0.5)*x": [helper.make_node("Mul", ["sum", "half"], ["m"]),
+                                helper.make_node("Mul", ["a", "m"], ["g"])],
+                  "s*(x*0.5)": [helper.make_node("Mul", ["half", "a"], ["m"]),
+                                helper.make_node("Mul", ["sum", "m"], ["g"])]}[form]
+    nodes += [helper.make_node("GlobalAveragePool", ["g"], ["y"])]
+    g = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 1, 1])],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()
+                           if any(k in n.input for n in nodes)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20 if form == "Gelu" else 13)])
+
+
+@pytest.mark.parametrize("form", ["Gelu", "(x*s)*0.5", "(s*0.5)*x", "s*(x*0.5)"])
+def test_gelu_of_a_stream_is_within_its_bound(form):
+    """nn.GELU as both torch exporters write it (ONNX Gelu; the Erf form, canonical/erf_gelu.py)
+    on a real conv's output: ir.Gelu of its fixed-point stream, within the stated bound of
+    onnxruntime, C exact; no Erf is left after the canonical stage."""
+    model = _gelu_model(form, 1)
+    assert not any(n.op_type == "Erf" for n in canonicalize(model).graph.node)
+    graph, ref, orig = _run(model, Options(verify_ir=True))
+    gelu = [op for op in graph.ops() if isinstance(op, ir.Gelu)]
+    assert len(gelu) == 1 and gelu[0].source_ops == ["act.erf" if form != "Gelu" else gelu[0].source_ops[0]]
+    f32 = 2.0**-22 * np.maximum(1.0, np.abs(orig))
+    bound = error_bounds.output_bound(graph)
+    assert 0 < bound < 0.01 and np.all(np.abs(ref - orig) <= bound + f32)
+
+
+def test_ir_verify_checks_the_gelu_grid_and_its_reach():
+    graph = compile_graph(_gelu_model("Gelu", 0))
+    gelu = next(op for op in graph.ops() if isinstance(op, ir.Gelu))
+    gelu.x_max /= 2  # a bound stated for half the input's reach
+    with pytest.raises(ir.IRError, match="Gelu"):
+        ir.verify(graph)
+    gelu.x_max *= 2
+    gelu.frac_bits -= 1
+    with pytest.raises(ir.IRError, match="Gelu"):
+        ir.verify(graph)
+
+
+def test_gelu_with_the_tanh_approximation_is_refused():
+    model = _gelu_model("Gelu", 0)
+    model.graph.node[3].attribute.append(helper.make_attribute("approximate", "tanh"))
+    with pytest.raises(BnncError, match="Gelu.*approximate='tanh'"):
+        compile_graph(model)
+    graph = compile_graph(_gelu_model("Gelu", 0))
+    with pytest.raises(BnncError, match="Gelu"):
+        targets.compile_files(graph, "verilog", targets.options_for("verilog", targets.TargetOptions()))

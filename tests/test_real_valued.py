@@ -490,6 +490,25 @@ def test_dense_output_reshaped_into_a_map(layout):
             targets.compile_files(graph, target, targets.options_for(target, targets.TargetOptions()))
 
 
+def _exact_model(nodes, inits, x_shape, name, input_range=(-128, 127)) -> ir.Graph:
+    """The model of `nodes` on an integer input of `x_shape` (integer weights, dyadic constants:
+    exact streams), compiled and checked: ir.verify, the reference equal to onnxruntime to the float32
+    rounding of its last mean, C equal to the reference on 8 samples."""
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()
+                           if any(k in n.input for n in nodes)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = compile_graph(model, Options(input_range=input_range, input_scale=1.0))
+    ir.verify(graph)
+    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 6))
+    ref = driver.run_target(graph, "ref", inputs)
+    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
+    assert np.abs(ref - orig).max() <= 2**-20 * max(1.0, np.abs(orig).max())
+    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+    return graph
+
+
 @pytest.mark.parametrize("op,n_inputs", [("Max", 2), ("Min", 2), ("Max", 3)])
 def test_maximum_and_minimum_of_streams(op, n_inputs):
     """Keras's Maximum / Minimum merges (ONNX Max / Min of activations) as a + relu(b - a) and
@@ -503,17 +522,7 @@ def test_maximum_and_minimum_of_streams(op, n_inputs):
     nodes += [helper.make_node("Mul", ["c1", "half"], ["c1h"]),
               helper.make_node(op, ["c0", "c1h"] + [f"c{i}" for i in range(2, n_inputs)], ["m"]),
               helper.make_node("GlobalAveragePool", ["m"], ["y"])]
-    g = helper.make_graph(nodes, "extremum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    graph = compile_graph(model, Options(input_range=(-128, 127), input_scale=1.0))
-    ir.verify(graph)
-    inputs = driver.prepare_inputs(graph, driver.random_samples(graph, 8, 6))
-    ref = driver.run_target(graph, "ref", inputs)
-    orig = OriginalModel(model).run(inputs.model).reshape(ref.shape)
-    assert np.abs(ref - orig).max() <= 2**-20 * np.abs(orig).max()  # the mean's float32 rounding only
-    assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+    _exact_model(nodes, inits, (1, 3, 6, 6), "extremum")
 
 
 def test_border_average_pools_on_random_geometries():
@@ -602,3 +611,67 @@ def test_binary_dense_output_reshaped_into_a_map(layout):
     ref = driver.run_target(graph, "ref", inputs)
     assert np.array_equal(ref, OriginalModel(model).run(inputs.model).reshape(ref.shape))
     assert np.array_equal(driver.run_target(graph, "c", inputs), ref)
+
+
+def _element_model(tail: str, seed: int) -> tuple:
+    """(nodes, initializers) of Conv -> per-element op -> ...: `tail` "scales" (XNOR-Net++'s
+    factorised scales alpha(C) beta(H) gamma(W) as one Mul, a per-channel Add, a residual Add,
+    GlobalAveragePool), "sign" (the same Mul and Add, then Sign and a binary Conv) or "prelu" (PRelu
+    with one slope per element, some negative), on a (1, 3, 6, 5) input. Integer weights and inputs,
+    dyadic constants: every stream is exact."""
+    rng = np.random.default_rng(seed)
+    c, h, w = 4, 6, 5
+    alpha, beta, gamma = (rng.integers(1, 5, size=n) / 4 for n in (c, h, w))
+    inits = {"w0": rng.integers(-3, 4, size=(c, 3, 3, 3)).astype(np.float32),
+             "w1": rng.integers(-3, 4, size=(c, 3, 3, 3)).astype(np.float32),
+             "s": (alpha[:, None, None] * beta[None, :, None] * gamma[None, None, :]).astype(np.float32)[None],
+             "b": (rng.integers(-8, 9, size=(1, c, 1, 1)) / 8 + 1 / 128).astype(np.float32),  # never a 0 to sign
+             "wb": np.sign(rng.standard_normal((3, c, 3, 3))).astype(np.float32),
+             "slope": (rng.integers(-4, 9, size=(c, h, w)) / 8).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1])]
+    if tail == "prelu":
+        nodes += [helper.make_node("PRelu", ["c1", "slope"], ["y"])]
+    else:
+        nodes += [helper.make_node("Mul", ["c1", "s"], ["m"]), helper.make_node("Add", ["m", "b"], ["mb"])]
+    if tail == "scales":
+        nodes += [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", ["mb", "c0"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    elif tail == "sign":
+        nodes += [helper.make_node("Sign", ["mb"], ["sg"]), helper.make_node("Conv", ["sg", "wb"], ["y"])]
+    return nodes, inits
+
+
+@pytest.mark.parametrize("tail", ["scales", "sign", "prelu"])
+def test_constants_that_vary_within_a_channel_of_a_real_valued_map(tail):
+    """Per-element constants on a real-valued map (XNOR-Net++ / ReCU's factorised scales, a Keras
+    PReLU's per-element slopes): the map's stream as one vector whose channels are its elements
+    (ir.Flatten), the ops as one requantization per element, unflattened into the map for the
+    layers after it. Exact here (dyadic constants): the reference equals onnxruntime to the
+    float32 rounding of its mean, C equals the reference."""
+    graph = _exact_model(*_element_model(tail, 3), (1, 3, 6, 5), tail, (-16, 15))
+    flat = [op for op in graph.ops() if isinstance(op, ir.Flatten)]
+    assert flat and graph.tensors[flat[0].outputs[0]].shape == (1, 1, 6 * 5 * 4)
+    assert any(isinstance(op, ir.Unflatten) for op in graph.ops())
+
+
+@pytest.mark.parametrize("form", ["adabin", "per_element"])
+def test_signs_scaled_per_channel_or_shifted(form):
+    """Sign outputs times a per-channel (or per-element: XNOR-Net's K on the binary input) constant
+    plus an offset, as AdaBin's activation alpha sign(x - beta) + gamma is written: real values,
+    which an identity layer's accumulator carries into the next (real-weight) conv's stream. Exact
+    here (dyadic constants, integer weights): the reference equals onnxruntime to the float32
+    rounding of the mean, C equals the reference."""
+    rng = np.random.default_rng(5)
+    c, h, w = 4, 5, 5
+    shape = (1, c, 1, 1) if form == "adabin" else (1, c, h, w)
+    inits = {"w0": rng.integers(-3, 4, size=(c, 3, 3, 3)).astype(np.float32),
+             "beta": np.array(0.5, np.float32),
+             "alpha": (rng.integers(-8, 9, size=shape) / 8).astype(np.float32),
+             "gamma": (rng.integers(-8, 9, size=(1, c, 1, 1)) / 16).astype(np.float32),
+             "w1": rng.integers(-2, 3, size=(3, c, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "beta"], ["ab"]), helper.make_node("Sign", ["ab"], ["s"]),
+             helper.make_node("Mul", ["s", "alpha"], ["sa"]), helper.make_node("Add", ["sa", "gamma"], ["q"]),
+             helper.make_node("Conv", ["q", "w1"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["b"], ["y"])]
+    _exact_model(nodes, inits, (1, 3, h, w), form, (-16, 15))

@@ -14,7 +14,8 @@ import jinja2
 import numpy as np
 
 from .. import ir
-from ..arith import EXP_COEFFS, LN2_HI, LN2_LO, LOG2E, LOG_COEFFS, SOFTMAX_CUTOFF, SQRT2
+from ..arith import (EXP_COEFFS, GELU_INV_SQRT2, GELU_TERMS, GELU_TWO_OVER_SQRT_PI, GELU_Z_MAX, LN2_HI, LN2_LO, LOG2E,
+                     LOG_COEFFS, SOFTMAX_CUTOFF, SQRT2)
 from ..errors import BnncError
 from ..passes.pack_bits import pack_bit_rows, pair_groups, storage_dtype, words
 from ..passes.pack_families import GUESS_SHIFT, TSUM_POSITIONS
@@ -297,9 +298,12 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                         L["grid"]["requant"] = [c_float(np.float32(x)) for x in op.requant]
                         L["grid"]["out_zp"] = L["grid"]["requant"][0]
                 L["call_args"] = f"{L['src']}, {L['dst']}, (arena + {arena['buffers'][op.name + '_scratch']})"
-        elif isinstance(op, ir.Sigmoid):
+        elif isinstance(op, (ir.Sigmoid, ir.Gelu)):
             L.update(n=int(np.prod(oty.shape)), in_scale=c_double(op.in_scale), grid=c_double(2.0**op.frac_bits),
                      frac_bits=op.frac_bits, **exp_ctx())
+            if isinstance(op, ir.Gelu):
+                L.update(inv_sqrt2=c_double(GELU_INV_SQRT2), two_over_sqrt_pi=c_double(GELU_TWO_OVER_SQRT_PI),
+                         z_max=c_double(GELU_Z_MAX), terms=GELU_TERMS)
         layers.append(L)
     in_dtype = in_info["dtype"]
     return {

@@ -849,13 +849,13 @@ def _testbench_data(graph: ir.Graph, prefix: str) -> dict:
 
 def check_supported(graph: ir.Graph) -> None:
     """Refuse, in one line naming the layer, what the HLS processes do not implement: Concat,
-    Softmax, Sigmoid, Mul of streams, Flatten (per-element ops on flattened features), Unflatten, Gather,
-    padded SumPools, Activations of non-integer tensors, and convs the matrix unit does not implement
+    Softmax, Sigmoid, Gelu, Mul of streams, Flatten (per-element ops on flattened features), Unflatten,
+    Gather, padded SumPools, Activations of non-integer tensors, and convs the matrix unit does not implement
     (matrix_unit.supports). Activations of integer streams run as identity 1x1 convs
     (passes/activations_as_convs.py)."""
     for op in graph.ops():
         where = comment_text((getattr(op, "source_ops", None) or [op.name])[0])
-        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Mul, ir.Flatten, ir.Unflatten, ir.Gather)):
+        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Gelu, ir.Mul, ir.Flatten, ir.Unflatten, ir.Gather)):
             raise BnncError(f"layer '{where}': the HLS backend does not implement {type(op).__name__} ops (it builds "
                             "chains and residual blocks of conv/dense, activation, pool and Add layers); "
                             "use --target c")

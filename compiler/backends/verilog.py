@@ -15,7 +15,7 @@ unit's popcount planes (compiler/weight_planes.py), with bit, multi-level, activ
 fixed-point (Requantize) outputs; real-valued layers (code int on integer inputs) run as integer
 multiply-accumulate units; an Activation of an integer stream becomes a 1x1 unit with identity
 weights (passes/activations_as_convs.py). A network with a float32 epilogue anywhere else, a
-Concat, Softmax, Sigmoid, Mul of streams, Gather or padded SumPool is refused.
+Concat, Softmax, Sigmoid, Gelu, Mul of streams, Gather or padded SumPool is refused.
 
 Everything numeric comes from `passes/layout_folded_layers.py` (weight words, per-class tables)
 and the units' parameters from their record (`matrix_unit.rtl_parameter_groups`); this module only
@@ -77,7 +77,7 @@ def plan(graph: ir.Graph) -> Plan:
     if not ops or not isinstance(ops[0], ir.InputQuantize):
         raise BnncError("the verilog target needs a model that starts with its input quantizer")
     for op in ops:
-        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Mul, ir.Gather)):
+        if isinstance(op, (ir.Concat, ir.Softmax, ir.Sigmoid, ir.Gelu, ir.Mul, ir.Gather)):
             raise BnncError(f"layer '{(op.source_ops or [op.name])[0]}': the verilog target does not implement "
                             f"{type(op).__name__} ops (it builds conv/dense, max pool, sum pool, global sum pool and "
                             "residual add layers); use --target c")

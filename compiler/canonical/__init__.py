@@ -18,6 +18,7 @@ from .constant_subgraphs import fold_constant_subgraphs
 from .contrib_quantizers import contrib_quantizers_to_standard
 from .dense_on_map import dense_on_map_to_pointwise_conv
 from .dilated_conv import dilated_conv_to_dense_kernel
+from .erf_gelu import erf_to_gelu
 from .external_data import load_external_data
 from .grouped_conv import split_convs_to_grouped_conv
 from .keras_prelu import keras_prelu_to_prelu
@@ -59,6 +60,7 @@ REWRITES = (
     sink_layout_transposes,
     simplify_ste_sign,  # again: in tf2onnx's NHWC form Transposes inside an estimator hid it before
     keras_prelu_to_prelu,  # again: tf2onnx puts Transposes inside a PReLU whose slopes vary per pixel
+    erf_to_gelu,
     ternary_sign_to_threshold,
     nhwc_flatten_into_dense,
     split_convs_to_grouped_conv,

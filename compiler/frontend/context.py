@@ -15,8 +15,8 @@ from ..onnx_loader import LoadedModel
 from ..passes.fold_batchnorm_into_thresholds import straight_through_notes
 from ..passes.quantize_input import input_grid
 from .registry import where
-from .streams import TANH_UNQUANTIZED, to_stream
-from .values import AccVal, BitsVal, InputVal, IntsVal, RealsVal, Val
+from .streams import TANH_UNQUANTIZED, element_form, stream_of_intchain, to_stream
+from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, RealsVal, Val
 
 FRAC_BITS = 16  # default fixed-point grid 2**-16 of real-valued streams whose scales are not on a coarser one
 ACTIVATION_OPS = ("Sign", "BipolarQuant", "MultiThreshold", "Quant", "QuantizeLinear")
@@ -83,7 +83,17 @@ class LoweringContext:
             # sign, ...) lives in the fixed-point stream, so all of them read the same values
             v = to_stream(self, node, v)
             self.vals[name] = v
+        if isinstance(v, IntChainVal) and v.map_from is not None and not self._adds_element_ops(node):
+            v = stream_of_intchain(self, node, v)  # a map in element form: the map's stream for other readers
+            self.vals[name] = v
         return v
+
+    def _adds_element_ops(self, node) -> bool:
+        """Whether `node` adds a pending op to a map in element form (an elementwise op with a
+        constant operand, BatchNormalization, PRelu); every other reader gets the map's stream."""
+        if node.op in ("Mul", "Add", "Sub", "Div"):
+            return any(i in self.consts for i in node.inputs[:2])
+        return node.op in ("BatchNormalization", "PRelu")
 
     def set(self, node, v: Val, i=0):
         self.vals[node.outputs[i]] = v
@@ -100,10 +110,21 @@ class LoweringContext:
 
     # ------------------------------------------------------------------ constant operands
     def channel_const(self, node, v: Val, c: np.ndarray) -> np.ndarray:
-        """A constant operand as float32 per channel (shape (C,)) or scalar (shape ())."""
+        """A constant operand as float32 per channel (shape (C,)) or scalar (shape ()); of a map
+        in element form (streams.element_form), per element in storage order (shape (H W C,))."""
         c = np.asarray(c, dtype=np.float32)
         if c.size == 1:
             return c.reshape(())
+        moved = self._channels_last(node, v, c)
+        if isinstance(v, IntChainVal) and v.map_from is not None:
+            return np.ascontiguousarray(moved.reshape(-1))
+        if not np.all(moved == moved[0]):
+            raise BnncError(f"{where(node)}: constant varies within a channel; bnnc needs per-channel "
+                            "or scalar constants here (per-element ones on real-valued feature maps)")
+        return np.ascontiguousarray(moved[0])
+
+    def _channels_last(self, node, v: Val, c: np.ndarray) -> np.ndarray:
+        """The constant broadcast to `v`'s shape, as (elements in storage order, C)."""
         shape = v.shape
         try:
             b = np.broadcast_to(c, shape) if c.ndim <= len(shape) else None
@@ -113,11 +134,16 @@ class LoweringContext:
             raise BnncError(f"{where(node)}: constant of shape {c.shape} does not broadcast to {shape}")
         if len(shape) < 2:
             raise BnncError(f"{where(node)}: elementwise op on a tensor of rank {len(shape)}")
-        moved = np.moveaxis(b, 1, -1).reshape(-1, shape[1])
-        if not np.all(moved == moved[0]):
-            raise BnncError(f"{where(node)}: constant varies within a channel; bnnc needs per-channel "
-                            "or scalar constants here")
-        return np.ascontiguousarray(moved[0])
+        return np.moveaxis(b, 1, -1).reshape(-1, shape[1])
+
+    def const_operand(self, node, v: Val, c) -> tuple:
+        """(v, constant) of an elementwise op on `v` (const_of), `v` in element form
+        (streams.element_form) where the constant varies within a channel of a real-valued map."""
+        if not isinstance(v, InputVal) and np.size(c) > 1 and len(v.shape) == 4:
+            moved = self._channels_last(node, v, np.asarray(c, dtype=np.float32))
+            if not np.all(moved == moved[0]):
+                v = element_form(self, node, v)
+        return v, self.const_of(node, v, c)
 
     def input_const(self, node, v: Val, c: np.ndarray) -> np.ndarray:
         """A constant operand on the raw input, broadcast to every element (NCHW memory order)."""

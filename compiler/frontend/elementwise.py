@@ -11,12 +11,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from .. import ir, weight_codes
+from .. import arith, ir, weight_codes
 from ..errors import BnncError
 from ..passes.merge_summed_convs import merged_conv
+from .linear import identity_conv
 from .registry import handler, where
-from .streams import (WIDE_STREAM_LIMIT, input_stream, log2_exact, on_related_grids, stream_limit, stream_of_intchain,
-                      to_stream)
+from .streams import (MAX_STREAM_FRAC_BITS, STREAM_LIMIT, WIDE_STREAM_LIMIT, input_stream, log2_exact, on_related_grids,
+                      stream_limit, stream_of_intchain, to_stream)
 from .values import AccVal, BitsVal, InputVal, IntChainVal, IntsVal, PendingVal, with_chain
 
 # ONNX before opset 7 broadcast through attributes; bnnc broadcasts as numpy does
@@ -87,12 +88,11 @@ def _with_constant(ctx, node, op: str, const_index: int):
             return
         if isinstance(v, IntsVal):  # e.g. a shifted sign of a fixed-point stream: an activation follows
             v = IntChainVal.of(v)
-        else:
-            raise BnncError(f"{where(node)}: {node.op} of a {v.kind} tensor by {c.ravel()[:4]} would leave "
-                            "the +-1 / integer grid; only positive scalar scales are supported here")
+        else:  # signs scaled per channel or shifted (AdaBin's alpha sign(x - beta) + gamma): real values,
+            v = identity_conv(ctx, node, v)  # with an identity layer's accumulator (its stream, for a conv)
     if not isinstance(v, PendingVal):
         raise BnncError(f"{where(node)}: {node.op} on a {v.kind} tensor is not supported")
-    conv = ctx.const_of(node, v, c)
+    v, conv = ctx.const_operand(node, v, c)
     ops = []
     if const_index == 0 and op in ("sub", "div"):
         if op == "div":
@@ -107,8 +107,7 @@ def _with_constant(ctx, node, op: str, const_index: int):
 def prelu(ctx, node):
     """PReLU (ReActNet's RPReLU between (x - gamma) and (+ zeta)): x where x >= 0, slope * x below,
     per channel, on a real-valued tensor (see piecewise_linear)."""
-    v = ctx.val(node)
-    piecewise_linear(ctx, node, v, ctx.channel_const(node, v, ctx.const(node, 1, "slope")))
+    piecewise_linear(ctx, node, ctx.val(node), np.asarray(ctx.const(node, 1, "slope"), np.float32))
 
 
 @handler("LeakyRelu")
@@ -117,11 +116,12 @@ def leaky_relu(ctx, node, *, alpha=0.01):
 
 
 def piecewise_linear(ctx, node, v, slope: np.ndarray) -> None:
-    """x for x >= 0, slope * x below (per channel or scalar slope), on a real-valued tensor, as
-    relu(x) + min(max(slope, 0) * x, 0) + max(min(slope, 0) * x, 0): fixed-point streams of x
-    (ir.Requantize clamped at 0 from below, from above) summed by residual Adds; the third only
-    where a slope is negative. At any x at most one of them is nonzero, so the sum has the
-    rounding of one requantization."""
+    """x for x >= 0, slope * x below (scalar, per channel or per element slope), on a real-valued
+    tensor, as relu(x) + min(max(slope, 0) * x, 0) + max(min(slope, 0) * x, 0): fixed-point
+    streams of x (ir.Requantize clamped at 0 from below, from above; per element where the slopes
+    vary within a channel, streams.element_form) summed by residual Adds; the third only where a
+    slope is negative. At any x at most one of them is nonzero, so the sum has the rounding of one
+    requantization."""
     if not np.all(np.isfinite(slope)):
         raise BnncError(f"{where(node)}: {node.op} slopes must be finite")
     v = _stream_operand(ctx, node, v)
@@ -130,9 +130,9 @@ def piecewise_linear(ctx, node, v, slope: np.ndarray) -> None:
     out = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("relu")]))
     for part, clamp in ((np.maximum(slope, 0), (None, 0.0)), (np.minimum(slope, 0), (0.0, None))):
         if np.any(part != 0) or clamp[0] is None:
-            part_stream = stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("mul", part.astype(np.float32))]),
-                                             clamp=clamp)
-            out = add_streams(ctx, node, out, part_stream)
+            v, c = ctx.const_operand(node, v, part)  # (the element form, once, where a part varies in a channel)
+            out = add_streams(ctx, node, out, stream_of_intchain(ctx, node, with_chain(v, [ir.ChainOp("mul", c)]),
+                                                                 clamp=clamp))
     ctx.set(node, out)
 
 
@@ -178,6 +178,35 @@ def hard_swish(ctx, node):
     ops = [ir.ChainOp("mul", np.float32(1 / 6).reshape(())), ir.ChainOp("add", np.float32(0.5).reshape(()))]
     gate = stream_of_intchain(ctx, node, with_chain(IntChainVal.of(x), ops), clamp=(0.0, 1.0))
     ctx.set(node, multiply_streams(ctx, node, x, gate))
+
+
+@handler("Gelu")
+def gelu(ctx, node, *, approximate="none"):
+    """GELU, x Phi(x) (nn.GELU: ONNX Gelu from opset 20, or the Erf form canonical/erf_gelu.py
+    reads), of a real-valued tensor: ir.Gelu of its fixed-point stream, on the finest grid
+    2**-f (f <= 24) on which its values fit the stream's 24 bits (error <= half a step +
+    arith.GELU_EVAL_ERROR per unit of the input's reach)."""
+    if approximate != "none":
+        raise BnncError(f"{where(node)}: Gelu with approximate='{approximate}' is not supported (the exact "
+                        "GELU, approximate='none', is)")
+    from .gating import stream_operand
+
+    x = stream_operand(ctx, node, ctx.val(node))
+    src = ctx.graph.tensors[x.tensor]
+    x_max = max(-src.lo, src.hi) * x.scale
+    f = next((k for k in range(MAX_STREAM_FRAC_BITS, ctx.frac_bits - 1, -1)
+              if (max(x_max, 1.0) * 2**k + 2) <= STREAM_LIMIT), ctx.frac_bits)
+    # x Phi(x) falls to its minimum at x = -0.7518 and rises on either side; the computed values lie
+    # within GELU_EVAL_ERROR of it, so one step beyond the extremes found holds every one of them
+    at_min = -0.7517915246935 / x.scale
+    q = np.array([src.lo, src.hi] + [int(k) for k in (math.floor(at_min), math.ceil(at_min)) if src.lo <= k <= src.hi])
+    vals = arith.gelu(q, x.scale, f)
+    lo, hi = int(vals.min()) - 1, int(vals.max()) + 1
+    name = ctx.new_name("gelu")
+    tname = name + "_out"
+    ctx.graph.add(ir.Gelu(name, [x.tensor], [tname], float(x.scale), f, float(x_max), [node.name]),
+                  {tname: ir.Ints(src.shape, lo, hi, 2.0**-f)})
+    ctx.set(node, IntsVal(x.shape, [node.name], tensor=tname, scale=2.0**-f, flat_from=x.flat_from))
 
 
 def _stream_operand(ctx, node, v) -> IntChainVal:

@@ -10,6 +10,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import ir
+from ..arith import GELU_LIPSCHITZ
 from ..errors import BnncError
 from .registry import where
 from .values import AccVal, InputVal, IntChainVal, IntsVal, Val, with_chain
@@ -211,6 +212,8 @@ def rounding_error(graph: ir.Graph, tensor: str) -> float:
         return max(rounding_error(graph, t) for t in op.inputs)
     if isinstance(op, ir.Sigmoid):  # 1/4-Lipschitz
         return rounding_error(graph, op.inputs[0]) / 4 + op.max_error
+    if isinstance(op, ir.Gelu):
+        return rounding_error(graph, op.inputs[0]) * GELU_LIPSCHITZ + op.max_error
     if isinstance(op, ir.Mul):  # |a b - a' b'| <= (A + E_a) E_b + B E_a
         (ta, tb), (ea, eb) = ((graph.tensors[t] for t in op.inputs), (rounding_error(graph, t) for t in op.inputs))
         big_a, big_b = (max(-t.lo, t.hi) * t.scale for t in (ta, tb))
@@ -223,7 +226,57 @@ def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -
     """Integers with pending float32 ops (after a MaxPool of a stream, or a Relu) as a new
     fixed-point stream: an Activation whose Requantize applies the ops' affine map per channel
     (up to the first Relu; what follows it, the same way again), the last of them clamped to
-    `clamp` (real bounds). Flattened features with per-element ops: per element (flat_channels)."""
+    `clamp` (real bounds). Flattened features with per-element ops: per element (flat_channels).
+    A map in element form (`element_form`): per element, the stream then unflattened into the map."""
+    if v.map_from is None:
+        return _stream_of_chain(ctx, node, v, clamp)
+    flat = _stream_of_chain(ctx, node, replace(v, map_from=None), clamp)
+    c, h, w = v.map_from
+    src = ctx.graph.tensors[flat.tensor]
+    name = ctx.new_name("unflatten")
+    tname = name + "_out"
+    ctx.graph.add(ir.Unflatten(name, [flat.tensor], [tname]), {tname: replace(src, shape=(h, w, c))})
+    return IntsVal(v.shape, [node.name], tensor=tname, scale=flat.scale)
+
+
+def element_form(ctx, node, v: Val) -> IntChainVal:
+    """A real-valued feature map (a layer output, a fixed-point stream, either with pending ops)
+    for pending ops whose constants vary within a channel (XNOR-Net++'s factorised scales, a
+    Keras PReLU's per-element slopes): the integers of its fixed-point stream (its ops so far,
+    per channel) as one vector (ir.Flatten) whose channels are the map's elements in storage
+    order. The ops after it are then per channel of the vector, and its stream
+    (stream_of_intchain) is one requantization per element, unflattened back into the map."""
+    if isinstance(v, IntChainVal) and v.map_from is not None:
+        return v
+    if isinstance(v, AccVal):
+        v = to_stream(ctx, node, v)
+    if isinstance(v, IntChainVal) and len(v.chain) == 1 and v.chain[0].op == "mul" and \
+            np.size(v.chain[0].const) == 1 and float(v.chain[0].const) == np.float32(v.scale):
+        v = IntsVal(v.shape, v.source_ops, tensor=v.tensor, scale=v.scale, flat_from=v.flat_from)  # a stream as it is
+    if isinstance(v, IntChainVal):
+        v = stream_of_intchain(ctx, node, v)
+    if not isinstance(v, IntsVal) or len(v.shape) != 4 or v.flat_from is not None:
+        raise BnncError(f"{where(node)}: constant varies within a channel of a {v.kind} tensor; bnnc supports "
+                        "per-element constants on real-valued feature maps, per-channel or scalar ones elsewhere")
+    _, c, h, w = v.shape
+    flat = IntsVal(v.shape, v.source_ops, tensor=_flattened(ctx, v.tensor), scale=v.scale)
+    return replace(IntChainVal.of(flat), map_from=(c, h, w))
+
+
+def _flattened(ctx, tensor: str) -> str:
+    """An (H, W, C) integer tensor as its (1, 1, H * W * C) vector (ir.Flatten); a vector as it is."""
+    src = ctx.graph.tensors[tensor]
+    if src.shape[:2] == (1, 1):
+        return tensor
+    name = ctx.new_name("flatten")
+    tname = name + "_out"
+    ctx.graph.add(ir.Flatten(name, [tensor], [tname]),
+                  {tname: ir.Ints((1, 1, int(np.prod(src.shape))), src.lo, src.hi, src.scale)})
+    return tname
+
+
+def _stream_of_chain(ctx, node, v: IntChainVal, clamp: tuple) -> Val:
+    """stream_of_intchain of a value that is not in element form."""
     if v.flat_from is not None and not uniform(v.chain, None):
         v, chain, _ = flat_channels(ctx, v, v.chain, None)
         v = replace(v, chain=chain)
@@ -238,7 +291,7 @@ def stream_of_intchain(ctx, node, v: IntChainVal, clamp: tuple = (None, None)) -
     out = IntsVal(v.shape, [node.name], tensor=tname, scale=ep.out_scale, flat_from=v.flat_from)
     if cut == len(v.chain):
         return out
-    return stream_of_intchain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]), clamp)
+    return _stream_of_chain(ctx, node, with_chain(IntChainVal.of(out), v.chain[cut:]), clamp)
 
 
 def on_related_grids(ctx, node, vals: list) -> list:
@@ -355,12 +408,7 @@ def flat_channels(ctx, v, chain: list, term) -> tuple:
     way."""
     c, h, w = v.flat_from
     n = c * h * w
-    src = ctx.graph.tensors[v.tensor]
-    if src.shape[:2] != (1, 1):
-        name = ctx.new_name("flatten")
-        tname = name + "_out"
-        ctx.graph.add(ir.Flatten(name, [v.tensor], [tname]), {tname: ir.Ints((1, 1, n), src.lo, src.hi, src.scale)})
-        v = replace(v, tensor=tname)
+    v = replace(v, tensor=_flattened(ctx, v.tensor))
     order = np.arange(n).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # storage position -> model index
     chain = [ir.ChainOp(op.op, np.asarray(op.const).reshape(-1)[order]) if np.size(op.const) == n else op
              for op in chain]

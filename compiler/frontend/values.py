@@ -106,6 +106,10 @@ class IntChainVal(PendingVal):
     tensor: str = ""
     scale: float = 1.0
     flat_from: Optional[tuple] = None
+    # (C, H, W): the tensor is a feature map's (1, 1, H * W * C) vector (ir.Flatten), whose channels
+    # are the map's elements in storage order, so that the pending ops may vary within a channel
+    # (frontend/streams.py element_form); the logical shape stays the map's
+    map_from: Optional[tuple] = None
 
     kind: ClassVar[str] = "intchain"
 
