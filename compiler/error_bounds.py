@@ -105,6 +105,8 @@ def end_to_end(graph: ir.Graph) -> Bounds:
             e = _epilogue(op.epilogue, e_acc, lo, hi, src.scale, lb)
         elif isinstance(op, (ir.MaxPool, ir.Concat)):
             e = np.concatenate([tensors[t] for t in op.inputs])
+        elif isinstance(op, ir.Gather) and op.index is not None:  # an output channel: its elements' largest
+            e = tensors[op.inputs[0]][op.index % graph.tensors[op.inputs[0]].shape[2]].max(axis=(0, 1))
         elif isinstance(op, ir.Gather):  # values moved, not changed
             e = tensors[op.inputs[0]] if op.channels is None else tensors[op.inputs[0]][list(op.channels)]
         elif isinstance(op, ir.Flatten):  # pixel after pixel: each channel's bound at every pixel

@@ -381,7 +381,10 @@ class Gather:
     channels[c]] (channels None: all, in order); type, range and scale unchanged. A nearest-
     neighbour Resize / Upsample (the row and column each output pixel takes as the model's own
     coordinate and rounding modes pick them: frontend/resize.py), a Slice of the channels or of
-    rows and columns, the parts of a Split (frontend/slicing.py)."""
+    rows and columns, the parts of a Split (frontend/slicing.py). Moves that are not separable
+    into rows, columns and channels (DepthToSpace, SpaceToDepth) give every output element its
+    input element instead: out.flat[j] = in.flat[index.flat[j]], both in storage order (`index`
+    of the output's shape; rows and cols then empty, channels None)."""
 
     name: str
     inputs: list
@@ -390,6 +393,7 @@ class Gather:
     cols: tuple = ()  # input column of each output column
     channels: Optional[tuple] = None  # input channel of each output channel
     source_ops: list = field(default_factory=list)
+    index: Optional[np.ndarray] = None  # int64 (OH, OW, OC): flat input element of each output element
 
 
 @dataclass
@@ -1161,6 +1165,13 @@ def _verify_gather(graph, op) -> None:
     channels = tuple(range(c)) if op.channels is None else op.channels
     same = type(out) is type(src) and out.scale == src.scale and \
         (isinstance(out, Bits) or (out.lo, out.hi) == (src.lo, src.hi))
+    if op.index is not None:
+        if not same or op.rows or op.cols or op.channels is not None or tuple(op.index.shape) != tuple(out.shape) \
+                or op.index.dtype != np.int64 or op.index.min(initial=0) < 0 or op.index.max(initial=0) >= h * w * c:
+            _fail(op, "a Gather by element index keeps the values (its input's type, range and scale), has no "
+                  "row, column or channel tables and an int64 index of the output's shape into the input",
+                  f"{src} -> {out}, index {op.index.shape} {op.index.dtype}")
+        return
     if not same or tuple(out.shape) != (len(op.rows), len(op.cols), len(channels)):
         _fail(op, "Gather keeps the values: its input's type, range and scale, (len(rows), len(cols), "
               "len(channels))", f"{src} -> {out}, {len(op.rows)} rows, {len(op.cols)} cols, {len(channels)} channels")

@@ -163,6 +163,8 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
         elif isinstance(op, ir.Unflatten):
             flat = a.reshape(a.shape[0], -1)
             r = (flat if op.order is None else flat[:, op.order]).reshape((a.shape[0],) + oty.shape)
+        elif isinstance(op, ir.Gather) and op.index is not None:
+            r = a.reshape(a.shape[0], -1)[:, op.index.reshape(-1)].reshape((a.shape[0],) + op.index.shape)
         elif isinstance(op, ir.Gather):
             r = a[:, np.asarray(op.rows, np.int64)][:, :, np.asarray(op.cols, np.int64)]
             r = r if op.channels is None else r[..., np.asarray(op.channels, np.int64)]

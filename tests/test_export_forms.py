@@ -1599,6 +1599,77 @@ def test_channel_shuffle(groups, batch):
     assert g.channels == tuple(i * k + j for j in range(k) for i in range(groups))
 
 
+def _moved_model(move: str, kind: str, r: int = 2):
+    """A binary (kind "bits": Sign outputs) or fixed-point (kind "ints": a conv's stream) map moved
+    between channels and pixels, then a binary conv and a mean: `move` is an ONNX DepthToSpace
+    (mode DCR or CRD) or SpaceToDepth, or PyTorch's pixel_shuffle / pixel_unshuffle as the
+    exporters write them through 6-D shapes (Reshape -> Transpose -> Reshape)."""
+    rng = np.random.default_rng(31)
+    c, h = 8, 6
+    down = move in ("SpaceToDepth", "unshuffle")
+    c2, h2 = (c * r * r, h // r) if down else (c // (r * r), h * r)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8),
+             "w": rng.choice([-1.0, 1.0], size=(c, 3, 3, 3)).astype(np.float32),
+             "t": (rng.integers(-8, 8, size=(1, c, 1, 1)) + 0.5).astype(np.float32),
+             "w2": rng.choice([-1.0, 1.0], size=(4, c2, 3, 3)).astype(np.float32),
+             "six": np.array([1, c, h // r, r, h // r, r] if down else [1, c2, r, r, h, h], np.int64),
+             "four": np.array([1, c2, h2, h2], np.int64), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sign", ["xd"], ["xb"]),
+             helper.make_node("Conv", ["xb", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["a", "t"], ["a2"])]
+    nodes += [helper.make_node("Sign", ["a2"], ["b"])] if kind == "bits" else \
+        [helper.make_node("Relu", ["a2"], ["b"])]
+    if move in ("DCR", "CRD"):
+        nodes += [helper.make_node("DepthToSpace", ["b"], ["m"], blocksize=r, mode=move)]
+    elif move == "SpaceToDepth":
+        nodes += [helper.make_node("SpaceToDepth", ["b"], ["m"], blocksize=r)]
+    else:
+        perm = [0, 1, 3, 5, 2, 4] if down else [0, 1, 4, 2, 5, 3]
+        nodes += [helper.make_node("Reshape", ["b", "six"], ["r6"]),
+                  helper.make_node("Transpose", ["r6"], ["t6"], perm=perm),
+                  helper.make_node("Reshape", ["t6", "four"], ["m"])]
+    nodes += [helper.make_node("Conv", ["m", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+              helper.make_node("GlobalAveragePool", ["c2"], ["q"]), helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    return _model(nodes, inits, (1, 3, h, h), (1, 4))
+
+
+@pytest.mark.parametrize("move", ["DCR", "CRD", "SpaceToDepth", "shuffle", "unshuffle"])
+@pytest.mark.parametrize("kind", ["bits", "ints"])
+def test_moves_between_channels_and_pixels(move, kind):
+    """DepthToSpace (PixelShuffle; both modes), SpaceToDepth, and pixel_shuffle / pixel_unshuffle
+    through 6-D Reshape -> Transpose -> Reshape (canonical/pixel_moves: one of those ops, then a
+    Gather of the channels where the orders differ) of bits or of a fixed-point stream: an
+    ir.Gather by element index, values moved exactly (equal to onnxruntime), C bit-exact."""
+    from bnnc.canonical import canonicalize
+
+    model = _moved_model(move, kind)
+    assert "Transpose" not in [n.op_type for n in canonicalize(model).graph.node]
+    graph = _check(model, Options(verify_ir=True))
+    g = next(op for op in graph.ops() if isinstance(op, ir.Gather) and op.index is not None)
+    assert sorted(g.index.reshape(-1)) == list(range(g.index.size))  # a permutation of the elements
+    g.index = g.index.copy()
+    g.index.flat[0] = g.index.size  # an element the input does not have
+    with pytest.raises(ir.IRError, match="Gather"):
+        ir.verify(graph)
+
+
+def test_a_reshape_transpose_chain_that_is_no_space_depth_move_stays():
+    """A 6-D Transpose whose element map is no DepthToSpace / SpaceToDepth (with any channel order)
+    is left to the frontend, which refuses its 6-D Reshape, naming the node."""
+    from bnnc.canonical import canonicalize
+    from bnnc.errors import BnncError
+
+    model = _moved_model("unshuffle", "ints")
+    trans = next(n for n in model.graph.node if n.op_type == "Transpose")
+    del trans.attribute[:]
+    trans.attribute.append(helper.make_attribute("perm", [0, 1, 3, 5, 4, 2]))  # the blocks transposed
+    assert "Transpose" in [n.op_type for n in canonicalize(model).graph.node]
+    with pytest.raises(BnncError, match="Reshape.*1, 8, 3, 2, 3, 2"):
+        compile_graph(model)
+
+
 # ----------------------------------------------------------------------------- QKeras and LSQ quantizers
 
 

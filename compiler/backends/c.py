@@ -267,12 +267,19 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                      order=op.order is not None, bits=isinstance(src_t, ir.Bits), cw=words(oty.shape[2], wb))
             if op.order is not None:
                 const_table(consts, f"{op.name}_order", "uint16_t" if src_t.shape[2] < 65536 else "uint32_t", op.order)
+        elif isinstance(op, ir.Gather) and op.index is not None:
+            bits = isinstance(src_t, ir.Bits)
+            c = src_t.shape[2]
+            L.update(by_index=True, bits=bits, n=int(op.index.size), pixels=oty.shape[0] * oty.shape[1], c=c,
+                     cw=words(c, wb), oc=oty.shape[2], ocw=words(oty.shape[2], wb))
+            const_table(consts, f"{op.name}_index", "uint16_t" if src_t.shape[0] * src_t.shape[1] * c < 65536
+                        else "uint32_t", op.index.reshape(-1))
         elif isinstance(op, ir.Gather):
             h, w, c = src_t.shape
             bits = isinstance(src_t, ir.Bits)
             # a pixel: its words of bits, or its channels' integers; with a channel table, one
             # output channel (or bit) at a time
-            L.update(iw=w, oh=len(op.rows), ow=len(op.cols), bits=bits, cw=words(c, wb), c=c,
+            L.update(by_index=False, iw=w, oh=len(op.rows), ow=len(op.cols), bits=bits, cw=words(c, wb), c=c,
                      oc=oty.shape[2], ocw=words(oty.shape[2], wb), channels=op.channels is not None)
             tables = [("rows", op.rows), ("cols", op.cols)] + ([("channels", op.channels)] if op.channels else [])
             for axis, table in tables:

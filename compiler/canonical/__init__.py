@@ -30,6 +30,7 @@ from .one_d_as_two_d import lift_1d_to_2d
 from .pad_into_window import merge_pads_into_windows
 from .padded_add import add_into_concat_part
 from .pass_through_ops import remove_pass_through_ops
+from .pixel_moves import pixel_moves_to_space_depth
 from .qdq_layout import dequantize_before_layout_ops
 from .qcdq_clip import qcdq_clip_to_quant
 from .qoperator import qoperator_to_qdq
@@ -50,6 +51,7 @@ REWRITES = (
     unit_axis_windows_to_1d,
     lift_1d_to_2d,
     channel_shuffle_to_gather,
+    pixel_moves_to_space_depth,
     dequantize_before_layout_ops,
     scalarize_uniform_constants,
     bipolar_sign_from_where,

@@ -13,8 +13,8 @@ import onnx
 from onnx import helper
 
 from ..original import static_shapes
-from .graph_edit import (Names, add_initializer, attrs, constant_values, consumers, copy_model, drop_unused,
-                         graph_outputs, is_standard, replace_node, sole_reader)
+from .graph_edit import (Names, add_initializer, attrs, constant_values, copy_model, drop_unused, replace_node,
+                         reshape_transpose_reshape)
 
 
 def channel_shuffle_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -23,13 +23,11 @@ def channel_shuffle_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     out = copy_model(model)
     g = out.graph
-    readers, values, outs = consumers(g), constant_values(g), graph_outputs(g)
+    values = constant_values(g)
     shapes = static_shapes(out)  # None where a dimension is unknown: no match below
     names = Names(g)
     changed = False
-    for first in list(g.node):
-        if first.op_type != "Reshape" or not is_standard(first) or len(first.input) < 2:
-            continue
+    for first, trans, last in reshape_transpose_reshape(g, values):
         x, five = first.input[0], values.get(first.input[1])
         shape = shapes.get(x)
         if five is None or shape is None or len(shape) != 4 or np.size(five) != 5:
@@ -38,12 +36,7 @@ def channel_shuffle_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
         gk = [int(v) for v in np.asarray(five).reshape(-1)]
         if gk[1] < 1 or gk[2] < 1 or gk[1] * gk[2] != c or shapes.get(first.output[0]) != (n, gk[1], gk[2], h, w):
             continue
-        trans = sole_reader(readers, outs, first.output[0])
-        if trans is None or trans.op_type != "Transpose" or not is_standard(trans) \
-                or list(attrs(trans).get("perm", [])) != [0, 2, 1, 3, 4]:
-            continue
-        last = sole_reader(readers, outs, trans.output[0])
-        if last is None or last.op_type != "Reshape" or not is_standard(last) or shapes.get(last.output[0]) != shape:
+        if list(attrs(trans).get("perm", [])) != [0, 2, 1, 3, 4] or shapes.get(last.output[0]) != shape:
             continue
         groups, k = gk[1], gk[2]
         order = np.array([i * k + j for j in range(k) for i in range(groups)], np.int64)

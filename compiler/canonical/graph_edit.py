@@ -110,6 +110,24 @@ def sole_reader(readers: dict, outs: set, tensor: str):
     return rs[0] if len(rs) == 1 and tensor not in outs else None
 
 
+def reshape_transpose_reshape(graph: onnx.GraphProto, values: dict) -> list:
+    """[(first, transpose, last)]: the Reshape -> Transpose -> Reshape chains of the graph on a
+    dynamic tensor whose inner tensors are each read only by the next node and are no graph
+    outputs (how exporters write moves of elements through 5-D and 6-D shapes)."""
+    readers, outs = consumers(graph), graph_outputs(graph)
+    found = []
+    for first in graph.node:
+        if first.op_type != "Reshape" or not is_standard(first) or len(first.input) < 2 or first.input[0] in values:
+            continue
+        trans = sole_reader(readers, outs, first.output[0])
+        if trans is None or trans.op_type != "Transpose" or not is_standard(trans):
+            continue
+        last = sole_reader(readers, outs, trans.output[0])
+        if last is not None and last.op_type == "Reshape" and is_standard(last):
+            found.append((first, trans, last))
+    return found
+
+
 def replace_node(graph: onnx.GraphProto, old: onnx.NodeProto, new: onnx.NodeProto) -> None:
     """Put `new` where `old` was in the graph's node list."""
     replace_nodes(graph, [old], [new])

@@ -1,13 +1,18 @@
 """Ops that move pixels without changing them: ONNX Resize (opset 10 on) and Upsample (opsets 7-9)
 in nearest mode, and Pad in reflect / edge / wrap mode (frontend/padding.py), of a bit or integer
-tensor, as ir.Gather with the input row and column of every output pixel. The tables come from
-running the node itself in onnxruntime on a tensor of pixel indices, so every coordinate mode,
-rounding mode, scale, size and pad is taken exactly as the runtime takes it."""
+tensor, as ir.Gather with the input row and column of every output pixel; DepthToSpace
+(PyTorch's PixelShuffle, either mode) and SpaceToDepth, whose moves mix channels and pixels, as
+ir.Gather with the input element of every output element. The tables come from running the node
+itself in onnxruntime on a tensor of pixel (element) indices, so every coordinate mode, rounding
+mode, scale, size, pad, block size and channel order is taken exactly as the runtime takes it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from .. import ir
 from ..errors import BnncError
 from .probe import run_alone
 from .registry import handler, where
@@ -32,6 +37,42 @@ def _nearest(ctx, node, mode: str) -> None:
         raise BnncError(f"{where(node)}: {node.op} mode '{mode}' interpolates between pixels, which is not supported; "
                         "mode 'nearest' is")
     ctx.set(node, moved_pixels(ctx, node))
+
+
+@handler("DepthToSpace", listed_as="DepthToSpace / SpaceToDepth (PixelShuffle, of activations)",
+         ignores=("blocksize", "mode"))  # (onnxruntime reads them: moved_elements)
+def depth_to_space(ctx, node):
+    ctx.set(node, moved_elements(ctx, node))
+
+
+@handler("SpaceToDepth", listed_as=(), ignores=("blocksize",))
+def space_to_depth(ctx, node):
+    ctx.set(node, moved_elements(ctx, node))
+
+
+def moved_elements(ctx, node):
+    """The node's output where it moves the elements of a bit or integer activation (a real-valued
+    one as its fixed-point stream) between pixels and channels without changing them: an ir.Gather
+    with the input element (storage order) of each output element, read off the node run in
+    onnxruntime on a tensor whose every value is its element's index (y * W + x) * C + c."""
+    v = moved_operand(ctx, node, ctx.val(node))
+    if len(v.shape) != 4 or v.shape[0] != 1:
+        raise BnncError(f"{where(node)}: {node.op} of a tensor of shape {v.shape} is not supported (of (1, C, H, W) "
+                        "activations it is)")
+    _, c, h, w = v.shape
+    if c * h * w >= 2**24:
+        raise BnncError(f"{where(node)}: a {c}x{h}x{w} map is too large to move")
+    index = np.arange(h * w * c, dtype=np.float32).reshape(1, h, w, c).transpose(0, 3, 1, 2)
+    out = run_alone(ctx, node, np.ascontiguousarray(index))
+    if out.ndim != 4 or out.shape[0] != 1 or out.size != index.size:
+        raise BnncError(f"{where(node)}: {node.op} from {v.shape} to {out.shape}; bnnc moves the elements of one map")
+    moved = out[0].transpose(1, 2, 0).astype(np.int64)  # (H', W', C'): storage order
+    ty = ctx.graph.tensors[v.tensor]
+    name = ctx.new_name("gather")
+    tname = name + "_out"
+    ctx.graph.add(ir.Gather(name, [v.tensor], [tname], source_ops=[node.name], index=moved),
+                  {tname: replace(ty, shape=moved.shape)})
+    return type(v)(tuple(out.shape), [node.name], tensor=tname, scale=v.scale)
 
 
 def moved_pixels(ctx, node):

@@ -13,8 +13,8 @@ from .. import ir
 from ..errors import BnncError
 from .pooling import no_pending_ops
 from .registry import handler, where
-from .streams import to_stream
-from .values import AccVal, BitsVal, IntsVal, Val
+from .streams import input_stream, to_stream
+from .values import AccVal, BitsVal, InputVal, IntsVal, Val
 
 
 def _ints(ctx, node, i: int, what: str, default=None):
@@ -112,6 +112,8 @@ def moved_operand(ctx, node, v) -> Val:
     """The bit or integer activation an op that moves values reads (a real-valued one as its
     fixed-point stream, its pending ops applied)."""
     v = no_pending_ops(ctx, node, v)
+    if isinstance(v, InputVal):  # the model input: the integers layers read, on a grid of their own
+        v = input_stream(ctx, node, v)
     if isinstance(v, AccVal):  # a layer output before its activation: its fixed-point stream
         v = no_pending_ops(ctx, node, to_stream(ctx, node, v))
     if not isinstance(v, (BitsVal, IntsVal)) or v.flat_from is not None:
