@@ -1125,3 +1125,36 @@ def test_dense_on_a_map_is_a_pointwise_conv(form):
     np.testing.assert_allclose(run(out, x), run(m, x), rtol=1e-5, atol=1e-5)
     if form != "sequence":  # the layout Transposes then cancel: NCHW in, one Transpose left at the output
         assert ops(sink_layout_transposes(out)).count("Transpose") == 1
+
+
+# ----------------------------------------------------------------------------- Where around 0
+
+
+@pytest.mark.parametrize("cmp,above,below,expect", [
+    ("Greater", "u", "qu", ["PRelu"]), ("Less", "u", "qu", ["PRelu"]), ("GreaterOrEqual", "u", "zero", ["PRelu"]),
+    ("LessOrEqual", "zero", "u", ["Mul", "Neg", "Relu"]), ("Greater", "pu", "qu", ["Mul", "PRelu"]),
+    ("Greater", "zero", "qu", ["Mul", "Neg", "Relu"]), ("Greater", "nu", "u", ["Mul", "PRelu"]),
+    ("Greater", "ru", "qu", ["Greater", "Mul", "Mul", "Where"])])
+def test_where_around_zero_becomes_prelu(cmp, above, below, expect):
+    """torch.where(u > 0, ..., ...) piecewise-linear activations (branches u, s u or 0) become
+    PRelu (times a power of two), or -q relu(-u), with the same float32 values on every input,
+    zeros, both signs and large values included; a slope above 0 that is no power of two stays."""
+    from bnnc.canonical.where_prelu import where_to_prelu
+
+    inits = {"zero": np.array(0, np.float32), "q": np.array(0.3, np.float32), "p": np.array(4, np.float32),
+             "n": np.array(-0.5, np.float32), "r": np.array(1.5, np.float32)}
+    branch = {"qu": ("x", "q"), "pu": ("p", "x"), "nu": ("x", "n"), "ru": ("x", "r")}
+    branch = {b: v if b not in ("u", "zero") else None for b, v in branch.items()}
+    nodes = [helper.make_node("Mul", list(branch[b]), [b]) for b in (above, below) if b in branch]
+    names = {"u": "x", "zero": "zero"}
+    a, b = names.get(above, above), names.get(below, below)
+    nodes += [helper.make_node(cmp, ["x", "zero"], ["c"]),
+              helper.make_node("Where", ["c", a, b] if cmp.startswith("Greater") else ["c", b, a], ["y"])]
+    model = make(nodes, [4, 64], {k: v for k, v in inits.items() if any(k in n.input for n in nodes)})
+    out = where_to_prelu(model)
+    assert sorted(n.op_type for n in out.graph.node) == expect
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(2, 64)) * 10.0 ** rng.integers(-6, 6, size=(2, 64)),
+                        np.zeros((1, 64)), -rng.random((1, 64))]).astype(np.float32)
+    x[2, ::2] = -0.0
+    assert_same(model, out, x[None])

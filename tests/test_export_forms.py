@@ -1670,6 +1670,27 @@ def test_a_reshape_transpose_chain_that_is_no_space_depth_move_stays():
         compile_graph(model)
 
 
+def test_where_activation_of_a_stream():
+    """torch.where(d > 0, d, 0.25 * d) on a real conv's output (canonical/where_prelu: a PRelu of
+    its fixed-point stream): equal to onnxruntime, C bit-exact."""
+    rng = np.random.default_rng(37)
+    inits = {"s": np.array(1 / 16, np.float32), "z": np.array(0, np.int8), "zero": np.array(0, np.float32),
+             "w": rng.integers(-3, 4, size=(4, 3, 3, 3)).astype(np.float32), "a": np.array(0.25, np.float32),
+             "eta": np.array(0.5, np.float32), "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sub", ["c", "eta"], ["d"]),
+             helper.make_node("Greater", ["d", "zero"], ["g"]), helper.make_node("Mul", ["d", "a"], ["ad"]),
+             helper.make_node("Where", ["g", "d", "ad"], ["wv"]), helper.make_node("GlobalAveragePool", ["wv"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["y"])]
+    from bnnc.canonical import canonicalize
+
+    model = _model(nodes, inits, (1, 3, 6, 6), (1, 4))
+    ops = [n.op_type for n in canonicalize(model).graph.node]
+    assert "PRelu" in ops and "Where" not in ops
+    _check(model, Options(verify_ir=True))
+
+
 # ----------------------------------------------------------------------------- QKeras and LSQ quantizers
 
 

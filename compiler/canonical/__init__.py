@@ -37,6 +37,7 @@ from .qoperator import qoperator_to_qdq
 from .round_quantizer import round_quantizer_to_quant
 from .uniform_constants import scalarize_uniform_constants
 from .unit_axis_windows import unit_axis_windows_to_1d
+from .where_prelu import where_to_prelu
 from .spatial_reduce import spatial_reduce_to_global_pool
 from .ste_sign import simplify_ste_sign
 from .ternary_sign import ternary_sign_to_threshold
@@ -55,6 +56,7 @@ REWRITES = (
     dequantize_before_layout_ops,
     scalarize_uniform_constants,
     bipolar_sign_from_where,
+    where_to_prelu,
     simplify_ste_sign,
     spatial_reduce_to_global_pool,
     keras_prelu_to_prelu,
