@@ -1655,6 +1655,17 @@ def test_moves_between_channels_and_pixels(move, kind):
         ir.verify(graph)
 
 
+def test_a_space_to_depth_onnxruntime_refuses_is_one_line(capfd):
+    """A SpaceToDepth whose block does not divide the map: onnxruntime's refusal, in bnnc's one
+    line naming the node, and nothing else on stderr."""
+    from bnnc.errors import BnncError
+
+    model = _moved_model("SpaceToDepth", "ints", r=4)
+    with pytest.raises(BnncError, match="SpaceToDepth.*onnxruntime cannot run.*multiple of block_size"):
+        compile_graph(model)
+    assert capfd.readouterr().err == ""
+
+
 def test_a_reshape_transpose_chain_that_is_no_space_depth_move_stays():
     """A 6-D Transpose whose element map is no DepthToSpace / SpaceToDepth (with any channel order)
     is left to the frontend, which refuses its 6-D Reshape, naming the node."""
