@@ -23,20 +23,17 @@ from .graph_edit import (Names, constant_values, consumers, copy_model, drop_unu
 
 def _scaled_input(node: onnx.NodeProto, values: dict):
     """x of a node computing x / sqrt 2 (Div) or x * (1 / sqrt 2) (Mul), else None."""
-    found = scalar_operand(node, values) if is_standard(node) else None
-    if found is None:
-        return None
-    x, c = found
-    if node.op_type == "Div" and node.input[0] == x and abs(float(c) - math.sqrt(2)) < 1e-6:
-        return x
-    if node.op_type == "Mul" and abs(float(c) - 1 / math.sqrt(2)) < 1e-6:
-        return x
+    div, mul = scalar_operand(node, values, "Div"), scalar_operand(node, values, "Mul")
+    if div is not None and node.input[0] == div[0] and abs(float(div[1]) - math.sqrt(2)) < 1e-6:
+        return div[0]
+    if mul is not None and abs(float(mul[1]) - 1 / math.sqrt(2)) < 1e-6:
+        return mul[0]
     return None
 
 
 def _times(node, values: dict, k: float):
     """The dynamic operand of a Mul by the scalar constant k, else None."""
-    found = scalar_operand(node, values) if is_standard(node) and node.op_type == "Mul" else None
+    found = scalar_operand(node, values, "Mul")
     return found[0] if found is not None and float(found[1]) == k else None
 
 
@@ -61,6 +58,8 @@ def _product(s: str, x: str, values: dict, prods: dict, readers: dict, outs: set
 
 
 def erf_to_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not any(n.op_type == "Erf" for n in model.graph.node):
+        return model
     out = copy_model(model)
     g = out.graph
     values = constant_values(g)
@@ -73,7 +72,7 @@ def erf_to_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
         if x is None or sole_reader(readers, outs, scaled.output[0]) is not erf:
             continue
         add = sole_reader(readers, outs, erf.output[0])
-        found = scalar_operand(add, values) if add is not None and is_standard(add) and add.op_type == "Add" else None
+        found = scalar_operand(add, values, "Add")
         if found is None or found[0] != erf.output[0] or float(found[1]) != 1.0:
             continue
         product = _product(add.output[0], x, values, prods, readers, outs)
@@ -84,6 +83,7 @@ def erf_to_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
         matched = [scaled, erf, add] + muls
         replace_nodes(g, sorted(matched, key=list(g.node).index), [gelu])
         changed = True
-    if changed:
-        drop_unused(out)
+    if not changed:
+        return model
+    drop_unused(out)
     return out

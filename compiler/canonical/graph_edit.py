@@ -231,9 +231,12 @@ def scalar_constant(values: dict, name: str, kinds: str = ""):
     return v.reshape(())
 
 
-def scalar_operand(node: onnx.NodeProto, values: dict):
+def scalar_operand(node: onnx.NodeProto, values: dict, op_type: str = ""):
     """(x, k) of a two-input node with a dynamic operand x and a one-element float constant k (0-d),
-    in either order; None otherwise."""
+    in either order; None otherwise. With `op_type`: only of a standard node of that type (None
+    for any other node, or none)."""
+    if op_type and (node is None or node.op_type != op_type or not is_standard(node)):
+        return None
     if len(node.input) != 2:
         return None
     for x, c in (tuple(node.input), tuple(reversed(node.input))):

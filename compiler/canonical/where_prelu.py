@@ -27,14 +27,11 @@ def _comparison_with_zero(node, values: dict):
     """(u, True where the condition is u above 0) of cmp(u, 0) / cmp(0, u), else None."""
     if node is None or not is_standard(node) or node.op_type not in _MIRRORED or len(node.input) != 2:
         return None
-    op, (a, b) = node.op_type, node.input
-    if scalar_constant(values, b, "f") is not None and float(scalar_constant(values, b, "f")) == 0 and a not in values:
-        u = a
-    elif scalar_constant(values, a, "f") is not None and float(scalar_constant(values, a, "f")) == 0 and b not in values:
-        u, op = b, _MIRRORED[op]
-    else:
-        return None
-    return u, op in ("Greater", "GreaterOrEqual")
+    for (u, zero), op in zip((node.input, node.input[::-1]), (node.op_type, _MIRRORED[node.op_type])):
+        k = scalar_constant(values, zero, "f")
+        if k is not None and float(k) == 0 and u not in values:
+            return u, op in ("Greater", "GreaterOrEqual")
+    return None
 
 
 def _slope(branch: str, u: str, prods: dict, values: dict):
@@ -44,8 +41,7 @@ def _slope(branch: str, u: str, prods: dict, values: dict):
     c = scalar_constant(values, branch, "f")
     if c is not None:
         return 0.0 if float(c) == 0 else None
-    node = prods.get(branch)
-    found = scalar_operand(node, values) if node is not None and is_standard(node) and node.op_type == "Mul" else None
+    found = scalar_operand(prods.get(branch), values, "Mul")
     return float(found[1]) if found is not None and found[0] == u else None
 
 

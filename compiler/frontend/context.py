@@ -115,7 +115,10 @@ class LoweringContext:
         c = np.asarray(c, dtype=np.float32)
         if c.size == 1:
             return c.reshape(())
-        moved = self._channels_last(node, v, c)
+        return self._per_channel(node, v, self._channels_last(node, v, c))
+
+    def _per_channel(self, node, v: Val, moved: np.ndarray) -> np.ndarray:
+        """channel_const of the constant `moved` (_channels_last)."""
         if isinstance(v, IntChainVal) and v.map_from is not None:
             return np.ascontiguousarray(moved.reshape(-1))
         if not np.all(moved == moved[0]):
@@ -139,11 +142,12 @@ class LoweringContext:
     def const_operand(self, node, v: Val, c) -> tuple:
         """(v, constant) of an elementwise op on `v` (const_of), `v` in element form
         (streams.element_form) where the constant varies within a channel of a real-valued map."""
-        if not isinstance(v, InputVal) and np.size(c) > 1 and len(v.shape) == 4:
-            moved = self._channels_last(node, v, np.asarray(c, dtype=np.float32))
-            if not np.all(moved == moved[0]):
-                v = element_form(self, node, v)
-        return v, self.const_of(node, v, c)
+        if isinstance(v, InputVal) or np.size(c) == 1 or len(v.shape) != 4:
+            return v, self.const_of(node, v, c)
+        moved = self._channels_last(node, v, np.asarray(c, dtype=np.float32))
+        if not np.all(moved == moved[0]):
+            v = element_form(self, node, v)  # (the map's logical shape stays: `moved` still fits it)
+        return v, self._per_channel(node, v, moved)
 
     def input_const(self, node, v: Val, c: np.ndarray) -> np.ndarray:
         """A constant operand on the raw input, broadcast to every element (NCHW memory order)."""
