@@ -14,21 +14,6 @@
 #define BNNC_LAYER static
 #endif
 
-/* BNNC_ROLLED before a for: on MCUs the loop stays a loop. Clang otherwise unrolls the short
- * constant-trip loops of a layer's epilogue (8 or more 64-bit sums at once), and on a core with
- * 13 general registers what does not fit is spilled: the layer's stack frame, which is RAM above
- * the arena, grows by up to ~150 bytes. Host builds unroll as before. */
-#if (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M') || defined(__riscv)
-#if defined(__clang__)
-#define BNNC_ROLLED _Pragma("clang loop unroll(disable) vectorize(disable) interleave(disable)")
-#elif defined(__GNUC__) && __GNUC__ >= 8
-#define BNNC_ROLLED _Pragma("GCC unroll 1")
-#endif
-#endif
-#ifndef BNNC_ROLLED
-#define BNNC_ROLLED
-#endif
-
 /* BNNC_OPAQUE(p);: on Thumb-2 MCUs (Cortex-M3/M4/M7) the compiler forgets what the pointer p holds
  * (an empty asm that may change it). At the top of a loop body, the addresses derived from p are
  * computed in the body (free in the addressing modes) instead of hoisted before the loop into

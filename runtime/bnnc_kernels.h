@@ -43,6 +43,38 @@
 #define BNNC_NOINLINE
 #define BNNC_ALIGN64
 #endif
+/* MCU builds (Cortex-M, RISC-V): code shaped for few registers and a small stack where host builds
+ * unroll and inline. */
+#if (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M') || defined(__riscv)
+#define BNNC_MCU 1
+#else
+#define BNNC_MCU 0
+#endif
+/* BNNC_ROLLED before a for: on MCUs the loop stays a loop. Clang otherwise unrolls the short
+ * constant-trip loops of a layer's epilogue (8 or more 64-bit sums at once) and its fill loops,
+ * and on a core with 13 general registers what does not fit is spilled: the layer's stack frame,
+ * which is RAM above the arena, grows by up to ~150 bytes. Host builds unroll as before. */
+#if BNNC_MCU
+#if defined(__clang__)
+#define BNNC_ROLLED _Pragma("clang loop unroll(disable) vectorize(disable) interleave(disable)")
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define BNNC_ROLLED _Pragma("GCC unroll 1")
+#endif
+#endif
+#ifndef BNNC_ROLLED
+#define BNNC_ROLLED
+#endif
+/* BNNC_SOFT_FLOAT: an MCU without an FPU, where float arithmetic is calls into the compiler's
+ * runtime. BNNC_ROLLED_SOFT_FLOAT before a for of float arithmetic: rolled there (unrolled copies
+ * keep their values across the calls in the frame; the calls cost far more than the loop). */
+#if BNNC_MCU && !defined(__ARM_FP) && !defined(__riscv_flen)
+#define BNNC_SOFT_FLOAT 1
+#define BNNC_ROLLED_SOFT_FLOAT BNNC_ROLLED
+#else
+#define BNNC_SOFT_FLOAT 0
+#define BNNC_ROLLED_SOFT_FLOAT
+#endif
+
 /* Layers stay separate functions: profilers (and bnnc's emulator) attribute time to them by symbol.
  * BNNC_VT: the target attribute of the kernel variant being defined (empty outside one). */
 #define BNNC_LAYER static BNNC_NOINLINE BNNC_VT
@@ -596,6 +628,7 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
   "orr r2, r2, r12, lsr #1\n\tand lr, lr, #0x80008000\n\torr r2, r2, lr, lsr #2\n\t"                   \
   "and r0, r0, #0x80008000\n\torr r2, r2, r0, lsr #3\n\tstr r2, [r3]\n\t"
 #define BNNC_INT16_MAC_CALLED 1 /* the MAC kernel is a function of its own: its frame comes under the layer's */
+#define BNNC_INT16_THUMB2 1
 #define BNNC_INT16_MAC_FUNC(NAME, G, CHUNKS, REST, KIND)                                               \
   void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out);                    \
   __asm__(".pushsection .text." #NAME ",\"ax\",%progbits\n\t.syntax unified\n\t.thumb\n\t.p2align 2\n\t" \
@@ -616,6 +649,17 @@ BNNC_INLINE uint32_t bnnc_signs8(const int32_t *r) {
                      : "r12", "lr", "memory");                                                         \
   } while (0)
 #else
+/* On MCUs (Cortex-M0, RISC-V) the C form is a function of its own as well, and so is the band copy
+ * (BNNC_INT16_BAND_FUNC): inlined into the layer, their accumulators, unrolled addresses and the
+ * layer's loop state do not fit the registers together and are spilled into the layer's frame,
+ * RAM above the arena (Cortex-M0: about 100 bytes), for a call per group and window. Host builds
+ * inline them. */
+#if BNNC_MCU
+#define BNNC_INT16_MAC_CALLED 1
+#define BNNC_INT16_MAC_DEF static BNNC_NOINLINE
+#else
+#define BNNC_INT16_MAC_DEF BNNC_INLINE
+#endif
 /* r[k] += the window's sum for channel k < g of the group (weights w: per pair, g int16 pairs) */
 BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g, int32_t *r) {
   for (int j = 0; j < n; j++, x += 2, w += 2 * g) {
@@ -627,7 +671,7 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g
 #define BNNC_INT16_FINISH_SUMS(out) (void)(out)
 #define BNNC_INT16_FINISH_SIGNS(out) (out)[0] = (int32_t)bnnc_signs8(out)
 #define BNNC_INT16_MAC_FUNC(NAME, G, CHUNKS, REST, KIND)                                               \
-  BNNC_INLINE void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out) {       \
+  BNNC_INT16_MAC_DEF void NAME(const int16_t *x, const int16_t *w, const int32_t *init, int32_t *out) { \
     for (int j_ = 0; j_ < (G); j_++) out[j_] = init[j_];                                               \
     bnnc_int16_mac(x, 16 * (CHUNKS) + (REST), w, (G), out);                                            \
     BNNC_INT16_FINISH_##KIND(out);                                                                     \
@@ -653,6 +697,25 @@ BNNC_INLINE void bnnc_int16_mac(const int16_t *x, int n, const int16_t *w, int g
         for (int c_ = 0; c_ < (c); c_++) col_[c_] = (int16_t)(in)[((size_t)y_ * (iw) + x_) * (c) + c_]; \
     }                                                                                                   \
   } while (0)
+/* BNNC_INT16_BAND_FUNC(NAME, T, ih, iw, c, kh, pl) and BNNC_INT16_BAND_AT(NAME, band, in, ih, iw, c,
+ * kh, pl, y0): a layer's band copy. Where the C form of the MAC kernel is a function of its own
+ * (BNNC_INT16_MAC_CALLED without the Thumb-2 one: Cortex-M0, RISC-V), the first defines
+ * void NAME(int16_t *band, const T *in, int y0), BNNC_INT16_BAND with the layer's geometry
+ * literal, and the second calls it; elsewhere the first is nothing and the second is
+ * BNNC_INT16_BAND in place. BNNC_INT16_ROLLED before the loop that zeroes a band: BNNC_ROLLED
+ * there, nothing elsewhere. */
+#if BNNC_MCU && !defined(BNNC_INT16_THUMB2)
+#define BNNC_INT16_ROLLED BNNC_ROLLED
+#define BNNC_INT16_BAND_FUNC(NAME, T, ih, iw, c, kh, pl)                                                \
+  static BNNC_NOINLINE void NAME(int16_t *band, const T *in, int y0) {                                  \
+    BNNC_INT16_BAND(band, in, ih, iw, c, kh, pl, y0);                                                   \
+  }
+#define BNNC_INT16_BAND_AT(NAME, band, in, ih, iw, c, kh, pl, y0) NAME(band, in, y0)
+#else
+#define BNNC_INT16_ROLLED
+#define BNNC_INT16_BAND_FUNC(NAME, T, ih, iw, c, kh, pl)
+#define BNNC_INT16_BAND_AT(NAME, band, in, ih, iw, c, kh, pl, y0) BNNC_INT16_BAND(band, in, ih, iw, c, kh, pl, y0)
+#endif
 
 /* b with the sign bit of r shifted in at the top (a word of output bits fills from bit 0 up as
  * its channels come one after the other) */
@@ -679,6 +742,14 @@ BNNC_INLINE int32_t bnnc_int_dot(const int32_t *x, const int8_t *w, int n) {
 BNNC_INLINE float bnnc_rint(float v) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__SSE4_1__) || defined(__aarch64__))
   return __builtin_rintf(v);
+#elif BNNC_SOFT_FLOAT
+  /* every float operation a call: the magnitude and the sign by their bits (-0 may stay -0) */
+  union { float f; uint32_t u; } x, a;
+  x.f = v;
+  a.u = x.u & 0x7fffffffu;
+  if (a.u < 0x4b000000u) a.f = (a.f + 8388608.0f) - 8388608.0f; /* |v| < 2^23 (NaN is not) */
+  a.u |= x.u & 0x80000000u;
+  return a.f;
 #else
   float a = v < 0.0f ? -v : v;
   if (a < 8388608.0f) a = (a + 8388608.0f) - 8388608.0f;
