@@ -493,3 +493,50 @@ def test_model_names_do_not_clash_with_the_runtime(name):
 
     files = c_backend.render(driver.backend_graph(compile_graph(tfc_model(0))), name)
     assert c_build.kernel_variants(c_build.build(files, c_build.DEFAULT_FLAGS)) == expected_variants()
+
+
+def test_large_byte_tables_are_string_literals_with_the_same_bytes(monkeypatch, tmp_path):
+    """Byte tables from STRING_TABLE_BYTES on are one string literal (compilers read that many times
+    faster than a list): the literal holds the table's bytes, pedantic C99 builds take it with gcc and
+    clang, and every variant and the Cortex-M0 firmware give the reference's numbers. The threshold is
+    lowered so that the small models' int8 weight tables (first layers, binary weights on integer
+    inputs) take the string form."""
+    import ast
+
+    from bnnc import zoo
+    from bnnc.backends import c as c_backend
+    from bnnc.backends import mcu
+    from bnnc.targets import TargetOptions
+
+    values = np.array([-128, -1, 0, 1, 7, 8, 9, 63, 64, 127, 0, 0, 5, 50, 100, -100] * 9, np.int8)
+
+    def literal_bytes(text: str) -> bytes:  # the C literal's lines read as Python bytes literals
+        return b"".join(ast.literal_eval("b" + ln.strip()) for ln in text.split("\n"))
+
+    text = c_backend.c_string(values, signed=True, per_line=7)
+    assert len(text.split("\n")) == -(-values.size // 7)
+    assert literal_bytes(text) == values.tobytes()
+    assert literal_bytes(c_backend.c_string(np.arange(256), signed=False)) == bytes(range(256))
+
+    monkeypatch.setattr(c_backend, "STRING_TABLE_BYTES", 16)
+    cc = zig_cc()
+    for model in (cnv_model(0), zoo.build("w1a2", 0), zoo.build("hbn", 0)):
+        graph = compile_graph(model)
+        files = driver.render_c(graph)
+        assert "BNNC_LONG_STRING_BEGIN\nstatic const int8_t" in files["model.c"]
+        exe = c_build.build(files, WARN)
+        inputs = driver.prepare_inputs(graph, random_inputs(model, 3, 2))
+        ref = driver.run_target(graph, "ref", inputs)
+        odt = graph.output_info["dtype"]
+        for k in expected_variants():
+            y = c_build.run(exe, inputs.grid, graph.input_info["dtype"], odt, graph.output_info["elements"],
+                            env={"BNNC_KERNELS": k})
+            assert np.array_equal(y.reshape(ref.shape), ref), k
+        if cc is not None:
+            for name, t in files.items():
+                (tmp_path / name).write_text(t)
+            r = subprocess.run([*cc, "-target", "x86_64-linux-gnu", *WARN, "-c", "model.c", "-o", "model.o"],
+                               cwd=tmp_path, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+    y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu="cortex-m0"))
+    assert np.array_equal(y.reshape(ref.shape), ref)
