@@ -540,3 +540,24 @@ def test_large_byte_tables_are_string_literals_with_the_same_bytes(monkeypatch, 
             assert r.returncode == 0, r.stderr
     y, _ = mcu.run(graph, inputs.grid, TargetOptions(mcu="cortex-m0"))
     assert np.array_equal(y.reshape(ref.shape), ref)
+
+
+def test_element_chain_constants_that_repeat_per_channel_are_per_channel_tables():
+    """An input chain's constant over every element (H x W x C, channel last) that repeats every C
+    elements, such as a declared mean and std, is a table of C values indexed by the channel; one
+    that varies over pixels keeps its elements, and -0 differs from 0 in both tests."""
+    from bnnc import ir
+    from bnnc.backends import c as c_backend
+
+    rng = np.random.default_rng(0)
+    per_channel = np.tile(np.float32([0.485, 0.456, 0.406]), 4 * 5)
+    signed_zero = np.tile(np.float32([0.0, 1.0, 2.0]), 20)
+    signed_zero[3] = -0.0
+    ops = [ir.ChainOp("sub", per_channel), ir.ChainOp("mul", rng.standard_normal(60).astype(np.float32)),
+           ir.ChainOp("add", signed_zero), ir.ChainOp("mul", np.full(60, 2.0, np.float32))]
+    consts = []
+    stmts = c_backend.chain_ctx(ops, "e", "L", consts, channels=(3, "c"))
+    assert stmts == ["v = v - L_c0[c];", "v = v * L_c1[e];", "v = v + L_c2[e];", "v = v * 0x1.0000000000000p+1f;"]
+    assert [c["n"] for c in consts] == [3, 60, 60]
+    consts = []
+    assert c_backend.chain_ctx(ops[:1], "e", "L", consts) == ["v = v - L_c0[e];"] and consts[0]["n"] == 60

@@ -103,9 +103,18 @@ def c_string(values, signed: bool, per_line: int = 64) -> str:
     return "\n  ".join('"' + "".join([esc[x] for x in b[i: i + per_line]]) + '"' for i in range(0, len(b), per_line))
 
 
-def chain_ctx(ops, index: str, prefix: str, consts: list, float_fmt=c_float) -> list:
+def _same_bits(a: np.ndarray) -> bool:
+    """Rows of the float32 array `a` all equal the first one, bit for bit (-0 apart from 0)."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return bool(np.all(bits == bits[:1]))
+
+
+def chain_ctx(ops, index: str, prefix: str, consts: list, float_fmt=c_float, channels: tuple = (0, "")) -> list:
     """C (or C++) statements of a float32 chain on `v`; per-channel constants become arrays.
-    `float_fmt` writes a float literal (C99 hex floats by default)."""
+    `float_fmt` writes a float literal (C99 hex floats by default). `channels` = (C, name): `index`
+    counts elements of C channels, channel `name` last; a table that repeats every C elements (a
+    per-channel constant of an element-wise chain, e.g. an input's mean and std) keeps C values,
+    indexed by `name`."""
     stmts = []
     for i, op in enumerate(ops):
         if op.op == "relu":
@@ -115,13 +124,16 @@ def chain_ctx(ops, index: str, prefix: str, consts: list, float_fmt=c_float) -> 
             raise BnncError(f"'{prefix}': a {op.op} in a real-valued output chain has no generated-code form")
         sym = {"mul": "*", "add": "+", "sub": "-", "div": "/"}[op.op]
         c = np.asarray(op.const, dtype=np.float32)
-        if c.ndim == 0 or np.all(c == c.ravel()[0]) and not np.any(np.signbit(c) != np.signbit(c.ravel()[0])):
-            stmts.append(f"v = v {sym} {float_fmt(c.ravel()[0])};")
-        else:
-            name = f"{prefix}_c{i}"
-            consts.append({"name": name, "ctype": "float", "n": c.size,
-                           "init": c_array(c, "float", float_fmt=float_fmt)})
-            stmts.append(f"v = v {sym} {name}[{index}];")
+        flat = c.ravel()
+        if _same_bits(flat):
+            stmts.append(f"v = v {sym} {float_fmt(flat[0])};")
+            continue
+        name, at = f"{prefix}_c{i}", index
+        n_c, channel = channels
+        if n_c and flat.size > n_c and flat.size % n_c == 0 and _same_bits(flat.reshape(-1, n_c)):
+            flat, at = flat[:n_c], channel
+        consts.append({"name": name, "ctype": "float", "n": flat.size, "init": c_array(flat, "float", float_fmt=float_fmt)})
+        stmts.append(f"v = v {sym} {name}[{at}];")
     return stmts
 
 
@@ -223,7 +235,7 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
                 const_table(consts, f"{op.name}_thr", "int32_t", p.thr)
                 const_table(consts, f"{op.name}_neg", "uint8_t", p.neg)
             elif p.mode == "float":
-                L["chain"] = chain_ctx(op.chain.ops, "e", op.name, consts)
+                L["chain"] = chain_ctx(op.chain.ops, "e", op.name, consts, channels=(oty.shape[2], "c"))
                 L.update(input_terminal_ctx(op.chain.terminal))
         elif isinstance(op, ir.Conv):
             p = op.packed
