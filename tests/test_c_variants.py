@@ -561,3 +561,27 @@ def test_element_chain_constants_that_repeat_per_channel_are_per_channel_tables(
     assert [c["n"] for c in consts] == [3, 60, 60]
     consts = []
     assert c_backend.chain_ctx(ops[:1], "e", "L", consts) == ["v = v - L_c0[e];"] and consts[0]["n"] == 60
+
+
+def test_input_thresholds_that_repeat_per_channel_are_per_channel_tables(tmp_path, capsys):
+    """A sign of the declared input (a threshold per element, from the per-channel mean and std)
+    keeps one threshold per channel in the C tables, indexed by the channel; bit-exact."""
+    from onnx import TensorProto, helper
+
+    from bnnc.cli import main
+
+    rng = np.random.default_rng(3)
+    w = np.sign(rng.standard_normal((4, 3, 3, 3))).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Sign", ["x"], ["s"], name="sign"),
+                           helper.make_node("Conv", ["s", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+                          "sign_input", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+                          [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    flags = ["--input-range", "0:255", "--input-scale", "1/255", "--input-mean", "0.485,0.456,0.406",
+             "--input-std", "0.229,0.224,0.225"]
+    assert main(["compile", str(path), *flags, "--target", "c", "-o", str(tmp_path / "c")]) == 0
+    text = (tmp_path / "c" / "model.c").read_text()
+    assert "_thr[3]" in text and "const int t = c;" in text
+    assert main(["verify", str(path), *flags, "--target", "c", "--samples", "8"]) == 0, capsys.readouterr().out

@@ -231,9 +231,13 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             L.update(mode=p.mode, c=c, h=h, w=w, flat=flat, n=c * h * w, cw=words(oty.shape[2], wb),
                      out_c=oty.shape[2], pixels=c * h * w // oty.shape[2])
             if p.mode == "thresholds":
-                L["uniform"] = p.thr.size == 1
-                const_table(consts, f"{op.name}_thr", "int32_t", p.thr)
-                const_table(consts, f"{op.name}_neg", "uint8_t", p.neg)
+                thr, neg, n_c = p.thr.ravel(), p.neg.ravel(), oty.shape[2]
+                L["thr_index"] = "0" if thr.size == 1 else "e"
+                if thr.size > n_c and thr.size % n_c == 0 and all(np.all(a.reshape(-1, n_c) == a[:n_c])
+                                                                  for a in (thr, neg)):
+                    thr, neg, L["thr_index"] = thr[:n_c], neg[:n_c], "c"  # per channel, as declared
+                const_table(consts, f"{op.name}_thr", "int32_t", thr)
+                const_table(consts, f"{op.name}_neg", "uint8_t", neg)
             elif p.mode == "float":
                 L["chain"] = chain_ctx(op.chain.ops, "e", op.name, consts, channels=(oty.shape[2], "c"))
                 L.update(input_terminal_ctx(op.chain.terminal))
