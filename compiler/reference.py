@@ -15,7 +15,8 @@ from .arith import (acc_to_float, apply_terminal, dequantize_linear, eval_chain,
                     multiply_streams, quantize_linear, requantize, sigmoid, softmax)
 from .errors import BnncError
 
-BATCH = 32  # samples per chunk, to bound im2col memory
+BATCH = 32  # samples per chunk
+COLS_BLOCK = 1 << 24  # window values gathered at once by conv_accumulator (128 MiB as int64 or float64)
 
 
 def _windows(x: np.ndarray, kernel, stride, pads, fill) -> np.ndarray:
@@ -28,15 +29,24 @@ def _windows(x: np.ndarray, kernel, stride, pads, fill) -> np.ndarray:
 
 
 def conv_accumulator(op: ir.Conv, x: np.ndarray) -> np.ndarray:
-    """Integer accumulator (N, OH, OW, O) of a Conv on int input values (N, H, W, C)."""
+    """Integer accumulator (N, OH, OW, O) of a Conv on int input values (N, H, W, C). The windows are
+    gathered (im2col) a block of samples, or of one sample's output rows, at a time: at most about
+    COLS_BLOCK values, so that large images take bounded memory."""
     win = _windows(x, op.kernel, op.stride, op.pads, 0)
     n, oh, ow = win.shape[:3]
-    cols = win.reshape(n * oh * ow, -1)
     w = ir.int_weights(op).reshape(op.w.shape[0], -1)
-    if _float_exact(cols, w):
-        acc = np.rint(cols.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64).reshape(n, oh, ow, -1)
-    else:  # wide integers (fixed-point streams, large multipliers): exact int64 products
-        acc = (cols.astype(np.int64) @ w.T.astype(np.int64)).reshape(n, oh, ow, -1)
+    # windows hold x's values and zero padding: float64 products and sums are exact below 2**53
+    exact = not x.size or not w.size or float(np.abs(x).max()) * float(np.abs(w).sum(axis=1).max()) < 2.0**52
+    wt = w.T.astype(np.float64 if exact else np.int64)  # else wide integers (streams, large multipliers)
+    acc = np.empty((n, oh, ow, w.shape[0]), np.int64)
+    per_row = max(1, ow * w.shape[1])
+    samples, rows = max(1, COLS_BLOCK // (per_row * max(1, oh))), max(1, COLS_BLOCK // per_row)
+    blocks = ([(slice(s, s + samples), slice(None)) for s in range(0, n, samples)] if samples > 1 or rows >= oh else
+              [(slice(s, s + 1), slice(y, y + rows)) for s in range(n) for y in range(0, oh, rows)])
+    for bs, by in blocks:
+        cols = win[bs, by].reshape(-1, w.shape[1])
+        block = cols.astype(wt.dtype) @ wt
+        acc[bs, by] = (np.rint(block).astype(np.int64) if exact else block).reshape(acc[bs, by].shape)
     if op.bias_kernel is not None:
         acc = acc + bias_map(op, x.shape[1:3])[None]
     return acc
@@ -49,14 +59,6 @@ def sum_accumulator(op, env: dict) -> np.ndarray:
         return conv_accumulator(op, env[op.inputs[0]].astype(np.int64))
     _, ks = ir.conv_sum_multipliers(op)
     return sum(k * sum_accumulator(t, env) for k, t in zip(ks, op.terms))
-
-
-def _float_exact(cols: np.ndarray, w: np.ndarray) -> bool:
-    """float64 matmul is exact when every partial sum stays below 2**53."""
-    if not cols.size or not w.size:
-        return True
-    bound = float(np.abs(cols).max()) * float(np.abs(w).sum(axis=1).max())
-    return bound < 2.0**52
 
 
 def bias_map(op: ir.Conv, in_hw: tuple) -> np.ndarray:
@@ -144,8 +146,13 @@ def _concat(op: ir.Concat, xs: list) -> np.ndarray:
 
 
 def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
+    """{tensor: value} after running every op on the chunk `x`: the output, and with `keep` every
+    tensor (otherwise each is dropped after the last op that reads it, which bounds the memory of
+    deep networks to what is live)."""
+    ops = list(graph.ops())
+    last_read = {t: i for i, op in enumerate(ops) for t in op.inputs}
     env = {graph.input: x}
-    for op in graph.ops():
+    for i, op in enumerate(ops):
         a = env[op.inputs[0]]
         oty = graph.tensors[op.outputs[0]]
         if isinstance(op, ir.InputQuantize):
@@ -200,6 +207,10 @@ def run_chunk(graph: ir.Graph, x: np.ndarray, keep: bool = False) -> dict:
         else:  # pragma: no cover
             raise TypeError(op)
         env[op.outputs[0]] = r
+        if not keep:
+            for t in set(op.inputs) - {graph.output}:
+                if last_read[t] == i:
+                    del env[t]
     return env
 
 

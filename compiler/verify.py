@@ -290,7 +290,7 @@ def trace_layers(compiled, inputs, rtol: float) -> list:
         outputs = {name: _pooled_outputs(graph, ops[name]) for name in tensors}
         ours = {t: [] for ts in outputs.values() for t in ts}
         for i in range(0, n, reference.BATCH):
-            env = reference.run_chunk(graph, inputs.grid[i: i + reference.BATCH])
+            env = reference.run_chunk(graph, inputs.grid[i: i + reference.BATCH], keep=True)
             for t in ours:
                 ours[t].append(env[t])
         ours = {t: np.concatenate(v) for t, v in ours.items()}

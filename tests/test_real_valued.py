@@ -675,3 +675,33 @@ def test_signs_scaled_per_channel_or_shifted(form):
              helper.make_node("Conv", ["q", "w1"], ["b"], pads=[1, 1, 1, 1]),
              helper.make_node("GlobalAveragePool", ["b"], ["y"])]
     _exact_model(nodes, inits, (1, 3, h, w), form, (-16, 15))
+
+
+def test_reference_convolutions_in_blocks_give_the_same_accumulators(monkeypatch):
+    """reference.conv_accumulator gathers its windows a block at a time (of samples, or of one
+    sample's output rows when one sample is larger than the block): any block size gives the same
+    integers, on the float64 path (binary and integer layers) and on the wide int64 one (float
+    convolutions reading fixed-point streams)."""
+    from bnnc import reference, zoo
+    from bnnc.testing.random_models import cnv_model
+
+    cases, wide = [], []
+    for model, opts in ((_wide_residual(0, 10.0), Options(input_range=(0, 255), input_affine=IMAGENET)),
+                        (cnv_model(1), Options()), (zoo.build("bireal", 0), Options())):
+        graph = compile_graph(model, opts)
+        cases.append((graph, driver.prepare_inputs(graph, driver.random_samples(graph, 5, 4))))
+    conv = reference.conv_accumulator
+
+    def spy(op, x):
+        w = ir.int_weights(op).reshape(op.w.shape[0], -1)
+        wide.append(float(np.abs(x).max()) * float(np.abs(w).sum(axis=1).max()) >= 2.0**52)
+        return conv(op, x)
+
+    for graph, inputs in cases:
+        monkeypatch.setattr(reference, "conv_accumulator", spy)
+        whole = reference.run(graph, inputs.grid)
+        for block in (5000, 7):  # several samples, then rows of one sample, per block
+            monkeypatch.setattr(reference, "COLS_BLOCK", block)
+            assert np.array_equal(reference.run(graph, inputs.grid), whole)
+        monkeypatch.undo()
+    assert any(wide) and not all(wide)
