@@ -104,9 +104,18 @@ def c_string(values, signed: bool, per_line: int = 64) -> str:
 
 
 def _same_bits(a: np.ndarray) -> bool:
-    """Rows of the float32 array `a` all equal the first one, bit for bit (-0 apart from 0)."""
-    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    return bool(np.all(bits == bits[:1]))
+    """Rows of `a` all equal the first one, bit for bit (a float32 -0 apart from 0)."""
+    if a.dtype.kind == "f":
+        a = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return bool(np.all(a == a[:1]))
+
+
+def per_channel(values: np.ndarray, n_c: int):
+    """The first n_c of the flat `values` (elements of n_c channels, channel last) when they repeat
+    every n_c elements, bit for bit (a per-channel constant spread over a map); else None."""
+    if n_c and values.size > n_c and values.size % n_c == 0 and _same_bits(values.reshape(-1, n_c)):
+        return values[:n_c]
+    return None
 
 
 def chain_ctx(ops, index: str, prefix: str, consts: list, float_fmt=c_float, channels: tuple = (0, "")) -> list:
@@ -129,9 +138,9 @@ def chain_ctx(ops, index: str, prefix: str, consts: list, float_fmt=c_float, cha
             stmts.append(f"v = v {sym} {float_fmt(flat[0])};")
             continue
         name, at = f"{prefix}_c{i}", index
-        n_c, channel = channels
-        if n_c and flat.size > n_c and flat.size % n_c == 0 and _same_bits(flat.reshape(-1, n_c)):
-            flat, at = flat[:n_c], channel
+        first = per_channel(flat, channels[0])
+        if first is not None:
+            flat, at = first, channels[1]
         consts.append({"name": name, "ctype": "float", "n": flat.size, "init": c_array(flat, "float", float_fmt=float_fmt)})
         stmts.append(f"v = v {sym} {name}[{at}];")
     return stmts
@@ -231,11 +240,11 @@ def build_context(graph: ir.Graph, name: str = "bnnc", xor3: bool = False) -> di
             L.update(mode=p.mode, c=c, h=h, w=w, flat=flat, n=c * h * w, cw=words(oty.shape[2], wb),
                      out_c=oty.shape[2], pixels=c * h * w // oty.shape[2])
             if p.mode == "thresholds":
-                thr, neg, n_c = p.thr.ravel(), p.neg.ravel(), oty.shape[2]
+                thr, neg = p.thr.ravel(), p.neg.ravel()
                 L["thr_index"] = "0" if thr.size == 1 else "e"
-                if thr.size > n_c and thr.size % n_c == 0 and all(np.all(a.reshape(-1, n_c) == a[:n_c])
-                                                                  for a in (thr, neg)):
-                    thr, neg, L["thr_index"] = thr[:n_c], neg[:n_c], "c"  # per channel, as declared
+                firsts = [per_channel(a, oty.shape[2]) for a in (thr, neg)]
+                if all(f is not None for f in firsts):  # per channel, as declared
+                    (thr, neg), L["thr_index"] = firsts, "c"
                 const_table(consts, f"{op.name}_thr", "int32_t", thr)
                 const_table(consts, f"{op.name}_neg", "uint8_t", neg)
             elif p.mode == "float":
