@@ -167,6 +167,45 @@ def test_gated_binary_conv_is_within_its_bound_and_c_is_exact(seed):
     assert np.abs(ref - orig).max() > 0  # the values are not exact: the bound is exercised
 
 
+def _pooled_dense(pool: str, c=6, h=32):
+    """A real conv's stream, its mean over the whole h x h map (`pool`: tf2onnx's AveragePool with
+    the map as its window, or GlobalAveragePool), then a dense layer: a sum of h^2 values that does
+    not fit 32 bits."""
+    rng = np.random.default_rng(3)
+    inits = {"s": np.array(1 / 64, np.float32), "z": np.array(0, np.int8),
+             "w1": rng.normal(size=(c, 3, 3, 3)).astype(np.float32), "b1": rng.normal(size=c).astype(np.float32),
+             "flat": np.array([-1, c], np.int64), "d1": rng.normal(size=(c, 5)).astype(np.float32)}
+    attrs = {"kernel_shape": [h, h], "strides": [1, 1]} if pool == "AveragePool" else {}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node(pool, ["a"], ["ap"], **attrs),
+             helper.make_node("Reshape", ["ap", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "d1"], ["y"])]
+    return _model(nodes, inits, (1, 3, h, h), (1, 5))
+
+
+def test_average_pool_over_the_whole_map_sums_then_rounds():
+    """An AveragePool whose window is the whole map is a global pool: the exact int64 sum, rounded
+    once for the dense layer's 32-bit input, not every pixel rounded first so that the window sum fits
+    32 bits (a bound h^2 / 2 times larger in the sum). Same graph and numbers as GlobalAveragePool."""
+    graphs = {}
+    for pool in ("AveragePool", "GlobalAveragePool"):
+        graph, ref, orig = _run(_pooled_dense(pool), Options(verify_ir=True), n=20)
+        kinds = [type(op).__name__ for op in graph.ops()]
+        assert "GlobalSumPool" in kinds and "SumPool" not in kinds
+        bound = error_bounds.output_bound(graph)
+        assert np.all(np.abs(ref - orig) <= bound + 2.0**-22 * np.maximum(1.0, np.abs(orig)))
+        # the one rounding between the pool and the dense layer: the sum's, 2^-25 in the mean here
+        # (each pixel rounded so that the window sum fits 32 bits: 2^-16)
+        narrow = next(op for op in graph.ops() if isinstance(op, ir.Activation))
+        assert graph.ops().index(narrow) == kinds.index("GlobalSumPool") + 1
+        assert error_bounds.local_bound(narrow) <= 2.0**-25
+        graphs[pool] = (kinds, bound, ref)
+    (ka, ba, ra), (kg, bg, rg) = graphs.values()
+    assert ka == kg and ba == bg and np.array_equal(ra, rg)
+
+
 def test_gate_and_product_refused_by_the_hardware_backends():
     graph = compile_graph(_gated_conv(0))
     for target in ("verilog", "hls"):

@@ -71,6 +71,9 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
     kernel = tuple(kernel_shape)
     stride = tuple(strides)
     pads = conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)
+    if kernel == tuple(v.shape[2:]) and not any(pads):  # one window over the map (tf2onnx's global pool)
+        ctx.set(node, _global_sum(ctx, node, v))
+        return
     if any(pads) or ceil_mode:
         ctx.set(node, _border_sum_pool(ctx, node, v, kernel, stride, pads))
         return
@@ -126,8 +129,14 @@ def global_average_pool(ctx, node):
     v = no_pending_ops(ctx, node, ctx.val(node))
     if isinstance(v, AccVal):  # a real-valued layer output: through the fixed-point stream
         v = no_pending_ops(ctx, node, to_stream(ctx, node, v))  # a BatchNorm after a MaxPool: pending
+    ctx.set(node, _global_sum(ctx, node, v))
+
+
+def _global_sum(ctx, node, v) -> IntsVal:
+    """The mean over the whole map as the exact int64 sum of its pixels, the 1 / (H W) in the scale:
+    a reader that needs 32 bits rounds the sum, not each pixel (a far smaller error)."""
     if not isinstance(v, (BitsVal, IntsVal)):
-        raise BnncError(f"{where(node)}: GlobalAveragePool of real-valued layer outputs is not supported "
+        raise BnncError(f"{where(node)}: {node.op_type} of real-valued layer outputs is not supported "
                         "yet; place it after the sign activation")
     ty = ctx.graph.tensors[v.tensor]
     h, w, c = ty.shape
@@ -142,7 +151,7 @@ def global_average_pool(ctx, node):
                             "needs more than 64 bits")
     ctx.graph.add(ir.GlobalSumPool(name, [v.tensor], [tname]), {tname: oty})
     # the value's own scale: a scale applied after the quantizer (Quant(x, 1) * 2^-f) is in it, not in the tensor's
-    ctx.set(node, IntsVal((1, c, 1, 1), tensor=tname, scale=v.scale / (h * w)))
+    return IntsVal((1, c, 1, 1), tensor=tname, scale=v.scale / (h * w))
 
 
 def no_pending_ops(ctx, node, v):
