@@ -167,10 +167,10 @@ def test_gated_binary_conv_is_within_its_bound_and_c_is_exact(seed):
     assert np.abs(ref - orig).max() > 0  # the values are not exact: the bound is exercised
 
 
-def _pooled_dense(pool: str, c=6, h=32):
-    """A real conv's stream, its mean over the whole h x h map (`pool`: tf2onnx's AveragePool with
-    the map as its window, or GlobalAveragePool), then a dense layer: a sum of h^2 values that does
-    not fit 32 bits."""
+def _pooled_dense(pool: str, c=6, h=32, sign=False):
+    """A real conv's stream (or, with `sign`, its signs), its mean over the whole h x h map (`pool`:
+    tf2onnx's AveragePool with the map as its window, or GlobalAveragePool), then a dense layer: a
+    sum of h^2 stream values does not fit 32 bits."""
     rng = np.random.default_rng(3)
     inits = {"s": np.array(1 / 64, np.float32), "z": np.array(0, np.int8),
              "w1": rng.normal(size=(c, 3, 3, 3)).astype(np.float32), "b1": rng.normal(size=c).astype(np.float32),
@@ -179,7 +179,8 @@ def _pooled_dense(pool: str, c=6, h=32):
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("Conv", ["xd", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
-             helper.make_node(pool, ["a"], ["ap"], **attrs),
+             *([helper.make_node("Sign", ["a"], ["as"])] if sign else []),
+             helper.make_node(pool, ["as" if sign else "a"], ["ap"], **attrs),
              helper.make_node("Reshape", ["ap", "flat"], ["f"]),
              helper.make_node("MatMul", ["f", "d1"], ["y"])]
     return _model(nodes, inits, (1, 3, h, h), (1, 5))
@@ -204,6 +205,22 @@ def test_average_pool_over_the_whole_map_sums_then_rounds():
         graphs[pool] = (kinds, bound, ref)
     (ka, ba, ra), (kg, bg, rg) = graphs.values()
     assert ka == kg and ba == bg and np.array_equal(ra, rg)
+
+
+def test_average_pool_of_signs_over_the_whole_map_is_a_global_pool():
+    """Of bits too, as GlobalAveragePool takes them (a window that is not the whole map is refused)."""
+    outs = []
+    for pool in ("AveragePool", "GlobalAveragePool"):
+        graph, ref, orig = _run(_pooled_dense(pool, h=8, sign=True), Options(verify_ir=True), n=20)
+        assert "GlobalSumPool" in [type(op).__name__ for op in graph.ops()]
+        bound = error_bounds.output_bound(graph)
+        assert np.all(np.abs(ref - orig) <= bound + 2.0**-22 * np.maximum(1.0, np.abs(orig)))
+        outs.append(ref)
+    assert np.array_equal(*outs)
+    model = _pooled_dense("AveragePool", h=8, sign=True)
+    next(a for a in model.graph.node[-3].attribute if a.name == "kernel_shape").ints[:] = [4, 4]
+    with pytest.raises(BnncError, match="AveragePool of a bits tensor is not supported"):
+        compile_graph(model)
 
 
 def test_gate_and_product_refused_by_the_hardware_backends():

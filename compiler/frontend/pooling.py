@@ -65,15 +65,16 @@ def average_pool(ctx, node, *, kernel_shape=None, strides=(1, 1), pads=None, aut
         return
     if isinstance(v, AccVal):
         v = no_pending_ops(ctx, node, to_stream(ctx, node, v))  # a BatchNorm after a MaxPool: pending
-    if not isinstance(v, IntsVal) or len(v.shape) != 4:
-        raise BnncError(f"{where(node)}: AveragePool of a {v.kind} tensor is not supported (of a fixed-point "
-                        "stream it is)")
     kernel = tuple(kernel_shape)
     stride = tuple(strides)
-    pads = conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)
-    if kernel == tuple(v.shape[2:]) and not any(pads):  # one window over the map (tf2onnx's global pool)
-        ctx.set(node, _global_sum(ctx, node, v))
+    if isinstance(v, (BitsVal, IntsVal)) and len(v.shape) == 4 and kernel == tuple(v.shape[2:]) and \
+            not any(conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)):
+        ctx.set(node, _global_sum(ctx, node, v))  # one window over the map: tf2onnx's global pool
         return
+    if not isinstance(v, IntsVal) or len(v.shape) != 4:
+        raise BnncError(f"{where(node)}: AveragePool of a {v.kind} tensor is not supported (of a fixed-point "
+                        "stream it is, and of bits or integers over the whole map)")
+    pads = conv_pads(node, v.shape[2:], kernel, stride, auto_pad, pads)
     if any(pads) or ceil_mode:
         ctx.set(node, _border_sum_pool(ctx, node, v, kernel, stride, pads))
         return
