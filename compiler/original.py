@@ -165,6 +165,7 @@ def static_shapes(model: onnx.ModelProto) -> dict:
     del proxy.opset_import[:]
     proxy.opset_import.extend(keep)
     proxy.ir_version = min(proxy.ir_version, MAX_IR_VERSION)
+    weights_as_inputs(proxy.graph)
     try:
         proxy = onnx.shape_inference.infer_shapes(proxy, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: a missing shape is reported where it is needed
@@ -176,6 +177,28 @@ def static_shapes(model: onnx.ModelProto) -> dict:
         if tt.HasField("shape"):
             shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
     return shapes
+
+
+SHAPE_PROXY_ELEMENTS = 4096  # initializers beyond this size are graph inputs of the shape proxy
+
+
+def weights_as_inputs(g: onnx.GraphProto) -> set:
+    """Large initializers of `g` (a shape-inference proxy) as graph inputs of their type and
+    shape: shape inference sees the same shapes without serialising and parsing every weight
+    (seconds for a 100 MB model). Small ones stay: data propagation reads shape-like constants (a
+    Reshape's target). Returns the names of the inputs added."""
+    big = [t for t in g.initializer if int(np.prod(t.dims)) > SHAPE_PROXY_ELEMENTS]
+    if not big:
+        return set()
+    listed = {i.name for i in g.input}
+    added = {t.name for t in big} - listed
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big
+                   if t.name in added)
+    names = {t.name for t in big}
+    keep = [t for t in g.initializer if t.name not in names]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return added
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:

@@ -21,6 +21,7 @@ from onnx import AttributeProto
 
 from .errors import BnncError, one_line
 from .onnx_loader import EVALUATED_OPS, STANDARD_DOMAINS
+from .original import weights_as_inputs
 
 # The largest tensor bnnc compiles for (the lowering holds several arrays of this size): far above
 # any network it targets, far below what would exhaust memory on a development machine.
@@ -254,6 +255,7 @@ def static_shapes(model: onnx.ModelProto, input_name: str, input_shape: tuple) -
         m.graph.value_info.remove(vi)
     for o in m.graph.output:
         o.type.tensor_type.ClearField("shape")
+    weights = weights_as_inputs(m.graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
     except Exception:  # inconsistent models: the lowering reports what it cannot follow
@@ -261,7 +263,7 @@ def static_shapes(model: onnx.ModelProto, input_name: str, input_shape: tuple) -
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
+        if not tt.HasField("shape") or vi.name in weights:
             continue
         dims = tt.shape.dim
         if all(d.HasField("dim_value") for d in dims):

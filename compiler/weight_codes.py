@@ -89,21 +89,26 @@ def integer_multipliers(values) -> tuple:
     return math.ldexp(float(g), emin), ks
 
 
+BINARY_TEST_ROWS = 256
+
+
 def _binary(w2: np.ndarray):
     """The foundation's binary test: per row +-alpha within WEIGHT_RTOL, or all zero."""
     o = w2.shape[0]
-    mag = np.abs(w2)
     alpha = np.zeros(o)
     signs = np.zeros(w2.shape, np.int8)
-    for i in range(o):
-        nz = mag[i] > 0
-        if not nz.any():
-            continue
-        a = mag[i][nz].mean()
-        if nz.sum() != w2.shape[1] or np.max(np.abs(mag[i] - a)) > WEIGHT_RTOL * a:
+    for first in range(0, o, BINARY_TEST_ROWS):  # rows a block at a time: most weights fail in the first
+        rows = slice(first, first + BINARY_TEST_ROWS)
+        mag = np.abs(w2[rows])
+        nz = mag > 0
+        used = nz.any(axis=1)  # all-zero rows (pruned channels) keep alpha 0 and signs 0
+        if not np.all(nz.all(axis=1) | ~used):
             return None
-        alpha[i] = a
-        signs[i] = np.where(w2[i] > 0, 1, -1)
+        a = np.array([m.mean() if u else 0.0 for m, u in zip(mag, used)])
+        if np.any(np.abs(mag - a[:, None]).max(axis=1, initial=0.0) > WEIGHT_RTOL * a):
+            return None
+        alpha[rows] = a
+        signs[rows] = np.where(used[:, None], np.where(w2[rows] > 0, 1, -1), 0)
     return signs, alpha
 
 

@@ -517,6 +517,15 @@ def test_large_byte_tables_are_string_literals_with_the_same_bytes(monkeypatch, 
     assert len(text.split("\n")) == -(-values.size // 7)
     assert literal_bytes(text) == values.tobytes()
     assert literal_bytes(c_backend.c_string(np.arange(256), signed=False)) == bytes(range(256))
+    with monkeypatch.context() as m:  # formatted a few lines at a time: every chunk and line boundary
+        m.setattr(c_backend, "_STRING_CHUNK_LINES", 2)
+        for n in (1, 6, 7, 8, 13, 14, 15, 28, 29, values.size):
+            assert literal_bytes(c_backend.c_string(values[:n], signed=True, per_line=7)) == values[:n].tobytes()
+            assert c_backend.c_string(values[:n].astype(np.float64), signed=True, per_line=7) == \
+                c_backend.c_string(values[:n], signed=True, per_line=7)
+    assert c_backend.c_string(values[:0], signed=True) == ""
+    with pytest.raises(ValueError, match="outside"):
+        c_backend.c_string(np.array([0, 128]), signed=True)
 
     monkeypatch.setattr(c_backend, "STRING_TABLE_BYTES", 16)
     cc = zig_cc()

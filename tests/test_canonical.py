@@ -1158,3 +1158,29 @@ def test_where_around_zero_becomes_prelu(cmp, above, below, expect):
                         np.zeros((1, 64)), -rng.random((1, 64))]).astype(np.float32)
     x[2, ::2] = -0.0
     assert_same(model, out, x[None])
+
+
+def test_shape_inference_sees_large_weights_as_inputs_with_the_same_shapes(monkeypatch):
+    """The shape-inference proxies pass large initializers as graph inputs of their type and shape
+    (no weight is serialised); small ones, such as a Reshape's target, stay constants that data
+    propagation reads. Both static_shapes give the same shapes as with every initializer kept."""
+    from bnnc import original, validate
+
+    rng = np.random.default_rng(0)
+    init = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "shape": np.array([1, -1], np.int64),
+            "d": rng.standard_normal((144, 5)).astype(np.float32)}
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]),
+                           helper.make_node("Reshape", ["c", "shape"], ["f"]),
+                           helper.make_node("MatMul", ["f", "d"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, k) for k, v in init.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    shapes = []
+    for limit in (10**9, 8):  # nothing proxied; every initializer but the Reshape's target
+        monkeypatch.setattr(original, "SHAPE_PROXY_ELEMENTS", limit)
+        shapes.append((original.static_shapes(model), validate.static_shapes(model, "x", (1, 3, 8, 8))))
+    assert shapes[0] == shapes[1]
+    assert shapes[1][1]["y"] == (1, 5) and shapes[1][0]["w"] == (4, 3, 3, 3)
+    assert "w" not in shapes[1][1] and "d" not in shapes[1][1]  # validate's map names computed tensors only
+    assert model.graph.initializer[0].name == "w" and len(model.graph.input) == 1  # the model is untouched

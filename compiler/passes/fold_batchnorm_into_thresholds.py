@@ -52,10 +52,13 @@ def tap_range(src_type) -> tuple:
 def acc_range(conv: ir.Conv, src_type) -> tuple:
     """Per-channel (lo, hi) int64 arrays bounding the accumulator."""
     alo, ahi = tap_range(src_type)
-    w = ir.int_weights(conv).reshape(conv.w.shape[0], -1).astype(np.int64)
-    pos, neg = np.clip(w, 0, None), np.clip(w, None, 0)
-    lo = (pos * alo).sum(1) + (neg * ahi).sum(1)
-    hi = (pos * ahi).sum(1) + (neg * alo).sum(1)
+    w = ir.int_weights(conv).reshape(conv.w.shape[0], -1)
+    # per channel, the sums of the positive and of the negative weights, from sum(w) and sum(|w|):
+    # fewer passes over the weights (a large dense layer has tens of millions)
+    total, size = w.sum(1), np.abs(w).sum(1)
+    pos, neg = (size + total) // 2, (total - size) // 2
+    lo = pos * alo + neg * ahi
+    hi = pos * ahi + neg * alo
     if conv.bias_kernel is not None:
         b = conv.bias_kernel.reshape(conv.bias_kernel.shape[0], -1)
         lo = lo + np.clip(b, None, 0).sum(1)
