@@ -1,5 +1,6 @@
 """Pooling: MaxPool (of bits / integers, or commuting with a pending sign), AveragePool of a
-fixed-point stream (a SumPool), GlobalAveragePool (a GlobalSumPool)."""
+fixed-point stream (a SumPool), GlobalAveragePool and an AveragePool whose window is the whole map
+(a GlobalSumPool)."""
 
 from __future__ import annotations
 
