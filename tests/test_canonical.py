@@ -1184,3 +1184,28 @@ def test_shape_inference_sees_large_weights_as_inputs_with_the_same_shapes(monke
     assert shapes[1][1]["y"] == (1, 5) and shapes[1][0]["w"] == (4, 3, 3, 3)
     assert "w" not in shapes[1][1] and "d" not in shapes[1][1]  # validate's map names computed tensors only
     assert model.graph.initializer[0].name == "w" and len(model.graph.input) == 1  # the model is untouched
+
+
+def test_constant_values_convert_an_initializer_when_first_read():
+    """The rewrites' map of constants: initializers converted on first read (a large model's weights
+    are not converted in every rewrite), Constant nodes' values, and the dict operations the
+    rewrites use."""
+    from bnnc.canonical.graph_edit import constant_values
+
+    g = helper.make_graph([helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.int64(3))),
+                           helper.make_node("Add", ["x", "a"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                          [numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "a"),
+                           numpy_helper.from_array(np.array([5], np.int64), "b")])
+    values = constant_values(g)
+    assert values._values.keys() == {"k"} and set(values) == {"a", "b", "k"} and len(values) == 3
+    assert "a" in values and "x" not in values and values.get("x") is None
+    assert np.array_equal(values["a"], [1.0, 2.0]) and values["a"].dtype == np.float32
+    assert "a" in values._values and "b" in values._protos  # read: converted; unread: not yet
+    values["b"] = np.array([7])
+    del values["k"]
+    values.update({"z": np.zeros(1)})
+    assert sorted(values) == ["a", "b", "z"] and int(values["b"][0]) == 7
+    with pytest.raises(KeyError):
+        values["k"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import MutableMapping
 
 import numpy as np
 import onnx
@@ -44,15 +45,48 @@ def is_standard(node: onnx.NodeProto) -> bool:
     return node.domain in STANDARD_DOMAINS
 
 
-def constant_values(graph: onnx.GraphProto) -> dict:
-    """name -> numpy value of every initializer and every standard Constant node's output."""
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and is_standard(n):
-            v = constant_node_value(n)
-            if v is not None:
-                values[n.output[0]] = v
-    return values
+class ConstantValues(MutableMapping):
+    """name -> numpy value of a graph's initializers and standard Constant nodes' outputs; an
+    initializer is converted when first read. Most rewrites only ask which inputs are constant, and
+    converting every weight in each of them took seconds on large models. The rewrites replace
+    initializers, never change one in place, so a value read late is the value the graph had."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self._protos = {t.name: t for t in graph.initializer}
+        self._values = {}
+        for n in graph.node:
+            if n.op_type == "Constant" and is_standard(n):
+                v = constant_node_value(n)
+                if v is not None:
+                    self[n.output[0]] = v
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._protos:
+            self._values[name] = numpy_helper.to_array(self._protos.pop(name))
+        return self._values[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        self._protos.pop(name, None)
+        self._values[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        if self._protos.pop(name, None) is None:
+            del self._values[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._protos or name in self._values
+
+    def __iter__(self):
+        return iter(list(self._protos) + list(self._values))
+
+    def __len__(self) -> int:
+        return len(self._protos) + len(self._values)
+
+
+def constant_values(graph: onnx.GraphProto) -> ConstantValues:
+    """name -> numpy value of every initializer and every standard Constant node's output (read
+    when first asked for)."""
+    return ConstantValues(graph)
 
 
 def constant_node_value(node: onnx.NodeProto):
