@@ -52,7 +52,7 @@ def tap_range(src_type) -> tuple:
 def acc_range(conv: ir.Conv, src_type) -> tuple:
     """Per-channel (lo, hi) int64 arrays bounding the accumulator."""
     alo, ahi = tap_range(src_type)
-    w = ir.int_weights(conv).reshape(conv.w.shape[0], -1)
+    w = ir.int_weights(conv).reshape(conv.w.shape[0], -1).astype(np.int64, copy=False)
     # per channel, the sums of the positive and of the negative weights, from sum(w) and sum(|w|):
     # fewer passes over the weights (a large dense layer has tens of millions)
     total, size = w.sum(1), np.abs(w).sum(1)
