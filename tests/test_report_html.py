@@ -230,7 +230,10 @@ def check_page(html_path: Path, rep: dict, target: str | None, work: Path) -> di
     # their bars painted
     height = int(max(c["bottom"] for c in list(charts.values())[:2])) + 1
     shot = work / "shot.png"
-    _browser(html_path, work, f"--screenshot={shot}", height=height)
+    # every tile rastered before the frame is captured (on a loaded machine a capture was seen with
+    # most bars not yet painted), and the page given time to settle
+    _browser(html_path, work, f"--screenshot={shot}", "--run-all-compositor-stages-before-draw",
+             "--virtual-time-budget=5000", height=height)
     pixels = _colour_pixels(shot.read_bytes())
     inside = {}
     for chart in charts.values():
