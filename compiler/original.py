@@ -190,11 +190,10 @@ def weights_as_inputs(g: onnx.GraphProto) -> set:
     big = [t for t in g.initializer if int(np.prod(t.dims)) > SHAPE_PROXY_ELEMENTS]
     if not big:
         return set()
-    listed = {i.name for i in g.input}
-    added = {t.name for t in big} - listed
+    names = {t.name for t in big}
+    added = names - {i.name for i in g.input}
     g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big
                    if t.name in added)
-    names = {t.name for t in big}
     keep = [t for t in g.initializer if t.name not in names]
     del g.initializer[:]
     g.initializer.extend(keep)

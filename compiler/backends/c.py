@@ -105,19 +105,21 @@ def c_string(values, signed: bool, per_line: int = 64) -> str:
         raise ValueError(f"a byte table holds a value outside [{lo}, {hi}]")
     b = v.astype(np.uint8)  # two's complement bytes of int8 values
     lines = -(-b.size // per_line)
-    b = np.concatenate([b, np.zeros(lines * per_line - b.size, np.uint8)])  # padding: cut below
-    parts = []
+    if not lines:
+        return ""
+    pad = lines * per_line - b.size
+    b = np.concatenate([b, np.zeros(pad, np.uint8)])  # whole lines; the padding's escapes are cut below
+    parts = ['"']
     for first in range(0, lines, _STRING_CHUNK_LINES):
         rows = b[first * per_line: (first + _STRING_CHUNK_LINES) * per_line].reshape(-1, per_line)
         cells = _OCTAL_ESCAPES[rows].reshape(rows.shape[0], per_line * 4)
         breaks = np.broadcast_to(_STRING_LINE_BREAK, (rows.shape[0], _STRING_LINE_BREAK.size))
         text = np.concatenate([cells, breaks], axis=1).ravel()
         parts.append(text[text != 0].tobytes().decode("ascii"))
-    text = "".join(parts)
-    if not text:
-        return ""
-    pad = lines * per_line - v.size  # the padding bytes' escapes (two characters each), then the last break
-    return '"' + text[: len(text) - 2 * pad - _STRING_LINE_BREAK.size] + '"'
+    # the last line ends with the padding's escapes ("\\0", two characters each) and a line break
+    parts[-1] = parts[-1][: len(parts[-1]) - 2 * pad - _STRING_LINE_BREAK.size]
+    parts.append('"')
+    return "".join(parts)
 
 
 def _same_bits(a: np.ndarray) -> bool:
